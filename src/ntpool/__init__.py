@@ -1,0 +1,28 @@
+"""ntpool: an executable, faithful model of the Windows kernel's tagged pool."""
+
+from .constants import (
+    APC_LEVEL,
+    DISPATCH_LEVEL,
+    HIGH_LEVEL,
+    PASSIVE_LEVEL,
+    BugCheckCode,
+    Irql,
+    NdisStatus,
+    NtStatus,
+    PoolFlags,
+    PoolPriority,
+    PoolType,
+)
+from .errors import BugCheck, MachineHalted, NtStatusError, TagError
+from .kernel import Kernel
+from .pool.tracker import PoolTagInfo
+from .tags import PROTECTED_POOL, Tag, tag
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APC_LEVEL", "DISPATCH_LEVEL", "HIGH_LEVEL", "PASSIVE_LEVEL", "PROTECTED_POOL",
+    "BugCheck", "BugCheckCode", "Irql", "Kernel", "MachineHalted", "NdisStatus", "NtStatus",
+    "NtStatusError", "PoolFlags", "PoolPriority", "PoolTagInfo", "PoolType", "Tag", "TagError",
+    "tag",
+]

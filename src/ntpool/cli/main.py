@@ -1,0 +1,61 @@
+"""``ntpool`` subcommands. Every error is one line on stderr and a non-zero exit."""
+
+import argparse
+import sys
+
+from ..errors import BugCheck, NtStatusError, TagError
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(seed=args.seed)
+
+
+def _cmd_bench(args) -> int:
+    from ..bench import run
+
+    results = run(quick=args.quick)
+    print(f"small ExAllocatePoolWithTag+ExFreePoolWithTag pair: "
+          f"median {results['small_pair_median_us']:.2f} us, p90 {results['small_pair_p90_us']:.2f} us "
+          f"(target <= 2 us)")
+    few, many = results["live_1k"], results["live_many"]
+    ratio = many["median_pair_us"] / few["median_pair_us"]
+    print(f"pair with {few['live']:,} live: {few['median_pair_us']:.2f} us; "
+          f"with {many['live']:,} live: {many['median_pair_us']:.2f} us "
+          f"(ratio {ratio:.2f}, target <= 1.5)")
+    print(f"simulator memory per live 100-byte allocation (128 pool bytes): "
+          f"{many['simulator_bytes_per_live']:.0f} bytes = {many['memory_ratio']:.2f}x (target <= 2x)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntpool", description="A faithful model of the Windows kernel pool.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
+    demo.set_defaults(func=_cmd_demo)
+    bench = sub.add_parser("bench", help="measure the allocator's speed and memory")
+    bench.add_argument("--quick", action="store_true", help="smaller runs (100K live, not 1M)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BugCheck as error:
+        print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
+        return 3
+    except (TagError, NtStatusError, ValueError, TypeError, OSError) as error:
+        print(f"ntpool: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ntpool: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

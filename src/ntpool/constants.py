@@ -1,0 +1,189 @@
+"""WDK constants: POOL_TYPE, pool flags, priorities, IRQL, status codes, bug check codes.
+
+Values follow wdm.h / ntddk.h / ndis.h and the bug check reference; see
+shared/reference/pool-internals.md sections 2, 3 and 7.
+"""
+
+from enum import IntEnum, IntFlag
+
+PAGE_SIZE = 0x1000
+PAGE_SHIFT = 12
+MAX_SMALL_ALLOCATION = 0xFE0  # PAGE_SIZE - 2 pool blocks; larger requests are "big"
+
+# The start of system address space on x64 (MmSystemRangeStart).
+SYSTEM_RANGE_START = 0xFFFF800000000000
+
+
+class PoolType(IntEnum):
+    """POOL_TYPE as declared in wdm.h."""
+
+    NonPagedPool = 0
+    NonPagedPoolExecute = 0
+    PagedPool = 1
+    NonPagedPoolMustSucceed = 2
+    DontUseThisType = 3
+    NonPagedPoolCacheAligned = 4
+    PagedPoolCacheAligned = 5
+    NonPagedPoolCacheAlignedMustS = 6
+    MaxPoolType = 7
+    NonPagedPoolBase = 0
+    NonPagedPoolBaseMustSucceed = 2
+    NonPagedPoolBaseCacheAligned = 4
+    NonPagedPoolBaseCacheAlignedMustS = 6
+    NonPagedPoolSession = 32
+    PagedPoolSession = 33
+    NonPagedPoolMustSucceedSession = 34
+    DontUseThisTypeSession = 35
+    NonPagedPoolCacheAlignedSession = 36
+    PagedPoolCacheAlignedSession = 37
+    NonPagedPoolCacheAlignedMustSSession = 38
+    NonPagedPoolNx = 512
+    NonPagedPoolNxCacheAligned = 516
+    NonPagedPoolSessionNx = 544
+
+
+# Bits of a POOL_TYPE value.
+BASE_POOL_TYPE_MASK = 1
+MUST_SUCCEED_POOL_TYPE_MASK = 2
+CACHE_ALIGNED_POOL_TYPE_MASK = 4
+QUOTA_POOL_MASK = 8
+SESSION_POOL_MASK = 32
+
+# Modifiers that may be OR-ed into a POOL_TYPE argument.
+POOL_QUOTA_FAIL_INSTEAD_OF_RAISE = 8
+POOL_RAISE_IF_ALLOCATION_FAILURE = 16
+POOL_COLD_ALLOCATION = 256
+POOL_NX_ALLOCATION = 512
+POOL_ZERO_ALLOCATION = 1024
+
+
+class PoolFlags(IntFlag):
+    """POOL_FLAGS for ExAllocatePool2/3 (64-bit: low half required, high half optional)."""
+
+    POOL_FLAG_USE_QUOTA = 0x1
+    POOL_FLAG_UNINITIALIZED = 0x2
+    POOL_FLAG_SESSION = 0x4
+    POOL_FLAG_CACHE_ALIGNED = 0x8
+    POOL_FLAG_RAISE_ON_FAILURE = 0x20
+    POOL_FLAG_NON_PAGED = 0x40
+    POOL_FLAG_NON_PAGED_EXECUTE = 0x80
+    POOL_FLAG_PAGED = 0x100
+    POOL_FLAG_SPECIAL_POOL = 0x1_0000_0000
+
+
+POOL_FLAG_REQUIRED_MASK = 0x0000_0000_FFFF_FFFF
+POOL_FLAG_OPTIONAL_MASK = 0xFFFF_FFFF_0000_0000
+
+
+class PoolPriority(IntEnum):
+    """EX_POOL_PRIORITY."""
+
+    LowPoolPriority = 0
+    LowPoolPrioritySpecialPoolOverrun = 8
+    LowPoolPrioritySpecialPoolUnderrun = 9
+    NormalPoolPriority = 16
+    NormalPoolPrioritySpecialPoolOverrun = 24
+    NormalPoolPrioritySpecialPoolUnderrun = 25
+    HighPoolPriority = 32
+    HighPoolPrioritySpecialPoolOverrun = 40
+    HighPoolPrioritySpecialPoolUnderrun = 41
+
+
+class Irql(IntEnum):
+    """x64 interrupt request levels."""
+
+    PASSIVE_LEVEL = 0
+    LOW_LEVEL = 0
+    APC_LEVEL = 1
+    DISPATCH_LEVEL = 2
+    CMCI_LEVEL = 5
+    CLOCK_LEVEL = 13
+    IPI_LEVEL = 14
+    DRS_LEVEL = 14
+    POWER_LEVEL = 14
+    PROFILE_LEVEL = 15
+    HIGH_LEVEL = 15
+
+
+PASSIVE_LEVEL = Irql.PASSIVE_LEVEL
+APC_LEVEL = Irql.APC_LEVEL
+DISPATCH_LEVEL = Irql.DISPATCH_LEVEL
+HIGH_LEVEL = Irql.HIGH_LEVEL
+
+
+class NtStatus(IntEnum):
+    """NTSTATUS values the pool routines return or raise."""
+
+    STATUS_SUCCESS = 0x00000000
+    STATUS_UNSUCCESSFUL = 0xC0000001
+    STATUS_NO_MEMORY = 0xC0000017
+    STATUS_QUOTA_EXCEEDED = 0xC0000044
+    STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+    STATUS_INVALID_PARAMETER = 0xC000000D
+    STATUS_ACCESS_VIOLATION = 0xC0000005
+
+
+class NdisStatus(IntEnum):
+    """NDIS_STATUS values (ndis.h); they share NTSTATUS's numbering."""
+
+    NDIS_STATUS_SUCCESS = 0x00000000
+    NDIS_STATUS_FAILURE = 0xC0000001
+    NDIS_STATUS_RESOURCES = 0xC000009A
+
+
+class BugCheckCode(IntEnum):
+    """Bug check codes (bugcodes.h) the pool and Driver Verifier raise."""
+
+    IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    BAD_POOL_HEADER = 0x19
+    MUST_SUCCEED_POOL_EMPTY = 0x41
+    PAGE_FAULT_IN_NONPAGED_AREA = 0x50
+    SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION = 0xC1
+    BAD_POOL_CALLER = 0xC2
+    DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
+    DRIVER_CORRUPTED_EXPOOL = 0xC5
+    DRIVER_CAUGHT_MODIFYING_FREED_POOL = 0xC6
+    PAGE_FAULT_IN_FREED_SPECIAL_POOL = 0xCC
+    PAGE_FAULT_BEYOND_END_OF_ALLOCATION = 0xCD
+    DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
+    DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL = 0xD5
+    DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION = 0xD6
+    MANUALLY_INITIATED_CRASH = 0xE2
+    KERNEL_SECURITY_CHECK_FAILURE = 0x139
+
+
+# BAD_POOL_CALLER (0xC2) parameter 1 subcodes.
+class BadPoolCaller(IntEnum):
+    ZERO_BYTES = 0x00
+    ALREADY_FREED_HEADER = 0x06
+    DOUBLE_FREE = 0x07
+    ALLOCATE_AT_BAD_IRQL = 0x08
+    FREE_AT_BAD_IRQL = 0x09
+    WRONG_TAG_ON_FREE = 0x0A
+    FREE_USER_ADDRESS = 0x40
+    FREE_NONPAGED_NOT_ALLOCATED = 0x41
+    FREE_NEVER_IN_POOL = 0x42
+    FREE_NONPAGED_NOT_ALLOCATED_2 = 0x44
+    FREE_INVALID_POOL_ADDRESS = 0x46
+    FREE_PAGED_NOT_ALLOCATED = 0x50
+    FREE_BAD_ADDRESS = 0x99
+    MUST_SUCCEED = 0x9A
+    TAG_ZERO = 0x9B
+    TAG_BIG = 0x9C
+    TAG_NO_ALNUM = 0x9D
+    FREE_PAGED_MIDDLE_OF_ALLOCATION = 0x41286
+
+
+# BAD_POOL_HEADER (0x19) parameter 1 subcodes.
+class BadPoolHeader(IntEnum):
+    SPECIAL_PATTERN = 0x2
+    LIST_CORRUPT = 0x3
+    NEIGHBOURS_DISAGREE = 0x5
+    PREVIOUS_SIZE_TOO_LARGE = 0x6
+    BAD_SIZE = 0x7
+    BLOCK_SIZE_ZERO = 0x8
+    BLOCK_CROSSES_PAGE = 0x9
+    NOT_FOUND_IN_PAGE = 0xA
+    NEXT_PREVIOUS_SIZE_MISMATCH = 0x20
+    DATA_AFTER_CHUNK = 0x21
+    NO_TRACKING_ENTRY = 0x22

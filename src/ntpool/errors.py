@@ -1,0 +1,57 @@
+"""The exceptions ntpool raises.
+
+BugCheck models KeBugCheckEx: it derives from BaseException so that a driver's
+``except Exception`` cannot swallow it, just as __except cannot catch a bug check.
+"""
+
+from .constants import BugCheckCode
+
+
+def bugcheck_name(code: int) -> str:
+    try:
+        return BugCheckCode(code).name
+    except ValueError:
+        return f"BUGCHECK_{code:X}"
+
+
+class BugCheck(BaseException):
+    """The machine stopped: ``code`` and the four ``parameters`` of KeBugCheckEx."""
+
+    def __init__(self, code: int, p1: int = 0, p2: int = 0, p3: int = 0, p4: int = 0,
+                 detail: str = ""):
+        self.code = code
+        self.parameters = (p1 & 0xFFFFFFFFFFFFFFFF, p2 & 0xFFFFFFFFFFFFFFFF,
+                           p3 & 0xFFFFFFFFFFFFFFFF, p4 & 0xFFFFFFFFFFFFFFFF)
+        self.name = bugcheck_name(code)
+        self.detail = detail
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        params = ", ".join(f"{p:#x}" for p in self.parameters)
+        text = f"*** STOP: {self.code:#010x} ({params}) {self.name}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __repr__(self) -> str:
+        return f"BugCheck({self.code:#x}, {', '.join(hex(p) for p in self.parameters)})"
+
+
+class MachineHalted(RuntimeError):
+    """A call on a machine that has already bug-checked."""
+
+
+class NtStatusError(Exception):
+    """A raised NTSTATUS, as ExRaiseStatus raises it (e.g. STATUS_INSUFFICIENT_RESOURCES)."""
+
+    def __init__(self, status: int, message: str = ""):
+        self.status = status
+        from .constants import NtStatus  # leaf import; kept local to avoid a cycle at import time
+        try:
+            name = NtStatus(status).name
+        except ValueError:
+            name = f"NTSTATUS {status:#010x}"
+        self.status_name = name
+        super().__init__(f"{name} ({status:#010x})" + (f": {message}" if message else ""))
+
+
+class TagError(ValueError):
+    """A pool tag that is not a valid ULONG tag (Python API misuse, not a bug check)."""

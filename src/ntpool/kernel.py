@@ -1,0 +1,259 @@
+"""The simulated x64 machine a Python "driver" calls into.
+
+``Kernel`` owns physical memory, the kernel address space, the two pools and the bug check
+state. The documented routines are methods, gathered from the front-end modules (``ex``
+for the executive's); each is a thin translation onto the one ``PoolAllocator``.
+
+After a bug check the machine is halted: its class becomes a halted twin whose attribute
+lookup refuses every routine with a clear message, so live machines pay nothing for the
+check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
+"""
+
+from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from .errors import BugCheck, MachineHalted
+from .ex import ExecutiveRoutines
+from .memory import AddressSpace, PhysicalMemory
+from .pool.allocator import PoolAllocator
+from .pool.descriptor import Pool
+from .pool.header import LIST_HEAD_COUNT
+from .pool.tracker import PoolTagInfo
+
+# Windows 7 x64 layout of the kernel address space.
+NONPAGED_POOL_BASE = 0xFFFFFA8000000000
+PAGED_POOL_BASE = 0xFFFFF8A000000000
+KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
+KERNEL_DATA_BYTES = 16 << 20
+
+DEFAULT_NONPAGED_POOL_BYTES = 256 << 20
+DEFAULT_PAGED_POOL_BYTES = 256 << 20
+MiB = 1 << 20
+
+
+class KernelData:
+    """A bump allocator for the kernel's own structures (pool descriptors, tables)."""
+
+    def __init__(self, space: AddressSpace, base: int, size: int):
+        self.space = space
+        self.base = base
+        self.limit = base + size
+        self.next = base
+
+    def reserve(self, size: int, align: int = 16) -> int:
+        va = (self.next + align - 1) & ~(align - 1)
+        end = va + size
+        if end > self.limit:
+            raise MemoryError(f"kernel data region is full ({size} bytes asked)")
+        page = va & ~(PAGE_SIZE - 1)
+        while page < end:
+            if self.space.translate(page) is None:
+                pfn = self.space.physical.allocate_frame()
+                self.space.physical.zero_frame(pfn)
+                self.space.map_page(page, pfn)
+            page += PAGE_SIZE
+        self.next = end
+        return va
+
+
+def _positive_bytes(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of bytes, not {type(value).__name__}")
+    if value < PAGE_SIZE:
+        raise ValueError(f"{name} must be at least one page ({PAGE_SIZE} bytes), got {value}")
+    return value & ~(PAGE_SIZE - 1)
+
+
+class Kernel(ExecutiveRoutines):
+    """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
+
+    def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
+                 paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
+                 physical_memory_bytes: int | None = None, processors: int = 1):
+        nonpaged_pool_bytes = _positive_bytes("nonpaged_pool_bytes", nonpaged_pool_bytes)
+        paged_pool_bytes = _positive_bytes("paged_pool_bytes", paged_pool_bytes)
+        if isinstance(processors, bool) or not isinstance(processors, int) or not 1 <= processors <= 64:
+            raise ValueError(f"processors must be an int from 1 to 64, got {processors!r}")
+        pool_bytes = nonpaged_pool_bytes + paged_pool_bytes
+        if physical_memory_bytes is None:
+            # Pool, the page tables that map it, and the kernel's own data.
+            physical_memory_bytes = pool_bytes + pool_bytes // 256 + KERNEL_DATA_BYTES + 4 * MiB
+        physical_memory_bytes = _positive_bytes("physical_memory_bytes", physical_memory_bytes)
+
+        self.bugcheck: BugCheck | None = None
+        self.bugcheck_observers: list = []  # called with the BugCheck before it is raised
+        self.processors = processors
+        self.physical = PhysicalMemory(physical_memory_bytes)
+        self.space = AddressSpace(self.physical)
+        self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        crash = self.KeBugCheckEx
+        self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
+                                  self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
+                                  crash, processors)
+        self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
+                               self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
+                               crash, processors)
+        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash)
+        self._mem = self.physical.buffer
+        self._tlb = self.space.tlb
+        self.current_processor = 0
+
+    # --- bug checks --------------------------------------------------------------------
+
+    def KeBugCheckEx(self, BugCheckCode, BugCheckParameter1=0, BugCheckParameter2=0,
+                     BugCheckParameter3=0, BugCheckParameter4=0, detail: str = ""):
+        """Stop the machine: record the bug check, halt, tell observers, raise BugCheck."""
+        error = BugCheck(BugCheckCode, BugCheckParameter1, BugCheckParameter2,
+                         BugCheckParameter3, BugCheckParameter4, detail=detail)
+        self.bugcheck = error
+        self.__class__ = _halted_class(type(self))
+        for observer in list(self.bugcheck_observers):
+            observer(self, error)
+        raise error
+
+    @property
+    def halted(self) -> bool:
+        return self.bugcheck is not None
+
+    # --- memory by virtual address -----------------------------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        """``size`` bytes at virtual ``address``; an unmapped page is bug check 0x50."""
+        offset = address & 0xFFF
+        if 0 <= size and offset + size <= PAGE_SIZE:
+            base = self._tlb.get(address >> PAGE_SHIFT)
+            if base is not None:
+                return self._mem[base + offset:base + offset + size]
+        return self._read_slow(address, size)
+
+    def write(self, address: int, data) -> None:
+        """Write bytes at virtual ``address``; an unmapped page is bug check 0x50."""
+        try:
+            offset = address & 0xFFF
+            size = len(data)
+            if offset + size <= PAGE_SIZE:
+                base = self._tlb.get(address >> PAGE_SHIFT)
+                if base is not None:
+                    self._mem[base + offset:base + offset + size] = data
+                    return
+        except TypeError:
+            pass
+        self._write_slow(address, data)
+
+    def _read_slow(self, address, size) -> bytes:
+        address, size = _checked_span(address, size)
+        parts = []
+        for va, pa, length in self._pieces(address, size, write=False):
+            parts.append(self._mem[pa:pa + length])
+        return b"".join(parts)
+
+    def _write_slow(self, address, data) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        address, size = _checked_span(address, len(data))
+        done = 0
+        for va, pa, length in self._pieces(address, size, write=True):
+            self._mem[pa:pa + length] = data[done:done + length]
+            done += length
+
+    def _pieces(self, address: int, size: int, write: bool):
+        """(va, pa, length) per page of a span, every page checked before any is touched."""
+        pieces = []
+        va = address
+        end = address + size
+        while va < end:
+            length = min(PAGE_SIZE - (va & 0xFFF), end - va)
+            base = self._tlb.get(va >> PAGE_SHIFT)
+            if base is None:
+                base = self._page_fault(va, write)
+            pieces.append((va, base + (va & 0xFFF), length))
+            va += length
+        return pieces
+
+    def _page_fault(self, address: int, write: bool) -> int:
+        """Resolve a fault (returns the page's physical address) or bug-check.
+
+        Later layers (paging, special pool) extend this; an unmapped kernel address is
+        PAGE_FAULT_IN_NONPAGED_AREA.
+        """
+        self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
+                          detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
+
+    def RtlZeroMemory(self, Destination: int, Length: int) -> None:
+        self.write(Destination, bytes(_checked_length(Length)))
+
+    def RtlFillMemory(self, Destination: int, Length: int, Fill: int) -> None:
+        if not isinstance(Fill, int) or not 0 <= Fill <= 0xFF:
+            raise ValueError(f"Fill must be a byte value 0..255, got {Fill!r}")
+        self.write(Destination, bytes([Fill]) * _checked_length(Length))
+
+    def RtlCopyMemory(self, Destination: int, Source: int, Length: int) -> None:
+        self.write(Destination, self.read(Source, _checked_length(Length)))
+
+    RtlMoveMemory = RtlCopyMemory  # reading the whole source first makes overlap safe
+
+    def RtlCompareMemory(self, Source1: int, Source2: int, Length: int) -> int:
+        a = self.read(Source1, _checked_length(Length))
+        b = self.read(Source2, Length)
+        for index, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return index
+        return Length
+
+    # --- pool tracking -------------------------------------------------------------------
+
+    def pool_tags(self) -> list[PoolTagInfo]:
+        """SYSTEM_POOLTAG rows (as ZwQuerySystemInformation(SystemPoolTagInformation) gives)."""
+        return self.pool.tracker.snapshot()
+
+    def pool_in_use(self) -> dict[str, int]:
+        """Pages each pool holds and physical frames in use."""
+        return {"NonPagedPool": self.nonpaged_pool.pages_in_use,
+                "PagedPool": self.paged_pool.pages_in_use,
+                "frames": self.physical.frames_used}
+
+
+def _checked_length(length) -> int:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ValueError(f"Length must be a non-negative int, got {length!r}")
+    return length
+
+
+def _checked_span(address, size) -> tuple[int, int]:
+    if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address < 1 << 64:
+        raise ValueError(f"address must be a 64-bit int, got {address!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"size must be a non-negative int, got {size!r}")
+    if address + size > 1 << 64:
+        raise ValueError(f"{size} bytes at {address:#x} run past the end of the address space")
+    return address, size
+
+
+# --- the halted machine ----------------------------------------------------------------------
+
+# What may still be asked of a machine after its bug check: looking, not doing.
+INSPECTION = frozenset({
+    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
+    "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
+    "write_dump", "bugcheck_observers",
+})
+
+_halted_classes: dict[type, type] = {}
+
+
+def _halted_class(cls: type) -> type:
+    if getattr(cls, "_is_halted_twin", False):
+        return cls
+    twin = _halted_classes.get(cls)
+    if twin is None:
+        def __getattribute__(self, name):
+            if name.startswith("_") or name in INSPECTION:
+                return object.__getattribute__(self, name)
+            check = object.__getattribute__(self, "bugcheck")
+            raise MachineHalted(
+                f"the machine is halted by bug check {check.code:#x} ({check.name}); "
+                f"{name} cannot run on a halted machine (create a new Kernel)")
+
+        twin = type(f"Halted{cls.__name__}", (cls,),
+                    {"__getattribute__": __getattribute__, "_is_halted_twin": True})
+        _halted_classes[cls] = twin
+    return twin

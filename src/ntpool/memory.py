@@ -1,0 +1,170 @@
+"""The machine's memory: physical page frames and x64 4-level page tables.
+
+Physical memory is one anonymous mapping, so the host backs only the frames that are
+touched: a machine with gigabytes of pool costs what it uses. The page tables are real
+PML4/PDPT/PD/PT pages in that physical memory, rooted at CR3, so a crash dump of the
+frames is a faithful machine image. A software TLB (virtual page number -> physical page
+address) keeps translation to one dict lookup; it is kept exactly in step with the tables.
+
+This module knows nothing of pools.
+"""
+
+import mmap
+import struct
+
+from .constants import PAGE_SHIFT, PAGE_SIZE
+
+PTE_PRESENT = 1 << 0
+PTE_WRITABLE = 1 << 1
+PTE_ACCESSED = 1 << 5
+PTE_DIRTY = 1 << 6
+PTE_NX = 1 << 63
+PTE_ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
+
+# Windows 7 x64 maps its page tables through PML4 entry 0x1ED (PTE base 0xFFFFF68000000000).
+SELF_MAP_INDEX = 0x1ED
+
+_QWORD = struct.Struct("<Q")
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def canonical(va: int) -> int:
+    """Sign-extend bit 47, as x64 requires of every address."""
+    va &= 0xFFFF_FFFF_FFFF
+    return va | 0xFFFF_0000_0000_0000 if va & (1 << 47) else va
+
+
+def table_indices(va: int) -> tuple[int, int, int, int]:
+    return ((va >> 39) & 0x1FF, (va >> 30) & 0x1FF, (va >> 21) & 0x1FF, (va >> 12) & 0x1FF)
+
+
+class OutOfFrames(MemoryError):
+    """No free physical page frame is left."""
+
+
+class PhysicalMemory:
+    """Page frames backed sparsely by the host; frame 0 is never handed out."""
+
+    def __init__(self, size_bytes: int):
+        if size_bytes < 16 * PAGE_SIZE:
+            raise ValueError(f"physical memory of {size_bytes} bytes is too small (16 pages minimum)")
+        self.frame_count = size_bytes // PAGE_SIZE
+        self.size = self.frame_count * PAGE_SIZE
+        self.buffer = mmap.mmap(-1, self.size)
+        # One byte a frame: 1 while the frame holds something the machine uses.
+        self.frame_in_use = bytearray(self.frame_count)
+        self.frame_in_use[0] = 1
+        self.frames_used = 1
+        self._hint = 1
+
+    def allocate_frame(self) -> int:
+        pfn = self.frame_in_use.find(0, self._hint)
+        if pfn < 0:
+            pfn = self.frame_in_use.find(0, 1)
+            if pfn < 0:
+                raise OutOfFrames("no free physical page frame")
+        self.frame_in_use[pfn] = 1
+        self.frames_used += 1
+        self._hint = pfn + 1
+        return pfn
+
+    def allocate_contiguous(self, count: int, highest_pfn: int | None = None) -> int:
+        """The first of ``count`` free frames in a row, all at or below ``highest_pfn``."""
+        limit = self.frame_count if highest_pfn is None else min(self.frame_count, highest_pfn + 1)
+        first = self.frame_in_use.find(bytes(count), 1, limit)
+        if first < 0:
+            raise OutOfFrames(f"no {count} contiguous free frames below pfn {limit:#x}")
+        self.frame_in_use[first:first + count] = b"\x01" * count
+        self.frames_used += count
+        return first
+
+    def free_frame(self, pfn: int) -> None:
+        # The frame keeps its bytes: memory handed out again comes back uninitialized.
+        self.frame_in_use[pfn] = 0
+        self.frames_used -= 1
+        if pfn < self._hint:
+            self._hint = pfn
+
+    def zero_frame(self, pfn: int) -> None:
+        base = pfn << PAGE_SHIFT
+        self.buffer[base:base + PAGE_SIZE] = _ZERO_PAGE
+
+    def read(self, pa: int, size: int) -> bytes:
+        return self.buffer[pa:pa + size]
+
+    def write(self, pa: int, data) -> None:
+        self.buffer[pa:pa + len(data)] = data
+
+
+class AddressSpace:
+    """The kernel's virtual address space: page tables in physical memory, rooted at CR3."""
+
+    def __init__(self, physical: PhysicalMemory):
+        self.physical = physical
+        self.cr3 = self._new_table()
+        # The self-map entry lets a reader find the tables from CR3 alone.
+        self._write_entry(self.cr3 << PAGE_SHIFT, SELF_MAP_INDEX,
+                          (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_NX)
+        self.tlb: dict[int, int] = {}  # virtual page number -> physical address of the page
+
+    def _new_table(self) -> int:
+        pfn = self.physical.allocate_frame()
+        self.physical.zero_frame(pfn)
+        return pfn
+
+    def _read_entry(self, table_pa: int, index: int) -> int:
+        return _QWORD.unpack_from(self.physical.buffer, table_pa + index * 8)[0]
+
+    def _write_entry(self, table_pa: int, index: int, value: int) -> None:
+        _QWORD.pack_into(self.physical.buffer, table_pa + index * 8, value)
+
+    def _pte_address(self, va: int, create: bool) -> int | None:
+        """Physical address of the PTE for ``va``; builds missing tables when ``create``."""
+        table_pa = self.cr3 << PAGE_SHIFT
+        indices = table_indices(va)
+        for index in indices[:3]:
+            entry = self._read_entry(table_pa, index)
+            if not entry & PTE_PRESENT:
+                if not create:
+                    return None
+                pfn = self._new_table()
+                entry = (pfn << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE
+                self._write_entry(table_pa, index, entry)
+            table_pa = entry & PTE_ADDRESS_MASK
+        return table_pa + indices[3] * 8
+
+    def map_page(self, va: int, pfn: int, writable: bool = True, executable: bool = False) -> None:
+        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
+        if writable:
+            flags |= PTE_WRITABLE
+        if not executable:
+            flags |= PTE_NX
+        pte_pa = self._pte_address(va, create=True)
+        _QWORD.pack_into(self.physical.buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
+        self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
+
+    def unmap_page(self, va: int, keep: int = 0) -> int:
+        """Clear the PTE (leaving ``keep`` in its non-present bits) and return the frame."""
+        pte_pa = self._pte_address(va, create=False)
+        if pte_pa is None:
+            raise KeyError(f"{va:#x} is not mapped")
+        entry = _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
+        _QWORD.pack_into(self.physical.buffer, pte_pa, keep & ~PTE_PRESENT)
+        self.tlb.pop(va >> PAGE_SHIFT, None)
+        return (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
+
+    def pte(self, va: int) -> int:
+        """The raw PTE for ``va`` (0 when no table covers it)."""
+        pte_pa = self._pte_address(va, create=False)
+        return 0 if pte_pa is None else _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
+
+    def walk(self, va: int) -> int | None:
+        """Translate through the page tables themselves (not the TLB)."""
+        entry = self.pte(va)
+        if not entry & PTE_PRESENT:
+            return None
+        return (entry & PTE_ADDRESS_MASK) | (va & (PAGE_SIZE - 1))
+
+    def translate(self, va: int) -> int | None:
+        base = self.tlb.get(va >> PAGE_SHIFT)
+        return None if base is None else base | (va & (PAGE_SIZE - 1))

@@ -1,0 +1,331 @@
+"""One pool (nonpaged or paged): its pages, ListHeads, lookasides and big pages.
+
+This is the allocator's slow path, built after the Windows 7 x64 design: free chunks are
+linked through LIST_ENTRY fields in their own bodies, and the ListHeads live in the
+simulated kernel memory, so memory looks as a debugger expects. Python keeps only what a
+per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, lookaside list
+heads, and the big page table. Nothing is kept per small allocation.
+"""
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..memory import AddressSpace, OutOfFrames, PhysicalMemory
+from .header import (
+    BLOCK_SHIFT,
+    BLOCKS_PER_PAGE,
+    HEADER,
+    HEADER_FIRST8,
+    HEADER_SIZE,
+    LIST_ENTRY,
+    LIST_HEAD_COUNT,
+    LOOKASIDE_MAX_BLOCKS,
+    POOL_FREE,
+    QWORD,
+    allocated_type,
+    check_list_links,
+    check_previous_neighbour,
+)
+
+# What each pool page holds (one byte a page in Pool.page_kind).
+PAGE_FREE = 0
+PAGE_SMALL = 1  # chunks with headers
+PAGE_BIG_FIRST = 2  # first page of a big allocation
+PAGE_BIG_REST = 3  # a later page of a big allocation
+PAGE_RESERVED = 4  # taken by another component (special pool, contiguous memory)
+
+LOOKASIDE_DEPTH = 256  # Windows' maximum lookaside depth
+
+
+class Pool:
+    """A pool descriptor: ``base_type`` 0 for nonpaged, 1 for paged."""
+
+    def __init__(self, name: str, base_type: int, pool_index: int, va_base: int, size_bytes: int,
+                 list_heads_va: int, space: AddressSpace, crash, processors: int = 1):
+        if size_bytes < PAGE_SIZE:
+            raise ValueError(f"{name} of {size_bytes} bytes is smaller than one page")
+        self.name = name
+        self.base_type = base_type
+        self.pool_index = pool_index
+        self.base = va_base
+        self.page_count = size_bytes // PAGE_SIZE
+        self.limit = va_base + self.page_count * PAGE_SIZE
+        self.space = space
+        self.physical: PhysicalMemory = space.physical
+        self.mem = space.physical.buffer
+        self.tlb = space.tlb
+        self.crash = crash
+        self.allocated_header_type = allocated_type(base_type)
+        self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
+
+        self.page_kind = bytearray(self.page_count)
+        self.pages_in_use = 0
+        self._page_hint = 0
+
+        self.list_heads_va = list_heads_va
+        self.nonempty = 0  # bit n set while ListHeads[n] is not empty
+        for index in range(LIST_HEAD_COUNT):
+            head = list_heads_va + index * 16
+            LIST_ENTRY.pack_into(self.mem, self._pa(head), head, head)
+
+        # Lookaside lists: per processor, singly linked through the chunk bodies.
+        self.lookaside_heads = [[0] * (LOOKASIDE_MAX_BLOCKS + 1) for _ in range(processors)]
+        self.lookaside_depths = [[0] * (LOOKASIDE_MAX_BLOCKS + 1) for _ in range(processors)]
+        self.la_head = self.lookaside_heads[0]
+        self.la_depth = self.lookaside_depths[0]
+
+        self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, page count)
+
+    # --- addresses ----------------------------------------------------------------------
+
+    def _pa(self, va: int) -> int:
+        return self.tlb[va >> PAGE_SHIFT] + (va & (PAGE_SIZE - 1))
+
+    def contains(self, va: int) -> bool:
+        return self.base <= va < self.limit
+
+    def page_kind_of(self, va: int) -> int:
+        return self.page_kind[(va - self.base) >> PAGE_SHIFT]
+
+    def select_processor(self, number: int) -> None:
+        self.la_head = self.lookaside_heads[number]
+        self.la_depth = self.lookaside_depths[number]
+
+    # --- pool pages ---------------------------------------------------------------------
+
+    def _find_pages(self, count: int) -> int:
+        """Index of the first of ``count`` free pool pages in a row, or -1."""
+        want = b"\x00" * count
+        index = self.page_kind.find(want, self._page_hint)
+        if index < 0:
+            index = self.page_kind.find(want)
+        return index
+
+    def _map_pages(self, index: int, count: int, kind: int) -> int | None:
+        """Back ``count`` pool pages with frames; None (nothing changed) when frames run out."""
+        frames = []
+        try:
+            for _ in range(count):
+                frames.append(self.physical.allocate_frame())
+        except OutOfFrames:
+            for pfn in frames:
+                self.physical.free_frame(pfn)
+            return None
+        va = self.base + (index << PAGE_SHIFT)
+        for offset, pfn in enumerate(frames):
+            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.page_kind[index] = kind
+        if count > 1:
+            self.page_kind[index + 1:index + count] = bytes([PAGE_BIG_REST]) * (count - 1)
+        self.pages_in_use += count
+        self._page_hint = index + count
+        return va
+
+    def take_pages(self, count: int, kind: int) -> int:
+        """Map ``count`` contiguous fresh pool pages; 0 when the pool or memory is exhausted."""
+        index = self._find_pages(count)
+        if index < 0:
+            return 0
+        va = self._map_pages(index, count, kind)
+        return 0 if va is None else va
+
+    def release_pages(self, va: int, count: int) -> None:
+        index = (va - self.base) >> PAGE_SHIFT
+        for offset in range(count):
+            pfn = self.space.unmap_page(va + (offset << PAGE_SHIFT))
+            self.physical.free_frame(pfn)
+        self.page_kind[index:index + count] = bytes(count)
+        self.pages_in_use -= count
+        if index < self._page_hint:
+            self._page_hint = index
+
+    # --- ListHeads (LIST_ENTRY at chunk + 16) --------------------------------------------
+
+    def _list_head(self, block_size: int) -> int:
+        return self.list_heads_va + (block_size - 1) * 16
+
+    def _insert(self, entry: int, block_size: int, at_tail: bool) -> None:
+        mem = self.mem
+        head = self._list_head(block_size)
+        head_pa = self._pa(head)
+        flink, blink = LIST_ENTRY.unpack_from(mem, head_pa)
+        if at_tail:
+            check_list_links(self.crash, head, QWORD.unpack_from(mem, self._pa(blink))[0],
+                             QWORD.unpack_from(mem, self._pa(flink) + 8)[0])
+            LIST_ENTRY.pack_into(mem, self._pa(entry), head, blink)
+            QWORD.pack_into(mem, self._pa(blink), entry)
+            QWORD.pack_into(mem, head_pa + 8, entry)
+        else:
+            check_list_links(self.crash, head, QWORD.unpack_from(mem, self._pa(flink) + 8)[0],
+                             QWORD.unpack_from(mem, self._pa(blink))[0])
+            LIST_ENTRY.pack_into(mem, self._pa(entry), flink, head)
+            QWORD.pack_into(mem, self._pa(flink) + 8, entry)
+            QWORD.pack_into(mem, head_pa, entry)
+        self.nonempty |= 1 << (block_size - 1)
+
+    def _unlink(self, entry: int, block_size: int) -> None:
+        """Safe unlinking: both neighbours must point back at ``entry``."""
+        mem = self.mem
+        try:
+            flink, blink = LIST_ENTRY.unpack_from(mem, self._pa(entry))
+            flink_pa, blink_pa = self._pa(flink), self._pa(blink)
+        except KeyError:
+            self.crash(0x19, 3, entry, 0, 0, detail=f"free-list links of {entry:#x} point nowhere")
+        check_list_links(self.crash, entry, QWORD.unpack_from(mem, flink_pa + 8)[0],
+                         QWORD.unpack_from(mem, blink_pa)[0])
+        QWORD.pack_into(mem, blink_pa, flink)
+        QWORD.pack_into(mem, flink_pa + 8, blink)
+        if flink == blink:  # only the head is left
+            self.nonempty &= ~(1 << (block_size - 1))
+
+    def _first_entry(self, block_size: int) -> int:
+        return QWORD.unpack_from(self.mem, self._pa(self._list_head(block_size)))[0]
+
+    def free_list(self, block_size: int) -> list[int]:
+        """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
+        head = self._list_head(block_size)
+        entries = []
+        entry = QWORD.unpack_from(self.mem, self._pa(head))[0]
+        while entry != head and len(entries) <= self.page_count * BLOCKS_PER_PAGE:
+            entries.append(entry - HEADER_SIZE)
+            entry = QWORD.unpack_from(self.mem, self._pa(entry))[0]
+        return entries
+
+    # --- headers -------------------------------------------------------------------------
+
+    def _write_header(self, chunk: int, previous_size: int, block_size: int, pool_type: int,
+                      tag: int) -> None:
+        HEADER.pack_into(self.mem, self._pa(chunk), previous_size, self.pool_index, block_size,
+                         pool_type, tag, 0)
+
+    def _set_previous_size(self, chunk: int, previous_size: int) -> None:
+        """Tell the chunk after ``chunk``'s end (if on the same page) its new PreviousSize."""
+        if chunk & (PAGE_SIZE - 1):
+            self.mem[self._pa(chunk)] = previous_size
+
+    def _read_first8(self, chunk: int) -> tuple[int, int, int, int, int]:
+        return HEADER_FIRST8.unpack_from(self.mem, self._pa(chunk))
+
+    # --- allocation (slow path) ------------------------------------------------------------
+
+    def allocate_small(self, block_size: int, tag: int) -> int:
+        """Header address of a new chunk of ``block_size`` blocks, or 0 when exhausted."""
+        chunk = self._allocate_from_lists(block_size, tag)
+        if chunk:
+            return chunk
+        chunk = self._allocate_from_fresh_page(block_size, tag)
+        if chunk:
+            return chunk
+        # Lookasides may pin free memory; give it back before reporting failure.
+        if self.flush_lookasides():
+            return self._allocate_from_lists(block_size, tag) or \
+                self._allocate_from_fresh_page(block_size, tag)
+        return 0
+
+    def _allocate_from_lists(self, block_size: int, tag: int) -> int:
+        candidates = self.nonempty >> (block_size - 1)
+        if not candidates:
+            return 0
+        found = block_size + (candidates & -candidates).bit_length() - 1
+        entry = self._first_entry(found)
+        self._unlink(entry, found)
+        chunk = entry - HEADER_SIZE
+        previous_size, _, free_size, _, old_tag = self._read_first8(chunk)
+        remainder = free_size - block_size
+        allocated = self.allocated_header_type
+        if remainder == 0:
+            self._write_header(chunk, previous_size, block_size, allocated, tag)
+            return chunk
+        if previous_size == 0:
+            # First chunk of its page: split from the front.
+            rest = chunk + (block_size << BLOCK_SHIFT)
+            self._write_header(chunk, 0, block_size, allocated, tag)
+            self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
+            self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
+            self._list_remainder(rest, remainder)
+            return chunk
+        # Otherwise the allocation is taken from the end.
+        mine = chunk + (remainder << BLOCK_SHIFT)
+        self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
+        self._write_header(mine, remainder, block_size, allocated, tag)
+        self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
+        self._list_remainder(chunk, remainder)
+        return mine
+
+    def _list_remainder(self, chunk: int, block_size: int) -> None:
+        if block_size > 1:  # a one-block chunk has no room for links and goes on no list
+            self._insert(chunk + HEADER_SIZE, block_size, at_tail=True)
+
+    def _allocate_from_fresh_page(self, block_size: int, tag: int) -> int:
+        page = self.take_pages(1, PAGE_SMALL)
+        if not page:
+            return 0
+        self._write_header(page, 0, block_size, self.allocated_header_type, tag)
+        remainder = BLOCKS_PER_PAGE - block_size
+        if remainder:
+            rest = page + (block_size << BLOCK_SHIFT)
+            self._write_header(rest, block_size, remainder, POOL_FREE, tag)
+            self._list_remainder(rest, remainder)
+        return page
+
+    # --- free (slow path) ------------------------------------------------------------------
+
+    def free_small(self, chunk: int) -> None:
+        """Coalesce a chunk (already checked and untracked) and list it, or return its page."""
+        previous_size, _, block_size, _, tag = self._read_first8(chunk)
+        page = chunk & ~(PAGE_SIZE - 1)
+        following = chunk + (block_size << BLOCK_SHIFT)
+        if following < page + PAGE_SIZE:
+            _, _, next_size, next_type, _ = self._read_first8(following)
+            if next_type == POOL_FREE:
+                if next_size > 1:
+                    self._unlink(following + HEADER_SIZE, next_size)
+                block_size += next_size
+        if previous_size:
+            before = chunk - (previous_size << BLOCK_SHIFT)
+            before_prev, _, before_size, before_type, before_tag = self._read_first8(before)
+            check_previous_neighbour(self.crash, chunk, before, previous_size, before_size)
+            if before_type == POOL_FREE:
+                if before_size > 1:
+                    self._unlink(before + HEADER_SIZE, before_size)
+                chunk, previous_size, tag = before, before_prev, before_tag
+                block_size += before_size
+        if block_size == BLOCKS_PER_PAGE:
+            self.release_pages(page, 1)
+            return
+        self._write_header(chunk, previous_size, block_size, POOL_FREE, tag)
+        self._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)
+        if block_size > 1:
+            self._insert(chunk + HEADER_SIZE, block_size, at_tail=False)
+
+    def flush_lookasides(self) -> int:
+        """Free every chunk cached on a lookaside into the lists; returns how many."""
+        flushed = 0
+        for heads, depths in zip(self.lookaside_heads, self.lookaside_depths):
+            for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
+                entry = heads[block_size]
+                while entry:
+                    chunk = entry - HEADER_SIZE
+                    entry = QWORD.unpack_from(self.mem, self._pa(chunk + HEADER_SIZE))[0]
+                    self.mem[self._pa(chunk) + 3] = POOL_FREE
+                    self.free_small(chunk)
+                    flushed += 1
+                heads[block_size] = 0
+                depths[block_size] = 0
+        return flushed
+
+    # --- big allocations ---------------------------------------------------------------
+
+    def allocate_big(self, number_of_bytes: int, tag: int) -> int:
+        count = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if count > self.page_count:
+            return 0
+        va = self.take_pages(count, PAGE_BIG_FIRST)
+        if not va and self.flush_lookasides():
+            va = self.take_pages(count, PAGE_BIG_FIRST)
+        if va:
+            self.big_pages[va] = (tag, count)
+        return va
+
+    def free_big(self, va: int) -> tuple[int, int]:
+        tag, count = self.big_pages.pop(va)
+        self.release_pages(va, count)
+        return tag, count

@@ -1,0 +1,70 @@
+import pytest
+
+import ntpool
+from ntpool.memory import SELF_MAP_INDEX, AddressSpace, PhysicalMemory, PTE_PRESENT
+
+MiB = 1 << 20
+
+
+def test_page_tables_live_in_physical_memory_and_agree_with_the_tlb(k):
+    p = k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 64, "Tabl")
+    pa = k.space.walk(p)
+    assert pa is not None and pa == k.space.translate(p)
+    k.write(p, b"abcdef")
+    assert k.physical.read(pa, 6) == b"abcdef"
+
+
+def test_self_map_entry_points_at_the_pml4():
+    space = AddressSpace(PhysicalMemory(MiB))
+    pml4 = space.cr3 << 12
+    entry = int.from_bytes(space.physical.read(pml4 + SELF_MAP_INDEX * 8, 8), "little")
+    assert entry & PTE_PRESENT and (entry & 0x000FFFFFFFFFF000) == pml4
+
+
+def test_physical_memory_is_backed_sparsely():
+    # 8 GiB of machine: cheap to create because the host only backs touched frames.
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 << 30, paged_pool_bytes=4 << 30)
+    assert k.physical.size > 8 << 30
+    assert k.physical.frames_used < 64
+
+
+def test_reads_and_writes_cross_page_boundaries(k):
+    p = k.ExAllocatePoolWithTag(0, 3 * 4096, "Span")
+    data = bytes(range(256)) * 20
+    k.write(p + 100, data)
+    assert k.read(p + 100, len(data)) == data
+
+
+def test_unmapped_address_is_bug_check_0x50(k):
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.read(0xFFFFFA8000000000 + (3 << 20), 8)
+    assert info.value.code == 0x50
+    assert info.value.parameters[:2] == (0xFFFFFA8000000000 + (3 << 20), 0)
+
+
+def test_write_fault_reports_a_write(k):
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.write(0xFFFFF8A000000000 + (2 << 20), b"x")
+    assert info.value.parameters[1] == 1
+
+
+def test_rtl_routines(k):
+    a = k.ExAllocatePoolWithTag(0, 64, "RtlA")
+    b = k.ExAllocatePoolWithTag(0, 64, "RtlB")
+    k.RtlFillMemory(a, 64, 0x41)
+    k.RtlCopyMemory(b, a, 32)
+    assert k.read(b, 32) == b"A" * 32
+    k.RtlZeroMemory(b, 16)
+    assert k.read(b, 16) == bytes(16)
+    assert k.RtlCompareMemory(a, b, 32) == 0
+    assert k.RtlCompareMemory(a, a, 64) == 64
+
+
+@pytest.mark.parametrize("call", [
+    lambda k: k.read(-5, 1), lambda k: k.read(0xFFFFFA8000000000, -1),
+    lambda k: k.write(0xFFFFFA8000000000 + 8, "text"), lambda k: k.RtlZeroMemory(0, -1),
+])
+def test_misuse_of_memory_api_is_a_plain_error(k, call):
+    with pytest.raises((ValueError, TypeError)):
+        call(k)
+    assert not k.halted
