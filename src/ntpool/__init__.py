@@ -14,7 +14,7 @@ from .constants import (
     PoolType,
 )
 from .errors import BugCheck, MachineHalted, NtStatusError, TagError
-from .kernel import Kernel
+from .system import Kernel
 from .pool.tracker import PoolTagInfo
 from .tags import PROTECTED_POOL, Tag, tag
 

@@ -95,6 +95,8 @@ class Kernel(ExecutiveRoutines):
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self.current_processor = 0
+        # The loaded driver whose code is running (None: the kernel itself or a test).
+        self.current_driver = None
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -234,7 +236,7 @@ def _checked_span(address, size) -> tuple[int, int]:
 INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "bugcheck_observers",
+    "write_dump", "bugcheck_observers", "current_driver", "drivers",
 })
 
 _halted_classes: dict[type, type] = {}
