@@ -1,54 +1,142 @@
-"""``ntpool demo``: a short built-in scenario (the demo issue grows it into the full show)."""
+"""``ntpool demo``: three sample drivers, a workload, a leak, a crash, a dump, the analysis.
 
-import random
+The drivers and the workload are the shipped sample scenario (``ntpool/samples/demo.py``);
+this module only shows them: a progress display, poolmon's table, the tags that grew, the
+bug check, MEMORY.DMP and the debugger's verdict.
+"""
+
+from functools import partial
+from pathlib import Path
 
 from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..constants import PoolType
-from ..errors import BugCheck
-from ..kernel import Kernel
+from ..constants import PAGE_SIZE
+from ..pool.header import walk_page
+from ..poolmon import PoolmonModel, grown_tags
+from ..pooltag import load_pooltags
+from ..scenario import ScenarioRun, load_scenario
 from ..tags import display
+from .poolmon_view import poolmon_table, wide_console
+
+DUMP_NAME = "MEMORY.DMP"
 
 
-def _pool_table(kernel: Kernel) -> Table:
-    table = Table(title="Pool usage by tag (as poolmon shows it)")
-    for column in ("Tag", "Type", "Allocs", "Frees", "Diff", "Bytes", "Per Alloc"):
-        table.add_column(column, justify="left" if column in ("Tag", "Type") else "right")
-    for row in kernel.pool_tags():
-        for kind, allocs, frees, used in (("Nonp", row.NonPagedAllocs, row.NonPagedFrees, row.NonPagedUsed),
-                                          ("Paged", row.PagedAllocs, row.PagedFrees, row.PagedUsed)):
-            if allocs:
-                diff = allocs - frees
-                table.add_row(display(row.TagUlong), kind, str(allocs), str(frees), str(diff),
-                              str(used), str(used // diff if diff else 0))
+def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
+             console: Console | None = None) -> int:
+    console = console or wide_console()
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise OSError(f"--out {out_dir}: no such directory")
+    scenario = load_scenario("demo")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        scenario.workload = partial(scenario.workload, steps=steps, backup_files=2 * steps)
+        scenario.checkpoints = None
+    run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME))
+    pooltags = load_pooltags()
+
+    kernel = run.boot()
+    console.print(f"[bold]ntpool demo[/bold] (seed {seed}): booted an x64 machine, "
+                  f"CR3 {kernel.space.cr3 << 12:#x}, {kernel.nonpaged_pool.page_count * PAGE_SIZE >> 20} MiB "
+                  f"nonpaged and {kernel.paged_pool.page_count * PAGE_SIZE >> 20} MiB paged pool")
+    run.load_drivers()
+    console.print(_driver_table(run, pooltags))
+    _run_workload(run, console, pooltags)
+    run.finish()
+    if run.bugcheck is None:
+        console.print("[yellow]The workload ended without a bug check.[/yellow]")
+        return 0
+    _show_crash(run, console, pooltags)
+    return 0
+
+
+def _driver_table(run: ScenarioRun, pooltags) -> Table:
+    table = Table(title="Loaded drivers", title_justify="left")
+    table.add_column("Driver")
+    table.add_column("Its tags (pooltag.txt)")
+    for driver in run.loaded:
+        tags = sorted(tag for tag, owner in pooltags.exact.items() if owner.binary == driver.name)
+        table.add_row(driver.name, " ".join(tags))
     return table
 
 
-def run_demo(seed: int = 1) -> int:
-    console = Console()
-    rng = random.Random(seed)
-    kernel = Kernel(nonpaged_pool_bytes=16 << 20, paged_pool_bytes=16 << 20)
-    console.print(f"[bold]ntpool[/bold]: booted an x64 machine (CR3 {kernel.space.cr3 << 12:#x}), seed {seed}")
-    live: list[tuple[int, str]] = []
-    for step in range(5000):
-        if live and rng.random() < 0.45:
-            address, tag = live.pop(rng.randrange(len(live)))
-            kernel.ExFreePoolWithTag(address, tag)
-            continue
-        tag = rng.choice(["Fred", "Recv", "Filt", "Irp "])
-        pool_type = PoolType.PagedPool if tag == "Filt" else PoolType.NonPagedPool
-        size = rng.choice([24, 100, 256, 1500, 6000])
-        address = kernel.ExAllocatePoolWithTag(pool_type, size, tag)
-        if address:
-            live.append((address, tag))
-    console.print(_pool_table(kernel))
-    address, tag = live[0]
-    console.print(f"A buggy driver now frees {address:#x} (tag '{tag}') with the wrong tag 'Oops'...")
-    try:
-        kernel.ExFreePoolWithTag(address, "Oops")
-    except BugCheck as error:
-        console.print(f"[bold red]{error}[/bold red]")
-        console.print(f"The allocation's header holds tag {display(error.parameters[2])!r}: the culprit "
-                      f"is the code that freed {address:#x} with {display(error.parameters[3])!r}.")
-    return 0
+def _run_workload(run: ScenarioRun, console: Console, pooltags) -> None:
+    phase = None
+    phase_start = run.snapshots[-1]
+    progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
+    with progress:
+        task = progress.add_task("starting", total=run.scenario.checkpoints)
+        for label in run.checkpoints():
+            name = label.split(":")[0]
+            if name != phase:
+                if phase is not None:
+                    _phase_report(run, phase, phase_start, progress.console, pooltags)
+                phase, phase_start = name, run.snapshots[-1]
+            progress.update(task, advance=1, description=label)
+        progress.update(task, total=progress.tasks[0].completed)
+
+
+def _phase_report(run: ScenarioRun, phase: str, start, console: Console, pooltags) -> None:
+    end = run.snapshots[-2]  # the last checkpoint of the phase that just ended
+    if phase == "traffic":
+        model = PoolmonModel(sort="b", pooltags=pooltags)
+        model.update(start)
+        model.update(end)
+        console.print(poolmon_table(model, title="Pool usage by tag after the traffic "
+                                                 "(deltas: since the traffic began)",
+                                    owners=console.width >= 120))
+        grown = [g for g in grown_tags(start, end) if g.diff_grown > 0]
+        if grown:
+            leak = grown[0]
+            console.print(f"Tag [bold]{leak.tag}[/bold] ({pooltags.describe(leak.tag) or 'unknown owner'}) "
+                          f"grew by {leak.diff_grown:,} allocations and {leak.bytes_grown:,} bytes while "
+                          f"traffic was steady: a leak (ntpool poolsnap --diff finds the same).")
+    elif phase == "backup":
+        fs_filter = next((d for d in run.loaded if d.name == "fsfilter.sys"), None)
+        if fs_filter is not None:
+            console.print(f"The backup exhausted paged pool: FsRtlAllocatePoolWithTag raised "
+                          f"STATUS_INSUFFICIENT_RESOURCES {fs_filter.failed_opens:,} times; "
+                          f"fsfilter.sys caught it and failed those opens, so the machine ran on.")
+
+
+def _show_crash(run: ScenarioRun, console: Console, pooltags) -> None:
+    error = run.bugcheck
+    console.print(Panel(str(error), title="bug check", style="bold red"))
+    if run.dump_written:
+        console.print(f"Wrote {run.dump_written}.")
+    else:
+        console.print("[dim]This build has no crash-dump writer; analysing the live machine.[/dim]")
+    console.print(_analysis(run.kernel, error, pooltags))
+
+
+def _analysis(kernel, error, pooltags) -> str:
+    """What the machine knows about a pool bug check: the chunks involved and their owners."""
+    lines = [f"{error.name} ({error.code:#x})"]
+    code, (p1, p2, p3, _p4) = error.code, error.parameters
+    if code == 0x19 and p1 == 0x20:
+        lines.append(f"The pool block header at {p2:#x} was overrun: the next header, at {p3:#x}, "
+                     f"no longer records its size.")
+        culprit = p2
+    elif code == 0xC2 and p1 in (0x07, 0x0A, 0x99):
+        culprit = p3 if p1 == 0x07 else p2
+    else:
+        return "\n".join(lines)
+    page = culprit & ~(PAGE_SIZE - 1)
+    for chunk in walk_page(kernel.read(page, PAGE_SIZE), page):
+        mark = "*" if chunk.address == culprit else " "
+        tag = display(chunk.tag)
+        owner = pooltags.describe(tag)
+        lines.append(f" {mark}{chunk.address:x} size: {chunk.size:4x} previous size: "
+                     f"{chunk.previous_size * 16:4x}  ({chunk.state}) {tag}"
+                     f"{'  ' + owner if owner and chunk.address in (culprit, p3) else ''}")
+    header_tag = display(int.from_bytes(kernel.read(culprit + 4, 4), "little"))
+    owner = pooltags.owner(header_tag)
+    who = f"{owner.binary}" if owner else "an unknown driver"
+    lines.append(f"Probably caused by: {who} (pool tag {header_tag}: "
+                 f"{owner.description if owner else 'not in pooltag.txt'})")
+    return "\n".join(lines)

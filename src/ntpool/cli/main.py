@@ -9,7 +9,7 @@ from ..errors import BugCheck, NtStatusError, TagError
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(seed=args.seed)
+    return run_demo(seed=args.seed, out_dir=args.out, steps=args.steps)
 
 
 def _cmd_bench(args) -> int:
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
+    demo.add_argument("--out", default=".", metavar="DIR", help="where MEMORY.DMP goes (default .)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="traffic steps (default 6000; fewer for a quick run)")
     demo.set_defaults(func=_cmd_demo)
     bench = sub.add_parser("bench", help="measure the allocator's speed and memory")
     bench.add_argument("--quick", action="store_true", help="smaller runs (100K live, not 1M)")

@@ -1,0 +1,283 @@
+"""Scenarios: a user's drivers and workload, run on a fresh machine.
+
+A scenario is a Python file that defines
+
+- ``DRIVERS``: a list of driver objects (``name``, ``DriverEntry(k, RegistryPath)``,
+  ``DriverUnload(k)``), loaded in order before the workload and unloaded after it;
+- ``workload(k, rng)``: the work, with ``k`` the machine and ``rng`` a ``random.Random``
+  seeded from ``--seed``. It may be a generator: each ``yield`` (optionally
+  ``yield "label"``) is a checkpoint where poolmon refreshes and a usage sample is taken;
+- optionally ``KERNEL = dict(nonpaged_pool_bytes=..., paged_pool_bytes=...)`` and
+  ``CHECKPOINTS`` (how many yields to expect, for progress bars).
+
+``ScenarioRun`` boots the machine, loads the drivers, steps the workload checkpoint by
+checkpoint, records per-tag usage samples there (never in the allocator's path), and
+unloads. A bug check stops the run and is kept in ``run.bugcheck``.
+"""
+
+import inspect
+import random
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import BugCheck
+from .poolmon import Snapshot
+from .system import Kernel
+
+SAMPLES_DIRECTORY = Path(__file__).parent / "samples"
+SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py"}
+REGISTRY_PATH = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{}"
+MiB = 1 << 20
+_CORE_DIRECTORY = str(Path(__file__).parent)
+_SAMPLES_DIRECTORY = str(SAMPLES_DIRECTORY)
+
+
+class ScenarioError(Exception):
+    """The scenario file itself is wrong (cannot be read, does not define what it must)."""
+
+
+@dataclass
+class Scenario:
+    name: str
+    drivers: list
+    workload: Callable
+    kernel_options: dict = field(default_factory=dict)
+    checkpoints: int | None = None
+    path: str = ""
+
+
+@dataclass
+class UsageSample:
+    """Per-tag outstanding bytes at one checkpoint: {tag: (nonpaged, paged)}."""
+
+    index: int
+    label: str
+    bytes_by_tag: dict[str, tuple[int, int]]
+
+
+def load_scenario(spec: str) -> Scenario:
+    """A scenario from a file path, or the name of a shipped sample (``demo``)."""
+    path = Path(spec)
+    if not path.exists() and spec in SAMPLE_SCENARIOS:
+        path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time
+    if not path.is_file():
+        raise ScenarioError(f"scenario {spec} does not exist (give a .py file, or one of: "
+                            f"{', '.join(SAMPLE_SCENARIOS)})")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(f"cannot read scenario {spec}: {error}") from None
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as error:
+        raise ScenarioError(f"{spec}:{error.lineno}: syntax error: {error.msg}") from None
+    namespace = {"__name__": f"ntpool_scenario_{path.stem}", "__file__": str(path)}
+    try:
+        exec(code, namespace)
+    except Exception as error:  # the user's module failed while being defined
+        raise ScenarioError(f"{spec}:{_user_line(error, str(path))}: "
+                            f"{type(error).__name__}: {error}") from None
+    return scenario_from_namespace(namespace, path.stem, str(path))
+
+
+def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
+    workload = namespace.get("workload")
+    if not callable(workload):
+        raise ScenarioError(f"{path} defines no workload(k, rng) function")
+    drivers = namespace.get("DRIVERS", [])
+    if not isinstance(drivers, (list, tuple)):
+        raise ScenarioError(f"{path}: DRIVERS must be a list of drivers")
+    for driver in drivers:
+        for attribute in ("name", "DriverEntry", "DriverUnload"):
+            if not hasattr(driver, attribute):
+                raise ScenarioError(f"{path}: driver {driver!r} has no {attribute}")
+    options = namespace.get("KERNEL", {})
+    if not isinstance(options, dict):
+        raise ScenarioError(f"{path}: KERNEL must be a dict of Kernel() arguments")
+    return Scenario(name, list(drivers), workload, dict(options),
+                    namespace.get("CHECKPOINTS"), path)
+
+
+def _user_line(error: BaseException, path: str) -> str:
+    """The line of the user's file where ``error`` was raised (innermost frame in it)."""
+    line = "?"
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == path:
+            line = str(frame.lineno)
+    return line
+
+
+class ScenarioRun:
+    """One run of a scenario on a fresh machine."""
+
+    def __init__(self, scenario: Scenario, seed: int = 1, kernel_options: dict | None = None,
+                 dump_path: str | None = None):
+        self.scenario = scenario
+        self.seed = seed
+        options = {"nonpaged_pool_bytes": 64 * MiB, "paged_pool_bytes": 64 * MiB}
+        options.update(scenario.kernel_options)
+        options.update(kernel_options or {})
+        self.kernel_options = options
+        self.dump_path = dump_path
+        self.kernel: Kernel | None = None
+        self.samples: list[UsageSample] = []
+        self.snapshots: list[Snapshot] = []
+        self.bugcheck: BugCheck | None = None
+        self.loaded: list = []
+        self.dump_written: str | None = None
+        self.finished = False
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def boot(self) -> Kernel:
+        try:
+            self.kernel = Kernel(**self.kernel_options)
+        except TypeError as error:
+            raise ScenarioError(f"{self.scenario.path}: KERNEL: {error}") from None
+        _provide_documented_routines(self.kernel)
+        self.sample("boot")
+        return self.kernel
+
+    def load_drivers(self) -> None:
+        for driver in self.scenario.drivers:
+            self._call_driver(lambda: _load_driver(self.kernel, driver))
+            if self.bugcheck:
+                return
+            self.loaded.append(driver)
+
+    def checkpoints(self) -> Iterator[str]:
+        """Run the workload, yielding each checkpoint's label after its sample is taken."""
+        if self.kernel is None:
+            self.boot()
+            self.load_drivers()
+        if self.bugcheck:
+            return
+        rng = random.Random(self.seed)
+        try:
+            result = self._call_user(lambda: self.scenario.workload(self.kernel, rng))
+            if inspect.isgenerator(result):
+                while True:
+                    label = self._call_user(lambda: next(result, StopIteration))
+                    if label is StopIteration:
+                        break
+                    label = "" if label is None else str(label)
+                    self.sample(label)
+                    yield label
+        except BugCheck as error:
+            self._crashed(error)
+
+    def unload_drivers(self) -> None:
+        if self.bugcheck:
+            return
+        for driver in reversed(self.loaded):
+            self._call_driver(lambda: _unload_driver(self.kernel, driver))
+            if self.bugcheck:
+                return
+        self.loaded.clear()
+
+    def finish(self) -> None:
+        """Unload the drivers (unless the machine is down) and take the last sample."""
+        if self.finished:
+            return
+        self.sample("end of workload")
+        self.unload_drivers()
+        if not self.bugcheck:
+            self.sample("after unload")
+        self.finished = True
+
+    def run(self) -> "ScenarioRun":
+        for _ in self.checkpoints():
+            pass
+        self.finish()
+        return self
+
+    # --- samples ---------------------------------------------------------------------------
+
+    def sample(self, label: str) -> None:
+        rows = self.kernel.pool_tags()
+        index = len(self.samples)
+        self.samples.append(UsageSample(index, label, {
+            row.Tag: (row.NonPagedUsed, row.PagedUsed) for row in rows}))
+        self.snapshots.append(Snapshot.from_pool_tags(rows, label=label or f"checkpoint {index}",
+                                                      source=self.scenario.name))
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def _call_driver(self, action) -> None:
+        try:
+            self._call_user(action)
+        except BugCheck as error:
+            self._crashed(error)
+
+    def _call_user(self, action):
+        """Run user code; a Python error in it becomes a ScenarioError naming the line."""
+        try:
+            return action()
+        except (BugCheck, ScenarioError):
+            raise
+        except Exception as error:
+            raise ScenarioError(self._describe_user_error(error)) from error
+
+    def _describe_user_error(self, error: Exception) -> str:
+        """Where in the user's code (the innermost frame outside ntpool's core) it failed."""
+        frames = traceback.extract_tb(error.__traceback__)
+        user = [f for f in frames if not f.filename.startswith(_CORE_DIRECTORY)
+                or f.filename.startswith(_SAMPLES_DIRECTORY)]
+        if user:
+            frame = user[-1]
+            return (f"{frame.filename}:{frame.lineno} in {frame.name}: "
+                    f"{type(error).__name__}: {error}")
+        return f"{self.scenario.path}: {type(error).__name__}: {error}"
+
+    def _crashed(self, error: BugCheck) -> None:
+        self.bugcheck = error
+        self.sample("bug check")
+        if self.dump_path and self.dump_written is None and hasattr(self.kernel, "write_dump"):
+            self.kernel.write_dump(self.dump_path)
+            self.dump_written = self.dump_path
+
+
+def _load_driver(k, driver) -> None:
+    path = REGISTRY_PATH.format(driver.name.removesuffix(".sys"))
+    if hasattr(k, "load_driver"):
+        k.load_driver(driver)
+        return
+    status = driver.DriverEntry(k, path)  # until the machine loads drivers itself
+    if status:
+        from .errors import NtStatusError
+        raise NtStatusError(status, f"DriverEntry of {driver.name} failed")
+
+
+def _unload_driver(k, driver) -> None:
+    if hasattr(k, "unload_driver"):
+        k.unload_driver(driver)
+    else:
+        driver.DriverUnload(k)
+
+
+def _provide_documented_routines(k) -> None:
+    """Stand-ins for NdisAllocateMemoryWithTag and FsRtlAllocatePoolWithTag until they land.
+
+    Thin translations onto ExAllocatePoolWithTag, exactly as documented; deleted once the
+    machine has its own.
+    """
+    from .errors import NtStatusError
+
+    if not hasattr(k, "NdisAllocateMemoryWithTag"):
+        def NdisAllocateMemoryWithTag(Length, Tag):
+            va = k.ExAllocatePoolWithTag(0, Length, Tag)
+            return (0, va) if va else (0xC0000001, 0)
+
+        k.NdisAllocateMemoryWithTag = NdisAllocateMemoryWithTag
+        k.NdisFreeMemory = lambda VirtualAddress, Length, MemoryFlags: k.ExFreePool(VirtualAddress)
+    if not hasattr(k, "FsRtlAllocatePoolWithTag"):
+        def FsRtlAllocatePoolWithTag(PoolType, NumberOfBytes, Tag):
+            va = k.ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag)
+            if not va:
+                raise NtStatusError(0xC000009A, "FsRtlAllocatePoolWithTag")
+            return va
+
+        k.FsRtlAllocatePoolWithTag = FsRtlAllocatePoolWithTag
