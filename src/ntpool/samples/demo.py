@@ -48,7 +48,7 @@ def traffic(k, rng, steps: int):
             fs_filter.open_file(k, rng.choice(FOLDERS) + f"file{rng.randrange(10_000)}.txt")
         if len(fs_filter.open_files) > 40 or rng.random() < 0.45:
             fs_filter.close_file(k)
-        sloppy.handle_request(k, rng.choice(SAFE_NAMES), cancelled=rng.random() < 0.06)
+        sloppy.handle_request(k, rng.choice(SAFE_NAMES), cancelled=rng.random() < 0.08)
         if step % STEPS_PER_CHECKPOINT == 0:
             yield "traffic"
 

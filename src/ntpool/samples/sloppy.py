@@ -10,7 +10,7 @@ from ntpool import NtStatus, PoolType
 
 REQUEST_TAG = "qRlS"  # shows "SlRq"
 NAME_TAG = "mNlS"  # shows "SlNm"
-REQUEST_BYTES = 96
+REQUEST_BYTES = 480  # an IRP context with its buffers
 STATUS_CANCELLED = 0xC0000120
 
 

@@ -1,0 +1,328 @@
+"""Pictures of the pool: a page map, per-tag usage over time, and a self-contained HTML report.
+
+The data (which chunk lies where, which tag holds how much when) is gathered here without
+any plotting library; matplotlib is imported only inside the render functions, so the rest
+of ntpool never pays for it. SVG text is kept as text, so tags can be searched for in it.
+"""
+
+import html
+import io
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+from .constants import PAGE_SHIFT, PAGE_SIZE
+from .pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL
+from .pool.header import walk_page
+from .tags import display
+
+ALLOCATED, FREE, LOOKASIDE, BIG, RESERVED = "Allocated", "Free", "Lookaside", "Big", "Reserved"
+FREE_COLOUR = "#ffffff"
+LOOKASIDE_COLOUR = "#d9d9d9"
+RESERVED_COLOUR = "#7f7f7f"
+# Distinct colours for the tags that hold most; tags past these get a colour from their name.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+           "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    offset: int  # bytes into the page
+    length: int
+    state: str  # ALLOCATED, FREE, LOOKASIDE, BIG or RESERVED
+    tag: str = ""  # as tools show it; "" for free space
+
+
+@dataclass(frozen=True)
+class PageStrip:
+    pool: str  # "NonPagedPool" or "PagedPool"
+    va: int
+    segments: tuple[Segment, ...]
+    note: str = ""  # e.g. "SlRq: 3 pages" on the first page of a big allocation
+
+
+# --- gathering ---------------------------------------------------------------------------
+
+def live_page_strips(kernel, pool: str = "both") -> list[PageStrip]:
+    """Every pool page in use on a live machine, in address order."""
+    strips = []
+    for descriptor in _pools(kernel, pool):
+        for index, kind in enumerate(descriptor.page_kind):
+            if kind != PAGE_FREE:
+                va = descriptor.base + (index << PAGE_SHIFT)
+                strips.extend(_strips_at(kernel, descriptor, index, va))
+    return strips
+
+
+def _pools(kernel, pool: str):
+    if pool not in ("both", "nonpaged", "paged"):
+        raise ValueError(f"pool must be both, nonpaged or paged, got {pool!r}")
+    chosen = []
+    if pool in ("both", "nonpaged"):
+        chosen.append(kernel.nonpaged_pool)
+    if pool in ("both", "paged"):
+        chosen.append(kernel.paged_pool)
+    return chosen
+
+
+def _strips_at(kernel, descriptor, index: int, va: int) -> list[PageStrip]:
+    kind = descriptor.page_kind[index]
+    if kind == PAGE_SMALL:
+        return [small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va)]
+    if kind == PAGE_BIG_FIRST:
+        tag_value, pages = descriptor.big_pages.get(va, (0, 1))
+        tag = display(tag_value)
+        note = f"{tag}: {pages} page{'s' if pages > 1 else ''}"
+        return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, BIG, tag),), note)]
+    if kind == PAGE_BIG_REST:
+        first = va
+        while first > descriptor.base and \
+                descriptor.page_kind[(first - descriptor.base) >> PAGE_SHIFT] == PAGE_BIG_REST:
+            first -= PAGE_SIZE
+        tag = display(descriptor.big_pages.get(first, (0, 1))[0])
+        return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, BIG, tag),))]
+    return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, RESERVED),))]
+
+
+def small_page_strip(pool: str, page: bytes, va: int) -> PageStrip:
+    """A page of small chunks from its bytes (live memory or a dump alike)."""
+    segments = []
+    end = 0
+    for chunk in walk_page(page, va):
+        state = chunk.state
+        segments.append(Segment(chunk.address - va, chunk.size, state,
+                                display(chunk.tag) if state != FREE else ""))
+        end = chunk.address - va + chunk.size
+    if end < PAGE_SIZE:  # the header chain broke: show the rest as unreadable
+        segments.append(Segment(end, PAGE_SIZE - end, RESERVED, "?"))
+    return PageStrip(pool, va, tuple(segments))
+
+
+# --- colours -----------------------------------------------------------------------------
+
+def tag_colours(strips: Iterable[PageStrip]) -> dict[str, str]:
+    """A colour per tag, the distinct ones to the tags covering most bytes."""
+    covered: dict[str, int] = {}
+    for strip in strips:
+        for segment in strip.segments:
+            if segment.state in (ALLOCATED, BIG):
+                covered[segment.tag] = covered.get(segment.tag, 0) + segment.length
+    ranked = sorted(covered, key=lambda tag: (-covered[tag], tag))
+    colours = {}
+    for rank, tag in enumerate(ranked):
+        colours[tag] = PALETTE[rank] if rank < len(PALETTE) else _colour_from_name(tag)
+    return colours
+
+
+def _colour_from_name(tag: str) -> str:
+    value = zlib.crc32(tag.encode("latin-1"))
+    r, g, b = 64 + (value & 0x7F), 64 + ((value >> 8) & 0x7F), 64 + ((value >> 16) & 0x7F)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def segment_colour(segment: Segment, colours: dict[str, str]) -> str:
+    if segment.state in (ALLOCATED, BIG):
+        return colours.get(segment.tag, RESERVED_COLOUR)
+    if segment.state == LOOKASIDE:
+        return LOOKASIDE_COLOUR
+    if segment.state == FREE:
+        return FREE_COLOUR
+    return RESERVED_COLOUR
+
+
+# --- rendering (matplotlib, imported here only) -----------------------------------------------
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.rcParams["svg.fonttype"] = "none"  # keep text as text: tags stay searchable
+    matplotlib.rcParams["svg.hashsalt"] = "ntpool"  # the same picture gives the same file
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_figure(figure, path: str | None = None, fmt: str | None = None) -> bytes:
+    """Write the figure to ``path`` (format from its suffix) or return its bytes."""
+    fmt = fmt or (str(path).rsplit(".", 1)[-1].lower() if path else "svg")
+    if fmt not in ("png", "svg"):
+        raise ValueError(f"picture format must be .png or .svg, not .{fmt}")
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else {}
+    figure.savefig(buffer, format=fmt, metadata=metadata)
+    data = buffer.getvalue()
+    if path:
+        with open(path, "wb") as file:
+            file.write(data)
+    return data
+
+
+def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96,
+                   marks: dict[int, str] | None = None):
+    """Each pool page a horizontal strip, each chunk a bar coloured by its tag.
+
+    ``marks`` maps chunk addresses to a note drawn beside them (e.g. the bug check's chunk).
+    """
+    from matplotlib.patches import Patch
+
+    shown = strips[:max_pages]
+    colours = tag_colours(shown)
+    height = max(2.5, 0.2 * len(shown) + 1.6)
+    figure = _figure(13, height)
+    axes = figure.add_subplot()
+    for row, strip in enumerate(shown):
+        bars = [(s.offset, s.length) for s in strip.segments]
+        faces = [segment_colour(s, colours) for s in strip.segments]
+        hatches = ["////" if s.state == BIG else None for s in strip.segments]
+        for (start, width), face, hatch in zip(bars, faces, hatches):
+            axes.broken_barh([(start, width)], (row - 0.4, 0.8), facecolors=face,
+                             edgecolors="#404040", linewidth=0.4, hatch=hatch)
+        for segment in strip.segments:
+            if segment.state == ALLOCATED and segment.length >= 320:
+                axes.text(segment.offset + segment.length / 2, row, segment.tag,
+                          ha="center", va="center", fontsize=7, family="monospace")
+        if strip.note:
+            axes.text(PAGE_SIZE / 2, row, strip.note, ha="center", va="center", fontsize=7,
+                      family="monospace", bbox={"facecolor": "white", "alpha": 0.8,
+                                                "linewidth": 0})
+    _draw_marks(axes, shown, marks or {})
+    axes.set_xlim(0, PAGE_SIZE)
+    axes.set_ylim(len(shown) - 0.5, -0.5)
+    axes.set_xticks(range(0, PAGE_SIZE + 1, 512))
+    axes.set_xlabel("offset in page (bytes)")
+    step = max(1, len(shown) // 40)
+    axes.set_yticks(range(0, len(shown), step))
+    axes.set_yticklabels([_page_label(shown[i]) for i in range(0, len(shown), step)],
+                         family="monospace", fontsize=7)
+    more = f" (first {len(shown)} of {len(strips)} pages)" if len(strips) > len(shown) else ""
+    axes.set_title((title or "Pool pages") + more, loc="left")
+    legend = [Patch(facecolor=colour, edgecolor="#404040", label=tag)
+              for tag, colour in list(colours.items())[:16]]
+    legend += [Patch(facecolor=FREE_COLOUR, edgecolor="#404040", label="free"),
+               Patch(facecolor=LOOKASIDE_COLOUR, edgecolor="#404040",
+                     label="lookaside (freed, cached)"),
+               Patch(facecolor="white", edgecolor="#404040", hatch="////",
+                     label="big allocation (whole pages)")]
+    axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+                frameon=False)
+    return figure
+
+
+def _draw_marks(axes, strips: list[PageStrip], marks: dict[int, str]) -> None:
+    from matplotlib.patches import Rectangle
+
+    for row, strip in enumerate(strips):
+        for segment in strip.segments:
+            note = marks.get(strip.va + segment.offset)
+            if note is None:
+                continue
+            axes.add_patch(Rectangle((segment.offset, row - 0.5), segment.length, 1.0,
+                                     fill=False, edgecolor="#d62728", linewidth=2.5, zorder=5))
+            axes.annotate(note, (segment.offset + segment.length, row), xytext=(12, -14),
+                          textcoords="offset points", color="#d62728", fontsize=8,
+                          fontweight="bold", zorder=6,
+                          bbox={"facecolor": "white", "edgecolor": "#d62728", "linewidth": 0.8},
+                          arrowprops={"arrowstyle": "->", "color": "#d62728"})
+
+
+def _page_label(strip: PageStrip) -> str:
+    return f"{'NP' if strip.pool == 'NonPagedPool' else 'PP'} {strip.va:x}"
+
+
+def usage_figure(samples, title: str = "", top: int = 10):
+    """Outstanding bytes per tag at each checkpoint: a leak is the line that only climbs."""
+    totals: dict[str, list[int]] = {}
+    for position, sample in enumerate(samples):
+        for tag, (nonpaged, paged) in sample.bytes_by_tag.items():
+            totals.setdefault(tag, [0] * len(samples))[position] = nonpaged + paged
+    ranked = sorted(totals, key=lambda tag: (-max(totals[tag]), tag))[:top]
+    figure = _figure(11, 5)
+    axes = figure.add_subplot()
+    xs = list(range(len(samples)))
+    for rank, tag in enumerate(ranked):
+        colour = PALETTE[rank % len(PALETTE)]
+        axes.plot(xs, [value / 1024 for value in totals[tag]], label=tag, color=colour,
+                  linewidth=1.6, marker="o" if len(xs) <= 30 else None, markersize=3)
+    _shade_phases(axes, samples)
+    for position, sample in enumerate(samples):
+        if sample.label == "bug check":
+            axes.axvline(position, color="#d62728", linestyle="--", linewidth=1)
+            axes.text(position, axes.get_ylim()[1], " bug check", color="#d62728",
+                      va="top", ha="right", rotation=90, fontsize=8)
+    axes.set_xlabel("checkpoint")
+    axes.set_ylabel("outstanding KiB (nonpaged + paged)")
+    axes.set_title(title or "Pool usage by tag over time", loc="left")
+    axes.grid(True, alpha=0.3)
+    if ranked:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+                    prop={"family": "monospace", "size": 8})
+    return figure
+
+
+def _shade_phases(axes, samples) -> None:
+    """Label runs of checkpoints that share a phase name (the text before a colon)."""
+    import matplotlib.transforms as transforms
+
+    blend = transforms.blended_transform_factory(axes.transData, axes.transAxes)
+    phases: list[list] = []
+    for position, sample in enumerate(samples):
+        name = sample.label.split(":")[0]
+        if phases and phases[-1][0] == name:
+            phases[-1][2] = position
+        else:
+            phases.append([name, position, position])
+    for number, (name, first, last) in enumerate(phases):
+        if number % 2:
+            axes.axvspan(first - 0.5, last + 0.5, color="#000000", alpha=0.04, linewidth=0)
+        if last > first and name not in ("bug check",):
+            axes.text((first + last) / 2, 0.98, name, transform=blend, ha="center", va="top",
+                      fontsize=8, color="#555555")
+
+
+# --- the HTML report ---------------------------------------------------------------------------
+
+def inline_svg(svg: bytes) -> str:
+    """An SVG document as an element to put inside HTML (no XML prologue or DOCTYPE)."""
+    text = svg.decode("utf-8")
+    return text[text.index("<svg"):]
+
+
+@dataclass
+class ReportSection:
+    title: str
+    body_html: str
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; font-family: ui-monospace, monospace; font-size: 0.85em; }
+th, td { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+th { background: #f0f0f0; } td.l, th.l { text-align: left; }
+.bugcheck { background: #fde8e8; border: 1px solid #d62728; padding: 0.8em; white-space: pre-wrap;
+            font-family: ui-monospace, monospace; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+def html_table(headers: list[str], rows: list[list], left_columns: int = 2) -> str:
+    head = "".join(f'<th class="{"l" if i < left_columns or h == "Owner" else ""}">'
+                   f"{html.escape(h)}</th>" for i, h in enumerate(headers))
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="{"l" if i < left_columns or headers[i] == "Owner" else ""}">'
+                        f"{html.escape(str(c))}</td>" for i, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_report(title: str, subtitle: str, sections: list[ReportSection]) -> str:
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>"]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>{section.body_html}</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
