@@ -10,6 +10,7 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
 from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from .drivers import CallSites, DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
 from .memory import AddressSpace, PhysicalMemory
@@ -62,7 +63,7 @@ def _positive_bytes(name: str, value) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-class Kernel(ExecutiveRoutines):
+class Kernel(ExecutiveRoutines, DriverRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -91,9 +92,10 @@ class Kernel(ExecutiveRoutines):
         self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
                                self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
                                crash, processors)
-        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
+        self._init_drivers()
+        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites)
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
@@ -236,7 +238,8 @@ def _checked_span(address, size) -> tuple[int, int]:
 INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "bugcheck_observers", "current_driver", "drivers",
+    "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
+    "allocation_site", "allocation_driver", "loaded_module_list",
 })
 
 _halted_classes: dict[type, type] = {}
