@@ -13,7 +13,9 @@ says which driver owns the site, the file, line and function. Resolving a new si
 slow part and happens once; the fast path pays for one frame lookup and one dict lookup.
 """
 
+import os
 import struct
+import sys
 import types
 from typing import NamedTuple
 
@@ -31,6 +33,8 @@ LDR_BASE_DLL_NAME = 0x58
 UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
 LIST_ENTRY = struct.Struct("<QQ")
 
+# ntpool's own code, minus the sample drivers that ship with it.
+_MACHINERY = os.path.dirname(os.path.abspath(__file__)) + os.sep
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
 
@@ -139,6 +143,15 @@ class CallSites:
             frame = frame.f_back
             depth += 1
         return None
+
+    def site_of_caller(self) -> int:
+        """Site of the nearest code on the stack that is not ntpool's own machinery
+        (a driver's, or a test's): where a faulting access came from."""
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_MACHINERY) and \
+                frame.f_code not in self.code_owner:
+            frame = frame.f_back
+        return 0 if frame is None else self.lookup(frame)
 
     def add_driver(self, driver: LoadedDriver) -> None:
         driver.codes = _codes_of(driver.obj)

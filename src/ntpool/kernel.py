@@ -99,6 +99,8 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
+        self.fault_handlers: list = []
+        self.user_copy_observers: list = []  # called (kernel, source, length) by copy_to_user
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -176,9 +178,15 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
     def _page_fault(self, address: int, write: bool) -> int:
         """Resolve a fault (returns the page's physical address) or bug-check.
 
-        Later layers (paging, special pool) extend this; an unmapped kernel address is
-        PAGE_FAULT_IN_NONPAGED_AREA.
+        Layers on top (special pool) add ``fault_handlers``: each is called with
+        (address, write) and returns the page's physical address, or None when the address
+        is not its business (it may bug-check instead). Otherwise an unmapped kernel address
+        is PAGE_FAULT_IN_NONPAGED_AREA.
         """
+        for handler in self.fault_handlers:
+            base = handler(address, write)
+            if base is not None:
+                return base
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
@@ -194,6 +202,18 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
         self.write(Destination, self.read(Source, _checked_length(Length)))
 
     RtlMoveMemory = RtlCopyMemory  # reading the whole source first makes overlap safe
+
+    def copy_to_user(self, UserBuffer: bytearray, Source: int, Length: int) -> None:
+        """Copy pool bytes out to a user-mode buffer (a Python bytearray stands for it)."""
+        if not isinstance(UserBuffer, bytearray):
+            raise TypeError(f"UserBuffer must be a bytearray, not {type(UserBuffer).__name__}")
+        Length = _checked_length(Length)
+        if Length > len(UserBuffer):
+            raise ValueError(f"Length {Length} is larger than the user buffer ({len(UserBuffer)} bytes)")
+        data = self.read(Source, Length)
+        for observer in self.user_copy_observers:
+            observer(self, Source, Length)
+        UserBuffer[:Length] = data
 
     def RtlCompareMemory(self, Source1: int, Source2: int, Length: int) -> int:
         a = self.read(Source1, _checked_length(Length))
@@ -239,7 +259,7 @@ INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
     "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
-    "allocation_site", "allocation_driver", "loaded_module_list",
+    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
 })
 
 _halted_classes: dict[type, type] = {}

@@ -75,12 +75,26 @@ class PoolAllocator:
         # The pool types the fast path may serve right now -> their pool.
         self.fast_pools: dict[int, Pool] = {}
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
+        # A layer on top (Driver Verifier) that sees every allocation and free on the
+        # generic path: ``allocate(pool, bytes, tag, site) -> address | None`` (None: not
+        # its business) and ``free(address, tag) -> bool`` (True: it freed it).
+        self.interceptor = None
         self.restore_fast_pools()
 
     def restore_fast_pools(self, paged_allowed: bool = True) -> None:
+        """Let the fast paths serve what they may; none at all while an interceptor is set."""
+        if self.interceptor is not None:
+            self.fast_pools = {}
+            self.pools_by_slot = {}
+            return
         self.fast_pools = {0: self.nonpaged}
         if paged_allowed:
             self.fast_pools[1] = self.paged
+        self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
+
+    def set_interceptor(self, interceptor) -> None:
+        self.interceptor = interceptor
+        self.restore_fast_pools()
 
     # --- fast paths ----------------------------------------------------------------------
 
@@ -204,6 +218,14 @@ class PoolAllocator:
 
     def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
         """Allocate with every argument already validated; 0 when the pool is exhausted."""
+        if self.interceptor is not None:
+            address = self.interceptor.allocate(pool, number_of_bytes, tag, site)
+            if address is not None:
+                return address
+        return self.allocate_plain(pool, number_of_bytes, tag, site)
+
+    def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
+        """The allocation itself, with no layer consulted."""
         if number_of_bytes > MAX_SMALL_ALLOCATION:
             va = pool.allocate_big(number_of_bytes, tag)
             if va:
@@ -244,6 +266,8 @@ class PoolAllocator:
     def free_generic(self, address, tag) -> None:
         address = _checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
+        if self.interceptor is not None and self.interceptor.free(address, passed):
+            return
         pool = self.locate(address)
         kind = pool.page_kind_of(address)
         if kind == PAGE_SMALL:
@@ -311,6 +335,10 @@ class PoolAllocator:
 
     def site_of(self, address: int) -> int:
         """The call-site number recorded for the allocation at ``address`` (0 if none)."""
+        if self.interceptor is not None:
+            site = self.interceptor.site_of(address)
+            if site is not None:
+                return site
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
