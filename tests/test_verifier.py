@@ -288,3 +288,43 @@ def test_verifier_off_restores_the_fast_path(k):
     assert k.pool.fast_pools == {}
     k.verifier.disable()
     assert k.pool.fast_pools and k.pool.interceptor is None
+
+
+# --- bug classes caught without an option ------------------------------------------------
+
+class Unchecked(Driver):
+    def run(self, k):
+        p = k.ExAllocatePoolWithTag(NP, 64, "Unch")
+        k.write(p + 8, b"no check")  # p may be NULL
+
+
+def test_unchecked_allocation_failure_surfaces_under_low_resources(k):
+    d = Unchecked()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", systematic_low_resources=True)
+    e = stop(lambda: d.run(k))
+    assert e.code == 0x1E and e.parameters[0] == 0xC0000005
+    assert e.parameters[2:] == (1, 8)
+    assert "Unchecked.run" in e.detail
+
+
+class DoubleFreer(Driver):
+    def run(self, k):
+        p = k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        k.ExFreePoolWithTag(p, "Dbl ")
+        k.ExFreePoolWithTag(p, "Dbl ")
+
+
+class WrongTagger(Driver):
+    def run(self, k):
+        k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 64, "Mine"), "Your")
+
+
+@pytest.mark.parametrize("driver, code, sub", [(DoubleFreer, 0xC2, 0x07), (WrongTagger, 0xC2, 0x0A)])
+def test_double_free_and_wrong_tag_by_a_driver(k, driver, code, sub):
+    d = driver()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", pool_tracking=True)  # verified or not, these stop the machine
+    e = stop(lambda: d.run(k))
+    assert (e.code, e.parameters[0]) == (code, sub)

@@ -9,7 +9,7 @@ lookup refuses every routine with a clear message, so live machines pay nothing 
 check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
-from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from .constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
 from .drivers import CallSites, DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
@@ -187,6 +187,14 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
             base = handler(address, write)
             if base is not None:
                 return base
+        if address < SYSTEM_RANGE_START:
+            # Kernel code touching a user-mode address nothing maps (a NULL pointer, most
+            # often): an access violation no handler catches.
+            site = self.call_sites.site_of_caller()
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              self.call_sites.table[site].address, int(write), address,
+                              detail=f"{'write to' if write else 'read of'} {address:#x}: "
+                                     f"a NULL or user-mode pointer, from {self.call_sites.describe(site)}")
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
