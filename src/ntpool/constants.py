@@ -135,6 +135,7 @@ class BugCheckCode(IntEnum):
     """Bug check codes (bugcodes.h) the pool and Driver Verifier raise."""
 
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     BAD_POOL_HEADER = 0x19
     MUST_SUCCEED_POOL_EMPTY = 0x41
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50

@@ -9,7 +9,8 @@ lookup refuses every routine with a clear message, so live machines pay nothing 
 check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
-from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from .constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
+from .drivers import CallSites, DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
 from .memory import AddressSpace, PhysicalMemory
@@ -62,7 +63,7 @@ def _positive_bytes(name: str, value) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-class Kernel(ExecutiveRoutines):
+class Kernel(ExecutiveRoutines, DriverRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -91,12 +92,15 @@ class Kernel(ExecutiveRoutines):
         self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
                                self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
                                crash, processors)
-        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
+        self._init_drivers()
+        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites)
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
+        self.fault_handlers: list = []
+        self.user_copy_observers: list = []  # called (kernel, source, length) by copy_to_user
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -174,9 +178,23 @@ class Kernel(ExecutiveRoutines):
     def _page_fault(self, address: int, write: bool) -> int:
         """Resolve a fault (returns the page's physical address) or bug-check.
 
-        Later layers (paging, special pool) extend this; an unmapped kernel address is
-        PAGE_FAULT_IN_NONPAGED_AREA.
+        Layers on top (special pool) add ``fault_handlers``: each is called with
+        (address, write) and returns the page's physical address, or None when the address
+        is not its business (it may bug-check instead). Otherwise an unmapped kernel address
+        is PAGE_FAULT_IN_NONPAGED_AREA.
         """
+        for handler in self.fault_handlers:
+            base = handler(address, write)
+            if base is not None:
+                return base
+        if address < SYSTEM_RANGE_START:
+            # Kernel code touching a user-mode address nothing maps (a NULL pointer, most
+            # often): an access violation no handler catches.
+            site = self.call_sites.site_of_caller()
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              self.call_sites.table[site].address, int(write), address,
+                              detail=f"{'write to' if write else 'read of'} {address:#x}: "
+                                     f"a NULL or user-mode pointer, from {self.call_sites.describe(site)}")
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
@@ -192,6 +210,18 @@ class Kernel(ExecutiveRoutines):
         self.write(Destination, self.read(Source, _checked_length(Length)))
 
     RtlMoveMemory = RtlCopyMemory  # reading the whole source first makes overlap safe
+
+    def copy_to_user(self, UserBuffer: bytearray, Source: int, Length: int) -> None:
+        """Copy pool bytes out to a user-mode buffer (a Python bytearray stands for it)."""
+        if not isinstance(UserBuffer, bytearray):
+            raise TypeError(f"UserBuffer must be a bytearray, not {type(UserBuffer).__name__}")
+        Length = _checked_length(Length)
+        if Length > len(UserBuffer):
+            raise ValueError(f"Length {Length} is larger than the user buffer ({len(UserBuffer)} bytes)")
+        data = self.read(Source, Length)
+        for observer in self.user_copy_observers:
+            observer(self, Source, Length)
+        UserBuffer[:Length] = data
 
     def RtlCompareMemory(self, Source1: int, Source2: int, Length: int) -> int:
         a = self.read(Source1, _checked_length(Length))
@@ -236,7 +266,8 @@ def _checked_span(address, size) -> tuple[int, int]:
 INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "bugcheck_observers", "current_driver", "drivers",
+    "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
+    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
 })
 
 _halted_classes: dict[type, type] = {}

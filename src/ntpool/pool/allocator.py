@@ -12,6 +12,8 @@ path: the machine narrows ``fast_pools`` (which pool types the fast path may ser
 such a check has to run, so those calls reach the generic path.
 """
 
+import sys
+
 from ..constants import (
     BASE_POOL_TYPE_MASK,
     CACHE_ALIGNED_POOL_TYPE_MASK,
@@ -54,10 +56,13 @@ _unpack_qword = QWORD.unpack_from
 _pack_qword = QWORD.pack_into
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
+_getframe = sys._getframe
 
 
 class PoolAllocator:
-    def __init__(self, nonpaged: Pool, paged: Pool, crash):
+    def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites):
+        self.call_sites = call_sites
+        self.site_index = call_sites.index
         self.nonpaged = nonpaged
         self.paged = paged
         self.pools = (nonpaged, paged)
@@ -70,17 +75,38 @@ class PoolAllocator:
         # The pool types the fast path may serve right now -> their pool.
         self.fast_pools: dict[int, Pool] = {}
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
+        # A layer on top (Driver Verifier) that sees every allocation and free on the
+        # generic path: ``allocate(pool, bytes, tag, site) -> address | None`` (None: not
+        # its business) and ``free(address, tag) -> bool`` (True: it freed it).
+        self.interceptor = None
         self.restore_fast_pools()
 
     def restore_fast_pools(self, paged_allowed: bool = True) -> None:
+        """Let the fast paths serve what they may; none at all while an interceptor is set."""
+        if self.interceptor is not None:
+            self.fast_pools = {}
+            self.pools_by_slot = {}
+            return
         self.fast_pools = {0: self.nonpaged}
         if paged_allowed:
             self.fast_pools[1] = self.paged
+        self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
+
+    def set_interceptor(self, interceptor) -> None:
+        self.interceptor = interceptor
+        self.restore_fast_pools()
 
     # --- fast paths ----------------------------------------------------------------------
 
     def allocate(self, pool_type, number_of_bytes, tag) -> int:
-        """ExAllocatePoolWithTag's contract: the body address, or 0 when the pool is exhausted."""
+        """ExAllocatePoolWithTag's contract: the body address, or 0 when the pool is exhausted.
+
+        Called directly by a front-end routine, so the driver's call is two frames up.
+        """
+        frame = _getframe(2)
+        site = self.site_index.get((frame.f_code, frame.f_lasti))
+        if site is None:
+            site = self.call_sites.lookup(frame)
         try:
             tag_ulong, row = self.known_tags[tag]
             pool = self.fast_pools[pool_type]
@@ -93,14 +119,14 @@ class PoolAllocator:
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_qword(mem, pa)[0]
                     pool.la_depth[block_size] -= 1
-                    _pack_type_tag(mem, pa - 13, pool.allocated_header_type, tag_ulong, 0)
+                    _pack_type_tag(mem, pa - 13, pool.allocated_header_type, tag_ulong, site)
                     column = pool.track_offset
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
         except (KeyError, TypeError):
             pass
-        return self.allocate_generic(pool_type, number_of_bytes, tag)
+        return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
     def free(self, address, tag=None) -> None:
         """ExFreePoolWithTag's contract (``tag`` None: ExFreePool, no tag to compare)."""
@@ -166,7 +192,17 @@ class PoolAllocator:
     def pool_for(self, pool_type: int) -> Pool:
         return self.pools[pool_type & BASE_POOL_TYPE_MASK]
 
-    def allocate_generic(self, pool_type, number_of_bytes, tag) -> int:
+    def caller_site(self, depth: int = 2) -> int:
+        """Call site of the driver code ``depth`` frames above the caller of this method."""
+        frame = _getframe(depth + 1)
+        site = self.site_index.get((frame.f_code, frame.f_lasti))
+        return self.call_sites.lookup(frame) if site is None else site
+
+    def allocate_generic(self, pool_type, number_of_bytes, tag, site: int | None = None) -> int:
+        """Every check, then ``allocate_checked``. Without ``site``, the caller's caller is
+        taken as the driver's call (a front-end routine calling this directly)."""
+        if site is None:
+            site = self.caller_site(2)
         pool_type = _checked_pool_type(pool_type)
         number_of_bytes = _checked_size(number_of_bytes)
         if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
@@ -178,13 +214,22 @@ class PoolAllocator:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.ZERO_BYTES, 0, pool_type, value,
                        detail="zero-byte pool allocation")
         self.remember_tag(tag, value)
-        return self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value)
+        return self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value, site)
 
-    def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int) -> int:
+    def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
         """Allocate with every argument already validated; 0 when the pool is exhausted."""
+        if self.interceptor is not None:
+            address = self.interceptor.allocate(pool, number_of_bytes, tag, site)
+            if address is not None:
+                return address
+        return self.allocate_plain(pool, number_of_bytes, tag, site)
+
+    def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
+        """The allocation itself, with no layer consulted."""
         if number_of_bytes > MAX_SMALL_ALLOCATION:
             va = pool.allocate_big(number_of_bytes, tag)
             if va:
+                pool.big_sites[va] = site
                 self.tracker.charge(tag, pool.track_offset, pool.big_pages[va][1] << PAGE_SHIFT)
             return va
         block_size = (number_of_bytes + 31) >> 4
@@ -194,12 +239,14 @@ class PoolAllocator:
                 pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                 pool.la_head[block_size] = _unpack_qword(self.mem, pa)[0]
                 pool.la_depth[block_size] -= 1
-                _pack_type_tag(self.mem, pa - 13, pool.allocated_header_type, tag, 0)
+                _pack_type_tag(self.mem, pa - 13, pool.allocated_header_type, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag)
         if not chunk:
             return 0
+        if site:
+            _pack_qword(self.mem, self.tlb[chunk >> PAGE_SHIFT] + (chunk & 0xFFF) + 8, site)
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
 
@@ -219,6 +266,8 @@ class PoolAllocator:
     def free_generic(self, address, tag) -> None:
         address = _checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
+        if self.interceptor is not None and self.interceptor.free(address, passed):
+            return
         pool = self.locate(address)
         kind = pool.page_kind_of(address)
         if kind == PAGE_SMALL:
@@ -283,6 +332,21 @@ class PoolAllocator:
         pool.free_big(address)
 
     # --- queries -------------------------------------------------------------------------
+
+    def site_of(self, address: int) -> int:
+        """The call-site number recorded for the allocation at ``address`` (0 if none)."""
+        if self.interceptor is not None:
+            site = self.interceptor.site_of(address)
+            if site is not None:
+                return site
+        pool = self.locate(address)
+        if address in pool.big_pages:
+            return pool.big_sites.get(address, 0)
+        chunk = address - HEADER_SIZE
+        pa = self.tlb[chunk >> PAGE_SHIFT] + (chunk & 0xFFF)
+        if self.mem[pa + 3] & POOL_QUOTA:
+            return 0  # ProcessBilled holds the quota owner instead, as in Windows
+        return int.from_bytes(self.mem[pa + 8:pa + 10], "little")
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""

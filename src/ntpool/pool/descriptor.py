@@ -73,6 +73,7 @@ class Pool:
         self.la_depth = self.lookaside_depths[0]
 
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, page count)
+        self.big_sites: dict[int, int] = {}  # va -> call site (big pages have no header)
 
     # --- addresses ----------------------------------------------------------------------
 
@@ -327,5 +328,6 @@ class Pool:
 
     def free_big(self, va: int) -> tuple[int, int]:
         tag, count = self.big_pages.pop(va)
+        self.big_sites.pop(va, None)
         self.release_pages(va, count)
         return tag, count

@@ -1,0 +1,274 @@
+"""Drivers: loading, unloading, and knowing which driver (and which line) allocated what.
+
+A driver is any object or module with ``DriverEntry(k, RegistryPath)`` and
+``DriverUnload(k)``, and optionally ``name`` ("mydriver.sys"). Loading lays out a
+KLDR_DATA_TABLE_ENTRY (Windows 7 x64 offsets) on PsLoadedModuleList in kernel memory, with
+the driver's name as a UNICODE_STRING and a made-up image base, so a crash dump names
+drivers as Windows' do.
+
+Call sites: the allocator records, in each chunk's AllocatorBackTraceIndex (header bytes
+8..9), the index of the line that called the allocation routine. ``CallSites`` maps a
+(code object, instruction offset) pair to that index once per distinct site; its table
+says which driver owns the site, the file, line and function. Resolving a new site is the
+slow part and happens once; the fast path pays for one frame lookup and one dict lookup.
+"""
+
+import os
+import struct
+import sys
+import types
+from typing import NamedTuple
+
+from .constants import NtStatus
+from .errors import NtStatusError
+
+DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
+DRIVER_IMAGE_STRIDE = 0x100000
+LDR_ENTRY_SIZE = 0xA0
+LDR_DLL_BASE = 0x30
+LDR_ENTRY_POINT = 0x38
+LDR_SIZE_OF_IMAGE = 0x40
+LDR_FULL_DLL_NAME = 0x48
+LDR_BASE_DLL_NAME = 0x58
+UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
+LIST_ENTRY = struct.Struct("<QQ")
+
+# ntpool's own code, minus the sample drivers that ship with it.
+_MACHINERY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
+MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
+
+
+class CallSite(NamedTuple):
+    driver: int  # index into CallSites.drivers' names; 0 when no driver owns the code
+    filename: str
+    lineno: int
+    function: str
+    address: int  # an instruction-pointer-like address inside the owner's image
+
+
+class LoadedDriver:
+    """What the machine keeps of a loaded driver."""
+
+    def __init__(self, index: int, obj, name: str, image_base: int, entry_va: int):
+        self.index = index
+        self.obj = obj
+        self.name = name
+        self.image_base = image_base
+        self.entry_va = entry_va  # its KLDR_DATA_TABLE_ENTRY
+        self.name_va = entry_va + LDR_BASE_DLL_NAME  # the UNICODE_STRING of its name
+        self.codes: set = set()
+        self.ndis_version = None
+
+    def __repr__(self) -> str:
+        return f"<driver {self.name} #{self.index} at {self.image_base:#x}>"
+
+
+def driver_name(obj) -> str:
+    name = getattr(obj, "name", None) or getattr(obj, "__name__", None) or type(obj).__name__
+    name = str(name).rsplit(".", 1)[-1] if isinstance(obj, types.ModuleType) else str(name)
+    return name if name.lower().endswith(".sys") else f"{name}.sys"
+
+
+def _codes_of(obj) -> set:
+    """Every code object a driver's functions (and the functions nested in them) run."""
+    found: set = set()
+    functions = []
+    if isinstance(obj, types.ModuleType):
+        holders = [obj]
+    else:
+        holders = [c for c in type(obj).__mro__ if c is not object]
+        holders.append(obj)
+    for holder in holders:
+        for value in vars(holder).values():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, types.FunctionType):
+                functions.append(value)
+            elif isinstance(value, type) and isinstance(obj, types.ModuleType) and \
+                    value.__module__ == obj.__name__:
+                functions.extend(v for v in vars(value).values() if isinstance(v, types.FunctionType))
+    stack = [f.__code__ for f in functions]
+    while stack:
+        code = stack.pop()
+        if code in found:
+            continue
+        found.add(code)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
+
+
+class CallSites:
+    """The table of allocation call sites and the drivers that own them."""
+
+    def __init__(self):
+        self.index: dict = {(None, 0): 0}  # (code, lasti) -> site number
+        self.table: list[CallSite] = [CallSite(NO_DRIVER, "?", 0, "?", 0)]
+        self._by_identity: dict = {}
+        self.code_owner: dict = {}  # code object -> LoadedDriver
+        self.drivers: list[LoadedDriver | None] = [None]
+
+    def lookup(self, frame) -> int:
+        """The site number of ``frame``'s current call (slow path: first sight of a site)."""
+        key = (frame.f_code, frame.f_lasti)
+        site = self.index.get(key)
+        if site is None:
+            site = self._resolve(frame, key)
+        return site
+
+    def _resolve(self, frame, key) -> int:
+        owner = self._owner_of(frame)
+        identity = (key, owner.index if owner else NO_DRIVER)
+        site = self._by_identity.get(identity)
+        if site is None:
+            if len(self.table) > MAX_SITES:
+                return 0  # the back trace database is full, as Windows' can be
+            code = frame.f_code
+            base = owner.image_base if owner else 0
+            address = base + 0x1000 + (hash((code.co_filename, code.co_firstlineno)) & 0xFFFF0) + frame.f_lasti
+            self.table.append(CallSite(identity[1], code.co_filename, frame.f_lineno,
+                                       code.co_qualname, address))
+            site = len(self.table) - 1
+            self._by_identity[identity] = site
+        self.index[key] = site
+        return site
+
+    def _owner_of(self, frame) -> LoadedDriver | None:
+        """The driver whose code is on the stack nearest the call (helpers count as theirs)."""
+        depth = 0
+        while frame is not None and depth < 32:
+            owner = self.code_owner.get(frame.f_code)
+            if owner is not None:
+                return owner
+            frame = frame.f_back
+            depth += 1
+        return None
+
+    def site_of_caller(self) -> int:
+        """Site of the nearest code on the stack that is not ntpool's own machinery
+        (a driver's, or a test's): where a faulting access came from."""
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_MACHINERY) and \
+                frame.f_code not in self.code_owner:
+            frame = frame.f_back
+        return 0 if frame is None else self.lookup(frame)
+
+    def add_driver(self, driver: LoadedDriver) -> None:
+        driver.codes = _codes_of(driver.obj)
+        for code in driver.codes:
+            self.code_owner[code] = driver
+        self._forget_resolved()  # sites seen before the driver loaded are re-resolved
+
+    def remove_driver(self, driver: LoadedDriver) -> None:
+        for code in driver.codes:
+            if self.code_owner.get(code) is driver:
+                del self.code_owner[code]
+        self._forget_resolved()
+
+    def _forget_resolved(self) -> None:
+        # Cleared in place: the allocator's fast path holds this very dict.
+        self.index.clear()
+        self.index[(None, 0)] = 0
+
+    def describe(self, site: int) -> str:
+        if not 0 < site < len(self.table):
+            return "unknown call site"
+        entry = self.table[site]
+        owner = self.drivers[entry.driver] if entry.driver < len(self.drivers) else None
+        who = owner.name if owner else "no driver"
+        return f"{who} {entry.function} ({entry.filename}:{entry.lineno})"
+
+
+class DriverRoutines:
+    """Kernel methods for loading drivers (mixed into the machine)."""
+
+    def _init_drivers(self) -> None:
+        self.call_sites = CallSites()
+        self.drivers: list[LoadedDriver] = []
+        head = self.kernel_data.reserve(16)
+        self.loaded_module_list = head  # PsLoadedModuleList
+        LIST_ENTRY.pack_into(self._mem, self.space.translate(head), head, head)
+        self.driver_unload_observers: list = []  # called (kernel, driver) before the unload
+
+    def _driver_for(self, driver) -> LoadedDriver:
+        for loaded in self.drivers:
+            if loaded.obj is driver or loaded is driver or loaded.name == driver:
+                return loaded
+        raise ValueError(f"driver {driver!r} is not loaded")
+
+    def load_driver(self, driver, RegistryPath: str | None = None) -> LoadedDriver:
+        """Load a driver object or module and call its DriverEntry; raises NtStatusError on failure."""
+        if not callable(getattr(driver, "DriverEntry", None)):
+            raise TypeError(f"{driver!r} is not a driver: it has no DriverEntry")
+        name = driver_name(driver)
+        if any(d.name.lower() == name.lower() for d in self.drivers):
+            raise ValueError(f"a driver named {name} is already loaded")
+        index = len(self.call_sites.drivers)
+        image_base = DRIVER_IMAGE_BASE + (index - 1) * DRIVER_IMAGE_STRIDE
+        loaded = LoadedDriver(index, driver, name, image_base, self._write_ldr_entry(name, image_base))
+        self.call_sites.drivers.append(loaded)
+        self.call_sites.add_driver(loaded)
+        self.drivers.append(loaded)
+        path = RegistryPath or f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{name[:-4]}"
+        status = self._call_driver(loaded, driver.DriverEntry, self, path)
+        status = NtStatus.STATUS_SUCCESS if status is None else status
+        if status & 0x80000000:
+            self._forget_driver(loaded)
+            raise NtStatusError(status, f"DriverEntry of {name} failed")
+        return loaded
+
+    def unload_driver(self, driver) -> None:
+        """Call DriverUnload, then let observers (Driver Verifier) check what it left behind."""
+        loaded = self._driver_for(driver)
+        unload = getattr(loaded.obj, "DriverUnload", None)
+        if callable(unload):
+            self._call_driver(loaded, unload, self)
+        for observer in list(self.driver_unload_observers):
+            observer(self, loaded)
+        self._forget_driver(loaded)
+
+    def _call_driver(self, loaded: LoadedDriver, routine, *args):
+        previous = self.current_driver
+        self.current_driver = loaded
+        try:
+            return routine(*args)
+        finally:
+            self.current_driver = previous
+
+    def _forget_driver(self, loaded: LoadedDriver) -> None:
+        self.drivers.remove(loaded)
+        self.call_sites.remove_driver(loaded)
+        self._unlink_ldr_entry(loaded.entry_va)
+
+    def _write_ldr_entry(self, name: str, image_base: int) -> int:
+        encoded = name.encode("utf-16-le")
+        entry = self.kernel_data.reserve(LDR_ENTRY_SIZE + len(encoded) + 2)
+        buffer = entry + LDR_ENTRY_SIZE
+        self.write(buffer, encoded + b"\0\0")
+        self.write(entry + LDR_DLL_BASE, struct.pack("<QQQ", image_base, image_base + 0x1000,
+                                                     DRIVER_IMAGE_STRIDE))
+        name_field = UNICODE_STRING.pack(len(encoded), len(encoded) + 2, buffer)
+        self.write(entry + LDR_FULL_DLL_NAME, name_field)
+        self.write(entry + LDR_BASE_DLL_NAME, name_field)
+        head = self.loaded_module_list
+        _, blink = LIST_ENTRY.unpack(self.read(head, 16))
+        self.write(entry, LIST_ENTRY.pack(head, blink))
+        self.write(blink, struct.pack("<Q", entry))
+        self.write(head + 8, struct.pack("<Q", entry))
+        return entry
+
+    def _unlink_ldr_entry(self, entry: int) -> None:
+        flink, blink = LIST_ENTRY.unpack(self.read(entry, 16))
+        self.write(blink, struct.pack("<Q", flink))
+        self.write(flink + 8, struct.pack("<Q", blink))
+
+    # --- who allocated what -------------------------------------------------------------
+
+    def allocation_site(self, address: int) -> CallSite:
+        """The call site that allocated ``address`` (from its header, or the big page table)."""
+        return self.call_sites.table[self.pool.site_of(address)]
+
+    def allocation_driver(self, address: int) -> LoadedDriver | None:
+        entry = self.allocation_site(address)
+        return self.call_sites.drivers[entry.driver] if entry.driver else None
+

@@ -1,0 +1,232 @@
+"""Driver Verifier's pool options, per driver, named after verifier.exe's.
+
+``k.verifier.enable("buggy.sys", special_pool=True, pool_tracking=True, ...)`` turns options
+on for a driver (loaded or not yet). While any driver is verified the allocator's fast
+paths are off and every allocation and free passes through ``DriverVerifier.allocate`` /
+``free``, which hand the ones from verified drivers to the options; nothing is paid while
+the verifier is off.
+"""
+
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+from ..tags import display
+from .low_resources import LowResourcesSimulation, SystematicLowResources
+from .special_pool import SpecialPool
+from .tracking import PoolTracking
+from .uninitialized import UninitializedMemoryTracking
+
+
+class VerifierFlags(IntFlag):
+    """verifier.exe /flags values (the last is ntpool's own)."""
+
+    SPECIAL_POOL = 0x1
+    FORCE_IRQL_CHECKING = 0x2
+    LOW_RESOURCES_SIMULATION = 0x4
+    POOL_TRACKING = 0x8
+    SYSTEMATIC_LOW_RESOURCES_SIMULATION = 0x40000
+    UNINITIALIZED_MEMORY_DISCLOSURE = 0x1_0000_0000  # ntpool's: Bochspwn-style taint tracking
+
+
+@dataclass
+class DriverOptions:
+    name: str
+    flags: VerifierFlags = VerifierFlags(0)
+    special_pool_tags: tuple = ()  # wildcards on the tag as tools show it; empty: every tag
+    special_pool_sizes: tuple | None = None  # (smallest, largest) request in bytes
+    special_pool_underruns: bool = False
+    fault_probability: float = 0.06
+    fault_seed: int = 0
+    fault_tags: tuple = ()
+    fault_delay: int = 0  # allocations let through before injection starts
+    extras: dict = field(default_factory=dict)
+
+
+class DriverVerifier:
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.options: dict[str, DriverOptions] = {}
+        self.special_pool = SpecialPool(kernel)
+        self.tracking = PoolTracking(kernel)
+        self.low_resources = LowResourcesSimulation(kernel)
+        self.systematic = SystematicLowResources(kernel)
+        self.uninitialized = UninitializedMemoryTracking(kernel)
+        self._site_options: dict[int, DriverOptions | None] = {}
+        kernel.driver_unload_observers.append(self._on_unload)
+
+    # --- turning options on and off --------------------------------------------------------
+
+    def enable(self, driver: str, *, special_pool: bool = False, pool_tracking: bool = False,
+               low_resources: bool = False, systematic_low_resources: bool = False,
+               force_irql_checking: bool = False, uninitialized_memory: bool = False,
+               flags: int = 0, special_pool_tags=(), special_pool_sizes=None,
+               special_pool_underruns: bool = False, fault_probability: float = 0.06,
+               fault_seed: int = 0, fault_tags=(), fault_delay: int = 0) -> DriverOptions:
+        """Verify ``driver`` ("name.sys"; wildcards allowed) with the options named."""
+        name = _driver_pattern(driver)
+        chosen = VerifierFlags(_checked_flags(flags))
+        for wanted, flag in ((special_pool, VerifierFlags.SPECIAL_POOL),
+                             (pool_tracking, VerifierFlags.POOL_TRACKING),
+                             (low_resources, VerifierFlags.LOW_RESOURCES_SIMULATION),
+                             (systematic_low_resources, VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION),
+                             (force_irql_checking, VerifierFlags.FORCE_IRQL_CHECKING),
+                             (uninitialized_memory, VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE)):
+            if wanted:
+                chosen |= flag
+        if not chosen:
+            raise ValueError("enable() needs at least one verifier option")
+        if not 0.0 <= fault_probability <= 1.0:
+            raise ValueError(f"fault_probability must be between 0 and 1, got {fault_probability}")
+        if not isinstance(fault_delay, int) or fault_delay < 0:
+            raise ValueError(f"fault_delay must be a non-negative number of allocations, got {fault_delay!r}")
+        if special_pool_sizes is not None:
+            low, high = special_pool_sizes
+            if not 0 <= low <= high:
+                raise ValueError(f"special_pool_sizes must be (smallest, largest), got {special_pool_sizes!r}")
+        options = DriverOptions(name, chosen, tuple(_as_patterns(special_pool_tags)),
+                                special_pool_sizes, special_pool_underruns, fault_probability,
+                                fault_seed, tuple(_as_patterns(fault_tags)), fault_delay)
+        self.options[name] = options
+        self.low_resources.configure(options)
+        self._changed()
+        return options
+
+    def disable(self, driver: str | None = None) -> None:
+        if driver is None:
+            self.options.clear()
+        else:
+            self.options.pop(_driver_pattern(driver), None)
+        self._changed()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.options)
+
+    def _changed(self) -> None:
+        self._site_options.clear()
+        kernel = self.kernel
+        kernel.pool.set_interceptor(self if self.options else None)
+        self.special_pool.install(self.options_with(VerifierFlags.SPECIAL_POOL) != [])
+        self.uninitialized.install(self.options_with(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE) != [])
+        apply_irql = getattr(kernel, "apply_force_irql_checking", None)
+        if apply_irql is not None:
+            apply_irql(self.options_with(VerifierFlags.FORCE_IRQL_CHECKING) != [])
+
+    def options_with(self, flag: VerifierFlags) -> list[DriverOptions]:
+        return [o for o in self.options.values() if o.flags & flag]
+
+    def options_for_driver(self, driver_name: str) -> DriverOptions | None:
+        from fnmatch import fnmatchcase
+
+        lowered = driver_name.lower()
+        for pattern, options in self.options.items():
+            if fnmatchcase(lowered, pattern):
+                return options
+        return None
+
+    def options_for_site(self, site: int) -> DriverOptions | None:
+        try:
+            return self._site_options[site]
+        except KeyError:
+            pass
+        sites = self.kernel.call_sites
+        entry = sites.table[site] if site < len(sites.table) else None
+        owner = sites.drivers[entry.driver] if entry and entry.driver else None
+        options = self.options_for_driver(owner.name) if owner else None
+        self._site_options[site] = options
+        return options
+
+    # --- the allocator's interceptor ---------------------------------------------------------
+
+    def allocate(self, pool, number_of_bytes: int, tag: int, site: int):
+        options = self.options_for_site(site)
+        if options is None:
+            return None
+        flags = options.flags
+        if flags & VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION and self.systematic.should_fail(site):
+            return 0
+        if flags & VerifierFlags.LOW_RESOURCES_SIMULATION and \
+                self.low_resources.should_fail(options, tag):
+            return 0
+        address = 0
+        if flags & VerifierFlags.SPECIAL_POOL and self.special_pool.wants(options, number_of_bytes, tag):
+            address = self.special_pool.allocate(pool, number_of_bytes, tag, site,
+                                                 options.special_pool_underruns)
+        if not address:
+            address = self.kernel.pool.allocate_plain(pool, number_of_bytes, tag, site)
+        if address:
+            if flags & VerifierFlags.POOL_TRACKING:
+                self.tracking.record(address, pool.base_type, number_of_bytes, tag, site)
+            if flags & VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE:
+                self.uninitialized.track(address, number_of_bytes, tag, site)
+        return address
+
+    def free(self, address: int, tag: int | None) -> bool:
+        self.tracking.forget(address)
+        self.uninitialized.forget(address)
+        return self.special_pool.free(address, tag)
+
+    def site_of(self, address: int):
+        return self.special_pool.site_of(address)
+
+    # --- reports -------------------------------------------------------------------------
+
+    def _on_unload(self, kernel, driver) -> None:
+        options = self.options_for_driver(driver.name)
+        if options is not None and options.flags & VerifierFlags.POOL_TRACKING:
+            self.tracking.check_unload(driver)
+
+    def outstanding(self, driver: str):
+        return self.tracking.outstanding_for(driver)
+
+    def format_outstanding(self, driver: str) -> str:
+        """The driver's outstanding allocations, laid out like ``!verifier 3``."""
+        rows = self.outstanding(driver)
+        lines = [f"Driver Verification List", "",
+                 f"Module: {driver}", "",
+                 f"    Current Pool Allocations  {len(rows):8d}", "",
+                 "      Address          Size     Tag   Caller"]
+        for row in rows:
+            lines.append(f"      {row.address:016x} {row.size:#8x} {display(row.tag)}  "
+                         f"{self.kernel.call_sites.describe(row.site)}")
+        return "\n".join(lines)
+
+    @property
+    def failed_sites(self):
+        return self.systematic.failed_sites
+
+    @property
+    def disclosures(self):
+        return self.uninitialized.reports
+
+
+def _driver_pattern(driver) -> str:
+    if not isinstance(driver, str) or not driver:
+        name = getattr(driver, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"driver must be a driver name such as 'buggy.sys', not {driver!r}")
+        driver = name
+    driver = driver.lower()
+    return driver if driver.endswith(".sys") or "*" in driver else driver + ".sys"
+
+
+def _as_patterns(values) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    patterns = list(values)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not 1 <= len(pattern) <= 4 and "*" not in pattern:
+            raise ValueError(f"tag pattern {pattern!r} must be a tag as tools show it, with * and ?")
+    return patterns
+
+
+def _checked_flags(flags) -> int:
+    if not isinstance(flags, int) or flags < 0:
+        raise ValueError(f"flags must be a non-negative verifier flags value, got {flags!r}")
+    unknown = flags & ~sum(VerifierFlags)
+    if unknown:
+        raise ValueError(f"flags {unknown:#x} are not verifier pool options ntpool models")
+    return flags
+
+
+__all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags"]

@@ -1,0 +1,208 @@
+"""Special pool: each allocation alone on a page, beside a guard page, slack filled with a pattern.
+
+Region layout: slots of two pages. Overrun mode puts the allocation at the END of the
+first page (16-byte aligned, so up to 15 bytes of slack follow it) with the guard page
+after; underrun mode puts it at the START of the second page with the guard page before.
+A 16-byte header (size u16, flags u8, PoolType u8, Tag u32, call site u64) sits at the far
+end of the page from the allocation; every other byte of the page holds the pattern and is
+checked at free. Freed slots stay unmapped and are reused oldest-first, so a stale pointer
+faults for as long as possible. When no slot is left, allocations fall back silently to
+normal pool, as Windows' do.
+"""
+
+import struct
+from collections import deque
+from fnmatch import fnmatchcase
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from ..tags import display
+
+SPECIAL_POOL_BASE = 0xFFFFF98000000000
+DEFAULT_SLOTS = 4096
+SLOT_SIZE = 2 * PAGE_SIZE
+HEADER = struct.Struct("<HBBIQ")
+FLAG_UNDERRUN = 0x1
+SLOT_UNUSED, SLOT_LIVE, SLOT_FREED = 0, 1, 2
+BLOCK = 16
+
+
+def pattern_byte(page_va: int) -> int:
+    return ((page_va >> PAGE_SHIFT) & 0xFF) | 0x01  # never 0, so zeroed memory is caught
+
+
+class SpecialAllocation:
+    __slots__ = ("address", "size", "tag", "site", "underrun", "base_type", "page")
+
+    def __init__(self, address, size, tag, site, underrun, base_type, page):
+        self.address, self.size, self.tag, self.site = address, size, tag, site
+        self.underrun, self.base_type, self.page = underrun, base_type, page
+
+
+class SpecialPool:
+    def __init__(self, kernel, slots: int = DEFAULT_SLOTS):
+        self.kernel = kernel
+        self.base = SPECIAL_POOL_BASE
+        self.slot_count = slots
+        self.limit = self.base + slots * SLOT_SIZE
+        self.states = bytearray(slots)
+        self.live: dict[int, SpecialAllocation] = {}  # slot -> allocation
+        self.freed: deque[int] = deque()
+        self._cursor = 0
+        self.fallbacks = 0
+        self._installed = False
+
+    def resize(self, slots: int) -> None:
+        """Set how many allocations special pool holds at once (only while it holds none)."""
+        if self.live:
+            raise ValueError("special pool can only be resized while it holds no allocation")
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be a positive int, got {slots!r}")
+        self.__init__(self.kernel, slots)
+
+    def install(self, on: bool) -> None:
+        handlers = self.kernel.fault_handlers
+        if on and not self._installed:
+            handlers.append(self.fault)
+        elif not on and self._installed and self.fault in handlers:
+            handlers.remove(self.fault)
+        self._installed = on
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.limit
+
+    def wants(self, options, number_of_bytes: int, tag: int) -> bool:
+        if number_of_bytes > PAGE_SIZE - BLOCK:
+            return False  # a page or more: never special pool
+        if options.special_pool_sizes is not None:
+            low, high = options.special_pool_sizes
+            if not low <= number_of_bytes <= high:
+                return False
+        if options.special_pool_tags:
+            shown = display(tag)
+            return any(fnmatchcase(shown, p) for p in options.special_pool_tags)
+        return True
+
+    # --- allocation ----------------------------------------------------------------------
+
+    def _take_slot(self) -> int:
+        slot = self.states.find(SLOT_UNUSED, self._cursor)
+        if slot >= 0:
+            self._cursor = slot + 1
+            return slot
+        while self.freed:
+            slot = self.freed.popleft()
+            if self.states[slot] == SLOT_FREED:
+                return slot
+        return -1
+
+    def allocate(self, pool, number_of_bytes: int, tag: int, site: int, underrun: bool) -> int:
+        slot = self._take_slot()
+        if slot < 0:
+            self.fallbacks += 1
+            return 0
+        kernel = self.kernel
+        try:
+            pfn = kernel.physical.allocate_frame()
+        except MemoryError:
+            self.fallbacks += 1
+            return 0
+        slot_va = self.base + slot * SLOT_SIZE
+        page = slot_va + PAGE_SIZE if underrun else slot_va
+        for offset in (0, PAGE_SIZE):  # the guard page of a reused slot stays unmapped
+            if kernel.space.translate(slot_va + offset) is not None:
+                kernel.space.unmap_page(slot_va + offset)
+        kernel.space.map_page(page, pfn)
+        rounded = (number_of_bytes + BLOCK - 1) & ~(BLOCK - 1)
+        if underrun:
+            address, header_at = page, page + PAGE_SIZE - BLOCK
+        else:
+            address, header_at = page + PAGE_SIZE - rounded, page
+        pa = pfn << PAGE_SHIFT
+        fill = pattern_byte(page)
+        kernel.physical.buffer[pa:pa + PAGE_SIZE] = bytes([fill]) * PAGE_SIZE
+        flags = FLAG_UNDERRUN if underrun else 0
+        HEADER.pack_into(kernel.physical.buffer, pa + (header_at - page), number_of_bytes, flags,
+                         pool.allocated_header_type, tag, site)
+        self.states[slot] = SLOT_LIVE
+        self.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
+                                            pool.base_type, page)
+        kernel.pool.tracker.charge(tag, pool.track_offset, rounded + BLOCK)
+        return address
+
+    # --- free ----------------------------------------------------------------------------
+
+    def _slot_of(self, address: int) -> int:
+        return (address - self.base) // SLOT_SIZE
+
+    def free(self, address: int, passed_tag: int | None) -> bool:
+        if not self.contains(address):
+            return False
+        kernel = self.kernel
+        slot = self._slot_of(address)
+        allocation = self.live.get(slot)
+        if allocation is None or allocation.address != address:
+            kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
+                                0x20, detail=f"free of special pool {address:#x}, which is not allocated")
+        if passed_tag is not None and passed_tag != allocation.tag:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, 0x0A, address, allocation.tag,
+                                passed_tag, detail="special pool freed with the wrong tag")
+        self._check_pattern(allocation)
+        kernel.pool.tracker.release(allocation.tag, 3 * allocation.base_type,
+                                    ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
+        pfn = kernel.space.unmap_page(allocation.page)
+        kernel.physical.free_frame(pfn)
+        del self.live[slot]
+        self.states[slot] = SLOT_FREED
+        self.freed.append(slot)
+        return True
+
+    def _check_pattern(self, allocation: SpecialAllocation) -> None:
+        page = self.kernel.read(allocation.page, PAGE_SIZE)
+        fill = pattern_byte(allocation.page)
+        start = allocation.address - allocation.page
+        end = start + allocation.size
+        header_at = PAGE_SIZE - BLOCK if allocation.underrun else 0
+        for offset, byte in enumerate(page):
+            if start <= offset < end or header_at <= offset < header_at + BLOCK:
+                continue
+            if byte != fill:
+                after_end = offset >= end
+                self.kernel.KeBugCheckEx(
+                    BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, allocation.address,
+                    allocation.page + offset, 0, 0x24 if after_end else 0x23,
+                    detail=f"byte {allocation.page + offset:#x} "
+                           f"{'after the end of' if after_end else 'near'} special pool "
+                           f"allocation {allocation.address:#x} ({allocation.size} bytes, tag "
+                           f"{display(allocation.tag)}) was overwritten")
+
+    # --- faults --------------------------------------------------------------------------
+
+    def fault(self, address: int, write: bool):
+        if not self.contains(address):
+            return None
+        kernel = self.kernel
+        slot = self._slot_of(address)
+        state = self.states[slot]
+        site = kernel.call_sites.site_of_caller()
+        ip = kernel.call_sites.table[site].address if site else 0
+        if state == SLOT_LIVE:
+            allocation = self.live[slot]
+            where = "before the start" if address < allocation.address else "past the end"
+            kernel.KeBugCheckEx(BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, address, int(write),
+                                ip, 0, detail=f"{'write' if write else 'read'} at {address:#x}, "
+                                f"{where} of special pool allocation {allocation.address:#x} "
+                                f"({allocation.size} bytes, tag {display(allocation.tag)})")
+        if state == SLOT_FREED:
+            by_driver = bool(site) and kernel.call_sites.table[site].driver != 0
+            code = (BugCheckCode.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL if by_driver
+                    else BugCheckCode.PAGE_FAULT_IN_FREED_SPECIAL_POOL)
+            kernel.KeBugCheckEx(code, address, int(write), ip, 0,
+                                detail=f"{'write' if write else 'read'} at {address:#x}, "
+                                       f"in special pool that was freed")
+        return None
+
+    def site_of(self, address: int):
+        if not self.contains(address):
+            return None
+        allocation = self.live.get(self._slot_of(address))
+        return allocation.site if allocation and allocation.address == address else 0

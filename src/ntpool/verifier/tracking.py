@@ -1,0 +1,44 @@
+"""Pool tracking: each verified driver's outstanding allocations, checked at unload."""
+
+from typing import NamedTuple
+
+from ..constants import BugCheckCode
+
+
+class Outstanding(NamedTuple):
+    address: int
+    pool: str
+    size: int
+    tag: int
+    site: int
+
+
+class PoolTracking:
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.allocations: dict[int, Outstanding] = {}
+
+    def record(self, address: int, base_type: int, size: int, tag: int, site: int) -> None:
+        pool = "PagedPool" if base_type else "NonPagedPool"
+        self.allocations[address] = Outstanding(address, pool, size, tag, site)
+
+    def forget(self, address: int) -> None:
+        self.allocations.pop(address, None)
+
+    def outstanding_for(self, driver_name: str) -> list[Outstanding]:
+        sites = self.kernel.call_sites
+        wanted = driver_name.lower()
+        rows = []
+        for row in self.allocations.values():
+            entry = sites.table[row.site]
+            owner = sites.drivers[entry.driver] if entry.driver else None
+            if owner is not None and owner.name.lower() == wanted:
+                rows.append(row)
+        return sorted(rows)
+
+    def check_unload(self, driver) -> None:
+        rows = self.outstanding_for(driver.name)
+        if rows:
+            self.kernel.KeBugCheckEx(
+                BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x62, driver.name_va, 0, len(rows),
+                detail=f"{driver.name} unloaded with {len(rows)} pool allocation(s) outstanding")

@@ -1,0 +1,142 @@
+"""Drivers load and unload, and every allocation knows its driver and call site."""
+
+import struct
+import sys
+import types
+
+import pytest
+
+import ntpool
+
+NP = ntpool.PoolType.NonPagedPool
+
+
+class Recorder:
+    name = "recorder.sys"
+
+    def __init__(self):
+        self.buffers = []
+
+    def DriverEntry(self, k, RegistryPath):
+        self.path = RegistryPath
+        self.buffers.append(k.ExAllocatePoolWithTag(NP, 64, "RecD"))  # site: DriverEntry
+        return 0
+
+    def DriverUnload(self, k):
+        for b in self.buffers:
+            k.ExFreePoolWithTag(b, "RecD")
+
+    def work(self, k):
+        return self._helper(k)
+
+    def _helper(self, k):
+        return k.ExAllocatePoolWithTag(NP, 5000, "RecW")
+
+
+def line_of(function, text):
+    source_lines, start = __import__("inspect").getsourcelines(function)
+    return start + next(i for i, line in enumerate(source_lines) if text in line)
+
+
+def test_load_calls_driver_entry_and_unload_calls_driver_unload(k):
+    d = Recorder()
+    loaded = k.load_driver(d)
+    assert loaded.name == "recorder.sys" and k.drivers == [loaded]
+    assert d.path.endswith("\\Services\\recorder")
+    assert k.current_driver is None
+    k.unload_driver(d)
+    assert k.drivers == []
+    assert {r.Tag: r.NonPagedUsed for r in k.pool_tags()}["DceR"] == 0
+
+
+def test_every_allocation_records_driver_and_line(k):
+    d = Recorder()
+    k.load_driver(d)
+    site = k.allocation_site(d.buffers[0])
+    assert k.call_sites.drivers[site.driver].name == "recorder.sys"
+    assert site.lineno == line_of(Recorder.DriverEntry, '"RecD"')
+    assert site.function == "Recorder.DriverEntry"
+    big = d.work(k)  # outside DriverEntry: attributed by the code that ran
+    assert k.allocation_driver(big).name == "recorder.sys"
+    assert k.allocation_site(big).lineno == line_of(Recorder._helper, '"RecW"')
+
+
+def test_allocation_by_code_that_is_no_driver_has_no_driver(k):
+    p = k.ExAllocatePoolWithTag(NP, 64, "Test")
+    assert k.allocation_driver(p) is None
+    assert k.allocation_site(p).function.endswith("test_allocation_by_code_that_is_no_driver_has_no_driver")
+
+
+def test_the_site_is_in_the_header_as_allocator_back_trace_index(k):
+    d = Recorder()
+    k.load_driver(d)
+    index = struct.unpack("<H", k.read(d.buffers[0] - 8, 2))[0]
+    assert index and k.call_sites.table[index] == k.allocation_site(d.buffers[0])
+
+
+def test_a_reused_lookaside_chunk_records_its_new_site(k):
+    p = k.ExAllocatePoolWithTag(NP, 64, "Site")
+    first = k.allocation_site(p)
+    k.ExFreePoolWithTag(p, "Site")
+    q = k.ExAllocatePoolWithTag(NP, 64, "Site")
+    assert q == p and k.allocation_site(q).lineno == first.lineno + 3
+
+
+def test_driver_name_is_in_kernel_memory_on_ps_loaded_module_list(k):
+    loaded = k.load_driver(Recorder())
+    flink = struct.unpack("<Q", k.read(k.loaded_module_list, 8))[0]
+    assert flink == loaded.entry_va
+    length, _, buffer = struct.unpack("<HHxxxxQ", k.read(loaded.name_va, 16))
+    assert k.read(buffer, length).decode("utf-16-le") == "recorder.sys"
+
+
+def test_module_drivers_work():
+    module = types.ModuleType("modular")
+    exec("import ntpool\n"
+         "def DriverEntry(k, path):\n"
+         "    global BUF\n"
+         "    BUF = k.ExAllocatePoolWithTag(0, 32, 'Modu')\n"
+         "    return 0\n"
+         "def DriverUnload(k):\n"
+         "    k.ExFreePoolWithTag(BUF, 'Modu')\n", module.__dict__)
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    loaded = k.load_driver(module)
+    assert loaded.name == "modular.sys"
+    assert k.allocation_driver(module.BUF) is loaded
+    k.unload_driver(module)
+
+
+def test_failing_driver_entry_raises_and_does_not_stay_loaded(k):
+    class Broken:
+        name = "broken.sys"
+
+        def DriverEntry(self, k, path):
+            return ntpool.NtStatus.STATUS_INSUFFICIENT_RESOURCES
+
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.load_driver(Broken())
+    assert info.value.status == 0xC000009A
+    assert k.drivers == []
+
+
+@pytest.mark.parametrize("thing", [object(), 42, "driver.sys"])
+def test_loading_something_that_is_not_a_driver_is_a_plain_error(k, thing):
+    with pytest.raises(TypeError, match="no DriverEntry"):
+        k.load_driver(thing)
+
+
+def test_loading_twice_and_unloading_unknown_are_plain_errors(k):
+    d = Recorder()
+    k.load_driver(d)
+    with pytest.raises(ValueError, match="already loaded"):
+        k.load_driver(Recorder())
+    with pytest.raises(ValueError, match="not loaded"):
+        k.unload_driver(object())
+
+
+def test_site_recording_survives_the_site_cache_being_reset(k):
+    p = k.ExAllocatePoolWithTag(NP, 64, "Rset")
+    before = k.allocation_site(p)
+    k.load_driver(Recorder())  # resets resolved sites
+    q = k.ExAllocatePoolWithTag(NP, 64, "Rset")
+    assert k.allocation_site(q).filename == before.filename == sys.modules[__name__].__file__

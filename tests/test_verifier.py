@@ -1,0 +1,330 @@
+"""Driver Verifier's pool options, each shown catching a small buggy driver."""
+
+import pytest
+
+import ntpool
+from ntpool.tags import tag_value
+
+NP = ntpool.PoolType.NonPagedPool
+PP = ntpool.PoolType.PagedPool
+MiB = 1 << 20
+
+
+class Driver:
+    name = "buggy.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def DriverUnload(self, k):
+        pass
+
+
+@pytest.fixture
+def k():
+    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+
+
+def stop(call):
+    with pytest.raises(ntpool.BugCheck) as info:
+        call()
+    return info.value
+
+
+# --- special pool ---------------------------------------------------------------------------
+
+class Overrunner(Driver):
+    def allocate(self, k, size=100):
+        return k.ExAllocatePoolWithTag(NP, size, "Ovrn")
+
+    def overrun(self, k, p, size, by):
+        k.write(p, b"x" * (size + by))
+
+
+def test_special_pool_puts_the_allocation_against_a_guard_page(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    p = d.allocate(k, 100)
+    assert (p + 112) & 0xFFF == 0  # 100 rounded to 112, ending at the page's end
+    k.write(p, b"y" * 100)
+    e = stop(lambda: d.overrun(k, p, 112, 1))  # one byte past the page: the guard page
+    assert e.code == 0xCD
+    assert e.parameters[0] == p + 112 and e.parameters[1] == 1
+    assert e.parameters[2] != 0  # the faulting instruction: an address in buggy.sys's image
+    assert e.parameters[2] >= k.drivers[0].image_base
+
+
+def test_slack_damage_is_found_at_free(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    p = d.allocate(k, 100)
+    d.overrun(k, p, 100, 3)  # lands in the 12 bytes of slack: no fault yet
+    e = stop(lambda: k.ExFreePoolWithTag(p, "Ovrn"))
+    assert (e.code, e.parameters[0], e.parameters[1], e.parameters[3]) == (0xC1, p, p + 100, 0x24)
+
+
+def test_underrun_mode_catches_underruns(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_underruns=True)
+    p = d.allocate(k, 100)
+    assert p & 0xFFF == 0
+    e = stop(lambda: k.write(p - 1, b"u"))
+    assert e.code == 0xCD and e.parameters[0] == p - 1
+
+
+class UseAfterFree(Driver):
+    def run(self, k):
+        p = k.ExAllocatePoolWithTag(NP, 64, "Uaf ")
+        k.ExFreePoolWithTag(p, "Uaf ")
+        return k.read(p, 4)
+
+
+def test_touching_freed_special_pool_faults(k):
+    d = UseAfterFree()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    e = stop(lambda: d.run(k))
+    assert e.code == 0xD5  # a driver touched it; 0xCC when no driver can be named
+    assert e.parameters[1] == 0
+
+
+def test_freed_special_pool_touched_by_no_driver_is_0xcc(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    p = d.allocate(k, 64)
+    k.ExFreePoolWithTag(p, "Ovrn")
+    assert stop(lambda: k.write(p, b"z")).code == 0xCC
+
+
+def test_special_pool_targets_tags_and_sizes(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=["nr*"])
+    assert k.verifier.special_pool.contains(d.allocate(k, 64))  # shows as "nrvO"
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=["Nope"])
+    assert not k.verifier.special_pool.contains(d.allocate(k, 64))
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_sizes=(1, 32))
+    assert not k.verifier.special_pool.contains(d.allocate(k, 64))
+    assert k.verifier.special_pool.contains(d.allocate(k, 16))
+
+
+def test_special_pool_falls_back_to_normal_pool_when_exhausted(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.special_pool.resize(2)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    a, b, c = (d.allocate(k, 64) for _ in range(3))
+    assert k.verifier.special_pool.contains(a) and k.verifier.special_pool.contains(b)
+    assert k.nonpaged_pool.contains(c) and k.verifier.special_pool.fallbacks == 1
+    for p in (a, b, c):
+        k.ExFreePoolWithTag(p, "Ovrn")
+    assert all(r.NonPagedUsed == 0 for r in k.pool_tags())
+
+
+def test_special_pool_is_only_for_the_verified_driver(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("other.sys", special_pool=True)
+    assert k.nonpaged_pool.contains(d.allocate(k))
+
+
+def test_special_pool_allocation_records_its_site(k):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True)
+    p = d.allocate(k)
+    assert k.allocation_driver(p).name == "buggy.sys"
+
+
+# --- pool tracking --------------------------------------------------------------------------
+
+class Leaker(Driver):
+    def DriverEntry(self, k, path):
+        self.kept = k.ExAllocatePoolWithTag(NP, 40, "Leak")
+        self.lost = k.ExAllocatePoolWithTag(PP, 5000, "Leak")
+        return 0
+
+    def DriverUnload(self, k):
+        k.ExFreePoolWithTag(self.kept, "Leak")
+
+
+def test_unloading_with_allocations_outstanding_is_0xc4_0x62(k):
+    d = Leaker()
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    loaded = k.load_driver(d)
+    listing = k.verifier.format_outstanding("buggy.sys")
+    assert "Current Pool Allocations         2" in listing
+    assert "kaeL" in listing and "Leaker.DriverEntry" in listing
+    e = stop(lambda: k.unload_driver(d))
+    assert e.code == 0xC4 and e.parameters == (0x62, loaded.name_va, 0, 1)
+    name_length = int.from_bytes(k.read(loaded.name_va, 2), "little")
+    buffer = int.from_bytes(k.read(loaded.name_va + 8, 8), "little")
+    assert k.read(buffer, name_length).decode("utf-16-le") == "buggy.sys"
+
+
+def test_without_pool_tracking_a_leak_is_not_a_bug_check(k):
+    d = Leaker()
+    k.load_driver(d)
+    k.unload_driver(d)
+    assert not k.halted
+
+
+# --- low resources simulation ---------------------------------------------------------------
+
+class Careful(Driver):
+    def run(self, k, n):
+        results = []
+        for _ in range(n):
+            results.append(k.ExAllocatePoolWithTag(NP, 32, "Care"))
+        return results
+
+
+def test_random_low_resources_fails_with_the_given_probability_and_seed(k):
+    d = Careful()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", low_resources=True, fault_probability=0.25, fault_seed=7)
+    results = d.run(k, 2000)
+    failures = results.count(0)
+    assert 400 < failures < 600
+    k2 = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    d2 = Careful()
+    k2.load_driver(d2)
+    k2.verifier.enable("buggy.sys", low_resources=True, fault_probability=0.25, fault_seed=7)
+    assert [r == 0 for r in d2.run(k2, 2000)] == [r == 0 for r in results]
+
+
+def test_low_resources_delay_and_tag_filter(k):
+    d = Careful()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", low_resources=True, fault_probability=1.0, fault_delay=10)
+    results = d.run(k, 15)
+    assert all(results[:10]) and not any(results[10:])
+    k.verifier.enable("buggy.sys", low_resources=True, fault_probability=1.0, fault_tags=["Othr"])
+    assert all(d.run(k, 5))
+
+
+class TwoSites(Driver):
+    def first(self, k):
+        return k.ExAllocatePoolWithTag(NP, 32, "Sit1")
+
+    def second(self, k):
+        return k.ExAllocatePoolWithTag(NP, 32, "Sit2")
+
+
+def test_systematic_low_resources_fails_each_site_once(k):
+    d = TwoSites()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", systematic_low_resources=True)
+    assert d.first(k) == 0 and d.first(k) != 0
+    assert d.second(k) == 0 and d.second(k) != 0
+    failed = [k.call_sites.table[s].function for s in k.verifier.failed_sites]
+    assert failed == ["TwoSites.first", "TwoSites.second"]
+
+
+# --- uninitialized memory disclosure --------------------------------------------------------
+
+class Discloser(Driver):
+    def query(self, k, user_buffer, zero_first):
+        p = k.ExAllocatePoolWithTag(PP, 64, "Info")
+        if zero_first:
+            k.RtlZeroMemory(p, 64)
+        k.write(p, b"version=1")
+        k.copy_to_user(user_buffer, p, 64)
+        k.ExFreePoolWithTag(p, "Info")
+
+
+def test_copying_never_written_pool_to_user_mode_is_reported(k):
+    d = Discloser()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", uninitialized_memory=True)
+    buffer = bytearray(64)
+    d.query(k, buffer, zero_first=False)
+    [report] = k.verifier.disclosures
+    assert report.uninitialized_bytes == 64 - 9
+    assert report.tag == tag_value("Info")
+    assert k.call_sites.table[report.site].function == "Discloser.query"
+    assert "buggy.sys" in report.describe(k)
+    d.query(k, buffer, zero_first=True)
+    assert len(k.verifier.disclosures) == 1  # the fixed path discloses nothing
+
+
+class Stager(Driver):
+    def run(self, k):
+        source = k.ExAllocatePoolWithTag(PP, 32, "Src ")
+        staging = k.ExAllocatePoolWithTag(PP, 32, "Dst ")
+        k.RtlZeroMemory(staging, 32)
+        k.RtlCopyMemory(staging, source, 32)  # never-written bytes move into staging
+        k.copy_to_user(bytearray(32), staging, 32)
+        return staging
+
+
+def test_copies_carry_uninitialized_bytes_along(k):
+    d = Stager()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", uninitialized_memory=True)
+    staging = d.run(k)
+    [report] = k.verifier.disclosures
+    assert report.allocation == staging and report.uninitialized_bytes == 32
+
+
+# --- misuse -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({}, "at least one"), ({"low_resources": True, "fault_probability": 2}, "between 0 and 1"),
+    ({"special_pool": True, "special_pool_sizes": (9, 1)}, "smallest, largest"),
+    ({"flags": 0x10}, "not verifier pool options"), ({"low_resources": True, "fault_delay": -1}, "non-negative"),
+])
+def test_bad_verifier_options_are_plain_errors(k, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        k.verifier.enable("buggy.sys", **kwargs)
+
+
+def test_verifier_off_restores_the_fast_path(k):
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    assert k.pool.fast_pools == {}
+    k.verifier.disable()
+    assert k.pool.fast_pools and k.pool.interceptor is None
+
+
+# --- bug classes caught without an option ------------------------------------------------
+
+class Unchecked(Driver):
+    def run(self, k):
+        p = k.ExAllocatePoolWithTag(NP, 64, "Unch")
+        k.write(p + 8, b"no check")  # p may be NULL
+
+
+def test_unchecked_allocation_failure_surfaces_under_low_resources(k):
+    d = Unchecked()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", systematic_low_resources=True)
+    e = stop(lambda: d.run(k))
+    assert e.code == 0x1E and e.parameters[0] == 0xC0000005
+    assert e.parameters[2:] == (1, 8)
+    assert "Unchecked.run" in e.detail
+
+
+class DoubleFreer(Driver):
+    def run(self, k):
+        p = k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        k.ExFreePoolWithTag(p, "Dbl ")
+        k.ExFreePoolWithTag(p, "Dbl ")
+
+
+class WrongTagger(Driver):
+    def run(self, k):
+        k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 64, "Mine"), "Your")
+
+
+@pytest.mark.parametrize("driver, code, sub", [(DoubleFreer, 0xC2, 0x07), (WrongTagger, 0xC2, 0x0A)])
+def test_double_free_and_wrong_tag_by_a_driver(k, driver, code, sub):
+    d = driver()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", pool_tracking=True)  # verified or not, these stop the machine
+    e = stop(lambda: d.run(k))
+    assert (e.code, e.parameters[0]) == (code, sub)
