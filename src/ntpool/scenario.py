@@ -7,8 +7,9 @@ A scenario is a Python file that defines
 - ``workload(k, rng)``: the work, with ``k`` the machine and ``rng`` a ``random.Random``
   seeded from ``--seed``. It may be a generator: each ``yield`` (optionally
   ``yield "label"``) is a checkpoint where poolmon refreshes and a usage sample is taken;
-- optionally ``KERNEL = dict(nonpaged_pool_bytes=..., paged_pool_bytes=...)`` and
-  ``CHECKPOINTS`` (how many yields to expect, for progress bars).
+- optionally ``KERNEL = dict(nonpaged_pool_bytes=..., paged_pool_bytes=...)``,
+  ``VERIFIER = {"driver.sys": dict(special_pool=True, ...)}`` (``k.verifier.enable``
+  options per driver) and ``CHECKPOINTS`` (how many yields to expect, for progress bars).
 
 ``ScenarioRun`` boots the machine, loads the drivers, steps the workload checkpoint by
 checkpoint, records per-tag usage samples there (never in the allocator's path), and
@@ -17,7 +18,6 @@ unloads. A bug check stops the run and is kept in ``run.bugcheck``.
 
 import inspect
 import random
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,6 @@ from .system import Kernel
 
 SAMPLES_DIRECTORY = Path(__file__).parent / "samples"
 SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py"}
-REGISTRY_PATH = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{}"
 MiB = 1 << 20
 _CORE_DIRECTORY = str(Path(__file__).parent)
 _SAMPLES_DIRECTORY = str(SAMPLES_DIRECTORY)
@@ -47,6 +46,7 @@ class Scenario:
     kernel_options: dict = field(default_factory=dict)
     checkpoints: int | None = None
     path: str = ""
+    verifier: dict = field(default_factory=dict)  # driver name -> verifier.enable() options
 
 
 @dataclass
@@ -91,14 +91,16 @@ def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
     if not isinstance(drivers, (list, tuple)):
         raise ScenarioError(f"{path}: DRIVERS must be a list of drivers")
     for driver in drivers:
-        for attribute in ("name", "DriverEntry", "DriverUnload"):
-            if not hasattr(driver, attribute):
-                raise ScenarioError(f"{path}: driver {driver!r} has no {attribute}")
+        if not callable(getattr(driver, "DriverEntry", None)):
+            raise ScenarioError(f"{path}: driver {driver!r} has no DriverEntry")
     options = namespace.get("KERNEL", {})
     if not isinstance(options, dict):
         raise ScenarioError(f"{path}: KERNEL must be a dict of Kernel() arguments")
+    verifier = namespace.get("VERIFIER", {})
+    if not isinstance(verifier, dict) or not all(isinstance(v, dict) for v in verifier.values()):
+        raise ScenarioError(f"{path}: VERIFIER must map driver names to dicts of options")
     return Scenario(name, list(drivers), workload, dict(options),
-                    namespace.get("CHECKPOINTS"), path)
+                    namespace.get("CHECKPOINTS"), path, dict(verifier))
 
 
 def _user_line(error: BaseException, path: str) -> str:
@@ -138,12 +140,17 @@ class ScenarioRun:
         except TypeError as error:
             raise ScenarioError(f"{self.scenario.path}: KERNEL: {error}") from None
         _provide_documented_routines(self.kernel)
+        for driver, options in self.scenario.verifier.items():
+            try:
+                self.kernel.verifier.enable(driver, **options)
+            except TypeError as error:
+                raise ScenarioError(f"{self.scenario.path}: VERIFIER[{driver!r}]: {error}") from None
         self.sample("boot")
         return self.kernel
 
     def load_drivers(self) -> None:
         for driver in self.scenario.drivers:
-            self._call_driver(lambda: _load_driver(self.kernel, driver))
+            self._call_driver(lambda: self.kernel.load_driver(driver))
             if self.bugcheck:
                 return
             self.loaded.append(driver)
@@ -173,7 +180,7 @@ class ScenarioRun:
         if self.bugcheck:
             return
         for driver in reversed(self.loaded):
-            self._call_driver(lambda: _unload_driver(self.kernel, driver))
+            self._call_driver(lambda: self.kernel.unload_driver(driver))
             if self.bugcheck:
                 return
         self.loaded.clear()
@@ -240,29 +247,11 @@ class ScenarioRun:
             self.dump_written = self.dump_path
 
 
-def _load_driver(k, driver) -> None:
-    path = REGISTRY_PATH.format(driver.name.removesuffix(".sys"))
-    if hasattr(k, "load_driver"):
-        k.load_driver(driver)
-        return
-    status = driver.DriverEntry(k, path)  # until the machine loads drivers itself
-    if status:
-        from .errors import NtStatusError
-        raise NtStatusError(status, f"DriverEntry of {driver.name} failed")
-
-
-def _unload_driver(k, driver) -> None:
-    if hasattr(k, "unload_driver"):
-        k.unload_driver(driver)
-    else:
-        driver.DriverUnload(k)
-
-
 def _provide_documented_routines(k) -> None:
     """Stand-ins for NdisAllocateMemoryWithTag and FsRtlAllocatePoolWithTag until they land.
 
-    Thin translations onto ExAllocatePoolWithTag, exactly as documented; deleted once the
-    machine has its own.
+    Thin translations onto ExAllocatePoolWithTag, as documented; deleted once the machine
+    has its own.
     """
     from .errors import NtStatusError
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..constants import PAGE_SIZE
-from ..pool.header import walk_page
+from ..pool.header import HEADER_SIZE, walk_page
 from ..poolmon import PoolmonModel, grown_tags
 from ..pooltag import load_pooltags
 from ..scenario import ScenarioRun, load_scenario
@@ -136,7 +136,13 @@ def _analysis(kernel, error, pooltags) -> str:
                      f"{'  ' + owner if owner and chunk.address in (culprit, p3) else ''}")
     header_tag = display(int.from_bytes(kernel.read(culprit + 4, 4), "little"))
     owner = pooltags.owner(header_tag)
-    who = f"{owner.binary}" if owner else "an unknown driver"
-    lines.append(f"Probably caused by: {who} (pool tag {header_tag}: "
-                 f"{owner.description if owner else 'not in pooltag.txt'})")
+    lines.append(f"Pool tag {header_tag}: "
+                 f"{owner if owner else 'not in pooltag.txt'}")
+    site = kernel.allocation_site(culprit + HEADER_SIZE)
+    driver = kernel.call_sites.drivers[site.driver] if site.driver else None
+    if driver is not None:
+        lines.append(f"Allocated by {driver.name} in {site.function} "
+                     f"({Path(site.filename).name}:{site.lineno})")
+    who = driver.name if driver else owner.binary if owner else "an unknown driver"
+    lines.append(f"Probably caused by: {who} (pool tag {header_tag})")
     return "\n".join(lines)

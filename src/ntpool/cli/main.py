@@ -3,7 +3,9 @@
 import argparse
 import sys
 
-from ..errors import BugCheck, NtStatusError, TagError
+from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
+from ..scenario import ScenarioError
+from .tools import add_commands
 
 
 def _cmd_demo(args) -> int:
@@ -29,8 +31,15 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``ntpool CMD -h`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntpool", description="A faithful model of the Windows kernel pool.")
+    parser = OneLineErrorParser(prog="ntpool", description="A faithful model of the Windows kernel pool.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
@@ -41,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the allocator's speed and memory")
     bench.add_argument("--quick", action="store_true", help="smaller runs (100K live, not 1M)")
     bench.set_defaults(func=_cmd_bench)
+    add_commands(sub)
     return parser
 
 
@@ -52,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except BugCheck as error:
         print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
         return 3
-    except (TagError, NtStatusError, ValueError, TypeError, OSError) as error:
+    except (TagError, NtStatusError, ScenarioError, MachineHalted, ValueError, TypeError,
+            OSError) as error:
         print(f"ntpool: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

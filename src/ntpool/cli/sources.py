@@ -1,0 +1,112 @@
+"""Where poolmon, poolsnap, pictures and reports get the pool from: a scenario or a dump.
+
+A scenario is run on a fresh machine, one checkpoint at a time; a crash dump is one
+moment, read through the dump reader.
+"""
+
+from pathlib import Path
+
+from ..pictures import live_page_strips
+from ..poolmon import Snapshot
+from ..scenario import ScenarioRun, load_scenario
+
+DUMP_SIGNATURE = b"PAGEDU64"  # DUMP_HEADER64's Signature and ValidDump
+MiB = 1 << 20
+
+
+def is_dump(spec: str) -> bool:
+    path = Path(spec)
+    if not path.is_file():
+        return False
+    with path.open("rb") as file:
+        return file.read(8) == DUMP_SIGNATURE
+
+
+class ScenarioSource:
+    """A scenario being run: ``advance()`` runs it to its next checkpoint."""
+
+    kind = "scenario"
+
+    def __init__(self, spec: str, seed: int = 1, kernel_options: dict | None = None,
+                 dump_path: str | None = None):
+        self.run = ScenarioRun(load_scenario(spec), seed=seed, kernel_options=kernel_options,
+                               dump_path=dump_path)
+        self.name = self.run.scenario.name
+        self._steps = self.run.checkpoints()
+        self.checkpoint = 0
+        self.label = "boot"
+        self.done = False
+
+    def advance(self) -> bool:
+        """Run to the next checkpoint; False (and nothing run) once the workload is over."""
+        if self.done:
+            return False
+        label = next(self._steps, None)
+        if label is None:
+            self.done = True
+            self.label = "bug check" if self.run.bugcheck else "end of workload"
+            return False
+        self.checkpoint += 1
+        self.label = label
+        return True
+
+    def run_to(self, checkpoint: int | None = None) -> None:
+        """Run to checkpoint number ``checkpoint`` (1 is the first), or to the end."""
+        while (checkpoint is None or self.checkpoint < checkpoint) and self.advance():
+            pass
+        if checkpoint is not None and self.checkpoint < checkpoint and not self.run.bugcheck:
+            raise ValueError(f"--checkpoint {checkpoint}: {self.name} has only "
+                             f"{self.checkpoint} checkpoints")
+
+    @property
+    def kernel(self):
+        return self.run.kernel
+
+    @property
+    def bugcheck(self):
+        return self.run.bugcheck
+
+    def snapshot(self) -> Snapshot:
+        label = self.label if self.checkpoint == 0 or self.done else \
+            f"checkpoint {self.checkpoint}: {self.label}"
+        return Snapshot.from_pool_tags(self.kernel.pool_tags(), label=label, source=self.name)
+
+    def status(self) -> str:
+        if self.run.bugcheck:
+            error = self.run.bugcheck
+            return f"{self.name}: stopped by bug check {error.code:#x} ({error.name})"
+        if self.done:
+            return f"{self.name}: workload finished after {self.checkpoint} checkpoints"
+        return f"{self.name}: checkpoint {self.checkpoint} ({self.label})"
+
+    def page_strips(self, pool: str = "both"):
+        return live_page_strips(self.kernel, pool)
+
+    def samples(self):
+        return self.run.samples
+
+
+def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,
+                dump_path: str | None = None):
+    if is_dump(spec):
+        from .dump_source import DumpSource
+
+        return DumpSource(spec)
+    if Path(spec).suffix.lower() == ".dmp" and Path(spec).is_file():
+        raise ValueError(f"{spec} is not a crash dump (no {DUMP_SIGNATURE.decode()} signature)")
+    return ScenarioSource(spec, seed, kernel_options, dump_path)
+
+
+def kernel_options(args) -> dict:
+    options = {}
+    if getattr(args, "nonpaged_pool_mib", None) is not None:
+        options["nonpaged_pool_bytes"] = _mib("--nonpaged-pool-mib", args.nonpaged_pool_mib)
+    if getattr(args, "paged_pool_mib", None) is not None:
+        options["paged_pool_bytes"] = _mib("--paged-pool-mib", args.paged_pool_mib)
+    return options
+
+
+def _mib(option: str, value: int) -> int:
+    if not 1 <= value <= 65536:
+        raise ValueError(f"{option} must be from 1 to 65536 MiB, got {value}")
+    return value * MiB

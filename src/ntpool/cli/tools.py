@@ -1,0 +1,267 @@
+"""``ntpool run``, ``poolmon``, ``poolsnap``, ``picture`` and ``report``."""
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags
+from ..pooltag import load_pooltags
+from .poolmon_view import interactive, poolmon_screen, poolmon_table, wide_console
+from .sources import ScenarioSource, kernel_options, open_source
+
+
+def add_commands(sub) -> None:
+    run = sub.add_parser("run", help="run a scenario: your drivers and workload")
+    run.add_argument("scenario", help="a scenario .py file (or 'demo')")
+    _machine_arguments(run)
+    run.add_argument("--dump", metavar="PATH", help="write a crash dump here on a bug check")
+    run.add_argument("--top", type=int, default=20, help="rows of the pool table (default 20)")
+    run.set_defaults(func=cmd_run)
+
+    poolmon = sub.add_parser("poolmon", help="watch pool usage by tag, like poolmon")
+    _source_arguments(poolmon)
+    poolmon.add_argument("--sort", choices=list(SORT_KEYS), default="b",
+                         help="t tag, a allocs, f frees, d diff, b bytes, m per alloc (default b)")
+    poolmon.add_argument("--reverse", action="store_true", help="reverse the sort order")
+    poolmon.add_argument("--pool", choices=POOL_FILTERS, default="both", help="pool type shown")
+    poolmon.add_argument("--include", "-i", action="append", default=[], metavar="TAG",
+                         help="show only tags matching (wildcards * ?); repeatable")
+    poolmon.add_argument("--exclude", "-x", action="append", default=[], metavar="TAG",
+                         help="hide tags matching (wildcards * ?); repeatable")
+    poolmon.add_argument("--once", action="store_true", help="print one table at the end and exit")
+    poolmon.add_argument("--iterations", type=int, metavar="N",
+                         help="print a table at each of the first N checkpoints and exit")
+    poolmon.add_argument("--interval", type=float, default=1.0,
+                         help="seconds between refreshes in the live view (default 1)")
+    poolmon.add_argument("--limit", type=int, help="show at most this many rows")
+    poolmon.set_defaults(func=cmd_poolmon)
+
+    poolsnap = sub.add_parser("poolsnap", help="save a pool tag snapshot, or diff two")
+    poolsnap.add_argument("source", nargs="?", help="a scenario .py, 'demo', or a crash dump")
+    poolsnap.add_argument("-o", "--output", metavar="FILE", help="the snapshot file to write")
+    poolsnap.add_argument("--checkpoint", type=int, metavar="N",
+                          help="snapshot at checkpoint N (default: the end of the workload)")
+    poolsnap.add_argument("--diff", nargs=2, metavar=("BEFORE", "AFTER"),
+                          help="print the tags that grew from snapshot BEFORE to AFTER")
+    _machine_arguments(poolsnap)
+    poolsnap.set_defaults(func=cmd_poolsnap)
+
+    picture = sub.add_parser("picture", help="draw the pool: a page map or usage over time")
+    picture.add_argument("kind", choices=("pagemap", "usage"))
+    _source_arguments(picture)
+    picture.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
+    picture.add_argument("--pool", choices=POOL_FILTERS, default="both")
+    picture.add_argument("--max-pages", type=int, default=96, help="pages in the page map")
+    picture.add_argument("--top", type=int, default=10, help="tags in the usage chart")
+    picture.add_argument("--checkpoint", type=int, metavar="N",
+                         help="page map at checkpoint N (default: the end of the workload)")
+    picture.set_defaults(func=cmd_picture)
+
+    report = sub.add_parser("report", help="a self-contained HTML report of a scenario or dump")
+    _source_arguments(report)
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    report.set_defaults(func=cmd_report)
+
+
+def _machine_arguments(parser) -> None:
+    parser.add_argument("--seed", type=int, default=1, help="seed of the workload's rng (default 1)")
+    parser.add_argument("--nonpaged-pool-mib", type=int, metavar="MIB",
+                        help="nonpaged pool size (default: the scenario's, else 64)")
+    parser.add_argument("--paged-pool-mib", type=int, metavar="MIB",
+                        help="paged pool size (default: the scenario's, else 64)")
+    parser.add_argument("--pooltag", action="append", default=[], metavar="FILE",
+                        help="a pooltag.txt for owners (also $NTPOOL_POOLTAG); repeatable")
+
+
+def _source_arguments(parser) -> None:
+    parser.add_argument("source", nargs="?", default="demo",
+                        help="a scenario .py, 'demo' (the default), or a crash dump")
+    _machine_arguments(parser)
+
+
+def _positive(option: str, value):
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be at least 1, got {value}")
+    return value
+
+
+# --- ntpool run ----------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    console = wide_console()
+    _positive("--top", args.top)
+    source = ScenarioSource(args.scenario, args.seed, kernel_options(args), args.dump)
+    run = source.run
+    run.boot()
+    run.load_drivers()
+    names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"
+    console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}")
+    with console.status("running the workload") if console.is_terminal else _nothing():
+        source.run_to()
+    end = source.snapshot()
+    run.finish()
+    model = PoolmonModel(sort="b", pooltags=load_pooltags(args.pooltag))
+    model.update(end)
+    console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
+                                             f"({source.checkpoint} checkpoints)",
+                                limit=args.top, owners=console.width >= 110))
+    if run.bugcheck:
+        console.print(f"[bold red]{run.bugcheck}[/bold red]")
+        if run.dump_written:
+            console.print(f"Wrote {run.dump_written}.")
+        return 3
+    left = [u for u in Snapshot.from_pool_tags(run.kernel.pool_tags()).rows if u.diff > 0]
+    if left:
+        console.print("[yellow]Still allocated after the drivers unloaded (leaks):[/yellow] " +
+                      ", ".join(f"{u.tag.rstrip()} ({u.type}) {u.diff} x, {u.bytes} bytes"
+                                for u in left))
+    else:
+        console.print("The drivers unloaded and left no pool allocated.")
+    return 0
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --- ntpool poolmon -------------------------------------------------------------------------
+
+def cmd_poolmon(args) -> int:
+    _positive("--iterations", args.iterations)
+    _positive("--limit", args.limit)
+    if args.interval <= 0:
+        raise ValueError(f"--interval must be positive, got {args.interval}")
+    model = PoolmonModel(sort=args.sort, reverse=args.reverse, pool_filter=args.pool,
+                         include=list(args.include), exclude=list(args.exclude),
+                         pooltags=load_pooltags(args.pooltag))
+    source = open_source(args.source, args.seed, kernel_options(args))
+    console = wide_console()
+    live = console.is_terminal and sys.stdin.isatty() and not args.once and not args.iterations
+    if live:
+        def refresh() -> str:
+            if source.kind == "scenario":
+                source.advance()
+            model.update(source.snapshot())
+            return source.status()
+
+        interactive(model, refresh, args.interval, console)
+        return 0
+    if args.iterations:
+        for _ in range(args.iterations):
+            if source.kind == "scenario" and not source.advance():
+                break
+            model.update(source.snapshot())
+            console.print(poolmon_screen(model, source.status(), prompt=" ", limit=args.limit))
+        return 0
+    if source.kind == "scenario":
+        source.run_to()
+    model.update(source.snapshot())
+    console.print(poolmon_screen(model, source.status(), prompt=" ", limit=args.limit))
+    return 0
+
+
+# --- ntpool poolsnap -----------------------------------------------------------------------
+
+def cmd_poolsnap(args) -> int:
+    if args.diff:
+        if args.source or args.output:
+            raise ValueError("poolsnap --diff BEFORE AFTER takes no source and no -o")
+        before, after = (_read_snapshot(path) for path in args.diff)
+        return _print_growth(before, after, load_pooltags(args.pooltag))
+    if not args.output:
+        raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
+    source = open_source(args.source or "demo", args.seed, kernel_options(args))
+    if source.kind == "scenario":
+        source.run_to(_positive("--checkpoint", args.checkpoint))
+    snapshot = source.snapshot()
+    Path(args.output).write_text(snapshot.to_json() + "\n", encoding="utf-8")
+    print(f"wrote {args.output}: {len(snapshot.rows)} tag rows ({snapshot.label})")
+    return 0
+
+
+def _read_snapshot(path: str) -> Snapshot:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a poolsnap file (not UTF-8 text)") from None
+    return Snapshot.from_json(text, name=path)
+
+
+def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
+    grown = grown_tags(before, after)
+    if not grown:
+        print(f"No tag grew from {before.label or 'BEFORE'} to {after.label or 'AFTER'}.")
+        return 0
+    print(f"Tags that grew from {before.label or 'BEFORE'} to {after.label or 'AFTER'} "
+          f"(most bytes first):")
+    print(f"{'Tag':<5} {'Type':<5} {'Diff':>14} {'Bytes':>22} {'Grown':>10}  Owner")
+    for g in grown:
+        print(f"{g.tag:<5} {g.type:<5} {g.diff_before:>6} -> {g.diff_after:<6}"
+              f" {g.bytes_before:>9} -> {g.bytes_after:<9} {g.bytes_grown:>+10}  "
+              f"{pooltags.describe(g.tag)}")
+    return 0
+
+
+# --- pictures and the report ---------------------------------------------------------------
+
+def cmd_picture(args) -> int:
+    from .. import pictures
+
+    _picture_format(args.output, ("png", "svg"))
+    _positive("--max-pages", args.max_pages)
+    _positive("--top", args.top)
+    source = open_source(args.source, args.seed, kernel_options(args))
+    if args.kind == "usage":
+        if source.kind != "scenario":
+            raise ValueError("a crash dump holds one moment; usage over time needs a scenario")
+        source.run_to()
+        figure = pictures.usage_figure(source.samples(), f"{source.name}: pool usage by tag",
+                                       top=args.top)
+    else:
+        if source.kind == "scenario":
+            source.run_to(_positive("--checkpoint", args.checkpoint))
+        figure = pictures.pagemap_figure(source.page_strips(args.pool),
+                                         f"{source.name}: pool pages ({source.status()})",
+                                         max_pages=args.max_pages, marks=_marks(source))
+    pictures.save_figure(figure, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _marks(source) -> dict[int, str]:
+    """The chunk a pool bug check names, to circle in the page map."""
+    error = source.bugcheck
+    if error is None:
+        return {}
+    code, (p1, p2, p3, _p4) = error.code, error.parameters
+    if code == 0x19 and p1 == 0x20:
+        return {p2: f"overrun ({code:#x}/{p1:#x})", p3: "damaged header"}
+    if code == 0xC2 and p1 == 0x07:
+        return {p3 - 16: "double free"}
+    if code == 0xC2 and p1 in (0x0A, 0x99):
+        return {p2 - 16: f"bug check {code:#x}/{p1:#x}"}
+    return {}
+
+
+def _picture_format(path: str, allowed: tuple[str, ...]) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in allowed:
+        raise ValueError(f"-o {path}: the file must end in "
+                         f"{' or '.join('.' + a for a in allowed)}")
+    return suffix
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    _picture_format(args.output, ("html", "htm"))
+    source = open_source(args.source, args.seed, kernel_options(args))
+    text = build_report(source, load_pooltags(args.pooltag), _marks)
+    Path(args.output).write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
