@@ -34,7 +34,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     if steps is not None:
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
-        scenario.workload = partial(scenario.workload, steps=steps, backup_files=2 * steps)
+        scenario.workload = partial(scenario.workload, steps=steps)
         scenario.checkpoints = None
     run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME))
     pooltags = load_pooltags()
@@ -75,14 +75,18 @@ def _run_workload(run: ScenarioRun, console: Console, pooltags) -> None:
             name = label.split(":")[0]
             if name != phase:
                 if phase is not None:
-                    _phase_report(run, phase, phase_start, progress.console, pooltags)
+                    _phase_report(run, phase, phase_start, run.snapshots[-2], progress.console,
+                                  pooltags)
                 phase, phase_start = name, run.snapshots[-1]
             progress.update(task, advance=1, description=label)
         progress.update(task, total=progress.tasks[0].completed)
+    if phase is not None:  # the phase the workload ended (or crashed) in
+        last = run.snapshots[-2] if run.bugcheck else run.snapshots[-1]
+        _phase_report(run, phase, phase_start, last, console, pooltags)
 
 
-def _phase_report(run: ScenarioRun, phase: str, start, console: Console, pooltags) -> None:
-    end = run.snapshots[-2]  # the last checkpoint of the phase that just ended
+def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, pooltags) -> None:
+    """What a phase showed, from its first checkpoint's snapshot to its last."""
     if phase == "traffic":
         model = PoolmonModel(sort="b", pooltags=pooltags)
         model.update(start)
@@ -98,7 +102,7 @@ def _phase_report(run: ScenarioRun, phase: str, start, console: Console, pooltag
                           f"traffic was steady: a leak (ntpool poolsnap --diff finds the same).")
     elif phase == "backup":
         fs_filter = next((d for d in run.loaded if d.name == "fsfilter.sys"), None)
-        if fs_filter is not None:
+        if fs_filter is not None and fs_filter.failed_opens:
             console.print(f"The backup exhausted paged pool: FsRtlAllocatePoolWithTag raised "
                           f"STATUS_INSUFFICIENT_RESOURCES {fs_filter.failed_opens:,} times; "
                           f"fsfilter.sys caught it and failed those opens, so the machine ran on.")
