@@ -261,6 +261,9 @@ class DriverRoutines:
         status = self._call_driver(loaded, driver.DriverEntry, self, path)
         status = NtStatus.STATUS_SUCCESS if status is None else status
         if status & 0x80000000:
+            # The image is unloaded without DriverUnload; what it allocated is still checked.
+            for observer in list(self.driver_unload_observers):
+                observer(self, loaded)
             self._forget_driver(loaded)
             raise NtStatusError(status, f"DriverEntry of {name} failed")
         return loaded
