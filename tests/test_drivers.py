@@ -140,3 +140,32 @@ def test_site_recording_survives_the_site_cache_being_reset(k):
     k.load_driver(Recorder())  # resets resolved sites
     q = k.ExAllocatePoolWithTag(NP, 64, "Rset")
     assert k.allocation_site(q).filename == before.filename == sys.modules[__name__].__file__
+
+
+def test_call_site_table_round_trips(k):
+    from ntpool.drivers import call_site_table, parse_call_site_table
+
+    d = Recorder()
+    loaded = k.load_driver(d)
+    table = parse_call_site_table(call_site_table(k.call_sites))
+    site = k.pool.site_of(d.buffers[0])
+    ldr, address, line, function, filename = table[site]
+    assert (ldr, line, function, filename) == (loaded.entry_va, k.allocation_site(d.buffers[0]).lineno,
+                                               "Recorder.DriverEntry", __file__)
+    assert address == k.allocation_site(d.buffers[0]).address
+
+
+def test_call_site_table_parser_refuses_garbage():
+    from hypothesis import given, settings, strategies as st
+
+    from ntpool.drivers import parse_call_site_table
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=200))
+    def parse(data):
+        try:
+            parse_call_site_table(b"NTCS" + data)
+        except ValueError:
+            pass
+
+    parse()

@@ -328,3 +328,19 @@ def test_double_free_and_wrong_tag_by_a_driver(k, driver, code, sub):
     k.verifier.enable("buggy.sys", pool_tracking=True)  # verified or not, these stop the machine
     e = stop(lambda: d.run(k))
     assert (e.code, e.parameters[0]) == (code, sub)
+
+
+class FailsEntryAndLeaks(Driver):
+    def DriverEntry(self, k, path):
+        k.ExAllocatePoolWithTag(NP, 32, "Ent1")
+        if not k.ExAllocatePoolWithTag(NP, 32, "Ent2"):
+            return ntpool.NtStatus.STATUS_INSUFFICIENT_RESOURCES  # forgets Ent1
+        return 0
+
+
+def test_a_failed_driver_entry_that_leaks_is_caught(k):
+    k.verifier.enable("buggy.sys", systematic_low_resources=True, pool_tracking=True)
+    k.verifier.systematic.reset({(__file__, FailsEntryAndLeaks.DriverEntry.__code__.co_firstlineno + 2,
+                                  "FailsEntryAndLeaks.DriverEntry")})
+    e = stop(lambda: k.load_driver(FailsEntryAndLeaks()))
+    assert e.parameters[0] == 0x62 and e.parameters[3] == 1

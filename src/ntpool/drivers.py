@@ -179,6 +179,54 @@ class CallSites:
         return f"{who} {entry.function} ({entry.filename}:{entry.lineno})"
 
 
+CALL_SITE_TABLE_MAGIC = b"NTCS"
+CALL_SITE_HEADER = struct.Struct("<4sIII")  # magic, count, entry size, reserved
+CALL_SITE_ENTRY = struct.Struct("<QQII")  # KLDR entry of the owner (0: none), address, line, text offset
+
+
+def call_site_table(call_sites: CallSites) -> bytes:
+    """The call-site table as laid out in kernel memory for a crash dump (ntpool's format).
+
+    A header (``NTCS``, count, entry size, 0), then one entry per site: the VA of the owning
+    driver's KLDR_DATA_TABLE_ENTRY (its name is there), an instruction-pointer-like address,
+    the line number, and the offset from the table's start of "function\0file\0" (UTF-8).
+    Entry i is the site whose number is in a chunk's AllocatorBackTraceIndex.
+    """
+    entries = []
+    texts = bytearray()
+    text_base = CALL_SITE_HEADER.size + CALL_SITE_ENTRY.size * len(call_sites.table)
+    for site in call_sites.table:
+        owner = call_sites.drivers[site.driver] if site.driver else None
+        entries.append(CALL_SITE_ENTRY.pack(owner.entry_va if owner else 0, site.address,
+                                            site.lineno, text_base + len(texts)))
+        texts += site.function.encode("utf-8", "replace") + b"\0"
+        texts += site.filename.encode("utf-8", "replace") + b"\0"
+    header = CALL_SITE_HEADER.pack(CALL_SITE_TABLE_MAGIC, len(entries), CALL_SITE_ENTRY.size, 0)
+    return header + b"".join(entries) + bytes(texts)
+
+
+def parse_call_site_table(data: bytes) -> list[tuple[int, int, int, str, str]]:
+    """(ldr entry, address, line, function, file) per site; raises ValueError if malformed."""
+    if len(data) < CALL_SITE_HEADER.size:
+        raise ValueError("call-site table is truncated")
+    magic, count, entry_size, _ = CALL_SITE_HEADER.unpack_from(data)
+    if magic != CALL_SITE_TABLE_MAGIC or entry_size != CALL_SITE_ENTRY.size:
+        raise ValueError("not an ntpool call-site table")
+    if CALL_SITE_HEADER.size + count * entry_size > len(data):
+        raise ValueError(f"call-site table claims {count} entries, more than it holds")
+    sites = []
+    for index in range(count):
+        ldr, address, line, offset = CALL_SITE_ENTRY.unpack_from(data, CALL_SITE_HEADER.size + index * entry_size)
+        if offset >= len(data):
+            raise ValueError(f"call-site {index} points past the table")
+        parts = data[offset:].split(b"\0", 2)
+        if len(parts) < 3:
+            raise ValueError(f"call-site {index} text is not terminated")
+        sites.append((ldr, address, line, parts[0].decode("utf-8", "replace"),
+                      parts[1].decode("utf-8", "replace")))
+    return sites
+
+
 class DriverRoutines:
     """Kernel methods for loading drivers (mixed into the machine)."""
 
@@ -213,6 +261,9 @@ class DriverRoutines:
         status = self._call_driver(loaded, driver.DriverEntry, self, path)
         status = NtStatus.STATUS_SUCCESS if status is None else status
         if status & 0x80000000:
+            # The image is unloaded without DriverUnload; what it allocated is still checked.
+            for observer in list(self.driver_unload_observers):
+                observer(self, loaded)
             self._forget_driver(loaded)
             raise NtStatusError(status, f"DriverEntry of {name} failed")
         return loaded

@@ -37,21 +37,37 @@ class LowResourcesSimulation:
 
 
 class SystematicLowResources:
-    """The first call from each distinct call site fails; later calls from it pass."""
+    """The first call from each distinct call site fails; later calls from it pass.
+
+    With ``targets`` set (call-site keys: file, line, function), only those sites fail,
+    once each: ``ntpool verify`` uses that to fail one site per run.
+    """
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.failed_sites: list[int] = []
+        self.seen_keys: set[tuple] = set()
+        self.targets: set[tuple] | None = None
         self._seen: set[int] = set()
+
+    def site_key(self, site: int) -> tuple:
+        entry = self.kernel.call_sites.table[site]
+        return (entry.filename, entry.lineno, entry.function)
 
     def should_fail(self, site: int) -> bool:
         if site in self._seen:
             return False
         self._seen.add(site)
+        key = self.site_key(site)
+        self.seen_keys.add(key)
+        if self.targets is not None and key not in self.targets:
+            return False
         self.failed_sites.append(site)
         return True
 
-    def reset(self, already_failed=()) -> None:
-        """Start over, treating ``already_failed`` sites as failed before."""
+    def reset(self, targets=None) -> None:
+        """Start over; with ``targets``, fail only the first call from those sites."""
         self.failed_sites = []
-        self._seen = set(already_failed)
+        self.seen_keys = set()
+        self._seen = set()
+        self.targets = None if targets is None else set(targets)
