@@ -280,3 +280,38 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_live_view_on_a_terminal_takes_keys_and_quits():
+    pty = pytest.importorskip("pty")
+    import os
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: poolmon on a pseudo-terminal
+        os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+        os.execvp(sys.executable, [sys.executable, "-m", "ntpool", "poolmon", "--interval", "0.1"])
+    screen = b""
+
+    def read_for(seconds):
+        nonlocal screen
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:
+                    return
+
+    read_for(1.5)  # started and refreshing
+    for key in [b"p", b"/", b"i", b"S", b"l", b"*", b"\r", b"t", b"q"]:
+        os.write(fd, key)
+        read_for(0.2)
+    read_for(2.0)
+    _, status = os.waitpid(pid, 0)
+    text = screen.decode("utf-8", "replace")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "pool: nonpaged" in text and "include: Sl*" in text and "sorted by Tag" in text
+    assert "Traceback" not in text

@@ -45,7 +45,8 @@ def poolmon_table(model: PoolmonModel, title: str = "", limit: int | None = None
     return table
 
 
-def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: int | None = None):
+def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: int | None = None,
+                   owners: bool = True):
     totals = model.totals()
     heading = Text.assemble(("ntpool poolmon", "bold"), f"  {status}\n",
                             f"{model.describe_order()}",
@@ -53,7 +54,8 @@ def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: in
                             f"  exclude: {' '.join(model.exclude) or '-'}\n",
                             f"total: {totals['diff']:,} outstanding allocations, "
                             f"{totals['bytes']:,} bytes")
-    parts = [heading, poolmon_table(model, limit=limit), Text(prompt or HELP, style="dim")]
+    parts = [heading, poolmon_table(model, limit=limit, owners=owners),
+             Text(prompt or HELP, style="dim")]
     return Group(*parts)
 
 
@@ -129,7 +131,8 @@ def interactive(model: PoolmonModel, refresh, interval: float, console: Console)
 
     reader = KeyReader()
     status = refresh()
-    with cbreak(sys.stdin), Live(poolmon_screen(model, status), console=console,
+    owners = console.width >= 110
+    with cbreak(sys.stdin), Live(poolmon_screen(model, status, owners=owners), console=console,
                                  screen=True, auto_refresh=False) as live:
         next_refresh = time.monotonic() + interval
         while True:
@@ -139,7 +142,8 @@ def interactive(model: PoolmonModel, refresh, interval: float, console: Console)
                 next_refresh = time.monotonic() + interval
             elif not apply_key(model, reader, key):
                 return
-            live.update(poolmon_screen(model, status, reader.prompt()), refresh=True)
+            live.update(poolmon_screen(model, status, reader.prompt(), owners=owners),
+                        refresh=True)
 
 
 def wide_console() -> Console:
