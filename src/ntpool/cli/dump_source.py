@@ -1,13 +1,72 @@
-"""A crash dump as a source for poolmon, poolsnap, pictures and reports."""
+"""A crash dump as a source for poolmon, poolsnap, pictures and reports: one moment.
+
+Everything comes from the file through the dump reader: the tracker table for poolmon's
+rows, the page tables and the big page table for the page map, the header for the bug check.
+"""
+
+from pathlib import Path
+
+from ..constants import PAGE_SIZE
+from ..errors import BugCheck
+from ..pictures import BIG, PageStrip, Segment, small_page_strip
+from ..pool.tracker import PoolTagInfo
+from ..poolmon import Snapshot
+from ..tags import display
 
 
 class DumpSource:
     kind = "dump"
+    done = True
+    checkpoint = 0
 
     def __init__(self, path: str):
         try:
-            import ntpool.dump  # noqa: F401
+            from ..dump import DumpReader
         except ImportError:
             raise ValueError(f"{path}: reading crash dumps needs ntpool.dump, which this build "
                              f"does not have") from None
-        raise ValueError(f"{path}: reading crash dumps is not wired up yet")
+        self.reader = DumpReader(path)  # DumpFormatError (a ValueError) names what is wrong
+        self.name = Path(path).name
+        code = self.reader.bugcheck_code
+        self.bugcheck = BugCheck(code, *self.reader.bugcheck_parameters) if code else None
+
+    def run_to(self, checkpoint=None) -> None:
+        if checkpoint is not None:
+            raise ValueError("a crash dump holds one moment: --checkpoint needs a scenario")
+
+    def snapshot(self) -> Snapshot:
+        rows = [PoolTagInfo(e.Key, e.PagedAllocs, e.PagedFrees, e.PagedBytes, e.NonPagedAllocs,
+                            e.NonPagedFrees, e.NonPagedBytes)
+                for e in self.reader.tracker_entries()]
+        return Snapshot.from_pool_tags(rows, label="crash dump", source=self.name)
+
+    def status(self) -> str:
+        if self.bugcheck:
+            return f"{self.name}: crash dump of bug check {self.bugcheck.code:#x} ({self.bugcheck.name})"
+        return f"{self.name}: crash dump"
+
+    def page_strips(self, pool: str = "both") -> list[PageStrip]:
+        wanted = {"both": (0, 1), "nonpaged": (0,), "paged": (1,)}.get(pool)
+        if wanted is None:
+            raise ValueError(f"pool must be both, nonpaged or paged, got {pool!r}")
+        big = {}  # page va -> (tag, note)
+        for entry in self.reader.big_pages():
+            pages = max(1, -(-entry.NumberOfBytes // PAGE_SIZE))
+            tag = display(entry.Key)
+            for index in range(pages):
+                big[entry.Va + index * PAGE_SIZE] = (tag, f"{tag}: {pages} page{'s' * (pages > 1)}"
+                                                     if index == 0 else "")
+        strips = []
+        for region in self.reader.pool_ranges():
+            if region.base_type not in wanted:
+                continue
+            for va, _offset in self.reader.mapped_pages(region.start, region.end):
+                if va in big:
+                    tag, note = big[va]
+                    strips.append(PageStrip(region.name, va, (Segment(0, PAGE_SIZE, BIG, tag),), note))
+                else:
+                    strips.append(small_page_strip(region.name, self.reader.page(va), va))
+        return strips
+
+    def samples(self):
+        raise ValueError("a crash dump holds one moment; usage over time needs a scenario")

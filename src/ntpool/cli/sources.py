@@ -91,6 +91,8 @@ def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,
     if is_dump(spec):
         from .dump_source import DumpSource
 
+        if kernel_options:
+            raise ValueError("pool sizes are for scenarios; a crash dump has its own")
         return DumpSource(spec)
     if Path(spec).suffix.lower() == ".dmp" and Path(spec).is_file():
         raise ValueError(f"{spec} is not a crash dump (no {DUMP_SIGNATURE.decode()} signature)")

@@ -176,8 +176,7 @@ def cmd_poolsnap(args) -> int:
     if not args.output:
         raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
     source = open_source(args.source or "demo", args.seed, kernel_options(args))
-    if source.kind == "scenario":
-        source.run_to(_positive("--checkpoint", args.checkpoint))
+    source.run_to(_positive("--checkpoint", args.checkpoint))
     snapshot = source.snapshot()
     Path(args.output).write_text(snapshot.to_json() + "\n", encoding="utf-8")
     print(f"wrote {args.output}: {len(snapshot.rows)} tag rows ({snapshot.label})")
@@ -223,10 +222,9 @@ def cmd_picture(args) -> int:
         figure = pictures.usage_figure(source.samples(), f"{source.name}: pool usage by tag",
                                        top=args.top)
     else:
-        if source.kind == "scenario":
-            source.run_to(_positive("--checkpoint", args.checkpoint))
+        source.run_to(_positive("--checkpoint", args.checkpoint))
         figure = pictures.pagemap_figure(source.page_strips(args.pool),
-                                         f"{source.name}: pool pages ({source.status()})",
+                                         f"Pool pages, {source.status()}",
                                          max_pages=args.max_pages, marks=_marks(source))
     pictures.save_figure(figure, args.output)
     print(f"wrote {args.output}")
