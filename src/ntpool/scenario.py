@@ -243,7 +243,7 @@ class ScenarioRun:
         self.bugcheck = error
         self.sample("bug check")
         if self.dump_path and self.dump_written is None and hasattr(self.kernel, "write_dump"):
-            self.kernel.write_dump(self.dump_path)
+            self.kernel.write_dump(self.dump_path, kind="kernel")
             self.dump_written = self.dump_path
 
 

@@ -111,11 +111,26 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
 def _show_crash(run: ScenarioRun, console: Console, pooltags) -> None:
     error = run.bugcheck
     console.print(Panel(str(error), title="bug check", style="bold red"))
-    if run.dump_written:
-        console.print(f"Wrote {run.dump_written}.")
-    else:
-        console.print("[dim]This build has no crash-dump writer; analysing the live machine.[/dim]")
-    console.print(_analysis(run.kernel, error, pooltags))
+    analysis = _debugger_analysis(run.dump_written) if run.dump_written else None
+    if analysis is None:
+        console.print("[dim]This build cannot write or read crash dumps; analysing the live "
+                      "machine.[/dim]")
+        console.print(_analysis(run.kernel, error, pooltags), highlight=False)
+        return
+    console.print(f"Wrote {run.dump_written}. The debugger's analysis "
+                  f"(ntpool kd -z {run.dump_written} -c \"!analyze -v\"):\n")
+    console.print(analysis, highlight=False, markup=False)
+
+
+def _debugger_analysis(dump_path: str) -> str | None:
+    """``!analyze -v`` on the dump, read back from the file alone; None without a debugger."""
+    try:
+        from ..debugger.session import KdSession
+        from ..dump import DumpReader
+    except ImportError:
+        return None
+    with DumpReader(dump_path) as reader:
+        return KdSession(reader).execute("!analyze -v")
 
 
 def _analysis(kernel, error, pooltags) -> str:
