@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .constants import PAGE_SHIFT, PAGE_SIZE
-from .pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL
+from .pool.descriptor import PAGE_FREE, PAGE_SMALL
 from .pool.header import walk_page
 from .tags import display
 
@@ -48,10 +48,17 @@ def live_page_strips(kernel, pool: str = "both") -> list[PageStrip]:
     """Every pool page in use on a live machine, in address order."""
     strips = []
     for descriptor in _pools(kernel, pool):
+        big = big_page_strips(descriptor.name, descriptor.big_pages.items())
         for index, kind in enumerate(descriptor.page_kind):
-            if kind != PAGE_FREE:
-                va = descriptor.base + (index << PAGE_SHIFT)
-                strips.extend(_strips_at(kernel, descriptor, index, va))
+            if kind == PAGE_FREE:
+                continue
+            va = descriptor.base + (index << PAGE_SHIFT)
+            if va in big:
+                strips.append(big[va])
+            elif kind == PAGE_SMALL:
+                strips.append(small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va))
+            else:  # reserved by another component (special pool, ...)
+                strips.append(PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, RESERVED),)))
     return strips
 
 
@@ -66,23 +73,16 @@ def _pools(kernel, pool: str):
     return chosen
 
 
-def _strips_at(kernel, descriptor, index: int, va: int) -> list[PageStrip]:
-    kind = descriptor.page_kind[index]
-    if kind == PAGE_SMALL:
-        return [small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va)]
-    if kind == PAGE_BIG_FIRST:
-        tag_value, pages = descriptor.big_pages.get(va, (0, 1))
+def big_page_strips(pool: str, allocations) -> dict[int, PageStrip]:
+    """A strip per page of each big allocation ``(va, (tag value, pages))``, by page address."""
+    strips = {}
+    for va, (tag_value, pages) in allocations:
         tag = display(tag_value)
-        note = f"{tag}: {pages} page{'s' if pages > 1 else ''}"
-        return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, BIG, tag),), note)]
-    if kind == PAGE_BIG_REST:
-        first = va
-        while first > descriptor.base and \
-                descriptor.page_kind[(first - descriptor.base) >> PAGE_SHIFT] == PAGE_BIG_REST:
-            first -= PAGE_SIZE
-        tag = display(descriptor.big_pages.get(first, (0, 1))[0])
-        return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, BIG, tag),))]
-    return [PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, RESERVED),))]
+        segments = (Segment(0, PAGE_SIZE, BIG, tag),)
+        strips[va] = PageStrip(pool, va, segments, f"{tag}: {pages} page{'s' if pages > 1 else ''}")
+        for index in range(1, pages):
+            strips[va + (index << PAGE_SHIFT)] = PageStrip(pool, va + (index << PAGE_SHIFT), segments)
+    return strips
 
 
 def small_page_strip(pool: str, page: bytes, va: int) -> PageStrip:

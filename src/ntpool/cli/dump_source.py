@@ -8,10 +8,9 @@ from pathlib import Path
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck
-from ..pictures import BIG, PageStrip, Segment, small_page_strip
+from ..pictures import PageStrip, big_page_strips, small_page_strip
 from ..pool.tracker import PoolTagInfo
 from ..poolmon import Snapshot
-from ..tags import display
 
 
 class DumpSource:
@@ -49,21 +48,16 @@ class DumpSource:
         wanted = {"both": (0, 1), "nonpaged": (0,), "paged": (1,)}.get(pool)
         if wanted is None:
             raise ValueError(f"pool must be both, nonpaged or paged, got {pool!r}")
-        big = {}  # page va -> (tag, note)
-        for entry in self.reader.big_pages():
-            pages = max(1, -(-entry.NumberOfBytes // PAGE_SIZE))
-            tag = display(entry.Key)
-            for index in range(pages):
-                big[entry.Va + index * PAGE_SIZE] = (tag, f"{tag}: {pages} page{'s' * (pages > 1)}"
-                                                     if index == 0 else "")
+        pages = [(e.Va, (e.Key, max(1, -(-e.NumberOfBytes // PAGE_SIZE))))
+                 for e in self.reader.big_pages()]
         strips = []
         for region in self.reader.pool_ranges():
             if region.base_type not in wanted:
                 continue
+            big = big_page_strips(region.name, pages)
             for va, _offset in self.reader.mapped_pages(region.start, region.end):
                 if va in big:
-                    tag, note = big[va]
-                    strips.append(PageStrip(region.name, va, (Segment(0, PAGE_SIZE, BIG, tag),), note))
+                    strips.append(big[va])
                 else:
                     strips.append(small_page_strip(region.name, self.reader.page(va), va))
         return strips

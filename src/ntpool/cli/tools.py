@@ -3,7 +3,6 @@
 import sys
 from pathlib import Path
 
-from rich.console import Console
 
 from ..poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags
 from ..pooltag import load_pooltags
