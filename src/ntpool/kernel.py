@@ -237,6 +237,7 @@ INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
     "write_dump", "bugcheck_observers", "current_driver", "drivers",
+    "crash_dump", "crash_dump_kind", "crash_dump_error",
 })
 
 _halted_classes: dict[type, type] = {}
