@@ -9,12 +9,14 @@ starting there; a tag-shaped string inside a chunk's body is not a chunk.
 """
 
 import re
+import struct
 from bisect import bisect_right
 from typing import NamedTuple
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import BigPage, DumpReader, MemoryReadError, PoolRange
-from ..pool.header import BLOCK, POOL_IN_USE, POOL_QUOTA, Chunk, page_problems, walk_page
+from ..pool.header import BLOCK, HEADER_FIRST8, POOL_IN_USE, POOL_QUOTA, Chunk, page_problems, \
+    walk_page
 from ..tags import PROTECTED_POOL
 
 
@@ -40,6 +42,31 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
     chunks = list(walk_page(page, page_va))
     problems = page_problems(page, page_va) + pool_type_problems(chunks, base_type)
     return PageReport(page_va, chunks, problems)
+
+
+_PREV_SIZE_TYPE = struct.Struct("<BxBB")
+
+
+def valid_header_offsets(page, base: int, base_type: int) -> set | None:
+    """Offsets (from ``base``) of a page's headers when its whole chain is valid, else None.
+
+    The same rules as ``examine_page`` (chain consistent and covering the page, PoolType
+    bytes of this pool), in one lean pass for scans over many pages.
+    """
+    allowed = base_type + 1
+    unpack = _PREV_SIZE_TYPE.unpack_from
+    offsets = set()
+    offset = previous = 0
+    while offset < PAGE_SIZE:
+        prev, size, pool_type = unpack(page, base + offset)
+        if prev != previous or not size or offset + (size << 4) > PAGE_SIZE:
+            return None
+        if pool_type and pool_type & 0xF3 != allowed:
+            return None
+        offsets.add(offset)
+        previous = size
+        offset += size << 4
+    return offsets
 
 
 def chunk_containing(report: PageReport, va: int) -> Chunk | None:
@@ -93,7 +120,7 @@ def tag_bytes_regex(pattern: str) -> re.Pattern:
         alternatives.append(b"".join(parts))
     if not alternatives:
         raise ValueError(f"tag pattern {pattern!r} cannot match a four-character tag")
-    return re.compile(b"(?=(?:" + b"|".join(alternatives) + b"))", re.DOTALL)
+    return re.compile(b"|".join(alternatives), re.DOTALL)
 
 
 def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
@@ -129,8 +156,12 @@ class PoolFinder:
         hits, corrupt = [], []
         # Every page of a dump sits at the same distance from a 4 KiB boundary of the file.
         skew = self.reader.runs[0].offset & (PAGE_SIZE - 1)
-        for match in regex.finditer(mapping, self.reader.runs[0].offset):
+        search = regex.search
+        match = search(mapping, self.reader.runs[0].offset)
+        while match is not None:
             position = match.start()
+            # Search on from the next byte: a match must not hide an overlapping one.
+            match = search(mapping, position + 1)
             in_page = (position - skew) & (PAGE_SIZE - 1)
             if in_page & (BLOCK - 1) != 4:
                 continue
@@ -140,16 +171,13 @@ class PoolFinder:
                 continue
             starts = reports.get(page_offset, False)
             if starts is False:
-                report = examine_page(mapping[page_offset:page_offset + PAGE_SIZE], page_va,
-                                      self.pool.base_type)
-                starts = None if report.problems else {c.address: c for c in report.chunks}
+                starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
                 reports[page_offset] = starts
                 if starts is None:
                     corrupt.append(page_va)
-            if starts:
-                chunk = starts.get(page_va + in_page - 4)
-                if chunk is not None:
-                    hits.append(chunk)
+            if starts and in_page - 4 in starts:
+                header = page_offset + in_page - 4
+                hits.append(Chunk(page_va + in_page - 4, *HEADER_FIRST8.unpack_from(mapping, header)))
         hits.sort()
         self.corrupt_pages = sorted(corrupt)
         return hits
