@@ -332,12 +332,16 @@ class DumpReader:
     def mapped_pages(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """(page va, file offset) of every 4 KiB page mapped in [start, end) and in the dump."""
         start &= ~0xFFF
-        yield from self._walk_level(self.directory_table_base, 0, start, end, 0)
+        # Each table is walked once: a lying dump whose tables point back at each other
+        # (as the self-map does) cannot make the walk loop or explode.
+        yield from self._walk_level(self.directory_table_base, 0, start, end, 0, set())
 
-    def _walk_level(self, table_pa: int, level: int, start: int, end: int, prefix: int):
+    def _walk_level(self, table_pa: int, level: int, start: int, end: int, prefix: int,
+                    visited: set):
         offset = self.frame_offset(table_pa >> PAGE_SHIFT)
-        if offset is None:
+        if offset is None or table_pa in visited:
             return
+        visited.add(table_pa)
         shift = 39 - 9 * level
         span = 1 << shift
         first = (start >> shift) & 0x1FF if canonical(prefix) <= start else 0
@@ -357,7 +361,8 @@ class DumpReader:
                 if frame is not None:
                     yield va, frame
             elif not entry & PTE_LARGE:
-                yield from self._walk_level(target, level + 1, start, end, prefix | (index << shift))
+                yield from self._walk_level(target, level + 1, start, end, prefix | (index << shift),
+                                            visited)
 
     # --- the debugger data -----------------------------------------------------------------
 
