@@ -268,6 +268,7 @@ INSPECTION = frozenset({
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
     "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
+    "crash_dump", "crash_dump_kind", "crash_dump_error",
 })
 
 _halted_classes: dict[type, type] = {}

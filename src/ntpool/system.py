@@ -4,6 +4,10 @@ The core (``ntpool.kernel.Kernel``) never imports the edges (dumps, verifier, dr
 tooling); this class is where they are put together for users.
 """
 
+import os
+
+from .dump.layout import install_shared_data
+from .dump.writer import KINDS, write_dump
 from .kernel import Kernel as CoreKernel
 from .verifier import DriverVerifier
 
@@ -12,8 +16,33 @@ class Kernel(CoreKernel):
     """A fresh simulated x64 Windows machine (see ``ntpool.kernel.Kernel`` for arguments).
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
+    ``crash_dump=PATH`` writes a crash dump (``crash_dump_kind``: 'kernel', the bitmap dump
+    Windows writes by default, or 'full') when the machine bug-checks.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, crash_dump=None, crash_dump_kind: str = "kernel", **kwargs):
+        if crash_dump_kind not in KINDS:
+            raise ValueError(f"crash_dump_kind must be 'full' or 'kernel', not {crash_dump_kind!r}")
+        if crash_dump is not None and not isinstance(crash_dump, (str, os.PathLike)):
+            raise TypeError(f"crash_dump must be a path, not {type(crash_dump).__name__}")
         super().__init__(*args, **kwargs)
         self.verifier = DriverVerifier(self)
+        install_shared_data(self)
+        self.crash_dump = crash_dump
+        self.crash_dump_kind = crash_dump_kind
+        self.crash_dump_error: OSError | None = None
+        if crash_dump is not None:
+            self.bugcheck_observers.append(_write_crash_dump)
+
+    def write_dump(self, path, kind: str = "full") -> str:
+        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted."""
+        return write_dump(self, path, kind)
+
+
+def _write_crash_dump(kernel, bugcheck) -> None:
+    # A dump that cannot be written must not hide the bug check itself.
+    try:
+        write_dump(kernel, kernel.crash_dump, kernel.crash_dump_kind)
+    except (OSError, MemoryError) as error:
+        kernel.crash_dump_error = error
+        bugcheck.dump_error = error

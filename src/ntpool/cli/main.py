@@ -31,6 +31,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_kd(args) -> int:
+    from .kd import run_kd
+
+    return run_kd(args.dump, args.commands, args.pooltag)
+
+
+def _cmd_bench_dump(args) -> int:
+    from ..dump.bench import run_and_report
+
+    return run_and_report(args.pool_mib, args.directory)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line on stderr (``ntpool CMD -h`` shows the usage)."""
 
@@ -50,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the allocator's speed and memory")
     bench.add_argument("--quick", action="store_true", help="smaller runs (100K live, not 1M)")
     bench.set_defaults(func=_cmd_bench)
+    kd = sub.add_parser("kd", help="analyse a crash dump as kd does (!analyze -v, !pool, !poolfind ...)")
+    kd.add_argument("-z", dest="dump", required=True, metavar="DUMP", help="the crash dump file")
+    kd.add_argument("-c", dest="commands", metavar="COMMANDS",
+                    help='commands to run, separated by ";" (default: an interactive prompt)')
+    kd.add_argument("--pooltag", metavar="FILE",
+                    help="a pooltag.txt naming tag owners (also: NTPOOL_POOLTAG)")
+    kd.set_defaults(func=_cmd_kd)
+    bench_dump = sub.add_parser("bench-dump", help="measure dump writing, !poolfind and !poolused")
+    bench_dump.add_argument("--pool-mib", type=int, default=512,
+                            help="MiB of each pool; the full dump is a bit over twice that (default 512)")
+    bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
+    bench_dump.set_defaults(func=_cmd_bench_dump)
     add_commands(sub)
     return parser
 
@@ -63,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
         return 3
     except (TagError, NtStatusError, ScenarioError, MachineHalted, ValueError, TypeError,
-            OSError) as error:
+            OSError, MemoryError) as error:
         print(f"ntpool: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

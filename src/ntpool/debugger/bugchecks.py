@@ -1,0 +1,191 @@
+"""What each pool-related bug check and its parameters mean, for ``!analyze -v``.
+
+Descriptions follow the bug check reference (reference sheet section 7). ``POOL_ARGUMENT``
+says which parameter holds the pool address to examine; when a code or subcode is not
+listed, the first parameter that lies in a pool is examined.
+"""
+
+from ..constants import BugCheckCode as B
+
+DESCRIPTIONS = {
+    B.IRQL_NOT_LESS_OR_EQUAL: "An attempt was made to access a pageable (or completely invalid) "
+                              "address at an interrupt request level (IRQL) that is too high.",
+    B.BAD_POOL_HEADER: "The pool is already corrupt at the time of the current request. This may "
+                       "or may not be due to the caller.",
+    B.MUST_SUCCEED_POOL_EMPTY: "No more must-succeed pool is available.",
+    B.PAGE_FAULT_IN_NONPAGED_AREA: "Invalid system memory was referenced. This cannot be "
+                                   "protected by try-except. Typically the address is just plain "
+                                   "bad or it is pointing at freed memory.",
+    B.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION: "Special pool has detected memory corruption.",
+    B.BAD_POOL_CALLER: "The current thread is making a bad pool request. Typically this is at a "
+                       "bad IRQL level or double freeing the same allocation, etc.",
+    B.DRIVER_VERIFIER_DETECTED_VIOLATION: "A device driver attempting to corrupt the system has "
+                                          "been caught. This is because the driver was specified "
+                                          "in the registry as being suspect (by the "
+                                          "administrator) and the kernel has enabled substantial "
+                                          "checking of this driver.",
+    B.DRIVER_CORRUPTED_EXPOOL: "An attempt was made to access a pageable (or completely invalid) "
+                               "address at an interrupt request level (IRQL) that is too high. "
+                               "This is caused by drivers that have corrupted the system pool.",
+    B.PAGE_FAULT_IN_FREED_SPECIAL_POOL: "Memory was referenced after it was freed.",
+    B.PAGE_FAULT_BEYOND_END_OF_ALLOCATION: "N bytes of memory was allocated and more than N bytes "
+                                           "are being referenced.",
+    B.DRIVER_IRQL_NOT_LESS_OR_EQUAL: "An attempt was made to access a pageable (or completely "
+                                     "invalid) address at an interrupt request level (IRQL) that "
+                                     "is too high. This is usually caused by drivers using "
+                                     "improper addresses.",
+    B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL: "Memory was referenced after it was freed.",
+    B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION: "N bytes of memory was allocated and more than "
+                                                  "N bytes are being referenced.",
+    B.MANUALLY_INITIATED_CRASH: "The user manually initiated this crash dump.",
+}
+
+_ACCESS = "0: read operation, 1: write operation, 8: execute"
+
+# (code, subcode or None) -> the four arguments' meanings.
+ARGUMENTS = {
+    (B.BAD_POOL_CALLER, 0x00): ("Attempt to allocate zero bytes", "0", "Pool type",
+                                "Pool tag"),
+    (B.BAD_POOL_CALLER, 0x06): ("Attempt to free pool which was already freed", "Reserved",
+                                "Pointer to pool header", "Pool header contents"),
+    (B.BAD_POOL_CALLER, 0x07): ("Attempt to free pool which was already freed", "0",
+                                "Pool header contents", "Address of the block of pool being freed"),
+    (B.BAD_POOL_CALLER, 0x08): ("Attempt to allocate pool at invalid IRQL", "Current IRQL",
+                                "Pool type", "Size of allocation"),
+    (B.BAD_POOL_CALLER, 0x09): ("Attempt to free pool at invalid IRQL", "Current IRQL",
+                                "Pool type", "Address of pool"),
+    (B.BAD_POOL_CALLER, 0x0A): ("Attempt to free pool with an incorrect tag",
+                                "Address of the pool being freed", "Tag of the pool block",
+                                "Tag being used in the call"),
+    (B.BAD_POOL_CALLER, 0x40): ("Attempt to free a user-mode address to kernel pool",
+                                "Starting address", "Start of system address space", "0"),
+    (B.BAD_POOL_CALLER, 0x41): ("Attempt to free a non-allocated nonpaged pool address",
+                                "Starting address", "Physical page frame", "Highest physical page frame"),
+    (B.BAD_POOL_CALLER, 0x42): ("Attempt to free a virtual address which was never in any pool",
+                                "Address being freed", "0", "0"),
+    (B.BAD_POOL_CALLER, 0x50): ("Attempt to free a non-allocated paged pool address",
+                                "Starting address", "Start offset, in pages, from beginning of paged pool",
+                                "Size, in bytes, of paged pool"),
+    (B.BAD_POOL_CALLER, 0x99): ("Attempt to free pool with invalid address (or corruption in pool header)",
+                                "Address being freed", "0", "0"),
+    (B.BAD_POOL_CALLER, 0x9A): ("Attempt to allocate must-succeed pool (obsolete)", "Pool type",
+                                "Size of allocation, in bytes", "Allocation's pool tag"),
+    (B.BAD_POOL_CALLER, 0x9B): ("Attempt to allocate pool with a tag of 0", "Pool type",
+                                "Size of allocation, in bytes", "0"),
+    (B.BAD_POOL_CALLER, 0x9C): ("Attempt to allocate pool with the reserved tag 'BIG '",
+                                "Pool type", "Size of allocation, in bytes", "0"),
+    (B.BAD_POOL_CALLER, 0x9D): ("Attempt to allocate pool with a tag that has no letter or digit",
+                                "Incorrect pool tag", "Pool type", "0"),
+    (B.BAD_POOL_CALLER, 0x41286): ("Attempt to free paged pool in the middle of an allocation",
+                                   "Reserved", "Reserved", "Start offset, in pages, from beginning of paged pool"),
+    (B.BAD_POOL_HEADER, 0x3): ("The pool freelist is corrupt", "The pool entry being checked",
+                               "The read-back flink freelist value", "The read-back blink freelist value"),
+    (B.BAD_POOL_HEADER, 0x5): ("Neighbouring pool headers disagree", "One of the pool entries",
+                               "Reserved", "The other pool entry"),
+    (B.BAD_POOL_HEADER, 0x6): ("The pool block header's previous size is too large",
+                               "The pool entry", "Reserved", "The bad pool header"),
+    (B.BAD_POOL_HEADER, 0x7): ("The pool block header size is corrupt", "Reserved",
+                               "The pool entry", "The bad pool header"),
+    (B.BAD_POOL_HEADER, 0x8): ("The pool block header size is zero", "Reserved", "Reserved",
+                               "The pool entry"),
+    (B.BAD_POOL_HEADER, 0x9): ("The pool block header size runs past the page", "The pool entry",
+                               "Reserved", "The bad pool entry"),
+    (B.BAD_POOL_HEADER, 0xA): ("The pool block was not found in the page walk", "The pool entry",
+                               "Reserved", "Reserved"),
+    (B.BAD_POOL_HEADER, 0x20): ("A pool block header size is corrupt (the block was overrun)",
+                                "The pool entry that should have been found",
+                                "The next pool entry", "Reserved"),
+    (B.BAD_POOL_HEADER, 0x21): ("The data following the pool block is corrupt",
+                                "The pool pointer being freed", "The number of bytes allocated",
+                                "The corrupted value"),
+    (B.BAD_POOL_HEADER, 0x22): ("An address being freed has no tracking entry",
+                                "The address being freed", "Reserved", "Reserved"),
+    (B.PAGE_FAULT_IN_NONPAGED_AREA, None): ("Memory referenced", _ACCESS, "If non-zero, the "
+                                            "instruction address which referenced the bad memory",
+                                            "Reserved"),
+    (B.IRQL_NOT_LESS_OR_EQUAL, None): ("Memory referenced", "IRQL", _ACCESS,
+                                       "Address which referenced memory"),
+    (B.DRIVER_IRQL_NOT_LESS_OR_EQUAL, None): ("Memory referenced", "IRQL", _ACCESS,
+                                              "Address which referenced memory"),
+    (B.DRIVER_CORRUPTED_EXPOOL, None): ("Memory referenced", "IRQL", "0: read, 1: write",
+                                        "Address which referenced memory"),
+    (B.PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): ("Memory referenced", "0: read, 1: write",
+                                                 "Address that referenced memory", "Reserved"),
+    (B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): ("Memory referenced", "0: read, 1: write",
+                                                        "Address that referenced memory", "Reserved"),
+    (B.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): ("Memory referenced", "0: read, 1: write",
+                                                    "Address that referenced memory",
+                                                    "Number of bytes allocated"),
+    (B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): ("Memory referenced", "0: read, 1: write",
+                                                           "Address that referenced memory",
+                                                           "Number of bytes allocated"),
+    (B.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, None): ("Address trying to free",
+                                                        "Size of the allocation / reserved",
+                                                        "Corrupted value or reserved",
+                                                        "Subclass of driver violation"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x00): ("Caller is trying to allocate zero bytes",
+                                                   "Current IRQL", "Pool type", "Number of bytes"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x01): ("Caller is trying to allocate paged pool at "
+                                                   "DISPATCH_LEVEL or above", "Current IRQL",
+                                                   "Pool type", "Number of bytes"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x02): ("Caller is trying to allocate nonpaged pool "
+                                                   "above DISPATCH_LEVEL", "Current IRQL",
+                                                   "Pool type", "Number of bytes"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x10): ("Caller is freeing an address that was never "
+                                                   "allocated", "Bad address", "Reserved", "Reserved"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x13): ("Caller is freeing pool that was already "
+                                                   "freed", "Reserved", "Address", "Reserved"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x14): ("Caller is freeing pool that was already "
+                                                   "freed", "Reserved", "Address", "Reserved"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x60): ("A driver has forgotten to free its pool "
+                                                   "allocations prior to unloading",
+                                                   "Paged bytes", "Nonpaged bytes",
+                                                   "Total outstanding allocations"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x62): ("A driver is unloading without freeing its "
+                                                   "pool allocations", "Name of the driver",
+                                                   "Reserved", "Total outstanding allocations"),
+}
+
+# (code, subcode or None) -> the 1-based parameter holding the pool address to examine.
+POOL_ARGUMENT = {
+    (B.BAD_POOL_CALLER, 0x06): 3, (B.BAD_POOL_CALLER, 0x07): 4, (B.BAD_POOL_CALLER, 0x09): 4,
+    (B.BAD_POOL_CALLER, 0x0A): 2, (B.BAD_POOL_CALLER, 0x41): 2, (B.BAD_POOL_CALLER, 0x42): 2,
+    (B.BAD_POOL_CALLER, 0x50): 2, (B.BAD_POOL_CALLER, 0x99): 2,
+    (B.BAD_POOL_HEADER, 0x3): 2, (B.BAD_POOL_HEADER, 0x5): 4, (B.BAD_POOL_HEADER, 0x6): 2,
+    (B.BAD_POOL_HEADER, 0x7): 3, (B.BAD_POOL_HEADER, 0x8): 4, (B.BAD_POOL_HEADER, 0x9): 2,
+    (B.BAD_POOL_HEADER, 0xA): 2, (B.BAD_POOL_HEADER, 0x20): 2, (B.BAD_POOL_HEADER, 0x21): 2,
+    (B.BAD_POOL_HEADER, 0x22): 2,
+    (B.PAGE_FAULT_IN_NONPAGED_AREA, None): 1, (B.DRIVER_CORRUPTED_EXPOOL, None): 1,
+    (B.PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): 1, (B.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): 1,
+    (B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): 1,
+    (B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): 1,
+    (B.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, None): 1,
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x10): 2, (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x13): 3,
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x14): 3,
+}
+
+# Codes whose first parameter is a subcode.
+SUBCODED = {B.BAD_POOL_CALLER, B.BAD_POOL_HEADER, B.DRIVER_VERIFIER_DETECTED_VIOLATION}
+
+# (code, subcode) -> parameters (1-based) that hold pool tags.
+TAG_ARGUMENTS = {
+    (B.BAD_POOL_CALLER, 0x00): (4,), (B.BAD_POOL_CALLER, 0x0A): (3, 4),
+    (B.BAD_POOL_CALLER, 0x9A): (4,), (B.BAD_POOL_CALLER, 0x9D): (2,),
+}
+
+
+def key_of(code: int, parameters) -> tuple:
+    return (code, parameters[0]) if code in SUBCODED else (code, None)
+
+
+def arguments(code: int, parameters) -> tuple[str, str, str, str]:
+    """What each parameter means; the first is the subcode's meaning when there is one."""
+    return ARGUMENTS.get(key_of(code, parameters), ("", "", "", ""))
+
+
+def pool_argument(code: int, parameters) -> int | None:
+    return POOL_ARGUMENT.get(key_of(code, parameters))
+
+
+def tag_arguments(code: int, parameters) -> tuple:
+    return TAG_ARGUMENTS.get(key_of(code, parameters), ())

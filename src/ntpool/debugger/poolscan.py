@@ -1,0 +1,193 @@
+"""Pool pages and chunks as a dump holds them: walking, validating, finding by tag.
+
+A small-pool page is trusted only when its whole header chain is consistent (the same
+walk the allocator's checks make, ``pool.header.page_problems``) and every PoolType byte
+is one a chunk of that pool can hold. ``find_tag`` scans the dump's bytes for the tag with
+one regular-expression pass over the mapping and keeps only hits that sit where a header's
+tag sits (offset 4 of a 16-byte block) in a page whose chain is valid and that has a chunk
+starting there; a tag-shaped string inside a chunk's body is not a chunk.
+"""
+
+import re
+import struct
+from bisect import bisect_right
+from typing import NamedTuple
+
+from ..constants import PAGE_SIZE
+from ..dump.reader import BigPage, DumpReader, MemoryReadError, PoolRange
+from ..pool.header import BLOCK, HEADER_FIRST8, POOL_IN_USE, POOL_QUOTA, Chunk, page_problems, \
+    walk_page
+from ..tags import PROTECTED_POOL
+
+
+class PageReport(NamedTuple):
+    page: int
+    chunks: list  # Chunk, as far as the chain could be walked
+    problems: list  # str
+
+
+def pool_type_problems(chunks, base_type: int) -> list[str]:
+    """PoolType bytes no chunk of this pool can hold."""
+    allowed_low = base_type + 1
+    problems = []
+    for chunk in chunks:
+        kind = chunk.pool_type & ~(POOL_IN_USE | POOL_QUOTA)
+        if chunk.pool_type and kind != allowed_low:
+            problems.append(f"{chunk.address:#x}: PoolType {chunk.pool_type:#x} is not a "
+                            f"{'paged' if base_type else 'nonpaged'} pool type")
+    return problems
+
+
+def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
+    chunks = list(walk_page(page, page_va))
+    problems = page_problems(page, page_va) + pool_type_problems(chunks, base_type)
+    return PageReport(page_va, chunks, problems)
+
+
+_PREV_SIZE_TYPE = struct.Struct("<BxBB")
+
+
+def valid_header_offsets(page, base: int, base_type: int) -> set | None:
+    """Offsets (from ``base``) of a page's headers when its whole chain is valid, else None.
+
+    The same rules as ``examine_page`` (chain consistent and covering the page, PoolType
+    bytes of this pool), in one lean pass for scans over many pages.
+    """
+    allowed = base_type + 1
+    unpack = _PREV_SIZE_TYPE.unpack_from
+    offsets = set()
+    offset = previous = 0
+    while offset < PAGE_SIZE:
+        prev, size, pool_type = unpack(page, base + offset)
+        if prev != previous or not size or offset + (size << 4) > PAGE_SIZE:
+            return None
+        if pool_type and pool_type & 0xF3 != allowed:
+            return None
+        offsets.add(offset)
+        previous = size
+        offset += size << 4
+    return offsets
+
+
+def chunk_containing(report: PageReport, va: int) -> Chunk | None:
+    for chunk in report.chunks:
+        if chunk.address <= va < chunk.address + chunk.size:
+            return chunk
+    return None
+
+
+class BigPageIndex:
+    """The big page table's allocations, sorted by address, for 'which allocation holds va'."""
+
+    def __init__(self, entries: list[BigPage]):
+        self.entries = sorted(entries)
+        self.starts = [entry.Va for entry in self.entries]
+
+    def containing(self, va: int) -> BigPage | None:
+        index = bisect_right(self.starts, va) - 1
+        if index >= 0:
+            entry = self.entries[index]
+            if va < entry.Va + max(entry.NumberOfBytes, PAGE_SIZE):
+                return entry
+        return None
+
+
+def _expansions(pattern: str) -> list[str]:
+    """Every four-character form of a pattern whose ``*`` stand for any number of '?'."""
+    if "*" not in pattern:
+        return [pattern.ljust(4)] if len(pattern) <= 4 else []
+    head, tail = pattern.split("*", 1)
+    results = []
+    for count in range(0, 5):
+        results += _expansions(head + "?" * count + tail)
+    return sorted({r for r in results if len(r) == 4})
+
+
+def tag_bytes_regex(pattern: str) -> re.Pattern:
+    """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte."""
+    alternatives = []
+    for form in _expansions(pattern):
+        parts = []
+        for index, ch in enumerate(form):
+            if ch == "?":
+                parts.append(b".")
+                continue
+            code = ord(ch) & 0x7F
+            if index == 3:
+                parts.append(b"[" + re.escape(bytes([code])) + re.escape(bytes([code | 0x80])) + b"]")
+            else:
+                parts.append(re.escape(bytes([code])))
+        alternatives.append(b"".join(parts))
+    if not alternatives:
+        raise ValueError(f"tag pattern {pattern!r} cannot match a four-character tag")
+    return re.compile(b"|".join(alternatives), re.DOTALL)
+
+
+def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
+    return regex.match((tag_value & ~PROTECTED_POOL).to_bytes(4, "little")) is not None or \
+        regex.match(tag_value.to_bytes(4, "little")) is not None
+
+
+class PoolFinder:
+    """``!poolfind``'s search of one pool of a dump."""
+
+    def __init__(self, reader: DumpReader, pool: PoolRange, big_pages: BigPageIndex):
+        self.reader = reader
+        self.pool = pool
+        self.big_pages = big_pages
+        self._page_at_offset: dict[int, int] | None = None
+        self.corrupt_pages: list[int] = []  # pages of the last search with hits but a bad chain
+
+    def pages_by_file_offset(self) -> dict[int, int]:
+        """File offset of each mapped page of the pool (outside big allocations) -> its va."""
+        if self._page_at_offset is None:
+            pages = {}
+            for va, offset in self.reader.mapped_pages(self.pool.start, self.pool.end):
+                if self.big_pages.containing(va) is None:
+                    pages[offset] = va
+            self._page_at_offset = pages
+        return self._page_at_offset
+
+    def find(self, pattern: str) -> list[Chunk]:
+        regex = tag_bytes_regex(pattern)
+        pages = self.pages_by_file_offset()
+        mapping = self.reader.mapping
+        reports: dict[int, dict | None] = {}
+        hits, corrupt = [], []
+        # Every page of a dump sits at the same distance from a 4 KiB boundary of the file.
+        skew = self.reader.runs[0].offset & (PAGE_SIZE - 1)
+        search = regex.search
+        match = search(mapping, self.reader.runs[0].offset)
+        while match is not None:
+            position = match.start()
+            # Search on from the next byte: a match must not hide an overlapping one.
+            match = search(mapping, position + 1)
+            in_page = (position - skew) & (PAGE_SIZE - 1)
+            if in_page & (BLOCK - 1) != 4:
+                continue
+            page_offset = position - in_page
+            page_va = pages.get(page_offset)
+            if page_va is None:
+                continue
+            starts = reports.get(page_offset, False)
+            if starts is False:
+                starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
+                reports[page_offset] = starts
+                if starts is None:
+                    corrupt.append(page_va)
+            if starts and in_page - 4 in starts:
+                header = page_offset + in_page - 4
+                hits.append(Chunk(page_va + in_page - 4, *HEADER_FIRST8.unpack_from(mapping, header)))
+        hits.sort()
+        self.corrupt_pages = sorted(corrupt)
+        return hits
+
+
+def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:
+    """The page holding ``va``, walked and checked (MemoryReadError when not in the dump)."""
+    page_va = va & ~(PAGE_SIZE - 1)
+    return examine_page(reader.page(page_va), page_va, base_type)
+
+
+__all__ = ["BigPageIndex", "MemoryReadError", "PageReport", "PoolFinder", "chunk_containing",
+           "examine_page", "read_page_report", "tag_bytes_regex", "tag_display_matches"]

@@ -1,0 +1,135 @@
+"""pooltag.txt: who owns a pool tag.
+
+Lines read ``<Tag> - <binary> - <Description>``; the binary field is sometimes missing;
+``rem`` lines and blank lines are comments. A tag may hold ``*`` (any run of characters)
+and ``?`` (any one character); a short tag is space-padded to four. Sources are asked in
+order (``--pooltag`` file, the ``NTPOOL_POOLTAG`` files, ntpool's own list), an exact entry
+before a wildcard one within each, the most specific wildcard first.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import NamedTuple
+
+ENVIRONMENT_VARIABLE = "NTPOOL_POOLTAG"
+_LINE = re.compile(r"^(?P<tag>\S.{0,3}?)\s+-(?:\s+|$)(?P<rest>.*)$")  # tags may hold spaces
+_FIELD_SEPARATOR = re.compile(r"\s+-\s*|\s*-\s+")
+_BINARY = re.compile(r"^(<unknown>|\S+\.(sys|exe|dll|drv)|\S+!\S*|\S+)$", re.IGNORECASE)
+
+
+class PoolTagOwner(NamedTuple):
+    tag: str  # as written in the file
+    binary: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.binary} - {self.description}" if self.binary else self.description
+
+
+def wildcard_regex(pattern: str) -> re.Pattern:
+    """A compiled regex for a tag pattern with ``*`` and ``?`` (everything else literal)."""
+    parts = []
+    for ch in pattern:
+        parts.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def has_wildcard(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+def tag_matches(pattern: str, tag: str) -> bool:
+    """Whether a four-character tag matches a pattern (short patterns are space-padded)."""
+    if not has_wildcard(pattern):
+        return pattern.ljust(4) == tag.ljust(4)
+    return wildcard_regex(pattern).fullmatch(tag.ljust(4)) is not None
+
+
+def parse_line(line: str) -> PoolTagOwner | None:
+    text = line.strip()
+    if not text or text.lower().startswith("rem") and (len(text) == 3 or text[3].isspace()):
+        return None
+    match = _LINE.match(text)
+    if match is None:
+        return None
+    rest = match["rest"].strip()
+    fields = _FIELD_SEPARATOR.split(rest, maxsplit=1)
+    if len(fields) == 2 and _BINARY.match(fields[0]):
+        return PoolTagOwner(match["tag"], fields[0], fields[1].strip())
+    return PoolTagOwner(match["tag"], "", rest)
+
+
+@dataclass
+class PoolTagFile:
+    name: str
+    exact: dict  # tag padded to 4 -> PoolTagOwner (first entry wins)
+    patterns: list  # (compiled regex, PoolTagOwner) in file order
+
+    @classmethod
+    def parse(cls, text: str, name: str = "pooltag.txt") -> "PoolTagFile":
+        exact, patterns = {}, []
+        for line in text.splitlines():
+            owner = parse_line(line)
+            if owner is None:
+                continue
+            if has_wildcard(owner.tag):
+                patterns.append((wildcard_regex(owner.tag), owner))
+            else:
+                exact.setdefault(owner.tag.ljust(4), owner)
+        return cls(name, exact, patterns)
+
+    @classmethod
+    def load(cls, path) -> "PoolTagFile":
+        with open(path, encoding="latin-1") as handle:  # old copies are not UTF-8
+            return cls.parse(handle.read(), os.fspath(path))
+
+    def lookup(self, tag: str) -> PoolTagOwner | None:
+        tag = tag.ljust(4)
+        owner = self.exact.get(tag)
+        if owner is not None:
+            return owner
+        # The most specific pattern wins ('Gh ?' over 'G*'), then the earlier one.
+        best, best_literal = None, -1
+        for regex, owner in self.patterns:
+            literal = sum(ch not in "*?" for ch in owner.tag)
+            if literal > best_literal and regex.fullmatch(tag):
+                best, best_literal = owner, literal
+        return best
+
+
+class PoolTagDatabase:
+    """Every pooltag.txt source, in the order they are asked."""
+
+    def __init__(self, files: list[PoolTagFile]):
+        self.files = files
+
+    @classmethod
+    def default(cls, pooltag_file=None, environ=None) -> "PoolTagDatabase":
+        """``pooltag_file`` first, then NTPOOL_POOLTAG's files (os.pathsep-separated), then ntpool's."""
+        environ = os.environ if environ is None else environ
+        paths = [pooltag_file] if pooltag_file else []
+        paths += [p for p in environ.get(ENVIRONMENT_VARIABLE, "").split(os.pathsep) if p]
+        files = []
+        for path in paths:
+            try:
+                files.append(PoolTagFile.load(path))
+            except OSError as error:
+                raise OSError(f"pooltag file {path}: {error.strerror or error}") from None
+        builtin = resources.files("ntpool").joinpath("data", "pooltag.txt").read_text("ascii")
+        files.append(PoolTagFile.parse(builtin, "ntpool"))
+        return cls(files)
+
+    def lookup(self, tag: str) -> PoolTagOwner | None:
+        for source in self.files:
+            owner = source.lookup(tag)
+            if owner is not None:
+                return owner
+        return None
+
+    def describe(self, tag: str) -> str:
+        owner = self.lookup(tag)
+        if owner is None:
+            return f"UNKNOWN pooltag '{tag}', please update pooltag.txt"
+        return str(owner)

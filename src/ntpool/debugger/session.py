@@ -1,0 +1,360 @@
+"""A kd-like session on a crash dump: commands in, WinDbg-style text out.
+
+``KdSession(reader, pooltags).execute("!analyze -v; !poolused 2")`` returns the text the
+commands print. Commands never raise on what the dump holds: an address the dump lacks or
+a corrupt structure is reported in the output, as kd reports it.
+"""
+
+import shlex
+
+from ..constants import PAGE_SIZE
+from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
+from ..errors import bugcheck_name
+from ..pool.header import HEADER_SIZE
+from ..tags import display
+from . import bugchecks
+from .pooltag import PoolTagDatabase, tag_matches
+from .poolscan import BigPageIndex, PoolFinder, chunk_containing, read_page_report, \
+    tag_bytes_regex, tag_display_matches
+
+STAR_LINE = "*" * 79
+
+
+class CommandError(ValueError):
+    """A command line kd would refuse (bad syntax, bad number)."""
+
+
+def parse_number(text: str, what: str) -> int:
+    """kd's default radix is 16: ``fffffa80`00000010``, ``0x10`` and ``10`` are all hex."""
+    cleaned = text.replace("`", "")
+    if cleaned.lower().startswith("0n"):
+        base, digits = 10, cleaned[2:]
+    else:
+        base, digits = 16, cleaned[2:] if cleaned.lower().startswith("0x") else cleaned
+    try:
+        value = int(digits, base)
+    except ValueError:
+        raise CommandError(f"Couldn't resolve error at '{text}' ({what} must be a number)") from None
+    if not 0 <= value < 1 << 64:
+        raise CommandError(f"{what} {text} does not fit in 64 bits")
+    return value
+
+
+def pool_region_name(base_type: int) -> str:
+    return "Paged pool" if base_type else "Nonpaged pool"
+
+
+class KdSession:
+    def __init__(self, reader: DumpReader, pooltags: PoolTagDatabase | None = None):
+        self.reader = reader
+        self.pooltags = pooltags or PoolTagDatabase.default()
+        self._big_pages: BigPageIndex | None = None
+        self._finders: dict = {}
+        self.commands = {
+            "!analyze": self.analyze,
+            "!pool": self.pool,
+            "!poolval": self.poolval,
+            "!poolused": self.poolused,
+            "!poolfind": self.poolfind,
+            ".help": self.help,
+        }
+
+    # --- running commands ---------------------------------------------------------------
+
+    def execute(self, line: str) -> str:
+        """Run ``;``-separated commands; returns what they print."""
+        outputs = []
+        for command in line.split(";"):
+            command = command.strip()
+            if command:
+                outputs.append(self.run_one(command))
+        return "\n".join(outputs)
+
+    def run_one(self, command: str) -> str:
+        try:
+            words = shlex.split(command)
+        except ValueError as error:
+            return f"Syntax error: {error}"
+        name, args = words[0].lower(), words[1:]
+        handler = self.commands.get(name)
+        if handler is None:
+            return f"No export {name.lstrip('!')} found (try .help)"
+        try:
+            return handler(args)
+        except CommandError as error:
+            return str(error)
+        except MemoryReadError as error:
+            return f"Memory read error: {error}"
+        except DumpFormatError as error:
+            return f"Cannot analyse: {error}"
+
+    def help(self, args) -> str:
+        return "\n".join([
+            "!analyze [-v]            explain the bug check: parameters, pool chunk, tag owner",
+            "!pool Address [Flags]    walk the pool page holding Address (1: contents, 2: only that chunk)",
+            "!poolval Address         validate the headers of the page holding Address",
+            "!poolused [Flags [Tag]]  usage by tag (1: verbose, 2: sort by nonpaged, 4: by paged)",
+            "!poolfind Tag [PoolType] find chunks by tag (0: nonpaged, 1: paged), big pages first",
+            "q                        quit",
+        ])
+
+    # --- shared helpers -------------------------------------------------------------------
+
+    def big_pages(self) -> BigPageIndex:
+        if self._big_pages is None:
+            self._big_pages = BigPageIndex(self.reader.big_pages())
+        return self._big_pages
+
+    def owner(self, tag_text: str) -> str:
+        return self.pooltags.describe(tag_text)
+
+    def _chunk_line(self, chunk, marked: bool) -> str:
+        mark = "*" if marked else " "
+        state = f"({chunk.state})"
+        return (f"{mark}{chunk.address:016x} size: {chunk.size:4x} previous size: "
+                f"{chunk.previous_size << 4:4x}  {state:<12}{mark}{display(chunk.tag)}")
+
+    # --- !pool / !poolval ---------------------------------------------------------------
+
+    def pool(self, args) -> str:
+        if not args:
+            raise CommandError("Usage: !pool Address [Flags]")
+        address = parse_number(args[0], "Address")
+        flags = parse_number(args[1], "Flags") if len(args) > 1 else 0
+        return "\n".join(self.pool_lines(address, flags))
+
+    def pool_lines(self, address: int, flags: int = 0) -> list[str]:
+        pool = self.reader.pool_of(address)
+        if pool is None:
+            return [f"{address:016x} is not a valid pool address (it is in no pool of this dump)"]
+        big = self.big_pages().containing(address)
+        if big is not None:
+            tag = display(big.Key)
+            return [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}",
+                    f"*{big.Va:016x} : large page allocation, tag is {tag}, size is "
+                    f"{big.NumberOfBytes:#x} bytes",
+                    f"\t\tPooltag {tag} : {self.owner(tag)}"]
+        try:
+            report = read_page_report(self.reader, address, pool.base_type)
+        except MemoryReadError:
+            return [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}",
+                    f"{address:016x} is not a valid pool address (its page is not in the dump)"]
+        lines = [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}"]
+        for chunk in report.chunks:
+            marked = chunk.address <= address < chunk.address + chunk.size
+            if flags & 2 and not marked:
+                continue
+            lines.append(self._chunk_line(chunk, marked))
+            if marked:
+                tag = display(chunk.tag)
+                lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
+                if flags & 1:
+                    lines += self._contents(chunk)
+        for problem in report.problems:
+            lines.append(f"*** Bad pool header: {problem}")
+        if chunk_containing(report, address) is None:
+            lines.append(f"{address:016x} is not inside any chunk the header chain reaches")
+        return lines
+
+    def _contents(self, chunk) -> list[str]:
+        body = self.reader.read(chunk.body, min(chunk.size - HEADER_SIZE, 64))
+        lines = []
+        for offset in range(0, len(body), 16):
+            row = body[offset:offset + 16]
+            text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+            lines.append(f"    {chunk.body + offset:016x}  {row.hex(' ')}  {text}")
+        return lines
+
+    def poolval(self, args) -> str:
+        if not args:
+            raise CommandError("Usage: !poolval Address")
+        address = parse_number(args[0], "Address")
+        pool = self.reader.pool_of(address)
+        page = address & ~(PAGE_SIZE - 1)
+        if pool is None:
+            return f"{address:016x} is not a valid pool address (it is in no pool of this dump)"
+        if self.big_pages().containing(address) is not None:
+            return f"{address:016x} is in a large page allocation: it has no pool headers to validate"
+        report = read_page_report(self.reader, address, pool.base_type)
+        lines = [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}", "",
+                 f"Validating Pool headers for pool page: {page:016x}", ""]
+        if not report.problems:
+            lines.append(f"Pool page [ {page:016x} ] is VALID.")
+            return "\n".join(lines)
+        lines += [f"Pool page [ {page:016x} ] is __inVALID.", "", "Analyzing linked list..."]
+        lines += [f"[ {problem} ]" for problem in report.problems]
+        return "\n".join(lines)
+
+    # --- !poolused ------------------------------------------------------------------------
+
+    def poolused(self, args) -> str:
+        flags = parse_number(args[0], "Flags") if args else 0
+        pattern = args[1] if len(args) > 1 else None
+        entries = self.reader.tracker_entries()
+        rows = []
+        for e in entries:
+            tag = display(e.Key)
+            if pattern is not None and not tag_matches(pattern, tag):
+                continue
+            np_diff = (e.NonPagedAllocs - e.NonPagedFrees) & 0xFFFFFFFF
+            p_diff = (e.PagedAllocs - e.PagedFrees) & 0xFFFFFFFF
+            if not flags & 1 and not (np_diff or p_diff or e.NonPagedBytes or e.PagedBytes):
+                continue
+            rows.append((tag, e, np_diff, p_diff))
+        if flags & 2:
+            order, rows = "NonPaged Pool Usage", sorted(rows, key=lambda r: (-r[1].NonPagedBytes, r[0]))
+        elif flags & 4:
+            order, rows = "Paged Pool Usage", sorted(rows, key=lambda r: (-r[1].PagedBytes, r[0]))
+        else:
+            order, rows = "Tag", sorted(rows, key=lambda r: r[0])
+        return "\n".join(self._poolused_table(order, rows, verbose=bool(flags & 1)))
+
+    def _poolused_table(self, order: str, rows, verbose: bool) -> list[str]:
+        lines = [f"   Sorting by {order}", ""]
+        if verbose:
+            lines += [" " * 10 + "NonPaged".center(46) + "Paged".center(46),
+                      " Tag   " + "    Allocs     Frees      Diff         Used" * 2, ""]
+        else:
+            lines += ["                            NonPaged                  Paged",
+                      " Tag     Allocs         Used     Allocs         Used", ""]
+        totals = [0] * 8
+        for tag, e, np_diff, p_diff in rows:
+            if verbose:
+                numbers = (e.NonPagedAllocs, e.NonPagedFrees, np_diff, e.NonPagedBytes,
+                           e.PagedAllocs, e.PagedFrees, p_diff, e.PagedBytes)
+                body = "".join(f"{n:10d}" if i % 4 != 3 else f"{n:13d}" for i, n in enumerate(numbers))
+            else:
+                numbers = (np_diff, e.NonPagedBytes, p_diff, e.PagedBytes)
+                body = f"{numbers[0]:10d} {numbers[1]:12d} {numbers[2]:10d} {numbers[3]:12d}"
+            for i, n in enumerate(numbers):
+                totals[i] += n
+            lines.append(f" {tag} {body}\t{self.owner(tag)}")
+        count = 8 if verbose else 4
+        if verbose:
+            body = "".join(f"{n:10d}" if i % 4 != 3 else f"{n:13d}" for i, n in enumerate(totals[:count]))
+        else:
+            body = f"{totals[0]:10d} {totals[1]:12d} {totals[2]:10d} {totals[3]:12d}"
+        lines.append(f" TOTAL{body}")
+        return lines
+
+    # --- !poolfind ------------------------------------------------------------------------
+
+    def poolfind(self, args) -> str:
+        if not args:
+            raise CommandError("Usage: !poolfind Tag [PoolType]  (PoolType 0 nonpaged, 1 paged)")
+        pattern = args[0]
+        if not 1 <= len(pattern) <= 8 or any(ord(c) > 0x7E for c in pattern):
+            raise CommandError(f"'{pattern}' is not a pool tag (1 to 4 characters, * and ? allowed)")
+        pool_type = parse_number(args[1], "PoolType") if len(args) > 1 else 0
+        if pool_type not in (0, 1):
+            raise CommandError(f"PoolType {pool_type} is not searched (0 nonpaged, 1 paged)")
+        try:
+            regex = tag_bytes_regex(pattern)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        pool = self.reader.pool_ranges()[pool_type]
+        big = self.big_pages()
+        data = self.reader.debugger_data()
+        table_end = data["PoolBigPageTable"] + data["PoolBigPageTableSize"] * 0x18
+        lines = [f"Scanning large pool allocation table for Tag: {pattern} "
+                 f"({data['PoolBigPageTable']:016x} : {table_end:016x})", ""]
+        for entry in big.entries:
+            if tag_display_matches(regex, entry.Key) and pool.start <= entry.Va < pool.end:
+                lines.append(f"*{entry.Va:016x} :large page allocation, Tag is {display(entry.Key)}, "
+                             f"size is {entry.NumberOfBytes:#x} bytes")
+        lines += ["", f"Searching {pool.name} ({pool.start:016x} : {pool.end:016x}) for Tag: {pattern}", ""]
+        finder = self._finders.get(pool_type)
+        if finder is None:
+            finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
+        for chunk in finder.find(pattern):
+            lines.append(self._chunk_line(chunk, False)[1:])
+        for page in finder.corrupt_pages:
+            lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
+                         f"header chain is corrupt (see !poolval {page:x})")
+        return "\n".join(lines)
+
+    # --- !analyze -------------------------------------------------------------------------
+
+    def analyze(self, args) -> str:
+        reader = self.reader
+        code, parameters = reader.bugcheck_code, reader.bugcheck_parameters
+        lines = [STAR_LINE, "*" + " " * 77 + "*", "*" + "Bugcheck Analysis".center(77) + "*",
+                 "*" + " " * 77 + "*", STAR_LINE, ""]
+        if code == 0:
+            lines.append("This dump was written on demand: the machine did not bug-check.")
+            return "\n".join(lines)
+        name = bugcheck_name(code)
+        lines.append(f"{name} ({code:x})")
+        description = bugchecks.DESCRIPTIONS.get(code)
+        if description:
+            lines.append(description)
+        meanings = bugchecks.arguments(code, parameters)
+        lines.append("Arguments:")
+        for index, (value, meaning) in enumerate(zip(parameters, meanings), start=1):
+            lines.append(f"Arg{index}: {value:016x}" + (f", {meaning}" if meaning else ""))
+        if "-v" not in args:
+            return "\n".join(lines)
+        lines += ["", "Debugging Details:", "------------------", "",
+                  f"BUGCHECK_CODE:  {code:x}", ""]
+        for index, value in enumerate(parameters, start=1):
+            lines.append(f"BUGCHECK_P{index}: {value:x}")
+        lines.append("")
+        for index in bugchecks.tag_arguments(code, parameters):
+            tag = display(parameters[index - 1] & 0xFFFFFFFF)
+            lines.append(f"TAG_IN_ARG{index}: {tag}  ({self.owner(tag)})")
+        lines += self._analyze_pool(code, parameters)
+        lines += self._analyze_culprit()
+        return "\n".join(lines)
+
+    def _pool_address(self, code: int, parameters) -> int | None:
+        index = bugchecks.pool_argument(code, parameters)
+        candidates = [parameters[index - 1]] if index else list(parameters[1:]) + [parameters[0]]
+        for value in candidates:
+            if self.reader.pool_of(value) is not None:
+                return value
+        return None
+
+    def _analyze_pool(self, code: int, parameters) -> list[str]:
+        address = self._pool_address(code, parameters)
+        if address is None:
+            return ["", "POOL_ADDRESS: (no parameter of this bug check lies in a pool)"]
+        pool = self.reader.pool_of(address)
+        lines = ["", f"POOL_ADDRESS:  {address:016x} {pool_region_name(pool.base_type)}"]
+        big = self.big_pages().containing(address)
+        if big is not None:
+            tag = display(big.Key)
+            lines += [f"POOL_CHUNK:  {big.Va:016x} large page allocation, {big.NumberOfBytes:#x} bytes",
+                      f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+            return lines
+        try:
+            report = read_page_report(self.reader, address, pool.base_type)
+        except MemoryReadError:
+            return lines + ["POOL_CHUNK: (the page is not in the dump)"]
+        chunk = chunk_containing(report, address)
+        if chunk is not None:
+            tag = display(chunk.tag)
+            position = report.chunks.index(chunk)
+            before = report.chunks[position - 1] if position else None
+            after = report.chunks[position + 1] if position + 1 < len(report.chunks) else None
+            lines += [f"POOL_CHUNK:  {chunk.address:016x} size {chunk.size:#x} ({chunk.state})",
+                      f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+            for label, neighbour in (("PREVIOUS_CHUNK", before), ("NEXT_CHUNK", after)):
+                if neighbour is None:
+                    lines.append(f"{label}:  (none on this page)")
+                else:
+                    ntag = display(neighbour.tag)
+                    lines.append(f"{label}:  {neighbour.address:016x} size {neighbour.size:#x} "
+                                 f"({neighbour.state}) tag {ntag} ({self.owner(ntag)})")
+        lines += ["", "POOL_PAGE:"] + self.pool_lines(address)
+        return lines
+
+    def _analyze_culprit(self) -> list[str]:
+        # The driver and call site come from ntpool's NTPOOL_BUGCHECK_CONTEXT (see README).
+        context = self.reader.bugcheck_context()
+        driver = context["driver"] if context else ""
+        call_site = context["call_site"] if context else ""
+        lines = ["", f"DRIVER:  {driver or '(not recorded)'}",
+                 f"CALL_SITE:  {call_site or '(not recorded)'}", ""]
+        if driver:
+            lines.append(f"Probably caused by : {driver}" + (f" ( {call_site} )" if call_site else ""))
+        return lines

@@ -1,0 +1,171 @@
+"""The on-disk and in-memory layouts a Windows x64 kernel crash dump is made of.
+
+Offsets follow the DUMP_HEADER64 layout every reader (WinDbg, kdmp-parser, volatility3)
+agrees on (reference sheet section 9), KDDEBUGGER_DATA64 as wdbgexts.h declares it, and
+the Windows 7 x64 pool tables (POOL_TRACKER_TABLE, POOL_TRACKER_BIG_PAGES). ntpool's own
+debugger data block (``NTPL``) carries what Windows finds through symbols instead.
+"""
+
+import struct
+
+from ..constants import PAGE_SIZE
+
+# --- DUMP_HEADER64 ------------------------------------------------------------------------
+
+HEADER_SIZE = 0x2000
+SIGNATURE = b"PAGE"
+VALID_DUMP64 = b"DU64"
+FILL = b"PAGE"  # unused header space is filled with it, as Windows does
+MAJOR_VERSION_FREE = 0xF  # 0xF free build, 0xC checked build
+MINOR_VERSION = 7601  # Windows 7 SP1's build number
+MACHINE_AMD64 = 0x8664
+
+DUMP_TYPE_FULL = 1
+DUMP_TYPE_BITMAP = 5  # "kernel" dumps here: only the pages in use, listed by a bitmap
+
+OFF_MAJOR = 0x008
+OFF_MINOR = 0x00C
+OFF_DIRECTORY_TABLE_BASE = 0x010
+OFF_PFN_DATABASE = 0x018
+OFF_PS_LOADED_MODULE_LIST = 0x020
+OFF_PS_ACTIVE_PROCESS_HEAD = 0x028
+OFF_MACHINE_IMAGE_TYPE = 0x030
+OFF_NUMBER_PROCESSORS = 0x034
+OFF_BUGCHECK_CODE = 0x038
+OFF_BUGCHECK_PARAMETERS = 0x040
+OFF_KD_DEBUGGER_DATA_BLOCK = 0x080
+OFF_PHYSICAL_MEMORY_BLOCK = 0x088  # NumberOfRuns u32, pad, NumberOfPages u64, Run[]
+OFF_RUNS = 0x098
+OFF_CONTEXT_RECORD = 0x348
+OFF_EXCEPTION_RECORD = 0xF00
+OFF_DUMP_TYPE = 0xF98
+OFF_REQUIRED_DUMP_SPACE = 0xFA0
+OFF_SYSTEM_TIME = 0xFA8
+OFF_COMMENT = 0xFB0
+COMMENT_SIZE = 128
+OFF_SYSTEM_UP_TIME = 0x1030
+MAX_RUNS = (OFF_CONTEXT_RECORD - OFF_RUNS) // 16  # what fits before the context record
+
+PHYSICAL_MEMORY_DESCRIPTOR = struct.Struct("<I4xQ")
+PHYSICAL_MEMORY_RUN = struct.Struct("<QQ")
+
+# CONTEXT (x64): kdmp-parser requires MxCsr to equal FltSave.MxCsr.
+CONTEXT_SIZE = 0x4D0
+CONTEXT_FLAGS_FULL = 0x10000B  # CONTEXT_AMD64 | CONTROL | INTEGER | FLOATING_POINT
+CONTEXT_OFF_FLAGS = 0x30
+CONTEXT_OFF_MXCSR = 0x34
+CONTEXT_OFF_SEG_CS = 0x38
+CONTEXT_OFF_SEG_SS = 0x42
+CONTEXT_OFF_RSP = 0x98
+CONTEXT_OFF_RIP = 0xF8
+CONTEXT_OFF_FLTSAVE_MXCSR = 0x118
+MXCSR_DEFAULT = 0x1F80
+KGDT64_R0_CODE = 0x10
+KGDT64_R0_DATA = 0x18
+
+# --- the bitmap ("kernel") dump's summary header at 0x2000 ---------------------------------
+
+SUMMARY_SIGNATURE = b"SDMP"
+SUMMARY_SIGNATURE_FULL = b"FDMP"
+SUMMARY_VALID_DUMP = b"DUMP"
+SUMMARY_OFF_FIRST_PAGE = 0x20  # file offset of the first page (volatility: HeaderSize)
+SUMMARY_OFF_PRESENT_PAGES = 0x28
+SUMMARY_OFF_BITMAP_BITS = 0x30
+SUMMARY_OFF_BITMAP = 0x38
+
+# --- KDDEBUGGER_DATA64 (wdbgexts.h), the block KdDebuggerDataBlock points at ---------------
+
+KDDEBUGGER_DATA64_SIZE = 0x340
+DEBUG_DATA_HEADER = struct.Struct("<QQ4sI")  # List.Flink, List.Blink, OwnerTag, Size
+KDBG_OWNER_TAG = b"KDBG"
+
+KDBG_KERN_BASE = 0x18
+KDBG_PS_LOADED_MODULE_LIST = 0x48
+KDBG_PS_ACTIVE_PROCESS_HEAD = 0x50
+KDBG_MM_PFN_DATABASE = 0xC0
+KDBG_MM_LOWEST_PHYSICAL_PAGE = 0xE8
+KDBG_MM_HIGHEST_PHYSICAL_PAGE = 0xF0
+KDBG_MM_NUMBER_OF_PHYSICAL_PAGES = 0xF8
+KDBG_MM_MAXIMUM_NONPAGED_POOL_IN_BYTES = 0x100
+KDBG_MM_NONPAGED_POOL_START = 0x110
+KDBG_MM_NONPAGED_POOL_END = 0x118
+KDBG_MM_PAGED_POOL_START = 0x120
+KDBG_MM_PAGED_POOL_END = 0x128
+KDBG_MM_PAGE_SIZE = 0x138
+KDBG_MM_SIZE_OF_PAGED_POOL_IN_BYTES = 0x140
+KDBG_POOL_TRACK_TABLE = 0x1B8
+KDBG_NONPAGED_POOL_DESCRIPTOR = 0x1C0
+KDBG_MM_HIGHEST_USER_ADDRESS = 0x1C8
+KDBG_MM_SYSTEM_RANGE_START = 0x1D0
+KDBG_MM_USER_PROBE_ADDRESS = 0x1D8
+
+# --- ntpool's own debugger data block (follows KDBG, linked from its List.Flink) ---------
+
+NTPL_OWNER_TAG = b"NTPL"
+NTPL_SIZE = 0x80
+NTPL_VERSION = 0x18
+NTPL_POOL_TRACK_TABLE = 0x20
+NTPL_POOL_TRACK_TABLE_SIZE = 0x28  # entries, the overflow slot included
+NTPL_POOL_BIG_PAGE_TABLE = 0x30
+NTPL_POOL_BIG_PAGE_TABLE_SIZE = 0x38  # entries
+NTPL_NONPAGED_POOL_LIST_HEADS = 0x40
+NTPL_PAGED_POOL_LIST_HEADS = 0x48
+NTPL_BUGCHECK_CONTEXT = 0x50  # NTPOOL_BUGCHECK_CONTEXT, 0 when the machine did not crash
+NTPL_NUMBER_PROCESSORS = 0x58
+NTPL_LAYOUT_VERSION = 1
+
+# NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.
+BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s")  # code, parameters, DriverName, CallSite
+BUGCHECK_CONTEXT_DRIVER = 0x28
+BUGCHECK_CONTEXT_CALL_SITE = 0x68
+DRIVER_NAME_SIZE = 64
+CALL_SITE_SIZE = 128
+
+# --- the pool tables (Windows 7 x64) ----------------------------------------------------
+
+# POOL_TRACKER_TABLE: Key, NonPagedAllocs, NonPagedFrees, NonPagedBytes, PagedAllocs,
+# PagedFrees, PagedBytes.
+POOL_TRACKER_TABLE = struct.Struct("<III4xQIIQ")
+TRACKER_HASH_MULTIPLIER = 40543
+MIN_TRACKER_TABLE_SIZE = 1024  # power of two; one overflow slot follows
+
+# POOL_TRACKER_BIG_PAGES: Va (bit 0 set: free slot), Key, PoolType, NumberOfBytes.
+POOL_TRACKER_BIG_PAGES = struct.Struct("<QIIQ")
+BIG_PAGE_FREE = 0x1
+MIN_BIG_PAGE_TABLE_SIZE = 512
+
+# --- KUSER_SHARED_DATA ---------------------------------------------------------------------
+
+KUSER_SHARED_DATA = 0xFFFFF78000000000
+KUSER_NT_BUILD_NUMBER = 0x260
+KUSER_NT_PRODUCT_TYPE = 0x264
+KUSER_PRODUCT_TYPE_IS_VALID = 0x268
+KUSER_NT_MAJOR_VERSION = 0x26C
+KUSER_NT_MINOR_VERSION = 0x270
+NT_MAJOR_VERSION = 6  # Windows 7 is NT 6.1
+NT_MINOR_VERSION = 1
+NT_PRODUCT_WIN_NT = 1
+
+MM_HIGHEST_USER_ADDRESS = 0x000007FFFFFEFFFF
+MM_USER_PROBE_ADDRESS = 0x000007FFFFFF0000
+
+PAGE = PAGE_SIZE
+
+
+def tracker_hash(key: int, mask: int) -> int:
+    """PoolTrackTable's hash of a tag (protected bit already stripped)."""
+    product = key * TRACKER_HASH_MULTIPLIER
+    return ((product & 0xFFFFFFFF) ^ (product >> 32)) & mask
+
+
+def big_page_hash(va: int, mask: int) -> int:
+    """PoolBigPageTable's hash of a page-aligned address."""
+    return (va >> 12) & mask
+
+
+def table_size_for(count: int, minimum: int) -> int:
+    """A power of two at least twice ``count`` (tables stay at most half full)."""
+    size = minimum
+    while size < 2 * count:
+        size *= 2
+    return size

@@ -1,0 +1,221 @@
+"""Lay out in simulated kernel memory what a dump analyser needs, at recorded addresses.
+
+The live machine keeps its per-tag counters and its big page table in Python (the
+allocation fast path needs that); Windows keeps them in kernel memory, where a debugger
+reads them. Before a dump is written they are laid out in the kernel's own data region in
+the Windows 7 x64 formats, and KDDEBUGGER_DATA64 (and ntpool's ``NTPL`` block after it)
+record where they are. Nothing here is on the allocation path.
+"""
+
+from dataclasses import dataclass, field
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
+from ..memory import PTE_ADDRESS_MASK
+from ..tags import PROTECTED_POOL
+from . import format as f
+
+
+@dataclass
+class Region:
+    va: int = 0
+    capacity: int = 0  # entries
+
+
+@dataclass
+class DebuggerDataLayout:
+    """Where this machine's debugger structures live (kept on the machine between dumps)."""
+
+    kdbg: int = 0
+    ntpl: int = 0
+    list_heads: int = 0  # PsLoadedModuleList, PsActiveProcessHead: empty lists
+    bugcheck_context: int = 0
+    tracker: Region = field(default_factory=Region)
+    big_pages: Region = field(default_factory=Region)
+
+
+def poke(kernel, va: int, data) -> None:
+    """Write kernel memory without the machine's routines (they refuse on a halted machine)."""
+    mem = kernel.physical.buffer
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        here = va + done
+        length = min(PAGE_SIZE - (here & 0xFFF), len(view) - done)
+        pa = kernel.space.translate(here)
+        if pa is None:
+            raise ValueError(f"kernel address {here:#x} is not mapped")
+        mem[pa:pa + length] = view[done:done + length]
+        done += length
+
+
+def install_shared_data(kernel) -> None:
+    """Map KUSER_SHARED_DATA (read-only) with the Windows 7 version numbers in it."""
+    if kernel.space.translate(f.KUSER_SHARED_DATA) is not None:
+        return
+    pfn = kernel.physical.allocate_frame()
+    kernel.physical.zero_frame(pfn)
+    kernel.space.map_page(f.KUSER_SHARED_DATA, pfn, writable=False)
+    values = {f.KUSER_NT_BUILD_NUMBER: f.MINOR_VERSION, f.KUSER_NT_PRODUCT_TYPE: f.NT_PRODUCT_WIN_NT,
+              f.KUSER_PRODUCT_TYPE_IS_VALID: 1, f.KUSER_NT_MAJOR_VERSION: f.NT_MAJOR_VERSION,
+              f.KUSER_NT_MINOR_VERSION: f.NT_MINOR_VERSION}
+    for offset, value in values.items():
+        poke(kernel, f.KUSER_SHARED_DATA + offset, value.to_bytes(4, "little"))
+
+
+def _layout_of(kernel) -> DebuggerDataLayout:
+    layout = getattr(kernel, "_debugger_data_layout", None)
+    if layout is None:
+        layout = DebuggerDataLayout()
+        data = kernel.kernel_data
+        layout.kdbg = data.reserve(f.KDDEBUGGER_DATA64_SIZE + f.NTPL_SIZE, align=64)
+        layout.ntpl = layout.kdbg + f.KDDEBUGGER_DATA64_SIZE
+        layout.list_heads = data.reserve(32)
+        layout.bugcheck_context = data.reserve(f.BUGCHECK_CONTEXT.size)
+        for head in (layout.list_heads, layout.list_heads + 16):
+            poke(kernel, head, head.to_bytes(8, "little") * 2)  # an empty LIST_ENTRY
+        kernel._debugger_data_layout = layout
+    return layout
+
+
+def _region_for(kernel, region: Region, entries: int, entry_size: int) -> None:
+    if region.capacity < entries:
+        region.va = kernel.kernel_data.reserve(entries * entry_size, align=PAGE_SIZE)
+        region.capacity = entries
+
+
+# --- the tables -----------------------------------------------------------------------------
+
+def build_tracker_table(rows: dict, size: int) -> bytearray:
+    """PoolTrackTable image: ``size`` hashed slots plus one overflow slot."""
+    entry = f.POOL_TRACKER_TABLE
+    image = bytearray((size + 1) * entry.size)
+    used = bytearray(size)
+    mask = size - 1
+    for key, r in rows.items():
+        key &= ~PROTECTED_POOL
+        slot = f.tracker_hash(key, mask)
+        while used[slot]:
+            slot = (slot + 1) & mask
+        used[slot] = 1
+        entry.pack_into(image, slot * entry.size, key, r[0] & 0xFFFFFFFF, r[1] & 0xFFFFFFFF,
+                        r[2] & 0xFFFFFFFFFFFFFFFF, r[3] & 0xFFFFFFFF, r[4] & 0xFFFFFFFF,
+                        r[5] & 0xFFFFFFFFFFFFFFFF)
+    return image
+
+
+def build_big_page_table(pools, size: int) -> bytearray:
+    """PoolBigPageTable image: every free slot holds Va 1 (bit 0 set means free)."""
+    entry = f.POOL_TRACKER_BIG_PAGES
+    image = bytearray(entry.pack(f.BIG_PAGE_FREE, 0, 0, 0) * size)
+    mask = size - 1
+    for pool in pools:
+        for va, (tag, pages) in pool.big_pages.items():
+            slot = f.big_page_hash(va, mask)
+            while not image[slot * entry.size] & f.BIG_PAGE_FREE:  # taken: probe on
+                slot = (slot + 1) & mask
+            entry.pack_into(image, slot * entry.size, va, tag, pool.base_type, pages << PAGE_SHIFT)
+    return image
+
+
+def _lay_out_tables(kernel, layout: DebuggerDataLayout) -> tuple[int, int]:
+    rows = kernel.pool.tracker.rows
+    tracker_size = f.table_size_for(len(rows), f.MIN_TRACKER_TABLE_SIZE)
+    _region_for(kernel, layout.tracker, tracker_size + 1, f.POOL_TRACKER_TABLE.size)
+    poke(kernel, layout.tracker.va, build_tracker_table(rows, tracker_size))
+
+    pools = (kernel.nonpaged_pool, kernel.paged_pool)
+    big_count = sum(len(pool.big_pages) for pool in pools)
+    big_size = f.table_size_for(big_count, f.MIN_BIG_PAGE_TABLE_SIZE)
+    _region_for(kernel, layout.big_pages, big_size, f.POOL_TRACKER_BIG_PAGES.size)
+    poke(kernel, layout.big_pages.va, build_big_page_table(pools, big_size))
+    return tracker_size + 1, big_size
+
+
+# --- the debugger data blocks ------------------------------------------------------------
+
+def _kdbg_image(kernel, layout: DebuggerDataLayout) -> bytearray:
+    image = bytearray(f.KDDEBUGGER_DATA64_SIZE)
+    f.DEBUG_DATA_HEADER.pack_into(image, 0, layout.ntpl, layout.ntpl, f.KDBG_OWNER_TAG,
+                                  f.KDDEBUGGER_DATA64_SIZE)
+    nonpaged, paged = kernel.nonpaged_pool, kernel.paged_pool
+    fields = {
+        f.KDBG_KERN_BASE: kernel.kernel_data.base,
+        f.KDBG_PS_LOADED_MODULE_LIST: layout.list_heads,
+        f.KDBG_PS_ACTIVE_PROCESS_HEAD: layout.list_heads + 16,
+        f.KDBG_MM_LOWEST_PHYSICAL_PAGE: 1,
+        f.KDBG_MM_HIGHEST_PHYSICAL_PAGE: kernel.physical.frame_count - 1,
+        f.KDBG_MM_NUMBER_OF_PHYSICAL_PAGES: kernel.physical.frame_count,
+        f.KDBG_MM_MAXIMUM_NONPAGED_POOL_IN_BYTES: nonpaged.page_count << PAGE_SHIFT,
+        f.KDBG_MM_NONPAGED_POOL_START: nonpaged.base,
+        f.KDBG_MM_NONPAGED_POOL_END: nonpaged.limit,
+        f.KDBG_MM_PAGED_POOL_START: paged.base,
+        f.KDBG_MM_PAGED_POOL_END: paged.limit - 1,  # Windows records the last byte here
+        f.KDBG_MM_PAGE_SIZE: PAGE_SIZE,
+        f.KDBG_MM_SIZE_OF_PAGED_POOL_IN_BYTES: paged.page_count << PAGE_SHIFT,
+        f.KDBG_POOL_TRACK_TABLE: layout.tracker.va,
+        f.KDBG_NONPAGED_POOL_DESCRIPTOR: nonpaged.list_heads_va,
+        f.KDBG_MM_HIGHEST_USER_ADDRESS: f.MM_HIGHEST_USER_ADDRESS,
+        f.KDBG_MM_SYSTEM_RANGE_START: SYSTEM_RANGE_START,
+        f.KDBG_MM_USER_PROBE_ADDRESS: f.MM_USER_PROBE_ADDRESS,
+    }
+    for offset, value in fields.items():
+        image[offset:offset + 8] = value.to_bytes(8, "little")
+    return image
+
+
+def _ntpl_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_entries: int,
+                bugcheck_context: int) -> bytearray:
+    image = bytearray(f.NTPL_SIZE)
+    f.DEBUG_DATA_HEADER.pack_into(image, 0, layout.kdbg, layout.kdbg, f.NTPL_OWNER_TAG, f.NTPL_SIZE)
+    fields = {
+        f.NTPL_VERSION: f.NTPL_LAYOUT_VERSION,
+        f.NTPL_POOL_TRACK_TABLE: layout.tracker.va,
+        f.NTPL_POOL_TRACK_TABLE_SIZE: tracker_entries,
+        f.NTPL_POOL_BIG_PAGE_TABLE: layout.big_pages.va,
+        f.NTPL_POOL_BIG_PAGE_TABLE_SIZE: big_entries,
+        f.NTPL_NONPAGED_POOL_LIST_HEADS: kernel.nonpaged_pool.list_heads_va,
+        f.NTPL_PAGED_POOL_LIST_HEADS: kernel.paged_pool.list_heads_va,
+        f.NTPL_BUGCHECK_CONTEXT: bugcheck_context,
+        f.NTPL_NUMBER_PROCESSORS: kernel.processors,
+    }
+    for offset, value in fields.items():
+        image[offset:offset + 8] = value.to_bytes(8, "little")
+    return image
+
+
+def _text(value, size: int) -> bytes:
+    return str(value).encode("ascii", "replace")[:size - 1].ljust(size, b"\0")
+
+
+def driver_and_call_site(kernel, bugcheck) -> tuple[str, str]:
+    """The driver that was running and the call site, as far as the machine recorded them."""
+    driver = getattr(kernel, "current_driver", None)
+    name = getattr(driver, "name", driver)
+    call_site = getattr(bugcheck, "call_site", None)
+    return ("" if name is None else str(name)), ("" if call_site is None else str(call_site))
+
+
+def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
+    bugcheck = kernel.bugcheck
+    if bugcheck is None:
+        return 0
+    driver, call_site = driver_and_call_site(kernel, bugcheck)
+    poke(kernel, layout.bugcheck_context, f.BUGCHECK_CONTEXT.pack(
+        bugcheck.code & 0xFFFFFFFF, *bugcheck.parameters,
+        _text(driver, f.DRIVER_NAME_SIZE), _text(call_site, f.CALL_SITE_SIZE)))
+    return layout.bugcheck_context
+
+
+def lay_out_debugger_data(kernel) -> int:
+    """Bring the in-memory tables up to date; returns KdDebuggerDataBlock's address."""
+    install_shared_data(kernel)
+    layout = _layout_of(kernel)
+    tracker_entries, big_entries = _lay_out_tables(kernel, layout)
+    context = _lay_out_bugcheck_context(kernel, layout)
+    poke(kernel, layout.kdbg, _kdbg_image(kernel, layout))
+    poke(kernel, layout.ntpl, _ntpl_image(kernel, layout, tracker_entries, big_entries, context))
+    return layout.kdbg
+
+
+def directory_table_base(kernel) -> int:
+    return (kernel.space.cr3 << PAGE_SHIFT) & PTE_ADDRESS_MASK

@@ -1,0 +1,471 @@
+"""Read a Windows x64 kernel crash dump, treating the file as untrusted.
+
+Every count and offset read from the file is checked against the file's size before it is
+used, so a truncated, malformed or lying file gives a ``DumpFormatError`` with one clear
+sentence, never a crash, a hang or memory out of proportion to the file. The file is
+mapped read-only; pages are sliced out of the mapping on demand.
+
+Physical memory is described as runs (first frame, frame count, file offset), sorted and
+non-overlapping, whichever the dump type; virtual addresses resolve through the x64 page
+tables rooted at the header's DirectoryTableBase.
+"""
+
+import mmap
+import os
+import struct
+from bisect import bisect_right
+from typing import Iterator, NamedTuple
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
+from . import format as f
+
+PTE_LARGE = 1 << 7
+MAX_PHYSICAL_PAGE = 1 << 40  # 52-bit physical addresses
+BITMAP_CHUNK = 1 << 16  # bitmap bytes examined at a time
+_QWORD = struct.Struct("<Q")
+_DWORD = struct.Struct("<I")
+
+
+class DumpFormatError(ValueError):
+    """The file is not a crash dump this reader can trust (the message says why)."""
+
+
+class MemoryReadError(LookupError):
+    """A virtual or physical address the dump does not hold."""
+
+    def __init__(self, address: int, what: str = "virtual"):
+        self.address = address
+        super().__init__(f"memory at {what} address {address:#x} is not in the dump")
+
+
+class Run(NamedTuple):
+    first: int  # page frame number
+    count: int
+    offset: int  # file offset of the first frame
+
+
+class TrackerEntry(NamedTuple):
+    """One POOL_TRACKER_TABLE entry as the dump holds it."""
+
+    Key: int
+    NonPagedAllocs: int
+    NonPagedFrees: int
+    NonPagedBytes: int
+    PagedAllocs: int
+    PagedFrees: int
+    PagedBytes: int
+
+
+class BigPage(NamedTuple):
+    """One POOL_TRACKER_BIG_PAGES entry in use."""
+
+    Va: int
+    Key: int
+    PoolType: int
+    NumberOfBytes: int
+
+
+class PoolRange(NamedTuple):
+    name: str
+    base_type: int  # 0 nonpaged, 1 paged
+    start: int
+    end: int  # exclusive
+
+
+class DumpReader:
+    """An open crash dump: header fields, physical and virtual reads, the pool structures."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._file = None
+        self._map = None
+        try:
+            self._file = open(self.path, "rb")
+            self.size = os.fstat(self._file.fileno()).st_size
+            if self.size < f.HEADER_SIZE:
+                raise DumpFormatError(f"{self.path}: {self.size} bytes is too short for a crash "
+                                      f"dump (the header alone is {f.HEADER_SIZE:#x} bytes)")
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._parse_header()
+        except OSError as error:
+            self.close()
+            raise DumpFormatError(f"{self.path}: cannot read: {error.strerror or error}") from None
+        except BaseException:
+            self.close()
+            raise
+        self._translations: dict[int, int | None] = {}
+        self._kdbg: dict | None = None
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _fail(self, reason: str):
+        raise DumpFormatError(f"{self.path}: {reason}")
+
+    # --- header --------------------------------------------------------------------------
+
+    def _u32(self, offset: int) -> int:
+        return _DWORD.unpack_from(self._map, offset)[0]
+
+    def _u64(self, offset: int) -> int:
+        return _QWORD.unpack_from(self._map, offset)[0]
+
+    def _parse_header(self) -> None:
+        m = self._map
+        if m[0:4] != f.SIGNATURE:
+            self._fail("not a crash dump (no PAGE signature)")
+        if m[4:8] != f.VALID_DUMP64:
+            if m[4:8] == b"DUMP":
+                self._fail("a 32-bit crash dump; only x64 (DU64) dumps are read")
+            self._fail("not a 64-bit crash dump (no DU64 signature)")
+        machine = self._u32(f.OFF_MACHINE_IMAGE_TYPE)
+        if machine != f.MACHINE_AMD64:
+            self._fail(f"machine type {machine:#x} is not x64 ({f.MACHINE_AMD64:#x})")
+        self.major_version = self._u32(f.OFF_MAJOR)
+        self.minor_version = self._u32(f.OFF_MINOR)
+        self.directory_table_base = self._u64(f.OFF_DIRECTORY_TABLE_BASE) & PTE_ADDRESS_MASK
+        self.number_processors = self._u32(f.OFF_NUMBER_PROCESSORS)
+        self.bugcheck_code = self._u32(f.OFF_BUGCHECK_CODE)
+        self.bugcheck_parameters = tuple(self._u64(f.OFF_BUGCHECK_PARAMETERS + 8 * i) for i in range(4))
+        self.kd_debugger_data_block = self._u64(f.OFF_KD_DEBUGGER_DATA_BLOCK)
+        comment = bytes(m[f.OFF_COMMENT:f.OFF_COMMENT + f.COMMENT_SIZE])
+        self.comment = comment.split(b"\0", 1)[0].decode("ascii", "replace")
+        if comment.startswith(f.FILL):
+            self.comment = ""
+        self.dump_type = self._u32(f.OFF_DUMP_TYPE)
+        if self.dump_type == f.DUMP_TYPE_FULL:
+            self.runs = self._full_runs()
+        elif self.dump_type == f.DUMP_TYPE_BITMAP:
+            self.runs = self._bitmap_runs()
+        else:
+            self._fail(f"dump type {self.dump_type} is not supported (1 full or 5 bitmap)")
+        self._run_firsts = [run.first for run in self.runs]
+        self._run_offsets = [run.offset for run in self.runs]
+        self.page_count = sum(run.count for run in self.runs)
+
+    def _full_runs(self) -> list[Run]:
+        count, pages = f.PHYSICAL_MEMORY_DESCRIPTOR.unpack_from(self._map, f.OFF_PHYSICAL_MEMORY_BLOCK)
+        if count == 0 or count > f.MAX_RUNS:
+            self._fail(f"the header lists {count} physical memory runs (1 to {f.MAX_RUNS} fit)")
+        room = (self.size - f.HEADER_SIZE) // PAGE_SIZE
+        runs, total, end = [], 0, 0
+        for index in range(count):
+            first, length = f.PHYSICAL_MEMORY_RUN.unpack_from(self._map, f.OFF_RUNS + 16 * index)
+            if length == 0 or first >= MAX_PHYSICAL_PAGE or length > MAX_PHYSICAL_PAGE:
+                self._fail(f"physical memory run {index} ({first:#x}, {length:#x} pages) is impossible")
+            if first < end:
+                self._fail(f"physical memory run {index} overlaps or precedes the one before it")
+            if total + length > room:
+                self._fail(f"truncated: the runs promise at least {total + length} pages, "
+                           f"the file holds {room}")
+            runs.append(Run(first, length, f.HEADER_SIZE + total * PAGE_SIZE))
+            total += length
+            end = first + length
+        if pages != total:
+            self._fail(f"the header says {pages} pages but its runs add up to {total}")
+        return runs
+
+    def _bitmap_runs(self) -> list[Run]:
+        base = f.HEADER_SIZE
+        if self.size < base + f.SUMMARY_OFF_BITMAP:
+            self._fail("truncated: the bitmap dump's summary header is missing")
+        signature = self._map[base:base + 4]
+        if signature not in (f.SUMMARY_SIGNATURE, f.SUMMARY_SIGNATURE_FULL) or \
+                self._map[base + 4:base + 8] != f.SUMMARY_VALID_DUMP:
+            self._fail("bitmap dump without its SDMP/FDMP DUMP summary header")
+        first_page = self._u64(base + f.SUMMARY_OFF_FIRST_PAGE)
+        present = self._u64(base + f.SUMMARY_OFF_PRESENT_PAGES)
+        bits = self._u64(base + f.SUMMARY_OFF_BITMAP_BITS)
+        bitmap_start = base + f.SUMMARY_OFF_BITMAP
+        bitmap_bytes = (bits + 7) // 8
+        if bits == 0 or bitmap_start + bitmap_bytes > self.size:
+            self._fail(f"truncated: the bitmap of {bits} pages does not fit in the file")
+        if first_page < bitmap_start + bitmap_bytes or first_page > self.size:
+            self._fail(f"the first page offset {first_page:#x} is outside the file's page area")
+        if present > (self.size - first_page) // PAGE_SIZE:
+            self._fail(f"truncated: the summary promises {present} pages, the file holds "
+                       f"{(self.size - first_page) // PAGE_SIZE}")
+        runs = self._runs_from_bitmap(bitmap_start, bits, first_page, present)
+        listed = sum(run.count for run in runs)
+        if listed != present:
+            self._fail(f"the summary says {present} pages but the bitmap lists {listed}")
+        return runs
+
+    def _runs_from_bitmap(self, start: int, bits: int, first_page: int, present: int) -> list[Run]:
+        """Runs of set bits, read a chunk at a time; stops as soon as more than ``present``."""
+        runs: list[Run] = []
+        run_first = -1
+        listed = 0
+        offset = first_page
+        for chunk_start in range(0, bits, BITMAP_CHUNK * 8):
+            chunk_bits = min(BITMAP_CHUNK * 8, bits - chunk_start)
+            raw = self._map[start + chunk_start // 8:start + (chunk_start + chunk_bits + 7) // 8]
+            value = int.from_bytes(raw, "little") & ((1 << chunk_bits) - 1)
+            text = format(value, "b").zfill(chunk_bits)[::-1] if value else "0" * chunk_bits
+            pos = 0
+            while pos < chunk_bits:
+                want = "0" if run_first >= 0 else "1"
+                found = text.find(want, pos)
+                stop = chunk_bits if found < 0 else found
+                if run_first >= 0:
+                    listed += stop - pos
+                    if listed > present:
+                        self._fail(f"the summary says {present} pages but the bitmap lists more")
+                    if found >= 0:
+                        runs.append(Run(run_first, chunk_start + stop - run_first, offset))
+                        offset += (chunk_start + stop - run_first) * PAGE_SIZE
+                        run_first = -1
+                elif found >= 0:
+                    run_first = chunk_start + found
+                pos = stop
+        if run_first >= 0:
+            runs.append(Run(run_first, bits - run_first, offset))
+        return runs
+
+    # --- physical memory -----------------------------------------------------------------
+
+    def frame_offset(self, pfn: int) -> int | None:
+        """File offset of page frame ``pfn``, or None when the dump does not hold it."""
+        index = bisect_right(self._run_firsts, pfn) - 1
+        if index < 0:
+            return None
+        run = self.runs[index]
+        if pfn - run.first >= run.count:
+            return None
+        return run.offset + ((pfn - run.first) << PAGE_SHIFT)
+
+    def frame_at_offset(self, offset: int) -> int | None:
+        """The page frame whose bytes are at file ``offset`` (inverse of ``frame_offset``)."""
+        index = bisect_right(self._run_offsets, offset) - 1
+        if index < 0:
+            return None
+        run = self.runs[index]
+        page = (offset - run.offset) >> PAGE_SHIFT
+        return run.first + page if page < run.count else None
+
+    def read_physical(self, pa: int, size: int) -> bytes:
+        out = []
+        while size > 0:
+            offset = self.frame_offset(pa >> PAGE_SHIFT)
+            if offset is None:
+                raise MemoryReadError(pa, "physical")
+            length = min(size, PAGE_SIZE - (pa & 0xFFF))
+            start = offset + (pa & 0xFFF)
+            out.append(self._map[start:start + length])
+            pa += length
+            size -= length
+        return b"".join(out)
+
+    @property
+    def mapping(self):
+        """The read-only mapping of the whole file (for bulk scans)."""
+        return self._map
+
+    # --- virtual memory ------------------------------------------------------------------
+
+    def _entry(self, table_pa: int, index: int) -> int | None:
+        offset = self.frame_offset(table_pa >> PAGE_SHIFT)
+        if offset is None:
+            return None
+        return _QWORD.unpack_from(self._map, offset + index * 8)[0]
+
+    def _translate_page(self, vpn: int) -> int | None:
+        va = vpn << PAGE_SHIFT
+        table = self.directory_table_base
+        shifts = (39, 30, 21, 12)
+        for level, shift in enumerate(shifts):
+            entry = self._entry(table, (va >> shift) & 0x1FF)
+            if entry is None or not entry & PTE_PRESENT:
+                return None
+            if level in (1, 2) and entry & PTE_LARGE:
+                span = (1 << shift) - 1
+                return (entry & PTE_ADDRESS_MASK & ~span) | (va & span & ~0xFFF)
+            table = entry & PTE_ADDRESS_MASK
+        return table
+
+    def translate(self, va: int) -> int | None:
+        """The physical address of ``va`` through the dump's page tables, or None."""
+        vpn = canonical(va) >> PAGE_SHIFT
+        if vpn not in self._translations:
+            if len(self._translations) > 1 << 20:
+                self._translations.clear()
+            self._translations[vpn] = self._translate_page(vpn)
+        base = self._translations[vpn]
+        return None if base is None else base | (va & 0xFFF)
+
+    def read(self, va: int, size: int) -> bytes:
+        """``size`` bytes at virtual ``va``; MemoryReadError where the dump does not hold them."""
+        if size < 0 or size > self.size:
+            raise MemoryReadError(va)
+        out = []
+        while size > 0:
+            pa = self.translate(va)
+            if pa is None:
+                raise MemoryReadError(va)
+            length = min(size, PAGE_SIZE - (va & 0xFFF))
+            try:
+                out.append(self.read_physical(pa, length))
+            except MemoryReadError:
+                raise MemoryReadError(va) from None
+            va += length
+            size -= length
+        return b"".join(out)
+
+    def page(self, va: int) -> bytes:
+        return self.read(va & ~0xFFF, PAGE_SIZE)
+
+    def read_u64(self, va: int) -> int:
+        return _QWORD.unpack(self.read(va, 8))[0]
+
+    def mapped_pages(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """(page va, file offset) of every 4 KiB page mapped in [start, end) and in the dump."""
+        start &= ~0xFFF
+        # Each table is walked once: a lying dump whose tables point back at each other
+        # (as the self-map does) cannot make the walk loop or explode.
+        yield from self._walk_level(self.directory_table_base, 0, start, end, 0, set())
+
+    def _walk_level(self, table_pa: int, level: int, start: int, end: int, prefix: int,
+                    visited: set):
+        offset = self.frame_offset(table_pa >> PAGE_SHIFT)
+        if offset is None or table_pa in visited:
+            return
+        visited.add(table_pa)
+        shift = 39 - 9 * level
+        span = 1 << shift
+        first = (start >> shift) & 0x1FF if canonical(prefix) <= start else 0
+        entries = struct.unpack_from("<512Q", self._map, offset)
+        for index in range(first, 512):
+            va = canonical(prefix | (index << shift))
+            if va >= end:
+                return
+            if va + span <= start:
+                continue
+            entry = entries[index]
+            if not entry & PTE_PRESENT:
+                continue
+            target = entry & PTE_ADDRESS_MASK
+            if level == 3:
+                frame = self.frame_offset(target >> PAGE_SHIFT)
+                if frame is not None:
+                    yield va, frame
+            elif not entry & PTE_LARGE:
+                yield from self._walk_level(target, level + 1, start, end, prefix | (index << shift),
+                                            visited)
+
+    # --- the debugger data -----------------------------------------------------------------
+
+    def debugger_data(self) -> dict:
+        """Fields of KDDEBUGGER_DATA64 and ntpool's NTPL block (DumpFormatError if absent)."""
+        if self._kdbg is None:
+            self._kdbg = self._read_debugger_data()
+        return self._kdbg
+
+    def _block(self, va: int, tag: bytes, size: int) -> bytes:
+        try:
+            raw = self.read(va, size)
+        except MemoryReadError:
+            self._fail(f"the {tag.decode()} debugger data block at {va:#x} is not in the dump")
+        _, _, owner, declared = f.DEBUG_DATA_HEADER.unpack_from(raw)
+        if owner != tag or declared < size:
+            self._fail(f"no {tag.decode()} debugger data block at {va:#x}")
+        return raw
+
+    def _read_debugger_data(self) -> dict:
+        kdbg = self._block(self.kd_debugger_data_block, f.KDBG_OWNER_TAG, f.KDDEBUGGER_DATA64_SIZE)
+        ntpl_va = _QWORD.unpack_from(kdbg, 0)[0]
+        ntpl = self._block(ntpl_va, f.NTPL_OWNER_TAG, f.NTPL_SIZE)
+
+        def q(raw, offset):
+            return _QWORD.unpack_from(raw, offset)[0]
+
+        return {
+            "KernBase": q(kdbg, f.KDBG_KERN_BASE),
+            "MmNonPagedPoolStart": q(kdbg, f.KDBG_MM_NONPAGED_POOL_START),
+            "MmNonPagedPoolEnd": q(kdbg, f.KDBG_MM_NONPAGED_POOL_END),
+            "MmPagedPoolStart": q(kdbg, f.KDBG_MM_PAGED_POOL_START),
+            "MmPagedPoolEnd": q(kdbg, f.KDBG_MM_PAGED_POOL_END),
+            "PoolTrackTable": q(kdbg, f.KDBG_POOL_TRACK_TABLE),
+            "PoolTrackTableSize": q(ntpl, f.NTPL_POOL_TRACK_TABLE_SIZE),
+            "PoolBigPageTable": q(ntpl, f.NTPL_POOL_BIG_PAGE_TABLE),
+            "PoolBigPageTableSize": q(ntpl, f.NTPL_POOL_BIG_PAGE_TABLE_SIZE),
+            "NonPagedPoolListHeads": q(ntpl, f.NTPL_NONPAGED_POOL_LIST_HEADS),
+            "PagedPoolListHeads": q(ntpl, f.NTPL_PAGED_POOL_LIST_HEADS),
+            "BugCheckContext": q(ntpl, f.NTPL_BUGCHECK_CONTEXT),
+        }
+
+    def pool_ranges(self) -> list[PoolRange]:
+        data = self.debugger_data()
+        ranges = [PoolRange("NonPagedPool", 0, data["MmNonPagedPoolStart"], data["MmNonPagedPoolEnd"]),
+                  PoolRange("PagedPool", 1, data["MmPagedPoolStart"], data["MmPagedPoolEnd"] + 1)]
+        for pool in ranges:
+            if not pool.start < pool.end <= 1 << 64:
+                self._fail(f"{pool.name} range {pool.start:#x}..{pool.end:#x} is impossible")
+        return ranges
+
+    def pool_of(self, va: int) -> PoolRange | None:
+        for pool in self.pool_ranges():
+            if pool.start <= va < pool.end:
+                return pool
+        return None
+
+    def _table(self, va_key: str, size_key: str, entry: struct.Struct) -> bytes:
+        data = self.debugger_data()
+        count = data[size_key]
+        if count * entry.size > self.size:
+            self._fail(f"{size_key} {count} is larger than the file could hold")
+        try:
+            return self.read(data[va_key], count * entry.size)
+        except MemoryReadError:
+            self._fail(f"{va_key} at {data[va_key]:#x} is not in the dump")
+
+    def tracker_entries(self) -> list[TrackerEntry]:
+        """PoolTrackTable entries in use (Key non-zero), in table order."""
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", f.POOL_TRACKER_TABLE)
+        return [TrackerEntry(*row) for row in f.POOL_TRACKER_TABLE.iter_unpack(raw) if row[0]]
+
+    def tracker_lookup(self, key: int) -> TrackerEntry | None:
+        """The entry for a tag, found as the kernel finds it: hash, then linear probing."""
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", f.POOL_TRACKER_TABLE)
+        slots = len(raw) // f.POOL_TRACKER_TABLE.size - 1
+        if slots <= 0 or slots & (slots - 1):
+            return None
+        slot = f.tracker_hash(key, slots - 1)
+        for _ in range(slots):
+            row = f.POOL_TRACKER_TABLE.unpack_from(raw, slot * f.POOL_TRACKER_TABLE.size)
+            if row[0] == key:
+                return TrackerEntry(*row)
+            if row[0] == 0:
+                return None
+            slot = (slot + 1) & (slots - 1)
+        return None
+
+    def big_pages(self) -> list[BigPage]:
+        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", f.POOL_TRACKER_BIG_PAGES)
+        return [BigPage(*row) for row in f.POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
+                if not row[0] & f.BIG_PAGE_FREE]
+
+    def bugcheck_context(self) -> dict | None:
+        """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""
+        va = self.debugger_data()["BugCheckContext"]
+        if not va:
+            return None
+        try:
+            raw = self.read(va, f.BUGCHECK_CONTEXT.size)
+        except MemoryReadError:
+            return None
+        code, p1, p2, p3, p4, driver, call_site = f.BUGCHECK_CONTEXT.unpack(raw)
+        return {"code": code, "parameters": (p1, p2, p3, p4),
+                "driver": driver.split(b"\0", 1)[0].decode("ascii", "replace"),
+                "call_site": call_site.split(b"\0", 1)[0].decode("ascii", "replace")}

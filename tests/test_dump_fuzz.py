@@ -1,0 +1,124 @@
+"""The dump reader and kd on hostile files: a clear DumpFormatError or sane output, never a crash.
+
+Set NTPOOL_FUZZ_EXAMPLES (e.g. 5000) for a longer run on demand.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import ntpool
+from ntpool.debugger.pooltag import PoolTagDatabase
+from ntpool.debugger.session import KdSession
+from ntpool.dump import DumpFormatError, DumpReader
+
+MiB = 1 << 20
+EXAMPLES = int(os.environ.get("NTPOOL_FUZZ_EXAMPLES", "60"))
+COMMANDS = "!analyze -v; !poolused 1; !poolfind derF; !poolfind ?erF 1; !pool {a:x}; !poolval {a:x}"
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _dump(kind: str) -> tuple[bytes, int]:
+    k = ntpool.Kernel(nonpaged_pool_bytes=64 * 1024, paged_pool_bytes=64 * 1024,
+                      physical_memory_bytes=1 * MiB)
+    p = [k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 50 + 20 * i, "Fred") for i in range(6)]
+    k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 5000, "Bigg")
+    try:
+        k.ExFreePoolWithTag(p[2], "Oops")
+    except ntpool.BugCheck:
+        pass
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "d.dmp")
+        k.write_dump(path, kind)
+        return open(path, "rb").read(), p[1]
+
+
+DUMPS = {kind: _dump(kind) for kind in ("kernel", "full")}
+POOLTAGS = PoolTagDatabase.default(environ={})
+
+
+def _exercise(path, address: int) -> None:
+    try:
+        reader = DumpReader(path)
+    except DumpFormatError as error:
+        assert "\n" not in str(error)
+        return
+    with reader:
+        out = KdSession(reader, POOLTAGS).execute(COMMANDS.format(a=address))
+        assert isinstance(out, str)
+
+
+mutation = st.tuples(st.integers(min_value=0, max_value=1 << 24), st.binary(min_size=1, max_size=16))
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(DUMPS)),
+       header_edits=st.lists(st.tuples(st.integers(0, 0x2100), st.binary(min_size=1, max_size=8)), max_size=6),
+       edits=st.lists(mutation, max_size=6),
+       cut=st.one_of(st.none(), st.integers(min_value=0, max_value=1 << 21)))
+def test_mutated_dumps_never_crash_the_reader_or_kd(tmp_path_factory, kind, header_edits, edits, cut):
+    data, address = DUMPS[kind]
+    raw = bytearray(data)
+    for offset, patch in header_edits + edits:
+        offset %= len(raw)
+        raw[offset:offset + len(patch)] = patch
+    if cut is not None:
+        raw = raw[:cut]
+    path = tmp_path_factory.mktemp("fuzz") / "m.dmp"
+    path.write_bytes(bytes(raw))
+    _exercise(path, address)
+
+
+LYING_FIELDS = [(0x088, 4), (0x090, 8), (0x098, 8), (0x0A0, 8), (0x010, 8), (0x080, 8),
+                (0x2020, 8), (0x2028, 8), (0x2030, 8), (0xF98, 4)]
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(DUMPS)), field=st.sampled_from(LYING_FIELDS),
+       value=st.one_of(st.integers(0, 1 << 64 - 1), st.sampled_from([0, 1, 2 ** 32 - 1, 2 ** 64 - 1, 2 ** 40])))
+def test_lying_counts_and_offsets(tmp_path_factory, kind, field, value):
+    data, address = DUMPS[kind]
+    offset, size = field
+    raw = bytearray(data)
+    raw[offset:offset + size] = (value % (1 << (8 * size))).to_bytes(size, "little")
+    path = tmp_path_factory.mktemp("lie") / "m.dmp"
+    path.write_bytes(bytes(raw))
+    _exercise(path, address)
+
+
+def test_unmodified_fuzz_seeds_open():
+    for kind, (data, address) in DUMPS.items():
+        assert data[:8] == b"PAGEDU64"
+
+
+@pytest.mark.parametrize("kind", sorted(DUMPS))
+def test_a_lying_page_count_is_refused(tmp_path, kind):
+    data, _ = DUMPS[kind]
+    raw = bytearray(data)
+    if kind == "full":
+        raw[0x0A0:0x0A8] = (10 ** 9).to_bytes(8, "little")  # Run[0].PageCount
+    else:
+        raw[0x2028:0x2030] = (10 ** 9).to_bytes(8, "little")  # present pages
+    path = tmp_path / "m.dmp"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DumpFormatError, match="truncated|promise"):
+        DumpReader(path)
+
+
+def test_page_tables_that_point_at_themselves_do_not_hang(tmp_path):
+    """Every PML4 entry made a self-reference and the pool range the whole kernel half."""
+    data, _ = DUMPS["full"]
+    raw = bytearray(data)
+    header_end = 0x2000
+    dtb = int.from_bytes(raw[0x10:0x18], "little")
+    entry = (dtb | 0x3).to_bytes(8, "little")
+    raw[header_end + dtb:header_end + dtb + 4096] = entry * 512
+    path = tmp_path / "loop.dmp"
+    path.write_bytes(bytes(raw))
+    with DumpReader(path) as reader:
+        pages = list(reader.mapped_pages(0xFFFF800000000000, 0xFFFFFFFFFFFFF000))
+        assert len(pages) <= 512
