@@ -18,9 +18,13 @@ def test_demo_shows_the_leak_the_crash_and_the_culprit(tmp_path, capsys):
     assert re.search(r"Tag SlRq \(sloppy\.sys.*\) grew by \d+ allocations", out)
     assert re.search(r"FsRtlAllocatePoolWithTag raised STATUS_INSUFFICIENT_RESOURCES [\d,]+ times", out)
     assert "*** STOP: 0x00000019 (0x20," in out and "BAD_POOL_HEADER" in out
-    assert re.search(r"\*fffffa80[0-9a-f]+ size:\s+40 previous size:\s+[0-9a-f]+\s+\(Allocated\) SlNm", out)
-    assert "Allocated by sloppy.sys in SloppyDriver.handle_request (sloppy.py:" in out
-    assert "Probably caused by: sloppy.sys" in out
+    assert (tmp_path / "MEMORY.DMP").read_bytes()[:8] == b"PAGEDU64"
+    # The analysis is the debugger's, from the dump alone.
+    assert "POOL_TAG:  SlNm" in out
+    assert "POOL_TAG_OWNER:  sloppy.sys - sloppy sample driver name buffers" in out
+    assert re.search(r"\*fffffa80[0-9a-f]+ size:\s+40 previous size:\s+[0-9a-f]+\s+\(Allocated\) \*SlNm", out)
+    assert "DRIVER:  sloppy.sys" in out
+    assert re.search(r"Probably caused by : sloppy\.sys .*SloppyDriver\.handle_request .*sloppy\.py:\d+", out)
 
 
 def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):

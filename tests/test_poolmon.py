@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 import ntpool
 from ntpool.cli.main import main
 from ntpool.cli.poolmon_view import KeyReader, apply_key
-from ntpool.poolmon import NONPAGED, PAGED, PoolmonModel, Snapshot, TagUsage, grown_tags
-from ntpool.pooltag import PoolTagFile, load_pooltags, parse_line, tag_matches
-
-POOLTAG_2003 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pooltag-2003.txt"
+from ntpool.debugger.pooltag import PoolTagDatabase
+from ntpool.poolmon import (
+    NONPAGED, PAGED, PoolmonModel, Snapshot, TagUsage, grown_tags, tag_matches)
 
 
 def snap(*rows, label=""):
@@ -177,52 +176,17 @@ def test_grown_tags_finds_the_leak_first():
         ("Leak", 40, 4000), ("New ", 1, 64)]
 
 
-# --- pooltag.txt ---------------------------------------------------------------------------
+# --- owners ------------------------------------------------------------------------------
 
-def test_pooltag_lines():
-    assert parse_line("rem a comment") is None
-    assert parse_line("") is None
-    tag, owner = parse_line("AfdB - afd.sys      -     Afd data buffer")
-    assert (tag, owner.binary, owner.description) == ("AfdB", "afd.sys", "Afd data buffer")
-    tag, owner = parse_line("Io   - general IO allocations")
-    assert (tag, owner.binary, owner.description) == ("Io  ", "", "general IO allocations")
-    assert parse_line("TooLong - x.sys - no") is None
-
-
-def test_pooltag_exact_beats_wildcards_and_longer_patterns_win():
-    tags = PoolTagFile()
-    tags.add_text("Ab* - a.sys - any Ab\nAbc? - b.sys - any Abc\nAbcd - c.sys - exactly\n")
-    assert tags.owner("Abcd").binary == "c.sys"
-    assert tags.owner("Abce").binary == "b.sys"
-    assert tags.owner("Abzz").binary == "a.sys"
-    assert tags.owner("Zzzz") is None
-
-
-@pytest.mark.skipif(not POOLTAG_2003.exists(), reason="shared/data is not beside the checkout")
-def test_pooltag_parser_reads_a_real_file():
-    tags = PoolTagFile()
-    tags.add_file(POOLTAG_2003)
-    assert len(tags.exact) > 1000
-    assert str(tags.owner("AfdB")) == "afd.sys - Afd data buffer"
-    assert tags.owner("Acpz").binary == "acpi.sys"  # from "Acp* - acpi.sys"
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=120))
-def test_pooltag_parser_takes_any_line(line):
-    entry = parse_line(line)
-    if entry is not None:
-        tag, owner = entry
-        assert 1 <= len(tag) <= 4 and tag.isascii()
-
-
-def test_own_tags_and_environment_files(tmp_path, monkeypatch):
+def test_owners_come_from_ntpools_pooltag_and_the_environment(tmp_path, monkeypatch):
     extra = tmp_path / "mine.txt"
     extra.write_text("Mine - mine.sys - my tag\n")
     monkeypatch.setenv("NTPOOL_POOLTAG", str(extra))
-    tags = load_pooltags()
-    assert tags.owner("SlNm").binary == "sloppy.sys"
-    assert tags.owner("Mine").binary == "mine.sys"
+    model = PoolmonModel(pooltags=PoolTagDatabase.default())
+    model.update(snap(("SlNm", NONPAGED, 1, 0, 64), ("Mine", PAGED, 1, 0, 32),
+                      ("Zzzz", PAGED, 1, 0, 32)))
+    owners = {row.tag: row.owner for row in model.rows()}
+    assert owners == {"SlNm": "sloppy.sys", "Mine": "mine.sys", "Zzzz": ""}
 
 
 # --- the commands --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .pooltag import PoolTagFile, tag_matches
+from .debugger.pooltag import PoolTagDatabase, wildcard_regex
 
 NONPAGED = "Nonp"
 PAGED = "Paged"
@@ -132,6 +132,18 @@ def _usage_from_json(entry, name: str, index: int) -> TagUsage:
 
 # --- sorting and filtering ---------------------------------------------------------------
 
+def tag_matches(pattern: str, tag: str) -> bool:
+    """poolmon's filter: ``*`` and ``?`` wildcards; a tag's trailing spaces are optional."""
+    regex = wildcard_regex(pattern)
+    return bool(regex.fullmatch(tag) or regex.fullmatch(tag.rstrip(" ")))
+
+
+def owner_text(pooltags: PoolTagDatabase | None, tag: str) -> str:
+    """``binary - description`` from pooltag.txt, or "" for a tag no file knows."""
+    owner = pooltags.lookup(tag) if pooltags else None
+    return str(owner) if owner else ""
+
+
 SORT_KEYS = {
     "t": ("Tag", lambda row: (row.tag, row.type)),
     "a": ("Allocs", lambda row: row.allocs),
@@ -151,7 +163,7 @@ class PoolmonModel:
     pool_filter: str = "both"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    pooltags: PoolTagFile | None = None
+    pooltags: PoolTagDatabase | None = None
     previous: dict[tuple[str, str], TagUsage] | None = None  # None until a second refresh
     current: Snapshot | None = None
 
@@ -195,7 +207,7 @@ class PoolmonModel:
 
     def owner_of(self, tag: str) -> str:
         """The owning binary (poolmon's Mapped Driver column), else the description."""
-        owner = self.pooltags.owner(tag) if self.pooltags else None
+        owner = self.pooltags.lookup(tag) if self.pooltags else None
         if owner is None:
             return ""
         return owner.binary if owner.binary and owner.binary != "<unknown>" else owner.description

@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..constants import PAGE_SIZE
-from ..pool.header import HEADER_SIZE, walk_page
-from ..poolmon import PoolmonModel, grown_tags
-from ..pooltag import load_pooltags
+from ..debugger.pooltag import PoolTagDatabase
+from ..debugger.session import KdSession
+from ..dump import DumpReader
+from ..poolmon import PoolmonModel, grown_tags, owner_text
 from ..scenario import ScenarioRun, load_scenario
-from ..tags import display
 from .poolmon_view import poolmon_table, wide_console
 
 DUMP_NAME = "MEMORY.DMP"
@@ -37,7 +37,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
         scenario.workload = partial(scenario.workload, steps=steps)
         scenario.checkpoints = None
     run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME))
-    pooltags = load_pooltags()
+    pooltags = PoolTagDatabase.default()
 
     kernel = run.boot()
     console.print(f"[bold]ntpool demo[/bold] (seed {seed}): booted an x64 machine, "
@@ -50,7 +50,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     if run.bugcheck is None:
         console.print("[yellow]The workload ended without a bug check.[/yellow]")
         return 0
-    _show_crash(run, console, pooltags)
+    _show_crash(run, console)
     return 0
 
 
@@ -59,7 +59,8 @@ def _driver_table(run: ScenarioRun, pooltags) -> Table:
     table.add_column("Driver")
     table.add_column("Its tags (pooltag.txt)")
     for driver in run.loaded:
-        tags = sorted(tag for tag, owner in pooltags.exact.items() if owner.binary == driver.name)
+        tags = sorted(tag for source in pooltags.files for tag, owner in source.exact.items()
+                      if owner.binary == driver.name)
         table.add_row(driver.name, " ".join(tags))
     return table
 
@@ -97,7 +98,7 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
         grown = [g for g in grown_tags(start, end) if g.diff_grown > 0]
         if grown:
             leak = grown[0]
-            console.print(f"Tag [bold]{leak.tag}[/bold] ({pooltags.describe(leak.tag) or 'unknown owner'}) "
+            console.print(f"Tag [bold]{leak.tag}[/bold] ({owner_text(pooltags, leak.tag) or 'unknown owner'}) "
                           f"grew by {leak.diff_grown:,} allocations and {leak.bytes_grown:,} bytes while "
                           f"traffic was steady: a leak (ntpool poolsnap --diff finds the same).")
     elif phase == "backup":
@@ -108,60 +109,9 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
                           f"fsfilter.sys caught it and failed those opens, so the machine ran on.")
 
 
-def _show_crash(run: ScenarioRun, console: Console, pooltags) -> None:
-    error = run.bugcheck
-    console.print(Panel(str(error), title="bug check", style="bold red"))
-    analysis = _debugger_analysis(run.dump_written) if run.dump_written else None
-    if analysis is None:
-        console.print("[dim]This build cannot write or read crash dumps; analysing the live "
-                      "machine.[/dim]")
-        console.print(_analysis(run.kernel, error, pooltags), highlight=False)
-        return
-    console.print(f"Wrote {run.dump_written}. The debugger's analysis "
+def _show_crash(run: ScenarioRun, console: Console) -> None:
+    console.print(Panel(str(run.bugcheck), title="bug check", style="bold red"))
+    console.print(f"Wrote {run.dump_written}. The debugger's analysis, read from the file alone "
                   f"(ntpool kd -z {run.dump_written} -c \"!analyze -v\"):\n")
-    console.print(analysis, highlight=False, markup=False)
-
-
-def _debugger_analysis(dump_path: str) -> str | None:
-    """``!analyze -v`` on the dump, read back from the file alone; None without a debugger."""
-    try:
-        from ..debugger.session import KdSession
-        from ..dump import DumpReader
-    except ImportError:
-        return None
-    with DumpReader(dump_path) as reader:
-        return KdSession(reader).execute("!analyze -v")
-
-
-def _analysis(kernel, error, pooltags) -> str:
-    """What the machine knows about a pool bug check: the chunks involved and their owners."""
-    lines = [f"{error.name} ({error.code:#x})"]
-    code, (p1, p2, p3, _p4) = error.code, error.parameters
-    if code == 0x19 and p1 == 0x20:
-        lines.append(f"The pool block header at {p2:#x} was overrun: the next header, at {p3:#x}, "
-                     f"no longer records its size.")
-        culprit = p2
-    elif code == 0xC2 and p1 in (0x07, 0x0A, 0x99):
-        culprit = p3 if p1 == 0x07 else p2
-    else:
-        return "\n".join(lines)
-    page = culprit & ~(PAGE_SIZE - 1)
-    for chunk in walk_page(kernel.read(page, PAGE_SIZE), page):
-        mark = "*" if chunk.address == culprit else " "
-        tag = display(chunk.tag)
-        owner = pooltags.describe(tag)
-        lines.append(f" {mark}{chunk.address:x} size: {chunk.size:4x} previous size: "
-                     f"{chunk.previous_size * 16:4x}  ({chunk.state}) {tag}"
-                     f"{'  ' + owner if owner and chunk.address in (culprit, p3) else ''}")
-    header_tag = display(int.from_bytes(kernel.read(culprit + 4, 4), "little"))
-    owner = pooltags.owner(header_tag)
-    lines.append(f"Pool tag {header_tag}: "
-                 f"{owner if owner else 'not in pooltag.txt'}")
-    site = kernel.allocation_site(culprit + HEADER_SIZE)
-    driver = kernel.call_sites.drivers[site.driver] if site.driver else None
-    if driver is not None:
-        lines.append(f"Allocated by {driver.name} in {site.function} "
-                     f"({Path(site.filename).name}:{site.lineno})")
-    who = driver.name if driver else owner.binary if owner else "an unknown driver"
-    lines.append(f"Probably caused by: {who} (pool tag {header_tag})")
-    return "\n".join(lines)
+    with DumpReader(run.dump_written) as reader:
+        console.print(KdSession(reader).execute("!analyze -v"), highlight=False, markup=False)

@@ -7,6 +7,7 @@ rows, the page tables and the big page table for the page map, the header for th
 from pathlib import Path
 
 from ..constants import PAGE_SIZE
+from ..dump import DumpReader
 from ..errors import BugCheck
 from ..pictures import PageStrip, big_page_strips, small_page_strip
 from ..pool.tracker import PoolTagInfo
@@ -19,11 +20,6 @@ class DumpSource:
     checkpoint = 0
 
     def __init__(self, path: str):
-        try:
-            from ..dump import DumpReader
-        except ImportError:
-            raise ValueError(f"{path}: reading crash dumps needs ntpool.dump, which this build "
-                             f"does not have") from None
         self.reader = DumpReader(path)  # DumpFormatError (a ValueError) names what is wrong
         self.name = Path(path).name
         code = self.reader.bugcheck_code

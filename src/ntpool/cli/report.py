@@ -3,7 +3,7 @@
 import html
 
 from .. import pictures
-from ..poolmon import PoolmonModel, grown_tags
+from ..poolmon import PoolmonModel, grown_tags, owner_text
 from ..pictures import ReportSection, html_table, inline_svg
 
 POOL_COLUMNS = ["Tag", "Type", "Allocs", "Frees", "Diff", "Bytes", "Per Alloc", "Owner"]
@@ -44,7 +44,7 @@ def _pool_table_section(snapshot, pooltags, title: str) -> ReportSection:
     model = PoolmonModel(sort="b", pooltags=pooltags)
     model.update(snapshot)
     rows = [[r.tag, r.type, r.allocs, r.frees, r.diff, r.bytes, r.per_alloc,
-             pooltags.describe(r.tag)] for r in model.rows()]
+             owner_text(pooltags, r.tag)] for r in model.rows()]
     totals = model.totals()
     rows.append(["TOTAL", "", totals["allocs"], totals["frees"], totals["diff"], totals["bytes"],
                  "", ""])
@@ -58,7 +58,7 @@ def _growth_section(source, pooltags) -> ReportSection:
     if not grown:
         return ReportSection("Tags that grew", "<p>No tag grew during the workload.</p>")
     rows = [[g.tag, g.type, g.diff_before, g.diff_after, g.bytes_before, g.bytes_after,
-             f"{g.bytes_grown:+}", pooltags.describe(g.tag)] for g in grown]
+             f"{g.bytes_grown:+}", owner_text(pooltags, g.tag)] for g in grown]
     intro = (f"<p>From {html.escape(after_load.label)} to {html.escape(snapshots[-1].label)}: "
              f"a tag whose outstanding allocations only climb is a leak suspect.</p>")
     return ReportSection("Tags that grew", intro + html_table(

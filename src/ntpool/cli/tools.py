@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 
-from ..poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags
-from ..pooltag import load_pooltags
+from ..poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
+from ..debugger.pooltag import PoolTagDatabase
 from .poolmon_view import interactive, poolmon_screen, poolmon_table, wide_console
 from .sources import ScenarioSource, kernel_options, open_source
 
@@ -69,8 +69,8 @@ def _machine_arguments(parser) -> None:
                         help="nonpaged pool size (default: the scenario's, else 64)")
     parser.add_argument("--paged-pool-mib", type=int, metavar="MIB",
                         help="paged pool size (default: the scenario's, else 64)")
-    parser.add_argument("--pooltag", action="append", default=[], metavar="FILE",
-                        help="a pooltag.txt for owners (also $NTPOOL_POOLTAG); repeatable")
+    parser.add_argument("--pooltag", metavar="FILE",
+                        help="a pooltag.txt naming tag owners (also: NTPOOL_POOLTAG)")
 
 
 def _source_arguments(parser) -> None:
@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
         source.run_to()
     end = source.snapshot()
     run.finish()
-    model = PoolmonModel(sort="b", pooltags=load_pooltags(args.pooltag))
+    model = PoolmonModel(sort="b", pooltags=PoolTagDatabase.default(args.pooltag))
     model.update(end)
     console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
                                              f"({source.checkpoint} checkpoints)",
@@ -137,7 +137,7 @@ def cmd_poolmon(args) -> int:
         raise ValueError(f"--interval must be positive, got {args.interval}")
     model = PoolmonModel(sort=args.sort, reverse=args.reverse, pool_filter=args.pool,
                          include=list(args.include), exclude=list(args.exclude),
-                         pooltags=load_pooltags(args.pooltag))
+                         pooltags=PoolTagDatabase.default(args.pooltag))
     source = open_source(args.source, args.seed, kernel_options(args))
     console = wide_console()
     live = console.is_terminal and sys.stdin.isatty() and not args.once and not args.iterations
@@ -171,7 +171,7 @@ def cmd_poolsnap(args) -> int:
         if args.source or args.output:
             raise ValueError("poolsnap --diff BEFORE AFTER takes no source and no -o")
         before, after = (_read_snapshot(path) for path in args.diff)
-        return _print_growth(before, after, load_pooltags(args.pooltag))
+        return _print_growth(before, after, PoolTagDatabase.default(args.pooltag))
     if not args.output:
         raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
     source = open_source(args.source or "demo", args.seed, kernel_options(args))
@@ -201,7 +201,7 @@ def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
     for g in grown:
         print(f"{g.tag:<5} {g.type:<5} {g.diff_before:>6} -> {g.diff_after:<6}"
               f" {g.bytes_before:>9} -> {g.bytes_after:<9} {g.bytes_grown:>+10}  "
-              f"{pooltags.describe(g.tag)}")
+              f"{owner_text(pooltags, g.tag)}")
     return 0
 
 
@@ -258,7 +258,7 @@ def cmd_report(args) -> int:
 
     _picture_format(args.output, ("html", "htm"))
     source = open_source(args.source, args.seed, kernel_options(args))
-    text = build_report(source, load_pooltags(args.pooltag), _marks)
+    text = build_report(source, PoolTagDatabase.default(args.pooltag), _marks)
     Path(args.output).write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
     return 0
