@@ -21,7 +21,8 @@ FREE_COLOUR = "#ffffff"
 LOOKASIDE_COLOUR = "#d9d9d9"
 RESERVED_COLOUR = "#7f7f7f"
 # Distinct colours for the tags that hold most; tags past these get a colour from their name.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+MARK_COLOUR = "#d62728"  # kept for marks (the bug check's chunk), so no tag is drawn in it
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
            "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
 
@@ -212,18 +213,22 @@ def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96
 def _draw_marks(axes, strips: list[PageStrip], marks: dict[int, str]) -> None:
     from matplotlib.patches import Rectangle
 
+    placed = 0
     for row, strip in enumerate(strips):
         for segment in strip.segments:
             note = marks.get(strip.va + segment.offset)
             if note is None:
                 continue
+            placed += 1
             axes.add_patch(Rectangle((segment.offset, row - 0.5), segment.length, 1.0,
-                                     fill=False, edgecolor="#d62728", linewidth=2.5, zorder=5))
-            axes.annotate(note, (segment.offset + segment.length, row), xytext=(12, -14),
-                          textcoords="offset points", color="#d62728", fontsize=8,
+                                     fill=False, edgecolor=MARK_COLOUR, linewidth=2.5, zorder=5))
+            # Neighbouring marks (an overrun and the header it hit) get their notes side by side.
+            axes.annotate(note, (segment.offset + segment.length, row),
+                          xytext=(14 + 130 * (placed - 1), -16),
+                          textcoords="offset points", color=MARK_COLOUR, fontsize=8,
                           fontweight="bold", zorder=6,
-                          bbox={"facecolor": "white", "edgecolor": "#d62728", "linewidth": 0.8},
-                          arrowprops={"arrowstyle": "->", "color": "#d62728"})
+                          bbox={"facecolor": "white", "edgecolor": MARK_COLOUR, "linewidth": 0.8},
+                          arrowprops={"arrowstyle": "->", "color": MARK_COLOUR})
 
 
 def _page_label(strip: PageStrip) -> str:
@@ -247,8 +252,8 @@ def usage_figure(samples, title: str = "", top: int = 10):
     _shade_phases(axes, samples)
     for position, sample in enumerate(samples):
         if sample.label == "bug check":
-            axes.axvline(position, color="#d62728", linestyle="--", linewidth=1)
-            axes.text(position, axes.get_ylim()[1], " bug check", color="#d62728",
+            axes.axvline(position, color=MARK_COLOUR, linestyle="--", linewidth=1)
+            axes.text(position, axes.get_ylim()[1], " bug check", color=MARK_COLOUR,
                       va="top", ha="right", rotation=90, fontsize=8)
     axes.set_xlabel("checkpoint")
     axes.set_ylabel("outstanding KiB (nonpaged + paged)")
