@@ -120,3 +120,29 @@ def test_driver_error_names_the_driver_line(tmp_path):
                     "def workload(k, rng): pass\n")
     with pytest.raises(ScenarioError, match=r"drv\.py:4 in DriverEntry: KeyError"):
         ScenarioRun(load_scenario(str(path))).run()
+
+
+def test_run_writes_a_dump_naming_the_running_driver(tmp_path, capsys):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump import DumpReader
+
+    path = tmp_path / "wrongtag.py"
+    path.write_text("class D:\n"
+                    "    name = 'wrongtag.sys'\n"
+                    "    def DriverEntry(self, k, path): pass\n"
+                    "    def DriverUnload(self, k): pass\n"
+                    "    def work(self, k):\n"
+                    "        p = k.ExAllocatePoolWithTag(0, 10, 'Fred')\n"
+                    "        k.ExFreePoolWithTag(p, 'Oops')\n"
+                    "d = D()\n"
+                    "DRIVERS = [d]\n"
+                    "def workload(k, rng):\n"
+                    "    d.work(k)\n")
+    dump = tmp_path / "crash.dmp"
+    assert main(["run", str(path), "--dump", str(dump)]) == 3
+    assert f"Wrote {dump}" in capsys.readouterr().out
+    with DumpReader(dump) as reader:
+        analysis = KdSession(reader).execute("!analyze -v")
+    assert "BAD_POOL_CALLER (c2)" in analysis
+    assert "DRIVER:  wrongtag.sys" in analysis
+    assert "D.work (" in analysis and "wrongtag.py:7" in analysis
