@@ -9,6 +9,8 @@ lookup refuses every routine with a clear message, so live machines pay nothing 
 check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
+import os
+
 from .constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
 from .drivers import CallSites, DriverRoutines
 from .errors import BugCheck, MachineHalted
@@ -109,6 +111,13 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
         """Stop the machine: record the bug check, halt, tell observers, raise BugCheck."""
         error = BugCheck(BugCheckCode, BugCheckParameter1, BugCheckParameter2,
                          BugCheckParameter3, BugCheckParameter4, detail=detail)
+        # The culprit as far as the machine can tell: the code that made the call that stopped it.
+        error.site = self.call_sites.site_of_caller()
+        entry = self.call_sites.table[error.site]
+        owner = self.call_sites.drivers[entry.driver] if entry.driver else None
+        error.driver_name = owner.name if owner else ""
+        error.call_site = "" if not error.site else \
+            f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
         for observer in list(self.bugcheck_observers):

@@ -303,6 +303,8 @@ class KdSession:
             tag = display(parameters[index - 1] & 0xFFFFFFFF)
             lines.append(f"TAG_IN_ARG{index}: {tag}  ({self.owner(tag)})")
         lines += self._analyze_pool(code, parameters)
+        lines += self._faulting_source(code, parameters)
+        lines += self._leaking_driver(code, parameters)
         lines += self._analyze_culprit()
         return "\n".join(lines)
 
@@ -338,6 +340,7 @@ class KdSession:
             after = report.chunks[position + 1] if position + 1 < len(report.chunks) else None
             lines += [f"POOL_CHUNK:  {chunk.address:016x} size {chunk.size:#x} ({chunk.state})",
                       f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+            lines += self._allocated_by(chunk)
             for label, neighbour in (("PREVIOUS_CHUNK", before), ("NEXT_CHUNK", after)):
                 if neighbour is None:
                     lines.append(f"{label}:  (none on this page)")
@@ -347,6 +350,45 @@ class KdSession:
                                  f"({neighbour.state}) tag {ntag} ({self.owner(ntag)})")
         lines += ["", "POOL_PAGE:"] + self.pool_lines(address)
         return lines
+
+    def _site_text(self, site: int) -> str | None:
+        sites = self.reader.call_sites()
+        if not 0 < site < len(sites):
+            return None
+        driver, _, line, function, filename = sites[site]
+        return f"{driver or '(no driver)'}!{function} ({filename}:{line})"
+
+    def _allocated_by(self, chunk) -> list[str]:
+        """Who allocated the chunk: its AllocatorBackTraceIndex in the call-site table."""
+        if chunk.pool_type & 0x8:  # quota-charged: ProcessBilled is there instead
+            return []
+        try:
+            index = int.from_bytes(self.reader.read(chunk.address + 8, 2), "little")
+        except MemoryReadError:
+            return []
+        text = self._site_text(index)
+        return [f"ALLOCATED_BY:  {text}"] if text else []
+
+    def _faulting_source(self, code: int, parameters) -> list[str]:
+        """For faults whose parameters hold an instruction address: the line that ran."""
+        position = {0xCD: 3, 0xCC: 3, 0xD5: 3, 0xD6: 3, 0x1E: 2, 0x50: 3, 0xD1: 4, 0x0A: 4}.get(code)
+        if position is None:
+            return []
+        address = parameters[position - 1]
+        for index, site in enumerate(self.reader.call_sites()):
+            if index and site[1] == address:
+                return [f"FAULTING_SOURCE:  {self._site_text(index)}"]
+        for name, base, size in self.reader.loaded_modules():
+            if base <= address < base + size:
+                return [f"FAULTING_MODULE:  {name}"]
+        return []
+
+    def _leaking_driver(self, code: int, parameters) -> list[str]:
+        if code != 0xC4 or parameters[0] != 0x62:
+            return []
+        name = self.reader.unicode_string(parameters[1])
+        return ["", f"LEAKING_DRIVER:  {name or '(name unreadable)'} left {parameters[3]} "
+                    f"allocation(s) behind"]
 
     def _analyze_culprit(self) -> list[str]:
         # The driver and call site come from ntpool's NTPOOL_BUGCHECK_CONTEXT (see README).

@@ -9,6 +9,7 @@ record where they are. Nothing here is on the allocation path.
 
 from dataclasses import dataclass, field
 
+from ..drivers import call_site_table
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..memory import PTE_ADDRESS_MASK
 from ..tags import PROTECTED_POOL
@@ -31,6 +32,7 @@ class DebuggerDataLayout:
     bugcheck_context: int = 0
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
+    call_sites: Region = field(default_factory=Region)  # capacity in bytes
 
 
 def poke(kernel, va: int, data) -> None:
@@ -131,6 +133,14 @@ def _lay_out_tables(kernel, layout: DebuggerDataLayout) -> tuple[int, int]:
     return tracker_size + 1, big_size
 
 
+def _lay_out_call_sites(kernel, layout: DebuggerDataLayout) -> int:
+    """The allocation call-site table (who allocated each chunk), in ntpool's NTCS format."""
+    table = call_site_table(kernel.call_sites)
+    _region_for(kernel, layout.call_sites, len(table), 1)
+    poke(kernel, layout.call_sites.va, table)
+    return len(table)
+
+
 # --- the debugger data blocks ------------------------------------------------------------
 
 def _kdbg_image(kernel, layout: DebuggerDataLayout) -> bytearray:
@@ -140,7 +150,7 @@ def _kdbg_image(kernel, layout: DebuggerDataLayout) -> bytearray:
     nonpaged, paged = kernel.nonpaged_pool, kernel.paged_pool
     fields = {
         f.KDBG_KERN_BASE: kernel.kernel_data.base,
-        f.KDBG_PS_LOADED_MODULE_LIST: layout.list_heads,
+        f.KDBG_PS_LOADED_MODULE_LIST: kernel.loaded_module_list,
         f.KDBG_PS_ACTIVE_PROCESS_HEAD: layout.list_heads + 16,
         f.KDBG_MM_LOWEST_PHYSICAL_PAGE: 1,
         f.KDBG_MM_HIGHEST_PHYSICAL_PAGE: kernel.physical.frame_count - 1,
@@ -164,7 +174,7 @@ def _kdbg_image(kernel, layout: DebuggerDataLayout) -> bytearray:
 
 
 def _ntpl_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_entries: int,
-                bugcheck_context: int) -> bytearray:
+                bugcheck_context: int, call_site_bytes: int) -> bytearray:
     image = bytearray(f.NTPL_SIZE)
     f.DEBUG_DATA_HEADER.pack_into(image, 0, layout.kdbg, layout.kdbg, f.NTPL_OWNER_TAG, f.NTPL_SIZE)
     fields = {
@@ -177,6 +187,8 @@ def _ntpl_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_en
         f.NTPL_PAGED_POOL_LIST_HEADS: kernel.paged_pool.list_heads_va,
         f.NTPL_BUGCHECK_CONTEXT: bugcheck_context,
         f.NTPL_NUMBER_PROCESSORS: kernel.processors,
+        f.NTPL_CALL_SITE_TABLE: layout.call_sites.va,
+        f.NTPL_CALL_SITE_TABLE_BYTES: call_site_bytes,
     }
     for offset, value in fields.items():
         image[offset:offset + 8] = value.to_bytes(8, "little")
@@ -188,9 +200,11 @@ def _text(value, size: int) -> bytes:
 
 
 def driver_and_call_site(kernel, bugcheck) -> tuple[str, str]:
-    """The driver that was running and the call site, as far as the machine recorded them."""
-    driver = getattr(kernel, "current_driver", None)
-    name = getattr(driver, "name", driver)
+    """The driver whose code made the call that stopped the machine, and that call's site."""
+    name = getattr(bugcheck, "driver_name", None)
+    if not name:
+        driver = getattr(kernel, "current_driver", None)
+        name = getattr(driver, "name", driver)
     call_site = getattr(bugcheck, "call_site", None)
     return ("" if name is None else str(name)), ("" if call_site is None else str(call_site))
 
@@ -212,8 +226,10 @@ def lay_out_debugger_data(kernel) -> int:
     layout = _layout_of(kernel)
     tracker_entries, big_entries = _lay_out_tables(kernel, layout)
     context = _lay_out_bugcheck_context(kernel, layout)
+    call_site_bytes = _lay_out_call_sites(kernel, layout)
     poke(kernel, layout.kdbg, _kdbg_image(kernel, layout))
-    poke(kernel, layout.ntpl, _ntpl_image(kernel, layout, tracker_entries, big_entries, context))
+    poke(kernel, layout.ntpl, _ntpl_image(kernel, layout, tracker_entries, big_entries, context,
+                                          call_site_bytes))
     return layout.kdbg
 
 

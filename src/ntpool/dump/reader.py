@@ -17,6 +17,7 @@ from bisect import bisect_right
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..drivers import LDR_BASE_DLL_NAME, LDR_DLL_BASE, parse_call_site_table
 from ..memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
 from . import format as f
 
@@ -73,6 +74,10 @@ class PoolRange(NamedTuple):
     end: int  # exclusive
 
 
+_UNICODE_STRING = struct.Struct("<HHxxxxQ")
+MAX_MODULES = 4096
+
+
 class DumpReader:
     """An open crash dump: header fields, physical and virtual reads, the pool structures."""
 
@@ -96,6 +101,7 @@ class DumpReader:
             raise
         self._translations: dict[int, int | None] = {}
         self._kdbg: dict | None = None
+        self._call_sites: list | None = None
 
     def close(self) -> None:
         if self._map is not None:
@@ -403,6 +409,9 @@ class DumpReader:
             "NonPagedPoolListHeads": q(ntpl, f.NTPL_NONPAGED_POOL_LIST_HEADS),
             "PagedPoolListHeads": q(ntpl, f.NTPL_PAGED_POOL_LIST_HEADS),
             "BugCheckContext": q(ntpl, f.NTPL_BUGCHECK_CONTEXT),
+            "PsLoadedModuleList": q(kdbg, f.KDBG_PS_LOADED_MODULE_LIST),
+            "CallSiteTable": q(ntpl, f.NTPL_CALL_SITE_TABLE),
+            "CallSiteTableBytes": q(ntpl, f.NTPL_CALL_SITE_TABLE_BYTES),
         }
 
     def pool_ranges(self) -> list[PoolRange]:
@@ -455,6 +464,54 @@ class DumpReader:
         raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", f.POOL_TRACKER_BIG_PAGES)
         return [BigPage(*row) for row in f.POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
                 if not row[0] & f.BIG_PAGE_FREE]
+
+    def unicode_string(self, va: int) -> str:
+        """A UNICODE_STRING's text ('' when it cannot be read)."""
+        try:
+            length, _, buffer = _UNICODE_STRING.unpack(self.read(va, _UNICODE_STRING.size))
+            return self.read(buffer, min(length, 1024) & ~1).decode("utf-16-le", "replace")
+        except MemoryReadError:
+            return ""
+
+    def loaded_modules(self) -> list[tuple[str, int, int]]:
+        """(name, DllBase, SizeOfImage) from PsLoadedModuleList, in load order."""
+        head = self.debugger_data()["PsLoadedModuleList"]
+        modules, seen = [], {head}
+        try:
+            entry = self.read_u64(head)
+            while entry not in seen and len(modules) < MAX_MODULES:
+                seen.add(entry)
+                base, _, size = struct.unpack("<QQQ", self.read(entry + LDR_DLL_BASE, 24))
+                modules.append((self.unicode_string(entry + LDR_BASE_DLL_NAME), base, size))
+                entry = self.read_u64(entry)
+        except MemoryReadError:
+            pass
+        return modules
+
+    def call_sites(self) -> list[tuple[str, int, int, str, str]]:
+        """(driver, address, line, function, file) per allocation call site ([] if none)."""
+        if self._call_sites is None:
+            self._call_sites = self._read_call_sites()
+        return self._call_sites
+
+    def _read_call_sites(self) -> list:
+        data = self.debugger_data()
+        va, size = data["CallSiteTable"], data["CallSiteTableBytes"]
+        if not va or not size:
+            return []
+        if size > self.size:
+            self._fail(f"the call-site table claims {size} bytes, more than the file holds")
+        try:
+            table = parse_call_site_table(self.read(va, size))
+        except (MemoryReadError, ValueError) as error:
+            self._fail(f"the call-site table at {va:#x} is unreadable: {error}")
+        names: dict[int, str] = {0: ""}
+        sites = []
+        for ldr, address, line, function, filename in table:
+            if ldr not in names:
+                names[ldr] = self.unicode_string(ldr + LDR_BASE_DLL_NAME)
+            sites.append((names[ldr], address, line, function, filename))
+        return sites
 
     def bugcheck_context(self) -> dict | None:
         """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""
