@@ -241,35 +241,10 @@ class ScenarioRun:
 
     def _crashed(self, error: BugCheck) -> None:
         self.bugcheck = error
-        _record_running_driver(self.kernel, error)
         self.sample("bug check")
         if self.dump_path and self.dump_written is None:
             self.kernel.write_dump(self.dump_path, kind="kernel")
             self.dump_written = self.dump_path
-
-
-def _record_running_driver(kernel, error: BugCheck) -> None:
-    """Note which driver's code was running when the machine stopped, and where.
-
-    A workload calls its drivers' routines directly, so the machine's ``current_driver`` is
-    unset there; the stack of the bug check says whose code it was, as a faulting
-    instruction pointer does in Windows. The crash dump carries both.
-    """
-    sites = kernel.call_sites
-    running = None
-    frame_tb = error.__traceback__
-    while frame_tb is not None:
-        owner = sites.code_owner.get(frame_tb.tb_frame.f_code)
-        if owner is not None:
-            running = owner, frame_tb.tb_frame
-        frame_tb = frame_tb.tb_next
-    if running is None:
-        return
-    owner, frame = running
-    if kernel.current_driver is None:
-        kernel.current_driver = owner
-    if getattr(error, "call_site", None) is None:
-        error.call_site = sites.describe(sites.lookup(frame))
 
 
 def _provide_documented_routines(k) -> None:
