@@ -2,16 +2,23 @@
 
 ``Kernel`` owns physical memory, the kernel address space, the two pools and the bug check
 state. The documented routines are methods, gathered from the front-end modules (``ex``
-for the executive's); each is a thin translation onto the one ``PoolAllocator``.
+for the executive's, ``fsrtl``, ``ndis``; ``irql``, ``paging`` and ``process`` for the
+machine state those contracts depend on); each is a thin translation onto the one
+``PoolAllocator``.
 
 After a bug check the machine is halted: its class becomes a halted twin whose attribute
 lookup refuses every routine with a clear message, so live machines pay nothing for the
 check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
-from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BugCheckCode
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
+from .fsrtl import FsRtlRoutines
+from .irql import IrqlRoutines
+from .ndis import NdisRoutines
+from .paging import PagingRoutines
+from .process import ProcessRoutines
 from .memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
@@ -62,7 +69,8 @@ def _positive_bytes(name: str, value) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-class Kernel(ExecutiveRoutines):
+class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
+             ProcessRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -97,6 +105,10 @@ class Kernel(ExecutiveRoutines):
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
+        self._init_irql()
+        self._init_paging()
+        self._init_processes()
+        self._init_ndis()
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -174,9 +186,22 @@ class Kernel(ExecutiveRoutines):
     def _page_fault(self, address: int, write: bool) -> int:
         """Resolve a fault (returns the page's physical address) or bug-check.
 
-        Later layers (paging, special pool) extend this; an unmapped kernel address is
-        PAGE_FAULT_IN_NONPAGED_AREA.
+        At DISPATCH_LEVEL or above no fault may be resolved: DRIVER_IRQL_NOT_LESS_OR_EQUAL
+        (0xD1) when a driver's code is running, IRQL_NOT_LESS_OR_EQUAL (0xA) when the
+        kernel's, with (address, IRQL, 0 read / 1 write, instruction pointer: 0, not
+        modelled). Below it a paged-out page is paged back in; any other unmapped kernel
+        address is PAGE_FAULT_IN_NONPAGED_AREA.
         """
+        irql = self.irql_by_processor[self.current_processor]
+        if irql >= DISPATCH_LEVEL:
+            driver = self.current_driver is not None
+            code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL if driver else \
+                BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
+            self.KeBugCheckEx(code, address, irql, int(write), 0,
+                              detail=f"{'write to' if write else 'read of'} {address:#x} "
+                                     f"(not resident) at IRQL {irql}")
+        if self.pager.is_paged_out(address):
+            return self.pager.page_in(address)
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
@@ -237,6 +262,8 @@ INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
     "write_dump", "bugcheck_observers", "current_driver", "drivers",
+    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
+    "system_process", "is_resident",
 })
 
 _halted_classes: dict[type, type] = {}
