@@ -18,7 +18,7 @@ from .constants import (
     PoolFlags,
 )
 from .errors import NtStatusError
-from .pool.allocator import _checked_pool_type, checked_priority
+from .pool.allocator import checked_pool_type, checked_priority
 from .tags import DEFAULT_TAG_EX, tag_value
 
 F = PoolFlags
@@ -84,7 +84,7 @@ class ExecutiveRoutines:
         return self.pool.allocate_with_priority(PoolType, NumberOfBytes, Tag, Priority)
 
     def ExAllocatePoolZero(self, PoolType, NumberOfBytes, Tag) -> int:
-        return self.pool.allocate_generic(_checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
+        return self.pool.allocate_generic(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
                                           NumberOfBytes, Tag)
 
     def ExAllocatePoolUninitialized(self, PoolType, NumberOfBytes, Tag) -> int:
@@ -96,7 +96,7 @@ class ExecutiveRoutines:
         """Charge the current process's pool quota. Raises NtStatusError
         (STATUS_QUOTA_EXCEEDED or STATUS_INSUFFICIENT_RESOURCES) on failure, or returns 0
         when PoolType carries POOL_QUOTA_FAIL_INSTEAD_OF_RAISE."""
-        pool_type = _checked_pool_type(PoolType)
+        pool_type = checked_pool_type(PoolType)
         fail_instead_of_raise = pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
         va, status = self.pool.allocate_with_quota(
             pool_type & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE),
@@ -110,7 +110,7 @@ class ExecutiveRoutines:
         return self.ExAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
 
     def ExAllocatePoolQuotaZero(self, PoolType, NumberOfBytes, Tag) -> int:
-        return self.ExAllocatePoolWithQuotaTag(_checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
+        return self.ExAllocatePoolWithQuotaTag(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
                                                NumberOfBytes, Tag)
 
     # --- ExAllocatePool2 / 3 -----------------------------------------------------------------

@@ -241,7 +241,7 @@ class PoolAllocator:
 
     def admit(self, pool_type, number_of_bytes, tag) -> tuple[int, int, int]:
         """Validate a request as Windows does, in its order: (type, bytes, tag value)."""
-        pool_type = _checked_pool_type(pool_type)
+        pool_type = checked_pool_type(pool_type)
         number_of_bytes = _checked_size(number_of_bytes)
         self.check_allocate_irql(pool_type, number_of_bytes)
         if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
@@ -332,7 +332,7 @@ class PoolAllocator:
         """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority."""
         priority = checked_priority(priority)
         if priority & ~0xF != 32:
-            pool_type = _checked_pool_type(pool_type)
+            pool_type = checked_pool_type(pool_type)
             size = _checked_size(number_of_bytes)
             if not self.resources_available(self.pool_for(pool_type), size, priority):
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
@@ -483,7 +483,7 @@ class PoolAllocator:
         return (self.mem[pa + 2] << BLOCK_SHIFT) - HEADER_SIZE
 
 
-def _checked_pool_type(pool_type) -> int:
+def checked_pool_type(pool_type) -> int:
     if isinstance(pool_type, bool) or not isinstance(pool_type, int):
         raise TypeError(f"PoolType must be a POOL_TYPE value, not {type(pool_type).__name__}")
     if pool_type < 0 or pool_type & ~VALID_POOL_TYPE_BITS:
@@ -520,4 +520,5 @@ def _checked_address(address) -> int:
     return address
 
 
-__all__ = ["PoolAllocator", "CACHE_ALIGNED_POOL_TYPE_MASK", "TagError", "checked_priority"]
+__all__ = ["PoolAllocator", "CACHE_ALIGNED_POOL_TYPE_MASK", "TagError", "checked_pool_type",
+           "checked_priority"]
