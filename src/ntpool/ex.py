@@ -21,11 +21,13 @@ from .errors import NtStatusError
 from .pool.allocator import checked_pool_type, checked_priority
 from .tags import DEFAULT_TAG_EX, tag_value
 
-F = PoolFlags
+# Plain ints: IntFlag arithmetic would cost microseconds per call.
+F = type("F", (), {flag.name: int(flag) for flag in PoolFlags})
 KNOWN_REQUIRED_FLAGS = (F.POOL_FLAG_USE_QUOTA | F.POOL_FLAG_UNINITIALIZED | F.POOL_FLAG_SESSION
                         | F.POOL_FLAG_CACHE_ALIGNED | F.POOL_FLAG_RAISE_ON_FAILURE
                         | F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_NON_PAGED_EXECUTE
                         | F.POOL_FLAG_PAGED)
+POOL_KIND_MASK = F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_NON_PAGED_EXECUTE | F.POOL_FLAG_PAGED
 POOL_KIND_FLAGS = {F.POOL_FLAG_NON_PAGED: POOL_NX_ALLOCATION,
                    F.POOL_FLAG_NON_PAGED_EXECUTE: 0,
                    F.POOL_FLAG_PAGED: 1}
@@ -84,8 +86,13 @@ class ExecutiveRoutines:
         return self.pool.allocate_with_priority(PoolType, NumberOfBytes, Tag, Priority)
 
     def ExAllocatePoolZero(self, PoolType, NumberOfBytes, Tag) -> int:
-        return self.pool.allocate_generic(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
-                                          NumberOfBytes, Tag)
+        return self._zeroed(self.pool.allocate(PoolType, NumberOfBytes, Tag), NumberOfBytes)
+
+    def _zeroed(self, va: int, number_of_bytes) -> int:
+        # Zeroing after the fast path costs less than taking the generic path to zero.
+        if va:
+            self.pool.zero(va, number_of_bytes)
+        return va
 
     def ExAllocatePoolUninitialized(self, PoolType, NumberOfBytes, Tag) -> int:
         return self.pool.allocate(PoolType, NumberOfBytes, Tag)
@@ -145,17 +152,18 @@ class ExecutiveRoutines:
             pool_type = _pool2_type(flags, Tag)
         except _Pool2Failure as failure:
             return self._pool2_failed(flags, failure)
-        if not flags & F.POOL_FLAG_UNINITIALIZED:
-            pool_type |= POOL_ZERO_ALLOCATION
+        zero = not flags & F.POOL_FLAG_UNINITIALIZED
         if flags & F.POOL_FLAG_USE_QUOTA:
             va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag,
-                                                       self._billed_process())
+                                                       self._billed_process(), zero=zero)
             return va or self._pool2_failed(flags, _Pool2Failure(status, "quota allocation failed"))
         if priority is not None and priority & ~0xF != 32:
             va = self.pool.allocate_with_priority(pool_type, NumberOfBytes, Tag, priority)
         else:
             va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
-        return va or self._pool2_failed(flags, _Pool2Failure(
+        if va:
+            return self._zeroed(va, NumberOfBytes) if zero else va
+        return self._pool2_failed(flags, _Pool2Failure(
             NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
 
     @staticmethod
@@ -171,13 +179,12 @@ def _pool2_type(flags: int, tag) -> int:
     unknown = flags & POOL_FLAG_REQUIRED_MASK & ~KNOWN_REQUIRED_FLAGS
     if unknown:
         raise _Pool2Failure(invalid, f"unknown required POOL_FLAGS {unknown:#x}")
-    kinds = [kind for kind in POOL_KIND_FLAGS if flags & kind]
-    if len(kinds) != 1:
+    pool_type = POOL_KIND_FLAGS.get(flags & POOL_KIND_MASK)
+    if pool_type is None:
         raise _Pool2Failure(invalid, "exactly one of POOL_FLAG_NON_PAGED, "
                                      "POOL_FLAG_NON_PAGED_EXECUTE, POOL_FLAG_PAGED is required")
-    if tag_value(tag) == 0:
+    if tag == 0 or (tag_value(tag) == 0 if type(tag) is not str else tag and not tag.strip("\0")):
         raise _Pool2Failure(invalid, "pool tag 0")
-    pool_type = POOL_KIND_FLAGS[kinds[0]]
     if flags & F.POOL_FLAG_CACHE_ALIGNED:
         pool_type |= CACHE_ALIGNED_POOL_TYPE_MASK
     if flags & F.POOL_FLAG_SESSION:
