@@ -323,6 +323,7 @@ def test_pool2_needs_exactly_one_pool_kind(k, flags):
 
 def test_pool2_tag_zero_returns_null_not_a_bug_check(k):
     assert k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, 0) == 0
+    assert k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, "\0") == 0
     assert not k.halted
 
 
