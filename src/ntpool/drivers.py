@@ -33,9 +33,14 @@ LDR_BASE_DLL_NAME = 0x58
 UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
 LIST_ENTRY = struct.Struct("<QQ")
 
-# ntpool's own code, minus the sample drivers that ship with it.
-_MACHINERY = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_SAMPLES = _MACHINERY + "samples" + os.sep
+# ntpool's own machinery: the machine, its routines and the layers inside it. Code that
+# calls into the machine the way a driver does (samples, scenarios, benchmarks, the command
+# line) is not machinery: its lines are call sites.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_MACHINERY_DIRECTORIES = tuple(_PACKAGE + d + os.sep for d in ("pool", "verifier"))
+_MACHINERY_MODULES = frozenset(_PACKAGE + m + ".py" for m in (
+    "kernel", "ex", "fsrtl", "ndis", "irql", "paging", "pager", "process", "memory", "drivers",
+    "system", "tags", "errors"))
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
 
@@ -134,7 +139,7 @@ class CallSites:
         known = self._machinery.get(code)
         if known is None:
             filename = code.co_filename
-            known = filename.startswith(_MACHINERY) and not filename.startswith(_SAMPLES)
+            known = filename in _MACHINERY_MODULES or filename.startswith(_MACHINERY_DIRECTORIES)
             self._machinery[code] = known
         return known and code not in self.code_owner
 
