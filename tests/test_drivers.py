@@ -169,3 +169,19 @@ def test_call_site_table_parser_refuses_garbage():
             pass
 
     parse()
+
+
+@pytest.mark.parametrize("routine", [
+    lambda k: k.ExAllocatePoolWithTag(NP, 64, "Rout"),
+    lambda k: k.ExAllocatePool(NP, 64),
+    lambda k: k.ExAllocatePool2(0x40, 64, "Rout"),
+    lambda k: k.ExAllocatePoolWithTagPriority(NP, 64, "Rout", 16),
+    lambda k: k.FsRtlAllocatePool(NP, 64),
+    lambda k: k.FsRtlAllocatePoolWithTag(NP, 6000, "Rout"),
+    lambda k: k.NdisAllocateMemoryWithTag(64, "Rout")[1],
+    lambda k: k.ExAllocatePoolWithTag(NP | 4, 64, "Rout"),  # cache aligned
+])
+def test_every_routine_records_the_drivers_line_not_its_own(k, routine):
+    p = routine(k)
+    site = k.allocation_site(p)
+    assert site.filename == __file__ and site.function.startswith("<lambda>")

@@ -13,7 +13,14 @@ from .constants import (
     PoolPriority,
     PoolType,
 )
-from .errors import BugCheck, MachineHalted, NtStatusError, TagError
+from .errors import (
+    BugCheck,
+    MachineHalted,
+    NdisContractError,
+    NdisVersionError,
+    NtStatusError,
+    TagError,
+)
 from .system import Kernel
 from .pool.tracker import PoolTagInfo
 from .tags import PROTECTED_POOL, Tag, tag
@@ -22,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APC_LEVEL", "DISPATCH_LEVEL", "HIGH_LEVEL", "PASSIVE_LEVEL", "PROTECTED_POOL",
-    "BugCheck", "BugCheckCode", "Irql", "Kernel", "MachineHalted", "NdisStatus", "NtStatus",
+    "BugCheck", "BugCheckCode", "Irql", "Kernel", "MachineHalted", "NdisContractError",
+    "NdisStatus", "NdisVersionError", "NtStatus",
     "NtStatusError", "PoolFlags", "PoolPriority", "PoolTagInfo", "PoolType", "Tag", "TagError",
     "tag",
 ]

@@ -129,15 +129,36 @@ class NdisStatus(IntEnum):
     NDIS_STATUS_SUCCESS = 0x00000000
     NDIS_STATUS_FAILURE = 0xC0000001
     NDIS_STATUS_RESOURCES = 0xC000009A
+    NDIS_STATUS_BAD_VERSION = 0xC0010004
+    NDIS_STATUS_BAD_CHARACTERISTICS = 0xC0010005
+
+
+# NdisAllocateMemory / NdisFreeMemory MemoryFlags (ndis.h).
+NDIS_MEMORY_CONTIGUOUS = 0x00000001
+NDIS_MEMORY_NONCACHED = 0x00000002
+
+
+class PoolExtendedParameterType(IntEnum):
+    """POOL_EXTENDED_PARAMETER_TYPE (ExAllocatePool3)."""
+
+    PoolExtendedParameterInvalidType = 0
+    PoolExtendedParameterPriority = 1
+    PoolExtendedParameterSecurePool = 2
+    PoolExtendedParameterNumaNode = 3
+    PoolExtendedParameterMax = 4
 
 
 class BugCheckCode(IntEnum):
     """Bug check codes (bugcodes.h) the pool and Driver Verifier raise."""
 
+    IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
+    SPIN_LOCK_ALREADY_OWNED = 0x0F
+    SPIN_LOCK_NOT_OWNED = 0x10
     BAD_POOL_HEADER = 0x19
     MUST_SUCCEED_POOL_EMPTY = 0x41
+    NO_PAGES_AVAILABLE = 0x4D
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION = 0xC1
     BAD_POOL_CALLER = 0xC2

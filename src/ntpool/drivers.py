@@ -33,8 +33,14 @@ LDR_BASE_DLL_NAME = 0x58
 UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
 LIST_ENTRY = struct.Struct("<QQ")
 
-# ntpool's own code, minus the sample drivers that ship with it.
-_MACHINERY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# ntpool's own machinery: the machine, its routines and the layers inside it. Code that
+# calls into the machine the way a driver does (samples, scenarios, benchmarks, the command
+# line) is not machinery: its lines are call sites.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_MACHINERY_DIRECTORIES = tuple(_PACKAGE + d + os.sep for d in ("pool", "verifier"))
+_MACHINERY_MODULES = frozenset(_PACKAGE + m + ".py" for m in (
+    "kernel", "ex", "fsrtl", "ndis", "irql", "paging", "pager", "process", "memory", "drivers",
+    "system", "tags", "errors"))
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
 
@@ -107,14 +113,35 @@ class CallSites:
         self._by_identity: dict = {}
         self.code_owner: dict = {}  # code object -> LoadedDriver
         self.drivers: list[LoadedDriver | None] = [None]
+        self._machinery: dict = {}  # code object -> whether it is ntpool's own
 
     def lookup(self, frame) -> int:
-        """The site number of ``frame``'s current call (slow path: first sight of a site)."""
+        """The site number of the driver call that ``frame`` is in, or leads out to.
+
+        A frame of ntpool's own machinery (a routine built on another) is walked out of to
+        the first frame that is not; only such frames' sites are cached, since a routine's
+        frame can be called from anywhere.
+        """
         key = (frame.f_code, frame.f_lasti)
         site = self.index.get(key)
-        if site is None:
-            site = self._resolve(frame, key)
-        return site
+        if site is not None:
+            return site
+        start = frame
+        while frame is not None and self._is_machinery(frame.f_code):
+            frame = frame.f_back
+        if frame is None:
+            return 0
+        if frame is not start:
+            return self.lookup(frame)
+        return self._resolve(frame, key)
+
+    def _is_machinery(self, code) -> bool:
+        known = self._machinery.get(code)
+        if known is None:
+            filename = code.co_filename
+            known = filename in _MACHINERY_MODULES or filename.startswith(_MACHINERY_DIRECTORIES)
+            self._machinery[code] = known
+        return known and code not in self.code_owner
 
     def _resolve(self, frame, key) -> int:
         owner = self._owner_of(frame)
@@ -146,12 +173,8 @@ class CallSites:
 
     def site_of_caller(self) -> int:
         """Site of the nearest code on the stack that is not ntpool's own machinery
-        (a driver's, or a test's): where a faulting access came from."""
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(_MACHINERY) and \
-                frame.f_code not in self.code_owner:
-            frame = frame.f_back
-        return 0 if frame is None else self.lookup(frame)
+        (a driver's, or a test's): where a faulting access or a bad call came from."""
+        return self.lookup(sys._getframe(1))
 
     def add_driver(self, driver: LoadedDriver) -> None:
         driver.codes = _codes_of(driver.obj)

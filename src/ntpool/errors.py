@@ -55,3 +55,12 @@ class NtStatusError(Exception):
 
 class TagError(ValueError):
     """A pool tag that is not a valid ULONG tag (Python API misuse, not a bug check)."""
+
+
+class NdisVersionError(RuntimeError):
+    """An NDIS routine called by a driver whose registered NDIS version may not call it."""
+
+
+class NdisContractError(ValueError):
+    """An NDIS call that breaks the routine's documented contract (e.g. NdisFreeMemory's
+    Length or MemoryFlags not matching the allocation); nothing is freed or changed."""

@@ -3,7 +3,62 @@
 Each is a thin translation onto the one PoolAllocator (``self.pool``).
 """
 
-from .tags import DEFAULT_TAG_EX
+from typing import NamedTuple
+
+from .constants import (
+    CACHE_ALIGNED_POOL_TYPE_MASK,
+    POOL_FLAG_REQUIRED_MASK,
+    POOL_NX_ALLOCATION,
+    POOL_QUOTA_FAIL_INSTEAD_OF_RAISE,
+    POOL_RAISE_IF_ALLOCATION_FAILURE,
+    POOL_ZERO_ALLOCATION,
+    SESSION_POOL_MASK,
+    NtStatus,
+    PoolExtendedParameterType,
+    PoolFlags,
+)
+from .errors import NtStatusError
+from .pool.allocator import checked_pool_type, checked_priority
+from .tags import DEFAULT_TAG_EX, tag_value
+
+# Plain ints: IntFlag arithmetic would cost microseconds per call.
+F = type("F", (), {flag.name: int(flag) for flag in PoolFlags})
+KNOWN_REQUIRED_FLAGS = (F.POOL_FLAG_USE_QUOTA | F.POOL_FLAG_UNINITIALIZED | F.POOL_FLAG_SESSION
+                        | F.POOL_FLAG_CACHE_ALIGNED | F.POOL_FLAG_RAISE_ON_FAILURE
+                        | F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_NON_PAGED_EXECUTE
+                        | F.POOL_FLAG_PAGED)
+POOL_KIND_MASK = F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_NON_PAGED_EXECUTE | F.POOL_FLAG_PAGED
+POOL_KIND_FLAGS = {F.POOL_FLAG_NON_PAGED: POOL_NX_ALLOCATION,
+                   F.POOL_FLAG_NON_PAGED_EXECUTE: 0,
+                   F.POOL_FLAG_PAGED: 1}
+MM_ANY_NODE_OK = 0x80000000
+PEP = PoolExtendedParameterType
+
+
+class POOL_EXTENDED_PARAMETER(NamedTuple):
+    """One ExAllocatePool3 extended parameter (the union member named by ``Type``)."""
+
+    Type: int
+    Optional: bool = False
+    Priority: int | None = None  # PoolExtendedParameterPriority
+    PreferredNode: int | None = None  # PoolExtendedParameterNumaNode
+    SecurePoolParams: object = None  # PoolExtendedParameterSecurePool (not modelled)
+
+
+class _Pool2Failure(Exception):
+    """An ExAllocatePool2/3 request that fails: NULL, or raised with RAISE_ON_FAILURE."""
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status
+
+
+def _checked_flags(flags) -> int:
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise TypeError(f"Flags must be a POOL_FLAGS int, not {type(flags).__name__}")
+    if not 0 <= flags < 1 << 64:
+        raise ValueError(f"Flags {flags:#x} is not a 64-bit POOL_FLAGS value")
+    return flags
 
 
 class ExecutiveRoutines:
@@ -22,3 +77,160 @@ class ExecutiveRoutines:
     def ExFreePool(self, P) -> None:
         """Free pool without naming its tag (a protected tag still must be named)."""
         self.pool.free(P, None)
+
+    # --- priorities ------------------------------------------------------------------------
+
+    def ExAllocatePoolWithTagPriority(self, PoolType, NumberOfBytes, Tag, Priority) -> int:
+        """NULL when the pool is low for this priority (Low first, Normal next, High only
+        when exhausted), else as ExAllocatePoolWithTag."""
+        return self.pool.allocate_with_priority(PoolType, NumberOfBytes, Tag, Priority)
+
+    def ExAllocatePoolZero(self, PoolType, NumberOfBytes, Tag) -> int:
+        return self._zeroed(self.pool.allocate(PoolType, NumberOfBytes, Tag), NumberOfBytes)
+
+    def _zeroed(self, va: int, number_of_bytes) -> int:
+        # Zeroing after the fast path costs less than taking the generic path to zero.
+        if va:
+            self.pool.zero(va, number_of_bytes)
+        return va
+
+    def ExAllocatePoolUninitialized(self, PoolType, NumberOfBytes, Tag) -> int:
+        return self.pool.allocate(PoolType, NumberOfBytes, Tag)
+
+    # --- quota -----------------------------------------------------------------------------
+
+    def ExAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
+        """Charge the current process's pool quota. Raises NtStatusError
+        (STATUS_QUOTA_EXCEEDED or STATUS_INSUFFICIENT_RESOURCES) on failure, or returns 0
+        when PoolType carries POOL_QUOTA_FAIL_INSTEAD_OF_RAISE."""
+        pool_type = checked_pool_type(PoolType)
+        fail_instead_of_raise = pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
+        va, status = self.pool.allocate_with_quota(
+            pool_type & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE),
+            NumberOfBytes, Tag, self._billed_process())
+        if va or fail_instead_of_raise:
+            return va
+        raise NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {NumberOfBytes} bytes "
+                                    f"for {self.current_process.name}")
+
+    def ExAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
+        return self.ExAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
+
+    def ExAllocatePoolQuotaZero(self, PoolType, NumberOfBytes, Tag) -> int:
+        return self.ExAllocatePoolWithQuotaTag(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
+                                               NumberOfBytes, Tag)
+
+    # --- ExAllocatePool2 / 3 -----------------------------------------------------------------
+
+    def ExAllocatePool2(self, Flags, NumberOfBytes, Tag) -> int:
+        """POOL_FLAGS allocation: zeroed unless POOL_FLAG_UNINITIALIZED; NULL on failure (an
+        unknown required flag, tag 0, no memory) unless POOL_FLAG_RAISE_ON_FAILURE."""
+        return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
+
+    def ExAllocatePool3(self, Flags, NumberOfBytes, Tag, ExtendedParameters=None,
+                        ExtendedParametersCount=0) -> int:
+        """ExAllocatePool2 with POOL_EXTENDED_PARAMETERs (priority, NUMA node)."""
+        flags = _checked_flags(Flags)
+        parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
+        try:
+            priority = _pool3_priority(parameters)
+        except _Pool2Failure as failure:
+            return self._pool2_failed(flags, failure)
+        return self._allocate_pool2(flags, NumberOfBytes, Tag, priority)
+
+    def ExFreePool2(self, P, Tag, ExtendedParameters=None, ExtendedParametersCount=0) -> None:
+        """Free with the tag check of ExFreePoolWithTag (secure pool is not modelled)."""
+        parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
+        if parameters:
+            raise ValueError("ExtendedParameters: ExFreePool2 takes only secure-pool "
+                             "parameters, and ntpool models no secure pool")
+        self.pool.free(P, Tag)
+
+    def _allocate_pool2(self, Flags, NumberOfBytes, Tag, priority) -> int:
+        flags = _checked_flags(Flags)
+        try:
+            pool_type = _pool2_type(flags, Tag)
+        except _Pool2Failure as failure:
+            return self._pool2_failed(flags, failure)
+        zero = not flags & F.POOL_FLAG_UNINITIALIZED
+        if flags & F.POOL_FLAG_USE_QUOTA:
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag,
+                                                       self._billed_process(), zero=zero)
+            return va or self._pool2_failed(flags, _Pool2Failure(status, "quota allocation failed"))
+        if priority is not None and priority & ~0xF != 32:
+            va = self.pool.allocate_with_priority(pool_type, NumberOfBytes, Tag, priority)
+        else:
+            va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
+        if va:
+            return self._zeroed(va, NumberOfBytes) if zero else va
+        return self._pool2_failed(flags, _Pool2Failure(
+            NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+
+    @staticmethod
+    def _pool2_failed(flags: int, failure: _Pool2Failure) -> int:
+        if flags & F.POOL_FLAG_RAISE_ON_FAILURE:
+            raise NtStatusError(failure.status, str(failure))
+        return 0
+
+
+def _pool2_type(flags: int, tag) -> int:
+    """The POOL_TYPE a POOL_FLAGS value asks for; _Pool2Failure for a request that fails."""
+    invalid = NtStatus.STATUS_INVALID_PARAMETER
+    unknown = flags & POOL_FLAG_REQUIRED_MASK & ~KNOWN_REQUIRED_FLAGS
+    if unknown:
+        raise _Pool2Failure(invalid, f"unknown required POOL_FLAGS {unknown:#x}")
+    pool_type = POOL_KIND_FLAGS.get(flags & POOL_KIND_MASK)
+    if pool_type is None:
+        raise _Pool2Failure(invalid, "exactly one of POOL_FLAG_NON_PAGED, "
+                                     "POOL_FLAG_NON_PAGED_EXECUTE, POOL_FLAG_PAGED is required")
+    if tag == 0 or (tag_value(tag) == 0 if type(tag) is not str else tag and not tag.strip("\0")):
+        raise _Pool2Failure(invalid, "pool tag 0")
+    if flags & F.POOL_FLAG_CACHE_ALIGNED:
+        pool_type |= CACHE_ALIGNED_POOL_TYPE_MASK
+    if flags & F.POOL_FLAG_SESSION:
+        pool_type |= SESSION_POOL_MASK
+    # Optional flags (the high half, e.g. POOL_FLAG_SPECIAL_POOL) are ignored, as documented
+    # for optional flags a system does not know.
+    return pool_type
+
+
+def _checked_extended(parameters, count) -> tuple:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"ExtendedParametersCount must be a non-negative int, got {count!r}")
+    if parameters is None:
+        if count:
+            raise ValueError("ExtendedParametersCount is non-zero but ExtendedParameters is None")
+        return ()
+    if isinstance(parameters, POOL_EXTENDED_PARAMETER):
+        parameters = (parameters,)
+    parameters = tuple(parameters)
+    if count > len(parameters):
+        raise ValueError(f"ExtendedParametersCount {count} exceeds the {len(parameters)} "
+                         f"ExtendedParameters given")
+    for parameter in parameters[:count]:
+        if not isinstance(parameter, POOL_EXTENDED_PARAMETER):
+            raise TypeError(f"ExtendedParameters must hold POOL_EXTENDED_PARAMETER values, "
+                            f"not {type(parameter).__name__}")
+    return parameters[:count]
+
+
+def _pool3_priority(parameters: tuple) -> int | None:
+    """The priority the parameters ask for; _Pool2Failure for an unsupported required one."""
+    invalid = NtStatus.STATUS_INVALID_PARAMETER
+    priority = None
+    seen = set()
+    for parameter in parameters:
+        kind = parameter.Type
+        if kind in seen:
+            raise _Pool2Failure(invalid, f"extended parameter type {kind} given twice")
+        seen.add(kind)
+        if kind == PEP.PoolExtendedParameterPriority:
+            priority = checked_priority(parameter.Priority)
+        elif kind == PEP.PoolExtendedParameterNumaNode:
+            node = parameter.PreferredNode
+            if node not in (0, MM_ANY_NODE_OK) and not parameter.Optional:
+                raise _Pool2Failure(invalid, f"NUMA node {node!r}: the machine has node 0 only")
+        elif not parameter.Optional:
+            raise _Pool2Failure(invalid, f"extended parameter type {kind!r} is not supported "
+                                         f"(secure pool is not modelled)")
+    return priority

@@ -2,7 +2,9 @@
 
 ``Kernel`` owns physical memory, the kernel address space, the two pools and the bug check
 state. The documented routines are methods, gathered from the front-end modules (``ex``
-for the executive's); each is a thin translation onto the one ``PoolAllocator``.
+for the executive's, ``fsrtl``, ``ndis``; ``irql``, ``paging`` and ``process`` for the
+machine state those contracts depend on); each is a thin translation onto the one
+``PoolAllocator``.
 
 After a bug check the machine is halted: its class becomes a halted twin whose attribute
 lookup refuses every routine with a clear message, so live machines pay nothing for the
@@ -11,10 +13,15 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 
 import os
 
-from .constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
+from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
 from .drivers import CallSites, DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
+from .fsrtl import FsRtlRoutines
+from .irql import IrqlRoutines
+from .ndis import NdisRoutines
+from .paging import PagingRoutines
+from .process import ProcessRoutines
 from .memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
@@ -65,7 +72,8 @@ def _positive_bytes(name: str, value) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-class Kernel(ExecutiveRoutines, DriverRoutines):
+class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
+             ProcessRoutines, DriverRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -103,6 +111,10 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
         self.current_driver = None
         self.fault_handlers: list = []
         self.user_copy_observers: list = []  # called (kernel, source, length) by copy_to_user
+        self._init_irql()
+        self._init_paging()
+        self._init_processes()
+        self._init_ndis()
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -189,13 +201,32 @@ class Kernel(ExecutiveRoutines, DriverRoutines):
 
         Layers on top (special pool) add ``fault_handlers``: each is called with
         (address, write) and returns the page's physical address, or None when the address
-        is not its business (it may bug-check instead). Otherwise an unmapped kernel address
-        is PAGE_FAULT_IN_NONPAGED_AREA.
+        is not its business (it may bug-check instead).
+
+        At DISPATCH_LEVEL or above no fault may be resolved: DRIVER_IRQL_NOT_LESS_OR_EQUAL
+        (0xD1) when a driver's code made the access, IRQL_NOT_LESS_OR_EQUAL (0xA) otherwise,
+        with (address, IRQL, 0 read / 1 write, the accessing instruction's address). Below
+        it a paged-out page is paged back in; an unmapped user-mode address (a NULL pointer)
+        is KMODE_EXCEPTION_NOT_HANDLED; any other unmapped kernel address is
+        PAGE_FAULT_IN_NONPAGED_AREA.
         """
         for handler in self.fault_handlers:
             base = handler(address, write)
             if base is not None:
                 return base
+        irql = self.irql_by_processor[self.current_processor]
+        if irql >= DISPATCH_LEVEL:
+            site = self.call_sites.site_of_caller()
+            entry = self.call_sites.table[site]
+            by_driver = bool(entry.driver) or self.current_driver is not None
+            code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL if by_driver else \
+                BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
+            self.KeBugCheckEx(code, address, irql, int(write), entry.address,
+                              detail=f"{'write to' if write else 'read of'} {address:#x} "
+                                     f"(not resident) at IRQL {irql}, from "
+                                     f"{self.call_sites.describe(site)}")
+        if self.pager.is_paged_out(address):
+            return self.pager.page_in(address)
         if address < SYSTEM_RANGE_START:
             # Kernel code touching a user-mode address nothing maps (a NULL pointer, most
             # often): an access violation no handler catches.
@@ -278,6 +309,8 @@ INSPECTION = frozenset({
     "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
     "crash_dump", "crash_dump_kind", "crash_dump_error",
+    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
+    "system_process", "is_resident",
 })
 
 _halted_classes: dict[type, type] = {}

@@ -16,6 +16,8 @@ from .constants import PAGE_SHIFT, PAGE_SIZE
 
 PTE_PRESENT = 1 << 0
 PTE_WRITABLE = 1 << 1
+PTE_WRITE_THROUGH = 1 << 3
+PTE_CACHE_DISABLE = 1 << 4
 PTE_ACCESSED = 1 << 5
 PTE_DIRTY = 1 << 6
 PTE_NX = 1 << 63
@@ -142,6 +144,14 @@ class AddressSpace:
         pte_pa = self._pte_address(va, create=True)
         _QWORD.pack_into(self.physical.buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
         self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
+
+    def set_pte_bits(self, va: int, bits: int) -> None:
+        """OR ``bits`` into a mapped page's PTE (e.g. PTE_CACHE_DISABLE for noncached memory)."""
+        pte_pa = self._pte_address(va, create=False)
+        if pte_pa is None:
+            raise KeyError(f"{va:#x} is not mapped")
+        entry = _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
+        _QWORD.pack_into(self.physical.buffer, pte_pa, entry | bits)
 
     def unmap_page(self, va: int, keep: int = 0) -> int:
         """Clear the PTE (leaving ``keep`` in its non-present bits) and return the frame."""

@@ -8,24 +8,41 @@ error, goes to ``allocate_generic`` / ``free_generic``, which check everything a
 diagnose with Windows' bug check codes.
 
 The checks that depend on machine state (IRQL, Driver Verifier) cost nothing on the fast
-path: the machine narrows ``fast_pools`` (which pool types the fast path may serve) when
-such a check has to run, so those calls reach the generic path.
+path: the machine narrows ``fast_pools`` (which pool types the fast path may serve) and
+``fast_free_slots`` (which pools the free fast path may serve) when such a check has to
+run, so those calls reach the generic path. ``refresh_fast_paths`` recomputes both from
+the current IRQL and ``fast_path_blockers`` (a set other layers add a name to while they
+need every call to reach the generic path).
+
+The POOL_TYPE variants (cache-aligned, zeroed, raise-on-failure, quota-charged,
+priorities) are options of the generic path; the front ends (ex, fsrtl, ndis) only
+translate their routine's contract onto it.
 """
 
 import sys
 
 from ..constants import (
+    APC_LEVEL,
     BASE_POOL_TYPE_MASK,
     CACHE_ALIGNED_POOL_TYPE_MASK,
+    DISPATCH_LEVEL,
     MAX_SMALL_ALLOCATION,
     MUST_SUCCEED_POOL_TYPE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
+    POOL_COLD_ALLOCATION,
+    POOL_NX_ALLOCATION,
+    POOL_QUOTA_FAIL_INSTEAD_OF_RAISE,
+    POOL_RAISE_IF_ALLOCATION_FAILURE,
+    POOL_ZERO_ALLOCATION,
+    SESSION_POOL_MASK,
     SYSTEM_RANGE_START,
     BadPoolCaller,
     BugCheckCode,
+    NtStatus,
+    PoolPriority,
 )
-from ..errors import TagError
+from ..errors import NtStatusError, TagError
 from ..tags import BIG_TAG, PROTECTED_POOL, from_display, has_letter_or_digit, tag_value
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
 from .header import (
@@ -58,11 +75,35 @@ _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
 _getframe = sys._getframe
 
+CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
+# Every bit a POOL_TYPE argument may carry (base, must-succeed, cache-aligned, the quota /
+# fail-instead-of-raise bit, raise-on-failure, session, cold, NX, zero).
+VALID_POOL_TYPE_BITS = (BASE_POOL_TYPE_MASK | MUST_SUCCEED_POOL_TYPE_MASK
+                        | CACHE_ALIGNED_POOL_TYPE_MASK | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
+                        | POOL_RAISE_IF_ALLOCATION_FAILURE | SESSION_POOL_MASK
+                        | POOL_COLD_ALLOCATION | POOL_NX_ALLOCATION | POOL_ZERO_ALLOCATION)
+
+# "Resources are low" for EX_POOL_PRIORITY: the share of a pool's pages in use beyond which
+# a request of that priority fails (High fails only when the pool is exhausted).
+LOW_PRIORITY_LIMIT = 0.80
+NORMAL_PRIORITY_LIMIT = 0.95
+PRIORITY_BASES = {0: LOW_PRIORITY_LIMIT, 16: NORMAL_PRIORITY_LIMIT, 32: None}
+VALID_PRIORITIES = frozenset(int(p) for p in PoolPriority)
+
+STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
+STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
+
 
 class PoolAllocator:
     def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites):
+        # Who allocated: the caller's (code, instruction) -> call-site number, and the table.
         self.call_sites = call_sites
         self.site_index = call_sites.index
+        # A layer on top (Driver Verifier) that sees every allocation and free on the
+        # generic path: ``allocate(pool, bytes, tag, site, aligned) -> address | None``
+        # (None: not its business), ``free(address, tag) -> bool`` (True: it freed it) and
+        # ``site_of(address) -> site | None``. While one is set the fast paths are off.
+        self.interceptor = None
         self.nonpaged = nonpaged
         self.paged = paged
         self.pools = (nonpaged, paged)
@@ -72,36 +113,57 @@ class PoolAllocator:
         self.tlb = nonpaged.tlb
         # Tag arguments already validated -> (ULONG value, tracker row).
         self.known_tags: dict = {}
+        # The IRQL of the processor the caller runs on (the machine keeps it current).
+        self.irql = 0
+        # Names of layers that need every call on the generic path while they are active.
+        self.fast_path_blockers: set = set()
         # The pool types the fast path may serve right now -> their pool.
         self.fast_pools: dict[int, Pool] = {}
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
-        # A layer on top (Driver Verifier) that sees every allocation and free on the
-        # generic path: ``allocate(pool, bytes, tag, site) -> address | None`` (None: not
-        # its business) and ``free(address, tag) -> bool`` (True: it freed it).
-        self.interceptor = None
-        self.restore_fast_pools()
+        # The pools (by address >> 39) the free fast path may serve right now.
+        self.fast_free_slots: dict[int, Pool] = {}
+        # Quota charges: a ledger with try_charge/release (the machine installs it) and the
+        # process billed for each quota-charged big allocation (big pages have no header).
+        self.quota = None
+        self.big_quota: dict[int, tuple[int, int]] = {}  # va -> (EPROCESS address, bytes)
+        self.refresh_fast_paths()
+
+    def refresh_fast_paths(self) -> None:
+        """Let the fast paths serve exactly what needs no check at the current IRQL."""
+        fast: dict[int, Pool] = {}
+        if not self.fast_path_blockers and self.irql <= DISPATCH_LEVEL:
+            fast[0] = fast[POOL_NX_ALLOCATION] = self.nonpaged
+            if self.irql <= APC_LEVEL:
+                fast[1] = self.paged
+        self.fast_pools = fast
+        self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
 
     def restore_fast_pools(self, paged_allowed: bool = True) -> None:
-        """Let the fast paths serve what they may; none at all while an interceptor is set."""
-        if self.interceptor is not None:
-            self.fast_pools = {}
-            self.pools_by_slot = {}
-            return
-        self.fast_pools = {0: self.nonpaged}
-        if paged_allowed:
-            self.fast_pools[1] = self.paged
-        self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
+        self.refresh_fast_paths()
+        if not paged_allowed:
+            self.fast_pools.pop(1, None)
+            self.fast_free_slots.pop(self.paged.base >> 39, None)
 
     def set_interceptor(self, interceptor) -> None:
         self.interceptor = interceptor
-        self.restore_fast_pools()
+        if interceptor is None:
+            self.fast_path_blockers.discard("interceptor")
+        else:
+            self.fast_path_blockers.add("interceptor")
+        self.refresh_fast_paths()
+
+    def set_irql(self, irql: int) -> None:
+        if irql != self.irql:
+            self.irql = irql
+            self.refresh_fast_paths()
 
     # --- fast paths ----------------------------------------------------------------------
 
     def allocate(self, pool_type, number_of_bytes, tag) -> int:
         """ExAllocatePoolWithTag's contract: the body address, or 0 when the pool is exhausted.
 
-        Called directly by a front-end routine, so the driver's call is two frames up.
+        Called by a front-end routine, so the driver's call is normally two frames up; when
+        that frame is ntpool's own (a routine built on another), the site lookup walks out.
         """
         frame = _getframe(2)
         site = self.site_index.get((frame.f_code, frame.f_lasti))
@@ -131,7 +193,7 @@ class PoolAllocator:
     def free(self, address, tag=None) -> None:
         """ExFreePoolWithTag's contract (``tag`` None: ExFreePool, no tag to compare)."""
         try:
-            pool = self.pools_by_slot[address >> 39]
+            pool = self.fast_free_slots[address >> 39]
             if address & 0xFFF and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
@@ -192,19 +254,29 @@ class PoolAllocator:
     def pool_for(self, pool_type: int) -> Pool:
         return self.pools[pool_type & BASE_POOL_TYPE_MASK]
 
-    def caller_site(self, depth: int = 2) -> int:
-        """Call site of the driver code ``depth`` frames above the caller of this method."""
-        frame = _getframe(depth + 1)
-        site = self.site_index.get((frame.f_code, frame.f_lasti))
-        return self.call_sites.lookup(frame) if site is None else site
+    def caller_site(self) -> int:
+        """The call site of the driver code that called into ntpool (walking out of ntpool)."""
+        return self.call_sites.lookup(_getframe(1))
 
     def allocate_generic(self, pool_type, number_of_bytes, tag, site: int | None = None) -> int:
-        """Every check, then ``allocate_checked``. Without ``site``, the caller's caller is
-        taken as the driver's call (a front-end routine calling this directly)."""
+        """ExAllocatePoolWithTag for any POOL_TYPE, every check made; 0 when exhausted.
+
+        POOL_RAISE_IF_ALLOCATION_FAILURE raises NtStatusError(STATUS_INSUFFICIENT_RESOURCES)
+        instead of returning 0; POOL_ZERO_ALLOCATION zeroes the memory.
+        """
         if site is None:
-            site = self.caller_site(2)
-        pool_type = _checked_pool_type(pool_type)
+            site = self.caller_site()
+        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag)
+        va = self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value,
+                                   aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
+        return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
+                           raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+
+    def admit(self, pool_type, number_of_bytes, tag) -> tuple[int, int, int]:
+        """Validate a request as Windows does, in its order: (type, bytes, tag value)."""
+        pool_type = checked_pool_type(pool_type)
         number_of_bytes = _checked_size(number_of_bytes)
+        self.check_allocate_irql(pool_type, number_of_bytes)
         if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.MUST_SUCCEED, pool_type, number_of_bytes,
                        tag_value(tag) if tag else 0,
@@ -214,18 +286,55 @@ class PoolAllocator:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.ZERO_BYTES, 0, pool_type, value,
                        detail="zero-byte pool allocation")
         self.remember_tag(tag, value)
-        return self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value, site)
+        return pool_type, number_of_bytes, value
 
-    def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
+    def check_allocate_irql(self, pool_type: int, number_of_bytes: int) -> None:
+        irql = self.irql
+        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool_type & BASE_POOL_TYPE_MASK):
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.ALLOCATE_AT_BAD_IRQL, irql, pool_type,
+                       number_of_bytes,
+                       detail=f"allocation of {'paged' if pool_type & 1 else 'nonpaged'} pool "
+                              f"at IRQL {irql}")
+
+    def finish(self, va: int, number_of_bytes: int, zero: bool, raise_on_failure: bool) -> int:
+        if not va:
+            if raise_on_failure:
+                raise NtStatusError(STATUS_INSUFFICIENT_RESOURCES,
+                                    f"no pool for {number_of_bytes} bytes")
+            return 0
+        if zero:
+            self.zero(va, number_of_bytes)
+        return va
+
+    def zero(self, va: int, number_of_bytes: int) -> None:
+        pool = self.pool_at(va)
+        end = va + number_of_bytes
+        while va < end:
+            length = min(PAGE_SIZE - (va & 0xFFF), end - va)
+            pa = pool._pa(va)
+            self.mem[pa:pa + length] = bytes(length)
+            va += length
+
+    def pool_at(self, va: int) -> Pool:
+        return self.pools_by_slot[va >> 39]
+
+    def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int,
+                         aligned: bool = False, site: int | None = None) -> int:
         """Allocate with every argument already validated; 0 when the pool is exhausted."""
+        if site is None:
+            site = self.caller_site()
         if self.interceptor is not None:
-            address = self.interceptor.allocate(pool, number_of_bytes, tag, site)
+            address = self.interceptor.allocate(pool, number_of_bytes, tag, site, aligned)
             if address is not None:
                 return address
-        return self.allocate_plain(pool, number_of_bytes, tag, site)
+        return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
 
-    def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0) -> int:
-        """The allocation itself, with no layer consulted."""
+    def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
+                       aligned: bool = False) -> int:
+        """The allocation itself, no layer consulted; the site goes where Windows keeps
+        AllocatorBackTraceIndex (header bytes 8-9; beside the big page table for big ones)."""
+        if aligned and (number_of_bytes + 31) >> 4 > 0xFF - (CACHE_LINE // 16 - 1):
+            number_of_bytes = max(number_of_bytes, MAX_SMALL_ALLOCATION + 1)  # page-aligned
         if number_of_bytes > MAX_SMALL_ALLOCATION:
             va = pool.allocate_big(number_of_bytes, tag)
             if va:
@@ -233,10 +342,17 @@ class PoolAllocator:
                 self.tracker.charge(tag, pool.track_offset, pool.big_pages[va][1] << PAGE_SHIFT)
             return va
         block_size = (number_of_bytes + 31) >> 4
+        if aligned:
+            chunk = pool.allocate_small_aligned(block_size, tag, CACHE_LINE)
+            if not chunk:
+                return 0
+            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
+            self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
+            return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.la_head[block_size]
             if body:
-                pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
+                pa = pool._pa(body)
                 pool.la_head[block_size] = _unpack_qword(self.mem, pa)[0]
                 pool.la_depth[block_size] -= 1
                 _pack_type_tag(self.mem, pa - 13, pool.allocated_header_type, tag, site)
@@ -246,9 +362,81 @@ class PoolAllocator:
         if not chunk:
             return 0
         if site:
-            _pack_qword(self.mem, self.tlb[chunk >> PAGE_SHIFT] + (chunk & 0xFFF) + 8, site)
+            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
+
+    # --- priorities and quota --------------------------------------------------------------
+
+    def resources_available(self, pool: Pool, number_of_bytes: int, priority: int) -> bool:
+        """Whether a request of this EX_POOL_PRIORITY may be tried (High: always)."""
+        limit = PRIORITY_BASES[priority & ~0xF]
+        if limit is None:
+            return True
+        pages = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT if \
+            number_of_bytes > MAX_SMALL_ALLOCATION else 0
+        return pool.pages_in_use + pages <= limit * pool.page_count
+
+    def allocate_with_priority(self, pool_type, number_of_bytes, tag, priority) -> int:
+        """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority."""
+        priority = checked_priority(priority)
+        if priority & ~0xF != 32:
+            pool_type = checked_pool_type(pool_type)
+            size = _checked_size(number_of_bytes)
+            if not self.resources_available(self.pool_for(pool_type), size, priority):
+                self.admit(pool_type, size, tag)  # a caller error still bug-checks first
+                return 0
+        return self.allocate(pool_type, number_of_bytes, tag)
+
+    def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:
+        """What a quota allocation charges: its chunk (BlockSize x 16) or its pages."""
+        blocks = (number_of_bytes + 31) >> 4
+        if aligned and blocks > 0xFF - (CACHE_LINE // 16 - 1):
+            number_of_bytes = max(number_of_bytes, MAX_SMALL_ALLOCATION + 1)
+        if number_of_bytes > MAX_SMALL_ALLOCATION:
+            return ((number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT
+        return blocks << BLOCK_SHIFT
+
+    def allocate_with_quota(self, pool_type, number_of_bytes, tag, process: int,
+                            zero: bool = False) -> tuple[int, int]:
+        """A quota-charged allocation for the process whose EPROCESS is at ``process``.
+
+        Returns (address, 0) or (0, NTSTATUS): STATUS_QUOTA_EXCEEDED when the charge does not
+        fit the process's quota, STATUS_INSUFFICIENT_RESOURCES when the pool is exhausted. The
+        front end decides whether to raise or to return NULL. ``process`` 0 charges nothing
+        (the System process is not charged, as in Windows).
+        """
+        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag)
+        pool = self.pool_for(pool_type)
+        aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
+        charge = self.quota_charge_for(number_of_bytes, aligned)
+        if process and not self.quota.try_charge(process, pool.base_type, charge):
+            return 0, STATUS_QUOTA_EXCEEDED
+        va = self.allocate_checked(pool, number_of_bytes, value, aligned=aligned)
+        if not va:
+            if process:
+                self.quota.release(process, pool.base_type, charge)
+            return 0, STATUS_INSUFFICIENT_RESOURCES
+        if process:
+            self.bill(pool, va, process, charge)
+        if zero or pool_type & POOL_ZERO_ALLOCATION:
+            self.zero(va, number_of_bytes)
+        return va, 0
+
+    def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
+        """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
+        if va & (PAGE_SIZE - 1):
+            pa = pool._pa(va - HEADER_SIZE)
+            self.mem[pa + 3] |= POOL_QUOTA
+            _pack_qword(self.mem, pa + 8, process)
+        else:
+            self.big_quota[va] = (process, charge)
+
+    def release_quota(self, pool: Pool, chunk: int, pa: int) -> None:
+        """Return a small chunk's quota charge to the process its header names."""
+        process = _unpack_qword(self.mem, pa + 8)[0]
+        if self.quota is not None and process:
+            self.quota.release(process, pool.base_type, self.mem[pa + 2] << BLOCK_SHIFT)
 
     # --- generic free --------------------------------------------------------------------
 
@@ -269,6 +457,10 @@ class PoolAllocator:
         if self.interceptor is not None and self.interceptor.free(address, passed):
             return
         pool = self.locate(address)
+        irql = self.irql
+        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool.base_type == 1):
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, pool.base_type,
+                       address, detail=f"free of {pool.name} at IRQL {irql}")
         kind = pool.page_kind_of(address)
         if kind == PAGE_SMALL:
             self._free_small_checked(pool, address, passed)
@@ -298,7 +490,7 @@ class PoolAllocator:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, address, 0, 0,
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
-        pa = self.tlb[chunk >> PAGE_SHIFT] + (chunk & 0xFFF)
+        pa = pool._pa(chunk)
         raw = header_value(self.mem[pa:pa + 8])
         _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
         check_not_already_freed(self.crash, type_byte, raw, address)
@@ -309,7 +501,7 @@ class PoolAllocator:
         if end & (PAGE_SIZE - 1):
             check_next_previous_size(self.crash, chunk, block_size, self.mem[pa + (block_size << 4)])
         if type_byte & POOL_QUOTA:
-            self.release_quota(chunk)
+            self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
         depths = pool.la_depth
         if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
@@ -321,14 +513,14 @@ class PoolAllocator:
         self.mem[pa + 3] = type_byte & 3
         pool.free_small(chunk)
 
-    def release_quota(self, chunk: int) -> None:
-        """Return a quota charge; the contracts layer installs the real one."""
-
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
         stored, count = pool.big_pages[address]
         if passed is not None or stored & PROTECTED_POOL:
             check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         self.tracker.release(stored, pool.track_offset, count << PAGE_SHIFT)
+        billed = self.big_quota.pop(address, None)
+        if billed is not None and self.quota is not None:
+            self.quota.release(billed[0], pool.base_type, billed[1])
         pool.free_big(address)
 
     # --- queries -------------------------------------------------------------------------
@@ -342,8 +534,7 @@ class PoolAllocator:
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
-        chunk = address - HEADER_SIZE
-        pa = self.tlb[chunk >> PAGE_SHIFT] + (chunk & 0xFFF)
+        pa = pool._pa(address - HEADER_SIZE)
         if self.mem[pa + 3] & POOL_QUOTA:
             return 0  # ProcessBilled holds the quota owner instead, as in Windows
         return int.from_bytes(self.mem[pa + 8:pa + 10], "little")
@@ -353,16 +544,27 @@ class PoolAllocator:
         pool = self.locate(address)
         if pool.page_kind_of(address) == PAGE_BIG_FIRST and address in pool.big_pages:
             return pool.big_pages[address][1] << PAGE_SHIFT
-        pa = self.tlb[(address - HEADER_SIZE) >> PAGE_SHIFT] + ((address - HEADER_SIZE) & 0xFFF)
+        pa = pool._pa(address - HEADER_SIZE)
         return (self.mem[pa + 2] << BLOCK_SHIFT) - HEADER_SIZE
 
 
-def _checked_pool_type(pool_type) -> int:
+def checked_pool_type(pool_type) -> int:
     if isinstance(pool_type, bool) or not isinstance(pool_type, int):
         raise TypeError(f"PoolType must be a POOL_TYPE value, not {type(pool_type).__name__}")
-    if pool_type < 0 or pool_type > 0xFFFF:
-        raise ValueError(f"PoolType {pool_type} is not a POOL_TYPE value")
+    if pool_type < 0 or pool_type & ~VALID_POOL_TYPE_BITS:
+        raise ValueError(f"PoolType {pool_type:#x} is not a POOL_TYPE value "
+                         f"(unknown bits {pool_type & ~VALID_POOL_TYPE_BITS:#x})")
     return int(pool_type)
+
+
+def checked_priority(priority) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"Priority must be an EX_POOL_PRIORITY value, not {type(priority).__name__}")
+    if priority not in VALID_PRIORITIES:
+        raise ValueError(f"Priority {priority} is not an EX_POOL_PRIORITY value "
+                         f"(LowPoolPriority 0, NormalPoolPriority 16, HighPoolPriority 32, "
+                         f"+8/+9 for the special pool variants)")
+    return int(priority)
 
 
 def _checked_size(number_of_bytes) -> int:
@@ -383,4 +585,5 @@ def _checked_address(address) -> int:
     return address
 
 
-__all__ = ["PoolAllocator", "CACHE_ALIGNED_POOL_TYPE_MASK", "TagError"]
+__all__ = ["PoolAllocator", "CACHE_ALIGNED_POOL_TYPE_MASK", "TagError", "checked_pool_type",
+           "checked_priority"]

@@ -74,11 +74,19 @@ class Pool:
 
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, page count)
         self.big_sites: dict[int, int] = {}  # va -> call site (big pages have no header)
+        # The pager of a pageable pool (None: the pool is resident). The allocator runs
+        # below DISPATCH_LEVEL whenever it touches pageable pool, so it may fault pages in.
+        self.pager = None
 
     # --- addresses ----------------------------------------------------------------------
 
     def _pa(self, va: int) -> int:
-        return self.tlb[va >> PAGE_SHIFT] + (va & (PAGE_SIZE - 1))
+        base = self.tlb.get(va >> PAGE_SHIFT)
+        if base is None:
+            if self.pager is None:
+                raise KeyError(va)
+            base = self.pager.page_in(va)  # KeyError when the page is not paged out either
+        return base + (va & (PAGE_SIZE - 1))
 
     def contains(self, va: int) -> bool:
         return self.base <= va < self.limit
@@ -128,10 +136,31 @@ class Pool:
         va = self._map_pages(index, count, kind)
         return 0 if va is None else va
 
+    def take_pages_with_frames(self, first_pfn: int, count: int, kind: int) -> int:
+        """Map ``count`` free pool pages onto frames already taken (first_pfn onwards).
+
+        For physically contiguous memory; 0 (and nothing mapped) when no run of pool
+        pages is free.
+        """
+        index = self._find_pages(count)
+        if index < 0:
+            return 0
+        va = self.base + (index << PAGE_SHIFT)
+        for offset in range(count):
+            self.space.map_page(va + (offset << PAGE_SHIFT), first_pfn + offset)
+        self.page_kind[index:index + count] = bytes([kind]) * count
+        self.pages_in_use += count
+        self._page_hint = index + count
+        return va
+
     def release_pages(self, va: int, count: int) -> None:
         index = (va - self.base) >> PAGE_SHIFT
         for offset in range(count):
-            pfn = self.space.unmap_page(va + (offset << PAGE_SHIFT))
+            page = va + (offset << PAGE_SHIFT)
+            if self.pager is not None and self.tlb.get(page >> PAGE_SHIFT) is None:
+                self.pager.discard(page)  # paged out: nothing resident to give back
+                continue
+            pfn = self.space.unmap_page(page)
             self.physical.free_frame(pfn)
         self.page_kind[index:index + count] = bytes(count)
         self.pages_in_use -= count
@@ -249,6 +278,39 @@ class Pool:
         self._write_header(mine, remainder, block_size, allocated, tag)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
+        return mine
+
+    def allocate_small_aligned(self, block_size: int, tag: int, alignment: int) -> int:
+        """Header address of a chunk whose body is ``alignment``-aligned, or 0.
+
+        As Windows does for the cache-aligned pool types: take a chunk with room to slide,
+        then give the unaligned front and the unused tail back as free chunks of their own,
+        so every page keeps a consistent header chain.
+        """
+        slack = alignment // 16 - 1
+        total = block_size + slack
+        chunk = self.allocate_small(total, tag)
+        if not chunk:
+            return 0
+        lead = ((-(chunk + HEADER_SIZE)) % alignment) >> BLOCK_SHIFT
+        tail = slack - lead
+        previous_size = self._read_first8(chunk)[0]
+        mine = chunk + (lead << BLOCK_SHIFT)
+        allocated = self.allocated_header_type
+        if lead:
+            self._write_header(chunk, previous_size, lead, POOL_FREE, tag)
+            self._write_header(mine, lead, block_size, allocated, tag)
+        else:
+            self._write_header(mine, previous_size, block_size, allocated, tag)
+        rest = mine + (block_size << BLOCK_SHIFT)
+        if not tail:
+            self._set_previous_size(rest, block_size)
+        else:
+            self._write_header(rest, block_size, tail, POOL_FREE, tag)
+            self._set_previous_size(rest + (tail << BLOCK_SHIFT), tail)
+            self.free_small(rest)
+        if lead:
+            self.free_small(chunk)
         return mine
 
     def _list_remainder(self, chunk: int, block_size: int) -> None:

@@ -138,7 +138,7 @@ class DriverVerifier:
 
     # --- the allocator's interceptor ---------------------------------------------------------
 
-    def allocate(self, pool, number_of_bytes: int, tag: int, site: int):
+    def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False):
         options = self.options_for_site(site)
         if options is None:
             return None
@@ -149,11 +149,12 @@ class DriverVerifier:
                 self.low_resources.should_fail(options, tag):
             return 0
         address = 0
-        if flags & VerifierFlags.SPECIAL_POOL and self.special_pool.wants(options, number_of_bytes, tag):
+        if flags & VerifierFlags.SPECIAL_POOL and not aligned and \
+                self.special_pool.wants(options, number_of_bytes, tag):
             address = self.special_pool.allocate(pool, number_of_bytes, tag, site,
                                                  options.special_pool_underruns)
         if not address:
-            address = self.kernel.pool.allocate_plain(pool, number_of_bytes, tag, site)
+            address = self.kernel.pool.allocate_plain(pool, number_of_bytes, tag, site, aligned)
         if address:
             if flags & VerifierFlags.POOL_TRACKING:
                 self.tracking.record(address, pool.base_type, number_of_bytes, tag, site)

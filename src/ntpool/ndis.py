@@ -1,0 +1,329 @@
+"""NDIS's memory routines (ndis.h), as methods of the machine.
+
+The C routines return their address through an out parameter; here
+``status, va = k.NdisAllocateMemoryWithTag(Length, Tag)`` returns both. A failure is
+NDIS_STATUS_FAILURE and 0 and leaves nothing behind, so the next call may succeed.
+
+NDIS versions: a driver registers with NdisMRegisterMiniportDriver (NDIS 6.x) or
+NdisMInitializeWrapper + NdisMRegisterMiniport (NDIS 5.x); the version is recorded on the
+driver object as ``ndis_version = (major, minor)``. When the running driver
+(``k.current_driver``) registered as NDIS 6.x, the NDIS 5.x-only routines
+(NdisAllocateMemory, NdisAllocateMemoryWithTag) raise ``ntpool.NdisVersionError``; the
+NDIS 6.20 routine NdisFreeMemoryWithTagPriority raises it for earlier versions.
+
+NDIS_MEMORY_CONTIGUOUS / NDIS_MEMORY_NONCACHED memory is physically contiguous frames
+(below HighestAcceptableAddress) mapped at pool pages of the nonpaged pool's address
+range, reserved for it; its tag ('NDam') is in the pool's big page table and the tracker,
+so tools see it like any big allocation, but only NdisFreeMemory with the same Length and
+MemoryFlags frees it. NONCACHED pages have the PTE's cache-disable and write-through bits.
+"""
+
+from typing import NamedTuple
+
+from .constants import (
+    DISPATCH_LEVEL,
+    MAX_SMALL_ALLOCATION,
+    NDIS_MEMORY_CONTIGUOUS,
+    NDIS_MEMORY_NONCACHED,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PASSIVE_LEVEL,
+    NdisStatus,
+    PoolType,
+)
+from .errors import NdisContractError, NdisVersionError
+from .memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
+from .pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
+from .pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
+from .tags import DEFAULT_TAG_NDIS
+
+SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
+FAILURE = NdisStatus.NDIS_STATUS_FAILURE
+VALID_MEMORY_FLAGS = NDIS_MEMORY_CONTIGUOUS | NDIS_MEMORY_NONCACHED
+NDIS_HANDLE_BLOCK_SIZE = 0x100  # kernel memory behind each handle NDIS gives out
+
+
+class NDIS_MINIPORT_DRIVER_CHARACTERISTICS(NamedTuple):
+    """The parts of the NDIS 6.x characteristics NdisMRegisterMiniportDriver reads."""
+
+    MajorNdisVersion: int
+    MinorNdisVersion: int
+    MajorDriverVersion: int = 0
+    MinorDriverVersion: int = 0
+    Flags: int = 0
+
+
+class NDIS_MINIPORT_CHARACTERISTICS(NamedTuple):
+    """The parts of the NDIS 5.x characteristics NdisMRegisterMiniport reads."""
+
+    MajorNdisVersion: int
+    MinorNdisVersion: int
+
+
+def _uint(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (UINT), not {type(value).__name__}")
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} {value} does not fit in a UINT (0..0xFFFFFFFF)")
+    return value
+
+
+def _address(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an address (int), not {type(value).__name__}")
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{name} {value:#x} is not a 64-bit address")
+    return value
+
+
+def _memory_flags(value) -> int:
+    flags = _uint("MemoryFlags", value)
+    if flags & ~VALID_MEMORY_FLAGS:
+        raise ValueError(f"MemoryFlags {flags:#x} has bits other than NDIS_MEMORY_CONTIGUOUS (1) "
+                         f"and NDIS_MEMORY_NONCACHED (2)")
+    return flags
+
+
+def _highest_pfn(highest) -> int | None:
+    """The last frame wholly at or below HighestAcceptableAddress (None: anywhere)."""
+    if isinstance(highest, bool) or not isinstance(highest, int):
+        raise TypeError(f"HighestAcceptableAddress must be an int (-1 for any address), "
+                        f"not {type(highest).__name__}")
+    if highest in (-1, 0xFFFFFFFFFFFFFFFF):
+        return None
+    if not 0 <= highest < 1 << 64:
+        raise ValueError(f"HighestAcceptableAddress {highest:#x} is not a physical address or -1")
+    return ((highest + 1) >> PAGE_SHIFT) - 1
+
+
+def _version(characteristics, routine: str) -> tuple[int, int]:
+    try:
+        major, minor = characteristics.MajorNdisVersion, characteristics.MinorNdisVersion
+    except AttributeError:
+        raise TypeError(f"{routine}: the characteristics must have MajorNdisVersion and "
+                        f"MinorNdisVersion") from None
+    for name, value in (("MajorNdisVersion", major), ("MinorNdisVersion", minor)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFF:
+            raise ValueError(f"{routine}: {name} must be a UCHAR, got {value!r}")
+    return major, minor
+
+
+class NdisRoutines:
+    def _init_ndis(self) -> None:
+        self.ndis_handles: dict[int, object] = {}  # handle -> driver object
+        self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
+
+    # --- registration and versions --------------------------------------------------------
+
+    def _new_ndis_handle(self, driver) -> int:
+        handle = self.kernel_data.reserve(NDIS_HANDLE_BLOCK_SIZE)
+        self.ndis_handles[handle] = driver
+        return handle
+
+    @staticmethod
+    def _record_version(driver, version: tuple[int, int], routine: str) -> None:
+        if driver is None:
+            raise ValueError(f"{routine}: DriverObject must be the driver object, not None")
+        try:
+            driver.ndis_version = version
+        except AttributeError:
+            raise TypeError(f"{routine}: DriverObject must be a driver object that can record "
+                            f"its NDIS version, not {type(driver).__name__}") from None
+
+    def NdisMRegisterMiniportDriver(self, DriverObject, RegistryPath, MiniportDriverContext,
+                                    MiniportDriverCharacteristics) -> tuple[int, int]:
+        """Register an NDIS 6.x miniport; returns (status, NdisMiniportDriverHandle)."""
+        major, minor = _version(MiniportDriverCharacteristics, "NdisMRegisterMiniportDriver")
+        if major != 6:
+            return NdisStatus.NDIS_STATUS_BAD_VERSION, 0
+        self._record_version(DriverObject, (major, minor), "NdisMRegisterMiniportDriver")
+        return SUCCESS, self._new_ndis_handle(DriverObject)
+
+    def NdisMInitializeWrapper(self, SystemSpecific1, SystemSpecific2=None,
+                               SystemSpecific3=None) -> int:
+        """NDIS 5.x: the NdisWrapperHandle for a driver object (SystemSpecific1)."""
+        if SystemSpecific1 is None:
+            raise ValueError("NdisMInitializeWrapper: SystemSpecific1 must be the driver object")
+        return self._new_ndis_handle(SystemSpecific1)
+
+    def NdisMRegisterMiniport(self, NdisWrapperHandle, MiniportCharacteristics,
+                              CharacteristicsLength=None) -> int:
+        """Register an NDIS 5.x (or earlier) miniport; returns the status."""
+        driver = self._ndis_driver(NdisWrapperHandle, "NdisWrapperHandle")
+        major, minor = _version(MiniportCharacteristics, "NdisMRegisterMiniport")
+        if major not in (3, 4, 5):
+            return NdisStatus.NDIS_STATUS_BAD_VERSION
+        self._record_version(driver, (major, minor), "NdisMRegisterMiniport")
+        return SUCCESS
+
+    def _ndis_driver(self, handle, name: str):
+        if isinstance(handle, bool) or not isinstance(handle, int) or handle not in self.ndis_handles:
+            raise ValueError(f"{name} {handle!r} is not a handle NDIS gave out "
+                             f"(NdisMRegisterMiniportDriver or NdisMInitializeWrapper)")
+        return self.ndis_handles[handle]
+
+    def _caller_ndis_version(self):
+        return getattr(self.current_driver, "ndis_version", None)
+
+    def _driver_name(self) -> str:
+        return str(getattr(self.current_driver, "name", self.current_driver))
+
+    def _only_ndis5(self, routine: str) -> None:
+        version = self._caller_ndis_version()
+        if version is not None and version[0] >= 6:
+            raise NdisVersionError(
+                f"{routine} is an NDIS 5.x routine; driver {self._driver_name()} registered "
+                f"as NDIS {version[0]}.{version[1]} and must use "
+                f"NdisAllocateMemoryWithTagPriority instead")
+
+    def _at_least_ndis(self, routine: str, needed: tuple[int, int]) -> None:
+        version = self._caller_ndis_version()
+        if version is not None and tuple(version) < needed:
+            raise NdisVersionError(
+                f"{routine} needs NDIS {needed[0]}.{needed[1]} or later; driver "
+                f"{self._driver_name()} registered as NDIS {version[0]}.{version[1]}")
+
+    # --- allocation ------------------------------------------------------------------------
+
+    def NdisAllocateMemoryWithTag(self, Length, Tag) -> tuple[int, int]:
+        """(NDIS_STATUS_SUCCESS, address) or (NDIS_STATUS_FAILURE, 0); nonpaged pool."""
+        self._only_ndis5("NdisAllocateMemoryWithTag")
+        va = self.pool.allocate(PoolType.NonPagedPool, _uint("Length", Length), Tag)
+        return (SUCCESS, va) if va else (FAILURE, 0)
+
+    def NdisAllocateMemory(self, Length, MemoryFlags, HighestAcceptableAddress) -> tuple[int, int]:
+        """Tag 'NDam'; MemoryFlags 0 is nonpaged pool, CONTIGUOUS / NONCACHED are physically
+        contiguous pages below HighestAcceptableAddress (-1: anywhere)."""
+        self._only_ndis5("NdisAllocateMemory")
+        length = _uint("Length", Length)
+        flags = _memory_flags(MemoryFlags)
+        highest_pfn = _highest_pfn(HighestAcceptableAddress)
+        if not flags:
+            va = self.pool.allocate(PoolType.NonPagedPool, length, DEFAULT_TAG_NDIS)
+            return (SUCCESS, va) if va else (FAILURE, 0)
+        self._require_passive("NdisAllocateMemory of contiguous or noncached memory")
+        va = self._allocate_contiguous(length, flags, highest_pfn)
+        return (SUCCESS, va) if va else (FAILURE, 0)
+
+    def NdisAllocateMemoryWithTagPriority(self, NdisHandle, Length, Tag, Priority) -> int:
+        """Nonpaged pool, or 0 (NULL) when the pool is too low for ``Priority``."""
+        self._ndis_driver(NdisHandle, "NdisHandle")
+        return self.pool.allocate_with_priority(PoolType.NonPagedPool, _uint("Length", Length),
+                                                Tag, Priority)
+
+    def _require_passive(self, what: str) -> None:
+        irql = self.KeGetCurrentIrql()
+        if irql != PASSIVE_LEVEL:
+            raise NdisContractError(f"{what} must run at PASSIVE_LEVEL, not IRQL {irql}")
+
+    def _allocate_contiguous(self, length: int, flags: int, highest_pfn: int | None) -> int:
+        pages = (length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if not pages or (highest_pfn is not None and highest_pfn < 1):
+            return 0
+        try:
+            first = self.physical.allocate_contiguous(pages, highest_pfn)
+        except OutOfFrames:
+            return 0
+        pool = self.nonpaged_pool
+        va = pool.take_pages_with_frames(first, pages, PAGE_RESERVED)
+        if not va:
+            for pfn in range(first, first + pages):
+                self.physical.free_frame(pfn)
+            return 0
+        if flags & NDIS_MEMORY_NONCACHED:
+            for page in range(pages):
+                self.space.set_pte_bits(va + (page << PAGE_SHIFT),
+                                        PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
+        pool.big_pages[va] = (DEFAULT_TAG_NDIS, pages)
+        self.pool.tracker.charge(DEFAULT_TAG_NDIS, pool.track_offset, pages << PAGE_SHIFT)
+        self.ndis_blocks[va] = (length, flags, pages)
+        return va
+
+    # --- free ------------------------------------------------------------------------------
+
+    def NdisFreeMemory(self, VirtualAddress, Length, MemoryFlags) -> None:
+        """Free NDIS memory; Length and MemoryFlags must be what allocated it (else
+        NdisContractError, nothing freed)."""
+        va = _address("VirtualAddress", VirtualAddress)
+        length = _uint("Length", Length)
+        flags = _memory_flags(MemoryFlags)
+        block = self.ndis_blocks.get(va)
+        if block is not None:
+            self._free_contiguous(va, length, flags, block)
+            return
+        if flags:
+            raise NdisContractError(
+                f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: that memory was "
+                f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
+        version = self._caller_ndis_version()
+        if version is None or version[0] < 6:
+            self._check_pool_length(va, length)
+        self.pool.free(va, None)
+
+    def _free_contiguous(self, va: int, length: int, flags: int, block) -> None:
+        allocated_length, allocated_flags, pages = block
+        if flags != allocated_flags:
+            raise NdisContractError(
+                f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: it was allocated with "
+                f"MemoryFlags {allocated_flags:#x}")
+        if length != allocated_length:
+            raise NdisContractError(
+                f"NdisFreeMemory of {va:#x} with Length {length}: it was allocated with Length "
+                f"{allocated_length} (a sub-range cannot be freed)")
+        irql = self.KeGetCurrentIrql()
+        if flags & NDIS_MEMORY_CONTIGUOUS:
+            self._require_passive("NdisFreeMemory of contiguous memory")
+        elif irql >= DISPATCH_LEVEL:
+            raise NdisContractError(f"NdisFreeMemory of noncached memory must run below "
+                                    f"DISPATCH_LEVEL, not IRQL {irql}")
+        pool = self.nonpaged_pool
+        del self.ndis_blocks[va]
+        del pool.big_pages[va]
+        self.pool.tracker.release(DEFAULT_TAG_NDIS, pool.track_offset, pages << PAGE_SHIFT)
+        pool.release_pages(va, pages)
+
+    def _check_pool_length(self, va: int, length: int) -> None:
+        """Length must be the one allocated: Windows keeps no copy, so compare what the
+        pool recorded (the chunk's BlockSize, or a big allocation's page count)."""
+        pool = self.nonpaged_pool
+        if not pool.contains(va):
+            return  # not nonpaged pool: the free itself diagnoses it
+        kind = pool.page_kind_of(va)
+        if kind == PAGE_SMALL and va & 0xFFF and not va & 0xF:
+            _, _, blocks, type_byte, _ = HEADER_FIRST8.unpack_from(self.pool.mem,
+                                                                   pool._pa(va - HEADER_SIZE))
+            if not type_byte & POOL_IN_USE:
+                return  # a double free: the free diagnoses it
+            held = (blocks << 4) - HEADER_SIZE
+            if not 0 < length <= MAX_SMALL_ALLOCATION or (length + 31) >> 4 != blocks:
+                raise NdisContractError(
+                    f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
+                    f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "
+                    f"Length")
+        elif kind == PAGE_BIG_FIRST and va in pool.big_pages:
+            pages = pool.big_pages[va][1]
+            if length <= MAX_SMALL_ALLOCATION or (length + PAGE_SIZE - 1) >> PAGE_SHIFT != pages:
+                raise NdisContractError(
+                    f"NdisFreeMemory of {va:#x} with Length {length}: the allocation is {pages} "
+                    f"pages, so it was not allocated with that Length")
+
+    def NdisFreeMemoryWithTag(self, VirtualAddress, Tag) -> None:
+        """Free memory from NdisAllocateMemoryWithTag; Tag must match (else 0xC2/0x0A)."""
+        self.pool.free(_address("VirtualAddress", VirtualAddress), Tag)
+
+    def NdisFreeMemoryWithTagPriority(self, NdisHandle, VirtualAddress, Tag) -> None:
+        """Free memory from NdisAllocateMemoryWithTagPriority; Tag must match."""
+        self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
+        self._ndis_driver(NdisHandle, "NdisHandle")
+        self.pool.free(_address("VirtualAddress", VirtualAddress), Tag)
+
+    # --- memory helpers (macros over the Rtl routines) -------------------------------------
+
+    def NdisZeroMemory(self, Destination, Length) -> None:
+        self.RtlZeroMemory(Destination, _uint("Length", Length))
+
+    def NdisMoveMemory(self, Destination, Source, Length) -> None:
+        self.RtlMoveMemory(Destination, Source, _uint("Length", Length))
+
+    def NdisFillMemory(self, Destination, Length, Fill) -> None:
+        self.RtlFillMemory(Destination, _uint("Length", Length), Fill)

@@ -1,0 +1,156 @@
+"""Every sentence of the FsRtlAllocatePoolWithTag document, true of ntpool (issue 3, part 2)."""
+
+import pytest
+
+import ntpool
+from ntpool.pool.header import page_problems
+
+PT = ntpool.PoolType
+MiB = 1 << 20
+INSUFFICIENT = 0xC000009A
+RAISE = ntpool.constants.POOL_RAISE_IF_ALLOCATION_FAILURE
+
+
+def bugcheck(call):
+    with pytest.raises(ntpool.BugCheck) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize("pool_type, paged", [(PT.NonPagedPool, False), (PT.PagedPool, True),
+                                              (PT.NonPagedPoolCacheAligned, False),
+                                              (PT.PagedPoolCacheAligned, True)])
+def test_the_four_documented_types(k, pool_type, paged):
+    p = k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred")
+    assert (k.paged_pool if paged else k.nonpaged_pool).contains(p)
+    k.write(p, b"x" * 100)
+    k.ExFreePoolWithTag(p, "Fred")
+
+
+@pytest.mark.parametrize("pool_type", [PT.NonPagedPoolCacheAligned, PT.PagedPoolCacheAligned])
+def test_cache_aligned_types_return_cache_line_aligned_memory(k, pool_type):
+    pool = k.paged_pool if pool_type & 1 else k.nonpaged_pool
+    for size in (1, 17, 100, 250, 1000, 4000, 9000):
+        k.FsRtlAllocatePoolWithTag(pool_type & 1, 16, "Pad ")
+        assert k.FsRtlAllocatePoolWithTag(pool_type, size, "Algn") % 64 == 0
+    for index, kind in enumerate(pool.page_kind):
+        if kind == 1:
+            va = pool.base + index * 4096
+            assert page_problems(k.read(va, 4096), va) == []
+
+
+@pytest.mark.parametrize("pool_type", [PT.NonPagedPoolMustSucceed, PT.NonPagedPoolCacheAlignedMustS])
+def test_must_succeed_types_are_obsolete_bug_check_9a(k, pool_type):
+    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred"))
+    # FsRtl passes PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, as the ntifs.h macro does.
+    assert (e.code, e.parameters[:3]) == (0xC2, (0x9A, pool_type | RAISE, 100))
+
+
+@pytest.mark.parametrize("pool_type", [PT.NonPagedPoolNx, 3, 7, 33, 0x400])
+def test_other_pool_types_are_not_documented(k, pool_type):
+    with pytest.raises(ValueError, match="PoolType"):
+        k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred")
+    assert not k.halted
+
+
+def test_zero_bytes_is_rejected(k):
+    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.PagedPool, 0, "Fred"))
+    assert (e.code, e.parameters[0]) == (0xC2, 0x00)
+
+
+def test_tag_zero_is_rejected(k):
+    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.PagedPool, 10, 0))
+    assert (e.code, e.parameters[0]) == (0xC2, 0x9B)
+
+
+def test_failure_raises_status_insufficient_resources(k):
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 64 * MiB, "Huge")
+    assert info.value.status == INSUFFICIENT == ntpool.NtStatus.STATUS_INSUFFICIENT_RESOURCES
+
+
+def test_a_driver_wraps_the_call_in_try_except_as_advised(k):
+    def driver_routine():
+        try:
+            return k.FsRtlAllocatePoolWithTag(PT.PagedPool, 64 * MiB, "Huge")
+        except Exception as error:  # __except (EXCEPTION_EXECUTE_HANDLER)
+            return error.status
+    assert driver_routine() == INSUFFICIENT
+    assert not k.halted
+    assert k.FsRtlAllocatePoolWithTag(PT.PagedPool, 100, "Fine")  # the failure did not stick
+
+
+def test_small_pool_exhaustion_also_raises(k):
+    with pytest.raises(ntpool.NtStatusError):
+        while True:
+            k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 400, "Fill")
+
+
+def test_tag_shows_reversed_in_the_pool_and_the_tracker(k):
+    p = k.FsRtlAllocatePoolWithTag(PT.PagedPool, 100, "Fred")
+    assert k.read(p - 12, 4) == b"derF"
+    assert [r.Tag for r in k.pool_tags()] == ["derF"]
+
+
+def test_memory_is_uninitialized(k):
+    p = k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 300, "Dirt")
+    k.RtlFillMemory(p, 300, 0xCD)
+    k.ExFreePoolWithTag(p, "Dirt")
+    q = k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 300, "Dirt")
+    assert q == p and k.read(q + 8, 292) == b"\xcd" * 292
+
+
+def test_at_dispatch_level_nonpaged_works_and_paged_bug_checks(k):
+    k.KeRaiseIrql(ntpool.DISPATCH_LEVEL)
+    assert k.FsRtlAllocatePoolWithTag(PT.NonPagedPoolCacheAligned, 100, "Disp")
+    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.PagedPool, 100, "Disp"))
+    assert e.parameters == (0x08, 2, PT.PagedPool | RAISE, 100)
+
+
+def test_above_dispatch_level_even_nonpaged_bug_checks(k):
+    k.KeRaiseIrql(ntpool.Irql.CLOCK_LEVEL)
+    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 100, "Clck"))
+    assert e.parameters == (0x08, 13, PT.NonPagedPool | RAISE, 100)
+
+
+def test_fsrtl_allocate_pool_uses_fsrt(k):
+    p = k.FsRtlAllocatePool(PT.PagedPool, 10)
+    assert k.read(p - 12, 4) == b"FSrt"
+
+
+def test_quota_tag_charges_the_process_and_raises_when_exceeded(k):
+    app = k.create_process("app.exe", paged_quota=300)
+    k.set_current_process(app)
+    p = k.FsRtlAllocatePoolWithQuotaTag(PT.PagedPool, 200, "Quot")
+    assert app.paged_quota_used == 224
+    assert int.from_bytes(k.read(p - 8, 8), "little") == app.address
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithQuotaTag(PT.PagedPool, 200, "Quot")
+    assert info.value.status == ntpool.NtStatus.STATUS_QUOTA_EXCEEDED
+    k.ExFreePoolWithTag(p, "Quot")
+    assert app.paged_quota_used == 0
+    assert k.FsRtlAllocatePoolWithQuotaTag(PT.PagedPool, 200, "Quot")
+
+
+def test_quota_tag_pool_exhaustion_raises_insufficient_resources(k):
+    app = k.create_process("app.exe")
+    k.set_current_process(app)
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithQuota(PT.NonPagedPool, 64 * MiB)
+    assert info.value.status == INSUFFICIENT
+
+
+def test_fsrtl_allocate_pool_with_quota_uses_fsrt(k):
+    app = k.create_process("app.exe")
+    k.set_current_process(app)
+    p = k.FsRtlAllocatePoolWithQuota(PT.NonPagedPool, 10)
+    assert k.read(p - 12, 4) == b"FSrt" and app.nonpaged_quota_used == 32
+
+
+@pytest.mark.parametrize("args, error", [(("PagedPool", 10, "Fred"), TypeError),
+                                         ((1, -5, "Fred"), ValueError),
+                                         ((1, 10, "Fredd"), ntpool.TagError)])
+def test_misuse_gets_a_plain_error(k, args, error):
+    with pytest.raises(error):
+        k.FsRtlAllocatePoolWithTag(*args)
+    assert not k.halted

@@ -1,0 +1,286 @@
+"""IRQL per processor, spin locks, the pool's IRQL rules, and paging (issue 3, part 4)."""
+
+import pytest
+
+import ntpool
+from ntpool.memory import PTE_PRESENT
+from ntpool.tags import tag_value
+
+NP = ntpool.PoolType.NonPagedPool
+PP = ntpool.PoolType.PagedPool
+DISPATCH = ntpool.DISPATCH_LEVEL
+
+
+def bugcheck(call):
+    with pytest.raises(ntpool.BugCheck) as info:
+        call()
+    return info.value
+
+
+class Driver:
+    name = "test.sys"
+
+
+# --- KeRaiseIrql / KeLowerIrql / KeGetCurrentIrql -----------------------------------------
+
+def test_irql_starts_at_passive_and_raise_returns_the_old_irql(k):
+    assert k.KeGetCurrentIrql() == 0
+    assert k.KeRaiseIrql(DISPATCH) == 0
+    assert k.KeGetCurrentIrql() == DISPATCH
+    assert k.KeRaiseIrql(DISPATCH) == DISPATCH  # raising to the same level is allowed
+    k.KeLowerIrql(0)
+    assert k.KeGetCurrentIrql() == 0
+
+
+def test_raising_to_a_lower_irql_is_irql_not_greater_or_equal(k):
+    k.KeRaiseIrql(DISPATCH)
+    e = bugcheck(lambda: k.KeRaiseIrql(ntpool.APC_LEVEL))
+    assert (e.code, e.parameters) == (0x9, (DISPATCH, 1, 0, 0))
+    assert e.name == "IRQL_NOT_GREATER_OR_EQUAL"
+
+
+def test_lowering_to_a_higher_irql_is_irql_not_less_or_equal(k):
+    e = bugcheck(lambda: k.KeLowerIrql(DISPATCH))
+    assert (e.code, e.parameters) == (0xA, (0, DISPATCH, 0, 0))
+
+
+@pytest.mark.parametrize("value, error", [(16, ValueError), (-1, ValueError), ("2", TypeError),
+                                          (2.0, TypeError), (True, TypeError)])
+def test_bad_irql_values_name_the_parameter(k, value, error):
+    with pytest.raises(error, match="NewIrql"):
+        k.KeRaiseIrql(value)
+    assert not k.halted and k.KeGetCurrentIrql() == 0
+
+
+def test_each_processor_has_its_own_irql():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
+    k.KeRaiseIrql(DISPATCH)
+    k.set_current_processor(1)
+    assert k.KeGetCurrentIrql() == 0 and k.KeGetCurrentProcessorNumber() == 1
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(PP, 10, "Cpu1"), "Cpu1")  # fine at PASSIVE
+    k.set_current_processor(0)
+    e = bugcheck(lambda: k.ExAllocatePoolWithTag(PP, 10, "Cpu0"))
+    assert e.parameters[:2] == (0x08, DISPATCH)
+
+
+def test_selecting_a_processor_selects_its_lookasides():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
+    a = k.ExAllocatePoolWithTag(NP, 64, "Look")
+    k.ExFreePoolWithTag(a, "Look")
+    k.set_current_processor(1)
+    assert k.ExAllocatePoolWithTag(NP, 64, "Look") != a
+    k.set_current_processor(0)
+    assert k.ExAllocatePoolWithTag(NP, 64, "Look") == a
+
+
+@pytest.mark.parametrize("number", [2, -1, "0", None])
+def test_bad_processor_number(number):
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
+    with pytest.raises(ValueError, match="processor"):
+        k.set_current_processor(number)
+
+
+# --- spin locks ------------------------------------------------------------------------------
+
+def test_spin_lock_raises_to_dispatch_and_restores(k):
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    old = k.KeAcquireSpinLock(lock)
+    assert old == 0 and k.KeGetCurrentIrql() == DISPATCH
+    assert int.from_bytes(k.read(lock, 8), "little") != 0  # held
+    k.KeReleaseSpinLock(lock, old)
+    assert k.KeGetCurrentIrql() == 0
+    assert k.read(lock, 8) == bytes(8)
+
+
+def test_acquiring_an_owned_spin_lock_again(k):
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    k.KeAcquireSpinLock(lock)
+    e = bugcheck(lambda: k.KeAcquireSpinLock(lock))
+    assert (e.code, e.parameters[0]) == (0xF, lock)
+
+
+def test_releasing_a_spin_lock_not_owned(k):
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    e = bugcheck(lambda: k.KeReleaseSpinLock(lock, 0))
+    assert (e.code, e.parameters[0]) == (0x10, lock)
+
+
+def test_spin_lock_held_on_another_processor_is_a_plain_error():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    k.KeAcquireSpinLock(lock)
+    k.set_current_processor(1)
+    with pytest.raises(RuntimeError, match="spin forever"):
+        k.KeAcquireSpinLock(lock)
+    assert not k.halted
+
+
+def test_spin_lock_at_dpc_level_needs_dispatch(k):
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    e = bugcheck(lambda: k.KeAcquireSpinLockAtDpcLevel(lock))
+    assert (e.code, e.parameters[:2]) == (0x9, (lock, 0))
+
+
+@pytest.mark.parametrize("lock, error", [("x", TypeError), (0, ValueError), (0x1003, ValueError)])
+def test_bad_spin_lock_argument(k, lock, error):
+    with pytest.raises(error, match="SpinLock"):
+        k.KeAcquireSpinLock(lock)
+    assert k.KeGetCurrentIrql() == 0
+
+
+# --- the pool's IRQL rules ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [100, 5000])
+def test_paged_allocation_at_dispatch_is_c2_08(k, size):
+    k.KeRaiseIrql(DISPATCH)
+    e = bugcheck(lambda: k.ExAllocatePoolWithTag(PP, size, "Fred"))
+    assert (e.code, e.parameters) == (0xC2, (0x08, DISPATCH, PP, size))
+
+
+def test_nonpaged_allocation_and_free_at_dispatch_work(k):
+    k.KeRaiseIrql(DISPATCH)
+    for size in (100, 700, 5000):
+        p = k.ExAllocatePoolWithTag(NP, size, "Disp")
+        assert p
+        k.ExFreePoolWithTag(p, "Disp")
+    assert not k.halted
+
+
+def test_any_allocation_above_dispatch_is_c2_08(k):
+    k.KeRaiseIrql(ntpool.HIGH_LEVEL)
+    e = bugcheck(lambda: k.ExAllocatePoolWithTag(NP, 100, "Fred"))
+    assert (e.code, e.parameters) == (0xC2, (0x08, 15, NP, 100))
+
+
+@pytest.mark.parametrize("size", [100, 5000])
+def test_paged_free_at_dispatch_is_c2_09(k, size):
+    p = k.ExAllocatePoolWithTag(PP, size, "Fred")
+    k.KeRaiseIrql(DISPATCH)
+    e = bugcheck(lambda: k.ExFreePoolWithTag(p, "Fred"))
+    assert (e.code, e.parameters) == (0xC2, (0x09, DISPATCH, PP, p))
+
+
+def test_any_free_above_dispatch_is_c2_09(k):
+    p = k.ExAllocatePoolWithTag(NP, 100, "Fred")
+    k.KeRaiseIrql(13)
+    e = bugcheck(lambda: k.ExFreePool(p))
+    assert (e.code, e.parameters) == (0xC2, (0x09, 13, NP, p))
+
+
+def test_apc_level_may_use_paged_pool(k):
+    k.KeRaiseIrql(ntpool.APC_LEVEL)
+    p = k.ExAllocatePoolWithTag(PP, 100, "Apc ")
+    k.ExFreePoolWithTag(p, "Apc ")
+    assert not k.halted
+
+
+def test_lowering_irql_restores_the_fast_paths(k):
+    k.KeRaiseIrql(DISPATCH)
+    assert 1 not in k.pool.fast_pools
+    k.KeLowerIrql(0)
+    assert 1 in k.pool.fast_pools and k.pool.paged.base >> 39 in k.pool.fast_free_slots
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(PP, 10, "Back"), "Back")
+
+
+# --- paging ---------------------------------------------------------------------------------
+
+def test_page_out_leaves_a_non_present_pte_and_frees_the_frame(k):
+    p = k.ExAllocatePoolWithTag(PP, 100, "Page")
+    k.write(p, b"kept across paging")
+    frames = k.physical.frames_used
+    assert k.page_out(p) == 1
+    pte = k.space.pte(p)
+    assert not pte & PTE_PRESENT and pte != 0  # a software PTE: the page is in the page file
+    assert k.physical.frames_used == frames - 1
+    assert not k.is_resident(p)
+
+
+def test_touching_a_paged_out_page_at_passive_pages_it_in(k):
+    p = k.ExAllocatePoolWithTag(PP, 100, "Page")
+    k.write(p, b"kept across paging")
+    k.page_out()
+    assert k.read(p, 18) == b"kept across paging"
+    assert k.is_resident(p) and k.space.pte(p) & PTE_PRESENT
+
+
+def test_allocator_copes_with_paged_out_pages(k):
+    ps = [k.ExAllocatePoolWithTag(PP, n, "Page") for n in (50, 300, 900, 6000)]
+    k.page_out()
+    for p in ps:
+        k.ExFreePoolWithTag(p, "Page")  # headers and free lists are paged back in
+    k.page_out()
+    q = k.ExAllocatePoolWithTag(PP, 300, "Page")  # may come from a paged-out lookaside chunk
+    k.write(q, b"x" * 300)
+    k.ExFreePool(q)
+    assert [r for r in k.pool_tags() if r.Tag == "egaP"][0].PagedUsed == 0
+
+
+def test_freeing_a_paged_out_big_allocation_drops_its_page_file_copy(k):
+    p = k.ExAllocatePoolWithTag(PP, 3 * 4096, "Big ")
+    assert k.page_out() == 3
+    k.ExFreePoolWithTag(p, "Big ")
+    assert k.pager.page_file == {} and k.space.pte(p) == 0
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_touching_paged_out_memory_at_dispatch_is_0xa_in_kernel_code(k, write):
+    p = k.ExAllocatePoolWithTag(PP, 100, "Page")
+    k.page_out(p)
+    k.KeRaiseIrql(DISPATCH)
+    e = bugcheck((lambda: k.write(p, b"!")) if write else (lambda: k.read(p, 1)))
+    assert (e.code, e.parameters[:3]) == (0xA, (p, DISPATCH, int(write)))
+    assert e.parameters[3] == k.call_sites.table[e.site].address  # the accessing line
+
+
+def test_touching_paged_out_memory_at_dispatch_is_0xd1_in_a_driver(k):
+    p = k.ExAllocatePoolWithTag(PP, 100, "Page")
+    k.page_out(p)
+    k.current_driver = Driver()
+    old = k.KeRaiseIrql(DISPATCH)
+    assert old == 0
+    e = bugcheck(lambda: k.read(p, 4))
+    assert (e.code, e.parameters[:3]) == (0xD1, (p, DISPATCH, 0))
+    assert e.parameters[3] == k.call_sites.table[e.site].address != 0
+    assert e.name == "DRIVER_IRQL_NOT_LESS_OR_EQUAL"
+
+
+def test_resident_paged_memory_at_dispatch_is_readable(k):
+    # The rule is about non-resident pages: touching a resident one does not fault.
+    p = k.ExAllocatePoolWithTag(PP, 100, "Page")
+    k.write(p, b"ok")
+    k.KeRaiseIrql(DISPATCH)
+    assert k.read(p, 2) == b"ok"
+
+
+def test_a_spin_lock_in_paged_out_memory_faults_at_dispatch(k):
+    lock = k.ExAllocatePoolWithTag(PP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    k.page_out(lock)
+    k.current_driver = Driver()
+    e = bugcheck(lambda: k.KeAcquireSpinLock(lock))
+    assert (e.code, e.parameters[:3]) == (0xD1, (lock, DISPATCH, 0))
+
+
+@pytest.mark.parametrize("address, error", [("p", TypeError), (0x1000, ValueError)])
+def test_page_out_misuse(k, address, error):
+    with pytest.raises(error, match="address"):
+        k.page_out(address)
+
+
+def test_nonpaged_pool_cannot_be_paged_out(k):
+    p = k.ExAllocatePoolWithTag(NP, 100, "Np  ")
+    with pytest.raises(ValueError, match="paged pool"):
+        k.page_out(p)
+    assert k.is_resident(p)
+
+
+def test_paging_keeps_the_tracker_and_tags(k):
+    p = k.ExAllocatePoolWithTag(PP, 100, "Trak")
+    k.page_out()
+    e = bugcheck(lambda: k.ExFreePoolWithTag(p, "Other"[:4]))
+    assert e.parameters == (0x0A, p, tag_value("Trak"), tag_value("Othe"))

@@ -1,0 +1,22 @@
+"""The README's contract table names, for every row, tests that exist."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_contract_row_names_existing_tests():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Contract table"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 20
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 4 and all(cells), row
+        cited = re.findall(r"(test_\w+\.py): ([^|]+)", cells[3])
+        assert cited, f"row without a test: {row}"
+        for file, names in cited:
+            body = (ROOT / "tests" / file).read_text()
+            for name in re.findall(r"test_\w+", names):
+                assert f"def {name}(" in body, f"{file} has no {name} (README row: {cells[0]})"
