@@ -41,6 +41,7 @@ def test_demo_drivers_behave_as_documented():
     labels = list(run.checkpoints())
     miniport, fs_filter, sloppy = run.scenario.drivers
     assert labels[-1] == "backup: closed"  # the crash came at the first fatal request
+    assert miniport.ndis_version == (5, 1)  # NdisAllocateMemoryWithTag is an NDIS 5.x routine
     assert fs_filter.failed_opens > 0 and not fs_filter.open_files  # failures handled, no debris
     rows = {row.Tag: row for row in run.kernel.pool_tags()}
     assert rows["NmRx"].NonPagedAllocs == 64 and rows["NmRx"].NonPagedFrees == 0

@@ -139,7 +139,6 @@ class ScenarioRun:
             self.kernel = Kernel(**self.kernel_options)
         except TypeError as error:
             raise ScenarioError(f"{self.scenario.path}: KERNEL: {error}") from None
-        _provide_documented_routines(self.kernel)
         for driver, options in self.scenario.verifier.items():
             try:
                 self.kernel.verifier.enable(driver, **options)
@@ -245,28 +244,3 @@ class ScenarioRun:
         if self.dump_path and self.dump_written is None:
             self.kernel.write_dump(self.dump_path, kind="kernel")
             self.dump_written = self.dump_path
-
-
-def _provide_documented_routines(k) -> None:
-    """Stand-ins for NdisAllocateMemoryWithTag and FsRtlAllocatePoolWithTag until they land.
-
-    Thin translations onto ExAllocatePoolWithTag, as documented; deleted once the machine
-    has its own.
-    """
-    from .errors import NtStatusError
-
-    if not hasattr(k, "NdisAllocateMemoryWithTag"):
-        def NdisAllocateMemoryWithTag(Length, Tag):
-            va = k.ExAllocatePoolWithTag(0, Length, Tag)
-            return (0, va) if va else (0xC0000001, 0)
-
-        k.NdisAllocateMemoryWithTag = NdisAllocateMemoryWithTag
-        k.NdisFreeMemory = lambda VirtualAddress, Length, MemoryFlags: k.ExFreePool(VirtualAddress)
-    if not hasattr(k, "FsRtlAllocatePoolWithTag"):
-        def FsRtlAllocatePoolWithTag(PoolType, NumberOfBytes, Tag):
-            va = k.ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag)
-            if not va:
-                raise NtStatusError(0xC000009A, "FsRtlAllocatePoolWithTag")
-            return va
-
-        k.FsRtlAllocatePoolWithTag = FsRtlAllocatePoolWithTag

@@ -1,12 +1,15 @@
-"""A sample NDIS miniport: receive buffers from NdisAllocateMemoryWithTag.
+"""A sample NDIS 5.x miniport: receive buffers from NdisAllocateMemoryWithTag.
 
-The miniport allocates its receive buffers once, in DriverEntry (as MiniportInitializeEx
+NdisAllocateMemoryWithTag is an NDIS 5.x routine, so the miniport registers as NDIS 5.1
+(NdisMInitializeWrapper, NdisMRegisterMiniport); an NDIS 6.x driver would be refused it and
+must use NdisAllocateMemoryWithTagPriority. The miniport allocates its receive buffers once, in DriverEntry (as MiniportInitializeEx
 would), and reuses them for every frame; each send takes a small context that is freed
 when the send completes. Tags are written as a C driver writes them, reversed: 'xRmN'
 shows as ``NmRx`` in poolmon and the debugger.
 """
 
 from ntpool import NdisStatus, NtStatus
+from ntpool.ndis import NDIS_MINIPORT_CHARACTERISTICS
 
 RECEIVE_BUFFER_TAG = "xRmN"  # shows "NmRx"
 SEND_CONTEXT_TAG = "xTmN"  # shows "NmTx"
@@ -25,6 +28,10 @@ class NdisMiniport:
         self.dropped = 0
 
     def DriverEntry(self, k, RegistryPath) -> int:
+        wrapper = k.NdisMInitializeWrapper(self, RegistryPath)
+        status = k.NdisMRegisterMiniport(wrapper, NDIS_MINIPORT_CHARACTERISTICS(5, 1))
+        if status != NdisStatus.NDIS_STATUS_SUCCESS:
+            return status
         for _ in range(self.receive_buffer_count):
             status, buffer = k.NdisAllocateMemoryWithTag(RECEIVE_BUFFER_BYTES, RECEIVE_BUFFER_TAG)
             if status != NdisStatus.NDIS_STATUS_SUCCESS:
