@@ -196,7 +196,7 @@ class DriverVerifier:
     def format_outstanding(self, driver: str) -> str:
         """The driver's outstanding allocations, laid out like ``!verifier 3``."""
         rows = self.outstanding(driver)
-        lines = [f"Driver Verification List", "",
+        lines = ["Driver Verification List", "",
                  f"Module: {driver}", "",
                  f"    Current Pool Allocations  {len(rows):8d}", "",
                  "      Address          Size     Tag   Caller"]
