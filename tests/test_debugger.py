@@ -40,7 +40,7 @@ def machine():
 def test_poolfind_finds_real_headers_and_not_strings_in_bodies(machine, tmp_path):
     session = session_for(machine.k, tmp_path / "d.dmp")
     out = session.execute("!poolfind derF")
-    found = [m for m in map(CHUNK_LINE.match, (" " + l for l in out.splitlines())) if m]
+    found = [m for m in map(CHUNK_LINE.match, (" " + line for line in out.splitlines())) if m]
     # Free chunks keep the tag of their last owner, as in Windows; they are listed as Free.
     allocated = [int(m.group(2), 16) for m in found if m.group(5) == "Allocated"]
     assert sorted(allocated) == sorted(p - 16 for p in machine.fred)
@@ -72,7 +72,7 @@ def test_pool_walks_the_page_and_marks_the_chunk(machine, tmp_path):
     assert sum(int(m.group(3), 16) for m in chunks) == 0x1000  # the whole page
     assert "Pooltag derF : ntpool - Examples and benchmarks" in "\n".join(lines)
     only = session.execute(f"!pool {target:x} 2")
-    assert len([l for l in only.splitlines() if CHUNK_LINE.match(l)]) == 1
+    assert len([line for line in only.splitlines() if CHUNK_LINE.match(line)]) == 1
     assert "68 65 6c" not in only
     machine.k.write(target, b"hello")
     contents = session_for(machine.k, tmp_path / "e.dmp").execute(f"!pool {target:x} 1")

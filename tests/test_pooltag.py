@@ -20,8 +20,8 @@ def real():
 
 def test_real_file_every_entry_line_parses(real):
     lines = REAL_FILE.read_text(encoding="latin-1").splitlines()
-    entries = [l for l in lines if l.strip() and not l.lower().startswith("rem") and " - " in l]
-    assert sum(parse_line(l) is not None for l in entries) == len(entries)
+    entries = [line for line in lines if line.strip() and not line.lower().startswith("rem") and " - " in line]
+    assert sum(parse_line(line) is not None for line in entries) == len(entries)
     assert len(real.exact) + len(real.patterns) > 1700
 
 

@@ -20,3 +20,20 @@ def test_every_contract_row_names_existing_tests():
             body = (ROOT / "tests" / file).read_text()
             for name in re.findall(r"test_\w+", names):
                 assert f"def {name}(" in body, f"{file} has no {name} (README row: {cells[0]})"
+
+
+def test_every_bug_class_row_names_existing_tests():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Bug classes and what catches them"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 10
+    bodies = {path.name: path.read_text() for path in (ROOT / "tests").glob("test_*.py")}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 4 and all(cells), row
+        named_file = re.search(r"\(`(test_\w+\.py)`\)", cells[3])
+        body = bodies[named_file.group(1)] if named_file else bodies["test_verifier.py"]
+        names = re.findall(r"`(test_\w+)`", cells[3])
+        assert names, f"row without a test: {row}"
+        for name in names:
+            assert f"def {name}(" in body, f"no test {name} (README row: {cells[0]})"

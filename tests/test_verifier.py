@@ -344,3 +344,50 @@ def test_a_failed_driver_entry_that_leaks_is_caught(k):
                                   "FailsEntryAndLeaks.DriverEntry")})
     e = stop(lambda: k.load_driver(FailsEntryAndLeaks()))
     assert e.parameters[0] == 0x62 and e.parameters[3] == 1
+
+
+# --- force IRQL checking ------------------------------------------------------------------
+
+class TouchesPagedUnderLock(Driver):
+    def DriverEntry(self, k, path):
+        self.lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+        k.KeInitializeSpinLock(self.lock)
+        self.table = k.ExAllocatePoolWithTag(PP, 256, "Tabl")  # paged: a bug under a lock
+        k.write(self.table, b"entry")
+        return 0
+
+    def lookup(self, k):
+        old = k.KeAcquireSpinLock(self.lock)
+        value = k.read(self.table, 5)
+        k.KeReleaseSpinLock(self.lock, old)
+        return value
+
+
+def test_without_force_irql_checking_the_bug_hides_while_the_page_is_resident(k):
+    d = TouchesPagedUnderLock()
+    k.load_driver(d)
+    assert d.lookup(k) == b"entry"
+
+
+def test_force_irql_checking_makes_paged_access_at_dispatch_fault_at_once(k):
+    d = TouchesPagedUnderLock()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", force_irql_checking=True)
+    e = stop(lambda: d.lookup(k))
+    assert (e.code, e.parameters[:3]) == (0xD1, (d.table, 2, 0))
+    assert k.call_sites.table[e.site].function == "TouchesPagedUnderLock.lookup"
+
+
+class AllocatesPagedUnderLock(TouchesPagedUnderLock):
+    def grow(self, k):
+        old = k.KeAcquireSpinLock(self.lock)
+        k.ExAllocatePoolWithTag(PP, 64, "Grow")
+        k.KeReleaseSpinLock(self.lock, old)
+
+
+def test_paged_allocation_under_a_spin_lock(k):
+    d = AllocatesPagedUnderLock()
+    k.load_driver(d)
+    e = stop(lambda: d.grow(k))
+    assert (e.code, e.parameters) == (0xC2, (0x08, 2, PP, 64))
+    assert e.driver_name == "buggy.sys"

@@ -26,14 +26,21 @@ def _checked_irql(name: str, value) -> int:
 class IrqlRoutines:
     def _init_irql(self) -> None:
         self.irql_by_processor = [int(PASSIVE_LEVEL)] * self.processors
+        # Called (kernel, old, new) when a processor's IRQL rises (Driver Verifier's Force
+        # IRQL checking trims pageable memory there).
+        self.irql_raise_observers: list = []
 
     @property
     def current_irql(self) -> int:
         return self.irql_by_processor[self.current_processor]
 
     def _set_irql(self, irql: int) -> None:
+        old = self.irql_by_processor[self.current_processor]
         self.irql_by_processor[self.current_processor] = irql
         self.pool.set_irql(irql)
+        if irql > old:
+            for observer in self.irql_raise_observers:
+                observer(self, old, irql)
 
     def set_current_processor(self, number) -> None:
         """Run the caller on processor ``number`` (its IRQL and lookaside lists apply)."""

@@ -14,7 +14,7 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 import os
 
 from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
-from .drivers import CallSites, DriverRoutines
+from .drivers import DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .ex import ExecutiveRoutines
 from .fsrtl import FsRtlRoutines

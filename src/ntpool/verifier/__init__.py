@@ -108,9 +108,12 @@ class DriverVerifier:
         kernel.pool.set_interceptor(self if self.options else None)
         self.special_pool.install(self.options_with(VerifierFlags.SPECIAL_POOL) != [])
         self.uninitialized.install(self.options_with(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE) != [])
-        apply_irql = getattr(kernel, "apply_force_irql_checking", None)
-        if apply_irql is not None:
-            apply_irql(self.options_with(VerifierFlags.FORCE_IRQL_CHECKING) != [])
+        observers = kernel.irql_raise_observers
+        wanted = self.options_with(VerifierFlags.FORCE_IRQL_CHECKING) != []
+        if wanted and self._trim_on_raise not in observers:
+            observers.append(self._trim_on_raise)
+        elif not wanted and self._trim_on_raise in observers:
+            observers.remove(self._trim_on_raise)
 
     def options_with(self, flag: VerifierFlags) -> list[DriverOptions]:
         return [o for o in self.options.values() if o.flags & flag]
@@ -135,6 +138,16 @@ class DriverVerifier:
         options = self.options_for_driver(owner.name) if owner else None
         self._site_options[site] = options
         return options
+
+    def _trim_on_raise(self, kernel, old: int, new: int) -> None:
+        """Force IRQL checking: when a verified driver raises IRQL to DISPATCH_LEVEL or
+        above (a spin lock included), all pageable memory leaves the working set, so a
+        touch of paged pool there faults at once instead of only when memory is short."""
+        if new < 2:
+            return
+        options = self.options_for_site(kernel.call_sites.site_of_caller())
+        if options is not None and options.flags & VerifierFlags.FORCE_IRQL_CHECKING:
+            kernel.page_out()
 
     # --- the allocator's interceptor ---------------------------------------------------------
 
@@ -183,7 +196,7 @@ class DriverVerifier:
     def format_outstanding(self, driver: str) -> str:
         """The driver's outstanding allocations, laid out like ``!verifier 3``."""
         rows = self.outstanding(driver)
-        lines = [f"Driver Verification List", "",
+        lines = ["Driver Verification List", "",
                  f"Module: {driver}", "",
                  f"    Current Pool Allocations  {len(rows):8d}", "",
                  "      Address          Size     Tag   Caller"]
