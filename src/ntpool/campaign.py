@@ -9,7 +9,7 @@ failure path join the queue, until every site has been failed once.
 
 from dataclasses import dataclass
 
-from .errors import BugCheck
+from .errors import BugCheck, NtStatusError
 from .scenario import ScenarioError, ScenarioRun, load_scenario
 
 MAX_RUNS = 500
@@ -37,6 +37,10 @@ class Campaign:
     runs: int
 
     @property
+    def baseline_clean(self) -> bool:
+        return self.baseline == "survived"
+
+    @property
     def all_survived(self) -> bool:
         return bool(self.results) and all(r.survived for r in self.results)
 
@@ -60,6 +64,11 @@ def _one_run(spec: str, seed: int, targets, kernel_options):
             pass
         run.finish()
     except ScenarioError as problem:
+        refused = problem.__cause__
+        if isinstance(refused, NtStatusError) and not run.bugcheck:
+            # DriverEntry failed cleanly and left nothing behind (the verifier checked):
+            # refusing to load is a handled failure.
+            return kernel, run, None
         error = str(problem)
     return kernel, run, error
 
@@ -79,7 +88,8 @@ def _outcome(run, error) -> tuple[str, str]:
         return "survived", ""
     if check.code == 0xC4 and check.parameters[0] == 0x62:
         return "leak", f"{check.parameters[3]} allocation(s) left at unload (0xC4/0x62)"
-    return "bug check", str(check)
+    params = ", ".join(f"{p:#x}" for p in check.parameters)
+    return "bug check", f"{check.code:#x} {check.name} ({params})"
 
 
 def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,

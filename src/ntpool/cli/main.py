@@ -6,6 +6,7 @@ import sys
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
 from ..scenario import ScenarioError
 from .tools import add_commands
+from .verify import add_verify_command
 
 
 def _cmd_demo(args) -> int:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
     bench_dump.set_defaults(func=_cmd_bench_dump)
     add_commands(sub)
+    add_verify_command(sub)
     return parser
 
 
