@@ -391,3 +391,53 @@ def test_paged_allocation_under_a_spin_lock(k):
     e = stop(lambda: d.grow(k))
     assert (e.code, e.parameters) == (0xC2, (0x08, 2, PP, 64))
     assert e.driver_name == "buggy.sys"
+
+
+class Pool2User(Driver):
+    def query(self, k, flags):
+        p = k.ExAllocatePool2(flags, 64, "Pl2 ")
+        k.copy_to_user(bytearray(64), p, 64)
+        return p
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_zeroing_routines_count_as_writes(k, special):
+    d = Pool2User()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", uninitialized_memory=True, special_pool=special)
+    p = d.query(k, 0x40)  # POOL_FLAG_NON_PAGED: zeroed by the routine
+    assert k.verifier.special_pool.contains(p) == special
+    assert k.verifier.disclosures == []
+    d.query(k, 0x40 | 0x2)  # POOL_FLAG_UNINITIALIZED
+    assert len(k.verifier.disclosures) == 1
+
+
+class EveryRoutine(Driver):
+    def run(self, k):
+        _, va = k.NdisAllocateMemoryWithTag(100, "NdT1")
+        k.NdisFreeMemory(va, 100, 0)
+        _, va = k.NdisAllocateMemory(100, 0, -1)
+        k.NdisFreeMemory(va, 100, 0)
+        k.ExFreePoolWithTag(k.FsRtlAllocatePoolWithTag(PP, 200, "FsT1"), "FsT1")
+        k.ExFreePool2(k.ExAllocatePool2(0x100, 300, "Ep2 "), "Ep2 ", None, 0)
+        k.ExFreePool(k.ExAllocatePoolWithTagPriority(NP, 64, "Pri ", 0))
+        k.ExFreePool(k.ExAllocatePoolWithTag(NP | 4, 64, "Cach"))
+        k.ExFreePool(k.ExAllocatePoolWithQuotaTag(NP, 64, "Quot"))
+        k.ExFreePool(k.ExAllocatePoolZero(PP, 64, "Zero"))
+        p = k.ExAllocatePoolWithTag(NP, 64, "Nz  ")
+        k.NdisZeroMemory(p, 64)
+        k.ExFreePool(p)
+
+
+@pytest.mark.parametrize("options", [
+    dict(special_pool=True), dict(pool_tracking=True), dict(uninitialized_memory=True),
+    dict(special_pool=True, pool_tracking=True, uninitialized_memory=True, force_irql_checking=True),
+])
+def test_every_routine_works_under_every_option(k, options):
+    d = EveryRoutine()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", **options)
+    d.run(k)
+    k.unload_driver(d)  # nothing outstanding, so pool tracking lets it go
+    assert not k.halted
+    assert all(r.NonPagedUsed == 0 and r.PagedUsed == 0 for r in k.pool_tags())

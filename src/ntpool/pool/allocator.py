@@ -307,13 +307,17 @@ class PoolAllocator:
         return va
 
     def zero(self, va: int, number_of_bytes: int) -> None:
-        pool = self.pool_at(va)
-        end = va + number_of_bytes
+        """Zero a new allocation (POOL_ZERO_ALLOCATION, ExAllocatePool2, ...)."""
+        pool = self.pools_by_slot.get(va >> 39)
+        start, end = va, va + number_of_bytes
         while va < end:
             length = min(PAGE_SIZE - (va & 0xFFF), end - va)
-            pa = pool._pa(va)
+            # Pool pages may be paged out (the pool pages them in); special pool's never are.
+            pa = pool._pa(va) if pool is not None else self.tlb[va >> PAGE_SHIFT] + (va & 0xFFF)
             self.mem[pa:pa + length] = bytes(length)
             va += length
+        if self.interceptor is not None:
+            self.interceptor.zeroed(start, number_of_bytes)
 
     def pool_at(self, va: int) -> Pool:
         return self.pools_by_slot[va >> 39]

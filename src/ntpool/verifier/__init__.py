@@ -183,6 +183,10 @@ class DriverVerifier:
     def site_of(self, address: int):
         return self.special_pool.site_of(address)
 
+    def zeroed(self, address: int, length: int) -> None:
+        """The routine zeroed new memory itself (ExAllocatePool2): those bytes are written."""
+        self.uninitialized.mark_written(address, length)
+
     # --- reports -------------------------------------------------------------------------
 
     def _on_unload(self, kernel, driver) -> None:

@@ -81,6 +81,10 @@ class UninitializedMemoryTracking:
         for start, shadow, _, _, first, last in self._spans(address, length):
             shadow[first - start:last - start] = bytes([value]) * (last - first)
 
+    def mark_written(self, address: int, length: int) -> None:
+        if self.shadows:
+            self._mark(address, length)
+
     def _write(self, address, data) -> None:
         type(self.kernel).write(self.kernel, address, data)
         self._mark(address, len(data))
