@@ -6,7 +6,9 @@ from rich.table import Table
 
 def cmd_verify(args) -> int:
     from ..campaign import verify
+    from ..scenario import load_scenario
 
+    load_scenario(args.scenario)  # a broken file is a one-line error before anything runs
     console = Console()
     console.print(f"Systematic low resources simulation of [bold]{args.scenario}[/bold]: "
                   f"one allocation site failed per run, pool tracking on.")
