@@ -88,3 +88,5 @@ def test_leak_at_unload_names_the_driver_from_the_dump(tmp_path):
         sites = reader.call_sites()
         assert any(s[0] == "leaky.sys" and s[3] == "Leaky.DriverEntry" for s in sites)
         assert ("leaky.sys" in [m[0] for m in reader.loaded_modules()])
+        header_list = int.from_bytes(path.read_bytes()[0x20:0x28], "little")
+        assert header_list == reader.debugger_data()["PsLoadedModuleList"] == k.loaded_module_list

@@ -28,7 +28,7 @@ class DebuggerDataLayout:
 
     kdbg: int = 0
     ntpl: int = 0
-    list_heads: int = 0  # PsLoadedModuleList, PsActiveProcessHead: empty lists
+    list_heads: int = 0  # PsActiveProcessHead (an empty list) and a spare
     bugcheck_context: int = 0
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)

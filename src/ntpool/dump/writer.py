@@ -48,7 +48,7 @@ def build_header(kernel, kdbg: int, dump_type: int, runs: list[tuple[int, int]],
     put(f.OFF_DIRECTORY_TABLE_BASE, directory_table_base(kernel), 8)
     put(f.OFF_PFN_DATABASE, 0, 8)  # the machine has no PFN database
     layout = kernel._debugger_data_layout
-    put(f.OFF_PS_LOADED_MODULE_LIST, layout.list_heads, 8)
+    put(f.OFF_PS_LOADED_MODULE_LIST, kernel.loaded_module_list, 8)
     put(f.OFF_PS_ACTIVE_PROCESS_HEAD, layout.list_heads + 16, 8)
     put(f.OFF_MACHINE_IMAGE_TYPE, f.MACHINE_AMD64, 4)
     put(f.OFF_NUMBER_PROCESSORS, kernel.processors, 4)

@@ -138,12 +138,6 @@ class PoolAllocator:
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
 
-    def restore_fast_pools(self, paged_allowed: bool = True) -> None:
-        self.refresh_fast_paths()
-        if not paged_allowed:
-            self.fast_pools.pop(1, None)
-            self.fast_free_slots.pop(self.paged.base >> 39, None)
-
     def set_interceptor(self, interceptor) -> None:
         self.interceptor = interceptor
         if interceptor is None:
@@ -318,9 +312,6 @@ class PoolAllocator:
             va += length
         if self.interceptor is not None:
             self.interceptor.zeroed(start, number_of_bytes)
-
-    def pool_at(self, va: int) -> Pool:
-        return self.pools_by_slot[va >> 39]
 
     def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int,
                          aligned: bool = False, site: int | None = None) -> int:
