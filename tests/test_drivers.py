@@ -185,3 +185,22 @@ def test_every_routine_records_the_drivers_line_not_its_own(k, routine):
     p = routine(k)
     site = k.allocation_site(p)
     assert site.filename == __file__ and site.function.startswith("<lambda>")
+
+
+def test_call_site_addresses_do_not_depend_on_the_hash_seed(tmp_path):
+    import os
+    import subprocess
+
+    script = ("import ntpool\n"
+              "k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)\n"
+              "def driver_line(k):\n"
+              "    return k.ExAllocatePoolWithTag(0, 32, 'Seed')\n"
+              "print(k.allocation_site(driver_line(k)).address)\n")
+    path = tmp_path / "seeded.py"
+    path.write_text(script)
+    outputs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outputs.add(subprocess.run([sys.executable, str(path)], env=env, capture_output=True,
+                                   text=True, check=True).stdout)
+    assert len(outputs) == 1

@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import types
+import zlib
 from typing import NamedTuple
 
 from .constants import NtStatus
@@ -152,7 +153,10 @@ class CallSites:
                 return 0  # the back trace database is full, as Windows' can be
             code = frame.f_code
             base = owner.image_base if owner else 0
-            address = base + 0x1000 + (hash((code.co_filename, code.co_firstlineno)) & 0xFFFF0) + frame.f_lasti
+            # A stable place in the image per function (crc32, not hash(): str hashes change
+            # from process to process, and a seeded run must give the same parameters).
+            spot = zlib.crc32(f"{code.co_filename}:{code.co_firstlineno}".encode()) & 0xFFFF0
+            address = base + 0x1000 + spot + frame.f_lasti
             self.table.append(CallSite(identity[1], code.co_filename, frame.f_lineno,
                                        code.co_qualname, address))
             site = len(self.table) - 1
