@@ -441,3 +441,19 @@ def test_every_routine_works_under_every_option(k, options):
     k.unload_driver(d)  # nothing outstanding, so pool tracking lets it go
     assert not k.halted
     assert all(r.NonPagedUsed == 0 and r.PagedUsed == 0 for r in k.pool_tags())
+
+
+@pytest.mark.parametrize("underrun, offset, selector", [
+    (False, -1, 0x23),  # the byte before the buffer (between header and buffer)
+    (False, 20, 0x24),  # slack after a 20-byte buffer
+    (True, 20, 0x24),   # underrun mode: after the buffer
+    (True, 4096 - 17, 0x24),  # underrun mode: last slack byte before the header
+])
+def test_special_pool_pattern_damage_anywhere_in_the_page_is_found(k, underrun, offset, selector):
+    d = Overrunner()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_underruns=underrun)
+    p = d.allocate(k, 20)
+    k.write(p + offset, b"\x00")
+    e = stop(lambda: k.ExFreePoolWithTag(p, "Ovrn"))
+    assert (e.code, e.parameters[1], e.parameters[3]) == (0xC1, p + offset, selector)

@@ -157,15 +157,16 @@ class SpecialPool:
         return True
 
     def _check_pattern(self, allocation: SpecialAllocation) -> None:
+        """Every byte of the page outside the allocation and its header still holds the fill."""
         page = self.kernel.read(allocation.page, PAGE_SIZE)
-        fill = pattern_byte(allocation.page)
+        fill = bytes([pattern_byte(allocation.page)])
         start = allocation.address - allocation.page
         end = start + allocation.size
         header_at = PAGE_SIZE - BLOCK if allocation.underrun else 0
-        for offset, byte in enumerate(page):
-            if start <= offset < end or header_at <= offset < header_at + BLOCK:
-                continue
-            if byte != fill:
+        for low, high in _slack_ranges(start, end, header_at):
+            rest = page[low:high].lstrip(fill)
+            if rest:
+                offset = high - len(rest)
                 after_end = offset >= end
                 self.kernel.KeBugCheckEx(
                     BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, allocation.address,
@@ -206,3 +207,16 @@ class SpecialPool:
             return None
         allocation = self.live.get(self._slot_of(address))
         return allocation.site if allocation and allocation.address == address else 0
+
+
+def _slack_ranges(start: int, end: int, header_at: int) -> list[tuple[int, int]]:
+    """The page's byte ranges that hold only the fill: all but the allocation and header."""
+    taken = sorted([(start, end), (header_at, header_at + BLOCK)])
+    ranges, cursor = [], 0
+    for low, high in taken:
+        if cursor < low:
+            ranges.append((cursor, low))
+        cursor = max(cursor, high)
+    if cursor < PAGE_SIZE:
+        ranges.append((cursor, PAGE_SIZE))
+    return ranges
