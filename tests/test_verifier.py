@@ -190,6 +190,9 @@ def test_random_low_resources_fails_with_the_given_probability_and_seed(k):
     results = d.run(k, 2000)
     failures = results.count(0)
     assert 400 < failures < 600
+    injected = k.verifier.low_resources.injected
+    assert len(injected) == failures
+    assert {k.call_sites.table[f.site].function for f in injected} == {"Careful.run"}
     k2 = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
     d2 = Careful()
     k2.load_driver(d2)

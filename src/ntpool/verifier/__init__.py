@@ -8,6 +8,7 @@ the verifier is off.
 """
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from enum import IntFlag
 
 from ..tags import display
@@ -119,8 +120,6 @@ class DriverVerifier:
         return [o for o in self.options.values() if o.flags & flag]
 
     def options_for_driver(self, driver_name: str) -> DriverOptions | None:
-        from fnmatch import fnmatchcase
-
         lowered = driver_name.lower()
         for pattern, options in self.options.items():
             if fnmatchcase(lowered, pattern):
@@ -159,7 +158,7 @@ class DriverVerifier:
         if flags & VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION and self.systematic.should_fail(site):
             return 0
         if flags & VerifierFlags.LOW_RESOURCES_SIMULATION and \
-                self.low_resources.should_fail(options, tag):
+                self.low_resources.should_fail(options, tag, site):
             return 0
         address = 0
         if flags & VerifierFlags.SPECIAL_POOL and not aligned and \

@@ -23,7 +23,7 @@ class LowResourcesSimulation:
     def configure(self, options) -> None:
         self._state[options.name] = [random.Random(options.fault_seed), 0]
 
-    def should_fail(self, options, tag: int) -> bool:
+    def should_fail(self, options, tag: int, site: int) -> bool:
         state = self._state[options.name]
         state[1] += 1
         if state[1] <= options.fault_delay:
@@ -31,7 +31,7 @@ class LowResourcesSimulation:
         if options.fault_tags and not any(fnmatchcase(display(tag), p) for p in options.fault_tags):
             return False
         if state[0].random() < options.fault_probability:
-            self.injected.append(InjectedFailure(0, tag))
+            self.injected.append(InjectedFailure(site, tag))
             return True
         return False
 
