@@ -33,6 +33,7 @@ from .constants import (
 )
 from .errors import NdisContractError, NdisVersionError
 from .memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
+from .pool.allocator import checked_address
 from .pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
 from .pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
 from .tags import DEFAULT_TAG_NDIS
@@ -65,14 +66,6 @@ def _uint(name: str, value) -> int:
         raise TypeError(f"{name} must be an int (UINT), not {type(value).__name__}")
     if not 0 <= value <= 0xFFFFFFFF:
         raise ValueError(f"{name} {value} does not fit in a UINT (0..0xFFFFFFFF)")
-    return value
-
-
-def _address(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an address (int), not {type(value).__name__}")
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"{name} {value:#x} is not a 64-bit address")
     return value
 
 
@@ -244,7 +237,7 @@ class NdisRoutines:
     def NdisFreeMemory(self, VirtualAddress, Length, MemoryFlags) -> None:
         """Free NDIS memory; Length and MemoryFlags must be what allocated it (else
         NdisContractError, nothing freed)."""
-        va = _address("VirtualAddress", VirtualAddress)
+        va = checked_address(VirtualAddress, "VirtualAddress")
         length = _uint("Length", Length)
         flags = _memory_flags(MemoryFlags)
         block = self.ndis_blocks.get(va)
@@ -309,13 +302,13 @@ class NdisRoutines:
 
     def NdisFreeMemoryWithTag(self, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTag; Tag must match (else 0xC2/0x0A)."""
-        self.pool.free(_address("VirtualAddress", VirtualAddress), Tag)
+        self.pool.free(checked_address(VirtualAddress, "VirtualAddress"), Tag)
 
     def NdisFreeMemoryWithTagPriority(self, NdisHandle, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTagPriority; Tag must match."""
         self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
         self._ndis_driver(NdisHandle, "NdisHandle")
-        self.pool.free(_address("VirtualAddress", VirtualAddress), Tag)
+        self.pool.free(checked_address(VirtualAddress, "VirtualAddress"), Tag)
 
     # --- memory helpers (macros over the Rtl routines) -------------------------------------
 

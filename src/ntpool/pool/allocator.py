@@ -447,7 +447,7 @@ class PoolAllocator:
                    detail=f"free of {address:#x}, which was never in any pool")
 
     def free_generic(self, address, tag) -> None:
-        address = _checked_address(address)
+        address = checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
         if self.interceptor is not None and self.interceptor.free(address, passed):
             return
@@ -572,11 +572,12 @@ def _checked_size(number_of_bytes) -> int:
     return number_of_bytes
 
 
-def _checked_address(address) -> int:
+def checked_address(address, name: str = "P") -> int:
+    """An address argument, or a plain error naming the parameter."""
     if isinstance(address, bool) or not isinstance(address, int):
-        raise TypeError(f"P must be an address (int), not {type(address).__name__}")
+        raise TypeError(f"{name} must be an address (int), not {type(address).__name__}")
     if not 0 <= address < 1 << 64:
-        raise ValueError(f"P {address:#x} is not a 64-bit address")
+        raise ValueError(f"{name} {address:#x} is not a 64-bit address")
     return address
 
 
