@@ -350,3 +350,12 @@ def test_zero_move_and_fill_memory(k):
     assert k.read(a, 64) == bytes(64)
     with pytest.raises(ValueError, match="Length"):
         k.NdisZeroMemory(a, -1)
+
+
+@pytest.mark.parametrize("bad, error", [("0x10", TypeError), (-1, ValueError), (1 << 64, ValueError)])
+def test_ndis_free_names_a_bad_virtual_address(k, bad, error):
+    with pytest.raises(error, match="VirtualAddress"):
+        k.NdisFreeMemory(bad, 16, 0)
+    with pytest.raises(error, match="VirtualAddress"):
+        k.NdisFreeMemoryWithTag(bad, "Tag1")
+    assert not k.halted
