@@ -108,22 +108,16 @@ class Pool:
             index = self.page_kind.find(want)
         return index
 
-    def _map_pages(self, index: int, count: int, kind: int) -> int | None:
-        """Back ``count`` pool pages with frames; None (nothing changed) when frames run out."""
-        frames = []
-        try:
-            for _ in range(count):
-                frames.append(self.physical.allocate_frame())
-        except OutOfFrames:
-            for pfn in frames:
-                self.physical.free_frame(pfn)
-            return None
+    def _map_frames(self, index: int, frames, kind: int, rest_kind: int) -> int:
+        """Map pool pages from ``index`` onto ``frames``: the first page ``kind``, the others
+        ``rest_kind``."""
+        count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
         for offset, pfn in enumerate(frames):
             self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
         self.page_kind[index] = kind
         if count > 1:
-            self.page_kind[index + 1:index + count] = bytes([PAGE_BIG_REST]) * (count - 1)
+            self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
         self.pages_in_use += count
         self._page_hint = index + count
         return va
@@ -133,8 +127,15 @@ class Pool:
         index = self._find_pages(count)
         if index < 0:
             return 0
-        va = self._map_pages(index, count, kind)
-        return 0 if va is None else va
+        frames = []
+        try:
+            for _ in range(count):
+                frames.append(self.physical.allocate_frame())
+        except OutOfFrames:
+            for pfn in frames:
+                self.physical.free_frame(pfn)
+            return 0
+        return self._map_frames(index, frames, kind, PAGE_BIG_REST)
 
     def take_pages_with_frames(self, first_pfn: int, count: int, kind: int) -> int:
         """Map ``count`` free pool pages onto frames already taken (first_pfn onwards).
@@ -145,13 +146,7 @@ class Pool:
         index = self._find_pages(count)
         if index < 0:
             return 0
-        va = self.base + (index << PAGE_SHIFT)
-        for offset in range(count):
-            self.space.map_page(va + (offset << PAGE_SHIFT), first_pfn + offset)
-        self.page_kind[index:index + count] = bytes([kind]) * count
-        self.pages_in_use += count
-        self._page_hint = index + count
-        return va
+        return self._map_frames(index, range(first_pfn, first_pfn + count), kind, kind)
 
     def release_pages(self, va: int, count: int) -> None:
         index = (va - self.base) >> PAGE_SHIFT
