@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ntpool.campaign import verify
+from ntpool.tools.campaign import verify
 from ntpool.cli.main import main
 
 SCENARIO = str(Path(__file__).parent / "scenarios" / "verify_mixed.py")

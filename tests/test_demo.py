@@ -3,7 +3,7 @@
 import re
 
 from ntpool.cli.main import main
-from ntpool.scenario import ScenarioRun, load_scenario
+from ntpool.tools.scenario import ScenarioRun, load_scenario
 
 
 def run_demo(tmp_path, capsys, *extra):

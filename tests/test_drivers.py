@@ -1,6 +1,7 @@
 """Drivers load and unload, and every allocation knows its driver and call site."""
 
 import struct
+from pathlib import Path
 import sys
 import types
 
@@ -200,7 +201,8 @@ def test_call_site_addresses_do_not_depend_on_the_hash_seed(tmp_path):
     path.write_text(script)
     outputs = set()
     for seed in ("1", "2"):
-        env = dict(os.environ, PYTHONHASHSEED=seed)
+        env = dict(os.environ, PYTHONHASHSEED=seed,
+                   PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
         outputs.add(subprocess.run([sys.executable, str(path)], env=env, capture_output=True,
                                    text=True, check=True).stdout)
     assert len(outputs) == 1

@@ -6,9 +6,9 @@ from functools import partial
 import pytest
 
 from ntpool.cli.main import main
-from ntpool.pictures import live_page_strips
-from ntpool.poolmon import Snapshot
-from ntpool.scenario import ScenarioRun, load_scenario
+from ntpool.tools.pictures import live_page_strips
+from ntpool.tools.poolmon import Snapshot
+from ntpool.tools.scenario import ScenarioRun, load_scenario
 
 
 @pytest.fixture(scope="module")

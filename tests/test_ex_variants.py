@@ -9,9 +9,9 @@ from ntpool.constants import (
     POOL_ZERO_ALLOCATION,
     PoolExtendedParameterType,
 )
-from ntpool.ex import POOL_EXTENDED_PARAMETER
+from ntpool.routines.ex import POOL_EXTENDED_PARAMETER
 from ntpool.pool.header import HEADER, page_problems
-from ntpool.process import EPROCESS_IMAGE_FILE_NAME, EPROCESS_UNIQUE_PROCESS_ID
+from ntpool.machine.process import EPROCESS_IMAGE_FILE_NAME, EPROCESS_UNIQUE_PROCESS_ID
 from ntpool.tags import tag_value
 
 NP = ntpool.PoolType.NonPagedPool

@@ -3,7 +3,7 @@
 import pytest
 
 import ntpool
-from ntpool.memory import PTE_PRESENT
+from ntpool.machine.memory import PTE_PRESENT
 from ntpool.tags import tag_value
 
 NP = ntpool.PoolType.NonPagedPool

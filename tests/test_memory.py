@@ -1,7 +1,7 @@
 import pytest
 
 import ntpool
-from ntpool.memory import SELF_MAP_INDEX, AddressSpace, PhysicalMemory, PTE_PRESENT
+from ntpool.machine.memory import SELF_MAP_INDEX, AddressSpace, PhysicalMemory, PTE_PRESENT
 
 MiB = 1 << 20
 

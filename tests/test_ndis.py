@@ -5,8 +5,8 @@ import pytest
 
 import ntpool
 from ntpool.constants import NDIS_MEMORY_CONTIGUOUS, NDIS_MEMORY_NONCACHED
-from ntpool.memory import PTE_CACHE_DISABLE, PTE_PRESENT
-from ntpool.ndis import NDIS_MINIPORT_CHARACTERISTICS, NDIS_MINIPORT_DRIVER_CHARACTERISTICS
+from ntpool.machine.memory import PTE_CACHE_DISABLE, PTE_PRESENT
+from ntpool.routines.ndis import NDIS_MINIPORT_CHARACTERISTICS, NDIS_MINIPORT_DRIVER_CHARACTERISTICS
 from ntpool.pool.descriptor import PAGE_RESERVED
 from ntpool.tags import tag_value
 

@@ -8,10 +8,10 @@ import pytest
 import ntpool
 from ntpool.cli.main import main
 from ntpool.constants import PAGE_SIZE
-from ntpool.pictures import (
+from ntpool.tools.pictures import (
     ALLOCATED, BIG, FREE, LOOKASIDE, Segment, live_page_strips, pagemap_figure, save_figure, tag_colours,
     usage_figure)
-from ntpool.scenario import ScenarioRun, load_scenario
+from ntpool.tools.scenario import ScenarioRun, load_scenario
 
 
 def png_size(path) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import ntpool
 from ntpool.cli.main import main
 from ntpool.cli.poolmon_view import KeyReader, apply_key
 from ntpool.debugger.pooltag import PoolTagDatabase
-from ntpool.poolmon import (
+from ntpool.tools.poolmon import (
     NONPAGED, PAGED, PoolmonModel, Snapshot, TagUsage, grown_tags, tag_matches)
 
 

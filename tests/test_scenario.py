@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ntpool.cli.main import main
-from ntpool.scenario import ScenarioError, ScenarioRun, load_scenario
+from ntpool.tools.scenario import ScenarioError, ScenarioRun, load_scenario
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -16,13 +16,13 @@ import os
 from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
 from .drivers import DriverRoutines
 from .errors import BugCheck, MachineHalted
-from .ex import ExecutiveRoutines
-from .fsrtl import FsRtlRoutines
-from .irql import IrqlRoutines
-from .ndis import NdisRoutines
-from .paging import PagingRoutines
-from .process import ProcessRoutines
-from .memory import AddressSpace, PhysicalMemory
+from .routines.ex import ExecutiveRoutines
+from .routines.fsrtl import FsRtlRoutines
+from .machine.irql import IrqlRoutines
+from .routines.ndis import NdisRoutines
+from .machine.paging import PagingRoutines
+from .machine.process import ProcessRoutines
+from .machine.memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
 from .pool.header import LIST_HEAD_COUNT

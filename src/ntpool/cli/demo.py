@@ -17,8 +17,8 @@ from ..constants import PAGE_SIZE
 from ..debugger.pooltag import PoolTagDatabase
 from ..debugger.session import KdSession
 from ..dump import DumpReader
-from ..poolmon import PoolmonModel, grown_tags, owner_text
-from ..scenario import ScenarioRun, load_scenario
+from ..tools.poolmon import PoolmonModel, grown_tags, owner_text
+from ..tools.scenario import ScenarioRun, load_scenario
 from .poolmon_view import poolmon_table, wide_console
 
 DUMP_NAME = "MEMORY.DMP"

@@ -9,9 +9,9 @@ from pathlib import Path
 from ..constants import PAGE_SIZE
 from ..dump import DumpReader
 from ..errors import BugCheck
-from ..pictures import PageStrip, big_page_strips, small_page_strip
+from ..tools.pictures import PageStrip, big_page_strips, small_page_strip
 from ..pool.tracker import PoolTagInfo
-from ..poolmon import Snapshot
+from ..tools.poolmon import Snapshot
 
 
 class DumpSource:

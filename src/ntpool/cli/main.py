@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
-from ..scenario import ScenarioError
+from ..tools.scenario import ScenarioError
 from .tools import add_commands
 from .verify import add_verify_command
 
@@ -16,7 +16,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from ..bench import run
+    from ..tools.bench import run
 
     results = run(quick=args.quick)
     print(f"small ExAllocatePoolWithTag+ExFreePoolWithTag pair: "

@@ -1,4 +1,4 @@
-"""poolmon's screen: the model from ``ntpool.poolmon`` drawn with rich, and its keys.
+"""poolmon's screen: the model from ``ntpool.tools.poolmon`` drawn with rich, and its keys.
 
 Interactive only on a terminal; otherwise (or with --once / --iterations) it prints one
 table per refresh, which is what scripts and tests read.
@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..poolmon import PoolmonModel
+from ..tools.poolmon import PoolmonModel
 
 COLUMNS = ("Tag", "Type", "Allocs", "(delta)", "Frees", "(delta)", "Diff", "Bytes", "(delta)",
            "Per Alloc", "Owner")

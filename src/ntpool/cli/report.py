@@ -2,9 +2,9 @@
 
 import html
 
-from .. import pictures
-from ..poolmon import PoolmonModel, grown_tags, owner_text
-from ..pictures import ReportSection, html_table, inline_svg
+from ..tools import pictures
+from ..tools.poolmon import PoolmonModel, grown_tags, owner_text
+from ..tools.pictures import ReportSection, html_table, inline_svg
 
 POOL_COLUMNS = ["Tag", "Type", "Allocs", "Frees", "Diff", "Bytes", "Per Alloc", "Owner"]
 

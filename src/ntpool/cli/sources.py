@@ -6,9 +6,9 @@ moment, read through the dump reader.
 
 from pathlib import Path
 
-from ..pictures import live_page_strips
-from ..poolmon import Snapshot
-from ..scenario import ScenarioRun, load_scenario
+from ..tools.pictures import live_page_strips
+from ..tools.poolmon import Snapshot
+from ..tools.scenario import ScenarioRun, load_scenario
 
 DUMP_SIGNATURE = b"PAGEDU64"  # DUMP_HEADER64's Signature and ValidDump
 MiB = 1 << 20

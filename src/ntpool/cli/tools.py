@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 
-from ..poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
+from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
 from .poolmon_view import interactive, poolmon_screen, poolmon_table, wide_console
 from .sources import ScenarioSource, kernel_options, open_source
@@ -208,7 +208,7 @@ def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
 # --- pictures and the report ---------------------------------------------------------------
 
 def cmd_picture(args) -> int:
-    from .. import pictures
+    from ..tools import pictures
 
     _picture_format(args.output, ("png", "svg"))
     _positive("--max-pages", args.max_pages)

@@ -5,8 +5,8 @@ from rich.table import Table
 
 
 def cmd_verify(args) -> int:
-    from ..campaign import verify
-    from ..scenario import load_scenario
+    from ..tools.campaign import verify
+    from ..tools.scenario import load_scenario
 
     load_scenario(args.scenario)  # a broken file is a one-line error before anything runs
     console = Console()

@@ -32,7 +32,7 @@ def _fill(kernel, pool_bytes: int) -> int:
 def run(pool_mib: int = 512, directory: str | None = None) -> dict:
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
-    from ..dump.reader import DumpReader
+    from .reader import DumpReader
     from ..system import Kernel
 
     pool_bytes = pool_mib * MiB

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..drivers import call_site_table
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
-from ..memory import PTE_ADDRESS_MASK
+from ..machine.memory import PTE_ADDRESS_MASK
 from ..tags import PROTECTED_POOL
 from . import format as f
 

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..drivers import LDR_BASE_DLL_NAME, LDR_DLL_BASE, parse_call_site_table
-from ..memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
+from ..machine.memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
 from . import format as f
 
 PTE_LARGE = 1 << 7

@@ -8,7 +8,7 @@ heads, and the big page table. Nothing is kept per small allocation.
 """
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
-from ..memory import AddressSpace, OutOfFrames, PhysicalMemory
+from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
 from .header import (
     BLOCK_SHIFT,
     BLOCKS_PER_PAGE,

@@ -9,7 +9,7 @@ shows as ``NmRx`` in poolmon and the debugger.
 """
 
 from ntpool import NdisStatus, NtStatus
-from ntpool.ndis import NDIS_MINIPORT_CHARACTERISTICS
+from ntpool.routines.ndis import NDIS_MINIPORT_CHARACTERISTICS
 
 RECEIVE_BUFFER_TAG = "xRmN"  # shows "NmRx"
 SEND_CONTEXT_TAG = "xTmN"  # shows "NmTx"

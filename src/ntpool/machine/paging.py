@@ -8,9 +8,9 @@ back in; at DISPATCH_LEVEL or above it is the bug check Windows raises (see
 paged pool on its generic path, which has already refused DISPATCH_LEVEL callers.
 """
 
-from .constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
 from .pager import Pager
-from .pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_SMALL
+from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_SMALL
 
 PAGEABLE_KINDS = frozenset({PAGE_SMALL, PAGE_BIG_FIRST, PAGE_BIG_REST})
 

@@ -7,9 +7,9 @@ four documented pool types are accepted (plus the obsolete must-succeed ones, wh
 bug check 0xC2/0x9A as in Windows).
 """
 
-from .constants import POOL_RAISE_IF_ALLOCATION_FAILURE, PoolType
-from .errors import NtStatusError
-from .tags import DEFAULT_TAG_FSRTL
+from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE, PoolType
+from ..errors import NtStatusError
+from ..tags import DEFAULT_TAG_FSRTL
 
 DOCUMENTED_TYPES = frozenset({PoolType.NonPagedPool, PoolType.PagedPool,
                               PoolType.NonPagedPoolCacheAligned, PoolType.PagedPoolCacheAligned})

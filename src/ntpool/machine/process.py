@@ -11,7 +11,7 @@ process is never charged.
 
 from dataclasses import dataclass, field
 
-from .constants import BASE_POOL_TYPE_MASK
+from ..constants import BASE_POOL_TYPE_MASK
 
 EPROCESS_SIZE = 0x4D0  # Windows 7 SP1 x64
 EPROCESS_UNIQUE_PROCESS_ID = 0x180

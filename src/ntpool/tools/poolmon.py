@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .debugger.pooltag import PoolTagDatabase, wildcard_regex
+from ..debugger.pooltag import PoolTagDatabase, wildcard_regex
 
 NONPAGED = "Nonp"
 PAGED = "Paged"

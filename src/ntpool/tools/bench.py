@@ -6,7 +6,7 @@ import statistics
 import time
 from array import array
 
-from .constants import PoolType
+from ..constants import PoolType
 
 MiB = 1 << 20
 
@@ -30,7 +30,7 @@ def _pair_costs(kernel, size: int, tag: str, batches: int, per_batch: int) -> li
 
 def _with_live(live: int, size: int, batches: int, per_batch: int) -> dict:
     """Pair cost with ``live`` allocations outstanding, and the simulator's memory per one."""
-    from .kernel import Kernel
+    from ..kernel import Kernel
 
     pool_bytes = max(64 * MiB, live * ((size + 31) // 16 * 16) * 2)
     gc.collect()
@@ -53,7 +53,7 @@ def _with_live(live: int, size: int, batches: int, per_batch: int) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    from .kernel import Kernel
+    from ..kernel import Kernel
 
     per_batch = 2_000 if quick else 10_000
     batches = 10 if quick else 30

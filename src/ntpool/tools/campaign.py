@@ -9,7 +9,7 @@ failure path join the queue, until every site has been failed once.
 
 from dataclasses import dataclass
 
-from .errors import BugCheck, NtStatusError
+from ..errors import BugCheck, NtStatusError
 from .scenario import ScenarioError, ScenarioRun, load_scenario
 
 MAX_RUNS = 500

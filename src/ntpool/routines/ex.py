@@ -5,7 +5,7 @@ Each is a thin translation onto the one PoolAllocator (``self.pool``).
 
 from typing import NamedTuple
 
-from .constants import (
+from ..constants import (
     CACHE_ALIGNED_POOL_TYPE_MASK,
     POOL_FLAG_REQUIRED_MASK,
     POOL_NX_ALLOCATION,
@@ -17,9 +17,9 @@ from .constants import (
     PoolExtendedParameterType,
     PoolFlags,
 )
-from .errors import NtStatusError
-from .pool.allocator import checked_pool_type, checked_priority
-from .tags import DEFAULT_TAG_EX, tag_value
+from ..errors import NtStatusError
+from ..pool.allocator import checked_pool_type, checked_priority
+from ..tags import DEFAULT_TAG_EX, tag_value
 
 # Plain ints: IntFlag arithmetic would cost microseconds per call.
 F = type("F", (), {flag.name: int(flag) for flag in PoolFlags})

@@ -11,7 +11,7 @@ This module knows nothing of pools or IRQL: the machine decides when a fault may
 resolved (below DISPATCH_LEVEL) and the pool decides which pages are pageable.
 """
 
-from .constants import PAGE_SHIFT, PAGE_SIZE
+from ..constants import PAGE_SHIFT, PAGE_SIZE
 from .memory import AddressSpace, OutOfFrames
 
 MM_READWRITE = 4  # the protection a pageable pool page has

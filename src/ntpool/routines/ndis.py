@@ -20,7 +20,7 @@ MemoryFlags frees it. NONCACHED pages have the PTE's cache-disable and write-thr
 
 from typing import NamedTuple
 
-from .constants import (
+from ..constants import (
     DISPATCH_LEVEL,
     MAX_SMALL_ALLOCATION,
     NDIS_MEMORY_CONTIGUOUS,
@@ -31,12 +31,12 @@ from .constants import (
     NdisStatus,
     PoolType,
 )
-from .errors import NdisContractError, NdisVersionError
-from .memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
-from .pool.allocator import checked_address
-from .pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
-from .pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
-from .tags import DEFAULT_TAG_NDIS
+from ..errors import NdisContractError, NdisVersionError
+from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
+from ..pool.allocator import checked_address
+from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
+from ..pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
+from ..tags import DEFAULT_TAG_NDIS
 
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 FAILURE = NdisStatus.NDIS_STATUS_FAILURE

@@ -11,10 +11,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
-from .constants import PAGE_SHIFT, PAGE_SIZE
-from .pool.descriptor import PAGE_FREE, PAGE_SMALL
-from .pool.header import walk_page
-from .tags import display
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..pool.descriptor import PAGE_FREE, PAGE_SMALL
+from ..pool.header import walk_page
+from ..tags import display
 
 ALLOCATED, FREE, LOOKASIDE, BIG, RESERVED = "Allocated", "Free", "Lookaside", "Big", "Reserved"
 FREE_COLOUR = "#ffffff"

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import BugCheck
+from ..errors import BugCheck
 from .poolmon import Snapshot
-from .system import Kernel
+from ..system import Kernel
 
-SAMPLES_DIRECTORY = Path(__file__).parent / "samples"
+SAMPLES_DIRECTORY = Path(__file__).parent.parent / "samples"
 SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py"}
 MiB = 1 << 20
-_CORE_DIRECTORY = str(Path(__file__).parent)
+_CORE_DIRECTORY = str(Path(__file__).parent.parent)
 _SAMPLES_DIRECTORY = str(SAMPLES_DIRECTORY)
 
 

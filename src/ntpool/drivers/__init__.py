@@ -20,8 +20,8 @@ import types
 import zlib
 from typing import NamedTuple
 
-from .constants import NtStatus
-from .errors import NtStatusError
+from ..constants import NtStatus
+from ..errors import NtStatusError
 
 DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
 DRIVER_IMAGE_STRIDE = 0x100000
@@ -37,11 +37,11 @@ LIST_ENTRY = struct.Struct("<QQ")
 # ntpool's own machinery: the machine, its routines and the layers inside it. Code that
 # calls into the machine the way a driver does (samples, scenarios, benchmarks, the command
 # line) is not machinery: its lines are call sites.
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_MACHINERY_DIRECTORIES = tuple(_PACKAGE + d + os.sep for d in ("pool", "verifier"))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_MACHINERY_DIRECTORIES = tuple(_PACKAGE + d + os.sep for d in (
+    "pool", "verifier", "machine", "routines", "drivers"))
 _MACHINERY_MODULES = frozenset(_PACKAGE + m + ".py" for m in (
-    "kernel", "ex", "fsrtl", "ndis", "irql", "paging", "pager", "process", "memory", "drivers",
-    "system", "tags", "errors"))
+    "kernel", "system", "tags", "errors"))
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
 

@@ -12,7 +12,7 @@ This module knows nothing of pools.
 import mmap
 import struct
 
-from .constants import PAGE_SHIFT, PAGE_SIZE
+from ..constants import PAGE_SHIFT, PAGE_SIZE
 
 PTE_PRESENT = 1 << 0
 PTE_WRITABLE = 1 << 1

@@ -10,7 +10,7 @@ and lowering to a higher IRQL IRQL_NOT_LESS_OR_EQUAL (0xA), both with (current I
 requested IRQL, 0, 0).
 """
 
-from .constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
+from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
 
 SPIN_LOCK_FREE = 0
 
