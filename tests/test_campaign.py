@@ -38,8 +38,8 @@ def test_each_verdict_is_the_truth_about_its_run(serial_campaign):
     header, body = [v for (f, _), v in sorted(by_function.items()) if f == "Mixed.leaky"]
     assert entry.survived and entry.owner == "mixed.sys"
     assert careless.verdict == "bug check" and careless.result["code"] == 0x1E
-    assert careless.label == "bug check 0x1e KMODE_EXCEPTION_NOT_HANDLED"
-    assert careless.result["evidence"].startswith("*** STOP: 0x0000001e")
+    assert careless.label == "bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED"
+    assert careless.result["evidence"].startswith("0x1e KMODE_EXCEPTION_NOT_HANDLED (0xc0000005,")
     assert header.survived
     # The header's 32 bytes were left behind when the body's allocation failed; the tag as
     # tools show it (the C literal 'MxHd' is stored, and shown, byte-reversed).

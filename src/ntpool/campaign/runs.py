@@ -39,30 +39,26 @@ def run_scenario(task: dict) -> dict:
     kernel = run.boot()
     _apply_plan(kernel, scenario, plan)
     error = None
+    loading = True
     try:
         run.load_drivers()
+        loading = False
         for _ in run.checkpoints():
             pass
         run.finish()
     except ScenarioError as problem:
         refused = problem.__cause__
-        if not (isinstance(refused, NtStatusError) and not run.bugcheck and
-                _refused_in_driver_entry(run, scenario)):
+        if not (loading and isinstance(refused, NtStatusError) and not run.bugcheck):
             error = problem
+        # else: DriverEntry failed cleanly: refusing to load is a handled failure, as long
+        # as the driver left nothing behind (checked in _verdict).
     result = _verdict(kernel, run, error)
     systematic = kernel.verifier.systematic
     result["seen"] = sorted(list(k) for k in systematic.seen_keys)
     failed = systematic.failed_sites or [f.site for f in kernel.verifier.low_resources.injected]
-    result["failed"] = sorted({tuple(systematic.site_key(s)) for s in failed})
-    result["failed"] = [list(k) for k in result["failed"]]
+    result["failed"] = [list(k) for k in sorted({tuple(systematic.site_key(s)) for s in failed})]
     result["owners"] = {_key_text(k): _site_owner(kernel, k) for k in systematic.seen_keys}
     return result
-
-
-def _refused_in_driver_entry(run, scenario) -> bool:
-    # DriverEntry failed cleanly (its NTSTATUS) and pool tracking found nothing left behind:
-    # refusing to load is a handled failure.
-    return len(run.loaded) < len(scenario.drivers)
 
 
 def _apply_plan(kernel, scenario, plan: dict) -> None:
@@ -82,28 +78,47 @@ def _apply_plan(kernel, scenario, plan: dict) -> None:
 
 
 def _verdict(kernel, run, error) -> dict:
+    """What really happened in the run, with the first line of its evidence."""
     if error is not None:
-        cause = error.__cause__ or error
+        cause = error.__cause__ if error.__cause__ is not None else error
         return {"verdict": "raised", "exception": type(cause).__name__,
                 "evidence": _first_line(str(error))}
     check: BugCheck | None = run.bugcheck
-    if check is None:
-        return {"verdict": "survived", "evidence": ""}
-    result = {"code": check.code, "name": check.name, "parameters": list(check.parameters),
-              "evidence": _first_line(str(check))}
-    if check.code == 0xC4 and check.parameters[0] == 0x62:
-        leaked = kernel.verifier.tracking.allocations.values()
-        by_tag: dict[str, int] = {}
-        for row in leaked:
-            by_tag[display(row.tag)] = by_tag.get(display(row.tag), 0) + row.size
-        tag, size = max(by_tag.items(), key=lambda item: (item[1], item[0])) if by_tag else ("", 0)
-        total = sum(by_tag.values())
-        result.update(verdict="leaked", bytes=total, tag=tag,
-                      evidence=f"{total} bytes left allocated at unload, most under {tag!r} "
-                               f"({check.parameters[3]} allocation(s), 0xC4/0x62)")
+    if check is not None:
+        result = {"code": check.code, "name": check.name, "parameters": list(check.parameters)}
+        if check.code == 0xC4 and check.parameters[0] == 0x62:
+            driver = getattr(check, "driver_name", "") or ""
+            rows = kernel.verifier.outstanding(driver) if driver else \
+                sorted(kernel.verifier.tracking.allocations.values())
+            result.update(_leak(rows, kernel), verdict="leaked")
+            first = rows[0] if rows else None
+            result["evidence"] = _first_line(
+                f"bug check 0xC4 (0x62, ...) at unload: {check.parameters[3]} allocation(s) "
+                f"outstanding" + (f"; first: {display(first.tag)} {first.size} bytes from "
+                                  f"{kernel.call_sites.describe(first.site)}" if first else ""))
+            return result
+        params = ", ".join(f"{p:#x}" for p in check.parameters)
+        result.update(verdict="bug check", evidence=_first_line(
+            f"{check.code:#x} {check.name} ({params})" + (f": {check.detail}" if check.detail else "")))
         return result
-    result["verdict"] = "bug check"
-    return result
+    left = [row for row in kernel.pool_tags() if row.NonPagedUsed or row.PagedUsed]
+    if run.finished and left:
+        # Memory left that pool tracking did not attribute (e.g. a driver that refused to
+        # load and left its allocations behind).
+        by_tag = {row.Tag: row.NonPagedUsed + row.PagedUsed for row in left}
+        tag = max(by_tag, key=lambda t: (by_tag[t], t))
+        return {"verdict": "leaked", "bytes": sum(by_tag.values()), "tag": tag.rstrip(),
+                "evidence": "still allocated after unload: " + ", ".join(
+                    f"{t.rstrip()} {b} bytes" for t, b in sorted(by_tag.items()))}
+    return {"verdict": "survived", "evidence": ""}
+
+
+def _leak(rows, kernel) -> dict:
+    by_tag: dict[str, int] = {}
+    for row in rows:
+        by_tag[display(row.tag)] = by_tag.get(display(row.tag), 0) + row.size
+    tag = max(by_tag, key=lambda t: (by_tag[t], t)) if by_tag else ""
+    return {"bytes": sum(by_tag.values()), "tag": tag}
 
 
 def _first_line(text: str) -> str:

@@ -90,7 +90,8 @@ class SiteVerdict:
         """The verdict as one phrase: survived / bug check 0x19 / leaked 96 bytes under 'SlRq'..."""
         r = self.result
         if r["verdict"] == "bug check":
-            return f"bug check {r['code']:#x} {r.get('name', '')}".rstrip()
+            code = f"{r['code']:#X}".replace("0X", "0x")
+            return f"bug check {code} {r.get('name', '')}".rstrip()
         if r["verdict"] == "leaked":
             return f"leaked {r['bytes']} bytes under {r['tag']!r}"
         if r["verdict"] == "raised":
