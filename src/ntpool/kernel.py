@@ -125,8 +125,13 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
              "_In_ ULONG_PTR BugCheckParameter2, _In_ ULONG_PTR BugCheckParameter3, "
              "_In_ ULONG_PTR BugCheckParameter4)")
     def KeBugCheckEx(self, BugCheckCode, BugCheckParameter1=0, BugCheckParameter2=0,
-                     BugCheckParameter3=0, BugCheckParameter4=0, *, detail: str = "") -> NoReturn:
-        """Stop the machine: record the bug check, halt, publish BugCheckRaised, raise."""
+                     BugCheckParameter3=0, BugCheckParameter4=0, *, detail: str = "",
+                     culprit=None) -> NoReturn:
+        """Stop the machine: record the bug check, halt, publish BugCheckRaised, raise.
+
+        ``culprit`` (a loaded driver) names the driver at fault when the kernel itself finds
+        the fault, as at unload (0xC4/0x62): the routine blamed is then its DriverUnload.
+        """
         error = BugCheck(BugCheckCode, BugCheckParameter1, BugCheckParameter2,
                          BugCheckParameter3, BugCheckParameter4, detail=detail)
         # The culprit as far as the machine can tell: the code that made the call that stopped it.
@@ -136,6 +141,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         error.driver_name = owner.name if owner else ""
         error.call_site = "" if not error.site else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
+        if culprit is not None:
+            error.site = 0
+            error.driver_name = culprit.name
+            code = getattr(getattr(culprit.obj, "DriverUnload", None), "__code__", None)
+            error.call_site = "" if code is None else \
+                f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
         listeners = self.hooks.listening(BugCheckRaised)
