@@ -30,6 +30,8 @@ from .layout import (
     EPROCESS_MIN_ADDRESS,
     LFH_BITMAP,
     LFH_BUCKET_COUNT,
+    LFH_COUNTS,
+    LFH_FREE_COUNT,
     LFH_MAX_REQUEST,
     POOL_HEADER,
     POOL_HEADER_FIRST8,
@@ -40,6 +42,7 @@ from .layout import (
     QWORD,
     VS_HEADER_SIZE,
     VS_MAX_REQUEST,
+    WORD,
     decode_process_billed,
     encode_process_billed,
     header_pool_type,
@@ -56,6 +59,8 @@ _getframe = sys._getframe
 _pack_header = POOL_HEADER.pack_into
 _unpack_first8 = POOL_HEADER_FIRST8.unpack_from
 _unpack_qword = QWORD.unpack_from
+_pack_word = WORD.pack_into
+_pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
 
 
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
@@ -72,12 +77,12 @@ def block_units(number_of_bytes: int, aligned: bool = False) -> int:
 
 class SegmentHeapAllocator(PoolAllocator):
     def __init__(self, nonpaged: SegmentHeap, nonpaged_nx: SegmentHeap, paged: SegmentHeap,
-                 crash, call_sites, keys):
+                 crash, call_sites, keys, hooks=None):
         self.nonpaged_nx = nonpaged_nx
         self.keys = keys
         self.balance_passes = 0
         self._frees_since_pass = 0
-        super().__init__(nonpaged, paged, crash, call_sites)
+        super().__init__(nonpaged, paged, crash, call_sites, hooks)
         self.pools = (nonpaged, paged, nonpaged_nx)
         self.pools_by_slot = {heap.base >> 39: heap for heap in self.pools}
         self.refresh_fast_paths()
@@ -109,17 +114,29 @@ class SegmentHeapAllocator(PoolAllocator):
             heap = self.fast_pools[pool_type]
             if 0 < number_of_bytes <= LFH_MAX_REQUEST:
                 units = (number_of_bytes + 31) >> 4
-                bucket = heap.lfh_buckets[units]
-                sub = bucket.current
-                if bucket.active and sub is not None and sub.free_count:
-                    block = sub.va + sub.offsets[heap_pick(heap, sub)]
-                    pa = self.tlb[block >> PAGE_SHIFT] + (block & 0xFFF)
-                    _pack_header(self.mem, pa, 0, 0, units, heap.header_type, tag_ulong, site)
+                sub = heap.lfh_buckets[units].current  # None until the bucket is active
+                free = sub.free_bits
+                if free:
+                    # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
+                    start = (sub.free_hint & ~31) + heap.next_random_slot()
+                    later = free >> start
+                    index = start + (later & -later).bit_length() - 1 if later else \
+                        (free & -free).bit_length() - 1
+                    sub.free_bits = free ^ (1 << index)
+                    mem = self.mem
+                    tlb = self.tlb
+                    header_pa = tlb[sub.page]
+                    mem[header_pa + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                    sub.free_count = count = sub.free_count - 1
+                    _pack_word(mem, header_pa + LFH_FREE_COUNT, count)
+                    block = sub.va + sub.offsets[index]
+                    _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
+                                 heap.header_type, tag_ulong, site)
                     column = heap.track_offset
                     row[column] += 1
                     row[column + 2] += units << 4
                     return block + POOL_HEADER_SIZE
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
@@ -127,9 +144,10 @@ class SegmentHeapAllocator(PoolAllocator):
         try:
             heap = self.fast_free_slots[address >> 39]
             sub = heap.owner_by_page[address >> PAGE_SHIFT]
-            if sub.kind == LFH and sub is sub.bucket.current:
+            if sub.is_current:  # an LFH subsegment its bucket allocates from
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
+                tlb = self.tlb
+                pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
                 _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
@@ -138,16 +156,15 @@ class SegmentHeapAllocator(PoolAllocator):
                 if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
                         and block_size <= LFH_BUCKET_COUNT:
                     index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
-                    at = self.tlb[sub.va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
+                    header_pa = tlb[sub.page]
+                    at = header_pa + LFH_BITMAP + (index >> 2)
                     shift = (index & 3) << 1
                     if (mem[at] >> shift) & 3 == 1:
-                        mem[at] &= ~(3 << shift) & 0xFF
-                        sub.busy &= ~(1 << index)
-                        sub.free_count += 1
+                        mem[at] ^= 1 << shift
+                        sub.free_bits |= 1 << index
+                        sub.free_count = count = sub.free_count + 1
                         sub.free_hint = index
-                        header = at - LFH_BITMAP - (index >> 2)
-                        mem[header + 0x20:header + 0x22] = sub.free_count.to_bytes(2, "little")
-                        mem[header + 0x24:header + 0x26] = index.to_bytes(2, "little")
+                        _pack_counts(mem, header_pa + LFH_FREE_COUNT, count, sub.block_count, index)
                         row = self.tracker.rows[stored & ~PROTECTED_POOL]
                         column = heap.track_offset
                         row[column + 1] += 1
@@ -270,7 +287,7 @@ class SegmentHeapAllocator(PoolAllocator):
     def free_generic(self, address, tag) -> None:
         address = checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
-        if self.interceptor is not None and self.interceptor.free(address, passed):
+        if self.layer is not None and self.layer.free(address, passed):
             return
         heap = self.locate(address)
         irql = self.irql
@@ -327,8 +344,8 @@ class SegmentHeapAllocator(PoolAllocator):
     # --- queries -------------------------------------------------------------------------------
 
     def site_of(self, address: int) -> int:
-        if self.interceptor is not None:
-            site = self.interceptor.site_of(address)
+        if self.layer is not None:
+            site = self.layer.site_of(address)
             if site is not None:
                 return site
         heap = self.locate(address)

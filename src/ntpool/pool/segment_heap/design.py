@@ -44,7 +44,7 @@ class SegmentHeapPools:
     """The pools of a segment-heap machine and where its heap state lives."""
 
     def __init__(self, version, space, kernel_data, write, crash, call_sites,
-                 nonpaged_bytes: int, paged_bytes: int, seed: int = 0):
+                 nonpaged_bytes: int, paged_bytes: int, seed: int = 0, hooks=None):
         self.version = version
         self.keys = boot_keys(seed)
         self.globals_va = kernel_data.reserve(HEAP_GLOBALS.size)
@@ -66,4 +66,4 @@ class SegmentHeapPools:
         write(self.state_va, POOL_STATE.pack(self.globals_va, 1, self.nonpaged.heap_va,
                                              self.nonpaged_nx.heap_va, self.paged.heap_va, 0))
         self.allocator = SegmentHeapAllocator(self.nonpaged, self.nonpaged_nx, self.paged, crash,
-                                              call_sites, self.keys)
+                                              call_sites, self.keys, hooks)

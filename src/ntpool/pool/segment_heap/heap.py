@@ -13,10 +13,11 @@ per allocation. The POOL_HEADER, tags, tracking and quota are the allocator's bu
 """
 
 from bisect import bisect_left, insort
+from itertools import cycle
 
 from ...constants import PAGE_SHIFT, PAGE_SIZE
 from ...machine.memory import AddressSpace, OutOfFrames
-from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL
+from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL
 from . import checks
 from .layout import (
     DESCRIPTOR_RANGE_FLAGS,
@@ -78,20 +79,21 @@ def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict]:
 class LfhSubsegment:
     """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth)."""
 
-    __slots__ = ("kind", "va", "pages", "bucket", "block_size", "offsets", "index_of",
-                 "block_count", "busy", "free_count", "full_mask", "free_hint")
+    __slots__ = ("kind", "va", "page", "is_current", "pages", "bucket", "block_size", "offsets", "index_of",
+                 "block_count", "free_bits", "free_count", "free_hint")
 
     def __init__(self, va: int, pages: int, bucket, block_size: int):
         self.kind = LFH
         self.va = va
+        self.page = va >> PAGE_SHIFT
+        self.is_current = False  # True while its bucket allocates from it (fast free path)
         self.pages = pages
         self.bucket = bucket
         self.block_size = block_size
         _, self.offsets, self.index_of = _layout(block_size, pages)
         self.block_count = len(self.offsets)
-        self.busy = 0  # mirror of the bitmap's busy bits
+        self.free_bits = (1 << self.block_count) - 1  # bit n set while block n is free
         self.free_count = self.block_count
-        self.full_mask = (1 << self.block_count) - 1
         self.free_hint = 0
 
 
@@ -110,10 +112,11 @@ class LfhBucket:
 
 
 class VsSubsegment:
-    __slots__ = ("kind", "va", "pages", "end", "first")
+    __slots__ = ("kind", "va", "pages", "end", "first", "is_current")
 
     def __init__(self, va: int, pages: int):
         self.kind = VS
+        self.is_current = False
         self.va = va
         self.pages = pages
         self.end = va + (pages << PAGE_SHIFT)
@@ -172,9 +175,11 @@ class SegmentHeap:
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
         self.lfh_buckets = [LfhBucket(i) for i in range(LFH_BUCKET_COUNT + 1)]
         self.random_data = random_data
-        self.random_index = 0
+        # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
+        # read in turn, as the LFH does, so a seeded boot repeats its placement).
+        self.next_random_slot = cycle(b % 32 for b in random_data).__next__
         # The VS backend: free chunks by size (16-byte units), sizes kept sorted.
-        self.vs_free: dict[int, dict[int, None]] = {}
+        self.vs_free_chunks: dict[int, dict[int, None]] = {}
         self.vs_sizes: list[int] = []
         self.vs_subsegments = 0
         self.delay_free: list[int] = []  # chunk addresses waiting in DelayFreeContext
@@ -286,10 +291,16 @@ class SegmentHeap:
         return self._pa(self._segment_va(segment) + page * DESCRIPTOR_SIZE)
 
     def descriptor(self, va: int) -> tuple[int, int]:
-        """(RangeFlags, UnitSize/UnitOffset) of the page range descriptor for ``va``."""
+        """(RangeFlags, UnitSize) of the run holding ``va``, from its page range descriptors
+        (a later page of a run has RangeFlags 0 and its UnitOffset back to the first)."""
         index = (va - self.base) >> PAGE_SHIFT
-        at = self._descriptor_pa(index // SEGMENT_PAGES, index % SEGMENT_PAGES)
-        return self.mem[at + DESCRIPTOR_RANGE_FLAGS], self.mem[at + DESCRIPTOR_UNIT]
+        segment, page = divmod(index, SEGMENT_PAGES)
+        at = self._descriptor_pa(segment, page)
+        flags, unit = self.mem[at + DESCRIPTOR_RANGE_FLAGS], self.mem[at + DESCRIPTOR_UNIT]
+        if not flags and unit and unit <= page:
+            at = self._descriptor_pa(segment, page - unit)
+            flags, unit = self.mem[at + DESCRIPTOR_RANGE_FLAGS], self.mem[at + DESCRIPTOR_UNIT]
+        return flags, unit
 
     def take_pages(self, count: int, kind: int = PAGE_BIG_FIRST, range_flags: int = RANGE_BIG) -> int:
         """Map ``count`` fresh pages in a row; 0 when the heap or memory is exhausted."""
@@ -382,11 +393,9 @@ class SegmentHeap:
 
     def _lfh_pick(self, sub: LfhSubsegment) -> int:
         """Randomised placement: a random slot in FreeHint's group of 32, then the first free
-        block from there on (wrapping)."""
-        data = self.random_data
-        start = ((sub.free_hint & ~31) + data[self.random_index] % 32) % sub.block_count
-        self.random_index = (self.random_index + 1) & 0xFF
-        free = ~sub.busy & sub.full_mask
+        block from there on (wrapping to the first free block)."""
+        start = (sub.free_hint & ~31) + self.next_random_slot()
+        free = sub.free_bits
         later = free >> start
         if later:
             return start + (later & -later).bit_length() - 1
@@ -400,7 +409,7 @@ class SegmentHeap:
         if bits:
             checks.lfh_bitmap_corrupt(self, sub, index, bits)
         self.mem[at] |= 1 << shift
-        sub.busy |= 1 << index
+        sub.free_bits &= ~(1 << index)
         sub.free_count -= 1
         self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
 
@@ -408,12 +417,23 @@ class SegmentHeap:
         while bucket.partial:
             sub = bucket.partial.pop()
             if sub.free_count and self.owner_by_page.get(sub.va >> PAGE_SHIFT) is sub:
-                bucket.current = sub
+                self._lfh_make_current(bucket, sub)
                 return sub
         sub = self._lfh_new_subsegment(bucket)
         if sub is not None:
-            bucket.current = sub
+            self._lfh_make_current(bucket, sub)
         return sub
+
+    def _lfh_make_current(self, bucket: LfhBucket, sub: LfhSubsegment) -> None:
+        old = bucket.current
+        if old is not None:
+            old.is_current = False
+            if old.free_count == old.block_count:
+                self._lfh_release(old)
+            elif old.free_count:
+                bucket.partial.append(old)
+        bucket.current = sub
+        sub.is_current = True
 
     def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
         pages = lfh_subsegment_pages(bucket.block_size)
@@ -446,7 +466,7 @@ class SegmentHeap:
         if bits != 1:
             checks.lfh_not_busy(self, sub, block, bits)
         self.mem[at] &= ~(3 << shift) & 0xFF
-        sub.busy &= ~(1 << index)
+        sub.free_bits |= 1 << index
         sub.free_count += 1
         sub.free_hint = index
         self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
@@ -484,19 +504,19 @@ class SegmentHeap:
                                                                unused_bytes))
 
     def _vs_index_add(self, chunk: int, size: int) -> None:
-        bucket = self.vs_free.get(size)
+        bucket = self.vs_free_chunks.get(size)
         if bucket is None:
-            bucket = self.vs_free[size] = {}
+            bucket = self.vs_free_chunks[size] = {}
             insort(self.vs_sizes, size)
         bucket[chunk] = None
 
     def _vs_index_remove(self, chunk: int, size: int) -> None:
-        bucket = self.vs_free.get(size)
+        bucket = self.vs_free_chunks.get(size)
         if bucket is None or chunk not in bucket:
             checks.vs_free_tree_corrupt(self, chunk, size)
         del bucket[chunk]
         if not bucket:
-            del self.vs_free[size]
+            del self.vs_free_chunks[size]
             del self.vs_sizes[bisect_left(self.vs_sizes, size)]
 
     def vs_allocate(self, units: int) -> int:
@@ -537,7 +557,7 @@ class SegmentHeap:
         at = bisect_left(sizes, units)
         data_bytes = (units << 4) - VS_HEADER_SIZE
         for size in sizes[at:at + 8]:
-            for chunk in self.vs_free[size]:
+            for chunk in self.vs_free_chunks[size]:
                 body = chunk + VS_HEADER_SIZE
                 shift = 0
                 if data_bytes <= PAGE_SIZE and (body & 0xFFF) + data_bytes > PAGE_SIZE:

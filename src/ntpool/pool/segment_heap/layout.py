@@ -78,6 +78,7 @@ HEAP_NONPAGED, HEAP_NONPAGED_NX, HEAP_PAGED = 0, 1, 2
 # UnusedBytes:1, SkipDuringWalk:1, Spare:22 and 4 bytes of padding.
 VS_HEADER_BITS = struct.Struct("<HHHBB")
 QWORD = struct.Struct("<Q")
+WORD = struct.Struct("<H")
 DWORD = struct.Struct("<I")
 VS_SUBSEGMENT_HEADER = 0x30  # the first chunk header is at subsegment + 0x30
 VS_SUBSEGMENT_SIZE_SIG = struct.Struct("<HH")  # Size u16 @0x20, Signature:15|FullCommit:1 @0x22
@@ -121,6 +122,7 @@ def vs_subsegment_signature(size_units: int) -> int:
 # PoolViewer; a single bit is reported for 26100 by one secondary source: choice, 2 bits).
 LFH_SUBSEGMENT_FIELDS = struct.Struct("<HHHBBIBBH")
 LFH_FIELDS_OFFSET = 0x20
+LFH_COUNTS = struct.Struct("<HHH")  # FreeCount, BlockCount, FreeHint at +0x20
 LFH_FREE_COUNT = 0x20
 LFH_FREE_HINT = 0x24
 LFH_BLOCK_OFFSETS = 0x28
