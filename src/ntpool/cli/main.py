@@ -5,6 +5,7 @@ import sys
 
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
 from ..tools.scenario import ScenarioError
+from .forensics import add_forensics_commands
 from .tools import add_commands
 from .verify import add_verify_command
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.set_defaults(func=_cmd_bench_dump)
     add_commands(sub)
     add_verify_command(sub)
+    add_forensics_commands(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ import types
 import zlib
 from typing import NamedTuple
 
-from ..constants import NtStatus
+from ..constants import KERNEL_IMAGE_PS_LOADED_MODULE_LIST, NtStatus
 from ..errors import NtStatusError
 
 DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
@@ -260,7 +260,7 @@ class DriverRoutines:
     def _init_drivers(self) -> None:
         self.call_sites = CallSites()
         self.drivers: list[LoadedDriver] = []
-        head = self.kernel_data.reserve(16)
+        head = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST  # a global of ntoskrnl
         self.loaded_module_list = head  # PsLoadedModuleList
         LIST_ENTRY.pack_into(self._mem, self.space.translate(head), head, head)
         self.driver_unload_observers: list = []  # called (kernel, driver) before the unload
