@@ -218,7 +218,10 @@ def test_a_campaign_killed_half_way_resumes_to_the_same_results_file(tmp_path):
             finished = 0
     child.send_signal(signal.SIGKILL)  # a killed machine: no cleanup at all
     child.wait()
-    rows = lambda path: sqlite3.connect(path).execute("SELECT key, result FROM runs ORDER BY key").fetchall()
+
+    def rows(path):
+        return sqlite3.connect(path).execute("SELECT key, result FROM runs ORDER BY key").fetchall()
+
     done_before = len(rows(part))
     assert 3 <= done_before < len(rows(whole)) == 7  # baseline + six sites
     resumed = subprocess.run(command + ["--results", str(part), "--resume"], env=env,
