@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
-from ..pool.header import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, QWORD, \
+from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, POINTER, \
     page_problems
 from ..tags import PROTECTED_POOL, display
 
@@ -74,7 +74,7 @@ def _lookaside_entries(pool) -> set:
             entry = heads[block_size]
             while entry and entry not in bodies:
                 bodies.add(entry)
-                entry = QWORD.unpack_from(_page_bytes(pool, entry & ~0xFFF)[0], entry & 0xFFF)[0]
+                entry = POINTER.unpack_from(_page_bytes(pool, entry & ~0xFFF)[0], entry & 0xFFF)[0]
     return bodies
 
 
