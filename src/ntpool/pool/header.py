@@ -31,6 +31,11 @@ HEADER_FIRST8 = struct.Struct("<BBBBI")  # PreviousSize, PoolIndex, BlockSize, P
 TYPE_TAG_BILLED = struct.Struct("<BIQ")  # PoolType, Tag, ProcessBilled: bytes 3..15
 LIST_ENTRY = struct.Struct("<QQ")  # Flink, Blink
 QWORD = struct.Struct("<Q")
+ULONG = struct.Struct("<I")
+# BAD_POOL_CALLER 0x07's second parameter is "Reserved": Windows puts the source line of the
+# check there. 0x11C1 is the value in Microsoft's Windows 7 x64 example (NTDebugging blog,
+# "Understanding Pool Corruption Part 3").
+DOUBLE_FREE_LINE = 0x11C1
 
 BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
@@ -63,9 +68,10 @@ def header_value(raw8: bytes) -> int:
 
 # --- the checks ---------------------------------------------------------------------------
 
-def check_not_already_freed(crash, pool_type_byte: int, header_raw: int, address: int) -> None:
+def check_not_already_freed(crash, pool_type_byte: int, header_ulong: int, address: int) -> None:
+    """0xC2 (0x07, source line, the header's first ULONG, address), as WRK's free path."""
     if not pool_type_byte & POOL_IN_USE:
-        crash(BAD_POOL_CALLER, BadPoolCaller.DOUBLE_FREE, 0, header_raw, address,
+        crash(BAD_POOL_CALLER, BadPoolCaller.DOUBLE_FREE, DOUBLE_FREE_LINE, header_ulong, address,
               detail=f"{address:#x} was already freed")
 
 

@@ -288,7 +288,8 @@ class NdisRoutines:
             if not type_byte & POOL_IN_USE:
                 return  # a double free: the free diagnoses it
             held = (blocks << 4) - HEADER_SIZE
-            if not 0 < length <= MAX_SMALL_ALLOCATION or (length + 31) >> 4 != blocks:
+            # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.
+            if not length <= MAX_SMALL_ALLOCATION or (max(length, 1) + 31) >> 4 != blocks:
                 raise NdisContractError(
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "
