@@ -135,7 +135,8 @@ def test_free_at_a_bad_irql_by_a_verified_driver(k, pool_type, irql, sub):
 
 def test_double_free_by_a_verified_driver_is_0xc4_0x13(k):
     d = verified(k)
-    p = d.allocate(k, NP, 100, "Dbl ")
+    p = d.allocate(k, NP, 1000, "Dbl ")  # past the lookasides, which keep chunks in use
+    d.allocate(k, NP, 1000, "Kept")
     d.free(k, p, "Dbl ")
     header = int.from_bytes(k.read(p - 16, 4), "little")
     e = stop(lambda: d.free(k, p, "Dbl "))
@@ -145,7 +146,8 @@ def test_double_free_by_a_verified_driver_is_0xc4_0x13(k):
 def test_double_free_by_an_unverified_driver_stays_0xc2_0x07(k):
     d = Driver()
     k.load_driver(d)
-    p = d.allocate(k, NP, 100, "Dbl ")
+    p = d.allocate(k, NP, 1000, "Dbl ")
+    d.allocate(k, NP, 1000, "Kept")
     d.free(k, p, "Dbl ")
     assert stop(lambda: d.free(k, p, "Dbl ")).parameters[:2] == (0x07, 0x11C1)
 

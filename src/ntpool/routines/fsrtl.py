@@ -12,19 +12,25 @@ from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE
 from ..errors import NtStatusError
 from ..pool.allocator import checked_pool_type
 from ..tags import DEFAULT_TAG_FSRTL
+from .registry import routine
 
 
 class FsRtlRoutines:
+    @routine("PVOID FsRtlAllocatePoolWithTag(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def FsRtlAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """The address of uninitialized pool; raises NtStatusError(0xC000009A) on failure."""
         pool_type = checked_pool_type(PoolType)
         return self.pool.allocate_generic(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE,
                                           NumberOfBytes, Tag)
 
+    @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:
         """FsRtlAllocatePoolWithTag with the default tag 'FSrt'."""
         return self.FsRtlAllocatePoolWithTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)
 
+    @routine("PVOID FsRtlAllocatePoolWithQuotaTag(_In_ POOL_TYPE PoolType, "
+             "_In_ ULONG NumberOfBytes, _In_ ULONG Tag)")
     def FsRtlAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Charge the current process's quota; raises NtStatusError (STATUS_QUOTA_EXCEEDED or
         STATUS_INSUFFICIENT_RESOURCES) on failure."""
@@ -36,5 +42,6 @@ class FsRtlRoutines:
                                         f"bytes for {self.current_process.name}")
         return va
 
+    @routine("PVOID FsRtlAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
         return self.FsRtlAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)
