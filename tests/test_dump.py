@@ -165,7 +165,7 @@ def test_crash_dump_is_written_on_bug_check(tmp_path):
 def test_a_dump_that_cannot_be_written_does_not_hide_the_bug_check(tmp_path):
     k = small_kernel(crash_dump=tmp_path / "missing-directory" / "MEMORY.DMP")
     with pytest.raises(ntpool.BugCheck) as info:
-        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 0, "Fred")
+        k.ExFreePool(0x10000)
     assert isinstance(k.crash_dump_error, OSError)
     assert info.value.dump_error is k.crash_dump_error
 
