@@ -36,7 +36,7 @@ def heap_key(k):
 
 
 def pool_header(k, body):
-    return L.POOL_HEADER.unpack(k.read(body - 16, 16))
+    return tuple(L.POOL_HEADER.unpack_from(k.read(body - 16, 16)))
 
 
 def vs_header(k, chunk):

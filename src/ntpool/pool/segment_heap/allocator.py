@@ -23,7 +23,7 @@ from ...constants import (
 )
 from ...tags import PROTECTED_POOL, tag_value
 from ..allocator import PoolAllocator, checked_address
-from ..header import check_free_tag
+from ..checks import check_free_tag
 from .heap import LFH, SegmentHeap
 from .layout import (
     CACHE_LINE,

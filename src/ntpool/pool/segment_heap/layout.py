@@ -9,6 +9,8 @@ import struct
 from enum import IntEnum
 
 from ...constants import PAGE_SIZE
+from ..layout import POOL_HEADER as WINDOWS7_POOL_HEADER
+from ..layout import PoolLayouts, StructLayout
 
 # --- size routing (request bytes, x64) --------------------------------------------------------
 
@@ -196,8 +198,9 @@ def lookaside_bucket_bytes(bucket: int) -> int:
 
 # --- the POOL_HEADER kept on small chunks ----------------------------------------------------
 
-POOL_HEADER = struct.Struct("<BBBBIQ")  # PreviousSize, PoolIndex, BlockSize, PoolType, Tag, 8 bytes
-POOL_HEADER_FIRST8 = struct.Struct("<BBBBI")
+# The same 16-byte POOL_HEADER as Windows 7 (pool.layout's); what the segment heap writes in it:
+POOL_HEADER = WINDOWS7_POOL_HEADER  # PreviousSize, PoolIndex, BlockSize, PoolType, Tag, 8 bytes
+POOL_HEADER_FIRST8 = WINDOWS7_POOL_HEADER.run("PreviousSize", "PoolTag")
 POOL_TYPE_ALLOCATED = 0x2  # what the segment heap ORs into every header it writes
 POOL_TYPE_ALIGNED = 0x4  # set only on the second header of a cache-aligned chunk
 POOL_TYPE_QUOTA = 0x8
@@ -225,14 +228,31 @@ PROCESS_OBJECT_TYPE = 3  # DISPATCHER_HEADER.Type of a process
 # --- the big page table and the tracker, as Windows 10/11 keep them --------------------------
 
 # 0x18 bytes before build 20348: Va u64, Key u32, {Pattern:8, PoolType:12, SlushSize:12} u32,
-# NumberOfBytes u64; 0x20 from 20348: + ProcessBilled u64.
-BIG_PAGE_ENTRY_18 = struct.Struct("<QIIQ")
-BIG_PAGE_ENTRY_20 = struct.Struct("<QIIQQ")
+# NumberOfBytes u64 (the bytes asked for); 0x20 from 20348: + ProcessBilled u64.
+POOL_TRACKER_BIG_PAGES_10 = StructLayout("POOL_TRACKER_BIG_PAGES", 0x18, [
+    ("Va", 0x0, "u64"), ("Key", 0x8, "u32"), ("PoolType", 0xC, "u32"), ("NumberOfBytes", 0x10, "u64"),
+])
+POOL_TRACKER_BIG_PAGES_20348 = StructLayout("POOL_TRACKER_BIG_PAGES", 0x20, [
+    ("Va", 0x0, "u64"), ("Key", 0x8, "u32"), ("PoolType", 0xC, "u32"), ("NumberOfBytes", 0x10, "u64"),
+    ("ProcessBilled", 0x18, "u64"),
+])
 BIG_PAGE_FREE = 1
 
+# _POOL_TRACKER_TABLE from Windows 10: 64-bit counters, 0x38 bytes.
+POOL_TRACKER_TABLE_10 = StructLayout("POOL_TRACKER_TABLE", 0x38, [
+    ("Key", 0x0, "u32"), ("NonPagedBytes", 0x8, "u64"), ("NonPagedAllocs", 0x10, "u64"),
+    ("NonPagedFrees", 0x18, "u64"), ("PagedBytes", 0x20, "u64"), ("PagedAllocs", 0x28, "u64"),
+    ("PagedFrees", 0x30, "u64"),
+])
 
-def big_page_entry(entry_size: int) -> struct.Struct:
-    return BIG_PAGE_ENTRY_20 if entry_size == 0x20 else BIG_PAGE_ENTRY_18
+
+def segment_heap_layouts(version) -> PoolLayouts:
+    """The layouts a segment-heap build keeps (POOL_HEADER as Windows 7's) and varies."""
+    big_page = POOL_TRACKER_BIG_PAGES_20348 if version.big_page_entry_size == 0x20 else \
+        POOL_TRACKER_BIG_PAGES_10
+    return PoolLayouts(f"Windows {version.name} build {version.build} x64 (segment heap)",
+                       WINDOWS7_POOL_HEADER, big_page, POOL_TRACKER_TABLE_10,
+                       POOL_TYPE_ALLOCATED, POOL_TYPE_QUOTA)
 
 
 def big_page_type_field(pool_type: int, pattern: int = 0, slush: int = 0) -> int:
@@ -247,11 +267,6 @@ def big_page_hash(va: int, mask: int) -> int:
     """PoolViewer's hash: (u32)(Va >> 12) * 0x9E5F, high half folded in, masked."""
     h = ((va >> 12) & 0xFFFFFFFF) * 0x9E5F
     return (h ^ (h >> 32)) & mask
-
-
-# _POOL_TRACKER_TABLE from Windows 10: 64-bit counters, 0x38 bytes: Key u32 (+4 padding),
-# NonPagedBytes, NonPagedAllocs, NonPagedFrees, PagedBytes, PagedAllocs, PagedFrees.
-TRACKER_ENTRY_10 = struct.Struct("<I4xQQQQQQ")
 
 
 # --- KERNEL_MODE_HEAP_CORRUPTION (0x13A) parameter 1 -----------------------------------------
