@@ -3,6 +3,7 @@
 import pytest
 
 import ntpool
+from ntpool.hooks import BugCheckRaised
 from ntpool.tags import tag_value
 
 NP = ntpool.PoolType.NonPagedPool
@@ -163,8 +164,8 @@ def test_bug_check_cannot_be_swallowed_by_except_exception(k):
         careless_driver()
 
 
-def test_bug_check_observers_see_it(k):
+def test_bug_check_listeners_see_it_on_the_halted_machine(k):
     seen = []
-    k.bugcheck_observers.append(lambda kernel, error: seen.append(error.code))
+    k.hooks.subscribe(BugCheckRaised, lambda event: seen.append((event.bugcheck.code, k.halted)))
     bugcheck(lambda: k.ExAllocatePoolWithTag(NP, 0, "Fred"))
-    assert seen == [0xC2]
+    assert seen == [(0xC2, True)]

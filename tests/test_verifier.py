@@ -290,7 +290,7 @@ def test_verifier_off_restores_the_fast_path(k):
     k.verifier.enable("buggy.sys", pool_tracking=True)
     assert k.pool.fast_pools == {}
     k.verifier.disable()
-    assert k.pool.fast_pools and k.pool.interceptor is None
+    assert k.pool.fast_pools and k.pool.layer is None
 
 
 # --- bug classes caught without an option ------------------------------------------------

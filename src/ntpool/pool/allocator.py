@@ -43,6 +43,7 @@ from ..constants import (
     PoolPriority,
 )
 from ..errors import NtStatusError, TagError
+from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import BIG_TAG, PROTECTED_POOL, from_display, has_letter_or_digit, tag_value
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
 from .header import (
@@ -95,15 +96,14 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 
 
 class PoolAllocator:
-    def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites):
+    def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites, hooks: Hooks | None = None):
         # Who allocated: the caller's (code, instruction) -> call-site number, and the table.
         self.call_sites = call_sites
         self.site_index = call_sites.index
-        # A layer on top (Driver Verifier) that sees every allocation and free on the
-        # generic path: ``allocate(pool, bytes, tag, site, aligned) -> address | None``
-        # (None: not its business), ``free(address, tag) -> bool`` (True: it freed it) and
-        # ``site_of(address) -> site | None``. While one is set the fast paths are off.
-        self.interceptor = None
+        # The layer on top (Driver Verifier) that sees every allocation and free on the
+        # generic path (an ntpool.hooks.PoolLayer). While one is set the fast paths are off.
+        self.layer: PoolLayer | None = None
+        self.hooks = hooks if hooks is not None else Hooks()
         self.nonpaged = nonpaged
         self.paged = paged
         self.pools = (nonpaged, paged)
@@ -138,12 +138,13 @@ class PoolAllocator:
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
 
-    def set_interceptor(self, interceptor) -> None:
-        self.interceptor = interceptor
-        if interceptor is None:
-            self.fast_path_blockers.discard("interceptor")
+    def set_layer(self, layer: PoolLayer | None) -> None:
+        """Put ``layer`` between the generic path and the pools (None: remove it)."""
+        self.layer = layer
+        if layer is None:
+            self.fast_path_blockers.discard("layer")
         else:
-            self.fast_path_blockers.add("interceptor")
+            self.fast_path_blockers.add("layer")
         self.refresh_fast_paths()
 
     def set_irql(self, irql: int) -> None:
@@ -310,16 +311,16 @@ class PoolAllocator:
             pa = pool._pa(va) if pool is not None else self.tlb[va >> PAGE_SHIFT] + (va & 0xFFF)
             self.mem[pa:pa + length] = bytes(length)
             va += length
-        if self.interceptor is not None:
-            self.interceptor.zeroed(start, number_of_bytes)
+        if self.hooks.listening(MemoryWritten):
+            self.hooks.publish(MemoryWritten(start, number_of_bytes))
 
     def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int,
                          aligned: bool = False, site: int | None = None) -> int:
         """Allocate with every argument already validated; 0 when the pool is exhausted."""
         if site is None:
             site = self.caller_site()
-        if self.interceptor is not None:
-            address = self.interceptor.allocate(pool, number_of_bytes, tag, site, aligned)
+        if self.layer is not None:
+            address = self.layer.allocate(pool, number_of_bytes, tag, site, aligned)
             if address is not None:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
@@ -449,7 +450,7 @@ class PoolAllocator:
     def free_generic(self, address, tag) -> None:
         address = checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
-        if self.interceptor is not None and self.interceptor.free(address, passed):
+        if self.layer is not None and self.layer.free(address, passed):
             return
         pool = self.locate(address)
         irql = self.irql
@@ -522,8 +523,8 @@ class PoolAllocator:
 
     def site_of(self, address: int) -> int:
         """The call-site number recorded for the allocation at ``address`` (0 if none)."""
-        if self.interceptor is not None:
-            site = self.interceptor.site_of(address)
+        if self.layer is not None:
+            site = self.layer.site_of(address)
             if site is not None:
                 return site
         pool = self.locate(address)
