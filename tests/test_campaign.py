@@ -154,8 +154,8 @@ def test_triage_counts_bug_checks_culprits_and_tags_across_dumps(tmp_path, capsy
         k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
         for _ in range(count):
             k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 4000, tag)
-        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 64, "Base")
-        p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 64, "Dbl ")
+        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Base")
+        p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Dbl ")  # past the lookasides
         k.ExFreePoolWithTag(p, "Dbl ")
         with pytest.raises(ntpool.BugCheck):
             k.ExFreePoolWithTag(p, "Dbl ")

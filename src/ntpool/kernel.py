@@ -27,7 +27,7 @@ from .machine.process import ProcessRoutines
 from .machine.memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
-from .pool.header import LIST_HEAD_COUNT
+from .pool.layout import LIST_HEAD_COUNT
 from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
 
