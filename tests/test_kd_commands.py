@@ -344,3 +344,14 @@ def test_poolfind_names_corrupt_pages_and_carries_on(tmp_path):
     out = session_of(k, tmp_path).execute("!poolfind derF")
     assert f"{first[0] & ~0xFFF:016x} : the tag sits at a header position" in out
     assert f"{p - 16:016x} size:" in out  # the search went on past the corrupt page
+
+
+def test_verifier_3_without_pool_tracking_reads_the_headers(tmp_path):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    driver = Leaky()
+    k.load_driver(driver)  # no verifier: the dump has no tracking list
+    text = session_of(k, tmp_path).execute("!verifier 3 leaky.sys")
+    assert "from the pool headers" in text
+    for p in driver.kept + [driver.paged]:
+        assert f"{p >> 32:08x}`{p & 0xFFFFFFFF:08x}" in text
+    assert "Current Pool Allocations         4" in text

@@ -4,10 +4,12 @@ Special pool (Driver Verifier's) lives in its own region: each allocation alone 
 its 16-byte header (size u16, flags u8, PoolType u8, Tag u32, call site u64) at the far end
 of the page from the allocation; freed allocations and guard pages are unmapped.
 
-Outstanding allocations are found as ``!verifier 3`` lists them: every allocated chunk the
-dump holds whose AllocatorBackTraceIndex (header bytes 8-9; ProcessBilled for quota chunks,
-which are skipped) names a call site of the driver, plus its special pool allocations. Big
-allocations have no header and are not attributed.
+Outstanding allocations are listed as ``!verifier 3`` lists them: from Driver Verifier's
+pool tracking list in the dump when pool tracking was on; otherwise every allocated chunk
+whose AllocatorBackTraceIndex (header bytes 8-9; ProcessBilled for quota chunks, which are
+skipped) names a call site of the driver, plus its special pool allocations. Without the
+list, big allocations (no header) are not attributed and chunks cached on a lookaside
+(which keep their in-use marking) cannot be told from allocated ones.
 """
 
 import struct
@@ -15,13 +17,13 @@ from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpReader, MemoryReadError
-from ..pool.header import BLOCK, HEADER_SIZE, POOL_IN_USE, POOL_QUOTA
+from ..pool.layout import BLOCK, HEADER_SIZE, POOL_HEADER, POOL_IN_USE, POOL_QUOTA, \
+    POOL_TYPE_BASE_MASK
 from ..verifier.special_pool import FLAG_UNDERRUN, SLOT_SIZE, SPECIAL_POOL_BASE
 from .poolscan import BigPageIndex, examine_page
 
 SPECIAL_POOL_SPAN = 1 << 32  # the region ntpool's special pool can occupy
 SPECIAL_HEADER = struct.Struct("<HBBIQ")
-_SITE_INDEX = struct.Struct("<H")
 
 
 class SpecialChunk(NamedTuple):
@@ -35,7 +37,7 @@ class SpecialChunk(NamedTuple):
 
     @property
     def pool_name(self) -> str:
-        return "PagedPool" if (self.pool_type & 3) == 2 else "NonPagedPool"
+        return "PagedPool" if self.pool_type & POOL_TYPE_BASE_MASK else "NonPagedPool"
 
 
 class Allocation(NamedTuple):
@@ -94,17 +96,38 @@ def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocat
             for chunk in report.chunks:
                 if not chunk.pool_type & POOL_IN_USE or chunk.pool_type & POOL_QUOTA:
                     continue
-                (site,) = _SITE_INDEX.unpack_from(page, chunk.address - va + 8)
+                site = POOL_HEADER.get(page, chunk.address - va, "AllocatorBackTraceIndex")
                 yield Allocation(chunk.body, chunk.size - HEADER_SIZE, chunk.tag, site, pool.name)
     for chunk in special_chunks(reader):
         yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
 
 
+def tracked_allocations(reader: DumpReader) -> list[Allocation] | None:
+    """Driver Verifier's own list, when pool tracking was on (None otherwise)."""
+    rows = reader.verifier_tracking()
+    if rows is None:
+        return None
+    result = []
+    for address, size, tag, site in rows:
+        if in_special_pool(address):
+            where = "special pool"
+        else:
+            pool = reader.pool_of(address)
+            where = pool.name if pool is not None else "?"
+        result.append(Allocation(address, size, tag, site, where))
+    return result
+
+
 def outstanding_by_driver(reader: DumpReader, big_pages: BigPageIndex) -> dict[str, list[Allocation]]:
-    """Driver name (lower case) -> its outstanding allocations, by the call-site table."""
+    """Driver name (lower case) -> its outstanding allocations, by the call-site table.
+
+    Driver Verifier's tracking list when the dump has one (exact: requested sizes, big
+    allocations, nothing cached on a lookaside); else a scan of the pool's headers.
+    """
     sites = reader.call_sites()
     result: dict[str, list[Allocation]] = {}
-    for allocation in allocations(reader, big_pages):
+    tracked = tracked_allocations(reader)
+    for allocation in tracked if tracked is not None else allocations(reader, big_pages):
         if not 0 < allocation.site < len(sites):
             continue
         driver = sites[allocation.site][0]

@@ -10,6 +10,7 @@ import struct
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..dump.reader import DumpReader, MemoryReadError
 from ..machine.memory import PTE_ADDRESS_MASK, PTE_PRESENT, SELF_MAP_INDEX, canonical
+from ..pool.layout import LIST_ENTRY, POOL_HEADER, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
 
 # d* commands: (unit size, default count, units per line).
 DISPLAY_FORMATS = {"db": (1, 0x80, 16), "dw": (2, 0x40, 8), "dd": (4, 0x20, 4),
@@ -73,22 +74,23 @@ def display_memory(reader: DumpReader, command: str, address: int, count: int | 
 
 # name -> fields (offset, field name, kind); kinds: u8 u16 u32 u64 ptr, bits:POS:WIDTH of a u32,
 # list (LIST_ENTRY), ustr (UNICODE_STRING), chars:N, tag.
+def _from_layout(layout, kinds: dict[str, str]) -> list[tuple[int, str, str]]:
+    """A dt field list from the pool's own layout module (offsets live only there)."""
+    return [(field.offset, field.name, kinds.get(field.name, field.kind))
+            for field in sorted(layout.fields.values(), key=lambda f: (f.offset, -len(f.kind)))]
+
+
 STRUCTURES = {
-    "_POOL_HEADER": [
-        (0x000, "PreviousSize", "bits:0:8"), (0x000, "PoolIndex", "bits:8:8"),
-        (0x000, "BlockSize", "bits:16:8"), (0x000, "PoolType", "bits:24:8"),
-        (0x000, "Ulong1", "u32"), (0x004, "PoolTag", "tag"), (0x008, "ProcessBilled", "ptr"),
-        (0x008, "AllocatorBackTraceIndex", "u16"), (0x00A, "PoolTagHash", "u16")],
-    "_LIST_ENTRY": [(0x000, "Flink", "ptr"), (0x008, "Blink", "ptr")],
+    # WinDbg shows the header's first four bytes as bit fields of one ULONG.
+    "_POOL_HEADER": [(0x000, name, f"bits:{8 * index}:8") for index, name in enumerate(
+        ("PreviousSize", "PoolIndex", "BlockSize", "PoolType"))] + [(0x000, "Ulong1", "u32")]
+    + [f for f in _from_layout(POOL_HEADER, {"PoolTag": "tag", "ProcessBilled": "ptr"})
+       if f[0] >= 4],
+    "_POOL_TRACKER_TABLE": _from_layout(POOL_TRACKER_TABLE, {"Key": "tag"}),
+    "_POOL_TRACKER_BIG_PAGES": _from_layout(POOL_TRACKER_BIG_PAGES, {"Va": "ptr", "Key": "tag"}),
+    "_LIST_ENTRY": _from_layout(LIST_ENTRY, {"Flink": "ptr", "Blink": "ptr"}),
     "_UNICODE_STRING": [(0x000, "Length", "u16"), (0x002, "MaximumLength", "u16"),
                         (0x008, "Buffer", "ustr")],
-    "_POOL_TRACKER_TABLE": [
-        (0x000, "Key", "tag"), (0x004, "NonPagedAllocs", "u32"), (0x008, "NonPagedFrees", "u32"),
-        (0x010, "NonPagedBytes", "u64"), (0x018, "PagedAllocs", "u32"),
-        (0x01C, "PagedFrees", "u32"), (0x020, "PagedBytes", "u64")],
-    "_POOL_TRACKER_BIG_PAGES": [
-        (0x000, "Va", "ptr"), (0x008, "Key", "tag"), (0x00C, "PoolType", "u32"),
-        (0x010, "NumberOfBytes", "u64")],
     "_KLDR_DATA_TABLE_ENTRY": [
         (0x000, "InLoadOrderLinks", "list"), (0x030, "DllBase", "ptr"),
         (0x038, "EntryPoint", "ptr"), (0x040, "SizeOfImage", "u32"),

@@ -518,7 +518,10 @@ class KdSession:
         flags = parse_number(args[0], "Flags") if args else 0
         driver = args[1].lower() if len(args) > 1 else None
         modules = [name for name, _, _ in self.reader.loaded_modules() if name]
-        lines = ["Driver Verification List (outstanding pool allocations found in the dump)", ""]
+        source = ("Driver Verifier's pool tracking list" if self.reader.verifier_tracking()
+                  is not None else "the pool headers (pool tracking was off: chunks cached on "
+                                   "a lookaside look allocated, big allocations are not listed)")
+        lines = ["Driver Verification List", f"Outstanding pool allocations, from {source}", ""]
         names = [driver] if driver else sorted({m.lower() for m in modules} |
                                               set(self.outstanding()))
         if driver and driver not in {m.lower() for m in modules} | set(self.outstanding()):
