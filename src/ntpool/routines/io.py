@@ -295,7 +295,7 @@ class IoRoutines:
              "PUNICODE_STRING DeviceName, DEVICE_TYPE DeviceType, ULONG DeviceCharacteristics, "
              "BOOLEAN Exclusive, _Out_ PDEVICE_OBJECT *DeviceObject)")
     def IoCreateDevice(self, DriverObject, DeviceExtensionSize, DeviceName, DeviceType,
-                       DeviceCharacteristics, Exclusive):
+                       DeviceCharacteristics, Exclusive) -> tuple[int, int]:
         """A "Devi" object: DEVICE_OBJECT, zeroed extension, DEVOBJ_EXTENSION; linked first
         on the driver's list, DO_DEVICE_INITIALIZING set. (status, device)."""
         name = self._unicode_string(DeviceName) if DeviceName else None
@@ -337,7 +337,7 @@ class IoRoutines:
         return NtStatus.STATUS_SUCCESS, device
 
     @routine("VOID IoDeleteDevice(PDEVICE_OBJECT DeviceObject)")
-    def IoDeleteDevice(self, DeviceObject):
+    def IoDeleteDevice(self, DeviceObject) -> None:
         """Unlink from the driver's list, drop the name; the memory goes with the last
         reference (an open file keeps it)."""
         info = self._object(DeviceObject, "Device")
@@ -359,7 +359,7 @@ class IoRoutines:
         self._ob_dereference(DeviceObject)
 
     @routine("NTSTATUS IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName, PUNICODE_STRING DeviceName)")
-    def IoCreateSymbolicLink(self, SymbolicLinkName, DeviceName):
+    def IoCreateSymbolicLink(self, SymbolicLinkName, DeviceName) -> int:
         """A permanent "Symb" object whose LinkTarget ("Symt") names the device."""
         link_name = self._unicode_string(SymbolicLinkName)
         target = self._unicode_string(DeviceName)
@@ -387,7 +387,7 @@ class IoRoutines:
         self._add_counts(body, -1, 0)
 
     @routine("NTSTATUS IoDeleteSymbolicLink(PUNICODE_STRING SymbolicLinkName)")
-    def IoDeleteSymbolicLink(self, SymbolicLinkName):
+    def IoDeleteSymbolicLink(self, SymbolicLinkName) -> int:
         body = self._ob_lookup(self._unicode_string(SymbolicLinkName))
         if body is None or self.objects[body].type_name != "SymbolicLink":
             return STATUS_OBJECT_NAME_NOT_FOUND
@@ -415,7 +415,7 @@ class IoRoutines:
 
     @routine("PDEVICE_OBJECT IoAttachDeviceToDeviceStack(PDEVICE_OBJECT SourceDevice, "
              "PDEVICE_OBJECT TargetDevice)")
-    def IoAttachDeviceToDeviceStack(self, SourceDevice, TargetDevice):
+    def IoAttachDeviceToDeviceStack(self, SourceDevice, TargetDevice) -> int:
         """Attach on top of TargetDevice's stack; returns the device attached to."""
         top = self._top_of_stack(TargetDevice)
         self._put64(top + L.DEVICE_OBJECT.AttachedDevice, SourceDevice)
@@ -432,7 +432,7 @@ class IoRoutines:
 
     @routine("NTSTATUS IoAttachDevice(PDEVICE_OBJECT SourceDevice, PUNICODE_STRING TargetDevice, "
              "_Out_ PDEVICE_OBJECT *AttachedDevice)")
-    def IoAttachDevice(self, SourceDevice, TargetDevice):
+    def IoAttachDevice(self, SourceDevice, TargetDevice) -> tuple[int, int]:
         try:
             target = self.resolve_device(self._unicode_string(TargetDevice))
         except NtStatusError as error:
@@ -440,7 +440,7 @@ class IoRoutines:
         return NtStatus.STATUS_SUCCESS, self.IoAttachDeviceToDeviceStack(SourceDevice, target)
 
     @routine("VOID IoDetachDevice(PDEVICE_OBJECT TargetDevice)")
-    def IoDetachDevice(self, TargetDevice):
+    def IoDetachDevice(self, TargetDevice) -> None:
         attached = self._get64(TargetDevice + L.DEVICE_OBJECT.AttachedDevice)
         if attached:
             extension = self._get64(attached + L.DEVICE_OBJECT.DeviceObjectExtension)
@@ -457,18 +457,18 @@ class IoRoutines:
         return device
 
     @routine("PDEVICE_OBJECT IoGetAttachedDeviceReference(PDEVICE_OBJECT DeviceObject)")
-    def IoGetAttachedDeviceReference(self, DeviceObject):
+    def IoGetAttachedDeviceReference(self, DeviceObject) -> int:
         top = self._top_of_stack(DeviceObject)
         self._add_counts(top, 1, 0)
         return top
 
     @routine("PDEVICE_OBJECT IoGetAttachedDevice(PDEVICE_OBJECT DeviceObject)")
-    def IoGetAttachedDevice(self, DeviceObject):
+    def IoGetAttachedDevice(self, DeviceObject) -> int:
         return self._top_of_stack(DeviceObject)
 
     @routine("NTSTATUS IoGetDeviceObjectPointer(PUNICODE_STRING ObjectName, ACCESS_MASK DesiredAccess, "
              "_Out_ PFILE_OBJECT *FileObject, _Out_ PDEVICE_OBJECT *DeviceObject)")
-    def IoGetDeviceObjectPointer(self, ObjectName, DesiredAccess):
+    def IoGetDeviceObjectPointer(self, ObjectName, DesiredAccess) -> tuple[int, int, int]:
         """Open the named device (a create IRP to its stack): (status, file, top device).
         The caller dereferences the file object when done."""
         try:
@@ -481,14 +481,14 @@ class IoRoutines:
         return NtStatus.STATUS_SUCCESS, file, self._top_of_stack(handle.device)
 
     @routine("BOOLEAN IoIsWdmVersionAvailable(UCHAR MajorVersion, UCHAR MinorVersion)")
-    def IoIsWdmVersionAvailable(self, MajorVersion, MinorVersion):
+    def IoIsWdmVersionAvailable(self, MajorVersion, MinorVersion) -> int:
         """Windows 7 is WDM 6.0 (0x06, 0x00)."""
         return int((MajorVersion, MinorVersion) <= (6, 0))
 
     # --- IRPs ------------------------------------------------------------------------------
 
     @routine("PIRP IoAllocateIrp(CCHAR StackSize, BOOLEAN ChargeQuota)")
-    def IoAllocateIrp(self, StackSize, ChargeQuota=False):
+    def IoAllocateIrp(self, StackSize, ChargeQuota=False) -> int:
         """An "Irp " from nonpaged pool, initialized, CurrentLocation = StackSize + 1; NULL
         when pool is exhausted."""
         StackSize &= 0xFF
@@ -508,7 +508,7 @@ class IoRoutines:
         return irp
 
     @routine("VOID IoInitializeIrp(PIRP Irp, USHORT PacketSize, CCHAR StackSize)")
-    def IoInitializeIrp(self, Irp, PacketSize, StackSize):
+    def IoInitializeIrp(self, Irp, PacketSize, StackSize) -> None:
         self.write(Irp, bytes(PacketSize))
         self._put16(Irp + L.IRP.Type, L.IO_TYPE_IRP)
         self._put16(Irp + L.IRP.Size, PacketSize)
@@ -522,7 +522,7 @@ class IoRoutines:
                     Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE)
 
     @routine("VOID IoFreeIrp(PIRP Irp)")
-    def IoFreeIrp(self, Irp):
+    def IoFreeIrp(self, Irp) -> None:
         """Free an IRP; one that is not an IRP (already freed) is bug check 0x44."""
         if self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP:
             self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
@@ -531,7 +531,7 @@ class IoRoutines:
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
-    def IoReuseIrp(self, Irp, Iostatus):
+    def IoReuseIrp(self, Irp, Iostatus) -> None:
         flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
         self.IoInitializeIrp(Irp, self._get16(Irp + L.IRP.Size), self.read(Irp + L.IRP.StackCount, 1)[0])
         self._put8(Irp + L.IRP.AllocationFlags, flags)
@@ -541,7 +541,7 @@ class IoRoutines:
         return self._get64(irp + L.IRP.CurrentStackLocation)
 
     @routine("NTSTATUS IofCallDriver(PDEVICE_OBJECT DeviceObject, PIRP Irp)")
-    def IofCallDriver(self, DeviceObject, Irp):
+    def IofCallDriver(self, DeviceObject, Irp) -> int:
         """Move to the next stack location and call the device's driver's dispatch routine
         for its major function; no location left is bug check 0x35."""
         location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
@@ -560,10 +560,9 @@ class IoRoutines:
             else self.invalid_device_request
         return self.call_code(dispatch, DeviceObject, Irp) & 0xFFFFFFFF
 
-    IoCallDriver = IofCallDriver
 
     @routine("VOID IofCompleteRequest(PIRP Irp, CCHAR PriorityBoost)")
-    def IofCompleteRequest(self, Irp, PriorityBoost=0):
+    def IofCompleteRequest(self, Irp, PriorityBoost=0) -> None:
         """Complete: each stack location upward, calling the completion routines set for
         this outcome; STATUS_MORE_PROCESSING_REQUIRED from one stops there. Completing an
         IRP twice is bug check 0x44 (MULTIPLE_IRP_COMPLETE_REQUESTS)."""
@@ -611,13 +610,12 @@ class IoRoutines:
         if request is not None:
             request["completed"] = True
 
-    IoCompleteRequest = IofCompleteRequest
 
     # --- MDLs ------------------------------------------------------------------------------
 
     @routine("PMDL IoAllocateMdl(PVOID VirtualAddress, ULONG Length, BOOLEAN SecondaryBuffer, "
              "BOOLEAN ChargeQuota, PIRP Irp)")
-    def IoAllocateMdl(self, VirtualAddress, Length, SecondaryBuffer=False, ChargeQuota=False, Irp=0):
+    def IoAllocateMdl(self, VirtualAddress, Length, SecondaryBuffer=False, ChargeQuota=False, Irp=0) -> int:
         """An "Mdl " describing Length bytes at VirtualAddress (no pages locked yet); with an
         IRP it becomes Irp->MdlAddress, or is chained after it when SecondaryBuffer."""
         if not Length or Length > 0xFFFFFFFF:
@@ -649,7 +647,7 @@ class IoRoutines:
         self._put32(mdl + L.MDL.ByteOffset, va & (PAGE_SIZE - 1))
 
     @routine("VOID IoFreeMdl(PMDL Mdl)")
-    def IoFreeMdl(self, Mdl):
+    def IoFreeMdl(self, Mdl) -> None:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
         flags = self._get16(Mdl + L.MDL.MdlFlags)
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA and not flags & L.MDL_SOURCE_IS_NONPAGED_POOL:
@@ -663,7 +661,7 @@ class IoRoutines:
         return start, offset, count
 
     @routine("VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList)")
-    def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList):
+    def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList) -> None:
         mdl = MemoryDescriptorList
         start, offset, count = self._mdl_span(mdl)
         pfns = []
@@ -680,7 +678,7 @@ class IoRoutines:
 
     @routine("VOID MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, "
              "LOCK_OPERATION Operation)")
-    def MmProbeAndLockPages(self, MemoryDescriptorList, AccessMode, Operation):
+    def MmProbeAndLockPages(self, MemoryDescriptorList, AccessMode, Operation) -> None:
         """Make the pages resident and record their frames; an address the caller may not
         use, a page that is not there, or (for IoWriteAccess/IoModifyAccess) one that is
         read-only raises STATUS_ACCESS_VIOLATION, as Windows raises it (drivers call this in
@@ -714,7 +712,7 @@ class IoRoutines:
         self._put16(mdl + L.MDL.MdlFlags, flags)
 
     @routine("VOID MmUnlockPages(PMDL MemoryDescriptorList)")
-    def MmUnlockPages(self, MemoryDescriptorList):
+    def MmUnlockPages(self, MemoryDescriptorList) -> None:
         mdl = MemoryDescriptorList
         flags = self._get16(mdl + L.MDL.MdlFlags)
         if not flags & L.MDL_PAGES_LOCKED:
@@ -729,7 +727,7 @@ class IoRoutines:
              "MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure, "
              "ULONG Priority)")
     def MmMapLockedPagesSpecifyCache(self, MemoryDescriptorList, AccessMode=KernelMode, CacheType=1,
-                                     RequestedAddress=0, BugCheckOnFailure=0, Priority=16):
+                                     RequestedAddress=0, BugCheckOnFailure=0, Priority=16) -> int:
         """The MDL's pages mapped in system space (its own address for nonpaged pool);
         what MmGetSystemAddressForMdlSafe returns."""
         mdl = MemoryDescriptorList
@@ -753,15 +751,15 @@ class IoRoutines:
         return base + offset
 
     @routine("PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode)")
-    def MmMapLockedPages(self, MemoryDescriptorList, AccessMode):
+    def MmMapLockedPages(self, MemoryDescriptorList, AccessMode) -> int:
         return self.MmMapLockedPagesSpecifyCache(MemoryDescriptorList, AccessMode)
 
-    def MmGetSystemAddressForMdlSafe(self, Mdl, Priority=16):
-        """The wdm.h macro, for Python drivers."""
+    def system_address_for_mdl(self, Mdl, Priority=16):
+        """MmGetSystemAddressForMdlSafe (a wdm.h macro), for Python drivers."""
         return self.MmMapLockedPagesSpecifyCache(Mdl, KernelMode, 1, 0, 0, Priority)
 
     @routine("VOID MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)")
-    def MmUnmapLockedPages(self, BaseAddress, MemoryDescriptorList):
+    def MmUnmapLockedPages(self, BaseAddress, MemoryDescriptorList) -> None:
         self._unmap_system(BaseAddress & ~(PAGE_SIZE - 1))
         flags = self._get16(MemoryDescriptorList + L.MDL.MdlFlags)
         self._put16(MemoryDescriptorList + L.MDL.MdlFlags, flags & ~L.MDL_MAPPED_TO_SYSTEM_VA)
@@ -781,7 +779,7 @@ class IoRoutines:
     # --- probes --------------------------------------------------------------------------
 
     @routine("VOID ProbeForRead(PVOID Address, SIZE_T Length, ULONG Alignment)")
-    def ProbeForRead(self, Address, Length, Alignment):
+    def ProbeForRead(self, Address, Length, Alignment) -> None:
         """Raise STATUS_DATATYPE_MISALIGNMENT or STATUS_ACCESS_VIOLATION (as ExRaiseStatus
         raises: a driver calls this inside __try) unless [Address, Address+Length) is in
         user space and aligned."""
@@ -794,7 +792,7 @@ class IoRoutines:
                                     f"ProbeForRead of {Length} bytes at {Address:#x}: not user space")
 
     @routine("VOID ProbeForWrite(PVOID Address, SIZE_T Length, ULONG Alignment)")
-    def ProbeForWrite(self, Address, Length, Alignment):
+    def ProbeForWrite(self, Address, Length, Alignment) -> None:
         """As ProbeForRead, and every page must be there and writable."""
         self.ProbeForRead(Address, Length, Alignment)
         if Length:

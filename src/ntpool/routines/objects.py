@@ -280,7 +280,7 @@ class ObjectRoutines:
 
     @routine("NTSTATUS ObReferenceObjectByPointer(PVOID Object, ACCESS_MASK DesiredAccess, "
              "POBJECT_TYPE ObjectType, KPROCESSOR_MODE AccessMode)")
-    def ObReferenceObjectByPointer(self, Object, DesiredAccess, ObjectType, AccessMode):
+    def ObReferenceObjectByPointer(self, Object, DesiredAccess, ObjectType, AccessMode) -> int:
         """One more pointer reference; STATUS_OBJECT_TYPE_MISMATCH if ObjectType is not its type."""
         info = self.objects.get(Object)
         if info is None:
@@ -291,26 +291,25 @@ class ObjectRoutines:
         return NtStatus.STATUS_SUCCESS
 
     @routine("LONG_PTR ObfReferenceObject(PVOID Object)")
-    def ObfReferenceObject(self, Object):
+    def ObfReferenceObject(self, Object) -> int:
         self._object(Object)
         return self._add_counts(Object, 1, 0)[0]
 
     @routine("LONG_PTR ObfDereferenceObject(PVOID Object)")
-    def ObfDereferenceObject(self, Object):
+    def ObfDereferenceObject(self, Object) -> int:
         """One reference fewer; the object is deleted at zero references and handles."""
         return self._ob_dereference(Object)
 
-    ObDereferenceObject = ObfDereferenceObject  # the wdm.h macro's name
 
     @routine("VOID ObMakeTemporaryObject(PVOID Object)")
-    def ObMakeTemporaryObject(self, Object):
+    def ObMakeTemporaryObject(self, Object) -> None:
         self._ob_make_temporary(Object)
 
     @routine("NTSTATUS ObOpenObjectByPointer(PVOID Object, ULONG HandleAttributes, "
              "PACCESS_STATE PassedAccessState, ACCESS_MASK DesiredAccess, POBJECT_TYPE ObjectType, "
              "KPROCESSOR_MODE AccessMode, _Out_ PHANDLE Handle)")
     def ObOpenObjectByPointer(self, Object, HandleAttributes, PassedAccessState, DesiredAccess,
-                              ObjectType, AccessMode):
+                              ObjectType, AccessMode) -> tuple[int, int]:
         """A handle to the object: (status, handle)."""
         info = self.objects.get(Object)
         if info is None or (ObjectType and ObjectType != self.object_types[info.type_name]):
@@ -319,7 +318,7 @@ class ObjectRoutines:
             Object, DesiredAccess, kernel=bool(HandleAttributes & L.OBJ_KERNEL_HANDLE) or not AccessMode)
 
     @routine("NTSTATUS ZwClose(HANDLE Handle)")
-    def ZwClose(self, Handle):
+    def ZwClose(self, Handle) -> int:
         """Close a handle: the object loses a handle and a reference (and may go)."""
         entry = self.handles.pop(Handle & 0xFFFFFFFFFFFFFFFF, None)
         if entry is None:
@@ -332,11 +331,10 @@ class ObjectRoutines:
         self._ob_dereference(body)
         return NtStatus.STATUS_SUCCESS
 
-    NtClose = ZwClose
 
     @routine("NTSTATUS ZwSetSecurityObject(HANDLE Handle, SECURITY_INFORMATION SecurityInformation, "
              "PSECURITY_DESCRIPTOR SecurityDescriptor)")
-    def ZwSetSecurityObject(self, Handle, SecurityInformation, SecurityDescriptor):
+    def ZwSetSecurityObject(self, Handle, SecurityInformation, SecurityDescriptor) -> int:
         """Replace the parts SecurityInformation names (owner 1, group 2, DACL 4, SACL 8) of
         the object's security descriptor; the object keeps a self-relative copy ("ObSc")."""
         try:
