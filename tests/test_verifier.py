@@ -290,7 +290,7 @@ def test_verifier_off_restores_the_fast_path(k):
     k.verifier.enable("buggy.sys", pool_tracking=True)
     assert k.pool.fast_pools == {}
     k.verifier.disable()
-    assert k.pool.fast_pools and k.pool.interceptor is None
+    assert k.pool.fast_pools and k.pool.layer is None
 
 
 # --- bug classes caught without an option ------------------------------------------------
@@ -313,8 +313,8 @@ def test_unchecked_allocation_failure_surfaces_under_low_resources(k):
 
 class DoubleFreer(Driver):
     def run(self, k):
-        p = k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
-        k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        p = k.ExAllocatePoolWithTag(NP, 1000, "Dbl ")  # past the lookasides
+        k.ExAllocatePoolWithTag(NP, 1000, "Dbl ")
         k.ExFreePoolWithTag(p, "Dbl ")
         k.ExFreePoolWithTag(p, "Dbl ")
 

@@ -3,14 +3,16 @@
 ``k.verifier.enable("buggy.sys", special_pool=True, pool_tracking=True, ...)`` turns options
 on for a driver (loaded or not yet). While any driver is verified the allocator's fast
 paths are off and every allocation and free passes through ``DriverVerifier.allocate`` /
-``free``, which hand the ones from verified drivers to the options; nothing is paid while
-the verifier is off.
+``free`` (the allocator's ``PoolLayer``), which hand the ones from verified drivers to the
+options; the options listen to the machine's events (``ntpool.hooks``) only while they are
+on, so nothing is paid while the verifier is off.
 """
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from enum import IntFlag
 
+from ..hooks import DriverUnloading, IrqlRaised
 from ..tags import display
 from .low_resources import LowResourcesSimulation, SystematicLowResources
 from .special_pool import SpecialPool
@@ -53,7 +55,7 @@ class DriverVerifier:
         self.systematic = SystematicLowResources(kernel)
         self.uninitialized = UninitializedMemoryTracking(kernel)
         self._site_options: dict[int, DriverOptions | None] = {}
-        kernel.driver_unload_observers.append(self._on_unload)
+        kernel.hooks.subscribe(DriverUnloading, self._on_unload)
 
     # --- turning options on and off --------------------------------------------------------
 
@@ -106,15 +108,13 @@ class DriverVerifier:
     def _changed(self) -> None:
         self._site_options.clear()
         kernel = self.kernel
-        kernel.pool.set_interceptor(self if self.options else None)
+        kernel.pool.set_layer(self if self.options else None)
         self.special_pool.install(self.options_with(VerifierFlags.SPECIAL_POOL) != [])
         self.uninitialized.install(self.options_with(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE) != [])
-        observers = kernel.irql_raise_observers
-        wanted = self.options_with(VerifierFlags.FORCE_IRQL_CHECKING) != []
-        if wanted and self._trim_on_raise not in observers:
-            observers.append(self._trim_on_raise)
-        elif not wanted and self._trim_on_raise in observers:
-            observers.remove(self._trim_on_raise)
+        if self.options_with(VerifierFlags.FORCE_IRQL_CHECKING):
+            kernel.hooks.subscribe(IrqlRaised, self._trim_on_raise)
+        else:
+            kernel.hooks.unsubscribe(IrqlRaised, self._trim_on_raise)
 
     def options_with(self, flag: VerifierFlags) -> list[DriverOptions]:
         return [o for o in self.options.values() if o.flags & flag]
@@ -138,17 +138,18 @@ class DriverVerifier:
         self._site_options[site] = options
         return options
 
-    def _trim_on_raise(self, kernel, old: int, new: int) -> None:
+    def _trim_on_raise(self, event: IrqlRaised) -> None:
         """Force IRQL checking: when a verified driver raises IRQL to DISPATCH_LEVEL or
         above (a spin lock included), all pageable memory leaves the working set, so a
         touch of paged pool there faults at once instead of only when memory is short."""
-        if new < 2:
+        if event.new < 2:
             return
+        kernel = self.kernel
         options = self.options_for_site(kernel.call_sites.site_of_caller())
         if options is not None and options.flags & VerifierFlags.FORCE_IRQL_CHECKING:
             kernel.page_out()
 
-    # --- the allocator's interceptor ---------------------------------------------------------
+    # --- the allocator's PoolLayer ----------------------------------------------------------
 
     def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False):
         options = self.options_for_site(site)
@@ -182,13 +183,10 @@ class DriverVerifier:
     def site_of(self, address: int):
         return self.special_pool.site_of(address)
 
-    def zeroed(self, address: int, length: int) -> None:
-        """The routine zeroed new memory itself (ExAllocatePool2): those bytes are written."""
-        self.uninitialized.mark_written(address, length)
-
     # --- reports -------------------------------------------------------------------------
 
-    def _on_unload(self, kernel, driver) -> None:
+    def _on_unload(self, event: DriverUnloading) -> None:
+        driver = event.driver
         options = self.options_for_driver(driver.name)
         if options is not None and options.flags & VerifierFlags.POOL_TRACKING:
             self.tracking.check_unload(driver)
