@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from enum import IntFlag
 
-from ..hooks import DriverUnloading, IrqlRaised
+from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..tags import display
 from .low_resources import LowResourcesSimulation, SystematicLowResources
 from .special_pool import SpecialPool
@@ -242,6 +242,11 @@ def _checked_flags(flags) -> int:
     if unknown:
         raise ValueError(f"flags {unknown:#x} are not verifier pool options ntpool models")
     return flags
+
+
+@attach_to_every_kernel
+def _attach_verifier(kernel) -> None:
+    kernel.verifier = DriverVerifier(kernel)
 
 
 __all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags"]
