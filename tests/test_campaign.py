@@ -154,8 +154,8 @@ def test_triage_counts_bug_checks_culprits_and_tags_across_dumps(tmp_path, capsy
         k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
         for _ in range(count):
             k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 4000, tag)
-        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 64, "Base")
-        p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 64, "Dbl ")
+        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Base")
+        p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Dbl ")  # past the lookasides
         k.ExFreePoolWithTag(p, "Dbl ")
         with pytest.raises(ntpool.BugCheck):
             k.ExFreePoolWithTag(p, "Dbl ")
@@ -192,3 +192,39 @@ def test_a_tag_far_above_its_own_fleet_median_is_swollen():
     assert report.swollen == [("Leak", 1, 8 << 20, 4096)]  # Norm never strays from its median
     assert report.culprits == [("(not recorded)", 5), ("leaky.sys", 1)]
     assert report.bugchecks == [("0x19 BAD_POOL_HEADER", 6)]
+
+
+def test_a_campaign_killed_half_way_resumes_to_the_same_results_file(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scenario = str(SCENARIOS / "verify_slow.py")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    command = [sys.executable, "-m", "ntpool", "verify", scenario, "-j", "1", "--quiet"]
+    whole, part = tmp_path / "whole.sqlite", tmp_path / "part.sqlite"
+    subprocess.run(command + ["--results", str(whole)], env=env, capture_output=True, check=False)
+    child = subprocess.Popen(command + ["--results", str(part)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = 0
+    deadline = time.monotonic() + 60
+    while finished < 3 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+        try:
+            finished = sqlite3.connect(part).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        except sqlite3.Error:
+            finished = 0
+    child.send_signal(signal.SIGKILL)  # a killed machine: no cleanup at all
+    child.wait()
+
+    def rows(path):
+        return sqlite3.connect(path).execute("SELECT key, result FROM runs ORDER BY key").fetchall()
+
+    done_before = len(rows(part))
+    assert 3 <= done_before < len(rows(whole)) == 7  # baseline + six sites
+    resumed = subprocess.run(command + ["--results", str(part), "--resume"], env=env,
+                             capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert rows(part) == rows(whole)

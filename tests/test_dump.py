@@ -42,7 +42,7 @@ def test_kdmp_parser_reads_a_live_allocation_header_and_tag(crashed, kind):
     offset = crashed.small & 0xFFF
     header = bytes(page[offset - 16:offset])
     assert header[4:8] == b"derF"
-    assert header[2] == 8 and header[3] == 0x5  # BlockSize (100 + 31) // 16, nonpaged in use
+    assert header[2] == 8 and header[3] == 0x2  # BlockSize (100 + 31) // 16, nonpaged in use
     assert bytes(page[offset:offset + 10]) == b"hello pool"
     paged_page = dump.read_virtual_page(crashed.paged & ~0xFFF)
     assert bytes(paged_page[(crashed.paged & 0xFFF) - 12:(crashed.paged & 0xFFF) - 8]) == b"1dgP"

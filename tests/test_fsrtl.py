@@ -3,7 +3,7 @@
 import pytest
 
 import ntpool
-from ntpool.pool.header import page_problems
+from ntpool.pool.layout import page_problems
 
 PT = ntpool.PoolType
 MiB = 1 << 20

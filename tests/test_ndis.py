@@ -215,10 +215,10 @@ def test_free_contiguous_noncached_needs_below_dispatch(k):
 
 
 def test_ndis_free_memory_double_free_is_the_pool_bug_check(k):
-    _, va = k.NdisAllocateMemoryWithTag(100, "Twic")
-    k.NdisAllocateMemoryWithTag(100, "Keep")
-    k.NdisFreeMemory(va, 100, 0)
-    e = bugcheck(lambda: k.NdisFreeMemory(va, 100, 0))
+    _, va = k.NdisAllocateMemoryWithTag(1000, "Twic")  # past the lookasides
+    k.NdisAllocateMemoryWithTag(1000, "Keep")
+    k.NdisFreeMemory(va, 1000, 0)
+    e = bugcheck(lambda: k.NdisFreeMemory(va, 1000, 0))
     assert (e.code, e.parameters[0]) == (0xC2, 0x07)
 
 

@@ -313,8 +313,8 @@ def test_unchecked_allocation_failure_surfaces_under_low_resources(k):
 
 class DoubleFreer(Driver):
     def run(self, k):
-        p = k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
-        k.ExAllocatePoolWithTag(NP, 64, "Dbl ")
+        p = k.ExAllocatePoolWithTag(NP, 1000, "Dbl ")  # past the lookasides
+        k.ExAllocatePoolWithTag(NP, 1000, "Dbl ")
         k.ExFreePoolWithTag(p, "Dbl ")
         k.ExFreePoolWithTag(p, "Dbl ")
 

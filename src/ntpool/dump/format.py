@@ -2,7 +2,7 @@
 
 Offsets follow the DUMP_HEADER64 layout every reader (WinDbg, kdmp-parser, volatility3)
 agrees on (reference sheet section 9), KDDEBUGGER_DATA64 as wdbgexts.h declares it, and
-the Windows 7 x64 pool tables (POOL_TRACKER_TABLE, POOL_TRACKER_BIG_PAGES). ntpool's own
+the hash functions of the Windows 7 x64 pool tables (their entries are ntpool.pool.layout's). ntpool's own
 debugger data block (``NTPL``) carries what Windows finds through symbols instead.
 """
 
@@ -125,15 +125,10 @@ CALL_SITE_SIZE = 128
 
 # --- the pool tables (Windows 7 x64) ----------------------------------------------------
 
-# POOL_TRACKER_TABLE: Key, NonPagedAllocs, NonPagedFrees, NonPagedBytes, PagedAllocs,
-# PagedFrees, PagedBytes.
-POOL_TRACKER_TABLE = struct.Struct("<III4xQIIQ")
+# POOL_TRACKER_TABLE and POOL_TRACKER_BIG_PAGES are laid out in ntpool.pool.layout.
 TRACKER_HASH_MULTIPLIER = 40543
 MIN_TRACKER_TABLE_SIZE = 1024  # power of two; one overflow slot follows
 
-# POOL_TRACKER_BIG_PAGES: Va (bit 0 set: free slot), Key, PoolType, NumberOfBytes.
-POOL_TRACKER_BIG_PAGES = struct.Struct("<QIIQ")
-BIG_PAGE_FREE = 0x1
 MIN_BIG_PAGE_TABLE_SIZE = 512
 
 # --- KUSER_SHARED_DATA ---------------------------------------------------------------------

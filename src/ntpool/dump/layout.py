@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..drivers import call_site_table
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
+from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
 from ..tags import PROTECTED_POOL
 from . import format as f
 
@@ -89,7 +90,7 @@ def _region_for(kernel, region: Region, entries: int, entry_size: int) -> None:
 
 def build_tracker_table(rows: dict, size: int) -> bytearray:
     """PoolTrackTable image: ``size`` hashed slots plus one overflow slot."""
-    entry = f.POOL_TRACKER_TABLE
+    entry = POOL_TRACKER_TABLE
     image = bytearray((size + 1) * entry.size)
     used = bytearray(size)
     mask = size - 1
@@ -107,13 +108,13 @@ def build_tracker_table(rows: dict, size: int) -> bytearray:
 
 def build_big_page_table(pools, size: int) -> bytearray:
     """PoolBigPageTable image: every free slot holds Va 1 (bit 0 set means free)."""
-    entry = f.POOL_TRACKER_BIG_PAGES
-    image = bytearray(entry.pack(f.BIG_PAGE_FREE, 0, 0, 0) * size)
+    entry = POOL_TRACKER_BIG_PAGES
+    image = bytearray(entry.pack(BIG_PAGE_FREE, 0, 0, 0) * size)
     mask = size - 1
     for pool in pools:
         for va, (tag, pages) in pool.big_pages.items():
             slot = f.big_page_hash(va, mask)
-            while not image[slot * entry.size] & f.BIG_PAGE_FREE:  # taken: probe on
+            while not image[slot * entry.size] & BIG_PAGE_FREE:  # taken: probe on
                 slot = (slot + 1) & mask
             entry.pack_into(image, slot * entry.size, va, tag, pool.base_type, pages << PAGE_SHIFT)
     return image
@@ -122,13 +123,13 @@ def build_big_page_table(pools, size: int) -> bytearray:
 def _lay_out_tables(kernel, layout: DebuggerDataLayout) -> tuple[int, int]:
     rows = kernel.pool.tracker.rows
     tracker_size = f.table_size_for(len(rows), f.MIN_TRACKER_TABLE_SIZE)
-    _region_for(kernel, layout.tracker, tracker_size + 1, f.POOL_TRACKER_TABLE.size)
+    _region_for(kernel, layout.tracker, tracker_size + 1, POOL_TRACKER_TABLE.size)
     poke(kernel, layout.tracker.va, build_tracker_table(rows, tracker_size))
 
     pools = (kernel.nonpaged_pool, kernel.paged_pool)
     big_count = sum(len(pool.big_pages) for pool in pools)
     big_size = f.table_size_for(big_count, f.MIN_BIG_PAGE_TABLE_SIZE)
-    _region_for(kernel, layout.big_pages, big_size, f.POOL_TRACKER_BIG_PAGES.size)
+    _region_for(kernel, layout.big_pages, big_size, POOL_TRACKER_BIG_PAGES.size)
     poke(kernel, layout.big_pages.va, build_big_page_table(pools, big_size))
     return tracker_size + 1, big_size
 

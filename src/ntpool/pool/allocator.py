@@ -46,20 +46,26 @@ from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import BIG_TAG, PROTECTED_POOL, from_display, has_letter_or_digit, tag_value
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
-from .header import (
-    BLOCK_SHIFT,
-    HEADER_FIRST8,
-    HEADER_SIZE,
-    LOOKASIDE_MAX_BLOCKS,
-    POOL_IN_USE,
-    POOL_QUOTA,
-    QWORD,
-    TYPE_TAG_BILLED,
+from .checks import (
     check_block_size,
     check_free_tag,
     check_next_previous_size,
     check_not_already_freed,
     header_value,
+)
+from .layout import (
+    BLOCK,
+    BLOCK_SHIFT,
+    HEADER_FIRST8,
+    HEADER_SIZE,
+    LOOKASIDE_MAX_BLOCKS,
+    POOL_HEADER,
+    POOL_FREE,
+    POOL_IN_USE,
+    POOL_QUOTA,
+    SINGLE_LIST_ENTRY,
+    TYPE_TAG_BILLED,
+    blocks_for,
 )
 from .tracker import PoolTracker
 
@@ -70,10 +76,18 @@ LOOKASIDE_MAX_BYTES = (LOOKASIDE_MAX_BLOCKS << BLOCK_SHIFT) - HEADER_SIZE  # 496
 # refused, so that neither spelling can pass for the reserved tag.
 RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
 
-_unpack_qword = QWORD.unpack_from
-_pack_qword = QWORD.pack_into
+# The fast paths work on physical addresses with precompiled runs of header fields; every
+# offset comes from the layout. They compute a chunk's blocks as (bytes + 31) >> 4 and read
+# the next header's PreviousSize as its first byte: asserted here against the layout.
+assert (HEADER_SIZE + BLOCK - 1, BLOCK_SHIFT, POOL_HEADER.PreviousSize) == (31, 4, 0)
+assert blocks_for(1) == (1 + 31) >> 4
+_unpack_next = SINGLE_LIST_ENTRY.struct.unpack_from  # a lookaside entry's Next: the body's start
+_pack_next = SINGLE_LIST_ENTRY.struct.pack_into
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
+_TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
+_BODY = HEADER_SIZE
+_IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -174,9 +188,9 @@ class PoolAllocator:
                 if body:
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
-                    heads[block_size] = _unpack_qword(mem, pa)[0]
+                    heads[block_size] = _unpack_next(mem, pa)[0]
                     pool.la_depth[block_size] -= 1
-                    _pack_type_tag(mem, pa - 13, pool.allocated_header_type, tag_ulong, site)
+                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong, site)
                     column = pool.track_offset
                     row[column] += 1
                     row[column + 2] += block_size << 4
@@ -192,14 +206,14 @@ class PoolAllocator:
             if address & 0xFFF and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - 16
+                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
                 _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                 else:
                     passed = self.known_tags[tag][0]
-                end = (address & 0xFFF) - 16 + (block_size << 4)
-                if type_byte & 0xC == POOL_IN_USE and stored == passed and not address & 15 \
+                end = (address & 0xFFF) - _BODY + (block_size << 4)
+                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
                         and block_size and (end == PAGE_SIZE or
                                             (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size)):
                     row = self.tracker.rows[stored & ~PROTECTED_POOL]
@@ -209,12 +223,13 @@ class PoolAllocator:
                     depths = pool.la_depth
                     if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
                         heads = pool.la_head
-                        _pack_qword(mem, pa + 16, heads[block_size])
+                        # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7.
+                        _pack_next(mem, pa + _BODY, heads[block_size])
                         heads[block_size] = address
                         depths[block_size] += 1
-                        mem[pa + 3] = type_byte & 3  # still owned by the lookaside: not in use
                         return
-                    pool.free_small(address - 16)
+                    mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+                    pool.free_small(address - _BODY)
                     return
         except (KeyError, TypeError, IndexError):
             pass
@@ -339,26 +354,23 @@ class PoolAllocator:
             return va
         block_size = (number_of_bytes + 31) >> 4
         if aligned:
-            chunk = pool.allocate_small_aligned(block_size, tag, CACHE_LINE)
+            chunk = pool.allocate_small_aligned(block_size, tag, CACHE_LINE, site)
             if not chunk:
                 return 0
-            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.la_head[block_size]
             if body:
                 pa = pool._pa(body)
-                pool.la_head[block_size] = _unpack_qword(self.mem, pa)[0]
+                pool.la_head[block_size] = _unpack_next(self.mem, pa)[0]
                 pool.la_depth[block_size] -= 1
-                _pack_type_tag(self.mem, pa - 13, pool.allocated_header_type, tag, site)
+                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
-        chunk = pool.allocate_small(block_size, tag)
+        chunk = pool.allocate_small(block_size, tag, site)
         if not chunk:
             return 0
-        if site:
-            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
 
@@ -422,17 +434,18 @@ class PoolAllocator:
     def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
         """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
         if va & (PAGE_SIZE - 1):
-            pa = pool._pa(va - HEADER_SIZE)
-            self.mem[pa + 3] |= POOL_QUOTA
-            _pack_qword(self.mem, pa + 8, process)
+            header = POOL_HEADER.at(self.mem, pool._pa(va - HEADER_SIZE))
+            header.PoolType |= POOL_QUOTA
+            header.ProcessBilled = process
         else:
             self.big_quota[va] = (process, charge)
 
     def release_quota(self, pool: Pool, chunk: int, pa: int) -> None:
         """Return a small chunk's quota charge to the process its header names."""
-        process = _unpack_qword(self.mem, pa + 8)[0]
+        header = POOL_HEADER.at(self.mem, pa)
+        process = header.ProcessBilled
         if self.quota is not None and process:
-            self.quota.release(process, pool.base_type, self.mem[pa + 2] << BLOCK_SHIFT)
+            self.quota.release(process, pool.base_type, header.BlockSize << BLOCK_SHIFT)
 
     # --- generic free --------------------------------------------------------------------
 
@@ -487,7 +500,7 @@ class PoolAllocator:
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
         pa = pool._pa(chunk)
-        raw = header_value(self.mem[pa:pa + 8])
+        raw = header_value(self.mem[pa:pa + HEADER_FIRST8.size])
         _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
         check_not_already_freed(self.crash, type_byte, raw, address)
         check_block_size(self.crash, chunk, block_size)
@@ -495,18 +508,18 @@ class PoolAllocator:
             check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         end = chunk + (block_size << BLOCK_SHIFT)
         if end & (PAGE_SIZE - 1):
-            check_next_previous_size(self.crash, chunk, block_size, self.mem[pa + (block_size << 4)])
+            check_next_previous_size(self.crash, chunk, block_size,
+                                     POOL_HEADER.get(self.mem, pa + (block_size << BLOCK_SHIFT), "PreviousSize"))
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
         depths = pool.la_depth
         if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
-            _pack_qword(self.mem, pa + 16, pool.la_head[block_size])
+            _pack_next(self.mem, pa + _BODY, pool.la_head[block_size])
             pool.la_head[block_size] = address
             depths[block_size] += 1
-            self.mem[pa + 3] = type_byte & 3
             return
-        self.mem[pa + 3] = type_byte & 3
+        POOL_HEADER.set(self.mem, pa, "PoolType", POOL_FREE)
         pool.free_small(chunk)
 
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
@@ -530,18 +543,18 @@ class PoolAllocator:
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
-        pa = pool._pa(address - HEADER_SIZE)
-        if self.mem[pa + 3] & POOL_QUOTA:
+        header = POOL_HEADER.at(self.mem, pool._pa(address - HEADER_SIZE))
+        if header.PoolType & POOL_QUOTA:
             return 0  # ProcessBilled holds the quota owner instead, as in Windows
-        return int.from_bytes(self.mem[pa + 8:pa + 10], "little")
+        return header.AllocatorBackTraceIndex
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""
         pool = self.locate(address)
         if pool.page_kind_of(address) == PAGE_BIG_FIRST and address in pool.big_pages:
             return pool.big_pages[address][1] << PAGE_SHIFT
-        pa = pool._pa(address - HEADER_SIZE)
-        return (self.mem[pa + 2] << BLOCK_SHIFT) - HEADER_SIZE
+        block_size = POOL_HEADER.get(self.mem, pool._pa(address - HEADER_SIZE), "BlockSize")
+        return (block_size << BLOCK_SHIFT) - HEADER_SIZE
 
 
 def checked_pool_type(pool_type) -> int:

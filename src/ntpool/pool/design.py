@@ -10,7 +10,7 @@ from typing import Protocol
 
 from .allocator import PoolAllocator
 from .descriptor import Pool
-from .header import LIST_HEAD_COUNT
+from .layout import LIST_HEAD_COUNT
 
 # Windows 7 x64 layout of the kernel address space.
 NONPAGED_POOL_BASE = 0xFFFFFA8000000000
