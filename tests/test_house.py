@@ -77,7 +77,7 @@ def test_the_layers_attach_to_every_machine(tmp_path):
     assert k.verifier is not None and k.verifier.kernel is k
     assert k.pool_design is WINDOWS_7 and k.pool.nonpaged is k.nonpaged_pool
     with pytest.raises(ntpool.BugCheck):
-        k.ExAllocatePoolWithTag(NP, 0, "Fred")
+        k.ExFreePool(0x10000)  # a user-mode address: 0xC2/0x40
     assert (tmp_path / "MEMORY.DMP").stat().st_size > 0
 
 
@@ -85,7 +85,7 @@ def test_a_halted_machine_answers_looking_and_refuses_doing():
     k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
     p = k.ExAllocatePoolWithTag(NP, 32, "Keep")
     with pytest.raises(ntpool.BugCheck):
-        k.ExAllocatePoolWithTag(NP, 0, "Fred")
+        k.ExFreePool(0x10000)  # a user-mode address: 0xC2/0x40
     for doing in ("ExFreePoolWithTag", "KeRaiseIrql", "load_driver", "page_out", "write",
                   "create_process", "RtlMoveMemory", "NdisAllocateMemoryWithTag"):
         with pytest.raises(ntpool.MachineHalted, match=doing):

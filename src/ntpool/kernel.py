@@ -31,6 +31,8 @@ from .constants import (
     PAGE_SIZE,
     PASSIVE_LEVEL,
     SYSTEM_RANGE_START,
+    KERNEL_IMAGE_BYTES,
+    KERNEL_IMAGE_PS_LOADED_MODULE_LIST,
     BugCheckCode,
     NtStatus,
 )
@@ -129,6 +131,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         self.processors = processors
         self.current_processor = 0
         self.irql_by_processor = [int(PASSIVE_LEVEL)] * processors
@@ -152,7 +155,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # --- the drivers: loaded images on PsLoadedModuleList -------------------------------
         self.drivers = []
         self.current_driver = None  # the loaded driver whose code is running (None: kernel)
-        self.loaded_module_list = self.kernel_data.reserve(16)  # PsLoadedModuleList
+        # PsLoadedModuleList, a global in ntoskrnl's image
+        self.loaded_module_list = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST
         self.write(self.loaded_module_list, LIST_ENTRY.pack(self.loaded_module_list,
                                                             self.loaded_module_list))
 
@@ -345,13 +349,14 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                 "frames": self.physical.frames_used}
 
     @allowed_when_halted
-    def write_dump(self, path, kind: str = "full") -> str:
+    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
         """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
 
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``).
         The dump layer (``ntpool.dump``) attaches the writer to every machine."""
         if self.dump_writer is None:
             raise RuntimeError("no dump writer is attached (import ntpool.dump)")
-        return self.dump_writer(self, path, kind)
+        return self.dump_writer(self, path, kind, symbols)
 
 
 def _checked_span(address, size) -> tuple[int, int]:
