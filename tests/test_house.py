@@ -1,7 +1,9 @@
 """The shape of the code: one Kernel, imports flowing one way, the halted machine's rule."""
 
 import ast
+import inspect
 import pathlib
+import re
 
 import pytest
 
@@ -64,11 +66,17 @@ def test_one_class_named_kernel():
     assert ntpool.Kernel.__module__ == "ntpool.kernel"
 
 
-def test_routine_families_keep_no_state_of_their_own():
-    # Every family is methods only: all state is made, visibly, in Kernel.__init__.
+def test_routine_families_are_composed_only_in_kernel_init():
+    # No family has a constructor; a manager's _init_ method (its boot) is called from
+    # Kernel.__init__ alone, so the order of the parts is written in one place.
+    source = inspect.getsource(ntpool.Kernel.__init__)
     for family in ntpool.Kernel.__mro__[1:-1]:
         assert "__init__" not in vars(family), family
-        assert not [name for name in vars(family) if name.startswith("_init")], family
+        for name, function in vars(family).items():
+            if name.startswith("_init"):
+                assert f"self.{name}()" in source, name
+                calls = re.findall(r"self\.(_init_\w+)\(", inspect.getsource(function))
+                assert calls == [], (name, calls)
 
 
 def test_the_layers_attach_to_every_machine(tmp_path):

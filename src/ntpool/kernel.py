@@ -49,6 +49,12 @@ from .pool.tracker import PoolTagInfo
 from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
 from .routines.ndis import NdisRoutines
+from .routines.io import IoRoutines
+from .routines.ke_sync import SyncRoutines
+from .routines.objects import ObjectRoutines
+from .routines.registry_keys import RegistryRoutines
+from .routines.rtl_strings import StringRoutines
+from .routines.security import SecurityRoutines
 from .routines.registry import routine
 from .routines.rtl import RtlRoutines
 
@@ -95,7 +101,8 @@ def _positive_bytes(name: str, value) -> int:
 
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
-             ProcessRoutines, PagingRoutines, DriverRoutines):
+             ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
+             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -171,6 +178,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # --- what the routine families keep ------------------------------------------------
         self.ndis_handles: dict[int, object] = {}  # handle -> driver object
         self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
+
+        # --- the managers drivers meet, in dependency order: objects (types, names, handles),
+        # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in
+        # SeExports), the clock. Each boots its own state in its _init_ method, called only here.
+        self._init_objects()
+        self._init_registry()
+        self._init_io()
+        self._init_security()
+        self._init_sync()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

@@ -29,6 +29,7 @@ class _CrashDumpOnBugCheck:
 @attach_to_every_kernel
 def _attach_dumps(kernel) -> None:
     install_shared_data(kernel)
+    kernel._publish_time()  # the clock in KUSER_SHARED_DATA, now that it is mapped
     kernel.dump_writer = write_dump
     if kernel.crash_dump is not None:
         kernel.hooks.subscribe(BugCheckRaised, _CrashDumpOnBugCheck(kernel))
