@@ -8,7 +8,7 @@ import re
 import pytest
 
 import ntpool
-from ntpool.pool.design import WINDOWS_7
+from ntpool.pool.design import WINDOWS_7, SegmentHeapDesign
 
 PACKAGE = pathlib.Path(ntpool.__file__).resolve().parent
 CORE = ["kernel.py", "hooks.py", "constants.py", "errors.py", "tags.py",
@@ -84,9 +84,18 @@ def test_the_layers_attach_to_every_machine(tmp_path):
                       crash_dump=str(tmp_path / "MEMORY.DMP"))
     assert k.verifier is not None and k.verifier.kernel is k
     assert k.pool_design is WINDOWS_7 and k.pool.nonpaged is k.nonpaged_pool
+    assert k.heap_state is None and k.nonpaged_pool_nx is None
     with pytest.raises(ntpool.BugCheck):
         k.ExFreePool(0x10000)  # a user-mode address: 0xC2/0x40
     assert (tmp_path / "MEMORY.DMP").stat().st_size > 0
+
+
+def test_the_windows_version_chooses_the_allocator_design():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, windows="11")
+    assert isinstance(k.pool_design, SegmentHeapDesign)
+    assert k.pool is k.heap_state.allocator and k.nonpaged_pool_nx is not None
+    p = k.ExAllocatePoolWithTag(NP, 40, "Sgmt")
+    k.ExFreePoolWithTag(p, "Sgmt")
 
 
 def test_a_halted_machine_answers_looking_and_refuses_doing():

@@ -44,7 +44,7 @@ from .machine.memory import AddressSpace, PhysicalMemory
 from .machine.pager import Pager
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines, QuotaLedger
-from .pool.design import WINDOWS_7, PoolDesign
+from .pool.design import pool_design_for
 from .pool.tracker import PoolTagInfo
 from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
@@ -57,6 +57,7 @@ from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
 from .routines.registry import routine
 from .routines.rtl import RtlRoutines
+from .windows import windows_version
 
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
 KERNEL_DATA_BYTES = 16 << 20
@@ -112,9 +113,13 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
-                 physical_memory_bytes: int | None = None, processors: int = 1, *,
-                 crash_dump=None, crash_dump_kind: str = "kernel",
-                 pool_design: PoolDesign = WINDOWS_7):
+                 physical_memory_bytes: int | None = None, processors: int = 1,
+                 windows="7", seed: int = 0, *, crash_dump=None,
+                 crash_dump_kind: str = "kernel"):
+        self.windows = windows_version(windows)  # which Windows, hence which pool design
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        self.seed = seed
         nonpaged_pool_bytes = _positive_bytes("nonpaged_pool_bytes", nonpaged_pool_bytes)
         paged_pool_bytes = _positive_bytes("paged_pool_bytes", paged_pool_bytes)
         if isinstance(processors, bool) or not isinstance(processors, int) or not 1 <= processors <= 64:
@@ -147,15 +152,19 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # Who called from where: the pools record it in each allocation.
         self.call_sites = CallSites()
 
-        # --- the pools, built by the allocator design --------------------------------------
-        self.pool_design = pool_design
-        self.pool = pool_design.build(space=self.space, kernel_data=self.kernel_data,
-                                      crash=self.KeBugCheckEx, processors=processors,
-                                      call_sites=self.call_sites, hooks=self.hooks,
-                                      nonpaged_pool_bytes=nonpaged_pool_bytes,
-                                      paged_pool_bytes=paged_pool_bytes)
-        self.nonpaged_pool = self.pool.nonpaged
-        self.paged_pool = self.pool.paged
+        # --- the pools, built by the allocator design of this Windows ----------------------
+        self.pool_design = pool_design_for(self.windows, seed)
+        pools = self.pool_design.build(space=self.space, kernel_data=self.kernel_data,
+                                       write_kernel_data=self._write_kernel_data,
+                                       crash=self.KeBugCheckEx, processors=processors,
+                                       call_sites=self.call_sites, hooks=self.hooks,
+                                       nonpaged_pool_bytes=nonpaged_pool_bytes,
+                                       paged_pool_bytes=paged_pool_bytes)
+        self.pool = pools.allocator  # the one allocator every routine calls
+        self.nonpaged_pool = pools.nonpaged
+        self.nonpaged_pool_nx = pools.nonpaged_nx  # None: NonPagedPoolNx is nonpaged pool
+        self.paged_pool = pools.paged
+        self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
 
@@ -196,6 +205,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.verifier = None  # the DriverVerifier, from the verifier layer
         for attach in kernel_layers():
             attach(self)
+
+    def _write_kernel_data(self, va: int, data: bytes) -> None:
+        """Write the kernel's own structures (the routines' checks do not apply)."""
+        for offset in range(0, len(data)):
+            pa = self.space.translate(va + offset)
+            self._mem[pa] = data[offset]
 
     # --- bug checks --------------------------------------------------------------------
 
