@@ -35,11 +35,17 @@ class Kernel(CoreKernel):
         if crash_dump is not None:
             self.hooks.subscribe(BugCheckRaised, self._write_crash_dump)
 
-    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
+    def write_dump(self, path, kind: str = "full", symbols: bool = True, truth=None) -> str:
         """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
 
-        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``)."""
-        return write_dump(self, path, kind, symbols)
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``);
+        ``truth=FILE.json`` also writes the manifest of every chunk (``ntpool.forensics.truth``)."""
+        written = write_dump(self, path, kind, symbols)
+        if truth is not None:
+            from .forensics.truth import write_for_dump
+
+            write_for_dump(self, truth, written, kind)
+        return written
 
     def _write_crash_dump(self, event: BugCheckRaised) -> None:
         # A dump that cannot be written must not hide the bug check itself.

@@ -25,7 +25,7 @@ DUMP_NAME = "MEMORY.DMP"
 
 
 def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
-             console: Console | None = None) -> int:
+             console: Console | None = None, truth: str | None = None) -> int:
     console = console or wide_console()
     out = Path(out_dir)
     if not out.is_dir():
@@ -37,6 +37,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
         scenario.workload = partial(scenario.workload, steps=steps)
         scenario.checkpoints = None
     run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME))
+    run.truth_path = truth
     pooltags = PoolTagDatabase.default()
 
     kernel = run.boot()

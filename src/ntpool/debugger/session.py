@@ -267,7 +267,10 @@ class KdSession:
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
         for chunk in finder.find(pattern):
-            lines.append(self._chunk_line(chunk, False)[1:])
+            line = self._chunk_line(chunk, False)[1:]
+            if chunk.address in finder.salvaged:
+                line += f"  (corrupt page: see !poolval {chunk.address:x})"
+            lines.append(line)
         for page in finder.corrupt_pages:
             lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
                          f"header chain is corrupt (see !poolval {page:x})")

@@ -184,6 +184,13 @@ def check_against_tracker(truth: Truth, kernel) -> list[str]:
     return problems
 
 
+def write_for_dump(kernel, truth_path, dump_path, kind: str) -> str:
+    """The manifest of ``kernel`` as its dump at ``dump_path`` holds it, written to ``truth_path``."""
+    truth = manifest(kernel)
+    truth.dump = {"file": os.path.basename(os.fspath(dump_path)), "kind": kind}
+    return write(truth, truth_path)
+
+
 def write(truth: Truth, path) -> str:
     """Write the manifest as JSON (atomically); returns the path."""
     path = os.fspath(path)
