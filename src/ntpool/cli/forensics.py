@@ -1,4 +1,5 @@
-"""``ntpool symbols``: what volatility3 needs to analyse ntpool's dumps, and where it is."""
+"""Forensics commands: ``ntpool symbols`` (what volatility3 needs, and where), ``ntpool score``,
+``ntpool corpus``."""
 
 from ..dump import isf
 
@@ -21,3 +22,26 @@ def add_forensics_commands(sub) -> None:
     symbols.add_argument("--install", metavar="DIR",
                          help="write the symbol file under DIR (a folder to give vol -s) instead")
     symbols.set_defaults(func=_cmd_symbols)
+    add_score_command(sub)
+
+
+def _cmd_score(args) -> int:
+    import json
+
+    from ..forensics.score import format_score, score_files
+
+    tags = [t for t in args.tags.split(",") if t] if args.tags else None
+    result = score_files(args.truth, args.results, tags)
+    print(json.dumps(result, indent=1) if args.json else format_score(result))
+    return 0
+
+
+def add_score_command(sub) -> None:
+    score = sub.add_parser("score", help="score a pool scanner's findings against a truth manifest")
+    score.add_argument("truth", metavar="TRUTH.json", help="the manifest (ntpool corpus, --truth)")
+    score.add_argument("results", nargs="+", metavar="RESULTS",
+                       help="vol -r json output (windows.bigpools, ntpool.tagscan, "
+                            "windows.poolscanner), ntpool kd !poolfind output, or CSV address,tag[,state]")
+    score.add_argument("--tags", help="score only these tags (comma-separated, as shown)")
+    score.add_argument("--json", action="store_true", help="the scores as JSON")
+    score.set_defaults(func=_cmd_score)

@@ -46,6 +46,7 @@ class Truth:
     paged_out_pages: list = field(default_factory=list)
     corrupt_pages: list = field(default_factory=list)  # {"page", "pool", "how"}
     decoys: list = field(default_factory=list)  # {"address", "physical", "tag", "aligned", "inside"}
+    pages: list = field(default_factory=list)  # [va, pa] of every resident pool page
     pools: list = field(default_factory=list)
     dump: dict = field(default_factory=dict)  # file, kind (filled by whoever writes the dump)
 
@@ -60,6 +61,7 @@ class Truth:
             "big_fields": list(BIG_FIELDS),
             "big_allocations": [[hexed(r[0]), hexed(r[1]), *r[2:]] for r in self.big],
             "paged_out_pages": [hexed(p) for p in self.paged_out_pages],
+            "pages": [[hexed(va), hexed(pa)] for va, pa in self.pages],
             "corrupt_pages": [{**c, "page": hexed(c["page"])} for c in self.corrupt_pages],
             "decoys": [{**d, "address": hexed(d["address"]), "physical": hexed(d["physical"]),
                         "inside": hexed(d["inside"])} for d in self.decoys],
@@ -105,6 +107,8 @@ def _walk(pool, truth: Truth, lookaside: set, pending: set) -> None:
         page, base = _page_bytes(pool, page_va)
         if base is None:
             truth.paged_out_pages.append(page_va)
+        else:
+            truth.pages.append([page_va, base])
         problems = page_problems(page, page_va)
         offset = 0
         while offset < PAGE_SIZE:
@@ -153,6 +157,10 @@ def manifest(kernel) -> Truth:
                 _, base = _page_bytes(pool, va)
             except KeyError:
                 base = None
+            for page in range(pages):
+                frame = pool.tlb.get((va >> PAGE_SHIFT) + page)
+                if frame is not None:
+                    truth.pages.append([va + (page << PAGE_SHIFT), frame])
             truth.big.append([va, base, pool.name, tag, shown(tag), pages << PAGE_SHIFT, pages,
                               base is None])
     return truth
