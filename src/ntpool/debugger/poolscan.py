@@ -44,6 +44,7 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
 
 
 _PREV_SIZE_TYPE = POOL_HEADER.run("PreviousSize", "PoolType")
+_HEADER_FIRST8_UNPACK = POOL_HEADER.run("PreviousSize", "PoolTag").unpack_from
 
 
 def valid_header_offsets(page, base: int, base_type: int) -> set | None:
@@ -52,19 +53,8 @@ def valid_header_offsets(page, base: int, base_type: int) -> set | None:
     The same rules as ``examine_page`` (chain consistent and covering the page, PoolType
     bytes of this pool), in one lean pass for scans over many pages.
     """
-    unpack = _PREV_SIZE_TYPE.unpack_from
-    offsets = set()
-    offset = previous = 0
-    while offset < PAGE_SIZE:
-        prev, _index, size, pool_type = unpack(page, base + offset)
-        if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE:
-            return None
-        if pool_type and not pool_type_fits(pool_type, base_type):
-            return None
-        offsets.add(offset)
-        previous = size
-        offset += size << BLOCK_SHIFT
-    return offsets
+    chain = _consistent_rest(page, base, base_type, 0, 0)
+    return None if chain is None else set(chain)
 
 
 def _consistent_rest(page, base: int, base_type: int, offset: int, previous: int) -> list | None:
@@ -199,6 +189,8 @@ class PoolFinder:
 
     def find(self, pattern: str) -> list[Chunk]:
         regex = tag_bytes_regex(pattern)
+        if not pattern.strip("*?"):
+            return self._walk_every_page()  # every tag: walking the chains beats matching every byte
         pages = self.pages_by_file_offset()
         mapping = self.reader.mapping
         reports: dict[int, set] = {}
@@ -235,6 +227,25 @@ class PoolFinder:
                     salvaged.add(page_va + header)
         hits.sort()
         self.corrupt_pages = sorted(corrupt)
+        self.salvaged = salvaged
+        return hits
+
+
+    def _walk_every_page(self) -> list[Chunk]:
+        """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
+        mapping = self.reader.mapping
+        base_type = self.pool.base_type
+        unpack = _HEADER_FIRST8_UNPACK
+        hits, corrupt, salvaged = [], [], set()
+        for page_va, page_offset in sorted((va, offset) for offset, va in
+                                           self.pages_by_file_offset().items()):
+            chain = _consistent_rest(mapping, page_offset, base_type, 0, 0)
+            if chain is None:
+                chain = sorted(salvaged_header_offsets(mapping, page_offset, base_type))
+                corrupt.append(page_va)
+                salvaged.update(page_va + offset for offset in chain)
+            hits += [Chunk(page_va + offset, *unpack(mapping, page_offset + offset)) for offset in chain]
+        self.corrupt_pages = corrupt
         self.salvaged = salvaged
         return hits
 

@@ -304,7 +304,8 @@ def score(document: dict, results: Results, tags=None) -> dict:
         else:
             inside = index.containing_chunk(va)
             if inside is not None:
-                false(f"stale header inside a {index.chunks[inside]['state']} chunk")
+                state = index.chunks[inside]["state"]
+                false(f"stale header inside {'an' if state == 'allocated' else 'a'} {state} chunk")
             else:
                 false("outside every pool page" if index.pool_of(va) is None else "elsewhere in the pool")
 

@@ -166,26 +166,41 @@ def manifest(kernel) -> Truth:
     return truth
 
 
-def check_against_tracker(truth: Truth, kernel) -> list[str]:
-    """Disagreements between the manifest's live allocations and the per-tag counters."""
+def check_against_tracker(truth, tracker_rows) -> list[str]:
+    """Disagreements between a manifest's live allocations and per-tag counters.
+
+    ``truth`` is a Truth or a loaded manifest; ``tracker_rows`` a machine's ``pool_tags()``
+    or a dump's ``DumpReader.tracker_entries()`` (or a machine, for its pool_tags())."""
+    if hasattr(tracker_rows, "pool_tags"):
+        tracker_rows = tracker_rows.pool_tags()
+    if isinstance(truth, Truth):
+        chunks, big = truth.chunks, truth.big
+    else:
+        chunks, big = truth["chunks"], truth["big_allocations"]
     counted: dict = {}
-    for row in truth.chunks:
+    for row in chunks:
         if row[9] == "allocated":
             key = (row[3] & ~PROTECTED_POOL, row[2])
             allocs, used = counted.get(key, (0, 0))
             counted[key] = (allocs + 1, used + row[5])
-    for row in truth.big:
+    for row in big:
         key = (row[3] & ~PROTECTED_POOL, row[2])
         allocs, used = counted.get(key, (0, 0))
         counted[key] = (allocs + 1, used + row[5])
     problems = []
-    for info in kernel.pool_tags():
+    for info in tracker_rows:
+        key = getattr(info, "TagUlong", None)
+        key = info.Key if key is None else key
+        nonpaged_used = getattr(info, "NonPagedUsed", None)
+        nonpaged_used = info.NonPagedBytes if nonpaged_used is None else nonpaged_used
+        paged_used = getattr(info, "PagedUsed", None)
+        paged_used = info.PagedBytes if paged_used is None else paged_used
         for pool, allocs, frees, used in (("NonPagedPool", info.NonPagedAllocs, info.NonPagedFrees,
-                                           info.NonPagedUsed),
-                                          ("PagedPool", info.PagedAllocs, info.PagedFrees, info.PagedUsed)):
-            seen = counted.pop((info.TagUlong, pool), (0, 0))
+                                           nonpaged_used),
+                                          ("PagedPool", info.PagedAllocs, info.PagedFrees, paged_used)):
+            seen = counted.pop((key, pool), (0, 0))
             if seen != (allocs - frees, used):
-                problems.append(f"{info.Tag} in {pool}: tracker says {allocs - frees} live, "
+                problems.append(f"{shown(key)} in {pool}: tracker says {allocs - frees} live, "
                                 f"{used} bytes; the manifest {seen[0]}, {seen[1]} bytes")
     for (key, pool), seen in counted.items():
         problems.append(f"{shown(key)} in {pool}: {seen[0]} live in the manifest, unknown to the tracker")
