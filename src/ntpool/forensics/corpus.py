@@ -150,7 +150,7 @@ def _corrupt(kernel, rng: random.Random, truth, count: int) -> list:
 
 def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fill: float = 0.5) -> dict:
     """One dump and its manifest in ``directory``; returns its corpus.json entry."""
-    from ..system import Kernel
+    from ..kernel import Kernel
 
     rng = random.Random(seed)
     pool_bytes = max(PAGE_SIZE * 64, int(pool_mib * MiB) & ~(PAGE_SIZE - 1))

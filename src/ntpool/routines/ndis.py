@@ -103,10 +103,6 @@ def _version(characteristics, routine: str) -> tuple[int, int]:
 
 
 class NdisRoutines:
-    def _init_ndis(self) -> None:
-        self.ndis_handles: dict[int, object] = {}  # handle -> driver object
-        self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
-
     # --- registration and versions --------------------------------------------------------
 
     def _new_ndis_handle(self, driver) -> int:
