@@ -227,7 +227,7 @@ def test_poolsnap_and_diff_find_the_leak(tmp_path, capsys):
     (["poolsnap", "demo"], "needs -o"),
     (["poolsnap", "--diff", "a.json"], "expected 2 arguments"),
     (["poolmon", "--iterations", "0"], "--iterations must be at least 1"),
-    (["poolsnap", "two.py", "--checkpoint", "3", "-o", "x.json"], "two has only 2 checkpoints"),
+    (["poolsnap", "two.py", "--checkpoint", "3", "-o", "x.json"], "two has 2 checkpoints (valid: 1 to 2)"),
 ])
 def test_poolmon_and_poolsnap_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -12,6 +12,7 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 """
 
 import os
+from typing import NoReturn
 
 from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
 from .drivers import DriverRoutines
@@ -27,6 +28,7 @@ from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
 from .pool.header import LIST_HEAD_COUNT
 from .pool.tracker import PoolTagInfo
+from .routines.registry import routine
 
 # Windows 7 x64 layout of the kernel address space.
 NONPAGED_POOL_BASE = 0xFFFFFA8000000000
@@ -118,9 +120,17 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
 
     # --- bug checks --------------------------------------------------------------------
 
+    @routine("VOID KeBugCheckEx(_In_ ULONG BugCheckCode, _In_ ULONG_PTR BugCheckParameter1, "
+             "_In_ ULONG_PTR BugCheckParameter2, _In_ ULONG_PTR BugCheckParameter3, "
+             "_In_ ULONG_PTR BugCheckParameter4)")
     def KeBugCheckEx(self, BugCheckCode, BugCheckParameter1=0, BugCheckParameter2=0,
-                     BugCheckParameter3=0, BugCheckParameter4=0, detail: str = ""):
-        """Stop the machine: record the bug check, halt, tell observers, raise BugCheck."""
+                     BugCheckParameter3=0, BugCheckParameter4=0, *, detail: str = "",
+                     culprit=None) -> NoReturn:
+        """Stop the machine: record the bug check, halt, tell observers, raise BugCheck.
+
+        ``culprit`` (a loaded driver) names the driver at fault when the kernel itself finds
+        the fault, as at unload (0xC4/0x62): the routine blamed is then its DriverUnload.
+        """
         error = BugCheck(BugCheckCode, BugCheckParameter1, BugCheckParameter2,
                          BugCheckParameter3, BugCheckParameter4, detail=detail)
         # The culprit as far as the machine can tell: the code that made the call that stopped it.
@@ -130,6 +140,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         error.driver_name = owner.name if owner else ""
         error.call_site = "" if not error.site else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
+        if culprit is not None:
+            error.site = 0
+            error.driver_name = culprit.name
+            code = getattr(getattr(culprit.obj, "DriverUnload", None), "__code__", None)
+            error.call_site = "" if code is None else \
+                f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
         for observer in list(self.bugcheck_observers):
@@ -238,18 +254,27 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
+    @routine("VOID RtlZeroMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
+             "_In_ SIZE_T Length)")
     def RtlZeroMemory(self, Destination: int, Length: int) -> None:
         self.write(Destination, bytes(_checked_length(Length)))
 
+    @routine("VOID RtlFillMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
+             "_In_ SIZE_T Length, _In_ UCHAR Fill)")
     def RtlFillMemory(self, Destination: int, Length: int, Fill: int) -> None:
         if not isinstance(Fill, int) or not 0 <= Fill <= 0xFF:
             raise ValueError(f"Fill must be a byte value 0..255, got {Fill!r}")
         self.write(Destination, bytes([Fill]) * _checked_length(Length))
 
+    @routine("VOID RtlCopyMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
+             "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)")
     def RtlCopyMemory(self, Destination: int, Source: int, Length: int) -> None:
         self.write(Destination, self.read(Source, _checked_length(Length)))
 
-    RtlMoveMemory = RtlCopyMemory  # reading the whole source first makes overlap safe
+    # Reading the whole source first makes overlap safe: one function serves both.
+    RtlMoveMemory = routine("VOID RtlMoveMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
+                            "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)"
+                            )(RtlCopyMemory)
 
     def copy_to_user(self, UserBuffer: bytearray, Source: int, Length: int) -> None:
         """Copy pool bytes out to a user-mode buffer (a Python bytearray stands for it)."""
@@ -263,6 +288,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
             observer(self, Source, Length)
         UserBuffer[:Length] = data
 
+    @routine("SIZE_T RtlCompareMemory(_In_ const VOID *Source1, _In_ const VOID *Source2, "
+             "_In_ SIZE_T Length)")
     def RtlCompareMemory(self, Source1: int, Source2: int, Length: int) -> int:
         a = self.read(Source1, _checked_length(Length))
         b = self.read(Source2, Length)

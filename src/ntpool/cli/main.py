@@ -1,6 +1,7 @@
 """``ntpool`` subcommands. Every error is one line on stderr and a non-zero exit."""
 
 import argparse
+import os
 import sys
 
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
@@ -52,7 +53,10 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = OneLineErrorParser(prog="ntpool", description="A faithful model of the Windows kernel pool.")
+    parser.add_argument("--version", action="version", version=f"ntpool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
@@ -84,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader (head, less) went away: stop quietly, as a C tool dies of SIGPIPE.
+        _silence_stdout()
+        return 141
     except BugCheck as error:
         print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
         return 3
@@ -95,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ntpool: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class ScenarioSource:
         self.checkpoint = 0
         self.label = "boot"
         self.done = False
+        self.on_checkpoint = None  # called with each checkpoint's label (progress displays)
 
     def advance(self) -> bool:
         """Run to the next checkpoint; False (and nothing run) once the workload is over."""
@@ -48,15 +49,23 @@ class ScenarioSource:
             return False
         self.checkpoint += 1
         self.label = label
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(label)
         return True
 
     def run_to(self, checkpoint: int | None = None) -> None:
         """Run to checkpoint number ``checkpoint`` (1 is the first), or to the end."""
+        if checkpoint is not None and checkpoint < 1:
+            raise ValueError(f"--checkpoint {checkpoint} is out of range: checkpoints are "
+                             f"numbered from 1")
         while (checkpoint is None or self.checkpoint < checkpoint) and self.advance():
             pass
-        if checkpoint is not None and self.checkpoint < checkpoint and not self.run.bugcheck:
-            raise ValueError(f"--checkpoint {checkpoint}: {self.name} has only "
-                             f"{self.checkpoint} checkpoints")
+        if checkpoint is not None and self.checkpoint < checkpoint:
+            ended = (f"stopped by bug check {self.run.bugcheck.code:#x} after"
+                     if self.run.bugcheck else "has")
+            valid = f"1 to {self.checkpoint}" if self.checkpoint else "none"
+            raise ValueError(f"--checkpoint {checkpoint} is out of range: {self.name} {ended} "
+                             f"{self.checkpoint} checkpoints (valid: {valid})")
 
     @property
     def kernel(self):

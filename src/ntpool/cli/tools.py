@@ -16,6 +16,9 @@ def add_commands(sub) -> None:
     _machine_arguments(run)
     run.add_argument("--dump", metavar="PATH", help="write a crash dump here on a bug check")
     run.add_argument("--top", type=int, default=20, help="rows of the pool table (default 20)")
+    run.add_argument("--fail-on", choices=FAIL_ON, default="leak",
+                     help="what makes the exit status non-zero: leak (leaks, verifier findings "
+                          "and bug checks; the default), bugcheck (bug checks only), none")
     run.set_defaults(func=cmd_run)
 
     poolmon = sub.add_parser("poolmon", help="watch pool usage by tag, like poolmon")
@@ -87,6 +90,10 @@ def _positive(option: str, value):
 
 # --- ntpool run ----------------------------------------------------------------------------------
 
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_USAGE, EXIT_BUGCHECK = 0, 1, 2, 3
+FAIL_ON = ("leak", "bugcheck", "none")
+
+
 def cmd_run(args) -> int:
     console = wide_console()
     _positive("--top", args.top)
@@ -96,7 +103,7 @@ def cmd_run(args) -> int:
     run.load_drivers()
     names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"
     console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}")
-    with console.status("running the workload") if console.is_terminal else _nothing():
+    with checkpoint_progress(source, "running the workload"):
         source.run_to()
     end = source.snapshot()
     run.finish()
@@ -106,25 +113,62 @@ def cmd_run(args) -> int:
                                              f"({source.checkpoint} checkpoints)",
                                 limit=args.top, owners=console.width >= 110))
     if run.bugcheck:
-        console.print(f"[bold red]{run.bugcheck}[/bold red]")
+        console.print(f"[bold red]{run.bugcheck}[/bold red]", highlight=False)
         if run.dump_written:
             console.print(f"Wrote {run.dump_written}.")
-        return 3
+        if run.dump_error:
+            print(f"ntpool: --dump {args.dump}: cannot write the dump: {run.dump_error}",
+                  file=sys.stderr)
+        return EXIT_BUGCHECK if args.fail_on in ("leak", "bugcheck") else EXIT_CLEAN
+    findings = 0
     left = [u for u in Snapshot.from_pool_tags(run.kernel.pool_tags()).rows if u.diff > 0]
     if left:
+        findings += 1
         console.print("[yellow]Still allocated after the drivers unloaded (leaks):[/yellow] " +
                       ", ".join(f"{u.tag.rstrip()} ({u.type}) {u.diff} x, {u.bytes} bytes"
-                                for u in left))
+                                for u in left), highlight=False)
     else:
         console.print("The drivers unloaded and left no pool allocated.")
-    return 0
+    for report in run.kernel.verifier.disclosures:
+        findings += 1
+        console.print(f"[yellow]Driver Verifier:[/yellow] {report.describe(run.kernel)}",
+                      highlight=False)
+    if findings and args.fail_on == "leak":
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
 
 
-class _nothing:
+class checkpoint_progress:
+    """A progress bar over the scenario's checkpoints, on stderr and only on a terminal."""
+
+    def __init__(self, source, description: str):
+        self.source = source
+        self.description = description
+        self.progress = None
+
     def __enter__(self):
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if self.source.kind != "scenario" or not console.is_terminal:
+            return self
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+            TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 transient=True)
+        self.progress.start()
+        task = self.progress.add_task(self.description,
+                                      total=self.source.run.scenario.checkpoints)
+        self.source.on_checkpoint = lambda label: self.progress.update(
+            task, advance=1, description=f"{self.description}: {label}"[:60])
         return self
 
     def __exit__(self, *exc):
+        if self.progress is not None:
+            self.source.on_checkpoint = None
+            self.progress.stop()
         return False
 
 
@@ -175,7 +219,8 @@ def cmd_poolsnap(args) -> int:
     if not args.output:
         raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
     source = open_source(args.source or "demo", args.seed, kernel_options(args))
-    source.run_to(_positive("--checkpoint", args.checkpoint))
+    with checkpoint_progress(source, "running the scenario"):
+        source.run_to(args.checkpoint)
     snapshot = source.snapshot()
     Path(args.output).write_text(snapshot.to_json() + "\n", encoding="utf-8")
     print(f"wrote {args.output}: {len(snapshot.rows)} tag rows ({snapshot.label})")
@@ -217,11 +262,13 @@ def cmd_picture(args) -> int:
     if args.kind == "usage":
         if source.kind != "scenario":
             raise ValueError("a crash dump holds one moment; usage over time needs a scenario")
-        source.run_to()
+        with checkpoint_progress(source, "running the scenario"):
+            source.run_to()
         figure = pictures.usage_figure(source.samples(), f"{source.name}: pool usage by tag",
                                        top=args.top)
     else:
-        source.run_to(_positive("--checkpoint", args.checkpoint))
+        with checkpoint_progress(source, "running the scenario"):
+            source.run_to(args.checkpoint)
         figure = pictures.pagemap_figure(source.page_strips(args.pool),
                                          f"Pool pages, {source.status()}",
                                          max_pages=args.max_pages, marks=_marks(source))
@@ -258,6 +305,8 @@ def cmd_report(args) -> int:
 
     _picture_format(args.output, ("html", "htm"))
     source = open_source(args.source, args.seed, kernel_options(args))
+    with checkpoint_progress(source, "running the scenario"):
+        source.run_to()
     text = build_report(source, PoolTagDatabase.default(args.pooltag), _marks)
     Path(args.output).write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")

@@ -2,6 +2,7 @@
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def cmd_verify(args) -> int:
@@ -13,26 +14,41 @@ def cmd_verify(args) -> int:
     console.print(f"Systematic low resources simulation of [bold]{args.scenario}[/bold]: "
                   f"one allocation site failed per run, pool tracking on.")
 
+    runs = [1]
+
     def progress(result, waiting):
-        mark = "ok" if result.survived else result.outcome.upper()
-        console.print(f"  {mark:>10}  {result.function} ({result.filename}:{result.lineno})"
+        runs[0] += 1
+        console.print(f"  run {runs[0]:>3}: {result.verdict:<22} {result.function} "
+                      f"({result.filename}:{result.lineno})"
                       f"{f'  [{waiting} to go]' if waiting else ''}", highlight=False)
 
-    campaign = verify(args.scenario, seed=args.seed, max_runs=args.max_runs,
-                      progress=None if args.quiet else progress)
+    status = console.status("baseline run (no failure injected)") if console.is_terminal \
+        and not args.quiet else None
+    if status is not None:
+        status.start()
+
+    def progress_and_status(result, waiting):
+        if status is not None:
+            status.update(f"{waiting} site(s) to go")
+        progress(result, waiting)
+
+    try:
+        campaign = verify(args.scenario, seed=args.seed, max_runs=args.max_runs,
+                          progress=None if args.quiet else progress_and_status)
+    finally:
+        if status is not None:
+            status.stop()
     console.print(f"baseline run (no failure injected): {campaign.baseline}")
     if not campaign.baseline_clean:
         console.print("[yellow]The scenario fails even with no failure injected: fix that first; "
                       "the verdicts below include it.[/yellow]")
     table = Table(title=f"{len(campaign.results)} allocation sites, {campaign.runs} runs")
-    for column in ("Driver", "Call site", "Failed once, the driver...", "Detail"):
+    for column in ("Driver", "Call site", "Failed once, the run...", "Evidence"):
         table.add_column(column, overflow="fold")
     for result in campaign.results:
-        verdict = {"survived": "[green]survived[/green]", "leak": "[red]leaked[/red]",
-                   "bug check": "[red]crashed[/red]", "error": "[red]raised[/red]",
-                   "not reached": "[yellow]not reached[/yellow]"}[result.outcome]
+        colour = {"survived": "green", "not reached": "yellow"}.get(result.outcome, "red")
         table.add_row(result.driver, f"{result.function} ({result.filename}:{result.lineno})",
-                      verdict, result.detail)
+                      Text(result.verdict, style=colour), Text(result.detail))
     console.print(table)
     if campaign.all_survived:
         console.print("Every allocation failure path is handled.")

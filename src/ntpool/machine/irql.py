@@ -11,6 +11,7 @@ requested IRQL, 0, 0).
 """
 
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
+from ..routines.registry import routine
 
 SPIN_LOCK_FREE = 0
 
@@ -53,12 +54,15 @@ class IrqlRoutines:
             pool.select_processor(number)
         self.pool.set_irql(self.irql_by_processor[number])
 
+    @routine("KIRQL KeGetCurrentIrql(VOID)")
     def KeGetCurrentIrql(self) -> int:
         return self.irql_by_processor[self.current_processor]
 
+    @routine("ULONG KeGetCurrentProcessorNumber(VOID)")
     def KeGetCurrentProcessorNumber(self) -> int:
         return self.current_processor
 
+    @routine("VOID KeRaiseIrql(_In_ KIRQL NewIrql, _Out_ PKIRQL OldIrql)")
     def KeRaiseIrql(self, NewIrql) -> int:
         """Raise the current processor's IRQL; returns the old IRQL (the OldIrql out value)."""
         new = _checked_irql("NewIrql", NewIrql)
@@ -69,9 +73,11 @@ class IrqlRoutines:
         self._set_irql(new)
         return old
 
+    @routine("KIRQL KeRaiseIrqlToDpcLevel(VOID)")
     def KeRaiseIrqlToDpcLevel(self) -> int:
         return self.KeRaiseIrql(DISPATCH_LEVEL)
 
+    @routine("VOID KeLowerIrql(_In_ KIRQL NewIrql)")
     def KeLowerIrql(self, NewIrql) -> None:
         """Lower the current processor's IRQL to ``NewIrql`` (the value KeRaiseIrql returned)."""
         new = _checked_irql("NewIrql", NewIrql)
@@ -83,9 +89,11 @@ class IrqlRoutines:
 
     # --- spin locks: a KSPIN_LOCK is a ULONG_PTR in (nonpaged) memory -----------------------
 
+    @routine("VOID KeInitializeSpinLock(PKSPIN_LOCK SpinLock)")
     def KeInitializeSpinLock(self, SpinLock) -> None:
         self.write(_checked_lock(SpinLock), SPIN_LOCK_FREE.to_bytes(8, "little"))
 
+    @routine("VOID KeAcquireSpinLock(_Inout_ PKSPIN_LOCK SpinLock, _Out_ PKIRQL OldIrql)")
     def KeAcquireSpinLock(self, SpinLock) -> int:
         """Raise to DISPATCH_LEVEL and take the lock; returns the old IRQL."""
         lock = _checked_lock(SpinLock)
@@ -93,6 +101,7 @@ class IrqlRoutines:
         self._take_lock(lock)
         return old
 
+    @routine("VOID KeAcquireSpinLockAtDpcLevel(_Inout_ PKSPIN_LOCK SpinLock)")
     def KeAcquireSpinLockAtDpcLevel(self, SpinLock) -> None:
         lock = _checked_lock(SpinLock)
         irql = self.current_irql
@@ -101,6 +110,7 @@ class IrqlRoutines:
                               detail=f"KeAcquireSpinLockAtDpcLevel at IRQL {irql}")
         self._take_lock(lock)
 
+    @routine("VOID KeReleaseSpinLock(_Inout_ PKSPIN_LOCK SpinLock, _In_ KIRQL NewIrql)")
     def KeReleaseSpinLock(self, SpinLock, NewIrql) -> None:
         """Release the lock and lower the IRQL to ``NewIrql`` (what KeAcquireSpinLock returned)."""
         lock = _checked_lock(SpinLock)
@@ -108,6 +118,7 @@ class IrqlRoutines:
         self._drop_lock(lock)
         self.KeLowerIrql(new)
 
+    @routine("VOID KeReleaseSpinLockFromDpcLevel(_Inout_ PKSPIN_LOCK SpinLock)")
     def KeReleaseSpinLockFromDpcLevel(self, SpinLock) -> None:
         self._drop_lock(_checked_lock(SpinLock))
 

@@ -12,6 +12,7 @@ process is never charged.
 from dataclasses import dataclass, field
 
 from ..constants import BASE_POOL_TYPE_MASK
+from ..routines.registry import register_data, routine
 
 EPROCESS_SIZE = 0x4D0  # Windows 7 SP1 x64
 EPROCESS_UNIQUE_PROCESS_ID = 0x180
@@ -79,6 +80,7 @@ class ProcessRoutines:
 
     @property
     def PsInitialSystemProcess(self) -> int:
+        """The System process's EPROCESS address (ntoskrnl exports the variable)."""
         return self.system_process.address
 
     def create_process(self, name: str, paged_quota=None, nonpaged_quota=None) -> Process:
@@ -102,6 +104,7 @@ class ProcessRoutines:
             raise ValueError(f"process must be one k.create_process returned, got {process!r}")
         self.current_process = process
 
+    @routine("PEPROCESS PsGetCurrentProcess(VOID)")
     def PsGetCurrentProcess(self) -> int:
         """The current process's EPROCESS address."""
         return self.current_process.address
@@ -110,3 +113,6 @@ class ProcessRoutines:
         """The EPROCESS address a quota charge goes to (0: the System process, not charged)."""
         process = self.current_process
         return 0 if process is self.system_process else process.address
+
+
+register_data("PsInitialSystemProcess", "PEPROCESS", lambda kernel: kernel.PsInitialSystemProcess)

@@ -20,6 +20,7 @@ from ..constants import (
 from ..errors import NtStatusError
 from ..pool.allocator import checked_pool_type, checked_priority
 from ..tags import DEFAULT_TAG_EX, tag_value
+from .registry import routine
 
 # Plain ints: IntFlag arithmetic would cost microseconds per call.
 F = type("F", (), {flag.name: int(flag) for flag in PoolFlags})
@@ -62,29 +63,38 @@ def _checked_flags(flags) -> int:
 
 
 class ExecutiveRoutines:
+    @routine("PVOID ExAllocatePoolWithTag(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def ExAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Allocate pool; returns the address, or 0 (NULL) when the pool is exhausted."""
         return self.pool.allocate(PoolType, NumberOfBytes, Tag)
 
+    @routine("PVOID ExAllocatePool(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes)")
     def ExAllocatePool(self, PoolType, NumberOfBytes) -> int:
         """Allocate pool with the default tag 'None'."""
         return self.pool.allocate(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
 
+    @routine("VOID ExFreePoolWithTag(_In_ PVOID P, _In_ ULONG Tag)")
     def ExFreePoolWithTag(self, P, Tag) -> None:
         """Free pool; ``Tag`` must be the tag it was allocated with (else 0xC2/0x0A)."""
         self.pool.free(P, Tag)
 
+    @routine("VOID ExFreePool(_In_ PVOID P)")
     def ExFreePool(self, P) -> None:
         """Free pool without naming its tag (a protected tag still must be named)."""
         self.pool.free(P, None)
 
     # --- priorities ------------------------------------------------------------------------
 
+    @routine("PVOID ExAllocatePoolWithTagPriority(_In_ POOL_TYPE PoolType, "
+             "_In_ SIZE_T NumberOfBytes, _In_ ULONG Tag, _In_ EX_POOL_PRIORITY Priority)")
     def ExAllocatePoolWithTagPriority(self, PoolType, NumberOfBytes, Tag, Priority) -> int:
         """NULL when the pool is low for this priority (Low first, Normal next, High only
         when exhausted), else as ExAllocatePoolWithTag."""
         return self.pool.allocate_with_priority(PoolType, NumberOfBytes, Tag, Priority)
 
+    @routine("PVOID ExAllocatePoolZero(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def ExAllocatePoolZero(self, PoolType, NumberOfBytes, Tag) -> int:
         return self._zeroed(self.pool.allocate(PoolType, NumberOfBytes, Tag), NumberOfBytes)
 
@@ -94,11 +104,15 @@ class ExecutiveRoutines:
             self.pool.zero(va, number_of_bytes)
         return va
 
+    @routine("PVOID ExAllocatePoolUninitialized(_In_ POOL_TYPE PoolType, "
+             "_In_ SIZE_T NumberOfBytes, _In_ ULONG Tag)")
     def ExAllocatePoolUninitialized(self, PoolType, NumberOfBytes, Tag) -> int:
         return self.pool.allocate(PoolType, NumberOfBytes, Tag)
 
     # --- quota -----------------------------------------------------------------------------
 
+    @routine("PVOID ExAllocatePoolWithQuotaTag(_In_ POOL_TYPE PoolType, "
+             "_In_ SIZE_T NumberOfBytes, _In_ ULONG Tag)")
     def ExAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Charge the current process's pool quota. Raises NtStatusError
         (STATUS_QUOTA_EXCEEDED or STATUS_INSUFFICIENT_RESOURCES) on failure, or returns 0
@@ -113,20 +127,28 @@ class ExecutiveRoutines:
         raise NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {NumberOfBytes} bytes "
                                     f"for {self.current_process.name}")
 
+    @routine("PVOID ExAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes)")
     def ExAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
         return self.ExAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
 
+    @routine("PVOID ExAllocatePoolQuotaZero(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def ExAllocatePoolQuotaZero(self, PoolType, NumberOfBytes, Tag) -> int:
         return self.ExAllocatePoolWithQuotaTag(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
                                                NumberOfBytes, Tag)
 
     # --- ExAllocatePool2 / 3 -----------------------------------------------------------------
 
+    @routine("PVOID ExAllocatePool2(_In_ POOL_FLAGS Flags, _In_ SIZE_T NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def ExAllocatePool2(self, Flags, NumberOfBytes, Tag) -> int:
         """POOL_FLAGS allocation: zeroed unless POOL_FLAG_UNINITIALIZED; NULL on failure (an
         unknown required flag, tag 0, no memory) unless POOL_FLAG_RAISE_ON_FAILURE."""
         return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
 
+    @routine("PVOID ExAllocatePool3(_In_ POOL_FLAGS Flags, _In_ SIZE_T NumberOfBytes, "
+             "_In_ ULONG Tag, _In_opt_ PCPOOL_EXTENDED_PARAMETER ExtendedParameters, "
+             "_In_ ULONG ExtendedParametersCount)")
     def ExAllocatePool3(self, Flags, NumberOfBytes, Tag, ExtendedParameters=None,
                         ExtendedParametersCount=0) -> int:
         """ExAllocatePool2 with POOL_EXTENDED_PARAMETERs (priority, NUMA node)."""
@@ -138,6 +160,9 @@ class ExecutiveRoutines:
             return self._pool2_failed(flags, failure)
         return self._allocate_pool2(flags, NumberOfBytes, Tag, priority)
 
+    @routine("VOID ExFreePool2(_In_ PVOID P, _In_ ULONG Tag, "
+             "_In_opt_ PCPOOL_EXTENDED_PARAMETER ExtendedParameters, "
+             "_In_ ULONG ExtendedParametersCount)")
     def ExFreePool2(self, P, Tag, ExtendedParameters=None, ExtendedParametersCount=0) -> None:
         """Free with the tag check of ExFreePoolWithTag (secure pool is not modelled)."""
         parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)

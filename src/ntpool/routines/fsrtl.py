@@ -10,6 +10,7 @@ bug check 0xC2/0x9A as in Windows).
 from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE, PoolType
 from ..errors import NtStatusError
 from ..tags import DEFAULT_TAG_FSRTL
+from .registry import routine
 
 DOCUMENTED_TYPES = frozenset({PoolType.NonPagedPool, PoolType.PagedPool,
                               PoolType.NonPagedPoolCacheAligned, PoolType.PagedPoolCacheAligned})
@@ -29,16 +30,21 @@ def _fsrtl_pool_type(pool_type) -> int:
 
 
 class FsRtlRoutines:
+    @routine("PVOID FsRtlAllocatePoolWithTag(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes, "
+             "_In_ ULONG Tag)")
     def FsRtlAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """The address of uninitialized pool; raises NtStatusError(0xC000009A) on failure."""
         pool_type = _fsrtl_pool_type(PoolType)
         return self.pool.allocate_generic(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE,
                                           NumberOfBytes, Tag)
 
+    @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:
         """FsRtlAllocatePoolWithTag with the default tag 'FSrt'."""
         return self.FsRtlAllocatePoolWithTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)
 
+    @routine("PVOID FsRtlAllocatePoolWithQuotaTag(_In_ POOL_TYPE PoolType, "
+             "_In_ ULONG NumberOfBytes, _In_ ULONG Tag)")
     def FsRtlAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Charge the current process's quota; raises NtStatusError (STATUS_QUOTA_EXCEEDED or
         STATUS_INSUFFICIENT_RESOURCES) on failure."""
@@ -50,5 +56,6 @@ class FsRtlRoutines:
                                         f"bytes for {self.current_process.name}")
         return va
 
+    @routine("PVOID FsRtlAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
         return self.FsRtlAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)

@@ -37,6 +37,7 @@ from ..pool.allocator import checked_address
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
 from ..pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
 from ..tags import DEFAULT_TAG_NDIS
+from .registry import routine
 
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 FAILURE = NdisStatus.NDIS_STATUS_FAILURE
@@ -123,6 +124,10 @@ class NdisRoutines:
             raise TypeError(f"{routine}: DriverObject must be a driver object that can record "
                             f"its NDIS version, not {type(driver).__name__}") from None
 
+    @routine("NDIS_STATUS NdisMRegisterMiniportDriver(_In_ PDRIVER_OBJECT DriverObject, "
+             "_In_ PUNICODE_STRING RegistryPath, _In_opt_ NDIS_HANDLE MiniportDriverContext, "
+             "_In_ PNDIS_MINIPORT_DRIVER_CHARACTERISTICS MiniportDriverCharacteristics, "
+             "_Out_ PNDIS_HANDLE NdisMiniportDriverHandle)", module="NDIS.SYS")
     def NdisMRegisterMiniportDriver(self, DriverObject, RegistryPath, MiniportDriverContext,
                                     MiniportDriverCharacteristics) -> tuple[int, int]:
         """Register an NDIS 6.x miniport; returns (status, NdisMiniportDriverHandle)."""
@@ -132,6 +137,9 @@ class NdisRoutines:
         self._record_version(DriverObject, (major, minor), "NdisMRegisterMiniportDriver")
         return SUCCESS, self._new_ndis_handle(DriverObject)
 
+    @routine("VOID NdisMInitializeWrapper(_Out_ PNDIS_HANDLE NdisWrapperHandle, "
+             "_In_ PVOID SystemSpecific1, _In_opt_ PVOID SystemSpecific2, "
+             "_In_opt_ PVOID SystemSpecific3)", module="NDIS.SYS")
     def NdisMInitializeWrapper(self, SystemSpecific1, SystemSpecific2=None,
                                SystemSpecific3=None) -> int:
         """NDIS 5.x: the NdisWrapperHandle for a driver object (SystemSpecific1)."""
@@ -139,6 +147,9 @@ class NdisRoutines:
             raise ValueError("NdisMInitializeWrapper: SystemSpecific1 must be the driver object")
         return self._new_ndis_handle(SystemSpecific1)
 
+    @routine("NDIS_STATUS NdisMRegisterMiniport(_In_ NDIS_HANDLE NdisWrapperHandle, "
+             "_In_ PNDIS_MINIPORT_CHARACTERISTICS MiniportCharacteristics, "
+             "_In_ UINT CharacteristicsLength)", module="NDIS.SYS")
     def NdisMRegisterMiniport(self, NdisWrapperHandle, MiniportCharacteristics,
                               CharacteristicsLength=None) -> int:
         """Register an NDIS 5.x (or earlier) miniport; returns the status."""
@@ -178,12 +189,16 @@ class NdisRoutines:
 
     # --- allocation ------------------------------------------------------------------------
 
+    @routine("NDIS_STATUS NdisAllocateMemoryWithTag(_Out_ PVOID *VirtualAddress, "
+             "_In_ UINT Length, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTag(self, Length, Tag) -> tuple[int, int]:
         """(NDIS_STATUS_SUCCESS, address) or (NDIS_STATUS_FAILURE, 0); nonpaged pool."""
         self._only_ndis5("NdisAllocateMemoryWithTag")
         va = self.pool.allocate(PoolType.NonPagedPool, _uint("Length", Length), Tag)
         return (SUCCESS, va) if va else (FAILURE, 0)
 
+    @routine("NDIS_STATUS NdisAllocateMemory(_Out_ PVOID *VirtualAddress, _In_ UINT Length, "
+             "_In_ UINT MemoryFlags, _In_ NDIS_PHYSICAL_ADDRESS HighestAcceptableAddress)", module="NDIS.SYS")
     def NdisAllocateMemory(self, Length, MemoryFlags, HighestAcceptableAddress) -> tuple[int, int]:
         """Tag 'NDam'; MemoryFlags 0 is nonpaged pool, CONTIGUOUS / NONCACHED are physically
         contiguous pages below HighestAcceptableAddress (-1: anywhere)."""
@@ -198,6 +213,8 @@ class NdisRoutines:
         va = self._allocate_contiguous(length, flags, highest_pfn)
         return (SUCCESS, va) if va else (FAILURE, 0)
 
+    @routine("PVOID NdisAllocateMemoryWithTagPriority(_In_ NDIS_HANDLE NdisHandle, "
+             "_In_ UINT Length, _In_ ULONG Tag, _In_ EX_POOL_PRIORITY Priority)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTagPriority(self, NdisHandle, Length, Tag, Priority) -> int:
         """Nonpaged pool, or 0 (NULL) when the pool is too low for ``Priority``."""
         self._ndis_driver(NdisHandle, "NdisHandle")
@@ -234,6 +251,8 @@ class NdisRoutines:
 
     # --- free ------------------------------------------------------------------------------
 
+    @routine("VOID NdisFreeMemory(_In_ PVOID VirtualAddress, _In_ UINT Length, "
+             "_In_ UINT MemoryFlags)", module="NDIS.SYS")
     def NdisFreeMemory(self, VirtualAddress, Length, MemoryFlags) -> None:
         """Free NDIS memory; Length and MemoryFlags must be what allocated it (else
         NdisContractError, nothing freed)."""
@@ -300,10 +319,13 @@ class NdisRoutines:
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation is {pages} "
                     f"pages, so it was not allocated with that Length")
 
+    @routine("VOID NdisFreeMemoryWithTag(_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTag(self, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTag; Tag must match (else 0xC2/0x0A)."""
         self.pool.free(checked_address(VirtualAddress, "VirtualAddress"), Tag)
 
+    @routine("VOID NdisFreeMemoryWithTagPriority(_In_ NDIS_HANDLE NdisHandle, "
+             "_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTagPriority(self, NdisHandle, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTagPriority; Tag must match."""
         self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
@@ -312,11 +334,14 @@ class NdisRoutines:
 
     # --- memory helpers (macros over the Rtl routines) -------------------------------------
 
+    @routine("VOID NdisZeroMemory(_In_ PVOID Destination, _In_ UINT Length)", module="NDIS.SYS")
     def NdisZeroMemory(self, Destination, Length) -> None:
         self.RtlZeroMemory(Destination, _uint("Length", Length))
 
+    @routine("VOID NdisMoveMemory(_In_ PVOID Destination, _In_ PVOID Source, _In_ UINT Length)", module="NDIS.SYS")
     def NdisMoveMemory(self, Destination, Source, Length) -> None:
         self.RtlMoveMemory(Destination, Source, _uint("Length", Length))
 
+    @routine("VOID NdisFillMemory(_In_ PVOID Destination, _In_ UINT Length, _In_ UCHAR Fill)", module="NDIS.SYS")
     def NdisFillMemory(self, Destination, Length, Fill) -> None:
         self.RtlFillMemory(Destination, _uint("Length", Length), Fill)

@@ -130,6 +130,7 @@ class ScenarioRun:
         self.bugcheck: BugCheck | None = None
         self.loaded: list = []
         self.dump_written: str | None = None
+        self.dump_error: str | None = None  # why the dump could not be written (the OS's words)
         self.finished = False
 
     # --- stages ----------------------------------------------------------------------------
@@ -241,6 +242,11 @@ class ScenarioRun:
     def _crashed(self, error: BugCheck) -> None:
         self.bugcheck = error
         self.sample("bug check")
-        if self.dump_path and self.dump_written is None:
-            self.kernel.write_dump(self.dump_path, kind="kernel")
+        if self.dump_path and self.dump_written is None and self.dump_error is None:
+            try:
+                self.kernel.write_dump(self.dump_path, kind="kernel")
+            except OSError as error:
+                # The bug check is the news; the dump's failure is reported after it.
+                self.dump_error = error.strerror or str(error)
+                return
             self.dump_written = self.dump_path

@@ -41,4 +41,5 @@ class PoolTracking:
         if rows:
             self.kernel.KeBugCheckEx(
                 BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x62, driver.name_va, 0, len(rows),
-                detail=f"{driver.name} unloaded with {len(rows)} pool allocation(s) outstanding")
+                detail=f"{driver.name} unloaded with {len(rows)} pool allocation(s) outstanding",
+                culprit=driver)
