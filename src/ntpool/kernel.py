@@ -29,6 +29,7 @@ from .pool.descriptor import Pool
 from .pool.header import LIST_HEAD_COUNT
 from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
+from .routines.runtime import RuntimeRoutines
 
 # Windows 7 x64 layout of the kernel address space.
 NONPAGED_POOL_BASE = 0xFFFFFA8000000000
@@ -75,7 +76,7 @@ def _positive_bytes(name: str, value) -> int:
 
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
-             ProcessRoutines, DriverRoutines):
+             ProcessRoutines, DriverRoutines, RuntimeRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -337,7 +338,7 @@ INSPECTION = frozenset({
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
     "crash_dump", "crash_dump_kind", "crash_dump_error",
     "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident",
+    "system_process", "is_resident", "debug_output",
 })
 
 _halted_classes: dict[type, type] = {}

@@ -42,8 +42,11 @@ STUB_BASE = 0xFFFFF80001000000
 STUB_DATA_PAGES = 2  # the call block, exception and context records
 STUB_CODE_PAGES = 32
 STUB_SIZE = 64
-RETURN_TRAP = STUB_BASE + STUB_DATA_PAGES * PAGE_SIZE  # where every call from ntpool returns to
-FIRST_STUB = RETURN_TRAP + STUB_SIZE
+STUB_CODE = STUB_BASE + STUB_DATA_PAGES * PAGE_SIZE
+# Where every call from ntpool returns to (unicorn stops there). Not at the start of its
+# page: unicorn looks at the byte before the stop address, which must be executable.
+RETURN_TRAP = STUB_CODE + 0x20
+FIRST_STUB = STUB_CODE + STUB_SIZE
 MAX_STUBS = (STUB_CODE_PAGES * PAGE_SIZE) // STUB_SIZE - 1
 CALL_BLOCK = STUB_BASE  # routine number, rcx, rdx, r8, r9, rsp, then the return value
 CALL_BLOCK_FORMAT = struct.Struct("<QQQQQQ")
@@ -67,6 +70,7 @@ KTHREAD_APC_STATE_PROCESS = 0x70
 CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
 CR4_PAE, CR4_OSFXSR = 1 << 5, 1 << 9
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+MSR_EFER = 0xC0000080
 
 # The registers a CONTEXT carries, in one batch.
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -143,7 +147,7 @@ class Cpu:
         self.cr3 = kernel.space.cr3 << 12
         uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
         uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | CR4_OSFXSR)
-        uc.reg_write(X.UC_X86_REG_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
         self.tlb_stale = False
         self.stop: tuple | None = None  # why the CPU stopped inside a hook

@@ -106,6 +106,7 @@ class NativeMachine:
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
+        self.symbol_path: str | None = None  # where to look for PDBs (the .sys's folder)
         self.log: list[str] = []  # DbgPrint output, in order
         self.log_observers: list = []  # called with each DbgPrint line
         self.site_cache: dict[int, int] = {}  # code address -> call-site number
@@ -130,8 +131,8 @@ class NativeMachine:
         for index in range(cpu_module.STUB_DATA_PAGES):
             fresh(cpu_module.STUB_BASE + index * PAGE_SIZE, True, False)
         for index in range(cpu_module.STUB_CODE_PAGES):
-            fresh(cpu_module.RETURN_TRAP + index * PAGE_SIZE, False, True)
-        kernel.write(cpu_module.RETURN_TRAP, b"\xF4" * cpu_module.STUB_SIZE)  # hlt: never reached
+            fresh(cpu_module.STUB_CODE + index * PAGE_SIZE, False, True)
+        kernel.write(cpu_module.STUB_CODE, b"\xF4" * cpu_module.STUB_SIZE)  # hlt: never run
         top = cpu_module.KERNEL_STACK_TOP
         for va in range(top - cpu_module.KERNEL_STACK_SIZE, top, PAGE_SIZE):
             fresh(va, True, False)
@@ -168,7 +169,7 @@ class NativeMachine:
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
         for address in mapped.cr8_sites:
             self.cpu.hook_cr8(address)
-        driver = NativeDriver(self, image, mapped, Symbols.for_image(image))
+        driver = NativeDriver(self, image, mapped, Symbols.for_image(image, self.symbol_path))
         self.images.append(driver)
         return driver
 
@@ -307,6 +308,9 @@ class NativeMachine:
         result = self.bindings.handlers[number](rcx, rdx, r8, r9, rsp)
         _Q.pack_into(self.mem, self.return_pa, (result or 0) & 0xFFFFFFFFFFFFFFFF)
 
+    def read_q(self, address: int) -> int:
+        return _Q.unpack(self.kernel.read(address, 8))[0]
+
     def return_address(self) -> int:
         return _Q.unpack(self.kernel.read(self.call_rsp, 8))[0]
 
@@ -370,6 +374,8 @@ def load_native_driver(kernel, source, name: str | None = None, allow_missing: b
             raise BadImage(f"{path}: cannot read ({error.strerror or error})") from None
         name = name or os.path.basename(path)
     machine = native_machine(kernel)
+    if not isinstance(source, (bytes, bytearray)):
+        machine.symbol_path = os.path.dirname(os.path.abspath(path))
     driver = machine.load_image(data, name, allow_missing)
     try:
         driver.loaded = kernel.load_driver(driver, RegistryPath) if call_entry else None
