@@ -4,7 +4,7 @@ import pytest
 
 import ntpool
 from ntpool.pool.descriptor import PAGE_BIG_FIRST
-from ntpool.pool.header import HEADER, page_problems, walk_page
+from ntpool.pool.layout import POOL_HEADER, page_problems, walk_page
 
 NP = ntpool.PoolType.NonPagedPool
 PP = ntpool.PoolType.PagedPool
@@ -12,8 +12,9 @@ MiB = 1 << 20
 
 
 def header(k, p):
-    prev, index, size, ptype, tag, billed = HEADER.unpack(k.read(p - 16, 16))
-    return {"prev": prev, "index": index, "blocks": size, "type": ptype, "tag": tag}
+    h = POOL_HEADER.unpack_from(k.read(p - 16, 16))
+    return {"prev": h.PreviousSize, "index": h.PoolIndex, "blocks": h.BlockSize, "type": h.PoolType,
+            "tag": h.PoolTag}
 
 
 def page_of(k, p):
@@ -23,13 +24,13 @@ def page_of(k, p):
 def test_header_fields_of_a_fresh_chunk(k):
     p = k.ExAllocatePoolWithTag(NP, 100, "Fred")
     h = header(k, p)
-    assert h == {"prev": 0, "index": 0, "blocks": 8, "type": 0x5, "tag": 0x46726564}
+    assert h == {"prev": 0, "index": 0, "blocks": 8, "type": 0x2, "tag": 0x46726564}
     assert p % 16 == 0
 
 
 def test_paged_chunks_carry_paged_type(k):
     p = k.ExAllocatePoolWithTag(PP, 1, "Pg  ")
-    assert header(k, p)["type"] == 0x6
+    assert header(k, p)["type"] == 0x3
     assert header(k, p)["blocks"] == 2  # 1 byte + header, rounded to 16
 
 
@@ -61,7 +62,7 @@ def test_lookaside_returns_the_last_freed_chunk_first(k):
     a = k.ExAllocatePoolWithTag(NP, 100, "Look")
     k.ExFreePoolWithTag(a, "Look")
     state = header(k, a)
-    assert state["type"] == 0x1  # cached on the lookaside: in-use bit clear, not coalesced
+    assert state["type"] == 0x2  # cached on the lookaside: still marked in use, so never coalesced
     b = k.ExAllocatePoolWithTag(NP, 100, "Look")
     assert b == a
 

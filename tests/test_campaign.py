@@ -1,50 +1,230 @@
-"""``ntpool verify``: every allocation site failed once, and what the driver did about it."""
+"""Campaigns: ``ntpool verify`` fault plans and ``ntpool triage``, on the campaign engine."""
 
+import sqlite3
 from pathlib import Path
 
-from ntpool.tools.campaign import verify
+import pytest
+
+from ntpool.campaign import Engine, FaultPlan, PlanError, ResultStore, ResultsFileError, verify
+from ntpool.campaign.engine import execute, keyed
 from ntpool.cli.main import main
 
-SCENARIO = str(Path(__file__).parent / "scenarios" / "verify_mixed.py")
+SCENARIOS = Path(__file__).parent / "scenarios"
+SCENARIO = str(SCENARIOS / "verify_mixed.py")
 
 
-def results_by_function():
-    campaign = verify(SCENARIO)
-    return campaign, {r.function: r for r in campaign.results}
+def verdicts_by_function(campaign):
+    return {(v.sites[0][2], v.sites[0][1]): v for v in campaign.verdicts}
 
 
-def test_every_site_is_failed_once_and_judged():
-    campaign, by_function = results_by_function()
-    assert campaign.baseline == "survived"
-    assert set(by_function) == {"Mixed.DriverEntry", "Mixed.careless", "Mixed.leaky"}
-    lines = sorted((r.function, r.lineno) for r in campaign.results)
-    assert len(lines) == 4  # leaky has two sites
+@pytest.fixture(scope="module")
+def serial_campaign():
+    return verify(SCENARIO, engine=Engine(jobs=1))
+
+
+def test_every_site_is_failed_once_and_judged(serial_campaign):
+    campaign = serial_campaign
+    assert campaign.baseline["verdict"] == "survived"
+    functions = {key[0] for key in verdicts_by_function(campaign)}
+    assert functions == {"Mixed.DriverEntry", "Mixed.careless", "Mixed.leaky"}
+    assert len(campaign.verdicts) == 4  # leaky has two sites
     assert campaign.runs == 1 + 4
 
 
-def test_outcomes_name_what_went_wrong():
-    campaign, _ = results_by_function()
-    outcome = {(r.function, r.lineno): r for r in campaign.results}
-    entry = [r for (f, _), r in outcome.items() if f == "Mixed.DriverEntry"][0]
-    careless = [r for (f, _), r in outcome.items() if f == "Mixed.careless"][0]
-    header, body = sorted((r for (f, _), r in outcome.items() if f == "Mixed.leaky"),
-                          key=lambda r: r.lineno)
-    assert entry.survived and entry.driver == "mixed.sys"
-    assert careless.outcome == "bug check" and careless.detail.startswith("0x1e KMODE_EXCEPTION_NOT_HANDLED")
+def test_each_verdict_is_the_truth_about_its_run(serial_campaign):
+    by_function = verdicts_by_function(serial_campaign)
+    entry = [v for (f, _), v in by_function.items() if f == "Mixed.DriverEntry"][0]
+    careless = [v for (f, _), v in by_function.items() if f == "Mixed.careless"][0]
+    header, body = [v for (f, _), v in sorted(by_function.items()) if f == "Mixed.leaky"]
+    assert entry.survived and entry.owner == "mixed.sys"
+    assert careless.verdict == "bug check" and careless.result["code"] == 0x1E
+    assert careless.label == "bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED"
+    assert careless.result["evidence"].startswith("0x1e KMODE_EXCEPTION_NOT_HANDLED (0xc0000005,")
     assert header.survived
-    assert body.outcome == "leak" and "1 allocation" in body.detail
-    assert not campaign.all_survived
+    # The header's 32 bytes were left behind when the body's allocation failed; the tag as
+    # tools show it (the C literal 'MxHd' is stored, and shown, byte-reversed).
+    assert body.verdict == "leaked" and body.result["tag"] == "dHxM"
+    assert body.label == "leaked 32 bytes under 'dHxM'"
+    assert serial_campaign.by_verdict() == {"bug check": 1, "leaked": 1, "survived": 2}
 
 
-def test_verify_command_prints_a_row_per_site_and_fails(capsys, monkeypatch):
+def test_results_do_not_depend_on_parallelism(serial_campaign):
+    parallel = verify(SCENARIO, engine=Engine(jobs=2))
+    assert [v.result for v in parallel.verdicts] == [v.result for v in serial_campaign.verdicts]
+
+
+def test_a_real_dask_cluster_gives_the_same_results(serial_campaign):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        on_dask = verify(SCENARIO, engine=Engine(dask=client))
+        tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(6)]
+        values = [r["value"] for r in Engine(dask=client).run(tasks)]
+    assert [v.result for v in on_dask.verdicts] == [v.result for v in serial_campaign.verdicts]
+    assert values == list(range(6))
+
+
+def test_fault_plans_pairs_nth_and_random():
+    pairs = verify(SCENARIO, plan="pairs:3", engine=Engine(jobs=1))
+    assert len(pairs.verdicts) == 3 and all(len(v.sites) == 2 for v in pairs.verdicts)
+    nth = verify(SCENARIO, plan="nth:2", engine=Engine(jobs=1))
+    # Every site is called once per run: its second call never comes.
+    assert {v.verdict for v in nth.verdicts} == {"not reached"}
+    random_plan = verify(SCENARIO, plan="random:0.5:20", engine=Engine(jobs=1))
+    assert len(random_plan.verdicts) == 20
+    assert any(not v.survived for v in random_plan.verdicts)
+    assert all(v.sites or v.survived for v in random_plan.verdicts)
+    with pytest.raises(PlanError):
+        FaultPlan.parse("pairs:1")
+
+
+def test_nth_call_of_a_site_is_the_one_that_fails():
+    campaign = verify(str(SCENARIOS / "verify_loop.py"), plan="nth:3", engine=Engine(jobs=1))
+    verdict, = campaign.verdicts
+    assert verdict.verdict == "bug check" and verdict.result["code"] == 0x1E
+    assert "third" in Path(SCENARIOS / "verify_loop.py").read_text()
+
+
+def test_a_hanging_run_is_stopped_and_recorded():
+    campaign = verify(str(SCENARIOS / "verify_hang.py"), timeout=0.5, engine=Engine(jobs=1))
+    assert campaign.baseline["verdict"] == "timed out"
+    assert campaign.baseline["evidence"] == "no result within 0.5 s"
+    result = execute(keyed({"kind": "sleep", "seconds": 5.0, "timeout": 0.2}))
+    assert result["verdict"] == "timed out"
+
+
+def test_an_interrupted_campaign_resumes_to_the_same_results(tmp_path):
+    description = {"test": "resume"}
+    tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(10)]
+    whole = ResultStore(tmp_path / "whole.sqlite", description)
+    Engine(jobs=1, store=whole).run(tasks)
+
+    def stop_after_four(state, result):
+        if state.done == 4:
+            raise KeyboardInterrupt
+
+    part = ResultStore(tmp_path / "part.sqlite", description)
+    with pytest.raises(KeyboardInterrupt):
+        Engine(jobs=1, store=part, progress=stop_after_four).run(tasks)
+    part.close()
+    with pytest.raises(ResultsFileError, match="--resume"):
+        ResultStore(tmp_path / "part.sqlite", description)
+    with pytest.raises(ResultsFileError, match="different campaign"):
+        ResultStore(tmp_path / "part.sqlite", {"other": 1}, resume=True)
+    resumed = ResultStore(tmp_path / "part.sqlite", description, resume=True)
+    ran = []
+    Engine(jobs=1, store=resumed, progress=lambda state, result: ran.append(result["key"])).run(tasks)
+    assert len(ran) == 6  # the four finished runs were not redone
+    assert resumed.rows() == whole.rows()
+    resumed.close()
+    whole.close()
+    rows = sqlite3.connect(tmp_path / "part.sqlite").execute("SELECT COUNT(*) FROM runs").fetchone()
+    assert rows == (10,)
+
+
+def test_verify_command_prints_a_row_per_site_and_fails(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "250")
-    assert main(["verify", SCENARIO]) == 1
+    results = tmp_path / "runs.sqlite"
+    assert main(["verify", SCENARIO, "-j", "2", "--results", str(results)]) == 1
     out = capsys.readouterr().out
     assert out.count("mixed.sys") >= 4
-    assert "survived" in out and "leak" in out and "KMODE_EXCEPTION_NOT_HANDLED" in out
+    assert "leaked 32 bytes under 'dHxM'" in out and "KMODE_EXCEPTION_NOT_HANDLED" in out
+    assert "By verdict: 1 bug check, 1 leaked, 2 survived." in out
+    assert main(["verify", SCENARIO, "--results", str(results)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["verify", SCENARIO, "--results", str(results), "--resume"]) == 1
 
 
-def test_verify_command_on_a_missing_file_is_one_line(capsys):
+def test_verify_command_on_a_missing_file_or_bad_plan_is_one_line(capsys):
     assert main(["verify", "no/such/scenario.py"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+    assert main(["verify", SCENARIO, "--plan", "sometimes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fault plan" in err
+
+
+def test_triage_counts_bug_checks_culprits_and_tags_across_dumps(tmp_path, capsys):
+    import ntpool
+    from ntpool.campaign.triage import dump_task, fleet_report
+
+    paths = []
+    for index, (tag, count) in enumerate((("Tiny", 1), ("Tiny", 1), ("Huge", 40))):
+        k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+        for _ in range(count):
+            k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 4000, tag)
+        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Base")
+        p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Dbl ")  # past the lookasides
+        k.ExFreePoolWithTag(p, "Dbl ")
+        with pytest.raises(ntpool.BugCheck):
+            k.ExFreePoolWithTag(p, "Dbl ")
+        path = tmp_path / f"crash{index}.dmp"
+        k.write_dump(path, kind="kernel")
+        paths.append(str(path))
+    junk = tmp_path / "junk.dmp"
+    junk.write_bytes(b"not a dump at all" * 100)
+    records = Engine(jobs=2).run([dump_task(p) for p in paths + [str(junk)]])
+    report = fleet_report(records)
+    assert report.dumps == 4
+    assert report.bugchecks == [("0xc2 BAD_POOL_CALLER", 3)]
+    assert report.unreadable[0][0].endswith("junk.dmp")
+    assert "too short for a crash dump" in report.unreadable[0][1]
+    largest = {tag: (total, dumps) for tag, total, dumps in report.largest}
+    assert largest["eguH"][1] == 1 and largest["yniT"][1] == 2
+    assert [row[0] for row in report.swollen] == []  # Huge is in one dump only: its own median
+    assert main(["triage", *paths, str(junk), "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "BAD_POOL_CALLER" in out and "eguH" in out and "junk.dmp" in out
+
+
+
+def test_a_tag_far_above_its_own_fleet_median_is_swollen():
+    from ntpool.campaign.triage import fleet_report
+
+    def record(index, leak_bytes):
+        return {"verdict": "read", "path": f"d{index}", "code": 0x19, "name": "BAD_POOL_HEADER",
+                "parameters": [0x20, 0, 0, 0], "driver": "leaky.sys" if leak_bytes > 1 << 20 else "",
+                "call_site": "", "tags": [["Leak", leak_bytes, 0], ["Norm", 50_000, 0]]}
+
+    records = [record(i, 4096) for i in range(5)] + [record(5, 8 << 20)]
+    report = fleet_report(records)
+    assert report.swollen == [("Leak", 1, 8 << 20, 4096)]  # Norm never strays from its median
+    assert report.culprits == [("(not recorded)", 5), ("leaky.sys", 1)]
+    assert report.bugchecks == [("0x19 BAD_POOL_HEADER", 6)]
+
+
+def test_a_campaign_killed_half_way_resumes_to_the_same_results_file(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scenario = str(SCENARIOS / "verify_slow.py")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    command = [sys.executable, "-m", "ntpool", "verify", scenario, "-j", "1", "--quiet"]
+    whole, part = tmp_path / "whole.sqlite", tmp_path / "part.sqlite"
+    subprocess.run(command + ["--results", str(whole)], env=env, capture_output=True, check=False)
+    child = subprocess.Popen(command + ["--results", str(part)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = 0
+    deadline = time.monotonic() + 60
+    while finished < 3 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+        try:
+            finished = sqlite3.connect(part).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        except sqlite3.Error:
+            finished = 0
+    child.send_signal(signal.SIGKILL)  # a killed machine: no cleanup at all
+    child.wait()
+
+    def rows(path):
+        return sqlite3.connect(path).execute("SELECT key, result FROM runs ORDER BY key").fetchall()
+
+    done_before = len(rows(part))
+    assert 3 <= done_before < len(rows(whole)) == 7  # baseline + six sites
+    resumed = subprocess.run(command + ["--results", str(part), "--resume"], env=env,
+                             capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert rows(part) == rows(whole)

@@ -10,7 +10,7 @@ import pytest
 
 import ntpool
 from ntpool.cli.main import main
-from ntpool.tools.campaign import verify
+from ntpool.campaign import verify
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -167,11 +167,12 @@ def test_verify_verdict_is_the_truth_when_the_run_raised(tmp_path):
     path = tmp_path / "raiser.py"
     path.write_text(FAILING)
     campaign = verify(str(path))
-    assert campaign.baseline == "survived"
-    (result,) = campaign.results
+    assert campaign.baseline["verdict"] == "survived"
+    (result,) = campaign.verdicts
     assert not result.survived
-    assert result.verdict == "raised NtStatusError"
-    assert "STATUS_INSUFFICIENT_RESOURCES" in result.detail and "\n" not in result.detail
+    assert result.label == "raised NtStatusError"
+    evidence = result.result["evidence"]
+    assert "STATUS_INSUFFICIENT_RESOURCES" in evidence and "\n" not in evidence
 
 
 def test_verify_verdicts_name_code_and_bytes(capsys, monkeypatch):

@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import ntpool
 from ntpool.pool.descriptor import PAGE_SMALL
-from ntpool.pool.header import page_problems, walk_page
+from ntpool.pool.layout import page_problems, walk_page
 from ntpool.tags import tag_value
 
 TYPES = [0, 1, 4, 5, 512]

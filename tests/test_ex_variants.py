@@ -10,7 +10,7 @@ from ntpool.constants import (
     PoolExtendedParameterType,
 )
 from ntpool.routines.ex import POOL_EXTENDED_PARAMETER
-from ntpool.pool.header import HEADER, page_problems
+from ntpool.pool.layout import POOL_HEADER, page_problems
 from ntpool.machine.process import EPROCESS_IMAGE_FILE_NAME, EPROCESS_UNIQUE_PROCESS_ID
 from ntpool.tags import tag_value
 
@@ -38,8 +38,8 @@ def dirty(k, pool_type, size, tag="Dirt"):
 
 
 def header(k, p):
-    prev, index, size, ptype, tag, billed = HEADER.unpack(k.read(p - 16, 16))
-    return {"blocks": size, "type": ptype, "tag": tag, "billed": billed}
+    h = POOL_HEADER.unpack_from(k.read(p - 16, 16))
+    return {"blocks": h.BlockSize, "type": h.PoolType, "tag": h.PoolTag, "billed": h.ProcessBilled}
 
 
 def fill_to(k, pool, share):
@@ -103,7 +103,7 @@ def test_raise_if_allocation_failure_is_caught_by_except_exception(k):
 def test_nx_types_are_nonpaged(k, pool_type):
     p = k.ExAllocatePoolWithTag(pool_type, 100, "NxNx")
     assert k.nonpaged_pool.contains(p)
-    assert header(k, p)["type"] == 0x5
+    assert header(k, p)["type"] == 0x2
     k.ExFreePoolWithTag(p, "NxNx")
 
 
@@ -179,8 +179,9 @@ def test_a_big_low_priority_request_counts_its_own_pages(k):
 
 def test_low_priority_failure_still_bug_checks_caller_errors(k):
     fill_to(k, k.nonpaged_pool, 0.81)
-    e = bugcheck(lambda: k.ExAllocatePoolWithTagPriority(NP, 100, 0, LOW))
-    assert e.parameters[0] == 0x9B
+    k.KeRaiseIrql(3)
+    e = bugcheck(lambda: k.ExAllocatePoolWithTagPriority(NP, 100, "Prio", LOW))
+    assert e.parameters[0] == 0x08
 
 
 @pytest.mark.parametrize("priority, error", [(1, ValueError), (33, ValueError), (-16, ValueError),
@@ -199,7 +200,7 @@ def test_quota_allocation_bills_the_process_in_the_header(k):
     p = k.ExAllocatePoolWithQuotaTag(PP, 100, "Quot")
     h = header(k, p)
     assert h["billed"] == app.address == k.PsGetCurrentProcess()
-    assert h["type"] == 0x6 | 0x8  # paged, in use, quota
+    assert h["type"] == 0x3 | 0x8  # paged, in use, quota
     assert app.paged_quota_used == 128 and app.nonpaged_quota_used == 0
     k.ExFreePoolWithTag(p, "Quot")
     assert app.paged_quota_used == 0
@@ -250,7 +251,7 @@ def test_the_system_process_is_not_charged(k):
     assert k.current_process is k.system_process
     p = k.ExAllocatePoolWithQuotaTag(NP, 100, "Quot")
     # No quota bit: bytes 8-15 hold the AllocatorBackTraceIndex (the call site), no EPROCESS.
-    assert header(k, p)["type"] == 0x5 and header(k, p)["billed"] == k.pool.site_of(p) != 0
+    assert header(k, p)["type"] == 0x2 and header(k, p)["billed"] == k.pool.site_of(p) != 0
     assert k.system_process.nonpaged_quota_used == 0
 
 
@@ -261,7 +262,7 @@ def test_quota_charge_returns_even_through_the_lookaside(k):
     k.ExFreePool(p)
     k.set_current_process(k.system_process)
     q = k.ExAllocatePoolWithTag(NP, 100, "Quot")  # the same chunk, from the lookaside
-    assert q == p and header(k, q)["type"] == 0x5
+    assert q == p and header(k, q)["type"] == 0x2
     assert header(k, q)["billed"] == k.pool.site_of(q) != app.address
     assert app.nonpaged_quota_used == 0
 

@@ -14,9 +14,11 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 import os
 from typing import NoReturn
 
-from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
+from .constants import DISPATCH_LEVEL, KERNEL_IMAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, \
+    BugCheckCode, NtStatus
 from .drivers import DriverRoutines
 from .errors import BugCheck, MachineHalted
+from .hooks import BugCheckRaised, CopiedToUser, Hooks, MemoryCopied, MemoryWritten, PageFault
 from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
 from .machine.irql import IrqlRoutines
@@ -26,7 +28,7 @@ from .machine.process import ProcessRoutines
 from .machine.memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
-from .pool.header import LIST_HEAD_COUNT
+from .pool.layout import LIST_HEAD_COUNT
 from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
 from .routines.runtime import RuntimeRoutines
@@ -92,12 +94,13 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
             physical_memory_bytes = pool_bytes + pool_bytes // 256 + KERNEL_DATA_BYTES + 4 * MiB
         physical_memory_bytes = _positive_bytes("physical_memory_bytes", physical_memory_bytes)
 
+        self.hooks = Hooks()  # how layers on top hook in (ntpool.hooks)
         self.bugcheck: BugCheck | None = None
-        self.bugcheck_observers: list = []  # called with the BugCheck before it is raised
         self.processors = processors
         self.physical = PhysicalMemory(physical_memory_bytes)
         self.space = AddressSpace(self.physical)
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         crash = self.KeBugCheckEx
         self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
                                   self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
@@ -108,12 +111,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self._init_drivers()
-        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites)
+        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites,
+                                  self.hooks)
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
-        self.fault_handlers: list = []
-        self.user_copy_observers: list = []  # called (kernel, source, length) by copy_to_user
+        self.hooks.watch(MemoryWritten, self._publish_writes)
         self._init_irql()
         self._init_paging()
         self._init_processes()
@@ -127,7 +130,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
     def KeBugCheckEx(self, BugCheckCode, BugCheckParameter1=0, BugCheckParameter2=0,
                      BugCheckParameter3=0, BugCheckParameter4=0, *, detail: str = "",
                      culprit=None) -> NoReturn:
-        """Stop the machine: record the bug check, halt, tell observers, raise BugCheck.
+        """Stop the machine: record the bug check, halt, publish BugCheckRaised, raise.
 
         ``culprit`` (a loaded driver) names the driver at fault when the kernel itself finds
         the fault, as at unload (0xC4/0x62): the routine blamed is then its DriverUnload.
@@ -149,8 +152,11 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
                 f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
-        for observer in list(self.bugcheck_observers):
-            observer(self, error)
+        listeners = self.hooks.listening(BugCheckRaised)
+        if listeners:
+            event = BugCheckRaised(error)
+            for listener in listeners:
+                listener(event)
         raise error
 
     @property
@@ -181,6 +187,19 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         except TypeError:
             pass
         self._write_slow(address, data)
+
+    def _publish_writes(self, active: bool) -> None:
+        # k.write is the fastest path: it publishes MemoryWritten only while someone listens.
+        if active:
+            self.write = self._write_published
+        else:
+            self.__dict__.pop("write", None)
+
+    def _write_published(self, address: int, data) -> None:
+        type(self).write(self, address, data)
+        event = MemoryWritten(address, len(data))
+        for listener in self.hooks.listening(MemoryWritten):
+            listener(event)
 
     def _read_slow(self, address, size) -> bytes:
         address, size = _checked_span(address, size)
@@ -216,9 +235,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
     def _page_fault(self, address: int, write: bool) -> int:
         """Resolve a fault (returns the page's physical address) or bug-check.
 
-        Layers on top (special pool) add ``fault_handlers``: each is called with
-        (address, write) and returns the page's physical address, or None when the address
-        is not its business (it may bug-check instead).
+        Layers on top (special pool) listen for ``PageFault``: each listener returns the
+        page's physical address, or None when the address is not its business (it may
+        bug-check instead).
 
         At DISPATCH_LEVEL or above no fault may be resolved: DRIVER_IRQL_NOT_LESS_OR_EQUAL
         (0xD1) when a driver's code made the access, IRQL_NOT_LESS_OR_EQUAL (0xA) otherwise,
@@ -227,8 +246,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         is KMODE_EXCEPTION_NOT_HANDLED; any other unmapped kernel address is
         PAGE_FAULT_IN_NONPAGED_AREA.
         """
-        for handler in self.fault_handlers:
-            base = handler(address, write)
+        if self.hooks.listening(PageFault):
+            base = self.hooks.ask(PageFault(address, write))
             if base is not None:
                 return base
         irql = self.irql_by_processor[self.current_processor]
@@ -270,7 +289,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
     @routine("VOID RtlCopyMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
              "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)")
     def RtlCopyMemory(self, Destination: int, Source: int, Length: int) -> None:
-        self.write(Destination, self.read(Source, _checked_length(Length)))
+        data = self.read(Source, _checked_length(Length))
+        copied = self.hooks.listening(MemoryCopied)
+        if not copied:
+            self.write(Destination, data)
+            return
+        type(self).write(self, Destination, data)  # one event for the copy: MemoryCopied
+        event = MemoryCopied(Destination, Source, Length)
+        for listener in copied:
+            listener(event)
 
     # Reading the whole source first makes overlap safe: one function serves both.
     RtlMoveMemory = routine("VOID RtlMoveMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
@@ -285,8 +312,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         if Length > len(UserBuffer):
             raise ValueError(f"Length {Length} is larger than the user buffer ({len(UserBuffer)} bytes)")
         data = self.read(Source, Length)
-        for observer in self.user_copy_observers:
-            observer(self, Source, Length)
+        self.hooks.publish(CopiedToUser(Source, Length))
         UserBuffer[:Length] = data
 
     @routine("SIZE_T RtlCompareMemory(_In_ const VOID *Source1, _In_ const VOID *Source2, "
@@ -334,7 +360,7 @@ def _checked_span(address, size) -> tuple[int, int]:
 INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
     "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "bugcheck_observers", "current_driver", "drivers", "call_sites",
+    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
     "crash_dump", "crash_dump_kind", "crash_dump_error",
     "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",

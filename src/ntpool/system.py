@@ -8,6 +8,7 @@ import os
 
 from .dump.layout import install_shared_data
 from .dump.writer import KINDS, write_dump
+from .hooks import BugCheckRaised
 from .kernel import Kernel as CoreKernel
 from .verifier import DriverVerifier
 
@@ -32,17 +33,18 @@ class Kernel(CoreKernel):
         self.crash_dump_kind = crash_dump_kind
         self.crash_dump_error: OSError | None = None
         if crash_dump is not None:
-            self.bugcheck_observers.append(_write_crash_dump)
+            self.hooks.subscribe(BugCheckRaised, self._write_crash_dump)
 
-    def write_dump(self, path, kind: str = "full") -> str:
-        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted."""
-        return write_dump(self, path, kind)
+    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
+        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
 
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``)."""
+        return write_dump(self, path, kind, symbols)
 
-def _write_crash_dump(kernel, bugcheck) -> None:
-    # A dump that cannot be written must not hide the bug check itself.
-    try:
-        write_dump(kernel, kernel.crash_dump, kernel.crash_dump_kind)
-    except (OSError, MemoryError) as error:
-        kernel.crash_dump_error = error
-        bugcheck.dump_error = error
+    def _write_crash_dump(self, event: BugCheckRaised) -> None:
+        # A dump that cannot be written must not hide the bug check itself.
+        try:
+            write_dump(self, self.crash_dump, self.crash_dump_kind)
+        except (OSError, MemoryError) as error:
+            self.crash_dump_error = error
+            event.bugcheck.dump_error = error

@@ -6,6 +6,7 @@ import sys
 
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
 from ..tools.scenario import ScenarioError
+from .forensics import add_forensics_commands
 from .tools import add_commands
 from .verify import add_verify_command
 
@@ -37,6 +38,14 @@ def _cmd_kd(args) -> int:
     from .kd import run_kd
 
     return run_kd(args.dump, args.commands, args.pooltag)
+
+
+def _cmd_bench_campaign(args) -> int:
+    from ..campaign.bench import run_and_report
+
+    if args.runs < 1:
+        raise ValueError(f"--runs must be at least 1, got {args.runs}")
+    return run_and_report(args.runs, args.jobs)
 
 
 def _cmd_bench_dump(args) -> int:
@@ -79,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="MiB of each pool; the full dump is a bit over twice that (default 512)")
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
     bench_dump.set_defaults(func=_cmd_bench_dump)
+    bench_campaign = sub.add_parser("bench-campaign",
+                                    help="measure the campaign engine: serial, all cores, Dask")
+    bench_campaign.add_argument("--runs", type=int, default=1000, help="short runs (default 1000)")
+    bench_campaign.add_argument("-j", "--jobs", type=int, default=None,
+                                help="worker processes (default: every core)")
+    bench_campaign.set_defaults(func=_cmd_bench_campaign)
     add_commands(sub)
     add_verify_command(sub)
+    add_forensics_commands(sub)
     return parser
 
 

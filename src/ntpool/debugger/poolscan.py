@@ -1,7 +1,7 @@
 """Pool pages and chunks as a dump holds them: walking, validating, finding by tag.
 
 A small-pool page is trusted only when its whole header chain is consistent (the same
-walk the allocator's checks make, ``pool.header.page_problems``) and every PoolType byte
+walk the allocator's checks make, ``pool.layout.page_problems``) and every PoolType byte
 is one a chunk of that pool can hold. ``find_tag`` scans the dump's bytes for the tag with
 one regular-expression pass over the mapping and keeps only hits that sit where a header's
 tag sits (offset 4 of a 16-byte block) in a page whose chain is valid and that has a chunk
@@ -9,14 +9,13 @@ starting there; a tag-shaped string inside a chunk's body is not a chunk.
 """
 
 import re
-import struct
 from bisect import bisect_right
 from typing import NamedTuple
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import BigPage, DumpReader, MemoryReadError, PoolRange
-from ..pool.header import BLOCK, HEADER_FIRST8, POOL_IN_USE, POOL_QUOTA, Chunk, page_problems, \
-    walk_page
+from ..pool.layout import BLOCK, BLOCK_SHIFT, POOL_HEADER, Chunk, chunk_at, page_problems, \
+    pool_type_fits, walk_page
 from ..tags import PROTECTED_POOL
 
 
@@ -28,11 +27,9 @@ class PageReport(NamedTuple):
 
 def pool_type_problems(chunks, base_type: int) -> list[str]:
     """PoolType bytes no chunk of this pool can hold."""
-    allowed_low = base_type + 1
     problems = []
     for chunk in chunks:
-        kind = chunk.pool_type & ~(POOL_IN_USE | POOL_QUOTA)
-        if chunk.pool_type and kind != allowed_low:
+        if not pool_type_fits(chunk.pool_type, base_type):
             problems.append(f"{chunk.address:#x}: PoolType {chunk.pool_type:#x} is not a "
                             f"{'paged' if base_type else 'nonpaged'} pool type")
     return problems
@@ -44,7 +41,7 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
     return PageReport(page_va, chunks, problems)
 
 
-_PREV_SIZE_TYPE = struct.Struct("<BxBB")
+_PREV_SIZE_TYPE = POOL_HEADER.run("PreviousSize", "PoolType")
 
 
 def valid_header_offsets(page, base: int, base_type: int) -> set | None:
@@ -53,19 +50,18 @@ def valid_header_offsets(page, base: int, base_type: int) -> set | None:
     The same rules as ``examine_page`` (chain consistent and covering the page, PoolType
     bytes of this pool), in one lean pass for scans over many pages.
     """
-    allowed = base_type + 1
     unpack = _PREV_SIZE_TYPE.unpack_from
     offsets = set()
     offset = previous = 0
     while offset < PAGE_SIZE:
-        prev, size, pool_type = unpack(page, base + offset)
-        if prev != previous or not size or offset + (size << 4) > PAGE_SIZE:
+        prev, _index, size, pool_type = unpack(page, base + offset)
+        if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE:
             return None
-        if pool_type and pool_type & 0xF3 != allowed:
+        if pool_type and not pool_type_fits(pool_type, base_type):
             return None
         offsets.add(offset)
         previous = size
-        offset += size << 4
+        offset += size << BLOCK_SHIFT
     return offsets
 
 
@@ -163,7 +159,7 @@ class PoolFinder:
             # Search on from the next byte: a match must not hide an overlapping one.
             match = search(mapping, position + 1)
             in_page = (position - skew) & (PAGE_SIZE - 1)
-            if in_page & (BLOCK - 1) != 4:
+            if in_page & (BLOCK - 1) != POOL_HEADER.PoolTag:
                 continue
             page_offset = position - in_page
             page_va = pages.get(page_offset)
@@ -175,9 +171,9 @@ class PoolFinder:
                 reports[page_offset] = starts
                 if starts is None:
                     corrupt.append(page_va)
-            if starts and in_page - 4 in starts:
-                header = page_offset + in_page - 4
-                hits.append(Chunk(page_va + in_page - 4, *HEADER_FIRST8.unpack_from(mapping, header)))
+            header = in_page - POOL_HEADER.PoolTag
+            if starts and header in starts:
+                hits.append(chunk_at(mapping, page_offset + header, page_va + header))
         hits.sort()
         self.corrupt_pages = sorted(corrupt)
         return hits

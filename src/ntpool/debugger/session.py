@@ -10,7 +10,7 @@ import shlex
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..errors import bugcheck_name
-from ..pool.header import HEADER_SIZE
+from ..pool.layout import HEADER_SIZE, POOL_HEADER, POOL_QUOTA
 from ..tags import display
 from . import bugchecks
 from .pooltag import PoolTagDatabase, tag_matches
@@ -360,10 +360,11 @@ class KdSession:
 
     def _allocated_by(self, chunk) -> list[str]:
         """Who allocated the chunk: its AllocatorBackTraceIndex in the call-site table."""
-        if chunk.pool_type & 0x8:  # quota-charged: ProcessBilled is there instead
+        if chunk.pool_type & POOL_QUOTA:  # quota-charged: ProcessBilled is there instead
             return []
         try:
-            index = int.from_bytes(self.reader.read(chunk.address + 8, 2), "little")
+            header = POOL_HEADER.at(self.reader.read(chunk.address, POOL_HEADER.size))
+            index = header.AllocatorBackTraceIndex
         except MemoryReadError:
             return []
         text = self._site_text(index)

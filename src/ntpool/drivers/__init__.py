@@ -20,8 +20,9 @@ import types
 import zlib
 from typing import NamedTuple
 
-from ..constants import NtStatus
+from ..constants import KERNEL_IMAGE_PS_LOADED_MODULE_LIST, NtStatus
 from ..errors import NtStatusError
+from ..hooks import DriverUnloading
 
 DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
 DRIVER_IMAGE_STRIDE = 0x100000
@@ -34,14 +35,20 @@ LDR_BASE_DLL_NAME = 0x58
 UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
 LIST_ENTRY = struct.Struct("<QQ")
 
-# ntpool's own machinery: the machine, its routines and the layers inside it. Code that
-# calls into the machine the way a driver does (samples, scenarios, benchmarks, the command
-# line) is not machinery: its lines are call sites.
+# ntpool's own machinery: every module directly in the package (the kernel, hooks, leaf
+# modules) and the core's folders (ARCHITECTURE.md). Code that calls into the machine the way
+# a driver does (samples, scenarios, benchmarks, the command line) is not machinery: its
+# lines are call sites.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_MACHINERY_DIRECTORIES = tuple(_PACKAGE + d + os.sep for d in (
-    "pool", "verifier", "machine", "routines", "drivers"))
-_MACHINERY_MODULES = frozenset(_PACKAGE + m + ".py" for m in (
-    "kernel", "system", "tags", "errors"))
+CORE_FOLDERS = ("machine", "pool", "routines", "drivers", "verifier")
+_MACHINERY_DIRECTORIES = tuple(_PACKAGE + folder + os.sep for folder in CORE_FOLDERS)
+
+
+def is_machinery_file(filename: str) -> bool:
+    """Whether code in ``filename`` is ntpool's own machinery (walked out of to the caller)."""
+    if filename.startswith(_MACHINERY_DIRECTORIES):
+        return True
+    return os.path.dirname(filename) + os.sep == _PACKAGE
 _NATIVE_DIRECTORY = _PACKAGE + "native" + os.sep
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
@@ -145,8 +152,7 @@ class CallSites:
     def _is_machinery(self, code) -> bool:
         known = self._machinery.get(code)
         if known is None:
-            filename = code.co_filename
-            known = filename in _MACHINERY_MODULES or filename.startswith(_MACHINERY_DIRECTORIES)
+            known = is_machinery_file(code.co_filename)
             self._machinery[code] = known
         return known and code not in self.code_owner
 
@@ -275,10 +281,9 @@ class DriverRoutines:
     def _init_drivers(self) -> None:
         self.call_sites = CallSites()
         self.drivers: list[LoadedDriver] = []
-        head = self.kernel_data.reserve(16)
+        head = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST  # a global of ntoskrnl
         self.loaded_module_list = head  # PsLoadedModuleList
         LIST_ENTRY.pack_into(self._mem, self.space.translate(head), head, head)
-        self.driver_unload_observers: list = []  # called (kernel, driver) before the unload
 
     def _driver_for(self, driver) -> LoadedDriver:
         for loaded in self.drivers:
@@ -311,20 +316,19 @@ class DriverRoutines:
         status = NtStatus.STATUS_SUCCESS if status is None else status
         if status & 0x80000000:
             # The image is unloaded without DriverUnload; what it allocated is still checked.
-            for observer in list(self.driver_unload_observers):
-                observer(self, loaded)
+            self.hooks.publish(DriverUnloading(loaded))
             self._forget_driver(loaded)
             raise NtStatusError(status, f"DriverEntry of {name} failed")
         return loaded
 
     def unload_driver(self, driver) -> None:
-        """Call DriverUnload, then let observers (Driver Verifier) check what it left behind."""
+        """Call DriverUnload, then publish DriverUnloading (Driver Verifier checks what it
+        left behind)."""
         loaded = self._driver_for(driver)
         unload = getattr(loaded.obj, "DriverUnload", None)
         if callable(unload):
             self._call_driver(loaded, unload, self)
-        for observer in list(self.driver_unload_observers):
-            observer(self, loaded)
+        self.hooks.publish(DriverUnloading(loaded))
         self._forget_driver(loaded)
 
     def _call_driver(self, loaded: LoadedDriver, routine, *args):

@@ -2,7 +2,7 @@
 
 Offsets follow the DUMP_HEADER64 layout every reader (WinDbg, kdmp-parser, volatility3)
 agrees on (reference sheet section 9), KDDEBUGGER_DATA64 as wdbgexts.h declares it, and
-the Windows 7 x64 pool tables (POOL_TRACKER_TABLE, POOL_TRACKER_BIG_PAGES). ntpool's own
+the hash functions of the Windows 7 x64 pool tables (their entries are ntpool.pool.layout's). ntpool's own
 debugger data block (``NTPL``) carries what Windows finds through symbols instead.
 """
 
@@ -98,6 +98,8 @@ KDBG_NONPAGED_POOL_DESCRIPTOR = 0x1C0
 KDBG_MM_HIGHEST_USER_ADDRESS = 0x1C8
 KDBG_MM_SYSTEM_RANGE_START = 0x1D0
 KDBG_MM_USER_PROBE_ADDRESS = 0x1D8
+KDBG_NT_BUILD_LAB = 0x208  # address of the NtBuildLab string
+KDBG_CM_NT_CSD_VERSION = 0x268  # address of the CmNtCSDVersion ULONG
 
 # --- ntpool's own debugger data block (follows KDBG, linked from its List.Flink) ---------
 
@@ -125,20 +127,18 @@ CALL_SITE_SIZE = 128
 
 # --- the pool tables (Windows 7 x64) ----------------------------------------------------
 
-# POOL_TRACKER_TABLE: Key, NonPagedAllocs, NonPagedFrees, NonPagedBytes, PagedAllocs,
-# PagedFrees, PagedBytes.
-POOL_TRACKER_TABLE = struct.Struct("<III4xQIIQ")
+# POOL_TRACKER_TABLE and POOL_TRACKER_BIG_PAGES are laid out in ntpool.pool.layout.
 TRACKER_HASH_MULTIPLIER = 40543
 MIN_TRACKER_TABLE_SIZE = 1024  # power of two; one overflow slot follows
 
-# POOL_TRACKER_BIG_PAGES: Va (bit 0 set: free slot), Key, PoolType, NumberOfBytes.
-POOL_TRACKER_BIG_PAGES = struct.Struct("<QIIQ")
-BIG_PAGE_FREE = 0x1
 MIN_BIG_PAGE_TABLE_SIZE = 512
 
 # --- KUSER_SHARED_DATA ---------------------------------------------------------------------
 
 KUSER_SHARED_DATA = 0xFFFFF78000000000
+KUSER_SYSTEM_TIME = 0x14  # KSYSTEM_TIME: LowPart, High1Time, High2Time
+KUSER_NT_SYSTEM_ROOT = 0x30  # WCHAR[260]
+NT_SYSTEM_ROOT = "C:\\Windows"
 KUSER_NT_BUILD_NUMBER = 0x260
 KUSER_NT_PRODUCT_TYPE = 0x264
 KUSER_PRODUCT_TYPE_IS_VALID = 0x268

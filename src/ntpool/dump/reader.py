@@ -19,6 +19,7 @@ from typing import Iterator, NamedTuple
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..drivers import LDR_BASE_DLL_NAME, LDR_DLL_BASE, parse_call_site_table
 from ..machine.memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
+from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
 from . import format as f
 
 PTE_LARGE = 1 << 7
@@ -441,18 +442,18 @@ class DumpReader:
 
     def tracker_entries(self) -> list[TrackerEntry]:
         """PoolTrackTable entries in use (Key non-zero), in table order."""
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", f.POOL_TRACKER_TABLE)
-        return [TrackerEntry(*row) for row in f.POOL_TRACKER_TABLE.iter_unpack(raw) if row[0]]
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", POOL_TRACKER_TABLE)
+        return [TrackerEntry(*row) for row in POOL_TRACKER_TABLE.iter_unpack(raw) if row[0]]
 
     def tracker_lookup(self, key: int) -> TrackerEntry | None:
         """The entry for a tag, found as the kernel finds it: hash, then linear probing."""
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", f.POOL_TRACKER_TABLE)
-        slots = len(raw) // f.POOL_TRACKER_TABLE.size - 1
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", POOL_TRACKER_TABLE)
+        slots = len(raw) // POOL_TRACKER_TABLE.size - 1
         if slots <= 0 or slots & (slots - 1):
             return None
         slot = f.tracker_hash(key, slots - 1)
         for _ in range(slots):
-            row = f.POOL_TRACKER_TABLE.unpack_from(raw, slot * f.POOL_TRACKER_TABLE.size)
+            row = POOL_TRACKER_TABLE.unpack_from(raw, slot * POOL_TRACKER_TABLE.size)
             if row[0] == key:
                 return TrackerEntry(*row)
             if row[0] == 0:
@@ -461,9 +462,9 @@ class DumpReader:
         return None
 
     def big_pages(self) -> list[BigPage]:
-        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", f.POOL_TRACKER_BIG_PAGES)
-        return [BigPage(*row) for row in f.POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
-                if not row[0] & f.BIG_PAGE_FREE]
+        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", POOL_TRACKER_BIG_PAGES)
+        return [BigPage(*row) for row in POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
+                if not row[0] & BIG_PAGE_FREE]
 
     def unicode_string(self, va: int) -> str:
         """A UNICODE_STRING's text ('' when it cannot be read)."""

@@ -11,6 +11,7 @@ requested IRQL, 0, 0).
 """
 
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
+from ..hooks import IrqlRaised
 from ..routines.registry import routine
 
 SPIN_LOCK_FREE = 0
@@ -27,9 +28,6 @@ def _checked_irql(name: str, value) -> int:
 class IrqlRoutines:
     def _init_irql(self) -> None:
         self.irql_by_processor = [int(PASSIVE_LEVEL)] * self.processors
-        # Called (kernel, old, new) when a processor's IRQL rises (Driver Verifier's Force
-        # IRQL checking trims pageable memory there).
-        self.irql_raise_observers: list = []
 
     @property
     def current_irql(self) -> int:
@@ -40,8 +38,11 @@ class IrqlRoutines:
         self.irql_by_processor[self.current_processor] = irql
         self.pool.set_irql(irql)
         if irql > old:
-            for observer in self.irql_raise_observers:
-                observer(self, old, irql)
+            listeners = self.hooks.listening(IrqlRaised)
+            if listeners:
+                event = IrqlRaised(self.current_processor, old, irql)
+                for listener in listeners:
+                    listener(event)
 
     def set_current_processor(self, number) -> None:
         """Run the caller on processor ``number`` (its IRQL and lookaside lists apply)."""

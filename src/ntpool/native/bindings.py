@@ -14,6 +14,7 @@ names. An import nothing implements is refused at load, or, with ``allow_missing
 to a handler that stops the run naming the routine when it is first called.
 """
 
+import os
 import struct
 
 from ..routines import registry
@@ -82,7 +83,10 @@ def compile_handler(machine, entry):
         lines.append("    return ret" if returns_value else "    return 0")
     source = "def handler(rcx, rdx, r8, r9, rsp):\n" + "\n".join(lines) + "\n"
     namespace = {"_f": function, "_rq": machine.read_q, "_w": kernel.write}
-    exec(compile(source, f"<native binding {entry.name}>", "exec"), namespace)
+    # Named as a file of this package: the call-site lookup knows frames from here are the
+    # native bridge's, and asks the CPU for the site (the driver's return address).
+    filename = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"<binding {entry.name}>")
+    exec(compile(source, filename, "exec"), namespace)
     handler = namespace["handler"]
     handler.__name__ = entry.name
     return handler

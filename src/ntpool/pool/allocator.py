@@ -43,36 +43,47 @@ from ..constants import (
     PoolPriority,
 )
 from ..errors import NtStatusError, TagError
-from ..tags import BIG_TAG, PROTECTED_POOL, from_display, has_letter_or_digit, tag_value
+from ..hooks import Hooks, MemoryWritten, PoolLayer
+from ..tags import PROTECTED_POOL, tag_value
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
-from .header import (
-    BLOCK_SHIFT,
-    HEADER_FIRST8,
-    HEADER_SIZE,
-    LOOKASIDE_MAX_BLOCKS,
-    POOL_IN_USE,
-    POOL_QUOTA,
-    QWORD,
-    TYPE_TAG_BILLED,
+from .checks import (
     check_block_size,
     check_free_tag,
     check_next_previous_size,
     check_not_already_freed,
-    header_value,
+    header_ulong,
+)
+from .layout import (
+    BLOCK,
+    BLOCK_SHIFT,
+    HEADER_FIRST8,
+    HEADER_SIZE,
+    LOOKASIDE_MAX_BLOCKS,
+    POOL_HEADER,
+    POOL_FREE,
+    POOL_IN_USE,
+    POOL_QUOTA,
+    SINGLE_LIST_ENTRY,
+    TYPE_TAG_BILLED,
+    blocks_for,
 )
 from .tracker import PoolTracker
 
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 LOOKASIDE_MAX_BYTES = (LOOKASIDE_MAX_BLOCKS << BLOCK_SHIFT) - HEADER_SIZE  # 496
-# 'BIG ' is reserved for the kernel's own big-page entries. The kernel's literal is ' GIB'
-# (shown "BIG "); a driver that writes 'BIG ' in its source gets " GIB" in memory. Both are
-# refused, so that neither spelling can pass for the reserved tag.
-RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
 
-_unpack_qword = QWORD.unpack_from
-_pack_qword = QWORD.pack_into
+# The fast paths work on physical addresses with precompiled runs of header fields; every
+# offset comes from the layout. They compute a chunk's blocks as (bytes + 31) >> 4 and read
+# the next header's PreviousSize as its first byte: asserted here against the layout.
+assert (HEADER_SIZE + BLOCK - 1, BLOCK_SHIFT, POOL_HEADER.PreviousSize) == (31, 4, 0)
+assert blocks_for(1) == (1 + 31) >> 4
+_unpack_next = SINGLE_LIST_ENTRY.struct.unpack_from  # a lookaside entry's Next: the body's start
+_pack_next = SINGLE_LIST_ENTRY.struct.pack_into
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
+_TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
+_BODY = HEADER_SIZE
+_IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -95,15 +106,14 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 
 
 class PoolAllocator:
-    def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites):
+    def __init__(self, nonpaged: Pool, paged: Pool, crash, call_sites, hooks: Hooks | None = None):
         # Who allocated: the caller's (code, instruction) -> call-site number, and the table.
         self.call_sites = call_sites
         self.site_index = call_sites.index
-        # A layer on top (Driver Verifier) that sees every allocation and free on the
-        # generic path: ``allocate(pool, bytes, tag, site, aligned) -> address | None``
-        # (None: not its business), ``free(address, tag) -> bool`` (True: it freed it) and
-        # ``site_of(address) -> site | None``. While one is set the fast paths are off.
-        self.interceptor = None
+        # The layer on top (Driver Verifier) that sees every allocation and free on the
+        # generic path (an ntpool.hooks.PoolLayer). While one is set the fast paths are off.
+        self.layer: PoolLayer | None = None
+        self.hooks = hooks if hooks is not None else Hooks()
         self.nonpaged = nonpaged
         self.paged = paged
         self.pools = (nonpaged, paged)
@@ -138,12 +148,13 @@ class PoolAllocator:
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
 
-    def set_interceptor(self, interceptor) -> None:
-        self.interceptor = interceptor
-        if interceptor is None:
-            self.fast_path_blockers.discard("interceptor")
+    def set_layer(self, layer: PoolLayer | None) -> None:
+        """Put ``layer`` between the generic path and the pools (None: remove it)."""
+        self.layer = layer
+        if layer is None:
+            self.fast_path_blockers.discard("layer")
         else:
-            self.fast_path_blockers.add("interceptor")
+            self.fast_path_blockers.add("layer")
         self.refresh_fast_paths()
 
     def set_irql(self, irql: int) -> None:
@@ -173,9 +184,9 @@ class PoolAllocator:
                 if body:
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
-                    heads[block_size] = _unpack_qword(mem, pa)[0]
+                    heads[block_size] = _unpack_next(mem, pa)[0]
                     pool.la_depth[block_size] -= 1
-                    _pack_type_tag(mem, pa - 13, pool.allocated_header_type, tag_ulong, site)
+                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong, site)
                     column = pool.track_offset
                     row[column] += 1
                     row[column + 2] += block_size << 4
@@ -191,14 +202,14 @@ class PoolAllocator:
             if address & 0xFFF and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - 16
+                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
                 _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                 else:
                     passed = self.known_tags[tag][0]
-                end = (address & 0xFFF) - 16 + (block_size << 4)
-                if type_byte & 0xC == POOL_IN_USE and stored == passed and not address & 15 \
+                end = (address & 0xFFF) - _BODY + (block_size << 4)
+                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
                         and block_size and (end == PAGE_SIZE or
                                             (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size)):
                     row = self.tracker.rows[stored & ~PROTECTED_POOL]
@@ -208,12 +219,13 @@ class PoolAllocator:
                     depths = pool.la_depth
                     if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
                         heads = pool.la_head
-                        _pack_qword(mem, pa + 16, heads[block_size])
+                        # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7.
+                        _pack_next(mem, pa + _BODY, heads[block_size])
                         heads[block_size] = address
                         depths[block_size] += 1
-                        mem[pa + 3] = type_byte & 3  # still owned by the lookaside: not in use
                         return
-                    pool.free_small(address - 16)
+                    mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+                    pool.free_small(address - _BODY)
                     return
         except (KeyError, TypeError, IndexError):
             pass
@@ -221,23 +233,13 @@ class PoolAllocator:
 
     # --- tags ----------------------------------------------------------------------------
 
-    def validate_tag(self, tag, pool_type: int, number_of_bytes: int) -> int:
-        """The tag's ULONG, or the bug check Windows raises for a tag it refuses."""
-        if tag is None or tag == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type, number_of_bytes, 0,
-                       detail="allocation with pool tag 0")
-        value = tag_value(tag)
-        bare = value & ~PROTECTED_POOL
-        if bare == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type, number_of_bytes, 0,
-                       detail="allocation with pool tag 0")
-        if bare in RESERVED_TAGS:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_BIG, pool_type, number_of_bytes, 0,
-                       detail="allocation with the reserved pool tag 'BIG '")
-        if not has_letter_or_digit(bare):
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_NO_ALNUM, value, pool_type, 0,
-                       detail=f"pool tag {value:#010x} has no letter or digit")
-        return value
+    def validate_tag(self, tag) -> int:
+        """The tag's ULONG. Retail Windows accepts any tag (its checks are ASSERTs of the
+        checked build); Driver Verifier refuses 0, 'BIG ' and tags with no letter or digit
+        for the drivers it verifies (``DriverVerifier.check_allocate``)."""
+        if tag is None:
+            return 0
+        return tag_value(tag)
 
     def remember_tag(self, tag, value: int) -> None:
         if type(tag) in (str, int):
@@ -260,27 +262,42 @@ class PoolAllocator:
         """
         if site is None:
             site = self.caller_site()
-        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag)
+        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
         va = self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value,
                                    aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
+        if not va and pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
+            self.must_succeed_pool_empty(self.pool_for(pool_type), number_of_bytes)
         return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
-    def admit(self, pool_type, number_of_bytes, tag) -> tuple[int, int, int]:
-        """Validate a request as Windows does, in its order: (type, bytes, tag value)."""
+    def admit(self, pool_type, number_of_bytes, tag, site: int | None = None) -> tuple[int, int, int]:
+        """Validate a request as Windows does, in its order: (type, bytes, tag value).
+
+        A verified driver's request meets Driver Verifier's checks first (its own stops);
+        then the pool's: the IRQL, and a zero-byte request becomes a one-byte one, as the
+        retail kernel does (0xC2/0x00 is a checked-build stop; WRK pool.c)."""
         pool_type = checked_pool_type(pool_type)
         number_of_bytes = _checked_size(number_of_bytes)
+        value = self.validate_tag(tag)
+        if self.layer is not None:
+            self.layer.check_allocate(pool_type, number_of_bytes, value,
+                                      self.caller_site() if site is None else site)
         self.check_allocate_irql(pool_type, number_of_bytes)
-        if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.MUST_SUCCEED, pool_type, number_of_bytes,
-                       tag_value(tag) if tag else 0,
-                       detail="must-succeed pool types are obsolete")
-        value = self.validate_tag(tag, pool_type, number_of_bytes)
         if number_of_bytes == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.ZERO_BYTES, 0, pool_type, value,
-                       detail="zero-byte pool allocation")
+            number_of_bytes = 1
         self.remember_tag(tag, value)
         return pool_type, number_of_bytes, value
+
+    def must_succeed_pool_empty(self, pool: Pool, number_of_bytes: int) -> None:
+        """Retail Windows serves the obsolete must-succeed types like any other and stops only
+        when it cannot: MUST_SUCCEED_POOL_EMPTY (bytes, pages used from nonpaged pool, big
+        pages, pages available), as WRK's ExAllocatePoolWithTag and Microsoft's 0x41 page."""
+        big_pages = sum(count for _, count in pool.big_pages.values())
+        self.crash(BugCheckCode.MUST_SUCCEED_POOL_EMPTY, number_of_bytes,
+                   self.nonpaged.pages_in_use, big_pages,
+                   pool.physical.frame_count - pool.physical.frames_used,
+                   detail=f"no {pool.name} left for a must-succeed request of "
+                          f"{number_of_bytes} bytes")
 
     def check_allocate_irql(self, pool_type: int, number_of_bytes: int) -> None:
         irql = self.irql
@@ -310,16 +327,16 @@ class PoolAllocator:
             pa = pool._pa(va) if pool is not None else self.tlb[va >> PAGE_SHIFT] + (va & 0xFFF)
             self.mem[pa:pa + length] = bytes(length)
             va += length
-        if self.interceptor is not None:
-            self.interceptor.zeroed(start, number_of_bytes)
+        if self.hooks.listening(MemoryWritten):
+            self.hooks.publish(MemoryWritten(start, number_of_bytes))
 
     def allocate_checked(self, pool: Pool, number_of_bytes: int, tag: int,
                          aligned: bool = False, site: int | None = None) -> int:
         """Allocate with every argument already validated; 0 when the pool is exhausted."""
         if site is None:
             site = self.caller_site()
-        if self.interceptor is not None:
-            address = self.interceptor.allocate(pool, number_of_bytes, tag, site, aligned)
+        if self.layer is not None:
+            address = self.layer.allocate(pool, number_of_bytes, tag, site, aligned)
             if address is not None:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
@@ -338,26 +355,23 @@ class PoolAllocator:
             return va
         block_size = (number_of_bytes + 31) >> 4
         if aligned:
-            chunk = pool.allocate_small_aligned(block_size, tag, CACHE_LINE)
+            chunk = pool.allocate_small_aligned(block_size, tag, CACHE_LINE, site)
             if not chunk:
                 return 0
-            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.la_head[block_size]
             if body:
                 pa = pool._pa(body)
-                pool.la_head[block_size] = _unpack_qword(self.mem, pa)[0]
+                pool.la_head[block_size] = _unpack_next(self.mem, pa)[0]
                 pool.la_depth[block_size] -= 1
-                _pack_type_tag(self.mem, pa - 13, pool.allocated_header_type, tag, site)
+                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
-        chunk = pool.allocate_small(block_size, tag)
+        chunk = pool.allocate_small(block_size, tag, site)
         if not chunk:
             return 0
-        if site:
-            _pack_qword(self.mem, pool._pa(chunk) + 8, site)
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
 
@@ -375,8 +389,9 @@ class PoolAllocator:
     def allocate_with_priority(self, pool_type, number_of_bytes, tag, priority) -> int:
         """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority."""
         priority = checked_priority(priority)
-        if priority & ~0xF != 32:
-            pool_type = checked_pool_type(pool_type)
+        pool_type = checked_pool_type(pool_type)
+        # Must-succeed requests ignore the priority (WRK ExAllocatePoolWithTagPriority).
+        if priority & ~0xF != 32 and not pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
             size = _checked_size(number_of_bytes)
             if not self.resources_available(self.pool_for(pool_type), size, priority):
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
@@ -421,17 +436,18 @@ class PoolAllocator:
     def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
         """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
         if va & (PAGE_SIZE - 1):
-            pa = pool._pa(va - HEADER_SIZE)
-            self.mem[pa + 3] |= POOL_QUOTA
-            _pack_qword(self.mem, pa + 8, process)
+            header = POOL_HEADER.at(self.mem, pool._pa(va - HEADER_SIZE))
+            header.PoolType |= POOL_QUOTA
+            header.ProcessBilled = process
         else:
             self.big_quota[va] = (process, charge)
 
     def release_quota(self, pool: Pool, chunk: int, pa: int) -> None:
         """Return a small chunk's quota charge to the process its header names."""
-        process = _unpack_qword(self.mem, pa + 8)[0]
+        header = POOL_HEADER.at(self.mem, pa)
+        process = header.ProcessBilled
         if self.quota is not None and process:
-            self.quota.release(process, pool.base_type, self.mem[pa + 2] << BLOCK_SHIFT)
+            self.quota.release(process, pool.base_type, header.BlockSize << BLOCK_SHIFT)
 
     # --- generic free --------------------------------------------------------------------
 
@@ -449,8 +465,10 @@ class PoolAllocator:
     def free_generic(self, address, tag) -> None:
         address = checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
-        if self.interceptor is not None and self.interceptor.free(address, passed):
-            return
+        if self.layer is not None:
+            self.layer.check_free(address, self.caller_site())
+            if self.layer.free(address, passed):
+                return
         pool = self.locate(address)
         irql = self.irql
         if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool.base_type == 1):
@@ -464,16 +482,29 @@ class PoolAllocator:
         else:
             self._crash_not_allocated(pool, address, kind)
 
+    def pool_at(self, address: int) -> Pool | None:
+        """The pool whose range holds ``address``, or None."""
+        for pool in self.pools:
+            if pool.contains(address):
+                return pool
+        return None
+
     def _crash_not_allocated(self, pool: Pool, address: int, kind: int) -> None:
         page_offset = (address - pool.base) >> PAGE_SHIFT
         if kind == PAGE_FREE and pool.base_type == 1:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_PAGED_NOT_ALLOCATED, address,
                        page_offset, pool.page_count << PAGE_SHIFT,
                        detail=f"free of {address:#x}: that paged pool page is not allocated")
-        if kind == PAGE_FREE:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_NONPAGED_NOT_ALLOCATED, address, 0,
+        if kind == PAGE_FREE or (kind == PAGE_BIG_REST and pool.base_type == 0
+                                 and not address & (PAGE_SIZE - 1)):
+            # Parameter 3 is the page's frame (its PFN does not start an allocation). A free
+            # nonpaged page has no frame here: ntpool unmaps released pool pages, so it is 0.
+            pfn = pool.space.translate(address & ~(PAGE_SIZE - 1))
+            pfn = pfn >> PAGE_SHIFT if pfn is not None else 0
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_NONPAGED_NOT_ALLOCATED, address, pfn,
                        pool.physical.frame_count - 1,
-                       detail=f"free of {address:#x}: that nonpaged pool page is not allocated")
+                       detail=f"free of {address:#x}: no nonpaged pool allocation starts on "
+                              f"that page")
         if kind == PAGE_BIG_REST and pool.base_type == 1:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_PAGED_MIDDLE_OF_ALLOCATION, 0, 0,
                        page_offset, detail=f"free of {address:#x}, inside a big allocation")
@@ -486,26 +517,25 @@ class PoolAllocator:
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
         pa = pool._pa(chunk)
-        raw = header_value(self.mem[pa:pa + 8])
         _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
-        check_not_already_freed(self.crash, type_byte, raw, address)
+        check_not_already_freed(self.crash, type_byte, header_ulong(self.mem, pa), address)
         check_block_size(self.crash, chunk, block_size)
         if passed is not None or stored & PROTECTED_POOL:
             check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         end = chunk + (block_size << BLOCK_SHIFT)
         if end & (PAGE_SIZE - 1):
-            check_next_previous_size(self.crash, chunk, block_size, self.mem[pa + (block_size << 4)])
+            check_next_previous_size(self.crash, chunk, block_size,
+                                     POOL_HEADER.get(self.mem, pa + (block_size << BLOCK_SHIFT), "PreviousSize"))
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
         depths = pool.la_depth
         if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
-            _pack_qword(self.mem, pa + 16, pool.la_head[block_size])
+            _pack_next(self.mem, pa + _BODY, pool.la_head[block_size])
             pool.la_head[block_size] = address
             depths[block_size] += 1
-            self.mem[pa + 3] = type_byte & 3
             return
-        self.mem[pa + 3] = type_byte & 3
+        POOL_HEADER.set(self.mem, pa, "PoolType", POOL_FREE)
         pool.free_small(chunk)
 
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
@@ -522,25 +552,25 @@ class PoolAllocator:
 
     def site_of(self, address: int) -> int:
         """The call-site number recorded for the allocation at ``address`` (0 if none)."""
-        if self.interceptor is not None:
-            site = self.interceptor.site_of(address)
+        if self.layer is not None:
+            site = self.layer.site_of(address)
             if site is not None:
                 return site
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
-        pa = pool._pa(address - HEADER_SIZE)
-        if self.mem[pa + 3] & POOL_QUOTA:
+        header = POOL_HEADER.at(self.mem, pool._pa(address - HEADER_SIZE))
+        if header.PoolType & POOL_QUOTA:
             return 0  # ProcessBilled holds the quota owner instead, as in Windows
-        return int.from_bytes(self.mem[pa + 8:pa + 10], "little")
+        return header.AllocatorBackTraceIndex
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""
         pool = self.locate(address)
         if pool.page_kind_of(address) == PAGE_BIG_FIRST and address in pool.big_pages:
             return pool.big_pages[address][1] << PAGE_SHIFT
-        pa = pool._pa(address - HEADER_SIZE)
-        return (self.mem[pa + 2] << BLOCK_SHIFT) - HEADER_SIZE
+        block_size = POOL_HEADER.get(self.mem, pool._pa(address - HEADER_SIZE), "BlockSize")
+        return (block_size << BLOCK_SHIFT) - HEADER_SIZE
 
 
 def checked_pool_type(pool_type) -> int:

@@ -9,21 +9,25 @@ heads, and the big page table. Nothing is kept per small allocation.
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
-from .header import (
+from .checks import check_list_links, check_previous_neighbour
+from .layout import (
     BLOCK_SHIFT,
     BLOCKS_PER_PAGE,
-    HEADER,
     HEADER_FIRST8,
     HEADER_SIZE,
     LIST_ENTRY,
     LIST_HEAD_COUNT,
     LOOKASIDE_MAX_BLOCKS,
+    POINTER,
     POOL_FREE,
-    QWORD,
+    POOL_HEADER,
+    SINGLE_LIST_ENTRY,
     allocated_type,
-    check_list_links,
-    check_previous_neighbour,
 )
+
+FLINK = LIST_ENTRY.Flink
+BLINK = LIST_ENTRY.Blink
+LIST_ENTRY_SIZE = LIST_ENTRY.size
 
 # What each pool page holds (one byte a page in Pool.page_kind).
 PAGE_FREE = 0
@@ -63,7 +67,7 @@ class Pool:
         self.list_heads_va = list_heads_va
         self.nonempty = 0  # bit n set while ListHeads[n] is not empty
         for index in range(LIST_HEAD_COUNT):
-            head = list_heads_va + index * 16
+            head = list_heads_va + index * LIST_ENTRY_SIZE
             LIST_ENTRY.pack_into(self.mem, self._pa(head), head, head)
 
         # Lookaside lists: per processor, singly linked through the chunk bodies.
@@ -165,7 +169,7 @@ class Pool:
     # --- ListHeads (LIST_ENTRY at chunk + 16) --------------------------------------------
 
     def _list_head(self, block_size: int) -> int:
-        return self.list_heads_va + (block_size - 1) * 16
+        return self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
 
     def _insert(self, entry: int, block_size: int, at_tail: bool) -> None:
         mem = self.mem
@@ -173,17 +177,17 @@ class Pool:
         head_pa = self._pa(head)
         flink, blink = LIST_ENTRY.unpack_from(mem, head_pa)
         if at_tail:
-            check_list_links(self.crash, head, QWORD.unpack_from(mem, self._pa(blink))[0],
-                             QWORD.unpack_from(mem, self._pa(flink) + 8)[0])
+            check_list_links(self.crash, head, POINTER.unpack_from(mem, self._pa(blink) + FLINK)[0],
+                             POINTER.unpack_from(mem, self._pa(flink) + BLINK)[0])
             LIST_ENTRY.pack_into(mem, self._pa(entry), head, blink)
-            QWORD.pack_into(mem, self._pa(blink), entry)
-            QWORD.pack_into(mem, head_pa + 8, entry)
+            POINTER.pack_into(mem, self._pa(blink) + FLINK, entry)
+            POINTER.pack_into(mem, head_pa + BLINK, entry)
         else:
-            check_list_links(self.crash, head, QWORD.unpack_from(mem, self._pa(flink) + 8)[0],
-                             QWORD.unpack_from(mem, self._pa(blink))[0])
+            check_list_links(self.crash, head, POINTER.unpack_from(mem, self._pa(flink) + BLINK)[0],
+                             POINTER.unpack_from(mem, self._pa(blink) + FLINK)[0])
             LIST_ENTRY.pack_into(mem, self._pa(entry), flink, head)
-            QWORD.pack_into(mem, self._pa(flink) + 8, entry)
-            QWORD.pack_into(mem, head_pa, entry)
+            POINTER.pack_into(mem, self._pa(flink) + BLINK, entry)
+            POINTER.pack_into(mem, head_pa + FLINK, entry)
         self.nonempty |= 1 << (block_size - 1)
 
     def _unlink(self, entry: int, block_size: int) -> None:
@@ -194,58 +198,62 @@ class Pool:
             flink_pa, blink_pa = self._pa(flink), self._pa(blink)
         except KeyError:
             self.crash(0x19, 3, entry, 0, 0, detail=f"free-list links of {entry:#x} point nowhere")
-        check_list_links(self.crash, entry, QWORD.unpack_from(mem, flink_pa + 8)[0],
-                         QWORD.unpack_from(mem, blink_pa)[0])
-        QWORD.pack_into(mem, blink_pa, flink)
-        QWORD.pack_into(mem, flink_pa + 8, blink)
+        check_list_links(self.crash, entry, POINTER.unpack_from(mem, flink_pa + BLINK)[0],
+                         POINTER.unpack_from(mem, blink_pa + FLINK)[0])
+        POINTER.pack_into(mem, blink_pa + FLINK, flink)
+        POINTER.pack_into(mem, flink_pa + BLINK, blink)
         if flink == blink:  # only the head is left
             self.nonempty &= ~(1 << (block_size - 1))
 
     def _first_entry(self, block_size: int) -> int:
-        return QWORD.unpack_from(self.mem, self._pa(self._list_head(block_size)))[0]
+        return LIST_ENTRY.get(self.mem, self._pa(self._list_head(block_size)), "Flink")
 
     def free_list(self, block_size: int) -> list[int]:
         """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
         head = self._list_head(block_size)
         entries = []
-        entry = QWORD.unpack_from(self.mem, self._pa(head))[0]
+        entry = LIST_ENTRY.get(self.mem, self._pa(head), "Flink")
         while entry != head and len(entries) <= self.page_count * BLOCKS_PER_PAGE:
             entries.append(entry - HEADER_SIZE)
-            entry = QWORD.unpack_from(self.mem, self._pa(entry))[0]
+            entry = LIST_ENTRY.get(self.mem, self._pa(entry), "Flink")
         return entries
 
     # --- headers -------------------------------------------------------------------------
 
     def _write_header(self, chunk: int, previous_size: int, block_size: int, pool_type: int,
-                      tag: int) -> None:
-        HEADER.pack_into(self.mem, self._pa(chunk), previous_size, self.pool_index, block_size,
-                         pool_type, tag, 0)
+                      tag: int, billed: int = 0) -> None:
+        POOL_HEADER.pack_into(self.mem, self._pa(chunk), previous_size, self.pool_index,
+                              block_size, pool_type, tag, billed)
 
     def _set_previous_size(self, chunk: int, previous_size: int) -> None:
         """Tell the chunk after ``chunk``'s end (if on the same page) its new PreviousSize."""
         if chunk & (PAGE_SIZE - 1):
-            self.mem[self._pa(chunk)] = previous_size
+            self.mem[self._pa(chunk) + POOL_HEADER.PreviousSize] = previous_size
 
     def _read_first8(self, chunk: int) -> tuple[int, int, int, int, int]:
         return HEADER_FIRST8.unpack_from(self.mem, self._pa(chunk))
 
     # --- allocation (slow path) ------------------------------------------------------------
 
-    def allocate_small(self, block_size: int, tag: int) -> int:
-        """Header address of a new chunk of ``block_size`` blocks, or 0 when exhausted."""
-        chunk = self._allocate_from_lists(block_size, tag)
+    def allocate_small(self, block_size: int, tag: int, site: int = 0) -> int:
+        """Header address of a new chunk of ``block_size`` blocks, or 0 when exhausted.
+
+        The header is written once, whole: ``site`` (the call site) goes where Windows keeps
+        AllocatorBackTraceIndex.
+        """
+        chunk = self._allocate_from_lists(block_size, tag, site)
         if chunk:
             return chunk
-        chunk = self._allocate_from_fresh_page(block_size, tag)
+        chunk = self._allocate_from_fresh_page(block_size, tag, site)
         if chunk:
             return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
-            return self._allocate_from_lists(block_size, tag) or \
-                self._allocate_from_fresh_page(block_size, tag)
+            return self._allocate_from_lists(block_size, tag, site) or \
+                self._allocate_from_fresh_page(block_size, tag, site)
         return 0
 
-    def _allocate_from_lists(self, block_size: int, tag: int) -> int:
+    def _allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
         candidates = self.nonempty >> (block_size - 1)
         if not candidates:
             return 0
@@ -257,12 +265,12 @@ class Pool:
         remainder = free_size - block_size
         allocated = self.allocated_header_type
         if remainder == 0:
-            self._write_header(chunk, previous_size, block_size, allocated, tag)
+            self._write_header(chunk, previous_size, block_size, allocated, tag, site)
             return chunk
         if previous_size == 0:
             # First chunk of its page: split from the front.
             rest = chunk + (block_size << BLOCK_SHIFT)
-            self._write_header(chunk, 0, block_size, allocated, tag)
+            self._write_header(chunk, 0, block_size, allocated, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
@@ -270,12 +278,12 @@ class Pool:
         # Otherwise the allocation is taken from the end.
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
-        self._write_header(mine, remainder, block_size, allocated, tag)
+        self._write_header(mine, remainder, block_size, allocated, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
         return mine
 
-    def allocate_small_aligned(self, block_size: int, tag: int, alignment: int) -> int:
+    def allocate_small_aligned(self, block_size: int, tag: int, alignment: int, site: int = 0) -> int:
         """Header address of a chunk whose body is ``alignment``-aligned, or 0.
 
         As Windows does for the cache-aligned pool types: take a chunk with room to slide,
@@ -294,9 +302,9 @@ class Pool:
         allocated = self.allocated_header_type
         if lead:
             self._write_header(chunk, previous_size, lead, POOL_FREE, tag)
-            self._write_header(mine, lead, block_size, allocated, tag)
+            self._write_header(mine, lead, block_size, allocated, tag, site)
         else:
-            self._write_header(mine, previous_size, block_size, allocated, tag)
+            self._write_header(mine, previous_size, block_size, allocated, tag, site)
         rest = mine + (block_size << BLOCK_SHIFT)
         if not tail:
             self._set_previous_size(rest, block_size)
@@ -312,11 +320,11 @@ class Pool:
         if block_size > 1:  # a one-block chunk has no room for links and goes on no list
             self._insert(chunk + HEADER_SIZE, block_size, at_tail=True)
 
-    def _allocate_from_fresh_page(self, block_size: int, tag: int) -> int:
+    def _allocate_from_fresh_page(self, block_size: int, tag: int, site: int) -> int:
         page = self.take_pages(1, PAGE_SMALL)
         if not page:
             return 0
-        self._write_header(page, 0, block_size, self.allocated_header_type, tag)
+        self._write_header(page, 0, block_size, self.allocated_header_type, tag, site)
         remainder = BLOCKS_PER_PAGE - block_size
         if remainder:
             rest = page + (block_size << BLOCK_SHIFT)
@@ -354,6 +362,22 @@ class Pool:
         if block_size > 1:
             self._insert(chunk + HEADER_SIZE, block_size, at_tail=False)
 
+    def lookaside_chunks(self) -> set[int]:
+        """Headers of the chunks cached on this pool's lookaside lists (for pictures).
+
+        They keep their in-use PoolType there, as in Windows 7, so only the lists tell.
+        """
+        chunks: set[int] = set()
+        for heads in self.lookaside_heads:
+            for entry in heads:
+                while entry and entry - HEADER_SIZE not in chunks:
+                    chunks.add(entry - HEADER_SIZE)
+                    try:
+                        entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
+                    except KeyError:
+                        break
+        return chunks
+
     def flush_lookasides(self) -> int:
         """Free every chunk cached on a lookaside into the lists; returns how many."""
         flushed = 0
@@ -362,8 +386,8 @@ class Pool:
                 entry = heads[block_size]
                 while entry:
                     chunk = entry - HEADER_SIZE
-                    entry = QWORD.unpack_from(self.mem, self._pa(chunk + HEADER_SIZE))[0]
-                    self.mem[self._pa(chunk) + 3] = POOL_FREE
+                    entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
+                    self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
                     self.free_small(chunk)
                     flushed += 1
                 heads[block_size] = 0

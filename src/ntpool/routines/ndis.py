@@ -35,7 +35,7 @@ from ..errors import NdisContractError, NdisVersionError
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from ..pool.allocator import checked_address
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
-from ..pool.header import HEADER_FIRST8, HEADER_SIZE, POOL_IN_USE
+from ..pool.layout import BLOCK_SHIFT, HEADER_SIZE, POOL_HEADER, blocks_for, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
 
@@ -302,12 +302,13 @@ class NdisRoutines:
             return  # not nonpaged pool: the free itself diagnoses it
         kind = pool.page_kind_of(va)
         if kind == PAGE_SMALL and va & 0xFFF and not va & 0xF:
-            _, _, blocks, type_byte, _ = HEADER_FIRST8.unpack_from(self.pool.mem,
-                                                                   pool._pa(va - HEADER_SIZE))
-            if not type_byte & POOL_IN_USE:
+            header = POOL_HEADER.at(self.pool.mem, pool._pa(va - HEADER_SIZE))
+            blocks = header.BlockSize
+            if not is_allocated(header.PoolType):
                 return  # a double free: the free diagnoses it
-            held = (blocks << 4) - HEADER_SIZE
-            if not 0 < length <= MAX_SMALL_ALLOCATION or (length + 31) >> 4 != blocks:
+            held = (blocks << BLOCK_SHIFT) - HEADER_SIZE
+            # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.
+            if not length <= MAX_SMALL_ALLOCATION or blocks_for(max(length, 1)) != blocks:
                 raise NdisContractError(
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "

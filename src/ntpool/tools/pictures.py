@@ -13,7 +13,7 @@ from typing import Iterable
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..pool.descriptor import PAGE_FREE, PAGE_SMALL
-from ..pool.header import walk_page
+from ..pool.layout import walk_page
 from ..tags import display
 
 ALLOCATED, FREE, LOOKASIDE, BIG, RESERVED = "Allocated", "Free", "Lookaside", "Big", "Reserved"
@@ -50,6 +50,7 @@ def live_page_strips(kernel, pool: str = "both") -> list[PageStrip]:
     strips = []
     for descriptor in _pools(kernel, pool):
         big = big_page_strips(descriptor.name, descriptor.big_pages.items())
+        cached = descriptor.lookaside_chunks()
         for index, kind in enumerate(descriptor.page_kind):
             if kind == PAGE_FREE:
                 continue
@@ -57,7 +58,7 @@ def live_page_strips(kernel, pool: str = "both") -> list[PageStrip]:
             if va in big:
                 strips.append(big[va])
             elif kind == PAGE_SMALL:
-                strips.append(small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va))
+                strips.append(small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va, cached))
             else:  # reserved by another component (special pool, ...)
                 strips.append(PageStrip(descriptor.name, va, (Segment(0, PAGE_SIZE, RESERVED),)))
     return strips
@@ -86,12 +87,13 @@ def big_page_strips(pool: str, allocations) -> dict[int, PageStrip]:
     return strips
 
 
-def small_page_strip(pool: str, page: bytes, va: int) -> PageStrip:
-    """A page of small chunks from its bytes (live memory or a dump alike)."""
+def small_page_strip(pool: str, page: bytes, va: int, lookaside=frozenset()) -> PageStrip:
+    """A page of small chunks from its bytes (live memory or a dump alike); ``lookaside``:
+    headers of chunks cached on lookaside lists (in memory they look allocated)."""
     segments = []
     end = 0
     for chunk in walk_page(page, va):
-        state = chunk.state
+        state = LOOKASIDE if chunk.address in lookaside else chunk.state
         segments.append(Segment(chunk.address - va, chunk.size, state,
                                 display(chunk.tag) if state != FREE else ""))
         end = chunk.address - va + chunk.size

@@ -70,17 +70,24 @@ def load_scenario(spec: str) -> Scenario:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(f"cannot read scenario {spec}: {error}") from None
+    return scenario_from_source(source, path.stem, str(path), spec)
+
+
+def scenario_from_source(source: str, name: str, path: str, spec: str | None = None) -> Scenario:
+    """A scenario from its source text; ``path`` names it in errors and call sites (it need
+    not exist here: campaigns carry scenarios to their workers by content)."""
+    spec = spec or path
     try:
-        code = compile(source, str(path), "exec")
+        code = compile(source, path, "exec")
     except SyntaxError as error:
         raise ScenarioError(f"{spec}:{error.lineno}: syntax error: {error.msg}") from None
-    namespace = {"__name__": f"ntpool_scenario_{path.stem}", "__file__": str(path)}
+    namespace = {"__name__": f"ntpool_scenario_{name}", "__file__": path}
     try:
         exec(code, namespace)
     except Exception as error:  # the user's module failed while being defined
-        raise ScenarioError(f"{spec}:{_user_line(error, str(path))}: "
+        raise ScenarioError(f"{spec}:{_user_line(error, path)}: "
                             f"{type(error).__name__}: {error}") from None
-    return scenario_from_namespace(namespace, path.stem, str(path))
+    return scenario_from_namespace(namespace, name, path)
 
 
 def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:

@@ -40,7 +40,8 @@ class SystematicLowResources:
     """The first call from each distinct call site fails; later calls from it pass.
 
     With ``targets`` set (call-site keys: file, line, function), only those sites fail,
-    once each: ``ntpool verify`` uses that to fail one site per run.
+    once each: ``ntpool verify`` uses that to fail one site per run. With ``nth`` above 1,
+    the n-th call from a target site fails instead of the first.
     """
 
     def __init__(self, kernel):
@@ -48,7 +49,9 @@ class SystematicLowResources:
         self.failed_sites: list[int] = []
         self.seen_keys: set[tuple] = set()
         self.targets: set[tuple] | None = None
+        self.nth = 1
         self._seen: set[int] = set()
+        self._calls: dict[int, int] = {}  # target site -> calls so far (only with nth > 1)
 
     def site_key(self, site: int) -> tuple:
         entry = self.kernel.call_sites.table[site]
@@ -56,18 +59,35 @@ class SystematicLowResources:
 
     def should_fail(self, site: int) -> bool:
         if site in self._seen:
-            return False
+            return self._nth_call(site)
         self._seen.add(site)
         key = self.site_key(site)
         self.seen_keys.add(key)
         if self.targets is not None and key not in self.targets:
             return False
+        if self.nth > 1:
+            self._calls[site] = 0
+            return self._nth_call(site)
         self.failed_sites.append(site)
         return True
 
-    def reset(self, targets=None) -> None:
-        """Start over; with ``targets``, fail only the first call from those sites."""
+    def _nth_call(self, site: int) -> bool:
+        if site not in self._calls:
+            return False
+        self._calls[site] += 1
+        if self._calls[site] != self.nth:
+            return False
+        del self._calls[site]
+        self.failed_sites.append(site)
+        return True
+
+    def reset(self, targets=None, nth: int = 1) -> None:
+        """Start over; with ``targets``, fail only the first (or ``nth``) call from those sites."""
+        if not isinstance(nth, int) or nth < 1:
+            raise ValueError(f"nth must be a positive call count, got {nth!r}")
         self.failed_sites = []
         self.seen_keys = set()
         self._seen = set()
+        self._calls = {}
+        self.nth = nth
         self.targets = None if targets is None else set(targets)

@@ -15,6 +15,7 @@ from collections import deque
 from fnmatch import fnmatchcase
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from ..hooks import PageFault
 from ..tags import display
 
 SPECIAL_POOL_BASE = 0xFFFFF98000000000
@@ -60,11 +61,10 @@ class SpecialPool:
         self.__init__(self.kernel, slots)
 
     def install(self, on: bool) -> None:
-        handlers = self.kernel.fault_handlers
-        if on and not self._installed:
-            handlers.append(self.fault)
-        elif not on and self._installed and self.fault in handlers:
-            handlers.remove(self.fault)
+        if on:
+            self.kernel.hooks.subscribe(PageFault, self.fault)
+        else:
+            self.kernel.hooks.unsubscribe(PageFault, self.fault)
         self._installed = on
 
     def contains(self, address: int) -> bool:
@@ -178,7 +178,8 @@ class SpecialPool:
 
     # --- faults --------------------------------------------------------------------------
 
-    def fault(self, address: int, write: bool):
+    def fault(self, event: PageFault):
+        address, write = event.address, event.write
         if not self.contains(address):
             return None
         kernel = self.kernel
@@ -189,7 +190,11 @@ class SpecialPool:
         if state == SLOT_LIVE:
             allocation = self.live[slot]
             where = "before the start" if address < allocation.address else "past the end"
-            kernel.KeBugCheckEx(BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, address, int(write),
+            # As for freed special pool: the DRIVER_ code when the access is a driver's.
+            by_driver = bool(site) and kernel.call_sites.table[site].driver != 0
+            code = (BugCheckCode.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION if by_driver
+                    else BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION)
+            kernel.KeBugCheckEx(code, address, int(write),
                                 ip, 0, detail=f"{'write' if write else 'read'} at {address:#x}, "
                                 f"{where} of special pool allocation {allocation.address:#x} "
                                 f"({allocation.size} bytes, tag {display(allocation.tag)})")

@@ -4,12 +4,14 @@ As Bochspwn Reloaded did for Windows, each verified allocation gets a shadow wit
 per byte (0: never written). Writes through the machine mark bytes written; RtlCopyMemory
 and RtlMoveMemory carry the shadow along with the data; ``copy_to_user`` of a range that
 holds never-written bytes is reported with the allocation's tag, driver and call site.
-Only while the option is on are the machine's write routines wrapped.
+It listens for the machine's MemoryWritten, MemoryCopied and CopiedToUser events only while
+the option is on (the machine's writes publish nothing otherwise).
 """
 
 from bisect import bisect_right, insort
 from typing import NamedTuple
 
+from ..hooks import CopiedToUser, MemoryCopied, MemoryWritten
 from ..tags import display
 
 
@@ -37,15 +39,14 @@ class UninitializedMemoryTracking:
         self._installed = False
 
     def install(self, on: bool) -> None:
-        kernel = self.kernel
-        if on and not self._installed:
-            kernel.write = self._write
-            kernel.RtlCopyMemory = kernel.RtlMoveMemory = self._copy
-            kernel.user_copy_observers.append(self._on_user_copy)
-        elif not on and self._installed:
-            for name in ("write", "RtlCopyMemory", "RtlMoveMemory"):
-                kernel.__dict__.pop(name, None)
-            kernel.user_copy_observers.remove(self._on_user_copy)
+        hooks = self.kernel.hooks
+        events = ((MemoryWritten, self._on_written), (MemoryCopied, self._on_copied),
+                  (CopiedToUser, self._on_user_copy))
+        for event_type, listener in events:
+            if on:
+                hooks.subscribe(event_type, listener)
+            else:
+                hooks.unsubscribe(event_type, listener)
         self._installed = on
 
     def track(self, address: int, size: int, tag: int, site: int) -> None:
@@ -85,20 +86,21 @@ class UninitializedMemoryTracking:
         if self.shadows:
             self._mark(address, length)
 
-    def _write(self, address, data) -> None:
-        type(self.kernel).write(self.kernel, address, data)
-        self._mark(address, len(data))
+    def _on_written(self, event: MemoryWritten) -> None:
+        self._mark(event.address, event.length)
 
-    def _copy(self, Destination: int, Source: int, Length: int) -> None:
-        kernel = self.kernel
-        source_shadow = bytearray(b"\x01") * Length
-        for start, shadow, _, _, first, last in self._spans(Source, Length):
-            source_shadow[first - Source:last - Source] = shadow[first - start:last - start]
-        type(kernel).write(kernel, Destination, kernel.read(Source, Length))
-        for start, shadow, _, _, first, last in self._spans(Destination, Length):
-            shadow[first - start:last - start] = source_shadow[first - Destination:last - Destination]
+    def _on_copied(self, event: MemoryCopied) -> None:
+        # The data is copied already; the shadow follows it (the source's shadow is intact:
+        # a copy publishes no MemoryWritten).
+        source, destination, length = event.source, event.destination, event.length
+        source_shadow = bytearray(b"\x01") * length
+        for start, shadow, _, _, first, last in self._spans(source, length):
+            source_shadow[first - source:last - source] = shadow[first - start:last - start]
+        for start, shadow, _, _, first, last in self._spans(destination, length):
+            shadow[first - start:last - start] = source_shadow[first - destination:last - destination]
 
-    def _on_user_copy(self, kernel, source: int, length: int) -> None:
+    def _on_user_copy(self, event: CopiedToUser) -> None:
+        source, length = event.source, event.length
         for start, shadow, tag, site, first, last in self._spans(source, length):
             window = shadow[first - start:last - start]
             missing = window.count(0)

@@ -1,0 +1,227 @@
+"""The campaign engine: many independent, deterministic runs, on one core, all cores or Dask.
+
+A campaign is a list of *tasks*. A task is a plain dict (JSON-able) that describes one run
+completely: which run function (``kind``), what it runs (a scenario's source travels in the
+task, by content, never by path), its seed, fault plan, verifier options and Windows
+version. ``execute(task)`` is a pure function of the task: its result is a small dict, the
+same in whatever process, machine, order or parallelism it runs. Each task has a ``key``,
+its identity in the results store, so an interrupted campaign resumes without redoing a
+finished run.
+
+Executors: ``serial`` (in this process), ``local`` (a process pool sized to the machine)
+and ``dask`` (a dask.distributed scheduler address). All three call the same ``execute``.
+A run longer than its time limit is interrupted inside the worker and recorded as
+``timed out``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .store import ResultStore
+
+# kind -> "module:function"; looked up in the worker, so tasks stay plain data.
+RUN_FUNCTIONS = {
+    "scenario": "ntpool.campaign.runs:run_scenario",
+    "triage": "ntpool.campaign.triage:read_dump",
+    "sleep": "ntpool.campaign.runs:run_sleep",
+}
+
+
+class RunTimedOut(BaseException):
+    """Raised inside a run that exceeded its time limit (a BaseException, like BugCheck, so
+    that a driver's ``except Exception`` cannot swallow it)."""
+
+
+def task_key(task: dict) -> str:
+    """A task's identity: a digest of its description (minus its key)."""
+    body = {k: v for k, v in task.items() if k != "key"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def keyed(task: dict) -> dict:
+    if "key" not in task:
+        task = dict(task, key=task_key(task))
+    return task
+
+
+def _run_function(kind: str) -> Callable[[dict], dict]:
+    try:
+        module_name, function = RUN_FUNCTIONS[kind].split(":")
+    except KeyError:
+        raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(RUN_FUNCTIONS)})") from None
+    module = __import__(module_name, fromlist=[function])
+    return getattr(module, function)
+
+
+class _Watchdog:
+    """Interrupts the thread that runs a task once its time limit has passed.
+
+    The interruption is an asynchronous exception (RunTimedOut) delivered to that thread,
+    which works in a pool process's main thread and in a Dask worker's task thread alike. It
+    lands at the next Python bytecode of the run; a run stuck inside one C call (e.g. an
+    emulator loop) is stopped by that call's own limit.
+    """
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.thread_id = threading.get_ident()
+        self.fired = False
+        self._done = threading.Event()
+
+    def __enter__(self):
+        if self.seconds:
+            threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def _watch(self):
+        if not self._done.wait(self.seconds):
+            self.fired = True
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
+                                                       ctypes.py_object(RunTimedOut))
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self.fired and exc[0] is None:
+            # Fired after the run returned but before we got here: clear the pending one.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+        return False
+
+
+def execute(task: dict) -> dict:
+    """Run one task to its result record (never raises for a run's own failure)."""
+    limit = task.get("timeout")
+    started = time.perf_counter()
+    try:
+        with _Watchdog(limit):
+            result = _run_function(task["kind"])(task)
+    except RunTimedOut:
+        result = {"verdict": "timed out", "evidence": f"no result within {limit:g} s"}
+    except BaseException as error:  # noqa: BLE001 - a run's failure is its result, whatever it is
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        result = {"verdict": "raised", "exception": type(error).__name__,
+                  "evidence": _first_line(f"{type(error).__name__}: {error}")}
+    result["key"] = task["key"]
+    result["_seconds"] = time.perf_counter() - started  # kept out of the stored record
+    return result
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def execute_batch(tasks: list[dict]) -> list[dict]:
+    return [execute(task) for task in tasks]
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    failures: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        rate = self.rate
+        return (self.total - self.done) / rate if rate else None
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Engine:
+    """Where a campaign's runs execute: ``jobs`` processes locally, or a Dask scheduler."""
+
+    jobs: int | None = None  # None: every core; 1: in this process
+    dask: str | None = None  # a scheduler address, or a distributed.Client
+    store: ResultStore | None = None
+    progress: Callable[[Progress, dict], None] | None = None
+    batch: int = 8  # tasks sent to a local worker at a time (amortises the IPC)
+
+    def run(self, tasks: Iterable[dict]) -> list[dict]:
+        """Run every task (skipping those the store already holds); results in task order."""
+        tasks = [keyed(t) for t in tasks]
+        results: dict[str, dict] = {}
+        pending: dict[str, dict] = {}
+        for task in tasks:
+            stored = self.store.get(task["key"]) if self.store else None
+            if stored is not None:
+                results[task["key"]] = stored
+            else:
+                pending.setdefault(task["key"], task)
+        pending = list(pending.values())
+        progress = Progress(total=len(pending))
+        for result in self._execute(pending):
+            seconds = result.pop("_seconds", 0.0)
+            if self.store is not None:
+                self.store.put(result["key"], result)
+            results[result["key"]] = result
+            progress.done += 1
+            if result.get("verdict") not in ("survived", "read"):
+                progress.failures += 1
+            if self.progress is not None:
+                self.progress(progress, dict(result, seconds=seconds))
+        return [results[t["key"]] for t in tasks]
+
+    def _execute(self, tasks: list[dict]):
+        if not tasks:
+            return
+        if self.dask is not None:
+            yield from self._dask(tasks)
+        elif (self.jobs or default_jobs()) <= 1 or len(tasks) == 1:
+            for task in tasks:
+                yield execute(task)
+        else:
+            yield from self._local(tasks)
+
+    def _local(self, tasks: list[dict]):
+        jobs = min(self.jobs or default_jobs(), len(tasks))
+        size = max(1, min(self.batch, len(tasks) // (jobs * 4) or 1))
+        batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(execute_batch, batch) for batch in batches}
+            try:
+                while futures:
+                    done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield from future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _dask(self, tasks: list[dict]):
+        try:
+            from distributed import Client, as_completed
+        except ImportError:
+            raise RuntimeError("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
+        client = self.dask if isinstance(self.dask, Client) else Client(self.dask)
+        try:
+            futures = [client.submit(execute, task, key=f"ntpool-run-{task['key']}", pure=False,
+                                     retries=2) for task in tasks]
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            if client is not self.dask:
+                client.close()

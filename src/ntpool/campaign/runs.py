@@ -1,0 +1,145 @@
+"""Run functions: one campaign task in, one small result record out.
+
+``run_scenario`` runs a scenario (its source carried in the task) on a fresh machine with a
+fault plan, and returns the verdict that is the truth about that run: survived, bug check
+CODE (with its parameters), leaked N bytes under TAG, raised EXC, or (from the engine) timed
+out, each with its first line of evidence, and which allocation sites the run reached.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import BugCheck, NtStatusError
+from ..tags import display
+from ..tools.scenario import ScenarioError, ScenarioRun, scenario_from_source
+
+
+def scenario_task(scenario: dict, seed: int = 1, plan: dict | None = None,
+                  kernel: dict | None = None, windows: str | None = None,
+                  timeout: float | None = None) -> dict:
+    """A task that runs ``scenario`` ({"name", "path", "source"}) once."""
+    task = {"kind": "scenario", "scenario": scenario, "seed": seed, "plan": plan or {},
+            "kernel": kernel or {}}
+    if windows is not None:
+        task["windows"] = windows
+    if timeout:
+        task["timeout"] = timeout
+    return task
+
+
+def run_scenario(task: dict) -> dict:
+    spec = task["scenario"]
+    scenario = scenario_from_source(spec["source"], spec["name"], spec["path"])
+    plan = task.get("plan") or {}
+    options = dict(task.get("kernel") or {})
+    if task.get("windows"):
+        options["windows"] = task["windows"]
+    run = ScenarioRun(scenario, seed=task.get("seed", 1), kernel_options=options)
+    kernel = run.boot()
+    _apply_plan(kernel, scenario, plan)
+    error = None
+    loading = True
+    try:
+        run.load_drivers()
+        loading = False
+        for _ in run.checkpoints():
+            pass
+        run.finish()
+    except ScenarioError as problem:
+        refused = problem.__cause__
+        if not (loading and isinstance(refused, NtStatusError) and not run.bugcheck):
+            error = problem
+        # else: DriverEntry failed cleanly: refusing to load is a handled failure, as long
+        # as the driver left nothing behind (checked in _verdict).
+    result = _verdict(kernel, run, error)
+    systematic = kernel.verifier.systematic
+    result["seen"] = sorted(list(k) for k in systematic.seen_keys)
+    failed = systematic.failed_sites or [f.site for f in kernel.verifier.low_resources.injected]
+    result["failed"] = [list(k) for k in sorted({tuple(systematic.site_key(s)) for s in failed})]
+    result["owners"] = {_key_text(k): _site_owner(kernel, k) for k in systematic.seen_keys}
+    return result
+
+
+def _apply_plan(kernel, scenario, plan: dict) -> None:
+    names = [driver.name for driver in scenario.drivers]
+    if "random" in plan:
+        probability, seed = plan["random"]["probability"], plan["random"]["seed"]
+        for name in names:
+            kernel.verifier.enable(name, low_resources=True, fault_probability=probability,
+                                   fault_seed=seed, pool_tracking=True,
+                                   systematic_low_resources=True)
+        kernel.verifier.systematic.reset(targets=set())  # record sites; fail none of them
+        return
+    for name in names:
+        kernel.verifier.enable(name, systematic_low_resources=True, pool_tracking=True)
+    targets = {tuple(key) for key in plan.get("fail", [])}
+    kernel.verifier.systematic.reset(targets, nth=plan.get("nth", 1))
+
+
+def _verdict(kernel, run, error) -> dict:
+    """What really happened in the run, with the first line of its evidence."""
+    if error is not None:
+        cause = error.__cause__ if error.__cause__ is not None else error
+        return {"verdict": "raised", "exception": type(cause).__name__,
+                "evidence": _first_line(str(error))}
+    check: BugCheck | None = run.bugcheck
+    if check is not None:
+        result = {"code": check.code, "name": check.name, "parameters": list(check.parameters)}
+        if check.code == 0xC4 and check.parameters[0] == 0x62:
+            driver = getattr(check, "driver_name", "") or ""
+            rows = kernel.verifier.outstanding(driver) if driver else \
+                sorted(kernel.verifier.tracking.allocations.values())
+            result.update(_leak(rows, kernel), verdict="leaked")
+            first = rows[0] if rows else None
+            result["evidence"] = _first_line(
+                f"bug check 0xC4 (0x62, ...) at unload: {check.parameters[3]} allocation(s) "
+                f"outstanding" + (f"; first: {display(first.tag)} {first.size} bytes from "
+                                  f"{kernel.call_sites.describe(first.site)}" if first else ""))
+            return result
+        params = ", ".join(f"{p:#x}" for p in check.parameters)
+        result.update(verdict="bug check", evidence=_first_line(
+            f"{check.code:#x} {check.name} ({params})" + (f": {check.detail}" if check.detail else "")))
+        return result
+    left = [row for row in kernel.pool_tags() if row.NonPagedUsed or row.PagedUsed]
+    if run.finished and left:
+        # Memory left that pool tracking did not attribute (e.g. a driver that refused to
+        # load and left its allocations behind).
+        by_tag = {row.Tag: row.NonPagedUsed + row.PagedUsed for row in left}
+        tag = max(by_tag, key=lambda t: (by_tag[t], t))
+        return {"verdict": "leaked", "bytes": sum(by_tag.values()), "tag": tag.rstrip(),
+                "evidence": "still allocated after unload: " + ", ".join(
+                    f"{t.rstrip()} {b} bytes" for t, b in sorted(by_tag.items()))}
+    return {"verdict": "survived", "evidence": ""}
+
+
+def _leak(rows, kernel) -> dict:
+    by_tag: dict[str, int] = {}
+    for row in rows:
+        by_tag[display(row.tag)] = by_tag.get(display(row.tag), 0) + row.size
+    tag = max(by_tag, key=lambda t: (by_tag[t], t)) if by_tag else ""
+    return {"bytes": sum(by_tag.values()), "tag": tag}
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _key_text(key) -> str:
+    return f"{key[0]}:{key[1]}:{key[2]}"
+
+
+def _site_owner(kernel, key) -> str:
+    for entry in kernel.call_sites.table:
+        if (entry.filename, entry.lineno, entry.function) == tuple(key) and entry.driver:
+            return kernel.call_sites.drivers[entry.driver].name
+    return "?"
+
+
+def run_sleep(task: dict) -> dict:
+    """A run that only waits (benchmarks of the engine itself, tests of time limits)."""
+    deadline = time.perf_counter() + task.get("seconds", 0.0)
+    while time.perf_counter() < deadline:
+        pass
+    return {"verdict": "survived", "evidence": "", "value": task.get("value")}

@@ -1,0 +1,219 @@
+"""``ntpool verify``: fail allocation sites on purpose, run after run, and say what happened.
+
+A baseline run (nothing failed) finds the allocation sites the drivers reach. A fault plan
+then turns them into runs:
+
+- ``each-site`` (the default): fail the first call from one site per run; sites first
+  reached on a failure path join the next wave, until every site has been failed once;
+- ``pairs:N``: fail two sites in the same run, for every pair among the first N sites;
+- ``nth:K``: fail the K-th call from one site per run;
+- ``random:P[:SEEDS]``: random failures at probability P (verifier's low resources
+  simulation), one run per fault seed 0..SEEDS-1 (default 100).
+
+Every run is a task of the campaign engine, so a campaign runs on one core, every core or a
+Dask cluster with the same results, and resumes from its results file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario
+from .engine import Engine, keyed
+from .runs import scenario_task
+
+MAX_RUNS = 500
+DEFAULT_RANDOM_SEEDS = 100
+
+
+class PlanError(ValueError):
+    """A fault plan that cannot be read."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    kind: str  # each-site, pairs, nth, random
+    count: int = 0  # pairs: N; nth: K; random: seeds
+    probability: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "FaultPlan":
+        name, _, rest = text.partition(":")
+        try:
+            if name == "each-site" and not rest:
+                return cls("each-site")
+            if name in ("pairs", "nth"):
+                count = int(rest)
+                if count < (2 if name == "pairs" else 1):
+                    raise ValueError
+                return cls(name, count)
+            if name == "random":
+                probability, _, seeds = rest.partition(":")
+                probability = float(probability)
+                seeds = int(seeds) if seeds else DEFAULT_RANDOM_SEEDS
+                if not 0.0 < probability <= 1.0 or seeds < 1:
+                    raise ValueError
+                return cls("random", seeds, probability)
+        except ValueError:
+            pass
+        raise PlanError(f"fault plan {text!r} is not one of: each-site, pairs:N (N >= 2), "
+                        f"nth:K (K >= 1), random:P[:SEEDS] (0 < P <= 1)")
+
+    def __str__(self) -> str:
+        if self.kind == "each-site":
+            return "each-site"
+        if self.kind == "random":
+            return f"random:{self.probability:g}:{self.count}"
+        return f"{self.kind}:{self.count}"
+
+
+@dataclass
+class SiteVerdict:
+    """One run's outcome, for the site(s) it failed."""
+
+    sites: list[tuple]  # (file, line, function) of each failed site
+    owner: str
+    result: dict
+
+    @property
+    def verdict(self) -> str:
+        return self.result["verdict"]
+
+    @property
+    def survived(self) -> bool:
+        return self.verdict == "survived"
+
+    @property
+    def label(self) -> str:
+        """The verdict as one phrase: survived / bug check 0x19 / leaked 96 bytes under 'SlRq'..."""
+        r = self.result
+        if r["verdict"] == "bug check":
+            code = f"{r['code']:#X}".replace("0X", "0x")
+            return f"bug check {code} {r.get('name', '')}".rstrip()
+        if r["verdict"] == "leaked":
+            return f"leaked {r['bytes']} bytes under {r['tag']!r}"
+        if r["verdict"] == "raised":
+            return f"raised {r.get('exception', 'an exception')}"
+        return r["verdict"]
+
+
+@dataclass
+class Campaign:
+    scenario: str
+    plan: FaultPlan
+    baseline: dict
+    verdicts: list[SiteVerdict]
+    runs: int
+    unfinished: int = 0  # runs the campaign did not get to (max_runs)
+
+    @property
+    def baseline_clean(self) -> bool:
+        return self.baseline["verdict"] == "survived"
+
+    @property
+    def all_survived(self) -> bool:
+        return bool(self.verdicts) and all(v.survived for v in self.verdicts)
+
+    def by_verdict(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for v in self.verdicts:
+            counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def by_site(self) -> dict[tuple, dict[str, int]]:
+        """Per failed site: how many runs ended in each verdict."""
+        table: dict[tuple, dict[str, int]] = {}
+        for v in self.verdicts:
+            for site in v.sites:
+                row = table.setdefault(site, {})
+                row[v.label] = row.get(v.label, 0) + 1
+        return dict(sorted(table.items()))
+
+
+def scenario_content(spec: str) -> dict:
+    """The scenario as a task carries it: by content, not by path."""
+    path = Path(spec)
+    if not path.exists() and spec in SAMPLE_SCENARIOS:
+        path = SAMPLE_SCENARIOS[spec]
+    load_scenario(str(path))  # a broken file is a clear error here, before any run
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(f"cannot read scenario {spec}: {error}") from None
+    return {"name": path.stem, "path": str(path), "source": source}
+
+
+def campaign_description(spec: str, plan: FaultPlan, seed: int, kernel_options, windows,
+                         timeout) -> dict:
+    """What a results file is for: resuming needs the same description."""
+    content = scenario_content(spec)
+    return {"command": "verify", "scenario": content, "plan": str(plan), "seed": seed,
+            "kernel": kernel_options or {}, "windows": windows, "timeout": timeout}
+
+
+def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
+           max_runs: int = MAX_RUNS, plan: FaultPlan | str = "each-site",
+           engine: Engine | None = None, windows: str | None = None,
+           timeout: float | None = None) -> Campaign:
+    plan = FaultPlan.parse(plan) if isinstance(plan, str) else plan
+    engine = engine or Engine(jobs=1)
+    content = scenario_content(spec)
+
+    def task(fault: dict) -> dict:
+        return keyed(scenario_task(content, seed, fault, kernel_options, windows, timeout))
+
+    baseline, = engine.run([task({})])
+    runs = 1
+    owners = dict(baseline.get("owners", {}))
+    sites = [tuple(k) for k in baseline.get("seen", [])]
+    verdicts: list[SiteVerdict] = []
+    unfinished = 0
+
+    def collect(tasks, results):
+        for t, r in zip(tasks, results):
+            owners.update(r.get("owners", {}))
+            planned = [tuple(k) for k in t["plan"].get("fail", [])]
+            failed = [tuple(k) for k in r.get("failed", [])]
+            if planned and not failed:
+                r = dict(r, verdict="not reached", evidence="this run did not reach the site")
+            sites = planned or failed  # a random plan's sites are those it happened to fail
+            owner = ", ".join(sorted({owners.get(_key_text(k), "?") for k in sites})) or "-"
+            verdicts.append(SiteVerdict(sites, owner, r))
+
+    if plan.kind == "each-site":
+        done: set[tuple] = set()
+        wave = sorted(sites)
+        while wave:
+            budget = max_runs - runs
+            batch, rest = wave[:budget], wave[budget:]
+            unfinished += len(rest)
+            if not batch:
+                break
+            tasks = [task({"fail": [list(k)]}) for k in batch]
+            results = engine.run(tasks)
+            runs += len(tasks)
+            collect(tasks, results)
+            done.update(batch)
+            reached = {tuple(k) for r in results for k in r.get("seen", [])}
+            wave = sorted(reached - done - set(rest))
+    else:
+        if plan.kind == "pairs":
+            faults = [{"fail": [list(a), list(b)]} for a, b in combinations(sorted(sites)[:plan.count], 2)]
+        elif plan.kind == "nth":
+            faults = [{"fail": [list(k)], "nth": plan.count} for k in sorted(sites)]
+        else:
+            faults = [{"random": {"probability": plan.probability, "seed": s}} for s in range(plan.count)]
+        budget = max(0, max_runs - runs)
+        unfinished = max(0, len(faults) - budget)
+        tasks = [task(f) for f in faults[:budget]]
+        results = engine.run(tasks)
+        runs += len(tasks)
+        collect(tasks, results)
+    verdicts.sort(key=lambda v: (v.sites, v.result.get("key", "")))
+    return Campaign(spec, plan, baseline, verdicts, runs, unfinished)
+
+
+def _key_text(key) -> str:
+    return f"{key[0]}:{key[1]}:{key[2]}"

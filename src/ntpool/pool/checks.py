@@ -1,0 +1,75 @@
+"""Windows 7's integrity checks on the pool, each a small named function.
+
+In the manner of ReactOS's ExpCheckPoolHeader family: each takes ``crash`` (the machine's
+KeBugCheckEx) and raises through it with the bug check Windows raises at that point. The
+layouts they read are ``pool.layout``'s.
+"""
+
+from ..constants import PAGE_SIZE, BadPoolCaller, BadPoolHeader, BugCheckCode
+from .layout import BLOCK_SHIFT, POOL_IN_USE
+
+BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
+BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
+
+
+# BAD_POOL_CALLER 0x07's second parameter is "Reserved": Windows puts the source line of the
+# check there. 0x11C1 is the value in Microsoft's Windows 7 x64 example (NTDebugging blog,
+# "Understanding Pool Corruption Part 3").
+DOUBLE_FREE_LINE = 0x11C1
+
+
+def header_value(raw8: bytes) -> int:
+    """The first eight header bytes as one number, as bug check parameters show them."""
+    return int.from_bytes(raw8, "little")
+
+
+def header_ulong(buffer, offset: int) -> int:
+    """The header's first ULONG (Ulong1: PreviousSize, PoolIndex, BlockSize, PoolType), which
+    BAD_POOL_CALLER 0x07 and BAD_POOL_HEADER 0x20 show."""
+    return int.from_bytes(buffer[offset:offset + 4], "little")
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+def check_not_already_freed(crash, pool_type_byte: int, header_ulong: int, address: int) -> None:
+    """0xC2 (0x07, source line, the header's first ULONG, address), as WRK's free path."""
+    if not pool_type_byte & POOL_IN_USE:
+        crash(BAD_POOL_CALLER, BadPoolCaller.DOUBLE_FREE, DOUBLE_FREE_LINE, header_ulong, address,
+              detail=f"{address:#x} was already freed")
+
+
+def check_free_tag(crash, address: int, stored_tag: int, passed_tag: int) -> None:
+    if stored_tag != passed_tag:
+        crash(BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, stored_tag, passed_tag,
+              detail=f"freed with tag {passed_tag:#010x}, allocated with {stored_tag:#010x}")
+
+
+def check_block_size(crash, entry: int, block_size: int) -> None:
+    if block_size == 0:
+        crash(BAD_POOL_HEADER, BadPoolHeader.BLOCK_SIZE_ZERO, 0, 0, entry,
+              detail=f"pool header at {entry:#x} has BlockSize 0")
+    if (entry & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) > PAGE_SIZE:
+        crash(BAD_POOL_HEADER, BadPoolHeader.BLOCK_CROSSES_PAGE, entry, 0, entry,
+              detail=f"pool header at {entry:#x} has BlockSize {block_size:#x}, past its page")
+
+
+def check_next_previous_size(crash, entry: int, block_size: int, next_previous_size: int) -> None:
+    if next_previous_size != block_size:
+        next_entry = entry + (block_size << BLOCK_SHIFT)
+        crash(BAD_POOL_HEADER, BadPoolHeader.NEXT_PREVIOUS_SIZE_MISMATCH, entry, next_entry, 0,
+              detail=f"next chunk {next_entry:#x} says PreviousSize {next_previous_size:#x}, "
+                     f"chunk {entry:#x} has BlockSize {block_size:#x}: the chunk was overrun")
+
+
+def check_previous_neighbour(crash, entry: int, previous_entry: int, previous_size: int,
+                             previous_block_size: int) -> None:
+    if previous_block_size != previous_size:
+        crash(BAD_POOL_HEADER, BadPoolHeader.NEIGHBOURS_DISAGREE, previous_entry, 0, entry,
+              detail=f"chunk {entry:#x} says PreviousSize {previous_size:#x}, chunk "
+                     f"{previous_entry:#x} has BlockSize {previous_block_size:#x}")
+
+
+def check_list_links(crash, entry: int, flink_blink: int, blink_flink: int) -> None:
+    if flink_blink != entry or blink_flink != entry:
+        crash(BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, entry, flink_blink, blink_flink,
+              detail=f"free-list links around {entry:#x} are corrupt")

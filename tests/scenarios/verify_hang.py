@@ -1,0 +1,8 @@
+"""A workload that never ends (a campaign stops it at its time limit)."""
+
+DRIVERS = []
+
+
+def workload(k, rng):
+    while True:
+        pass
