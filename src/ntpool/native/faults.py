@@ -26,6 +26,7 @@ from capstone import x86 as cs_x86
 from unicorn import x86_const as X
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
+from ..hooks import PageFault
 from ..machine.memory import PTE_PRESENT
 from . import seh
 
@@ -93,9 +94,9 @@ def page_fault(machine, regs: dict, address: int, access: int):
                                 detail=f"execution of no-execute memory {address:#x} from {where}")
         kernel.KeBugCheckEx(ATTEMPTED_WRITE_TO_READONLY_MEMORY, address, pte, 0, 0,
                             detail=f"write to read-only memory {address:#x} at {where}")
-    for handler in list(kernel.fault_handlers):
-        if handler(address, write) is not None:
-            return None
+    if kernel.hooks.listening(PageFault) and \
+            kernel.hooks.ask(PageFault(address, write)) is not None:
+        return None  # a layer (special pool) mapped it, or bug-checked
     irql = kernel.current_irql
     kind = {READ: "read of", WRITE: "write to", EXECUTE: "execution of"}[access]
     if irql >= DISPATCH_LEVEL:

@@ -214,7 +214,7 @@ class RuntimeRoutines:
         if size < 8:
             raise ValueError(f"Size {size} is smaller than an SLIST_ENTRY (8 bytes)")
         default_allocate, default_free = self._default_pool_routines()
-        tag_value = self.pool.validate_tag(tag, base_type, size)
+        tag_value = self.pool.validate_tag(tag)
         self.write(lookaside, bytes(LOOKASIDE_SIZE))
         self._set_slist(lookaside, 0, 0, 0)
         self.write(lookaside + LA_DEPTH, struct.pack("<HH", MINIMUM_LOOKASIDE_DEPTH,
