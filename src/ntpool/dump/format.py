@@ -116,6 +116,10 @@ NTPL_BUGCHECK_CONTEXT = 0x50  # NTPOOL_BUGCHECK_CONTEXT, 0 when the machine did 
 NTPL_NUMBER_PROCESSORS = 0x58
 NTPL_CALL_SITE_TABLE = 0x60  # ntpool's NTCS table (ntpool.drivers.call_site_table)
 NTPL_CALL_SITE_TABLE_BYTES = 0x68
+# Driver Verifier's pool tracking (what !verifier 3 lists): entries, and how many; 0 when off.
+NTPL_VERIFIER_TRACK_TABLE = 0x70
+NTPL_VERIFIER_TRACK_COUNT = 0x78
+VERIFIER_TRACK_ENTRY = struct.Struct("<QQII")  # address, bytes requested, tag, call site
 NTPL_LAYOUT_VERSION = 1
 
 # NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.

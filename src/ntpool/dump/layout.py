@@ -39,6 +39,7 @@ class DebuggerDataLayout:
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
+    verifier_tracking: Region = field(default_factory=Region)
 
 
 def poke(kernel, va: int, data) -> None:
@@ -263,10 +264,30 @@ def lay_out_debugger_data(kernel) -> int:
     _lay_out_image(kernel, layout, tracker_entries, big_entries)
     context = _lay_out_bugcheck_context(kernel, layout)
     call_site_bytes = _lay_out_call_sites(kernel, layout)
+    tracked = _lay_out_verifier_tracking(kernel, layout)
     poke(kernel, layout.kdbg, _kdbg_image(kernel, layout))
-    poke(kernel, layout.ntpl, _ntpl_image(kernel, layout, tracker_entries, big_entries, context,
-                                          call_site_bytes))
+    ntpl = _ntpl_image(kernel, layout, tracker_entries, big_entries, context, call_site_bytes)
+    for offset, value in ((f.NTPL_VERIFIER_TRACK_TABLE, layout.verifier_tracking.va if tracked else 0),
+                          (f.NTPL_VERIFIER_TRACK_COUNT, tracked)):
+        ntpl[offset:offset + 8] = value.to_bytes(8, "little")
+    poke(kernel, layout.ntpl, ntpl)
     return layout.kdbg
+
+
+def _lay_out_verifier_tracking(kernel, layout: DebuggerDataLayout) -> int:
+    """Driver Verifier's pool tracking list, as !verifier 3 reads it; returns the entry count."""
+    verifier = getattr(kernel, "verifier", None)
+    rows = sorted(getattr(getattr(verifier, "tracking", None), "allocations", {}).values())
+    if not rows:
+        return 0
+    entry = f.VERIFIER_TRACK_ENTRY
+    _region_for(kernel, layout.verifier_tracking, len(rows), entry.size)
+    image = bytearray(len(rows) * entry.size)
+    for index, row in enumerate(rows):
+        entry.pack_into(image, index * entry.size, row.address, row.size, row.tag & 0xFFFFFFFF,
+                        row.site & 0xFFFFFFFF)
+    poke(kernel, layout.verifier_tracking.va, image)
+    return len(rows)
 
 
 def directory_table_base(kernel) -> int:

@@ -38,7 +38,7 @@ from ..constants import PAGE_SIZE
 
 # Where the machine's own code and data for native drivers live (Windows 7 puts ntoskrnl
 # near 0xFFFFF80002800000; ntpool's kernel data starts at 0xFFFFF80002000000).
-STUB_BASE = 0xFFFFF80001000000
+STUB_BASE = 0xFFFFF80000C00000  # below the I/O manager's stand-in code addresses
 STUB_DATA_PAGES = 2  # the call block, exception and context records
 STUB_CODE_PAGES = 32
 STUB_SIZE = 64

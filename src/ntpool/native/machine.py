@@ -56,24 +56,39 @@ class NativeDriver:
         self.entry_point = mapped.base + image.entry_rva
         self.symbols = symbols
         self.driver_object = 0
+        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
         self.loaded = None  # the LoadedDriver the kernel keeps
         self.entry_status = None
 
     # The two entry points the machine calls.
     def DriverEntry(self, k, RegistryPath):
-        self.driver_object = self.machine.make_driver_object(self, RegistryPath)
-        path = self.machine.unicode_string(RegistryPath)
-        status = self.machine.call(self.entry_point, (self.driver_object, path), self,
-                                   thread="system") & 0xFFFFFFFF
+        """What IopLoadDriver does: a DRIVER_OBJECT and RegistryPath from the I/O manager,
+        then the image's entry point in a system thread."""
+        self.wdm = k.create_driver_object(self.name, self.image_base, self.image_size,
+                                          self.loaded.entry_va if self.loaded else 0,
+                                          self.entry_point, self.loaded)
+        self.driver_object = self.wdm.driver_object
+        try:
+            status = self.machine.call(self.entry_point,
+                                       (self.driver_object, self.wdm.registry_path), self,
+                                       thread="system") & 0xFFFFFFFF
+        finally:
+            if not k.halted:
+                k.driver_entry_returned(self.wdm)
         self.entry_status = status
+        if status & 0x80000000:
+            k.delete_driver_object(self.wdm)  # failed: no DriverUnload, the object goes
+            self.driver_object = 0
         return status
 
     def DriverUnload(self, k):
         if not self.driver_object:
             return
-        unload = _Q.unpack(k.read(self.driver_object + DRIVER_UNLOAD, 8))[0]
+        unload = k.driver_unload_routine(self.wdm)
         if unload:
             self.machine.call(unload, (self.driver_object,), self, thread="system")
+        k.delete_driver_object(self.wdm)
+        self.driver_object = 0
 
     def address_of(self, name: str) -> int:
         """The address of an exported function (for scenarios that call a driver's routines)."""
@@ -114,6 +129,9 @@ class NativeMachine:
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.space.pte_observers.append(self._pte_changed)
         kernel.call_sites.native_resolver = self.current_site
+        # The I/O manager calls driver code (dispatch, completion routines) through these.
+        kernel.native_call = lambda address, args: self.call(address, args)
+        kernel.system_routine_resolver = self.system_routine
         self._kpcrs = [self._make_kpcr(n) for n in range(kernel.processors)]
 
     # --- memory the machine's own native parts use ---------------------------------------------
@@ -202,6 +220,14 @@ class NativeMachine:
         kernel.write(address + 16, encoded + b"\0\0")
         kernel.write(address, UNICODE_STRING.pack(len(encoded), len(encoded) + 2, address + 16))
         return address
+
+    def system_routine(self, name: str) -> int:
+        """MmGetSystemRoutineAddress for native code: the routine's stub, or its data."""
+        bindings = self.bindings
+        for module in ("ntoskrnl.exe", "HAL.dll"):
+            if bindings.implemented(module, name):
+                return bindings.data_address(name) if name in bindings.data else bindings.stub(name)
+        return 0
 
     def make_driver_object(self, driver: NativeDriver, registry_path: str) -> int:
         """A DRIVER_OBJECT (Windows 7 x64 layout) with its DRIVER_EXTENSION and name."""

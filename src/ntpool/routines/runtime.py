@@ -1,5 +1,5 @@
 """The kernel's runtime basics drivers link against: the C runtime exports of ntoskrnl
-(memcpy, memset, strlen, wcslen, ...), DbgPrint, ExRaiseStatus and ProbeForRead/Write,
+(memcpy, memmove, memset, memcmp; the string ones are rtl_strings'), DbgPrint, ExRaiseStatus,
 KeAcquireSpinLockRaiseToDpc, interlocked singly linked lists and the executive's
 lookaside lists (ExInitialize/Delete(N)PagedLookasideList and their allocate/free paths).
 
@@ -15,7 +15,7 @@ DbgPrint writes to ``k.debug_output`` (a list of lines) and calls ``k.debug_obse
 
 import struct
 
-from ..constants import SYSTEM_RANGE_START, NtStatus, PoolType
+from ..constants import NtStatus, PoolType
 from ..errors import NtStatusError
 from .registry import register_type, routine
 
@@ -44,8 +44,6 @@ MAXIMUM_LOOKASIDE_DEPTH = 256
 # ExAllocatePoolWithTag / ExFreePool an address (Python-only machines).
 DEFAULT_ALLOCATE = 0xFFFFF80000A10000
 DEFAULT_FREE = 0xFFFFF80000A10010
-STATUS_DATATYPE_MISALIGNMENT = 0x80000002
-MM_USER_PROBE_ADDRESS = 0x7FFFFFFF0000
 
 
 def _int(name, value) -> int:
@@ -115,48 +113,12 @@ class RuntimeRoutines:
         a, b = self.read(Buffer1, Count), self.read(Buffer2, Count)
         return 0 if a == b else (-1 if a < b else 1)
 
-    @routine("SIZE_T strlen(_In_ PCSTR String)")
-    def strlen(self, String) -> int:
-        length = 0
-        while self.read(String + length, 1) != b"\0":
-            length += 1
-        return length
-
-    @routine("SIZE_T wcslen(_In_ PCWSTR String)")
-    def wcslen(self, String) -> int:
-        length = 0
-        while self.read(String + 2 * length, 2) != b"\0\0":
-            length += 1
-        return length
-
     # --- exceptions ----------------------------------------------------------------------------
 
     @routine("VOID ExRaiseStatus(_In_ NTSTATUS Status)")
     def ExRaiseStatus(self, Status) -> None:
         """Raise ``Status`` as an exception (NtStatusError; a compiled driver's __except)."""
         raise NtStatusError(_int("Status", Status) & 0xFFFFFFFF, "ExRaiseStatus")
-
-    @routine("VOID ProbeForRead(_In_ PVOID Address, _In_ SIZE_T Length, _In_ ULONG Alignment)")
-    def ProbeForRead(self, Address, Length, Alignment) -> None:
-        """Check a user-mode buffer: misaligned is STATUS_DATATYPE_MISALIGNMENT, beyond
-        MmUserProbeAddress STATUS_ACCESS_VIOLATION, both raised."""
-        self._probe(Address, Length, Alignment)
-
-    @routine("VOID ProbeForWrite(_In_ PVOID Address, _In_ SIZE_T Length, _In_ ULONG Alignment)")
-    def ProbeForWrite(self, Address, Length, Alignment) -> None:
-        self._probe(Address, Length, Alignment)
-
-    def _probe(self, address, length, alignment) -> None:
-        address, length, alignment = _int("Address", address), _int("Length", length), \
-            _int("Alignment", alignment)
-        if not length:
-            return
-        if alignment and address & (alignment - 1):
-            raise NtStatusError(STATUS_DATATYPE_MISALIGNMENT, f"probe of {address:#x}")
-        end = address + length
-        if end > MM_USER_PROBE_ADDRESS or end < address or address >= SYSTEM_RANGE_START:
-            raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
-                                f"probe of {length} bytes at {address:#x}: not a user address")
 
     # --- spin locks as x64 drivers import them -------------------------------------------------
 
