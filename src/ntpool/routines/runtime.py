@@ -170,7 +170,7 @@ class RuntimeRoutines:
             return DEFAULT_ALLOCATE, DEFAULT_FREE
         return native.bindings.stub("ExAllocatePoolWithTag"), native.bindings.stub("ExFreePool")
 
-    def _init_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type) -> None:
+    def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type) -> None:
         lookaside = _int("Lookaside", lookaside)
         size = _int("Size", size)
         if size < 8:
@@ -194,14 +194,14 @@ class RuntimeRoutines:
     def ExInitializeNPagedLookasideList(self, Lookaside, Allocate, Free, Flags, Size, Tag,
                                         Depth) -> None:
         """Initialize a nonpaged lookaside list in the caller's memory (``Lookaside``)."""
-        self._init_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.NonPagedPool)
+        self._set_up_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.NonPagedPool)
 
     @routine("VOID ExInitializePagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside, "
              "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
              "_In_ ULONG Flags, _In_ SIZE_T Size, _In_ ULONG Tag, _In_ USHORT Depth)")
     def ExInitializePagedLookasideList(self, Lookaside, Allocate, Free, Flags, Size, Tag,
                                        Depth) -> None:
-        self._init_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.PagedPool)
+        self._set_up_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.PagedPool)
 
     def _lookaside_field(self, lookaside: int, offset: int, fmt: str):
         return struct.unpack(fmt, self.read(lookaside + offset, struct.calcsize(fmt)))
