@@ -168,6 +168,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
+        # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
+        self.pageable_image_pages: set[int] = set()
 
         # --- the drivers: loaded images on PsLoadedModuleList -------------------------------
         self.drivers = []
