@@ -414,7 +414,10 @@ class KdSession:
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
         for chunk in finder.find(pattern):
-            lines.append(self._chunk_line(chunk, False)[1:])
+            line = self._chunk_line(chunk, False)[1:]
+            if chunk.address in finder.salvaged:
+                line += f"  (corrupt page: see !poolval {chunk.address:x})"
+            lines.append(line)
             if chunk.state == "Allocated":
                 lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
                           for text in self._allocated_by(chunk)]

@@ -141,11 +141,12 @@ def _write_bitmap(kernel, out) -> None:
         _write_frames(out, physical.buffer, first, count)
 
 
-def write_dump(kernel, path, kind: str = "full", symbols: bool = True) -> str:
+def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=None) -> str:
     """Write ``kernel``'s crash dump to ``path`` (``kind`` 'full' or 'kernel'); returns the path.
 
     With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``) is put in a
-    ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too).
+    ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too);
+    ``truth`` is where to write the truth manifest (``ntpool.forensics.truth``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'full' or 'kernel', not {kind!r}")
@@ -167,4 +168,8 @@ def write_dump(kernel, path, kind: str = "full", symbols: bool = True) -> str:
             isf.install_symbols(isf.symbols_beside(path))
         except OSError:
             pass  # the dump is written; `ntpool symbols` names the package's copy
+    if truth is not None:
+        from ..forensics.truth import write_for_dump
+
+        write_for_dump(kernel, truth, path, kind)
     return path
