@@ -27,7 +27,8 @@ from .machine.process import ProcessRoutines
 from .machine.memory import AddressSpace, PhysicalMemory
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
-from .pool.layout import LIST_HEAD_COUNT
+from .pool.layout import POOL_DESCRIPTOR
+from .pool.lookaside import LookasideScanner
 from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
 
@@ -37,6 +38,7 @@ PAGED_POOL_BASE = 0xFFFFF8A000000000
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
 KERNEL_DATA_BYTES = 16 << 20
 
+DELAYED_FREES_MINIMUM_PAGES = 127 * 1024
 DEFAULT_NONPAGED_POOL_BYTES = 256 << 20
 DEFAULT_PAGED_POOL_BYTES = 256 << 20
 MiB = 1 << 20
@@ -81,7 +83,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
-                 physical_memory_bytes: int | None = None, processors: int = 1):
+                 physical_memory_bytes: int | None = None, processors: int = 1,
+                 delayed_frees: bool | None = None):
         nonpaged_pool_bytes = _positive_bytes("nonpaged_pool_bytes", nonpaged_pool_bytes)
         paged_pool_bytes = _positive_bytes("paged_pool_bytes", paged_pool_bytes)
         if isinstance(processors, bool) or not isinstance(processors, int) or not 1 <= processors <= 64:
@@ -99,12 +102,27 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.space = AddressSpace(self.physical)
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
         crash = self.KeBugCheckEx
+        # Each pool's POOL_DESCRIPTOR (PendingFrees, ListHeads, ...) lives in kernel memory.
         self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
-                                  self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                                  crash, processors)
+                                  self.kernel_data.reserve(POOL_DESCRIPTOR.size) + POOL_DESCRIPTOR.ListHeads,
+                                  self.space, crash, processors)
         self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
-                               self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                               crash, processors)
+                               self.kernel_data.reserve(POOL_DESCRIPTOR.size) + POOL_DESCRIPTOR.ListHeads,
+                               self.space, crash, processors)
+        # Windows 7 delays pool frees on machines with at least 127 * 1024 physical pages
+        # (about 508 MiB) unless special pool or Driver Verifier is on at boot (WRK
+        # InitializePool). ``delayed_frees`` True/False overrides the rule.
+        if delayed_frees is None:
+            delayed_frees = self.physical.frame_count >= DELAYED_FREES_MINIMUM_PAGES
+        elif not isinstance(delayed_frees, bool):
+            raise TypeError(f"delayed_frees must be True, False or None, not {delayed_frees!r}")
+        self.delayed_frees_at_boot = delayed_frees
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            pool.delay_frees = delayed_frees
+        # The simulated clock (seconds since boot) and the balance set manager's once-a-second
+        # lookaside retuning that runs on it (ntpool.pool.lookaside).
+        self.clock = 0.0
+        self.lookaside_scanner = LookasideScanner((self.nonpaged_pool, self.paged_pool), processors)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self._init_drivers()
@@ -118,6 +136,19 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self._init_paging()
         self._init_processes()
         self._init_ndis()
+
+    # --- the simulated clock -------------------------------------------------------------
+
+    def advance_time(self, seconds) -> None:
+        """Let ``seconds`` of simulated time pass. Each whole second the balance set manager
+        runs ExAdjustLookasideDepth, which retunes one set of pool lookaside depths
+        (``ntpool.pool.lookaside``); nothing else in ntpool depends on time."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        before = int(self.clock)
+        self.clock += seconds
+        for _ in range(int(self.clock) - before):
+            self.lookaside_scanner.tick()
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -141,6 +172,10 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         error.driver_name = owner.name if owner else ""
         error.call_site = "" if not error.site else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
+        # The kernel routine that found the problem, when it is not the one called: a check
+        # made while ExDeferredFreePool processes frees queued earlier.
+        error.found_in = next((pool.found_in for pool in self.pool.pools if pool.found_in), "") \
+            if getattr(self, "pool", None) is not None else ""
         if culprit is not None:
             error.site = 0
             error.driver_name = culprit.name
@@ -361,7 +396,7 @@ INSPECTION = frozenset({
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
     "crash_dump", "crash_dump_kind", "crash_dump_error",
     "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident",
+    "system_process", "is_resident", "clock", "lookaside_scanner", "delayed_frees_at_boot",
 })
 
 _halted_classes: dict[type, type] = {}
