@@ -154,7 +154,7 @@ def test_crash_dump_is_written_on_bug_check(tmp_path):
     k.current_driver = SimpleNamespace(name="buggy.sys")
     with pytest.raises(ntpool.BugCheck):
         k.ExFreePoolWithTag(p, "Oops")
-    assert os.listdir(tmp_path) == ["MEMORY.DMP"]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["MEMORY.DMP", "symbols"]  # no temporary file left behind
     with DumpReader(path) as reader:
         assert reader.dump_type == f.DUMP_TYPE_BITMAP
         assert reader.bugcheck_code == 0xC2

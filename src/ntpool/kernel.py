@@ -14,7 +14,8 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 import os
 from typing import NoReturn
 
-from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
+from .constants import DISPATCH_LEVEL, KERNEL_IMAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, \
+    BugCheckCode, NtStatus
 from .drivers import DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .hooks import BugCheckRaised, CopiedToUser, Hooks, MemoryCopied, MemoryWritten, PageFault
@@ -22,6 +23,12 @@ from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
 from .machine.irql import IrqlRoutines
 from .routines.ndis import NdisRoutines
+from .routines.io import IoRoutines
+from .routines.ke_sync import SyncRoutines
+from .routines.objects import ObjectRoutines
+from .routines.registry_keys import RegistryRoutines
+from .routines.rtl_strings import StringRoutines
+from .routines.security import SecurityRoutines
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines
 from .machine.memory import AddressSpace, PhysicalMemory
@@ -78,7 +85,8 @@ def _positive_bytes(name: str, value) -> int:
 
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
-             ProcessRoutines, DriverRoutines):
+             ProcessRoutines, DriverRoutines, ObjectRoutines, IoRoutines, StringRoutines,
+             RegistryRoutines, SecurityRoutines, SyncRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -101,6 +109,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.physical = PhysicalMemory(physical_memory_bytes)
         self.space = AddressSpace(self.physical)
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         crash = self.KeBugCheckEx
         # Each pool's POOL_DESCRIPTOR (PendingFrees, ListHeads, ...) lives in kernel memory.
         self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
@@ -136,6 +145,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self._init_paging()
         self._init_processes()
         self._init_ndis()
+        # The I/O, object, configuration and security managers drivers meet (routines/io.py...).
+        self._init_objects()
+        self._init_registry()
+        self._init_io()
+        self._init_security()
+        self._init_sync()
 
     # --- the simulated clock -------------------------------------------------------------
 
