@@ -17,6 +17,7 @@ from ..routines.registry import register_data, routine
 EPROCESS_SIZE = 0x4D0  # Windows 7 SP1 x64
 EPROCESS_UNIQUE_PROCESS_ID = 0x180
 EPROCESS_IMAGE_FILE_NAME = 0x2E0  # UCHAR[15]
+PROCESS_OBJECT_TYPE = 3  # DISPATCHER_HEADER.Type at the start of an EPROCESS
 NONPAGED, PAGED = 0, 1
 
 
@@ -70,14 +71,6 @@ def _quota(name: str, value) -> int | None:
 
 
 class ProcessRoutines:
-    def _init_processes(self) -> None:
-        self.quota_ledger = QuotaLedger()
-        self.pool.quota = self.quota_ledger
-        self.processes: list[Process] = []
-        self._next_pid = 4
-        self.system_process = self.create_process("System")
-        self.current_process = self.system_process
-
     @property
     def PsInitialSystemProcess(self) -> int:
         """The System process's EPROCESS address (ntoskrnl exports the variable)."""
@@ -89,6 +82,7 @@ class ProcessRoutines:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         limits = [_quota("nonpaged_quota", nonpaged_quota), _quota("paged_quota", paged_quota)]
         address = self.kernel_data.reserve(EPROCESS_SIZE, align=16)
+        self.write(address, bytes([PROCESS_OBJECT_TYPE]))  # Pcb.Header.Type: ProcessObject
         pid = self._next_pid
         self._next_pid += 4
         self.write(address + EPROCESS_UNIQUE_PROCESS_ID, pid.to_bytes(8, "little"))

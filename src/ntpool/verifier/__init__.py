@@ -21,7 +21,7 @@ from ..constants import (
     BadPoolCaller,
     BugCheckCode,
 )
-from ..hooks import DriverUnloading, IrqlRaised
+from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
 from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
@@ -143,7 +143,9 @@ class DriverVerifier:
         kernel.pool.set_layer(self if self.options else None)
         # Windows 7 turns delayed pool frees off on a machine booted with Driver Verifier
         # (WRK InitializePool): the verifier's checks then see every free as it happens.
-        for pool in kernel.pool.pools:
+        for pool in getattr(kernel.pool, "pools", ()):
+            if not hasattr(pool, "delay_frees"):
+                continue
             if self.options:
                 pool.deferred_free()
                 pool.delay_frees = False
@@ -352,6 +354,11 @@ def _checked_flags(flags) -> int:
     if unknown:
         raise ValueError(f"flags {unknown:#x} are not verifier pool options ntpool models")
     return flags
+
+
+@attach_to_every_kernel
+def _attach_verifier(kernel) -> None:
+    kernel.verifier = DriverVerifier(kernel)
 
 
 __all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags", "VerifierStop"]
