@@ -179,6 +179,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for pool in (self.nonpaged_pool, self.paged_pool):
             if hasattr(pool, "delay_frees"):  # the Windows 7 design's pools
                 pool.delay_frees = delayed_frees
+        # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
+        self.pageable_image_pages: set[int] = set()
 
         # --- the drivers: loaded images on PsLoadedModuleList -------------------------------
         self.drivers = []
