@@ -375,6 +375,10 @@ class PoolAllocator:
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
 
+    def blocks_for(self, number_of_bytes: int) -> int:
+        """The BlockSize a small request of this many bytes gets (header included)."""
+        return blocks_for(number_of_bytes)
+
     # --- priorities and quota --------------------------------------------------------------
 
     def resources_available(self, pool: Pool, number_of_bytes: int, priority: int) -> bool:
