@@ -106,3 +106,40 @@ def test_lying_ntpl_fields(tmp_path_factory, field, value):
     path = tmp_path_factory.mktemp("ntpl") / "m.dmp"
     path.write_bytes(bytes(raw))
     _exercise(path)
+
+
+# --- a driver that writes anywhere near its blocks --------------------------------------------
+
+SIZES = st.sampled_from([0x20, 0x50, 0x100, 0x1F0, 0x240, 0x500, 0xF80, 0x2000])
+OPS = st.lists(st.tuples(st.sampled_from(["alloc", "free", "scribble", "aligned", "quota"]),
+                         SIZES, st.integers(-0x60, 0x2100), st.binary(min_size=1, max_size=24)),
+               min_size=1, max_size=120)
+
+
+@FUZZ
+@given(ops=OPS)
+def test_scribbling_drivers_end_in_a_bug_check_never_a_python_error(ops):
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB,
+                      physical_memory_bytes=24 * MiB, windows="11")
+    k.pool.balance_set_pass()
+    live = []
+    try:
+        for op, size, offset, data in ops:
+            if op in ("alloc", "aligned", "quota") or not live:
+                pool_type = NX | (4 if op == "aligned" else 0)
+                if op == "quota":
+                    p = k.ExAllocatePoolWithQuotaTag(ntpool.PoolType.PagedPool, size, "Fuzz")
+                else:
+                    p = k.ExAllocatePoolWithTag(pool_type, size, "Fuzz")
+                if p:
+                    live.append(p)
+            elif op == "free":
+                k.ExFreePoolWithTag(live.pop(offset % len(live)), "Fuzz")
+            else:
+                target = live[size % len(live)] + offset
+                if k.space.translate(target) is not None and k.space.translate(target + len(data) - 1):
+                    k.write(target, data)
+        for p in live:
+            k.ExFreePoolWithTag(p, "Fuzz")
+    except ntpool.BugCheck:
+        assert k.halted
