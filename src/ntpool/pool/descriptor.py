@@ -7,7 +7,7 @@ per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, loo
 heads, and the big page table. Nothing is kept per small allocation.
 """
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolHeader, BugCheckCode
 from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
 from .checks import check_list_links, check_previous_neighbour
 from .layout import (
@@ -220,7 +220,7 @@ class Pool:
             flink, blink = LIST_ENTRY.unpack_from(mem, self._pa(entry))
             flink_pa, blink_pa = self._pa(flink), self._pa(blink)
         except KeyError:
-            self.crash(0x19, 3, entry, 0, 0, detail=f"free-list links of {entry:#x} point nowhere")
+            self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, entry, 0, 0, detail=f"free-list links of {entry:#x} point nowhere")
         check_list_links(self.crash, entry, POINTER.unpack_from(mem, flink_pa + BLINK)[0],
                          POINTER.unpack_from(mem, blink_pa + FLINK)[0])
         POINTER.pack_into(mem, blink_pa + FLINK, flink)
@@ -492,10 +492,10 @@ class Pool:
             if chunk not in self.pending or chunk in entries:
                 if self.tlb.get(chunk >> PAGE_SHIFT) is None and \
                         (self.pager is None or not self.pager.is_paged_out(chunk)):
-                    self.crash(0x50, chunk, 0, 0, 0,
+                    self.crash(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, chunk, 0, 0, 0,
                                detail=f"read of unmapped {chunk:#x}, a pending free's link "
                                       f"(the freed memory was written to)")
-                self.crash(0x19, 0x3, head_va, entry, 0,
+                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
             entries.append(chunk)
