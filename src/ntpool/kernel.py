@@ -24,7 +24,7 @@ from .machine.irql import IrqlRoutines
 from .routines.ndis import NdisRoutines
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines
-from .machine.memory import AddressSpace, PhysicalMemory
+from .machine.memory import AddressSpace, PhysicalMemory, canonical
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
 from .pool.layout import LIST_HEAD_COUNT
@@ -116,6 +116,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.hooks.watch(MemoryWritten, self._publish_writes)
         self._init_irql()
         self._init_paging()
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            pool.fault = self._pool_access_fault
         self._init_processes()
         self._init_ndis()
 
@@ -270,6 +272,42 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
                                      f"a NULL or user-mode pointer, from {self.call_sites.describe(site)}")
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
+
+    def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:
+        """An access the pool code itself makes (following a link or a header's sizes) that
+        finds no mapping: what Windows 7 raises there (README, "When the pool is corrupted").
+
+        The pool code runs at ``lock_irql`` or the caller's IRQL, whichever is higher. A
+        non-canonical address is a general-protection fault no handler catches: 0x1E
+        (0xC0000005, instruction, 0, -1). A paged-out page comes back below DISPATCH_LEVEL;
+        otherwise the fault is 0xC5 DRIVER_CORRUPTED_EXPOOL at DISPATCH_LEVEL or above
+        (address, IRQL, 0 read / 1 write, instruction) and 0x50 PAGE_FAULT_IN_NONPAGED_AREA
+        below it (address, 0 read / 1 write, instruction, 0). ntpool has no ntoskrnl code
+        addresses: the instruction given is the driver's call into the pool.
+        """
+        irql = max(self.irql_by_processor[self.current_processor], lock_irql)
+        site = self.call_sites.site_of_caller()
+        instruction = self.call_sites.table[site].address
+        access = "write to" if write else "read of"
+        if canonical(address) != address:
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              instruction, 0, 0xFFFFFFFFFFFFFFFF,
+                              detail=f"the pool's {access} non-canonical address {address:#x} (a "
+                                     f"corrupted pool link): general protection fault, from "
+                                     f"{self.call_sites.describe(site)}")
+        if self.hooks.listening(PageFault):
+            base = self.hooks.ask(PageFault(address, write))
+            if base is not None:
+                return base
+        if irql < DISPATCH_LEVEL and self.pager.is_paged_out(address):
+            return self.pager.page_in(address)
+        if irql >= DISPATCH_LEVEL:
+            self.KeBugCheckEx(BugCheckCode.DRIVER_CORRUPTED_EXPOOL, address, irql, int(write), instruction,
+                              detail=f"the pool's {access} {address:#x} at IRQL {irql} found no "
+                                     f"page (a corrupted pool link), from {self.call_sites.describe(site)}")
+        self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), instruction, 0,
+                          detail=f"the pool's {access} unmapped address {address:#x} (a corrupted "
+                                 f"pool link), from {self.call_sites.describe(site)}")
 
     @routine("VOID RtlZeroMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
              "_In_ SIZE_T Length)")

@@ -88,6 +88,9 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
+# Page offsets where a chunk body can start: whatever else a lookaside head holds (a
+# corrupted Next put it there) goes the generic way, which accesses it as Windows would.
+_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -185,7 +188,7 @@ class PoolAllocator:
                 block_size = (number_of_bytes + 31) >> 4
                 heads = pool.la_head
                 body = heads[block_size]
-                if body:
+                if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
@@ -362,10 +365,7 @@ class PoolAllocator:
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.la_head[block_size]
             if body:
-                pa = pool._pa(body)
-                pool.la_head[block_size] = _unpack_next(self.mem, pa)[0]
-                pool.la_depth[block_size] -= 1
-                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
+                self._pop_lookaside(pool, block_size, body, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
@@ -373,6 +373,16 @@ class PoolAllocator:
             return 0
         self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
         return chunk + HEADER_SIZE
+
+    def _pop_lookaside(self, pool: Pool, block_size: int, body: int, tag: int, site: int) -> None:
+        """Take the lookaside's first entry, as Windows 7 does: trusting it (nothing is
+        checked), reading its Next and writing its header at the caller's IRQL. An entry a
+        stray write put there is handed out as it is; one that leads nowhere faults."""
+        irql = self.irql
+        pool.la_head[block_size] = pool.read_pointer(body + SINGLE_LIST_ENTRY.Next, irql)
+        pool.la_depth[block_size] -= 1
+        pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
+                         TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), irql)
 
     # --- priorities and quota --------------------------------------------------------------
 
