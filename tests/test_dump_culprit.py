@@ -70,7 +70,7 @@ def test_special_pool_overrun_names_the_faulting_line(tmp_path):
     k.verifier.enable("overflow.sys", special_pool=True)
     p = d.make(k)
     error = crash(k, lambda: d.smash(k, p))
-    assert error.code == 0xCD
+    assert error.code == 0xD6
     text = analyze(path)
     assert "FAULTING_SOURCE:  overflow.sys!Overflow.smash" in text
 

@@ -179,8 +179,9 @@ def test_a_big_low_priority_request_counts_its_own_pages(k):
 
 def test_low_priority_failure_still_bug_checks_caller_errors(k):
     fill_to(k, k.nonpaged_pool, 0.81)
-    e = bugcheck(lambda: k.ExAllocatePoolWithTagPriority(NP, 100, 0, LOW))
-    assert e.parameters[0] == 0x9B
+    k.KeRaiseIrql(3)
+    e = bugcheck(lambda: k.ExAllocatePoolWithTagPriority(NP, 100, "Prio", LOW))
+    assert e.parameters[0] == 0x08
 
 
 @pytest.mark.parametrize("priority, error", [(1, ValueError), (33, ValueError), (-16, ValueError),

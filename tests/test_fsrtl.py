@@ -40,27 +40,37 @@ def test_cache_aligned_types_return_cache_line_aligned_memory(k, pool_type):
 
 
 @pytest.mark.parametrize("pool_type", [PT.NonPagedPoolMustSucceed, PT.NonPagedPoolCacheAlignedMustS])
-def test_must_succeed_types_are_obsolete_bug_check_9a(k, pool_type):
-    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred"))
-    # FsRtl passes PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, as the ntifs.h macro does.
-    assert (e.code, e.parameters[:3]) == (0xC2, (0x9A, pool_type | RAISE, 100))
+def test_must_succeed_types_are_served_as_the_executive_serves_them(k, pool_type):
+    p = k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred")
+    assert p and k.nonpaged_pool.contains(p) and not k.halted
 
 
-@pytest.mark.parametrize("pool_type", [PT.NonPagedPoolNx, 3, 7, 33, 0x400])
-def test_other_pool_types_are_not_documented(k, pool_type):
+@pytest.mark.parametrize("pool_type, paged", [(PT.NonPagedPoolNx, False), (PT.NonPagedPoolNxCacheAligned, False),
+                                              (PT.NonPagedPool | 0x100, False),  # POOL_COLD_ALLOCATION
+                                              (PT.PagedPool | 0x400, True)])  # POOL_ZERO_ALLOCATION
+def test_any_pool_type_passes_through_to_the_executive(k, pool_type, paged):
+    # ntifs.h's FsRtlAllocatePoolWithTag is a macro over ExAllocatePoolWithTag: no type check.
+    p = k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred")
+    assert (k.paged_pool if paged else k.nonpaged_pool).contains(p)
+    if pool_type & 0x400:
+        assert k.read(p, 100) == bytes(100)
+
+
+@pytest.mark.parametrize("pool_type", [0x800, -1, 1 << 40])
+def test_a_value_that_is_no_pool_type_is_a_plain_error(k, pool_type):
     with pytest.raises(ValueError, match="PoolType"):
         k.FsRtlAllocatePoolWithTag(pool_type, 100, "Fred")
     assert not k.halted
 
 
-def test_zero_bytes_is_rejected(k):
-    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.PagedPool, 0, "Fred"))
-    assert (e.code, e.parameters[0]) == (0xC2, 0x00)
+def test_zero_bytes_is_served_as_one_byte(k):
+    # "cannot be zero" is the caller's contract; the retail executive rounds 0 up to 1.
+    p = k.FsRtlAllocatePoolWithTag(PT.PagedPool, 0, "Fred")
+    assert p and k.read(p - 16, 3)[2] == 2
 
 
-def test_tag_zero_is_rejected(k):
-    e = bugcheck(lambda: k.FsRtlAllocatePoolWithTag(PT.PagedPool, 10, 0))
-    assert (e.code, e.parameters[0]) == (0xC2, 0x9B)
+def test_tag_zero_is_accepted_on_a_retail_kernel(k):
+    assert k.FsRtlAllocatePoolWithTag(PT.PagedPool, 10, 0)
 
 
 def test_failure_raises_status_insufficient_resources(k):

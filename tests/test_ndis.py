@@ -95,9 +95,12 @@ def test_misuse_names_the_parameter(k, args, error):
     assert not k.halted
 
 
-def test_zero_length_is_the_pool_bug_check(k):
-    e = bugcheck(lambda: k.NdisAllocateMemoryWithTag(0, "Fred"))
-    assert (e.code, e.parameters[0]) == (0xC2, 0x00)
+def test_zero_length_is_served_as_the_pool_serves_it(k):
+    # NDIS passes Length to ExAllocatePoolWithTag, which serves 0 bytes as 1 (retail).
+    status, va = k.NdisAllocateMemoryWithTag(0, "Fred")
+    assert status == SUCCESS and k.read(va - 16, 3)[2] == 2
+    k.NdisFreeMemory(va, 0, 0)
+    assert not k.halted
 
 
 def test_at_dispatch_level_it_works(k):

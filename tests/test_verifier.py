@@ -49,7 +49,7 @@ def test_special_pool_puts_the_allocation_against_a_guard_page(k):
     assert (p + 112) & 0xFFF == 0  # 100 rounded to 112, ending at the page's end
     k.write(p, b"y" * 100)
     e = stop(lambda: d.overrun(k, p, 112, 1))  # one byte past the page: the guard page
-    assert e.code == 0xCD
+    assert e.code == 0xD6  # DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION: a driver did it
     assert e.parameters[0] == p + 112 and e.parameters[1] == 1
     assert e.parameters[2] != 0  # the faulting instruction: an address in buggy.sys's image
     assert e.parameters[2] >= k.drivers[0].image_base
@@ -324,11 +324,14 @@ class WrongTagger(Driver):
         k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 64, "Mine"), "Your")
 
 
-@pytest.mark.parametrize("driver, code, sub", [(DoubleFreer, 0xC2, 0x07), (WrongTagger, 0xC2, 0x0A)])
-def test_double_free_and_wrong_tag_by_a_driver(k, driver, code, sub):
+@pytest.mark.parametrize("driver, verify, code, sub", [
+    (DoubleFreer, False, 0xC2, 0x07), (DoubleFreer, True, 0xC4, 0x13),  # verifier's own stop
+    (WrongTagger, False, 0xC2, 0x0A), (WrongTagger, True, 0xC2, 0x0A)])
+def test_double_free_and_wrong_tag_by_a_driver(k, driver, verify, code, sub):
     d = driver()
     k.load_driver(d)
-    k.verifier.enable("buggy.sys", pool_tracking=True)  # verified or not, these stop the machine
+    if verify:
+        k.verifier.enable("buggy.sys", pool_tracking=True)
     e = stop(lambda: d.run(k))
     assert (e.code, e.parameters[0]) == (code, sub)
 

@@ -13,6 +13,12 @@ MAX_SMALL_ALLOCATION = 0xFE0  # PAGE_SIZE - 2 pool blocks; larger requests are "
 # The start of system address space on x64 (MmSystemRangeStart).
 SYSTEM_RANGE_START = 0xFFFF800000000000
 
+# ntoskrnl's image: the first pages of the kernel's data region (KDBG's KernBase). Its
+# globals sit at fixed offsets in it, the symbol addresses of the symbol file analysers load
+# (ntpool.dump.image lays out the rest at dump time); the core keeps PsLoadedModuleList there.
+KERNEL_IMAGE_BYTES = 0x3000
+KERNEL_IMAGE_PS_LOADED_MODULE_LIST = 0x2450  # offset of the LIST_ENTRY head in the image
+
 
 class PoolType(IntEnum):
     """POOL_TYPE as declared in wdm.h."""

@@ -103,6 +103,12 @@ class PoolLayer(Protocol):
                  aligned: bool) -> int | None:
         """The address it allocated, 0 to fail the request, None to leave it to the pool."""
 
+    def check_allocate(self, pool_type: int, number_of_bytes: int, tag: int, site: int) -> None:
+        """Checks made before the pool sees a request (Driver Verifier's stops); may bug-check."""
+
+    def check_free(self, address: int, site: int) -> None:
+        """Checks made before the pool sees a free (Driver Verifier's stops); may bug-check."""
+
     def free(self, address: int, tag: int | None) -> bool:
         """True when the address was the layer's own and it freed it."""
 

@@ -14,7 +14,8 @@ check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
 import os
 from typing import NoReturn
 
-from .constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode, NtStatus
+from .constants import DISPATCH_LEVEL, KERNEL_IMAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, \
+    BugCheckCode, NtStatus
 from .drivers import DriverRoutines
 from .errors import BugCheck, MachineHalted
 from .hooks import BugCheckRaised, CopiedToUser, Hooks, MemoryCopied, MemoryWritten, PageFault
@@ -98,6 +99,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.physical = PhysicalMemory(physical_memory_bytes)
         self.space = AddressSpace(self.physical)
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         crash = self.KeBugCheckEx
         self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
                                   self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,

@@ -35,9 +35,11 @@ class Kernel(CoreKernel):
         if crash_dump is not None:
             self.hooks.subscribe(BugCheckRaised, self._write_crash_dump)
 
-    def write_dump(self, path, kind: str = "full") -> str:
-        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted."""
-        return write_dump(self, path, kind)
+    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
+        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
+
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``)."""
+        return write_dump(self, path, kind, symbols)
 
     def _write_crash_dump(self, event: BugCheckRaised) -> None:
         # A dump that cannot be written must not hide the bug check itself.

@@ -6,6 +6,7 @@ import sys
 
 from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
 from ..tools.scenario import ScenarioError
+from .forensics import add_forensics_commands
 from .tools import add_commands
 from .verify import add_verify_command
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_campaign.set_defaults(func=_cmd_bench_campaign)
     add_commands(sub)
     add_verify_command(sub)
+    add_forensics_commands(sub)
     return parser
 
 

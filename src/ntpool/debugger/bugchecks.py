@@ -48,8 +48,8 @@ ARGUMENTS = {
                                 "Pool tag"),
     (B.BAD_POOL_CALLER, 0x06): ("Attempt to free pool which was already freed", "Reserved",
                                 "Pointer to pool header", "Pool header contents"),
-    (B.BAD_POOL_CALLER, 0x07): ("Attempt to free pool which was already freed", "0",
-                                "Pool header contents", "Address of the block of pool being freed"),
+    (B.BAD_POOL_CALLER, 0x07): ("Attempt to free pool which was already freed", "Reserved (source line)",
+                                "Pool header contents (its first ULONG)", "Address of the block of pool being freed"),
     (B.BAD_POOL_CALLER, 0x08): ("Attempt to allocate pool at invalid IRQL", "Current IRQL",
                                 "Pool type", "Size of allocation"),
     (B.BAD_POOL_CALLER, 0x09): ("Attempt to free pool at invalid IRQL", "Current IRQL",
@@ -71,11 +71,11 @@ ARGUMENTS = {
     (B.BAD_POOL_CALLER, 0x9A): ("Attempt to allocate must-succeed pool (obsolete)", "Pool type",
                                 "Size of allocation, in bytes", "Allocation's pool tag"),
     (B.BAD_POOL_CALLER, 0x9B): ("Attempt to allocate pool with a tag of 0", "Pool type",
-                                "Size of allocation, in bytes", "0"),
+                                "Size of allocation, in bytes", "Caller's address"),
     (B.BAD_POOL_CALLER, 0x9C): ("Attempt to allocate pool with the reserved tag 'BIG '",
-                                "Pool type", "Size of allocation, in bytes", "0"),
+                                "Pool type", "Size of allocation, in bytes", "Caller's address"),
     (B.BAD_POOL_CALLER, 0x9D): ("Attempt to allocate pool with a tag that has no letter or digit",
-                                "Incorrect pool tag", "Pool type", "0"),
+                                "Incorrect pool tag", "Pool type", "Caller's address"),
     (B.BAD_POOL_CALLER, 0x41286): ("Attempt to free paged pool in the middle of an allocation",
                                    "Reserved", "Reserved", "Start offset, in pages, from beginning of paged pool"),
     (B.BAD_POOL_HEADER, 0x3): ("The pool freelist is corrupt", "The pool entry being checked",
@@ -133,10 +133,18 @@ ARGUMENTS = {
                                                    "Pool type", "Number of bytes"),
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x10): ("Caller is freeing an address that was never "
                                                    "allocated", "Bad address", "Reserved", "Reserved"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x11): ("Caller is freeing paged pool above "
+                                                   "APC_LEVEL", "Current IRQL", "Pool type",
+                                                   "Address of pool"),
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x12): ("Caller is freeing nonpaged pool above "
+                                                   "DISPATCH_LEVEL", "Current IRQL", "Pool type",
+                                                   "Address of pool"),
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x13): ("Caller is freeing pool that was already "
-                                                   "freed", "Reserved", "Address", "Reserved"),
+                                                   "freed", "Reserved", "Pointer to pool header",
+                                                   "Pool header contents"),
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x14): ("Caller is freeing pool that was already "
-                                                   "freed", "Reserved", "Address", "Reserved"),
+                                                   "freed", "Reserved", "Pointer to pool header",
+                                                   "Pool header contents"),
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x60): ("A driver has forgotten to free its pool "
                                                    "allocations prior to unloading",
                                                    "Paged bytes", "Nonpaged bytes",
@@ -161,6 +169,7 @@ POOL_ARGUMENT = {
     (B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): 1,
     (B.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, None): 1,
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x10): 2, (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x13): 3,
+    (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x11): 4, (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x12): 4,
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x14): 3,
 }
 

@@ -12,7 +12,10 @@ from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..errors import bugcheck_name
 from ..pool.layout import HEADER_SIZE, POOL_HEADER, POOL_QUOTA
 from ..tags import display
-from . import bugchecks
+from . import bugchecks, display as show
+from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
+    SPECIAL_POOL_SPAN
+from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, tag_matches
 from .poolscan import BigPageIndex, PoolFinder, chunk_containing, read_page_report, \
     tag_bytes_regex, tag_display_matches
@@ -44,18 +47,76 @@ def pool_region_name(base_type: int) -> str:
     return "Paged pool" if base_type else "Nonpaged pool"
 
 
+def _length_argument(words: list[str]) -> int | None:
+    """kd's ``L Count`` / ``LCount`` / ``L?Count`` after an address (None: the default)."""
+    text = "".join(words).strip()
+    if not text:
+        return None
+    if text[0] not in "lL":
+        raise CommandError(f"Syntax error at '{text}': expected L Count")
+    count = parse_number(text[1:].lstrip("?") or "x", "Count")
+    if count == 0:
+        raise CommandError("Count must be at least 1")
+    return count
+
+
+def evaluate_expression(text: str) -> int:
+    """kd's ``?``: numbers in kd's radix joined by + - * / (left to right, * and / first)."""
+    import re
+
+    tokens = re.findall(r"[+\-*/]|[^+\-*/\s]+", text)
+    if not tokens:
+        raise CommandError("Syntax error: an expression is needed")
+    values: list = []
+    for token in tokens:
+        values.append(token if token in "+-*/" else parse_number(token, "Expression"))
+    # unary minus at the front
+    if values[0] == "-":
+        values = [0] + values
+    stack = [values[0]]
+    index = 1
+    while index < len(values):
+        operator, operand = values[index], values[index + 1] if index + 1 < len(values) else None
+        if operand is None or isinstance(operand, str) or not isinstance(operator, str):
+            raise CommandError(f"Syntax error in '{text}'")
+        if operator == "*":
+            stack[-1] *= operand
+        elif operator == "/":
+            if operand == 0:
+                raise CommandError("Divide by zero error")
+            stack[-1] //= operand
+        else:
+            stack += [operator, operand]
+        index += 2
+    result = stack[0]
+    for position in range(1, len(stack), 2):
+        result = result + stack[position + 1] if stack[position] == "+" else result - stack[position + 1]
+    return result & 0xFFFFFFFFFFFFFFFF
+
+
 class KdSession:
     def __init__(self, reader: DumpReader, pooltags: PoolTagDatabase | None = None):
         self.reader = reader
         self.pooltags = pooltags or PoolTagDatabase.default()
         self._big_pages: BigPageIndex | None = None
         self._finders: dict = {}
+        self._outstanding: dict | None = None
         self.commands = {
             "!analyze": self.analyze,
             "!pool": self.pool,
             "!poolval": self.poolval,
             "!poolused": self.poolused,
             "!poolfind": self.poolfind,
+            "!verifier": self.verifier,
+            "!pte": self.pte,
+            "!vm": self.vm,
+            **{command: None for command in show.DISPLAY_FORMATS},
+            "dt": self.display_type,
+            "lm": self.lm,
+            "k": self.stack, "kb": self.stack, "kv": self.stack,
+            "r": self.registers,
+            ".bugcheck": self.bugcheck,
+            "?": self.evaluate,
             ".help": self.help,
         }
 
@@ -66,6 +127,8 @@ class KdSession:
         outputs = []
         for command in line.split(";"):
             command = command.strip()
+            if command.lower() in ("q", "qq", "qd", "quit", "exit"):
+                break  # kd scripts end with q
             if command:
                 outputs.append(self.run_one(command))
         return "\n".join(outputs)
@@ -76,7 +139,11 @@ class KdSession:
         except ValueError as error:
             return f"Syntax error: {error}"
         name, args = words[0].lower(), words[1:]
+        if name not in self.commands and name.startswith("?"):
+            name, args = "?", [name[1:]] + args  # "?1+2" as kd reads it
         handler = self.commands.get(name)
+        if name in show.DISPLAY_FORMATS:
+            handler = lambda arguments: self._display(name, arguments)  # noqa: E731
         if handler is None:
             return f"No export {name.lstrip('!')} found (try .help)"
         try:
@@ -88,15 +155,30 @@ class KdSession:
         except DumpFormatError as error:
             return f"Cannot analyse: {error}"
 
+    HELP = [
+        ("!analyze [-v]", "explain the bug check: parameters, pool chunk, tag owner, culprit"),
+        ("!pool Address [Flags]", "walk the pool page holding Address (1: contents, 2: only "
+                                  "that chunk); special pool too"),
+        ("!poolval Address", "validate the headers of the page holding Address"),
+        ("!poolused [Flags [Tag]]", "usage by tag (1: verbose, 2: sort by nonpaged, 4: by paged)"),
+        ("!poolfind Tag [PoolType]", "find chunks by tag (0: nonpaged, 1: paged), big pages "
+                                     "and special pool first"),
+        ("!verifier 3 [Driver]", "outstanding pool allocations per driver: tag, size, call site"),
+        ("!vm", "physical memory and each pool's pages in use, maximum and charge"),
+        ("!pte Address", "the PXE, PPE, PDE and PTE that map Address"),
+        ("db/dw/dd/dq Address [L Count]", "display memory as bytes, words, dwords, qwords"),
+        ("dps Address [L Count]", "display pointers with what they point at"),
+        ("dt Type [Address]", "display a structure: " + ", ".join(show.structure_names())),
+        ("lm", "loaded modules (drivers) with their address ranges"),
+        ("k / r", "the bug check context: the driver and line running when it stopped"),
+        (".bugcheck", "the bug check code and its four arguments"),
+        ("? Expression", "evaluate a number (hex by default, 0n for decimal, + - * /)"),
+        (".help (or ?)", "this list"),
+        ("q", "quit"),
+    ]
+
     def help(self, args) -> str:
-        return "\n".join([
-            "!analyze [-v]            explain the bug check: parameters, pool chunk, tag owner",
-            "!pool Address [Flags]    walk the pool page holding Address (1: contents, 2: only that chunk)",
-            "!poolval Address         validate the headers of the page holding Address",
-            "!poolused [Flags [Tag]]  usage by tag (1: verbose, 2: sort by nonpaged, 4: by paged)",
-            "!poolfind Tag [PoolType] find chunks by tag (0: nonpaged, 1: paged), big pages first",
-            "q                        quit",
-        ])
+        return "\n".join(f"{command:<30} {text}" for command, text in self.HELP)
 
     # --- shared helpers -------------------------------------------------------------------
 
@@ -124,6 +206,8 @@ class KdSession:
         return "\n".join(self.pool_lines(address, flags))
 
     def pool_lines(self, address: int, flags: int = 0) -> list[str]:
+        if in_special_pool(address):
+            return self.special_pool_lines(address, flags)
         pool = self.reader.pool_of(address)
         if pool is None:
             return [f"{address:016x} is not a valid pool address (it is in no pool of this dump)"]
@@ -148,6 +232,9 @@ class KdSession:
             if marked:
                 tag = display(chunk.tag)
                 lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
+                if chunk.state == "Allocated":
+                    lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                              for text in self._allocated_by(chunk)]
                 if flags & 1:
                     lines += self._contents(chunk)
         for problem in report.problems:
@@ -155,6 +242,56 @@ class KdSession:
         if chunk_containing(report, address) is None:
             lines.append(f"{address:016x} is not inside any chunk the header chain reaches")
         return lines
+
+    def special_pool_lines(self, address: int, flags: int = 0) -> list[str]:
+        """!pool on Driver Verifier's special pool: the allocation, its mode, who made it."""
+        lines = [f"Pool page {address:016x} region is Special pool"]
+        chunk, relation = self.special_near(address)
+        if chunk is None:
+            return lines + [f"{address:016x} is on a special pool page that is not mapped: the "
+                            f"page of a freed allocation, or the guard page of one (any access "
+                            f"faults: 0xCC/0xD5 after a free, 0xCD/0xD6 past an end)"]
+        tag = display(chunk.tag)
+        kind = "Paged" if chunk.pool_name == "PagedPool" else "NonPaged"
+        lines += [f"*{chunk.address:016x} size: {chunk.size:4x} data: {chunk.address:016x} "
+                  f"({kind}) *{tag}",
+                  f"\t\tPooltag {tag} : {self.owner(tag)}"]
+        site = self._site_text(chunk.site)
+        if site:
+            lines.append(f"\t\tAllocated by {site}")
+        mode = ("underrun-checking: the allocation starts the page, the guard page is before it"
+                if chunk.underrun else
+                "overrun-checking: the allocation ends the page, the guard page is after it")
+        lines.append(f"\t\tSpecial pool, {mode}")
+        if relation:
+            lines.append(f"{address:016x} {relation}")
+        if flags & 1:
+            body = self.reader.read(chunk.address, min(chunk.size, 64))
+            for offset in range(0, len(body), 16):
+                row = body[offset:offset + 16]
+                text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
+                lines.append(f"    {chunk.address + offset:016x}  {row.hex(' ')}  {text}")
+        return lines
+
+    def special_near(self, address: int):
+        """(special pool allocation, how ``address`` relates to it) for an address on its page
+        or on its guard page; (None, "") when neither is mapped."""
+        chunk = special_chunk(self.reader, address)
+        if chunk is not None:
+            if address < chunk.address:
+                return chunk, f"is {chunk.address - address:#x} bytes before the allocation"
+            if address >= chunk.address + chunk.size:
+                return chunk, (f"is {address - chunk.address - chunk.size:#x} bytes past the end "
+                               f"of the allocation")
+            return chunk, ""
+        slot = SPECIAL_POOL_BASE + (address - SPECIAL_POOL_BASE) // SLOT_SIZE * SLOT_SIZE
+        for page in (slot, slot + PAGE_SIZE):
+            if page != address & ~(PAGE_SIZE - 1):
+                chunk = special_chunk(self.reader, page)
+                if chunk is not None:
+                    side = "past the end of" if address > chunk.address else "before"
+                    return chunk, f"is on the guard page {side} the allocation"
+        return None, ""
 
     def _contents(self, chunk) -> list[str]:
         body = self.reader.read(chunk.body, min(chunk.size - HEADER_SIZE, 64))
@@ -262,16 +399,150 @@ class KdSession:
             if tag_display_matches(regex, entry.Key) and pool.start <= entry.Va < pool.end:
                 lines.append(f"*{entry.Va:016x} :large page allocation, Tag is {display(entry.Key)}, "
                              f"size is {entry.NumberOfBytes:#x} bytes")
+        special = [chunk for chunk in special_chunks(self.reader)
+                   if (chunk.pool_name == pool.name) and tag_display_matches(regex, chunk.tag)]
+        lines += ["", f"Searching special pool ({SPECIAL_POOL_BASE:016x} : "
+                      f"{SPECIAL_POOL_BASE + SPECIAL_POOL_SPAN:016x}) for Tag: {pattern}", ""]
+        for chunk in special:
+            lines.append(f"*{chunk.address:016x} :special pool allocation, Tag is "
+                         f"{display(chunk.tag)}, size is {chunk.size:#x} bytes")
+            site = self._site_text(chunk.site)
+            if site:
+                lines.append(f"\t\tAllocated by {site}")
         lines += ["", f"Searching {pool.name} ({pool.start:016x} : {pool.end:016x}) for Tag: {pattern}", ""]
         finder = self._finders.get(pool_type)
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
         for chunk in finder.find(pattern):
             lines.append(self._chunk_line(chunk, False)[1:])
+            if chunk.state == "Allocated":
+                lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                          for text in self._allocated_by(chunk)]
         for page in finder.corrupt_pages:
             lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
                          f"header chain is corrupt (see !poolval {page:x})")
         return "\n".join(lines)
+
+    # --- display commands ------------------------------------------------------------------
+
+    def _display(self, command: str, args) -> str:
+        if not args:
+            raise CommandError(f"Usage: {command} Address [L Count]")
+        address = parse_number(args[0], "Address")
+        count = _length_argument(args[1:])
+        return "\n".join(show.display_memory(self.reader, command, address, count, self.symbol))
+
+    def symbol(self, pointer: int) -> str:
+        """What a pointer points at: a call site, a module offset, a pool chunk."""
+        for driver, address, line, function, filename in self.reader.call_sites()[1:]:
+            if address == pointer:
+                return f"{driver or 'nt'}!{function} ({filename.rsplit('/', 1)[-1]}:{line})"
+        for name, base, size in self.reader.loaded_modules():
+            if base <= pointer < base + size:
+                return f"{name.rsplit('.', 1)[0]}+{pointer - base:#x}"
+        if self.reader.pool_of(pointer) is not None or in_special_pool(pointer):
+            return "(pool)"
+        return ""
+
+    def display_type(self, args) -> str:
+        if not args:
+            raise CommandError("Usage: dt Type [Address]  (Types: "
+                               + ", ".join(show.structure_names()) + ")")
+        name = args[0].split("!", 1)[-1]
+        address = parse_number(args[1], "Address") if len(args) > 1 else None
+        return "\n".join(show.display_type(self.reader, name, address))
+
+    def pte(self, args) -> str:
+        if not args:
+            raise CommandError("Usage: !pte Address")
+        return "\n".join(show.display_pte(self.reader, parse_number(args[0], "Address")))
+
+    def lm(self, args) -> str:
+        return "\n".join(show.loaded_modules(self.reader))
+
+    def bugcheck(self, args) -> str:
+        return "\n".join(show.bugcheck_lines(self.reader))
+
+    def vm(self, args) -> str:
+        return "\n".join(show.virtual_memory(self.reader))
+
+    def _context(self) -> tuple[str, str, int]:
+        """(driver, call site text, its instruction address) where the machine stopped."""
+        context = self.reader.bugcheck_context()
+        driver = context["driver"] if context else ""
+        call_site = context["call_site"] if context else ""
+        address = 0
+        for owner, site_address, line, function, filename in self.reader.call_sites()[1:]:
+            text = f"{function} ({filename.rsplit('/', 1)[-1]}:{line})"
+            if text == call_site and (not driver or owner == driver):
+                address = site_address
+                break
+        return driver, call_site, address
+
+    def stack(self, args) -> str:
+        if not self.reader.bugcheck_code:
+            return "The machine did not bug-check: no stack was recorded."
+        driver, call_site, address = self._context()
+        lines = [" # Call Site", f"00 nt!KeBugCheckEx ({self.reader.bugcheck_code:#x})"]
+        if call_site:
+            lines.append(f"01 {driver or 'nt'}!{call_site}"
+                         + (f"  [{show.kd_address(address)}]" if address else ""))
+        else:
+            lines.append("01 (the caller was not recorded)")
+        return "\n".join(lines)
+
+    def registers(self, args) -> str:
+        driver, call_site, address = self._context()
+        lines = ["ntpool's processor model keeps no general registers; where it stopped:",
+                 f"rip={show.kd_address(address)}"
+                 + (f" {driver or 'nt'}!{call_site}" if call_site else " (not recorded)")]
+        if self.reader.bugcheck_code:
+            lines.append(f"bug check {self.reader.bugcheck_code:#x} "
+                         f"({bugcheck_name(self.reader.bugcheck_code)})")
+        return "\n".join(lines)
+
+    def evaluate(self, args) -> str:
+        if not args or not "".join(args).strip():
+            return self.help(args)
+        value = evaluate_expression("".join(args))
+        return f"Evaluate expression: {value} = {show.kd_address(value)}"
+
+    # --- !verifier ------------------------------------------------------------------------
+
+    def outstanding(self) -> dict:
+        if self._outstanding is None:
+            self._outstanding = outstanding_by_driver(self.reader, self.big_pages())
+        return self._outstanding
+
+    def verifier(self, args) -> str:
+        flags = parse_number(args[0], "Flags") if args else 0
+        driver = args[1].lower() if len(args) > 1 else None
+        modules = [name for name, _, _ in self.reader.loaded_modules() if name]
+        source = ("Driver Verifier's pool tracking list" if self.reader.verifier_tracking()
+                  is not None else "the pool headers (pool tracking was off: chunks cached on "
+                                   "a lookaside look allocated, big allocations are not listed)")
+        lines = ["Driver Verification List", f"Outstanding pool allocations, from {source}", ""]
+        names = [driver] if driver else sorted({m.lower() for m in modules} |
+                                              set(self.outstanding()))
+        if driver and driver not in {m.lower() for m in modules} | set(self.outstanding()):
+            return f"Module {args[1]} is not loaded in this dump (see lm)"
+        for name in names:
+            lines += self.outstanding_lines(name, detailed=bool(flags & 3))
+        return "\n".join(lines)
+
+    def outstanding_lines(self, driver: str, detailed: bool = True) -> list[str]:
+        rows = sorted(self.outstanding().get(driver.lower(), []))
+        total = sum(row.size for row in rows)
+        lines = [f"Module: {driver}", f"    Current Pool Allocations  {len(rows):8d}",
+                 f"    Current Pool Bytes        {total:8d}"]
+        if detailed and rows:
+            lines += ["", "      Address             Size     Tag   Where          Call site"]
+            for row in rows:
+                lines.append(f"      {show.kd_address(row.address)} {row.size:#8x}  "
+                             f"{display(row.tag)}  {row.where:<14} "
+                             f"{self._site_text(row.site) or '(not recorded)'}")
+        lines.append("")
+        return lines
 
     # --- !analyze -------------------------------------------------------------------------
 
@@ -312,7 +583,7 @@ class KdSession:
         index = bugchecks.pool_argument(code, parameters)
         candidates = [parameters[index - 1]] if index else list(parameters[1:]) + [parameters[0]]
         for value in candidates:
-            if self.reader.pool_of(value) is not None:
+            if self.reader.pool_of(value) is not None or in_special_pool(value):
                 return value
         return None
 
@@ -320,6 +591,8 @@ class KdSession:
         address = self._pool_address(code, parameters)
         if address is None:
             return ["", "POOL_ADDRESS: (no parameter of this bug check lies in a pool)"]
+        if in_special_pool(address):
+            return self._analyze_special(address)
         pool = self.reader.pool_of(address)
         lines = ["", f"POOL_ADDRESS:  {address:016x} {pool_region_name(pool.base_type)}"]
         big = self.big_pages().containing(address)
@@ -350,6 +623,24 @@ class KdSession:
                                  f"({neighbour.state}) tag {ntag} ({self.owner(ntag)})")
         lines += ["", "POOL_PAGE:"] + self.pool_lines(address)
         return lines
+
+    def _analyze_special(self, address: int) -> list[str]:
+        lines = ["", f"POOL_ADDRESS:  {address:016x} Special pool"]
+        chunk, relation = self.special_near(address)
+        if chunk is None:
+            lines.append("POOL_CHUNK:  (the page is not mapped: a freed special pool allocation, "
+                         "or the guard page of one)")
+        else:
+            tag = display(chunk.tag)
+            lines += [f"POOL_CHUNK:  {chunk.address:016x} size {chunk.size:#x} (special pool, "
+                      f"{'underrun' if chunk.underrun else 'overrun'}-checking)",
+                      f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+            site = self._site_text(chunk.site)
+            if site:
+                lines.append(f"ALLOCATED_BY:  {site}")
+            if relation:
+                lines.append(f"ACCESS:  {address:016x} {relation}")
+        return lines + ["", "POOL_PAGE:"] + self.special_pool_lines(address)
 
     def _site_text(self, site: int) -> str | None:
         sites = self.reader.call_sites()
@@ -388,8 +679,15 @@ class KdSession:
         if code != 0xC4 or parameters[0] != 0x62:
             return []
         name = self.reader.unicode_string(parameters[1])
-        return ["", f"LEAKING_DRIVER:  {name or '(name unreadable)'} left {parameters[3]} "
-                    f"allocation(s) behind"]
+        if not name:
+            context = self.reader.bugcheck_context()
+            name = context["driver"] if context else ""
+        lines = ["", f"LEAKING_DRIVER:  {name or '(name unreadable)'} left {parameters[3]} "
+                     f"allocation(s) behind"]
+        if name:
+            lines += ["", "OUTSTANDING_ALLOCATIONS (as !verifier 3 lists them):"]
+            lines += self.outstanding_lines(name)
+        return lines
 
     def _analyze_culprit(self) -> list[str]:
         # The driver and call site come from ntpool's NTPOOL_BUGCHECK_CONTEXT (see README).

@@ -20,7 +20,7 @@ import types
 import zlib
 from typing import NamedTuple
 
-from ..constants import NtStatus
+from ..constants import KERNEL_IMAGE_PS_LOADED_MODULE_LIST, NtStatus
 from ..errors import NtStatusError
 from ..hooks import DriverUnloading
 
@@ -266,7 +266,7 @@ class DriverRoutines:
     def _init_drivers(self) -> None:
         self.call_sites = CallSites()
         self.drivers: list[LoadedDriver] = []
-        head = self.kernel_data.reserve(16)
+        head = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST  # a global of ntoskrnl
         self.loaded_module_list = head  # PsLoadedModuleList
         LIST_ENTRY.pack_into(self._mem, self.space.translate(head), head, head)
 

@@ -98,6 +98,8 @@ KDBG_NONPAGED_POOL_DESCRIPTOR = 0x1C0
 KDBG_MM_HIGHEST_USER_ADDRESS = 0x1C8
 KDBG_MM_SYSTEM_RANGE_START = 0x1D0
 KDBG_MM_USER_PROBE_ADDRESS = 0x1D8
+KDBG_NT_BUILD_LAB = 0x208  # address of the NtBuildLab string
+KDBG_CM_NT_CSD_VERSION = 0x268  # address of the CmNtCSDVersion ULONG
 
 # --- ntpool's own debugger data block (follows KDBG, linked from its List.Flink) ---------
 
@@ -114,6 +116,10 @@ NTPL_BUGCHECK_CONTEXT = 0x50  # NTPOOL_BUGCHECK_CONTEXT, 0 when the machine did 
 NTPL_NUMBER_PROCESSORS = 0x58
 NTPL_CALL_SITE_TABLE = 0x60  # ntpool's NTCS table (ntpool.drivers.call_site_table)
 NTPL_CALL_SITE_TABLE_BYTES = 0x68
+# Driver Verifier's pool tracking (what !verifier 3 lists): entries, and how many; 0 when off.
+NTPL_VERIFIER_TRACK_TABLE = 0x70
+NTPL_VERIFIER_TRACK_COUNT = 0x78
+VERIFIER_TRACK_ENTRY = struct.Struct("<QQII")  # address, bytes requested, tag, call site
 NTPL_LAYOUT_VERSION = 1
 
 # NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.
@@ -134,6 +140,9 @@ MIN_BIG_PAGE_TABLE_SIZE = 512
 # --- KUSER_SHARED_DATA ---------------------------------------------------------------------
 
 KUSER_SHARED_DATA = 0xFFFFF78000000000
+KUSER_SYSTEM_TIME = 0x14  # KSYSTEM_TIME: LowPart, High1Time, High2Time
+KUSER_NT_SYSTEM_ROOT = 0x30  # WCHAR[260]
+NT_SYSTEM_ROOT = "C:\\Windows"
 KUSER_NT_BUILD_NUMBER = 0x260
 KUSER_NT_PRODUCT_TYPE = 0x264
 KUSER_PRODUCT_TYPE_IS_VALID = 0x268

@@ -10,11 +10,16 @@ record where they are. Nothing here is on the allocation path.
 from dataclasses import dataclass, field
 
 from ..drivers import call_site_table
+import struct
+import time
+
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
 from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
 from ..tags import PROTECTED_POOL
 from . import format as f
+from . import image as kernel_image
+from . import isf
 
 
 @dataclass
@@ -29,11 +34,12 @@ class DebuggerDataLayout:
 
     kdbg: int = 0
     ntpl: int = 0
-    list_heads: int = 0  # PsActiveProcessHead (an empty list) and a spare
+    ps_active_process_head: int = 0  # an empty list
     bugcheck_context: int = 0
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
+    verifier_tracking: Region = field(default_factory=Region)
 
 
 def poke(kernel, va: int, data) -> None:
@@ -63,6 +69,14 @@ def install_shared_data(kernel) -> None:
               f.KUSER_NT_MINOR_VERSION: f.NT_MINOR_VERSION}
     for offset, value in values.items():
         poke(kernel, f.KUSER_SHARED_DATA + offset, value.to_bytes(4, "little"))
+    poke(kernel, f.KUSER_SHARED_DATA + f.KUSER_NT_SYSTEM_ROOT, f.NT_SYSTEM_ROOT.encode("utf-16-le"))
+
+
+def _stamp_system_time(kernel) -> None:
+    """KUSER_SHARED_DATA.SystemTime: now, as the clock interrupt would have left it."""
+    now = int(time.time() * 10_000_000) + 116444736000000000
+    poke(kernel, f.KUSER_SHARED_DATA + f.KUSER_SYSTEM_TIME,
+         struct.pack("<Iii", now & 0xFFFFFFFF, now >> 32, now >> 32))
 
 
 def _layout_of(kernel) -> DebuggerDataLayout:
@@ -70,12 +84,12 @@ def _layout_of(kernel) -> DebuggerDataLayout:
     if layout is None:
         layout = DebuggerDataLayout()
         data = kernel.kernel_data
-        layout.kdbg = data.reserve(f.KDDEBUGGER_DATA64_SIZE + f.NTPL_SIZE, align=64)
-        layout.ntpl = layout.kdbg + f.KDDEBUGGER_DATA64_SIZE
-        layout.list_heads = data.reserve(32)
+        layout.kdbg = data.base + kernel_image.KDBG_RVA  # globals of the kernel image
+        layout.ntpl = data.base + kernel_image.NTPL_RVA
+        layout.ps_active_process_head = kernel_image.global_address(data.base, "PsActiveProcessHead")
         layout.bugcheck_context = data.reserve(f.BUGCHECK_CONTEXT.size)
-        for head in (layout.list_heads, layout.list_heads + 16):
-            poke(kernel, head, head.to_bytes(8, "little") * 2)  # an empty LIST_ENTRY
+        head = layout.ps_active_process_head
+        poke(kernel, head, head.to_bytes(8, "little") * 2)  # an empty LIST_ENTRY
         kernel._debugger_data_layout = layout
     return layout
 
@@ -152,7 +166,9 @@ def _kdbg_image(kernel, layout: DebuggerDataLayout) -> bytearray:
     fields = {
         f.KDBG_KERN_BASE: kernel.kernel_data.base,
         f.KDBG_PS_LOADED_MODULE_LIST: kernel.loaded_module_list,
-        f.KDBG_PS_ACTIVE_PROCESS_HEAD: layout.list_heads + 16,
+        f.KDBG_PS_ACTIVE_PROCESS_HEAD: layout.ps_active_process_head,
+        f.KDBG_NT_BUILD_LAB: kernel.kernel_data.base + kernel_image.NT_BUILD_LAB,
+        f.KDBG_CM_NT_CSD_VERSION: kernel_image.global_address(kernel.kernel_data.base, "CmNtCSDVersion"),
         f.KDBG_MM_LOWEST_PHYSICAL_PAGE: 1,
         f.KDBG_MM_HIGHEST_PHYSICAL_PAGE: kernel.physical.frame_count - 1,
         f.KDBG_MM_NUMBER_OF_PHYSICAL_PAGES: kernel.physical.frame_count,
@@ -221,17 +237,57 @@ def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
     return layout.bugcheck_context
 
 
+def _lay_out_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_entries: int) -> None:
+    """The kernel image's headers, CodeView record and globals (see ``ntpool.dump.image``)."""
+    base = kernel.kernel_data.base
+    poke(kernel, base, kernel_image.headers_and_rdata(base, isf.guid_bytes()))
+    poke(kernel, kernel_image.global_address(base, "KdVersionBlock"), kernel_image.version_block(base))
+    nonpaged, paged = kernel.nonpaged_pool, kernel.paged_pool
+    for name, value, size in (
+            ("PoolBigPageTable", layout.big_pages.va, 8), ("PoolBigPageTableSize", big_entries, 8),
+            ("PoolTrackTable", layout.tracker.va, 8), ("PoolTrackTableSize", tracker_entries, 8),
+            ("KeNumberProcessors", kernel.processors, 4), ("CmNtCSDVersion", kernel_image.CSD_VERSION, 4),
+            ("MmSystemRangeStart", SYSTEM_RANGE_START, 8),
+            ("MmHighestUserAddress", f.MM_HIGHEST_USER_ADDRESS, 8),
+            ("MmUserProbeAddress", f.MM_USER_PROBE_ADDRESS, 8),
+            ("MmNonPagedPoolStart", nonpaged.base, 8), ("MmNonPagedPoolEnd", nonpaged.limit, 8),
+            ("MmPagedPoolStart", paged.base, 8), ("MmPagedPoolEnd", paged.limit - 1, 8)):
+        poke(kernel, kernel_image.global_address(base, name), value.to_bytes(size, "little"))
+
+
 def lay_out_debugger_data(kernel) -> int:
     """Bring the in-memory tables up to date; returns KdDebuggerDataBlock's address."""
     install_shared_data(kernel)
+    _stamp_system_time(kernel)
     layout = _layout_of(kernel)
     tracker_entries, big_entries = _lay_out_tables(kernel, layout)
+    _lay_out_image(kernel, layout, tracker_entries, big_entries)
     context = _lay_out_bugcheck_context(kernel, layout)
     call_site_bytes = _lay_out_call_sites(kernel, layout)
+    tracked = _lay_out_verifier_tracking(kernel, layout)
     poke(kernel, layout.kdbg, _kdbg_image(kernel, layout))
-    poke(kernel, layout.ntpl, _ntpl_image(kernel, layout, tracker_entries, big_entries, context,
-                                          call_site_bytes))
+    ntpl = _ntpl_image(kernel, layout, tracker_entries, big_entries, context, call_site_bytes)
+    for offset, value in ((f.NTPL_VERIFIER_TRACK_TABLE, layout.verifier_tracking.va if tracked else 0),
+                          (f.NTPL_VERIFIER_TRACK_COUNT, tracked)):
+        ntpl[offset:offset + 8] = value.to_bytes(8, "little")
+    poke(kernel, layout.ntpl, ntpl)
     return layout.kdbg
+
+
+def _lay_out_verifier_tracking(kernel, layout: DebuggerDataLayout) -> int:
+    """Driver Verifier's pool tracking list, as !verifier 3 reads it; returns the entry count."""
+    verifier = getattr(kernel, "verifier", None)
+    rows = sorted(getattr(getattr(verifier, "tracking", None), "allocations", {}).values())
+    if not rows:
+        return 0
+    entry = f.VERIFIER_TRACK_ENTRY
+    _region_for(kernel, layout.verifier_tracking, len(rows), entry.size)
+    image = bytearray(len(rows) * entry.size)
+    for index, row in enumerate(rows):
+        entry.pack_into(image, index * entry.size, row.address, row.size, row.tag & 0xFFFFFFFF,
+                        row.site & 0xFFFFFFFF)
+    poke(kernel, layout.verifier_tracking.va, image)
+    return len(rows)
 
 
 def directory_table_base(kernel) -> int:

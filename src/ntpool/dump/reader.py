@@ -413,6 +413,8 @@ class DumpReader:
             "PsLoadedModuleList": q(kdbg, f.KDBG_PS_LOADED_MODULE_LIST),
             "CallSiteTable": q(ntpl, f.NTPL_CALL_SITE_TABLE),
             "CallSiteTableBytes": q(ntpl, f.NTPL_CALL_SITE_TABLE_BYTES),
+            "VerifierTrackTable": q(ntpl, f.NTPL_VERIFIER_TRACK_TABLE),
+            "VerifierTrackCount": q(ntpl, f.NTPL_VERIFIER_TRACK_COUNT),
         }
 
     def pool_ranges(self) -> list[PoolRange]:
@@ -513,6 +515,22 @@ class DumpReader:
                 names[ldr] = self.unicode_string(ldr + LDR_BASE_DLL_NAME)
             sites.append((names[ldr], address, line, function, filename))
         return sites
+
+    def verifier_tracking(self) -> list[tuple[int, int, int, int]] | None:
+        """Driver Verifier's tracked allocations (address, bytes, tag, call site), or None
+        when the dump has no tracking list (pool tracking was off)."""
+        data = self.debugger_data()
+        va, count = data["VerifierTrackTable"], data["VerifierTrackCount"]
+        if not va or not count:
+            return None
+        entry = f.VERIFIER_TRACK_ENTRY
+        if count * entry.size > self.size:
+            self._fail(f"the verifier tracking list claims {count} entries, more than the file holds")
+        try:
+            raw = self.read(va, count * entry.size)
+        except MemoryReadError:
+            self._fail(f"the verifier tracking list at {va:#x} is not in the dump")
+        return list(entry.iter_unpack(raw))
 
     def bugcheck_context(self) -> dict | None:
         """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""

@@ -13,6 +13,7 @@ import time
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from . import format as f
+from . import isf
 from .layout import directory_table_base, lay_out_debugger_data
 
 KINDS = ("full", "kernel")
@@ -49,7 +50,7 @@ def build_header(kernel, kdbg: int, dump_type: int, runs: list[tuple[int, int]],
     put(f.OFF_PFN_DATABASE, 0, 8)  # the machine has no PFN database
     layout = kernel._debugger_data_layout
     put(f.OFF_PS_LOADED_MODULE_LIST, kernel.loaded_module_list, 8)
-    put(f.OFF_PS_ACTIVE_PROCESS_HEAD, layout.list_heads + 16, 8)
+    put(f.OFF_PS_ACTIVE_PROCESS_HEAD, layout.ps_active_process_head, 8)
     put(f.OFF_MACHINE_IMAGE_TYPE, f.MACHINE_AMD64, 4)
     put(f.OFF_NUMBER_PROCESSORS, kernel.processors, 4)
     bugcheck = kernel.bugcheck
@@ -140,8 +141,12 @@ def _write_bitmap(kernel, out) -> None:
         _write_frames(out, physical.buffer, first, count)
 
 
-def write_dump(kernel, path, kind: str = "full") -> str:
-    """Write ``kernel``'s crash dump to ``path`` (``kind`` 'full' or 'kernel'); returns the path."""
+def write_dump(kernel, path, kind: str = "full", symbols: bool = True) -> str:
+    """Write ``kernel``'s crash dump to ``path`` (``kind`` 'full' or 'kernel'); returns the path.
+
+    With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``) is put in a
+    ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too).
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'full' or 'kernel', not {kind!r}")
     path = os.fspath(path)
@@ -157,4 +162,9 @@ def write_dump(kernel, path, kind: str = "full") -> str:
         except OSError:
             pass
         raise
+    if symbols:
+        try:
+            isf.install_symbols(isf.symbols_beside(path))
+        except OSError:
+            pass  # the dump is written; `ntpool symbols` names the package's copy
     return path

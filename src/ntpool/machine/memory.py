@@ -25,6 +25,10 @@ PTE_ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 
 # Windows 7 x64 maps its page tables through PML4 entry 0x1ED (PTE base 0xFFFFF68000000000).
 SELF_MAP_INDEX = 0x1ED
+# ... and keeps its PML4 at physical 0x187000. Analysers that ignore the dump header's
+# DirectoryTableBase (volatility3) look for a self-mapping PML4 only in fixed physical windows,
+# this frame among them; a machine too small to have it takes its first free frame.
+WINDOWS7_PML4_PFN = 0x187
 
 _QWORD = struct.Struct("<Q")
 _ZERO_PAGE = bytes(PAGE_SIZE)
@@ -70,6 +74,14 @@ class PhysicalMemory:
         self._hint = pfn + 1
         return pfn
 
+    def claim_frame(self, pfn: int) -> int | None:
+        """Take frame ``pfn`` itself if it exists and is free (None otherwise)."""
+        if not 0 < pfn < self.frame_count or self.frame_in_use[pfn]:
+            return None
+        self.frame_in_use[pfn] = 1
+        self.frames_used += 1
+        return pfn
+
     def allocate_contiguous(self, count: int, highest_pfn: int | None = None) -> int:
         """The first of ``count`` free frames in a row, all at or below ``highest_pfn``."""
         limit = self.frame_count if highest_pfn is None else min(self.frame_count, highest_pfn + 1)
@@ -103,10 +115,15 @@ class AddressSpace:
 
     def __init__(self, physical: PhysicalMemory):
         self.physical = physical
-        self.cr3 = self._new_table()
-        # The self-map entry lets a reader find the tables from CR3 alone.
+        root = physical.claim_frame(WINDOWS7_PML4_PFN)
+        if root is None:
+            root = physical.allocate_frame()
+        physical.zero_frame(root)
+        self.cr3 = root
+        # The self-map entry lets a reader find the tables from CR3 alone. No NX bit, as on
+        # Windows 7: volatility3 rejects a PML4 whose entries (NX included) point past the dump.
         self._write_entry(self.cr3 << PAGE_SHIFT, SELF_MAP_INDEX,
-                          (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_NX)
+                          (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY)
         self.tlb: dict[int, int] = {}  # virtual page number -> physical address of the page
 
     def _new_table(self) -> int:

@@ -44,14 +44,14 @@ from ..constants import (
 )
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
-from ..tags import BIG_TAG, PROTECTED_POOL, from_display, has_letter_or_digit, tag_value
+from ..tags import PROTECTED_POOL, tag_value
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
 from .checks import (
     check_block_size,
     check_free_tag,
     check_next_previous_size,
     check_not_already_freed,
-    header_value,
+    header_ulong,
 )
 from .layout import (
     BLOCK,
@@ -71,10 +71,6 @@ from .tracker import PoolTracker
 
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 LOOKASIDE_MAX_BYTES = (LOOKASIDE_MAX_BLOCKS << BLOCK_SHIFT) - HEADER_SIZE  # 496
-# 'BIG ' is reserved for the kernel's own big-page entries. The kernel's literal is ' GIB'
-# (shown "BIG "); a driver that writes 'BIG ' in its source gets " GIB" in memory. Both are
-# refused, so that neither spelling can pass for the reserved tag.
-RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
 
 # The fast paths work on physical addresses with precompiled runs of header fields; every
 # offset comes from the layout. They compute a chunk's blocks as (bytes + 31) >> 4 and read
@@ -240,23 +236,13 @@ class PoolAllocator:
 
     # --- tags ----------------------------------------------------------------------------
 
-    def validate_tag(self, tag, pool_type: int, number_of_bytes: int) -> int:
-        """The tag's ULONG, or the bug check Windows raises for a tag it refuses."""
-        if tag is None or tag == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type, number_of_bytes, 0,
-                       detail="allocation with pool tag 0")
-        value = tag_value(tag)
-        bare = value & ~PROTECTED_POOL
-        if bare == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type, number_of_bytes, 0,
-                       detail="allocation with pool tag 0")
-        if bare in RESERVED_TAGS:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_BIG, pool_type, number_of_bytes, 0,
-                       detail="allocation with the reserved pool tag 'BIG '")
-        if not has_letter_or_digit(bare):
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.TAG_NO_ALNUM, value, pool_type, 0,
-                       detail=f"pool tag {value:#010x} has no letter or digit")
-        return value
+    def validate_tag(self, tag) -> int:
+        """The tag's ULONG. Retail Windows accepts any tag (its checks are ASSERTs of the
+        checked build); Driver Verifier refuses 0, 'BIG ' and tags with no letter or digit
+        for the drivers it verifies (``DriverVerifier.check_allocate``)."""
+        if tag is None:
+            return 0
+        return tag_value(tag)
 
     def remember_tag(self, tag, value: int) -> None:
         if type(tag) in (str, int):
@@ -279,27 +265,42 @@ class PoolAllocator:
         """
         if site is None:
             site = self.caller_site()
-        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag)
+        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
         va = self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value,
                                    aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
+        if not va and pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
+            self.must_succeed_pool_empty(self.pool_for(pool_type), number_of_bytes)
         return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
-    def admit(self, pool_type, number_of_bytes, tag) -> tuple[int, int, int]:
-        """Validate a request as Windows does, in its order: (type, bytes, tag value)."""
+    def admit(self, pool_type, number_of_bytes, tag, site: int | None = None) -> tuple[int, int, int]:
+        """Validate a request as Windows does, in its order: (type, bytes, tag value).
+
+        A verified driver's request meets Driver Verifier's checks first (its own stops);
+        then the pool's: the IRQL, and a zero-byte request becomes a one-byte one, as the
+        retail kernel does (0xC2/0x00 is a checked-build stop; WRK pool.c)."""
         pool_type = checked_pool_type(pool_type)
         number_of_bytes = _checked_size(number_of_bytes)
+        value = self.validate_tag(tag)
+        if self.layer is not None:
+            self.layer.check_allocate(pool_type, number_of_bytes, value,
+                                      self.caller_site() if site is None else site)
         self.check_allocate_irql(pool_type, number_of_bytes)
-        if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.MUST_SUCCEED, pool_type, number_of_bytes,
-                       tag_value(tag) if tag else 0,
-                       detail="must-succeed pool types are obsolete")
-        value = self.validate_tag(tag, pool_type, number_of_bytes)
         if number_of_bytes == 0:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.ZERO_BYTES, 0, pool_type, value,
-                       detail="zero-byte pool allocation")
+            number_of_bytes = 1
         self.remember_tag(tag, value)
         return pool_type, number_of_bytes, value
+
+    def must_succeed_pool_empty(self, pool: Pool, number_of_bytes: int) -> None:
+        """Retail Windows serves the obsolete must-succeed types like any other and stops only
+        when it cannot: MUST_SUCCEED_POOL_EMPTY (bytes, pages used from nonpaged pool, big
+        pages, pages available), as WRK's ExAllocatePoolWithTag and Microsoft's 0x41 page."""
+        big_pages = sum(count for _, count in pool.big_pages.values())
+        self.crash(BugCheckCode.MUST_SUCCEED_POOL_EMPTY, number_of_bytes,
+                   self.nonpaged.pages_in_use, big_pages,
+                   pool.physical.frame_count - pool.physical.frames_used,
+                   detail=f"no {pool.name} left for a must-succeed request of "
+                          f"{number_of_bytes} bytes")
 
     def check_allocate_irql(self, pool_type: int, number_of_bytes: int) -> None:
         irql = self.irql
@@ -398,8 +399,9 @@ class PoolAllocator:
     def allocate_with_priority(self, pool_type, number_of_bytes, tag, priority) -> int:
         """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority."""
         priority = checked_priority(priority)
-        if priority & ~0xF != 32:
-            pool_type = checked_pool_type(pool_type)
+        pool_type = checked_pool_type(pool_type)
+        # Must-succeed requests ignore the priority (WRK ExAllocatePoolWithTagPriority).
+        if priority & ~0xF != 32 and not pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
             size = _checked_size(number_of_bytes)
             if not self.resources_available(self.pool_for(pool_type), size, priority):
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
@@ -473,8 +475,10 @@ class PoolAllocator:
     def free_generic(self, address, tag) -> None:
         address = checked_address(address)
         passed = None if tag is None or tag == 0 else tag_value(tag)
-        if self.layer is not None and self.layer.free(address, passed):
-            return
+        if self.layer is not None:
+            self.layer.check_free(address, self.caller_site())
+            if self.layer.free(address, passed):
+                return
         pool = self.locate(address)
         irql = self.irql
         if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool.base_type == 1):
@@ -488,16 +492,29 @@ class PoolAllocator:
         else:
             self._crash_not_allocated(pool, address, kind)
 
+    def pool_at(self, address: int) -> Pool | None:
+        """The pool whose range holds ``address``, or None."""
+        for pool in self.pools:
+            if pool.contains(address):
+                return pool
+        return None
+
     def _crash_not_allocated(self, pool: Pool, address: int, kind: int) -> None:
         page_offset = (address - pool.base) >> PAGE_SHIFT
         if kind == PAGE_FREE and pool.base_type == 1:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_PAGED_NOT_ALLOCATED, address,
                        page_offset, pool.page_count << PAGE_SHIFT,
                        detail=f"free of {address:#x}: that paged pool page is not allocated")
-        if kind == PAGE_FREE:
-            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_NONPAGED_NOT_ALLOCATED, address, 0,
+        if kind == PAGE_FREE or (kind == PAGE_BIG_REST and pool.base_type == 0
+                                 and not address & (PAGE_SIZE - 1)):
+            # Parameter 3 is the page's frame (its PFN does not start an allocation). A free
+            # nonpaged page has no frame here: ntpool unmaps released pool pages, so it is 0.
+            pfn = pool.space.translate(address & ~(PAGE_SIZE - 1))
+            pfn = pfn >> PAGE_SHIFT if pfn is not None else 0
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_NONPAGED_NOT_ALLOCATED, address, pfn,
                        pool.physical.frame_count - 1,
-                       detail=f"free of {address:#x}: that nonpaged pool page is not allocated")
+                       detail=f"free of {address:#x}: no nonpaged pool allocation starts on "
+                              f"that page")
         if kind == PAGE_BIG_REST and pool.base_type == 1:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_PAGED_MIDDLE_OF_ALLOCATION, 0, 0,
                        page_offset, detail=f"free of {address:#x}, inside a big allocation")
@@ -510,9 +527,8 @@ class PoolAllocator:
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
         pa = pool._pa(chunk)
-        raw = header_value(self.mem[pa:pa + HEADER_FIRST8.size])
         _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
-        check_not_already_freed(self.crash, type_byte, raw, address)
+        check_not_already_freed(self.crash, type_byte, header_ulong(self.mem, pa), address)
         check_block_size(self.crash, chunk, block_size)
         if passed is not None or stored & PROTECTED_POOL:
             check_free_tag(self.crash, address, stored, 0 if passed is None else passed)

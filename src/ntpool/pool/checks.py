@@ -12,17 +12,24 @@ BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 
 
-def header_value(raw8: bytes) -> int:
-    """The first eight header bytes as one number, as bug check parameters show them."""
-    return int.from_bytes(raw8, "little")
+# BAD_POOL_CALLER 0x07's second parameter is "Reserved": Windows puts the source line of the
+# check there. 0x11C1 is the value in Microsoft's Windows 7 x64 example (NTDebugging blog,
+# "Understanding Pool Corruption Part 3").
+DOUBLE_FREE_LINE = 0x11C1
+
+
+def header_ulong(buffer, offset: int) -> int:
+    """The header's first ULONG (Ulong1: PreviousSize, PoolIndex, BlockSize, PoolType), which
+    BAD_POOL_CALLER 0x07 and BAD_POOL_HEADER 0x20 show."""
+    return int.from_bytes(buffer[offset:offset + 4], "little")
 
 
 # --- the checks ---------------------------------------------------------------------------
 
-def check_not_already_freed(crash, pool_type_byte: int, header_raw: int, address: int) -> None:
-    """Freeing a chunk whose PoolType has no in-use bit (0xC2/0x07: 0, header, address)."""
+def check_not_already_freed(crash, pool_type_byte: int, header_ulong: int, address: int) -> None:
+    """0xC2 (0x07, source line, the header's first ULONG, address), as WRK's free path."""
     if not pool_type_byte & POOL_IN_USE:
-        crash(BAD_POOL_CALLER, BadPoolCaller.DOUBLE_FREE, 0, header_raw, address,
+        crash(BAD_POOL_CALLER, BadPoolCaller.DOUBLE_FREE, DOUBLE_FREE_LINE, header_ulong, address,
               detail=f"{address:#x} was already freed")
 
 

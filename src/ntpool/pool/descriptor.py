@@ -19,7 +19,7 @@ from .checks import (
     check_pool_header,
     check_previous_neighbour,
     check_previous_size,
-    header_value,
+    header_ulong,
 )
 from .layout import (
     BLOCK_SHIFT,
@@ -435,7 +435,7 @@ class Pool:
                               f"a pool block")
         raw = self.read_bytes(chunk, HEADER_FIRST8.size)
         _, _, block_size, pool_type, _ = HEADER_FIRST8.unpack(raw)
-        check_not_already_freed(self.crash, pool_type, header_value(raw), entry)
+        check_not_already_freed(self.crash, pool_type, header_ulong(raw, 0), entry)
         check_block_size(self.crash, chunk, block_size)
         following = chunk + (block_size << BLOCK_SHIFT)
         if following & (PAGE_SIZE - 1):

@@ -2,31 +2,17 @@
 
 FsRtlAllocatePoolWithTag is ExAllocatePoolWithTag with POOL_RAISE_IF_ALLOCATION_FAILURE:
 it returns the address or raises ``NtStatusError`` (STATUS_INSUFFICIENT_RESOURCES), which a
-driver catches with try/except as the documentation's try-except advice says. Only the
-four documented pool types are accepted (plus the obsolete must-succeed ones, which are
-bug check 0xC2/0x9A as in Windows).
+driver catches with try/except as the documentation's try-except advice says. ntifs.h defines
+it as a macro over ExAllocatePoolWithTag, so it passes any POOL_TYPE through (NonPagedPoolNx,
+POOL_COLD_ALLOCATION, ...): the four types the page lists are the ones it recommends, not a
+check. The obsolete must-succeed types are served as ExAllocatePoolWithTag serves them.
 """
 
-from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE, PoolType
+from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE
 from ..errors import NtStatusError
+from ..pool.allocator import checked_pool_type
 from ..tags import DEFAULT_TAG_FSRTL
 from .registry import routine
-
-DOCUMENTED_TYPES = frozenset({PoolType.NonPagedPool, PoolType.PagedPool,
-                              PoolType.NonPagedPoolCacheAligned, PoolType.PagedPoolCacheAligned})
-# Obsolete; accepted here only so that the allocator can bug-check them as Windows does.
-MUST_SUCCEED_TYPES = frozenset({PoolType.NonPagedPoolMustSucceed,
-                                PoolType.NonPagedPoolCacheAlignedMustS})
-
-
-def _fsrtl_pool_type(pool_type) -> int:
-    if isinstance(pool_type, bool) or not isinstance(pool_type, int):
-        raise TypeError(f"PoolType must be a POOL_TYPE value, not {type(pool_type).__name__}")
-    if pool_type not in DOCUMENTED_TYPES and pool_type not in MUST_SUCCEED_TYPES:
-        raise ValueError(f"PoolType {pool_type} is not one of FsRtlAllocatePoolWithTag's "
-                         f"documented types (NonPagedPool, PagedPool, NonPagedPoolCacheAligned, "
-                         f"PagedPoolCacheAligned)")
-    return int(pool_type)
 
 
 class FsRtlRoutines:
@@ -34,7 +20,7 @@ class FsRtlRoutines:
              "_In_ ULONG Tag)")
     def FsRtlAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """The address of uninitialized pool; raises NtStatusError(0xC000009A) on failure."""
-        pool_type = _fsrtl_pool_type(PoolType)
+        pool_type = checked_pool_type(PoolType)
         return self.pool.allocate_generic(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE,
                                           NumberOfBytes, Tag)
 
@@ -48,7 +34,7 @@ class FsRtlRoutines:
     def FsRtlAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Charge the current process's quota; raises NtStatusError (STATUS_QUOTA_EXCEEDED or
         STATUS_INSUFFICIENT_RESOURCES) on failure."""
-        pool_type = _fsrtl_pool_type(PoolType)
+        pool_type = checked_pool_type(PoolType)
         va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag,
                                                    self._billed_process())
         if not va:

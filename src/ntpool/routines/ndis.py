@@ -307,7 +307,8 @@ class NdisRoutines:
             if not is_allocated(header.PoolType):
                 return  # a double free: the free diagnoses it
             held = (blocks << BLOCK_SHIFT) - HEADER_SIZE
-            if not 0 < length <= MAX_SMALL_ALLOCATION or blocks_for(length) != blocks:
+            # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.
+            if not length <= MAX_SMALL_ALLOCATION or blocks_for(max(length, 1)) != blocks:
                 raise NdisContractError(
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "

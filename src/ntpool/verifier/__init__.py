@@ -10,14 +10,46 @@ on, so nothing is paid while the verifier is off.
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from enum import IntFlag
+from enum import IntEnum, IntFlag
 
+from ..constants import (
+    APC_LEVEL,
+    BASE_POOL_TYPE_MASK,
+    DISPATCH_LEVEL,
+    MUST_SUCCEED_POOL_TYPE_MASK,
+    PAGE_SIZE,
+    BadPoolCaller,
+    BugCheckCode,
+)
 from ..hooks import DriverUnloading, IrqlRaised
-from ..tags import display
+from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
+from ..pool.layout import BLOCK, is_allocated
+from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
 from .low_resources import LowResourcesSimulation, SystematicLowResources
 from .special_pool import SpecialPool
 from .tracking import PoolTracking
 from .uninitialized import UninitializedMemoryTracking
+
+
+# 'BIG ' is reserved for the kernel's big-page entries. The kernel's literal is ' GIB' (shown
+# "BIG "); a driver that writes 'BIG ' in its source gets " GIB" in memory. Both are refused.
+RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
+
+
+DRIVER_VERIFIER_DETECTED_VIOLATION = BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION
+
+
+class VerifierStop(IntEnum):
+    """DRIVER_VERIFIER_DETECTED_VIOLATION (0xC4) parameter 1 values of the pool checks."""
+
+    ZERO_BYTES = 0x00
+    ALLOCATE_PAGED_AT_BAD_IRQL = 0x01
+    ALLOCATE_NONPAGED_AT_BAD_IRQL = 0x02
+    FREE_BAD_ADDRESS = 0x10
+    FREE_PAGED_AT_BAD_IRQL = 0x11
+    FREE_NONPAGED_AT_BAD_IRQL = 0x12
+    DOUBLE_FREE = 0x13
+    UNLOAD_WITH_ALLOCATIONS = 0x62
 
 
 class VerifierFlags(IntFlag):
@@ -151,6 +183,76 @@ class DriverVerifier:
 
     # --- the allocator's PoolLayer ----------------------------------------------------------
 
+    def check_allocate(self, pool_type: int, number_of_bytes: int, tag: int, site: int) -> None:
+        """A verified driver's request, checked as Driver Verifier checks it before the pool
+        sees it (VeAllocatePoolWithTagPriority, ExAllocatePoolSanityChecks): the tag stops
+        (0xC2 0x9B / 0x9C / 0x9D, the caller's address last), then 0xC4's own pool stops
+        (0x00 zero bytes, 0x01 / 0x02 bad IRQL), then must-succeed (0xC2 0x9A)."""
+        if self.options_for_site(site) is None:
+            return
+        kernel = self.kernel
+        caller = kernel.call_sites.table[site].address if site else 0
+        bare = tag & ~PROTECTED_POOL
+        if bare == 0:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type,
+                                number_of_bytes, caller, detail="allocation with pool tag 0")
+        if bare in RESERVED_TAGS:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_BIG, pool_type,
+                                number_of_bytes, caller,
+                                detail="allocation with the reserved pool tag 'BIG '")
+        if not has_letter_or_digit(bare):
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_NO_ALNUM, tag,
+                                pool_type, caller,
+                                detail=f"pool tag {tag:#010x} has no letter or digit")
+        irql = kernel.pool.irql
+        if number_of_bytes == 0:
+            kernel.KeBugCheckEx(BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION,
+                                VerifierStop.ZERO_BYTES, irql, pool_type, 0,
+                                detail="zero-byte pool allocation by a verified driver")
+        paged = pool_type & BASE_POOL_TYPE_MASK
+        if irql > DISPATCH_LEVEL or (paged and irql > APC_LEVEL):
+            stop = VerifierStop.ALLOCATE_PAGED_AT_BAD_IRQL if paged else \
+                VerifierStop.ALLOCATE_NONPAGED_AT_BAD_IRQL
+            kernel.KeBugCheckEx(BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION, stop, irql,
+                                pool_type, number_of_bytes,
+                                detail=f"allocation of {'paged' if paged else 'nonpaged'} pool "
+                                       f"at IRQL {irql} by a verified driver")
+        if pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.MUST_SUCCEED, pool_type,
+                                number_of_bytes, tag,
+                                detail="must-succeed pool requested by a verified driver")
+
+    def check_free(self, address: int, site: int) -> None:
+        """A verified driver's free, checked as Driver Verifier checks it before the pool
+        does (ExFreePoolSanityChecks): 0xC4 0x10 for an address no allocation returned,
+        0x11 / 0x12 at a bad IRQL, 0x13 for a chunk already freed."""
+        if self.options_for_site(site) is None or self.special_pool.contains(address):
+            return
+        kernel = self.kernel
+        allocator = kernel.pool
+        pool = allocator.pool_at(address)
+        stop = DRIVER_VERIFIER_DETECTED_VIOLATION
+        if pool is None:
+            kernel.KeBugCheckEx(stop, VerifierStop.FREE_BAD_ADDRESS, address, 0, 0,
+                                detail=f"free of {address:#x}, which no allocation returned")
+        irql = allocator.irql
+        if irql > DISPATCH_LEVEL or (pool.base_type == 1 and irql > APC_LEVEL):
+            code = VerifierStop.FREE_PAGED_AT_BAD_IRQL if pool.base_type == 1 else \
+                VerifierStop.FREE_NONPAGED_AT_BAD_IRQL
+            kernel.KeBugCheckEx(stop, code, irql, pool.base_type, address,
+                                detail=f"free of {pool.name} at IRQL {irql} by a verified driver")
+        kind = pool.page_kind_of(address)
+        if kind == PAGE_BIG_FIRST and not address & (PAGE_SIZE - 1) and address in pool.big_pages:
+            return
+        if kind != PAGE_SMALL or address & (BLOCK - 1) or not address & (PAGE_SIZE - BLOCK):
+            kernel.KeBugCheckEx(stop, VerifierStop.FREE_BAD_ADDRESS, address, 0, 0,
+                                detail=f"free of {address:#x}, which no allocation returned")
+        header = address - BLOCK
+        first = int.from_bytes(kernel.read(header, 4), "little")
+        if not is_allocated((first >> 24) & 0xFF):
+            kernel.KeBugCheckEx(stop, VerifierStop.DOUBLE_FREE, 0, header, first,
+                                detail=f"{address:#x} was already freed (by a verified driver)")
+
     def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False):
         options = self.options_for_site(site)
         if options is None:
@@ -244,4 +346,4 @@ def _checked_flags(flags) -> int:
     return flags
 
 
-__all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags"]
+__all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags", "VerifierStop"]

@@ -190,7 +190,11 @@ class SpecialPool:
         if state == SLOT_LIVE:
             allocation = self.live[slot]
             where = "before the start" if address < allocation.address else "past the end"
-            kernel.KeBugCheckEx(BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, address, int(write),
+            # As for freed special pool: the DRIVER_ code when the access is a driver's.
+            by_driver = bool(site) and kernel.call_sites.table[site].driver != 0
+            code = (BugCheckCode.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION if by_driver
+                    else BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION)
+            kernel.KeBugCheckEx(code, address, int(write),
                                 ip, 0, detail=f"{'write' if write else 'read'} at {address:#x}, "
                                 f"{where} of special pool allocation {allocation.address:#x} "
                                 f"({allocation.size} bytes, tag {display(allocation.tag)})")

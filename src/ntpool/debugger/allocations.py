@@ -1,0 +1,136 @@
+"""Who holds what in a dump: special pool allocations, and outstanding allocations by driver.
+
+Special pool (Driver Verifier's) lives in its own region: each allocation alone on a page,
+its 16-byte header (size u16, flags u8, PoolType u8, Tag u32, call site u64) at the far end
+of the page from the allocation; freed allocations and guard pages are unmapped.
+
+Outstanding allocations are listed as ``!verifier 3`` lists them: from Driver Verifier's
+pool tracking list in the dump when pool tracking was on; otherwise every allocated chunk
+whose AllocatorBackTraceIndex (header bytes 8-9; ProcessBilled for quota chunks, which are
+skipped) names a call site of the driver, plus its special pool allocations. Without the
+list, big allocations (no header) are not attributed and chunks cached on a lookaside
+(which keep their in-use marking) cannot be told from allocated ones.
+"""
+
+import struct
+from typing import Iterator, NamedTuple
+
+from ..constants import PAGE_SIZE
+from ..dump.reader import DumpReader, MemoryReadError
+from ..pool.layout import BLOCK, HEADER_SIZE, POOL_HEADER, POOL_IN_USE, POOL_QUOTA, \
+    POOL_TYPE_BASE_MASK
+from ..verifier.special_pool import FLAG_UNDERRUN, SLOT_SIZE, SPECIAL_POOL_BASE
+from .poolscan import BigPageIndex, examine_page
+
+SPECIAL_POOL_SPAN = 1 << 32  # the region ntpool's special pool can occupy
+SPECIAL_HEADER = struct.Struct("<HBBIQ")
+
+
+class SpecialChunk(NamedTuple):
+    page: int
+    address: int  # what the driver was given
+    size: int  # bytes requested
+    underrun: bool
+    pool_type: int
+    tag: int
+    site: int
+
+    @property
+    def pool_name(self) -> str:
+        return "PagedPool" if self.pool_type & POOL_TYPE_BASE_MASK else "NonPagedPool"
+
+
+class Allocation(NamedTuple):
+    address: int  # what the driver was given
+    size: int  # bytes: requested (special pool) or the chunk's usable bytes
+    tag: int
+    site: int
+    where: str  # "NonPagedPool", "PagedPool" or "special pool"
+
+
+def in_special_pool(va: int) -> bool:
+    return SPECIAL_POOL_BASE <= va < SPECIAL_POOL_BASE + SPECIAL_POOL_SPAN
+
+
+def special_chunk(reader: DumpReader, va: int) -> SpecialChunk | None:
+    """The live special pool allocation on the page holding ``va`` (None: unmapped or none)."""
+    page_va = va & ~(PAGE_SIZE - 1)
+    try:
+        page = reader.page(page_va)
+    except MemoryReadError:
+        return None
+    return parse_special_page(page, page_va)
+
+
+def parse_special_page(page: bytes, page_va: int) -> SpecialChunk | None:
+    underrun = (page_va - SPECIAL_POOL_BASE) % SLOT_SIZE >= PAGE_SIZE
+    at = PAGE_SIZE - BLOCK if underrun else 0
+    size, flags, pool_type, tag, site = SPECIAL_HEADER.unpack_from(page, at)
+    if not 0 < size <= PAGE_SIZE - BLOCK or bool(flags & FLAG_UNDERRUN) != underrun \
+            or not pool_type & POOL_IN_USE:
+        return None
+    rounded = (size + BLOCK - 1) & ~(BLOCK - 1)
+    address = page_va if underrun else page_va + PAGE_SIZE - rounded
+    return SpecialChunk(page_va, address, size, underrun, pool_type, tag, site)
+
+
+def special_chunks(reader: DumpReader) -> Iterator[SpecialChunk]:
+    """Every live special pool allocation the dump holds, in address order."""
+    for va, offset in reader.mapped_pages(SPECIAL_POOL_BASE, SPECIAL_POOL_BASE + SPECIAL_POOL_SPAN):
+        chunk = parse_special_page(reader.mapping[offset:offset + PAGE_SIZE], va)
+        if chunk is not None:
+            yield chunk
+
+
+def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocation]:
+    """Every allocated small chunk on a page whose header chain is sound, then special pool."""
+    mapping = reader.mapping
+    for pool in reader.pool_ranges():
+        for va, offset in reader.mapped_pages(pool.start, pool.end):
+            if big_pages.containing(va) is not None:
+                continue
+            page = mapping[offset:offset + PAGE_SIZE]
+            report = examine_page(page, va, pool.base_type)
+            if report.problems:
+                continue
+            for chunk in report.chunks:
+                if not chunk.pool_type & POOL_IN_USE or chunk.pool_type & POOL_QUOTA:
+                    continue
+                site = POOL_HEADER.get(page, chunk.address - va, "AllocatorBackTraceIndex")
+                yield Allocation(chunk.body, chunk.size - HEADER_SIZE, chunk.tag, site, pool.name)
+    for chunk in special_chunks(reader):
+        yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
+
+
+def tracked_allocations(reader: DumpReader) -> list[Allocation] | None:
+    """Driver Verifier's own list, when pool tracking was on (None otherwise)."""
+    rows = reader.verifier_tracking()
+    if rows is None:
+        return None
+    result = []
+    for address, size, tag, site in rows:
+        if in_special_pool(address):
+            where = "special pool"
+        else:
+            pool = reader.pool_of(address)
+            where = pool.name if pool is not None else "?"
+        result.append(Allocation(address, size, tag, site, where))
+    return result
+
+
+def outstanding_by_driver(reader: DumpReader, big_pages: BigPageIndex) -> dict[str, list[Allocation]]:
+    """Driver name (lower case) -> its outstanding allocations, by the call-site table.
+
+    Driver Verifier's tracking list when the dump has one (exact: requested sizes, big
+    allocations, nothing cached on a lookaside); else a scan of the pool's headers.
+    """
+    sites = reader.call_sites()
+    result: dict[str, list[Allocation]] = {}
+    tracked = tracked_allocations(reader)
+    for allocation in tracked if tracked is not None else allocations(reader, big_pages):
+        if not 0 < allocation.site < len(sites):
+            continue
+        driver = sites[allocation.site][0]
+        if driver:
+            result.setdefault(driver.lower(), []).append(allocation)
+    return result

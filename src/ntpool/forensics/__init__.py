@@ -1,0 +1,1 @@
+"""Ground truth for memory forensics: manifests of every chunk, corpora, scores, volatility3."""

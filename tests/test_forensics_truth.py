@@ -1,0 +1,90 @@
+"""The truth manifest: every chunk and big allocation, from the allocator's own state,
+agreeing with the tracker's per-tag counts."""
+
+import json
+import random
+
+import pytest
+
+import ntpool
+from ntpool import PoolType
+from ntpool.forensics import truth as t
+
+
+def busy_machine(seed=3):
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+    rng = random.Random(seed)
+    live = []
+    tags = ["Aaaa", "Bbbb", "Cc", "Dddd", ntpool.tag("Prot").value | ntpool.PROTECTED_POOL]
+    for step in range(3000):
+        if live and rng.random() < 0.45:
+            p, tag = live.pop(rng.randrange(len(live)))
+            k.ExFreePoolWithTag(p, tag)
+            continue
+        tag = rng.choice(tags)
+        kind = rng.choice((PoolType.NonPagedPool, PoolType.PagedPool))
+        size = rng.choice((rng.randrange(1, 600), rng.randrange(600, 4000), rng.randrange(4000, 12000)))
+        p = k.ExAllocatePoolWithTag(kind, size, tag)
+        if p:
+            live.append((p, tag))
+    return k
+
+
+def test_every_chunk_agrees_with_the_tracker_and_states_come_from_the_lists():
+    k = busy_machine()
+    paged_page = next(r[0] for r in t.manifest(k).chunks if r[2] == "PagedPool") & ~0xFFF
+    assert k.page_out(paged_page) == 1
+    truth = t.manifest(k)
+    assert t.check_against_tracker(truth, k) == []
+    states = {row[9] for row in truth.chunks}
+    assert states >= {"allocated", "free", "lookaside"}
+    assert truth.big and {row[2] for row in truth.big} == {"NonPagedPool", "PagedPool"}
+    # Each chunk's header says what the manifest says; pages are covered exactly.
+    by_page: dict = {}
+    for row in truth.chunks:
+        address, physical, pool, tag, shown, size, blocks, prev, ptype, state, out, _ = row
+        by_page.setdefault(address & ~0xFFF, []).append((address, size))
+        if out:
+            assert physical is None and address & ~0xFFF == paged_page
+            continue
+        header = k.physical.read(physical, 8)
+        assert header[2] == blocks and header[3] == ptype and int.from_bytes(header[4:], "little") == tag
+        assert k.space.translate(address) == physical
+        assert (ptype == 0) == (state == "free")
+    for chunks in by_page.values():
+        assert sum(size for _, size in chunks) == 4096
+    assert truth.paged_out_pages == [paged_page]
+    assert any(row[3] & ntpool.PROTECTED_POOL and row[4] == "torP" for row in truth.chunks + truth.big)
+    # The lookaside chunks are exactly the ones on the lists.
+    lookaside = {row[0] + 16 for row in truth.chunks if row[9] == "lookaside"}
+    assert lookaside == t._lookaside_entries(k.nonpaged_pool) | t._lookaside_entries(k.paged_pool)
+
+
+def test_a_page_a_driver_damaged_is_marked_corrupt():
+    k = busy_machine()
+    before = t.manifest(k)
+    row = next(r for r in before.chunks if r[1] is not None and r[0] & 0xFFF and r[6] > 1)
+    page = row[0] & ~0xFFF
+    k.physical.write(row[1] + 2, b"\xff")  # BlockSize past the page
+    after = t.manifest(k)
+    assert after.corrupt_pages == [{"page": page, "pool": row[2], "how": after.corrupt_pages[0]["how"],
+                                    "complete": False}]
+    assert "runs past the page" in after.corrupt_pages[0]["how"]
+    on_page = [r for r in after.chunks if r[0] & ~0xFFF == page]
+    assert on_page and all(r[11] for r in on_page) and on_page[-1][0] < row[0]
+    t.mark_corrupt(before, page, row[2], "BlockSize overwritten")
+    assert all(r[11] == (r[0] & ~0xFFF == page) for r in before.chunks)
+
+
+def test_the_manifest_json_round_trips(tmp_path):
+    k = busy_machine(5)
+    truth = t.manifest(k)
+    path = t.write(truth, tmp_path / "truth.json")
+    document = t.load(path)
+    assert document["chunk_fields"] == list(t.CHUNK_FIELDS)
+    assert len(document["chunks"]) == len(truth.chunks)
+    first = document["chunks"][0]
+    assert int(first[0], 16) == truth.chunks[0][0] and first[2:] == truth.chunks[0][2:]
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="not a truth manifest"):
+        t.load(tmp_path / "bad.json")
