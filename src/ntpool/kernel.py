@@ -23,6 +23,12 @@ from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
 from .machine.irql import IrqlRoutines
 from .routines.ndis import NdisRoutines
+from .routines.io import IoRoutines
+from .routines.ke_sync import SyncRoutines
+from .routines.objects import ObjectRoutines
+from .routines.registry_keys import RegistryRoutines
+from .routines.rtl_strings import StringRoutines
+from .routines.security import SecurityRoutines
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines
 from .machine.memory import AddressSpace, PhysicalMemory, canonical
@@ -77,7 +83,8 @@ def _positive_bytes(name: str, value) -> int:
 
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
-             ProcessRoutines, DriverRoutines):
+             ProcessRoutines, DriverRoutines, ObjectRoutines, IoRoutines, StringRoutines,
+             RegistryRoutines, SecurityRoutines, SyncRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
@@ -122,6 +129,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
             pool.fault = self._pool_access_fault
         self._init_processes()
         self._init_ndis()
+        # The I/O, object, configuration and security managers drivers meet (routines/io.py...).
+        self._init_objects()
+        self._init_registry()
+        self._init_io()
+        self._init_security()
+        self._init_sync()
 
     # --- bug checks --------------------------------------------------------------------
 

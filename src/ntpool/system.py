@@ -29,6 +29,7 @@ class Kernel(CoreKernel):
         super().__init__(*args, **kwargs)
         self.verifier = DriverVerifier(self)
         install_shared_data(self)
+        self._publish_time()  # the clock in KUSER_SHARED_DATA, now that it is mapped
         self.crash_dump = crash_dump
         self.crash_dump_kind = crash_dump_kind
         self.crash_dump_error: OSError | None = None

@@ -1,0 +1,1101 @@
+"""The I/O manager: driver and device objects, symbolic links, IRPs and their stack
+locations, file objects, MDLs, user buffers and probes, and the requests a user-mode caller
+sends (create, device control with each transfer method, read, write, cleanup, close).
+
+Everything lives in simulated memory with Windows 7 x64's layouts (``layouts``) and in
+ntpool's pool with the tags Windows uses: a device object is a "Devi" allocation holding
+its OBJECT_HEADER, the DEVICE_OBJECT, the driver's extension and the DEVOBJ_EXTENSION; an
+IRP is "Irp " with its stack locations after it; an MDL is "Mdl " with its PFN array; a
+buffered request's SystemBuffer is "Io  ". What the kernel allocates for a driver to give
+back (IRPs, MDLs, devices, links) is charged to the driver's call site, so a leak is named
+by tag and by the driver's line or offset; the kernel's own bookkeeping (the driver object,
+object names) is the kernel's.
+
+Driver code is reached through addresses, as on Windows: ``MajorFunction[]``,
+``DriverUnload``, completion routines. ``call_code(address, *args)`` runs what is there: a
+Python function registered with ``code_address`` (a Python driver, or the kernel's own
+IopInvalidDeviceRequest), or native code through the native bridge's ``native_call``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, NtStatus, PoolType
+from ..errors import NtStatusError
+from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
+from . import layouts as L
+from .objects import STATUS_OBJECT_NAME_NOT_FOUND
+from .registry import register_type, routine
+
+STATUS_PENDING = 0x00000103
+STATUS_MORE_PROCESSING_REQUIRED = 0xC0000016
+STATUS_INVALID_DEVICE_REQUEST = 0xC0000010
+STATUS_DATATYPE_MISALIGNMENT = 0x80000002
+STATUS_BUFFER_TOO_SMALL = 0xC0000023
+STATUS_DELETE_PENDING = 0xC0000056
+STATUS_NO_SUCH_DEVICE = 0xC000000E
+STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+
+MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+NO_MORE_IRP_STACK_LOCATIONS = 0x35
+INVALID_PROCESS_ATTACH_ATTEMPT = 0x05
+
+IRP_MJ_CREATE = 0x00
+IRP_MJ_CLOSE = 0x02
+IRP_MJ_READ = 0x03
+IRP_MJ_WRITE = 0x04
+IRP_MJ_DEVICE_CONTROL = 0x0E
+IRP_MJ_INTERNAL_DEVICE_CONTROL = 0x0F
+IRP_MJ_SHUTDOWN = 0x10
+IRP_MJ_CLEANUP = 0x12
+IRP_MJ_NAMES = (
+    "IRP_MJ_CREATE", "IRP_MJ_CREATE_NAMED_PIPE", "IRP_MJ_CLOSE", "IRP_MJ_READ", "IRP_MJ_WRITE",
+    "IRP_MJ_QUERY_INFORMATION", "IRP_MJ_SET_INFORMATION", "IRP_MJ_QUERY_EA", "IRP_MJ_SET_EA",
+    "IRP_MJ_FLUSH_BUFFERS", "IRP_MJ_QUERY_VOLUME_INFORMATION", "IRP_MJ_SET_VOLUME_INFORMATION",
+    "IRP_MJ_DIRECTORY_CONTROL", "IRP_MJ_FILE_SYSTEM_CONTROL", "IRP_MJ_DEVICE_CONTROL",
+    "IRP_MJ_INTERNAL_DEVICE_CONTROL", "IRP_MJ_SHUTDOWN", "IRP_MJ_LOCK_CONTROL", "IRP_MJ_CLEANUP",
+    "IRP_MJ_CREATE_MAILSLOT", "IRP_MJ_QUERY_SECURITY", "IRP_MJ_SET_SECURITY", "IRP_MJ_POWER",
+    "IRP_MJ_SYSTEM_CONTROL", "IRP_MJ_DEVICE_CHANGE", "IRP_MJ_QUERY_QUOTA", "IRP_MJ_SET_QUOTA",
+    "IRP_MJ_PNP")
+
+METHOD_BUFFERED = 0
+METHOD_IN_DIRECT = 1
+METHOD_OUT_DIRECT = 2
+METHOD_NEITHER = 3
+METHOD_NAMES = ("METHOD_BUFFERED", "METHOD_IN_DIRECT", "METHOD_OUT_DIRECT", "METHOD_NEITHER")
+
+KernelMode = 0
+UserMode = 1
+IoReadAccess = 0
+IoWriteAccess = 1
+IoModifyAccess = 2
+
+# Where MmMapLockedPages* maps an MDL's pages in system space (system PTEs).
+SYSTEM_PTE_BASE = 0xFFFFF88F00000000
+# Small and large IRPs come from lookaside lists of fixed sizes (one stack location, and
+# IopLargeIrpStackLocations of them), as Windows 7's IoAllocateIrp does.
+LARGE_IRP_STACK_LOCATIONS = 8
+IRP_BOUNDARY = 0x80000000
+
+for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("CSHORT", 2, True),
+                               ("PCCHAR", 8, True), ("LOCK_OPERATION", 4, False),
+                               ("MM_PAGE_PRIORITY", 4, False), ("PDRIVER_DISPATCH", 8, True),
+                               ("PIO_COMPLETION_ROUTINE", 8, True), ("PKEVENT", 8, True),
+                               ("CCHAR", 1, False), ("PDEVICE_OBJECT *", 8, True)):
+    if _name in ("CSHORT", "PCCHAR", "PDEVICE_OBJECT *"):
+        continue
+    try:
+        register_type(_name, _size, pointer=_pointer)
+    except Exception:  # already known with the same meaning
+        pass
+
+
+def ctl_code(device_type: int, function: int, method: int, access: int) -> int:
+    """CTL_CODE of devioctl.h."""
+    return (device_type << 16) | (access << 14) | (function << 2) | method
+
+
+def irp_major_name(major: int) -> str:
+    return IRP_MJ_NAMES[major] if 0 <= major < len(IRP_MJ_NAMES) else f"IRP_MJ_{major:#x}"
+
+
+@dataclass
+class IoResult:
+    """What a request came back with."""
+
+    major: int
+    status: int
+    information: int
+    output: bytes = b""
+    pending: bool = False  # the driver returned STATUS_PENDING and never completed it
+
+    @property
+    def status_name(self) -> str:
+        return status_name(self.status)
+
+
+def status_name(status: int) -> str:
+    names = {0: "STATUS_SUCCESS", STATUS_PENDING: "STATUS_PENDING",
+             STATUS_INVALID_DEVICE_REQUEST: "STATUS_INVALID_DEVICE_REQUEST",
+             0xC00000BB: "STATUS_NOT_SUPPORTED", 0xC000000D: "STATUS_INVALID_PARAMETER",
+             STATUS_BUFFER_TOO_SMALL: "STATUS_BUFFER_TOO_SMALL",
+             0x80000005: "STATUS_BUFFER_OVERFLOW", 0xC0000005: "STATUS_ACCESS_VIOLATION",
+             0xC0000022: "STATUS_ACCESS_DENIED", 0xC000009A: "STATUS_INSUFFICIENT_RESOURCES",
+             0xC0000001: "STATUS_UNSUCCESSFUL", STATUS_NO_SUCH_DEVICE: "STATUS_NO_SUCH_DEVICE",
+             STATUS_OBJECT_NAME_NOT_FOUND: "STATUS_OBJECT_NAME_NOT_FOUND",
+             0xC0000010: "STATUS_INVALID_DEVICE_REQUEST", 0xC0000002: "STATUS_NOT_IMPLEMENTED"}
+    name = names.get(status & 0xFFFFFFFF)
+    if name is None:
+        try:
+            name = NtStatus(status & 0xFFFFFFFF).name
+        except ValueError:
+            name = f"NTSTATUS {status & 0xFFFFFFFF:#010x}"
+    return name
+
+
+@dataclass
+class WdmDriver:
+    """A driver object the I/O manager made: where its entry points are read from."""
+
+    name: str  # e.g. "wdm_test"
+    driver_object: int
+    registry_path: int  # the UNICODE_STRING DriverEntry receives (gone after DriverEntry)
+    service_key: str
+    loaded: object = None  # the LoadedDriver whose code this is
+    deleted: bool = False
+    python_code: list = field(default_factory=list)  # addresses registered for this driver
+
+
+class IoRoutines:
+    """The I/O manager's routines and the request path, mixed into the machine."""
+
+    def _init_io(self) -> None:
+        self.user_space = UserSpace(self.space)
+        # address -> (Python callable, the LoadedDriver it belongs to or None)
+        self.python_code: dict[int, tuple[Callable, object]] = {}
+        self._next_code = 0xFFFFF80001000000  # inside ntoskrnl's image range, never mapped
+        # The native bridge sets this: native_call(address, args) -> rax, running the
+        # driver's machine code at ``address`` with the x64 calling convention.
+        self.native_call: Callable | None = None
+        self.wdm_drivers: dict[int, WdmDriver] = {}  # DRIVER_OBJECT address -> driver
+        self.io_requests: dict[int, dict] = {}  # IRP address -> the I/O manager's request
+        self.file_handles: dict[int, FileHandle] = {}  # FILE_OBJECT address -> its opener
+        self._system_ptes: dict[int, int] = {}  # mapping base -> page count
+        self._next_system_pte = SYSTEM_PTE_BASE
+        self.invalid_device_request = self.code_address(_iop_invalid_device_request)
+
+    # --- code by address -------------------------------------------------------------------
+
+    def code_address(self, function: Callable, owner=None) -> int:
+        """An address that stands for a Python function as code (a dispatch routine, a
+        completion routine); ``call_code`` at it calls the function."""
+        address = self._next_code
+        self._next_code += 0x10
+        self.python_code[address] = (function, owner)
+        return address
+
+    def call_code(self, address: int, *args) -> int:
+        """Run the code at ``address`` with ``args`` (integers, the x64 way): a registered
+        Python function, or the driver's machine code through the native bridge."""
+        entry = self.python_code.get(address)
+        if entry is not None:
+            function, owner = entry
+            if owner is None:
+                result = function(self, *args)
+            else:
+                previous = self.current_driver
+                self.current_driver = owner
+                try:
+                    result = function(self, *args)
+                finally:
+                    self.current_driver = previous
+            return 0 if result is None else result
+        if self.native_call is None:
+            raise NtStatusError(STATUS_INVALID_DEVICE_REQUEST,
+                                f"no code at {address:#x} (no Python function registered there "
+                                f"and no native bridge)")
+        return self.native_call(address, args)
+
+    # --- driver objects ----------------------------------------------------------------------
+
+    def create_driver_object(self, name: str, image_base: int = 0, image_size: int = 0,
+                             section: int = 0, entry: int = 0, loaded=None) -> WdmDriver:
+        """What IopLoadDriver makes before DriverEntry: the DRIVER_OBJECT ("\\Driver\\NAME",
+        with its DRIVER_EXTENSION after it), every MajorFunction pointing at
+        IopInvalidDeviceRequest, the service key in the registry, and the RegistryPath
+        UNICODE_STRING DriverEntry receives (freed when DriverEntry returns)."""
+        base = name[:-4] if name.lower().endswith(".sys") else name
+        body_size = L.DRIVER_OBJECT.SIZE + L.DRIVER_EXTENSION.SIZE
+        driver = self._ob_create("Driver", body_size, f"\\Driver\\{base}", on_behalf=False,
+                                 permanent=True)
+        if not driver:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for the driver object")
+        extension = driver + L.DRIVER_OBJECT.SIZE
+        self._put16(driver + L.DRIVER_OBJECT.Type, L.IO_TYPE_DRIVER)
+        self._put16(driver + L.DRIVER_OBJECT.Size, L.DRIVER_OBJECT.SIZE)
+        self._put64(driver + L.DRIVER_OBJECT.DriverStart, image_base)
+        self._put32(driver + L.DRIVER_OBJECT.DriverSize, image_size)
+        self._put64(driver + L.DRIVER_OBJECT.DriverSection, section)
+        self._put64(driver + L.DRIVER_OBJECT.DriverExtension, extension)
+        self._put64(driver + L.DRIVER_OBJECT.DriverInit, entry)
+        self._put64(extension + L.DRIVER_EXTENSION.DriverObject, driver)
+        self._put_string_copy(driver + L.DRIVER_OBJECT.DriverName, f"\\Driver\\{base}", L.TAG_IO_NAME)
+        self._put_string_copy(extension + L.DRIVER_EXTENSION.ServiceKeyName, base, L.TAG_IO_NAME)
+        table = self.invalid_device_request.to_bytes(8, "little") * (L.IRP_MJ_MAXIMUM_FUNCTION + 1)
+        self.write(driver + L.DRIVER_OBJECT.MajorFunction, table)
+        service_key = f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{base}"
+        self.registry_prepare_service(service_key, base)
+        registry_path = self._io_allocate(PoolType.PagedPool, L.UNICODE_STRING.SIZE, L.TAG_IO_NAME, False)
+        self._put_string_copy(registry_path, service_key, L.TAG_IO_NAME)
+        wdm = WdmDriver(base, driver, registry_path, service_key, loaded)
+        self.wdm_drivers[driver] = wdm
+        return wdm
+
+    def _put_string_copy(self, us_va: int, text: str, tag: int) -> int:
+        """Fill the UNICODE_STRING at ``us_va`` with a pool copy of ``text`` (NUL-terminated)."""
+        encoded = text.encode("utf-16-le")
+        buffer = self._io_allocate(PoolType.PagedPool, len(encoded) + 2, tag, False)
+        if not buffer:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {text!r}")
+        self.write(buffer, encoded + b"\0\0")
+        self._put_unicode_string(us_va, len(encoded), len(encoded) + 2, buffer)
+        return buffer
+
+    def _free_string_copy(self, us_va: int) -> None:
+        buffer = self._get64(us_va + L.UNICODE_STRING.Buffer)
+        if buffer:
+            self.pool.free(buffer, None)
+            self._put_unicode_string(us_va, 0, 0, 0)
+
+    def driver_entry_returned(self, wdm: WdmDriver) -> None:
+        """The RegistryPath string is the I/O manager's, and goes when DriverEntry returns."""
+        if wdm.registry_path:
+            self._free_string_copy(wdm.registry_path)
+            self.pool.free(wdm.registry_path, None)
+            wdm.registry_path = 0
+
+    def driver_unload_routine(self, wdm: WdmDriver) -> int:
+        return self._get64(wdm.driver_object + L.DRIVER_OBJECT.DriverUnload)
+
+    def major_function(self, driver_object: int, major: int) -> int:
+        return self._get64(driver_object + L.DRIVER_OBJECT.MajorFunction + 8 * major)
+
+    def registered_majors(self, driver_object: int) -> list[int]:
+        """The major functions the driver set (those not left at IopInvalidDeviceRequest)."""
+        return [m for m in range(L.IRP_MJ_MAXIMUM_FUNCTION + 1)
+                if self.major_function(driver_object, m) != self.invalid_device_request]
+
+    def delete_driver_object(self, wdm: WdmDriver) -> None:
+        """After DriverUnload (or a failed DriverEntry): the driver object goes."""
+        self.driver_entry_returned(wdm)
+        driver = wdm.driver_object
+        extension = driver + L.DRIVER_OBJECT.SIZE
+        self._free_string_copy(driver + L.DRIVER_OBJECT.DriverName)
+        self._free_string_copy(extension + L.DRIVER_EXTENSION.ServiceKeyName)
+        for address in wdm.python_code:
+            self.python_code.pop(address, None)
+        self.wdm_drivers.pop(driver, None)
+        wdm.deleted = True
+        self._ob_make_temporary(driver)
+        self._ob_dereference(driver)
+
+    def devices_of(self, driver_object: int) -> list[int]:
+        devices = []
+        device = self._get64(driver_object + L.DRIVER_OBJECT.DeviceObject)
+        while device and len(devices) < 4096:
+            devices.append(device)
+            device = self._get64(device + L.DEVICE_OBJECT.NextDevice)
+        return devices
+
+    # --- devices ---------------------------------------------------------------------------
+
+    @routine("NTSTATUS IoCreateDevice(PDRIVER_OBJECT DriverObject, ULONG DeviceExtensionSize, "
+             "PUNICODE_STRING DeviceName, DEVICE_TYPE DeviceType, ULONG DeviceCharacteristics, "
+             "BOOLEAN Exclusive, _Out_ PDEVICE_OBJECT *DeviceObject)")
+    def IoCreateDevice(self, DriverObject, DeviceExtensionSize, DeviceName, DeviceType,
+                       DeviceCharacteristics, Exclusive) -> tuple[int, int]:
+        """A "Devi" object: DEVICE_OBJECT, zeroed extension, DEVOBJ_EXTENSION; linked first
+        on the driver's list, DO_DEVICE_INITIALIZING set. (status, device)."""
+        name = self._unicode_string(DeviceName) if DeviceName else None
+        extension_size = (DeviceExtensionSize + 7) & ~7
+        body_size = L.DEVICE_OBJECT.SIZE + extension_size + L.DEVOBJ_EXTENSION.SIZE
+        if name == "":
+            name = None
+        try:
+            device = self._ob_create("Device", body_size, name)
+        except NtStatusError as error:
+            return error.status, 0
+        if not device:
+            return NtStatus.STATUS_INSUFFICIENT_RESOURCES, 0
+        devobj_extension = device + L.DEVICE_OBJECT.SIZE + extension_size
+        self._put16(device + L.DEVICE_OBJECT.Type, L.IO_TYPE_DEVICE)
+        self._put16(device + L.DEVICE_OBJECT.Size, L.DEVICE_OBJECT.SIZE + DeviceExtensionSize)
+        self._put64(device + L.DEVICE_OBJECT.DriverObject, DriverObject)
+        flags = L.DO_DEVICE_INITIALIZING | (L.DO_EXCLUSIVE if Exclusive else 0) | \
+            (L.DO_DEVICE_HAS_NAME if name else 0)
+        self._put32(device + L.DEVICE_OBJECT.Flags, flags)
+        self._put32(device + L.DEVICE_OBJECT.Characteristics, DeviceCharacteristics)
+        self._put64(device + L.DEVICE_OBJECT.DeviceExtension,
+                    device + L.DEVICE_OBJECT.SIZE if DeviceExtensionSize else 0)
+        self._put32(device + L.DEVICE_OBJECT.DeviceType, DeviceType)
+        self._put8(device + L.DEVICE_OBJECT.StackSize, 1)
+        self._put16(device + L.DEVICE_OBJECT.SectorSize, 512 if DeviceType in (2, 7, 8) else 0)
+        self._put64(device + L.DEVICE_OBJECT.DeviceObjectExtension, devobj_extension)
+        self._put16(devobj_extension + L.DEVOBJ_EXTENSION.Type, L.IO_TYPE_DEVICE_OBJECT_EXTENSION)
+        self._put16(devobj_extension + L.DEVOBJ_EXTENSION.Size, L.DEVOBJ_EXTENSION.SIZE)
+        self._put64(devobj_extension + L.DEVOBJ_EXTENSION.DeviceObject, device)
+        # DeviceLock: a synchronization event, signalled.
+        self.write(device + L.DEVICE_OBJECT.DeviceLock, bytes([1, 0, 6, 0, 1, 0, 0, 0]))
+        lock_list = device + L.DEVICE_OBJECT.DeviceLock + L.DISPATCHER_HEADER.WaitListHead
+        self._put64(lock_list, lock_list)
+        self._put64(lock_list + 8, lock_list)
+        first = self._get64(DriverObject + L.DRIVER_OBJECT.DeviceObject)
+        self._put64(device + L.DEVICE_OBJECT.NextDevice, first)
+        self._put64(DriverObject + L.DRIVER_OBJECT.DeviceObject, device)
+        return NtStatus.STATUS_SUCCESS, device
+
+    @routine("VOID IoDeleteDevice(PDEVICE_OBJECT DeviceObject)")
+    def IoDeleteDevice(self, DeviceObject) -> None:
+        """Unlink from the driver's list, drop the name; the memory goes with the last
+        reference (an open file keeps it)."""
+        info = self._object(DeviceObject, "Device")
+        driver = self._get64(DeviceObject + L.DEVICE_OBJECT.DriverObject)
+        link = driver + L.DRIVER_OBJECT.DeviceObject
+        while True:
+            current = self._get64(link)
+            if not current:
+                break
+            if current == DeviceObject:
+                self._put64(link, self._get64(DeviceObject + L.DEVICE_OBJECT.NextDevice))
+                break
+            link = current + L.DEVICE_OBJECT.NextDevice
+        extension = self._get64(DeviceObject + L.DEVICE_OBJECT.DeviceObjectExtension)
+        # DOE_DELETE_PENDING
+        self._put32(extension + L.DEVOBJ_EXTENSION.ExtensionFlags,
+                    self._get32(extension + L.DEVOBJ_EXTENSION.ExtensionFlags) | 0x4)
+        self._ob_unname(info)
+        self._ob_dereference(DeviceObject)
+
+    @routine("NTSTATUS IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName, PUNICODE_STRING DeviceName)")
+    def IoCreateSymbolicLink(self, SymbolicLinkName, DeviceName) -> int:
+        """A permanent "Symb" object whose LinkTarget ("Symt") names the device."""
+        link_name = self._unicode_string(SymbolicLinkName)
+        target = self._unicode_string(DeviceName)
+        try:
+            link = self._ob_create("SymbolicLink", 0x20, link_name, PoolType.PagedPool,
+                                   permanent=True)
+        except NtStatusError as error:
+            return error.status
+        if not link:
+            return NtStatus.STATUS_INSUFFICIENT_RESOURCES
+        encoded = target.encode("utf-16-le")
+        buffer = self._io_allocate(PoolType.PagedPool, len(encoded) + 2, _SYMT)
+        if not buffer:
+            self._ob_make_temporary(link)
+            self._ob_dereference(link)
+            return NtStatus.STATUS_INSUFFICIENT_RESOURCES
+        self.write(buffer, encoded + b"\0\0")
+        self._put_unicode_string(link + 0x08, len(encoded), len(encoded) + 2, buffer)
+        self.objects[link].delete = _delete_symbolic_link
+        self._ob_dereference_to_permanent(link)
+        return NtStatus.STATUS_SUCCESS
+
+    def _ob_dereference_to_permanent(self, body: int) -> None:
+        # ObInsertObject's handle is closed at once: a permanent object keeps no reference.
+        self._add_counts(body, -1, 0)
+
+    @routine("NTSTATUS IoDeleteSymbolicLink(PUNICODE_STRING SymbolicLinkName)")
+    def IoDeleteSymbolicLink(self, SymbolicLinkName) -> int:
+        body = self._ob_lookup(self._unicode_string(SymbolicLinkName))
+        if body is None or self.objects[body].type_name != "SymbolicLink":
+            return STATUS_OBJECT_NAME_NOT_FOUND
+        self._add_counts(body, 1, 0)
+        self._ob_make_temporary(body)
+        self._ob_dereference(body)
+        return NtStatus.STATUS_SUCCESS
+
+    def symbolic_link_target(self, link: int) -> str:
+        return self._unicode_string(link + 0x08)
+
+    def resolve_device(self, name: str) -> int:
+        """The device object a name reaches (symbolic links followed), or NtStatusError."""
+        for _ in range(32):
+            body = self._ob_lookup(name)
+            if body is None:
+                raise NtStatusError(STATUS_OBJECT_NAME_NOT_FOUND, name)
+            kind = self.objects[body].type_name
+            if kind == "Device":
+                return body
+            if kind != "SymbolicLink":
+                raise NtStatusError(0xC0000024, f"{name} is a {kind} object, not a device")
+            name = self.symbolic_link_target(body)
+        raise NtStatusError(STATUS_OBJECT_NAME_NOT_FOUND, f"{name}: too many symbolic links")
+
+    @routine("PDEVICE_OBJECT IoAttachDeviceToDeviceStack(PDEVICE_OBJECT SourceDevice, "
+             "PDEVICE_OBJECT TargetDevice)")
+    def IoAttachDeviceToDeviceStack(self, SourceDevice, TargetDevice) -> int:
+        """Attach on top of TargetDevice's stack; returns the device attached to."""
+        top = self._top_of_stack(TargetDevice)
+        self._put64(top + L.DEVICE_OBJECT.AttachedDevice, SourceDevice)
+        self._put8(SourceDevice + L.DEVICE_OBJECT.StackSize,
+                   self.read(top + L.DEVICE_OBJECT.StackSize, 1)[0] + 1)
+        self._put32(SourceDevice + L.DEVICE_OBJECT.AlignmentRequirement,
+                    self._get32(top + L.DEVICE_OBJECT.AlignmentRequirement))
+        self._put16(SourceDevice + L.DEVICE_OBJECT.SectorSize,
+                    self._get16(top + L.DEVICE_OBJECT.SectorSize))
+        extension = self._get64(SourceDevice + L.DEVICE_OBJECT.DeviceObjectExtension)
+        self._put64(extension + L.DEVOBJ_EXTENSION.AttachedTo, top)
+        self._add_counts(top, 1, 0)
+        return top
+
+    @routine("NTSTATUS IoAttachDevice(PDEVICE_OBJECT SourceDevice, PUNICODE_STRING TargetDevice, "
+             "_Out_ PDEVICE_OBJECT *AttachedDevice)")
+    def IoAttachDevice(self, SourceDevice, TargetDevice) -> tuple[int, int]:
+        try:
+            target = self.resolve_device(self._unicode_string(TargetDevice))
+        except NtStatusError as error:
+            return error.status, 0
+        return NtStatus.STATUS_SUCCESS, self.IoAttachDeviceToDeviceStack(SourceDevice, target)
+
+    @routine("VOID IoDetachDevice(PDEVICE_OBJECT TargetDevice)")
+    def IoDetachDevice(self, TargetDevice) -> None:
+        attached = self._get64(TargetDevice + L.DEVICE_OBJECT.AttachedDevice)
+        if attached:
+            extension = self._get64(attached + L.DEVICE_OBJECT.DeviceObjectExtension)
+            self._put64(extension + L.DEVOBJ_EXTENSION.AttachedTo, 0)
+        self._put64(TargetDevice + L.DEVICE_OBJECT.AttachedDevice, 0)
+        self._ob_dereference(TargetDevice)
+
+    def _top_of_stack(self, device: int) -> int:
+        for _ in range(64):
+            above = self._get64(device + L.DEVICE_OBJECT.AttachedDevice)
+            if not above:
+                return device
+            device = above
+        return device
+
+    @routine("PDEVICE_OBJECT IoGetAttachedDeviceReference(PDEVICE_OBJECT DeviceObject)")
+    def IoGetAttachedDeviceReference(self, DeviceObject) -> int:
+        top = self._top_of_stack(DeviceObject)
+        self._add_counts(top, 1, 0)
+        return top
+
+    @routine("PDEVICE_OBJECT IoGetAttachedDevice(PDEVICE_OBJECT DeviceObject)")
+    def IoGetAttachedDevice(self, DeviceObject) -> int:
+        return self._top_of_stack(DeviceObject)
+
+    @routine("NTSTATUS IoGetDeviceObjectPointer(PUNICODE_STRING ObjectName, ACCESS_MASK DesiredAccess, "
+             "_Out_ PFILE_OBJECT *FileObject, _Out_ PDEVICE_OBJECT *DeviceObject)")
+    def IoGetDeviceObjectPointer(self, ObjectName, DesiredAccess) -> tuple[int, int, int]:
+        """Open the named device (a create IRP to its stack): (status, file, top device).
+        The caller dereferences the file object when done."""
+        try:
+            handle = self.open(self._unicode_string(ObjectName), kernel_caller=True)
+        except NtStatusError as error:
+            return error.status, 0, 0
+        file = handle.file_object
+        self._add_counts(file, 1, 0)
+        handle.detach()
+        return NtStatus.STATUS_SUCCESS, file, self._top_of_stack(handle.device)
+
+    @routine("BOOLEAN IoIsWdmVersionAvailable(UCHAR MajorVersion, UCHAR MinorVersion)")
+    def IoIsWdmVersionAvailable(self, MajorVersion, MinorVersion) -> int:
+        """Windows 7 is WDM 6.0 (0x06, 0x00)."""
+        return int((MajorVersion, MinorVersion) <= (6, 0))
+
+    # --- IRPs ------------------------------------------------------------------------------
+
+    @routine("PIRP IoAllocateIrp(CCHAR StackSize, BOOLEAN ChargeQuota)")
+    def IoAllocateIrp(self, StackSize, ChargeQuota=False) -> int:
+        """An "Irp " from nonpaged pool, initialized, CurrentLocation = StackSize + 1; NULL
+        when pool is exhausted."""
+        StackSize &= 0xFF
+        if StackSize > 0x7F:
+            StackSize -= 0x100
+        if StackSize < 1:
+            return 0
+        fixed = 1 if StackSize == 1 else LARGE_IRP_STACK_LOCATIONS \
+            if StackSize <= LARGE_IRP_STACK_LOCATIONS else StackSize
+        size = L.io_size_of_irp(fixed)
+        irp = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_IRP)
+        if not irp:
+            return 0
+        self.IoInitializeIrp(irp, L.io_size_of_irp(StackSize), StackSize)
+        self._put8(irp + L.IRP.AllocationFlags, L.IRP_ALLOCATED_FIXED_SIZE
+                   | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0))
+        return irp
+
+    @routine("VOID IoInitializeIrp(PIRP Irp, USHORT PacketSize, CCHAR StackSize)")
+    def IoInitializeIrp(self, Irp, PacketSize, StackSize) -> None:
+        self.write(Irp, bytes(PacketSize))
+        self._put16(Irp + L.IRP.Type, L.IO_TYPE_IRP)
+        self._put16(Irp + L.IRP.Size, PacketSize)
+        self._put8(Irp + L.IRP.StackCount, StackSize)
+        self._put8(Irp + L.IRP.CurrentLocation, StackSize + 1)
+        self._put8(Irp + L.IRP.ApcEnvironment, 0)
+        entry = Irp + L.IRP.ThreadListEntry
+        self._put64(entry, entry)
+        self._put64(entry + 8, entry)
+        self._put64(Irp + L.IRP.CurrentStackLocation,
+                    Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE)
+
+    @routine("VOID IoFreeIrp(PIRP Irp)")
+    def IoFreeIrp(self, Irp) -> None:
+        """Free an IRP; one that is not an IRP (already freed) is bug check 0x44."""
+        if self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP:
+            self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
+                              detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
+        self._put16(Irp + L.IRP.Type, 0)
+        self.pool.free(Irp, L.TAG_IRP)
+
+    @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
+    def IoReuseIrp(self, Irp, Iostatus) -> None:
+        flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
+        self.IoInitializeIrp(Irp, self._get16(Irp + L.IRP.Size), self.read(Irp + L.IRP.StackCount, 1)[0])
+        self._put8(Irp + L.IRP.AllocationFlags, flags)
+        self._put32(Irp + L.IRP.IoStatus_Status, Iostatus)
+
+    def current_stack_location(self, irp: int) -> int:
+        return self._get64(irp + L.IRP.CurrentStackLocation)
+
+    @routine("NTSTATUS IofCallDriver(PDEVICE_OBJECT DeviceObject, PIRP Irp)")
+    def IofCallDriver(self, DeviceObject, Irp) -> int:
+        """Move to the next stack location and call the device's driver's dispatch routine
+        for its major function; no location left is bug check 0x35."""
+        location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
+        location = location - 0x100 if location > 0x7F else location
+        location -= 1
+        if location <= 0:
+            self.KeBugCheckEx(NO_MORE_IRP_STACK_LOCATIONS, Irp, 0, 0, 0,
+                              detail=f"IofCallDriver with IRP {Irp:#x} on its last stack location")
+        self._put8(Irp + L.IRP.CurrentLocation, location)
+        stack = self.current_stack_location(Irp) - L.IO_STACK_LOCATION.SIZE
+        self._put64(Irp + L.IRP.CurrentStackLocation, stack)
+        self._put64(stack + L.IO_STACK_LOCATION.DeviceObject, DeviceObject)
+        major = self.read(stack + L.IO_STACK_LOCATION.MajorFunction, 1)[0]
+        driver = self._get64(DeviceObject + L.DEVICE_OBJECT.DriverObject)
+        dispatch = self.major_function(driver, major) if major <= L.IRP_MJ_MAXIMUM_FUNCTION \
+            else self.invalid_device_request
+        return self.call_code(dispatch, DeviceObject, Irp) & 0xFFFFFFFF
+
+
+    @routine("VOID IofCompleteRequest(PIRP Irp, CCHAR PriorityBoost)")
+    def IofCompleteRequest(self, Irp, PriorityBoost=0) -> None:
+        """Complete: each stack location upward, calling the completion routines set for
+        this outcome; STATUS_MORE_PROCESSING_REQUIRED from one stops there. Completing an
+        IRP twice is bug check 0x44 (MULTIPLE_IRP_COMPLETE_REQUESTS)."""
+        count = self.read(Irp + L.IRP.StackCount, 1)[0]
+        location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
+        if location > count or self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP:
+            self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
+                              detail=f"IRP {Irp:#x} completed when it is not in progress "
+                                     f"(completed twice?)")
+        status = self._get32(Irp + L.IRP.IoStatus_Status)
+        if status == STATUS_PENDING:
+            self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
+                              detail=f"IRP {Irp:#x} completed with STATUS_PENDING")
+        while True:
+            location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
+            if location > count:
+                break
+            stack = self.current_stack_location(Irp)
+            control = self.read(stack + L.IO_STACK_LOCATION.Control, 1)[0]
+            routine_address = self._get64(stack + L.IO_STACK_LOCATION.CompletionRoutine)
+            context = self._get64(stack + L.IO_STACK_LOCATION.Context)
+            self._put8(Irp + L.IRP.PendingReturned, control & L.SL_PENDING_RETURNED)
+            # IopClearStackLocation, then step up to the caller's location.
+            self.write(stack + L.IO_STACK_LOCATION.MinorFunction, bytes(3))
+            self._put64(stack + L.IO_STACK_LOCATION.CompletionRoutine, 0)
+            self._put64(stack + L.IO_STACK_LOCATION.Context, 0)
+            self._put8(Irp + L.IRP.CurrentLocation, location + 1)
+            self._put64(Irp + L.IRP.CurrentStackLocation, stack + L.IO_STACK_LOCATION.SIZE)
+            status = self._get32(Irp + L.IRP.IoStatus_Status)
+            cancelled = self.read(Irp + L.IRP.Cancel, 1)[0]
+            wanted = (L.SL_INVOKE_ON_SUCCESS if status < 0x80000000 else L.SL_INVOKE_ON_ERROR) | \
+                (L.SL_INVOKE_ON_CANCEL if cancelled else 0)
+            if routine_address and control & wanted:
+                upper = 0 if location + 1 > count else self._get64(
+                    stack + L.IO_STACK_LOCATION.SIZE + L.IO_STACK_LOCATION.DeviceObject)
+                result = self.call_code(routine_address, upper, Irp, context) & 0xFFFFFFFF
+                if result == STATUS_MORE_PROCESSING_REQUIRED:
+                    return
+            elif self.read(Irp + L.IRP.PendingReturned, 1)[0] and location + 1 <= count:
+                # IoMarkIrpPending on the caller's behalf, as IofCompleteRequest does.
+                upper_stack = stack + L.IO_STACK_LOCATION.SIZE
+                self._put8(upper_stack + L.IO_STACK_LOCATION.Control,
+                           self.read(upper_stack + L.IO_STACK_LOCATION.Control, 1)[0] | L.SL_PENDING_RETURNED)
+        request = self.io_requests.get(Irp)
+        if request is not None:
+            request["completed"] = True
+
+
+    # --- MDLs ------------------------------------------------------------------------------
+
+    @routine("PMDL IoAllocateMdl(PVOID VirtualAddress, ULONG Length, BOOLEAN SecondaryBuffer, "
+             "BOOLEAN ChargeQuota, PIRP Irp)")
+    def IoAllocateMdl(self, VirtualAddress, Length, SecondaryBuffer=False, ChargeQuota=False, Irp=0) -> int:
+        """An "Mdl " describing Length bytes at VirtualAddress (no pages locked yet); with an
+        IRP it becomes Irp->MdlAddress, or is chained after it when SecondaryBuffer."""
+        if not Length or Length > 0xFFFFFFFF:
+            return 0
+        pages = _span_pages(VirtualAddress, Length)
+        size = L.MDL.SIZE + 8 * pages
+        if size > 0x7FFF:
+            return 0
+        mdl = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_MDL)
+        if not mdl:
+            return 0
+        self._mm_initialize_mdl(mdl, VirtualAddress, Length, size)
+        self._put16(mdl + L.MDL.MdlFlags, L.MDL_ALLOCATED_FIXED_SIZE)
+        if Irp:
+            if SecondaryBuffer:
+                link = Irp + L.IRP.MdlAddress
+                while self._get64(link):
+                    link = self._get64(link) + L.MDL.Next
+                self._put64(link, mdl)
+            else:
+                self._put64(Irp + L.IRP.MdlAddress, mdl)
+        return mdl
+
+    def _mm_initialize_mdl(self, mdl: int, va: int, length: int, size: int) -> None:
+        self.write(mdl, bytes(L.MDL.SIZE))
+        self._put16(mdl + L.MDL.Size, size)
+        self._put64(mdl + L.MDL.StartVa, va & ~(PAGE_SIZE - 1))
+        self._put32(mdl + L.MDL.ByteCount, length)
+        self._put32(mdl + L.MDL.ByteOffset, va & (PAGE_SIZE - 1))
+
+    @routine("VOID IoFreeMdl(PMDL Mdl)")
+    def IoFreeMdl(self, Mdl) -> None:
+        """Free an MDL (its system mapping, if one is left, goes with it)."""
+        flags = self._get16(Mdl + L.MDL.MdlFlags)
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and not flags & L.MDL_SOURCE_IS_NONPAGED_POOL:
+            self._unmap_system(self._get64(Mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1))
+        self.pool.free(Mdl, L.TAG_MDL)
+
+    def _mdl_span(self, mdl: int) -> tuple[int, int, int]:
+        start = self._get64(mdl + L.MDL.StartVa)
+        count = self._get32(mdl + L.MDL.ByteCount)
+        offset = self._get32(mdl + L.MDL.ByteOffset)
+        return start, offset, count
+
+    @routine("VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList)")
+    def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList) -> None:
+        mdl = MemoryDescriptorList
+        start, offset, count = self._mdl_span(mdl)
+        pfns = []
+        for page in range(_span_pages(start + offset, count)):
+            va = start + (page << PAGE_SHIFT)
+            pa = self.space.translate(va)
+            if pa is None:
+                self.read(va, 1)  # the fault says what is wrong with the address
+                pa = self.space.translate(va)
+            pfns.append(pa >> PAGE_SHIFT)
+        self.write(mdl + L.MDL.SIZE, b"".join(p.to_bytes(8, "little") for p in pfns))
+        self._put64(mdl + L.MDL.MappedSystemVa, start + offset)
+        self._put16(mdl + L.MDL.MdlFlags, self._get16(mdl + L.MDL.MdlFlags) | L.MDL_SOURCE_IS_NONPAGED_POOL)
+
+    @routine("VOID MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, "
+             "LOCK_OPERATION Operation)")
+    def MmProbeAndLockPages(self, MemoryDescriptorList, AccessMode, Operation) -> None:
+        """Make the pages resident and record their frames; an address the caller may not
+        use, a page that is not there, or (for IoWriteAccess/IoModifyAccess) one that is
+        read-only raises STATUS_ACCESS_VIOLATION, as Windows raises it (drivers call this in
+        __try)."""
+        mdl = MemoryDescriptorList
+        start, offset, count = self._mdl_span(mdl)
+        write = Operation in (IoWriteAccess, IoModifyAccess)
+        if AccessMode == UserMode and start + offset + count > MM_USER_PROBE_ADDRESS:
+            raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
+                                f"MmProbeAndLockPages of {start + offset:#x}: not a user address")
+        pfns = []
+        for page in range(_span_pages(start + offset, count)):
+            va = start + (page << PAGE_SHIFT)
+            if self.irql_by_processor[self.current_processor] > DISPATCH_LEVEL:
+                break
+            pte = self.space.pte(va)
+            if not pte & 1:
+                if va >= SYSTEM_RANGE_START and self.pager.is_paged_out(va):
+                    self.pager.page_in(va)
+                    pte = self.space.pte(va)
+                else:
+                    raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
+                                        f"MmProbeAndLockPages: {va:#x} is not mapped")
+            if write and not pte & 2:
+                raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
+                                    f"MmProbeAndLockPages: {va:#x} is read-only")
+            pfns.append((pte & 0x000FFFFFFFFFF000) >> PAGE_SHIFT)
+        self.write(mdl + L.MDL.SIZE, b"".join(p.to_bytes(8, "little") for p in pfns))
+        self._put64(mdl + L.MDL.Process, self.current_process.address if start < SYSTEM_RANGE_START else 0)
+        flags = self._get16(mdl + L.MDL.MdlFlags) | L.MDL_PAGES_LOCKED | (L.MDL_WRITE_OPERATION if write else 0)
+        self._put16(mdl + L.MDL.MdlFlags, flags)
+
+    @routine("VOID MmUnlockPages(PMDL MemoryDescriptorList)")
+    def MmUnlockPages(self, MemoryDescriptorList) -> None:
+        mdl = MemoryDescriptorList
+        flags = self._get16(mdl + L.MDL.MdlFlags)
+        if not flags & L.MDL_PAGES_LOCKED:
+            self.KeBugCheckEx(0x4E, 0x7, 0, mdl, flags,  # PFN_LIST_CORRUPT
+                              detail=f"MmUnlockPages of MDL {mdl:#x} whose pages are not locked")
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA:
+            self._unmap_system(self._get64(mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1))
+            flags &= ~L.MDL_MAPPED_TO_SYSTEM_VA
+        self._put16(mdl + L.MDL.MdlFlags, flags & ~(L.MDL_PAGES_LOCKED | L.MDL_WRITE_OPERATION))
+
+    @routine("PVOID MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, "
+             "MEMORY_CACHING_TYPE CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure, "
+             "ULONG Priority)")
+    def MmMapLockedPagesSpecifyCache(self, MemoryDescriptorList, AccessMode=KernelMode, CacheType=1,
+                                     RequestedAddress=0, BugCheckOnFailure=0, Priority=16) -> int:
+        """The MDL's pages mapped in system space (its own address for nonpaged pool);
+        what MmGetSystemAddressForMdlSafe returns."""
+        mdl = MemoryDescriptorList
+        flags = self._get16(mdl + L.MDL.MdlFlags)
+        if flags & L.MDL_MAPPING_FLAGS:
+            return self._get64(mdl + L.MDL.MappedSystemVa)
+        start, offset, count = self._mdl_span(mdl)
+        pages = _span_pages(start + offset, count)
+        pfns = self.read(mdl + L.MDL.SIZE, 8 * pages)
+        base = self._next_system_pte
+        self._next_system_pte += (pages + 1) << PAGE_SHIFT
+        for index in range(pages):
+            pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
+            va = base + (index << PAGE_SHIFT)
+            self.space.map_page(va, pfn)
+            if AccessMode == UserMode:
+                self.space.set_pte_bits(va, PTE_USER)
+        self._system_ptes[base] = pages
+        self._put64(mdl + L.MDL.MappedSystemVa, base + offset)
+        self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA)
+        return base + offset
+
+    @routine("PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode)")
+    def MmMapLockedPages(self, MemoryDescriptorList, AccessMode) -> int:
+        return self.MmMapLockedPagesSpecifyCache(MemoryDescriptorList, AccessMode)
+
+    def system_address_for_mdl(self, Mdl, Priority=16):
+        """MmGetSystemAddressForMdlSafe (a wdm.h macro), for Python drivers."""
+        return self.MmMapLockedPagesSpecifyCache(Mdl, KernelMode, 1, 0, 0, Priority)
+
+    @routine("VOID MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList)")
+    def MmUnmapLockedPages(self, BaseAddress, MemoryDescriptorList) -> None:
+        self._unmap_system(BaseAddress & ~(PAGE_SIZE - 1))
+        flags = self._get16(MemoryDescriptorList + L.MDL.MdlFlags)
+        self._put16(MemoryDescriptorList + L.MDL.MdlFlags, flags & ~L.MDL_MAPPED_TO_SYSTEM_VA)
+
+    def _unmap_system(self, base: int) -> None:
+        pages = self._system_ptes.pop(base, None)
+        if pages is None:
+            return
+        for index in range(pages):
+            self.space.unmap_page(base + (index << PAGE_SHIFT))
+        self.mapping_changed()
+
+    def mapping_changed(self) -> None:
+        """Page-table entries went away: a CPU caching translations must forget them (the
+        native bridge replaces this)."""
+
+    # --- probes --------------------------------------------------------------------------
+
+    @routine("VOID ProbeForRead(PVOID Address, SIZE_T Length, ULONG Alignment)")
+    def ProbeForRead(self, Address, Length, Alignment) -> None:
+        """Raise STATUS_DATATYPE_MISALIGNMENT or STATUS_ACCESS_VIOLATION (as ExRaiseStatus
+        raises: a driver calls this inside __try) unless [Address, Address+Length) is in
+        user space and aligned."""
+        if Length:
+            if Alignment and Address & (Alignment - 1):
+                raise NtStatusError(STATUS_DATATYPE_MISALIGNMENT, f"ProbeForRead({Address:#x})")
+            end = Address + Length
+            if end > MM_USER_PROBE_ADDRESS or end < Address:
+                raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
+                                    f"ProbeForRead of {Length} bytes at {Address:#x}: not user space")
+
+    @routine("VOID ProbeForWrite(PVOID Address, SIZE_T Length, ULONG Alignment)")
+    def ProbeForWrite(self, Address, Length, Alignment) -> None:
+        """As ProbeForRead, and every page must be there and writable."""
+        self.ProbeForRead(Address, Length, Alignment)
+        if Length:
+            page = Address & ~(PAGE_SIZE - 1)
+            while page < Address + Length:
+                pte = self.space.pte(page)
+                if pte & 3 != 3:
+                    raise NtStatusError(NtStatus.STATUS_ACCESS_VIOLATION,
+                                        f"ProbeForWrite: {max(page, Address):#x} is not writable")
+                page += PAGE_SIZE
+
+    # --- the requests a user-mode caller sends -------------------------------------------
+
+    def open(self, name: str, kernel_caller: bool = False) -> "FileHandle":
+        """Open a device by name (symbolic links followed): a FILE_OBJECT and an IRP_MJ_CREATE
+        down the device's stack. A failed create raises NtStatusError with its status."""
+        device = self.resolve_device(name)
+        extension = self._get64(device + L.DEVICE_OBJECT.DeviceObjectExtension)
+        if self._get32(extension + L.DEVOBJ_EXTENSION.ExtensionFlags) & 0x4:
+            raise NtStatusError(STATUS_DELETE_PENDING, f"{name}: the device is being deleted")
+        top = self._top_of_stack(device)
+        file = self._ob_create("File", L.FILE_OBJECT.SIZE, on_behalf=False)
+        if not file:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for a file object")
+        self._put16(file + L.FILE_OBJECT.Type, L.IO_TYPE_FILE)
+        self._put16(file + L.FILE_OBJECT.Size, L.FILE_OBJECT.SIZE)
+        self._put64(file + L.FILE_OBJECT.DeviceObject, device)
+        self._put8(file + L.FILE_OBJECT.ReadAccess, 1)
+        self._put8(file + L.FILE_OBJECT.WriteAccess, 1)
+        self._add_counts(device, 1, 0)
+        handle = FileHandle(self, file, device, top, name, kernel_caller)
+        self.objects[file].delete = _close_file_object
+        result = handle.request(IRP_MJ_CREATE)
+        if result.status & 0x80000000 or result.pending:
+            handle.file_closed_without_irps()
+            raise NtStatusError(result.status, f"IRP_MJ_CREATE of {name}")
+        handle.create_result = result
+        handle.opened = True
+        return handle
+
+    def _build_irp(self, top: int, file: int, major: int, kernel_caller: bool) -> int:
+        stack_size = self.read(top + L.DEVICE_OBJECT.StackSize, 1)[0]
+        irp = self.IoAllocateIrp(stack_size, False)
+        if not irp:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for an IRP")
+        self._put8(irp + L.IRP.RequestorMode, KernelMode if kernel_caller else UserMode)
+        self._put64(irp + L.IRP.OriginalFileObject, file)
+        self._put64(irp + L.IRP.Thread, self.current_process.address)
+        next_stack = self.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
+        self._put8(next_stack + L.IO_STACK_LOCATION.MajorFunction, major)
+        self._put64(next_stack + L.IO_STACK_LOCATION.FileObject, file)
+        return irp
+
+    def _dispatch_request(self, top: int, irp: int) -> tuple[int, bool]:
+        """IofCallDriver, then the I/O manager's side of completion: (status, pending)."""
+        request = {"completed": False}
+        self.io_requests[irp] = request
+        try:
+            returned = self.IofCallDriver(top, irp)
+        except BaseException:
+            self.io_requests.pop(irp, None)
+            raise
+        if not request["completed"]:
+            # Pending and not completed: the IRP stays the driver's (a leak if it forgets).
+            self.io_requests.pop(irp, None)
+            return returned, True
+        del self.io_requests[irp]
+        return self._get32(irp + L.IRP.IoStatus_Status), False
+
+
+def _span_pages(va: int, length: int) -> int:
+    """ADDRESS_AND_SIZE_TO_SPAN_PAGES."""
+    return ((va & (PAGE_SIZE - 1)) + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+
+
+def _iop_invalid_device_request(k, DeviceObject, Irp):
+    """IopInvalidDeviceRequest: what a major function the driver did not set does."""
+    k._put32(Irp + L.IRP.IoStatus_Status, STATUS_INVALID_DEVICE_REQUEST)
+    k._put64(Irp + L.IRP.IoStatus_Information, 0)
+    k.IofCompleteRequest(Irp, 0)
+    return STATUS_INVALID_DEVICE_REQUEST
+
+
+def _delete_symbolic_link(k, body):
+    buffer = k._get64(body + 0x08 + L.UNICODE_STRING.Buffer)
+    if buffer:
+        k.pool.free(buffer, None)
+
+
+def _close_file_object(k, body):
+    handle = k.file_handles.pop(body, None)
+    device = k._get64(body + L.FILE_OBJECT.DeviceObject)
+    if handle is not None and handle.opened:
+        handle._send_close()
+    if device and device in k.objects:
+        k._ob_dereference(device)
+
+
+_SYMT = L.from_display("Symt")
+
+
+class FileHandle:
+    """An open device, as the caller sees it: send requests, then close.
+
+    ``device_control(code, input, output_length)`` builds the IRP as the I/O manager does
+    for the code's transfer method; ``read`` and ``write`` follow the device's
+    DO_BUFFERED_IO / DO_DIRECT_IO flags; ``close`` sends IRP_MJ_CLEANUP, then IRP_MJ_CLOSE
+    when the last reference to the file object goes. Each returns an ``IoResult``.
+    """
+
+    def __init__(self, kernel, file_object: int, device: int, top: int, name: str,
+                 kernel_caller: bool):
+        self.kernel = kernel
+        self.file_object = file_object
+        self.device = device
+        self.top = top
+        self.name = name
+        self.kernel_caller = kernel_caller
+        self.opened = False
+        self.closed = False
+        self.create_result: IoResult | None = None
+        self.close_result: IoResult | None = None
+        self.cleanup_result: IoResult | None = None
+        kernel.file_handles[file_object] = self
+
+    def request(self, major: int, minor: int = 0, parameters: bytes = b"", system_buffer: int = 0,
+                user_buffer: int = 0, mdl: int = 0, flags: int = 0) -> IoResult:
+        """Send one IRP with ``major`` (stack Parameters bytes as given) and wait for it."""
+        k = self.kernel
+        irp = k._build_irp(self.top, self.file_object, major, self.kernel_caller)
+        stack = k.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
+        k._put8(stack + L.IO_STACK_LOCATION.MinorFunction, minor)
+        if parameters:
+            k.write(stack + L.IO_STACK_LOCATION.Parameters, parameters[:0x20])
+        k._put64(irp + L.IRP.AssociatedIrp, system_buffer)
+        k._put64(irp + L.IRP.UserBuffer, user_buffer)
+        k._put64(irp + L.IRP.MdlAddress, mdl)
+        k._put32(irp + L.IRP.Flags, flags)
+        status, pending = k._dispatch_request(self.top, irp)
+        information = k._get64(irp + L.IRP.IoStatus_Information)
+        result = IoResult(major, status, information, pending=pending)
+        if not pending:
+            result.mdl = k._get64(irp + L.IRP.MdlAddress)
+            k.IoFreeIrp(irp)
+        return result
+
+    def device_control(self, code: int, input: bytes = b"", output_length: int = 0,
+                       internal: bool = False) -> IoResult:
+        """IRP_MJ_DEVICE_CONTROL with ``code``; buffers as METHOD_(code & 3) has them."""
+        k = self.kernel
+        self._check_open()
+        method = code & 3
+        input = bytes(input)
+        user_in = k.user_space.allocate(len(input)) if input else 0
+        if user_in:
+            k.write(user_in, input)
+        user_out = k.user_space.allocate(output_length) if output_length else 0
+        system_buffer = mdl = 0
+        flags = 0
+        try:
+            if method == METHOD_BUFFERED:
+                length = max(len(input), output_length)
+                if length:
+                    system_buffer = self._system_buffer(length)
+                    if input:
+                        k.write(system_buffer, input)
+                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
+                        (L.IRP_INPUT_OPERATION if output_length else 0)
+            elif method in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT):
+                if input:
+                    system_buffer = self._system_buffer(len(input))
+                    k.write(system_buffer, input)
+                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER
+                if output_length:
+                    mdl = self._locked_mdl(user_out, output_length,
+                                           IoReadAccess if method == METHOD_IN_DIRECT else IoWriteAccess)
+            parameters = (output_length.to_bytes(8, "little") + len(input).to_bytes(8, "little") +
+                          code.to_bytes(8, "little") +
+                          (user_in if method == METHOD_NEITHER else 0).to_bytes(8, "little"))
+            major = IRP_MJ_INTERNAL_DEVICE_CONTROL if internal else IRP_MJ_DEVICE_CONTROL
+            result = self.request(major, parameters=parameters, system_buffer=system_buffer,
+                                  user_buffer=user_out if method in (METHOD_BUFFERED, METHOD_NEITHER) else 0,
+                                  mdl=mdl, flags=flags)
+            if result.pending:
+                system_buffer = mdl = 0  # still the driver's
+                return result
+            count = min(result.information, output_length)
+            # The I/O manager copies back unless the status is an error (warnings such as
+            # STATUS_BUFFER_OVERFLOW copy too).
+            if method == METHOD_BUFFERED and system_buffer and count and result.status < 0xC0000000:
+                k.write(user_out, k.read(system_buffer, count))
+            result.output = k.read(user_out, count) if count else b""
+            return result
+        finally:
+            if system_buffer:
+                k.pool.free(system_buffer, L.TAG_SYSTEM_BUFFER)
+            if mdl:
+                self._release_mdl(mdl)
+            if user_in:
+                k.user_space.free(user_in)
+            if user_out:
+                k.user_space.free(user_out)
+
+    def _system_buffer(self, length: int) -> int:
+        k = self.kernel
+        va = k._io_allocate(PoolType.NonPagedPool, length, L.TAG_SYSTEM_BUFFER, on_behalf=False)
+        if not va:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for a system buffer")
+        return va
+
+    def _locked_mdl(self, va: int, length: int, operation: int) -> int:
+        k = self.kernel
+        mdl = k.pool.allocate_generic(PoolType.NonPagedPool, L.MDL.SIZE + 8 * _span_pages(va, length),
+                                      L.TAG_MDL, site=0)
+        if not mdl:
+            raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for an MDL")
+        k._mm_initialize_mdl(mdl, va, length, L.MDL.SIZE + 8 * _span_pages(va, length))
+        k.MmProbeAndLockPages(mdl, UserMode, operation)
+        return mdl
+
+    def _release_mdl(self, mdl: int) -> None:
+        k = self.kernel
+        if k._get16(mdl + L.MDL.MdlFlags) & L.MDL_PAGES_LOCKED:
+            k.MmUnlockPages(mdl)
+        k.IoFreeMdl(mdl)
+
+    def _transfer(self, major: int, data: bytes | None, length: int) -> IoResult:
+        k = self.kernel
+        self._check_open()
+        user = k.user_space.allocate(length) if length else 0
+        if data:
+            k.write(user, data)
+        device_flags = k._get32(self.device + L.DEVICE_OBJECT.Flags)
+        system_buffer = mdl = 0
+        flags = L.IRP_READ_OPERATION if major == IRP_MJ_READ else L.IRP_WRITE_OPERATION
+        try:
+            if length and device_flags & L.DO_BUFFERED_IO:
+                system_buffer = self._system_buffer(length)
+                if data:
+                    k.write(system_buffer, data)
+                flags |= L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
+                    (L.IRP_INPUT_OPERATION if major == IRP_MJ_READ else 0)
+            elif length and device_flags & L.DO_DIRECT_IO:
+                mdl = self._locked_mdl(user, length, IoWriteAccess if major == IRP_MJ_READ else IoReadAccess)
+            parameters = length.to_bytes(8, "little") + bytes(8) + bytes(8)
+            result = self.request(major, parameters=parameters, system_buffer=system_buffer,
+                                  user_buffer=user, mdl=mdl, flags=flags)
+            if result.pending:
+                system_buffer = mdl = 0
+                return result
+            if major == IRP_MJ_READ:
+                count = min(result.information, length)
+                if system_buffer and count and result.status < 0xC0000000:
+                    k.write(user, k.read(system_buffer, count))
+                result.output = k.read(user, count) if count else b""
+            return result
+        finally:
+            if system_buffer:
+                k.pool.free(system_buffer, L.TAG_SYSTEM_BUFFER)
+            if mdl:
+                self._release_mdl(mdl)
+            if user:
+                k.user_space.free(user)
+
+    def read(self, length: int) -> IoResult:
+        """IRP_MJ_READ of ``length`` bytes; ``output`` is what the driver returned."""
+        return self._transfer(IRP_MJ_READ, None, length)
+
+    def write(self, data: bytes) -> IoResult:
+        """IRP_MJ_WRITE of ``data``."""
+        return self._transfer(IRP_MJ_WRITE, bytes(data), len(data))
+
+    def _check_open(self) -> None:
+        if self.closed or not self.opened:
+            raise ValueError(f"{self.name} is not open")
+
+    def close(self) -> tuple[IoResult, IoResult | None]:
+        """IRP_MJ_CLEANUP (the handle closes), then IRP_MJ_CLOSE when the file object's last
+        reference goes: (cleanup result, close result)."""
+        self._check_open()
+        self.cleanup_result = self.request(IRP_MJ_CLEANUP)
+        self.closed = True
+        self.kernel._ob_dereference(self.file_object)
+        return self.cleanup_result, self.close_result
+
+    def detach(self) -> None:
+        """The caller keeps the file object by reference only (IoGetDeviceObjectPointer)."""
+        self.closed = True
+
+    def _send_close(self) -> None:
+        self.close_result = self.request(IRP_MJ_CLOSE)
+        self.opened = False
+
+    def file_closed_without_irps(self) -> None:
+        self.opened = False
+        self.closed = True
+        self.kernel._ob_dereference(self.file_object)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.opened and not self.closed and not self.kernel.halted:
+            self.close()
+
+

@@ -1,0 +1,356 @@
+"""Events, executive resources, fast mutexes, the system clock and the other small Ke/Ex/Mm
+routines a driver's life touches, for the single thread ntpool runs.
+
+There is one thread: a wait on an object that is signalled succeeds at once (and clears a
+synchronization event), a wait with a timeout that is not signalled returns STATUS_TIMEOUT
+and moves the clock on, and a wait with no timeout on an object nothing can signal is the
+error ``WaitForever`` (on Windows the thread would hang there). Resources and fast mutexes
+record their owner in the structures, where a dump shows them; acquiring one the thread
+already holds exclusively deadlocks on Windows and is ``WaitForever`` here.
+
+The clock is simulated: KeQuerySystemTime starts at 2024-01-01 00:00 UTC and moves only
+when a wait times out or KeDelayExecutionThread sleeps, so runs are reproducible; it is
+also written to KUSER_SHARED_DATA.SystemTime, where x64 drivers' inline KeQuerySystemTime
+reads it.
+"""
+
+from __future__ import annotations
+
+from ..constants import APC_LEVEL, DISPATCH_LEVEL, NtStatus
+from . import layouts as L
+from .registry import lookup, lookup_data, register_type, routine
+
+STATUS_TIMEOUT = 0x00000102
+STATUS_ALERTED = 0x00000101
+EPOCH_2024 = 133485408000000000  # FILETIME of 2024-01-01 00:00:00 UTC
+KUSER_SHARED_DATA = 0xFFFFF78000000000
+KUSER_INTERRUPT_TIME = 0x08
+KUSER_SYSTEM_TIME = 0x14
+KUSER_TICK_COUNT = 0x320
+PERFORMANCE_FREQUENCY = 10_000_000
+RESOURCE_OWNED_EXCLUSIVE = 0x80
+THREAD_STAND_IN = 0xFFFFFA8000FF0000  # what the one thread is called as an owner
+
+for _name, _size, _signed, _pointer in (("EVENT_TYPE", 4, True, False), ("KPRIORITY", 4, True, False),
+                                        ("PRKEVENT", 8, False, True), ("PFAST_MUTEX", 8, False, True),
+                                        ("ERESOURCE_THREAD", 8, False, False),
+                                        ("PKMUTEX", 8, False, True), ("PRKMUTEX", 8, False, True)):
+    try:
+        register_type(_name, _size, signed=_signed, pointer=_pointer)
+    except Exception:
+        pass
+
+
+class WaitForever(RuntimeError):
+    """The one thread waits on an object nothing can signal: Windows would hang there."""
+
+
+class SyncRoutines:
+    def _init_sync(self) -> None:
+        self.system_time = EPOCH_2024
+        self.boot_time = EPOCH_2024
+        self._publish_time()
+
+    def _publish_time(self) -> None:
+        if self.space.translate(KUSER_SHARED_DATA) is None:
+            return
+        interrupt = self.system_time - self.boot_time
+        pa = self.space.translate(KUSER_SHARED_DATA)
+        for offset, value in ((KUSER_INTERRUPT_TIME, interrupt), (KUSER_SYSTEM_TIME, self.system_time)):
+            # KSYSTEM_TIME: LowPart, High1Time, High2Time.
+            low, high = value & 0xFFFFFFFF, value >> 32
+            self.physical.write(pa + offset, low.to_bytes(4, "little") + high.to_bytes(4, "little") * 2)
+        ticks = interrupt // 156250
+        self.physical.write(pa + KUSER_TICK_COUNT, ticks.to_bytes(8, "little"))
+
+    def advance_clock(self, hundred_ns: int) -> None:
+        self.system_time += max(0, hundred_ns)
+        self._publish_time()
+
+    # --- the clock ---------------------------------------------------------------------------
+
+    @routine("VOID KeQuerySystemTime(_Out_ PLARGE_INTEGER CurrentTime)")
+    def KeQuerySystemTime(self) -> int:
+        return self.system_time
+
+    @routine("LARGE_INTEGER KeQueryPerformanceCounter(_Out_opt_ PLARGE_INTEGER PerformanceFrequency)")
+    def KeQueryPerformanceCounter(self) -> tuple[int, int]:
+        return self.system_time - self.boot_time, PERFORMANCE_FREQUENCY
+
+    @routine("ULONG KeQueryTimeIncrement(VOID)")
+    def KeQueryTimeIncrement(self) -> int:
+        return 156250
+
+    @routine("NTSTATUS KeDelayExecutionThread(KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Interval)")
+    def KeDelayExecutionThread(self, WaitMode, Alertable, Interval) -> int:
+        self._advance_by(Interval)
+        return NtStatus.STATUS_SUCCESS
+
+    def _advance_by(self, interval_va: int) -> None:
+        value = int.from_bytes(self.read(interval_va, 8), "little", signed=True)
+        # Negative: relative, in 100 ns units; positive: an absolute system time.
+        self.advance_clock(-value if value < 0 else max(0, value - self.system_time))
+
+    # --- events ------------------------------------------------------------------------------
+
+    @routine("VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State)")
+    def KeInitializeEvent(self, Event, Type, State) -> None:
+        """DISPATCHER_HEADER: Type (0 notification, 1 synchronization), Size 6 ULONGs,
+        SignalState, an empty wait list."""
+        self.write(Event, bytes([Type & 0xFF, 0, L.KEVENT_SIZE // 4, 0]) +
+                   (1 if State else 0).to_bytes(4, "little"))
+        wait_list = Event + L.DISPATCHER_HEADER.WaitListHead
+        self._put64(wait_list, wait_list)
+        self._put64(wait_list + 8, wait_list)
+
+    def _signal_state(self, dispatcher: int) -> int:
+        return int.from_bytes(self.read(dispatcher + L.DISPATCHER_HEADER.SignalState, 4), "little", signed=True)
+
+    @routine("LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait)")
+    def KeSetEvent(self, Event, Increment, Wait) -> int:
+        self._check_irql_at_most(DISPATCH_LEVEL, "KeSetEvent")
+        previous = self._signal_state(Event)
+        self._put32(Event + L.DISPATCHER_HEADER.SignalState, 1)
+        return previous
+
+    @routine("LONG KeResetEvent(PRKEVENT Event)")
+    def KeResetEvent(self, Event) -> int:
+        previous = self._signal_state(Event)
+        self._put32(Event + L.DISPATCHER_HEADER.SignalState, 0)
+        return previous
+
+    @routine("VOID KeClearEvent(PRKEVENT Event)")
+    def KeClearEvent(self, Event) -> None:
+        self._put32(Event + L.DISPATCHER_HEADER.SignalState, 0)
+
+    @routine("LONG KeReadStateEvent(PRKEVENT Event)")
+    def KeReadStateEvent(self, Event) -> int:
+        return self._signal_state(Event)
+
+    @routine("NTSTATUS KeWaitForSingleObject(PVOID Object, KWAIT_REASON WaitReason, "
+             "KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Timeout)")
+    def KeWaitForSingleObject(self, Object, WaitReason, WaitMode, Alertable, Timeout) -> int:
+        """Signalled: STATUS_SUCCESS (a synchronization event or mutex is taken). Not
+        signalled: STATUS_TIMEOUT after the timeout, WaitForever without one."""
+        zero_timeout = Timeout and int.from_bytes(self.read(Timeout, 8), "little") == 0
+        if not zero_timeout:
+            self._check_irql_at_most(APC_LEVEL, "KeWaitForSingleObject with a non-zero timeout")
+        kind = self.read(Object, 1)[0]
+        state = self._signal_state(Object)
+        if kind == 2:  # a mutant: free when SignalState is 1, recursive for its owner
+            if state > 0 or self._get64(Object + 0x28) == THREAD_STAND_IN:
+                self._put32(Object + L.DISPATCHER_HEADER.SignalState, state - 1)
+                self._put64(Object + 0x28, THREAD_STAND_IN)
+                return NtStatus.STATUS_SUCCESS
+        elif state > 0:
+            if kind in (1, 5):  # a synchronization event / semaphore takes one
+                self._put32(Object + L.DISPATCHER_HEADER.SignalState, state - 1 if kind == 5 else 0)
+            return NtStatus.STATUS_SUCCESS
+        if Timeout:
+            self._advance_by(Timeout)
+            return STATUS_TIMEOUT
+        raise WaitForever(f"KeWaitForSingleObject on {Object:#x} (dispatcher type {kind}), which is "
+                          f"not signalled, with no timeout: only another thread could signal it, "
+                          f"and ntpool runs one thread")
+
+    @routine("VOID KeInitializeMutex(PRKMUTEX Mutex, ULONG Level)")
+    def KeInitializeMutex(self, Mutex, Level) -> None:
+        self.write(Mutex, bytes([2, 0, L.KMUTANT_SIZE // 4, 0]) + (1).to_bytes(4, "little") +
+                   bytes(L.KMUTANT_SIZE - 8))
+        wait_list = Mutex + L.DISPATCHER_HEADER.WaitListHead
+        self._put64(wait_list, wait_list)
+        self._put64(wait_list + 8, wait_list)
+
+    @routine("LONG KeReleaseMutex(PRKMUTEX Mutex, BOOLEAN Wait)")
+    def KeReleaseMutex(self, Mutex, Wait) -> int:
+        state = self._signal_state(Mutex)
+        if state > 0 or self._get64(Mutex + 0x28) != THREAD_STAND_IN:
+            self.KeBugCheckEx(0x11, Mutex, 0, 0, 0,  # THREAD_NOT_MUTEX_OWNER
+                              detail=f"KeReleaseMutex of {Mutex:#x}, which this thread does not own")
+        state += 1
+        self._put32(Mutex + L.DISPATCHER_HEADER.SignalState, state)
+        if state == 1:
+            self._put64(Mutex + 0x28, 0)
+        return state - 1
+
+    def _check_irql_at_most(self, level: int, what: str) -> None:
+        irql = self.irql_by_processor[self.current_processor]
+        if irql > level:
+            self.KeBugCheckEx(0x0A, 0, irql, 0, 0,  # IRQL_NOT_LESS_OR_EQUAL
+                              detail=f"{what} at IRQL {irql} (at most {level} allowed)")
+
+    # --- executive resources -----------------------------------------------------------------
+
+    @routine("NTSTATUS ExInitializeResourceLite(PERESOURCE Resource)")
+    def ExInitializeResourceLite(self, Resource) -> int:
+        self.write(Resource, bytes(L.ERESOURCE.SIZE))
+        self.resources = getattr(self, "resources", set())
+        self.resources.add(Resource)
+        return NtStatus.STATUS_SUCCESS
+
+    @routine("NTSTATUS ExDeleteResourceLite(PERESOURCE Resource)")
+    def ExDeleteResourceLite(self, Resource) -> int:
+        getattr(self, "resources", set()).discard(Resource)
+        return NtStatus.STATUS_SUCCESS
+
+    def _resource_state(self, resource: int) -> tuple[int, int]:
+        return self._get16(resource + L.ERESOURCE.ActiveCount), self._get16(resource + L.ERESOURCE.Flag)
+
+    @routine("BOOLEAN ExAcquireResourceExclusiveLite(PERESOURCE Resource, BOOLEAN Wait)")
+    def ExAcquireResourceExclusiveLite(self, Resource, Wait) -> int:
+        count, flag = self._resource_state(Resource)
+        if count and not flag & RESOURCE_OWNED_EXCLUSIVE:
+            if not Wait:
+                return 0
+            raise WaitForever(f"ExAcquireResourceExclusiveLite of {Resource:#x}, which this thread "
+                              f"holds shared: it would wait for itself")
+        self._put16(Resource + L.ERESOURCE.ActiveCount, count + 1)
+        self._put16(Resource + L.ERESOURCE.Flag, flag | RESOURCE_OWNED_EXCLUSIVE)
+        self._put64(Resource + L.ERESOURCE.OwnerEntry, THREAD_STAND_IN)
+        self._put32(Resource + L.ERESOURCE.OwnerEntry + 8,
+                    self._get32(Resource + L.ERESOURCE.OwnerEntry + 8) + 1)
+        return 1
+
+    @routine("BOOLEAN ExAcquireResourceSharedLite(PERESOURCE Resource, BOOLEAN Wait)")
+    def ExAcquireResourceSharedLite(self, Resource, Wait) -> int:
+        count, flag = self._resource_state(Resource)
+        self._put16(Resource + L.ERESOURCE.ActiveCount, count + 1)
+        self._put64(Resource + L.ERESOURCE.OwnerEntry, THREAD_STAND_IN)
+        self._put32(Resource + L.ERESOURCE.OwnerEntry + 8,
+                    self._get32(Resource + L.ERESOURCE.OwnerEntry + 8) + 1)
+        return 1
+
+    @routine("VOID ExReleaseResourceLite(PERESOURCE Resource)")
+    def ExReleaseResourceLite(self, Resource) -> None:
+        count, flag = self._resource_state(Resource)
+        if count == 0:
+            self.KeBugCheckEx(0xE3, Resource, THREAD_STAND_IN, 0, 2,  # RESOURCE_NOT_OWNED
+                              detail=f"ExReleaseResourceLite of {Resource:#x}, which is not held")
+        count -= 1
+        self._put16(Resource + L.ERESOURCE.ActiveCount, count)
+        self._put32(Resource + L.ERESOURCE.OwnerEntry + 8, count)
+        if count == 0:
+            self._put16(Resource + L.ERESOURCE.Flag, flag & ~RESOURCE_OWNED_EXCLUSIVE)
+            self._put64(Resource + L.ERESOURCE.OwnerEntry, 0)
+
+    @routine("VOID ExReleaseResourceForThreadLite(PERESOURCE Resource, ERESOURCE_THREAD ResourceThreadId)")
+    def ExReleaseResourceForThreadLite(self, Resource, ResourceThreadId) -> None:
+        self.ExReleaseResourceLite(Resource)
+
+    @routine("BOOLEAN ExIsResourceAcquiredExclusiveLite(PERESOURCE Resource)")
+    def ExIsResourceAcquiredExclusiveLite(self, Resource) -> int:
+        count, flag = self._resource_state(Resource)
+        return int(bool(count and flag & RESOURCE_OWNED_EXCLUSIVE))
+
+    @routine("ULONG ExIsResourceAcquiredSharedLite(PERESOURCE Resource)")
+    def ExIsResourceAcquiredSharedLite(self, Resource) -> int:
+        return self._resource_state(Resource)[0]
+
+    @routine("VOID KeEnterCriticalRegion(VOID)")
+    def KeEnterCriticalRegion(self) -> None:
+        self.critical_region = getattr(self, "critical_region", 0) + 1
+
+    @routine("VOID KeLeaveCriticalRegion(VOID)")
+    def KeLeaveCriticalRegion(self) -> None:
+        self.critical_region = getattr(self, "critical_region", 0) - 1
+
+    # --- fast mutexes (ExInitializeFastMutex is inline: Count 1, KeInitializeEvent) ------------
+
+    def initialize_fast_mutex(self, FastMutex) -> None:
+        """ExInitializeFastMutex (a wdm.h inline), for Python drivers."""
+        self._put32(FastMutex + L.FAST_MUTEX.Count, 1)
+        self._put64(FastMutex + L.FAST_MUTEX.Owner, 0)
+        self._put32(FastMutex + L.FAST_MUTEX.Contention, 0)
+        self.KeInitializeEvent(FastMutex + L.FAST_MUTEX.Event, 1, 0)
+
+    @routine("VOID ExAcquireFastMutex(PFAST_MUTEX FastMutex)")
+    def ExAcquireFastMutex(self, FastMutex) -> None:
+        """Raise to APC_LEVEL and own the mutex (the old IRQL is kept in it)."""
+        self._check_irql_at_most(APC_LEVEL, "ExAcquireFastMutex")
+        old = self.irql_by_processor[self.current_processor]
+        self._take_fast_mutex(FastMutex)
+        self._set_irql(APC_LEVEL)
+        self._put32(FastMutex + L.FAST_MUTEX.OldIrql, old)
+
+    @routine("VOID ExReleaseFastMutex(PFAST_MUTEX FastMutex)")
+    def ExReleaseFastMutex(self, FastMutex) -> None:
+        old = self._get32(FastMutex + L.FAST_MUTEX.OldIrql)
+        self._drop_fast_mutex(FastMutex)
+        self._set_irql(old)
+
+    @routine("BOOLEAN ExTryToAcquireFastMutex(PFAST_MUTEX FastMutex)")
+    def ExTryToAcquireFastMutex(self, FastMutex) -> int:
+        if self._get32(FastMutex + L.FAST_MUTEX.Count) != 1:
+            return 0
+        self.ExAcquireFastMutex(FastMutex)
+        return 1
+
+    @routine("VOID ExAcquireFastMutexUnsafe(PFAST_MUTEX FastMutex)")
+    def ExAcquireFastMutexUnsafe(self, FastMutex) -> None:
+        self._take_fast_mutex(FastMutex)
+
+    @routine("VOID ExReleaseFastMutexUnsafe(PFAST_MUTEX FastMutex)")
+    def ExReleaseFastMutexUnsafe(self, FastMutex) -> None:
+        self._drop_fast_mutex(FastMutex)
+
+    def _take_fast_mutex(self, mutex: int) -> None:
+        if self._get32(mutex + L.FAST_MUTEX.Count) != 1:
+            raise WaitForever(f"fast mutex {mutex:#x} is already owned (by this thread: fast "
+                              f"mutexes are not recursive)")
+        self._put32(mutex + L.FAST_MUTEX.Count, 0)
+        self._put64(mutex + L.FAST_MUTEX.Owner, THREAD_STAND_IN)
+
+    def _drop_fast_mutex(self, mutex: int) -> None:
+        if self._get32(mutex + L.FAST_MUTEX.Count) != 0:
+            self.KeBugCheckEx(0xE3, mutex, THREAD_STAND_IN, 0, 3,  # RESOURCE_NOT_OWNED
+                              detail=f"release of fast mutex {mutex:#x}, which is not owned")
+        self._put32(mutex + L.FAST_MUTEX.Count, 1)
+        self._put64(mutex + L.FAST_MUTEX.Owner, 0)
+
+    # --- system routine addresses ------------------------------------------------------------
+
+    @routine("PVOID MmGetSystemRoutineAddress(PUNICODE_STRING SystemRoutineName)")
+    def MmGetSystemRoutineAddress(self, SystemRoutineName) -> int:
+        """The address of a routine or variable ntoskrnl.exe or HAL.dll exports, from the
+        routine registry (NULL for what ntpool does not implement, as for what Windows 7
+        does not export)."""
+        name = self._unicode_string(SystemRoutineName)
+        resolver = getattr(self, "system_routine_resolver", None)
+        if resolver is not None:
+            return resolver(name) or 0
+        try:
+            entry = lookup(name)
+        except KeyError:
+            try:
+                entry = lookup_data(name)
+            except KeyError:
+                return 0
+            return self._data_cell(entry)
+        if entry.module not in ("ntoskrnl.exe", "HAL.dll"):
+            return 0
+        cells = self.__dict__.setdefault("_routine_code", {})
+        address = cells.get(name)
+        if address is None:
+            function = entry.function
+            address = cells[name] = self.code_address(lambda k, *args: function(k, *args))
+        return address
+
+    def _data_cell(self, entry) -> int:
+        cells = self.__dict__.setdefault("_data_cells", {})
+        cell = cells.get(entry.name)
+        if cell is None:
+            cell = cells[entry.name] = self.kernel_data.reserve(8, align=8)
+            self._put64(cell, entry.value(self))
+        return cell
+
+    @routine("HANDLE PsGetCurrentProcessId(VOID)")
+    def PsGetCurrentProcessId(self) -> int:
+        return self.current_process.pid
+
+    @routine("HANDLE PsGetCurrentThreadId(VOID)")
+    def PsGetCurrentThreadId(self) -> int:
+        return 8
+
+    @routine("PEPROCESS IoGetCurrentProcess(VOID)")
+    def IoGetCurrentProcess(self) -> int:
+        return self.current_process.address
