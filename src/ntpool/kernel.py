@@ -35,8 +35,10 @@ from .machine.memory import AddressSpace, PhysicalMemory, canonical
 from .pool.allocator import PoolAllocator
 from .pool.descriptor import Pool
 from .pool.layout import LIST_HEAD_COUNT
+from .pool.segment_heap.design import SegmentHeapPools
 from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
+from .windows import windows_version
 
 # Windows 7 x64 layout of the kernel address space.
 NONPAGED_POOL_BASE = 0xFFFFFA8000000000
@@ -89,7 +91,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
-                 physical_memory_bytes: int | None = None, processors: int = 1):
+                 physical_memory_bytes: int | None = None, processors: int = 1,
+                 windows="7", seed: int = 0):
+        self.windows = windows_version(windows)  # which Windows, hence which pool design
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        self.seed = seed
         nonpaged_pool_bytes = _positive_bytes("nonpaged_pool_bytes", nonpaged_pool_bytes)
         paged_pool_bytes = _positive_bytes("paged_pool_bytes", paged_pool_bytes)
         if isinstance(processors, bool) or not isinstance(processors, int) or not 1 <= processors <= 64:
@@ -108,17 +115,19 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
         self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         crash = self.KeBugCheckEx
-        self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
-                                  self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                                  crash, processors)
-        self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
-                               self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                               crash, processors)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
-        self._init_drivers()
-        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites,
-                                  self.hooks)
+        if self.windows.segment_heap:
+            self._init_drivers()
+            self.heap_state = SegmentHeapPools(
+                self.windows, self.space, self.kernel_data, self._write_kernel_data, crash,
+                self.call_sites, nonpaged_pool_bytes, paged_pool_bytes, seed, self.hooks)
+            self.nonpaged_pool = self.heap_state.nonpaged
+            self.nonpaged_pool_nx = self.heap_state.nonpaged_nx
+            self.paged_pool = self.heap_state.paged
+            self.pool = self.heap_state.allocator
+        else:
+            self._init_windows7_pools(nonpaged_pool_bytes, paged_pool_bytes, processors, crash)
         self.current_processor = 0
         # The loaded driver whose code is running (None: the kernel itself or a test).
         self.current_driver = None
@@ -135,6 +144,27 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         self._init_io()
         self._init_security()
         self._init_sync()
+
+    def _init_windows7_pools(self, nonpaged_pool_bytes: int, paged_pool_bytes: int,
+                             processors: int, crash) -> None:
+        """Windows 7's design: two pool descriptors and the classic allocator."""
+        self.heap_state = None
+        self.nonpaged_pool_nx = None  # Windows 7: NonPagedPoolNx is nonpaged pool
+        self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
+                                  self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
+                                  crash, processors)
+        self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
+                               self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
+                               crash, processors)
+        self._init_drivers()
+        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites,
+                                  self.hooks)
+
+    def _write_kernel_data(self, va: int, data: bytes) -> None:
+        """Write the kernel's own structures (the routines' checks do not apply)."""
+        for offset in range(0, len(data)):
+            pa = self.space.translate(va + offset)
+            self._mem[pa] = data[offset]
 
     # --- bug checks --------------------------------------------------------------------
 
@@ -409,7 +439,7 @@ def _checked_span(address, size) -> tuple[int, int]:
 # What may still be asked of a machine after its bug check: looking, not doing.
 INSPECTION = frozenset({
     "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
-    "nonpaged_pool", "paged_pool", "pool", "kernel_data", "processors", "current_processor",
+    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
     "write_dump", "hooks", "current_driver", "drivers", "call_sites",
     "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
     "crash_dump", "crash_dump_kind", "crash_dump_error",

@@ -25,7 +25,7 @@ DUMP_NAME = "MEMORY.DMP"
 
 
 def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
-             console: Console | None = None) -> int:
+             console: Console | None = None, windows: str | None = None) -> int:
     console = console or wide_console()
     out = Path(out_dir)
     if not out.is_dir():
@@ -36,11 +36,12 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
             raise ValueError(f"--steps must be at least 1, got {steps}")
         scenario.workload = partial(scenario.workload, steps=steps)
         scenario.checkpoints = None
-    run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME))
+    options = {} if windows is None else {"windows": windows}
+    run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME), kernel_options=options)
     pooltags = PoolTagDatabase.default()
 
     kernel = run.boot()
-    console.print(f"[bold]ntpool demo[/bold] (seed {seed}): booted an x64 machine, "
+    console.print(f"[bold]ntpool demo[/bold] (seed {seed}): booted an x64 {kernel.windows} machine, "
                   f"CR3 {kernel.space.cr3 << 12:#x}, {kernel.nonpaged_pool.page_count * PAGE_SIZE >> 20} MiB "
                   f"nonpaged and {kernel.paged_pool.page_count * PAGE_SIZE >> 20} MiB paged pool")
     run.load_drivers()

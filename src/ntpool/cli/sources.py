@@ -9,6 +9,7 @@ from pathlib import Path
 from ..tools.pictures import live_page_strips
 from ..tools.poolmon import Snapshot
 from ..tools.scenario import ScenarioRun, load_scenario
+from ..windows import CHOICES as WINDOWS_CHOICES
 
 DUMP_SIGNATURE = b"PAGEDU64"  # DUMP_HEADER64's Signature and ValidDump
 MiB = 1 << 20
@@ -101,7 +102,7 @@ def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,
         from .dump_source import DumpSource
 
         if kernel_options:
-            raise ValueError("pool sizes are for scenarios; a crash dump has its own")
+            raise ValueError("pool sizes and --windows are for scenarios; a crash dump has its own")
         return DumpSource(spec)
     if Path(spec).suffix.lower() == ".dmp" and Path(spec).is_file():
         raise ValueError(f"{spec} is not a crash dump (no {DUMP_SIGNATURE.decode()} signature)")
@@ -114,7 +115,16 @@ def kernel_options(args) -> dict:
         options["nonpaged_pool_bytes"] = _mib("--nonpaged-pool-mib", args.nonpaged_pool_mib)
     if getattr(args, "paged_pool_mib", None) is not None:
         options["paged_pool_bytes"] = _mib("--paged-pool-mib", args.paged_pool_mib)
+    if getattr(args, "windows", None) is not None:
+        options["windows"] = args.windows
     return options
+
+
+def add_windows_argument(parser) -> None:
+    """``--windows``: which Windows the machine runs, hence which pool design."""
+    parser.add_argument("--windows", choices=WINDOWS_CHOICES, default=None, metavar="VERSION",
+                        help="7 (the default: the classic pool), 10 (build 19041), 11 (build "
+                             "22621: the segment heap), or a build number such as 26100")
 
 
 def _mib(option: str, value: int) -> int:

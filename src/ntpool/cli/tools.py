@@ -7,7 +7,7 @@ from pathlib import Path
 from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
 from .poolmon_view import interactive, poolmon_screen, poolmon_table, wide_console
-from .sources import ScenarioSource, kernel_options, open_source
+from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
 
 
 def add_commands(sub) -> None:
@@ -74,6 +74,7 @@ def _machine_arguments(parser) -> None:
                         help="paged pool size (default: the scenario's, else 64)")
     parser.add_argument("--pooltag", metavar="FILE",
                         help="a pooltag.txt naming tag owners (also: NTPOOL_POOLTAG)")
+    add_windows_argument(parser)
 
 
 def _source_arguments(parser) -> None:

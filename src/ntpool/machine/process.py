@@ -17,6 +17,7 @@ from ..routines.registry import register_data, routine
 EPROCESS_SIZE = 0x4D0  # Windows 7 SP1 x64
 EPROCESS_UNIQUE_PROCESS_ID = 0x180
 EPROCESS_IMAGE_FILE_NAME = 0x2E0  # UCHAR[15]
+PROCESS_OBJECT_TYPE = 3  # DISPATCHER_HEADER.Type at the start of an EPROCESS
 NONPAGED, PAGED = 0, 1
 
 
@@ -89,6 +90,7 @@ class ProcessRoutines:
             raise ValueError(f"name must be a non-empty str, got {name!r}")
         limits = [_quota("nonpaged_quota", nonpaged_quota), _quota("paged_quota", paged_quota)]
         address = self.kernel_data.reserve(EPROCESS_SIZE, align=16)
+        self.write(address, bytes([PROCESS_OBJECT_TYPE]))  # Pcb.Header.Type: ProcessObject
         pid = self._next_pid
         self._next_pid += 4
         self.write(address + EPROCESS_UNIQUE_PROCESS_ID, pid.to_bytes(8, "little"))

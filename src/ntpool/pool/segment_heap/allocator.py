@@ -1,0 +1,374 @@
+"""The pool on the segment heap: what ExAllocatePoolWithTag / ExFreePool do on Windows 10/11.
+
+The same interface as the Windows 7 ``PoolAllocator`` (the routines, the verifier and the
+tools call both alike): request checks, tags, IRQL rules, priorities, quota and the
+verifier's interceptor are inherited; what is this design's own is here: routing a
+request to the LFH, the VS backend or whole pages, the POOL_HEADER the pool still writes
+in front of blocks up to 0xFE0 bytes (PoolType as it encodes it, ProcessBilled encoded
+with ExpPoolQuotaCookie, CacheAligned's second header), the dynamic lookaside on free,
+and the free path's checks. The fast paths serve the LFH: a block from an active bucket's
+current subsegment, and its free, with no Python object per allocation.
+"""
+
+import sys
+
+from ...constants import (
+    APC_LEVEL,
+    DISPATCH_LEVEL,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    POOL_NX_ALLOCATION,
+    BadPoolCaller,
+    BugCheckCode,
+)
+from ...tags import PROTECTED_POOL, tag_value
+from ..allocator import PoolAllocator, checked_address
+from ..checks import check_free_tag
+from .heap import LFH, SegmentHeap
+from .layout import (
+    CACHE_LINE,
+    EPROCESS_MIN_ADDRESS,
+    LFH_BITMAP,
+    LFH_BUCKET_COUNT,
+    LFH_COUNTS,
+    LFH_FREE_COUNT,
+    LFH_MAX_REQUEST,
+    POOL_HEADER,
+    POOL_HEADER_FIRST8,
+    POOL_HEADER_SIZE,
+    POOL_TYPE_ALIGNED,
+    POOL_TYPE_QUOTA,
+    PROCESS_OBJECT_TYPE,
+    QWORD,
+    VS_HEADER_SIZE,
+    VS_MAX_REQUEST,
+    WORD,
+    decode_process_billed,
+    encode_process_billed,
+    header_pool_type,
+    lookaside_bucket,
+    lookaside_bucket_bytes,
+)
+
+BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
+BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
+BAD_PROCESS_BILLED = 0x0E  # BAD_POOL_HEADER P1 for a ProcessBilled that does not decode
+BALANCE_SET_INTERVAL = 256  # generic frees between two Balance Set Manager passes
+
+_getframe = sys._getframe
+_pack_header = POOL_HEADER.pack_into
+_unpack_first8 = POOL_HEADER_FIRST8.unpack_from
+_unpack_qword = QWORD.unpack_from
+_pack_word = WORD.pack_into
+_pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
+
+
+def block_units(number_of_bytes: int, aligned: bool = False) -> int:
+    """16-byte units of the block (POOL_HEADER included) a small request gets."""
+    if aligned:
+        number_of_bytes += CACHE_LINE
+    units = (number_of_bytes + POOL_HEADER_SIZE + 15) >> 4
+    if units > LFH_BUCKET_COUNT:
+        bucket = lookaside_bucket(units << 4)
+        if bucket:
+            units = lookaside_bucket_bytes(bucket) >> 4
+    return units
+
+
+class SegmentHeapAllocator(PoolAllocator):
+    def __init__(self, nonpaged: SegmentHeap, nonpaged_nx: SegmentHeap, paged: SegmentHeap,
+                 crash, call_sites, keys, hooks=None):
+        self.nonpaged_nx = nonpaged_nx
+        self.keys = keys
+        self.balance_passes = 0
+        self._frees_since_pass = 0
+        super().__init__(nonpaged, paged, crash, call_sites, hooks)
+        self.pools = (nonpaged, paged, nonpaged_nx)
+        self.pools_by_slot = {heap.base >> 39: heap for heap in self.pools}
+        self.refresh_fast_paths()
+
+    def refresh_fast_paths(self) -> None:
+        fast: dict = {}
+        if not self.fast_path_blockers and self.irql <= DISPATCH_LEVEL:
+            fast[0] = self.nonpaged
+            fast[POOL_NX_ALLOCATION] = self.nonpaged_nx
+            if self.irql <= APC_LEVEL:
+                fast[1] = self.paged
+        self.fast_pools = fast
+        self.fast_free_slots = {heap.base >> 39: heap for heap in set(fast.values())}
+
+    def pool_for(self, pool_type: int) -> SegmentHeap:
+        if pool_type & 1:
+            return self.paged
+        return self.nonpaged_nx if pool_type & POOL_NX_ALLOCATION else self.nonpaged
+
+    # --- fast paths ----------------------------------------------------------------------
+
+    def allocate(self, pool_type, number_of_bytes, tag) -> int:
+        frame = _getframe(2)
+        site = self.site_index.get((frame.f_code, frame.f_lasti))
+        if site is None:
+            site = self.call_sites.lookup(frame)
+        try:
+            tag_ulong, row = self.known_tags[tag]
+            heap = self.fast_pools[pool_type]
+            if 0 < number_of_bytes <= LFH_MAX_REQUEST:
+                units = (number_of_bytes + 31) >> 4
+                sub = heap.lfh_buckets[units].current  # None until the bucket is active
+                free = sub.free_bits
+                if free:
+                    # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
+                    start = (sub.free_hint & ~31) + heap.next_random_slot()
+                    later = free >> start
+                    index = start + (later & -later).bit_length() - 1 if later else \
+                        (free & -free).bit_length() - 1
+                    sub.free_bits = free ^ (1 << index)
+                    mem = self.mem
+                    tlb = self.tlb
+                    header_pa = tlb[sub.page]
+                    mem[header_pa + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                    sub.free_count = count = sub.free_count - 1
+                    _pack_word(mem, header_pa + LFH_FREE_COUNT, count)
+                    block = sub.va + sub.offsets[index]
+                    _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
+                                 heap.header_type, tag_ulong, site)
+                    column = heap.track_offset
+                    row[column] += 1
+                    row[column + 2] += units << 4
+                    return block + POOL_HEADER_SIZE
+        except (KeyError, TypeError, AttributeError):
+            pass
+        return self.allocate_generic(pool_type, number_of_bytes, tag, site)
+
+    def free(self, address, tag=None) -> None:
+        try:
+            heap = self.fast_free_slots[address >> 39]
+            sub = heap.owner_by_page[address >> PAGE_SHIFT]
+            if sub.is_current:  # an LFH subsegment its bucket allocates from
+                mem = self.mem
+                tlb = self.tlb
+                pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
+                _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                if tag is None:
+                    passed = stored if not stored & PROTECTED_POOL else None
+                else:
+                    passed = self.known_tags[tag][0]
+                if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
+                        and block_size <= LFH_BUCKET_COUNT:
+                    index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
+                    header_pa = tlb[sub.page]
+                    at = header_pa + LFH_BITMAP + (index >> 2)
+                    shift = (index & 3) << 1
+                    if (mem[at] >> shift) & 3 == 1:
+                        mem[at] ^= 1 << shift
+                        sub.free_bits |= 1 << index
+                        sub.free_count = count = sub.free_count + 1
+                        sub.free_hint = index
+                        _pack_counts(mem, header_pa + LFH_FREE_COUNT, count, sub.block_count, index)
+                        row = self.tracker.rows[stored & ~PROTECTED_POOL]
+                        column = heap.track_offset
+                        row[column + 1] += 1
+                        row[column + 2] -= sub.block_size
+                        return
+        except (KeyError, TypeError, IndexError, AttributeError):
+            pass
+        self.free_generic(address, tag)
+
+    # --- generic allocation ----------------------------------------------------------------
+
+    def allocate_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, site: int = 0,
+                       aligned: bool = False) -> int:
+        if aligned and number_of_bytes + CACHE_LINE > VS_MAX_REQUEST:
+            aligned = False  # dropped above 0xFE0: big allocations are page-aligned anyway
+        if number_of_bytes > VS_MAX_REQUEST:
+            va = pool.allocate_big(number_of_bytes, tag)
+            if va:
+                pool.big_sites[va] = site
+                pool.big_details[va] = (number_of_bytes, pool.header_type, 0)
+                self.tracker.charge(tag, pool.track_offset, pool.big_pages[va][1] << PAGE_SHIFT)
+            return va
+        units = block_units(number_of_bytes, aligned)
+        header = self.small_block(pool, units)
+        if not header:
+            return 0
+        pa = pool._pa(header)
+        _pack_header(self.mem, pa, 0, 0, units, pool.header_type, tag, site)
+        self.tracker.charge(tag, pool.track_offset, units << 4)
+        body = header + POOL_HEADER_SIZE
+        if aligned:
+            body = self._align(pool, header, units, tag, site)
+        return body
+
+    def small_block(self, heap: SegmentHeap, units: int) -> int:
+        """POOL_HEADER address of a free block of ``units`` (LFH, lookaside or VS), or 0."""
+        if units <= LFH_BUCKET_COUNT:
+            bucket = heap.lfh_buckets[units]
+            if heap.lfh_wants(bucket):
+                block = heap.lfh_allocate(bucket)
+                if block:
+                    return block
+            else:
+                bucket.live_elsewhere += 1
+        else:
+            bucket_index = lookaside_bucket(units << 4)
+            if bucket_index:
+                entry = heap.lookaside_pop(bucket_index)
+                if entry:
+                    return entry
+        chunk = heap.vs_allocate(units + 1)
+        return chunk + VS_HEADER_SIZE if chunk else 0
+
+    def _align(self, heap: SegmentHeap, header: int, units: int, tag: int, site: int) -> int:
+        """CacheAligned: the body moves to the next cache line, behind a second header."""
+        body = header + POOL_HEADER_SIZE
+        aligned_body = (body + CACHE_LINE - 1) & ~(CACHE_LINE - 1)
+        if aligned_body == body:
+            return body
+        second = aligned_body - POOL_HEADER_SIZE
+        back = (second - header) >> 4
+        _pack_header(self.mem, heap._pa(second), back, 0, units - back,
+                     heap.header_type | POOL_TYPE_ALIGNED, tag, 0)
+        if back >= 2:
+            QWORD.pack_into(self.mem, heap._pa(header + POOL_HEADER_SIZE),
+                            second ^ self.keys.pool_quota_cookie)
+        return aligned_body
+
+    # --- quota ------------------------------------------------------------------------------
+
+    def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:
+        if aligned and number_of_bytes + CACHE_LINE > VS_MAX_REQUEST:
+            aligned = False
+        if number_of_bytes > VS_MAX_REQUEST:
+            return ((number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT
+        return block_units(number_of_bytes, aligned) << 4
+
+    def first_header(self, heap: SegmentHeap, address: int) -> int:
+        """The POOL_HEADER of the block whose body is at ``address`` (the first header of a
+        cache-aligned block: the second one says how far back it is, unchecked as in 19H1)."""
+        header = address - POOL_HEADER_SIZE
+        previous, _, _, type_byte, _ = _unpack_first8(self.mem, heap._pa(header))
+        if type_byte & POOL_TYPE_ALIGNED:
+            header -= previous << 4
+        return header
+
+    def bill(self, pool: SegmentHeap, va: int, process: int, charge: int) -> None:
+        if va & (PAGE_SIZE - 1):
+            header = self.first_header(pool, va)
+            pa = pool._pa(header)
+            self.mem[pa + 3] |= POOL_TYPE_QUOTA
+            QWORD.pack_into(self.mem, pa + 8,
+                            encode_process_billed(process, self.keys.pool_quota_cookie, header))
+        else:
+            self.big_quota[va] = (process, charge)
+            length, pool_type, _ = pool.big_details[va]
+            pool.big_details[va] = (length, pool_type | POOL_TYPE_QUOTA, process)
+
+    def _release_billed(self, heap: SegmentHeap, header: int, pa: int, block_bytes: int) -> None:
+        """Decode ProcessBilled and return the charge; a value that does not decode to a
+        process is BAD_POOL_HEADER (0xE, header, decoded, stored)."""
+        stored = _unpack_qword(self.mem, pa + 8)[0]
+        process = decode_process_billed(stored, self.keys.pool_quota_cookie, header)
+        if not process:
+            return
+        known = self.quota is not None and process in self.quota.by_address
+        if process < EPROCESS_MIN_ADDRESS or not known or \
+                self._object_type(process) & 0x7F != PROCESS_OBJECT_TYPE:
+            self.crash(BAD_POOL_HEADER, BAD_PROCESS_BILLED, header, process, stored,
+                       detail=f"ProcessBilled of the pool header at {header:#x} decodes to "
+                              f"{process:#x}, which is not a process")
+        self.quota.release(process, heap.base_type, block_bytes)
+
+    def _object_type(self, address: int) -> int:
+        pa = self.tlb.get(address >> PAGE_SHIFT)
+        return 0 if pa is None else self.mem[pa + (address & 0xFFF)]
+
+    # --- generic free ------------------------------------------------------------------------
+
+    def free_generic(self, address, tag) -> None:
+        address = checked_address(address)
+        passed = None if tag is None or tag == 0 else tag_value(tag)
+        if self.layer is not None and self.layer.free(address, passed):
+            return
+        heap = self.locate(address)
+        irql = self.irql
+        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and heap.base_type == 1):
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, heap.base_type,
+                       address, detail=f"free of {heap.name} at IRQL {irql}")
+        if not address & (PAGE_SIZE - 1) and address in heap.big_pages:
+            self._free_big_checked(heap, address, passed)
+            return
+        sub = heap.owner_by_page.get(address >> PAGE_SHIFT)
+        if sub is None or address & 0xF:
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, address, 0, 0,
+                       detail=f"free of {address:#x}, which is not the start of an allocation")
+        header = self.first_header(heap, address)
+        pa = heap._pa(header)
+        _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
+        if passed is not None or stored & PROTECTED_POOL:
+            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+        owner = heap.owner_by_page.get(header >> PAGE_SHIFT)
+        if owner is None:
+            heap.free_block(header)  # bug-checks: not a block
+        block_bytes = self._block_bytes(heap, owner, header)
+        if type_byte & POOL_TYPE_QUOTA:
+            self._release_billed(heap, header, pa, block_bytes)
+        self.tracker.release(stored, heap.track_offset, block_bytes)
+        self._frees_since_pass += 1
+        if self._frees_since_pass >= BALANCE_SET_INTERVAL:
+            self.balance_set_pass()
+        bucket_index = lookaside_bucket(block_size << 4)  # as Windows: from the header's BlockSize
+        if bucket_index and heap.lookaside_push(bucket_index, header):
+            return
+        if owner.kind != LFH:
+            units = (block_bytes >> 4)
+            if units <= LFH_BUCKET_COUNT:
+                bucket = heap.lfh_buckets[units]
+                if bucket.live_elsewhere:
+                    bucket.live_elsewhere -= 1
+        heap.free_block(header)
+
+    def _block_bytes(self, heap: SegmentHeap, owner, header: int) -> int:
+        """Bytes of the block as its backend knows it (the tracker's charge)."""
+        if owner.kind == LFH:
+            return owner.block_size
+        _, size, _, _ = heap.vs_read(header - VS_HEADER_SIZE)
+        return max(0, (size << 4) - VS_HEADER_SIZE)
+
+    def balance_set_pass(self) -> None:
+        """A Balance Set Manager pass over the heaps' dynamic lookasides."""
+        self.balance_passes += 1
+        self._frees_since_pass = 0
+        for heap in self.pools:
+            heap.balance_set_pass(self.balance_passes)
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def site_of(self, address: int) -> int:
+        if self.layer is not None:
+            site = self.layer.site_of(address)
+            if site is not None:
+                return site
+        heap = self.locate(address)
+        if address in heap.big_pages:
+            return heap.big_sites.get(address, 0)
+        pa = heap._pa(self.first_header(heap, address))
+        if self.mem[pa + 3] & POOL_TYPE_QUOTA:
+            return 0
+        return _unpack_qword(self.mem, pa + 8)[0]
+
+    def allocation_size(self, address: int) -> int:
+        heap = self.locate(address)
+        if address in heap.big_pages:
+            return heap.big_pages[address][1] << PAGE_SHIFT
+        pa = heap._pa(address - POOL_HEADER_SIZE)
+        return (self.mem[pa + 2] << 4) - POOL_HEADER_SIZE
+
+
+def heap_pick(heap: SegmentHeap, sub) -> int:
+    """Take the next block of ``sub`` (randomised placement) and mark it busy."""
+    index = heap._lfh_pick(sub)
+    heap._lfh_mark_busy(sub, index)
+    return index
+
+
+__all__ = ["SegmentHeapAllocator", "block_units", "header_pool_type"]

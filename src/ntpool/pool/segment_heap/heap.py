@@ -1,0 +1,735 @@
+"""One kernel segment heap (_SEGMENT_HEAP): the heap of one pool type.
+
+Its VA range is cut into 1 MiB segments (a _HEAP_PAGE_SEGMENT and 256 page range
+descriptors at the start of each); page runs inside a segment go to LFH subsegments, VS
+subsegments and big allocations; runs too long for a segment are large allocations. The
+LFH serves fixed-size blocks from subsegments whose busy state is a bitmap in simulated
+memory; the VS backend serves variable-size chunks with encoded headers, splitting and
+coalescing them, with a delay-free list; the dynamic lookaside keeps freed VS-sized blocks
+for reuse. Python keeps an index of what memory already says (a byte per page, the page ->
+subsegment map, a mirror of each LFH bitmap, the VS free chunks by size), never an object
+per allocation. The POOL_HEADER, tags, tracking and quota are the allocator's business
+(``allocator.py``); the checks that end in 0x13A are ``checks.py``.
+"""
+
+from bisect import bisect_left, insort
+from itertools import cycle
+
+from ...constants import PAGE_SHIFT, PAGE_SIZE
+from ...machine.memory import AddressSpace, OutOfFrames
+from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL
+from . import checks
+from .layout import (
+    DESCRIPTOR_RANGE_FLAGS,
+    DESCRIPTOR_SIZE,
+    DESCRIPTOR_UNIT,
+    DWORD,
+    LFH_ACTIVATE_LIVE,
+    LFH_ACTIVATE_REQUESTS,
+    LFH_BITMAP,
+    LFH_BLOCK_OFFSETS,
+    LFH_BUCKET_COUNT,
+    LFH_FIELDS_OFFSET,
+    LFH_SUBSEGMENT_FIELDS,
+    LOOKASIDE_BUCKETS,
+    LOOKASIDE_MAX_DEPTH,
+    LOOKASIDE_MIN_DEPTH,
+    QWORD,
+    RANGE_BIG,
+    RANGE_LFH,
+    RANGE_VS,
+    SEGMENT_HEADER_PAGES,
+    SEGMENT_PAGES,
+    SEGMENT_RUN_MAX_PAGES,
+    SEGMENT_SIGNATURE,
+    SEG_CONTEXT_OFFSETS,
+    VS_DELAY_FREE_DEPTH,
+    VS_DELAY_FREE_MAX_CHUNK,
+    VS_HEADER_SIZE,
+    VS_SUBSEGMENT_HEADER,
+    VS_SUBSEGMENT_PAGES,
+    VS_SUBSEGMENT_SIZE_OFFSET,
+    VS_SUBSEGMENT_SIZE_SIG,
+    decode_vs_bits,
+    encode_vs_bits,
+    header_pool_type,
+    lfh_block_layout,
+    lfh_block_offsets,
+    lfh_subsegment_pages,
+    lookaside_bucket_bytes,
+    segment_signature,
+    vs_page_offset_field,
+    vs_subsegment_signature,
+)
+
+LFH, VS = 1, 2  # what kind of subsegment a page belongs to
+_layouts: dict[tuple[int, int], tuple[int, tuple, dict]] = {}
+
+
+def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict]:
+    """Shared per (block size, pages): first offset, block offsets, offset -> index."""
+    key = (block_size, pages)
+    layout = _layouts.get(key)
+    if layout is None:
+        first, offsets = lfh_block_layout(block_size, pages)
+        layout = _layouts[key] = (first, offsets, {o: i for i, o in enumerate(offsets)})
+    return layout
+
+
+class LfhSubsegment:
+    """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth)."""
+
+    __slots__ = ("kind", "va", "page", "is_current", "pages", "bucket", "block_size", "offsets", "index_of",
+                 "block_count", "free_bits", "free_count", "free_hint")
+
+    def __init__(self, va: int, pages: int, bucket, block_size: int):
+        self.kind = LFH
+        self.va = va
+        self.page = va >> PAGE_SHIFT
+        self.is_current = False  # True while its bucket allocates from it (fast free path)
+        self.pages = pages
+        self.bucket = bucket
+        self.block_size = block_size
+        _, self.offsets, self.index_of = _layout(block_size, pages)
+        self.block_count = len(self.offsets)
+        self.free_bits = (1 << self.block_count) - 1  # bit n set while block n is free
+        self.free_count = self.block_count
+        self.free_hint = 0
+
+
+class LfhBucket:
+    __slots__ = ("index", "block_size", "active", "requests", "live_elsewhere", "current",
+                 "partial")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.block_size = index << 4
+        self.active = False
+        self.requests = 0
+        self.live_elsewhere = 0  # blocks of this size the VS backend holds before activation
+        self.current: LfhSubsegment | None = None
+        self.partial: list[LfhSubsegment] = []  # other subsegments with a free block
+
+
+class VsSubsegment:
+    __slots__ = ("kind", "va", "pages", "end", "first", "is_current")
+
+    def __init__(self, va: int, pages: int):
+        self.kind = VS
+        self.is_current = False
+        self.va = va
+        self.pages = pages
+        self.end = va + (pages << PAGE_SHIFT)
+        self.first = va + VS_SUBSEGMENT_HEADER
+
+
+class LookasideBucket:
+    __slots__ = ("head", "count", "depth", "allocates", "misses", "frees", "enabled")
+
+    def __init__(self):
+        self.head = 0
+        self.count = 0
+        self.depth = LOOKASIDE_MIN_DEPTH
+        self.allocates = 0
+        self.misses = 0
+        self.frees = 0
+        self.enabled = False
+
+
+class SegmentHeap:
+    """The heap of one pool type; also the pool-pages interface the machine uses."""
+
+    def __init__(self, name: str, base_type: int, heap_index: int, va_base: int, size_bytes: int,
+                 space: AddressSpace, crash, keys, heap_va: int, random_data: bytes,
+                 signature_constant: int):
+        if size_bytes < 2 * PAGE_SIZE * SEGMENT_PAGES:
+            size_bytes = 2 * PAGE_SIZE * SEGMENT_PAGES  # at least two segments
+        self.name = name
+        self.base_type = base_type
+        self.heap_index = heap_index
+        self.pool_index = 0
+        self.base = va_base
+        self.page_count = size_bytes >> PAGE_SHIFT
+        self.page_count -= self.page_count % SEGMENT_PAGES
+        self.limit = va_base + (self.page_count << PAGE_SHIFT)
+        self.space = space
+        self.physical = space.physical
+        self.mem = space.physical.buffer
+        self.tlb = space.tlb
+        self.crash = crash
+        self.keys = keys
+        self.heap_va = heap_va  # the _SEGMENT_HEAP in kernel data
+        self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
+        self.signature_constant = signature_constant
+        self.track_offset = 3 * base_type
+        self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
+        self.page_kind = bytearray(self.page_count)
+        self.pages_in_use = 0
+        self._page_hint = 0
+        self.segment_state = bytearray(self.page_count // SEGMENT_PAGES)  # 0 unused, 1 segment, 2 large
+        self.owner_by_page: dict[int, object] = {}  # page number -> LFH / VS subsegment
+        self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, pages)
+        self.big_sites: dict[int, int] = {}
+        self.big_details: dict[int, tuple[int, int, int]] = {}  # va -> (bytes, pool type, process)
+        self.pager = None
+        # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
+        self.lfh_buckets = [LfhBucket(i) for i in range(LFH_BUCKET_COUNT + 1)]
+        self.random_data = random_data
+        # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
+        # read in turn, as the LFH does, so a seeded boot repeats its placement).
+        self.next_random_slot = cycle(b % 32 for b in random_data).__next__
+        # The VS backend: free chunks by size (16-byte units), sizes kept sorted.
+        self.vs_free_chunks: dict[int, dict[int, None]] = {}
+        self.vs_sizes: list[int] = []
+        self.vs_subsegments = 0
+        self.delay_free: list[int] = []  # chunk addresses waiting in DelayFreeContext
+        self.lookaside = [LookasideBucket() for _ in range(LOOKASIDE_BUCKETS + 1)]
+
+    # --- addresses (the interface the machine shares with the Windows 7 pool) ---------------
+
+    def _pa(self, va: int) -> int:
+        base = self.tlb.get(va >> PAGE_SHIFT)
+        if base is None:
+            if self.pager is None:
+                raise KeyError(va)
+            base = self.pager.page_in(va)
+        return base + (va & (PAGE_SIZE - 1))
+
+    def contains(self, va: int) -> bool:
+        return self.base <= va < self.limit
+
+    def page_kind_of(self, va: int) -> int:
+        return self.page_kind[(va - self.base) >> PAGE_SHIFT]
+
+    def select_processor(self, number: int) -> None:
+        """The segment heap's front ends are per heap, not per processor."""
+
+    def read_qword(self, va: int) -> int:
+        return QWORD.unpack_from(self.mem, self._pa(va))[0]
+
+    def write_qword(self, va: int, value: int) -> None:
+        QWORD.pack_into(self.mem, self._pa(va), value & 0xFFFFFFFFFFFFFFFF)
+
+    # --- the segment backend: page runs --------------------------------------------------
+
+    def _segment_va(self, index: int) -> int:
+        return self.base + index * SEGMENT_PAGES * PAGE_SIZE
+
+    def _init_segment(self, index: int) -> bool:
+        """Map a segment's header (signature and descriptors); False when out of frames."""
+        first = index * SEGMENT_PAGES
+        frames = []
+        try:
+            for _ in range(SEGMENT_HEADER_PAGES):
+                frames.append(self.physical.allocate_frame())
+        except OutOfFrames:
+            for pfn in frames:
+                self.physical.free_frame(pfn)
+            return False
+        va = self._segment_va(index)
+        for offset, pfn in enumerate(frames):
+            self.physical.zero_frame(pfn)
+            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.page_kind[first:first + SEGMENT_HEADER_PAGES] = bytes([PAGE_RESERVED]) * SEGMENT_HEADER_PAGES
+        self.pages_in_use += SEGMENT_HEADER_PAGES
+        context = self.heap_va + SEG_CONTEXT_OFFSETS[0]
+        QWORD.pack_into(self.mem, self._pa(va), va)  # ListEntry: alone on its list
+        QWORD.pack_into(self.mem, self._pa(va) + 8, va)
+        QWORD.pack_into(self.mem, self._pa(va) + SEGMENT_SIGNATURE,
+                        segment_signature(va, context, self.keys.heap_key, self.signature_constant))
+        self.segment_state[index] = 1
+        return True
+
+    def _find_run(self, count: int) -> int:
+        """Index of the first page of ``count`` free pages inside one segment, or -1."""
+        kinds = self.page_kind
+        want = bytes(count)
+        for start in (self._page_hint, 0):
+            index = kinds.find(want, start)
+            while index >= 0:
+                segment = index // SEGMENT_PAGES
+                if not self.segment_state[segment]:
+                    if not self._init_segment(segment):
+                        return -1
+                    index = kinds.find(want, index)
+                    continue
+                if self.segment_state[segment] == 1 and (index + count - 1) // SEGMENT_PAGES == segment:
+                    return index
+                index = kinds.find(want, (segment + 1) * SEGMENT_PAGES)
+        return -1
+
+    def _find_large(self, count: int) -> int:
+        """First page of whole unused segments holding ``count`` pages, or -1."""
+        segments = -(-count // SEGMENT_PAGES)
+        index = self.segment_state.find(bytes(segments))
+        return -1 if index < 0 else index * SEGMENT_PAGES
+
+    def _map_run(self, index: int, frames, kind: int, rest_kind: int, range_flags: int) -> int:
+        count = len(frames)
+        va = self.base + (index << PAGE_SHIFT)
+        for offset, pfn in enumerate(frames):
+            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.page_kind[index] = kind
+        if count > 1:
+            self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
+        self.pages_in_use += count
+        self._page_hint = index + count
+        self._describe_run(index, count, range_flags)
+        return va
+
+    def _describe_run(self, index: int, count: int, range_flags: int) -> None:
+        """Write the run's page range descriptors (nothing for a large allocation)."""
+        segment = index // SEGMENT_PAGES
+        if self.segment_state[segment] != 1:
+            return
+        for offset in range(count):
+            at = self._descriptor_pa(segment, index % SEGMENT_PAGES + offset)
+            self.mem[at + DESCRIPTOR_RANGE_FLAGS] = range_flags if offset == 0 else 0
+            self.mem[at + DESCRIPTOR_UNIT] = min(count, 0xFF) if offset == 0 else min(offset, 0xFF)
+
+    def _descriptor_pa(self, segment: int, page: int) -> int:
+        return self._pa(self._segment_va(segment) + page * DESCRIPTOR_SIZE)
+
+    def descriptor(self, va: int) -> tuple[int, int]:
+        """(RangeFlags, UnitSize) of the run holding ``va``, from its page range descriptors
+        (a later page of a run has RangeFlags 0 and its UnitOffset back to the first)."""
+        index = (va - self.base) >> PAGE_SHIFT
+        segment, page = divmod(index, SEGMENT_PAGES)
+        at = self._descriptor_pa(segment, page)
+        flags, unit = self.mem[at + DESCRIPTOR_RANGE_FLAGS], self.mem[at + DESCRIPTOR_UNIT]
+        if not flags and unit and unit <= page:
+            at = self._descriptor_pa(segment, page - unit)
+            flags, unit = self.mem[at + DESCRIPTOR_RANGE_FLAGS], self.mem[at + DESCRIPTOR_UNIT]
+        return flags, unit
+
+    def take_pages(self, count: int, kind: int = PAGE_BIG_FIRST, range_flags: int = RANGE_BIG) -> int:
+        """Map ``count`` fresh pages in a row; 0 when the heap or memory is exhausted."""
+        if count > self.page_count:
+            return 0
+        index = self._find_run(count) if count <= SEGMENT_RUN_MAX_PAGES else self._find_large(count)
+        if index < 0:
+            return 0
+        frames = []
+        try:
+            for _ in range(count):
+                frames.append(self.physical.allocate_frame())
+        except OutOfFrames:
+            for pfn in frames:
+                self.physical.free_frame(pfn)
+            return 0
+        if count > SEGMENT_RUN_MAX_PAGES:
+            first = index // SEGMENT_PAGES
+            self.segment_state[first:first + -(-count // SEGMENT_PAGES)] = \
+                b"\x02" * -(-count // SEGMENT_PAGES)
+        return self._map_run(index, frames, kind, PAGE_BIG_REST, range_flags)
+
+    def take_pages_with_frames(self, first_pfn: int, count: int, kind: int) -> int:
+        """Map ``count`` pages onto frames already taken (physically contiguous memory)."""
+        index = self._find_run(count) if count <= SEGMENT_RUN_MAX_PAGES else self._find_large(count)
+        if index < 0:
+            return 0
+        if count > SEGMENT_RUN_MAX_PAGES:
+            first = index // SEGMENT_PAGES
+            self.segment_state[first:first + -(-count // SEGMENT_PAGES)] = \
+                b"\x02" * -(-count // SEGMENT_PAGES)
+        return self._map_run(index, range(first_pfn, first_pfn + count), kind, kind, RANGE_BIG)
+
+    def release_pages(self, va: int, count: int) -> None:
+        index = (va - self.base) >> PAGE_SHIFT
+        self._describe_run(index, count, 0)
+        for offset in range(count):
+            page = va + (offset << PAGE_SHIFT)
+            if self.pager is not None and self.tlb.get(page >> PAGE_SHIFT) is None:
+                self.pager.discard(page)
+                continue
+            self.physical.free_frame(self.space.unmap_page(page))
+        self.page_kind[index:index + count] = bytes(count)
+        self.pages_in_use -= count
+        if count > SEGMENT_RUN_MAX_PAGES:
+            first = index // SEGMENT_PAGES
+            self.segment_state[first:first + -(-count // SEGMENT_PAGES)] = bytes(-(-count // SEGMENT_PAGES))
+        if index < self._page_hint:
+            self._page_hint = index
+
+    # --- big and large allocations -----------------------------------------------------------
+
+    def allocate_big(self, number_of_bytes: int, tag: int) -> int:
+        count = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+        va = self.take_pages(count, PAGE_BIG_FIRST, RANGE_BIG)
+        if not va and self.flush_lookasides():
+            va = self.take_pages(count, PAGE_BIG_FIRST, RANGE_BIG)
+        if va:
+            self.big_pages[va] = (tag, count)
+        return va
+
+    def free_big(self, va: int) -> tuple[int, int]:
+        tag, count = self.big_pages.pop(va)
+        self.big_sites.pop(va, None)
+        self.big_details.pop(va, None)
+        self.release_pages(va, count)
+        return tag, count
+
+    # --- the LFH ------------------------------------------------------------------------------
+
+    def lfh_wants(self, bucket: LfhBucket) -> bool:
+        """Count a request of the bucket's size; True once the bucket is active."""
+        if bucket.active:
+            return True
+        bucket.requests += 1
+        if bucket.live_elsewhere + 1 >= LFH_ACTIVATE_LIVE or bucket.requests >= LFH_ACTIVATE_REQUESTS:
+            bucket.active = True
+        return bucket.active
+
+    def lfh_allocate(self, bucket: LfhBucket) -> int:
+        """Address of a free block of the bucket (its POOL_HEADER goes there), or 0."""
+        sub = bucket.current
+        if sub is None or not sub.free_count:
+            sub = self._lfh_next_subsegment(bucket)
+            if sub is None:
+                return 0
+        index = self._lfh_pick(sub)
+        self._lfh_mark_busy(sub, index)
+        return sub.va + sub.offsets[index]
+
+    def _lfh_pick(self, sub: LfhSubsegment) -> int:
+        """Randomised placement: a random slot in FreeHint's group of 32, then the first free
+        block from there on (wrapping to the first free block)."""
+        start = (sub.free_hint & ~31) + self.next_random_slot()
+        free = sub.free_bits
+        later = free >> start
+        if later:
+            return start + (later & -later).bit_length() - 1
+        return (free & -free).bit_length() - 1
+
+    def _lfh_mark_busy(self, sub: LfhSubsegment, index: int) -> None:
+        pa = self._pa(sub.va)
+        at = pa + LFH_BITMAP + (index >> 2)
+        shift = (index & 3) << 1
+        bits = (self.mem[at] >> shift) & 3
+        if bits:
+            checks.lfh_bitmap_corrupt(self, sub, index, bits)
+        self.mem[at] |= 1 << shift
+        sub.free_bits &= ~(1 << index)
+        sub.free_count -= 1
+        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+
+    def _lfh_next_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
+        while bucket.partial:
+            sub = bucket.partial.pop()
+            if sub.free_count and self.owner_by_page.get(sub.va >> PAGE_SHIFT) is sub:
+                self._lfh_make_current(bucket, sub)
+                return sub
+        sub = self._lfh_new_subsegment(bucket)
+        if sub is not None:
+            self._lfh_make_current(bucket, sub)
+        return sub
+
+    def _lfh_make_current(self, bucket: LfhBucket, sub: LfhSubsegment) -> None:
+        old = bucket.current
+        if old is not None:
+            old.is_current = False
+            if old.free_count == old.block_count:
+                self._lfh_release(old)
+            elif old.free_count:
+                bucket.partial.append(old)
+        bucket.current = sub
+        sub.is_current = True
+
+    def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
+        pages = lfh_subsegment_pages(bucket.block_size)
+        va = self.take_pages(pages, PAGE_SMALL, RANGE_LFH)
+        if not va:
+            return None
+        sub = LfhSubsegment(va, pages, bucket, bucket.block_size)
+        first, _, _ = _layout(bucket.block_size, pages)
+        pa = self._pa(va)
+        self.mem[pa:pa + first] = bytes(first)  # header and an all-free bitmap
+        QWORD.pack_into(self.mem, pa, va)
+        QWORD.pack_into(self.mem, pa + 8, va)
+        QWORD.pack_into(self.mem, pa + 0x10, self.heap_va)  # Owner
+        LFH_SUBSEGMENT_FIELDS.pack_into(
+            self.mem, pa + LFH_FIELDS_OFFSET, sub.block_count, sub.block_count, 0, 0, 0,
+            lfh_block_offsets(bucket.block_size, first, va, self.keys.lfh_key), 0, 0, 0)
+        for page in range(pages):
+            self.owner_by_page[(va >> PAGE_SHIFT) + page] = sub
+        return sub
+
+    def lfh_free(self, sub: LfhSubsegment, block: int) -> None:
+        """Free the block at ``block`` (its POOL_HEADER address): bitmap checks, then clear."""
+        index = sub.index_of.get(block - sub.va)
+        if index is None:
+            checks.bad_free_address(self, block)
+        pa = self._pa(sub.va)
+        at = pa + LFH_BITMAP + (index >> 2)
+        shift = (index & 3) << 1
+        bits = (self.mem[at] >> shift) & 3
+        if bits != 1:
+            checks.lfh_not_busy(self, sub, block, bits)
+        self.mem[at] &= ~(3 << shift) & 0xFF
+        sub.free_bits |= 1 << index
+        sub.free_count += 1
+        sub.free_hint = index
+        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+        self.mem[pa + 0x24:pa + 0x26] = index.to_bytes(2, "little")
+        bucket = sub.bucket
+        if sub is not bucket.current:
+            if sub.free_count == sub.block_count:
+                self._lfh_release(sub)
+            elif sub.free_count == 1:
+                bucket.partial.append(sub)
+
+    def _lfh_release(self, sub: LfhSubsegment) -> None:
+        for page in range(sub.pages):
+            self.owner_by_page.pop((sub.va >> PAGE_SHIFT) + page, None)
+        if sub in sub.bucket.partial:
+            sub.bucket.partial.remove(sub)
+        self.release_pages(sub.va, sub.pages)
+
+    def lfh_block_offsets(self, sub: LfhSubsegment) -> int:
+        return DWORD.unpack_from(self.mem, self._pa(sub.va) + LFH_BLOCK_OFFSETS)[0]
+
+    # --- the VS backend --------------------------------------------------------------------
+
+    def vs_read(self, chunk: int) -> tuple[int, int, int, int]:
+        """Decoded (MemoryCost, size, previous size, allocated) of the chunk header."""
+        return decode_vs_bits(self.read_qword(chunk), chunk, self.keys.heap_key)
+
+    def vs_write(self, chunk: int, size: int, previous_size: int, allocated: bool,
+                 unused_bytes: bool = False) -> None:
+        pa = self._pa(chunk)
+        QWORD.pack_into(self.mem, pa, encode_vs_bits(chunk, self.keys.heap_key, size,
+                                                     previous_size, allocated, size))
+        segment = chunk & ~((SEGMENT_PAGES << PAGE_SHIFT) - 1)
+        QWORD.pack_into(self.mem, pa + 8, vs_page_offset_field(chunk, segment, self.keys.heap_key,
+                                                               unused_bytes))
+
+    def _vs_index_add(self, chunk: int, size: int) -> None:
+        bucket = self.vs_free_chunks.get(size)
+        if bucket is None:
+            bucket = self.vs_free_chunks[size] = {}
+            insort(self.vs_sizes, size)
+        bucket[chunk] = None
+
+    def _vs_index_remove(self, chunk: int, size: int) -> None:
+        bucket = self.vs_free_chunks.get(size)
+        if bucket is None or chunk not in bucket:
+            checks.vs_free_tree_corrupt(self, chunk, size)
+        del bucket[chunk]
+        if not bucket:
+            del self.vs_free_chunks[size]
+            del self.vs_sizes[bisect_left(self.vs_sizes, size)]
+
+    def vs_allocate(self, units: int) -> int:
+        """Header address of an allocated chunk of ``units`` 16-byte units (VS header
+        included) whose POOL_HEADER and data do not straddle a page; 0 when exhausted."""
+        placed = self._vs_place(units)
+        if placed is None:
+            if not self._vs_new_subsegment(units):
+                if not self.flush_lookasides() and not self.flush_delay_free():
+                    return 0
+            placed = self._vs_place(units)
+            if placed is None:
+                return 0
+        chunk, size, shift = placed
+        self._vs_index_remove(chunk, size)
+        _, _, previous, _ = self.vs_read(chunk)
+        if shift:
+            # The front stays free, so the POOL_HEADER can start the next page.
+            self.vs_write(chunk, shift, previous, False)
+            self._vs_index_add(chunk, shift)
+            previous = shift
+            chunk += shift << 4
+            size -= shift
+        rest = size - units
+        self.vs_write(chunk, units, previous, True)
+        following = chunk + (size << 4)
+        if rest:
+            self.vs_write(chunk + (units << 4), rest, units, False)
+            self._vs_index_add(chunk + (units << 4), rest)
+            self._vs_set_previous(following, rest)
+        elif shift:
+            self._vs_set_previous(following, units)
+        return chunk
+
+    def _vs_place(self, units: int):
+        """(free chunk, its size, front units to skip) for a chunk of ``units``, or None."""
+        sizes = self.vs_sizes
+        at = bisect_left(sizes, units)
+        data_bytes = (units << 4) - VS_HEADER_SIZE
+        for size in sizes[at:at + 8]:
+            for chunk in self.vs_free_chunks[size]:
+                body = chunk + VS_HEADER_SIZE
+                shift = 0
+                if data_bytes <= PAGE_SIZE and (body & 0xFFF) + data_bytes > PAGE_SIZE:
+                    shift = (((body | 0xFFF) + 1) - body) >> 4
+                if shift + units <= size:
+                    return chunk, size, shift
+        return None
+
+    def _vs_set_previous(self, chunk: int, previous: int) -> None:
+        """Tell the chunk at ``chunk`` (if inside a subsegment) its new UnsafePrevSize."""
+        sub = self.owner_by_page.get(chunk >> PAGE_SHIFT)
+        if sub is None or sub.kind != VS or chunk >= sub.end:
+            return
+        _, size, _, allocated = self.vs_read(chunk)
+        checks.vs_header_sane(self, sub, chunk, size)
+        pa = self._pa(chunk)
+        QWORD.pack_into(self.mem, pa, encode_vs_bits(chunk, self.keys.heap_key, size, previous,
+                                                     bool(allocated), size))
+
+    def _vs_new_subsegment(self, units: int) -> bool:
+        pages = max(VS_SUBSEGMENT_PAGES,
+                    (VS_SUBSEGMENT_HEADER + (units << 4) + 2 * PAGE_SIZE - 1) >> PAGE_SHIFT)
+        va = self.take_pages(pages, PAGE_SMALL, RANGE_VS)
+        if not va:
+            return False
+        sub = VsSubsegment(va, pages)
+        pa = self._pa(va)
+        QWORD.pack_into(self.mem, pa, va)
+        QWORD.pack_into(self.mem, pa + 8, va)
+        size_units = (pages << PAGE_SHIFT) >> 4
+        VS_SUBSEGMENT_SIZE_SIG.pack_into(self.mem, pa + VS_SUBSEGMENT_SIZE_OFFSET, size_units & 0xFFFF,
+                                         vs_subsegment_signature(size_units & 0xFFFF))
+        for page in range(pages):
+            self.owner_by_page[(va >> PAGE_SHIFT) + page] = sub
+        self.vs_subsegments += 1
+        first_units = ((pages << PAGE_SHIFT) - VS_SUBSEGMENT_HEADER) >> 4
+        self.vs_write(sub.first, first_units, 0, False)
+        self._vs_index_add(sub.first, first_units)
+        return True
+
+    def vs_free(self, chunk: int, size: int) -> None:
+        """Free a checked, busy chunk: small ones wait in the delay-free list first."""
+        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
+            self.delay_free.append(chunk)
+            if len(self.delay_free) >= VS_DELAY_FREE_DEPTH:
+                self.flush_delay_free()
+            return
+        self.vs_free_now(chunk)
+
+    def flush_delay_free(self) -> int:
+        pending, self.delay_free = self.delay_free, []
+        for chunk in pending:
+            self.vs_free_now(chunk)
+        return len(pending)
+
+    def vs_free_now(self, chunk: int) -> None:
+        """Mark free, coalesce with free neighbours (checking their headers), index."""
+        sub = self.owner_by_page.get(chunk >> PAGE_SHIFT)
+        _, size, previous, allocated = self.vs_read(chunk)
+        checks.vs_header_sane(self, sub, chunk, size)
+        if not allocated:
+            checks.vs_not_busy(self, chunk)
+        self.vs_write(chunk, size, previous, False)
+        following = chunk + (size << 4)
+        if following < sub.end:
+            _, next_size, next_previous, next_allocated = self.vs_read(following)
+            checks.vs_neighbour(self, sub, chunk, following, size, next_size, next_previous)
+            if not next_allocated:
+                self._vs_index_remove(following, next_size)
+                size += next_size
+        if previous:
+            before = chunk - (previous << 4)
+            _, before_size, before_previous, before_allocated = self.vs_read(before)
+            checks.vs_previous_neighbour(self, sub, before, chunk, previous, before_size)
+            if not before_allocated:
+                self._vs_index_remove(before, before_size)
+                chunk, size, previous = before, before_size + size, before_previous
+        if chunk == sub.first and chunk + (size << 4) == sub.end:
+            self._vs_release(sub, chunk, size)
+            return
+        self.vs_write(chunk, size, previous, False)
+        self._vs_set_previous(chunk + (size << 4), size)
+        self._vs_index_add(chunk, size)
+
+    def _vs_release(self, sub: VsSubsegment, chunk: int, size: int) -> None:
+        if self.vs_subsegments <= 1:
+            # Keep the last subsegment, empty: a heap does not give all its memory back.
+            self.vs_write(chunk, size, 0, False)
+            self._vs_index_add(chunk, size)
+            return
+        self.vs_subsegments -= 1
+        for page in range(sub.pages):
+            self.owner_by_page.pop((sub.va >> PAGE_SHIFT) + page, None)
+        self.release_pages(sub.va, sub.pages)
+
+    # --- the dynamic lookaside ---------------------------------------------------------------
+
+    def lookaside_push(self, bucket_index: int, entry: int) -> bool:
+        """Keep a freed block (its POOL_HEADER address) on its bucket; False when full."""
+        bucket = self.lookaside[bucket_index]
+        bucket.frees += 1
+        if not bucket.enabled or bucket.count >= bucket.depth:
+            return False
+        self.write_qword(entry, bucket.head)  # SLIST_ENTRY over the header's first 8 bytes
+        bucket.head = entry
+        bucket.count += 1
+        return True
+
+    def lookaside_pop(self, bucket_index: int) -> int:
+        bucket = self.lookaside[bucket_index]
+        bucket.allocates += 1
+        entry = bucket.head
+        if not entry:
+            bucket.misses += 1
+            return 0
+        checks.lookaside_entry(self, bucket_index, entry, lookaside_bucket_bytes(bucket_index))
+        bucket.head = self.read_qword(entry)
+        bucket.count -= 1
+        if bucket.head:
+            checks.lookaside_link(self, bucket_index, entry, bucket.head)
+        return entry
+
+    def balance_set_pass(self, number: int) -> None:
+        """What the Balance Set Manager does each pass: adjust depths (ExAdjustLookasideDepth's
+        rule); every third pass, enable the buckets that were used."""
+        for bucket in self.lookaside[1:]:
+            allocates, misses = bucket.allocates, bucket.misses
+            if allocates < 25:
+                depth = bucket.depth - 10
+            else:
+                ratio = misses * 1000 // allocates
+                if ratio < 5:
+                    depth = bucket.depth - 1
+                else:
+                    depth = bucket.depth + (ratio * (LOOKASIDE_MAX_DEPTH - bucket.depth)) // 2000 + 5
+            bucket.depth = max(LOOKASIDE_MIN_DEPTH, min(LOOKASIDE_MAX_DEPTH, depth))
+            if number % 3 == 0 and bucket.frees:
+                bucket.enabled = True
+            bucket.allocates = bucket.misses = bucket.frees = 0
+            while bucket.count > bucket.depth:
+                self._lookaside_drop_one(bucket)
+
+    def _lookaside_drop_one(self, bucket: LookasideBucket) -> None:
+        entry = bucket.head
+        bucket.head = self.read_qword(entry)
+        bucket.count -= 1
+        self.free_block(entry)
+
+    def flush_lookasides(self) -> int:
+        flushed = 0
+        for bucket in self.lookaside[1:]:
+            while bucket.count:
+                self._lookaside_drop_one(bucket)
+                flushed += 1
+            bucket.head = 0
+        return flushed
+
+    # --- freeing a block to its backend -----------------------------------------------------
+
+    def free_block(self, header: int) -> None:
+        """Give the block whose POOL_HEADER is at ``header`` back to the backend owning it."""
+        sub = self.owner_by_page.get(header >> PAGE_SHIFT)
+        if sub is None:
+            checks.bad_free_address(self, header)
+        if sub.kind == LFH:
+            self.lfh_free(sub, header)
+            return
+        chunk = header - VS_HEADER_SIZE
+        if chunk < sub.first:
+            checks.bad_free_address(self, header)
+        _, size, _, allocated = self.vs_read(chunk)
+        checks.vs_header_sane(self, sub, chunk, size)
+        if not allocated:
+            checks.vs_not_busy(self, chunk)
+        self.vs_free(chunk, size)

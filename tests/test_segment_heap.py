@@ -1,0 +1,291 @@
+"""Windows 10/11's segment-heap pool, read byte by byte in simulated memory.
+
+Every backend, threshold and encoding the model implements is checked here from the bytes
+a debugger would read (segment-heap.md is the fact sheet).
+"""
+
+import struct
+
+import pytest
+
+import ntpool
+from ntpool.pool.segment_heap import layout as L
+from ntpool.pool.segment_heap.heap import SegmentHeap
+from ntpool.tags import tag_value
+from ntpool.windows import windows_version
+
+MiB = 1 << 20
+NP = ntpool.PoolType.NonPagedPool
+NX = ntpool.PoolType.NonPagedPoolNx
+PP = ntpool.PoolType.PagedPool
+
+
+@pytest.fixture
+def k11():
+    return ntpool.Kernel(nonpaged_pool_bytes=8 * MiB, paged_pool_bytes=8 * MiB, windows="11")
+
+
+def qword(k, va):
+    return struct.unpack("<Q", k.read(va, 8))[0]
+
+
+def heap_key(k):
+    """HeapKey as a debugger finds it: RtlpHpHeapGlobals, via ExPoolState's first field."""
+    state = k.heap_state.state_va
+    return struct.unpack("<QQ", k.read(qword(k, state), 16))
+
+
+def pool_header(k, body):
+    return tuple(L.POOL_HEADER.unpack_from(k.read(body - 16, 16)))
+
+
+def vs_header(k, chunk):
+    key, _ = heap_key(k)
+    return L.decode_vs_bits(qword(k, chunk), chunk, key)
+
+
+def activate(k, pool_type, size, tag="Warm"):
+    """Make the LFH bucket of ``size`` active: 17 blocks live at once."""
+    return [k.ExAllocatePoolWithTag(pool_type, size, tag) for _ in range(L.LFH_ACTIVATE_LIVE)]
+
+
+def range_flags(k, va):
+    heap = k.pool.locate(va)
+    return heap.descriptor(va)[0]
+
+
+# --- choosing Windows ---------------------------------------------------------------------------
+
+def test_windows_7_is_the_default_and_keeps_its_allocator():
+    k = ntpool.Kernel(nonpaged_pool_bytes=MiB, paged_pool_bytes=MiB)
+    assert k.windows.build == 7601 and not k.windows.segment_heap
+    assert not isinstance(k.nonpaged_pool, SegmentHeap)
+
+
+@pytest.mark.parametrize("windows, build, entry", [("10", 19041, 0x18), ("11", 22621, 0x20),
+                                                   (26100, 26100, 0x20), ("18362", 18362, 0x18)])
+def test_windows_10_and_11_run_the_segment_heap(windows, build, entry):
+    k = ntpool.Kernel(nonpaged_pool_bytes=MiB, paged_pool_bytes=MiB, windows=windows)
+    assert k.windows.build == build and k.windows.big_page_entry_size == entry
+    assert isinstance(k.paged_pool, SegmentHeap) and isinstance(k.nonpaged_pool_nx, SegmentHeap)
+
+
+@pytest.mark.parametrize("bad", ["8", "XP", 10240, 3.0, None])
+def test_unknown_windows_is_refused(bad):
+    with pytest.raises((ValueError, TypeError), match="windows"):
+        windows_version(bad)
+
+
+def test_each_pool_type_has_its_own_heap(k11):
+    heaps = {k11.pool.locate(k11.ExAllocatePoolWithTag(t, 64, "Heap")).name for t in (NP, NX, PP)}
+    assert heaps == {"NonPagedPool", "NonPagedPoolNx", "PagedPool"}
+    state = L.POOL_STATE.unpack(k11.read(k11.heap_state.state_va, L.POOL_STATE.size))
+    assert state[2:5] == (k11.nonpaged_pool.heap_va, k11.nonpaged_pool_nx.heap_va,
+                          k11.paged_pool.heap_va)
+    for heap in (k11.nonpaged_pool, k11.nonpaged_pool_nx, k11.paged_pool):
+        assert struct.unpack("<I", k11.read(heap.heap_va + 0x10, 4))[0] == 0xDDEEDDEE
+
+
+# --- the LFH -------------------------------------------------------------------------------
+
+def test_lfh_block_has_only_a_pool_header_and_a_busy_bitmap_entry(k11):
+    activate(k11, NX, 100)
+    body = k11.ExAllocatePoolWithTag(NX, 100, "Lfhb")
+    assert range_flags(k11, body) == L.RANGE_LFH
+    previous, index, block_size, pool_type, tag, _ = pool_header(k11, body)
+    assert (previous, index, block_size, pool_type, tag) == (0, 0, 8, 0x02, tag_value("Lfhb"))
+    sub = k11.nonpaged_pool_nx.owner_by_page[body >> 12]
+    _, lfh_key = heap_key(k11)
+    encoded = struct.unpack("<I", k11.read(sub.va + L.LFH_BLOCK_OFFSETS, 4))[0]
+    block_bytes, first = L.decode_lfh_block_offsets(encoded, sub.va, lfh_key)
+    assert block_bytes == 0x80 and (body - 16 - sub.va - first) % 0x80 in (0, *range(0, 0x1000, 16))
+    slot = sub.index_of[body - 16 - sub.va]
+    bits = (k11.read(sub.va + L.LFH_BITMAP + slot // 4, 1)[0] >> (slot % 4 * 2)) & 3
+    assert bits == L.LFH_BUSY
+    k11.ExFreePoolWithTag(body, "Lfhb")
+    bits = (k11.read(sub.va + L.LFH_BITMAP + slot // 4, 1)[0] >> (slot % 4 * 2)) & 3
+    assert bits == 0
+    free_count, block_count, free_hint = struct.unpack("<HHH", k11.read(sub.va + 0x20, 6))
+    assert free_hint == slot and block_count == sub.block_count and free_count == sub.free_count
+
+
+def test_paged_header_type_is_3(k11):
+    activate(k11, PP, 40)
+    assert pool_header(k11, k11.ExAllocatePoolWithTag(PP, 40, "Page"))[3] == 0x03
+
+
+def test_lfh_serves_blocks_up_to_0x200_after_17_live(k11):
+    first = activate(k11, NX, L.LFH_MAX_REQUEST)
+    assert {range_flags(k11, p) for p in first[:16]} == {L.RANGE_VS}
+    assert range_flags(k11, first[16]) == L.RANGE_LFH
+    activate(k11, NX, L.LFH_MAX_REQUEST + 1)  # 0x1F1: its block is 0x210, past the LFH
+    assert range_flags(k11, k11.ExAllocatePoolWithTag(NX, L.LFH_MAX_REQUEST + 1, "Vs  ")) == L.RANGE_VS
+
+
+def test_lfh_bucket_also_activates_after_2040_requests(k11):
+    for _ in range(L.LFH_ACTIVATE_REQUESTS - 1):
+        k11.ExFreePoolWithTag(k11.ExAllocatePoolWithTag(NX, 48, "Pair"), "Pair")
+    assert range_flags(k11, k11.ExAllocatePoolWithTag(NX, 48, "Pair")) == L.RANGE_LFH
+
+
+def _lfh_addresses(seed):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=MiB, windows="11", seed=seed)
+    activate(k, NX, 200)
+    return [k.ExAllocatePoolWithTag(NX, 200, "Rand") for _ in range(20)]
+
+
+def test_lfh_placement_is_randomised_and_seeded():
+    one = _lfh_addresses(1)
+    gaps = {b - a for a, b in zip(one, one[1:])}
+    assert gaps != {0xD0 + 0x10} and len(gaps) > 3  # consecutive blocks are not neighbours
+    assert _lfh_addresses(1) == one
+    assert _lfh_addresses(2) != one
+
+
+# --- the VS backend -----------------------------------------------------------------------------
+
+def test_vs_chunk_header_is_encoded_with_the_heap_key_and_its_address(k11):
+    body = k11.ExAllocatePoolWithTag(NX, 0x300, "Vsch")
+    chunk = body - 0x20
+    assert range_flags(k11, body) == L.RANGE_VS
+    memory_cost, size, previous, allocated = vs_header(k11, chunk)
+    assert allocated == 1 and size == (0x300 + 0x20) >> 4
+    raw = qword(k11, chunk)
+    assert raw != L.QWORD.unpack(L.VS_HEADER_BITS.pack(memory_cost, size, previous, 1, 0))[0]
+    assert pool_header(k11, body)[2] == (0x300 + 0x10) >> 4  # BlockSize: POOL_HEADER + data
+
+
+def test_vs_subsegment_signature(k11):
+    body = k11.ExAllocatePoolWithTag(NX, 0x400, "Vsub")
+    sub = k11.nonpaged_pool_nx.owner_by_page[body >> 12]
+    size, signature = struct.unpack("<HH", k11.read(sub.va + 0x20, 4))
+    assert size == (signature & 0x7FFF) ^ 0x2BED
+
+
+def test_vs_data_never_straddles_a_page_nor_a_header_the_last_16_bytes(k11):
+    bodies = [k11.ExAllocatePoolWithTag(NX, size, "Strd")
+              for size in (0x7F0, 0xFE0, 0x250, 0x900, 0xFE0, 0x3F0, 0xFD0, 0xAB0) * 3]
+    for body, size in zip(bodies, (0x7F0, 0xFE0, 0x250, 0x900, 0xFE0, 0x3F0, 0xFD0, 0xAB0) * 3):
+        header = body - 16
+        assert header & 0xFFF != 0xFF0
+        assert (header & ~0xFFF) == ((body + size - 1) & ~0xFFF)
+
+
+def test_vs_free_coalesces_neighbours(k11):
+    a, b, c = (k11.ExAllocatePoolWithTag(NX, 0x500, "Coal") for _ in range(3))
+    k11.ExFreePoolWithTag(a, "Coal")
+    k11.ExFreePoolWithTag(b, "Coal")
+    _, size, _, allocated = vs_header(k11, a - 0x20)
+    chunk_units = vs_header(k11, c - 0x20)[1]
+    assert not allocated and size >= 2 * chunk_units
+    assert a - 0x20 + size * 16 == c - 0x20  # a, b and the gap before c are one free chunk
+    assert vs_header(k11, c - 0x20)[2] == size  # the next chunk's UnsafePrevSize follows
+
+
+def test_vs_delay_free_list_holds_small_chunks_until_32(k11):
+    bodies = [k11.ExAllocatePoolWithTag(NX, 0x250, "Dlay") for _ in range(L.VS_DELAY_FREE_DEPTH)]
+    for body in bodies[:-1]:
+        k11.ExFreePoolWithTag(body, "Dlay")
+    assert all(vs_header(k11, b - 0x20)[3] == 1 for b in bodies[:-1])  # still busy
+    k11.ExFreePoolWithTag(bodies[-1], "Dlay")
+    assert k11.nonpaged_pool_nx.delay_free == []
+    assert vs_header(k11, bodies[0] - 0x20)[3] == 0
+
+
+# --- the dynamic lookaside ----------------------------------------------------------------------
+
+def test_dynamic_lookaside_reuses_a_freed_block_of_its_bucket(k11):
+    heap = k11.nonpaged_pool_nx
+    bucket = L.lookaside_bucket(0x300 + 16)
+    for _ in range(3):  # every third pass enables the buckets that were used
+        assert not heap.lookaside[bucket].enabled
+        heap.lookaside[bucket].frees = 1
+        k11.pool.balance_set_pass()
+    assert heap.lookaside[bucket].enabled
+    first = k11.ExAllocatePoolWithTag(NX, 0x300, "Look")
+    second = k11.ExAllocatePoolWithTag(NX, 0x300, "Look")
+    k11.ExFreePoolWithTag(first, "Look")
+    k11.ExFreePoolWithTag(second, "Look")
+    assert qword(k11, second - 16) == first - 16  # the SLIST link over the POOL_HEADER
+    assert k11.ExAllocatePoolWithTag(NX, 0x300, "Agn ") == second
+    assert pool_header(k11, second)[4] == tag_value("Agn ")
+
+
+def test_lookaside_buckets_cover_512_to_0xf80():
+    assert L.lookaside_bucket(0x200) == 0 and L.lookaside_bucket(0x210) == 1
+    assert L.lookaside_bucket(1024) == 32 and L.lookaside_bucket(1025) == 33
+    assert L.lookaside_bucket(2048) == 48 and L.lookaside_bucket(0xF80) == 64 - 1
+    assert L.lookaside_bucket(0xF90) == 0
+
+
+# --- big, segment and large allocations ----------------------------------------------------
+
+@pytest.mark.parametrize("size", [L.VS_MAX_REQUEST + 1, 200 << 10, 600 << 10])
+def test_above_0xfe0_whole_pages_with_no_pool_header(k11, size):
+    body = k11.ExAllocatePoolWithTag(PP, size, "Bigp")
+    assert body & 0xFFF == 0 and range_flags(k11, body) == L.RANGE_BIG
+    assert k11.paged_pool.big_pages[body] == (tag_value("Bigp"), -(-size // 4096))
+    assert k11.paged_pool.big_details[body][0] == size  # NumberOfBytes: what was asked
+
+
+def test_0xfe0_is_still_a_vs_block(k11):
+    body = k11.ExAllocatePoolWithTag(PP, L.VS_MAX_REQUEST, "Last")
+    assert body & 0xFFF == 0x10 and pool_header(k11, body)[4] == tag_value("Last")
+
+
+def test_large_allocation_takes_whole_segments(k11):
+    body = k11.ExAllocatePoolWithTag(NX, 2 * MiB, "Larg")
+    assert body % L.SEGMENT_SIZE == 0
+    k11.ExFreePoolWithTag(body, "Larg")
+    assert k11.nonpaged_pool_nx.segment_state[(body - k11.nonpaged_pool_nx.base) // L.SEGMENT_SIZE] == 0
+
+
+@pytest.mark.parametrize("windows, constant", [("11", 0xA2E64EADA2E64EAD), (26100, 0)])
+def test_segment_signature(windows, constant):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=MiB, windows=windows)
+    body = k.ExAllocatePoolWithTag(NX, 64, "Sgmt")
+    segment = body & ~(L.SEGMENT_SIZE - 1)
+    context = k.nonpaged_pool_nx.heap_va + L.SEG_CONTEXT_OFFSETS[0]
+    assert qword(k, segment + 0x10) == segment ^ context ^ heap_key(k)[0] ^ constant
+
+
+# --- the POOL_HEADER's quota and cache-aligned fields ----------------------------------------
+
+def test_process_billed_is_encoded_with_the_quota_cookie(k11):
+    process = k11.create_process("app.exe")
+    k11.set_current_process(process)
+    body = k11.ExAllocatePoolWithQuotaTag(PP, 0x80, "Quot")
+    header = body - 16
+    _, _, _, pool_type, _, billed = pool_header(k11, body)
+    cookie = qword(k11, k11.heap_state.cookie_va)
+    assert pool_type & L.POOL_TYPE_QUOTA and billed == process.address ^ cookie ^ header
+    assert process.quota_usage[1] == 0x90  # the block: POOL_HEADER + 0x80
+    k11.ExFreePoolWithTag(body, "Quot")
+    assert process.quota_usage[1] == 0
+
+
+def test_cache_aligned_chunk_has_a_second_header(k11):
+    body = k11.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPoolCacheAligned, 0x40, "Algn")
+    assert body % 64 == 0
+    previous, _, block_size, pool_type, tag, _ = pool_header(k11, body)
+    first = body - 16 - previous * 16
+    first_type = pool_header(k11, first + 16)[3]
+    assert pool_type & L.POOL_TYPE_ALIGNED and not first_type & L.POOL_TYPE_ALIGNED
+    assert tag == tag_value("Algn") and pool_header(k11, first + 16)[4] == tag
+    if previous >= 2:
+        assert qword(k11, first + 16) == (body - 16) ^ qword(k11, k11.heap_state.cookie_va)
+    k11.ExFreePoolWithTag(body, "Algn")
+    assert k11.pool_tags()[0].NonPagedUsed == 0
+
+
+# --- the tracker --------------------------------------------------------------------------------
+
+def test_tracker_counts_blocks_and_pages(k11):
+    small = k11.ExAllocatePoolWithTag(PP, 100, "Trak")
+    big = k11.ExAllocatePoolWithTag(PP, 5000, "Trak")
+    row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Trak")]
+    assert (row.PagedAllocs, row.PagedUsed) == (2, 0x80 + 0x2000)
+    k11.ExFreePoolWithTag(small, "Trak")
+    k11.ExFreePool(big)
+    row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Trak")]
+    assert (row.PagedFrees, row.PagedUsed) == (2, 0)
