@@ -21,7 +21,8 @@ from .errors import (
     NtStatusError,
     TagError,
 )
-from .system import Kernel
+from .kernel import Kernel
+from . import verifier, dump  # noqa: F401,E402 - layers that attach to every Kernel
 from .pool.tracker import PoolTagInfo
 from .tags import PROTECTED_POOL, Tag, tag
 

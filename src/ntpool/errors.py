@@ -39,6 +39,16 @@ class MachineHalted(RuntimeError):
     """A call on a machine that has already bug-checked."""
 
 
+ALLOWED_WHEN_HALTED = "_allowed_when_halted"
+
+
+def allowed_when_halted(method):
+    """Mark a machine method as inspection, which a halted machine still answers (every
+    other public method of a halted machine raises MachineHalted)."""
+    setattr(method, ALLOWED_WHEN_HALTED, True)
+    return method
+
+
 class NtStatusError(Exception):
     """A raised NTSTATUS, as ExRaiseStatus raises it (e.g. STATUS_INSUFFICIENT_RESOURCES)."""
 

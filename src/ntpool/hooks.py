@@ -178,10 +178,30 @@ class Hooks:
             changed(active)
 
 
+# --- layers that attach to every machine -----------------------------------------------------
+
+_LAYERS: list[Callable[[Any], None]] = []
+
+
+def attach_to_every_kernel(attach: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Register ``attach(kernel)``, called at the end of every new Kernel's construction.
+
+    The layers above the core (Driver Verifier, crash dumps) register themselves when they
+    are imported (``ntpool/__init__`` imports them), so the core never imports them.
+    """
+    if attach not in _LAYERS:
+        _LAYERS.append(attach)
+    return attach
+
+
+def kernel_layers() -> tuple[Callable[[Any], None], ...]:
+    return tuple(_LAYERS)
+
+
 def _checked_event_type(event_type) -> None:
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise TypeError(f"event_type must be an ntpool.hooks event class, not {event_type!r}")
 
 
-__all__ = ["BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "Hooks",
+__all__ = ["attach_to_every_kernel", "kernel_layers", "BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "Hooks",
            "IrqlRaised", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer"]

@@ -1,27 +1,53 @@
-"""The simulated x64 machine a Python "driver" calls into.
+"""The simulated x64 machine a Python "driver" calls into: ``ntpool.Kernel``.
 
-``Kernel`` owns physical memory, the kernel address space, the two pools and the bug check
-state. The documented routines are methods, gathered from the front-end modules (``ex``
-for the executive's, ``fsrtl``, ``ndis``; ``irql``, ``paging`` and ``process`` for the
-machine state those contracts depend on); each is a thin translation onto the one
-``PoolAllocator``.
+One class, composed in ``Kernel.__init__`` in the order a reader meets the parts:
+
+- the machine: physical memory, the kernel address space, the kernel's own data region,
+  processors and their IRQL, the pager, processes and their quota;
+- the drivers: loaded images and the call-site table (who allocated what);
+- the pools: built by an allocator design (``ntpool.pool.design``; Windows 7's by default),
+  one ``PoolAllocator`` that every routine calls;
+- the routine families drivers call, as methods (``routines.ex``, ``fsrtl``, ``ndis``,
+  ``rtl``, ``machine.irql``'s Ke routines, ``machine.process``'s Ps routines), each declared
+  in ``routines.registry`` with its C prototype. The families hold no state of their own:
+  everything they use is made here;
+- the layers on top (Driver Verifier, crash dumps), which attach themselves to every new
+  machine (``ntpool.hooks.attach_to_every_kernel``) and hook in through ``k.hooks``: this
+  module never imports them.
 
 After a bug check the machine is halted: its class becomes a halted twin whose attribute
-lookup refuses every routine with a clear message, so live machines pay nothing for the
-check. Inspection (``bugcheck``, ``read``, ``pool_tags``, dumps) still works.
+lookup refuses every method not marked ``allowed_when_halted``, with a clear message, so
+live machines pay nothing for the check. Inspection (``bugcheck``, ``read``, ``pool_tags``,
+dumps, every data attribute) still works.
 """
 
+import inspect
 import os
 from typing import NoReturn
 
-from .constants import DISPATCH_LEVEL, KERNEL_IMAGE_BYTES, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, \
-    BugCheckCode, NtStatus
-from .drivers import DriverRoutines
-from .errors import BugCheck, MachineHalted
-from .hooks import BugCheckRaised, CopiedToUser, Hooks, MemoryCopied, MemoryWritten, PageFault
+from .constants import (
+    DISPATCH_LEVEL,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PASSIVE_LEVEL,
+    SYSTEM_RANGE_START,
+    KERNEL_IMAGE_BYTES,
+    KERNEL_IMAGE_PS_LOADED_MODULE_LIST,
+    BugCheckCode,
+    NtStatus,
+)
+from .drivers import LIST_ENTRY, CallSites, DriverRoutines
+from .errors import ALLOWED_WHEN_HALTED, BugCheck, MachineHalted, allowed_when_halted
+from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
+from .machine.irql import IrqlRoutines
+from .machine.memory import AddressSpace, PhysicalMemory, canonical
+from .machine.pager import Pager
+from .machine.paging import PagingRoutines
+from .machine.process import ProcessRoutines, QuotaLedger
+from .pool.design import pool_design_for
+from .pool.tracker import PoolTagInfo
 from .routines.ex import ExecutiveRoutines
 from .routines.fsrtl import FsRtlRoutines
-from .machine.irql import IrqlRoutines
 from .routines.ndis import NdisRoutines
 from .routines.io import IoRoutines
 from .routines.ke_sync import SyncRoutines
@@ -29,26 +55,17 @@ from .routines.objects import ObjectRoutines
 from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
-from .machine.paging import PagingRoutines
-from .machine.process import ProcessRoutines
-from .machine.memory import AddressSpace, PhysicalMemory, canonical
-from .pool.allocator import PoolAllocator
-from .pool.descriptor import Pool
-from .pool.layout import LIST_HEAD_COUNT
-from .pool.segment_heap.design import SegmentHeapPools
-from .pool.tracker import PoolTagInfo
 from .routines.registry import routine
+from .routines.rtl import RtlRoutines
 from .windows import windows_version
 
-# Windows 7 x64 layout of the kernel address space.
-NONPAGED_POOL_BASE = 0xFFFFFA8000000000
-PAGED_POOL_BASE = 0xFFFFF8A000000000
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
 KERNEL_DATA_BYTES = 16 << 20
 
 DEFAULT_NONPAGED_POOL_BYTES = 256 << 20
 DEFAULT_PAGED_POOL_BYTES = 256 << 20
 MiB = 1 << 20
+CRASH_DUMP_KINDS = ("kernel", "full")  # the bitmap dump Windows writes by default, or full
 
 
 class KernelData:
@@ -84,15 +101,21 @@ def _positive_bytes(name: str, value) -> int:
     return value & ~(PAGE_SIZE - 1)
 
 
-class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, PagingRoutines,
-             ProcessRoutines, DriverRoutines, ObjectRoutines, IoRoutines, StringRoutines,
-             RegistryRoutines, SecurityRoutines, SyncRoutines):
-    """A fresh simulated x64 Windows machine with nonpaged and paged pool."""
+class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
+             ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
+             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines):
+    """A fresh simulated x64 Windows machine with nonpaged and paged pool.
+
+    ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
+    ``crash_dump=PATH`` writes a crash dump (``crash_dump_kind``: 'kernel', the bitmap dump
+    Windows writes by default, or 'full') when the machine bug-checks.
+    """
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
                  physical_memory_bytes: int | None = None, processors: int = 1,
-                 windows="7", seed: int = 0):
+                 windows="7", seed: int = 0, *, crash_dump=None,
+                 crash_dump_kind: str = "kernel"):
         self.windows = windows_version(windows)  # which Windows, hence which pool design
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
@@ -101,64 +124,89 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
         paged_pool_bytes = _positive_bytes("paged_pool_bytes", paged_pool_bytes)
         if isinstance(processors, bool) or not isinstance(processors, int) or not 1 <= processors <= 64:
             raise ValueError(f"processors must be an int from 1 to 64, got {processors!r}")
+        if crash_dump_kind not in CRASH_DUMP_KINDS:
+            raise ValueError(f"crash_dump_kind must be 'full' or 'kernel', not {crash_dump_kind!r}")
+        if crash_dump is not None and not isinstance(crash_dump, (str, os.PathLike)):
+            raise TypeError(f"crash_dump must be a path, not {type(crash_dump).__name__}")
         pool_bytes = nonpaged_pool_bytes + paged_pool_bytes
         if physical_memory_bytes is None:
             # Pool, the page tables that map it, and the kernel's own data.
             physical_memory_bytes = pool_bytes + pool_bytes // 256 + KERNEL_DATA_BYTES + 4 * MiB
         physical_memory_bytes = _positive_bytes("physical_memory_bytes", physical_memory_bytes)
 
-        self.hooks = Hooks()  # how layers on top hook in (ntpool.hooks)
+        self.hooks = Hooks()  # how the layers on top hook in (ntpool.hooks)
         self.bugcheck: BugCheck | None = None
-        self.processors = processors
+
+        # --- the machine: memory, processors and IRQL -------------------------------------
         self.physical = PhysicalMemory(physical_memory_bytes)
         self.space = AddressSpace(self.physical)
-        self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
-        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
-        crash = self.KeBugCheckEx
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
-        if self.windows.segment_heap:
-            self._init_drivers()
-            self.heap_state = SegmentHeapPools(
-                self.windows, self.space, self.kernel_data, self._write_kernel_data, crash,
-                self.call_sites, nonpaged_pool_bytes, paged_pool_bytes, seed, self.hooks)
-            self.nonpaged_pool = self.heap_state.nonpaged
-            self.nonpaged_pool_nx = self.heap_state.nonpaged_nx
-            self.paged_pool = self.heap_state.paged
-            self.pool = self.heap_state.allocator
-        else:
-            self._init_windows7_pools(nonpaged_pool_bytes, paged_pool_bytes, processors, crash)
+        self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
+        self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
+        self.processors = processors
         self.current_processor = 0
-        # The loaded driver whose code is running (None: the kernel itself or a test).
-        self.current_driver = None
+        self.irql_by_processor = [int(PASSIVE_LEVEL)] * processors
         self.hooks.watch(MemoryWritten, self._publish_writes)
-        self._init_irql()
-        self._init_paging()
+
+        # Who called from where: the pools record it in each allocation.
+        self.call_sites = CallSites()
+
+        # --- the pools, built by the allocator design of this Windows ----------------------
+        self.pool_design = pool_design_for(self.windows, seed)
+        pools = self.pool_design.build(space=self.space, kernel_data=self.kernel_data,
+                                       write_kernel_data=self._write_kernel_data,
+                                       crash=self.KeBugCheckEx, processors=processors,
+                                       call_sites=self.call_sites, hooks=self.hooks,
+                                       nonpaged_pool_bytes=nonpaged_pool_bytes,
+                                       paged_pool_bytes=paged_pool_bytes)
+        self.pool = pools.allocator  # the one allocator every routine calls
+        self.nonpaged_pool = pools.nonpaged
+        self.nonpaged_pool_nx = pools.nonpaged_nx  # None: NonPagedPoolNx is nonpaged pool
+        self.paged_pool = pools.paged
+        self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
+        self.pager = Pager(self.space, self._no_pages_available)
+        self.paged_pool.pager = self.pager
         for pool in (self.nonpaged_pool, self.paged_pool):
-            pool.fault = self._pool_access_fault
-        self._init_processes()
-        self._init_ndis()
-        # The I/O, object, configuration and security managers drivers meet (routines/io.py...).
+            pool.fault = self._pool_access_fault  # what a pool access to no page raises
+
+        # --- the drivers: loaded images on PsLoadedModuleList -------------------------------
+        self.drivers = []
+        self.current_driver = None  # the loaded driver whose code is running (None: kernel)
+        # PsLoadedModuleList, a global in ntoskrnl's image
+        self.loaded_module_list = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST
+        self.write(self.loaded_module_list, LIST_ENTRY.pack(self.loaded_module_list,
+                                                            self.loaded_module_list))
+
+        # --- processes and their pool quota ------------------------------------------------
+        self.quota_ledger = QuotaLedger()
+        self.pool.quota = self.quota_ledger
+        self.processes = []
+        self._next_pid = 4
+        self.system_process = self.create_process("System")
+        self.current_process = self.system_process
+
+        # --- what the routine families keep ------------------------------------------------
+        self.ndis_handles: dict[int, object] = {}  # handle -> driver object
+        self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
+
+        # --- the managers drivers meet, in dependency order: objects (types, names, handles),
+        # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in
+        # SeExports), the clock. Each boots its own state in its _init_ method, called only here.
         self._init_objects()
         self._init_registry()
         self._init_io()
         self._init_security()
         self._init_sync()
 
-    def _init_windows7_pools(self, nonpaged_pool_bytes: int, paged_pool_bytes: int,
-                             processors: int, crash) -> None:
-        """Windows 7's design: two pool descriptors and the classic allocator."""
-        self.heap_state = None
-        self.nonpaged_pool_nx = None  # Windows 7: NonPagedPoolNx is nonpaged pool
-        self.nonpaged_pool = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
-                                  self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                                  crash, processors)
-        self.paged_pool = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
-                               self.kernel_data.reserve(LIST_HEAD_COUNT * 16), self.space,
-                               crash, processors)
-        self._init_drivers()
-        self.pool = PoolAllocator(self.nonpaged_pool, self.paged_pool, crash, self.call_sites,
-                                  self.hooks)
+        # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
+        self.crash_dump = crash_dump
+        self.crash_dump_kind = crash_dump_kind
+        self.crash_dump_error: OSError | None = None
+        self.dump_writer = None  # write_dump(kernel, path, kind), from the dump layer
+        self.verifier = None  # the DriverVerifier, from the verifier layer
+        for attach in kernel_layers():
+            attach(self)
 
     def _write_kernel_data(self, va: int, data: bytes) -> None:
         """Write the kernel's own structures (the routines' checks do not apply)."""
@@ -209,6 +257,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
 
     # --- memory by virtual address -----------------------------------------------------
 
+    @allowed_when_halted
     def read(self, address: int, size: int) -> bytes:
         """``size`` bytes at virtual ``address``; an unmapped page is bug check 0x50."""
         offset = address & 0xFFF
@@ -354,74 +403,29 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, IrqlRoutines, Pagin
                           detail=f"the pool's {access} unmapped address {address:#x} (a corrupted "
                                  f"pool link), from {self.call_sites.describe(site)}")
 
-    @routine("VOID RtlZeroMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
-             "_In_ SIZE_T Length)")
-    def RtlZeroMemory(self, Destination: int, Length: int) -> None:
-        self.write(Destination, bytes(_checked_length(Length)))
-
-    @routine("VOID RtlFillMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
-             "_In_ SIZE_T Length, _In_ UCHAR Fill)")
-    def RtlFillMemory(self, Destination: int, Length: int, Fill: int) -> None:
-        if not isinstance(Fill, int) or not 0 <= Fill <= 0xFF:
-            raise ValueError(f"Fill must be a byte value 0..255, got {Fill!r}")
-        self.write(Destination, bytes([Fill]) * _checked_length(Length))
-
-    @routine("VOID RtlCopyMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
-             "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)")
-    def RtlCopyMemory(self, Destination: int, Source: int, Length: int) -> None:
-        data = self.read(Source, _checked_length(Length))
-        copied = self.hooks.listening(MemoryCopied)
-        if not copied:
-            self.write(Destination, data)
-            return
-        type(self).write(self, Destination, data)  # one event for the copy: MemoryCopied
-        event = MemoryCopied(Destination, Source, Length)
-        for listener in copied:
-            listener(event)
-
-    # Reading the whole source first makes overlap safe: one function serves both.
-    RtlMoveMemory = routine("VOID RtlMoveMemory(_Out_writes_bytes_all_(Length) PVOID Destination, "
-                            "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)"
-                            )(RtlCopyMemory)
-
-    def copy_to_user(self, UserBuffer: bytearray, Source: int, Length: int) -> None:
-        """Copy pool bytes out to a user-mode buffer (a Python bytearray stands for it)."""
-        if not isinstance(UserBuffer, bytearray):
-            raise TypeError(f"UserBuffer must be a bytearray, not {type(UserBuffer).__name__}")
-        Length = _checked_length(Length)
-        if Length > len(UserBuffer):
-            raise ValueError(f"Length {Length} is larger than the user buffer ({len(UserBuffer)} bytes)")
-        data = self.read(Source, Length)
-        self.hooks.publish(CopiedToUser(Source, Length))
-        UserBuffer[:Length] = data
-
-    @routine("SIZE_T RtlCompareMemory(_In_ const VOID *Source1, _In_ const VOID *Source2, "
-             "_In_ SIZE_T Length)")
-    def RtlCompareMemory(self, Source1: int, Source2: int, Length: int) -> int:
-        a = self.read(Source1, _checked_length(Length))
-        b = self.read(Source2, Length)
-        for index, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return index
-        return Length
-
     # --- pool tracking -------------------------------------------------------------------
 
+    @allowed_when_halted
     def pool_tags(self) -> list[PoolTagInfo]:
         """SYSTEM_POOLTAG rows (as ZwQuerySystemInformation(SystemPoolTagInformation) gives)."""
         return self.pool.tracker.snapshot()
 
+    @allowed_when_halted
     def pool_in_use(self) -> dict[str, int]:
         """Pages each pool holds and physical frames in use."""
         return {"NonPagedPool": self.nonpaged_pool.pages_in_use,
                 "PagedPool": self.paged_pool.pages_in_use,
                 "frames": self.physical.frames_used}
 
+    @allowed_when_halted
+    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
+        """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
 
-def _checked_length(length) -> int:
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"Length must be a non-negative int, got {length!r}")
-    return length
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``).
+        The dump layer (``ntpool.dump``) attaches the writer to every machine."""
+        if self.dump_writer is None:
+            raise RuntimeError("no dump writer is attached (import ntpool.dump)")
+        return self.dump_writer(self, path, kind, symbols)
 
 
 def _checked_span(address, size) -> tuple[int, int]:
@@ -436,18 +440,22 @@ def _checked_span(address, size) -> tuple[int, int]:
 
 # --- the halted machine ----------------------------------------------------------------------
 
-# What may still be asked of a machine after its bug check: looking, not doing.
-INSPECTION = frozenset({
-    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
-    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
-    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
-    "crash_dump", "crash_dump_kind", "crash_dump_error",
-    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident",
-})
-
 _halted_classes: dict[type, type] = {}
+
+
+def _refused_when_halted(cls: type) -> frozenset:
+    """The methods a halted machine refuses: every public one not marked allowed_when_halted
+    (data and properties stay readable: looking, not doing)."""
+    refused = set()
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        attribute = inspect.getattr_static(cls, name)
+        if isinstance(attribute, (staticmethod, classmethod)):
+            attribute = attribute.__func__
+        if inspect.isfunction(attribute) and not getattr(attribute, ALLOWED_WHEN_HALTED, False):
+            refused.add(name)
+    return frozenset(refused)
 
 
 def _halted_class(cls: type) -> type:
@@ -455,13 +463,15 @@ def _halted_class(cls: type) -> type:
         return cls
     twin = _halted_classes.get(cls)
     if twin is None:
+        refused = _refused_when_halted(cls)
+
         def __getattribute__(self, name):
-            if name.startswith("_") or name in INSPECTION:
-                return object.__getattribute__(self, name)
-            check = object.__getattribute__(self, "bugcheck")
-            raise MachineHalted(
-                f"the machine is halted by bug check {check.code:#x} ({check.name}); "
-                f"{name} cannot run on a halted machine (create a new Kernel)")
+            if name in refused:
+                check = object.__getattribute__(self, "bugcheck")
+                raise MachineHalted(
+                    f"the machine is halted by bug check {check.code:#x} ({check.name}); "
+                    f"{name} cannot run on a halted machine (create a new Kernel)")
+            return object.__getattribute__(self, name)
 
         twin = type(f"Halted{cls.__name__}", (cls,),
                     {"__getattribute__": __getattribute__, "_is_halted_twin": True})

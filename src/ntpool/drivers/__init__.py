@@ -20,8 +20,8 @@ import types
 import zlib
 from typing import NamedTuple
 
-from ..constants import KERNEL_IMAGE_PS_LOADED_MODULE_LIST, NtStatus
-from ..errors import NtStatusError
+from ..constants import NtStatus
+from ..errors import NtStatusError, allowed_when_halted
 from ..hooks import DriverUnloading
 
 DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
@@ -263,13 +263,6 @@ def parse_call_site_table(data: bytes) -> list[tuple[int, int, int, str, str]]:
 class DriverRoutines:
     """Kernel methods for loading drivers (mixed into the machine)."""
 
-    def _init_drivers(self) -> None:
-        self.call_sites = CallSites()
-        self.drivers: list[LoadedDriver] = []
-        head = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST  # a global of ntoskrnl
-        self.loaded_module_list = head  # PsLoadedModuleList
-        LIST_ENTRY.pack_into(self._mem, self.space.translate(head), head, head)
-
     def _driver_for(self, driver) -> LoadedDriver:
         for loaded in self.drivers:
             if loaded.obj is driver or loaded is driver or loaded.name == driver:
@@ -346,10 +339,12 @@ class DriverRoutines:
 
     # --- who allocated what -------------------------------------------------------------
 
+    @allowed_when_halted
     def allocation_site(self, address: int) -> CallSite:
         """The call site that allocated ``address`` (from its header, or the big page table)."""
         return self.call_sites.table[self.pool.site_of(address)]
 
+    @allowed_when_halted
     def allocation_driver(self, address: int) -> LoadedDriver | None:
         entry = self.allocation_site(address)
         return self.call_sites.drivers[entry.driver] if entry.driver else None

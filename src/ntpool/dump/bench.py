@@ -33,7 +33,7 @@ def run(pool_mib: int = 512, directory: str | None = None) -> dict:
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
     from .reader import DumpReader
-    from ..system import Kernel
+    from ..kernel import Kernel
 
     pool_bytes = pool_mib * MiB
     kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes)

@@ -11,6 +11,7 @@ requested IRQL, 0, 0).
 """
 
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
+from ..errors import allowed_when_halted
 from ..hooks import IrqlRaised
 from ..routines.registry import routine
 
@@ -26,9 +27,6 @@ def _checked_irql(name: str, value) -> int:
 
 
 class IrqlRoutines:
-    def _init_irql(self) -> None:
-        self.irql_by_processor = [int(PASSIVE_LEVEL)] * self.processors
-
     @property
     def current_irql(self) -> int:
         return self.irql_by_processor[self.current_processor]
@@ -56,6 +54,7 @@ class IrqlRoutines:
         self.pool.set_irql(self.irql_by_processor[number])
 
     @routine("KIRQL KeGetCurrentIrql(VOID)")
+    @allowed_when_halted
     def KeGetCurrentIrql(self) -> int:
         return self.irql_by_processor[self.current_processor]
 

@@ -9,17 +9,13 @@ paged pool on its generic path, which has already refused DISPATCH_LEVEL callers
 """
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
-from .pager import Pager
+from ..errors import allowed_when_halted
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_SMALL
 
 PAGEABLE_KINDS = frozenset({PAGE_SMALL, PAGE_BIG_FIRST, PAGE_BIG_REST})
 
 
 class PagingRoutines:
-    def _init_paging(self) -> None:
-        self.pager = Pager(self.space, self._no_pages_available)
-        self.paged_pool.pager = self.pager
-
     def _no_pages_available(self, va: int) -> None:
         self.KeBugCheckEx(BugCheckCode.NO_PAGES_AVAILABLE, 0, self.physical.frame_count, 0, 0,
                           detail=f"no free frame to page {va:#x} back in")
@@ -42,6 +38,7 @@ class PagingRoutines:
             raise ValueError(f"address {address:#x} is not in an allocated paged pool page")
         return int(self.pager.page_out(address & ~(PAGE_SIZE - 1)))
 
+    @allowed_when_halted
     def is_resident(self, address: int) -> bool:
         """Whether the page holding ``address`` is mapped (present) right now."""
         return self.space.translate(address) is not None

@@ -71,14 +71,6 @@ def _quota(name: str, value) -> int | None:
 
 
 class ProcessRoutines:
-    def _init_processes(self) -> None:
-        self.quota_ledger = QuotaLedger()
-        self.pool.quota = self.quota_ledger
-        self.processes: list[Process] = []
-        self._next_pid = 4
-        self.system_process = self.create_process("System")
-        self.current_process = self.system_process
-
     @property
     def PsInitialSystemProcess(self) -> int:
         """The System process's EPROCESS address (ntoskrnl exports the variable)."""

@@ -385,6 +385,10 @@ class PoolAllocator:
         pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
                          TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), irql)
 
+    def blocks_for(self, number_of_bytes: int) -> int:
+        """The BlockSize a small request of this many bytes gets (header included)."""
+        return blocks_for(number_of_bytes)
+
     # --- priorities and quota --------------------------------------------------------------
 
     def resources_available(self, pool: Pool, number_of_bytes: int, priority: int) -> bool:

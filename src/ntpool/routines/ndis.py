@@ -35,7 +35,7 @@ from ..errors import NdisContractError, NdisVersionError
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from ..pool.allocator import checked_address
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
-from ..pool.layout import BLOCK_SHIFT, HEADER_SIZE, POOL_HEADER, blocks_for, is_allocated
+from ..pool.layout import BLOCK_SHIFT, HEADER_SIZE, POOL_HEADER, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
 
@@ -103,10 +103,6 @@ def _version(characteristics, routine: str) -> tuple[int, int]:
 
 
 class NdisRoutines:
-    def _init_ndis(self) -> None:
-        self.ndis_handles: dict[int, object] = {}  # handle -> driver object
-        self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
-
     # --- registration and versions --------------------------------------------------------
 
     def _new_ndis_handle(self, driver) -> int:
@@ -308,7 +304,7 @@ class NdisRoutines:
                 return  # a double free: the free diagnoses it
             held = (blocks << BLOCK_SHIFT) - HEADER_SIZE
             # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.
-            if not length <= MAX_SMALL_ALLOCATION or blocks_for(max(length, 1)) != blocks:
+            if not length <= MAX_SMALL_ALLOCATION or self.pool.blocks_for(max(length, 1)) != blocks:
                 raise NdisContractError(
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "

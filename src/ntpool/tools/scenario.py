@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from ..errors import BugCheck
 from .poolmon import Snapshot
-from ..system import Kernel
+from ..kernel import Kernel
 
 SAMPLES_DIRECTORY = Path(__file__).parent.parent / "samples"
 SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py"}

@@ -21,7 +21,7 @@ from ..constants import (
     BadPoolCaller,
     BugCheckCode,
 )
-from ..hooks import DriverUnloading, IrqlRaised
+from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
 from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
@@ -344,6 +344,11 @@ def _checked_flags(flags) -> int:
     if unknown:
         raise ValueError(f"flags {unknown:#x} are not verifier pool options ntpool models")
     return flags
+
+
+@attach_to_every_kernel
+def _attach_verifier(kernel) -> None:
+    kernel.verifier = DriverVerifier(kernel)
 
 
 __all__ = ["DriverOptions", "DriverVerifier", "VerifierFlags", "VerifierStop"]

@@ -233,6 +233,9 @@ class SegmentHeapAllocator(PoolAllocator):
                             second ^ self.keys.pool_quota_cookie)
         return aligned_body
 
+    def blocks_for(self, number_of_bytes: int) -> int:
+        return block_units(number_of_bytes)
+
     # --- quota ------------------------------------------------------------------------------
 
     def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:

@@ -163,6 +163,7 @@ class SegmentHeap:
         self.signature_constant = signature_constant
         self.track_offset = 3 * base_type
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
+        self.allocated_header_type = self.header_type  # the name the Windows 7 pool gives it
         self.page_kind = bytearray(self.page_count)
         self.pages_in_use = 0
         self._page_hint = 0

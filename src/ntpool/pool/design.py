@@ -1,0 +1,75 @@
+"""Allocator designs: what builds a machine's pools.
+
+A design builds the pools of one Windows version and the one allocator the routines call
+(``allocate`` / ``free`` / ``allocate_generic`` ...). The machine asks its design once, at
+boot (``pool_design_for(windows, seed)``), and knows nothing of headers, lists or segments:
+Windows 7's classic pool and Windows 10/11's segment heap are two classes with the same
+``build``.
+"""
+
+from typing import Any, NamedTuple, Protocol
+
+from .allocator import PoolAllocator
+from .descriptor import Pool
+from .layout import LIST_HEAD_COUNT
+from .segment_heap.design import SegmentHeapPools
+
+# Windows 7 x64 layout of the kernel address space.
+NONPAGED_POOL_BASE = 0xFFFFFA8000000000
+PAGED_POOL_BASE = 0xFFFFF8A000000000
+
+
+class BuiltPools(NamedTuple):
+    allocator: Any  # what the routines call: PoolAllocator, SegmentHeapAllocator
+    nonpaged: Any
+    paged: Any
+    nonpaged_nx: Any = None  # a pool of its own only where Windows has one (10/11)
+    state: Any = None  # the design's own boot state (the segment heap's globals and keys)
+
+
+class PoolDesign(Protocol):
+    name: str
+
+    def build(self, *, space, kernel_data, write_kernel_data, crash, processors: int,
+              call_sites, hooks, nonpaged_pool_bytes: int, paged_pool_bytes: int) -> BuiltPools:
+        """The allocator and its pools."""
+
+
+class Windows7Pools:
+    """Windows 7 x64: POOL_DESCRIPTORs with 256 ListHeads, per-processor lookasides, big
+    pages in PoolBigPageTable, 16-byte POOL_HEADERs in front of every small chunk."""
+
+    name = "Windows 7 pool"
+
+    def build(self, *, space, kernel_data, write_kernel_data, crash, processors: int,
+              call_sites, hooks, nonpaged_pool_bytes: int, paged_pool_bytes: int) -> BuiltPools:
+        nonpaged = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
+                        kernel_data.reserve(LIST_HEAD_COUNT * 16), space, crash, processors)
+        paged = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
+                     kernel_data.reserve(LIST_HEAD_COUNT * 16), space, crash, processors)
+        return BuiltPools(PoolAllocator(nonpaged, paged, crash, call_sites, hooks), nonpaged, paged)
+
+
+class SegmentHeapDesign:
+    """Windows 10/11: one kernel segment heap per pool type (ntpool.pool.segment_heap)."""
+
+    name = "segment heap"
+
+    def __init__(self, windows, seed: int = 0):
+        self.windows = windows
+        self.seed = seed
+
+    def build(self, *, space, kernel_data, write_kernel_data, crash, processors: int,
+              call_sites, hooks, nonpaged_pool_bytes: int, paged_pool_bytes: int) -> BuiltPools:
+        state = SegmentHeapPools(self.windows, space, kernel_data, write_kernel_data, crash,
+                                 call_sites, nonpaged_pool_bytes, paged_pool_bytes, self.seed,
+                                 hooks)
+        return BuiltPools(state.allocator, state.nonpaged, state.paged, state.nonpaged_nx, state)
+
+
+WINDOWS_7 = Windows7Pools()
+
+
+def pool_design_for(windows, seed: int = 0) -> PoolDesign:
+    """The design a Windows version's kernel pool has (``windows.segment_heap``: 19H1+)."""
+    return SegmentHeapDesign(windows, seed) if windows.segment_heap else WINDOWS_7

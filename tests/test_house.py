@@ -1,0 +1,114 @@
+"""The shape of the code: one Kernel, imports flowing one way, the halted machine's rule."""
+
+import ast
+import inspect
+import pathlib
+import re
+
+import pytest
+
+import ntpool
+from ntpool.pool.design import WINDOWS_7, SegmentHeapDesign
+
+PACKAGE = pathlib.Path(ntpool.__file__).resolve().parent
+CORE = ["kernel.py", "hooks.py", "constants.py", "errors.py", "tags.py",
+        "machine", "pool", "routines", "drivers"]
+LAYERS_ON_TOP = {"verifier", "dump", "debugger", "tools", "cli", "campaign", "samples"}
+NP = ntpool.PoolType.NonPagedPool
+
+
+def _modules(entry: str):
+    path = PACKAGE / entry
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
+
+
+def _imported_packages(path: pathlib.Path) -> set[str]:
+    """The ntpool sub-packages a module imports (relative imports resolved)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(parts[:len(parts) - node.level])
+                target = base + (node.module.split(".") if node.module else [])
+                names = [target + [alias.name] for alias in node.names] if not node.module else [target]
+            elif node.module and node.module.startswith("ntpool"):
+                names = [node.module.split(".")[1:]]
+            else:
+                continue
+            found.update(name[0] for name in names if name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("ntpool."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_the_core_never_imports_the_layers_on_top():
+    for entry in CORE:
+        for path in _modules(entry):
+            wrong = _imported_packages(path) & LAYERS_ON_TOP
+            assert not wrong, f"{path.relative_to(PACKAGE)} imports {wrong}"
+
+
+def test_the_check_sees_an_import_of_a_layer():
+    # The import scan itself must be able to fail.
+    probe = PACKAGE / "routines" / "ex.py"
+    assert "pool" in _imported_packages(probe)
+    assert _imported_packages(PACKAGE / "dump" / "__init__.py") >= {"hooks"}
+
+
+def test_one_class_named_kernel():
+    classes = [path.relative_to(PACKAGE) for path in PACKAGE.rglob("*.py")
+               if any(isinstance(node, ast.ClassDef) and node.name == "Kernel"
+                      for node in ast.walk(ast.parse(path.read_text())))]
+    assert classes == [pathlib.Path("kernel.py")]
+    assert ntpool.Kernel.__module__ == "ntpool.kernel"
+
+
+def test_routine_families_are_composed_only_in_kernel_init():
+    # No family has a constructor; a manager's _init_ method (its boot) is called from
+    # Kernel.__init__ alone, so the order of the parts is written in one place.
+    source = inspect.getsource(ntpool.Kernel.__init__)
+    for family in ntpool.Kernel.__mro__[1:-1]:
+        assert "__init__" not in vars(family), family
+        for name, function in vars(family).items():
+            if name.startswith("_init"):
+                assert f"self.{name}()" in source, name
+                calls = re.findall(r"self\.(_init_\w+)\(", inspect.getsource(function))
+                assert calls == [], (name, calls)
+
+
+def test_the_layers_attach_to_every_machine(tmp_path):
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20,
+                      crash_dump=str(tmp_path / "MEMORY.DMP"))
+    assert k.verifier is not None and k.verifier.kernel is k
+    assert k.pool_design is WINDOWS_7 and k.pool.nonpaged is k.nonpaged_pool
+    assert k.heap_state is None and k.nonpaged_pool_nx is None
+    with pytest.raises(ntpool.BugCheck):
+        k.ExFreePool(0x10000)  # a user-mode address: 0xC2/0x40
+    assert (tmp_path / "MEMORY.DMP").stat().st_size > 0
+
+
+def test_the_windows_version_chooses_the_allocator_design():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, windows="11")
+    assert isinstance(k.pool_design, SegmentHeapDesign)
+    assert k.pool is k.heap_state.allocator and k.nonpaged_pool_nx is not None
+    p = k.ExAllocatePoolWithTag(NP, 40, "Sgmt")
+    k.ExFreePoolWithTag(p, "Sgmt")
+
+
+def test_a_halted_machine_answers_looking_and_refuses_doing():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    p = k.ExAllocatePoolWithTag(NP, 32, "Keep")
+    with pytest.raises(ntpool.BugCheck):
+        k.ExFreePool(0x10000)  # a user-mode address: 0xC2/0x40
+    for doing in ("ExFreePoolWithTag", "KeRaiseIrql", "load_driver", "page_out", "write",
+                  "create_process", "RtlMoveMemory", "NdisAllocateMemoryWithTag"):
+        with pytest.raises(ntpool.MachineHalted, match=doing):
+            getattr(k, doing)
+    assert k.read(p, 4) is not None
+    assert k.allocation_site(p).lineno > 0
+    assert k.KeGetCurrentIrql() == 0 and k.is_resident(p)
+    assert k.pool_tags() and k.pool_in_use()["frames"] > 0
+    assert k.halted and k.current_irql == 0 and k.processes and k.verifier is not None
