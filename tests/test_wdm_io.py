@@ -382,3 +382,20 @@ def test_system_routine_addresses_come_from_the_registry(k):
     assert "Sysr" in tags_in_use(k)
     k.ExFreePoolWithTag(va, "rsyS")
     assert k.IoIsWdmVersionAvailable(1, 0x30) == 1 and k.IoIsWdmVersionAvailable(6, 2) == 0
+
+
+def test_pageable_image_pages_page_out_and_back_with_their_protection(k):
+    page = 0xFFFFF88005000000
+    frame = k.physical.allocate_frame()
+    k.space.map_page(page, frame, writable=False, executable=True)
+    k.physical.write(frame << 12, b"\xc3")  # ret
+    k.pageable_image_pages.add(page)
+    assert k.page_out() >= 1 and not k.is_resident(page)
+    assert k.read(page, 1) == b"\xc3"  # paged back in at PASSIVE_LEVEL
+    pte = k.space.pte(page)
+    assert not pte & 2 and not pte >> 63  # still read-only and executable
+    assert k.page_out(page) == 1
+    k.KeRaiseIrql(2)
+    with pytest.raises(BugCheck) as caught:
+        k.read(page, 1)
+    assert caught.value.code == 0x0A

@@ -169,6 +169,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.paged_pool.pager = self.pager
         for pool in (self.nonpaged_pool, self.paged_pool):
             pool.fault = self._pool_access_fault  # what a pool access to no page raises
+        # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
+        self.pageable_image_pages: set[int] = set()
 
         # --- the drivers: loaded images on PsLoadedModuleList -------------------------------
         self.drivers = []

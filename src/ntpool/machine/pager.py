@@ -12,7 +12,7 @@ resolved (below DISPATCH_LEVEL) and the pool decides which pages are pageable.
 """
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
-from .memory import AddressSpace, OutOfFrames
+from .memory import PTE_NX, PTE_WRITABLE, AddressSpace, OutOfFrames
 
 MM_READWRITE = 4  # the protection a pageable pool page has
 SOFTWARE_PTE_PROTECTION_SHIFT = 5
@@ -28,6 +28,7 @@ class Pager:
         self.page_file: dict[int, bytes] = {}  # slot -> page contents
         self.slot_of: dict[int, int] = {}  # virtual page number -> page file slot
         self._next_slot = 1
+        self.protection: dict[int, tuple[bool, bool]] = {}  # vpn -> (writable, executable) when out
         self.pages_out = 0  # counters a working-set view can show
         self.pages_in = 0
 
@@ -43,6 +44,9 @@ class Pager:
             return False
         slot = self._next_slot
         self._next_slot += 1
+        pte = self.space.pte(va)
+        # A page comes back as it went: pageable driver code stays executable and read-only.
+        self.protection[vpn] = (bool(pte & PTE_WRITABLE), not pte & PTE_NX)
         self.page_file[slot] = bytes(self.mem[base:base + PAGE_SIZE])
         software_pte = (slot << PAGE_FILE_SLOT_SHIFT) | (MM_READWRITE << SOFTWARE_PTE_PROTECTION_SHIFT)
         pfn = self.space.unmap_page(va, keep=software_pte)
@@ -67,7 +71,8 @@ class Pager:
         base = pfn << PAGE_SHIFT
         self.mem[base:base + PAGE_SIZE] = self.page_file.pop(slot)
         del self.slot_of[vpn]
-        self.space.map_page(vpn << PAGE_SHIFT, pfn)
+        writable, executable = self.protection.pop(vpn, (True, False))
+        self.space.map_page(vpn << PAGE_SHIFT, pfn, writable=writable, executable=executable)
         self.pages_in += 1
         return base
 
@@ -75,5 +80,6 @@ class Pager:
         """Forget a paged-out page that is being freed: drop its page file copy, clear the PTE."""
         vpn = va >> PAGE_SHIFT
         slot = self.slot_of.pop(vpn)
+        self.protection.pop(vpn, None)
         del self.page_file[slot]
         self.space.unmap_page(vpn << PAGE_SHIFT, keep=0)

@@ -31,9 +31,13 @@ class PagingRoutines:
             for index, kind in enumerate(pool.page_kind):
                 if kind in PAGEABLE_KINDS:
                     count += self.pager.page_out(pool.base + (index << PAGE_SHIFT))
+            for page in sorted(self.pageable_image_pages):
+                count += self.pager.page_out(page)
             return count
         if isinstance(address, bool) or not isinstance(address, int):
             raise TypeError(f"address must be an int, not {type(address).__name__}")
+        if address & ~(PAGE_SIZE - 1) in self.pageable_image_pages:
+            return int(self.pager.page_out(address & ~(PAGE_SIZE - 1)))
         if not pool.contains(address) or pool.page_kind_of(address) not in PAGEABLE_KINDS:
             raise ValueError(f"address {address:#x} is not in an allocated paged pool page")
         return int(self.pager.page_out(address & ~(PAGE_SIZE - 1)))

@@ -201,7 +201,8 @@ class IoRoutines:
     # --- driver objects ----------------------------------------------------------------------
 
     def create_driver_object(self, name: str, image_base: int = 0, image_size: int = 0,
-                             section: int = 0, entry: int = 0, loaded=None) -> WdmDriver:
+                             section: int = 0, entry: int = 0, loaded=None,
+                             registry_path: str | None = None) -> WdmDriver:
         """What IopLoadDriver makes before DriverEntry: the DRIVER_OBJECT ("\\Driver\\NAME",
         with its DRIVER_EXTENSION after it), every MajorFunction pointing at
         IopInvalidDeviceRequest, the service key in the registry, and the RegistryPath
@@ -217,6 +218,8 @@ class IoRoutines:
         self._put16(driver + L.DRIVER_OBJECT.Size, L.DRIVER_OBJECT.SIZE)
         self._put64(driver + L.DRIVER_OBJECT.DriverStart, image_base)
         self._put32(driver + L.DRIVER_OBJECT.DriverSize, image_size)
+        if loaded is not None and not section:
+            section = loaded.entry_va  # its KLDR_DATA_TABLE_ENTRY
         self._put64(driver + L.DRIVER_OBJECT.DriverSection, section)
         self._put64(driver + L.DRIVER_OBJECT.DriverExtension, extension)
         self._put64(driver + L.DRIVER_OBJECT.DriverInit, entry)
@@ -225,7 +228,7 @@ class IoRoutines:
         self._put_string_copy(extension + L.DRIVER_EXTENSION.ServiceKeyName, base, L.TAG_IO_NAME)
         table = self.invalid_device_request.to_bytes(8, "little") * (L.IRP_MJ_MAXIMUM_FUNCTION + 1)
         self.write(driver + L.DRIVER_OBJECT.MajorFunction, table)
-        service_key = f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{base}"
+        service_key = registry_path or f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{base}"
         self.registry_prepare_service(service_key, base)
         registry_path = self._io_allocate(PoolType.PagedPool, L.UNICODE_STRING.SIZE, L.TAG_IO_NAME, False)
         self._put_string_copy(registry_path, service_key, L.TAG_IO_NAME)
@@ -304,7 +307,9 @@ class IoRoutines:
         if name == "":
             name = None
         try:
-            device = self._ob_create("Device", body_size, name)
+            # Permanent, as IoCreateDevice makes them: closing a handle to the device does
+            # not take its name; IoDeleteDevice makes it temporary.
+            device = self._ob_create("Device", body_size, name, permanent=True)
         except NtStatusError as error:
             return error.status, 0
         if not device:
@@ -340,7 +345,7 @@ class IoRoutines:
     def IoDeleteDevice(self, DeviceObject) -> None:
         """Unlink from the driver's list, drop the name; the memory goes with the last
         reference (an open file keeps it)."""
-        info = self._object(DeviceObject, "Device")
+        self._object(DeviceObject, "Device")
         driver = self._get64(DeviceObject + L.DEVICE_OBJECT.DriverObject)
         link = driver + L.DRIVER_OBJECT.DeviceObject
         while True:
@@ -355,7 +360,7 @@ class IoRoutines:
         # DOE_DELETE_PENDING
         self._put32(extension + L.DEVOBJ_EXTENSION.ExtensionFlags,
                     self._get32(extension + L.DEVOBJ_EXTENSION.ExtensionFlags) | 0x4)
-        self._ob_unname(info)
+        self._ob_make_temporary(DeviceObject)
         self._ob_dereference(DeviceObject)
 
     @routine("NTSTATUS IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName, PUNICODE_STRING DeviceName)")

@@ -215,6 +215,11 @@ class ObjectRoutines:
         self._put64(header + L.OBJECT_HEADER.HandleCount, h)
         return p, h
 
+    def object_name(self, body: int) -> str | None:
+        """The name an object was created with (None: unnamed)."""
+        info = self.objects.get(body)
+        return None if info is None else info.name
+
     def _ob_lookup(self, name: str) -> int | None:
         return self.name_space.get(canonical_name(name))
 
