@@ -45,7 +45,7 @@ def build_header(kernel, kdbg: int, dump_type: int, runs: list[tuple[int, int]],
 
     header[0:8] = f.SIGNATURE + f.VALID_DUMP64
     put(f.OFF_MAJOR, f.MAJOR_VERSION_FREE, 4)
-    put(f.OFF_MINOR, f.MINOR_VERSION, 4)
+    put(f.OFF_MINOR, kernel.windows.build, 4)  # MinorVersion: the build number
     put(f.OFF_DIRECTORY_TABLE_BASE, directory_table_base(kernel), 8)
     put(f.OFF_PFN_DATABASE, 0, 8)  # the machine has no PFN database
     layout = kernel._debugger_data_layout
