@@ -59,7 +59,8 @@ def _cmd_bench_campaign(args) -> int:
 def _cmd_bench_dump(args) -> int:
     from ..dump.bench import run_and_report
 
-    return run_and_report(args.pool_mib, args.directory, not args.no_volatility, args.sparse_gib)
+    return run_and_report(args.pool_mib, args.directory, args.windows, not args.no_volatility,
+                          args.sparse_gib)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.add_argument("--sparse-gib", type=int, default=4,
                             help="also scan a full dump of this many GiB of mostly empty memory, "
                                  "for peak memory (default 4; 0 skips)")
+    add_windows_argument(bench_dump)
     bench_dump.set_defaults(func=_cmd_bench_dump)
     bench_campaign = sub.add_parser("bench-campaign",
                                     help="measure the campaign engine: serial, all cores, Dask")

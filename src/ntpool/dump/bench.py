@@ -106,7 +106,7 @@ def sparse(gib: int, directory: str) -> dict:
     return result
 
 
-def run(pool_mib: int = 512, directory: str | None = None, volatility: bool = True,
+def run(pool_mib: int = 512, directory: str | None = None, windows=None, volatility: bool = True,
         sparse_gib: int = 4) -> dict:
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
@@ -114,7 +114,8 @@ def run(pool_mib: int = 512, directory: str | None = None, volatility: bool = Tr
     from ..kernel import Kernel
 
     pool_bytes = pool_mib * MiB
-    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes)
+    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes,
+                    windows="7" if windows is None else windows)
     allocations = _fill(kernel, pool_bytes)
     own_directory = directory is None
     directory = directory or tempfile.mkdtemp(prefix="ntpool-bench-")
@@ -148,13 +149,13 @@ def run(pool_mib: int = 512, directory: str | None = None, volatility: bool = Tr
     return results
 
 
-def run_and_report(pool_mib: int, directory: str | None, volatility: bool = True,
+def run_and_report(pool_mib: int, directory: str | None, windows=None, volatility: bool = True,
                    sparse_gib: int = 4) -> int:
     if pool_mib < 1:
         raise ValueError(f"--pool-mib must be at least 1, got {pool_mib}")
     if sparse_gib < 0:
         raise ValueError(f"--sparse-gib must be 0 (skip) or more, got {sparse_gib}")
-    results = run(pool_mib, directory, volatility, sparse_gib)
+    results = run(pool_mib, directory, windows, volatility, sparse_gib)
     print(f"machine: {pool_mib} MiB of each pool, {results['allocations']:,} live allocations")
     for kind in ("full", "kernel"):
         r = results[kind]
