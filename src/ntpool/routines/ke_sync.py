@@ -64,8 +64,21 @@ class SyncRoutines:
         self.physical.write(pa + KUSER_TICK_COUNT, ticks.to_bytes(8, "little"))
 
     def advance_clock(self, hundred_ns: int) -> None:
+        seconds_before = (self.system_time - self.boot_time) // 10_000_000
         self.system_time += max(0, hundred_ns)
         self._publish_time()
+        # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
+        # pool lookaside depths (ntpool.pool.lookaside; Windows 7's pool design only).
+        scanner = getattr(self.pool, "lookaside_scanner", None)
+        if scanner is not None:
+            for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
+                scanner.tick()
+
+    def advance_time(self, seconds) -> None:
+        """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        self.advance_clock(round(seconds * 10_000_000))
 
     # --- the clock ---------------------------------------------------------------------------
 
