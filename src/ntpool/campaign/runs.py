@@ -131,9 +131,11 @@ def _key_text(key) -> str:
 
 
 def _site_owner(kernel, key) -> str:
-    for entry in kernel.call_sites.table:
-        if (entry.filename, entry.lineno, entry.function) == tuple(key) and entry.driver:
-            return kernel.call_sites.drivers[entry.driver].name
+    sites = kernel.call_sites
+    for number, entry in enumerate(sites.table):
+        owner = sites.owner(number)
+        if (entry.filename, entry.lineno, entry.function) == tuple(key) and owner is not None:
+            return owner.name
     return "?"
 
 
@@ -143,3 +145,11 @@ def run_sleep(task: dict) -> dict:
     while time.perf_counter() < deadline:
         pass
     return {"verdict": "survived", "evidence": "", "value": task.get("value")}
+
+
+def run_corpus_dump(task: dict) -> dict:
+    """One dump of a forensic corpus and its manifest (``ntpool corpus``)."""
+    from ..forensics.corpus import make_dump
+
+    entry = make_dump(**task["dump"])
+    return {"verdict": "survived", "evidence": entry["dump"], "entry": entry}
