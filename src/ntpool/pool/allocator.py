@@ -23,10 +23,8 @@ import sys
 from typing import NamedTuple
 
 from ..constants import (
-    APC_LEVEL,
     BASE_POOL_TYPE_MASK,
     CACHE_ALIGNED_POOL_TYPE_MASK,
-    DISPATCH_LEVEL,
     MAX_SMALL_ALLOCATION,
     MUST_SUCCEED_POOL_TYPE_MASK,
     PAGE_SHIFT,
@@ -46,6 +44,7 @@ from ..constants import (
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import PROTECTED_POOL, tag_value
+from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
 from .checks import (
@@ -85,6 +84,9 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
+# Page offsets where a chunk body can start: whatever else a lookaside head holds (a
+# corrupted Next put it there) goes the generic way, which accesses it as Windows would.
+_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -149,9 +151,9 @@ class PoolAllocator:
     def refresh_fast_paths(self) -> None:
         """Let the fast paths serve exactly what needs no check at the current IRQL."""
         fast: dict[int, Pool] = {}
-        if not self.fast_path_blockers and self.irql <= DISPATCH_LEVEL:
+        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
             fast[0] = fast[POOL_NX_ALLOCATION] = self.nonpaged
-            if self.irql <= APC_LEVEL:
+            if pool_usable_at(self.irql, 1):
                 fast[1] = self.paged
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
@@ -189,7 +191,7 @@ class PoolAllocator:
                 block_size = (number_of_bytes + 31) >> 4
                 heads = pool.la_head
                 body = heads[block_size]
-                if body:
+                if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
@@ -310,7 +312,7 @@ class PoolAllocator:
 
     def check_allocate_irql(self, pool_type: int, number_of_bytes: int) -> None:
         irql = self.irql
-        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool_type & BASE_POOL_TYPE_MASK):
+        if not pool_usable_at(irql, pool_type & BASE_POOL_TYPE_MASK):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.ALLOCATE_AT_BAD_IRQL, irql, pool_type,
                        number_of_bytes,
                        detail=f"allocation of {'paged' if pool_type & 1 else 'nonpaged'} pool "
@@ -427,10 +429,11 @@ class PoolAllocator:
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
-            body = pool.pop_lookaside(block_size)
+            body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                pa = pool._pa(body)
-                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
+                # Trusted as Windows 7 trusts it: the header is written wherever it lies.
+                pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
+                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), self.irql)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
@@ -539,7 +542,7 @@ class PoolAllocator:
                 return
         pool = self.locate(address)
         irql = self.irql
-        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool.base_type == 1):
+        if not pool_usable_at(irql, pool.base_type):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, pool.base_type,
                        address, detail=f"free of {pool.name} at IRQL {irql}")
         kind = pool.page_kind_of(address)
