@@ -16,6 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
+from ..hooks import DebugPrinted, MappingChanged
 from . import cpu as cpu_module
 from . import faults, seh
 from .bindings import Bindings, UnimplementedRoutine
@@ -149,15 +150,13 @@ class NativeMachine:
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
-        self.log: list[str] = []  # DbgPrint output, in order
-        self.log_observers: list = []  # called with each DbgPrint line
         self.site_cache: dict[int, int] = {}  # faulting instruction -> call-site number
         self.call_site_cache: dict[int, int] = {}  # return address -> call-site number
         self.call_number = 0  # the stub number of the routine called last
         self.tlb = kernel.space.tlb
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
-        kernel.space.pte_observers.append(self._pte_changed)
+        kernel.hooks.subscribe(MappingChanged, self._pte_changed)
         kernel.call_sites.native_resolver = self.current_site
         # The I/O manager calls driver code (dispatch, completion routines) through these.
         kernel.native_call = lambda address, args: self.call(address, args)
@@ -202,7 +201,7 @@ class NativeMachine:
         kernel.write(prcb + cpu_module.KPRCB_NUMBER, struct.pack("<H", number))
         return kpcr
 
-    def _pte_changed(self, va: int) -> None:
+    def _pte_changed(self, event: MappingChanged) -> None:
         self.cpu.tlb_stale = True
 
     # --- loading -------------------------------------------------------------------------------
@@ -403,14 +402,6 @@ class NativeMachine:
             driver.loaded, address, *driver.symbols.site(address - driver.image_base, call))
         cache[address] = site
         return site
-
-    # --- DbgPrint --------------------------------------------------------------------------------
-
-    def debug_print(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self.log.append(line)
-            for observer in list(self.log_observers):
-                observer(line)
 
 
 def native_machine(kernel) -> NativeMachine:
