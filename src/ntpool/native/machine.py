@@ -16,7 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
-from ..hooks import DebugPrinted, MappingChanged
+from ..hooks import MappingChanged
 from . import cpu as cpu_module
 from . import faults, seh
 from .bindings import Bindings, UnimplementedRoutine
