@@ -463,17 +463,6 @@ def _checked_span(address, size) -> tuple[int, int]:
 
 # --- the halted machine ----------------------------------------------------------------------
 
-# What may still be asked of a machine after its bug check: looking, not doing.
-INSPECTION = frozenset({
-    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
-    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
-    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
-    "crash_dump", "crash_dump_kind", "crash_dump_error",
-    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident", "debug_output",
-})
-
 _halted_classes: dict[type, type] = {}
 
 
