@@ -103,7 +103,8 @@ def test_raise_if_allocation_failure_is_caught_by_except_exception(k):
 def test_nx_types_are_nonpaged(k, pool_type):
     p = k.ExAllocatePoolWithTag(pool_type, 100, "NxNx")
     assert k.nonpaged_pool.contains(p)
-    assert header(k, p)["type"] == 0x2
+    # A session type's chunk keeps the session bit 0x20 in its header (Windows 7 stores it).
+    assert header(k, p)["type"] == 0x2 | (0x20 if pool_type & 0x20 else 0)
     k.ExFreePoolWithTag(p, "NxNx")
 
 
@@ -400,7 +401,7 @@ def test_pool3_parameter_misuse(k):
 
 
 def test_free_pool2_checks_the_tag(k):
-    p = k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, "Fre2")
+    p = k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, tag_value("Fre2") | ntpool.PROTECTED_POOL)
     e = bugcheck(lambda: k.ExFreePool2(p, "Othr"))
     assert e.parameters == (0x0A, p, tag_value("Fre2"), tag_value("Othr"))
 

@@ -49,6 +49,7 @@ from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, Po
 from .checks import (
     check_block_size,
     check_free_tag,
+    check_next_pool_index,
     check_next_previous_size,
     check_not_already_freed,
     header_ulong,
@@ -62,6 +63,7 @@ from .layout import (
     POOL_HEADER,
     POOL_IN_USE,
     POOL_QUOTA,
+    POOL_SESSION,
     SINGLE_LIST_ENTRY,
     TYPE_TAG_BILLED,
     blocks_for,
@@ -203,7 +205,7 @@ class PoolAllocator:
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
                 pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
-                _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                 else:
@@ -211,7 +213,8 @@ class PoolAllocator:
                 end = (address & 0xFFF) - _BODY + (block_size << 4)
                 if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
                         and block_size and (end == PAGE_SIZE or
-                                            (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size)):
+                                            (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size
+                                             and mem[pa + (block_size << 4) + 1] == pool_index)):
                     row = self.tracker.rows[stored & ~PROTECTED_POOL]
                     column = pool.track_offset
                     row[column + 1] += 1
@@ -267,6 +270,8 @@ class PoolAllocator:
                                    aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
         if not va and pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
             self.must_succeed_pool_empty(self.pool_for(pool_type), number_of_bytes)
+        if va and pool_type & SESSION_POOL_MASK:
+            self.mark_session(self.pool_for(pool_type), va)
         return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
@@ -431,9 +436,19 @@ class PoolAllocator:
             return 0, STATUS_INSUFFICIENT_RESOURCES
         if process:
             self.bill(pool, va, process, charge)
+        if pool_type & SESSION_POOL_MASK:
+            self.mark_session(pool, va)
         if zero or pool_type & POOL_ZERO_ALLOCATION:
             self.zero(va, number_of_bytes)
         return va, 0
+
+    def mark_session(self, pool: Pool, va: int) -> None:
+        """A session pool type's chunk keeps the session bit (0x20) in its header's PoolType,
+        as Windows 7's allocator stores SESSION_POOL_MASK there. ntpool has no session space:
+        the chunk itself comes from the system pool of its base type (see the README)."""
+        if va & (PAGE_SIZE - 1) and pool.contains(va):
+            header = POOL_HEADER.at(self.mem, pool._pa(va - HEADER_SIZE))
+            header.PoolType |= POOL_SESSION
 
     def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
         """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
@@ -519,15 +534,17 @@ class PoolAllocator:
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
         pa = pool._pa(chunk)
-        _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
+        _, pool_index, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
         check_not_already_freed(self.crash, type_byte, header_ulong(self.mem, pa), address)
         check_block_size(self.crash, chunk, block_size)
-        if passed is not None or stored & PROTECTED_POOL:
-            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+        check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         end = chunk + (block_size << BLOCK_SHIFT)
         if end & (PAGE_SIZE - 1):
+            following = pa + (block_size << BLOCK_SHIFT)
             check_next_previous_size(self.crash, chunk, block_size,
-                                     POOL_HEADER.get(self.mem, pa + (block_size << BLOCK_SHIFT), "PreviousSize"))
+                                     POOL_HEADER.get(self.mem, following, "PreviousSize"))
+            check_next_pool_index(self.crash, chunk, block_size, pool_index,
+                                  POOL_HEADER.get(self.mem, following, "PoolIndex"))
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
@@ -535,8 +552,7 @@ class PoolAllocator:
 
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
         stored, count = pool.big_pages[address]
-        if passed is not None or stored & PROTECTED_POOL:
-            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+        check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         self.tracker.release(stored, pool.track_offset, count << PAGE_SHIFT)
         billed = self.big_quota.pop(address, None)
         if billed is not None and self.quota is not None:
