@@ -757,14 +757,17 @@ class KdSession:
         return f"{driver or '(no driver)'}!{function} ({filename}:{line})"
 
     def _allocated_by(self, chunk) -> list[str]:
-        """Who allocated the chunk: its AllocatorBackTraceIndex in the call-site table."""
-        if chunk.pool_type & POOL_QUOTA:  # quota-charged: ProcessBilled is there instead
-            return []
-        try:
-            header = POOL_HEADER.at(self.reader.read(chunk.address, POOL_HEADER.size))
-            index = header.AllocatorBackTraceIndex
-        except MemoryReadError:
-            return []
+        """Who allocated the chunk: its number in ntpool's allocation-site table (an older
+        dump: its AllocatorBackTraceIndex), looked up in the call-site table."""
+        index = self.reader.allocation_site(chunk.address)
+        if index is None:
+            if chunk.pool_type & POOL_QUOTA:  # quota-charged: ProcessBilled is there instead
+                return []
+            try:
+                header = POOL_HEADER.at(self.reader.read(chunk.address, POOL_HEADER.size))
+                index = header.AllocatorBackTraceIndex
+            except MemoryReadError:
+                return []
         text = self._site_text(index)
         return [f"ALLOCATED_BY:  {text}"] if text else []
 

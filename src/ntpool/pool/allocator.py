@@ -200,7 +200,9 @@ class PoolAllocator:
                     heads[block_size] = _unpack_next(mem, pa)[0]
                     pool.la_count[block_size] -= 1
                     pool.la_allocates[block_size] += 1
-                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong, site)
+                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong,
+                                   site & pool.header_site_mask)
+                    pool.sites[((body - pool.base) >> 4) - 1] = site
                     column = pool.track_offset
                     row[column] += 1
                     row[column + 2] += block_size << 4
@@ -417,8 +419,8 @@ class PoolAllocator:
 
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
-        """The allocation itself, no layer consulted; the site goes where Windows keeps
-        AllocatorBackTraceIndex (header bytes 8-9; beside the big page table for big ones)."""
+        """The allocation itself, no layer consulted; the call site goes to the pool's site map
+        (``Pool.sites``; beside the big page table for big ones), outside the header."""
         if aligned and (number_of_bytes + 31) >> 4 > 0xFF - (CACHE_LINE // 16 - 1):
             number_of_bytes = max(number_of_bytes, MAX_SMALL_ALLOCATION + 1)  # page-aligned
         if number_of_bytes > MAX_SMALL_ALLOCATION:
@@ -439,7 +441,9 @@ class PoolAllocator:
             if body:
                 # Trusted as Windows 7 trusts it: the header is written wherever it lies.
                 pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
-                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), self.irql)
+                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
+                                                      site & pool.header_site_mask), self.irql)
+                pool.sites[(body - HEADER_SIZE - pool.base) >> BLOCK_SHIFT] = site
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
@@ -640,10 +644,9 @@ class PoolAllocator:
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
-        header = POOL_HEADER.at(self.mem, pool._pa(address - HEADER_SIZE))
-        if header.PoolType & POOL_QUOTA:
-            return 0  # ProcessBilled holds the quota owner instead, as in Windows
-        return header.AllocatorBackTraceIndex
+        if not pool.contains(address - HEADER_SIZE):
+            return 0
+        return pool.sites[(address - HEADER_SIZE - pool.base) >> BLOCK_SHIFT]
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""
