@@ -251,8 +251,8 @@ def test_big_quota_allocations_are_charged_and_returned(k):
 def test_the_system_process_is_not_charged(k):
     assert k.current_process is k.system_process
     p = k.ExAllocatePoolWithQuotaTag(NP, 100, "Quot")
-    # No quota bit: bytes 8-15 hold the AllocatorBackTraceIndex (the call site), no EPROCESS.
-    assert header(k, p)["type"] == 0x2 and header(k, p)["billed"] == k.pool.site_of(p) != 0
+    # No quota bit, and bytes 8-15 hold no EPROCESS: 0 (the call site is kept beside them).
+    assert header(k, p)["type"] == 0x2 and header(k, p)["billed"] == 0 and k.pool.site_of(p) != 0
     assert k.system_process.nonpaged_quota_used == 0
 
 
@@ -264,7 +264,7 @@ def test_quota_charge_returns_even_through_the_lookaside(k):
     k.set_current_process(k.system_process)
     q = k.ExAllocatePoolWithTag(NP, 100, "Quot")  # the same chunk, from the lookaside
     assert q == p and header(k, q)["type"] == 0x2
-    assert header(k, q)["billed"] == k.pool.site_of(q) != app.address
+    assert header(k, q)["billed"] == 0 and k.pool.site_of(q) != 0  # no stale ProcessBilled
     assert app.nonpaged_quota_used == 0
 
 

@@ -223,3 +223,23 @@ def test_protected_special_pool_compares_tags_as_the_pool_does(k):
     r = d.allocate(k, NP, 100, fred | ntpool.PROTECTED_POOL)
     e = stop(lambda: d.free(k, r, "Nope"))
     assert (e.code, e.parameters) == (0xC2, (0x0A, r, fred, tag_value("Nope")))
+
+
+# --- a wild free-list link ------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_type, wild, code", [
+    # Nonpaged pool's lock is a spin lock (DISPATCH_LEVEL): the fault is DRIVER_CORRUPTED_EXPOOL.
+    (NP, 0xFFFFFA8000300000, 0xC5),
+    # Paged pool's is a guarded mutex (APC_LEVEL): PAGE_FAULT_IN_NONPAGED_AREA.
+    (PP, 0xFFFFF8A000300000, 0x50),
+])
+def test_a_wild_free_list_link_faults_before_safe_unlinking_can_compare(pool_type, wild, code):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, delayed_frees=False)
+    pool = k.paged_pool if pool_type else k.nonpaged_pool
+    k.ExAllocatePoolWithTag(pool_type, 1000, "Lnk1")  # 64 blocks; the page's other 192 are listed
+    [remainder] = pool.free_list(192)
+    assert k.space.translate(wild) is None  # in the pool's range, but no page is mapped there
+    k.write(remainder + 16, wild.to_bytes(8, "little"))  # its Flink
+    e = stop(lambda: k.ExAllocatePoolWithTag(pool_type, 3000, "Lnk2"))
+    # Reading Flink->Blink faults first: not 0x19/0x3 with zeros.
+    assert e.code == code and e.parameters[0] == wild + 8

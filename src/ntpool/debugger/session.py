@@ -469,6 +469,7 @@ class KdSession:
         middles, sites = {}, {}
         salvaged = finder.salvaged
         append = lines.append
+        allocation_site = self.reader.allocation_site
         for (address, previous, _index, size, pool_type, tag), trace in zip(hits, finder.back_traces):
             key = (previous, size, pool_type, tag)
             middle = middles.get(key)
@@ -482,6 +483,9 @@ class KdSession:
             else:
                 append(f"{address:016x}{middle[0]}")
             if middle[1]:
+                recorded = allocation_site(address)  # ntpool's NTAS table (older dumps: None)
+                if recorded is not None:
+                    trace = recorded
                 site = sites.get(trace, False)
                 if site is False:
                     text = self._site_text(trace)
