@@ -243,3 +243,10 @@ def test_a_wild_free_list_link_faults_before_safe_unlinking_can_compare(pool_typ
     e = stop(lambda: k.ExAllocatePoolWithTag(pool_type, 3000, "Lnk2"))
     # Reading Flink->Blink faults first: not 0x19/0x3 with zeros.
     assert e.code == code and e.parameters[0] == wild + 8
+
+
+def test_exallocatepool2_serves_zero_bytes_as_the_executive_does(k):
+    p = k.ExAllocatePool2(0x40, 0, "Zer2")  # POOL_FLAG_NON_PAGED
+    assert p and k.read(p - 16, 3)[2] == 2 and k.read(p, 1) == b"\0"  # zeroed, as documented
+    k.ExFreePool2(p, "Zer2")
+    assert not k.halted
