@@ -76,7 +76,7 @@ def test_volatility3s_scanners_scored(corpus, tmp_path):
     results = []
     for plugin in ("ntpool.tagscan", "windows.bigpools"):
         path = tmp_path / f"{plugin}.json"
-        path.write_text(json.dumps(as_vol_json(*run_plugin(dump, plugin))))
+        path.write_text(json.dumps(as_vol_json(*run_plugin(dump, plugin, cache=tmp_path / "cache"))))
         results.append(path)
     result = score_files(directory / entry["truth"], results)
     text = format_score(result)
