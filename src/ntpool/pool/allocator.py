@@ -20,6 +20,7 @@ translate their routine's contract onto it.
 """
 
 import sys
+from typing import NamedTuple
 
 from ..constants import (
     APC_LEVEL,
@@ -45,7 +46,8 @@ from ..constants import (
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import PROTECTED_POOL, tag_value
-from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, Pool
+from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
+from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
 from .checks import (
     check_block_size,
     check_free_tag,
@@ -83,6 +85,9 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
+# Page offsets where a chunk body can start: whatever else a lookaside head holds (a
+# corrupted Next put it there) goes the generic way, which accesses it as Windows would.
+_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -102,6 +107,13 @@ VALID_PRIORITIES = frozenset(int(p) for p in PoolPriority)
 
 STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
+
+
+class Contiguous(NamedTuple):
+    """A request for physically contiguous pages (NdisAllocateMemory's CONTIGUOUS/NONCACHED)."""
+
+    highest_pfn: int | None  # the last acceptable frame (None: anywhere)
+    noncached: bool  # PTEs with cache-disable and write-through
 
 
 class PoolAllocator:
@@ -180,7 +192,7 @@ class PoolAllocator:
                 block_size = (number_of_bytes + 31) >> 4
                 heads = pool.la_head
                 body = heads[block_size]
-                if body:
+                if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
@@ -341,6 +353,63 @@ class PoolAllocator:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
 
+    # --- physically contiguous memory (NDIS) ---------------------------------------------
+
+    def allocate_contiguous(self, number_of_bytes: int, tag: int, highest_pfn: int | None,
+                            noncached: bool, site: int | None = None) -> int:
+        """Physically contiguous nonpaged pages carrying ``tag``; 0 when none fit.
+
+        The one entry for contiguous memory, as ``allocate_checked`` is for the rest: the
+        layer (Driver Verifier) sees it (low resources may fail it, pool tracking records
+        it; special pool never takes it: its pages are not contiguous), the call site is
+        kept beside the big page table, and the tracker is charged.
+        """
+        if site is None:
+            site = self.caller_site()
+        request = Contiguous(highest_pfn, noncached)
+        if self.layer is not None:
+            address = self.layer.allocate(self.nonpaged, number_of_bytes, tag, site, False,
+                                          request)
+            if address is not None:
+                return address
+        return self.allocate_contiguous_plain(self.nonpaged, number_of_bytes, tag, site, request)
+
+    def allocate_contiguous_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int,
+                                  request: Contiguous) -> int:
+        """The contiguous allocation itself: frames below the limit, mapped at reserved pool
+        pages, recorded in the big page table with the tag and the site."""
+        pages = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if not pages or (request.highest_pfn is not None and request.highest_pfn < 1):
+            return 0
+        physical = pool.physical
+        try:
+            first = physical.allocate_contiguous(pages, request.highest_pfn)
+        except OutOfFrames:
+            return 0
+        va = pool.take_pages_with_frames(first, pages, PAGE_RESERVED)
+        if not va:
+            for pfn in range(first, first + pages):
+                physical.free_frame(pfn)
+            return 0
+        if request.noncached:
+            for page in range(pages):
+                pool.space.set_pte_bits(va + (page << PAGE_SHIFT),
+                                        PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
+        pool.big_pages[va] = (tag, pages)
+        pool.big_sites[va] = site
+        self.tracker.charge(tag, pool.track_offset, pages << PAGE_SHIFT)
+        return va
+
+    def free_contiguous(self, address: int) -> None:
+        """Give back what allocate_contiguous returned (the front end checked the address)."""
+        pool = self.nonpaged
+        if self.layer is not None:
+            self.layer.free(address, None)
+        tag, pages = pool.big_pages.pop(address)
+        pool.big_sites.pop(address, None)
+        self.tracker.release(tag, pool.track_offset, pages << PAGE_SHIFT)
+        pool.release_pages(address, pages)
+
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
         """The allocation itself, no layer consulted; the site goes where Windows keeps
@@ -361,10 +430,11 @@ class PoolAllocator:
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
-            body = pool.pop_lookaside(block_size)
+            body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                pa = pool._pa(body)
-                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
+                # Trusted as Windows 7 trusts it: the header is written wherever it lies.
+                pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
+                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), self.irql)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
