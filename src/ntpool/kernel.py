@@ -141,7 +141,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
         # --- the machine: memory, processors and IRQL -------------------------------------
         self.physical = PhysicalMemory(physical_memory_bytes)
-        self.space = AddressSpace(self.physical)
+        self.space = AddressSpace(self.physical, self.hooks)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)

@@ -352,6 +352,16 @@ class PoolAllocator:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
 
+    # --- a layer's own allocations -----------------------------------------------------------
+
+    def track_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
+        """Count an allocation a layer made from its own pages (special pool) in the pool
+        tag table, as Windows does: only the allocator writes the tracker."""
+        self.tracker.charge(tag, 3 * base_type, charge)
+
+    def untrack_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
+        self.tracker.release(tag, 3 * base_type, charge)
+
     # --- physically contiguous memory (NDIS) ---------------------------------------------
 
     def allocate_contiguous(self, number_of_bytes: int, tag: int, highest_pfn: int | None,

@@ -126,7 +126,7 @@ class SpecialPool:
         self.states[slot] = SLOT_LIVE
         self.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
                                             pool.base_type, page)
-        kernel.pool.tracker.charge(tag, pool.track_offset, rounded + BLOCK)
+        kernel.pool.track_layer_allocation(tag, pool.base_type, rounded + BLOCK)
         return address
 
     # --- free ----------------------------------------------------------------------------
@@ -147,7 +147,7 @@ class SpecialPool:
             kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, allocation.tag,
                                 passed_tag, detail="special pool freed with the wrong tag")
         self._check_pattern(allocation)
-        kernel.pool.tracker.release(allocation.tag, 3 * allocation.base_type,
+        kernel.pool.untrack_layer_allocation(allocation.tag, allocation.base_type,
                                     ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
         pfn = kernel.space.unmap_page(allocation.page)
         kernel.physical.free_frame(pfn)
