@@ -127,6 +127,7 @@ NTPL_POOL_QUOTA_COOKIE = 0x90  # address of nt!ExpPoolQuotaCookie
 NTPL_HEAP_RANGES = 0x98  # NTPL_HEAP_RANGE entries: where each heap's segments lie
 NTPL_HEAP_RANGE_COUNT = 0xA0
 NTPL_BIG_PAGE_ENTRY_SIZE = 0xA8  # 0x18, or 0x20 from build 20348
+NTPL_CORRUPTING_WRITE = 0xB0  # NTPOOL_CORRUPTING_WRITE (ntpool.pool.culprit), 0 if none recorded
 NTPL_V1_SIZE = 0x80
 NTPL_HEAP_RANGE = struct.Struct("<QQQII")  # _SEGMENT_HEAP, first byte, end, base type, heap index
 NTPL_LAYOUT_VERSION = 2
@@ -138,6 +139,9 @@ BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s32s")
 BUGCHECK_CONTEXT_DRIVER = 0x28
 BUGCHECK_CONTEXT_CALL_SITE = 0x68
 BUGCHECK_CONTEXT_FOUND_IN = 0xE8
+# NTPOOL_CORRUPTING_WRITE: the first write that crossed into another chunk's header or into
+# freed memory: address, length, the first 16 bytes, driver, line, what it hit.
+CORRUPTING_WRITE = struct.Struct("<QI4x16s64s128s256s")
 DRIVER_NAME_SIZE = 64
 CALL_SITE_SIZE = 128
 FOUND_IN_SIZE = 32

@@ -37,6 +37,7 @@ class DebuggerDataLayout:
     ntpl: int = 0
     ps_active_process_head: int = 0  # an empty list
     bugcheck_context: int = 0
+    corrupting_write: int = 0  # NTPOOL_CORRUPTING_WRITE, reserved when one is first written
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
@@ -357,8 +358,25 @@ def lay_out_debugger_data(kernel) -> int:
     for offset, value in ((f.NTPL_VERIFIER_TRACK_TABLE, layout.verifier_tracking.va if tracked else 0),
                           (f.NTPL_VERIFIER_TRACK_COUNT, tracked)):
         ntpl[offset:offset + 8] = value.to_bytes(8, "little")
+    ntpl[f.NTPL_CORRUPTING_WRITE:f.NTPL_CORRUPTING_WRITE + 8] = \
+        _lay_out_corrupting_write(kernel).to_bytes(8, "little")
     poke(kernel, layout.ntpl, ntpl)
     return layout.kdbg
+
+
+def _lay_out_corrupting_write(kernel) -> int:
+    """The write ntpool.pool.culprit recorded (0 when none was, or recording was off)."""
+    recorder = getattr(kernel, "culprit_recorder", None)
+    first = recorder.first if recorder is not None else None
+    if first is None:
+        return 0
+    layout = _layout_of(kernel)
+    if not layout.corrupting_write:
+        layout.corrupting_write = kernel.kernel_data.reserve(f.CORRUPTING_WRITE.size)
+    poke(kernel, layout.corrupting_write, f.CORRUPTING_WRITE.pack(
+        first.address, first.length & 0xFFFFFFFF, first.data[:16], _text(first.driver, 64),
+        _text(first.line, 128), _text(first.what, 256)))
+    return layout.corrupting_write
 
 
 def _lay_out_verifier_tracking(kernel, layout: DebuggerDataLayout) -> int:

@@ -431,6 +431,7 @@ class DumpReader:
             "NonPagedPoolListHeads": q(ntpl, f.NTPL_NONPAGED_POOL_LIST_HEADS),
             "PagedPoolListHeads": q(ntpl, f.NTPL_PAGED_POOL_LIST_HEADS),
             "BugCheckContext": q(ntpl, f.NTPL_BUGCHECK_CONTEXT),
+            "CorruptingWrite": q(ntpl, f.NTPL_CORRUPTING_WRITE),
             "PsLoadedModuleList": q(kdbg, f.KDBG_PS_LOADED_MODULE_LIST),
             "CallSiteTable": q(ntpl, f.NTPL_CALL_SITE_TABLE),
             "CallSiteTableBytes": q(ntpl, f.NTPL_CALL_SITE_TABLE_BYTES),
@@ -619,6 +620,23 @@ class DumpReader:
         except MemoryReadError:
             self._fail(f"the verifier tracking list at {va:#x} is not in the dump")
         return list(entry.iter_unpack(raw))
+
+    def corrupting_write(self) -> dict | None:
+        """The first write that corrupted the pool, as the machine recorded it (None if not)."""
+        va = self.debugger_data()["CorruptingWrite"]
+        if not va:
+            return None
+        try:
+            raw = self.read(va, f.CORRUPTING_WRITE.size)
+        except MemoryReadError:
+            return None
+        address, length, data, driver, line, what = f.CORRUPTING_WRITE.unpack(raw)
+
+        def text(value: bytes) -> str:
+            return value.split(b"\0", 1)[0].decode("ascii", "replace")
+
+        return {"address": address, "length": length, "data": data[:min(length, 16)],
+                "driver": text(driver), "line": text(line), "what": text(what)}
 
     def bugcheck_context(self) -> dict | None:
         """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""
