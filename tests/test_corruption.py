@@ -199,10 +199,14 @@ def test_pool_type_without_the_in_use_bit_is_a_double_free_0xc2_7(k):
     assert (e.code, e.parameters[0], e.parameters[3]) == (0xC2, 0x7, b)
 
 
-def test_a_rewritten_tag_is_0xc2_0a(k):
+def test_a_rewritten_tag_is_0xc2_0a_for_a_protected_allocation_only(k):
     a, b, c = three_chunks(k)
     header_field(k, b, "PoolTag", tag_value("Evil"))
-    e = stop(lambda: k.ExFreePoolWithTag(b, "Ch1x"))
+    k.ExFreePoolWithTag(b, "Ch1x")  # an unprotected tag is not compared on free
+    assert not k.halted
+    p = k.ExAllocatePoolWithTag(NP, 1000, tag_value("Prot") | 0x80000000)
+    header_field(k, p, "PoolTag", tag_value("Evil") | 0x80000000)
+    e = stop(lambda: k.ExFreePoolWithTag(p, tag_value("Prot") | 0x80000000))
     assert (e.code, e.parameters[0]) == (0xC2, 0x0A)
 
 

@@ -117,7 +117,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
                  physical_memory_bytes: int | None = None, processors: int = 1,
                  windows="7", seed: int = 0, *, crash_dump=None,
-                 crash_dump_kind: str = "kernel", delayed_frees: bool | None = None):
+                 crash_dump_kind: str = "kernel", delayed_frees: bool | None = None,
+                 stack_trace_database: bool = False):
         self.windows = windows_version(windows)  # which Windows, hence which pool design
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
@@ -141,7 +142,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
         # --- the machine: memory, processors and IRQL -------------------------------------
         self.physical = PhysicalMemory(physical_memory_bytes)
-        self.space = AddressSpace(self.physical)
+        self.space = AddressSpace(self.physical, self.hooks)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
@@ -182,6 +183,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for pool in (self.nonpaged_pool, self.paged_pool):
             if hasattr(pool, "delay_frees"):  # the Windows 7 design's pools
                 pool.delay_frees = delayed_frees
+        # gflags' "Create kernel mode stack trace database": with it, a chunk's header holds
+        # its AllocatorBackTraceIndex (bytes 8-9); without it (the default), bytes 8-15 are
+        # ProcessBilled, zero unless quota is charged. ntpool keeps call sites either way.
+        if not isinstance(stack_trace_database, bool):
+            raise TypeError(f"stack_trace_database must be True or False, not {stack_trace_database!r}")
+        self.stack_trace_database = stack_trace_database
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            if hasattr(pool, "header_site_mask"):
+                pool.header_site_mask = 0xFFFF if stack_trace_database else 0
         # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
         self.pageable_image_pages: set[int] = set()
 
@@ -247,9 +257,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # The culprit as far as the machine can tell: the code that made the call that stopped it.
         error.site = self.call_sites.site_of_caller()
         entry = self.call_sites.table[error.site]
-        owner = self.call_sites.drivers[entry.driver] if entry.driver else None
+        owner = self.call_sites.owner(error.site)
         error.driver_name = owner.name if owner else ""
-        error.call_site = "" if not error.site else \
+        error.call_site = "" if not error.site else entry.function if not entry.lineno else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
         # The kernel routine that found the problem, when it is not the one called: a check
         # made while ExDeferredFreePool processes frees queued earlier.
@@ -261,6 +271,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             code = getattr(getattr(culprit.obj, "DriverUnload", None), "__code__", None)
             error.call_site = "" if code is None else \
                 f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+            unload_site = getattr(culprit.obj, "unload_site", None)  # a compiled driver's
+            if callable(unload_site):
+                error.call_site = unload_site()
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
         listeners = self.hooks.listening(BugCheckRaised)
@@ -366,7 +379,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         if irql >= DISPATCH_LEVEL:
             site = self.call_sites.site_of_caller()
             entry = self.call_sites.table[site]
-            by_driver = bool(entry.driver) or self.current_driver is not None
+            by_driver = self.call_sites.owner(site) is not None or self.current_driver is not None
             code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL if by_driver else \
                 BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
             self.KeBugCheckEx(code, address, irql, int(write), entry.address,
@@ -483,17 +496,6 @@ def _checked_span(address, size) -> tuple[int, int]:
 
 
 # --- the halted machine ----------------------------------------------------------------------
-
-# What may still be asked of a machine after its bug check: looking, not doing.
-INSPECTION = frozenset({
-    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
-    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
-    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
-    "crash_dump", "crash_dump_kind", "crash_dump_error",
-    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident", "debug_output",
-})
 
 _halted_classes: dict[type, type] = {}
 

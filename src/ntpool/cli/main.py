@@ -37,6 +37,15 @@ def _cmd_bench(args) -> int:
     print(f"pair with {few['live']:,} live: {few['median_pair_us']:.2f} us; "
           f"with {many['live']:,} live: {many['median_pair_us']:.2f} us "
           f"(ratio {ratio:.2f}, target <= {1.3 if segment_heap else 1.5})")
+    native = results.get("native")
+    if native:
+        print(f"native (bench.sys, machine code calling through the bridge): "
+              f"{native['native_pair_us']:.2f} us per pair (target <= 6 us); the same pair "
+              f"from Python in this run {native['python_pair_us']:.2f} us (ratio "
+              f"{native['native_pair_us'] / native['python_pair_us']:.2f}); the CPU alone "
+              f"{native['loop_iteration_ns']:.1f} ns per loop iteration")
+        print("speakeasy comparison: not measured (" + ("installed, but ntpool does not time it "
+              "yet" if native["speakeasy_installed"] else "speakeasy is not installed") + ")")
     print(f"simulator memory per live 100-byte allocation (128 pool bytes): "
           f"{many['simulator_bytes_per_live']:.0f} bytes = {many['memory_ratio']:.2f}x (target <= 2x)")
     return 0
@@ -59,7 +68,8 @@ def _cmd_bench_campaign(args) -> int:
 def _cmd_bench_dump(args) -> int:
     from ..dump.bench import run_and_report
 
-    return run_and_report(args.pool_mib, args.directory, args.windows)
+    return run_and_report(args.pool_mib, args.directory, args.windows, not args.no_volatility,
+                          args.sparse_gib)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -99,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.add_argument("--pool-mib", type=int, default=512,
                             help="MiB of each pool; the full dump is a bit over twice that (default 512)")
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
+    bench_dump.add_argument("--no-volatility", action="store_true",
+                            help="skip volatility3's scan of the same dump (minutes on 1 GiB)")
+    bench_dump.add_argument("--sparse-gib", type=int, default=4,
+                            help="also scan a full dump of this many GiB of mostly empty memory, "
+                                 "for peak memory (default 4; 0 skips)")
     add_windows_argument(bench_dump)
     bench_dump.set_defaults(func=_cmd_bench_dump)
     bench_campaign = sub.add_parser("bench-campaign",

@@ -6,8 +6,9 @@ KLDR_DATA_TABLE_ENTRY (Windows 7 x64 offsets) on PsLoadedModuleList in kernel me
 the driver's name as a UNICODE_STRING and a made-up image base, so a crash dump names
 drivers as Windows' do.
 
-Call sites: the allocator records, in each chunk's AllocatorBackTraceIndex (header bytes
-8..9), the index of the line that called the allocation routine. ``CallSites`` maps a
+Call sites: the allocator records, in its pool's site map beside the chunk's header (and in
+the header's AllocatorBackTraceIndex only with the kernel stack trace database on), the index
+of the line that called the allocation routine. ``CallSites`` maps a
 (code object, instruction offset) pair to that index once per distinct site; its table
 says which driver owns the site, the file, line and function. Resolving a new site is the
 slow part and happens once; the fast path pays for one frame lookup and one dict lookup.
@@ -218,11 +219,20 @@ class CallSites:
         self.index.clear()
         self.index[(None, 0)] = 0
 
+    def owner(self, site: int) -> LoadedDriver | None:
+        """The driver whose code holds call site ``site`` (None: no driver, or no such site).
+
+        The one place that knows a site names its owner by index into ``drivers``."""
+        if not 0 <= site < len(self.table):
+            return None
+        index = self.table[site].driver
+        return self.drivers[index] if 0 < index < len(self.drivers) else None
+
     def describe(self, site: int) -> str:
         if not 0 < site < len(self.table):
             return "unknown call site"
         entry = self.table[site]
-        owner = self.drivers[entry.driver] if entry.driver < len(self.drivers) else None
+        owner = self.owner(site)
         who = owner.name if owner else "no driver"
         return f"{who} {entry.function} ({entry.filename}:{entry.lineno})"
 
@@ -243,8 +253,8 @@ def call_site_table(call_sites: CallSites) -> bytes:
     entries = []
     texts = bytearray()
     text_base = CALL_SITE_HEADER.size + CALL_SITE_ENTRY.size * len(call_sites.table)
-    for site in call_sites.table:
-        owner = call_sites.drivers[site.driver] if site.driver else None
+    for number, site in enumerate(call_sites.table):
+        owner = call_sites.owner(number)
         entries.append(CALL_SITE_ENTRY.pack(owner.entry_va if owner else 0, site.address,
                                             site.lineno, text_base + len(texts)))
         texts += site.function.encode("utf-8", "replace") + b"\0"
@@ -291,6 +301,9 @@ class DriverRoutines:
         name = driver_name(driver)
         if any(d.name.lower() == name.lower() for d in self.drivers):
             raise ValueError(f"a driver named {name} is already loaded")
+        prepare = getattr(driver, "prepare", None)
+        if callable(prepare):
+            prepare(self)  # a compiled driver maps its image into this machine first
         index = len(self.call_sites.drivers)
         # A compiled driver is mapped at its own base; a Python driver gets a made-up one.
         image_base = getattr(driver, "image_base", None) or \
@@ -369,6 +382,5 @@ class DriverRoutines:
 
     @allowed_when_halted
     def allocation_driver(self, address: int) -> LoadedDriver | None:
-        entry = self.allocation_site(address)
-        return self.call_sites.drivers[entry.driver] if entry.driver else None
+        return self.call_sites.owner(self.pool.site_of(address))
 

@@ -4,7 +4,7 @@ ntpool's physical memory is one host mmap; ``uc_mem_map_ptr`` hands all of it to
 the guest's physical memory, with no copy. Paging is on (CR0.PG|PE|WP, CR4.PAE,
 EFER.LME|LMA|NXE) and CR3 is ntpool's CR3, so unicorn walks ntpool's real page tables: a
 store by machine code is a store into the machine, and the reverse. ntpool tells the CPU
-when it unmaps or remaps a page (``AddressSpace.pte_observers``), and the CPU flushes its
+when it unmaps or remaps a page (the ``MappingChanged`` hook), and the CPU flushes its
 TLB before it next runs.
 
 Crossings are cheap by design. A call from native code into ntpool goes through a stub that
@@ -154,7 +154,7 @@ class Cpu:
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
         self._cr8_hooked: set = set()
-        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(self._on_syscall), 1, 0,
+        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
         self._clean = uc.context_save()  # no exception pending: restored after each fault
@@ -176,16 +176,6 @@ class Cpu:
         if address not in self._cr8_hooked:
             self._cr8_hooked.add(address)
             self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr8), address, address)
-
-    def _on_syscall(self, uch, user_data) -> None:
-        try:
-            self.machine.dispatch_call()
-        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
-            self.stop = ("error", error)
-            uclib.uc_emu_stop(self.uch)
-            return
-        if self.tlb_stale:
-            self.flush_tlb()
 
     def _on_interrupt(self, uch, vector, user_data) -> None:
         self.stop = ("interrupt", vector)

@@ -14,8 +14,9 @@ the runner that calls native code and turns what stops it into ntpool's answers.
 import os
 import struct
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE, NtStatus
+from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
+from ..hooks import MappingChanged
 from . import cpu as cpu_module
 from . import faults, seh
 from .bindings import Bindings, UnimplementedRoutine
@@ -25,16 +26,6 @@ from .pe import BadImage, parse_image
 from .symbols import Symbols
 
 _Q = struct.Struct("<Q")
-DRIVER_OBJECT_SIZE = 0x150
-DRIVER_OBJECT_TYPE = 4  # IO_TYPE_DRIVER
-DRIVER_START = 0x18
-DRIVER_SIZE = 0x20
-DRIVER_EXTENSION = 0x30
-DRIVER_NAME = 0x38
-DRIVER_INIT = 0x58
-DRIVER_UNLOAD = 0x68
-DRIVER_EXTENSION_SIZE = 0x38
-UNICODE_STRING = struct.Struct("<HHxxxxQ")
 
 
 class NativeError(RuntimeError):
@@ -42,23 +33,56 @@ class NativeError(RuntimeError):
 
 
 class NativeDriver:
-    """A loaded .sys, presented to the machine as a driver object."""
+    """A .sys, presented to the machine as a driver object.
+
+    Made from a path or the file's bytes, it is mapped into a machine by ``prepare(k)``
+    (``k.load_driver`` calls it before it writes the KLDR entry), so a scenario can list
+    ``NativeDriver("my.sys")`` in DRIVERS like any Python driver.
+    """
 
     native = True
 
-    def __init__(self, machine, image, mapped, symbols):
-        self.machine = machine
-        self.image = image
-        self.mapped = mapped
-        self.name = image.name
+    def __init__(self, source, name: str | None = None, allow_missing: bool = False):
+        if isinstance(source, (bytes, bytearray)):
+            self.data = bytes(source)
+            self.path = None
+            self.name = name or "driver.sys"
+        else:
+            self.path = os.path.abspath(os.fspath(source))
+            self.data = None
+            self.name = name or os.path.basename(self.path)
+        self.allow_missing = allow_missing
+        self.machine = None
+        self.image = self.mapped = self.symbols = None
+        self.image_base = self.image_size = self.entry_point = None
+        self.driver_object = 0
+        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
+        self.unload_address = 0
+        self.loaded = None  # the LoadedDriver the kernel keeps
+        self.entry_status = None
+
+    def prepare(self, k) -> None:
+        """Map the image into ``k`` (BadImage, MissingImports: nothing is mapped)."""
+        if self.machine is not None:
+            if self.machine.kernel is not k:
+                raise ValueError(f"{self.name} is already mapped in another machine")
+            return
+        data = self.data
+        if data is None:
+            try:
+                with open(self.path, "rb") as handle:
+                    data = handle.read()
+            except OSError as error:
+                raise BadImage(f"{self.path}: cannot read ({error.strerror or error})") from None
+        machine = native_machine(k)
+        image, mapped = machine.map(data, self.name, self.allow_missing)
+        self.machine, self.image, self.mapped = machine, image, mapped
+        directory = os.path.dirname(self.path) if self.path else None
+        self.symbols = Symbols.for_image(image, directory)
         self.image_base = mapped.base
         self.image_size = mapped.size
         self.entry_point = mapped.base + image.entry_rva
-        self.symbols = symbols
-        self.driver_object = 0
-        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
-        self.loaded = None  # the LoadedDriver the kernel keeps
-        self.entry_status = None
+        machine.images.append(self)
 
     # The two entry points the machine calls.
     def DriverEntry(self, k, RegistryPath):
@@ -85,10 +109,15 @@ class NativeDriver:
         if not self.driver_object:
             return
         unload = k.driver_unload_routine(self.wdm)
+        self.unload_address = unload
         if unload:
             self.machine.call(unload, (self.driver_object,), self, thread="system")
         k.delete_driver_object(self.wdm)
         self.driver_object = 0
+
+    def unload_site(self) -> str:
+        """Where the unload routine is (what 0xC4/0x62 blames), with its symbol and line."""
+        return self.describe(self.unload_address) if self.unload_address else ""
 
     def address_of(self, name: str) -> int:
         """The address of an exported function (for scenarios that call a driver's routines)."""
@@ -116,18 +145,18 @@ class NativeMachine:
         self.kernel = kernel
         self.mem = kernel.physical.buffer
         self._map_support_pages()
-        self.cpu = Cpu(self)
         self.bindings = Bindings(self)
+        self.cpu = Cpu(self)
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
-        self.symbol_path: str | None = None  # where to look for PDBs (the .sys's folder)
-        self.log: list[str] = []  # DbgPrint output, in order
-        self.log_observers: list = []  # called with each DbgPrint line
-        self.site_cache: dict[int, int] = {}  # code address -> call-site number
+        self.site_cache: dict[int, int] = {}  # faulting instruction -> call-site number
+        self.call_site_cache: dict[int, int] = {}  # return address -> call-site number
+        self.call_number = 0  # the stub number of the routine called last
+        self.tlb = kernel.space.tlb
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
-        kernel.space.pte_observers.append(self._pte_changed)
+        kernel.hooks.subscribe(MappingChanged, self._pte_changed)
         kernel.call_sites.native_resolver = self.current_site
         # The I/O manager calls driver code (dispatch, completion routines) through these.
         kernel.native_call = lambda address, args: self.call(address, args)
@@ -172,12 +201,12 @@ class NativeMachine:
         kernel.write(prcb + cpu_module.KPRCB_NUMBER, struct.pack("<H", number))
         return kpcr
 
-    def _pte_changed(self, va: int) -> None:
+    def _pte_changed(self, event: MappingChanged) -> None:
         self.cpu.tlb_stale = True
 
     # --- loading -------------------------------------------------------------------------------
 
-    def load_image(self, data: bytes, name: str, allow_missing: bool = False) -> NativeDriver:
+    def map(self, data: bytes, name: str, allow_missing: bool = False):
         image = parse_image(data, name)
         missing = self.bindings.missing(image)
         if missing and not allow_missing:
@@ -187,9 +216,7 @@ class NativeMachine:
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
         for address in mapped.cr8_sites:
             self.cpu.hook_cr8(address)
-        driver = NativeDriver(self, image, mapped, Symbols.for_image(image, self.symbol_path))
-        self.images.append(driver)
-        return driver
+        return image, mapped
 
     def unload_image(self, driver: NativeDriver) -> None:
         if driver.mapped.frames:
@@ -211,15 +238,7 @@ class NativeMachine:
             return f"{address:#x}"
         return driver.describe(address)
 
-    # --- objects handed to DriverEntry ---------------------------------------------------------
-
-    def unicode_string(self, text: str) -> int:
-        kernel = self.kernel
-        encoded = text.encode("utf-16-le")
-        address = kernel.kernel_data.reserve(16 + len(encoded) + 2, align=16)
-        kernel.write(address + 16, encoded + b"\0\0")
-        kernel.write(address, UNICODE_STRING.pack(len(encoded), len(encoded) + 2, address + 16))
-        return address
+    # --- what native code asks the kernel for ----------------------------------------------
 
     def system_routine(self, name: str) -> int:
         """MmGetSystemRoutineAddress for native code: the routine's stub, or its data."""
@@ -228,21 +247,6 @@ class NativeMachine:
             if bindings.implemented(module, name):
                 return bindings.data_address(name) if name in bindings.data else bindings.stub(name)
         return 0
-
-    def make_driver_object(self, driver: NativeDriver, registry_path: str) -> int:
-        """A DRIVER_OBJECT (Windows 7 x64 layout) with its DRIVER_EXTENSION and name."""
-        kernel = self.kernel
-        obj = kernel.kernel_data.reserve(DRIVER_OBJECT_SIZE + DRIVER_EXTENSION_SIZE, align=16)
-        extension = obj + DRIVER_OBJECT_SIZE
-        kernel.write(obj, struct.pack("<HH", DRIVER_OBJECT_TYPE, DRIVER_OBJECT_SIZE))
-        kernel.write(obj + DRIVER_START, _Q.pack(driver.image_base))
-        kernel.write(obj + DRIVER_SIZE, struct.pack("<I", driver.image_size))
-        kernel.write(obj + DRIVER_EXTENSION, _Q.pack(extension))
-        name = self.unicode_string("\\Driver\\" + driver.name.rsplit(".", 1)[0])
-        kernel.write(obj + DRIVER_NAME, kernel.read(name, 16))
-        kernel.write(obj + DRIVER_INIT, _Q.pack(driver.entry_point))
-        kernel.write(extension, _Q.pack(obj))
-        return obj
 
     # --- calls from ntpool into native code ----------------------------------------------------
 
@@ -275,6 +279,8 @@ class NativeMachine:
         self._sync_thread()
         cpu.depth += 1
         self.running.append(driver)
+        saved_location, self.location = self.location, 0  # its calls are sites of their own
+        saved_rsp = self.call_rsp
         previous_driver = kernel.current_driver
         if driver is not None and driver.loaded is not None:
             kernel.current_driver = driver.loaded
@@ -282,6 +288,7 @@ class NativeMachine:
             self._run(address, thread)
             return cpu.read_context()["rax"]
         finally:
+            self.location, self.call_rsp = saved_location, saved_rsp
             kernel.current_driver = previous_driver
             self.running.pop()
             cpu.depth -= 1
@@ -320,19 +327,39 @@ class NativeMachine:
                               f"{detail}")
 
     def _call_error(self, error: BaseException) -> NativeError:
-        routine = self.bindings.current_name
+        routine = self.bindings.names[self.call_number]
         return NativeError(f"{routine} called from {self.describe(self.return_address())} "
                            f"with arguments ntpool refuses: {type(error).__name__}: {error}")
 
     # --- calls from native code into ntpool ----------------------------------------------------
 
-    def dispatch_call(self) -> None:
-        number, rcx, rdx, r8, r9, rsp = cpu_module.CALL_BLOCK_FORMAT.unpack_from(
-            self.mem, self.call_block_pa)
-        self.call_rsp = rsp
-        self.location = 0
-        result = self.bindings.handlers[number](rcx, rdx, r8, r9, rsp)
-        _Q.pack_into(self.mem, self.return_pa, (result or 0) & 0xFFFFFFFFFFFFFFFF)
+    def syscall_hook(self, cpu):
+        """The SYSCALL hook: one import call, from the call block to the routine and back.
+
+        This is the crossing every native call pays, so it is one closure with everything
+        it touches bound locally (see ``bench``'s native figure)."""
+        unpack = cpu_module.CALL_BLOCK_FORMAT.unpack_from
+        pack = _Q.pack_into
+        mem, block, returned = self.mem, self.call_block_pa, self.return_pa
+        handlers = self.bindings.handlers
+        stop = cpu_module.uclib.uc_emu_stop
+        mask = 0xFFFFFFFFFFFFFFFF
+        machine = self
+
+        def on_syscall(uch, user_data):
+            try:
+                number, rcx, rdx, r8, r9, rsp = unpack(mem, block)
+                machine.call_rsp = rsp
+                machine.call_number = number
+                pack(mem, returned, (handlers[number](rcx, rdx, r8, r9, rsp) or 0) & mask)
+            except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+                cpu.stop = ("error", error)
+                stop(uch)
+                return
+            if cpu.tlb_stale:
+                cpu.flush_tlb()
+
+        return on_syscall
 
     def read_q(self, address: int) -> int:
         return _Q.unpack(self.kernel.read(address, 8))[0]
@@ -342,34 +369,39 @@ class NativeMachine:
 
     def set_irql_from_cr8(self, irql: int, address: int) -> None:
         self.location = address
-        self.kernel._set_irql(irql)
+        try:
+            self.kernel._set_irql(irql)
+        finally:
+            self.location = 0
 
     # --- attribution ---------------------------------------------------------------------------
 
     def current_site(self) -> int:
         """The call-site number of the native code ntpool is answering for right now."""
-        address = self.location or self.return_address()
-        return self.site_for(address)
+        if self.location:
+            return self.site_for(self.location, call=False)
+        rsp = self.call_rsp
+        base = self.tlb.get(rsp >> 12)
+        if base is None or not self.cpu.depth:
+            return 0  # no native code is calling: ntpool's own work (the I/O manager's)
+        address = _Q.unpack_from(self.mem, base + (rsp & 0xFFF))[0]
+        site = self.call_site_cache.get(address)
+        return self.site_for(address, call=True) if site is None else site
 
-    def site_for(self, address: int) -> int:
-        site = self.site_cache.get(address)
+    def site_for(self, address: int, call: bool = True) -> int:
+        """The site of a call (``address`` is its return address: its line is the call's,
+        the byte before) or of an instruction (a fault)."""
+        cache = self.call_site_cache if call else self.site_cache
+        site = cache.get(address)
         if site is not None:
             return site
         driver = self.driver_at(address)
         if driver is None or driver.loaded is None:
             return 0
-        site = self.kernel.call_sites.add_native_site(driver.loaded, address,
-                                                      *driver.symbols.site(address - driver.image_base))
-        self.site_cache[address] = site
+        site = self.kernel.call_sites.add_native_site(
+            driver.loaded, address, *driver.symbols.site(address - driver.image_base, call))
+        cache[address] = site
         return site
-
-    # --- DbgPrint --------------------------------------------------------------------------------
-
-    def debug_print(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self.log.append(line)
-            for observer in list(self.log_observers):
-                observer(line)
 
 
 def native_machine(kernel) -> NativeMachine:
@@ -381,43 +413,21 @@ def native_machine(kernel) -> NativeMachine:
 
 
 def load_native_driver(kernel, source, name: str | None = None, allow_missing: bool = False,
-                       RegistryPath: str | None = None, call_entry: bool = True):
+                       RegistryPath: str | None = None, call_entry: bool = True) -> NativeDriver:
     """Map a .sys (a path or its bytes) and load it as a driver (DriverEntry is called).
 
     Returns the NativeDriver; ``driver.loaded`` is the kernel's LoadedDriver. Raises BadImage
     for a malformed file, MissingImports for routines ntpool does not implement, and
-    NtStatusError when DriverEntry fails (the image is unloaded then).
+    NtStatusError when DriverEntry fails.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-        name = name or "driver.sys"
-    else:
-        path = os.fspath(source)
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as error:
-            raise BadImage(f"{path}: cannot read ({error.strerror or error})") from None
-        name = name or os.path.basename(path)
-    machine = native_machine(kernel)
-    if not isinstance(source, (bytes, bytearray)):
-        machine.symbol_path = os.path.dirname(os.path.abspath(path))
-    driver = machine.load_image(data, name, allow_missing)
-    try:
-        driver.loaded = kernel.load_driver(driver, RegistryPath) if call_entry else None
-    except NtStatusError:
-        machine.unload_image(driver)
-        raise
-    except BaseException:
-        raise
+    driver = NativeDriver(source, name, allow_missing)
+    driver.prepare(kernel)
+    if call_entry:
+        kernel.load_driver(driver, RegistryPath)
     return driver
 
 
 def unload_native_driver(kernel, driver: NativeDriver) -> None:
+    """Unload the driver (DriverUnload, verifier's checks) and unmap its image."""
     kernel.unload_driver(driver)
     native_machine(kernel).unload_image(driver)
-
-
-__all__ = ["NativeDriver", "NativeMachine", "NativeError", "native_machine", "load_native_driver",
-           "unload_native_driver", "BadImage", "MissingImports", "UnimplementedRoutine",
-           "NtStatus", "PAGE_SHIFT"]
