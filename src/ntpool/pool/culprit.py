@@ -123,7 +123,7 @@ class CulpritRecorder:
         calls = self.k.call_sites
         site = calls.site_of_caller()
         entry = calls.table[site]
-        owner = calls.drivers[entry.driver] if entry.driver else None
+        owner = calls.owner(site)
         driver = owner.name if owner else ""
         line = f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})" if site else ""
         data = self.k.read(address, min(length, 16)) if self.k.is_resident(address) else b""
