@@ -68,7 +68,7 @@ def test_pagemap_png_and_svg(demo_run, tmp_path):
     save_figure(figure, str(png))
     save_figure(figure, str(svg))
     width, height = png_size(png)
-    assert width == 1300 and height == 100 * (0.2 * 40 + 1.6)
+    assert width == 1300 and height == round(100 * (0.2 * 40 + 2.2))
     text = svg.read_text()
     for tag in ("NmRx", "SlRq", "SlNm", "overrun", "first 40 of"):
         assert tag in text
