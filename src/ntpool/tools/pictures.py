@@ -335,8 +335,11 @@ def usage_figure(samples, title: str = "", top: int = 10, colours: dict[str, str
         _nothing_to_draw(axes, "No pool memory was outstanding at any checkpoint.")
         return figure
     xs = list(range(len(samples)))
+    # KiB once there is a KiB or more to show; a few small chunks read better in bytes.
+    scale, unit = (1024, "KiB") if max(max(totals[tag]) for tag in ranked) >= 10 * 1024 else \
+        (1, "bytes")
     for tag in ranked:
-        axes.plot(xs, [value / 1024 for value in totals[tag]], label=tag,
+        axes.plot(xs, [value / scale for value in totals[tag]], label=tag,
                   color=colours.get(tag) or _colour_from_name(tag),
                   linewidth=1.6, marker="o" if len(xs) <= 30 else None, markersize=3)
     _shade_phases(axes, samples)
@@ -350,7 +353,7 @@ def usage_figure(samples, title: str = "", top: int = 10, colours: dict[str, str
     axes.set_ylim(bottom=0)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # checkpoints are counted
     axes.set_xlabel("checkpoint")
-    axes.set_ylabel("outstanding KiB (nonpaged + paged)")
+    axes.set_ylabel(f"outstanding {unit} (nonpaged + paged)")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
                 prop={"family": "monospace", "size": 8})
