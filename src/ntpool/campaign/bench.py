@@ -66,6 +66,9 @@ def measure(runs: int = 1000, jobs: int | None = None, dask: bool = True) -> dic
         except ImportError:
             figures["dask_s"] = None
         else:
+            import logging
+
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)  # shutdown chatter
             with LocalCluster(n_workers=figures["jobs"], threads_per_worker=1, processes=True,
                               dashboard_address=":0") as cluster, Client(cluster) as client:
                 Engine(dask=client).run(tasks[:10])  # workers import ntpool first
