@@ -21,7 +21,7 @@ from ntpool.forensics.volatility import run_plugin  # noqa: E402
 @pytest.fixture(scope="module")
 def demo_dump(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--steps", "400", "--out", str(out)]) == 0
+    assert main(["demo", "--steps", "400", "--out", str(out), "--truth", str(out / "truth.json")]) == 0
     return out / "MEMORY.DMP"
 
 
@@ -121,3 +121,23 @@ def test_the_tag_scan_plugin_finds_every_live_chunk_of_a_tag(demo_dump):
         assert len(found) >= live > 10  # physical offsets; stale headers come on top
         for offset in list(found)[:20]:
             assert reader.read_physical(offset + 4, 4) == b"SlRq"
+
+
+def test_poolfind_finds_every_chunk_of_the_demos_dump_the_damaged_page_included(demo_dump, tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.forensics import truth as t
+    from ntpool.forensics.score import score_files
+
+    document = t.load(demo_dump.parent / "truth.json")
+    assert document["dump"] == {"file": "MEMORY.DMP", "kind": "kernel"}
+    # The sloppy driver's overrun damaged a header: that page is corrupt, yet fully known.
+    assert [c["complete"] for c in document["corrupt_pages"]] == [True]
+    with DumpReader(demo_dump) as reader:
+        assert t.check_against_tracker(document, reader.tracker_entries()) == []
+        session = KdSession(reader)
+        text = "\n".join(session.execute(f"!poolfind * {pool}") for pool in (0, 1))
+        slnm = session.execute("!poolfind SlNm")
+    assert "(corrupt page: see !poolval" in text and "(corrupt page: see !poolval" in slnm
+    (tmp_path / "poolfind.txt").write_text(text)
+    result = score_files(demo_dump.parent / "truth.json", [tmp_path / "poolfind.txt"])
+    assert result["headers"]["recall"] == result["headers"]["precision"] == 1.0

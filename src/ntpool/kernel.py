@@ -382,14 +382,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                 "frames": self.physical.frames_used}
 
     @allowed_when_halted
-    def write_dump(self, path, kind: str = "full", symbols: bool = True) -> str:
+    def write_dump(self, path, kind: str = "full", symbols: bool = True, truth=None) -> str:
         """Write this machine's crash dump to ``path`` ('full' or 'kernel'); works when halted.
 
-        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``).
+        The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``);
+        ``truth=FILE.json`` also writes the manifest of every chunk (``ntpool.forensics``).
         The dump layer (``ntpool.dump``) attaches the writer to every machine."""
         if self.dump_writer is None:
             raise RuntimeError("no dump writer is attached (import ntpool.dump)")
-        return self.dump_writer(self, path, kind, symbols)
+        return self.dump_writer(self, path, kind, symbols, truth)
 
 
 def _checked_span(address, size) -> tuple[int, int]:

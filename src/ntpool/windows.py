@@ -33,6 +33,11 @@ class WindowsVersion(NamedTuple):
         """The constant XORed into a _HEAP_PAGE_SEGMENT Signature (none from 26100)."""
         return 0 if self.build >= 26100 else 0xA2E64EADA2E64EAD
 
+    @property
+    def nt_build_lab(self) -> str:
+        """NtBuildLab, as the kernel image and the debugger show it."""
+        return BUILD_LABS.get(self.build, f"{self.build}.1.amd64fre.ntpool.000000-0000")
+
     def __str__(self) -> str:
         return f"Windows {self.name} (build {self.build}, {self.release})"
 
@@ -50,6 +55,14 @@ BUILDS = {
     22621: WindowsVersion("11", 22621, 10, 0, "22H2"),
     22631: WindowsVersion("11", 22631, 10, 0, "23H2"),
     26100: WindowsVersion("11", 26100, 10, 0, "24H2"),
+}
+BUILD_LABS = {
+    7601: "7601.17514.amd64fre.win7sp1_rtm.101119-1850",
+    18362: "18362.1.amd64fre.19h1_release.190318-1202",
+    19041: "19041.1.amd64fre.vb_release.191206-1406",
+    22000: "22000.1.amd64fre.co_release.210604-1628",
+    22621: "22621.1.amd64fre.ni_release.220506-1250",
+    26100: "26100.1.amd64fre.ge_release.240331-1435",
 }
 DEFAULT_BUILD = {"7": 7601, "10": 19041, "11": 22621}
 CHOICES = tuple(DEFAULT_BUILD) + tuple(str(build) for build in BUILDS)

@@ -25,7 +25,8 @@ DUMP_NAME = "MEMORY.DMP"
 
 
 def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
-             console: Console | None = None, windows: str | None = None) -> int:
+             console: Console | None = None, windows: str | None = None,
+             truth: str | None = None) -> int:
     console = console or wide_console()
     out = Path(out_dir)
     if not out.is_dir():
@@ -38,6 +39,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
         scenario.checkpoints = None
     options = {} if windows is None else {"windows": windows}
     run = ScenarioRun(scenario, seed=seed, dump_path=str(out / DUMP_NAME), kernel_options=options)
+    run.truth_path = truth
     pooltags = PoolTagDatabase.default()
 
     kernel = run.boot()

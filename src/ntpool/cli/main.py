@@ -15,7 +15,8 @@ from .verify import add_verify_command
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(seed=args.seed, out_dir=args.out, steps=args.steps, windows=args.windows)
+    return run_demo(seed=args.seed, out_dir=args.out, steps=args.steps, windows=args.windows,
+                    truth=args.truth)
 
 
 def _cmd_bench(args) -> int:
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
     demo.add_argument("--out", default=".", metavar="DIR", help="where MEMORY.DMP goes (default .)")
+    demo.add_argument("--truth", metavar="FILE", help="also write the manifest of every chunk in "
+                                                       "MEMORY.DMP (JSON)")
     demo.add_argument("--steps", type=int, default=None,
                       help="traffic steps (default 6000; fewer for a quick run)")
     add_windows_argument(demo)

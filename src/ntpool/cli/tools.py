@@ -15,6 +15,8 @@ def add_commands(sub) -> None:
     run.add_argument("scenario", help="a scenario .py file (or 'demo')")
     _machine_arguments(run)
     run.add_argument("--dump", metavar="PATH", help="write a crash dump here on a bug check")
+    run.add_argument("--truth", metavar="FILE", help="with --dump: also the manifest of every "
+                                                      "chunk in it (JSON, see README 'for forensics')")
     run.add_argument("--top", type=int, default=20, help="rows of the pool table (default 20)")
     run.add_argument("--fail-on", choices=FAIL_ON, default="leak",
                      help="what makes the exit status non-zero: leak (leaks, verifier findings "
@@ -100,6 +102,7 @@ def cmd_run(args) -> int:
     _positive("--top", args.top)
     source = ScenarioSource(args.scenario, args.seed, kernel_options(args), args.dump)
     run = source.run
+    run.truth_path = args.truth
     run.boot()
     run.load_drivers()
     names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"

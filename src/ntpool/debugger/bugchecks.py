@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION: "N bytes of memory was allocated and more than "
                                                   "N bytes are being referenced.",
     B.MANUALLY_INITIATED_CRASH: "The user manually initiated this crash dump.",
+    B.KERNEL_MODE_HEAP_CORRUPTION: "The kernel mode heap manager has detected corruption in a heap.",
 }
 
 _ACCESS = "0: read operation, 1: write operation, 8: execute"
@@ -100,6 +101,9 @@ ARGUMENTS = {
                                 "The corrupted value"),
     (B.BAD_POOL_HEADER, 0x22): ("An address being freed has no tracking entry",
                                 "The address being freed", "Reserved", "Reserved"),
+    (B.BAD_POOL_HEADER, 0xE): ("The pool block's ProcessBilled does not decode to a process",
+                               "The pool header", "The decoded process pointer",
+                               "The stored (encoded) ProcessBilled"),
     (B.PAGE_FAULT_IN_NONPAGED_AREA, None): ("Memory referenced", _ACCESS, "If non-zero, the "
                                             "instruction address which referenced the bad memory",
                                             "Reserved"),
@@ -162,7 +166,7 @@ POOL_ARGUMENT = {
     (B.BAD_POOL_HEADER, 0x3): 2, (B.BAD_POOL_HEADER, 0x5): 4, (B.BAD_POOL_HEADER, 0x6): 2,
     (B.BAD_POOL_HEADER, 0x7): 3, (B.BAD_POOL_HEADER, 0x8): 4, (B.BAD_POOL_HEADER, 0x9): 2,
     (B.BAD_POOL_HEADER, 0xA): 2, (B.BAD_POOL_HEADER, 0x20): 2, (B.BAD_POOL_HEADER, 0x21): 2,
-    (B.BAD_POOL_HEADER, 0x22): 2,
+    (B.BAD_POOL_HEADER, 0x22): 2, (B.BAD_POOL_HEADER, 0xE): 2,
     (B.PAGE_FAULT_IN_NONPAGED_AREA, None): 1, (B.DRIVER_CORRUPTED_EXPOOL, None): 1,
     (B.PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): 1, (B.PAGE_FAULT_BEYOND_END_OF_ALLOCATION, None): 1,
     (B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): 1,
@@ -173,8 +177,28 @@ POOL_ARGUMENT = {
     (B.DRIVER_VERIFIER_DETECTED_VIOLATION, 0x14): 3,
 }
 
+# KERNEL_MODE_HEAP_CORRUPTION (0x13A): parameter 1 is the _HEAP_FAILURE_TYPE.
+HEAP_FAILURES = {
+    0x3: "Corrupt heap entry header", 0x4: "Several corrupt entry headers",
+    0x5: "Corrupt header of a large allocation", 0x6: "Corruption looks like a buffer overrun",
+    0x7: "Corruption looks like a buffer underrun", 0x8: "A free block was passed where a busy "
+    "one is required", 0x9: "Invalid argument", 0xA: "Invalid allocation type",
+    0xB: "Corruption looks like a use after free", 0xC: "The wrong heap was given",
+    0xD: "Corrupt free list", 0xE: "Corrupt list (other than the free list)",
+    0xF: "A free block was passed where a busy one is required (LFH bitmap)",
+    0x10: "Corrupt LFH bitmap", 0x11: "LFH double free", 0x12: "Corrupt VS subsegment",
+    0x13: "NULL heap handle", 0x14: "Requested allocation above the allocation limit",
+    0x15: "Commit limit exceeded", 0x16: "Invalid VA manager query",
+}
+for _failure, _text in HEAP_FAILURES.items():
+    ARGUMENTS[(B.KERNEL_MODE_HEAP_CORRUPTION, _failure)] = (
+        f"Type of corruption detected: {_text}", "Address of the heap that reported the corruption",
+        "Address at which the corruption was detected", "Reserved")
+    POOL_ARGUMENT[(B.KERNEL_MODE_HEAP_CORRUPTION, _failure)] = 3
+
 # Codes whose first parameter is a subcode.
-SUBCODED = {B.BAD_POOL_CALLER, B.BAD_POOL_HEADER, B.DRIVER_VERIFIER_DETECTED_VIOLATION}
+SUBCODED = {B.BAD_POOL_CALLER, B.BAD_POOL_HEADER, B.DRIVER_VERIFIER_DETECTED_VIOLATION,
+            B.KERNEL_MODE_HEAP_CORRUPTION}
 
 # (code, subcode) -> parameters (1-based) that hold pool tags.
 TAG_ARGUMENTS = {

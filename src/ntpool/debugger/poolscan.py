@@ -5,7 +5,9 @@ walk the allocator's checks make, ``pool.layout.page_problems``) and every PoolT
 is one a chunk of that pool can hold. ``find_tag`` scans the dump's bytes for the tag with
 one regular-expression pass over the mapping and keeps only hits that sit where a header's
 tag sits (offset 4 of a 16-byte block) in a page whose chain is valid and that has a chunk
-starting there; a tag-shaped string inside a chunk's body is not a chunk.
+starting there; a tag-shaped string inside a chunk's body is not a chunk. On a page whose
+chain is corrupt, the headers that can still be trusted (``salvaged_header_offsets``) are
+reported too, marked.
 """
 
 import re
@@ -42,6 +44,7 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
 
 
 _PREV_SIZE_TYPE = POOL_HEADER.run("PreviousSize", "PoolType")
+_HEADER_FIRST8_UNPACK = POOL_HEADER.run("PreviousSize", "PoolTag").unpack_from
 
 
 def valid_header_offsets(page, base: int, base_type: int) -> set | None:
@@ -50,15 +53,54 @@ def valid_header_offsets(page, base: int, base_type: int) -> set | None:
     The same rules as ``examine_page`` (chain consistent and covering the page, PoolType
     bytes of this pool), in one lean pass for scans over many pages.
     """
+    chain = _consistent_rest(page, base, base_type, 0, 0)
+    return None if chain is None else set(chain)
+
+
+def _consistent_rest(page, base: int, base_type: int, offset: int, previous: int) -> list | None:
+    """Header offsets from ``offset`` to the page's end when that part of the chain is wholly
+    consistent (the first header's PreviousSize must be ``previous``), else None."""
+    unpack = _PREV_SIZE_TYPE.unpack_from
+    offsets = []
+    while offset < PAGE_SIZE:
+        prev, _index, size, pool_type = unpack(page, base + offset)
+        if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE or \
+                (pool_type and not pool_type_fits(pool_type, base_type)):
+            return None
+        offsets.append(offset)
+        previous = size
+        offset += size << BLOCK_SHIFT
+    return offsets
+
+
+def _plausible_tag(page, at: int) -> bool:
+    raw = bytes(page[at:at + 4])
+    return all(0x20 <= b <= 0x7E for b in raw[:3]) and 0x20 <= raw[3] & 0x7F <= 0x7E
+
+
+def salvaged_header_offsets(page, base: int, base_type: int) -> set:
+    """The headers of a page whose chain is corrupt that can still be trusted.
+
+    The chain is followed from the page's start while it is consistent. One header whose
+    PreviousSize disagrees (the byte an overrun of the chunk before it hits first) is still
+    a header when everything else about it is sound (BlockSize, PoolType, a printable tag)
+    and the chain from it to the page's end is wholly consistent; anything less, and the walk
+    stops there: what follows is not reported, so a salvage never invents a chunk.
+    """
     unpack = _PREV_SIZE_TYPE.unpack_from
     offsets = set()
     offset = previous = 0
     while offset < PAGE_SIZE:
         prev, _index, size, pool_type = unpack(page, base + offset)
-        if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE:
-            return None
-        if pool_type and not pool_type_fits(pool_type, base_type):
-            return None
+        if not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE or \
+                (pool_type and not pool_type_fits(pool_type, base_type)):
+            break
+        if prev != previous:
+            rest = _consistent_rest(page, base, base_type, offset + (size << BLOCK_SHIFT), size)
+            if rest is not None and _plausible_tag(page, base + offset + POOL_HEADER.PoolTag):
+                offsets.add(offset)
+                offsets.update(rest)
+            break
         offsets.add(offset)
         previous = size
         offset += size << BLOCK_SHIFT
@@ -133,6 +175,7 @@ class PoolFinder:
         self.big_pages = big_pages
         self._page_at_offset: dict[int, int] | None = None
         self.corrupt_pages: list[int] = []  # pages of the last search with hits but a bad chain
+        self.salvaged: set[int] = set()  # chunks of the last search found on such pages
 
     def pages_by_file_offset(self) -> dict[int, int]:
         """File offset of each mapped page of the pool (outside big allocations) -> its va."""
@@ -146,10 +189,12 @@ class PoolFinder:
 
     def find(self, pattern: str) -> list[Chunk]:
         regex = tag_bytes_regex(pattern)
+        if not pattern.strip("*?"):
+            return self._walk_every_page()  # every tag: walking the chains beats matching every byte
         pages = self.pages_by_file_offset()
         mapping = self.reader.mapping
-        reports: dict[int, dict | None] = {}
-        hits, corrupt = [], []
+        reports: dict[int, set] = {}
+        hits, corrupt, salvaged = [], [], set()
         # Every page of a dump sits at the same distance from a 4 KiB boundary of the file.
         skew = self.reader.runs[0].offset & (PAGE_SIZE - 1)
         search = regex.search
@@ -165,17 +210,43 @@ class PoolFinder:
             page_va = pages.get(page_offset)
             if page_va is None:
                 continue
-            starts = reports.get(page_offset, False)
-            if starts is False:
+            starts = reports.get(page_offset)
+            if starts is None:
                 starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
-                reports[page_offset] = starts
                 if starts is None:
                     corrupt.append(page_va)
+                    starts = salvaged_header_offsets(mapping, page_offset, self.pool.base_type)
+                    starts = {offset: True for offset in starts}
+                else:
+                    starts = dict.fromkeys(starts, False)
+                reports[page_offset] = starts
             header = in_page - POOL_HEADER.PoolTag
-            if starts and header in starts:
+            if header in starts:
                 hits.append(chunk_at(mapping, page_offset + header, page_va + header))
+                if starts[header]:
+                    salvaged.add(page_va + header)
         hits.sort()
         self.corrupt_pages = sorted(corrupt)
+        self.salvaged = salvaged
+        return hits
+
+
+    def _walk_every_page(self) -> list[Chunk]:
+        """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
+        mapping = self.reader.mapping
+        base_type = self.pool.base_type
+        unpack = _HEADER_FIRST8_UNPACK
+        hits, corrupt, salvaged = [], [], set()
+        for page_va, page_offset in sorted((va, offset) for offset, va in
+                                           self.pages_by_file_offset().items()):
+            chain = _consistent_rest(mapping, page_offset, base_type, 0, 0)
+            if chain is None:
+                chain = sorted(salvaged_header_offsets(mapping, page_offset, base_type))
+                corrupt.append(page_va)
+                salvaged.update(page_va + offset for offset in chain)
+            hits += [Chunk(page_va + offset, *unpack(mapping, page_offset + offset)) for offset in chain]
+        self.corrupt_pages = corrupt
+        self.salvaged = salvaged
         return hits
 
 

@@ -17,6 +17,7 @@ from .allocations import in_special_pool, outstanding_by_driver, special_chunk, 
     SPECIAL_POOL_SPAN
 from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, tag_matches
+from .segment_heap import SegmentHeapReader, block_containing
 from .poolscan import BigPageIndex, PoolFinder, chunk_containing, read_page_report, \
     tag_bytes_regex, tag_display_matches
 
@@ -101,6 +102,7 @@ class KdSession:
         self._big_pages: BigPageIndex | None = None
         self._finders: dict = {}
         self._outstanding: dict | None = None
+        self._segment_heap: SegmentHeapReader | None = None
         self.commands = {
             "!analyze": self.analyze,
             "!pool": self.pool,
@@ -187,6 +189,12 @@ class KdSession:
             self._big_pages = BigPageIndex(self.reader.big_pages())
         return self._big_pages
 
+    def segment_heap(self) -> SegmentHeapReader | None:
+        """The dump's segment heap (None for a Windows 7 dump)."""
+        if self._segment_heap is None and self.reader.segment_heap:
+            self._segment_heap = SegmentHeapReader(self.reader)
+        return self._segment_heap
+
     def owner(self, tag_text: str) -> str:
         return self.pooltags.describe(tag_text)
 
@@ -218,6 +226,8 @@ class KdSession:
                     f"*{big.Va:016x} : large page allocation, tag is {tag}, size is "
                     f"{big.NumberOfBytes:#x} bytes",
                     f"\t\tPooltag {tag} : {self.owner(tag)}"]
+        if self.segment_heap() is not None:
+            return self.heap_pool_lines(address, pool, flags)
         try:
             report = read_page_report(self.reader, address, pool.base_type)
         except MemoryReadError:
@@ -242,6 +252,43 @@ class KdSession:
         if chunk_containing(report, address) is None:
             lines.append(f"{address:016x} is not inside any chunk the header chain reaches")
         return lines
+
+    def heap_pool_lines(self, address: int, pool, flags: int = 0) -> list[str]:
+        """!pool on the segment heap: the subsegment's blocks, VS headers decoded with the
+        heap key found in the dump."""
+        lines = [f"Pool page {address:016x} region is {pool.name} (segment heap)"]
+        found = self.segment_heap().around(address)
+        if found is None:
+            return lines + [f"{address:016x} is not in an LFH or VS subsegment of this heap "
+                            f"(a free page, or a segment header)"]
+        blocks, problems = found
+        marked_block = block_containing(blocks, address)
+        page = address & ~0xFFF
+        for block in blocks:
+            marked = block is marked_block
+            if not marked and (flags & 2 or not page <= block.address < page + 0x1000):
+                continue
+            lines.append(self._heap_block_line(block, marked))
+            if marked:
+                tag = display(block.tag)
+                if block.tag:
+                    lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
+                if block.state == "Allocated":
+                    lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                              for text in self._allocated_by(block)]
+                if flags & 1:
+                    lines += self._contents(block)
+        lines += [f"*** Bad segment heap entry: {problem}" for problem in problems]
+        if marked_block is None:
+            lines.append(f"{address:016x} is not inside any block the subsegment's headers reach")
+        return lines
+
+    def _heap_block_line(self, block, marked: bool) -> str:
+        mark = "*" if marked else " "
+        state = f"({block.state})"
+        return (f"{mark}{block.address:016x} size: {block.size:4x} previous size: "
+                f"{block.previous_size << 4:4x}  {state:<12}{mark}{display(block.tag) if block.tag else '    '}"
+                f"  {block.backend}")
 
     def special_pool_lines(self, address: int, flags: int = 0) -> list[str]:
         """!pool on Driver Verifier's special pool: the allocation, its mode, who made it."""
@@ -389,6 +436,9 @@ class KdSession:
             regex = tag_bytes_regex(pattern)
         except ValueError as error:
             raise CommandError(str(error)) from None
+        heap = self.segment_heap()
+        if heap is not None:
+            return self._heap_poolfind(pattern, regex, pool_type, heap)
         pool = self.reader.pool_ranges()[pool_type]
         big = self.big_pages()
         data = self.reader.debugger_data()
@@ -414,13 +464,36 @@ class KdSession:
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
         for chunk in finder.find(pattern):
-            lines.append(self._chunk_line(chunk, False)[1:])
+            line = self._chunk_line(chunk, False)[1:]
+            if chunk.address in finder.salvaged:
+                line += f"  (corrupt page: see !poolval {chunk.address:x})"
+            lines.append(line)
             if chunk.state == "Allocated":
                 lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
                           for text in self._allocated_by(chunk)]
         for page in finder.corrupt_pages:
             lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
                          f"header chain is corrupt (see !poolval {page:x})")
+        return "\n".join(lines)
+
+    def _heap_poolfind(self, pattern: str, regex, pool_type: int, heap) -> str:
+        heaps = [h for h in heap.heaps if h.base_type == pool_type]
+        data = self.reader.debugger_data()
+        entry_size = data["BigPageEntrySize"] or 0x18
+        table_end = data["PoolBigPageTable"] + data["PoolBigPageTableSize"] * entry_size
+        lines = [f"Scanning large pool allocation table for Tag: {pattern} "
+                 f"({data['PoolBigPageTable']:016x} : {table_end:016x})", ""]
+        for entry in self.big_pages().entries:
+            if tag_display_matches(regex, entry.Key) and any(h.start <= entry.Va < h.end for h in heaps):
+                lines.append(f"*{entry.Va:016x} :large page allocation, Tag is {display(entry.Key)}, "
+                             f"size is {entry.NumberOfBytes:#x} bytes")
+        for h in heaps:
+            lines += ["", f"Searching {h.name} heap {h.heap_va:016x} ({h.start:016x} : "
+                          f"{h.end:016x}) for Tag: {pattern}", ""]
+            for block in heap.find([h], lambda tag: tag_display_matches(regex, tag)):
+                lines.append(self._heap_block_line(block, False)[1:])
+                lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                          for text in self._allocated_by(block)]
         return "\n".join(lines)
 
     # --- display commands ------------------------------------------------------------------
@@ -601,6 +674,8 @@ class KdSession:
             lines += [f"POOL_CHUNK:  {big.Va:016x} large page allocation, {big.NumberOfBytes:#x} bytes",
                       f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
             return lines
+        if self.segment_heap() is not None:
+            return lines + self._analyze_heap_block(address)
         try:
             report = read_page_report(self.reader, address, pool.base_type)
         except MemoryReadError:
@@ -623,6 +698,38 @@ class KdSession:
                                  f"({neighbour.state}) tag {ntag} ({self.owner(ntag)})")
         lines += ["", "POOL_PAGE:"] + self.pool_lines(address)
         return lines
+
+    def _analyze_heap_block(self, address: int) -> list[str]:
+        lines = []
+        heap = self.segment_heap()
+        found = heap.around(address)
+        if found is not None:
+            blocks, problems = found
+            run = heap.run_of(address)
+            lines.append(f"SUBSEGMENT:  {run[0]:016x} {'LFH' if run[1] == 0xB else 'VS'}, "
+                         f"{run[2]} pages")
+            block = block_containing(blocks, address)
+            candidates = [b for b in blocks if b.address + b.size <= address]
+            before = block if block is not None else (candidates[-1] if candidates else None)
+            if block is None and before is not None:
+                lines.append(f"CORRUPTION_AFTER:  {before.address:016x} ({before.state}, tag "
+                             f"{display(before.tag)} ({self.owner(display(before.tag))})): the "
+                             f"block whose end precedes the corrupt address; the likely culprit")
+                lines += self._allocated_by(before)
+            if block is not None:
+                tag = display(block.tag)
+                lines += [f"POOL_CHUNK:  {block.address:016x} size {block.size:#x} ({block.state}, "
+                          f"{block.backend})", f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+                lines += self._allocated_by(block)
+                index = blocks.index(block)
+                for label, neighbour in (("PREVIOUS_CHUNK", blocks[index - 1] if index else None),
+                                         ("NEXT_CHUNK", blocks[index + 1] if index + 1 < len(blocks) else None)):
+                    if neighbour is not None:
+                        ntag = display(neighbour.tag) if neighbour.tag else "----"
+                        lines.append(f"{label}:  {neighbour.address:016x} size {neighbour.size:#x} "
+                                     f"({neighbour.state}) tag {ntag}")
+            lines += [f"HEAP_PROBLEM:  {problem}" for problem in problems]
+        return lines + ["", "POOL_PAGE:"] + self.pool_lines(address)
 
     def _analyze_special(self, address: int) -> list[str]:
         lines = ["", f"POOL_ADDRESS:  {address:016x} Special pool"]

@@ -104,7 +104,7 @@ KDBG_CM_NT_CSD_VERSION = 0x268  # address of the CmNtCSDVersion ULONG
 # --- ntpool's own debugger data block (follows KDBG, linked from its List.Flink) ---------
 
 NTPL_OWNER_TAG = b"NTPL"
-NTPL_SIZE = 0x80
+NTPL_SIZE = 0xC0
 NTPL_VERSION = 0x18
 NTPL_POOL_TRACK_TABLE = 0x20
 NTPL_POOL_TRACK_TABLE_SIZE = 0x28  # entries, the overflow slot included
@@ -120,7 +120,16 @@ NTPL_CALL_SITE_TABLE_BYTES = 0x68
 NTPL_VERIFIER_TRACK_TABLE = 0x70
 NTPL_VERIFIER_TRACK_COUNT = 0x78
 VERIFIER_TRACK_ENTRY = struct.Struct("<QQII")  # address, bytes requested, tag, call site
-NTPL_LAYOUT_VERSION = 1
+# Version 2: the machine's Windows and, on the segment heap, where its heap state lies.
+NTPL_NT_BUILD_NUMBER = 0x80  # NtBuildNumber (7601: the Windows 7 pool)
+NTPL_POOL_STATE = 0x88  # nt!ExPoolState: HeapManager (-> RtlpHpHeapGlobals), Heaps[]
+NTPL_POOL_QUOTA_COOKIE = 0x90  # address of nt!ExpPoolQuotaCookie
+NTPL_HEAP_RANGES = 0x98  # NTPL_HEAP_RANGE entries: where each heap's segments lie
+NTPL_HEAP_RANGE_COUNT = 0xA0
+NTPL_BIG_PAGE_ENTRY_SIZE = 0xA8  # 0x18, or 0x20 from build 20348
+NTPL_V1_SIZE = 0x80
+NTPL_HEAP_RANGE = struct.Struct("<QQQII")  # _SEGMENT_HEAP, first byte, end, base type, heap index
+NTPL_LAYOUT_VERSION = 2
 
 # NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.
 BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s")  # code, parameters, DriverName, CallSite

@@ -85,8 +85,9 @@ def codeview_record(guid_le: bytes, age: int = PDB_AGE) -> bytes:
     return b"RSDS" + guid_le + struct.pack("<I", age) + PDB_NAME.encode() + b"\0"
 
 
-def headers_and_rdata(image_base: int, guid_le: bytes) -> bytes:
+def headers_and_rdata(image_base: int, guid_le: bytes, windows=None) -> bytes:
     """The image's first two pages: DOS and PE32+ headers, then .rdata."""
+    major, minor = (6, 1) if windows is None else (windows.major, windows.minor)
     image = bytearray(DATA_RVA)
     image[0:2] = b"MZ"
     struct.pack_into("<I", image, _DOS_E_LFANEW, _PE_OFFSET)
@@ -98,7 +99,7 @@ def headers_and_rdata(image_base: int, guid_le: bytes) -> bytes:
         image, optional, 0x20B, 9, 0,  # PE32+, linker 9.0
         0, KERNEL_IMAGE_BYTES - RDATA_RVA, 0, 0, RDATA_RVA,  # code, data sizes; entry; code base
         image_base, PAGE_SIZE, PAGE_SIZE,  # ImageBase, SectionAlignment, FileAlignment
-        6, 1, 6, 1, 6, 1, 0,  # OS, image and subsystem versions 6.1 (Windows 7)
+        major, minor, major, minor, major, minor, 0,  # OS, image and subsystem versions
         KERNEL_IMAGE_BYTES, PAGE_SIZE, 0, 1, 0,  # SizeOfImage, SizeOfHeaders, CheckSum, native
         0x80000, 0x2000, 0x100000, 0x1000, 0, 16)
     directories = optional + _OPTIONAL_HEADER64.size
@@ -113,15 +114,15 @@ def headers_and_rdata(image_base: int, guid_le: bytes) -> bytes:
                                _IMAGE_DEBUG_TYPE_CODEVIEW, len(record), CODEVIEW_RECORD,
                                CODEVIEW_RECORD)
     image[CODEVIEW_RECORD:CODEVIEW_RECORD + len(record)] = record
-    lab = NT_BUILD_LAB_TEXT.encode()
+    lab = (NT_BUILD_LAB_TEXT if windows is None else windows.nt_build_lab).encode()
     image[NT_BUILD_LAB:NT_BUILD_LAB + len(lab)] = lab
     return bytes(image)
 
 
-def version_block(kern_base: int) -> bytes:
-    """KdVersionBlock (DBGKD_GET_VERSION64) of a Windows 7 SP1 x64 free build."""
+def version_block(kern_base: int, windows=None) -> bytes:
+    """KdVersionBlock (DBGKD_GET_VERSION64) of an x64 free build (Windows 7 SP1 by default)."""
     return DBGKD_GET_VERSION64.pack(
-        f.MAJOR_VERSION_FREE, f.MINOR_VERSION, 6, 2,  # protocol 6, secondary version 2
+        f.MAJOR_VERSION_FREE, f.MINOR_VERSION if windows is None else windows.build, 6, 2,  # protocol 6, secondary version 2
         0x47,  # DBGKD_VERS_FLAG_MP | DATA | PTR64 | NOMM
         f.MACHINE_AMD64, 0x0C, 0x03, 0x31, 0, 0,
         kern_base, kern_base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST, 0)

@@ -15,7 +15,8 @@ import time
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
-from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
+from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE, WINDOWS7
+from ..pool.segment_heap.layout import big_page_hash, big_page_type_field, segment_heap_layouts
 from ..tags import PROTECTED_POOL
 from . import format as f
 from . import image as kernel_image
@@ -39,6 +40,7 @@ class DebuggerDataLayout:
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
+    heap_ranges: int = 0  # segment heap: NTPL_HEAP_RANGE entries
     verifier_tracking: Region = field(default_factory=Region)
 
 
@@ -58,15 +60,16 @@ def poke(kernel, va: int, data) -> None:
 
 
 def install_shared_data(kernel) -> None:
-    """Map KUSER_SHARED_DATA (read-only) with the Windows 7 version numbers in it."""
+    """Map KUSER_SHARED_DATA (read-only) with the machine's Windows version numbers in it."""
     if kernel.space.translate(f.KUSER_SHARED_DATA) is not None:
         return
     pfn = kernel.physical.allocate_frame()
     kernel.physical.zero_frame(pfn)
     kernel.space.map_page(f.KUSER_SHARED_DATA, pfn, writable=False)
-    values = {f.KUSER_NT_BUILD_NUMBER: f.MINOR_VERSION, f.KUSER_NT_PRODUCT_TYPE: f.NT_PRODUCT_WIN_NT,
-              f.KUSER_PRODUCT_TYPE_IS_VALID: 1, f.KUSER_NT_MAJOR_VERSION: f.NT_MAJOR_VERSION,
-              f.KUSER_NT_MINOR_VERSION: f.NT_MINOR_VERSION}
+    windows = kernel.windows
+    values = {f.KUSER_NT_BUILD_NUMBER: windows.build, f.KUSER_NT_PRODUCT_TYPE: f.NT_PRODUCT_WIN_NT,
+              f.KUSER_PRODUCT_TYPE_IS_VALID: 1, f.KUSER_NT_MAJOR_VERSION: windows.major,
+              f.KUSER_NT_MINOR_VERSION: windows.minor}
     for offset, value in values.items():
         poke(kernel, f.KUSER_SHARED_DATA + offset, value.to_bytes(4, "little"))
     poke(kernel, f.KUSER_SHARED_DATA + f.KUSER_NT_SYSTEM_ROOT, f.NT_SYSTEM_ROOT.encode("utf-16-le"))
@@ -102,9 +105,11 @@ def _region_for(kernel, region: Region, entries: int, entry_size: int) -> None:
 
 # --- the tables -----------------------------------------------------------------------------
 
-def build_tracker_table(rows: dict, size: int) -> bytearray:
-    """PoolTrackTable image: ``size`` hashed slots plus one overflow slot."""
-    entry = POOL_TRACKER_TABLE
+def build_tracker_table(rows: dict, size: int, entry=POOL_TRACKER_TABLE) -> bytearray:
+    """PoolTrackTable image: ``size`` hashed slots plus one overflow slot (Windows 7's entries
+    by default; ``entry`` another design's, filled by field name)."""
+    if entry is not POOL_TRACKER_TABLE:
+        return _build_named_tracker_table(rows, size, entry)
     image = bytearray((size + 1) * entry.size)
     used = bytearray(size)
     mask = size - 1
@@ -117,6 +122,47 @@ def build_tracker_table(rows: dict, size: int) -> bytearray:
         entry.pack_into(image, slot * entry.size, key, r[0] & 0xFFFFFFFF, r[1] & 0xFFFFFFFF,
                         r[2] & 0xFFFFFFFFFFFFFFFF, r[3] & 0xFFFFFFFF, r[4] & 0xFFFFFFFF,
                         r[5] & 0xFFFFFFFFFFFFFFFF)
+    return image
+
+
+def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:
+    image = bytearray((size + 1) * entry.size)
+    used = bytearray(size)
+    mask = size - 1
+    for key, r in rows.items():
+        key &= ~PROTECTED_POOL
+        slot = f.tracker_hash(key, mask)
+        while used[slot]:
+            slot = (slot + 1) & mask
+        used[slot] = 1
+        base = slot * entry.size
+        for name, value in (("Key", key), ("NonPagedAllocs", r[0]), ("NonPagedFrees", r[1]),
+                            ("NonPagedBytes", r[2]), ("PagedAllocs", r[3]), ("PagedFrees", r[4]),
+                            ("PagedBytes", r[5])):
+            entry.set(image, base, name, value & ((1 << 8 * entry.fields[name].codec.size) - 1))
+    return image
+
+
+def build_segment_heap_big_page_table(pools, size: int, entry) -> bytearray:
+    """Windows 10/11's PoolBigPageTable: PoolType in bits 8-19 of its u32, NumberOfBytes the
+    bytes asked for, and (0x20-byte entries) ProcessBilled, the EPROCESS charged."""
+    image = bytearray(size * entry.size)
+    for index in range(size):
+        entry.set(image, index * entry.size, "Va", BIG_PAGE_FREE)
+    mask = size - 1
+    for pool in pools:
+        for va, (tag, pages) in pool.big_pages.items():
+            length, pool_type, process = pool.big_details.get(va, (pages << PAGE_SHIFT, pool.header_type, 0))
+            slot = big_page_hash(va, mask)
+            while not image[slot * entry.size] & BIG_PAGE_FREE:
+                slot = (slot + 1) & mask
+            base = slot * entry.size
+            entry.set(image, base, "Va", va)
+            entry.set(image, base, "Key", tag)
+            entry.set(image, base, "PoolType", big_page_type_field(pool_type))
+            entry.set(image, base, "NumberOfBytes", length)
+            if "ProcessBilled" in entry.fields:
+                entry.set(image, base, "ProcessBilled", process)
     return image
 
 
@@ -135,17 +181,42 @@ def build_big_page_table(pools, size: int) -> bytearray:
 
 
 def _lay_out_tables(kernel, layout: DebuggerDataLayout) -> tuple[int, int]:
+    layouts = pool_layouts(kernel)
     rows = kernel.pool.tracker.rows
     tracker_size = f.table_size_for(len(rows), f.MIN_TRACKER_TABLE_SIZE)
-    _region_for(kernel, layout.tracker, tracker_size + 1, POOL_TRACKER_TABLE.size)
-    poke(kernel, layout.tracker.va, build_tracker_table(rows, tracker_size))
+    _region_for(kernel, layout.tracker, tracker_size + 1, layouts.tracker.size)
+    poke(kernel, layout.tracker.va, build_tracker_table(rows, tracker_size, layouts.tracker))
 
-    pools = (kernel.nonpaged_pool, kernel.paged_pool)
+    pools = [pool for pool in (kernel.nonpaged_pool, kernel.paged_pool,
+                               getattr(kernel, "nonpaged_pool_nx", None)) if pool is not None]
     big_count = sum(len(pool.big_pages) for pool in pools)
     big_size = f.table_size_for(big_count, f.MIN_BIG_PAGE_TABLE_SIZE)
-    _region_for(kernel, layout.big_pages, big_size, POOL_TRACKER_BIG_PAGES.size)
-    poke(kernel, layout.big_pages.va, build_big_page_table(pools, big_size))
+    _region_for(kernel, layout.big_pages, big_size, layouts.big_page.size)
+    if layouts.big_page is POOL_TRACKER_BIG_PAGES:
+        image = build_big_page_table(pools, big_size)
+    else:
+        image = build_segment_heap_big_page_table(pools, big_size, layouts.big_page)
+    poke(kernel, layout.big_pages.va, image)
     return tracker_size + 1, big_size
+
+
+def pool_layouts(kernel):
+    """The structure layouts of the machine's pool design (its tracker, its big page entry)."""
+    return segment_heap_layouts(kernel.windows) if kernel.windows.segment_heap else WINDOWS7
+
+
+def _lay_out_heap_ranges(kernel, layout: DebuggerDataLayout) -> int:
+    """Segment heap: where each heap's segments lie (ntpool's NTPL_HEAP_RANGE table)."""
+    state = getattr(kernel, "heap_state", None)
+    if state is None:
+        return 0
+    heaps = (state.nonpaged, state.nonpaged_nx, state.paged)
+    if not layout.heap_ranges:
+        layout.heap_ranges = kernel.kernel_data.reserve(len(heaps) * f.NTPL_HEAP_RANGE.size)
+    poke(kernel, layout.heap_ranges, b"".join(
+        f.NTPL_HEAP_RANGE.pack(heap.heap_va, heap.base, heap.limit, heap.base_type, heap.heap_index)
+        for heap in heaps))
+    return len(heaps)
 
 
 def _lay_out_call_sites(kernel, layout: DebuggerDataLayout) -> int:
@@ -206,7 +277,18 @@ def _ntpl_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_en
         f.NTPL_NUMBER_PROCESSORS: kernel.processors,
         f.NTPL_CALL_SITE_TABLE: layout.call_sites.va,
         f.NTPL_CALL_SITE_TABLE_BYTES: call_site_bytes,
+        f.NTPL_NT_BUILD_NUMBER: kernel.windows.build,
     }
+    state = getattr(kernel, "heap_state", None)
+    if state is not None:
+        count = _lay_out_heap_ranges(kernel, layout)
+        fields.update({
+            f.NTPL_POOL_STATE: state.state_va,
+            f.NTPL_POOL_QUOTA_COOKIE: state.cookie_va,
+            f.NTPL_HEAP_RANGES: layout.heap_ranges,
+            f.NTPL_HEAP_RANGE_COUNT: count,
+            f.NTPL_BIG_PAGE_ENTRY_SIZE: kernel.windows.big_page_entry_size,
+        })
     for offset, value in fields.items():
         image[offset:offset + 8] = value.to_bytes(8, "little")
     return image
@@ -240,8 +322,9 @@ def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
 def _lay_out_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_entries: int) -> None:
     """The kernel image's headers, CodeView record and globals (see ``ntpool.dump.image``)."""
     base = kernel.kernel_data.base
-    poke(kernel, base, kernel_image.headers_and_rdata(base, isf.guid_bytes()))
-    poke(kernel, kernel_image.global_address(base, "KdVersionBlock"), kernel_image.version_block(base))
+    poke(kernel, base, kernel_image.headers_and_rdata(base, isf.guid_bytes(), kernel.windows))
+    poke(kernel, kernel_image.global_address(base, "KdVersionBlock"),
+         kernel_image.version_block(base, kernel.windows))
     nonpaged, paged = kernel.nonpaged_pool, kernel.paged_pool
     for name, value, size in (
             ("PoolBigPageTable", layout.big_pages.va, 8), ("PoolBigPageTableSize", big_entries, 8),

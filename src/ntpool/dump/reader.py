@@ -19,7 +19,9 @@ from typing import Iterator, NamedTuple
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..drivers import LDR_BASE_DLL_NAME, LDR_DLL_BASE, parse_call_site_table
 from ..machine.memory import PTE_ADDRESS_MASK, PTE_PRESENT, canonical
-from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
+from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, WINDOWS7
+from ..pool.segment_heap.layout import big_page_type_of, segment_heap_layouts
+from ..windows import windows_version
 from . import format as f
 
 PTE_LARGE = 1 << 7
@@ -73,6 +75,20 @@ class PoolRange(NamedTuple):
     base_type: int  # 0 nonpaged, 1 paged
     start: int
     end: int  # exclusive
+
+
+class HeapRange(NamedTuple):
+    """Segment heap: one heap's range and its _SEGMENT_HEAP."""
+
+    name: str
+    base_type: int
+    start: int
+    end: int
+    heap_va: int
+    index: int  # PoolNode.Heaps[] index: 0 NonPagedPool, 1 NonPagedPoolNx, 2 PagedPool
+
+
+HEAP_NAMES = {0: "NonPagedPool", 1: "NonPagedPoolNx", 2: "PagedPool"}
 
 
 _UNICODE_STRING = struct.Struct("<HHxxxxQ")
@@ -392,7 +408,12 @@ class DumpReader:
     def _read_debugger_data(self) -> dict:
         kdbg = self._block(self.kd_debugger_data_block, f.KDBG_OWNER_TAG, f.KDDEBUGGER_DATA64_SIZE)
         ntpl_va = _QWORD.unpack_from(kdbg, 0)[0]
-        ntpl = self._block(ntpl_va, f.NTPL_OWNER_TAG, f.NTPL_SIZE)
+        ntpl = self._block(ntpl_va, f.NTPL_OWNER_TAG, f.NTPL_V1_SIZE)
+        declared = f.DEBUG_DATA_HEADER.unpack_from(ntpl)[3]
+        if declared >= f.NTPL_SIZE:
+            ntpl = self._block(ntpl_va, f.NTPL_OWNER_TAG, f.NTPL_SIZE)
+        else:  # a version-1 block: a Windows 7 machine
+            ntpl = ntpl + bytes(f.NTPL_SIZE - len(ntpl))
 
         def q(raw, offset):
             return _QWORD.unpack_from(raw, offset)[0]
@@ -415,9 +436,59 @@ class DumpReader:
             "CallSiteTableBytes": q(ntpl, f.NTPL_CALL_SITE_TABLE_BYTES),
             "VerifierTrackTable": q(ntpl, f.NTPL_VERIFIER_TRACK_TABLE),
             "VerifierTrackCount": q(ntpl, f.NTPL_VERIFIER_TRACK_COUNT),
+            "NtBuildNumber": q(ntpl, f.NTPL_NT_BUILD_NUMBER) or f.MINOR_VERSION,
+            "PoolState": q(ntpl, f.NTPL_POOL_STATE),
+            "PoolQuotaCookie": q(ntpl, f.NTPL_POOL_QUOTA_COOKIE),
+            "HeapRanges": q(ntpl, f.NTPL_HEAP_RANGES),
+            "HeapRangeCount": q(ntpl, f.NTPL_HEAP_RANGE_COUNT),
+            "BigPageEntrySize": q(ntpl, f.NTPL_BIG_PAGE_ENTRY_SIZE),
         }
 
+    @property
+    def windows(self):
+        """The dump's Windows (from its build number); None for a build ntpool does not know."""
+        try:
+            return windows_version(self.debugger_data()["NtBuildNumber"])
+        except ValueError:
+            return None
+
+    @property
+    def segment_heap(self) -> bool:
+        """The dump's kernel pool is the segment heap (Windows 10 19H1 and later)."""
+        return self.debugger_data()["PoolState"] != 0
+
+    def pool_layouts(self):
+        windows = self.windows
+        if self.segment_heap and windows is not None and windows.segment_heap:
+            return segment_heap_layouts(windows)
+        return WINDOWS7
+
+    def heap_ranges(self) -> list[PoolRange]:
+        """Segment heap: each heap's range (empty for a Windows 7 dump)."""
+        data = self.debugger_data()
+        count = data["HeapRangeCount"]
+        if not data["PoolState"] or not count:
+            return []
+        if count > 16:
+            self._fail(f"HeapRangeCount {count} is impossible")
+        try:
+            raw = self.read(data["HeapRanges"], count * f.NTPL_HEAP_RANGE.size)
+        except MemoryReadError:
+            self._fail(f"the heap range table at {data['HeapRanges']:#x} is not in the dump")
+        ranges = []
+        for heap_va, start, end, base_type, index in f.NTPL_HEAP_RANGE.iter_unpack(raw):
+            name = HEAP_NAMES.get(index, f"Heap{index}")
+            if not start < end <= 1 << 64 or base_type > 1:
+                self._fail(f"{name} heap range {start:#x}..{end:#x} is impossible")
+            ranges.append(HeapRange(name, base_type, start, end, heap_va, index))
+        return ranges
+
     def pool_ranges(self) -> list[PoolRange]:
+        """The pools: [nonpaged, paged] on Windows 7; each heap on the segment heap
+        ([NonPagedPool, NonPagedPoolNx, PagedPool])."""
+        heaps = self.heap_ranges()
+        if heaps:
+            return [PoolRange(h.name, h.base_type, h.start, h.end) for h in heaps]
         data = self.debugger_data()
         ranges = [PoolRange("NonPagedPool", 0, data["MmNonPagedPoolStart"], data["MmNonPagedPoolEnd"]),
                   PoolRange("PagedPool", 1, data["MmPagedPoolStart"], data["MmPagedPoolEnd"] + 1)]
@@ -442,31 +513,48 @@ class DumpReader:
         except MemoryReadError:
             self._fail(f"{va_key} at {data[va_key]:#x} is not in the dump")
 
+    def _tracker_entry(self, layout, raw, offset: int) -> TrackerEntry:
+        return TrackerEntry(*(layout.get(raw, offset, name) for name in TrackerEntry._fields))
+
     def tracker_entries(self) -> list[TrackerEntry]:
         """PoolTrackTable entries in use (Key non-zero), in table order."""
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", POOL_TRACKER_TABLE)
-        return [TrackerEntry(*row) for row in POOL_TRACKER_TABLE.iter_unpack(raw) if row[0]]
+        layout = self.pool_layouts().tracker
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout)
+        return [self._tracker_entry(layout, raw, offset)
+                for offset in range(0, len(raw) - layout.size + 1, layout.size)
+                if layout.get(raw, offset, "Key")]
 
     def tracker_lookup(self, key: int) -> TrackerEntry | None:
         """The entry for a tag, found as the kernel finds it: hash, then linear probing."""
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", POOL_TRACKER_TABLE)
-        slots = len(raw) // POOL_TRACKER_TABLE.size - 1
+        layout = self.pool_layouts().tracker
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout)
+        slots = len(raw) // layout.size - 1
         if slots <= 0 or slots & (slots - 1):
             return None
         slot = f.tracker_hash(key, slots - 1)
         for _ in range(slots):
-            row = POOL_TRACKER_TABLE.unpack_from(raw, slot * POOL_TRACKER_TABLE.size)
-            if row[0] == key:
-                return TrackerEntry(*row)
-            if row[0] == 0:
+            found = layout.get(raw, slot * layout.size, "Key")
+            if found == key:
+                return self._tracker_entry(layout, raw, slot * layout.size)
+            if found == 0:
                 return None
             slot = (slot + 1) & (slots - 1)
         return None
 
     def big_pages(self) -> list[BigPage]:
-        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", POOL_TRACKER_BIG_PAGES)
-        return [BigPage(*row) for row in POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
-                if not row[0] & BIG_PAGE_FREE]
+        layout = self.pool_layouts().big_page
+        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", layout)
+        if layout is POOL_TRACKER_BIG_PAGES:
+            return [BigPage(*row) for row in POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
+                    if not row[0] & BIG_PAGE_FREE]
+        pages = []
+        for offset in range(0, len(raw) - layout.size + 1, layout.size):
+            va = layout.get(raw, offset, "Va")
+            if not va & BIG_PAGE_FREE:
+                pages.append(BigPage(va, layout.get(raw, offset, "Key"),
+                                     big_page_type_of(layout.get(raw, offset, "PoolType")),
+                                     layout.get(raw, offset, "NumberOfBytes")))
+        return pages
 
     def unicode_string(self, va: int) -> str:
         """A UNICODE_STRING's text ('' when it cannot be read)."""

@@ -45,7 +45,7 @@ def build_header(kernel, kdbg: int, dump_type: int, runs: list[tuple[int, int]],
 
     header[0:8] = f.SIGNATURE + f.VALID_DUMP64
     put(f.OFF_MAJOR, f.MAJOR_VERSION_FREE, 4)
-    put(f.OFF_MINOR, f.MINOR_VERSION, 4)
+    put(f.OFF_MINOR, kernel.windows.build, 4)  # MinorVersion: the build number
     put(f.OFF_DIRECTORY_TABLE_BASE, directory_table_base(kernel), 8)
     put(f.OFF_PFN_DATABASE, 0, 8)  # the machine has no PFN database
     layout = kernel._debugger_data_layout
@@ -141,11 +141,12 @@ def _write_bitmap(kernel, out) -> None:
         _write_frames(out, physical.buffer, first, count)
 
 
-def write_dump(kernel, path, kind: str = "full", symbols: bool = True) -> str:
+def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=None) -> str:
     """Write ``kernel``'s crash dump to ``path`` (``kind`` 'full' or 'kernel'); returns the path.
 
     With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``) is put in a
-    ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too).
+    ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too);
+    ``truth`` is where to write the truth manifest (``ntpool.forensics.truth``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'full' or 'kernel', not {kind!r}")
@@ -167,4 +168,8 @@ def write_dump(kernel, path, kind: str = "full", symbols: bool = True) -> str:
             isf.install_symbols(isf.symbols_beside(path))
         except OSError:
             pass  # the dump is written; `ntpool symbols` names the package's copy
+    if truth is not None:
+        from ..forensics.truth import write_for_dump
+
+        write_for_dump(kernel, truth, path, kind)
     return path

@@ -46,6 +46,7 @@ class Truth:
     paged_out_pages: list = field(default_factory=list)
     corrupt_pages: list = field(default_factory=list)  # {"page", "pool", "how"}
     decoys: list = field(default_factory=list)  # {"address", "physical", "tag", "aligned", "inside"}
+    pages: list = field(default_factory=list)  # [va, pa] of every resident pool page
     pools: list = field(default_factory=list)
     dump: dict = field(default_factory=dict)  # file, kind (filled by whoever writes the dump)
 
@@ -60,6 +61,7 @@ class Truth:
             "big_fields": list(BIG_FIELDS),
             "big_allocations": [[hexed(r[0]), hexed(r[1]), *r[2:]] for r in self.big],
             "paged_out_pages": [hexed(p) for p in self.paged_out_pages],
+            "pages": [[hexed(va), hexed(pa)] for va, pa in self.pages],
             "corrupt_pages": [{**c, "page": hexed(c["page"])} for c in self.corrupt_pages],
             "decoys": [{**d, "address": hexed(d["address"]), "physical": hexed(d["physical"]),
                         "inside": hexed(d["inside"])} for d in self.decoys],
@@ -105,6 +107,8 @@ def _walk(pool, truth: Truth, lookaside: set, pending: set) -> None:
         page, base = _page_bytes(pool, page_va)
         if base is None:
             truth.paged_out_pages.append(page_va)
+        else:
+            truth.pages.append([page_va, base])
         problems = page_problems(page, page_va)
         offset = 0
         while offset < PAGE_SIZE:
@@ -153,35 +157,61 @@ def manifest(kernel) -> Truth:
                 _, base = _page_bytes(pool, va)
             except KeyError:
                 base = None
+            for page in range(pages):
+                frame = pool.tlb.get((va >> PAGE_SHIFT) + page)
+                if frame is not None:
+                    truth.pages.append([va + (page << PAGE_SHIFT), frame])
             truth.big.append([va, base, pool.name, tag, shown(tag), pages << PAGE_SHIFT, pages,
                               base is None])
     return truth
 
 
-def check_against_tracker(truth: Truth, kernel) -> list[str]:
-    """Disagreements between the manifest's live allocations and the per-tag counters."""
+def check_against_tracker(truth, tracker_rows) -> list[str]:
+    """Disagreements between a manifest's live allocations and per-tag counters.
+
+    ``truth`` is a Truth or a loaded manifest; ``tracker_rows`` a machine's ``pool_tags()``
+    or a dump's ``DumpReader.tracker_entries()`` (or a machine, for its pool_tags())."""
+    if hasattr(tracker_rows, "pool_tags"):
+        tracker_rows = tracker_rows.pool_tags()
+    if isinstance(truth, Truth):
+        chunks, big = truth.chunks, truth.big
+    else:
+        chunks, big = truth["chunks"], truth["big_allocations"]
     counted: dict = {}
-    for row in truth.chunks:
+    for row in chunks:
         if row[9] == "allocated":
             key = (row[3] & ~PROTECTED_POOL, row[2])
             allocs, used = counted.get(key, (0, 0))
             counted[key] = (allocs + 1, used + row[5])
-    for row in truth.big:
+    for row in big:
         key = (row[3] & ~PROTECTED_POOL, row[2])
         allocs, used = counted.get(key, (0, 0))
         counted[key] = (allocs + 1, used + row[5])
     problems = []
-    for info in kernel.pool_tags():
+    for info in tracker_rows:
+        key = getattr(info, "TagUlong", None)
+        key = info.Key if key is None else key
+        nonpaged_used = getattr(info, "NonPagedUsed", None)
+        nonpaged_used = info.NonPagedBytes if nonpaged_used is None else nonpaged_used
+        paged_used = getattr(info, "PagedUsed", None)
+        paged_used = info.PagedBytes if paged_used is None else paged_used
         for pool, allocs, frees, used in (("NonPagedPool", info.NonPagedAllocs, info.NonPagedFrees,
-                                           info.NonPagedUsed),
-                                          ("PagedPool", info.PagedAllocs, info.PagedFrees, info.PagedUsed)):
-            seen = counted.pop((info.TagUlong, pool), (0, 0))
+                                           nonpaged_used),
+                                          ("PagedPool", info.PagedAllocs, info.PagedFrees, paged_used)):
+            seen = counted.pop((key, pool), (0, 0))
             if seen != (allocs - frees, used):
-                problems.append(f"{info.Tag} in {pool}: tracker says {allocs - frees} live, "
+                problems.append(f"{shown(key)} in {pool}: tracker says {allocs - frees} live, "
                                 f"{used} bytes; the manifest {seen[0]}, {seen[1]} bytes")
     for (key, pool), seen in counted.items():
         problems.append(f"{shown(key)} in {pool}: {seen[0]} live in the manifest, unknown to the tracker")
     return problems
+
+
+def write_for_dump(kernel, truth_path, dump_path, kind: str) -> str:
+    """The manifest of ``kernel`` as its dump at ``dump_path`` holds it, written to ``truth_path``."""
+    truth = manifest(kernel)
+    truth.dump = {"file": os.path.basename(os.fspath(dump_path)), "kind": kind}
+    return write(truth, truth_path)
 
 
 def write(truth: Truth, path) -> str:

@@ -82,3 +82,9 @@ def _no_files(interfaces):
             raise VolatilityError("this plugin wants to write files; run it with vol instead")
 
     return NoFiles
+
+
+def as_vol_json(columns, rows) -> list:
+    """Rows as ``vol -r json`` writes them (what ``ntpool score`` reads)."""
+    return [{**{name: (int(value) if isinstance(value, int) else value)
+                for name, value in zip(columns, row)}, "__children": []} for row in rows]

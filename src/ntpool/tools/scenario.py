@@ -131,6 +131,7 @@ class ScenarioRun:
         options.update(kernel_options or {})
         self.kernel_options = options
         self.dump_path = dump_path
+        self.truth_path: str | None = None  # the truth manifest to write beside the dump
         self.kernel: Kernel | None = None
         self.samples: list[UsageSample] = []
         self.snapshots: list[Snapshot] = []
@@ -251,7 +252,7 @@ class ScenarioRun:
         self.sample("bug check")
         if self.dump_path and self.dump_written is None and self.dump_error is None:
             try:
-                self.kernel.write_dump(self.dump_path, kind="kernel")
+                self.kernel.write_dump(self.dump_path, kind="kernel", truth=self.truth_path)
             except OSError as error:
                 # The bug check is the news; the dump's failure is reported after it.
                 self.dump_error = error.strerror or str(error)

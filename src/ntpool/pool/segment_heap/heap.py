@@ -621,11 +621,12 @@ class SegmentHeap:
         checks.vs_header_sane(self, sub, chunk, size)
         if not allocated:
             checks.vs_not_busy(self, chunk)
-        self.vs_write(chunk, size, previous, False)
         following = chunk + (size << 4)
         if following < sub.end:
             _, next_size, next_previous, next_allocated = self.vs_read(following)
             checks.vs_neighbour(self, sub, chunk, following, size, next_size, next_previous)
+        self.vs_write(chunk, size, previous, False)  # checked: now it is free
+        if following < sub.end:
             if not next_allocated:
                 self._vs_index_remove(following, next_size)
                 size += next_size
