@@ -56,6 +56,7 @@ from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
 from .routines.registry import routine
+from .routines.runtime import RuntimeRoutines
 from .routines.rtl import RtlRoutines
 from .windows import windows_version
 
@@ -103,7 +104,7 @@ def _positive_bytes(name: str, value) -> int:
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
-             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines):
+             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, RuntimeRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -404,6 +405,17 @@ def _checked_span(address, size) -> tuple[int, int]:
 
 
 # --- the halted machine ----------------------------------------------------------------------
+
+# What may still be asked of a machine after its bug check: looking, not doing.
+INSPECTION = frozenset({
+    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
+    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
+    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
+    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
+    "crash_dump", "crash_dump_kind", "crash_dump_error",
+    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
+    "system_process", "is_resident", "debug_output",
+})
 
 _halted_classes: dict[type, type] = {}
 

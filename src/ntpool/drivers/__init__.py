@@ -49,6 +49,7 @@ def is_machinery_file(filename: str) -> bool:
     if filename.startswith(_MACHINERY_DIRECTORIES):
         return True
     return os.path.dirname(filename) + os.sep == _PACKAGE
+_NATIVE_DIRECTORY = _PACKAGE + "native" + os.sep
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
 
@@ -122,6 +123,9 @@ class CallSites:
         self.code_owner: dict = {}  # code object -> LoadedDriver
         self.drivers: list[LoadedDriver | None] = [None]
         self._machinery: dict = {}  # code object -> whether it is ntpool's own
+        # Set by the native CPU: the site of the compiled code ntpool is answering for, asked
+        # for when the first frame outside the machinery is the native call bridge's.
+        self.native_resolver = None
 
     def lookup(self, frame) -> int:
         """The site number of the driver call that ``frame`` is in, or leads out to.
@@ -139,6 +143,8 @@ class CallSites:
             frame = frame.f_back
         if frame is None:
             return 0
+        if self.native_resolver is not None and frame.f_code.co_filename.startswith(_NATIVE_DIRECTORY):
+            return self.native_resolver()
         if frame is not start:
             return self.lookup(frame)
         return self._resolve(frame, key)
@@ -181,13 +187,22 @@ class CallSites:
             depth += 1
         return None
 
+    def add_native_site(self, driver: "LoadedDriver", address: int, function: str,
+                        filename: str, lineno: int) -> int:
+        """A call site in a compiled driver's image (the CPU caches the number by address)."""
+        if len(self.table) > MAX_SITES:
+            return 0
+        self.table.append(CallSite(driver.index, filename, lineno, function, address))
+        return len(self.table) - 1
+
     def site_of_caller(self) -> int:
         """Site of the nearest code on the stack that is not ntpool's own machinery
         (a driver's, or a test's): where a faulting access or a bad call came from."""
         return self.lookup(sys._getframe(1))
 
     def add_driver(self, driver: LoadedDriver) -> None:
-        driver.codes = _codes_of(driver.obj)
+        # A compiled driver's code is machine code: its sites come from the native CPU.
+        driver.codes = set() if getattr(driver.obj, "native", False) else _codes_of(driver.obj)
         for code in driver.codes:
             self.code_owner[code] = driver
         self._forget_resolved()  # sites seen before the driver loaded are re-resolved
@@ -277,8 +292,15 @@ class DriverRoutines:
         if any(d.name.lower() == name.lower() for d in self.drivers):
             raise ValueError(f"a driver named {name} is already loaded")
         index = len(self.call_sites.drivers)
-        image_base = DRIVER_IMAGE_BASE + (index - 1) * DRIVER_IMAGE_STRIDE
-        loaded = LoadedDriver(index, driver, name, image_base, self._write_ldr_entry(name, image_base))
+        # A compiled driver is mapped at its own base; a Python driver gets a made-up one.
+        image_base = getattr(driver, "image_base", None) or \
+            DRIVER_IMAGE_BASE + (index - 1) * DRIVER_IMAGE_STRIDE
+        size = getattr(driver, "image_size", None) or DRIVER_IMAGE_STRIDE
+        entry_point = getattr(driver, "entry_point", None) or image_base + 0x1000
+        loaded = LoadedDriver(index, driver, name, image_base,
+                              self._write_ldr_entry(name, image_base, size, entry_point))
+        if getattr(driver, "native", False):
+            driver.loaded = loaded
         self.call_sites.drivers.append(loaded)
         self.call_sites.add_driver(loaded)
         self.drivers.append(loaded)
@@ -315,13 +337,14 @@ class DriverRoutines:
         self.call_sites.remove_driver(loaded)
         self._unlink_ldr_entry(loaded.entry_va)
 
-    def _write_ldr_entry(self, name: str, image_base: int) -> int:
+    def _write_ldr_entry(self, name: str, image_base: int, size: int = DRIVER_IMAGE_STRIDE,
+                         entry_point: int | None = None) -> int:
         encoded = name.encode("utf-16-le")
         entry = self.kernel_data.reserve(LDR_ENTRY_SIZE + len(encoded) + 2)
         buffer = entry + LDR_ENTRY_SIZE
         self.write(buffer, encoded + b"\0\0")
-        self.write(entry + LDR_DLL_BASE, struct.pack("<QQQ", image_base, image_base + 0x1000,
-                                                     DRIVER_IMAGE_STRIDE))
+        entry_point = image_base + 0x1000 if entry_point is None else entry_point
+        self.write(entry + LDR_DLL_BASE, struct.pack("<QQQ", image_base, entry_point, size))
         name_field = UNICODE_STRING.pack(len(encoded), len(encoded) + 2, buffer)
         self.write(entry + LDR_FULL_DLL_NAME, name_field)
         self.write(entry + LDR_BASE_DLL_NAME, name_field)

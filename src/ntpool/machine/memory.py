@@ -125,6 +125,9 @@ class AddressSpace:
         self._write_entry(self.cr3 << PAGE_SHIFT, SELF_MAP_INDEX,
                           (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY)
         self.tlb: dict[int, int] = {}  # virtual page number -> physical address of the page
+        # Called with the page's address when a present mapping is removed or replaced (a
+        # hardware TLB, the native CPU's, must forget it).
+        self.pte_observers: list = []
 
     def _new_table(self) -> int:
         pfn = self.physical.allocate_frame()
@@ -160,6 +163,9 @@ class AddressSpace:
             flags |= PTE_NX
         pte_pa = self._pte_address(va, create=True)
         _QWORD.pack_into(self.physical.buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
+        if self.tlb.get(va >> PAGE_SHIFT, pfn << PAGE_SHIFT) != pfn << PAGE_SHIFT:
+            for observer in self.pte_observers:
+                observer(va)
         self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
 
     def set_pte_bits(self, va: int, bits: int) -> None:
@@ -178,6 +184,8 @@ class AddressSpace:
         entry = _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
         _QWORD.pack_into(self.physical.buffer, pte_pa, keep & ~PTE_PRESENT)
         self.tlb.pop(va >> PAGE_SHIFT, None)
+        for observer in self.pte_observers:
+            observer(va)
         return (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
 
     def pte(self, va: int) -> int:

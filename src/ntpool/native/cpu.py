@@ -1,0 +1,252 @@
+"""The x64 CPU that runs compiled drivers: unicorn on ntpool's own memory and page tables.
+
+ntpool's physical memory is one host mmap; ``uc_mem_map_ptr`` hands all of it to unicorn as
+the guest's physical memory, with no copy. Paging is on (CR0.PG|PE|WP, CR4.PAE,
+EFER.LME|LMA|NXE) and CR3 is ntpool's CR3, so unicorn walks ntpool's real page tables: a
+store by machine code is a store into the machine, and the reverse. ntpool tells the CPU
+when it unmaps or remaps a page (``AddressSpace.pte_observers``), and the CPU flushes its
+TLB before it next runs.
+
+Crossings are cheap by design. A call from native code into ntpool goes through a stub that
+stores the argument registers into a call block in memory and executes SYSCALL; one SYSCALL
+hook (registered with the C library directly, not through the Python binding's wrapper)
+reads the block with one ``struct.unpack_from`` and writes the result back the same way:
+no register access at all on the normal path, and no per-instruction hook anywhere.
+
+Everything unusual stops the CPU and is handled outside it: a page fault (vector 14, with
+CR2) is resolved by ntpool (page-in, special pool) or becomes Windows' bug check; #GP, #UD,
+int3 and divide errors become exceptions dispatched through the driver's SEH tables; an
+exception a routine raises (ExRaiseStatus, FsRtl's STATUS_INSUFFICIENT_RESOURCES) too.
+unicorn never forgets a delivered exception (a second #PF would become #DF), so the CPU
+state saved at start-up is restored after each handled fault, with the registers carried
+over.
+
+IRQL is CR8. unicorn ignores CR8, so the loader finds each ``mov cr8, reg`` / ``mov reg,
+cr8`` (wdm.h inlines them for KeRaiseIrql, KeLowerIrql, KeGetCurrentIrql) and the CPU
+hooks exactly those addresses. GS points at a KPCR whose Prcb.CurrentThread leads to a
+KTHREAD whose ApcState.Process is the current process's EPROCESS.
+"""
+
+import ctypes
+import struct
+
+import unicorn
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from ..constants import PAGE_SIZE
+
+# Where the machine's own code and data for native drivers live (Windows 7 puts ntoskrnl
+# near 0xFFFFF80002800000; ntpool's kernel data starts at 0xFFFFF80002000000).
+STUB_BASE = 0xFFFFF80000C00000  # below the I/O manager's stand-in code addresses
+STUB_DATA_PAGES = 2  # the call block, exception and context records
+STUB_CODE_PAGES = 32
+STUB_SIZE = 64
+STUB_CODE = STUB_BASE + STUB_DATA_PAGES * PAGE_SIZE
+# Where every call from ntpool returns to (unicorn stops there). Not at the start of its
+# page: unicorn looks at the byte before the stop address, which must be executable.
+RETURN_TRAP = STUB_CODE + 0x20
+FIRST_STUB = STUB_CODE + STUB_SIZE
+MAX_STUBS = (STUB_CODE_PAGES * PAGE_SIZE) // STUB_SIZE - 1
+CALL_BLOCK = STUB_BASE  # routine number, rcx, rdx, r8, r9, rsp, then the return value
+CALL_BLOCK_FORMAT = struct.Struct("<QQQQQQ")
+RETURN_SLOT = CALL_BLOCK + 0x30
+EXCEPTION_RECORD_VA = STUB_BASE + 0x100
+EXCEPTION_POINTERS_VA = STUB_BASE + 0x200
+CONTEXT_VA = STUB_BASE + 0x400  # a CONTEXT is 0x4D0 bytes
+DISPATCHER_CONTEXT_VA = STUB_BASE + 0xA00
+
+KERNEL_STACK_TOP = 0xFFFFF88000200000
+KERNEL_STACK_SIZE = 0x6000  # KERNEL_STACK_SIZE on x64; the page below is a guard
+KPCR_SIZE = 0x5000
+KPCR_SELF = 0x18
+KPCR_CURRENT_PRCB = 0x20
+KPCR_PRCB = 0x180
+KPRCB_CURRENT_THREAD = 0x08
+KPRCB_NUMBER = 0x24
+KTHREAD_SIZE = 0x400
+KTHREAD_APC_STATE_PROCESS = 0x70
+
+CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR = 1 << 5, 1 << 9
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+MSR_EFER = 0xC0000080
+
+# The registers a CONTEXT carries, in one batch.
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+CONTEXT_REGS = GPRS + ("rip", "rflags")
+_REG_IDS = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in CONTEXT_REGS}
+_REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
+
+_SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def stub_code(number: int, stub_va: int) -> bytes:
+    """The import stub: spill the argument registers into the call block, SYSCALL, load rax."""
+    code = bytearray()
+
+    def rip_relative(prefix: bytes, target: int, tail: bytes = b"") -> None:
+        end = stub_va + len(code) + len(prefix) + 4 + len(tail)
+        code.extend(prefix + struct.pack("<i", target - end) + tail)
+
+    rip_relative(b"\x48\x89\x0D", CALL_BLOCK + 0x08)  # mov [rcx slot], rcx
+    rip_relative(b"\x48\x89\x15", CALL_BLOCK + 0x10)  # mov [rdx slot], rdx
+    rip_relative(b"\x4C\x89\x05", CALL_BLOCK + 0x18)  # mov [r8 slot], r8
+    rip_relative(b"\x4C\x89\x0D", CALL_BLOCK + 0x20)  # mov [r9 slot], r9
+    rip_relative(b"\x48\x89\x25", CALL_BLOCK + 0x28)  # mov [rsp slot], rsp
+    rip_relative(b"\xC7\x05", CALL_BLOCK, struct.pack("<I", number))  # mov dword [number], N
+    code += b"\x0F\x05"  # syscall
+    rip_relative(b"\x48\x8B\x05", RETURN_SLOT)  # mov rax, [return slot]
+    code += b"\xC3"  # ret
+    assert len(code) <= STUB_SIZE
+    return bytes(code.ljust(STUB_SIZE, b"\xCC"))
+
+
+class Registers:
+    """Batch access to the registers a CONTEXT holds, through the C library directly."""
+
+    def __init__(self, uch):
+        self.uch = uch
+        count = len(CONTEXT_REGS)
+        self.count = count
+        self.ids = (ctypes.c_int * count)(*(_REG_IDS[name] for name in CONTEXT_REGS))
+        self.values = (ctypes.c_uint64 * count)()
+        base = ctypes.addressof(self.values)
+        self.pointers = (ctypes.c_void_p * count)(*(base + 8 * i for i in range(count)))
+
+    def read(self) -> dict:
+        uclib.uc_reg_read_batch(self.uch, self.ids, self.pointers, self.count)
+        return dict(zip(CONTEXT_REGS, self.values))
+
+    def write(self, regs: dict) -> None:
+        for index, name in enumerate(CONTEXT_REGS):
+            self.values[index] = regs[name] & 0xFFFFFFFFFFFFFFFF
+        uclib.uc_reg_write_batch(self.uch, self.ids, self.pointers, self.count)
+
+
+class CpuStop(Exception):
+    """Why the CPU stopped before the called function returned (handled by the runner)."""
+
+
+class Cpu:
+    """One unicorn x64 CPU on the machine's memory. ``machine`` is the NativeMachine."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        kernel = machine.kernel
+        self.kernel = kernel
+        physical = kernel.physical
+        self.uc = uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uch = uc._uch
+        self._memory_anchor = ctypes.c_char.from_buffer(physical.buffer)
+        uc.mem_map_ptr(0, physical.size, unicorn.UC_PROT_ALL, ctypes.addressof(self._memory_anchor))
+        self.registers = Registers(self.uch)
+        self.cr3 = kernel.space.cr3 << 12
+        uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | CR4_OSFXSR)
+        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
+        self.tlb_stale = False
+        self.stop: tuple | None = None  # why the CPU stopped inside a hook
+        self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
+        self._hooks = []  # (handle, callback) kept alive
+        self._cr8_hooked: set = set()
+        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(self._on_syscall), 1, 0,
+                       X.UC_X86_INS_SYSCALL)
+        self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
+        self._clean = uc.context_save()  # no exception pending: restored after each fault
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def _add_hook(self, kind: int, callback, begin: int, end: int, *extra) -> int:
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(self.uch, ctypes.byref(handle), kind, callback, None,
+                                   ctypes.c_uint64(begin), ctypes.c_uint64(end),
+                                   *(ctypes.c_int(e) for e in extra))
+        if status:
+            raise unicorn.UcError(status)
+        self._hooks.append((handle.value, callback))
+        return handle.value
+
+    def hook_cr8(self, address: int) -> None:
+        """Emulate the ``mov cr8, reg`` / ``mov reg, cr8`` at ``address`` (found by the loader)."""
+        if address not in self._cr8_hooked:
+            self._cr8_hooked.add(address)
+            self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr8), address, address)
+
+    def _on_syscall(self, uch, user_data) -> None:
+        try:
+            self.machine.dispatch_call()
+        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
+            return
+        if self.tlb_stale:
+            self.flush_tlb()
+
+    def _on_interrupt(self, uch, vector, user_data) -> None:
+        self.stop = ("interrupt", vector)
+        uclib.uc_emu_stop(self.uch)
+
+    def _on_cr8(self, uch, address, size, user_data) -> None:
+        try:
+            code = self.kernel.read(address, 4)
+            rex, opcode, modrm = code[0], code[2], code[3]
+            register = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")[
+                (modrm & 7) | ((rex & 1) << 3)]
+            reg_id = _REG_IDS[register]
+            if opcode == 0x20:  # mov reg, cr8: KeGetCurrentIrql
+                self.uc.reg_write(reg_id, self.kernel.current_irql)
+            else:  # mov cr8, reg: KeRaiseIrql / KeLowerIrql, inlined
+                self.machine.set_irql_from_cr8(self.uc.reg_read(reg_id) & 0xF, address)
+            self.uc.reg_write(X.UC_X86_REG_RIP, address + 4)
+        except BaseException as error:  # noqa: BLE001
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
+        if self.tlb_stale:
+            self.flush_tlb()
+
+    # --- state -------------------------------------------------------------------------------
+
+    def flush_tlb(self) -> None:
+        self.tlb_stale = False
+        self.uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
+
+    def forget_code(self, start: int, end: int) -> None:
+        """Drop translated code for a range whose frames are about to hold something else."""
+        self.uc.ctl_remove_cache(start, end)
+
+    def read_context(self) -> dict:
+        return self.registers.read()
+
+    def write_context(self, regs: dict) -> None:
+        self.registers.write(regs)
+
+    def recover(self, regs: dict) -> None:
+        """Forget a delivered exception (restore the clean state), keeping ``regs``."""
+        self.uc.context_restore(self._clean)
+        if self.tlb_stale:
+            self.tlb_stale = False
+        self.registers.write(regs)
+
+    def set_gs_base(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_GS_BASE, value)
+
+    def cr2(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CR2)
+
+    def start(self, rip: int) -> tuple | None:
+        """Run from ``rip`` until the return trap, a stop, or an error; returns the stop."""
+        if self.tlb_stale:
+            self.flush_tlb()
+        self.stop = None
+        status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, 0, 0)
+        stop = self.stop
+        self.stop = None
+        if stop is None and status:
+            return ("unicorn", status)
+        return stop

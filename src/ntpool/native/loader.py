@@ -1,0 +1,99 @@
+"""Mapping a checked image into the machine: frames, protection, relocations, imports.
+
+The image is laid out once in a host buffer (headers, sections, relocations applied, the
+import address table filled), then copied into fresh ntpool frames mapped at the image's
+base in the kernel address space, page by page with its section's protection: code is
+read-only and executable, read-only data read-only, data writable, everything else NX. The
+frames belong to the machine like any other, so a crash dump holds the driver's code.
+"""
+
+import re
+import struct
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from .pe import Image
+
+# Where native images are mapped: above the Python drivers' made-up bases, 64 KiB aligned.
+NATIVE_IMAGE_BASE = 0xFFFFF88004000000
+IMAGE_ALIGNMENT = 0x10000
+# mov cr8, reg / mov reg, cr8 (REX with R set; ModRM mod=11, reg=0).
+_CR8_ACCESS = re.compile(rb"[\x44\x45\x46\x47\x4C\x4D\x4E\x4F]\x0F[\x20\x22][\xC0-\xC7]", re.S)
+
+
+class MissingImports(LookupError):
+    """Imports ntpool does not implement; ``missing`` lists "MODULE!name" for each."""
+
+    def __init__(self, image_name: str, missing: list[str]):
+        self.missing = missing
+        super().__init__(f"{image_name} imports {len(missing)} routine(s) ntpool does not "
+                         f"implement: {', '.join(missing)} (--allow-missing binds them to a "
+                         f"stop that names the routine when it is called)")
+
+
+class MappedImage:
+    """An image in memory: where it is, its frames, and what the CPU must know of it."""
+
+    def __init__(self, image: Image, base: int, frames: list[int], cr8_sites: list[int]):
+        self.image = image
+        self.base = base
+        self.size = image.size_of_image
+        self.end = base + image.size_of_image
+        self.frames = frames
+        self.cr8_sites = cr8_sites
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.end
+
+
+def layout(image: Image, base: int, resolve) -> tuple[bytearray, list[int]]:
+    """The image's bytes at ``base``; ``resolve(import) -> address`` fills the IAT."""
+    memory = bytearray(image.size_of_image)
+    memory[:image.size_of_headers] = image.headers
+    for section in image.sections:
+        memory[section.rva:section.rva + len(section.raw)] = section.raw
+    delta = (base - image.preferred_base) & 0xFFFFFFFFFFFFFFFF
+    if delta:
+        for rva in image.relocations:
+            value = struct.unpack_from("<Q", memory, rva)[0]
+            struct.pack_into("<Q", memory, rva, (value + delta) & 0xFFFFFFFFFFFFFFFF)
+    for entry in image.imports:
+        struct.pack_into("<Q", memory, entry.iat_rva, resolve(entry))
+    cr8_sites = []
+    for section in image.sections:
+        if section.executable:
+            start = section.rva
+            for match in _CR8_ACCESS.finditer(memory, start, start + section.virtual_size):
+                cr8_sites.append(base + match.start())
+    return memory, cr8_sites
+
+
+def page_protection(image: Image) -> list[tuple[bool, bool]]:
+    """(writable, executable) for each page of the image."""
+    pages = [(False, False)] * (image.size_of_image >> PAGE_SHIFT)
+    for section in image.sections:
+        first = section.rva >> PAGE_SHIFT
+        last = (section.rva + max(section.virtual_size, 1) - 1) >> PAGE_SHIFT
+        for index in range(first, min(last + 1, len(pages))):
+            writable, executable = pages[index]
+            pages[index] = (writable or section.writable, executable or section.executable)
+    return pages
+
+
+def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
+    memory, cr8_sites = layout(image, base, resolve)
+    physical = kernel.physical
+    space = kernel.space
+    frames = []
+    for index, (writable, executable) in enumerate(page_protection(image)):
+        pfn = physical.allocate_frame()
+        frames.append(pfn)
+        physical.write(pfn << PAGE_SHIFT, memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
+        space.map_page(base + index * PAGE_SIZE, pfn, writable=writable, executable=executable)
+    return MappedImage(image, base, frames, cr8_sites)
+
+
+def unmap_image(kernel, mapped: MappedImage) -> None:
+    for index, pfn in enumerate(mapped.frames):
+        kernel.space.unmap_page(mapped.base + index * PAGE_SIZE)
+        kernel.physical.free_frame(pfn)
+    mapped.frames = []

@@ -1,0 +1,423 @@
+"""Compiled drivers in the machine: loading a .sys, binding its imports, calling its code.
+
+``load_native_driver(k, path_or_bytes)`` returns a ``NativeDriver``: an object with
+``DriverEntry(k, RegistryPath)`` and ``DriverUnload(k)`` like a Python driver's, so
+``k.load_driver`` / ``k.unload_driver``, Driver Verifier, scenarios and the command line
+treat it exactly as they treat Python drivers; its image is mapped in the machine, and its
+KLDR_DATA_TABLE_ENTRY gives its real base, entry point and SizeOfImage.
+
+There is one ``NativeMachine`` per Kernel (``native_machine(k)``), made when the first
+image is loaded: the CPU, the import stubs (one per routine, shared by every driver), and
+the runner that calls native code and turns what stops it into ntpool's answers.
+"""
+
+import os
+import struct
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE, NtStatus
+from ..errors import BugCheck, NtStatusError
+from . import cpu as cpu_module
+from . import faults, seh
+from .bindings import Bindings, UnimplementedRoutine
+from .cpu import Cpu
+from .loader import IMAGE_ALIGNMENT, NATIVE_IMAGE_BASE, MissingImports, map_image, unmap_image
+from .pe import BadImage, parse_image
+from .symbols import Symbols
+
+_Q = struct.Struct("<Q")
+DRIVER_OBJECT_SIZE = 0x150
+DRIVER_OBJECT_TYPE = 4  # IO_TYPE_DRIVER
+DRIVER_START = 0x18
+DRIVER_SIZE = 0x20
+DRIVER_EXTENSION = 0x30
+DRIVER_NAME = 0x38
+DRIVER_INIT = 0x58
+DRIVER_UNLOAD = 0x68
+DRIVER_EXTENSION_SIZE = 0x38
+UNICODE_STRING = struct.Struct("<HHxxxxQ")
+
+
+class NativeError(RuntimeError):
+    """Native code did something ntpool cannot model (the message names it and where)."""
+
+
+class NativeDriver:
+    """A loaded .sys, presented to the machine as a driver object."""
+
+    native = True
+
+    def __init__(self, machine, image, mapped, symbols):
+        self.machine = machine
+        self.image = image
+        self.mapped = mapped
+        self.name = image.name
+        self.image_base = mapped.base
+        self.image_size = mapped.size
+        self.entry_point = mapped.base + image.entry_rva
+        self.symbols = symbols
+        self.driver_object = 0
+        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
+        self.loaded = None  # the LoadedDriver the kernel keeps
+        self.entry_status = None
+
+    # The two entry points the machine calls.
+    def DriverEntry(self, k, RegistryPath):
+        """What IopLoadDriver does: a DRIVER_OBJECT and RegistryPath from the I/O manager,
+        then the image's entry point in a system thread."""
+        self.wdm = k.create_driver_object(self.name, self.image_base, self.image_size,
+                                          self.loaded.entry_va if self.loaded else 0,
+                                          self.entry_point, self.loaded)
+        self.driver_object = self.wdm.driver_object
+        try:
+            status = self.machine.call(self.entry_point,
+                                       (self.driver_object, self.wdm.registry_path), self,
+                                       thread="system") & 0xFFFFFFFF
+        finally:
+            if not k.halted:
+                k.driver_entry_returned(self.wdm)
+        self.entry_status = status
+        if status & 0x80000000:
+            k.delete_driver_object(self.wdm)  # failed: no DriverUnload, the object goes
+            self.driver_object = 0
+        return status
+
+    def DriverUnload(self, k):
+        if not self.driver_object:
+            return
+        unload = k.driver_unload_routine(self.wdm)
+        if unload:
+            self.machine.call(unload, (self.driver_object,), self, thread="system")
+        k.delete_driver_object(self.wdm)
+        self.driver_object = 0
+
+    def address_of(self, name: str) -> int:
+        """The address of an exported function (for scenarios that call a driver's routines)."""
+        rva = self.image.exports.get(name)
+        if rva is None:
+            raise KeyError(f"{self.name} exports no routine named {name!r} "
+                           f"(exports: {', '.join(sorted(self.image.exports)) or 'none'})")
+        return self.image_base + rva
+
+    def call(self, routine, *args) -> int:
+        """Call an exported routine (by name or address) with integer arguments."""
+        address = self.address_of(routine) if isinstance(routine, str) else routine
+        return self.machine.call(address, args, self)
+
+    def describe(self, address: int) -> str:
+        """"driver.sys+0xOFFSET", with the function and line when symbols say."""
+        return self.symbols.describe(address - self.image_base)
+
+    def __repr__(self) -> str:
+        return f"<native driver {self.name} at {self.image_base:#x}>"
+
+
+class NativeMachine:
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.mem = kernel.physical.buffer
+        self._map_support_pages()
+        self.cpu = Cpu(self)
+        self.bindings = Bindings(self)
+        self.images: list[NativeDriver] = []
+        self.next_base = NATIVE_IMAGE_BASE
+        self.call_rsp = 0
+        self.symbol_path: str | None = None  # where to look for PDBs (the .sys's folder)
+        self.log: list[str] = []  # DbgPrint output, in order
+        self.log_observers: list = []  # called with each DbgPrint line
+        self.site_cache: dict[int, int] = {}  # code address -> call-site number
+        self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
+        self.location = 0  # the code address ntpool is answering for (call return or fault)
+        kernel.space.pte_observers.append(self._pte_changed)
+        kernel.call_sites.native_resolver = self.current_site
+        # The I/O manager calls driver code (dispatch, completion routines) through these.
+        kernel.native_call = lambda address, args: self.call(address, args)
+        kernel.system_routine_resolver = self.system_routine
+        self._kpcrs = [self._make_kpcr(n) for n in range(kernel.processors)]
+
+    # --- memory the machine's own native parts use ---------------------------------------------
+
+    def _map_support_pages(self) -> None:
+        kernel = self.kernel
+        physical, space = kernel.physical, kernel.space
+
+        def fresh(va, writable, executable):
+            pfn = physical.allocate_frame()
+            physical.zero_frame(pfn)
+            space.map_page(va, pfn, writable=writable, executable=executable)
+            return pfn
+
+        for index in range(cpu_module.STUB_DATA_PAGES):
+            fresh(cpu_module.STUB_BASE + index * PAGE_SIZE, True, False)
+        for index in range(cpu_module.STUB_CODE_PAGES):
+            fresh(cpu_module.STUB_CODE + index * PAGE_SIZE, False, True)
+        kernel.write(cpu_module.STUB_CODE, b"\xF4" * cpu_module.STUB_SIZE)  # hlt: never run
+        top = cpu_module.KERNEL_STACK_TOP
+        for va in range(top - cpu_module.KERNEL_STACK_SIZE, top, PAGE_SIZE):
+            fresh(va, True, False)
+        self.call_block_pa = kernel.space.translate(cpu_module.CALL_BLOCK)
+        self.return_pa = kernel.space.translate(cpu_module.RETURN_SLOT)
+
+    def write_code(self, va: int, code: bytes) -> None:
+        pa = self.kernel.space.translate(va)
+        self.mem[pa:pa + len(code)] = code
+
+    def _make_kpcr(self, number: int) -> int:
+        kernel = self.kernel
+        kpcr = kernel.kernel_data.reserve(cpu_module.KPCR_SIZE, align=PAGE_SIZE)
+        thread = kernel.kernel_data.reserve(cpu_module.KTHREAD_SIZE, align=16)
+        kernel.write(kpcr + cpu_module.KPCR_SELF, _Q.pack(kpcr))
+        kernel.write(kpcr + cpu_module.KPCR_CURRENT_PRCB, _Q.pack(kpcr + cpu_module.KPCR_PRCB))
+        prcb = kpcr + cpu_module.KPCR_PRCB
+        kernel.write(prcb + cpu_module.KPRCB_CURRENT_THREAD, _Q.pack(thread))
+        kernel.write(prcb + cpu_module.KPRCB_NUMBER, struct.pack("<H", number))
+        return kpcr
+
+    def _pte_changed(self, va: int) -> None:
+        self.cpu.tlb_stale = True
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def load_image(self, data: bytes, name: str, allow_missing: bool = False) -> NativeDriver:
+        image = parse_image(data, name)
+        missing = self.bindings.missing(image)
+        if missing and not allow_missing:
+            raise MissingImports(name, missing)
+        base = self.next_base
+        mapped = map_image(self.kernel, image, base, self.bindings.resolve)
+        self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
+        for address in mapped.cr8_sites:
+            self.cpu.hook_cr8(address)
+        driver = NativeDriver(self, image, mapped, Symbols.for_image(image, self.symbol_path))
+        self.images.append(driver)
+        return driver
+
+    def unload_image(self, driver: NativeDriver) -> None:
+        if driver.mapped.frames:
+            self.cpu.forget_code(driver.mapped.base, driver.mapped.end)
+            unmap_image(self.kernel, driver.mapped)
+            self.cpu.tlb_stale = True
+        if driver in self.images:
+            self.images.remove(driver)
+
+    def driver_at(self, address: int) -> NativeDriver | None:
+        for driver in self.images:
+            if driver.mapped.contains(address):
+                return driver
+        return None
+
+    def describe(self, address: int) -> str:
+        driver = self.driver_at(address)
+        if driver is None:
+            return f"{address:#x}"
+        return driver.describe(address)
+
+    # --- objects handed to DriverEntry ---------------------------------------------------------
+
+    def unicode_string(self, text: str) -> int:
+        kernel = self.kernel
+        encoded = text.encode("utf-16-le")
+        address = kernel.kernel_data.reserve(16 + len(encoded) + 2, align=16)
+        kernel.write(address + 16, encoded + b"\0\0")
+        kernel.write(address, UNICODE_STRING.pack(len(encoded), len(encoded) + 2, address + 16))
+        return address
+
+    def system_routine(self, name: str) -> int:
+        """MmGetSystemRoutineAddress for native code: the routine's stub, or its data."""
+        bindings = self.bindings
+        for module in ("ntoskrnl.exe", "HAL.dll"):
+            if bindings.implemented(module, name):
+                return bindings.data_address(name) if name in bindings.data else bindings.stub(name)
+        return 0
+
+    def make_driver_object(self, driver: NativeDriver, registry_path: str) -> int:
+        """A DRIVER_OBJECT (Windows 7 x64 layout) with its DRIVER_EXTENSION and name."""
+        kernel = self.kernel
+        obj = kernel.kernel_data.reserve(DRIVER_OBJECT_SIZE + DRIVER_EXTENSION_SIZE, align=16)
+        extension = obj + DRIVER_OBJECT_SIZE
+        kernel.write(obj, struct.pack("<HH", DRIVER_OBJECT_TYPE, DRIVER_OBJECT_SIZE))
+        kernel.write(obj + DRIVER_START, _Q.pack(driver.image_base))
+        kernel.write(obj + DRIVER_SIZE, struct.pack("<I", driver.image_size))
+        kernel.write(obj + DRIVER_EXTENSION, _Q.pack(extension))
+        name = self.unicode_string("\\Driver\\" + driver.name.rsplit(".", 1)[0])
+        kernel.write(obj + DRIVER_NAME, kernel.read(name, 16))
+        kernel.write(obj + DRIVER_INIT, _Q.pack(driver.entry_point))
+        kernel.write(extension, _Q.pack(obj))
+        return obj
+
+    # --- calls from ntpool into native code ----------------------------------------------------
+
+    def call(self, address: int, args=(), driver: NativeDriver | None = None,
+             thread: str | None = None) -> int:
+        """Run native code at ``address`` with integer ``args`` (x64 convention); its rax.
+
+        ``thread`` says what Windows would call an unhandled exception in it: "system"
+        (a system thread: DriverEntry, DriverUnload) is 0x7E, "service" (a request from user
+        mode) is 0x3B, anything else 0x1E.
+        """
+        kernel = self.kernel
+        cpu = self.cpu
+        driver = driver or self.driver_at(address)
+        nested = cpu.depth > 0
+        saved = cpu.uc.context_save() if nested else None
+        outer_rsp = cpu.read_context()["rsp"] if nested else cpu_module.KERNEL_STACK_TOP
+        args = [int(a) & 0xFFFFFFFFFFFFFFFF for a in args]
+        rsp = (outer_rsp - 0x100 - 8 * max(0, len(args) - 4)) & ~0xF
+        rsp -= 8  # the return address: at a function's entry rsp is 8 modulo 16
+        kernel.write(rsp, _Q.pack(cpu_module.RETURN_TRAP))
+        for index, value in enumerate(args[4:]):
+            kernel.write(rsp + 0x28 + 8 * index, _Q.pack(value))
+        regs = cpu.read_context()
+        registers = list(args[:4]) + [0] * (4 - min(4, len(args)))
+        regs.update(rcx=registers[0], rdx=registers[1], r8=registers[2], r9=registers[3],
+                    rsp=rsp, rip=address, rflags=0x202)
+        cpu.write_context(regs)
+        cpu.set_gs_base(self._kpcrs[kernel.current_processor])
+        self._sync_thread()
+        cpu.depth += 1
+        self.running.append(driver)
+        previous_driver = kernel.current_driver
+        if driver is not None and driver.loaded is not None:
+            kernel.current_driver = driver.loaded
+        try:
+            self._run(address, thread)
+            return cpu.read_context()["rax"]
+        finally:
+            kernel.current_driver = previous_driver
+            self.running.pop()
+            cpu.depth -= 1
+            if saved is not None:
+                cpu.uc.context_restore(saved)
+
+    def _sync_thread(self) -> None:
+        kernel = self.kernel
+        kpcr = self._kpcrs[kernel.current_processor]
+        thread = _Q.unpack(kernel.read(kpcr + cpu_module.KPCR_PRCB + cpu_module.KPRCB_CURRENT_THREAD, 8))[0]
+        kernel.write(thread + cpu_module.KTHREAD_APC_STATE_PROCESS, _Q.pack(kernel.current_process.address))
+
+    def _run(self, rip: int, thread: str | None) -> None:
+        cpu = self.cpu
+        while True:
+            stop = cpu.start(rip)
+            if stop is None:
+                return
+            kind, detail = stop
+            if kind == "error":
+                if isinstance(detail, NtStatusError):
+                    # Raised by a routine: dispatched from the driver's call site.
+                    regs = cpu.read_context()
+                    regs["rip"] = _Q.unpack(self.kernel.read(regs["rsp"], 8))[0]
+                    regs["rsp"] += 8
+                    rip = seh.raise_exception(self, regs, detail.status, (), thread)
+                    continue
+                if isinstance(detail, (BugCheck, UnimplementedRoutine, NativeError)):
+                    raise detail
+                raise self._call_error(detail) from detail
+            if kind == "interrupt":
+                rip = faults.handle(self, detail, thread)
+                continue
+            regs = cpu.read_context()
+            raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
+                              f"{detail}")
+
+    def _call_error(self, error: BaseException) -> NativeError:
+        routine = self.bindings.current_name
+        return NativeError(f"{routine} called from {self.describe(self.return_address())} "
+                           f"with arguments ntpool refuses: {type(error).__name__}: {error}")
+
+    # --- calls from native code into ntpool ----------------------------------------------------
+
+    def dispatch_call(self) -> None:
+        number, rcx, rdx, r8, r9, rsp = cpu_module.CALL_BLOCK_FORMAT.unpack_from(
+            self.mem, self.call_block_pa)
+        self.call_rsp = rsp
+        self.location = 0
+        result = self.bindings.handlers[number](rcx, rdx, r8, r9, rsp)
+        _Q.pack_into(self.mem, self.return_pa, (result or 0) & 0xFFFFFFFFFFFFFFFF)
+
+    def read_q(self, address: int) -> int:
+        return _Q.unpack(self.kernel.read(address, 8))[0]
+
+    def return_address(self) -> int:
+        return _Q.unpack(self.kernel.read(self.call_rsp, 8))[0]
+
+    def set_irql_from_cr8(self, irql: int, address: int) -> None:
+        self.location = address
+        self.kernel._set_irql(irql)
+
+    # --- attribution ---------------------------------------------------------------------------
+
+    def current_site(self) -> int:
+        """The call-site number of the native code ntpool is answering for right now."""
+        address = self.location or self.return_address()
+        return self.site_for(address)
+
+    def site_for(self, address: int) -> int:
+        site = self.site_cache.get(address)
+        if site is not None:
+            return site
+        driver = self.driver_at(address)
+        if driver is None or driver.loaded is None:
+            return 0
+        site = self.kernel.call_sites.add_native_site(driver.loaded, address,
+                                                      *driver.symbols.site(address - driver.image_base))
+        self.site_cache[address] = site
+        return site
+
+    # --- DbgPrint --------------------------------------------------------------------------------
+
+    def debug_print(self, text: str) -> None:
+        for line in text.splitlines() or [""]:
+            self.log.append(line)
+            for observer in list(self.log_observers):
+                observer(line)
+
+
+def native_machine(kernel) -> NativeMachine:
+    machine = kernel.__dict__.get("_native")
+    if machine is None:
+        machine = NativeMachine(kernel)
+        kernel.__dict__["_native"] = machine
+    return machine
+
+
+def load_native_driver(kernel, source, name: str | None = None, allow_missing: bool = False,
+                       RegistryPath: str | None = None, call_entry: bool = True):
+    """Map a .sys (a path or its bytes) and load it as a driver (DriverEntry is called).
+
+    Returns the NativeDriver; ``driver.loaded`` is the kernel's LoadedDriver. Raises BadImage
+    for a malformed file, MissingImports for routines ntpool does not implement, and
+    NtStatusError when DriverEntry fails (the image is unloaded then).
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+        name = name or "driver.sys"
+    else:
+        path = os.fspath(source)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            raise BadImage(f"{path}: cannot read ({error.strerror or error})") from None
+        name = name or os.path.basename(path)
+    machine = native_machine(kernel)
+    if not isinstance(source, (bytes, bytearray)):
+        machine.symbol_path = os.path.dirname(os.path.abspath(path))
+    driver = machine.load_image(data, name, allow_missing)
+    try:
+        driver.loaded = kernel.load_driver(driver, RegistryPath) if call_entry else None
+    except NtStatusError:
+        machine.unload_image(driver)
+        raise
+    except BaseException:
+        raise
+    return driver
+
+
+def unload_native_driver(kernel, driver: NativeDriver) -> None:
+    kernel.unload_driver(driver)
+    native_machine(kernel).unload_image(driver)
+
+
+__all__ = ["NativeDriver", "NativeMachine", "NativeError", "native_machine", "load_native_driver",
+           "unload_native_driver", "BadImage", "MissingImports", "UnimplementedRoutine",
+           "NtStatus", "PAGE_SHIFT"]

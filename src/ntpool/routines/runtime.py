@@ -1,0 +1,281 @@
+"""The kernel's runtime basics drivers link against: the C runtime exports of ntoskrnl
+(memcpy, memmove, memset, memcmp; the string ones are rtl_strings'), DbgPrint, ExRaiseStatus,
+KeAcquireSpinLockRaiseToDpc, interlocked singly linked lists and the executive's
+lookaside lists (ExInitialize/Delete(N)PagedLookasideList and their allocate/free paths).
+
+Everything works on simulated memory by address, so Python drivers and compiled ones call
+the same routines. The lookaside lists are the WDK's structures at Windows 7 x64 offsets
+(GENERAL_LOOKASIDE, 0x80 bytes; SLIST_HEADER in the 16-byte x64 format): a compiled
+driver's inlined ExAllocateFromNPagedLookasideList pops the list itself and calls
+``Allocate`` through the pointer ntpool stored (ExAllocatePoolWithTag by default), exactly
+as on Windows; Python drivers call the same paths as routines.
+
+DbgPrint writes to ``k.debug_output`` (a list of lines) and calls ``k.debug_observers``.
+"""
+
+import struct
+
+from ..constants import NtStatus, PoolType
+from ..errors import NtStatusError
+from .registry import register_type, routine
+
+for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PSLIST_HEADER", "PSLIST_ENTRY"):
+    register_type(_name, 8, pointer=True)
+
+_Q = struct.Struct("<Q")
+_QQ = struct.Struct("<QQ")
+# GENERAL_LOOKASIDE (Windows 7 x64).
+LOOKASIDE_SIZE = 0x80
+LA_DEPTH = 0x10
+LA_MAXIMUM_DEPTH = 0x12
+LA_TOTAL_ALLOCATES = 0x14
+LA_ALLOCATE_MISSES = 0x18
+LA_TOTAL_FREES = 0x1C
+LA_FREE_MISSES = 0x20
+LA_TYPE = 0x24
+LA_TAG = 0x28
+LA_SIZE = 0x2C
+LA_ALLOCATE = 0x30
+LA_FREE = 0x38
+LA_LIST_ENTRY = 0x40
+MINIMUM_LOOKASIDE_DEPTH = 4  # ExMinimumLookasideDepth
+MAXIMUM_LOOKASIDE_DEPTH = 256
+# Stands for "the default routine" in a lookaside list when no native CPU exists to give
+# ExAllocatePoolWithTag / ExFreePool an address (Python-only machines).
+DEFAULT_ALLOCATE = 0xFFFFF80000A10000
+DEFAULT_FREE = 0xFFFFF80000A10010
+
+
+def _int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+class RuntimeRoutines:
+    # --- the debugger's output -----------------------------------------------------------------
+
+    @property
+    def debug_output(self) -> list:
+        """Every line drivers printed with DbgPrint/DbgPrintEx, in order."""
+        return self.__dict__.setdefault("_debug_output", [])
+
+    @property
+    def debug_observers(self) -> list:
+        """Called with each line as a driver prints it."""
+        return self.__dict__.setdefault("_debug_observers", [])
+
+    @routine("ULONG DbgPrint(_In_ PCSTR Format)")
+    def DbgPrint(self, Format) -> int:
+        """Print to the debugger (a compiled driver's format and arguments are formatted first)."""
+        text = Format if isinstance(Format, str) else self._c_string(_int("Format", Format))
+        for line in text.rstrip("\n").split("\n"):
+            self.debug_output.append(line)
+            for observer in list(self.debug_observers):
+                observer(line)
+        return NtStatus.STATUS_SUCCESS
+
+    @routine("ULONG DbgPrintEx(_In_ ULONG ComponentId, _In_ ULONG Level, _In_ PCSTR Format)")
+    def DbgPrintEx(self, ComponentId, Level, Format) -> int:
+        return self.DbgPrint(Format)
+
+    def _c_string(self, address: int, limit: int = 0x10000) -> str:
+        out = bytearray()
+        while len(out) < limit:
+            byte = self.read(address + len(out), 1)
+            if byte == b"\0":
+                break
+            out += byte
+        return out.decode("latin-1")
+
+    # --- the C runtime -------------------------------------------------------------------------
+
+    @routine("PVOID memcpy(_Out_writes_bytes_all_(Count) PVOID Destination, "
+             "_In_ const VOID *Source, _In_ SIZE_T Count)")
+    def memcpy(self, Destination, Source, Count) -> int:
+        self.RtlCopyMemory(Destination, Source, Count)
+        return Destination
+
+    @routine("PVOID memmove(_Out_writes_bytes_all_(Count) PVOID Destination, "
+             "_In_ const VOID *Source, _In_ SIZE_T Count)")
+    def memmove(self, Destination, Source, Count) -> int:
+        self.RtlMoveMemory(Destination, Source, Count)
+        return Destination
+
+    @routine("PVOID memset(_Out_writes_bytes_all_(Count) PVOID Destination, _In_ INT Value, "
+             "_In_ SIZE_T Count)")
+    def memset(self, Destination, Value, Count) -> int:
+        self.RtlFillMemory(Destination, Count, Value & 0xFF)
+        return Destination
+
+    @routine("INT memcmp(_In_ const VOID *Buffer1, _In_ const VOID *Buffer2, _In_ SIZE_T Count)")
+    def memcmp(self, Buffer1, Buffer2, Count) -> int:
+        a, b = self.read(Buffer1, Count), self.read(Buffer2, Count)
+        return 0 if a == b else (-1 if a < b else 1)
+
+    # --- exceptions ----------------------------------------------------------------------------
+
+    @routine("VOID ExRaiseStatus(_In_ NTSTATUS Status)")
+    def ExRaiseStatus(self, Status) -> None:
+        """Raise ``Status`` as an exception (NtStatusError; a compiled driver's __except)."""
+        raise NtStatusError(_int("Status", Status) & 0xFFFFFFFF, "ExRaiseStatus")
+
+    # --- spin locks as x64 drivers import them -------------------------------------------------
+
+    @routine("KIRQL KeAcquireSpinLockRaiseToDpc(_Inout_ PKSPIN_LOCK SpinLock)")
+    def KeAcquireSpinLockRaiseToDpc(self, SpinLock) -> int:
+        """What x64 wdm.h's KeAcquireSpinLock calls: raise to DISPATCH_LEVEL, take, old IRQL."""
+        return self.KeAcquireSpinLock(SpinLock)
+
+    # --- interlocked singly linked lists (x64 16-byte SLIST_HEADER) -----------------------------
+
+    def _slist(self, head: int) -> tuple[int, int, int]:
+        """(first entry, depth, sequence) of an SLIST_HEADER."""
+        low, high = _QQ.unpack(self.read(head, 16))
+        return (high >> 4) << 4, low & 0xFFFF, (low >> 16) & 0xFFFFFFFFFFFF
+
+    def _set_slist(self, head: int, first: int, depth: int, sequence: int) -> None:
+        low = (depth & 0xFFFF) | ((sequence & 0xFFFFFFFFFFFF) << 16)
+        high = ((first >> 4) << 4) | 1  # HeaderType 1: the 16-byte format
+        self.write(head, _QQ.pack(low, high))
+
+    @routine("PSLIST_ENTRY ExpInterlockedPopEntrySList(_Inout_ PSLIST_HEADER ListHead)")
+    def ExpInterlockedPopEntrySList(self, ListHead) -> int:
+        first, depth, sequence = self._slist(_int("ListHead", ListHead))
+        if not first:
+            return 0
+        following = _Q.unpack(self.read(first, 8))[0]
+        self._set_slist(ListHead, following, depth - 1, sequence + 1)
+        return first
+
+    @routine("PSLIST_ENTRY ExpInterlockedPushEntrySList(_Inout_ PSLIST_HEADER ListHead, "
+             "_Inout_ PSLIST_ENTRY ListEntry)")
+    def ExpInterlockedPushEntrySList(self, ListHead, ListEntry) -> int:
+        first, depth, sequence = self._slist(_int("ListHead", ListHead))
+        self.write(_int("ListEntry", ListEntry), _Q.pack(first))
+        self._set_slist(ListHead, ListEntry, depth + 1, sequence + 1)
+        return first
+
+    @routine("PSLIST_ENTRY ExpInterlockedFlushSList(_Inout_ PSLIST_HEADER ListHead)")
+    def ExpInterlockedFlushSList(self, ListHead) -> int:
+        first, _, sequence = self._slist(_int("ListHead", ListHead))
+        self._set_slist(ListHead, 0, 0, sequence + 1)
+        return first
+
+    # --- lookaside lists -----------------------------------------------------------------------
+
+    def _default_pool_routines(self) -> tuple[int, int]:
+        native = self.__dict__.get("_native")
+        if native is None:
+            return DEFAULT_ALLOCATE, DEFAULT_FREE
+        return native.bindings.stub("ExAllocatePoolWithTag"), native.bindings.stub("ExFreePool")
+
+    def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type) -> None:
+        lookaside = _int("Lookaside", lookaside)
+        size = _int("Size", size)
+        if size < 8:
+            raise ValueError(f"Size {size} is smaller than an SLIST_ENTRY (8 bytes)")
+        default_allocate, default_free = self._default_pool_routines()
+        tag_value = self.pool.validate_tag(tag)
+        self.write(lookaside, bytes(LOOKASIDE_SIZE))
+        self._set_slist(lookaside, 0, 0, 0)
+        self.write(lookaside + LA_DEPTH, struct.pack("<HH", MINIMUM_LOOKASIDE_DEPTH,
+                                                     MAXIMUM_LOOKASIDE_DEPTH))
+        self.write(lookaside + LA_TYPE, struct.pack("<III", (base_type | _int("Flags", flags)) & 0xFFFFFFFF,
+                                                    tag_value, size))
+        self.write(lookaside + LA_ALLOCATE, _QQ.pack(allocate or default_allocate,
+                                                     free or default_free))
+        entry = lookaside + LA_LIST_ENTRY
+        self.write(entry, _QQ.pack(entry, entry))
+
+    @routine("VOID ExInitializeNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
+             "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
+             "_In_ ULONG Flags, _In_ SIZE_T Size, _In_ ULONG Tag, _In_ USHORT Depth)")
+    def ExInitializeNPagedLookasideList(self, Lookaside, Allocate, Free, Flags, Size, Tag,
+                                        Depth) -> None:
+        """Initialize a nonpaged lookaside list in the caller's memory (``Lookaside``)."""
+        self._set_up_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.NonPagedPool)
+
+    @routine("VOID ExInitializePagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside, "
+             "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
+             "_In_ ULONG Flags, _In_ SIZE_T Size, _In_ ULONG Tag, _In_ USHORT Depth)")
+    def ExInitializePagedLookasideList(self, Lookaside, Allocate, Free, Flags, Size, Tag,
+                                       Depth) -> None:
+        self._set_up_lookaside(Lookaside, Allocate, Free, Flags, Size, Tag, PoolType.PagedPool)
+
+    def _lookaside_field(self, lookaside: int, offset: int, fmt: str):
+        return struct.unpack(fmt, self.read(lookaside + offset, struct.calcsize(fmt)))
+
+    def _call_pool_routine(self, address: int, *args) -> int:
+        default_allocate, default_free = self._default_pool_routines()
+        if address in (default_allocate, DEFAULT_ALLOCATE):
+            return self.ExAllocatePoolWithTag(*args)
+        if address in (default_free, DEFAULT_FREE):
+            self.ExFreePool(*args)
+            return 0
+        native = self.__dict__.get("_native")
+        if native is None:
+            raise ValueError(f"lookaside routine {address:#x} is not code this machine can run")
+        return native.call(address, args)
+
+    def _delete_lookaside(self, lookaside) -> None:
+        lookaside = _int("Lookaside", lookaside)
+        free = self._lookaside_field(lookaside, LA_FREE, "<Q")[0]
+        entry = self.ExpInterlockedFlushSList(lookaside)
+        while entry:
+            following = _Q.unpack(self.read(entry, 8))[0]
+            self._call_pool_routine(free, entry)
+            entry = following
+
+    @routine("VOID ExDeleteNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
+    def ExDeleteNPagedLookasideList(self, Lookaside) -> None:
+        """Free every entry the list still holds (with its Free routine)."""
+        self._delete_lookaside(Lookaside)
+
+    @routine("VOID ExDeletePagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside)")
+    def ExDeletePagedLookasideList(self, Lookaside) -> None:
+        self._delete_lookaside(Lookaside)
+
+    def _allocate_from_lookaside(self, lookaside) -> int:
+        lookaside = _int("Lookaside", lookaside)
+        total, misses = self._lookaside_field(lookaside, LA_TOTAL_ALLOCATES, "<II")
+        entry = self.ExpInterlockedPopEntrySList(lookaside)
+        if not entry:
+            misses += 1
+            pool_type, tag, size = self._lookaside_field(lookaside, LA_TYPE, "<III")
+            allocate = self._lookaside_field(lookaside, LA_ALLOCATE, "<Q")[0]
+            self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total + 1, misses))
+            return self._call_pool_routine(allocate, pool_type, size, tag)
+        self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total + 1, misses))
+        return entry
+
+    def _free_to_lookaside(self, lookaside, entry) -> None:
+        lookaside = _int("Lookaside", lookaside)
+        frees, free_misses = self._lookaside_field(lookaside, LA_TOTAL_FREES, "<II")
+        _, depth, _ = self._slist(lookaside)
+        if depth >= self._lookaside_field(lookaside, LA_DEPTH, "<H")[0]:
+            self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees + 1, free_misses + 1))
+            self._call_pool_routine(self._lookaside_field(lookaside, LA_FREE, "<Q")[0], entry)
+            return
+        self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees + 1, free_misses))
+        self.ExpInterlockedPushEntrySList(lookaside, entry)
+
+    @routine("PVOID ExAllocateFromNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
+    def ExAllocateFromNPagedLookasideList(self, Lookaside) -> int:
+        """An entry from the list, or a new one from its Allocate routine (NULL if none)."""
+        return self._allocate_from_lookaside(Lookaside)
+
+    @routine("VOID ExFreeToNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
+             "_In_ PVOID Entry)")
+    def ExFreeToNPagedLookasideList(self, Lookaside, Entry) -> None:
+        """Keep the entry while the list is below its depth, else give it to Free."""
+        self._free_to_lookaside(Lookaside, Entry)
+
+    @routine("PVOID ExAllocateFromPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside)")
+    def ExAllocateFromPagedLookasideList(self, Lookaside) -> int:
+        return self._allocate_from_lookaside(Lookaside)
+
+    @routine("VOID ExFreeToPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside, "
+             "_In_ PVOID Entry)")
+    def ExFreeToPagedLookasideList(self, Lookaside, Entry) -> None:
+        self._free_to_lookaside(Lookaside, Entry)

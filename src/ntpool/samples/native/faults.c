@@ -1,0 +1,93 @@
+/* faults.sys: CPU faults and exceptions, each behind an export. Caught ones return the
+ * exception code from __except; uncaught ones are Windows' bug checks. */
+#include "ntddk_lite.h"
+
+static const char Constant[] = "read-only";
+
+__declspec(dllexport) ULONG Divide(ULONG a, ULONG b) { return a / b; }
+__declspec(dllexport) VOID WriteReadOnly(void) { *(volatile char *)Constant = 'X'; }
+__declspec(dllexport) VOID Breakpoint(void) { __debugbreak(); }
+__declspec(dllexport) ULONG ReadAddress(ULONG64 address) { return *(volatile ULONG *)address; }
+
+__declspec(dllexport) NTSTATUS ProbeUserBuffer(ULONG64 address, SIZE_T length) {
+    __try {
+        ProbeForRead((PVOID)address, length, 4);
+        return *(volatile ULONG *)address;
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        return GetExceptionCode();
+    }
+}
+
+__declspec(dllexport) NTSTATUS CaughtReadAddress(ULONG64 address) {
+    __try {
+        return *(volatile ULONG *)address;
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        return GetExceptionCode();
+    }
+}
+
+__declspec(dllexport) NTSTATUS CaughtDivide(ULONG a, ULONG b) {
+    __try {
+        return (NTSTATUS)(a / b);
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        return GetExceptionCode();
+    }
+}
+
+static ULONG FinallyRan;
+static void RaiseInner(NTSTATUS status) {
+    __try {
+        ExRaiseStatus(status);
+    } __finally {
+        FinallyRan += 1;
+    }
+}
+__declspec(dllexport) NTSTATUS CaughtRaise(NTSTATUS status) {
+    __try {
+        RaiseInner(status);
+        return STATUS_SUCCESS;
+    } __except (GetExceptionCode() == status ? EXCEPTION_EXECUTE_HANDLER
+                                             : EXCEPTION_CONTINUE_SEARCH) {
+        return GetExceptionCode();
+    }
+}
+__declspec(dllexport) ULONG FinallyCount(void) { return FinallyRan; }
+__declspec(dllexport) VOID Raise(NTSTATUS status) { ExRaiseStatus(status); }
+
+__declspec(dllexport) KIRQL RaiseAndReport(KIRQL irql) {
+    KIRQL old, now;
+    KeRaiseIrql(irql, &old);
+    now = KeGetCurrentIrql();
+    KeLowerIrql(old);
+    return now;
+}
+
+__declspec(dllexport) ULONG64 Lookaside(ULONG rounds) {
+    static NPAGED_LOOKASIDE_LIST list;
+    PVOID entries[8];
+    ULONG r, i;
+    ExInitializeNPagedLookasideList(&list, NULL, NULL, 0, 48, 'kooL', 0);
+    for (r = 0; r < rounds; r++) {
+        for (i = 0; i < 8; i++)
+            entries[i] = ExAllocateFromNPagedLookasideList(&list);
+        for (i = 0; i < 8; i++)
+            ExFreeToNPagedLookasideList(&list, entries[i]);
+    }
+    r = list.TotalAllocates;
+    i = list.AllocateMisses;
+    ExDeleteNPagedLookasideList(&list);
+    return ((ULONG64)r << 32) | i;
+}
+
+__declspec(dllexport) INT Format(char *buffer, SIZE_T size) {
+    return _snprintf(buffer, size, "%s=%d %05x %ls %p", "n", -42, 0xbeef, L"wide",
+                     (PVOID)0x1234);
+}
+
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) {
+    return STATUS_SUCCESS;
+}
+
+/* A table of pointers: the image carries base relocations for it. */
+static const char *const Messages[] = {"divide", "raise"};
+__declspec(dllexport) PCSTR Message(ULONG i) { return Messages[i & 1]; }
