@@ -18,6 +18,9 @@ def test_demo_shows_the_leak_the_crash_and_the_culprit(tmp_path, capsys):
     assert re.search(r"Tag SlRq \(sloppy\.sys.*\) grew by \d+ allocations", out)
     assert re.search(r"FsRtlAllocatePoolWithTag raised STATUS_INSUFFICIENT_RESOURCES [\d,]+ times", out)
     assert "*** STOP: 0x00000019 (0x20," in out and "BAD_POOL_HEADER" in out
+    # The demo machine delays pool frees (1 GiB); the overrun is still found at the free.
+    assert "Found by ExFreePoolWithTag's check of the next chunk's header" in out
+    assert "delayed pool frees are on" in out
     assert (tmp_path / "MEMORY.DMP").read_bytes()[:8] == b"PAGEDU64"
     # The analysis is the debugger's, from the dump alone.
     assert "POOL_TAG:  SlNm" in out
@@ -57,3 +60,16 @@ def test_demo_errors(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_the_demo_explains_a_corruption_the_deferred_free_found():
+    from types import SimpleNamespace
+
+    import ntpool
+    from ntpool.cli.demo import _who_found_it
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, delayed_frees=True)
+    error = ntpool.BugCheck(0x19, 0x3, 0, 0, 0)
+    error.found_in = "ExDeferredFreePool"
+    text = _who_found_it(SimpleNamespace(bugcheck=error, kernel=k))
+    assert text.startswith("Found by ExDeferredFreePool") and "in one batch" in text

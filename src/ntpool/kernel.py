@@ -63,6 +63,7 @@ from .windows import windows_version
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
 KERNEL_DATA_BYTES = 16 << 20
 
+DELAYED_FREES_MINIMUM_PAGES = 127 * 1024
 DEFAULT_NONPAGED_POOL_BYTES = 256 << 20
 DEFAULT_PAGED_POOL_BYTES = 256 << 20
 MiB = 1 << 20
@@ -116,7 +117,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
                  physical_memory_bytes: int | None = None, processors: int = 1,
                  windows="7", seed: int = 0, *, crash_dump=None,
-                 crash_dump_kind: str = "kernel"):
+                 crash_dump_kind: str = "kernel", delayed_frees: bool | None = None):
         self.windows = windows_version(windows)  # which Windows, hence which pool design
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
@@ -168,6 +169,17 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
+        # Windows 7 delays pool frees on machines with at least 127 * 1024 physical pages
+        # (about 508 MiB) unless special pool or Driver Verifier is on at boot (WRK
+        # InitializePool); ``delayed_frees`` True/False overrides the rule.
+        if delayed_frees is None:
+            delayed_frees = self.physical.frame_count >= DELAYED_FREES_MINIMUM_PAGES
+        elif not isinstance(delayed_frees, bool):
+            raise TypeError(f"delayed_frees must be True, False or None, not {delayed_frees!r}")
+        self.delayed_frees_at_boot = delayed_frees
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            if hasattr(pool, "delay_frees"):  # the Windows 7 design's pools
+                pool.delay_frees = delayed_frees
         # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
         self.pageable_image_pages: set[int] = set()
 
@@ -237,6 +249,10 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         error.driver_name = owner.name if owner else ""
         error.call_site = "" if not error.site else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
+        # The kernel routine that found the problem, when it is not the one called: a check
+        # made while ExDeferredFreePool processes frees queued earlier.
+        error.found_in = next((pool.found_in for pool in getattr(getattr(self, "pool", None), "pools", ())
+                               if getattr(pool, "found_in", "")), "")
         if culprit is not None:
             error.site = 0
             error.driver_name = culprit.name

@@ -114,7 +114,30 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
 
 def _show_crash(run: ScenarioRun, console: Console) -> None:
     console.print(Panel(str(run.bugcheck), title="bug check", style="bold red"))
+    explanation = _who_found_it(run)
+    if explanation:
+        console.print(explanation)
     console.print(f"Wrote {run.dump_written}. The debugger's analysis, read from the file alone "
                   f"(ntpool kd -z {run.dump_written} -c \"!analyze -v\"):\n")
     with DumpReader(run.dump_written) as reader:
         console.print(KdSession(reader).execute("!analyze -v"), highlight=False, markup=False)
+
+
+def _who_found_it(run: ScenarioRun) -> str:
+    """Which check found the corruption, and what delayed frees mean for the culprit."""
+    bugcheck = run.bugcheck
+    pool = getattr(run.kernel, "nonpaged_pool", None)
+    if bugcheck.code != 0x19 or pool is None:
+        return ""
+    if getattr(bugcheck, "found_in", "") == "ExDeferredFreePool":
+        return ("Found by ExDeferredFreePool: this machine delays pool frees (Windows 7 does on "
+                "machines with 127 * 1024 physical pages or more), so frees were queued and "
+                "coalesced later in one batch, and the batch's check found the damage. The driver "
+                "named below made the call that ran the batch; the chunk and its neighbours "
+                "name the victim.")
+    if pool.delay_frees:
+        return ("Found by ExFreePoolWithTag's check of the next chunk's header, at the overrunning "
+                "driver's own free: delayed pool frees are on (as on any Windows 7 machine with "
+                "127 * 1024 physical pages or more), but this check runs before a free is queued.")
+    return "Found by ExFreePoolWithTag's check of the next chunk's header, at the overrunning driver's own free."
+

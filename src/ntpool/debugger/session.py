@@ -803,6 +803,19 @@ class KdSession:
         call_site = context["call_site"] if context else ""
         lines = ["", f"DRIVER:  {driver or '(not recorded)'}",
                  f"CALL_SITE:  {call_site or '(not recorded)'}", ""]
+        found_in = context.get("found_in", "") if context else ""
+        if found_in == "ExDeferredFreePool":
+            lines[-1:-1] = [f"FOUND_IN:  nt!{found_in}",
+                            "  The corruption was found in the deferred free: delayed pool frees "
+                            "are on, so chunks freed earlier",
+                            "  were queued on the pool's PendingFrees and coalesced in one batch "
+                            "later. The check that failed",
+                            "  is that batch's, so the driver and call site below made the call "
+                            "that ran the batch, not",
+                            "  necessarily the one that corrupted the pool: look at the chunk "
+                            "and its neighbours above."]
+        elif found_in:
+            lines[-1:-1] = [f"FOUND_IN:  nt!{found_in}"]
         if driver:
             lines.append(f"Probably caused by : {driver}" + (f" ( {call_site} )" if call_site else ""))
         return lines

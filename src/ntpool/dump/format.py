@@ -132,11 +132,15 @@ NTPL_HEAP_RANGE = struct.Struct("<QQQII")  # _SEGMENT_HEAP, first byte, end, bas
 NTPL_LAYOUT_VERSION = 2
 
 # NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.
-BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s")  # code, parameters, DriverName, CallSite
+# code, parameters, DriverName, CallSite, FoundIn (the kernel routine whose check stopped the
+# machine when it is not the one the driver called, e.g. "ExDeferredFreePool"; empty if so).
+BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s32s")
 BUGCHECK_CONTEXT_DRIVER = 0x28
 BUGCHECK_CONTEXT_CALL_SITE = 0x68
+BUGCHECK_CONTEXT_FOUND_IN = 0xE8
 DRIVER_NAME_SIZE = 64
 CALL_SITE_SIZE = 128
+FOUND_IN_SIZE = 32
 
 # --- the pool tables (Windows 7 x64) ----------------------------------------------------
 

@@ -315,7 +315,8 @@ def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
     driver, call_site = driver_and_call_site(kernel, bugcheck)
     poke(kernel, layout.bugcheck_context, f.BUGCHECK_CONTEXT.pack(
         bugcheck.code & 0xFFFFFFFF, *bugcheck.parameters,
-        _text(driver, f.DRIVER_NAME_SIZE), _text(call_site, f.CALL_SITE_SIZE)))
+        _text(driver, f.DRIVER_NAME_SIZE), _text(call_site, f.CALL_SITE_SIZE),
+        _text(getattr(bugcheck, "found_in", "") or "", f.FOUND_IN_SIZE)))
     return layout.bugcheck_context
 
 

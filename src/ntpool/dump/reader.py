@@ -629,7 +629,8 @@ class DumpReader:
             raw = self.read(va, f.BUGCHECK_CONTEXT.size)
         except MemoryReadError:
             return None
-        code, p1, p2, p3, p4, driver, call_site = f.BUGCHECK_CONTEXT.unpack(raw)
+        code, p1, p2, p3, p4, driver, call_site, found_in = f.BUGCHECK_CONTEXT.unpack(raw)
         return {"code": code, "parameters": (p1, p2, p3, p4),
                 "driver": driver.split(b"\0", 1)[0].decode("ascii", "replace"),
-                "call_site": call_site.split(b"\0", 1)[0].decode("ascii", "replace")}
+                "call_site": call_site.split(b"\0", 1)[0].decode("ascii", "replace"),
+                "found_in": found_in.split(b"\0", 1)[0].decode("ascii", "replace")}

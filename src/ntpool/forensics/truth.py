@@ -71,7 +71,8 @@ class Truth:
 def _lookaside_entries(pool) -> set:
     """Bodies of the chunks cached on the pool's lookaside lists (every processor's)."""
     bodies = set()
-    for heads in pool.lookaside_heads:
+    for lookaside in pool.lookasides:  # each processor's set and the system-wide one
+        heads = lookaside.head
         for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
             entry = heads[block_size]
             while entry and entry not in bodies:
@@ -81,11 +82,8 @@ def _lookaside_entries(pool) -> set:
 
 
 def _pending_frees(pool) -> set:
-    """Bodies waiting on the pool's delayed-free list, when the allocator has one."""
-    pending = getattr(pool, "pending_frees", None)
-    if pending is None:
-        return set()
-    return {entry if isinstance(entry, int) else entry[0] for entry in pending}
+    """Bodies waiting on the pool's delayed-free list (PendingFrees), when it has one."""
+    return {chunk + HEADER_SIZE for chunk in getattr(pool, "pending", ())}
 
 
 def _page_bytes(pool, page_va: int):

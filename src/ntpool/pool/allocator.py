@@ -45,7 +45,7 @@ from ..constants import (
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import PROTECTED_POOL, tag_value
-from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, LOOKASIDE_DEPTH, Pool
+from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, Pool
 from .checks import (
     check_block_size,
     check_free_tag,
@@ -60,7 +60,6 @@ from .layout import (
     HEADER_SIZE,
     LOOKASIDE_MAX_BLOCKS,
     POOL_HEADER,
-    POOL_FREE,
     POOL_IN_USE,
     POOL_QUOTA,
     SINGLE_LIST_ENTRY,
@@ -185,7 +184,8 @@ class PoolAllocator:
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
-                    pool.la_depth[block_size] -= 1
+                    pool.la_count[block_size] -= 1
+                    pool.la_allocates[block_size] += 1
                     _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong, site)
                     column = pool.track_offset
                     row[column] += 1
@@ -216,16 +216,16 @@ class PoolAllocator:
                     column = pool.track_offset
                     row[column + 1] += 1
                     row[column + 2] -= block_size << 4
-                    depths = pool.la_depth
-                    if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
+                    counts = pool.la_count
+                    if block_size <= LOOKASIDE_MAX_BLOCKS and counts[block_size] < pool.la_limit[block_size]:
                         heads = pool.la_head
                         # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7.
                         _pack_next(mem, pa + _BODY, heads[block_size])
                         heads[block_size] = address
-                        depths[block_size] += 1
+                        counts[block_size] += 1
                         return
-                    mem[pa + POOL_HEADER.PoolType] = POOL_FREE
-                    pool.free_small(address - _BODY)
+                    # The system-wide lookaside, the pending frees, or the lists.
+                    pool.release_small(address - _BODY, block_size)
                     return
         except (KeyError, TypeError, IndexError):
             pass
@@ -361,11 +361,9 @@ class PoolAllocator:
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
-            body = pool.la_head[block_size]
+            body = pool.pop_lookaside(block_size)
             if body:
                 pa = pool._pa(body)
-                pool.la_head[block_size] = _unpack_next(self.mem, pa)[0]
-                pool.la_depth[block_size] -= 1
                 _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
@@ -533,14 +531,7 @@ class PoolAllocator:
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
-        depths = pool.la_depth
-        if block_size <= LOOKASIDE_MAX_BLOCKS and depths[block_size] < LOOKASIDE_DEPTH:
-            _pack_next(self.mem, pa + _BODY, pool.la_head[block_size])
-            pool.la_head[block_size] = address
-            depths[block_size] += 1
-            return
-        POOL_HEADER.set(self.mem, pa, "PoolType", POOL_FREE)
-        pool.free_small(chunk)
+        pool.release_small(chunk, block_size)
 
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
         stored, count = pool.big_pages[address]

@@ -12,6 +12,7 @@ from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
 from .checks import check_list_links, check_previous_neighbour
 from .layout import (
     BLOCK_SHIFT,
+    POOL_DESCRIPTOR,
     BLOCKS_PER_PAGE,
     HEADER_FIRST8,
     HEADER_SIZE,
@@ -24,6 +25,7 @@ from .layout import (
     SINGLE_LIST_ENTRY,
     allocated_type,
 )
+from .lookaside import Lookaside
 
 FLINK = LIST_ENTRY.Flink
 BLINK = LIST_ENTRY.Blink
@@ -36,7 +38,10 @@ PAGE_BIG_FIRST = 2  # first page of a big allocation
 PAGE_BIG_REST = 3  # a later page of a big allocation
 PAGE_RESERVED = 4  # taken by another component (special pool, contiguous memory)
 
-LOOKASIDE_DEPTH = 256  # Windows' maximum lookaside depth
+# Delayed frees (WRK pool.c, EXP_MAXIMUM_POOL_FREES_PENDING): a pool's pending frees are
+# processed in one batch by ExDeferredFreePool when a free finds 32 already queued, or when
+# an allocation could not get a fresh page.
+MAXIMUM_POOL_FREES_PENDING = 32
 
 
 class Pool:
@@ -70,11 +75,21 @@ class Pool:
             head = list_heads_va + index * LIST_ENTRY_SIZE
             LIST_ENTRY.pack_into(self.mem, self._pa(head), head, head)
 
-        # Lookaside lists: per processor, singly linked through the chunk bodies.
-        self.lookaside_heads = [[0] * (LOOKASIDE_MAX_BLOCKS + 1) for _ in range(processors)]
-        self.lookaside_depths = [[0] * (LOOKASIDE_MAX_BLOCKS + 1) for _ in range(processors)]
-        self.la_head = self.lookaside_heads[0]
-        self.la_depth = self.lookaside_depths[0]
+        # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
+        # set behind them, singly linked through the chunk bodies. ``la`` is the current
+        # processor's; the fast path reads its lists directly.
+        self.per_processor = [Lookaside() for _ in range(processors)]
+        self.system_lookaside = Lookaside()
+        self.select_processor(0)
+
+        # Delayed frees: the POOL_DESCRIPTOR around the ListHeads holds PendingFrees (the body
+        # of the last chunk queued; each queued body's first 8 bytes link to the one before)
+        # and PendingFreeDepth, in kernel memory as Windows keeps them.
+        self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
+        self.delay_frees = False
+        self.pending: set[int] = set()  # headers queued, an index of the list in memory
+        # While ExDeferredFreePool runs: its name, so a bug check raised there says so.
+        self.found_in = ""
 
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, page count)
         self.big_sites: dict[int, int] = {}  # va -> call site (big pages have no header)
@@ -99,8 +114,16 @@ class Pool:
         return self.page_kind[(va - self.base) >> PAGE_SHIFT]
 
     def select_processor(self, number: int) -> None:
-        self.la_head = self.lookaside_heads[number]
-        self.la_depth = self.lookaside_depths[number]
+        self.la = self.per_processor[number]
+        self.la_head = self.la.head
+        self.la_count = self.la.count
+        self.la_limit = self.la.depth
+        self.la_allocates = self.la.total_allocates
+
+    @property
+    def lookasides(self) -> list[Lookaside]:
+        """Every lookaside set of this pool: each processor's, then the system-wide one."""
+        return [*self.per_processor, self.system_lookaside]
 
     # --- pool pages ---------------------------------------------------------------------
 
@@ -247,6 +270,12 @@ class Pool:
         chunk = self._allocate_from_fresh_page(block_size, tag, site)
         if chunk:
             return chunk
+        # No fresh page: Windows frees what is pending and retries once.
+        if self.pending and self.deferred_free():
+            chunk = self._allocate_from_lists(block_size, tag, site) or \
+                self._allocate_from_fresh_page(block_size, tag, site)
+            if chunk:
+                return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
             return self._allocate_from_lists(block_size, tag, site) or \
@@ -341,7 +370,7 @@ class Pool:
         following = chunk + (block_size << BLOCK_SHIFT)
         if following < page + PAGE_SIZE:
             _, _, next_size, next_type, _ = self._read_first8(following)
-            if next_type == POOL_FREE:
+            if next_type == POOL_FREE and following not in self.pending:
                 if next_size > 1:
                     self._unlink(following + HEADER_SIZE, next_size)
                 block_size += next_size
@@ -349,7 +378,7 @@ class Pool:
             before = chunk - (previous_size << BLOCK_SHIFT)
             before_prev, _, before_size, before_type, before_tag = self._read_first8(before)
             check_previous_neighbour(self.crash, chunk, before, previous_size, before_size)
-            if before_type == POOL_FREE:
+            if before_type == POOL_FREE and before not in self.pending:
                 if before_size > 1:
                     self._unlink(before + HEADER_SIZE, before_size)
                 chunk, previous_size, tag = before, before_prev, before_tag
@@ -368,8 +397,8 @@ class Pool:
         They keep their in-use PoolType there, as in Windows 7, so only the lists tell.
         """
         chunks: set[int] = set()
-        for heads in self.lookaside_heads:
-            for entry in heads:
+        for lookaside in self.lookasides:
+            for entry in lookaside.head:
                 while entry and entry - HEADER_SIZE not in chunks:
                     chunks.add(entry - HEADER_SIZE)
                     try:
@@ -381,7 +410,8 @@ class Pool:
     def flush_lookasides(self) -> int:
         """Free every chunk cached on a lookaside into the lists; returns how many."""
         flushed = 0
-        for heads, depths in zip(self.lookaside_heads, self.lookaside_depths):
+        for lookaside in self.lookasides:
+            heads, counts = lookaside.head, lookaside.count
             for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
                 entry = heads[block_size]
                 while entry:
@@ -391,8 +421,106 @@ class Pool:
                     self.free_small(chunk)
                     flushed += 1
                 heads[block_size] = 0
-                depths[block_size] = 0
+                counts[block_size] = 0
         return flushed
+
+    # --- the lookaside lists ----------------------------------------------------------------
+
+    def pop_lookaside(self, block_size: int) -> int:
+        """A chunk's body from this processor's lookaside list, else the system-wide one, or 0;
+        counts the allocation and the misses that ExAdjustLookasideDepth reads."""
+        for lookaside in (self.la, self.system_lookaside):
+            lookaside.total_allocates[block_size] += 1
+            body = lookaside.head[block_size]
+            if body:
+                lookaside.head[block_size] = SINGLE_LIST_ENTRY.get(self.mem, self._pa(body), "Next")
+                lookaside.count[block_size] -= 1
+                return body
+            lookaside.allocate_misses[block_size] += 1
+        return 0
+
+    # --- the free path after the checks ----------------------------------------------------
+
+    def release_small(self, chunk: int, block_size: int) -> None:
+        """Give back a small chunk the caller has checked and untracked (PoolType still in use).
+
+        As ExFreePoolWithTag: a chunk of up to 32 blocks goes to this processor's lookaside
+        list while it holds fewer than its Depth, then to the system-wide list; otherwise
+        it is marked free and, with delayed frees on, queued for ExDeferredFreePool (the
+        queue is processed first when it already holds 32); else coalesced at once.
+        """
+        body = chunk + HEADER_SIZE
+        if block_size <= LOOKASIDE_MAX_BLOCKS:
+            for lookaside in (self.la, self.system_lookaside):
+                counts = lookaside.count
+                if counts[block_size] < lookaside.depth[block_size]:
+                    heads = lookaside.head
+                    SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", heads[block_size])
+                    heads[block_size] = body
+                    counts[block_size] += 1
+                    return
+        if not self.delay_frees:
+            self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
+            self.free_small(chunk)
+            return
+        if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
+            self.deferred_free()  # before this chunk is marked free: the batch must not take it
+        self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
+        self.queue_free(chunk)
+
+    def queue_free(self, chunk: int) -> None:
+        """Push a chunk (marked free) on PendingFrees, in the descriptor in kernel memory."""
+        descriptor = POOL_DESCRIPTOR.at(self.mem, self._pa(self.descriptor_va))
+        body = chunk + HEADER_SIZE
+        SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", descriptor.PendingFrees)
+        descriptor.PendingFrees = body
+        descriptor.PendingFreeDepth += 1
+        self.pending.add(chunk)
+
+    def pending_frees(self) -> list[int]:
+        """Headers of the chunks queued on PendingFrees, newest first, read from memory.
+
+        The links live in the freed bodies, so a driver writing to memory it freed changes
+        them, as in Windows: a link to an unmapped address faults (0x50); one that leads to
+        no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
+        """
+        entries = []
+        head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
+        entry = POOL_DESCRIPTOR.get(self.mem, self._pa(self.descriptor_va), "PendingFrees")
+        while len(entries) < len(self.pending):
+            chunk = entry - HEADER_SIZE
+            if chunk not in self.pending or chunk in entries:
+                if self.tlb.get(chunk >> PAGE_SHIFT) is None and \
+                        (self.pager is None or not self.pager.is_paged_out(chunk)):
+                    self.crash(0x50, chunk, 0, 0, 0,
+                               detail=f"read of unmapped {chunk:#x}, a pending free's link "
+                                      f"(the freed memory was written to)")
+                self.crash(0x19, 0x3, head_va, entry, 0,
+                           detail=f"a pending free's link {entry:#x} leads to no queued chunk "
+                                  f"(the freed memory was written to)")
+            entries.append(chunk)
+            entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
+        return entries
+
+    def deferred_free(self) -> int:
+        """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
+        checks that coalescing makes; returns how many. A bug check raised here records
+        that the corruption was found in the deferred free (``BugCheck.found_in``)."""
+        if not self.pending:
+            return 0
+        self.found_in = "ExDeferredFreePool"
+        try:
+            chunks = self.pending_frees()
+            descriptor = POOL_DESCRIPTOR.at(self.mem, self._pa(self.descriptor_va))
+            descriptor.PendingFrees = 0
+            descriptor.PendingFreeDepth = 0
+            for chunk in chunks:
+                self.pending.discard(chunk)
+                self.free_small(chunk)
+        finally:
+            self.found_in = ""
+        self.pending.clear()
+        return len(chunks)
 
     # --- big allocations ---------------------------------------------------------------
 
@@ -401,6 +529,8 @@ class Pool:
         if count > self.page_count:
             return 0
         va = self.take_pages(count, PAGE_BIG_FIRST)
+        if not va and self.pending and self.deferred_free():  # as Windows: then retry once
+            va = self.take_pages(count, PAGE_BIG_FIRST)
         if not va and self.flush_lookasides():
             va = self.take_pages(count, PAGE_BIG_FIRST)
         if va:

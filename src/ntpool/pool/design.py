@@ -11,7 +11,8 @@ from typing import Any, NamedTuple, Protocol
 
 from .allocator import PoolAllocator
 from .descriptor import Pool
-from .layout import LIST_HEAD_COUNT
+from .layout import POOL_DESCRIPTOR
+from .lookaside import LookasideScanner
 from .segment_heap.design import SegmentHeapPools
 
 # Windows 7 x64 layout of the kernel address space.
@@ -43,11 +44,17 @@ class Windows7Pools:
 
     def build(self, *, space, kernel_data, write_kernel_data, crash, processors: int,
               call_sites, hooks, nonpaged_pool_bytes: int, paged_pool_bytes: int) -> BuiltPools:
+        # Each pool's POOL_DESCRIPTOR (PendingFrees, ListHeads, ...) lives in kernel memory.
         nonpaged = Pool("NonPagedPool", 0, 0, NONPAGED_POOL_BASE, nonpaged_pool_bytes,
-                        kernel_data.reserve(LIST_HEAD_COUNT * 16), space, crash, processors)
+                        kernel_data.reserve(POOL_DESCRIPTOR.size) + POOL_DESCRIPTOR.ListHeads,
+                        space, crash, processors)
         paged = Pool("PagedPool", 1, 1, PAGED_POOL_BASE, paged_pool_bytes,
-                     kernel_data.reserve(LIST_HEAD_COUNT * 16), space, crash, processors)
-        return BuiltPools(PoolAllocator(nonpaged, paged, crash, call_sites, hooks), nonpaged, paged)
+                     kernel_data.reserve(POOL_DESCRIPTOR.size) + POOL_DESCRIPTOR.ListHeads,
+                     space, crash, processors)
+        allocator = PoolAllocator(nonpaged, paged, crash, call_sites, hooks)
+        # The balance set manager's once-a-second lookaside retuning (ExAdjustLookasideDepth).
+        allocator.lookaside_scanner = LookasideScanner((nonpaged, paged), processors)
+        return BuiltPools(allocator, nonpaged, paged)
 
 
 class SegmentHeapDesign:

@@ -172,6 +172,15 @@ POOL_TRACKER_TABLE = StructLayout("POOL_TRACKER_TABLE", 0x28, [
     ("PagedBytes", 0x20, "u64"),
 ])
 
+# The pool descriptor (Windows 7 x64, 0x1140 bytes), the fields ntpool keeps in memory:
+# PoolType, PoolIndex, PendingFrees (a SINGLE_LIST_ENTRY: the body of the last chunk queued
+# for ExDeferredFreePool), PendingFreeDepth, and the 256 LIST_ENTRY ListHeads (the first
+# Flink stands for the array). RunningAllocs, TotalBytes and the rest are not kept.
+POOL_DESCRIPTOR = StructLayout("POOL_DESCRIPTOR", 0x1140, [
+    ("PoolType", 0x0, "u32"), ("PoolIndex", 0x80, "u32"), ("PendingFrees", 0x100, "u64"),
+    ("PendingFreeDepth", 0x108, "u32"), ("ListHeads", 0x140, "u64"),
+])
+
 LIST_ENTRY = StructLayout("LIST_ENTRY", 16, [("Flink", 0, "u64"), ("Blink", 8, "u64")])
 SINGLE_LIST_ENTRY = StructLayout("SINGLE_LIST_ENTRY", 8, [("Next", 0, "u64")])
 

@@ -86,6 +86,7 @@ class SyncRoutines:
     def advance_clock(self, hundred_ns: int) -> None:
         """Move the clock on; timers that fall due expire in order, their DPCs running at
         DISPATCH_LEVEL as the clock interrupt would run them."""
+        seconds_before = (self.system_time - self.boot_time) // 10_000_000
         target = self.system_time + max(0, hundred_ns)
         while True:
             due = [(when, timer) for timer, when in self.timers.items() if when <= target]
@@ -97,6 +98,18 @@ class SyncRoutines:
             self._expire_timer(timer)
         self.system_time = target
         self._publish_time()
+        # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
+        # pool lookaside depths (ntpool.pool.lookaside; Windows 7's pool design only).
+        scanner = getattr(self.pool, "lookaside_scanner", None)
+        if scanner is not None:
+            for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
+                scanner.tick()
+
+    def advance_time(self, seconds) -> None:
+        """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        self.advance_clock(round(seconds * 10_000_000))
 
     def _expire_timer(self, timer: int) -> None:
         period = self._get32(timer + KTIMER_PERIOD)

@@ -141,6 +141,16 @@ class DriverVerifier:
         self._site_options.clear()
         kernel = self.kernel
         kernel.pool.set_layer(self if self.options else None)
+        # Windows 7 turns delayed pool frees off on a machine booted with Driver Verifier
+        # (WRK InitializePool): the verifier's checks then see every free as it happens.
+        for pool in getattr(kernel.pool, "pools", ()):
+            if not hasattr(pool, "delay_frees"):
+                continue
+            if self.options:
+                pool.deferred_free()
+                pool.delay_frees = False
+            else:
+                pool.delay_frees = kernel.delayed_frees_at_boot
         self.special_pool.install(self.options_with(VerifierFlags.SPECIAL_POOL) != [])
         self.uninitialized.install(self.options_with(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE) != [])
         if self.options_with(VerifierFlags.FORCE_IRQL_CHECKING):

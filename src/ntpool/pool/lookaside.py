@@ -1,0 +1,113 @@
+"""The pool's lookaside lists, with Windows' depths and their periodic retuning.
+
+Windows 7 keeps, for each pool and each small block size (1 to 32 blocks), a lookaside list
+per processor (the KPRCB's PPNPagedLookasideList / PPPagedLookasideList ``P``) and one
+system-wide list behind them (``L``, ExpSmallNPagedPoolLookasideLists /
+ExpSmallPagedPoolLookasideLists). An allocation pops from the processor's list, then from
+the system list, and only then goes to the pool; a free pushes onto the processor's list
+while it holds fewer than its Depth, then onto the system list, and only then goes back to
+the pool. Every list starts at Depth 4 (MINIMUM_LOOKASIDE_DEPTH) with MaximumDepth 256.
+
+Depths are retuned once a second by the balance set manager (ExAdjustLookasideDepth). Its
+scans rotate: one second the drivers' nonpaged lists, the next their paged lists, the third
+the pool lists, and of the pool lists one set per scan, each processor's ``P`` lists in turn
+and then the system ``L`` lists, with a scan period of 3 x processors seconds. For each list
+(ExpComputeLookasideDepth), over the allocations since its last scan:
+
+- fewer than 25 per second of the scan period: Depth drops by 10 (not below 4);
+- otherwise, a miss rate under 0.5%: Depth drops by 1 (not below 4);
+- otherwise Depth rises by miss-rate x (MaximumDepth - Depth) / 2 + 5, at most 30 at a time,
+  never above MaximumDepth.
+
+(Facts from the Windows Research Kernel's lookasid.c and pool.c; ntpool runs the same rule
+on the machine's simulated clock, ``Kernel.advance_time``.) A ``Lookaside`` is one such set
+of lists, one GENERAL_LOOKASIDE per block size, kept as lists indexed by block size so the
+allocator's fast path touches a list element, not an object, per call.
+"""
+
+from .layout import LOOKASIDE_MAX_BLOCKS
+
+MINIMUM_LOOKASIDE_DEPTH = 4
+MAXIMUM_LOOKASIDE_DEPTH = 256
+MINIMUM_ALLOCATION_THRESHOLD = 25  # allocations per second below which a list shrinks
+
+
+class Lookaside:
+    """One set of pool lookaside lists (a processor's, or the system-wide one).
+
+    Indexed by block size (1..32; index 0 unused): ``head`` is ListHead.Next (the body of
+    the first chunk, linked through the chunk bodies), ``count`` the entries it holds,
+    ``depth`` how many it may hold now, and the counters the retuning reads.
+    """
+
+    __slots__ = ("head", "count", "depth", "maximum_depth", "total_allocates", "allocate_misses",
+                 "last_total_allocates", "last_allocate_misses")
+
+    def __init__(self, depth: int = MINIMUM_LOOKASIDE_DEPTH,
+                 maximum_depth: int = MAXIMUM_LOOKASIDE_DEPTH):
+        slots = LOOKASIDE_MAX_BLOCKS + 1
+        self.head = [0] * slots
+        self.count = [0] * slots
+        self.depth = [depth] * slots
+        self.maximum_depth = maximum_depth
+        self.total_allocates = [0] * slots
+        self.allocate_misses = [0] * slots
+        self.last_total_allocates = [0] * slots
+        self.last_allocate_misses = [0] * slots
+
+    def retune(self, scan_period: int) -> None:
+        """ExpComputeLookasideDepth for every list of the set, over ``scan_period`` seconds."""
+        for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
+            allocates = self.total_allocates[block_size] - self.last_total_allocates[block_size]
+            misses = self.allocate_misses[block_size] - self.last_allocate_misses[block_size]
+            self.last_total_allocates[block_size] = self.total_allocates[block_size]
+            self.last_allocate_misses[block_size] = self.allocate_misses[block_size]
+            self.depth[block_size] = target_depth(self.depth[block_size], self.maximum_depth,
+                                                  allocates, misses, scan_period)
+
+    def hits(self, block_size: int) -> int:
+        return self.total_allocates[block_size] - self.allocate_misses[block_size]
+
+
+def target_depth(depth: int, maximum_depth: int, allocates: int, misses: int,
+                 scan_period: int) -> int:
+    """The new Depth of one lookaside list (ExpComputeLookasideDepth's rule)."""
+    if allocates < scan_period * MINIMUM_ALLOCATION_THRESHOLD:
+        return max(depth - 10, MINIMUM_LOOKASIDE_DEPTH)
+    ratio = misses * 1000 // allocates
+    if ratio < 5:
+        return max(depth - 1, MINIMUM_LOOKASIDE_DEPTH)
+    delta = min(ratio * (maximum_depth - depth) // 2000 + 5, 30)
+    return min(depth + delta, maximum_depth)
+
+
+class LookasideScanner:
+    """ExAdjustLookasideDepth's rotation over the pools' lookaside sets, once a second.
+
+    ``pools`` are the Pool objects (each with ``per_processor`` and ``system_lookaside``).
+    Scan 0 and 1 of every three are the drivers' own lookaside lists, which ntpool does not
+    model; scan 2 retunes one set of pool lists: processor ``n``'s, or the system lists when
+    ``n`` equals the processor count.
+    """
+
+    def __init__(self, pools, processors: int):
+        self.pools = pools
+        self.processors = processors
+        self.scan_count = 0  # ExpScanCount: 0, 1, 2
+        self.pool_scan_count = 0  # ExpPoolScanCount: 0 .. processors
+
+    def tick(self) -> None:
+        if self.scan_count == 2:
+            self.scan_pool_lists()
+        self.scan_count = (self.scan_count + 1) % 3
+
+    def scan_pool_lists(self) -> None:
+        scan_period = 3 * self.processors
+        for pool in self.pools:
+            if self.pool_scan_count == self.processors:
+                pool.system_lookaside.retune(scan_period)
+            else:
+                pool.per_processor[self.pool_scan_count].retune(scan_period)
+        self.pool_scan_count += 1
+        if self.pool_scan_count > self.processors:
+            self.pool_scan_count = 0

@@ -1,0 +1,187 @@
+"""Delayed pool frees (Windows 7 on machines with at least 127 * 1024 physical pages):
+frees that miss the lookasides are queued on the descriptor's PendingFrees in kernel memory
+and coalesced in batches by ExDeferredFreePool, which then finds the corruption."""
+
+import pytest
+
+import ntpool
+from ntpool.dump import DumpReader
+from ntpool.debugger.session import KdSession
+from ntpool.pool.layout import POOL_DESCRIPTOR, POOL_FREE, POOL_HEADER
+
+NP = ntpool.PoolType.NonPagedPool
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def machine(**kwargs):
+    kwargs.setdefault("nonpaged_pool_bytes", 4 * MiB)
+    kwargs.setdefault("paged_pool_bytes", 4 * MiB)
+    kwargs.setdefault("delayed_frees", True)
+    return ntpool.Kernel(**kwargs)
+
+
+def descriptor(k, pool):
+    return POOL_DESCRIPTOR.at(k.physical.buffer, k.space.translate(pool.descriptor_va))
+
+
+def stop(call):
+    with pytest.raises(ntpool.BugCheck) as info:
+        call()
+    return info.value
+
+
+def test_the_rule_is_127_times_1024_physical_pages():
+    pages = 127 * 1024
+    small = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB,
+                          physical_memory_bytes=(pages - 1) * 4096)
+    large = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB,
+                          physical_memory_bytes=pages * 4096)
+    assert not small.nonpaged_pool.delay_frees and large.nonpaged_pool.delay_frees
+    assert large.paged_pool.delay_frees
+    assert ntpool.Kernel().nonpaged_pool.delay_frees  # the default machine has 534 MiB
+    assert not machine(delayed_frees=False).nonpaged_pool.delay_frees
+    with pytest.raises(TypeError, match="delayed_frees"):
+        machine(delayed_frees="yes")
+
+
+def test_a_freed_chunk_is_not_handed_back_by_the_next_request_of_its_size():
+    for delayed, reused in ((False, True), (True, False)):
+        k = machine(delayed_frees=delayed)
+        a = k.ExAllocatePoolWithTag(NP, 0x400, "Grm1")
+        k.ExAllocatePoolWithTag(NP, 0x400, "Grm2")
+        k.ExFreePoolWithTag(a, "Grm1")
+        assert (k.ExAllocatePoolWithTag(NP, 0x400, "Grm3") == a) is reused
+
+
+def test_pending_frees_live_in_the_descriptor_and_the_freed_bodies():
+    k = machine()
+    pool = k.nonpaged_pool
+    a, b = (k.ExAllocatePoolWithTag(NP, 0x400, "Pend") for _ in range(2))
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.ExFreePoolWithTag(a, "Pend")
+    k.ExFreePoolWithTag(b, "Pend")
+    d = descriptor(k, pool)
+    assert d.PendingFrees == b and d.PendingFreeDepth == 2
+    assert int.from_bytes(k.read(b, 8), "little") == a  # b's body links to a
+    assert int.from_bytes(k.read(a, 8), "little") == 0
+    assert pool.pending_frees() == [b - 16, a - 16]
+    # Marked free (in-use bit clear) but on no list and not coalesced yet.
+    assert k.read(a - 16 + POOL_HEADER.PoolType, 1)[0] == POOL_FREE
+    assert pool.descriptor_va + POOL_DESCRIPTOR.ListHeads == pool.list_heads_va
+    assert k.pool_tags()[0].NonPagedUsed  # untracked at the free itself
+    tags = {row.Tag: row for row in k.pool_tags()}
+    assert tags["dneP"].NonPagedFrees == 2 and tags["dneP"].NonPagedUsed == 0
+
+
+def test_a_batch_is_processed_when_32_are_pending():
+    k = machine()
+    pool = k.nonpaged_pool
+    chunks = [k.ExAllocatePoolWithTag(NP, 0x400, "Btch") for _ in range(40)]
+    for p in chunks[:32]:
+        k.ExFreePoolWithTag(p, "Btch")
+    assert len(pool.pending) == 32 and descriptor(k, pool).PendingFreeDepth == 32
+    k.ExFreePoolWithTag(chunks[32], "Btch")  # finds 32 queued: ExDeferredFreePool first
+    assert pool.pending == {chunks[32] - 16}
+    d = descriptor(k, pool)
+    assert d.PendingFrees == chunks[32] and d.PendingFreeDepth == 1
+    # The batch was coalesced: those chunks are free and on ListHeads (or their pages gone).
+    for p in chunks[:32]:
+        page_gone = k.space.translate(p) is None
+        assert page_gone or k.read(p - 16 + POOL_HEADER.PoolType, 1)[0] == POOL_FREE
+
+
+def test_an_allocation_that_would_fail_processes_the_pending_frees_first():
+    k = machine(nonpaged_pool_bytes=64 * KiB)
+    pool = k.nonpaged_pool
+
+    def fill():  # 0x800 bytes are 130 blocks: one a page, and nothing else fits beside it
+        chunks = []
+        while (p := k.ExAllocatePoolWithTag(NP, 0x800, "Full")):
+            chunks.append(p)
+        return chunks
+
+    chunks = fill()
+    for p in chunks[:4]:
+        k.ExFreePoolWithTag(p, "Full")
+    assert len(pool.pending) == 4
+    big = k.ExAllocatePoolWithTag(NP, 0x3000, "Big ")  # no free page: the pending ones first
+    assert big and not pool.pending
+    fill()
+    for p in chunks[4:6]:
+        k.ExFreePoolWithTag(p, "Full")
+    assert len(pool.pending) == 2
+    assert k.ExAllocatePoolWithTag(NP, 0xF00, "Smll") and not pool.pending
+
+
+def test_double_free_of_a_pending_chunk_is_0x07():
+    k = machine()
+    p = k.ExAllocatePoolWithTag(NP, 0x400, "Dbl ")
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.ExFreePoolWithTag(p, "Dbl ")
+    e = stop(lambda: k.ExFreePoolWithTag(p, "Dbl "))
+    assert (e.code, e.parameters[0], e.parameters[3]) == (0xC2, 0x07, p)
+
+
+def _corrupt_a_free_neighbour_of_a_pending_chunk(k):
+    """A page: A (64 blocks) at the front, a free chunk X, B (64 blocks) at the end; B is
+    queued, then a stray write smashes X's Flink. Returns (X's header, B)."""
+    a = k.ExAllocatePoolWithTag(NP, 1000, "Nbr1")
+    b = k.ExAllocatePoolWithTag(NP, 1000, "Nbr2")
+    assert b == a + 3 * 1024  # taken from the end of the page's free remainder
+    x = a - 16 + 1024
+    k.ExFreePoolWithTag(b, "Nbr2")
+    k.write(x + 16, (0xFFFFFA8000123450).to_bytes(8, "little"))
+    return x, b
+
+
+def test_the_corruption_is_found_by_the_deferred_free(tmp_path):
+    path = tmp_path / "MEMORY.DMP"
+    k = machine(crash_dump=str(path))
+    x, b = _corrupt_a_free_neighbour_of_a_pending_chunk(k)
+    others = [k.ExAllocatePoolWithTag(NP, 0x900, "Othr") for _ in range(32)]  # X cannot hold one
+    for p in others[:31]:
+        k.ExFreePoolWithTag(p, "Othr")  # 32 pending now
+    e = stop(lambda: k.ExFreePoolWithTag(others[31], "Othr"))
+    assert (e.code, e.parameters[0], e.parameters[1]) == (0x19, 0x3, x + 16)
+    assert e.found_in == "ExDeferredFreePool"
+    with DumpReader(str(path)) as reader:
+        assert reader.bugcheck_context()["found_in"] == "ExDeferredFreePool"
+        text = KdSession(reader).execute("!analyze -v")
+    assert "FOUND_IN:  nt!ExDeferredFreePool" in text
+    assert "found in the deferred free" in text
+
+
+def test_without_delayed_frees_the_same_corruption_is_found_by_the_free_itself():
+    k = machine(delayed_frees=False)
+    a = k.ExAllocatePoolWithTag(NP, 1000, "Nbr1")
+    b = k.ExAllocatePoolWithTag(NP, 1000, "Nbr2")
+    x = a - 16 + 1024
+    k.write(x + 16, (0xFFFFFA8000123450).to_bytes(8, "little"))
+    e = stop(lambda: k.ExFreePoolWithTag(b, "Nbr2"))
+    assert (e.code, e.parameters[:2]) == (0x19, (0x3, x + 16)) and e.found_in == ""
+
+
+def test_a_write_to_a_queued_chunk_breaks_the_pending_list():
+    k = machine()
+    a = k.ExAllocatePoolWithTag(NP, 0x400, "Uaf1")
+    b = k.ExAllocatePoolWithTag(NP, 0x400, "Uaf2")
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.ExFreePoolWithTag(a, "Uaf1")
+    k.ExFreePoolWithTag(b, "Uaf2")
+    k.write(b, (0xFFFFFA8003000000).to_bytes(8, "little"))  # use after free: b's link
+    e = stop(lambda: k.nonpaged_pool.deferred_free())
+    assert (e.code, e.parameters[0]) == (0x50, 0xFFFFFA8003000000 - 16)
+    assert e.found_in == "ExDeferredFreePool"
+
+
+def test_driver_verifier_turns_delayed_frees_off():
+    k = machine()
+    p = k.ExAllocatePoolWithTag(NP, 0x400, "Vrfy")
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.ExFreePoolWithTag(p, "Vrfy")
+    assert k.nonpaged_pool.pending
+    k.verifier.enable("some.sys", pool_tracking=True)
+    assert not k.nonpaged_pool.pending and not k.nonpaged_pool.delay_frees
+    k.verifier.disable()
+    assert k.nonpaged_pool.delay_frees
