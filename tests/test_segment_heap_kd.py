@@ -138,3 +138,40 @@ def test_analyze_names_the_block_before_a_vs_overrun(tmp_path):
     assert f"{a - 16:016x}" in culprit and "(Allocated" in culprit and display(tag_value("Ovrn")) in culprit
     assert "overrun.sys!Overrun.make" in text
     assert "does not decode with the heap key" in text
+
+
+# --- the demo and the page map on the segment heap --------------------------------------------
+
+def test_demo_on_windows_11_runs_and_its_dump_reads_in_kd(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    assert main(["demo", "--windows", "11", "--steps", "400", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "Windows 11 (build 22621" in flat and "did not stop the machine" in flat
+    assert "BAD_POOL_HEADER 0x19/0x20" in flat  # what Windows 7 does with the same bug
+    assert "(segment heap)" in out and "SlNm" in out
+    assert main(["kd", "-z", str(tmp_path / "MEMORY.DMP"), "-c", "!analyze -v; !poolused 2"]) == 0
+    out = capsys.readouterr().out
+    assert "written on demand" in out and "SlRq" in out  # the leak is still there after unload
+
+
+def test_page_map_draws_lfh_and_vs_pages_live_and_from_a_dump(tmp_path):
+    from ntpool.cli.dump_source import DumpSource
+    from ntpool.tools.pictures import live_page_strips
+
+    k = machine("11")
+    [k.ExAllocatePoolWithTag(NX, 0x70, "Lfhp") for _ in range(20)]
+    vs = k.ExAllocatePoolWithTag(NX, 0x900, "Vspg")
+    big = k.ExAllocatePoolWithTag(PP, 0x2000, "Bigp")
+    live = live_page_strips(k)
+    k.write_dump(tmp_path / "MEMORY.DMP", "kernel")
+    dumped = DumpSource(str(tmp_path / "MEMORY.DMP")).page_strips()
+    for strips in (live, dumped):
+        by_page = {strip.va: strip for strip in strips}
+        tags = {segment.tag for strip in strips for segment in strip.segments}
+        assert {display(tag_value(t)) for t in ("Lfhp", "Vspg", "Bigp")} <= tags
+        page = by_page[vs & ~0xFFF]
+        assert sum(segment.length for segment in page.segments) == 0x1000  # each page covered once
+        assert by_page[big].note.startswith(display(tag_value("Bigp")))
+    assert {s.va for s in live} == {s.va for s in dumped}

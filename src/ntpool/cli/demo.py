@@ -52,6 +52,8 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     run.finish()
     if run.bugcheck is None:
         console.print("[yellow]The workload ended without a bug check.[/yellow]")
+        if kernel.windows.segment_heap:
+            _show_missed(run, console, out / DUMP_NAME)
         return 0
     _show_crash(run, console)
     return 0
@@ -110,6 +112,30 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
             console.print(f"The backup exhausted paged pool: FsRtlAllocatePoolWithTag raised "
                           f"STATUS_INSUFFICIENT_RESOURCES {fs_filter.failed_opens:,} times; "
                           f"fsfilter.sys caught it and failed those opens, so the machine ran on.")
+
+
+def _show_missed(run: ScenarioRun, console: Console, path: Path) -> None:
+    """The segment heap let sloppy.sys's overrun pass: say so, and show it from a dump."""
+    kernel = run.kernel
+    sloppy = next((d for d in run.scenario.drivers if d.name == "sloppy.sys"), None)
+    address = getattr(sloppy, "last_name", 0)
+    kernel.write_dump(path, kind="kernel")
+    with DumpReader(path) as reader:
+        session = KdSession(reader)
+        found = session.segment_heap().around(address) if address else None
+        backend = next((b.backend for b in found[0] if b.address <= address < b.address + b.size),
+                       "") if found else ""
+        where = {"Vs": "the low bytes of the next VS chunk's encoded header (its MemoryCost)",
+                 "Lfh": "the next LFH block's PreviousSize and PoolIndex, which the segment heap "
+                        "keeps 0"}.get(backend, "the two bytes after its block")
+        console.print(f"On {kernel.windows} the segment heap did not stop the machine: "
+                      f"sloppy.sys's NUL landed on {where}, and nothing there is checked. On "
+                      f"Windows 7 (ntpool demo) the same bug is BAD_POOL_HEADER 0x19/0x20 at the "
+                      f"free; Driver Verifier's special pool catches it at the write on both.")
+        console.print(f"Wrote {path} on demand. The last name buffer, read from the file alone "
+                      f"(ntpool kd -z {path} -c \"!pool {address:x} 2\"):\n")
+        if address:
+            console.print(session.execute(f"!pool {address:x} 2"), highlight=False, markup=False)
 
 
 def _show_crash(run: ScenarioRun, console: Console) -> None:

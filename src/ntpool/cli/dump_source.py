@@ -9,7 +9,9 @@ from pathlib import Path
 from ..constants import PAGE_SIZE
 from ..dump import DumpReader
 from ..errors import BugCheck
-from ..tools.pictures import PageStrip, big_page_strips, small_page_strip
+from ..debugger.segment_heap import SegmentHeapReader
+from ..tags import display
+from ..tools.pictures import FREE, RESERVED, PageStrip, Segment, big_page_strips, small_page_strip
 from ..pool.tracker import PoolTagInfo
 from ..tools.poolmon import Snapshot
 
@@ -47,6 +49,8 @@ class DumpSource:
         pages = [(e.Va, (e.Key, max(1, -(-e.NumberOfBytes // PAGE_SIZE))))
                  for e in self.reader.big_pages()]
         strips = []
+        if self.reader.segment_heap:
+            return self._heap_strips(wanted, pages)
         for region in self.reader.pool_ranges():
             if region.base_type not in wanted:
                 continue
@@ -56,6 +60,27 @@ class DumpSource:
                     strips.append(big[va])
                 else:
                     strips.append(small_page_strip(region.name, self.reader.page(va), va))
+        return strips
+
+    def _heap_strips(self, wanted, pages) -> list[PageStrip]:
+        """The segment heap's pages: blocks from its subsegments, big runs, and the rest
+        (segment headers) as reserved."""
+        heaps = SegmentHeapReader(self.reader)
+        strips = []
+        for heap in heaps.heaps:
+            if heap.base_type not in wanted:
+                continue
+            big = big_page_strips(heap.name, pages)
+            blocks = heaps.page_blocks(heap)
+            for va, _offset in self.reader.mapped_pages(heap.start, heap.end):
+                if va in big:
+                    strips.append(big[va])
+                elif va in blocks:
+                    strips.append(PageStrip(heap.name, va, tuple(
+                        Segment(offset, length, state, display(tag) if state != FREE else "")
+                        for offset, length, state, tag in sorted(blocks[va]))))
+                else:
+                    strips.append(PageStrip(heap.name, va, (Segment(0, PAGE_SIZE, RESERVED),)))
         return strips
 
     def samples(self):

@@ -179,6 +179,27 @@ class SegmentHeapReader:
                         yield block
 
 
+    def page_blocks(self, heap: HeapRange) -> dict[int, list[tuple[int, int, str, int]]]:
+        """Page address -> (offset, length, state, tag) of the blocks on it, clipped to the
+        page, for every LFH and VS page of ``heap`` (the page map)."""
+        pages: dict[int, list[tuple[int, int, str, int]]] = {}
+        for run in self.runs(heap):
+            start, _, count = run
+            for page in range(start, start + count * PAGE, PAGE):
+                pages[page] = []
+            for block in self.blocks(run, []):
+                at, end = block.address, block.address + block.size
+                if block.backend == "Vs" and block.state == "Allocated":
+                    at -= VS_HEADER_SIZE  # the chunk's own header belongs to it
+                while at < end:
+                    page = at & ~(PAGE - 1)
+                    stop = min(end, page + PAGE)
+                    if page in pages:
+                        pages[page].append((at - page, stop - at, block.state, block.tag))
+                    at = stop
+        return pages
+
+
 def block_containing(blocks: list[HeapBlock], va: int) -> HeapBlock | None:
     for block in blocks:
         if block.address <= va < block.address + block.size:

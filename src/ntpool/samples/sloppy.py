@@ -19,6 +19,7 @@ class SloppyDriver:
 
     def __init__(self):
         self.handled = 0
+        self.last_name = 0  # the last name buffer (freed by now), for the debugger to look at
 
     def DriverEntry(self, k, RegistryPath) -> int:
         return NtStatus.STATUS_SUCCESS
@@ -35,6 +36,7 @@ class SloppyDriver:
             k.ExFreePoolWithTag(request, REQUEST_TAG)
             return NtStatus.STATUS_INSUFFICIENT_RESOURCES
         k.write(buffer, encoded + b"\0\0")  # BUG: two bytes past the end of the allocation
+        self.last_name = buffer
         k.write(request, buffer.to_bytes(8, "little"))
         self.handled += 1
         k.ExFreePoolWithTag(buffer, NAME_TAG)

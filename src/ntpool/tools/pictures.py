@@ -51,12 +51,18 @@ def live_page_strips(kernel, pool: str = "both") -> list[PageStrip]:
     for descriptor in _pools(kernel, pool):
         big = big_page_strips(descriptor.name, descriptor.big_pages.items())
         cached = descriptor.lookaside_chunks()
+        page_blocks = getattr(descriptor, "page_blocks", None)  # the segment heap's pages
         for index, kind in enumerate(descriptor.page_kind):
             if kind == PAGE_FREE:
                 continue
             va = descriptor.base + (index << PAGE_SHIFT)
+            blocks = page_blocks(va) if page_blocks is not None and kind == PAGE_SMALL else None
             if va in big:
                 strips.append(big[va])
+            elif blocks is not None:
+                strips.append(PageStrip(descriptor.name, va, tuple(
+                    Segment(offset, length, state, display(tag) if state != FREE else "")
+                    for offset, length, state, tag in blocks)))
             elif kind == PAGE_SMALL:
                 strips.append(small_page_strip(descriptor.name, kernel.read(va, PAGE_SIZE), va, cached))
             else:  # reserved by another component (special pool, ...)
@@ -70,6 +76,8 @@ def _pools(kernel, pool: str):
     chosen = []
     if pool in ("both", "nonpaged"):
         chosen.append(kernel.nonpaged_pool)
+        if getattr(kernel, "nonpaged_pool_nx", None) is not None:  # Windows 10/11: a heap of its own
+            chosen.append(kernel.nonpaged_pool_nx)
     if pool in ("both", "paged"):
         chosen.append(kernel.paged_pool)
     return chosen

@@ -322,7 +322,8 @@ class SegmentHeap:
             first = index // SEGMENT_PAGES
             self.segment_state[first:first + -(-count // SEGMENT_PAGES)] = \
                 b"\x02" * -(-count // SEGMENT_PAGES)
-        return self._map_run(index, frames, kind, PAGE_BIG_REST, range_flags)
+        rest_kind = PAGE_SMALL if kind == PAGE_SMALL else PAGE_BIG_REST  # subsegments: all small
+        return self._map_run(index, frames, kind, rest_kind, range_flags)
 
     def take_pages_with_frames(self, first_pfn: int, count: int, kind: int) -> int:
         """Map ``count`` pages onto frames already taken (physically contiguous memory)."""
@@ -532,6 +533,7 @@ class SegmentHeap:
             if placed is None:
                 return 0
         chunk, size, shift = placed
+        sub = self.owner_by_page[chunk >> PAGE_SHIFT]
         self._vs_index_remove(chunk, size)
         _, _, previous, _ = self.vs_read(chunk)
         if shift:
@@ -547,9 +549,9 @@ class SegmentHeap:
         if rest:
             self.vs_write(chunk + (units << 4), rest, units, False)
             self._vs_index_add(chunk + (units << 4), rest)
-            self._vs_set_previous(following, rest)
+            self._vs_set_previous(sub, following, rest)
         elif shift:
-            self._vs_set_previous(following, units)
+            self._vs_set_previous(sub, following, units)
         return chunk
 
     def _vs_place(self, units: int):
@@ -567,10 +569,9 @@ class SegmentHeap:
                     return chunk, size, shift
         return None
 
-    def _vs_set_previous(self, chunk: int, previous: int) -> None:
-        """Tell the chunk at ``chunk`` (if inside a subsegment) its new UnsafePrevSize."""
-        sub = self.owner_by_page.get(chunk >> PAGE_SHIFT)
-        if sub is None or sub.kind != VS or chunk >= sub.end:
+    def _vs_set_previous(self, sub: VsSubsegment, chunk: int, previous: int) -> None:
+        """Tell the chunk at ``chunk`` (if still inside ``sub``) its new UnsafePrevSize."""
+        if chunk >= sub.end:
             return
         _, size, _, allocated = self.vs_read(chunk)
         checks.vs_header_sane(self, sub, chunk, size)
@@ -641,7 +642,7 @@ class SegmentHeap:
             self._vs_release(sub, chunk, size)
             return
         self.vs_write(chunk, size, previous, False)
-        self._vs_set_previous(chunk + (size << 4), size)
+        self._vs_set_previous(sub, chunk + (size << 4), size)
         self._vs_index_add(chunk, size)
 
     def _vs_release(self, sub: VsSubsegment, chunk: int, size: int) -> None:
@@ -716,6 +717,57 @@ class SegmentHeap:
                 flushed += 1
             bucket.head = 0
         return flushed
+
+    # --- what a page holds (for pictures) ---------------------------------------------------
+
+    def page_blocks(self, page_va: int) -> list[tuple[int, int, str, int]] | None:
+        """(offset in the page, length, state, tag) of each block on an LFH or VS page, clipped
+        to the page; None for a page that holds no blocks (a segment header, a big run).
+        State: Allocated, Free, or Lookaside for a block the front ends hold (the dynamic
+        lookaside, the delay-free list), which memory shows as busy."""
+        sub = self.owner_by_page.get(page_va >> PAGE_SHIFT)
+        if sub is None:
+            return None
+        end = page_va + PAGE_SIZE
+        held = self._front_end_blocks()
+        found = []
+        if sub.kind == LFH:
+            for index, offset in enumerate(sub.offsets):
+                block = sub.va + offset
+                if page_va <= block < end:
+                    busy = not sub.free_bits >> index & 1
+                    tag = DWORD.unpack_from(self.mem, self._pa(block) + 4)[0]
+                    state = ("Lookaside" if block in held else "Allocated") if busy else "Free"
+                    found.append((block - page_va, sub.block_size, state, tag if busy else 0))
+            return found
+        chunk = sub.first
+        while chunk < end:
+            _, size, _, allocated = self.vs_read(chunk)
+            if not size:
+                break
+            stop = chunk + (size << 4)
+            if stop > page_va:
+                first, last = max(chunk, page_va), min(stop, end)
+                tag = DWORD.unpack_from(self.mem, self._pa(chunk + VS_HEADER_SIZE) + 4)[0] \
+                    if allocated else 0
+                state = ("Lookaside" if chunk + VS_HEADER_SIZE in held else "Allocated") \
+                    if allocated else "Free"
+                found.append((first - page_va, last - first, state, tag))
+            chunk = stop
+        return found
+
+    def _front_end_blocks(self) -> set[int]:
+        """POOL_HEADER addresses of blocks on the dynamic lookaside or the delay-free list."""
+        held = {chunk + VS_HEADER_SIZE for chunk in self.delay_free}
+        for bucket in self.lookaside[1:]:
+            entry, count = bucket.head, bucket.count
+            while entry and count:
+                held.add(entry)
+                entry, count = self.read_qword(entry), count - 1
+        return held
+
+    def lookaside_chunks(self) -> set[int]:
+        return self._front_end_blocks()
 
     # --- freeing a block to its backend -----------------------------------------------------
 
