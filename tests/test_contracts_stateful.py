@@ -16,6 +16,22 @@ TYPES = [0, 1, 4, 5, 512]
 SIZES = st.one_of(st.integers(1, 600), st.integers(601, 0xFE0), st.integers(0xFE1, 2 * 4096))
 
 
+def expected_charge(pool_type: int, size: int) -> int:
+    """What Windows 7 charges a request, from the rules alone (not the allocator's code): the
+    header and body in 16-byte blocks; pages for more than 0xFE0 bytes, and for a
+    cache-aligned request whose blocks leave no room to align (more than 0xFF - 3)."""
+    blocks = (size + 16 + 15) // 16
+    if size > 0xFE0 or (pool_type & 4 and blocks > 0xFF - 3):
+        return -(-size // 4096) * 4096
+    return blocks * 16
+
+
+def test_the_expected_charges_are_windows_own():
+    assert [expected_charge(0, n) for n in (1, 16, 17, 100, 0xFE0)] == [32, 32, 48, 128, 0xFF0]
+    assert [expected_charge(0, n) for n in (0xFE1, 4096, 4097)] == [4096, 4096, 8192]
+    assert expected_charge(4, 0xFA0) == 0xFB0 and expected_charge(4, 0xFC0) == 4096
+
+
 class ContractMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -87,14 +103,7 @@ class ContractMachine(RuleBasedStateMachine):
         expected = defaultdict(int)
         charged = [0, 0]
         for p, (pool_type, size, quota) in self.live.items():
-            pool = self.k.paged_pool if pool_type & 1 else self.k.nonpaged_pool
-            if p & 0xFFF:
-                cost = self.k.pool.allocation_size(p) + 16 if self.k.KeGetCurrentIrql() < 2 \
-                    or not pool_type & 1 else None
-            else:
-                cost = pool.big_pages[p][1] * 4096
-            if cost is None:
-                return
+            cost = expected_charge(pool_type, size)
             expected[(tag_value("Quot" if quota else "Rand"), pool_type & 1)] += cost
             if quota:
                 charged[pool_type & 1] += cost

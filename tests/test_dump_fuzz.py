@@ -90,9 +90,18 @@ def test_lying_counts_and_offsets(tmp_path_factory, kind, field, value):
     _exercise(path, address)
 
 
-def test_unmodified_fuzz_seeds_open():
+def test_unmodified_fuzz_seeds_open(tmp_path):
+    # The seeds the fuzzers mutate must themselves be good dumps that kd reads back: the
+    # chunk at the address the fuzzers aim at, and the bug check the machine stopped with.
     for kind, (data, address) in DUMPS.items():
         assert data[:8] == b"PAGEDU64"
+        path = tmp_path / f"{kind}.dmp"
+        path.write_bytes(data)
+        with DumpReader(path) as reader:
+            out = KdSession(reader, POOLTAGS).execute(f"!pool {address:x}; .bugcheck")
+        assert f"*{address - 16:016x} size:   60 previous size:   70  (Allocated) *derF" in out
+        assert "Bugcheck code 000000C2" in out
+        assert "Arguments 00000000`0000000a" in out  # 0x0A: freed with the wrong tag
 
 
 @pytest.mark.parametrize("kind", sorted(DUMPS))

@@ -8,6 +8,7 @@ from ntpool.constants import NDIS_MEMORY_CONTIGUOUS, NDIS_MEMORY_NONCACHED
 from ntpool.machine.memory import PTE_CACHE_DISABLE, PTE_PRESENT
 from ntpool.routines.ndis import NDIS_MINIPORT_CHARACTERISTICS, NDIS_MINIPORT_DRIVER_CHARACTERISTICS
 from ntpool.pool.descriptor import PAGE_RESERVED
+from ntpool.pool.layout import POOL_HEADER, is_allocated
 from ntpool.tags import tag_value
 
 SUCCESS, FAILURE = 0, 0xC0000001
@@ -84,7 +85,10 @@ def test_is_equivalent_to_ndis_allocate_memory_except_the_tag(k):
     _, a = k.NdisAllocateMemoryWithTag(100, "Fred")
     _, b = k.NdisAllocateMemory(100, 0, -1)
     assert k.read(b - 12, 4) == b"NDam" and k.read(a - 12, 4) == b"derF"
-    assert k.read(a - 14, 2) == k.read(b - 14, 2)  # same BlockSize and PoolType
+    for chunk in (a - 16, b - 16):  # both: 100 bytes + header in 8 blocks, in-use nonpaged
+        header = POOL_HEADER.at(k.physical.buffer, k.space.translate(chunk))
+        assert header.BlockSize == 8 and is_allocated(header.PoolType)
+        assert header.PoolType == k.nonpaged_pool.allocated_header_type
 
 
 @pytest.mark.parametrize("args, error", [((-1, "Fred"), ValueError), ((1 << 32, "Fred"), ValueError),
@@ -362,3 +366,54 @@ def test_ndis_free_names_a_bad_virtual_address(k, bad, error):
     with pytest.raises(error, match="VirtualAddress"):
         k.NdisFreeMemoryWithTag(bad, "Tag1")
     assert not k.halted
+
+
+# --- contiguous memory comes from the one allocator entry -------------------------------------
+
+class ContiguousDriver:
+    name = "dma.sys"
+
+    def DriverEntry(self, k, RegistryPath):
+        self.blocks = []
+        return 0
+
+    def take(self, k, length):
+        status, va = k.NdisAllocateMemory(length, NDIS_MEMORY_CONTIGUOUS, -1)
+        if va:
+            self.blocks.append(va)
+        return status, va
+
+    def DriverUnload(self, k):
+        pass  # BUG: the contiguous blocks leak
+
+
+def test_contiguous_memory_records_its_call_site_and_driver(k):
+    driver = ContiguousDriver()
+    k.load_driver(driver)
+    status, va = driver.take(k, 3 * 4096)
+    assert status == SUCCESS
+    site = k.allocation_site(va)
+    assert site.function == "ContiguousDriver.take" and k.allocation_driver(va).name == "dma.sys"
+    k.NdisFreeMemory(va, 3 * 4096, NDIS_MEMORY_CONTIGUOUS)
+    assert va not in k.nonpaged_pool.big_sites and row(k, "NDam").NonPagedUsed == 0
+
+
+def test_verifier_pool_tracking_catches_a_contiguous_leak(k):
+    driver = ContiguousDriver()
+    k.verifier.enable("dma.sys", pool_tracking=True)
+    k.load_driver(driver)
+    _, va = driver.take(k, 2 * 4096)
+    assert [row.address for row in k.verifier.outstanding("dma.sys")] == [va]
+    e = bugcheck(lambda: k.unload_driver(driver))
+    assert (e.code, e.parameters[0], e.parameters[3]) == (0xC4, 0x62, 1)
+
+
+def test_verifier_low_resources_fails_contiguous_requests_and_special_pool_leaves_them(k):
+    driver = ContiguousDriver()
+    k.verifier.enable("dma.sys", systematic_low_resources=True, special_pool=True)
+    k.load_driver(driver)
+    assert driver.take(k, 4096) == (FAILURE, 0)  # the site's first call is failed
+    status, va = driver.take(k, 4096)
+    assert status == SUCCESS and k.nonpaged_pool.contains(va)  # not special pool's pages
+    assert k.nonpaged_pool.page_kind_of(va) == PAGE_RESERVED
+    k.NdisFreeMemory(va, 4096, NDIS_MEMORY_CONTIGUOUS)

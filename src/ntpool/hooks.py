@@ -99,9 +99,14 @@ class PoolLayer(Protocol):
     No object is built per allocation: the allocator passes what it already has.
     """
 
-    def allocate(self, pool, number_of_bytes: int, tag: int, site: int,
-                 aligned: bool) -> int | None:
-        """The address it allocated, 0 to fail the request, None to leave it to the pool."""
+    def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool,
+                 contiguous=None) -> int | None:
+        """The address it allocated, 0 to fail the request, None to leave it to the pool.
+
+        ``contiguous`` (a ``pool.allocator.Contiguous``) marks a request for physically
+        contiguous pages (NDIS): the layer may fail or record it, and allocates it, when it
+        does, with the allocator's ``allocate_contiguous_plain``, never from its own pages.
+        """
 
     def check_allocate(self, pool_type: int, number_of_bytes: int, tag: int, site: int) -> None:
         """Checks made before the pool sees a request (Driver Verifier's stops); may bug-check."""

@@ -201,7 +201,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
         # --- what the routine families keep ------------------------------------------------
         self.ndis_handles: dict[int, object] = {}  # handle -> driver object
-        self.ndis_blocks: dict[int, tuple[int, int, int]] = {}  # va -> (Length, flags, pages)
+        self.ndis_blocks: dict[int, tuple[int, int]] = {}  # contiguous va -> (Length, flags)
 
         # --- the managers drivers meet, in dependency order: objects (types, names, handles),
         # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in

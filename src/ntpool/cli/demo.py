@@ -99,7 +99,7 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
         model.update(end)
         console.print(poolmon_table(model, title="Pool usage by tag after the traffic "
                                                  "(deltas: since the traffic began)",
-                                    owners=console.width >= 120))
+                                    width=console.width))
         grown = [g for g in grown_tags(start, end) if g.diff_grown > 0]
         if grown:
             leak = grown[0]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..constants import PAGE_SIZE
 from ..dump import DumpReader
+from ..dump.format import KDBG_MM_NUMBER_OF_PHYSICAL_PAGES
+from ..dump.reader import MemoryReadError
 from ..errors import BugCheck
 from ..debugger.segment_heap import SegmentHeapReader
 from ..tags import display
@@ -61,6 +63,22 @@ class DumpSource:
                 else:
                     strips.append(small_page_strip(region.name, self.reader.page(va), va))
         return strips
+
+    def machine(self) -> dict:
+        """poolmon's top lines from the dump: its memory, and each pool's mapped pages."""
+        reader = self.reader
+        try:
+            frames = int.from_bytes(reader.read(reader.kd_debugger_data_block +
+                                                KDBG_MM_NUMBER_OF_PHYSICAL_PAGES, 8), "little")
+        except MemoryReadError:
+            frames = reader.page_count
+        frames = max(frames, reader.page_count)
+        pools = {pool.base_type: sum(1 for _ in reader.mapped_pages(pool.start, pool.end))
+                 for pool in reader.pool_ranges()}
+        commit = reader.page_count * PAGE_SIZE  # a kernel dump holds the frames in use
+        return {"memory": frames * PAGE_SIZE, "available": frames * PAGE_SIZE - commit,
+                "commit": commit, "peak": commit, "nonpaged": pools.get(0, 0) * PAGE_SIZE,
+                "paged": pools.get(1, 0) * PAGE_SIZE}
 
     def _heap_strips(self, wanted, pages) -> list[PageStrip]:
         """The segment heap's pages: blocks from its subsegments, big runs, and the rest

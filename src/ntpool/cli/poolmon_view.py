@@ -1,77 +1,232 @@
 """poolmon's screen: the model from ``ntpool.tools.poolmon`` drawn with rich, and its keys.
 
-Interactive only on a terminal; otherwise (or with --once / --iterations) it prints one
-table per refresh, which is what scripts and tests read.
+The table fits the terminal: the Tag column is never cut; when the columns do not fit,
+they are dropped, Owner first (then Per Alloc, the deltas, Frees, Allocs, Type), and Owner
+is shortened with an ellipsis only when a useful part of it fits. Above the table, poolmon's
+two totals lines (memory, commit, pool usage); with ``e`` a totals row per pool type under
+it. More rows than the screen holds scroll (arrows, PgUp/PgDn, Home/End); ``?`` or ``h``
+shows the keys.
+
+Keys come through prompt_toolkit's input layer (raw mode, escape sequences decoded into
+named keys: "up", "pageup", "escape", ...); the screen is a rich Live that redraws at each
+key, each refresh and each resize. Without a terminal (or with --once / --iterations) one
+table is printed per refresh, which is what scripts and tests read.
 """
 
 import os
-import select
 import sys
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..tools.poolmon import PoolmonModel
+from ..tools.poolmon import NONPAGED, PoolmonModel
 
-COLUMNS = ("Tag", "Type", "Allocs", "(delta)", "Frees", "(delta)", "Diff", "Bytes", "(delta)",
-           "Per Alloc", "Owner")
-HELP = ("keys: t a f d b m sort (again: reverse)  p paged/nonpaged/both  "
-        "/i include  /x exclude  c clear filters  q quit")
+# (id, header, right-aligned)
+COLUMNS = (("tag", "Tag", False), ("type", "Type", False), ("allocs", "Allocs", True),
+           ("allocs_delta", "(delta)", True), ("frees", "Frees", True),
+           ("frees_delta", "(delta)", True), ("diff", "Diff", True), ("bytes", "Bytes", True),
+           ("bytes_delta", "(delta)", True), ("per_alloc", "Per Alloc", True),
+           ("owner", "Owner", False))
+# Dropped in this order when the terminal is too narrow; Tag, Diff and Bytes always stay.
+DROP_ORDER = ("owner", "per_alloc", "frees_delta", "allocs_delta", "bytes_delta", "frees",
+              "allocs", "type")
+GAP = 2  # spaces between columns
+OWNER_MIN = 12  # an Owner narrower than this is dropped rather than cut
+HELP = "? help  t a f d b m sort  p pool  /i /x filter  e totals  arrows scroll  q quit"
+KEYS_HELP = [
+    ("t a f d b m", "sort by Tag (A to Z), Allocs, Frees, Diff, Bytes, Per Alloc (largest "
+                    "first); the same key again reverses"),
+    ("r", "reverse the order"),
+    ("p", "cycle the pool type shown: both, nonpaged, paged"),
+    ("/i patterns Enter", "show only tags matching (* and ? wildcards; space-separated)"),
+    ("/x patterns Enter", "hide tags matching; Esc cancels a filter being typed"),
+    ("c", "clear both filters"),
+    ("e", "show or hide the totals rows (per pool type) under the table"),
+    ("Up Down PgUp PgDn Home End", "scroll when there are more tags than rows"),
+    ("? h", "this help (any key returns)"),
+    ("q Ctrl-C", "quit"),
+]
+
+
+@dataclass
+class ViewState:
+    """What the live view adds to the model: scrolling, the totals rows, the help page."""
+
+    top: int = 0  # first row shown
+    show_totals: bool = False
+    show_help: bool = False
 
 
 def _delta(value: int) -> str:
     return f"({value})" if value else ""
 
 
+def _cells(row) -> dict[str, str]:
+    return {"tag": row.tag, "type": row.type, "allocs": str(row.allocs),
+            "allocs_delta": _delta(row.allocs_delta), "frees": str(row.frees),
+            "frees_delta": _delta(row.frees_delta), "diff": str(row.diff),
+            "bytes": str(row.bytes), "bytes_delta": _delta(row.bytes_delta),
+            "per_alloc": str(row.per_alloc), "owner": row.owner}
+
+
+def fit_columns(cell_rows: list[dict[str, str]], width: int | None,
+                owners: bool = True) -> tuple[list[str], int | None]:
+    """The columns that fit ``width`` (in display order) and the Owner column's width."""
+    wanted = [cid for cid, _, _ in COLUMNS if owners or cid != "owner"]
+    widths = {cid: max([len(header)] + [len(cells.get(cid, "")) for cells in cell_rows])
+              for cid, header, _ in COLUMNS}
+    if width is None:
+        return wanted, None
+
+    def total(columns):
+        return sum(widths[c] for c in columns) + GAP * (len(columns) - 1)
+
+    for victim in DROP_ORDER:
+        if total(wanted) <= width:
+            break
+        if victim == "owner" and "owner" in wanted:
+            room = width - total([c for c in wanted if c != "owner"]) - GAP
+            if room >= OWNER_MIN:
+                return wanted, room  # Owner shortened, everything else whole
+        if victim in wanted:
+            wanted.remove(victim)
+    return wanted, None
+
+
 def poolmon_table(model: PoolmonModel, title: str = "", limit: int | None = None,
-                  owners: bool = True) -> Table:
-    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False, header_style="bold")
-    for column in COLUMNS if owners else COLUMNS[:-1]:
-        table.add_column(column, justify="left" if column in ("Tag", "Type", "Owner") else "right",
-                         no_wrap=column != "Owner", overflow="ellipsis")
+                  owners: bool = True, width: int | None = None, top: int = 0,
+                  height: int | None = None, totals: bool = False) -> Table:
+    """The rows (``top`` onwards, at most ``height``/``limit``) in the columns that fit."""
     rows = model.rows()
-    for row in rows[:limit] if limit else rows:
+    rows = rows[:limit] if limit else rows
+    shown = rows[top:top + height] if height is not None else rows[top:]
+    cell_rows = [_cells(row) for row in shown]
+    total_rows = _total_rows(model) if totals else []
+    columns, owner_width = fit_columns(cell_rows + total_rows, width, owners)
+    # SIMPLE_HEAD separates columns with one space; a left padding of one adds the second.
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, padding=(0, 0, 0, GAP - 1),
+                  header_style="bold")
+    headers = {cid: (header, right) for cid, header, right in COLUMNS}
+    for position, cid in enumerate(columns):
+        header, right = headers[cid]
+        table.add_column(header, justify="right" if right else "left", no_wrap=True,
+                         overflow="ellipsis" if cid == "owner" else "fold",
+                         min_width=len(header) if cid != "tag" else 4,
+                         max_width=owner_width if cid == "owner" else None)
+    for row, cells in zip(shown, cell_rows):
         changed = row.allocs_delta or row.frees_delta or row.bytes_delta
-        cells = [row.tag, row.type, str(row.allocs), _delta(row.allocs_delta), str(row.frees),
-                 _delta(row.frees_delta), str(row.diff), str(row.bytes), _delta(row.bytes_delta),
-                 str(row.per_alloc)]
-        table.add_row(*cells, *([row.owner] if owners else []),
-                      style="bold" if changed else None)
+        table.add_row(*[cells[cid] for cid in columns], style="bold" if changed else None)
+    for cells in total_rows:
+        table.add_row(*[cells.get(cid, "") for cid in columns], style="reverse")
     return table
 
 
+def _total_rows(model: PoolmonModel) -> list[dict[str, str]]:
+    rows = []
+    for kind, label in ((NONPAGED, "Nonp"), ("Paged", "Paged")):
+        chosen = [r for r in model.rows() if r.type == kind]
+        if not chosen:
+            continue
+        rows.append({"tag": "Total", "type": label,
+                     "allocs": str(sum(r.allocs for r in chosen)),
+                     "frees": str(sum(r.frees for r in chosen)),
+                     "diff": str(sum(r.diff for r in chosen)),
+                     "bytes": str(sum(r.bytes for r in chosen))})
+    return rows
+
+
+def totals_lines(machine: dict | None) -> list[str]:
+    """poolmon's two top lines: memory, and commit with each pool's use (in K)."""
+    if not machine:
+        return []
+    k = {name: value // 1024 for name, value in machine.items()}
+    faults = f"  PageFlts:{machine['page_faults']:>6}" if "page_faults" in machine else ""
+    return [f" Memory:{k['memory']:>9}K Avail:{k['available']:>9}K{faults}",
+            f" Commit:{k['commit']:>9}K Limit:{k['memory']:>9}K Peak:{k['peak']:>9}K  "
+            f"Pool N:{k['nonpaged']:>7}K P:{k['paged']:>7}K"]
+
+
 def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: int | None = None,
-                   owners: bool = True):
-    totals = model.totals()
-    heading = Text.assemble(("ntpool poolmon", "bold"), f"  {status}\n",
-                            f"{model.describe_order()}",
-                            f"  include: {' '.join(model.include) or '*'}",
-                            f"  exclude: {' '.join(model.exclude) or '-'}\n",
-                            f"total: {totals['diff']:,} outstanding allocations, "
-                            f"{totals['bytes']:,} bytes")
-    parts = [heading, poolmon_table(model, limit=limit, owners=owners),
-             Text(prompt or HELP, style="dim")]
+                   owners: bool = True, width: int | None = None, height: int | None = None,
+                   state: ViewState | None = None, machine: dict | None = None):
+    """The whole screen: totals lines, status, the table (scrolled to ``state.top``), keys."""
+    state = state or ViewState()
+    if state.show_help:
+        return help_screen()
+    rows = model.rows()
+    count = min(len(rows), limit) if limit else len(rows)
+    heading_lines = totals_lines(machine) + [
+        f" {status}",
+        f" {model.describe_order()}  include: {' '.join(model.include) or '*'}  "
+        f"exclude: {' '.join(model.exclude) or '-'}"]
+    room = None
+    if height is not None:
+        # heading, the table's header and rule, the totals rows, the footer line
+        room = max(1, height - len(heading_lines) - 2 - (2 if state.show_totals else 0) - 1)
+        state.top = max(0, min(state.top, count - room))
+    else:
+        state.top = 0
+    table = poolmon_table(model, limit=limit, owners=owners, width=width, top=state.top,
+                          height=room, totals=state.show_totals)
+    footer = prompt or HELP
+    if room is not None and count > room:
+        footer = f"rows {state.top + 1}-{min(count, state.top + room)} of {count}  " + footer
+    parts = [Text("\n".join(heading_lines)), table,
+             Text(footer if width is None else footer[:width], style="dim")]
     return Group(*parts)
 
 
+def help_screen():
+    table = Table(title="ntpool poolmon keys", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("does")
+    for key, text in KEYS_HELP:
+        table.add_row(key, text)
+    return Group(table, Text("any key returns to the table", style="dim"))
+
+
+# --- keys ---------------------------------------------------------------------------------
+
 class KeyReader:
-    """Single keys from a terminal in cbreak mode; filters typed after /i or /x."""
+    """Keys from a terminal through prompt_toolkit's input layer; filters typed after /i, /x."""
 
     def __init__(self, stream=sys.stdin):
         self.stream = stream
         self.pending = ""  # "", "/", "/i" or "/x": a filter being typed
         self.buffer = ""
+        self._input = None
+        self._queue: list[str] = []
+
+    def __enter__(self):
+        from prompt_toolkit.input import create_input
+
+        self._input = create_input(self.stream)
+        self._raw = self._input.raw_mode()
+        self._raw.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._raw.__exit__(*exc)
+        return False
 
     def poll(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.stream], [], [], timeout)
-        if not ready:
-            return None
-        return os.read(self.stream.fileno(), 1).decode("latin-1")
+        """The next key's name ("a", "up", "escape", "enter", ...), or None after ``timeout``."""
+        import select
+
+        if not self._queue:
+            ready, _, _ = select.select([self._input.fileno()], [], [], timeout)
+            if not ready:
+                return None
+            self._queue += [key_name(press.key, press.data) for press in self._input.read_keys()]
+            # An Esc alone stays in the parser until it knows no sequence follows.
+            self._queue += [key_name(press.key, press.data) for press in self._input.flush_keys()]
+        return self._queue.pop(0) if self._queue else None
 
     def prompt(self) -> str:
         if self.pending == "/":
@@ -82,68 +237,95 @@ class KeyReader:
         return ""
 
 
-def apply_key(model: PoolmonModel, reader: KeyReader, key: str) -> bool:
-    """Feed one key; returns False when the user quits."""
+def key_name(key, data: str) -> str:
+    """prompt_toolkit's key as apply_key reads it: the character, or a name."""
+    value = getattr(key, "value", key)
+    names = {"c-m": "enter", "c-j": "enter", "c-h": "backspace", "escape": "escape",
+             "c-c": "c-c", "up": "up", "down": "down", "pageup": "pageup",
+             "pagedown": "pagedown", "home": "home", "end": "end"}
+    if value in names:
+        return names[value]
+    return data if len(data) == 1 else value
+
+
+_CHARACTER_NAMES = {"\r": "enter", "\n": "enter", "\x1b": "escape", "\x7f": "backspace",
+                    "\b": "backspace", "\x03": "c-c"}
+
+
+def apply_key(model: PoolmonModel, reader: KeyReader, key: str,
+              state: ViewState | None = None, page: int = 20) -> bool:
+    """Feed one key (a character or a key name); returns False when the user quits."""
+    key = _CHARACTER_NAMES.get(key, key)
+    state = state if state is not None else ViewState()
+    if state.show_help:
+        state.show_help = False  # any key returns to the table
+        return key not in ("q", "c-c")
     if reader.pending == "/":
-        reader.pending = "/" + key if key in "ix" else ""
+        reader.pending = "/" + key if key in ("i", "x") else ""
         return True
     if reader.pending:
-        if key in ("\r", "\n"):
+        if key == "enter":
             patterns = reader.buffer.split()
             (model.include if reader.pending == "/i" else model.exclude)[:] = patterns
             reader.pending, reader.buffer = "", ""
-        elif key == "\x1b":
+            state.top = 0
+        elif key == "escape":
             reader.pending, reader.buffer = "", ""
-        elif key in ("\x7f", "\b"):
+        elif key == "backspace":
             reader.buffer = reader.buffer[:-1]
-        elif key.isprintable():
+        elif len(key) == 1 and key.isprintable():
             reader.buffer += key
         return True
-    if key in ("q", "Q", "\x03"):
+    scroll = {"up": -1, "down": 1, "pageup": -page, "pagedown": page,
+              "home": -(1 << 30), "end": 1 << 30}
+    if key in ("q", "Q", "c-c"):
         return False
-    if key == "/":
+    if key in scroll:
+        state.top = max(0, state.top + scroll[key])
+    elif key in ("?", "h", "H"):
+        state.show_help = True
+    elif key == "e":
+        state.show_totals = not state.show_totals
+    elif key == "/":
         reader.pending = "/"
     elif key == "c":
         model.include.clear()
         model.exclude.clear()
-    else:
+    elif len(key) == 1:
         model.press(key.lower())
     return True
 
 
-@contextmanager
-def cbreak(stream):
-    import termios
-    import tty
-
-    fd = stream.fileno()
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def interactive(model: PoolmonModel, refresh, interval: float, console: Console) -> None:
-    """The live view: ``refresh()`` returns a status line (it advances the source)."""
+def interactive(model: PoolmonModel, refresh, interval: float, console: Console,
+                machine=None) -> None:
+    """The live view: ``refresh()`` returns a status line (it advances the source);
+    ``machine()`` returns the totals for the top lines."""
     from rich.live import Live
 
-    reader = KeyReader()
+    state = ViewState()
     status = refresh()
-    owners = console.width >= 110
-    with cbreak(sys.stdin), Live(poolmon_screen(model, status, owners=owners), console=console,
-                                 screen=True, auto_refresh=False) as live:
+
+    def screen(prompt: str = ""):
+        width, height = console.size
+        return poolmon_screen(model, status, prompt, width=width, height=height, state=state,
+                              machine=machine() if machine else None)
+
+    with KeyReader() as reader, Live(screen(), console=console, screen=True,
+                                     auto_refresh=False) as live:
         next_refresh = time.monotonic() + interval
+        size = console.size
         while True:
-            key = reader.poll(max(0.0, next_refresh - time.monotonic()))
+            key = reader.poll(max(0.0, min(0.25, next_refresh - time.monotonic())))
             if key is None:
-                status = refresh()
-                next_refresh = time.monotonic() + interval
-            elif not apply_key(model, reader, key):
+                if time.monotonic() >= next_refresh:
+                    status = refresh()
+                    next_refresh = time.monotonic() + interval
+                elif console.size == size:
+                    continue  # nothing happened: no redraw
+            elif not apply_key(model, reader, key, state, page=max(1, console.size[1] - 8)):
                 return
-            live.update(poolmon_screen(model, status, reader.prompt(), owners=owners),
-                        refresh=True)
+            size = console.size  # a resize redraws at the new size
+            live.update(screen(reader.prompt()), refresh=True)
 
 
 def wide_console() -> Console:

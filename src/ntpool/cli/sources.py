@@ -6,6 +6,8 @@ moment, read through the dump reader.
 
 from pathlib import Path
 
+from ..constants import PAGE_SIZE
+from ..pool.descriptor import PAGE_FREE
 from ..tools.pictures import live_page_strips
 from ..tools.poolmon import Snapshot
 from ..tools.scenario import ScenarioRun, load_scenario
@@ -92,8 +94,29 @@ class ScenarioSource:
     def page_strips(self, pool: str = "both"):
         return live_page_strips(self.kernel, pool)
 
+    def machine(self) -> dict:
+        """poolmon's top lines: memory, commit and each pool's pages in use (bytes)."""
+        return machine_totals(self.kernel, self)
+
     def samples(self):
         return self.run.samples
+
+
+def machine_totals(kernel, holder) -> dict:
+    physical = kernel.physical
+    in_use = physical.frame_count - physical.frame_in_use.count(0)
+    commit = in_use * PAGE_SIZE
+    holder.peak_commit = max(getattr(holder, "peak_commit", 0), commit)
+    pager = vars(kernel).get("pager")  # read directly: a halted machine refuses routines
+
+    def pool_bytes(pool) -> int:
+        return (len(pool.page_kind) - pool.page_kind.count(PAGE_FREE)) * PAGE_SIZE
+
+    return {"memory": physical.frame_count * PAGE_SIZE,
+            "available": (physical.frame_count - in_use) * PAGE_SIZE,
+            "commit": commit, "peak": holder.peak_commit,
+            "nonpaged": pool_bytes(kernel.nonpaged_pool), "paged": pool_bytes(kernel.paged_pool),
+            "page_faults": getattr(pager, "pages_in", 0)}
 
 
 def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,

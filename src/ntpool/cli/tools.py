@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
-from .poolmon_view import interactive, poolmon_screen, poolmon_table, wide_console
+from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
 
 
@@ -25,8 +25,9 @@ def add_commands(sub) -> None:
 
     poolmon = sub.add_parser("poolmon", help="watch pool usage by tag, like poolmon")
     _source_arguments(poolmon)
-    poolmon.add_argument("--sort", choices=list(SORT_KEYS), default="b",
-                         help="t tag, a allocs, f frees, d diff, b bytes, m per alloc (default b)")
+    poolmon.add_argument("--sort", choices=list(SORT_KEYS), default="t",
+                         help="t tag (the default, as poolmon), a allocs, f frees, d diff, "
+                              "b bytes, m per alloc")
     poolmon.add_argument("--reverse", action="store_true", help="reverse the sort order")
     poolmon.add_argument("--pool", choices=POOL_FILTERS, default="both", help="pool type shown")
     poolmon.add_argument("--include", "-i", action="append", default=[], metavar="TAG",
@@ -39,6 +40,8 @@ def add_commands(sub) -> None:
     poolmon.add_argument("--interval", type=float, default=1.0,
                          help="seconds between refreshes in the live view (default 1)")
     poolmon.add_argument("--limit", type=int, help="show at most this many rows")
+    poolmon.add_argument("--totals", action="store_true",
+                         help="add the totals rows per pool type (the live view's e key)")
     poolmon.set_defaults(func=cmd_poolmon)
 
     poolsnap = sub.add_parser("poolsnap", help="save a pool tag snapshot, or diff two")
@@ -115,7 +118,7 @@ def cmd_run(args) -> int:
     model.update(end)
     console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
                                              f"({source.checkpoint} checkpoints)",
-                                limit=args.top, owners=console.width >= 110))
+                                limit=args.top, width=console.width))
     if run.bugcheck:
         console.print(f"[bold red]{run.bugcheck}[/bold red]", highlight=False)
         if run.dump_written:
@@ -196,19 +199,26 @@ def cmd_poolmon(args) -> int:
             model.update(source.snapshot())
             return source.status()
 
-        interactive(model, refresh, args.interval, console)
+        interactive(model, refresh, args.interval, console, machine=source.machine)
         return 0
+    state = ViewState(show_totals=args.totals)
+
+    def screen():
+        return poolmon_screen(model, source.status(), prompt=" ", limit=args.limit,
+                              width=console.width, state=state, machine=source.machine())
+
     if args.iterations:
         for _ in range(args.iterations):
             if source.kind == "scenario" and not source.advance():
                 break
             model.update(source.snapshot())
-            console.print(poolmon_screen(model, source.status(), prompt=" ", limit=args.limit))
+            console.print(screen())
         return 0
     if source.kind == "scenario":
-        source.run_to()
+        with checkpoint_progress(source, "running the scenario"):
+            source.run_to()
     model.update(source.snapshot())
-    console.print(poolmon_screen(model, source.status(), prompt=" ", limit=args.limit))
+    console.print(screen())
     return 0
 
 

@@ -20,6 +20,7 @@ translate their routine's contract onto it.
 """
 
 import sys
+from typing import NamedTuple
 
 from ..constants import (
     APC_LEVEL,
@@ -45,7 +46,8 @@ from ..constants import (
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import PROTECTED_POOL, tag_value
-from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_SMALL, Pool
+from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
+from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
 from .checks import (
     check_block_size,
     check_free_tag,
@@ -102,6 +104,13 @@ VALID_PRIORITIES = frozenset(int(p) for p in PoolPriority)
 
 STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
+
+
+class Contiguous(NamedTuple):
+    """A request for physically contiguous pages (NdisAllocateMemory's CONTIGUOUS/NONCACHED)."""
+
+    highest_pfn: int | None  # the last acceptable frame (None: anywhere)
+    noncached: bool  # PTEs with cache-disable and write-through
 
 
 class PoolAllocator:
@@ -340,6 +349,63 @@ class PoolAllocator:
             if address is not None:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
+
+    # --- physically contiguous memory (NDIS) ---------------------------------------------
+
+    def allocate_contiguous(self, number_of_bytes: int, tag: int, highest_pfn: int | None,
+                            noncached: bool, site: int | None = None) -> int:
+        """Physically contiguous nonpaged pages carrying ``tag``; 0 when none fit.
+
+        The one entry for contiguous memory, as ``allocate_checked`` is for the rest: the
+        layer (Driver Verifier) sees it (low resources may fail it, pool tracking records
+        it; special pool never takes it: its pages are not contiguous), the call site is
+        kept beside the big page table, and the tracker is charged.
+        """
+        if site is None:
+            site = self.caller_site()
+        request = Contiguous(highest_pfn, noncached)
+        if self.layer is not None:
+            address = self.layer.allocate(self.nonpaged, number_of_bytes, tag, site, False,
+                                          request)
+            if address is not None:
+                return address
+        return self.allocate_contiguous_plain(self.nonpaged, number_of_bytes, tag, site, request)
+
+    def allocate_contiguous_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int,
+                                  request: Contiguous) -> int:
+        """The contiguous allocation itself: frames below the limit, mapped at reserved pool
+        pages, recorded in the big page table with the tag and the site."""
+        pages = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if not pages or (request.highest_pfn is not None and request.highest_pfn < 1):
+            return 0
+        physical = pool.physical
+        try:
+            first = physical.allocate_contiguous(pages, request.highest_pfn)
+        except OutOfFrames:
+            return 0
+        va = pool.take_pages_with_frames(first, pages, PAGE_RESERVED)
+        if not va:
+            for pfn in range(first, first + pages):
+                physical.free_frame(pfn)
+            return 0
+        if request.noncached:
+            for page in range(pages):
+                pool.space.set_pte_bits(va + (page << PAGE_SHIFT),
+                                        PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
+        pool.big_pages[va] = (tag, pages)
+        pool.big_sites[va] = site
+        self.tracker.charge(tag, pool.track_offset, pages << PAGE_SHIFT)
+        return va
+
+    def free_contiguous(self, address: int) -> None:
+        """Give back what allocate_contiguous returned (the front end checked the address)."""
+        pool = self.nonpaged
+        if self.layer is not None:
+            self.layer.free(address, None)
+        tag, pages = pool.big_pages.pop(address)
+        pool.big_sites.pop(address, None)
+        self.tracker.release(tag, pool.track_offset, pages << PAGE_SHIFT)
+        pool.release_pages(address, pages)
 
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:

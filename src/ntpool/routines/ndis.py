@@ -32,9 +32,8 @@ from ..constants import (
     PoolType,
 )
 from ..errors import NdisContractError, NdisVersionError
-from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from ..pool.allocator import checked_address
-from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_RESERVED, PAGE_SMALL
+from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
 from ..pool.layout import BLOCK_SHIFT, HEADER_SIZE, POOL_HEADER, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
@@ -223,26 +222,10 @@ class NdisRoutines:
             raise NdisContractError(f"{what} must run at PASSIVE_LEVEL, not IRQL {irql}")
 
     def _allocate_contiguous(self, length: int, flags: int, highest_pfn: int | None) -> int:
-        pages = (length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if not pages or (highest_pfn is not None and highest_pfn < 1):
-            return 0
-        try:
-            first = self.physical.allocate_contiguous(pages, highest_pfn)
-        except OutOfFrames:
-            return 0
-        pool = self.nonpaged_pool
-        va = pool.take_pages_with_frames(first, pages, PAGE_RESERVED)
-        if not va:
-            for pfn in range(first, first + pages):
-                self.physical.free_frame(pfn)
-            return 0
-        if flags & NDIS_MEMORY_NONCACHED:
-            for page in range(pages):
-                self.space.set_pte_bits(va + (page << PAGE_SHIFT),
-                                        PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
-        pool.big_pages[va] = (DEFAULT_TAG_NDIS, pages)
-        self.pool.tracker.charge(DEFAULT_TAG_NDIS, pool.track_offset, pages << PAGE_SHIFT)
-        self.ndis_blocks[va] = (length, flags, pages)
+        va = self.pool.allocate_contiguous(length, DEFAULT_TAG_NDIS, highest_pfn,
+                                           noncached=bool(flags & NDIS_MEMORY_NONCACHED))
+        if va:
+            self.ndis_blocks[va] = (length, flags)  # what NdisFreeMemory must be given again
         return va
 
     # --- free ------------------------------------------------------------------------------
@@ -269,7 +252,7 @@ class NdisRoutines:
         self.pool.free(va, None)
 
     def _free_contiguous(self, va: int, length: int, flags: int, block) -> None:
-        allocated_length, allocated_flags, pages = block
+        allocated_length, allocated_flags = block
         if flags != allocated_flags:
             raise NdisContractError(
                 f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: it was allocated with "
@@ -284,11 +267,8 @@ class NdisRoutines:
         elif irql >= DISPATCH_LEVEL:
             raise NdisContractError(f"NdisFreeMemory of noncached memory must run below "
                                     f"DISPATCH_LEVEL, not IRQL {irql}")
-        pool = self.nonpaged_pool
         del self.ndis_blocks[va]
-        del pool.big_pages[va]
-        self.pool.tracker.release(DEFAULT_TAG_NDIS, pool.track_offset, pages << PAGE_SHIFT)
-        pool.release_pages(va, pages)
+        self.pool.free_contiguous(va)
 
     def _check_pool_length(self, va: int, length: int) -> None:
         """Length must be the one allocated: Windows keeps no copy, so compare what the

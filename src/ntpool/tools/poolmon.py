@@ -158,7 +158,7 @@ SORT_KEYS = {
 class PoolmonModel:
     """What poolmon shows and how its keys change it."""
 
-    sort: str = "b"
+    sort: str = "t"  # poolmon's default: by tag
     reverse: bool = False  # numeric columns list largest first unless reversed
     pool_filter: str = "both"
     include: list[str] = field(default_factory=list)

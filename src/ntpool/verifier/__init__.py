@@ -263,7 +263,8 @@ class DriverVerifier:
             kernel.KeBugCheckEx(stop, VerifierStop.DOUBLE_FREE, 0, header, first,
                                 detail=f"{address:#x} was already freed (by a verified driver)")
 
-    def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False):
+    def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False,
+                 contiguous=None):
         options = self.options_for_site(site)
         if options is None:
             return None
@@ -274,12 +275,15 @@ class DriverVerifier:
                 self.low_resources.should_fail(options, tag, site):
             return 0
         address = 0
-        if flags & VerifierFlags.SPECIAL_POOL and not aligned and \
+        if flags & VerifierFlags.SPECIAL_POOL and not aligned and contiguous is None and \
                 self.special_pool.wants(options, number_of_bytes, tag):
             address = self.special_pool.allocate(pool, number_of_bytes, tag, site,
                                                  options.special_pool_underruns)
         if not address:
-            address = self.kernel.pool.allocate_plain(pool, number_of_bytes, tag, site, aligned)
+            allocator = self.kernel.pool
+            address = allocator.allocate_plain(pool, number_of_bytes, tag, site, aligned) \
+                if contiguous is None else \
+                allocator.allocate_contiguous_plain(pool, number_of_bytes, tag, site, contiguous)
         if address:
             if flags & VerifierFlags.POOL_TRACKING:
                 self.tracking.record(address, pool.base_type, number_of_bytes, tag, site)
