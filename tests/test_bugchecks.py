@@ -153,7 +153,7 @@ def test_free_list_corruption_is_caught_by_safe_unlinking(k):
     a = k.ExAllocatePoolWithTag(NP, 1000, "Lnk1")  # 64 blocks; the page's other 192 are listed
     [remainder] = k.nonpaged_pool.free_list(192)
     assert remainder == a - 16 + 1024
-    k.write(remainder + 16, (0xFFFFFA8000041410).to_bytes(8, "little"))  # smash its Flink
+    k.write(remainder + 16, a.to_bytes(8, "little"))  # smash its Flink: a mapped address
     e = bugcheck(lambda: k.ExAllocatePoolWithTag(NP, 3000, "Lnk3"))
     assert e.code == 0x19 and e.parameters[0] == 0x3 and e.parameters[1] == remainder + 16
 

@@ -53,16 +53,31 @@ def test_results_do_not_depend_on_parallelism(serial_campaign):
     assert [v.result for v in parallel.verdicts] == [v.result for v in serial_campaign.verdicts]
 
 
-def test_a_real_dask_cluster_gives_the_same_results(serial_campaign):
+def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
+    import hashlib
+
+    from ntpool.forensics.corpus import CorpusOptions, make_corpus
+
     distributed = pytest.importorskip("distributed")
+    options = CorpusOptions(count=3, seed=5, min_pool_mib=1, max_pool_mib=1.5)
+    here = make_corpus(tmp_path / "here", options, engine=Engine(jobs=2))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         on_dask = verify(SCENARIO, engine=Engine(dask=client))
         tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(6)]
         values = [r["value"] for r in Engine(dask=client).run(tasks)]
+        there = make_corpus(tmp_path / "there", options, engine=Engine(dask=client))
     assert [v.result for v in on_dask.verdicts] == [v.result for v in serial_campaign.verdicts]
     assert values == list(range(6))
+    # ntpool corpus on the cluster writes the same dumps and manifests as on local cores.
+    assert there == here
+
+    def digest(folder, name):
+        return hashlib.sha256((tmp_path / folder / name).read_bytes()).hexdigest()
+
+    for entry in here["dumps"]:
+        assert digest("here", entry["truth"]) == digest("there", entry["truth"])
 
 
 def test_fault_plans_pairs_nth_and_random():

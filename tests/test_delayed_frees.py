@@ -131,7 +131,7 @@ def _corrupt_a_free_neighbour_of_a_pending_chunk(k):
     assert b == a + 3 * 1024  # taken from the end of the page's free remainder
     x = a - 16 + 1024
     k.ExFreePoolWithTag(b, "Nbr2")
-    k.write(x + 16, (0xFFFFFA8000123450).to_bytes(8, "little"))
+    k.write(x + 16, a.to_bytes(8, "little"))  # a mapped address (an unmapped one faults: 0xC5)
     return x, b
 
 
@@ -157,7 +157,7 @@ def test_without_delayed_frees_the_same_corruption_is_found_by_the_free_itself()
     a = k.ExAllocatePoolWithTag(NP, 1000, "Nbr1")
     b = k.ExAllocatePoolWithTag(NP, 1000, "Nbr2")
     x = a - 16 + 1024
-    k.write(x + 16, (0xFFFFFA8000123450).to_bytes(8, "little"))
+    k.write(x + 16, a.to_bytes(8, "little"))
     e = stop(lambda: k.ExFreePoolWithTag(b, "Nbr2"))
     assert (e.code, e.parameters[:2]) == (0x19, (0x3, x + 16)) and e.found_in == ""
 
@@ -171,7 +171,8 @@ def test_a_write_to_a_queued_chunk_breaks_the_pending_list():
     k.ExFreePoolWithTag(b, "Uaf2")
     k.write(b, (0xFFFFFA8003000000).to_bytes(8, "little"))  # use after free: b's link
     e = stop(lambda: k.nonpaged_pool.deferred_free())
-    assert (e.code, e.parameters[0]) == (0x50, 0xFFFFFA8003000000 - 16)
+    # ExDeferredFreePool follows the link under the nonpaged pool's lock: DISPATCH_LEVEL.
+    assert (e.code, e.parameters[:3]) == (0xC5, (0xFFFFFA8003000000, 2, 0))
     assert e.found_in == "ExDeferredFreePool"
 
 

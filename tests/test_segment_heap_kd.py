@@ -175,3 +175,34 @@ def test_page_map_draws_lfh_and_vs_pages_live_and_from_a_dump(tmp_path):
         assert sum(segment.length for segment in page.segments) == 0x1000  # each page covered once
         assert by_page[big].note.startswith(display(tag_value("Bigp")))
     assert {s.va for s in live} == {s.va for s in dumped}
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["bench"], ["bench-dump"], ["run", "x.py"],
+                                  ["poolmon"], ["poolsnap", "-o", "x.json"],
+                                  ["picture", "pagemap", "-o", "x.png"], ["report", "-o", "x.html"],
+                                  ["verify", "x.py"]])
+def test_commands_that_boot_a_machine_take_windows(argv):
+    from ntpool.cli.main import build_parser
+
+    assert build_parser().parse_args(argv + ["--windows", "26100"]).windows == "26100"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv + ["--windows", "95"])
+
+
+def test_run_boots_the_windows_asked_for(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    seen = tmp_path / "seen.txt"
+    scenario = tmp_path / "tiny.py"
+    scenario.write_text(
+        "class D:\n    name = 'tiny.sys'\n\n"
+        "    def DriverEntry(self, k, path):\n        return 0\n\n"
+        "    def DriverUnload(self, k):\n        pass\n\n"
+        "DRIVERS = [D()]\n\n\n"
+        "def workload(k, rng):\n"
+        f"    open({str(seen)!r}, 'w').write(f'{{k.windows.build}} {{type(k.pool).__name__}}')\n")
+    assert main(["run", str(scenario), "--windows", "10"]) == 0
+    assert seen.read_text() == "19041 SegmentHeapAllocator"
+    assert main(["run", str(scenario)]) == 0
+    assert seen.read_text() == "7601 PoolAllocator"
+    capsys.readouterr()

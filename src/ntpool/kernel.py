@@ -40,7 +40,7 @@ from .drivers import LIST_ENTRY, CallSites, DriverRoutines
 from .errors import ALLOWED_WHEN_HALTED, BugCheck, MachineHalted, allowed_when_halted
 from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
 from .machine.irql import IrqlRoutines
-from .machine.memory import AddressSpace, PhysicalMemory
+from .machine.memory import AddressSpace, PhysicalMemory, canonical
 from .machine.pager import Pager
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines, QuotaLedger
@@ -169,6 +169,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            pool.fault = self._pool_access_fault  # what a pool access to no page raises
         # Windows 7 delays pool frees on machines with at least 127 * 1024 physical pages
         # (about 508 MiB) unless special pool or Driver Verifier is on at boot (WRK
         # InitializePool); ``delayed_frees`` True/False overrides the rule.
@@ -383,6 +385,42 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                                      f"a NULL or user-mode pointer, from {self.call_sites.describe(site)}")
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
+
+    def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:
+        """An access the pool code itself makes (following a link or a header's sizes) that
+        finds no mapping: what Windows 7 raises there (README, "When the pool is corrupted").
+
+        The pool code runs at ``lock_irql`` or the caller's IRQL, whichever is higher. A
+        non-canonical address is a general-protection fault no handler catches: 0x1E
+        (0xC0000005, instruction, 0, -1). A paged-out page comes back below DISPATCH_LEVEL;
+        otherwise the fault is 0xC5 DRIVER_CORRUPTED_EXPOOL at DISPATCH_LEVEL or above
+        (address, IRQL, 0 read / 1 write, instruction) and 0x50 PAGE_FAULT_IN_NONPAGED_AREA
+        below it (address, 0 read / 1 write, instruction, 0). ntpool has no ntoskrnl code
+        addresses: the instruction given is the driver's call into the pool.
+        """
+        irql = max(self.irql_by_processor[self.current_processor], lock_irql)
+        site = self.call_sites.site_of_caller()
+        instruction = self.call_sites.table[site].address
+        access = "write to" if write else "read of"
+        if canonical(address) != address:
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              instruction, 0, 0xFFFFFFFFFFFFFFFF,
+                              detail=f"the pool's {access} non-canonical address {address:#x} (a "
+                                     f"corrupted pool link): general protection fault, from "
+                                     f"{self.call_sites.describe(site)}")
+        if self.hooks.listening(PageFault):
+            base = self.hooks.ask(PageFault(address, write))
+            if base is not None:
+                return base
+        if irql < DISPATCH_LEVEL and self.pager.is_paged_out(address):
+            return self.pager.page_in(address)
+        if irql >= DISPATCH_LEVEL:
+            self.KeBugCheckEx(BugCheckCode.DRIVER_CORRUPTED_EXPOOL, address, irql, int(write), instruction,
+                              detail=f"the pool's {access} {address:#x} at IRQL {irql} found no "
+                                     f"page (a corrupted pool link), from {self.call_sites.describe(site)}")
+        self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), instruction, 0,
+                          detail=f"the pool's {access} unmapped address {address:#x} (a corrupted "
+                                 f"pool link), from {self.call_sites.describe(site)}")
 
     # --- pool tracking -------------------------------------------------------------------
 

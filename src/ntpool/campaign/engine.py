@@ -33,6 +33,7 @@ RUN_FUNCTIONS = {
     "scenario": "ntpool.campaign.runs:run_scenario",
     "triage": "ntpool.campaign.triage:read_dump",
     "sleep": "ntpool.campaign.runs:run_sleep",
+    "corpus-dump": "ntpool.campaign.runs:run_corpus_dump",
 }
 
 

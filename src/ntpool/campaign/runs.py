@@ -143,3 +143,11 @@ def run_sleep(task: dict) -> dict:
     while time.perf_counter() < deadline:
         pass
     return {"verdict": "survived", "evidence": "", "value": task.get("value")}
+
+
+def run_corpus_dump(task: dict) -> dict:
+    """One dump of a forensic corpus and its manifest (``ntpool corpus``)."""
+    from ..forensics.corpus import make_dump
+
+    entry = make_dump(**task["dump"])
+    return {"verdict": "survived", "evidence": entry["dump"], "entry": entry}

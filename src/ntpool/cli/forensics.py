@@ -2,6 +2,7 @@
 ``ntpool corpus``."""
 
 from ..dump import isf
+from .verify import add_engine_arguments
 
 
 def _cmd_symbols(args) -> int:
@@ -67,7 +68,14 @@ def _cmd_corpus(args) -> int:
               f"{entry['paged_out_pages']} paged out, {len(entry['corrupt_pages'])} corrupt pages, "
               f"{entry['decoys']} decoys", flush=True)
 
-    make_corpus(args.out, options, progress)
+    from rich.console import Console
+
+    from .verify import engine_for
+
+    description = {"command": "corpus", "out": str(args.out), "count": args.count,
+                   "seed": args.seed, "pool_mib": args.pool_mib, "fill": args.fill, "kinds": kinds}
+    with engine_for(args, description, Console(stderr=True), "corpus") as engine:
+        make_corpus(args.out, options, progress, engine=engine)
     print(f"wrote {args.count} dumps, their manifests and corpus.json to {args.out} "
           f"(symbols for vol -s: {args.out}/symbols)")
     return 0
@@ -82,4 +90,5 @@ def add_corpus_command(sub) -> None:
                         help="size of each pool, drawn log-uniformly (default 1-16; up to 1024 and more)")
     corpus.add_argument("--fill", type=float, default=0.5, help="live share of each pool (default 0.5)")
     corpus.add_argument("--kinds", default="kernel,full", help="dump kinds, alternating (default kernel,full)")
+    add_engine_arguments(corpus)
     corpus.set_defaults(func=_cmd_corpus)

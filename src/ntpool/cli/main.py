@@ -59,7 +59,7 @@ def _cmd_bench_campaign(args) -> int:
 def _cmd_bench_dump(args) -> int:
     from ..dump.bench import run_and_report
 
-    return run_and_report(args.pool_mib, args.directory)
+    return run_and_report(args.pool_mib, args.directory, args.windows)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.add_argument("--pool-mib", type=int, default=512,
                             help="MiB of each pool; the full dump is a bit over twice that (default 512)")
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
+    add_windows_argument(bench_dump)
     bench_dump.set_defaults(func=_cmd_bench_dump)
     bench_campaign = sub.add_parser("bench-campaign",
                                     help="measure the campaign engine: serial, all cores, Dask")

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .sources import add_windows_argument
+
 
 def add_engine_arguments(parser) -> None:
     group = parser.add_argument_group("where the runs execute")
@@ -58,13 +60,14 @@ def cmd_verify(args) -> int:
     from ..campaign.verify import FaultPlan, campaign_description, verify
 
     plan = FaultPlan.parse(args.plan)
-    description = campaign_description(args.scenario, plan, args.seed, None, None, args.timeout)
+    description = campaign_description(args.scenario, plan, args.seed, None, args.windows,
+                                       args.timeout)
     console = Console()
     console.print(f"Low resources campaign on [bold]{args.scenario}[/bold]: fault plan {plan}, "
                   f"pool tracking on.")
     with engine_for(args, description, console, "verify") as engine:
         campaign = verify(args.scenario, seed=args.seed, max_runs=args.max_runs, plan=plan,
-                          engine=engine, timeout=args.timeout)
+                          engine=engine, timeout=args.timeout, windows=args.windows)
     baseline = campaign.baseline
     console.print(f"baseline run (no failure injected): {baseline['verdict']}"
                   f"{': ' + baseline['evidence'] if baseline.get('evidence') else ''}", highlight=False)
@@ -137,6 +140,7 @@ def add_verify_command(sub) -> None:
                         help="fault plan: each-site (default), pairs:N, nth:K, random:P[:SEEDS]")
     verify.add_argument("--max-runs", type=int, default=500, help="stop after this many runs")
     verify.add_argument("--quiet", action="store_true", help="only the final table")
+    add_windows_argument(verify)
     add_engine_arguments(verify)
     verify.set_defaults(func=cmd_verify)
     triage = sub.add_parser("triage", help="read many crash dumps and report across them")

@@ -29,14 +29,15 @@ def _fill(kernel, pool_bytes: int) -> int:
     return count
 
 
-def run(pool_mib: int = 512, directory: str | None = None) -> dict:
+def run(pool_mib: int = 512, directory: str | None = None, windows=None) -> dict:
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
     from .reader import DumpReader
     from ..kernel import Kernel
 
     pool_bytes = pool_mib * MiB
-    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes)
+    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes,
+                    windows="7" if windows is None else windows)
     allocations = _fill(kernel, pool_bytes)
     own_directory = directory is None
     directory = directory or tempfile.mkdtemp(prefix="ntpool-bench-")
@@ -64,10 +65,10 @@ def run(pool_mib: int = 512, directory: str | None = None) -> dict:
     return results
 
 
-def run_and_report(pool_mib: int, directory: str | None) -> int:
+def run_and_report(pool_mib: int, directory: str | None, windows=None) -> int:
     if pool_mib < 1:
         raise ValueError(f"--pool-mib must be at least 1, got {pool_mib}")
-    results = run(pool_mib, directory)
+    results = run(pool_mib, directory, windows)
     print(f"machine: {pool_mib} MiB of each pool, {results['allocations']:,} live allocations")
     for kind in ("full", "kernel"):
         r = results[kind]

@@ -343,6 +343,9 @@ def lay_out_debugger_data(kernel) -> int:
     """Bring the in-memory tables up to date; returns KdDebuggerDataBlock's address."""
     install_shared_data(kernel)
     _stamp_system_time(kernel)
+    sync = getattr(kernel.pool, "sync_to_memory", None)  # the segment heap's LFH counts
+    if sync is not None:
+        sync()
     layout = _layout_of(kernel)
     tracker_entries, big_entries = _lay_out_tables(kernel, layout)
     _lay_out_image(kernel, layout, tracker_entries, big_entries)

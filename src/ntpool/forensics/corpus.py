@@ -17,7 +17,7 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..constants import PAGE_SIZE, PoolType
 from ..pool.layout import POOL_HEADER, POOL_IN_USE
@@ -179,20 +179,50 @@ def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fil
             "decoys": len(truth.decoys)}
 
 
-def make_corpus(directory, options: CorpusOptions, progress=None) -> dict:
-    """Write ``options.count`` dumps with manifests into ``directory``; returns the index."""
-    os.makedirs(directory, exist_ok=True)
+def corpus_dumps(directory, options: CorpusOptions) -> list[dict]:
+    """Each dump of the corpus described completely (its own seed, size and kind), so that
+    each can be made independently, in any process, by ``make_dump(**description)``."""
     master = random.Random(options.seed)
-    entries = []
+    dumps = []
     low, high = math.log(options.min_pool_mib), math.log(options.max_pool_mib)
     for number in range(options.count):
         seed = master.randrange(1 << 32)
         pool_mib = math.exp(low + (high - low) * master.random()) if high > low else options.min_pool_mib
-        kind = options.kinds[number % len(options.kinds)]
-        entries.append(make_dump(directory, number, seed, pool_mib, kind, options.fill))
-        if progress is not None:
-            progress(number + 1, entries[-1])
-    index = {"format": "ntpool-corpus", "version": 1, "seed": options.seed, "dumps": entries}
+        dumps.append({"directory": os.path.abspath(directory), "number": number, "seed": seed,
+                      "pool_mib": pool_mib, "kind": options.kinds[number % len(options.kinds)],
+                      "fill": options.fill})
+    return dumps
+
+
+def make_corpus(directory, options: CorpusOptions, progress=None, engine=None) -> dict:
+    """Write ``options.count`` dumps with manifests into ``directory``; returns the index.
+
+    The dumps are made by the campaign engine (``engine``; default: in this process), one run
+    per dump; ``progress(done, entry)`` is called as each finishes.
+    """
+    from ..campaign import Engine
+
+    os.makedirs(directory, exist_ok=True)
+    tasks = [dict(kind="corpus-dump", dump=d) for d in corpus_dumps(directory, options)]
+    engine = engine or Engine(jobs=1)
+    if progress is not None:
+        finished = [0]
+        chained = engine.progress
+
+        def report(state, result):
+            finished[0] += 1
+            if "entry" in result:
+                progress(finished[0], result["entry"])
+            if chained is not None:
+                chained(state, result)
+
+        engine = replace(engine, progress=report)
+    results = engine.run(tasks)
+    failed = [r for r in results if "entry" not in r]
+    if failed:
+        raise RuntimeError(f"corpus dump failed: {failed[0].get('evidence', failed[0])}")
+    index = {"format": "ntpool-corpus", "version": 1, "seed": options.seed,
+             "dumps": [r["entry"] for r in results]}
     with open(os.path.join(directory, "corpus.json"), "w") as out:
         json.dump(index, out, indent=1)
     return index

@@ -85,6 +85,9 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
+# Page offsets where a chunk body can start: whatever else a lookaside head holds (a
+# corrupted Next put it there) goes the generic way, which accesses it as Windows would.
+_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -189,7 +192,7 @@ class PoolAllocator:
                 block_size = (number_of_bytes + 31) >> 4
                 heads = pool.la_head
                 body = heads[block_size]
-                if body:
+                if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
@@ -427,10 +430,11 @@ class PoolAllocator:
             self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
             return chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
-            body = pool.pop_lookaside(block_size)
+            body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                pa = pool._pa(body)
-                _pack_type_tag(self.mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag, site)
+                # Trusted as Windows 7 trusts it: the header is written wherever it lies.
+                pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
+                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), self.irql)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)

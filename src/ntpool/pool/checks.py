@@ -18,11 +18,6 @@ BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 DOUBLE_FREE_LINE = 0x11C1
 
 
-def header_value(raw8: bytes) -> int:
-    """The first eight header bytes as one number, as bug check parameters show them."""
-    return int.from_bytes(raw8, "little")
-
-
 def header_ulong(buffer, offset: int) -> int:
     """The header's first ULONG (Ulong1: PreviousSize, PoolIndex, BlockSize, PoolType), which
     BAD_POOL_CALLER 0x07 and BAD_POOL_HEADER 0x20 show."""
@@ -39,21 +34,27 @@ def check_not_already_freed(crash, pool_type_byte: int, header_ulong: int, addre
 
 
 def check_free_tag(crash, address: int, stored_tag: int, passed_tag: int) -> None:
+    """ExFreePoolWithTag's tag against the header's (0xC2/0x0A: address, stored, passed)."""
     if stored_tag != passed_tag:
         crash(BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, stored_tag, passed_tag,
               detail=f"freed with tag {passed_tag:#010x}, allocated with {stored_tag:#010x}")
 
 
 def check_block_size(crash, entry: int, block_size: int) -> None:
+    """BlockSize 0 (0x19/0x8: 0, reserved, entry) or running past the page (0x19/0x9: the
+    miscalculated next entry, reserved, entry)."""
     if block_size == 0:
         crash(BAD_POOL_HEADER, BadPoolHeader.BLOCK_SIZE_ZERO, 0, 0, entry,
               detail=f"pool header at {entry:#x} has BlockSize 0")
     if (entry & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) > PAGE_SIZE:
-        crash(BAD_POOL_HEADER, BadPoolHeader.BLOCK_CROSSES_PAGE, entry, 0, entry,
+        crash(BAD_POOL_HEADER, BadPoolHeader.BLOCK_CROSSES_PAGE,
+              entry + (block_size << BLOCK_SHIFT), 0, entry,
               detail=f"pool header at {entry:#x} has BlockSize {block_size:#x}, past its page")
 
 
 def check_next_previous_size(crash, entry: int, block_size: int, next_previous_size: int) -> None:
+    """ExFreePoolWithTag's own check: the next chunk's PreviousSize must be this chunk's
+    BlockSize (0x19/0x20: entry, next entry, reserved), the usual sign of an overrun."""
     if next_previous_size != block_size:
         next_entry = entry + (block_size << BLOCK_SHIFT)
         crash(BAD_POOL_HEADER, BadPoolHeader.NEXT_PREVIOUS_SIZE_MISMATCH, entry, next_entry, 0,
@@ -61,15 +62,76 @@ def check_next_previous_size(crash, entry: int, block_size: int, next_previous_s
                      f"chunk {entry:#x} has BlockSize {block_size:#x}: the chunk was overrun")
 
 
+def check_previous_size(crash, entry: int, previous_size: int) -> int:
+    """PreviousSize must keep the previous chunk on this page (0x19/0x6: the miscalculated
+    previous entry, reserved, entry), and be 0 only for a page's first chunk (0x19/0x7: 0,
+    reserved, entry). Returns the previous chunk's address (0 when there is none)."""
+    offset = entry & (PAGE_SIZE - 1)
+    if previous_size:
+        previous_entry = entry - (previous_size << BLOCK_SHIFT)
+        if previous_size << BLOCK_SHIFT > offset:
+            crash(BAD_POOL_HEADER, BadPoolHeader.PREVIOUS_SIZE_TOO_LARGE, previous_entry, 0, entry,
+                  detail=f"chunk {entry:#x} says PreviousSize {previous_size:#x}: the previous "
+                         f"chunk would start before its page")
+        return previous_entry
+    if offset:
+        crash(BAD_POOL_HEADER, BadPoolHeader.BAD_SIZE, 0, 0, entry,
+              detail=f"chunk {entry:#x} says PreviousSize 0 but is not its page's first chunk")
+    return 0
+
+
 def check_previous_neighbour(crash, entry: int, previous_entry: int, previous_size: int,
                              previous_block_size: int) -> None:
+    """The previous chunk's BlockSize must be this chunk's PreviousSize (0x19/0x5: previous
+    entry, reserved, entry)."""
     if previous_block_size != previous_size:
         crash(BAD_POOL_HEADER, BadPoolHeader.NEIGHBOURS_DISAGREE, previous_entry, 0, entry,
               detail=f"chunk {entry:#x} says PreviousSize {previous_size:#x}, chunk "
                      f"{previous_entry:#x} has BlockSize {previous_block_size:#x}")
 
 
+def check_next_neighbour(crash, entry: int, block_size: int, next_previous_size: int) -> None:
+    """The next chunk's PreviousSize must be this chunk's BlockSize (0x19/0x5: next entry,
+    reserved, entry): ExpCheckPoolHeader's form of the check, made where a chunk is taken."""
+    if next_previous_size != block_size:
+        next_entry = entry + (block_size << BLOCK_SHIFT)
+        crash(BAD_POOL_HEADER, BadPoolHeader.NEIGHBOURS_DISAGREE, next_entry, 0, entry,
+              detail=f"chunk {entry:#x} has BlockSize {block_size:#x}, chunk {next_entry:#x} "
+                     f"says PreviousSize {next_previous_size:#x}")
+
+
+def check_pool_header(crash, entry: int, read_first8) -> tuple:
+    """ExpCheckPoolHeader: a chunk's header against its page and both neighbours.
+
+    ``read_first8(address)`` gives a header's (PreviousSize, PoolIndex, BlockSize, PoolType,
+    PoolTag). In order: PreviousSize (0x6, 0x7, then 0x5 against the previous chunk),
+    BlockSize (0x8, 0x9, then 0x5 against the next chunk). Returns the entry's fields.
+    """
+    fields = read_first8(entry)
+    previous_size, _, block_size = fields[0], fields[1], fields[2]
+    previous_entry = check_previous_size(crash, entry, previous_size)
+    if previous_entry:
+        check_previous_neighbour(crash, entry, previous_entry, previous_size,
+                                 read_first8(previous_entry)[2])
+    check_block_size(crash, entry, block_size)
+    next_entry = entry + (block_size << BLOCK_SHIFT)
+    if next_entry & (PAGE_SIZE - 1):
+        check_next_neighbour(crash, entry, block_size, read_first8(next_entry)[0])
+    return fields
+
+
+def check_fits_its_list(crash, entry: int, block_size: int, list_blocks: int) -> None:
+    """A chunk taken from ListHeads[n - 1] must hold at least n blocks (0x19/0x7: 0,
+    reserved, entry): a smaller one has had its BlockSize rewritten while free."""
+    if block_size < list_blocks:
+        crash(BAD_POOL_HEADER, BadPoolHeader.BAD_SIZE, 0, 0, entry,
+              detail=f"free chunk {entry:#x} on the list of {list_blocks}-block chunks says "
+                     f"BlockSize {block_size:#x}")
+
+
 def check_list_links(crash, entry: int, flink_blink: int, blink_flink: int) -> None:
+    """Safe unlinking and insertion: Flink->Blink and Blink->Flink must both be ``entry``
+    (0x19/0x3: entry, the read-back values)."""
     if flink_blink != entry or blink_flink != entry:
         crash(BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, entry, flink_blink, blink_flink,
               detail=f"free-list links around {entry:#x} are corrupt")

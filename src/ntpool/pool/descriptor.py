@@ -7,9 +7,19 @@ per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, loo
 heads, and the big page table. Nothing is kept per small allocation.
 """
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode
 from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
-from .checks import check_list_links, check_previous_neighbour
+from .checks import (
+    check_block_size,
+    check_fits_its_list,
+    check_list_links,
+    check_next_previous_size,
+    check_not_already_freed,
+    check_pool_header,
+    check_previous_neighbour,
+    check_previous_size,
+    header_ulong,
+)
 from .layout import (
     BLOCK_SHIFT,
     POOL_DESCRIPTOR,
@@ -27,9 +37,14 @@ from .layout import (
 )
 from .lookaside import Lookaside
 
+BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 FLINK = LIST_ENTRY.Flink
 BLINK = LIST_ENTRY.Blink
 LIST_ENTRY_SIZE = LIST_ENTRY.size
+
+def _no_machine(va: int, write: bool, irql: int) -> int:
+    raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
+
 
 # What each pool page holds (one byte a page in Pool.page_kind).
 PAGE_FREE = 0
@@ -96,16 +111,58 @@ class Pool:
         # The pager of a pageable pool (None: the pool is resident). The allocator runs
         # below DISPATCH_LEVEL whenever it touches pageable pool, so it may fault pages in.
         self.pager = None
+        # The machine's answer to an access the pool code makes to an address with no
+        # mapping: ``fault(va, write, irql)`` pages it in and returns the page's physical
+        # address, or bug-checks as Windows does (0x50, 0xC5, 0x1E). ``irql`` is the IRQL
+        # the pool code holds: its descriptor lock's (a spin lock for nonpaged pool, a
+        # guarded mutex for paged pool) while it works on lists and headers.
+        self.fault = _no_machine
+        self.lock_irql = DISPATCH_LEVEL if base_type == 0 else APC_LEVEL
 
     # --- addresses ----------------------------------------------------------------------
 
-    def _pa(self, va: int) -> int:
+    def _pa(self, va: int, write: bool = False, irql: int | None = None) -> int:
+        """The physical address of ``va`` for an access by the pool code (a machine access:
+        an unmapped address faults as Windows' pool code would)."""
         base = self.tlb.get(va >> PAGE_SHIFT)
         if base is None:
-            if self.pager is None:
-                raise KeyError(va)
-            base = self.pager.page_in(va)  # KeyError when the page is not paged out either
+            base = self.fault(va, write, self.lock_irql if irql is None else irql)
         return base + (va & (PAGE_SIZE - 1))
+
+    def read_bytes(self, va: int, size: int, irql: int | None = None) -> bytes:
+        """``size`` bytes at ``va`` read by the pool code, page by page."""
+        parts = []
+        end = va + size
+        while va < end:
+            length = min(PAGE_SIZE - (va & (PAGE_SIZE - 1)), end - va)
+            pa = self._pa(va, False, irql)
+            parts.append(bytes(self.mem[pa:pa + length]))
+            va += length
+        return b"".join(parts)
+
+    def write_bytes(self, va: int, data: bytes, irql: int | None = None) -> None:
+        """Write ``data`` at ``va`` as the pool code, every page translated first."""
+        pieces, done, end = [], 0, va + len(data)
+        while va < end:
+            length = min(PAGE_SIZE - (va & (PAGE_SIZE - 1)), end - va)
+            pieces.append((self._pa(va, True, irql), done, length))
+            va += length
+            done += length
+        for pa, start, length in pieces:
+            self.mem[pa:pa + length] = data[start:start + length]
+
+    def read_pointer(self, va: int, irql: int | None = None) -> int:
+        """The pointer at ``va`` (a link in a chunk body or a list head), read by the pool
+        code; it may lie anywhere, a corrupted link having put it there."""
+        if va & (PAGE_SIZE - 1) <= PAGE_SIZE - POINTER.size:
+            return POINTER.unpack_from(self.mem, self._pa(va, False, irql))[0]
+        return int.from_bytes(self.read_bytes(va, POINTER.size, irql), "little")
+
+    def write_pointer(self, va: int, value: int, irql: int | None = None) -> None:
+        if va & (PAGE_SIZE - 1) <= PAGE_SIZE - POINTER.size:
+            POINTER.pack_into(self.mem, self._pa(va, True, irql), value)
+        else:
+            self.write_bytes(va, POINTER.pack(value), irql)
 
     def contains(self, va: int) -> bool:
         return self.base <= va < self.limit
@@ -195,41 +252,37 @@ class Pool:
         return self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
 
     def _insert(self, entry: int, block_size: int, at_tail: bool) -> None:
-        mem = self.mem
+        """Safe insertion: the head's neighbour must point back at the head (0x19/0x3)."""
         head = self._list_head(block_size)
-        head_pa = self._pa(head)
-        flink, blink = LIST_ENTRY.unpack_from(mem, head_pa)
+        read, write = self.read_pointer, self.write_pointer
+        flink, blink = read(head + FLINK), read(head + BLINK)
         if at_tail:
-            check_list_links(self.crash, head, POINTER.unpack_from(mem, self._pa(blink) + FLINK)[0],
-                             POINTER.unpack_from(mem, self._pa(flink) + BLINK)[0])
-            LIST_ENTRY.pack_into(mem, self._pa(entry), head, blink)
-            POINTER.pack_into(mem, self._pa(blink) + FLINK, entry)
-            POINTER.pack_into(mem, head_pa + BLINK, entry)
+            check_list_links(self.crash, head, read(blink + FLINK), read(flink + BLINK))
+            write(entry + FLINK, head)
+            write(entry + BLINK, blink)
+            write(blink + FLINK, entry)
+            write(head + BLINK, entry)
         else:
-            check_list_links(self.crash, head, POINTER.unpack_from(mem, self._pa(flink) + BLINK)[0],
-                             POINTER.unpack_from(mem, self._pa(blink) + FLINK)[0])
-            LIST_ENTRY.pack_into(mem, self._pa(entry), flink, head)
-            POINTER.pack_into(mem, self._pa(flink) + BLINK, entry)
-            POINTER.pack_into(mem, head_pa + FLINK, entry)
+            check_list_links(self.crash, head, read(flink + BLINK), read(blink + FLINK))
+            write(entry + FLINK, flink)
+            write(entry + BLINK, head)
+            write(flink + BLINK, entry)
+            write(head + FLINK, entry)
         self.nonempty |= 1 << (block_size - 1)
 
     def _unlink(self, entry: int, block_size: int) -> None:
-        """Safe unlinking: both neighbours must point back at ``entry``."""
-        mem = self.mem
-        try:
-            flink, blink = LIST_ENTRY.unpack_from(mem, self._pa(entry))
-            flink_pa, blink_pa = self._pa(flink), self._pa(blink)
-        except KeyError:
-            self.crash(0x19, 3, entry, 0, 0, detail=f"free-list links of {entry:#x} point nowhere")
-        check_list_links(self.crash, entry, POINTER.unpack_from(mem, flink_pa + BLINK)[0],
-                         POINTER.unpack_from(mem, blink_pa + FLINK)[0])
-        POINTER.pack_into(mem, blink_pa + FLINK, flink)
-        POINTER.pack_into(mem, flink_pa + BLINK, blink)
+        """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
+        that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E)."""
+        read, write = self.read_pointer, self.write_pointer
+        flink, blink = read(entry + FLINK), read(entry + BLINK)
+        check_list_links(self.crash, entry, read(flink + BLINK), read(blink + FLINK))
+        write(blink + FLINK, flink)
+        write(flink + BLINK, blink)
         if flink == blink:  # only the head is left
             self.nonempty &= ~(1 << (block_size - 1))
 
     def _first_entry(self, block_size: int) -> int:
-        return LIST_ENTRY.get(self.mem, self._pa(self._list_head(block_size)), "Flink")
+        return self.read_pointer(self._list_head(block_size) + FLINK)
 
     def free_list(self, block_size: int) -> list[int]:
         """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
@@ -254,7 +307,10 @@ class Pool:
             self.mem[self._pa(chunk) + POOL_HEADER.PreviousSize] = previous_size
 
     def _read_first8(self, chunk: int) -> tuple[int, int, int, int, int]:
-        return HEADER_FIRST8.unpack_from(self.mem, self._pa(chunk))
+        """(PreviousSize, PoolIndex, BlockSize, PoolType, PoolTag) of the header at ``chunk``."""
+        if not chunk & (HEADER_SIZE - 1):  # a header on a block boundary never spans pages
+            return HEADER_FIRST8.unpack_from(self.mem, self._pa(chunk))
+        return HEADER_FIRST8.unpack(self.read_bytes(chunk, HEADER_FIRST8.size))
 
     # --- allocation (slow path) ------------------------------------------------------------
 
@@ -290,7 +346,9 @@ class Pool:
         entry = self._first_entry(found)
         self._unlink(entry, found)
         chunk = entry - HEADER_SIZE
-        previous_size, _, free_size, _, old_tag = self._read_first8(chunk)
+        previous_size, _, free_size, _, old_tag = check_pool_header(self.crash, chunk,
+                                                                     self._read_first8)
+        check_fits_its_list(self.crash, chunk, free_size, found)
         remainder = free_size - block_size
         allocated = self.allocated_header_type
         if remainder == 0:
@@ -371,11 +429,12 @@ class Pool:
         if following < page + PAGE_SIZE:
             _, _, next_size, next_type, _ = self._read_first8(following)
             if next_type == POOL_FREE and following not in self.pending:
+                check_pool_header(self.crash, following, self._read_first8)
                 if next_size > 1:
                     self._unlink(following + HEADER_SIZE, next_size)
                 block_size += next_size
-        if previous_size:
-            before = chunk - (previous_size << BLOCK_SHIFT)
+        before = check_previous_size(self.crash, chunk, previous_size)
+        if before:
             before_prev, _, before_size, before_type, before_tag = self._read_first8(before)
             check_previous_neighbour(self.crash, chunk, before, previous_size, before_size)
             if before_type == POOL_FREE and before not in self.pending:
@@ -391,6 +450,27 @@ class Pool:
         if block_size > 1:
             self._insert(chunk + HEADER_SIZE, block_size, at_tail=False)
 
+    def _free_lookaside_entry(self, entry: int) -> None:
+        """Give a chunk popped from a lookaside back to the lists, checked as any free is.
+
+        The entry is what the list held: a corrupted Next may have put any address there.
+        """
+        chunk = entry - HEADER_SIZE
+        if not (self.contains(chunk) and not entry & (HEADER_SIZE - 1) and entry & (PAGE_SIZE - 1)
+                and self.page_kind_of(chunk) == PAGE_SMALL):
+            self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, entry, 0, 0,
+                       detail=f"a lookaside list of {self.name} held {entry:#x}, which is not "
+                              f"a pool block")
+        raw = self.read_bytes(chunk, HEADER_FIRST8.size)
+        _, _, block_size, pool_type, _ = HEADER_FIRST8.unpack(raw)
+        check_not_already_freed(self.crash, pool_type, header_ulong(raw, 0), entry)
+        check_block_size(self.crash, chunk, block_size)
+        following = chunk + (block_size << BLOCK_SHIFT)
+        if following & (PAGE_SIZE - 1):
+            check_next_previous_size(self.crash, chunk, block_size, self._read_first8(following)[0])
+        self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
+        self.free_small(chunk)
+
     def lookaside_chunks(self) -> set[int]:
         """Headers of the chunks cached on this pool's lookaside lists (for pictures).
 
@@ -398,13 +478,13 @@ class Pool:
         """
         chunks: set[int] = set()
         for lookaside in self.lookasides:
-            for entry in lookaside.head:
-                while entry and entry - HEADER_SIZE not in chunks:
-                    chunks.add(entry - HEADER_SIZE)
-                    try:
-                        entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
-                    except KeyError:
+            for entry, count in zip(lookaside.head, lookaside.count):
+                for _ in range(count):  # a corrupted list may loop or lead anywhere
+                    base = self.tlb.get(entry >> PAGE_SHIFT)
+                    if base is None or entry & (PAGE_SIZE - 1) > PAGE_SIZE - POINTER.size:
                         break
+                    chunks.add(entry - HEADER_SIZE)
+                    entry = SINGLE_LIST_ENTRY.get(self.mem, base + (entry & (PAGE_SIZE - 1)), "Next")
         return chunks
 
     def flush_lookasides(self) -> int:
@@ -413,12 +493,11 @@ class Pool:
         for lookaside in self.lookasides:
             heads, counts = lookaside.head, lookaside.count
             for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
-                entry = heads[block_size]
-                while entry:
-                    chunk = entry - HEADER_SIZE
-                    entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
-                    self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
-                    self.free_small(chunk)
+                for _ in range(counts[block_size]):  # a double free makes a loop: pop what was pushed
+                    entry = heads[block_size]
+                    heads[block_size] = self.read_pointer(entry + SINGLE_LIST_ENTRY.Next)
+                    counts[block_size] -= 1
+                    self._free_lookaside_entry(entry)
                     flushed += 1
                 heads[block_size] = 0
                 counts[block_size] = 0
@@ -426,14 +505,18 @@ class Pool:
 
     # --- the lookaside lists ----------------------------------------------------------------
 
-    def pop_lookaside(self, block_size: int) -> int:
+    def pop_lookaside(self, block_size: int, irql: int = 0) -> int:
         """A chunk's body from this processor's lookaside list, else the system-wide one, or 0;
-        counts the allocation and the misses that ExAdjustLookasideDepth reads."""
+        counts the allocation and the misses that ExAdjustLookasideDepth reads.
+
+        As Windows 7, the entry is trusted (nothing is checked): its Next is read at the
+        caller's ``irql`` (no lock is held), so a Next a stray write put there is handed
+        out by the next pop, and one that leads nowhere faults."""
         for lookaside in (self.la, self.system_lookaside):
             lookaside.total_allocates[block_size] += 1
             body = lookaside.head[block_size]
             if body:
-                lookaside.head[block_size] = SINGLE_LIST_ENTRY.get(self.mem, self._pa(body), "Next")
+                lookaside.head[block_size] = self.read_pointer(body + SINGLE_LIST_ENTRY.Next, irql)
                 lookaside.count[block_size] -= 1
                 return body
             lookaside.allocate_misses[block_size] += 1
@@ -481,7 +564,8 @@ class Pool:
         """Headers of the chunks queued on PendingFrees, newest first, read from memory.
 
         The links live in the freed bodies, so a driver writing to memory it freed changes
-        them, as in Windows: a link to an unmapped address faults (0x50); one that leads to
+        them, as in Windows: a link to an unmapped address faults (0x50, or 0xC5 under the
+        nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
         entries = []
@@ -490,11 +574,7 @@ class Pool:
         while len(entries) < len(self.pending):
             chunk = entry - HEADER_SIZE
             if chunk not in self.pending or chunk in entries:
-                if self.tlb.get(chunk >> PAGE_SHIFT) is None and \
-                        (self.pager is None or not self.pager.is_paged_out(chunk)):
-                    self.crash(0x50, chunk, 0, 0, 0,
-                               detail=f"read of unmapped {chunk:#x}, a pending free's link "
-                                      f"(the freed memory was written to)")
+                self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(0x19, 0x3, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")

@@ -31,7 +31,6 @@ from .layout import (
     LFH_BITMAP,
     LFH_BUCKET_COUNT,
     LFH_COUNTS,
-    LFH_FREE_COUNT,
     LFH_MAX_REQUEST,
     POOL_HEADER,
     POOL_HEADER_FIRST8,
@@ -114,7 +113,7 @@ class SegmentHeapAllocator(PoolAllocator):
             heap = self.fast_pools[pool_type]
             if 0 < number_of_bytes <= LFH_MAX_REQUEST:
                 units = (number_of_bytes + 31) >> 4
-                sub = heap.lfh_buckets[units].current  # None until the bucket is active
+                sub = heap.lfh_current[units]  # None until the bucket is active
                 free = sub.free_bits
                 if free:
                     # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
@@ -125,10 +124,8 @@ class SegmentHeapAllocator(PoolAllocator):
                     sub.free_bits = free ^ (1 << index)
                     mem = self.mem
                     tlb = self.tlb
-                    header_pa = tlb[sub.page]
-                    mem[header_pa + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
-                    sub.free_count = count = sub.free_count - 1
-                    _pack_word(mem, header_pa + LFH_FREE_COUNT, count)
+                    mem[tlb[sub.page] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                    sub.free_count -= 1  # FreeCount in memory: synced before a dump
                     block = sub.va + sub.offsets[index]
                     _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
                                  heap.header_type, tag_ulong, site)
@@ -149,23 +146,18 @@ class SegmentHeapAllocator(PoolAllocator):
                 tlb = self.tlb
                 pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
                 _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                if tag is None:
-                    passed = stored if not stored & PROTECTED_POOL else None
-                else:
-                    passed = self.known_tags[tag][0]
+                passed, row = self.known_tags[tag]
                 if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
                         and block_size <= LFH_BUCKET_COUNT:
                     index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
-                    header_pa = tlb[sub.page]
-                    at = header_pa + LFH_BITMAP + (index >> 2)
+                    at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
                     shift = (index & 3) << 1
-                    if (mem[at] >> shift) & 3 == 1:
-                        mem[at] ^= 1 << shift
+                    bits = mem[at]
+                    if (bits >> shift) & 3 == 1:  # busy: 01
+                        mem[at] = bits ^ (1 << shift)
                         sub.free_bits |= 1 << index
-                        sub.free_count = count = sub.free_count + 1
+                        sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
                         sub.free_hint = index
-                        _pack_counts(mem, header_pa + LFH_FREE_COUNT, count, sub.block_count, index)
-                        row = self.tracker.rows[stored & ~PROTECTED_POOL]
                         column = heap.track_offset
                         row[column + 1] += 1
                         row[column + 2] -= sub.block_size
@@ -336,6 +328,11 @@ class SegmentHeapAllocator(PoolAllocator):
             return owner.block_size
         _, size, _, _ = heap.vs_read(header - VS_HEADER_SIZE)
         return max(0, (size << 4) - VS_HEADER_SIZE)
+
+    def sync_to_memory(self) -> None:
+        """Bring what the fast paths keep in Python into memory (before a dump is written)."""
+        for heap in self.pools:
+            heap.sync_lfh_counts()
 
     def balance_set_pass(self) -> None:
         """A Balance Set Manager pass over the heaps' dynamic lookasides."""

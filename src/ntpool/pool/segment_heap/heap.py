@@ -29,6 +29,8 @@ from .layout import (
     LFH_BITMAP,
     LFH_BLOCK_OFFSETS,
     LFH_BUCKET_COUNT,
+    LFH_COUNTS,
+    LFH_FREE_COUNT,
     LFH_FIELDS_OFFSET,
     LFH_SUBSEGMENT_FIELDS,
     LOOKASIDE_BUCKETS,
@@ -175,6 +177,7 @@ class SegmentHeap:
         self.pager = None
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
         self.lfh_buckets = [LfhBucket(i) for i in range(LFH_BUCKET_COUNT + 1)]
+        self.lfh_current: list = [None] * (LFH_BUCKET_COUNT + 1)  # bucket -> current subsegment
         self.random_data = random_data
         # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
         # read in turn, as the LFH does, so a seeded boot repeats its placement).
@@ -435,6 +438,7 @@ class SegmentHeap:
             elif old.free_count:
                 bucket.partial.append(old)
         bucket.current = sub
+        self.lfh_current[bucket.index] = sub
         sub.is_current = True
 
     def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
@@ -479,6 +483,16 @@ class SegmentHeap:
                 self._lfh_release(sub)
             elif sub.free_count == 1:
                 bucket.partial.append(sub)
+
+    def sync_lfh_counts(self) -> None:
+        """Write every LFH subsegment's FreeCount, BlockCount and FreeHint to memory (the fast
+        paths keep them in Python; a dump is written after this, as the tracker is laid out)."""
+        seen = set()
+        for sub in self.owner_by_page.values():
+            if sub.kind == LFH and sub.va not in seen:
+                seen.add(sub.va)
+                LFH_COUNTS.pack_into(self.mem, self._pa(sub.va) + LFH_FREE_COUNT, sub.free_count,
+                                     sub.block_count, sub.free_hint)
 
     def _lfh_release(self, sub: LfhSubsegment) -> None:
         for page in range(sub.pages):
