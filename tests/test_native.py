@@ -195,3 +195,127 @@ def test_committed_drivers_are_what_the_sources_build():
     if not build.compiler_available():
         pytest.skip("ziglang is not installed (pip install 'ntpool[build]')")
     assert build.main(["--check"]) == 0
+
+
+# --- each bug class of the verifier table, compiled ---------------------------------------------
+
+BUG_CLASSES = [
+    # driver, verifier options, code, parameter 1 (None: not checked), the source line blamed
+    ("overrun", {}, 0x19, 0x20, "ExFreePoolWithTag((PVOID)p"),  # found at the free that follows
+    ("overrun", dict(special_pool=True), 0xD6, None, "BUG"),  # the store itself
+    ("underrun", dict(special_pool=True, special_pool_underruns=True), 0xD6, None, "BUG"),
+    ("use_after_free", dict(special_pool=True), 0xD5, None, "BUG"),
+    ("double_free", {}, 0xC2, 0x07, "BUG"),
+    ("wrong_tag", {}, 0xC2, 0x0A, "BUG"),
+    ("leak", dict(pool_tracking=True), 0xC4, 0x62, "static VOID NTAPI Unload"),  # the unload routine
+    ("irql_alloc", {}, 0xC2, 0x08, "BUG"),
+    ("paged_at_dispatch", dict(force_irql_checking=True), 0xD1, None, "BUG"),
+    ("unchecked_failure", dict(systematic_low_resources=True), 0x7E, 0xC0000005, "BUG"),
+]
+
+
+def source_line(name: str, marker: str) -> str:
+    """"name.c:N" for the first line of the driver's source containing ``marker``."""
+    with open(os.path.join(SOURCE_DIRECTORY, name + ".c")) as handle:
+        for number, text in enumerate(handle, 1):
+            if marker in text and not text.lstrip().startswith(("/*", "*")):
+                return f"{name}.c:{number}"
+    raise AssertionError(f"{marker!r} is not in {name}.c")
+
+
+@pytest.mark.parametrize("name, options, code, first, line", BUG_CLASSES,
+                         ids=[f"{c[0]}-{'-'.join(c[1]) or 'plain'}" for c in BUG_CLASSES])
+def test_each_bug_class_is_caught_and_named_by_driver_offset_and_line(name, options, code, first,
+                                                                      line):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    if options:
+        k.verifier.enable(name + ".sys", **options)
+    with pytest.raises(BugCheck) as caught:
+        driver = load_native_driver(k, sys_path(name))
+        k.unload_driver(driver)
+    check = caught.value
+    assert check.code == code
+    if first is not None:
+        assert check.parameters[0] == first
+    assert check.driver_name == f"{name}.sys"
+    assert f"{name}.sys+0x" in check.call_site
+    assert f"({source_line(name, line)})" in check.call_site
+    if code in (0xD6, 0xD5, 0xD1):
+        # The faulting instruction's address is a parameter, inside the driver's image.
+        rip = check.parameters[3] if code == 0xD1 else check.parameters[2]
+        image = native_machine(k).driver_at(rip)
+        assert image is not None and image.name == f"{name}.sys"
+
+
+def test_the_fsfilter_sample_catches_the_raised_status_in_its_compiled_except():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB)
+    driver = load_native_driver(k, sys_path("fsfilter"))
+    name = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, "Name")
+    k.write(name, "C:\\file.txt".encode("utf-16-le"))
+    opened = 0
+    statuses = set()
+    while len(statuses) < 2 and opened < 20000:
+        status = driver.call("OpenFile", name, 22) & 0xFFFFFFFF
+        statuses.add(status)
+        opened += 1
+    assert statuses == {0, 0xC000009A}  # paged pool ran out: the __except caught it
+    assert driver.call("FailedOpenCount") >= 1
+    k.ExFreePoolWithTag(name, "Name")
+    k.unload_driver(driver)
+    rows = {row.TagUlong: row for row in k.pool_tags()}
+    for tag in (b"FltS", b"FltN", b"FltI"):
+        row = rows[int.from_bytes(tag, "little")]
+        assert row.PagedUsed == 0 and row.NonPagedUsed == 0
+    assert any("opens failed cleanly" in line for line in k.debug_output)
+
+
+def test_sloppy_sample_leaks_and_overruns_as_the_python_one_does(k):
+    driver = load_native_driver(k, sys_path("sloppy"))
+    name = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, "Name")
+    k.write(name, "abcdefgh".encode("utf-16-le"))
+    assert driver.call("HandleRequest", name, 16, 1) & 0xFFFFFFFF == 0xC0000120
+    rows = {row.TagUlong: row for row in k.pool_tags()}
+    assert rows[int.from_bytes(b"SlRq", "little")].NonPagedUsed > 0  # the leak
+    # A name that fills its chunk exactly: the NUL lands on the next header.
+    with pytest.raises(BugCheck) as caught:
+        for _ in range(64):
+            driver.call("HandleRequest", name, 48, 0)
+    assert caught.value.code == 0x19 and caught.value.driver_name == "sloppy.sys"
+
+
+def test_call_sites_of_native_allocations_name_the_line(k):
+    driver = load_native_driver(k, sys_path("leak"))
+    leaked = [p for p in _tag_chunks(k, b"Leak")]
+    assert len(leaked) == 3
+    site = k.allocation_site(leaked[0])
+    assert site.function.startswith("leak.sys+0x") and "DriverEntry+" in site.function
+    assert f"leak.c:{site.lineno}" == source_line("leak", "Kept[i] = ExAllocatePoolWithTag")
+    assert site.filename.endswith("leak.c")
+    assert k.allocation_driver(leaked[0]).name == "leak.sys"
+    del driver
+
+
+def _tag_chunks(k, tag: bytes) -> list:
+    value = int.from_bytes(tag, "little")
+    found = []
+    pool = k.paged_pool
+    for va in range(pool.base, pool.base + 64 * 4096, 16):
+        try:
+            header = k.read(va, 16)
+        except BugCheck:
+            break
+        if int.from_bytes(header[4:8], "little") == value and header[3] & 2:
+            found.append(va + 16)
+    return found
+
+
+def test_ntpool_run_on_a_sys(capsys):
+    from ntpool.cli.main import main
+    assert main(["run", sys_path("fsfilter"), "--nonpaged-pool-mib", "4", "--paged-pool-mib", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "DbgPrint: fsfilter: loaded from" in out and "fsfilter.sys" in out
+    assert main(["run", sys_path("leak"), "--verifier", "pool_tracking",
+                 "--nonpaged-pool-mib", "4", "--paged-pool-mib", "4"]) == 3
+    out = capsys.readouterr().out
+    assert "0x000000c4" in out and "Probably caused by: leak.sys (leak.sys+0x" in out
+    assert main(["run", sys_path("faults"), "--verifier", "no_such_option"]) == 2

@@ -249,7 +249,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         entry = self.call_sites.table[error.site]
         owner = self.call_sites.drivers[entry.driver] if entry.driver else None
         error.driver_name = owner.name if owner else ""
-        error.call_site = "" if not error.site else \
+        error.call_site = "" if not error.site else entry.function if not entry.lineno else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
         # The kernel routine that found the problem, when it is not the one called: a check
         # made while ExDeferredFreePool processes frees queued earlier.
@@ -261,6 +261,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             code = getattr(getattr(culprit.obj, "DriverUnload", None), "__code__", None)
             error.call_site = "" if code is None else \
                 f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+            unload_site = getattr(culprit.obj, "unload_site", None)  # a compiled driver's
+            if callable(unload_site):
+                error.call_site = unload_site()
         self.bugcheck = error
         self.__class__ = _halted_class(type(self))
         listeners = self.hooks.listening(BugCheckRaised)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario
+from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario, sys_scenario_source
 from .engine import Engine, keyed
 from .runs import scenario_task
 
@@ -138,6 +138,8 @@ def scenario_content(spec: str) -> dict:
     if not path.exists() and spec in SAMPLE_SCENARIOS:
         path = SAMPLE_SCENARIOS[spec]
     load_scenario(str(path))  # a broken file is a clear error here, before any run
+    if path.suffix.lower() == ".sys":  # a compiled driver: the scenario that loads it
+        return {"name": path.stem, "path": str(path), "source": sys_scenario_source(str(path))}
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

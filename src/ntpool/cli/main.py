@@ -59,7 +59,8 @@ def _cmd_bench_campaign(args) -> int:
 def _cmd_bench_dump(args) -> int:
     from ..dump.bench import run_and_report
 
-    return run_and_report(args.pool_mib, args.directory, args.windows)
+    return run_and_report(args.pool_mib, args.directory, args.windows, not args.no_volatility,
+                          args.sparse_gib)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_dump.add_argument("--pool-mib", type=int, default=512,
                             help="MiB of each pool; the full dump is a bit over twice that (default 512)")
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
+    bench_dump.add_argument("--no-volatility", action="store_true",
+                            help="skip volatility3's scan of the same dump (minutes on 1 GiB)")
+    bench_dump.add_argument("--sparse-gib", type=int, default=4,
+                            help="also scan a full dump of this many GiB of mostly empty memory, "
+                                 "for peak memory (default 4; 0 skips)")
     add_windows_argument(bench_dump)
     bench_dump.set_defaults(func=_cmd_bench_dump)
     bench_campaign = sub.add_parser("bench-campaign",

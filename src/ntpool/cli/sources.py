@@ -10,7 +10,7 @@ from ..constants import PAGE_SIZE
 from ..pool.descriptor import PAGE_FREE
 from ..tools.pictures import live_page_strips
 from ..tools.poolmon import Snapshot
-from ..tools.scenario import ScenarioRun, load_scenario
+from ..tools.scenario import Scenario, ScenarioRun, load_scenario
 from ..windows import CHOICES as WINDOWS_CHOICES
 
 DUMP_SIGNATURE = b"PAGEDU64"  # DUMP_HEADER64's Signature and ValidDump
@@ -32,7 +32,8 @@ class ScenarioSource:
 
     def __init__(self, spec: str, seed: int = 1, kernel_options: dict | None = None,
                  dump_path: str | None = None):
-        self.run = ScenarioRun(load_scenario(spec), seed=seed, kernel_options=kernel_options,
+        scenario = spec if isinstance(spec, Scenario) else load_scenario(spec)
+        self.run = ScenarioRun(scenario, seed=seed, kernel_options=kernel_options,
                                dump_path=dump_path)
         self.name = self.run.scenario.name
         self._steps = self.run.checkpoints()

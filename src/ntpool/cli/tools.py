@@ -7,12 +7,21 @@ from pathlib import Path
 from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
+from ..tools.scenario import load_scenario
 from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
 
 
 def add_commands(sub) -> None:
-    run = sub.add_parser("run", help="run a scenario: your drivers and workload")
-    run.add_argument("scenario", help="a scenario .py file (or 'demo')")
+    run = sub.add_parser("run", help="run a scenario (your drivers and workload) or a .sys")
+    run.add_argument("scenario", help="a scenario .py file, 'demo', or a compiled driver .sys "
+                                      "(loaded, DriverEntry, unloaded)")
+    run.add_argument("--verifier", metavar="OPTIONS", default="",
+                     help="for a .sys: Driver Verifier options, comma-separated (special_pool, "
+                          "pool_tracking, low_resources, systematic_low_resources, "
+                          "force_irql_checking, special_pool_underruns, ...)")
+    run.add_argument("--allow-missing", action="store_true",
+                     help="for a .sys: load it even if it imports routines ntpool does not "
+                          "implement (a call to one stops the run, naming it)")
     _machine_arguments(run)
     run.add_argument("--dump", metavar="PATH", help="write a crash dump here on a bug check")
     run.add_argument("--truth", metavar="FILE", help="with --dump: also the manifest of every "
@@ -96,6 +105,19 @@ def _positive(option: str, value):
 
 # --- ntpool run ----------------------------------------------------------------------------------
 
+VERIFIER_OPTIONS = ("special_pool", "pool_tracking", "low_resources", "systematic_low_resources",
+                    "force_irql_checking", "uninitialized_memory", "special_pool_underruns")
+
+
+def _verifier_options(text: str) -> dict:
+    options = {}
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        if name not in VERIFIER_OPTIONS:
+            raise ValueError(f"--verifier: unknown option {name!r} (one of: "
+                             f"{', '.join(VERIFIER_OPTIONS)})")
+        options[name] = True
+    return options
+
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_USAGE, EXIT_BUGCHECK = 0, 1, 2, 3
 FAIL_ON = ("leak", "bugcheck", "none")
 
@@ -103,10 +125,20 @@ FAIL_ON = ("leak", "bugcheck", "none")
 def cmd_run(args) -> int:
     console = wide_console()
     _positive("--top", args.top)
-    source = ScenarioSource(args.scenario, args.seed, kernel_options(args), args.dump)
+    spec = args.scenario
+    if spec.lower().endswith(".sys"):
+        spec = load_scenario(spec, verifier=_verifier_options(args.verifier),
+                             allow_missing=args.allow_missing)
+    elif args.verifier or args.allow_missing:
+        raise ValueError("--verifier and --allow-missing are for a .sys (a scenario file says "
+                         "VERIFIER itself)")
+    source = ScenarioSource(spec, args.seed, kernel_options(args), args.dump)
     run = source.run
     run.truth_path = args.truth
     run.boot()
+    # What the drivers print (DbgPrint), as it comes.
+    run.kernel.debug_observers.append(
+        lambda line: console.print(f"DbgPrint: {line}", markup=False, highlight=False))
     run.load_drivers()
     names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"
     console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}")
@@ -121,6 +153,11 @@ def cmd_run(args) -> int:
                                 limit=args.top, width=console.width))
     if run.bugcheck:
         console.print(f"[bold red]{run.bugcheck}[/bold red]", highlight=False)
+        culprit = getattr(run.bugcheck, "driver_name", "")
+        if culprit:
+            where = getattr(run.bugcheck, "call_site", "")
+            console.print(f"Probably caused by: {culprit}" + (f" ({where})" if where else ""),
+                          markup=False, highlight=False)
         if run.dump_written:
             console.print(f"Wrote {run.dump_written}.")
         if run.dump_error:

@@ -10,7 +10,9 @@ chain is corrupt, the headers that can still be trusted (``salvaged_header_offse
 reported too, marked.
 """
 
+import mmap
 import re
+import struct
 from bisect import bisect_right
 from typing import NamedTuple
 
@@ -45,6 +47,11 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
 
 _PREV_SIZE_TYPE = POOL_HEADER.run("PreviousSize", "PoolType")
 _HEADER_FIRST8_UNPACK = POOL_HEADER.run("PreviousSize", "PoolTag").unpack_from
+_BACK_TRACE = POOL_HEADER.fields["AllocatorBackTraceIndex"].codec  # at its offset in the header
+# PreviousSize, PoolIndex, BlockSize, PoolType, PoolTag, AllocatorBackTraceIndex in one unpack.
+_HEADER_AND_TRACE = struct.Struct("<BBBBIH")
+assert [POOL_HEADER.offset(n) for n in ("PreviousSize", "PoolIndex", "BlockSize", "PoolType", "PoolTag",
+                                        "AllocatorBackTraceIndex")] == [0, 1, 2, 3, 4, 8]
 
 
 def valid_header_offsets(page, base: int, base_type: int) -> set | None:
@@ -176,6 +183,8 @@ class PoolFinder:
         self._page_at_offset: dict[int, int] | None = None
         self.corrupt_pages: list[int] = []  # pages of the last search with hits but a bad chain
         self.salvaged: set[int] = set()  # chunks of the last search found on such pages
+        self.back_traces: list[int] = []  # AllocatorBackTraceIndex of each chunk found, in order
+        self._offset_of_page: dict[int, int] = {}
 
     def pages_by_file_offset(self) -> dict[int, int]:
         """File offset of each mapped page of the pool (outside big allocations) -> its va."""
@@ -198,56 +207,123 @@ class PoolFinder:
         # Every page of a dump sits at the same distance from a 4 KiB boundary of the file.
         skew = self.reader.runs[0].offset & (PAGE_SIZE - 1)
         search = regex.search
-        match = search(mapping, self.reader.runs[0].offset)
-        while match is not None:
-            position = match.start()
-            # Search on from the next byte: a match must not hide an overlapping one.
-            match = search(mapping, position + 1)
-            in_page = (position - skew) & (PAGE_SIZE - 1)
-            if in_page & (BLOCK - 1) != POOL_HEADER.PoolTag:
-                continue
-            page_offset = position - in_page
-            page_va = pages.get(page_offset)
-            if page_va is None:
-                continue
-            starts = reports.get(page_offset)
-            if starts is None:
-                starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
-                if starts is None:
-                    corrupt.append(page_va)
-                    starts = salvaged_header_offsets(mapping, page_offset, self.pool.base_type)
-                    starts = {offset: True for offset in starts}
-                else:
-                    starts = dict.fromkeys(starts, False)
-                reports[page_offset] = starts
-            header = in_page - POOL_HEADER.PoolTag
-            if header in starts:
-                hits.append(chunk_at(mapping, page_offset + header, page_va + header))
-                if starts[header]:
-                    salvaged.add(page_va + header)
+        for start, end in _runs_of_pages(pages):
+            # Only the pool's pages are searched, a window at a time, and let go of after:
+            # a dump of many gigabytes is scanned in a bounded amount of memory.
+            match = search(mapping, start, end)
+            while match is not None:
+                position = match.start()
+                # Search on from the next byte: a match must not hide an overlapping one.
+                match = search(mapping, position + 1, end)
+                self._hit(mapping, position, skew, pages, reports, hits, corrupt, salvaged)
+            _release(mapping, start, end)
         hits.sort()
+        self.back_traces = [_BACK_TRACE.unpack_from(mapping, offset)[0]
+                            for offset in (self._header_offset(chunk.address, pages) for chunk in hits)]
         self.corrupt_pages = sorted(corrupt)
         self.salvaged = salvaged
         return hits
+
+    def _header_offset(self, address: int, pages: dict) -> int:
+        page_offset = self._offset_of_page.get(address & ~(PAGE_SIZE - 1))
+        if page_offset is None:
+            self._offset_of_page = {va: offset for offset, va in pages.items()}
+            page_offset = self._offset_of_page[address & ~(PAGE_SIZE - 1)]
+        return page_offset + (address & (PAGE_SIZE - 1)) + POOL_HEADER.AllocatorBackTraceIndex
+
+    def _hit(self, mapping, position, skew, pages, reports, hits, corrupt, salvaged) -> None:
+        """Keep a tag match at ``position`` if a trustworthy header holds it there."""
+        in_page = (position - skew) & (PAGE_SIZE - 1)
+        if in_page & (BLOCK - 1) != POOL_HEADER.PoolTag:
+            return
+        page_offset = position - in_page
+        page_va = pages.get(page_offset)
+        if page_va is None:
+            return
+        starts = reports.get(page_offset)
+        if starts is None:
+            starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
+            if starts is None:
+                corrupt.append(page_va)
+                starts = salvaged_header_offsets(mapping, page_offset, self.pool.base_type)
+                starts = {offset: True for offset in starts}
+            else:
+                starts = dict.fromkeys(starts, False)
+            reports[page_offset] = starts
+        header = in_page - POOL_HEADER.PoolTag
+        if header in starts:
+            hits.append(chunk_at(mapping, page_offset + header, page_va + header))
+            if starts[header]:
+                salvaged.add(page_va + header)
 
 
     def _walk_every_page(self) -> list[Chunk]:
         """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
         mapping = self.reader.mapping
         base_type = self.pool.base_type
-        unpack = _HEADER_FIRST8_UNPACK
-        hits, corrupt, salvaged = [], [], set()
+        allowed = frozenset(t for t in range(256) if t == 0 or pool_type_fits(t, base_type))
+        unpack = _HEADER_AND_TRACE.unpack_from
+        make = Chunk._make
+        hits, traces, corrupt, salvaged = [], [], [], set()
+        walked = 0
         for page_va, page_offset in sorted((va, offset) for offset, va in
                                            self.pages_by_file_offset().items()):
-            chain = _consistent_rest(mapping, page_offset, base_type, 0, 0)
-            if chain is None:
-                chain = sorted(salvaged_header_offsets(mapping, page_offset, base_type))
+            walked += 1
+            if walked % RELEASE_PAGES == 0:
+                _release(mapping, 0, len(mapping))
+            first = len(hits)
+            offset = previous = 0
+            while offset < PAGE_SIZE:  # the chain, as valid_header_offsets walks it, inline
+                prev, index, size, pool_type, tag, trace = unpack(mapping, page_offset + offset)
+                if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE or \
+                        pool_type not in allowed:
+                    break
+                hits.append(make((page_va + offset, prev, index, size, pool_type, tag)))
+                traces.append(trace)
+                previous = size
+                offset += size << BLOCK_SHIFT
+            if offset < PAGE_SIZE:
+                del hits[first:], traces[first:]
                 corrupt.append(page_va)
-                salvaged.update(page_va + offset for offset in chain)
-            hits += [Chunk(page_va + offset, *unpack(mapping, page_offset + offset)) for offset in chain]
+                for offset in sorted(salvaged_header_offsets(mapping, page_offset, base_type)):
+                    prev, index, size, pool_type, tag, trace = unpack(mapping, page_offset + offset)
+                    hits.append(make((page_va + offset, prev, index, size, pool_type, tag)))
+                    traces.append(trace)
+                    salvaged.add(page_va + offset)
+        self.back_traces = traces
         self.corrupt_pages = corrupt
         self.salvaged = salvaged
         return hits
+
+
+RELEASE_PAGES = 4096  # pages read between two releases of the mapping (16 MiB)
+WINDOW = RELEASE_PAGES * PAGE_SIZE
+
+
+def _runs_of_pages(pages: dict):
+    """(start, end) file ranges covering the pages (file offsets), at most WINDOW long."""
+    start = end = None
+    for offset in sorted(pages):
+        if offset == end and end - start < WINDOW:
+            end += PAGE_SIZE
+            continue
+        if start is not None:
+            yield start, end
+        start, end = offset, offset + PAGE_SIZE
+    if start is not None:
+        yield start, end
+
+
+def _release(mapping, start: int, end: int) -> None:
+    """Drop a range of the file's mapping from this process's memory (it is read again from
+    the page cache if needed): scanning reads each page once."""
+    first = start & ~(mmap.PAGESIZE - 1)
+    length = min(end, len(mapping)) - first
+    if length > 0:
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, first, length)
+        except (AttributeError, ValueError, OSError):
+            pass  # a platform without madvise: the page cache still bounds it
 
 
 def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:

@@ -10,7 +10,7 @@ import shlex
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..errors import bugcheck_name
-from ..pool.layout import HEADER_SIZE, POOL_HEADER, POOL_QUOTA
+from ..pool.layout import HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
 from ..tags import display
 from . import bugchecks, display as show
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
@@ -463,14 +463,31 @@ class KdSession:
         finder = self._finders.get(pool_type)
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
-        for chunk in finder.find(pattern):
-            line = self._chunk_line(chunk, False)[1:]
-            if chunk.address in finder.salvaged:
-                line += f"  (corrupt page: see !poolval {chunk.address:x})"
-            lines.append(line)
-            if chunk.state == "Allocated":
-                lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
-                          for text in self._allocated_by(chunk)]
+        hits = finder.find(pattern)
+        # Lines are made from caches of tag texts and call sites: `!poolfind *` on a big dump
+        # lists millions of chunks.
+        middles, sites = {}, {}
+        salvaged = finder.salvaged
+        append = lines.append
+        for (address, previous, _index, size, pool_type, tag), trace in zip(hits, finder.back_traces):
+            key = (previous, size, pool_type, tag)
+            middle = middles.get(key)
+            if middle is None:  # all but the address, made once per distinct header
+                middle = middles[key] = (
+                    f" size: {size << 4:4x} previous size: {previous << 4:4x}  "
+                    f"{'(' + chunk_state(pool_type) + ')':<12} {display(tag)}",
+                    chunk_state(pool_type) == "Allocated" and not pool_type & POOL_QUOTA)
+            if address in salvaged:
+                append(f"{address:016x}{middle[0]}  (corrupt page: see !poolval {address:x})")
+            else:
+                append(f"{address:016x}{middle[0]}")
+            if middle[1]:
+                site = sites.get(trace, False)
+                if site is False:
+                    text = self._site_text(trace)
+                    site = sites[trace] = f"\t\tAllocated by {text}" if text else None
+                if site:
+                    append(site)
         for page in finder.corrupt_pages:
             lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
                          f"header chain is corrupt (see !poolval {page:x})")

@@ -291,6 +291,9 @@ class DriverRoutines:
         name = driver_name(driver)
         if any(d.name.lower() == name.lower() for d in self.drivers):
             raise ValueError(f"a driver named {name} is already loaded")
+        prepare = getattr(driver, "prepare", None)
+        if callable(prepare):
+            prepare(self)  # a compiled driver maps its image into this machine first
         index = len(self.call_sites.drivers)
         # A compiled driver is mapped at its own base; a Python driver gets a made-up one.
         image_base = getattr(driver, "image_base", None) or \

@@ -282,8 +282,10 @@ def score(document: dict, results: Results, tags=None) -> dict:
             continue
         header = va
         chunk = index.chunks.get(va)
-        if chunk is None and va - 16 in index.chunks and va & 15 == 0 and va - 16 not in index.decoys:
-            header, chunk = va - 16, index.chunks[va - 16]  # a body address
+        body_of = index.chunks.get(va - 16)
+        if chunk is None and body_of is not None and finding.tag in body_of["tags"] and \
+                va not in index.decoys:
+            header, chunk = va - 16, body_of  # a scanner that reports the body's address
         if chunk is not None and finding.tag in chunk["tags"]:
             header_found.add(header)
             if finding.state in (None, "allocated"):

@@ -14,7 +14,7 @@ the runner that calls native code and turns what stops it into ntpool's answers.
 import os
 import struct
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE, NtStatus
+from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
 from . import cpu as cpu_module
 from . import msvc
@@ -26,16 +26,6 @@ from .pe import BadImage, parse_image
 from .symbols import Symbols
 
 _Q = struct.Struct("<Q")
-DRIVER_OBJECT_SIZE = 0x150
-DRIVER_OBJECT_TYPE = 4  # IO_TYPE_DRIVER
-DRIVER_START = 0x18
-DRIVER_SIZE = 0x20
-DRIVER_EXTENSION = 0x30
-DRIVER_NAME = 0x38
-DRIVER_INIT = 0x58
-DRIVER_UNLOAD = 0x68
-DRIVER_EXTENSION_SIZE = 0x38
-UNICODE_STRING = struct.Struct("<HHxxxxQ")
 
 
 class NativeError(RuntimeError):
@@ -43,23 +33,56 @@ class NativeError(RuntimeError):
 
 
 class NativeDriver:
-    """A loaded .sys, presented to the machine as a driver object."""
+    """A .sys, presented to the machine as a driver object.
+
+    Made from a path or the file's bytes, it is mapped into a machine by ``prepare(k)``
+    (``k.load_driver`` calls it before it writes the KLDR entry), so a scenario can list
+    ``NativeDriver("my.sys")`` in DRIVERS like any Python driver.
+    """
 
     native = True
 
-    def __init__(self, machine, image, mapped, symbols):
-        self.machine = machine
-        self.image = image
-        self.mapped = mapped
-        self.name = image.name
+    def __init__(self, source, name: str | None = None, allow_missing: bool = False):
+        if isinstance(source, (bytes, bytearray)):
+            self.data = bytes(source)
+            self.path = None
+            self.name = name or "driver.sys"
+        else:
+            self.path = os.path.abspath(os.fspath(source))
+            self.data = None
+            self.name = name or os.path.basename(self.path)
+        self.allow_missing = allow_missing
+        self.machine = None
+        self.image = self.mapped = self.symbols = None
+        self.image_base = self.image_size = self.entry_point = None
+        self.driver_object = 0
+        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
+        self.unload_address = 0
+        self.loaded = None  # the LoadedDriver the kernel keeps
+        self.entry_status = None
+
+    def prepare(self, k) -> None:
+        """Map the image into ``k`` (BadImage, MissingImports: nothing is mapped)."""
+        if self.machine is not None:
+            if self.machine.kernel is not k:
+                raise ValueError(f"{self.name} is already mapped in another machine")
+            return
+        data = self.data
+        if data is None:
+            try:
+                with open(self.path, "rb") as handle:
+                    data = handle.read()
+            except OSError as error:
+                raise BadImage(f"{self.path}: cannot read ({error.strerror or error})") from None
+        machine = native_machine(k)
+        image, mapped = machine.map(data, self.name, self.allow_missing)
+        self.machine, self.image, self.mapped = machine, image, mapped
+        directory = os.path.dirname(self.path) if self.path else None
+        self.symbols = Symbols.for_image(image, directory)
         self.image_base = mapped.base
         self.image_size = mapped.size
         self.entry_point = mapped.base + image.entry_rva
-        self.symbols = symbols
-        self.driver_object = 0
-        self.wdm = None  # the I/O manager's record of its DRIVER_OBJECT
-        self.loaded = None  # the LoadedDriver the kernel keeps
-        self.entry_status = None
+        machine.images.append(self)
 
     # The two entry points the machine calls.
     def DriverEntry(self, k, RegistryPath):
@@ -104,10 +127,15 @@ class NativeDriver:
         if not self.driver_object:
             return
         unload = k.driver_unload_routine(self.wdm)
+        self.unload_address = unload
         if unload:
             self.machine.call(unload, (self.driver_object,), self, thread="system")
         k.delete_driver_object(self.wdm)
         self.driver_object = 0
+
+    def unload_site(self) -> str:
+        """Where the unload routine is (what 0xC4/0x62 blames), with its symbol and line."""
+        return self.describe(self.unload_address) if self.unload_address else ""
 
     def address_of(self, name: str) -> int:
         """The address of an exported function (for scenarios that call a driver's routines)."""
@@ -140,7 +168,6 @@ class NativeMachine:
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
-        self.symbol_path: str | None = None  # where to look for PDBs (the .sys's folder)
         self.log: list[str] = []  # DbgPrint output, in order
         self.log_observers: list = []  # called with each DbgPrint line
         self.site_cache: dict[int, int] = {}  # code address -> call-site number
@@ -196,7 +223,7 @@ class NativeMachine:
 
     # --- loading -------------------------------------------------------------------------------
 
-    def load_image(self, data: bytes, name: str, allow_missing: bool = False) -> NativeDriver:
+    def map(self, data: bytes, name: str, allow_missing: bool = False):
         image = parse_image(data, name)
         missing = self.bindings.missing(image)
         if missing and not allow_missing:
@@ -206,9 +233,7 @@ class NativeMachine:
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
         for address in mapped.cr8_sites:
             self.cpu.hook_cr8(address)
-        driver = NativeDriver(self, image, mapped, Symbols.for_image(image, self.symbol_path))
-        self.images.append(driver)
-        return driver
+        return image, mapped
 
     def unload_image(self, driver: NativeDriver) -> None:
         if driver.mapped.frames:
@@ -230,15 +255,7 @@ class NativeMachine:
             return f"{address:#x}"
         return driver.describe(address)
 
-    # --- objects handed to DriverEntry ---------------------------------------------------------
-
-    def unicode_string(self, text: str) -> int:
-        kernel = self.kernel
-        encoded = text.encode("utf-16-le")
-        address = kernel.kernel_data.reserve(16 + len(encoded) + 2, align=16)
-        kernel.write(address + 16, encoded + b"\0\0")
-        kernel.write(address, UNICODE_STRING.pack(len(encoded), len(encoded) + 2, address + 16))
-        return address
+    # --- what native code asks the kernel for ----------------------------------------------
 
     def system_routine(self, name: str) -> int:
         """MmGetSystemRoutineAddress for native code: the routine's stub, or its data."""
@@ -247,21 +264,6 @@ class NativeMachine:
             if bindings.implemented(module, name):
                 return bindings.data_address(name) if name in bindings.data else bindings.stub(name)
         return 0
-
-    def make_driver_object(self, driver: NativeDriver, registry_path: str) -> int:
-        """A DRIVER_OBJECT (Windows 7 x64 layout) with its DRIVER_EXTENSION and name."""
-        kernel = self.kernel
-        obj = kernel.kernel_data.reserve(DRIVER_OBJECT_SIZE + DRIVER_EXTENSION_SIZE, align=16)
-        extension = obj + DRIVER_OBJECT_SIZE
-        kernel.write(obj, struct.pack("<HH", DRIVER_OBJECT_TYPE, DRIVER_OBJECT_SIZE))
-        kernel.write(obj + DRIVER_START, _Q.pack(driver.image_base))
-        kernel.write(obj + DRIVER_SIZE, struct.pack("<I", driver.image_size))
-        kernel.write(obj + DRIVER_EXTENSION, _Q.pack(extension))
-        name = self.unicode_string("\\Driver\\" + driver.name.rsplit(".", 1)[0])
-        kernel.write(obj + DRIVER_NAME, kernel.read(name, 16))
-        kernel.write(obj + DRIVER_INIT, _Q.pack(driver.entry_point))
-        kernel.write(extension, _Q.pack(obj))
-        return obj
 
     # --- calls from ntpool into native code ----------------------------------------------------
 
@@ -367,19 +369,23 @@ class NativeMachine:
 
     def current_site(self) -> int:
         """The call-site number of the native code ntpool is answering for right now."""
-        address = self.location or self.return_address()
-        return self.site_for(address)
+        if self.location:
+            return self.site_for(self.location, call=False)
+        return self.site_for(self.return_address(), call=True)
 
-    def site_for(self, address: int) -> int:
-        site = self.site_cache.get(address)
+    def site_for(self, address: int, call: bool = True) -> int:
+        """The site of a call (``address`` is its return address: its line is the call's,
+        the byte before) or of an instruction (a fault)."""
+        key = (address, call)
+        site = self.site_cache.get(key)
         if site is not None:
             return site
         driver = self.driver_at(address)
         if driver is None or driver.loaded is None:
             return 0
-        site = self.kernel.call_sites.add_native_site(driver.loaded, address,
-                                                      *driver.symbols.site(address - driver.image_base))
-        self.site_cache[address] = site
+        site = self.kernel.call_sites.add_native_site(
+            driver.loaded, address, *driver.symbols.site(address - driver.image_base, call))
+        self.site_cache[key] = site
         return site
 
     # --- DbgPrint --------------------------------------------------------------------------------
@@ -400,43 +406,21 @@ def native_machine(kernel) -> NativeMachine:
 
 
 def load_native_driver(kernel, source, name: str | None = None, allow_missing: bool = False,
-                       RegistryPath: str | None = None, call_entry: bool = True):
+                       RegistryPath: str | None = None, call_entry: bool = True) -> NativeDriver:
     """Map a .sys (a path or its bytes) and load it as a driver (DriverEntry is called).
 
     Returns the NativeDriver; ``driver.loaded`` is the kernel's LoadedDriver. Raises BadImage
     for a malformed file, MissingImports for routines ntpool does not implement, and
-    NtStatusError when DriverEntry fails (the image is unloaded then).
+    NtStatusError when DriverEntry fails.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-        name = name or "driver.sys"
-    else:
-        path = os.fspath(source)
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as error:
-            raise BadImage(f"{path}: cannot read ({error.strerror or error})") from None
-        name = name or os.path.basename(path)
-    machine = native_machine(kernel)
-    if not isinstance(source, (bytes, bytearray)):
-        machine.symbol_path = os.path.dirname(os.path.abspath(path))
-    driver = machine.load_image(data, name, allow_missing)
-    try:
-        driver.loaded = kernel.load_driver(driver, RegistryPath) if call_entry else None
-    except NtStatusError:
-        machine.unload_image(driver)
-        raise
-    except BaseException:
-        raise
+    driver = NativeDriver(source, name, allow_missing)
+    driver.prepare(kernel)
+    if call_entry:
+        kernel.load_driver(driver, RegistryPath)
     return driver
 
 
 def unload_native_driver(kernel, driver: NativeDriver) -> None:
+    """Unload the driver (DriverUnload, verifier's checks) and unmap its image."""
     kernel.unload_driver(driver)
     native_machine(kernel).unload_image(driver)
-
-
-__all__ = ["NativeDriver", "NativeMachine", "NativeError", "native_machine", "load_native_driver",
-           "unload_native_driver", "BadImage", "MissingImports", "UnimplementedRoutine",
-           "NtStatus", "PAGE_SHIFT"]

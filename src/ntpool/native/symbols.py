@@ -30,7 +30,7 @@ class Symbols:
         pdb_path = _find_pdb(image, directory)
         if pdb_path:
             try:
-                parsed = pdb_module.read_pdb(pdb_path)
+                parsed = pdb_module.read_pdb(pdb_path, [s.rva for s in image.sections])
             except (OSError, ValueError):
                 parsed = None
             if parsed is not None:
@@ -74,13 +74,14 @@ class Symbols:
             text += f" ({os.path.basename(line[0])}:{line[1]})"
         return text
 
-    def site(self, rva: int) -> tuple[str, str, int]:
-        """(function, file, line) for a call-site record."""
+    def site(self, rva: int, call: bool = False) -> tuple[str, str, int]:
+        """(function, file, line) for a call-site record; for a call, ``rva`` is the return
+        address and the line is the call instruction's (the byte before it)."""
         function = self.function_at(rva)
         label = f"{self.image_name}+{rva:#x}"
         if function is not None:
             label += f" {function[0]}+{function[1]:#x}"
-        line = self.line_at(rva)
+        line = self.line_at(rva - 1 if call else rva)
         if line is None:
             return label, self.image_name, 0
         return label, line[0], line[1]

@@ -58,9 +58,28 @@ class UsageSample:
     bytes_by_tag: dict[str, tuple[int, int]]
 
 
-def load_scenario(spec: str) -> Scenario:
-    """A scenario from a file path, or the name of a shipped sample (``demo``)."""
+def sys_scenario_source(path: str, verifier: dict | None = None,
+                        allow_missing: bool = False) -> str:
+    """The scenario that runs one compiled driver: load (DriverEntry), nothing, unload."""
+    path = str(Path(path).resolve())
+    name = Path(path).name
+    verify = {name: dict(verifier)} if verifier else {}
+    return (f"# {name} as a scenario: loaded (DriverEntry), then unloaded.\n"
+            f"from ntpool.native import NativeDriver\n\n"
+            f"DRIVERS = [NativeDriver({path!r}, allow_missing={allow_missing!r})]\n"
+            f"VERIFIER = {verify!r}\n\n\n"
+            f"def workload(k, rng):\n    return None\n")
+
+
+def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool = False) -> Scenario:
+    """A scenario from a file path, the name of a shipped sample (``demo``), or a compiled
+    driver (``.sys``: loaded and unloaded, with ``verifier`` options for it)."""
     path = Path(spec)
+    if path.suffix.lower() == ".sys":
+        if not path.is_file():
+            raise ScenarioError(f"driver {spec} does not exist")
+        return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing),
+                                    path.stem, str(path), spec)
     if not path.exists() and spec in SAMPLE_SCENARIOS:
         path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time
     if not path.is_file():
