@@ -402,7 +402,7 @@ def test_pageable_image_pages_page_out_and_back_with_their_protection(k):
 
 
 def test_ioctl_specs_parse_or_name_what_is_wrong():
-    from ntpool.cli.requests import parse_ioctl
+    from ntpool.tools.requests import parse_ioctl
     request = parse_ioctl("9C40240C:48656c6c6f:0x40")
     assert (request.code, request.input, request.output_length, request.method) == \
         (0x9C40240C, b"Hello", 64, "METHOD_BUFFERED")
@@ -416,7 +416,7 @@ def test_ioctl_specs_parse_or_name_what_is_wrong():
 
 @pytest.mark.parametrize("spec", ["", ":", "::", "0:00:0", "ffffffff:" + "ab" * 8 + ":4096"])
 def test_ioctl_spec_parser_never_fails_otherwise(spec):
-    from ntpool.cli.requests import parse_ioctl
+    from ntpool.tools.requests import parse_ioctl
     try:
         parse_ioctl(spec)
     except ValueError:
@@ -424,7 +424,7 @@ def test_ioctl_spec_parser_never_fails_otherwise(spec):
 
 
 def test_requests_from_the_command_line_path_reach_the_driver(k):
-    from ntpool.cli.requests import parse_ioctl, run_requests
+    from ntpool.tools.requests import parse_ioctl, run_requests
     driver = EchoDriver(k)
     wdm = load(k, driver)
     lines = []

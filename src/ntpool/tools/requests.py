@@ -1,5 +1,5 @@
 """``ntpool run DRIVER.sys --ioctl CODE[:INPUT_HEX[:OUTPUT_LENGTH]]``: the requests a user-mode
-program would send a loaded driver, and what came back.
+program would send a loaded driver, and what came back (no terminal I/O: ``emit`` prints).
 
 After DriverEntry the driver's first device is opened (IRP_MJ_CREATE), each ``--ioctl`` is
 sent as IRP_MJ_DEVICE_CONTROL with its buffers where the I/O manager puts them for the
@@ -70,6 +70,12 @@ def describe(label: str, result: IoResult) -> str:
     pending = "  (pending: the driver has not completed it)" if result.pending else ""
     return (f"{label:<44} {status:#010x} {result.status_name:<32} Information {result.information:#x}"
             f"  output {output_text(result.output)}{pending}")
+
+
+def request_source(requests: list[IoctlRequest]) -> str:
+    """The Python text of ``requests``, for a generated scenario."""
+    return "[" + ", ".join(f"IoctlRequest({r.code:#x}, bytes.fromhex({r.input.hex()!r}), "
+                           f"{r.output_length})" for r in requests) + "]"
 
 
 def run_requests(kernel, driver, requests: list[IoctlRequest], emit) -> list[tuple[str, IoResult]]:
