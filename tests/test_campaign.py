@@ -62,7 +62,7 @@ def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
     options = CorpusOptions(count=3, seed=5, min_pool_mib=1, max_pool_mib=1.5)
     here = make_corpus(tmp_path / "here", options, engine=Engine(jobs=2))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         on_dask = verify(SCENARIO, engine=Engine(dask=client))
         tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(6)]

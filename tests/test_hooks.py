@@ -131,3 +131,16 @@ def test_verifier_listens_only_while_its_options_are_on(k):
     for event in (MemoryWritten, MemoryCopied, CopiedToUser, IrqlRaised, PageFault):
         assert k.hooks.listening(event) == (), event
     assert k.pool.layer is None and k.pool.fast_pools and "write" not in vars(k)
+
+
+def test_mapping_changes_and_debug_prints_are_events(k):
+    from ntpool.hooks import DebugPrinted, MappingChanged
+
+    changed, printed = [], []
+    k.hooks.subscribe(MappingChanged, changed.append)
+    k.hooks.subscribe(DebugPrinted, printed.append)
+    p = k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 8000, "Page")
+    k.page_out(p)  # the page's present mapping goes
+    k.DbgPrint("hello\nworld\n")
+    assert MappingChanged(p) in changed
+    assert printed == [DebugPrinted("hello"), DebugPrinted("world")]

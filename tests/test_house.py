@@ -112,3 +112,42 @@ def test_a_halted_machine_answers_looking_and_refuses_doing():
     assert k.KeGetCurrentIrql() == 0 and k.is_resident(p)
     assert k.pool_tags() and k.pool_in_use()["frames"] > 0
     assert k.halted and k.current_irql == 0 and k.processes and k.verifier is not None
+
+
+def test_small_rules_are_written_once():
+    from ntpool.machine.irql import pool_usable_at
+
+    assert [pool_usable_at(irql, 0) for irql in range(4)] == [True, True, True, False]
+    assert [pool_usable_at(irql, 1) for irql in range(4)] == [True, True, False, False]
+    sources = "\n".join(path.read_text() for path in PACKAGE.rglob("*.py"))
+    # The IRQL rule, the owner of a call site and the bug check codes each have one home.
+    assert "irql > APC_LEVEL" not in sources and "> APC_LEVEL and" not in sources
+    assert "drivers[entry.driver]" not in sources and ".driver != 0" not in sources
+    assert not re.search(r"(KeBugCheckEx|crash)\(0x", sources)
+
+
+def test_every_subcode_table_belongs_to_its_bug_check():
+    from ntpool.constants import SUBCODES, BugCheckCode, SpecialPoolCorruption, VerifierStop
+
+    assert SUBCODES[BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION] is SpecialPoolCorruption
+    assert SUBCODES[BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION] is VerifierStop
+    assert SpecialPoolCorruption.BYTES_AFTER_END_CORRUPTED == 0x24 and VerifierStop.DOUBLE_FREE == 0x13
+    from ntpool.verifier import VerifierStop as exported
+
+    assert exported is VerifierStop
+
+
+def test_the_owner_of_a_call_site():
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+
+    class Owner:
+        name = "owner.sys"
+
+        def DriverEntry(self, k, RegistryPath):
+            self.p = k.ExAllocatePoolWithTag(NP, 16, "Ownr")
+
+    driver = Owner()
+    loaded = k.load_driver(driver)
+    site = k.pool.site_of(driver.p)
+    assert k.call_sites.owner(site) is loaded and k.allocation_driver(driver.p) is loaded
+    assert k.call_sites.owner(0) is None and k.call_sites.owner(10 ** 6) is None

@@ -159,6 +159,8 @@ class BugCheckCode(IntEnum):
 
     IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    THREAD_NOT_MUTEX_OWNER = 0x11
+    REFERENCE_BY_POINTER = 0x18
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SPIN_LOCK_ALREADY_OWNED = 0x0F
     SPIN_LOCK_NOT_OWNED = 0x10
@@ -170,6 +172,7 @@ class BugCheckCode(IntEnum):
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
     MUST_SUCCEED_POOL_EMPTY = 0x41
     NO_PAGES_AVAILABLE = 0x4D
+    PFN_LIST_CORRUPT = 0x4E
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION = 0xC1
     BAD_POOL_CALLER = 0xC2
@@ -182,6 +185,7 @@ class BugCheckCode(IntEnum):
     DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL = 0xD5
     DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION = 0xD6
     MANUALLY_INITIATED_CRASH = 0xE2
+    RESOURCE_NOT_OWNED = 0xE3
     KERNEL_SECURITY_CHECK_FAILURE = 0x139
     KERNEL_MODE_HEAP_CORRUPTION = 0x13A
 
@@ -221,3 +225,39 @@ class BadPoolHeader(IntEnum):
     NEXT_PREVIOUS_SIZE_MISMATCH = 0x20
     DATA_AFTER_CHUNK = 0x21
     NO_TRACKING_ENTRY = 0x22
+
+
+# SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION (0xC1) parameter 4 subcodes.
+class SpecialPoolCorruption(IntEnum):
+    FREE_NOT_ALLOCATED = 0x20  # a free of special pool that is not allocated
+    FREE_BAD_ADDRESS = 0x21
+    FREE_BAD_ADDRESS_SIZE = 0x22
+    NEARBY_BYTES_CORRUPTED = 0x23  # bytes in the page near the allocation were overwritten
+    BYTES_AFTER_END_CORRUPTED = 0x24  # bytes after the allocation's end were overwritten
+
+
+# DRIVER_VERIFIER_DETECTED_VIOLATION (0xC4) parameter 1 values of the pool checks.
+class VerifierStop(IntEnum):
+    ZERO_BYTES = 0x00
+    ALLOCATE_PAGED_AT_BAD_IRQL = 0x01
+    ALLOCATE_NONPAGED_AT_BAD_IRQL = 0x02
+    FREE_BAD_ADDRESS = 0x10
+    FREE_PAGED_AT_BAD_IRQL = 0x11
+    FREE_NONPAGED_AT_BAD_IRQL = 0x12
+    DOUBLE_FREE = 0x13
+    UNLOAD_WITH_ALLOCATIONS = 0x62
+
+
+# PFN_LIST_CORRUPT (0x4E) parameter 1 subcodes.
+class PfnListCorrupt(IntEnum):
+    UNLOCK_PAGES_NOT_LOCKED = 0x07  # a page's lock count would go below zero
+
+
+# Each bug check code's table of parameter-1 (or -4) subcodes, for tools that explain them.
+SUBCODES = {
+    BugCheckCode.BAD_POOL_HEADER: BadPoolHeader,
+    BugCheckCode.BAD_POOL_CALLER: BadPoolCaller,
+    BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION: SpecialPoolCorruption,
+    BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION: VerifierStop,
+    BugCheckCode.PFN_LIST_CORRUPT: PfnListCorrupt,
+}

@@ -24,6 +24,9 @@ Events. The machine publishes a small frozen object at each point a layer may ca
                         copy when anyone listens for copies)
     CopiedToUser        ``copy_to_user`` is about to copy pool bytes  nothing
                         out to a user-mode buffer
+    MappingChanged      a present page mapping was removed or         nothing
+                        replaced (a CPU's TLB must forget it)
+    DebugPrinted        a driver printed a line (DbgPrint)            nothing
     ==================  ============================================  ====================
 
     k.hooks.subscribe(IrqlRaised, listener)      # listener(event)
@@ -91,6 +94,16 @@ class MemoryCopied(Event):
 class CopiedToUser(Event):
     source: int
     length: int
+
+
+@dataclass(frozen=True, slots=True)
+class MappingChanged(Event):
+    address: int  # the page whose mapping went or changed
+
+
+@dataclass(frozen=True, slots=True)
+class DebugPrinted(Event):
+    line: str
 
 
 class PoolLayer(Protocol):
@@ -209,4 +222,4 @@ def _checked_event_type(event_type) -> None:
 
 
 __all__ = ["attach_to_every_kernel", "kernel_layers", "BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "Hooks",
-           "IrqlRaised", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer"]
+           "IrqlRaised", "MappingChanged", "DebugPrinted", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer"]

@@ -141,7 +141,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
         # --- the machine: memory, processors and IRQL -------------------------------------
         self.physical = PhysicalMemory(physical_memory_bytes)
-        self.space = AddressSpace(self.physical)
+        self.space = AddressSpace(self.physical, self.hooks)
         self._mem = self.physical.buffer
         self._tlb = self.space.tlb
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
@@ -247,7 +247,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # The culprit as far as the machine can tell: the code that made the call that stopped it.
         error.site = self.call_sites.site_of_caller()
         entry = self.call_sites.table[error.site]
-        owner = self.call_sites.drivers[entry.driver] if entry.driver else None
+        owner = self.call_sites.owner(error.site)
         error.driver_name = owner.name if owner else ""
         error.call_site = "" if not error.site else entry.function if not entry.lineno else \
             f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
@@ -369,7 +369,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         if irql >= DISPATCH_LEVEL:
             site = self.call_sites.site_of_caller()
             entry = self.call_sites.table[site]
-            by_driver = bool(entry.driver) or self.current_driver is not None
+            by_driver = self.call_sites.owner(site) is not None or self.current_driver is not None
             code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL if by_driver else \
                 BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
             self.KeBugCheckEx(code, address, irql, int(write), entry.address,

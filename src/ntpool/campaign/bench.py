@@ -67,7 +67,7 @@ def measure(runs: int = 1000, jobs: int | None = None, dask: bool = True) -> dic
             figures["dask_s"] = None
         else:
             with LocalCluster(n_workers=figures["jobs"], threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
                 Engine(dask=client).run(tasks[:10])  # workers import ntpool first
                 start = time.perf_counter()
                 on_dask = Engine(dask=client).run(tasks)

@@ -131,9 +131,11 @@ def _key_text(key) -> str:
 
 
 def _site_owner(kernel, key) -> str:
-    for entry in kernel.call_sites.table:
-        if (entry.filename, entry.lineno, entry.function) == tuple(key) and entry.driver:
-            return kernel.call_sites.drivers[entry.driver].name
+    sites = kernel.call_sites
+    for number, entry in enumerate(sites.table):
+        owner = sites.owner(number)
+        if (entry.filename, entry.lineno, entry.function) == tuple(key) and owner is not None:
+            return owner.name
     return "?"
 
 

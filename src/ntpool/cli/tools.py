@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
+from ..hooks import DebugPrinted
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from ..tools.scenario import load_scenario
 from ..tools.requests import parse_ioctl
@@ -143,8 +144,8 @@ def cmd_run(args) -> int:
     run.truth_path = args.truth
     run.boot()
     # What the drivers print (DbgPrint), as it comes.
-    run.kernel.debug_observers.append(
-        lambda line: console.print(f"DbgPrint: {line}", markup=False, highlight=False))
+    run.kernel.hooks.subscribe(DebugPrinted, lambda event: console.print(
+        f"DbgPrint: {event.line}", markup=False, highlight=False))
     run.load_drivers()
     names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"
     console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}")

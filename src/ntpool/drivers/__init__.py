@@ -218,11 +218,20 @@ class CallSites:
         self.index.clear()
         self.index[(None, 0)] = 0
 
+    def owner(self, site: int) -> LoadedDriver | None:
+        """The driver whose code holds call site ``site`` (None: no driver, or no such site).
+
+        The one place that knows a site names its owner by index into ``drivers``."""
+        if not 0 <= site < len(self.table):
+            return None
+        index = self.table[site].driver
+        return self.drivers[index] if 0 < index < len(self.drivers) else None
+
     def describe(self, site: int) -> str:
         if not 0 < site < len(self.table):
             return "unknown call site"
         entry = self.table[site]
-        owner = self.drivers[entry.driver] if entry.driver < len(self.drivers) else None
+        owner = self.owner(site)
         who = owner.name if owner else "no driver"
         return f"{who} {entry.function} ({entry.filename}:{entry.lineno})"
 
@@ -243,8 +252,8 @@ def call_site_table(call_sites: CallSites) -> bytes:
     entries = []
     texts = bytearray()
     text_base = CALL_SITE_HEADER.size + CALL_SITE_ENTRY.size * len(call_sites.table)
-    for site in call_sites.table:
-        owner = call_sites.drivers[site.driver] if site.driver else None
+    for number, site in enumerate(call_sites.table):
+        owner = call_sites.owner(number)
         entries.append(CALL_SITE_ENTRY.pack(owner.entry_va if owner else 0, site.address,
                                             site.lineno, text_base + len(texts)))
         texts += site.function.encode("utf-8", "replace") + b"\0"
@@ -372,6 +381,5 @@ class DriverRoutines:
 
     @allowed_when_halted
     def allocation_driver(self, address: int) -> LoadedDriver | None:
-        entry = self.allocation_site(address)
-        return self.call_sites.drivers[entry.driver] if entry.driver else None
+        return self.call_sites.owner(self.pool.site_of(address))
 

@@ -10,12 +10,19 @@ and lowering to a higher IRQL IRQL_NOT_LESS_OR_EQUAL (0xA), both with (current I
 requested IRQL, 0, 0).
 """
 
-from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
+from ..constants import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
 from ..errors import allowed_when_halted
 from ..hooks import IrqlRaised
 from ..routines.registry import routine
 
 SPIN_LOCK_FREE = 0
+
+
+def pool_usable_at(irql: int, base_type: int) -> bool:
+    """The pool routines' IRQL rule: any pool at or below DISPATCH_LEVEL, paged pool (base
+    type 1) only at or below APC_LEVEL. Allocation, free, the fast paths and Driver
+    Verifier's checks all ask this one function."""
+    return irql <= (APC_LEVEL if base_type & 1 else DISPATCH_LEVEL)
 
 
 def _checked_irql(name: str, value) -> int:

@@ -13,6 +13,7 @@ import mmap
 import struct
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..hooks import Hooks, MappingChanged
 
 PTE_PRESENT = 1 << 0
 PTE_WRITABLE = 1 << 1
@@ -113,7 +114,7 @@ class PhysicalMemory:
 class AddressSpace:
     """The kernel's virtual address space: page tables in physical memory, rooted at CR3."""
 
-    def __init__(self, physical: PhysicalMemory):
+    def __init__(self, physical: PhysicalMemory, hooks: Hooks | None = None):
         self.physical = physical
         root = physical.claim_frame(WINDOWS7_PML4_PFN)
         if root is None:
@@ -125,9 +126,9 @@ class AddressSpace:
         self._write_entry(self.cr3 << PAGE_SHIFT, SELF_MAP_INDEX,
                           (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY)
         self.tlb: dict[int, int] = {}  # virtual page number -> physical address of the page
-        # Called with the page's address when a present mapping is removed or replaced (a
+        # MappingChanged is published when a present mapping is removed or replaced (a
         # hardware TLB, the native CPU's, must forget it).
-        self.pte_observers: list = []
+        self.hooks = hooks if hooks is not None else Hooks()
 
     def _new_table(self) -> int:
         pfn = self.physical.allocate_frame()
@@ -164,8 +165,7 @@ class AddressSpace:
         pte_pa = self._pte_address(va, create=True)
         _QWORD.pack_into(self.physical.buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
         if self.tlb.get(va >> PAGE_SHIFT, pfn << PAGE_SHIFT) != pfn << PAGE_SHIFT:
-            for observer in self.pte_observers:
-                observer(va)
+            self.hooks.publish(MappingChanged(va))
         self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
 
     def set_pte_bits(self, va: int, bits: int) -> None:
@@ -184,8 +184,8 @@ class AddressSpace:
         entry = _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
         _QWORD.pack_into(self.physical.buffer, pte_pa, keep & ~PTE_PRESENT)
         self.tlb.pop(va >> PAGE_SHIFT, None)
-        for observer in self.pte_observers:
-            observer(va)
+        if self.hooks.listening(MappingChanged):
+            self.hooks.publish(MappingChanged(va))
         return (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
 
     def pte(self, va: int) -> int:

@@ -4,7 +4,7 @@ ntpool's physical memory is one host mmap; ``uc_mem_map_ptr`` hands all of it to
 the guest's physical memory, with no copy. Paging is on (CR0.PG|PE|WP, CR4.PAE,
 EFER.LME|LMA|NXE) and CR3 is ntpool's CR3, so unicorn walks ntpool's real page tables: a
 store by machine code is a store into the machine, and the reverse. ntpool tells the CPU
-when it unmaps or remaps a page (``AddressSpace.pte_observers``), and the CPU flushes its
+when it unmaps or remaps a page (the ``MappingChanged`` hook), and the CPU flushes its
 TLB before it next runs.
 
 Crossings are cheap by design. A call from native code into ntpool goes through a stub that

@@ -16,6 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
+from ..hooks import DebugPrinted, MappingChanged
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, seh
@@ -169,11 +170,10 @@ class NativeMachine:
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
         self.log: list[str] = []  # DbgPrint output, in order
-        self.log_observers: list = []  # called with each DbgPrint line
         self.site_cache: dict[int, int] = {}  # code address -> call-site number
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
-        kernel.space.pte_observers.append(self._pte_changed)
+        kernel.hooks.subscribe(MappingChanged, self._pte_changed)
         kernel.call_sites.native_resolver = self.current_site
         # The I/O manager calls driver code (dispatch, completion routines) through these.
         kernel.native_call = lambda address, args: self.call(address, args)
@@ -218,7 +218,7 @@ class NativeMachine:
         kernel.write(prcb + cpu_module.KPRCB_NUMBER, struct.pack("<H", number))
         return kpcr
 
-    def _pte_changed(self, va: int) -> None:
+    def _pte_changed(self, event: MappingChanged) -> None:
         self.cpu.tlb_stale = True
 
     # --- loading -------------------------------------------------------------------------------
@@ -393,8 +393,7 @@ class NativeMachine:
     def debug_print(self, text: str) -> None:
         for line in text.splitlines() or [""]:
             self.log.append(line)
-            for observer in list(self.log_observers):
-                observer(line)
+            self.kernel.hooks.publish(DebugPrinted(line))
 
 
 def native_machine(kernel) -> NativeMachine:

@@ -23,10 +23,8 @@ import sys
 from typing import NamedTuple
 
 from ..constants import (
-    APC_LEVEL,
     BASE_POOL_TYPE_MASK,
     CACHE_ALIGNED_POOL_TYPE_MASK,
-    DISPATCH_LEVEL,
     MAX_SMALL_ALLOCATION,
     MUST_SUCCEED_POOL_TYPE_MASK,
     PAGE_SHIFT,
@@ -46,6 +44,7 @@ from ..constants import (
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import PROTECTED_POOL, tag_value
+from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
 from .checks import (
@@ -152,9 +151,9 @@ class PoolAllocator:
     def refresh_fast_paths(self) -> None:
         """Let the fast paths serve exactly what needs no check at the current IRQL."""
         fast: dict[int, Pool] = {}
-        if not self.fast_path_blockers and self.irql <= DISPATCH_LEVEL:
+        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
             fast[0] = fast[POOL_NX_ALLOCATION] = self.nonpaged
-            if self.irql <= APC_LEVEL:
+            if pool_usable_at(self.irql, 1):
                 fast[1] = self.paged
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
@@ -313,7 +312,7 @@ class PoolAllocator:
 
     def check_allocate_irql(self, pool_type: int, number_of_bytes: int) -> None:
         irql = self.irql
-        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool_type & BASE_POOL_TYPE_MASK):
+        if not pool_usable_at(irql, pool_type & BASE_POOL_TYPE_MASK):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.ALLOCATE_AT_BAD_IRQL, irql, pool_type,
                        number_of_bytes,
                        detail=f"allocation of {'paged' if pool_type & 1 else 'nonpaged'} pool "
@@ -352,6 +351,16 @@ class PoolAllocator:
             if address is not None:
                 return address
         return self.allocate_plain(pool, number_of_bytes, tag, site, aligned)
+
+    # --- a layer's own allocations -----------------------------------------------------------
+
+    def track_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
+        """Count an allocation a layer made from its own pages (special pool) in the pool
+        tag table, as Windows does: only the allocator writes the tracker."""
+        self.tracker.charge(tag, 3 * base_type, charge)
+
+    def untrack_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
+        self.tracker.release(tag, 3 * base_type, charge)
 
     # --- physically contiguous memory (NDIS) ---------------------------------------------
 
@@ -543,7 +552,7 @@ class PoolAllocator:
                 return
         pool = self.locate(address)
         irql = self.irql
-        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and pool.base_type == 1):
+        if not pool_usable_at(irql, pool.base_type):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, pool.base_type,
                        address, detail=f"free of {pool.name} at IRQL {irql}")
         kind = pool.page_kind_of(address)

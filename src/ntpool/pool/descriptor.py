@@ -7,7 +7,8 @@ per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, loo
 heads, and the big page table. Nothing is kept per small allocation.
 """
 
-from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode
+from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
+    BugCheckCode
 from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
 from .checks import (
     check_block_size,
@@ -575,7 +576,7 @@ class Pool:
             chunk = entry - HEADER_SIZE
             if chunk not in self.pending or chunk in entries:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
-                self.crash(0x19, 0x3, head_va, entry, 0,
+                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
             entries.append(chunk)

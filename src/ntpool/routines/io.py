@@ -22,7 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..constants import DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START, NtStatus, PoolType
+from ..constants import (
+    DISPATCH_LEVEL,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    SYSTEM_RANGE_START,
+    BugCheckCode,
+    NtStatus,
+    PfnListCorrupt,
+    PoolType,
+)
 from ..errors import NtStatusError
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import layouts as L
@@ -730,7 +739,7 @@ class IoRoutines:
         mdl = MemoryDescriptorList
         flags = self._get16(mdl + L.MDL.MdlFlags)
         if not flags & L.MDL_PAGES_LOCKED:
-            self.KeBugCheckEx(0x4E, 0x7, 0, mdl, flags,  # PFN_LIST_CORRUPT
+            self.KeBugCheckEx(BugCheckCode.PFN_LIST_CORRUPT, PfnListCorrupt.UNLOCK_PAGES_NOT_LOCKED, 0, mdl, flags,
                               detail=f"MmUnlockPages of MDL {mdl:#x} whose pages are not locked")
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA:
             self._unmap_system(self._get64(mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1))

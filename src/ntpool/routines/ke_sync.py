@@ -16,7 +16,7 @@ reads it.
 
 from __future__ import annotations
 
-from ..constants import APC_LEVEL, DISPATCH_LEVEL, NtStatus
+from ..constants import APC_LEVEL, DISPATCH_LEVEL, BugCheckCode, NtStatus
 from . import layouts as L
 from .registry import lookup, lookup_data, register_type, routine
 
@@ -318,7 +318,7 @@ class SyncRoutines:
     def KeReleaseMutex(self, Mutex, Wait) -> int:
         state = self._signal_state(Mutex)
         if state > 0 or self._get64(Mutex + 0x28) != THREAD_STAND_IN:
-            self.KeBugCheckEx(0x11, Mutex, 0, 0, 0,  # THREAD_NOT_MUTEX_OWNER
+            self.KeBugCheckEx(BugCheckCode.THREAD_NOT_MUTEX_OWNER, Mutex, 0, 0, 0,
                               detail=f"KeReleaseMutex of {Mutex:#x}, which this thread does not own")
         state += 1
         self._put32(Mutex + L.DISPATCHER_HEADER.SignalState, state)
@@ -329,7 +329,7 @@ class SyncRoutines:
     def _check_irql_at_most(self, level: int, what: str) -> None:
         irql = self.irql_by_processor[self.current_processor]
         if irql > level:
-            self.KeBugCheckEx(0x0A, 0, irql, 0, 0,  # IRQL_NOT_LESS_OR_EQUAL
+            self.KeBugCheckEx(BugCheckCode.IRQL_NOT_LESS_OR_EQUAL, 0, irql, 0, 0,
                               detail=f"{what} at IRQL {irql} (at most {level} allowed)")
 
     # --- executive resources -----------------------------------------------------------------
@@ -377,7 +377,7 @@ class SyncRoutines:
     def ExReleaseResourceLite(self, Resource) -> None:
         count, flag = self._resource_state(Resource)
         if count == 0:
-            self.KeBugCheckEx(0xE3, Resource, THREAD_STAND_IN, 0, 2,  # RESOURCE_NOT_OWNED
+            self.KeBugCheckEx(BugCheckCode.RESOURCE_NOT_OWNED, Resource, THREAD_STAND_IN, 0, 2,
                               detail=f"ExReleaseResourceLite of {Resource:#x}, which is not held")
         count -= 1
         self._put16(Resource + L.ERESOURCE.ActiveCount, count)
@@ -455,7 +455,7 @@ class SyncRoutines:
 
     def _drop_fast_mutex(self, mutex: int) -> None:
         if self._get32(mutex + L.FAST_MUTEX.Count) != 0:
-            self.KeBugCheckEx(0xE3, mutex, THREAD_STAND_IN, 0, 3,  # RESOURCE_NOT_OWNED
+            self.KeBugCheckEx(BugCheckCode.RESOURCE_NOT_OWNED, mutex, THREAD_STAND_IN, 0, 3,
                               detail=f"release of fast mutex {mutex:#x}, which is not owned")
         self._put32(mutex + L.FAST_MUTEX.Count, 1)
         self._put64(mutex + L.FAST_MUTEX.Owner, 0)

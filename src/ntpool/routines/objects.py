@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constants import NtStatus, PoolType
+from ..constants import BugCheckCode, NtStatus, PoolType
 from ..errors import NtStatusError
 from . import layouts as L
 from .registry import register_data, register_type, routine
@@ -242,7 +242,7 @@ class ObjectRoutines:
         info = self._object(body)
         pointers, handles = self._add_counts(body, -1, 0)
         if pointers < 0:
-            self.KeBugCheckEx(0x18, 0, body, 1, pointers,  # REFERENCE_BY_POINTER
+            self.KeBugCheckEx(BugCheckCode.REFERENCE_BY_POINTER, 0, body, 1, pointers,
                               detail=f"ObDereferenceObject of {info.type_name} object {body:#x} "
                                      f"whose reference count is already 0")
         if pointers == 0 and handles == 0 and not info.permanent:

@@ -10,13 +10,14 @@ driver's inlined ExAllocateFromNPagedLookasideList pops the list itself and call
 ``Allocate`` through the pointer ntpool stored (ExAllocatePoolWithTag by default), exactly
 as on Windows; Python drivers call the same paths as routines.
 
-DbgPrint writes to ``k.debug_output`` (a list of lines) and calls ``k.debug_observers``.
+DbgPrint writes to ``k.debug_output`` (a list of lines) and publishes ``DebugPrinted``.
 """
 
 import struct
 
 from ..constants import NtStatus, PoolType
 from ..errors import NtStatusError
+from ..hooks import DebugPrinted
 from .registry import register_type, routine
 
 for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PSLIST_HEADER", "PSLIST_ENTRY"):
@@ -60,19 +61,13 @@ class RuntimeRoutines:
         """Every line drivers printed with DbgPrint/DbgPrintEx, in order."""
         return self.__dict__.setdefault("_debug_output", [])
 
-    @property
-    def debug_observers(self) -> list:
-        """Called with each line as a driver prints it."""
-        return self.__dict__.setdefault("_debug_observers", [])
-
     @routine("ULONG DbgPrint(_In_ PCSTR Format)")
     def DbgPrint(self, Format) -> int:
         """Print to the debugger (a compiled driver's format and arguments are formatted first)."""
         text = Format if isinstance(Format, str) else self._c_string(_int("Format", Format))
         for line in text.rstrip("\n").split("\n"):
             self.debug_output.append(line)
-            for observer in list(self.debug_observers):
-                observer(line)
+            self.hooks.publish(DebugPrinted(line))
         return NtStatus.STATUS_SUCCESS
 
     @routine("ULONG DbgPrintEx(_In_ ULONG ComponentId, _In_ ULONG Level, _In_ PCSTR Format)")

@@ -10,17 +10,17 @@ on, so nothing is paid while the verifier is off.
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from enum import IntEnum, IntFlag
+from enum import IntFlag
 
 from ..constants import (
-    APC_LEVEL,
     BASE_POOL_TYPE_MASK,
-    DISPATCH_LEVEL,
     MUST_SUCCEED_POOL_TYPE_MASK,
     PAGE_SIZE,
     BadPoolCaller,
     BugCheckCode,
+    VerifierStop,
 )
+from ..machine.irql import pool_usable_at
 from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
@@ -37,19 +37,6 @@ RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
 
 
 DRIVER_VERIFIER_DETECTED_VIOLATION = BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION
-
-
-class VerifierStop(IntEnum):
-    """DRIVER_VERIFIER_DETECTED_VIOLATION (0xC4) parameter 1 values of the pool checks."""
-
-    ZERO_BYTES = 0x00
-    ALLOCATE_PAGED_AT_BAD_IRQL = 0x01
-    ALLOCATE_NONPAGED_AT_BAD_IRQL = 0x02
-    FREE_BAD_ADDRESS = 0x10
-    FREE_PAGED_AT_BAD_IRQL = 0x11
-    FREE_NONPAGED_AT_BAD_IRQL = 0x12
-    DOUBLE_FREE = 0x13
-    UNLOAD_WITH_ALLOCATIONS = 0x62
 
 
 class VerifierFlags(IntFlag):
@@ -173,9 +160,7 @@ class DriverVerifier:
             return self._site_options[site]
         except KeyError:
             pass
-        sites = self.kernel.call_sites
-        entry = sites.table[site] if site < len(sites.table) else None
-        owner = sites.drivers[entry.driver] if entry and entry.driver else None
+        owner = self.kernel.call_sites.owner(site)
         options = self.options_for_driver(owner.name) if owner else None
         self._site_options[site] = options
         return options
@@ -220,7 +205,7 @@ class DriverVerifier:
                                 VerifierStop.ZERO_BYTES, irql, pool_type, 0,
                                 detail="zero-byte pool allocation by a verified driver")
         paged = pool_type & BASE_POOL_TYPE_MASK
-        if irql > DISPATCH_LEVEL or (paged and irql > APC_LEVEL):
+        if not pool_usable_at(irql, paged):
             stop = VerifierStop.ALLOCATE_PAGED_AT_BAD_IRQL if paged else \
                 VerifierStop.ALLOCATE_NONPAGED_AT_BAD_IRQL
             kernel.KeBugCheckEx(BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION, stop, irql,
@@ -246,7 +231,7 @@ class DriverVerifier:
             kernel.KeBugCheckEx(stop, VerifierStop.FREE_BAD_ADDRESS, address, 0, 0,
                                 detail=f"free of {address:#x}, which no allocation returned")
         irql = allocator.irql
-        if irql > DISPATCH_LEVEL or (pool.base_type == 1 and irql > APC_LEVEL):
+        if not pool_usable_at(irql, pool.base_type):
             code = VerifierStop.FREE_PAGED_AT_BAD_IRQL if pool.base_type == 1 else \
                 VerifierStop.FREE_NONPAGED_AT_BAD_IRQL
             kernel.KeBugCheckEx(stop, code, irql, pool.base_type, address,

@@ -14,7 +14,7 @@ import struct
 from collections import deque
 from fnmatch import fnmatchcase
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
+from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, SpecialPoolCorruption
 from ..hooks import PageFault
 from ..tags import display
 
@@ -126,7 +126,7 @@ class SpecialPool:
         self.states[slot] = SLOT_LIVE
         self.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
                                             pool.base_type, page)
-        kernel.pool.tracker.charge(tag, pool.track_offset, rounded + BLOCK)
+        kernel.pool.track_layer_allocation(tag, pool.base_type, rounded + BLOCK)
         return address
 
     # --- free ----------------------------------------------------------------------------
@@ -142,12 +142,12 @@ class SpecialPool:
         allocation = self.live.get(slot)
         if allocation is None or allocation.address != address:
             kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
-                                0x20, detail=f"free of special pool {address:#x}, which is not allocated")
+                                SpecialPoolCorruption.FREE_NOT_ALLOCATED, detail=f"free of special pool {address:#x}, which is not allocated")
         if passed_tag is not None and passed_tag != allocation.tag:
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, 0x0A, address, allocation.tag,
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, allocation.tag,
                                 passed_tag, detail="special pool freed with the wrong tag")
         self._check_pattern(allocation)
-        kernel.pool.tracker.release(allocation.tag, 3 * allocation.base_type,
+        kernel.pool.untrack_layer_allocation(allocation.tag, allocation.base_type,
                                     ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
         pfn = kernel.space.unmap_page(allocation.page)
         kernel.physical.free_frame(pfn)
@@ -170,7 +170,9 @@ class SpecialPool:
                 after_end = offset >= end
                 self.kernel.KeBugCheckEx(
                     BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, allocation.address,
-                    allocation.page + offset, 0, 0x24 if after_end else 0x23,
+                    allocation.page + offset, 0,
+                    SpecialPoolCorruption.BYTES_AFTER_END_CORRUPTED if after_end else
+                    SpecialPoolCorruption.NEARBY_BYTES_CORRUPTED,
                     detail=f"byte {allocation.page + offset:#x} "
                            f"{'after the end of' if after_end else 'near'} special pool "
                            f"allocation {allocation.address:#x} ({allocation.size} bytes, tag "
@@ -191,7 +193,7 @@ class SpecialPool:
             allocation = self.live[slot]
             where = "before the start" if address < allocation.address else "past the end"
             # As for freed special pool: the DRIVER_ code when the access is a driver's.
-            by_driver = bool(site) and kernel.call_sites.table[site].driver != 0
+            by_driver = kernel.call_sites.owner(site) is not None
             code = (BugCheckCode.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION if by_driver
                     else BugCheckCode.PAGE_FAULT_BEYOND_END_OF_ALLOCATION)
             kernel.KeBugCheckEx(code, address, int(write),
@@ -199,7 +201,7 @@ class SpecialPool:
                                 f"{where} of special pool allocation {allocation.address:#x} "
                                 f"({allocation.size} bytes, tag {display(allocation.tag)})")
         if state == SLOT_FREED:
-            by_driver = bool(site) and kernel.call_sites.table[site].driver != 0
+            by_driver = kernel.call_sites.owner(site) is not None
             code = (BugCheckCode.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL if by_driver
                     else BugCheckCode.PAGE_FAULT_IN_FREED_SPECIAL_POOL)
             kernel.KeBugCheckEx(code, address, int(write), ip, 0,

@@ -30,8 +30,7 @@ class PoolTracking:
         wanted = driver_name.lower()
         rows = []
         for row in self.allocations.values():
-            entry = sites.table[row.site]
-            owner = sites.drivers[entry.driver] if entry.driver else None
+            owner = sites.owner(row.site)
             if owner is not None and owner.name.lower() == wanted:
                 rows.append(row)
         return sorted(rows)

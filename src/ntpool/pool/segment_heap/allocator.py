@@ -13,8 +13,6 @@ current subsegment, and its free, with no Python object per allocation.
 import sys
 
 from ...constants import (
-    APC_LEVEL,
-    DISPATCH_LEVEL,
     PAGE_SHIFT,
     PAGE_SIZE,
     POOL_NX_ALLOCATION,
@@ -22,6 +20,7 @@ from ...constants import (
     BugCheckCode,
 )
 from ...tags import PROTECTED_POOL, tag_value
+from ...machine.irql import pool_usable_at
 from ..allocator import PoolAllocator, checked_address
 from ..checks import check_free_tag
 from .heap import LFH, SegmentHeap
@@ -88,10 +87,10 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def refresh_fast_paths(self) -> None:
         fast: dict = {}
-        if not self.fast_path_blockers and self.irql <= DISPATCH_LEVEL:
+        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
             fast[0] = self.nonpaged
             fast[POOL_NX_ALLOCATION] = self.nonpaged_nx
-            if self.irql <= APC_LEVEL:
+            if pool_usable_at(self.irql, 1):
                 fast[1] = self.paged
         self.fast_pools = fast
         self.fast_free_slots = {heap.base >> 39: heap for heap in set(fast.values())}
@@ -286,7 +285,7 @@ class SegmentHeapAllocator(PoolAllocator):
             return
         heap = self.locate(address)
         irql = self.irql
-        if irql > DISPATCH_LEVEL or (irql > APC_LEVEL and heap.base_type == 1):
+        if not pool_usable_at(irql, heap.base_type):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, heap.base_type,
                        address, detail=f"free of {heap.name} at IRQL {irql}")
         if not address & (PAGE_SIZE - 1) and address in heap.big_pages:
