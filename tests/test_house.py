@@ -13,7 +13,8 @@ from ntpool.pool.design import WINDOWS_7, SegmentHeapDesign
 PACKAGE = pathlib.Path(ntpool.__file__).resolve().parent
 CORE = ["kernel.py", "hooks.py", "constants.py", "errors.py", "tags.py",
         "machine", "pool", "routines", "drivers"]
-LAYERS_ON_TOP = {"verifier", "dump", "debugger", "tools", "cli", "campaign", "samples"}
+LAYERS_ON_TOP = {"verifier", "dump", "debugger", "tools", "cli", "campaign", "samples", "native",
+                 "forensics"}
 NP = ntpool.PoolType.NonPagedPool
 
 

@@ -47,6 +47,11 @@ class HeapBlock(NamedTuple):
     backend: str  # Lfh, Vs
     previous_size: int = 0  # the POOL_HEADER's PreviousSize (!pool prints it)
 
+    @property
+    def body(self) -> int:
+        """Where the caller's bytes start (after the POOL_HEADER; a free VS chunk's header)."""
+        return self.address + 0x10
+
 
 class SegmentHeapReader:
     def __init__(self, reader: DumpReader):

@@ -192,11 +192,17 @@ class SegmentHeap:
     # --- addresses (the interface the machine shares with the Windows 7 pool) ---------------
 
     def _pa(self, va: int) -> int:
+        """The physical address of ``va``, paging it in; the heap's code touching a page
+        nothing maps (a pointer a driver damaged) is PAGE_FAULT_IN_NONPAGED_AREA, as in
+        Windows."""
         base = self.tlb.get(va >> PAGE_SHIFT)
         if base is None:
-            if self.pager is None:
-                raise KeyError(va)
-            base = self.pager.page_in(va)
+            try:
+                if self.pager is None:
+                    raise KeyError(va)
+                base = self.pager.page_in(va)
+            except KeyError:
+                checks.page_fault(self, va)
         return base + (va & (PAGE_SIZE - 1))
 
     def contains(self, va: int) -> bool:
