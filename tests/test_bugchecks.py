@@ -62,24 +62,40 @@ def test_double_free_of_a_chunk_on_a_lookaside_goes_unnoticed_as_in_windows_7(k)
 
 
 @pytest.mark.parametrize("size", [100, 9000])
-def test_wrong_tag_on_free(k, size):
-    p = k.ExAllocatePoolWithTag(NP, size, "Fred")
+def test_wrong_tag_on_free_of_a_protected_allocation(k, size):
+    p = k.ExAllocatePoolWithTag(NP, size, FRED | ntpool.PROTECTED_POOL)
     e = bugcheck(lambda: k.ExFreePoolWithTag(p, "Barn"))
+    # Parameter 3 is the allocation's tag without the protected bit.
     assert (e.code, e.parameters) == (0xC2, (0x0A, p, FRED, tag_value("Barn")))
+
+
+@pytest.mark.parametrize("size", [100, 1000, 9000])
+def test_wrong_tag_on_free_of_an_unprotected_allocation_is_ignored(k, size):
+    # Windows 7 compares tags on free only for protected allocations (WRK's free ignores
+    # TagToFree altogether; Vista and later check PROTECTED_POOL tags): the free proceeds.
+    p = k.ExAllocatePoolWithTag(NP, size, "Fred")
+    k.ExFreePoolWithTag(p, "Barn")
+    assert not k.halted
+    row = next(r for r in k.pool_tags() if r.TagUlong == FRED)
+    assert (row.NonPagedAllocs, row.NonPagedFrees, row.NonPagedUsed) == (1, 1, 0)
 
 
 def test_protected_tag_must_be_named_on_free(k):
     protected = FRED | ntpool.PROTECTED_POOL
     p = k.ExAllocatePoolWithTag(NP, 100, protected)
     e = bugcheck(lambda: k.ExFreePool(p))
-    assert e.parameters == (0x0A, p, protected, 0)
+    assert e.parameters == (0x0A, p, FRED, 0)
 
 
 def test_protected_tag_freed_without_the_bit(k):
+    # The comparison masks bit 31 on both sides: the bare tag frees a protected allocation.
     protected = FRED | ntpool.PROTECTED_POOL
     p = k.ExAllocatePoolWithTag(NP, 100, protected)
-    e = bugcheck(lambda: k.ExFreePoolWithTag(p, "Fred"))
-    assert e.parameters == (0x0A, p, protected, FRED)
+    k.ExFreePoolWithTag(p, "Fred")
+    assert not k.halted
+    q = k.ExAllocatePoolWithTag(NP, 100, protected)
+    k.ExFreePoolWithTag(q, protected)
+    assert not k.halted
 
 
 def test_exfreepool_needs_no_tag(k):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 import ntpool
+from ntpool.tags import tag_value
 from ntpool.cli.main import main
 from ntpool.debugger.pooltag import PoolTagDatabase, PoolTagFile
 from ntpool.debugger.session import KdSession
@@ -114,6 +115,9 @@ def test_poolused_uses_the_dump_not_the_machine(machine, tmp_path):
 
 def test_analyze_wrong_tag_free(machine, tmp_path):
     machine.k.current_driver = SimpleNamespace(name="buggy.sys")
+    # Only a protected allocation's tag is compared on free (Windows 7): protect fred[1]'s.
+    header = machine.fred[1] - 16
+    machine.k.write(header + 4, (tag_value("Fred") | ntpool.PROTECTED_POOL).to_bytes(4, "little"))
     with pytest.raises(ntpool.BugCheck):
         machine.k.ExFreePoolWithTag(machine.fred[1], "Oops")
     out = session_for(machine.k, tmp_path / "d.dmp").execute("!analyze -v")

@@ -68,11 +68,18 @@ def test_allocation_by_code_that_is_no_driver_has_no_driver(k):
     assert k.allocation_site(p).function.endswith("test_allocation_by_code_that_is_no_driver_has_no_driver")
 
 
-def test_the_site_is_in_the_header_as_allocator_back_trace_index(k):
+def test_the_site_is_in_the_header_only_with_the_stack_trace_database(k):
     d = Recorder()
     k.load_driver(d)
-    index = struct.unpack("<H", k.read(d.buffers[0] - 8, 2))[0]
-    assert index and k.call_sites.table[index] == k.allocation_site(d.buffers[0])
+    # By default header bytes 8-15 are ProcessBilled (0): the site is kept beside the header.
+    assert k.read(d.buffers[0] - 8, 8) == bytes(8)
+    assert k.pool.site_of(d.buffers[0]) and k.allocation_driver(d.buffers[0]).name == "recorder.sys"
+    traced = ntpool.Kernel(nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20,
+                           stack_trace_database=True)
+    d = Recorder()
+    traced.load_driver(d)
+    index = struct.unpack("<H", traced.read(d.buffers[0] - 8, 2))[0]
+    assert index and traced.call_sites.table[index] == traced.allocation_site(d.buffers[0])
 
 
 def test_a_reused_lookaside_chunk_records_its_new_site(k):

@@ -21,14 +21,15 @@ def small_kernel(**kwargs):
 
 @pytest.fixture
 def crashed(tmp_path):
-    """A machine with small, big and paged allocations that bug-checked on a wrong-tag free."""
+    """A machine with small, big and paged allocations that bug-checked on a free of a user-mode
+    address (0xC2/0x40; an unprotected tag mismatch is not checked on Windows 7)."""
     k = small_kernel()
     small = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 100, "Fred")
     paged = k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 300, "Pgd1")
     big = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 3 * 4096, "Bigg")
     k.write(small, b"hello pool")
     with pytest.raises(ntpool.BugCheck):
-        k.ExFreePoolWithTag(small, "Barn")
+        k.ExFreePoolWithTag(0x10000, "Barn")
     return SimpleNamespace(k=k, small=small, paged=paged, big=big, dir=tmp_path)
 
 
@@ -153,7 +154,7 @@ def test_crash_dump_is_written_on_bug_check(tmp_path):
     p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 64, "Fred")
     k.current_driver = SimpleNamespace(name="buggy.sys")
     with pytest.raises(ntpool.BugCheck):
-        k.ExFreePoolWithTag(p, "Oops")
+        k.ExFreePoolWithTag(p + 8, "Fred")  # not the start of an allocation: 0xC2/0x99
     assert sorted(os.listdir(tmp_path)) == ["MEMORY.DMP", "symbols"]  # no temporary file left behind
     with DumpReader(path) as reader:
         assert reader.dump_type == f.DUMP_TYPE_BITMAP

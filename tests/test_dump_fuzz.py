@@ -26,7 +26,9 @@ def _dump(kind: str) -> tuple[bytes, int]:
     p = [k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 50 + 20 * i, "Fred") for i in range(6)]
     k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 5000, "Bigg")
     try:
-        k.ExFreePoolWithTag(p[2], "Oops")
+        # A protected allocation freed with another tag (only protected tags are compared).
+        protected = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 40, 0x80000000 | 0x4F6F7073)
+        k.ExFreePoolWithTag(protected, "Fred")
     except ntpool.BugCheck:
         pass
     import tempfile

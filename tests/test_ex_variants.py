@@ -103,7 +103,8 @@ def test_raise_if_allocation_failure_is_caught_by_except_exception(k):
 def test_nx_types_are_nonpaged(k, pool_type):
     p = k.ExAllocatePoolWithTag(pool_type, 100, "NxNx")
     assert k.nonpaged_pool.contains(p)
-    assert header(k, p)["type"] == 0x2
+    # A session type's chunk keeps the session bit 0x20 in its header (Windows 7 stores it).
+    assert header(k, p)["type"] == 0x2 | (0x20 if pool_type & 0x20 else 0)
     k.ExFreePoolWithTag(p, "NxNx")
 
 
@@ -250,8 +251,8 @@ def test_big_quota_allocations_are_charged_and_returned(k):
 def test_the_system_process_is_not_charged(k):
     assert k.current_process is k.system_process
     p = k.ExAllocatePoolWithQuotaTag(NP, 100, "Quot")
-    # No quota bit: bytes 8-15 hold the AllocatorBackTraceIndex (the call site), no EPROCESS.
-    assert header(k, p)["type"] == 0x2 and header(k, p)["billed"] == k.pool.site_of(p) != 0
+    # No quota bit, and bytes 8-15 hold no EPROCESS: 0 (the call site is kept beside them).
+    assert header(k, p)["type"] == 0x2 and header(k, p)["billed"] == 0 and k.pool.site_of(p) != 0
     assert k.system_process.nonpaged_quota_used == 0
 
 
@@ -263,7 +264,7 @@ def test_quota_charge_returns_even_through_the_lookaside(k):
     k.set_current_process(k.system_process)
     q = k.ExAllocatePoolWithTag(NP, 100, "Quot")  # the same chunk, from the lookaside
     assert q == p and header(k, q)["type"] == 0x2
-    assert header(k, q)["billed"] == k.pool.site_of(q) != app.address
+    assert header(k, q)["billed"] == 0 and k.pool.site_of(q) != 0  # no stale ProcessBilled
     assert app.nonpaged_quota_used == 0
 
 
@@ -400,7 +401,7 @@ def test_pool3_parameter_misuse(k):
 
 
 def test_free_pool2_checks_the_tag(k):
-    p = k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, "Fre2")
+    p = k.ExAllocatePool2(F.POOL_FLAG_PAGED, 100, tag_value("Fre2") | ntpool.PROTECTED_POOL)
     e = bugcheck(lambda: k.ExFreePool2(p, "Othr"))
     assert e.parameters == (0x0A, p, tag_value("Fre2"), tag_value("Othr"))
 

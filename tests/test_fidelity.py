@@ -182,3 +182,71 @@ def test_special_pool_overrun_by_a_driver_is_0xd6_and_by_the_kernel_0xcd(k):
     p = d.allocate(k, NP, 100, "Spcl")
     e = stop(lambda: k.write(p + 112, b"x"))  # not a driver's write: the test itself
     assert e.code == 0xCD
+
+
+# --- the next chunk's PoolIndex -------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_type", [NP, PP])
+def test_the_next_chunks_pool_index_is_compared_on_free(k, pool_type):
+    p = k.ExAllocatePoolWithTag(pool_type, 100, "Idx ")  # 8 blocks; a free remainder follows
+    following = p - 16 + 8 * 16
+    index = k.read(following + 1, 1)[0]
+    k.write(following + 1, bytes([index ^ 0x7]))
+    e = stop(lambda: k.ExFreePoolWithTag(p, "Idx "))
+    assert (e.code, e.parameters) == (0x19, (0x5, following, 0x5E5, p - 16))
+
+
+# --- the session bit ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_type, pool_name, stored", [
+    (ntpool.PoolType.PagedPoolSession, "paged_pool", 0x23),
+    (ntpool.PoolType.NonPagedPoolSession, "nonpaged_pool", 0x22),
+])
+def test_session_types_keep_the_session_bit_in_the_header(k, pool_type, pool_name, stored):
+    p = k.ExAllocatePoolWithTag(pool_type, 100, "Sess")
+    assert getattr(k, pool_name).contains(p)  # ntpool has no session space (README)
+    assert k.read(p - 16 + 3, 1)[0] == stored
+    k.ExFreePoolWithTag(p, "Sess")
+    q = k.ExAllocatePoolWithTag(pool_type & 1, 100, "Plan")
+    assert q == p and k.read(q - 16 + 3, 1)[0] == stored & ~0x20  # a non-session reuse
+
+
+# --- protected tags -------------------------------------------------------------------------
+
+def test_protected_special_pool_compares_tags_as_the_pool_does(k):
+    d = verified(k, special_pool=True)
+    fred = tag_value("Fred")
+    p = d.allocate(k, NP, 100, fred | ntpool.PROTECTED_POOL)
+    q = d.allocate(k, NP, 100, "Open")
+    d.free(k, q, "Nope")  # unprotected: the tag passed is ignored
+    d.free(k, p, "Fred")  # the protected bit is masked on both sides
+    r = d.allocate(k, NP, 100, fred | ntpool.PROTECTED_POOL)
+    e = stop(lambda: d.free(k, r, "Nope"))
+    assert (e.code, e.parameters) == (0xC2, (0x0A, r, fred, tag_value("Nope")))
+
+
+# --- a wild free-list link ------------------------------------------------------------------
+
+@pytest.mark.parametrize("pool_type, wild, code", [
+    # Nonpaged pool's lock is a spin lock (DISPATCH_LEVEL): the fault is DRIVER_CORRUPTED_EXPOOL.
+    (NP, 0xFFFFFA8000300000, 0xC5),
+    # Paged pool's is a guarded mutex (APC_LEVEL): PAGE_FAULT_IN_NONPAGED_AREA.
+    (PP, 0xFFFFF8A000300000, 0x50),
+])
+def test_a_wild_free_list_link_faults_before_safe_unlinking_can_compare(pool_type, wild, code):
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, delayed_frees=False)
+    pool = k.paged_pool if pool_type else k.nonpaged_pool
+    k.ExAllocatePoolWithTag(pool_type, 1000, "Lnk1")  # 64 blocks; the page's other 192 are listed
+    [remainder] = pool.free_list(192)
+    assert k.space.translate(wild) is None  # in the pool's range, but no page is mapped there
+    k.write(remainder + 16, wild.to_bytes(8, "little"))  # its Flink
+    e = stop(lambda: k.ExAllocatePoolWithTag(pool_type, 3000, "Lnk2"))
+    # Reading Flink->Blink faults first: not 0x19/0x3 with zeros.
+    assert e.code == code and e.parameters[0] == wild + 8
+
+
+def test_exallocatepool2_serves_zero_bytes_as_the_executive_does(k):
+    p = k.ExAllocatePool2(0x40, 0, "Zer2")  # POOL_FLAG_NON_PAGED
+    assert p and k.read(p - 16, 3)[2] == 2 and k.read(p, 1) == b"\0"  # zeroed, as documented
+    k.ExFreePool2(p, "Zer2")
+    assert not k.halted

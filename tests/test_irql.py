@@ -280,7 +280,7 @@ def test_nonpaged_pool_cannot_be_paged_out(k):
 
 
 def test_paging_keeps_the_tracker_and_tags(k):
-    p = k.ExAllocatePoolWithTag(PP, 100, "Trak")
+    p = k.ExAllocatePoolWithTag(PP, 100, tag_value("Trak") | ntpool.PROTECTED_POOL)
     k.page_out()
     e = bugcheck(lambda: k.ExFreePoolWithTag(p, "Other"[:4]))
     assert e.parameters == (0x0A, p, tag_value("Trak"), tag_value("Othe"))

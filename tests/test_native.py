@@ -319,3 +319,21 @@ def test_ntpool_run_on_a_sys(capsys):
     out = capsys.readouterr().out
     assert "0x000000c4" in out and "Probably caused by: leak.sys (leak.sys+0x" in out
     assert main(["run", sys_path("faults"), "--verifier", "no_such_option"]) == 2
+
+
+def test_bench_native_figure_is_measured():
+    from ntpool.native.bench import run
+    results = run(count=200, rounds=1)
+    assert results["native_pair_us"] > 0 and results["python_pair_us"] > 0
+    assert results["loop_iteration_ns"] > 0 and results["pairs"] == 200
+
+
+def test_verify_fails_each_native_allocation_site(tmp_path):
+    from ntpool.campaign.verify import verify
+    campaign = verify(sys_path("fsfilter"), max_runs=10)
+    assert campaign.baseline_clean
+    (file, line, function), = {site for v in campaign.verdicts for site in v.sites}
+    assert f"fsfilter.c:{line}" == source_line("fsfilter", "Instance = FsRtlAllocatePoolWithTag")
+    assert function.startswith("fsfilter.sys+0x") and "DriverEntry+" in function
+    # DriverEntry catches the raised status in its compiled __except and fails cleanly.
+    assert [v.label for v in campaign.verdicts] == ["survived"]

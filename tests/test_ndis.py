@@ -265,7 +265,9 @@ def test_priority_low_fails_first_high_only_when_exhausted(k):
 
 def test_tagged_free_with_the_wrong_tag_is_c2_0a(k):
     _, handle = ndis6(k)
-    va = k.NdisAllocateMemoryWithTagPriority(handle, 100, "Prio", NORMAL)
+    # Only a protected tag is compared on free (Windows 7).
+    va = k.NdisAllocateMemoryWithTagPriority(handle, 100, tag_value("Prio") | ntpool.PROTECTED_POOL,
+                                             NORMAL)
     e = bugcheck(lambda: k.NdisFreeMemoryWithTagPriority(handle, va, "Othr"))
     assert e.parameters == (0x0A, va, tag_value("Prio"), tag_value("Othr"))
 
@@ -274,7 +276,7 @@ def test_ndis_free_memory_with_tag(k):
     _, va = k.NdisAllocateMemoryWithTag(100, "WTag")
     k.NdisFreeMemoryWithTag(va, "WTag")
     assert row(k, "gaTW").NonPagedUsed == 0
-    _, va = k.NdisAllocateMemoryWithTag(100, "WTag")
+    _, va = k.NdisAllocateMemoryWithTag(100, tag_value("WTag") | ntpool.PROTECTED_POOL)
     e = bugcheck(lambda: k.NdisFreeMemoryWithTag(va, "Othr"))
     assert e.parameters[0] == 0x0A
 

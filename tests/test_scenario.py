@@ -76,13 +76,15 @@ def test_plain_function_workload_and_kernel_options(tmp_path):
 def test_a_bug_check_stops_the_run_and_is_kept(tmp_path):
     path = tmp_path / "crash.py"
     path.write_text("def workload(k, rng):\n"
-                    "    p = k.ExAllocatePoolWithTag(0, 10, 'Fred')\n"
+                    "    p = k.ExAllocatePoolWithTag(0, 1000, 'Fred')\n"
+                    "    k.ExAllocatePoolWithTag(0, 1000, 'Kept')\n"
                     "    yield 'allocated'\n"
-                    "    k.ExFreePoolWithTag(p, 'Oops')\n"
+                    "    k.ExFreePoolWithTag(p, 'Fred')\n"
+                    "    k.ExFreePoolWithTag(p, 'Fred')\n"
                     "    yield 'never'\n")
     run = ScenarioRun(load_scenario(str(path)))
     assert list(run.checkpoints()) == ["allocated"]
-    assert run.bugcheck.code == 0xC2 and run.bugcheck.parameters[0] == 0x0A
+    assert run.bugcheck.code == 0xC2 and run.bugcheck.parameters[0] == 0x07
     assert run.samples[-1].label == "bug check"
 
 
@@ -132,7 +134,7 @@ def test_run_writes_a_dump_naming_the_running_driver(tmp_path, capsys):
                     "    def DriverEntry(self, k, path): pass\n"
                     "    def DriverUnload(self, k): pass\n"
                     "    def work(self, k):\n"
-                    "        p = k.ExAllocatePoolWithTag(0, 10, 'Fred')\n"
+                    "        p = k.ExAllocatePoolWithTag(0, 10, 0x80000000 | 0x46726564)\n"
                     "        k.ExFreePoolWithTag(p, 'Oops')\n"
                     "d = D()\n"
                     "DRIVERS = [d]\n"

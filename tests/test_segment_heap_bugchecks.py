@@ -210,7 +210,8 @@ def test_process_billed_that_does_not_decode_is_bad_pool_header_0xe(k11):
 # --- the stops that remain: contracts, IRQL, tags ---------------------------------------------
 
 def test_wrong_tag_is_still_bad_pool_caller_0xa(k11):
-    p = k11.ExAllocatePoolWithTag(NX, 0x40, "Good")
+    # Tags are compared on free only for protected allocations (bit 31), as in Windows 7.
+    p = k11.ExAllocatePoolWithTag(NX, 0x40, 0x80000000 | 0x476F6F64)  # 'Good', protected
     error = stop(lambda: k11.ExFreePoolWithTag(p, "Evil"))
     assert (error.code, error.parameters[0]) == (0xC2, 0x0A)
 

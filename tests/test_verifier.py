@@ -321,7 +321,8 @@ class DoubleFreer(Driver):
 
 class WrongTagger(Driver):
     def run(self, k):
-        k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 64, "Mine"), "Your")
+        k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 64, tag_value("Mine") | ntpool.PROTECTED_POOL),
+                            "Your")
 
 
 @pytest.mark.parametrize("driver, verify, code, sub", [

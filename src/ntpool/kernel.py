@@ -117,7 +117,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
                  physical_memory_bytes: int | None = None, processors: int = 1,
                  windows="7", seed: int = 0, *, crash_dump=None,
-                 crash_dump_kind: str = "kernel", delayed_frees: bool | None = None):
+                 crash_dump_kind: str = "kernel", delayed_frees: bool | None = None,
+                 stack_trace_database: bool = False):
         self.windows = windows_version(windows)  # which Windows, hence which pool design
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
@@ -182,6 +183,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for pool in (self.nonpaged_pool, self.paged_pool):
             if hasattr(pool, "delay_frees"):  # the Windows 7 design's pools
                 pool.delay_frees = delayed_frees
+        # gflags' "Create kernel mode stack trace database": with it, a chunk's header holds
+        # its AllocatorBackTraceIndex (bytes 8-9); without it (the default), bytes 8-15 are
+        # ProcessBilled, zero unless quota is charged. ntpool keeps call sites either way.
+        if not isinstance(stack_trace_database, bool):
+            raise TypeError(f"stack_trace_database must be True or False, not {stack_trace_database!r}")
+        self.stack_trace_database = stack_trace_database
+        for pool in (self.nonpaged_pool, self.paged_pool):
+            if hasattr(pool, "header_site_mask"):
+                pool.header_site_mask = 0xFFFF if stack_trace_database else 0
         # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
         self.pageable_image_pages: set[int] = set()
 
@@ -462,17 +472,6 @@ def _checked_span(address, size) -> tuple[int, int]:
 
 
 # --- the halted machine ----------------------------------------------------------------------
-
-# What may still be asked of a machine after its bug check: looking, not doing.
-INSPECTION = frozenset({
-    "bugcheck", "halted", "read", "pool_tags", "pool_in_use", "physical", "space",
-    "nonpaged_pool", "paged_pool", "nonpaged_pool_nx", "heap_state", "windows", "seed", "pool", "kernel_data", "processors", "current_processor",
-    "write_dump", "hooks", "current_driver", "drivers", "call_sites",
-    "allocation_site", "allocation_driver", "loaded_module_list", "verifier",
-    "crash_dump", "crash_dump_kind", "crash_dump_error",
-    "irql_by_processor", "current_irql", "KeGetCurrentIrql", "current_process", "processes",
-    "system_process", "is_resident", "debug_output",
-})
 
 _halted_classes: dict[type, type] = {}
 

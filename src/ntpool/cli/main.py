@@ -37,6 +37,15 @@ def _cmd_bench(args) -> int:
     print(f"pair with {few['live']:,} live: {few['median_pair_us']:.2f} us; "
           f"with {many['live']:,} live: {many['median_pair_us']:.2f} us "
           f"(ratio {ratio:.2f}, target <= {1.3 if segment_heap else 1.5})")
+    native = results.get("native")
+    if native:
+        print(f"native (bench.sys, machine code calling through the bridge): "
+              f"{native['native_pair_us']:.2f} us per pair (target <= 6 us); the same pair "
+              f"from Python in this run {native['python_pair_us']:.2f} us (ratio "
+              f"{native['native_pair_us'] / native['python_pair_us']:.2f}); the CPU alone "
+              f"{native['loop_iteration_ns']:.1f} ns per loop iteration")
+        print("speakeasy comparison: not measured (" + ("installed, but ntpool does not time it "
+              "yet" if native["speakeasy_installed"] else "speakeasy is not installed") + ")")
     print(f"simulator memory per live 100-byte allocation (128 pool bytes): "
           f"{many['simulator_bytes_per_live']:.0f} bytes = {many['memory_ratio']:.2f}x (target <= 2x)")
     return 0

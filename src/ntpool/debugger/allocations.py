@@ -96,7 +96,9 @@ def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocat
             for chunk in report.chunks:
                 if not chunk.pool_type & POOL_IN_USE or chunk.pool_type & POOL_QUOTA:
                     continue
-                site = POOL_HEADER.get(page, chunk.address - va, "AllocatorBackTraceIndex")
+                site = reader.allocation_site(chunk.address)
+                if site is None:  # an older dump: the header's AllocatorBackTraceIndex
+                    site = POOL_HEADER.get(page, chunk.address - va, "AllocatorBackTraceIndex")
                 yield Allocation(chunk.body, chunk.size - HEADER_SIZE, chunk.tag, site, pool.name)
     for chunk in special_chunks(reader):
         yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")

@@ -104,6 +104,10 @@ ARGUMENTS = {
     (B.BAD_POOL_HEADER, 0xE): ("The pool block's ProcessBilled does not decode to a process",
                                "The pool header", "The decoded process pointer",
                                "The stored (encoded) ProcessBilled"),
+    (B.MUST_SUCCEED_POOL_EMPTY, None): ("The size of the request that could not be satisfied",
+                                        "The number of pages used from nonpaged pool",
+                                        "The number of requests from nonpaged pool larger than PAGE_SIZE",
+                                        "The number of pages available"),
     (B.PAGE_FAULT_IN_NONPAGED_AREA, None): ("Memory referenced", _ACCESS, "If non-zero, the "
                                             "instruction address which referenced the bad memory",
                                             "Reserved"),

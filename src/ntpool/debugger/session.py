@@ -469,6 +469,7 @@ class KdSession:
         middles, sites = {}, {}
         salvaged = finder.salvaged
         append = lines.append
+        allocation_site = self.reader.allocation_site
         for (address, previous, _index, size, pool_type, tag), trace in zip(hits, finder.back_traces):
             key = (previous, size, pool_type, tag)
             middle = middles.get(key)
@@ -482,6 +483,9 @@ class KdSession:
             else:
                 append(f"{address:016x}{middle[0]}")
             if middle[1]:
+                recorded = allocation_site(address)  # ntpool's NTAS table (older dumps: None)
+                if recorded is not None:
+                    trace = recorded
                 site = sites.get(trace, False)
                 if site is False:
                     text = self._site_text(trace)
@@ -774,14 +778,17 @@ class KdSession:
         return f"{driver or '(no driver)'}!{function} ({filename}:{line})"
 
     def _allocated_by(self, chunk) -> list[str]:
-        """Who allocated the chunk: its AllocatorBackTraceIndex in the call-site table."""
-        if chunk.pool_type & POOL_QUOTA:  # quota-charged: ProcessBilled is there instead
-            return []
-        try:
-            header = POOL_HEADER.at(self.reader.read(chunk.address, POOL_HEADER.size))
-            index = header.AllocatorBackTraceIndex
-        except MemoryReadError:
-            return []
+        """Who allocated the chunk: its number in ntpool's allocation-site table (an older
+        dump: its AllocatorBackTraceIndex), looked up in the call-site table."""
+        index = self.reader.allocation_site(chunk.address)
+        if index is None:
+            if chunk.pool_type & POOL_QUOTA:  # quota-charged: ProcessBilled is there instead
+                return []
+            try:
+                header = POOL_HEADER.at(self.reader.read(chunk.address, POOL_HEADER.size))
+                index = header.AllocatorBackTraceIndex
+            except MemoryReadError:
+                return []
         text = self._site_text(index)
         return [f"ALLOCATED_BY:  {text}"] if text else []
 

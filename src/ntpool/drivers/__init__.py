@@ -6,8 +6,9 @@ KLDR_DATA_TABLE_ENTRY (Windows 7 x64 offsets) on PsLoadedModuleList in kernel me
 the driver's name as a UNICODE_STRING and a made-up image base, so a crash dump names
 drivers as Windows' do.
 
-Call sites: the allocator records, in each chunk's AllocatorBackTraceIndex (header bytes
-8..9), the index of the line that called the allocation routine. ``CallSites`` maps a
+Call sites: the allocator records, in its pool's site map beside the chunk's header (and in
+the header's AllocatorBackTraceIndex only with the kernel stack trace database on), the index
+of the line that called the allocation routine. ``CallSites`` maps a
 (code object, instruction offset) pair to that index once per distinct site; its table
 says which driver owns the site, the file, line and function. Resolving a new site is the
 slow part and happens once; the fast path pays for one frame lookup and one dict lookup.

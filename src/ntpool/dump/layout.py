@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..drivers import call_site_table
 import struct
 import time
+import zlib
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
@@ -42,6 +43,7 @@ class DebuggerDataLayout:
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
     heap_ranges: int = 0  # segment heap: NTPL_HEAP_RANGE entries
     verifier_tracking: Region = field(default_factory=Region)
+    allocation_sites: Region = field(default_factory=Region)  # capacity in bytes
 
 
 def poke(kernel, va: int, data) -> None:
@@ -219,6 +221,35 @@ def _lay_out_heap_ranges(kernel, layout: DebuggerDataLayout) -> int:
     return len(heaps)
 
 
+def allocation_site_table(kernel) -> bytes:
+    """The NTAS table (see dump.format): each Windows 7 pool's site map, up to its last page
+    in use, zlib-compressed (the maps are mostly zeros)."""
+    pools = [pool for pool in (kernel.nonpaged_pool, kernel.paged_pool)
+             if getattr(pool, "site_map", None) is not None]
+    entries, blobs = [], []
+    offset = f.ALLOCATION_SITES_HEADER.size + f.ALLOCATION_SITES_ENTRY.size * len(pools)
+    for pool in pools:
+        pages_used = len(pool.page_kind.rstrip(b"\0"))
+        blocks = pages_used * (PAGE_SIZE // 16)
+        blob = zlib.compress(memoryview(pool.site_map)[:blocks * 2], 1)
+        entries.append(f.ALLOCATION_SITES_ENTRY.pack(pool.base, blocks, offset, len(blob)))
+        blobs.append(blob)
+        offset += len(blob)
+    if not pools:
+        return b""
+    return b"".join([f.ALLOCATION_SITES_HEADER.pack(f.ALLOCATION_SITES_MAGIC, len(pools)),
+                     *entries, *blobs])
+
+
+def _lay_out_allocation_sites(kernel, layout: DebuggerDataLayout) -> int:
+    table = allocation_site_table(kernel)
+    if not table:
+        return 0
+    _region_for(kernel, layout.allocation_sites, len(table), 1)
+    poke(kernel, layout.allocation_sites.va, table)
+    return len(table)
+
+
 def _lay_out_call_sites(kernel, layout: DebuggerDataLayout) -> int:
     """The allocation call-site table (who allocated each chunk), in ntpool's NTCS format."""
     table = call_site_table(kernel.call_sites)
@@ -354,8 +385,11 @@ def lay_out_debugger_data(kernel) -> int:
     tracked = _lay_out_verifier_tracking(kernel, layout)
     poke(kernel, layout.kdbg, _kdbg_image(kernel, layout))
     ntpl = _ntpl_image(kernel, layout, tracker_entries, big_entries, context, call_site_bytes)
+    site_bytes = _lay_out_allocation_sites(kernel, layout)
     for offset, value in ((f.NTPL_VERIFIER_TRACK_TABLE, layout.verifier_tracking.va if tracked else 0),
-                          (f.NTPL_VERIFIER_TRACK_COUNT, tracked)):
+                          (f.NTPL_VERIFIER_TRACK_COUNT, tracked),
+                          (f.NTPL_ALLOCATION_SITES, layout.allocation_sites.va if site_bytes else 0),
+                          (f.NTPL_ALLOCATION_SITES_BYTES, site_bytes)):
         ntpl[offset:offset + 8] = value.to_bytes(8, "little")
     poke(kernel, layout.ntpl, ntpl)
     return layout.kdbg

@@ -13,6 +13,7 @@ tables rooted at the header's DirectoryTableBase.
 import mmap
 import os
 import struct
+import zlib
 from bisect import bisect_right
 from typing import Iterator, NamedTuple
 
@@ -119,6 +120,7 @@ class DumpReader:
         self._translations: dict[int, int | None] = {}
         self._kdbg: dict | None = None
         self._call_sites: list | None = None
+        self._site_maps: list | None = None
 
     def close(self) -> None:
         if self._map is not None:
@@ -442,6 +444,8 @@ class DumpReader:
             "HeapRanges": q(ntpl, f.NTPL_HEAP_RANGES),
             "HeapRangeCount": q(ntpl, f.NTPL_HEAP_RANGE_COUNT),
             "BigPageEntrySize": q(ntpl, f.NTPL_BIG_PAGE_ENTRY_SIZE),
+            "AllocationSites": q(ntpl, f.NTPL_ALLOCATION_SITES),
+            "AllocationSitesBytes": q(ntpl, f.NTPL_ALLOCATION_SITES_BYTES),
         }
 
     @property
@@ -620,6 +624,28 @@ class DumpReader:
             self._fail(f"the verifier tracking list at {va:#x} is not in the dump")
         return list(entry.iter_unpack(raw))
 
+    def allocation_site(self, header_va: int) -> int | None:
+        """The call-site number of the small chunk whose header is at ``header_va``, from
+        ntpool's allocation-site table; None when the dump has no table covering it (an
+        older dump: its AllocatorBackTraceIndex, header bytes 8-9, held the site)."""
+        for base, blocks, sites in self._allocation_site_maps():
+            index = (header_va - base) >> 4
+            if 0 <= index < blocks:
+                return int.from_bytes(sites[2 * index:2 * index + 2], "little")
+        return None
+
+    def _allocation_site_maps(self) -> list:
+        if self._site_maps is None:
+            self._site_maps = []
+            data = self.debugger_data()
+            va, size = data.get("AllocationSites", 0), data.get("AllocationSitesBytes", 0)
+            if va and 0 < size <= MAX_SITE_TABLE_BYTES:
+                try:
+                    self._site_maps = _parse_site_maps(self.read(va, size))
+                except (MemoryReadError, struct.error, zlib.error, ValueError):
+                    self._site_maps = []  # a hostile or damaged table: no sites, no crash
+        return self._site_maps
+
     def bugcheck_context(self) -> dict | None:
         """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""
         va = self.debugger_data()["BugCheckContext"]
@@ -634,3 +660,23 @@ class DumpReader:
                 "driver": driver.split(b"\0", 1)[0].decode("ascii", "replace"),
                 "call_site": call_site.split(b"\0", 1)[0].decode("ascii", "replace"),
                 "found_in": found_in.split(b"\0", 1)[0].decode("ascii", "replace")}
+
+
+MAX_SITE_TABLE_BYTES = 64 << 20
+
+
+def _parse_site_maps(raw: bytes) -> list:
+    """(pool base, blocks, site map bytes) per pool from an NTAS table; ValueError if malformed."""
+    magic, count = f.ALLOCATION_SITES_HEADER.unpack_from(raw)
+    if magic != f.ALLOCATION_SITES_MAGIC or count > 16:
+        raise ValueError("not an allocation-site table")
+    maps = []
+    for index in range(count):
+        base, blocks, offset, length = f.ALLOCATION_SITES_ENTRY.unpack_from(
+            raw, f.ALLOCATION_SITES_HEADER.size + index * f.ALLOCATION_SITES_ENTRY.size)
+        if offset + length > len(raw) or blocks > (1 << 31):
+            raise ValueError("allocation-site entry out of range")
+        inflate = zlib.decompressobj()
+        sites = inflate.decompress(raw[offset:offset + length], 2 * blocks)
+        maps.append((base, len(sites) // 2, sites))
+    return maps

@@ -100,7 +100,6 @@ class Bindings:
         self.names: list[str] = []
         self.stub_of: dict[str, int] = {}  # routine name -> stub address
         self.data_of: dict[str, int] = {}  # data export name -> its address
-        self.current_name = ""
         routines = {entry.name: entry for entry in registry.routines()}
         self.routines = routines
         self.by_module = {}
@@ -164,20 +163,10 @@ class Bindings:
             handler = compile_handler(self.machine, self.routines[name])
         address = cpu_module.FIRST_STUB + number * cpu_module.STUB_SIZE
         self.machine.write_code(address, cpu_module.stub_code(number, address))
-        self.handlers.append(self._named(name, handler))
+        self.handlers.append(handler)
         self.names.append(name)
         self.stub_of[name] = address
         return address
-
-    def _named(self, name, handler):
-        # The machine names the routine in errors; setting it costs one store a call.
-        bindings = self
-
-        def named(rcx, rdx, r8, r9, rsp):
-            bindings.current_name = name
-            return handler(rcx, rdx, r8, r9, rsp)
-
-        return named
 
     def _missing_handler(self, name: str):
         machine = self.machine

@@ -154,7 +154,7 @@ class Cpu:
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
         self._cr8_hooked: set = set()
-        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(self._on_syscall), 1, 0,
+        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
         self._clean = uc.context_save()  # no exception pending: restored after each fault
@@ -176,16 +176,6 @@ class Cpu:
         if address not in self._cr8_hooked:
             self._cr8_hooked.add(address)
             self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr8), address, address)
-
-    def _on_syscall(self, uch, user_data) -> None:
-        try:
-            self.machine.dispatch_call()
-        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
-            self.stop = ("error", error)
-            uclib.uc_emu_stop(self.uch)
-            return
-        if self.tlb_stale:
-            self.flush_tlb()
 
     def _on_interrupt(self, uch, vector, user_data) -> None:
         self.stop = ("interrupt", vector)

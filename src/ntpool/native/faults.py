@@ -50,6 +50,13 @@ _disassembler.detail = True
 
 def handle(machine, vector: int, thread) -> int:
     """Resolve or dispatch a fault; returns where the CPU resumes (or raises BugCheck)."""
+    try:
+        return _handle(machine, vector, thread)
+    finally:
+        machine.location = 0
+
+
+def _handle(machine, vector: int, thread) -> int:
     cpu = machine.cpu
     regs = cpu.read_context()
     rip = regs["rip"]

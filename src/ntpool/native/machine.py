@@ -16,7 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
-from ..hooks import DebugPrinted, MappingChanged
+from ..hooks import MappingChanged
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, seh
@@ -164,13 +164,15 @@ class NativeMachine:
         self.kernel = kernel
         self.mem = kernel.physical.buffer
         self._map_support_pages()
-        self.cpu = Cpu(self)
         self.bindings = Bindings(self)
+        self.cpu = Cpu(self)
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
-        self.log: list[str] = []  # DbgPrint output, in order
-        self.site_cache: dict[int, int] = {}  # code address -> call-site number
+        self.site_cache: dict[int, int] = {}  # faulting instruction -> call-site number
+        self.call_site_cache: dict[int, int] = {}  # return address -> call-site number
+        self.call_number = 0  # the stub number of the routine called last
+        self.tlb = kernel.space.tlb
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.hooks.subscribe(MappingChanged, self._pte_changed)
@@ -296,6 +298,8 @@ class NativeMachine:
         self._sync_thread()
         cpu.depth += 1
         self.running.append(driver)
+        saved_location, self.location = self.location, 0  # its calls are sites of their own
+        saved_rsp = self.call_rsp
         previous_driver = kernel.current_driver
         if driver is not None and driver.loaded is not None:
             kernel.current_driver = driver.loaded
@@ -303,6 +307,7 @@ class NativeMachine:
             self._run(address, thread)
             return cpu.read_context()["rax"]
         finally:
+            self.location, self.call_rsp = saved_location, saved_rsp
             kernel.current_driver = previous_driver
             self.running.pop()
             cpu.depth -= 1
@@ -341,19 +346,39 @@ class NativeMachine:
                               f"{detail}")
 
     def _call_error(self, error: BaseException) -> NativeError:
-        routine = self.bindings.current_name
+        routine = self.bindings.names[self.call_number]
         return NativeError(f"{routine} called from {self.describe(self.return_address())} "
                            f"with arguments ntpool refuses: {type(error).__name__}: {error}")
 
     # --- calls from native code into ntpool ----------------------------------------------------
 
-    def dispatch_call(self) -> None:
-        number, rcx, rdx, r8, r9, rsp = cpu_module.CALL_BLOCK_FORMAT.unpack_from(
-            self.mem, self.call_block_pa)
-        self.call_rsp = rsp
-        self.location = 0
-        result = self.bindings.handlers[number](rcx, rdx, r8, r9, rsp)
-        _Q.pack_into(self.mem, self.return_pa, (result or 0) & 0xFFFFFFFFFFFFFFFF)
+    def syscall_hook(self, cpu):
+        """The SYSCALL hook: one import call, from the call block to the routine and back.
+
+        This is the crossing every native call pays, so it is one closure with everything
+        it touches bound locally (see ``bench``'s native figure)."""
+        unpack = cpu_module.CALL_BLOCK_FORMAT.unpack_from
+        pack = _Q.pack_into
+        mem, block, returned = self.mem, self.call_block_pa, self.return_pa
+        handlers = self.bindings.handlers
+        stop = cpu_module.uclib.uc_emu_stop
+        mask = 0xFFFFFFFFFFFFFFFF
+        machine = self
+
+        def on_syscall(uch, user_data):
+            try:
+                number, rcx, rdx, r8, r9, rsp = unpack(mem, block)
+                machine.call_rsp = rsp
+                machine.call_number = number
+                pack(mem, returned, (handlers[number](rcx, rdx, r8, r9, rsp) or 0) & mask)
+            except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+                cpu.stop = ("error", error)
+                stop(uch)
+                return
+            if cpu.tlb_stale:
+                cpu.flush_tlb()
+
+        return on_syscall
 
     def read_q(self, address: int) -> int:
         return _Q.unpack(self.kernel.read(address, 8))[0]
@@ -363,7 +388,10 @@ class NativeMachine:
 
     def set_irql_from_cr8(self, irql: int, address: int) -> None:
         self.location = address
-        self.kernel._set_irql(irql)
+        try:
+            self.kernel._set_irql(irql)
+        finally:
+            self.location = 0
 
     # --- attribution ---------------------------------------------------------------------------
 
@@ -371,13 +399,19 @@ class NativeMachine:
         """The call-site number of the native code ntpool is answering for right now."""
         if self.location:
             return self.site_for(self.location, call=False)
-        return self.site_for(self.return_address(), call=True)
+        rsp = self.call_rsp
+        base = self.tlb.get(rsp >> 12)
+        if base is None or not self.cpu.depth:
+            return 0  # no native code is calling: ntpool's own work (the I/O manager's)
+        address = _Q.unpack_from(self.mem, base + (rsp & 0xFFF))[0]
+        site = self.call_site_cache.get(address)
+        return self.site_for(address, call=True) if site is None else site
 
     def site_for(self, address: int, call: bool = True) -> int:
         """The site of a call (``address`` is its return address: its line is the call's,
         the byte before) or of an instruction (a fault)."""
-        key = (address, call)
-        site = self.site_cache.get(key)
+        cache = self.call_site_cache if call else self.site_cache
+        site = cache.get(address)
         if site is not None:
             return site
         driver = self.driver_at(address)
@@ -385,15 +419,8 @@ class NativeMachine:
             return 0
         site = self.kernel.call_sites.add_native_site(
             driver.loaded, address, *driver.symbols.site(address - driver.image_base, call))
-        self.site_cache[key] = site
+        cache[address] = site
         return site
-
-    # --- DbgPrint --------------------------------------------------------------------------------
-
-    def debug_print(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self.log.append(line)
-            self.kernel.hooks.publish(DebugPrinted(line))
 
 
 def native_machine(kernel) -> NativeMachine:

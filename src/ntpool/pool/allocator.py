@@ -50,6 +50,7 @@ from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED,
 from .checks import (
     check_block_size,
     check_free_tag,
+    check_next_pool_index,
     check_next_previous_size,
     check_not_already_freed,
     header_ulong,
@@ -63,6 +64,7 @@ from .layout import (
     POOL_HEADER,
     POOL_IN_USE,
     POOL_QUOTA,
+    POOL_SESSION,
     SINGLE_LIST_ENTRY,
     TYPE_TAG_BILLED,
     blocks_for,
@@ -197,7 +199,9 @@ class PoolAllocator:
                     heads[block_size] = _unpack_next(mem, pa)[0]
                     pool.la_count[block_size] -= 1
                     pool.la_allocates[block_size] += 1
-                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong, site)
+                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong,
+                                   site & pool.header_site_mask)
+                    pool.sites[((body - pool.base) >> 4) - 1] = site
                     column = pool.track_offset
                     row[column] += 1
                     row[column + 2] += block_size << 4
@@ -214,7 +218,7 @@ class PoolAllocator:
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
                 pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
-                _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                 else:
@@ -222,7 +226,8 @@ class PoolAllocator:
                 end = (address & 0xFFF) - _BODY + (block_size << 4)
                 if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
                         and block_size and (end == PAGE_SIZE or
-                                            (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size)):
+                                            (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size
+                                             and mem[pa + (block_size << 4) + 1] == pool_index)):
                     row = self.tracker.rows[stored & ~PROTECTED_POOL]
                     column = pool.track_offset
                     row[column + 1] += 1
@@ -278,6 +283,8 @@ class PoolAllocator:
                                    aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
         if not va and pool_type & MUST_SUCCEED_POOL_TYPE_MASK:
             self.must_succeed_pool_empty(self.pool_for(pool_type), number_of_bytes)
+        if va and pool_type & SESSION_POOL_MASK:
+            self.mark_session(self.pool_for(pool_type), va)
         return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
@@ -421,8 +428,8 @@ class PoolAllocator:
 
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
-        """The allocation itself, no layer consulted; the site goes where Windows keeps
-        AllocatorBackTraceIndex (header bytes 8-9; beside the big page table for big ones)."""
+        """The allocation itself, no layer consulted; the call site goes to the pool's site map
+        (``Pool.sites``; beside the big page table for big ones), outside the header."""
         if aligned and (number_of_bytes + 31) >> 4 > 0xFF - (CACHE_LINE // 16 - 1):
             number_of_bytes = max(number_of_bytes, MAX_SMALL_ALLOCATION + 1)  # page-aligned
         if number_of_bytes > MAX_SMALL_ALLOCATION:
@@ -443,7 +450,9 @@ class PoolAllocator:
             if body:
                 # Trusted as Windows 7 trusts it: the header is written wherever it lies.
                 pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
-                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag, site), self.irql)
+                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
+                                                      site & pool.header_site_mask), self.irql)
+                pool.sites[(body - HEADER_SIZE - pool.base) >> BLOCK_SHIFT] = site
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
@@ -510,9 +519,19 @@ class PoolAllocator:
             return 0, STATUS_INSUFFICIENT_RESOURCES
         if process:
             self.bill(pool, va, process, charge)
+        if pool_type & SESSION_POOL_MASK:
+            self.mark_session(pool, va)
         if zero or pool_type & POOL_ZERO_ALLOCATION:
             self.zero(va, number_of_bytes)
         return va, 0
+
+    def mark_session(self, pool: Pool, va: int) -> None:
+        """A session pool type's chunk keeps the session bit (0x20) in its header's PoolType,
+        as Windows 7's allocator stores SESSION_POOL_MASK there. ntpool has no session space:
+        the chunk itself comes from the system pool of its base type (see the README)."""
+        if va & (PAGE_SIZE - 1) and pool.contains(va):
+            header = POOL_HEADER.at(self.mem, pool._pa(va - HEADER_SIZE))
+            header.PoolType |= POOL_SESSION
 
     def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
         """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
@@ -598,15 +617,17 @@ class PoolAllocator:
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
         pa = pool._pa(chunk)
-        _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
+        _, pool_index, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
         check_not_already_freed(self.crash, type_byte, header_ulong(self.mem, pa), address)
         check_block_size(self.crash, chunk, block_size)
-        if passed is not None or stored & PROTECTED_POOL:
-            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+        check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         end = chunk + (block_size << BLOCK_SHIFT)
         if end & (PAGE_SIZE - 1):
+            following = pa + (block_size << BLOCK_SHIFT)
             check_next_previous_size(self.crash, chunk, block_size,
-                                     POOL_HEADER.get(self.mem, pa + (block_size << BLOCK_SHIFT), "PreviousSize"))
+                                     POOL_HEADER.get(self.mem, following, "PreviousSize"))
+            check_next_pool_index(self.crash, chunk, block_size, pool_index,
+                                  POOL_HEADER.get(self.mem, following, "PoolIndex"))
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
@@ -614,8 +635,7 @@ class PoolAllocator:
 
     def _free_big_checked(self, pool: Pool, address: int, passed: int | None) -> None:
         stored, count = pool.big_pages[address]
-        if passed is not None or stored & PROTECTED_POOL:
-            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+        check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
         self.tracker.release(stored, pool.track_offset, count << PAGE_SHIFT)
         billed = self.big_quota.pop(address, None)
         if billed is not None and self.quota is not None:
@@ -633,10 +653,9 @@ class PoolAllocator:
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
-        header = POOL_HEADER.at(self.mem, pool._pa(address - HEADER_SIZE))
-        if header.PoolType & POOL_QUOTA:
-            return 0  # ProcessBilled holds the quota owner instead, as in Windows
-        return header.AllocatorBackTraceIndex
+        if not pool.contains(address - HEADER_SIZE):
+            return 0
+        return pool.sites[(address - HEADER_SIZE - pool.base) >> BLOCK_SHIFT]
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""

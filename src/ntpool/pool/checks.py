@@ -6,6 +6,7 @@ layouts they read are ``pool.layout``'s.
 """
 
 from ..constants import PAGE_SIZE, BadPoolCaller, BadPoolHeader, BugCheckCode
+from ..tags import PROTECTED_POOL
 from .layout import BLOCK_SHIFT, POOL_IN_USE
 
 BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
@@ -34,10 +35,30 @@ def check_not_already_freed(crash, pool_type_byte: int, header_ulong: int, addre
 
 
 def check_free_tag(crash, address: int, stored_tag: int, passed_tag: int) -> None:
-    """ExFreePoolWithTag's tag against the header's (0xC2/0x0A: address, stored, passed)."""
-    if stored_tag != passed_tag:
-        crash(BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, stored_tag, passed_tag,
-              detail=f"freed with tag {passed_tag:#010x}, allocated with {stored_tag:#010x}")
+    """Windows 7 compares tags on free only for a protected allocation (bit 31 of its tag), and
+    with bit 31 masked on both sides; parameter 3 is the allocation's tag without the bit. A
+    mismatch on an unprotected tag is not checked: the tag is then ignored when freeing."""
+    if not stored_tag & PROTECTED_POOL:
+        return
+    if (stored_tag ^ passed_tag) & ~PROTECTED_POOL & 0xFFFFFFFF:
+        crash(BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, stored_tag & ~PROTECTED_POOL,
+              passed_tag, detail=f"protected pool freed with tag {passed_tag:#010x}, allocated with "
+                                 f"{stored_tag:#010x}")
+
+
+# BAD_POOL_HEADER 0x5's parameter 3 is a source line in Windows (ExCheckPoolHeader's __LINE__).
+NEIGHBOUR_CHECK_LINE = 0x5E5
+
+
+def check_next_pool_index(crash, entry: int, block_size: int, pool_index: int,
+                          next_pool_index: int) -> None:
+    """The next chunk on the page must belong to the same pool descriptor (PoolIndex), as
+    ExCheckPoolHeader checks: else 0x19 (0x5, next entry, line, entry)."""
+    if next_pool_index != pool_index:
+        next_entry = entry + (block_size << BLOCK_SHIFT)
+        crash(BAD_POOL_HEADER, BadPoolHeader.NEIGHBOURS_DISAGREE, next_entry, NEIGHBOUR_CHECK_LINE,
+              entry, detail=f"next chunk {next_entry:#x} has PoolIndex {next_pool_index:#x}, chunk "
+                            f"{entry:#x} has {pool_index:#x}")
 
 
 def check_block_size(crash, entry: int, block_size: int) -> None:

@@ -7,6 +7,8 @@ per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, loo
 heads, and the big page table. Nothing is kept per small allocation.
 """
 
+import mmap
+
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
 from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
@@ -82,6 +84,16 @@ class Pool:
         self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
 
         self.page_kind = bytearray(self.page_count)
+        # Who allocated each chunk: the call site of the chunk whose header starts at each
+        # block, a USHORT as AllocatorBackTraceIndex is, kept outside the simulated headers:
+        # their bytes 8-15 are ProcessBilled, zero unless quota is charged, as on a Windows 7
+        # machine without the kernel stack trace database. The host backs only what is
+        # touched; crash dumps carry it (NTPL's allocation-site table).
+        self.site_map = mmap.mmap(-1, self.page_count * BLOCKS_PER_PAGE * 2)
+        self.sites = memoryview(self.site_map).cast("H")
+        # 0xFFFF with gflags' kernel stack trace database on (Kernel(stack_trace_database=True)):
+        # AllocatorBackTraceIndex in header bytes 8-9 then holds the call site too.
+        self.header_site_mask = 0
         self.pages_in_use = 0
         self._page_hint = 0
 
@@ -302,6 +314,13 @@ class Pool:
         POOL_HEADER.pack_into(self.mem, self._pa(chunk), previous_size, self.pool_index,
                               block_size, pool_type, tag, billed)
 
+    def _write_allocated(self, chunk: int, previous_size: int, block_size: int, tag: int,
+                         site: int) -> None:
+        """An allocated chunk's header, and its call site beside it."""
+        self._write_header(chunk, previous_size, block_size, self.allocated_header_type, tag,
+                           site & self.header_site_mask)
+        self.sites[(chunk - self.base) >> BLOCK_SHIFT] = site
+
     def _set_previous_size(self, chunk: int, previous_size: int) -> None:
         """Tell the chunk after ``chunk``'s end (if on the same page) its new PreviousSize."""
         if chunk & (PAGE_SIZE - 1):
@@ -351,14 +370,13 @@ class Pool:
                                                                      self._read_first8)
         check_fits_its_list(self.crash, chunk, free_size, found)
         remainder = free_size - block_size
-        allocated = self.allocated_header_type
         if remainder == 0:
-            self._write_header(chunk, previous_size, block_size, allocated, tag, site)
+            self._write_allocated(chunk, previous_size, block_size, tag, site)
             return chunk
         if previous_size == 0:
             # First chunk of its page: split from the front.
             rest = chunk + (block_size << BLOCK_SHIFT)
-            self._write_header(chunk, 0, block_size, allocated, tag, site)
+            self._write_allocated(chunk, 0, block_size, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
@@ -366,7 +384,7 @@ class Pool:
         # Otherwise the allocation is taken from the end.
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
-        self._write_header(mine, remainder, block_size, allocated, tag, site)
+        self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
         return mine
@@ -387,12 +405,11 @@ class Pool:
         tail = slack - lead
         previous_size = self._read_first8(chunk)[0]
         mine = chunk + (lead << BLOCK_SHIFT)
-        allocated = self.allocated_header_type
         if lead:
             self._write_header(chunk, previous_size, lead, POOL_FREE, tag)
-            self._write_header(mine, lead, block_size, allocated, tag, site)
+            self._write_allocated(mine, lead, block_size, tag, site)
         else:
-            self._write_header(mine, previous_size, block_size, allocated, tag, site)
+            self._write_allocated(mine, previous_size, block_size, tag, site)
         rest = mine + (block_size << BLOCK_SHIFT)
         if not tail:
             self._set_previous_size(rest, block_size)
@@ -412,7 +429,7 @@ class Pool:
         page = self.take_pages(1, PAGE_SMALL)
         if not page:
             return 0
-        self._write_header(page, 0, block_size, self.allocated_header_type, tag, site)
+        self._write_allocated(page, 0, block_size, tag, site)
         remainder = BLOCKS_PER_PAGE - block_size
         if remainder:
             rest = page + (block_size << BLOCK_SHIFT)

@@ -192,7 +192,8 @@ POOL_FREE = 0
 POOL_IN_USE = 0x2
 POOL_QUOTA = 0x8
 POOL_TYPE_BASE_MASK = 0x1  # 0 nonpaged, 1 paged
-POOL_TYPE_KNOWN_BITS = POOL_TYPE_BASE_MASK | POOL_IN_USE | POOL_QUOTA
+POOL_SESSION = 0x20  # a session pool type's chunk (SESSION_POOL_MASK, kept in the header)
+POOL_TYPE_KNOWN_BITS = POOL_TYPE_BASE_MASK | POOL_IN_USE | POOL_QUOTA | POOL_SESSION
 
 # Runs the fast path packs in one call (offsets relative to the header).
 HEADER_FIRST8 = POOL_HEADER.run("PreviousSize", "PoolTag")  # the four bytes and the tag

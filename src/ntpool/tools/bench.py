@@ -85,4 +85,6 @@ def run(quick: bool = False, windows=None) -> dict:
     }
     if reference_costs:
         results["windows7_pair_median_us"] = statistics.median(reference_costs) * 1e6
+    from ..native.bench import run as native_run  # the same pair called by machine code
+    results["native"] = native_run(count=5_000 if quick else 20_000, rounds=3 if quick else 5)
     return results

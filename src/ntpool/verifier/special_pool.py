@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, SpecialPoolCorruption
 from ..hooks import PageFault
-from ..tags import display
+from ..tags import PROTECTED_POOL, display
 
 SPECIAL_POOL_BASE = 0xFFFFF98000000000
 DEFAULT_SLOTS = 4096
@@ -143,9 +143,12 @@ class SpecialPool:
         if allocation is None or allocation.address != address:
             kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
                                 SpecialPoolCorruption.FREE_NOT_ALLOCATED, detail=f"free of special pool {address:#x}, which is not allocated")
-        if passed_tag is not None and passed_tag != allocation.tag:
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address, allocation.tag,
-                                passed_tag, detail="special pool freed with the wrong tag")
+        # As the pool's own free: only a protected tag is compared, bit 31 masked on both sides.
+        if allocation.tag & PROTECTED_POOL and \
+                ((passed_tag or 0) ^ allocation.tag) & ~PROTECTED_POOL & 0xFFFFFFFF:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address,
+                                allocation.tag & ~PROTECTED_POOL, passed_tag or 0,
+                                detail="protected special pool freed with the wrong tag")
         self._check_pattern(allocation)
         kernel.pool.untrack_layer_allocation(allocation.tag, allocation.base_type,
                                     ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)

@@ -1,0 +1,110 @@
+"""Call sites are kept outside the simulated POOL_HEADER: its bytes 8-15 are ProcessBilled
+(zero unless quota is charged), as on Windows 7 without the kernel stack trace database,
+and crash dumps carry the sites in ntpool's allocation-site table."""
+
+import pytest
+
+import ntpool
+from ntpool.dump import DumpReader
+from ntpool.pool.layout import POOL_HEADER
+
+NP = ntpool.PoolType.NonPagedPool
+PP = ntpool.PoolType.PagedPool
+MiB = 1 << 20
+
+
+class Driver:
+    name = "sites.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def DriverUnload(self, k):
+        pass
+
+    def small(self, k, pool_type=NP, size=100):
+        return k.ExAllocatePoolWithTag(pool_type, size, "Site")
+
+    def aligned(self, k):
+        return k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPoolCacheAligned, 200, "Algn")
+
+
+def machine(**kwargs):
+    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, **kwargs)
+
+
+def header(k, p):
+    return POOL_HEADER.at(k.read(p - 16, 16))
+
+
+def test_header_bytes_8_to_15_are_zero_and_the_site_is_kept_aside():
+    k = machine()
+    d = Driver()
+    k.load_driver(d)
+    first = d.small(k)                # a fresh page
+    k.ExFreePoolWithTag(first, "Site")
+    again = d.small(k)                # the lookaside (fast path)
+    paged = d.small(k, PP, 1000)      # from a list
+    aligned = d.aligned(k)            # cache-aligned
+    for p in (again, paged, aligned):
+        assert header(k, p).ProcessBilled == 0
+        entry = k.allocation_site(p)
+        assert entry.function.endswith(("Driver.small", "Driver.aligned"))
+        assert k.allocation_driver(p).name == "sites.sys"
+
+
+def test_the_stack_trace_database_option_writes_the_site_in_the_header():
+    k = machine(stack_trace_database=True)
+    d = Driver()
+    k.load_driver(d)
+    p = d.small(k)
+    site = k.pool.site_of(p)
+    assert site and header(k, p).AllocatorBackTraceIndex == site
+    k.ExFreePoolWithTag(p, "Site")
+    q = d.small(k)  # from the lookaside
+    assert header(k, q).AllocatorBackTraceIndex == site
+    with pytest.raises(TypeError, match="stack_trace_database"):
+        machine(stack_trace_database="yes")
+
+
+def test_a_quota_chunk_has_its_process_billed_and_keeps_its_site():
+    k = machine()
+    d = Driver()
+    k.load_driver(d)
+    process = k.create_process("app.exe")
+    k.set_current_process(process)
+    p = k.ExAllocatePoolWithQuotaTag(NP, 100, "Quot")
+    assert header(k, p).ProcessBilled == process.address
+    assert k.pool.site_of(p)  # the site is not lost to ProcessBilled
+
+
+def test_the_dump_carries_the_sites_outside_the_headers(tmp_path):
+    k = machine()
+    d = Driver()
+    k.load_driver(d)
+    live = [d.small(k, NP, size) for size in (16, 100, 300, 1000)] + [d.small(k, PP, 200)]
+    path = k.write_dump(tmp_path / "sites.dmp", "kernel")
+    with DumpReader(path) as reader:
+        for p in live:
+            raw = reader.read(p - 16, 16)
+            assert raw[8:16] == bytes(8)
+            assert reader.allocation_site(p - 16) == k.pool.site_of(p) != 0
+        assert reader.allocation_site(0xFFFFF80000000000) is None
+
+
+def test_a_damaged_site_table_costs_the_sites_not_the_reader(tmp_path):
+    k = machine()
+    d = Driver()
+    k.load_driver(d)
+    p = d.small(k)
+    path = k.write_dump(tmp_path / "sites.dmp", "full")
+    with DumpReader(path) as reader:
+        table = reader.debugger_data()["AllocationSites"]
+        pa = reader.translate(table)
+        offset = reader.frame_offset(pa >> 12) + (pa & 0xFFF)
+        assert reader.allocation_site(p - 16) == k.pool.site_of(p)
+    data = bytearray(open(path, "rb").read())
+    data[offset + 8 + 32:offset + 8 + 64] = b"\xff" * 32  # the nonpaged map's compressed bytes
+    open(path, "wb").write(data)
+    with DumpReader(path) as reader:
+        assert reader.allocation_site(p - 16) is None  # no table: no sites, and no exception
