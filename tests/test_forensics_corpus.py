@@ -76,7 +76,7 @@ def test_volatility3s_scanners_scored(corpus, tmp_path):
     results = []
     for plugin in ("ntpool.tagscan", "windows.bigpools"):
         path = tmp_path / f"{plugin}.json"
-        path.write_text(json.dumps(as_vol_json(*run_plugin(dump, plugin))))
+        path.write_text(json.dumps(as_vol_json(*run_plugin(dump, plugin, cache=tmp_path / "cache"))))
         results.append(path)
     result = score_files(directory / entry["truth"], results)
     text = format_score(result)
@@ -116,3 +116,20 @@ def test_corpus_command(tmp_path, capsys):
     assert (tmp_path / "dump-000.truth.json").exists()
     assert main(["corpus", "--out", str(tmp_path), "--pool-mib", "0.5"]) == 2
     assert "at least 1 MiB" in capsys.readouterr().err
+
+
+def test_a_tag_search_finds_what_the_whole_walk_finds_window_by_window(corpus, monkeypatch):
+    from ntpool.debugger import poolscan
+
+    monkeypatch.setattr(poolscan, "WINDOW", 2 * 4096)  # many windows, many boundaries
+    monkeypatch.setattr(poolscan, "RELEASE_PAGES", 3)
+    directory, index = corpus
+    with DumpReader(directory / index["dumps"][1]["dump"]) as reader:
+        big = poolscan.BigPageIndex(reader.big_pages())
+        for pool in reader.pool_ranges():
+            every = poolscan.PoolFinder(reader, pool, big).find("*")
+            assert every
+            for tag in {chunk.tag & 0x7FFFFFFF for chunk in every}:
+                text = tag.to_bytes(4, "little").decode("latin-1")  # the corpus' tags are printable
+                found = poolscan.PoolFinder(reader, pool, big).find(text)
+                assert found == [c for c in every if c.tag & 0x7FFFFFFF == tag]

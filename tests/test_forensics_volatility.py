@@ -19,6 +19,13 @@ from ntpool.forensics.volatility import run_plugin  # noqa: E402
 
 
 @pytest.fixture(scope="module")
+def vol(tmp_path_factory):
+    """run_plugin with a symbol cache of this module's own (others' runs rewrite the user's)."""
+    cache = tmp_path_factory.mktemp("volatility-cache")
+    return lambda *args, **kwargs: run_plugin(*args, cache=cache, **kwargs)
+
+
+@pytest.fixture(scope="module")
 def demo_dump(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     assert main(["demo", "--steps", "400", "--out", str(out), "--truth", str(out / "truth.json")]) == 0
@@ -72,8 +79,8 @@ def test_the_image_at_kernbase_carries_the_guid(demo_dump):
             reader.read(reader.debugger_data()["PsLoadedModuleList"], 8)
 
 
-def test_windows_info(demo_dump):
-    _, rows = run_plugin(demo_dump, "windows.info")
+def test_windows_info(demo_dump, vol):
+    _, rows = vol(demo_dump, "windows.info")
     info = dict(rows)
     assert info["DTB"] == "0x187000"  # where Windows 7 x64 keeps its PML4
     assert info["Major/Minor"] == "15.7601" and info["NtMajorVersion"] == "6"
@@ -83,12 +90,12 @@ def test_windows_info(demo_dump):
     assert info["Symbols"].endswith(isf.relative_path().replace(os.sep, "/"))
 
 
-def test_windows_bigpools_agrees_with_the_machine(big_dump):
+def test_windows_bigpools_agrees_with_the_machine(big_dump, vol):
     k, path = big_dump
     truth = sorted((va, tag, pool.name, pages * 4096) for pool in (k.nonpaged_pool, k.paged_pool)
                    for va, (tag, pages) in pool.big_pages.items())
     assert len(truth) == 4
-    _, rows = run_plugin(path, "windows.bigpools")
+    _, rows = vol(path, "windows.bigpools")
     seen = sorted((va, tag, kind, size) for va, tag, kind, size, status in rows if status == "Allocated")
     assert [(va, kind, size) for va, _, kind, size in seen] == \
         [(va, name, size) for va, _, name, size in truth]
@@ -98,23 +105,23 @@ def test_windows_bigpools_agrees_with_the_machine(big_dump):
     assert "tor" in [tag for _, tag, _, _ in seen]  # the protected Prot
 
 
-def test_windows_modules_agrees_with_ntpool(demo_dump):
+def test_windows_modules_agrees_with_ntpool(demo_dump, vol):
     with DumpReader(demo_dump) as reader:
         modules = [(name, base, size) for name, base, size in reader.loaded_modules()]
-    _, rows = run_plugin(demo_dump, "windows.modules")
+    _, rows = vol(demo_dump, "windows.modules")
     # volatility3 shows pointers without their sign extension.
     assert [(name, canonical(base), size) for _, base, size, name, _path, _ in rows] == modules
     assert [name for name, _, _ in modules] == ["ndisminiport.sys", "fsfilter.sys", "sloppy.sys"]
 
 
-def test_windows_poolscanner_runs(demo_dump):
-    columns, _ = run_plugin(demo_dump, "windows.poolscanner")
+def test_windows_poolscanner_runs(demo_dump, vol):
+    columns, _ = vol(demo_dump, "windows.poolscanner")
     assert columns == ["Tag", "Offset", "Layer", "Name"]
 
 
-def test_the_tag_scan_plugin_finds_every_live_chunk_of_a_tag(demo_dump):
+def test_the_tag_scan_plugin_finds_every_live_chunk_of_a_tag(demo_dump, vol):
     with DumpReader(demo_dump) as reader:
-        _, rows = run_plugin(demo_dump, "ntpool.tagscan", options={"tags": ["SlRq"]})
+        _, rows = vol(demo_dump, "ntpool.tagscan", options={"tags": ["SlRq"]})
         found = {offset for tag, offset, *_ in rows if tag == "SlRq"}
         tracker = reader.tracker_lookup(int.from_bytes(b"SlRq", "little"))
         live = tracker.NonPagedAllocs - tracker.NonPagedFrees

@@ -143,8 +143,10 @@ def _from_csv(text: str, results: Results, name: str) -> None:
             continue
         try:
             address = int(row[0].strip().replace("`", ""), 16)
+            if not 0 <= address < 1 << 64:
+                raise ValueError
         except ValueError:
-            raise ValueError(f"{name}:{number}: {row[0]!r} is not a hex address") from None
+            raise ValueError(f"{name}:{number}: {row[0]!r} is not a 64-bit hex address") from None
         tag = row[1] if len(row) > 1 else ""
         state = _state(row[2]) if len(row) > 2 else None
         physical = address < CANONICAL_LOW
@@ -166,7 +168,15 @@ def read_results(paths) -> Results:
                 rows = json.loads(stripped)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}: broken JSON ({error})") from None
-            _from_vol_rows([r for r in rows if isinstance(r, dict)], results, str(path))
+            if not isinstance(rows, list):
+                raise ValueError(f"{path}: JSON that is not a list of rows")
+            try:
+                _from_vol_rows([r for r in rows if isinstance(r, dict)], results, str(path))
+            except _MALFORMED as error:
+                if isinstance(error, ValueError) and str(error).startswith(str(path)):
+                    raise
+                raise ValueError(f"{path}: a row volatility3 would not write ({type(error).__name__}: "
+                                 f"{error})") from None
         elif "Searching" in text and "for Tag:" in text:
             _from_poolfind(text, results, str(path))
         else:
@@ -246,9 +256,18 @@ def _ratio(part: int, whole: int) -> float | None:
     return None if whole == 0 else part / whole
 
 
-def score(document: dict, results: Results, tags=None) -> dict:
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def score(document: dict, results: Results, tags=None, name: str = "the manifest") -> dict:
     """Precision, recall and causes for ``results`` against the manifest ``document``."""
-    index = TruthIndex(document)
+    try:
+        return _score(TruthIndex(document), results, tags)
+    except _MALFORMED as error:
+        raise ValueError(f"{name}: not a valid truth manifest ({type(error).__name__}: {error})") from None
+
+
+def _score(index: TruthIndex, results: Results, tags) -> dict:
     tags = None if tags is None else {normal_tag(t) for t in tags}
     scanned = [(pool, regex) for pool, regex in results.scanned]
 
@@ -339,7 +358,7 @@ def score(document: dict, results: Results, tags=None) -> dict:
 
 
 def score_files(truth_path, result_paths, tags=None) -> dict:
-    return score(load(truth_path), read_results(result_paths), tags)
+    return score(load(truth_path), read_results(result_paths), tags, str(truth_path))
 
 
 def _number(value) -> str:

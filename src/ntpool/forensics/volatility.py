@@ -33,13 +33,30 @@ def _framework(symbol_dirs, plugin_dirs):
     return framework
 
 
-def run_plugin(dump, plugin: str, symbols=None, plugin_dirs=(), options: dict | None = None):
+def run_plugin(dump, plugin: str, symbols=None, plugin_dirs=(), options: dict | None = None,
+               cache=None):
     """(column names, rows) of ``plugin`` (e.g. 'windows.bigpools.BigPools') on ``dump``.
 
     ``symbols`` defaults to the folder beside the dump, then ntpool's own; ``plugin_dirs``
     adds plugin folders (ntpool's are always there); ``options`` are the plugin's
-    configuration values (e.g. {'tags': 'Fred'}).
+    configuration values (e.g. {'tags': 'Fred'}); ``cache`` a folder for volatility3's
+    symbol cache instead of the user's (which other volatility3 runs rewrite as they go).
     """
+    try:
+        from volatility3.framework import constants
+    except ImportError as error:  # pragma: no cover - volatility3 is a test dependency
+        raise VolatilityError(f"volatility3 is not installed ({error})") from None
+    saved = constants.CACHE_PATH
+    if cache is not None:
+        os.makedirs(cache, exist_ok=True)
+        constants.CACHE_PATH = os.fspath(cache)
+    try:
+        return _run_plugin(dump, plugin, symbols, plugin_dirs, options)
+    finally:
+        constants.CACHE_PATH = saved
+
+
+def _run_plugin(dump, plugin, symbols, plugin_dirs, options):
     symbol_dirs = [symbols] if symbols else []
     symbol_dirs += [isf.symbols_beside(dump), isf.package_symbols_directory()]
     framework = _framework(symbol_dirs, list(plugin_dirs) + [isf.package_plugins_directory()])
