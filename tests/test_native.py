@@ -321,6 +321,15 @@ def test_ntpool_run_on_a_sys(capsys):
     assert main(["run", sys_path("faults"), "--verifier", "no_such_option"]) == 2
 
 
+def test_ntpool_run_on_a_damaged_sys_is_one_line(tmp_path, capsys):
+    from ntpool.cli.main import main
+    damaged = tmp_path / "damaged.sys"
+    damaged.write_bytes(sys_bytes("leak")[:1500])
+    assert main(["run", str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "runs past the end of the file" in err and len(err.splitlines()) == 1
+
+
 def test_bench_native_figure_is_measured():
     from ntpool.native.bench import run
     results = run(count=200, rounds=1)
@@ -337,3 +346,54 @@ def test_verify_fails_each_native_allocation_site(tmp_path):
     assert function.startswith("fsfilter.sys+0x") and "DriverEntry+" in function
     # DriverEntry catches the raised status in its compiled __except and fails cleanly.
     assert [v.label for v in campaign.verdicts] == ["survived"]
+
+
+def test_the_cpu_sees_pages_ntpool_pages_out_and_back(k):
+    driver = load_native_driver(k, sys_path("faults"))
+    p = k.ExAllocatePoolWithTag(PoolType.PagedPool, 64, "Page")
+    k.write(p, (0x12345678).to_bytes(4, "little"))
+    assert driver.call("ReadAddress", p) == 0x12345678  # the CPU's TLB now holds the page
+    assert k.page_out(p) == 1 and not k.is_resident(p)
+    assert driver.call("ReadAddress", p) == 0x12345678  # faulted, paged in, read again
+    assert k.is_resident(p)
+
+
+def test_a_crash_dump_names_the_compiled_driver_and_line(tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump.reader import DumpReader
+    dump = tmp_path / "MEMORY.DMP"
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, crash_dump=str(dump))
+    with pytest.raises(BugCheck):
+        load_native_driver(k, sys_path("overrun"))
+    session = KdSession(DumpReader(str(dump)))
+    text = session.execute("!analyze -v")
+    free_line = source_line("overrun", "ExFreePoolWithTag((PVOID)p")
+    assert "Probably caused by : overrun.sys ( overrun.sys+0x" in text
+    assert f"({free_line})" in text
+    assert "ALLOCATED_BY:  overrun.sys!overrun.sys+0x" in text
+    text = session.execute("lm")
+    assert "overrun    (overrun.sys)" in text
+
+
+def test_low_resources_fails_a_native_call_and_the_compiled_except_handles_it(k):
+    k.verifier.enable("fsfilter.sys", low_resources=True, fault_probability=1.0)
+    with pytest.raises(ntpool.NtStatusError) as caught:
+        load_native_driver(k, sys_path("fsfilter"))
+    assert caught.value.status == 0xC000009A  # DriverEntry's __except returned the code
+    assert not k.drivers and not k.halted
+
+
+def test_a_hung_driver_is_stopped_with_a_clear_error(k):
+    from ntpool.native import NativeError
+    driver = load_native_driver(k, sys_path("faults"))
+    native_machine(k).call_timeout = 0.2
+    with pytest.raises(NativeError, match=r"did not return within 0.2 s .*faults\.sys\+0x[0-9a-f]+ Hang"):
+        driver.call("Hang")
+
+
+def test_a_kernel_stack_overflow_is_a_double_fault(k):
+    driver = load_native_driver(k, sys_path("faults"))
+    with pytest.raises(BugCheck) as caught:
+        driver.call("Recurse", 0)
+    assert caught.value.code == 0x7F and caught.value.parameters[0] == 8
+    assert "faults.sys+0x" in caught.value.detail

@@ -1,6 +1,7 @@
 """Pictures and the report: the data they draw, and the files they hold."""
 
 import re
+import shlex
 import struct
 
 import pytest
@@ -68,7 +69,7 @@ def test_pagemap_png_and_svg(demo_run, tmp_path):
     save_figure(figure, str(png))
     save_figure(figure, str(svg))
     width, height = png_size(png)
-    assert width == 1300 and height == 100 * (0.2 * 40 + 1.6)
+    assert width == 1300 and height == round(100 * (0.2 * 40 + 2.2))
     text = svg.read_text()
     for tag in ("NmRx", "SlRq", "SlNm", "overrun", "first 40 of"):
         assert tag in text
@@ -101,8 +102,16 @@ def test_picture_commands(tmp_path, capsys):
 
 def test_report_is_one_self_contained_file(tmp_path, capsys):
     report = tmp_path / "report.html"
-    assert main(["report", "demo", "-o", str(report)]) == 0
+    assert main(["report", "demo", "--seed", "1", "-o", str(report)]) == 0
     text = report.read_text()
+    # The summary: the culprit (the chunk that overran, and its driver), the seed, the commands.
+    culprit = re.search(r"Culprit</th><td class=\"l\"><code>(.*?)</code>", text).group(1)
+    assert culprit.startswith("tag SlNm, driver sloppy.sys, ")
+    assert re.search(r"Seed</th><td class=\"l\"><code>1</code>", text)
+    command = re.search(r"Reproduce</th><td class=\"l\"><code>(.*?)</code>", text).group(1)
+    assert shlex.split(command) == ["ntpool", "report", "demo", "--seed", "1", "-o", str(report)]
+    dump = re.search(r"Crash dump</th><td class=\"l\"><code>(.*?)</code>", text).group(1)
+    assert dump == "ntpool run demo --seed 1 --dump crash.dmp"
     assert text.startswith("<!DOCTYPE html>")
     assert text.count("<svg") == 2 and "<?xml" not in text
     assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(css|js|png))""", text)
@@ -128,3 +137,26 @@ def test_report_of_a_clean_scenario_lists_what_unload_left(tmp_path):
     assert main(["report", str(scenario), "-o", str(report)]) == 0
     text = report.read_text()
     assert "After unload: leaked" in text and "<td class=\"l\">Leak</td>" in text
+
+
+def test_the_same_tag_is_the_same_colour_in_both_pictures(demo_run):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_hex
+
+    from ntpool.tools.pictures import colours_by_weight, peak_bytes
+
+    colours = colours_by_weight(peak_bytes(demo_run.samples))
+    usage = usage_figure(demo_run.samples, colours=colours)
+    pagemap = pagemap_figure(live_page_strips(demo_run.kernel), colours=colours)
+    for figure in (usage, pagemap):
+        FigureCanvasAgg(figure).draw()
+    line_colours = {line.get_label(): to_hex(line.get_color()) for line in usage.axes[0].lines
+                    if not line.get_label().startswith("_")}
+    legend = pagemap.legends[0]
+    patch_colours = {text.get_text(): to_hex(patch.get_facecolor())
+                     for text, patch in zip(legend.get_texts(), legend.get_patches())}
+    shared = set(line_colours) & set(patch_colours)
+    assert {"SlRq", "NmRx", "SlNm"} <= shared
+    for tag in shared:
+        assert line_colours[tag] == patch_colours[tag], tag
+    assert len(set(line_colours.values())) == len(line_colours)  # distinct within a picture

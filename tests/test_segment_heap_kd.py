@@ -206,3 +206,21 @@ def test_run_boots_the_windows_asked_for(tmp_path, capsys):
     assert main(["run", str(scenario)]) == 0
     assert seen.read_text() == "7601 PoolAllocator"
     capsys.readouterr()
+
+
+def test_verifier_lists_a_drivers_outstanding_blocks_from_a_segment_heap_dump(tmp_path):
+    class Leaky:
+        name = "leaky.sys"
+
+        def DriverEntry(self, k, path):
+            self.kept = [k.ExAllocatePoolWithTag(NX, size, "Leak") for size in (0x40, 0x600)]
+            return 0
+
+        def DriverUnload(self, k):
+            pass
+
+    k = machine("11")
+    k.load_driver(Leaky())
+    reader = dump_of(k, tmp_path)
+    text = KdSession(reader).execute("!verifier 3 leaky.sys")
+    assert text.count(display(tag_value("Leak"))) == 2, text

@@ -435,6 +435,30 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                           detail=f"the pool's {access} unmapped address {address:#x} (a corrupted "
                                  f"pool link), from {self.call_sites.describe(site)}")
 
+    def record_corrupting_writes(self, enabled: bool = True) -> None:
+        """Record the first write that crosses into another chunk's header or into freed
+        memory (driver, line, address, bytes): a bug check's detail and ``!analyze -v``
+        then name it. Off by default; see ntpool.pool.culprit for what it costs."""
+        from .pool.culprit import CulpritRecorder
+
+        recorder = getattr(self, "culprit_recorder", None)
+        if enabled and recorder is None:
+            if not hasattr(self.nonpaged_pool, "lookaside_chunks"):
+                raise NotImplementedError("recording corrupting writes needs the Windows 7 pool")
+            self.culprit_recorder = CulpritRecorder(self)
+            self.culprit_recorder.start()
+            self.hooks.subscribe(BugCheckRaised, self._name_the_culprit)
+        elif not enabled and recorder is not None:
+            recorder.stop()
+            self.hooks.unsubscribe(BugCheckRaised, self._name_the_culprit)
+            self.culprit_recorder = None
+
+    def _name_the_culprit(self, event) -> None:
+        first = self.culprit_recorder.first if self.culprit_recorder is not None else None
+        if first is not None:
+            event.bugcheck.corrupted_by = first
+            event.bugcheck.detail = f"{event.bugcheck.detail} ({first.text()})".lstrip()
+
     # --- pool tracking -------------------------------------------------------------------
 
     @allowed_when_halted

@@ -312,6 +312,7 @@ def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
 
 def cmd_picture(args) -> int:
     from ..tools import pictures
+    from .report import source_colours
 
     _picture_format(args.output, ("png", "svg"))
     _positive("--max-pages", args.max_pages)
@@ -323,16 +324,36 @@ def cmd_picture(args) -> int:
         with checkpoint_progress(source, "running the scenario"):
             source.run_to()
         figure = pictures.usage_figure(source.samples(), f"{source.name}: pool usage by tag",
-                                       top=args.top)
+                                       top=args.top, colours=source_colours(source))
     else:
         with checkpoint_progress(source, "running the scenario"):
             source.run_to(args.checkpoint)
         figure = pictures.pagemap_figure(source.page_strips(args.pool),
                                          f"Pool pages, {source.status()}",
-                                         max_pages=args.max_pages, marks=_marks(source))
+                                         max_pages=args.max_pages, marks=_marks(source),
+                                         colours=source_colours(source))
     pictures.save_figure(figure, args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def reproduce_command(args, command: str) -> list[str]:
+    """The command line that gives the same output again (seed and machine included)."""
+    words = ["ntpool", command]
+    if command == "picture":
+        words.append(args.kind)
+    words.append(args.source)
+    from .sources import is_dump
+
+    if not is_dump(args.source):
+        words += ["--seed", str(args.seed)]
+        for option in ("nonpaged_pool_mib", "paged_pool_mib", "windows"):
+            value = getattr(args, option, None)
+            if value is not None:
+                words += ["--" + option.replace("_", "-"), str(value)]
+    if getattr(args, "pooltag", None):
+        words += ["--pooltag", args.pooltag]
+    return words + ["-o", args.output]
 
 
 def _marks(source) -> dict[int, str]:
@@ -365,7 +386,8 @@ def cmd_report(args) -> int:
     source = open_source(args.source, args.seed, kernel_options(args))
     with checkpoint_progress(source, "running the scenario"):
         source.run_to()
-    text = build_report(source, PoolTagDatabase.default(args.pooltag), _marks)
+    text = build_report(source, PoolTagDatabase.default(args.pooltag), _marks,
+                        command=reproduce_command(args, "report"))
     Path(args.output).write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
     return 0

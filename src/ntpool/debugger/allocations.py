@@ -85,6 +85,11 @@ def special_chunks(reader: DumpReader) -> Iterator[SpecialChunk]:
 def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocation]:
     """Every allocated small chunk on a page whose header chain is sound, then special pool."""
     mapping = reader.mapping
+    if reader.segment_heap:  # Windows 10/11: the segment heap's LFH and VS blocks
+        yield from _heap_allocations(reader)
+        for chunk in special_chunks(reader):
+            yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
+        return
     for pool in reader.pool_ranges():
         for va, offset in reader.mapped_pages(pool.start, pool.end):
             if big_pages.containing(va) is not None:
@@ -102,6 +107,22 @@ def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocat
                 yield Allocation(chunk.body, chunk.size - HEADER_SIZE, chunk.tag, site, pool.name)
     for chunk in special_chunks(reader):
         yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
+
+
+def _heap_allocations(reader: DumpReader) -> Iterator[Allocation]:
+    from .segment_heap import SegmentHeapReader
+
+    heaps = SegmentHeapReader(reader)
+    for heap in heaps.heaps:
+        for block in heaps.find([heap], lambda tag: True):
+            if block.pool_type & POOL_QUOTA:
+                continue  # ProcessBilled holds the quota owner there instead
+            try:
+                site = POOL_HEADER.get(reader.read(block.address, HEADER_SIZE), 0,
+                                       "AllocatorBackTraceIndex")
+            except MemoryReadError:
+                continue
+            yield Allocation(block.body, block.size - HEADER_SIZE, block.tag, site, heap.name)
 
 
 def tracked_allocations(reader: DumpReader) -> list[Allocation] | None:

@@ -840,6 +840,15 @@ class KdSession:
                             "and its neighbours above."]
         elif found_in:
             lines[-1:-1] = [f"FOUND_IN:  nt!{found_in}"]
+        write = self.reader.corrupting_write()
+        if write:
+            # Beyond Windows: the machine saw the write that did it (ntpool.pool.culprit).
+            culprit = f"{write['driver'] or '(the kernel)'} {write['line']}".strip()
+            lines[-1:-1] = [f"CORRUPTED_BY:  {culprit}, {write['what']}",
+                            f"CORRUPTING_WRITE:  {write['length']} bytes at {write['address']:016x}: "
+                            f"{write['data'].hex(' ')}"]
+            lines.append(f"Probably caused by : {culprit} (the write that corrupted the pool)")
+            return lines
         if driver:
             lines.append(f"Probably caused by : {driver}" + (f" ( {call_site} )" if call_site else ""))
         return lines

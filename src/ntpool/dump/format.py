@@ -144,10 +144,15 @@ NTPL_LAYOUT_VERSION = 2
 # NTPOOL_BUGCHECK_CONTEXT: what the machine knew when it stopped.
 # code, parameters, DriverName, CallSite, FoundIn (the kernel routine whose check stopped the
 # machine when it is not the one the driver called, e.g. "ExDeferredFreePool"; empty if so).
-BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s32s")
+# Then the address of the NTPOOL_CORRUPTING_WRITE record (0: none was recorded).
+BUGCHECK_CONTEXT = struct.Struct("<I4x4Q64s128s32sQ")
+BUGCHECK_CONTEXT_V1 = struct.Struct("<I4x4Q64s128s32s")  # before the corrupting write
 BUGCHECK_CONTEXT_DRIVER = 0x28
 BUGCHECK_CONTEXT_CALL_SITE = 0x68
 BUGCHECK_CONTEXT_FOUND_IN = 0xE8
+# NTPOOL_CORRUPTING_WRITE: the first write that crossed into another chunk's header or into
+# freed memory: address, length, the first 16 bytes, driver, line, what it hit.
+CORRUPTING_WRITE = struct.Struct("<QI4x16s64s128s256s")
 DRIVER_NAME_SIZE = 64
 CALL_SITE_SIZE = 128
 FOUND_IN_SIZE = 32

@@ -38,6 +38,7 @@ class DebuggerDataLayout:
     ntpl: int = 0
     ps_active_process_head: int = 0  # an empty list
     bugcheck_context: int = 0
+    corrupting_write: int = 0  # NTPOOL_CORRUPTING_WRITE, reserved when one is first written
     tracker: Region = field(default_factory=Region)
     big_pages: Region = field(default_factory=Region)
     call_sites: Region = field(default_factory=Region)  # capacity in bytes
@@ -347,7 +348,8 @@ def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
     poke(kernel, layout.bugcheck_context, f.BUGCHECK_CONTEXT.pack(
         bugcheck.code & 0xFFFFFFFF, *bugcheck.parameters,
         _text(driver, f.DRIVER_NAME_SIZE), _text(call_site, f.CALL_SITE_SIZE),
-        _text(getattr(bugcheck, "found_in", "") or "", f.FOUND_IN_SIZE)))
+        _text(getattr(bugcheck, "found_in", "") or "", f.FOUND_IN_SIZE),
+        _lay_out_corrupting_write(kernel, layout)))
     return layout.bugcheck_context
 
 
@@ -393,6 +395,20 @@ def lay_out_debugger_data(kernel) -> int:
         ntpl[offset:offset + 8] = value.to_bytes(8, "little")
     poke(kernel, layout.ntpl, ntpl)
     return layout.kdbg
+
+
+def _lay_out_corrupting_write(kernel, layout: DebuggerDataLayout) -> int:
+    """The write ntpool.pool.culprit recorded (0 when none was, or recording was off)."""
+    recorder = getattr(kernel, "culprit_recorder", None)
+    first = recorder.first if recorder is not None else None
+    if first is None:
+        return 0
+    if not layout.corrupting_write:
+        layout.corrupting_write = kernel.kernel_data.reserve(f.CORRUPTING_WRITE.size)
+    poke(kernel, layout.corrupting_write, f.CORRUPTING_WRITE.pack(
+        first.address, first.length & 0xFFFFFFFF, first.data[:16], _text(first.driver, 64),
+        _text(first.line, 128), _text(first.what, 256)))
+    return layout.corrupting_write
 
 
 def _lay_out_verifier_tracking(kernel, layout: DebuggerDataLayout) -> int:

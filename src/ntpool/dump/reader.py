@@ -624,6 +624,23 @@ class DumpReader:
             self._fail(f"the verifier tracking list at {va:#x} is not in the dump")
         return list(entry.iter_unpack(raw))
 
+    def corrupting_write(self) -> dict | None:
+        """The first write that corrupted the pool, as the machine recorded it (None if not)."""
+        context = self.bugcheck_context()
+        va = context.get("corrupting_write", 0) if context else 0
+        if not va:
+            return None
+        try:
+            raw = self.read(va, f.CORRUPTING_WRITE.size)
+        except MemoryReadError:
+            return None
+        address, length, data, driver, line, what = f.CORRUPTING_WRITE.unpack(raw)
+
+        def text(value: bytes) -> str:
+            return value.split(b"\0", 1)[0].decode("ascii", "replace")
+
+        return {"address": address, "length": length, "data": data[:min(length, 16)],
+                "driver": text(driver), "line": text(line), "what": text(what)}
     def allocation_site(self, header_va: int) -> int | None:
         """The call-site number of the small chunk whose header is at ``header_va``, from
         ntpool's allocation-site table; None when the dump has no table covering it (an
@@ -653,10 +670,15 @@ class DumpReader:
             return None
         try:
             raw = self.read(va, f.BUGCHECK_CONTEXT.size)
+            code, p1, p2, p3, p4, driver, call_site, found_in, written = f.BUGCHECK_CONTEXT.unpack(raw)
         except MemoryReadError:
-            return None
-        code, p1, p2, p3, p4, driver, call_site, found_in = f.BUGCHECK_CONTEXT.unpack(raw)
-        return {"code": code, "parameters": (p1, p2, p3, p4),
+            try:  # an older dump's context ends before the corrupting write's address
+                raw = self.read(va, f.BUGCHECK_CONTEXT_V1.size)
+            except MemoryReadError:
+                return None
+            code, p1, p2, p3, p4, driver, call_site, found_in = f.BUGCHECK_CONTEXT_V1.unpack(raw)
+            written = 0
+        return {"code": code, "parameters": (p1, p2, p3, p4), "corrupting_write": written,
                 "driver": driver.split(b"\0", 1)[0].decode("ascii", "replace"),
                 "call_site": call_site.split(b"\0", 1)[0].decode("ascii", "replace"),
                 "found_in": found_in.split(b"\0", 1)[0].decode("ascii", "replace")}

@@ -104,10 +104,23 @@ class PhysicalMemory:
         base = pfn << PAGE_SHIFT
         self.buffer[base:base + PAGE_SIZE] = _ZERO_PAGE
 
+    def _checked(self, pa, size) -> None:
+        if isinstance(pa, bool) or not isinstance(pa, int) or isinstance(size, bool) or \
+                not isinstance(size, int):
+            raise TypeError(f"a physical address and size are ints, not {type(pa).__name__} "
+                            f"and {type(size).__name__}")
+        if pa < 0 or size < 0 or pa + size > len(self.buffer):
+            raise ValueError(f"{size} bytes at physical address {pa:#x} are not in this "
+                             f"machine's {len(self.buffer):#x} bytes of physical memory")
+
     def read(self, pa: int, size: int) -> bytes:
-        return self.buffer[pa:pa + size]
+        self._checked(pa, size)
+        return bytes(self.buffer[pa:pa + size])
 
     def write(self, pa: int, data) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        self._checked(pa, len(data))
         self.buffer[pa:pa + len(data)] = data
 
 

@@ -229,14 +229,17 @@ class Cpu:
     def cr2(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CR2)
 
-    def start(self, rip: int) -> tuple | None:
-        """Run from ``rip`` until the return trap, a stop, or an error; returns the stop."""
+    def start(self, rip: int, timeout_us: int = 0) -> tuple | None:
+        """Run from ``rip`` until the return trap, a stop, or an error; returns the stop
+        (None: the called function returned). ``timeout_us`` bounds the run (0: none)."""
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
-        status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, 0, 0)
+        status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, timeout_us, 0)
         stop = self.stop
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
+        if stop is None and self.uc.reg_read(X.UC_X86_REG_RIP) != RETURN_TRAP:
+            return ("timeout", timeout_us)
         return stop

@@ -28,6 +28,7 @@ from unicorn import x86_const as X
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..hooks import PageFault
 from ..machine.memory import PTE_PRESENT
+from . import cpu as cpu_module
 from . import seh
 
 VECTOR_DIVIDE, VECTOR_BREAKPOINT, VECTOR_INVALID_OPCODE = 0, 3, 6
@@ -112,6 +113,13 @@ def page_fault(machine, regs: dict, address: int, access: int):
     if kernel.hooks.listening(PageFault) and \
             kernel.hooks.ask(PageFault(address, write)) is not None:
         return None  # a layer (special pool) mapped it, or bug-checked
+    stack_bottom = cpu_module.KERNEL_STACK_TOP - cpu_module.KERNEL_STACK_SIZE
+    if stack_bottom - PAGE_SIZE <= address < stack_bottom:
+        # The kernel stack's guard page: on Windows the fault cannot push its frame and
+        # becomes a double fault.
+        kernel.KeBugCheckEx(UNEXPECTED_KERNEL_MODE_TRAP, 8, 0, 0, 0,
+                            detail=f"kernel stack overflow at {where} ({address:#x} is the "
+                                   f"stack's guard page)")
     irql = kernel.current_irql
     kind = {READ: "read of", WRITE: "write to", EXECUTE: "execution of"}[access]
     if irql >= DISPATCH_LEVEL:

@@ -169,6 +169,8 @@ class NativeMachine:
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
+        # Seconds a call from ntpool into native code may run before it is stopped as a hang.
+        self.call_timeout = 60.0
         self.site_cache: dict[int, int] = {}  # faulting instruction -> call-site number
         self.call_site_cache: dict[int, int] = {}  # return address -> call-site number
         self.call_number = 0  # the stub number of the routine called last
@@ -322,11 +324,17 @@ class NativeMachine:
 
     def _run(self, rip: int, thread: str | None) -> None:
         cpu = self.cpu
+        # Only the outermost call is timed (unicorn times each start with a thread of its own).
+        timeout = int(self.call_timeout * 1e6) if cpu.depth == 1 and self.call_timeout else 0
         while True:
-            stop = cpu.start(rip)
+            stop = cpu.start(rip, timeout)
             if stop is None:
                 return
             kind, detail = stop
+            if kind == "timeout":
+                regs = cpu.read_context()
+                raise NativeError(f"native code did not return within {self.call_timeout:g} s "
+                                  f"(a hang?): stopped at {self.describe(regs['rip'])}")
             if kind == "error":
                 if isinstance(detail, NtStatusError):
                     # Raised by a routine: dispatched from the driver's call site.

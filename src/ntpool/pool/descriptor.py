@@ -116,6 +116,9 @@ class Pool:
         self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
         self.delay_frees = False
         self.pending: set[int] = set()  # headers queued, an index of the list in memory
+        # While writes are recorded (ntpool.pool.culprit): the headers of the chunks on this
+        # pool's lookaside lists, which look allocated in memory. None otherwise.
+        self.cached: set[int] | None = None
         # While ExDeferredFreePool runs: its name, so a bug check raised there says so.
         self.found_in = ""
 
@@ -474,6 +477,8 @@ class Pool:
         The entry is what the list held: a corrupted Next may have put any address there.
         """
         chunk = entry - HEADER_SIZE
+        if self.cached is not None:
+            self.cached.discard(chunk)
         if not (self.contains(chunk) and not entry & (HEADER_SIZE - 1) and entry & (PAGE_SIZE - 1)
                 and self.page_kind_of(chunk) == PAGE_SMALL):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, entry, 0, 0,
@@ -536,6 +541,8 @@ class Pool:
             if body:
                 lookaside.head[block_size] = self.read_pointer(body + SINGLE_LIST_ENTRY.Next, irql)
                 lookaside.count[block_size] -= 1
+                if self.cached is not None:
+                    self.cached.discard(body - HEADER_SIZE)
                 return body
             lookaside.allocate_misses[block_size] += 1
         return 0
@@ -559,6 +566,8 @@ class Pool:
                     SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", heads[block_size])
                     heads[block_size] = body
                     counts[block_size] += 1
+                    if self.cached is not None:
+                        self.cached.add(chunk)
                     return
         if not self.delay_frees:
             self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE

@@ -126,6 +126,23 @@ def tag_colours(strips: Iterable[PageStrip]) -> dict[str, str]:
     return colours
 
 
+def colours_by_weight(weights: dict[str, int]) -> dict[str, str]:
+    """A colour per tag from one ranking (most bytes first), to share between pictures:
+    the same tag is the same colour in the page map and the usage picture."""
+    ranked = sorted(weights, key=lambda tag: (-weights[tag], tag))
+    return {tag: PALETTE[rank] if rank < len(PALETTE) else _colour_from_name(tag)
+            for rank, tag in enumerate(ranked)}
+
+
+def peak_bytes(samples) -> dict[str, int]:
+    """Each tag's largest outstanding bytes over a run's samples (the colours' ranking)."""
+    peaks: dict[str, int] = {}
+    for sample in samples:
+        for tag, (nonpaged, paged) in sample.bytes_by_tag.items():
+            peaks[tag] = max(peaks.get(tag, 0), nonpaged + paged)
+    return peaks
+
+
 def _colour_from_name(tag: str) -> str:
     value = zlib.crc32(tag.encode("latin-1"))
     r, g, b = 64 + (value & 0x7F), 64 + ((value >> 8) & 0x7F), 64 + ((value >> 16) & 0x7F)
@@ -170,26 +187,34 @@ def save_figure(figure, path: str | None = None, fmt: str | None = None) -> byte
 
 
 def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96,
-                   marks: dict[int, str] | None = None):
+                   marks: dict[int, str] | None = None, colours: dict[str, str] | None = None):
     """Each pool page a horizontal strip, each chunk a bar coloured by its tag.
 
-    ``marks`` maps chunk addresses to a note drawn beside them (e.g. the bug check's chunk).
+    ``marks`` maps chunk addresses to a note (e.g. the bug check's chunk): the chunk is
+    outlined and the note set in the right margin, notes stacked so that none overlaps
+    another. ``colours`` (tag -> colour, e.g. ``colours_by_weight``) keeps a tag's colour the
+    same as in other pictures; by default the tags covering most bytes here come first.
     """
     from matplotlib.patches import Patch
 
     shown = strips[:max_pages]
-    colours = tag_colours(shown)
-    height = max(2.5, 0.2 * len(shown) + 1.6)
+    covered = tag_colours(shown)  # tags drawn here, most bytes first
+    colours = {tag: (colours or {}).get(tag) or colour for tag, colour in covered.items()}
+    found = _marked_segments(shown, marks or {})
+    # Tall enough for the strips, and for every note stacked in the margin (about 0.2 inch each).
+    height = max(3.0, 0.2 * len(shown) + 2.2, CALLOUT_INCHES * len(found) + 2.2)
     figure = _figure(13, height)
     axes = figure.add_subplot()
+    more = f" (first {len(shown)} of {len(strips)} pages)" if len(strips) > len(shown) else ""
+    axes.set_title((title or "Pool pages") + more, loc="left")
+    if not shown:
+        _nothing_to_draw(axes, "No pool page is in use.")
+        return figure
     for row, strip in enumerate(shown):
-        bars = [(s.offset, s.length) for s in strip.segments]
-        faces = [segment_colour(s, colours) for s in strip.segments]
-        hatches = ["////" if s.state == BIG else None for s in strip.segments]
-        for (start, width), face, hatch in zip(bars, faces, hatches):
-            axes.broken_barh([(start, width)], (row - 0.4, 0.8), facecolors=face,
-                             edgecolors="#404040", linewidth=0.4, hatch=hatch)
         for segment in strip.segments:
+            axes.broken_barh([(segment.offset, segment.length)], (row - 0.4, 0.8),
+                             facecolors=segment_colour(segment, colours), edgecolors="#404040",
+                             linewidth=0.4, hatch="////" if segment.state == BIG else None)
             if segment.state == ALLOCATED and segment.length >= 320:
                 axes.text(segment.offset + segment.length / 2, row, segment.tag,
                           ha="center", va="center", fontsize=7, family="monospace")
@@ -197,17 +222,16 @@ def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96
             axes.text(PAGE_SIZE / 2, row, strip.note, ha="center", va="center", fontsize=7,
                       family="monospace", bbox={"facecolor": "white", "alpha": 0.8,
                                                 "linewidth": 0})
-    _draw_marks(axes, shown, marks or {})
     axes.set_xlim(0, PAGE_SIZE)
     axes.set_ylim(len(shown) - 0.5, -0.5)
-    axes.set_xticks(range(0, PAGE_SIZE + 1, 512))
-    axes.set_xlabel("offset in page (bytes)")
+    axes.set_xticks(range(0, PAGE_SIZE + 1, 0x200))
+    axes.set_xticklabels([f"{x:#05x}" for x in range(0, PAGE_SIZE + 1, 0x200)],
+                         family="monospace")
+    axes.set_xlabel("offset in page (hex)")
     step = max(1, len(shown) // 40)
     axes.set_yticks(range(0, len(shown), step))
     axes.set_yticklabels([_page_label(shown[i]) for i in range(0, len(shown), step)],
                          family="monospace", fontsize=7)
-    more = f" (first {len(shown)} of {len(strips)} pages)" if len(strips) > len(shown) else ""
-    axes.set_title((title or "Pool pages") + more, loc="left")
     legend = [Patch(facecolor=colour, edgecolor="#404040", label=tag)
               for tag, colour in list(colours.items())[:16]]
     legend += [Patch(facecolor=FREE_COLOUR, edgecolor="#404040", label="free"),
@@ -215,63 +239,124 @@ def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96
                      label="lookaside (freed, cached)"),
                Patch(facecolor="white", edgecolor="#404040", hatch="////",
                      label="big allocation (whole pages)")]
-    axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
-                frameon=False)
+    # The legend goes under the map: the right margin belongs to the callouts.
+    figure.legend(handles=legend, loc="outside lower left", ncol=10, frameon=False,
+                  prop={"family": "monospace", "size": 8})
+    _draw_marks(axes, shown, found, height)
     return figure
 
 
-def _draw_marks(axes, strips: list[PageStrip], marks: dict[int, str]) -> None:
-    from matplotlib.patches import Rectangle
+def _nothing_to_draw(axes, message: str) -> None:
+    """An empty picture says why instead of showing empty axes."""
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, message, transform=axes.transAxes, ha="center", va="center",
+              fontsize=12, color="#555555")
 
-    placed = 0
+
+CALLOUT_INCHES = 0.21  # one note's height in the margin, with room between notes
+
+
+def callout_positions(rows: list[float], span: float, gap: float, top: float = 0.0) -> list[float]:
+    """Where to put notes for marks at ``rows`` (``top`` at the top, ``span`` at the bottom):
+    each as near its row as possible, at least ``gap`` apart, all within [top, span]."""
+    placed: list[float] = []
+    for row in rows:  # sorted top to bottom
+        placed.append(max(row, placed[-1] + gap) if placed else max(top, row))
+    overflow = placed[-1] - span if placed else 0
+    if overflow > 0:  # pushed past the bottom: shift up, keeping the gaps
+        placed = [p - overflow for p in placed]
+        for index in range(len(placed) - 2, -1, -1):
+            placed[index] = min(placed[index], placed[index + 1] - gap)
+    if placed and placed[0] < top:  # more notes than room: spread them evenly
+        step = (span - top) / max(1, len(placed) - 1)
+        placed = [top + index * step for index in range(len(placed))]
+    return placed
+
+
+def _marked_segments(strips: list[PageStrip], marks: dict[int, str]) -> list:
+    found = []
     for row, strip in enumerate(strips):
         for segment in strip.segments:
             note = marks.get(strip.va + segment.offset)
-            if note is None:
-                continue
-            placed += 1
-            axes.add_patch(Rectangle((segment.offset, row - 0.5), segment.length, 1.0,
-                                     fill=False, edgecolor=MARK_COLOUR, linewidth=2.5, zorder=5))
-            # Neighbouring marks (an overrun and the header it hit) get their notes side by side.
-            axes.annotate(note, (segment.offset + segment.length, row),
-                          xytext=(14 + 130 * (placed - 1), -16),
-                          textcoords="offset points", color=MARK_COLOUR, fontsize=8,
-                          fontweight="bold", zorder=6,
-                          bbox={"facecolor": "white", "edgecolor": MARK_COLOUR, "linewidth": 0.8},
-                          arrowprops={"arrowstyle": "->", "color": MARK_COLOUR})
+            if note is not None:
+                found.append((row, segment, note))
+    return found
+
+
+def _draw_marks(axes, strips: list[PageStrip], found: list, height: float) -> None:
+    from matplotlib.patches import Rectangle
+
+    if not found:
+        return
+    rows = len(strips)
+    # A note's height in rows: CALLOUT_INCHES over the inches one row takes.
+    gap = CALLOUT_INCHES * rows / max(0.5, height - 2.2)
+    positions = callout_positions([row for row, _, _ in found], rows - 0.5, gap, top=-0.5)
+    for (row, segment, note), y in zip(found, positions):
+        axes.add_patch(Rectangle((segment.offset, row - 0.5), segment.length, 1.0,
+                                 fill=False, edgecolor=MARK_COLOUR, linewidth=2.5, zorder=5))
+        axes.annotate(note, (segment.offset + segment.length, row), xytext=(PAGE_SIZE * 1.02, y),
+                      textcoords="data", color=MARK_COLOUR, fontsize=8, fontweight="bold",
+                      zorder=6, va="center", ha="left", annotation_clip=False,
+                      bbox={"facecolor": "white", "edgecolor": MARK_COLOUR, "linewidth": 0.8},
+                      arrowprops={"arrowstyle": "->", "color": MARK_COLOUR, "linewidth": 1.2})
 
 
 def _page_label(strip: PageStrip) -> str:
     return f"{'NP' if strip.pool == 'NonPagedPool' else 'PP'} {strip.va:x}"
 
 
-def usage_figure(samples, title: str = "", top: int = 10):
-    """Outstanding bytes per tag at each checkpoint: a leak is the line that only climbs."""
+class UsageSampleLike:
+    """The fields ``usage_figure`` reads from a sample (scenario.UsageSample has them)."""
+
+    def __init__(self, index: int, label: str, bytes_by_tag: dict[str, tuple[int, int]]):
+        self.index, self.label, self.bytes_by_tag = index, label, bytes_by_tag
+
+
+def usage_figure(samples, title: str = "", top: int = 10, colours: dict[str, str] | None = None):
+    """Outstanding bytes per tag at each checkpoint: a leak is the line that only climbs.
+
+    ``colours`` (tag -> colour) keeps each tag's colour the page map's; by default the
+    ranking is this picture's own (largest peak first).
+    """
+    from matplotlib.ticker import MaxNLocator
+
     totals: dict[str, list[int]] = {}
     for position, sample in enumerate(samples):
         for tag, (nonpaged, paged) in sample.bytes_by_tag.items():
             totals.setdefault(tag, [0] * len(samples))[position] = nonpaged + paged
-    ranked = sorted(totals, key=lambda tag: (-max(totals[tag]), tag))[:top]
+    ranked = [tag for tag in sorted(totals, key=lambda tag: (-max(totals[tag]), tag))
+              if max(totals[tag])][:top]
+    colours = colours or colours_by_weight(peak_bytes(samples))
     figure = _figure(11, 5)
     axes = figure.add_subplot()
+    axes.set_title(title or "Pool usage by tag over time", loc="left")
+    if not ranked:
+        _nothing_to_draw(axes, "No pool memory was outstanding at any checkpoint.")
+        return figure
     xs = list(range(len(samples)))
-    for rank, tag in enumerate(ranked):
-        colour = PALETTE[rank % len(PALETTE)]
-        axes.plot(xs, [value / 1024 for value in totals[tag]], label=tag, color=colour,
+    # KiB once there is a KiB or more to show; a few small chunks read better in bytes.
+    scale, unit = (1024, "KiB") if max(max(totals[tag]) for tag in ranked) >= 10 * 1024 else \
+        (1, "bytes")
+    for tag in ranked:
+        axes.plot(xs, [value / scale for value in totals[tag]], label=tag,
+                  color=colours.get(tag) or _colour_from_name(tag),
                   linewidth=1.6, marker="o" if len(xs) <= 30 else None, markersize=3)
     _shade_phases(axes, samples)
     for position, sample in enumerate(samples):
         if sample.label == "bug check":
             axes.axvline(position, color=MARK_COLOUR, linestyle="--", linewidth=1)
-            axes.text(position, axes.get_ylim()[1], " bug check", color=MARK_COLOUR,
-                      va="top", ha="right", rotation=90, fontsize=8)
+            axes.text(position, 0.5, "bug check ", color=MARK_COLOUR, va="center",
+                      ha="right", rotation=90, fontsize=8,
+                      transform=axes.get_xaxis_transform())
+    axes.set_xlim(-0.5, max(len(samples) - 0.5, 0.5))
+    axes.set_ylim(bottom=0)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # checkpoints are counted
     axes.set_xlabel("checkpoint")
-    axes.set_ylabel("outstanding KiB (nonpaged + paged)")
-    axes.set_title(title or "Pool usage by tag over time", loc="left")
+    axes.set_ylabel(f"outstanding {unit} (nonpaged + paged)")
     axes.grid(True, alpha=0.3)
-    if ranked:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
-                    prop={"family": "monospace", "size": 8})
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+                prop={"family": "monospace", "size": 8})
     return figure
 
 
@@ -317,6 +402,8 @@ th, td { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th { background: #f0f0f0; } td.l, th.l { text-align: left; }
 .bugcheck { background: #fde8e8; border: 1px solid #d62728; padding: 0.8em; white-space: pre-wrap;
             font-family: ui-monospace, monospace; }
+table.summary th, table.summary td { text-align: left; border: none; padding: 3px 12px 3px 0; }
+table.summary th { background: none; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 svg { max-width: 100%; height: auto; }
 """

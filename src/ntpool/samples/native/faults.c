@@ -91,3 +91,15 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) 
 /* A table of pointers: the image carries base relocations for it. */
 static const char *const Messages[] = {"divide", "raise"};
 __declspec(dllexport) PCSTR Message(ULONG i) { return Messages[i & 1]; }
+
+/* Never returns: what a hung driver looks like. */
+__declspec(dllexport) VOID Hang(void) { for (;;) __asm__ volatile(""); }
+
+/* Recurses without end: a kernel stack overflow (0x7F, 8). */
+__declspec(dllexport) ULONG Recurse(ULONG depth) {
+    volatile UCHAR frame[512];
+    frame[0] = (UCHAR)depth;
+    if (depth == 0xFFFFFFFF)  /* never: every call recurses */
+        return 0;
+    return Recurse(depth + 1) + frame[0];
+}
