@@ -46,6 +46,8 @@ def test_the_corpus_has_what_a_scanner_must_face(corpus):
         assert protected and pools == {"NonPagedPool", "PagedPool"}
         assert len({row[4] for row in document["chunks"]}) > 20
     assert (directory / "symbols").is_dir()
+    every_state = {row[9] for entry in entries for row in t.load(directory / entry["truth"])["chunks"]}
+    assert every_state == {"allocated", "free", "lookaside", "pending free"}
 
 
 def test_a_dump_of_the_corpus_is_the_same_for_the_same_seed(tmp_path):

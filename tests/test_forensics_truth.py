@@ -88,3 +88,16 @@ def test_the_manifest_json_round_trips(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a truth manifest"):
         t.load(tmp_path / "bad.json")
+
+
+def test_pending_frees_are_their_own_state_and_not_live():
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20, delayed_frees=True)
+    # Chunks too big for a lookaside go on the delayed-free list when freed.
+    chunks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 1000, "Pend") for _ in range(12)]
+    for p in chunks[:6]:
+        k.ExFreePoolWithTag(p, "Pend")
+    truth = t.manifest(k)
+    pending = {row[0] for row in truth.chunks if row[9] == "pending free"}
+    assert pending == set(k.nonpaged_pool.pending) and len(pending) == 6
+    assert {p - 16 for p in chunks[:6]} == pending
+    assert t.check_against_tracker(truth, k) == []

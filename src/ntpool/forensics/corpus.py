@@ -2,8 +2,9 @@
 
 Each dump comes from its own machine, driven by a seeded workload made to trouble a pool
 scanner: both pools, dozens of tags (some protected, some short and space-padded), sizes from
-one block to many pages (big allocations), frees that leave chunks on lookaside lists and on
-ListHeads with their old contents (and old headers inside coalesced free chunks), paged pool
+one block to many pages (big allocations), frees that leave chunks on lookaside lists, on
+the delayed-free list (half the machines batch their frees) and on ListHeads with their old
+contents (and old headers inside coalesced free chunks), paged pool
 pages paged out, headers damaged on a few pages (after the manifest was made, so the manifest
 keeps the truth), and decoys: tag-shaped headers planted inside allocated buffers, at header
 alignment and off it. Bitmap ("kernel") and full dumps alternate; pool sizes are drawn
@@ -154,7 +155,9 @@ def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fil
 
     rng = random.Random(seed)
     pool_bytes = max(PAGE_SIZE * 64, int(pool_mib * MiB) & ~(PAGE_SIZE - 1))
-    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes)
+    # Half the machines batch their frees (Windows' delayed frees), so chunks wait as pending.
+    kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes,
+                    delayed_frees=rng.random() < 0.5)
     live = _workload(kernel, rng, pool_bytes, fill)
     decoys = _plant_decoys(kernel, rng, live, 8 + len(live) // 400)
     _page_out(kernel, rng, live, 2 + len(live) // 2000)
