@@ -192,6 +192,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for pool in (self.nonpaged_pool, self.paged_pool):
             if hasattr(pool, "header_site_mask"):
                 pool.header_site_mask = 0xFFFF if stack_trace_database else 0
+        if stack_trace_database:  # the allocation fast path writes no site into headers
+            self.pool.fast_path_blockers.add("stack trace database")
+            self.pool.refresh_fast_paths()
         # Pages of drivers' PAGE sections (ntpool.native.msvc): pageable like paged pool.
         self.pageable_image_pages: set[int] = set()
 

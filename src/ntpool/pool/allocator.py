@@ -200,7 +200,7 @@ class PoolAllocator:
                     pool.la_count[block_size] -= 1
                     pool.la_allocates[block_size] += 1
                     _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong,
-                                   site & pool.header_site_mask)
+                                   0)  # ProcessBilled: no quota (the fast path serves none)
                     pool.sites[((body - pool.base) >> 4) - 1] = site
                     column = pool.track_offset
                     row[column] += 1
@@ -226,8 +226,8 @@ class PoolAllocator:
                 end = (address & 0xFFF) - _BODY + (block_size << 4)
                 if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
                         and block_size and (end == PAGE_SIZE or
-                                            (end < PAGE_SIZE and mem[pa + (block_size << 4)] == block_size
-                                             and mem[pa + (block_size << 4) + 1] == pool_index)):
+                                            (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
+                                             and mem[following + 1] == pool_index)):
                     row = self.tracker.rows[stored & ~PROTECTED_POOL]
                     column = pool.track_offset
                     row[column + 1] += 1

@@ -1,14 +1,25 @@
-"""Benchmarks of the allocation fast path (run with ``ntpool bench``; not part of the tests)."""
+"""Benchmarks of the pool routines (run with ``ntpool bench``; not part of the tests).
+
+Every figure is a median over batches, and every batch of every measure is run in turn
+(batch 1 of each, then batch 2 of each, ...), so all of them see the same machine load. Each
+is reported with its ratio to ``BareMinimumPool``, a pool with nothing but what any pool
+needs, measured in the same rounds: that ratio is the figure that survives a loaded machine.
+"""
 
 import gc
 import os
 import statistics
+import struct
 import time
 from array import array
 
 from ..constants import PoolType
 
 MiB = 1 << 20
+NP = int(PoolType.NonPagedPool)
+SMALL = 100  # bytes: the small pair's request
+BIG = 64 * 1024  # bytes: the big pair's request
+TAG = "Fred"
 
 
 def _rss_bytes() -> int:
@@ -19,28 +30,146 @@ def _rss_bytes() -> int:
 WARM_UP_PAIRS = 3_000  # the segment heap's LFH serves a size from its 2040th request
 
 
-def _pair_costs(kernel, size: int, tag: str, batches: int, per_batch: int,
-                reference=None) -> tuple[list[float], list[float]]:
-    """Pair costs per batch on ``kernel`` (and, batch by batch in turn, on ``reference``, so
-    both see the same machine load)."""
-    kernels = (kernel,) if reference is None else (kernel, reference)
-    for machine in kernels:
-        allocate, free = machine.ExAllocatePoolWithTag, machine.ExFreePoolWithTag
-        for _ in range(WARM_UP_PAIRS):
-            free(allocate(PoolType.NonPagedPool, size, tag), tag)
-    costs: tuple[list[float], list[float]] = ([], [])
+class BareMinimumPool:
+    """The least a tagged pool can do in pure Python, as the yardstick: write a 16-byte
+    header (size, tag) into a bytearray, pop/push a per-size free list, count per tag."""
+
+    _header = struct.Struct("<IIQ")  # block size, tag, spare: Windows' 16-byte POOL_HEADER
+
+    def __init__(self, size: int = 16 * MiB):
+        self.memory = bytearray(size)
+        self.top = 0  # bump pointer for sizes whose free list is empty
+        self.free_lists: dict[int, list] = {}
+        self.tags: dict = {}  # tag -> [allocations, frees, bytes]
+
+    def allocate(self, number_of_bytes: int, tag) -> int:
+        blocks = (number_of_bytes + 31) >> 4
+        free_list = self.free_lists.get(blocks)
+        if free_list:
+            chunk = free_list.pop()
+        else:
+            chunk, self.top = self.top, self.top + (blocks << 4)
+        self._header.pack_into(self.memory, chunk, blocks, 0x46726564 if tag == TAG else 0, 0)
+        row = self.tags.get(tag)
+        if row is None:
+            row = self.tags[tag] = [0, 0, 0]
+        row[0] += 1
+        row[2] += blocks << 4
+        return chunk + 16
+
+    def free(self, address: int, tag) -> None:
+        chunk = address - 16
+        blocks, _, _ = self._header.unpack_from(self.memory, chunk)
+        row = self.tags[tag]
+        row[1] += 1
+        row[2] -= blocks << 4
+        self.free_lists.setdefault(blocks, []).append(chunk)
+
+
+# --- what is timed: each a loop of ``n`` calls, returning seconds --------------------------
+
+def _bare_pair(pool: BareMinimumPool, n: int) -> float:
+    allocate, free = pool.allocate, pool.free
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _ex_pair(k, n: int, size: int = SMALL) -> float:
+    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, size, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _pool2_pair(k, n: int) -> float:
+    from ..constants import PoolFlags
+    flags = int(PoolFlags.POOL_FLAG_NON_PAGED)
+    allocate, free = k.ExAllocatePool2, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(flags, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _ndis_pair(k, n: int) -> float:
+    allocate, free = k.NdisAllocateMemoryWithTag, k.NdisFreeMemory
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(SMALL, TAG)[1], SMALL, 0)
+    return time.perf_counter() - start
+
+
+def _fsrtl_pair(k, n: int) -> float:
+    allocate, free = k.FsRtlAllocatePoolWithTag, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+LOOKASIDE_DRAIN = 1_100  # more than a per-processor and the system-wide list hold (256 each)
+
+
+def _lookaside_miss(k, n: int) -> float:
+    """``n`` allocations made while the lookaside lists for their size are empty (from the
+    pool's lists, splitting free chunks or new pages), timed alone."""
+    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+    held = [allocate(NP, SMALL, TAG) for _ in range(LOOKASIDE_DRAIN)]
+    missed = []
+    append = missed.append
+    start = time.perf_counter()
+    for _ in range(n):
+        append(allocate(NP, SMALL, TAG))
+    elapsed = time.perf_counter() - start
+    for address in held + missed:
+        free(address, TAG)
+    return elapsed
+
+
+class BenchDriver:
+    """A Python driver whose loops Driver Verifier sees as the driver's own calls."""
+
+    name = "benchdrv.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def pairs(self, k, n: int) -> float:
+        allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+        start = time.perf_counter()
+        for _ in range(n):
+            free(allocate(NP, SMALL, TAG), TAG)
+        return time.perf_counter() - start
+
+
+def _verified_kernel(windows, **options):
+    from ..kernel import Kernel
+
+    k = Kernel(nonpaged_pool_bytes=64 * MiB, paged_pool_bytes=16 * MiB, windows=windows)
+    driver = BenchDriver()
+    k.load_driver(driver)
+    k.verifier.enable(BenchDriver.name, **options)
+    return k, driver
+
+
+# --- the rounds -----------------------------------------------------------------------------
+
+def _rounds(measures: dict, batches: int) -> dict:
+    """Seconds per call of each measure (name -> (run(), calls per batch)), median of
+    ``batches``, the measures taking turns batch by batch."""
+    costs: dict = {name: [] for name in measures}
     for _ in range(batches):
-        for machine, out in zip(kernels, costs):
-            allocate, free = machine.ExAllocatePoolWithTag, machine.ExFreePoolWithTag
-            start = time.perf_counter()
-            for _ in range(per_batch):
-                free(allocate(PoolType.NonPagedPool, size, tag), tag)
-            out.append((time.perf_counter() - start) / per_batch)
+        for name, (run, calls) in measures.items():
+            costs[name].append(run() / calls)
     return costs
 
 
 def _with_live(live: int, size: int, batches: int, per_batch: int, windows: str = "7") -> dict:
-    """Pair cost with ``live`` allocations outstanding, and the simulator's memory per one."""
+    """Pair cost with ``live`` allocations outstanding, and the simulator's memory per one
+    (with the bare-minimum pool's pair measured in the same rounds)."""
     from ..kernel import Kernel
 
     pool_bytes = max(64 * MiB, live * ((size + 31) // 16 * 16) * 2)
@@ -50,17 +179,43 @@ def _with_live(live: int, size: int, batches: int, per_batch: int, windows: str 
     addresses = array("Q")  # 8 bytes a live allocation, charged to the benchmark, not the model
     allocate = kernel.ExAllocatePoolWithTag
     for _ in range(live):
-        addresses.append(allocate(PoolType.NonPagedPool, size, "Live"))
+        addresses.append(allocate(NP, size, "Live"))
     gc.collect()
     simulator_bytes = _rss_bytes() - rss_before - addresses.buffer_info()[1] * addresses.itemsize
     pool_bytes_live = live * ((size + 31) // 16 * 16)
-    costs, _ = _pair_costs(kernel, size, "Fred", batches, per_batch)
+    _ex_pair(kernel, WARM_UP_PAIRS)
+    bare = BareMinimumPool()
+    costs = _rounds({"pair": (lambda: _ex_pair(kernel, per_batch), per_batch),
+                     "bare": (lambda: _bare_pair(bare, per_batch), per_batch)}, batches)
     return {
         "live": live,
-        "median_pair_us": statistics.median(costs) * 1e6,
+        "median_pair_us": statistics.median(costs["pair"]) * 1e6,
+        "bare_pair_us": statistics.median(costs["bare"]) * 1e6,
         "simulator_bytes_per_live": simulator_bytes / live if live else 0.0,
         "memory_ratio": simulator_bytes / pool_bytes_live if live else 0.0,
     }
+
+
+# The figures, in the order ``ntpool bench`` prints them: name -> (label, goal text, goal
+# test on (microseconds, ratio to the bare pool, ratio to the Ex pair)).
+ROUTINE_FIGURES = {
+    "bare": ("bare-minimum pure-Python pool pair (the yardstick)", "", None),
+    "ex": ("ExAllocatePoolWithTag + ExFreePoolWithTag, 100 B", "<= 2.2x bare",
+           lambda us, bare, ex: bare <= 2.2),
+    "pool2": ("ExAllocatePool2 + ExFreePoolWithTag, 100 B", "<= 1.3x Ex pair",
+              lambda us, bare, ex: ex <= 1.3),
+    "ndis": ("NdisAllocateMemoryWithTag + NdisFreeMemory, 100 B", "<= 1.3x Ex pair",
+             lambda us, bare, ex: ex <= 1.3),
+    "fsrtl": ("FsRtlAllocatePoolWithTag + ExFreePoolWithTag, 100 B", "<= 1.3x Ex pair",
+              lambda us, bare, ex: ex <= 1.3),
+    "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",
+             lambda us, bare, ex: ex <= 2.0),
+    "big": ("64 KiB pair (big pages)", "< 15 us", lambda us, bare, ex: us < 15),
+    "tracking": ("pair with Driver Verifier pool tracking", "< 3x Ex pair",
+                 lambda us, bare, ex: ex < 3.0),
+    "special": ("pair with Driver Verifier special pool", "reported", None),
+    "uninitialized": ("pair with the uninitialized-memory checker", "reported", None),
+}
 
 
 def run(quick: bool = False, windows=None) -> dict:
@@ -72,19 +227,68 @@ def run(quick: bool = False, windows=None) -> dict:
     version = windows_version("7" if windows is None else windows)
     per_batch = 2_000 if quick else 10_000
     batches = 10 if quick else 30
+    slow = max(per_batch // 10, 100)  # calls per batch of the slower measures
     kernel = Kernel(windows=version)
+    _ex_pair(kernel, WARM_UP_PAIRS)
+    # Each routine on its own machine, so no measure changes another's lookaside state.
+    machines = {name: Kernel(nonpaged_pool_bytes=64 * MiB, paged_pool_bytes=16 * MiB,
+                             windows=version) for name in ("routines", "miss", "big")}
+    for machine in machines.values():
+        _ex_pair(machine, WARM_UP_PAIRS)
+    routines, missing, big = machines["routines"], machines["miss"], machines["big"]
+    _pool2_pair(routines, WARM_UP_PAIRS)
+    _ndis_pair(routines, WARM_UP_PAIRS)
+    _fsrtl_pair(routines, WARM_UP_PAIRS)
+    verified = {option: _verified_kernel(version, **{option: True})
+                for option in ("pool_tracking", "special_pool", "uninitialized_memory")}
+    bare = BareMinimumPool()
+    measures = {
+        "bare": (lambda: _bare_pair(bare, per_batch), per_batch),
+        "ex": (lambda: _ex_pair(kernel, per_batch), per_batch),
+        "pool2": (lambda: _pool2_pair(routines, per_batch), per_batch),
+        "ndis": (lambda: _ndis_pair(routines, per_batch), per_batch),
+        "fsrtl": (lambda: _fsrtl_pair(routines, per_batch), per_batch),
+        "miss": (lambda: _lookaside_miss(missing, slow), slow),
+        "big": (lambda: _ex_pair(big, slow, BIG), slow),
+    }
+    for option, key in (("pool_tracking", "tracking"), ("special_pool", "special"),
+                        ("uninitialized_memory", "uninitialized")):
+        k, driver = verified[option]
+        measures[key] = (lambda k=k, driver=driver: driver.pairs(k, slow), slow)
     reference = Kernel() if version.segment_heap else None
-    costs, reference_costs = _pair_costs(kernel, 100, "Fred", batches, per_batch, reference)
+    if reference is not None:
+        _ex_pair(reference, WARM_UP_PAIRS)
+        measures["windows7"] = (lambda: _ex_pair(reference, per_batch), per_batch)
+    costs = _rounds(measures, batches)
+    medians = {name: statistics.median(values) * 1e6 for name, values in costs.items()}
     many = 100_000 if quick else 1_000_000
     results = {
         "windows": str(version),
-        "small_pair_median_us": statistics.median(costs) * 1e6,
-        "small_pair_p90_us": statistics.quantiles(costs, n=10)[-1] * 1e6,
-        "live_1k": _with_live(1_000, 100, batches, per_batch, version),
-        "live_many": _with_live(many, 100, batches, per_batch, version),
+        "routines_us": medians,
+        "small_pair_median_us": medians["ex"],
+        "small_pair_p90_us": statistics.quantiles(costs["ex"], n=10)[-1] * 1e6,
+        "live_1k": _with_live(1_000, SMALL, batches, per_batch, version),
+        "live_many": _with_live(many, SMALL, batches, per_batch, version),
     }
-    if reference_costs:
-        results["windows7_pair_median_us"] = statistics.median(reference_costs) * 1e6
+    if reference is not None:
+        results["windows7_pair_median_us"] = medians["windows7"]
     from ..native.bench import run as native_run  # the same pair called by machine code
     results["native"] = native_run(count=5_000 if quick else 20_000, rounds=3 if quick else 5)
     return results
+
+
+def report_lines(results: dict) -> list[str]:
+    """The routine figures as ``ntpool bench`` prints them, each with its ratios and goal."""
+    medians = results["routines_us"]
+    bare, ex = medians["bare"], medians["ex"]
+    lines = []
+    for name, (label, goal, met) in ROUTINE_FIGURES.items():
+        us = medians[name]
+        line = f"{label}: {us:.2f} us = {us / bare:.2f}x bare"
+        if name not in ("bare", "ex"):
+            line += f", {us / ex:.2f}x Ex pair"
+        if goal:
+            verdict = "" if met is None else (" met" if met(us, us / bare, us / ex) else " MISSED")
+            line += f" (goal {goal}:{verdict})" if met else f" ({goal})"
+        lines.append(line)
+    return lines
