@@ -397,3 +397,13 @@ def test_a_kernel_stack_overflow_is_a_double_fault(k):
         driver.call("Recurse", 0)
     assert caught.value.code == 0x7F and caught.value.parameters[0] == 8
     assert "faults.sys+0x" in caught.value.detail
+
+
+def test_ntpool_calls_back_into_native_code_from_inside_a_native_call(k):
+    # ExDeleteNPagedLookasideList (ntpool) calls the driver's own Free routine (machine
+    # code) while the driver's call to it is still in progress: a nested call.
+    driver = load_native_driver(k, sys_path("faults"))
+    assert driver.call("NestedFree") == 3
+    row = {r.TagUlong: r for r in k.pool_tags()}[int.from_bytes(b"Nest", "little")]
+    assert (row.NonPagedAllocs, row.NonPagedFrees, row.NonPagedUsed) == (3, 3, 0)
+    assert driver.call("CaughtDivide", 1, 0) & 0xFFFFFFFF == 0xC0000094  # the CPU is sound after

@@ -103,3 +103,26 @@ __declspec(dllexport) ULONG Recurse(ULONG depth) {
         return 0;
     return Recurse(depth + 1) + frame[0];
 }
+
+/* A lookaside list with the driver's own Allocate and Free: ExDeleteNPagedLookasideList
+ * calls Free (machine code) from inside ntpool, a nested call. */
+static ULONG CustomFrees;
+static PVOID NTAPI CustomAllocate(POOL_TYPE type, SIZE_T size, ULONG tag) {
+    return ExAllocatePoolWithTag(type, size, tag);
+}
+static VOID NTAPI CustomFree(PVOID buffer) {
+    CustomFrees += 1;
+    ExFreePool(buffer);
+}
+__declspec(dllexport) ULONG NestedFree(void) {
+    static NPAGED_LOOKASIDE_LIST list;
+    PVOID entries[3];
+    ULONG i;
+    ExInitializeNPagedLookasideList(&list, CustomAllocate, CustomFree, 0, 64, 'tseN', 0);
+    for (i = 0; i < 3; i++)
+        entries[i] = ExAllocateFromNPagedLookasideList(&list);
+    for (i = 0; i < 3; i++)
+        ExFreeToNPagedLookasideList(&list, entries[i]);
+    ExDeleteNPagedLookasideList(&list);  /* calls CustomFree for each entry it holds */
+    return CustomFrees;
+}
