@@ -181,6 +181,49 @@ class AddressSpace:
             self.hooks.publish(MappingChanged(va))
         self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
 
+    def map_pages(self, va: int, frames) -> None:
+        """``map_page`` (writable, NX) for consecutive pages from ``va`` onto ``frames``.
+
+        The PTEs of one page table are consecutive, 8 bytes apart: the tables are walked
+        once per page table (512 pages), not once per page."""
+        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | PTE_NX
+        buffer, tlb, pack = self.physical.buffer, self.tlb, _QWORD.pack_into
+        pte_pa = 0
+        for offset, pfn in enumerate(frames):
+            page = va + (offset << PAGE_SHIFT)
+            vpn = page >> PAGE_SHIFT
+            if not offset or not vpn & 0x1FF:  # the first page, or the next page table's
+                pte_pa = self._pte_address(page, create=True)
+            else:
+                pte_pa += 8
+            pack(buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
+            if tlb.get(vpn, pfn << PAGE_SHIFT) != pfn << PAGE_SHIFT:
+                self.hooks.publish(MappingChanged(page))
+            tlb[vpn] = pfn << PAGE_SHIFT
+
+    def unmap_pages(self, va: int, count: int) -> list[int]:
+        """``unmap_page`` for ``count`` consecutive mapped pages; their frames, in order."""
+        buffer, tlb = self.physical.buffer, self.tlb
+        unpack, pack = _QWORD.unpack_from, _QWORD.pack_into
+        publish = self.hooks.listening(MappingChanged)
+        frames = []
+        pte_pa = None
+        for offset in range(count):
+            page = va + (offset << PAGE_SHIFT)
+            vpn = page >> PAGE_SHIFT
+            if pte_pa is None or not vpn & 0x1FF:  # the first page, or the next page table's
+                pte_pa = self._pte_address(page, create=False)
+                if pte_pa is None:
+                    raise KeyError(f"{page:#x} is not mapped")
+            else:
+                pte_pa += 8
+            frames.append((unpack(buffer, pte_pa)[0] & PTE_ADDRESS_MASK) >> PAGE_SHIFT)
+            pack(buffer, pte_pa, 0)
+            tlb.pop(vpn, None)
+            if publish:
+                self.hooks.publish(MappingChanged(page))
+        return frames
+
     def set_pte_bits(self, va: int, bits: int) -> None:
         """OR ``bits`` into a mapped page's PTE (e.g. PTE_CACHE_DISABLE for noncached memory)."""
         pte_pa = self._pte_address(va, create=False)

@@ -157,6 +157,10 @@ class PoolAllocator:
             fast[0] = fast[POOL_NX_ALLOCATION] = self.nonpaged
             if pool_usable_at(self.irql, 1):
                 fast[1] = self.paged
+        # FsRtlAllocatePoolWithTag passes the raise bit. The fast path never fails (a miss
+        # goes to the generic path, which raises), so it serves those types as the plain ones.
+        for pool_type in list(fast):
+            fast[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = fast[pool_type]
         self.fast_pools = fast
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
 
@@ -183,7 +187,7 @@ class PoolAllocator:
         that frame is ntpool's own (a routine built on another), the site lookup walks out.
         """
         frame = _getframe(2)
-        site = self.site_index.get((frame.f_code, frame.f_lasti))
+        site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
         if site is None:
             site = self.call_sites.lookup(frame)
         try:

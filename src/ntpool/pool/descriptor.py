@@ -213,8 +213,7 @@ class Pool:
         ``rest_kind``."""
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
-        for offset, pfn in enumerate(frames):
-            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.space.map_pages(va, frames)
         self.page_kind[index] = kind
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
@@ -250,13 +249,19 @@ class Pool:
 
     def release_pages(self, va: int, count: int) -> None:
         index = (va - self.base) >> PAGE_SHIFT
-        for offset in range(count):
-            page = va + (offset << PAGE_SHIFT)
-            if self.pager is not None and self.tlb.get(page >> PAGE_SHIFT) is None:
-                self.pager.discard(page)  # paged out: nothing resident to give back
-                continue
-            pfn = self.space.unmap_page(page)
-            self.physical.free_frame(pfn)
+        first = va >> PAGE_SHIFT
+        if self.pager is None or all(self.tlb.get(vpn) is not None
+                                     for vpn in range(first, first + count)):
+            for pfn in self.space.unmap_pages(va, count):  # all resident: one walk per table
+                self.physical.free_frame(pfn)
+        else:
+            for offset in range(count):
+                page = va + (offset << PAGE_SHIFT)
+                if self.tlb.get(page >> PAGE_SHIFT) is None:
+                    self.pager.discard(page)  # paged out: nothing resident to give back
+                    continue
+                pfn = self.space.unmap_page(page)
+                self.physical.free_frame(pfn)
         self.page_kind[index:index + count] = bytes(count)
         self.pages_in_use -= count
         if index < self._page_hint:

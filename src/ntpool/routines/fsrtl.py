@@ -21,8 +21,8 @@ class FsRtlRoutines:
     def FsRtlAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """The address of uninitialized pool; raises NtStatusError(0xC000009A) on failure."""
         pool_type = checked_pool_type(PoolType)
-        return self.pool.allocate_generic(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE,
-                                          NumberOfBytes, Tag)
+        # ntifs.h's macro: ExAllocatePoolWithTag with the raise bit, fast path included.
+        return self.pool.allocate(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
 
     @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:

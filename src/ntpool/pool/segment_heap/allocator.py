@@ -104,7 +104,7 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def allocate(self, pool_type, number_of_bytes, tag) -> int:
         frame = _getframe(2)
-        site = self.site_index.get((frame.f_code, frame.f_lasti))
+        site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
         if site is None:
             site = self.call_sites.lookup(frame)
         try:
