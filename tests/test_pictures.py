@@ -160,3 +160,21 @@ def test_the_same_tag_is_the_same_colour_in_both_pictures(demo_run):
     for tag in shared:
         assert line_colours[tag] == patch_colours[tag], tag
     assert len(set(line_colours.values())) == len(line_colours)  # distinct within a picture
+
+
+def test_page_map_circles_the_chunk_a_double_free_names():
+    from types import SimpleNamespace
+
+    import pytest
+
+    import ntpool
+    from ntpool.cli.tools import _marks
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Dbl ")  # past the lookasides
+    k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Keep")  # keeps the page in use
+    k.ExFreePoolWithTag(p, "Dbl ")
+    with pytest.raises(ntpool.BugCheck) as stop:
+        k.ExFreePoolWithTag(p, "Dbl ")
+    assert stop.value.parameters[0] == 0x07
+    assert _marks(SimpleNamespace(bugcheck=stop.value)) == {p - 16: "double free"}

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, grown_tags, owner_text
 from ..debugger.pooltag import PoolTagDatabase
 from ..hooks import DebugPrinted
+from ..pool.layout import HEADER_SIZE
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from ..tools.scenario import load_scenario
 from ..tools.requests import parse_ioctl
@@ -361,13 +362,13 @@ def _marks(source) -> dict[int, str]:
     error = source.bugcheck
     if error is None:
         return {}
-    code, (p1, p2, p3, _p4) = error.code, error.parameters
+    code, (p1, p2, p3, p4) = error.code, error.parameters
     if code == 0x19 and p1 == 0x20:
         return {p2: f"overrun ({code:#x}/{p1:#x})", p3: "damaged header"}
-    if code == 0xC2 and p1 == 0x07:
-        return {p3 - 16: "double free"}
+    if code == 0xC2 and p1 == 0x07:  # (0x07, line, the header's first ULONG, address)
+        return {p4 - HEADER_SIZE: "double free"}
     if code == 0xC2 and p1 in (0x0A, 0x99):
-        return {p2 - 16: f"bug check {code:#x}/{p1:#x}"}
+        return {p2 - HEADER_SIZE: f"bug check {code:#x}/{p1:#x}"}
     return {}
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..constants import PAGE_SIZE
 from ..machine.memory import canonical
+from ..pool.layout import HEADER_SIZE
 from .truth import load
 
 CANONICAL_LOW = 1 << 47
@@ -301,10 +302,10 @@ def _score(index: TruthIndex, results: Results, tags) -> dict:
             continue
         header = va
         chunk = index.chunks.get(va)
-        body_of = index.chunks.get(va - 16)
+        body_of = index.chunks.get(va - HEADER_SIZE)
         if chunk is None and body_of is not None and finding.tag in body_of["tags"] and \
                 va not in index.decoys:
-            header, chunk = va - 16, body_of  # a scanner that reports the body's address
+            header, chunk = va - HEADER_SIZE, body_of  # a scanner that reports the body's address
         if chunk is not None and finding.tag in chunk["tags"]:
             header_found.add(header)
             if finding.state in (None, "allocated"):

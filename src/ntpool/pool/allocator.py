@@ -259,6 +259,10 @@ class PoolAllocator:
         for the drivers it verifies (``DriverVerifier.check_allocate``)."""
         if tag is None:
             return 0
+        if type(tag) in (str, int):  # (not bool; remember_tag keeps only these)
+            known = self.known_tags.get(tag)
+            if known is not None:
+                return known[0]
         return tag_value(tag)
 
     def remember_tag(self, tag, value: int) -> None:

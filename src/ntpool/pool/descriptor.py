@@ -43,6 +43,8 @@ from .lookaside import Lookaside
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 FLINK = LIST_ENTRY.Flink
 BLINK = LIST_ENTRY.Blink
+_LINKS = LIST_ENTRY.struct  # (Flink, Blink) in one unpack
+assert (FLINK, BLINK) == (0, 8)
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
@@ -272,21 +274,33 @@ class Pool:
     def _list_head(self, block_size: int) -> int:
         return self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
 
+    def _read_links(self, entry: int) -> tuple[int, int]:
+        """(Flink, Blink) of the LIST_ENTRY at ``entry``, translated once when it lies in one
+        page (a list head or a chunk body always does; a corrupted link may not)."""
+        if entry & (PAGE_SIZE - 1) <= PAGE_SIZE - LIST_ENTRY_SIZE:
+            return _LINKS.unpack_from(self.mem, self._pa(entry))
+        return self.read_pointer(entry + FLINK), self.read_pointer(entry + BLINK)
+
+    def _write_links(self, entry: int, flink: int, blink: int) -> None:
+        if entry & (PAGE_SIZE - 1) <= PAGE_SIZE - LIST_ENTRY_SIZE:
+            _LINKS.pack_into(self.mem, self._pa(entry, True), flink, blink)
+        else:
+            self.write_pointer(entry + FLINK, flink)
+            self.write_pointer(entry + BLINK, blink)
+
     def _insert(self, entry: int, block_size: int, at_tail: bool) -> None:
         """Safe insertion: the head's neighbour must point back at the head (0x19/0x3)."""
         head = self._list_head(block_size)
         read, write = self.read_pointer, self.write_pointer
-        flink, blink = read(head + FLINK), read(head + BLINK)
+        flink, blink = self._read_links(head)
         if at_tail:
             check_list_links(self.crash, head, read(blink + FLINK), read(flink + BLINK))
-            write(entry + FLINK, head)
-            write(entry + BLINK, blink)
+            self._write_links(entry, head, blink)
             write(blink + FLINK, entry)
             write(head + BLINK, entry)
         else:
             check_list_links(self.crash, head, read(flink + BLINK), read(blink + FLINK))
-            write(entry + FLINK, flink)
-            write(entry + BLINK, head)
+            self._write_links(entry, flink, head)
             write(flink + BLINK, entry)
             write(head + FLINK, entry)
         self.nonempty |= 1 << (block_size - 1)
@@ -295,7 +309,7 @@ class Pool:
         """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
         that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E)."""
         read, write = self.read_pointer, self.write_pointer
-        flink, blink = read(entry + FLINK), read(entry + BLINK)
+        flink, blink = self._read_links(entry)
         check_list_links(self.crash, entry, read(flink + BLINK), read(blink + FLINK))
         write(blink + FLINK, flink)
         write(flink + BLINK, blink)

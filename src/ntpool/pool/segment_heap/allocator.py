@@ -249,8 +249,8 @@ class SegmentHeapAllocator(PoolAllocator):
         if va & (PAGE_SIZE - 1):
             header = self.first_header(pool, va)
             pa = pool._pa(header)
-            self.mem[pa + 3] |= POOL_TYPE_QUOTA
-            QWORD.pack_into(self.mem, pa + 8,
+            self.mem[pa + POOL_HEADER.PoolType] |= POOL_TYPE_QUOTA
+            QWORD.pack_into(self.mem, pa + POOL_HEADER.ProcessBilled,
                             encode_process_billed(process, self.keys.pool_quota_cookie, header))
         else:
             self.big_quota[va] = (process, charge)
@@ -260,7 +260,7 @@ class SegmentHeapAllocator(PoolAllocator):
     def _release_billed(self, heap: SegmentHeap, header: int, pa: int, block_bytes: int) -> None:
         """Decode ProcessBilled and return the charge; a value that does not decode to a
         process is BAD_POOL_HEADER (0xE, header, decoded, stored)."""
-        stored = _unpack_qword(self.mem, pa + 8)[0]
+        stored = _unpack_qword(self.mem, pa + POOL_HEADER.ProcessBilled)[0]
         process = decode_process_billed(stored, self.keys.pool_quota_cookie, header)
         if not process:
             return
@@ -351,16 +351,16 @@ class SegmentHeapAllocator(PoolAllocator):
         if address in heap.big_pages:
             return heap.big_sites.get(address, 0)
         pa = heap._pa(self.first_header(heap, address))
-        if self.mem[pa + 3] & POOL_TYPE_QUOTA:
+        if self.mem[pa + POOL_HEADER.PoolType] & POOL_TYPE_QUOTA:
             return 0
-        return _unpack_qword(self.mem, pa + 8)[0]
+        return _unpack_qword(self.mem, pa + POOL_HEADER.ProcessBilled)[0]
 
     def allocation_size(self, address: int) -> int:
         heap = self.locate(address)
         if address in heap.big_pages:
             return heap.big_pages[address][1] << PAGE_SHIFT
         pa = heap._pa(address - POOL_HEADER_SIZE)
-        return (self.mem[pa + 2] << 4) - POOL_HEADER_SIZE
+        return (self.mem[pa + POOL_HEADER.BlockSize] << 4) - POOL_HEADER_SIZE
 
 
 def heap_pick(heap: SegmentHeap, sub) -> int:
