@@ -180,13 +180,14 @@ class PoolAllocator:
 
     # --- fast paths ----------------------------------------------------------------------
 
-    def allocate(self, pool_type, number_of_bytes, tag) -> int:
+    def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
         """ExAllocatePoolWithTag's contract: the body address, or 0 when the pool is exhausted.
 
-        Called by a front-end routine, so the driver's call is normally two frames up; when
-        that frame is ntpool's own (a routine built on another), the site lookup walks out.
+        Called by a front-end routine, so the driver's call is normally two frames up
+        (``caller_depth``: a front end with a helper between passes 3); when that frame is
+        ntpool's own (a routine built on another), the site lookup walks out.
         """
-        frame = _getframe(2)
+        frame = _getframe(caller_depth)
         site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
         if site is None:
             site = self.call_sites.lookup(frame)

@@ -185,7 +185,8 @@ class ExecutiveRoutines:
         if priority is not None and priority & ~0xF != 32:
             va = self.pool.allocate_with_priority(pool_type, NumberOfBytes, Tag, priority)
         else:
-            va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
+            # The driver's frame is 3 up: allocate, this helper, ExAllocatePool2 or 3.
+            va = self.pool.allocate(pool_type, NumberOfBytes, Tag, caller_depth=3)
         if va:
             return self._zeroed(va, NumberOfBytes) if zero else va
         return self._pool2_failed(flags, _Pool2Failure(

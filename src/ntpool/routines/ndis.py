@@ -34,7 +34,7 @@ from ..constants import (
 from ..errors import NdisContractError, NdisVersionError
 from ..pool.allocator import checked_address
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
-from ..pool.layout import BLOCK_SHIFT, HEADER_SIZE, POOL_HEADER, is_allocated
+from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
 
@@ -278,9 +278,9 @@ class NdisRoutines:
             return  # not nonpaged pool: the free itself diagnoses it
         kind = pool.page_kind_of(va)
         if kind == PAGE_SMALL and va & 0xFFF and not va & 0xF:
-            header = POOL_HEADER.at(self.pool.mem, pool._pa(va - HEADER_SIZE))
-            blocks = header.BlockSize
-            if not is_allocated(header.PoolType):
+            _, _, blocks, header_type, _ = HEADER_FIRST8.unpack_from(
+                self.pool.mem, pool._pa(va - HEADER_SIZE))  # one unpack, no accessor object
+            if not is_allocated(header_type):
                 return  # a double free: the free diagnoses it
             held = (blocks << BLOCK_SHIFT) - HEADER_SIZE
             # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.

@@ -102,8 +102,8 @@ class SegmentHeapAllocator(PoolAllocator):
 
     # --- fast paths ----------------------------------------------------------------------
 
-    def allocate(self, pool_type, number_of_bytes, tag) -> int:
-        frame = _getframe(2)
+    def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
+        frame = _getframe(caller_depth)
         site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
         if site is None:
             site = self.call_sites.lookup(frame)
