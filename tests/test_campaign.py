@@ -68,6 +68,9 @@ def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
         tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(6)]
         values = [r["value"] for r in Engine(dask=client).run(tasks)]
         there = make_corpus(tmp_path / "there", options, engine=Engine(dask=client))
+        score_tasks = [{"kind": "score", "truth": str(tmp_path / "here" / entry["truth"])}
+                       for entry in here["dumps"]]
+        scored_there = Engine(dask=client).run(score_tasks)
     assert [v.result for v in on_dask.verdicts] == [v.result for v in serial_campaign.verdicts]
     assert values == list(range(6))
     # ntpool corpus on the cluster writes the same dumps and manifests as on local cores.
@@ -78,6 +81,10 @@ def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
 
     for entry in here["dumps"]:
         assert digest("here", entry["truth"]) == digest("there", entry["truth"])
+    # ntpool score --corpus: !poolfind * scored per dump, the same on the cluster as here.
+    scored_here = Engine(jobs=2).run(score_tasks)
+    assert scored_there == scored_here
+    assert all(r["score"]["headers"]["precision"] == 1.0 for r in scored_here)
 
 
 def test_fault_plans_pairs_nth_and_random():
@@ -243,3 +250,17 @@ def test_a_campaign_killed_half_way_resumes_to_the_same_results_file(tmp_path):
                              capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert rows(part) == rows(whole)
+
+
+def test_score_command_scores_every_dump_of_a_corpus(tmp_path, capsys):
+    from ntpool.forensics.corpus import CorpusOptions, make_corpus
+
+    make_corpus(tmp_path / "c", CorpusOptions(count=2, seed=3, min_pool_mib=1, max_pool_mib=1))
+    assert main(["score", "--corpus", str(tmp_path / "c"), "-j", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("dump-", "all dumps"))]
+    assert [line.split()[0] for line in lines] == ["dump-000", "dump-001", "all"]
+    assert all(line.split()[-9] == "1.000" for line in lines)  # header precision: never wrong
+    assert main(["score", "--corpus", str(tmp_path / "c"), str(tmp_path / "x.json")]) == 2
+    assert main(["score", "--corpus", str(tmp_path)]) == 2
+    assert "corpus.json" in capsys.readouterr().err

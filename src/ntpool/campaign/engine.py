@@ -34,6 +34,7 @@ RUN_FUNCTIONS = {
     "triage": "ntpool.campaign.triage:read_dump",
     "sleep": "ntpool.campaign.runs:run_sleep",
     "corpus-dump": "ntpool.campaign.runs:run_corpus_dump",
+    "score": "ntpool.campaign.runs:run_score",
 }
 
 

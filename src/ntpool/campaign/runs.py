@@ -153,3 +153,27 @@ def run_corpus_dump(task: dict) -> dict:
 
     entry = make_dump(**task["dump"])
     return {"verdict": "survived", "evidence": entry["dump"], "entry": entry}
+
+
+def run_score(task: dict) -> dict:
+    """Score a scanner on one dump of a corpus against its manifest (``ntpool score
+    --corpus``): the scanner's output files if the task names them, else ntpool's own
+    ``!poolfind *`` over both pools, run here on the dump."""
+    import os
+
+    from ..debugger.session import KdSession
+    from ..dump import DumpReader
+    from ..forensics.score import Results, parse_poolfind, read_results, score
+    from ..forensics.truth import load
+
+    document = load(task["truth"])
+    if task.get("results"):
+        results = read_results(task["results"])
+    else:
+        dump = os.path.join(os.path.dirname(task["truth"]), document["dump"]["file"])
+        with DumpReader(dump) as reader:
+            text = KdSession(reader).execute("!poolfind * 0; !poolfind * 1")
+        results = Results()
+        parse_poolfind(text, results, "ntpool !poolfind *")
+    return {"verdict": "read", "truth": os.path.basename(task["truth"]),
+            "score": score(document, results, task.get("tags"), task["truth"]), "evidence": ""}

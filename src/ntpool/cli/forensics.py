@@ -33,19 +33,84 @@ def _cmd_score(args) -> int:
     from ..forensics.score import format_score, score_files
 
     tags = [t for t in args.tags.split(",") if t] if args.tags else None
+    if args.corpus:
+        if args.truth or args.results:
+            raise ValueError("give either --corpus DIR or TRUTH.json RESULTS..., not both")
+        return _score_corpus(args, tags)
+    if not args.truth or not args.results:
+        raise ValueError("score needs TRUTH.json and at least one RESULTS file (or --corpus DIR)")
     result = score_files(args.truth, args.results, tags)
     print(json.dumps(result, indent=1) if args.json else format_score(result))
     return 0
 
 
+SCORED_ROWS = ("headers", "live allocations", "big allocations")
+
+
+def _score_corpus(args, tags) -> int:
+    """ntpool's !poolfind * scored on every dump of a corpus, one campaign run per dump."""
+    import json
+    import os
+
+    from rich.console import Console
+
+    from .verify import engine_for
+
+    index_path = os.path.join(args.corpus, "corpus.json")
+    try:
+        with open(index_path) as handle:
+            index = json.load(handle)
+        dumps = index["dumps"]
+        truths = [os.path.abspath(os.path.join(args.corpus, entry["truth"])) for entry in dumps]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{index_path}: not an ntpool corpus index ({error})") from None
+    tasks = [{"kind": "score", "truth": truth, "tags": tags} for truth in truths]
+    description = {"command": "score", "corpus": os.path.abspath(args.corpus), "tags": tags}
+    with engine_for(args, description, Console(stderr=True), "score") as engine:
+        records = engine.run(tasks)
+    failed = [r for r in records if "score" not in r]
+    if failed:
+        raise ValueError(f"scoring failed: {failed[0].get('evidence', '')}")
+    total = {name: {"truth": 0, "found": 0, "right": 0} for name in SCORED_ROWS}
+    rows = []
+    for record in records:
+        cells = []
+        for name in SCORED_ROWS:
+            row = record["score"][name]
+            for key in ("truth", "found", "right"):
+                total[name][key] += row[key]
+            cells.append(_pair(row["right"], row["found"], row["truth"]))
+        rows.append((record["truth"].removesuffix(".truth.json"), *cells))
+    if args.json:
+        print(json.dumps({"dumps": records, "total": total}, indent=1))
+        return 0
+    print(f"ntpool !poolfind * on {len(records)} corpus dumps (precision / recall)")
+    print(f"{'dump':16} " + " ".join(f"{name:>17}" for name in SCORED_ROWS))
+    for name, *cells in rows + [("all dumps", *(_pair(t["right"], t["found"], t["truth"])
+                                                for t in total.values()))]:
+        print(f"{name:16} " + " ".join(f"{cell:>17}" for cell in cells))
+    return 0
+
+
+def _pair(right: int, found: int, truth: int) -> str:
+    precision = f"{right / found:.3f}" if found else "-"
+    recall = f"{right / truth:.3f}" if truth else "-"
+    return f"{precision} / {recall}"
+
+
 def add_score_command(sub) -> None:
     score = sub.add_parser("score", help="score a pool scanner's findings against a truth manifest")
-    score.add_argument("truth", metavar="TRUTH.json", help="the manifest (ntpool corpus, --truth)")
-    score.add_argument("results", nargs="+", metavar="RESULTS",
+    score.add_argument("truth", nargs="?", metavar="TRUTH.json",
+                       help="the manifest (ntpool corpus, --truth)")
+    score.add_argument("results", nargs="*", metavar="RESULTS",
                        help="vol -r json output (windows.bigpools, ntpool.tagscan, "
                             "windows.poolscanner), ntpool kd !poolfind output, or CSV address,tag[,state]")
+    score.add_argument("--corpus", metavar="DIR",
+                       help="instead: score ntpool's !poolfind * on every dump of this corpus, "
+                            "one campaign run per dump")
     score.add_argument("--tags", help="score only these tags (comma-separated, as shown)")
     score.add_argument("--json", action="store_true", help="the scores as JSON")
+    add_engine_arguments(score)
     score.set_defaults(func=_cmd_score)
 
 

@@ -116,7 +116,7 @@ def _from_vol_rows(rows: list, results: Results, name: str) -> None:
     raise ValueError(f"{name}: volatility3 output of a plugin ntpool cannot score (columns {sorted(keys)})")
 
 
-def _from_poolfind(text: str, results: Results, name: str) -> None:
+def parse_poolfind(text: str, results: Results, name: str) -> None:
     count = 0
     for line in text.splitlines():
         searched = _POOLFIND_SEARCH.search(line)
@@ -179,7 +179,7 @@ def read_results(paths) -> Results:
                 raise ValueError(f"{path}: a row volatility3 would not write ({type(error).__name__}: "
                                  f"{error})") from None
         elif "Searching" in text and "for Tag:" in text:
-            _from_poolfind(text, results, str(path))
+            parse_poolfind(text, results, str(path))
         else:
             _from_csv(text, results, str(path))
     return results
