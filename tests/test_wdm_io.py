@@ -399,3 +399,63 @@ def test_pageable_image_pages_page_out_and_back_with_their_protection(k):
     with pytest.raises(BugCheck) as caught:
         k.read(page, 1)
     assert caught.value.code == 0x0A
+
+
+def test_ioctl_specs_parse_or_name_what_is_wrong():
+    from ntpool.tools.requests import parse_ioctl
+    request = parse_ioctl("9C40240C:48656c6c6f:0x40")
+    assert (request.code, request.input, request.output_length, request.method) == \
+        (0x9C40240C, b"Hello", 64, "METHOD_BUFFERED")
+    assert parse_ioctl("0x222003").input == b"" and parse_ioctl("222003").method == "METHOD_NEITHER"
+    for bad, message in (("", "CODE"), ("zz", "not hexadecimal"), ("1:abc", "not hex bytes"),
+                         ("1::x", "not a number"), ("1::-1", "0 to"), ("1:2:3:4", "CODE"),
+                         ("1ffffffff", "ULONG")):
+        with pytest.raises(ValueError, match=message):
+            parse_ioctl(bad)
+
+
+@pytest.mark.parametrize("spec", ["", ":", "::", "0:00:0", "ffffffff:" + "ab" * 8 + ":4096"])
+def test_ioctl_spec_parser_never_fails_otherwise(spec):
+    from ntpool.tools.requests import parse_ioctl
+    try:
+        parse_ioctl(spec)
+    except ValueError:
+        pass
+
+
+def test_requests_from_the_command_line_path_reach_the_driver(k):
+    from ntpool.tools.requests import parse_ioctl, run_requests
+    driver = EchoDriver(k)
+    wdm = load(k, driver)
+    lines = []
+    target = type("Loaded", (), {"driver_object": wdm.driver_object, "name": "echo.sys"})()
+    results = run_requests(k, target, [parse_ioctl("222000:616263:3"), parse_ioctl("222003:7879:2")],
+                           lines.append)
+    assert [r.output for _, r in results] == [b"", b"cba", b"yx", b"", b""]
+    assert "IRP_MJ_DEVICE_CONTROL 0x00222000 (METHOD_BUFFERED)" in lines[1]
+    assert "63 62 61  'cba'" in lines[1] and lines[-1].startswith("IRP_MJ_CLOSE")
+    unload(k, wdm)
+    assert tags_in_use(k) == {}
+
+
+def test_a_request_left_pending_is_finished_when_the_driver_completes_it(k):
+    driver = EchoDriver(k)
+    wdm = load(k, driver)
+    held = []
+
+    def pend(k, device, irp):
+        stack = k.current_stack_location(irp)
+        k._put8(stack + L.IO_STACK_LOCATION.Control, L.SL_PENDING_RETURNED)  # IoMarkIrpPending
+        held.append(irp)
+        return 0x103
+
+    k._put64(wdm.driver_object + L.DRIVER_OBJECT.MajorFunction + 8 * IRP_MJ_DEVICE_CONTROL,
+             k.code_address(pend))
+    with k.open("\\Device\\Echo") as handle:
+        result = handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"later", 5)
+        assert result.pending and not result.completed and tags_in_use(k)["Irp "] == 1
+        k.write(k._get64(held[0] + L.IRP.AssociatedIrp), b"done!")
+        driver.finish(k, held[0], 0, 5)
+        assert result.completed and result.output == b"done!" and "Irp " not in tags_in_use(k)
+    unload(k, wdm)
+    assert tags_in_use(k) == {}

@@ -10,6 +10,7 @@ from ..hooks import DebugPrinted
 from ..pool.layout import HEADER_SIZE
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from ..tools.scenario import load_scenario
+from ..tools.requests import parse_ioctl
 from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
 
 
@@ -21,6 +22,10 @@ def add_commands(sub) -> None:
                      help="for a .sys: Driver Verifier options, comma-separated (special_pool, "
                           "pool_tracking, low_resources, systematic_low_resources, "
                           "force_irql_checking, special_pool_underruns, ...)")
+    run.add_argument("--ioctl", action="append", default=[], metavar="CODE[:INPUT_HEX[:OUTPUT_LENGTH]]",
+                     help="for a .sys: after DriverEntry its first device is opened and this "
+                          "IOCTL sent (CODE hex, transfer method from its low bits, input as hex "
+                          "bytes, output buffer length); repeatable, in order")
     run.add_argument("--allow-missing", action="store_true",
                      help="for a .sys: load it even if it imports routines ntpool does not "
                           "implement (a call to one stops the run, naming it)")
@@ -130,10 +135,11 @@ def cmd_run(args) -> int:
     spec = args.scenario
     if spec.lower().endswith(".sys"):
         spec = load_scenario(spec, verifier=_verifier_options(args.verifier),
-                             allow_missing=args.allow_missing)
-    elif args.verifier or args.allow_missing:
-        raise ValueError("--verifier and --allow-missing are for a .sys (a scenario file says "
-                         "VERIFIER itself)")
+                             allow_missing=args.allow_missing,
+                             requests=[parse_ioctl(text) for text in args.ioctl])
+    elif args.verifier or args.allow_missing or args.ioctl:
+        raise ValueError("--verifier, --allow-missing and --ioctl are for a .sys (a scenario "
+                         "file says VERIFIER itself and sends its own requests)")
     source = ScenarioSource(spec, args.seed, kernel_options(args), args.dump)
     run = source.run
     run.truth_path = args.truth

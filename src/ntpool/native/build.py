@@ -21,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 
-SOURCE_DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "samples", "native")
+SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples")
+SOURCE_DIRECTORY = os.path.join(SAMPLES, "native")
+# The WDM samples (devices, IRPs, MDLs: ntpool.routines.io) build the same way, beside their
+# sources; their wdm_lite.h includes ntddk_lite.h.
+SOURCE_DIRECTORIES = (SOURCE_DIRECTORY, os.path.join(SAMPLES, "wdm"))
 COMPILE_FLAGS = ["-target", "x86_64-windows-msvc", "-O2", "-ffreestanding",
                  "-fno-stack-protector", "-fno-builtin", "-mno-red-zone", "-mno-stack-arg-probe",
                  "-Wno-multichar", "-Wall", "-Werror", "-Wno-unused-function", "-g", "-gcodeview",
@@ -80,35 +83,55 @@ def import_libraries(directory: str) -> list[str]:
 
 
 def sources(names=()) -> list[str]:
-    found = sorted(f[:-2] for f in os.listdir(SOURCE_DIRECTORY) if f.endswith(".c"))
+    found = sorted(name for _, name in _located_sources())
     if names:
         unknown = sorted(set(names) - set(found))
         if unknown:
-            raise BuildError(f"no driver source named {', '.join(unknown)} in {SOURCE_DIRECTORY}")
+            raise BuildError(f"no driver source named {', '.join(unknown)} in "
+                             f"{' or '.join(SOURCE_DIRECTORIES)}")
         found = [n for n in found if n in names]
     return found
 
 
-def build(out: str = SOURCE_DIRECTORY, names=()) -> list[str]:
-    """Build each driver into ``out`` (NAME.sys and NAME.pdb); returns the .sys paths."""
+def _located_sources() -> list[tuple[str, str]]:
+    """(directory, name) of every driver source."""
+    return sorted((directory, f[:-2]) for directory in SOURCE_DIRECTORIES
+                  if os.path.isdir(directory) for f in os.listdir(directory) if f.endswith(".c"))
+
+
+def source_directory(name: str) -> str:
+    for directory, found in _located_sources():
+        if found == name:
+            return directory
+    raise BuildError(f"no driver source named {name}")
+
+
+def build(out: str | None = None, names=()) -> list[str]:
+    """Build each driver into ``out`` (NAME.sys and NAME.pdb; default: beside its source);
+    returns the .sys paths."""
     if not compiler_available():
         raise BuildError("the compiler is not installed: pip install ziglang "
                          "(or pip install 'ntpool[build]')")
     built = []
     with tempfile.TemporaryDirectory(prefix="ntpool-build-") as work:
         libraries = import_libraries(work)
+        for directory in SOURCE_DIRECTORIES:
+            for header in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+                if header.endswith(".h"):
+                    shutil.copy(os.path.join(directory, header), work)
         for name in sources(names):
-            shutil.copy(os.path.join(SOURCE_DIRECTORY, name + ".c"), work)
-            shutil.copy(os.path.join(SOURCE_DIRECTORY, "ntddk_lite.h"), work)
+            directory = source_directory(name)
+            shutil.copy(os.path.join(directory, name + ".c"), work)
             # The object names itself in its debug info: a fixed name, not zig's temporary one.
             _zig("cc", *COMPILE_FLAGS, "-Xclang", f"-object-file-name={name}.obj", "-c",
                  "-o", name + ".obj", name + ".c", cwd=work)
             _zig("lld-link", *LINK_FLAGS, f"/pdb:{name}.pdb", f"/pdbaltpath:{name}.pdb",
                  f"/out:{name}.sys", name + ".obj", *libraries, cwd=work)
-            os.makedirs(out, exist_ok=True)
+            target = out or directory
+            os.makedirs(target, exist_ok=True)
             for suffix in (".sys", ".pdb"):
-                shutil.copy(os.path.join(work, name + suffix), os.path.join(out, name + suffix))
-            built.append(os.path.join(out, name + ".sys"))
+                shutil.copy(os.path.join(work, name + suffix), os.path.join(target, name + suffix))
+            built.append(os.path.join(target, name + ".sys"))
     return built
 
 
@@ -116,7 +139,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ntpool.native.build",
                                      description="Build ntpool's sample and test drivers.")
     parser.add_argument("names", nargs="*", help="drivers to build (default: all)")
-    parser.add_argument("--out", default=SOURCE_DIRECTORY,
+    parser.add_argument("--out", default=None,
                         help="where to put the .sys and .pdb files (default: beside the sources)")
     parser.add_argument("--check", action="store_true",
                         help="build into a scratch folder and report drivers whose committed "
@@ -128,7 +151,7 @@ def main(argv=None) -> int:
                 stale = []
                 for path in build(scratch, args.names):
                     name = os.path.basename(path)
-                    committed = os.path.join(SOURCE_DIRECTORY, name)
+                    committed = os.path.join(source_directory(name[:-4]), name)
                     with open(path, "rb") as new:
                         fresh = new.read()
                     if not os.path.exists(committed) or open(committed, "rb").read() != fresh:

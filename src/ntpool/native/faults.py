@@ -41,6 +41,8 @@ STATUS_PRIVILEGED_INSTRUCTION = 0xC0000096
 ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
 ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
 UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
+KERNEL_SECURITY_CHECK_FAILURE = 0x139
+VECTOR_FAST_FAIL = 0x29
 READ, WRITE, EXECUTE = 0, 1, 8
 
 _disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -82,6 +84,12 @@ def _handle(machine, vector: int, thread) -> int:
     if vector == VECTOR_GENERAL_PROTECTION:
         return seh.raise_exception(machine, regs, STATUS_ACCESS_VIOLATION,
                                    (0, 0xFFFFFFFFFFFFFFFF), thread, rip)
+    if vector == VECTOR_FAST_FAIL:
+        # __fastfail (int 29h), e.g. a /GS cookie that the loader never initialised: the
+        # code is in ecx; Windows stops with KERNEL_SECURITY_CHECK_FAILURE.
+        code = regs["rcx"] & 0xFFFFFFFF
+        kernel.KeBugCheckEx(KERNEL_SECURITY_CHECK_FAILURE, code, regs["rsp"], 0, 0,
+                            detail=f"__fastfail({code}) at {machine.describe(rip)}")
     kernel.KeBugCheckEx(UNEXPECTED_KERNEL_MODE_TRAP, vector, 0, 0, 0,
                         detail=f"trap {vector} at {machine.describe(rip)}"
                                + (" (a kernel stack overflow?)" if vector == VECTOR_DOUBLE_FAULT else ""))

@@ -93,7 +93,15 @@ def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
 
 
 def unmap_image(kernel, mapped: MappedImage) -> None:
+    # Pages may have gone before (an INIT section after DriverEntry: None) or be paged out
+    # (a PAGE section): free what each page holds now.
     for index, pfn in enumerate(mapped.frames):
-        kernel.space.unmap_page(mapped.base + index * PAGE_SIZE)
-        kernel.physical.free_frame(pfn)
+        va = mapped.base + index * PAGE_SIZE
+        kernel.pageable_image_pages.discard(va)
+        if pfn is None:
+            continue
+        if kernel.pager.is_paged_out(va):
+            kernel.pager.discard(va)
+            continue
+        kernel.physical.free_frame(kernel.space.unmap_page(va))
     mapped.frames = []

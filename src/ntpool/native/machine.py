@@ -18,6 +18,7 @@ from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
 from ..hooks import MappingChanged
 from . import cpu as cpu_module
+from . import msvc
 from . import faults, seh
 from .bindings import Bindings, UnimplementedRoutine
 from .cpu import Cpu
@@ -86,11 +87,14 @@ class NativeDriver:
 
     # The two entry points the machine calls.
     def DriverEntry(self, k, RegistryPath):
-        """What IopLoadDriver does: a DRIVER_OBJECT and RegistryPath from the I/O manager,
-        then the image's entry point in a system thread."""
+        """What IopLoadDriver does: the /GS cookie (msvc), a DRIVER_OBJECT and RegistryPath
+        from the I/O manager, the image's entry point in a system thread; then the INIT
+        sections are freed and the PAGE sections become pageable."""
+        msvc.initialize_security_cookie(k, self.image, self.image_base)
+        loaded = self.loaded or k.current_driver
         self.wdm = k.create_driver_object(self.name, self.image_base, self.image_size,
-                                          self.loaded.entry_va if self.loaded else 0,
-                                          self.entry_point, self.loaded)
+                                          loaded.entry_va if loaded else 0,
+                                          self.entry_point, loaded, registry_path=RegistryPath)
         self.driver_object = self.wdm.driver_object
         try:
             status = self.machine.call(self.entry_point,
@@ -103,7 +107,22 @@ class NativeDriver:
         if status & 0x80000000:
             k.delete_driver_object(self.wdm)  # failed: no DriverUnload, the object goes
             self.driver_object = 0
+            return status
+        msvc.discard_init_sections(k, self.image, self.mapped)
+        k.pageable_image_pages.update(msvc.pageable_pages(self.image, self.image_base))
         return status
+
+    def open(self, name: str | None = None):
+        """Open the driver's first device (or the device or link ``name``): a FileHandle
+        for device_control, read, write, request and close (ntpool.routines.io)."""
+        k = self.machine.kernel
+        if name is None:
+            devices = k.devices_of(self.driver_object) if self.driver_object else []
+            named = [d for d in reversed(devices) if k.object_name(d)]  # first created first
+            if not named:
+                raise ValueError(f"{self.name} has no named device to open")
+            name = k.object_name(named[0])
+        return k.open(name)
 
     def DriverUnload(self, k):
         if not self.driver_object:

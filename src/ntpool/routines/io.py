@@ -118,7 +118,9 @@ class IoResult:
     status: int
     information: int
     output: bytes = b""
-    pending: bool = False  # the driver returned STATUS_PENDING and never completed it
+    pending: bool = False  # the driver returned STATUS_PENDING and has not completed it yet
+    completed: bool = False  # the driver completed it (now or later)
+    irp: int = 0
 
     @property
     def status_name(self) -> str:
@@ -489,9 +491,12 @@ class IoRoutines:
             handle = self.open(self._unicode_string(ObjectName), kernel_caller=True)
         except NtStatusError as error:
             return error.status, 0, 0
+        # As ZwOpenFile, ObReferenceObjectByHandle, ZwClose: the handle's close sends
+        # IRP_MJ_CLEANUP; the caller's reference keeps the file object until it lets go,
+        # and IRP_MJ_CLOSE goes down then.
         file = handle.file_object
         self._add_counts(file, 1, 0)
-        handle.detach()
+        handle.close()
         return NtStatus.STATUS_SUCCESS, file, self._top_of_stack(handle.device)
 
     @routine("BOOLEAN IoIsWdmVersionAvailable(UCHAR MajorVersion, UCHAR MinorVersion)")
@@ -623,6 +628,10 @@ class IoRoutines:
         request = self.io_requests.get(Irp)
         if request is not None:
             request["completed"] = True
+            if request.get("pending"):
+                # Completed after its dispatch routine returned STATUS_PENDING.
+                del self.io_requests[Irp]
+                self._complete_io_request(Irp, request)
 
 
     # --- MDLs ------------------------------------------------------------------------------
@@ -860,21 +869,18 @@ class IoRoutines:
         self._put64(next_stack + L.IO_STACK_LOCATION.FileObject, file)
         return irp
 
-    def _dispatch_request(self, top: int, irp: int) -> tuple[int, bool]:
-        """IofCallDriver, then the I/O manager's side of completion: (status, pending)."""
-        request = {"completed": False}
-        self.io_requests[irp] = request
-        try:
-            returned = self.IofCallDriver(top, irp)
-        except BaseException:
-            self.io_requests.pop(irp, None)
-            raise
-        if not request["completed"]:
-            # Pending and not completed: the IRP stays the driver's (a leak if it forgets).
-            self.io_requests.pop(irp, None)
-            return returned, True
-        del self.io_requests[irp]
-        return self._get32(irp + L.IRP.IoStatus_Status), False
+    def _complete_io_request(self, irp: int, request: dict) -> None:
+        """The I/O manager's side of completion (IopCompleteRequest): the status and
+        Information into the caller's result, buffers copied back and freed, the IRP freed."""
+        result = request["result"]
+        result.status = self._get32(irp + L.IRP.IoStatus_Status)
+        result.information = self._get64(irp + L.IRP.IoStatus_Information)
+        result.pending = False
+        result.completed = True
+        finish = request.get("finish")
+        if finish is not None:
+            finish(result)
+        self.IoFreeIrp(irp)
 
 
 def _span_pages(va: int, length: int) -> int:
@@ -930,11 +936,15 @@ class FileHandle:
         self.create_result: IoResult | None = None
         self.close_result: IoResult | None = None
         self.cleanup_result: IoResult | None = None
+        self.pending: list[IoResult] = []  # requests the driver returned STATUS_PENDING for
         kernel.file_handles[file_object] = self
 
     def request(self, major: int, minor: int = 0, parameters: bytes = b"", system_buffer: int = 0,
-                user_buffer: int = 0, mdl: int = 0, flags: int = 0) -> IoResult:
-        """Send one IRP with ``major`` (stack Parameters bytes as given) and wait for it."""
+                user_buffer: int = 0, mdl: int = 0, flags: int = 0, finish=None) -> IoResult:
+        """Send one IRP with ``major`` (stack Parameters bytes as given). If the driver
+        completes it, the result is final; if it returns STATUS_PENDING, ``pending`` is set
+        and the result (and ``finish(result)``: copying back, freeing buffers) is filled in
+        when the driver completes the IRP later."""
         k = self.kernel
         irp = k._build_irp(self.top, self.file_object, major, self.kernel_caller)
         stack = k.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
@@ -945,17 +955,31 @@ class FileHandle:
         k._put64(irp + L.IRP.UserBuffer, user_buffer)
         k._put64(irp + L.IRP.MdlAddress, mdl)
         k._put32(irp + L.IRP.Flags, flags)
-        status, pending = k._dispatch_request(self.top, irp)
-        information = k._get64(irp + L.IRP.IoStatus_Information)
-        result = IoResult(major, status, information, pending=pending)
-        if not pending:
-            result.mdl = k._get64(irp + L.IRP.MdlAddress)
-            k.IoFreeIrp(irp)
+        result = IoResult(major, STATUS_PENDING, 0, pending=True)
+        result.irp = irp
+        request = {"completed": False, "result": result, "finish": finish}
+        k.io_requests[irp] = request
+        try:
+            returned = k.IofCallDriver(self.top, irp)
+        except BaseException:
+            k.io_requests.pop(irp, None)
+            raise
+        if request["completed"]:
+            del k.io_requests[irp]
+            k._complete_io_request(irp, request)
+        else:
+            # STATUS_PENDING: the IRP is the driver's until it completes it (a leak if never).
+            request["pending"] = True
+            result.status = returned
+            self.pending.append(result)
         return result
 
     def device_control(self, code: int, input: bytes = b"", output_length: int = 0,
                        internal: bool = False) -> IoResult:
-        """IRP_MJ_DEVICE_CONTROL with ``code``; buffers as METHOD_(code & 3) has them."""
+        """IRP_MJ_DEVICE_CONTROL with ``code``; buffers as METHOD_(code & 3) has them:
+        METHOD_BUFFERED one SystemBuffer ("Io  ") for both; METHOD_IN/OUT_DIRECT the input
+        in a SystemBuffer and the output described by a locked MDL; METHOD_NEITHER the
+        caller's user-mode pointers (Type3InputBuffer, UserBuffer)."""
         k = self.kernel
         self._check_open()
         method = code & 3
@@ -964,51 +988,62 @@ class FileHandle:
         if user_in:
             k.write(user_in, input)
         user_out = k.user_space.allocate(output_length) if output_length else 0
-        system_buffer = mdl = 0
+        held = {"system_buffer": 0, "mdl": 0}
         flags = 0
-        try:
-            if method == METHOD_BUFFERED:
-                length = max(len(input), output_length)
-                if length:
-                    system_buffer = self._system_buffer(length)
-                    if input:
-                        k.write(system_buffer, input)
-                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
-                        (L.IRP_INPUT_OPERATION if output_length else 0)
-            elif method in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT):
-                if input:
-                    system_buffer = self._system_buffer(len(input))
-                    k.write(system_buffer, input)
-                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER
-                if output_length:
-                    mdl = self._locked_mdl(user_out, output_length,
-                                           IoReadAccess if method == METHOD_IN_DIRECT else IoWriteAccess)
-            parameters = (output_length.to_bytes(8, "little") + len(input).to_bytes(8, "little") +
-                          code.to_bytes(8, "little") +
-                          (user_in if method == METHOD_NEITHER else 0).to_bytes(8, "little"))
-            major = IRP_MJ_INTERNAL_DEVICE_CONTROL if internal else IRP_MJ_DEVICE_CONTROL
-            result = self.request(major, parameters=parameters, system_buffer=system_buffer,
-                                  user_buffer=user_out if method in (METHOD_BUFFERED, METHOD_NEITHER) else 0,
-                                  mdl=mdl, flags=flags)
-            if result.pending:
-                system_buffer = mdl = 0  # still the driver's
-                return result
+
+        def finish(result: IoResult) -> None:
             count = min(result.information, output_length)
+            system_buffer = held["system_buffer"]
             # The I/O manager copies back unless the status is an error (warnings such as
             # STATUS_BUFFER_OVERFLOW copy too).
             if method == METHOD_BUFFERED and system_buffer and count and result.status < 0xC0000000:
                 k.write(user_out, k.read(system_buffer, count))
             result.output = k.read(user_out, count) if count else b""
-            return result
-        finally:
-            if system_buffer:
-                k.pool.free(system_buffer, L.TAG_SYSTEM_BUFFER)
-            if mdl:
-                self._release_mdl(mdl)
-            if user_in:
-                k.user_space.free(user_in)
-            if user_out:
-                k.user_space.free(user_out)
+            release()
+
+        def release() -> None:
+            if held["system_buffer"]:
+                k.pool.free(held["system_buffer"], L.TAG_SYSTEM_BUFFER)
+                held["system_buffer"] = 0
+            if held["mdl"]:
+                self._release_mdl(held["mdl"])
+                held["mdl"] = 0
+            for va in (user_in, user_out):
+                if va and va in k.user_space.buffers:
+                    k.user_space.free(va)
+
+        try:
+            if method == METHOD_BUFFERED:
+                length = max(len(input), output_length)
+                if length:
+                    held["system_buffer"] = self._system_buffer(length)
+                    if input:
+                        k.write(held["system_buffer"], input)
+                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
+                        (L.IRP_INPUT_OPERATION if output_length else 0)
+            elif method in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT):
+                if input:
+                    held["system_buffer"] = self._system_buffer(len(input))
+                    k.write(held["system_buffer"], input)
+                    flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER
+                if output_length:
+                    held["mdl"] = self._locked_mdl(user_out, output_length,
+                                                   IoReadAccess if method == METHOD_IN_DIRECT else IoWriteAccess)
+        except BaseException:
+            release()
+            raise
+        parameters = (output_length.to_bytes(8, "little") + len(input).to_bytes(8, "little") +
+                      code.to_bytes(8, "little") +
+                      (user_in if method == METHOD_NEITHER else 0).to_bytes(8, "little"))
+        major = IRP_MJ_INTERNAL_DEVICE_CONTROL if internal else IRP_MJ_DEVICE_CONTROL
+        try:
+            return self.request(major, parameters=parameters, system_buffer=held["system_buffer"],
+                                user_buffer=user_out if method in (METHOD_BUFFERED, METHOD_NEITHER) else 0,
+                                mdl=held["mdl"], flags=flags, finish=finish)
+        except BaseException:
+            if not k.halted:
+                release()
+            raise
 
     def _system_buffer(self, length: int) -> int:
         k = self.kernel
@@ -1040,36 +1075,44 @@ class FileHandle:
         if data:
             k.write(user, data)
         device_flags = k._get32(self.device + L.DEVICE_OBJECT.Flags)
-        system_buffer = mdl = 0
+        held = {"system_buffer": 0, "mdl": 0}
         flags = L.IRP_READ_OPERATION if major == IRP_MJ_READ else L.IRP_WRITE_OPERATION
+
+        def release() -> None:
+            if held["system_buffer"]:
+                k.pool.free(held["system_buffer"], L.TAG_SYSTEM_BUFFER)
+                held["system_buffer"] = 0
+            if held["mdl"]:
+                self._release_mdl(held["mdl"])
+                held["mdl"] = 0
+            if user and user in k.user_space.buffers:
+                k.user_space.free(user)
+
+        def finish(result: IoResult) -> None:
+            if major == IRP_MJ_READ:
+                count = min(result.information, length)
+                if held["system_buffer"] and count and result.status < 0xC0000000:
+                    k.write(user, k.read(held["system_buffer"], count))
+                result.output = k.read(user, count) if count else b""
+            release()
+
         try:
             if length and device_flags & L.DO_BUFFERED_IO:
-                system_buffer = self._system_buffer(length)
+                held["system_buffer"] = self._system_buffer(length)
                 if data:
-                    k.write(system_buffer, data)
+                    k.write(held["system_buffer"], data)
                 flags |= L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
                     (L.IRP_INPUT_OPERATION if major == IRP_MJ_READ else 0)
             elif length and device_flags & L.DO_DIRECT_IO:
-                mdl = self._locked_mdl(user, length, IoWriteAccess if major == IRP_MJ_READ else IoReadAccess)
+                held["mdl"] = self._locked_mdl(user, length,
+                                               IoWriteAccess if major == IRP_MJ_READ else IoReadAccess)
             parameters = length.to_bytes(8, "little") + bytes(8) + bytes(8)
-            result = self.request(major, parameters=parameters, system_buffer=system_buffer,
-                                  user_buffer=user, mdl=mdl, flags=flags)
-            if result.pending:
-                system_buffer = mdl = 0
-                return result
-            if major == IRP_MJ_READ:
-                count = min(result.information, length)
-                if system_buffer and count and result.status < 0xC0000000:
-                    k.write(user, k.read(system_buffer, count))
-                result.output = k.read(user, count) if count else b""
-            return result
-        finally:
-            if system_buffer:
-                k.pool.free(system_buffer, L.TAG_SYSTEM_BUFFER)
-            if mdl:
-                self._release_mdl(mdl)
-            if user:
-                k.user_space.free(user)
+            return self.request(major, parameters=parameters, system_buffer=held["system_buffer"],
+                                user_buffer=user, mdl=held["mdl"], flags=flags, finish=finish)
+        except BaseException:
+            if not k.halted:
+                release()
+            raise
 
     def read(self, length: int) -> IoResult:
         """IRP_MJ_READ of ``length`` bytes; ``output`` is what the driver returned."""
@@ -1091,10 +1134,6 @@ class FileHandle:
         self.closed = True
         self.kernel._ob_dereference(self.file_object)
         return self.cleanup_result, self.close_result
-
-    def detach(self) -> None:
-        """The caller keeps the file object by reference only (IoGetDeviceObjectPointer)."""
-        self.closed = True
 
     def _send_close(self) -> None:
         self.close_result = self.request(IRP_MJ_CLOSE)

@@ -45,10 +45,30 @@ class WaitForever(RuntimeError):
     """The one thread waits on an object nothing can signal: Windows would hang there."""
 
 
+KTIMER_DUE_TIME = 0x18
+KTIMER_DPC = 0x30
+KTIMER_PERIOD = 0x3C
+KTIMER_SIZE = 0x40
+KDPC_DEFERRED_ROUTINE = 0x18
+KDPC_DEFERRED_CONTEXT = 0x20
+KDPC_SYSTEM_ARGUMENT1 = 0x28
+KDPC_SYSTEM_ARGUMENT2 = 0x30
+TIMER_NOTIFICATION_OBJECT = 8
+TIMER_SYNCHRONIZATION_OBJECT = 9
+EVENT_MODIFY_STATE = 0x0002
+
+for _name in ("PKTIMER", "PKDPC", "PKDEFERRED_ROUTINE", "TIMER_TYPE"):
+    try:
+        register_type(_name, 8 if _name.startswith("P") else 4, pointer=_name.startswith("P"))
+    except Exception:
+        pass
+
+
 class SyncRoutines:
     def _init_sync(self) -> None:
         self.system_time = EPOCH_2024
         self.boot_time = EPOCH_2024
+        self.timers: dict[int, int] = {}  # KTIMER address -> due system time (armed timers)
         self._publish_time()
 
     def _publish_time(self) -> None:
@@ -64,8 +84,19 @@ class SyncRoutines:
         self.physical.write(pa + KUSER_TICK_COUNT, ticks.to_bytes(8, "little"))
 
     def advance_clock(self, hundred_ns: int) -> None:
+        """Move the clock on; timers that fall due expire in order, their DPCs running at
+        DISPATCH_LEVEL as the clock interrupt would run them."""
         seconds_before = (self.system_time - self.boot_time) // 10_000_000
-        self.system_time += max(0, hundred_ns)
+        target = self.system_time + max(0, hundred_ns)
+        while True:
+            due = [(when, timer) for timer, when in self.timers.items() if when <= target]
+            if not due:
+                break
+            when, timer = min(due)
+            self.system_time = max(self.system_time, when)
+            self._publish_time()
+            self._expire_timer(timer)
+        self.system_time = target
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
         # pool lookaside depths (ntpool.pool.lookaside; Windows 7's pool design only).
@@ -79,6 +110,115 @@ class SyncRoutines:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
             raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
         self.advance_clock(round(seconds * 10_000_000))
+
+    def _expire_timer(self, timer: int) -> None:
+        period = self._get32(timer + KTIMER_PERIOD)
+        if period:
+            self.timers[timer] = self.system_time + period * 10_000
+        else:
+            del self.timers[timer]
+        self._put32(timer + L.DISPATCHER_HEADER.SignalState, 1)
+        dpc = self._get64(timer + KTIMER_DPC)
+        if dpc:
+            routine_address = self._get64(dpc + KDPC_DEFERRED_ROUTINE)
+            old = self.irql_by_processor[self.current_processor]
+            self._set_irql(DISPATCH_LEVEL)
+            try:
+                self.call_code(routine_address, dpc, self._get64(dpc + KDPC_DEFERRED_CONTEXT),
+                               self.system_time & 0xFFFFFFFF, self.system_time >> 32)
+            finally:
+                if not self.halted:
+                    self._set_irql(old)
+
+    # --- timers and DPCs ---------------------------------------------------------------------
+
+    @routine("VOID KeInitializeDpc(PKDPC Dpc, PKDEFERRED_ROUTINE DeferredRoutine, PVOID DeferredContext)")
+    def KeInitializeDpc(self, Dpc, DeferredRoutine, DeferredContext) -> None:
+        self.write(Dpc, bytes([0x13, 1]) + bytes(0x3E))  # DpcObject, MediumImportance
+        self._put64(Dpc + KDPC_DEFERRED_ROUTINE, DeferredRoutine)
+        self._put64(Dpc + KDPC_DEFERRED_CONTEXT, DeferredContext)
+
+    @routine("VOID KeInitializeTimer(PKTIMER Timer)")
+    def KeInitializeTimer(self, Timer) -> None:
+        self.KeInitializeTimerEx(Timer, 0)
+
+    @routine("VOID KeInitializeTimerEx(PKTIMER Timer, TIMER_TYPE Type)")
+    def KeInitializeTimerEx(self, Timer, Type) -> None:
+        kind = TIMER_SYNCHRONIZATION_OBJECT if Type else TIMER_NOTIFICATION_OBJECT
+        self.write(Timer, bytes([kind, 0, KTIMER_SIZE // 4, 0]) + bytes(KTIMER_SIZE - 4))
+        wait_list = Timer + L.DISPATCHER_HEADER.WaitListHead
+        self._put64(wait_list, wait_list)
+        self._put64(wait_list + 8, wait_list)
+        self.timers.pop(Timer, None)
+
+    @routine("BOOLEAN KeSetTimer(PKTIMER Timer, LARGE_INTEGER DueTime, PKDPC Dpc)")
+    def KeSetTimer(self, Timer, DueTime, Dpc) -> int:
+        return self.KeSetTimerEx(Timer, DueTime, 0, Dpc)
+
+    @routine("BOOLEAN KeSetTimerEx(PKTIMER Timer, LARGE_INTEGER DueTime, LONG Period, PKDPC Dpc)")
+    def KeSetTimerEx(self, Timer, DueTime, Period, Dpc) -> int:
+        """Arm the timer (DueTime negative: relative, 100 ns units); TRUE if it was armed."""
+        self._check_irql_at_most(DISPATCH_LEVEL, "KeSetTimer")
+        due = DueTime - (1 << 64) if DueTime >= 1 << 63 else DueTime
+        when = self.system_time - due if due < 0 else max(due, self.system_time)
+        was_armed = Timer in self.timers
+        self.timers[Timer] = when
+        self._put32(Timer + L.DISPATCHER_HEADER.SignalState, 0)
+        self._put64(Timer + KTIMER_DUE_TIME, when - self.boot_time)
+        self._put64(Timer + KTIMER_DPC, Dpc)
+        self._put32(Timer + KTIMER_PERIOD, Period & 0xFFFFFFFF)
+        return int(was_armed)
+
+    @routine("BOOLEAN KeCancelTimer(PKTIMER Timer)")
+    def KeCancelTimer(self, Timer) -> int:
+        return int(self.timers.pop(Timer, None) is not None)
+
+    @routine("BOOLEAN KeReadStateTimer(PKTIMER Timer)")
+    def KeReadStateTimer(self, Timer) -> int:
+        return int(self._signal_state(Timer) > 0)
+
+    def check_timers_at_unload(self, start: int, size: int) -> list[int]:
+        """Armed timers or DPC routines inside [start, start+size): a driver that unloads
+        with one armed would have the clock run code that is gone."""
+        found = []
+        for timer in self.timers:
+            dpc = self._get64(timer + KTIMER_DPC)
+            routine_address = self._get64(dpc + KDPC_DEFERRED_ROUTINE) if dpc else 0
+            if start <= timer < start + size or start <= routine_address < start + size:
+                found.append(timer)
+        return found
+
+    # --- event objects and handles to them ------------------------------------------------------
+
+    def create_event(self, notification: bool = True, signalled: bool = False) -> int:
+        """An event object as a user-mode caller makes one (CreateEvent): its handle."""
+        event = self._ob_create("Event", L.KEVENT_SIZE, on_behalf=False)
+        self.KeInitializeEvent(event, 0 if notification else 1, int(signalled))
+        handle = self._ob_insert_handle(event, 0x1F0003, kernel=False)
+        self._add_counts(event, -1, 0)  # the creation reference passes to the handle
+        return handle
+
+    def event_of(self, handle: int) -> int:
+        return self._ob_handle_object(handle, "Event")
+
+    @routine("NTSTATUS ObReferenceObjectByHandle(HANDLE Handle, ACCESS_MASK DesiredAccess, "
+             "POBJECT_TYPE ObjectType, KPROCESSOR_MODE AccessMode, _Out_ PVOID *Object, "
+             "POBJECT_HANDLE_INFORMATION HandleInformation)")
+    def ObReferenceObjectByHandle(self, Handle, DesiredAccess, ObjectType, AccessMode,
+                                  HandleInformation) -> tuple[int, int]:
+        """(status, object) with one more reference; a handle of another type is
+        STATUS_OBJECT_TYPE_MISMATCH, a kernel handle from user mode STATUS_INVALID_HANDLE."""
+        entry = self.handles.get(Handle & 0xFFFFFFFFFFFFFFFF)
+        if entry is None or (AccessMode == 1 and Handle & (1 << 63)):
+            return 0xC0000008, 0
+        body, granted = entry
+        info = self.objects[body]
+        if ObjectType and ObjectType != self.object_types.get(info.type_name):
+            return 0xC0000024, 0
+        if AccessMode == 1 and DesiredAccess & ~granted:
+            return 0xC0000022, 0  # STATUS_ACCESS_DENIED
+        self._add_counts(body, 1, 0)
+        return NtStatus.STATUS_SUCCESS, body
 
     # --- the clock ---------------------------------------------------------------------------
 

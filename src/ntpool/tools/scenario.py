@@ -59,26 +59,32 @@ class UsageSample:
 
 
 def sys_scenario_source(path: str, verifier: dict | None = None,
-                        allow_missing: bool = False) -> str:
-    """The scenario that runs one compiled driver: load (DriverEntry), nothing, unload."""
+                        allow_missing: bool = False, requests=()) -> str:
+    """The scenario that runs one compiled driver: load (DriverEntry); open its first device,
+    send ``requests`` (IOCTLs, ``ntpool.tools.requests``), close it; unload."""
+    from .requests import request_source
     path = str(Path(path).resolve())
     name = Path(path).name
     verify = {name: dict(verifier)} if verifier else {}
-    return (f"# {name} as a scenario: loaded (DriverEntry), then unloaded.\n"
-            f"from ntpool.native import NativeDriver\n\n"
+    return (f"# {name} as a scenario: loaded (DriverEntry), its first device opened, the\n"
+            f"# requests sent, the device closed, then unloaded.\n"
+            f"from ntpool.native import NativeDriver\n"
+            f"from ntpool.tools.requests import IoctlRequest, run_requests\n\n"
             f"DRIVERS = [NativeDriver({path!r}, allow_missing={allow_missing!r})]\n"
-            f"VERIFIER = {verify!r}\n\n\n"
-            f"def workload(k, rng):\n    return None\n")
+            f"VERIFIER = {verify!r}\n"
+            f"REQUESTS = {request_source(list(requests))}\n\n\n"
+            f"def workload(k, rng):\n    run_requests(k, DRIVERS[0], REQUESTS, print)\n")
 
 
-def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool = False) -> Scenario:
+def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool = False,
+                  requests=()) -> Scenario:
     """A scenario from a file path, the name of a shipped sample (``demo``), or a compiled
     driver (``.sys``: loaded and unloaded, with ``verifier`` options for it)."""
     path = Path(spec)
     if path.suffix.lower() == ".sys":
         if not path.is_file():
             raise ScenarioError(f"driver {spec} does not exist")
-        return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing),
+        return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing, requests),
                                     path.stem, str(path), spec)
     if not path.exists() and spec in SAMPLE_SCENARIOS:
         path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time

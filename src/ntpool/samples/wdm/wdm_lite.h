@@ -1,0 +1,272 @@
+/* wdm_lite.h: the I/O manager's slice of the WDK's wdm.h that the WDM sample drivers use
+ * (devices, IRPs, stack locations, MDLs, events, timers), on top of ntddk_lite.h.
+ *
+ * Layouts are Windows 7 x64's (ntpool/routines/layouts.py holds the same offsets); the
+ * inline routines are wdm.h's (IoGetCurrentIrpStackLocation, IoSkipCurrentIrpStackLocation,
+ * IoCopyCurrentIrpStackLocationToNext, IoSetCompletionRoutine, IoMarkIrpPending,
+ * MmGetSystemAddressForMdlSafe, ...), so a driver written against the real WDK builds and
+ * runs the same way. */
+#ifndef WDM_LITE_H
+#define WDM_LITE_H
+#include "ntddk_lite.h"
+
+typedef short CSHORT;
+typedef char CCHAR;
+typedef ULONG ACCESS_MASK, DEVICE_TYPE;
+typedef PVOID HANDLE, *PHANDLE;
+typedef LONG KPRIORITY;
+typedef CCHAR KPROCESSOR_MODE;
+typedef union _LARGE_INTEGER { struct { ULONG LowPart; LONG HighPart; }; LONGLONG QuadPart; }
+    LARGE_INTEGER, *PLARGE_INTEGER;
+
+#define STATUS_PENDING ((NTSTATUS)0x00000103L)
+#define STATUS_TIMEOUT ((NTSTATUS)0x00000102L)
+#define STATUS_INVALID_PARAMETER ((NTSTATUS)0xC000000DL)
+#define STATUS_INVALID_DEVICE_REQUEST ((NTSTATUS)0xC0000010L)
+#define STATUS_MORE_PROCESSING_REQUIRED ((NTSTATUS)0xC0000016L)
+#define STATUS_BUFFER_TOO_SMALL ((NTSTATUS)0xC0000023L)
+#define STATUS_NOT_SUPPORTED ((NTSTATUS)0xC00000BBL)
+#define STATUS_CANCELLED ((NTSTATUS)0xC0000120L)
+#define STATUS_DEVICE_BUSY ((NTSTATUS)0x80000011L)
+
+#define KernelMode 0
+#define UserMode 1
+#define IO_NO_INCREMENT 0
+#define FILE_DEVICE_UNKNOWN 0x22
+#define FILE_DEVICE_SECURE_OPEN 0x100
+#define FILE_ANY_ACCESS 0
+#define METHOD_BUFFERED 0
+#define METHOD_IN_DIRECT 1
+#define METHOD_OUT_DIRECT 2
+#define METHOD_NEITHER 3
+#define CTL_CODE(DeviceType, Function, Method, Access) \
+    (((DeviceType) << 16) | ((Access) << 14) | ((Function) << 2) | (Method))
+#define DO_BUFFERED_IO 0x04
+#define DO_DIRECT_IO 0x10
+#define DO_DEVICE_INITIALIZING 0x80
+#define IRP_MJ_CREATE 0x00
+#define IRP_MJ_CLOSE 0x02
+#define IRP_MJ_READ 0x03
+#define IRP_MJ_WRITE 0x04
+#define IRP_MJ_DEVICE_CONTROL 0x0e
+#define IRP_MJ_CLEANUP 0x12
+#define IRP_MJ_MAXIMUM_FUNCTION 0x1b
+#define SL_PENDING_RETURNED 0x01
+#define SL_INVOKE_ON_CANCEL 0x20
+#define SL_INVOKE_ON_SUCCESS 0x40
+#define SL_INVOKE_ON_ERROR 0x80
+#define MDL_MAPPED_TO_SYSTEM_VA 0x0001
+#define MDL_SOURCE_IS_NONPAGED_POOL 0x0004
+#define NormalPagePriority 16
+#define MmCached 1
+#define ARGUMENT_PRESENT(p) ((p) != NULL)
+
+typedef enum _LOCK_OPERATION { IoReadAccess, IoWriteAccess, IoModifyAccess } LOCK_OPERATION;
+typedef enum _EVENT_TYPE { NotificationEvent, SynchronizationEvent } EVENT_TYPE;
+typedef enum _KWAIT_REASON { Executive = 0 } KWAIT_REASON;
+
+typedef struct _DISPATCHER_HEADER {
+    UCHAR Type, Abandoned, Size, DpcActive;
+    LONG SignalState;
+    LIST_ENTRY WaitListHead;
+} DISPATCHER_HEADER;
+typedef struct _KEVENT { DISPATCHER_HEADER Header; } KEVENT, *PKEVENT, *PRKEVENT;
+
+typedef struct _IO_STATUS_BLOCK {
+    union { NTSTATUS Status; PVOID Pointer; };
+    ULONG_PTR Information;
+} IO_STATUS_BLOCK, *PIO_STATUS_BLOCK;
+
+typedef struct _MDL {  /* 0x30 bytes, the PFN array follows */
+    struct _MDL *Next;
+    CSHORT Size, MdlFlags;
+    PVOID Process, MappedSystemVa, StartVa;
+    ULONG ByteCount, ByteOffset;
+} MDL, *PMDL;
+
+typedef struct _DEVICE_OBJECT *PDEVICE_OBJECT;
+typedef struct _IRP *PIRP;
+typedef struct _FILE_OBJECT *PFILE_OBJECT;
+typedef NTSTATUS (NTAPI *PDRIVER_DISPATCH)(PDEVICE_OBJECT DeviceObject, PIRP Irp);
+typedef NTSTATUS (NTAPI *PIO_COMPLETION_ROUTINE)(PDEVICE_OBJECT DeviceObject, PIRP Irp, PVOID Context);
+
+typedef struct __attribute__((aligned(16))) _DEVICE_OBJECT {  /* Windows 7 x64: 0x150 bytes */
+    CSHORT Type;
+    USHORT Size;
+    LONG ReferenceCount;
+    PDRIVER_OBJECT DriverObject;
+    PDEVICE_OBJECT NextDevice, AttachedDevice;
+    PIRP CurrentIrp;
+    PVOID Timer;
+    ULONG Flags, Characteristics;
+    PVOID Vpb, DeviceExtension;
+    DEVICE_TYPE DeviceType;
+    CCHAR StackSize;
+    ULONGLONG Queue[9];  /* WAIT_CONTEXT_BLOCK */
+    ULONG AlignmentRequirement;
+    ULONGLONG DeviceQueue[5];  /* KDEVICE_QUEUE */
+    ULONGLONG Dpc[8];  /* KDPC */
+    ULONG ActiveThreadCount;
+    PVOID SecurityDescriptor;
+    KEVENT DeviceLock;
+    USHORT SectorSize, Spare1;
+    PVOID DeviceObjectExtension, Reserved;
+} DEVICE_OBJECT;
+
+typedef struct _IO_STACK_LOCATION {  /* 0x48 bytes */
+    UCHAR MajorFunction, MinorFunction, Flags, Control;
+    union {
+        struct { ULONG Length; ULONG POINTER_ALIGNMENT_1; ULONG Key; ULONG POINTER_ALIGNMENT_2;
+                 LARGE_INTEGER ByteOffset; } Read, Write;
+        struct { ULONG OutputBufferLength; ULONG Pad1; ULONG InputBufferLength; ULONG Pad2;
+                 ULONG IoControlCode; ULONG Pad3; PVOID Type3InputBuffer; } DeviceIoControl;
+        struct { PVOID Argument1, Argument2, Argument3, Argument4; } Others;
+    } Parameters;
+    PDEVICE_OBJECT DeviceObject;
+    PFILE_OBJECT FileObject;
+    PIO_COMPLETION_ROUTINE CompletionRoutine;
+    PVOID Context;
+} IO_STACK_LOCATION, *PIO_STACK_LOCATION;
+
+typedef struct _IRP {  /* Windows 7 x64: 0xD0 bytes, the stack locations follow */
+    CSHORT Type;
+    USHORT Size;
+    PMDL MdlAddress;
+    ULONG Flags;
+    union { struct _IRP *MasterIrp; LONG IrpCount; PVOID SystemBuffer; } AssociatedIrp;
+    LIST_ENTRY ThreadListEntry;
+    IO_STATUS_BLOCK IoStatus;
+    KPROCESSOR_MODE RequestorMode;
+    BOOLEAN PendingReturned;
+    CHAR StackCount, CurrentLocation;
+    BOOLEAN Cancel;
+    KIRQL CancelIrql;
+    CCHAR ApcEnvironment;
+    UCHAR AllocationFlags;
+    PIO_STATUS_BLOCK UserIosb;
+    PKEVENT UserEvent;
+    UCHAR Overlay[0x10];
+    PVOID CancelRoutine;
+    PVOID UserBuffer;
+    union {
+        struct {
+            PVOID DriverContext[4];
+            PVOID Thread;
+            PCHAR AuxiliaryBuffer;
+            LIST_ENTRY ListEntry;
+            PIO_STACK_LOCATION CurrentStackLocation;
+            PFILE_OBJECT OriginalFileObject;
+        } Overlay;
+        UCHAR Apc[0x58];  /* KAPC */
+    } Tail;
+} IRP;
+
+typedef struct _KDPC *PKDPC;
+typedef VOID (NTAPI *PKDEFERRED_ROUTINE)(PKDPC Dpc, PVOID DeferredContext, PVOID SystemArgument1,
+                                         PVOID SystemArgument2);
+typedef struct _KDPC {  /* 0x40 bytes */
+    UCHAR Type, Importance;
+    USHORT Number;
+    LIST_ENTRY DpcListEntry;
+    PKDEFERRED_ROUTINE DeferredRoutine;
+    PVOID DeferredContext, SystemArgument1, SystemArgument2, DpcData;
+} KDPC;
+typedef struct _KTIMER {  /* 0x40 bytes */
+    DISPATCHER_HEADER Header;
+    ULONGLONG DueTime;
+    LIST_ENTRY TimerListEntry;
+    PKDPC Dpc;
+    ULONG Processor, Period;
+} KTIMER, *PKTIMER;
+
+#define WDM_LITE_OFFSET(type, field, offset) \
+    _Static_assert(__builtin_offsetof(type, field) == (offset), #type "." #field)
+WDM_LITE_OFFSET(DEVICE_OBJECT, Flags, 0x30);
+WDM_LITE_OFFSET(DEVICE_OBJECT, DeviceExtension, 0x40);
+WDM_LITE_OFFSET(DEVICE_OBJECT, StackSize, 0x4c);
+WDM_LITE_OFFSET(DEVICE_OBJECT, AlignmentRequirement, 0x98);
+WDM_LITE_OFFSET(DEVICE_OBJECT, SecurityDescriptor, 0x110);
+WDM_LITE_OFFSET(DEVICE_OBJECT, DeviceObjectExtension, 0x138);
+_Static_assert(sizeof(DEVICE_OBJECT) == 0x150, "DEVICE_OBJECT");
+WDM_LITE_OFFSET(IRP, IoStatus, 0x30);
+WDM_LITE_OFFSET(IRP, UserBuffer, 0x70);
+WDM_LITE_OFFSET(IRP, Tail.Overlay.CurrentStackLocation, 0xb8);
+_Static_assert(sizeof(IRP) == 0xd0, "IRP");
+WDM_LITE_OFFSET(IO_STACK_LOCATION, Parameters.DeviceIoControl.Type3InputBuffer, 0x20);
+WDM_LITE_OFFSET(IO_STACK_LOCATION, CompletionRoutine, 0x38);
+_Static_assert(sizeof(IO_STACK_LOCATION) == 0x48, "IO_STACK_LOCATION");
+_Static_assert(sizeof(MDL) == 0x30, "MDL");
+_Static_assert(sizeof(KDPC) == 0x40 && sizeof(KTIMER) == 0x40, "KDPC, KTIMER");
+
+/* --- imports from ntoskrnl.exe --- */
+NTSYSAPI VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
+NTSYSAPI NTSTATUS NTAPI IoCreateDevice(PDRIVER_OBJECT DriverObject, ULONG DeviceExtensionSize,
+        PUNICODE_STRING DeviceName, DEVICE_TYPE DeviceType, ULONG DeviceCharacteristics,
+        BOOLEAN Exclusive, PDEVICE_OBJECT *DeviceObject);
+NTSYSAPI VOID NTAPI IoDeleteDevice(PDEVICE_OBJECT DeviceObject);
+NTSYSAPI NTSTATUS NTAPI IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName, PUNICODE_STRING DeviceName);
+NTSYSAPI NTSTATUS NTAPI IoDeleteSymbolicLink(PUNICODE_STRING SymbolicLinkName);
+NTSYSAPI NTSTATUS __fastcall IofCallDriver(PDEVICE_OBJECT DeviceObject, PIRP Irp);
+NTSYSAPI VOID __fastcall IofCompleteRequest(PIRP Irp, CCHAR PriorityBoost);
+NTSYSAPI PIRP NTAPI IoAllocateIrp(CCHAR StackSize, BOOLEAN ChargeQuota);
+NTSYSAPI VOID NTAPI IoFreeIrp(PIRP Irp);
+NTSYSAPI PMDL NTAPI IoAllocateMdl(PVOID VirtualAddress, ULONG Length, BOOLEAN SecondaryBuffer,
+                                  BOOLEAN ChargeQuota, PIRP Irp);
+NTSYSAPI VOID NTAPI IoFreeMdl(PMDL Mdl);
+NTSYSAPI VOID NTAPI MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList);
+NTSYSAPI VOID NTAPI MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
+                                        LOCK_OPERATION Operation);
+NTSYSAPI VOID NTAPI MmUnlockPages(PMDL MemoryDescriptorList);
+NTSYSAPI PVOID NTAPI MmMapLockedPagesSpecifyCache(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode,
+        int CacheType, PVOID RequestedAddress, ULONG BugCheckOnFailure, ULONG Priority);
+NTSYSAPI NTSTATUS NTAPI IoGetDeviceObjectPointer(PUNICODE_STRING ObjectName, ACCESS_MASK DesiredAccess,
+        PFILE_OBJECT *FileObject, PDEVICE_OBJECT *DeviceObject);
+NTSYSAPI PDEVICE_OBJECT NTAPI IoAttachDeviceToDeviceStack(PDEVICE_OBJECT SourceDevice,
+                                                          PDEVICE_OBJECT TargetDevice);
+NTSYSAPI VOID NTAPI IoDetachDevice(PDEVICE_OBJECT TargetDevice);
+NTSYSAPI VOID __fastcall ObfDereferenceObject(PVOID Object);
+NTSYSAPI VOID NTAPI KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State);
+NTSYSAPI LONG NTAPI KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait);
+NTSYSAPI LONG NTAPI KeResetEvent(PRKEVENT Event);
+NTSYSAPI NTSTATUS NTAPI KeWaitForSingleObject(PVOID Object, KWAIT_REASON WaitReason,
+        KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Timeout);
+NTSYSAPI VOID NTAPI KeInitializeDpc(PKDPC Dpc, PKDEFERRED_ROUTINE DeferredRoutine, PVOID DeferredContext);
+NTSYSAPI VOID NTAPI KeInitializeTimer(PKTIMER Timer);
+NTSYSAPI BOOLEAN NTAPI KeSetTimer(PKTIMER Timer, LARGE_INTEGER DueTime, PKDPC Dpc);
+NTSYSAPI BOOLEAN NTAPI KeCancelTimer(PKTIMER Timer);
+NTSYSAPI NTSTATUS NTAPI ObReferenceObjectByHandle(HANDLE Handle, ACCESS_MASK DesiredAccess,
+        PVOID ObjectType, KPROCESSOR_MODE AccessMode, PVOID *Object, PVOID HandleInformation);
+extern __declspec(dllimport) PVOID *ExEventObjectType;
+
+/* --- what wdm.h inlines --- */
+#define ObDereferenceObject(o) ObfDereferenceObject(o)
+#define IoCallDriver(d, i) IofCallDriver(d, i)
+#define IoCompleteRequest(i, b) IofCompleteRequest(i, b)
+#define IoGetCurrentIrpStackLocation(Irp) ((Irp)->Tail.Overlay.CurrentStackLocation)
+#define IoGetNextIrpStackLocation(Irp) ((Irp)->Tail.Overlay.CurrentStackLocation - 1)
+#define IoSkipCurrentIrpStackLocation(Irp) \
+    ((Irp)->CurrentLocation++, (Irp)->Tail.Overlay.CurrentStackLocation++)
+#define IoMarkIrpPending(Irp) (IoGetCurrentIrpStackLocation(Irp)->Control |= SL_PENDING_RETURNED)
+FORCEINLINE VOID IoCopyCurrentIrpStackLocationToNext(PIRP Irp) {
+    PIO_STACK_LOCATION current = IoGetCurrentIrpStackLocation(Irp);
+    PIO_STACK_LOCATION next = IoGetNextIrpStackLocation(Irp);
+    memcpy(next, current, (SIZE_T)&((PIO_STACK_LOCATION)0)->CompletionRoutine);
+    next->Control = 0;
+}
+FORCEINLINE VOID IoSetCompletionRoutine(PIRP Irp, PIO_COMPLETION_ROUTINE Routine, PVOID Context,
+                                        BOOLEAN OnSuccess, BOOLEAN OnError, BOOLEAN OnCancel) {
+    PIO_STACK_LOCATION next = IoGetNextIrpStackLocation(Irp);
+    next->CompletionRoutine = Routine;
+    next->Context = Context;
+    next->Control = 0;
+    if (OnSuccess) next->Control |= SL_INVOKE_ON_SUCCESS;
+    if (OnError) next->Control |= SL_INVOKE_ON_ERROR;
+    if (OnCancel) next->Control |= SL_INVOKE_ON_CANCEL;
+}
+FORCEINLINE PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority) {
+    if (Mdl->MdlFlags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL))
+        return Mdl->MappedSystemVa;
+    return MmMapLockedPagesSpecifyCache(Mdl, KernelMode, MmCached, NULL, FALSE, Priority);
+}
+#define MmGetMdlByteCount(Mdl) ((Mdl)->ByteCount)
+#endif
