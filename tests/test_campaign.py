@@ -56,6 +56,7 @@ def test_results_do_not_depend_on_parallelism(serial_campaign):
 def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
     import hashlib
 
+    from ntpool.campaign.triage import dump_task
     from ntpool.forensics.corpus import CorpusOptions, make_corpus
 
     distributed = pytest.importorskip("distributed")
@@ -71,6 +72,8 @@ def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
         score_tasks = [{"kind": "score", "truth": str(tmp_path / "here" / entry["truth"])}
                        for entry in here["dumps"]]
         scored_there = Engine(dask=client).run(score_tasks)
+        triage_tasks = [dump_task(str(tmp_path / "here" / entry["dump"])) for entry in here["dumps"]]
+        triaged_there = Engine(dask=client).run(triage_tasks)
     assert [v.result for v in on_dask.verdicts] == [v.result for v in serial_campaign.verdicts]
     assert values == list(range(6))
     # ntpool corpus on the cluster writes the same dumps and manifests as on local cores.
@@ -85,6 +88,9 @@ def test_a_real_dask_cluster_gives_the_same_results(serial_campaign, tmp_path):
     scored_here = Engine(jobs=2).run(score_tasks)
     assert scored_there == scored_here
     assert all(r["score"]["headers"]["precision"] == 1.0 for r in scored_here)
+    # ntpool triage: the same records from the cluster as from local cores.
+    assert triaged_there == Engine(jobs=2).run(triage_tasks)
+    assert [r["verdict"] for r in triaged_there] == ["read"] * len(here["dumps"])
 
 
 def test_fault_plans_pairs_nth_and_random():
