@@ -220,10 +220,11 @@ class Engine:
             raise RuntimeError("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
         client = self.dask if isinstance(self.dask, Client) else Client(self.dask)
         try:
-            # Batches, as for the local pool: a Dask task costs about a millisecond of
-            # scheduling, more than a short run. A lost worker's batch is retried elsewhere.
+            # Batches, larger than the local pool's: a Dask task costs milliseconds of
+            # scheduling and messaging, more than a short run. Four batches per worker keep
+            # the load balanced; a lost worker's batch is retried elsewhere.
             workers = max(1, len(client.scheduler_info().get("workers", {})))
-            size = max(1, min(self.batch, len(tasks) // (workers * 4) or 1))
+            size = max(1, min(self.batch * 8, len(tasks) // (workers * 4) or 1))
             batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
             futures = [client.submit(execute_batch, batch, pure=False, retries=2,
                                      key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
