@@ -270,3 +270,21 @@ def test_score_command_scores_every_dump_of_a_corpus(tmp_path, capsys):
     assert main(["score", "--corpus", str(tmp_path / "c"), str(tmp_path / "x.json")]) == 2
     assert main(["score", "--corpus", str(tmp_path)]) == 2
     assert "corpus.json" in capsys.readouterr().err
+
+
+def test_a_compiled_driver_travels_by_content(tmp_path):
+    import shutil
+
+    import ntpool
+
+    samples = Path(ntpool.__file__).parent / "samples" / "native"
+    for name in ("fsfilter.sys", "fsfilter.pdb"):
+        shutil.copy(samples / name, tmp_path / name)
+    here = verify(str(samples / "fsfilter.sys"), max_runs=10, engine=Engine(jobs=1))
+    moved = verify(str(tmp_path / "fsfilter.sys"), max_runs=10, engine=Engine(jobs=2))
+    # The same verdicts (a task's key names its path too, so it is left out).
+    results = [[{k: v for k, v in verdict.result.items() if k != "key"} for verdict in c.verdicts]
+               for c in (here, moved)]
+    assert results[0] == results[1] and results[0]
+    (file, line, function), = {site for v in here.verdicts for site in v.sites}
+    assert file.endswith("fsfilter.c") and "DriverEntry+" in function  # from the carried .pdb

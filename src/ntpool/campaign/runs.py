@@ -8,11 +8,12 @@ out, each with its first line of evidence, and which allocation sites the run re
 
 from __future__ import annotations
 
+import json
 import time
 
 from ..errors import BugCheck, NtStatusError
 from ..tags import display
-from ..tools.scenario import ScenarioError, ScenarioRun, scenario_from_source
+from ..tools.scenario import ScenarioError, ScenarioRun, scenario_from_source, sys_scenario_source
 
 
 def scenario_task(scenario: dict, seed: int = 1, plan: dict | None = None,
@@ -30,7 +31,10 @@ def scenario_task(scenario: dict, seed: int = 1, plan: dict | None = None,
 
 def run_scenario(task: dict) -> dict:
     spec = task["scenario"]
-    scenario = scenario_from_source(spec["source"], spec["name"], spec["path"])
+    source = spec["source"]
+    if spec.get("files"):  # a compiled driver, carried by content: its scenario loads it here
+        source = sys_scenario_source(materialize(spec["files"], spec["name"] + ".sys"))
+    scenario = scenario_from_source(source, spec["name"], spec["path"])
     plan = task.get("plan") or {}
     options = dict(task.get("kernel") or {})
     if task.get("windows"):
@@ -59,6 +63,32 @@ def run_scenario(task: dict) -> dict:
     result["failed"] = [list(k) for k in sorted({tuple(systematic.site_key(s)) for s in failed})]
     result["owners"] = {_key_text(k): _site_owner(kernel, k) for k in systematic.seen_keys}
     return result
+
+
+def materialize(files: dict[str, str], main: str) -> str:
+    """Write files a task carries (base64) into a folder named by their digest, once per
+    worker machine; returns the path of ``main`` there. The same content is always the same
+    folder, so nothing a run reports depends on where its task came from."""
+    import base64
+    import hashlib
+    import os
+    import tempfile
+
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:20]
+    folder = os.path.join(tempfile.gettempdir(), "ntpool-campaign", digest)
+    if not os.path.isfile(os.path.join(folder, main)):
+        partial = f"{folder}.{os.getpid()}"
+        os.makedirs(partial, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(partial, os.path.basename(name)), "wb") as out:
+                out.write(base64.b64decode(data))
+        try:
+            os.rename(partial, folder)
+        except OSError:  # another worker got there first: its copy is the same bytes
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+    return os.path.join(folder, main)
 
 
 def _apply_plan(kernel, scenario, plan: dict) -> None:

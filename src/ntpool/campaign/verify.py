@@ -16,11 +16,12 @@ Dask cluster with the same results, and resumes from its results file.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario, sys_scenario_source
+from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario
 from .engine import Engine, keyed
 from .runs import scenario_task
 
@@ -139,12 +140,25 @@ def scenario_content(spec: str) -> dict:
         path = SAMPLE_SCENARIOS[spec]
     load_scenario(str(path))  # a broken file is a clear error here, before any run
     if path.suffix.lower() == ".sys":  # a compiled driver: the scenario that loads it
-        return {"name": path.stem, "path": str(path), "source": sys_scenario_source(str(path))}
+        return {"name": path.stem, "path": str(path), "source": "", "files": driver_files(path)}
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(f"cannot read scenario {spec}: {error}") from None
     return {"name": path.stem, "path": str(path), "source": source}
+
+
+def driver_files(path: Path) -> dict[str, str]:
+    """A compiled driver and its symbols (the .pdb beside it), as a task carries them:
+    {file name: base64 of its bytes}."""
+    files = {}
+    for candidate in (path, path.with_suffix(".pdb")):
+        if candidate.is_file():
+            try:
+                files[candidate.name] = base64.b64encode(candidate.read_bytes()).decode("ascii")
+            except OSError as error:
+                raise ScenarioError(f"cannot read {candidate}: {error.strerror or error}") from None
+    return files
 
 
 def campaign_description(spec: str, plan: FaultPlan, seed: int, kernel_options, windows,
