@@ -288,3 +288,12 @@ def test_a_compiled_driver_travels_by_content(tmp_path):
     assert results[0] == results[1] and results[0]
     (file, line, function), = {site for v in here.verdicts for site in v.sites}
     assert file.endswith("fsfilter.c") and "DriverEntry+" in function  # from the carried .pdb
+
+
+def test_verify_groups_a_random_plan_by_site(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["verify", SCENARIO, "--plan", "random:0.5:20", "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "By site: the runs that failed it, by verdict" in out
+    by_site = out[out.index("By site"):out.index("By verdict")]
+    assert "Mixed.careless" in by_site and "bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED" in by_site

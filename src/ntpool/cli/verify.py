@@ -85,6 +85,14 @@ def cmd_verify(args) -> int:
                       v.result.get("evidence", ""))
     if not args.quiet or campaign.verdicts:
         console.print(table)
+    if plan.kind in ("random", "pairs"):  # several runs fail each site: group them by site
+        by_site = Table(title="By site: the runs that failed it, by verdict")
+        for column in ("Call site", "Runs by verdict"):
+            by_site.add_column(column, overflow="fold")
+        for (file, line, function), counts in campaign.by_site().items():
+            by_site.add_row(f"{function} ({file}:{line})",
+                            ", ".join(f"{n} {label}" for label, n in sorted(counts.items())))
+        console.print(by_site)
     summary = ", ".join(f"{count} {verdict}" for verdict, count in campaign.by_verdict().items())
     console.print(f"By verdict: {summary or 'no runs'}.", highlight=False)
     if campaign.unfinished:
