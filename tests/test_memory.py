@@ -68,3 +68,14 @@ def test_misuse_of_memory_api_is_a_plain_error(k, call):
     with pytest.raises((ValueError, TypeError)):
         call(k)
     assert not k.halted
+
+
+def test_allocate_frames_is_all_or_nothing():
+    from ntpool.machine.memory import PhysicalMemory
+
+    physical = PhysicalMemory(16 * 4096)  # frame 0 is reserved: 15 free
+    assert physical.allocate_frames(16) is None
+    assert physical.frames_used == 1  # the frames it had taken were given back
+    frames = physical.allocate_frames(15)
+    assert sorted(frames) == list(range(1, 16)) and physical.frames_used == 16
+    assert physical.allocate_frames(1) is None

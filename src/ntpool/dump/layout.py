@@ -114,22 +114,16 @@ def build_tracker_table(rows: dict, size: int, entry=POOL_TRACKER_TABLE) -> byte
     if entry is not POOL_TRACKER_TABLE:
         return _build_named_tracker_table(rows, size, entry)
     image = bytearray((size + 1) * entry.size)
-    used = bytearray(size)
-    mask = size - 1
-    for key, r in rows.items():
-        key &= ~PROTECTED_POOL
-        slot = f.tracker_hash(key, mask)
-        while used[slot]:
-            slot = (slot + 1) & mask
-        used[slot] = 1
+    for slot, key, r in _tracker_slots(rows, size):
         entry.pack_into(image, slot * entry.size, key, r[0] & 0xFFFFFFFF, r[1] & 0xFFFFFFFF,
                         r[2] & 0xFFFFFFFFFFFFFFFF, r[3] & 0xFFFFFFFF, r[4] & 0xFFFFFFFF,
                         r[5] & 0xFFFFFFFFFFFFFFFF)
     return image
 
 
-def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:
-    image = bytearray((size + 1) * entry.size)
+def _tracker_slots(rows: dict, size: int):
+    """(slot, key, row) for each tag: its hash slot, or the next free one (linear probing);
+    the protected bit is not part of the key."""
     used = bytearray(size)
     mask = size - 1
     for key, r in rows.items():
@@ -138,6 +132,12 @@ def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:
         while used[slot]:
             slot = (slot + 1) & mask
         used[slot] = 1
+        yield slot, key, r
+
+
+def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:
+    image = bytearray((size + 1) * entry.size)
+    for slot, key, r in _tracker_slots(rows, size):
         base = slot * entry.size
         for name, value in (("Key", key), ("NonPagedAllocs", r[0]), ("NonPagedFrees", r[1]),
                             ("NonPagedBytes", r[2]), ("PagedAllocs", r[3]), ("PagedFrees", r[4]),

@@ -75,6 +75,18 @@ class PhysicalMemory:
         self._hint = pfn + 1
         return pfn
 
+    def allocate_frames(self, count: int) -> list[int] | None:
+        """``count`` frames, anywhere, or None (and none taken) when memory runs out."""
+        frames = []
+        try:
+            for _ in range(count):
+                frames.append(self.allocate_frame())
+        except OutOfFrames:
+            for pfn in frames:
+                self.free_frame(pfn)
+            return None
+        return frames
+
     def claim_frame(self, pfn: int) -> int | None:
         """Take frame ``pfn`` itself if it exists and is free (None otherwise)."""
         if not 0 < pfn < self.frame_count or self.frame_in_use[pfn]:

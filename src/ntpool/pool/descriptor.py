@@ -11,7 +11,7 @@ import mmap
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
-from ..machine.memory import AddressSpace, OutOfFrames, PhysicalMemory
+from ..machine.memory import AddressSpace, PhysicalMemory
 from .checks import (
     check_block_size,
     check_fits_its_list,
@@ -228,13 +228,8 @@ class Pool:
         index = self._find_pages(count)
         if index < 0:
             return 0
-        frames = []
-        try:
-            for _ in range(count):
-                frames.append(self.physical.allocate_frame())
-        except OutOfFrames:
-            for pfn in frames:
-                self.physical.free_frame(pfn)
+        frames = self.physical.allocate_frames(count)
+        if frames is None:
             return 0
         return self._map_frames(index, frames, kind, PAGE_BIG_REST)
 

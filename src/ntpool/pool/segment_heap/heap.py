@@ -16,7 +16,7 @@ from bisect import bisect_left, insort
 from itertools import cycle
 
 from ...constants import PAGE_SHIFT, PAGE_SIZE
-from ...machine.memory import AddressSpace, OutOfFrames
+from ...machine.memory import AddressSpace
 from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL
 from . import checks
 from .layout import (
@@ -228,13 +228,8 @@ class SegmentHeap:
     def _init_segment(self, index: int) -> bool:
         """Map a segment's header (signature and descriptors); False when out of frames."""
         first = index * SEGMENT_PAGES
-        frames = []
-        try:
-            for _ in range(SEGMENT_HEADER_PAGES):
-                frames.append(self.physical.allocate_frame())
-        except OutOfFrames:
-            for pfn in frames:
-                self.physical.free_frame(pfn)
+        frames = self.physical.allocate_frames(SEGMENT_HEADER_PAGES)
+        if frames is None:
             return False
         va = self._segment_va(index)
         for offset, pfn in enumerate(frames):
@@ -319,13 +314,8 @@ class SegmentHeap:
         index = self._find_run(count) if count <= SEGMENT_RUN_MAX_PAGES else self._find_large(count)
         if index < 0:
             return 0
-        frames = []
-        try:
-            for _ in range(count):
-                frames.append(self.physical.allocate_frame())
-        except OutOfFrames:
-            for pfn in frames:
-                self.physical.free_frame(pfn)
+        frames = self.physical.allocate_frames(count)
+        if frames is None:
             return 0
         if count > SEGMENT_RUN_MAX_PAGES:
             first = index // SEGMENT_PAGES
