@@ -1002,15 +1002,7 @@ class FileHandle:
             release()
 
         def release() -> None:
-            if held["system_buffer"]:
-                k.pool.free(held["system_buffer"], L.TAG_SYSTEM_BUFFER)
-                held["system_buffer"] = 0
-            if held["mdl"]:
-                self._release_mdl(held["mdl"])
-                held["mdl"] = 0
-            for va in (user_in, user_out):
-                if va and va in k.user_space.buffers:
-                    k.user_space.free(va)
+            self._release_buffers(held, user_in, user_out)
 
         try:
             if method == METHOD_BUFFERED:
@@ -1062,6 +1054,20 @@ class FileHandle:
         k.MmProbeAndLockPages(mdl, UserMode, operation)
         return mdl
 
+    def _release_buffers(self, held: dict, *user_buffers: int) -> None:
+        """What the I/O manager frees when a request ends: its system buffer, its MDL (pages
+        unlocked first) and the caller's user-mode buffers; each once."""
+        k = self.kernel
+        if held["system_buffer"]:
+            k.pool.free(held["system_buffer"], L.TAG_SYSTEM_BUFFER)
+            held["system_buffer"] = 0
+        if held["mdl"]:
+            self._release_mdl(held["mdl"])
+            held["mdl"] = 0
+        for va in user_buffers:
+            if va and va in k.user_space.buffers:
+                k.user_space.free(va)
+
     def _release_mdl(self, mdl: int) -> None:
         k = self.kernel
         if k._get16(mdl + L.MDL.MdlFlags) & L.MDL_PAGES_LOCKED:
@@ -1079,14 +1085,7 @@ class FileHandle:
         flags = L.IRP_READ_OPERATION if major == IRP_MJ_READ else L.IRP_WRITE_OPERATION
 
         def release() -> None:
-            if held["system_buffer"]:
-                k.pool.free(held["system_buffer"], L.TAG_SYSTEM_BUFFER)
-                held["system_buffer"] = 0
-            if held["mdl"]:
-                self._release_mdl(held["mdl"])
-                held["mdl"] = 0
-            if user and user in k.user_space.buffers:
-                k.user_space.free(user)
+            self._release_buffers(held, user)
 
         def finish(result: IoResult) -> None:
             if major == IRP_MJ_READ:
