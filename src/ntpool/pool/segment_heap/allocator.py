@@ -136,7 +136,9 @@ class SegmentHeapAllocator(PoolAllocator):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
-    def free(self, address, tag=None) -> None:
+    def free(self, address, tag=None, blocks: int = 0) -> bool | None:
+        if blocks:
+            return False  # no sized fast free here (PoolAllocator.free): the caller checks first
         try:
             heap = self.fast_free_slots[address >> 39]
             sub = heap.owner_by_page[address >> PAGE_SHIFT]
@@ -175,7 +177,7 @@ class SegmentHeapAllocator(PoolAllocator):
             va = pool.allocate_big(number_of_bytes, tag)
             if va:
                 pool.big_sites[va] = site
-                pool.big_details[va] = (number_of_bytes, pool.header_type, 0)
+                pool.big_details[va] = (number_of_bytes, pool.pool_type, 0)
                 self.tracker.charge(tag, pool.track_offset, pool.big_pages[va][1] << PAGE_SHIFT)
             return va
         units = block_units(number_of_bytes, aligned)
