@@ -186,12 +186,16 @@ def _expansions(pattern: str) -> list[str]:
     return sorted({r for r in results if len(r) == 4})
 
 
-def tag_bytes_regex(pattern: str) -> re.Pattern:
-    """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte."""
+def tag_bytes_regex(pattern: str, skip: int = 0) -> re.Pattern:
+    """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte;
+    with ``skip``, for the tag's bytes after its first ``skip`` (which the pattern leaves
+    free: see ``search_plan``)."""
     alternatives = []
     for form in _expansions(pattern):
         parts = []
         for index, ch in enumerate(form):
+            if index < skip:
+                continue
             if ch == "?":
                 parts.append(b".")
                 continue
@@ -204,6 +208,19 @@ def tag_bytes_regex(pattern: str) -> re.Pattern:
     if not alternatives:
         raise ValueError(f"tag pattern {pattern!r} cannot match a four-character tag")
     return re.compile(b"|".join(alternatives), re.DOTALL)
+
+
+def search_plan(pattern: str) -> tuple[re.Pattern, int] | None:
+    """How to search raw pool bytes for a tag pattern: a regex that starts with a literal
+    byte (the engine skips ahead to it fast) and the tag byte it starts at; None when the
+    pattern has no such byte at one place in every form (then only the tags are searched)."""
+    forms = _expansions(pattern)
+    for skip in range(4):
+        if forms and all(form[:skip] == "?" * skip and form[skip] != "?" for form in forms):
+            return tag_bytes_regex(pattern, skip), skip
+        if not forms or any(form[skip] != "?" for form in forms):
+            return None
+    return None
 
 
 def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
@@ -260,17 +277,20 @@ WINDOW_PAGES = 4096  # pages read at a time (16 MiB): memory stays bounded whate
 _ALL_TAGS_PATTERN = re.compile(r"[*?]*")
 
 
-def tag_blocks(regex: re.Pattern, data, literal_start: bool) -> list[int]:
+def tag_blocks(regex: re.Pattern, data, plan: tuple[re.Pattern, int] | None) -> list[int]:
     """The 16-byte blocks of ``data`` whose tag (bytes 4-7) the regex matches.
 
-    With a literal first character the regex runs over the bytes as they are (the engine
-    skips to that character quickly) and keeps matches at offset 4 of a block; otherwise over
-    the tags alone, copied out (a quarter of the bytes). Matches elsewhere are not tags, but one
-    may overlap a tag's match and hide it from a non-overlapping pass: then the search goes
-    match by match.
+    With a search plan (a literal tag byte at one place) its regex runs over the bytes as they
+    are (the engine skips to that byte quickly) and matches where that byte of a tag sits are
+    kept; otherwise ``regex`` runs over the tags alone, copied out (a quarter of the bytes).
+    Matches elsewhere are not tags, but one may overlap a tag's match and hide it from a
+    non-overlapping pass: then the search goes match by match.
     """
-    text, stride, at = (data, BLOCK, POOL_HEADER.PoolTag) if literal_start else \
-        (memoryview(data).cast("I")[1::4].tobytes(), 4, 0)
+    if plan is not None:
+        regex, skip = plan
+        text, stride, at = data, BLOCK, POOL_HEADER.PoolTag + skip
+    else:
+        text, stride, at = memoryview(data).cast("I")[1::4].tobytes(), 4, 0
     positions = [match.start() for match in regex.finditer(text)]
     if any((position - at) % stride for position in positions):
         positions = []
@@ -350,7 +370,7 @@ class PoolFinder:
         """
         every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
         regex = None if every else tag_bytes_regex(pattern)
-        literal_start = pattern[0] not in "*?"
+        plan = None if every else search_plan(pattern)
         self.corrupt_pages = corrupt = []
         buffer = bytearray()
         read = self.reader.read_file_into
@@ -363,7 +383,7 @@ class PoolFinder:
             if every:
                 pages = self._walk_window(buffer, data, va, count, corrupt)
             else:
-                pages = self._search_window(buffer, data, va, regex, literal_start, corrupt)
+                pages = self._search_window(buffer, data, va, regex, plan, corrupt)
             yield Window(va, data, pages)
 
     def _walk_window(self, buffer: bytearray, data: memoryview, va: int, count: int,
@@ -388,10 +408,10 @@ class PoolFinder:
         return [offset >> BLOCK_SHIFT for offset in sorted(salvaged)]
 
     def _search_window(self, buffer: bytearray, data: memoryview, va: int, regex: re.Pattern,
-                       literal_start: bool, corrupt: list) -> list[PageHits]:
+                       plan, corrupt: list) -> list[PageHits]:
         """The chunks whose header's tag matches: the blocks whose tag matches, then each hit
         page's chain."""
-        blocks = tag_blocks(regex, data, literal_start)
+        blocks = tag_blocks(regex, data, plan)
         fields = None
         pages: list[PageHits] = []
         current = -1  # the page of the hits being gathered
