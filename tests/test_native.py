@@ -153,11 +153,18 @@ def test_ndis_miniport_registers_and_allocates(k):
     driver = load_native_driver(k, sys_path("ndisminiport"))
     assert driver.loaded.ndis_version == (5, 1)
     rows = {row.TagUlong: row for row in k.pool_tags()}
-    assert rows[int.from_bytes(b"NmRx", "little")].NonPagedAllocs == 16
-    assert driver.call("SendFrame", 60) == 0
-    k.unload_driver(driver)
+    assert rows[int.from_bytes(b"NmRx", "little")].NonPagedAllocs == 64
+    assert driver.call("SendFrame", 60) == 0 and driver.call("SendsInFlight") == 1
+    frame = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, "Fram")
+    k.write(frame, bytes(range(64)))
+    buffer = driver.call("IndicateReceive", frame, 64)
+    assert k.read(buffer, 64) == bytes(range(64))  # copied into a receive buffer (NmRx)
+    assert k.allocation_driver(buffer).name == "ndisminiport.sys"
+    k.ExFreePoolWithTag(frame, "Fram")
+    k.unload_driver(driver)  # the send in flight and every receive buffer are freed
     rows = {row.TagUlong: row for row in k.pool_tags()}
     assert rows[int.from_bytes(b"NmRx", "little")].NonPagedUsed == 0
+    assert rows[int.from_bytes(b"NmTx", "little")].NonPagedUsed == 0
 
 
 def test_python_and_compiled_drivers_share_one_machine(k):

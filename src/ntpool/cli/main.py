@@ -16,7 +16,7 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(seed=args.seed, out_dir=args.out, steps=args.steps, windows=args.windows,
-                    truth=args.truth)
+                    truth=args.truth, python_drivers=args.python_drivers)
 
 
 def _cmd_bench(args) -> int:
@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--truth", metavar="FILE", help="also write the manifest of every chunk in "
                                                        "MEMORY.DMP (JSON)")
     demo.add_argument("--steps", type=int, default=None,
-                      help="traffic steps (default 6000; fewer for a quick run)")
+                      help="traffic steps (default 4000; fewer for a quick run)")
+    demo.add_argument("--python-drivers", action="store_true",
+                      help="run the Python sample drivers instead of the compiled ones")
     add_windows_argument(demo)
     demo.set_defaults(func=_cmd_demo)
     bench = sub.add_parser("bench", help="measure the allocator's speed and memory")

@@ -229,6 +229,7 @@ class Cpu:
         self.call_registers = RegisterBatch(self.uch, ("rcx", "rdx", "r8", "r9", "rsp", "rip", "rflags"))
         self.result_registers = RegisterBatch(self.uch, ("rax",))
         self.stack_register = RegisterBatch(self.uch, ("rsp",))
+        self.rip_register = RegisterBatch(self.uch, ("rip",))
         self.gs_base = 0
         self.cr3 = kernel.space.cr3 << 12
         uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
@@ -330,6 +331,6 @@ class Cpu:
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
-        if stop is None and self.uc.reg_read(X.UC_X86_REG_RIP) != RETURN_TRAP:
+        if stop is None and self.rip_register.read()[0] != RETURN_TRAP:
             return ("timeout", None)
         return stop
