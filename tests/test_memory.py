@@ -79,3 +79,62 @@ def test_allocate_frames_is_all_or_nothing():
     frames = physical.allocate_frames(15)
     assert sorted(frames) == list(range(1, 16)) and physical.frames_used == 16
     assert physical.allocate_frames(1) is None
+
+
+def _walked(space, va, count):
+    return [space.walk(va + (i << 12)) for i in range(count)]
+
+
+@pytest.mark.parametrize("frames", [range(40, 50), [77, 41, 90, 42, 43, 60, 61, 62, 30, 31]])
+def test_map_pages_across_a_page_table_boundary_agrees_with_the_walk(frames):
+    from ntpool.hooks import Hooks, MappingChanged
+
+    hooks = Hooks()
+    changed = []
+    hooks.subscribe(MappingChanged, lambda event: changed.append(event.address))
+    space = AddressSpace(PhysicalMemory(MiB), hooks)
+    va = 0xFFFFFA8000000000 + (0x200 - 4) * 4096  # 4 pages in one page table, 6 in the next
+    space.map_pages(va, frames)
+    assert _walked(space, va, 10) == [pfn << 12 for pfn in frames]
+    assert [space.translate(va + (i << 12)) for i in range(10)] == [pfn << 12 for pfn in frames]
+    assert changed == []  # nothing was mapped before: nothing for a CPU to forget
+    assert list(space.unmap_pages(va, 10)) == list(frames)
+    assert _walked(space, va, 10) == [None] * 10
+    assert all(space.translate(va + (i << 12)) is None for i in range(10))
+    assert changed == [va + (i << 12) for i in range(10)]
+
+
+def test_map_pages_over_a_mapped_page_announces_the_change():
+    from ntpool.hooks import Hooks, MappingChanged
+
+    hooks = Hooks()
+    changed = []
+    hooks.subscribe(MappingChanged, lambda event: changed.append(event.address))
+    space = AddressSpace(PhysicalMemory(MiB), hooks)
+    va = 0xFFFFFA8000000000
+    space.map_page(va + 4096, 20)
+    space.map_pages(va, range(30, 33))
+    assert changed == [va + 4096]
+    assert _walked(space, va, 3) == [30 << 12, 31 << 12, 32 << 12]
+
+
+def test_unmap_pages_of_a_missing_table_changes_nothing():
+    space = AddressSpace(PhysicalMemory(MiB))
+    va = 0xFFFFFA8000000000 + (0x200 - 2) * 4096
+    space.map_pages(va, range(30, 32))  # only the first table exists
+    with pytest.raises(KeyError):
+        space.unmap_pages(va, 4)
+    assert _walked(space, va, 2) == [30 << 12, 31 << 12]
+
+
+def test_frames_are_taken_in_allocate_frame_order_and_given_back_in_runs():
+    physical = PhysicalMemory(64 * 4096)
+    taken = physical.allocate_frame()  # frame 1
+    run = physical.allocate_frames(4)
+    assert list(run) == [2, 3, 4, 5]
+    physical.free_frame(3)  # a hole: the next grab starts there, as allocate_frame would
+    assert list(physical.allocate_frames(3)) == [3, 6, 7]
+    physical.free_frames(range(2, 6))
+    physical.free_frames([6, 7, taken])
+    assert physical.frames_used == 1 and not any(physical.frame_in_use[1:])
+    assert physical.allocate_frame() == 1

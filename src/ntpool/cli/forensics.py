@@ -7,12 +7,15 @@ from .verify import add_engine_arguments
 
 def _cmd_symbols(args) -> int:
     if args.install:
-        print(isf.install_symbols(args.install))
+        for path in isf.install_every_symbol_file(args.install):
+            print(path)
         return 0
     symbols, plugins = isf.package_symbols_directory(), isf.package_plugins_directory()
     print(f"symbols: {symbols}")
     print(f"plugins: {plugins}")
-    print(f"symbol file: {isf.relative_path()} (GUID {isf.guid()}, age 1)")
+    for windows in isf.every_windows():
+        print(f"symbol file for {windows}: {isf.relative_path(windows)} "
+              f"(GUID {isf.guid(windows)}, age 1)")
     print(f"use: vol --offline -f DUMP -s {symbols} -p {plugins} windows.info")
     return 0
 
@@ -21,7 +24,8 @@ def add_forensics_commands(sub) -> None:
     symbols = sub.add_parser("symbols", help="print where volatility3's symbol file (-s) and "
                                              "ntpool's volatility3 plugins (-p) are")
     symbols.add_argument("--install", metavar="DIR",
-                         help="write the symbol file under DIR (a folder to give vol -s) instead")
+                         help="write the symbol files (one per modelled build) under DIR (a "
+                              "folder to give vol -s) instead")
     symbols.set_defaults(func=_cmd_symbols)
     add_score_command(sub)
     add_corpus_command(sub)

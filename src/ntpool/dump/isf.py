@@ -13,8 +13,17 @@ never read (_EPROCESS, _FILE_OBJECT, ...): they are here as opaque structures wi
 Windows 7 SP1 x64 sizes and the few fields its version checks look at. Plugins that walk
 those objects (pslist, filescan) are not supported.
 
-The file ships in the package (``package_symbols_directory``) and is written beside every
-dump (``install_symbols``); ``-s`` takes the folder that holds ``windows/``.
+Each modelled build has its own file: Windows 7's, and one per segment-heap build (Windows
+10 and 11), whose _POOL_TRACKER_BIG_PAGES is the build's (0x18 bytes before 20348, 0x20
+with ProcessBilled from it; PoolType a 12-bit field at bit 8), whose _POOL_TRACKER_TABLE
+has 64-bit counters, and whose metadata carries the PE version (10.0.BUILD), which is how
+volatility3 tells Windows 10 from older kernels. volatility3's bigpools reads the entry
+layout from the symbol file when it has one (its own bigpools-win10 fallback is 0x18 bytes
+only), so a Windows 11 dump needs the 0x20-byte type here. Every function takes the
+machine's ``windows`` (None: Windows 7).
+
+The files ship in the package (``package_symbols_directory``) and the machine's is written
+beside every dump (``install_symbols``); ``-s`` takes the folder that holds ``windows/``.
 """
 
 import hashlib
@@ -26,6 +35,8 @@ from functools import lru_cache
 
 from ..constants import PoolType
 from ..pool.layout import LIST_ENTRY, WINDOWS7
+from ..pool.segment_heap.layout import BIG_PAGE_TYPE_BITS, segment_heap_layouts
+from ..windows import BUILDS, windows_version
 from . import image
 
 FORMAT = "6.2.0"
@@ -69,10 +80,19 @@ def _struct(size: int, fields) -> dict:
             "fields": {name: {"offset": offset, "type": _type(kind)} for name, offset, kind in fields}}
 
 
-def _from_layout(layout) -> dict:
-    """An ISF struct from one of ntpool.pool.layout's StructLayouts (unions overlap)."""
-    return _struct(layout.size, [(field.name, field.offset, _KIND_TYPES[field.kind])
-                                 for field in layout.fields.values()])
+def _from_layout(layout, bit_fields: dict | None = None) -> dict:
+    """An ISF struct from one of ntpool.pool.layout's StructLayouts (unions overlap);
+    ``bit_fields`` names a field that is bit fields instead: {field: ((name, first, bits), ...)}."""
+    document = _struct(layout.size, [(field.name, field.offset, _KIND_TYPES[field.kind])
+                                     for field in layout.fields.values()])
+    for name, bits in (bit_fields or {}).items():
+        field = document["fields"].pop(name)
+        for bit_name, first, length in bits:
+            document["fields"][bit_name] = {
+                "offset": field["offset"],
+                "type": {"kind": "bitfield", "bit_position": first, "bit_length": length,
+                         "type": field["type"]}}
+    return document
 
 
 # Windows 7 SP1 x64 sizes; only the fields named are described.
@@ -147,21 +167,52 @@ _ENUMS = {
 }
 
 
-def _isf_without_guid() -> dict:
-    user_types = {name: _struct(size, fields) for name, (size, fields) in {**_OPAQUE, **_STRUCTS}.items()}
-    layouts = WINDOWS7
+# Fields that only Windows 7's stubs carry: volatility3's fallback version checks read
+# them when a symbol file has no PE version (Windows 10+ files have one).
+_WINDOWS7_MARKERS = {("_EPROCESS", "UmsScheduledThreads"), ("_HANDLE_TABLE", "HandleCount")}
+
+
+def _version(windows):
+    """The machine's WindowsVersion, or None for Windows 7 (the original file)."""
+    if windows is None:
+        return None
+    version = windows_version(windows)
+    return version if version.segment_heap else None
+
+
+def _isf_without_guid(version=None) -> dict:
+    """The document for Windows 7 (``version`` None) or a segment-heap build."""
+    opaque = {name: (size, [field for field in fields
+                            if version is None or (name, field[0]) not in _WINDOWS7_MARKERS])
+              for name, (size, fields) in _OPAQUE.items()}
+    user_types = {name: _struct(size, fields) for name, (size, fields) in {**opaque, **_STRUCTS}.items()}
+    if version is None:
+        layouts = WINDOWS7
+        user_types["_POOL_TRACKER_BIG_PAGES"] = _from_layout(layouts.big_page)
+    else:
+        layouts = segment_heap_layouts(version)
+        user_types["_POOL_TRACKER_BIG_PAGES"] = _from_layout(
+            layouts.big_page, {"PoolType": BIG_PAGE_TYPE_BITS})
+        if "ProcessBilled" in user_types["_POOL_TRACKER_BIG_PAGES"]["fields"]:
+            user_types["_POOL_TRACKER_BIG_PAGES"]["fields"]["ProcessBilled"]["type"] = \
+                _type("pointer to struct _EPROCESS")
     user_types["_POOL_HEADER"] = _from_layout(layouts.pool_header)
-    user_types["_POOL_TRACKER_BIG_PAGES"] = _from_layout(layouts.big_page)
     user_types["_POOL_TRACKER_TABLE"] = _from_layout(layouts.tracker)
     base_types = {name: {"kind": kind, "size": size, "signed": signed, "endian": "little"}
                   for name, (size, signed, kind) in _BASE_TYPES.items()}
     base_types["void"] = {"kind": "void", "size": 0, "signed": False, "endian": "little"}
     symbols = {name: {"address": rva, "type": _type(kind)} for name, (rva, kind) in image.GLOBALS.items()}
+    windows = {"pdb": {"GUID": "", "age": image.PDB_AGE, "database": image.PDB_NAME,
+                       "machine_type": 0x8664}}
+    if version is not None:
+        # ntoskrnl's file version, MAJOR.MINOR.BUILD.QFE (volatility3: major, minor,
+        # revision, build).
+        windows["pe"] = {"major": version.major, "minor": version.minor,
+                         "revision": version.build, "build": 1}
     return {
         "metadata": {"format": FORMAT,
                      "producer": {"name": "ntpool", "version": "1"},
-                     "windows": {"pdb": {"GUID": "", "age": image.PDB_AGE,
-                                         "database": image.PDB_NAME, "machine_type": 0x8664}}},
+                     "windows": windows},
         "base_types": base_types,
         "user_types": user_types,
         "enums": _ENUMS,
@@ -173,39 +224,49 @@ def _canonical(document: dict) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-@lru_cache(maxsize=1)
-def _generated() -> tuple[bytes, bytes, str]:
-    document = _isf_without_guid()
+@lru_cache(maxsize=None)
+def _generated(version=None) -> tuple[bytes, bytes, str]:
+    document = _isf_without_guid(version)
     guid_le = hashlib.sha256(_canonical(document)).digest()[:16]
     guid = uuid.UUID(bytes_le=guid_le).hex.upper()
     document["metadata"]["windows"]["pdb"]["GUID"] = guid
     return guid_le, _canonical(document), guid
 
 
-def isf() -> dict:
+def isf(windows=None) -> dict:
     """The symbol file as a dict (a fresh copy)."""
-    return json.loads(_generated()[1])
+    return json.loads(_generated(_version(windows))[1])
 
 
-def guid_bytes() -> bytes:
+def guid_bytes(windows=None) -> bytes:
     """The GUID's 16 bytes as the CodeView record stores them."""
-    return _generated()[0]
+    return _generated(_version(windows))[0]
 
 
-def guid() -> str:
+def guid(windows=None) -> str:
     """The GUID as volatility3 spells it (upper-case hex, no dashes)."""
-    return _generated()[2]
+    return _generated(_version(windows))[2]
 
 
-def relative_path() -> str:
+def relative_path(windows=None) -> str:
     """Where the file goes under a symbols folder."""
-    return os.path.join("windows", image.PDB_NAME, f"{guid()}-{image.PDB_AGE}.json.xz")
+    return os.path.join("windows", image.PDB_NAME, f"{guid(windows)}-{image.PDB_AGE}.json.xz")
 
 
-@lru_cache(maxsize=1)
-def compressed() -> bytes:
+@lru_cache(maxsize=None)
+def _compressed(version) -> bytes:
+    return lzma.compress(_generated(version)[1], preset=6)
+
+
+def compressed(windows=None) -> bytes:
     """The file's bytes (xz; the same for the same layouts)."""
-    return lzma.compress(_generated()[1], preset=6)
+    return _compressed(_version(windows))
+
+
+def every_windows() -> list:
+    """One WindowsVersion per distinct symbol file: Windows 7, then each segment-heap build."""
+    return [BUILDS[7601]] + [version for build, version in sorted(BUILDS.items())
+                             if version.segment_heap]
 
 
 def package_symbols_directory() -> str:
@@ -218,10 +279,11 @@ def package_plugins_directory() -> str:
     return os.path.join(_PACKAGE_DATA, "plugins")
 
 
-def install_symbols(directory) -> str:
-    """Write the symbol file under ``directory`` (a symbols folder) unless it is there; its path."""
-    path = os.path.join(os.fspath(directory), relative_path())
-    data = compressed()
+def install_symbols(directory, windows=None) -> str:
+    """Write the machine's symbol file under ``directory`` (a symbols folder) unless it is
+    there; its path."""
+    path = os.path.join(os.fspath(directory), relative_path(windows))
+    data = compressed(windows)
     try:
         with open(path, "rb") as existing:
             if existing.read() == data:
@@ -234,6 +296,11 @@ def install_symbols(directory) -> str:
         out.write(data)
     os.replace(temporary, path)
     return path
+
+
+def install_every_symbol_file(directory) -> list[str]:
+    """Every modelled build's symbol file under ``directory``; their paths."""
+    return [install_symbols(directory, windows) for windows in every_windows()]
 
 
 def symbols_beside(dump_path) -> str:

@@ -155,7 +155,7 @@ def build_segment_heap_big_page_table(pools, size: int, entry) -> bytearray:
     mask = size - 1
     for pool in pools:
         for va, (tag, pages) in pool.big_pages.items():
-            length, pool_type, process = pool.big_details.get(va, (pages << PAGE_SHIFT, pool.header_type, 0))
+            length, pool_type, process = pool.big_details.get(va, (pages << PAGE_SHIFT, pool.pool_type, 0))
             slot = big_page_hash(va, mask)
             while not image[slot * entry.size] & BIG_PAGE_FREE:
                 slot = (slot + 1) & mask
@@ -356,7 +356,8 @@ def _lay_out_bugcheck_context(kernel, layout: DebuggerDataLayout) -> int:
 def _lay_out_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big_entries: int) -> None:
     """The kernel image's headers, CodeView record and globals (see ``ntpool.dump.image``)."""
     base = kernel.kernel_data.base
-    poke(kernel, base, kernel_image.headers_and_rdata(base, isf.guid_bytes(), kernel.windows))
+    poke(kernel, base, kernel_image.headers_and_rdata(base, isf.guid_bytes(kernel.windows),
+                                                       kernel.windows))
     poke(kernel, kernel_image.global_address(base, "KdVersionBlock"),
          kernel_image.version_block(base, kernel.windows))
     nonpaged, paged = kernel.nonpaged_pool, kernel.paged_pool

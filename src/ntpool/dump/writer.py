@@ -144,7 +144,8 @@ def _write_bitmap(kernel, out) -> None:
 def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=None) -> str:
     """Write ``kernel``'s crash dump to ``path`` (``kind`` 'full' or 'kernel'); returns the path.
 
-    With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``) is put in a
+    With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``, the machine's
+    build's) is put in a
     ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too);
     ``truth`` is where to write the truth manifest (``ntpool.forensics.truth``).
     """
@@ -165,7 +166,7 @@ def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=Non
         raise
     if symbols:
         try:
-            isf.install_symbols(isf.symbols_beside(path))
+            isf.install_symbols(isf.symbols_beside(path), kernel.windows)
         except OSError:
             pass  # the dump is written; `ntpool symbols` names the package's copy
     if truth is not None:

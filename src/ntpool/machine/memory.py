@@ -4,13 +4,16 @@ Physical memory is one anonymous mapping, so the host backs only the frames that
 touched: a machine with gigabytes of pool costs what it uses. The page tables are real
 PML4/PDPT/PD/PT pages in that physical memory, rooted at CR3, so a crash dump of the
 frames is a faithful machine image. A software TLB (virtual page number -> physical page
-address) keeps translation to one dict lookup; it is kept exactly in step with the tables.
+address) keeps translation to one dict lookup; it is kept exactly in step with the tables. The page
+table of each 2 MiB is remembered too, so a PTE is found without a walk: multi-page mappings
+(big pool allocations) write each page table's share of PTEs in one go.
 
 This module knows nothing of pools.
 """
 
 import mmap
 import struct
+from collections.abc import Sequence
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..hooks import Hooks, MappingChanged
@@ -75,8 +78,20 @@ class PhysicalMemory:
         self._hint = pfn + 1
         return pfn
 
-    def allocate_frames(self, count: int) -> list[int] | None:
-        """``count`` frames, anywhere, or None (and none taken) when memory runs out."""
+    def allocate_frames(self, count: int) -> Sequence[int] | None:
+        """``count`` frames, anywhere, or None (and none taken) when memory runs out.
+
+        The frames are the ones ``allocate_frame`` would give one call at a time; when they
+        are a run of free frames (the usual case: memory is handed out in order), the run is
+        taken with one slice and returned as a ``range``, which ``map_pages`` maps without
+        a per-page step."""
+        in_use = self.frame_in_use
+        first = in_use.find(0, self._hint)
+        if first > 0 and in_use.startswith(bytes(count), first):
+            in_use[first:first + count] = b"\x01" * count
+            self.frames_used += count
+            self._hint = first + count
+            return range(first, first + count)
         frames = []
         try:
             for _ in range(count):
@@ -111,6 +126,22 @@ class PhysicalMemory:
         self.frames_used -= 1
         if pfn < self._hint:
             self._hint = pfn
+
+    def free_frames(self, frames: Sequence[int]) -> None:
+        """``free_frame`` for each of ``frames`` (a run given as a ``range``: one slice)."""
+        if not frames:
+            return
+        in_use = self.frame_in_use
+        if isinstance(frames, range) and frames.step == 1:
+            in_use[frames.start:frames.stop] = bytes(len(frames))
+            lowest = frames.start
+        else:
+            for pfn in frames:
+                in_use[pfn] = 0
+            lowest = min(frames)
+        self.frames_used -= len(frames)
+        if lowest < self._hint:
+            self._hint = lowest
 
     def zero_frame(self, pfn: int) -> None:
         base = pfn << PAGE_SHIFT
@@ -151,6 +182,7 @@ class AddressSpace:
         self._write_entry(self.cr3 << PAGE_SHIFT, SELF_MAP_INDEX,
                           (self.cr3 << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY)
         self.tlb: dict[int, int] = {}  # virtual page number -> physical address of the page
+        self.page_tables: dict[int, int] = {}  # va >> 21 -> physical address of its page table
         # MappingChanged is published when a present mapping is removed or replaced (a
         # hardware TLB, the native CPU's, must forget it).
         self.hooks = hooks if hooks is not None else Hooks()
@@ -167,10 +199,22 @@ class AddressSpace:
         _QWORD.pack_into(self.physical.buffer, table_pa + index * 8, value)
 
     def _pte_address(self, va: int, create: bool) -> int | None:
-        """Physical address of the PTE for ``va``; builds missing tables when ``create``."""
+        """Physical address of the PTE for ``va``; builds missing tables when ``create``.
+
+        A page table, once built, stays where it is for the machine's life (ntpool never
+        frees one and only this method writes the entries above it), so the page table of
+        each 2 MiB of address space is remembered after its first walk."""
+        table_pa = self.page_tables.get(va >> 21)
+        if table_pa is None:
+            table_pa = self._walk_to_page_table(va, create)
+            if table_pa is None:
+                return None
+            self.page_tables[va >> 21] = table_pa
+        return table_pa + ((va >> PAGE_SHIFT) & 0x1FF) * 8
+
+    def _walk_to_page_table(self, va: int, create: bool) -> int | None:
         table_pa = self.cr3 << PAGE_SHIFT
-        indices = table_indices(va)
-        for index in indices[:3]:
+        for index in table_indices(va)[:3]:
             entry = self._read_entry(table_pa, index)
             if not entry & PTE_PRESENT:
                 if not create:
@@ -179,7 +223,7 @@ class AddressSpace:
                 entry = (pfn << PAGE_SHIFT) | PTE_PRESENT | PTE_WRITABLE
                 self._write_entry(table_pa, index, entry)
             table_pa = entry & PTE_ADDRESS_MASK
-        return table_pa + indices[3] * 8
+        return table_pa
 
     def map_page(self, va: int, pfn: int, writable: bool = True, executable: bool = False) -> None:
         flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
@@ -193,48 +237,74 @@ class AddressSpace:
             self.hooks.publish(MappingChanged(va))
         self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
 
+    def _pte_runs(self, va: int, count: int, create: bool) -> list[tuple[int, int]]:
+        """(PTE physical address, pages) for each page table's share of ``count`` pages from
+        ``va``: a table's PTEs are consecutive, 8 bytes apart, so each table is walked to
+        once, not once per page. Raises KeyError, before anything changes, when a table is
+        missing and ``create`` is false."""
+        runs = []
+        first_vpn = va >> PAGE_SHIFT
+        done = 0
+        while done < count:
+            run = min(count - done, 0x200 - ((first_vpn + done) & 0x1FF))
+            page = va + (done << PAGE_SHIFT)
+            pte_pa = self._pte_address(page, create)
+            if pte_pa is None:
+                raise KeyError(f"{page:#x} is not mapped")
+            runs.append((pte_pa, run))
+            done += run
+        return runs
+
     def map_pages(self, va: int, frames) -> None:
         """``map_page`` (writable, NX) for consecutive pages from ``va`` onto ``frames``.
 
-        The PTEs of one page table are consecutive, 8 bytes apart: the tables are walked
-        once per page table (512 pages), not once per page."""
+        Each page table's share of the PTEs is written with one pack and the TLB learns the
+        pages in one update. Pages mapped already take ``map_page``'s way (a replaced
+        mapping must be announced to the native CPU)."""
+        first_vpn = va >> PAGE_SHIFT
+        vpns = range(first_vpn, first_vpn + len(frames))
+        if not self.tlb.keys().isdisjoint(vpns):
+            for offset, pfn in enumerate(frames):
+                self.map_page(va + (offset << PAGE_SHIFT), pfn)
+            return
         flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | PTE_NX
-        buffer, tlb, pack = self.physical.buffer, self.tlb, _QWORD.pack_into
-        pte_pa = 0
-        for offset, pfn in enumerate(frames):
-            page = va + (offset << PAGE_SHIFT)
-            vpn = page >> PAGE_SHIFT
-            if not offset or not vpn & 0x1FF:  # the first page, or the next page table's
-                pte_pa = self._pte_address(page, create=True)
-            else:
-                pte_pa += 8
-            pack(buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
-            if tlb.get(vpn, pfn << PAGE_SHIFT) != pfn << PAGE_SHIFT:
-                self.hooks.publish(MappingChanged(page))
-            tlb[vpn] = pfn << PAGE_SHIFT
+        if isinstance(frames, range) and frames.step == 1:
+            # A run of frames: page addresses and PTEs both step by a page (the flags are
+            # bits no page address uses).
+            bases = range(frames.start << PAGE_SHIFT, frames.stop << PAGE_SHIFT, PAGE_SIZE)
+            entries = range(bases.start | flags, bases.stop | flags, PAGE_SIZE)
+        else:
+            bases = [pfn << PAGE_SHIFT for pfn in frames]
+            entries = [base | flags for base in bases]
+        buffer = self.physical.buffer
+        done = 0
+        for pte_pa, run in self._pte_runs(va, len(frames), create=True):
+            struct.pack_into(f"<{run}Q", buffer, pte_pa, *entries[done:done + run])
+            done += run
+        self.tlb.update(zip(vpns, bases))
 
-    def unmap_pages(self, va: int, count: int) -> list[int]:
-        """``unmap_page`` for ``count`` consecutive mapped pages; their frames, in order."""
-        buffer, tlb = self.physical.buffer, self.tlb
-        unpack, pack = _QWORD.unpack_from, _QWORD.pack_into
-        publish = self.hooks.listening(MappingChanged)
-        frames = []
-        pte_pa = None
-        for offset in range(count):
-            page = va + (offset << PAGE_SHIFT)
-            vpn = page >> PAGE_SHIFT
-            if pte_pa is None or not vpn & 0x1FF:  # the first page, or the next page table's
-                pte_pa = self._pte_address(page, create=False)
-                if pte_pa is None:
-                    raise KeyError(f"{page:#x} is not mapped")
-            else:
-                pte_pa += 8
-            frames.append((unpack(buffer, pte_pa)[0] & PTE_ADDRESS_MASK) >> PAGE_SHIFT)
-            pack(buffer, pte_pa, 0)
-            tlb.pop(vpn, None)
-            if publish:
-                self.hooks.publish(MappingChanged(page))
-        return frames
+    def unmap_pages(self, va: int, count: int) -> Sequence[int]:
+        """``unmap_page`` for ``count`` consecutive mapped pages; their frames, in order (a
+        ``range`` when they are a run, as ``allocate_frames`` gives them).
+
+        As ``map_pages``: one read and one clear per page table's share of the PTEs."""
+        buffer = self.physical.buffer
+        entries: tuple[int, ...] = ()
+        for pte_pa, run in self._pte_runs(va, count, create=False):
+            entries += struct.unpack_from(f"<{run}Q", buffer, pte_pa)
+            buffer[pte_pa:pte_pa + 8 * run] = bytes(8 * run)
+        pop = self.tlb.pop
+        first_vpn = va >> PAGE_SHIFT
+        for vpn in range(first_vpn, first_vpn + count):
+            pop(vpn, None)
+        if self.hooks.listening(MappingChanged):
+            for offset in range(count):
+                self.hooks.publish(MappingChanged(va + (offset << PAGE_SHIFT)))
+        first = entries[0] if entries else 0
+        if entries == tuple(range(first, first + (count << PAGE_SHIFT), PAGE_SIZE)):
+            pfn = (first & PTE_ADDRESS_MASK) >> PAGE_SHIFT  # a run of frames, flags alike
+            return range(pfn, pfn + count)
+        return [(entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT for entry in entries]
 
     def set_pte_bits(self, va: int, bits: int) -> None:
         """OR ``bits`` into a mapped page's PTE (e.g. PTE_CACHE_DISABLE for noncached memory)."""

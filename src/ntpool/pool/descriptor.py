@@ -249,8 +249,7 @@ class Pool:
         first = va >> PAGE_SHIFT
         if self.pager is None or all(self.tlb.get(vpn) is not None
                                      for vpn in range(first, first + count)):
-            for pfn in self.space.unmap_pages(va, count):  # all resident: one walk per table
-                self.physical.free_frame(pfn)
+            self.physical.free_frames(self.space.unmap_pages(va, count))  # all resident
         else:
             for offset in range(count):
                 page = va + (offset << PAGE_SHIFT)

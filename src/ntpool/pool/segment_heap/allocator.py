@@ -175,7 +175,7 @@ class SegmentHeapAllocator(PoolAllocator):
             va = pool.allocate_big(number_of_bytes, tag)
             if va:
                 pool.big_sites[va] = site
-                pool.big_details[va] = (number_of_bytes, pool.header_type, 0)
+                pool.big_details[va] = (number_of_bytes, pool.pool_type, 0)
                 self.tracker.charge(tag, pool.track_offset, pool.big_pages[va][1] << PAGE_SHIFT)
             return va
         units = block_units(number_of_bytes, aligned)

@@ -13,6 +13,9 @@ from .allocator import SegmentHeapAllocator
 from .heap import SegmentHeap
 from .layout import (
     HEAP_GLOBALS,
+    HEAP_NONPAGED,
+    HEAP_NONPAGED_NX,
+    HEAP_PAGED,
     POOL_STATE,
     SEGMENT_HEAP_SIGNATURE,
     SEGMENT_HEAP_SIGNATURE_OFFSET,
@@ -53,9 +56,9 @@ class SegmentHeapPools:
         write(self.cookie_va, self.keys.pool_quota_cookie.to_bytes(8, "little"))
         heaps = []
         for name, base_type, index, base, size in (
-                ("NonPagedPool", 0, 0, NONPAGED_HEAP_BASE, nonpaged_bytes),
-                ("NonPagedPoolNx", 0, 1, NONPAGED_NX_HEAP_BASE, nonpaged_bytes),
-                ("PagedPool", 1, 2, PAGED_HEAP_BASE, paged_bytes)):
+                ("NonPagedPool", 0, HEAP_NONPAGED, NONPAGED_HEAP_BASE, nonpaged_bytes),
+                ("NonPagedPoolNx", 0, HEAP_NONPAGED_NX, NONPAGED_NX_HEAP_BASE, nonpaged_bytes),
+                ("PagedPool", 1, HEAP_PAGED, PAGED_HEAP_BASE, paged_bytes)):
             heap_va = kernel_data.reserve(SEGMENT_HEAP_SIZE, align=64)
             write(heap_va + SEGMENT_HEAP_SIGNATURE_OFFSET, SEGMENT_HEAP_SIGNATURE.to_bytes(4, "little"))
             heaps.append(SegmentHeap(name, base_type, index, base, size, space, crash, self.keys,

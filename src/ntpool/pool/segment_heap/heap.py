@@ -24,6 +24,7 @@ from .layout import (
     DESCRIPTOR_SIZE,
     DESCRIPTOR_UNIT,
     DWORD,
+    HEAP_POOL_TYPES,
     LFH_ACTIVATE_LIVE,
     LFH_ACTIVATE_REQUESTS,
     LFH_BITMAP,
@@ -164,6 +165,8 @@ class SegmentHeap:
         self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
         self.signature_constant = signature_constant
         self.track_offset = 3 * base_type
+        # The POOL_TYPE its big page entries record (NonPagedPool, NonPagedPoolNx, PagedPool).
+        self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
         self.allocated_header_type = self.header_type  # the name the Windows 7 pool gives it
         self.page_kind = bytearray(self.page_count)

@@ -71,6 +71,7 @@ HEAP_GLOBALS = struct.Struct("<QQ")
 # PoolNode[0].Heaps[4] @0x10 (0 NonPagedPool, 1 NonPagedPoolNx, 2 PagedPool, 3 unused).
 POOL_STATE = struct.Struct("<QI4xQQQQ")
 HEAP_NONPAGED, HEAP_NONPAGED_NX, HEAP_PAGED = 0, 1, 2
+HEAP_POOL_TYPES = {HEAP_NONPAGED: 0x0, HEAP_NONPAGED_NX: 0x200, HEAP_PAGED: 0x1}  # POOL_TYPE
 
 # --- the VS backend ---------------------------------------------------------------------------
 
@@ -255,12 +256,25 @@ def segment_heap_layouts(version) -> PoolLayouts:
                        POOL_TYPE_ALLOCATED, POOL_TYPE_QUOTA)
 
 
+# The u32 at +0xC of a Windows 10/11 big page entry is three bit fields (name, first bit,
+# bits), as the PDB's _POOL_TRACKER_BIG_PAGES has them: Pattern:8, PoolType:12, SlushSize:12.
+# PoolType is the POOL_TYPE the caller asked for (NonPagedPoolNx 0x200, PagedPool 1, ...),
+# not the POOL_HEADER's encoding (a public WinDbg session shows 0x200, 0x1, 0x5, 0x401).
+BIG_PAGE_TYPE_BITS = (("Pattern", 0, 8), ("PoolType", 8, 12), ("SlushSize", 20, 12))
+_BITS = {name: (first, (1 << bits) - 1) for name, first, bits in BIG_PAGE_TYPE_BITS}
+
+
 def big_page_type_field(pool_type: int, pattern: int = 0, slush: int = 0) -> int:
-    return (pattern & 0xFF) | (pool_type & 0xFFF) << 8 | (slush & 0xFFF) << 20
+    value = 0
+    for name, field in (("Pattern", pattern), ("PoolType", pool_type), ("SlushSize", slush)):
+        first, mask = _BITS[name]
+        value |= (field & mask) << first
+    return value
 
 
 def big_page_type_of(field: int) -> int:
-    return (field >> 8) & 0xFFF
+    first, mask = _BITS["PoolType"]
+    return (field >> first) & mask
 
 
 def big_page_hash(va: int, mask: int) -> int:
