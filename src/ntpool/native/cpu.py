@@ -85,6 +85,8 @@ _REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
 _SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+_MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                           ctypes.c_int64, ctypes.c_void_p)
 
 
 def stub_code(number: int, stub_va: int) -> bytes:
@@ -245,6 +247,7 @@ class Cpu:
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
         self._clean = uc.context_save()  # no exception pending: restored after each fault
+        self._write_hook = None  # (handle, callback) while stores are published
 
     # --- hooks -------------------------------------------------------------------------------
 
@@ -257,6 +260,32 @@ class Cpu:
             raise unicorn.UcError(status)
         self._hooks.append((handle.value, callback))
         return handle.value
+
+    def publish_writes(self, on: bool) -> None:
+        """Publish every store native code makes as ``MemoryWritten`` (on while a layer
+        listens: the uninitialized-memory checker), or stop. A memory hook is a call into
+        Python per store, so it exists only while someone listens; translated code is
+        flushed either way, because unicorn decides at translation whether a store calls
+        the hooks."""
+        if on == (self._write_hook is not None):
+            return
+        if on:
+            callback = _MEM_CB(self._on_write)
+            handle = self._add_hook(unicorn.UC_HOOK_MEM_WRITE, callback, 1, 0)
+            self._write_hook = (handle, callback)
+        else:
+            handle, callback = self._write_hook
+            self._write_hook = None
+            uclib.uc_hook_del(self.uch, ctypes.c_size_t(handle))
+            self._hooks.remove((handle, callback))
+        self.uc.ctl_flush_tb()
+
+    def _on_write(self, uch, access, address, size, value, user_data) -> None:
+        try:
+            self.machine.native_store(address, size)
+        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
 
     def hook_cr8(self, address: int) -> None:
         """Emulate the ``mov cr8, reg`` / ``mov reg, cr8`` at ``address`` (found by the loader)."""

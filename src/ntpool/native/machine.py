@@ -16,7 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
-from ..hooks import MappingChanged
+from ..hooks import MappingChanged, MemoryWritten
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, seh
@@ -178,12 +178,17 @@ class NativeMachine:
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.hooks.subscribe(MappingChanged, self._pte_changed)
+        # Stores by native code are published while a layer listens for writes (the
+        # uninitialized-memory checker); otherwise no memory hook exists.
+        kernel.hooks.watch(MemoryWritten, self.cpu.publish_writes)
+        self.cpu.publish_writes(bool(kernel.hooks.listening(MemoryWritten)))
         kernel.call_sites.native_resolver = self.current_site
         # The I/O manager calls driver code (dispatch, completion routines) through these.
         kernel.native_call = lambda address, args: self.call(address, args)
         kernel.system_routine_resolver = self.system_routine
         self._kpcrs = [self._make_kpcr(n) for n in range(kernel.processors)]
         self._synced_thread = None  # (processor, EPROCESS) last written to its KTHREAD
+        self._frame_pages: dict | None = None  # physical page -> the virtual pages mapping it
 
     # --- memory the machine's own native parts use ---------------------------------------------
 
@@ -225,6 +230,32 @@ class NativeMachine:
 
     def _pte_changed(self, event: MappingChanged) -> None:
         self.cpu.tlb_stale = True
+        self._frame_pages = None
+
+    def native_store(self, pa: int, size: int) -> None:
+        """Publish a store by native code as MemoryWritten at every virtual address that maps
+        it (called by the CPU's write hook, which exists only while someone listens).
+
+        unicorn's memory hooks give the physical address of a store made through the page
+        tables, so the frame is looked up in a reverse of the machine's translations, built
+        when first needed and dropped whenever a mapping changes (a frame mapped afresh
+        without an announcement is not in it yet: the reverse is then rebuilt)."""
+        while size > 0:
+            page, offset = pa & ~(PAGE_SIZE - 1), pa & (PAGE_SIZE - 1)
+            part = min(size, PAGE_SIZE - offset)
+            reverse = self._frame_pages
+            pages = None if reverse is None else reverse.get(page)
+            if pages is None:
+                reverse = self._frame_pages = {}
+                for vpn, base in self.tlb.items():
+                    reverse.setdefault(base, []).append(vpn << 12)
+                pages = reverse.get(page, ())
+            listeners = self.kernel.hooks.listening(MemoryWritten)
+            for va_page in pages:
+                event = MemoryWritten(va_page | offset, part)
+                for listener in listeners:
+                    listener(event)
+            pa, size = pa + part, size - part
 
     # --- loading -------------------------------------------------------------------------------
 
