@@ -473,3 +473,16 @@ def test_run_reports_a_compiled_drivers_disclosure(tmp_path, capsys):
     assert main(["run", str(scenario), "--nonpaged-pool-mib", "4", "--paged-pool-mib", "4"]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "48 uninitialized byte(s)" in out and "QueryReply+" in out and "(tag Rply)" in out
+
+
+def test_speakeasy_comparison_reports_what_stopped_it():
+    """speakeasy pins unicorn 1.0.2, so it runs in its own environment; here it is absent."""
+    import sys
+
+    from ntpool.native.bench import bench_driver
+    from ntpool.tools.speakeasy_bench import compare
+
+    assert compare(bench_driver(), None) is None  # not importable beside unicorn 2.1
+    missing = compare(bench_driver(), sys.executable, pairs=1, rounds=1)
+    assert "exited 1" in missing["error"] and "speakeasy" in missing["error"]
+    assert "No such file" in compare(bench_driver(), "/nonexistent/python")["error"]
