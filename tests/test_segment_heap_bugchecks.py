@@ -148,7 +148,48 @@ def test_vs_double_free_of_a_small_chunk_is_caught_when_the_delay_list_drains(k1
 
 def test_big_double_free_is_bad_pool_caller_0x99(k11):
     d = Driver()
-    p = d.allocate(k11, 0x3000)
+    p = d.allocate(k11, 0x30000)  # over 128 KiB: pages from the segment backend
+    d.free(k11, p)
+    error = stop(lambda: d.free(k11, p))
+    assert (error.code, error.parameters[:2]) == (0xC2, (0x99, p))
+
+
+def test_overrun_into_a_big_allocations_vs_header_is_0x13a_at_its_free(k11):
+    d = Driver()
+    small = d.allocate(k11, 0xF80)  # a VS block, then a 0x1800-byte big allocation behind it
+    big = d.allocate(k11, 0x1800)
+    assert big & 0xFFF == 0 and k11.nonpaged_pool_nx.big_in_vs(big)
+    header = big - 16  # the big allocation's _HEAP_VS_CHUNK_HEADER, just before its page
+    k11.write(header, b"v" * 16)  # an overrun from below reaches it first
+    error = stop(lambda: d.free(k11, big))
+    assert error.code == HEAP_CORRUPTION
+    assert error.parameters == (L.HeapFailure.ENTRY_CORRUPTION, k11.nonpaged_pool_nx.heap_va,
+                                header, 0)
+
+
+def test_overrun_past_a_big_vs_allocation_is_caught_at_its_free_not_windows_7():
+    # Windows 7: the big allocation's pages end at a page boundary and the write stays in
+    # its slack (missed). The segment heap's VS chunk ends at the 16-byte boundary and
+    # the next chunk's encoded header follows.
+    k, d = machine(), Driver()
+    k.load_driver(d)
+    big = d.allocate(k, 0x1800)
+    d.allocate(k, 0x300)  # its neighbour, in the same page after it
+    k.write(big, b"o" * (0x1800 + 0x10))
+    error = stop(lambda: d.free(k, big))
+    assert (error.code, error.parameters[0]) == (HEAP_CORRUPTION, L.HeapFailure.ENTRY_CORRUPTION)
+    k7, d7 = machine("7"), Driver()
+    k7.load_driver(d7)
+    big7 = d7.allocate(k7, 0x1800, NP)
+    k7.write(big7, b"o" * (0x1800 + 0x10))
+    d7.free(k7, big7)
+    assert not k7.halted
+
+
+def test_double_free_of_a_big_vs_allocation_is_bad_pool_caller_0x99(k11):
+    d = Driver()
+    p = d.allocate(k11, 0x1800)
+    assert k11.nonpaged_pool_nx.big_in_vs(p)
     d.free(k11, p)
     error = stop(lambda: d.free(k11, p))
     assert (error.code, error.parameters[:2]) == (0xC2, (0x99, p))
