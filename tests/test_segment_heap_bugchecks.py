@@ -156,7 +156,7 @@ def test_big_double_free_is_bad_pool_caller_0x99(k11):
 
 def test_overrun_into_a_big_allocations_vs_header_is_0x13a_at_its_free(k11):
     d = Driver()
-    small = d.allocate(k11, 0xF80)  # a VS block, then a 0x1800-byte big allocation behind it
+    d.allocate(k11, 0xF80)  # a VS block, then a 0x1800-byte big allocation behind it
     big = d.allocate(k11, 0x1800)
     assert big & 0xFFF == 0 and k11.nonpaged_pool_nx.big_in_vs(big)
     header = big - 16  # the big allocation's _HEAP_VS_CHUNK_HEADER, just before its page
