@@ -295,6 +295,39 @@ def test_pool2_zeroes_by_default(k):
     assert q == p and k.read(q, 300) == bytes(300)
 
 
+def test_pool2_zeroes_on_every_call_of_a_known_flags_value(k):
+    # The first call translates the flags; later ones take the cached translation and the
+    # allocator's fast path, and must zero just the same.
+    for _ in range(3):
+        p = k.ExAllocatePoolWithTag(NP, 100, "Agan")
+        k.RtlFillMemory(p, 112, 0xAB)  # the whole body the chunk holds
+        k.ExFreePoolWithTag(p, "Agan")
+        q = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Agan")
+        assert q == p and k.read(q, 100) == bytes(100)
+        assert k.read(q + 100, 12) == b"\xab" * 12  # only NumberOfBytes are zeroed
+        k.ExFreePoolWithTag(q, "Agan")
+
+
+def test_pool2_zeroing_publishes_the_write(k):
+    k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Pub ")  # flags and tag known
+    written = []
+    k.hooks.subscribe(ntpool.hooks.MemoryWritten, written.append)
+    q = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Pub ")
+    assert written == [ntpool.hooks.MemoryWritten(q, 100)]
+    k.hooks.unsubscribe(ntpool.hooks.MemoryWritten, written.append)
+    k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Pub ")
+    assert len(written) == 1
+
+
+def test_pool2_known_flags_still_refuse_tag_zero_and_bad_arguments(k):
+    assert k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Okay")
+    assert k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, 0) == 0
+    assert k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "\0\0") == 0
+    with pytest.raises(TypeError, match="Flags"):
+        k.ExAllocatePool2(True, 100, "Okay")
+    assert not k.halted
+
+
 def test_pool2_uninitialized_leaves_memory(k):
     p = dirty(k, ntpool.PoolType.NonPagedPoolNx, 300)
     q = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_UNINITIALIZED, 300, "Dirt")

@@ -214,6 +214,26 @@ def test_free_pool_memory_with_the_wrong_length_is_refused(k, size, wrong):
     assert row(k, "sneL").NonPagedUsed == 0
 
 
+@pytest.mark.parametrize("size, given", [(100, 100), (100, 97), (100, 112), (1, 16), (496, 481)])
+def test_free_pool_memory_with_a_length_of_the_same_blocks_is_accepted(k, size, given):
+    # Windows keeps only the chunk's BlockSize: any Length giving the same block count fits.
+    _, va = k.NdisAllocateMemoryWithTag(size, "Same")
+    k.NdisFreeMemory(va, given, 0)
+    assert row(k, "emaS").NonPagedUsed == 0 and not k.halted
+
+
+def test_wrong_length_refused_on_every_call_nothing_freed(k):
+    # The size check rides on the free fast path: a refused free leaves the chunk allocated.
+    for _ in range(3):
+        _, va = k.NdisAllocateMemoryWithTag(100, "Twce")
+        with pytest.raises(ntpool.NdisContractError, match="Length"):
+            k.NdisFreeMemory(va, 300, 0)
+        assert is_allocated(POOL_HEADER.unpack_from(k.read(va - 16, 16)).PoolType)
+        assert row(k, "ecwT").NonPagedUsed == 128
+        k.NdisFreeMemory(va, 100, 0)
+        assert row(k, "ecwT").NonPagedUsed == 0
+
+
 def test_free_contiguous_noncached_needs_below_dispatch(k):
     _, va = k.NdisAllocateMemory(4096, NDIS_MEMORY_NONCACHED, -1)
     k.KeRaiseIrql(2)

@@ -90,6 +90,7 @@ _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 # corrupted Next put it there) goes the generic way, which accesses it as Windows would.
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
+_ZERO_PAGE = memoryview(bytes(PAGE_SIZE))  # zeroing copies a slice of it: no bytes object made
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
 # Every bit a POOL_TYPE argument may carry (base, must-succeed, cache-aligned, the quota /
@@ -148,7 +149,14 @@ class PoolAllocator:
         # process billed for each quota-charged big allocation (big pages have no header).
         self.quota = None
         self.big_quota: dict[int, tuple[int, int]] = {}  # va -> (EPROCESS address, bytes)
+        # Whether anyone listens for MemoryWritten (zeroing a new allocation publishes it):
+        # kept as a bool by the hooks' watcher, so a zeroing call reads one attribute.
+        self.writes_watched = bool(self.hooks.listening(MemoryWritten))
+        self.hooks.watch(MemoryWritten, self._watch_writes)
         self.refresh_fast_paths()
+
+    def _watch_writes(self, active: bool) -> None:
+        self.writes_watched = active
 
     def refresh_fast_paths(self) -> None:
         """Let the fast paths serve exactly what needs no check at the current IRQL."""
@@ -215,8 +223,14 @@ class PoolAllocator:
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
-    def free(self, address, tag=None) -> None:
-        """ExFreePoolWithTag's contract (``tag`` None: ExFreePool, no tag to compare)."""
+    def free(self, address, tag=None, blocks: int = 0) -> bool | None:
+        """ExFreePoolWithTag's contract (``tag`` None: ExFreePool, no tag to compare).
+
+        ``blocks``: from a caller that knows the chunk's BlockSize (NdisFreeMemory, from its
+        Length): the fast path then frees only a chunk of exactly that size and returns True;
+        anything else returns False with nothing freed, for the caller to diagnose and free
+        through the generic path (``blocks`` 0).
+        """
         try:
             pool = self.fast_free_slots[address >> 39]
             if address & 0xFFF and address >= pool.base and \
@@ -226,14 +240,15 @@ class PoolAllocator:
                 _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
+                    row = self.tracker.rows[stored]
                 else:
-                    passed = self.known_tags[tag][0]
+                    passed, row = self.known_tags[tag]  # the tag's ULONG and its tracker row
                 end = (address & 0xFFF) - _BODY + (block_size << 4)
                 if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
-                        and block_size and (end == PAGE_SIZE or
-                                            (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
-                                             and mem[following + 1] == pool_index)):
-                    row = self.tracker.rows[stored & ~PROTECTED_POOL]
+                        and block_size and (block_size == blocks or not blocks) and \
+                        (end == PAGE_SIZE or
+                         (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
+                          and mem[following + 1] == pool_index)):
                     column = pool.track_offset
                     row[column + 1] += 1
                     row[column + 2] -= block_size << 4
@@ -244,13 +259,16 @@ class PoolAllocator:
                         _pack_next(mem, pa + _BODY, heads[block_size])
                         heads[block_size] = address
                         counts[block_size] += 1
-                        return
+                        return True
                     # The system-wide lookaside, the pending frees, or the lists.
                     pool.release_small(address - _BODY, block_size)
-                    return
+                    return True
         except (KeyError, TypeError, IndexError):
             pass
+        if blocks:
+            return False
         self.free_generic(address, tag)
+        return None
 
     # --- tags ----------------------------------------------------------------------------
 
@@ -346,6 +364,15 @@ class PoolAllocator:
 
     def zero(self, va: int, number_of_bytes: int) -> None:
         """Zero a new allocation (POOL_ZERO_ALLOCATION, ExAllocatePool2, ...)."""
+        offset = va & 0xFFF
+        if offset + number_of_bytes <= PAGE_SIZE and not self.writes_watched:
+            # Every small chunk lies in one page, resident (its header was just written):
+            # one translation and one copy from a page of zeros.
+            page = self.tlb.get(va >> PAGE_SHIFT)
+            if page is not None:
+                pa = page + offset
+                self.mem[pa:pa + number_of_bytes] = _ZERO_PAGE[:number_of_bytes]
+                return
         pool = self.pools_by_slot.get(va >> 39)
         start, end = va, va + number_of_bytes
         while va < end:

@@ -144,6 +144,22 @@ class ExecutiveRoutines:
     def ExAllocatePool2(self, Flags, NumberOfBytes, Tag) -> int:
         """POOL_FLAGS allocation: zeroed unless POOL_FLAG_UNINITIALIZED; NULL on failure (an
         unknown required flag, tag 0, no memory) unless POOL_FLAG_RAISE_ON_FAILURE."""
+        # The common call costs two dict lookups more than ExAllocatePoolWithTag: a Flags
+        # value already translated (_POOL2_PLAIN: no quota) and a tag the allocator has
+        # already validated, whose ULONG is not 0. Anything else takes _allocate_pool2.
+        # (A bool never matches: False and True are 0 and 1, never plain values.)
+        try:
+            pool_type, zero = _POOL2_PLAIN[Flags]
+            if self.pool.known_tags[Tag][0]:
+                va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
+                if va:
+                    if zero:
+                        self.pool.zero(va, NumberOfBytes)
+                    return va
+                return self._pool2_failed(Flags, _Pool2Failure(
+                    NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+        except (KeyError, TypeError):
+            pass
         return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
 
     @routine("PVOID ExAllocatePool3(_In_ POOL_FLAGS Flags, _In_ SIZE_T NumberOfBytes, "
@@ -178,6 +194,8 @@ class ExecutiveRoutines:
         except _Pool2Failure as failure:
             return self._pool2_failed(flags, failure)
         zero = not flags & F.POOL_FLAG_UNINITIALIZED
+        if not flags & F.POOL_FLAG_USE_QUOTA:
+            _POOL2_PLAIN[flags] = (pool_type, zero)  # ExAllocatePool2's next call skips this
         if flags & F.POOL_FLAG_USE_QUOTA:
             va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag,
                                                        self._billed_process(), zero=zero)
@@ -197,6 +215,13 @@ class ExecutiveRoutines:
         if flags & F.POOL_FLAG_RAISE_ON_FAILURE:
             raise NtStatusError(failure.status, str(failure))
         return 0
+
+
+# POOL_FLAGS values already translated, whose request needs no quota -> (POOL_TYPE, zero).
+# Only valid values get here (an invalid one fails in _pool2_type first; 0 names no pool
+# kind, 1 is POOL_FLAG_USE_QUOTA); a pure function of the value, so one table serves every
+# machine.
+_POOL2_PLAIN: dict[int, tuple[int, bool]] = {}
 
 
 def _pool2_type(flags: int, tag) -> int:

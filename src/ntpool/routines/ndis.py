@@ -34,13 +34,16 @@ from ..constants import (
 from ..errors import NdisContractError, NdisVersionError
 from ..pool.allocator import checked_address
 from ..pool.descriptor import PAGE_SMALL
-from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, is_allocated
+from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
 
+NONPAGED_POOL = int(PoolType.NonPagedPool)
+_ADDRESS_END = 1 << 64
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 FAILURE = NdisStatus.NDIS_STATUS_FAILURE
 VALID_MEMORY_FLAGS = NDIS_MEMORY_CONTIGUOUS | NDIS_MEMORY_NONCACHED
+LOOKASIDE_MAX_BYTES = (LOOKASIDE_MAX_BLOCKS << BLOCK_SHIFT) - HEADER_SIZE  # the free fast path's sizes
 NDIS_HANDLE_BLOCK_SIZE = 0x100  # kernel memory behind each handle NDIS gives out
 
 
@@ -162,7 +165,9 @@ class NdisRoutines:
         return self.ndis_handles[handle]
 
     def _caller_ndis_version(self):
-        return getattr(self.current_driver, "ndis_version", None)
+        driver = self.current_driver
+        # (None first: getattr's default on a missing attribute costs an exception inside)
+        return None if driver is None else getattr(driver, "ndis_version", None)
 
     def _driver_name(self) -> str:
         return str(getattr(self.current_driver, "name", self.current_driver))
@@ -188,8 +193,11 @@ class NdisRoutines:
              "_In_ UINT Length, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTag(self, Length, Tag) -> tuple[int, int]:
         """(NDIS_STATUS_SUCCESS, address) or (NDIS_STATUS_FAILURE, 0); nonpaged pool."""
-        self._only_ndis5("NdisAllocateMemoryWithTag")
-        va = self.pool.allocate(PoolType.NonPagedPool, _uint("Length", Length), Tag)
+        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6 driver's)
+            self._only_ndis5("NdisAllocateMemoryWithTag")
+        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
+            Length = _uint("Length", Length)
+        va = self.pool.allocate(NONPAGED_POOL, Length, Tag)
         return (SUCCESS, va) if va else (FAILURE, 0)
 
     @routine("NDIS_STATUS NdisAllocateMemory(_Out_ PVOID *VirtualAddress, _In_ UINT Length, "
@@ -235,9 +243,11 @@ class NdisRoutines:
     def NdisFreeMemory(self, VirtualAddress, Length, MemoryFlags) -> None:
         """Free NDIS memory; Length and MemoryFlags must be what allocated it (else
         NdisContractError, nothing freed)."""
-        va = checked_address(VirtualAddress, "VirtualAddress")
-        length = _uint("Length", Length)
-        flags = _memory_flags(MemoryFlags)
+        # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
+        va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \
+            else checked_address(VirtualAddress, "VirtualAddress")
+        length = Length if type(Length) is int and 0 <= Length <= 0xFFFFFFFF else _uint("Length", Length)
+        flags = 0 if MemoryFlags == 0 and type(MemoryFlags) is int else _memory_flags(MemoryFlags)
         block = self.ndis_blocks.get(va)
         if block is not None:
             self._free_contiguous(va, length, flags, block)
@@ -248,6 +258,11 @@ class NdisRoutines:
                 f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
         version = self._caller_ndis_version()
         if version is None or version[0] < 6:
+            # Length must be the allocation's: a small one's BlockSize is what the allocator's
+            # free fast path reads anyway, so it compares it there, freeing only on a match;
+            # anything else (a mismatch, a big allocation, any error) is diagnosed here first.
+            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, (length + 31) >> 4):
+                return
             self._check_pool_length(va, length)
         self.pool.free(va, None)
 

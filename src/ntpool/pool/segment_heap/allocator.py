@@ -136,7 +136,9 @@ class SegmentHeapAllocator(PoolAllocator):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
-    def free(self, address, tag=None) -> None:
+    def free(self, address, tag=None, blocks: int = 0) -> bool | None:
+        if blocks:
+            return False  # no sized fast free here (PoolAllocator.free): the caller checks first
         try:
             heap = self.fast_free_slots[address >> 39]
             sub = heap.owner_by_page[address >> PAGE_SHIFT]
