@@ -105,11 +105,15 @@ class SegmentHeapReader:
             return None
         return segment + (page << 12), flags, unit
 
+    def segments(self, heap: HeapRange) -> list[int]:
+        """The segments of a heap whose first page the dump maps (found by walking the page
+        tables, so a lying heap range of any width costs no more than the dump's pages)."""
+        return [va for va, _ in self.reader.mapped_pages(heap.start, heap.end)
+                if not (va - heap.start) % SEGMENT_SIZE]
+
     def runs(self, heap: HeapRange) -> Iterator[tuple[int, int, int]]:
         """Every LFH and VS run of a heap, from the page range descriptors of its segments."""
-        for segment in range(heap.start, heap.end, SEGMENT_SIZE):
-            if self.reader.translate(segment) is None:
-                continue
+        for segment in self.segments(heap):
             try:
                 table = self.reader.read(segment, SEGMENT_PAGES * DESCRIPTOR_SIZE)
             except MemoryReadError:
