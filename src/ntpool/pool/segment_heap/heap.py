@@ -191,6 +191,7 @@ class SegmentHeap:
         self.vs_free_chunks: dict[int, dict[int, None]] = {}
         self.vs_sizes: list[int] = []
         self.vs_subsegments = 0
+        self.vs_spare: VsSubsegment | None = None  # an empty subsegment kept for reuse
         self.delay_free: list[int] = []  # chunk addresses waiting in DelayFreeContext
         self.lookaside = [LookasideBucket() for _ in range(LOOKASIDE_BUCKETS + 1)]
 
@@ -277,8 +278,7 @@ class SegmentHeap:
     def _map_run(self, index: int, frames, kind: int, rest_kind: int, range_flags: int) -> int:
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
-        for offset, pfn in enumerate(frames):
-            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.space.map_pages(va, frames)  # a page table's share of PTEs at a time
         self.page_kind[index] = kind
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
@@ -343,12 +343,16 @@ class SegmentHeap:
     def release_pages(self, va: int, count: int) -> None:
         index = (va - self.base) >> PAGE_SHIFT
         self._describe_run(index, count, 0)
-        for offset in range(count):
-            page = va + (offset << PAGE_SHIFT)
-            if self.pager is not None and self.tlb.get(page >> PAGE_SHIFT) is None:
-                self.pager.discard(page)
-                continue
-            self.physical.free_frame(self.space.unmap_page(page))
+        first_vpn = va >> PAGE_SHIFT
+        if self.pager is None or all(vpn in self.tlb for vpn in range(first_vpn, first_vpn + count)):
+            self.physical.free_frames(self.space.unmap_pages(va, count))  # all resident
+        else:
+            for offset in range(count):
+                page = va + (offset << PAGE_SHIFT)
+                if self.tlb.get(page >> PAGE_SHIFT) is None:
+                    self.pager.discard(page)
+                    continue
+                self.physical.free_frame(self.space.unmap_page(page))
         self.page_kind[index:index + count] = bytes(count)
         self.pages_in_use -= count
         if count > SEGMENT_RUN_MAX_PAGES:
@@ -696,9 +700,19 @@ class SegmentHeap:
         self._vs_set_previous(sub, chunk + (size << 4), size)
         self._vs_index_add(chunk, size)
 
+    def _vs_empty(self, spare, other: VsSubsegment) -> bool:
+        """``spare`` is another live subsegment, wholly one free chunk."""
+        if spare is None or spare is other or self.owner_by_page.get(spare.va >> PAGE_SHIFT) is not spare:
+            return False
+        _, size, _, allocated = self.vs_read(spare.first)
+        return not allocated and spare.first + (size << 4) == spare.end
+
     def _vs_release(self, sub: VsSubsegment, chunk: int, size: int) -> None:
-        if self.vs_subsegments <= 1:
-            # Keep the last subsegment, empty: a heap does not give all its memory back.
+        if self.vs_subsegments <= 1 or not self._vs_empty(self.vs_spare, sub):
+            # Keep the last subsegment, and one more that emptied, empty: a heap does not
+            # give all its memory back (and a big VS allocation freed and made again does
+            # not map and unmap its pages each time).
+            self.vs_spare = sub
             self.vs_write(chunk, size, 0, False)
             self._vs_index_add(chunk, size)
             return
