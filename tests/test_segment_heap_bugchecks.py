@@ -304,3 +304,45 @@ def test_verifier_pool_tracking_reports_a_leak_at_unload():
     d.allocate(k, 0x70)
     error = stop(lambda: k.unload_driver(loaded))
     assert (error.code, error.parameters[0]) == (0xC4, 0x62)
+
+
+# --- Driver Verifier's special pool as Windows 10/11 lay it out --------------------------------
+
+def test_special_pool_has_a_paged_and_a_nonpaged_region_and_nx_pages_on_windows_11(tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump.reader import DumpReader
+    from ntpool.machine.memory import PTE_NX
+    from ntpool.verifier.special_pool import PAGED_REGION_OFFSET, SPECIAL_POOL_BASE
+
+    k, d = machine(), Driver()
+    k.verifier.enable(d.name, special_pool=True)
+    k.load_driver(d)
+    nonpaged, nx, paged = (d.allocate(k, 0x70, pool_type) for pool_type in (NP, NX, PP))
+    paged_base = SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert SPECIAL_POOL_BASE <= nonpaged < paged_base and SPECIAL_POOL_BASE <= nx < paged_base
+    assert paged_base <= paged < paged_base + PAGED_REGION_OFFSET
+    # NonPagedPool stays executable on Windows 10/11; NonPagedPoolNx and paged pool do not.
+    assert [bool(k.space.pte(p) & PTE_NX) for p in (nonpaged, nx, paged)] == [False, True, True]
+    error = stop(lambda: k.write(paged, b"p" * 0x71))  # the guard page after a paged one
+    assert error.code in (0xCD, 0xD6) and error.parameters[0] == paged + 0x70
+    path = tmp_path / "MEMORY.DMP"
+    k.write_dump(path, "kernel")
+    session = KdSession(DumpReader(path))
+    text = session.execute(f"!pool {paged:x}")
+    assert "region is Special pool" in text and f"*{paged:016x} size:   70" in text
+    assert "(Paged)" in text
+    found = session.execute(f"!poolfind {d.tag[::-1]} 1")
+    assert f"*{paged:016x} :special pool allocation" in found
+
+
+def test_windows_7_keeps_one_special_pool_region_with_nx_pages():
+    from ntpool.machine.memory import PTE_NX
+    from ntpool.verifier.special_pool import PAGED_REGION_OFFSET, SPECIAL_POOL_BASE
+
+    k, d = machine("7"), Driver()
+    k.verifier.enable(d.name, special_pool=True)
+    k.load_driver(d)
+    nonpaged, paged = d.allocate(k, 0x70, NP), d.allocate(k, 0x70, PP)
+    assert SPECIAL_POOL_BASE <= nonpaged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert SPECIAL_POOL_BASE <= paged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert k.space.pte(nonpaged) & PTE_NX and k.space.pte(paged) & PTE_NX
