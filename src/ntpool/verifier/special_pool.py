@@ -1,7 +1,8 @@
 """Special pool: each allocation alone on a page, beside a guard page, slack filled with a pattern.
 
-Windows 7 has one special pool region for paged and nonpaged allocations alike. Windows 10
-and 11 (the segment-heap machines) have two, as their kernel's system VA types say
+ntpool's Windows 7 machine has one special pool region for paged and nonpaged allocations
+alike. Windows 10 and 11 (the segment-heap machines) have two, as their kernel's system VA
+types say
 (_MI_SYSTEM_VA_TYPE's MiVaSpecialPoolPaged and MiVaSpecialPoolNonPaged): nonpaged special
 pool at the region's base, paged special pool PAGED_REGION_OFFSET above it; there a page
 holding a NonPagedPool (executable) allocation is mapped executable, the others no-execute
