@@ -4,6 +4,7 @@ Set NTPOOL_FUZZ_EXAMPLES (e.g. 5000) for a longer run on demand.
 """
 
 import os
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -15,7 +16,8 @@ from ntpool.dump import DumpFormatError, DumpReader
 
 MiB = 1 << 20
 EXAMPLES = int(os.environ.get("NTPOOL_FUZZ_EXAMPLES", "60"))
-COMMANDS = "!analyze -v; !poolused 1; !poolfind derF; !poolfind ?erF 1; !pool {a:x}; !poolval {a:x}"
+COMMANDS = ("!analyze -v; !poolused 1; !poolfind derF; !poolfind ?erF 1; !poolfind * 1; !pool {a:x}; "
+            "!poolval {a:x}")
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -50,8 +52,10 @@ def _exercise(path, address: int) -> None:
         assert "\n" not in str(error)
         return
     with reader:
-        out = KdSession(reader, POOLTAGS).execute(COMMANDS.format(a=address))
+        session = KdSession(reader, POOLTAGS)
+        out = session.execute(COMMANDS.format(a=address))
         assert isinstance(out, str)
+        assert all(isinstance(piece, str) for piece in session.stream("!poolfind *"))  # as kd prints
 
 
 mutation = st.tuples(st.integers(min_value=0, max_value=1 << 24), st.binary(min_size=1, max_size=16))
@@ -133,3 +137,27 @@ def test_page_tables_that_point_at_themselves_do_not_hang(tmp_path):
     with DumpReader(path) as reader:
         pages = list(reader.mapped_pages(0xFFFF800000000000, 0xFFFFFFFFFFFFF000))
         assert len(pages) <= 512
+
+
+@FUZZ
+@given(compressed=st.one_of(st.binary(max_size=64),
+                            st.builds(lambda raw, at, junk: _damaged(zlib.compress(raw), at, junk),
+                                      st.binary(max_size=4096), st.integers(0, 1 << 12),
+                                      st.binary(min_size=1, max_size=8))),
+       blocks=st.integers(0, 1 << 12),
+       reads=st.lists(st.tuples(st.integers(0, 1 << 12), st.integers(0, 600)), max_size=8))
+def test_a_hostile_site_map_stream_gives_short_reads_or_zlib_error(compressed, blocks, reads):
+    from ntpool.dump.reader import SiteMapStream
+
+    stream = SiteMapStream(compressed, blocks)
+    for first, count in reads:
+        try:
+            raw = stream.read(first, count)
+        except zlib.error:
+            continue
+        assert len(raw) % 2 == 0 and len(raw) <= 2 * max(0, min(count, blocks - first))
+
+
+def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
+    at %= max(len(data), 1)
+    return data[:at] + junk + data[at + len(junk):]

@@ -123,8 +123,7 @@ def test_corpus_command(tmp_path, capsys):
 def test_a_tag_search_finds_what_the_whole_walk_finds_window_by_window(corpus, monkeypatch):
     from ntpool.debugger import poolscan
 
-    monkeypatch.setattr(poolscan, "WINDOW", 2 * 4096)  # many windows, many boundaries
-    monkeypatch.setattr(poolscan, "RELEASE_PAGES", 3)
+    monkeypatch.setattr(poolscan, "WINDOW_PAGES", 2)  # many windows, many boundaries
     directory, index = corpus
     with DumpReader(directory / index["dumps"][1]["dump"]) as reader:
         big = poolscan.BigPageIndex(reader.big_pages())

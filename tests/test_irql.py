@@ -220,6 +220,42 @@ def test_allocator_copes_with_paged_out_pages(k):
     assert [r for r in k.pool_tags() if r.Tag == "egaP"][0].PagedUsed == 0
 
 
+def test_list_heads_path_pages_in_the_chunks_it_links(k):
+    # 600-byte chunks (39 blocks) skip the lookasides: each step below works on ListHeads
+    # while the chunk it links to, or takes, is paged out, and must page it back in.
+    pool = k.pool.paged
+    ps = [k.ExAllocatePoolWithTag(PP, 600, "Page") for _ in range(18)]  # 6 a page
+    x, y = ps[1], ps[13]  # on different pages, their neighbours allocated
+
+    def step(action):
+        k.page_out()
+        before = k.pager.pages_in
+        result = action()
+        pool.deferred_free()
+        assert k.pager.pages_in > before
+        return result
+
+    step(lambda: k.ExFreePoolWithTag(x, "Page"))
+    step(lambda: k.ExFreePoolWithTag(y, "Page"))  # inserted beside x, which is out
+    assert pool.free_list(39) == [y - 16, x - 16]
+    assert step(lambda: k.ExAllocatePoolWithTag(PP, 600, "Page")) == y  # unlinked beside x
+    assert step(lambda: k.ExAllocatePoolWithTag(PP, 600, "Page")) == x  # x itself is out
+    # Splitting a paged-out 78-block chunk: from its end, then (first on its page) its front.
+    for p in (ps[7], ps[8], ps[12], ps[13]):
+        k.ExFreePoolWithTag(p, "Page")
+    pool.deferred_free()
+    live = set(ps) - {ps[7], ps[8], ps[12], ps[13]}
+    # One chunk split, its remainder taken whole, then the other chunk split.
+    taken = {step(lambda: k.ExAllocatePoolWithTag(PP, 600, "Page")) for _ in range(3)}
+    assert len(taken) == 3 and taken < {ps[7], ps[8], ps[12], ps[13]}
+    live |= taken
+    for p in live:
+        k.ExFreePoolWithTag(p, "Page")
+    pool.deferred_free()
+    assert [r for r in k.pool_tags() if r.Tag == "egaP"][0].PagedUsed == 0
+    assert pool.pages_in_use == 0 and pool.nonempty == 0  # every page coalesced and given back
+
+
 def test_freeing_a_paged_out_big_allocation_drops_its_page_file_copy(k):
     p = k.ExAllocatePoolWithTag(PP, 3 * 4096, "Big ")
     assert k.page_out() == 3

@@ -58,7 +58,9 @@ def run_script(session: KdSession, commands: str, stdout) -> bool:
             continue
         if command.lower() in QUIT:
             return False
-        print(session.run_one(command), file=stdout)
+        for piece in session.stream(command):  # written as made: !poolfind * can be huge
+            stdout.write(piece)
+        stdout.write("\n")
     return True
 
 

@@ -10,15 +10,14 @@ chain is corrupt, the headers that can still be trusted (``salvaged_header_offse
 reported too, marked.
 """
 
-import mmap
 import re
 import struct
 from bisect import bisect_right
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
-from ..constants import PAGE_SIZE
+from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..dump.reader import BigPage, DumpReader, MemoryReadError, PoolRange
-from ..pool.layout import BLOCK, BLOCK_SHIFT, POOL_HEADER, Chunk, chunk_at, page_problems, \
+from ..pool.layout import BLOCK, BLOCK_SHIFT, BLOCKS_PER_PAGE, POOL_HEADER, Chunk, page_problems, \
     pool_type_fits, walk_page
 from ..tags import PROTECTED_POOL
 
@@ -173,157 +172,189 @@ def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
         regex.match(tag_value.to_bytes(4, "little")) is not None
 
 
+class PageHits(NamedTuple):
+    """The chunks a scan found on one page of a window."""
+
+    va: int
+    first: int  # the window's 16-byte block number of the page's first block
+    blocks: list  # the page's block numbers (0-255) where the headers found start, ascending
+    salvaged: bool  # the page's chain is corrupt: these are the headers it could still trust
+
+
+class Window(NamedTuple):
+    """One stretch of a pool, contiguous in memory and in the file, as a scan read it."""
+
+    va: int  # of its first page
+    data: bytearray  # its bytes: only valid until the scan reads the next window
+    pages: list  # PageHits, in address order, pages without hits left out
+
+
+def _page_chain(previous_sizes, sizes, pool_types, first: int, allowed) -> list | None:
+    """The blocks of a page (0-255) where its headers start, when its whole chain is valid,
+    else None: the rules of ``valid_header_offsets``, on the PreviousSize, BlockSize and
+    PoolType bytes of every block of a window, sliced out at once (the page's first block is
+    ``first`` in them)."""
+    block = first
+    end = first + BLOCKS_PER_PAGE
+    expected = 0
+    blocks = []
+    append = blocks.append
+    while block < end:
+        size = sizes[block]
+        if previous_sizes[block] != expected or not size or block + size > end or \
+                not allowed[pool_types[block]]:
+            return None
+        append(block - first)
+        expected = size
+        block += size
+    return blocks
+
+
+WINDOW_PAGES = 4096  # pages read at a time (16 MiB): memory stays bounded whatever the dump
+_ALL_TAGS_PATTERN = re.compile(r"[*?]*")
+
+
 class PoolFinder:
-    """``!poolfind``'s search of one pool of a dump."""
+    """``!poolfind``'s search of one pool of a dump.
+
+    The pool's pages are found through the dump's page tables (pages inside big allocations
+    left out) and read a window at a time into one reused buffer, in address order, so the
+    results come out sorted and can be printed while the scan goes on. ``scan`` yields each
+    window's hits; ``find`` collects them as ``Chunk``s.
+    """
 
     def __init__(self, reader: DumpReader, pool: PoolRange, big_pages: BigPageIndex):
         self.reader = reader
         self.pool = pool
         self.big_pages = big_pages
-        self._page_at_offset: dict[int, int] | None = None
+        self._allowed = tuple(t == 0 or bool(pool_type_fits(t, pool.base_type)) for t in range(256))
         self.corrupt_pages: list[int] = []  # pages of the last search with hits but a bad chain
         self.salvaged: set[int] = set()  # chunks of the last search found on such pages
         self.back_traces: list[int] = []  # AllocatorBackTraceIndex of each chunk found, in order
-        self._offset_of_page: dict[int, int] = {}
 
-    def pages_by_file_offset(self) -> dict[int, int]:
-        """File offset of each mapped page of the pool (outside big allocations) -> its va."""
-        if self._page_at_offset is None:
-            pages = {}
-            for va, offset in self.reader.mapped_pages(self.pool.start, self.pool.end):
-                if self.big_pages.containing(va) is None:
-                    pages[offset] = va
-            self._page_at_offset = pages
-        return self._page_at_offset
+    def runs(self) -> Iterator[tuple[int, int, int]]:
+        """(first page va, its file offset, pages): the pool's mapped pages outside big
+        allocations, in address order, grouped where both address and file offset follow on,
+        at most WINDOW_PAGES at a time. A file page mapped twice is scanned once."""
+        limit = WINDOW_PAGES
+        seen = bytearray((self.reader.size >> PAGE_SHIFT) + 1)
+        containing = self.big_pages.containing
+        first_va = first_offset = count = 0
+        for va, offset in self.reader.mapped_pages(self.pool.start, self.pool.end):
+            if containing(va) is not None:
+                continue
+            index = offset >> PAGE_SHIFT
+            if seen[index]:
+                continue
+            seen[index] = 1
+            if count and va == first_va + (count << PAGE_SHIFT) and \
+                    offset == first_offset + (count << PAGE_SHIFT) and count < limit:
+                count += 1
+                continue
+            if count:
+                yield first_va, first_offset, count
+            first_va, first_offset, count = va, offset, 1
+        if count:
+            yield first_va, first_offset, count
+
+    def scan(self, pattern: str) -> Iterator[Window]:
+        """Each window's chunks whose tag matches ``pattern`` (``*`` and ``?`` wildcards).
+
+        ``corrupt_pages`` is complete once the generator is exhausted. A hit is a header: on a
+        page whose whole chain is valid, or one of the headers a corrupt page's salvage trusts.
+        """
+        every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
+        regex = None if every else tag_bytes_regex(pattern)
+        self.corrupt_pages = corrupt = []
+        buffer = bytearray(WINDOW_PAGES * PAGE_SIZE)
+        read = self.reader.read_file_into
+        for va, offset, count in self.runs():
+            length = count << PAGE_SHIFT
+            if len(buffer) < length:
+                buffer = bytearray(length)
+            read(offset, memoryview(buffer)[:length])
+            data = buffer if len(buffer) == length else buffer[:length]
+            if every:
+                pages = self._walk_window(data, va, count, corrupt)
+            else:
+                pages = self._search_window(data, va, regex, corrupt)
+            yield Window(va, data, pages)
+
+    def _walk_window(self, data, va: int, count: int, corrupt: list) -> list[PageHits]:
+        """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
+        fields = data[0::BLOCK], data[2::BLOCK], data[3::BLOCK]
+        pages = []
+        for page in range(count):
+            page_va = va + (page << PAGE_SHIFT)
+            blocks = _page_chain(*fields, page << 8, self._allowed)
+            if blocks is not None:
+                pages.append(PageHits(page_va, page << 8, blocks, False))
+                continue
+            corrupt.append(page_va)
+            blocks = self._salvage(data, page)
+            if blocks:
+                pages.append(PageHits(page_va, page << 8, blocks, True))
+        return pages
+
+    def _salvage(self, data, page: int) -> list:
+        salvaged = salvaged_header_offsets(data, page << PAGE_SHIFT, self.pool.base_type)
+        return [offset >> BLOCK_SHIFT for offset in sorted(salvaged)]
+
+    def _search_window(self, data, va: int, regex: re.Pattern, corrupt: list) -> list[PageHits]:
+        """The chunks whose header's tag matches: one regular-expression pass over the tags
+        of every 16-byte block (the bytes at offset 4 of each), then each hit's page chain."""
+        tags = memoryview(data).cast("I")[1::4].tobytes()
+        search = regex.search
+        fields = None
+        pages: list[PageHits] = []
+        current = -1  # the page of the hits being gathered
+        starts: set = set()
+        position = 0
+        while True:
+            match = search(tags, position)
+            if match is None:
+                break
+            position = match.start()
+            if position & 3:  # straddles two blocks' tags: not a tag, and the next block's may be
+                position = (position | 3) + 1
+                continue
+            block = position >> 2
+            position += 4
+            page = block >> 8
+            if page != current:
+                current = page
+                if fields is None:
+                    fields = data[0::BLOCK], data[2::BLOCK], data[3::BLOCK]
+                chain = _page_chain(*fields, page << 8, self._allowed)
+                hits = PageHits(va + (page << PAGE_SHIFT), page << 8, [], chain is None)
+                if chain is None:
+                    corrupt.append(hits.va)
+                    chain = self._salvage(data, page)
+                starts = set(chain)
+            if (block & 0xFF) in starts:
+                if not hits.blocks:
+                    pages.append(hits)
+                hits.blocks.append(block & 0xFF)
+        return pages
 
     def find(self, pattern: str) -> list[Chunk]:
-        regex = tag_bytes_regex(pattern)
-        if not pattern.strip("*?"):
-            return self._walk_every_page()  # every tag: walking the chains beats matching every byte
-        pages = self.pages_by_file_offset()
-        mapping = self.reader.mapping
-        reports: dict[int, set] = {}
-        hits, corrupt, salvaged = [], [], set()
-        # Every page of a dump sits at the same distance from a 4 KiB boundary of the file.
-        skew = self.reader.runs[0].offset & (PAGE_SIZE - 1)
-        search = regex.search
-        for start, end in _runs_of_pages(pages):
-            # Only the pool's pages are searched, a window at a time, and let go of after:
-            # a dump of many gigabytes is scanned in a bounded amount of memory.
-            match = search(mapping, start, end)
-            while match is not None:
-                position = match.start()
-                # Search on from the next byte: a match must not hide an overlapping one.
-                match = search(mapping, position + 1, end)
-                self._hit(mapping, position, skew, pages, reports, hits, corrupt, salvaged)
-            _release(mapping, start, end)
-        hits.sort()
-        self.back_traces = [_BACK_TRACE.unpack_from(mapping, offset)[0]
-                            for offset in (self._header_offset(chunk.address, pages) for chunk in hits)]
-        self.corrupt_pages = sorted(corrupt)
-        self.salvaged = salvaged
-        return hits
-
-    def _header_offset(self, address: int, pages: dict) -> int:
-        page_offset = self._offset_of_page.get(address & ~(PAGE_SIZE - 1))
-        if page_offset is None:
-            self._offset_of_page = {va: offset for offset, va in pages.items()}
-            page_offset = self._offset_of_page[address & ~(PAGE_SIZE - 1)]
-        return page_offset + (address & (PAGE_SIZE - 1)) + POOL_HEADER.AllocatorBackTraceIndex
-
-    def _hit(self, mapping, position, skew, pages, reports, hits, corrupt, salvaged) -> None:
-        """Keep a tag match at ``position`` if a trustworthy header holds it there."""
-        in_page = (position - skew) & (PAGE_SIZE - 1)
-        if in_page & (BLOCK - 1) != POOL_HEADER.PoolTag:
-            return
-        page_offset = position - in_page
-        page_va = pages.get(page_offset)
-        if page_va is None:
-            return
-        starts = reports.get(page_offset)
-        if starts is None:
-            starts = valid_header_offsets(mapping, page_offset, self.pool.base_type)
-            if starts is None:
-                corrupt.append(page_va)
-                starts = salvaged_header_offsets(mapping, page_offset, self.pool.base_type)
-                starts = {offset: True for offset in starts}
-            else:
-                starts = dict.fromkeys(starts, False)
-            reports[page_offset] = starts
-        header = in_page - POOL_HEADER.PoolTag
-        if header in starts:
-            hits.append(chunk_at(mapping, page_offset + header, page_va + header))
-            if starts[header]:
-                salvaged.add(page_va + header)
-
-
-    def _walk_every_page(self) -> list[Chunk]:
-        """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
-        mapping = self.reader.mapping
-        base_type = self.pool.base_type
-        allowed = frozenset(t for t in range(256) if t == 0 or pool_type_fits(t, base_type))
+        """The whole result as a list (``back_traces`` and ``salvaged`` beside it)."""
+        hits, traces, salvaged = [], [], set()
         unpack = _HEADER_AND_TRACE.unpack_from
         make = Chunk._make
-        hits, traces, corrupt, salvaged = [], [], [], set()
-        walked = 0
-        for page_va, page_offset in sorted((va, offset) for offset, va in
-                                           self.pages_by_file_offset().items()):
-            walked += 1
-            if walked % RELEASE_PAGES == 0:
-                _release(mapping, 0, len(mapping))
-            first = len(hits)
-            offset = previous = 0
-            while offset < PAGE_SIZE:  # the chain, as valid_header_offsets walks it, inline
-                prev, index, size, pool_type, tag, trace = unpack(mapping, page_offset + offset)
-                if prev != previous or not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE or \
-                        pool_type not in allowed:
-                    break
-                hits.append(make((page_va + offset, prev, index, size, pool_type, tag)))
-                traces.append(trace)
-                previous = size
-                offset += size << BLOCK_SHIFT
-            if offset < PAGE_SIZE:
-                del hits[first:], traces[first:]
-                corrupt.append(page_va)
-                for offset in sorted(salvaged_header_offsets(mapping, page_offset, base_type)):
-                    prev, index, size, pool_type, tag, trace = unpack(mapping, page_offset + offset)
-                    hits.append(make((page_va + offset, prev, index, size, pool_type, tag)))
+        for window in self.scan(pattern):
+            data = window.data
+            for page in window.pages:
+                for block in page.blocks:
+                    prev, index, size, pool_type, tag, trace = unpack(data, (page.first + block) << BLOCK_SHIFT)
+                    address = page.va + (block << BLOCK_SHIFT)
+                    hits.append(make((address, prev, index, size, pool_type, tag)))
                     traces.append(trace)
-                    salvaged.add(page_va + offset)
+                    if page.salvaged:
+                        salvaged.add(address)
         self.back_traces = traces
-        self.corrupt_pages = corrupt
         self.salvaged = salvaged
         return hits
-
-
-RELEASE_PAGES = 4096  # pages read between two releases of the mapping (16 MiB)
-WINDOW = RELEASE_PAGES * PAGE_SIZE
-
-
-def _runs_of_pages(pages: dict):
-    """(start, end) file ranges covering the pages (file offsets), at most WINDOW long."""
-    start = end = None
-    for offset in sorted(pages):
-        if offset == end and end - start < WINDOW:
-            end += PAGE_SIZE
-            continue
-        if start is not None:
-            yield start, end
-        start, end = offset, offset + PAGE_SIZE
-    if start is not None:
-        yield start, end
-
-
-def _release(mapping, start: int, end: int) -> None:
-    """Drop a range of the file's mapping from this process's memory (it is read again from
-    the page cache if needed): scanning reads each page once."""
-    first = start & ~(mmap.PAGESIZE - 1)
-    length = min(end, len(mapping)) - first
-    if length > 0:
-        try:
-            mapping.madvise(mmap.MADV_DONTNEED, first, length)
-        except (AttributeError, ValueError, OSError):
-            pass  # a platform without madvise: the page cache still bounds it
 
 
 def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:
@@ -332,5 +363,5 @@ def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:
     return examine_page(reader.page(page_va), page_va, base_type)
 
 
-__all__ = ["BigPageIndex", "MemoryReadError", "PageReport", "PoolFinder", "chunk_containing",
+__all__ = ["BigPageIndex", "MemoryReadError", "PageHits", "PageReport", "PoolFinder", "Window", "chunk_containing",
            "examine_page", "read_page_report", "tag_bytes_regex", "tag_display_matches"]

@@ -6,11 +6,16 @@ a corrupt structure is reported in the output, as kd reports it.
 """
 
 import shlex
+from array import array
+import sys
+import struct
+import zlib
+from typing import Iterator
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..errors import bugcheck_name
-from ..pool.layout import HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
+from ..pool.layout import BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
 from ..tags import display
 from . import bugchecks, display as show
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
@@ -22,6 +27,14 @@ from .poolscan import BigPageIndex, PoolFinder, chunk_containing, read_page_repo
     tag_bytes_regex, tag_display_matches
 
 STAR_LINE = "*" * 79
+
+
+def _error_text(error: Exception) -> str:
+    if isinstance(error, MemoryReadError):
+        return f"Memory read error: {error}"
+    if isinstance(error, DumpFormatError):
+        return f"Cannot analyse: {error}"
+    return str(error)
 
 
 class CommandError(ValueError):
@@ -136,10 +149,31 @@ class KdSession:
         return "\n".join(outputs)
 
     def run_one(self, command: str) -> str:
+        """One command's output (no trailing newline)."""
+        try:
+            return "".join(self._pieces(command))
+        except (CommandError, MemoryReadError, DumpFormatError) as error:
+            return _error_text(error)
+
+    def stream(self, command: str) -> Iterator[str]:
+        """One command's output in pieces, as it is made (``!poolfind *`` on a big dump prints
+        hundreds of megabytes: the pieces go out as they come, so memory stays bounded). The
+        pieces join to ``run_one``'s text; an error after some output is its last piece, on a
+        line of its own."""
+        started = False
+        try:
+            for piece in self._pieces(command):
+                started = True
+                yield piece
+        except (CommandError, MemoryReadError, DumpFormatError) as error:
+            yield ("\n" if started else "") + _error_text(error)
+
+    def _pieces(self, command: str) -> Iterator[str]:
         try:
             words = shlex.split(command)
         except ValueError as error:
-            return f"Syntax error: {error}"
+            yield f"Syntax error: {error}"
+            return
         name, args = words[0].lower(), words[1:]
         if name not in self.commands and name.startswith("?"):
             name, args = "?", [name[1:]] + args  # "?1+2" as kd reads it
@@ -147,15 +181,13 @@ class KdSession:
         if name in show.DISPLAY_FORMATS:
             handler = lambda arguments: self._display(name, arguments)  # noqa: E731
         if handler is None:
-            return f"No export {name.lstrip('!')} found (try .help)"
-        try:
-            return handler(args)
-        except CommandError as error:
-            return str(error)
-        except MemoryReadError as error:
-            return f"Memory read error: {error}"
-        except DumpFormatError as error:
-            return f"Cannot analyse: {error}"
+            yield f"No export {name.lstrip('!')} found (try .help)"
+            return
+        output = handler(args)
+        if isinstance(output, str):
+            yield output
+        else:
+            yield from output
 
     HELP = [
         ("!analyze [-v]", "explain the bug check: parameters, pool chunk, tag owner, culprit"),
@@ -423,7 +455,8 @@ class KdSession:
 
     # --- !poolfind ------------------------------------------------------------------------
 
-    def poolfind(self, args) -> str:
+    def poolfind(self, args):
+        """The text in pieces (a generator): see ``stream``."""
         if not args:
             raise CommandError("Usage: !poolfind Tag [PoolType]  (PoolType 0 nonpaged, 1 paged)")
         pattern = args[0]
@@ -439,6 +472,9 @@ class KdSession:
         heap = self.segment_heap()
         if heap is not None:
             return self._heap_poolfind(pattern, regex, pool_type, heap)
+        return self._poolfind_pieces(pattern, regex, pool_type)
+
+    def _poolfind_pieces(self, pattern: str, regex, pool_type: int) -> Iterator[str]:
         pool = self.reader.pool_ranges()[pool_type]
         big = self.big_pages()
         data = self.reader.debugger_data()
@@ -460,42 +496,16 @@ class KdSession:
             if site:
                 lines.append(f"\t\tAllocated by {site}")
         lines += ["", f"Searching {pool.name} ({pool.start:016x} : {pool.end:016x}) for Tag: {pattern}", ""]
+        yield "\n".join(lines)
         finder = self._finders.get(pool_type)
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
-        hits = finder.find(pattern)
-        # Lines are made from caches of tag texts and call sites: `!poolfind *` on a big dump
-        # lists millions of chunks.
-        middles, sites = {}, {}
-        salvaged = finder.salvaged
-        append = lines.append
-        allocation_site = self.reader.allocation_site
-        for (address, previous, _index, size, pool_type, tag), trace in zip(hits, finder.back_traces):
-            key = (previous, size, pool_type, tag)
-            middle = middles.get(key)
-            if middle is None:  # all but the address, made once per distinct header
-                middle = middles[key] = (
-                    f" size: {size << 4:4x} previous size: {previous << 4:4x}  "
-                    f"{'(' + chunk_state(pool_type) + ')':<12} {display(tag)}",
-                    chunk_state(pool_type) == "Allocated" and not pool_type & POOL_QUOTA)
-            if address in salvaged:
-                append(f"{address:016x}{middle[0]}  (corrupt page: see !poolval {address:x})")
-            else:
-                append(f"{address:016x}{middle[0]}")
-            if middle[1]:
-                recorded = allocation_site(address)  # ntpool's NTAS table (older dumps: None)
-                if recorded is not None:
-                    trace = recorded
-                site = sites.get(trace, False)
-                if site is False:
-                    text = self._site_text(trace)
-                    site = sites[trace] = f"\t\tAllocated by {text}" if text else None
-                if site:
-                    append(site)
+        lines = HitLines(self)
+        for window in finder.scan(pattern):
+            yield lines.window(window)
         for page in finder.corrupt_pages:
-            lines.append(f"{page:016x} : the tag sits at a header position on this page, but its "
-                         f"header chain is corrupt (see !poolval {page:x})")
-        return "\n".join(lines)
+            yield (f"\n{page:016x} : the tag sits at a header position on this page, but its "
+                   f"header chain is corrupt (see !poolval {page:x})")
 
     def _heap_poolfind(self, pattern: str, regex, pool_type: int, heap) -> str:
         heaps = [h for h in heap.heaps if h.base_type == pool_type]
@@ -861,3 +871,152 @@ class KdSession:
         if driver:
             lines.append(f"Probably caused by : {driver}" + (f" ( {call_site} )" if call_site else ""))
         return lines
+
+
+class HitLines:
+    """``!poolfind``'s lines for a scan's windows: each chunk's line, and for an allocated
+    chunk (not quota-charged) the line saying who allocated it.
+
+    `!poolfind *` on a gigabyte of pool lists millions of chunks, so a line is never
+    formatted per chunk: the text after a chunk's page address comes from a cache by header
+    and place in the page (``tails``), the Allocated-by lines from one by call site; a chunk
+    costs a few list appends, and the window's text is joined at once. The call sites of a
+    window come from the allocation-site table in one read.
+    """
+
+    CACHE_LIMIT = 1 << 18  # texts kept by header and place (a text is rebuilt when dropped)
+
+    def __init__(self, session: KdSession):
+        self.session = session
+        self.reader = session.reader
+        self.middles = _Middles()
+        self.tails: dict[int, tuple[str, bool]] = {}
+        self.site_lines = _SiteLines(session)
+        self.tables = self.reader.allocation_site_streams()
+
+    def window(self, window) -> str:
+        data = window.data
+        heads = _first_eight_bytes(data)
+        sites = self._window_sites(window)
+        if sites is None and not self.tables:  # an older dump: the header names the site
+            sites = _back_trace_indexes(data)
+        tails, site_lines = self.tails, self.site_lines
+        if len(tails) > self.CACHE_LIMIT:
+            tails.clear()
+            self.middles.clear()
+        pieces = []
+        append = pieces.append
+        for page in window.pages:
+            if page.salvaged or sites is None:
+                pieces.append(self._page_one_by_one(page, heads, data))
+                continue
+            prefix = f"\n{page.va >> 12:013x}"
+            first = page.first
+            for block in page.blocks:
+                head = heads[first + block]
+                key = head << 8 | block
+                tail = tails.get(key)
+                if tail is None:
+                    tail = tails[key] = self._tail(head, block)
+                append(prefix)
+                append(tail[0])
+                if tail[1]:  # allocated: who allocated it
+                    append(site_lines[sites[first + block]])
+        return "".join(pieces)
+
+    def _tail(self, head: int, block: int) -> tuple[str, bool]:
+        """The text of a chunk's line after its page's address; whether it is allocated."""
+        return OFFSET_TEXTS[block] + self.middles[head], self.middles.allocated[head]
+
+    def _page_one_by_one(self, page, heads, data) -> str:
+        """A page whose sites cannot be read with the window's, or a salvaged page."""
+        lines = []
+        mark = "  (corrupt page: see !poolval {:x})" if page.salvaged else ""
+        for block in page.blocks:
+            address = page.va + (block << 4)
+            head = heads[page.first + block]
+            lines.append(f"\n{address:016x}{self.middles[head]}{mark.format(address)}")
+            if self.middles.allocated[head]:
+                lines.append(self.site_lines[self._site_of(address, data, page.first + block)])
+        return "".join(lines)
+
+    def _site_of(self, address: int, data, block: int) -> int:
+        """One chunk's call site: the allocation-site table's, else (an older dump) its
+        header's AllocatorBackTraceIndex."""
+        recorded = self.reader.allocation_site(address)
+        if recorded is not None:
+            return recorded
+        return int.from_bytes(data[(block << 4) + 8:(block << 4) + 10], "little")
+
+    def _window_sites(self, window):
+        """The call-site numbers of every block of the window when one table holds them all
+        and no table before it holds any (else None: pages are looked up alone)."""
+        blocks = len(window.data) >> 4
+        for base, declared, stream in self.tables:
+            first = (window.va - base) >> 4
+            if first + blocks <= 0 or first >= declared:
+                continue  # this table does not reach the window
+            if first < 0 or first + blocks > declared:
+                return None
+            try:
+                raw = stream.read(first, blocks)
+            except zlib.error:
+                return None
+            if len(raw) != 2 * blocks:
+                return None
+            sites = array("H", raw)
+            if sys.byteorder != "little":
+                sites.byteswap()
+            return sites
+        return None
+
+
+OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
+
+
+class _Middles(dict):
+    """A chunk line's text after the address, by the header's first 8 bytes (as a u64);
+    ``allocated`` says whether an Allocated-by line follows."""
+
+    def __init__(self):
+        super().__init__()
+        self.allocated: dict[int, bool] = {}
+
+    def __missing__(self, head: int) -> str:
+        previous, size, pool_type, tag = head & 0xFF, head >> 16 & 0xFF, head >> 24 & 0xFF, head >> 32
+        state = chunk_state(pool_type)
+        text = self[head] = (f" size: {size << 4:4x} previous size: {previous << 4:4x}  "
+                             f"{'(' + state + ')':<12} {display(tag)}")
+        self.allocated[head] = state == "Allocated" and not pool_type & POOL_QUOTA
+        return text
+
+    def clear(self) -> None:
+        super().clear()
+        self.allocated.clear()
+
+
+class _SiteLines(dict):
+    """The Allocated-by line of each call-site number ('' for one that names no site)."""
+
+    def __init__(self, session: KdSession):
+        super().__init__()
+        self.session = session
+
+    def __missing__(self, site: int) -> str:
+        text = self.session._site_text(site)
+        line = self[site] = f"\n\t\tAllocated by {text}" if text else ""
+        return line
+
+
+def _first_eight_bytes(data):
+    """Each 16-byte block's first 8 bytes as a little-endian integer, indexable by block."""
+    if sys.byteorder == "little":
+        return memoryview(data).cast("Q")[0::2]
+    return [head for head, in struct.iter_unpack("<Q8x", data)]
+
+
+def _back_trace_indexes(data):
+    """Each 16-byte block's bytes 8-9 (AllocatorBackTraceIndex) as a little-endian USHORT."""
+    if sys.byteorder == "little":
+        return memoryview(data).cast("H")[4::8]
+    return [trace for trace, in struct.iter_unpack("<8xH6x", data)]

@@ -121,6 +121,7 @@ class DumpReader:
         self._kdbg: dict | None = None
         self._call_sites: list | None = None
         self._site_maps: list | None = None
+        self._site_streams: list | None = None
 
     def close(self) -> None:
         if self._map is not None:
@@ -292,6 +293,19 @@ class DumpReader:
             pa += length
             size -= length
         return b"".join(out)
+
+    def read_file_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the file's bytes from ``offset`` (bulk scans: a read into a
+        reused buffer faults no page of the mapping in, so memory stays flat)."""
+        if offset < 0 or offset + len(view) > self.size:
+            self._fail(f"truncated: {len(view)} bytes at file offset {offset:#x} are past its end")
+        done = 0
+        while done < len(view):
+            self._file.seek(offset + done)
+            got = self._file.readinto(view[done:])
+            if not got:
+                self._fail(f"truncated: the file ended at {offset + done:#x} while being read")
+            done += got
 
     @property
     def mapping(self):
@@ -653,15 +667,28 @@ class DumpReader:
 
     def _allocation_site_maps(self) -> list:
         if self._site_maps is None:
-            self._site_maps = []
+            self._site_maps = [(base, len(sites) // 2, sites) for base, sites in
+                               ((base, stream.read(0, blocks)) for base, blocks, stream in
+                                self.allocation_site_streams())]
+        return self._site_maps
+
+    def allocation_site_streams(self) -> list:
+        """(pool base, blocks declared, SiteMapStream) per pool of ntpool's NTAS table ([] when
+        the dump has none, or a damaged one): for reading the sites of a scan's pages in
+        address order without holding the whole map (2 bytes per 16 of pool) in memory."""
+        if self._site_streams is None:
+            self._site_streams = []
             data = self.debugger_data()
             va, size = data.get("AllocationSites", 0), data.get("AllocationSitesBytes", 0)
             if va and 0 < size <= MAX_SITE_TABLE_BYTES:
                 try:
-                    self._site_maps = _parse_site_maps(self.read(va, size))
+                    tables = _parse_site_tables(self.read(va, size))
+                    for _base, _blocks, stream in tables:
+                        stream.check()  # damage anywhere: no sites at all, whoever asks
+                    self._site_streams = tables
                 except (MemoryReadError, struct.error, zlib.error, ValueError):
-                    self._site_maps = []  # a hostile or damaged table: no sites, no crash
-        return self._site_maps
+                    pass  # a hostile or damaged table: no sites, no crash
+        return self._site_streams
 
     def bugcheck_context(self) -> dict | None:
         """ntpool's NTPOOL_BUGCHECK_CONTEXT (driver, call site), or None when there is none."""
@@ -687,18 +714,76 @@ class DumpReader:
 MAX_SITE_TABLE_BYTES = 64 << 20
 
 
-def _parse_site_maps(raw: bytes) -> list:
-    """(pool base, blocks, site map bytes) per pool from an NTAS table; ValueError if malformed."""
+class SiteMapStream:
+    """One pool's map of call-site numbers (a USHORT per 16-byte block), inflated as it is
+    read: reading forward costs nothing but the bytes read; reading back starts over."""
+
+    def __init__(self, compressed: bytes, blocks: int):
+        self.compressed = compressed
+        self.blocks = blocks  # declared; the stream may hold fewer
+        self._start()
+
+    def _start(self) -> None:
+        self._inflate = zlib.decompressobj()
+        self._fed = 0  # compressed bytes handed to the decompressor
+        self._tail = b""  # handed, not yet used (bounded: at most INPUT_PIECE)
+        self._pending = b""  # inflated, not yet read
+        self._at = 0  # the block _pending starts at
+
+    INPUT_PIECE = 1 << 16  # compressed bytes fed at a time (a longer tail is copied per call)
+
+    def read(self, first: int, count: int) -> bytes:
+        """The sites of blocks [first, first + count) as little-endian USHORTs; shorter where
+        the map ends. zlib.error on a damaged stream."""
+        if first < self._at:
+            self._start()
+        count = max(0, min(count, self.blocks - first))
+        self._discard(2 * (first - self._at))
+        out = self._take(2 * count)
+        self._at = first + len(out) // 2
+        return out[:len(out) & ~1]
+
+    def check(self) -> None:
+        """Inflate the whole map, a piece at a time (zlib.error if it is damaged)."""
+        self._start()
+        self._discard(2 * self.blocks)
+        self._start()
+
+    def _discard(self, length: int) -> None:
+        """Inflate and drop ``length`` bytes, a bounded piece at a time."""
+        while length > 0:
+            dropped = len(self._take(min(length, 1 << 20)))
+            if not dropped:
+                return
+            length -= dropped
+
+    def _take(self, length: int) -> bytes:
+        parts, have = [self._pending], len(self._pending)
+        while have < length and not self._inflate.eof:
+            if not self._tail:
+                self._tail = self.compressed[self._fed:self._fed + self.INPUT_PIECE]
+                self._fed += len(self._tail)
+            produced = self._inflate.decompress(self._tail, length - have)
+            self._tail = self._inflate.unconsumed_tail
+            if not produced and (self._tail or self._fed >= len(self.compressed)):
+                break  # the stream ended early (or is stuck): what it held is all there is
+            parts.append(produced)
+            have += len(produced)
+        joined = b"".join(parts) if len(parts) > 1 else parts[0]
+        self._pending = joined[length:]
+        return joined[:length]
+
+
+def _parse_site_tables(raw: bytes) -> list:
+    """(pool base, blocks, SiteMapStream) per pool of an NTAS table; ValueError if malformed."""
     magic, count = f.ALLOCATION_SITES_HEADER.unpack_from(raw)
     if magic != f.ALLOCATION_SITES_MAGIC or count > 16:
         raise ValueError("not an allocation-site table")
-    maps = []
+    tables = []
     for index in range(count):
         base, blocks, offset, length = f.ALLOCATION_SITES_ENTRY.unpack_from(
             raw, f.ALLOCATION_SITES_HEADER.size + index * f.ALLOCATION_SITES_ENTRY.size)
         if offset + length > len(raw) or blocks > (1 << 31):
             raise ValueError("allocation-site entry out of range")
-        inflate = zlib.decompressobj()
-        sites = inflate.decompress(raw[offset:offset + length], 2 * blocks)
-        maps.append((base, len(sites) // 2, sites))
-    return maps
+        tables.append((base, blocks, SiteMapStream(raw[offset:offset + length], blocks)))
+    return tables

@@ -8,6 +8,7 @@ heads, and the big page table. Nothing is kept per small allocation.
 """
 
 import mmap
+from functools import partial
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
@@ -24,6 +25,7 @@ from .checks import (
     header_ulong,
 )
 from .layout import (
+    BLOCK,
     BLOCK_SHIFT,
     POOL_DESCRIPTOR,
     BLOCKS_PER_PAGE,
@@ -44,6 +46,12 @@ BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 FLINK = LIST_ENTRY.Flink
 BLINK = LIST_ENTRY.Blink
 _LINKS = LIST_ENTRY.struct  # (Flink, Blink) in one unpack
+_unpack_pointer = POINTER.unpack_from
+_pack_pointer = POINTER.pack_into
+_pack_header = POOL_HEADER.struct.pack_into
+_unpack_first8 = HEADER_FIRST8.unpack_from
+# Page offsets where a pointer's 8 bytes lie in one page.
+_IN_ONE_PAGE = bytes(1 if offset <= PAGE_SIZE - POINTER.size else 0 for offset in range(PAGE_SIZE))
 assert (FLINK, BLINK) == (0, 8)
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 
@@ -85,6 +93,8 @@ class Pool:
         self.allocated_header_type = allocated_type(base_type)
         self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
 
+        # A header's first 8 bytes at a physical address, for checks on a page translated once.
+        self._first8_at_pa = partial(_unpack_first8, self.mem)
         self.page_kind = bytearray(self.page_count)
         # Who allocated each chunk: the call site of the chunk whose header starts at each
         # block, a USHORT as AllocatorBackTraceIndex is, kept outside the simulated headers:
@@ -264,54 +274,121 @@ class Pool:
             self._page_hint = index
 
     # --- ListHeads (LIST_ENTRY at chunk + 16) --------------------------------------------
+    #
+    # The helpers below are the slow path's hottest code, so each translates its address
+    # itself (one TLB lookup; ``fault`` only for a page that is not present) instead of
+    # through ``_pa``, and the list operations read each neighbour's link once, keeping its
+    # physical address for the write that follows the safe-unlinking check. A link whose
+    # 8 bytes span two pages (only a corrupted link can lead there) is read and written
+    # through read_pointer / write_pointer, page by page, as before.
 
     def _list_head(self, block_size: int) -> int:
         return self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
 
+    def _read_link(self, va: int) -> tuple[int | None, int]:
+        """(physical address, value) of the pointer at ``va``, read by the pool code under its
+        lock; the address is None when the pointer spans two pages."""
+        offset = va & (PAGE_SIZE - 1)
+        if offset > PAGE_SIZE - POINTER.size:
+            return None, self.read_pointer(va)
+        base = self.tlb.get(va >> PAGE_SHIFT)
+        if base is None:
+            base = self.fault(va, False, self.lock_irql)
+        return base + offset, _unpack_pointer(self.mem, base + offset)[0]
+
+    def _write_link(self, pa: int | None, va: int, value: int) -> None:
+        """Write the pointer at ``va`` that ``_read_link`` read (``pa`` its answer)."""
+        if pa is None:
+            self.write_pointer(va, value)
+        else:
+            _pack_pointer(self.mem, pa, value)
+
     def _read_links(self, entry: int) -> tuple[int, int]:
         """(Flink, Blink) of the LIST_ENTRY at ``entry``, translated once when it lies in one
         page (a list head or a chunk body always does; a corrupted link may not)."""
-        if entry & (PAGE_SIZE - 1) <= PAGE_SIZE - LIST_ENTRY_SIZE:
-            return _LINKS.unpack_from(self.mem, self._pa(entry))
+        offset = entry & (PAGE_SIZE - 1)
+        if offset <= PAGE_SIZE - LIST_ENTRY_SIZE:
+            base = self.tlb.get(entry >> PAGE_SHIFT)
+            if base is None:
+                base = self.fault(entry, False, self.lock_irql)
+            return _LINKS.unpack_from(self.mem, base + offset)
         return self.read_pointer(entry + FLINK), self.read_pointer(entry + BLINK)
 
     def _write_links(self, entry: int, flink: int, blink: int) -> None:
-        if entry & (PAGE_SIZE - 1) <= PAGE_SIZE - LIST_ENTRY_SIZE:
-            _LINKS.pack_into(self.mem, self._pa(entry, True), flink, blink)
+        offset = entry & (PAGE_SIZE - 1)
+        if offset <= PAGE_SIZE - LIST_ENTRY_SIZE:
+            base = self.tlb.get(entry >> PAGE_SHIFT)
+            if base is None:
+                base = self.fault(entry, True, self.lock_irql)
+            _LINKS.pack_into(self.mem, base + offset, flink, blink)
         else:
             self.write_pointer(entry + FLINK, flink)
             self.write_pointer(entry + BLINK, blink)
 
-    def _insert(self, entry: int, block_size: int, at_tail: bool) -> None:
-        """Safe insertion: the head's neighbour must point back at the head (0x19/0x3)."""
-        head = self._list_head(block_size)
-        read, write = self.read_pointer, self.write_pointer
-        flink, blink = self._read_links(head)
+    def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None) -> None:
+        """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
+        ``entry_pa``: the entry's physical address, when the caller has translated it."""
+        mem, tlb = self.mem, self.tlb
+        head = self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
+        head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
+        if head_pa is None:
+            head_pa = self.fault(head, False, self.lock_irql)
+        head_pa += head & (PAGE_SIZE - 1)
+        flink, blink = _LINKS.unpack_from(mem, head_pa)
+        # The neighbour the entry goes beside (the last chunk at the tail, the first at the
+        # head) is read and written; the other one is only read, for the check.
         if at_tail:
-            check_list_links(self.crash, head, read(blink + FLINK), read(flink + BLINK))
-            self._write_links(entry, head, blink)
-            write(blink + FLINK, entry)
-            write(head + BLINK, entry)
+            near_field, far_field, links, head_field = blink + FLINK, flink + BLINK, (head, blink), BLINK
         else:
-            check_list_links(self.crash, head, read(flink + BLINK), read(blink + FLINK))
-            self._write_links(entry, flink, head)
-            write(flink + BLINK, entry)
-            write(head + FLINK, entry)
+            near_field, far_field, links, head_field = flink + BLINK, blink + FLINK, (flink, head), FLINK
+        near_base, far_base = tlb.get(near_field >> PAGE_SHIFT), tlb.get(far_field >> PAGE_SHIFT)
+        if near_base is not None and far_base is not None and _IN_ONE_PAGE[near_field & 0xFFF] \
+                and _IN_ONE_PAGE[far_field & 0xFFF]:  # present pages, no fault to take: the usual case
+            near_pa = near_base + (near_field & 0xFFF)
+            check_list_links(self.crash, head, _unpack_pointer(mem, near_pa)[0],
+                             _unpack_pointer(mem, far_base + (far_field & 0xFFF))[0])
+            if entry_pa is None:
+                self._write_links(entry, *links)
+            else:
+                _LINKS.pack_into(mem, entry_pa, *links)
+            _pack_pointer(mem, near_pa, entry)
+        else:
+            near_pa, near_value = self._read_link(near_field)
+            check_list_links(self.crash, head, near_value, self._read_link(far_field)[1])
+            self._write_links(entry, *links)
+            self._write_link(near_pa, near_field, entry)
+        _pack_pointer(mem, head_pa + head_field, entry)
         self.nonempty |= 1 << (block_size - 1)
 
-    def _unlink(self, entry: int, block_size: int) -> None:
+    def _unlink(self, entry: int, block_size: int, entry_pa: int | None = None) -> None:
         """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
-        that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E)."""
-        read, write = self.read_pointer, self.write_pointer
-        flink, blink = self._read_links(entry)
-        check_list_links(self.crash, entry, read(flink + BLINK), read(blink + FLINK))
-        write(blink + FLINK, flink)
-        write(flink + BLINK, blink)
+        that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E). ``entry_pa``:
+        the entry's physical address, when the caller has translated it."""
+        mem, tlb = self.mem, self.tlb
+        if entry_pa is None:
+            flink, blink = self._read_links(entry)
+        else:
+            flink, blink = _LINKS.unpack_from(mem, entry_pa)
+        flink_field, blink_field = flink + BLINK, blink + FLINK
+        flink_base, blink_base = tlb.get(flink_field >> PAGE_SHIFT), tlb.get(blink_field >> PAGE_SHIFT)
+        if flink_base is not None and blink_base is not None and _IN_ONE_PAGE[flink_field & 0xFFF] \
+                and _IN_ONE_PAGE[blink_field & 0xFFF]:  # present pages, no fault to take: the usual case
+            flink_pa, blink_pa = flink_base + (flink_field & 0xFFF), blink_base + (blink_field & 0xFFF)
+            check_list_links(self.crash, entry, _unpack_pointer(mem, flink_pa)[0],
+                             _unpack_pointer(mem, blink_pa)[0])
+            _pack_pointer(mem, blink_pa, flink)
+            _pack_pointer(mem, flink_pa, blink)
+        else:
+            flink_pa, flink_blink = self._read_link(flink_field)
+            blink_pa, blink_flink = self._read_link(blink_field)
+            check_list_links(self.crash, entry, flink_blink, blink_flink)
+            self._write_link(blink_pa, blink_field, flink)
+            self._write_link(flink_pa, flink_field, blink)
         if flink == blink:  # only the head is left
             self.nonempty &= ~(1 << (block_size - 1))
 
     def _first_entry(self, block_size: int) -> int:
-        return self.read_pointer(self._list_head(block_size) + FLINK)
+        return self._read_link(self._list_head(block_size) + FLINK)[1]
 
     def free_list(self, block_size: int) -> list[int]:
         """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
@@ -324,28 +401,40 @@ class Pool:
         return entries
 
     # --- headers -------------------------------------------------------------------------
+    #
+    # A header on a block boundary never spans pages. These translate as the list helpers
+    # above do (the pool code's header accesses are reads and writes under its lock).
+
+    def _header_pa(self, chunk: int) -> int:
+        base = self.tlb.get(chunk >> PAGE_SHIFT)
+        if base is None:
+            base = self.fault(chunk, False, self.lock_irql)
+        return base + (chunk & (PAGE_SIZE - 1))
 
     def _write_header(self, chunk: int, previous_size: int, block_size: int, pool_type: int,
                       tag: int, billed: int = 0) -> None:
-        POOL_HEADER.pack_into(self.mem, self._pa(chunk), previous_size, self.pool_index,
-                              block_size, pool_type, tag, billed)
+        _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
+                     pool_type, tag, billed)
 
     def _write_allocated(self, chunk: int, previous_size: int, block_size: int, tag: int,
                          site: int) -> None:
         """An allocated chunk's header, and its call site beside it."""
-        self._write_header(chunk, previous_size, block_size, self.allocated_header_type, tag,
-                           site & self.header_site_mask)
+        _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
+                     self.allocated_header_type, tag, site & self.header_site_mask)
         self.sites[(chunk - self.base) >> BLOCK_SHIFT] = site
 
     def _set_previous_size(self, chunk: int, previous_size: int) -> None:
         """Tell the chunk after ``chunk``'s end (if on the same page) its new PreviousSize."""
         if chunk & (PAGE_SIZE - 1):
-            self.mem[self._pa(chunk) + POOL_HEADER.PreviousSize] = previous_size
+            self.mem[self._header_pa(chunk) + POOL_HEADER.PreviousSize] = previous_size
 
     def _read_first8(self, chunk: int) -> tuple[int, int, int, int, int]:
         """(PreviousSize, PoolIndex, BlockSize, PoolType, PoolTag) of the header at ``chunk``."""
         if not chunk & (HEADER_SIZE - 1):  # a header on a block boundary never spans pages
-            return HEADER_FIRST8.unpack_from(self.mem, self._pa(chunk))
+            base = self.tlb.get(chunk >> PAGE_SHIFT)
+            if base is None:
+                base = self.fault(chunk, False, self.lock_irql)
+            return _unpack_first8(self.mem, base + (chunk & (PAGE_SIZE - 1)))
         return HEADER_FIRST8.unpack(self.read_bytes(chunk, HEADER_FIRST8.size))
 
     # --- allocation (slow path) ------------------------------------------------------------
@@ -380,6 +469,55 @@ class Pool:
             return 0
         found = block_size + (candidates & -candidates).bit_length() - 1
         entry = self._first_entry(found)
+        offset = entry & (PAGE_SIZE - 1)
+        page_pa = self.tlb.get(entry >> PAGE_SHIFT)
+        if page_pa is None or offset < HEADER_SIZE or offset & (BLOCK - 1):
+            return self._split_any(entry, found, block_size, tag, site)
+        # The usual case: the entry is a chunk body on a present page. The chunk's header,
+        # its neighbours' and the remainder's all lie on that page: it is translated once,
+        # and the headers are written in the order ``_split_any`` writes them.
+        chunk, chunk_pa = entry - HEADER_SIZE, page_pa + offset - HEADER_SIZE
+        self._unlink(entry, found, chunk_pa + HEADER_SIZE)
+        previous_size, _, free_size, _, old_tag = check_pool_header(
+            self.crash, chunk, self._first8_at_pa, chunk_pa - chunk)
+        check_fits_its_list(self.crash, chunk, free_size, found)
+        mem, pool_index, allocated = self.mem, self.pool_index, self.allocated_header_type
+        billed = site & self.header_site_mask
+        remainder = free_size - block_size
+        following_pa = chunk_pa + (free_size << BLOCK_SHIFT)  # the next chunk's, if on the page
+        has_following = (chunk + (free_size << BLOCK_SHIFT)) & (PAGE_SIZE - 1)
+        sites, site_index = self.sites, (chunk - self.base) >> BLOCK_SHIFT
+        if remainder == 0:
+            _pack_header(mem, chunk_pa, previous_size, pool_index, block_size, allocated, tag, billed)
+            sites[site_index] = site
+            return chunk
+        if previous_size == 0:
+            # First chunk of its page: split from the front.
+            rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
+            _pack_header(mem, chunk_pa, 0, pool_index, block_size, allocated, tag, billed)
+            sites[site_index] = site
+            _pack_header(mem, rest_pa, block_size, pool_index, remainder, POOL_FREE, old_tag, 0)
+            if has_following:
+                mem[following_pa + POOL_HEADER.PreviousSize] = remainder
+            if remainder > 1:  # a one-block chunk has no room for links and goes on no list
+                self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
+                             rest_pa + HEADER_SIZE)
+            return chunk
+        # Otherwise the allocation is taken from the end.
+        _pack_header(mem, chunk_pa, previous_size, pool_index, remainder, POOL_FREE, old_tag, 0)
+        _pack_header(mem, chunk_pa + (remainder << BLOCK_SHIFT), remainder, pool_index, block_size,
+                     allocated, tag, billed)
+        sites[site_index + remainder] = site
+        if has_following:
+            mem[following_pa + POOL_HEADER.PreviousSize] = block_size
+        if remainder > 1:
+            self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+        return chunk + (remainder << BLOCK_SHIFT)
+
+    def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
+        """``_allocate_from_lists`` for an entry that is not a chunk body on a present page
+        (a corrupted link put it there, or its page of paged pool is out): every access
+        translated on its own, so each faults or bug-checks where Windows' would."""
         self._unlink(entry, found)
         chunk = entry - HEADER_SIZE
         previous_size, _, free_size, _, old_tag = check_pool_header(self.crash, chunk,
@@ -390,14 +528,12 @@ class Pool:
             self._write_allocated(chunk, previous_size, block_size, tag, site)
             return chunk
         if previous_size == 0:
-            # First chunk of its page: split from the front.
             rest = chunk + (block_size << BLOCK_SHIFT)
             self._write_allocated(chunk, 0, block_size, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
             return chunk
-        # Otherwise the allocation is taken from the end.
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
         self._write_allocated(mine, remainder, block_size, tag, site)
@@ -456,33 +592,47 @@ class Pool:
     # --- free (slow path) ------------------------------------------------------------------
 
     def free_small(self, chunk: int) -> None:
-        """Coalesce a chunk (already checked and untracked) and list it, or return its page."""
-        previous_size, _, block_size, _, tag = self._read_first8(chunk)
-        page = chunk & ~(PAGE_SIZE - 1)
-        following = chunk + (block_size << BLOCK_SHIFT)
-        if following < page + PAGE_SIZE:
-            _, _, next_size, next_type, _ = self._read_first8(following)
-            if next_type == POOL_FREE and following not in self.pending:
-                check_pool_header(self.crash, following, self._read_first8)
+        """Coalesce a chunk (already checked and untracked) and list it, or return its page.
+
+        The chunk and the neighbours it may merge with lie on its page, so the page is
+        translated once for their headers and links (the checks made before coalescing
+        keep every access inside it)."""
+        mem, offset = self.mem, chunk & (PAGE_SIZE - 1)
+        page = chunk - offset
+        page_pa = self.tlb.get(chunk >> PAGE_SHIFT)
+        if page_pa is None:
+            page_pa = self.fault(chunk, False, self.lock_irql)
+        previous_size, _, block_size, _, tag = _unpack_first8(mem, page_pa + offset)
+        following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
+        if following < PAGE_SIZE:
+            _, _, next_size, next_type, _ = _unpack_first8(mem, page_pa + following)
+            if next_type == POOL_FREE and page + following not in self.pending:
+                check_pool_header(self.crash, page + following, self._first8_at_pa, page_pa - page)
                 if next_size > 1:
-                    self._unlink(following + HEADER_SIZE, next_size)
+                    self._unlink(page + following + HEADER_SIZE, next_size,
+                                 page_pa + following + HEADER_SIZE)
                 block_size += next_size
         before = check_previous_size(self.crash, chunk, previous_size)
         if before:
-            before_prev, _, before_size, before_type, before_tag = self._read_first8(before)
+            before_offset = before - page
+            before_prev, _, before_size, before_type, before_tag = _unpack_first8(mem, page_pa + before_offset)
             check_previous_neighbour(self.crash, chunk, before, previous_size, before_size)
             if before_type == POOL_FREE and before not in self.pending:
                 if before_size > 1:
-                    self._unlink(before + HEADER_SIZE, before_size)
-                chunk, previous_size, tag = before, before_prev, before_tag
+                    self._unlink(before + HEADER_SIZE, before_size, page_pa + before_offset + HEADER_SIZE)
+                chunk, offset, previous_size, tag = before, before_offset, before_prev, before_tag
                 block_size += before_size
         if block_size == BLOCKS_PER_PAGE:
             self.release_pages(page, 1)
             return
-        self._write_header(chunk, previous_size, block_size, POOL_FREE, tag)
-        self._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)
+        _pack_header(mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE, tag, 0)
+        end = offset + (block_size << BLOCK_SHIFT)
+        if end < PAGE_SIZE:  # the next chunk's PreviousSize
+            mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
+        elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
+            self._set_previous_size(page + end, block_size)
         if block_size > 1:
-            self._insert(chunk + HEADER_SIZE, block_size, at_tail=False)
+            self._insert(chunk + HEADER_SIZE, block_size, False, page_pa + offset + HEADER_SIZE)
 
     def _free_lookaside_entry(self, entry: int) -> None:
         """Give a chunk popped from a lookaside back to the lists, checked as any free is.

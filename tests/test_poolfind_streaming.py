@@ -1,0 +1,100 @@
+"""``!poolfind`` reads a pool a window at a time and prints as it goes: the text must not
+depend on the window size, the streamed pieces must be the command's text, and the
+allocation-site map is read forward in pieces exactly as a whole inflate reads it."""
+
+import io
+import random
+import zlib
+
+import pytest
+
+import ntpool
+from ntpool.cli.kd import run_script
+from ntpool.debugger import poolscan
+from ntpool.debugger.session import KdSession
+from ntpool.dump.reader import DumpReader, SiteMapStream
+
+MiB = 1 << 20
+NP, PP = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
+    rng = random.Random(7)
+    live = []
+    for step in range(6000):
+        pool = NP if step % 3 else PP
+        address = k.ExAllocatePoolWithTag(pool, rng.randrange(8, 900), rng.choice(["Fred", "Recv", "Filt"]))
+        if address:
+            live.append((address, pool))
+        if live and rng.random() < 0.4:
+            k.ExFreePool(live.pop(rng.randrange(len(live)))[0])
+        if step % 1000 == 0:
+            k.ExAllocatePoolWithTag(NP, 3 * 4096, "Bigg")
+    path = tmp_path_factory.mktemp("stream") / "stream.dmp"
+    k.write_dump(path, "full")
+    return path
+
+
+COMMANDS = ["!poolfind * 0", "!poolfind * 1", "!poolfind derF 0", "!poolfind ?ec* 1", "!poolfind Filt"]
+
+
+def test_the_text_does_not_depend_on_the_window(dump, monkeypatch):
+    with DumpReader(dump) as reader:
+        whole = {command: KdSession(reader).run_one(command) for command in COMMANDS}
+    assert whole["!poolfind * 0"].count("Allocated by") > 1000  # many chunks, with their sites
+    for pages in (1, 3):
+        monkeypatch.setattr(poolscan, "WINDOW_PAGES", pages)
+        with DumpReader(dump) as reader:
+            session = KdSession(reader)
+            for command in COMMANDS:
+                pieces = list(session.stream(command))
+                assert len(pieces) > 10  # printed as it goes, not at the end
+                assert "".join(pieces) == whole[command] == session.run_one(command)
+
+
+def test_each_chunk_line_is_what_the_chunk_says(dump):
+    """Every line `!poolfind *` prints, rebuilt from the chunks PoolFinder.find returns and the
+    reader's own per-chunk site lookup: the cached texts change nothing."""
+    with DumpReader(dump) as reader:
+        session = KdSession(reader)
+        pool = reader.pool_ranges()[0]
+        finder = poolscan.PoolFinder(reader, pool, session.big_pages())
+        expected = []
+        for chunk in finder.find("*"):
+            state = f"({chunk.state})"
+            expected.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
+                            f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
+            if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
+                text = session._site_text(reader.allocation_site(chunk.address))
+                if text:
+                    expected.append(f"\t\tAllocated by {text}")
+        text = session.run_one("!poolfind * 0")
+        listed = text.split(f"for Tag: *\n\n", 2)[2].split("\n")
+        assert listed == expected
+
+
+def test_kd_writes_the_pieces_as_they_come(dump):
+    with DumpReader(dump) as reader:
+        session = KdSession(reader)
+        out = io.StringIO()
+        run_script(session, "!poolfind * 1; !poolused 2", out)
+        assert out.getvalue() == session.run_one("!poolfind * 1") + "\n" + session.run_one("!poolused 2") + "\n"
+
+
+def test_the_site_map_streams_forward_and_restarts_backward():
+    rng = random.Random(3)
+    raw = bytes(rng.choice([0, 0, 0, 5, 7, 200]) for _ in range(300_001))
+    compressed = zlib.compress(raw)
+    blocks = len(raw) // 2
+    stream = SiteMapStream(compressed, blocks)
+    stream.check()
+    assert stream.read(0, blocks) == raw[:2 * blocks]
+    for _ in range(300):
+        first, count = rng.randrange(blocks + 10), rng.randrange(3000)
+        assert stream.read(first, count) == raw[2 * first:2 * min(first + count, blocks)]
+    short = SiteMapStream(compressed, blocks + 100)  # the map holds fewer than it declares
+    assert short.read(blocks - 2, 50) == raw[2 * (blocks - 2):2 * blocks]
+    with pytest.raises(zlib.error):
+        SiteMapStream(compressed[:100] + b"\xff" * 64 + compressed[164:], blocks).check()
