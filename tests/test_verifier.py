@@ -464,3 +464,67 @@ def test_special_pool_pattern_damage_anywhere_in_the_page_is_found(k, underrun, 
     k.write(p + offset, b"\x00")
     e = stop(lambda: k.ExFreePoolWithTag(p, "Ovrn"))
     assert (e.code, e.parameters[1], e.parameters[3]) == (0xC1, p + offset, selector)
+
+
+# --- calls the verifier only watches keep the allocator's fast paths (issue 18) ---------------
+
+class Juggler(Driver):
+    def allocate(self, k, count, size=64, tag="Jugl"):
+        return [k.ExAllocatePoolWithTag(NP, size, tag) for _ in range(count)]
+
+    def free(self, k, addresses, tag="Jugl"):
+        for address in addresses:
+            k.ExFreePoolWithTag(address, tag)
+
+
+def test_pool_tracking_records_every_allocation_and_forgets_every_free(k):
+    d = Juggler()
+    loaded = k.load_driver(d)
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    held = d.allocate(k, 5)  # the first meets the tag stops; the others take the lane
+    assert [row.address for row in k.verifier.outstanding("buggy.sys")] == sorted(held)
+    assert {(row.size, row.tag, row.pool) for row in k.verifier.outstanding("buggy.sys")} == \
+        {(64, tag_value("Jugl"), "NonPagedPool")}
+    d.free(k, held[:4])  # through the free fast path, which tells the verifier
+    assert [row.address for row in k.verifier.outstanding("buggy.sys")] == [held[4]]
+    e = stop(lambda: k.unload_driver(d))
+    assert e.code == 0xC4 and e.parameters == (0x62, loaded.name_va, 0, 1)
+
+
+def test_pool_tracking_still_checks_each_request(k):
+    d = Juggler()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    d.allocate(k, 2)
+    assert stop(lambda: d.allocate(k, 1, size=0)).parameters[0] == 0x00  # 0xC4: zero bytes
+    k2 = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    d2 = Juggler()
+    k2.load_driver(d2)
+    k2.verifier.enable("buggy.sys", pool_tracking=True)
+    d2.allocate(k2, 2)
+    k2.ExAllocatePoolWithTag(NP, 64, "----")  # code not verified: retail takes any tag
+    e = stop(lambda: d2.allocate(k2, 1, tag="----"))  # a verified driver: no letter or digit
+    assert (e.code, e.parameters[0]) == (0xC2, 0x9D)
+
+
+def test_special_pool_serves_every_request_of_a_known_tag(k):
+    d = Juggler()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True, pool_tracking=True)
+    held = d.allocate(k, 3)
+    assert all(k.verifier.special_pool.contains(p) for p in held)
+    d.free(k, held)
+    assert k.verifier.outstanding("buggy.sys") == []
+
+
+def test_a_driver_not_verified_is_not_recorded_while_another_is(k):
+    verified, other = Juggler(), Juggler()
+    other.name = "other.sys"
+    k.load_driver(verified)
+    k.load_driver(other)
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    held = other.allocate(k, 3)
+    assert k.verifier.tracking.records == {} and k.verifier.outstanding("other.sys") == []
+    other.free(k, held)
+    k.unload_driver(other)
+    assert not k.halted

@@ -39,7 +39,9 @@ Where even that is too much (``k.write`` is the machine's fastest path), the mac
 
 The pool layer. At most one object (Driver Verifier) may stand between the allocator's
 generic path and the pools: ``k.pool.set_layer(layer)``, a ``PoolLayer`` (below). While one
-is set the allocator's fast paths are off, so every call reaches it.
+is set the allocator's fast paths are off, so every call reaches it, unless it only observes
+(its optional ``lane`` / ``record`` / ``forget``): then the allocator keeps the free fast path
+and serves in a lane the requests the layer says it only watches.
 """
 
 from __future__ import annotations
@@ -132,6 +134,20 @@ class PoolLayer(Protocol):
 
     def site_of(self, address: int) -> int | None:
         """The call site of an allocation the layer made, None when it is not the layer's."""
+
+    # Optional, together: a layer with ``lane`` and ``forget`` only observes some calls, and
+    # the allocator keeps its fast paths for them (``PoolAllocator.refresh_fast_paths``).
+
+    def lane(self, site: int, tag: int) -> int | None:
+        """For a request the fast path would serve: 0 to serve it as with no layer, 1 to serve
+        it so and ``record`` it, None to send it through ``check_allocate`` and ``allocate``."""
+
+    def record(self, address: int, base_type: int, number_of_bytes: int, tag: int,
+               site: int) -> None:
+        """A request ``lane`` answered 1 for was allocated at ``address``."""
+
+    def forget(self, address: int) -> None:
+        """The free fast path freed the small chunk at ``address``."""
 
 
 Listener = Callable[[Event], Any]

@@ -124,7 +124,8 @@ class PoolAllocator:
         self.call_sites = call_sites
         self.site_index = call_sites.index
         # The layer on top (Driver Verifier) that sees every allocation and free on the
-        # generic path (an ntpool.hooks.PoolLayer). While one is set the fast paths are off.
+        # generic path (an ntpool.hooks.PoolLayer). While one is set the fast paths are off
+        # (but for an observing layer's lane: ``refresh_fast_paths``).
         self.layer: PoolLayer | None = None
         self.hooks = hooks if hooks is not None else Hooks()
         self.nonpaged = nonpaged
@@ -145,6 +146,9 @@ class PoolAllocator:
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
         # The pools (by address >> 39) the free fast path may serve right now.
         self.fast_free_slots: dict[int, Pool] = {}
+        # While a layer that only observes is set (see ``allocate_in_lane``): the pool types
+        # the fast path would serve but for the layer -> their pool. Empty otherwise.
+        self.lane_pools: dict[int, Pool] = {}
         # Quota charges: a ledger with try_charge/release (the machine installs it) and the
         # process billed for each quota-charged big allocation (big pages have no header).
         self.quota = None
@@ -159,18 +163,27 @@ class PoolAllocator:
         self.writes_watched = active
 
     def refresh_fast_paths(self) -> None:
-        """Let the fast paths serve exactly what needs no check at the current IRQL."""
-        fast: dict[int, Pool] = {}
-        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
-            fast[0] = fast[POOL_NX_ALLOCATION] = self.nonpaged
+        """Let the fast paths serve exactly what needs no check at the current IRQL.
+
+        A layer that only observes (it has ``lane`` and ``forget``: Driver Verifier) keeps
+        the free fast path on, which tells it each chunk freed, and the pool types the
+        allocation fast path would serve become ``lane_pools`` for ``allocate_in_lane``."""
+        usable: dict[int, Pool] = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
             if pool_usable_at(self.irql, 1):
-                fast[1] = self.paged
+                usable[1] = self.paged
         # FsRtlAllocatePoolWithTag passes the raise bit. The fast path never fails (a miss
         # goes to the generic path, which raises), so it serves those types as the plain ones.
-        for pool_type in list(fast):
-            fast[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = fast[pool_type]
-        self.fast_pools = fast
-        self.fast_free_slots = {pool.base >> 39: pool for pool in set(fast.values())}
+        for pool_type in list(usable):
+            usable[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = usable[pool_type]
+        blockers = self.fast_path_blockers
+        observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
+            hasattr(self.layer, "forget")
+        self.fast_pools = usable if not blockers else {}
+        self.lane_pools = usable if observed else {}
+        self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
+            if not blockers or observed else {}
 
     def set_layer(self, layer: PoolLayer | None) -> None:
         """Put ``layer`` between the generic path and the pools (None: remove it)."""
@@ -258,6 +271,8 @@ class PoolAllocator:
                         (end == PAGE_SIZE or
                          (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
                           and mem[following + 1] == pool_index)):
+                    if self.layer is not None:
+                        self.layer.forget(address)  # an observing layer's record of it
                     column = pool.track_offset
                     row[column + 1] += 1
                     row[column + 2] -= block_size << 4
@@ -314,6 +329,10 @@ class PoolAllocator:
         """
         if site is None:
             site = self.caller_site()
+        if self.lane_pools:
+            va = self.allocate_in_lane(pool_type, number_of_bytes, tag, site)
+            if va:
+                return va
         pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
         va = self.allocate_checked(self.pool_for(pool_type), number_of_bytes, value,
                                    aligned=bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK), site=site)
@@ -323,6 +342,27 @@ class PoolAllocator:
             self.mark_session(self.pool_for(pool_type), va)
         return self.finish(va, number_of_bytes, zero=bool(pool_type & POOL_ZERO_ALLOCATION),
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+
+    def allocate_in_lane(self, pool_type, number_of_bytes, tag, site: int) -> int:
+        """A request the fast path would serve but for an observing layer, when the layer
+        says it needs no check (``layer.lane(site, tag)``: Driver Verifier for a driver it
+        does not verify, or for one verified with pool tracking alone and a tag it has
+        checked): allocated as with no layer set, and recorded when the layer asks. 0: the
+        request takes the generic path (every check, the layer's allocate)."""
+        try:
+            pool = self.lane_pools[pool_type]
+            value = self.known_tags[tag][0]
+        except (KeyError, TypeError):
+            return 0
+        if type(number_of_bytes) is not int or not 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
+            return 0
+        lane = self.layer.lane(site, value)
+        if lane is None:
+            return 0
+        va = self.allocate_plain(pool, number_of_bytes, value, site)
+        if va and lane:
+            self.layer.record(va, pool.base_type, number_of_bytes, value, site)
+        return va
 
     def admit(self, pool_type, number_of_bytes, tag, site: int | None = None) -> tuple[int, int, int]:
         """Validate a request as Windows does, in its order: (type, bytes, tag value).
@@ -493,10 +533,15 @@ class PoolAllocator:
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                # Trusted as Windows 7 trusts it: the header is written wherever it lies.
-                pool.write_bytes(body - HEADER_SIZE + POOL_HEADER.PoolType,
-                                 TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
-                                                      site & pool.header_site_mask), self.irql)
+                # Trusted as Windows 7 trusts it: the header is written wherever it lies (in
+                # one piece, translated once, where a body can start; else page by page).
+                if _BODY_OK[body & 0xFFF]:
+                    _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
+                                   pool.allocated_header_type, tag, site & pool.header_site_mask)
+                else:
+                    pool.write_bytes(body + _TYPE_FROM_BODY,
+                                     TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
+                                                          site & pool.header_site_mask), self.irql)
                 pool.sites[(body - HEADER_SIZE - pool.base) >> BLOCK_SHIFT] = site
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
@@ -609,7 +654,7 @@ class PoolAllocator:
 
     def free_generic(self, address, tag) -> None:
         address = checked_address(address)
-        passed = None if tag is None or tag == 0 else tag_value(tag)
+        passed = None if tag is None or tag == 0 else self.validate_tag(tag)
         if self.layer is not None:
             self.layer.check_free(address, self.caller_site())
             if self.layer.free(address, passed):

@@ -1,11 +1,16 @@
 """Driver Verifier's pool options, per driver, named after verifier.exe's.
 
 ``k.verifier.enable("buggy.sys", special_pool=True, pool_tracking=True, ...)`` turns options
-on for a driver (loaded or not yet). While any driver is verified the allocator's fast
-paths are off and every allocation and free passes through ``DriverVerifier.allocate`` /
-``free`` (the allocator's ``PoolLayer``), which hand the ones from verified drivers to the
-options; the options listen to the machine's events (``ntpool.hooks``) only while they are
-on, so nothing is paid while the verifier is off.
+on for a driver (loaded or not yet). While any driver is verified the allocator's
+allocation fast path is off and allocations pass through ``DriverVerifier.check_allocate``
+/ ``allocate`` (the allocator's ``PoolLayer``), which hand the ones from verified drivers to
+the options, except those it only watches: ``lane`` lets the allocator serve a request of a
+driver not verified, or of one verified with pool tracking alone whose tag passed the tag
+stops, as its fast path would (``record`` then keeps the tracking record). The free fast
+path stays on (a chunk it frees meets none of ``check_free``'s stops) and tells ``forget``;
+every other free passes through ``check_free`` / ``free``. The options listen to the
+machine's events (``ntpool.hooks``) only while they are on, so nothing is paid while the
+verifier is off.
 """
 
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from ..constants import (
 )
 from ..machine.irql import pool_usable_at
 from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
+from ..pool.checks import header_ulong
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
 from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
@@ -50,6 +56,16 @@ class VerifierFlags(IntFlag):
     UNINITIALIZED_MEMORY_DISCLOSURE = 0x1_0000_0000  # ntpool's: Bochspwn-style taint tracking
 
 
+# The flags as plain ints, for the tests made on every allocation.
+_SPECIAL_POOL = int(VerifierFlags.SPECIAL_POOL)
+_LOW_RESOURCES = int(VerifierFlags.LOW_RESOURCES_SIMULATION)
+_POOL_TRACKING = int(VerifierFlags.POOL_TRACKING)
+_SYSTEMATIC = int(VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION)
+_UNINITIALIZED = int(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE)
+# Options that need nothing of an allocation the checks would pass but a record of it.
+_OBSERVE_ONLY = _POOL_TRACKING | int(VerifierFlags.FORCE_IRQL_CHECKING)
+
+
 @dataclass
 class DriverOptions:
     name: str
@@ -63,6 +79,17 @@ class DriverOptions:
     fault_delay: int = 0  # allocations let through before injection starts
     extras: dict = field(default_factory=dict)
 
+    @property
+    def bits(self) -> int:
+        """``flags`` as a plain int (IntFlag's ``&`` costs about a microsecond a test)."""
+        flags = self.flags
+        if flags is not self._bits_of:
+            self._bits_of, self._bits = flags, int(flags)
+        return self._bits
+
+    _bits_of = None
+    _bits = 0
+
 
 class DriverVerifier:
     def __init__(self, kernel):
@@ -74,6 +101,9 @@ class DriverVerifier:
         self.systematic = SystematicLowResources(kernel)
         self.uninitialized = UninitializedMemoryTracking(kernel)
         self._site_options: dict[int, DriverOptions | None] = {}
+        # Tag values that passed check_allocate's three tag stops: a pure function of the
+        # value, so each is checked once.
+        self._good_tags: set[int] = set()
         kernel.hooks.subscribe(DriverUnloading, self._on_unload)
 
     # --- turning options on and off --------------------------------------------------------
@@ -186,19 +216,9 @@ class DriverVerifier:
         if self.options_for_site(site) is None:
             return
         kernel = self.kernel
-        caller = kernel.call_sites.table[site].address if site else 0
-        bare = tag & ~PROTECTED_POOL
-        if bare == 0:
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type,
-                                number_of_bytes, caller, detail="allocation with pool tag 0")
-        if bare in RESERVED_TAGS:
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_BIG, pool_type,
-                                number_of_bytes, caller,
-                                detail="allocation with the reserved pool tag 'BIG '")
-        if not has_letter_or_digit(bare):
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_NO_ALNUM, tag,
-                                pool_type, caller,
-                                detail=f"pool tag {tag:#010x} has no letter or digit")
+        if tag not in self._good_tags:
+            self._check_tag(pool_type, number_of_bytes, tag, site)
+            self._good_tags.add(tag)
         irql = kernel.pool.irql
         if number_of_bytes == 0:
             kernel.KeBugCheckEx(BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION,
@@ -216,6 +236,23 @@ class DriverVerifier:
             kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.MUST_SUCCEED, pool_type,
                                 number_of_bytes, tag,
                                 detail="must-succeed pool requested by a verified driver")
+
+    def _check_tag(self, pool_type: int, number_of_bytes: int, tag: int, site: int) -> None:
+        """check_allocate's tag stops: 0 (0xC2 0x9B), 'BIG ' (0x9C), no letter or digit (0x9D)."""
+        kernel = self.kernel
+        caller = kernel.call_sites.table[site].address if site else 0
+        bare = tag & ~PROTECTED_POOL
+        if bare == 0:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_ZERO, pool_type,
+                                number_of_bytes, caller, detail="allocation with pool tag 0")
+        if bare in RESERVED_TAGS:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_BIG, pool_type,
+                                number_of_bytes, caller,
+                                detail="allocation with the reserved pool tag 'BIG '")
+        if not has_letter_or_digit(bare):
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.TAG_NO_ALNUM, tag,
+                                pool_type, caller,
+                                detail=f"pool tag {tag:#010x} has no letter or digit")
 
     def check_free(self, address: int, site: int) -> None:
         """A verified driver's free, checked as Driver Verifier checks it before the pool
@@ -243,7 +280,9 @@ class DriverVerifier:
             kernel.KeBugCheckEx(stop, VerifierStop.FREE_BAD_ADDRESS, address, 0, 0,
                                 detail=f"free of {address:#x}, which no allocation returned")
         header = address - BLOCK
-        first = int.from_bytes(kernel.read(header, 4), "little")
+        # The header's first four bytes, read where the pool code reads them (a paged-out
+        # page faults in: the IRQL was checked above).
+        first = header_ulong(allocator.mem, pool._pa(header, False, irql))
         if not is_allocated((first >> 24) & 0xFF):
             kernel.KeBugCheckEx(stop, VerifierStop.DOUBLE_FREE, 0, header, first,
                                 detail=f"{address:#x} was already freed (by a verified driver)")
@@ -253,14 +292,13 @@ class DriverVerifier:
         options = self.options_for_site(site)
         if options is None:
             return None
-        flags = options.flags
-        if flags & VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION and self.systematic.should_fail(site):
+        flags = options.bits
+        if flags & _SYSTEMATIC and self.systematic.should_fail(site):
             return 0
-        if flags & VerifierFlags.LOW_RESOURCES_SIMULATION and \
-                self.low_resources.should_fail(options, tag, site):
+        if flags & _LOW_RESOURCES and self.low_resources.should_fail(options, tag, site):
             return 0
         address = 0
-        if flags & VerifierFlags.SPECIAL_POOL and not aligned and contiguous is None and \
+        if flags & _SPECIAL_POOL and not aligned and contiguous is None and \
                 self.special_pool.wants(options, number_of_bytes, tag):
             address = self.special_pool.allocate(pool, number_of_bytes, tag, site,
                                                  options.special_pool_underruns)
@@ -270,16 +308,40 @@ class DriverVerifier:
                 if contiguous is None else \
                 allocator.allocate_contiguous_plain(pool, number_of_bytes, tag, site, contiguous)
         if address:
-            if flags & VerifierFlags.POOL_TRACKING:
+            if flags & _POOL_TRACKING:
                 self.tracking.record(address, pool.base_type, number_of_bytes, tag, site)
-            if flags & VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE:
+            if flags & _UNINITIALIZED:
                 self.uninitialized.track(address, number_of_bytes, tag, site)
         return address
 
     def free(self, address: int, tag: int | None) -> bool:
+        self.forget(address)
+        return self.special_pool.free(address, tag)
+
+    # --- what lets the allocator keep its fast paths for calls the verifier only watches ---
+
+    def lane(self, site: int, tag: int) -> int | None:
+        """For a request the allocator's fast path would serve (a small size, a pool type
+        and IRQL that need no check): 0 when the caller is not verified (nothing to do),
+        1 when it is verified with nothing but pool tracking (and IRQL checking, which acts
+        on IRQL raises) and its tag has passed the tag stops (``record`` it), None when
+        the request must meet the checks and options (``check_allocate``, ``allocate``)."""
+        options = self.options_for_site(site)
+        if options is None:
+            return 0
+        if options.bits & ~_OBSERVE_ONLY or tag not in self._good_tags:
+            return None
+        return 1
+
+    def record(self, address: int, base_type: int, number_of_bytes: int, tag: int,
+               site: int) -> None:
+        self.tracking.record(address, base_type, number_of_bytes, tag, site)
+
+    def forget(self, address: int) -> None:
+        """``address`` was freed (the allocator's free fast path tells this for each chunk
+        it frees: such a free meets none of check_free's stops)."""
         self.tracking.forget(address)
         self.uninitialized.forget(address)
-        return self.special_pool.free(address, tag)
 
     def site_of(self, address: int):
         return self.special_pool.site_of(address)

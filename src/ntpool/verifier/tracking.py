@@ -13,17 +13,27 @@ class Outstanding(NamedTuple):
     site: int
 
 
+POOL_NAMES = ("NonPagedPool", "PagedPool")
+
+
 class PoolTracking:
     def __init__(self, kernel):
         self.kernel = kernel
-        self.allocations: dict[int, Outstanding] = {}
+        # address -> (base type, size, tag, site): a plain tuple per allocation, as cheap as
+        # a record gets (each free pops it); Outstanding rows are made only for reports.
+        self.records: dict[int, tuple[int, int, int, int]] = {}
 
     def record(self, address: int, base_type: int, size: int, tag: int, site: int) -> None:
-        pool = "PagedPool" if base_type else "NonPagedPool"
-        self.allocations[address] = Outstanding(address, pool, size, tag, site)
+        self.records[address] = (base_type, size, tag, site)
 
     def forget(self, address: int) -> None:
-        self.allocations.pop(address, None)
+        self.records.pop(address, None)
+
+    @property
+    def allocations(self) -> dict[int, Outstanding]:
+        """Every recorded allocation, address -> Outstanding."""
+        return {address: Outstanding(address, POOL_NAMES[base_type], size, tag, site)
+                for address, (base_type, size, tag, site) in self.records.items()}
 
     def outstanding_for(self, driver_name: str) -> list[Outstanding]:
         sites = self.kernel.call_sites
