@@ -171,9 +171,14 @@ def test_processors_have_their_own_lookasides():
     k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
     a = k.ExAllocatePoolWithTag(NP, 64, "Cpu0")
     k.ExFreePoolWithTag(a, "Cpu0")
-    k.nonpaged_pool.select_processor(1)
+    k.set_current_processor(1)  # the machine's switch: the fast paths follow it
     b = k.ExAllocatePoolWithTag(NP, 64, "Cpu0")
     assert b != a
+    k.ExFreePoolWithTag(b, "Cpu0")
+    assert k.nonpaged_pool.la_head[b_size := (64 + 31) >> 4] == b
+    k.set_current_processor(0)
+    assert k.ExAllocatePoolWithTag(NP, 64, "Cpu0") == a  # processor 0's list kept its chunk
+    assert k.nonpaged_pool.per_processor[1].head[b_size] == b
 
 
 @pytest.mark.parametrize("args, error", [

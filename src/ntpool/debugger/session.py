@@ -892,9 +892,15 @@ class HitLines:
         self.middles = _Middles()
         self.tails: dict[int, tuple[str, bool]] = {}
         self.site_lines = _SiteLines(session)
-        self.tables = self.reader.allocation_site_streams()
+
+    @property
+    def tables(self) -> list:
+        """The allocation-site tables, read (and checked whole) when first needed."""
+        return self.reader.allocation_site_streams()
 
     def window(self, window) -> str:
+        if not window.pages:
+            return ""
         data = window.data
         heads = _first_eight_bytes(data)
         sites = self._window_sites(window)

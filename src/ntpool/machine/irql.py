@@ -59,6 +59,7 @@ class IrqlRoutines:
         for pool in (self.nonpaged_pool, self.paged_pool):
             pool.select_processor(number)
         self.pool.set_irql(self.irql_by_processor[number])
+        self.pool.refresh_fast_paths()  # the fast paths hold the processor's lookaside lists
 
     @routine("KIRQL KeGetCurrentIrql(VOID)")
     @allowed_when_halted

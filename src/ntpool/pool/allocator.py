@@ -111,6 +111,15 @@ STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 
 
+def fast_lists_of(pool: Pool) -> tuple:
+    """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
+    current processor's lookaside heads, counts and TotalAllocates, the site map and the
+    address its index counts from (a chunk's header: body - 16), the allocated PoolType
+    byte, and the pool's column in a tracker row. Rebuilt when the processor changes."""
+    return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
+            pool.allocated_header_type, pool.track_offset)
+
+
 class Contiguous(NamedTuple):
     """A request for physically contiguous pages (NdisAllocateMemory's CONTIGUOUS/NONCACHED)."""
 
@@ -141,8 +150,10 @@ class PoolAllocator:
         self.irql = 0
         # Names of layers that need every call on the generic path while they are active.
         self.fast_path_blockers: set = set()
-        # The pool types the fast path may serve right now -> their pool.
+        # The pool types the fast path may serve right now -> their pool, and -> what the
+        # allocation fast path touches of it (``fast_lists_of``), unpacked in one step.
         self.fast_pools: dict[int, Pool] = {}
+        self.fast_lists: dict[int, tuple] = {}
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
         # The pools (by address >> 39) the free fast path may serve right now.
         self.fast_free_slots: dict[int, Pool] = {}
@@ -181,6 +192,7 @@ class PoolAllocator:
         observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
             hasattr(self.layer, "forget")
         self.fast_pools = usable if not blockers else {}
+        self.fast_lists = {pool_type: fast_lists_of(pool) for pool_type, pool in self.fast_pools.items()}
         self.lane_pools = usable if observed else {}
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
             if not blockers or observed else {}
@@ -214,24 +226,33 @@ class PoolAllocator:
             site = self.call_sites.lookup(frame)
         try:
             tag_ulong, row = self.known_tags[tag]
-            pool = self.fast_pools[pool_type]
+            heads, counts, allocates, sites, site_bias, header_type, column = \
+                self.fast_lists[pool_type]
             if 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
                 block_size = (number_of_bytes + 31) >> 4
-                heads = pool.la_head
                 body = heads[block_size]
                 if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
                     mem = self.mem
                     pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
                     heads[block_size] = _unpack_next(mem, pa)[0]
-                    pool.la_count[block_size] -= 1
-                    pool.la_allocates[block_size] += 1
-                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, pool.allocated_header_type, tag_ulong,
+                    counts[block_size] -= 1
+                    allocates[block_size] += 1
+                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
                                    0)  # ProcessBilled: no quota (the fast path serves none)
-                    pool.sites[((body - pool.base) >> 4) - 1] = site
-                    column = pool.track_offset
+                    sites[(body - site_bias) >> 4] = site
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
+                if not body:
+                    # This processor's lookaside is empty. Everything the generic path
+                    # would validate is known good here (tag, type, size, IRQL, no layer),
+                    # so the miss goes straight on to the pool: the system-wide lookaside,
+                    # then the ListHeads, as ExAllocatePoolWithTag goes on after its pop.
+                    body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong,
+                                               site)
+                    return body if body else self.finish(
+                        0, number_of_bytes, zero=False,
+                        raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
         except (KeyError, TypeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)

@@ -256,8 +256,8 @@ class NdisRoutines:
             raise NdisContractError(
                 f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: that memory was "
                 f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
-        version = self._caller_ndis_version()
-        if version is None or version[0] < 6:
+        driver = self.current_driver  # (the kernel's own calls are no NDIS 6 driver's)
+        if driver is None or (self._caller_ndis_version() or (5, 0))[0] < 6:
             # Length must be the allocation's: a small one's BlockSize is what the allocator's
             # free fast path reads anyway, so it compares it there, freeing only on a match;
             # anything else (a mismatch, a big allocation, any error) is diagnosed here first.

@@ -22,6 +22,7 @@ normal pool, as Windows' do.
 import struct
 from collections import deque
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, SpecialPoolCorruption
 from ..hooks import PageFault
@@ -39,6 +40,12 @@ BLOCK = 16
 
 def pattern_byte(page_va: int) -> int:
     return ((page_va >> PAGE_SHIFT) & 0xFF) | 0x01  # never 0, so zeroed memory is caught
+
+
+@lru_cache(maxsize=128)  # a pattern byte is odd: 128 pages at most
+def pattern_page(fill: int) -> bytes:
+    """A page of ``fill`` bytes: written at allocation, compared with at free."""
+    return bytes([fill]) * PAGE_SIZE
 
 
 class SpecialAllocation:
@@ -165,7 +172,7 @@ class SpecialPool:
             address, header_at = page + PAGE_SIZE - rounded, page
         pa = pfn << PAGE_SHIFT
         fill = pattern_byte(page)
-        kernel.physical.buffer[pa:pa + PAGE_SIZE] = bytes([fill]) * PAGE_SIZE
+        kernel.physical.buffer[pa:pa + PAGE_SIZE] = pattern_page(fill)
         flags = FLAG_UNDERRUN if underrun else 0
         HEADER.pack_into(kernel.physical.buffer, pa + (header_at - page), number_of_bytes, flags,
                          pool.allocated_header_type, tag, site)
@@ -206,13 +213,15 @@ class SpecialPool:
     def _check_pattern(self, allocation: SpecialAllocation) -> None:
         """Every byte of the page outside the allocation and its header still holds the fill."""
         page = self.kernel.read(allocation.page, PAGE_SIZE)
-        fill = bytes([pattern_byte(allocation.page)])
+        intact = pattern_page(pattern_byte(allocation.page))
         start = allocation.address - allocation.page
         end = start + allocation.size
         header_at = PAGE_SIZE - BLOCK if allocation.underrun else 0
         for low, high in _slack_ranges(start, end, header_at):
-            rest = page[low:high].lstrip(fill)
-            if rest:
+            # One comparison of the range (a memcmp); only a damaged range is scanned for
+            # its first overwritten byte.
+            if page[low:high] != intact[low:high]:
+                rest = page[low:high].lstrip(intact[:1])
                 offset = high - len(rest)
                 after_end = offset >= end
                 self.kernel.KeBugCheckEx(
