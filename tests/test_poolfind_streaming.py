@@ -71,7 +71,7 @@ def test_each_chunk_line_is_what_the_chunk_says(dump):
                 if text:
                     expected.append(f"\t\tAllocated by {text}")
         text = session.run_one("!poolfind * 0")
-        listed = text.split(f"for Tag: *\n\n", 2)[2].split("\n")
+        listed = text.split("for Tag: *\n\n", 2)[2].split("\n")
         assert listed == expected
 
 
@@ -98,3 +98,26 @@ def test_the_site_map_streams_forward_and_restarts_backward():
     assert short.read(blocks - 2, 50) == raw[2 * (blocks - 2):2 * blocks]
     with pytest.raises(zlib.error):
         SiteMapStream(compressed[:100] + b"\xff" * 64 + compressed[164:], blocks).check()
+
+
+@pytest.mark.parametrize("pattern", ["?ceR", "??iF", "???F", "v*", "?l*", "*R", "d?r*"])
+def test_wildcard_searches_find_what_the_walk_finds(dump, pattern):
+    """Raw-byte searches led by a literal tag byte at any place, and the tags-only search
+    (``*R``), keep exactly the headers the walk of every chain finds with that tag."""
+    with DumpReader(dump) as reader:
+        big = poolscan.BigPageIndex(reader.big_pages())
+        regex = poolscan.tag_bytes_regex(pattern)
+        for pool in reader.pool_ranges():
+            every = poolscan.PoolFinder(reader, pool, big).find("*")
+            found = poolscan.PoolFinder(reader, pool, big).find(pattern)
+            assert found and found == [c for c in every if poolscan.tag_display_matches(regex, c.tag)]
+
+
+def test_a_match_straddling_two_places_does_not_hide_a_tag():
+    data = bytearray(64)
+    data[1:8] = b"aaaaaaa"  # "aaaa" at 1 (not a tag) overlaps the tag at 4
+    data[36:40] = b"aaaa"
+    for pattern in ("aaaa", "?aaa", "*a"):
+        plan = poolscan.search_plan(pattern)
+        assert poolscan.tag_blocks(poolscan.tag_bytes_regex(pattern), data, plan) == [0, 2], pattern
+    assert poolscan.search_plan("*a") is None  # the tags alone are searched

@@ -95,7 +95,7 @@ def _cmd_bench_dump(args) -> int:
     from ..dump.bench import run_and_report
 
     return run_and_report(args.pool_mib, args.directory, args.windows, not args.no_volatility,
-                          args.sparse_gib)
+                          args.sparse_gib, args.volatility_pool_mib)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="MiB of each pool; the full dump is a bit over twice that (default 512)")
     bench_dump.add_argument("--directory", default=None, help="where to write the dumps (default: a temp dir)")
     bench_dump.add_argument("--no-volatility", action="store_true",
-                            help="skip volatility3's scan of the same dump (minutes on 1 GiB)")
+                            help="skip volatility3's scan for every tag")
+    bench_dump.add_argument("--volatility-pool-mib", type=int, default=8,
+                            help="MiB of each pool of the dump volatility3 and !poolfind * both scan "
+                                 "(default 8; volatility3 takes minutes per 10 MiB; equal to "
+                                 "--pool-mib: the same dump; 0 skips)")
     bench_dump.add_argument("--sparse-gib", type=int, default=4,
                             help="also scan a full dump of this many GiB of mostly empty memory, "
                                  "for peak memory (default 4; 0 skips)")

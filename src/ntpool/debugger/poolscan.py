@@ -12,7 +12,8 @@ reported too, marked.
 
 import re
 import struct
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -120,12 +121,50 @@ def chunk_containing(report: PageReport, va: int) -> Chunk | None:
     return None
 
 
+def _page_up(va: int) -> int:
+    return (va + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
 class BigPageIndex:
     """The big page table's allocations, sorted by address, for 'which allocation holds va'."""
 
     def __init__(self, entries: list[BigPage]):
         self.entries = sorted(entries)
         self.starts = [entry.Va for entry in self.entries]
+        # reach[i]: the furthest end of entries[0..i] (an entry may run past later starts)
+        self.reach = list(accumulate((entry.Va + max(entry.NumberOfBytes, PAGE_SIZE)
+                                      for entry in self.entries), max))
+        self.disjoint = all(self.reach[i] <= self.starts[i + 1] for i in range(len(self.starts) - 1))
+
+    def outside(self, va: int, count: int) -> Iterator[tuple[int, int]]:
+        """(va, pages): the parts of ``count`` pages from ``va`` that no allocation holds (as
+        ``containing`` sees them), in order."""
+        end = va + (count << PAGE_SHIFT)
+        index = bisect_left(self.starts, end) - 1
+        if index < 0 or self.reach[index] <= va:
+            yield va, count  # no allocation reaches the range: the common case
+            return
+        if not self.disjoint:  # a table whose entries overlap: page by page, as containing
+            for page in range(count):
+                if self.containing(va + (page << PAGE_SHIFT)) is None:
+                    yield va + (page << PAGE_SHIFT), 1
+            return
+        at = va  # a page is held when an allocation starts at or before it and ends after it
+        for entry in self.entries[max(bisect_right(self.starts, va) - 1, 0):]:
+            if entry.Va >= end:
+                break
+            held_from = max(_page_up(entry.Va), at)
+            held_to = _page_up(entry.Va + max(entry.NumberOfBytes, PAGE_SIZE))
+            if held_to <= at:
+                continue
+            if held_from >= end:
+                break
+            if held_from > at:
+                yield at, (held_from - at) >> PAGE_SHIFT
+            at = held_to
+            if at >= end:
+                return
+        yield at, (end - at) >> PAGE_SHIFT
 
     def containing(self, va: int) -> BigPage | None:
         index = bisect_right(self.starts, va) - 1
@@ -147,12 +186,16 @@ def _expansions(pattern: str) -> list[str]:
     return sorted({r for r in results if len(r) == 4})
 
 
-def tag_bytes_regex(pattern: str) -> re.Pattern:
-    """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte."""
+def tag_bytes_regex(pattern: str, skip: int = 0) -> re.Pattern:
+    """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte;
+    with ``skip``, for the tag's bytes after its first ``skip`` (which the pattern leaves
+    free: see ``search_plan``)."""
     alternatives = []
     for form in _expansions(pattern):
         parts = []
         for index, ch in enumerate(form):
+            if index < skip:
+                continue
             if ch == "?":
                 parts.append(b".")
                 continue
@@ -165,6 +208,19 @@ def tag_bytes_regex(pattern: str) -> re.Pattern:
     if not alternatives:
         raise ValueError(f"tag pattern {pattern!r} cannot match a four-character tag")
     return re.compile(b"|".join(alternatives), re.DOTALL)
+
+
+def search_plan(pattern: str) -> tuple[re.Pattern, int] | None:
+    """How to search raw pool bytes for a tag pattern: a regex that starts with a literal
+    byte (the engine skips ahead to it fast) and the tag byte it starts at; None when the
+    pattern has no such byte at one place in every form (then only the tags are searched)."""
+    forms = _expansions(pattern)
+    for skip in range(4):
+        if forms and all(form[:skip] == "?" * skip and form[skip] != "?" for form in forms):
+            return tag_bytes_regex(pattern, skip), skip
+        if not forms or any(form[skip] != "?" for form in forms):
+            return None
+    return None
 
 
 def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
@@ -185,8 +241,15 @@ class Window(NamedTuple):
     """One stretch of a pool, contiguous in memory and in the file, as a scan read it."""
 
     va: int  # of its first page
-    data: bytearray  # its bytes: only valid until the scan reads the next window
+    data: memoryview  # its bytes: only valid until the scan reads the next window
     pages: list  # PageHits, in address order, pages without hits left out
+
+
+def _block_bytes(buffer: bytearray, length: int) -> tuple[bytearray, bytearray, bytearray]:
+    """The PreviousSize, BlockSize and PoolType bytes of every 16-byte block of the first
+    ``length`` bytes, three strings (a bytearray's strided slice is a plain C loop; a
+    memoryview's is several times slower)."""
+    return buffer[0:length:BLOCK], buffer[2:length:BLOCK], buffer[3:length:BLOCK]
 
 
 def _page_chain(previous_sizes, sizes, pool_types, first: int, allowed) -> list | None:
@@ -214,6 +277,39 @@ WINDOW_PAGES = 4096  # pages read at a time (16 MiB): memory stays bounded whate
 _ALL_TAGS_PATTERN = re.compile(r"[*?]*")
 
 
+def tag_blocks(regex: re.Pattern, data, plan: tuple[re.Pattern, int] | None) -> list[int]:
+    """The 16-byte blocks of ``data`` whose tag (bytes 4-7) the regex matches.
+
+    With a search plan (a literal tag byte at one place) its regex runs over the bytes as they
+    are (the engine skips to that byte quickly) and matches where that byte of a tag sits are
+    kept; otherwise ``regex`` runs over the tags alone, copied out (a quarter of the bytes).
+    Matches elsewhere are not tags, but one may overlap a tag's match and hide it from a
+    non-overlapping pass: then the search goes match by match.
+    """
+    if plan is not None:
+        regex, skip = plan
+        text, stride, at = data, BLOCK, POOL_HEADER.PoolTag + skip
+    else:
+        text, stride, at = memoryview(data).cast("I")[1::4].tobytes(), 4, 0
+    positions = [match.start() for match in regex.finditer(text)]
+    if any((position - at) % stride for position in positions):
+        positions = []
+        search = regex.search
+        position = 0
+        while (match := search(text, position)) is not None:
+            position = match.start()
+            if (position - at) % stride == 0:
+                positions.append(position)
+            position += 1
+    return [position // stride for position in positions]
+
+
+def _cut(va: int, offset: int, count: int, limit: int):
+    """A run in pieces of at most ``limit`` pages."""
+    for done in range(0, count, limit):
+        yield va + (done << PAGE_SHIFT), offset + (done << PAGE_SHIFT), min(limit, count - done)
+
+
 class PoolFinder:
     """``!poolfind``'s search of one pool of a dump.
 
@@ -238,24 +334,33 @@ class PoolFinder:
         at most WINDOW_PAGES at a time. A file page mapped twice is scanned once."""
         limit = WINDOW_PAGES
         seen = bytearray((self.reader.size >> PAGE_SHIFT) + 1)
-        containing = self.big_pages.containing
         first_va = first_offset = count = 0
-        for va, offset in self.reader.mapped_pages(self.pool.start, self.pool.end):
-            if containing(va) is not None:
-                continue
-            index = offset >> PAGE_SHIFT
-            if seen[index]:
-                continue
-            seen[index] = 1
+        for va, offset, pages in self._pool_runs(seen):
             if count and va == first_va + (count << PAGE_SHIFT) and \
-                    offset == first_offset + (count << PAGE_SHIFT) and count < limit:
-                count += 1
-                continue
-            if count:
-                yield first_va, first_offset, count
-            first_va, first_offset, count = va, offset, 1
+                    offset == first_offset + (count << PAGE_SHIFT):
+                count += pages  # joins the run before it
+            else:
+                if count:
+                    yield from _cut(first_va, first_offset, count, limit)
+                first_va, first_offset, count = va, offset, pages
         if count:
-            yield first_va, first_offset, count
+            yield from _cut(first_va, first_offset, count, limit)
+
+    def _pool_runs(self, seen: bytearray):
+        """The page tables' runs in the pool, less big allocations' pages and pages already
+        seen at another address (then page by page)."""
+        for va, offset, count in self.reader.mapped_runs(self.pool.start, self.pool.end):
+            for part_va, part_count in self.big_pages.outside(va, count):
+                part_offset = offset + (part_va - va)
+                index = part_offset >> PAGE_SHIFT
+                if seen.find(1, index, index + part_count) < 0:
+                    seen[index:index + part_count] = b"\x01" * part_count
+                    yield part_va, part_offset, part_count
+                    continue
+                for page in range(part_count):
+                    if not seen[index + page]:
+                        seen[index + page] = 1
+                        yield part_va + (page << PAGE_SHIFT), part_offset + (page << PAGE_SHIFT), 1
 
     def scan(self, pattern: str) -> Iterator[Window]:
         """Each window's chunks whose tag matches ``pattern`` (``*`` and ``?`` wildcards).
@@ -265,24 +370,26 @@ class PoolFinder:
         """
         every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
         regex = None if every else tag_bytes_regex(pattern)
+        plan = None if every else search_plan(pattern)
         self.corrupt_pages = corrupt = []
-        buffer = bytearray(WINDOW_PAGES * PAGE_SIZE)
+        buffer = bytearray()
         read = self.reader.read_file_into
         for va, offset, count in self.runs():
             length = count << PAGE_SHIFT
-            if len(buffer) < length:
-                buffer = bytearray(length)
-            read(offset, memoryview(buffer)[:length])
-            data = buffer if len(buffer) == length else buffer[:length]
+            if len(buffer) < length:  # grown as runs need, up to a window
+                buffer = bytearray(min(max(length, 2 * len(buffer)), WINDOW_PAGES << PAGE_SHIFT))
+            data = memoryview(buffer)[:length]
+            read(offset, data)
             if every:
-                pages = self._walk_window(data, va, count, corrupt)
+                pages = self._walk_window(buffer, data, va, count, corrupt)
             else:
-                pages = self._search_window(data, va, regex, corrupt)
+                pages = self._search_window(buffer, data, va, regex, plan, corrupt)
             yield Window(va, data, pages)
 
-    def _walk_window(self, data, va: int, count: int, corrupt: list) -> list[PageHits]:
+    def _walk_window(self, buffer: bytearray, data: memoryview, va: int, count: int,
+                     corrupt: list) -> list[PageHits]:
         """Every chunk of every page whose chain can be trusted (wholly, or salvaged)."""
-        fields = data[0::BLOCK], data[2::BLOCK], data[3::BLOCK]
+        fields = _block_bytes(buffer, len(data))
         pages = []
         for page in range(count):
             page_va = va + (page << PAGE_SHIFT)
@@ -300,36 +407,25 @@ class PoolFinder:
         salvaged = salvaged_header_offsets(data, page << PAGE_SHIFT, self.pool.base_type)
         return [offset >> BLOCK_SHIFT for offset in sorted(salvaged)]
 
-    def _search_window(self, data, va: int, regex: re.Pattern, corrupt: list) -> list[PageHits]:
-        """The chunks whose header's tag matches: one regular-expression pass over the tags
-        of every 16-byte block (the bytes at offset 4 of each), then each hit's page chain."""
-        tags = memoryview(data).cast("I")[1::4].tobytes()
-        search = regex.search
+    def _search_window(self, buffer: bytearray, data: memoryview, va: int, regex: re.Pattern,
+                       plan, corrupt: list) -> list[PageHits]:
+        """The chunks whose header's tag matches: the blocks whose tag matches, then each hit
+        page's chain."""
+        blocks = tag_blocks(regex, data, plan)
         fields = None
         pages: list[PageHits] = []
         current = -1  # the page of the hits being gathered
         starts: set = set()
-        position = 0
-        while True:
-            match = search(tags, position)
-            if match is None:
-                break
-            position = match.start()
-            if position & 3:  # straddles two blocks' tags: not a tag, and the next block's may be
-                position = (position | 3) + 1
-                continue
-            block = position >> 2
-            position += 4
-            page = block >> 8
-            if page != current:
-                current = page
+        for block in blocks:
+            if block >> 8 != current:
+                current = block >> 8
                 if fields is None:
-                    fields = data[0::BLOCK], data[2::BLOCK], data[3::BLOCK]
-                chain = _page_chain(*fields, page << 8, self._allowed)
-                hits = PageHits(va + (page << PAGE_SHIFT), page << 8, [], chain is None)
+                    fields = _block_bytes(buffer, len(data))
+                chain = _page_chain(*fields, current << 8, self._allowed)
+                hits = PageHits(va + (current << PAGE_SHIFT), current << 8, [], chain is None)
                 if chain is None:
                     corrupt.append(hits.va)
-                    chain = self._salvage(data, page)
+                    chain = self._salvage(data, current)
                 starts = set(chain)
             if (block & 0xFF) in starts:
                 if not hits.blocks:

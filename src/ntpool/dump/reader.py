@@ -370,6 +370,14 @@ class DumpReader:
 
     def mapped_pages(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """(page va, file offset) of every 4 KiB page mapped in [start, end) and in the dump."""
+        for va, offset, count in self.mapped_runs(start, end):
+            for page in range(count):
+                yield va + (page << PAGE_SHIFT), offset + (page << PAGE_SHIFT)
+
+    def mapped_runs(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(first page va, its file offset, pages) for the 4 KiB pages mapped in [start, end)
+        and in the dump, in address order, a run where both address and file offset follow
+        on (within one page table: a caller may join runs that meet)."""
         start &= ~0xFFF
         # Each table is walked once: a lying dump whose tables point back at each other
         # (as the self-map does) cannot make the walk loop or explode.
@@ -385,6 +393,9 @@ class DumpReader:
         span = 1 << shift
         first = (start >> shift) & 0x1FF if canonical(prefix) <= start else 0
         entries = struct.unpack_from("<512Q", self._map, offset)
+        if level == 3:
+            yield from self._page_table_runs(entries, canonical(prefix), first, start, end)
+            return
         for index in range(first, 512):
             va = canonical(prefix | (index << shift))
             if va >= end:
@@ -392,16 +403,52 @@ class DumpReader:
             if va + span <= start:
                 continue
             entry = entries[index]
+            if entry & PTE_PRESENT and not entry & PTE_LARGE:
+                yield from self._walk_level(entry & PTE_ADDRESS_MASK, level + 1, start, end,
+                                            prefix | (index << shift), visited)
+
+    def _page_table_runs(self, entries, base: int, first: int, start: int, end: int):
+        """The runs of one page table's present entries whose frames the dump holds."""
+        last = min(512, (end - base + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        first = max(first, (start - base) >> PAGE_SHIFT, 0)
+        if first >= last:
+            return
+        entry = entries[first]
+        pfn = (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
+        count = last - first
+        # The common case, a table mapping consecutive frames: one comparison made in C.
+        if entry & PTE_PRESENT and pfn + count <= MAX_PHYSICAL_PAGE and \
+                entries[first:last] == tuple(range(entry, entry + (count << PAGE_SHIFT), PAGE_SIZE)):
+            held = bisect_right(self._run_firsts, pfn) - 1
+            if held >= 0 and pfn + count <= self.runs[held].first + self.runs[held].count:
+                yield base + (first << PAGE_SHIFT), \
+                    self.runs[held].offset + ((pfn - self.runs[held].first) << PAGE_SHIFT), count
+                return
+        run_va = run_offset = count = 0
+        frame_first = frame_end = frame_file = 0  # the dump run the last frame was found in
+        for index in range(first, last):
+            entry = entries[index]
             if not entry & PTE_PRESENT:
                 continue
-            target = entry & PTE_ADDRESS_MASK
-            if level == 3:
-                frame = self.frame_offset(target >> PAGE_SHIFT)
-                if frame is not None:
-                    yield va, frame
-            elif not entry & PTE_LARGE:
-                yield from self._walk_level(target, level + 1, start, end, prefix | (index << shift),
-                                            visited)
+            pfn = (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
+            if frame_first <= pfn < frame_end:
+                offset = frame_file + ((pfn - frame_first) << PAGE_SHIFT)
+            else:
+                held = bisect_right(self._run_firsts, pfn) - 1
+                if held < 0 or pfn - self.runs[held].first >= self.runs[held].count:
+                    continue
+                frame_first, frame_file = self.runs[held].first, self.runs[held].offset
+                frame_end = frame_first + self.runs[held].count
+                offset = frame_file + ((pfn - frame_first) << PAGE_SHIFT)
+            va = base + (index << PAGE_SHIFT)
+            if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
+                count += 1
+                continue
+            if count:
+                yield run_va, run_offset, count
+            run_va, run_offset, count = va, offset, 1
+        if count:
+            yield run_va, run_offset, count
 
     # --- the debugger data -----------------------------------------------------------------
 

@@ -1,0 +1,22 @@
+"""``ntpool bench-dump`` prints every figure beside its goal (a small run: the figures are
+the benchmark's, not the test's)."""
+
+from ntpool.dump import bench
+
+
+def test_bench_dump_reports_each_figure_beside_its_goal(tmp_path):
+    results = bench.run(pool_mib=2, directory=str(tmp_path), volatility=False, sparse_gib=0)
+    lines = bench.report_lines(results)
+    text = "\n".join(lines)
+    assert "machine: 2 MiB of each pool" in lines[0]
+    for label in ("write full dump", "!poolused", "!poolfind derF (1 chunk in 6), both pools",
+                  "!poolfind Zzzz (no hit)", "!poolfind derF, both pools (ntpool kd",
+                  "!poolfind * over both pools (ntpool kd"):
+        line = next(line for line in lines if line.startswith(label))
+        assert "(goal " in line and (": met" in line or ": MISSED" in line), line
+    every = results["poolfind_all"]
+    assert every["chunks"] > results["allocations"]  # every live chunk, and the free ones
+    assert 0 < every["peak_rss_mib"] < 300
+    assert results["tag_in_process"]["pool_pages"] > 0
+    assert "volatility3: not run" in text
+    assert not list(tmp_path.glob("*.dmp"))  # the dumps are deleted
