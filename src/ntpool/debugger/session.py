@@ -516,6 +516,15 @@ class KdSession:
             if tag_display_matches(regex, entry.Key) and any(h.start <= entry.Va < h.end for h in heaps):
                 lines.append(f"*{entry.Va:016x} :large page allocation, Tag is {display(entry.Key)}, "
                              f"size is {entry.NumberOfBytes:#x} bytes")
+        lines += ["", f"Searching special pool ({SPECIAL_POOL_BASE:016x} : "
+                      f"{SPECIAL_POOL_BASE + SPECIAL_POOL_SPAN:016x}) for Tag: {pattern}", ""]
+        for chunk in special_chunks(self.reader):
+            if bool(chunk.pool_type & 1) == bool(pool_type) and tag_display_matches(regex, chunk.tag):
+                lines.append(f"*{chunk.address:016x} :special pool allocation, Tag is "
+                             f"{display(chunk.tag)}, size is {chunk.size:#x} bytes")
+                site = self._site_text(chunk.site)
+                if site:
+                    lines.append(f"\t\tAllocated by {site}")
         for h in heaps:
             lines += ["", f"Searching {h.name} heap {h.heap_va:016x} ({h.start:016x} : "
                           f"{h.end:016x}) for Tag: {pattern}", ""]

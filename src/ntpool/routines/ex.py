@@ -150,11 +150,12 @@ class ExecutiveRoutines:
         # (A bool never matches: False and True are 0 and 1, never plain values.)
         try:
             pool_type, zero = _POOL2_PLAIN[Flags]
-            if self.pool.known_tags[Tag][0]:
-                va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
+            pool = self.pool
+            if pool.known_tags[Tag][0]:
+                va = pool.allocate(pool_type, NumberOfBytes, Tag)
                 if va:
                     if zero:
-                        self.pool.zero(va, NumberOfBytes)
+                        pool.zero(va, NumberOfBytes)
                     return va
                 return self._pool2_failed(Flags, _Pool2Failure(
                     NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))

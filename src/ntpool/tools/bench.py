@@ -167,33 +167,47 @@ def _rounds(measures: dict, batches: int) -> dict:
     return costs
 
 
-def _with_live(live: int, size: int, batches: int, per_batch: int, windows: str = "7") -> dict:
-    """Pair cost with ``live`` allocations outstanding, and the simulator's memory per one
-    (with the bare-minimum pool's pair measured in the same rounds)."""
+def _live_machine(live: int, size: int, windows: str = "7"):
+    """A machine holding ``live`` allocations of ``size`` bytes, the addresses (charged to the
+    benchmark, not the model), and the simulator's memory per allocation."""
     from ..kernel import Kernel
 
     pool_bytes = max(64 * MiB, live * ((size + 31) // 16 * 16) * 2)
     gc.collect()
     rss_before = _rss_bytes()
     kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=16 * MiB, windows=windows)
-    addresses = array("Q")  # 8 bytes a live allocation, charged to the benchmark, not the model
+    addresses = array("Q")  # 8 bytes a live allocation
     allocate = kernel.ExAllocatePoolWithTag
     for _ in range(live):
         addresses.append(allocate(NP, size, "Live"))
     gc.collect()
     simulator_bytes = _rss_bytes() - rss_before - addresses.buffer_info()[1] * addresses.itemsize
-    pool_bytes_live = live * ((size + 31) // 16 * 16)
     _ex_pair(kernel, WARM_UP_PAIRS)
+    return kernel, addresses, simulator_bytes
+
+
+def _with_live(lives: tuple, size: int, batches: int, per_batch: int, windows: str = "7") -> list:
+    """Pair cost with each count of allocations outstanding, all measured in the same rounds
+    with the bare-minimum pool (so a change of machine load between them does not show as a
+    change of cost), and the simulator's memory per live allocation."""
+    machines = [_live_machine(live, size, windows) for live in lives]
     bare = BareMinimumPool()
-    costs = _rounds({"pair": (lambda: _ex_pair(kernel, per_batch), per_batch),
-                     "bare": (lambda: _bare_pair(bare, per_batch), per_batch)}, batches)
-    return {
-        "live": live,
-        "median_pair_us": statistics.median(costs["pair"]) * 1e6,
-        "bare_pair_us": statistics.median(costs["bare"]) * 1e6,
-        "simulator_bytes_per_live": simulator_bytes / live if live else 0.0,
-        "memory_ratio": simulator_bytes / pool_bytes_live if live else 0.0,
-    }
+    measures = {"bare": (lambda: _bare_pair(bare, per_batch), per_batch)}
+    for live, (kernel, _, _) in zip(lives, machines):
+        measures[live] = (lambda kernel=kernel: _ex_pair(kernel, per_batch), per_batch)
+    costs = _rounds(measures, batches)
+    bare_us = statistics.median(costs["bare"]) * 1e6
+    results = []
+    for live, (_, _, simulator_bytes) in zip(lives, machines):
+        pool_bytes_live = live * ((size + 31) // 16 * 16)
+        results.append({
+            "live": live,
+            "median_pair_us": statistics.median(costs[live]) * 1e6,
+            "bare_pair_us": bare_us,
+            "simulator_bytes_per_live": simulator_bytes / live if live else 0.0,
+            "memory_ratio": simulator_bytes / pool_bytes_live if live else 0.0,
+        })
+    return results
 
 
 # The figures, in the order ``ntpool bench`` prints them: name -> (label, goal text, goal
@@ -267,9 +281,9 @@ def run(quick: bool = False, windows=None) -> dict:
         "routines_us": medians,
         "small_pair_median_us": medians["ex"],
         "small_pair_p90_us": statistics.quantiles(costs["ex"], n=10)[-1] * 1e6,
-        "live_1k": _with_live(1_000, SMALL, batches, per_batch, version),
-        "live_many": _with_live(many, SMALL, batches, per_batch, version),
     }
+    results["live_1k"], results["live_many"] = _with_live((1_000, many), SMALL, batches,
+                                                          per_batch, version)
     if reference is not None:
         results["windows7_pair_median_us"] = medians["windows7"]
     from ..native.bench import run as native_run  # the same pair called by machine code
