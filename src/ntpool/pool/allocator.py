@@ -243,6 +243,16 @@ class PoolAllocator:
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
+                if not body:
+                    # This processor's lookaside is empty. Everything the generic path
+                    # would validate is known good here (tag, type, size, IRQL, no layer),
+                    # so the miss goes straight on to the pool: the system-wide lookaside,
+                    # then the ListHeads, as ExAllocatePoolWithTag goes on after its pop.
+                    body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong,
+                                               site)
+                    return body if body else self.finish(
+                        0, number_of_bytes, zero=False,
+                        raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
         except (KeyError, TypeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)

@@ -387,9 +387,6 @@ class Pool:
         if flink == blink:  # only the head is left
             self.nonempty &= ~(1 << (block_size - 1))
 
-    def _first_entry(self, block_size: int) -> int:
-        return self._read_link(self._list_head(block_size) + FLINK)[1]
-
     def free_list(self, block_size: int) -> list[int]:
         """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
         head = self._list_head(block_size)
@@ -468,9 +465,14 @@ class Pool:
         if not candidates:
             return 0
         found = block_size + (candidates & -candidates).bit_length() - 1
-        entry = self._first_entry(found)
+        head = self.list_heads_va + (found - 1) * LIST_ENTRY_SIZE
+        tlb = self.tlb
+        head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
+        if head_pa is None:
+            head_pa = self.fault(head, False, self.lock_irql)
+        entry = _unpack_pointer(self.mem, head_pa + (head & (PAGE_SIZE - 1)))[0]  # its Flink
         offset = entry & (PAGE_SIZE - 1)
-        page_pa = self.tlb.get(entry >> PAGE_SHIFT)
+        page_pa = tlb.get(entry >> PAGE_SHIFT)
         if page_pa is None or offset < HEADER_SIZE or offset & (BLOCK - 1):
             return self._split_any(entry, found, block_size, tag, site)
         # The usual case: the entry is a chunk body on a present page. The chunk's header,
@@ -480,7 +482,8 @@ class Pool:
         self._unlink(entry, found, chunk_pa + HEADER_SIZE)
         previous_size, _, free_size, _, old_tag = check_pool_header(
             self.crash, chunk, self._first8_at_pa, chunk_pa - chunk)
-        check_fits_its_list(self.crash, chunk, free_size, found)
+        if free_size < found:
+            check_fits_its_list(self.crash, chunk, free_size, found)
         mem, pool_index, allocated = self.mem, self.pool_index, self.allocated_header_type
         billed = site & self.header_site_mask
         remainder = free_size - block_size
