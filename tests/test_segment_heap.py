@@ -221,12 +221,47 @@ def test_lookaside_buckets_cover_512_to_0xf80():
 
 # --- big, segment and large allocations ----------------------------------------------------
 
-@pytest.mark.parametrize("size", [L.VS_MAX_REQUEST + 1, 200 << 10, 600 << 10])
-def test_above_0xfe0_whole_pages_with_no_pool_header(k11, size):
+@pytest.mark.parametrize("size", [L.VS_MAX_REQUEST + 1, 0x1000, 0x1808, L.VS_BIG_MAX_REQUEST])
+def test_0xfe1_to_128k_are_vs_chunks_with_page_aligned_data_and_no_pool_header(k11, size):
+    before = k11.ExAllocatePoolWithTag(PP, 0x300, "Befo")  # a small VS block first
+    body = k11.ExAllocatePoolWithTag(PP, size, "Bigv")
+    chunk = body - 16  # the VS chunk header ends where the page-aligned data begins
+    assert body & 0xFFF == 0 and range_flags(k11, body) == L.RANGE_VS
+    memory_cost, units, previous, allocated = vs_header(k11, chunk)
+    assert allocated == 1 and units == (16 + size + 15) // 16 and memory_cost == units
+    # The chunk before it (free: the gap up to the page) names it as its next.
+    front = chunk - previous * 16
+    assert vs_header(k11, front)[1] == previous and front >= before + 0x300
+    assert k11.paged_pool.big_pages[body] == (tag_value("Bigv"), -(-size // 4096))
+    assert k11.paged_pool.big_details[body][0] == size  # NumberOfBytes: what was asked
+    row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Bigv")]
+    assert row.PagedUsed == -(-size // 4096) * 4096  # charged as whole pages
+    sub = k11.paged_pool.owner_by_page[body >> 12]
+    following = chunk + units * 16  # the rest of the last page stays in the VS backend
+    if following < sub.end:
+        assert vs_header(k11, following)[2] == units
+    k11.ExFreePoolWithTag(body, "Bigv")
+    assert body not in k11.paged_pool.big_pages
+    if k11.paged_pool.owner_by_page.get(body >> 12) is sub:
+        _, merged, _, allocated = vs_header(k11, front)  # coalesced with its free neighbours
+        assert not allocated and front + merged * 16 > following - 16
+    else:  # the subsegment it had to itself went back to the segment: its pages unmapped
+        assert k11.space.translate(body) is None
+
+
+@pytest.mark.parametrize("size", [L.VS_BIG_MAX_REQUEST + 1, 200 << 10, 600 << 10])
+def test_above_128k_whole_pages_from_the_segment_backend(k11, size):
     body = k11.ExAllocatePoolWithTag(PP, size, "Bigp")
     assert body & 0xFFF == 0 and range_flags(k11, body) == L.RANGE_BIG
     assert k11.paged_pool.big_pages[body] == (tag_value("Bigp"), -(-size // 4096))
     assert k11.paged_pool.big_details[body][0] == size  # NumberOfBytes: what was asked
+
+
+def test_a_vs_big_allocation_fills_the_gap_a_freed_one_left(k11):
+    first = k11.ExAllocatePoolWithTag(NX, 0x3000, "Gap1")
+    k11.ExAllocatePoolWithTag(NX, 0x2000, "Gap2")
+    k11.ExFreePoolWithTag(first, "Gap1")
+    assert k11.ExAllocatePoolWithTag(NX, 0x2800, "Gap3") == first  # best fit, page-aligned
 
 
 def test_0xfe0_is_still_a_vs_block(k11):

@@ -148,7 +148,48 @@ def test_vs_double_free_of_a_small_chunk_is_caught_when_the_delay_list_drains(k1
 
 def test_big_double_free_is_bad_pool_caller_0x99(k11):
     d = Driver()
-    p = d.allocate(k11, 0x3000)
+    p = d.allocate(k11, 0x30000)  # over 128 KiB: pages from the segment backend
+    d.free(k11, p)
+    error = stop(lambda: d.free(k11, p))
+    assert (error.code, error.parameters[:2]) == (0xC2, (0x99, p))
+
+
+def test_overrun_into_a_big_allocations_vs_header_is_0x13a_at_its_free(k11):
+    d = Driver()
+    d.allocate(k11, 0xF80)  # a VS block, then a 0x1800-byte big allocation behind it
+    big = d.allocate(k11, 0x1800)
+    assert big & 0xFFF == 0 and k11.nonpaged_pool_nx.big_in_vs(big)
+    header = big - 16  # the big allocation's _HEAP_VS_CHUNK_HEADER, just before its page
+    k11.write(header, b"v" * 16)  # an overrun from below reaches it first
+    error = stop(lambda: d.free(k11, big))
+    assert error.code == HEAP_CORRUPTION
+    assert error.parameters == (L.HeapFailure.ENTRY_CORRUPTION, k11.nonpaged_pool_nx.heap_va,
+                                header, 0)
+
+
+def test_overrun_past_a_big_vs_allocation_is_caught_at_its_free_not_windows_7():
+    # Windows 7: the big allocation's pages end at a page boundary and the write stays in
+    # its slack (missed). The segment heap's VS chunk ends at the 16-byte boundary and
+    # the next chunk's encoded header follows.
+    k, d = machine(), Driver()
+    k.load_driver(d)
+    big = d.allocate(k, 0x1800)
+    d.allocate(k, 0x300)  # its neighbour, in the same page after it
+    k.write(big, b"o" * (0x1800 + 0x10))
+    error = stop(lambda: d.free(k, big))
+    assert (error.code, error.parameters[0]) == (HEAP_CORRUPTION, L.HeapFailure.ENTRY_CORRUPTION)
+    k7, d7 = machine("7"), Driver()
+    k7.load_driver(d7)
+    big7 = d7.allocate(k7, 0x1800, NP)
+    k7.write(big7, b"o" * (0x1800 + 0x10))
+    d7.free(k7, big7)
+    assert not k7.halted
+
+
+def test_double_free_of_a_big_vs_allocation_is_bad_pool_caller_0x99(k11):
+    d = Driver()
+    p = d.allocate(k11, 0x1800)
+    assert k11.nonpaged_pool_nx.big_in_vs(p)
     d.free(k11, p)
     error = stop(lambda: d.free(k11, p))
     assert (error.code, error.parameters[:2]) == (0xC2, (0x99, p))
@@ -263,3 +304,45 @@ def test_verifier_pool_tracking_reports_a_leak_at_unload():
     d.allocate(k, 0x70)
     error = stop(lambda: k.unload_driver(loaded))
     assert (error.code, error.parameters[0]) == (0xC4, 0x62)
+
+
+# --- Driver Verifier's special pool as Windows 10/11 lay it out --------------------------------
+
+def test_special_pool_has_a_paged_and_a_nonpaged_region_and_nx_pages_on_windows_11(tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump.reader import DumpReader
+    from ntpool.machine.memory import PTE_NX
+    from ntpool.verifier.special_pool import PAGED_REGION_OFFSET, SPECIAL_POOL_BASE
+
+    k, d = machine(), Driver()
+    k.verifier.enable(d.name, special_pool=True)
+    k.load_driver(d)
+    nonpaged, nx, paged = (d.allocate(k, 0x70, pool_type) for pool_type in (NP, NX, PP))
+    paged_base = SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert SPECIAL_POOL_BASE <= nonpaged < paged_base and SPECIAL_POOL_BASE <= nx < paged_base
+    assert paged_base <= paged < paged_base + PAGED_REGION_OFFSET
+    # NonPagedPool stays executable on Windows 10/11; NonPagedPoolNx and paged pool do not.
+    assert [bool(k.space.pte(p) & PTE_NX) for p in (nonpaged, nx, paged)] == [False, True, True]
+    error = stop(lambda: k.write(paged, b"p" * 0x71))  # the guard page after a paged one
+    assert error.code in (0xCD, 0xD6) and error.parameters[0] == paged + 0x70
+    path = tmp_path / "MEMORY.DMP"
+    k.write_dump(path, "kernel")
+    session = KdSession(DumpReader(path))
+    text = session.execute(f"!pool {paged:x}")
+    assert "region is Special pool" in text and f"*{paged:016x} size:   70" in text
+    assert "(Paged)" in text
+    found = session.execute(f"!poolfind {d.tag[::-1]} 1")
+    assert f"*{paged:016x} :special pool allocation" in found
+
+
+def test_windows_7_keeps_one_special_pool_region_with_nx_pages():
+    from ntpool.machine.memory import PTE_NX
+    from ntpool.verifier.special_pool import PAGED_REGION_OFFSET, SPECIAL_POOL_BASE
+
+    k, d = machine("7"), Driver()
+    k.verifier.enable(d.name, special_pool=True)
+    k.load_driver(d)
+    nonpaged, paged = d.allocate(k, 0x70, NP), d.allocate(k, 0x70, PP)
+    assert SPECIAL_POOL_BASE <= nonpaged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert SPECIAL_POOL_BASE <= paged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
+    assert k.space.pte(nonpaged) & PTE_NX and k.space.pte(paged) & PTE_NX

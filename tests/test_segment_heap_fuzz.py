@@ -143,3 +143,22 @@ def test_scribbling_drivers_end_in_a_bug_check_never_a_python_error(ops):
             k.ExFreePoolWithTag(p, "Fuzz")
     except ntpool.BugCheck:
         assert k.halted
+
+
+def test_a_heap_range_lying_about_its_end_costs_only_the_mapped_pages(tmp_path):
+    """A heap whose range claims most of the address space (a damaged NTPL_HEAP_RANGE) is
+    searched by the pages the dump maps, not segment by segment (2**44 of them)."""
+    raw = bytearray(DATA)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "d.dmp")
+        open(path, "wb").write(DATA)
+        with DumpReader(path) as reader:
+            table = reader.debugger_data()["HeapRanges"]
+            pa = reader.translate(table)
+            at = reader.frame_offset(pa >> 12) + (table & 0xFFF)
+    heap_va, start, _end, base_type, index = f.NTPL_HEAP_RANGE.unpack_from(raw, at)
+    f.NTPL_HEAP_RANGE.pack_into(raw, at, heap_va, start, 0xFFFFFFFFFFF00000, base_type, index)
+    path = tmp_path / "m.dmp"
+    path.write_bytes(bytes(raw))
+    out = _exercise(path)
+    assert "derF" in out  # the LFH blocks are still found

@@ -224,3 +224,26 @@ def test_verifier_lists_a_drivers_outstanding_blocks_from_a_segment_heap_dump(tm
     reader = dump_of(k, tmp_path)
     text = KdSession(reader).execute("!verifier 3 leaky.sys")
     assert text.count(display(tag_value("Leak"))) == 2, text
+
+
+def test_a_big_allocation_in_a_vs_chunk_reads_as_big_in_kd(tmp_path):
+    k = machine("11")
+    small = k.ExAllocatePoolWithTag(NX, 0x600, "Smvs")
+    big = k.ExAllocatePoolWithTag(NX, 0x1808, "Bgvs")
+    assert k.nonpaged_pool_nx.big_in_vs(big)
+    session = KdSession(dump_of(k, tmp_path))
+    shown = display(tag_value("Bgvs"))
+    # !pool on it: the big page table's entry, as for any big allocation.
+    assert f"*{big:016x} : large page allocation, tag is {shown}, size is 0x1808 bytes" in \
+        session.execute(f"!pool {big:x}")
+    # Its subsegment's walk lists the VS chunk with the table's tag (no POOL_HEADER read).
+    blocks, problems = session.segment_heap().around(small)
+    block, = [b for b in blocks if b.body == big]
+    assert (block.backend, block.tag, block.state, problems) == \
+        ("Big", tag_value("Bgvs"), "Allocated", [])
+    assert block.size == (0x1808 + 15) // 16 * 16
+    text = session.execute(f"!pool {small:x} 2")
+    assert "Bad" not in text and f"*{small - 16:016x}" in text
+    # !poolfind lists it once, from the big page table.
+    found = session.execute(f"!poolfind {shown} 0")
+    assert found.count(f"{big:016x}") == 1 and ":large page allocation" in found

@@ -39,18 +39,18 @@ PAGE = 0x1000
 class HeapBlock(NamedTuple):
     """One LFH block or VS chunk, as ``!pool`` lists it."""
 
-    address: int  # its POOL_HEADER (a free VS chunk: its chunk header)
+    address: int  # its POOL_HEADER (a free VS chunk: its chunk header; Big: its data)
     size: int  # bytes from ``address``
     state: str  # Allocated, Free
     tag: int
     pool_type: int
-    backend: str  # Lfh, Vs
+    backend: str  # Lfh, Vs, Big (a VS chunk holding a big allocation: no POOL_HEADER)
     previous_size: int = 0  # the POOL_HEADER's PreviousSize (!pool prints it)
 
     @property
     def body(self) -> int:
         """Where the caller's bytes start (after the POOL_HEADER; a free VS chunk's header)."""
-        return self.address + 0x10
+        return self.address if self.backend == "Big" else self.address + 0x10
 
 
 class SegmentHeapReader:
@@ -64,6 +64,13 @@ class SegmentHeapReader:
             reader._fail("ExPoolState or RtlpHpHeapGlobals is not in the dump: the heap keys "
                          "cannot be read")
         self.heaps = reader.heap_ranges()
+        self._big: dict | None = None
+
+    def big_allocations(self) -> dict:
+        """Va -> entry of the big page table: VS chunks holding these have no POOL_HEADER."""
+        if self._big is None:
+            self._big = {entry.Va: entry for entry in self.reader.big_pages()}
+        return self._big
 
     def heap_of(self, va: int) -> HeapRange | None:
         for heap in self.heaps:
@@ -98,11 +105,15 @@ class SegmentHeapReader:
             return None
         return segment + (page << 12), flags, unit
 
+    def segments(self, heap: HeapRange) -> list[int]:
+        """The segments of a heap whose first page the dump maps (found by walking the page
+        tables, so a lying heap range of any width costs no more than the dump's pages)."""
+        return [va for va, _ in self.reader.mapped_pages(heap.start, heap.end)
+                if not (va - heap.start) % SEGMENT_SIZE]
+
     def runs(self, heap: HeapRange) -> Iterator[tuple[int, int, int]]:
         """Every LFH and VS run of a heap, from the page range descriptors of its segments."""
-        for segment in range(heap.start, heap.end, SEGMENT_SIZE):
-            if self.reader.translate(segment) is None:
-                continue
+        for segment in self.segments(heap):
             try:
                 table = self.reader.read(segment, SEGMENT_PAGES * DESCRIPTOR_SIZE)
             except MemoryReadError:
@@ -158,9 +169,14 @@ class SegmentHeapReader:
                 problems.append(f"{chunk:016x}: VS chunk header does not decode with the heap key "
                                 f"(size {size:#x}): overwritten")
                 return
-            if allocated:
-                header = self._pool_header(chunk + VS_HEADER_SIZE)
-                yield HeapBlock(chunk + VS_HEADER_SIZE, (size << 4) - VS_HEADER_SIZE, "Allocated",
+            body = chunk + VS_HEADER_SIZE
+            big = self.big_allocations().get(body) if allocated and not body & (PAGE - 1) else None
+            if big is not None:  # 0xFE1 .. 128 KiB: page-aligned data, the tag in the table
+                yield HeapBlock(body, (size << 4) - VS_HEADER_SIZE, "Allocated", big.Key,
+                                big.PoolType, "Big")
+            elif allocated:
+                header = self._pool_header(body)
+                yield HeapBlock(body, (size << 4) - VS_HEADER_SIZE, "Allocated",
                                 header.PoolTag, header.PoolType, "Vs", header.PreviousSize)
             else:
                 yield HeapBlock(chunk, size << 4, "Free", 0, 0, "Vs")
@@ -176,11 +192,12 @@ class SegmentHeapReader:
         return list(self.blocks(run, problems)), problems
 
     def find(self, heaps, matches) -> Iterator[HeapBlock]:
-        """Allocated blocks of ``heaps`` whose tag ``matches``."""
+        """Allocated blocks of ``heaps`` whose tag ``matches`` (not the big allocations VS
+        chunks hold: the big page table lists those)."""
         for heap in heaps:
             for run in self.runs(heap):
                 for block in self.blocks(run, []):
-                    if block.state == "Allocated" and matches(block.tag):
+                    if block.state == "Allocated" and block.backend != "Big" and matches(block.tag):
                         yield block
 
 
@@ -194,7 +211,7 @@ class SegmentHeapReader:
                 pages[page] = []
             for block in self.blocks(run, []):
                 at, end = block.address, block.address + block.size
-                if block.backend == "Vs" and block.state == "Allocated":
+                if block.backend in ("Vs", "Big") and block.state == "Allocated":
                     at -= VS_HEADER_SIZE  # the chunk's own header belongs to it
                 while at < end:
                     page = at & ~(PAGE - 1)

@@ -221,7 +221,7 @@ class PoolAllocator:
         ntpool's own (a routine built on another), the site lookup walks out.
         """
         frame = _getframe(caller_depth)
-        site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
+        site = self.site_index.get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
         if site is None:
             site = self.call_sites.lookup(frame)
         try:

@@ -33,7 +33,7 @@ from ..constants import (
 )
 from ..errors import NdisContractError, NdisVersionError
 from ..pool.allocator import checked_address
-from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
+from ..pool.descriptor import PAGE_SMALL
 from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
 from .registry import routine
@@ -304,7 +304,7 @@ class NdisRoutines:
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "
                     f"Length")
-        elif kind == PAGE_BIG_FIRST and va in pool.big_pages:
+        elif not va & 0xFFF and va in pool.big_pages:  # (segment heap: may be a VS chunk)
             pages = pool.big_pages[va][1]
             if length <= MAX_SMALL_ALLOCATION or (length + PAGE_SIZE - 1) >> PAGE_SHIFT != pages:
                 raise NdisContractError(

@@ -28,7 +28,7 @@ from ..constants import (
 from ..machine.irql import pool_usable_at
 from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..pool.checks import header_ulong
-from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
+from ..pool.descriptor import PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
 from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
 from .low_resources import LowResourcesSimulation, SystematicLowResources
@@ -274,8 +274,8 @@ class DriverVerifier:
             kernel.KeBugCheckEx(stop, code, irql, pool.base_type, address,
                                 detail=f"free of {pool.name} at IRQL {irql} by a verified driver")
         kind = pool.page_kind_of(address)
-        if kind == PAGE_BIG_FIRST and not address & (PAGE_SIZE - 1) and address in pool.big_pages:
-            return
+        if not address & (PAGE_SIZE - 1) and address in pool.big_pages:
+            return  # big pages, or (segment heap) a VS chunk holding a big allocation
         if kind != PAGE_SMALL or address & (BLOCK - 1) or not address & (PAGE_SIZE - BLOCK):
             kernel.KeBugCheckEx(stop, VerifierStop.FREE_BAD_ADDRESS, address, 0, 0,
                                 detail=f"free of {address:#x}, which no allocation returned")

@@ -1,5 +1,14 @@
 """Special pool: each allocation alone on a page, beside a guard page, slack filled with a pattern.
 
+ntpool's Windows 7 machine has one special pool region for paged and nonpaged allocations
+alike. Windows 10 and 11 (the segment-heap machines) have two, as their kernel's system VA
+types say
+(_MI_SYSTEM_VA_TYPE's MiVaSpecialPoolPaged and MiVaSpecialPoolNonPaged): nonpaged special
+pool at the region's base, paged special pool PAGED_REGION_OFFSET above it; there a page
+holding a NonPagedPool (executable) allocation is mapped executable, the others no-execute
+(NonPagedPoolNx, paged). The rest is the same on both, as Microsoft's documentation of the
+option describes it for every version.
+
 Region layout: slots of two pages. Overrun mode puts the allocation at the END of the
 first page (16-byte aligned, so up to 15 bytes of slack follow it) with the guard page
 after; underrun mode puts it at the START of the second page with the guard page before.
@@ -20,6 +29,7 @@ from ..hooks import PageFault
 from ..tags import PROTECTED_POOL, display
 
 SPECIAL_POOL_BASE = 0xFFFFF98000000000
+PAGED_REGION_OFFSET = 1 << 31  # Windows 10/11: paged special pool's region, above nonpaged's
 DEFAULT_SLOTS = 4096
 SLOT_SIZE = 2 * PAGE_SIZE
 HEADER = struct.Struct("<HBBIQ")
@@ -46,22 +56,61 @@ class SpecialAllocation:
         self.underrun, self.base_type, self.page = underrun, base_type, page
 
 
+class Region:
+    """One special pool VA region: its slots and what they hold."""
+
+    def __init__(self, base: int, slots: int):
+        self.base = base
+        self.limit = base + slots * SLOT_SIZE
+        self.states = bytearray(slots)
+        self.live: dict[int, SpecialAllocation] = {}  # slot -> allocation
+        self.freed: deque[int] = deque()
+        self.cursor = 0
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.limit
+
+    def slot_of(self, address: int) -> int:
+        return (address - self.base) // SLOT_SIZE
+
+    def take_slot(self) -> int:
+        slot = self.states.find(SLOT_UNUSED, self.cursor)
+        if slot >= 0:
+            self.cursor = slot + 1
+            return slot
+        while self.freed:
+            slot = self.freed.popleft()
+            if self.states[slot] == SLOT_FREED:
+                return slot
+        return -1
+
+
 class SpecialPool:
     def __init__(self, kernel, slots: int = DEFAULT_SLOTS):
         self.kernel = kernel
         self.base = SPECIAL_POOL_BASE
         self.slot_count = slots
-        self.limit = self.base + slots * SLOT_SIZE
-        self.states = bytearray(slots)
-        self.live: dict[int, SpecialAllocation] = {}  # slot -> allocation
-        self.freed: deque[int] = deque()
-        self._cursor = 0
+        windows = getattr(kernel, "windows", None)
+        # Windows 10/11: paged and nonpaged special pool are regions of their own.
+        self.split = windows is not None and windows.segment_heap
+        self.nonpaged_region = Region(SPECIAL_POOL_BASE, slots)
+        self.paged_region = Region(SPECIAL_POOL_BASE + PAGED_REGION_OFFSET, slots) \
+            if self.split else self.nonpaged_region
+        self.regions = (self.nonpaged_region, self.paged_region) if self.split else \
+            (self.nonpaged_region,)
+        self.limit = self.regions[-1].limit
         self.fallbacks = 0
         self._installed = False
 
+    @property
+    def live(self) -> dict:
+        """Every live allocation, by (region base, slot)."""
+        return {(region.base, slot): allocation for region in self.regions
+                for slot, allocation in region.live.items()}
+
     def resize(self, slots: int) -> None:
         """Set how many allocations special pool holds at once (only while it holds none)."""
-        if self.live:
+        if any(region.live for region in self.regions):
             raise ValueError("special pool can only be resized while it holds no allocation")
         if not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive int, got {slots!r}")
@@ -74,8 +123,14 @@ class SpecialPool:
             self.kernel.hooks.unsubscribe(PageFault, self.fault)
         self._installed = on
 
+    def region_of(self, address: int) -> Region | None:
+        for region in self.regions:
+            if region.contains(address):
+                return region
+        return None
+
     def contains(self, address: int) -> bool:
-        return self.base <= address < self.limit
+        return self.region_of(address) is not None
 
     def wants(self, options, number_of_bytes: int, tag: int) -> bool:
         if number_of_bytes > PAGE_SIZE - BLOCK:
@@ -91,19 +146,9 @@ class SpecialPool:
 
     # --- allocation ----------------------------------------------------------------------
 
-    def _take_slot(self) -> int:
-        slot = self.states.find(SLOT_UNUSED, self._cursor)
-        if slot >= 0:
-            self._cursor = slot + 1
-            return slot
-        while self.freed:
-            slot = self.freed.popleft()
-            if self.states[slot] == SLOT_FREED:
-                return slot
-        return -1
-
     def allocate(self, pool, number_of_bytes: int, tag: int, site: int, underrun: bool) -> int:
-        slot = self._take_slot()
+        region = self.paged_region if pool.base_type else self.nonpaged_region
+        slot = region.take_slot()
         if slot < 0:
             self.fallbacks += 1
             return 0
@@ -113,12 +158,13 @@ class SpecialPool:
         except MemoryError:
             self.fallbacks += 1
             return 0
-        slot_va = self.base + slot * SLOT_SIZE
+        slot_va = region.base + slot * SLOT_SIZE
         page = slot_va + PAGE_SIZE if underrun else slot_va
         for offset in (0, PAGE_SIZE):  # the guard page of a reused slot stays unmapped
             if kernel.space.translate(slot_va + offset) is not None:
                 kernel.space.unmap_page(slot_va + offset)
-        kernel.space.map_page(page, pfn)
+        # Windows 10/11 keep NonPagedPool executable and NonPagedPoolNx and paged pool not.
+        kernel.space.map_page(page, pfn, executable=self.split and pool is kernel.nonpaged_pool)
         rounded = (number_of_bytes + BLOCK - 1) & ~(BLOCK - 1)
         if underrun:
             address, header_at = page, page + PAGE_SIZE - BLOCK
@@ -130,23 +176,21 @@ class SpecialPool:
         flags = FLAG_UNDERRUN if underrun else 0
         HEADER.pack_into(kernel.physical.buffer, pa + (header_at - page), number_of_bytes, flags,
                          pool.allocated_header_type, tag, site)
-        self.states[slot] = SLOT_LIVE
-        self.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
-                                            pool.base_type, page)
+        region.states[slot] = SLOT_LIVE
+        region.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
+                                              pool.base_type, page)
         kernel.pool.track_layer_allocation(tag, pool.base_type, rounded + BLOCK)
         return address
 
     # --- free ----------------------------------------------------------------------------
 
-    def _slot_of(self, address: int) -> int:
-        return (address - self.base) // SLOT_SIZE
-
     def free(self, address: int, passed_tag: int | None) -> bool:
-        if not self.contains(address):
+        region = self.region_of(address)
+        if region is None:
             return False
         kernel = self.kernel
-        slot = self._slot_of(address)
-        allocation = self.live.get(slot)
+        slot = region.slot_of(address)
+        allocation = region.live.get(slot)
         if allocation is None or allocation.address != address:
             kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
                                 SpecialPoolCorruption.FREE_NOT_ALLOCATED, detail=f"free of special pool {address:#x}, which is not allocated")
@@ -161,9 +205,9 @@ class SpecialPool:
                                     ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
         pfn = kernel.space.unmap_page(allocation.page)
         kernel.physical.free_frame(pfn)
-        del self.live[slot]
-        self.states[slot] = SLOT_FREED
-        self.freed.append(slot)
+        del region.live[slot]
+        region.states[slot] = SLOT_FREED
+        region.freed.append(slot)
         return True
 
     def _check_pattern(self, allocation: SpecialAllocation) -> None:
@@ -194,15 +238,16 @@ class SpecialPool:
 
     def fault(self, event: PageFault):
         address, write = event.address, event.write
-        if not self.contains(address):
+        region = self.region_of(address)
+        if region is None:
             return None
         kernel = self.kernel
-        slot = self._slot_of(address)
-        state = self.states[slot]
+        slot = region.slot_of(address)
+        state = region.states[slot]
         site = kernel.call_sites.site_of_caller()
         ip = kernel.call_sites.table[site].address if site else 0
         if state == SLOT_LIVE:
-            allocation = self.live[slot]
+            allocation = region.live[slot]
             where = "before the start" if address < allocation.address else "past the end"
             # As for freed special pool: the DRIVER_ code when the access is a driver's.
             by_driver = kernel.call_sites.owner(site) is not None
@@ -222,9 +267,10 @@ class SpecialPool:
         return None
 
     def site_of(self, address: int):
-        if not self.contains(address):
+        region = self.region_of(address)
+        if region is None:
             return None
-        allocation = self.live.get(self._slot_of(address))
+        allocation = region.live.get(region.slot_of(address))
         return allocation.site if allocation and allocation.address == address else 0
 
 

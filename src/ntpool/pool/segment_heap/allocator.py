@@ -104,7 +104,7 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
         frame = _getframe(caller_depth)
-        site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
+        site = self.site_index.get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
         if site is None:
             site = self.call_sites.lookup(frame)
         try:
@@ -290,10 +290,15 @@ class SegmentHeapAllocator(PoolAllocator):
         if not pool_usable_at(irql, heap.base_type):
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_AT_BAD_IRQL, irql, heap.base_type,
                        address, detail=f"free of {heap.name} at IRQL {irql}")
-        if not address & (PAGE_SIZE - 1) and address in heap.big_pages:
-            self._free_big_checked(heap, address, passed)
-            return
-        sub = heap.owner_by_page.get(address >> PAGE_SHIFT)
+        if not address & (PAGE_SIZE - 1):
+            # No small block's body starts a page (a POOL_HEADER never ends one): a page-
+            # aligned address is a big allocation, pages or a VS chunk, or no allocation.
+            if address in heap.big_pages:
+                self._free_big_checked(heap, address, passed)
+                return
+            sub = None
+        else:
+            sub = heap.owner_by_page.get(address >> PAGE_SHIFT)
         if sub is None or address & 0xF:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, address, 0, 0,
                        detail=f"free of {address:#x}, which is not the start of an allocation")

@@ -52,6 +52,14 @@ def vs_header_sane(heap, sub, chunk: int, size: int) -> None:
                         f"VS chunk header at {chunk:#x} does not decode (size {size:#x} units)")
 
 
+def vs_big_header(heap, chunk: int, size: int, expected: int) -> None:
+    """A VS chunk holding a big allocation must be as long as the big page table says."""
+    if size != expected:
+        heap_corruption(heap, HeapFailure.ENTRY_CORRUPTION, chunk,
+                        f"VS chunk header at {chunk:#x} of a big allocation does not decode "
+                        f"(size {size:#x} units, the big page table says {expected:#x})")
+
+
 def vs_not_busy(heap, chunk: int) -> None:
     heap_corruption(heap, HeapFailure.BLOCK_NOT_BUSY, chunk,
                     f"VS chunk {chunk:#x} is freed but not busy (a double free)")

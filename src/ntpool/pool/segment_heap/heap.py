@@ -24,6 +24,7 @@ from .layout import (
     DESCRIPTOR_SIZE,
     DESCRIPTOR_UNIT,
     DWORD,
+    GRANULARITY,
     HEAP_POOL_TYPES,
     LFH_ACTIVATE_LIVE,
     LFH_ACTIVATE_REQUESTS,
@@ -53,6 +54,7 @@ from .layout import (
     VS_SUBSEGMENT_PAGES,
     VS_SUBSEGMENT_SIZE_OFFSET,
     VS_SUBSEGMENT_SIZE_SIG,
+    VS_BIG_MAX_REQUEST,
     decode_vs_bits,
     encode_vs_bits,
     header_pool_type,
@@ -189,6 +191,7 @@ class SegmentHeap:
         self.vs_free_chunks: dict[int, dict[int, None]] = {}
         self.vs_sizes: list[int] = []
         self.vs_subsegments = 0
+        self.vs_spare: VsSubsegment | None = None  # an empty subsegment kept for reuse
         self.delay_free: list[int] = []  # chunk addresses waiting in DelayFreeContext
         self.lookaside = [LookasideBucket() for _ in range(LOOKASIDE_BUCKETS + 1)]
 
@@ -275,8 +278,7 @@ class SegmentHeap:
     def _map_run(self, index: int, frames, kind: int, rest_kind: int, range_flags: int) -> int:
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
-        for offset, pfn in enumerate(frames):
-            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self.space.map_pages(va, frames)  # a page table's share of PTEs at a time
         self.page_kind[index] = kind
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
@@ -341,12 +343,16 @@ class SegmentHeap:
     def release_pages(self, va: int, count: int) -> None:
         index = (va - self.base) >> PAGE_SHIFT
         self._describe_run(index, count, 0)
-        for offset in range(count):
-            page = va + (offset << PAGE_SHIFT)
-            if self.pager is not None and self.tlb.get(page >> PAGE_SHIFT) is None:
-                self.pager.discard(page)
-                continue
-            self.physical.free_frame(self.space.unmap_page(page))
+        first_vpn = va >> PAGE_SHIFT
+        if self.pager is None or all(vpn in self.tlb for vpn in range(first_vpn, first_vpn + count)):
+            self.physical.free_frames(self.space.unmap_pages(va, count))  # all resident
+        else:
+            for offset in range(count):
+                page = va + (offset << PAGE_SHIFT)
+                if self.tlb.get(page >> PAGE_SHIFT) is None:
+                    self.pager.discard(page)
+                    continue
+                self.physical.free_frame(self.space.unmap_page(page))
         self.page_kind[index:index + count] = bytes(count)
         self.pages_in_use -= count
         if count > SEGMENT_RUN_MAX_PAGES:
@@ -358,15 +364,43 @@ class SegmentHeap:
     # --- big and large allocations -----------------------------------------------------------
 
     def allocate_big(self, number_of_bytes: int, tag: int) -> int:
+        """A big allocation (over 0xFE0 bytes), page-aligned with no POOL_HEADER: a VS chunk
+        up to 128 KiB, whole pages from the segment backend above; 0 when exhausted."""
         count = (number_of_bytes + PAGE_SIZE - 1) >> PAGE_SHIFT
-        va = self.take_pages(count, PAGE_BIG_FIRST, RANGE_BIG)
-        if not va and self.flush_lookasides():
+        if number_of_bytes <= VS_BIG_MAX_REQUEST:
+            units = (VS_HEADER_SIZE + number_of_bytes + GRANULARITY - 1) >> 4
+            chunk = self.vs_allocate(units, page_aligned=True)
+            va = chunk + VS_HEADER_SIZE if chunk else 0
+        else:
             va = self.take_pages(count, PAGE_BIG_FIRST, RANGE_BIG)
+            if not va and self.flush_lookasides():
+                va = self.take_pages(count, PAGE_BIG_FIRST, RANGE_BIG)
         if va:
             self.big_pages[va] = (tag, count)
         return va
 
+    def big_in_vs(self, va: int) -> bool:
+        """The big allocation at ``va`` is a VS chunk (not pages of its own)."""
+        owner = self.owner_by_page.get(va >> PAGE_SHIFT)
+        return owner is not None and owner.kind == VS
+
     def free_big(self, va: int) -> tuple[int, int]:
+        if self.big_in_vs(va):
+            # The VS chunk's header is checked as any VS free's (0x13A on a bad one).
+            chunk = va - VS_HEADER_SIZE
+            _, size, _, allocated = self.vs_read(chunk)
+            checks.vs_header_sane(self, self.owner_by_page[va >> PAGE_SHIFT], chunk, size)
+            length = self.big_details.get(va, (0,))[0]
+            if length:  # the table says how long it is: the header must agree
+                checks.vs_big_header(self, chunk, size,
+                                     (VS_HEADER_SIZE + length + GRANULARITY - 1) >> 4)
+            if not allocated:
+                checks.vs_not_busy(self, chunk)
+            tag, count = self.big_pages.pop(va)
+            self.big_sites.pop(va, None)
+            self.big_details.pop(va, None)
+            self.vs_free(chunk, size)
+            return tag, count
         tag, count = self.big_pages.pop(va)
         self.big_sites.pop(va, None)
         self.big_details.pop(va, None)
@@ -534,15 +568,16 @@ class SegmentHeap:
             del self.vs_free_chunks[size]
             del self.vs_sizes[bisect_left(self.vs_sizes, size)]
 
-    def vs_allocate(self, units: int) -> int:
+    def vs_allocate(self, units: int, page_aligned: bool = False) -> int:
         """Header address of an allocated chunk of ``units`` 16-byte units (VS header
-        included) whose POOL_HEADER and data do not straddle a page; 0 when exhausted."""
-        placed = self._vs_place(units)
+        included) whose POOL_HEADER and data do not straddle a page, or (``page_aligned``,
+        a big allocation) whose data starts a page; 0 when exhausted."""
+        placed = self._vs_place(units, page_aligned)
         if placed is None:
-            if not self._vs_new_subsegment(units):
+            if not self._vs_new_subsegment(units + (PAGE_SIZE >> 4 if page_aligned else 0)):
                 if not self.flush_lookasides() and not self.flush_delay_free():
                     return 0
-            placed = self._vs_place(units)
+            placed = self._vs_place(units, page_aligned)
             if placed is None:
                 return 0
         chunk, size, shift = placed
@@ -567,16 +602,23 @@ class SegmentHeap:
             self._vs_set_previous(sub, following, units)
         return chunk
 
-    def _vs_place(self, units: int):
+    def _vs_place(self, units: int, page_aligned: bool = False):
         """(free chunk, its size, front units to skip) for a chunk of ``units``, or None."""
         sizes = self.vs_sizes
         at = bisect_left(sizes, units)
         data_bytes = (units << 4) - VS_HEADER_SIZE
-        for size in sizes[at:at + 8]:
+        candidates = sizes[at:at + 8]
+        if page_aligned:
+            # Any free chunk a page longer than the request fits, wherever it starts.
+            roomy = bisect_left(sizes, units + (PAGE_SIZE >> 4))
+            candidates += sizes[roomy:roomy + 1]
+        for size in candidates:
             for chunk in self.vs_free_chunks[size]:
                 body = chunk + VS_HEADER_SIZE
                 shift = 0
-                if data_bytes <= PAGE_SIZE and (body & 0xFFF) + data_bytes > PAGE_SIZE:
+                if page_aligned:
+                    shift = (-body & 0xFFF) >> 4
+                elif data_bytes <= PAGE_SIZE and (body & 0xFFF) + data_bytes > PAGE_SIZE:
                     shift = (((body | 0xFFF) + 1) - body) >> 4
                 if shift + units <= size:
                     return chunk, size, shift
@@ -658,9 +700,19 @@ class SegmentHeap:
         self._vs_set_previous(sub, chunk + (size << 4), size)
         self._vs_index_add(chunk, size)
 
+    def _vs_empty(self, spare, other: VsSubsegment) -> bool:
+        """``spare`` is another live subsegment, wholly one free chunk."""
+        if spare is None or spare is other or self.owner_by_page.get(spare.va >> PAGE_SHIFT) is not spare:
+            return False
+        _, size, _, allocated = self.vs_read(spare.first)
+        return not allocated and spare.first + (size << 4) == spare.end
+
     def _vs_release(self, sub: VsSubsegment, chunk: int, size: int) -> None:
-        if self.vs_subsegments <= 1:
-            # Keep the last subsegment, empty: a heap does not give all its memory back.
+        if self.vs_subsegments <= 1 or not self._vs_empty(self.vs_spare, sub):
+            # Keep the last subsegment, and one more that emptied, empty: a heap does not
+            # give all its memory back (and a big VS allocation freed and made again does
+            # not map and unmap its pages each time).
+            self.vs_spare = sub
             self.vs_write(chunk, size, 0, False)
             self._vs_index_add(chunk, size)
             return
@@ -761,8 +813,12 @@ class SegmentHeap:
             stop = chunk + (size << 4)
             if stop > page_va:
                 first, last = max(chunk, page_va), min(stop, end)
-                tag = DWORD.unpack_from(self.mem, self._pa(chunk + VS_HEADER_SIZE) + 4)[0] \
-                    if allocated else 0
+                big = self.big_pages.get(chunk + VS_HEADER_SIZE) if allocated else None
+                if big is not None:  # a big allocation: no POOL_HEADER, the tag is the table's
+                    tag = big[0]
+                else:
+                    tag = DWORD.unpack_from(self.mem, self._pa(chunk + VS_HEADER_SIZE) + 4)[0] \
+                        if allocated else 0
                 state = ("Lookaside" if chunk + VS_HEADER_SIZE in held else "Allocated") \
                     if allocated else "Free"
                 found.append((first - page_va, last - first, state, tag))

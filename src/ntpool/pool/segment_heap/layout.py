@@ -21,8 +21,13 @@ VS_HEADER_SIZE = 0x10
 # the block the heap is asked for, which the pool makes request + POOL_HEADER.
 LFH_MAX_BLOCK = 0x200
 LFH_MAX_REQUEST = LFH_MAX_BLOCK - POOL_HEADER_SIZE  # 0x1F0
-VS_MAX_REQUEST = 0xFE0  # larger requests are big allocations: whole pages, no POOL_HEADER
-SEGMENT_CONTEXT0_MIN = 128 << 10  # above: the segment backend, context 0
+VS_MAX_REQUEST = 0xFE0  # larger requests are big allocations: no POOL_HEADER, in the big page table
+# 0xFE1 .. 128 KiB: still the VS backend ("512 B < allocation <= 128 KiB", SSTIC's slides),
+# as a big allocation: the chunk's _HEAP_VS_CHUNK_HEADER ends where the page-aligned data
+# begins (ExAllocatePool2: PAGE_SIZE or more is page-aligned; PoolViewer reads a VS chunk
+# over 0x1000 bytes as [VS header][data], no POOL_HEADER), and the big page table records it.
+VS_BIG_MAX_REQUEST = 128 << 10
+SEGMENT_CONTEXT0_MIN = VS_BIG_MAX_REQUEST  # above: the segment backend, context 0
 SEGMENT_CONTEXT1_MIN = 508 << 10  # above: context 1
 CACHE_LINE = 0x40  # ExpCacheLineSize
 
