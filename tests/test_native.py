@@ -153,11 +153,18 @@ def test_ndis_miniport_registers_and_allocates(k):
     driver = load_native_driver(k, sys_path("ndisminiport"))
     assert driver.loaded.ndis_version == (5, 1)
     rows = {row.TagUlong: row for row in k.pool_tags()}
-    assert rows[int.from_bytes(b"NmRx", "little")].NonPagedAllocs == 16
-    assert driver.call("SendFrame", 60) == 0
-    k.unload_driver(driver)
+    assert rows[int.from_bytes(b"NmRx", "little")].NonPagedAllocs == 64
+    assert driver.call("SendFrame", 60) == 0 and driver.call("SendsInFlight") == 1
+    frame = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, "Fram")
+    k.write(frame, bytes(range(64)))
+    buffer = driver.call("IndicateReceive", frame, 64)
+    assert k.read(buffer, 64) == bytes(range(64))  # copied into a receive buffer (NmRx)
+    assert k.allocation_driver(buffer).name == "ndisminiport.sys"
+    k.ExFreePoolWithTag(frame, "Fram")
+    k.unload_driver(driver)  # the send in flight and every receive buffer are freed
     rows = {row.TagUlong: row for row in k.pool_tags()}
     assert rows[int.from_bytes(b"NmRx", "little")].NonPagedUsed == 0
+    assert rows[int.from_bytes(b"NmTx", "little")].NonPagedUsed == 0
 
 
 def test_python_and_compiled_drivers_share_one_machine(k):
@@ -407,3 +414,75 @@ def test_ntpool_calls_back_into_native_code_from_inside_a_native_call(k):
     row = {r.TagUlong: r for r in k.pool_tags()}[int.from_bytes(b"Nest", "little")]
     assert (row.NonPagedAllocs, row.NonPagedFrees, row.NonPagedUsed) == (3, 3, 0)
     assert driver.call("CaughtDivide", 1, 0) & 0xFFFFFFFF == 0xC0000094  # the CPU is sound after
+
+
+# --- uninitialized-memory disclosure by compiled code ----------------------------------------
+
+def _dirty_pool(k, tag="Junk"):
+    """Leave stale bytes in small nonpaged chunks, as a machine that has run a while does."""
+    for _ in range(32):
+        p = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, tag)
+        k.write(p, b"S" * 64)
+        k.ExFreePoolWithTag(p, tag)
+
+
+def test_uninitialized_bytes_a_compiled_driver_copies_to_user_mode_are_caught(k):
+    _dirty_pool(k)
+    k.verifier.enable("uninitialized_copy.sys", uninitialized_memory=True)
+    driver = load_native_driver(k, sys_path("uninitialized_copy"))
+    user = k.user_space.allocate(64)
+    assert driver.call("QueryReply", user) == 0
+    assert k.read(user, 64)[16:] == b"S" * 48  # what the pool held before: disclosed
+    report, = k.verifier.disclosures
+    # The driver's own stores (machine code) wrote the first 16 bytes; memcpy sent all 64.
+    assert report.uninitialized_bytes == 48 and report.first_uninitialized == report.allocation + 16
+    assert ntpool.tags.display(report.tag) == "Rply"
+    text = report.describe(k)
+    assert "uninitialized_copy.sys+0x" in text and "QueryReply+" in text
+    assert f"uninitialized_copy.c:{source_line('uninitialized_copy', 'PREPLY reply = ').split(':')[1]}" in text
+    # The fixed routine writes every byte with its own stores first: nothing to report.
+    assert driver.call("QueryReplyZeroed", user) == 0
+    assert len(k.verifier.disclosures) == 1
+
+
+def test_native_stores_are_published_only_while_the_checker_listens(k):
+    driver = load_native_driver(k, sys_path("uninitialized_copy"))
+    cpu = native_machine(k).cpu
+    assert cpu._write_hook is None  # no memory hook: native code runs at full speed
+    k.verifier.enable("uninitialized_copy.sys", uninitialized_memory=True)
+    assert cpu._write_hook is not None
+    k.verifier.disable("uninitialized_copy.sys")
+    assert cpu._write_hook is None
+    user = k.user_space.allocate(64)
+    assert driver.call("QueryReply", user) == 0 and not k.verifier.disclosures
+
+
+def test_run_reports_a_compiled_drivers_disclosure(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    scenario = tmp_path / "disclose.py"
+    scenario.write_text(
+        "from ntpool.native import NativeDriver\n"
+        f"driver = NativeDriver({sys_path('uninitialized_copy')!r})\n"
+        "DRIVERS = [driver]\n"
+        "VERIFIER = {'uninitialized_copy.sys': dict(uninitialized_memory=True)}\n\n"
+        "def workload(k, rng):\n"
+        "    for _ in range(8):\n"
+        "        p = k.ExAllocatePoolWithTag(0, 64, 'Junk'); k.write(p, b'S' * 64); k.ExFreePoolWithTag(p, 'Junk')\n"
+        "    driver.call('QueryReply', k.user_space.allocate(64))\n")
+    assert main(["run", str(scenario), "--nonpaged-pool-mib", "4", "--paged-pool-mib", "4"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "48 uninitialized byte(s)" in out and "QueryReply+" in out and "(tag Rply)" in out
+
+
+def test_speakeasy_comparison_reports_what_stopped_it():
+    """speakeasy pins unicorn 1.0.2, so it runs in its own environment; here it is absent."""
+    import sys
+
+    from ntpool.native.bench import bench_driver
+    from ntpool.tools.speakeasy_bench import compare
+
+    assert compare(bench_driver(), None) is None  # not importable beside unicorn 2.1
+    missing = compare(bench_driver(), sys.executable, pairs=1, rounds=1)
+    assert "exited 1" in missing["error"] and "speakeasy" in missing["error"]
+    assert "No such file" in compare(bench_driver(), "/nonexistent/python")["error"]

@@ -92,7 +92,7 @@ def test_picture_commands(tmp_path, capsys):
     assert main(["picture", "usage", "demo", "-o", str(png)]) == 0
     assert png_size(png) == (1100, 500)
     svg = tmp_path / "map.svg"
-    assert main(["picture", "pagemap", "demo", "--pool", "paged", "--checkpoint", "40",
+    assert main(["picture", "pagemap", "demo", "--pool", "paged", "--checkpoint", "34",
                  "-o", str(svg)]) == 0
     text = svg.read_text()
     assert "FltS" in text and "PP fffff8a0" in text and "NP fffffa80" not in text

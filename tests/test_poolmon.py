@@ -208,7 +208,7 @@ def test_poolmon_iterations_show_deltas_and_filters(capsys):
     rows = [line.split()[0] for line in out.splitlines() if line[:4].strip() and
             line.split()[0] in ("SlRq", "SlNm", "NmRx", "FltS")]
     assert set(rows) == {"SlRq"}
-    assert "(200)" in second  # 200 requests between the two refreshes
+    assert "(100)" in second  # 100 requests between the two refreshes
 
 
 def test_poolsnap_and_diff_find_the_leak(tmp_path, capsys):

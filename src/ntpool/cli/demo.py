@@ -1,7 +1,8 @@
 """``ntpool demo``: three sample drivers, a workload, a leak, a crash, a dump, the analysis.
 
-The drivers and the workload are the shipped sample scenario (``ntpool/samples/demo.py``);
-this module only shows them: a progress display, poolmon's table, the tags that grew, the
+The drivers and the workload are the shipped sample scenario: ``ntpool/samples/demo.py``
+(the compiled drivers, the default) or ``demo_python.py`` (``--python-drivers``); this
+module only shows them: a progress display, poolmon's table, the tags that grew, the
 bug check, MEMORY.DMP and the debugger's verdict.
 """
 
@@ -26,12 +27,12 @@ DUMP_NAME = "MEMORY.DMP"
 
 def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
              console: Console | None = None, windows: str | None = None,
-             truth: str | None = None) -> int:
+             truth: str | None = None, python_drivers: bool = False) -> int:
     console = console or wide_console()
     out = Path(out_dir)
     if not out.is_dir():
         raise OSError(f"--out {out_dir}: no such directory")
-    scenario = load_scenario("demo")
+    scenario = load_scenario("demo-python" if python_drivers else "demo")
     if steps is not None:
         if steps < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
@@ -48,6 +49,10 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
                   f"nonpaged and {kernel.paged_pool.page_count * PAGE_SIZE >> 20} MiB paged pool")
     run.load_drivers()
     console.print(_driver_table(run, pooltags))
+    if any(getattr(driver, "native", False) for driver in run.loaded):
+        console.print("The drivers are compiled C (src/ntpool/samples/native/*.c, built by clang "
+                      "for x86_64-windows-msvc): their own machine code runs on this machine's "
+                      "pool, and their PDBs name their lines.")
     _run_workload(run, console, pooltags)
     run.finish()
     if run.bugcheck is None:
@@ -109,9 +114,11 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
     elif phase == "backup":
         fs_filter = next((d for d in run.loaded if d.name == "fsfilter.sys"), None)
         if fs_filter is not None and fs_filter.failed_opens:
+            how = ("caught it in its compiled __try/__except" if getattr(fs_filter, "native", False)
+                   else "caught it")
             console.print(f"The backup exhausted paged pool: FsRtlAllocatePoolWithTag raised "
                           f"STATUS_INSUFFICIENT_RESOURCES {fs_filter.failed_opens:,} times; "
-                          f"fsfilter.sys caught it and failed those opens, so the machine ran on.")
+                          f"fsfilter.sys {how} and failed those opens, so the machine ran on.")
 
 
 def _show_missed(run: ScenarioRun, console: Console, path: Path) -> None:

@@ -112,7 +112,8 @@ _OPAQUE = {
                             ("Index", 0x28, "unsigned char")]),
     "_QUAD": (0x8, [("UseThisFieldToCopy", 0, "long long")]),
     "_HANDLE_TABLE": (0x68, [("HandleCount", 0x58, "unsigned long")]),  # Windows 7's marker
-    "_FILE_OBJECT": (0xD8, []), "_DEVICE_OBJECT": (0x150, []), "_DRIVER_OBJECT": (0x150, []),
+    # FileName: poolscanner reads it (FILE_OBJECT.is_valid) for any chunk tagged "File".
+    "_FILE_OBJECT": (0xD8, [("FileName", 0x58, "struct _UNICODE_STRING")]), "_DEVICE_OBJECT": (0x150, []), "_DRIVER_OBJECT": (0x150, []),
     "_CM_KEY_BODY": (0x58, []), "_CMHIVE": (0xBE8, []), "_CM_KEY_NODE": (0x50, []),
     "_CM_KEY_VALUE": (0x18, []), "_HMAP_ENTRY": (0x20, []), "_MMVAD_SHORT": (0x40, []),
     "_MMVAD": (0x78, []), "_KMUTANT": (0x38, []), "_OBJECT_SYMBOLIC_LINK": (0x20, []),

@@ -28,7 +28,10 @@ KTHREAD whose ApcState.Process is the current process's EPROCESS.
 """
 
 import ctypes
+import os
 import struct
+import threading
+import time
 
 import unicorn
 from unicorn import x86_const as X
@@ -82,6 +85,8 @@ _REG_IDS["rflags"] = X.UC_X86_REG_EFLAGS
 _SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+_MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                           ctypes.c_int64, ctypes.c_void_p)
 
 
 def stub_code(number: int, stub_va: int) -> bytes:
@@ -127,6 +132,85 @@ class Registers:
         uclib.uc_reg_write_batch(self.uch, self.ids, self.pointers, self.count)
 
 
+class RegisterBatch:
+    """A fixed list of registers read or written in one C call (a call's entry and result)."""
+
+    def __init__(self, uch, names):
+        count = len(names)
+        self.uch, self.count = uch, count
+        self.ids = (ctypes.c_int * count)(*(_REG_IDS[name] for name in names))
+        self.values = (ctypes.c_uint64 * count)()
+        base = ctypes.addressof(self.values)
+        self.pointers = (ctypes.c_void_p * count)(*(base + 8 * i for i in range(count)))
+
+    def read(self) -> list:
+        uclib.uc_reg_read_batch(self.uch, self.ids, self.pointers, self.count)
+        return self.values[:]
+
+    def write(self, values) -> None:
+        self.values[:] = values
+        uclib.uc_reg_write_batch(self.uch, self.ids, self.pointers, self.count)
+
+
+class Watchdog:
+    """Stops native code that runs past its deadline: one thread for the whole process.
+
+    unicorn's own timeout (``uc_emu_start``'s ``timeout``) starts a thread for every run,
+    about 90 µs a call from ntpool into a driver; this thread is started once, sleeps until
+    the earliest deadline, and is woken only when a deadline earlier than that one is set.
+    ``uc_emu_stop`` from another thread is how unicorn's own timeout stops a run; a stop for
+    a run that has just ended is ignored by unicorn. A CPU past its deadline is stopped again
+    every tenth of a second until the runner disarms it (a stop that lands between two
+    ``uc_emu_start`` calls would otherwise be lost)."""
+
+    RETRY_SECONDS = 0.1
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.deadlines: dict = {}  # Cpu -> time.monotonic() deadline
+        self.sleeping_until: float | None = None  # None: asleep with nothing to watch
+        self.thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def arm(self, cpu, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with self.lock:
+            self.deadlines[cpu] = deadline
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._watch, name="ntpool-native-watchdog",
+                                               daemon=True)
+                self.thread.start()
+            elif self.sleeping_until is None or deadline < self.sleeping_until:
+                self.wake.notify()
+
+    def disarm(self, cpu) -> None:
+        with self.lock:
+            self.deadlines.pop(cpu, None)
+
+    def _watch(self) -> None:
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for cpu, deadline in self.deadlines.items():
+                    if deadline <= now:
+                        self.deadlines[cpu] = now + self.RETRY_SECONDS
+                        uclib.uc_emu_stop(cpu.uch)
+                self.sleeping_until = min(self.deadlines.values(), default=None)
+                self.wake.wait(None if self.sleeping_until is None else self.sleeping_until - now)
+
+    def _forget_in_child(self) -> None:
+        # A forked child has no watchdog thread (threads do not survive fork): start afresh.
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.deadlines = {}
+        self.sleeping_until = None
+        self.thread = None
+
+
+WATCHDOG = Watchdog()
+
+
 class CpuStop(Exception):
     """Why the CPU stopped before the called function returned (handled by the runner)."""
 
@@ -144,6 +228,11 @@ class Cpu:
         self._memory_anchor = ctypes.c_char.from_buffer(physical.buffer)
         uc.mem_map_ptr(0, physical.size, unicorn.UC_PROT_ALL, ctypes.addressof(self._memory_anchor))
         self.registers = Registers(self.uch)
+        self.call_registers = RegisterBatch(self.uch, ("rcx", "rdx", "r8", "r9", "rsp", "rip", "rflags"))
+        self.result_registers = RegisterBatch(self.uch, ("rax",))
+        self.stack_register = RegisterBatch(self.uch, ("rsp",))
+        self.rip_register = RegisterBatch(self.uch, ("rip",))
+        self.gs_base = 0
         self.cr3 = kernel.space.cr3 << 12
         uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
         uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | CR4_OSFXSR)
@@ -158,6 +247,7 @@ class Cpu:
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
         self._clean = uc.context_save()  # no exception pending: restored after each fault
+        self._write_hook = None  # (handle, callback) while stores are published
 
     # --- hooks -------------------------------------------------------------------------------
 
@@ -170,6 +260,32 @@ class Cpu:
             raise unicorn.UcError(status)
         self._hooks.append((handle.value, callback))
         return handle.value
+
+    def publish_writes(self, on: bool) -> None:
+        """Publish every store native code makes as ``MemoryWritten`` (on while a layer
+        listens: the uninitialized-memory checker), or stop. A memory hook is a call into
+        Python per store, so it exists only while someone listens; translated code is
+        flushed either way, because unicorn decides at translation whether a store calls
+        the hooks."""
+        if on == (self._write_hook is not None):
+            return
+        if on:
+            callback = _MEM_CB(self._on_write)
+            handle = self._add_hook(unicorn.UC_HOOK_MEM_WRITE, callback, 1, 0)
+            self._write_hook = (handle, callback)
+        else:
+            handle, callback = self._write_hook
+            self._write_hook = None
+            uclib.uc_hook_del(self.uch, ctypes.c_size_t(handle))
+            self._hooks.remove((handle, callback))
+        self.uc.ctl_flush_tb()
+
+    def _on_write(self, uch, access, address, size, value, user_data) -> None:
+        try:
+            self.machine.native_store(address, size)
+        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
 
     def hook_cr8(self, address: int) -> None:
         """Emulate the ``mov cr8, reg`` / ``mov reg, cr8`` at ``address`` (found by the loader)."""
@@ -217,29 +333,33 @@ class Cpu:
         self.registers.write(regs)
 
     def recover(self, regs: dict) -> None:
-        """Forget a delivered exception (restore the clean state), keeping ``regs``."""
+        """Forget a delivered exception (restore the clean state), keeping ``regs`` and GS."""
         self.uc.context_restore(self._clean)
         if self.tlb_stale:
             self.tlb_stale = False
         self.registers.write(regs)
+        self.uc.reg_write(X.UC_X86_REG_GS_BASE, self.gs_base)
 
     def set_gs_base(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_GS_BASE, value)
+        if value != self.gs_base:
+            self.gs_base = value
+            self.uc.reg_write(X.UC_X86_REG_GS_BASE, value)
 
     def cr2(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CR2)
 
-    def start(self, rip: int, timeout_us: int = 0) -> tuple | None:
+    def start(self, rip: int) -> tuple | None:
         """Run from ``rip`` until the return trap, a stop, or an error; returns the stop
-        (None: the called function returned). ``timeout_us`` bounds the run (0: none)."""
+        (None: the called function returned). A run stopped elsewhere was stopped by the
+        watchdog (``WATCHDOG.arm``): ("timeout", None)."""
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
-        status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, timeout_us, 0)
+        status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, 0, 0)
         stop = self.stop
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
-        if stop is None and self.uc.reg_read(X.UC_X86_REG_RIP) != RETURN_TRAP:
-            return ("timeout", timeout_us)
+        if stop is None and self.rip_register.read()[0] != RETURN_TRAP:
+            return ("timeout", None)
         return stop

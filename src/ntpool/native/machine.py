@@ -16,7 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
-from ..hooks import MappingChanged
+from ..hooks import MappingChanged, MemoryWritten
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, seh
@@ -178,11 +178,17 @@ class NativeMachine:
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.hooks.subscribe(MappingChanged, self._pte_changed)
+        # Stores by native code are published while a layer listens for writes (the
+        # uninitialized-memory checker); otherwise no memory hook exists.
+        kernel.hooks.watch(MemoryWritten, self.cpu.publish_writes)
+        self.cpu.publish_writes(bool(kernel.hooks.listening(MemoryWritten)))
         kernel.call_sites.native_resolver = self.current_site
         # The I/O manager calls driver code (dispatch, completion routines) through these.
         kernel.native_call = lambda address, args: self.call(address, args)
         kernel.system_routine_resolver = self.system_routine
         self._kpcrs = [self._make_kpcr(n) for n in range(kernel.processors)]
+        self._synced_thread = None  # (processor, EPROCESS) last written to its KTHREAD
+        self._frame_pages: dict | None = None  # physical page -> the virtual pages mapping it
 
     # --- memory the machine's own native parts use ---------------------------------------------
 
@@ -224,6 +230,32 @@ class NativeMachine:
 
     def _pte_changed(self, event: MappingChanged) -> None:
         self.cpu.tlb_stale = True
+        self._frame_pages = None
+
+    def native_store(self, pa: int, size: int) -> None:
+        """Publish a store by native code as MemoryWritten at every virtual address that maps
+        it (called by the CPU's write hook, which exists only while someone listens).
+
+        unicorn's memory hooks give the physical address of a store made through the page
+        tables, so the frame is looked up in a reverse of the machine's translations, built
+        when first needed and dropped whenever a mapping changes (a frame mapped afresh
+        without an announcement is not in it yet: the reverse is then rebuilt)."""
+        while size > 0:
+            page, offset = pa & ~(PAGE_SIZE - 1), pa & (PAGE_SIZE - 1)
+            part = min(size, PAGE_SIZE - offset)
+            reverse = self._frame_pages
+            pages = None if reverse is None else reverse.get(page)
+            if pages is None:
+                reverse = self._frame_pages = {}
+                for vpn, base in self.tlb.items():
+                    reverse.setdefault(base, []).append(vpn << 12)
+                pages = reverse.get(page, ())
+            listeners = self.kernel.hooks.listening(MemoryWritten)
+            for va_page in pages:
+                event = MemoryWritten(va_page | offset, part)
+                for listener in listeners:
+                    listener(event)
+            pa, size = pa + part, size - part
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -284,18 +316,17 @@ class NativeMachine:
         driver = driver or self.driver_at(address)
         nested = cpu.depth > 0
         saved = cpu.uc.context_save() if nested else None
-        outer_rsp = cpu.read_context()["rsp"] if nested else cpu_module.KERNEL_STACK_TOP
+        outer_rsp = cpu.stack_register.read()[0] if nested else cpu_module.KERNEL_STACK_TOP
         args = [int(a) & 0xFFFFFFFFFFFFFFFF for a in args]
         rsp = (outer_rsp - 0x100 - 8 * max(0, len(args) - 4)) & ~0xF
         rsp -= 8  # the return address: at a function's entry rsp is 8 modulo 16
         kernel.write(rsp, _Q.pack(cpu_module.RETURN_TRAP))
         for index, value in enumerate(args[4:]):
             kernel.write(rsp + 0x28 + 8 * index, _Q.pack(value))
-        regs = cpu.read_context()
-        registers = list(args[:4]) + [0] * (4 - min(4, len(args)))
-        regs.update(rcx=registers[0], rdx=registers[1], r8=registers[2], r9=registers[3],
-                    rsp=rsp, rip=address, rflags=0x202)
-        cpu.write_context(regs)
+        # Only what a call defines is written (arguments, stack, entry): the callee owes the
+        # other registers nothing, and a nested call's caller gets its own back from `saved`.
+        registers = args[:4] + [0] * (4 - min(4, len(args)))
+        cpu.call_registers.write(registers + [rsp, address, 0x202])
         cpu.set_gs_base(self._kpcrs[kernel.current_processor])
         self._sync_thread()
         cpu.depth += 1
@@ -307,7 +338,7 @@ class NativeMachine:
             kernel.current_driver = driver.loaded
         try:
             self._run(address, thread)
-            return cpu.read_context()["rax"]
+            return cpu.result_registers.read()[0]
         finally:
             self.location, self.call_rsp = saved_location, saved_rsp
             kernel.current_driver = previous_driver
@@ -317,17 +348,33 @@ class NativeMachine:
                 cpu.uc.context_restore(saved)
 
     def _sync_thread(self) -> None:
+        """The current thread's ApcState.Process is the current process (written when either
+        changed since the last call)."""
         kernel = self.kernel
-        kpcr = self._kpcrs[kernel.current_processor]
+        current = (kernel.current_processor, kernel.current_process.address)
+        if current == self._synced_thread:
+            return
+        kpcr = self._kpcrs[current[0]]
         thread = _Q.unpack(kernel.read(kpcr + cpu_module.KPCR_PRCB + cpu_module.KPRCB_CURRENT_THREAD, 8))[0]
-        kernel.write(thread + cpu_module.KTHREAD_APC_STATE_PROCESS, _Q.pack(kernel.current_process.address))
+        kernel.write(thread + cpu_module.KTHREAD_APC_STATE_PROCESS, _Q.pack(current[1]))
+        self._synced_thread = current
 
     def _run(self, rip: int, thread: str | None) -> None:
         cpu = self.cpu
-        # Only the outermost call is timed (unicorn times each start with a thread of its own).
-        timeout = int(self.call_timeout * 1e6) if cpu.depth == 1 and self.call_timeout else 0
+        # Only the outermost call is timed: the watchdog stops whatever runs past its deadline.
+        timed = cpu.depth == 1 and self.call_timeout
+        if timed:
+            cpu_module.WATCHDOG.arm(cpu, self.call_timeout)
+        try:
+            self._run_until_return(rip, thread)
+        finally:
+            if timed:
+                cpu_module.WATCHDOG.disarm(cpu)
+
+    def _run_until_return(self, rip: int, thread: str | None) -> None:
+        cpu = self.cpu
         while True:
-            stop = cpu.start(rip, timeout)
+            stop = cpu.start(rip)
             if stop is None:
                 return
             kind, detail = stop

@@ -3,10 +3,12 @@
 They work on virtual addresses through the machine (``k.read`` / ``k.write``), so an
 unmapped or paged-out byte faults as a driver's own access would. Copies publish
 ``MemoryCopied`` when a layer listens for copies (uninitialized-memory tracking carries its
-shadow along), and ``copy_to_user`` publishes ``CopiedToUser``.
+shadow along), and ``copy_to_user``, or a copy whose destination is a user-mode address,
+publishes ``CopiedToUser``.
 """
 
 from ..hooks import CopiedToUser, MemoryCopied
+from ..machine.user_space import MM_HIGHEST_USER_ADDRESS
 from .registry import routine
 
 
@@ -33,6 +35,14 @@ class RtlRoutines:
              "_In_reads_bytes_(Length) const VOID *Source, _In_ SIZE_T Length)")
     def RtlCopyMemory(self, Destination: int, Source: int, Length: int) -> None:
         data = self.read(Source, checked_length(Length))
+        if Destination <= MM_HIGHEST_USER_ADDRESS and Length:
+            # A copy into a user-mode buffer (a driver's memcpy to Irp->UserBuffer, a
+            # METHOD_NEITHER output): what copy_to_user is for Python drivers.
+            to_user = self.hooks.listening(CopiedToUser)
+            if to_user:
+                event = CopiedToUser(Source, Length)
+                for listener in to_user:
+                    listener(event)
         copied = self.hooks.listening(MemoryCopied)
         if not copied:
             self.write(Destination, data)

@@ -1,82 +1,27 @@
-"""The scenario ``ntpool demo`` runs: three drivers, a day of traffic, a backup, a crash.
+"""The scenario ``ntpool demo`` runs: three compiled drivers, a day of traffic, a backup, a crash.
+
+The drivers are the C samples in ``samples/native/`` (ndisminiport.sys, fsfilter.sys with
+its compiled ``__try/__except``, sloppy.sys with its leak and overrun), their own machine
+code running on the machine's pool; the story is ``demo_workload``'s:
 
 1. Traffic: the miniport receives and sends frames, the filter opens and closes files,
    and the sloppy driver serves requests, leaking the ones that are cancelled.
 2. A backup opens thousands of files at once: paged pool runs out, FsRtlAllocatePoolWithTag
-   raises STATUS_INSUFFICIENT_RESOURCES, and the filter fails those opens cleanly.
+   raises STATUS_INSUFFICIENT_RESOURCES, and the filter's __except fails those opens cleanly.
 3. The sloppy driver gets a name that fills its buffer exactly: the missing room for the
    NUL overruns into the next chunk's header, and the free is BAD_POOL_HEADER 0x19/0x20.
 
-Run it as ``ntpool run demo`` (or copy this file and change it).
+Run it as ``ntpool run demo`` (or copy this file and change it). ``demo-python``
+(``demo_python.py``, ``ntpool demo --python-drivers``) is the same story told by the
+Python twins of these drivers.
 """
 
-from ntpool.samples.fs_filter import FsFilter
-from ntpool.samples.ndis_miniport import NdisMiniport
-from ntpool.samples.sloppy import SloppyDriver
+from ntpool.samples.compiled import CompiledFsFilter, CompiledNdisMiniport, CompiledSloppyDriver
+from ntpool.samples.demo_workload import CHECKPOINTS, KERNEL, workload_for
 
-MiB = 1 << 20
-TRAFFIC_STEPS = 6000
-STEPS_PER_CHECKPOINT = 200
-BACKUP_FILES = 12000
-
-# A 1 GiB machine: at least 127 * 1024 physical pages, so Windows 7 delays pool frees.
-KERNEL = dict(nonpaged_pool_bytes=16 * MiB, paged_pool_bytes=2 * MiB, physical_memory_bytes=1024 * MiB)
-
-miniport = NdisMiniport(receive_buffers=64)
-fs_filter = FsFilter()
-sloppy = SloppyDriver()
+miniport = CompiledNdisMiniport()
+fs_filter = CompiledFsFilter()
+sloppy = CompiledSloppyDriver()
 DRIVERS = [miniport, fs_filter, sloppy]
-
-FOLDERS = ["\\Windows\\System32\\", "\\Users\\ann\\Documents\\", "\\Program Files\\App\\"]
-# Names whose UTF-16 length is not a multiple of 16 bytes: their NUL lands in the slack.
-SAFE_NAMES = ["\\Device\\Serial0", "\\Device\\Widget12", "\\Device\\Net", "\\Device\\Harddisk3x"]
-SAFE_NAMES = [name for name in SAFE_NAMES if len(name) % 8]
-# 24 characters: 48 bytes of UTF-16 fill a 48-byte body exactly.
-FATAL_NAME = "\\Device\\WidgetController"
-
-
-def traffic(k, rng, steps: int):
-    """Steady traffic; a checkpoint every STEPS_PER_CHECKPOINT steps."""
-    for step in range(1, steps + 1):
-        frame = rng.randbytes(rng.choice((64, 590, 1514)))
-        miniport.indicate_receive(k, frame)
-        if rng.random() < 0.9:
-            miniport.return_buffer(k)
-        miniport.send(k, frame)
-        while len(miniport.sends) > rng.randrange(4):  # a few sends stay in flight
-            miniport.send_complete(k)
-        if rng.random() < 0.5:
-            fs_filter.open_file(k, rng.choice(FOLDERS) + f"file{rng.randrange(10_000)}.txt")
-        if len(fs_filter.open_files) > 40 or rng.random() < 0.45:
-            fs_filter.close_file(k)
-        sloppy.handle_request(k, rng.choice(SAFE_NAMES), cancelled=rng.random() < 0.08)
-        if step % STEPS_PER_CHECKPOINT == 0:
-            yield "traffic"
-
-
-def backup(k, rng, files: int):
-    """Open many files at once; the filter fails what paged pool cannot hold."""
-    for index in range(files):
-        fs_filter.open_file(k, f"\\Backup\\{index:06d}\\" + "x" * rng.randrange(8, 64))
-        if index % 1000 == 999:
-            yield "backup: opening"
-    yield "backup: all opened"
-    while fs_filter.open_files:
-        fs_filter.close_file(k)
-    yield "backup: closed"
-
-
-def crash(k, rng):
-    """The sloppy driver meets a name that fills its buffer exactly."""
-    for attempt in range(64):
-        sloppy.handle_request(k, FATAL_NAME)
-        yield "fatal request"
-
-
-def workload(k, rng, steps: int = TRAFFIC_STEPS, backup_files: int = BACKUP_FILES):
-    yield from traffic(k, rng, steps)
-    yield from backup(k, rng, backup_files)
-    yield from crash(k, rng)
-
-
-CHECKPOINTS = TRAFFIC_STEPS // STEPS_PER_CHECKPOINT + BACKUP_FILES // 1000 + 2 + 1
+workload = workload_for(miniport, fs_filter, sloppy)
+__all__ = ["CHECKPOINTS", "DRIVERS", "KERNEL", "workload"]

@@ -55,6 +55,10 @@ class FsFilter:
         self.open_files[context] = name_buffer
         return NtStatus.STATUS_SUCCESS
 
+    @property
+    def open_count(self) -> int:
+        return len(self.open_files)
+
     def close_file(self, k, context: int | None = None) -> None:
         """IRP_MJ_CLEANUP: free the stream context of one open file (the oldest by default)."""
         if not self.open_files:

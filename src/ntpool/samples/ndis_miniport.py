@@ -63,6 +63,10 @@ class NdisMiniport:
         self.sends.append(context)
         return True
 
+    @property
+    def sends_in_flight(self) -> int:
+        return len(self.sends)
+
     def send_complete(self, k) -> None:
         if self.sends:
             k.NdisFreeMemory(self.sends.pop(0), SEND_CONTEXT_BYTES, 0)

@@ -28,7 +28,9 @@ from .poolmon import Snapshot
 from ..kernel import Kernel
 
 SAMPLES_DIRECTORY = Path(__file__).parent.parent / "samples"
-SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py"}
+# "demo": the compiled sample drivers; "demo-python": the same story by the Python samples.
+SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py",
+                    "demo-python": SAMPLES_DIRECTORY / "demo_python.py"}
 MiB = 1 << 20
 _CORE_DIRECTORY = str(Path(__file__).parent.parent)
 _SAMPLES_DIRECTORY = str(SAMPLES_DIRECTORY)

@@ -109,7 +109,7 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
         frame = _getframe(caller_depth)
-        site = self.site_index.get((id(frame.f_code), frame.f_lasti))  # see CallSites.index
+        site = self.site_index.get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
         if site is None:
             site = self.call_sites.lookup(frame)
         try:

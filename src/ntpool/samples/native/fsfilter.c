@@ -1,21 +1,24 @@
-/* fsfilter.sys: the file-system filter sample, compiled. FsRtlAllocatePoolWithTag never
- * returns NULL; when pool is exhausted it raises STATUS_INSUFFICIENT_RESOURCES, and the
- * documentation tells the driver to wrap it in __try/__except, as here (real x64 SEH). */
+/* fsfilter.sys: the file-system filter sample, compiled (the C twin of
+ * ntpool/samples/fs_filter.py). FsRtlAllocatePoolWithTag never returns NULL; when pool is
+ * exhausted it raises STATUS_INSUFFICIENT_RESOURCES, and the documentation tells the driver
+ * to wrap it in __try/__except, as here (real x64 SEH). A failed open is failed cleanly:
+ * nothing half-built is left behind. */
 #include "ntddk_lite.h"
 
-#define INSTANCE_TAG 'ItlF'        /* shows "FltI" */
-#define STREAM_CONTEXT_TAG 'StlF'  /* shows "FltS" */
-#define NAME_TAG 'NtlF'            /* shows "FltN" */
-#define MAX_OPEN 4096
+#define INSTANCE_TAG 'ItlF'        /* shows "FltI": one per attached volume, nonpaged */
+#define STREAM_CONTEXT_TAG 'StlF'  /* shows "FltS": one per open file, paged */
+#define NAME_TAG 'NtlF'            /* shows "FltN": the file's name, paged */
+#define INSTANCE_BYTES 256
 
 typedef struct _STREAM_CONTEXT {
+    LIST_ENTRY Link;  /* the open files, oldest first */
     PWSTR Name;
     ULONG Length;
-    UCHAR Reserved[188];
-} STREAM_CONTEXT, *PSTREAM_CONTEXT;
+    UCHAR Reserved[172];
+} STREAM_CONTEXT, *PSTREAM_CONTEXT;  /* 200 bytes */
 
 static PVOID Instance;
-static PSTREAM_CONTEXT Open[MAX_OPEN];
+static LIST_ENTRY OpenFiles;
 static ULONG OpenCount;
 static ULONG FailedOpens;
 
@@ -24,12 +27,10 @@ static int IsResourceShortage(NTSTATUS code) {
                                                  : EXCEPTION_CONTINUE_SEARCH;
 }
 
-/* IRP_MJ_CREATE: attach a stream context holding the name. */
+/* IRP_MJ_CREATE: attach a stream context holding the name (Length bytes of UTF-16). */
 __declspec(dllexport) NTSTATUS OpenFile(PCWSTR Name, ULONG Length) {
     PSTREAM_CONTEXT context = NULL;
     PWSTR buffer;
-    if (OpenCount >= MAX_OPEN)
-        return STATUS_INSUFFICIENT_RESOURCES;
     __try {
         context = FsRtlAllocatePoolWithTag(PagedPool, sizeof(STREAM_CONTEXT), STREAM_CONTEXT_TAG);
         buffer = FsRtlAllocatePoolWithTag(PagedPool, Length + sizeof(WCHAR), NAME_TAG);
@@ -43,23 +44,29 @@ __declspec(dllexport) NTSTATUS OpenFile(PCWSTR Name, ULONG Length) {
     buffer[Length / sizeof(WCHAR)] = 0;
     context->Name = buffer;
     context->Length = Length;
-    Open[OpenCount++] = context;
+    context->Link.Flink = &OpenFiles;  /* InsertTailList */
+    context->Link.Blink = OpenFiles.Blink;
+    OpenFiles.Blink->Flink = &context->Link;
+    OpenFiles.Blink = &context->Link;
+    OpenCount += 1;
     return STATUS_SUCCESS;
 }
 
-/* IRP_MJ_CLEANUP: free the oldest open file's context. */
+/* IRP_MJ_CLEANUP: free the stream context of the oldest open file. */
 __declspec(dllexport) VOID CloseFile(void) {
+    PLIST_ENTRY entry = OpenFiles.Flink;
     PSTREAM_CONTEXT context;
-    ULONG i;
-    if (OpenCount == 0)
+    if (entry == &OpenFiles)
         return;
-    context = Open[0];
-    for (i = 1; i < OpenCount; i++)
-        Open[i - 1] = Open[i];
+    OpenFiles.Flink = entry->Flink;  /* RemoveHeadList */
+    entry->Flink->Blink = &OpenFiles;
     OpenCount -= 1;
+    context = (PSTREAM_CONTEXT)entry;
     ExFreePoolWithTag(context->Name, NAME_TAG);
     ExFreePoolWithTag(context, STREAM_CONTEXT_TAG);
 }
+
+__declspec(dllexport) ULONG OpenFileCount(void) { return OpenCount; }
 
 __declspec(dllexport) ULONG FailedOpenCount(void) { return FailedOpens; }
 
@@ -71,12 +78,13 @@ static VOID NTAPI Unload(PDRIVER_OBJECT DriverObject) {
 }
 
 NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) {
+    OpenFiles.Flink = OpenFiles.Blink = &OpenFiles;
     __try {
-        Instance = FsRtlAllocatePoolWithTag(NonPagedPool, 256, INSTANCE_TAG);
+        Instance = FsRtlAllocatePoolWithTag(NonPagedPool, INSTANCE_BYTES, INSTANCE_TAG);
     } __except (EXCEPTION_EXECUTE_HANDLER) {
         return GetExceptionCode();
     }
-    RtlZeroMemory(Instance, 256);
+    RtlZeroMemory(Instance, INSTANCE_BYTES);
     DriverObject->DriverUnload = Unload;
     DbgPrint("fsfilter: loaded from %wZ\n", RegistryPath);
     return STATUS_SUCCESS;

@@ -45,6 +45,7 @@ typedef enum _POOL_TYPE {
 #define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009AL)
 #define NT_SUCCESS(Status) (((NTSTATUS)(Status)) >= 0)
 #define NDIS_STATUS_SUCCESS ((NDIS_STATUS)0)
+#define NDIS_STATUS_RESOURCES ((NDIS_STATUS)0xC000009AL)
 #define EXCEPTION_EXECUTE_HANDLER 1
 #define EXCEPTION_CONTINUE_SEARCH 0
 #define GetExceptionCode _exception_code
@@ -144,6 +145,7 @@ NDISAPI NDIS_STATUS NTAPI NdisMRegisterMiniport(NDIS_HANDLE NdisWrapperHandle,
 NDISAPI NDIS_STATUS NTAPI NdisAllocateMemoryWithTag(PVOID *VirtualAddress, UINT Length, ULONG Tag);
 NDISAPI VOID NTAPI NdisFreeMemory(PVOID VirtualAddress, UINT Length, UINT MemoryFlags);
 NDISAPI VOID NTAPI NdisZeroMemory(PVOID Destination, UINT Length);
+NDISAPI VOID NTAPI NdisMoveMemory(PVOID Destination, const VOID *Source, UINT Length);
 
 /* --- what wdm.h inlines on x64 --- */
 FORCEINLINE KIRQL KeGetCurrentIrql(void) {
