@@ -121,3 +121,19 @@ def test_a_match_straddling_two_places_does_not_hide_a_tag():
         plan = poolscan.search_plan(pattern)
         assert poolscan.tag_blocks(poolscan.tag_bytes_regex(pattern), data, plan) == [0, 2], pattern
     assert poolscan.search_plan("*a") is None  # the tags alone are searched
+
+
+def test_site_lookups_in_any_order_read_the_whole_map_s_values(dump):
+    """allocation_site keeps only a piece of the map: lookups backwards and forwards, across
+    pieces and tables, give what the whole inflated map says."""
+    with DumpReader(dump) as reader:
+        tables = reader.allocation_site_streams()
+        whole = [(base, SiteMapStream(stream.compressed, blocks).read(0, blocks)) for base, blocks, stream in tables]
+        assert len(whole) == 2 and all(len(sites) > 2 * (1 << 14) for _, sites in whole)
+        rng = random.Random(11)
+        queries = [(base, rng.randrange(len(sites) // 2)) for base, sites in whole for _ in range(300)]
+        rng.shuffle(queries)
+        for base, index in queries:
+            expected = dict(whole)[base][2 * index:2 * index + 2]
+            assert reader.allocation_site(base + 16 * index) == int.from_bytes(expected, "little")
+        assert reader.allocation_site(whole[0][0] - 16) is None

@@ -17,10 +17,10 @@ from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpReader, MemoryReadError
-from ..pool.layout import BLOCK, HEADER_SIZE, POOL_HEADER, POOL_IN_USE, POOL_QUOTA, \
-    POOL_TYPE_BASE_MASK
+from ..pool.layout import BLOCK, BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, POOL_HEADER, POOL_IN_USE, \
+    POOL_QUOTA, POOL_TYPE_BASE_MASK
 from ..verifier.special_pool import FLAG_UNDERRUN, SLOT_SIZE, SPECIAL_POOL_BASE
-from .poolscan import BigPageIndex, examine_page
+from .poolscan import BigPageIndex, CallSites, PoolFinder
 
 SPECIAL_POOL_SPAN = 1 << 32  # the region ntpool's special pool can occupy
 SPECIAL_HEADER = struct.Struct("<HBBIQ")
@@ -84,29 +84,44 @@ def special_chunks(reader: DumpReader) -> Iterator[SpecialChunk]:
 
 def allocations(reader: DumpReader, big_pages: BigPageIndex) -> Iterator[Allocation]:
     """Every allocated small chunk on a page whose header chain is sound, then special pool."""
-    mapping = reader.mapping
     if reader.segment_heap:  # Windows 10/11: the segment heap's LFH and VS blocks
         yield from _heap_allocations(reader)
         for chunk in special_chunks(reader):
             yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
         return
+    # The scan !poolfind * makes (a window of pages at a time: memory stays bounded), keeping
+    # pages whose whole chain is sound.
+    call_sites = CallSites(reader)
     for pool in reader.pool_ranges():
-        for va, offset in reader.mapped_pages(pool.start, pool.end):
-            if big_pages.containing(va) is not None:
-                continue
-            page = mapping[offset:offset + PAGE_SIZE]
-            report = examine_page(page, va, pool.base_type)
-            if report.problems:
-                continue
-            for chunk in report.chunks:
-                if not chunk.pool_type & POOL_IN_USE or chunk.pool_type & POOL_QUOTA:
+        for window in PoolFinder(reader, pool, big_pages).scan("*"):
+            data = window.data
+            sites = None
+            for page in window.pages:
+                if page.salvaged:
                     continue
-                site = reader.allocation_site(chunk.address)
-                if site is None:  # an older dump: the header's AllocatorBackTraceIndex
-                    site = POOL_HEADER.get(page, chunk.address - va, "AllocatorBackTraceIndex")
-                yield Allocation(chunk.body, chunk.size - HEADER_SIZE, chunk.tag, site, pool.name)
+                for block in page.blocks:
+                    at = (page.first + block) << BLOCK_SHIFT
+                    _, _, size, pool_type, tag = HEADER_FIRST8.unpack_from(data, at)
+                    if not pool_type & POOL_IN_USE or pool_type & POOL_QUOTA:
+                        continue
+                    if sites is None:
+                        sites = call_sites.window(window) or _ChunkByChunk(call_sites, window)
+                    address = page.va + (block << BLOCK_SHIFT)
+                    yield Allocation(address + HEADER_SIZE, (size << BLOCK_SHIFT) - HEADER_SIZE, tag,
+                                     sites[page.first + block], pool.name)
     for chunk in special_chunks(reader):
         yield Allocation(chunk.address, chunk.size, chunk.tag, chunk.site, "special pool")
+
+
+class _ChunkByChunk:
+    """A window's sites asked one chunk at a time (no single table holds the window)."""
+
+    def __init__(self, call_sites: CallSites, window):
+        self.call_sites, self.window = call_sites, window
+
+    def __getitem__(self, block: int) -> int:
+        address = self.window.va + (block << BLOCK_SHIFT)
+        return self.call_sites.one(address, self.window.data, block)
 
 
 def _heap_allocations(reader: DumpReader) -> Iterator[Allocation]:

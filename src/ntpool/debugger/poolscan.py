@@ -12,6 +12,9 @@ reported too, marked.
 
 import re
 import struct
+import sys
+import zlib
+from array import array
 from bisect import bisect_left, bisect_right
 from itertools import accumulate
 from typing import Iterator, NamedTuple
@@ -453,11 +456,59 @@ class PoolFinder:
         return hits
 
 
+class CallSites:
+    """The call-site number of each chunk a scan finds: ntpool's allocation-site table's (a
+    window's at once, inflated forward as the scan goes), else (an older dump) the header's
+    AllocatorBackTraceIndex. Read them for allocated chunks only: a free one's are stale."""
+
+    def __init__(self, reader: DumpReader):
+        self.reader = reader
+
+    def window(self, window: Window):
+        """Every block's site, indexable by the window's block number; None when no single
+        table holds the whole window (then ask ``one`` chunk by chunk)."""
+        tables = self.reader.allocation_site_streams()
+        if not tables:  # an older dump: the header names the site
+            return _back_trace_indexes(window.data)
+        blocks = len(window.data) >> BLOCK_SHIFT
+        for base, declared, stream in tables:
+            first = (window.va - base) >> BLOCK_SHIFT
+            if first + blocks <= 0 or first >= declared:
+                continue  # this table does not reach the window
+            if first < 0 or first + blocks > declared:
+                return None
+            try:
+                raw = stream.read(first, blocks)
+            except zlib.error:
+                return None
+            if len(raw) != 2 * blocks:
+                return None
+            sites = array("H", raw)
+            if sys.byteorder != "little":
+                sites.byteswap()
+            return sites
+        return None
+
+    def one(self, address: int, data, block: int) -> int:
+        """The site of the chunk whose header is at ``address`` (block ``block`` of ``data``)."""
+        recorded = self.reader.allocation_site(address)
+        if recorded is not None:
+            return recorded
+        return int.from_bytes(data[(block << BLOCK_SHIFT) + 8:(block << BLOCK_SHIFT) + 10], "little")
+
+
+def _back_trace_indexes(data):
+    """Each 16-byte block's bytes 8-9 (AllocatorBackTraceIndex) as a little-endian USHORT."""
+    if sys.byteorder == "little":
+        return memoryview(data).cast("H")[4::8]
+    return [trace for trace, in struct.iter_unpack("<8xH6x", data)]
+
+
 def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:
     """The page holding ``va``, walked and checked (MemoryReadError when not in the dump)."""
     page_va = va & ~(PAGE_SIZE - 1)
     return examine_page(reader.page(page_va), page_va, base_type)
 
 
-__all__ = ["BigPageIndex", "MemoryReadError", "PageHits", "PageReport", "PoolFinder", "Window", "chunk_containing",
+__all__ = ["BigPageIndex", "CallSites", "MemoryReadError", "PageHits", "PageReport", "PoolFinder", "Window", "chunk_containing",
            "examine_page", "read_page_report", "tag_bytes_regex", "tag_display_matches"]

@@ -6,10 +6,8 @@ a corrupt structure is reported in the output, as kd reports it.
 """
 
 import shlex
-from array import array
 import sys
 import struct
-import zlib
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
@@ -23,7 +21,7 @@ from .allocations import in_special_pool, outstanding_by_driver, special_chunk, 
 from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, tag_matches
 from .segment_heap import SegmentHeapReader, block_containing
-from .poolscan import BigPageIndex, PoolFinder, chunk_containing, read_page_report, \
+from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, read_page_report, \
     tag_bytes_regex, tag_display_matches
 
 STAR_LINE = "*" * 79
@@ -892,20 +890,14 @@ class HitLines:
         self.middles = _Middles()
         self.tails: dict[int, tuple[str, bool]] = {}
         self.site_lines = _SiteLines(session)
-
-    @property
-    def tables(self) -> list:
-        """The allocation-site tables, read (and checked whole) when first needed."""
-        return self.reader.allocation_site_streams()
+        self.call_sites = CallSites(session.reader)
 
     def window(self, window) -> str:
         if not window.pages:
             return ""
         data = window.data
         heads = _first_eight_bytes(data)
-        sites = self._window_sites(window)
-        if sites is None and not self.tables:  # an older dump: the header names the site
-            sites = _back_trace_indexes(data)
+        sites = self.call_sites.window(window)
         tails, site_lines = self.tails, self.site_lines
         if len(tails) > self.CACHE_LIMIT:
             tails.clear()
@@ -943,38 +935,8 @@ class HitLines:
             head = heads[page.first + block]
             lines.append(f"\n{address:016x}{self.middles[head]}{mark.format(address)}")
             if self.middles.allocated[head]:
-                lines.append(self.site_lines[self._site_of(address, data, page.first + block)])
+                lines.append(self.site_lines[self.call_sites.one(address, data, page.first + block)])
         return "".join(lines)
-
-    def _site_of(self, address: int, data, block: int) -> int:
-        """One chunk's call site: the allocation-site table's, else (an older dump) its
-        header's AllocatorBackTraceIndex."""
-        recorded = self.reader.allocation_site(address)
-        if recorded is not None:
-            return recorded
-        return int.from_bytes(data[(block << 4) + 8:(block << 4) + 10], "little")
-
-    def _window_sites(self, window):
-        """The call-site numbers of every block of the window when one table holds them all
-        and no table before it holds any (else None: pages are looked up alone)."""
-        blocks = len(window.data) >> 4
-        for base, declared, stream in self.tables:
-            first = (window.va - base) >> 4
-            if first + blocks <= 0 or first >= declared:
-                continue  # this table does not reach the window
-            if first < 0 or first + blocks > declared:
-                return None
-            try:
-                raw = stream.read(first, blocks)
-            except zlib.error:
-                return None
-            if len(raw) != 2 * blocks:
-                return None
-            sites = array("H", raw)
-            if sys.byteorder != "little":
-                sites.byteswap()
-            return sites
-        return None
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
@@ -1019,10 +981,3 @@ def _first_eight_bytes(data):
     if sys.byteorder == "little":
         return memoryview(data).cast("Q")[0::2]
     return [head for head, in struct.iter_unpack("<Q8x", data)]
-
-
-def _back_trace_indexes(data):
-    """Each 16-byte block's bytes 8-9 (AllocatorBackTraceIndex) as a little-endian USHORT."""
-    if sys.byteorder == "little":
-        return memoryview(data).cast("H")[4::8]
-    return [trace for trace, in struct.iter_unpack("<8xH6x", data)]

@@ -120,7 +120,7 @@ class DumpReader:
         self._translations: dict[int, int | None] = {}
         self._kdbg: dict | None = None
         self._call_sites: list | None = None
-        self._site_maps: list | None = None
+        self._site_lookups: list | None = None
         self._site_streams: list | None = None
 
     def close(self) -> None:
@@ -705,19 +705,25 @@ class DumpReader:
     def allocation_site(self, header_va: int) -> int | None:
         """The call-site number of the small chunk whose header is at ``header_va``, from
         ntpool's allocation-site table; None when the dump has no table covering it (an
-        older dump: its AllocatorBackTraceIndex, header bytes 8-9, held the site)."""
-        for base, blocks, sites in self._allocation_site_maps():
-            index = (header_va - base) >> 4
-            if 0 <= index < blocks:
-                return int.from_bytes(sites[2 * index:2 * index + 2], "little")
-        return None
+        older dump: its AllocatorBackTraceIndex, header bytes 8-9, held the site).
 
-    def _allocation_site_maps(self) -> list:
-        if self._site_maps is None:
-            self._site_maps = [(base, len(sites) // 2, sites) for base, sites in
-                               ((base, stream.read(0, blocks)) for base, blocks, stream in
-                                self.allocation_site_streams())]
-        return self._site_maps
+        The map is inflated from its start up to the piece holding the block, and that piece
+        kept: lookups in address order cost one pass, and memory stays a piece, not the map."""
+        if self._site_lookups is None:  # streams of their own: a scan's stay where they are
+            self._site_lookups = [(base, blocks, SiteMapStream(stream.compressed, blocks), {})
+                                  for base, blocks, stream in self.allocation_site_streams()]
+        for base, blocks, stream, piece in self._site_lookups:
+            index = (header_va - base) >> 4
+            if not 0 <= index < blocks:
+                continue
+            first = index & ~(SITE_PIECE_BLOCKS - 1)
+            if piece.get("first") != first:
+                piece["first"], piece["sites"] = first, stream.read(first, SITE_PIECE_BLOCKS)
+            at = 2 * (index - first)
+            sites = piece["sites"]
+            if at + 2 <= len(sites):
+                return sites[at] | sites[at + 1] << 8
+        return None
 
     def allocation_site_streams(self) -> list:
         """(pool base, blocks declared, SiteMapStream) per pool of ntpool's NTAS table ([] when
@@ -759,6 +765,7 @@ class DumpReader:
 
 
 MAX_SITE_TABLE_BYTES = 64 << 20
+SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 
 
 class SiteMapStream:
