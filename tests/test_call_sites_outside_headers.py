@@ -108,3 +108,21 @@ def test_a_damaged_site_table_costs_the_sites_not_the_reader(tmp_path):
     open(path, "wb").write(data)
     with DumpReader(path) as reader:
         assert reader.allocation_site(p - 16) is None  # no table: no sites, and no exception
+
+
+def test_call_site_keys_are_addresses_inside_their_code_object():
+    # CallSites.index keys a call by id(code) + f_lasti: unique only while every instruction
+    # offset is smaller than the code object itself (3.11+ keep the bytecode inside it).
+    import gc
+    import sys
+    import types
+
+    from ntpool.drivers import site_key
+
+    codes = [o for o in gc.get_objects() if isinstance(o, types.FunctionType)]
+    assert len(codes) > 1000
+    for function in codes:
+        code = function.__code__
+        assert len(code.co_code) < sys.getsizeof(code)
+    frame = sys._getframe()
+    assert id(frame.f_code) <= site_key(frame) < id(frame.f_code) + sys.getsizeof(frame.f_code)
