@@ -325,3 +325,39 @@ def test_tracker_counts_blocks_and_pages(k11):
     k11.ExFreePool(big)
     row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Trak")]
     assert (row.PagedFrees, row.PagedUsed) == (2, 0)
+
+
+# --- the fast paths' callers: ExFreePool, NdisFreeMemory's sized free, FsRtl's raise bit ------
+
+def lfh_state(k, body):
+    """The two bitmap bits of the LFH block whose body is at ``body`` (01 busy)."""
+    heap = k.pool.locate(body)
+    sub = heap.owner_by_page[body >> 12]
+    index = sub.index_of[body - 16 - sub.va]
+    return (k.read(sub.va + L.LFH_BITMAP + (index >> 2), 1)[0] >> ((index & 3) << 1)) & 3
+
+
+def test_exfreepool_ndis_and_fsrtl_blocks_of_an_active_bucket(k11):
+    activate(k11, NP, 100, "Ndis")
+    status, va = k11.NdisAllocateMemoryWithTag(100, "Ndis")
+    assert status == 0 and lfh_state(k11, va) == 1
+    with pytest.raises(ntpool.NdisContractError):
+        k11.NdisFreeMemory(va, 0x40, 0)  # the wrong Length: nothing freed
+    assert lfh_state(k11, va) == 1
+    k11.NdisFreeMemory(va, 100, 0)
+    assert lfh_state(k11, va) == 0
+    p = k11.FsRtlAllocatePoolWithTag(NP, 100, "Ndis")  # the raise bit, the same bucket
+    assert lfh_state(k11, p) == 1 and range_flags(k11, p) == L.RANGE_LFH
+    k11.ExFreePool(p)  # no tag to compare
+    assert lfh_state(k11, p) == 0
+    row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Ndis")]
+    assert (row.NonPagedAllocs - row.NonPagedFrees, row.NonPagedUsed) == (17, 17 * 0x80)
+
+
+def test_exfreepool_of_a_protected_block_is_still_0xc2_0xa(k11):
+    tag = tag_value("Prot") | ntpool.PROTECTED_POOL
+    activate(k11, NP, 100, tag)
+    p = k11.ExAllocatePoolWithTag(NP, 100, tag)
+    with pytest.raises(ntpool.BugCheck) as info:
+        k11.ExFreePool(p)
+    assert (info.value.code, info.value.parameters[0]) == (0xC2, 0x0A)

@@ -242,8 +242,13 @@ class AddressSpace:
         ``va``: a table's PTEs are consecutive, 8 bytes apart, so each table is walked to
         once, not once per page. Raises KeyError, before anything changes, when a table is
         missing and ``create`` is false."""
-        runs = []
         first_vpn = va >> PAGE_SHIFT
+        if count <= 0x200 - (first_vpn & 0x1FF):  # the usual case: all in one page table
+            pte_pa = self._pte_address(va, create)
+            if pte_pa is None:
+                raise KeyError(f"{va:#x} is not mapped")
+            return [(pte_pa, count)]
+        runs = []
         done = 0
         while done < count:
             run = min(count - done, 0x200 - ((first_vpn + done) & 0x1FF))

@@ -243,16 +243,18 @@ class PoolAllocator:
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
-                if not body:
-                    # This processor's lookaside is empty. Everything the generic path
-                    # would validate is known good here (tag, type, size, IRQL, no layer),
-                    # so the miss goes straight on to the pool: the system-wide lookaside,
-                    # then the ListHeads, as ExAllocatePoolWithTag goes on after its pop.
-                    body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong,
-                                               site)
-                    return body if body else self.finish(
-                        0, number_of_bytes, zero=False,
-                        raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+                onward = not body  # this processor's lookaside is empty
+            else:  # a size no lookaside serves: the ListHeads or big pages
+                onward = type(number_of_bytes) is int and LOOKASIDE_MAX_BYTES < number_of_bytes < 1 << 64
+            if onward:
+                # Everything the generic path would validate is known good here (tag, type,
+                # size, IRQL, no layer), so the request goes straight on to the pool (the
+                # system-wide lookaside, then the ListHeads, or big pages), as
+                # ExAllocatePoolWithTag goes on after its lookaside pop.
+                body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong, site)
+                return body if body else self.finish(
+                    0, number_of_bytes, zero=False,
+                    raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
         except (KeyError, TypeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
@@ -299,6 +301,13 @@ class PoolAllocator:
                     # The system-wide lookaside, the pending frees, or the lists.
                     pool.release_small(address - _BODY, block_size)
                     return True
+            elif not address & 0xFFF and not blocks and self.layer is None and address >= pool.base \
+                    and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
+                # A big allocation's first page: nothing for the generic path to validate
+                # first (the pool and IRQL are the fast path's); its own checks follow.
+                self._free_big_checked(pool, address, None if tag is None or tag == 0 else
+                                       self.known_tags[tag][0])
+                return None
         except (KeyError, TypeError, IndexError):
             pass
         if blocks:

@@ -16,6 +16,7 @@ from ...constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
     POOL_NX_ALLOCATION,
+    POOL_RAISE_IF_ALLOCATION_FAILURE,
     BadPoolCaller,
     BugCheckCode,
 )
@@ -92,6 +93,10 @@ class SegmentHeapAllocator(PoolAllocator):
             fast[POOL_NX_ALLOCATION] = self.nonpaged_nx
             if pool_usable_at(self.irql, 1):
                 fast[1] = self.paged
+        # FsRtlAllocatePoolWithTag passes the raise bit: the fast path never fails (a miss
+        # takes the generic path, which raises), so it serves those types as the plain ones.
+        for pool_type in list(fast):
+            fast[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = fast[pool_type]
         self.fast_pools = fast
         self.fast_free_slots = {heap.base >> 39: heap for heap in set(fast.values())}
 
@@ -137,8 +142,9 @@ class SegmentHeapAllocator(PoolAllocator):
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
 
     def free(self, address, tag=None, blocks: int = 0) -> bool | None:
-        if blocks:
-            return False  # no sized fast free here (PoolAllocator.free): the caller checks first
+        """ExFreePoolWithTag (``tag`` None: ExFreePool). ``blocks``, from a caller that knows
+        the block's BlockSize (NdisFreeMemory): the fast path frees only a block of that size
+        and returns True; anything else returns False, nothing freed (PoolAllocator.free)."""
         try:
             heap = self.fast_free_slots[address >> 39]
             sub = heap.owner_by_page[address >> PAGE_SHIFT]
@@ -147,9 +153,13 @@ class SegmentHeapAllocator(PoolAllocator):
                 tlb = self.tlb
                 pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
                 _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                passed, row = self.known_tags[tag]
+                if tag is None:  # ExFreePool: a protected tag needs its tag, the generic path says so
+                    passed = stored if not stored & PROTECTED_POOL else None
+                    row = self.tracker.rows[stored]
+                else:
+                    passed, row = self.known_tags[tag]
                 if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
-                        and block_size <= LFH_BUCKET_COUNT:
+                        and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
                     index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
                     at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
                     shift = (index & 3) << 1
@@ -162,10 +172,13 @@ class SegmentHeapAllocator(PoolAllocator):
                         column = heap.track_offset
                         row[column + 1] += 1
                         row[column + 2] -= sub.block_size
-                        return
+                        return True
         except (KeyError, TypeError, IndexError, AttributeError):
             pass
+        if blocks:
+            return False
         self.free_generic(address, tag)
+        return None
 
     # --- generic allocation ----------------------------------------------------------------
 
