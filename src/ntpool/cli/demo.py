@@ -50,7 +50,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     run.load_drivers()
     console.print(_driver_table(run, pooltags))
     if any(getattr(driver, "native", False) for driver in run.loaded):
-        console.print("The drivers are compiled C (src/ntpool/samples/native/*.c, built by clang "
+        console.print("The drivers are compiled C (ntpool/samples/native/*.c, built by clang "
                       "for x86_64-windows-msvc): their own machine code runs on this machine's "
                       "pool, and their PDBs name their lines.")
     _run_workload(run, console, pooltags)

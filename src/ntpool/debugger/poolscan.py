@@ -2,12 +2,12 @@
 
 A small-pool page is trusted only when its whole header chain is consistent (the same
 walk the allocator's checks make, ``pool.layout.page_problems``) and every PoolType byte
-is one a chunk of that pool can hold. ``find_tag`` scans the dump's bytes for the tag with
-one regular-expression pass over the mapping and keeps only hits that sit where a header's
-tag sits (offset 4 of a 16-byte block) in a page whose chain is valid and that has a chunk
-starting there; a tag-shaped string inside a chunk's body is not a chunk. On a page whose
-chain is corrupt, the headers that can still be trusted (``salvaged_header_offsets``) are
-reported too, marked.
+is one a chunk of that pool can hold. ``PoolFinder`` reads a pool's pages a window at a
+time and either walks every page's chain (``*``) or searches the window for the tag with a
+regular expression and keeps only hits that sit where a header's tag sits (offset 4 of a
+16-byte block) in a page whose chain is valid and that has a chunk starting there; a
+tag-shaped string inside a chunk's body is not a chunk. On a page whose chain is corrupt,
+the headers that can still be trusted (``salvaged_header_offsets``) are reported too, marked.
 """
 
 import re
@@ -49,8 +49,6 @@ def examine_page(page: bytes, page_va: int, base_type: int) -> PageReport:
 
 
 _PREV_SIZE_TYPE = POOL_HEADER.run("PreviousSize", "PoolType")
-_HEADER_FIRST8_UNPACK = POOL_HEADER.run("PreviousSize", "PoolTag").unpack_from
-_BACK_TRACE = POOL_HEADER.fields["AllocatorBackTraceIndex"].codec  # at its offset in the header
 # PreviousSize, PoolIndex, BlockSize, PoolType, PoolTag, AllocatorBackTraceIndex in one unpack.
 _HEADER_AND_TRACE = struct.Struct("<BBBBIH")
 assert [POOL_HEADER.offset(n) for n in ("PreviousSize", "PoolIndex", "BlockSize", "PoolType", "PoolTag",
