@@ -234,6 +234,7 @@ def test_0xfe1_to_128k_are_vs_chunks_with_page_aligned_data_and_no_pool_header(k
     assert vs_header(k11, front)[1] == previous and front >= before + 0x300
     assert k11.paged_pool.big_pages[body] == (tag_value("Bigv"), -(-size // 4096))
     assert k11.paged_pool.big_details[body][0] == size  # NumberOfBytes: what was asked
+    assert k11.pool.allocation_size(body) == units * 16 - 16  # what the chunk holds
     row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Bigv")]
     assert row.PagedUsed == -(-size // 4096) * 4096  # charged as whole pages
     sub = k11.paged_pool.owner_by_page[body >> 12]

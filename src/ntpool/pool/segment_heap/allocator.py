@@ -376,8 +376,12 @@ class SegmentHeapAllocator(PoolAllocator):
         return _unpack_qword(self.mem, pa + POOL_HEADER.ProcessBilled)[0]
 
     def allocation_size(self, address: int) -> int:
+        """Bytes the block at ``address`` holds: a small block's body, a big allocation's
+        VS chunk after its header, or its pages."""
         heap = self.locate(address)
         if address in heap.big_pages:
+            if heap.big_in_vs(address):
+                return (heap.vs_read(address - VS_HEADER_SIZE)[1] << 4) - VS_HEADER_SIZE
             return heap.big_pages[address][1] << PAGE_SHIFT
         pa = heap._pa(address - POOL_HEADER_SIZE)
         return (self.mem[pa + POOL_HEADER.BlockSize] << 4) - POOL_HEADER_SIZE
