@@ -54,7 +54,7 @@ def test_demo_runs_the_compiled_drivers_and_names_their_lines(tmp_path, capsys):
     # The allocating line and the faulting line (the free that found the overrun), from the PDB.
     allocated = source_line("sloppy", "buffer = ExAllocatePoolWithTag(NonPagedPool, Length, NAME_TAG)")
     freed = source_line("sloppy", "ExFreePoolWithTag(buffer, NAME_TAG);")
-    assert re.search(rf"ALLOCATED_BY:  sloppy\.sys!.*HandleRequest\+0x[0-9a-f]+ \(.*sloppy\.c:{allocated}\)", out)
+    assert re.search(rf"ALLOCATED_BY:  sloppy\.sys\+0x[0-9a-f]+ HandleRequest\+0x[0-9a-f]+ \(.*sloppy\.c:{allocated}\)", out)
     assert re.search(rf"Probably caused by : sloppy\.sys \( sloppy\.sys\+0x[0-9a-f]+ HandleRequest\+0x[0-9a-f]+ "
                      rf"\(sloppy\.c:{freed}\) \)", out)
 

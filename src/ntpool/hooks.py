@@ -23,7 +23,11 @@ Events. The machine publishes a small frozen object at each point a layer may ca
                         (published instead of MemoryWritten for the
                         copy when anyone listens for copies)
     CopiedToUser        ``copy_to_user`` is about to copy pool bytes  nothing
-                        out to a user-mode buffer
+                        out to a user-mode buffer (so is a copy to a
+                        user address, and the I/O manager's
+                        METHOD_BUFFERED copy-back)
+    SystemBufferMade    the I/O manager made a METHOD_BUFFERED        nothing
+                        request's SystemBuffer for a driver's device
     MappingChanged      a present page mapping was removed or         nothing
                         replaced (a CPU's TLB must forget it)
     DebugPrinted        a driver printed a line (DbgPrint)            nothing
@@ -96,6 +100,14 @@ class MemoryCopied(Event):
 class CopiedToUser(Event):
     source: int
     length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SystemBufferMade(Event):
+    address: int
+    length: int
+    initialized: int  # its first bytes: the caller's input, copied in
+    driver: str  # the driver whose device the request is for (its image name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,4 +250,5 @@ def _checked_event_type(event_type) -> None:
 
 
 __all__ = ["attach_to_every_kernel", "kernel_layers", "BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "Hooks",
-           "IrqlRaised", "MappingChanged", "DebugPrinted", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer"]
+           "IrqlRaised", "MappingChanged", "DebugPrinted", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer",
+           "SystemBufferMade"]

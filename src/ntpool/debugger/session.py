@@ -39,6 +39,15 @@ class CommandError(ValueError):
     """A command line kd would refuse (bad syntax, bad number)."""
 
 
+def qualified(module: str, function: str) -> str:
+    """module!function, as the debugger names a code address; a compiled driver's site text
+    already starts with its module ("sloppy.sys+0x1054 HandleRequest+0x54"), so it stands
+    alone rather than read "sloppy.sys!sloppy.sys+0x1054 ..."."""
+    if function.startswith(module + "+"):
+        return function
+    return f"{module}!{function}"
+
+
 def parse_number(text: str, what: str) -> int:
     """kd's default radix is 16: ``fffffa80`00000010``, ``0x10`` and ``10`` are all hex."""
     cleaned = text.replace("`", "")
@@ -547,7 +556,8 @@ class KdSession:
         """What a pointer points at: a call site, a module offset, a pool chunk."""
         for driver, address, line, function, filename in self.reader.call_sites()[1:]:
             if address == pointer:
-                return f"{driver or 'nt'}!{function} ({filename.rsplit('/', 1)[-1]}:{line})"
+                return (f"{qualified(driver or 'nt', function)} "
+                        f"({filename.rsplit('/', 1)[-1]}:{line})")
         for name, base, size in self.reader.loaded_modules():
             if base <= pointer < base + size:
                 return f"{name.rsplit('.', 1)[0]}+{pointer - base:#x}"
@@ -596,7 +606,7 @@ class KdSession:
         driver, call_site, address = self._context()
         lines = [" # Call Site", f"00 nt!KeBugCheckEx ({self.reader.bugcheck_code:#x})"]
         if call_site:
-            lines.append(f"01 {driver or 'nt'}!{call_site}"
+            lines.append(f"01 {qualified(driver or 'nt', call_site)}"
                          + (f"  [{show.kd_address(address)}]" if address else ""))
         else:
             lines.append("01 (the caller was not recorded)")
@@ -606,7 +616,7 @@ class KdSession:
         driver, call_site, address = self._context()
         lines = ["ntpool's processor model keeps no general registers; where it stopped:",
                  f"rip={show.kd_address(address)}"
-                 + (f" {driver or 'nt'}!{call_site}" if call_site else " (not recorded)")]
+                 + (f" {qualified(driver or 'nt', call_site)}" if call_site else " (not recorded)")]
         if self.reader.bugcheck_code:
             lines.append(f"bug check {self.reader.bugcheck_code:#x} "
                          f"({bugcheck_name(self.reader.bugcheck_code)})")
@@ -792,7 +802,7 @@ class KdSession:
         if not 0 < site < len(sites):
             return None
         driver, _, line, function, filename = sites[site]
-        return f"{driver or '(no driver)'}!{function} ({filename}:{line})"
+        return f"{qualified(driver or '(no driver)', function)} ({filename}:{line})"
 
     def _allocated_by(self, chunk) -> list[str]:
         """Who allocated the chunk: its number in ntpool's allocation-site table (an older

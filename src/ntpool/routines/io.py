@@ -33,6 +33,7 @@ from ..constants import (
     PoolType,
 )
 from ..errors import NtStatusError
+from ..hooks import CopiedToUser, SystemBufferMade
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import layouts as L
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
@@ -997,6 +998,8 @@ class FileHandle:
             # The I/O manager copies back unless the status is an error (warnings such as
             # STATUS_BUFFER_OVERFLOW copy too).
             if method == METHOD_BUFFERED and system_buffer and count and result.status < 0xC0000000:
+                if k.hooks.listening(CopiedToUser):
+                    k.hooks.publish(CopiedToUser(system_buffer, count))
                 k.write(user_out, k.read(system_buffer, count))
             result.output = k.read(user_out, count) if count else b""
             release()
@@ -1009,6 +1012,9 @@ class FileHandle:
                 length = max(len(input), output_length)
                 if length:
                     held["system_buffer"] = self._system_buffer(length)
+                    if k.hooks.listening(SystemBufferMade):
+                        k.hooks.publish(SystemBufferMade(held["system_buffer"], length, len(input),
+                                                         self._driver_name()))
                     if input:
                         k.write(held["system_buffer"], input)
                     flags = L.IRP_BUFFERED_IO | L.IRP_DEALLOCATE_BUFFER | \
@@ -1036,6 +1042,13 @@ class FileHandle:
             if not k.halted:
                 release()
             raise
+
+    def _driver_name(self) -> str:
+        """The image name of the driver whose device this handle opened ("" if unknown)."""
+        k = self.kernel
+        wdm = k.wdm_drivers.get(k._get64(self.device + L.DEVICE_OBJECT.DriverObject))
+        loaded = getattr(wdm, "loaded", None)
+        return loaded.name if loaded is not None else (wdm.name + ".sys" if wdm else "")
 
     def _system_buffer(self, length: int) -> int:
         k = self.kernel

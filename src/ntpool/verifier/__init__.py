@@ -99,7 +99,7 @@ class DriverVerifier:
         self.tracking = PoolTracking(kernel)
         self.low_resources = LowResourcesSimulation(kernel)
         self.systematic = SystematicLowResources(kernel)
-        self.uninitialized = UninitializedMemoryTracking(kernel)
+        self.uninitialized = UninitializedMemoryTracking(kernel, self._verifies_disclosure)
         self._site_options: dict[int, DriverOptions | None] = {}
         # Tag values that passed check_allocate's three tag stops: a pure function of the
         # value, so each is checked once.
@@ -177,6 +177,10 @@ class DriverVerifier:
 
     def options_with(self, flag: VerifierFlags) -> list[DriverOptions]:
         return [o for o in self.options.values() if o.flags & flag]
+
+    def _verifies_disclosure(self, driver_name: str) -> bool:
+        options = self.options_for_driver(driver_name) if driver_name else None
+        return bool(options and options.flags & VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE)
 
     def options_for_driver(self, driver_name: str) -> DriverOptions | None:
         lowered = driver_name.lower()
