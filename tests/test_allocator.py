@@ -189,3 +189,24 @@ def test_misuse_gets_a_plain_error_and_no_bug_check(k, args, error):
     with pytest.raises(error):
         k.ExAllocatePoolWithTag(*args)
     assert not k.halted
+
+
+def test_requests_past_the_lookasides_keep_the_generic_answers_on_the_fast_path(k):
+    # A tag seen before: misses and sizes no lookaside serves go from the fast path straight
+    # to the pool, and must answer as the generic path does.
+    from ntpool.tags import PROTECTED_POOL, tag_value
+
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 100, "Fast"), "Fast")
+    assert k.ExAllocatePoolWithTag(NP, 64 * MiB, "Fast") == 0
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithTag(NP, 64 * MiB, "Fast")
+    assert info.value.status == ntpool.NtStatus.STATUS_INSUFFICIENT_RESOURCES
+    with pytest.raises(TypeError):
+        k.ExAllocatePoolWithTag(NP, 600.0, "Fast")
+    protected = tag_value("Fast") | PROTECTED_POOL
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 8192, protected), protected)
+    p = k.ExAllocatePoolWithTag(NP, 8192, protected)
+    assert p and not p & 0xFFF
+    with pytest.raises(ntpool.BugCheck) as stop:
+        k.ExFreePoolWithTag(p, tag_value("Slow") | PROTECTED_POOL)
+    assert (stop.value.code, stop.value.parameters[0]) == (0xC2, 0xA)
