@@ -4,6 +4,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ntpool.campaign import Engine, FaultPlan, PlanError, ResultStore, ResultsFileError, verify
 from ntpool.campaign.engine import execute, keyed
@@ -297,3 +299,39 @@ def test_verify_groups_a_random_plan_by_site(capsys, monkeypatch):
     assert "By site: the runs that failed it, by verdict" in out
     by_site = out[out.index("By site"):out.index("By verdict")]
     assert "Mixed.careless" in by_site and "bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED" in by_site
+
+
+@given(st.text(alphabet="ab\n", max_size=40), st.lists(st.integers(0, 40), max_size=6))
+def test_streamed_lines_are_the_text_split_at_newlines(text, cuts):
+    from ntpool.campaign.runs import _lines
+
+    bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    expected = text.split("\n")
+    if expected[-1] == "":
+        expected.pop()
+    assert list(_lines(pieces)) == expected
+
+
+def test_score_of_a_corpus_dump_reads_poolfind_streamed_as_from_whole_text(tmp_path):
+    # run_score feeds !poolfind *'s pieces line by line (bounded memory on a big dump): the
+    # findings must be those of the whole text.
+    import json
+
+    from ntpool.campaign.runs import run_score
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump import DumpReader
+    from ntpool.forensics.corpus import CorpusOptions, make_corpus
+    from ntpool.forensics.score import Results, parse_poolfind, score
+    from ntpool.forensics.truth import load
+
+    make_corpus(tmp_path / "c", CorpusOptions(count=1, seed=5, min_pool_mib=1, max_pool_mib=1))
+    entry = json.loads((tmp_path / "c" / "corpus.json").read_text())["dumps"][0]
+    truth = str(tmp_path / "c" / entry["truth"])
+    with DumpReader(str(tmp_path / "c" / entry["dump"])) as reader:
+        text = KdSession(reader).execute("!poolfind * 0; !poolfind * 1")
+    whole = Results()
+    parse_poolfind(text.splitlines(), whole, "ntpool !poolfind *")
+    assert len(whole.findings) > 100
+    streamed = run_score({"truth": truth})["score"]
+    assert streamed == score(load(truth), whole, None, truth)

@@ -185,11 +185,22 @@ def run_corpus_dump(task: dict) -> dict:
     return {"verdict": "survived", "evidence": entry["dump"], "entry": entry}
 
 
+def _lines(pieces):
+    """Whole lines from text pieces that may break anywhere."""
+    pending = ""
+    for piece in pieces:
+        *complete, pending = (pending + piece).split("\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
 def run_score(task: dict) -> dict:
     """Score a scanner on one dump of a corpus against its manifest (``ntpool score
     --corpus``): the scanner's output files if the task names them, else ntpool's own
     ``!poolfind *`` over both pools, run here on the dump."""
     import os
+    from itertools import chain
 
     from ..debugger.session import KdSession
     from ..dump import DumpReader
@@ -201,9 +212,12 @@ def run_score(task: dict) -> dict:
         results = read_results(task["results"])
     else:
         dump = os.path.join(os.path.dirname(task["truth"]), document["dump"]["file"])
-        with DumpReader(dump) as reader:
-            text = KdSession(reader).execute("!poolfind * 0; !poolfind * 1")
         results = Results()
-        parse_poolfind(text, results, "ntpool !poolfind *")
+        with DumpReader(dump) as reader:
+            session = KdSession(reader)
+            # Streamed, as execute("!poolfind * 0; !poolfind * 1") would print it: a 1 GiB
+            # dump's text would take hundreds of MB.
+            pieces = chain(session.stream("!poolfind * 0"), ["\n"], session.stream("!poolfind * 1"))
+            parse_poolfind(_lines(pieces), results, "ntpool !poolfind *")
     return {"verdict": "read", "truth": os.path.basename(task["truth"]),
             "score": score(document, results, task.get("tags"), task["truth"]), "evidence": ""}

@@ -116,9 +116,11 @@ def _from_vol_rows(rows: list, results: Results, name: str) -> None:
     raise ValueError(f"{name}: volatility3 output of a plugin ntpool cannot score (columns {sorted(keys)})")
 
 
-def parse_poolfind(text: str, results: Results, name: str) -> None:
+def parse_poolfind(lines, results: Results, name: str) -> None:
+    """Findings from ``!poolfind`` output, given as lines (an iterable: a big dump's output
+    need not be held whole)."""
     count = 0
-    for line in text.splitlines():
+    for line in lines:
         searched = _POOLFIND_SEARCH.search(line)
         if searched:
             results.scanned.append((searched.group(1), _pattern_regex(searched.group(2))))
@@ -179,7 +181,7 @@ def read_results(paths) -> Results:
                 raise ValueError(f"{path}: a row volatility3 would not write ({type(error).__name__}: "
                                  f"{error})") from None
         elif "Searching" in text and "for Tag:" in text:
-            parse_poolfind(text, results, str(path))
+            parse_poolfind(text.splitlines(), results, str(path))
         else:
             _from_csv(text, results, str(path))
     return results
