@@ -88,3 +88,81 @@ class VerifiedPoolMachine(RuleBasedStateMachine):
 
 VerifiedPoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
 TestVerifiedPoolMachine = VerifiedPoolMachine.TestCase
+
+
+class Bystander:
+    """A second driver with code of its own (a call site belongs to the driver whose code it is)."""
+
+    name = "bystander.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def DriverUnload(self, k):
+        pass
+
+    def allocate(self, k, pool_type, size, tag):
+        return k.ExAllocatePoolWithTag(pool_type, size, tag)
+
+    def free(self, k, p, tag):
+        k.ExFreePoolWithTag(p, tag)
+
+
+class TrackedPoolMachine(RuleBasedStateMachine):
+    """Pool tracking alone, beside a driver that is not verified: the allocator serves most
+    of both drivers' requests in its lane and frees them on its fast path, and the records,
+    the tracker and the pool must come out as the checked path leaves them."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = ntpool.Kernel(nonpaged_pool_bytes=64 * 4096, paged_pool_bytes=64 * 4096)
+        self.drivers = {"worker.sys": Worker(), "bystander.sys": Bystander()}
+        for driver in self.drivers.values():
+            self.k.load_driver(driver)
+        self.k.verifier.enable("worker.sys", pool_tracking=True)
+        self.live = {}  # address -> (driver name, pool type, size, tag)
+
+    @rule(name=st.sampled_from(["worker.sys", "bystander.sys"]), pool_type=st.sampled_from([0, 1]),
+          size=st.integers(1, 700), tag=st.sampled_from(TAGS))
+    def allocate(self, name, pool_type, size, tag):
+        p = self.drivers[name].allocate(self.k, pool_type, size, tag)
+        if p:
+            self.live[p] = (name, pool_type, size, tag)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), by_owner=st.booleans())
+    def free(self, data, by_owner):
+        p = data.draw(st.sampled_from(sorted(self.live)))
+        name, _, _, tag = self.live.pop(p)
+        freer = name if by_owner else ({"worker.sys", "bystander.sys"} - {name}).pop()
+        self.drivers[freer].free(self.k, p, tag)
+
+    @rule()
+    def raise_and_lower_irql(self):
+        old = self.k.KeRaiseIrql(2)  # nonpaged only; the lanes follow the IRQL
+        self.k.KeLowerIrql(old)
+
+    @invariant()
+    def tracking_lists_exactly_the_workers_live_allocations(self):
+        rows = self.k.verifier.outstanding("worker.sys")
+        assert {(row.address, row.size, row.tag) for row in rows} == {
+            (p, size, tag_value(tag)) for p, (name, _, size, tag) in self.live.items()
+            if name == "worker.sys"}
+        assert self.k.verifier.outstanding("bystander.sys") == []
+
+    @invariant()
+    def tracker_counts_live_allocations(self):
+        live = Counter(tag_value(tag) for _, _, _, tag in self.live.values())
+        for row in self.k.pool_tags():
+            assert row.NonPagedAllocs + row.PagedAllocs - row.NonPagedFrees - row.PagedFrees == live[row.TagUlong]
+
+    def teardown(self):
+        for p, (name, _, _, tag) in list(self.live.items()):
+            self.drivers[name].free(self.k, p, tag)
+        for driver in self.drivers.values():
+            self.k.unload_driver(driver)  # no leak left: no 0xC4/0x62
+        assert not self.k.halted
+
+
+TrackedPoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+TestTrackedPoolMachine = TrackedPoolMachine.TestCase

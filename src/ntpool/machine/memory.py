@@ -35,6 +35,7 @@ SELF_MAP_INDEX = 0x1ED
 WINDOWS7_PML4_PFN = 0x187
 
 _QWORD = struct.Struct("<Q")
+_PTE_RUNS = [struct.Struct(f"<{count}Q") for count in range(0x201)]  # a page table's share of PTEs
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -284,7 +285,7 @@ class AddressSpace:
         buffer = self.physical.buffer
         done = 0
         for pte_pa, run in self._pte_runs(va, len(frames), create=True):
-            struct.pack_into(f"<{run}Q", buffer, pte_pa, *entries[done:done + run])
+            _PTE_RUNS[run].pack_into(buffer, pte_pa, *entries[done:done + run])
             done += run
         self.tlb.update(zip(vpns, bases))
 
@@ -296,7 +297,7 @@ class AddressSpace:
         buffer = self.physical.buffer
         entries: tuple[int, ...] = ()
         for pte_pa, run in self._pte_runs(va, count, create=False):
-            entries += struct.unpack_from(f"<{run}Q", buffer, pte_pa)
+            entries += _PTE_RUNS[run].unpack_from(buffer, pte_pa)
             buffer[pte_pa:pte_pa + 8 * run] = bytes(8 * run)
         pop = self.tlb.pop
         first_vpn = va >> PAGE_SHIFT
