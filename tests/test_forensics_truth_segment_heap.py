@@ -178,3 +178,24 @@ def test_windows_11_demo_writes_its_manifest_and_poolfind_scores_on_it(tmp_path,
     assert set(result["misses"]) <= {"free segment-heap block (no live header)"}
     assert main(["score", str(truth), str(tmp_path / "poolfind.txt")]) == 0
     assert "precision" in capsys.readouterr().out
+
+
+def test_a_lookaside_link_a_driver_overwrote_is_named_not_followed():
+    k = ntpool.Kernel(windows="11")
+    for _ in range(12):  # enough frees for the Balance Set Manager to enable the bucket
+        blocks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x300, "Lkas") for _ in range(100)]
+        for p in blocks:
+            k.ExFreePoolWithTag(p, "Lkas")
+    heap = k.nonpaged_pool
+    bucket = max(heap.lookaside[1:], key=lambda b: b.count)
+    assert bucket.count > 2
+    before = t.manifest(k)
+    assert sum(row[9] == "lookaside" for row in before.chunks) == bucket.count
+    assert t.check_against_tracker(before, k) == []
+    heap.write_qword(bucket.head, 0x4141414141414140)  # a write after free over the link
+    after = t.manifest(k)
+    page = next(c for c in after.corrupt_pages if c["page"] == bucket.head & ~0xFFF)
+    assert f"{bucket.head:#x}: its dynamic lookaside link is 0x4141414141414140" in page["how"]
+    assert f"the {bucket.count - 1} more blocks" in page["how"]
+    assert sum(row[9] == "lookaside" for row in after.chunks) == 1
+    assert t.check_against_tracker(after, k)  # the blocks it cannot find disagree, visibly

@@ -89,16 +89,33 @@ class _Reader:
         return (*POOL_HEADER_FIRST8.unpack_from(data, offset), None if base is None else base + offset)
 
 
-def front_end_blocks(heap: SegmentHeap, read: _Reader) -> tuple[set, set]:
+def front_end_blocks(heap: SegmentHeap, read: _Reader) -> tuple[set, set, list]:
     """(POOL_HEADER addresses on the dynamic lookaside, VS chunk addresses on the delay-free
-    list): both look busy in memory."""
-    lookaside = set()
+    list, damaged lookaside links as (entry, how)): both front ends look busy in memory. A
+    link a driver overwrote (a write after free) is followed no further."""
+    lookaside, damaged = set(), []
     for bucket in heap.lookaside[1:]:
         entry, count = bucket.head, bucket.count
         while entry and count and entry not in lookaside:
             lookaside.add(entry)
-            entry, count = read.qword(entry), count - 1
-    return lookaside, set(heap.delay_free)
+            link, count = read.qword(entry), count - 1
+            if count and not _busy_vs_block(heap, read, link):
+                damaged.append((entry, f"its dynamic lookaside link is {link:#x}, not a block of the "
+                                       f"heap: the {count} more blocks its bucket holds cannot be "
+                                       f"found (they are listed as allocated)"))
+                break
+            entry = link
+    return lookaside, set(heap.delay_free), damaged
+
+
+def _busy_vs_block(heap: SegmentHeap, read: _Reader, header: int) -> bool:
+    """``header`` is the POOL_HEADER of a busy VS chunk of ``heap`` (what a lookaside holds)."""
+    sub = heap.owner_by_page.get(header >> PAGE_SHIFT)
+    if sub is None or sub.kind == LFH or header & 15 or not sub.first < header < sub.end:
+        return False
+    chunk = header - VS_HEADER_SIZE
+    _, units, _, allocated = decode_vs_bits(read.qword(chunk), chunk, heap.keys.heap_key)
+    return bool(allocated) and 0 < units and chunk + (units << 4) <= sub.end
 
 
 def _header_problem(stored, size: int) -> str | None:
@@ -118,7 +135,6 @@ def walk(heap: SegmentHeap) -> HeapWalk:
     """Every LFH block and VS chunk of ``heap`` (big allocations apart), its big
     allocations, its pages and the pages whose headers a driver damaged."""
     read = _Reader(heap)
-    lookaside, pending = front_end_blocks(heap, read)
     result = HeapWalk([], [], [], [], [])
     problems: dict[int, list[str]] = {}
     incomplete: set[int] = set()
@@ -128,6 +144,10 @@ def walk(heap: SegmentHeap) -> HeapWalk:
         problems.setdefault(page, []).append(f"{at:#x}: {how}")
         if not complete:
             incomplete.add(page)
+
+    lookaside, pending, bad_links = front_end_blocks(heap, read)
+    for entry, how in bad_links:
+        damaged(entry, how)
 
     subsegments = sorted({id(s): s for s in heap.owner_by_page.values()}.values(), key=lambda s: s.va)
     for sub in subsegments:
