@@ -196,7 +196,7 @@ def test_a_lookaside_link_a_driver_overwrote_is_named_not_followed():
     after = t.manifest(k)
     page = next(c for c in after.corrupt_pages if c["page"] == bucket.head & ~0xFFF)
     assert f"{bucket.head:#x}: its dynamic lookaside link is 0x4141414141414140" in page["how"]
-    assert f"the {bucket.count - 1} more blocks" in page["how"]
+    assert f"the {bucket.count - 1} blocks its bucket still holds" in page["how"]
     assert sum(row[9] == "lookaside" for row in after.chunks) == 1
     assert t.check_against_tracker(after, k)  # the blocks it cannot find disagree, visibly
 
@@ -209,3 +209,55 @@ def test_each_design_walks_its_own_pools_and_windows_7_manifests_keep_their_fiel
     assert t.manifest(seven).chunk_fields == t.CHUNK_FIELDS
     assert t.manifest(seven).big_fields == t.BIG_FIELDS
     assert t.manifest(eleven).big_fields == t.SEGMENT_HEAP_BIG_FIELDS
+
+
+def test_a_lookaside_head_outside_the_heap_is_named_not_read():
+    k = ntpool.Kernel(windows="11")
+    for _ in range(12):
+        blocks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x300, "Lkas") for _ in range(100)]
+        for p in blocks:
+            k.ExFreePoolWithTag(p, "Lkas")
+    heap = k.nonpaged_pool
+    bucket = max(heap.lookaside[1:], key=lambda b: b.count)
+    bucket.head = 0x4141414141414140  # what a pop leaves when it read a damaged link
+    truth = t.manifest(k)
+    assert any("head is 0x4141414141414140" in c["how"] for c in truth.corrupt_pages)
+    assert not any(row[9] == "lookaside" for row in truth.chunks)
+
+
+USE_AFTER_FREE = '''
+from ntpool import PoolType
+
+
+class UseAfterFree:
+    name = "uaf.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+
+def workload(k, rng):
+    for _ in range(12):  # enough frees for the Balance Set Manager to enable the bucket
+        blocks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x300, "Lkas") for _ in range(100)]
+        for p in blocks:
+            k.ExFreePoolWithTag(p, "Lkas")
+    k.write(blocks[-1] - 16, b"A" * 16)  # a write after free over the lookaside link
+    for _ in range(5):
+        k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x300, "Lkas")
+
+
+DRIVERS = [UseAfterFree()]
+'''
+
+
+def test_run_writes_the_manifest_beside_a_0x13a_dump(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    (tmp_path / "uaf.py").write_text(USE_AFTER_FREE)
+    main(["run", str(tmp_path / "uaf.py"), "--windows", "11", "--dump", str(tmp_path / "d.dmp"),
+          "--truth", str(tmp_path / "t.json")])
+    assert "KERNEL_MODE_HEAP_CORRUPTION" in " ".join(capsys.readouterr().out.split())
+    document = t.load(tmp_path / "t.json")
+    assert document["dump"]["file"] == "d.dmp" and document["chunk_fields"][-1] == "backend"
+    assert any("head is 0x4141414141414141" in c["how"] or "link is 0x4141414141414141" in c["how"]
+               for c in document["corrupt_pages"])

@@ -48,17 +48,20 @@ def front_end_blocks(heap: SegmentHeap, read: _Reader) -> tuple[set, set, list]:
     list, damaged lookaside links as (entry, how)): both front ends look busy in memory. A
     link a driver overwrote (a write after free) is followed no further."""
     lookaside, damaged = set(), []
-    for bucket in heap.lookaside[1:]:
-        entry, count = bucket.head, bucket.count
+    for index, bucket in enumerate(heap.lookaside[1:], 1):
+        entry, count, previous = bucket.head, bucket.count, None
         while entry and count and entry not in lookaside:
-            lookaside.add(entry)
-            link, count = read.qword(entry), count - 1
-            if count and not _busy_vs_block(heap, read, link):
-                damaged.append((entry, f"its dynamic lookaside link is {link:#x}, not a block of the "
-                                       f"heap: the {count} more blocks its bucket holds cannot be "
-                                       f"found (they are listed as allocated)"))
+            if not _busy_vs_block(heap, read, entry):
+                unknown = (f"not a block of the heap: the {count} blocks its bucket still holds "
+                           f"cannot be found (they are listed as allocated)")
+                if previous is None:  # the head itself (nt's copy of it, in the heap's state)
+                    damaged.append((heap.heap_va, f"dynamic lookaside bucket {index}'s head is "
+                                                  f"{entry:#x}, {unknown}"))
+                else:
+                    damaged.append((previous, f"its dynamic lookaside link is {entry:#x}, {unknown}"))
                 break
-            entry = link
+            lookaside.add(entry)
+            previous, entry, count = entry, read.qword(entry), count - 1
     return lookaside, set(heap.delay_free), damaged
 
 
