@@ -126,7 +126,7 @@ def _show_missed(run: ScenarioRun, console: Console, path: Path) -> None:
     kernel = run.kernel
     sloppy = next((d for d in run.scenario.drivers if d.name == "sloppy.sys"), None)
     address = getattr(sloppy, "last_name", 0)
-    kernel.write_dump(path, kind="kernel")
+    kernel.write_dump(path, kind="kernel", truth=run.truth_path)
     with DumpReader(path) as reader:
         session = KdSession(reader)
         found = session.segment_heap().around(address) if address else None

@@ -16,7 +16,8 @@ live allocations (allocated chunks and big allocations) and big allocations, ove
 the scanner looked for (``!poolfind`` says which; otherwise every tag, or ``tags``). False
 hits are counted by cause (a decoy, aligned or not; an unaligned match; a stale header inside
 an allocated / free / lookaside / pending-free chunk; inside a big allocation; elsewhere) and
-misses by cause (the page was paged out, the page's headers are corrupt, other).
+misses by cause (the page was paged out, the page's headers are corrupt, a free block of the
+segment heap, other).
 """
 
 import csv
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from ..constants import PAGE_SIZE
 from ..machine.memory import canonical
 from ..pool.layout import HEADER_SIZE
+from ..tags import display
 from .truth import load
 
 CANONICAL_LOW = 1 << 47
@@ -46,6 +48,8 @@ def tag_forms(value: int) -> frozenset:
     """The spellings a true tag may be reported under: the protected bit stripped, or, as
     volatility3 shows a protected tag, its byte with the bit dropped altogether."""
     forms = {normal_tag(value)}
+    # kd shows a byte outside 0x20..0x7E as '.': a tag 'Cc' (0x4363) is shown 'cC..'.
+    forms.add(normal_tag(display(value & 0x7FFFFFFF)))
     if value & 0x80000000:
         forms.add("".join(chr(b) for b in value.to_bytes(4, "little")[:3] if 32 < b < 127))
     return frozenset(forms)
@@ -69,10 +73,15 @@ class Results:
 
 # --- reading scanners' output ------------------------------------------------------------------
 
+# kd's chunk line: the state in parentheses padded to 12 columns, a mark (' ' or '*'), then
+# the tag's four columns (blank for a tag of 0 on the segment heap; a backend may follow).
 _POOLFIND_CHUNK = re.compile(r"^\s*\*?([0-9a-fA-F`]{8,17}) size:\s*[0-9a-fA-F]+ previous size:\s*[0-9a-fA-F]+"
-                             r"\s+\((\w[\w ]*)\)\s*\*?(.{0,4})")
+                             r"\s+(\((\w[\w ]*)\))")
 _POOLFIND_BIG = re.compile(r"^\s*\*?([0-9a-fA-F`]{8,17}) :large page allocation, Tag is (.{0,4}), size is")
-_POOLFIND_SEARCH = re.compile(r"Searching (\w+) \([0-9a-fA-F]+ : [0-9a-fA-F]+\) for Tag: (\S+)")
+# Windows 7: "Searching NonPagedPool (start : end)"; the segment heap: one line per heap,
+# "Searching NonPagedPoolNx heap HEAP (start : end)".
+_POOLFIND_SEARCH = re.compile(r"Searching (\w+) (?:heap [0-9a-fA-F`]+ )?\([0-9a-fA-F`]+ : [0-9a-fA-F`]+\) "
+                              r"for Tag: (\S+)")
 
 
 def _state(text) -> str | None:
@@ -133,8 +142,9 @@ def parse_poolfind(lines, results: Results, name: str) -> None:
             continue
         chunk = _POOLFIND_CHUNK.match(line)
         if chunk:
+            tag_at = chunk.start(2) + max(12, len(chunk.group(2))) + 1
             results.findings.append(Finding(canonical(int(chunk.group(1).replace("`", ""), 16)),
-                                            normal_tag(chunk.group(3)), _state(chunk.group(2))))
+                                            normal_tag(line[tag_at:tag_at + 4]), _state(chunk.group(3))))
             count += 1
     results.sources.append(f"{name}: !poolfind ({count} hits)")
 
@@ -201,7 +211,8 @@ class TruthIndex:
                                     "tags": tag_forms(row[at["tag_value"]]), "size": row[at["size"]],
                                     "state": row[at["state"]], "pool": row[at["pool"]],
                                     "paged_out": row[at["paged_out"]],
-                                    "corrupt": row[at["corrupt_page"]]}
+                                    "corrupt": row[at["corrupt_page"]],
+                                    "backend": row[at["backend"]] if "backend" in at else None}
             self.page_starts.setdefault(address & ~(PAGE_SIZE - 1), []).append(address)
         for starts in self.page_starts.values():
             starts.sort()
@@ -258,6 +269,11 @@ def _in_scope(scanned: list, tag: str, pool: str, tags: set | None) -> bool:
 def _ratio(part: int, whole: int) -> float | None:
     return None if whole == 0 else part / whole
 
+
+# A free LFH block or VS chunk: the segment heap writes no header when it frees (an LFH
+# block keeps a stale one, or none if never used; a free VS chunk has only its encoded chunk
+# header), so a scanner that reports busy blocks misses it by design.
+_FREE_IN_HEAP = "free segment-heap block (no live header)"
 
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
@@ -336,7 +352,8 @@ def _score(index: TruthIndex, results: Results, tags) -> dict:
     misses: dict[str, int] = {}
     for address in header_truth - header_found:
         chunk = index.chunks[address]
-        cause = "paged out" if chunk["paged_out"] else "corrupt page" if chunk["corrupt"] else "other"
+        cause = "paged out" if chunk["paged_out"] else "corrupt page" if chunk["corrupt"] else \
+            _FREE_IN_HEAP if chunk["backend"] and chunk["state"] == "free" else "other"
         misses[cause] = misses.get(cause, 0) + 1
     big_misses = {}
     for address in big_truth - big_right:

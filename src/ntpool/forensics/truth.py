@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
+from ..pool.segment_heap.walk import walk
 from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, POINTER, \
     page_problems
 from ..tags import PROTECTED_POOL, display
@@ -32,6 +33,16 @@ STATES = ("allocated", "free", "lookaside", "pending free")
 CHUNK_FIELDS = ("address", "physical", "pool", "tag_value", "tag", "size", "block_size",
                 "previous_size", "pool_type", "state", "paged_out", "corrupt_page")
 BIG_FIELDS = ("address", "physical", "pool", "tag_value", "tag", "size", "pages", "paged_out")
+# A segment-heap machine's rows carry one more field at the end, which backend holds the
+# chunk (Lfh, Vs; big allocations: Vs, Segment, Large); readers find fields by name, so a
+# reader that does not know it ignores it, and Windows 7 manifests are unchanged.
+SEGMENT_HEAP_CHUNK_FIELDS = CHUNK_FIELDS + ("backend",)
+SEGMENT_HEAP_BIG_FIELDS = BIG_FIELDS + ("backend",)
+
+
+class ManifestUnavailable(ValueError):
+    """The manifest cannot be derived honestly from this machine's pool (the message says what
+    is missing)."""
 
 
 def shown(tag_value: int) -> str:
@@ -49,6 +60,8 @@ class Truth:
     pages: list = field(default_factory=list)  # [va, pa] of every resident pool page
     pools: list = field(default_factory=list)
     dump: dict = field(default_factory=dict)  # file, kind (filled by whoever writes the dump)
+    chunk_fields: tuple = CHUNK_FIELDS
+    big_fields: tuple = BIG_FIELDS
 
     def to_json(self) -> dict:
         def hexed(value):
@@ -56,9 +69,9 @@ class Truth:
 
         return {
             "format": FORMAT, "version": VERSION, "dump": self.dump, "pools": self.pools,
-            "chunk_fields": list(CHUNK_FIELDS),
+            "chunk_fields": list(self.chunk_fields),
             "chunks": [[hexed(r[0]), hexed(r[1]), *r[2:]] for r in self.chunks],
-            "big_fields": list(BIG_FIELDS),
+            "big_fields": list(self.big_fields),
             "big_allocations": [[hexed(r[0]), hexed(r[1]), *r[2:]] for r in self.big],
             "paged_out_pages": [hexed(p) for p in self.paged_out_pages],
             "pages": [[hexed(va), hexed(pa)] for va, pa in self.pages],
@@ -142,9 +155,16 @@ def mark_corrupt(truth: Truth, page_va: int, pool: str, how: str) -> None:
 
 
 def manifest(kernel) -> Truth:
-    """Every chunk and big allocation of both pools, from the allocator's state."""
+    """Every chunk and big allocation of every pool, from the allocator's state (ManifestUnavailable
+    when this machine's pool is one the manifest cannot walk)."""
+    if getattr(kernel.windows, "segment_heap", False):
+        return _segment_heap_manifest(kernel)
     truth = Truth()
     for pool in (kernel.nonpaged_pool, kernel.paged_pool):
+        if not hasattr(pool, "lookasides") or not hasattr(pool, "page_kind"):
+            raise ManifestUnavailable(f"no truth manifest for {kernel.windows}: its {pool.name} "
+                                      f"({type(pool).__name__}) is neither Windows 7's pool nor the "
+                                      f"segment heap, and only those two can be walked")
         truth.pools.append({"name": pool.name, "base_type": pool.base_type,
                             "start": f"{pool.base:#x}", "end": f"{pool.limit:#x}"})
         _walk(pool, truth, _lookaside_entries(pool), _pending_frees(pool))
@@ -164,6 +184,42 @@ def manifest(kernel) -> Truth:
     return truth
 
 
+def _segment_heap_manifest(kernel) -> Truth:
+    """Windows 10/11: each heap's own walk (``ntpool.pool.segment_heap.walk``), one row per LFH
+    block and VS chunk, the big page table's allocations, with the backend of each."""
+    truth = Truth(chunk_fields=SEGMENT_HEAP_CHUNK_FIELDS, big_fields=SEGMENT_HEAP_BIG_FIELDS)
+    heaps = [heap for heap in (kernel.nonpaged_pool, getattr(kernel, "nonpaged_pool_nx", None),
+                               kernel.paged_pool) if heap is not None]
+    for heap in heaps:
+        try:
+            found = walk(heap)
+        except KeyError as error:  # a page the heap's index names that memory does not hold
+            raise ManifestUnavailable(f"no truth manifest: {error.args[0]}") from None
+        truth.pools.append({"name": heap.name, "base_type": heap.base_type,
+                            "start": f"{heap.base:#x}", "end": f"{heap.limit:#x}"})
+        for c in found.chunks:
+            truth.chunks.append([c.address, c.physical, heap.name, c.tag_value, shown(c.tag_value), c.size,
+                                 c.block_size, c.previous_size, c.pool_type, c.state, c.paged_out, False,
+                                 c.backend])
+        for b in found.big:
+            truth.big.append([b.address, b.physical, heap.name, b.tag_value, shown(b.tag_value), b.size,
+                              b.pages, b.paged_out, b.backend])
+        truth.pages += [[va, pa] for va, pa in found.pages]
+        truth.paged_out_pages += found.paged_out_pages
+        for corrupt in found.corrupt:
+            truth.corrupt_pages.append({"page": corrupt.page, "pool": heap.name, "how": corrupt.how,
+                                        "complete": corrupt.complete})
+    corrupt = {c["page"] for c in truth.corrupt_pages}
+    for row in truth.chunks:
+        row[11] = row[0] & ~(PAGE_SIZE - 1) in corrupt
+    return truth
+
+
+def _tracker_pool(name: str) -> str:
+    """The tracker's column for a pool or heap (NonPagedPoolNx is counted as nonpaged pool)."""
+    return "PagedPool" if name.startswith("Paged") else "NonPagedPool"
+
+
 def check_against_tracker(truth, tracker_rows) -> list[str]:
     """Disagreements between a manifest's live allocations and per-tag counters.
 
@@ -178,11 +234,11 @@ def check_against_tracker(truth, tracker_rows) -> list[str]:
     counted: dict = {}
     for row in chunks:
         if row[9] == "allocated":
-            key = (row[3] & ~PROTECTED_POOL, row[2])
+            key = (row[3] & ~PROTECTED_POOL, _tracker_pool(row[2]))
             allocs, used = counted.get(key, (0, 0))
             counted[key] = (allocs + 1, used + row[5])
     for row in big:
-        key = (row[3] & ~PROTECTED_POOL, row[2])
+        key = (row[3] & ~PROTECTED_POOL, _tracker_pool(row[2]))
         allocs, used = counted.get(key, (0, 0))
         counted[key] = (allocs + 1, used + row[5])
     problems = []

@@ -1,0 +1,201 @@
+"""The truth manifest on Windows 10/11: every LFH block, VS chunk and big allocation of the
+segment heap, from the heap's own state, agreeing with the tracker and with what `!poolfind *`
+reads from the dump written beside it."""
+
+import random
+from collections import Counter
+
+import pytest
+
+import ntpool
+from ntpool import PoolType
+from ntpool.debugger.session import KdSession
+from ntpool.dump.reader import DumpReader
+from ntpool.forensics import truth as t
+from ntpool.forensics.score import read_results, score, score_files, tag_forms
+from ntpool.machine.memory import canonical
+from ntpool.pool.segment_heap.layout import VS_HEADER_SIZE, decode_vs_bits
+
+MiB = 1 << 20
+TAGS = ["Aaaa", "Bbbb", "Cc", "Dddd", ntpool.tag("Prot").value | ntpool.PROTECTED_POOL]
+KINDS = (PoolType.NonPagedPool, PoolType.NonPagedPoolNx, PoolType.PagedPool)
+
+
+def busy_machine(windows, seed=3, steps=4000):
+    """LFH sizes (often enough to activate buckets), VS sizes, 0xFE1..128 KiB (VS-held big
+    allocations), whole-page and large (several segments) allocations, frees."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=8 * MiB, paged_pool_bytes=8 * MiB, windows=windows)
+    rng = random.Random(seed)
+    live = []
+    huge = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x180000, "Huge")  # a large allocation
+    assert huge
+    for _ in range(steps):
+        if live and rng.random() < 0.45:
+            p, tag = live.pop(rng.randrange(len(live)))
+            k.ExFreePoolWithTag(p, tag)
+            continue
+        tag = rng.choice(TAGS)
+        size = rng.choice((rng.choice((0x20, 0x40, 0x90, 0x1D0)), rng.choice((0x20, 0x40, 0x90)),
+                           rng.randrange(1, 0x1F0), rng.randrange(0x200, 0xFE1),
+                           rng.randrange(0xFE1, 0x20001), rng.randrange(0x20001, 0x60000)))
+        p = k.ExAllocatePoolWithTag(rng.choice(KINDS), size, tag)
+        if p:
+            live.append((p, tag))
+    return k
+
+
+@pytest.fixture(scope="module", params=["10", "11"])
+def machine(request):
+    return busy_machine(request.param)
+
+
+def test_every_chunk_agrees_with_the_tracker_and_the_heap(machine):
+    k = machine
+    truth = t.manifest(k)
+    assert t.check_against_tracker(truth, k) == []
+    assert truth.chunk_fields == t.SEGMENT_HEAP_CHUNK_FIELDS and truth.chunk_fields[-1] == "backend"
+    states = Counter((row[9], row[12]) for row in truth.chunks)
+    for state in (("allocated", "Lfh"), ("free", "Lfh"), ("allocated", "Vs"), ("free", "Vs"),
+                  ("pending free", "Vs"), ("lookaside", "Vs")):
+        assert states[state], state
+    assert {row[8] for row in truth.big} == {"Vs", "Segment", "Large"}
+    assert {row[2] for row in truth.chunks} == {"NonPagedPool", "NonPagedPoolNx", "PagedPool"}
+    assert any(row[3] & ntpool.PROTECTED_POOL and row[4] == "torP" for row in truth.chunks + truth.big)
+    assert truth.corrupt_pages == []
+    heaps = {heap.name: heap for heap in (k.nonpaged_pool, k.nonpaged_pool_nx, k.paged_pool)}
+    held = set().union(*(heap.lookaside_chunks() for heap in heaps.values()))  # both front ends
+    pending = {chunk + VS_HEADER_SIZE for heap in heaps.values() for chunk in heap.delay_free}
+    for row in truth.chunks:
+        address, physical, pool, tag, _, size, blocks, prev, ptype, state, out, _, backend = row
+        assert k.space.translate(address) == physical and not out
+        heap = heaps[pool]
+        if backend == "Vs" and state == "free":  # no POOL_HEADER: the chunk's own encoded header
+            _, units, _, allocated = decode_vs_bits(heap.read_qword(address), address, heap.keys.heap_key)
+            assert units << 4 == size and not allocated and tag == 0
+            continue
+        header = k.physical.read(physical, 8)
+        assert int.from_bytes(header[4:], "little") == tag and header[3] == ptype and header[2] == blocks
+        assert (address in held) == (state in ("lookaside", "pending free"))
+        assert (address in pending) == (state == "pending free")
+        if state == "allocated":
+            assert blocks << 4 == size and prev == 0 and ptype & 2
+            assert k.pool.allocation_size(address + 16) <= size
+    for row in truth.big:
+        va, physical, pool, tag, _, size, pages, out, backend = row
+        assert heaps[pool].big_pages[va] == (tag, pages) and size == pages << 12
+        assert k.space.translate(va) == physical
+
+
+def test_the_manifest_agrees_with_poolfind_on_the_dump_beside_it(machine, tmp_path):
+    k = machine
+    path = k.write_dump(tmp_path / "MEMORY.DMP", "kernel", truth=tmp_path / "truth.json")
+    document = t.load(tmp_path / "truth.json")
+    assert document["chunk_fields"][-1] == "backend" and document["dump"]["file"] == "MEMORY.DMP"
+    with DumpReader(path) as reader:
+        assert t.check_against_tracker(document, reader.tracker_entries()) == []
+        text = "\n".join(KdSession(reader).execute(f"!poolfind * {pool}") for pool in (0, 1))
+    (tmp_path / "poolfind.txt").write_text(text)
+    found = read_results([tmp_path / "poolfind.txt"])
+    # Memory shows every block the heap holds busy: allocated, on the lookaside, pending free.
+    busy = {(int(r[0], 16), r[3]) for r in document["chunks"] if r[9] != "free"}
+    big = {(int(r[0], 16), r[3]) for r in document["big_allocations"]}
+    shown = {canonical(f.address): f.tag for f in found.findings}
+    assert {a for a, _ in busy} == {canonical(f.address) for f in found.findings if not f.big}
+    assert {a for a, _ in big} == {canonical(f.address) for f in found.findings if f.big}
+    for address, tag in busy | big:  # a lookaside link over a header's tag is read as kd reads it
+        assert shown[address] in tag_forms(tag)
+    result = score_files(tmp_path / "truth.json", [tmp_path / "poolfind.txt"])
+    assert result["headers"]["precision"] == 1.0
+    assert result["big allocations"]["precision"] == result["big allocations"]["recall"] == 1.0
+    assert result["live allocations"]["recall"] == 1.0
+    assert set(result["misses"]) == {"free segment-heap block (no live header)"}
+
+
+def test_paged_out_pages_are_read_from_the_page_file_not_paged_in():
+    k = ntpool.Kernel(windows="11", paged_pool_bytes=4 * MiB)
+    blocks = [k.ExAllocatePoolWithTag(PoolType.PagedPool, 0x100, "Pgd ") for _ in range(100)]
+    page = blocks[50] & ~0xFFF
+    assert k.page_out(page) == 1
+    truth = t.manifest(k)
+    assert page in truth.paged_out_pages and k.paged_pool.tlb.get(page >> 12) is None  # still out
+    out = [row for row in truth.chunks if row[10]]
+    assert out and all(row[1] is None and row[0] & ~0xFFF == page for row in out)
+    assert blocks[50] - 16 in {row[0] for row in out if row[9] == "allocated"}
+    assert t.check_against_tracker(truth, k) == []
+
+
+def test_damaged_headers_mark_their_pages_corrupt():
+    k = ntpool.Kernel(windows="10", nonpaged_pool_bytes=4 * MiB)
+    lfh = [k.ExAllocatePoolWithTag(PoolType.NonPagedPoolNx, 0x30, "Lfhb") for _ in range(60)]
+    vs = [k.ExAllocatePoolWithTag(PoolType.NonPagedPoolNx, 0x500, "Vsch") for _ in range(4)]
+    before = t.manifest(k)
+    backend = {row[0]: row[12] for row in before.chunks}
+    assert before.corrupt_pages == [] and backend[lfh[50] - 16] == "Lfh"  # its bucket is active
+    k.write(lfh[50] - 16, b"\x07")  # an overrun of the block before: PreviousSize
+    k.write(vs[2] - 32, b"\xff" * 8)  # the next VS chunk's encoded header, destroyed
+    after = t.manifest(k)
+    pages = {c["page"]: c for c in after.corrupt_pages}
+    lfh_page, vs_page = (lfh[50] - 16) & ~0xFFF, (vs[2] - 32) & ~0xFFF
+    assert "PreviousSize 0x7" in pages[lfh_page]["how"] and pages[lfh_page]["complete"]
+    assert "does not decode with the heap key" in pages[vs_page]["how"] and not pages[vs_page]["complete"]
+    assert all(row[11] == (row[0] & ~0xFFF in pages) for row in after.chunks)
+    # The chunks before the damage are still listed; nothing past it is invented.
+    listed = {row[0] for row in after.chunks}
+    assert vs[1] - 16 in listed and vs[2] - 16 not in listed and vs[3] - 16 not in listed
+
+
+def test_a_pool_no_walk_knows_is_refused_with_a_clear_error(monkeypatch):
+    k = ntpool.Kernel(windows="11")
+    monkeypatch.setattr(type(k.windows), "segment_heap", False, raising=False)
+    with pytest.raises(t.ManifestUnavailable, match="neither Windows 7's pool nor the segment heap"):
+        t.manifest(k)
+
+
+def test_a_page_the_heap_names_but_memory_lacks_is_refused():
+    k = ntpool.Kernel(windows="11")
+    block = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x700, "Gone")
+    k.space.unmap_page(block & ~0xFFF)  # behind the heap's back
+    with pytest.raises(t.ManifestUnavailable, match="neither resident nor paged out"):
+        t.manifest(k)
+
+
+def test_windows_11_demo_writes_its_manifest_and_poolfind_scores_on_it(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    truth = tmp_path / "truth.json"
+    assert main(["demo", "--windows", "11", "--steps", "400", "--out", str(tmp_path),
+                 "--truth", str(truth)]) == 0
+    capsys.readouterr()
+    document = t.load(truth)
+    assert document["dump"] == {"file": "MEMORY.DMP", "kind": "kernel"}
+    with DumpReader(tmp_path / "MEMORY.DMP") as reader:
+        assert t.check_against_tracker(document, reader.tracker_entries()) == []
+    assert main(["kd", "-z", str(tmp_path / "MEMORY.DMP"), "-c", "!poolfind * 0; !poolfind * 1"]) == 0
+    (tmp_path / "poolfind.txt").write_text(capsys.readouterr().out)
+    result = score(document, read_results([tmp_path / "poolfind.txt"]))
+    assert result["headers"]["precision"] == 1.0
+    assert result["live allocations"]["recall"] == 1.0
+    assert set(result["misses"]) <= {"free segment-heap block (no live header)"}
+    assert main(["score", str(truth), str(tmp_path / "poolfind.txt")]) == 0
+    assert "precision" in capsys.readouterr().out
+
+
+def test_a_lookaside_link_a_driver_overwrote_is_named_not_followed():
+    k = ntpool.Kernel(windows="11")
+    for _ in range(12):  # enough frees for the Balance Set Manager to enable the bucket
+        blocks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x300, "Lkas") for _ in range(100)]
+        for p in blocks:
+            k.ExFreePoolWithTag(p, "Lkas")
+    heap = k.nonpaged_pool
+    bucket = max(heap.lookaside[1:], key=lambda b: b.count)
+    assert bucket.count > 2
+    before = t.manifest(k)
+    assert sum(row[9] == "lookaside" for row in before.chunks) == bucket.count
+    assert t.check_against_tracker(before, k) == []
+    heap.write_qword(bucket.head, 0x4141414141414140)  # a write after free over the link
+    after = t.manifest(k)
+    page = next(c for c in after.corrupt_pages if c["page"] == bucket.head & ~0xFFF)
+    assert f"{bucket.head:#x}: its dynamic lookaside link is 0x4141414141414140" in page["how"]
+    assert f"the {bucket.count - 1} more blocks" in page["how"]
+    assert sum(row[9] == "lookaside" for row in after.chunks) == 1
+    assert t.check_against_tracker(after, k)  # the blocks it cannot find disagree, visibly
