@@ -9,6 +9,7 @@ import pytest
 import ntpool
 from ntpool import PoolType
 from ntpool.forensics import truth as t
+from ntpool.pool.walk import lookaside_entries
 
 
 def busy_machine(seed=3):
@@ -57,7 +58,7 @@ def test_every_chunk_agrees_with_the_tracker_and_states_come_from_the_lists():
     assert any(row[3] & ntpool.PROTECTED_POOL and row[4] == "torP" for row in truth.chunks + truth.big)
     # The lookaside chunks are exactly the ones on the lists.
     lookaside = {row[0] + 16 for row in truth.chunks if row[9] == "lookaside"}
-    assert lookaside == t._lookaside_entries(k.nonpaged_pool) | t._lookaside_entries(k.paged_pool)
+    assert lookaside == lookaside_entries(k.nonpaged_pool) | lookaside_entries(k.paged_pool)
 
 
 def test_a_page_a_driver_damaged_is_marked_corrupt():

@@ -144,10 +144,10 @@ def test_damaged_headers_mark_their_pages_corrupt():
     assert vs[1] - 16 in listed and vs[2] - 16 not in listed and vs[3] - 16 not in listed
 
 
-def test_a_pool_no_walk_knows_is_refused_with_a_clear_error(monkeypatch):
+def test_a_pool_no_design_walks_is_refused_with_a_clear_error(monkeypatch):
     k = ntpool.Kernel(windows="11")
-    monkeypatch.setattr(type(k.windows), "segment_heap", False, raising=False)
-    with pytest.raises(t.ManifestUnavailable, match="neither Windows 7's pool nor the segment heap"):
+    monkeypatch.delattr(type(k.pool_design), "walk")
+    with pytest.raises(t.ManifestUnavailable, match="segment heap.*cannot walk its pools"):
         t.manifest(k)
 
 
@@ -199,3 +199,13 @@ def test_a_lookaside_link_a_driver_overwrote_is_named_not_followed():
     assert f"the {bucket.count - 1} more blocks" in page["how"]
     assert sum(row[9] == "lookaside" for row in after.chunks) == 1
     assert t.check_against_tracker(after, k)  # the blocks it cannot find disagree, visibly
+
+
+def test_each_design_walks_its_own_pools_and_windows_7_manifests_keep_their_fields():
+    seven, eleven = ntpool.Kernel(), ntpool.Kernel(windows="11")
+    for k in (seven, eleven):
+        k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x40, "Mine")
+    assert type(seven.pool_design).walk is not type(eleven.pool_design).walk
+    assert t.manifest(seven).chunk_fields == t.CHUNK_FIELDS
+    assert t.manifest(seven).big_fields == t.BIG_FIELDS
+    assert t.manifest(eleven).big_fields == t.SEGMENT_HEAP_BIG_FIELDS

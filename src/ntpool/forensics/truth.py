@@ -20,11 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..constants import PAGE_SHIFT, PAGE_SIZE
-from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_SMALL
-from ..pool.segment_heap.walk import walk
-from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, POINTER, \
-    page_problems
+from ..constants import PAGE_SIZE
 from ..tags import PROTECTED_POOL, display
 
 FORMAT = "ntpool-truth"
@@ -81,70 +77,6 @@ class Truth:
         }
 
 
-def _lookaside_entries(pool) -> set:
-    """Bodies of the chunks cached on the pool's lookaside lists (every processor's)."""
-    bodies = set()
-    for lookaside in pool.lookasides:  # each processor's set and the system-wide one
-        heads = lookaside.head
-        for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
-            entry = heads[block_size]
-            while entry and entry not in bodies:
-                bodies.add(entry)
-                entry = POINTER.unpack_from(_page_bytes(pool, entry & ~0xFFF)[0], entry & 0xFFF)[0]
-    return bodies
-
-
-def _pending_frees(pool) -> set:
-    """Bodies waiting on the pool's delayed-free list (PendingFrees), when it has one."""
-    return {chunk + HEADER_SIZE for chunk in getattr(pool, "pending", ())}
-
-
-def _page_bytes(pool, page_va: int):
-    """(the page's bytes, its physical address or None when paged out)."""
-    base = pool.tlb.get(page_va >> PAGE_SHIFT)
-    if base is not None:
-        return memoryview(pool.mem)[base:base + PAGE_SIZE], base
-    pager = pool.pager
-    if pager is not None and pager.is_paged_out(page_va):
-        return pager.page_file[pager.slot_of[page_va >> PAGE_SHIFT]], None
-    raise KeyError(f"pool page {page_va:#x} is neither resident nor paged out")
-
-
-def _walk(pool, truth: Truth, lookaside: set, pending: set) -> None:
-    kinds = pool.page_kind
-    index = kinds.find(PAGE_SMALL)
-    while index >= 0:
-        page_va = pool.base + (index << PAGE_SHIFT)
-        page, base = _page_bytes(pool, page_va)
-        if base is None:
-            truth.paged_out_pages.append(page_va)
-        else:
-            truth.pages.append([page_va, base])
-        problems = page_problems(page, page_va)
-        offset = 0
-        while offset < PAGE_SIZE:
-            prev, _index, size, pool_type, tag = HEADER_FIRST8.unpack_from(page, offset)
-            if not size or offset + (size << BLOCK_SHIFT) > PAGE_SIZE:
-                break  # a header a driver destroyed: what follows it is not known here
-            body = page_va + offset + HEADER_SIZE
-            if body in lookaside:
-                state = "lookaside"
-            elif body in pending:
-                state = "pending free"
-            elif pool_type == 0:
-                state = "free"
-            else:
-                state = "allocated"
-            truth.chunks.append([page_va + offset, None if base is None else base + offset, pool.name,
-                                 tag, shown(tag), size << BLOCK_SHIFT, size, prev, pool_type, state,
-                                 base is None, bool(problems)])
-            offset += size << BLOCK_SHIFT
-        if problems:
-            truth.corrupt_pages.append({"page": page_va, "pool": pool.name, "how": "; ".join(problems),
-                                        "complete": offset == PAGE_SIZE})
-        index = kinds.find(PAGE_SMALL, index + 1)
-
-
 def mark_corrupt(truth: Truth, page_va: int, pool: str, how: str) -> None:
     """Record that a page's headers were damaged after the manifest was made (its chunks as
     they were stay the truth)."""
@@ -155,63 +87,41 @@ def mark_corrupt(truth: Truth, page_va: int, pool: str, how: str) -> None:
 
 
 def manifest(kernel) -> Truth:
-    """Every chunk and big allocation of every pool, from the allocator's state (ManifestUnavailable
-    when this machine's pool is one the manifest cannot walk)."""
-    if getattr(kernel.windows, "segment_heap", False):
-        return _segment_heap_manifest(kernel)
-    truth = Truth()
-    for pool in (kernel.nonpaged_pool, kernel.paged_pool):
-        if not hasattr(pool, "lookasides") or not hasattr(pool, "page_kind"):
-            raise ManifestUnavailable(f"no truth manifest for {kernel.windows}: its {pool.name} "
-                                      f"({type(pool).__name__}) is neither Windows 7's pool nor the "
-                                      f"segment heap, and only those two can be walked")
+    """Every chunk and big allocation of every pool, each pool walked by its allocator design
+    (``kernel.pool_design.walk``); ManifestUnavailable when that cannot be done honestly."""
+    design = getattr(kernel, "pool_design", None)
+    pools = [pool for pool in (kernel.nonpaged_pool, getattr(kernel, "nonpaged_pool_nx", None),
+                               kernel.paged_pool) if pool is not None]
+    if not hasattr(design, "walk"):
+        raise ManifestUnavailable(f"no truth manifest for {kernel.windows}: its pool design "
+                                  f"({getattr(design, 'name', type(design).__name__)}) cannot walk "
+                                  f"its pools")
+    walks = []
+    for pool in pools:
+        try:
+            walks.append((pool, design.walk(pool)))
+        except KeyError as error:  # a page the allocator's state names that memory does not hold
+            raise ManifestUnavailable(f"no truth manifest: {error.args[0]}") from None
+    with_backend = any(row.backend for _, found in walks for row in (*found.chunks, *found.big))
+    truth = Truth(chunk_fields=SEGMENT_HEAP_CHUNK_FIELDS if with_backend else CHUNK_FIELDS,
+                  big_fields=SEGMENT_HEAP_BIG_FIELDS if with_backend else BIG_FIELDS)
+    for pool, found in walks:
         truth.pools.append({"name": pool.name, "base_type": pool.base_type,
                             "start": f"{pool.base:#x}", "end": f"{pool.limit:#x}"})
-        _walk(pool, truth, _lookaside_entries(pool), _pending_frees(pool))
-        for va, (tag, pages) in sorted(pool.big_pages.items()):
-            if pool.page_kind[(va - pool.base) >> PAGE_SHIFT] != PAGE_BIG_FIRST:
-                continue
-            try:
-                _, base = _page_bytes(pool, va)
-            except KeyError:
-                base = None
-            for page in range(pages):
-                frame = pool.tlb.get((va >> PAGE_SHIFT) + page)
-                if frame is not None:
-                    truth.pages.append([va + (page << PAGE_SHIFT), frame])
-            truth.big.append([va, base, pool.name, tag, shown(tag), pages << PAGE_SHIFT, pages,
-                              base is None])
-    return truth
-
-
-def _segment_heap_manifest(kernel) -> Truth:
-    """Windows 10/11: each heap's own walk (``ntpool.pool.segment_heap.walk``), one row per LFH
-    block and VS chunk, the big page table's allocations, with the backend of each."""
-    truth = Truth(chunk_fields=SEGMENT_HEAP_CHUNK_FIELDS, big_fields=SEGMENT_HEAP_BIG_FIELDS)
-    heaps = [heap for heap in (kernel.nonpaged_pool, getattr(kernel, "nonpaged_pool_nx", None),
-                               kernel.paged_pool) if heap is not None]
-    for heap in heaps:
-        try:
-            found = walk(heap)
-        except KeyError as error:  # a page the heap's index names that memory does not hold
-            raise ManifestUnavailable(f"no truth manifest: {error.args[0]}") from None
-        truth.pools.append({"name": heap.name, "base_type": heap.base_type,
-                            "start": f"{heap.base:#x}", "end": f"{heap.limit:#x}"})
+        corrupt = {c.page for c in found.corrupt}
         for c in found.chunks:
-            truth.chunks.append([c.address, c.physical, heap.name, c.tag_value, shown(c.tag_value), c.size,
-                                 c.block_size, c.previous_size, c.pool_type, c.state, c.paged_out, False,
-                                 c.backend])
+            row = [c.address, c.physical, pool.name, c.tag_value, shown(c.tag_value), c.size, c.block_size,
+                   c.previous_size, c.pool_type, c.state, c.paged_out,
+                   c.address & ~(PAGE_SIZE - 1) in corrupt]
+            truth.chunks.append(row + [c.backend] if with_backend else row)
         for b in found.big:
-            truth.big.append([b.address, b.physical, heap.name, b.tag_value, shown(b.tag_value), b.size,
-                              b.pages, b.paged_out, b.backend])
+            row = [b.address, b.physical, pool.name, b.tag_value, shown(b.tag_value), b.size, b.pages,
+                   b.paged_out]
+            truth.big.append(row + [b.backend] if with_backend else row)
         truth.pages += [[va, pa] for va, pa in found.pages]
         truth.paged_out_pages += found.paged_out_pages
-        for corrupt in found.corrupt:
-            truth.corrupt_pages.append({"page": corrupt.page, "pool": heap.name, "how": corrupt.how,
-                                        "complete": corrupt.complete})
-    corrupt = {c["page"] for c in truth.corrupt_pages}
-    for row in truth.chunks:
-        row[11] = row[0] & ~(PAGE_SIZE - 1) in corrupt
+        truth.corrupt_pages += [{"page": c.page, "pool": pool.name, "how": c.how, "complete": c.complete}
+                                for c in found.corrupt]
     return truth
 
 

@@ -14,6 +14,8 @@ from .descriptor import Pool
 from .layout import POOL_DESCRIPTOR
 from .lookaside import LookasideScanner
 from .segment_heap.design import SegmentHeapPools
+from .segment_heap.walk import walk as walk_segment_heap
+from .walk import PoolWalk, walk_windows7
 
 # Windows 7 x64 layout of the kernel address space.
 NONPAGED_POOL_BASE = 0xFFFFFA8000000000
@@ -34,6 +36,9 @@ class PoolDesign(Protocol):
     def build(self, *, space, kernel_data, write_kernel_data, crash, processors: int,
               call_sites, hooks, nonpaged_pool_bytes: int, paged_pool_bytes: int) -> BuiltPools:
         """The allocator and its pools."""
+
+    def walk(self, pool) -> PoolWalk:
+        """Every chunk and big allocation of one of its pools, from the allocator's state."""
 
 
 class Windows7Pools:
@@ -56,6 +61,9 @@ class Windows7Pools:
         allocator.lookaside_scanner = LookasideScanner((nonpaged, paged), processors)
         return BuiltPools(allocator, nonpaged, paged)
 
+    def walk(self, pool) -> PoolWalk:
+        return walk_windows7(pool)
+
 
 class SegmentHeapDesign:
     """Windows 10/11: one kernel segment heap per pool type (ntpool.pool.segment_heap)."""
@@ -72,6 +80,9 @@ class SegmentHeapDesign:
                                  call_sites, nonpaged_pool_bytes, paged_pool_bytes, self.seed,
                                  hooks)
         return BuiltPools(state.allocator, state.nonpaged, state.paged, state.nonpaged_nx, state)
+
+    def walk(self, pool) -> PoolWalk:
+        return walk_segment_heap(pool)
 
 
 WINDOWS_7 = Windows7Pools()

@@ -5,13 +5,12 @@ The heap's index says where its subsegments are and which LFH blocks are busy (t
 each bitmap), which blocks wait on the dynamic lookaside or the VS delay-free list, and what
 the big page table holds; memory says the rest (the POOL_HEADERs, the encoded VS chunk
 headers). Nothing here changes the machine: a page that is paged out is read from the page
-file, never paged in. Rows are plain tuples (``HeapChunk``, ``HeapBig``); the manifest's
-format is the forensics layer's business.
+file, never paged in. Rows are the plain tuples of ``ntpool.pool.walk`` (with the backend of
+each); the manifest's format is the forensics layer's business.
 """
 
-from typing import NamedTuple
-
 from ...constants import PAGE_SHIFT, PAGE_SIZE
+from ..walk import Big, Chunk, Corruption, PoolWalk, page_bytes
 from .heap import LFH, SegmentHeap
 from .layout import (
     POOL_HEADER_FIRST8,
@@ -23,43 +22,6 @@ from .layout import (
 )
 
 
-class HeapChunk(NamedTuple):
-    address: int  # its POOL_HEADER; a free VS chunk: its VS chunk header (it has no POOL_HEADER)
-    physical: int | None  # None while its page is paged out
-    tag_value: int  # as stored (a lookaside block's link overwrote it; a free VS chunk: 0)
-    size: int  # bytes from ``address`` as the backend knows the block
-    block_size: int  # the POOL_HEADER's BlockSize as stored (a free VS chunk: its size in units)
-    previous_size: int  # the POOL_HEADER's PreviousSize as stored (a free VS chunk: UnsafePrevSize)
-    pool_type: int  # the POOL_HEADER's PoolType byte as stored (a free VS chunk: 0)
-    state: str  # allocated, free, lookaside, pending free
-    paged_out: bool
-    backend: str  # Lfh, Vs
-
-
-class HeapBig(NamedTuple):
-    address: int
-    physical: int | None
-    tag_value: int
-    size: int  # whole pages, as the tracker charges them
-    pages: int
-    paged_out: bool
-    backend: str  # Vs (0xFE1 .. 128 KiB, a VS chunk), Segment (pages of a segment), Large
-
-
-class HeapCorruption(NamedTuple):
-    page: int
-    how: str
-    complete: bool  # every chunk of the page is still known
-
-
-class HeapWalk(NamedTuple):
-    chunks: list  # HeapChunk
-    big: list  # HeapBig
-    pages: list  # (va, pa) of every resident page the heap holds
-    paged_out_pages: list
-    corrupt: list  # HeapCorruption
-
-
 class _Reader:
     """Bytes of the heap's pages without paging anything in."""
 
@@ -67,16 +29,8 @@ class _Reader:
         self.heap = heap
 
     def page(self, va: int):
-        """(the page's bytes, its physical address or None when paged out); KeyError when
-        the page is neither resident nor in the page file."""
-        page_va = va & ~(PAGE_SIZE - 1)
-        base = self.heap.tlb.get(page_va >> PAGE_SHIFT)
-        if base is not None:
-            return memoryview(self.heap.mem)[base:base + PAGE_SIZE], base
-        pager = self.heap.pager
-        if pager is not None and pager.is_paged_out(page_va):
-            return pager.page_file[pager.slot_of[page_va >> PAGE_SHIFT]], None
-        raise KeyError(f"{self.heap.name} page {page_va:#x} is neither resident nor paged out")
+        """(the page's bytes, its physical address or None when paged out)."""
+        return page_bytes(self.heap, va & ~(PAGE_SIZE - 1))
 
     def qword(self, va: int) -> int:
         data, _ = self.page(va)
@@ -131,11 +85,11 @@ def _header_problem(stored, size: int) -> str | None:
     return None
 
 
-def walk(heap: SegmentHeap) -> HeapWalk:
+def walk(heap: SegmentHeap) -> PoolWalk:
     """Every LFH block and VS chunk of ``heap`` (big allocations apart), its big
     allocations, its pages and the pages whose headers a driver damaged."""
     read = _Reader(heap)
-    result = HeapWalk([], [], [], [], [])
+    result = PoolWalk([], [], [], [], [])
     problems: dict[int, list[str]] = {}
     incomplete: set[int] = set()
 
@@ -161,7 +115,7 @@ def walk(heap: SegmentHeap) -> HeapWalk:
                     how = _header_problem(stored, sub.block_size)
                     if how:
                         damaged(block, how)
-                result.chunks.append(HeapChunk(block, stored[5], stored[4], sub.block_size, stored[2],
+                result.chunks.append(Chunk(block, stored[5], stored[4], sub.block_size, stored[2],
                                                stored[0], stored[3], state, stored[5] is None, "Lfh"))
             continue
         chunk, previous_units = sub.first, 0
@@ -182,7 +136,7 @@ def walk(heap: SegmentHeap) -> HeapWalk:
             if not allocated:
                 _, base = read.page(chunk)
                 physical = None if base is None else base + (chunk & (PAGE_SIZE - 1))
-                result.chunks.append(HeapChunk(chunk, physical, 0, units << 4, units, previous, 0, "free",
+                result.chunks.append(Chunk(chunk, physical, 0, units << 4, units, previous, 0, "free",
                                                base is None, "Vs"))
             elif body not in heap.big_pages:  # a big allocation's chunk: the big page table has it
                 size = (units << 4) - VS_HEADER_SIZE
@@ -194,7 +148,7 @@ def walk(heap: SegmentHeap) -> HeapWalk:
                     how = _header_problem(stored, size)
                     if how:
                         damaged(body, how)
-                result.chunks.append(HeapChunk(body, stored[5], stored[4], size, stored[2], stored[0],
+                result.chunks.append(Chunk(body, stored[5], stored[4], size, stored[2], stored[0],
                                                stored[3], state, stored[5] is None, "Vs"))
             chunk, previous_units = chunk + (units << 4), units
 
@@ -202,7 +156,7 @@ def walk(heap: SegmentHeap) -> HeapWalk:
         in_vs = heap.big_in_vs(va)
         _, base = read.page(va)
         backend = "Vs" if in_vs else "Large" if pages > SEGMENT_RUN_MAX_PAGES else "Segment"
-        result.big.append(HeapBig(va, base, tag, pages << PAGE_SHIFT, pages, base is None, backend))
+        result.big.append(Big(va, base, tag, pages << PAGE_SHIFT, pages, base is None, backend))
 
     for index, kind in enumerate(heap.page_kind):
         if kind:
@@ -213,5 +167,5 @@ def walk(heap: SegmentHeap) -> HeapWalk:
             elif heap.pager is not None and heap.pager.is_paged_out(va):
                 result.paged_out_pages.append(va)
     for page, found in sorted(problems.items()):
-        result.corrupt.append(HeapCorruption(page, "; ".join(found), page not in incomplete))
+        result.corrupt.append(Corruption(page, "; ".join(found), page not in incomplete))
     return result
