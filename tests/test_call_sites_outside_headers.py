@@ -126,3 +126,58 @@ def test_call_site_keys_are_addresses_inside_their_code_object():
         assert len(code.co_code) < sys.getsizeof(code)
     frame = sys._getframe()
     assert id(frame.f_code) <= site_key(frame) < id(frame.f_code) + sys.getsizeof(frame.f_code)
+
+
+class ThreeSites(Driver):
+    """Three call sites, so neighbouring chunks from different sites can be told apart."""
+    name = "three.sys"
+
+    def first(self, k, size):
+        return k.ExAllocatePoolWithTag(NP, size, "One ")
+
+    def second(self, k, size):
+        return k.ExAllocatePoolWithTag(NP, size, "Two ")
+
+    def third(self, k, size):
+        return k.ExAllocatePoolWithTag(NP, size, "Thre")
+
+
+def test_the_site_map_holds_one_ushort_per_32_bytes_of_pool():
+    k = machine()
+    pool = k.nonpaged_pool
+    assert len(pool.sites) == pool.page_count * 4096 // 32
+    p = k.ExAllocatePoolWithTag(NP, 0, "Zero")  # served as 1 byte: 2 blocks, as any chunk
+    assert header(k, p).BlockSize == 2
+
+
+def test_neighbouring_chunks_at_odd_and_even_blocks_keep_their_own_sites(tmp_path):
+    """Chunks of 2 and 3 blocks from three sites, packed so that chunks start at odd and even
+    blocks side by side; each keeps its site, live and in the dump, through frees and reuse."""
+    k = machine()
+    d = ThreeSites()
+    k.load_driver(d)
+    routines = (d.first, d.second, d.third)
+    live = {}
+    for n in range(300):
+        which = n % 3
+        live[routines[which](k, (1, 17, 30)[n * 7 % 3])] = which
+    for p in list(live)[::4]:
+        k.ExFreePoolWithTag(p, k.read(p - 12, 4).decode())
+        del live[p]
+    for n in range(60):
+        live[routines[n % 3](k, (1, 17)[n % 2])] = n % 3
+    names = ("ThreeSites.first", "ThreeSites.second", "ThreeSites.third")
+    headers = sorted(p - 16 for p in live)
+    assert any((b - a) == 32 and a & 16 for a, b in zip(headers, headers[1:]))  # odd starts
+    assert any((b - a) == 16 * 3 for a, b in zip(headers, headers[1:]))
+    for p, which in live.items():
+        assert k.allocation_site(p).function.endswith(names[which])
+    path = k.write_dump(tmp_path / "three.dmp", "kernel")
+    with DumpReader(path) as reader:
+        for p in live:
+            assert reader.allocation_site(p - 16) == k.pool.site_of(p) != 0
+        from ntpool.debugger import poolscan
+        from ntpool.debugger.allocations import allocations
+        found = {a.address: a.site for a in allocations(reader, poolscan.BigPageIndex(reader.big_pages()))}
+        for p in live:
+            assert found[p] == k.pool.site_of(p)

@@ -7,6 +7,7 @@ the Windows 7 x64 formats, and KDDEBUGGER_DATA64 (and ntpool's ``NTPL`` block af
 record where they are. Nothing here is on the allocation path.
 """
 
+from array import array
 from dataclasses import dataclass, field
 
 from ..drivers import call_site_table
@@ -16,7 +17,8 @@ import zlib
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
-from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE, WINDOWS7
+from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE, SITE_UNITS_PER_PAGE, \
+    WINDOWS7
 from ..pool.segment_heap.layout import big_page_hash, big_page_type_field, segment_heap_layouts
 from ..tags import PROTECTED_POOL
 from . import format as f
@@ -224,7 +226,7 @@ def _lay_out_heap_ranges(kernel, layout: DebuggerDataLayout) -> int:
 
 def allocation_site_table(kernel) -> bytes:
     """The NTAS table (see dump.format): each Windows 7 pool's site map, up to its last page
-    in use, zlib-compressed (the maps are mostly zeros)."""
+    in use, a USHORT per 16-byte block, zlib-compressed (the maps are mostly zeros)."""
     pools = [pool for pool in (kernel.nonpaged_pool, kernel.paged_pool)
              if getattr(pool, "site_map", None) is not None]
     entries, blobs = [], []
@@ -232,7 +234,7 @@ def allocation_site_table(kernel) -> bytes:
     for pool in pools:
         pages_used = len(pool.page_kind.rstrip(b"\0"))
         blocks = pages_used * (PAGE_SIZE // 16)
-        blob = zlib.compress(memoryview(pool.site_map)[:blocks * 2], 1)
+        blob = _per_block_sites(pool.site_map, pages_used * SITE_UNITS_PER_PAGE)
         entries.append(f.ALLOCATION_SITES_ENTRY.pack(pool.base, blocks, offset, len(blob)))
         blobs.append(blob)
         offset += len(blob)
@@ -240,6 +242,28 @@ def allocation_site_table(kernel) -> bytes:
         return b""
     return b"".join([f.ALLOCATION_SITES_HEADER.pack(f.ALLOCATION_SITES_MAGIC, len(pools)),
                      *entries, *blobs])
+
+
+SITE_UNITS_PER_PIECE = 1 << 20  # units expanded and compressed at a time (a few MiB of copies)
+
+
+def _per_block_sites(site_map, units: int) -> bytes:
+    """The first ``units`` of a pool's site map (a USHORT per 32-byte unit) as the dump's
+    per-block map, zlib-compressed: each unit's site for both of its blocks. An allocated
+    chunk is the only one starting in its unit, so a reader asking for the block its header
+    starts at gets its site, whichever of the two it is; the format stays per block, as every
+    ntpool dump's is. Done a piece at a time, so a dump of a large pool copies little."""
+    view = memoryview(site_map)[:units * 2].cast("H")
+    compressor = zlib.compressobj(1)
+    parts = []
+    for start in range(0, units, SITE_UNITS_PER_PIECE):
+        piece = array("H", view[start:start + SITE_UNITS_PER_PIECE])
+        blocks = array("H", bytes(4 * len(piece)))
+        blocks[0::2] = piece
+        blocks[1::2] = piece
+        parts.append(compressor.compress(blocks))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 def _lay_out_allocation_sites(kernel, layout: DebuggerDataLayout) -> int:

@@ -67,6 +67,7 @@ from .layout import (
     POOL_QUOTA,
     POOL_SESSION,
     SINGLE_LIST_ENTRY,
+    SITE_UNIT_SHIFT,
     TYPE_TAG_BILLED,
     blocks_for,
 )
@@ -240,7 +241,7 @@ class PoolAllocator:
                     allocates[block_size] += 1
                     _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
                                    0)  # ProcessBilled: no quota (the fast path serves none)
-                    sites[(body - site_bias) >> 4] = site
+                    sites[(body - site_bias) >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
@@ -569,7 +570,7 @@ class PoolAllocator:
                     pool.write_bytes(body + _TYPE_FROM_BODY,
                                      TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
                                                           site & pool.header_site_mask), self.irql)
-                pool.sites[(body - HEADER_SIZE - pool.base) >> BLOCK_SHIFT] = site
+                pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
@@ -772,7 +773,7 @@ class PoolAllocator:
             return pool.big_sites.get(address, 0)
         if not pool.contains(address - HEADER_SIZE):
             return 0
-        return pool.sites[(address - HEADER_SIZE - pool.base) >> BLOCK_SHIFT]
+        return pool.sites[(address - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT]
 
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""

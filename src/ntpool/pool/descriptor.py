@@ -38,6 +38,8 @@ from .layout import (
     POOL_FREE,
     POOL_HEADER,
     SINGLE_LIST_ENTRY,
+    SITE_UNIT_SHIFT,
+    SITE_UNITS_PER_PAGE,
     allocated_type,
 )
 from .lookaside import Lookaside
@@ -96,12 +98,13 @@ class Pool:
         # A header's first 8 bytes at a physical address, for checks on a page translated once.
         self._first8_at_pa = partial(_unpack_first8, self.mem)
         self.page_kind = bytearray(self.page_count)
-        # Who allocated each chunk: the call site of the chunk whose header starts at each
-        # block, a USHORT as AllocatorBackTraceIndex is, kept outside the simulated headers:
-        # their bytes 8-15 are ProcessBilled, zero unless quota is charged, as on a Windows 7
-        # machine without the kernel stack trace database. The host backs only what is
-        # touched; crash dumps carry it (NTPL's allocation-site table).
-        self.site_map = mmap.mmap(-1, self.page_count * BLOCKS_PER_PAGE * 2)
+        # Who allocated each chunk: the call site of the allocated chunk whose header starts
+        # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
+        # AllocatorBackTraceIndex is, kept outside the simulated headers: their bytes 8-15 are
+        # ProcessBilled, zero unless quota is charged, as on a Windows 7 machine without the
+        # kernel stack trace database. The host backs only what is touched (2 bytes per 32 of
+        # pool); crash dumps carry it per block (NTPL's allocation-site table).
+        self.site_map = mmap.mmap(-1, self.page_count * SITE_UNITS_PER_PAGE * 2)
         self.sites = memoryview(self.site_map).cast("H")
         # 0xFFFF with gflags' kernel stack trace database on (Kernel(stack_trace_database=True)):
         # AllocatorBackTraceIndex in header bytes 8-9 then holds the call site too.
@@ -418,7 +421,7 @@ class Pool:
         """An allocated chunk's header, and its call site beside it."""
         _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
                      self.allocated_header_type, tag, site & self.header_site_mask)
-        self.sites[(chunk - self.base) >> BLOCK_SHIFT] = site
+        self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
 
     def _set_previous_size(self, chunk: int, previous_size: int) -> None:
         """Tell the chunk after ``chunk``'s end (if on the same page) its new PreviousSize."""
@@ -489,16 +492,15 @@ class Pool:
         remainder = free_size - block_size
         following_pa = chunk_pa + (free_size << BLOCK_SHIFT)  # the next chunk's, if on the page
         has_following = (chunk + (free_size << BLOCK_SHIFT)) & (PAGE_SIZE - 1)
-        sites, site_index = self.sites, (chunk - self.base) >> BLOCK_SHIFT
         if remainder == 0:
             _pack_header(mem, chunk_pa, previous_size, pool_index, block_size, allocated, tag, billed)
-            sites[site_index] = site
+            self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
             return chunk
         if previous_size == 0:
             # First chunk of its page: split from the front.
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
             _pack_header(mem, chunk_pa, 0, pool_index, block_size, allocated, tag, billed)
-            sites[site_index] = site
+            self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
             _pack_header(mem, rest_pa, block_size, pool_index, remainder, POOL_FREE, old_tag, 0)
             if has_following:
                 mem[following_pa + POOL_HEADER.PreviousSize] = remainder
@@ -508,14 +510,15 @@ class Pool:
             return chunk
         # Otherwise the allocation is taken from the end.
         _pack_header(mem, chunk_pa, previous_size, pool_index, remainder, POOL_FREE, old_tag, 0)
+        mine = chunk + (remainder << BLOCK_SHIFT)
         _pack_header(mem, chunk_pa + (remainder << BLOCK_SHIFT), remainder, pool_index, block_size,
                      allocated, tag, billed)
-        sites[site_index + remainder] = site
+        self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
         if has_following:
             mem[following_pa + POOL_HEADER.PreviousSize] = block_size
         if remainder > 1:
             self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
-        return chunk + (remainder << BLOCK_SHIFT)
+        return mine
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
         """``_allocate_from_lists`` for an entry that is not a chunk body on a present page

@@ -42,6 +42,12 @@ BLOCK_SHIFT = 4
 BLOCKS_PER_PAGE = PAGE_SIZE // BLOCK  # 256
 LIST_HEAD_COUNT = BLOCKS_PER_PAGE  # a free chunk of n blocks is on ListHeads[n - 1]
 LOOKASIDE_MAX_BLOCKS = 32  # chunks of up to 512 bytes go to lookaside lists
+# The call-site map (Pool.sites) holds one USHORT per 32-byte unit of pool, not per block: an
+# allocated chunk is at least 2 blocks (header and a body of 1 to 16 bytes; a 0-byte request
+# is served as 1 byte), so no two allocated chunks start in the same 32-byte-aligned unit.
+# A chunk's site is at sites[(chunk - pool base) >> SITE_UNIT_SHIFT]; free chunks' are stale.
+SITE_UNIT_SHIFT = 5
+SITE_UNITS_PER_PAGE = PAGE_SIZE >> SITE_UNIT_SHIFT  # 128
 
 _FORMATS = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
 
