@@ -191,13 +191,17 @@ class SegmentHeapReader:
         problems: list[str] = []
         return list(self.blocks(run, problems)), problems
 
-    def find(self, heaps, matches) -> Iterator[HeapBlock]:
+    def find(self, heaps, matches, free: bool = False) -> Iterator[HeapBlock]:
         """Allocated blocks of ``heaps`` whose tag ``matches`` (not the big allocations VS
-        chunks hold: the big page table lists those)."""
+        chunks hold: the big page table lists those); with ``free``, free LFH blocks too whose
+        stale POOL_HEADER still holds a matching tag (as Windows 7's !poolfind lists free
+        chunks: the bitmap says they are free, the header says whose they were)."""
         for heap in heaps:
             for run in self.runs(heap):
                 for block in self.blocks(run, []):
-                    if block.state == "Allocated" and block.backend != "Big" and matches(block.tag):
+                    if block.backend == "Big" or not matches(block.tag):
+                        continue
+                    if block.state == "Allocated" or (free and block.backend == "Lfh" and block.tag):
                         yield block
 
 

@@ -537,10 +537,11 @@ class KdSession:
         for h in heaps:
             lines += ["", f"Searching {h.name} heap {h.heap_va:016x} ({h.start:016x} : "
                           f"{h.end:016x}) for Tag: {pattern}", ""]
-            for block in heap.find([h], lambda tag: tag_display_matches(regex, tag)):
+            for block in heap.find([h], lambda tag: tag_display_matches(regex, tag), free=True):
                 lines.append(self._heap_block_line(block, False)[1:])
-                lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
-                          for text in self._allocated_by(block)]
+                if block.state == "Allocated":
+                    lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                              for text in self._allocated_by(block)]
         return "\n".join(lines)
 
     # --- display commands ------------------------------------------------------------------
