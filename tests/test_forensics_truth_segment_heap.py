@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ntpool
 from ntpool import PoolType
@@ -275,3 +276,35 @@ def test_run_writes_the_manifest_beside_a_0x13a_dump(tmp_path, capsys):
     assert document["dump"]["file"] == "d.dmp" and document["chunk_fields"][-1] == "backend"
     assert any("head is 0x4141414141414141" in c["how"] or "link is 0x4141414141414141" in c["how"]
                for c in document["corrupt_pages"])
+
+
+# --- an invariant, for any workload (hypothesis) ------------------------------------------------
+
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("allocate"), st.sampled_from(KINDS),
+              st.one_of(st.integers(1, 0x1F0), st.integers(0x1F1, 0xFE0), st.integers(0xFE1, 0x22000)),
+              st.sampled_from(TAGS)),
+    st.tuples(st.just("free"), st.integers(0, 1 << 16))), min_size=1, max_size=120)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(windows=st.sampled_from(["10", "11"]), operations=OPERATIONS)
+def test_any_workload_gives_a_manifest_that_agrees_and_covers_every_live_block(windows, operations):
+    k = ntpool.Kernel(windows=windows, nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    live = []
+    for operation in operations:
+        if operation[0] == "allocate":
+            _, kind, size, tag = operation
+            p = k.ExAllocatePoolWithTag(kind, size, tag)
+            if p:
+                live.append((p, tag))
+        elif live:
+            p, tag = live.pop(operation[1] % len(live))
+            k.ExFreePoolWithTag(p, tag)
+    truth = t.manifest(k)
+    assert t.check_against_tracker(truth, k) == []
+    assert truth.corrupt_pages == []
+    allocated = {row[0] + 16 for row in truth.chunks if row[9] == "allocated"} | {row[0] for row in truth.big}
+    assert {p for p, _ in live} == allocated
+    spans = sorted((row[0], row[0] + row[5]) for row in truth.chunks)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # no two overlap
