@@ -102,3 +102,19 @@ def test_pending_frees_are_their_own_state_and_not_live():
     assert pending == set(k.nonpaged_pool.pending) and len(pending) == 6
     assert {p - 16 for p in chunks[:6]} == pending
     assert t.check_against_tracker(truth, k) == []
+
+
+def test_a_lookaside_link_a_driver_overwrote_is_named_not_followed():
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+    chunks = [k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 0x40, "Lkas") for _ in range(10)]
+    for p in chunks:
+        k.ExFreePoolWithTag(p, "Lkas")
+    cached = lookaside_entries(k.nonpaged_pool)
+    assert len(cached) > 2
+    assert t.check_against_tracker(t.manifest(k), k) == []
+    victim = sorted(cached)[0]
+    k.write(victim, b"A" * 8)  # a write after free over the lookaside link in the body
+    truth = t.manifest(k)
+    page = next(c for c in truth.corrupt_pages if c["page"] == victim & ~0xFFF)
+    assert f"{victim:#x}: its lookaside link is 0x4141414141414141, not a chunk of the pool" in page["how"]
+    assert all(row[11] for row in truth.chunks if row[0] & ~0xFFF == victim & ~0xFFF)

@@ -63,17 +63,39 @@ def page_bytes(pool, page_va: int):
 
 # --- Windows 7 ---------------------------------------------------------------------------------
 
-def lookaside_entries(pool) -> set:
-    """Bodies of the chunks cached on the pool's lookaside lists (every processor's)."""
+def lookaside_entries(pool, damaged: list | None = None) -> set:
+    """Bodies of the chunks cached on the pool's lookaside lists (every processor's). A link
+    that leads out of the pool's small pages (a write after free) is followed no further;
+    ``damaged`` gets (address, how) for each."""
     bodies = set()
     for lookaside in pool.lookasides:  # each processor's set and the system-wide one
         heads = lookaside.head
         for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
-            entry = heads[block_size]
+            entry, previous = heads[block_size], None
             while entry and entry not in bodies:
+                if not _small_body(pool, entry):
+                    if damaged is not None:
+                        where = (f"its lookaside link is {entry:#x}" if previous else
+                                 f"the lookaside head for BlockSize {block_size} is {entry:#x}")
+                        damaged.append((previous or pool.base, f"{where}, not a chunk of the pool: "
+                                                              f"the chunks after it on that list "
+                                                              f"cannot be found"))
+                    break
                 bodies.add(entry)
+                previous = entry
                 entry = POINTER.unpack_from(page_bytes(pool, entry & ~0xFFF)[0], entry & 0xFFF)[0]
     return bodies
+
+
+def _small_body(pool, body: int) -> bool:
+    """``body`` can be a chunk's body on one of the pool's small pages, which memory holds."""
+    if body & 15 or not pool.base <= body < pool.limit or not body & 0xFFF:
+        return False
+    if pool.page_kind[(body - pool.base) >> PAGE_SHIFT] != PAGE_SMALL:
+        return False
+    page_va = body & ~0xFFF
+    pager = pool.pager
+    return page_va >> PAGE_SHIFT in pool.tlb or (pager is not None and pager.is_paged_out(page_va))
 
 
 def pending_frees(pool) -> set:
@@ -85,7 +107,8 @@ def walk_windows7(pool) -> PoolWalk:
     """Every chunk of every small page of a Windows 7 pool (its header chain, states from the
     allocator's lists), and its big allocations from the big page table it keeps."""
     result = PoolWalk([], [], [], [], [])
-    lookaside, pending = lookaside_entries(pool), pending_frees(pool)
+    bad_links: list = []
+    lookaside, pending = lookaside_entries(pool, bad_links), pending_frees(pool)
     kinds = pool.page_kind
     index = kinds.find(PAGE_SMALL)
     while index >= 0:
@@ -113,9 +136,13 @@ def walk_windows7(pool) -> PoolWalk:
             result.chunks.append(Chunk(page_va + offset, None if base is None else base + offset, tag,
                                        size << BLOCK_SHIFT, size, prev, pool_type, state, base is None))
             offset += size << BLOCK_SHIFT
+        problems += [f"{at:#x}: {how}" for at, how in bad_links if at & ~0xFFF == page_va]
         if problems:
             result.corrupt.append(Corruption(page_va, "; ".join(problems), offset == PAGE_SIZE))
         index = kinds.find(PAGE_SMALL, index + 1)
+    for at, how in bad_links:
+        if not pool.base <= at < pool.limit or pool.page_kind[(at - pool.base) >> PAGE_SHIFT] != PAGE_SMALL:
+            result.corrupt.append(Corruption(at & ~0xFFF, f"{at:#x}: {how}", True))  # a head: no page
     for va, (tag, pages) in sorted(pool.big_pages.items()):
         if pool.page_kind[(va - pool.base) >> PAGE_SHIFT] != PAGE_BIG_FIRST:
             continue
