@@ -12,8 +12,8 @@ from ntpool.forensics import truth as t
 from ntpool.pool.walk import lookaside_entries
 
 
-def busy_machine(seed=3):
-    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+def busy_machine(seed=3, windows="7"):
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20, windows=windows)
     rng = random.Random(seed)
     live = []
     tags = ["Aaaa", "Bbbb", "Cc", "Dddd", ntpool.tag("Prot").value | ntpool.PROTECTED_POOL]
@@ -77,12 +77,14 @@ def test_a_page_a_driver_damaged_is_marked_corrupt():
     assert all(r[11] == (r[0] & ~0xFFF == page) for r in before.chunks)
 
 
-def test_the_manifest_json_round_trips(tmp_path):
-    k = busy_machine(5)
+@pytest.mark.parametrize("windows, fields", [("7", t.CHUNK_FIELDS), ("11", t.SEGMENT_HEAP_CHUNK_FIELDS)])
+def test_the_manifest_json_round_trips(tmp_path, windows, fields):
+    k = busy_machine(5, windows)
     truth = t.manifest(k)
     path = t.write(truth, tmp_path / "truth.json")
     document = t.load(path)
-    assert document["chunk_fields"] == list(t.CHUNK_FIELDS)
+    assert document["chunk_fields"] == list(fields)
+    assert t.check_against_tracker(document, k) == []
     assert len(document["chunks"]) == len(truth.chunks)
     first = document["chunks"][0]
     assert int(first[0], 16) == truth.chunks[0][0] and first[2:] == truth.chunks[0][2:]
