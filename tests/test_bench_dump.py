@@ -19,4 +19,11 @@ def test_bench_dump_reports_each_figure_beside_its_goal(tmp_path):
     assert 0 < every["peak_rss_mib"] < 300
     assert results["tag_in_process"]["pool_pages"] > 0
     assert "volatility3: not run" in text
-    assert not list(tmp_path.glob("*.dmp"))  # the dumps are deleted
+    assert not list(tmp_path.iterdir())  # the dumps are deleted, and their symbols folder
+
+
+def test_bench_dump_keeps_a_symbols_folder_that_was_there(tmp_path):
+    (tmp_path / "symbols").mkdir()
+    (tmp_path / "symbols" / "mine").write_text("kept")
+    bench.run(pool_mib=1, directory=str(tmp_path), volatility=False, sparse_gib=0)
+    assert (tmp_path / "symbols" / "mine").read_text() == "kept"

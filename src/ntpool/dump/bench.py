@@ -9,6 +9,7 @@ import tempfile
 import time
 
 from ..constants import PoolType
+from . import isf
 
 MiB = 1 << 20
 
@@ -88,8 +89,6 @@ def _volatility_everything(path: str) -> dict | None:
         import volatility3.cli  # noqa: F401
     except ImportError:
         return None
-    from . import isf
-
     result = _child("vol", ["--offline", "-q", "-r", "json", "-f", path, "-s", isf.symbols_beside(path),
                             "-p", isf.package_plugins_directory(), "ntpool.tagscan"])
     result["hits"] = result.pop("output").count(b'"Tag":')
@@ -170,6 +169,10 @@ def run(pool_mib: int = 512, directory: str | None = None, windows=None, volatil
     allocations = _fill(kernel, pool_bytes)
     own_directory = directory is None
     directory = directory or tempfile.mkdtemp(prefix="ntpool-bench-")
+    # The dumps' symbol folder (written beside each dump for volatility3) goes when the
+    # bench's dumps go, unless it was the user's before.
+    symbols = isf.symbols_beside(os.path.join(directory, "bench-full.dmp"))
+    own_symbols = not os.path.exists(symbols)
     results = {"allocations": allocations, "pool_mib": pool_mib}
     try:
         for kind in ("full", "kernel"):
@@ -211,6 +214,8 @@ def run(pool_mib: int = 512, directory: str | None = None, windows=None, volatil
     finally:
         if own_directory:
             shutil.rmtree(directory, ignore_errors=True)
+        elif own_symbols:
+            shutil.rmtree(symbols, ignore_errors=True)
     return results
 
 
