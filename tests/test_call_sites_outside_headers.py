@@ -181,3 +181,19 @@ def test_neighbouring_chunks_at_odd_and_even_blocks_keep_their_own_sites(tmp_pat
         found = {a.address: a.site for a in allocations(reader, poolscan.BigPageIndex(reader.big_pages()))}
         for p in live:
             assert found[p] == k.pool.site_of(p)
+
+
+@pytest.mark.parametrize("windows", ["7", "10", "11"])
+def test_each_design_names_the_allocating_line_of_small_and_big_chunks(windows):
+    # Kernel.allocation_site asks the design (PoolAllocator.site_of): Windows 7 keeps the site
+    # in its site map, the segment heap in the small block's header; big ones beside the table.
+    k = machine(windows=windows)
+    driver = Driver()
+    k.load_driver(driver)
+    small = driver.small(k)
+    big = driver.small(k, size=3 * 4096)
+    medium = driver.small(k, size=0x2000)  # a VS chunk on the segment heap
+    for p in (small, big, medium):
+        site = k.allocation_site(p)
+        assert site.function == "Driver.small" and site.filename.endswith(__file__.rsplit("/", 1)[-1])
+        assert k.allocation_driver(p).name == "sites.sys"

@@ -771,6 +771,10 @@ class PoolAllocator:
         pool = self.locate(address)
         if address in pool.big_pages:
             return pool.big_sites.get(address, 0)
+        return self.small_site_of(pool, address)
+
+    def small_site_of(self, pool, address: int) -> int:
+        """The call site of a small chunk: kept in the pool's site map, outside the header."""
         if not pool.contains(address - HEADER_SIZE):
             return 0
         return pool.sites[(address - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT]

@@ -362,14 +362,9 @@ class SegmentHeapAllocator(PoolAllocator):
 
     # --- queries -------------------------------------------------------------------------------
 
-    def site_of(self, address: int) -> int:
-        if self.layer is not None:
-            site = self.layer.site_of(address)
-            if site is not None:
-                return site
-        heap = self.locate(address)
-        if address in heap.big_pages:
-            return heap.big_sites.get(address, 0)
+    def small_site_of(self, heap, address: int) -> int:
+        """A small block's call site: in its POOL_HEADER's ProcessBilled when no quota is
+        charged (the segment heap keeps no site map)."""
         pa = heap._pa(self.first_header(heap, address))
         if self.mem[pa + POOL_HEADER.PoolType] & POOL_TYPE_QUOTA:
             return 0
