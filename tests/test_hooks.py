@@ -144,3 +144,21 @@ def test_mapping_changes_and_debug_prints_are_events(k):
     k.DbgPrint("hello\nworld\n")
     assert MappingChanged(p) in changed
     assert printed == [DebugPrinted("hello"), DebugPrinted("world")]
+
+
+def test_dbgprint_reads_a_c_string_from_memory_up_to_a_page_that_is_not_there(k):
+    # A string ending on the last byte before an unmapped page reads without a fault (the
+    # reader takes 64-byte pieces, which never cross a page); one running into it faults there.
+    page = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 2 * 4096, "Strs")
+    text = b"a message that spans a page boundary"
+    start = page + 4096 - 20
+    k.write(start, text + b"\0")
+    k.DbgPrint(start)
+    assert k.debug_output[-1] == text.decode()
+    big = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 4096, "Last")
+    k.write(big + 4096 - 6, b"tail!\0")
+    k.DbgPrint(big + 4096 - 6)
+    assert k.debug_output[-1] == "tail!"
+    k.write(big + 4096 - 6, b"nonul!")
+    with pytest.raises(ntpool.BugCheck):
+        k.DbgPrint(big + 4096 - 6)  # runs into the unmapped page after the allocation

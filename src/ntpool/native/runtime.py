@@ -17,10 +17,10 @@ import struct
 from types import SimpleNamespace
 
 from ..errors import NtStatusError
+from ..routines.runtime import MAX_STRING, read_c_string
 
 _Q = struct.Struct("<Q")
 _FORMAT = re.compile(rb"%([-+ #0]*)(\*|\d+)?(?:\.(\*|\d+))?(hh|h|ll|l|w|I64|I32|I|z|j|t|L)?([a-zA-Z%])")
-MAX_STRING = 0x10000
 DPFLTR_ERROR_LEVEL = 0
 # DbgPrintEx shows a message when its level is ERROR (0) or when the component's mask
 # allows it; Windows' default mask shows only errors. ntpool shows every level, marked.
@@ -57,17 +57,10 @@ class VaList:
 
 
 def read_cstring(kernel, address: int, limit: int = MAX_STRING) -> bytes:
+    """A %s argument's bytes: "(null)" for NULL, as the kernel's CRT prints it."""
     if not address:
         return b"(null)"
-    out = bytearray()
-    while len(out) < limit:
-        chunk = kernel.read(address + len(out), 64 - ((address + len(out)) & 63))
-        end = chunk.find(b"\0")
-        if end >= 0:
-            out += chunk[:end]
-            return bytes(out)
-        out += chunk
-    return bytes(out)
+    return read_c_string(kernel, address, limit)
 
 
 def read_wstring(kernel, address: int, limit: int = MAX_STRING) -> str:

@@ -20,6 +20,23 @@ from ..errors import NtStatusError
 from ..hooks import DebugPrinted
 from .registry import register_type, routine
 
+MAX_STRING = 0x10000  # bytes read of a C string before giving up on its terminator
+
+
+def read_c_string(kernel, address: int, limit: int = MAX_STRING) -> bytes:
+    """The bytes of a NUL-terminated string in simulated memory (at most ``limit``), read a
+    64-byte-aligned piece at a time: a piece never crosses a page, so a string that ends
+    just before an unmapped page does not fault, and one that runs into it faults there."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = kernel.read(address + len(out), 64 - ((address + len(out)) & 63))
+        end = chunk.find(b"\0")
+        if end >= 0:
+            out += chunk[:end]
+            return bytes(out)
+        out += chunk
+    return bytes(out[:limit])
+
 for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PSLIST_HEADER", "PSLIST_ENTRY"):
     register_type(_name, 8, pointer=True)
 
@@ -74,14 +91,8 @@ class RuntimeRoutines:
     def DbgPrintEx(self, ComponentId, Level, Format) -> int:
         return self.DbgPrint(Format)
 
-    def _c_string(self, address: int, limit: int = 0x10000) -> str:
-        out = bytearray()
-        while len(out) < limit:
-            byte = self.read(address + len(out), 1)
-            if byte == b"\0":
-                break
-            out += byte
-        return out.decode("latin-1")
+    def _c_string(self, address: int, limit: int = MAX_STRING) -> str:
+        return read_c_string(self, address, limit).decode("latin-1")
 
     # --- the C runtime -------------------------------------------------------------------------
 
