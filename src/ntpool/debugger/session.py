@@ -279,17 +279,26 @@ class KdSession:
                 continue
             lines.append(self._chunk_line(chunk, marked))
             if marked:
-                tag = display(chunk.tag)
-                lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
-                if chunk.state == "Allocated":
-                    lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
-                              for text in self._allocated_by(chunk)]
-                if flags & 1:
-                    lines += self._contents(chunk)
+                lines += self._marked_details(chunk, flags)
         for problem in report.problems:
             lines.append(f"*** Bad pool header: {problem}")
         if chunk_containing(report, address) is None:
             lines.append(f"{address:016x} is not inside any chunk the header chain reaches")
+        return lines
+
+    def _marked_details(self, chunk, flags: int, untagged: bool = True) -> list[str]:
+        """What !pool says under the chunk holding the address: its tag's owner (a block with
+        no tag has none to name, unless ``untagged``), who allocated it, and with flag 1 its
+        contents."""
+        lines = []
+        if chunk.tag or untagged:
+            tag = display(chunk.tag)
+            lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
+        if chunk.state == "Allocated":
+            lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
+                      for text in self._allocated_by(chunk)]
+        if flags & 1:
+            lines += self._contents(chunk)
         return lines
 
     def heap_pool_lines(self, address: int, pool, flags: int = 0) -> list[str]:
@@ -309,14 +318,7 @@ class KdSession:
                 continue
             lines.append(self._heap_block_line(block, marked))
             if marked:
-                tag = display(block.tag)
-                if block.tag:
-                    lines.append(f"\t\tPooltag {tag} : {self.owner(tag)}")
-                if block.state == "Allocated":
-                    lines += [f"\t\tAllocated by {text.split(':  ', 1)[1]}"
-                              for text in self._allocated_by(block)]
-                if flags & 1:
-                    lines += self._contents(block)
+                lines += self._marked_details(block, flags, untagged=False)
         lines += [f"*** Bad segment heap entry: {problem}" for problem in problems]
         if marked_block is None:
             lines.append(f"{address:016x} is not inside any block the subsegment's headers reach")
