@@ -335,3 +335,25 @@ def test_score_of_a_corpus_dump_reads_poolfind_streamed_as_from_whole_text(tmp_p
     assert len(whole.findings) > 100
     streamed = run_score({"truth": truth})["score"]
     assert streamed == score(load(truth), whole, None, truth)
+
+
+def test_a_windows_11_corpus_scores_ntpools_scanner_without_a_false_header(tmp_path, capsys):
+    import json
+
+    from ntpool.dump import DumpReader
+    from ntpool.forensics.truth import check_against_tracker, load
+
+    assert main(["corpus", "--out", str(tmp_path / "c"), "--count", "2", "--windows", "11",
+                 "--pool-mib", "1-2", "-j", "1"]) == 0
+    index = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert [entry["windows"] for entry in index["dumps"]] == ["Windows 11 (build 22621, 22H2)"] * 2
+    for entry in index["dumps"]:
+        truth = load(tmp_path / "c" / entry["truth"])
+        assert truth["dump"]["windows"].startswith("Windows 11")
+        assert {row[-1] for row in truth["chunks"]} >= {"Lfh", "Vs"}  # the segment heap's backends
+        with DumpReader(str(tmp_path / "c" / entry["dump"])) as reader:
+            assert check_against_tracker(truth, reader.tracker_entries()) == []
+    capsys.readouterr()
+    assert main(["score", "--corpus", str(tmp_path / "c"), "-j", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("dump-", "all"))]
+    assert len(lines) == 3 and all(line.split()[-9] == "1.000" for line in lines)

@@ -2,6 +2,7 @@
 ``ntpool corpus``."""
 
 from ..dump import isf
+from .sources import add_windows_argument
 from .verify import add_engine_arguments
 
 
@@ -129,20 +130,22 @@ def _cmd_corpus(args) -> int:
     if not kinds or any(k not in ("kernel", "full") for k in kinds):
         raise ValueError(f"--kinds {args.kinds!r}: 'kernel', 'full' or both")
     low, high = parse_mib_range(args.pool_mib)
-    options = CorpusOptions(args.count, args.seed, low, high, args.fill, kinds)
+    options = CorpusOptions(args.count, args.seed, low, high, args.fill, kinds,
+                            "7" if args.windows is None else args.windows)
 
     def progress(done, entry):
         print(f"{entry['dump']}: {entry['kind']}, {entry['pool_mib_each']:.1f} MiB each pool, "
               f"{entry['chunks']} chunks {entry['states']}, {entry['big_allocations']} big, "
               f"{entry['paged_out_pages']} paged out, {len(entry['corrupt_pages'])} corrupt pages, "
-              f"{entry['decoys']} decoys", flush=True)
+              f"{entry['decoys']} decoys, {entry['windows']}", flush=True)
 
     from rich.console import Console
 
     from .verify import engine_for
 
     description = {"command": "corpus", "out": str(args.out), "count": args.count,
-                   "seed": args.seed, "pool_mib": args.pool_mib, "fill": args.fill, "kinds": kinds}
+                   "seed": args.seed, "pool_mib": args.pool_mib, "fill": args.fill, "kinds": kinds,
+                   "windows": options.windows}
     with engine_for(args, description, Console(stderr=True), "corpus") as engine:
         make_corpus(args.out, options, progress, engine=engine)
     print(f"wrote {args.count} dumps, their manifests and corpus.json to {args.out} "
@@ -159,5 +162,6 @@ def add_corpus_command(sub) -> None:
                         help="size of each pool, drawn log-uniformly (default 1-16; up to 1024 and more)")
     corpus.add_argument("--fill", type=float, default=0.5, help="live share of each pool (default 0.5)")
     corpus.add_argument("--kinds", default="kernel,full", help="dump kinds, alternating (default kernel,full)")
+    add_windows_argument(corpus)
     add_engine_arguments(corpus)
     corpus.set_defaults(func=_cmd_corpus)

@@ -42,6 +42,7 @@ class CorpusOptions:
     max_pool_mib: float = 16
     fill: float = 0.5  # of each pool, in live allocations, at the end
     kinds: tuple = ("kernel", "full")
+    windows: str = "7"  # the machines' Windows, hence their pool design (Kernel(windows=...))
 
 
 def parse_mib_range(text: str) -> tuple[float, float]:
@@ -149,15 +150,17 @@ def _corrupt(kernel, rng: random.Random, truth, count: int) -> list:
     return done
 
 
-def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fill: float = 0.5) -> dict:
+def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fill: float = 0.5,
+              windows: str = "7") -> dict:
     """One dump and its manifest in ``directory``; returns its corpus.json entry."""
     from ..kernel import Kernel
 
     rng = random.Random(seed)
     pool_bytes = max(PAGE_SIZE * 64, int(pool_mib * MiB) & ~(PAGE_SIZE - 1))
-    # Half the machines batch their frees (Windows' delayed frees), so chunks wait as pending.
+    # Half the machines batch their frees (Windows 7's delayed frees), so chunks wait as
+    # pending; the segment heap's VS backend delays its frees whatever the flag.
     kernel = Kernel(nonpaged_pool_bytes=pool_bytes, paged_pool_bytes=pool_bytes,
-                    delayed_frees=rng.random() < 0.5)
+                    delayed_frees=rng.random() < 0.5, windows=windows)
     live = _workload(kernel, rng, pool_bytes, fill)
     decoys = _plant_decoys(kernel, rng, live, 8 + len(live) // 400)
     _page_out(kernel, rng, live, 2 + len(live) // 2000)
@@ -170,13 +173,13 @@ def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fil
     dump_path = os.path.join(directory, f"{name}.dmp")
     kernel.write_dump(dump_path, kind)
     truth.dump = {"file": os.path.basename(dump_path), "kind": kind, "seed": seed,
-                  "pool_bytes": pool_bytes}
+                  "pool_bytes": pool_bytes, "windows": str(kernel.windows)}
     truth_path = truth_module.write(truth, os.path.join(directory, f"{name}.truth.json"))
     states: dict = {}
     for row in truth.chunks:
         states[row[9]] = states.get(row[9], 0) + 1
     return {"dump": os.path.basename(dump_path), "truth": os.path.basename(truth_path), "kind": kind,
-            "seed": seed, "pool_mib_each": pool_bytes / MiB, "chunks": len(truth.chunks),
+            "windows": str(kernel.windows), "seed": seed, "pool_mib_each": pool_bytes / MiB, "chunks": len(truth.chunks),
             "states": states, "big_allocations": len(truth.big),
             "paged_out_pages": len(truth.paged_out_pages), "corrupt_pages": corrupted,
             "decoys": len(truth.decoys)}
@@ -193,7 +196,7 @@ def corpus_dumps(directory, options: CorpusOptions) -> list[dict]:
         pool_mib = math.exp(low + (high - low) * master.random()) if high > low else options.min_pool_mib
         dumps.append({"directory": os.path.abspath(directory), "number": number, "seed": seed,
                       "pool_mib": pool_mib, "kind": options.kinds[number % len(options.kinds)],
-                      "fill": options.fill})
+                      "fill": options.fill, "windows": options.windows})
     return dumps
 
 
