@@ -357,3 +357,15 @@ def test_a_windows_11_corpus_scores_ntpools_scanner_without_a_false_header(tmp_p
     assert main(["score", "--corpus", str(tmp_path / "c"), "-j", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("dump-", "all"))]
     assert len(lines) == 3 and all(line.split()[-9] == "1.000" for line in lines)
+
+
+def test_bench_campaign_runs_its_short_scenario_on_the_windows_asked(capsys):
+    from ntpool.campaign import bench as campaign_bench
+
+    assert all(task["windows"] == "11" for task in campaign_bench.short_tasks(3, "11"))
+    assert "windows" not in campaign_bench.short_tasks(1)[0]
+    figures = campaign_bench.measure(4, jobs=1, dask=False, windows="11")
+    assert figures["windows"] == "11" and figures["same_results"]
+    # The command takes --windows as every command that boots machines does.
+    from ntpool.cli.main import build_parser
+    assert build_parser().parse_args(["bench-campaign", "--windows", "11"]).windows == "11"

@@ -39,15 +39,17 @@ def workload(k, rng):
 '''
 
 
-def short_tasks(runs: int) -> list[dict]:
+def short_tasks(runs: int, windows: str | None = None) -> list[dict]:
     content = {"name": "short", "path": "<bench-campaign>", "source": SHORT_SCENARIO}
-    return [keyed(scenario_task(content, seed=1, plan={"random": {"probability": 0.01, "seed": s}}))
+    return [keyed(scenario_task(content, seed=1, plan={"random": {"probability": 0.01, "seed": s}},
+                                windows=windows))
             for s in range(runs)]
 
 
-def measure(runs: int = 1000, jobs: int | None = None, dask: bool = True) -> dict:
-    tasks = short_tasks(runs)
-    figures: dict = {"runs": runs, "jobs": jobs or default_jobs()}
+def measure(runs: int = 1000, jobs: int | None = None, dask: bool = True,
+            windows: str | None = None) -> dict:
+    tasks = short_tasks(runs, windows)
+    figures: dict = {"runs": runs, "jobs": jobs or default_jobs(), "windows": windows}
     start = time.perf_counter()
     direct = [execute(task) for task in tasks[: max(1, runs // 10)]]
     figures["direct_per_run_ms"] = (time.perf_counter() - start) * 1000 / len(direct)
@@ -79,9 +81,10 @@ def measure(runs: int = 1000, jobs: int | None = None, dask: bool = True) -> dic
     return figures
 
 
-def run_and_report(runs: int, jobs: int | None) -> int:
-    f = measure(runs, jobs)
-    print(f"{f['runs']:,} short runs ({f['direct_per_run_ms']:.1f} ms each, called directly)")
+def run_and_report(runs: int, jobs: int | None, windows: str | None = None) -> int:
+    f = measure(runs, jobs, windows=windows)
+    on = f" on Windows {windows}" if windows else ""
+    print(f"{f['runs']:,} short runs{on} ({f['direct_per_run_ms']:.1f} ms each, called directly)")
     print(f"serial: {f['serial_s']:.2f} s; engine overhead per run {f['overhead_per_run_ms']:.2f} ms "
           f"(target < 20 ms)")
     print(f"local pool of {f['jobs']} processes: {f['local_s']:.2f} s, "

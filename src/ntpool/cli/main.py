@@ -88,7 +88,7 @@ def _cmd_bench_campaign(args) -> int:
 
     if args.runs < 1:
         raise ValueError(f"--runs must be at least 1, got {args.runs}")
-    return run_and_report(args.runs, args.jobs)
+    return run_and_report(args.runs, args.jobs, args.windows)
 
 
 def _cmd_bench_dump(args) -> int:
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_campaign.add_argument("--runs", type=int, default=1000, help="short runs (default 1000)")
     bench_campaign.add_argument("-j", "--jobs", type=int, default=None,
                                 help="worker processes (default: every core)")
+    add_windows_argument(bench_campaign)
     bench_campaign.set_defaults(func=_cmd_bench_campaign)
     add_commands(sub)
     add_verify_command(sub)
