@@ -115,8 +115,8 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 
 def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
-    current processor's lookaside heads, counts and TotalAllocates, the site map and the
-    address its index counts from (a chunk's header: body - 16), the allocated PoolType
+    current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
+    the site map and the address its index counts from (a chunk's header: body - 16), the allocated PoolType
     byte, and the pool's column in a tracker row. Rebuilt when the processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
             pool.allocated_header_type, pool.track_offset)
@@ -245,7 +245,11 @@ class PoolAllocator:
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
-                onward = not body  # this processor's lookaside is empty
+                if not body:  # this processor's lookaside is empty: on to the pool (see below)
+                    body = self.allocate_after_lookaside(self.fast_pools[pool_type], block_size, tag_ulong,
+                                                         row, site)
+                    return body if body else self.fast_failure(pool_type, number_of_bytes)
+                onward = False  # a head no chunk body starts at: the generic path pops it
             else:  # a size no lookaside serves: the ListHeads or big pages
                 onward = type(number_of_bytes) is int and LOOKASIDE_MAX_BYTES < number_of_bytes < 1 << 64
             if onward:
@@ -254,9 +258,7 @@ class PoolAllocator:
                 # system-wide lookaside, then the ListHeads, or big pages), as
                 # ExAllocatePoolWithTag goes on after its lookaside pop.
                 body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong, site)
-                return body if body else self.finish(
-                    0, number_of_bytes, zero=False,
-                    raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+                return body if body else self.fast_failure(pool_type, number_of_bytes)
         except (KeyError, TypeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
@@ -539,6 +541,43 @@ class PoolAllocator:
         self.tracker.release(tag, pool.track_offset, pages << PAGE_SHIFT)
         pool.release_pages(address, pages)
 
+    def fast_failure(self, pool_type: int, number_of_bytes: int) -> int:
+        """What the fast path answers when the pool is exhausted: NULL, or the raised status
+        for a pool type with the raise bit (FsRtlAllocatePoolWithTag's)."""
+        return self.finish(0, number_of_bytes, zero=False,
+                           raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+
+    def allocate_after_lookaside(self, pool: Pool, block_size: int, tag: int, row: list, site: int) -> int:
+        """``allocate_plain`` of a small chunk whose per-processor lookaside list the fast path
+        found empty (``row``: the tag's tracker row): the system-wide list, then the pool's
+        ListHeads or a new page, as ExAllocatePoolWithTag goes on. The body, or 0."""
+        body = pool.pop_system_lookaside(block_size, self.irql)
+        if body:
+            self._hand_out_lookaside_entry(pool, body, tag, site)
+        else:
+            chunk = pool.allocate_small(block_size, tag, site)
+            if not chunk:
+                return 0
+            body = chunk + HEADER_SIZE
+        column = pool.track_offset  # as tracker.charge does, the row already at hand
+        row[column] += 1
+        row[column + 2] += block_size << BLOCK_SHIFT
+        return body
+
+    def _hand_out_lookaside_entry(self, pool: Pool, body: int, tag: int, site: int) -> None:
+        """Write the header of a chunk popped from a lookaside list, and its call site.
+
+        Trusted as Windows 7 trusts it: the header is written wherever it lies (in one piece,
+        translated once, where a body can start; else page by page)."""
+        if _BODY_OK[body & 0xFFF]:
+            _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
+                           pool.allocated_header_type, tag, site & pool.header_site_mask)
+        else:
+            pool.write_bytes(body + _TYPE_FROM_BODY,
+                             TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
+                                                  site & pool.header_site_mask), self.irql)
+        pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
+
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
         """The allocation itself, no layer consulted; the call site goes to the pool's site map
@@ -561,16 +600,7 @@ class PoolAllocator:
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                # Trusted as Windows 7 trusts it: the header is written wherever it lies (in
-                # one piece, translated once, where a body can start; else page by page).
-                if _BODY_OK[body & 0xFFF]:
-                    _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
-                                   pool.allocated_header_type, tag, site & pool.header_site_mask)
-                else:
-                    pool.write_bytes(body + _TYPE_FROM_BODY,
-                                     TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
-                                                          site & pool.header_site_mask), self.irql)
-                pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
+                self._hand_out_lookaside_entry(pool, body, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)
