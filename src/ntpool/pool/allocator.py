@@ -172,6 +172,13 @@ class PoolAllocator:
         self.hooks.watch(MemoryWritten, self._watch_writes)
         self.refresh_fast_paths()
 
+    def widen_site_maps(self) -> None:
+        """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
+        and the fast paths take the new maps."""
+        for pool in self.pools:
+            pool.widen_site_map()
+        self.refresh_fast_paths()
+
     def _watch_writes(self, active: bool) -> None:
         self.writes_watched = active
 
