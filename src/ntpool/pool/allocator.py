@@ -271,18 +271,21 @@ class PoolAllocator:
         """
         try:
             pool = self.fast_free_slots[address >> 39]
-            if address & 0xFFF and address >= pool.base and \
+            offset = address & 0xFFF
+            # _BODY_OK: a 16-byte boundary past the page's first header, where a small
+            # chunk's body can start (a page-aligned address is a big allocation's).
+            if _BODY_OK[offset] and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
+                pa = self.tlb[address >> PAGE_SHIFT] + offset - _BODY
                 _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                     row = self.tracker.rows[stored]
                 else:
                     passed, row = self.known_tags[tag]  # the tag's ULONG and its tracker row
-                end = (address & 0xFFF) - _BODY + (block_size << 4)
-                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
+                end = offset - _BODY + (block_size << 4)
+                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed \
                         and block_size and (block_size == blocks or not blocks) and \
                         (end == PAGE_SIZE or
                          (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
@@ -303,7 +306,7 @@ class PoolAllocator:
                     # The system-wide lookaside, the pending frees, or the lists.
                     pool.release_small(address - _BODY, block_size)
                     return True
-            elif not address & 0xFFF and not blocks and self.layer is None and address >= pool.base \
+            elif not offset and not blocks and self.layer is None and address >= pool.base \
                     and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                 # A big allocation's first page: nothing for the generic path to validate
                 # first (the pool and IRQL are the fast path's); its own checks follow.
