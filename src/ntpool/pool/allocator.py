@@ -181,11 +181,7 @@ class PoolAllocator:
         A layer that only observes (it has ``lane`` and ``forget``: Driver Verifier) keeps
         the free fast path on, which tells it each chunk freed, and the pool types the
         allocation fast path would serve become ``lane_pools`` for ``allocate_in_lane``."""
-        usable: dict[int, Pool] = {}
-        if pool_usable_at(self.irql, 0):
-            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
-            if pool_usable_at(self.irql, 1):
-                usable[1] = self.paged
+        usable = self.usable_pools()
         # FsRtlAllocatePoolWithTag passes the raise bit. The fast path never fails (a miss
         # goes to the generic path, which raises), so it serves those types as the plain ones.
         for pool_type in list(usable):
@@ -194,10 +190,23 @@ class PoolAllocator:
         observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
             hasattr(self.layer, "forget")
         self.fast_pools = usable if not blockers else {}
-        self.fast_lists = {pool_type: fast_lists_of(pool) for pool_type, pool in self.fast_pools.items()}
+        self.fast_lists = self.fast_lists_for(self.fast_pools)
         self.lane_pools = usable if observed else {}
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
             if not blockers or observed else {}
+
+    def usable_pools(self) -> dict:
+        """The pool types no IRQL check stops at the current IRQL -> their pool."""
+        usable: dict[int, Pool] = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
+            if pool_usable_at(self.irql, 1):
+                usable[1] = self.paged
+        return usable
+
+    def fast_lists_for(self, fast_pools: dict) -> dict:
+        """What the allocation fast path unpacks for each pool type it serves."""
+        return {pool_type: fast_lists_of(pool) for pool_type, pool in fast_pools.items()}
 
     def set_layer(self, layer: PoolLayer | None) -> None:
         """Put ``layer`` between the generic path and the pools (None: remove it)."""
