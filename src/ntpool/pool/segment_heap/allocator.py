@@ -16,7 +16,6 @@ from ...constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
     POOL_NX_ALLOCATION,
-    POOL_RAISE_IF_ALLOCATION_FAILURE,
     BadPoolCaller,
     BugCheckCode,
 )
@@ -86,19 +85,17 @@ class SegmentHeapAllocator(PoolAllocator):
         self.pools_by_slot = {heap.base >> 39: heap for heap in self.pools}
         self.refresh_fast_paths()
 
-    def refresh_fast_paths(self) -> None:
-        fast: dict = {}
-        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
-            fast[0] = self.nonpaged
-            fast[POOL_NX_ALLOCATION] = self.nonpaged_nx
+    def usable_pools(self) -> dict:
+        usable: dict = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = self.nonpaged
+            usable[POOL_NX_ALLOCATION] = self.nonpaged_nx
             if pool_usable_at(self.irql, 1):
-                fast[1] = self.paged
-        # FsRtlAllocatePoolWithTag passes the raise bit: the fast path never fails (a miss
-        # takes the generic path, which raises), so it serves those types as the plain ones.
-        for pool_type in list(fast):
-            fast[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = fast[pool_type]
-        self.fast_pools = fast
-        self.fast_free_slots = {heap.base >> 39: heap for heap in set(fast.values())}
+                usable[1] = self.paged
+        return usable
+
+    def fast_lists_for(self, fast_pools: dict) -> dict:
+        return {}  # the LFH fast path reads each heap's current subsegments instead
 
     def pool_for(self, pool_type: int) -> SegmentHeap:
         if pool_type & 1:
@@ -169,6 +166,8 @@ class SegmentHeapAllocator(PoolAllocator):
                         sub.free_bits |= 1 << index
                         sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
                         sub.free_hint = index
+                        if self.layer is not None:
+                            self.layer.forget(address)  # an observing layer's record of it
                         column = heap.track_offset
                         row[column + 1] += 1
                         row[column + 2] -= sub.block_size
