@@ -172,6 +172,13 @@ class PoolAllocator:
         self.hooks.watch(MemoryWritten, self._watch_writes)
         self.refresh_fast_paths()
 
+    def widen_site_maps(self) -> None:
+        """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
+        and the fast paths take the new maps."""
+        for pool in self.pools:
+            pool.widen_site_map()
+        self.refresh_fast_paths()
+
     def _watch_writes(self, active: bool) -> None:
         self.writes_watched = active
 
@@ -181,11 +188,7 @@ class PoolAllocator:
         A layer that only observes (it has ``lane`` and ``forget``: Driver Verifier) keeps
         the free fast path on, which tells it each chunk freed, and the pool types the
         allocation fast path would serve become ``lane_pools`` for ``allocate_in_lane``."""
-        usable: dict[int, Pool] = {}
-        if pool_usable_at(self.irql, 0):
-            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
-            if pool_usable_at(self.irql, 1):
-                usable[1] = self.paged
+        usable = self.usable_pools()
         # FsRtlAllocatePoolWithTag passes the raise bit. The fast path never fails (a miss
         # goes to the generic path, which raises), so it serves those types as the plain ones.
         for pool_type in list(usable):
@@ -194,10 +197,23 @@ class PoolAllocator:
         observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
             hasattr(self.layer, "forget")
         self.fast_pools = usable if not blockers else {}
-        self.fast_lists = {pool_type: fast_lists_of(pool) for pool_type, pool in self.fast_pools.items()}
+        self.fast_lists = self.fast_lists_for(self.fast_pools)
         self.lane_pools = usable if observed else {}
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
             if not blockers or observed else {}
+
+    def usable_pools(self) -> dict:
+        """The pool types no IRQL check stops at the current IRQL -> their pool."""
+        usable: dict[int, Pool] = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
+            if pool_usable_at(self.irql, 1):
+                usable[1] = self.paged
+        return usable
+
+    def fast_lists_for(self, fast_pools: dict) -> dict:
+        """What the allocation fast path unpacks for each pool type it serves."""
+        return {pool_type: fast_lists_of(pool) for pool_type, pool in fast_pools.items()}
 
     def set_layer(self, layer: PoolLayer | None) -> None:
         """Put ``layer`` between the generic path and the pools (None: remove it)."""
@@ -273,18 +289,21 @@ class PoolAllocator:
         """
         try:
             pool = self.fast_free_slots[address >> 39]
-            if address & 0xFFF and address >= pool.base and \
+            offset = address & 0xFFF
+            # _BODY_OK: a 16-byte boundary past the page's first header, where a small
+            # chunk's body can start (a page-aligned address is a big allocation's).
+            if _BODY_OK[offset] and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
+                pa = self.tlb[address >> PAGE_SHIFT] + offset - _BODY
                 _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                     row = self.tracker.rows[stored]
                 else:
                     passed, row = self.known_tags[tag]  # the tag's ULONG and its tracker row
-                end = (address & 0xFFF) - _BODY + (block_size << 4)
-                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
+                end = offset - _BODY + (block_size << 4)
+                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed \
                         and block_size and (block_size == blocks or not blocks) and \
                         (end == PAGE_SIZE or
                          (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
@@ -305,7 +324,7 @@ class PoolAllocator:
                     # The system-wide lookaside, the pending frees, or the lists.
                     pool.release_small(address - _BODY, block_size)
                     return True
-            elif not address & 0xFFF and not blocks and self.layer is None and address >= pool.base \
+            elif not offset and not blocks and self.layer is None and address >= pool.base \
                     and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                 # A big allocation's first page: nothing for the generic path to validate
                 # first (the pool and IRQL are the fast path's); its own checks follow.

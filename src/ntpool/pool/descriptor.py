@@ -71,6 +71,8 @@ def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
 
 
+_WIDENING_PIECE = 1 << 20  # site map bytes copied at a time by Pool.widen_site_map
+
 # What each pool page holds (one byte a page in Pool.page_kind).
 PAGE_FREE = 0
 PAGE_SMALL = 1  # chunks with headers
@@ -118,10 +120,14 @@ class Pool:
         # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
         # AllocatorBackTraceIndex is, kept outside the simulated headers: their bytes 8-15 are
         # ProcessBilled, zero unless quota is charged, as on a Windows 7 machine without the
-        # kernel stack trace database. The host backs only what is touched (2 bytes per 32 of
-        # pool); crash dumps carry it per block (NTPL's allocation-site table).
-        self.site_map = mmap.mmap(-1, self.page_count * SITE_UNITS_PER_PAGE * 2)
-        self.sites = memoryview(self.site_map).cast("H")
+        # kernel stack trace database. The host backs only what is touched: one byte per 32
+        # of pool while the machine's call sites are numbered below 256 (most machines: they
+        # are counted per calling line), two from the first one past that (``widen_site_map``,
+        # before it can be recorded). Private memory, so reading what was never written (the
+        # widening does) costs nothing. Crash dumps carry it per block (NTPL's
+        # allocation-site table).
+        self.site_map = mmap.mmap(-1, self.page_count * SITE_UNITS_PER_PAGE, flags=mmap.MAP_PRIVATE)
+        self.sites = memoryview(self.site_map)  # format "B", then "H": indexed the same way
         # 0xFFFF with gflags' kernel stack trace database on (Kernel(stack_trace_database=True)):
         # AllocatorBackTraceIndex in header bytes 8-9 then holds the call site too.
         self.header_site_mask = 0
@@ -225,6 +231,23 @@ class Pool:
         self.la_count = self.la.count
         self.la_limit = self.la.depth
         self.la_allocates = self.la.allocate_hits  # a pop from the list: TotalAllocates' share of hits
+
+    def widen_site_map(self) -> None:
+        """Two bytes a unit from now on: the machine has a call site numbered past 255. The
+        sites so far are copied over a piece at a time; pieces never written are skipped."""
+        if self.sites.format == "H":
+            return
+        narrow = self.site_map
+        wide = mmap.mmap(-1, 2 * len(narrow), flags=mmap.MAP_PRIVATE)
+        zeros = bytes(_WIDENING_PIECE)
+        for start in range(0, len(narrow), _WIDENING_PIECE):
+            piece = narrow[start:start + _WIDENING_PIECE]
+            if piece != zeros[:len(piece)]:
+                little_endian = bytearray(2 * len(piece))
+                little_endian[0::2] = piece
+                wide[2 * start:2 * (start + len(piece))] = little_endian
+        self.site_map = wide
+        self.sites = memoryview(wide).cast("H")
 
     @property
     def lookasides(self) -> list[Lookaside]:
