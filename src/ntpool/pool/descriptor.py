@@ -71,7 +71,7 @@ def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
 
 
-_WIDENING_PIECE = 1 << 20  # site map bytes copied at a time by Pool.widen_site_map
+_WIDENING_PIECE = 1 << 16  # site map bytes copied at a time by Pool.widen_site_map
 
 # What each pool page holds (one byte a page in Pool.page_kind).
 PAGE_FREE = 0
