@@ -142,12 +142,52 @@ class ThreeSites(Driver):
         return k.ExAllocatePoolWithTag(NP, size, "Thre")
 
 
-def test_the_site_map_holds_one_ushort_per_32_bytes_of_pool():
+def test_the_site_map_holds_one_byte_per_32_bytes_of_pool_while_sites_fit_a_byte():
     k = machine()
     pool = k.nonpaged_pool
-    assert len(pool.sites) == pool.page_count * 4096 // 32
+    assert len(pool.sites) == pool.page_count * 4096 // 32 and pool.sites.format == "B"
     p = k.ExAllocatePoolWithTag(NP, 0, "Zero")  # served as 1 byte: 2 blocks, as any chunk
     assert header(k, p).BlockSize == 2
+
+
+def _many_sites(count: int):
+    """A function making ``count`` allocations, each from a line of its own (its own site),
+    alternately nonpaged and paged, sizes that go through the lookasides and the lists."""
+    lines = [f"    out.append(k.ExAllocatePoolWithTag({n % 2}, {(n * 37) % 900 + 1}, 'Many'))\n"
+             for n in range(count)]
+    namespace: dict = {}
+    exec(compile("def many(k, out):\n" + "".join(lines), __file__, "exec"), namespace)
+    return namespace["many"]
+
+
+def test_the_256th_site_widens_the_site_maps_to_a_ushort_keeping_every_site():
+    k = machine()
+    many = _many_sites(300)
+    live: list = []
+    many(k, live)  # the first line is site 1: the 256th site is made by line 256
+    assert {pool.sites.format for pool in (k.nonpaged_pool, k.paged_pool)} == {"H"}
+    assert len(k.nonpaged_pool.sites) == k.nonpaged_pool.page_count * 4096 // 32
+    numbers = [k.pool.site_of(p) for p in live]
+    assert numbers == list(range(1, 301))  # those made before the widening too
+    assert [k.allocation_site(p).lineno for p in live] == list(range(2, 302))
+    for p in live[::3]:  # freed and reallocated through the fast path, past the widening
+        k.ExFreePoolWithTag(p, "Many")
+    again: list = []
+    many(k, again)
+    assert [k.pool.site_of(p) for p in again] == list(range(1, 301))
+
+
+def test_a_widened_site_map_gives_the_dump_the_same_allocation_site_table():
+    from ntpool.dump.layout import allocation_site_table
+    k = machine()
+    live: list = []
+    _many_sites(200)(k, live)
+    for p in live[::2]:  # stale sites of free chunks are in the table too
+        k.ExFreePoolWithTag(p, "Many")
+    narrow = allocation_site_table(k)
+    k.pool.widen_site_maps()
+    assert k.nonpaged_pool.sites.format == "H"
+    assert allocation_site_table(k) == narrow
 
 
 def test_neighbouring_chunks_at_odd_and_even_blocks_keep_their_own_sites(tmp_path):

@@ -491,6 +491,34 @@ def test_pool_tracking_records_every_allocation_and_forgets_every_free(k):
     assert e.code == 0xC4 and e.parameters == (0x62, loaded.name_va, 0, 1)
 
 
+@pytest.mark.parametrize("windows", ["10", "11"])
+def test_pool_tracking_keeps_the_segment_heaps_fast_paths(windows):
+    """On the segment heap too, pool tracking alone leaves the requests it only watches in
+    the allocator's lane and its LFH free fast path on, which tells the verifier."""
+    from ntpool.pool.segment_heap.layout import LFH_ACTIVATE_REQUESTS
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, windows=windows)
+    d = Juggler()
+    loaded = k.load_driver(d)
+    d.free(k, d.allocate(k, LFH_ACTIVATE_REQUESTS + 10))  # the 64-byte bucket's LFH active
+    k.verifier.enable("buggy.sys", pool_tracking=True)
+    assert k.pool.lane_pools and k.pool.fast_free_slots and not k.pool.fast_pools
+    layer_allocations = []
+    allocate = k.verifier.allocate
+    k.verifier.allocate = lambda *args, **kw: (layer_allocations.append(args), allocate(*args, **kw))[1]
+    held = d.allocate(k, 6)
+    assert [row.address for row in k.verifier.outstanding("buggy.sys")] == sorted(held)
+    assert len(layer_allocations) == 1  # only the first request, before its tag passed
+    freed_generic = []
+    free_generic = k.pool.free_generic
+    k.pool.free_generic = lambda *args: (freed_generic.append(args), free_generic(*args))
+    d.free(k, held[:5])
+    assert freed_generic == []  # every free took the LFH fast path ...
+    assert [row.address for row in k.verifier.outstanding("buggy.sys")] == [held[5]]  # ... and told it
+    e = stop(lambda: k.unload_driver(d))
+    assert e.code == 0xC4 and e.parameters == (0x62, loaded.name_va, 0, 1)
+
+
 def test_pool_tracking_still_checks_each_request(k):
     d = Juggler()
     k.load_driver(d)

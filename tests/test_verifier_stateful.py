@@ -115,12 +115,20 @@ class TrackedPoolMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.k = ntpool.Kernel(nonpaged_pool_bytes=64 * 4096, paged_pool_bytes=64 * 4096)
+        self.k = ntpool.Kernel(nonpaged_pool_bytes=self.pool_bytes, paged_pool_bytes=self.pool_bytes,
+                               windows=self.windows)
         self.drivers = {"worker.sys": Worker(), "bystander.sys": Bystander()}
         for driver in self.drivers.values():
             self.k.load_driver(driver)
+        self.warm_up()
         self.k.verifier.enable("worker.sys", pool_tracking=True)
         self.live = {}  # address -> (driver name, pool type, size, tag)
+
+    windows = "7"
+    pool_bytes = 64 * 4096
+
+    def warm_up(self):
+        pass
 
     @rule(name=st.sampled_from(["worker.sys", "bystander.sys"]), pool_type=st.sampled_from([0, 1]),
           size=st.integers(1, 700), tag=st.sampled_from(TAGS))
@@ -166,3 +174,28 @@ class TrackedPoolMachine(RuleBasedStateMachine):
 
 TrackedPoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
 TestTrackedPoolMachine = TrackedPoolMachine.TestCase
+
+
+class TrackedSegmentHeapMachine(TrackedPoolMachine):
+    """The same on Windows 11's segment heap, with the LFH serving a few sizes from the start
+    (it takes over a size at its 2040th request), so the lane and the LFH free fast path
+    see both drivers' blocks."""
+
+    windows = "11"
+    pool_bytes = 4 << 20
+
+    def warm_up(self):
+        from ntpool.pool.segment_heap.layout import LFH_ACTIVATE_REQUESTS
+
+        bystander = self.drivers["bystander.sys"]
+        for pool_type in (0, 1):
+            for size in (24, 100, 200):
+                held = [bystander.allocate(self.k, pool_type, size, TAGS[0])
+                        for _ in range(LFH_ACTIVATE_REQUESTS + 8)]
+                for p in held:
+                    bystander.free(self.k, p, TAGS[0])
+
+
+TrackedSegmentHeapMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=40,
+                                                       deadline=None)
+TestTrackedSegmentHeapMachine = TrackedSegmentHeapMachine.TestCase

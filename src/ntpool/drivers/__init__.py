@@ -53,6 +53,7 @@ def is_machinery_file(filename: str) -> bool:
 _NATIVE_DIRECTORY = _PACKAGE + "native" + os.sep
 NO_DRIVER = 0  # index of "no driver": the kernel itself, or a test calling directly
 MAX_SITES = 0xFFFF  # AllocatorBackTraceIndex is a USHORT
+BYTE_SITES = 0x100  # site numbers below this fit in a byte (Windows 7 pools' site maps start so)
 
 
 class CallSite(NamedTuple):
@@ -141,6 +142,26 @@ class CallSites:
         # Set by the native CPU: the site of the compiled code ntpool is answering for, asked
         # for when the first frame outside the machinery is the native call bridge's.
         self.native_resolver = None
+        # Called once, as the first site numbered BYTE_SITES or more is made (before anyone
+        # can record it): the Windows 7 pools' site maps then go from a byte a unit to two.
+        self._outgrew_a_byte: list = []
+
+    def when_sites_outgrow_a_byte(self, listener) -> None:
+        """Call ``listener()`` as the first site numbered 256 or more is made (at once if
+        one has been)."""
+        if len(self.table) > BYTE_SITES:
+            listener()
+        else:
+            self._outgrew_a_byte.append(listener)
+
+    def _add(self, site: CallSite) -> int:
+        self.table.append(site)
+        number = len(self.table) - 1
+        if number == BYTE_SITES:
+            for listener in self._outgrew_a_byte:
+                listener()
+            self._outgrew_a_byte.clear()
+        return number
 
     def lookup(self, frame) -> int:
         """The site number of the driver call that ``frame`` is in, or leads out to.
@@ -184,9 +205,8 @@ class CallSites:
             # from process to process, and a seeded run must give the same parameters).
             spot = zlib.crc32(f"{code.co_filename}:{code.co_firstlineno}".encode()) & 0xFFFF0
             address = base + 0x1000 + spot + frame.f_lasti
-            self.table.append(CallSite(identity[1], code.co_filename, frame.f_lineno,
-                                       code.co_qualname, address))
-            site = len(self.table) - 1
+            site = self._add(CallSite(identity[1], code.co_filename, frame.f_lineno,
+                                      code.co_qualname, address))
             self._by_identity[identity] = site
         self._indexed_codes.append(frame.f_code)
         self.index[key] = site
@@ -208,8 +228,7 @@ class CallSites:
         """A call site in a compiled driver's image (the CPU caches the number by address)."""
         if len(self.table) > MAX_SITES:
             return 0
-        self.table.append(CallSite(driver.index, filename, lineno, function, address))
-        return len(self.table) - 1
+        return self._add(CallSite(driver.index, filename, lineno, function, address))
 
     def site_of_caller(self) -> int:
         """Site of the nearest code on the stack that is not ntpool's own machinery

@@ -7,7 +7,6 @@ the Windows 7 x64 formats, and KDDEBUGGER_DATA64 (and ntpool's ``NTPL`` block af
 record where they are. Nothing here is on the allocation path.
 """
 
-from array import array
 from dataclasses import dataclass, field
 
 from ..drivers import call_site_table
@@ -234,7 +233,7 @@ def allocation_site_table(kernel) -> bytes:
     for pool in pools:
         pages_used = len(pool.page_kind.rstrip(b"\0"))
         blocks = pages_used * (PAGE_SIZE // 16)
-        blob = _per_block_sites(pool.site_map, pages_used * SITE_UNITS_PER_PAGE)
+        blob = _per_block_sites(pool.sites, pages_used * SITE_UNITS_PER_PAGE)
         entries.append(f.ALLOCATION_SITES_ENTRY.pack(pool.base, blocks, offset, len(blob)))
         blobs.append(blob)
         offset += len(blob)
@@ -247,20 +246,24 @@ def allocation_site_table(kernel) -> bytes:
 SITE_UNITS_PER_PIECE = 1 << 20  # units expanded and compressed at a time (a few MiB of copies)
 
 
-def _per_block_sites(site_map, units: int) -> bytes:
-    """The first ``units`` of a pool's site map (a USHORT per 32-byte unit) as the dump's
-    per-block map, zlib-compressed: each unit's site for both of its blocks. An allocated
-    chunk is the only one starting in its unit, so a reader asking for the block its header
-    starts at gets its site, whichever of the two it is; the format stays per block, as every
-    ntpool dump's is. Done a piece at a time, so a dump of a large pool copies little."""
-    view = memoryview(site_map)[:units * 2].cast("H")
+def _per_block_sites(sites: memoryview, units: int) -> bytes:
+    """The first ``units`` of a pool's site map (a byte or a USHORT per 32-byte unit:
+    ``Pool.sites``) as the dump's per-block map, a USHORT per block, zlib-compressed: each
+    unit's site for both of its blocks. An allocated chunk is the only one starting in its
+    unit, so a reader asking for the block its header starts at gets its site, whichever of
+    the two it is; the format stays per block, as every ntpool dump's is. Done a piece at a
+    time, so a dump of a large pool copies little."""
+    width = sites.itemsize
+    raw = sites.cast("B")
     compressor = zlib.compressobj(1)
     parts = []
     for start in range(0, units, SITE_UNITS_PER_PIECE):
-        piece = array("H", view[start:start + SITE_UNITS_PER_PIECE])
-        blocks = array("H", bytes(4 * len(piece)))
-        blocks[0::2] = piece
-        blocks[1::2] = piece
+        piece = bytes(raw[start * width:min(start + SITE_UNITS_PER_PIECE, units) * width])
+        count = len(piece) // width
+        blocks = bytearray(4 * count)  # per unit: its site twice, little-endian USHORTs
+        for byte in range(width):
+            blocks[byte::4] = piece[byte::width]
+            blocks[2 + byte::4] = piece[byte::width]
         parts.append(compressor.compress(blocks))
     parts.append(compressor.flush())
     return b"".join(parts)

@@ -13,6 +13,7 @@ This module knows nothing of pools.
 
 import mmap
 import struct
+import sys
 from collections.abc import Sequence
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -35,6 +36,8 @@ SELF_MAP_INDEX = 0x1ED
 WINDOWS7_PML4_PFN = 0x187
 
 _QWORD = struct.Struct("<Q")
+if sys.byteorder != "little":  # PhysicalMemory.qwords reads x64's little-endian QWORDs natively
+    raise ImportError("ntpool's simulated x64 memory needs a little-endian host")
 _PTE_RUNS = [struct.Struct(f"<{count}Q") for count in range(0x201)]  # a page table's share of PTEs
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
@@ -62,6 +65,11 @@ class PhysicalMemory:
         self.frame_count = size_bytes // PAGE_SIZE
         self.size = self.frame_count * PAGE_SIZE
         self.buffer = mmap.mmap(-1, self.size)
+        # The same bytes as an array of QWORDs (qwords[pa >> 3] is the 8 bytes at an 8-aligned
+        # pa): one index reads or writes an aligned pointer or a POOL_HEADER's first 8 bytes,
+        # about half what a Struct's unpack_from / pack_into costs. The view is in the host's
+        # byte order, which must be x64's (checked at import).
+        self.qwords = memoryview(self.buffer).cast("Q")
         # One byte a frame: 1 while the frame holds something the machine uses.
         self.frame_in_use = bytearray(self.frame_count)
         self.frame_in_use[0] = 1

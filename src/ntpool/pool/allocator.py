@@ -115,8 +115,8 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 
 def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
-    current processor's lookaside heads, counts and TotalAllocates, the site map and the
-    address its index counts from (a chunk's header: body - 16), the allocated PoolType
+    current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
+    the site map and the address its index counts from (a chunk's header: body - 16), the allocated PoolType
     byte, and the pool's column in a tracker row. Rebuilt when the processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
             pool.allocated_header_type, pool.track_offset)
@@ -172,6 +172,13 @@ class PoolAllocator:
         self.hooks.watch(MemoryWritten, self._watch_writes)
         self.refresh_fast_paths()
 
+    def widen_site_maps(self) -> None:
+        """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
+        and the fast paths take the new maps."""
+        for pool in self.pools:
+            pool.widen_site_map()
+        self.refresh_fast_paths()
+
     def _watch_writes(self, active: bool) -> None:
         self.writes_watched = active
 
@@ -181,11 +188,7 @@ class PoolAllocator:
         A layer that only observes (it has ``lane`` and ``forget``: Driver Verifier) keeps
         the free fast path on, which tells it each chunk freed, and the pool types the
         allocation fast path would serve become ``lane_pools`` for ``allocate_in_lane``."""
-        usable: dict[int, Pool] = {}
-        if pool_usable_at(self.irql, 0):
-            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
-            if pool_usable_at(self.irql, 1):
-                usable[1] = self.paged
+        usable = self.usable_pools()
         # FsRtlAllocatePoolWithTag passes the raise bit. The fast path never fails (a miss
         # goes to the generic path, which raises), so it serves those types as the plain ones.
         for pool_type in list(usable):
@@ -194,10 +197,23 @@ class PoolAllocator:
         observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
             hasattr(self.layer, "forget")
         self.fast_pools = usable if not blockers else {}
-        self.fast_lists = {pool_type: fast_lists_of(pool) for pool_type, pool in self.fast_pools.items()}
+        self.fast_lists = self.fast_lists_for(self.fast_pools)
         self.lane_pools = usable if observed else {}
         self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
             if not blockers or observed else {}
+
+    def usable_pools(self) -> dict:
+        """The pool types no IRQL check stops at the current IRQL -> their pool."""
+        usable: dict[int, Pool] = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = usable[POOL_NX_ALLOCATION] = self.nonpaged
+            if pool_usable_at(self.irql, 1):
+                usable[1] = self.paged
+        return usable
+
+    def fast_lists_for(self, fast_pools: dict) -> dict:
+        """What the allocation fast path unpacks for each pool type it serves."""
+        return {pool_type: fast_lists_of(pool) for pool_type, pool in fast_pools.items()}
 
     def set_layer(self, layer: PoolLayer | None) -> None:
         """Put ``layer`` between the generic path and the pools (None: remove it)."""
@@ -245,7 +261,11 @@ class PoolAllocator:
                     row[column] += 1
                     row[column + 2] += block_size << 4
                     return body
-                onward = not body  # this processor's lookaside is empty
+                if not body:  # this processor's lookaside is empty: on to the pool (see below)
+                    body = self.allocate_after_lookaside(self.fast_pools[pool_type], block_size, tag_ulong,
+                                                         row, site)
+                    return body if body else self.fast_failure(pool_type, number_of_bytes)
+                onward = False  # a head no chunk body starts at: the generic path pops it
             else:  # a size no lookaside serves: the ListHeads or big pages
                 onward = type(number_of_bytes) is int and LOOKASIDE_MAX_BYTES < number_of_bytes < 1 << 64
             if onward:
@@ -254,9 +274,7 @@ class PoolAllocator:
                 # system-wide lookaside, then the ListHeads, or big pages), as
                 # ExAllocatePoolWithTag goes on after its lookaside pop.
                 body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong, site)
-                return body if body else self.finish(
-                    0, number_of_bytes, zero=False,
-                    raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+                return body if body else self.fast_failure(pool_type, number_of_bytes)
         except (KeyError, TypeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
@@ -271,18 +289,21 @@ class PoolAllocator:
         """
         try:
             pool = self.fast_free_slots[address >> 39]
-            if address & 0xFFF and address >= pool.base and \
+            offset = address & 0xFFF
+            # _BODY_OK: a 16-byte boundary past the page's first header, where a small
+            # chunk's body can start (a page-aligned address is a big allocation's).
+            if _BODY_OK[offset] and address >= pool.base and \
                     pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
                 mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - _BODY
+                pa = self.tlb[address >> PAGE_SHIFT] + offset - _BODY
                 _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                 if tag is None:
                     passed = stored if not stored & PROTECTED_POOL else None
                     row = self.tracker.rows[stored]
                 else:
                     passed, row = self.known_tags[tag]  # the tag's ULONG and its tracker row
-                end = (address & 0xFFF) - _BODY + (block_size << 4)
-                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed and not address & 15 \
+                end = offset - _BODY + (block_size << 4)
+                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed \
                         and block_size and (block_size == blocks or not blocks) and \
                         (end == PAGE_SIZE or
                          (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
@@ -303,7 +324,7 @@ class PoolAllocator:
                     # The system-wide lookaside, the pending frees, or the lists.
                     pool.release_small(address - _BODY, block_size)
                     return True
-            elif not address & 0xFFF and not blocks and self.layer is None and address >= pool.base \
+            elif not offset and not blocks and self.layer is None and address >= pool.base \
                     and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                 # A big allocation's first page: nothing for the generic path to validate
                 # first (the pool and IRQL are the fast path's); its own checks follow.
@@ -539,6 +560,43 @@ class PoolAllocator:
         self.tracker.release(tag, pool.track_offset, pages << PAGE_SHIFT)
         pool.release_pages(address, pages)
 
+    def fast_failure(self, pool_type: int, number_of_bytes: int) -> int:
+        """What the fast path answers when the pool is exhausted: NULL, or the raised status
+        for a pool type with the raise bit (FsRtlAllocatePoolWithTag's)."""
+        return self.finish(0, number_of_bytes, zero=False,
+                           raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+
+    def allocate_after_lookaside(self, pool: Pool, block_size: int, tag: int, row: list, site: int) -> int:
+        """``allocate_plain`` of a small chunk whose per-processor lookaside list the fast path
+        found empty (``row``: the tag's tracker row): the system-wide list, then the pool's
+        ListHeads or a new page, as ExAllocatePoolWithTag goes on. The body, or 0."""
+        body = pool.pop_system_lookaside(block_size, self.irql)
+        if body:
+            self._hand_out_lookaside_entry(pool, body, tag, site)
+        else:
+            chunk = pool.allocate_small(block_size, tag, site)
+            if not chunk:
+                return 0
+            body = chunk + HEADER_SIZE
+        column = pool.track_offset  # as tracker.charge does, the row already at hand
+        row[column] += 1
+        row[column + 2] += block_size << BLOCK_SHIFT
+        return body
+
+    def _hand_out_lookaside_entry(self, pool: Pool, body: int, tag: int, site: int) -> None:
+        """Write the header of a chunk popped from a lookaside list, and its call site.
+
+        Trusted as Windows 7 trusts it: the header is written wherever it lies (in one piece,
+        translated once, where a body can start; else page by page)."""
+        if _BODY_OK[body & 0xFFF]:
+            _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
+                           pool.allocated_header_type, tag, site & pool.header_site_mask)
+        else:
+            pool.write_bytes(body + _TYPE_FROM_BODY,
+                             TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
+                                                  site & pool.header_site_mask), self.irql)
+        pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
+
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
         """The allocation itself, no layer consulted; the call site goes to the pool's site map
@@ -561,16 +619,7 @@ class PoolAllocator:
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                # Trusted as Windows 7 trusts it: the header is written wherever it lies (in
-                # one piece, translated once, where a body can start; else page by page).
-                if _BODY_OK[body & 0xFFF]:
-                    _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
-                                   pool.allocated_header_type, tag, site & pool.header_site_mask)
-                else:
-                    pool.write_bytes(body + _TYPE_FROM_BODY,
-                                     TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
-                                                          site & pool.header_site_mask), self.irql)
-                pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
+                self._hand_out_lookaside_entry(pool, body, tag, site)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)

@@ -7,7 +7,7 @@ layouts they read are ``pool.layout``'s.
 
 from ..constants import PAGE_SIZE, BadPoolCaller, BadPoolHeader, BugCheckCode
 from ..tags import PROTECTED_POOL
-from .layout import BLOCK_SHIFT, POOL_IN_USE
+from .layout import BLOCK_SHIFT, POOL_HEADER, POOL_IN_USE
 
 BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
@@ -153,6 +153,35 @@ def check_pool_header(crash, entry: int, read_first8, delta: int = 0) -> tuple:
         if next_previous_size != block_size:
             check_next_neighbour(crash, entry, block_size, next_previous_size)
     return fields
+
+
+def check_pool_header_in_page(crash, entry: int, mem, pa: int) -> tuple[int, int]:
+    """``check_pool_header`` for a header on a page the caller has translated: ``mem[pa]`` is
+    the header's first byte in physical memory, and every header the check reads lies on
+    that page. The same checks in the same order; each field it needs is one byte read.
+    Returns the entry's (PreviousSize, BlockSize)."""
+    previous_size, block_size = mem[pa + _PREVIOUS_SIZE], mem[pa + _BLOCK_SIZE]
+    offset = entry & (PAGE_SIZE - 1)
+    if previous_size:
+        if previous_size << BLOCK_SHIFT > offset:
+            check_previous_size(crash, entry, previous_size)
+        previous_block_size = mem[pa - (previous_size << BLOCK_SHIFT) + _BLOCK_SIZE]
+        if previous_block_size != previous_size:
+            check_previous_neighbour(crash, entry, entry - (previous_size << BLOCK_SHIFT), previous_size,
+                                     previous_block_size)
+    elif offset:
+        check_previous_size(crash, entry, previous_size)
+    next_offset = offset + (block_size << BLOCK_SHIFT)
+    if not block_size or next_offset > PAGE_SIZE:
+        check_block_size(crash, entry, block_size)
+    if next_offset < PAGE_SIZE:
+        next_previous_size = mem[pa + (block_size << BLOCK_SHIFT) + _PREVIOUS_SIZE]
+        if next_previous_size != block_size:
+            check_next_neighbour(crash, entry, block_size, next_previous_size)
+    return previous_size, block_size
+
+
+_PREVIOUS_SIZE, _BLOCK_SIZE = POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize
 
 
 def check_fits_its_list(crash, entry: int, block_size: int, list_blocks: int) -> None:

@@ -20,6 +20,7 @@ from .checks import (
     check_next_previous_size,
     check_not_already_freed,
     check_pool_header,
+    check_pool_header_in_page,
     check_previous_neighbour,
     check_previous_size,
     header_ulong,
@@ -27,6 +28,7 @@ from .checks import (
 from .layout import (
     BLOCK,
     BLOCK_SHIFT,
+    BLOCK_SIZE_SHIFT,
     POOL_DESCRIPTOR,
     BLOCKS_PER_PAGE,
     HEADER_FIRST8,
@@ -37,6 +39,10 @@ from .layout import (
     POINTER,
     POOL_FREE,
     POOL_HEADER,
+    POOL_INDEX_SHIFT,
+    POOL_TAG_SHIFT,
+    POOL_TYPE_SHIFT,
+    PREVIOUS_SIZE_SHIFT,
     SINGLE_LIST_ENTRY,
     SITE_UNIT_SHIFT,
     SITE_UNITS_PER_PAGE,
@@ -55,11 +61,17 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 # Page offsets where a pointer's 8 bytes lie in one page.
 _IN_ONE_PAGE = bytes(1 if offset <= PAGE_SIZE - POINTER.size else 0 for offset in range(PAGE_SIZE))
 assert (FLINK, BLINK) == (0, 8)
+PAGE_MASK = PAGE_SIZE - 1
+# The ListHeads code writes a header's first QWORD with PreviousSize as its low byte, and a
+# next chunk's PreviousSize as its header's first byte.
+assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
 
+
+_WIDENING_PIECE = 1 << 16  # site map bytes copied at a time by Pool.widen_site_map
 
 # What each pool page holds (one byte a page in Pool.page_kind).
 PAGE_FREE = 0
@@ -90,9 +102,15 @@ class Pool:
         self.space = space
         self.physical: PhysicalMemory = space.physical
         self.mem = space.physical.buffer
+        self.words = space.physical.qwords  # the same memory as QWORDs: words[pa >> 3]
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
+        # What every header this pool writes holds beside PreviousSize, BlockSize and PoolTag,
+        # as bits of the header's first QWORD (layout.header_first8): PoolIndex, with PoolType
+        # free (0) or allocated.
+        self.free_header_bits = pool_index << POOL_INDEX_SHIFT | POOL_FREE << POOL_TYPE_SHIFT
+        self.allocated_header_bits = pool_index << POOL_INDEX_SHIFT | self.allocated_header_type << POOL_TYPE_SHIFT
         self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
 
         # A header's first 8 bytes at a physical address, for checks on a page translated once.
@@ -102,16 +120,22 @@ class Pool:
         # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
         # AllocatorBackTraceIndex is, kept outside the simulated headers: their bytes 8-15 are
         # ProcessBilled, zero unless quota is charged, as on a Windows 7 machine without the
-        # kernel stack trace database. The host backs only what is touched (2 bytes per 32 of
-        # pool); crash dumps carry it per block (NTPL's allocation-site table).
-        self.site_map = mmap.mmap(-1, self.page_count * SITE_UNITS_PER_PAGE * 2)
-        self.sites = memoryview(self.site_map).cast("H")
+        # kernel stack trace database. The host backs only what is touched: one byte per 32
+        # of pool while the machine's call sites are numbered below 256 (most machines: they
+        # are counted per calling line), two from the first one past that (``widen_site_map``,
+        # before it can be recorded). Private memory, so reading what was never written (the
+        # widening does) costs nothing. Crash dumps carry it per block (NTPL's
+        # allocation-site table).
+        self.site_map = mmap.mmap(-1, self.page_count * SITE_UNITS_PER_PAGE, flags=mmap.MAP_PRIVATE)
+        self.sites = memoryview(self.site_map)  # format "B", then "H": indexed the same way
         # 0xFFFF with gflags' kernel stack trace database on (Kernel(stack_trace_database=True)):
         # AllocatorBackTraceIndex in header bytes 8-9 then holds the call site too.
         self.header_site_mask = 0
         self.pages_in_use = 0
         self._page_hint = 0
 
+        if list_heads_va & (LIST_ENTRY_SIZE - 1):  # the list code reads a head's links as QWORDs
+            raise ValueError(f"ListHeads at {list_heads_va:#x} are not 16-byte aligned")
         self.list_heads_va = list_heads_va
         self.nonempty = 0  # bit n set while ListHeads[n] is not empty
         for index in range(LIST_HEAD_COUNT):
@@ -206,7 +230,24 @@ class Pool:
         self.la_head = self.la.head
         self.la_count = self.la.count
         self.la_limit = self.la.depth
-        self.la_allocates = self.la.total_allocates
+        self.la_allocates = self.la.allocate_hits  # a pop from the list: TotalAllocates' share of hits
+
+    def widen_site_map(self) -> None:
+        """Two bytes a unit from now on: the machine has a call site numbered past 255. The
+        sites so far are copied over a piece at a time; pieces never written are skipped."""
+        if self.sites.format == "H":
+            return
+        narrow = self.site_map
+        wide = mmap.mmap(-1, 2 * len(narrow), flags=mmap.MAP_PRIVATE)
+        zeros = bytes(_WIDENING_PIECE)
+        for start in range(0, len(narrow), _WIDENING_PIECE):
+            piece = narrow[start:start + _WIDENING_PIECE]
+            if piece != zeros[:len(piece)]:
+                little_endian = bytearray(2 * len(piece))
+                little_endian[0::2] = piece
+                wide[2 * start:2 * (start + len(piece))] = little_endian
+        self.site_map = wide
+        self.sites = memoryview(wide).cast("H")
 
     @property
     def lookasides(self) -> list[Lookaside]:
@@ -328,59 +369,76 @@ class Pool:
             self.write_pointer(entry + FLINK, flink)
             self.write_pointer(entry + BLINK, blink)
 
+    # A healthy list's links are 16-byte aligned, so each link a list operation reads or
+    # writes is one QWORD of ``words`` on a present page; a link that is not aligned, or on a
+    # page not present (only a corrupted link leads there, or a paged-out chunk), is read and
+    # written through ``_read_link`` / ``_write_link``, faulting where Windows would.
+
     def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None) -> None:
         """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
         ``entry_pa``: the entry's physical address, when the caller has translated it."""
-        mem, tlb = self.mem, self.tlb
+        words, tlb = self.words, self.tlb
         head = self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
         head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
         if head_pa is None:
             head_pa = self.fault(head, False, self.lock_irql)
-        head_pa += head & (PAGE_SIZE - 1)
-        flink, blink = _LINKS.unpack_from(mem, head_pa)
+        head_word = (head_pa + (head & (PAGE_SIZE - 1))) >> 3  # its Flink; Blink is the next QWORD
+        flink, blink = words[head_word], words[head_word + 1]
+        if flink == head and blink == head and entry_pa is not None and not entry_pa & 7:
+            # An empty list: both neighbours the check reads are the head itself, whose links
+            # were just read (both the head), so the check holds; the entry becomes both.
+            words[entry_pa >> 3] = head
+            words[(entry_pa >> 3) + 1] = head
+            words[head_word] = entry
+            words[head_word + 1] = entry
+            self.nonempty |= 1 << (block_size - 1)
+            return
         # The neighbour the entry goes beside (the last chunk at the tail, the first at the
-        # head) is read and written; the other one is only read, for the check.
+        # head) is read and written; the other one is only read, for the check. The entry's
+        # own links become (new_flink, new_blink).
         if at_tail:
-            near_field, far_field, links, head_field = blink + FLINK, flink + BLINK, (head, blink), BLINK
+            near_field, far_field, new_flink, new_blink, head_field = blink + FLINK, flink + BLINK, head, blink, BLINK
         else:
-            near_field, far_field, links, head_field = flink + BLINK, blink + FLINK, (flink, head), FLINK
+            near_field, far_field, new_flink, new_blink, head_field = flink + BLINK, blink + FLINK, flink, head, FLINK
         near_base, far_base = tlb.get(near_field >> PAGE_SHIFT), tlb.get(far_field >> PAGE_SHIFT)
-        if near_base is not None and far_base is not None and _IN_ONE_PAGE[near_field & 0xFFF] \
-                and _IN_ONE_PAGE[far_field & 0xFFF]:  # present pages, no fault to take: the usual case
-            near_pa = near_base + (near_field & 0xFFF)
-            check_list_links(self.crash, head, _unpack_pointer(mem, near_pa)[0],
-                             _unpack_pointer(mem, far_base + (far_field & 0xFFF))[0])
-            if entry_pa is None:
-                self._write_links(entry, *links)
+        if near_base is not None and far_base is not None and not (near_field | far_field) & 7:
+            near_word = (near_base + (near_field & (PAGE_SIZE - 1))) >> 3
+            near_value, far_value = words[near_word], words[(far_base + (far_field & (PAGE_SIZE - 1))) >> 3]
+            if near_value != head or far_value != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, near_value, far_value)
+            if entry_pa is None or entry_pa & 7:
+                self._write_links(entry, new_flink, new_blink)
             else:
-                _LINKS.pack_into(mem, entry_pa, *links)
-            _pack_pointer(mem, near_pa, entry)
+                words[entry_pa >> 3] = new_flink
+                words[(entry_pa >> 3) + 1] = new_blink
+            words[near_word] = entry
         else:
             near_pa, near_value = self._read_link(near_field)
             check_list_links(self.crash, head, near_value, self._read_link(far_field)[1])
-            self._write_links(entry, *links)
+            self._write_links(entry, new_flink, new_blink)
             self._write_link(near_pa, near_field, entry)
-        _pack_pointer(mem, head_pa + head_field, entry)
+        words[head_word + (head_field >> 3)] = entry
         self.nonempty |= 1 << (block_size - 1)
 
     def _unlink(self, entry: int, block_size: int, entry_pa: int | None = None) -> None:
         """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
         that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E). ``entry_pa``:
         the entry's physical address, when the caller has translated it."""
-        mem, tlb = self.mem, self.tlb
-        if entry_pa is None:
+        words, tlb = self.words, self.tlb
+        if entry_pa is None or entry_pa & 7:
             flink, blink = self._read_links(entry)
         else:
-            flink, blink = _LINKS.unpack_from(mem, entry_pa)
+            flink, blink = words[entry_pa >> 3], words[(entry_pa >> 3) + 1]
         flink_field, blink_field = flink + BLINK, blink + FLINK
         flink_base, blink_base = tlb.get(flink_field >> PAGE_SHIFT), tlb.get(blink_field >> PAGE_SHIFT)
-        if flink_base is not None and blink_base is not None and _IN_ONE_PAGE[flink_field & 0xFFF] \
-                and _IN_ONE_PAGE[blink_field & 0xFFF]:  # present pages, no fault to take: the usual case
-            flink_pa, blink_pa = flink_base + (flink_field & 0xFFF), blink_base + (blink_field & 0xFFF)
-            check_list_links(self.crash, entry, _unpack_pointer(mem, flink_pa)[0],
-                             _unpack_pointer(mem, blink_pa)[0])
-            _pack_pointer(mem, blink_pa, flink)
-            _pack_pointer(mem, flink_pa, blink)
+        if flink_base is not None and blink_base is not None and not (flink_field | blink_field) & 7:
+            flink_word = (flink_base + (flink_field & (PAGE_SIZE - 1))) >> 3
+            blink_word = (blink_base + (blink_field & (PAGE_SIZE - 1))) >> 3
+            flink_blink, blink_flink = words[flink_word], words[blink_word]
+            if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
+                check_list_links(self.crash, entry, flink_blink, blink_flink)
+            words[blink_word] = flink
+            words[flink_word] = blink
         else:
             flink_pa, flink_blink = self._read_link(flink_field)
             blink_pa, blink_flink = self._read_link(blink_field)
@@ -469,53 +527,86 @@ class Pool:
             return 0
         found = block_size + (candidates & -candidates).bit_length() - 1
         head = self.list_heads_va + (found - 1) * LIST_ENTRY_SIZE
-        tlb = self.tlb
+        tlb, words = self.tlb, self.words
         head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
         if head_pa is None:
             head_pa = self.fault(head, False, self.lock_irql)
-        entry = _unpack_pointer(self.mem, head_pa + (head & (PAGE_SIZE - 1)))[0]  # its Flink
-        offset = entry & (PAGE_SIZE - 1)
+        head_word = (head_pa + (head & PAGE_MASK)) >> 3
+        entry = words[head_word]  # its Flink
+        offset = entry & PAGE_MASK
         page_pa = tlb.get(entry >> PAGE_SHIFT)
         if page_pa is None or offset < HEADER_SIZE or offset & (BLOCK - 1):
             return self._split_any(entry, found, block_size, tag, site)
         # The usual case: the entry is a chunk body on a present page. The chunk's header,
         # its neighbours' and the remainder's all lie on that page: it is translated once,
-        # and the headers are written in the order ``_split_any`` writes them.
+        # and the headers are written in the order ``_split_any`` writes them, each as two
+        # QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
+        # ProcessBilled).
         chunk, chunk_pa = entry - HEADER_SIZE, page_pa + offset - HEADER_SIZE
-        self._unlink(entry, found, chunk_pa + HEADER_SIZE)
-        previous_size, _, free_size, _, old_tag = check_pool_header(
-            self.crash, chunk, self._first8_at_pa, chunk_pa - chunk)
+        entry_word = (chunk_pa + HEADER_SIZE) >> 3
+        flink, blink = words[entry_word], words[entry_word + 1]
+        # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
+        # and the only entry's Flink is the head too: those neighbours' links are the head's
+        # own, read through its translation (the Blink side's is the Flink just read: the
+        # entry), so the check reads what ``_unlink`` would. Other neighbours: ``_unlink``.
+        flink_word = None  # where the Flink side's Blink lies, as a QWORD of ``words``
+        if blink == head:
+            if flink == head:
+                flink_word = head_word + 1  # the head's Blink
+            elif not flink & 7:
+                flink_base = tlb.get((flink + BLINK) >> PAGE_SHIFT)
+                if flink_base is not None:
+                    flink_word = (flink_base + ((flink + BLINK) & PAGE_MASK)) >> 3
+        if flink_word is None:
+            self._unlink(entry, found, chunk_pa + HEADER_SIZE)
+        else:
+            flink_blink = words[flink_word]
+            if flink_blink != entry:  # the named check raises the bug check
+                check_list_links(self.crash, entry, flink_blink, entry)
+            words[head_word] = flink  # the Blink side's Flink
+            words[flink_word] = blink
+            if flink == head:  # only the head is left
+                self.nonempty &= ~(1 << (found - 1))
+        previous_size, free_size = check_pool_header_in_page(self.crash, chunk, self.mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, chunk, free_size, found)
-        mem, pool_index, allocated = self.mem, self.pool_index, self.allocated_header_type
+        allocated = self.allocated_header_bits | tag << POOL_TAG_SHIFT  # the new header's PoolIndex, PoolType, PoolTag
         billed = site & self.header_site_mask
         remainder = free_size - block_size
-        following_pa = chunk_pa + (free_size << BLOCK_SHIFT)  # the next chunk's, if on the page
-        has_following = (chunk + (free_size << BLOCK_SHIFT)) & (PAGE_SIZE - 1)
+        header = chunk_pa >> 3
         if remainder == 0:
-            _pack_header(mem, chunk_pa, previous_size, pool_index, block_size, allocated, tag, billed)
+            words[header] = previous_size | block_size << BLOCK_SIZE_SHIFT | allocated
+            words[header + 1] = billed
             self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
             return chunk
+        # The free remainder keeps the chunk's PoolTag, as Windows leaves it; the next chunk,
+        # if on the page, learns the new PreviousSize (its header's first byte).
+        free = self.free_header_bits | (words[header] >> POOL_TAG_SHIFT) << POOL_TAG_SHIFT
+        has_following = offset + ((free_size - 1) << BLOCK_SHIFT) < PAGE_SIZE
         if previous_size == 0:
             # First chunk of its page: split from the front.
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
-            _pack_header(mem, chunk_pa, 0, pool_index, block_size, allocated, tag, billed)
+            words[header] = block_size << BLOCK_SIZE_SHIFT | allocated
+            words[header + 1] = billed
             self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
-            _pack_header(mem, rest_pa, block_size, pool_index, remainder, POOL_FREE, old_tag, 0)
+            words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | free
+            words[(rest_pa >> 3) + 1] = 0
             if has_following:
-                mem[following_pa + POOL_HEADER.PreviousSize] = remainder
+                self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
             return chunk
         # Otherwise the allocation is taken from the end.
-        _pack_header(mem, chunk_pa, previous_size, pool_index, remainder, POOL_FREE, old_tag, 0)
+        mine_pa = chunk_pa + (remainder << BLOCK_SHIFT)
+        words[header] = previous_size | remainder << BLOCK_SIZE_SHIFT | free
+        words[header + 1] = 0
+        words[mine_pa >> 3] = remainder | block_size << BLOCK_SIZE_SHIFT | allocated
+        words[(mine_pa >> 3) + 1] = billed
         mine = chunk + (remainder << BLOCK_SHIFT)
-        _pack_header(mem, chunk_pa + (remainder << BLOCK_SHIFT), remainder, pool_index, block_size,
-                     allocated, tag, billed)
         self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
         if has_following:
-            mem[following_pa + POOL_HEADER.PreviousSize] = block_size
+            self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = block_size
         if remainder > 1:
             self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
         return mine
@@ -704,17 +795,32 @@ class Pool:
         As Windows 7, the entry is trusted (nothing is checked): its Next is read at the
         caller's ``irql`` (no lock is held), so a Next a stray write put there is handed
         out by the next pop, and one that leads nowhere faults."""
-        for lookaside in (self.la, self.system_lookaside):
-            lookaside.total_allocates[block_size] += 1
-            body = lookaside.head[block_size]
-            if body:
-                lookaside.head[block_size] = self.read_pointer(body + SINGLE_LIST_ENTRY.Next, irql)
-                lookaside.count[block_size] -= 1
-                if self.cached is not None:
-                    self.cached.discard(body - HEADER_SIZE)
-                return body
+        lookaside = self.la
+        body = lookaside.head[block_size]
+        if not body:
+            return self.pop_system_lookaside(block_size, irql)
+        lookaside.allocate_hits[block_size] += 1
+        return self._pop(lookaside, body, block_size, irql)
+
+    def pop_system_lookaside(self, block_size: int, irql: int = 0) -> int:
+        """``pop_lookaside`` once this processor's list is found empty (counted here as its
+        miss): the system-wide list's chunk, or 0."""
+        self.la.allocate_misses[block_size] += 1
+        lookaside = self.system_lookaside
+        body = lookaside.head[block_size]
+        if not body:
             lookaside.allocate_misses[block_size] += 1
-        return 0
+            return 0
+        lookaside.allocate_hits[block_size] += 1
+        return self._pop(lookaside, body, block_size, irql)
+
+    def _pop(self, lookaside: Lookaside, body: int, block_size: int, irql: int) -> int:
+        """Take ``body``, the head of ``lookaside``'s list of ``block_size`` blocks."""
+        lookaside.head[block_size] = self.read_pointer(body + SINGLE_LIST_ENTRY.Next, irql)
+        lookaside.count[block_size] -= 1
+        if self.cached is not None:
+            self.cached.discard(body - HEADER_SIZE)
+        return body
 
     # --- the free path after the checks ----------------------------------------------------
 

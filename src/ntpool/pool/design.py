@@ -57,6 +57,7 @@ class Windows7Pools:
                      kernel_data.reserve(POOL_DESCRIPTOR.size) + POOL_DESCRIPTOR.ListHeads,
                      space, crash, processors)
         allocator = PoolAllocator(nonpaged, paged, crash, call_sites, hooks)
+        call_sites.when_sites_outgrow_a_byte(allocator.widen_site_maps)
         # The balance set manager's once-a-second lookaside retuning (ExAdjustLookasideDepth).
         allocator.lookaside_scanner = LookasideScanner((nonpaged, paged), processors)
         return BuiltPools(allocator, nonpaged, paged)

@@ -205,6 +205,22 @@ POOL_TYPE_KNOWN_BITS = POOL_TYPE_BASE_MASK | POOL_IN_USE | POOL_QUOTA | POOL_SES
 HEADER_FIRST8 = POOL_HEADER.run("PreviousSize", "PoolTag")  # the four bytes and the tag
 TYPE_TAG_BILLED = POOL_HEADER.run("PoolType", "ProcessBilled")  # bytes 3..15
 
+# The header's first 8 bytes as one little-endian QWORD (PhysicalMemory.qwords), for the
+# ListHeads code: each field's shift is 8 x its offset.
+PREVIOUS_SIZE_SHIFT = 8 * POOL_HEADER.PreviousSize
+POOL_INDEX_SHIFT = 8 * POOL_HEADER.PoolIndex
+BLOCK_SIZE_SHIFT = 8 * POOL_HEADER.BlockSize
+POOL_TYPE_SHIFT = 8 * POOL_HEADER.PoolType
+POOL_TAG_SHIFT = 8 * POOL_HEADER.PoolTag
+assert HEADER_FIRST8.size == 8 and POOL_HEADER.ProcessBilled == 8  # the second QWORD
+
+
+def header_first8(previous_size: int, pool_index: int, block_size: int, pool_type: int,
+                  tag: int) -> int:
+    """HEADER_FIRST8's fields as the QWORD they make in memory."""
+    return (previous_size << PREVIOUS_SIZE_SHIFT | pool_index << POOL_INDEX_SHIFT
+            | block_size << BLOCK_SIZE_SHIFT | pool_type << POOL_TYPE_SHIFT | tag << POOL_TAG_SHIFT)
+
 
 def allocated_type(base_type: int) -> int:
     """The PoolType byte of an allocated chunk of pool ``base_type`` (0 nonpaged, 1 paged)."""

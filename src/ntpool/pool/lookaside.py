@@ -38,9 +38,13 @@ class Lookaside:
     Indexed by block size (1..32; index 0 unused): ``head`` is ListHead.Next (the body of
     the first chunk, linked through the chunk bodies), ``count`` the entries it holds,
     ``depth`` how many it may hold now, and the counters the retuning reads.
+
+    GENERAL_LOOKASIDE counts TotalAllocates and AllocateMisses; an allocation here counts
+    either a hit or a miss (one increment: the fast path's hit, and a miss that goes on to
+    the next list, are one list operation each), and TotalAllocates is their sum.
     """
 
-    __slots__ = ("head", "count", "depth", "maximum_depth", "total_allocates", "allocate_misses",
+    __slots__ = ("head", "count", "depth", "maximum_depth", "allocate_hits", "allocate_misses",
                  "last_total_allocates", "last_allocate_misses")
 
     def __init__(self, depth: int = MINIMUM_LOOKASIDE_DEPTH,
@@ -50,23 +54,29 @@ class Lookaside:
         self.count = [0] * slots
         self.depth = [depth] * slots
         self.maximum_depth = maximum_depth
-        self.total_allocates = [0] * slots
+        self.allocate_hits = [0] * slots
         self.allocate_misses = [0] * slots
         self.last_total_allocates = [0] * slots
         self.last_allocate_misses = [0] * slots
 
+    @property
+    def total_allocates(self) -> list[int]:
+        """TotalAllocates of each list (a new list: hits + misses)."""
+        return [hits + misses for hits, misses in zip(self.allocate_hits, self.allocate_misses)]
+
     def retune(self, scan_period: int) -> None:
         """ExpComputeLookasideDepth for every list of the set, over ``scan_period`` seconds."""
+        total_allocates = self.total_allocates
         for block_size in range(1, LOOKASIDE_MAX_BLOCKS + 1):
-            allocates = self.total_allocates[block_size] - self.last_total_allocates[block_size]
+            allocates = total_allocates[block_size] - self.last_total_allocates[block_size]
             misses = self.allocate_misses[block_size] - self.last_allocate_misses[block_size]
-            self.last_total_allocates[block_size] = self.total_allocates[block_size]
+            self.last_total_allocates[block_size] = total_allocates[block_size]
             self.last_allocate_misses[block_size] = self.allocate_misses[block_size]
             self.depth[block_size] = target_depth(self.depth[block_size], self.maximum_depth,
                                                   allocates, misses, scan_period)
 
     def hits(self, block_size: int) -> int:
-        return self.total_allocates[block_size] - self.allocate_misses[block_size]
+        return self.allocate_hits[block_size]
 
 
 def target_depth(depth: int, maximum_depth: int, allocates: int, misses: int,

@@ -12,6 +12,7 @@ from ..tags import PROTECTED_POOL, display
 NONPAGED = 0
 PAGED = 3
 ALLOCS, FREES, BYTES = 0, 1, 2
+_UNPROTECTED = ~PROTECTED_POOL
 
 
 class PoolTagInfo(NamedTuple):
@@ -42,7 +43,9 @@ class PoolTracker:
         return row
 
     def charge(self, tag: int, pool_offset: int, number_of_bytes: int) -> None:
-        row = self.row(tag)
+        row = self.rows.get(tag & _UNPROTECTED)  # the row of a tag seen before, without a call
+        if row is None:
+            row = self.row(tag)
         row[pool_offset + ALLOCS] += 1
         row[pool_offset + BYTES] += number_of_bytes
 

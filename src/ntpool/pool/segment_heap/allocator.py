@@ -86,19 +86,17 @@ class SegmentHeapAllocator(PoolAllocator):
         self.pools_by_slot = {heap.base >> 39: heap for heap in self.pools}
         self.refresh_fast_paths()
 
-    def refresh_fast_paths(self) -> None:
-        fast: dict = {}
-        if not self.fast_path_blockers and pool_usable_at(self.irql, 0):
-            fast[0] = self.nonpaged
-            fast[POOL_NX_ALLOCATION] = self.nonpaged_nx
+    def usable_pools(self) -> dict:
+        usable: dict = {}
+        if pool_usable_at(self.irql, 0):
+            usable[0] = self.nonpaged
+            usable[POOL_NX_ALLOCATION] = self.nonpaged_nx
             if pool_usable_at(self.irql, 1):
-                fast[1] = self.paged
-        # FsRtlAllocatePoolWithTag passes the raise bit: the fast path never fails (a miss
-        # takes the generic path, which raises), so it serves those types as the plain ones.
-        for pool_type in list(fast):
-            fast[pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE] = fast[pool_type]
-        self.fast_pools = fast
-        self.fast_free_slots = {heap.base >> 39: heap for heap in set(fast.values())}
+                usable[1] = self.paged
+        return usable
+
+    def fast_lists_for(self, fast_pools: dict) -> dict:
+        return {}  # the LFH fast path reads each heap's current subsegments instead
 
     def pool_for(self, pool_type: int) -> SegmentHeap:
         if pool_type & 1:
@@ -118,7 +116,7 @@ class SegmentHeapAllocator(PoolAllocator):
             if 0 < number_of_bytes <= LFH_MAX_REQUEST:
                 units = (number_of_bytes + 31) >> 4
                 sub = heap.lfh_current[units]  # None until the bucket is active
-                free = sub.free_bits
+                free = sub.free_bits if sub is not None else 0
                 if free:
                     # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
                     start = (sub.free_hint & ~31) + heap.next_random_slot()
@@ -137,6 +135,17 @@ class SegmentHeapAllocator(PoolAllocator):
                     row[column] += 1
                     row[column + 2] += units << 4
                     return block + POOL_HEADER_SIZE
+                onward = True  # no active LFH subsegment with a free block
+            else:  # VS chunks, or pages
+                onward = type(number_of_bytes) is int and LFH_MAX_REQUEST < number_of_bytes < 1 << 64
+            if onward:
+                # Everything the generic path would validate is known good here (tag, type,
+                # size, IRQL, no layer): the request goes straight on to the heap, as on
+                # Windows 7 (PoolAllocator.allocate).
+                body = self.allocate_plain(heap, number_of_bytes, tag_ulong, site)
+                return body if body else self.finish(
+                    0, number_of_bytes, zero=False,
+                    raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
         except (KeyError, TypeError, AttributeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
@@ -147,32 +156,41 @@ class SegmentHeapAllocator(PoolAllocator):
         and returns True; anything else returns False, nothing freed (PoolAllocator.free)."""
         try:
             heap = self.fast_free_slots[address >> 39]
-            sub = heap.owner_by_page[address >> PAGE_SHIFT]
-            if sub.is_current:  # an LFH subsegment its bucket allocates from
-                mem = self.mem
-                tlb = self.tlb
-                pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
-                _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                if tag is None:  # ExFreePool: a protected tag needs its tag, the generic path says so
-                    passed = stored if not stored & PROTECTED_POOL else None
-                    row = self.tracker.rows[stored]
-                else:
-                    passed, row = self.known_tags[tag]
-                if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
-                        and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
-                    index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
-                    at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
-                    shift = (index & 3) << 1
-                    bits = mem[at]
-                    if (bits >> shift) & 3 == 1:  # busy: 01
-                        mem[at] = bits ^ (1 << shift)
-                        sub.free_bits |= 1 << index
-                        sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
-                        sub.free_hint = index
-                        column = heap.track_offset
-                        row[column + 1] += 1
-                        row[column + 2] -= sub.block_size
-                        return True
+            if address & 0xFFF:
+                sub = heap.owner_by_page[address >> PAGE_SHIFT]
+                if sub.is_current:  # an LFH subsegment its bucket allocates from
+                    mem = self.mem
+                    tlb = self.tlb
+                    pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
+                    _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                    if tag is None:  # ExFreePool: a protected tag must be named (generic path)
+                        passed = stored if not stored & PROTECTED_POOL else None
+                        row = self.tracker.rows[stored]
+                    else:
+                        passed, row = self.known_tags[tag]
+                    if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
+                            and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
+                        index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
+                        at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
+                        shift = (index & 3) << 1
+                        bits = mem[at]
+                        if (bits >> shift) & 3 == 1:  # busy: 01
+                            mem[at] = bits ^ (1 << shift)
+                            sub.free_bits |= 1 << index
+                            sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
+                            sub.free_hint = index
+                            if self.layer is not None:
+                                self.layer.forget(address)  # an observing layer's record of it
+                            column = heap.track_offset
+                            row[column + 1] += 1
+                            row[column + 2] -= sub.block_size
+                            return True
+            elif not blocks and self.layer is None and address in heap.big_pages:
+                # A big allocation (pages, or a VS chunk): nothing for the generic path to
+                # validate first (the heap and IRQL are the fast path's); its own checks follow.
+                self._free_big_checked(heap, address, None if tag is None or tag == 0 else
+                                       self.known_tags[tag][0])
+                return None
         except (KeyError, TypeError, IndexError, AttributeError):
             pass
         if blocks:

@@ -12,6 +12,7 @@ per allocation. The POOL_HEADER, tags, tracking and quota are the allocator's bu
 (``allocator.py``); the checks that end in 0x13A are ``checks.py``.
 """
 
+import struct
 from bisect import bisect_left, insort
 from itertools import cycle
 
@@ -80,6 +81,11 @@ def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict]:
         layout = _layouts[key] = (first, offsets, {o: i for i, o in enumerate(offsets)})
     return layout
 
+
+_unpack_qword = QWORD.unpack_from
+# A VS chunk header: the encoded bits, then the u32 of vs_page_offset_field and 4 bytes of
+# padding, written at once.
+_pack_vs_header = struct.Struct("<QQ").pack_into
 
 class LfhSubsegment:
     """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth)."""
@@ -541,16 +547,18 @@ class SegmentHeap:
 
     def vs_read(self, chunk: int) -> tuple[int, int, int, int]:
         """Decoded (MemoryCost, size, previous size, allocated) of the chunk header."""
-        return decode_vs_bits(self.read_qword(chunk), chunk, self.keys.heap_key)
+        base = self.tlb.get(chunk >> PAGE_SHIFT)  # _pa, inline for a resident page
+        pa = base + (chunk & 0xFFF) if base is not None else self._pa(chunk)
+        return decode_vs_bits(_unpack_qword(self.mem, pa)[0], chunk, self.keys.heap_key)
 
     def vs_write(self, chunk: int, size: int, previous_size: int, allocated: bool,
                  unused_bytes: bool = False) -> None:
-        pa = self._pa(chunk)
-        QWORD.pack_into(self.mem, pa, encode_vs_bits(chunk, self.keys.heap_key, size,
-                                                     previous_size, allocated, size))
+        heap_key = self.keys.heap_key
         segment = chunk & ~((SEGMENT_PAGES << PAGE_SHIFT) - 1)
-        QWORD.pack_into(self.mem, pa + 8, vs_page_offset_field(chunk, segment, self.keys.heap_key,
-                                                               unused_bytes))
+        base = self.tlb.get(chunk >> PAGE_SHIFT)  # _pa, inline for a resident page
+        _pack_vs_header(self.mem, base + (chunk & 0xFFF) if base is not None else self._pa(chunk),
+                        encode_vs_bits(chunk, heap_key, size, previous_size, allocated, size),
+                        vs_page_offset_field(chunk, segment, heap_key, unused_bytes))
 
     def _vs_index_add(self, chunk: int, size: int) -> None:
         bucket = self.vs_free_chunks.get(size)

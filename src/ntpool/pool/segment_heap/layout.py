@@ -97,17 +97,26 @@ VS_DELAY_FREE_MAX_CHUNK = 0x400  # chunks smaller than 1 KiB wait in the delay-f
 VS_DELAY_FREE_DEPTH = 32  # ... until 32 are queued, then all are freed
 
 
+# The fields of VS_HEADER_BITS as bit positions in the little-endian QWORD, so the heap
+# encodes and decodes a header with integer operations (no pack/unpack round trip).
+_VS_SIZE_SHIFT, _VS_PREVIOUS_SHIFT, _VS_ALLOCATED_SHIFT = 16, 32, 48
+assert QWORD.unpack(VS_HEADER_BITS.pack(0x1111, 0x2222, 0x3333, 0x44, 0))[0] == \
+    0x1111 | 0x2222 << _VS_SIZE_SHIFT | 0x3333 << _VS_PREVIOUS_SHIFT | 0x44 << _VS_ALLOCATED_SHIFT
+
+
 def encode_vs_bits(address: int, heap_key: int, size: int, previous_size: int,
                    allocated: bool, memory_cost: int = 0) -> int:
-    raw = VS_HEADER_BITS.pack(memory_cost & 0xFFFF, size, previous_size, 1 if allocated else 0, 0)
-    return QWORD.unpack(raw)[0] ^ heap_key ^ address
+    plain = (memory_cost & 0xFFFF | (size & 0xFFFF) << _VS_SIZE_SHIFT
+             | (previous_size & 0xFFFF) << _VS_PREVIOUS_SHIFT
+             | (1 if allocated else 0) << _VS_ALLOCATED_SHIFT)
+    return (plain ^ heap_key ^ address) & 0xFFFFFFFFFFFFFFFF
 
 
 def decode_vs_bits(encoded: int, address: int, heap_key: int) -> tuple[int, int, int, int]:
     """(MemoryCost, UnsafeSize, UnsafePrevSize, Allocated) of an encoded chunk header."""
-    plain = (encoded ^ heap_key ^ address) & 0xFFFFFFFFFFFFFFFF
-    memory_cost, size, previous_size, allocated, _ = VS_HEADER_BITS.unpack(QWORD.pack(plain))
-    return memory_cost, size, previous_size, allocated
+    plain = encoded ^ heap_key ^ address
+    return (plain & 0xFFFF, (plain >> _VS_SIZE_SHIFT) & 0xFFFF,
+            (plain >> _VS_PREVIOUS_SHIFT) & 0xFFFF, (plain >> _VS_ALLOCATED_SHIFT) & 0xFF)
 
 
 def vs_page_offset_field(chunk: int, segment: int, heap_key: int, unused_bytes: bool) -> int:
