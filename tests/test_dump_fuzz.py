@@ -161,3 +161,50 @@ def test_a_hostile_site_map_stream_gives_short_reads_or_zlib_error(compressed, b
 def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
     at %= max(len(data), 1)
     return data[:at] + junk + data[at + len(junk):]
+
+
+def _table_entry(reader, kind: int, value: int) -> int:
+    """A page-table entry: absent, a frame the dump holds (present or not), or anything."""
+    if kind == 0:
+        return 0
+    if kind == 3:
+        return value
+    run = reader.runs[value % len(reader.runs)]
+    if value & 2:
+        pfn = run.first + (value >> 8) % (run.count + 2)  # now and then just past the run
+    else:  # a stretch that may run over the run's end
+        pfn = max(run.first, run.first + run.count - (value >> 8) % 40)
+    return pfn << 12 | (0x63 if kind == 1 else 0x62) | (value & 1) << 63
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 64 - 1), st.integers(1, 40)),
+                min_size=1, max_size=40), st.integers(0, 511), st.integers(1, 512))
+def test_a_page_table_s_runs_are_its_present_entries_the_dump_holds(pieces, first, last):
+    """The runs one page table yields, page by page, are exactly its present entries whose
+    frame the dump holds, each at the offset frame_offset gives (stretches of entries that
+    follow on, some running past what the dump holds, between others of any kind)."""
+    data, _ = DUMPS["full"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "d.dmp")
+        open(path, "wb").write(data)
+        with DumpReader(path) as reader:
+            entries = []
+            for kind, value, length in pieces:
+                entry = _table_entry(reader, kind, value)
+                entries += [entry + (step << 12 if kind in (1, 2) else 0) for step in range(length)]
+            entries = tuple((entries * (512 // len(entries) + 1))[:512])
+            base = 0xFFFFFA8000000000
+            start, end = base + (first << 12), base + (max(first + 1, last) << 12)
+            got = [(va + (page << 12), offset + (page << 12))
+                   for va, offset, count in reader._page_table_runs(entries, base, first, start, end)
+                   for page in range(count)]
+            expected = []
+            for index in range(first, max(first + 1, last)):
+                entry = entries[index]
+                offset = reader.frame_offset((entry & 0x000FFFFFFFFFF000) >> 12) if entry & 1 else None
+                if offset is not None:
+                    expected.append((base + (index << 12), offset))
+            assert got == expected

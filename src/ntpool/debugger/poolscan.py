@@ -16,7 +16,8 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -230,11 +231,12 @@ def tag_display_matches(regex: re.Pattern, tag_value: int) -> bool:
 
 
 class PageHits(NamedTuple):
-    """The chunks a scan found on one page of a window."""
+    """The chunks a scan found on one page of a window, or on a stretch of whole pages whose
+    chains are all valid (a tag's scan: see ``header_walk_regex``)."""
 
-    va: int
-    first: int  # the window's 16-byte block number of the page's first block
-    blocks: list  # the page's block numbers (0-255) where the headers found start, ascending
+    va: int  # of the page (of the stretch)
+    first: int  # the window's 16-byte block number of the page's (the stretch's) first block
+    blocks: list  # block numbers from ``first`` where the headers found start, ascending
     salvaged: bool  # the page's chain is corrupt: these are the headers it could still trust
 
 
@@ -274,6 +276,75 @@ def _page_chain(previous_sizes, sizes, pool_types, first: int, allowed) -> list 
     return blocks
 
 
+# The rest of a chunk after its BlockSize byte, by that byte: sizes 1-255 in ascending order,
+# as the regular-expression engine tries them (it rejects a wrong one on its first byte, so a
+# small chunk, the common case, costs a few tries).
+_CHUNK_BODIES = b"|".join(re.escape(bytes([size])) + b".{%d}" % ((size << BLOCK_SHIFT) - 3)
+                          for size in range(1, 256))
+
+
+def header_walk_regex(allowed, tag_regex: bytes) -> re.Pattern:
+    """A regex that walks header chains, the rules of ``_page_chain``, in the engine.
+
+    Matched again and again where the last match ended (a ``scanner``'s ``match``), from a
+    page's first header, each match is one step of the walk: the chunks of other tags, then
+    one chunk whose tag ``tag_regex`` matches (its header's offset is the group ``hit``) or the
+    page's last chunk (the group ``end``, at the page's end). Every header walked has a
+    BlockSize (1-255) whose chunk fits what follows, a PoolType ``allowed`` (a table by byte),
+    and the next header's PreviousSize is its BlockSize. The engine cannot see pages: it takes a
+    header whose PreviousSize is 0 (or the end of the text) to start the next page, which the
+    caller checks: the ``end`` offsets must be exactly the pages' ends (see ``_walk_pages``); a
+    chunk that crosses a page's end, or a PreviousSize of 0 inside a page, breaks that.
+    """
+    types = b"[" + b"".join(re.escape(bytes([t])) for t in range(256) if allowed[t]) + b"]"
+
+    def chunk(size_group: bytes) -> bytes:
+        # PreviousSize and PoolIndex (any); BlockSize (kept in the group) and PoolType looked
+        # at without moving; then BlockSize and the rest of the chunk, by its size
+        return b"..(?=(?P<" + size_group + b">.)" + types + b")(?:" + _CHUNK_BODIES + b")"
+
+    tag = b".{4}(?:" + tag_regex + b")"  # PoolTag, at byte 4 of the header
+    return re.compile(
+        # chunks of other tags, each followed in the page by a header naming its size as previous;
+        # possessive (*+): a walk never backtracks
+        b"(?:(?!" + tag + b")" + chunk(b"size") + b"(?=(?P=size)))*+"
+        # then a chunk of the tag (marked by the empty group `hit`), or one that ends the page
+        b"(?:(?=" + tag + b")(?P<hit>)|)" + chunk(b"last") +
+        b"(?:(?=(?P=last))|(?=\\x00|\\Z)(?P<end>))",
+        re.DOTALL)
+
+
+_Match = type(re.match(b"", b""))
+
+
+def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) -> tuple[int, list]:
+    """The walk (``header_walk_regex``) of the pages of ``buffer`` from offset ``start`` (a
+    page's) to ``length``: how many pages from ``start`` have a valid chain before the first
+    that has not (all, when none fails), and the blocks (from ``start``) of their headers
+    whose tag matches."""
+    if buffer[start]:  # the page's first header has a PreviousSize: not a valid chain
+        return 0, []
+    hit, end = walker.groupindex["hit"], walker.groupindex["end"]
+    steps = list(iter(walker.scanner(buffer, start, length).match, None))
+    ends = list(map(_Match.start, steps, repeat(end)))  # -1 where a step ends inside a page
+    page_ends = list(filter((0).__le__, ends))
+    expected = list(range(start + PAGE_SIZE, length + 1, PAGE_SIZE))
+    sound = len(expected)
+    if page_ends != expected:
+        # the pages before the first page whose walk did not end at its end are sound; the
+        # steps after their end are not to be trusted (a walk that ran over a page's end)
+        sound = next(index for index, (got, want) in enumerate(zip(page_ends + [-1], expected))
+                     if got != want)
+        steps = steps[:[index for index, at in enumerate(ends) if at >= 0][sound - 1] + 1] if sound else []
+    hits = filter((0).__le__, map(_Match.start, steps, repeat(hit)))
+    if start:
+        hits = map(sub, hits, repeat(start))
+    return sound, list(map(rshift, hits, repeat(BLOCK_SHIFT)))
+
+
+# A tag found this often (hits per page) in a window is looked for in the next window by
+# walking every page; a rarer one by searching the bytes first (see PoolFinder.scan).
+DENSE_HITS_PER_PAGE = 0.25
 WINDOW_PAGES = 4096  # pages read at a time (16 MiB): memory stays bounded whatever the dump
 _ALL_TAGS_PATTERN = re.compile(r"[*?]*")
 
@@ -372,9 +443,13 @@ class PoolFinder:
         every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
         regex = None if every else tag_bytes_regex(pattern)
         plan = None if every else search_plan(pattern)
+        walker = None if every else header_walk_regex(self._allowed, regex.pattern)
         self.corrupt_pages = corrupt = []
         buffer = bytearray()
         read = self.reader.read_file_into
+        # whether to walk every page of the next window: when the last window had many hits, or
+        # when the bytes cannot be searched fast (no literal byte at one place: see search_plan)
+        dense = plan is None
         for va, offset, count in self.runs():
             length = count << PAGE_SHIFT
             if len(buffer) < length:  # grown as runs need, up to a window
@@ -384,7 +459,11 @@ class PoolFinder:
             if every:
                 pages = self._walk_window(buffer, data, va, count, corrupt)
             else:
-                pages = self._search_window(buffer, data, va, regex, plan, corrupt)
+                if dense:
+                    pages = self._search_window(buffer, data, va, count, regex, plan, walker, corrupt)
+                else:
+                    pages = self._search_candidates(buffer, data, va, regex, plan, walker, corrupt)
+                dense = plan is None or sum(len(page.blocks) for page in pages) >= count * DENSE_HITS_PER_PAGE
             yield Window(va, data, pages)
 
     def _walk_window(self, buffer: bytearray, data: memoryview, va: int, count: int,
@@ -408,31 +487,60 @@ class PoolFinder:
         salvaged = salvaged_header_offsets(data, page << PAGE_SHIFT, self.pool.base_type)
         return [offset >> BLOCK_SHIFT for offset in sorted(salvaged)]
 
-    def _search_window(self, buffer: bytearray, data: memoryview, va: int, regex: re.Pattern,
-                       plan, corrupt: list) -> list[PageHits]:
-        """The chunks whose header's tag matches: the blocks whose tag matches, then each hit
-        page's chain."""
-        blocks = tag_blocks(regex, data, plan)
-        fields = None
+    def _search_window(self, buffer: bytearray, data: memoryview, va: int, count: int, regex: re.Pattern,
+                       plan, walker: re.Pattern, corrupt: list) -> list[PageHits]:
+        """The chunks whose header's tag matches: the walk of every page's chain in the engine
+        (``header_walk_regex``), one stretch of sound pages at a time; a page where the walk
+        fails is searched on its own (``_search_page``), and the walk goes on after it."""
         pages: list[PageHits] = []
-        current = -1  # the page of the hits being gathered
-        starts: set = set()
-        for block in blocks:
-            if block >> 8 != current:
-                current = block >> 8
-                if fields is None:
-                    fields = _block_bytes(buffer, len(data))
-                chain = _page_chain(*fields, current << 8, self._allowed)
-                hits = PageHits(va + (current << PAGE_SHIFT), current << 8, [], chain is None)
-                if chain is None:
-                    corrupt.append(hits.va)
-                    chain = self._salvage(data, current)
-                starts = set(chain)
-            if (block & 0xFF) in starts:
-                if not hits.blocks:
+        length = count << PAGE_SHIFT
+        start = 0
+        while start < length:
+            sound, blocks = _walk_pages(walker, buffer, start, length)
+            if blocks:
+                pages.append(PageHits(va + start, start >> BLOCK_SHIFT, blocks, False))
+            start += sound << PAGE_SHIFT
+            if start < length:
+                hits = self._search_page(buffer, data, va, start >> PAGE_SHIFT, regex, plan, corrupt)
+                if hits is not None:
                     pages.append(hits)
-                hits.blocks.append(block & 0xFF)
+                start += PAGE_SIZE
         return pages
+
+    def _search_candidates(self, buffer: bytearray, data: memoryview, va: int, regex: re.Pattern,
+                           plan, walker: re.Pattern, corrupt: list) -> list[PageHits]:
+        """The same as ``_search_window`` for a rare tag: the blocks whose tag matches
+        (``tag_blocks``: the engine skips ahead through the bytes faster than it walks), then
+        the walk of those pages only."""
+        pages: list[PageHits] = []
+        blocks = tag_blocks(regex, data, plan)
+        for page in dict.fromkeys(map(rshift, blocks, repeat(8))):  # each page once, in order
+            at = page << PAGE_SHIFT
+            sound, found = _walk_pages(walker, buffer, at, at + PAGE_SIZE)
+            if sound:
+                if found:
+                    pages.append(PageHits(va + at, page << 8, found, False))
+            elif (hits := self._search_page(buffer, data, va, page, regex, plan, corrupt)) is not None:
+                pages.append(hits)
+        return pages
+
+    def _search_page(self, buffer: bytearray, data: memoryview, va: int, page: int, regex: re.Pattern,
+                     plan, corrupt: list) -> PageHits | None:
+        """One page's chunks whose header's tag matches, found as the walk cannot: the blocks
+        whose tag matches (``tag_blocks``), then the page's chain, or its salvage when the chain
+        is corrupt (the page is then listed in ``corrupt``)."""
+        at = page << PAGE_SHIFT
+        blocks = tag_blocks(regex, data[at:at + PAGE_SIZE], plan)
+        if not blocks:
+            return None
+        chain = _page_chain(*_block_bytes(buffer[at:at + PAGE_SIZE], PAGE_SIZE), 0, self._allowed)
+        hits = PageHits(va + at, page << 8, [], chain is None)
+        if chain is None:
+            corrupt.append(hits.va)
+            chain = self._salvage(data, page)
+        starts = set(chain)
+        hits.blocks.extend(block for block in blocks if block in starts)
+        return hits if hits.blocks else None
 
     def find(self, pattern: str) -> list[Chunk]:
         """The whole result as a list (``back_traces`` and ``salvaged`` beside it)."""

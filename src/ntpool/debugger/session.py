@@ -8,12 +8,14 @@ a corrupt structure is reported in the output, as kd reports it.
 import shlex
 import sys
 import struct
+from itertools import repeat
+from operator import add, lshift, or_
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
 from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..errors import bugcheck_name
-from ..pool.layout import BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
+from ..pool.layout import BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
 from ..tags import display
 from . import bugchecks, display as show
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
@@ -889,10 +891,12 @@ class HitLines:
     chunk (not quota-charged) the line saying who allocated it.
 
     `!poolfind *` on a gigabyte of pool lists millions of chunks, so a line is never
-    formatted per chunk: the text after a chunk's page address comes from a cache by header
-    and place in the page (``tails``), the Allocated-by lines from one by call site; a chunk
-    costs a few list appends, and the window's text is joined at once. The call sites of a
-    window come from the allocation-site table in one read.
+    formatted per chunk. On a page, the text after the page's address comes from a cache by
+    header and place in the page (``tails``), the Allocated-by line from one by call site
+    (``site_lines``, keyed with the header's ``allocated`` bit: '' for a chunk that is not); a
+    chunk costs a few list appends. A stretch of pages (a tag's walk) is made by ``map``, every
+    step a C function (``_stretch``). The window's text is joined at once; its call sites come
+    from the allocation-site table in one read.
     """
 
     CACHE_LIMIT = 1 << 18  # texts kept by header and place (a text is rebuilt when dropped)
@@ -901,7 +905,7 @@ class HitLines:
         self.session = session
         self.reader = session.reader
         self.middles = _Middles()
-        self.tails: dict[int, tuple[str, bool]] = {}
+        self.tails: dict[int, tuple[str, int]] = {}
         self.site_lines = _SiteLines(session)
         self.call_sites = CallSites(session.reader)
 
@@ -919,7 +923,10 @@ class HitLines:
         append = pieces.append
         for page in window.pages:
             if page.salvaged or sites is None:
-                pieces.append(self._page_one_by_one(page, heads, data))
+                append(self._page_one_by_one(page, heads, data))
+                continue
+            if page.blocks[-1] >= BLOCKS_PER_PAGE:  # a stretch of pages (see PoolFinder.scan)
+                append(self._stretch(page, heads, sites))
                 continue
             prefix = f"\n{page.va >> 12:013x}"
             first = page.first
@@ -932,11 +939,27 @@ class HitLines:
                 append(prefix)
                 append(tail[0])
                 if tail[1]:  # allocated: who allocated it
-                    append(site_lines[sites[first + block]])
+                    append(site_lines[tail[1] | sites[first + block]])
         return "".join(pieces)
 
-    def _tail(self, head: int, block: int) -> tuple[str, bool]:
-        """The text of a chunk's line after its page's address; whether it is allocated."""
+    def _stretch(self, page, heads, sites) -> str:
+        """The lines of a stretch of pages with many hits, by ``map`` (every step a C function:
+        no Python statement per chunk): the address, the text after it from a cache by header
+        (``middles``), and the Allocated-by line from one by call site (keyed with the header's
+        ``allocated`` bit: '' when it is not), interleaved by slice assignment and joined."""
+        middles, site_lines = self.middles, self.site_lines
+        blocks = page.blocks
+        index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
+        stretch_heads = list(map(heads.__getitem__, index))
+        lines = [""] * (3 * len(blocks))
+        lines[0::3] = map("\n%016x".__mod__, map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT))))
+        lines[1::3] = map(middles.__getitem__, stretch_heads)
+        lines[2::3] = map(site_lines.__getitem__, map(or_, map(middles.allocated.__getitem__, stretch_heads),
+                                                           map(sites.__getitem__, index)))
+        return "".join(lines)
+
+    def _tail(self, head: int, block: int) -> tuple[str, int]:
+        """The text of a chunk's line after its page's address; its ``allocated`` bit."""
         return OFFSET_TEXTS[block] + self.middles[head], self.middles.allocated[head]
 
     def _page_one_by_one(self, page, heads, data) -> str:
@@ -948,27 +971,27 @@ class HitLines:
             head = heads[page.first + block]
             lines.append(f"\n{address:016x}{self.middles[head]}{mark.format(address)}")
             if self.middles.allocated[head]:
-                lines.append(self.site_lines[self.call_sites.one(address, data, page.first + block)])
+                lines.append(self.site_lines[ALLOCATED | self.call_sites.one(address, data, page.first + block)])
         return "".join(lines)
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
+ALLOCATED = 1 << 16  # beside a call-site number (a USHORT): the chunk is allocated (see HitLines)
 
 
 class _Middles(dict):
     """A chunk line's text after the address, by the header's first 8 bytes (as a u64);
-    ``allocated`` says whether an Allocated-by line follows."""
+    ``allocated[head]`` is ALLOCATED when an Allocated-by line follows, else 0."""
 
     def __init__(self):
         super().__init__()
-        self.allocated: dict[int, bool] = {}
+        self.allocated = _Allocated()
 
     def __missing__(self, head: int) -> str:
         previous, size, pool_type, tag = head & 0xFF, head >> 16 & 0xFF, head >> 24 & 0xFF, head >> 32
         state = chunk_state(pool_type)
         text = self[head] = (f" size: {size << 4:4x} previous size: {previous << 4:4x}  "
                              f"{'(' + state + ')':<12} {display(tag)}")
-        self.allocated[head] = state == "Allocated" and not pool_type & POOL_QUOTA
         return text
 
     def clear(self) -> None:
@@ -976,16 +999,27 @@ class _Middles(dict):
         self.allocated.clear()
 
 
+class _Allocated(dict):
+    """ALLOCATED for a header (its first 8 bytes as a u64) of an allocated chunk that is not
+    quota-charged (an Allocated-by line follows its line), else 0."""
+
+    def __missing__(self, head: int) -> int:
+        pool_type = head >> 24 & 0xFF
+        bit = self[head] = ALLOCATED if chunk_state(pool_type) == "Allocated" and not pool_type & POOL_QUOTA else 0
+        return bit
+
+
 class _SiteLines(dict):
-    """The Allocated-by line of each call-site number ('' for one that names no site)."""
+    """The Allocated-by line by ALLOCATED | call-site number ('' for a site that names none,
+    and for any key without ALLOCATED: a chunk that is not allocated)."""
 
     def __init__(self, session: KdSession):
         super().__init__()
         self.session = session
 
-    def __missing__(self, site: int) -> str:
-        text = self.session._site_text(site)
-        line = self[site] = f"\n\t\tAllocated by {text}" if text else ""
+    def __missing__(self, key: int) -> str:
+        text = self.session._site_text(key & 0xFFFF) if key & ALLOCATED else None
+        line = self[key] = f"\n\t\tAllocated by {text}" if text else ""
         return line
 
 

@@ -15,6 +15,8 @@ import os
 import struct
 import zlib
 from bisect import bisect_right
+from itertools import compress, repeat
+from operator import and_, ne, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -424,31 +426,43 @@ class DumpReader:
                 yield base + (first << PAGE_SHIFT), \
                     self.runs[held].offset + ((pfn - self.runs[held].first) << PAGE_SHIFT), count
                 return
+        # Otherwise the table is cut where its frames stop following on, found in C (an entry's
+        # address and present bit less the one before it is a page), and each stretch of
+        # consecutive frames is looked up in the dump's runs at once (``_held``).
+        kept = list(map(and_, entries[first:last], repeat(PTE_ADDRESS_MASK | PTE_PRESENT)))
+        cuts = [0, *compress(range(1, len(kept)), map(ne, map(sub, kept[1:], kept), repeat(PAGE_SIZE))),
+                len(kept)]
         run_va = run_offset = count = 0
-        frame_first = frame_end = frame_file = 0  # the dump run the last frame was found in
-        for index in range(first, last):
-            entry = entries[index]
-            if not entry & PTE_PRESENT:
+        for begin, stop in zip(cuts, cuts[1:]):
+            if not kept[begin] & PTE_PRESENT:
                 continue
-            pfn = (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
-            if frame_first <= pfn < frame_end:
-                offset = frame_file + ((pfn - frame_first) << PAGE_SHIFT)
-            else:
-                held = bisect_right(self._run_firsts, pfn) - 1
-                if held < 0 or pfn - self.runs[held].first >= self.runs[held].count:
+            for va, offset, pages in self._held(kept[begin] >> PAGE_SHIFT, stop - begin,
+                                                base + ((first + begin) << PAGE_SHIFT)):
+                if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
+                    count += pages  # follows on in memory and in the file
                     continue
-                frame_first, frame_file = self.runs[held].first, self.runs[held].offset
-                frame_end = frame_first + self.runs[held].count
-                offset = frame_file + ((pfn - frame_first) << PAGE_SHIFT)
-            va = base + (index << PAGE_SHIFT)
-            if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
-                count += 1
-                continue
-            if count:
-                yield run_va, run_offset, count
-            run_va, run_offset, count = va, offset, 1
+                if count:
+                    yield run_va, run_offset, count
+                run_va, run_offset, count = va, offset, pages
         if count:
             yield run_va, run_offset, count
+
+    def _held(self, pfn: int, pages: int, va: int):
+        """(va, file offset, pages): the parts of frames [pfn, pfn + pages), mapped from ``va``,
+        that the dump holds, each frame found as ``frame_offset`` finds it."""
+        end = pfn + pages
+        firsts = self._run_firsts
+        while pfn < end:
+            held = bisect_right(firsts, pfn) - 1
+            following = firsts[held + 1] if held + 1 < len(firsts) else end  # the next run's first frame
+            run = self.runs[held] if held >= 0 else None
+            if run is not None and pfn - run.first < run.count:
+                take = min(end, run.first + run.count, following) - pfn
+                yield va, run.offset + ((pfn - run.first) << PAGE_SHIFT), take
+            else:  # not held up to the next run
+                take = min(end, following) - pfn
+            pfn += take
+            va += take << PAGE_SHIFT
 
     # --- the debugger data -----------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""A tag's ``!poolfind`` walks header chains in the regular-expression engine
+(``poolscan.header_walk_regex``), many pages per call; it must find exactly what searching
+each page on its own finds (the blocks whose tag matches, then the page's chain, or a corrupt
+page's salvage), whatever the damage: a PreviousSize of 0 inside a page, a chunk running over
+its page's end, a first header with a PreviousSize, a foreign PoolType, a tag planted in a
+chunk's body. Set NTPOOL_FUZZ_EXAMPLES (e.g. 5000) for a longer run on demand."""
+
+import os
+import random
+from typing import NamedTuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import ntpool
+from ntpool.debugger import poolscan
+from ntpool.dump.reader import DumpReader
+
+MiB = 1 << 20
+PAGES = 6
+EXAMPLES = int(os.environ.get("NTPOOL_FUZZ_EXAMPLES", "60"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PATTERNS = ["derF", "?ecR", "*R", "F*", "d?r*", "Zzzz"]
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory):
+    """PAGES pages of a real nonpaged pool (bytes, address, finder) and their headers' offsets."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
+    rng = random.Random(5)
+    live = []
+    for _ in range(3000):
+        address = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, rng.randrange(1, 400),
+                                          rng.choice(["Fred", "Recv", "Filt"]))
+        if address:
+            live.append(address)
+        if live and rng.random() < 0.3:
+            k.ExFreePool(live.pop(rng.randrange(len(live))))
+    path = tmp_path_factory.mktemp("walk") / "walk.dmp"
+    k.write_dump(path, "full")
+    with DumpReader(path) as reader:
+        pool = reader.pool_ranges()[0]
+        finder = poolscan.PoolFinder(reader, pool, poolscan.BigPageIndex(reader.big_pages()))
+        va, offset, count = next(run for run in finder.runs() if run[2] >= PAGES)
+        data = bytearray(PAGES << 12)
+        reader.read_file_into(offset, memoryview(data))
+    headers = [(page << 12) + offset for page in range(PAGES)
+               for offset in poolscan.valid_header_offsets(data, page << 12, pool.base_type) or ()]
+    assert len(headers) > 10 * PAGES
+    return Pages(bytes(data), va, finder, [offset >> 4 for offset in sorted(headers)])
+
+
+class Pages(NamedTuple):
+    data: bytes
+    va: int
+    finder: poolscan.PoolFinder
+    headers: list  # block numbers of the headers of the pages' (valid) chains
+
+    def __repr__(self):  # hypothesis prints the fixture beside a failing example
+        return f"Pages({len(self.data)} bytes at {self.va:#x})"
+
+
+def _found(pages):
+    return [(page.va + (block << 4), page.salvaged) for page in pages for block in page.blocks]
+
+
+damage = st.tuples(st.sampled_from(["header", "first", "any"]), st.integers(0, 10**6),
+                   st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 11]),  # byte of the block
+                   st.one_of(st.integers(0, 255), st.sampled_from([0, 1, 0x20, 0x22, 0xFF])))
+
+
+@FUZZ
+@given(st.lists(damage, max_size=6), st.sampled_from(PATTERNS), st.booleans())
+def test_the_walk_finds_what_the_page_by_page_search_finds(window, damages, pattern, plant):
+    original, va, finder, headers = window
+    data = bytearray(original)
+    for kind, index, byte, value in damages:
+        block = {"header": headers[index % len(headers)], "first": (index % PAGES) << 8,  # a page's first
+                 "any": index % (PAGES << 8)}[kind]
+        data[(block << 4) + byte] = value
+    if plant:  # a tag in a chunk's body: not a header
+        block = (headers[len(headers) // 2] + 1) % (PAGES << 8)
+        data[(block << 4) + 4:(block << 4) + 8] = b"derF"
+    view = memoryview(data)
+    regex = poolscan.tag_bytes_regex(pattern)
+    plan = poolscan.search_plan(pattern)
+    walker = poolscan.header_walk_regex(finder._allowed, regex.pattern)
+    expected_corrupt: list = []
+    expected = [hits for page in range(PAGES)
+                if (hits := finder._search_page(data, view, va, page, regex, plan, expected_corrupt))]
+    corrupt: list = []
+    walked = finder._search_window(data, view, va, PAGES, regex, plan, walker, corrupt)
+    assert (_found(walked), corrupt) == (_found(expected), expected_corrupt)
+    corrupt = []
+    searched = finder._search_candidates(data, view, va, regex, plan, walker, corrupt)
+    assert (_found(searched), corrupt) == (_found(expected), expected_corrupt)
+
+
+def test_a_sound_window_is_walked_in_one_stretch(window):
+    """The common case, timed by `ntpool bench-dump`: all the tag's headers of sound pages come
+    from one walk, and they are the headers the chains hold with that tag."""
+    original, va, finder, headers = window
+    data = bytearray(original)
+    regex = poolscan.tag_bytes_regex("derF")
+    walker = poolscan.header_walk_regex(finder._allowed, regex.pattern)
+    pages = finder._search_window(data, memoryview(data), va, PAGES, regex, None, walker, [])
+    assert len(pages) == 1 and pages[0].va == va and not pages[0].salvaged
+    assert pages[0].blocks == [block for block in headers if data[(block << 4) + 4:(block << 4) + 8] == b"derF"]
+    assert len(pages[0].blocks) > PAGES
