@@ -275,6 +275,9 @@ class AddressSpace:
         Each page table's share of the PTEs is written with one pack and the TLB learns the
         pages in one update. Pages mapped already take ``map_page``'s way (a replaced
         mapping must be announced to the native CPU)."""
+        if len(frames) == 1:  # one page (a new page of small pool): map_page is that, cheaper
+            self.map_page(va, frames[0])
+            return
         first_vpn = va >> PAGE_SHIFT
         vpns = range(first_vpn, first_vpn + len(frames))
         if not self.tlb.keys().isdisjoint(vpns):

@@ -262,9 +262,13 @@ class PoolAllocator:
                     row[column + 2] += block_size << 4
                     return body
                 if not body:  # this processor's lookaside is empty: on to the pool (see below)
-                    body = self.allocate_after_lookaside(self.fast_pools[pool_type], block_size, tag_ulong,
-                                                         row, site)
-                    return body if body else self.fast_failure(pool_type, number_of_bytes)
+                    body = self.fast_pools[pool_type].allocate_after_lookaside(block_size, tag_ulong, site,
+                                                                               self.irql)
+                    if not body:
+                        return self.fast_failure(pool_type, number_of_bytes)
+                    row[column] += 1
+                    row[column + 2] += block_size << 4
+                    return body
                 onward = False  # a head no chunk body starts at: the generic path pops it
             else:  # a size no lookaside serves: the ListHeads or big pages
                 onward = type(number_of_bytes) is int and LOOKASIDE_MAX_BYTES < number_of_bytes < 1 << 64
@@ -566,37 +570,6 @@ class PoolAllocator:
         return self.finish(0, number_of_bytes, zero=False,
                            raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
-    def allocate_after_lookaside(self, pool: Pool, block_size: int, tag: int, row: list, site: int) -> int:
-        """``allocate_plain`` of a small chunk whose per-processor lookaside list the fast path
-        found empty (``row``: the tag's tracker row): the system-wide list, then the pool's
-        ListHeads or a new page, as ExAllocatePoolWithTag goes on. The body, or 0."""
-        body = pool.pop_system_lookaside(block_size, self.irql)
-        if body:
-            self._hand_out_lookaside_entry(pool, body, tag, site)
-        else:
-            chunk = pool.allocate_small(block_size, tag, site)
-            if not chunk:
-                return 0
-            body = chunk + HEADER_SIZE
-        column = pool.track_offset  # as tracker.charge does, the row already at hand
-        row[column] += 1
-        row[column + 2] += block_size << BLOCK_SHIFT
-        return body
-
-    def _hand_out_lookaside_entry(self, pool: Pool, body: int, tag: int, site: int) -> None:
-        """Write the header of a chunk popped from a lookaside list, and its call site.
-
-        Trusted as Windows 7 trusts it: the header is written wherever it lies (in one piece,
-        translated once, where a body can start; else page by page)."""
-        if _BODY_OK[body & 0xFFF]:
-            _pack_type_tag(self.mem, pool._pa(body + _TYPE_FROM_BODY, True, self.irql),
-                           pool.allocated_header_type, tag, site & pool.header_site_mask)
-        else:
-            pool.write_bytes(body + _TYPE_FROM_BODY,
-                             TYPE_TAG_BILLED.pack(pool.allocated_header_type, tag,
-                                                  site & pool.header_site_mask), self.irql)
-        pool.sites[(body - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT] = site
-
     def allocate_plain(self, pool: Pool, number_of_bytes: int, tag: int, site: int = 0,
                        aligned: bool = False) -> int:
         """The allocation itself, no layer consulted; the call site goes to the pool's site map
@@ -619,7 +592,7 @@ class PoolAllocator:
         if block_size <= LOOKASIDE_MAX_BLOCKS:
             body = pool.pop_lookaside(block_size, self.irql)
             if body:
-                self._hand_out_lookaside_entry(pool, body, tag, site)
+                pool.write_popped_header(body, tag, site, self.irql)
                 self.tracker.charge(tag, pool.track_offset, block_size << BLOCK_SHIFT)
                 return body
         chunk = pool.allocate_small(block_size, tag, site)

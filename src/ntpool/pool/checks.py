@@ -172,12 +172,12 @@ def check_pool_header_in_page(crash, entry: int, mem, pa: int) -> tuple[int, int
     elif offset:
         check_previous_size(crash, entry, previous_size)
     next_offset = offset + (block_size << BLOCK_SHIFT)
-    if not block_size or next_offset > PAGE_SIZE:
-        check_block_size(crash, entry, block_size)
-    if next_offset < PAGE_SIZE:
+    if block_size and next_offset < PAGE_SIZE:  # a next chunk on the page (0x8 and 0x9 hold)
         next_previous_size = mem[pa + (block_size << BLOCK_SHIFT) + _PREVIOUS_SIZE]
         if next_previous_size != block_size:
             check_next_neighbour(crash, entry, block_size, next_previous_size)
+    elif not block_size or next_offset > PAGE_SIZE:
+        check_block_size(crash, entry, block_size)
     return previous_size, block_size
 
 

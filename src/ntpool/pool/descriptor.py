@@ -40,12 +40,14 @@ from .layout import (
     POOL_FREE,
     POOL_HEADER,
     POOL_INDEX_SHIFT,
+    POOL_TAG_BITS,
     POOL_TAG_SHIFT,
     POOL_TYPE_SHIFT,
     PREVIOUS_SIZE_SHIFT,
     SINGLE_LIST_ENTRY,
     SITE_UNIT_SHIFT,
     SITE_UNITS_PER_PAGE,
+    TYPE_TAG_BILLED,
     allocated_type,
 )
 from .lookaside import Lookaside
@@ -58,6 +60,10 @@ _unpack_pointer = POINTER.unpack_from
 _pack_pointer = POINTER.pack_into
 _pack_header = POOL_HEADER.struct.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
+# Page offsets where a chunk body can start (a 16-byte boundary past the page's first header).
+_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
+_pack_type_tag = TYPE_TAG_BILLED.pack_into
+_TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 # Page offsets where a pointer's 8 bytes lie in one page.
 _IN_ONE_PAGE = bytes(1 if offset <= PAGE_SIZE - POINTER.size else 0 for offset in range(PAGE_SIZE))
 assert (FLINK, BLINK) == (0, 8)
@@ -137,6 +143,8 @@ class Pool:
         if list_heads_va & (LIST_ENTRY_SIZE - 1):  # the list code reads a head's links as QWORDs
             raise ValueError(f"ListHeads at {list_heads_va:#x} are not 16-byte aligned")
         self.list_heads_va = list_heads_va
+        # ListHeads[n - 1]'s address at index n (the lists of n-block chunks; 0 unused).
+        self.list_head_at = [list_heads_va + (blocks - 1) * LIST_ENTRY_SIZE for blocks in range(LIST_HEAD_COUNT + 1)]
         self.nonempty = 0  # bit n set while ListHeads[n] is not empty
         for index in range(LIST_HEAD_COUNT):
             head = list_heads_va + index * LIST_ENTRY_SIZE
@@ -327,7 +335,7 @@ class Pool:
     # through read_pointer / write_pointer, page by page, as before.
 
     def _list_head(self, block_size: int) -> int:
-        return self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
+        return self.list_head_at[block_size]
 
     def _read_link(self, va: int) -> tuple[int | None, int]:
         """(physical address, value) of the pointer at ``va``, read by the pool code under its
@@ -378,11 +386,11 @@ class Pool:
         """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
         ``entry_pa``: the entry's physical address, when the caller has translated it."""
         words, tlb = self.words, self.tlb
-        head = self.list_heads_va + (block_size - 1) * LIST_ENTRY_SIZE
+        head = self.list_head_at[block_size]
         head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
         if head_pa is None:
             head_pa = self.fault(head, False, self.lock_irql)
-        head_word = (head_pa + (head & (PAGE_SIZE - 1))) >> 3  # its Flink; Blink is the next QWORD
+        head_word = (head_pa + (head & PAGE_MASK)) >> 3  # its Flink; Blink is the next QWORD
         flink, blink = words[head_word], words[head_word + 1]
         if flink == head and blink == head and entry_pa is not None and not entry_pa & 7:
             # An empty list: both neighbours the check reads are the head itself, whose links
@@ -497,15 +505,50 @@ class Pool:
 
     # --- allocation (slow path) ------------------------------------------------------------
 
+    def allocate_after_lookaside(self, block_size: int, tag: int, site: int, irql: int) -> int:
+        """ExAllocatePoolWithTag's small allocation once this processor's lookaside list for
+        ``block_size`` is found empty (its miss is counted here): the system-wide list's
+        chunk, else one from the ListHeads or a new page. The body, or 0 when exhausted;
+        ``irql`` is the caller's (a lookaside pop takes no lock)."""
+        self.la.allocate_misses[block_size] += 1
+        system = self.system_lookaside
+        body = system.head[block_size]
+        if body:
+            system.allocate_hits[block_size] += 1
+            self._pop(system, body, block_size, irql)
+            self.write_popped_header(body, tag, site, irql)
+            return body
+        system.allocate_misses[block_size] += 1
+        chunk = self._allocate_from_lists(block_size, tag, site) or \
+            self._allocate_past_lists(block_size, tag, site)  # allocate_small, one call less
+        return chunk + HEADER_SIZE if chunk else 0
+
+    def write_popped_header(self, body: int, tag: int, site: int, irql: int) -> None:
+        """Write the header of a chunk popped from a lookaside list, and its call site.
+
+        Trusted as Windows 7 trusts it: the header is written wherever it lies (in one piece,
+        translated once, where a body can start; else page by page)."""
+        if _BODY_OK[body & PAGE_MASK]:
+            _pack_type_tag(self.mem, self._pa(body + _TYPE_FROM_BODY, True, irql),
+                           self.allocated_header_type, tag, site & self.header_site_mask)
+        else:
+            self.write_bytes(body + _TYPE_FROM_BODY,
+                             TYPE_TAG_BILLED.pack(self.allocated_header_type, tag,
+                                                  site & self.header_site_mask), irql)
+        self.sites[(body - HEADER_SIZE - self.base) >> SITE_UNIT_SHIFT] = site
+
     def allocate_small(self, block_size: int, tag: int, site: int = 0) -> int:
         """Header address of a new chunk of ``block_size`` blocks, or 0 when exhausted.
 
         The header is written once, whole: ``site`` (the call site) goes where Windows keeps
         AllocatorBackTraceIndex.
         """
-        chunk = self._allocate_from_lists(block_size, tag, site)
-        if chunk:
-            return chunk
+        return self._allocate_from_lists(block_size, tag, site) or \
+            self._allocate_past_lists(block_size, tag, site)
+
+    def _allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
+        """``allocate_small`` when no listed chunk is large enough: a new page, else what
+        Windows tries before it fails."""
         chunk = self._allocate_from_fresh_page(block_size, tag, site)
         if chunk:
             return chunk
@@ -526,7 +569,7 @@ class Pool:
         if not candidates:
             return 0
         found = block_size + (candidates & -candidates).bit_length() - 1
-        head = self.list_heads_va + (found - 1) * LIST_ENTRY_SIZE
+        head = self.list_head_at[found]
         tlb, words = self.tlb, self.words
         head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
         if head_pa is None:
@@ -535,7 +578,7 @@ class Pool:
         entry = words[head_word]  # its Flink
         offset = entry & PAGE_MASK
         page_pa = tlb.get(entry >> PAGE_SHIFT)
-        if page_pa is None or offset < HEADER_SIZE or offset & (BLOCK - 1):
+        if page_pa is None or not _BODY_OK[offset]:
             return self._split_any(entry, found, block_size, tag, site)
         # The usual case: the entry is a chunk body on a present page. The chunk's header,
         # its neighbours' and the remainder's all lie on that page: it is translated once,
@@ -581,7 +624,7 @@ class Pool:
             return chunk
         # The free remainder keeps the chunk's PoolTag, as Windows leaves it; the next chunk,
         # if on the page, learns the new PreviousSize (its header's first byte).
-        free = self.free_header_bits | (words[header] >> POOL_TAG_SHIFT) << POOL_TAG_SHIFT
+        free = self.free_header_bits | words[header] & POOL_TAG_BITS
         has_following = offset + ((free_size - 1) << BLOCK_SHIFT) < PAGE_SIZE
         if previous_size == 0:
             # First chunk of its page: split from the front.
@@ -608,7 +651,21 @@ class Pool:
         if has_following:
             self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = block_size
         if remainder > 1:
-            self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+            # InsertTailList of the remainder (its entry is the one just unlinked), inline
+            # for an empty list as ``_insert`` does it; any other list: ``_insert``.
+            head = self.list_head_at[remainder]
+            head_pa = tlb.get(head >> PAGE_SHIFT)
+            if head_pa is None:
+                head_pa = self.fault(head, False, self.lock_irql)
+            head_word = (head_pa + (head & PAGE_MASK)) >> 3
+            if words[head_word] == head and words[head_word + 1] == head:
+                words[entry_word] = head
+                words[entry_word + 1] = head
+                words[head_word] = entry
+                words[head_word + 1] = entry
+                self.nonempty |= 1 << (remainder - 1)
+            else:
+                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
         return mine
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
@@ -678,12 +735,20 @@ class Pool:
         page = self.take_pages(1, PAGE_SMALL)
         if not page:
             return 0
-        self._write_allocated(page, 0, block_size, tag, site)
+        # The new page is translated once for both headers (as QWORDs, as in
+        # ``_allocate_from_lists``) and the remainder's links.
+        words, page_pa = self.words, self._header_pa(page)
+        words[page_pa >> 3] = block_size << BLOCK_SIZE_SHIFT | self.allocated_header_bits | tag << POOL_TAG_SHIFT
+        words[(page_pa >> 3) + 1] = site & self.header_site_mask
+        self.sites[(page - self.base) >> SITE_UNIT_SHIFT] = site
         remainder = BLOCKS_PER_PAGE - block_size
         if remainder:
-            rest = page + (block_size << BLOCK_SHIFT)
-            self._write_header(rest, block_size, remainder, POOL_FREE, tag)
-            self._list_remainder(rest, remainder)
+            rest_pa = page_pa + (block_size << BLOCK_SHIFT)
+            words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | self.free_header_bits | tag << POOL_TAG_SHIFT
+            words[(rest_pa >> 3) + 1] = 0
+            if remainder > 1:  # a one-block chunk has no room for links and goes on no list
+                self._insert(page + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
+                             rest_pa + HEADER_SIZE)
         return page
 
     # --- free (slow path) ------------------------------------------------------------------
@@ -795,24 +860,13 @@ class Pool:
         As Windows 7, the entry is trusted (nothing is checked): its Next is read at the
         caller's ``irql`` (no lock is held), so a Next a stray write put there is handed
         out by the next pop, and one that leads nowhere faults."""
-        lookaside = self.la
-        body = lookaside.head[block_size]
-        if not body:
-            return self.pop_system_lookaside(block_size, irql)
-        lookaside.allocate_hits[block_size] += 1
-        return self._pop(lookaside, body, block_size, irql)
-
-    def pop_system_lookaside(self, block_size: int, irql: int = 0) -> int:
-        """``pop_lookaside`` once this processor's list is found empty (counted here as its
-        miss): the system-wide list's chunk, or 0."""
-        self.la.allocate_misses[block_size] += 1
-        lookaside = self.system_lookaside
-        body = lookaside.head[block_size]
-        if not body:
+        for lookaside in (self.la, self.system_lookaside):
+            body = lookaside.head[block_size]
+            if body:
+                lookaside.allocate_hits[block_size] += 1
+                return self._pop(lookaside, body, block_size, irql)
             lookaside.allocate_misses[block_size] += 1
-            return 0
-        lookaside.allocate_hits[block_size] += 1
-        return self._pop(lookaside, body, block_size, irql)
+        return 0
 
     def _pop(self, lookaside: Lookaside, body: int, block_size: int, irql: int) -> int:
         """Take ``body``, the head of ``lookaside``'s list of ``block_size`` blocks."""
