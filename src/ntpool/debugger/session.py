@@ -893,20 +893,21 @@ class HitLines:
     `!poolfind *` on a gigabyte of pool lists millions of chunks, so a line is never
     formatted per chunk. On a page, the text after the page's address comes from a cache by
     header and place in the page (``tails``), the Allocated-by line from one by call site
-    (``site_lines``, keyed with the header's ``allocated`` bit: '' for a chunk that is not); a
-    chunk costs a few list appends. A stretch of pages (a tag's walk) is made by ``map``, every
-    step a C function (``_stretch``). The window's text is joined at once; its call sites come
-    from the allocation-site table in one read.
+    (``site_lines``); a chunk costs a few list appends. A stretch of pages (a tag's walk) is
+    made by ``map``, every step a C function (``_stretch``). The window's text is joined at
+    once; its call sites come from the allocation-site table in one read.
     """
 
-    CACHE_LIMIT = 1 << 18  # texts kept by header and place (a text is rebuilt when dropped)
+    CACHE_LIMIT = 1 << 18  # texts kept by header (and place) (a text is rebuilt when dropped)
 
     def __init__(self, session: KdSession):
         self.session = session
         self.reader = session.reader
         self.middles = _Middles()
-        self.tails: dict[int, tuple[str, int]] = {}
+        self.tails: dict[int, tuple[str, bool]] = {}
         self.site_lines = _SiteLines(session)
+        self.allocated_bits = _AllocatedBits()
+        self.stretch_site_lines = _StretchSiteLines(self.site_lines)
         self.call_sites = CallSites(session.reader)
 
     def window(self, window) -> str:
@@ -916,9 +917,10 @@ class HitLines:
         heads = _first_eight_bytes(data)
         sites = self.call_sites.window(window)
         tails, site_lines = self.tails, self.site_lines
-        if len(tails) > self.CACHE_LIMIT:
+        if len(tails) > self.CACHE_LIMIT or len(self.middles) > self.CACHE_LIMIT:
             tails.clear()
             self.middles.clear()
+            self.allocated_bits.clear()
         pieces = []
         append = pieces.append
         for page in window.pages:
@@ -939,27 +941,27 @@ class HitLines:
                 append(prefix)
                 append(tail[0])
                 if tail[1]:  # allocated: who allocated it
-                    append(site_lines[tail[1] | sites[first + block]])
+                    append(site_lines[sites[first + block]])
         return "".join(pieces)
 
     def _stretch(self, page, heads, sites) -> str:
-        """The lines of a stretch of pages with many hits, by ``map`` (every step a C function:
+        """The lines of a stretch of pages, by ``map`` (every step a C function:
         no Python statement per chunk): the address, the text after it from a cache by header
         (``middles``), and the Allocated-by line from one by call site (keyed with the header's
         ``allocated`` bit: '' when it is not), interleaved by slice assignment and joined."""
-        middles, site_lines = self.middles, self.site_lines
+        middles, site_lines = self.middles, self.stretch_site_lines
         blocks = page.blocks
         index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
         stretch_heads = list(map(heads.__getitem__, index))
         lines = [""] * (3 * len(blocks))
         lines[0::3] = map("\n%016x".__mod__, map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT))))
         lines[1::3] = map(middles.__getitem__, stretch_heads)
-        lines[2::3] = map(site_lines.__getitem__, map(or_, map(middles.allocated.__getitem__, stretch_heads),
+        lines[2::3] = map(site_lines.__getitem__, map(or_, map(self.allocated_bits.__getitem__, stretch_heads),
                                                            map(sites.__getitem__, index)))
         return "".join(lines)
 
-    def _tail(self, head: int, block: int) -> tuple[str, int]:
-        """The text of a chunk's line after its page's address; its ``allocated`` bit."""
+    def _tail(self, head: int, block: int) -> tuple[str, bool]:
+        """The text of a chunk's line after its page's address; whether it is allocated."""
         return OFFSET_TEXTS[block] + self.middles[head], self.middles.allocated[head]
 
     def _page_one_by_one(self, page, heads, data) -> str:
@@ -971,27 +973,28 @@ class HitLines:
             head = heads[page.first + block]
             lines.append(f"\n{address:016x}{self.middles[head]}{mark.format(address)}")
             if self.middles.allocated[head]:
-                lines.append(self.site_lines[ALLOCATED | self.call_sites.one(address, data, page.first + block)])
+                lines.append(self.site_lines[self.call_sites.one(address, data, page.first + block)])
         return "".join(lines)
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
-ALLOCATED = 1 << 16  # beside a call-site number (a USHORT): the chunk is allocated (see HitLines)
+ALLOCATED = 1 << 16  # beside a call-site number (a USHORT): the chunk is allocated (see _stretch)
 
 
 class _Middles(dict):
     """A chunk line's text after the address, by the header's first 8 bytes (as a u64);
-    ``allocated[head]`` is ALLOCATED when an Allocated-by line follows, else 0."""
+    ``allocated`` says whether an Allocated-by line follows."""
 
     def __init__(self):
         super().__init__()
-        self.allocated = _Allocated()
+        self.allocated: dict[int, bool] = {}
 
     def __missing__(self, head: int) -> str:
         previous, size, pool_type, tag = head & 0xFF, head >> 16 & 0xFF, head >> 24 & 0xFF, head >> 32
         state = chunk_state(pool_type)
         text = self[head] = (f" size: {size << 4:4x} previous size: {previous << 4:4x}  "
                              f"{'(' + state + ')':<12} {display(tag)}")
+        self.allocated[head] = state == "Allocated" and not pool_type & POOL_QUOTA
         return text
 
     def clear(self) -> None:
@@ -999,7 +1002,7 @@ class _Middles(dict):
         self.allocated.clear()
 
 
-class _Allocated(dict):
+class _AllocatedBits(dict):
     """ALLOCATED for a header (its first 8 bytes as a u64) of an allocated chunk that is not
     quota-charged (an Allocated-by line follows its line), else 0."""
 
@@ -1010,16 +1013,28 @@ class _Allocated(dict):
 
 
 class _SiteLines(dict):
-    """The Allocated-by line by ALLOCATED | call-site number ('' for a site that names none,
-    and for any key without ALLOCATED: a chunk that is not allocated)."""
+    """The Allocated-by line of each call-site number ('' for one that names no site)."""
 
     def __init__(self, session: KdSession):
         super().__init__()
         self.session = session
 
+    def __missing__(self, site: int) -> str:
+        text = self.session._site_text(site)
+        line = self[site] = f"\n\t\tAllocated by {text}" if text else ""
+        return line
+
+
+class _StretchSiteLines(dict):
+    """The Allocated-by line by ALLOCATED | call-site number: a site's line (``_SiteLines``)
+    for an allocated chunk, '' for a key without ALLOCATED (a chunk that is not)."""
+
+    def __init__(self, site_lines: _SiteLines):
+        super().__init__()
+        self.site_lines = site_lines
+
     def __missing__(self, key: int) -> str:
-        text = self.session._site_text(key & 0xFFFF) if key & ALLOCATED else None
-        line = self[key] = f"\n\t\tAllocated by {text}" if text else ""
+        line = self[key] = self.site_lines[key & 0xFFFF] if key & ALLOCATED else ""
         return line
 
 
