@@ -121,26 +121,25 @@ def check_next_neighbour(crash, entry: int, block_size: int, next_previous_size:
                      f"says PreviousSize {next_previous_size:#x}")
 
 
-def check_pool_header(crash, entry: int, read_first8, delta: int = 0) -> tuple:
+def check_pool_header(crash, entry: int, read_first8) -> tuple:
     """ExpCheckPoolHeader: a chunk's header against its page and both neighbours.
 
-    ``read_first8(address + delta)`` gives a header's (PreviousSize, PoolIndex, BlockSize,
-    PoolType, PoolTag): the pool's reader of virtual addresses (``delta`` 0), or an unpack
-    from physical memory when the caller has translated the entry's page (``delta`` its
-    physical minus its virtual address: every header read here lies on that page). In
-    order: PreviousSize (0x6, 0x7, then 0x5 against the previous chunk), BlockSize (0x8,
-    0x9, then 0x5 against the next chunk). Returns the entry's fields.
+    ``read_first8(address)`` gives a header's (PreviousSize, PoolIndex, BlockSize, PoolType,
+    PoolTag), read by the pool code (each access translated, and faulting, on its own; a
+    caller that has translated the page uses ``check_pool_header_in_page``). In order:
+    PreviousSize (0x6, 0x7, then 0x5 against the previous chunk), BlockSize (0x8, 0x9, then
+    0x5 against the next chunk). Returns the entry's fields.
     """
-    fields = read_first8(entry + delta)
+    fields = read_first8(entry)
     previous_size, block_size = fields[0], fields[2]
     offset = entry & (PAGE_SIZE - 1)
-    # The slow path's hottest check: each condition is tested here and its named check is
-    # called only when it fails, to raise its bug check.
+    # Each condition is tested here and its named check is called only when it fails, to
+    # raise its bug check.
     if previous_size:
         if previous_size << BLOCK_SHIFT > offset:
             check_previous_size(crash, entry, previous_size)
         previous_entry = entry - (previous_size << BLOCK_SHIFT)
-        previous_block_size = read_first8(previous_entry + delta)[2]
+        previous_block_size = read_first8(previous_entry)[2]
         if previous_block_size != previous_size:
             check_previous_neighbour(crash, entry, previous_entry, previous_size, previous_block_size)
     elif offset:
@@ -149,7 +148,7 @@ def check_pool_header(crash, entry: int, read_first8, delta: int = 0) -> tuple:
     if not block_size or next_offset > PAGE_SIZE:
         check_block_size(crash, entry, block_size)
     if next_offset < PAGE_SIZE:
-        next_previous_size = read_first8(entry + (block_size << BLOCK_SHIFT) + delta)[0]
+        next_previous_size = read_first8(entry + (block_size << BLOCK_SHIFT))[0]
         if next_previous_size != block_size:
             check_next_neighbour(crash, entry, block_size, next_previous_size)
     return fields

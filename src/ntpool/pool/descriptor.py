@@ -8,7 +8,6 @@ heads, and the big page table. Nothing is kept per small allocation.
 """
 
 import mmap
-from functools import partial
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
@@ -119,8 +118,6 @@ class Pool:
         self.allocated_header_bits = pool_index << POOL_INDEX_SHIFT | self.allocated_header_type << POOL_TYPE_SHIFT
         self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
 
-        # A header's first 8 bytes at a physical address, for checks on a page translated once.
-        self._first8_at_pa = partial(_unpack_first8, self.mem)
         self.page_kind = bytearray(self.page_count)
         # Who allocated each chunk: the call site of the allocated chunk whose header starts
         # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
@@ -382,15 +379,18 @@ class Pool:
     # page not present (only a corrupted link leads there, or a paged-out chunk), is read and
     # written through ``_read_link`` / ``_write_link``, faulting where Windows would.
 
-    def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None) -> None:
+    def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None,
+                head_word: int | None = None) -> None:
         """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
-        ``entry_pa``: the entry's physical address, when the caller has translated it."""
+        ``entry_pa``: the entry's physical address, when the caller has translated it;
+        ``head_word``: the list head's Flink as a QWORD of ``words``, when it has too."""
         words, tlb = self.words, self.tlb
         head = self.list_head_at[block_size]
-        head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
-        if head_pa is None:
-            head_pa = self.fault(head, False, self.lock_irql)
-        head_word = (head_pa + (head & PAGE_MASK)) >> 3  # its Flink; Blink is the next QWORD
+        if head_word is None:
+            head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
+            if head_pa is None:
+                head_pa = self.fault(head, False, self.lock_irql)
+            head_word = (head_pa + (head & PAGE_MASK)) >> 3  # its Flink; Blink is the next QWORD
         flink, blink = words[head_word], words[head_word + 1]
         if flink == head and blink == head and entry_pa is not None and not entry_pa & 7:
             # An empty list: both neighbours the check reads are the head itself, whose links
@@ -652,7 +652,8 @@ class Pool:
             self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline
-            # for an empty list as ``_insert`` does it; any other list: ``_insert``.
+            # for an empty list as ``_insert`` does it; any other list: ``_insert``, the
+            # head's translation given.
             head = self.list_head_at[remainder]
             head_pa = tlb.get(head >> PAGE_SHIFT)
             if head_pa is None:
@@ -665,7 +666,7 @@ class Pool:
                 words[head_word + 1] = entry
                 self.nonempty |= 1 << (remainder - 1)
             else:
-                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE, head_word)
         return mine
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
@@ -769,7 +770,7 @@ class Pool:
         if following < PAGE_SIZE:
             _, _, next_size, next_type, _ = _unpack_first8(mem, page_pa + following)
             if next_type == POOL_FREE and page + following not in self.pending:
-                check_pool_header(self.crash, page + following, self._first8_at_pa, page_pa - page)
+                check_pool_header_in_page(self.crash, page + following, mem, page_pa + following)
                 if next_size > 1:
                     self._unlink(page + following + HEADER_SIZE, next_size,
                                  page_pa + following + HEADER_SIZE)
