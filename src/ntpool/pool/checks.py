@@ -161,27 +161,28 @@ def check_pool_header_in_page(crash, entry: int, mem, pa: int) -> tuple[int, int
     that page. The same checks in the same order; each field it needs is one byte read.
     Returns the entry's (PreviousSize, BlockSize)."""
     previous_size, block_size = mem[pa + _PREVIOUS_SIZE], mem[pa + _BLOCK_SIZE]
-    offset = entry & (PAGE_SIZE - 1)
+    offset = entry & _PAGE_MASK
     if previous_size:
-        if previous_size << BLOCK_SHIFT > offset:
+        back = previous_size << BLOCK_SHIFT
+        if back > offset:
             check_previous_size(crash, entry, previous_size)
-        previous_block_size = mem[pa - (previous_size << BLOCK_SHIFT) + _BLOCK_SIZE]
+        previous_block_size = mem[pa - back + _BLOCK_SIZE]
         if previous_block_size != previous_size:
-            check_previous_neighbour(crash, entry, entry - (previous_size << BLOCK_SHIFT), previous_size,
-                                     previous_block_size)
+            check_previous_neighbour(crash, entry, entry - back, previous_size, previous_block_size)
     elif offset:
         check_previous_size(crash, entry, previous_size)
-    next_offset = offset + (block_size << BLOCK_SHIFT)
-    if block_size and next_offset < PAGE_SIZE:  # a next chunk on the page (0x8 and 0x9 hold)
-        next_previous_size = mem[pa + (block_size << BLOCK_SHIFT) + _PREVIOUS_SIZE]
+    size = block_size << BLOCK_SHIFT
+    if block_size and offset + size < PAGE_SIZE:  # a next chunk on the page (0x8 and 0x9 hold)
+        next_previous_size = mem[pa + size + _PREVIOUS_SIZE]
         if next_previous_size != block_size:
             check_next_neighbour(crash, entry, block_size, next_previous_size)
-    elif not block_size or next_offset > PAGE_SIZE:
+    elif not block_size or offset + size > PAGE_SIZE:
         check_block_size(crash, entry, block_size)
     return previous_size, block_size
 
 
 _PREVIOUS_SIZE, _BLOCK_SIZE = POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize
+_PAGE_MASK = PAGE_SIZE - 1
 
 
 def check_fits_its_list(crash, entry: int, block_size: int, list_blocks: int) -> None:
