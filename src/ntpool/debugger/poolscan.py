@@ -3,9 +3,11 @@
 A small-pool page is trusted only when its whole header chain is consistent (the same
 walk the allocator's checks make, ``pool.layout.page_problems``) and every PoolType byte
 is one a chunk of that pool can hold. ``PoolFinder`` reads a pool's pages a window at a
-time and either walks every page's chain (``*``) or searches the window for the tag with a
-regular expression and keeps only hits that sit where a header's tag sits (offset 4 of a
-16-byte block) in a page whose chain is valid and that has a chunk starting there; a
+time and either walks every page's chain (``*``) or finds the tag's headers: where the tag
+is common, by walking every page's chain in the regular-expression engine, which stops at
+each header of the tag (``header_walk_regex``); where it is rare, by searching the window's
+bytes for the tag first and keeping only hits that sit where a header's tag sits (offset 4
+of a 16-byte block) in a page whose chain is valid and that has a chunk starting there. A
 tag-shaped string inside a chunk's body is not a chunk. On a page whose chain is corrupt,
 the headers that can still be trusted (``salvaged_header_offsets``) are reported too, marked.
 """
@@ -314,6 +316,7 @@ def header_walk_regex(allowed, tag_regex: bytes) -> re.Pattern:
         re.DOTALL)
 
 
+# The type of match objects: its methods (start), mapped over a walk's steps, are C calls.
 _Match = type(re.match(b"", b""))
 
 
@@ -325,18 +328,22 @@ def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) 
     if buffer[start]:  # the page's first header has a PreviousSize: not a valid chain
         return 0, []
     hit, end = walker.groupindex["hit"], walker.groupindex["end"]
+    # The steps, each matched where the last ended (a scanner's match: iter calls it until it
+    # finds none, so the loop runs in C), up to the last page's end or the first failure.
     steps = list(iter(walker.scanner(buffer, start, length).match, None))
     ends = list(map(_Match.start, steps, repeat(end)))  # -1 where a step ends inside a page
-    page_ends = list(filter((0).__le__, ends))
+    page_ends = list(filter((0).__le__, ends))  # the offsets that are not -1
     expected = list(range(start + PAGE_SIZE, length + 1, PAGE_SIZE))
     sound = len(expected)
     if page_ends != expected:
-        # the pages before the first page whose walk did not end at its end are sound; the
-        # steps after their end are not to be trusted (a walk that ran over a page's end)
-        sound = next(index for index, (got, want) in enumerate(zip(page_ends + [-1], expected))
-                     if got != want)
-        steps = steps[:[index for index, at in enumerate(ends) if at >= 0][sound - 1] + 1] if sound else []
-    hits = filter((0).__le__, map(_Match.start, steps, repeat(hit)))
+        # The pages before the first whose walk did not end at its end are sound; the steps
+        # after the last of their ends are not to be trusted (a walk that ran over a page's end).
+        sound = 0
+        while sound < min(len(page_ends), len(expected)) and page_ends[sound] == expected[sound]:
+            sound += 1
+        last = [index for index, at in enumerate(ends) if at >= 0][sound - 1] if sound else -1
+        steps = steps[:last + 1]
+    hits = filter((0).__le__, map(_Match.start, steps, repeat(hit)))  # the steps' tag headers
     if start:
         hits = map(sub, hits, repeat(start))
     return sound, list(map(rshift, hits, repeat(BLOCK_SHIFT)))
