@@ -116,8 +116,9 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
     current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
-    the site map and the address its index counts from (a chunk's header: body - 16), the allocated PoolType
-    byte, and the pool's column in a tracker row. Rebuilt when the processor changes."""
+    the site map and the address its index counts from (a chunk's header: body - 16), the
+    allocated PoolType byte, and the pool's column in a tracker row. Rebuilt when the
+    processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
             pool.allocated_header_type, pool.track_offset)
 
