@@ -253,7 +253,7 @@ def test_list_heads_path_pages_in_the_chunks_it_links(k):
         k.ExFreePoolWithTag(p, "Page")
     pool.deferred_free()
     assert [r for r in k.pool_tags() if r.Tag == "egaP"][0].PagedUsed == 0
-    assert pool.pages_in_use == 0 and pool.nonempty == 0  # every page coalesced and given back
+    assert pool.pages_in_use == 0 and not any(pool.listed)  # every page coalesced and given back
 
 
 def test_freeing_a_paged_out_big_allocation_drops_its_page_file_copy(k):

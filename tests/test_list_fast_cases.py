@@ -35,10 +35,9 @@ def take_the_long_way(pool) -> None:
     """Make ``pool`` take every ListHeads allocation and every new page the long way."""
 
     def allocate_from_lists(block_size, tag, site):
-        candidates = pool.nonempty >> (block_size - 1)
-        if not candidates:
+        found = pool.listed.find(1, block_size)  # the smallest listed size that fits
+        if found < 0:
             return 0
-        found = block_size + (candidates & -candidates).bit_length() - 1
         entry = pool.read_pointer(pool._list_head(found))  # the head's Flink
         return pool._split_any(entry, found, block_size, tag, site)
 
@@ -86,7 +85,7 @@ def run(seed: int, steps: int, long_way: bool):
         for lookaside in pool.lookasides:
             state.update(repr((lookaside.head, lookaside.count, lookaside.allocate_hits,
                                lookaside.allocate_misses)).encode())
-        state.update(repr((pool.nonempty, pool.pages_in_use, sorted(pool.pending))).encode())
+        state.update(repr((bytes(pool.listed), pool.pages_in_use, sorted(pool.pending))).encode())
         state.update(bytes(pool.page_kind) + bytes(pool.site_map))
     state.update(repr(sorted(k.pool.tracker.rows.items())).encode())
     return step, stop, state.hexdigest()

@@ -140,7 +140,9 @@ class Pool:
         self.list_heads_va = list_heads_va
         # ListHeads[n - 1]'s address at index n (the lists of n-block chunks; 0 unused).
         self.list_head_at = [list_heads_va + (blocks - 1) * LIST_ENTRY_SIZE for blocks in range(LIST_HEAD_COUNT + 1)]
-        self.nonempty = 0  # bit n set while ListHeads[n] is not empty
+        # listed[n] is 1 while ListHeads[n - 1] (chunks of n blocks) is not empty: a byte per
+        # list, so the smallest list that can serve a request is one bytearray.find.
+        self.listed = bytearray(LIST_HEAD_COUNT + 1)
         for index in range(LIST_HEAD_COUNT):
             head = list_heads_va + index * LIST_ENTRY_SIZE
             LIST_ENTRY.pack_into(self.mem, self._pa(head), head, head)
@@ -397,7 +399,7 @@ class Pool:
             words[(entry_pa >> 3) + 1] = head
             words[head_word] = entry
             words[head_word + 1] = entry
-            self.nonempty |= 1 << (block_size - 1)
+            self.listed[block_size] = 1
             return
         # The neighbour the entry goes beside (the last chunk at the tail, the first at the
         # head) is read and written; the other one is only read, for the check. The entry's
@@ -424,7 +426,7 @@ class Pool:
             self._write_links(entry, new_flink, new_blink)
             self._write_link(near_pa, near_field, entry)
         words[head_word + (head_field >> 3)] = entry
-        self.nonempty |= 1 << (block_size - 1)
+        self.listed[block_size] = 1
 
     def _unlink(self, entry: int, block_size: int, entry_pa: int | None = None) -> None:
         """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
@@ -452,7 +454,7 @@ class Pool:
             self._write_link(blink_pa, blink_field, flink)
             self._write_link(flink_pa, flink_field, blink)
         if flink == blink:  # only the head is left
-            self.nonempty &= ~(1 << (block_size - 1))
+            self.listed[block_size] = 0
 
     def free_list(self, block_size: int) -> list[int]:
         """Headers of the chunks on ListHeads[block_size - 1], in list order (for tests)."""
@@ -563,10 +565,9 @@ class Pool:
         return 0
 
     def _allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
-        candidates = self.nonempty >> (block_size - 1)
-        if not candidates:
+        found = self.listed.find(1, block_size)  # the smallest listed size that fits
+        if found < 0:
             return 0
-        found = block_size + (candidates & -candidates).bit_length() - 1
         head = self.list_head_at[found]
         tlb, words = self.tlb, self.words
         head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
@@ -607,7 +608,7 @@ class Pool:
             words[head_word] = flink  # the Blink side's Flink
             words[flink_word] = blink
             if flink == head:  # only the head is left
-                self.nonempty &= ~(1 << (found - 1))
+                self.listed[found] = 0
         previous_size, free_size = check_pool_header_in_page(self.crash, chunk, self.mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, chunk, free_size, found)
@@ -662,7 +663,7 @@ class Pool:
                 words[entry_word + 1] = head
                 words[head_word] = entry
                 words[head_word + 1] = entry
-                self.nonempty |= 1 << (remainder - 1)
+                self.listed[remainder] = 1
             else:
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE, head_word)
         return mine
