@@ -63,8 +63,6 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
-# Page offsets where a pointer's 8 bytes lie in one page.
-_IN_ONE_PAGE = bytes(1 if offset <= PAGE_SIZE - POINTER.size else 0 for offset in range(PAGE_SIZE))
 assert (FLINK, BLINK) == (0, 8)
 PAGE_MASK = PAGE_SIZE - 1
 # The ListHeads code writes a header's first QWORD with PreviousSize as its low byte, and a
@@ -410,8 +408,8 @@ class Pool:
             near_field, far_field, new_flink, new_blink, head_field = flink + BLINK, blink + FLINK, flink, head, FLINK
         near_base, far_base = tlb.get(near_field >> PAGE_SHIFT), tlb.get(far_field >> PAGE_SHIFT)
         if near_base is not None and far_base is not None and not (near_field | far_field) & 7:
-            near_word = (near_base + (near_field & (PAGE_SIZE - 1))) >> 3
-            near_value, far_value = words[near_word], words[(far_base + (far_field & (PAGE_SIZE - 1))) >> 3]
+            near_word = (near_base + (near_field & PAGE_MASK)) >> 3
+            near_value, far_value = words[near_word], words[(far_base + (far_field & PAGE_MASK)) >> 3]
             if near_value != head or far_value != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, near_value, far_value)
             if entry_pa is None or entry_pa & 7:
@@ -440,8 +438,8 @@ class Pool:
         flink_field, blink_field = flink + BLINK, blink + FLINK
         flink_base, blink_base = tlb.get(flink_field >> PAGE_SHIFT), tlb.get(blink_field >> PAGE_SHIFT)
         if flink_base is not None and blink_base is not None and not (flink_field | blink_field) & 7:
-            flink_word = (flink_base + (flink_field & (PAGE_SIZE - 1))) >> 3
-            blink_word = (blink_base + (blink_field & (PAGE_SIZE - 1))) >> 3
+            flink_word = (flink_base + (flink_field & PAGE_MASK)) >> 3
+            blink_word = (blink_base + (blink_field & PAGE_MASK)) >> 3
             flink_blink, blink_flink = words[flink_word], words[blink_word]
             if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, blink_flink)
