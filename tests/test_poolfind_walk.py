@@ -70,8 +70,8 @@ damage = st.tuples(st.sampled_from(["header", "first", "any"]), st.integers(0, 1
 
 
 @FUZZ
-@given(st.lists(damage, max_size=6), st.sampled_from(PATTERNS), st.booleans())
-def test_the_walk_finds_what_the_page_by_page_search_finds(window, damages, pattern, plant):
+@given(st.lists(damage, max_size=6), st.sampled_from(PATTERNS), st.booleans(), st.sampled_from([1, 3, 1 << 14]))
+def test_the_walk_finds_what_the_page_by_page_search_finds(window, damages, pattern, plant, batch):
     original, va, finder, headers = window
     data = bytearray(original)
     for kind, index, byte, value in damages:
@@ -88,12 +88,16 @@ def test_the_walk_finds_what_the_page_by_page_search_finds(window, damages, patt
     expected_corrupt: list = []
     expected = [hits for page in range(PAGES)
                 if (hits := finder._search_page(data, view, va, page, regex, plan, expected_corrupt))]
-    corrupt: list = []
-    walked = finder._search_window(data, view, va, PAGES, regex, plan, walker, corrupt)
-    assert (_found(walked), corrupt) == (_found(expected), expected_corrupt)
-    corrupt = []
-    searched = finder._search_candidates(data, view, va, regex, plan, walker, corrupt)
-    assert (_found(searched), corrupt) == (_found(expected), expected_corrupt)
+    default, poolscan.STEP_BATCH = poolscan.STEP_BATCH, batch  # the walk's steps, a batch at a time
+    try:
+        corrupt: list = []
+        walked = finder._search_window(data, view, va, PAGES, regex, plan, walker, corrupt)
+        assert (_found(walked), corrupt) == (_found(expected), expected_corrupt)
+        corrupt = []
+        searched = finder._search_candidates(data, view, va, regex, plan, walker, corrupt)
+        assert (_found(searched), corrupt) == (_found(expected), expected_corrupt)
+    finally:
+        poolscan.STEP_BATCH = default
 
 
 def test_a_sound_window_is_walked_in_one_stretch(window):

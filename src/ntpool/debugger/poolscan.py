@@ -18,7 +18,7 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from itertools import accumulate, repeat
+from itertools import accumulate, islice, repeat
 from operator import rshift, sub
 from typing import Iterator, NamedTuple
 
@@ -320,6 +320,9 @@ def header_walk_regex(allowed, tag_regex: bytes) -> re.Pattern:
 _Match = type(re.match(b"", b""))
 
 
+STEP_BATCH = 1 << 14  # a walk's steps held at a time (memory stays bounded whatever the pages)
+
+
 def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) -> tuple[int, list]:
     """The walk (``header_walk_regex``) of the pages of ``buffer`` from offset ``start`` (a
     page's) to ``length``: how many pages from ``start`` have a valid chain before the first
@@ -329,25 +332,26 @@ def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) 
         return 0, []
     hit, end = walker.groupindex["hit"], walker.groupindex["end"]
     # The steps, each matched where the last ended (a scanner's match: iter calls it until it
-    # finds none, so the loop runs in C), up to the last page's end or the first failure.
-    steps = list(iter(walker.scanner(buffer, start, length).match, None))
-    ends = list(map(_Match.start, steps, repeat(end)))  # -1 where a step ends inside a page
-    page_ends = list(filter((0).__le__, ends))  # the offsets that are not -1
+    # finds none, so the loop runs in C), up to the last page's end or the first failure;
+    # STEP_BATCH of them held at a time (a match object is about 150 bytes).
+    steps = iter(walker.scanner(buffer, start, length).match, None)
+    hits: list = []  # the offsets of the tag's headers the steps stopped at
+    page_ends: list = []  # the offsets where steps ended a page (as the engine saw pages)
+    while batch := list(islice(steps, STEP_BATCH)):
+        hits += filter((0).__le__, map(_Match.start, batch, repeat(hit)))  # -1: no such group
+        page_ends += filter((0).__le__, map(_Match.start, batch, repeat(end)))
     expected = list(range(start + PAGE_SIZE, length + 1, PAGE_SIZE))
     sound = len(expected)
     if page_ends != expected:
-        # The pages before the first whose walk did not end at its end are sound; the steps
-        # after the last of their ends are not to be trusted (a walk that ran over a page's end).
+        # The pages before the first whose walk did not end at its end are sound; the hits
+        # after their end are not to be trusted (a walk that ran over a page's end).
         sound = 0
         while sound < min(len(page_ends), len(expected)) and page_ends[sound] == expected[sound]:
             sound += 1
-        last = [index for index, at in enumerate(ends) if at >= 0][sound - 1] if sound else -1
-        steps = steps[:last + 1]
-    hits = filter((0).__le__, map(_Match.start, steps, repeat(hit)))  # the steps' tag headers
+        del hits[bisect_left(hits, start + (sound << PAGE_SHIFT)):]
     if start:
-        hits = map(sub, hits, repeat(start))
+        hits = list(map(sub, hits, repeat(start)))
     return sound, list(map(rshift, hits, repeat(BLOCK_SHIFT)))
-
 
 # A tag found this often (hits per page) in a window is looked for in the next window by
 # walking every page; a rarer one by searching the bytes first (see PoolFinder.scan).
