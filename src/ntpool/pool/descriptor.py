@@ -3,8 +3,8 @@
 This is the allocator's slow path, built after the Windows 7 x64 design: free chunks are
 linked through LIST_ENTRY fields in their own bodies, and the ListHeads live in the
 simulated kernel memory, so memory looks as a debugger expects. Python keeps only what a
-per-pool index needs: a bitmap of non-empty ListHeads, a byte per pool page, lookaside list
-heads, and the big page table. Nothing is kept per small allocation.
+per-pool index needs: a byte per ListHeads entry (non-empty or not), a byte per pool page,
+lookaside list heads, and the big page table. Nothing is kept per small allocation.
 """
 
 import mmap
