@@ -596,9 +596,10 @@ class Pool:
             if flink == head:
                 flink_word = head_word + 1  # the head's Blink
             elif not flink & 7:
-                flink_base = tlb.get((flink + BLINK) >> PAGE_SHIFT)
+                flink_field = flink + BLINK
+                flink_base = tlb.get(flink_field >> PAGE_SHIFT)
                 if flink_base is not None:
-                    flink_word = (flink_base + ((flink + BLINK) & PAGE_MASK)) >> 3
+                    flink_word = (flink_base + (flink_field & PAGE_MASK)) >> 3
         if flink_word is None:
             self._unlink(entry, found, chunk_pa + HEADER_SIZE)
         else:
