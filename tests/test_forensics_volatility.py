@@ -87,6 +87,7 @@ def test_windows_info(demo_dump, vol):
     assert info["Major/Minor"] == "15.7601" and info["NtMajorVersion"] == "6"
     assert info["NtMinorVersion"] == "1" and info["CSDVersion"] == "1"
     assert info["NTBuildLab"].startswith("7601.17514.amd64fre")
+    assert info["PE TimeDateStamp"] == "Sat Nov 20 09:30:02 2010"  # Windows 7 SP1's ntoskrnl.exe
     assert info["KeNumberProcessors"] == "1" and info["NtSystemRoot"] == "C:\\Windows"
     assert info["Symbols"].endswith(isf.relative_path().replace(os.sep, "/"))
 

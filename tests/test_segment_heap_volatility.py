@@ -6,6 +6,7 @@ windows.modules lists the drivers; all in this process, on real volatility3."""
 import json
 import lzma
 import os
+import time
 
 import pytest
 
@@ -105,6 +106,10 @@ def test_windows_info_names_the_build(dump, vol):
     assert info["Major/Minor"] == f"15.{k.windows.build}"
     assert (info["NtMajorVersion"], info["NtMinorVersion"]) == ("10", "0")
     assert info["NTBuildLab"].startswith(str(k.windows.build))
+    assert info["CSDVersion"] == "0"  # no service pack since Windows 7's
+    # The image's TimeDateStamp is the build's (a hash since Windows 10), not Windows 7's 2010 date.
+    assert info["PE TimeDateStamp"] == time.asctime(time.gmtime(k.windows.time_date_stamp))
+    assert k.windows.time_date_stamp != windows_version("7").time_date_stamp
     assert info["Symbols"].endswith(isf.relative_path(k.windows).replace(os.sep, "/"))
 
 

@@ -8,6 +8,7 @@ to 0x20 bytes (ProcessBilled added) in build 20348, and the segment signature lo
 constant in 26100 (segment-heap.md, sections 2 and 4).
 """
 
+import zlib
 from typing import NamedTuple
 
 
@@ -38,10 +39,26 @@ class WindowsVersion(NamedTuple):
         """NtBuildLab, as the kernel image and the debugger show it."""
         return BUILD_LABS.get(self.build, f"{self.build}.1.amd64fre.ntpool.000000-0000")
 
+    @property
+    def csd_version(self) -> int:
+        """CmNtCSDVersion: the service pack in bits 8..15 (Windows 7 SP1's 1; none since)."""
+        return 0x0100 if self.build == 7601 else 0
+
+    @property
+    def time_date_stamp(self) -> int:
+        """The kernel image's PE TimeDateStamp. Windows 7 SP1's ntoskrnl.exe was linked on 20
+        November 2010; since Windows 10 the field is a hash of the build, not a time (builds
+        are reproducible: Raymond Chen, The Old New Thing, January 2018), so ntpool's is
+        the CRC-32 of the build's NtBuildLab."""
+        if self.build == 7601:
+            return WINDOWS7_TIME_DATE_STAMP
+        return zlib.crc32(self.nt_build_lab.encode())
+
     def __str__(self) -> str:
         return f"Windows {self.name} (build {self.build}, {self.release})"
 
 
+WINDOWS7_TIME_DATE_STAMP = 0x4CE7951A  # Windows 7 SP1's ntoskrnl.exe (20 November 2010)
 SEGMENT_HEAP_FIRST_BUILD = 18362  # 19H1: the kernel pool moved to the segment heap
 
 BUILDS = {

@@ -19,13 +19,11 @@ written at dump time; only PsLoadedModuleList is live (the core keeps it there).
 import struct
 
 from ..constants import KERNEL_IMAGE_BYTES, KERNEL_IMAGE_PS_LOADED_MODULE_LIST, PAGE_SIZE
+from ..windows import windows_version
 from . import format as f
 
 PDB_NAME = "ntkrnlmp.pdb"
 PDB_AGE = 1
-TIME_DATE_STAMP = 0x4CE7951A  # Windows 7 SP1's ntoskrnl.exe (20 November 2010)
-NT_BUILD_LAB_TEXT = "7601.17514.amd64fre.win7sp1_rtm.101119-1850"
-CSD_VERSION = 0x0100  # CmNtCSDVersion: service pack 1 in bits 8..15
 
 RDATA_RVA = 0x1000
 DATA_RVA = 0x2000
@@ -87,11 +85,12 @@ def codeview_record(guid_le: bytes, age: int = PDB_AGE) -> bytes:
 
 def headers_and_rdata(image_base: int, guid_le: bytes, windows=None) -> bytes:
     """The image's first two pages: DOS and PE32+ headers, then .rdata."""
-    major, minor = (6, 1) if windows is None else (windows.major, windows.minor)
+    windows = windows_version("7") if windows is None else windows
+    major, minor, stamp = windows.major, windows.minor, windows.time_date_stamp
     image = bytearray(DATA_RVA)
     image[0:2] = b"MZ"
     struct.pack_into("<I", image, _DOS_E_LFANEW, _PE_OFFSET)
-    _FILE_HEADER.pack_into(image, _PE_OFFSET, b"PE\0\0", 0x8664, len(_SECTIONS), TIME_DATE_STAMP,
+    _FILE_HEADER.pack_into(image, _PE_OFFSET, b"PE\0\0", 0x8664, len(_SECTIONS), stamp,
                            0, 0, _OPTIONAL_HEADER64.size + 16 * _DATA_DIRECTORY.size,
                            0x22)  # executable image, large address aware
     optional = _PE_OFFSET + _FILE_HEADER.size
@@ -110,11 +109,11 @@ def headers_and_rdata(image_base: int, guid_le: bytes, windows=None) -> bytes:
         _SECTION_HEADER.pack_into(image, sections + index * _SECTION_HEADER.size, name, PAGE_SIZE,
                                   rva, PAGE_SIZE, rva, 0, 0, 0, 0, characteristics)
     record = codeview_record(guid_le)
-    _DEBUG_DIRECTORY.pack_into(image, DEBUG_DIRECTORY, 0, TIME_DATE_STAMP, 0, 0,
+    _DEBUG_DIRECTORY.pack_into(image, DEBUG_DIRECTORY, 0, stamp, 0, 0,
                                _IMAGE_DEBUG_TYPE_CODEVIEW, len(record), CODEVIEW_RECORD,
                                CODEVIEW_RECORD)
     image[CODEVIEW_RECORD:CODEVIEW_RECORD + len(record)] = record
-    lab = (NT_BUILD_LAB_TEXT if windows is None else windows.nt_build_lab).encode()
+    lab = windows.nt_build_lab.encode()
     image[NT_BUILD_LAB:NT_BUILD_LAB + len(lab)] = lab
     return bytes(image)
 

@@ -391,7 +391,7 @@ def _lay_out_image(kernel, layout: DebuggerDataLayout, tracker_entries: int, big
     for name, value, size in (
             ("PoolBigPageTable", layout.big_pages.va, 8), ("PoolBigPageTableSize", big_entries, 8),
             ("PoolTrackTable", layout.tracker.va, 8), ("PoolTrackTableSize", tracker_entries, 8),
-            ("KeNumberProcessors", kernel.processors, 4), ("CmNtCSDVersion", kernel_image.CSD_VERSION, 4),
+            ("KeNumberProcessors", kernel.processors, 4), ("CmNtCSDVersion", kernel.windows.csd_version, 4),
             ("MmSystemRangeStart", SYSTEM_RANGE_START, 8),
             ("MmHighestUserAddress", f.MM_HIGHEST_USER_ADDRESS, 8),
             ("MmUserProbeAddress", f.MM_USER_PROBE_ADDRESS, 8),
