@@ -13,6 +13,7 @@ inspected, and (every ``dump_every``-th bug check) its crash dump opens with ntp
 reader and ``!analyze -v`` runs on it.
 
     python -m ntpool.tools.corruption_fuzz --runs 100000 [--seed N] [--steps 400] [--jobs J]
+        [--windows 7|10|11]
 
 prints the runs, how each ended, and the count of internal errors (0, or the seeds that
 reproduce them); its exit status is 1 when there was any.
@@ -30,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
+from ..windows import CHOICES, windows_version
 
 MiB = 1 << 20
 TAGS = ("Fred", "Barn", "Wilm", "Bett")
@@ -54,11 +56,23 @@ def _pattern(rng: random.Random, length: int) -> bytes:
 class SloppyDriver:
     """One run's state: the machine, the chunks it holds, the chunks it freed."""
 
-    def __init__(self, rng: random.Random, lookasides: bool):
+    def __init__(self, rng: random.Random, lookasides: bool, windows: str = "7"):
         import ntpool  # the whole package (dump layer included), as a user has it
 
         self.rng = rng
-        self.k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB)
+        self.k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB,
+                               windows=windows)
+        # The pool types a request picks from (the segment heap's NonPagedPoolNx is a heap
+        # of its own).
+        self.pool_types = (0, 1, 0x200) if self.k.windows.segment_heap else (0, 1)
+        # Sizes half the segment heap's requests take, each with its LFH bucket active from
+        # the start (the LFH serves a size from its 2040th request: warmed by pairs), so the
+        # LFH and its fast paths meet the damage too. Windows 7: none (its lookasides serve
+        # every small size from the first request).
+        self.hot_sizes: tuple = ()
+        if self.k.windows.segment_heap:
+            self.hot_sizes = (0x50, 0x120)
+            warm_lfh(self.k, self.pool_types, self.hot_sizes)
         if not lookasides:
             disable_lookasides(self.k)
         self.live: list[tuple[int, int, int, str]] = []  # (address, size, pool type, tag)
@@ -68,8 +82,12 @@ class SloppyDriver:
 
     def allocate(self) -> None:
         rng = self.rng
-        pool_type = rng.choice((0, 1))
-        size = rng.choice((rng.randint(1, 496), rng.randint(497, 0xFE0), rng.randint(0xFE1, 3 * PAGE_SIZE)))
+        pool_type = rng.choice(self.pool_types)
+        if self.hot_sizes and rng.random() < 0.5:
+            size = rng.choice(self.hot_sizes)
+        else:
+            size = rng.choice((rng.randint(1, 496), rng.randint(497, 0xFE0),
+                               rng.randint(0xFE1, 3 * PAGE_SIZE)))
         tag = rng.choice(TAGS)
         p = self.k.ExAllocatePoolWithTag(pool_type, size, tag)
         if p:
@@ -140,12 +158,27 @@ class SloppyDriver:
             self.k.read(target[0], min(target[1], 64))
 
     def flush(self) -> None:
-        for pool in (self.k.nonpaged_pool, self.k.paged_pool):
+        for pool in self.k.pool.pools:
             pool.flush_lookasides()
 
 
+def warm_lfh(k, pool_types, sizes) -> None:
+    """Make each size's LFH bucket active in each pool type's heap (allocation and free pairs
+    up to the LFH's activation)."""
+    from ..pool.segment_heap.layout import LFH_ACTIVATE_REQUESTS
+
+    for pool_type in pool_types:
+        for size in sizes:
+            for _ in range(LFH_ACTIVATE_REQUESTS + 1):
+                k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(pool_type, size, "Warm"), "Warm")
+
+
 def disable_lookasides(k) -> None:
-    """Every lookaside list of both pools at depth 0: frees go to the lists at once."""
+    """Every lookaside list of both pools at depth 0: frees go to the lists at once. (The
+    segment heap's dynamic lookaside starts disabled, until its Balance Set Manager passes
+    turn it on: left as Windows runs it.)"""
+    if k.windows.segment_heap:
+        return
     for pool in (k.nonpaged_pool, k.paged_pool):
         for lookaside in pool.lookasides:
             lookaside.depth[:] = [0] * len(lookaside.depth)
@@ -169,10 +202,11 @@ def check_after_bugcheck(k, dump_dir: str | None) -> None:
     assert "BUGCHECK" in text.upper() or "Bugcheck" in text, text[:200]
 
 
-def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | None = None) -> tuple[str, str]:
+def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | None = None,
+            windows: str = "7") -> tuple[str, str]:
     """One run: ("bugcheck 0x19", "") or ("survived", "") or ("internal", traceback)."""
     rng = random.Random(seed)
-    driver = SloppyDriver(rng, lookasides=rng.random() < 0.75)
+    driver = SloppyDriver(rng, lookasides=rng.random() < 0.75, windows=windows)
     names = [name for name, _ in OPERATIONS]
     weights = [weight for _, weight in OPERATIONS]
     try:
@@ -193,14 +227,14 @@ def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | Non
     return "survived", ""
 
 
-def run_many(seeds, steps: int, dump_every: int) -> tuple[Counter, list[str]]:
+def run_many(seeds, steps: int, dump_every: int, windows: str = "7") -> tuple[Counter, list[str]]:
     outcomes: Counter = Counter()
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ntpool-fuzz-") as dump_dir:
         bugchecks = 0
         for seed in seeds:
             dump = bool(dump_every) and bugchecks % dump_every == 0
-            outcome, text = run_one(seed, steps, dump, dump_dir)
+            outcome, text = run_one(seed, steps, dump, dump_dir, windows)
             outcomes[outcome] += 1
             if outcome.startswith("bugcheck"):
                 bugchecks += 1
@@ -212,8 +246,8 @@ def run_many(seeds, steps: int, dump_every: int) -> tuple[Counter, list[str]]:
 
 
 def _batch(arguments) -> tuple[Counter, list[str]]:
-    seeds, steps, dump_every = arguments
-    return run_many(seeds, steps, dump_every)
+    seeds, steps, dump_every, windows = arguments
+    return run_many(seeds, steps, dump_every, windows)
 
 
 def main(argv=None) -> int:
@@ -225,6 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--dump-every", type=int, default=50,
                         help="write a dump and run !analyze -v after every Nth bug check (0: never)")
+    parser.add_argument("--windows", choices=CHOICES, default="7",
+                        help="the Windows the machines run (10 and 11: the segment heap)")
     args = parser.parse_args(argv)
     first = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     seeds = range(first, first + args.runs)
@@ -233,17 +269,19 @@ def main(argv=None) -> int:
     errors: list[str] = []
     if args.jobs > 1:
         size = max(1, args.runs // (args.jobs * 8))
-        batches = [(seeds[i:i + size], args.steps, args.dump_every) for i in range(0, args.runs, size)]
+        batches = [(seeds[i:i + size], args.steps, args.dump_every, args.windows)
+                   for i in range(0, args.runs, size)]
         with ProcessPoolExecutor(args.jobs) as pool:
             for counted, found in pool.map(_batch, batches):
                 outcomes.update(counted)
                 errors.extend(found)
     else:
-        outcomes, errors = run_many(seeds, args.steps, args.dump_every)
+        outcomes, errors = run_many(seeds, args.steps, args.dump_every, args.windows)
     for text in errors[:5]:
         print(text, file=sys.stderr)
     elapsed = time.monotonic() - started
-    print(f"seeds {first}..{first + args.runs - 1}, {args.steps} steps a run, {elapsed:.0f} s")
+    print(f"{windows_version(args.windows)}: seeds {first}..{first + args.runs - 1}, "
+          f"{args.steps} steps a run, {elapsed:.0f} s")
     for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome}: {count}")
     print(f"internal errors: {len(errors)}")
