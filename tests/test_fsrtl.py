@@ -96,6 +96,25 @@ def test_small_pool_exhaustion_also_raises(k):
             k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 400, "Fill")
 
 
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_exhaustion_on_either_design_raises_for_fsrtl_and_is_null_for_ex(windows):
+    """A request the fast path validates and passes straight on (a big one, a small one the
+    lookaside or LFH cannot serve) fails as the routine says: FsRtl's raise bit raises,
+    ExAllocatePoolWithTag returns NULL."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, windows=windows)
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(PT.NonPagedPool, 400, "Fill"), "Fill")  # tag known
+    assert k.ExAllocatePoolWithTag(PT.NonPagedPool, 64 * MiB, "Fill") == 0
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 64 * MiB, "Fill")
+    assert info.value.status == INSUFFICIENT
+    held = []
+    while p := k.ExAllocatePoolWithTag(PT.NonPagedPool, 400, "Fill"):
+        held.append(p)
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePoolWithTag(PT.NonPagedPool, 400, "Fill")
+    assert info.value.status == INSUFFICIENT and not k.halted and len(held) > 1000
+
+
 def test_tag_shows_reversed_in_the_pool_and_the_tracker(k):
     p = k.FsRtlAllocatePoolWithTag(PT.PagedPool, 100, "Fred")
     assert k.read(p - 12, 4) == b"derF"

@@ -16,7 +16,6 @@ from ...constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
     POOL_NX_ALLOCATION,
-    POOL_RAISE_IF_ALLOCATION_FAILURE,
     BadPoolCaller,
     BugCheckCode,
 )
@@ -143,9 +142,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 # size, IRQL, no layer): the request goes straight on to the heap, as on
                 # Windows 7 (PoolAllocator.allocate).
                 body = self.allocate_plain(heap, number_of_bytes, tag_ulong, site)
-                return body if body else self.finish(
-                    0, number_of_bytes, zero=False,
-                    raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+                return body if body else self.fast_failure(pool_type, number_of_bytes)
         except (KeyError, TypeError, AttributeError):
             pass
         return self.allocate_generic(pool_type, number_of_bytes, tag, site)
