@@ -7,6 +7,7 @@ a debugger would read (segment-heap.md is the fact sheet).
 import struct
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import ntpool
 from ntpool.pool.segment_heap import layout as L
@@ -362,3 +363,23 @@ def test_exfreepool_of_a_protected_block_is_still_0xc2_0xa(k11):
     with pytest.raises(ntpool.BugCheck) as info:
         k11.ExFreePool(p)
     assert (info.value.code, info.value.parameters[0]) == (0xC2, 0x0A)
+
+
+_U64 = st.integers(0, (1 << 64) - 1)
+_U16 = st.integers(0, 0xFFFF)
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=_U64, key=_U64, size=_U16, previous=_U16, allocated=st.booleans(),
+       memory_cost=st.integers(0, 1 << 20), encoded=_U64)
+def test_vs_header_bits_are_the_structs_fields(address, key, size, previous, allocated,
+                                                memory_cost, encoded):
+    """The heap encodes and decodes VS headers with integer operations: they must give the
+    bytes of _HEAP_VS_CHUNK_HEADER's fields (VS_HEADER_BITS) XORed with HeapKey and the address."""
+    raw = L.VS_HEADER_BITS.pack(memory_cost & 0xFFFF, size, previous, int(allocated), 0)
+    assert L.encode_vs_bits(address, key, size, previous, allocated, memory_cost) == \
+        L.QWORD.unpack(raw)[0] ^ key ^ address
+    assert L.decode_vs_bits(L.encode_vs_bits(address, key, size, previous, allocated, memory_cost),
+                            address, key) == (memory_cost & 0xFFFF, size, previous, int(allocated))
+    plain = L.QWORD.pack(encoded ^ key ^ address)
+    assert L.decode_vs_bits(encoded, address, key) == L.VS_HEADER_BITS.unpack(plain)[:4]
