@@ -122,12 +122,12 @@ class SegmentHeapAllocator(PoolAllocator):
                     later = free >> start
                     index = start + (later & -later).bit_length() - 1 if later else \
                         (free & -free).bit_length() - 1
-                    sub.free_bits = free ^ (1 << index)
+                    sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
                     mem = self.mem
                     tlb = self.tlb
-                    mem[tlb[sub.page] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
-                    sub.free_count -= 1  # FreeCount in memory: synced before a dump
-                    block = sub.va + sub.offsets[index]
+                    va = sub.va
+                    mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                    block = va + sub.offsets[index]
                     _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
                                  heap.header_type, tag_ulong, site)
                     column = heap.track_offset
@@ -168,14 +168,14 @@ class SegmentHeapAllocator(PoolAllocator):
                         passed, row = self.known_tags[tag]
                     if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
                             and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
-                        index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
-                        at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
+                        va = sub.va
+                        index = sub.index_of[address - POOL_HEADER_SIZE - va]
+                        at = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
                         shift = (index & 3) << 1
                         bits = mem[at]
                         if (bits >> shift) & 3 == 1:  # busy: 01
                             mem[at] = bits ^ (1 << shift)
-                            sub.free_bits |= 1 << index
-                            sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
+                            sub.free_bits |= 1 << index  # FreeCount, FreeHint in memory: synced before a dump
                             sub.free_hint = index
                             if self.layer is not None:
                                 self.layer.forget(address)  # an observing layer's record of it

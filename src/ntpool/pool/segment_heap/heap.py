@@ -90,29 +90,47 @@ _unpack_qword = QWORD.unpack_from
 _pack_vs_header = struct.Struct("<QQ").pack_into
 
 class LfhSubsegment:
-    """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth)."""
+    """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth).
 
-    __slots__ = ("kind", "va", "page", "is_current", "pages", "bucket", "block_size", "offsets", "index_of",
-                 "block_count", "free_bits", "free_count", "free_hint")
+    One lives for every 63 blocks of 128 bytes, so it keeps only what changes from one
+    subsegment to the next and what the fast paths read: its address, its blocks' free bits
+    and FreeHint, whether its bucket allocates from it; and, shared by every subsegment of
+    its bucket, the block offsets both ways. What the slow paths alone ask (its pages, how
+    many blocks, how many free) is worked out on demand, not stored.
+    """
 
-    def __init__(self, va: int, pages: int, bucket, block_size: int):
-        self.kind = LFH
+    __slots__ = ("va", "is_current", "bucket", "block_size", "offsets", "index_of",
+                 "free_bits", "free_hint")
+    kind = LFH
+
+    def __init__(self, va: int, bucket):
         self.va = va
-        self.page = va >> PAGE_SHIFT
         self.is_current = False  # True while its bucket allocates from it (fast free path)
-        self.pages = pages
         self.bucket = bucket
-        self.block_size = block_size
-        _, self.offsets, self.index_of = _layout(block_size, pages)
-        self.block_count = len(self.offsets)
-        self.free_bits = (1 << self.block_count) - 1  # bit n set while block n is free
-        self.free_count = self.block_count
+        self.block_size = bucket.block_size
+        self.offsets = bucket.offsets
+        self.index_of = bucket.index_of
+        self.free_bits = bucket.all_free  # bit n set while block n is free
         self.free_hint = 0
+
+    @property
+    def pages(self) -> int:
+        return self.bucket.pages
+
+    @property
+    def block_count(self) -> int:
+        return self.bucket.block_count
+
+    @property
+    def free_count(self) -> int:
+        """FreeCount: the free bits set."""
+        return self.free_bits.bit_count()
 
 
 class LfhBucket:
     __slots__ = ("index", "block_size", "active", "requests", "live_elsewhere", "current",
-                 "partial")
+                 "partial", "pages", "first_block", "offsets", "index_of", "block_count",
+                 "all_free")
 
     def __init__(self, index: int):
         self.index = index
@@ -122,13 +140,23 @@ class LfhBucket:
         self.live_elsewhere = 0  # blocks of this size the VS backend holds before activation
         self.current: LfhSubsegment | None = None
         self.partial: list[LfhSubsegment] = []  # other subsegments with a free block
+        # Every subsegment of the bucket has one layout: its pages, where its first block
+        # starts, its block offsets (and the index of each offset), how many blocks; laid
+        # out when the bucket makes its first subsegment (most buckets never do).
+        self.pages = lfh_subsegment_pages(self.block_size)
+        self.offsets = None
+
+    def lay_out(self) -> None:
+        self.first_block, self.offsets, self.index_of = _layout(self.block_size, self.pages)
+        self.block_count = len(self.offsets)
+        self.all_free = (1 << self.block_count) - 1
 
 
 class VsSubsegment:
-    __slots__ = ("kind", "va", "pages", "end", "first", "is_current")
+    __slots__ = ("va", "pages", "end", "first", "is_current")
+    kind = VS
 
     def __init__(self, va: int, pages: int):
-        self.kind = VS
         self.is_current = False
         self.va = va
         self.pages = pages
@@ -469,7 +497,7 @@ class SegmentHeap:
     def lfh_allocate(self, bucket: LfhBucket) -> int:
         """Address of a free block of the bucket (its POOL_HEADER goes there), or 0."""
         sub = bucket.current
-        if sub is None or not sub.free_count:
+        if sub is None or not sub.free_bits:
             sub = self._lfh_next_subsegment(bucket)
             if sub is None:
                 return 0
@@ -495,14 +523,13 @@ class SegmentHeap:
         if bits:
             checks.lfh_bitmap_corrupt(self, sub, index, bits)
         self.mem[at] |= 1 << shift
-        sub.free_bits &= ~(1 << index)
-        sub.free_count -= 1
-        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+        free = sub.free_bits = sub.free_bits & ~(1 << index)
+        self.mem[pa + 0x20:pa + 0x22] = free.bit_count().to_bytes(2, "little")  # FreeCount
 
     def _lfh_next_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
         while bucket.partial:
             sub = bucket.partial.pop()
-            if sub.free_count and self.subsegment_of(sub.va) is sub:
+            if sub.free_bits and self.subsegment_of(sub.va) is sub:
                 self._lfh_make_current(bucket, sub)
                 return sub
         sub = self._lfh_new_subsegment(bucket)
@@ -514,21 +541,22 @@ class SegmentHeap:
         old = bucket.current
         if old is not None:
             old.is_current = False
-            if old.free_count == old.block_count:
+            if old.free_bits == bucket.all_free:
                 self._lfh_release(old)
-            elif old.free_count:
+            elif old.free_bits:
                 bucket.partial.append(old)
         bucket.current = sub
         self.lfh_current[bucket.index] = sub
         sub.is_current = True
 
     def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
-        pages = lfh_subsegment_pages(bucket.block_size)
-        va = self.take_pages(pages, PAGE_SMALL, RANGE_LFH)
+        va = self.take_pages(bucket.pages, PAGE_SMALL, RANGE_LFH)
         if not va:
             return None
-        sub = LfhSubsegment(va, pages, bucket, bucket.block_size)
-        first, _, _ = _layout(bucket.block_size, pages)
+        if bucket.offsets is None:
+            bucket.lay_out()
+        sub = LfhSubsegment(va, bucket)
+        first = bucket.first_block
         pa = self._pa(va)
         self.mem[pa:pa + first] = bytes(first)  # header and an all-free bitmap
         QWORD.pack_into(self.mem, pa, va)
@@ -552,16 +580,15 @@ class SegmentHeap:
         if bits != 1:
             checks.lfh_not_busy(self, sub, block, bits)
         self.mem[at] &= ~(3 << shift) & 0xFF
-        sub.free_bits |= 1 << index
-        sub.free_count += 1
+        free = sub.free_bits = sub.free_bits | 1 << index
         sub.free_hint = index
-        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+        self.mem[pa + 0x20:pa + 0x22] = free.bit_count().to_bytes(2, "little")  # FreeCount
         self.mem[pa + 0x24:pa + 0x26] = index.to_bytes(2, "little")
         bucket = sub.bucket
         if sub is not bucket.current:
-            if sub.free_count == sub.block_count:
+            if free == bucket.all_free:
                 self._lfh_release(sub)
-            elif sub.free_count == 1:
+            elif free == 1 << index:  # its first free block: allocatable again
                 bucket.partial.append(sub)
 
     def sync_lfh_counts(self) -> None:
