@@ -186,3 +186,17 @@ def test_driver_verifier_turns_delayed_frees_off():
     assert not k.nonpaged_pool.pending and not k.nonpaged_pool.delay_frees
     k.verifier.disable()
     assert k.nonpaged_pool.delay_frees
+
+
+def test_a_pending_free_depth_a_driver_overwrote_wraps_as_interlocked_increment_does():
+    """PendingFreeDepth is a LONG in kernel memory that a stray write can reach; queuing a
+    free increments it as InterlockedIncrement does (0xFFFFFFFF + 1 is 0), never a Python error."""
+    k = machine()
+    pool = k.nonpaged_pool
+    a = k.ExAllocatePoolWithTag(NP, 0x400, "Wrap")
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.write(pool.descriptor_va + POOL_DESCRIPTOR.PendingFreeDepth, b"\xff\xff\xff\xff")
+    k.ExFreePoolWithTag(a, "Wrap")
+    d = descriptor(k, pool)
+    assert d.PendingFrees == a and d.PendingFreeDepth == 0
+    assert pool.pending_frees() == [a - 16]
