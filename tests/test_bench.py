@@ -23,3 +23,40 @@ def test_report_gives_every_figure_its_ratio_and_goal():
     big = next(line for line in lines if line.startswith("64 KiB"))
     assert big.endswith("(goal < 15 us: MISSED)")
     assert next(line for line in lines if "special pool" in line).endswith("(reported)")
+
+
+def test_fragmented_machines_measure_the_misses_their_rows_name():
+    """The fragmented rows measure what they say: past the drained lookasides, a 100-byte
+    miss splits an 11-block chunk (no list of 8 to 10 blocks holds one) and its 3-block
+    remainder joins the long 3-block list; past the refilled lookasides, its free coalesces
+    with that remainder (unlinking it) and joins the long 11-block list; or the miss is an
+    exact fit from a long 8-block list. A round leaves the pool as it found it."""
+    from ntpool.tools.bench import (LOOKASIDE_DRAIN, TAG, _fragmented_cycle,
+                                    _fragmented_machine)
+    from ntpool.windows import windows_version
+
+    k = _fragmented_machine(windows_version("7"), (160, 32))
+    pool = k.nonpaged_pool
+    _fragmented_cycle(k, 50, "miss")
+
+    def lengths():
+        return len(pool.free_list(3)), len(pool.free_list(11))
+
+    before = lengths()
+    assert min(before) > 2_500 and not any(pool.listed[8:11])
+    _fragmented_cycle(k, 50, "miss")
+    assert lengths() == before
+    held = [k.ExAllocatePoolWithTag(0, 100, TAG) for _ in range(LOOKASIDE_DRAIN)]
+    drained = lengths()
+    miss = k.ExAllocatePoolWithTag(0, 100, TAG)
+    assert lengths() == (drained[0] + 1, drained[1] - 1)
+    for address in held:
+        k.ExFreePoolWithTag(address, TAG)
+    refilled = lengths()
+    k.ExFreePoolWithTag(miss, TAG)
+    assert lengths() == (refilled[0] - 1, refilled[1] + 1)
+    exact = _fragmented_machine(windows_version("7"), (100,))
+    before = len(exact.nonpaged_pool.free_list(8))
+    assert before > 2_500
+    _fragmented_cycle(exact, 50, "miss")
+    assert len(exact.nonpaged_pool.free_list(8)) == before

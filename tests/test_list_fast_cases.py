@@ -3,22 +3,30 @@
 A lookaside miss takes a chunk from the pool's ListHeads. Its usual case reads and writes
 on pages translated once: the chunk's links and headers as QWORDs of physical memory, the
 list head's own links standing in for a neighbour that is the head (a lone entry, an empty
-list), a new page's headers on one translation. The long way is the one every access takes
-when a link leads anywhere else (``Pool._split_any``, ``_insert`` without the entry's physical
-address, the header helpers): each access translated on its own. Both must leave the same
+list), the neighbours of a long list's entries read on their pages, a new page's headers on
+one translation. A free past the lookasides coalesces on its page's translation, reading
+headers as QWORDs, and, with delayed frees, queues the chunk on PendingFrees through the
+descriptor's QWORDs. The long way is the one every access takes when a link leads anywhere
+else (``Pool._split_any``, ``_insert`` and ``_unlink`` without the entry's physical address,
+the header helpers), and, for the free, the same steps written here with those helpers and
+the descriptor's fields: each access translated on its own. Both must leave the same
 memory, lists, counters and call sites, and stop with the same bug check at the same step,
-whatever the driver wrote where.
+whatever the driver wrote where, with delayed frees on and off.
 """
 
 import hashlib
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ntpool import BugCheck, NtStatusError
-from ntpool.pool.descriptor import PAGE_SMALL
-from ntpool.pool.layout import BLOCK_SHIFT, BLOCKS_PER_PAGE, POOL_FREE
+from ntpool.constants import PAGE_SIZE
+from ntpool.pool.checks import check_pool_header, check_previous_neighbour, check_previous_size
+from ntpool.pool.descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_SMALL
+from ntpool.pool.layout import (BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS,
+                                POOL_DESCRIPTOR, POOL_FREE, POOL_HEADER, SINGLE_LIST_ENTRY)
 from ntpool.tools.corruption_fuzz import SloppyDriver
 
 # Mostly allocations and frees, so the lists fill, split and coalesce, with every kind of
@@ -53,8 +61,57 @@ def take_the_long_way(pool) -> None:
             pool._list_remainder(rest, remainder)
         return page
 
+    def free_small(chunk):  # coalescing (Pool.free_small), every header read on its own
+        previous_size, _, block_size, _, tag = pool._read_first8(chunk)
+        following = chunk + (block_size << BLOCK_SHIFT)
+        if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page
+            _, _, next_size, next_type, _ = pool._read_first8(following)
+            if next_type == POOL_FREE and following not in pool.pending:
+                check_pool_header(pool.crash, following, pool._read_first8)
+                if next_size > 1:
+                    pool._unlink(following + HEADER_SIZE, next_size)
+                block_size += next_size
+        before = check_previous_size(pool.crash, chunk, previous_size)
+        if before:
+            before_previous, _, before_size, before_type, before_tag = pool._read_first8(before)
+            check_previous_neighbour(pool.crash, chunk, before, previous_size, before_size)
+            if before_type == POOL_FREE and before not in pool.pending:
+                if before_size > 1:
+                    pool._unlink(before + HEADER_SIZE, before_size)
+                chunk, previous_size, tag = before, before_previous, before_tag
+                block_size += before_size
+        if block_size == BLOCKS_PER_PAGE:
+            pool.release_pages(chunk & ~(PAGE_SIZE - 1), 1)
+            return
+        pool._write_header(chunk, previous_size, block_size, POOL_FREE, tag)
+        end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
+        if end != PAGE_SIZE:
+            pool._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)
+        if block_size > 1:
+            pool._insert(chunk + HEADER_SIZE, block_size, False)
+
+    def release_past_lookaside(chunk, block_size, pa=None):  # the descriptor through its fields
+        if block_size <= LOOKASIDE_MAX_BLOCKS:
+            system = pool.system_lookaside
+            if system.count[block_size] < system.depth[block_size]:
+                pool._push(system, chunk, block_size)
+                return
+        if pool.delay_frees and len(pool.pending) >= MAXIMUM_POOL_FREES_PENDING:
+            pool.deferred_free()
+        pool.mem[pool._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
+        if not pool.delay_frees:
+            pool.free_small(chunk)
+            return
+        descriptor = POOL_DESCRIPTOR.at(pool.mem, pool._pa(pool.descriptor_va))
+        SINGLE_LIST_ENTRY.set(pool.mem, pool._pa(chunk + HEADER_SIZE), "Next", descriptor.PendingFrees)
+        descriptor.PendingFrees = chunk + HEADER_SIZE
+        descriptor.PendingFreeDepth += 1
+        pool.pending.add(chunk)
+
     pool._allocate_from_lists = allocate_from_lists
     pool._allocate_from_fresh_page = allocate_from_fresh_page
+    pool.free_small = free_small
+    pool.release_past_lookaside = release_past_lookaside
 
 
 def run(seed: int, steps: int, long_way: bool):
@@ -63,6 +120,9 @@ def run(seed: int, steps: int, long_way: bool):
     driver = SloppyDriver(rng, lookasides=rng.random() < 0.75)
     k = driver.k
     pools = (k.nonpaged_pool, k.paged_pool)
+    delayed = seed % 2 == 1  # delayed frees on (Windows' default from 508 MiB) or off
+    for pool in pools:
+        pool.delay_frees = delayed
     if long_way:
         for pool in pools:
             take_the_long_way(pool)
@@ -79,7 +139,7 @@ def run(seed: int, steps: int, long_way: bool):
         parameters = list(error.parameters)
         if error.code in FAULT_INSTRUCTION:  # names the nearest code on the stack not ntpool's:
             parameters[FAULT_INSTRUCTION[error.code]] = None  # the long way's is this file's
-        stop = (error.code, tuple(parameters))
+        stop = (error.code, tuple(parameters), error.found_in)
     state = hashlib.sha256(bytes(k.nonpaged_pool.mem))
     for pool in pools:
         for lookaside in pool.lookasides:
@@ -99,25 +159,106 @@ def test_the_fast_cases_leave_what_the_long_way_leaves(seed):
 
 def test_the_long_way_is_taken_and_the_fast_cases_are_exercised():
     """The comparison means something: the long way replaces the fast cases, and runs of the
-    driver reach them (splits from the lists and new pages) many times."""
-    calls = {"lists": 0, "fresh": 0}
-    rng = random.Random(7)
-    driver = SloppyDriver(rng, lookasides=True)
-    pool = driver.k.nonpaged_pool
-    take_the_long_way(pool)
-    lists, fresh = pool._allocate_from_lists, pool._allocate_from_fresh_page
+    driver reach them (splits from the lists and new pages, frees past the lookasides that
+    coalesce, queued frees and their batches) many times."""
+    for delayed in (False, True):
+        calls = dict.fromkeys(("_allocate_from_lists", "_allocate_from_fresh_page", "free_small",
+                               "release_past_lookaside", "deferred_free"), 0)
+        rng = random.Random(7)
+        driver = SloppyDriver(rng, lookasides=False)  # every free reaches the pool
+        pool = driver.k.nonpaged_pool
+        pool.delay_frees = delayed
+        take_the_long_way(pool)
 
-    def counting_lists(*args):
-        calls["lists"] += 1
-        return lists(*args)
+        def counting(name, function):
+            def count(*args):
+                calls[name] += 1
+                return function(*args)
+            return count
 
-    def counting_fresh(*args):
-        calls["fresh"] += 1
-        return fresh(*args)
+        for name in calls:
+            setattr(pool, name, counting(name, getattr(pool, name)))
+        for step in range(600):
+            driver.allocate() if step < 300 or rng.random() < 0.3 else driver.free()
+        assert calls["_allocate_from_lists"] > 50 and calls["_allocate_from_fresh_page"] > 3
+        assert calls["release_past_lookaside"] > 50 and calls["free_small"] > 50
+        assert calls["deferred_free"] > 1 if delayed else not calls["deferred_free"]
 
-    pool._allocate_from_lists, pool._allocate_from_fresh_page = counting_lists, counting_fresh
-    for _ in range(300):
-        driver.allocate()
-        if rng.random() < 0.4:
-            driver.free()
-    assert calls["lists"] > 50 and calls["fresh"] > 3
+
+def fragmented(long_way: bool, delayed: bool = False):
+    """A machine whose lists of 3-block and 11-block chunks hold several entries each, on
+    pages of their own, and whose lists of 8 to 10 blocks are empty: a 100-byte (8-block)
+    allocation splits an 11-block chunk and lists its remainder with the 3-block ones; its
+    free coalesces with that remainder and lists the 11-block chunk again."""
+    import ntpool
+    from ntpool.tools.corruption_fuzz import disable_lookasides
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, delayed_frees=delayed)
+    disable_lookasides(k)
+    pool = k.nonpaged_pool
+    if long_way:
+        take_the_long_way(pool)
+    to_free = []
+    for _ in range(40):
+        for size in (160, 32):  # 11 and 3 blocks, each between live 2-block chunks
+            k.ExAllocatePoolWithTag(0, 16, "Live")
+            to_free.append(k.ExAllocatePoolWithTag(0, size, "Frag"))
+    k.ExAllocatePoolWithTag(0, 16, "Live")
+    for address in to_free:
+        k.ExFreePoolWithTag(address, "Frag")
+    for blocks in (8, 9, 10):  # a page's leftover on these lists: taken
+        while pool.listed[blocks]:
+            k.ExAllocatePoolWithTag(0, (blocks << BLOCK_SHIFT) - HEADER_SIZE, "Left")
+    pool.deferred_free()
+    return k, pool
+
+
+def list_entry(pool, blocks: int, last: bool) -> int:
+    """The body of the first (or last) chunk on the list of ``blocks``-block chunks."""
+    chunks = pool.free_list(blocks)
+    return chunks[-1 if last else 0] + HEADER_SIZE
+
+
+# (what is done, the list whose entry is corrupted, which entry, which link (0 Flink, 8 Blink))
+LIST_DAMAGE = [
+    ("allocate", 3, True, 0),  # the split's remainder joins the 3-block list: its last Flink
+    ("allocate", 3, False, 8),  # ... the first entry's Blink
+    ("allocate", 11, False, 0),  # the split chunk's own Flink (RemoveHeadList's check)
+    ("allocate", 11, False, 8),
+    ("free", 11, False, 8),  # the coalesced chunk joins the 11-block list at its head
+    ("free", 11, True, 0),
+    ("free", 3, None, 0),  # the remainder the free coalesces with is unlinked: its Flink
+    ("free", 3, None, 8),
+]
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+@pytest.mark.parametrize("action, blocks, last, link", LIST_DAMAGE)
+def test_a_damaged_long_list_stops_both_ways_with_the_same_bug_check(action, blocks, last, link,
+                                                                     delayed):
+    """A corrupted link on a list that holds many entries (it leads to a live chunk, which
+    does not point back), met by a miss that splits or by a free that coalesces:
+    BAD_POOL_HEADER 0x19 with code 3 (the list entry or head, and the two values read
+    back), the same bug check, parameters and memory the long way and the fast cases."""
+    stops = []
+    for long_way in (False, True):
+        k, pool = fragmented(long_way, delayed)
+        live = k.ExAllocatePoolWithTag(0, 16, "Live")  # where the damaged link leads
+        if action == "free":
+            mine = k.ExAllocatePoolWithTag(0, 100, "Mine")
+            remainder = mine - (3 << BLOCK_SHIFT)  # the 3-block chunk left before it
+            target = remainder if last is None else list_entry(pool, blocks, last)
+        else:
+            target = list_entry(pool, blocks, last)
+        k.write(target + link, live.to_bytes(8, "little"))
+        with pytest.raises(BugCheck) as stop:
+            if action == "free":
+                k.ExFreePoolWithTag(mine, "Mine")
+                pool.deferred_free()
+            else:
+                k.ExAllocatePoolWithTag(0, 100, "Mine")
+        error = stop.value
+        stops.append((error.code, error.parameters, hashlib.sha256(bytes(pool.mem)).hexdigest()))
+    assert stops[0] == stops[1]
+    code, parameters, _ = stops[0]
+    assert (code, parameters[0]) == (0x19, 3)

@@ -95,7 +95,7 @@ def test_lfh_block_has_only_a_pool_header_and_a_busy_bitmap_entry(k11):
     assert range_flags(k11, body) == L.RANGE_LFH
     previous, index, block_size, pool_type, tag, _ = pool_header(k11, body)
     assert (previous, index, block_size, pool_type, tag) == (0, 0, 8, 0x02, tag_value("Lfhb"))
-    sub = k11.nonpaged_pool_nx.owner_by_page[body >> 12]
+    sub = k11.nonpaged_pool_nx.subsegment_of(body)
     _, lfh_key = heap_key(k11)
     encoded = struct.unpack("<I", k11.read(sub.va + L.LFH_BLOCK_OFFSETS, 4))[0]
     block_bytes, first = L.decode_lfh_block_offsets(encoded, sub.va, lfh_key)
@@ -159,7 +159,7 @@ def test_vs_chunk_header_is_encoded_with_the_heap_key_and_its_address(k11):
 
 def test_vs_subsegment_signature(k11):
     body = k11.ExAllocatePoolWithTag(NX, 0x400, "Vsub")
-    sub = k11.nonpaged_pool_nx.owner_by_page[body >> 12]
+    sub = k11.nonpaged_pool_nx.subsegment_of(body)
     size, signature = struct.unpack("<HH", k11.read(sub.va + 0x20, 4))
     assert size == (signature & 0x7FFF) ^ 0x2BED
 
@@ -238,13 +238,13 @@ def test_0xfe1_to_128k_are_vs_chunks_with_page_aligned_data_and_no_pool_header(k
     assert k11.pool.allocation_size(body) == units * 16 - 16  # what the chunk holds
     row, = [r for r in k11.pool_tags() if r.TagUlong == tag_value("Bigv")]
     assert row.PagedUsed == -(-size // 4096) * 4096  # charged as whole pages
-    sub = k11.paged_pool.owner_by_page[body >> 12]
+    sub = k11.paged_pool.subsegment_of(body)
     following = chunk + units * 16  # the rest of the last page stays in the VS backend
     if following < sub.end:
         assert vs_header(k11, following)[2] == units
     k11.ExFreePoolWithTag(body, "Bigv")
     assert body not in k11.paged_pool.big_pages
-    if k11.paged_pool.owner_by_page.get(body >> 12) is sub:
+    if k11.paged_pool.subsegment_of(body) is sub:
         _, merged, _, allocated = vs_header(k11, front)  # coalesced with its free neighbours
         assert not allocated and front + merged * 16 > following - 16
     else:  # the subsegment it had to itself went back to the segment: its pages unmapped
@@ -334,7 +334,7 @@ def test_tracker_counts_blocks_and_pages(k11):
 def lfh_state(k, body):
     """The two bitmap bits of the LFH block whose body is at ``body`` (01 busy)."""
     heap = k.pool.locate(body)
-    sub = heap.owner_by_page[body >> 12]
+    sub = heap.subsegment_of(body)
     index = sub.index_of[body - 16 - sub.va]
     return (k.read(sub.va + L.LFH_BITMAP + (index >> 2), 1)[0] >> ((index & 3) << 1)) & 3
 

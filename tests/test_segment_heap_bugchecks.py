@@ -201,7 +201,7 @@ def test_bad_lfh_bitmap_state_is_0x13a_0x10(k11):
     d = Driver()
     d.warm_up(k11, 64)
     p = d.allocate(k11, 64)
-    sub = k11.nonpaged_pool_nx.owner_by_page[p >> 12]
+    sub = k11.nonpaged_pool_nx.subsegment_of(p)
     k11.write(sub.va + L.LFH_BITMAP, b"\xFF" * 8)  # a wild write over the block bitmap
     victim = sub.va + sub.offsets[min(31, sub.block_count - 1)] + 16
     error = stop(lambda: d.free(k11, victim if victim != p else p))

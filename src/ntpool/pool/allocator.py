@@ -327,7 +327,7 @@ class PoolAllocator:
                         counts[block_size] += 1
                         return True
                     # The system-wide lookaside, the pending frees, or the lists.
-                    pool.release_small(address - _BODY, block_size)
+                    pool.release_past_lookaside(address - _BODY, block_size, pa)
                     return True
             elif not offset and not blocks and self.layer is None and address >= pool.base \
                     and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:

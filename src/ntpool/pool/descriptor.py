@@ -63,6 +63,11 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
+_BLOCK_SIZE = POOL_HEADER.BlockSize  # a header's BlockSize byte
+# PendingFreeDepth (a ULONG) from PendingFrees, in the descriptor.
+_DEPTH_FROM_PENDING = POOL_DESCRIPTOR.PendingFreeDepth - POOL_DESCRIPTOR.PendingFrees
+_unpack_ulong = POOL_DESCRIPTOR.fields["PendingFreeDepth"].codec.unpack_from
+_pack_ulong = POOL_DESCRIPTOR.fields["PendingFreeDepth"].codec.pack_into
 assert (FLINK, BLINK) == (0, 8)
 PAGE_MASK = PAGE_SIZE - 1
 # The ListHeads code writes a header's first QWORD with PreviousSize as its low byte, and a
@@ -146,6 +151,10 @@ class Pool:
         for index in range(LIST_HEAD_COUNT):
             head = list_heads_va + index * LIST_ENTRY_SIZE
             LIST_ENTRY.pack_into(self.mem, self._pa(head), head, head)
+        # Where each head's Flink lies, as a QWORD of ``words`` (its Blink is the next one).
+        # The ListHeads are in the pool descriptor, in the kernel's nonpaged data, mapped at
+        # boot and never unmapped or paged, so their translation is made once, here.
+        self.list_head_word = [0] + [self._pa(head) >> 3 for head in self.list_head_at[1:]]
 
         # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
         # set behind them, singly linked through the chunk bodies. ``la`` is the current
@@ -158,6 +167,8 @@ class Pool:
         # of the last chunk queued; each queued body's first 8 bytes link to the one before)
         # and PendingFreeDepth, in kernel memory as Windows keeps them.
         self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
+        # PendingFrees as a QWORD of ``words`` (the descriptor lies with the ListHeads).
+        self.pending_frees_word = self._pa(self.descriptor_va + POOL_DESCRIPTOR.PendingFrees) >> 3
         self.delay_frees = False
         self.pending: set[int] = set()  # headers queued, an index of the list in memory
         # While writes are recorded (ntpool.pool.culprit): the headers of the chunks on this
@@ -379,18 +390,11 @@ class Pool:
     # page not present (only a corrupted link leads there, or a paged-out chunk), is read and
     # written through ``_read_link`` / ``_write_link``, faulting where Windows would.
 
-    def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None,
-                head_word: int | None = None) -> None:
+    def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None) -> None:
         """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
-        ``entry_pa``: the entry's physical address, when the caller has translated it;
-        ``head_word``: the list head's Flink as a QWORD of ``words``, when it has too."""
+        ``entry_pa``: the entry's physical address, when the caller has translated it."""
         words, tlb = self.words, self.tlb
-        head = self.list_head_at[block_size]
-        if head_word is None:
-            head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
-            if head_pa is None:
-                head_pa = self.fault(head, False, self.lock_irql)
-            head_word = (head_pa + (head & PAGE_MASK)) >> 3  # its Flink; Blink is the next QWORD
+        head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
         flink, blink = words[head_word], words[head_word + 1]
         if flink == head and blink == head and entry_pa is not None and not entry_pa & 7:
             # An empty list: both neighbours the check reads are the head itself, whose links
@@ -568,12 +572,8 @@ class Pool:
         found = self.listed.find(1, block_size)  # the smallest listed size that fits
         if found < 0:
             return 0
-        head = self.list_head_at[found]
+        head, head_word = self.list_head_at[found], self.list_head_word[found]
         tlb, words = self.tlb, self.words
-        head_pa = tlb.get(head >> PAGE_SHIFT)  # a list head never spans pages
-        if head_pa is None:
-            head_pa = self.fault(head, False, self.lock_irql)
-        head_word = (head_pa + (head & PAGE_MASK)) >> 3
         entry = words[head_word]  # its Flink
         offset = entry & PAGE_MASK
         page_pa = tlb.get(entry >> PAGE_SHIFT)
@@ -585,38 +585,48 @@ class Pool:
         # QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
         # ProcessBilled).
         chunk, chunk_pa = entry - HEADER_SIZE, page_pa + offset - HEADER_SIZE
-        entry_word = (chunk_pa + HEADER_SIZE) >> 3
-        flink, blink = words[entry_word], words[entry_word + 1]
+        header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
+        flink, blink = words[header + 2], words[header + 3]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
         # own, read through its translation (the Blink side's is the Flink just read: the
-        # entry), so the check reads what ``_unlink`` would. Other neighbours: ``_unlink``.
-        flink_word = None  # where the Flink side's Blink lies, as a QWORD of ``words``
-        if blink == head:
-            if flink == head:
-                flink_word = head_word + 1  # the head's Blink
-            elif not flink & 7:
-                flink_field = flink + BLINK
-                flink_base = tlb.get(flink_field >> PAGE_SHIFT)
-                if flink_base is not None:
-                    flink_word = (flink_base + (flink_field & PAGE_MASK)) >> 3
-        if flink_word is None:
-            self._unlink(entry, found, chunk_pa + HEADER_SIZE)
-        else:
-            flink_blink = words[flink_word]
+        # entry), so the check reads what ``_unlink`` would. A Flink that is another entry's
+        # body (16-byte aligned, so its Blink lies on its page) is read on that page. Any
+        # other neighbour: ``_unlink``, each access translated on its own.
+        if blink == head and flink == head:  # the only entry
+            flink_blink = words[head_word + 1]  # the head's Blink
+            if flink_blink != entry:  # the named check raises the bug check
+                check_list_links(self.crash, entry, flink_blink, entry)
+            words[head_word] = words[head_word + 1] = head
+            self.listed[found] = 0
+        elif blink == head and not flink & 15 and (flink_base := tlb.get(flink >> PAGE_SHIFT)) is not None:
+            flink_word = (flink_base + (flink & PAGE_MASK)) >> 3  # its Blink: the next QWORD
+            flink_blink = words[flink_word + 1]
             if flink_blink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, entry)
             words[head_word] = flink  # the Blink side's Flink
-            words[flink_word] = blink
-            if flink == head:  # only the head is left
-                self.listed[found] = 0
-        previous_size, free_size = check_pool_header_in_page(self.crash, chunk, self.mem, chunk_pa)
+            words[flink_word + 1] = head
+        else:
+            self._unlink(entry, found, chunk_pa + HEADER_SIZE)
+        # ExpCheckPoolHeader, inline, on the header's first QWORD: PreviousSize leads to a
+        # chunk on this page whose BlockSize agrees (it is 0 only for the page's first
+        # chunk); BlockSize is not 0 and ends at the page's end or at a chunk whose
+        # PreviousSize agrees. When any of it fails, ``check_pool_header_in_page`` makes the
+        # checks in Windows' order and raises the bug check of the first that fails.
+        mem = self.mem
+        first8 = words[header]
+        previous_size, free_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
+        back, chunk_offset, size = previous_size << BLOCK_SHIFT, offset - HEADER_SIZE, free_size << BLOCK_SHIFT
+        end = chunk_offset + size
+        if not ((back <= chunk_offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
+                 if previous_size else not chunk_offset)
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
+            check_pool_header_in_page(self.crash, chunk, mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, chunk, free_size, found)
         allocated = self.allocated_header_bits | tag << POOL_TAG_SHIFT  # the new header's PoolIndex, PoolType, PoolTag
         billed = site & self.header_site_mask
         remainder = free_size - block_size
-        header = chunk_pa >> 3
         if remainder == 0:
             words[header] = previous_size | block_size << BLOCK_SIZE_SHIFT | allocated
             words[header + 1] = billed
@@ -624,8 +634,7 @@ class Pool:
             return chunk
         # The free remainder keeps the chunk's PoolTag, as Windows leaves it; the next chunk,
         # if on the page, learns the new PreviousSize (its header's first byte).
-        free = self.free_header_bits | words[header] & POOL_TAG_BITS
-        has_following = offset + ((free_size - 1) << BLOCK_SHIFT) < PAGE_SIZE
+        free = self.free_header_bits | first8 & POOL_TAG_BITS
         if previous_size == 0:
             # First chunk of its page: split from the front.
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
@@ -634,39 +643,51 @@ class Pool:
             self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
             words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | free
             words[(rest_pa >> 3) + 1] = 0
-            if has_following:
-                self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = remainder
+            if end < PAGE_SIZE:
+                mem[chunk_pa + size] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
             return chunk
         # Otherwise the allocation is taken from the end.
-        mine_pa = chunk_pa + (remainder << BLOCK_SHIFT)
+        mine_word = header + (remainder << 1)  # (a block is two QWORDs)
         words[header] = previous_size | remainder << BLOCK_SIZE_SHIFT | free
         words[header + 1] = 0
-        words[mine_pa >> 3] = remainder | block_size << BLOCK_SIZE_SHIFT | allocated
-        words[(mine_pa >> 3) + 1] = billed
+        words[mine_word] = remainder | block_size << BLOCK_SIZE_SHIFT | allocated
+        words[mine_word + 1] = billed
         mine = chunk + (remainder << BLOCK_SHIFT)
         self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
-        if has_following:
-            self.mem[chunk_pa + (free_size << BLOCK_SHIFT)] = block_size
+        if end < PAGE_SIZE:
+            mem[chunk_pa + size] = block_size
         if remainder > 1:
-            # InsertTailList of the remainder (its entry is the one just unlinked), inline
-            # for an empty list as ``_insert`` does it; any other list: ``_insert``, the
-            # head's translation given.
-            head = self.list_head_at[remainder]
-            head_pa = tlb.get(head >> PAGE_SHIFT)
-            if head_pa is None:
-                head_pa = self.fault(head, False, self.lock_irql)
-            head_word = (head_pa + (head & PAGE_MASK)) >> 3
-            if words[head_word] == head and words[head_word + 1] == head:
-                words[entry_word] = head
-                words[entry_word + 1] = head
+            # InsertTailList of the remainder (its entry is the one just unlinked), inline as
+            # ``_insert`` does it: the check reads the last entry's Flink and the first
+            # entry's Blink (on an empty list, the head's own links, just read), both of
+            # which must be the head. A neighbour on a page not present, or a link not
+            # aligned: ``_insert``, each access translated on its own.
+            head, head_word = self.list_head_at[remainder], self.list_head_word[remainder]
+            first, last = words[head_word], words[head_word + 1]
+            if first == head and last == head:
+                words[header + 2] = head
+                words[header + 3] = head
                 words[head_word] = entry
                 words[head_word + 1] = entry
                 self.listed[remainder] = 1
-            else:
-                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE, head_word)
+                return mine
+            # Entries' bodies are 16-byte aligned: each one's links lie on its page.
+            last_base, first_base = tlb.get(last >> PAGE_SHIFT), tlb.get(first >> PAGE_SHIFT)
+            if last_base is None or first_base is None or (last | first) & 15:
+                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+                return mine
+            last_word = (last_base + (last & PAGE_MASK)) >> 3  # its Flink
+            last_flink, first_blink = words[last_word], words[((first_base + (first & PAGE_MASK)) >> 3) + 1]
+            if last_flink != head or first_blink != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, last_flink, first_blink)
+            words[header + 2] = head
+            words[header + 3] = last
+            words[last_word] = entry
+            words[head_word + 1] = entry
+            self.listed[remainder] = 1
         return mine
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
@@ -759,39 +780,51 @@ class Pool:
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
-        keep every access inside it)."""
-        mem, offset = self.mem, chunk & (PAGE_SIZE - 1)
+        keep every access inside it). Headers are read as their first QWORD
+        (layout.header_first8); each check's condition is tested here, its named check
+        called only to raise its bug check."""
+        words, offset = self.words, chunk & PAGE_MASK
         page = chunk - offset
         page_pa = self.tlb.get(chunk >> PAGE_SHIFT)
         if page_pa is None:
             page_pa = self.fault(chunk, False, self.lock_irql)
-        previous_size, _, block_size, _, tag = _unpack_first8(mem, page_pa + offset)
+        first8 = words[(page_pa + offset) >> 3]
+        previous_size, block_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         if following < PAGE_SIZE:
-            _, _, next_size, next_type, _ = _unpack_first8(mem, page_pa + following)
-            if next_type == POOL_FREE and page + following not in self.pending:
-                check_pool_header_in_page(self.crash, page + following, mem, page_pa + following)
+            next8 = words[(page_pa + following) >> 3]
+            if not next8 >> POOL_TYPE_SHIFT & 0xFF and page + following not in self.pending:  # POOL_FREE
+                check_pool_header_in_page(self.crash, page + following, self.mem, page_pa + following)
+                next_size = next8 >> BLOCK_SIZE_SHIFT & 0xFF
                 if next_size > 1:
                     self._unlink(page + following + HEADER_SIZE, next_size,
                                  page_pa + following + HEADER_SIZE)
                 block_size += next_size
-        before = check_previous_size(self.crash, chunk, previous_size)
-        if before:
-            before_offset = before - page
-            before_prev, _, before_size, before_type, before_tag = _unpack_first8(mem, page_pa + before_offset)
-            check_previous_neighbour(self.crash, chunk, before, previous_size, before_size)
-            if before_type == POOL_FREE and before not in self.pending:
+        if previous_size:
+            back = previous_size << BLOCK_SHIFT
+            if back > offset:  # the previous chunk would start before the page (0x6)
+                check_previous_size(self.crash, chunk, previous_size)
+            before_offset = offset - back
+            before8 = words[(page_pa + before_offset) >> 3]
+            before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
+            if before_size != previous_size:  # 0x5
+                check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
+            if not before8 >> POOL_TYPE_SHIFT & 0xFF and page + before_offset not in self.pending:
                 if before_size > 1:
-                    self._unlink(before + HEADER_SIZE, before_size, page_pa + before_offset + HEADER_SIZE)
-                chunk, offset, previous_size, tag = before, before_offset, before_prev, before_tag
+                    self._unlink(page + before_offset + HEADER_SIZE, before_size,
+                                 page_pa + before_offset + HEADER_SIZE)
+                chunk, offset, previous_size, first8 = page + before_offset, before_offset, before8 & 0xFF, before8
                 block_size += before_size
+        elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
+            check_previous_size(self.crash, chunk, previous_size)
         if block_size == BLOCKS_PER_PAGE:
             self.release_pages(page, 1)
             return
-        _pack_header(mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE, tag, 0)
+        _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
+                     first8 >> POOL_TAG_SHIFT, 0)
         end = offset + (block_size << BLOCK_SHIFT)
         if end < PAGE_SIZE:  # the next chunk's PreviousSize
-            mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
+            self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
         if block_size > 1:
@@ -887,34 +920,53 @@ class Pool:
         it is marked free and, with delayed frees on, queued for ExDeferredFreePool (the
         queue is processed first when it already holds 32); else coalesced at once.
         """
-        body = chunk + HEADER_SIZE
         if block_size <= LOOKASIDE_MAX_BLOCKS:
-            for lookaside in (self.la, self.system_lookaside):
-                counts = lookaside.count
-                if counts[block_size] < lookaside.depth[block_size]:
-                    heads = lookaside.head
-                    SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", heads[block_size])
-                    heads[block_size] = body
-                    counts[block_size] += 1
-                    if self.cached is not None:
-                        self.cached.add(chunk)
-                    return
+            la = self.la
+            if la.count[block_size] < la.depth[block_size]:
+                self._push(la, chunk, block_size)
+                return
+        self.release_past_lookaside(chunk, block_size)
+
+    def release_past_lookaside(self, chunk: int, block_size: int, pa: int | None = None) -> None:
+        """``release_small`` once this processor's lookaside list for the size is found full
+        (or none serves it): the system-wide list, else the pool. ``pa``: the header's
+        physical address, when the caller has translated it."""
+        if block_size <= LOOKASIDE_MAX_BLOCKS:
+            system = self.system_lookaside
+            if system.count[block_size] < system.depth[block_size]:
+                self._push(system, chunk, block_size)
+                return
         if not self.delay_frees:
-            self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
+            self.mem[(self._pa(chunk) if pa is None else pa) + POOL_HEADER.PoolType] = POOL_FREE
             self.free_small(chunk)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
-        self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
-        self.queue_free(chunk)
+            pa = None
+        if pa is None:
+            pa = self._pa(chunk)
+        self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+        self.queue_free(chunk, pa)
 
-    def queue_free(self, chunk: int) -> None:
-        """Push a chunk (marked free) on PendingFrees, in the descriptor in kernel memory."""
-        descriptor = POOL_DESCRIPTOR.at(self.mem, self._pa(self.descriptor_va))
+    def _push(self, lookaside: Lookaside, chunk: int, block_size: int) -> None:
+        heads = lookaside.head
         body = chunk + HEADER_SIZE
-        SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", descriptor.PendingFrees)
-        descriptor.PendingFrees = body
-        descriptor.PendingFreeDepth += 1
+        SINGLE_LIST_ENTRY.set(self.mem, self._pa(body), "Next", heads[block_size])
+        heads[block_size] = body
+        lookaside.count[block_size] += 1
+        if self.cached is not None:
+            self.cached.add(chunk)
+
+    def queue_free(self, chunk: int, pa: int | None = None) -> None:
+        """Push a chunk (marked free) on PendingFrees, in the descriptor in kernel memory.
+        ``pa``: the chunk header's physical address, when the caller has translated it (the
+        body, where the link goes, is on the same page)."""
+        words, pending_word = self.words, self.pending_frees_word
+        body = chunk + HEADER_SIZE
+        words[((self._pa(chunk) if pa is None else pa) + HEADER_SIZE) >> 3] = words[pending_word]
+        words[pending_word] = body
+        depth_pa = pending_word * 8 + _DEPTH_FROM_PENDING
+        _pack_ulong(self.mem, depth_pa, _unpack_ulong(self.mem, depth_pa)[0] + 1)  # PendingFreeDepth
         self.pending.add(chunk)
 
     def pending_frees(self) -> list[int]:
@@ -925,18 +977,21 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries = []
+        entries: list[int] = []
+        seen: set[int] = set()
+        pending, words = self.pending, self.words
         head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
-        entry = POOL_DESCRIPTOR.get(self.mem, self._pa(self.descriptor_va), "PendingFrees")
-        while len(entries) < len(self.pending):
+        entry = words[self.pending_frees_word]
+        while len(entries) < len(pending):
             chunk = entry - HEADER_SIZE
-            if chunk not in self.pending or chunk in entries:
+            if chunk not in pending or chunk in seen:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
             entries.append(chunk)
-            entry = SINGLE_LIST_ENTRY.get(self.mem, self._pa(entry), "Next")
+            seen.add(chunk)
+            entry = words[self._pa(entry) >> 3]  # a queued chunk's body: 16-byte aligned
         return entries
 
     def deferred_free(self) -> int:

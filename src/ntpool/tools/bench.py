@@ -129,6 +129,59 @@ def _lookaside_miss(k, n: int) -> float:
     return elapsed
 
 
+# A fragmented pool: FRAGMENTED_FREE_CHUNKS free chunks, each between two live ones, so a
+# miss takes its chunk from a long list and a free finds neighbours on other pages.
+FRAGMENTED_FREE_CHUNKS = 3_000
+FRAGMENTED_REQUEST = SMALL  # bytes: 8 blocks, as the small pair's
+LIVE_SPACER = 16  # bytes: the live 2-block chunks between the free ones
+
+
+def _fragmented_machine(version, free_bytes: tuple, delayed_frees: bool | None = None):
+    """A machine whose pool holds FRAGMENTED_FREE_CHUNKS free chunks of each size in
+    ``free_bytes`` (as requests), each between live chunks. With 100 bytes, a 100-byte miss
+    is an exact fit from a list of thousands; with 160 and 32 bytes (11 and 3 blocks) it
+    splits an 11-block chunk (the lists of 8 to 10 blocks are empty) and its 3-block
+    remainder joins the long list of 3-block chunks, and its free coalesces with that
+    remainder (unlinking it from that list) and joins the long list of 11-block chunks."""
+    from ..kernel import Kernel
+
+    k = Kernel(nonpaged_pool_bytes=64 * MiB, paged_pool_bytes=16 * MiB, windows=version,
+               delayed_frees=delayed_frees)
+    _ex_pair(k, WARM_UP_PAIRS)
+    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+    to_free = []
+    for _ in range(FRAGMENTED_FREE_CHUNKS):
+        for size in free_bytes:
+            allocate(NP, LIVE_SPACER, "Live")
+            to_free.append(allocate(NP, size, TAG))
+    allocate(NP, LIVE_SPACER, "Live")
+    for address in to_free:
+        free(address, TAG)
+    return k
+
+
+def _fragmented_cycle(k, n: int, timed: str) -> float:
+    """One round on a fragmented machine: the lookasides drained (their chunks held), ``n``
+    100-byte allocations that miss them, then every chunk freed, the held ones first (they
+    refill the lookasides), so the ``n`` frees find them full. Times the ``n`` allocations
+    (``timed`` "miss") or their frees ("free"); the pool ends as it began."""
+    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+    held = [allocate(NP, FRAGMENTED_REQUEST, TAG) for _ in range(LOOKASIDE_DRAIN)]
+    missed = []
+    append = missed.append
+    start = time.perf_counter()
+    for _ in range(n):
+        append(allocate(NP, FRAGMENTED_REQUEST, TAG))
+    allocated = time.perf_counter()
+    for address in held:
+        free(address, TAG)
+    freeing = time.perf_counter()
+    for address in missed:
+        free(address, TAG)
+    end = time.perf_counter()
+    return allocated - start if timed == "miss" else end - freeing
+
+
 class BenchDriver:
     """A Python driver whose loops Driver Verifier sees as the driver's own calls."""
 
@@ -227,6 +280,14 @@ ROUTINE_FIGURES = {
               lambda us, bare, ex: ex <= 1.3),
     "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",
              lambda us, bare, ex: ex <= 2.0),
+    "exact": ("a miss on a fragmented pool: an exact fit from a list of 3,000", "<= 2x Ex pair",
+              lambda us, bare, ex: ex <= 2.0),
+    "split": ("a miss on a fragmented pool: a split, its remainder joining a long list",
+              "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
+    "coalesce": ("a free past full lookasides, fragmented: coalesces, joins a long list",
+                 "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
+    "delayed": ("the same free with delayed frees (ExDeferredFreePool, 32 at a time)",
+                "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
     "big": ("64 KiB pair (big pages)", "< 15 us", lambda us, bare, ex: us < 15),
     "tracking": ("pair with Driver Verifier pool tracking", "< 3x Ex pair",
                  lambda us, bare, ex: ex < 3.0),
@@ -256,6 +317,9 @@ def run(quick: bool = False, windows=None) -> dict:
     _pool2_pair(routines, WARM_UP_PAIRS)
     _ndis_pair(routines, WARM_UP_PAIRS)
     _fsrtl_pair(routines, WARM_UP_PAIRS)
+    exact = _fragmented_machine(version, (FRAGMENTED_REQUEST,))
+    split = _fragmented_machine(version, (160, 32))
+    delayed = _fragmented_machine(version, (160, 32), delayed_frees=True)
     verified = {option: _verified_kernel(version, **{option: True})
                 for option in ("pool_tracking", "special_pool", "uninitialized_memory")}
     bare = BareMinimumPool()
@@ -266,6 +330,10 @@ def run(quick: bool = False, windows=None) -> dict:
         "ndis": (lambda: _ndis_pair(routines, per_batch), per_batch),
         "fsrtl": (lambda: _fsrtl_pair(routines, per_batch), per_batch),
         "miss": (lambda: _lookaside_miss(missing, slow), slow),
+        "exact": (lambda: _fragmented_cycle(exact, slow, "miss"), slow),
+        "split": (lambda: _fragmented_cycle(split, slow, "miss"), slow),
+        "coalesce": (lambda: _fragmented_cycle(split, slow, "free"), slow),
+        "delayed": (lambda: _fragmented_cycle(delayed, slow, "free"), slow),
         "big": (lambda: _ex_pair(big, slow, BIG), slow),
     }
     for option, key in (("pool_tracking", "tracking"), ("special_pool", "special"),

@@ -122,12 +122,12 @@ class SegmentHeapAllocator(PoolAllocator):
                     later = free >> start
                     index = start + (later & -later).bit_length() - 1 if later else \
                         (free & -free).bit_length() - 1
-                    sub.free_bits = free ^ (1 << index)
+                    sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
                     mem = self.mem
                     tlb = self.tlb
-                    mem[tlb[sub.page] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
-                    sub.free_count -= 1  # FreeCount in memory: synced before a dump
-                    block = sub.va + sub.offsets[index]
+                    va = sub.va
+                    mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                    block = va + sub.offsets[index]
                     _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
                                  heap.header_type, tag_ulong, site)
                     column = heap.track_offset
@@ -154,7 +154,8 @@ class SegmentHeapAllocator(PoolAllocator):
         try:
             heap = self.fast_free_slots[address >> 39]
             if address & 0xFFF:
-                sub = heap.owner_by_page[address >> PAGE_SHIFT]
+                # The page's subsegment: never a negative index, the heap starts the slot.
+                sub = heap.subsegment_by_page[(address - heap.base) >> PAGE_SHIFT]
                 if sub.is_current:  # an LFH subsegment its bucket allocates from
                     mem = self.mem
                     tlb = self.tlb
@@ -167,14 +168,14 @@ class SegmentHeapAllocator(PoolAllocator):
                         passed, row = self.known_tags[tag]
                     if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
                             and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
-                        index = sub.index_of[address - POOL_HEADER_SIZE - sub.va]
-                        at = tlb[sub.page] + LFH_BITMAP + (index >> 2)
+                        va = sub.va
+                        index = sub.index_of[address - POOL_HEADER_SIZE - va]
+                        at = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
                         shift = (index & 3) << 1
                         bits = mem[at]
                         if (bits >> shift) & 3 == 1:  # busy: 01
                             mem[at] = bits ^ (1 << shift)
-                            sub.free_bits |= 1 << index
-                            sub.free_count += 1  # FreeCount, FreeHint in memory: synced before a dump
+                            sub.free_bits |= 1 << index  # FreeCount, FreeHint in memory: synced before a dump
                             sub.free_hint = index
                             if self.layer is not None:
                                 self.layer.forget(address)  # an observing layer's record of it
@@ -326,7 +327,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 return
             sub = None
         else:
-            sub = heap.owner_by_page.get(address >> PAGE_SHIFT)
+            sub = heap.subsegment_of(address)
         if sub is None or address & 0xF:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, address, 0, 0,
                        detail=f"free of {address:#x}, which is not the start of an allocation")
@@ -335,7 +336,9 @@ class SegmentHeapAllocator(PoolAllocator):
         _, _, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
         if passed is not None or stored & PROTECTED_POOL:
             check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
-        owner = heap.owner_by_page.get(header >> PAGE_SHIFT)
+        # The header's subsegment: the body's, unless a cache-aligned block's first header
+        # is a page before its body.
+        owner = sub if header >> PAGE_SHIFT == address >> PAGE_SHIFT else heap.subsegment_of(header)
         if owner is None:
             heap.free_block(header)  # bug-checks: not a block
         block_bytes = self._block_bytes(heap, owner, header)
@@ -354,7 +357,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 bucket = heap.lfh_buckets[units]
                 if bucket.live_elsewhere:
                     bucket.live_elsewhere -= 1
-        heap.free_block(header)
+        heap.free_block(header, owner)
 
     def _block_bytes(self, heap: SegmentHeap, owner, header: int) -> int:
         """Bytes of the block as its backend knows it (the tracker's charge)."""

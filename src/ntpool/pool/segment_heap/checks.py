@@ -6,7 +6,7 @@ failure type each check reports is ntpool's reading of the enumeration's names (
 sources do not say per case); the README lists the choices.
 """
 
-from ...constants import PAGE_SHIFT, BugCheckCode
+from ...constants import BugCheckCode
 from .layout import HeapFailure
 
 KERNEL_MODE_HEAP_CORRUPTION = BugCheckCode.KERNEL_MODE_HEAP_CORRUPTION
@@ -87,7 +87,7 @@ def vs_free_tree_corrupt(heap, chunk: int, size: int) -> None:
 
 def lookaside_entry(heap, bucket: int, entry: int, bucket_bytes: int) -> None:
     """An entry popped from the dynamic lookaside must be a busy VS chunk that fits."""
-    sub = heap.owner_by_page.get(entry >> PAGE_SHIFT)
+    sub = heap.subsegment_of(entry)
     if sub is not None and sub.kind == 2 and entry - 0x10 >= sub.first:
         _, size, _, allocated = heap.vs_read(entry - 0x10)
         if allocated and (size << 4) - 0x10 >= bucket_bytes and entry - 0x10 + (size << 4) <= sub.end:
@@ -99,6 +99,6 @@ def lookaside_entry(heap, bucket: int, entry: int, bucket_bytes: int) -> None:
 
 def lookaside_link(heap, bucket: int, entry: int, link: int) -> None:
     """The next link of a lookaside entry must point at a block of the same heap."""
-    if link & 0xF or not heap.contains(link) or heap.owner_by_page.get(link >> PAGE_SHIFT) is None:
+    if link & 0xF or not heap.contains(link) or heap.subsegment_of(link) is None:
         heap_corruption(heap, HeapFailure.LISTENTRY_CORRUPTION, entry,
                         f"dynamic lookaside bucket {bucket}: entry {entry:#x} links to {link:#x}")

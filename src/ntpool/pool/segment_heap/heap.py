@@ -69,6 +69,8 @@ from .layout import (
 )
 
 LFH, VS = 1, 2  # what kind of subsegment a page belongs to
+# The region a PML4 entry maps (512 GiB): the allocator finds a heap by address >> 39.
+HEAP_SLOT_BYTES = 1 << 39
 _layouts: dict[tuple[int, int], tuple[int, tuple, dict]] = {}
 
 
@@ -88,29 +90,47 @@ _unpack_qword = QWORD.unpack_from
 _pack_vs_header = struct.Struct("<QQ").pack_into
 
 class LfhSubsegment:
-    """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth)."""
+    """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth).
 
-    __slots__ = ("kind", "va", "page", "is_current", "pages", "bucket", "block_size", "offsets", "index_of",
-                 "block_count", "free_bits", "free_count", "free_hint")
+    One lives for every 63 blocks of 128 bytes, so it keeps only what changes from one
+    subsegment to the next and what the fast paths read: its address, its blocks' free bits
+    and FreeHint, whether its bucket allocates from it; and, shared by every subsegment of
+    its bucket, the block offsets both ways. What the slow paths alone ask (its pages, how
+    many blocks, how many free) is worked out on demand, not stored.
+    """
 
-    def __init__(self, va: int, pages: int, bucket, block_size: int):
-        self.kind = LFH
+    __slots__ = ("va", "is_current", "bucket", "block_size", "offsets", "index_of",
+                 "free_bits", "free_hint")
+    kind = LFH
+
+    def __init__(self, va: int, bucket):
         self.va = va
-        self.page = va >> PAGE_SHIFT
         self.is_current = False  # True while its bucket allocates from it (fast free path)
-        self.pages = pages
         self.bucket = bucket
-        self.block_size = block_size
-        _, self.offsets, self.index_of = _layout(block_size, pages)
-        self.block_count = len(self.offsets)
-        self.free_bits = (1 << self.block_count) - 1  # bit n set while block n is free
-        self.free_count = self.block_count
+        self.block_size = bucket.block_size
+        self.offsets = bucket.offsets
+        self.index_of = bucket.index_of
+        self.free_bits = bucket.all_free  # bit n set while block n is free
         self.free_hint = 0
+
+    @property
+    def pages(self) -> int:
+        return self.bucket.pages
+
+    @property
+    def block_count(self) -> int:
+        return self.bucket.block_count
+
+    @property
+    def free_count(self) -> int:
+        """FreeCount: the free bits set."""
+        return self.free_bits.bit_count()
 
 
 class LfhBucket:
     __slots__ = ("index", "block_size", "active", "requests", "live_elsewhere", "current",
-                 "partial")
+                 "partial", "pages", "first_block", "offsets", "index_of", "block_count",
+                 "all_free")
 
     def __init__(self, index: int):
         self.index = index
@@ -120,13 +140,23 @@ class LfhBucket:
         self.live_elsewhere = 0  # blocks of this size the VS backend holds before activation
         self.current: LfhSubsegment | None = None
         self.partial: list[LfhSubsegment] = []  # other subsegments with a free block
+        # Every subsegment of the bucket has one layout: its pages, where its first block
+        # starts, its block offsets (and the index of each offset), how many blocks; laid
+        # out when the bucket makes its first subsegment (most buckets never do).
+        self.pages = lfh_subsegment_pages(self.block_size)
+        self.offsets = None
+
+    def lay_out(self) -> None:
+        self.first_block, self.offsets, self.index_of = _layout(self.block_size, self.pages)
+        self.block_count = len(self.offsets)
+        self.all_free = (1 << self.block_count) - 1
 
 
 class VsSubsegment:
-    __slots__ = ("kind", "va", "pages", "end", "first", "is_current")
+    __slots__ = ("va", "pages", "end", "first", "is_current")
+    kind = VS
 
     def __init__(self, va: int, pages: int):
-        self.kind = VS
         self.is_current = False
         self.va = va
         self.pages = pages
@@ -181,7 +211,15 @@ class SegmentHeap:
         self.pages_in_use = 0
         self._page_hint = 0
         self.segment_state = bytearray(self.page_count // SEGMENT_PAGES)  # 0 unused, 1 segment, 2 large
-        self.owner_by_page: dict[int, object] = {}  # page number -> LFH / VS subsegment
+        # The page -> subsegment index: the LFH or VS subsegment holding each page, by the
+        # page's number from the heap's base (None for any other page). A list, grown to the
+        # last subsegment page the heap has used, costs 8 bytes a page where a dict keyed by
+        # page number cost about 80 (an entry and a key int); the free fast path reads it with
+        # one subscript. The index is never negative: a heap starts its 512 GiB slot (the
+        # fast path picks the heap by slot).
+        if va_base & (HEAP_SLOT_BYTES - 1):
+            raise ValueError(f"{name}: a segment heap must start a 512 GiB slot, not {va_base:#x}")
+        self.subsegment_by_page: list = []
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, pages)
         self.big_sites: dict[int, int] = {}
         self.big_details: dict[int, tuple[int, int, int]] = {}  # va -> (bytes, pool type, process)
@@ -219,6 +257,38 @@ class SegmentHeap:
 
     def contains(self, va: int) -> bool:
         return self.base <= va < self.limit
+
+    # --- the page -> subsegment index ---------------------------------------------------------
+
+    def subsegment_of(self, va: int):
+        """The LFH or VS subsegment whose pages hold ``va``, or None."""
+        if va >= self.base:
+            try:
+                return self.subsegment_by_page[(va - self.base) >> PAGE_SHIFT]
+            except IndexError:  # past the last subsegment page the heap has used
+                pass
+        return None
+
+    def _index_subsegment(self, sub) -> None:
+        """Point the index's entries for ``sub``'s pages at it, growing the list to hold them."""
+        first = (sub.va - self.base) >> PAGE_SHIFT
+        end = first + sub.pages
+        by_page = self.subsegment_by_page
+        if len(by_page) < end:
+            by_page.extend([None] * (end - len(by_page)))
+        by_page[first:end] = [sub] * sub.pages
+
+    def _unindex_subsegment(self, sub) -> None:
+        first = (sub.va - self.base) >> PAGE_SHIFT
+        self.subsegment_by_page[first:first + sub.pages] = [None] * sub.pages
+
+    def subsegments(self):
+        """Each live LFH and VS subsegment once, in address order."""
+        previous = None
+        for sub in self.subsegment_by_page:
+            if sub is not None and sub is not previous:
+                yield sub
+            previous = sub
 
     def page_kind_of(self, va: int) -> int:
         return self.page_kind[(va - self.base) >> PAGE_SHIFT]
@@ -387,7 +457,7 @@ class SegmentHeap:
 
     def big_in_vs(self, va: int) -> bool:
         """The big allocation at ``va`` is a VS chunk (not pages of its own)."""
-        owner = self.owner_by_page.get(va >> PAGE_SHIFT)
+        owner = self.subsegment_of(va)
         return owner is not None and owner.kind == VS
 
     def free_big(self, va: int) -> tuple[int, int]:
@@ -395,7 +465,7 @@ class SegmentHeap:
             # The VS chunk's header is checked as any VS free's (0x13A on a bad one).
             chunk = va - VS_HEADER_SIZE
             _, size, _, allocated = self.vs_read(chunk)
-            checks.vs_header_sane(self, self.owner_by_page[va >> PAGE_SHIFT], chunk, size)
+            checks.vs_header_sane(self, self.subsegment_of(va), chunk, size)
             length = self.big_details.get(va, (0,))[0]
             if length:  # the table says how long it is: the header must agree
                 checks.vs_big_header(self, chunk, size,
@@ -427,7 +497,7 @@ class SegmentHeap:
     def lfh_allocate(self, bucket: LfhBucket) -> int:
         """Address of a free block of the bucket (its POOL_HEADER goes there), or 0."""
         sub = bucket.current
-        if sub is None or not sub.free_count:
+        if sub is None or not sub.free_bits:
             sub = self._lfh_next_subsegment(bucket)
             if sub is None:
                 return 0
@@ -453,14 +523,13 @@ class SegmentHeap:
         if bits:
             checks.lfh_bitmap_corrupt(self, sub, index, bits)
         self.mem[at] |= 1 << shift
-        sub.free_bits &= ~(1 << index)
-        sub.free_count -= 1
-        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+        free = sub.free_bits = sub.free_bits & ~(1 << index)
+        self.mem[pa + 0x20:pa + 0x22] = free.bit_count().to_bytes(2, "little")  # FreeCount
 
     def _lfh_next_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
         while bucket.partial:
             sub = bucket.partial.pop()
-            if sub.free_count and self.owner_by_page.get(sub.va >> PAGE_SHIFT) is sub:
+            if sub.free_bits and self.subsegment_of(sub.va) is sub:
                 self._lfh_make_current(bucket, sub)
                 return sub
         sub = self._lfh_new_subsegment(bucket)
@@ -472,21 +541,22 @@ class SegmentHeap:
         old = bucket.current
         if old is not None:
             old.is_current = False
-            if old.free_count == old.block_count:
+            if old.free_bits == bucket.all_free:
                 self._lfh_release(old)
-            elif old.free_count:
+            elif old.free_bits:
                 bucket.partial.append(old)
         bucket.current = sub
         self.lfh_current[bucket.index] = sub
         sub.is_current = True
 
     def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
-        pages = lfh_subsegment_pages(bucket.block_size)
-        va = self.take_pages(pages, PAGE_SMALL, RANGE_LFH)
+        va = self.take_pages(bucket.pages, PAGE_SMALL, RANGE_LFH)
         if not va:
             return None
-        sub = LfhSubsegment(va, pages, bucket, bucket.block_size)
-        first, _, _ = _layout(bucket.block_size, pages)
+        if bucket.offsets is None:
+            bucket.lay_out()
+        sub = LfhSubsegment(va, bucket)
+        first = bucket.first_block
         pa = self._pa(va)
         self.mem[pa:pa + first] = bytes(first)  # header and an all-free bitmap
         QWORD.pack_into(self.mem, pa, va)
@@ -495,8 +565,7 @@ class SegmentHeap:
         LFH_SUBSEGMENT_FIELDS.pack_into(
             self.mem, pa + LFH_FIELDS_OFFSET, sub.block_count, sub.block_count, 0, 0, 0,
             lfh_block_offsets(bucket.block_size, first, va, self.keys.lfh_key), 0, 0, 0)
-        for page in range(pages):
-            self.owner_by_page[(va >> PAGE_SHIFT) + page] = sub
+        self._index_subsegment(sub)
         return sub
 
     def lfh_free(self, sub: LfhSubsegment, block: int) -> None:
@@ -511,31 +580,27 @@ class SegmentHeap:
         if bits != 1:
             checks.lfh_not_busy(self, sub, block, bits)
         self.mem[at] &= ~(3 << shift) & 0xFF
-        sub.free_bits |= 1 << index
-        sub.free_count += 1
+        free = sub.free_bits = sub.free_bits | 1 << index
         sub.free_hint = index
-        self.mem[pa + 0x20:pa + 0x22] = sub.free_count.to_bytes(2, "little")
+        self.mem[pa + 0x20:pa + 0x22] = free.bit_count().to_bytes(2, "little")  # FreeCount
         self.mem[pa + 0x24:pa + 0x26] = index.to_bytes(2, "little")
         bucket = sub.bucket
         if sub is not bucket.current:
-            if sub.free_count == sub.block_count:
+            if free == bucket.all_free:
                 self._lfh_release(sub)
-            elif sub.free_count == 1:
+            elif free == 1 << index:  # its first free block: allocatable again
                 bucket.partial.append(sub)
 
     def sync_lfh_counts(self) -> None:
         """Write every LFH subsegment's FreeCount, BlockCount and FreeHint to memory (the fast
         paths keep them in Python; a dump is written after this, as the tracker is laid out)."""
-        seen = set()
-        for sub in self.owner_by_page.values():
-            if sub.kind == LFH and sub.va not in seen:
-                seen.add(sub.va)
+        for sub in self.subsegments():
+            if sub.kind == LFH:
                 LFH_COUNTS.pack_into(self.mem, self._pa(sub.va) + LFH_FREE_COUNT, sub.free_count,
                                      sub.block_count, sub.free_hint)
 
     def _lfh_release(self, sub: LfhSubsegment) -> None:
-        for page in range(sub.pages):
-            self.owner_by_page.pop((sub.va >> PAGE_SHIFT) + page, None)
+        self._unindex_subsegment(sub)
         if sub in sub.bucket.partial:
             sub.bucket.partial.remove(sub)
         self.release_pages(sub.va, sub.pages)
@@ -589,7 +654,7 @@ class SegmentHeap:
             if placed is None:
                 return 0
         chunk, size, shift = placed
-        sub = self.owner_by_page[chunk >> PAGE_SHIFT]
+        sub = self.subsegment_of(chunk)
         self._vs_index_remove(chunk, size)
         _, _, previous, _ = self.vs_read(chunk)
         if shift:
@@ -655,8 +720,7 @@ class SegmentHeap:
         size_units = (pages << PAGE_SHIFT) >> 4
         VS_SUBSEGMENT_SIZE_SIG.pack_into(self.mem, pa + VS_SUBSEGMENT_SIZE_OFFSET, size_units & 0xFFFF,
                                          vs_subsegment_signature(size_units & 0xFFFF))
-        for page in range(pages):
-            self.owner_by_page[(va >> PAGE_SHIFT) + page] = sub
+        self._index_subsegment(sub)
         self.vs_subsegments += 1
         first_units = ((pages << PAGE_SHIFT) - VS_SUBSEGMENT_HEADER) >> 4
         self.vs_write(sub.first, first_units, 0, False)
@@ -680,7 +744,7 @@ class SegmentHeap:
 
     def vs_free_now(self, chunk: int) -> None:
         """Mark free, coalesce with free neighbours (checking their headers), index."""
-        sub = self.owner_by_page.get(chunk >> PAGE_SHIFT)
+        sub = self.subsegment_of(chunk)
         _, size, previous, allocated = self.vs_read(chunk)
         checks.vs_header_sane(self, sub, chunk, size)
         if not allocated:
@@ -710,7 +774,7 @@ class SegmentHeap:
 
     def _vs_empty(self, spare, other: VsSubsegment) -> bool:
         """``spare`` is another live subsegment, wholly one free chunk."""
-        if spare is None or spare is other or self.owner_by_page.get(spare.va >> PAGE_SHIFT) is not spare:
+        if spare is None or spare is other or self.subsegment_of(spare.va) is not spare:
             return False
         _, size, _, allocated = self.vs_read(spare.first)
         return not allocated and spare.first + (size << 4) == spare.end
@@ -725,8 +789,7 @@ class SegmentHeap:
             self._vs_index_add(chunk, size)
             return
         self.vs_subsegments -= 1
-        for page in range(sub.pages):
-            self.owner_by_page.pop((sub.va >> PAGE_SHIFT) + page, None)
+        self._unindex_subsegment(sub)
         self.release_pages(sub.va, sub.pages)
 
     # --- the dynamic lookaside ---------------------------------------------------------------
@@ -798,7 +861,7 @@ class SegmentHeap:
         to the page; None for a page that holds no blocks (a segment header, a big run).
         State: Allocated, Free, or Lookaside for a block the front ends hold (the dynamic
         lookaside, the delay-free list), which memory shows as busy."""
-        sub = self.owner_by_page.get(page_va >> PAGE_SHIFT)
+        sub = self.subsegment_of(page_va)
         if sub is None:
             return None
         end = page_va + PAGE_SIZE
@@ -848,9 +911,11 @@ class SegmentHeap:
 
     # --- freeing a block to its backend -----------------------------------------------------
 
-    def free_block(self, header: int) -> None:
-        """Give the block whose POOL_HEADER is at ``header`` back to the backend owning it."""
-        sub = self.owner_by_page.get(header >> PAGE_SHIFT)
+    def free_block(self, header: int, sub=None) -> None:
+        """Give the block whose POOL_HEADER is at ``header`` back to the backend owning it
+        (``sub``: its subsegment, from a caller that has looked it up)."""
+        if sub is None:
+            sub = self.subsegment_of(header)
         if sub is None:
             checks.bad_free_address(self, header)
         if sub.kind == LFH:

@@ -67,7 +67,7 @@ def front_end_blocks(heap: SegmentHeap, read: _Reader) -> tuple[set, set, list]:
 
 def _busy_vs_block(heap: SegmentHeap, read: _Reader, header: int) -> bool:
     """``header`` is the POOL_HEADER of a busy VS chunk of ``heap`` (what a lookaside holds)."""
-    sub = heap.owner_by_page.get(header >> PAGE_SHIFT)
+    sub = heap.subsegment_of(header)
     if sub is None or sub.kind == LFH or header & 15 or not sub.first < header < sub.end:
         return False
     chunk = header - VS_HEADER_SIZE
@@ -106,8 +106,7 @@ def walk(heap: SegmentHeap) -> PoolWalk:
     for entry, how in bad_links:
         damaged(entry, how)
 
-    subsegments = sorted({id(s): s for s in heap.owner_by_page.values()}.values(), key=lambda s: s.va)
-    for sub in subsegments:
+    for sub in heap.subsegments():
         if sub.kind == LFH:
             for index, offset in enumerate(sub.offsets):
                 block = sub.va + offset
