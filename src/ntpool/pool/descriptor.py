@@ -788,25 +788,28 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, chunk: int) -> None:
+    def free_small(self, chunk: int, pa: int | None = None) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
         keep every access inside it). Headers are read as their first QWORD
         (layout.header_first8); each check's condition is tested here, its named check
-        called only to raise its bug check."""
+        called only to raise its bug check. ``pa``: the header's physical address, when the
+        caller has translated it."""
         words, offset = self.words, chunk & PAGE_MASK
         page = chunk - offset
-        page_pa = self.tlb.get(chunk >> PAGE_SHIFT)
-        if page_pa is None:
-            page_pa = self.fault(chunk, False, self.lock_irql)
-        first8 = words[(page_pa + offset) >> 3]
+        if pa is None:
+            pa = self.tlb.get(chunk >> PAGE_SHIFT)
+            pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
+        page_pa = pa - offset
+        first8 = words[pa >> 3]
         previous_size, block_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         if following < PAGE_SIZE:
             next8 = words[(page_pa + following) >> 3]
-            if not next8 >> POOL_TYPE_SHIFT & 0xFF and page + following not in self.pending:  # POOL_FREE
+            # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
+            if not next8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + following in self.pending):
                 check_pool_header_in_page(self.crash, page + following, self.mem, page_pa + following)
                 next_size = next8 >> BLOCK_SIZE_SHIFT & 0xFF
                 if next_size > 1:
@@ -822,7 +825,7 @@ class Pool:
             before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before8 >> POOL_TYPE_SHIFT & 0xFF and page + before_offset not in self.pending:
+            if not before8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + before_offset in self.pending):
                 if before_size > 1:
                     self._unlink(page + before_offset + HEADER_SIZE, before_size,
                                  page_pa + before_offset + HEADER_SIZE)
@@ -950,8 +953,10 @@ class Pool:
                 self._push(system, chunk, block_size)
                 return
         if not self.delay_frees:
-            self.mem[(self._pa(chunk) if pa is None else pa) + POOL_HEADER.PoolType] = POOL_FREE
-            self.free_small(chunk)
+            if pa is None:
+                pa = self._pa(chunk)
+            self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+            self.free_small(chunk, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
@@ -992,7 +997,7 @@ class Pool:
         """
         entries: list[int] = []
         seen: set[int] = set()
-        pending, words = self.pending, self.words
+        pending, words, tlb = self.pending, self.words, self.tlb
         head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
         entry = words[self.pending_frees_word]
         while len(entries) < len(pending):
@@ -1004,7 +1009,10 @@ class Pool:
                                   f"(the freed memory was written to)")
             entries.append(chunk)
             seen.add(chunk)
-            entry = words[self._pa(entry) >> 3]  # a queued chunk's body: 16-byte aligned
+            base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
+            if base is None:
+                base = self.fault(entry, False, self.lock_irql)
+            entry = words[(base + (entry & PAGE_MASK)) >> 3]
         return entries
 
     def deferred_free(self) -> int:
