@@ -16,6 +16,7 @@ whatever the driver wrote where, with delayed frees on and off.
 
 import hashlib
 import random
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -114,13 +115,16 @@ def take_the_long_way(pool) -> None:
     pool.release_past_lookaside = release_past_lookaside
 
 
-def run(seed: int, steps: int, long_way: bool):
-    """What the run ends with: the step and bug check, and digests of the machine."""
+def run(seed: int, steps: int, long_way: bool, delayed: bool | None = None):
+    """What the run ends with: the step and bug check, and digests of the machine.
+    ``delayed``: delayed frees on (Windows' default from 508 MiB) or off; None: by the
+    seed's parity."""
     rng = random.Random(seed)
     driver = SloppyDriver(rng, lookasides=rng.random() < 0.75)
     k = driver.k
     pools = (k.nonpaged_pool, k.paged_pool)
-    delayed = seed % 2 == 1  # delayed frees on (Windows' default from 508 MiB) or off
+    if delayed is None:
+        delayed = seed % 2 == 1
     for pool in pools:
         pool.delay_frees = delayed
     if long_way:
@@ -135,6 +139,11 @@ def run(seed: int, steps: int, long_way: bool):
                 getattr(driver, rng.choices(names, weights)[0])()
             except NtStatusError:
                 pass
+    except struct.error as error:
+        # A known fault of the model, the same both ways: with delayed frees, a pending
+        # chunk whose BlockSize was rewritten can coalesce past 255 blocks, which the header
+        # cannot hold (Windows' 8-bit BlockSize would wrap); reported, not yet decided.
+        stop = ("struct.error", str(error))
     except BugCheck as error:
         parameters = list(error.parameters)
         if error.code in FAULT_INSTRUCTION:  # names the nearest code on the stack not ntpool's:
