@@ -88,6 +88,31 @@ def test_each_chunk_line_is_what_the_chunk_says(dump):
         assert listed == expected
 
 
+@pytest.mark.parametrize("pattern", ["derF", "?ceR", "tli*"])
+def test_each_line_of_a_tag_s_search_is_what_the_chunk_says(dump, pattern):
+    """A tag's lines (made a stretch of pages at a time, see HitLines._stretch), rebuilt from
+    the chunks of every chain with that tag and the reader's own per-chunk site lookup."""
+    with DumpReader(dump) as reader:
+        session = KdSession(reader)
+        regex = poolscan.tag_bytes_regex(pattern)
+        for pool_type, pool in enumerate(reader.pool_ranges()):
+            finder = poolscan.PoolFinder(reader, pool, session.big_pages())
+            expected = []
+            for chunk in finder.find("*"):
+                if not poolscan.tag_display_matches(regex, chunk.tag):
+                    continue
+                state = f"({chunk.state})"
+                expected.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
+                                f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
+                if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
+                    text = session._site_text(reader.allocation_site(chunk.address))
+                    if text:
+                        expected.append(f"\t\tAllocated by {text}")
+            text = session.run_one(f"!poolfind {pattern} {pool_type}")
+            listed = text.split(f"for Tag: {pattern}\n\n", 2)[2].split("\n")
+            assert listed == expected and len(expected) > 100
+
+
 def test_kd_writes_the_pieces_as_they_come(dump):
     with DumpReader(dump) as reader:
         session = KdSession(reader)
