@@ -19,8 +19,8 @@ import struct
 import sys
 import zlib
 from bisect import bisect_left, bisect_right
-from itertools import accumulate, islice, repeat
-from operator import lshift, rshift, sub
+from itertools import accumulate, compress, islice, repeat
+from operator import and_, lshift, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -396,7 +396,7 @@ def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, l
     chunk inside a page). Page-first headers of the tag are not step ends: their tags are read
     at once from the pages' first blocks."""
     ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
-    stops = list(filter((PAGE_SIZE - 1).__and__, ends))  # inside pages: headers of the tag
+    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
     pages = length >> PAGE_SHIFT
     if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
             or 0 in map(buffer.__getitem__, stops):
