@@ -18,7 +18,6 @@ import re
 import struct
 import sys
 import zlib
-from array import array
 from bisect import bisect_left, bisect_right
 from itertools import accumulate, islice, repeat
 from operator import lshift, rshift, sub
@@ -665,15 +664,9 @@ class CallSites:
             if first < 0 or first + blocks > declared:
                 return None
             try:
-                raw = stream.read(first, blocks)
+                return stream.sites(first, blocks)
             except zlib.error:
                 return None
-            if len(raw) != 2 * blocks:
-                return None
-            sites = array("H", raw)
-            if sys.byteorder != "little":
-                sites.byteswap()
-            return sites
         return None
 
     def one(self, address: int, data, block: int) -> int:
