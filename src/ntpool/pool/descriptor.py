@@ -844,7 +844,28 @@ class Pool:
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
         if block_size > 1:
-            self._insert(chunk + HEADER_SIZE, block_size, False, page_pa + offset + HEADER_SIZE)
+            # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
+            # Blink and the last entry's Flink, both of which must be the head; entries are
+            # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
+            # on a page not present, or a link not aligned: ``_insert``, each access
+            # translated on its own.
+            entry, entry_word = chunk + HEADER_SIZE, (page_pa + offset + HEADER_SIZE) >> 3
+            head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
+            first, last = words[head_word], words[head_word + 1]
+            tlb = self.tlb
+            first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
+            if first_base is None or last_base is None or (first | last) & 15:
+                self._insert(entry, block_size, False, entry_word << 3)
+                return
+            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_base + (last & PAGE_MASK)) >> 3]
+            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, first_blink, last_flink)
+            words[entry_word] = first
+            words[entry_word + 1] = head
+            words[first_word + 1] = entry
+            words[head_word] = entry
+            self.listed[block_size] = 1
 
     def _free_lookaside_entry(self, entry: int) -> None:
         """Give a chunk popped from a lookaside back to the lists, checked as any free is.
@@ -995,25 +1016,23 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries: list[int] = []
-        seen: set[int] = set()
+        entries: dict[int, None] = {}  # in list order; a dict, so a loop is found at once
         pending, words, tlb = self.pending, self.words, self.tlb
         head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
         entry = words[self.pending_frees_word]
         while len(entries) < len(pending):
             chunk = entry - HEADER_SIZE
-            if chunk not in pending or chunk in seen:
+            if chunk not in pending or chunk in entries:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            entries.append(chunk)
-            seen.add(chunk)
+            entries[chunk] = None
             base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
             if base is None:
                 base = self.fault(entry, False, self.lock_irql)
             entry = words[(base + (entry & PAGE_MASK)) >> 3]
-        return entries
+        return list(entries)
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
