@@ -19,8 +19,8 @@ import struct
 import sys
 import zlib
 from bisect import bisect_left, bisect_right
-from itertools import accumulate, islice, repeat
-from operator import lshift, rshift, sub
+from itertools import accumulate, compress, islice, repeat
+from operator import and_, lshift, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -354,34 +354,31 @@ def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) 
         hits = list(map(sub, hits, repeat(start)))
     return sound, list(map(rshift, hits, repeat(BLOCK_SHIFT)))
 
-# The rest of a chunk from its BlockSize byte, by that byte, and the next header's PreviousSize
-# and PoolIndex when the chunk is not its page's last (see header_step_regex): sizes 1-255 in
-# ascending order. The alternative whose BlockSize matches never fails on a sound chain (the
-# page's last chunk is its second branch), so the engine does not go on trying the others.
-def _units(types: bytes) -> bytes:
-    return b"(?:" + b"|".join(
-        re.escape(bytes([size])) + types + b".{%d}(?:" % ((size << BLOCK_SHIFT) - 4) +
-        re.escape(bytes([size])) + b".|(?=\\x00|\\Z))" for size in range(1, 256)) + b")"
+# A chunk from its BlockSize byte to the next header's BlockSize byte, by that byte (1-255, in
+# ascending order): the chunk, then the next header's PreviousSize (the same BlockSize, a literal,
+# so no backreference) and PoolIndex; or, for a page's last chunk, the chunk alone, where a
+# PreviousSize of 0 or the text's end follows. The alternative whose BlockSize matches never
+# fails on a sound chain, so the engine does not go on trying the others.
+_UNITS = b"(?:" + b"|".join(
+    re.escape(bytes([size])) + b".{%d}(?:" % ((size << BLOCK_SHIFT) - 3) + re.escape(bytes([size])) +
+    b".|(?=\\x00|\\Z))" for size in range(1, 256)) + b")"
 
 
 def header_step_regex(allowed, tag_regex: bytes) -> re.Pattern:
     """A regex that walks header chains in the engine, stopping before each header whose tag
     ``tag_regex`` matches, and needs no group: its steps' ends say everything (``_step_pages``).
 
-    Each chunk is matched from its BlockSize byte to the next header's BlockSize byte: the
-    BlockSize (1-255) picks the branch, which checks the PoolType (``allowed``, a table by byte),
-    skips the chunk and takes the next header's PreviousSize as that same BlockSize (a literal, so
-    no backreference), or stops where the next byte is a PreviousSize of 0 or the text ends (the
-    page's last chunk). A step starts at a page's first header (its PreviousSize 0 and PoolIndex
-    taken first) or at a header of the tag (where the step before stopped), takes that chunk,
-    then chunks while the next is neither of the tag nor a PreviousSize of 0. The engine cannot
-    see pages: the caller checks that the steps ended exactly at every page's end and that the
-    other ends are headers of the tag (``_step_pages``).
+    Each chunk is matched from its BlockSize byte to the next header's (``_UNITS``), after a
+    look at its header: a BlockSize that is not 0, a PoolType ``allowed`` (a table by byte).
+    A step starts at a page's first header (its PreviousSize 0 and PoolIndex taken first) or
+    at a header of the tag (where the step before stopped), takes that chunk, then chunks while
+    the next is not of the tag and has a BlockSize. The engine cannot see pages: the caller
+    checks that the steps ended exactly at every page's end and that the other ends are
+    headers of the tag (``_step_pages``).
     """
     types = b"[" + b"".join(re.escape(bytes([t])) for t in range(256) if allowed[t]) + b"]"
-    unit = _units(types)
-    return re.compile(b"(?:\\x00.|)" + unit + b"(?:(?!\\x00|..(?:" + tag_regex + b"))" + unit + b")*+",
-                      re.DOTALL)
+    return re.compile(b"(?:\\x00.|)(?=." + types + b")" + _UNITS + b"(?:(?=[^\\x00]" + types + b"(?!" + tag_regex +
+                      b"))" + _UNITS + b")*+", re.DOTALL)
 
 
 _TAG_AT_PAGE_START = 1 << (PAGE_SHIFT - 2)  # a page's first PoolTag, in a window's ULONGs (from 1)
@@ -399,7 +396,7 @@ def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, l
     chunk inside a page). Page-first headers of the tag are not step ends: their tags are read
     at once from the pages' first blocks."""
     ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
-    stops = list(filter((PAGE_SIZE - 1).__and__, ends))  # inside pages: headers of the tag
+    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
     pages = length >> PAGE_SHIFT
     if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
             or 0 in map(buffer.__getitem__, stops):

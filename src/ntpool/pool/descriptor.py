@@ -154,7 +154,9 @@ class Pool:
         # Where each head's Flink lies, as a QWORD of ``words`` (its Blink is the next one).
         # The ListHeads are in the pool descriptor, in the kernel's nonpaged data, mapped at
         # boot and never unmapped or paged, so their translation is made once, here.
-        self.list_head_word = [0] + [self._pa(head) >> 3 for head in self.list_head_at[1:]]
+        # Index 0 is ListHeads[-1], the descriptor's QWORDs before them, which only a wrapped
+        # BlockSize of 0 reaches (``free_small``).
+        self.list_head_word = [self._pa(head) >> 3 for head in self.list_head_at]
 
         # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
         # set behind them, singly linked through the chunk bodies. ``la`` is the current
@@ -833,7 +835,13 @@ class Pool:
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
-        if block_size == BLOCKS_PER_PAGE:
+        # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
+        # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
+        # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
+        # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
+        # the next PreviousSize is its own, and the list is ListHeads[-1]).
+        block_size &= 0xFF
+        if not block_size and not offset:
             self.release_pages(page, 1)
             return
         _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
@@ -843,7 +851,7 @@ class Pool:
             self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
-        if block_size > 1:
+        if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
             # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
