@@ -154,7 +154,9 @@ class Pool:
         # Where each head's Flink lies, as a QWORD of ``words`` (its Blink is the next one).
         # The ListHeads are in the pool descriptor, in the kernel's nonpaged data, mapped at
         # boot and never unmapped or paged, so their translation is made once, here.
-        self.list_head_word = [0] + [self._pa(head) >> 3 for head in self.list_head_at[1:]]
+        # Index 0 is ListHeads[-1], the descriptor's QWORDs before them, which only a wrapped
+        # BlockSize of 0 reaches (``free_small``).
+        self.list_head_word = [self._pa(head) >> 3 for head in self.list_head_at]
 
         # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
         # set behind them, singly linked through the chunk bodies. ``la`` is the current
@@ -833,7 +835,13 @@ class Pool:
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
-        if block_size == BLOCKS_PER_PAGE:
+        # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
+        # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
+        # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
+        # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
+        # the next PreviousSize is its own, and the list is ListHeads[-1]).
+        block_size &= 0xFF
+        if not block_size and not offset:
             self.release_pages(page, 1)
             return
         _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
@@ -843,8 +851,29 @@ class Pool:
             self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
-        if block_size > 1:
-            self._insert(chunk + HEADER_SIZE, block_size, False, page_pa + offset + HEADER_SIZE)
+        if block_size != 1:  # (0: only a wrapped sum, above)
+            # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
+            # Blink and the last entry's Flink, both of which must be the head; entries are
+            # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
+            # on a page not present, or a link not aligned: ``_insert``, each access
+            # translated on its own.
+            entry, entry_word = chunk + HEADER_SIZE, (page_pa + offset + HEADER_SIZE) >> 3
+            head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
+            first, last = words[head_word], words[head_word + 1]
+            tlb = self.tlb
+            first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
+            if first_base is None or last_base is None or (first | last) & 15:
+                self._insert(entry, block_size, False, entry_word << 3)
+                return
+            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_base + (last & PAGE_MASK)) >> 3]
+            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, first_blink, last_flink)
+            words[entry_word] = first
+            words[entry_word + 1] = head
+            words[first_word + 1] = entry
+            words[head_word] = entry
+            self.listed[block_size] = 1
 
     def _free_lookaside_entry(self, entry: int) -> None:
         """Give a chunk popped from a lookaside back to the lists, checked as any free is.
@@ -995,25 +1024,23 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries: list[int] = []
-        seen: set[int] = set()
+        entries: dict[int, None] = {}  # in list order; a dict, so a loop is found at once
         pending, words, tlb = self.pending, self.words, self.tlb
         head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
         entry = words[self.pending_frees_word]
         while len(entries) < len(pending):
             chunk = entry - HEADER_SIZE
-            if chunk not in pending or chunk in seen:
+            if chunk not in pending or chunk in entries:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            entries.append(chunk)
-            seen.add(chunk)
+            entries[chunk] = None
             base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
             if base is None:
                 base = self.fault(entry, False, self.lock_irql)
             entry = words[(base + (entry & PAGE_MASK)) >> 3]
-        return entries
+        return list(entries)
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
