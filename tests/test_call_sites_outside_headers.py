@@ -178,16 +178,26 @@ def test_the_256th_site_widens_the_site_maps_to_a_ushort_keeping_every_site():
 
 
 def test_a_widened_site_map_gives_the_dump_the_same_allocation_site_table():
+    """Widening the map changes no site a dump carries: NTAS (a USHORT per block) is the same
+    table byte for byte; NTA2 stores the map's width, and reads back the same sites."""
     from ntpool.dump.layout import allocation_site_table
+    from ntpool.dump.reader import _parse_site_tables
+
+    def sites_by_block(table):
+        return [(base, stream.read(0, blocks)) for base, blocks, stream in _parse_site_tables(table)]
+
     k = machine()
     live: list = []
     _many_sites(200)(k, live)
     for p in live[::2]:  # stale sites of free chunks are in the table too
         k.ExFreePoolWithTag(p, "Many")
-    narrow = allocation_site_table(k)
+    narrow, narrow_v1 = allocation_site_table(k), allocation_site_table(k, 1)
     k.pool.widen_site_maps()
     assert k.nonpaged_pool.sites.format == "H"
-    assert allocation_site_table(k) == narrow
+    assert allocation_site_table(k, 1) == narrow_v1
+    wide = allocation_site_table(k)
+    assert wide != narrow and sites_by_block(wide) == sites_by_block(narrow) == sites_by_block(narrow_v1)
+    assert any(sites.strip(b"\0") for _, sites in sites_by_block(wide))
 
 
 def test_neighbouring_chunks_at_odd_and_even_blocks_keep_their_own_sites(tmp_path):

@@ -200,3 +200,41 @@ def test_a_pending_free_depth_a_driver_overwrote_wraps_as_interlocked_increment_
     d = descriptor(k, pool)
     assert d.PendingFrees == a and d.PendingFreeDepth == 0
     assert pool.pending_frees() == [a - 16]
+
+
+def test_a_pending_chunk_whose_block_size_was_rewritten_coalesces_to_a_wrapped_block_size():
+    """BlockSize is a UCHAR and ExDeferredFreePool stores its sums there: a queued chunk
+    whose BlockSize a driver rewrote to lead past its page, merged with its free previous
+    neighbour, sums past 255 blocks and wraps (189 + 255 = 444 -> 188), and the deferred
+    free goes on with the stored value (the chunk listed as 188 blocks), as Windows would."""
+    k = machine()
+    pool = k.nonpaged_pool
+    p = k.ExAllocatePoolWithTag(NP, 3000, "Wrp1")  # 189 blocks, from a fresh page
+    q = k.ExAllocatePoolWithTag(NP, 1056, "Wrp2")  # the 67 blocks behind it
+    page = p - 16
+    assert page % 4096 == 0 and q - 16 == page + 189 * 16
+    k.ExFreePoolWithTag(p, "Wrp1")
+    pool.deferred_free()  # p is free and listed
+    k.ExFreePoolWithTag(q, "Wrp2")  # queued
+    k.write(q - 16 + POOL_HEADER.BlockSize, bytes([255]))  # a use after free: its BlockSize
+    assert pool.deferred_free() == 1
+    header = k.read(page, 4)
+    assert (header[POOL_HEADER.BlockSize], header[POOL_HEADER.PoolType]) == (188, POOL_FREE)
+    assert page in pool.free_list(188)
+    assert k.read(page + 188 * 16 + POOL_HEADER.PreviousSize, 1)[0] == 188
+
+
+def test_a_sum_that_wraps_to_zero_blocks_lists_on_the_descriptor_before_list_heads():
+    """A wrapped sum of 0 blocks, not at its page's start, goes to ListHeads[-1]: the
+    descriptor's QWORDs there hold 0, so the safe insertion's read of the first entry's Blink
+    faults under the nonpaged pool's lock (0xC5 at address 8), found in the deferred free."""
+    k = machine()
+    pool = k.nonpaged_pool
+    p = k.ExAllocatePoolWithTag(NP, 3000, "Wrp1")  # 189 blocks, from a fresh page
+    q = k.ExAllocatePoolWithTag(NP, 800, "Wrp2")  # 51 blocks, from the end of the other 67
+    remainder = p - 16 + 189 * 16  # the 16 free blocks left between them, listed
+    assert q - 16 == remainder + 16 * 16 and remainder in pool.free_list(16)
+    k.ExFreePoolWithTag(q, "Wrp2")  # queued
+    k.write(q - 16 + POOL_HEADER.BlockSize, bytes([240]))  # 16 + 240 = 256 -> 0, at offset 189
+    e = stop(pool.deferred_free)
+    assert (e.code, e.parameters[:3]) == (0xC5, (8, 2, 0)) and e.found_in == "ExDeferredFreePool"

@@ -158,6 +158,54 @@ def test_a_hostile_site_map_stream_gives_short_reads_or_zlib_error(compressed, b
         assert len(raw) % 2 == 0 and len(raw) <= 2 * max(0, min(count, blocks - first))
 
 
+@FUZZ
+@given(compressed=st.one_of(st.binary(max_size=64),
+                            st.builds(lambda raw, at, junk: _damaged(zlib.compress(raw), at, junk),
+                                      st.binary(max_size=4096), st.integers(0, 1 << 12),
+                                      st.binary(min_size=1, max_size=8))),
+       units=st.integers(0, 1 << 12), width=st.sampled_from([1, 2]),
+       reads=st.lists(st.tuples(st.integers(0, 1 << 13), st.integers(0, 600)), max_size=8))
+def test_a_hostile_unit_site_map_gives_short_reads_or_zlib_error(compressed, units, width, reads):
+    """NTA2's per-unit map (its CRC made right, as a forger would): reads by block are short
+    or zlib.error, and a window's sites are whole or None, never anything else."""
+    from ntpool.dump.reader import UnitSiteMapStream
+
+    stream = UnitSiteMapStream(compressed, units, width, zlib.crc32(compressed))
+    stream.check()
+    for first, count in reads:
+        try:
+            raw = stream.read(first, count)
+            sites = stream.sites(first, count)
+        except zlib.error:
+            continue
+        assert len(raw) % 2 == 0 and len(raw) <= 2 * max(0, min(count, 2 * units - first))
+        assert sites is None or len(sites) == count
+
+
+@FUZZ
+@given(header=st.binary(min_size=8, max_size=8), entries=st.binary(max_size=96), tail=st.binary(max_size=64),
+       v2=st.booleans())
+def test_a_hostile_site_table_parses_or_is_refused(header, entries, tail, v2):
+    """Any bytes as an allocation-site table (NTAS or NTA2 magic): parsed into streams that
+    read safely, or refused with the errors the reader catches."""
+    import struct
+
+    from ntpool.dump import format as f
+    from ntpool.dump.reader import _parse_site_tables
+
+    raw = (f.ALLOCATION_SITES_V2_MAGIC if v2 else f.ALLOCATION_SITES_MAGIC) + header[4:] + entries + tail
+    try:
+        tables = _parse_site_tables(raw)
+    except (struct.error, ValueError):
+        return
+    for _base, blocks, stream in tables:
+        try:
+            stream.check()
+            stream.read(0, min(blocks, 1 << 12))
+        except zlib.error:
+            pass
+
+
 def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
     at %= max(len(data), 1)
     return data[:at] + junk + data[at + len(junk):]

@@ -114,13 +114,16 @@ def take_the_long_way(pool) -> None:
     pool.release_past_lookaside = release_past_lookaside
 
 
-def run(seed: int, steps: int, long_way: bool):
-    """What the run ends with: the step and bug check, and digests of the machine."""
+def run(seed: int, steps: int, long_way: bool, delayed: bool | None = None):
+    """What the run ends with: the step and bug check, and digests of the machine.
+    ``delayed``: delayed frees on (Windows' default from 508 MiB) or off; None: by the
+    seed's parity."""
     rng = random.Random(seed)
     driver = SloppyDriver(rng, lookasides=rng.random() < 0.75)
     k = driver.k
     pools = (k.nonpaged_pool, k.paged_pool)
-    delayed = seed % 2 == 1  # delayed frees on (Windows' default from 508 MiB) or off
+    if delayed is None:
+        delayed = seed % 2 == 1
     for pool in pools:
         pool.delay_frees = delayed
     if long_way:

@@ -12,7 +12,8 @@ import ntpool
 from ntpool.cli.kd import run_script
 from ntpool.debugger import poolscan
 from ntpool.debugger.session import KdSession
-from ntpool.dump.reader import DumpReader, SiteMapStream
+from ntpool.dump import layout
+from ntpool.dump.reader import DumpReader, SiteMapStream, UnitSiteMapStream
 
 MiB = 1 << 20
 NP, PP = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
@@ -32,9 +33,21 @@ def dump(tmp_path_factory):
             k.ExFreePool(live.pop(rng.randrange(len(live)))[0])
         if step % 1000 == 0:
             k.ExAllocatePoolWithTag(NP, 3 * 4096, "Bigg")
-    path = tmp_path_factory.mktemp("stream") / "stream.dmp"
+    folder = tmp_path_factory.mktemp("stream")
+    path = folder / "stream.dmp"
     k.write_dump(path, "full")
+    default, layout.SITE_TABLE_VERSION = layout.SITE_TABLE_VERSION, 1  # as dumps before NTA2
+    try:
+        k.write_dump(folder / "stream-v1.dmp", "full")
+    finally:
+        layout.SITE_TABLE_VERSION = default
     return path
+
+
+@pytest.fixture(params=["NTA2", "NTAS"])
+def either_dump(dump, request):
+    """The same machine's dump with each version of the allocation-site table."""
+    return dump if request.param == "NTA2" else dump.with_name("stream-v1.dmp")
 
 
 COMMANDS = ["!poolfind * 0", "!poolfind * 1", "!poolfind derF 0", "!poolfind ?ec* 1", "!poolfind Filt"]
@@ -73,6 +86,31 @@ def test_each_chunk_line_is_what_the_chunk_says(dump):
         text = session.run_one("!poolfind * 0")
         listed = text.split("for Tag: *\n\n", 2)[2].split("\n")
         assert listed == expected
+
+
+@pytest.mark.parametrize("pattern", ["derF", "?ceR", "tli*"])
+def test_each_line_of_a_tag_s_search_is_what_the_chunk_says(dump, pattern):
+    """A tag's lines (made a stretch of pages at a time, see HitLines._stretch), rebuilt from
+    the chunks of every chain with that tag and the reader's own per-chunk site lookup."""
+    with DumpReader(dump) as reader:
+        session = KdSession(reader)
+        regex = poolscan.tag_bytes_regex(pattern)
+        for pool_type, pool in enumerate(reader.pool_ranges()):
+            finder = poolscan.PoolFinder(reader, pool, session.big_pages())
+            expected = []
+            for chunk in finder.find("*"):
+                if not poolscan.tag_display_matches(regex, chunk.tag):
+                    continue
+                state = f"({chunk.state})"
+                expected.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
+                                f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
+                if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
+                    text = session._site_text(reader.allocation_site(chunk.address))
+                    if text:
+                        expected.append(f"\t\tAllocated by {text}")
+            text = session.run_one(f"!poolfind {pattern} {pool_type}")
+            listed = text.split(f"for Tag: {pattern}\n\n", 2)[2].split("\n")
+            assert listed == expected and len(expected) > 100
 
 
 def test_kd_writes_the_pieces_as_they_come(dump):
@@ -123,12 +161,12 @@ def test_a_match_straddling_two_places_does_not_hide_a_tag():
     assert poolscan.search_plan("*a") is None  # the tags alone are searched
 
 
-def test_site_lookups_in_any_order_read_the_whole_map_s_values(dump):
+def test_site_lookups_in_any_order_read_the_whole_map_s_values(either_dump):
     """allocation_site keeps only a piece of the map: lookups backwards and forwards, across
     pieces and tables, give what the whole inflated map says."""
-    with DumpReader(dump) as reader:
+    with DumpReader(either_dump) as reader:
         tables = reader.allocation_site_streams()
-        whole = [(base, SiteMapStream(stream.compressed, blocks).read(0, blocks)) for base, blocks, stream in tables]
+        whole = [(base, stream.copy().read(0, blocks)) for base, blocks, stream in tables]
         assert len(whole) == 2 and all(len(sites) > 2 * (1 << 14) for _, sites in whole)
         rng = random.Random(11)
         queries = [(base, rng.randrange(len(sites) // 2)) for base, sites in whole for _ in range(300)]
@@ -137,3 +175,69 @@ def test_site_lookups_in_any_order_read_the_whole_map_s_values(dump):
             expected = dict(whole)[base][2 * index:2 * index + 2]
             assert reader.allocation_site(base + 16 * index) == int.from_bytes(expected, "little")
         assert reader.allocation_site(whole[0][0] - 16) is None
+
+
+def test_both_versions_of_the_site_table_give_the_same_text(dump):
+    """A dump written before the NTA2 table (NTAS: a USHORT per block) is read as before: every
+    command's text, sites included, is the same from either version of the same machine."""
+    texts = []
+    for path in (dump, dump.with_name("stream-v1.dmp")):
+        with DumpReader(path) as reader:
+            magic = reader.read(reader.debugger_data()["AllocationSites"], 4)
+            texts.append((magic, [KdSession(reader).run_one(command) for command in COMMANDS]))
+    assert [magic for magic, _ in texts] == [b"NTA2", b"NTAS"]
+    assert texts[0][1] == texts[1][1]
+    assert texts[0][1][0].count("Allocated by") > 1000
+
+
+def test_the_unit_map_reads_by_block_as_the_block_map_does():
+    """NTA2's map (a site per 32-byte unit, a byte or a USHORT each) read by block, from any
+    block and in any order, is NTAS's map of the same sites (each unit's site for both of its
+    blocks); a stream shorter than it declares gives what it holds."""
+    rng = random.Random(5)
+    for width in (1, 2):
+        units = [rng.choice([0, 0, 0, 5, 7, 200, 300 if width == 2 else 201]) for _ in range(100_001)]
+        per_unit = b"".join(unit.to_bytes(width, "little") for unit in units)
+        blocks = b"".join(unit.to_bytes(2, "little") * 2 for unit in units)
+        compressed = zlib.compress(per_unit)
+        stream = UnitSiteMapStream(compressed, len(units), width, zlib.crc32(compressed))
+        stream.check()
+        assert stream.read(0, 2 * len(units)) == blocks
+        for _ in range(300):
+            first, count = rng.randrange(2 * len(units) + 10), rng.randrange(3000)
+            assert stream.read(first, count) == blocks[2 * first:2 * min(first + count, 2 * len(units))]
+            sites = stream.sites(first, count)
+            if first + count <= 2 * len(units):
+                assert list(sites) == [int.from_bytes(blocks[2 * b:2 * b + 2], "little")
+                                       for b in range(first, first + count)]
+            else:
+                assert sites is None
+        short = UnitSiteMapStream(compressed, len(units) + 50, width, zlib.crc32(compressed))
+        assert short.read(2 * len(units) - 4, 50) == blocks[-8:]
+        with pytest.raises(zlib.error):  # damage is found by the CRC, without inflating
+            UnitSiteMapStream(compressed[:100] + b"\xff" * 64 + compressed[164:], len(units), width,
+                              zlib.crc32(compressed)).check()
+
+
+def test_a_hostile_unit_map_costs_the_sites_not_the_reader(dump, tmp_path):
+    """An NTA2 map whose CRC is right but whose stream is not zlib: no sites (the headers'
+    AllocatorBackTraceIndex, here 0), and no exception, for the scan or a single lookup."""
+    data = bytearray(dump.read_bytes())
+    with DumpReader(dump) as reader:
+        _, _, stream = reader.allocation_site_streams()[0]
+        at = data.find(stream.compressed)
+        first = reader.pool_ranges()[0].start
+    assert at > 0
+    garbage = bytes(random.Random(1).randrange(256) for _ in range(len(stream.compressed) - 64))
+    forged = stream.compressed[:64] + garbage
+    data[at:at + len(forged)] = forged
+    entry = data.find(stream.crc.to_bytes(4, "little"), at - 4096, at)
+    assert entry > 0
+    data[entry:entry + 4] = zlib.crc32(forged).to_bytes(4, "little")
+    path = tmp_path / "hostile.dmp"
+    path.write_bytes(data)
+    with DumpReader(path) as reader:
+        session = KdSession(reader)
+        text = session.run_one("!poolfind * 0")
+        assert "size:" in text and "Traceback" not in text
+        assert reader.allocation_site(first + 16 * 1000) in (None, 0)

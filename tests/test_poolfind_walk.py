@@ -1,5 +1,6 @@
 """A tag's ``!poolfind`` walks header chains in the regular-expression engine
-(``poolscan.header_walk_regex``), many pages per call; it must find exactly what searching
+(``poolscan.header_step_regex`` over a whole window, ``poolscan.header_walk_regex`` when a page's
+chain is corrupt), many pages per call; it must find exactly what searching
 each page on its own finds (the blocks whose tag matches, then the page's chain, or a corrupt
 page's salvage), whatever the damage: a PreviousSize of 0 inside a page, a chunk running over
 its page's end, a first header with a PreviousSize, a foreign PoolType, a tag planted in a
@@ -94,6 +95,10 @@ def test_the_walk_finds_what_the_page_by_page_search_finds(window, damages, patt
         walked = finder._search_window(data, view, va, PAGES, regex, plan, walker, corrupt)
         assert (_found(walked), corrupt) == (_found(expected), expected_corrupt)
         corrupt = []
+        stepper = poolscan.header_step_regex(finder._allowed, regex.pattern)
+        stepped = finder._search_window(data, view, va, PAGES, regex, plan, walker, corrupt, stepper)
+        assert (_found(stepped), corrupt) == (_found(expected), expected_corrupt)
+        corrupt = []
         searched = finder._search_candidates(data, view, va, regex, plan, walker, corrupt)
         assert (_found(searched), corrupt) == (_found(expected), expected_corrupt)
     finally:
@@ -111,3 +116,81 @@ def test_a_sound_window_is_walked_in_one_stretch(window):
     assert len(pages) == 1 and pages[0].va == va and not pages[0].salvaged
     assert pages[0].blocks == [block for block in headers if data[(block << 4) + 4:(block << 4) + 8] == b"derF"]
     assert len(pages[0].blocks) > PAGES
+
+
+def test_the_window_walk_takes_a_sound_window_at_once(window):
+    """The fast walk (``header_step_regex``) answers a sound window by itself: the headers of
+    the tag the chains hold, page-first ones included."""
+    original, va, finder, headers = window
+    data = bytearray(original)
+    first = headers[0]  # the first page's first header: make it one of the tag
+    data[(first << 4) + 4:(first << 4) + 8] = b"derF"
+    regex = poolscan.tag_bytes_regex("derF")
+    stepper = poolscan.header_step_regex(finder._allowed, regex.pattern)
+    blocks = poolscan._step_pages(stepper, regex, data, PAGES << 12)
+    assert blocks == [block for block in headers if data[(block << 4) + 4:(block << 4) + 8] == b"derF"]
+    assert blocks[0] == 0 and len(blocks) > PAGES
+
+
+# Pages made from scratch: chains of chunks of random sizes, PoolTypes and tags, bodies of random
+# bytes that may hold header-like blocks (a tag of the patterns, a PreviousSize of 0 or of the
+# chunk's size), then damage to any byte. Hypothesis draws the seed, the sizes and the damage.
+TAGS = [b"derF", b"vceR", b"der\xc6", b"dxrF", b"tliF"]
+
+
+@st.composite
+def made_pages(draw):
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    sizes = draw(st.lists(st.sampled_from([1, 2, 3, 5, 8, 17, 40, 255]), min_size=1, max_size=40))
+    pages = draw(st.integers(1, 4))
+    data = bytearray()
+    for _ in range(pages):
+        page = bytearray()
+        previous = 0
+        left = 256
+        while left:
+            size = min(left, rng.choice(sizes))
+            body = bytearray(rng.randbytes((size << 4) - 8))
+            for _ in range(rng.choice([0, 0, 1, 3])):  # header-like blocks inside the body
+                if size > 1:
+                    at = 8 + (rng.randrange(size - 1) << 4)
+                    body[at:at + 8] = bytes([rng.choice([0, size, 1]), 0, rng.randrange(1, 4), 0]) + rng.choice(TAGS)
+            pool_type = rng.choice([0, 0, 2, 2, 0x22] * 8 + [1])  # 1: a paged pool type, not of this pool
+            page += bytes([previous, 0, size, pool_type]) + rng.choice(TAGS) + body
+            previous = size
+            left -= size
+        data += page
+    for at, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=3)):
+        data[at] = value
+    return data
+
+
+@FUZZ
+@given(made_pages(), st.sampled_from(["derF", "d?r*", "*F", "Zzzz", "tliF"]))
+def test_the_window_walk_equals_the_plain_walk_on_made_pages(window, data, pattern):
+    """Whatever the bytes, the fast walk never invents or misses a hit: where it answers, its
+    hits are the plain walk's (each page's chain checked one header at a time, then the tags);
+    where a page's chain is not valid it does not answer, and the search as a whole still equals
+    the page-by-page search."""
+    finder = window.finder
+    pages = len(data) >> 12
+    regex = poolscan.tag_bytes_regex(pattern)
+    stepper = poolscan.header_step_regex(finder._allowed, regex.pattern)
+    chains = [poolscan.valid_header_offsets(data, page << 12, 0) for page in range(pages)]
+    blocks = poolscan._step_pages(stepper, regex, data, len(data))
+    if None in chains:
+        assert blocks is None
+    else:
+        plain = [((page << 12) + offset) >> 4 for page in range(pages) for offset in sorted(chains[page])
+                 if poolscan.tag_display_matches(regex, int.from_bytes(
+                     data[(page << 12) + offset + 4:(page << 12) + offset + 8], "little"))]
+        assert blocks == plain
+    view = memoryview(data)
+    plan = poolscan.search_plan(pattern)
+    walker = poolscan.header_walk_regex(finder._allowed, regex.pattern)
+    expected_corrupt: list = []
+    expected = [hits for page in range(pages)
+                if (hits := finder._search_page(data, view, 0, page, regex, plan, expected_corrupt))]
+    corrupt: list = []
+    found = finder._search_window(data, view, 0, pages, regex, plan, walker, corrupt, stepper)
+    assert (_found(found), corrupt) == (_found(expected), expected_corrupt)

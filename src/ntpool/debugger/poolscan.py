@@ -4,22 +4,23 @@ A small-pool page is trusted only when its whole header chain is consistent (the
 walk the allocator's checks make, ``pool.layout.page_problems``) and every PoolType byte
 is one a chunk of that pool can hold. ``PoolFinder`` reads a pool's pages a window at a
 time and either walks every page's chain (``*``) or finds the tag's headers: where the tag
-is common, by walking every page's chain in the regular-expression engine, which stops at
-each header of the tag (``header_walk_regex``); where it is rare, by searching the window's
-bytes for the tag first and keeping only hits that sit where a header's tag sits (offset 4
-of a 16-byte block) in a page whose chain is valid and that has a chunk starting there. A
-tag-shaped string inside a chunk's body is not a chunk. On a page whose chain is corrupt,
-the headers that can still be trusted (``salvaged_header_offsets``) are reported too, marked.
+is common, by walking every page's chain in the regular-expression engine, which stops before
+each header of the tag (``header_step_regex``, the whole window at once; where a page's chain
+is not valid, ``header_walk_regex``, a stretch of sound pages at a time); where it is rare, by
+searching the window's bytes for the tag first and keeping only hits that sit where a header's
+tag sits (offset 4 of a 16-byte block) in a page whose chain is valid and that has a chunk
+starting there. A tag-shaped string inside a chunk's body is not a chunk. On a page whose
+chain is corrupt, the headers that can still be trusted (``salvaged_header_offsets``) are
+reported too, marked.
 """
 
 import re
 import struct
 import sys
 import zlib
-from array import array
 from bisect import bisect_left, bisect_right
-from itertools import accumulate, islice, repeat
-from operator import rshift, sub
+from itertools import accumulate, compress, islice, repeat
+from operator import and_, lshift, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -353,6 +354,62 @@ def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) 
         hits = list(map(sub, hits, repeat(start)))
     return sound, list(map(rshift, hits, repeat(BLOCK_SHIFT)))
 
+# A chunk from its BlockSize byte to the next header's BlockSize byte, by that byte (1-255, in
+# ascending order): the chunk, then the next header's PreviousSize (the same BlockSize, a literal,
+# so no backreference) and PoolIndex; or, for a page's last chunk, the chunk alone, where a
+# PreviousSize of 0 or the text's end follows. The alternative whose BlockSize matches never
+# fails on a sound chain, so the engine does not go on trying the others.
+_UNITS = b"(?:" + b"|".join(
+    re.escape(bytes([size])) + b".{%d}(?:" % ((size << BLOCK_SHIFT) - 3) + re.escape(bytes([size])) +
+    b".|(?=\\x00|\\Z))" for size in range(1, 256)) + b")"
+
+
+def header_step_regex(allowed, tag_regex: bytes) -> re.Pattern:
+    """A regex that walks header chains in the engine, stopping before each header whose tag
+    ``tag_regex`` matches, and needs no group: its steps' ends say everything (``_step_pages``).
+
+    Each chunk is matched from its BlockSize byte to the next header's (``_UNITS``), after a
+    look at its header: a BlockSize that is not 0, a PoolType ``allowed`` (a table by byte).
+    A step starts at a page's first header (its PreviousSize 0 and PoolIndex taken first) or
+    at a header of the tag (where the step before stopped), takes that chunk, then chunks while
+    the next is not of the tag and has a BlockSize. The engine cannot see pages: the caller
+    checks that the steps ended exactly at every page's end and that the other ends are
+    headers of the tag (``_step_pages``).
+    """
+    types = b"[" + b"".join(re.escape(bytes([t])) for t in range(256) if allowed[t]) + b"]"
+    return re.compile(b"(?:\\x00.|)(?=." + types + b")" + _UNITS + b"(?:(?=[^\\x00]" + types + b"(?!" + tag_regex +
+                      b"))" + _UNITS + b")*+", re.DOTALL)
+
+
+_TAG_AT_PAGE_START = 1 << (PAGE_SHIFT - 2)  # a page's first PoolTag, in a window's ULONGs (from 1)
+
+
+def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, length: int) -> list | None:
+    """The walk (``header_step_regex``) of the pages of ``buffer`` up to ``length``: the blocks
+    of the headers whose tag matches, in order, when every page's chain is valid; else None
+    (then a slower walk finds which page is not, see ``PoolFinder._search_window``).
+
+    A step ends at a page's end (a multiple of the page size), or at the BlockSize byte of a
+    header of the tag (offset 2 of a block: never a page's end). The chains are all valid when
+    the steps reached ``length``, ended at every page's end, every page's first PreviousSize is
+    0, and no other end has a 0 there (a step also stops where a PreviousSize of 0 follows a
+    chunk inside a page). Page-first headers of the tag are not step ends: their tags are read
+    at once from the pages' first blocks."""
+    ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
+    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
+    pages = length >> PAGE_SHIFT
+    if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
+            or 0 in map(buffer.__getitem__, stops):
+        return None
+    hits = list(map(rshift, stops, repeat(BLOCK_SHIFT)))  # the stop is 2 bytes into its block
+    firsts = memoryview(buffer)[:length].cast("I")[1::_TAG_AT_PAGE_START].tobytes()
+    first_hits = _aligned_matches(tag_regex, firsts, 4, 0)
+    if first_hits:
+        hits += map(lshift, first_hits, repeat(PAGE_SHIFT - BLOCK_SHIFT))
+        hits.sort()
+    return hits
+
+
 # A tag found this often (hits per page) in a window is looked for in the next window by
 # walking every page; a rarer one by searching the bytes first (see PoolFinder.scan).
 DENSE_HITS_PER_PAGE = 0.25
@@ -366,16 +423,19 @@ def tag_blocks(regex: re.Pattern, data, plan: tuple[re.Pattern, int] | None) -> 
     With a search plan (a literal tag byte at one place) its regex runs over the bytes as they
     are (the engine skips to that byte quickly) and matches where that byte of a tag sits are
     kept; otherwise ``regex`` runs over the tags alone, copied out (a quarter of the bytes).
-    Matches elsewhere are not tags, but one may overlap a tag's match and hide it from a
-    non-overlapping pass: then the search goes match by match.
     """
     if plan is not None:
         regex, skip = plan
-        text, stride, at = data, BLOCK, POOL_HEADER.PoolTag + skip
-    else:
-        text, stride, at = memoryview(data).cast("I")[1::4].tobytes(), 4, 0
-    positions = [match.start() for match in regex.finditer(text)]
-    if any((position - at) % stride for position in positions):
+        return _aligned_matches(regex, data, BLOCK, POOL_HEADER.PoolTag + skip)
+    return _aligned_matches(regex, memoryview(data).cast("I")[1::4].tobytes(), 4, 0)
+
+
+def _aligned_matches(regex: re.Pattern, text, stride: int, at: int) -> list[int]:
+    """``(position - at) // stride`` of the regex's matches in ``text`` that start ``at`` bytes
+    into a ``stride``-byte record. Matches elsewhere are not tags, but one may overlap a tag's
+    match and hide it from a non-overlapping pass: then the search goes match by match."""
+    positions = list(map(_Match.start, regex.finditer(text)))
+    if any(map((stride - 1).__and__, map(sub, positions, repeat(at)))):
         positions = []
         search = regex.search
         position = 0
@@ -455,6 +515,7 @@ class PoolFinder:
         regex = None if every else tag_bytes_regex(pattern)
         plan = None if every else search_plan(pattern)
         walker = None if every else header_walk_regex(self._allowed, regex.pattern)
+        stepper = None if every else header_step_regex(self._allowed, regex.pattern)
         self.corrupt_pages = corrupt = []
         buffer = bytearray()
         read = self.reader.read_file_into
@@ -471,7 +532,7 @@ class PoolFinder:
                 pages = self._walk_window(buffer, data, va, count, corrupt)
             else:
                 if dense:
-                    pages = self._search_window(buffer, data, va, count, regex, plan, walker, corrupt)
+                    pages = self._search_window(buffer, data, va, count, regex, plan, walker, corrupt, stepper)
                 else:
                     pages = self._search_candidates(buffer, data, va, regex, plan, walker, corrupt)
                 dense = plan is None or sum(len(page.blocks) for page in pages) >= count * DENSE_HITS_PER_PAGE
@@ -499,12 +560,17 @@ class PoolFinder:
         return [offset >> BLOCK_SHIFT for offset in sorted(salvaged)]
 
     def _search_window(self, buffer: bytearray, data: memoryview, va: int, count: int, regex: re.Pattern,
-                       plan, walker: re.Pattern, corrupt: list) -> list[PageHits]:
-        """The chunks whose header's tag matches: the walk of every page's chain in the engine
-        (``header_walk_regex``), one stretch of sound pages at a time; a page where the walk
+                       plan, walker: re.Pattern, corrupt: list, stepper: re.Pattern | None = None) -> list[PageHits]:
+        """The chunks whose header's tag matches: the walk of every page's chain in the engine,
+        the whole window at once (``header_step_regex``); when some page's chain is not valid,
+        one stretch of sound pages at a time (``header_walk_regex``); a page where that walk
         fails is searched on its own (``_search_page``), and the walk goes on after it."""
         pages: list[PageHits] = []
         length = count << PAGE_SHIFT
+        if stepper is not None:
+            blocks = _step_pages(stepper, regex, buffer, length)
+            if blocks is not None:
+                return [PageHits(va, 0, blocks, False)] if blocks else []
         start = 0
         while start < length:
             sound, blocks = _walk_pages(walker, buffer, start, length)
@@ -595,15 +661,9 @@ class CallSites:
             if first < 0 or first + blocks > declared:
                 return None
             try:
-                raw = stream.read(first, blocks)
+                return stream.sites(first, blocks)
             except zlib.error:
                 return None
-            if len(raw) != 2 * blocks:
-                return None
-            sites = array("H", raw)
-            if sys.byteorder != "little":
-                sites.byteswap()
-            return sites
         return None
 
     def one(self, address: int, data, block: int) -> int:

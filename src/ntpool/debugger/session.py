@@ -9,7 +9,7 @@ import shlex
 import sys
 import struct
 from itertools import repeat
-from operator import add, lshift, or_
+from operator import add, lshift
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
@@ -894,8 +894,8 @@ class HitLines:
     formatted per chunk. On a page, the text after the page's address comes from a cache by
     header and place in the page (``tails``), the Allocated-by line from one by call site
     (``site_lines``); a chunk costs a few list appends. A stretch of pages (a tag's walk) is
-    made by ``map``, every step a C function (``_stretch``). The window's text is joined at
-    once; its call sites come from the allocation-site table in one read.
+    made by ``map``, every step a C function, and one ``%`` (``_stretch``). The window's text
+    is joined at once; its call sites come from the allocation-site table in one read.
     """
 
     CACHE_LIMIT = 1 << 18  # texts kept by header (and place) (a text is rebuilt when dropped)
@@ -906,8 +906,7 @@ class HitLines:
         self.middles = _Middles()
         self.tails: dict[int, tuple[str, bool]] = {}
         self.site_lines = _SiteLines(session)
-        self.allocated_bits = _AllocatedBits()
-        self.stretch_site_lines = _StretchSiteLines(self.site_lines)
+        self.site_texts = _SiteTexts(self.middles, self.site_lines)
         self.call_sites = CallSites(session.reader)
 
     def window(self, window) -> str:
@@ -917,10 +916,11 @@ class HitLines:
         heads = _first_eight_bytes(data)
         sites = self.call_sites.window(window)
         tails, site_lines = self.tails, self.site_lines
-        if len(tails) > self.CACHE_LIMIT or len(self.middles) > self.CACHE_LIMIT:
+        if len(tails) > self.CACHE_LIMIT or len(self.middles) > self.CACHE_LIMIT or \
+                self.site_texts.held > self.CACHE_LIMIT:
             tails.clear()
             self.middles.clear()
-            self.allocated_bits.clear()
+            self.site_texts.clear()
         pieces = []
         append = pieces.append
         for page in window.pages:
@@ -945,20 +945,17 @@ class HitLines:
         return "".join(pieces)
 
     def _stretch(self, page, heads, sites) -> str:
-        """The lines of a stretch of pages, by ``map`` (every step a C function:
-        no Python statement per chunk): the address, the text after it from a cache by header
-        (``middles``), and the Allocated-by line from one by call site (keyed with the header's
-        ``allocated`` bit: '' when it is not), interleaved by slice assignment and joined."""
-        middles, site_lines = self.middles, self.stretch_site_lines
+        """The lines of a stretch of pages, by ``map`` (every step a C function: no Python
+        statement per chunk): the address, and the text after it from a cache by call site,
+        then header (``site_texts``: the chunk's text and, when it is allocated, its site's
+        Allocated-by line), formatted by one ``%`` over the whole stretch."""
         blocks = page.blocks
         index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
-        stretch_heads = list(map(heads.__getitem__, index))
-        lines = [""] * (3 * len(blocks))
-        lines[0::3] = map("\n%016x".__mod__, map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT))))
-        lines[1::3] = map(middles.__getitem__, stretch_heads)
-        lines[2::3] = map(site_lines.__getitem__, map(or_, map(self.allocated_bits.__getitem__, stretch_heads),
-                                                           map(sites.__getitem__, index)))
-        return "".join(lines)
+        values = [None] * (2 * len(blocks))
+        values[0::2] = map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT)))
+        values[1::2] = map(dict.__getitem__, map(self.site_texts.__getitem__, map(sites.__getitem__, index)),
+                           map(heads.__getitem__, index))
+        return ("\n%016x%s" * len(blocks)) % tuple(values)
 
     def _tail(self, head: int, block: int) -> tuple[str, bool]:
         """The text of a chunk's line after its page's address; whether it is allocated."""
@@ -978,7 +975,6 @@ class HitLines:
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
-ALLOCATED = 1 << 16  # beside a call-site number (a USHORT): the chunk is allocated (see _stretch)
 
 
 class _Middles(dict):
@@ -1002,16 +998,6 @@ class _Middles(dict):
         self.allocated.clear()
 
 
-class _AllocatedBits(dict):
-    """ALLOCATED for a header (its first 8 bytes as a u64) of an allocated chunk that is not
-    quota-charged (an Allocated-by line follows its line), else 0."""
-
-    def __missing__(self, head: int) -> int:
-        pool_type = head >> 24 & 0xFF
-        bit = self[head] = ALLOCATED if chunk_state(pool_type) == "Allocated" and not pool_type & POOL_QUOTA else 0
-        return bit
-
-
 class _SiteLines(dict):
     """The Allocated-by line of each call-site number ('' for one that names no site)."""
 
@@ -1025,17 +1011,40 @@ class _SiteLines(dict):
         return line
 
 
-class _StretchSiteLines(dict):
-    """The Allocated-by line by ALLOCATED | call-site number: a site's line (``_SiteLines``)
-    for an allocated chunk, '' for a key without ALLOCATED (a chunk that is not)."""
+class _SiteTexts(dict):
+    """By call-site number, the texts after a chunk line's address by header (its first 8
+    bytes as a u64): the header's text (``_Middles``) and, for an allocated chunk, the site's
+    Allocated-by line (``_SiteLines``)."""
 
-    def __init__(self, site_lines: _SiteLines):
+    def __init__(self, middles: _Middles, site_lines: _SiteLines):
         super().__init__()
-        self.site_lines = site_lines
+        self.middles, self.site_lines = middles, site_lines
+        self.held = 0  # texts held, all sites together
 
-    def __missing__(self, key: int) -> str:
-        line = self[key] = self.site_lines[key & 0xFFFF] if key & ALLOCATED else ""
-        return line
+    def __missing__(self, site: int) -> "_HeaderTexts":
+        texts = self[site] = _HeaderTexts(self, site)
+        return texts
+
+    def clear(self) -> None:
+        super().clear()
+        self.held = 0
+
+
+class _HeaderTexts(dict):
+    """One call site's texts after a chunk line's address, by header (see ``_SiteTexts``)."""
+
+    def __init__(self, owner: _SiteTexts, site: int):
+        super().__init__()
+        self.owner, self.site = owner, site
+
+    def __missing__(self, head: int) -> str:
+        middles = self.owner.middles
+        text = middles[head]
+        if middles.allocated[head]:
+            text += self.owner.site_lines[self.site]
+        self[head] = text
+        self.owner.held += 1
+        return text
 
 
 def _first_eight_bytes(data):

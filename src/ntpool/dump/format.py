@@ -127,16 +127,21 @@ NTPL_POOL_QUOTA_COOKIE = 0x90  # address of nt!ExpPoolQuotaCookie
 NTPL_HEAP_RANGES = 0x98  # NTPL_HEAP_RANGE entries: where each heap's segments lie
 NTPL_HEAP_RANGE_COUNT = 0xA0
 NTPL_BIG_PAGE_ENTRY_SIZE = 0xA8  # 0x18, or 0x20 from build 20348
-# ntpool's allocation-site table (NTAS): who allocated each small chunk, kept outside the
-# POOL_HEADERs as the machine keeps it. b"NTAS", u32 count, then per pool (base u64, blocks
-# u64, offset u32, length u32) and, at each offset from the table's start, the pool's site map
-# compressed with zlib: a USHORT call-site number per 16-byte block, at the block where a
-# chunk's header starts (stale for freed chunks: read it for allocated ones only).
+# ntpool's allocation-site table: who allocated each small chunk, kept outside the POOL_HEADERs
+# as the machine keeps it. Version 2: b"NTA2", u32 count, then per pool (base u64, units u64,
+# offset u32, length u32, width u32, crc u32) and, at each offset from the table's start, the
+# pool's site map compressed with zlib: a call-site number per 32-byte unit (an allocated chunk
+# is the only one whose header starts in its unit), ``width`` bytes (1 or 2) little-endian;
+# ``crc`` is the CRC-32 of the compressed map. Version 1 (NTAS, dumps before it): b"NTAS", u32
+# count, per pool (base u64, blocks u64, offset u32, length u32), each map a USHORT per 16-byte
+# block. Either way a site is stale for freed chunks: read it for allocated ones only.
 NTPL_ALLOCATION_SITES = 0xB0
 NTPL_ALLOCATION_SITES_BYTES = 0xB8
 ALLOCATION_SITES_MAGIC = b"NTAS"
+ALLOCATION_SITES_V2_MAGIC = b"NTA2"
 ALLOCATION_SITES_HEADER = struct.Struct("<4sI")
 ALLOCATION_SITES_ENTRY = struct.Struct("<QQII")
+ALLOCATION_SITES_V2_ENTRY = struct.Struct("<QQIIII")
 NTPL_V1_SIZE = 0x80
 NTPL_HEAP_RANGE = struct.Struct("<QQQII")  # _SEGMENT_HEAP, first byte, end, base type, heap index
 NTPL_LAYOUT_VERSION = 2

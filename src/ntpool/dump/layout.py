@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from ..drivers import call_site_table
 import struct
+import sys
 import time
 import zlib
+from array import array
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, SYSTEM_RANGE_START
 from ..machine.memory import PTE_ADDRESS_MASK
@@ -223,27 +225,56 @@ def _lay_out_heap_ranges(kernel, layout: DebuggerDataLayout) -> int:
     return len(heaps)
 
 
-def allocation_site_table(kernel) -> bytes:
-    """The NTAS table (see dump.format): each Windows 7 pool's site map, up to its last page
-    in use, a USHORT per 16-byte block, zlib-compressed (the maps are mostly zeros)."""
+SITE_TABLE_VERSION = 2  # 1: the NTAS table (a USHORT per block), written only when asked (tests)
+
+
+def allocation_site_table(kernel, version: int = 0) -> bytes:
+    """The allocation-site table (see dump.format): each Windows 7 pool's site map, up to its
+    last page in use, zlib-compressed (the maps are mostly runs). Version 2 (NTA2, the default)
+    holds the pool's own map, a byte or a USHORT per 32-byte unit, and the CRC-32 of each
+    compressed map, so a reader checks it without inflating it; version 1 (NTAS, older dumps) a
+    USHORT per 16-byte block."""
+    version = version or SITE_TABLE_VERSION
     pools = [pool for pool in (kernel.nonpaged_pool, kernel.paged_pool)
              if getattr(pool, "site_map", None) is not None]
-    entries, blobs = [], []
-    offset = f.ALLOCATION_SITES_HEADER.size + f.ALLOCATION_SITES_ENTRY.size * len(pools)
-    for pool in pools:
-        pages_used = len(pool.page_kind.rstrip(b"\0"))
-        blocks = pages_used * (PAGE_SIZE // 16)
-        blob = _per_block_sites(pool.sites, pages_used * SITE_UNITS_PER_PAGE)
-        entries.append(f.ALLOCATION_SITES_ENTRY.pack(pool.base, blocks, offset, len(blob)))
-        blobs.append(blob)
-        offset += len(blob)
     if not pools:
         return b""
-    return b"".join([f.ALLOCATION_SITES_HEADER.pack(f.ALLOCATION_SITES_MAGIC, len(pools)),
-                     *entries, *blobs])
+    entry = f.ALLOCATION_SITES_ENTRY if version == 1 else f.ALLOCATION_SITES_V2_ENTRY
+    entries, blobs = [], []
+    offset = f.ALLOCATION_SITES_HEADER.size + entry.size * len(pools)
+    for pool in pools:
+        units = len(pool.page_kind.rstrip(b"\0")) * SITE_UNITS_PER_PAGE
+        if version == 1:
+            blob = _per_block_sites(pool.sites, units)
+            entries.append(entry.pack(pool.base, 2 * units, offset, len(blob)))
+        else:
+            blob = _per_unit_sites(pool.sites, units)
+            entries.append(entry.pack(pool.base, units, offset, len(blob), pool.sites.itemsize, zlib.crc32(blob)))
+        blobs.append(blob)
+        offset += len(blob)
+    magic = f.ALLOCATION_SITES_MAGIC if version == 1 else f.ALLOCATION_SITES_V2_MAGIC
+    return b"".join([f.ALLOCATION_SITES_HEADER.pack(magic, len(pools)), *entries, *blobs])
 
 
 SITE_UNITS_PER_PIECE = 1 << 20  # units expanded and compressed at a time (a few MiB of copies)
+
+
+def _per_unit_sites(sites: memoryview, units: int) -> bytes:
+    """The first ``units`` of a pool's site map (``Pool.sites``) as they are, little-endian,
+    zlib-compressed a piece at a time (no copy of the whole map)."""
+    width = sites.itemsize
+    raw = sites.cast("B")
+    compressor = zlib.compressobj(1)
+    parts = []
+    for start in range(0, units, SITE_UNITS_PER_PIECE):
+        piece = raw[start * width:min(start + SITE_UNITS_PER_PIECE, units) * width]
+        if width == 2 and sys.byteorder != "little":
+            swapped = array("H", piece)
+            swapped.byteswap()
+            piece = swapped
+        parts.append(compressor.compress(piece))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 def _per_block_sites(sites: memoryview, units: int) -> bytes:
@@ -251,8 +282,8 @@ def _per_block_sites(sites: memoryview, units: int) -> bytes:
     ``Pool.sites``) as the dump's per-block map, a USHORT per block, zlib-compressed: each
     unit's site for both of its blocks. An allocated chunk is the only one starting in its
     unit, so a reader asking for the block its header starts at gets its site, whichever of
-    the two it is; the format stays per block, as every ntpool dump's is. Done a piece at a
-    time, so a dump of a large pool copies little."""
+    the two it is. Done a piece at a time, so a dump of a large pool copies little. The
+    table's version 1 (NTAS), as dumps before version 2 hold it."""
     width = sites.itemsize
     raw = sites.cast("B")
     compressor = zlib.compressobj(1)

@@ -13,7 +13,9 @@ tables rooted at the header's DirectoryTableBase.
 import mmap
 import os
 import struct
+import sys
 import zlib
+from array import array
 from bisect import bisect_right
 from itertools import compress, repeat
 from operator import and_, ne, sub
@@ -724,7 +726,7 @@ class DumpReader:
         The map is inflated from its start up to the piece holding the block, and that piece
         kept: lookups in address order cost one pass, and memory stays a piece, not the map."""
         if self._site_lookups is None:  # streams of their own: a scan's stay where they are
-            self._site_lookups = [(base, blocks, SiteMapStream(stream.compressed, blocks), {})
+            self._site_lookups = [(base, blocks, stream.copy(), {})
                                   for base, blocks, stream in self.allocation_site_streams()]
         for base, blocks, stream, piece in self._site_lookups:
             index = (header_va - base) >> 4
@@ -732,7 +734,10 @@ class DumpReader:
                 continue
             first = index & ~(SITE_PIECE_BLOCKS - 1)
             if piece.get("first") != first:
-                piece["first"], piece["sites"] = first, stream.read(first, SITE_PIECE_BLOCKS)
+                try:
+                    piece["first"], piece["sites"] = first, stream.read(first, SITE_PIECE_BLOCKS)
+                except zlib.error:  # a map whose CRC is right but whose stream is not (hostile)
+                    piece["first"], piece["sites"] = first, b""
             at = 2 * (index - first)
             sites = piece["sites"]
             if at + 2 <= len(sites):
@@ -783,38 +788,61 @@ SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 
 
 class SiteMapStream:
-    """One pool's map of call-site numbers (a USHORT per 16-byte block), inflated as it is
-    read: reading forward costs nothing but the bytes read; reading back starts over."""
+    """One pool's map of call-site numbers as version 1 of the table holds it (a USHORT per
+    16-byte block), inflated as it is read: reading forward costs nothing but the bytes read;
+    reading back starts over."""
+
+    ITEM = 2  # bytes per entry of the stored map
 
     def __init__(self, compressed: bytes, blocks: int):
         self.compressed = compressed
         self.blocks = blocks  # declared; the stream may hold fewer
+        self.items = blocks  # entries of the stored map declared
         self._start()
+
+    def copy(self) -> "SiteMapStream":
+        """The same map, read from its start by a reader of its own."""
+        return SiteMapStream(self.compressed, self.blocks)
 
     def _start(self) -> None:
         self._inflate = zlib.decompressobj()
         self._fed = 0  # compressed bytes handed to the decompressor
         self._tail = b""  # handed, not yet used (bounded: at most INPUT_PIECE)
         self._pending = b""  # inflated, not yet read
-        self._at = 0  # the block _pending starts at
+        self._at = 0  # the byte of the inflated map _pending starts at
 
     INPUT_PIECE = 1 << 16  # compressed bytes fed at a time (a longer tail is copied per call)
 
     def read(self, first: int, count: int) -> bytes:
         """The sites of blocks [first, first + count) as little-endian USHORTs; shorter where
         the map ends. zlib.error on a damaged stream."""
-        if first < self._at:
+        return self._read_items(first, count)
+
+    def sites(self, first: int, count: int):
+        """The sites of blocks [first, first + count), indexable by block from ``first``; None
+        when the map holds fewer. zlib.error on a damaged stream."""
+        raw = self._read_items(first, count)
+        if len(raw) != 2 * count:
+            return None
+        sites = array("H", raw)
+        if sys.byteorder != "little":
+            sites.byteswap()
+        return sites
+
+    def _read_items(self, first: int, count: int) -> bytes:
+        item = self.ITEM
+        if first * item < self._at:
             self._start()
-        count = max(0, min(count, self.blocks - first))
-        self._discard(2 * (first - self._at))
-        out = self._take(2 * count)
-        self._at = first + len(out) // 2
-        return out[:len(out) & ~1]
+        count = max(0, min(count, self.items - first))
+        self._discard(first * item - self._at)
+        out = self._take(count * item)
+        self._at = first * item + len(out)
+        return out[:len(out) - len(out) % item]
 
     def check(self) -> None:
         """Inflate the whole map, a piece at a time (zlib.error if it is damaged)."""
         self._start()
-        self._discard(2 * self.blocks)
+        self._discard(self.ITEM * self.items)
         self._start()
 
     def _discard(self, length: int) -> None:
@@ -842,11 +870,81 @@ class SiteMapStream:
         return joined[:length]
 
 
+class UnitSiteMapStream(SiteMapStream):
+    """One pool's map as version 2 of the table holds it: a site per 32-byte unit (both of its
+    16-byte blocks have it), ``width`` bytes each, with the CRC-32 of the compressed map, so
+    ``check`` needs no inflating. Read by block, as version 1's."""
+
+    def __init__(self, compressed: bytes, units: int, width: int, crc: int):
+        self.width, self.crc = width, crc
+        self.ITEM = width
+        super().__init__(compressed, 2 * units)
+        self.items = units
+
+    def copy(self) -> "UnitSiteMapStream":
+        return UnitSiteMapStream(self.compressed, self.items, self.width, self.crc)
+
+    def check(self) -> None:
+        if zlib.crc32(self.compressed) != self.crc:
+            raise zlib.error("allocation-site map: CRC-32 mismatch")
+
+    def _unit_sites(self, first: int, count: int):
+        """Each unit's site over blocks [first, first + count) (``first`` and ``count`` even),
+        expanded to a site per block; None when the map holds fewer."""
+        units = count >> 1
+        raw = self._read_items(first >> 1, units)
+        if len(raw) != units * self.width:
+            return None
+        if self.width == 1:
+            sites = bytearray(count)
+            sites[0::2] = raw
+            sites[1::2] = raw
+            return sites
+        per_unit = array("H", raw)
+        if sys.byteorder != "little":
+            per_unit.byteswap()
+        sites = array("H", bytes(2 * count))
+        sites[0::2] = per_unit
+        sites[1::2] = per_unit
+        return sites
+
+    def sites(self, first: int, count: int):
+        if not (first & 1 or count & 1):
+            return self._unit_sites(first, count)
+        raw = self.read(first, count)  # not whole units: by block
+        if len(raw) != 2 * count:
+            return None
+        sites = array("H", raw)
+        if sys.byteorder != "little":
+            sites.byteswap()
+        return sites
+
+    def read(self, first: int, count: int) -> bytes:
+        count = max(0, min(count, self.blocks - first))
+        if not count:
+            return b""
+        first_unit = first >> 1
+        raw = self._read_items(first_unit, ((first + count - 1) >> 1) - first_unit + 1)
+        per_unit = array("H", raw) if self.width == 2 else array("H", iter(raw))
+        if self.width == 2 and sys.byteorder != "little":
+            per_unit.byteswap()
+        blocks = array("H", bytes(4 * len(per_unit)))
+        blocks[0::2] = per_unit
+        blocks[1::2] = per_unit
+        if sys.byteorder != "little":
+            blocks.byteswap()
+        skip = first - 2 * first_unit
+        return blocks[skip:skip + count].tobytes()
+
+
 def _parse_site_tables(raw: bytes) -> list:
-    """(pool base, blocks, SiteMapStream) per pool of an NTAS table; ValueError if malformed."""
+    """(pool base, blocks, SiteMapStream) per pool of an NTAS (or NTA2) table; ValueError if
+    malformed."""
     magic, count = f.ALLOCATION_SITES_HEADER.unpack_from(raw)
-    if magic != f.ALLOCATION_SITES_MAGIC or count > 16:
+    if magic not in (f.ALLOCATION_SITES_MAGIC, f.ALLOCATION_SITES_V2_MAGIC) or count > 16:
         raise ValueError("not an allocation-site table")
+    if magic == f.ALLOCATION_SITES_V2_MAGIC:
+        return _parse_site_tables_v2(raw, count)
     tables = []
     for index in range(count):
         base, blocks, offset, length = f.ALLOCATION_SITES_ENTRY.unpack_from(
@@ -854,4 +952,16 @@ def _parse_site_tables(raw: bytes) -> list:
         if offset + length > len(raw) or blocks > (1 << 31):
             raise ValueError("allocation-site entry out of range")
         tables.append((base, blocks, SiteMapStream(raw[offset:offset + length], blocks)))
+    return tables
+
+
+def _parse_site_tables_v2(raw: bytes, count: int) -> list:
+    """(pool base, blocks, UnitSiteMapStream) per pool of an NTA2 table; ValueError if malformed."""
+    tables = []
+    for index in range(count):
+        base, units, offset, length, width, crc = f.ALLOCATION_SITES_V2_ENTRY.unpack_from(
+            raw, f.ALLOCATION_SITES_HEADER.size + index * f.ALLOCATION_SITES_V2_ENTRY.size)
+        if offset + length > len(raw) or units > (1 << 30) or width not in (1, 2):
+            raise ValueError("allocation-site entry out of range")
+        tables.append((base, 2 * units, UnitSiteMapStream(raw[offset:offset + length], units, width, crc)))
     return tables

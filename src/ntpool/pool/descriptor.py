@@ -154,7 +154,9 @@ class Pool:
         # Where each head's Flink lies, as a QWORD of ``words`` (its Blink is the next one).
         # The ListHeads are in the pool descriptor, in the kernel's nonpaged data, mapped at
         # boot and never unmapped or paged, so their translation is made once, here.
-        self.list_head_word = [0] + [self._pa(head) >> 3 for head in self.list_head_at[1:]]
+        # Index 0 is ListHeads[-1], the descriptor's QWORDs before them, which only a wrapped
+        # BlockSize of 0 reaches (``free_small``).
+        self.list_head_word = [self._pa(head) >> 3 for head in self.list_head_at]
 
         # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
         # set behind them, singly linked through the chunk bodies. ``la`` is the current
@@ -391,12 +393,13 @@ class Pool:
     # written through ``_read_link`` / ``_write_link``, faulting where Windows would.
 
     def _insert(self, entry: int, block_size: int, at_tail: bool, entry_pa: int | None = None) -> None:
-        """Safe insertion: the head's neighbour must point back at the head (0x19/0x3).
+        """Safe insertion: the list's first entry's Blink and its last entry's Flink must both
+        be the head (0x19/0x3: the head, the value read beside the entry's place, the other).
         ``entry_pa``: the entry's physical address, when the caller has translated it."""
         words, tlb = self.words, self.tlb
         head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
-        flink, blink = words[head_word], words[head_word + 1]
-        if flink == head and blink == head and entry_pa is not None and not entry_pa & 7:
+        first, last = words[head_word], words[head_word + 1]
+        if first == head and last == head and entry_pa is not None and not entry_pa & 7:
             # An empty list: both neighbours the check reads are the head itself, whose links
             # were just read (both the head), so the check holds; the entry becomes both.
             words[entry_pa >> 3] = head
@@ -405,30 +408,40 @@ class Pool:
             words[head_word + 1] = entry
             self.listed[block_size] = 1
             return
-        # The neighbour the entry goes beside (the last chunk at the tail, the first at the
-        # head) is read and written; the other one is only read, for the check. The entry's
-        # own links become (new_flink, new_blink).
-        if at_tail:
-            near_field, far_field, new_flink, new_blink, head_field = blink + FLINK, flink + BLINK, head, blink, BLINK
-        else:
-            near_field, far_field, new_flink, new_blink, head_field = flink + BLINK, blink + FLINK, flink, head, FLINK
-        near_base, far_base = tlb.get(near_field >> PAGE_SHIFT), tlb.get(far_field >> PAGE_SHIFT)
-        if near_base is not None and far_base is not None and not (near_field | far_field) & 7:
-            near_word = (near_base + (near_field & PAGE_MASK)) >> 3
-            near_value, far_value = words[near_word], words[(far_base + (far_field & PAGE_MASK)) >> 3]
-            if near_value != head or far_value != head:  # the named check raises the bug check
-                check_list_links(self.crash, head, near_value, far_value)
+        # Healthy neighbours are chunk bodies or the head, 16-byte aligned, so each one's
+        # links lie on its page, translated once; any other: each access on its own, below.
+        first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
+        if first_base is not None and last_base is not None and not (first | last) & 15:
+            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            last_word = (last_base + (last & PAGE_MASK)) >> 3
+            first_blink, last_flink = words[first_word + 1], words[last_word]
+            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, *((last_flink, first_blink) if at_tail else
+                                                     (first_blink, last_flink)))
+            new_flink, new_blink = (head, last) if at_tail else (first, head)
             if entry_pa is None or entry_pa & 7:
                 self._write_links(entry, new_flink, new_blink)
             else:
                 words[entry_pa >> 3] = new_flink
                 words[(entry_pa >> 3) + 1] = new_blink
-            words[near_word] = entry
+            if at_tail:
+                words[last_word] = entry
+                words[head_word + 1] = entry
+            else:
+                words[first_word + 1] = entry
+                words[head_word] = entry
+            self.listed[block_size] = 1
+            return
+        # The neighbour the entry goes beside (the last chunk at the tail, the first at the
+        # head) is read and written; the other one is only read, for the check.
+        if at_tail:
+            near_field, far_field, new_flink, new_blink, head_field = last + FLINK, first + BLINK, head, last, BLINK
         else:
-            near_pa, near_value = self._read_link(near_field)
-            check_list_links(self.crash, head, near_value, self._read_link(far_field)[1])
-            self._write_links(entry, new_flink, new_blink)
-            self._write_link(near_pa, near_field, entry)
+            near_field, far_field, new_flink, new_blink, head_field = first + BLINK, last + FLINK, first, head, FLINK
+        near_pa, near_value = self._read_link(near_field)
+        check_list_links(self.crash, head, near_value, self._read_link(far_field)[1])
+        self._write_links(entry, new_flink, new_blink)
+        self._write_link(near_pa, near_field, entry)
         words[head_word + (head_field >> 3)] = entry
         self.listed[block_size] = 1
 
@@ -441,17 +454,19 @@ class Pool:
             flink, blink = self._read_links(entry)
         else:
             flink, blink = words[entry_pa >> 3], words[(entry_pa >> 3) + 1]
-        flink_field, blink_field = flink + BLINK, blink + FLINK
-        flink_base, blink_base = tlb.get(flink_field >> PAGE_SHIFT), tlb.get(blink_field >> PAGE_SHIFT)
-        if flink_base is not None and blink_base is not None and not (flink_field | blink_field) & 7:
-            flink_word = (flink_base + (flink_field & PAGE_MASK)) >> 3
-            blink_word = (blink_base + (blink_field & PAGE_MASK)) >> 3
-            flink_blink, blink_flink = words[flink_word], words[blink_word]
+        # Healthy neighbours are chunk bodies or the head, 16-byte aligned: each one's links
+        # lie on its page, translated once; any other: each access on its own, below.
+        flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
+        if flink_base is not None and blink_base is not None and not (flink | blink) & 15:
+            flink_word = (flink_base + (flink & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            blink_word = (blink_base + (blink & PAGE_MASK)) >> 3
+            flink_blink, blink_flink = words[flink_word + 1], words[blink_word]
             if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, blink_flink)
             words[blink_word] = flink
-            words[flink_word] = blink
+            words[flink_word + 1] = blink
         else:
+            flink_field, blink_field = flink + BLINK, blink + FLINK
             flink_pa, flink_blink = self._read_link(flink_field)
             blink_pa, blink_flink = self._read_link(blink_field)
             check_list_links(self.crash, entry, flink_blink, blink_flink)
@@ -775,25 +790,28 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, chunk: int) -> None:
+    def free_small(self, chunk: int, pa: int | None = None) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
         keep every access inside it). Headers are read as their first QWORD
         (layout.header_first8); each check's condition is tested here, its named check
-        called only to raise its bug check."""
+        called only to raise its bug check. ``pa``: the header's physical address, when the
+        caller has translated it."""
         words, offset = self.words, chunk & PAGE_MASK
         page = chunk - offset
-        page_pa = self.tlb.get(chunk >> PAGE_SHIFT)
-        if page_pa is None:
-            page_pa = self.fault(chunk, False, self.lock_irql)
-        first8 = words[(page_pa + offset) >> 3]
+        if pa is None:
+            pa = self.tlb.get(chunk >> PAGE_SHIFT)
+            pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
+        page_pa = pa - offset
+        first8 = words[pa >> 3]
         previous_size, block_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         if following < PAGE_SIZE:
             next8 = words[(page_pa + following) >> 3]
-            if not next8 >> POOL_TYPE_SHIFT & 0xFF and page + following not in self.pending:  # POOL_FREE
+            # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
+            if not next8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + following in self.pending):
                 check_pool_header_in_page(self.crash, page + following, self.mem, page_pa + following)
                 next_size = next8 >> BLOCK_SIZE_SHIFT & 0xFF
                 if next_size > 1:
@@ -809,7 +827,7 @@ class Pool:
             before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before8 >> POOL_TYPE_SHIFT & 0xFF and page + before_offset not in self.pending:
+            if not before8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + before_offset in self.pending):
                 if before_size > 1:
                     self._unlink(page + before_offset + HEADER_SIZE, before_size,
                                  page_pa + before_offset + HEADER_SIZE)
@@ -817,7 +835,13 @@ class Pool:
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
-        if block_size == BLOCKS_PER_PAGE:
+        # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
+        # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
+        # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
+        # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
+        # the next PreviousSize is its own, and the list is ListHeads[-1]).
+        block_size &= 0xFF
+        if not block_size and not offset:
             self.release_pages(page, 1)
             return
         _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
@@ -827,8 +851,29 @@ class Pool:
             self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
-        if block_size > 1:
-            self._insert(chunk + HEADER_SIZE, block_size, False, page_pa + offset + HEADER_SIZE)
+        if block_size != 1:  # (0: only a wrapped sum, above)
+            # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
+            # Blink and the last entry's Flink, both of which must be the head; entries are
+            # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
+            # on a page not present, or a link not aligned: ``_insert``, each access
+            # translated on its own.
+            entry, entry_word = chunk + HEADER_SIZE, (page_pa + offset + HEADER_SIZE) >> 3
+            head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
+            first, last = words[head_word], words[head_word + 1]
+            tlb = self.tlb
+            first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
+            if first_base is None or last_base is None or (first | last) & 15:
+                self._insert(entry, block_size, False, entry_word << 3)
+                return
+            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_base + (last & PAGE_MASK)) >> 3]
+            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                check_list_links(self.crash, head, first_blink, last_flink)
+            words[entry_word] = first
+            words[entry_word + 1] = head
+            words[first_word + 1] = entry
+            words[head_word] = entry
+            self.listed[block_size] = 1
 
     def _free_lookaside_entry(self, entry: int) -> None:
         """Give a chunk popped from a lookaside back to the lists, checked as any free is.
@@ -937,8 +982,10 @@ class Pool:
                 self._push(system, chunk, block_size)
                 return
         if not self.delay_frees:
-            self.mem[(self._pa(chunk) if pa is None else pa) + POOL_HEADER.PoolType] = POOL_FREE
-            self.free_small(chunk)
+            if pa is None:
+                pa = self._pa(chunk)
+            self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+            self.free_small(chunk, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
@@ -979,22 +1026,23 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries: list[int] = []
-        seen: set[int] = set()
-        pending, words = self.pending, self.words
+        entries: dict[int, None] = {}  # in list order; a dict, so a loop is found at once
+        pending, words, tlb = self.pending, self.words, self.tlb
         head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
         entry = words[self.pending_frees_word]
         while len(entries) < len(pending):
             chunk = entry - HEADER_SIZE
-            if chunk not in pending or chunk in seen:
+            if chunk not in pending or chunk in entries:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            entries.append(chunk)
-            seen.add(chunk)
-            entry = words[self._pa(entry) >> 3]  # a queued chunk's body: 16-byte aligned
-        return entries
+            entries[chunk] = None
+            base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
+            if base is None:
+                base = self.fault(entry, False, self.lock_irql)
+            entry = words[(base + (entry & PAGE_MASK)) >> 3]
+        return list(entries)
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
