@@ -188,6 +188,20 @@ def test_driver_verifier_turns_delayed_frees_off():
     assert k.nonpaged_pool.delay_frees
 
 
+def test_a_pending_free_depth_a_driver_overwrote_wraps_as_interlocked_increment_does():
+    """PendingFreeDepth is a LONG in kernel memory that a stray write can reach; queuing a
+    free increments it as InterlockedIncrement does (0xFFFFFFFF + 1 is 0), never a Python error."""
+    k = machine()
+    pool = k.nonpaged_pool
+    a = k.ExAllocatePoolWithTag(NP, 0x400, "Wrap")
+    k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    k.write(pool.descriptor_va + POOL_DESCRIPTOR.PendingFreeDepth, b"\xff\xff\xff\xff")
+    k.ExFreePoolWithTag(a, "Wrap")
+    d = descriptor(k, pool)
+    assert d.PendingFrees == a and d.PendingFreeDepth == 0
+    assert pool.pending_frees() == [a - 16]
+
+
 def test_a_pending_chunk_whose_block_size_was_rewritten_coalesces_to_a_wrapped_block_size():
     """BlockSize is a UCHAR and ExDeferredFreePool stores its sums there: a queued chunk
     whose BlockSize a driver rewrote to lead past its page, merged with its free previous

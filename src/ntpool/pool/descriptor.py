@@ -1029,7 +1029,9 @@ class Pool:
         words[((self._pa(chunk) if pa is None else pa) + HEADER_SIZE) >> 3] = words[pending_word]
         words[pending_word] = body
         depth_pa = pending_word * 8 + _DEPTH_FROM_PENDING
-        _pack_ulong(self.mem, depth_pa, _unpack_ulong(self.mem, depth_pa)[0] + 1)  # PendingFreeDepth
+        # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
+        # left there wraps (0xFFFFFFFF + 1 is 0).
+        _pack_ulong(self.mem, depth_pa, (_unpack_ulong(self.mem, depth_pa)[0] + 1) & 0xFFFFFFFF)
         self.pending.add(chunk)
 
     def pending_frees(self) -> list[int]:

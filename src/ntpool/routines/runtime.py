@@ -245,25 +245,29 @@ class RuntimeRoutines:
     def _allocate_from_lookaside(self, lookaside) -> int:
         lookaside = _int("Lookaside", lookaside)
         total, misses = self._lookaside_field(lookaside, LA_TOTAL_ALLOCATES, "<II")
+        # The counters are ULONGs in the driver's own memory, counted as wdm.h's inline
+        # routines count them (+= 1): whatever a stray write left there wraps.
+        total = (total + 1) & 0xFFFFFFFF
         entry = self.ExpInterlockedPopEntrySList(lookaside)
         if not entry:
-            misses += 1
+            misses = (misses + 1) & 0xFFFFFFFF
             pool_type, tag, size = self._lookaside_field(lookaside, LA_TYPE, "<III")
             allocate = self._lookaside_field(lookaside, LA_ALLOCATE, "<Q")[0]
-            self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total + 1, misses))
+            self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total, misses))
             return self._call_pool_routine(allocate, pool_type, size, tag)
-        self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total + 1, misses))
+        self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total, misses))
         return entry
 
     def _free_to_lookaside(self, lookaside, entry) -> None:
         lookaside = _int("Lookaside", lookaside)
         frees, free_misses = self._lookaside_field(lookaside, LA_TOTAL_FREES, "<II")
+        frees = (frees + 1) & 0xFFFFFFFF  # ULONGs, wrapping (see _allocate_from_lookaside)
         _, depth, _ = self._slist(lookaside)
         if depth >= self._lookaside_field(lookaside, LA_DEPTH, "<H")[0]:
-            self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees + 1, free_misses + 1))
+            self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees, (free_misses + 1) & 0xFFFFFFFF))
             self._call_pool_routine(self._lookaside_field(lookaside, LA_FREE, "<Q")[0], entry)
             return
-        self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees + 1, free_misses))
+        self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees, free_misses))
         self.ExpInterlockedPushEntrySList(lookaside, entry)
 
     @routine("PVOID ExAllocateFromNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
