@@ -75,6 +75,7 @@ PAGE_MASK = PAGE_SIZE - 1
 assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _PREVIOUS_AND_TAG = POOL_TAG_BITS | 0xFF  # what a split keeps of a header's first QWORD
+_POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
@@ -469,10 +470,12 @@ class Pool:
             flink, blink = words[entry_pa >> 3], words[(entry_pa >> 3) + 1]
         # Healthy neighbours are chunk bodies or the head, 16-byte aligned: each one's links
         # lie on its page, translated once; any other: each access on its own, below.
+        # (Their alignment is tested on their offsets in their pages, small ints.)
+        flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
         flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
-        if flink_base is not None and blink_base is not None and not (flink | blink) & 15:
-            flink_word = (flink_base + (flink & PAGE_MASK)) >> 3  # its Flink; its Blink follows
-            blink_word = (blink_base + (blink & PAGE_MASK)) >> 3
+        if flink_base is not None and blink_base is not None and not (flink_offset | blink_offset) & 15:
+            flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
+            blink_word = (blink_base + blink_offset) >> 3
             flink_blink, blink_flink = words[flink_word + 1], words[blink_word]
             if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, blink_flink)
@@ -828,26 +831,55 @@ class Pool:
             next8 = words[(page_pa + following) >> 3]
             # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
             if not next8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + following in self.pending):
-                check_pool_header_in_page(self.crash, page + following, self.mem, page_pa + following)
-                next_size = next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
+                # conditions on the header's first QWORD and the neighbours' bytes, all on
+                # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
+                mem, next_pa = self.mem, page_pa + following
+                next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                next_back, next_end = next_previous << BLOCK_SHIFT, following + (next_size << BLOCK_SHIFT)
+                if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
+                         if next_previous else not following)
+                        and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
+                                           and mem[page_pa + next_end] == next_size)):
+                    check_pool_header_in_page(self.crash, page + following, mem, next_pa)
                 if next_size > 1:
-                    self._unlink(page + following + HEADER_SIZE, next_size,
-                                 page_pa + following + HEADER_SIZE)
+                    self._unlink(page + following + HEADER_SIZE, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
         if previous_size:
             back = previous_size << BLOCK_SHIFT
             if back > offset:  # the previous chunk would start before the page (0x6)
                 check_previous_size(self.crash, chunk, previous_size)
             before_offset = offset - back
-            before8 = words[(page_pa + before_offset) >> 3]
+            before_word = (page_pa + before_offset) >> 3  # its header's first QWORD; its links at + 2
+            before8 = words[before_word]
             before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
             if not before8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + before_offset in self.pending):
+                chunk = page + before_offset
                 if before_size > 1:
-                    self._unlink(page + before_offset + HEADER_SIZE, before_size,
-                                 page_pa + before_offset + HEADER_SIZE)
-                chunk, offset, previous_size, first8 = page + before_offset, before_offset, before8 & 0xFF, before8
+                    # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
+                    # chunk a split took its allocation's end from: the usual merge): its links
+                    # on this page; its neighbours', healthy, 16-byte aligned on theirs, each
+                    # translated once. A neighbour on a page not present, or a link not
+                    # aligned: ``_unlink``, each access translated on its own.
+                    entry, tlb = chunk + HEADER_SIZE, self.tlb
+                    flink, blink = words[before_word + 2], words[before_word + 3]
+                    flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
+                    flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
+                    if flink_base is None or blink_base is None or (flink_offset | blink_offset) & 15:
+                        self._unlink(entry, before_size, (before_word + 2) << 3)
+                    else:
+                        flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
+                        blink_word = (blink_base + blink_offset) >> 3
+                        if words[flink_word + 1] != entry or words[blink_word] != entry:
+                            check_list_links(self.crash, entry, words[flink_word + 1],  # raises
+                                             words[blink_word])
+                        words[blink_word] = flink
+                        words[flink_word + 1] = blink
+                        if flink == blink:  # only the head is left
+                            self.listed[before_size] = 0
+                offset, previous_size, first8 = before_offset, before8 & 0xFF, before8
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
@@ -860,11 +892,15 @@ class Pool:
         if not block_size and not offset:
             self.release_pages(page, 1)
             return
-        _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
-                     first8 >> POOL_TAG_SHIFT, 0)
+        # The free header, as two QWORDs: PreviousSize and PoolTag kept from the header
+        # ``first8`` is (the chunk's, or the previous chunk's it merged into), this pool's
+        # PoolIndex, POOL_FREE, the BlockSize; ProcessBilled 0.
+        header_word = (page_pa + offset) >> 3
+        words[header_word] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[block_size]
+        words[header_word + 1] = 0
         end = offset + (block_size << BLOCK_SHIFT)
-        if end < PAGE_SIZE:  # the next chunk's PreviousSize
-            self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
+        if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
+            self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
         if block_size != 1:  # (0: only a wrapped sum, above)
@@ -873,16 +909,17 @@ class Pool:
             # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
             # on a page not present, or a link not aligned: ``_insert``, each access
             # translated on its own.
-            entry, entry_word = chunk + HEADER_SIZE, (page_pa + offset + HEADER_SIZE) >> 3
-            head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
+            entry, entry_word = chunk + HEADER_SIZE, header_word + 2
+            head, head_word = self.list_heads[block_size]
             first, last = words[head_word], words[head_word + 1]
             tlb = self.tlb
+            first_offset, last_offset = first & PAGE_MASK, last & PAGE_MASK  # (aligned: small ints)
             first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
-            if first_base is None or last_base is None or (first | last) & 15:
+            if first_base is None or last_base is None or (first_offset | last_offset) & 15:
                 self._insert(entry, block_size, False, entry_word << 3)
                 return
-            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
-            first_blink, last_flink = words[first_word + 1], words[(last_base + (last & PAGE_MASK)) >> 3]
+            first_word = (first_base + first_offset) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_base + last_offset) >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             words[entry_word] = first
@@ -1000,7 +1037,7 @@ class Pool:
         if not self.delay_frees:
             if pa is None:
                 pa = self._pa(chunk)
-            self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+            self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
             self.free_small(chunk, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
