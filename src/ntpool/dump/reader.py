@@ -811,6 +811,17 @@ class DumpReader:
                 "found_in": found_in.split(b"\0", 1)[0].decode("ascii", "replace")}
 
 
+def sites_by_block(per_unit):
+    """A map's sites per 32-byte unit (bytes, or an array of USHORTs) as a site per block."""
+    if isinstance(per_unit, array):
+        sites = array("H", bytes(4 * len(per_unit)))
+    else:
+        sites = bytearray(2 * len(per_unit))
+    sites[0::2] = per_unit
+    sites[1::2] = per_unit
+    return sites
+
+
 STRETCHES_SOUGHT = 8  # a page table in more stretches of consecutive frames is cut entry by entry
 
 
@@ -957,25 +968,26 @@ class UnitSiteMapStream(SiteMapStream):
         if zlib.crc32(self.compressed) != self.crc:
             raise zlib.error("allocation-site map: CRC-32 mismatch")
 
-    def _unit_sites(self, first: int, count: int):
-        """Each unit's site over blocks [first, first + count) (``first`` and ``count`` even),
-        expanded to a site per block; None when the map holds fewer."""
+    def units(self, first: int, count: int):
+        """The sites of blocks [first, first + count) (``first`` and ``count`` even) as the map
+        holds them, one per unit: indexable by (block - first) >> 1; None when it holds fewer.
+        zlib.error on a damaged stream."""
         units = count >> 1
         raw = self._read_items(first >> 1, units)
         if len(raw) != units * self.width:
             return None
         if self.width == 1:
-            sites = bytearray(count)
-            sites[0::2] = raw
-            sites[1::2] = raw
-            return sites
+            return raw
         per_unit = array("H", raw)
         if sys.byteorder != "little":
             per_unit.byteswap()
-        sites = array("H", bytes(2 * count))
-        sites[0::2] = per_unit
-        sites[1::2] = per_unit
-        return sites
+        return per_unit
+
+    def _unit_sites(self, first: int, count: int):
+        """Each unit's site over blocks [first, first + count) (``first`` and ``count`` even),
+        expanded to a site per block; None when the map holds fewer."""
+        per_unit = self.units(first, count)
+        return None if per_unit is None else sites_by_block(per_unit)
 
     def sites(self, first: int, count: int):
         if not (first & 1 or count & 1):
