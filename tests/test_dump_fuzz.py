@@ -226,12 +226,16 @@ def _table_entry(reader, kind: int, value: int) -> int:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 64 - 1), st.integers(1, 40)),
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1 << 64 - 1),
+                          st.one_of(st.integers(1, 40), st.integers(100, 512))),  # long: a few stretches
                 min_size=1, max_size=40), st.integers(0, 511), st.integers(1, 512))
 def test_a_page_table_s_runs_are_its_present_entries_the_dump_holds(pieces, first, last):
     """The runs one page table yields, page by page, are exactly its present entries whose
     frame the dump holds, each at the offset frame_offset gives (stretches of entries that
-    follow on, some running past what the dump holds, between others of any kind)."""
+    follow on, some running past what the dump holds, between others of any kind), whether
+    the stretches are found from the table's bytes or cut entry by entry."""
+    import struct
+
     data, _ = DUMPS["full"]
     import tempfile
 
@@ -246,13 +250,14 @@ def test_a_page_table_s_runs_are_its_present_entries_the_dump_holds(pieces, firs
             entries = tuple((entries * (512 // len(entries) + 1))[:512])
             base = 0xFFFFFA8000000000
             start, end = base + (first << 12), base + (max(first + 1, last) << 12)
-            got = [(va + (page << 12), offset + (page << 12))
-                   for va, offset, count in reader._page_table_runs(entries, base, first, start, end)
-                   for page in range(count)]
+            runs = {raw: [(va + (page << 12), offset + (page << 12))
+                          for va, offset, count in reader._page_table_runs(entries, base, first, start, end, raw)
+                          for page in range(count)]
+                    for raw in (b"", struct.pack("<512Q", *entries))}  # with the table's bytes: its stretches
             expected = []
             for index in range(first, max(first + 1, last)):
                 entry = entries[index]
                 offset = reader.frame_offset((entry & 0x000FFFFFFFFFF000) >> 12) if entry & 1 else None
                 if offset is not None:
                     expected.append((base + (index << 12), offset))
-            assert got == expected
+            assert list(runs.values()) == [expected, expected]

@@ -666,6 +666,24 @@ class CallSites:
                 return None
         return None
 
+    def window_units(self, window: Window) -> tuple:
+        """(sites, shift): the window's sites indexable by its block number >> shift: per
+        32-byte unit (shift 1) when the table holds them so (NTA2), saving their expansion to
+        a site per block; else ``window``'s (shift 0, or None)."""
+        tables = self.reader.allocation_site_streams()
+        blocks = len(window.data) >> BLOCK_SHIFT
+        for base, declared, stream in tables:
+            first = (window.va - base) >> BLOCK_SHIFT
+            if first + blocks <= 0 or first >= declared:
+                continue
+            if hasattr(stream, "units") and 0 <= first and first + blocks <= declared and not first & 1:
+                try:
+                    return stream.units(first, blocks), 1
+                except zlib.error:
+                    return None, 0
+            break
+        return self.window(window), 0
+
     def one(self, address: int, data, block: int) -> int:
         """The site of the chunk whose header is at ``address`` (block ``block`` of ``data``)."""
         recorded = self.reader.allocation_site(address)

@@ -9,11 +9,11 @@ import shlex
 import sys
 import struct
 from itertools import repeat
-from operator import add, lshift
+from operator import add, lshift, rshift
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
-from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
+from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError, sites_by_block
 from ..errors import bugcheck_name
 from ..pool.layout import BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
 from ..tags import display
@@ -936,7 +936,7 @@ class HitLines:
             return ""
         data = window.data
         heads = _first_eight_bytes(data)
-        sites = self.call_sites.window(window)
+        sites, shift = self.call_sites.window_units(window)
         tails, site_lines = self.tails, self.site_lines
         if len(tails) > self.CACHE_LIMIT or len(self.middles) > self.CACHE_LIMIT or \
                 self.site_texts.held > self.CACHE_LIMIT:
@@ -950,8 +950,10 @@ class HitLines:
                 append(self._page_one_by_one(page, heads, data))
                 continue
             if page.blocks[-1] >= BLOCKS_PER_PAGE:  # a stretch of pages (see PoolFinder.scan)
-                append(self._stretch(page, heads, sites))
+                append(self._stretch(page, heads, sites, shift))
                 continue
+            if shift:  # a page on its own: its sites by block, the window's made once
+                sites, shift = sites_by_block(sites), 0
             prefix = f"\n{page.va >> 12:013x}"
             first = page.first
             for block in page.blocks:
@@ -966,7 +968,7 @@ class HitLines:
                     append(site_lines[sites[first + block]])
         return "".join(pieces)
 
-    def _stretch(self, page, heads, sites) -> str:
+    def _stretch(self, page, heads, sites, shift: int = 0) -> str:
         """The lines of a stretch of pages, by ``map`` (every step a C function: no Python
         statement per chunk): the address, and the text after it from a cache by call site,
         then header (``site_texts``: the chunk's text and, when it is allocated, its site's
@@ -975,7 +977,8 @@ class HitLines:
         index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
         values = [None] * (2 * len(blocks))
         values[0::2] = map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT)))
-        values[1::2] = map(dict.__getitem__, map(self.site_texts.__getitem__, map(sites.__getitem__, index)),
+        site_index = map(rshift, index, repeat(shift)) if shift else index  # by unit: see window_units
+        values[1::2] = map(dict.__getitem__, map(self.site_texts.__getitem__, map(sites.__getitem__, site_index)),
                            map(heads.__getitem__, index))
         return ("\n%016x%s" * len(blocks)) % tuple(values)
 

@@ -398,7 +398,8 @@ class DumpReader:
         first = (start >> shift) & 0x1FF if canonical(prefix) <= start else 0
         entries = struct.unpack_from("<512Q", self._map, offset)
         if level == 3:
-            yield from self._page_table_runs(entries, canonical(prefix), first, start, end)
+            yield from self._page_table_runs(entries, canonical(prefix), first, start, end,
+                                             self._map[offset:offset + PAGE_SIZE])
             return
         for index in range(first, 512):
             va = canonical(prefix | (index << shift))
@@ -411,8 +412,9 @@ class DumpReader:
                 yield from self._walk_level(entry & PTE_ADDRESS_MASK, level + 1, start, end,
                                             prefix | (index << shift), visited)
 
-    def _page_table_runs(self, entries, base: int, first: int, start: int, end: int):
-        """The runs of one page table's present entries whose frames the dump holds."""
+    def _page_table_runs(self, entries, base: int, first: int, start: int, end: int, raw: bytes = b""):
+        """The runs of one page table's present entries whose frames the dump holds (``raw``:
+        the table's bytes, for finding a few stretches of consecutive frames quickly)."""
         last = min(512, (end - base + PAGE_SIZE - 1) >> PAGE_SHIFT)
         first = max(first, (start - base) >> PAGE_SHIFT, 0)
         if first >= last:
@@ -420,7 +422,14 @@ class DumpReader:
         entry = entries[first]
         pfn = (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
         count = last - first
-        # The common case, a table mapping consecutive frames: one comparison made in C.
+        # A table of a few stretches of consecutive frames (the common case; ntpool's own tables
+        # have two: the frame of the next table is taken between two pool pages'): the
+        # stretches found by comparing bytes, each looked up in the dump's runs.
+        stretches = _consecutive_stretches(raw, entries, first, last) if raw else None
+        if stretches is not None:
+            yield from self._stretch_runs(entries, stretches, base)
+            return
+        # The same, for a caller without the table's bytes: one comparison made in C.
         if entry & PTE_PRESENT and pfn + count <= MAX_PHYSICAL_PAGE and \
                 entries[first:last] == tuple(range(entry, entry + (count << PAGE_SHIFT), PAGE_SIZE)):
             held = bisect_right(self._run_firsts, pfn) - 1
@@ -442,6 +451,25 @@ class DumpReader:
                                                 base + ((first + begin) << PAGE_SHIFT)):
                 if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
                     count += pages  # follows on in memory and in the file
+                    continue
+                if count:
+                    yield run_va, run_offset, count
+                run_va, run_offset, count = va, offset, pages
+        if count:
+            yield run_va, run_offset, count
+
+    def _stretch_runs(self, entries, stretches: list, base: int):
+        """The dump's runs for stretches of a page table whose entries map consecutive frames,
+        joined where they follow on in memory and in the file (as the cut path joins them)."""
+        run_va = run_offset = count = 0
+        for begin, stop in stretches:
+            entry = entries[begin]
+            if not entry & PTE_PRESENT:
+                continue
+            for va, offset, pages in self._held((entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT, stop - begin,
+                                                base + (begin << PAGE_SHIFT)):
+                if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
+                    count += pages
                     continue
                 if count:
                     yield run_va, run_offset, count
@@ -783,6 +811,58 @@ class DumpReader:
                 "found_in": found_in.split(b"\0", 1)[0].decode("ascii", "replace")}
 
 
+def sites_by_block(per_unit):
+    """A map's sites per 32-byte unit (bytes, or an array of USHORTs) as a site per block."""
+    if isinstance(per_unit, array):
+        sites = array("H", bytes(4 * len(per_unit)))
+    else:
+        sites = bytearray(2 * len(per_unit))
+    sites[0::2] = per_unit
+    sites[1::2] = per_unit
+    return sites
+
+
+STRETCHES_SOUGHT = 8  # a page table in more stretches of consecutive frames is cut entry by entry
+
+
+def _consecutive_stretches(raw: bytes, entries, first: int, last: int) -> list | None:
+    """[begin, stop) stretches of a page table's entries ``first`` to ``last``, in order, each
+    of entries mapping consecutive frames with the same flags: the table's bytes compared with
+    those of such a stretch from its first entry, the first that differs found by halving
+    (each comparison a memcmp); None past STRETCHES_SOUGHT stretches. The stretch's bytes are
+    made from the entries' low 56 bits (a range of C longs: an entry with NX, bit 63, as a
+    Python int is slow to step) and their top byte, the same for all of them."""
+    if sys.byteorder != "little":
+        return None
+    stretches = []
+    begin = first
+    while begin < last:
+        if len(stretches) == STRETCHES_SOUGHT:
+            return None
+        entry, count = entries[begin], last - begin
+        low = entry & _LOW_56
+        if low + (count << PAGE_SHIFT) > _LOW_56:  # the frames would carry into the top byte
+            return None
+        expected = bytearray(array("Q", range(low, low + (count << PAGE_SHIFT), PAGE_SIZE)).tobytes())
+        expected[7::8] = bytes([entry >> 56]) * count
+        held = raw[begin << 3:last << 3]
+        follow = count  # entries from begin that follow on
+        if held != expected:
+            follow, beyond = 1, count  # [begin, begin + follow) follow on, [begin, begin + beyond) not
+            while beyond - follow > 1:
+                middle = (follow + beyond) >> 1
+                if held[:middle << 3] == expected[:middle << 3]:
+                    follow = middle
+                else:
+                    beyond = middle
+        stretches.append((begin, begin + follow))
+        begin += follow
+    return stretches
+
+
+_LOW_56 = (1 << 56) - 1
+
+
 MAX_SITE_TABLE_BYTES = 64 << 20
 SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 
@@ -888,25 +968,26 @@ class UnitSiteMapStream(SiteMapStream):
         if zlib.crc32(self.compressed) != self.crc:
             raise zlib.error("allocation-site map: CRC-32 mismatch")
 
-    def _unit_sites(self, first: int, count: int):
-        """Each unit's site over blocks [first, first + count) (``first`` and ``count`` even),
-        expanded to a site per block; None when the map holds fewer."""
+    def units(self, first: int, count: int):
+        """The sites of blocks [first, first + count) (``first`` and ``count`` even) as the map
+        holds them, one per unit: indexable by (block - first) >> 1; None when it holds fewer.
+        zlib.error on a damaged stream."""
         units = count >> 1
         raw = self._read_items(first >> 1, units)
         if len(raw) != units * self.width:
             return None
         if self.width == 1:
-            sites = bytearray(count)
-            sites[0::2] = raw
-            sites[1::2] = raw
-            return sites
+            return raw
         per_unit = array("H", raw)
         if sys.byteorder != "little":
             per_unit.byteswap()
-        sites = array("H", bytes(2 * count))
-        sites[0::2] = per_unit
-        sites[1::2] = per_unit
-        return sites
+        return per_unit
+
+    def _unit_sites(self, first: int, count: int):
+        """Each unit's site over blocks [first, first + count) (``first`` and ``count`` even),
+        expanded to a site per block; None when the map holds fewer."""
+        per_unit = self.units(first, count)
+        return None if per_unit is None else sites_by_block(per_unit)
 
     def sites(self, first: int, count: int):
         if not (first & 1 or count & 1):

@@ -74,6 +74,9 @@ PAGE_MASK = PAGE_SIZE - 1
 # next chunk's PreviousSize as its header's first byte.
 assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
+_PREVIOUS_AND_TAG = POOL_TAG_BITS | 0xFF  # what a split keeps of a header's first QWORD
+_POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
+_PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
@@ -110,6 +113,9 @@ class Pool:
         self.space = space
         self.physical: PhysicalMemory = space.physical
         self.mem = space.physical.buffer
+        # The same bytes as a memoryview, for single-byte writes: an mmap's item assignment
+        # costs about twice a memoryview's (reads are cheaper through the mmap).
+        self.mem_bytes = memoryview(self.mem)
         self.words = space.physical.qwords  # the same memory as QWORDs: words[pa >> 3]
         self.tlb = space.tlb
         self.crash = crash
@@ -157,6 +163,14 @@ class Pool:
         # Index 0 is ListHeads[-1], the descriptor's QWORDs before them, which only a wrapped
         # BlockSize of 0 reaches (``free_small``).
         self.list_head_word = [self._pa(head) >> 3 for head in self.list_head_at]
+        # Both, as one pair per list: the split reads a head's two in one subscript.
+        self.list_heads = list(zip(self.list_head_at, self.list_head_word))
+        # A header's first QWORD without PreviousSize and PoolTag (layout.header_first8) for
+        # each BlockSize: this pool's PoolIndex and PoolType, free or allocated, with the
+        # BlockSize. The split writes its two headers from these, one OR each.
+        self.free_size_bits = [self.free_header_bits | blocks << BLOCK_SIZE_SHIFT for blocks in range(256)]
+        self.allocated_size_bits = [self.allocated_header_bits | blocks << BLOCK_SIZE_SHIFT
+                                    for blocks in range(256)]
 
         # Lookaside lists (ntpool.pool.lookaside): one set per processor and the system-wide
         # set behind them, singly linked through the chunk bodies. ``la`` is the current
@@ -456,10 +470,12 @@ class Pool:
             flink, blink = words[entry_pa >> 3], words[(entry_pa >> 3) + 1]
         # Healthy neighbours are chunk bodies or the head, 16-byte aligned: each one's links
         # lie on its page, translated once; any other: each access on its own, below.
+        # (Their alignment is tested on their offsets in their pages, small ints.)
+        flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
         flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
-        if flink_base is not None and blink_base is not None and not (flink | blink) & 15:
-            flink_word = (flink_base + (flink & PAGE_MASK)) >> 3  # its Flink; its Blink follows
-            blink_word = (blink_base + (blink & PAGE_MASK)) >> 3
+        if flink_base is not None and blink_base is not None and not (flink_offset | blink_offset) & 15:
+            flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
+            blink_word = (blink_base + blink_offset) >> 3
             flink_blink, blink_flink = words[flink_word + 1], words[blink_word]
             if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, blink_flink)
@@ -587,7 +603,7 @@ class Pool:
         found = self.listed.find(1, block_size)  # the smallest listed size that fits
         if found < 0:
             return 0
-        head, head_word = self.list_head_at[found], self.list_head_word[found]
+        head, head_word = self.list_heads[found]
         tlb, words = self.tlb, self.words
         entry = words[head_word]  # its Flink
         offset = entry & PAGE_MASK
@@ -599,7 +615,7 @@ class Pool:
         # and the headers are written in the order ``_split_any`` writes them, each as two
         # QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
         # ProcessBilled).
-        chunk, chunk_pa = entry - HEADER_SIZE, page_pa + offset - HEADER_SIZE
+        chunk_pa = page_pa + offset - HEADER_SIZE
         header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
         flink, blink = words[header + 2], words[header + 3]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
@@ -614,11 +630,11 @@ class Pool:
                 check_list_links(self.crash, entry, flink_blink, entry)
             words[head_word] = words[head_word + 1] = head
             self.listed[found] = 0
-        elif blink == head and not flink & 15 and (flink_base := tlb.get(flink >> PAGE_SHIFT)) is not None:
-            flink_word = (flink_base + (flink & PAGE_MASK)) >> 3  # its Blink: the next QWORD
-            flink_blink = words[flink_word + 1]
-            if flink_blink != entry:  # the named check raises the bug check
-                check_list_links(self.crash, entry, flink_blink, entry)
+        elif blink == head and not (flink_offset := flink & PAGE_MASK) & 15 and \
+                (flink_base := tlb.get(flink >> PAGE_SHIFT)) is not None:
+            flink_word = (flink_base + flink_offset) >> 3  # its Blink: the next QWORD
+            if words[flink_word + 1] != entry:  # the named check raises the bug check
+                check_list_links(self.crash, entry, words[flink_word + 1], entry)
             words[head_word] = flink  # the Blink side's Flink
             words[flink_word + 1] = head
         else:
@@ -627,77 +643,80 @@ class Pool:
         # chunk on this page whose BlockSize agrees (it is 0 only for the page's first
         # chunk); BlockSize is not 0 and ends at the page's end or at a chunk whose
         # PreviousSize agrees. When any of it fails, ``check_pool_header_in_page`` makes the
-        # checks in Windows' order and raises the bug check of the first that fails.
+        # checks in Windows' order and raises the bug check of the first that fails. (``offset``
+        # and ``end`` are the body's and the next body's, a header past the chunks': so the
+        # previous chunk starts on the page while ``back`` is below ``offset``, both being
+        # multiples of 16, and the chunk ends at the page's end at PAGE_SIZE + 16.)
         mem = self.mem
         first8 = words[header]
         previous_size, free_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
-        back, chunk_offset, size = previous_size << BLOCK_SHIFT, offset - HEADER_SIZE, free_size << BLOCK_SHIFT
-        end = chunk_offset + size
-        if not ((back <= chunk_offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
-                 if previous_size else not chunk_offset)
-                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
-            check_pool_header_in_page(self.crash, chunk, mem, chunk_pa)
+        back, size = previous_size << BLOCK_SHIFT, free_size << BLOCK_SHIFT
+        end = offset + size
+        if not ((back < offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
+                 if previous_size else offset == HEADER_SIZE)
+                and free_size and (end == _PAGE_END or end < _PAGE_END and mem[chunk_pa + size] == free_size)):
+            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
         if free_size < found:
-            check_fits_its_list(self.crash, chunk, free_size, found)
-        allocated = self.allocated_header_bits | tag << POOL_TAG_SHIFT  # the new header's PoolIndex, PoolType, PoolTag
-        billed = site & self.header_site_mask
+            check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            words[header] = previous_size | block_size << BLOCK_SIZE_SHIFT | allocated
-            words[header + 1] = billed
-            self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
-            return chunk
-        # The free remainder keeps the chunk's PoolTag, as Windows leaves it; the next chunk,
-        # if on the page, learns the new PreviousSize (its header's first byte).
-        free = self.free_header_bits | first8 & POOL_TAG_BITS
+            words[header] = tag << POOL_TAG_SHIFT | previous_size | self.allocated_size_bits[block_size]
+            words[header + 1] = site & self.header_site_mask
+            self.sites[(entry - HEADER_SIZE - self.base) >> SITE_UNIT_SHIFT] = site
+            return entry - HEADER_SIZE
         if previous_size == 0:
-            # First chunk of its page: split from the front.
+            # First chunk of its page: split from the front. The free remainder keeps the
+            # chunk's PoolTag, as Windows leaves it; the next chunk, if on the page, learns
+            # the new PreviousSize (its header's first byte).
+            chunk = entry - HEADER_SIZE
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
-            words[header] = block_size << BLOCK_SIZE_SHIFT | allocated
-            words[header + 1] = billed
+            words[header] = tag << POOL_TAG_SHIFT | self.allocated_size_bits[block_size]
+            words[header + 1] = site & self.header_site_mask
             self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
-            words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | free
+            words[rest_pa >> 3] = first8 & POOL_TAG_BITS | block_size | self.free_size_bits[remainder]
             words[(rest_pa >> 3) + 1] = 0
-            if end < PAGE_SIZE:
-                mem[chunk_pa + size] = remainder
+            if end < _PAGE_END:
+                self.mem_bytes[chunk_pa + size] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
             return chunk
-        # Otherwise the allocation is taken from the end.
+        # Otherwise the allocation is taken from the end: the chunk's header becomes the free
+        # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
+        # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         mine_word = header + (remainder << 1)  # (a block is two QWORDs)
-        words[header] = previous_size | remainder << BLOCK_SIZE_SHIFT | free
+        words[header] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[remainder]
         words[header + 1] = 0
-        words[mine_word] = remainder | block_size << BLOCK_SIZE_SHIFT | allocated
-        words[mine_word + 1] = billed
-        mine = chunk + (remainder << BLOCK_SHIFT)
+        words[mine_word] = tag << POOL_TAG_SHIFT | remainder | self.allocated_size_bits[block_size]
+        words[mine_word + 1] = site & self.header_site_mask
+        mine = entry + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
         self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
-        if end < PAGE_SIZE:
-            mem[chunk_pa + size] = block_size
+        if end < _PAGE_END:
+            self.mem_bytes[chunk_pa + size] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
             # entry's Blink (on an empty list, the head's own links, just read), both of
             # which must be the head. A neighbour on a page not present, or a link not
             # aligned: ``_insert``, each access translated on its own.
-            head, head_word = self.list_head_at[remainder], self.list_head_word[remainder]
+            head, head_word = self.list_heads[remainder]
             first, last = words[head_word], words[head_word + 1]
             if first == head and last == head:
-                words[header + 2] = head
-                words[header + 3] = head
-                words[head_word] = entry
-                words[head_word + 1] = entry
+                words[header + 2] = words[header + 3] = head
+                words[head_word] = words[head_word + 1] = entry
                 self.listed[remainder] = 1
                 return mine
-            # Entries' bodies are 16-byte aligned: each one's links lie on its page.
+            # Entries' bodies are 16-byte aligned: each one's links lie on its page (the
+            # alignment is tested on the offsets in their pages, small ints).
+            last_offset, first_offset = last & PAGE_MASK, first & PAGE_MASK
             last_base, first_base = tlb.get(last >> PAGE_SHIFT), tlb.get(first >> PAGE_SHIFT)
-            if last_base is None or first_base is None or (last | first) & 15:
+            if last_base is None or first_base is None or (last_offset | first_offset) & 15:
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
                 return mine
-            last_word = (last_base + (last & PAGE_MASK)) >> 3  # its Flink
-            last_flink, first_blink = words[last_word], words[((first_base + (first & PAGE_MASK)) >> 3) + 1]
-            if last_flink != head or first_blink != head:  # the named check raises the bug check
-                check_list_links(self.crash, head, last_flink, first_blink)
+            last_word = (last_base + last_offset) >> 3  # its Flink
+            first_blink_word = ((first_base + first_offset) >> 3) + 1
+            if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
+                check_list_links(self.crash, head, words[last_word], words[first_blink_word])
             words[header + 2] = head
             words[header + 3] = last
             words[last_word] = entry
@@ -812,26 +831,55 @@ class Pool:
             next8 = words[(page_pa + following) >> 3]
             # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
             if not next8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + following in self.pending):
-                check_pool_header_in_page(self.crash, page + following, self.mem, page_pa + following)
-                next_size = next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
+                # conditions on the header's first QWORD and the neighbours' bytes, all on
+                # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
+                mem, next_pa = self.mem, page_pa + following
+                next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                next_back, next_end = next_previous << BLOCK_SHIFT, following + (next_size << BLOCK_SHIFT)
+                if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
+                         if next_previous else not following)
+                        and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
+                                           and mem[page_pa + next_end] == next_size)):
+                    check_pool_header_in_page(self.crash, page + following, mem, next_pa)
                 if next_size > 1:
-                    self._unlink(page + following + HEADER_SIZE, next_size,
-                                 page_pa + following + HEADER_SIZE)
+                    self._unlink(page + following + HEADER_SIZE, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
         if previous_size:
             back = previous_size << BLOCK_SHIFT
             if back > offset:  # the previous chunk would start before the page (0x6)
                 check_previous_size(self.crash, chunk, previous_size)
             before_offset = offset - back
-            before8 = words[(page_pa + before_offset) >> 3]
+            before_word = (page_pa + before_offset) >> 3  # its header's first QWORD; its links at + 2
+            before8 = words[before_word]
             before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
             if not before8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + before_offset in self.pending):
+                chunk = page + before_offset
                 if before_size > 1:
-                    self._unlink(page + before_offset + HEADER_SIZE, before_size,
-                                 page_pa + before_offset + HEADER_SIZE)
-                chunk, offset, previous_size, first8 = page + before_offset, before_offset, before8 & 0xFF, before8
+                    # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
+                    # chunk a split took its allocation's end from: the usual merge): its links
+                    # on this page; its neighbours', healthy, 16-byte aligned on theirs, each
+                    # translated once. A neighbour on a page not present, or a link not
+                    # aligned: ``_unlink``, each access translated on its own.
+                    entry, tlb = chunk + HEADER_SIZE, self.tlb
+                    flink, blink = words[before_word + 2], words[before_word + 3]
+                    flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
+                    flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
+                    if flink_base is None or blink_base is None or (flink_offset | blink_offset) & 15:
+                        self._unlink(entry, before_size, (before_word + 2) << 3)
+                    else:
+                        flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
+                        blink_word = (blink_base + blink_offset) >> 3
+                        if words[flink_word + 1] != entry or words[blink_word] != entry:
+                            check_list_links(self.crash, entry, words[flink_word + 1],  # raises
+                                             words[blink_word])
+                        words[blink_word] = flink
+                        words[flink_word + 1] = blink
+                        if flink == blink:  # only the head is left
+                            self.listed[before_size] = 0
+                offset, previous_size, first8 = before_offset, before8 & 0xFF, before8
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
@@ -844,11 +892,15 @@ class Pool:
         if not block_size and not offset:
             self.release_pages(page, 1)
             return
-        _pack_header(self.mem, page_pa + offset, previous_size, self.pool_index, block_size, POOL_FREE,
-                     first8 >> POOL_TAG_SHIFT, 0)
+        # The free header, as two QWORDs: PreviousSize and PoolTag kept from the header
+        # ``first8`` is (the chunk's, or the previous chunk's it merged into), this pool's
+        # PoolIndex, POOL_FREE, the BlockSize; ProcessBilled 0.
+        header_word = (page_pa + offset) >> 3
+        words[header_word] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[block_size]
+        words[header_word + 1] = 0
         end = offset + (block_size << BLOCK_SHIFT)
-        if end < PAGE_SIZE:  # the next chunk's PreviousSize
-            self.mem[page_pa + end + POOL_HEADER.PreviousSize] = block_size
+        if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
+            self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
             self._set_previous_size(page + end, block_size)
         if block_size != 1:  # (0: only a wrapped sum, above)
@@ -857,16 +909,17 @@ class Pool:
             # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
             # on a page not present, or a link not aligned: ``_insert``, each access
             # translated on its own.
-            entry, entry_word = chunk + HEADER_SIZE, (page_pa + offset + HEADER_SIZE) >> 3
-            head, head_word = self.list_head_at[block_size], self.list_head_word[block_size]
+            entry, entry_word = chunk + HEADER_SIZE, header_word + 2
+            head, head_word = self.list_heads[block_size]
             first, last = words[head_word], words[head_word + 1]
             tlb = self.tlb
+            first_offset, last_offset = first & PAGE_MASK, last & PAGE_MASK  # (aligned: small ints)
             first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
-            if first_base is None or last_base is None or (first | last) & 15:
+            if first_base is None or last_base is None or (first_offset | last_offset) & 15:
                 self._insert(entry, block_size, False, entry_word << 3)
                 return
-            first_word = (first_base + (first & PAGE_MASK)) >> 3  # its Flink; its Blink follows
-            first_blink, last_flink = words[first_word + 1], words[(last_base + (last & PAGE_MASK)) >> 3]
+            first_word = (first_base + first_offset) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_base + last_offset) >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             words[entry_word] = first
@@ -984,7 +1037,7 @@ class Pool:
         if not self.delay_frees:
             if pa is None:
                 pa = self._pa(chunk)
-            self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+            self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
             self.free_small(chunk, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
