@@ -247,3 +247,20 @@ def test_a_big_allocation_in_a_vs_chunk_reads_as_big_in_kd(tmp_path):
     # !poolfind lists it once, from the big page table.
     found = session.execute(f"!poolfind {shown} 0")
     assert found.count(f"{big:016x}") == 1 and ":large page allocation" in found
+
+
+def test_poolval_validates_a_segment_heap_page_by_its_subsegment(tmp_path):
+    """!poolval reads LFH and VS pages as !pool does (there is no Windows 7 header chain to
+    walk on them): healthy pages are VALID; a VS header a driver overwrote makes its page
+    __inVALID and is named."""
+    k = machine("11")
+    lfh = [k.ExAllocatePoolWithTag(NX, 0x60, "Lfhv") for _ in range(20)][-1]
+    vs = [k.ExAllocatePoolWithTag(NX, 0x600, "Vsv ") for _ in range(3)]
+    session = KdSession(dump_of(k, tmp_path))
+    for address in (lfh, vs[0], vs[1]):
+        text = session.execute(f"!poolval {address:x}")
+        assert "NonPagedPoolNx (segment heap)" in text
+        assert f"Pool page [ {address & ~0xFFF:016x} ] is VALID." in text, text
+    k.write(vs[1] - 0x20, b"\xAA" * 8)  # the VS chunk header in front of its POOL_HEADER
+    text = KdSession(dump_of(k, tmp_path, "b.dmp")).execute(f"!poolval {vs[1]:x}")
+    assert "is __inVALID." in text and f"{vs[1] - 0x20:016x}: VS chunk header does not decode" in text

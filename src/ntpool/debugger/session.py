@@ -402,6 +402,8 @@ class KdSession:
             return f"{address:016x} is not a valid pool address (it is in no pool of this dump)"
         if self.big_pages().containing(address) is not None:
             return f"{address:016x} is in a large page allocation: it has no pool headers to validate"
+        if self.segment_heap() is not None:
+            return self.heap_poolval(address, pool)
         report = read_page_report(self.reader, address, pool.base_type)
         lines = [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}", "",
                  f"Validating Pool headers for pool page: {page:016x}", ""]
@@ -410,6 +412,26 @@ class KdSession:
             return "\n".join(lines)
         lines += [f"Pool page [ {page:016x} ] is __inVALID.", "", "Analyzing linked list..."]
         lines += [f"[ {problem} ]" for problem in report.problems]
+        return "\n".join(lines)
+
+    def heap_poolval(self, address: int, pool) -> str:
+        """!poolval on the segment heap: its pages have no Windows 7 header chain to walk; what
+        is validated is the subsegment holding the page (LFH BlockOffsets and bitmap, or the
+        chain of VS headers decoded with the heap key), as !pool reads it."""
+        page = address & ~(PAGE_SIZE - 1)
+        lines = [f"Pool page {address:016x} region is {pool.name} (segment heap)", "",
+                 f"Validating the subsegment holding pool page: {page:016x}", ""]
+        found = self.segment_heap().around(address)
+        if found is None:
+            return "\n".join(lines + [f"{address:016x} is not in an LFH or VS subsegment of this "
+                                      f"heap (a free page, or a segment header): it has no block "
+                                      f"headers to validate"])
+        _, problems = found
+        if not problems:
+            lines.append(f"Pool page [ {page:016x} ] is VALID.")
+            return "\n".join(lines)
+        lines += [f"Pool page [ {page:016x} ] is __inVALID.", "", "Analyzing the subsegment..."]
+        lines += [f"[ {problem} ]" for problem in problems]
         return "\n".join(lines)
 
     # --- !poolused ------------------------------------------------------------------------
