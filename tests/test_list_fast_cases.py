@@ -265,3 +265,37 @@ def test_a_damaged_long_list_stops_both_ways_with_the_same_bug_check(action, blo
     assert stops[0] == stops[1]
     code, parameters, _ = stops[0]
     assert (code, parameters[0]) == (0x19, 3)
+
+
+# A damaged header on the free chunk a free coalesces forward with (its offset from that
+# header, the byte written there, BAD_POOL_HEADER's code): its BlockSize 0, past its page,
+# one more (the chunk after it disagrees), and the PreviousSize of the chunk after it.
+NEXT_HEADER_DAMAGE = [(2, 0, 0x8), (2, 0xFF, 0x9), (2, "+1", 0x5), ("after", 0x7F, 0x5)]
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+@pytest.mark.parametrize("where, value, code", NEXT_HEADER_DAMAGE)
+def test_a_damaged_next_header_stops_a_coalescing_free_both_ways(where, value, code, delayed):
+    """A free whose next chunk is free tests that chunk's header as ExpCheckPoolHeader does
+    before merging with it (inline in ``free_small``, ``check_pool_header`` the long way):
+    the same bug check, parameters and memory both ways, whichever field was damaged."""
+    stops = []
+    for long_way in (False, True):
+        k, pool = fragmented(long_way, delayed)
+        mine = k.ExAllocatePoolWithTag(0, 100, "Mine")  # the end of an 11-block chunk
+        spacer = mine + (8 << BLOCK_SHIFT)  # the live 2-block chunk after it, then a 3-block free one
+        k.ExFreePoolWithTag(spacer, "Live")  # coalesces with that one: a 5-block free chunk
+        pool.deferred_free()
+        header = spacer - HEADER_SIZE
+        assert pool._read_first8(header)[2:4] == (5, POOL_FREE)
+        if where == "after":
+            k.write(header + (5 << BLOCK_SHIFT), bytes([value]))
+        else:
+            k.write(header + where, bytes([6 if value == "+1" else value]))
+        with pytest.raises(BugCheck) as stop:
+            k.ExFreePoolWithTag(mine, "Mine")
+            pool.deferred_free()
+        error = stop.value
+        stops.append((error.code, error.parameters, hashlib.sha256(bytes(pool.mem)).hexdigest()))
+    assert stops[0] == stops[1]
+    assert (stops[0][0], stops[0][1][0]) == (0x19, code)

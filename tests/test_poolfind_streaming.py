@@ -67,6 +67,21 @@ def test_the_text_does_not_depend_on_the_window(dump, monkeypatch):
                 assert "".join(pieces) == whole[command] == session.run_one(command)
 
 
+def chunk_lines(reader, session, chunks) -> list[str]:
+    """The lines `!poolfind` should print for ``chunks``, made one chunk at a time with the
+    reader's own per-chunk site lookup."""
+    lines = []
+    for chunk in chunks:
+        state = f"({chunk.state})"
+        lines.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
+                     f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
+        if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
+            text = session._site_text(reader.allocation_site(chunk.address))
+            if text:
+                lines.append(f"\t\tAllocated by {text}")
+    return lines
+
+
 def test_each_chunk_line_is_what_the_chunk_says(dump):
     """Every line `!poolfind *` prints, rebuilt from the chunks PoolFinder.find returns and the
     reader's own per-chunk site lookup: the cached texts change nothing."""
@@ -74,15 +89,7 @@ def test_each_chunk_line_is_what_the_chunk_says(dump):
         session = KdSession(reader)
         pool = reader.pool_ranges()[0]
         finder = poolscan.PoolFinder(reader, pool, session.big_pages())
-        expected = []
-        for chunk in finder.find("*"):
-            state = f"({chunk.state})"
-            expected.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
-                            f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
-            if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
-                text = session._site_text(reader.allocation_site(chunk.address))
-                if text:
-                    expected.append(f"\t\tAllocated by {text}")
+        expected = chunk_lines(reader, session, finder.find("*"))
         text = session.run_one("!poolfind * 0")
         listed = text.split("for Tag: *\n\n", 2)[2].split("\n")
         assert listed == expected
@@ -97,17 +104,8 @@ def test_each_line_of_a_tag_s_search_is_what_the_chunk_says(dump, pattern):
         regex = poolscan.tag_bytes_regex(pattern)
         for pool_type, pool in enumerate(reader.pool_ranges()):
             finder = poolscan.PoolFinder(reader, pool, session.big_pages())
-            expected = []
-            for chunk in finder.find("*"):
-                if not poolscan.tag_display_matches(regex, chunk.tag):
-                    continue
-                state = f"({chunk.state})"
-                expected.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
-                                f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
-                if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
-                    text = session._site_text(reader.allocation_site(chunk.address))
-                    if text:
-                        expected.append(f"\t\tAllocated by {text}")
+            expected = chunk_lines(reader, session, (chunk for chunk in finder.find("*")
+                                                     if poolscan.tag_display_matches(regex, chunk.tag)))
             text = session.run_one(f"!poolfind {pattern} {pool_type}")
             listed = text.split(f"for Tag: {pattern}\n\n", 2)[2].split("\n")
             assert listed == expected and len(expected) > 100

@@ -867,6 +867,16 @@ MAX_SITE_TABLE_BYTES = 64 << 20
 SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 
 
+def _ushorts(raw: bytes, count: int):
+    """``count`` little-endian USHORTs as an array, or None when ``raw`` holds fewer."""
+    if len(raw) != 2 * count:
+        return None
+    values = array("H", raw)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
 class SiteMapStream:
     """One pool's map of call-site numbers as version 1 of the table holds it (a USHORT per
     16-byte block), inflated as it is read: reading forward costs nothing but the bytes read;
@@ -901,13 +911,7 @@ class SiteMapStream:
     def sites(self, first: int, count: int):
         """The sites of blocks [first, first + count), indexable by block from ``first``; None
         when the map holds fewer. zlib.error on a damaged stream."""
-        raw = self._read_items(first, count)
-        if len(raw) != 2 * count:
-            return None
-        sites = array("H", raw)
-        if sys.byteorder != "little":
-            sites.byteswap()
-        return sites
+        return _ushorts(self._read_items(first, count), count)
 
     def _read_items(self, first: int, count: int) -> bytes:
         item = self.ITEM
@@ -992,13 +996,7 @@ class UnitSiteMapStream(SiteMapStream):
     def sites(self, first: int, count: int):
         if not (first & 1 or count & 1):
             return self._unit_sites(first, count)
-        raw = self.read(first, count)  # not whole units: by block
-        if len(raw) != 2 * count:
-            return None
-        sites = array("H", raw)
-        if sys.byteorder != "little":
-            sites.byteswap()
-        return sites
+        return _ushorts(self.read(first, count), count)  # not whole units: by block
 
     def read(self, first: int, count: int) -> bytes:
         count = max(0, min(count, self.blocks - first))

@@ -66,8 +66,7 @@ _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled,
 _BLOCK_SIZE = POOL_HEADER.BlockSize  # a header's BlockSize byte
 # PendingFreeDepth (a ULONG) from PendingFrees, in the descriptor.
 _DEPTH_FROM_PENDING = POOL_DESCRIPTOR.PendingFreeDepth - POOL_DESCRIPTOR.PendingFrees
-_unpack_ulong = POOL_DESCRIPTOR.fields["PendingFreeDepth"].codec.unpack_from
-_pack_ulong = POOL_DESCRIPTOR.fields["PendingFreeDepth"].codec.pack_into
+assert not _DEPTH_FROM_PENDING & 3 and POOL_DESCRIPTOR.fields["PendingFreeDepth"].codec.size == 4
 assert (FLINK, BLINK) == (0, 8)
 PAGE_MASK = PAGE_SIZE - 1
 # The ListHeads code writes a header's first QWORD with PreviousSize as its low byte, and a
@@ -185,6 +184,10 @@ class Pool:
         self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
         # PendingFrees as a QWORD of ``words`` (the descriptor lies with the ListHeads).
         self.pending_frees_word = self._pa(self.descriptor_va + POOL_DESCRIPTOR.PendingFrees) >> 3
+        # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
+        # increments it with one read and one write).
+        self.ulongs = memoryview(self.mem).cast("I")
+        self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
         self.pending: set[int] = set()  # headers queued, an index of the list in memory
         # While writes are recorded (ntpool.pool.culprit): the headers of the chunks on this
@@ -263,6 +266,7 @@ class Pool:
         self.la_count = self.la.count
         self.la_limit = self.la.depth
         self.la_allocates = self.la.allocate_hits  # a pop from the list: TotalAllocates' share of hits
+        self.la_misses = self.la.allocate_misses
 
     def widen_site_map(self) -> None:
         """Two bytes a unit from now on: the machine has a call site numbered past 255. The
@@ -540,23 +544,20 @@ class Pool:
 
     # --- allocation (slow path) ------------------------------------------------------------
 
-    def allocate_after_lookaside(self, block_size: int, tag: int, site: int, irql: int) -> int:
+    def take_system_lookaside(self, block_size: int, tag: int, site: int, irql: int) -> int:
         """ExAllocatePoolWithTag's small allocation once this processor's lookaside list for
-        ``block_size`` is found empty (its miss is counted here): the system-wide list's
-        chunk, else one from the ListHeads or a new page. The body, or 0 when exhausted;
-        ``irql`` is the caller's (a lookaside pop takes no lock)."""
-        self.la.allocate_misses[block_size] += 1
+        ``block_size`` was found empty and the system-wide one holds a chunk: the hit is
+        counted, the chunk popped and its header written; returns its body. ``irql`` is the
+        caller's (a lookaside pop takes no lock). The allocator's fast path counts the
+        processor's miss and tests the system-wide head itself, and on a miss there too goes
+        on to ``_allocate_from_lists`` / ``_allocate_past_lists`` (``allocate_small``), so a
+        miss that reaches the ListHeads costs one call less."""
         system = self.system_lookaside
         body = system.head[block_size]
-        if body:
-            system.allocate_hits[block_size] += 1
-            self._pop(system, body, block_size, irql)
-            self.write_popped_header(body, tag, site, irql)
-            return body
-        system.allocate_misses[block_size] += 1
-        chunk = self._allocate_from_lists(block_size, tag, site) or \
-            self._allocate_past_lists(block_size, tag, site)  # allocate_small, one call less
-        return chunk + HEADER_SIZE if chunk else 0
+        system.allocate_hits[block_size] += 1
+        self._pop(system, body, block_size, irql)
+        self.write_popped_header(body, tag, site, irql)
+        return body
 
     def write_popped_header(self, body: int, tag: int, site: int, irql: int) -> None:
         """Write the header of a chunk popped from a lookaside list, and its call site.
@@ -1045,7 +1046,7 @@ class Pool:
             pa = None
         if pa is None:
             pa = self._pa(chunk)
-        self.mem[pa + POOL_HEADER.PoolType] = POOL_FREE
+        self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
         self.queue_free(chunk, pa)
 
     def _push(self, lookaside: Lookaside, chunk: int, block_size: int) -> None:
@@ -1065,10 +1066,10 @@ class Pool:
         body = chunk + HEADER_SIZE
         words[((self._pa(chunk) if pa is None else pa) + HEADER_SIZE) >> 3] = words[pending_word]
         words[pending_word] = body
-        depth_pa = pending_word * 8 + _DEPTH_FROM_PENDING
         # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
         # left there wraps (0xFFFFFFFF + 1 is 0).
-        _pack_ulong(self.mem, depth_pa, (_unpack_ulong(self.mem, depth_pa)[0] + 1) & 0xFFFFFFFF)
+        ulongs, depth = self.ulongs, self.pending_depth_ulong
+        ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
         self.pending.add(chunk)
 
     def pending_frees(self) -> list[int]:
