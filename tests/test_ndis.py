@@ -222,6 +222,37 @@ def test_free_pool_memory_with_a_length_of_the_same_blocks_is_accepted(k, size, 
     assert row(k, "emaS").NonPagedUsed == 0 and not k.halted
 
 
+@pytest.mark.parametrize("windows", ["7", "11"])
+@pytest.mark.parametrize("size", [100, 1279])
+def test_a_wrong_length_is_refused_on_the_segment_heap_too(windows, size):
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB, windows=windows)
+    _, va = k.NdisAllocateMemoryWithTag(size, "Lens")
+    with pytest.raises(ntpool.NdisContractError, match="Length"):
+        k.NdisFreeMemory(va, size + 200, 0)
+    k.NdisFreeMemory(va, size, 0)
+    assert row(k, "sneL").NonPagedUsed == 0
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+@pytest.mark.parametrize("size", [100, 1279])
+def test_a_block_size_a_stray_write_changed_is_not_blamed_on_the_length(windows, size):
+    """The driver passes the Length it allocated with; a stray write changed the chunk's
+    BlockSize. NDIS says nothing of the Length: the free goes on, and what Windows' free
+    makes of the header follows (Windows 7: 0x19/0x20, the next chunk's PreviousSize
+    disagrees; the segment heap reads BlockSize only for its lookaside and frees it)."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB, windows=windows)
+    _, va = k.NdisAllocateMemoryWithTag(size, "Lens")
+    _, after = k.NdisAllocateMemoryWithTag(size, "Next")  # a neighbour, so the chunk's end is checked
+    blocks = POOL_HEADER.unpack_from(k.read(va - 16, 16)).BlockSize
+    k.write(va - 16 + POOL_HEADER.BlockSize, bytes([blocks - 3]))
+    if windows == "7":
+        check = bugcheck(lambda: k.NdisFreeMemory(va, size, 0))
+        assert (check.code, check.parameters[:2]) == (0x19, (0x20, va - 16))
+    else:
+        k.NdisFreeMemory(va, size, 0)
+        assert not k.halted and row(k, "sneL").NonPagedUsed == 0
+
+
 def test_wrong_length_refused_on_every_call_nothing_freed(k):
     # The size check rides on the free fast path: a refused free leaves the chunk allocated.
     for _ in range(3):

@@ -815,6 +815,18 @@ class PoolAllocator:
             return 0
         return pool.sites[(address - HEADER_SIZE - pool.base) >> SITE_UNIT_SHIFT]
 
+    def block_size_agrees(self, pool, address: int, block_size: int) -> bool:
+        """Whether the BlockSize ``block_size`` read from the header of the small chunk whose
+        body is at ``address`` agrees with what the free checks beside it: it stays in its
+        page and the next chunk on the page says it as PreviousSize (ExFreePoolWithTag's
+        0x8, 0x9, 0x20). One a stray write changed does not, and the free bug-checks."""
+        chunk = address - HEADER_SIZE
+        end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
+        if not block_size or end > PAGE_SIZE:
+            return False
+        return end == PAGE_SIZE or \
+            POOL_HEADER.get(self.mem, pool._pa(chunk + (block_size << BLOCK_SHIFT)), "PreviousSize") == block_size
+
     def allocation_size(self, address: int) -> int:
         """Bytes the chunk at ``address`` can hold (body of a small chunk, pages of a big one)."""
         pool = self.locate(address)

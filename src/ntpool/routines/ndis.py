@@ -298,8 +298,11 @@ class NdisRoutines:
             if not is_allocated(header_type):
                 return  # a double free: the free diagnoses it
             held = (blocks << BLOCK_SHIFT) - HEADER_SIZE
-            # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does.
-            if not length <= MAX_SMALL_ALLOCATION or self.pool.blocks_for(max(length, 1)) != blocks:
+            # A zero Length was allocated as one byte, as ExAllocatePoolWithTag does. A
+            # BlockSize a stray write changed says nothing of the Length: the free that
+            # follows finds the damage, as it would on Windows.
+            if (not length <= MAX_SMALL_ALLOCATION or self.pool.blocks_for(max(length, 1)) != blocks) \
+                    and self.pool.block_size_agrees(pool, va, blocks):
                 raise NdisContractError(
                     f"NdisFreeMemory of {va:#x} with Length {length}: the allocation holds "
                     f"{held} bytes ({blocks} pool blocks), so it was not allocated with that "

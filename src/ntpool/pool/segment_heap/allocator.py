@@ -366,6 +366,15 @@ class SegmentHeapAllocator(PoolAllocator):
         _, size, _, _ = heap.vs_read(header - VS_HEADER_SIZE)
         return max(0, (size << 4) - VS_HEADER_SIZE)
 
+    def block_size_agrees(self, heap: SegmentHeap, address: int, block_size: int) -> bool:
+        """Whether a small block's POOL_HEADER BlockSize agrees with its backend: its LFH
+        bucket's block size, or its VS chunk's (split to the request's units exactly). A
+        BlockSize a stray write changed does not; the segment heap's free reads it only to
+        pick a lookaside bucket."""
+        header = self.first_header(heap, address)
+        owner = heap.subsegment_of(header)
+        return owner is not None and block_size << 4 == self._block_bytes(heap, owner, header)
+
     def sync_to_memory(self) -> None:
         """Bring what the fast paths keep in Python into memory (before a dump is written)."""
         for heap in self.pools:
