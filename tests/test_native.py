@@ -116,6 +116,20 @@ def test_unhandled_exception_is_windows_bug_check(k):
     assert "faults.sys+0x" in check.detail
 
 
+@pytest.mark.parametrize("opcode", [b"\x0f\x0b", b"\x06", b"\x0f\xff"], ids=["ud2", "push-es", "ud0"])
+def test_an_invalid_opcode_is_the_illegal_instruction_exception_windows_raises(k, opcode):
+    """unicorn stops at an opcode it cannot decode rather than raising #UD; Windows raises
+    STATUS_ILLEGAL_INSTRUCTION there, unhandled here: 0x1E with the instruction's address
+    (a damaged .sys, or code a stray write reached, runs such bytes)."""
+    driver = load_native_driver(k, sys_path("faults"))
+    at = driver.address_of("RaiseAndReport")
+    k.write(at, opcode + b"\xc3")  # over its first instruction
+    with pytest.raises(BugCheck) as caught:
+        driver.call(at, 2)
+    assert caught.value.code == 0x1E and caught.value.parameters[:2] == (0xC000001D, at)
+    assert "faults.sys+0x" in caught.value.detail
+
+
 def test_write_to_read_only_data_is_0xbe(k):
     driver = load_native_driver(k, sys_path("faults"))
     with pytest.raises(BugCheck) as caught:

@@ -17,6 +17,8 @@ import struct
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
 from ..hooks import MappingChanged, MemoryWritten
+from unicorn.unicorn_const import UC_ERR_INSN_INVALID
+
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, seh
@@ -395,6 +397,11 @@ class NativeMachine:
                 raise self._call_error(detail) from detail
             if kind == "interrupt":
                 rip = faults.handle(self, detail, thread)
+                continue
+            if kind == "unicorn" and detail == UC_ERR_INSN_INVALID:
+                # unicorn stops at an opcode it cannot decode (ud2 among them) instead of
+                # raising #UD: the fault Windows takes there, STATUS_ILLEGAL_INSTRUCTION.
+                rip = faults.handle(self, faults.VECTOR_INVALID_OPCODE, thread)
                 continue
             regs = cpu.read_context()
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
