@@ -61,7 +61,7 @@ def take_the_long_way(pool) -> None:
             pool._list_remainder(rest, remainder)
         return page
 
-    def free_small(chunk):  # coalescing (Pool.free_small), every header read on its own
+    def free_small(chunk, pa=None):  # coalescing (Pool.free_small), every header read on its own
         previous_size, _, block_size, _, tag = pool._read_first8(chunk)
         following = chunk + (block_size << BLOCK_SHIFT)
         if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page
@@ -184,7 +184,10 @@ def test_the_long_way_is_taken_and_the_fast_cases_are_exercised():
         for step in range(600):
             driver.allocate() if step < 300 or rng.random() < 0.3 else driver.free()
         assert calls["_allocate_from_lists"] > 50 and calls["_allocate_from_fresh_page"] > 3
-        assert calls["release_past_lookaside"] > 50 and calls["free_small"] > 50
+        # (With frees not delayed, the allocator's fast path coalesces a free past the
+        # lookasides itself, through free_small.)
+        assert calls["release_past_lookaside"] > 50 if delayed else not calls["release_past_lookaside"]
+        assert calls["free_small"] > 50
         assert calls["deferred_free"] > 1 if delayed else not calls["deferred_free"]
 
 

@@ -62,6 +62,7 @@ from .layout import (
     HEADER_FIRST8,
     HEADER_SIZE,
     LOOKASIDE_MAX_BLOCKS,
+    POOL_FREE,
     POOL_HEADER,
     POOL_IN_USE,
     POOL_QUOTA,
@@ -86,6 +87,7 @@ _pack_next = SINGLE_LIST_ENTRY.struct.pack_into
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
+_POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 # Page offsets where a chunk body can start: whatever else a lookaside head holds (a
@@ -339,8 +341,17 @@ class PoolAllocator:
                         heads[block_size] = address
                         counts[block_size] += 1
                         return True
-                    # The system-wide lookaside, the pending frees, or the lists.
-                    pool.release_past_lookaside(address - _BODY, block_size, pa)
+                    # The system-wide lookaside, the pending frees, or the lists
+                    # (Pool.release_past_lookaside). Past a full system-wide list with frees not
+                    # delayed, its last step inline (a call less on every such free): the chunk
+                    # is marked free and coalesced at once.
+                    system = pool.system_lookaside
+                    if not pool.delay_frees and (block_size > LOOKASIDE_MAX_BLOCKS or
+                                                 system.count[block_size] >= system.depth[block_size]):
+                        pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                        pool.free_small(address - _BODY, pa)
+                    else:
+                        pool.release_past_lookaside(address - _BODY, block_size, pa)
                     return True
             elif not offset and not blocks and self.layer is None and address >= pool.base \
                     and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:

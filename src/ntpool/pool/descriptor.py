@@ -661,7 +661,7 @@ class Pool:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            words[header] = tag << POOL_TAG_SHIFT | previous_size | self.allocated_size_bits[block_size]
+            words[header] = previous_size | self.allocated_size_bits[block_size] | tag << POOL_TAG_SHIFT
             words[header + 1] = site & self.header_site_mask
             self.sites[(entry - HEADER_SIZE - self.base) >> SITE_UNIT_SHIFT] = site
             return entry - HEADER_SIZE
@@ -688,7 +688,7 @@ class Pool:
         mine_word = header + (remainder << 1)  # (a block is two QWORDs)
         words[header] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[remainder]
         words[header + 1] = 0
-        words[mine_word] = tag << POOL_TAG_SHIFT | remainder | self.allocated_size_bits[block_size]
+        words[mine_word] = remainder | self.allocated_size_bits[block_size] | tag << POOL_TAG_SHIFT
         words[mine_word + 1] = site & self.header_site_mask
         mine = entry + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
         self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
