@@ -117,6 +117,24 @@ def test_flink_to_an_unmapped_address_is_0x50_under_the_paged_lock(k):
     assert (e.code, e.parameters[:2]) == (0x50, (bad + 8, 0))
 
 
+def test_flink_zeroed_is_an_access_violation_0x1e_under_the_paged_lock(k):
+    """A link a driver zeroed leads the pool code to NULL + 8: a user-mode address, for which
+    MmAccessFault raises no 0x50 (that is for system addresses) but an access violation no
+    handler catches: 0x1E (0xC0000005, instruction, 0 read, the address)."""
+    entry = listed_chunk(k, PP)
+    k.write(entry, bytes(8))
+    e = stop(lambda: k.ExAllocatePoolWithTag(PP, 3000, "Lnk3"))
+    assert (e.code, e.parameters[0], e.parameters[2:]) == (0x1E, 0xC0000005, (0, 8))
+
+
+def test_lookaside_next_to_a_user_mode_address_is_0x1e_below_dispatch(k):
+    p = lookaside_chunk(k)
+    k.write(p, (0x10000).to_bytes(8, "little"))
+    assert k.ExAllocatePoolWithTag(NP, 100, "Tak1") == p
+    e = stop(lambda: k.ExAllocatePoolWithTag(NP, 100, "Tak2"))
+    assert (e.code, e.parameters[0], e.parameters[2:]) == (0x1E, 0xC0000005, (0, 0x10000))
+
+
 def test_flink_non_canonical_is_0x1e(k):
     entry = listed_chunk(k)
     k.write(entry, b"\xff" * 7 + b"\x7f")

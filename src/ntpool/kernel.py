@@ -411,8 +411,10 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         (0xC0000005, instruction, 0, -1). A paged-out page comes back below DISPATCH_LEVEL;
         otherwise the fault is 0xC5 DRIVER_CORRUPTED_EXPOOL at DISPATCH_LEVEL or above
         (address, IRQL, 0 read / 1 write, instruction) and 0x50 PAGE_FAULT_IN_NONPAGED_AREA
-        below it (address, 0 read / 1 write, instruction, 0). ntpool has no ntoskrnl code
-        addresses: the instruction given is the driver's call into the pool.
+        below it (address, 0 read / 1 write, instruction, 0), or for a user-mode address the
+        access violation no handler catches, 0x1E (0xC0000005, instruction, 0 / 1, address).
+        ntpool has no ntoskrnl code addresses: the instruction given is the driver's call
+        into the pool.
         """
         irql = max(self.irql_by_processor[self.current_processor], lock_irql)
         site = self.call_sites.site_of_caller()
@@ -434,6 +436,13 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             self.KeBugCheckEx(BugCheckCode.DRIVER_CORRUPTED_EXPOOL, address, irql, int(write), instruction,
                               detail=f"the pool's {access} {address:#x} at IRQL {irql} found no "
                                      f"page (a corrupted pool link), from {self.call_sites.describe(site)}")
+        if address < SYSTEM_RANGE_START:
+            # MmAccessFault raises 0x50 for system addresses only: a user-mode one (a link
+            # zeroed to NULL + 8, most often) is an access violation no handler catches.
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              instruction, int(write), address,
+                              detail=f"the pool's {access} user-mode address {address:#x} (a "
+                                     f"corrupted pool link), from {self.call_sites.describe(site)}")
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), instruction, 0,
                           detail=f"the pool's {access} unmapped address {address:#x} (a corrupted "
                                  f"pool link), from {self.call_sites.describe(site)}")
