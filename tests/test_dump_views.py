@@ -85,3 +85,37 @@ def test_dump_misuse_is_one_line(demo_dump, tmp_path, monkeypatch, capsys, argv,
     assert main([a.format(dump=path, short=short) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+
+def test_a_big_page_entry_claiming_terabytes_costs_only_the_mapped_pages(tmp_path):
+    """A damaged big page table entry whose NumberOfBytes claims 1 TiB: the page map draws
+    the pages the dump maps (it made a strip for every claimed page and ran out of memory)."""
+    import struct
+
+    import ntpool
+    from ntpool.cli.dump_source import DumpSource
+    from ntpool.dump import DumpReader
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    big = k.ExAllocatePoolWithTag(0, 3 * 4096, "Bigg")
+    k.ExAllocatePoolWithTag(0, 100, "Smal")
+    path = tmp_path / "MEMORY.DMP"
+    k.write_dump(path, "kernel")
+    raw = bytearray(path.read_bytes())
+    with DumpReader(str(path)) as reader:
+        data = reader.debugger_data()
+        table, count = data["PoolBigPageTable"], data["PoolBigPageTableSize"]
+        size = 0x18  # Windows 7's POOL_TRACKER_BIG_PAGES: Va, Key, PoolType, NumberOfBytes
+        slot = next(i for i in range(count) if struct.unpack("<Q", reader.read(table + i * size, 8))[0] == big)
+        va = table + slot * size + 0x10
+        at = reader.frame_offset(reader.translate(va) >> 12) + (va & 0xFFF)
+    before = DumpSource(str(path)).page_strips()
+    assert [strip.note for strip in before if strip.va == big] == ["ggiB: 3 pages"]
+    raw[at:at + 8] = struct.pack("<Q", 1 << 40)
+    damaged = tmp_path / "damaged.dmp"
+    damaged.write_bytes(bytes(raw))
+    after = DumpSource(str(damaged)).page_strips()
+    assert [strip.va for strip in after] == [strip.va for strip in before]
+    assert [strip.note for strip in after if strip.va == big] == [f"ggiB: {1 << 28} pages"]
+    assert main(["picture", "pagemap", str(damaged), "-o", str(tmp_path / "map.svg")]) == 0

@@ -11,9 +11,10 @@ from ..dump import DumpReader
 from ..dump.format import KDBG_MM_NUMBER_OF_PHYSICAL_PAGES
 from ..dump.reader import MemoryReadError
 from ..errors import BugCheck
+from ..debugger.poolscan import BigPageIndex
 from ..debugger.segment_heap import SegmentHeapReader
 from ..tags import display
-from ..tools.pictures import FREE, RESERVED, PageStrip, Segment, big_page_strips, small_page_strip
+from ..tools.pictures import BIG, FREE, RESERVED, PageStrip, Segment, small_page_strip
 from ..pool.tracker import PoolTagInfo
 from ..tools.poolmon import Snapshot
 
@@ -48,20 +49,17 @@ class DumpSource:
         wanted = {"both": (0, 1), "nonpaged": (0,), "paged": (1,)}.get(pool)
         if wanted is None:
             raise ValueError(f"pool must be both, nonpaged or paged, got {pool!r}")
-        pages = [(e.Va, (e.Key, max(1, -(-e.NumberOfBytes // PAGE_SIZE))))
-                 for e in self.reader.big_pages()]
+        big = BigPageIndex(self.reader.big_pages())
         strips = []
         if self.reader.segment_heap:
-            return self._heap_strips(wanted, pages)
+            return self._heap_strips(wanted, big)
         for region in self.reader.pool_ranges():
             if region.base_type not in wanted:
                 continue
-            big = big_page_strips(region.name, pages)
             for va, _offset in self.reader.mapped_pages(region.start, region.end):
-                if va in big:
-                    strips.append(big[va])
-                else:
-                    strips.append(small_page_strip(region.name, self.reader.page(va), va))
+                strip = big_page_strip(region.name, big, va)
+                strips.append(strip if strip is not None else
+                              small_page_strip(region.name, self.reader.page(va), va))
         return strips
 
     def machine(self) -> dict:
@@ -80,7 +78,7 @@ class DumpSource:
                 "commit": commit, "peak": commit, "nonpaged": pools.get(0, 0) * PAGE_SIZE,
                 "paged": pools.get(1, 0) * PAGE_SIZE}
 
-    def _heap_strips(self, wanted, pages) -> list[PageStrip]:
+    def _heap_strips(self, wanted, big: BigPageIndex) -> list[PageStrip]:
         """The segment heap's pages: blocks from its subsegments, big runs, and the rest
         (segment headers) as reserved."""
         heaps = SegmentHeapReader(self.reader)
@@ -88,11 +86,11 @@ class DumpSource:
         for heap in heaps.heaps:
             if heap.base_type not in wanted:
                 continue
-            big = big_page_strips(heap.name, pages)
             blocks = heaps.page_blocks(heap)
             for va, _offset in self.reader.mapped_pages(heap.start, heap.end):
-                if va in big:
-                    strips.append(big[va])
+                strip = big_page_strip(heap.name, big, va)
+                if strip is not None:
+                    strips.append(strip)
                 elif va in blocks:
                     strips.append(PageStrip(heap.name, va, tuple(
                         Segment(offset, length, state, display(tag) if state != FREE else "")
@@ -103,3 +101,19 @@ class DumpSource:
 
     def samples(self):
         raise ValueError("a crash dump holds one moment; usage over time needs a scenario")
+
+
+def big_page_strip(pool: str, big: BigPageIndex, va: int) -> PageStrip | None:
+    """The strip of a mapped page that a big allocation of the dump's table holds, or None.
+
+    Looked up page by page (the pages the dump maps), never made for every page an entry
+    claims: a damaged table's NumberOfBytes may claim terabytes."""
+    entry = big.containing(va)
+    if entry is None:
+        return None
+    tag = display(entry.Key)
+    note = ""
+    if va == entry.Va:
+        pages = max(1, -(-entry.NumberOfBytes // PAGE_SIZE))
+        note = f"{tag}: {pages} page{'s' if pages > 1 else ''}"
+    return PageStrip(pool, va, (Segment(0, PAGE_SIZE, BIG, tag),), note)
