@@ -443,39 +443,16 @@ class DumpReader:
         kept = list(map(and_, entries[first:last], repeat(PTE_ADDRESS_MASK | PTE_PRESENT)))
         cuts = [0, *compress(range(1, len(kept)), map(ne, map(sub, kept[1:], kept), repeat(PAGE_SIZE))),
                 len(kept)]
-        run_va = run_offset = count = 0
-        for begin, stop in zip(cuts, cuts[1:]):
-            if not kept[begin] & PTE_PRESENT:
-                continue
-            for va, offset, pages in self._held(kept[begin] >> PAGE_SHIFT, stop - begin,
-                                                base + ((first + begin) << PAGE_SHIFT)):
-                if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
-                    count += pages  # follows on in memory and in the file
-                    continue
-                if count:
-                    yield run_va, run_offset, count
-                run_va, run_offset, count = va, offset, pages
-        if count:
-            yield run_va, run_offset, count
+        yield from _joined(piece for begin, stop in zip(cuts, cuts[1:]) if kept[begin] & PTE_PRESENT
+                           for piece in self._held(kept[begin] >> PAGE_SHIFT, stop - begin,
+                                                   base + ((first + begin) << PAGE_SHIFT)))
 
     def _stretch_runs(self, entries, stretches: list, base: int):
         """The dump's runs for stretches of a page table whose entries map consecutive frames,
         joined where they follow on in memory and in the file (as the cut path joins them)."""
-        run_va = run_offset = count = 0
-        for begin, stop in stretches:
-            entry = entries[begin]
-            if not entry & PTE_PRESENT:
-                continue
-            for va, offset, pages in self._held((entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT, stop - begin,
-                                                base + (begin << PAGE_SHIFT)):
-                if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
-                    count += pages
-                    continue
-                if count:
-                    yield run_va, run_offset, count
-                run_va, run_offset, count = va, offset, pages
-        if count:
-            yield run_va, run_offset, count
+        yield from _joined(piece for begin, stop in stretches if entries[begin] & PTE_PRESENT
+                           for piece in self._held((entries[begin] & PTE_ADDRESS_MASK) >> PAGE_SHIFT,
+                                                   stop - begin, base + (begin << PAGE_SHIFT)))
 
     def _held(self, pfn: int, pages: int, va: int):
         """(va, file offset, pages): the parts of frames [pfn, pfn + pages), mapped from ``va``,
@@ -865,6 +842,21 @@ _LOW_56 = (1 << 56) - 1
 
 MAX_SITE_TABLE_BYTES = 64 << 20
 SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
+
+
+def _joined(pieces):
+    """(va, file offset, pages) pieces, joined where one follows on from the last in memory
+    and in the file."""
+    run_va = run_offset = count = 0
+    for va, offset, pages in pieces:
+        if count and va == run_va + (count << PAGE_SHIFT) and offset == run_offset + (count << PAGE_SHIFT):
+            count += pages
+            continue
+        if count:
+            yield run_va, run_offset, count
+        run_va, run_offset, count = va, offset, pages
+    if count:
+        yield run_va, run_offset, count
 
 
 def _ushorts(raw: bytes, count: int):
