@@ -70,15 +70,6 @@ class UninitializedMemoryTracking:
         if self.shadows.pop(address, None) is not None:
             self.starts.pop(bisect_right(self.starts, address) - 1)
 
-    def _covering(self, address: int):
-        """(start, shadow, tag, site) of the tracked allocation holding ``address``, or None."""
-        index = bisect_right(self.starts, address) - 1
-        if index < 0:
-            return None
-        start = self.starts[index]
-        shadow, tag, site = self.shadows[start]
-        return (start, shadow, tag, site) if address < start + len(shadow) else None
-
     def _spans(self, address: int, length: int):
         """(start, shadow, tag, site, first, last) for each tracked allocation the range touches."""
         end = address + length

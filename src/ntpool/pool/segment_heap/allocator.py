@@ -409,11 +409,4 @@ class SegmentHeapAllocator(PoolAllocator):
         return (self.mem[pa + POOL_HEADER.BlockSize] << 4) - POOL_HEADER_SIZE
 
 
-def heap_pick(heap: SegmentHeap, sub) -> int:
-    """Take the next block of ``sub`` (randomised placement) and mark it busy."""
-    index = heap._lfh_pick(sub)
-    heap._lfh_mark_busy(sub, index)
-    return index
-
-
 __all__ = ["SegmentHeapAllocator", "block_units", "header_pool_type"]
