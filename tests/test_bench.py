@@ -31,20 +31,20 @@ def test_fragmented_machines_measure_the_misses_their_rows_name():
     remainder joins the long 3-block list; past the refilled lookasides, its free coalesces
     with that remainder (unlinking it) and joins the long 11-block list; or the miss is an
     exact fit from a long 8-block list. A round leaves the pool as it found it."""
-    from ntpool.tools.bench import (LOOKASIDE_DRAIN, TAG, _fragmented_cycle,
+    from ntpool.tools.bench import (LOOKASIDE_DRAIN, TAG, _drained_cycle,
                                     _fragmented_machine)
     from ntpool.windows import windows_version
 
     k = _fragmented_machine(windows_version("7"), (160, 32))
     pool = k.nonpaged_pool
-    _fragmented_cycle(k, 50, "miss")
+    _drained_cycle(k, 50, "miss")
 
     def lengths():
         return len(pool.free_list(3)), len(pool.free_list(11))
 
     before = lengths()
     assert min(before) > 2_500 and not any(pool.listed[8:11])
-    _fragmented_cycle(k, 50, "miss")
+    _drained_cycle(k, 50, "miss")
     assert lengths() == before
     held = [k.ExAllocatePoolWithTag(0, 100, TAG) for _ in range(LOOKASIDE_DRAIN)]
     drained = lengths()
@@ -58,5 +58,5 @@ def test_fragmented_machines_measure_the_misses_their_rows_name():
     exact = _fragmented_machine(windows_version("7"), (100,))
     before = len(exact.nonpaged_pool.free_list(8))
     assert before > 2_500
-    _fragmented_cycle(exact, 50, "miss")
+    _drained_cycle(exact, 50, "miss")
     assert len(exact.nonpaged_pool.free_list(8)) == before

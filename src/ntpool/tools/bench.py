@@ -113,22 +113,6 @@ def _fsrtl_pair(k, n: int) -> float:
 LOOKASIDE_DRAIN = 1_100  # more than a per-processor and the system-wide list hold (256 each)
 
 
-def _lookaside_miss(k, n: int) -> float:
-    """``n`` allocations made while the lookaside lists for their size are empty (from the
-    pool's lists, splitting free chunks or new pages), timed alone."""
-    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
-    held = [allocate(NP, SMALL, TAG) for _ in range(LOOKASIDE_DRAIN)]
-    missed = []
-    append = missed.append
-    start = time.perf_counter()
-    for _ in range(n):
-        append(allocate(NP, SMALL, TAG))
-    elapsed = time.perf_counter() - start
-    for address in held + missed:
-        free(address, TAG)
-    return elapsed
-
-
 # A fragmented pool: FRAGMENTED_FREE_CHUNKS free chunks, each between two live ones, so a
 # miss takes its chunk from a long list and a free finds neighbours on other pages.
 FRAGMENTED_FREE_CHUNKS = 3_000
@@ -163,11 +147,12 @@ def _fragmented_machine(version, free_bytes: tuple, delayed_frees: bool | None =
     return k
 
 
-def _fragmented_cycle(k, n: int, timed: str) -> float:
-    """One round on a fragmented machine: the lookasides drained (their chunks held), ``n``
-    100-byte allocations that miss them, then every chunk freed, the held ones first (they
-    refill the lookasides), so the ``n`` frees find them full. Times the ``n`` allocations
-    (``timed`` "miss") or their frees ("free"); the pool ends as it began."""
+def _drained_cycle(k, n: int, timed: str) -> float:
+    """One round with the lookasides drained (their chunks held): ``n`` 100-byte allocations
+    that miss them (from the pool's lists, splitting free chunks or new pages), then every
+    chunk freed, the held ones first (they refill the lookasides), so the ``n`` frees find
+    them full. Times the ``n`` allocations (``timed`` "miss") or their frees ("free"); the
+    pool ends as it began. On a fragmented machine the lists are long."""
     allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
     held = [allocate(NP, FRAGMENTED_REQUEST, TAG) for _ in range(LOOKASIDE_DRAIN)]
     missed = []
@@ -332,11 +317,11 @@ def run(quick: bool = False, windows=None) -> dict:
         "pool2": (lambda: _pool2_pair(routines, per_batch), per_batch),
         "ndis": (lambda: _ndis_pair(routines, per_batch), per_batch),
         "fsrtl": (lambda: _fsrtl_pair(routines, per_batch), per_batch),
-        "miss": (lambda: _lookaside_miss(missing, slow), slow),
-        "exact": (lambda: _fragmented_cycle(exact, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
-        "split": (lambda: _fragmented_cycle(split, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
-        "coalesce": (lambda: _fragmented_cycle(split, FRAGMENTED_MISSES, "free"), FRAGMENTED_MISSES),
-        "delayed": (lambda: _fragmented_cycle(delayed, FRAGMENTED_MISSES, "free"), FRAGMENTED_MISSES),
+        "miss": (lambda: _drained_cycle(missing, slow, "miss"), slow),
+        "exact": (lambda: _drained_cycle(exact, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
+        "split": (lambda: _drained_cycle(split, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
+        "coalesce": (lambda: _drained_cycle(split, FRAGMENTED_MISSES, "free"), FRAGMENTED_MISSES),
+        "delayed": (lambda: _drained_cycle(delayed, FRAGMENTED_MISSES, "free"), FRAGMENTED_MISSES),
         "big": (lambda: _ex_pair(big, slow, BIG), slow),
     }
     for option, key in (("pool_tracking", "tracking"), ("special_pool", "special"),
