@@ -261,7 +261,7 @@ class NdisRoutines:
             # Length must be the allocation's: a small one's BlockSize is what the allocator's
             # free fast path reads anyway, so it compares it there, freeing only on a match;
             # anything else (a mismatch, a big allocation, any error) is diagnosed here first.
-            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, (length + 31) >> 4):
+            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, blocks=(length + 31) >> 4):
                 return
             self._check_pool_length(va, length)
         self.pool.free(va, None)
