@@ -414,9 +414,10 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         its answer with the fault status's execute bit (8 on x64, WRK mi/amd64 miamd.h):
         a present no-execute page is 0xFC ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY (address,
         PTE, 0, 0) at any IRQL; a page not present is, at DISPATCH_LEVEL or above,
-        IRQL_NOT_LESS_OR_EQUAL (0xA: address, IRQL, 8, address), which KeBugCheckEx makes
-        DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1) when the faulting instruction (the target
-        itself) lies in a driver's image; below it a paged-out page comes back, a user-mode
+        DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1: address, IRQL, 8, address): the trap's 0xA,
+        which KeBugCheckEx turns into 0xD1 when the faulting instruction (for a jump, the
+        target itself) is not kernel or HAL code (WRK ke/bugcheck.c); below it a paged-out
+        page comes back, a user-mode
         address is the access violation no handler catches, 0x1E (0xC0000005, address, 8,
         address), and any other address 0x50 PAGE_FAULT_IN_NONPAGED_AREA (address, 8,
         address, 0). Executable memory there is code only a CPU can run: a clear error.
@@ -436,11 +437,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         if not pte & PTE_PRESENT:
             irql = self.irql_by_processor[self.current_processor]
             if irql >= DISPATCH_LEVEL:
-                in_driver = any(d.image_base <= address < d.image_base + d.image_size
-                                for d in self.drivers)
-                code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL if in_driver else \
-                    BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
-                self.KeBugCheckEx(code, address, irql, EXECUTE_FAULT, address,
+                self.KeBugCheckEx(BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL, address, irql,
+                                  EXECUTE_FAULT, address,
                                   detail=f"execution of {address:#x} (not resident) at IRQL "
                                          f"{irql}: an overwritten routine pointer, called from {caller}")
             if self.pager.is_paged_out(address):

@@ -72,7 +72,6 @@ class LoadedDriver:
         self.obj = obj
         self.name = name
         self.image_base = image_base
-        self.image_size = DRIVER_IMAGE_STRIDE  # load_driver sets the image's own size
         self.entry_va = entry_va  # its KLDR_DATA_TABLE_ENTRY
         self.name_va = entry_va + LDR_BASE_DLL_NAME  # the UNICODE_STRING of its name
         self.codes: set = set()
@@ -347,7 +346,6 @@ class DriverRoutines:
         entry_point = getattr(driver, "entry_point", None) or image_base + 0x1000
         loaded = LoadedDriver(index, driver, name, image_base,
                               self._write_ldr_entry(name, image_base, size, entry_point))
-        loaded.image_size = size
         if getattr(driver, "native", False):
             driver.loaded = loaded
         self.call_sites.drivers.append(loaded)
