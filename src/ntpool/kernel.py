@@ -171,8 +171,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
-        for pool in (self.nonpaged_pool, self.paged_pool):
-            pool.fault = self._pool_access_fault  # what a pool access to no page raises
+        for pool in (self.nonpaged_pool, self.nonpaged_pool_nx, self.paged_pool):
+            if pool is not None:  # Windows 7 and the segment heap alike: one rule
+                pool.fault = self._pool_access_fault  # what a pool access to no page raises
         # Windows 7 delays pool frees on machines with at least 127 * 1024 physical pages
         # (about 508 MiB) unless special pool or Driver Verifier is on at boot (WRK
         # InitializePool); ``delayed_frees`` True/False overrides the rule.
@@ -465,6 +466,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
     def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:
         """An access the pool code itself makes (following a link or a header's sizes) that
         finds no mapping: what Windows 7 raises there (README, "When the pool is corrupted").
+        Both designs use it: Windows 7's descriptors and the segment heap (``pool.fault``).
 
         The pool code runs at ``lock_irql`` or the caller's IRQL, whichever is higher. A
         non-canonical address is a general-protection fault no handler catches: 0x1E
