@@ -15,6 +15,7 @@ from .constants import (
 )
 from .errors import (
     BugCheck,
+    ExecutionError,
     MachineHalted,
     NdisContractError,
     NdisVersionError,
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APC_LEVEL", "DISPATCH_LEVEL", "HIGH_LEVEL", "PASSIVE_LEVEL", "PROTECTED_POOL",
-    "BugCheck", "BugCheckCode", "Irql", "Kernel", "MachineHalted", "NdisContractError",
+    "BugCheck", "BugCheckCode", "ExecutionError", "Irql", "Kernel", "MachineHalted", "NdisContractError",
     "NdisStatus", "NdisVersionError", "NtStatus",
     "NtStatusError", "PoolFlags", "PoolPriority", "PoolTagInfo", "PoolType", "Tag", "TagError",
     "tag",

@@ -67,6 +67,11 @@ class TagError(ValueError):
     """A pool tag that is not a valid ULONG tag (Python API misuse, not a bug check)."""
 
 
+class ExecutionError(RuntimeError):
+    """Code the machine was asked to run and cannot: executable memory that holds no routine
+    of its own, on a machine with no CPU (no compiled driver loaded)."""
+
+
 class NdisVersionError(RuntimeError):
     """An NDIS routine called by a driver whose registered NDIS version may not call it."""
 

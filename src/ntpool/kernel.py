@@ -37,10 +37,10 @@ from .constants import (
     NtStatus,
 )
 from .drivers import LIST_ENTRY, CallSites, DriverRoutines
-from .errors import ALLOWED_WHEN_HALTED, BugCheck, MachineHalted, allowed_when_halted
+from .errors import ALLOWED_WHEN_HALTED, BugCheck, ExecutionError, MachineHalted, allowed_when_halted
 from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
 from .machine.irql import IrqlRoutines
-from .machine.memory import AddressSpace, PhysicalMemory, canonical
+from .machine.memory import PTE_NX, PTE_PRESENT, AddressSpace, PhysicalMemory, canonical
 from .machine.pager import Pager
 from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines, QuotaLedger
@@ -67,6 +67,7 @@ DELAYED_FREES_MINIMUM_PAGES = 127 * 1024
 DEFAULT_NONPAGED_POOL_BYTES = 256 << 20
 DEFAULT_PAGED_POOL_BYTES = 256 << 20
 MiB = 1 << 20
+EXECUTE_FAULT = 8  # the x64 fault status's execute bit (MI_FAULT_STATUS_INDICATES_EXECUTION)
 CRASH_DUMP_KINDS = ("kernel", "full")  # the bitmap dump Windows writes by default, or full
 
 
@@ -171,8 +172,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.heap_state = pools.state  # the segment heap's globals and keys (None on 7)
         self.pager = Pager(self.space, self._no_pages_available)
         self.paged_pool.pager = self.pager
-        for pool in (self.nonpaged_pool, self.paged_pool):
-            pool.fault = self._pool_access_fault  # what a pool access to no page raises
+        for pool in (self.nonpaged_pool, self.nonpaged_pool_nx, self.paged_pool):
+            if pool is not None:  # Windows 7 and the segment heap alike: one rule
+                pool.fault = self._pool_access_fault  # what a pool access to no page raises
         # Windows 7 delays pool frees on machines with at least 127 * 1024 physical pages
         # (about 508 MiB) unless special pool or Driver Verifier is on at boot (WRK
         # InitializePool); ``delayed_frees`` True/False overrides the rule.
@@ -403,9 +405,69 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
+    def execute_without_cpu(self, address: int) -> NoReturn:
+        """What calling ``address`` does when no CPU can run code there: a routine pointer a
+        driver overwrote (a lookaside list's Allocate or Free, a dispatch, completion or DPC
+        routine) on a machine with no native code loaded (``native_call`` is None).
+
+        Windows would jump there. x64 refuses a non-canonical target with a general-protection
+        fault at the call: 0x1E KMODE_EXCEPTION_NOT_HANDLED (0xC0000005, the call, 0,
+        0xFFFFFFFFFFFFFFFF). Otherwise the instruction fetch faults, and MmAccessFault gives
+        its answer with the fault status's execute bit (8 on x64, WRK mi/amd64 miamd.h):
+        a present no-execute page is 0xFC ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY (address,
+        PTE, 0, 0) at any IRQL; a page not present is, at DISPATCH_LEVEL or above,
+        DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1: address, IRQL, 8, address): the trap's 0xA,
+        which KeBugCheckEx turns into 0xD1 when the faulting instruction (for a jump, the
+        target itself) is not kernel or HAL code (WRK ke/bugcheck.c); below it a paged-out
+        page comes back, a user-mode
+        address is the access violation no handler catches, 0x1E (0xC0000005, address, 8,
+        address), and any other address 0x50 PAGE_FAULT_IN_NONPAGED_AREA (address, 8,
+        address, 0). Executable memory there is code only a CPU can run: a clear error.
+        """
+        site = self.call_sites.site_of_caller()
+        caller = self.call_sites.describe(site)
+        if canonical(address) != address:
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              self.call_sites.table[site].address, 0, 0xFFFFFFFFFFFFFFFF,
+                              detail=f"call to the non-canonical address {address:#x} (an "
+                                     f"overwritten routine pointer): general protection fault, "
+                                     f"from {caller}")
+        pte = self.space.pte(address)
+        if not pte & PTE_PRESENT and self.hooks.listening(PageFault) and \
+                self.hooks.ask(PageFault(address, False)) is not None:  # special pool's pages
+            pte = self.space.pte(address)
+        if not pte & PTE_PRESENT:
+            irql = self.irql_by_processor[self.current_processor]
+            if irql >= DISPATCH_LEVEL:
+                self.KeBugCheckEx(BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL, address, irql,
+                                  EXECUTE_FAULT, address,
+                                  detail=f"execution of {address:#x} (not resident) at IRQL "
+                                         f"{irql}: an overwritten routine pointer, called from {caller}")
+            if self.pager.is_paged_out(address):
+                self.pager.page_in(address)
+                pte = self.space.pte(address)
+            elif address < SYSTEM_RANGE_START:
+                self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED,
+                                  NtStatus.STATUS_ACCESS_VIOLATION, address, EXECUTE_FAULT, address,
+                                  detail=f"execution of the user-mode address {address:#x} (an "
+                                         f"overwritten routine pointer), called from {caller}")
+            else:
+                self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, EXECUTE_FAULT,
+                                  address, 0,
+                                  detail=f"execution of unmapped address {address:#x} (an "
+                                         f"overwritten routine pointer), called from {caller}")
+        if pte & PTE_NX:
+            self.KeBugCheckEx(BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, address, pte, 0, 0,
+                              detail=f"execution of no-execute memory {address:#x} (an "
+                                     f"overwritten routine pointer), called from {caller}")
+        raise ExecutionError(f"{caller} called {address:#x}, executable memory that holds no "
+                             f"routine of this machine: running it needs a CPU (load a "
+                             f"compiled driver, ntpool.native)")
+
     def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:
         """An access the pool code itself makes (following a link or a header's sizes) that
         finds no mapping: what Windows 7 raises there (README, "When the pool is corrupted").
+        Both designs use it: Windows 7's descriptors and the segment heap (``pool.fault``).
 
         The pool code runs at ``lock_irql`` or the caller's IRQL, whichever is higher. A
         non-canonical address is a general-protection fault no handler catches: 0x1E

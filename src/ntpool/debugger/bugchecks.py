@@ -37,6 +37,8 @@ DESCRIPTIONS = {
     B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL: "Memory was referenced after it was freed.",
     B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION: "N bytes of memory was allocated and more than "
                                                   "N bytes are being referenced.",
+    B.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY: "An attempt was made to execute non-executable "
+                                             "memory.",
     B.MANUALLY_INITIATED_CRASH: "The user manually initiated this crash dump.",
     B.KERNEL_MODE_HEAP_CORRUPTION: "The kernel mode heap manager has detected corruption in a heap.",
 }
@@ -111,6 +113,8 @@ ARGUMENTS = {
     (B.PAGE_FAULT_IN_NONPAGED_AREA, None): ("Memory referenced", _ACCESS, "If non-zero, the "
                                             "instruction address which referenced the bad memory",
                                             "Reserved"),
+    (B.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, None): ("Virtual address for the attempted execute",
+                                                      "PTE contents", "Reserved", "Reserved"),
     (B.IRQL_NOT_LESS_OR_EQUAL, None): ("Memory referenced", "IRQL", _ACCESS,
                                        "Address which referenced memory"),
     (B.DRIVER_IRQL_NOT_LESS_OR_EQUAL, None): ("Memory referenced", "IRQL", _ACCESS,

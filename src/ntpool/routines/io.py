@@ -205,9 +205,7 @@ class IoRoutines:
                     self.current_driver = previous
             return 0 if result is None else result
         if self.native_call is None:
-            raise NtStatusError(STATUS_INVALID_DEVICE_REQUEST,
-                                f"no code at {address:#x} (no Python function registered there "
-                                f"and no native bridge)")
+            self.execute_without_cpu(address)  # what jumping there does: a bug check
         return self.native_call(address, args)
 
     # --- driver objects ----------------------------------------------------------------------

@@ -219,10 +219,9 @@ class RuntimeRoutines:
         if address in (default_free, DEFAULT_FREE):
             self.ExFreePool(*args)
             return 0
-        native = self.__dict__.get("_native")
-        if native is None:
-            raise ValueError(f"lookaside routine {address:#x} is not code this machine can run")
-        return native.call(address, args)
+        # Anything else is a routine the driver gave, or a pointer it overwrote: called as
+        # Windows calls it (a Python function, native code, or the fault of jumping there).
+        return self.call_code(address, *args)
 
     def _delete_lookaside(self, lookaside) -> None:
         lookaside = _int("Lookaside", lookaside)

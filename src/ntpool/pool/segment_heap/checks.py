@@ -17,13 +17,6 @@ def heap_corruption(heap, failure: HeapFailure, address: int, detail: str) -> No
                detail=f"{heap.name} heap: {detail}")
 
 
-def page_fault(heap, address: int) -> None:
-    """The heap followed a damaged pointer or size onto a page nothing maps."""
-    heap.crash(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, 0, 0, 0,
-               detail=f"{heap.name} heap read {address:#x}, which nothing maps (a damaged "
-                      f"header or link led there)")
-
-
 def lfh_bitmap_corrupt(heap, sub, index: int, bits: int) -> None:
     """Allocation found a block the subsegment's index thinks free marked otherwise."""
     heap_corruption(heap, HeapFailure.SEGMENT_LFH_BITMAP_CORRUPTION, sub.va + sub.offsets[index],

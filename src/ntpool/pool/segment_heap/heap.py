@@ -16,9 +16,9 @@ import struct
 from bisect import bisect_left, insort
 from itertools import cycle
 
-from ...constants import PAGE_SHIFT, PAGE_SIZE
+from ...constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE
 from ...machine.memory import AddressSpace
-from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL
+from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL, _no_machine
 from . import checks
 from .layout import (
     DESCRIPTOR_RANGE_FLAGS,
@@ -224,6 +224,11 @@ class SegmentHeap:
         self.big_sites: dict[int, int] = {}
         self.big_details: dict[int, tuple[int, int, int]] = {}  # va -> (bytes, pool type, process)
         self.pager = None
+        # The machine's answer to the heap's code touching a page that is not there (the
+        # kernel sets it), and the IRQL that code holds: the heap lock's, a spin lock for
+        # the nonpaged heaps, APC_LEVEL for the paged one (as Windows 7's descriptors).
+        self.fault = _no_machine
+        self.lock_irql = APC_LEVEL if base_type & 1 else DISPATCH_LEVEL
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
         self.lfh_buckets = [LfhBucket(i) for i in range(LFH_BUCKET_COUNT + 1)]
         self.lfh_current: list = [None] * (LFH_BUCKET_COUNT + 1)  # bucket -> current subsegment
@@ -241,18 +246,14 @@ class SegmentHeap:
 
     # --- addresses (the interface the machine shares with the Windows 7 pool) ---------------
 
-    def _pa(self, va: int) -> int:
-        """The physical address of ``va``, paging it in; the heap's code touching a page
-        nothing maps (a pointer a driver damaged) is PAGE_FAULT_IN_NONPAGED_AREA, as in
-        Windows."""
+    def _pa(self, va: int, write: bool = False) -> int:
+        """The physical address of ``va`` for an access by the heap's code: a page that is
+        not there is the machine's ``fault`` (the rule Windows 7's pool accesses follow,
+        ``Kernel._pool_access_fault``: paged back in, or the bug check for a pointer or
+        size a driver damaged), at the heap lock's IRQL."""
         base = self.tlb.get(va >> PAGE_SHIFT)
         if base is None:
-            try:
-                if self.pager is None:
-                    raise KeyError(va)
-                base = self.pager.page_in(va)
-            except KeyError:
-                checks.page_fault(self, va)
+            base = self.fault(va, write, self.lock_irql)
         return base + (va & (PAGE_SIZE - 1))
 
     def contains(self, va: int) -> bool:
@@ -300,7 +301,7 @@ class SegmentHeap:
         return QWORD.unpack_from(self.mem, self._pa(va))[0]
 
     def write_qword(self, va: int, value: int) -> None:
-        QWORD.pack_into(self.mem, self._pa(va), value & 0xFFFFFFFFFFFFFFFF)
+        QWORD.pack_into(self.mem, self._pa(va, True), value & 0xFFFFFFFFFFFFFFFF)
 
     # --- the segment backend: page runs --------------------------------------------------
 
