@@ -101,3 +101,40 @@ def test_each_machine_serves_its_own_pools():
     counts = {name: [(t.NonPagedAllocs, t.NonPagedFrees) for t in machine.pool_tags()
                      if t.TagUlong == DIRE] for name, machine in (("first", first), ("second", second))}
     assert counts == {"first": [(1, 1)], "second": [(1, 0)]}
+
+
+class Looper:
+    """A driver allocating from one line, as a driver does in a loop."""
+
+    name = "looper.sys"
+
+    def DriverEntry(self, k, RegistryPath):
+        return 0
+
+    def allocate(self, k):
+        return k.ExAllocatePoolWithTag(NP, 100, "Loop")
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_the_last_site_kept_is_forgotten_when_a_driver_loads(windows):
+    # The fast path keeps the last indexed call site; loading the driver whose code made
+    # the call re-resolves it (now the driver's), so the kept one must not answer.
+    k = ntpool.Kernel(windows=windows)
+    driver = Looper()
+    before = [k.pool.site_of(driver.allocate(k)) for _ in range(3)]
+    assert len(set(before)) == 1 and k.call_sites.owner(before[0]) is None
+    loaded = k.load_driver(driver)
+    after = [k.pool.site_of(driver.allocate(k)) for _ in range(3)]
+    assert len(set(after)) == 1 and k.call_sites.owner(after[0]) is loaded
+
+
+def test_a_routine_built_on_another_keeps_each_callers_site(k):
+    # ExAllocatePool's own frame calls the fast path from one instruction for every caller:
+    # its site is its caller's, never kept as the last site.
+    sites = []
+    for _ in range(2):
+        line = sys._getframe().f_lineno + 1
+        first = k.ExAllocatePool(NP, 100)
+        second = k.ExAllocatePool(NP, 100)
+        sites.append((_site_line(k, first), _site_line(k, second)))
+    assert sites == [(line, line + 1)] * 2

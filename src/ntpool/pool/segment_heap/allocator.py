@@ -118,11 +118,28 @@ class SegmentHeapAllocator(PoolAllocator):
         mem = self.mem
         tlb = self.tlb
 
+        # The last indexed call site, as PoolAllocator.fast_allocate keeps it.
+        last_code = last_lasti = last_site = None
+
+        def forget_last_site() -> None:
+            nonlocal last_code
+            last_code = None
+
+        self.call_sites.when_index_cleared(forget_last_site)
+
         def allocate(PoolType, NumberOfBytes, Tag):
+            nonlocal last_code, last_lasti, last_site
             frame = _getframe(caller_depth)
-            site = site_index_get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
-            if site is None:
-                site = lookup_site(frame)
+            code = frame.f_code
+            lasti = frame.f_lasti
+            if code is last_code and lasti == last_lasti:
+                site = last_site
+            else:
+                site = site_index_get(id(code) + lasti)  # drivers.site_key
+                if site is None:
+                    site = lookup_site(frame)
+                else:
+                    last_code, last_lasti, last_site = code, lasti, site
             try:
                 tag_ulong, row = known_tags[Tag]
                 heap = fast_pools[PoolType]
