@@ -46,7 +46,7 @@ from .machine.paging import PagingRoutines
 from .machine.process import ProcessRoutines, QuotaLedger
 from .pool.design import pool_design_for
 from .pool.tracker import PoolTagInfo
-from .routines.ex import ExecutiveRoutines
+from .routines.ex import ExecutiveRoutines, serve_pool_routines_directly
 from .routines.fsrtl import FsRtlRoutines
 from .routines.ndis import NdisRoutines
 from .routines.io import IoRoutines
@@ -165,6 +165,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                                        nonpaged_pool_bytes=nonpaged_pool_bytes,
                                        paged_pool_bytes=paged_pool_bytes)
         self.pool = pools.allocator  # the one allocator every routine calls
+        serve_pool_routines_directly(self)  # ExAllocatePoolWithTag, ExFreePoolWithTag
         self.nonpaged_pool = pools.nonpaged
         self.nonpaged_pool_nx = pools.nonpaged_nx  # None: NonPagedPoolNx is nonpaged pool
         self.paged_pool = pools.paged

@@ -19,6 +19,7 @@ import struct
 import sys
 import zlib
 from bisect import bisect_left, bisect_right
+from functools import lru_cache
 from itertools import accumulate, compress, islice, repeat
 from operator import and_, lshift, rshift, sub
 from typing import Iterator, NamedTuple
@@ -249,6 +250,7 @@ class Window(NamedTuple):
     va: int  # of its first page
     data: memoryview  # its bytes: only valid until the scan reads the next window
     pages: list  # PageHits, in address order, pages without hits left out
+    batch: int = 0  # the batch of windows it belongs to (see PoolFinder.scan)
 
 
 def _block_bytes(buffer: bytearray, length: int) -> tuple[bytearray, bytearray, bytearray]:
@@ -414,7 +416,18 @@ def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, l
 # walking every page; a rarer one by searching the bytes first (see PoolFinder.scan).
 DENSE_HITS_PER_PAGE = 0.25
 WINDOW_PAGES = 4096  # pages read at a time (16 MiB): memory stays bounded whatever the dump
+BATCH_PAGES = 2048  # pages of windows in a batch, the share of work a forked worker takes at a time
 _ALL_TAGS_PATTERN = re.compile(r"[*?]*")
+
+
+@lru_cache(maxsize=16)
+def _searchers(allowed: tuple, pattern: str) -> tuple:
+    every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
+    regex = None if every else tag_bytes_regex(pattern)
+    plan = None if every else search_plan(pattern)
+    walker = None if every else header_walk_regex(allowed, regex.pattern)
+    stepper = None if every else header_step_regex(allowed, regex.pattern)
+    return every, regex, plan, walker, stepper
 
 
 def tag_blocks(regex: re.Pattern, data, plan: tuple[re.Pattern, int] | None) -> list[int]:
@@ -470,6 +483,7 @@ class PoolFinder:
         self.corrupt_pages: list[int] = []  # pages of the last search with hits but a bad chain
         self.salvaged: set[int] = set()  # chunks of the last search found on such pages
         self.back_traces: list[int] = []  # AllocatorBackTraceIndex of each chunk found, in order
+        self.batch = 0  # of the window the last scan is at (see scan)
 
     def runs(self) -> Iterator[tuple[int, int, int]]:
         """(first page va, its file offset, pages): the pool's mapped pages outside big
@@ -505,24 +519,63 @@ class PoolFinder:
                         seen[index + page] = 1
                         yield part_va + (page << PAGE_SHIFT), part_offset + (page << PAGE_SHIFT), 1
 
-    def scan(self, pattern: str) -> Iterator[Window]:
+    def searchers(self, pattern: str) -> tuple:
+        """(every tag, tag regex, search plan, walker, stepper) for ``pattern``: compiled once
+        (the walks' regexes take milliseconds), before forked workers share a scan."""
+        return _searchers(self._allowed, pattern)
+
+    def holds_pages(self, pages: int) -> bool:
+        """Whether the scan would read at least ``pages`` pages (the runs counted only so far;
+        False when finding them fails first: the scan meets that error at its place)."""
+        held = 0
+        try:
+            for _va, _offset, count in self.runs():
+                held += count
+                if held >= pages:
+                    return True
+        except Exception:  # noqa: BLE001 - whatever it is, the scan raises it after what comes before
+            return False
+        return pages <= 0
+
+    def scan(self, pattern: str, take=None) -> Iterator[Window]:
         """Each window's chunks whose tag matches ``pattern`` (``*`` and ``?`` wildcards).
 
         ``corrupt_pages`` is complete once the generator is exhausted. A hit is a header: on a
         page whose whole chain is valid, or one of the headers a corrupt page's salvage trusts.
+
+        The windows come in batches of about BATCH_PAGES pages (runs in order, a batch closed
+        once it holds that many), numbered from 0; with ``take``, only the windows of the
+        batches ``take(number)`` accepts are read (forked workers share a scan so: see
+        ``forked``). ``batch`` is the batch being made; an error finding the runs is raised
+        only when ``take`` accepts the batch it falls in (else the scan ends there).
         """
-        every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
-        regex = None if every else tag_bytes_regex(pattern)
-        plan = None if every else search_plan(pattern)
-        walker = None if every else header_walk_regex(self._allowed, regex.pattern)
-        stepper = None if every else header_step_regex(self._allowed, regex.pattern)
+        every, regex, plan, walker, stepper = self.searchers(pattern)
         self.corrupt_pages = corrupt = []
         buffer = bytearray()
         read = self.reader.read_file_into
         # whether to walk every page of the next window: when the last window had many hits, or
         # when the bytes cannot be searched fast (no literal byte at one place: see search_plan)
         dense = plan is None
-        for va, offset, count in self.runs():
+        runs = self.runs()
+        batch = held = 0  # the batch, the pages it holds
+        self.batch = 0
+        while True:
+            try:
+                run = next(runs, None)
+            except Exception:
+                self.batch = batch + (held >= BATCH_PAGES)
+                if take is None or take(self.batch):
+                    raise
+                return
+            if run is None:
+                return
+            va, offset, count = run
+            if held >= BATCH_PAGES:
+                batch, held = batch + 1, 0
+            held += count
+            self.batch = batch
+            if take is not None and not take(batch):
+                continue
             length = count << PAGE_SHIFT
             if len(buffer) < length:  # grown as runs need, up to a window
                 buffer = bytearray(min(max(length, 2 * len(buffer)), WINDOW_PAGES << PAGE_SHIFT))
@@ -536,7 +589,7 @@ class PoolFinder:
                 else:
                     pages = self._search_candidates(buffer, data, va, regex, plan, walker, corrupt)
                 dense = plan is None or sum(len(page.blocks) for page in pages) >= count * DENSE_HITS_PER_PAGE
-            yield Window(va, data, pages)
+            yield Window(va, data, pages, batch)
 
     def _walk_window(self, buffer: bytearray, data: memoryview, va: int, count: int,
                      corrupt: list) -> list[PageHits]:

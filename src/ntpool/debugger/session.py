@@ -17,7 +17,7 @@ from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError, sites_by
 from ..errors import bugcheck_name
 from ..pool.layout import BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
 from ..tags import display
-from . import bugchecks, display as show
+from . import bugchecks, display as show, forked
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
     SPECIAL_POOL_SPAN
 from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
@@ -533,12 +533,63 @@ class KdSession:
         finder = self._finders.get(pool_type)
         if finder is None:
             finder = self._finders[pool_type] = PoolFinder(self.reader, pool, big)
-        lines = HitLines(self)
-        for window in finder.scan(pattern):
-            yield lines.window(window)
+        workers = self._scan_workers(finder, pattern)
+        if workers:
+            corrupt = []
+            for kind, value in forked.in_order(lambda take: self._poolfind_batches(finder, pattern, take), workers):
+                if kind == "text":
+                    yield value
+                else:
+                    corrupt += value
+            finder.corrupt_pages = corrupt
+        else:
+            lines = HitLines(self)
+            for window in finder.scan(pattern):
+                yield lines.window(window)
         for page in finder.corrupt_pages:
             yield (f"\n{page:016x} : the tag sits at a header position on this page, but its "
                    f"header chain is corrupt (see !poolval {page:x})")
+
+    def _scan_workers(self, finder: PoolFinder, pattern: str) -> int:
+        """How many processes share a pool's scan (this one and forked workers): 0 (this one
+        scans alone, as it always did) on one processor, or for a pool of fewer than
+        PARALLEL_MIN_PAGES pages (starting workers costs more than they save there)."""
+        workers = PARALLEL_PROCESSES
+        if workers is None:
+            workers = min(forked.usable_cpus(), forked.MAX_PROCESSES)
+            if workers < 2:
+                return 0
+        if not workers or not forked.can_fork() or not finder.holds_pages(PARALLEL_MIN_PAGES):
+            return 0
+        finder.searchers(pattern)  # compiled once here, not in every worker
+        self.reader.allocation_site_streams()  # read once here, not in every worker
+        try:
+            self.reader.call_sites()
+        except (MemoryReadError, DumpFormatError):
+            pass  # a worker meets it where a single scan would, and says so there
+        return workers
+
+    def _poolfind_batches(self, finder: PoolFinder, pattern: str, take) -> Iterator[tuple]:
+        """A share of a pool's scan, as ``forked.in_order`` runs it: for each batch of windows
+        ``take`` accepts, each window's text, then the batch's pages whose chains are corrupt."""
+        lines = HitLines(self)
+        batch = None  # the batch being made
+        told = done = 0  # the corrupt pages told at batch ends, and found by windows made
+        try:
+            for window in finder.scan(pattern, take):
+                if window.batch != batch:
+                    if batch is not None:
+                        yield "end", finder.corrupt_pages[told:done]
+                        told = done
+                    batch = window.batch
+                yield "text", lines.window(window)
+                done = len(finder.corrupt_pages)
+        except Exception:
+            if batch is not None and finder.batch != batch:  # the error is in a batch of its own
+                yield "end", finder.corrupt_pages[told:done]
+            raise
+        if batch is not None:
+            yield "end", finder.corrupt_pages[told:]
 
     def _heap_poolfind(self, pattern: str, regex, pool_type: int, heap) -> str:
         heaps = [h for h in heap.heaps if h.base_type == pool_type]
@@ -906,6 +957,13 @@ class KdSession:
         if driver:
             lines.append(f"Probably caused by : {driver}" + (f" ( {call_site} )" if call_site else ""))
         return lines
+
+
+# A pool's !poolfind is shared with forked processes (see forked) when it holds this many pages;
+# PARALLEL_PROCESSES: by how many, this one included (None: one per usable processor, at most
+# forked.MAX_PROCESSES, and no sharing on one processor).
+PARALLEL_MIN_PAGES = 8192
+PARALLEL_PROCESSES = None
 
 
 class HitLines:

@@ -145,6 +145,8 @@ class CallSites:
         # Called once, as the first site numbered BYTE_SITES or more is made (before anyone
         # can record it): the Windows 7 pools' site maps then go from a byte a unit to two.
         self._outgrew_a_byte: list = []
+        # Called whenever the index is cleared (``when_index_cleared``).
+        self._index_cleared: list = []
 
     def when_sites_outgrow_a_byte(self, listener) -> None:
         """Call ``listener()`` as the first site numbered 256 or more is made (at once if
@@ -248,10 +250,17 @@ class CallSites:
                 del self.code_owner[code]
         self._forget_resolved()
 
+    def when_index_cleared(self, listener) -> None:
+        """Call ``listener()`` whenever the index is cleared (a driver loaded or unloaded):
+        for a cache of what the index said (the allocation fast path's last site)."""
+        self._index_cleared.append(listener)
+
     def _forget_resolved(self) -> None:
         # Cleared in place: the allocator's fast path holds this very dict.
         self.index.clear()
         self._indexed_codes.clear()
+        for listener in self._index_cleared:
+            listener()
 
     def owner(self, site: int) -> LoadedDriver | None:
         """The driver whose code holds call site ``site`` (None: no driver, or no such site).

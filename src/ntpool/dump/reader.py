@@ -44,8 +44,11 @@ class MemoryReadError(LookupError):
     """A virtual or physical address the dump does not hold."""
 
     def __init__(self, address: int, what: str = "virtual"):
-        self.address = address
+        self.address, self.what = address, what
         super().__init__(f"memory at {what} address {address:#x} is not in the dump")
+
+    def __reduce__(self):  # as its arguments (a forked worker's error is pickled to the parent)
+        return type(self), (self.address, self.what), self.__dict__
 
 
 class Run(NamedTuple):
@@ -98,6 +101,9 @@ HEAP_NAMES = {0: "NonPagedPool", 1: "NonPagedPoolNx", 2: "PagedPool"}
 
 _UNICODE_STRING = struct.Struct("<HHxxxxQ")
 MAX_MODULES = 4096
+
+
+_PREADV = getattr(os, "preadv", None)
 
 
 class DumpReader:
@@ -305,8 +311,11 @@ class DumpReader:
             self._fail(f"truncated: {len(view)} bytes at file offset {offset:#x} are past its end")
         done = 0
         while done < len(view):
-            self._file.seek(offset + done)
-            got = self._file.readinto(view[done:])
+            if _PREADV is not None:  # at an offset of its own: forked workers share the file
+                got = _PREADV(self._file.fileno(), [view[done:]], offset + done)
+            else:
+                self._file.seek(offset + done)
+                got = self._file.readinto(view[done:])
             if not got:
                 self._fail(f"truncated: the file ended at {offset + done:#x} while being read")
             done += got

@@ -90,6 +90,7 @@ _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled,
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
+_PAGE_END_FROM_BODY = PAGE_SIZE + HEADER_SIZE  # a page's end, counted as a body's offset is
 # Page offsets where a chunk body can start: whatever else a lookaside head holds (a
 # corrupted Next put it there) goes the generic way, which accesses it as Windows would.
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
@@ -119,10 +120,26 @@ def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
     current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
     the site map and the address its index counts from (a chunk's header: body - 16), the
-    allocated PoolType byte, and the pool's column in a tracker row. Rebuilt when the
+    allocated PoolType byte, and the pool's columns in a tracker row (allocations, bytes:
+    each a subscript, no sum on the fast path). Rebuilt when the
     processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
-            pool.allocated_header_type, pool.track_offset)
+            pool.allocated_header_type, pool.track_offset, pool.track_offset + 2)
+
+
+def fast_frees_of(pool: Pool) -> tuple:
+    """What the free fast path touches of ``pool``, in the order it unpacks them: the pool,
+    its base and page kinds, the current processor's lookaside heads, counts and depths,
+    and the pool's columns in a tracker row (frees, bytes). Rebuilt when the processor
+    changes."""
+    return (pool, pool.base, pool.page_kind, pool.la_head, pool.la_count, pool.la_limit,
+            pool.track_offset + 1, pool.track_offset + 2)
+
+
+def _refill(table: dict, entries: dict) -> None:
+    """Give a fast path's table new entries in place: the fast paths hold the dict itself."""
+    table.clear()
+    table.update(entries)
 
 
 class Contiguous(NamedTuple):
@@ -160,8 +177,10 @@ class PoolAllocator:
         self.fast_pools: dict[int, Pool] = {}
         self.fast_lists: dict[int, tuple] = {}
         self.pools_by_slot = {pool.base >> 39: pool for pool in self.pools}
-        # The pools (by address >> 39) the free fast path may serve right now.
+        # The pools (by address >> 39) the free fast path may serve right now, and -> what
+        # the free fast path touches of each (``fast_frees_of``).
         self.fast_free_slots: dict[int, Pool] = {}
+        self.fast_frees: dict[int, tuple] = {}
         # While a layer that only observes is set (see ``allocate_in_lane``): the pool types
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
@@ -174,6 +193,9 @@ class PoolAllocator:
         self.writes_watched = bool(self.hooks.listening(MemoryWritten))
         self.hooks.watch(MemoryWritten, self._watch_writes)
         self.refresh_fast_paths()
+        # The fast paths the front-end routines call (see "fast paths" below).
+        self.allocate = self.fast_allocate()
+        self.free = self.fast_free()
 
     def widen_site_maps(self) -> None:
         """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
@@ -199,11 +221,14 @@ class PoolAllocator:
         blockers = self.fast_path_blockers
         observed = blockers == {"layer"} and hasattr(self.layer, "lane") and \
             hasattr(self.layer, "forget")
-        self.fast_pools = usable if not blockers else {}
-        self.fast_lists = self.fast_lists_for(self.fast_pools)
-        self.lane_pools = usable if observed else {}
-        self.fast_free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
+        fast_pools = usable if not blockers else {}
+        free_slots = {pool.base >> 39: pool for pool in set(usable.values())} \
             if not blockers or observed else {}
+        _refill(self.fast_pools, fast_pools)
+        _refill(self.fast_lists, self.fast_lists_for(fast_pools))
+        self.lane_pools = usable if observed else {}
+        _refill(self.fast_free_slots, free_slots)
+        _refill(self.fast_frees, self.fast_frees_for(free_slots))
 
     def usable_pools(self) -> dict:
         """The pool types no IRQL check stops at the current IRQL -> their pool."""
@@ -217,6 +242,10 @@ class PoolAllocator:
     def fast_lists_for(self, fast_pools: dict) -> dict:
         """What the allocation fast path unpacks for each pool type it serves."""
         return {pool_type: fast_lists_of(pool) for pool_type, pool in fast_pools.items()}
+
+    def fast_frees_for(self, free_slots: dict) -> dict:
+        """What the free fast path unpacks for each pool (by address >> 39) it serves."""
+        return {slot: fast_frees_of(pool) for slot, pool in free_slots.items()}
 
     def set_layer(self, layer: PoolLayer | None) -> None:
         """Put ``layer`` between the generic path and the pools (None: remove it)."""
@@ -233,139 +262,194 @@ class PoolAllocator:
             self.refresh_fast_paths()
 
     # --- fast paths ----------------------------------------------------------------------
+    #
+    # ``allocate`` and ``free`` are closures, made by ``fast_allocate`` and ``fast_free``, not
+    # methods, for two reasons. What they touch on every call (the tables below, memory, the
+    # TLB, the tag table) is a cell of the closure, which costs less to read than an
+    # attribute of ``self``. And a routine can be the closure itself, with no Python call
+    # between the driver and the fast path: the Kernel's ExAllocatePoolWithTag and
+    # ExFreePoolWithTag are (``routines.ex.bind_fast_routines``). A closure holds the tables
+    # themselves, so ``refresh_fast_paths`` only ever changes them in place.
 
-    def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
-        """ExAllocatePoolWithTag's contract: the body address, or 0 when the pool is exhausted.
+    def fast_allocate(self, caller_depth: int = 2):
+        """ExAllocatePoolWithTag's contract as a function: (PoolType, NumberOfBytes, Tag) ->
+        the body address, or 0 when the pool is exhausted.
 
-        Called by a front-end routine, so the driver's call is normally two frames up
-        (``caller_depth``: a front end with a helper between passes 3); when that frame is
-        ntpool's own (a routine built on another), the site lookup walks out.
+        ``caller_depth``: how many frames up the driver's call is. 2 for ``allocate``, which
+        a front-end routine calls; 1 for a routine that is the function itself. When that
+        frame is ntpool's own (a routine built on another), the site lookup walks out.
         """
-        frame = _getframe(caller_depth)
-        site = self.site_index.get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
-        if site is None:
-            site = self.call_sites.lookup(frame)
-        try:
-            tag_ulong, row = self.known_tags[tag]
-            heads, counts, allocates, sites, site_bias, header_type, column = \
-                self.fast_lists[pool_type]
-            if 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
-                block_size = (number_of_bytes + 31) >> 4
-                body = heads[block_size]
-                if _BODY_OK[body & 0xFFF]:  # a block boundary past a page's first block
-                    mem = self.mem
-                    pa = self.tlb[body >> PAGE_SHIFT] + (body & 0xFFF)
-                    heads[block_size] = _unpack_next(mem, pa)[0]
-                    counts[block_size] -= 1
-                    allocates[block_size] += 1
-                    _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
-                                   0)  # ProcessBilled: no quota (the fast path serves none)
-                    sites[(body - site_bias) >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
-                    row[column] += 1
-                    row[column + 2] += block_size << 4
-                    return body
-                if not body:
-                    # This processor's lookaside is empty: on to the pool, as ExAllocatePoolWithTag
-                    # goes, inline here (a call less on every miss): the miss is counted, the
-                    # system-wide list's chunk taken if it holds one, else (that miss counted
-                    # too) a chunk from the ListHeads or a new page (Pool.allocate_small's two
-                    # steps, called directly).
-                    pool = self.fast_pools[pool_type]
-                    pool.la_misses[block_size] += 1
-                    system = pool.system_lookaside
-                    if system.head[block_size]:
-                        body = pool.take_system_lookaside(block_size, tag_ulong, site, self.irql)
-                    else:
-                        system.allocate_misses[block_size] += 1
-                        chunk = pool._allocate_from_lists(block_size, tag_ulong, site) or \
-                            pool._allocate_past_lists(block_size, tag_ulong, site)
-                        if not chunk:
-                            return self.fast_failure(pool_type, number_of_bytes)
-                        body = chunk + _BODY
-                    row[column] += 1
-                    row[column + 2] += block_size << 4
-                    return body
-                onward = False  # a head no chunk body starts at: the generic path pops it
-            else:  # a size no lookaside serves: the ListHeads or big pages
-                onward = type(number_of_bytes) is int and LOOKASIDE_MAX_BYTES < number_of_bytes < 1 << 64
-            if onward:
-                # Everything the generic path would validate is known good here (tag, type,
-                # size, IRQL, no layer), so the request goes straight on to the pool (the
-                # system-wide lookaside, then the ListHeads, or big pages), as
-                # ExAllocatePoolWithTag goes on after its lookaside pop.
-                body = self.allocate_plain(self.fast_pools[pool_type], number_of_bytes, tag_ulong, site)
-                return body if body else self.fast_failure(pool_type, number_of_bytes)
-        except (KeyError, TypeError):
-            pass
-        return self.allocate_generic(pool_type, number_of_bytes, tag, site)
+        allocator = self
+        site_index_get = self.site_index.get
+        lookup_site = self.call_sites.lookup
+        known_tags = self.known_tags
+        fast_lists = self.fast_lists
+        fast_pools = self.fast_pools
+        mem = self.mem
+        qwords = self.nonpaged.words  # the same memory as QWORDs: qwords[pa >> 3]
+        tlb = self.tlb
 
-    def free(self, address, tag=None, blocks: int = 0) -> bool | None:
-        """ExFreePoolWithTag's contract (``tag`` None: ExFreePool, no tag to compare).
+        # The call site of the last allocation whose site the index held. A driver allocates
+        # from one call in a loop far more often than it alternates, and comparing the code
+        # object and the instruction costs less than the index's key (the code's id plus the
+        # instruction, hashed): a hit saves about 50 ns. Only an indexed site is kept (a
+        # frame of ntpool's own, walked out of, has no site of its own), and it is forgotten
+        # with the index (a driver loaded or unloaded: sites are resolved again).
+        last_code = last_lasti = last_site = None
 
-        ``blocks``: from a caller that knows the chunk's BlockSize (NdisFreeMemory, from its
-        Length): the fast path then frees only a chunk of exactly that size and returns True;
-        anything else returns False with nothing freed, for the caller to diagnose and free
-        through the generic path (``blocks`` 0).
-        """
-        try:
-            pool = self.fast_free_slots[address >> 39]
-            offset = address & 0xFFF
-            # _BODY_OK: a 16-byte boundary past the page's first header, where a small
-            # chunk's body can start (a page-aligned address is a big allocation's).
-            if _BODY_OK[offset] and address >= pool.base and \
-                    pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_SMALL:
-                mem = self.mem
-                pa = self.tlb[address >> PAGE_SHIFT] + offset - _BODY
-                _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                if tag is None:
-                    passed = stored if not stored & PROTECTED_POOL else None
-                    row = self.tracker.rows[stored]
+        def forget_last_site() -> None:
+            nonlocal last_code
+            last_code = None
+
+        self.call_sites.when_index_cleared(forget_last_site)
+
+        def allocate(PoolType, NumberOfBytes, Tag):
+            nonlocal last_code, last_lasti, last_site
+            frame = _getframe(caller_depth)
+            code = frame.f_code
+            lasti = frame.f_lasti
+            if code is last_code and lasti == last_lasti:
+                site = last_site
+            else:
+                site = site_index_get(id(code) + lasti)  # drivers.site_key
+                if site is None:
+                    site = lookup_site(frame)
                 else:
-                    passed, row = self.known_tags[tag]  # the tag's ULONG and its tracker row
-                end = offset - _BODY + (block_size << 4)
-                if type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE and stored == passed \
-                        and block_size and (block_size == blocks or not blocks) and \
-                        (end == PAGE_SIZE or
-                         (end < PAGE_SIZE and mem[(following := pa + (block_size << 4))] == block_size
-                          and mem[following + 1] == pool_index)):
-                    if self.layer is not None:
-                        self.layer.forget(address)  # an observing layer's record of it
-                    column = pool.track_offset
-                    row[column + 1] += 1
-                    row[column + 2] -= block_size << 4
-                    counts = pool.la_count
-                    if block_size <= LOOKASIDE_MAX_BLOCKS and counts[block_size] < pool.la_limit[block_size]:
-                        heads = pool.la_head
-                        # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7.
-                        _pack_next(mem, pa + _BODY, heads[block_size])
-                        heads[block_size] = address
-                        counts[block_size] += 1
-                        return True
-                    # The system-wide lookaside, the pending frees, or the lists
-                    # (Pool.release_past_lookaside). Past a full system-wide list with frees not
-                    # delayed, its last step inline (a call less on every such free): the chunk
-                    # is marked free and coalesced at once.
-                    system = pool.system_lookaside
-                    if not pool.delay_frees and (block_size > LOOKASIDE_MAX_BLOCKS or
-                                                 system.count[block_size] >= system.depth[block_size]):
-                        pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                        pool.free_small(address - _BODY, pa)
+                    last_code, last_lasti, last_site = code, lasti, site
+            try:
+                tag_ulong, row = known_tags[Tag]
+                heads, counts, allocates, sites, site_bias, header_type, column, bytes_column = \
+                    fast_lists[PoolType]
+                if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
+                    block_size = (NumberOfBytes + 31) >> 4
+                    body = heads[block_size]
+                    offset = body & 0xFFF
+                    if _BODY_OK[offset]:  # a block boundary past a page's first block
+                        pa = tlb[body >> PAGE_SHIFT] + offset
+                        heads[block_size] = qwords[pa >> 3]  # the entry's Next: the body's first QWORD
+                        counts[block_size] -= 1
+                        allocates[block_size] += 1
+                        _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
+                                       0)  # ProcessBilled: no quota (the fast path serves none)
+                        sites[(body - site_bias) >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
+                        row[column] += 1
+                        row[bytes_column] += block_size << 4
+                        return body
+                    if not body:
+                        # This processor's lookaside is empty: on to the pool, as
+                        # ExAllocatePoolWithTag goes, inline here (a call less on every miss):
+                        # the miss is counted, the system-wide list's chunk taken if it holds
+                        # one, else (that miss counted too) a chunk from the ListHeads or a new
+                        # page (Pool.allocate_small's two steps, called directly).
+                        pool = fast_pools[PoolType]
+                        pool.la_misses[block_size] += 1
+                        system = pool.system_lookaside
+                        if system.head[block_size]:
+                            body = pool.take_system_lookaside(block_size, tag_ulong, site, allocator.irql)
+                        else:
+                            system.allocate_misses[block_size] += 1
+                            chunk = pool._allocate_from_lists(block_size, tag_ulong, site) or \
+                                pool._allocate_past_lists(block_size, tag_ulong, site)
+                            if not chunk:
+                                return allocator.fast_failure(PoolType, NumberOfBytes)
+                            body = chunk + _BODY
+                        row[column] += 1
+                        row[bytes_column] += block_size << 4
+                        return body
+                    onward = False  # a head no chunk body starts at: the generic path pops it
+                else:  # a size no lookaside serves: the ListHeads or big pages
+                    onward = type(NumberOfBytes) is int and LOOKASIDE_MAX_BYTES < NumberOfBytes < 1 << 64
+                if onward:
+                    # Everything the generic path would validate is known good here (tag, type,
+                    # size, IRQL, no layer), so the request goes straight on to the pool (the
+                    # system-wide lookaside, then the ListHeads, or big pages), as
+                    # ExAllocatePoolWithTag goes on after its lookaside pop.
+                    body = allocator.allocate_plain(fast_pools[PoolType], NumberOfBytes, tag_ulong, site)
+                    return body if body else allocator.fast_failure(PoolType, NumberOfBytes)
+            except (KeyError, TypeError):
+                pass
+            return allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+
+        return allocate
+
+    def fast_free(self):
+        """ExFreePoolWithTag's contract as a function: (P, Tag), ``Tag`` None for ExFreePool
+        (no tag to compare).
+
+        Keyword ``blocks``: from a caller that knows the chunk's BlockSize (NdisFreeMemory,
+        from its Length): the fast path then frees only a chunk of exactly that size and
+        returns True; anything else returns False with nothing freed, for the caller to
+        diagnose and free through the generic path (``blocks`` 0).
+        """
+        allocator = self
+        fast_frees = self.fast_frees
+        known_tags = self.known_tags
+        tracker_rows = self.tracker.rows
+        mem = self.mem
+        qwords = self.nonpaged.words
+        tlb = self.tlb
+
+        def free(P, Tag, *, blocks: int = 0) -> bool | None:
+            try:
+                pool, base, kinds, heads, counts, depths, column, bytes_column = fast_frees[P >> 39]
+                offset = P & 0xFFF
+                # _BODY_OK: a 16-byte boundary past the page's first header, where a small
+                # chunk's body can start (a page-aligned address is a big allocation's).
+                if _BODY_OK[offset] and P >= base and kinds[(P - base) >> PAGE_SHIFT] == PAGE_SMALL:
+                    pa = tlb[P >> PAGE_SHIFT] + offset - _BODY
+                    _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                    if Tag is None:
+                        passed = stored if not stored & PROTECTED_POOL else None
+                        row = tracker_rows[stored]
                     else:
-                        pool.release_past_lookaside(address - _BODY, block_size, pa)
-                    return True
-            elif not offset and not blocks and self.layer is None and address >= pool.base \
-                    and pool.page_kind[(address - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
-                # A big allocation's first page: nothing for the generic path to validate
-                # first (the pool and IRQL are the fast path's); its own checks follow.
-                self._free_big_checked(pool, address, None if tag is None or tag == 0 else
-                                       self.known_tags[tag][0])
-                return None
-        except (KeyError, TypeError, IndexError):
-            pass
-        if blocks:
-            return False
-        self.free_generic(address, tag)
-        return None
+                        passed, row = known_tags[Tag]  # the tag's ULONG and its tracker row
+                    size = block_size << 4
+                    # Where the chunk ends, counted from the page's start plus a header (as the
+                    # body's offset is): the page's end is PAGE_SIZE + _BODY.
+                    end = offset + size
+                    if stored == passed and type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE \
+                            and block_size and (not blocks or block_size == blocks) and \
+                            (end == _PAGE_END_FROM_BODY or
+                             (end < _PAGE_END_FROM_BODY and mem[(following := pa + size)] == block_size
+                              and mem[following + 1] == pool_index)):
+                        if allocator.layer is not None:
+                            allocator.layer.forget(P)  # an observing layer's record of it
+                        row[column] += 1
+                        row[bytes_column] -= size
+                        if block_size <= LOOKASIDE_MAX_BLOCKS and counts[block_size] < depths[block_size]:
+                            # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7;
+                            # the list's head goes in its Next, the body's first QWORD.
+                            qwords[(pa >> 3) + 2] = heads[block_size]
+                            heads[block_size] = P
+                            counts[block_size] += 1
+                            return True
+                        # The system-wide lookaside, the pending frees, or the lists
+                        # (Pool.release_past_lookaside). Past a full system-wide list with frees
+                        # not delayed, its last step inline (a call less on every such free):
+                        # the chunk is marked free and coalesced at once.
+                        system = pool.system_lookaside
+                        if not pool.delay_frees and (block_size > LOOKASIDE_MAX_BLOCKS or
+                                                     system.count[block_size] >= system.depth[block_size]):
+                            pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                            pool.free_small(P - _BODY, pa)
+                        else:
+                            pool.release_past_lookaside(P - _BODY, block_size, pa)
+                        return True
+                elif not offset and not blocks and allocator.layer is None and P >= base \
+                        and kinds[(P - base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
+                    # A big allocation's first page: nothing for the generic path to validate
+                    # first (the pool and IRQL are the fast path's); its own checks follow.
+                    allocator._free_big_checked(pool, P, None if Tag is None or Tag == 0 else
+                                                known_tags[Tag][0])
+                    return None
+            except (KeyError, TypeError, IndexError):
+                pass
+            if blocks:
+                return False
+            allocator.free_generic(P, Tag)
+            return None
+
+        return free
 
     # --- tags ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from ..constants import (
 from ..errors import NtStatusError
 from ..pool.allocator import checked_pool_type, checked_priority
 from ..tags import DEFAULT_TAG_EX, tag_value
-from .registry import routine
+from .registry import routine, serve_directly
 
 # Plain ints: IntFlag arithmetic would cost microseconds per call.
 F = type("F", (), {flag.name: int(flag) for flag in PoolFlags})
@@ -60,6 +60,18 @@ def _checked_flags(flags) -> int:
     if not 0 <= flags < 1 << 64:
         raise ValueError(f"Flags {flags:#x} is not a 64-bit POOL_FLAGS value")
     return flags
+
+
+def serve_pool_routines_directly(kernel) -> None:
+    """ExAllocatePoolWithTag and ExFreePoolWithTag, the routines drivers call most, are the
+    allocator's fast paths themselves on every machine (``registry.serve_directly``): the
+    methods below, which call the allocator, would cost a Python call more on each. The
+    allocation's call site is then one frame up, not two. The methods stay the routines'
+    declarations (the registry's prototypes) and serve a call made through the class."""
+    allocator = kernel.pool
+    serve_directly(kernel, ExecutiveRoutines.ExAllocatePoolWithTag,
+                   allocator.fast_allocate(caller_depth=1))
+    serve_directly(kernel, ExecutiveRoutines.ExFreePoolWithTag, allocator.fast_free())
 
 
 class ExecutiveRoutines:
@@ -204,8 +216,9 @@ class ExecutiveRoutines:
         if priority is not None and priority & ~0xF != 32:
             va = self.pool.allocate_with_priority(pool_type, NumberOfBytes, Tag, priority)
         else:
-            # The driver's frame is 3 up: allocate, this helper, ExAllocatePool2 or 3.
-            va = self.pool.allocate(pool_type, NumberOfBytes, Tag, caller_depth=3)
+            # The driver's frame is 3 up (allocate, this helper, ExAllocatePool2 or 3), one
+            # more than ``allocate`` looks: the site lookup walks out of ExAllocatePool2's.
+            va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
         if va:
             return self._zeroed(va, NumberOfBytes) if zero else va
         return self._pool2_failed(flags, _Pool2Failure(

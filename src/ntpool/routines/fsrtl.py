@@ -10,9 +10,11 @@ check. The obsolete must-succeed types are served as ExAllocatePoolWithTag serve
 
 from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE
 from ..errors import NtStatusError
-from ..pool.allocator import checked_pool_type
+from ..pool.allocator import VALID_POOL_TYPE_BITS, checked_pool_type
 from ..tags import DEFAULT_TAG_FSRTL
 from .registry import routine
+
+_UNKNOWN_POOL_TYPE_BITS = ~VALID_POOL_TYPE_BITS  # (a negative value has them too)
 
 
 class FsRtlRoutines:
@@ -20,9 +22,12 @@ class FsRtlRoutines:
              "_In_ ULONG Tag)")
     def FsRtlAllocatePoolWithTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """The address of uninitialized pool; raises NtStatusError(0xC000009A) on failure."""
-        pool_type = checked_pool_type(PoolType)
+        # A POOL_TYPE value first (the raise bit added to a bool would make one), checked
+        # inline for the common call.
+        if type(PoolType) is not int or PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            PoolType = checked_pool_type(PoolType)
         # ntifs.h's macro: ExAllocatePoolWithTag with the raise bit, fast path included.
-        return self.pool.allocate(pool_type | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
+        return self.pool.allocate(PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
 
     @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:

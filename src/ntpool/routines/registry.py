@@ -31,6 +31,7 @@ says how many bytes). Data exports (``PsInitialSystemProcess``) are declared wit
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Callable, NamedTuple
 
@@ -245,6 +246,24 @@ def routine(signature: str, module: str = "ntoskrnl.exe", ordinal: int | None = 
         return function
 
     return declare
+
+
+def serve_directly(kernel, method: Callable, function: Callable) -> None:
+    """Let ``kernel``'s routine ``method`` (a declared routine, as defined on its class) be
+    ``function`` itself, a function taking the routine's parameters (the allocator's fast
+    path): a driver's call then reaches it with no Python call in between. It keeps the
+    routine's name, docstring and signature (``help``, ``inspect.signature``); the registry,
+    the native bridge (``getattr(kernel, name)``) and a halted machine's refusal go by the
+    name, so they are unchanged. ``function`` must accept the routine's parameters by their
+    WDK names, as the method does."""
+    parameters = list(inspect.signature(method).parameters.values())[1:]  # without self
+    function.__name__ = method.__name__
+    function.__qualname__ = method.__qualname__
+    function.__module__ = method.__module__
+    function.__doc__ = method.__doc__
+    function.__signature__ = inspect.Signature(
+        parameters, return_annotation=inspect.signature(method).return_annotation)
+    setattr(kernel, method.__name__, function)
 
 
 def register_data(name: str, type_name: str, value: Callable, module: str = "ntoskrnl.exe") -> DataExport:

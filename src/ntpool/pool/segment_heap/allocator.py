@@ -97,6 +97,9 @@ class SegmentHeapAllocator(PoolAllocator):
     def fast_lists_for(self, fast_pools: dict) -> dict:
         return {}  # the LFH fast path reads each heap's current subsegments instead
 
+    def fast_frees_for(self, free_slots: dict) -> dict:
+        return {}  # the LFH free fast path reads ``fast_free_slots`` and the subsegments
+
     def pool_for(self, pool_type: int) -> SegmentHeap:
         if pool_type & 1:
             return self.paged
@@ -104,97 +107,132 @@ class SegmentHeapAllocator(PoolAllocator):
 
     # --- fast paths ----------------------------------------------------------------------
 
-    def allocate(self, pool_type, number_of_bytes, tag, caller_depth: int = 2) -> int:
-        frame = _getframe(caller_depth)
-        site = self.site_index.get(id(frame.f_code) + frame.f_lasti)  # drivers.site_key
-        if site is None:
-            site = self.call_sites.lookup(frame)
-        try:
-            tag_ulong, row = self.known_tags[tag]
-            heap = self.fast_pools[pool_type]
-            if 0 < number_of_bytes <= LFH_MAX_REQUEST:
-                units = (number_of_bytes + 31) >> 4
-                sub = heap.lfh_current[units]  # None until the bucket is active
-                free = sub.free_bits if sub is not None else 0
-                if free:
-                    # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
-                    start = (sub.free_hint & ~31) + heap.next_random_slot()
-                    later = free >> start
-                    index = start + (later & -later).bit_length() - 1 if later else \
-                        (free & -free).bit_length() - 1
-                    sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
-                    mem = self.mem
-                    tlb = self.tlb
-                    va = sub.va
-                    mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
-                    block = va + sub.offsets[index]
-                    _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
-                                 heap.header_type, tag_ulong, site)
-                    column = heap.track_offset
-                    row[column] += 1
-                    row[column + 2] += units << 4
-                    return block + POOL_HEADER_SIZE
-                onward = True  # no active LFH subsegment with a free block
-            else:  # VS chunks, or pages
-                onward = type(number_of_bytes) is int and LFH_MAX_REQUEST < number_of_bytes < 1 << 64
-            if onward:
-                # Everything the generic path would validate is known good here (tag, type,
-                # size, IRQL, no layer): the request goes straight on to the heap, as on
-                # Windows 7 (PoolAllocator.allocate).
-                body = self.allocate_plain(heap, number_of_bytes, tag_ulong, site)
-                return body if body else self.fast_failure(pool_type, number_of_bytes)
-        except (KeyError, TypeError, AttributeError):
-            pass
-        return self.allocate_generic(pool_type, number_of_bytes, tag, site)
+    def fast_allocate(self, caller_depth: int = 2):
+        """PoolAllocator.fast_allocate for this design: the fast path takes a block from an
+        active LFH bucket's current subsegment."""
+        allocator = self
+        site_index_get = self.site_index.get
+        lookup_site = self.call_sites.lookup
+        known_tags = self.known_tags
+        fast_pools = self.fast_pools
+        mem = self.mem
+        tlb = self.tlb
 
-    def free(self, address, tag=None, blocks: int = 0) -> bool | None:
-        """ExFreePoolWithTag (``tag`` None: ExFreePool). ``blocks``, from a caller that knows
-        the block's BlockSize (NdisFreeMemory): the fast path frees only a block of that size
-        and returns True; anything else returns False, nothing freed (PoolAllocator.free)."""
-        try:
-            heap = self.fast_free_slots[address >> 39]
-            if address & 0xFFF:
-                # The page's subsegment: never a negative index, the heap starts the slot.
-                sub = heap.subsegment_by_page[(address - heap.base) >> PAGE_SHIFT]
-                if sub.is_current:  # an LFH subsegment its bucket allocates from
-                    mem = self.mem
-                    tlb = self.tlb
-                    pa = tlb[address >> PAGE_SHIFT] + (address & 0xFFF) - POOL_HEADER_SIZE
-                    _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                    if tag is None:  # ExFreePool: a protected tag must be named (generic path)
-                        passed = stored if not stored & PROTECTED_POOL else None
-                        row = self.tracker.rows[stored]
-                    else:
-                        passed, row = self.known_tags[tag]
-                    if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
-                            and block_size <= LFH_BUCKET_COUNT and (block_size == blocks or not blocks):
+        # The last indexed call site, as PoolAllocator.fast_allocate keeps it.
+        last_code = last_lasti = last_site = None
+
+        def forget_last_site() -> None:
+            nonlocal last_code
+            last_code = None
+
+        self.call_sites.when_index_cleared(forget_last_site)
+
+        def allocate(PoolType, NumberOfBytes, Tag):
+            nonlocal last_code, last_lasti, last_site
+            frame = _getframe(caller_depth)
+            code = frame.f_code
+            lasti = frame.f_lasti
+            if code is last_code and lasti == last_lasti:
+                site = last_site
+            else:
+                site = site_index_get(id(code) + lasti)  # drivers.site_key
+                if site is None:
+                    site = lookup_site(frame)
+                else:
+                    last_code, last_lasti, last_site = code, lasti, site
+            try:
+                tag_ulong, row = known_tags[Tag]
+                heap = fast_pools[PoolType]
+                if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
+                    units = (NumberOfBytes + 31) >> 4
+                    sub = heap.lfh_current[units]  # None until the bucket is active
+                    free = sub.free_bits if sub is not None else 0
+                    if free:
+                        # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
+                        start = (sub.free_hint & ~31) + heap.next_random_slot()
+                        later = free >> start
+                        index = start + (later & -later).bit_length() - 1 if later else \
+                            (free & -free).bit_length() - 1
+                        sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
                         va = sub.va
-                        index = sub.index_of[address - POOL_HEADER_SIZE - va]
-                        at = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
-                        shift = (index & 3) << 1
-                        bits = mem[at]
-                        if (bits >> shift) & 3 == 1:  # busy: 01
-                            mem[at] = bits ^ (1 << shift)
-                            sub.free_bits |= 1 << index  # FreeCount, FreeHint in memory: synced before a dump
-                            sub.free_hint = index
-                            if self.layer is not None:
-                                self.layer.forget(address)  # an observing layer's record of it
-                            column = heap.track_offset
-                            row[column + 1] += 1
-                            row[column + 2] -= sub.block_size
-                            return True
-            elif not blocks and self.layer is None and address in heap.big_pages:
-                # A big allocation (pages, or a VS chunk): nothing for the generic path to
-                # validate first (the heap and IRQL are the fast path's); its own checks follow.
-                self._free_big_checked(heap, address, None if tag is None or tag == 0 else
-                                       self.known_tags[tag][0])
-                return None
-        except (KeyError, TypeError, IndexError, AttributeError):
-            pass
-        if blocks:
-            return False
-        self.free_generic(address, tag)
-        return None
+                        mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                        block = va + sub.offsets[index]
+                        _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
+                                     heap.header_type, tag_ulong, site)
+                        column = heap.track_offset
+                        row[column] += 1
+                        row[column + 2] += units << 4
+                        return block + POOL_HEADER_SIZE
+                    onward = True  # no active LFH subsegment with a free block
+                else:  # VS chunks, or pages
+                    onward = type(NumberOfBytes) is int and LFH_MAX_REQUEST < NumberOfBytes < 1 << 64
+                if onward:
+                    # Everything the generic path would validate is known good here (tag, type,
+                    # size, IRQL, no layer): the request goes straight on to the heap, as on
+                    # Windows 7 (PoolAllocator.fast_allocate).
+                    body = allocator.allocate_plain(heap, NumberOfBytes, tag_ulong, site)
+                    return body if body else allocator.fast_failure(PoolType, NumberOfBytes)
+            except (KeyError, TypeError, AttributeError):
+                pass
+            return allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+
+        return allocate
+
+    def fast_free(self):
+        """PoolAllocator.fast_free for this design: the fast path gives back a block of an
+        LFH subsegment its bucket allocates from. ``blocks``: as there (NdisFreeMemory)."""
+        allocator = self
+        fast_free_slots = self.fast_free_slots
+        known_tags = self.known_tags
+        tracker_rows = self.tracker.rows
+        mem = self.mem
+        tlb = self.tlb
+
+        def free(P, Tag, *, blocks: int = 0) -> bool | None:
+            try:
+                heap = fast_free_slots[P >> 39]
+                if P & 0xFFF:
+                    # The page's subsegment: never a negative index, the heap starts the slot.
+                    sub = heap.subsegment_by_page[(P - heap.base) >> PAGE_SHIFT]
+                    if sub.is_current:  # an LFH subsegment its bucket allocates from
+                        pa = tlb[P >> PAGE_SHIFT] + (P & 0xFFF) - POOL_HEADER_SIZE
+                        _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                        if Tag is None:  # ExFreePool: a protected tag must be named (generic path)
+                            passed = stored if not stored & PROTECTED_POOL else None
+                            row = tracker_rows[stored]
+                        else:
+                            passed, row = known_tags[Tag]
+                        if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
+                                and block_size <= LFH_BUCKET_COUNT and (not blocks or block_size == blocks):
+                            va = sub.va
+                            index = sub.index_of[P - POOL_HEADER_SIZE - va]
+                            at = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
+                            shift = (index & 3) << 1
+                            bits = mem[at]
+                            if (bits >> shift) & 3 == 1:  # busy: 01
+                                mem[at] = bits ^ (1 << shift)
+                                sub.free_bits |= 1 << index  # FreeCount, FreeHint in memory: synced before a dump
+                                sub.free_hint = index
+                                if allocator.layer is not None:
+                                    allocator.layer.forget(P)  # an observing layer's record of it
+                                column = heap.track_offset
+                                row[column + 1] += 1
+                                row[column + 2] -= sub.block_size
+                                return True
+                elif not blocks and allocator.layer is None and P in heap.big_pages:
+                    # A big allocation (pages, or a VS chunk): nothing for the generic path to
+                    # validate first (the heap and IRQL are the fast path's); its own checks follow.
+                    allocator._free_big_checked(heap, P, None if Tag is None or Tag == 0 else
+                                                known_tags[Tag][0])
+                    return None
+            except (KeyError, TypeError, IndexError, AttributeError):
+                pass
+            if blocks:
+                return False
+            allocator.free_generic(P, Tag)
+            return None
+
+        return free
 
     # --- generic allocation ----------------------------------------------------------------
 
