@@ -3,10 +3,11 @@ would make them (``!poolfind`` on a big pool: see ``KdSession._poolfind_pieces``
 
 The work is a task that makes batches: ``task(take)`` yields, for each batch number ``take``
 accepts, in order, its ``("text", str)`` pieces and then one ``("end", [ints])``; every
-process enumerates the batches the same way. Worker ``i`` of ``n`` makes batches ``i``,
-``i + n``, ... and writes them to a pipe of its own; the parent reads batch 0 from worker 0,
-batch 1 from worker 1, and so on, so what it yields is exactly what ``task`` yields when it
-takes every batch. An exception a worker's task raises is written at its place in that order
+process enumerates the batches the same way. Of ``n`` processes, the parent makes batches 0,
+``n``, ``2n``, ... itself, and worker ``i`` (1 to ``n - 1``) makes batches ``i``, ``i + n``,
+... and writes them to a pipe of its own; the parent gives out batch 0, batch 1 read from
+worker 1, and so on, so what it yields is exactly what ``task`` yields when it takes every
+batch. An exception a worker's task raises is written at its place in that order
 and raised there by the parent (the task raises only in a batch it takes: one it skips it
 ends quietly); the pieces before it have come out, as one process would have printed them.
 
@@ -35,7 +36,7 @@ _HEADER = struct.Struct("<cQ")
 _TEXT, _END, _ERROR, _DONE = b"T", b"E", b"X", b"D"
 AHEAD_BYTES = 16 << 20  # unsent bytes a worker may hold before it waits for the parent
 PIPE_BYTES = 1 << 20  # asked of the kernel for each pipe (Linux; else its default)
-MAX_WORKERS = 4
+MAX_PROCESSES = 4  # sharing one scan, the parent included
 
 
 def usable_cpus() -> int:
@@ -50,15 +51,32 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and hasattr(os, "preadv")
 
 
-def in_order(task: Callable[[Callable[[int], bool]], Iterator[tuple]], workers: int) -> Iterator[tuple]:
-    """What ``task(lambda batch: True)`` yields, made by ``workers`` forked processes."""
-    started: list[_Worker] = []
+def in_order(task: Callable[[Callable[[int], bool]], Iterator[tuple]], processes: int) -> Iterator[tuple]:
+    """What ``task(lambda batch: True)`` yields, made by ``processes`` processes: this one
+    (batches 0, n, 2n, ...: it has the text at hand, nothing to send) and n - 1 forked ones."""
+    workers: list[_Worker] = []
+    own = None
     try:
-        for index in range(workers):
-            started.append(_Worker.fork(task, index, workers, [w.fd for w in started]))
+        try:
+            for index in range(1, processes):
+                workers.append(_Worker.fork(task, index, processes, [w.fd for w in workers]))
+        except OSError:  # no process to be had (a limit reached): all of it here
+            _stop(workers)
+            yield from task(_every)
+            return
+        own = task(lambda batch: batch % processes == 0)
         batch = 0
         while True:
-            worker = started[batch % workers]
+            if not batch % processes:
+                for item in own:
+                    yield item
+                    if item[0] == "end":
+                        break
+                else:
+                    return  # no such batch: the task is done
+                batch += 1
+                continue
+            worker = workers[batch % processes - 1]
             texts = 0  # of this batch, given out
             while True:
                 kind, payload = worker.receive()
@@ -73,12 +91,19 @@ def in_order(task: Callable[[Callable[[int], bool]], Iterator[tuple]], workers: 
                 elif kind == _ERROR:
                     raise _exception(payload)
                 else:  # the worker died without finishing: the rest made here
-                    _stop(started)
+                    own.close()
+                    _stop(workers)
                     yield from _resumed(task, batch, texts)
                     return
             batch += 1
     finally:
-        _stop(started)
+        if own is not None:
+            own.close()
+        _stop(workers)
+
+
+def _every(batch: int) -> bool:
+    return True
 
 
 def _resumed(task, batch: int, texts: int) -> Iterator[tuple]:

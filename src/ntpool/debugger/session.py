@@ -551,12 +551,12 @@ class KdSession:
                    f"header chain is corrupt (see !poolval {page:x})")
 
     def _scan_workers(self, finder: PoolFinder, pattern: str) -> int:
-        """How many forked processes share a pool's scan: none (this one scans) on one
-        processor, or for a pool of fewer than PARALLEL_MIN_PAGES pages (starting workers
-        costs more than they save there)."""
-        workers = PARALLEL_WORKERS
+        """How many processes share a pool's scan (this one and forked workers): 0 (this one
+        scans alone, as it always did) on one processor, or for a pool of fewer than
+        PARALLEL_MIN_PAGES pages (starting workers costs more than they save there)."""
+        workers = PARALLEL_PROCESSES
         if workers is None:
-            workers = min(forked.usable_cpus(), forked.MAX_WORKERS)
+            workers = min(forked.usable_cpus(), forked.MAX_PROCESSES)
             if workers < 2:
                 return 0
         if not workers or not forked.can_fork() or not finder.holds_pages(PARALLEL_MIN_PAGES):
@@ -959,11 +959,11 @@ class KdSession:
         return lines
 
 
-# A pool's !poolfind is shared by forked processes (see forked) when it holds this many pages;
-# PARALLEL_WORKERS: how many (None: one per usable processor, at most forked.MAX_WORKERS, and
-# none on one processor).
+# A pool's !poolfind is shared with forked processes (see forked) when it holds this many pages;
+# PARALLEL_PROCESSES: by how many, this one included (None: one per usable processor, at most
+# forked.MAX_PROCESSES, and no sharing on one processor).
 PARALLEL_MIN_PAGES = 8192
-PARALLEL_WORKERS = None
+PARALLEL_PROCESSES = None
 
 
 class HitLines:

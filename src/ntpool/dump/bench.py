@@ -80,10 +80,10 @@ def _memory(result: dict) -> tuple[str, float]:
     own, worker = result["peak_rss_mib"], result.get("workers_peak_rss_mib") or 0.0
     if not worker:
         return f"peak memory {own:,.0f} MiB", own
-    from ..debugger.forked import MAX_WORKERS, usable_cpus
-    workers = min(usable_cpus(), MAX_WORKERS)
+    from ..debugger.forked import MAX_PROCESSES, usable_cpus
+    workers = min(usable_cpus(), MAX_PROCESSES) - 1
     total = own + workers * worker
-    return (f"peak memory {own:,.0f} MiB, and {workers} scan workers at most {worker:,.0f} MiB each (the "
+    return (f"peak memory {own:,.0f} MiB, and {workers} scan worker{'s' * (workers > 1)} at most {worker:,.0f} MiB each (the "
             f"parent's pages they share counted in each): at most {total:,.0f} MiB together"), total
 
 
@@ -113,10 +113,19 @@ def _volatility_everything(path: str) -> dict | None:
     return result
 
 
+def _cpu_with_workers() -> float:
+    """CPU seconds of this process and of the processes it forked and reaped (the scan's
+    workers: see debugger.forked)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
     """The commands' time in this process, the median of ``repeats`` runs each on a newly
-    opened dump, their output consumed as ``ntpool kd`` consumes it; and the pool pages the
-    scans read."""
+    opened dump, their output consumed as ``ntpool kd`` consumes it (CPU time: this process's
+    and its scan workers'); and the pool pages the scans read."""
     from ..debugger.poolscan import PoolFinder
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
@@ -125,13 +134,13 @@ def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
     pooltags = PoolTagDatabase.default()
     runs = []
     for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_with_workers()
         lines = 0
         with DumpReader(path) as reader:
             session = KdSession(reader, pooltags)
             for command in commands:
                 lines += sum(piece.count("\n") for piece in session.stream(command)) + 1
-        runs.append((time.perf_counter() - wall, time.process_time() - cpu))
+        runs.append((time.perf_counter() - wall, _cpu_with_workers() - cpu))
     with DumpReader(path) as reader:
         big = KdSession(reader, pooltags).big_pages()
         pages = sum(count for pool in reader.pool_ranges()
@@ -264,7 +273,7 @@ def report_lines(results: dict) -> list[str]:
         pool_gib = r["pool_pages"] * 4096 / (1 << 30)
         per_gib = r["seconds"] / pool_gib if pool_gib else 0.0
         lines.append(f"{label}, both pools, in this process: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s "
-                     f"CPU) for {r['pool_pages'] * 4096 / MiB:,.0f} MiB of pool pages = {per_gib:.2f} s per GiB "
+                     f"CPU, workers' included) for {r['pool_pages'] * 4096 / MiB:,.0f} MiB of pool pages = {per_gib:.2f} s per GiB "
                      f"of pool (goal <= 1 s per GiB: {_goal(per_gib <= 1)})")
     tag = results["poolfind_tag"]
     memory, total = _memory(tag)
