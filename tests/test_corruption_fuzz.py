@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
+import ntpool
 from ntpool import BugCheck, NtStatusError
 from ntpool.tools.corruption_fuzz import SloppyDriver, check_after_bugcheck, run_one
 
@@ -128,3 +129,52 @@ def test_seeded_runs_of_the_long_fuzzer_have_no_internal_error(tmp_path, windows
     assert any(outcome.startswith("bugcheck") for outcome, _ in outcomes)
     # The segment heap answers damage to its own structures with 0x13A, as Windows 10 does.
     assert any(outcome == "bugcheck 0x13a" for outcome, _ in outcomes) == (windows != "7")
+
+
+# --- the wilder driver (Wildness: the long fuzzer's options) ----------------------------------
+
+def test_the_wild_driver_options_make_the_machine_they_name():
+    from ntpool.tools.corruption_fuzz import Wildness
+
+    wild = Wildness(pool_mib=2, memory_mib=512, targets=("structures", "anywhere"), processors=3,
+                    dispatch=1.0)
+    driver = SloppyDriver(random.Random(0), True, "7", wild)
+    k = driver.k
+    assert k.processors == 3 and k.nonpaged_pool.delay_frees  # 508 MiB or more: delayed frees
+    assert not SloppyDriver(random.Random(0), True, "7").k.nonpaged_pool.delay_frees
+    names = [name for name, _ in wild.operations()]
+    assert {"structure_write", "anywhere_write", "switch_processor"} <= set(names)
+    assert "overrun" not in names  # "near" was not asked for
+    descriptors = driver._structures()
+    assert (k.nonpaged_pool.descriptor_va, 0x1140) in descriptors
+    driver.set_irql()
+    assert k.KeGetCurrentIrql() == ntpool.DISPATCH_LEVEL
+    for _ in range(20):
+        driver.allocate()  # at DISPATCH_LEVEL: nonpaged pool only
+    assert driver.live and all(not pool_type & 1 for _, _, pool_type, _ in driver.live)
+    heap_driver = SloppyDriver(random.Random(0), True, "11", wild)
+    sub = heap_driver.k.nonpaged_pool_nx.subsegment_of(
+        heap_driver.k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPoolNx, 0x50, "Warm"))
+    assert any(address == sub.va for address, _ in heap_driver._structures())
+
+
+def test_the_wild_driver_options_are_checked():
+    from ntpool.tools.corruption_fuzz import main
+
+    for bad in (["--targets", "near,nowhere"], ["--dispatch", "2"], ["--processors", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--runs", "1", *bad])
+        assert info.value.code == 2
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_seeded_runs_of_the_wild_driver_have_no_internal_error(tmp_path, windows):
+    from ntpool.tools.corruption_fuzz import Wildness
+
+    wild = Wildness(pool_mib=1, memory_mib=512 if windows == "7" else None,
+                    targets=("near", "structures", "anywhere"), processors=2, dispatch=0.3)
+    seeds = range(40) if windows == "7" else range(6)
+    outcomes = [run_one(seed, steps=400, dump=seed % 10 == 0, dump_dir=str(tmp_path),
+                        windows=windows, wildness=wild) for seed in seeds]
+    assert [text for outcome, text in outcomes if outcome == "internal"] == []
+    assert any(outcome.startswith("bugcheck") for outcome, _ in outcomes)

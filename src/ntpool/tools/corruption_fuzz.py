@@ -13,10 +13,20 @@ inspected, and (every ``dump_every``-th bug check) its crash dump opens with ntp
 reader and ``!analyze -v`` runs on it.
 
     python -m ntpool.tools.corruption_fuzz --runs 100000 [--seed N] [--steps 400] [--jobs J]
-        [--windows 7|10|11]
+        [--windows 7|10|11] [--pool-mib N] [--memory-mib N] [--targets near,structures,anywhere]
+        [--processors N] [--dispatch P]
 
 prints the runs, how each ended, and the count of internal errors (0, or the seeds that
 reproduce them); its exit status is 1 when there was any.
+
+The default driver is the tame one: 1 MiB pools (so on Windows 7 frees are not delayed), one
+processor, PASSIVE_LEVEL, stray writes near its own chunks. The options make it wilder
+(``Wildness``): larger pools and physical memory (Windows 7 delays frees from 508 MiB of
+physical memory, as WRK's InitializePool decides), writes into the allocator's own
+structures (Windows 7's POOL_DESCRIPTORs: ListHeads, PendingFrees; the segment heap's
+segment headers and page range descriptors, LFH and VS subsegment headers) and anywhere in
+a pool's address range, several processors it moves between, and steps at DISPATCH_LEVEL
+(where it touches only nonpaged memory, as a driver there must).
 """
 
 import argparse
@@ -28,8 +38,9 @@ import time
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
-from ..constants import PAGE_SIZE
+from ..constants import DISPATCH_LEVEL, PAGE_SIZE, PASSIVE_LEVEL
 from ..errors import BugCheck, NtStatusError
 from ..windows import CHOICES, windows_version
 
@@ -40,6 +51,45 @@ OPERATIONS = (
     ("allocate", 30), ("free", 22), ("overrun", 6), ("underrun", 3), ("use_after_free", 8),
     ("double_free", 1), ("stale_free", 1), ("wild_write", 6), ("read", 4), ("flush", 1),
 )
+
+
+TARGETS = ("near", "structures", "anywhere")
+# The wild driver's extra operations, each on only when its option asks for it.
+WILD_OPERATIONS = (("structure_write", 4, "structures"), ("anywhere_write", 4, "anywhere"))
+
+
+@dataclass(frozen=True)
+class Wildness:
+    """How wild the driver is (the defaults: the tame driver of the CI tests)."""
+
+    pool_mib: int = 1  # each pool's size
+    memory_mib: int | None = None  # physical memory (None: what the pools need)
+    targets: tuple = ("near",)  # where its stray writes go: TARGETS
+    processors: int = 1  # it moves between them (their own lookasides and IRQL)
+    dispatch: float = 0.0  # the share of its steps made at DISPATCH_LEVEL
+
+    def __post_init__(self):
+        unknown = set(self.targets) - set(TARGETS)
+        if unknown or not self.targets:
+            raise ValueError(f"targets must be some of {', '.join(TARGETS)}, not "
+                             f"{','.join(self.targets)}")
+        if not 0.0 <= self.dispatch <= 1.0:
+            raise ValueError(f"dispatch must be a share from 0 to 1, not {self.dispatch}")
+        if self.pool_mib < 1 or (self.memory_mib is not None and self.memory_mib < 1):
+            raise ValueError("pool and memory sizes are whole MiB, at least 1")
+
+    def operations(self) -> list[tuple[str, int]]:
+        chosen = [(name, weight) for name, weight in OPERATIONS
+                  if name not in ("overrun", "underrun", "use_after_free", "wild_write")
+                  or "near" in self.targets]
+        chosen += [(name, weight) for name, weight, target in WILD_OPERATIONS
+                   if target in self.targets]
+        if self.processors > 1:
+            chosen.append(("switch_processor", 4))
+        return chosen
+
+
+TAME = Wildness()
 
 
 def _pattern(rng: random.Random, length: int) -> bytes:
@@ -56,12 +106,19 @@ def _pattern(rng: random.Random, length: int) -> bytes:
 class SloppyDriver:
     """One run's state: the machine, the chunks it holds, the chunks it freed."""
 
-    def __init__(self, rng: random.Random, lookasides: bool, windows: str = "7"):
+    def __init__(self, rng: random.Random, lookasides: bool, windows: str = "7",
+                 wildness: Wildness = TAME):
         import ntpool  # the whole package (dump layer included), as a user has it
 
         self.rng = rng
-        self.k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB,
+        self.wildness = wildness
+        memory = None if wildness.memory_mib is None else wildness.memory_mib * MiB
+        self.k = ntpool.Kernel(nonpaged_pool_bytes=wildness.pool_mib * MiB,
+                               paged_pool_bytes=wildness.pool_mib * MiB,
+                               physical_memory_bytes=memory, processors=wildness.processors,
                                windows=windows)
+        self.heaps = [pool for pool in (self.k.nonpaged_pool, self.k.nonpaged_pool_nx,
+                                        self.k.paged_pool) if pool is not None]
         # The pool types a request picks from (the segment heap's NonPagedPoolNx is a heap
         # of its own).
         self.pool_types = (0, 1, 0x200) if self.k.windows.segment_heap else (0, 1)
@@ -80,9 +137,29 @@ class SloppyDriver:
 
     # --- the operations (each one step of the driver) ----------------------------------------
 
+    def at_dispatch(self) -> bool:
+        return self.k.irql_by_processor[self.k.current_processor] >= DISPATCH_LEVEL
+
+    def set_irql(self) -> None:
+        """Before a step: DISPATCH_LEVEL for the wildness's share of steps, else PASSIVE."""
+        k = self.k
+        wanted = DISPATCH_LEVEL if self.rng.random() < self.wildness.dispatch else PASSIVE_LEVEL
+        current = k.irql_by_processor[k.current_processor]
+        if wanted > current:
+            k.KeRaiseIrql(wanted)
+        elif wanted < current:
+            k.KeLowerIrql(wanted)
+
+    def _usable(self, chunks: list) -> list:
+        """The chunks a step may touch: at DISPATCH_LEVEL the nonpaged ones only."""
+        if not self.at_dispatch():
+            return chunks
+        return [chunk for chunk in chunks if not chunk[2] & 1]
+
     def allocate(self) -> None:
         rng = self.rng
-        pool_type = rng.choice(self.pool_types)
+        pool_type = rng.choice([t for t in self.pool_types if not t & 1]
+                               if self.at_dispatch() else self.pool_types)
         if self.hot_sizes and rng.random() < 0.5:
             size = rng.choice(self.hot_sizes)
         else:
@@ -94,12 +171,15 @@ class SloppyDriver:
             self.live.append((p, size, pool_type, tag))
 
     def free(self) -> None:
-        if self.live:
-            entry = self.live.pop(self.rng.randrange(len(self.live)))
+        usable = self._usable(self.live)
+        if usable:
+            entry = usable[self.rng.randrange(len(usable))]
+            self.live.remove(entry)
             self.freed.append(entry)
             self.k.ExFreePoolWithTag(entry[0], entry[3])
 
     def _target(self, pool: list):
+        pool = self._usable(pool)
         return pool[self.rng.randrange(len(pool))] if pool else None
 
     def _write_near(self, address: int, data: bytes) -> None:
@@ -161,6 +241,49 @@ class SloppyDriver:
         for pool in self.k.pool.pools:
             pool.flush_lookasides()
 
+    # --- the wild driver's operations (Wildness) ---------------------------------------------
+
+    def _structures(self) -> list[tuple[int, int]]:
+        """(address, length) of the allocator's own structures in memory now."""
+        found = []
+        for heap in self.heaps:
+            if hasattr(heap, "descriptor_va"):  # Windows 7: the POOL_DESCRIPTOR
+                from ..pool.layout import POOL_DESCRIPTOR
+
+                found.append((heap.descriptor_va, POOL_DESCRIPTOR.size))
+                continue
+            from ..pool.segment_heap.layout import SEGMENT_HEADER_PAGES
+
+            for segment, state in enumerate(heap.segment_state):
+                if state == 1:  # a segment: its header and page range descriptors
+                    found.append((heap._segment_va(segment), SEGMENT_HEADER_PAGES * PAGE_SIZE))
+            seen = set()
+            for sub in heap.subsegment_by_page:
+                if sub is None or id(sub) in seen:
+                    continue
+                seen.add(id(sub))
+                first = sub.va + sub.offsets[0] if sub.kind == 1 else sub.first
+                found.append((sub.va, max(8, first - sub.va)))  # its header
+        return found
+
+    def structure_write(self) -> None:
+        """Bytes over the pool's own bookkeeping: a list head, a descriptor, a bitmap."""
+        structures = self._structures()
+        if structures:
+            address, length = structures[self.rng.randrange(len(structures))]
+            offset = self.rng.randrange(length) & ~self.rng.choice((0, 7))  # often a field start
+            self._write_near(address + offset, _pattern(self.rng, self.rng.randint(1, 16)))
+
+    def anywhere_write(self) -> None:
+        """Bytes at any address in a pool's range (on a page that is there, mostly)."""
+        heap = self.heaps[self.rng.randrange(len(self.heaps))]
+        address = self.rng.randrange(heap.base, heap.limit)
+        self._write_near(address, _pattern(self.rng, self.rng.randint(1, 16)))
+
+    def switch_processor(self) -> None:
+        """Move to another processor; it runs at its own IRQL (set before the next step)."""
+        self.k.set_current_processor(self.rng.randrange(self.wildness.processors))
+
 
 def warm_lfh(k, pool_types, sizes) -> None:
     """Make each size's LFH bucket active in each pool type's heap (allocation and free pairs
@@ -203,16 +326,20 @@ def check_after_bugcheck(k, dump_dir: str | None) -> None:
 
 
 def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | None = None,
-            windows: str = "7") -> tuple[str, str]:
+            windows: str = "7", wildness: Wildness = TAME) -> tuple[str, str]:
     """One run: ("bugcheck 0x19", "") or ("survived", "") or ("internal", traceback)."""
     rng = random.Random(seed)
-    driver = SloppyDriver(rng, lookasides=rng.random() < 0.75, windows=windows)
-    names = [name for name, _ in OPERATIONS]
-    weights = [weight for _, weight in OPERATIONS]
+    operations = wildness.operations()
+    names = [name for name, _ in operations]
+    weights = [weight for _, weight in operations]
     try:
+        driver = SloppyDriver(rng, lookasides=rng.random() < 0.75, windows=windows,
+                              wildness=wildness)
         for _ in range(steps):
             operation = rng.choices(names, weights)[0]
             try:
+                if wildness.dispatch:
+                    driver.set_irql()
                 getattr(driver, operation)()
             except NtStatusError:
                 pass
@@ -227,14 +354,15 @@ def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | Non
     return "survived", ""
 
 
-def run_many(seeds, steps: int, dump_every: int, windows: str = "7") -> tuple[Counter, list[str]]:
+def run_many(seeds, steps: int, dump_every: int, windows: str = "7",
+             wildness: Wildness = TAME) -> tuple[Counter, list[str]]:
     outcomes: Counter = Counter()
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ntpool-fuzz-") as dump_dir:
         bugchecks = 0
         for seed in seeds:
             dump = bool(dump_every) and bugchecks % dump_every == 0
-            outcome, text = run_one(seed, steps, dump, dump_dir, windows)
+            outcome, text = run_one(seed, steps, dump, dump_dir, windows, wildness)
             outcomes[outcome] += 1
             if outcome.startswith("bugcheck"):
                 bugchecks += 1
@@ -246,8 +374,8 @@ def run_many(seeds, steps: int, dump_every: int, windows: str = "7") -> tuple[Co
 
 
 def _batch(arguments) -> tuple[Counter, list[str]]:
-    seeds, steps, dump_every, windows = arguments
-    return run_many(seeds, steps, dump_every, windows)
+    seeds, steps, dump_every, windows, wildness = arguments
+    return run_many(seeds, steps, dump_every, windows, wildness)
 
 
 def main(argv=None) -> int:
@@ -261,7 +389,31 @@ def main(argv=None) -> int:
                         help="write a dump and run !analyze -v after every Nth bug check (0: never)")
     parser.add_argument("--windows", choices=CHOICES, default="7",
                         help="the Windows the machines run (10 and 11: the segment heap)")
+    wild = parser.add_argument_group("a wilder driver")
+    wild.add_argument("--pool-mib", type=int, default=1, metavar="N",
+                      help="each pool's size in MiB (default 1)")
+    wild.add_argument("--memory-mib", type=int, default=None, metavar="N",
+                      help="physical memory in MiB (default: what the pools need); Windows 7 "
+                           "delays frees from 508 MiB")
+    wild.add_argument("--targets", default="near", metavar="LIST",
+                      help="where stray writes go, comma-separated: near (around the driver's "
+                           "chunks, the default), structures (the pool descriptors / the "
+                           "segment heap's segment and subsegment headers), anywhere (any "
+                           "address in a pool)")
+    wild.add_argument("--processors", type=int, default=1, metavar="N",
+                      help="processors the driver moves between (default 1)")
+    wild.add_argument("--dispatch", type=float, default=0.0, metavar="P",
+                      help="share of steps made at DISPATCH_LEVEL, on nonpaged memory only "
+                           "(default 0)")
     args = parser.parse_args(argv)
+    try:
+        wildness = Wildness(args.pool_mib, args.memory_mib,
+                            tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+                            args.processors, args.dispatch)
+        if not 1 <= wildness.processors <= 64:
+            raise ValueError("processors must be from 1 to 64")
+    except ValueError as error:
+        parser.error(str(error))
     first = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     seeds = range(first, first + args.runs)
     started = time.monotonic()
@@ -269,19 +421,21 @@ def main(argv=None) -> int:
     errors: list[str] = []
     if args.jobs > 1:
         size = max(1, args.runs // (args.jobs * 8))
-        batches = [(seeds[i:i + size], args.steps, args.dump_every, args.windows)
+        batches = [(seeds[i:i + size], args.steps, args.dump_every, args.windows, wildness)
                    for i in range(0, args.runs, size)]
         with ProcessPoolExecutor(args.jobs) as pool:
             for counted, found in pool.map(_batch, batches):
                 outcomes.update(counted)
                 errors.extend(found)
     else:
-        outcomes, errors = run_many(seeds, args.steps, args.dump_every, args.windows)
+        outcomes, errors = run_many(seeds, args.steps, args.dump_every, args.windows, wildness)
     for text in errors[:5]:
         print(text, file=sys.stderr)
     elapsed = time.monotonic() - started
     print(f"{windows_version(args.windows)}: seeds {first}..{first + args.runs - 1}, "
           f"{args.steps} steps a run, {elapsed:.0f} s")
+    if wildness != TAME:
+        print(f"  driver: {wildness}")
     for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome}: {count}")
     print(f"internal errors: {len(errors)}")
