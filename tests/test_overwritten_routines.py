@@ -1,7 +1,8 @@
 """A routine pointer a driver overwrote (its lookaside list's Allocate or Free), called on a
 machine with no compiled code loaded: Windows jumps there, and the machine answers as x64
-Windows 7 does for that address (Kernel.execute_without_cpu), never with a Python error."""
+Windows 7 does for that address (Kernel.jump_to), never with a Python error."""
 
+import os
 import struct
 
 import pytest
@@ -37,9 +38,16 @@ class Overwriter:
         k.ExFreeToNPagedLookasideList(self.lookaside, entry)
 
 
-@pytest.fixture
-def machine():
+@pytest.fixture(params=["no CPU", "a compiled driver loaded"])
+def machine(request):
+    """The same answers whether or not a native CPU exists: the kernel decides that no code
+    is there (``Kernel.jump_to``); the CPU runs only code."""
     k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB)
+    if request.param != "no CPU":
+        from ntpool.native import load_native_driver
+        from ntpool.native.build import SOURCE_DIRECTORY
+
+        load_native_driver(k, os.path.join(SOURCE_DIRECTORY, "faults.sys"))
     driver = Overwriter()
     loaded = k.load_driver(driver)
     return k, driver, loaded
@@ -146,3 +154,21 @@ def test_executable_pool_is_code_only_a_cpu_runs_a_clear_error_without_one():
     with pytest.raises(ntpool.ExecutionError, match=f"called {code:#x}, executable memory"):
         driver.allocate(k)
     assert not k.halted
+
+
+def test_native_code_jumping_into_no_execute_pool_is_0xfc_and_to_no_page_0x50_execute():
+    # Machine code of its own on an executable page: mov rax, TARGET; jmp rax.
+    from ntpool.native import native_machine
+
+    for target, code, parameter2 in ((None, 0xFC, None), (UNMAPPED, 0x50, 8)):
+        k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB)
+        cpu = native_machine(k)
+        target = target or k.ExAllocatePoolWithTag(NP, 64, "Data")
+        page = 0xFFFFF8A000100000
+        k.space.map_page(page, k.physical.allocate_frame(), writable=False, executable=True)
+        cpu.write_code(page, b"\x48\xB8" + struct.pack("<Q", target) + b"\xFF\xE0")
+        with pytest.raises(ntpool.BugCheck) as info:
+            k.call_code(page)
+        e = info.value
+        assert (e.code, e.parameters[0]) == (code, target)
+        assert e.parameters[1] == (k.space.pte(target) if parameter2 is None else parameter2)

@@ -405,24 +405,25 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), 0, 0,
                           detail=f"{'write to' if write else 'read of'} unmapped address {address:#x}")
 
-    def execute_without_cpu(self, address: int) -> NoReturn:
-        """What calling ``address`` does when no CPU can run code there: a routine pointer a
-        driver overwrote (a lookaside list's Allocate or Free, a dispatch, completion or DPC
-        routine) on a machine with no native code loaded (``native_call`` is None).
+    def jump_to(self, address: int, args=()) -> int:
+        """Call machine code at ``address`` (no Python function is registered there): a
+        driver's routine, or a routine pointer it overwrote (a lookaside list's Allocate or
+        Free, a dispatch, completion or DPC routine). Code on an executable page runs on the
+        native CPU (``native_call``, set when a compiled driver is loaded); anything else is
+        what the jump does on x64 Windows 7, decided here whether or not a CPU exists.
 
-        Windows would jump there. x64 refuses a non-canonical target with a general-protection
-        fault at the call: 0x1E KMODE_EXCEPTION_NOT_HANDLED (0xC0000005, the call, 0,
-        0xFFFFFFFFFFFFFFFF). Otherwise the instruction fetch faults, and MmAccessFault gives
-        its answer with the fault status's execute bit (8 on x64, WRK mi/amd64 miamd.h):
-        a present no-execute page is 0xFC ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY (address,
-        PTE, 0, 0) at any IRQL; a page not present is, at DISPATCH_LEVEL or above,
-        DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1: address, IRQL, 8, address): the trap's 0xA,
-        which KeBugCheckEx turns into 0xD1 when the faulting instruction (for a jump, the
-        target itself) is not kernel or HAL code (WRK ke/bugcheck.c); below it a paged-out
-        page comes back, a user-mode
+        x64 refuses a non-canonical target with a general-protection fault at the call:
+        0x1E KMODE_EXCEPTION_NOT_HANDLED (0xC0000005, the call, 0, 0xFFFFFFFFFFFFFFFF).
+        Otherwise the instruction fetch faults, and MmAccessFault gives its answer with the
+        fault status's execute bit (8 on x64, WRK mi/amd64 miamd.h): a present no-execute
+        page is 0xFC ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY (address, PTE, 0, 0) at any IRQL;
+        a page not present is, at DISPATCH_LEVEL or above, DRIVER_IRQL_NOT_LESS_OR_EQUAL
+        (0xD1: address, IRQL, 8, address): the trap's 0xA, which KeBugCheckEx turns into
+        0xD1 when the faulting instruction (for a jump, the target itself) is not kernel or
+        HAL code (WRK ke/bugcheck.c); below it a paged-out page comes back, a user-mode
         address is the access violation no handler catches, 0x1E (0xC0000005, address, 8,
         address), and any other address 0x50 PAGE_FAULT_IN_NONPAGED_AREA (address, 8,
-        address, 0). Executable memory there is code only a CPU can run: a clear error.
+        address, 0). Executable memory with no CPU to run it is ``ExecutionError``.
         """
         site = self.call_sites.site_of_caller()
         caller = self.call_sites.describe(site)
@@ -460,9 +461,11 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             self.KeBugCheckEx(BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, address, pte, 0, 0,
                               detail=f"execution of no-execute memory {address:#x} (an "
                                      f"overwritten routine pointer), called from {caller}")
-        raise ExecutionError(f"{caller} called {address:#x}, executable memory that holds no "
-                             f"routine of this machine: running it needs a CPU (load a "
-                             f"compiled driver, ntpool.native)")
+        if self.native_call is None:
+            raise ExecutionError(f"{caller} called {address:#x}, executable memory that holds "
+                                 f"no routine of this machine: running it needs a CPU (load a "
+                                 f"compiled driver, ntpool.native)")
+        return self.native_call(address, args)
 
     def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:
         """An access the pool code itself makes (following a link or a header's sizes) that

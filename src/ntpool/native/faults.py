@@ -6,7 +6,7 @@ DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1: address, IRQL, 0 read / 1 write / 8 execute
 instruction), then a page-in for a paged-out page, then for a user-mode address an access
 violation exception (which a driver's __try can catch, as ProbeForRead relies on), and
 for any other kernel address PAGE_FAULT_IN_NONPAGED_AREA (0x50: address, 0 read / 1
-write, the instruction, 0). A fault on a present page is a protection fault:
+write / 8 execute, the instruction, 0: the fault status MmAccessFault passes, WRK). A fault on a present page is a protection fault:
 ATTEMPTED_WRITE_TO_READONLY_MEMORY (0xBE) or ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY (0xFC),
 (address, PTE, 0, 0).
 
@@ -27,7 +27,7 @@ from unicorn import x86_const as X
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..hooks import PageFault
-from ..machine.memory import PTE_PRESENT
+from ..machine.memory import PTE_NX, PTE_PRESENT
 from . import cpu as cpu_module
 from . import seh
 
@@ -130,7 +130,7 @@ def page_fault(machine, regs: dict, address: int, access: int):
         return None
     if address < SYSTEM_RANGE_START:
         return (access, address)  # an access violation, for the driver's __except to catch
-    kernel.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, int(write), rip, 0,
+    kernel.KeBugCheckEx(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, address, access, rip, 0,
                         detail=f"{kind} unmapped address {address:#x} at {where}")
     raise AssertionError("unreachable")
 
@@ -144,6 +144,8 @@ def access_kind(machine, regs: dict, address: int) -> int:
     """READ, WRITE or EXECUTE: what the instruction at rip did at ``address``."""
     rip = regs["rip"]
     kernel = machine.kernel
+    if kernel.space.pte(rip) & (PTE_PRESENT | PTE_NX) == PTE_PRESENT | PTE_NX:
+        return EXECUTE  # no instruction runs from a no-execute page: its fetch faulted
     if kernel.space.translate(rip) is None or rip <= address < rip + 16 and \
             kernel.space.translate(address) is None and (address >> 12) != (rip >> 12):
         if kernel.space.translate(rip) is None:

@@ -190,7 +190,8 @@ class IoRoutines:
 
     def call_code(self, address: int, *args) -> int:
         """Run the code at ``address`` with ``args`` (integers, the x64 way): a registered
-        Python function, or the driver's machine code through the native bridge."""
+        Python function, or machine code (``Kernel.jump_to``: the driver's code through the
+        native bridge, or the bug check of jumping where no code is)."""
         entry = self.python_code.get(address)
         if entry is not None:
             function, owner = entry
@@ -204,9 +205,7 @@ class IoRoutines:
                 finally:
                     self.current_driver = previous
             return 0 if result is None else result
-        if self.native_call is None:
-            self.execute_without_cpu(address)  # what jumping there does: a bug check
-        return self.native_call(address, args)
+        return self.jump_to(address, args)  # native code, or the fault of jumping there
 
     # --- driver objects ----------------------------------------------------------------------
 
