@@ -311,12 +311,31 @@ def test_one_processor_and_a_small_pool_fork_nothing(dump, monkeypatch):
     with DumpReader(dump) as reader:  # one processor: the scan stays here, whatever the pool
         assert "derF" in KdSession(reader, POOLTAGS).run_one("!poolfind derF")
     monkeypatch.setattr(forked, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(forked, "free_processors", lambda cpus: cpus)
     monkeypatch.setattr(kd, "PARALLEL_MIN_PAGES", 1 << 20)
     with DumpReader(dump) as reader:  # a pool smaller than the threshold stays here too
         assert "derF" in KdSession(reader, POOLTAGS).run_one("!poolfind derF")
     monkeypatch.setattr(kd, "PARALLEL_MIN_PAGES", 0)
+    monkeypatch.setattr(forked, "free_processors", lambda cpus: 1)
+    with DumpReader(dump) as reader:  # two processors, one of them busy with other work
+        assert "derF" in KdSession(reader, POOLTAGS).run_one("!poolfind derF")
+    monkeypatch.setattr(forked, "free_processors", lambda cpus: cpus)
     with DumpReader(dump) as reader, pytest.raises(AssertionError, match="forked"):
         KdSession(reader, POOLTAGS).run_one("!poolfind derF")
+
+
+def test_free_processors_count_the_others_runnable_tasks(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    for running, cpus, free in [(1, 2, 2), (2, 2, 1), (3, 2, 0), (9, 2, 0), (2, 4, 3), (1, 1, 1)]:
+        loadavg = tmp_path / f"loadavg-{running}"
+        loadavg.write_text(f"0.50 0.60 0.70 {running}/321 4242\n")
+        monkeypatch.setattr(builtins, "open", lambda path, *a, loadavg=loadavg, **k:
+                            real_open(loadavg if path == "/proc/loadavg" else path, *a, **k))
+        assert forked.free_processors(cpus) == free
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(tmp_path / "absent", *a, **k))
+    assert forked.free_processors(2) == 2  # no count to be had: all taken as free
 
 
 def _numbered(take):
@@ -336,6 +355,17 @@ def _numbered(take):
 def test_a_worker_killed_from_outside_costs_nothing_but_time(workers):
     _numbered.parent = os.getpid()
     assert list(forked.in_order(_numbered, workers)) == list(_numbered(lambda batch: True))
+
+
+def test_no_process_to_be_had_scans_here(dump, small_batches, monkeypatch):
+    """A limit on processes (fork fails): the scan is made here, the same."""
+    serial = pieces(dump, COMMANDS[:3], 0)
+
+    def no_process():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_process)
+    assert pieces(dump, COMMANDS[:3], 2) == serial
 
 
 def test_a_memory_read_error_crosses_processes_as_it_was():

@@ -551,16 +551,20 @@ class KdSession:
                    f"header chain is corrupt (see !poolval {page:x})")
 
     def _scan_workers(self, finder: PoolFinder, pattern: str) -> int:
-        """How many processes share a pool's scan (this one and forked workers): 0 (this one
-        scans alone, as it always did) on one processor, or for a pool of fewer than
-        PARALLEL_MIN_PAGES pages (starting workers costs more than they save there)."""
+        """How many processes share a pool's scan (this one and forked workers): one per
+        processor other work leaves free (``forked.free_processors``); 0 (this one scans
+        alone, as it always did) on one processor, when fewer than two are free, or for a
+        pool of fewer than PARALLEL_MIN_PAGES pages (starting workers costs more than they
+        save there)."""
         workers = PARALLEL_PROCESSES
+        if workers == 0 or workers is None and forked.usable_cpus() < 2:
+            return 0
+        if not forked.can_fork() or not finder.holds_pages(PARALLEL_MIN_PAGES):
+            return 0
         if workers is None:
-            workers = min(forked.usable_cpus(), forked.MAX_PROCESSES)
+            workers = min(forked.free_processors(forked.usable_cpus()), forked.MAX_PROCESSES)
             if workers < 2:
                 return 0
-        if not workers or not forked.can_fork() or not finder.holds_pages(PARALLEL_MIN_PAGES):
-            return 0
         finder.searchers(pattern)  # compiled once here, not in every worker
         self.reader.allocation_site_streams()  # read once here, not in every worker
         try:
