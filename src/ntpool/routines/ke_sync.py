@@ -101,7 +101,7 @@ class SyncRoutines:
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
         # drivers' lookaside lists and the pool's (routines.runtime, pool.lookaside).
         for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
-            self.ExAdjustLookasideDepth()
+            self.adjust_lookaside_depth()
 
     def advance_time(self, seconds) -> None:
         """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""

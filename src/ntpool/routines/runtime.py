@@ -396,8 +396,9 @@ class RuntimeRoutines:
             entry = _Q.unpack(self.read(entry, 8))[0]
         return found
 
-    def ExAdjustLookasideDepth(self) -> None:
-        """The balance set manager's once-a-second retuning: scan 0 the drivers' nonpaged
+    def adjust_lookaside_depth(self) -> None:
+        """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
+        routine: the kernel calls it): scan 0 the drivers' nonpaged
         lookaside lists, scan 1 their paged ones, scan 2 one set of the pool's own lists
         (``pool.lookaside_scanner``: Windows 7's design; the segment heap keeps none)."""
         scan = self.lookaside_scan_count
