@@ -48,8 +48,6 @@ def test_keywords_by_their_wdk_names_and_no_extra_argument(k):
     assert va and any(t.TagUlong == DIRE for t in k.pool_tags())  # allocated and tracked
     with pytest.raises(TypeError):
         k.ExAllocatePoolWithTag(NP, 100, "Dire", 2)  # no caller depth a driver could pass
-    with pytest.raises(TypeError):
-        k.ExFreePoolWithTag(va, "Dire", 8)  # the allocator's ``blocks`` is keyword-only
     k.ExFreePoolWithTag(P=va, Tag="Dire")
     assert [(t.NonPagedAllocs, t.NonPagedFrees) for t in k.pool_tags() if t.TagUlong == DIRE] == [(1, 1)]
 

@@ -30,6 +30,8 @@ Events. The machine publishes a small frozen object at each point a layer may ca
                         request's SystemBuffer for a driver's device
     MappingChanged      a present page mapping was removed or         nothing
                         replaced (a CPU's TLB must forget it)
+    PagedIn             a paged-out page is back (``Pager.page_in``;  nothing
+                        the pool's own page table learns its frame)
     DebugPrinted        a driver printed a line (DbgPrint)            nothing
     ==================  ============================================  ====================
 
@@ -113,6 +115,11 @@ class SystemBufferMade(Event):
 @dataclass(frozen=True, slots=True)
 class MappingChanged(Event):
     address: int  # the page whose mapping went or changed
+
+
+@dataclass(frozen=True, slots=True)
+class PagedIn(Event):
+    address: int  # the page, mapped again (at any frame)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ resolved (below DISPATCH_LEVEL) and the pool decides which pages are pageable.
 """
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..hooks import PagedIn
 from .memory import PTE_NX, PTE_WRITABLE, AddressSpace, OutOfFrames
 
 MM_READWRITE = 4  # the protection a pageable pool page has
@@ -74,6 +75,8 @@ class Pager:
         writable, executable = self.protection.pop(vpn, (True, False))
         self.space.map_page(vpn << PAGE_SHIFT, pfn, writable=writable, executable=executable)
         self.pages_in += 1
+        if self.space.hooks.listening(PagedIn):
+            self.space.hooks.publish(PagedIn(vpn << PAGE_SHIFT))
         return base
 
     def discard(self, va: int) -> None:

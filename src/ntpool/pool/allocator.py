@@ -120,19 +120,19 @@ def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
     current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
     the site map and the address its index counts from (a chunk's header: body - 16), the
-    allocated PoolType byte, and the pool's columns in a tracker row (allocations, bytes:
+    resident pages of small chunks (``Pool.small_frames``), the allocated PoolType byte, and the pool's columns in a tracker row (allocations, bytes:
     each a subscript, no sum on the fast path). Rebuilt when the
     processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
-            pool.allocated_header_type, pool.track_offset, pool.track_offset + 2)
+            pool.small_frames, pool.allocated_header_type, pool.track_offset, pool.track_offset + 2)
 
 
 def fast_frees_of(pool: Pool) -> tuple:
     """What the free fast path touches of ``pool``, in the order it unpacks them: the pool,
-    its base and page kinds, the current processor's lookaside heads, counts and depths,
+    its base and resident pages of small chunks (``Pool.small_frames``), the current processor's lookaside heads, counts and depths,
     and the pool's columns in a tracker row (frees, bytes). Rebuilt when the processor
     changes."""
-    return (pool, pool.base, pool.page_kind, pool.la_head, pool.la_count, pool.la_limit,
+    return (pool, pool.base, pool.small_frames, pool.la_head, pool.la_count, pool.la_limit,
             pool.track_offset + 1, pool.track_offset + 2)
 
 
@@ -287,7 +287,6 @@ class PoolAllocator:
         fast_pools = self.fast_pools
         mem = self.mem
         qwords = self.nonpaged.words  # the same memory as QWORDs: qwords[pa >> 3]
-        tlb = self.tlb
 
         # The call site of the last allocation whose site the index held. A driver allocates
         # from one call in a loop far more often than it alternates, and comparing the code
@@ -318,20 +317,25 @@ class PoolAllocator:
                     last_code, last_lasti, last_site = code, lasti, site
             try:
                 tag_ulong, row = known_tags[Tag]
-                heads, counts, allocates, sites, site_bias, header_type, column, bytes_column = \
-                    fast_lists[PoolType]
+                heads, counts, allocates, sites, site_bias, frames, header_type, column, \
+                    bytes_column = fast_lists[PoolType]
                 if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
                     block_size = (NumberOfBytes + 31) >> 4
                     body = heads[block_size]
                     offset = body & 0xFFF
-                    if _BODY_OK[offset]:  # a block boundary past a page's first block
-                        pa = tlb[body >> PAGE_SHIFT] + offset
+                    header = body - site_bias  # the chunk's header, from the pool's base
+                    # A block boundary past a page's first block (so the header is on the
+                    # body's page), on a resident page of small chunks of this pool: its
+                    # frame's address, not 0 (else, a head a driver damaged or a page paged
+                    # out, the generic path pops it as Windows would).
+                    if _BODY_OK[offset] and header >= 0 and (frame := frames[header >> PAGE_SHIFT]):
+                        pa = frame + offset
                         heads[block_size] = qwords[pa >> 3]  # the entry's Next: the body's first QWORD
                         counts[block_size] -= 1
                         allocates[block_size] += 1
                         _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
                                        0)  # ProcessBilled: no quota (the fast path serves none)
-                        sites[(body - site_bias) >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
+                        sites[header >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
                         row[column] += 1
                         row[bytes_column] += block_size << 4
                         return body
@@ -366,7 +370,7 @@ class PoolAllocator:
                     # ExAllocatePoolWithTag goes on after its lookaside pop.
                     body = allocator.allocate_plain(fast_pools[PoolType], NumberOfBytes, tag_ulong, site)
                     return body if body else allocator.fast_failure(PoolType, NumberOfBytes)
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, IndexError):  # (IndexError: a head past the pool's pages)
                 pass
             return allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
 
@@ -376,10 +380,13 @@ class PoolAllocator:
         """ExFreePoolWithTag's contract as a function: (P, Tag), ``Tag`` None for ExFreePool
         (no tag to compare).
 
-        Keyword ``blocks``: from a caller that knows the chunk's BlockSize (NdisFreeMemory,
-        from its Length): the fast path then frees only a chunk of exactly that size and
-        returns True; anything else returns False with nothing freed, for the caller to
-        diagnose and free through the generic path (``blocks`` 0).
+        ``blocks``: from a caller that knows the chunk's BlockSize (NdisFreeMemory, from its
+        Length): the fast path then frees only a chunk of exactly that size and returns True;
+        anything else returns False with nothing freed, for the caller to diagnose and free
+        through the generic path (``blocks`` 0). It is a positional parameter with a default,
+        not a keyword-only one: CPython 3.11 specializes no call to a function that has one
+        (every call would cost about 35 ns more), so the machine's ExFreePoolWithTag, this
+        function, accepts a third argument Windows' does not have.
         """
         allocator = self
         fast_frees = self.fast_frees
@@ -387,16 +394,16 @@ class PoolAllocator:
         tracker_rows = self.tracker.rows
         mem = self.mem
         qwords = self.nonpaged.words
-        tlb = self.tlb
 
-        def free(P, Tag, *, blocks: int = 0) -> bool | None:
+        def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
-                pool, base, kinds, heads, counts, depths, column, bytes_column = fast_frees[P >> 39]
+                pool, base, frames, heads, counts, depths, column, bytes_column = fast_frees[P >> 39]
                 offset = P & 0xFFF
                 # _BODY_OK: a 16-byte boundary past the page's first header, where a small
-                # chunk's body can start (a page-aligned address is a big allocation's).
-                if _BODY_OK[offset] and P >= base and kinds[(P - base) >> PAGE_SHIFT] == PAGE_SMALL:
-                    pa = tlb[P >> PAGE_SHIFT] + offset - _BODY
+                # chunk's body can start (a page-aligned address is a big allocation's); on a
+                # resident page of small chunks of this pool: its frame's address, not 0.
+                if _BODY_OK[offset] and P >= base and (frame := frames[(P - base) >> PAGE_SHIFT]):
+                    pa = frame + offset - _BODY
                     _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                     if Tag is None:
                         passed = stored if not stored & PROTECTED_POOL else None
@@ -436,7 +443,7 @@ class PoolAllocator:
                             pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
                 elif not offset and not blocks and allocator.layer is None and P >= base \
-                        and kinds[(P - base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
+                        and pool.page_kind[(P - base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                     # A big allocation's first page: nothing for the generic path to validate
                     # first (the pool and IRQL are the fast path's); its own checks follow.
                     allocator._free_big_checked(pool, P, None if Tag is None or Tag == 0 else

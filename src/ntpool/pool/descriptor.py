@@ -11,6 +11,7 @@ import mmap
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
+from ..hooks import MappingChanged, PagedIn
 from ..machine.memory import AddressSpace, PhysicalMemory
 from .checks import (
     check_block_size,
@@ -127,6 +128,15 @@ class Pool:
         self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
 
         self.page_kind = bytearray(self.page_count)
+        # The physical address of each page of small chunks while it is resident, 0 for any
+        # other page: for the fast paths, the TLB's translation and the page's kind in one
+        # subscript (of a list by page number, cheaper than the TLB's dict). Set as such a
+        # page is mapped or paged back in (PagedIn); cleared whenever its mapping goes
+        # (MappingChanged: the page freed, paged out or remapped), so an entry that is not 0
+        # is always what the TLB holds for a page of small chunks.
+        self.small_frames = [0] * self.page_count
+        space.hooks.subscribe(MappingChanged, self._mapping_changed)
+        space.hooks.subscribe(PagedIn, self._paged_in)
         # Who allocated each chunk: the call site of the allocated chunk whose header starts
         # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
         # AllocatorBackTraceIndex is, kept outside the simulated headers: their bytes 8-15 are
@@ -219,6 +229,15 @@ class Pool:
             base = self.fault(va, write, self.lock_irql if irql is None else irql)
         return base + (va & (PAGE_SIZE - 1))
 
+    def _mapping_changed(self, event: MappingChanged) -> None:
+        if self.base <= event.address < self.limit:
+            self.small_frames[(event.address - self.base) >> PAGE_SHIFT] = 0
+
+    def _paged_in(self, event: PagedIn) -> None:
+        va = event.address
+        if self.base <= va < self.limit and self.page_kind_of(va) == PAGE_SMALL:
+            self.small_frames[(va - self.base) >> PAGE_SHIFT] = self.tlb[va >> PAGE_SHIFT]
+
     def read_bytes(self, va: int, size: int, irql: int | None = None) -> bytes:
         """``size`` bytes at ``va`` read by the pool code, page by page."""
         parts = []
@@ -307,6 +326,8 @@ class Pool:
         va = self.base + (index << PAGE_SHIFT)
         self.space.map_pages(va, frames)
         self.page_kind[index] = kind
+        if kind == PAGE_SMALL:
+            self.small_frames[index] = self.tlb[va >> PAGE_SHIFT]
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
         self.pages_in_use += count

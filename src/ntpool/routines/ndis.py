@@ -250,7 +250,7 @@ class NdisRoutines:
         # block is page-aligned: never such a chunk). Anything else is diagnosed below.
         if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
                 and type(MemoryFlags) is int and self.current_driver is None \
-                and self.pool.free(VirtualAddress, None, blocks=(Length + 31) >> 4):
+                and self.pool.free(VirtualAddress, None, (Length + 31) >> 4):
             return
         # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
         va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \
@@ -270,7 +270,7 @@ class NdisRoutines:
             # Length must be the allocation's: a small one's BlockSize is what the allocator's
             # free fast path reads anyway, so it compares it there, freeing only on a match;
             # anything else (a mismatch, a big allocation, any error) is diagnosed here first.
-            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, blocks=(length + 31) >> 4):
+            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, (length + 31) >> 4):
                 return
             self._check_pool_length(va, length)
         self.pool.free(va, None)

@@ -188,7 +188,7 @@ class SegmentHeapAllocator(PoolAllocator):
         mem = self.mem
         tlb = self.tlb
 
-        def free(P, Tag, *, blocks: int = 0) -> bool | None:
+        def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
                 heap = fast_free_slots[P >> 39]
                 if P & 0xFFF:
