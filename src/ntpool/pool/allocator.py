@@ -44,7 +44,7 @@ from ..constants import (
 )
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
-from ..tags import PROTECTED_POOL, tag_value
+from ..tags import tag_value
 from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
@@ -96,6 +96,15 @@ _PAGE_END_FROM_BODY = PAGE_SIZE + HEADER_SIZE  # a page's end, counted as a body
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 _ZERO_PACKERS: dict = {}  # number of bytes -> pack_into of a Struct of that many pad bytes
+
+
+def _zero_packer(number_of_bytes: int):
+    """pack_into of a Struct of ``number_of_bytes`` pad bytes, which struct writes as zeros
+    (a third cheaper than a slice assignment; one Struct per size, at most a page's worth)."""
+    pack_zeros = _ZERO_PACKERS.get(number_of_bytes)
+    if pack_zeros is None:
+        pack_zeros = _ZERO_PACKERS[number_of_bytes] = struct.Struct(f"{number_of_bytes}x").pack_into
+    return pack_zeros
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
 # Every bit a POOL_TYPE argument may carry (base, must-succeed, cache-aligned, the quota /
@@ -195,6 +204,7 @@ class PoolAllocator:
         self.refresh_fast_paths()
         # The fast paths the front-end routines call (see "fast paths" below).
         self.allocate = self.fast_allocate()
+        self.allocate_zeroed = self.fast_allocate(zero=True)
         self.free = self.fast_free()
 
     def widen_site_maps(self) -> None:
@@ -271,13 +281,16 @@ class PoolAllocator:
     # ExFreePoolWithTag are (``routines.ex.bind_fast_routines``). A closure holds the tables
     # themselves, so ``refresh_fast_paths`` only ever changes them in place.
 
-    def fast_allocate(self, caller_depth: int = 2):
+    def fast_allocate(self, caller_depth: int = 2, zero: bool = False):
         """ExAllocatePoolWithTag's contract as a function: (PoolType, NumberOfBytes, Tag) ->
         the body address, or 0 when the pool is exhausted.
 
         ``caller_depth``: how many frames up the driver's call is. 2 for ``allocate``, which
         a front-end routine calls; 1 for a routine that is the function itself. When that
         frame is ntpool's own (a routine built on another), the site lookup walks out.
+        ``zero``: the body is zeroed (``allocate_zeroed``, for ExAllocatePool2): from the
+        lookaside through the physical address the pop already has, without a translation
+        and a call more.
         """
         allocator = self
         site_index_get = self.site_index.get
@@ -338,6 +351,11 @@ class PoolAllocator:
                         sites[header >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
                         row[column] += 1
                         row[bytes_column] += block_size << 4
+                        if zero:
+                            if allocator.writes_watched:
+                                allocator.zero(body, NumberOfBytes)  # (it publishes MemoryWritten)
+                            else:
+                                _zero_packer(NumberOfBytes)(mem, pa)
                         return body
                     if not body:
                         # This processor's lookaside is empty: on to the pool, as
@@ -359,6 +377,8 @@ class PoolAllocator:
                             body = chunk + _BODY
                         row[column] += 1
                         row[bytes_column] += block_size << 4
+                        if zero:
+                            allocator.zero(body, NumberOfBytes)
                         return body
                     onward = False  # a head no chunk body starts at: the generic path pops it
                 else:  # a size no lookaside serves: the ListHeads or big pages
@@ -369,10 +389,17 @@ class PoolAllocator:
                     # system-wide lookaside, then the ListHeads, or big pages), as
                     # ExAllocatePoolWithTag goes on after its lookaside pop.
                     body = allocator.allocate_plain(fast_pools[PoolType], NumberOfBytes, tag_ulong, site)
-                    return body if body else allocator.fast_failure(PoolType, NumberOfBytes)
+                    if not body:
+                        return allocator.fast_failure(PoolType, NumberOfBytes)
+                    if zero:
+                        allocator.zero(body, NumberOfBytes)
+                    return body
             except (KeyError, TypeError, IndexError):  # (IndexError: a head past the pool's pages)
                 pass
-            return allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+            body = allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+            if zero and body:
+                allocator.zero(body, NumberOfBytes)
+            return body
 
         return allocate
 
@@ -406,8 +433,10 @@ class PoolAllocator:
                     pa = frame + offset - _BODY
                     _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
                     if Tag is None:
-                        passed = stored if not stored & PROTECTED_POOL else None
-                        row = tracker_rows[stored]
+                        # ExFreePool: the stored tag is the one passed. A protected one must be
+                        # named (the generic path insists): it has no tracker row under its own
+                        # value (a row is by the tag without bit 31), so KeyError sends it there.
+                        passed, row = stored, tracker_rows[stored]
                     else:
                         passed, row = known_tags[Tag]  # the tag's ULONG and its tracker row
                     size = block_size << 4
@@ -585,11 +614,7 @@ class PoolAllocator:
             # a page's worth of sizes).
             page = self.tlb.get(va >> PAGE_SHIFT)
             if page is not None:
-                pack_zeros = _ZERO_PACKERS.get(number_of_bytes)
-                if pack_zeros is None:
-                    pack_zeros = _ZERO_PACKERS[number_of_bytes] = \
-                        struct.Struct(f"{number_of_bytes}x").pack_into
-                pack_zeros(self.mem, page + offset)
+                _zero_packer(number_of_bytes)(self.mem, page + offset)
                 return
         pool = self.pools_by_slot.get(va >> 39)
         start, end = va, va + number_of_bytes

@@ -164,10 +164,9 @@ class ExecutiveRoutines:
             pool_type, zero = _POOL2_PLAIN[Flags]
             pool = self.pool
             if pool.known_tags[Tag][0]:
-                va = pool.allocate(pool_type, NumberOfBytes, Tag)
+                # (allocate_zeroed zeroes a lookaside chunk through the address it popped)
+                va = (pool.allocate_zeroed if zero else pool.allocate)(pool_type, NumberOfBytes, Tag)
                 if va:
-                    if zero:
-                        pool.zero(va, NumberOfBytes)
                     return va
                 return self._pool2_failed(Flags, _Pool2Failure(
                     NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))

@@ -21,7 +21,7 @@ from ...constants import (
 )
 from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
-from ..allocator import PoolAllocator, checked_address
+from ..allocator import PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
 from .heap import LFH, SegmentHeap
 from .layout import (
@@ -107,7 +107,7 @@ class SegmentHeapAllocator(PoolAllocator):
 
     # --- fast paths ----------------------------------------------------------------------
 
-    def fast_allocate(self, caller_depth: int = 2):
+    def fast_allocate(self, caller_depth: int = 2, zero: bool = False):
         """PoolAllocator.fast_allocate for this design: the fast path takes a block from an
         active LFH bucket's current subsegment."""
         allocator = self
@@ -157,11 +157,16 @@ class SegmentHeapAllocator(PoolAllocator):
                         va = sub.va
                         mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
                         block = va + sub.offsets[index]
-                        _pack_header(mem, tlb[block >> PAGE_SHIFT] + (block & 0xFFF), 0, 0, units,
-                                     heap.header_type, tag_ulong, site)
+                        pa = tlb[block >> PAGE_SHIFT] + (block & 0xFFF)
+                        _pack_header(mem, pa, 0, 0, units, heap.header_type, tag_ulong, site)
                         column = heap.track_offset
                         row[column] += 1
                         row[column + 2] += units << 4
+                        if zero:
+                            if allocator.writes_watched:
+                                allocator.zero(block + POOL_HEADER_SIZE, NumberOfBytes)
+                            else:
+                                _zero_packer(NumberOfBytes)(mem, pa + POOL_HEADER_SIZE)
                         return block + POOL_HEADER_SIZE
                     onward = True  # no active LFH subsegment with a free block
                 else:  # VS chunks, or pages
@@ -171,10 +176,17 @@ class SegmentHeapAllocator(PoolAllocator):
                     # size, IRQL, no layer): the request goes straight on to the heap, as on
                     # Windows 7 (PoolAllocator.fast_allocate).
                     body = allocator.allocate_plain(heap, NumberOfBytes, tag_ulong, site)
-                    return body if body else allocator.fast_failure(PoolType, NumberOfBytes)
+                    if not body:
+                        return allocator.fast_failure(PoolType, NumberOfBytes)
+                    if zero:
+                        allocator.zero(body, NumberOfBytes)
+                    return body
             except (KeyError, TypeError, AttributeError):
                 pass
-            return allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+            body = allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
+            if zero and body:
+                allocator.zero(body, NumberOfBytes)
+            return body
 
         return allocate
 
@@ -197,9 +209,11 @@ class SegmentHeapAllocator(PoolAllocator):
                     if sub.is_current:  # an LFH subsegment its bucket allocates from
                         pa = tlb[P >> PAGE_SHIFT] + (P & 0xFFF) - POOL_HEADER_SIZE
                         _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
-                        if Tag is None:  # ExFreePool: a protected tag must be named (generic path)
-                            passed = stored if not stored & PROTECTED_POOL else None
-                            row = tracker_rows[stored]
+                        if Tag is None:
+                            # ExFreePool: the stored tag is the one passed. A protected one must be
+                            # named (the generic path insists): it has no tracker row under its own
+                            # value (a row is by the tag without bit 31), so KeyError sends it there.
+                            passed, row = stored, tracker_rows[stored]
                         else:
                             passed, row = known_tags[Tag]
                         if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
