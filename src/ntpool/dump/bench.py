@@ -113,13 +113,14 @@ def _volatility_everything(path: str) -> dict | None:
     return result
 
 
-def _cpu_with_workers() -> float:
+def _cpu_with_workers() -> tuple[float, float]:
     """CPU seconds of this process and of the processes it forked and reaped (the scan's
-    workers: see debugger.forked)."""
+    workers: see debugger.forked), the latter apart."""
     import resource
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    workers = children.ru_utime + children.ru_stime
+    return time.process_time() + workers, workers
 
 
 def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
@@ -134,19 +135,21 @@ def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
     pooltags = PoolTagDatabase.default()
     runs = []
     for _ in range(repeats):
-        wall, cpu = time.perf_counter(), _cpu_with_workers()
+        wall, (cpu, workers) = time.perf_counter(), _cpu_with_workers()
         lines = 0
         with DumpReader(path) as reader:
             session = KdSession(reader, pooltags)
             for command in commands:
                 lines += sum(piece.count("\n") for piece in session.stream(command)) + 1
-        runs.append((time.perf_counter() - wall, _cpu_with_workers() - cpu))
+        cpu_after, workers_after = _cpu_with_workers()
+        runs.append((time.perf_counter() - wall, cpu_after - cpu, workers_after - workers))
     with DumpReader(path) as reader:
         big = KdSession(reader, pooltags).big_pages()
         pages = sum(count for pool in reader.pool_ranges()
                     for _, _, count in PoolFinder(reader, pool, big).runs())
     return {"seconds": statistics.median(r[0] for r in runs),
-            "cpu_seconds": statistics.median(r[1] for r in runs), "lines": lines, "pool_pages": pages}
+            "cpu_seconds": statistics.median(r[1] for r in runs),
+            "workers_cpu_seconds": statistics.median(r[2] for r in runs), "lines": lines, "pool_pages": pages}
 
 
 def _write_filled(path: str, pool_mib: int, kind: str = "full", **machine) -> int:
@@ -272,8 +275,10 @@ def report_lines(results: dict) -> list[str]:
         r = results[name]
         pool_gib = r["pool_pages"] * 4096 / (1 << 30)
         per_gib = r["seconds"] / pool_gib if pool_gib else 0.0
+        shared = f", {r['workers_cpu_seconds']:.2f} s of it in scan workers" if r.get("workers_cpu_seconds") else \
+            ", no scan worker"
         lines.append(f"{label}, both pools, in this process: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s "
-                     f"CPU, workers' included) for {r['pool_pages'] * 4096 / MiB:,.0f} MiB of pool pages = {per_gib:.2f} s per GiB "
+                     f"CPU{shared}) for {r['pool_pages'] * 4096 / MiB:,.0f} MiB of pool pages = {per_gib:.2f} s per GiB "
                      f"of pool (goal <= 1 s per GiB: {_goal(per_gib <= 1)})")
     tag = results["poolfind_tag"]
     memory, total = _memory(tag)
