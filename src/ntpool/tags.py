@@ -1,8 +1,13 @@
 """Pool tags: the ULONG a driver passes, and the byte-reversed text every tool shows.
 
-A ``str`` is read the way MSVC reads a multi-character literal: 'Fred' is 0x46726564,
-the first character in the high byte. Memory holds the ULONG little-endian, so the
-bytes are ``d e r F`` and the debugger, poolmon and crash dumps show ``derF``.
+Any ULONG is a tag, as it is to a retail kernel (only Driver Verifier refuses some, in
+``ntpool.verifier``). A ``str`` is read the way MSVC reads a multi-character literal:
+'Fred' is 0x46726564, the first character in the high byte; characters U+0080-U+00FF
+are their Latin-1 bytes ('Pr\xe9f'), so every byte value can be written. Memory holds the
+ULONG little-endian, so the bytes are ``d e r F`` and the debugger, poolmon and crash
+dumps show ``derF``. A tag with a byte that is not printable ASCII (outside 0x20-0x7E)
+is shown as its ULONG in hex, ``0xdeadbeef``, as ReactOS's kernel debugger prints such
+a tag, and WinDbg's ``!poolfind`` takes a tag given as ``0x`` and hex digits.
 """
 
 from typing import NamedTuple
@@ -28,22 +33,17 @@ class Tag(NamedTuple):
 def _from_str(text: str) -> int:
     if not 1 <= len(text) <= 4:
         raise TagError(f"pool tag {text!r} must be 1 to 4 characters, not {len(text)}")
-    value = 0
-    for ch in text:
-        code = ord(ch)
-        if code > 0x7F:
-            raise TagError(f"pool tag {text!r} holds {ch!r}, which is not 7-bit ASCII")
-        value = (value << 8) | code
-    return value
+    try:
+        return int.from_bytes(text.encode("latin-1"), "big")
+    except UnicodeEncodeError:
+        bad = next(ch for ch in text if ord(ch) > 0xFF)
+        raise TagError(f"pool tag {text!r} holds {bad!r} (U+{ord(bad):04X}), which is not one "
+                       "byte: a tag's characters are Latin-1 (U+0000-U+00FF)") from None
 
 
 def _from_int(value: int) -> int:
     if not 0 <= value <= TAG_MASK:
         raise TagError(f"pool tag {value:#x} does not fit in a ULONG")
-    unprotected = value & ~PROTECTED_POOL
-    for shift in (0, 8, 16, 24):
-        if (unprotected >> shift) & 0xFF > 0x7F:
-            raise TagError(f"pool tag {value:#010x} has a byte that is not 7-bit ASCII")
     return value
 
 
@@ -58,22 +58,45 @@ def tag_value(tag) -> int:
     raise TagError(f"pool tag must be a str such as 'Fred' or an int, not {type(tag).__name__}")
 
 
+def _shown(value: int) -> str:
+    data = value.to_bytes(4, "little")
+    if data.isascii() and data.decode("ascii").isprintable():  # every byte 0x20-0x7E
+        return data.decode("ascii")
+    return f"0x{value:08x}"
+
+
+# Tags repeat: each one's text is worked out once.
+_SHOWN: dict[int, str] = {}
+
+
 def display(value: int) -> str:
-    """The four characters tools show for a tag value (memory order, bit 31 stripped)."""
-    value &= ~PROTECTED_POOL
-    chars = []
-    for shift in (0, 8, 16, 24):
-        byte = (value >> shift) & 0xFF
-        chars.append(chr(byte) if 0x20 <= byte <= 0x7E else ".")
-    return "".join(chars)
+    """The text tools show for a tag value, bit 31 stripped: the four bytes in memory order
+    when all are printable ASCII ('derF'), else the ULONG in hex ('0xdeadbeef')."""
+    value &= 0x7FFFFFFF
+    text = _SHOWN.get(value)
+    if text is None:
+        text = _shown(value)
+        if len(_SHOWN) < 65536:
+            _SHOWN[value] = text
+    return text
+
+
+def is_hex_tag(text: str) -> bool:
+    """``0x`` and 1-8 hex digits: a tag given as its ULONG, as WinDbg's ``!poolfind`` takes a
+    TagValue (a debugger argument starting ``0x`` is one). Tools show one with 8 digits."""
+    return len(text) > 2 and len(text) <= 10 and text.startswith("0x") and \
+        all(c in "0123456789abcdefABCDEF" for c in text[2:])
 
 
 def from_display(text: str) -> int:
-    """The tag value whose display is ``text`` ('derF' -> 'Fred'); short text is space-padded."""
-    if not 1 <= len(text) <= 4 or any(ord(c) > 0x7F for c in text):
-        raise TagError(f"{text!r} is not a tag as tools show it (1 to 4 ASCII characters)")
-    text = text.ljust(4)
-    return int.from_bytes(text.encode("ascii"), "little")
+    """The tag value whose display is ``text``: 'derF' -> 'Fred' (short text is space-padded),
+    '0xdeadbeef' -> 0xDEADBEEF. Characters U+0080-U+00FF are their Latin-1 bytes."""
+    if len(text) == 10 and is_hex_tag(text):  # (a 4-character tag such as '0x1f' stays one)
+        return int(text, 16)
+    if not 1 <= len(text) <= 4 or any(ord(c) > 0xFF for c in text):
+        raise TagError(f"{text!r} is not a tag as tools show it (1 to 4 characters, or 0x "
+                       "and up to 8 hex digits)")
+    return int.from_bytes(text.ljust(4).encode("latin-1"), "little")
 
 
 def tag(x) -> Tag:

@@ -28,7 +28,7 @@ from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..dump.reader import BigPage, DumpReader, MemoryReadError, PoolRange
 from ..pool.layout import BLOCK, BLOCK_SHIFT, BLOCKS_PER_PAGE, POOL_HEADER, Chunk, page_problems, \
     pool_type_fits, walk_page
-from ..tags import PROTECTED_POOL
+from ..tags import PROTECTED_POOL, is_hex_tag
 
 
 class PageReport(NamedTuple):
@@ -182,7 +182,10 @@ class BigPageIndex:
 
 
 def _expansions(pattern: str) -> list[str]:
-    """Every four-character form of a pattern whose ``*`` stand for any number of '?'."""
+    """Every four-character form of a pattern whose ``*`` stand for any number of '?'; a tag
+    given as its ULONG (``0xdeadbeef``) is its four bytes (as Latin-1 text), no wildcards."""
+    if is_hex_tag(pattern):
+        return [int(pattern, 16).to_bytes(4, "little").decode("latin-1")]
     if "*" not in pattern:
         return [pattern.ljust(4)] if len(pattern) <= 4 else []
     head, tail = pattern.split("*", 1)
@@ -197,16 +200,18 @@ def tag_bytes_regex(pattern: str, skip: int = 0) -> re.Pattern:
     with ``skip``, for the tag's bytes after its first ``skip`` (which the pattern leaves
     free: see ``search_plan``)."""
     alternatives = []
+    exact = is_hex_tag(pattern)
     for form in _expansions(pattern):
         parts = []
         for index, ch in enumerate(form):
             if index < skip:
                 continue
-            if ch == "?":
+            if ch == "?" and not exact:
                 parts.append(b".")
                 continue
-            code = ord(ch) & 0x7F
+            code = ord(ch)
             if index == 3:
+                code &= 0x7F
                 parts.append(b"[" + re.escape(bytes([code])) + re.escape(bytes([code | 0x80])) + b"]")
             else:
                 parts.append(re.escape(bytes([code])))
@@ -220,6 +225,8 @@ def search_plan(pattern: str) -> tuple[re.Pattern, int] | None:
     """How to search raw pool bytes for a tag pattern: a regex that starts with a literal
     byte (the engine skips ahead to it fast) and the tag byte it starts at; None when the
     pattern has no such byte at one place in every form (then only the tags are searched)."""
+    if is_hex_tag(pattern):
+        return tag_bytes_regex(pattern), 0
     forms = _expansions(pattern)
     for skip in range(4):
         if forms and all(form[:skip] == "?" * skip and form[skip] != "?" for form in forms):

@@ -16,7 +16,7 @@ from ..constants import PAGE_SIZE
 from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError, sites_by_block
 from ..errors import bugcheck_name
 from ..pool.layout import BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, POOL_HEADER, POOL_QUOTA, chunk_state
-from ..tags import display
+from ..tags import display, is_hex_tag
 from . import bugchecks, display as show, forked
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
     SPECIAL_POOL_SPAN
@@ -440,10 +440,15 @@ class KdSession:
         flags = parse_number(args[0], "Flags") if args else 0
         pattern = args[1] if len(args) > 1 else None
         entries = self.reader.tracker_entries()
+        # A tag given as its ULONG (0x...) is compared as a value, bit 31 masked on both sides.
+        value = int(pattern, 16) & 0x7FFFFFFF if pattern is not None and is_hex_tag(pattern) else None
         rows = []
         for e in entries:
             tag = display(e.Key)
-            if pattern is not None and not tag_matches(pattern, tag):
+            if value is not None:
+                if e.Key & 0x7FFFFFFF != value:
+                    continue
+            elif pattern is not None and not tag_matches(pattern, tag):
                 continue
             np_diff = (e.NonPagedAllocs - e.NonPagedFrees) & 0xFFFFFFFF
             p_diff = (e.PagedAllocs - e.PagedFrees) & 0xFFFFFFFF
@@ -493,8 +498,9 @@ class KdSession:
         if not args:
             raise CommandError("Usage: !poolfind Tag [PoolType]  (PoolType 0 nonpaged, 1 paged)")
         pattern = args[0]
-        if not 1 <= len(pattern) <= 8 or any(ord(c) > 0x7E for c in pattern):
-            raise CommandError(f"'{pattern}' is not a pool tag (1 to 4 characters, * and ? allowed)")
+        if not is_hex_tag(pattern) and (not 1 <= len(pattern) <= 8 or any(ord(c) > 0x7E for c in pattern)):
+            raise CommandError(f"'{pattern}' is not a pool tag (1 to 4 characters, * and ? allowed, "
+                               "or 0x and the tag's ULONG in hex)")
         pool_type = parse_number(args[1], "PoolType") if len(args) > 1 else 0
         if pool_type not in (0, 1):
             raise CommandError(f"PoolType {pool_type} is not searched (0 nonpaged, 1 paged)")

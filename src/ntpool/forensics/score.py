@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ..constants import PAGE_SIZE
 from ..machine.memory import canonical
 from ..pool.layout import HEADER_SIZE
-from ..tags import display
+from ..tags import display, is_hex_tag
 from .truth import load
 
 CANONICAL_LOW = 1 << 47
@@ -37,6 +37,8 @@ CANONICAL_LOW = 1 << 47
 
 def normal_tag(text) -> str:
     """A tag as scanners spell it, reduced to what every one of them keeps."""
+    if isinstance(text, str) and len(text) == 10 and is_hex_tag(text):  # '0xdeadbeef': kd's spelling
+        text = int(text, 16)  # of a tag with a byte outside 0x20..0x7E
     if isinstance(text, int):
         raw = (text & 0x7FFFFFFF).to_bytes(4, "little")
     else:
@@ -48,7 +50,7 @@ def tag_forms(value: int) -> frozenset:
     """The spellings a true tag may be reported under: the protected bit stripped, or, as
     volatility3 shows a protected tag, its byte with the bit dropped altogether."""
     forms = {normal_tag(value)}
-    # kd shows a byte outside 0x20..0x7E as '.': a tag 'Cc' (0x4363) is shown 'cC..'.
+    # kd shows a tag with a byte outside 0x20..0x7E as its ULONG: 'Cc' (0x4363) is 0x00004363.
     forms.add(normal_tag(display(value & 0x7FFFFFFF)))
     if value & 0x80000000:
         forms.add("".join(chr(b) for b in value.to_bytes(4, "little")[:3] if 32 < b < 127))
@@ -77,7 +79,8 @@ class Results:
 # the tag's four columns (blank for a tag of 0 on the segment heap; a backend may follow).
 _POOLFIND_CHUNK = re.compile(r"^\s*\*?([0-9a-fA-F`]{8,17}) size:\s*[0-9a-fA-F]+ previous size:\s*[0-9a-fA-F]+"
                              r"\s+(\((\w[\w ]*)\))")
-_POOLFIND_BIG = re.compile(r"^\s*\*?([0-9a-fA-F`]{8,17}) :large page allocation, Tag is (.{0,4}), size is")
+_POOLFIND_BIG = re.compile(r"^\s*\*?([0-9a-fA-F`]{8,17}) :large page allocation, Tag is "
+                           r"(0x[0-9a-f]{8}|.{0,4}), size is")
 # Windows 7: "Searching NonPagedPool (start : end)"; the segment heap: one line per heap,
 # "Searching NonPagedPoolNx heap HEAP (start : end)".
 _POOLFIND_SEARCH = re.compile(r"Searching (\w+) (?:heap [0-9a-fA-F`]+ )?\([0-9a-fA-F`]+ : [0-9a-fA-F`]+\) "
@@ -143,8 +146,11 @@ def parse_poolfind(lines, results: Results, name: str) -> None:
         chunk = _POOLFIND_CHUNK.match(line)
         if chunk:
             tag_at = chunk.start(2) + max(12, len(chunk.group(2))) + 1
+            tag = line[tag_at:tag_at + 10]
+            if not is_hex_tag(tag):  # four characters, or the ULONG's 0x and 8 digits
+                tag = tag[:4]
             results.findings.append(Finding(canonical(int(chunk.group(1).replace("`", ""), 16)),
-                                            normal_tag(line[tag_at:tag_at + 4]), _state(chunk.group(3))))
+                                            normal_tag(tag), _state(chunk.group(3))))
             count += 1
     results.sources.append(f"{name}: !poolfind ({count} hits)")
 

@@ -42,7 +42,8 @@ class ManifestUnavailable(ValueError):
 
 
 def shown(tag_value: int) -> str:
-    """A tag as tools show it: the four bytes in memory order, protected bit stripped."""
+    """A tag as tools show it (``ntpool.tags.display``): the four bytes in memory order, or
+    the ULONG in hex when one is not printable ASCII; protected bit stripped."""
     return display(tag_value & ~PROTECTED_POOL)
 
 

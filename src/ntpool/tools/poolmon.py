@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..debugger.pooltag import PoolTagDatabase, wildcard_regex
+from ..tags import is_hex_tag
 
 NONPAGED = "Nonp"
 PAGED = "Paged"
@@ -117,8 +118,9 @@ def _usage_from_json(entry, name: str, index: int) -> TagUsage:
     if not isinstance(entry, dict):
         raise ValueError(f"{where} must be an object")
     tag, kind = entry.get("tag"), entry.get("type")
-    if not isinstance(tag, str) or not 1 <= len(tag) <= 4:
-        raise ValueError(f"{where}: \"tag\" must be a string of 1 to 4 characters")
+    if not isinstance(tag, str) or not (1 <= len(tag) <= 4 or len(tag) == 10 and is_hex_tag(tag)):
+        raise ValueError(f"{where}: \"tag\" must be a string of 1 to 4 characters (or 0x and "
+                         "8 hex digits)")
     if kind not in (NONPAGED, PAGED):
         raise ValueError(f"{where}: \"type\" must be \"{NONPAGED}\" or \"{PAGED}\"")
     counts = []

@@ -14,14 +14,24 @@ from volatility3.plugins.windows import poolscanner
 
 
 def _tag_bytes(text: str) -> bytes:
-    """A tag as tools show it ('Fred', 'NDam', 'Cc') as the four bytes memory holds."""
+    """A tag as tools show it ('Fred', 'NDam', 'Cc', or '0xdeadbeef', the ULONG of a tag with
+    a byte that is not printable ASCII) as the four bytes memory holds."""
+    if len(text) == 10 and text.startswith("0x"):
+        try:
+            return int(text, 16).to_bytes(4, "little")
+        except ValueError:
+            pass
     raw = text.encode("latin-1")[:4]
     return raw.ljust(4, b" ")
 
 
 def _shown(raw: int) -> str:
+    """As ntpool's tools show a tag: four characters, or the ULONG in hex when a byte is
+    outside 0x20..0x7E (bit 31, the protected bit, stripped either way)."""
     data = (raw & 0x7FFFFFFF).to_bytes(4, "little")
-    return "".join(chr(b) if 32 <= b < 127 else "." for b in data)
+    if all(32 <= b < 127 for b in data):
+        return data.decode("ascii")
+    return f"0x{raw & 0x7FFFFFFF:08x}"
 
 
 class TagScan(interfaces.plugins.PluginInterface):
