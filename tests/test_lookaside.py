@@ -126,9 +126,9 @@ def test_advance_time_refuses_nonsense(k):
             k.advance_time(bad)
     k.advance_time(0.5)
     k.advance_time(0.5)
-    assert k.system_time - k.boot_time == 10_000_000 and k.pool.lookaside_scanner.scan_count == 1
+    assert k.system_time - k.boot_time == 10_000_000 and k.lookaside_scan_count == 1
     k.advance_clock(2 * 10_000_000)  # the one simulated clock, in 100 ns units
-    assert k.pool.lookaside_scanner.scan_count == 0 and k.pool.lookaside_scanner.pool_scan_count == 1
+    assert k.lookaside_scan_count == 0 and k.pool.lookaside_scanner.pool_scan_count == 1
 
 
 def test_lookaside_set_defaults():

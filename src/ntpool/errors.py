@@ -49,6 +49,11 @@ def allowed_when_halted(method):
     return method
 
 
+class MachineHung(RuntimeError):
+    """Kernel code would spin forever at raised IRQL (a list a driver damaged into a loop
+    that never returns to its head): Windows 7 hangs there, with no bug check to give."""
+
+
 class NtStatusError(Exception):
     """A raised NTSTATUS, as ExRaiseStatus raises it (e.g. STATUS_INSUFFICIENT_RESOURCES)."""
 

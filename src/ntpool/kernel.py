@@ -32,6 +32,8 @@ from .constants import (
     PASSIVE_LEVEL,
     SYSTEM_RANGE_START,
     KERNEL_IMAGE_BYTES,
+    KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LIST_HEAD,
+    KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD,
     KERNEL_IMAGE_PS_LOADED_MODULE_LIST,
     BugCheckCode,
     NtStatus,
@@ -208,6 +210,15 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.loaded_module_list = self.kernel_data.base + KERNEL_IMAGE_PS_LOADED_MODULE_LIST
         self.write(self.loaded_module_list, LIST_ENTRY.pack(self.loaded_module_list,
                                                             self.loaded_module_list))
+        # ExNPagedLookasideListHead / ExPagedLookasideListHead, globals in ntoskrnl's image:
+        # every driver's lookaside list is linked there until it is deleted (runtime.py).
+        self.npaged_lookaside_list_head = self.kernel_data.base + KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LIST_HEAD
+        self.paged_lookaside_list_head = self.kernel_data.base + KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD
+        for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
+            self.write(head, LIST_ENTRY.pack(head, head))
+        self.lookaside_scan_count = 0  # ExpScanCount: ExAdjustLookasideDepth's 0, 1, 2
+        # (name, DllBase, end) of drivers that unloaded, as MmUnloadedDrivers keeps them.
+        self.unloaded_drivers: list[tuple[str, int, int]] = []
 
         # --- processes and their pool quota ------------------------------------------------
         self.quota_ledger = QuotaLedger()

@@ -389,6 +389,9 @@ class DriverRoutines:
             self.current_driver = previous
 
     def _forget_driver(self, loaded: LoadedDriver) -> None:
+        # MmUnloadedDrivers: where the image was, for a later fault there (bug check 0xD4).
+        base, _, size = struct.unpack("<QQQ", self.read(loaded.entry_va + LDR_DLL_BASE, 24))
+        self.unloaded_drivers.append((loaded.name, base, base + size))
         self.drivers.remove(loaded)
         self.call_sites.remove_driver(loaded)
         self._unlink_ldr_entry(loaded.entry_va)

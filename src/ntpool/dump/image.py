@@ -13,12 +13,21 @@ PsLoadedModuleList, PoolBigPageTable and the rest. ntpool's kernel image is the 
 The CodeView record's GUID is the symbol file's (``ntpool.dump.isf``): analysers that find
 the image (volatility3 looks for ``KDBG`` and takes its KernBase) load the symbol file
 with that GUID, whose symbol addresses are the RVAs below. The headers and globals are
-written at dump time; only PsLoadedModuleList is live (the core keeps it there).
+written at dump time; PsLoadedModuleList and the drivers' lookaside list heads
+(ExNPagedLookasideListHead, ExPagedLookasideListHead) are live (the core keeps them there).
 """
 
 import struct
 
-from ..constants import KERNEL_IMAGE_BYTES, KERNEL_IMAGE_PS_LOADED_MODULE_LIST, PAGE_SIZE
+from ..constants import (
+    KERNEL_IMAGE_BYTES,
+    KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LIST_HEAD,
+    KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LOCK,
+    KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD,
+    KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LOCK,
+    KERNEL_IMAGE_PS_LOADED_MODULE_LIST,
+    PAGE_SIZE,
+)
 from ..windows import windows_version
 from . import format as f
 
@@ -54,6 +63,11 @@ GLOBALS = {
     "MmNonPagedPoolEnd": (0x24A8, "pointer"),
     "MmPagedPoolStart": (0x24B0, "pointer"),
     "MmPagedPoolEnd": (0x24B8, "pointer"),
+    # Live (the core keeps them): the drivers' lookaside lists, linked through their ListEntry.
+    "ExNPagedLookasideListHead": (KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LIST_HEAD, "struct _LIST_ENTRY"),
+    "ExNPagedLookasideLock": (KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LOCK, "unsigned long long"),
+    "ExPagedLookasideListHead": (KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD, "struct _LIST_ENTRY"),
+    "ExPagedLookasideLock": (KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LOCK, "unsigned long long"),
     "NtBuildLab": (NT_BUILD_LAB, "array 64 char"),
     # Object types by index (the object manager is not modelled: all NULL, none to list).
     "ObTypeIndexTable": (0x2500, "array 100 pointer"),

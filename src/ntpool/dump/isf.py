@@ -126,6 +126,17 @@ _STRUCTS = {
                                       ("Blink", LIST_ENTRY.Blink, "pointer to struct _LIST_ENTRY")]),
     "_UNICODE_STRING": (0x10, [("Length", 0, "unsigned short"), ("MaximumLength", 2, "unsigned short"),
                                ("Buffer", 8, "pointer to unsigned short")]),
+    # A driver's lookaside list (Windows 7 x64), linked on ExNPagedLookasideListHead /
+    # ExPagedLookasideListHead through ListEntry.
+    "_GENERAL_LOOKASIDE": (0x80, [
+        ("ListHead", 0, "array 16 unsigned char"), ("Depth", 0x10, "unsigned short"),
+        ("MaximumDepth", 0x12, "unsigned short"), ("TotalAllocates", 0x14, "unsigned long"),
+        ("AllocateMisses", 0x18, "unsigned long"), ("TotalFrees", 0x1C, "unsigned long"),
+        ("FreeMisses", 0x20, "unsigned long"), ("Type", 0x24, "unsigned long"),
+        ("Tag", 0x28, "unsigned long"), ("Size", 0x2C, "unsigned long"),
+        ("Allocate", 0x30, "pointer"), ("Free", 0x38, "pointer"),
+        ("ListEntry", 0x40, "struct _LIST_ENTRY"), ("LastTotalAllocates", 0x50, "unsigned long"),
+        ("LastAllocateMisses", 0x54, "unsigned long")]),
     "_KSYSTEM_TIME": (0xC, [("LowPart", 0, "unsigned long"), ("High1Time", 4, "long"),
                             ("High2Time", 8, "long")]),
     "_KUSER_SHARED_DATA": (0x5F0, [("InterruptTime", 0x8, "struct _KSYSTEM_TIME"),

@@ -28,6 +28,7 @@ from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, WINDOWS7
 from ..pool.segment_heap.layout import big_page_type_of, segment_heap_layouts
 from ..windows import windows_version
 from . import format as f
+from . import image as kernel_image
 
 PTE_LARGE = 1 << 7
 MAX_PHYSICAL_PAGE = 1 << 40  # 52-bit physical addresses
@@ -101,6 +102,13 @@ HEAP_NAMES = {0: "NonPagedPool", 1: "NonPagedPoolNx", 2: "PagedPool"}
 
 _UNICODE_STRING = struct.Struct("<HHxxxxQ")
 MAX_MODULES = 4096
+MAX_LOOKASIDES = 65536  # lookaside lists read from one list head at most
+# GENERAL_LOOKASIDE (Windows 7 x64): Depth .. Size, Allocate, Free, ListEntry, Last* counters.
+_GENERAL_LOOKASIDE = struct.Struct("<HHIIIIIIIQQQQII")
+GENERAL_LOOKASIDE_FIELDS = ("Depth", "MaximumDepth", "TotalAllocates", "AllocateMisses",
+                            "TotalFrees", "FreeMisses", "Type", "Tag", "Size", "Allocate",
+                            "Free", "Flink", "Blink", "LastTotalAllocates", "LastAllocateMisses")
+GENERAL_LOOKASIDE_LIST_ENTRY = 0x40
 
 
 _PREADV = getattr(os, "preadv", None)
@@ -673,6 +681,33 @@ class DumpReader:
         except MemoryReadError:
             pass
         return modules
+
+    def kernel_global(self, name: str) -> int:
+        """The address of one of ntoskrnl's globals (its symbol: KernBase + its RVA)."""
+        return self.debugger_data()["KernBase"] + kernel_image.GLOBALS[name][0]
+
+    def general_lookaside(self, address: int) -> dict:
+        """The fields of the GENERAL_LOOKASIDE at ``address`` (MemoryReadError if absent)."""
+        raw = self.read(address + 0x10, _GENERAL_LOOKASIDE.size)
+        fields = dict(zip(GENERAL_LOOKASIDE_FIELDS, _GENERAL_LOOKASIDE.unpack(raw)))
+        fields["Address"] = address
+        return fields
+
+    def lookaside_lists(self, head_name: str = "ExNPagedLookasideListHead") -> list[dict]:
+        """The drivers' lookaside lists linked on ``head_name`` (ExNPagedLookasideListHead or
+        ExPagedLookasideListHead), in list order, each as ``general_lookaside`` gives it;
+        the walk stops at a link that leads nowhere the dump holds, or back on itself."""
+        head = self.kernel_global(head_name)
+        lists, seen = [], {head}
+        try:
+            entry = self.read_u64(head)
+            while entry not in seen and len(lists) < MAX_LOOKASIDES:
+                seen.add(entry)
+                lists.append(self.general_lookaside(entry - GENERAL_LOOKASIDE_LIST_ENTRY))
+                entry = self.read_u64(entry)
+        except MemoryReadError:
+            pass
+        return lists
 
     def call_sites(self) -> list[tuple[str, int, int, str, str]]:
         """(driver, address, line, function, file) per allocation call site ([] if none)."""

@@ -9,8 +9,9 @@ while it holds fewer than its Depth, then onto the system list, and only then go
 the pool. Every list starts at Depth 4 (MINIMUM_LOOKASIDE_DEPTH) with MaximumDepth 256.
 
 Depths are retuned once a second by the balance set manager (ExAdjustLookasideDepth). Its
-scans rotate: one second the drivers' nonpaged lists, the next their paged lists, the third
-the pool lists, and of the pool lists one set per scan, each processor's ``P`` lists in turn
+scans rotate: one second the drivers' nonpaged lists, the next their paged lists (both
+walked in guest memory from ExNPagedLookasideListHead / ExPagedLookasideListHead, see
+ntpool.routines.runtime), the third the pool lists, and of the pool lists one set per scan, each processor's ``P`` lists in turn
 and then the system ``L`` lists, with a scan period of 3 x processors seconds. For each list
 (ExpComputeLookasideDepth), over the allocations since its last scan:
 
@@ -81,35 +82,33 @@ class Lookaside:
 
 def target_depth(depth: int, maximum_depth: int, allocates: int, misses: int,
                  scan_period: int) -> int:
-    """The new Depth of one lookaside list (ExpComputeLookasideDepth's rule)."""
+    """The new Depth of one lookaside list (ExpComputeLookasideDepth's rule), in the C
+    types Windows computes it in: ULONG counts and ratio (``misses * 1000`` wraps), a LONG
+    target stored back as a USHORT. For the pool's own lists the inputs are always in
+    range; a driver's list lives in its memory, where a stray write may leave anything."""
+    ulong = 0xFFFFFFFF
+    allocates &= ulong
     if allocates < scan_period * MINIMUM_ALLOCATION_THRESHOLD:
         return max(depth - 10, MINIMUM_LOOKASIDE_DEPTH)
-    ratio = misses * 1000 // allocates
+    ratio = (misses * 1000 & ulong) // allocates
     if ratio < 5:
         return max(depth - 1, MINIMUM_LOOKASIDE_DEPTH)
-    delta = min(ratio * (maximum_depth - depth) // 2000 + 5, 30)
-    return min(depth + delta, maximum_depth)
+    delta = min((ratio * ((maximum_depth - depth) & ulong) & ulong) // 2000 + 5, 30)
+    return min(depth + delta, maximum_depth) & 0xFFFF
 
 
 class LookasideScanner:
-    """ExAdjustLookasideDepth's rotation over the pools' lookaside sets, once a second.
-
-    ``pools`` are the Pool objects (each with ``per_processor`` and ``system_lookaside``).
-    Scan 0 and 1 of every three are the drivers' own lookaside lists, which ntpool does not
-    model; scan 2 retunes one set of pool lists: processor ``n``'s, or the system lists when
-    ``n`` equals the processor count.
+    """ExpScanSystemLookasideList: ExAdjustLookasideDepth's third scan of every three (the
+    kernel's ``ExAdjustLookasideDepth`` keeps the rotation; scans 0 and 1 are the drivers'
+    own lists, in ntpool.routines.runtime). ``pools`` are the Pool objects (each with
+    ``per_processor`` and ``system_lookaside``); one set is retuned per scan: processor
+    ``n``'s, or the system lists when ``n`` equals the processor count.
     """
 
     def __init__(self, pools, processors: int):
         self.pools = pools
         self.processors = processors
-        self.scan_count = 0  # ExpScanCount: 0, 1, 2
         self.pool_scan_count = 0  # ExpPoolScanCount: 0 .. processors
-
-    def tick(self) -> None:
-        if self.scan_count == 2:
-            self.scan_pool_lists()
-        self.scan_count = (self.scan_count + 1) % 3
 
     def scan_pool_lists(self) -> None:
         scan_period = 3 * self.processors

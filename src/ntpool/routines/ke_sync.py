@@ -99,11 +99,9 @@ class SyncRoutines:
         self.system_time = target
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
-        # pool lookaside depths (ntpool.pool.lookaside; Windows 7's pool design only).
-        scanner = getattr(self.pool, "lookaside_scanner", None)
-        if scanner is not None:
-            for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
-                scanner.tick()
+        # drivers' lookaside lists and the pool's (routines.runtime, pool.lookaside).
+        for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
+            self.adjust_lookaside_depth()
 
     def advance_time(self, seconds) -> None:
         """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""

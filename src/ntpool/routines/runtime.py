@@ -15,9 +15,12 @@ DbgPrint writes to ``k.debug_output`` (a list of lines) and publishes ``DebugPri
 
 import struct
 
-from ..constants import NtStatus, PoolType
-from ..errors import NtStatusError
-from ..hooks import DebugPrinted
+from ..constants import DISPATCH_LEVEL, BugCheckCode, NtStatus, PoolType
+from ..drivers import LDR_DLL_BASE
+from ..errors import MachineHung, NtStatusError
+from ..hooks import DebugPrinted, PageFault
+from ..machine.memory import canonical
+from ..pool.lookaside import target_depth
 from .registry import register_type, routine
 
 MAX_STRING = 0x10000  # bytes read of a C string before giving up on its terminator
@@ -56,12 +59,22 @@ LA_SIZE = 0x2C
 LA_ALLOCATE = 0x30
 LA_FREE = 0x38
 LA_LIST_ENTRY = 0x40
+LA_LAST_TOTAL_ALLOCATES = 0x50
+LA_LAST_ALLOCATE_MISSES = 0x54
 MINIMUM_LOOKASIDE_DEPTH = 4  # ExMinimumLookasideDepth
 MAXIMUM_LOOKASIDE_DEPTH = 256
 # Stands for "the default routine" in a lookaside list when no native CPU exists to give
 # ExAllocatePoolWithTag / ExFreePool an address (Python-only machines).
 DEFAULT_ALLOCATE = 0xFFFFF80000A10000
 DEFAULT_FREE = 0xFFFFF80000A10010
+# Stand for ntoskrnl's code in bug check parameters (ntpool has no kernel code addresses):
+# the instruction of ExpScanGeneralLookasideList, and of the list insert / removal that
+# ExInitialize*LookasideList / ExDelete*LookasideList make under the list's lock.
+EXP_SCAN_GENERAL_LOOKASIDE_LIST = 0xFFFFF80000A10020
+EX_INSERT_LOOKASIDE_LIST = 0xFFFFF80000A10030
+EX_REMOVE_LOOKASIDE_LIST = 0xFFFFF80000A10040
+GENERAL_LOOKASIDE_SCAN_PERIOD = 3  # seconds between two scans of one list (WRK lookasid.c)
+MAX_LISTED_LOOKASIDES = 1 << 20  # links followed before a scan is taken to loop forever
 
 
 def _int(name, value) -> int:
@@ -191,8 +204,7 @@ class RuntimeRoutines:
                                                     tag_value, size))
         self.write(lookaside + LA_ALLOCATE, _QQ.pack(allocate or default_allocate,
                                                      free or default_free))
-        entry = lookaside + LA_LIST_ENTRY
-        self.write(entry, _QQ.pack(entry, entry))
+        self._insert_lookaside(lookaside + LA_LIST_ENTRY, base_type)
 
     @routine("VOID ExInitializeNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
              "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
@@ -223,8 +235,9 @@ class RuntimeRoutines:
         # Windows calls it (a Python function, native code, or the fault of jumping there).
         return self.call_code(address, *args)
 
-    def _delete_lookaside(self, lookaside) -> None:
+    def _delete_lookaside(self, lookaside, base_type) -> None:
         lookaside = _int("Lookaside", lookaside)
+        self._remove_lookaside(lookaside + LA_LIST_ENTRY, base_type)
         free = self._lookaside_field(lookaside, LA_FREE, "<Q")[0]
         entry = self.ExpInterlockedFlushSList(lookaside)
         while entry:
@@ -234,12 +247,13 @@ class RuntimeRoutines:
 
     @routine("VOID ExDeleteNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
     def ExDeleteNPagedLookasideList(self, Lookaside) -> None:
-        """Free every entry the list still holds (with its Free routine)."""
-        self._delete_lookaside(Lookaside)
+        """Unlink the list from ExNPagedLookasideListHead, then free every entry it still
+        holds (with its Free routine)."""
+        self._delete_lookaside(Lookaside, PoolType.NonPagedPool)
 
     @routine("VOID ExDeletePagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside)")
     def ExDeletePagedLookasideList(self, Lookaside) -> None:
-        self._delete_lookaside(Lookaside)
+        self._delete_lookaside(Lookaside, PoolType.PagedPool)
 
     def _allocate_from_lookaside(self, lookaside) -> int:
         lookaside = _int("Lookaside", lookaside)
@@ -288,3 +302,141 @@ class RuntimeRoutines:
              "_In_ PVOID Entry)")
     def ExFreeToPagedLookasideList(self, Lookaside, Entry) -> None:
         self._free_to_lookaside(Lookaside, Entry)
+
+    # --- the system's lists of lookaside lists, and their retuning ----------------------------
+
+    def _lookaside_list_head(self, base_type) -> int:
+        return self.npaged_lookaside_list_head if base_type == PoolType.NonPagedPool \
+            else self.paged_lookaside_list_head
+
+    def _listed(self, address: int, size: int, write: bool, instruction: int) -> None:
+        """Check an access that list code makes under a lookaside list lock (DISPATCH_LEVEL,
+        ntoskrnl's code) to memory a driver owns: what Windows 7 raises when it faults.
+
+        A non-canonical address is a general-protection fault no handler catches: 0x1E
+        (0xC0000005, instruction, 0, -1). Otherwise a page that is not resident cannot be
+        brought in at DISPATCH_LEVEL: IRQL_NOT_LESS_OR_EQUAL (0xA: address, IRQL, 0 read /
+        1 write, instruction), which KeBugCheckEx turns, because the faulting code is the
+        kernel's, into DRIVER_PORTION_MUST_BE_NONPAGED (0xD3) when the address lies in a
+        loaded driver's image and SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
+        (0xD4) when it lies where a driver that has unloaded was (WRK ke/bugcheck.c, ReactOS
+        ke/bug.c: "a driver that has unloaded without deleting its lookaside lists")."""
+        access = "write to" if write else "read of"
+        if canonical(address) != address:
+            self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
+                              instruction, 0, 0xFFFFFFFFFFFFFFFF,
+                              detail=f"a lookaside list link's {access} the non-canonical address "
+                                     f"{address:#x}: general protection fault")
+        tlb = self._tlb
+        for page in range(address >> 12, (address + size - 1 >> 12) + 1):
+            if page in tlb:
+                continue
+            va = max(page << 12, address)
+            if self.hooks.listening(PageFault) and \
+                    self.hooks.ask(PageFault(va, write)) is not None:  # special pool's pages
+                continue
+            code, where = BugCheckCode.IRQL_NOT_LESS_OR_EQUAL, "not resident"
+            for name, base, end in self._driver_images():
+                if base <= va < end:
+                    code = BugCheckCode.DRIVER_PORTION_MUST_BE_NONPAGED
+                    where = f"in {name}'s image, not resident"
+                    break
+            else:
+                for name, base, end in reversed(self.unloaded_drivers):
+                    if base <= va < end:
+                        code = BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
+                        where = f"where {name} was before it unloaded (its lookaside list was never deleted)"
+                        break
+            self.KeBugCheckEx(code, va, DISPATCH_LEVEL, int(write), instruction,
+                              detail=f"a lookaside list's {access} {va:#x} at IRQL {DISPATCH_LEVEL}: "
+                                     f"{where}")
+
+    def _driver_images(self):
+        for driver in self.drivers:
+            base, _, size = struct.unpack("<QQQ", self.read(driver.entry_va + LDR_DLL_BASE, 24))
+            yield driver.name, base, base + size
+
+    def _listed_read(self, address: int, size: int, instruction: int) -> bytes:
+        self._listed(address, size, False, instruction)
+        return self.read(address, size)
+
+    def _listed_write(self, address: int, data: bytes, instruction: int) -> None:
+        self._listed(address, len(data), True, instruction)
+        self.write(address, data)
+
+    def _insert_lookaside(self, entry: int, base_type) -> None:
+        """ExInterlockedInsertTailList(&Ex(N)PagedLookasideListHead, &L.ListEntry, lock):
+        Windows 7 follows the links as they are (no list-entry check: that is Windows 8's)."""
+        head = self._lookaside_list_head(base_type)
+        at = EX_INSERT_LOOKASIDE_LIST
+        blink = _Q.unpack(self._listed_read(head + 8, 8, at))[0]
+        self._listed_write(entry, _QQ.pack(head, blink), at)
+        self._listed_write(blink, _Q.pack(entry), at)
+        self._listed_write(head + 8, _Q.pack(entry), at)
+
+    def _remove_lookaside(self, entry: int, base_type) -> None:
+        """RemoveEntryList(&L.ListEntry) under the list's lock, links as they are."""
+        at = EX_REMOVE_LOOKASIDE_LIST
+        flink, blink = _QQ.unpack(self._listed_read(entry, 16, at))
+        self._listed_write(blink, _Q.pack(flink), at)
+        self._listed_write(flink + 8, _Q.pack(blink), at)
+
+    def listed_lookasides(self, base_type) -> list[int]:
+        """Addresses of the lookaside lists linked on ExNPagedLookasideListHead (NonPagedPool)
+        or ExPagedLookasideListHead (PagedPool), in list order (an inspection: stops at a
+        link it cannot follow)."""
+        head = self._lookaside_list_head(base_type)
+        found, seen = [], {head}
+        entry = _Q.unpack(self.read(head, 8))[0]
+        while entry not in seen and len(found) < MAX_LISTED_LOOKASIDES:
+            if canonical(entry) != entry or any(page not in self._tlb for page in (entry >> 12, entry + 7 >> 12)):
+                break
+            seen.add(entry)
+            found.append(entry - LA_LIST_ENTRY)
+            entry = _Q.unpack(self.read(entry, 8))[0]
+        return found
+
+    def adjust_lookaside_depth(self) -> None:
+        """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
+        routine: the kernel calls it): scan 0 the drivers' nonpaged
+        lookaside lists, scan 1 their paged ones, scan 2 one set of the pool's own lists
+        (``pool.lookaside_scanner``: Windows 7's design; the segment heap keeps none)."""
+        scan = self.lookaside_scan_count
+        if scan == 0:
+            self._scan_general_lookaside_list(self.npaged_lookaside_list_head)
+        elif scan == 1:
+            self._scan_general_lookaside_list(self.paged_lookaside_list_head)
+        else:
+            scanner = getattr(self.pool, "lookaside_scanner", None)
+            if scanner is not None:
+                scanner.scan_pool_lists()
+        self.lookaside_scan_count = (scan + 1) % 3
+
+    def _scan_general_lookaside_list(self, head: int) -> None:
+        """ExpScanGeneralLookasideList: under the list's spin lock, follow Flink from the head
+        and, in each GENERAL_LOOKASIDE (in the driver's memory), compute the misses and the
+        allocations since the last scan, store the Last* counters and the new Depth. A link
+        a driver damaged is followed as Windows 7 follows it (see ``_listed``); one that
+        never leads back to the head would spin there forever (``MachineHung``)."""
+        at = EXP_SCAN_GENERAL_LOOKASIDE_LIST
+        entry, followed = _Q.unpack(self.read(head, 8))[0], 0
+        visited: set[int] = set()
+        while entry != head:
+            if entry in visited or followed >= MAX_LISTED_LOOKASIDES:
+                raise MachineHung(
+                    f"the lookaside list links from {head:#x} loop back to {entry:#x}, never to "
+                    f"the head: ExpScanGeneralLookasideList would spin at DISPATCH_LEVEL forever")
+            visited.add(entry)
+            followed += 1
+            lookaside = entry - LA_LIST_ENTRY
+            misses, = struct.unpack("<I", self._listed_read(lookaside + LA_ALLOCATE_MISSES, 4, at))
+            last_misses, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_ALLOCATE_MISSES, 4, at))
+            self._listed_write(lookaside + LA_LAST_ALLOCATE_MISSES, struct.pack("<I", misses), at)
+            total, = struct.unpack("<I", self._listed_read(lookaside + LA_TOTAL_ALLOCATES, 4, at))
+            last_total, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_TOTAL_ALLOCATES, 4, at))
+            self._listed_write(lookaside + LA_LAST_TOTAL_ALLOCATES, struct.pack("<I", total), at)
+            depth, maximum_depth = struct.unpack("<HH", self._listed_read(lookaside + LA_DEPTH, 4, at))
+            depth = target_depth(depth, maximum_depth, (total - last_total) & 0xFFFFFFFF,
+                                 (misses - last_misses) & 0xFFFFFFFF, GENERAL_LOOKASIDE_SCAN_PERIOD)
+            self._listed_write(lookaside + LA_DEPTH, struct.pack("<H", depth), at)
+            entry = _Q.unpack(self._listed_read(entry, 8, at))[0]

@@ -1,0 +1,205 @@
+"""Drivers' own lookaside lists as Windows keeps them: linked on ExNPagedLookasideListHead /
+ExPagedLookasideListHead in ntoskrnl's image, unlinked by ExDelete*, and retuned by
+ExAdjustLookasideDepth (scan 0 nonpaged, scan 1 paged, scan 2 the pool's lists) reading and
+writing the GENERAL_LOOKASIDE in the driver's memory."""
+
+import struct
+
+import pytest
+
+import ntpool
+from ntpool.constants import BugCheckCode
+from ntpool.dump.reader import DumpReader
+from ntpool.errors import MachineHung
+from ntpool.routines.runtime import (
+    EXP_SCAN_GENERAL_LOOKASIDE_LIST,
+    LA_DEPTH,
+    LA_LAST_ALLOCATE_MISSES,
+    LA_LAST_TOTAL_ALLOCATES,
+    LA_LIST_ENTRY,
+)
+
+NP, PG = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
+MiB = 1 << 20
+NPAGED_LOOKASIDE_LIST_SIZE = 0xC0
+
+
+@pytest.fixture
+def k():
+    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, delayed_frees=False)
+
+
+def new_list(k, paged=False, tag="Drvl"):
+    lookaside = k.ExAllocatePoolWithTag(NP, NPAGED_LOOKASIDE_LIST_SIZE, "Lkas")
+    init = k.ExInitializePagedLookasideList if paged else k.ExInitializeNPagedLookasideList
+    init(lookaside, 0, 0, 0, 64, tag, 0)
+    return lookaside
+
+
+def depth(k, lookaside):
+    return struct.unpack("<H", k.read(lookaside + LA_DEPTH, 2))[0]
+
+
+def links(k, address):
+    return struct.unpack("<QQ", k.read(address, 16))
+
+
+def miss(k, lookaside, times, paged=False):
+    allocate = k.ExAllocateFromPagedLookasideList if paged else k.ExAllocateFromNPagedLookasideList
+    return [allocate(lookaside) for _ in range(times)]  # the list is empty: every one a miss
+
+
+def test_initialize_links_onto_the_global_heads_and_delete_unlinks(k):
+    head_np, head_p = k.npaged_lookaside_list_head, k.paged_lookaside_list_head
+    assert links(k, head_np) == (head_np, head_np) and links(k, head_p) == (head_p, head_p)
+    a, b = new_list(k), new_list(k)
+    c = new_list(k, paged=True)
+    assert k.listed_lookasides(NP) == [a, b] and k.listed_lookasides(PG) == [c]
+    # ExInterlockedInsertTailList: the head's Blink is the newest; each entry points back.
+    assert links(k, head_np) == (a + LA_LIST_ENTRY, b + LA_LIST_ENTRY)
+    assert links(k, b + LA_LIST_ENTRY) == (head_np, a + LA_LIST_ENTRY)
+    k.ExDeleteNPagedLookasideList(a)
+    assert k.listed_lookasides(NP) == [b]
+    assert links(k, head_np) == (b + LA_LIST_ENTRY, b + LA_LIST_ENTRY)
+    k.ExDeleteNPagedLookasideList(b)
+    k.ExDeletePagedLookasideList(c)
+    assert links(k, head_np) == (head_np, head_np) and links(k, head_p) == (head_p, head_p)
+
+
+def test_depths_move_with_time_in_windows_scan_order(k):
+    """Scan 0 (the first second) retunes the nonpaged drivers' lists, scan 1 the paged ones,
+    scan 2 one set of the pool's lists; each driver list over a 3-second period."""
+    np_list, p_list = new_list(k), new_list(k, paged=True)
+    for lookaside, paged in ((np_list, False), (p_list, True)):
+        for entry in miss(k, lookaside, 100, paged):
+            k.ExFreePool(entry)
+    assert depth(k, np_list) == depth(k, p_list) == 4
+    scanner = k.pool.lookaside_scanner
+    k.advance_time(1)  # scan 0: 100 allocations in 3 s, all misses: +min(1000 * 252 / 2000 + 5, 30)
+    assert depth(k, np_list) == 34 and depth(k, p_list) == 4 and scanner.pool_scan_count == 0
+    assert struct.unpack("<II", k.read(np_list + LA_LAST_TOTAL_ALLOCATES, 8)) == (100, 100)
+    k.advance_time(1)  # scan 1: the paged list
+    assert depth(k, np_list) == 34 and depth(k, p_list) == 34 and scanner.pool_scan_count == 0
+    k.advance_time(1)  # scan 2: the pool's own lists (processor 0's set)
+    assert depth(k, np_list) == depth(k, p_list) == 34 and scanner.pool_scan_count == 1
+    k.advance_time(1)  # scan 0 again: no allocations since: -10
+    assert depth(k, np_list) == 24 and depth(k, p_list) == 34
+    # A hit rate above 99.5%: -1. 80 hits and no miss over the period.
+    entries = miss(k, np_list, 20)
+    for entry in entries:
+        k.ExFreeToNPagedLookasideList(np_list, entry)
+    for _ in range(80):
+        k.ExFreeToNPagedLookasideList(np_list, k.ExAllocateFromNPagedLookasideList(np_list))
+    last = struct.unpack("<I", k.read(np_list + LA_LAST_ALLOCATE_MISSES, 4))[0]
+    k.write(np_list + LA_LAST_ALLOCATE_MISSES, struct.pack("<I", last + 20))  # forget the 20 misses
+    k.advance_time(3)
+    assert depth(k, np_list) == 23
+
+
+def test_retuning_reads_the_counters_the_driver_left_in_its_memory(k):
+    lookaside = new_list(k)
+    # A driver that scribbled its own counters: TotalAllocates 0xFFFFFFF0, AllocateMisses
+    # 0x7FFFFFFF. ULONG arithmetic as Windows': allocates wrap, misses * 1000 wraps.
+    k.write(lookaside + 0x14, struct.pack("<II", 0xFFFFFFF0, 0x7FFFFFFF))
+    k.advance_time(1)
+    ratio = (0x7FFFFFFF * 1000 & 0xFFFFFFFF) // 0xFFFFFFF0  # 0: under 0.5%
+    assert ratio < 5 and depth(k, lookaside) == 4  # -1, not below 4
+    assert struct.unpack("<II", k.read(lookaside + LA_LAST_TOTAL_ALLOCATES, 8)) == (0xFFFFFFF0, 0x7FFFFFFF)
+
+
+def test_the_list_heads_are_in_the_dump_and_read_back(k, tmp_path):
+    a, b = new_list(k, tag="Drv1"), new_list(k, tag="Drv2")
+    c = new_list(k, paged=True, tag="Drv3")
+    for entry in miss(k, a, 80):
+        k.ExFreeToNPagedLookasideList(a, entry)
+    k.advance_time(1)
+    path = tmp_path / "MEMORY.DMP"
+    from ntpool.dump.writer import write_dump
+    write_dump(k, str(path), "kernel")
+    with DumpReader(str(path)) as reader:
+        assert reader.kernel_global("ExNPagedLookasideListHead") == k.npaged_lookaside_list_head
+        nonpaged = reader.lookaside_lists("ExNPagedLookasideListHead")
+        paged = reader.lookaside_lists("ExPagedLookasideListHead")
+    assert [entry["Address"] for entry in nonpaged] == [a, b]
+    assert [entry["Address"] for entry in paged] == [c]
+    first = nonpaged[0]
+    assert first["Tag"] == int.from_bytes(b"Drv1", "big")  # the C constant 'Drv1' and first["Size"] == 64
+    assert first["TotalAllocates"] == first["AllocateMisses"] == 80 and first["Depth"] == depth(k, a)
+    assert first["LastTotalAllocates"] == 80 and first["MaximumDepth"] == 256
+    assert paged[0]["Type"] == PG
+
+
+def test_a_list_freed_without_delete_is_still_scanned_and_writes_into_freed_memory(k):
+    """Windows 7 follows the links as they are: the scan retunes the freed memory (the list
+    entry survives the free), which the next owner of that memory sees change."""
+    lookaside = new_list(k)
+    k.ExFreePoolWithTag(lookaside, "Lkas")  # no ExDeleteNPagedLookasideList
+    k.write(lookaside + LA_DEPTH, struct.pack("<H", 200))
+    k.advance_time(1)
+    assert depth(k, lookaside) == 190  # the scan wrote its Depth into freed memory
+    assert k.listed_lookasides(NP) == [lookaside]
+
+
+def test_a_damaged_link_to_no_page_is_irql_not_less_or_equal_in_the_scan(k):
+    lookaside = new_list(k)
+    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", 0xFFFFFA8012345000))  # Flink: no page
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.advance_time(1)
+    assert info.value.code == BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
+    assert info.value.parameters == (0xFFFFFA8012345000 - LA_LIST_ENTRY + 0x18, 2, 0,
+                                     EXP_SCAN_GENERAL_LOOKASIDE_LIST)
+
+
+def test_a_non_canonical_link_is_a_general_protection_fault(k):
+    lookaside = new_list(k, paged=True)
+    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", 0x4141414141414141))
+    k.advance_time(1)  # scan 0: the nonpaged lists are sound
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.advance_time(1)
+    assert info.value.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    assert info.value.parameters == (0xC0000005, EXP_SCAN_GENERAL_LOOKASIDE_LIST, 0, 0xFFFFFFFFFFFFFFFF)
+
+
+def test_a_link_into_an_unloaded_drivers_image_is_bug_check_0xd4(k):
+    class Careless:
+        name = "careless.sys"
+
+        def DriverEntry(self, k, path):
+            return 0
+
+    driver = k.load_driver(Careless())
+    base = driver.image_base
+    k.unload_driver(driver)
+    lookaside = new_list(k)
+    # Where the driver's global NPAGED_LOOKASIDE_LIST was: the link a live list keeps to it.
+    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", base + 0x3040))
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.advance_time(1)
+    assert info.value.code == BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
+    assert info.value.parameters[0] == base + 0x3000 + 0x18 and info.value.parameters[1:3] == (2, 0)
+
+
+def test_a_link_that_loops_away_from_the_head_hangs_with_a_clear_error(k):
+    lookaside = new_list(k)
+    entry = lookaside + LA_LIST_ENTRY
+    k.write(entry, struct.pack("<Q", entry))  # Flink to itself: the head is never reached
+    with pytest.raises(MachineHung, match="spin at DISPATCH_LEVEL forever"):
+        k.advance_time(1)
+
+
+def test_delete_of_a_list_whose_links_were_damaged_faults_in_the_removal(k):
+    lookaside = new_list(k)
+    k.write(lookaside + LA_LIST_ENTRY + 8, struct.pack("<Q", 0xFFFFFA8077777000))  # Blink
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.ExDeleteNPagedLookasideList(lookaside)
+    assert info.value.code == BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
+    assert info.value.parameters[:3] == (0xFFFFFA8077777000, 2, 1)
+
+
+def test_segment_heap_machines_scan_the_drivers_lists_too():
+    k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    lookaside = new_list(k)
+    for entry in miss(k, lookaside, 100):
+        k.ExFreePool(entry)
+    k.advance_time(3)
+    assert depth(k, lookaside) == 34 and k.lookaside_scan_count == 0
