@@ -18,7 +18,9 @@ MiB = 1 << 20
 
 def _check(k) -> None:
     for pool in (k.nonpaged_pool, k.paged_pool):
-        for index, frame in enumerate(pool.small_frames):
+        assert len(pool.small_frames) <= pool.page_count
+        for index in range(pool.page_count):
+            frame = pool.small_frames[index] if index < len(pool.small_frames) else 0
             vpn = (pool.base >> PAGE_SHIFT) + index
             if frame:
                 assert pool.page_kind[index] == PAGE_SMALL, (pool.name, index)

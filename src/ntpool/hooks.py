@@ -30,8 +30,9 @@ Events. The machine publishes a small frozen object at each point a layer may ca
                         request's SystemBuffer for a driver's device
     MappingChanged      a present page mapping was removed or         nothing
                         replaced (a CPU's TLB must forget it)
-    PagedIn             a paged-out page is back (``Pager.page_in``;  nothing
-                        the pool's own page table learns its frame)
+    PagedOut            a page went to the page file                  nothing
+                        (``Pager.page_out``)
+    PagedIn             a paged-out page is back (``Pager.page_in``)  nothing
     DebugPrinted        a driver printed a line (DbgPrint)            nothing
     ==================  ============================================  ====================
 
@@ -115,6 +116,11 @@ class SystemBufferMade(Event):
 @dataclass(frozen=True, slots=True)
 class MappingChanged(Event):
     address: int  # the page whose mapping went or changed
+
+
+@dataclass(frozen=True, slots=True)
+class PagedOut(Event):
+    address: int  # the page, not present now
 
 
 @dataclass(frozen=True, slots=True)

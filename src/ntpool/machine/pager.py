@@ -12,7 +12,7 @@ resolved (below DISPATCH_LEVEL) and the pool decides which pages are pageable.
 """
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
-from ..hooks import PagedIn
+from ..hooks import PagedIn, PagedOut
 from .memory import PTE_NX, PTE_WRITABLE, AddressSpace, OutOfFrames
 
 MM_READWRITE = 4  # the protection a pageable pool page has
@@ -54,6 +54,8 @@ class Pager:
         self.physical.free_frame(pfn)
         self.slot_of[vpn] = slot
         self.pages_out += 1
+        if self.space.hooks.listening(PagedOut):
+            self.space.hooks.publish(PagedOut(va))
         return True
 
     def page_in(self, va: int) -> int:

@@ -11,7 +11,7 @@ import mmap
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
-from ..hooks import MappingChanged, PagedIn
+from ..hooks import PagedIn, PagedOut
 from ..machine.memory import AddressSpace, PhysicalMemory
 from .checks import (
     check_block_size,
@@ -131,11 +131,15 @@ class Pool:
         # The physical address of each page of small chunks while it is resident, 0 for any
         # other page: for the fast paths, the TLB's translation and the page's kind in one
         # subscript (of a list by page number, cheaper than the TLB's dict). Set as such a
-        # page is mapped or paged back in (PagedIn); cleared whenever its mapping goes
-        # (MappingChanged: the page freed, paged out or remapped), so an entry that is not 0
-        # is always what the TLB holds for a page of small chunks.
-        self.small_frames = [0] * self.page_count
-        space.hooks.subscribe(MappingChanged, self._mapping_changed)
+        # page is mapped or paged back in (PagedIn); cleared as the page is freed
+        # (``release_pages``) or paged out (PagedOut). Nothing else maps or unmaps pool pages,
+        # so an entry that is not 0 is always what the TLB holds for a page of small chunks
+        # (tests/test_small_frames.py holds the two to that). The list reaches only as far as
+        # the last page of small chunks so far (8 bytes a page up to there: the simulator's
+        # memory per allocation stays the pool's); past its end, IndexError sends a fast path
+        # to the generic one, as a 0 does. It grows in place (the fast paths hold it).
+        self.small_frames: list[int] = []
+        space.hooks.subscribe(PagedOut, self._paged_out)
         space.hooks.subscribe(PagedIn, self._paged_in)
         # Who allocated each chunk: the call site of the allocated chunk whose header starts
         # in each 32-byte unit (at most one does: layout.SITE_UNIT_SHIFT), a USHORT as
@@ -229,14 +233,23 @@ class Pool:
             base = self.fault(va, write, self.lock_irql if irql is None else irql)
         return base + (va & (PAGE_SIZE - 1))
 
-    def _mapping_changed(self, event: MappingChanged) -> None:
+    def _set_small_frame(self, index: int, frame: int) -> None:
+        """``small_frames[index] = frame``, the list grown to reach it."""
+        frames = self.small_frames
+        if index >= len(frames):
+            if not frame:
+                return  # past the end already reads as "not on the fast paths"
+            frames.extend([0] * (index + 1 - len(frames)))
+        frames[index] = frame
+
+    def _paged_out(self, event: PagedOut) -> None:
         if self.base <= event.address < self.limit:
-            self.small_frames[(event.address - self.base) >> PAGE_SHIFT] = 0
+            self._set_small_frame((event.address - self.base) >> PAGE_SHIFT, 0)
 
     def _paged_in(self, event: PagedIn) -> None:
         va = event.address
         if self.base <= va < self.limit and self.page_kind_of(va) == PAGE_SMALL:
-            self.small_frames[(va - self.base) >> PAGE_SHIFT] = self.tlb[va >> PAGE_SHIFT]
+            self._set_small_frame((va - self.base) >> PAGE_SHIFT, self.tlb[va >> PAGE_SHIFT])
 
     def read_bytes(self, va: int, size: int, irql: int | None = None) -> bytes:
         """``size`` bytes at ``va`` read by the pool code, page by page."""
@@ -327,7 +340,7 @@ class Pool:
         self.space.map_pages(va, frames)
         self.page_kind[index] = kind
         if kind == PAGE_SMALL:
-            self.small_frames[index] = self.tlb[va >> PAGE_SHIFT]
+            self._set_small_frame(index, self.tlb[va >> PAGE_SHIFT])
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
         self.pages_in_use += count
@@ -370,6 +383,10 @@ class Pool:
                 pfn = self.space.unmap_page(page)
                 self.physical.free_frame(pfn)
         self.page_kind[index:index + count] = bytes(count)
+        frames = self.small_frames
+        if index < len(frames):  # (past the list's end, no page has an entry)
+            end = min(index + count, len(frames))
+            frames[index:end] = [0] * (end - index)
         self.pages_in_use -= count
         if index < self._page_hint:
             self._page_hint = index
