@@ -970,8 +970,8 @@ class KdSession:
 
 
 # A pool's !poolfind is shared with forked processes (see forked) when it holds this many pages;
-# PARALLEL_PROCESSES: by how many, this one included (None: one per usable processor, at most
-# forked.MAX_PROCESSES, and no sharing on one processor).
+# PARALLEL_PROCESSES: by how many, this one included (None: one per processor other work leaves
+# free, at most forked.MAX_PROCESSES; no sharing on one processor, or with one free).
 PARALLEL_MIN_PAGES = 8192
 PARALLEL_PROCESSES = None
 
