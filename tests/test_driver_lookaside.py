@@ -203,3 +203,48 @@ def test_segment_heap_machines_scan_the_drivers_lists_too():
         k.ExFreePool(entry)
     k.advance_time(3)
     assert depth(k, lookaside) == 34 and k.lookaside_scan_count == 0
+
+
+def test_windows_10_checks_the_links_at_delete_0x139():
+    """Windows 8 and later remove a LIST_ENTRY only when both neighbours point back:
+    __fastfail(FAST_FAIL_CORRUPT_LIST_ENTRY), KERNEL_SECURITY_CHECK_FAILURE 0x139 / 3."""
+    k = ntpool.Kernel(windows="10", nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    a, b = new_list(k), new_list(k)
+    k.write(b + LA_LIST_ENTRY + 8, struct.pack("<Q", a - 0x100))  # Blink: mapped, but not a's entry
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.ExDeleteNPagedLookasideList(b)
+    assert info.value.code == BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE
+    assert info.value.parameters[0] == 3
+
+
+def test_windows_7_unlinks_a_damaged_entry_as_it_is(k):
+    a, b = new_list(k), new_list(k)
+    spare = k.ExAllocatePoolWithTag(NP, 64, "Sprt")
+    k.write(b + LA_LIST_ENTRY + 8, struct.pack("<Q", spare))  # Blink to unrelated pool memory
+    k.ExDeleteNPagedLookasideList(b)  # no check: the removal writes through the damaged link
+    assert struct.unpack("<Q", k.read(spare, 8))[0] == k.npaged_lookaside_list_head
+    assert links(k, k.npaged_lookaside_list_head)[1] == spare  # the head's Blink now leads there
+    assert links(k, a + LA_LIST_ENTRY)[0] == b + LA_LIST_ENTRY  # a still leads to the deleted b
+
+
+def test_a_compiled_driver_that_unloads_with_its_list_live_is_0xd4(k):
+    """lookaside_unload.sys keeps its NPAGED_LOOKASIDE_LIST in .data and never deletes it:
+    the unload unmaps the image, the list stays linked, the next nonpaged scan faults there."""
+    import os
+
+    from ntpool.native import load_native_driver, unload_native_driver
+    from ntpool.native.build import SOURCE_DIRECTORY
+
+    driver = load_native_driver(k, os.path.join(SOURCE_DIRECTORY, "lookaside_unload.sys"))
+    base, end = driver.image_base, driver.image_base + driver.image_size
+    (listed,) = k.listed_lookasides(NP)
+    assert base <= listed < end
+    assert struct.unpack("<II", k.read(listed + 0x14, 8)) == (1, 1)  # one allocation, a miss
+    unload_native_driver(k, driver)  # DriverUnload, then the image is unmapped
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.advance_time(1)
+    assert info.value.code == BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
+    address, irql, access, instruction = info.value.parameters
+    assert base <= address < end and (irql, access) == (2, 0)
+    assert instruction == EXP_SCAN_GENERAL_LOOKASIDE_LIST
+    assert "lookaside_unload.sys" in str(info.value)

@@ -73,6 +73,7 @@ DEFAULT_FREE = 0xFFFFF80000A10010
 EXP_SCAN_GENERAL_LOOKASIDE_LIST = 0xFFFFF80000A10020
 EX_INSERT_LOOKASIDE_LIST = 0xFFFFF80000A10030
 EX_REMOVE_LOOKASIDE_LIST = 0xFFFFF80000A10040
+FAST_FAIL_CORRUPT_LIST_ENTRY = 3  # KERNEL_SECURITY_CHECK_FAILURE's parameter 1 (winnt.h)
 GENERAL_LOOKASIDE_SCAN_PERIOD = 3  # seconds between two scans of one list (WRK lookasid.c)
 MAX_LISTED_LOOKASIDES = 1 << 20  # links followed before a scan is taken to loop forever
 
@@ -365,21 +366,41 @@ class RuntimeRoutines:
         self.write(address, data)
 
     def _insert_lookaside(self, entry: int, base_type) -> None:
-        """ExInterlockedInsertTailList(&Ex(N)PagedLookasideListHead, &L.ListEntry, lock):
-        Windows 7 follows the links as they are (no list-entry check: that is Windows 8's)."""
+        """ExInterlockedInsertTailList(&Ex(N)PagedLookasideListHead, &L.ListEntry, lock).
+        Windows 7 follows the links as they are; from Windows 8 the list code checks the
+        tail's Flink first (``_list_entry_check``)."""
         head = self._lookaside_list_head(base_type)
         at = EX_INSERT_LOOKASIDE_LIST
         blink = _Q.unpack(self._listed_read(head + 8, 8, at))[0]
+        if self.windows.major >= 10:
+            self._list_entry_check(_Q.unpack(self._listed_read(blink, 8, at))[0] == head,
+                                   f"the list tail {blink:#x}'s Flink is not the head {head:#x}")
         self._listed_write(entry, _QQ.pack(head, blink), at)
         self._listed_write(blink, _Q.pack(entry), at)
         self._listed_write(head + 8, _Q.pack(entry), at)
 
     def _remove_lookaside(self, entry: int, base_type) -> None:
-        """RemoveEntryList(&L.ListEntry) under the list's lock, links as they are."""
+        """RemoveEntryList(&L.ListEntry) under the list's lock: links as they are on
+        Windows 7, checked both ways from Windows 8 (``_list_entry_check``)."""
         at = EX_REMOVE_LOOKASIDE_LIST
         flink, blink = _QQ.unpack(self._listed_read(entry, 16, at))
+        if self.windows.major >= 10:
+            self._list_entry_check(
+                _Q.unpack(self._listed_read(flink + 8, 8, at))[0] == entry
+                and _Q.unpack(self._listed_read(blink, 8, at))[0] == entry,
+                f"the lookaside list at {entry - LA_LIST_ENTRY:#x} is not linked both ways "
+                f"(Flink {flink:#x}, Blink {blink:#x})")
         self._listed_write(blink, _Q.pack(flink), at)
         self._listed_write(flink + 8, _Q.pack(blink), at)
+
+    def _list_entry_check(self, sound: bool, what: str) -> None:
+        """The inline list routines of Windows 8 and later (wdm.h's RemoveEntryList and
+        InsertTailList): a LIST_ENTRY whose neighbours do not point back is
+        __fastfail(FAST_FAIL_CORRUPT_LIST_ENTRY), bug check 0x139 with parameter 1 = 3
+        (the trap frame and exception record, parameters 2 and 3, are not modelled: 0)."""
+        if not sound:
+            self.KeBugCheckEx(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE, FAST_FAIL_CORRUPT_LIST_ENTRY,
+                              0, 0, 0, detail=f"corrupt LIST_ENTRY: {what}")
 
     def listed_lookasides(self, base_type) -> list[int]:
         """Addresses of the lookaside lists linked on ExNPagedLookasideListHead (NonPagedPool)
