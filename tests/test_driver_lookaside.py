@@ -248,3 +248,30 @@ def test_a_compiled_driver_that_unloads_with_its_list_live_is_0xd4(k):
     assert base <= address < end and (irql, access) == (2, 0)
     assert instruction == EXP_SCAN_GENERAL_LOOKASIDE_LIST
     assert "lookaside_unload.sys" in str(info.value)
+
+
+def test_kd_lookaside_shows_one_list_and_every_drivers_list(k, tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump.writer import write_dump
+
+    a = new_list(k, tag="kooL")  # a C driver's 'kooL': "Look" in memory, as kd shows it
+    entries = miss(k, a, 10)
+    for entry in entries[:6]:
+        k.ExFreeToNPagedLookasideList(a, entry)  # 4 kept (depth 4), 2 past it: free misses
+    c = new_list(k, paged=True, tag="gaPL")
+    path = tmp_path / "MEMORY.DMP"
+    write_dump(k, str(path), "kernel")
+    with DumpReader(str(path)) as reader:
+        session = KdSession(reader)
+        one = session.execute(f"!lookaside {a:#x}")
+        every = session.execute("!lookaside -all")
+        refused = session.execute(f"!lookaside {a:#x} 2 64")
+    assert '"Look"' in one and "Type           =       0000  NonPagedPool" in one
+    assert "Current Depth  =          4  Max Depth  =          4" in one
+    assert "Size           =         64  Max Alloc  =        256" in one
+    assert "AllocateMisses =         10  FreeMisses =          2" in one
+    assert "TotalAllocates =         10  TotalFrees =          6" in one
+    assert "Hit Rate       =          0% Hit Rate   =         66%" in one
+    assert "ExNPagedLookasideListHead @ " in every and ": 1 driver lookaside list(s)" in every
+    assert f"@ {c >> 32:08x}`{c & 0xFFFFFFFF:08x}" in every and "PagedPool" in every
+    assert "read-only" in refused
