@@ -237,3 +237,21 @@ def test_the_manifest_and_the_score_read_high_tags_as_kd_shows_them(tmp_path, wi
     result = score_files(tmp_path / "truth.json", [tmp_path / "poolfind.txt"])
     assert result["live allocations"]["recall"] == result["live allocations"]["precision"] == 1.0
     assert result["big allocations"]["recall"] == 1.0
+
+
+def test_volatility3_finds_high_tags_with_ntpools_plugin(tmp_path):
+    pytest.importorskip("volatility3")
+    from ntpool.forensics.volatility import run_plugin
+    k = machine()
+    protected = [k.ExAllocatePoolWithTag(NP, 64 + 16 * i, 0xDEADBEEF) for i in range(3)]
+    latin = [k.ExAllocatePoolWithTag(P, 100, "f\xe9rP") for _ in range(2)]
+    path = k.write_dump(tmp_path / "high.dmp", "kernel")
+    _, rows = run_plugin(path, "ntpool.tagscan", options={"tags": ["0x5eadbeef", "0x66e97250"]},
+                         cache=tmp_path / "cache")
+    with DumpReader(path) as reader:
+        found = {}
+        for tag, offset, _layer, _type, _size, _pool, state, is_protected in rows:
+            if state == "Allocated":
+                found.setdefault(tag, set()).add((offset, is_protected))
+        assert {(reader.translate(p - 16), True) for p in protected} <= found["0x5eadbeef"]
+        assert {(reader.translate(p - 16), False) for p in latin} <= found["0x66e97250"]
