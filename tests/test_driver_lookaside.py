@@ -275,3 +275,34 @@ def test_kd_lookaside_shows_one_list_and_every_drivers_list(k, tmp_path):
     assert "ExNPagedLookasideListHead @ " in every and ": 1 driver lookaside list(s)" in every
     assert f"@ {c >> 32:08x}`{c & 0xFFFFFFFF:08x}" in every and "PagedPool" in every
     assert "read-only" in refused
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FIELD_OFFSETS = st.sampled_from([0x0, 0x8, 0x10, 0x14, 0x18, 0x40, 0x44, 0x48, 0x50, 0x54])
+_VALUES = st.one_of(st.integers(0, (1 << 64) - 1),
+                    st.sampled_from([0, 8, 0x40, 0xFFFFFFFFFFFFFFFF, 0xFFFFFA8000000000,
+                                     0x4141414141414141, 0xFFFFF80000000000]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 2), _FIELD_OFFSETS, _VALUES), max_size=4),
+       seconds=st.integers(1, 4), delete=st.integers(-1, 2), windows=st.sampled_from(["7", "10"]))
+def test_any_bytes_a_driver_writes_over_its_lists_end_in_windows_answer(writes, seconds, delete, windows):
+    """Whatever a driver leaves in its GENERAL_LOOKASIDEs (links, counters, depths), the
+    scans and ExDelete* end in a bug check, the documented hang, or success: never a Python
+    error; and a dump of the result reads back."""
+    k = ntpool.Kernel(windows=windows, nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
+    lists = [new_list(k), new_list(k), new_list(k, paged=True)]
+    for index, offset, value in writes:
+        k.write(lists[index] + offset, struct.pack("<Q", value))
+    try:
+        k.advance_time(seconds)
+        if delete >= 0:
+            (k.ExDeletePagedLookasideList if delete == 2 else k.ExDeleteNPagedLookasideList)(lists[delete])
+            k.advance_time(3)
+    except (ntpool.BugCheck, MachineHung):
+        pass
+    k.listed_lookasides(NP)
+    k.listed_lookasides(PG)

@@ -704,7 +704,7 @@ class DumpReader:
             entry = self.read_u64(head)
             while entry not in seen and len(lists) < MAX_LOOKASIDES:
                 seen.add(entry)
-                lists.append(self.general_lookaside(entry - GENERAL_LOOKASIDE_LIST_ENTRY))
+                lists.append(self.general_lookaside((entry - GENERAL_LOOKASIDE_LIST_ENTRY) & (1 << 64) - 1))
                 entry = self.read_u64(entry)
         except MemoryReadError:
             pass

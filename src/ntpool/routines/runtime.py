@@ -17,7 +17,7 @@ import struct
 
 from ..constants import DISPATCH_LEVEL, BugCheckCode, NtStatus, PoolType
 from ..drivers import LDR_DLL_BASE
-from ..errors import MachineHung, NtStatusError
+from ..errors import MachineHung, NtStatusError, allowed_when_halted
 from ..hooks import DebugPrinted, PageFault
 from ..machine.memory import canonical
 from ..pool.lookaside import target_depth
@@ -75,7 +75,8 @@ EX_INSERT_LOOKASIDE_LIST = 0xFFFFF80000A10030
 EX_REMOVE_LOOKASIDE_LIST = 0xFFFFF80000A10040
 FAST_FAIL_CORRUPT_LIST_ENTRY = 3  # KERNEL_SECURITY_CHECK_FAILURE's parameter 1 (winnt.h)
 GENERAL_LOOKASIDE_SCAN_PERIOD = 3  # seconds between two scans of one list (WRK lookasid.c)
-MAX_LISTED_LOOKASIDES = 1 << 20  # links followed before a scan is taken to loop forever
+MAX_LISTED_LOOKASIDES = 1 << 20
+ADDRESS_MASK = (1 << 64) - 1  # list code's pointer arithmetic wraps as the CPU's does  # links followed before a scan is taken to loop forever
 
 
 def _int(name, value) -> int:
@@ -329,10 +330,10 @@ class RuntimeRoutines:
                               detail=f"a lookaside list link's {access} the non-canonical address "
                                      f"{address:#x}: general protection fault")
         tlb = self._tlb
-        for page in range(address >> 12, (address + size - 1 >> 12) + 1):
+        last = (address + size - 1) & ADDRESS_MASK  # an access at the top of memory wraps
+        for page, va in ((address >> 12, address), (last >> 12, last & ~0xFFF)):
             if page in tlb:
                 continue
-            va = max(page << 12, address)
             if self.hooks.listening(PageFault) and \
                     self.hooks.ask(PageFault(va, write)) is not None:  # special pool's pages
                 continue
@@ -358,10 +359,12 @@ class RuntimeRoutines:
             yield driver.name, base, base + size
 
     def _listed_read(self, address: int, size: int, instruction: int) -> bytes:
+        address &= ADDRESS_MASK
         self._listed(address, size, False, instruction)
         return self.read(address, size)
 
     def _listed_write(self, address: int, data: bytes, instruction: int) -> None:
+        address &= ADDRESS_MASK
         self._listed(address, len(data), True, instruction)
         self.write(address, data)
 
@@ -402,6 +405,7 @@ class RuntimeRoutines:
             self.KeBugCheckEx(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE, FAST_FAIL_CORRUPT_LIST_ENTRY,
                               0, 0, 0, detail=f"corrupt LIST_ENTRY: {what}")
 
+    @allowed_when_halted
     def listed_lookasides(self, base_type) -> list[int]:
         """Addresses of the lookaside lists linked on ExNPagedLookasideListHead (NonPagedPool)
         or ExPagedLookasideListHead (PagedPool), in list order (an inspection: stops at a
@@ -413,7 +417,7 @@ class RuntimeRoutines:
             if canonical(entry) != entry or any(page not in self._tlb for page in (entry >> 12, entry + 7 >> 12)):
                 break
             seen.add(entry)
-            found.append(entry - LA_LIST_ENTRY)
+            found.append((entry - LA_LIST_ENTRY) & ADDRESS_MASK)
             entry = _Q.unpack(self.read(entry, 8))[0]
         return found
 
@@ -449,7 +453,7 @@ class RuntimeRoutines:
                     f"the head: ExpScanGeneralLookasideList would spin at DISPATCH_LEVEL forever")
             visited.add(entry)
             followed += 1
-            lookaside = entry - LA_LIST_ENTRY
+            lookaside = (entry - LA_LIST_ENTRY) & ADDRESS_MASK
             misses, = struct.unpack("<I", self._listed_read(lookaside + LA_ALLOCATE_MISSES, 4, at))
             last_misses, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_ALLOCATE_MISSES, 4, at))
             self._listed_write(lookaside + LA_LAST_ALLOCATE_MISSES, struct.pack("<I", misses), at)
