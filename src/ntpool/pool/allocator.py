@@ -47,7 +47,7 @@ from ..hooks import Hooks, MemoryWritten, PoolLayer
 from ..tags import tag_value
 from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
-from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
+from .descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
 from .checks import (
     check_block_size,
     check_free_tag,
@@ -460,16 +460,22 @@ class PoolAllocator:
                             counts[block_size] += 1
                             return True
                         # The system-wide lookaside, the pending frees, or the lists
-                        # (Pool.release_past_lookaside). Past a full system-wide list with frees
-                        # not delayed, its last step inline (a call less on every such free):
-                        # the chunk is marked free and coalesced at once.
+                        # (Pool.release_past_lookaside). Past a full system-wide list, its last
+                        # step inline (a call less on every such free): the chunk is marked
+                        # free and coalesced at once, or, with frees delayed, queued on
+                        # PendingFrees while fewer than 32 are (the 32nd runs the batch first:
+                        # release_past_lookaside).
                         system = pool.system_lookaside
-                        if not pool.delay_frees and (block_size > LOOKASIDE_MAX_BLOCKS or
-                                                     system.count[block_size] >= system.depth[block_size]):
-                            pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                            pool.free_small(P - _BODY, pa)
-                        else:
-                            pool.release_past_lookaside(P - _BODY, block_size, pa)
+                        if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
+                            if not pool.delay_frees:
+                                pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                                pool.free_small(P - _BODY, pa)
+                                return True
+                            if len(pool.pending) < MAXIMUM_POOL_FREES_PENDING:
+                                pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                                pool.queue_free(P - _BODY, pa)
+                                return True
+                        pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
                 elif not offset and not blocks and allocator.layer is None and P >= base \
                         and pool.page_kind[(P - base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
