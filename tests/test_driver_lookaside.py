@@ -323,3 +323,29 @@ def test_driver_verifier_turns_drivers_lookaside_lists_off(k):
         k.ExFreePool(entry)
     k.advance_time(3)
     assert depth(k, after) == depth(k, before) == 0
+
+
+def test_analyze_explains_0xd4_from_the_dump(tmp_path):
+    from ntpool.debugger.session import KdSession
+
+    path = tmp_path / "MEMORY.DMP"
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, crash_dump=str(path))
+
+    class Careless:
+        name = "careless.sys"
+
+        def DriverEntry(self, k, path):
+            return 0
+
+    driver = k.load_driver(Careless())
+    base = driver.image_base
+    k.unload_driver(driver)
+    lookaside = new_list(k)
+    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", base + 0x3040))
+    with pytest.raises(ntpool.BugCheck):
+        k.advance_time(1)
+    with DumpReader(str(path)) as reader:
+        text = KdSession(reader).execute("!analyze -v")
+    assert "SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD (d4)" in text
+    assert "unloaded without cancelling pending operations" in text
+    assert "Memory referenced" in text and "Address which referenced memory" in text
