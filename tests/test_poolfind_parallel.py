@@ -202,7 +202,9 @@ def test_an_unexpected_error_in_a_worker_is_raised_with_its_type(dump, small_bat
             pieces(dump, ["!poolfind * 0"], workers)
 
 
-def test_a_reader_that_stops_early_leaves_no_worker(dump, small_batches, forks):
+def test_a_reader_that_stops_early_leaves_no_worker(dump, small_batches, forks, monkeypatch):
+    monkeypatch.setattr(forked, "AHEAD_BYTES", 0)  # the worker waits on a full pipe: it cannot
+    monkeypatch.setattr(forked, "PIPE_BYTES", 4096)  # be done before the reader stops
     kd.PARALLEL_PROCESSES = 2
     try:
         with DumpReader(dump) as reader:
