@@ -22,8 +22,11 @@ NP, P = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
 ULONGS = st.integers(0, 0xFFFFFFFF)
 
 
-def machine():
-    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+def machine(windows=7):
+    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, windows=windows)
+
+
+WINDOWS = st.sampled_from([7, 11])  # Windows 7's pool and the segment heap
 
 
 def shown(tag: int) -> str:
@@ -62,16 +65,16 @@ def test_str_tags_beyond_latin_1_or_too_long_are_refused(bad, words):
 
 
 @settings(max_examples=60, deadline=None)
-@given(ULONGS, st.sampled_from([NP, P]), st.sampled_from([40, 300, 5000]))
-def test_allocate_free_with_the_tag_and_the_tracker_row(tag, pool_type, size):
-    k = machine()
+@given(ULONGS, st.sampled_from([NP, P]), st.sampled_from([40, 300, 5000]), WINDOWS)
+def test_allocate_free_with_the_tag_and_the_tracker_row(tag, pool_type, size, windows):
+    k = machine(windows)
     p = k.ExAllocatePoolWithTag(pool_type, size, tag)
     assert p
     row = {r.TagUlong: r for r in k.pool_tags()}[tag & 0x7FFFFFFF]
     allocs, used = ((row.NonPagedAllocs, row.NonPagedUsed) if pool_type == NP
                     else (row.PagedAllocs, row.PagedUsed))
     assert allocs == 1 and used >= size and row.Tag == shown(tag)
-    if size < 0xFE0:
+    if size < 0xFE0 and windows == 7:
         assert k.read(p - 12, 4) == tag.to_bytes(4, "little")  # the header's PoolTag, bit 31 kept
     k.ExFreePoolWithTag(p, tag)
     row = {r.TagUlong: r for r in k.pool_tags()}[tag & 0x7FFFFFFF]
@@ -206,3 +209,49 @@ def test_the_volatility3_plugin_spells_tags_as_kd_does():
     for tag in (0xDEADBEEF, 0x66E97250, 0x00004162, 0x46726564):
         assert plugin._shown(tag) == display(tag)
         assert plugin._tag_bytes(display(tag)) == (tag & 0x7FFFFFFF).to_bytes(4, "little")
+
+
+def test_kd_refuses_a_tag_string_beyond_ascii_and_names_the_0x_form(tmp_path):
+    k = machine()
+    k.write_dump(tmp_path / "d.dmp", "kernel")
+    session = KdSession(DumpReader(tmp_path / "d.dmp"), PoolTagDatabase.default(environ={}))
+    assert "0x and the tag's ULONG in hex" in session.execute("!poolfind Pr\xe9f")
+
+
+@pytest.mark.parametrize("windows", [7, 11])
+def test_the_manifest_and_the_score_read_high_tags_as_kd_shows_them(tmp_path, windows):
+    from ntpool.forensics import truth
+    from ntpool.forensics.score import score_files
+    k = machine(windows)
+    kept = [k.ExAllocatePoolWithTag(pool, size, tag) for tag in (0xDEADBEEF, "f\xe9rP", 0x00000141)
+            for pool in (NP, P) for size in (64, 0x3000)]
+    assert all(kept)
+    path = k.write_dump(tmp_path / "MEMORY.DMP", "kernel", truth=tmp_path / "truth.json")
+    document = truth.load(tmp_path / "truth.json")
+    assert {"0x5eadbeef", "0x66e97250", "0x00000141"} <= {row[4] for row in document["chunks"]}
+    with DumpReader(path) as reader:
+        session = KdSession(reader, PoolTagDatabase.default(environ={}))
+        text = "\n".join(session.execute(f"!poolfind {tag} {pool}") for tag in
+                         ("0xdeadbeef", "0x66e97250", "0x141") for pool in (0, 1))
+    (tmp_path / "poolfind.txt").write_text(text)
+    result = score_files(tmp_path / "truth.json", [tmp_path / "poolfind.txt"])
+    assert result["live allocations"]["recall"] == result["live allocations"]["precision"] == 1.0
+    assert result["big allocations"]["recall"] == 1.0
+
+
+def test_volatility3_finds_high_tags_with_ntpools_plugin(tmp_path):
+    pytest.importorskip("volatility3")
+    from ntpool.forensics.volatility import run_plugin
+    k = machine()
+    protected = [k.ExAllocatePoolWithTag(NP, 64 + 16 * i, 0xDEADBEEF) for i in range(3)]
+    latin = [k.ExAllocatePoolWithTag(P, 100, "f\xe9rP") for _ in range(2)]
+    path = k.write_dump(tmp_path / "high.dmp", "kernel")
+    _, rows = run_plugin(path, "ntpool.tagscan", options={"tags": ["0x5eadbeef", "0x66e97250"]},
+                         cache=tmp_path / "cache")
+    with DumpReader(path) as reader:
+        found = {}
+        for tag, offset, _layer, _type, _size, _pool, state, is_protected in rows:
+            if state == "Allocated":
+                found.setdefault(tag, set()).add((offset, is_protected))
+        assert {(reader.translate(p - 16), True) for p in protected} <= found["0x5eadbeef"]
+        assert {(reader.translate(p - 16), False) for p in latin} <= found["0x66e97250"]

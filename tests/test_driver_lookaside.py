@@ -203,3 +203,106 @@ def test_segment_heap_machines_scan_the_drivers_lists_too():
         k.ExFreePool(entry)
     k.advance_time(3)
     assert depth(k, lookaside) == 34 and k.lookaside_scan_count == 0
+
+
+def test_windows_10_checks_the_links_at_delete_0x139():
+    """Windows 8 and later remove a LIST_ENTRY only when both neighbours point back:
+    __fastfail(FAST_FAIL_CORRUPT_LIST_ENTRY), KERNEL_SECURITY_CHECK_FAILURE 0x139 / 3."""
+    k = ntpool.Kernel(windows="10", nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    a, b = new_list(k), new_list(k)
+    k.write(b + LA_LIST_ENTRY + 8, struct.pack("<Q", a - 0x100))  # Blink: mapped, but not a's entry
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.ExDeleteNPagedLookasideList(b)
+    assert info.value.code == BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE
+    assert info.value.parameters[0] == 3
+
+
+def test_windows_7_unlinks_a_damaged_entry_as_it_is(k):
+    a, b = new_list(k), new_list(k)
+    spare = k.ExAllocatePoolWithTag(NP, 64, "Sprt")
+    k.write(b + LA_LIST_ENTRY + 8, struct.pack("<Q", spare))  # Blink to unrelated pool memory
+    k.ExDeleteNPagedLookasideList(b)  # no check: the removal writes through the damaged link
+    assert struct.unpack("<Q", k.read(spare, 8))[0] == k.npaged_lookaside_list_head
+    assert links(k, k.npaged_lookaside_list_head)[1] == spare  # the head's Blink now leads there
+    assert links(k, a + LA_LIST_ENTRY)[0] == b + LA_LIST_ENTRY  # a still leads to the deleted b
+
+
+def test_a_compiled_driver_that_unloads_with_its_list_live_is_0xd4(k):
+    """lookaside_unload.sys keeps its NPAGED_LOOKASIDE_LIST in .data and never deletes it:
+    the unload unmaps the image, the list stays linked, the next nonpaged scan faults there."""
+    import os
+
+    from ntpool.native import load_native_driver, unload_native_driver
+    from ntpool.native.build import SOURCE_DIRECTORY
+
+    driver = load_native_driver(k, os.path.join(SOURCE_DIRECTORY, "lookaside_unload.sys"))
+    base, end = driver.image_base, driver.image_base + driver.image_size
+    (listed,) = k.listed_lookasides(NP)
+    assert base <= listed < end
+    assert struct.unpack("<II", k.read(listed + 0x14, 8)) == (1, 1)  # one allocation, a miss
+    unload_native_driver(k, driver)  # DriverUnload, then the image is unmapped
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.advance_time(1)
+    assert info.value.code == BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
+    address, irql, access, instruction = info.value.parameters
+    assert base <= address < end and (irql, access) == (2, 0)
+    assert instruction == EXP_SCAN_GENERAL_LOOKASIDE_LIST
+    assert "lookaside_unload.sys" in str(info.value)
+
+
+def test_kd_lookaside_shows_one_list_and_every_drivers_list(k, tmp_path):
+    from ntpool.debugger.session import KdSession
+    from ntpool.dump.writer import write_dump
+
+    a = new_list(k, tag="kooL")  # a C driver's 'kooL': "Look" in memory, as kd shows it
+    entries = miss(k, a, 10)
+    for entry in entries[:6]:
+        k.ExFreeToNPagedLookasideList(a, entry)  # 4 kept (depth 4), 2 past it: free misses
+    c = new_list(k, paged=True, tag="gaPL")
+    path = tmp_path / "MEMORY.DMP"
+    write_dump(k, str(path), "kernel")
+    with DumpReader(str(path)) as reader:
+        session = KdSession(reader)
+        one = session.execute(f"!lookaside {a:#x}")
+        every = session.execute("!lookaside -all")
+        refused = session.execute(f"!lookaside {a:#x} 2 64")
+    assert '"Look"' in one and "Type           =       0000  NonPagedPool" in one
+    assert "Current Depth  =          4  Max Depth  =          4" in one
+    assert "Size           =         64  Max Alloc  =        256" in one
+    assert "AllocateMisses =         10  FreeMisses =          2" in one
+    assert "TotalAllocates =         10  TotalFrees =          6" in one
+    assert "Hit Rate       =          0% Hit Rate   =         66%" in one
+    assert "ExNPagedLookasideListHead @ " in every and ": 1 driver lookaside list(s)" in every
+    assert f"@ {c >> 32:08x}`{c & 0xFFFFFFFF:08x}" in every and "PagedPool" in every
+    assert "read-only" in refused
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FIELD_OFFSETS = st.sampled_from([0x0, 0x8, 0x10, 0x14, 0x18, 0x40, 0x44, 0x48, 0x50, 0x54])
+_VALUES = st.one_of(st.integers(0, (1 << 64) - 1),
+                    st.sampled_from([0, 8, 0x40, 0xFFFFFFFFFFFFFFFF, 0xFFFFFA8000000000,
+                                     0x4141414141414141, 0xFFFFF80000000000]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 2), _FIELD_OFFSETS, _VALUES), max_size=4),
+       seconds=st.integers(1, 4), delete=st.integers(-1, 2), windows=st.sampled_from(["7", "10"]))
+def test_any_bytes_a_driver_writes_over_its_lists_end_in_windows_answer(writes, seconds, delete, windows):
+    """Whatever a driver leaves in its GENERAL_LOOKASIDEs (links, counters, depths), the
+    scans and ExDelete* end in a bug check, the documented hang, or success: never a Python
+    error; and a dump of the result reads back."""
+    k = ntpool.Kernel(windows=windows, nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
+    lists = [new_list(k), new_list(k), new_list(k, paged=True)]
+    for index, offset, value in writes:
+        k.write(lists[index] + offset, struct.pack("<Q", value))
+    try:
+        k.advance_time(seconds)
+        if delete >= 0:
+            (k.ExDeletePagedLookasideList if delete == 2 else k.ExDeleteNPagedLookasideList)(lists[delete])
+            k.advance_time(3)
+    except (ntpool.BugCheck, MachineHung):
+        pass
+    k.listed_lookasides(NP)
+    k.listed_lookasides(PG)

@@ -20,7 +20,7 @@ TAG_MASK = 0xFFFFFFFF
 
 class Tag(NamedTuple):
     value: int  # the ULONG, PROTECTED_POOL bit included
-    display: str  # as tools show it: memory order, protected bit stripped
+    display: str  # as tools show it (see display): protected bit stripped
 
     @property
     def protected(self) -> bool:
@@ -95,7 +95,7 @@ def from_display(text: str) -> int:
         return int(text, 16)
     if not 1 <= len(text) <= 4 or any(ord(c) > 0xFF for c in text):
         raise TagError(f"{text!r} is not a tag as tools show it (1 to 4 characters, or 0x "
-                       "and up to 8 hex digits)")
+                       "and 8 hex digits)")
     return int.from_bytes(text.ljust(4).encode("latin-1"), "little")
 
 

@@ -134,6 +134,7 @@ class KdSession:
             "!verifier": self.verifier,
             "!pte": self.pte,
             "!vm": self.vm,
+            "!lookaside": self.lookaside,
             **{command: None for command in show.DISPLAY_FORMATS},
             "dt": self.display_type,
             "lm": self.lm,
@@ -209,6 +210,8 @@ class KdSession:
         ("!verifier 3 [Driver]", "outstanding pool allocations per driver: tag, size, call site"),
         ("!vm", "physical memory and each pool's pages in use, maximum and charge"),
         ("!pte Address", "the PXE, PPE, PDE and PTE that map Address"),
+        ("!lookaside [Address] [-all]", "a lookaside list's depth, counters and hit rates; "
+                                        "without Address the drivers' lists (Ex(N)PagedLookasideListHead)"),
         ("db/dw/dd/dq Address [L Count]", "display memory as bytes, words, dwords, qwords"),
         ("dps Address [L Count]", "display pointers with what they point at"),
         ("dt Type [Address]", "display a structure: " + ", ".join(show.structure_names())),
@@ -671,6 +674,61 @@ class KdSession:
 
     def bugcheck(self, args) -> str:
         return "\n".join(show.bugcheck_lines(self.reader))
+
+    # --- !lookaside -------------------------------------------------------------------------
+
+    _POOL_TYPE_BASES = {0: "NonPagedPool", 1: "PagedPool", 2: "NonPagedPoolMustSucceed",
+                        3: "DontUseThisType", 4: "NonPagedPoolCacheAligned",
+                        5: "PagedPoolCacheAligned", 6: "NonPagedPoolCacheAlignedMustS"}
+    _POOL_TYPE_FLAGS = ((0x8, "QuotaFailInsteadOfRaise"), (0x10, "RaiseIfAllocationFailure"),
+                        (0x20, "Session"), (0x200, "Nx"))
+
+    def lookaside(self, args) -> str:
+        """!lookaside [Address [Options [Depth]]] | [0] [-all]: one GENERAL_LOOKASIDE's fields,
+        or every list on ExNPagedLookasideListHead and ExPagedLookasideListHead. Options 1 and 2
+        (reset the counters, set the depth) write to the target: a dump is read-only."""
+        words = [word for word in args if word.lower() != "-all"]
+        address = parse_number(words[0], "Address") if words else 0
+        options = parse_number(words[1], "Options") if len(words) > 1 else 0
+        if options not in (0, 1, 2) or (options == 2 and not address):
+            raise CommandError("Usage: !lookaside [Address [Options [Depth]]] | [0] [-all]")
+        if options:
+            raise CommandError("!lookaside options 1 and 2 change the target's memory: a crash "
+                               "dump is read-only")
+        if address:
+            return "\n".join(self._lookaside_lines(self.reader.general_lookaside(address)))
+        lines = []
+        for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead"):
+            lists = self.reader.lookaside_lists(head)
+            lines.append(f"{head} @ {show.kd_address(self.reader.kernel_global(head))}: "
+                         f"{len(lists)} driver lookaside list(s)")
+            for fields in lists:
+                lines += [""] + self._lookaside_lines(fields)
+            lines.append("")
+        lines.append("(the pool's own lookaside lists are kept by ntpool's allocator, not in "
+                     "the dump's memory: not listed)")
+        return "\n".join(lines)
+
+    def _lookaside_lines(self, fields: dict) -> list[str]:
+        pool_type = fields["Type"]
+        names = [self._POOL_TYPE_BASES.get(pool_type & 7, "")]
+        names += [name for bit, name in self._POOL_TYPE_FLAGS if pool_type & bit]
+        held = fields["ListHeadDepth"]
+
+        def rate(total: int, misses: int) -> str:
+            return f"{(total - misses) * 100 // total if total else 0:>10}%"
+
+        return [
+            f'Lookaside "" @ {show.kd_address(fields["Address"])}  Tag(hex): {fields["Tag"]:#010x} '
+            f'"{display(fields["Tag"])}"',
+            f"    Type           = {format(pool_type, '04x'):>10}  {' '.join(name for name in names if name)}",
+            f"    Current Depth  = {held:>10}  Max Depth  = {fields['Depth']:>10}",
+            f"    Size           = {fields['Size']:>10}  Max Alloc  = {fields['Size'] * fields['Depth']:>10}",
+            f"    AllocateMisses = {fields['AllocateMisses']:>10}  FreeMisses = {fields['FreeMisses']:>10}",
+            f"    TotalAllocates = {fields['TotalAllocates']:>10}  TotalFrees = {fields['TotalFrees']:>10}",
+            f"    Hit Rate       = {rate(fields['TotalAllocates'], fields['AllocateMisses'])} "
+            f"Hit Rate   = {rate(fields['TotalFrees'], fields['FreeMisses'])}",
+        ]
 
     def vm(self, args) -> str:
         return "\n".join(show.virtual_memory(self.reader))

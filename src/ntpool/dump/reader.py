@@ -688,8 +688,9 @@ class DumpReader:
 
     def general_lookaside(self, address: int) -> dict:
         """The fields of the GENERAL_LOOKASIDE at ``address`` (MemoryReadError if absent)."""
-        raw = self.read(address + 0x10, _GENERAL_LOOKASIDE.size)
-        fields = dict(zip(GENERAL_LOOKASIDE_FIELDS, _GENERAL_LOOKASIDE.unpack(raw)))
+        raw = self.read(address, 0x10 + _GENERAL_LOOKASIDE.size)
+        fields = dict(zip(GENERAL_LOOKASIDE_FIELDS, _GENERAL_LOOKASIDE.unpack_from(raw, 0x10)))
+        fields["ListHeadDepth"] = raw[0] | raw[1] << 8  # entries held (the SLIST_HEADER's Depth)
         fields["Address"] = address
         return fields
 
@@ -703,7 +704,7 @@ class DumpReader:
             entry = self.read_u64(head)
             while entry not in seen and len(lists) < MAX_LOOKASIDES:
                 seen.add(entry)
-                lists.append(self.general_lookaside(entry - GENERAL_LOOKASIDE_LIST_ENTRY))
+                lists.append(self.general_lookaside((entry - GENERAL_LOOKASIDE_LIST_ENTRY) & (1 << 64) - 1))
                 entry = self.read_u64(entry)
         except MemoryReadError:
             pass

@@ -99,6 +99,8 @@ def _state(text) -> str | None:
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
+    if is_hex_tag(pattern):  # a TagValue (!poolfind 0xdeadbeef): that tag, normalised as findings are
+        return re.compile(re.escape(normal_tag(int(pattern, 16))) + " *$")
     pattern = pattern.ljust(4) if "*" not in pattern else pattern
     text = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.compile(text + "$", re.DOTALL)

@@ -17,7 +17,7 @@ import struct
 
 from ..constants import DISPATCH_LEVEL, BugCheckCode, NtStatus, PoolType
 from ..drivers import LDR_DLL_BASE
-from ..errors import MachineHung, NtStatusError
+from ..errors import MachineHung, NtStatusError, allowed_when_halted
 from ..hooks import DebugPrinted, PageFault
 from ..machine.memory import canonical
 from ..pool.lookaside import target_depth
@@ -73,8 +73,10 @@ DEFAULT_FREE = 0xFFFFF80000A10010
 EXP_SCAN_GENERAL_LOOKASIDE_LIST = 0xFFFFF80000A10020
 EX_INSERT_LOOKASIDE_LIST = 0xFFFFF80000A10030
 EX_REMOVE_LOOKASIDE_LIST = 0xFFFFF80000A10040
+FAST_FAIL_CORRUPT_LIST_ENTRY = 3  # KERNEL_SECURITY_CHECK_FAILURE's parameter 1 (winnt.h)
 GENERAL_LOOKASIDE_SCAN_PERIOD = 3  # seconds between two scans of one list (WRK lookasid.c)
-MAX_LISTED_LOOKASIDES = 1 << 20  # links followed before a scan is taken to loop forever
+MAX_LISTED_LOOKASIDES = 1 << 20
+ADDRESS_MASK = (1 << 64) - 1  # list code's pointer arithmetic wraps as the CPU's does  # links followed before a scan is taken to loop forever
 
 
 def _int(name, value) -> int:
@@ -328,10 +330,10 @@ class RuntimeRoutines:
                               detail=f"a lookaside list link's {access} the non-canonical address "
                                      f"{address:#x}: general protection fault")
         tlb = self._tlb
-        for page in range(address >> 12, (address + size - 1 >> 12) + 1):
+        last = (address + size - 1) & ADDRESS_MASK  # an access at the top of memory wraps
+        for page, va in ((address >> 12, address), (last >> 12, last & ~0xFFF)):
             if page in tlb:
                 continue
-            va = max(page << 12, address)
             if self.hooks.listening(PageFault) and \
                     self.hooks.ask(PageFault(va, write)) is not None:  # special pool's pages
                 continue
@@ -357,30 +359,53 @@ class RuntimeRoutines:
             yield driver.name, base, base + size
 
     def _listed_read(self, address: int, size: int, instruction: int) -> bytes:
+        address &= ADDRESS_MASK
         self._listed(address, size, False, instruction)
         return self.read(address, size)
 
     def _listed_write(self, address: int, data: bytes, instruction: int) -> None:
+        address &= ADDRESS_MASK
         self._listed(address, len(data), True, instruction)
         self.write(address, data)
 
     def _insert_lookaside(self, entry: int, base_type) -> None:
-        """ExInterlockedInsertTailList(&Ex(N)PagedLookasideListHead, &L.ListEntry, lock):
-        Windows 7 follows the links as they are (no list-entry check: that is Windows 8's)."""
+        """ExInterlockedInsertTailList(&Ex(N)PagedLookasideListHead, &L.ListEntry, lock).
+        Windows 7 follows the links as they are; from Windows 8 the list code checks the
+        tail's Flink first (``_list_entry_check``)."""
         head = self._lookaside_list_head(base_type)
         at = EX_INSERT_LOOKASIDE_LIST
         blink = _Q.unpack(self._listed_read(head + 8, 8, at))[0]
+        if self.windows.major >= 10:
+            self._list_entry_check(_Q.unpack(self._listed_read(blink, 8, at))[0] == head,
+                                   f"the list tail {blink:#x}'s Flink is not the head {head:#x}")
         self._listed_write(entry, _QQ.pack(head, blink), at)
         self._listed_write(blink, _Q.pack(entry), at)
         self._listed_write(head + 8, _Q.pack(entry), at)
 
     def _remove_lookaside(self, entry: int, base_type) -> None:
-        """RemoveEntryList(&L.ListEntry) under the list's lock, links as they are."""
+        """RemoveEntryList(&L.ListEntry) under the list's lock: links as they are on
+        Windows 7, checked both ways from Windows 8 (``_list_entry_check``)."""
         at = EX_REMOVE_LOOKASIDE_LIST
         flink, blink = _QQ.unpack(self._listed_read(entry, 16, at))
+        if self.windows.major >= 10:
+            self._list_entry_check(
+                _Q.unpack(self._listed_read(flink + 8, 8, at))[0] == entry
+                and _Q.unpack(self._listed_read(blink, 8, at))[0] == entry,
+                f"the lookaside list at {entry - LA_LIST_ENTRY:#x} is not linked both ways "
+                f"(Flink {flink:#x}, Blink {blink:#x})")
         self._listed_write(blink, _Q.pack(flink), at)
         self._listed_write(flink + 8, _Q.pack(blink), at)
 
+    def _list_entry_check(self, sound: bool, what: str) -> None:
+        """The inline list routines of Windows 8 and later (wdm.h's RemoveEntryList and
+        InsertTailList): a LIST_ENTRY whose neighbours do not point back is
+        __fastfail(FAST_FAIL_CORRUPT_LIST_ENTRY), bug check 0x139 with parameter 1 = 3
+        (the trap frame and exception record, parameters 2 and 3, are not modelled: 0)."""
+        if not sound:
+            self.KeBugCheckEx(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE, FAST_FAIL_CORRUPT_LIST_ENTRY,
+                              0, 0, 0, detail=f"corrupt LIST_ENTRY: {what}")
+
+    @allowed_when_halted
     def listed_lookasides(self, base_type) -> list[int]:
         """Addresses of the lookaside lists linked on ExNPagedLookasideListHead (NonPagedPool)
         or ExPagedLookasideListHead (PagedPool), in list order (an inspection: stops at a
@@ -392,7 +417,7 @@ class RuntimeRoutines:
             if canonical(entry) != entry or any(page not in self._tlb for page in (entry >> 12, entry + 7 >> 12)):
                 break
             seen.add(entry)
-            found.append(entry - LA_LIST_ENTRY)
+            found.append((entry - LA_LIST_ENTRY) & ADDRESS_MASK)
             entry = _Q.unpack(self.read(entry, 8))[0]
         return found
 
@@ -428,7 +453,7 @@ class RuntimeRoutines:
                     f"the head: ExpScanGeneralLookasideList would spin at DISPATCH_LEVEL forever")
             visited.add(entry)
             followed += 1
-            lookaside = entry - LA_LIST_ENTRY
+            lookaside = (entry - LA_LIST_ENTRY) & ADDRESS_MASK
             misses, = struct.unpack("<I", self._listed_read(lookaside + LA_ALLOCATE_MISSES, 4, at))
             last_misses, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_ALLOCATE_MISSES, 4, at))
             self._listed_write(lookaside + LA_LAST_ALLOCATE_MISSES, struct.pack("<I", misses), at)

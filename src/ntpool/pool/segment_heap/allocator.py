@@ -54,7 +54,7 @@ BAD_PROCESS_BILLED = 0x0E  # BAD_POOL_HEADER P1 for a ProcessBilled that does no
 BALANCE_SET_INTERVAL = 256  # generic frees between two Balance Set Manager passes
 
 _getframe = sys._getframe
-_pack_header = POOL_HEADER.pack_into
+_pack_header = POOL_HEADER.struct.pack_into  # the Struct's own (the layout's adds a Python call: 200 ns)
 _unpack_first8 = POOL_HEADER_FIRST8.unpack_from
 _unpack_qword = QWORD.unpack_from
 _pack_word = WORD.pack_into
