@@ -6,6 +6,7 @@ small pool, forks nothing. Set NTPOOL_FUZZ_EXAMPLES (e.g. 500) for a longer run 
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -296,6 +297,10 @@ def test_ctrl_c_while_kd_prints_leaves_no_worker(dump):
         assert line, "kd ended before it started workers"
         pids = _workers_of(line)
     os.killpg(kd_process.pid, signal.SIGINT)  # as a terminal sends it: to kd and its workers
+    deadline = time.monotonic() + 60  # read on (a closed pipe would end kd first, as a pager's
+    while time.monotonic() < deadline:  # quitting does): to the end, kd's and its workers'
+        if select.select([read_fd], [], [], 1)[0] and not os.read(read_fd, 1 << 16):
+            break
     os.close(read_fd)
     stderr = kd_process.stderr.read()
     assert kd_process.wait(timeout=60) == 130 and "ntpool: interrupted" in stderr, stderr
