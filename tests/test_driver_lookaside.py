@@ -306,3 +306,20 @@ def test_any_bytes_a_driver_writes_over_its_lists_end_in_windows_answer(writes, 
         pass
     k.listed_lookasides(NP)
     k.listed_lookasides(PG)
+
+
+def test_driver_verifier_turns_drivers_lookaside_lists_off(k):
+    """ExDisableAllLookasideLists: listed lists get Depth 0 / MaximumDepth 0xFFFF, new ones
+    start at 0 and scans keep them at 0, so every entry goes through the verifier's pool."""
+    before = new_list(k)
+    k.verifier.enable("other.sys", pool_tracking=True)
+    assert struct.unpack("<HH", k.read(before + LA_DEPTH, 4)) == (0, 0xFFFF)
+    after = new_list(k)
+    assert depth(k, after) == 0
+    entry = k.ExAllocateFromNPagedLookasideList(after)
+    k.ExFreeToNPagedLookasideList(after, entry)  # past Depth 0: straight back to the pool
+    assert struct.unpack("<II", k.read(after + 0x1C, 8)) == (1, 1)  # TotalFrees, FreeMisses
+    for entry in miss(k, after, 200):
+        k.ExFreePool(entry)
+    k.advance_time(3)
+    assert depth(k, after) == depth(k, before) == 0

@@ -86,3 +86,23 @@ def test_a_page_paged_back_in_any_way_is_published_and_on_the_fast_path_again():
     assert paged_in == [PagedIn(va & ~0xFFF)]
     assert pool.small_frames[index] == k.space.tlb[va >> PAGE_SHIFT]
     _check(k)
+
+
+def test_a_windows_11_lfh_page_paged_out_loses_no_block():
+    # The segment heap's allocation fast path translated the subsegment's pages after taking
+    # the block from its free bits: a page paged out sent the request to the generic path
+    # with that block gone from the bits but free in memory's bitmap.
+    from ntpool.pool.segment_heap.layout import LFH_BITMAP
+
+    k = ntpool.Kernel(windows="11")
+    live = [k.ExAllocatePoolWithTag(PAGED, 100, "Lfhp") for _ in range(3000)]
+    for va in live[:-10]:
+        k.ExFreePoolWithTag(va, "Lfhp")
+    sub = k.paged_pool.lfh_current[(100 + 31) >> 4]
+    assert sub is not None and k.page_out() > 0
+    k.ExAllocatePoolWithTag(PAGED, 100, "Lfhp")
+    bitmap = k.read(sub.va + LFH_BITMAP, 16)
+    free_in_memory = [i for i in range(len(sub.offsets))
+                      if (bitmap[i >> 2] >> ((i & 3) << 1)) & 3 != 1]
+    free_in_bits = [i for i in range(len(sub.offsets)) if sub.free_bits >> i & 1]
+    assert free_in_bits == free_in_memory

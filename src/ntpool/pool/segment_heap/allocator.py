@@ -153,11 +153,14 @@ class SegmentHeapAllocator(PoolAllocator):
                         later = free >> start
                         index = start + (later & -later).bit_length() - 1 if later else \
                             (free & -free).bit_length() - 1
-                        sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
+                        # Both pages translated before anything changes: one paged out (KeyError)
+                        # sends the request to the generic path with the free bits intact.
                         va = sub.va
-                        mem[tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)] |= 1 << ((index & 3) << 1)
+                        bitmap = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
                         block = va + sub.offsets[index]
                         pa = tlb[block >> PAGE_SHIFT] + (block & 0xFFF)
+                        sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
+                        mem[bitmap] |= 1 << ((index & 3) << 1)
                         _pack_header(mem, pa, 0, 0, units, heap.header_type, tag_ulong, site)
                         column = heap.track_offset
                         row[column] += 1
