@@ -306,3 +306,46 @@ def test_any_bytes_a_driver_writes_over_its_lists_end_in_windows_answer(writes, 
         pass
     k.listed_lookasides(NP)
     k.listed_lookasides(PG)
+
+
+def test_driver_verifier_turns_drivers_lookaside_lists_off(k):
+    """ExDisableAllLookasideLists: listed lists get Depth 0 / MaximumDepth 0xFFFF, new ones
+    start at 0 and scans keep them at 0, so every entry goes through the verifier's pool."""
+    before = new_list(k)
+    k.verifier.enable("other.sys", pool_tracking=True)
+    assert struct.unpack("<HH", k.read(before + LA_DEPTH, 4)) == (0, 0xFFFF)
+    after = new_list(k)
+    assert depth(k, after) == 0
+    entry = k.ExAllocateFromNPagedLookasideList(after)
+    k.ExFreeToNPagedLookasideList(after, entry)  # past Depth 0: straight back to the pool
+    assert struct.unpack("<II", k.read(after + 0x1C, 8)) == (1, 1)  # TotalFrees, FreeMisses
+    for entry in miss(k, after, 200):
+        k.ExFreePool(entry)
+    k.advance_time(3)
+    assert depth(k, after) == depth(k, before) == 0
+
+
+def test_analyze_explains_0xd4_from_the_dump(tmp_path):
+    from ntpool.debugger.session import KdSession
+
+    path = tmp_path / "MEMORY.DMP"
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, crash_dump=str(path))
+
+    class Careless:
+        name = "careless.sys"
+
+        def DriverEntry(self, k, path):
+            return 0
+
+    driver = k.load_driver(Careless())
+    base = driver.image_base
+    k.unload_driver(driver)
+    lookaside = new_list(k)
+    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", base + 0x3040))
+    with pytest.raises(ntpool.BugCheck):
+        k.advance_time(1)
+    with DumpReader(str(path)) as reader:
+        text = KdSession(reader).execute("!analyze -v")
+    assert "SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD (d4)" in text
+    assert "unloaded without cancelling pending operations" in text
+    assert "Memory referenced" in text and "Address which referenced memory" in text

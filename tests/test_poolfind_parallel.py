@@ -6,6 +6,7 @@ small pool, forks nothing. Set NTPOOL_FUZZ_EXAMPLES (e.g. 500) for a longer run 
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -202,7 +203,9 @@ def test_an_unexpected_error_in_a_worker_is_raised_with_its_type(dump, small_bat
             pieces(dump, ["!poolfind * 0"], workers)
 
 
-def test_a_reader_that_stops_early_leaves_no_worker(dump, small_batches, forks):
+def test_a_reader_that_stops_early_leaves_no_worker(dump, small_batches, forks, monkeypatch):
+    monkeypatch.setattr(forked, "AHEAD_BYTES", 0)  # the worker waits on a full pipe: it cannot
+    monkeypatch.setattr(forked, "PIPE_BYTES", 4096)  # be done before the reader stops
     kd.PARALLEL_PROCESSES = 2
     try:
         with DumpReader(dump) as reader:
@@ -294,6 +297,10 @@ def test_ctrl_c_while_kd_prints_leaves_no_worker(dump):
         assert line, "kd ended before it started workers"
         pids = _workers_of(line)
     os.killpg(kd_process.pid, signal.SIGINT)  # as a terminal sends it: to kd and its workers
+    deadline = time.monotonic() + 60  # read on (a closed pipe would end kd first, as a pager's
+    while time.monotonic() < deadline:  # quitting does): to the end, kd's and its workers'
+        if select.select([read_fd], [], [], 1)[0] and not os.read(read_fd, 1 << 16):
+            break
     os.close(read_fd)
     stderr = kd_process.stderr.read()
     assert kd_process.wait(timeout=60) == 130 and "ntpool: interrupted" in stderr, stderr

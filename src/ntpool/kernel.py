@@ -58,7 +58,7 @@ from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
 from .routines.registry import routine
-from .routines.runtime import RuntimeRoutines
+from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines
 from .routines.rtl import RtlRoutines
 from .windows import windows_version
 
@@ -217,6 +217,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
             self.write(head, LIST_ENTRY.pack(head, head))
         self.lookaside_scan_count = 0  # ExpScanCount: ExAdjustLookasideDepth's 0, 1, 2
+        self.minimum_lookaside_depth = MINIMUM_LOOKASIDE_DEPTH  # ExMinimumLookasideDepth (0: Verifier on)
         # (name, DllBase, end) of drivers that unloaded, as MmUnloadedDrivers keeps them.
         self.unloaded_drivers: list[tuple[str, int, int]] = []
 

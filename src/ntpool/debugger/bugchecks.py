@@ -34,6 +34,14 @@ DESCRIPTIONS = {
                                      "invalid) address at an interrupt request level (IRQL) that "
                                      "is too high. This is usually caused by drivers using "
                                      "improper addresses.",
+    B.DRIVER_PORTION_MUST_BE_NONPAGED: "The system attempted to access pageable memory at a "
+                                       "raised IRQL: a driver marked part of its image "
+                                       "pageable that must stay resident.",
+    B.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD: "A driver unloaded without "
+                                                                "cancelling pending operations "
+                                                                "(a lookaside list, timer or DPC "
+                                                                "left in its image), and a system "
+                                                                "scan at raised IRQL found it.",
     B.DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL: "Memory was referenced after it was freed.",
     B.DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION: "N bytes of memory was allocated and more than "
                                                   "N bytes are being referenced.",
@@ -119,6 +127,10 @@ ARGUMENTS = {
                                        "Address which referenced memory"),
     (B.DRIVER_IRQL_NOT_LESS_OR_EQUAL, None): ("Memory referenced", "IRQL", _ACCESS,
                                               "Address which referenced memory"),
+    (B.DRIVER_PORTION_MUST_BE_NONPAGED, None): ("Memory referenced", "IRQL", _ACCESS,
+                                                "Address which referenced memory"),
+    (B.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD, None): (
+        "Memory referenced", "IRQL", _ACCESS, "Address which referenced memory"),
     (B.DRIVER_CORRUPTED_EXPOOL, None): ("Memory referenced", "IRQL", "0: read, 1: write",
                                         "Address which referenced memory"),
     (B.PAGE_FAULT_IN_FREED_SPECIAL_POOL, None): ("Memory referenced", "0: read, 1: write",

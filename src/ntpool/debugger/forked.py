@@ -70,7 +70,7 @@ LOOKS = 3
 
 
 def can_fork() -> bool:
-    return hasattr(os, "fork") and hasattr(os, "preadv")
+    return hasattr(os, "fork") and hasattr(os, "preadv") and hasattr(signal, "pthread_sigmask")
 
 
 def in_order(task: Callable[[Callable[[int], bool]], Iterator[tuple]], processes: int) -> Iterator[tuple]:
@@ -162,14 +162,19 @@ class _Worker:
     def fork(cls, task, index: int, count: int, inherited: list) -> "_Worker":
         read_fd, write_fd = os.pipe()
         _widen(write_fd)
+        # Ctrl-C held back across the fork: a KeyboardInterrupt in the new process before it
+        # ignores Ctrl-C would run the parent's code on in it; the parent gets it just after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(write_fd)
             raise
         if pid == 0:  # the worker: never returns
-            _work(task, index, count, write_fd, [read_fd, *inherited])
+            _work(task, index, count, write_fd, [read_fd, *inherited], mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         return cls(pid, read_fd)
 
@@ -211,11 +216,12 @@ def _widen(fd: int) -> None:
         pass  # the default size works, with more waiting
 
 
-def _work(task, index: int, count: int, fd: int, not_ours: list) -> None:
+def _work(task, index: int, count: int, fd: int, not_ours: list, mask) -> None:
     """A worker's life: its batches written to ``fd``, then ``os._exit``."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back is dropped now
         for other in not_ours:  # the parent's ends: the pipe must end when the parent goes
             os.close(other)
         outbox = _Outbox(fd)

@@ -200,7 +200,7 @@ class RuntimeRoutines:
         tag_value = self.pool.validate_tag(tag)
         self.write(lookaside, bytes(LOOKASIDE_SIZE))
         self._set_slist(lookaside, 0, 0, 0)
-        self.write(lookaside + LA_DEPTH, struct.pack("<HH", MINIMUM_LOOKASIDE_DEPTH,
+        self.write(lookaside + LA_DEPTH, struct.pack("<HH", self.minimum_lookaside_depth,
                                                      MAXIMUM_LOOKASIDE_DEPTH))
         self.write(lookaside + LA_TYPE, struct.pack("<III", (base_type | _int("Flags", flags)) & 0xFFFFFFFF,
                                                     tag_value, size))
@@ -421,6 +421,24 @@ class RuntimeRoutines:
             entry = _Q.unpack(self.read(entry, 8))[0]
         return found
 
+    def disable_all_lookaside_lists(self) -> None:
+        """ExDisableAllLookasideLists, which Driver Verifier calls when it is turned on: from
+        now on ExMinimumLookasideDepth is 0 (a new list starts at Depth 0 and every scan sets
+        0, WRK lookasid.c), and each listed driver list gets Depth 0 and MaximumDepth 0xFFFF,
+        so every free goes to its Free routine and every allocation to its Allocate routine,
+        where the verifier sees them. The lists are walked under their locks like the scan."""
+        self.minimum_lookaside_depth = 0
+        at = EXP_SCAN_GENERAL_LOOKASIDE_LIST
+        for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
+            entry, visited = _Q.unpack(self.read(head, 8))[0], set()
+            while entry != head:
+                if entry in visited or len(visited) >= MAX_LISTED_LOOKASIDES:
+                    raise MachineHung(f"the lookaside list links from {head:#x} loop back to "
+                                      f"{entry:#x}, never to the head: the walk would spin forever")
+                visited.add(entry)
+                self._listed_write(entry - LA_LIST_ENTRY + LA_DEPTH, struct.pack("<HH", 0, 0xFFFF), at)
+                entry = _Q.unpack(self._listed_read(entry, 8, at))[0]
+
     def adjust_lookaside_depth(self) -> None:
         """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
         routine: the kernel calls it): scan 0 the drivers' nonpaged
@@ -461,7 +479,10 @@ class RuntimeRoutines:
             last_total, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_TOTAL_ALLOCATES, 4, at))
             self._listed_write(lookaside + LA_LAST_TOTAL_ALLOCATES, struct.pack("<I", total), at)
             depth, maximum_depth = struct.unpack("<HH", self._listed_read(lookaside + LA_DEPTH, 4, at))
-            depth = target_depth(depth, maximum_depth, (total - last_total) & 0xFFFFFFFF,
-                                 (misses - last_misses) & 0xFFFFFFFF, GENERAL_LOOKASIDE_SCAN_PERIOD)
+            if self.minimum_lookaside_depth == 0:  # Driver Verifier: lookasides off
+                depth = 0
+            else:
+                depth = target_depth(depth, maximum_depth, (total - last_total) & 0xFFFFFFFF,
+                                     (misses - last_misses) & 0xFFFFFFFF, GENERAL_LOOKASIDE_SCAN_PERIOD)
             self._listed_write(lookaside + LA_DEPTH, struct.pack("<H", depth), at)
             entry = _Q.unpack(self._listed_read(entry, 8, at))[0]

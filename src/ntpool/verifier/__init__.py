@@ -168,6 +168,10 @@ class DriverVerifier:
                 pool.delay_frees = False
             else:
                 pool.delay_frees = kernel.delayed_frees_at_boot
+        if self.options and kernel.minimum_lookaside_depth:
+            # Verifier turns lookaside lists off so drivers' problems can be isolated (WRK
+            # lookasid.c; ExDisableAllLookasideLists): until the machine restarts.
+            kernel.disable_all_lookaside_lists()
         self.special_pool.install(self.options_with(VerifierFlags.SPECIAL_POOL) != [])
         self.uninitialized.install(self.options_with(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE) != [])
         if self.options_with(VerifierFlags.FORCE_IRQL_CHECKING):
