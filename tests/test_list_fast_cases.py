@@ -80,14 +80,18 @@ def take_the_long_way(pool) -> None:
                     pool._unlink(before + HEADER_SIZE, before_size)
                 chunk, previous_size, tag = before, before_previous, before_tag
                 block_size += before_size
-        if block_size == BLOCKS_PER_PAGE:
-            pool.release_pages(chunk & ~(PAGE_SIZE - 1), 1)
+        # The sum is stored in the UCHAR BlockSize (ExDeferredFreePool, WRK pool.c): a whole
+        # page wraps to 0 at the page's start, and a pending chunk whose BlockSize a driver
+        # rewrote can sum past a page and wrap anywhere (0 elsewhere: ListHeads[-1]).
+        block_size &= 0xFF
+        if not block_size and not chunk & (PAGE_SIZE - 1):
+            pool.release_pages(chunk, 1)
             return
         pool._write_header(chunk, previous_size, block_size, POOL_FREE, tag)
         end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
         if end != PAGE_SIZE:
             pool._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)
-        if block_size > 1:
+        if block_size != 1:
             pool._insert(chunk + HEADER_SIZE, block_size, False)
 
     def release_past_lookaside(chunk, block_size, pa=None):  # the descriptor through its fields
