@@ -160,7 +160,10 @@ def test_a_non_canonical_link_is_a_general_protection_fault(k):
     assert info.value.parameters == (0xC0000005, EXP_SCAN_GENERAL_LOOKASIDE_LIST, 0, 0xFFFFFFFFFFFFFFFF)
 
 
-def test_a_link_into_an_unloaded_drivers_image_is_bug_check_0xd4(k):
+def link_into_an_unloaded_driver(k) -> int:
+    """Load and unload a driver, then point a listed lookaside list's Flink where the
+    driver's global NPAGED_LOOKASIDE_LIST was (the link a live list keeps to it); its base."""
+
     class Careless:
         name = "careless.sys"
 
@@ -171,8 +174,12 @@ def test_a_link_into_an_unloaded_drivers_image_is_bug_check_0xd4(k):
     base = driver.image_base
     k.unload_driver(driver)
     lookaside = new_list(k)
-    # Where the driver's global NPAGED_LOOKASIDE_LIST was: the link a live list keeps to it.
     k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", base + 0x3040))
+    return base
+
+
+def test_a_link_into_an_unloaded_drivers_image_is_bug_check_0xd4(k):
+    base = link_into_an_unloaded_driver(k)
     with pytest.raises(ntpool.BugCheck) as info:
         k.advance_time(1)
     assert info.value.code == BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
@@ -331,17 +338,7 @@ def test_analyze_explains_0xd4_from_the_dump(tmp_path):
     path = tmp_path / "MEMORY.DMP"
     k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, crash_dump=str(path))
 
-    class Careless:
-        name = "careless.sys"
-
-        def DriverEntry(self, k, path):
-            return 0
-
-    driver = k.load_driver(Careless())
-    base = driver.image_base
-    k.unload_driver(driver)
-    lookaside = new_list(k)
-    k.write(lookaside + LA_LIST_ENTRY, struct.pack("<Q", base + 0x3040))
+    link_into_an_unloaded_driver(k)
     with pytest.raises(ntpool.BugCheck):
         k.advance_time(1)
     with DumpReader(str(path)) as reader:
