@@ -20,6 +20,7 @@ from ntpool.debugger import forked, poolscan, session as kd
 from ntpool.debugger.pooltag import PoolTagDatabase
 from ntpool.debugger.session import KdSession
 from ntpool.dump.reader import DumpFormatError, DumpReader, MemoryReadError
+from test_poolfind_streaming import churned_kernel
 
 MiB = 1 << 20
 NP, PP = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
@@ -33,18 +34,7 @@ POOLTAGS = PoolTagDatabase.default(environ={})
 
 @pytest.fixture(scope="module")
 def dump(tmp_path_factory):
-    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
-    rng = random.Random(11)
-    live = []
-    for step in range(6000):
-        pool = NP if step % 3 else PP
-        address = k.ExAllocatePoolWithTag(pool, rng.randrange(8, 900), rng.choice(["Fred", "Recv", "Filt"]))
-        if address:
-            live.append(address)
-        if live and rng.random() < 0.4:
-            k.ExFreePool(live.pop(rng.randrange(len(live))))
-        if step % 1000 == 0:
-            k.ExAllocatePoolWithTag(NP, 3 * 4096, "Bigg")
+    k = churned_kernel(11)
     path = tmp_path_factory.mktemp("parallel") / "parallel.dmp"
     k.write_dump(path, "full")
     return path

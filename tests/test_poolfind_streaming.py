@@ -19,20 +19,28 @@ MiB = 1 << 20
 NP, PP = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
 
 
-@pytest.fixture(scope="module")
-def dump(tmp_path_factory):
+def churned_kernel(seed: int) -> ntpool.Kernel:
+    """A machine of 2 MiB pools after 6,000 steps of allocations of three tags (two in three
+    nonpaged), four in ten followed by a free of a random live one, and a big allocation
+    every 1,000: many pages of mixed chunks, free and in use, in both pools."""
     k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
-    rng = random.Random(7)
+    rng = random.Random(seed)
     live = []
     for step in range(6000):
         pool = NP if step % 3 else PP
         address = k.ExAllocatePoolWithTag(pool, rng.randrange(8, 900), rng.choice(["Fred", "Recv", "Filt"]))
         if address:
-            live.append((address, pool))
+            live.append(address)
         if live and rng.random() < 0.4:
-            k.ExFreePool(live.pop(rng.randrange(len(live)))[0])
+            k.ExFreePool(live.pop(rng.randrange(len(live))))
         if step % 1000 == 0:
             k.ExAllocatePoolWithTag(NP, 3 * 4096, "Bigg")
+    return k
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory):
+    k = churned_kernel(7)
     folder = tmp_path_factory.mktemp("stream")
     path = folder / "stream.dmp"
     k.write_dump(path, "full")
