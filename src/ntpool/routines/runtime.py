@@ -75,8 +75,8 @@ EX_INSERT_LOOKASIDE_LIST = 0xFFFFF80000A10030
 EX_REMOVE_LOOKASIDE_LIST = 0xFFFFF80000A10040
 FAST_FAIL_CORRUPT_LIST_ENTRY = 3  # KERNEL_SECURITY_CHECK_FAILURE's parameter 1 (winnt.h)
 GENERAL_LOOKASIDE_SCAN_PERIOD = 3  # seconds between two scans of one list (WRK lookasid.c)
-MAX_LISTED_LOOKASIDES = 1 << 20
-ADDRESS_MASK = (1 << 64) - 1  # list code's pointer arithmetic wraps as the CPU's does  # links followed before a scan is taken to loop forever
+MAX_LISTED_LOOKASIDES = 1 << 20  # links followed before a walk is taken to loop forever
+ADDRESS_MASK = (1 << 64) - 1  # list code's pointer arithmetic wraps as the CPU's does
 
 
 def _int(name, value) -> int:
@@ -430,14 +430,8 @@ class RuntimeRoutines:
         self.minimum_lookaside_depth = 0
         at = EXP_SCAN_GENERAL_LOOKASIDE_LIST
         for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
-            entry, visited = _Q.unpack(self.read(head, 8))[0], set()
-            while entry != head:
-                if entry in visited or len(visited) >= MAX_LISTED_LOOKASIDES:
-                    raise MachineHung(f"the lookaside list links from {head:#x} loop back to "
-                                      f"{entry:#x}, never to the head: the walk would spin forever")
-                visited.add(entry)
-                self._listed_write(entry - LA_LIST_ENTRY + LA_DEPTH, struct.pack("<HH", 0, 0xFFFF), at)
-                entry = _Q.unpack(self._listed_read(entry, 8, at))[0]
+            for lookaside in self._linked_lookasides(head, at):
+                self._listed_write(lookaside + LA_DEPTH, struct.pack("<HH", 0, 0xFFFF), at)
 
     def adjust_lookaside_depth(self) -> None:
         """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
@@ -462,16 +456,7 @@ class RuntimeRoutines:
         a driver damaged is followed as Windows 7 follows it (see ``_listed``); one that
         never leads back to the head would spin there forever (``MachineHung``)."""
         at = EXP_SCAN_GENERAL_LOOKASIDE_LIST
-        entry, followed = _Q.unpack(self.read(head, 8))[0], 0
-        visited: set[int] = set()
-        while entry != head:
-            if entry in visited or followed >= MAX_LISTED_LOOKASIDES:
-                raise MachineHung(
-                    f"the lookaside list links from {head:#x} loop back to {entry:#x}, never to "
-                    f"the head: ExpScanGeneralLookasideList would spin at DISPATCH_LEVEL forever")
-            visited.add(entry)
-            followed += 1
-            lookaside = (entry - LA_LIST_ENTRY) & ADDRESS_MASK
+        for lookaside in self._linked_lookasides(head, at):
             misses, = struct.unpack("<I", self._listed_read(lookaside + LA_ALLOCATE_MISSES, 4, at))
             last_misses, = struct.unpack("<I", self._listed_read(lookaside + LA_LAST_ALLOCATE_MISSES, 4, at))
             self._listed_write(lookaside + LA_LAST_ALLOCATE_MISSES, struct.pack("<I", misses), at)
@@ -485,4 +470,18 @@ class RuntimeRoutines:
                 depth = target_depth(depth, maximum_depth, (total - last_total) & 0xFFFFFFFF,
                                      (misses - last_misses) & 0xFFFFFFFF, GENERAL_LOOKASIDE_SCAN_PERIOD)
             self._listed_write(lookaside + LA_DEPTH, struct.pack("<H", depth), at)
-            entry = _Q.unpack(self._listed_read(entry, 8, at))[0]
+
+    def _linked_lookasides(self, head: int, instruction: int):
+        """Each GENERAL_LOOKASIDE linked from ``head``, the next Flink read (as the list code
+        reads it under the list's spin lock, ``_listed``) once the caller is done with the one
+        before. Links that never lead back to the head would spin there forever at
+        DISPATCH_LEVEL: ``MachineHung``."""
+        entry, visited = _Q.unpack(self.read(head, 8))[0], set()
+        while entry != head:
+            if entry in visited or len(visited) >= MAX_LISTED_LOOKASIDES:
+                raise MachineHung(
+                    f"the lookaside list links from {head:#x} loop back to {entry:#x}, never to "
+                    f"the head: the list code would spin at DISPATCH_LEVEL forever")
+            visited.add(entry)
+            yield (entry - LA_LIST_ENTRY) & ADDRESS_MASK
+            entry = _Q.unpack(self._listed_read(entry, 8, instruction))[0]
