@@ -556,3 +556,35 @@ def test_a_driver_not_verified_is_not_recorded_while_another_is(k):
     other.free(k, held)
     k.unload_driver(other)
     assert not k.halted
+
+
+class HighTagged(Driver):
+    """Allocates with 'f\\xe9rP', a tag with a Latin-1 letter: tools show it as 0x66e97250."""
+
+    def allocate(self, k):
+        return k.ExAllocatePoolWithTag(NP, 32, "f\xe9rP")
+
+
+@pytest.mark.parametrize("pattern", ["0x66e97250", "0x66E97250", 0x66E97250, 0xE6E97250, "0x66e9*"])
+def test_special_pool_targets_a_tag_tools_show_as_its_ulong(k, pattern):
+    d = HighTagged()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=[pattern])
+    assert k.verifier.special_pool.contains(d.allocate(k))
+    k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=["0x66e97251"])
+    assert not k.verifier.special_pool.contains(d.allocate(k))
+
+
+def test_low_resources_filters_a_tag_tools_show_as_its_ulong(k):
+    d = HighTagged()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", low_resources=True, fault_probability=1.0, fault_tags=["0x66E97250"])
+    assert d.allocate(k) == 0
+    k.verifier.enable("buggy.sys", low_resources=True, fault_probability=1.0, fault_tags=[0x12345678])
+    assert d.allocate(k) != 0
+
+
+@pytest.mark.parametrize("pattern", ["Fredd", -1, 1 << 32, 4.0, "0x123456789"])
+def test_a_tag_pattern_that_is_no_tag_is_refused(k, pattern):
+    with pytest.raises(ValueError, match="tag pattern"):
+        k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=[pattern])

@@ -30,7 +30,7 @@ from ..hooks import DriverUnloading, IrqlRaised, attach_to_every_kernel
 from ..pool.checks import header_ulong
 from ..pool.descriptor import PAGE_SMALL
 from ..pool.layout import BLOCK, is_allocated
-from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit
+from ..tags import BIG_TAG, PROTECTED_POOL, display, from_display, has_letter_or_digit, is_hex_tag
 from .low_resources import LowResourcesSimulation, SystematicLowResources
 from .special_pool import SpecialPool
 from .tracking import PoolTracking
@@ -397,12 +397,21 @@ def _driver_pattern(driver) -> str:
 
 
 def _as_patterns(values) -> list[str]:
-    if isinstance(values, str):
+    """Tag patterns as the checks match them: the text tools show for a tag, with * and ?.
+    A tag tools show as its ULONG (a byte they cannot print) is given as that text,
+    ``0x5eadbeef``, or as any ULONG, which is shown as tools show it (bit 31 stripped)."""
+    if isinstance(values, (str, int)):
         values = [values]
-    patterns = list(values)
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not 1 <= len(pattern) <= 4 and "*" not in pattern:
-            raise ValueError(f"tag pattern {pattern!r} must be a tag as tools show it, with * and ?")
+    patterns = []
+    for pattern in values:
+        if type(pattern) is int and 0 <= pattern <= 0xFFFFFFFF:
+            pattern = display(pattern)
+        elif isinstance(pattern, str) and len(pattern) == 10 and is_hex_tag(pattern):
+            pattern = display(from_display(pattern))  # (8 lower-case digits, bit 31 stripped)
+        elif not isinstance(pattern, str) or not 1 <= len(pattern) <= 4 and "*" not in pattern:
+            raise ValueError(f"tag pattern {pattern!r} must be a tag as tools show it, with * and ?, "
+                             f"or a ULONG")
+        patterns.append(pattern)
     return patterns
 
 
