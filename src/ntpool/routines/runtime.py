@@ -1,7 +1,8 @@
 """The kernel's runtime basics drivers link against: the C runtime exports of ntoskrnl
 (memcpy, memmove, memset, memcmp; the string ones are rtl_strings'), DbgPrint, ExRaiseStatus,
 KeAcquireSpinLockRaiseToDpc, interlocked singly linked lists and the executive's
-lookaside lists (ExInitialize/Delete(N)PagedLookasideList and their allocate/free paths).
+lookaside lists (ExInitialize/Delete(N)PagedLookasideList, the LOOKASIDE_LIST_EX family of
+ExInitializeLookasideListEx, and their allocate/free paths).
 
 Everything works on simulated memory by address, so Python drivers and compiled ones call
 the same routines. The lookaside lists are the WDK's structures at Windows 7 x64 offsets
@@ -15,7 +16,15 @@ DbgPrint writes to ``k.debug_output`` (a list of lines) and publishes ``DebugPri
 
 import struct
 
-from ..constants import DISPATCH_LEVEL, BugCheckCode, NtStatus, PoolType
+from ..constants import (
+    BASE_POOL_TYPE_MASK,
+    DISPATCH_LEVEL,
+    POOL_QUOTA_FAIL_INSTEAD_OF_RAISE,
+    POOL_RAISE_IF_ALLOCATION_FAILURE,
+    BugCheckCode,
+    NtStatus,
+    PoolType,
+)
 from ..drivers import LDR_DLL_BASE
 from ..errors import MachineHung, NtStatusError, allowed_when_halted
 from ..hooks import DebugPrinted, PageFault
@@ -40,7 +49,8 @@ def read_c_string(kernel, address: int, limit: int = MAX_STRING) -> bytes:
         out += chunk
     return bytes(out[:limit])
 
-for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PSLIST_HEADER", "PSLIST_ENTRY"):
+for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PALLOCATE_FUNCTION_EX", "PFREE_FUNCTION_EX",
+              "PSLIST_HEADER", "PSLIST_ENTRY"):
     register_type(_name, 8, pointer=True)
 
 _Q = struct.Struct("<Q")
@@ -61,6 +71,12 @@ LA_FREE = 0x38
 LA_LIST_ENTRY = 0x40
 LA_LAST_TOTAL_ALLOCATES = 0x50
 LA_LAST_ALLOCATE_MISSES = 0x54
+# LOOKASIDE_LIST_EX (Vista and later) is one GENERAL_LOOKASIDE_POOL, L: the same fields at the
+# same offsets (AllocateEx / FreeEx where Allocate / Free are), without the cache alignment
+# that pads GENERAL_LOOKASIDE to 0x80: 0x60 bytes on x64.
+LOOKASIDE_LIST_EX_SIZE = 0x60
+EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL = 1
+EX_LOOKASIDE_LIST_EX_FLAGS_FAIL_NO_RAISE = 2
 MINIMUM_LOOKASIDE_DEPTH = 4  # ExMinimumLookasideDepth
 MAXIMUM_LOOKASIDE_DEPTH = 256
 # Stands for "the default routine" in a lookaside list when no native CPU exists to give
@@ -83,6 +99,12 @@ def _int(name, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     return value
+
+
+def _base_pool_type(pool_type: int) -> PoolType:
+    """The list head a lookaside of this POOL_TYPE joins: paged for PagedPool and its
+    variants (session, cache-aligned), nonpaged for the rest (NX included)."""
+    return PoolType.PagedPool if pool_type & BASE_POOL_TYPE_MASK else PoolType.NonPagedPool
 
 
 class RuntimeRoutines:
@@ -191,14 +213,15 @@ class RuntimeRoutines:
             return DEFAULT_ALLOCATE, DEFAULT_FREE
         return native.bindings.stub("ExAllocatePoolWithTag"), native.bindings.stub("ExFreePool")
 
-    def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type) -> None:
+    def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type,
+                          structure_size: int = LOOKASIDE_SIZE) -> int:
         lookaside = _int("Lookaside", lookaside)
         size = _int("Size", size)
         if size < 8:
             raise ValueError(f"Size {size} is smaller than an SLIST_ENTRY (8 bytes)")
         default_allocate, default_free = self._default_pool_routines()
         tag_value = self.pool.validate_tag(tag)
-        self.write(lookaside, bytes(LOOKASIDE_SIZE))
+        self.write(lookaside, bytes(structure_size))
         self._set_slist(lookaside, 0, 0, 0)
         self.write(lookaside + LA_DEPTH, struct.pack("<HH", self.minimum_lookaside_depth,
                                                      MAXIMUM_LOOKASIDE_DEPTH))
@@ -207,6 +230,7 @@ class RuntimeRoutines:
         self.write(lookaside + LA_ALLOCATE, _QQ.pack(allocate or default_allocate,
                                                      free or default_free))
         self._insert_lookaside(lookaside + LA_LIST_ENTRY, base_type)
+        return lookaside
 
     @routine("VOID ExInitializeNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
              "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
@@ -228,23 +252,30 @@ class RuntimeRoutines:
 
     def _call_pool_routine(self, address: int, *args) -> int:
         default_allocate, default_free = self._default_pool_routines()
+        # The default routines take what PALLOCATE_FUNCTION / PFREE_FUNCTION pass; a
+        # LOOKASIDE_LIST_EX's extra Lookaside argument is in a register they never read.
         if address in (default_allocate, DEFAULT_ALLOCATE):
-            return self.ExAllocatePoolWithTag(*args)
+            return self.ExAllocatePoolWithTag(*args[:3])
         if address in (default_free, DEFAULT_FREE):
-            self.ExFreePool(*args)
+            self.ExFreePool(args[0])
             return 0
         # Anything else is a routine the driver gave, or a pointer it overwrote: called as
         # Windows calls it (a Python function, native code, or the fault of jumping there).
         return self.call_code(address, *args)
 
-    def _delete_lookaside(self, lookaside, base_type) -> None:
+    def _delete_lookaside(self, lookaside, base_type, extended: bool = False) -> None:
         lookaside = _int("Lookaside", lookaside)
         self._remove_lookaside(lookaside + LA_LIST_ENTRY, base_type)
+        self._flush_lookaside(lookaside, extended)
+
+    def _flush_lookaside(self, lookaside: int, extended: bool) -> None:
+        """Free every entry the list holds with its Free (FreeEx: with the list) routine."""
         free = self._lookaside_field(lookaside, LA_FREE, "<Q")[0]
+        extra = (lookaside,) if extended else ()
         entry = self.ExpInterlockedFlushSList(lookaside)
         while entry:
             following = _Q.unpack(self.read(entry, 8))[0]
-            self._call_pool_routine(free, entry)
+            self._call_pool_routine(free, entry, *extra)
             entry = following
 
     @routine("VOID ExDeleteNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
@@ -257,7 +288,7 @@ class RuntimeRoutines:
     def ExDeletePagedLookasideList(self, Lookaside) -> None:
         self._delete_lookaside(Lookaside, PoolType.PagedPool)
 
-    def _allocate_from_lookaside(self, lookaside) -> int:
+    def _allocate_from_lookaside(self, lookaside, extended: bool = False) -> int:
         lookaside = _int("Lookaside", lookaside)
         total, misses = self._lookaside_field(lookaside, LA_TOTAL_ALLOCATES, "<II")
         # The counters are ULONGs in the driver's own memory, counted as wdm.h's inline
@@ -269,18 +300,20 @@ class RuntimeRoutines:
             pool_type, tag, size = self._lookaside_field(lookaside, LA_TYPE, "<III")
             allocate = self._lookaside_field(lookaside, LA_ALLOCATE, "<Q")[0]
             self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total, misses))
-            return self._call_pool_routine(allocate, pool_type, size, tag)
+            extra = (lookaside,) if extended else ()
+            return self._call_pool_routine(allocate, pool_type, size, tag, *extra)
         self.write(lookaside + LA_TOTAL_ALLOCATES, struct.pack("<II", total, misses))
         return entry
 
-    def _free_to_lookaside(self, lookaside, entry) -> None:
+    def _free_to_lookaside(self, lookaside, entry, extended: bool = False) -> None:
         lookaside = _int("Lookaside", lookaside)
         frees, free_misses = self._lookaside_field(lookaside, LA_TOTAL_FREES, "<II")
         frees = (frees + 1) & 0xFFFFFFFF  # ULONGs, wrapping (see _allocate_from_lookaside)
         _, depth, _ = self._slist(lookaside)
         if depth >= self._lookaside_field(lookaside, LA_DEPTH, "<H")[0]:
             self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees, (free_misses + 1) & 0xFFFFFFFF))
-            self._call_pool_routine(self._lookaside_field(lookaside, LA_FREE, "<Q")[0], entry)
+            extra = (lookaside,) if extended else ()
+            self._call_pool_routine(self._lookaside_field(lookaside, LA_FREE, "<Q")[0], entry, *extra)
             return
         self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees, free_misses))
         self.ExpInterlockedPushEntrySList(lookaside, entry)
@@ -304,6 +337,57 @@ class RuntimeRoutines:
              "_In_ PVOID Entry)")
     def ExFreeToPagedLookasideList(self, Lookaside, Entry) -> None:
         self._free_to_lookaside(Lookaside, Entry)
+
+    # --- LOOKASIDE_LIST_EX (Vista and later) ----------------------------------------------------
+
+    @routine("NTSTATUS ExInitializeLookasideListEx(_Out_ PLOOKASIDE_LIST_EX Lookaside, "
+             "_In_opt_ PALLOCATE_FUNCTION_EX Allocate, _In_opt_ PFREE_FUNCTION_EX Free, "
+             "_In_ POOL_TYPE PoolType, _In_ ULONG Flags, _In_ SIZE_T Size, _In_ ULONG Tag, "
+             "_In_ USHORT Depth)")
+    def ExInitializeLookasideListEx(self, Lookaside, Allocate, Free, PoolType, Flags, Size, Tag,
+                                    Depth) -> int:
+        """Initialize a LOOKASIDE_LIST_EX for entries of ``PoolType`` (paged, nonpaged, NX,
+        with its modifiers): linked on ExPagedLookasideListHead when the type is paged, else on
+        ExNPagedLookasideListHead. RAISE_ON_FAIL and FAIL_NO_RAISE (exclusive:
+        STATUS_INVALID_PARAMETER_5) become POOL_RAISE_IF_ALLOCATION_FAILURE and
+        POOL_QUOTA_FAIL_INSTEAD_OF_RAISE in L.Type, the PoolType AllocateEx is passed."""
+        flags = _int("Flags", Flags) & 0xFFFFFFFF
+        both = EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL | EX_LOOKASIDE_LIST_EX_FLAGS_FAIL_NO_RAISE
+        if flags & both == both:
+            return NtStatus.STATUS_INVALID_PARAMETER_5
+        pool_type = _int("PoolType", PoolType) & 0xFFFFFFFF
+        if flags & EX_LOOKASIDE_LIST_EX_FLAGS_RAISE_ON_FAIL:
+            pool_type |= POOL_RAISE_IF_ALLOCATION_FAILURE
+        if flags & EX_LOOKASIDE_LIST_EX_FLAGS_FAIL_NO_RAISE:
+            pool_type |= POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
+        base_type = _base_pool_type(pool_type)
+        self._set_up_lookaside(Lookaside, Allocate, Free, pool_type & ~BASE_POOL_TYPE_MASK, Size,
+                               Tag, base_type, LOOKASIDE_LIST_EX_SIZE)
+        return NtStatus.STATUS_SUCCESS
+
+    @routine("PVOID ExAllocateFromLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")
+    def ExAllocateFromLookasideListEx(self, Lookaside) -> int:
+        """An entry from the list, or AllocateEx(L.Type, L.Size, L.Tag, Lookaside)'s: NULL,
+        or raised with RAISE_ON_FAIL, when that fails (wdm.h's inline routine)."""
+        return self._allocate_from_lookaside(Lookaside, extended=True)
+
+    @routine("VOID ExFreeToLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside, _In_ PVOID Entry)")
+    def ExFreeToLookasideListEx(self, Lookaside, Entry) -> None:
+        """Keep the entry while the list is below its depth, else FreeEx(Entry, Lookaside)."""
+        self._free_to_lookaside(Lookaside, Entry, extended=True)
+
+    @routine("VOID ExDeleteLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")
+    def ExDeleteLookasideListEx(self, Lookaside) -> None:
+        """Unlink the list from its global head, then give every entry it holds to FreeEx."""
+        lookaside = _int("Lookaside", Lookaside)
+        pool_type = self._lookaside_field(lookaside, LA_TYPE, "<I")[0]
+        base_type = _base_pool_type(pool_type)
+        self._delete_lookaside(lookaside, base_type, extended=True)
+
+    @routine("VOID ExFlushLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")
+    def ExFlushLookasideListEx(self, Lookaside) -> None:
+        """Give every entry the list holds to FreeEx; the list stays initialized and linked."""
+        self._flush_lookaside(_int("Lookaside", Lookaside), extended=True)
 
     # --- the system's lists of lookaside lists, and their retuning ----------------------------
 
