@@ -340,7 +340,7 @@ class RuntimeRoutines:
 
     # --- LOOKASIDE_LIST_EX (Vista and later) ----------------------------------------------------
 
-    @routine("NTSTATUS ExInitializeLookasideListEx(_Out_ PLOOKASIDE_LIST_EX Lookaside, "
+    @routine("NTSTATUS ExInitializeLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside, "
              "_In_opt_ PALLOCATE_FUNCTION_EX Allocate, _In_opt_ PFREE_FUNCTION_EX Free, "
              "_In_ POOL_TYPE PoolType, _In_ ULONG Flags, _In_ SIZE_T Size, _In_ ULONG Tag, "
              "_In_ USHORT Depth)")
