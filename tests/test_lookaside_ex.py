@@ -181,3 +181,39 @@ def test_a_driver_allocate_ex_receives_the_lookaside(k):
     assert k.ExAllocateFromLookasideListEx(lookaside) == entry and len(calls) == 1  # a hit
     k.ExFreeToLookasideListEx(lookaside, entry)
     k.ExDeleteLookasideListEx(lookaside)
+
+
+def test_driver_verifier_turns_ex_lists_off_too(k):
+    """ExDisableAllLookasideLists walks the heads, so a LOOKASIDE_LIST_EX gets Depth 0 /
+    MaximumDepth 0xFFFF like the older lists, and its entries go through FreeEx."""
+    freed = []
+
+    def free_ex(k, buffer, lookaside_arg):
+        freed.append(buffer)
+        k.ExFreePool(buffer)
+
+    before = new_list(k, PG, free=k.code_address(free_ex))
+    k.verifier.enable("other.sys", pool_tracking=True)
+    assert struct.unpack("<HH", k.read(before + LA_DEPTH, 4)) == (0, 0xFFFF)
+    entry = k.ExAllocateFromLookasideListEx(before)
+    k.ExFreeToLookasideListEx(before, entry)  # past Depth 0: straight to FreeEx
+    assert freed == [entry] and counters(k, before)[2:] == (1, 1)
+    assert depth(k, new_list(k, NX)) == 0
+
+
+def test_ex_lists_read_back_from_a_dump(k, tmp_path):
+    from ntpool.dump.reader import DumpReader
+    from ntpool.dump.writer import write_dump
+
+    nx, paged = new_list(k, NX, tag="NxEx"), new_list(k, PG, tag="PgEx")
+    for entry in [k.ExAllocateFromLookasideListEx(nx) for _ in range(3)]:
+        k.ExFreeToLookasideListEx(nx, entry)
+    path = tmp_path / "MEMORY.DMP"
+    write_dump(k, str(path), "kernel")
+    with DumpReader(str(path)) as reader:
+        nonpaged_lists = reader.lookaside_lists("ExNPagedLookasideListHead")
+        paged_lists = reader.lookaside_lists("ExPagedLookasideListHead")
+    assert [entry["Address"] for entry in nonpaged_lists] == [nx]
+    assert [entry["Address"] for entry in paged_lists] == [paged]
+    assert nonpaged_lists[0]["Type"] == NX and nonpaged_lists[0]["TotalAllocates"] == 3
+    assert nonpaged_lists[0]["Tag"] == int.from_bytes(b"NxEx", "big") and paged_lists[0]["Type"] == PG
