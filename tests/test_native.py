@@ -431,6 +431,16 @@ def test_ntpool_calls_back_into_native_code_from_inside_a_native_call(k):
     assert driver.call("CaughtDivide", 1, 0) & 0xFFFFFFFF == 0xC0000094  # the CPU is sound after
 
 
+def test_a_compiled_lookaside_list_ex_hands_its_routines_the_list(k):
+    # wdm.h's inline ExAllocateFromLookasideListEx / ExFreeToLookasideListEx call the driver's
+    # AllocateEx / FreeEx with the list; ExFlushLookasideListEx (ntpool) calls FreeEx too.
+    driver = load_native_driver(k, sys_path("faults"))
+    assert driver.call("NestedFreeEx") == 6  # 2 past the depth of 4, then the 4 it held
+    row = {r.TagUlong: r for r in k.pool_tags()}[int.from_bytes(b"NtEx", "little")]
+    assert (row.NonPagedAllocs, row.NonPagedFrees, row.NonPagedUsed) == (6, 6, 0)
+    assert k.listed_lookasides(ntpool.PoolType.NonPagedPool) == []
+
+
 # --- uninitialized-memory disclosure by compiled code ----------------------------------------
 
 def _dirty_pool(k, tag="Junk"):

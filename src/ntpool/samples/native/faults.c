@@ -126,3 +126,33 @@ __declspec(dllexport) ULONG NestedFree(void) {
     ExDeleteNPagedLookasideList(&list);  /* calls CustomFree for each entry it holds */
     return CustomFrees;
 }
+
+/* The same with a LOOKASIDE_LIST_EX: AllocateEx and FreeEx are handed the list, which they
+ * check; the result counts FreeEx calls that got it (the list holds 4, the rest go to FreeEx
+ * at once; delete frees the 4 it holds). */
+static ULONG CustomFreesEx;
+static PVOID NTAPI CustomAllocateEx(POOL_TYPE type, SIZE_T size, ULONG tag,
+                                    PLOOKASIDE_LIST_EX lookaside) {
+    return lookaside->L.Tag == tag ? ExAllocatePoolWithTag(type, size, tag) : NULL;
+}
+static VOID NTAPI CustomFreeEx(PVOID buffer, PLOOKASIDE_LIST_EX lookaside) {
+    if (lookaside->L.Tag == 'xEtN')
+        CustomFreesEx += 1;
+    ExFreePool(buffer);
+}
+__declspec(dllexport) ULONG NestedFreeEx(void) {
+    static LOOKASIDE_LIST_EX list;
+    PVOID entries[6];
+    ULONG i;
+    if (ExInitializeLookasideListEx(&list, CustomAllocateEx, CustomFreeEx, NonPagedPoolNx, 0, 64,
+                                    'xEtN', 0) != 0)
+        return 0xFFFFFFFF;
+    for (i = 0; i < 6; i++)
+        if ((entries[i] = ExAllocateFromLookasideListEx(&list)) == NULL)
+            return 0xFFFFFFFE;
+    for (i = 0; i < 6; i++)
+        ExFreeToLookasideListEx(&list, entries[i]);
+    ExFlushLookasideListEx(&list);  /* FreeEx for the 4 it holds */
+    ExDeleteLookasideListEx(&list);
+    return CustomFreesEx;
+}

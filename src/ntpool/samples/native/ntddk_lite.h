@@ -99,6 +99,23 @@ typedef struct __attribute__((aligned(16))) _GENERAL_LOOKASIDE {
     ULONG LastTotalAllocates, LastAllocateMisses, Future[2];
 } GENERAL_LOOKASIDE, NPAGED_LOOKASIDE_LIST, *PNPAGED_LOOKASIDE_LIST, PAGED_LOOKASIDE_LIST,
   *PPAGED_LOOKASIDE_LIST;
+struct _LOOKASIDE_LIST_EX;
+typedef PVOID (NTAPI *PALLOCATE_FUNCTION_EX)(POOL_TYPE PoolType, SIZE_T NumberOfBytes, ULONG Tag,
+                                             struct _LOOKASIDE_LIST_EX *Lookaside);
+typedef VOID (NTAPI *PFREE_FUNCTION_EX)(PVOID Buffer, struct _LOOKASIDE_LIST_EX *Lookaside);
+typedef struct _GENERAL_LOOKASIDE_POOL {  /* GENERAL_LOOKASIDE's fields, not cache-aligned */
+    SLIST_HEADER ListHead;
+    USHORT Depth, MaximumDepth;
+    ULONG TotalAllocates, AllocateMisses, TotalFrees, FreeMisses;
+    POOL_TYPE Type;
+    ULONG Tag, Size;
+    PALLOCATE_FUNCTION_EX AllocateEx;
+    PFREE_FUNCTION_EX FreeEx;
+    LIST_ENTRY ListEntry;
+    ULONG LastTotalAllocates, LastAllocateMisses, Future[2];
+} GENERAL_LOOKASIDE_POOL;
+typedef struct _LOOKASIDE_LIST_EX { GENERAL_LOOKASIDE_POOL L; } LOOKASIDE_LIST_EX,
+  *PLOOKASIDE_LIST_EX;
 
 /* --- imports from ntoskrnl.exe --- */
 NTSYSAPI PVOID NTAPI ExAllocatePoolWithTag(POOL_TYPE PoolType, SIZE_T NumberOfBytes, ULONG Tag);
@@ -120,6 +137,11 @@ NTSYSAPI VOID NTAPI ExInitializeNPagedLookasideList(PNPAGED_LOOKASIDE_LIST Looka
         PALLOCATE_FUNCTION Allocate, PFREE_FUNCTION Free, ULONG Flags, SIZE_T Size, ULONG Tag,
         USHORT Depth);
 NTSYSAPI VOID NTAPI ExDeleteNPagedLookasideList(PNPAGED_LOOKASIDE_LIST Lookaside);
+NTSYSAPI NTSTATUS NTAPI ExInitializeLookasideListEx(PLOOKASIDE_LIST_EX Lookaside,
+        PALLOCATE_FUNCTION_EX Allocate, PFREE_FUNCTION_EX Free, POOL_TYPE PoolType, ULONG Flags,
+        SIZE_T Size, ULONG Tag, USHORT Depth);
+NTSYSAPI VOID NTAPI ExDeleteLookasideListEx(PLOOKASIDE_LIST_EX Lookaside);
+NTSYSAPI VOID NTAPI ExFlushLookasideListEx(PLOOKASIDE_LIST_EX Lookaside);
 NTSYSAPI PSLIST_ENTRY NTAPI ExpInterlockedPopEntrySList(PSLIST_HEADER ListHead);
 NTSYSAPI PSLIST_ENTRY NTAPI ExpInterlockedPushEntrySList(PSLIST_HEADER ListHead,
                                                          PSLIST_ENTRY ListEntry);
@@ -184,6 +206,26 @@ FORCEINLINE VOID ExFreeToNPagedLookasideList(PNPAGED_LOOKASIDE_LIST Lookaside, P
         (Lookaside->Free)(Entry);
     } else {
         ExpInterlockedPushEntrySList(&Lookaside->ListHead, (PSLIST_ENTRY)Entry);
+    }
+}
+FORCEINLINE PVOID ExAllocateFromLookasideListEx(PLOOKASIDE_LIST_EX Lookaside) {
+    PVOID Entry;
+    Lookaside->L.TotalAllocates += 1;
+    Entry = ExpInterlockedPopEntrySList(&Lookaside->L.ListHead);
+    if (Entry == NULL) {
+        Lookaside->L.AllocateMisses += 1;
+        Entry = (Lookaside->L.AllocateEx)(Lookaside->L.Type, Lookaside->L.Size, Lookaside->L.Tag,
+                                          Lookaside);
+    }
+    return Entry;
+}
+FORCEINLINE VOID ExFreeToLookasideListEx(PLOOKASIDE_LIST_EX Lookaside, PVOID Entry) {
+    Lookaside->L.TotalFrees += 1;
+    if (ExQueryDepthSList(&Lookaside->L.ListHead) >= Lookaside->L.Depth) {
+        Lookaside->L.FreeMisses += 1;
+        (Lookaside->L.FreeEx)(Entry, Lookaside);
+    } else {
+        ExpInterlockedPushEntrySList(&Lookaside->L.ListHead, (PSLIST_ENTRY)Entry);
     }
 }
 
