@@ -41,6 +41,18 @@ def new_list(k, pool_type=NP, allocate=0, free=0, flags=0, size=64, tag="LkEx"):
     return lookaside
 
 
+def recording_free_ex(k):
+    """A FreeEx routine of the driver's that frees the entry and records it with the list it
+    was handed: its address and the (buffer, lookaside) pairs."""
+    freed = []
+
+    def free_ex(k, buffer, lookaside_arg):
+        freed.append((buffer, lookaside_arg))
+        k.ExFreePool(buffer)
+
+    return k.code_address(free_ex), freed
+
+
 def counters(k, lookaside):
     """(TotalAllocates, AllocateMisses, TotalFrees, FreeMisses)."""
     return struct.unpack("<IIII", k.read(lookaside + LA_TOTAL_ALLOCATES, 16))
@@ -70,13 +82,8 @@ def test_allocate_free_and_hit_counts(k):
 
 
 def test_the_list_holds_at_most_its_depth_and_frees_the_rest(k):
-    freed = []
-
-    def free_ex(k, buffer, lookaside_arg):
-        freed.append((buffer, lookaside_arg))
-        k.ExFreePool(buffer)
-
-    lookaside = new_list(k, free=k.code_address(free_ex))
+    free_ex, freed = recording_free_ex(k)
+    lookaside = new_list(k, free=free_ex)
     assert depth(k, lookaside) == 4  # ExMinimumLookasideDepth, whatever Depth said
     entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(6)]
     for entry in entries:
@@ -88,13 +95,8 @@ def test_the_list_holds_at_most_its_depth_and_frees_the_rest(k):
 
 
 def test_delete_unlinks_and_frees_what_it_holds_through_free_ex(k):
-    freed = []
-
-    def free_ex(k, buffer, lookaside_arg):
-        freed.append((buffer, lookaside_arg))
-        k.ExFreePool(buffer)
-
-    lookaside = new_list(k, free=k.code_address(free_ex))
+    free_ex, freed = recording_free_ex(k)
+    lookaside = new_list(k, free=free_ex)
     entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(3)]
     for entry in entries:
         k.ExFreeToLookasideListEx(lookaside, entry)
@@ -105,24 +107,19 @@ def test_delete_unlinks_and_frees_what_it_holds_through_free_ex(k):
 
 
 def test_flush_frees_every_entry_and_keeps_the_list(k):
-    freed = []
-
-    def free_ex(k, buffer, lookaside_arg):
-        freed.append(buffer)
-        k.ExFreePool(buffer)
-
-    lookaside = new_list(k, free=k.code_address(free_ex))
+    free_ex, freed = recording_free_ex(k)
+    lookaside = new_list(k, free=free_ex)
     entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(3)]
     for entry in entries:
         k.ExFreeToLookasideListEx(lookaside, entry)
     k.ExFlushLookasideListEx(lookaside)
-    assert sorted(freed) == sorted(entries) and held(k, lookaside) == 0
+    assert sorted(freed) == sorted((entry, lookaside) for entry in entries) and held(k, lookaside) == 0
     assert k.listed_lookasides(NP) == [lookaside]  # still initialized and linked
     entry = k.ExAllocateFromLookasideListEx(lookaside)  # works on: a miss
     assert entry and counters(k, lookaside)[:2] == (4, 4)
     k.ExFreeToLookasideListEx(lookaside, entry)
     k.ExDeleteLookasideListEx(lookaside)
-    assert entry in freed
+    assert (entry, lookaside) in freed
 
 
 def test_raise_on_fail_raises_where_the_default_returns_null(k):
@@ -186,18 +183,13 @@ def test_a_driver_allocate_ex_receives_the_lookaside(k):
 def test_driver_verifier_turns_ex_lists_off_too(k):
     """ExDisableAllLookasideLists walks the heads, so a LOOKASIDE_LIST_EX gets Depth 0 /
     MaximumDepth 0xFFFF like the older lists, and its entries go through FreeEx."""
-    freed = []
-
-    def free_ex(k, buffer, lookaside_arg):
-        freed.append(buffer)
-        k.ExFreePool(buffer)
-
-    before = new_list(k, PG, free=k.code_address(free_ex))
+    free_ex, freed = recording_free_ex(k)
+    before = new_list(k, PG, free=free_ex)
     k.verifier.enable("other.sys", pool_tracking=True)
     assert struct.unpack("<HH", k.read(before + LA_DEPTH, 4)) == (0, 0xFFFF)
     entry = k.ExAllocateFromLookasideListEx(before)
     k.ExFreeToLookasideListEx(before, entry)  # past Depth 0: straight to FreeEx
-    assert freed == [entry] and counters(k, before)[2:] == (1, 1)
+    assert freed == [(entry, before)] and counters(k, before)[2:] == (1, 1)
     assert depth(k, new_list(k, NX)) == 0
 
 
