@@ -214,7 +214,7 @@ class RuntimeRoutines:
         return native.bindings.stub("ExAllocatePoolWithTag"), native.bindings.stub("ExFreePool")
 
     def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type,
-                          structure_size: int = LOOKASIDE_SIZE) -> int:
+                          structure_size: int = LOOKASIDE_SIZE) -> None:
         lookaside = _int("Lookaside", lookaside)
         size = _int("Size", size)
         if size < 8:
@@ -230,7 +230,6 @@ class RuntimeRoutines:
         self.write(lookaside + LA_ALLOCATE, _QQ.pack(allocate or default_allocate,
                                                      free or default_free))
         self._insert_lookaside(lookaside + LA_LIST_ENTRY, base_type)
-        return lookaside
 
     @routine("VOID ExInitializeNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
              "_In_opt_ PALLOCATE_FUNCTION Allocate, _In_opt_ PFREE_FUNCTION Free, "
