@@ -53,6 +53,17 @@ def recording_free_ex(k):
     return k.code_address(free_ex), freed
 
 
+def list_holding_three(k):
+    """A nonpaged list with a recording FreeEx, holding three entries it allocated and was
+    given back: the list, the entries, and what FreeEx has been handed (nothing yet)."""
+    free_ex, freed = recording_free_ex(k)
+    lookaside = new_list(k, free=free_ex)
+    entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(3)]
+    for entry in entries:
+        k.ExFreeToLookasideListEx(lookaside, entry)
+    return lookaside, entries, freed
+
+
 def counters(k, lookaside):
     """(TotalAllocates, AllocateMisses, TotalFrees, FreeMisses)."""
     return struct.unpack("<IIII", k.read(lookaside + LA_TOTAL_ALLOCATES, 16))
@@ -95,11 +106,7 @@ def test_the_list_holds_at_most_its_depth_and_frees_the_rest(k):
 
 
 def test_delete_unlinks_and_frees_what_it_holds_through_free_ex(k):
-    free_ex, freed = recording_free_ex(k)
-    lookaside = new_list(k, free=free_ex)
-    entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(3)]
-    for entry in entries:
-        k.ExFreeToLookasideListEx(lookaside, entry)
+    lookaside, entries, freed = list_holding_three(k)
     assert freed == [] and k.listed_lookasides(NP) == [lookaside]
     k.ExDeleteLookasideListEx(lookaside)
     assert sorted(freed) == sorted((entry, lookaside) for entry in entries)
@@ -107,11 +114,7 @@ def test_delete_unlinks_and_frees_what_it_holds_through_free_ex(k):
 
 
 def test_flush_frees_every_entry_and_keeps_the_list(k):
-    free_ex, freed = recording_free_ex(k)
-    lookaside = new_list(k, free=free_ex)
-    entries = [k.ExAllocateFromLookasideListEx(lookaside) for _ in range(3)]
-    for entry in entries:
-        k.ExFreeToLookasideListEx(lookaside, entry)
+    lookaside, entries, freed = list_holding_three(k)
     k.ExFlushLookasideListEx(lookaside)
     assert sorted(freed) == sorted((entry, lookaside) for entry in entries) and held(k, lookaside) == 0
     assert k.listed_lookasides(NP) == [lookaside]  # still initialized and linked
