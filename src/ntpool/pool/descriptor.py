@@ -1118,23 +1118,34 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries: dict[int, None] = {}  # in list order; a dict, so a loop is found at once
-        pending, words, tlb = self.pending, self.words, self.tlb
-        head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
+        return list(self._walk_pending())
+
+    def _walk_pending(self) -> dict[int, int]:
+        """``pending_frees``' walk: each queued chunk's header (newest first) and the
+        physical address of that header, as the walk translated it to read the link."""
+        entries: dict[int, int] = {}  # header -> its physical address, in list order
+        # The queued chunks not met yet: a link to a chunk not queued, or to one met already
+        # (a loop), finds nothing to remove here (one set operation tests both).
+        unmet = set(self.pending)
+        remove, words, tlb = unmet.remove, self.words, self.tlb
         entry = words[self.pending_frees_word]
-        while len(entries) < len(pending):
+        for _ in range(len(unmet)):
             chunk = entry - HEADER_SIZE
-            if chunk not in pending or chunk in entries:
+            try:
+                remove(chunk)
+            except KeyError:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
-                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
+                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
+                           self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            entries[chunk] = None
             base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
             if base is None:
                 base = self.fault(entry, False, self.lock_irql)
-            entry = words[(base + (entry & PAGE_MASK)) >> 3]
-        return list(entries)
+            body_pa = base + (entry & PAGE_MASK)
+            entries[chunk] = body_pa - HEADER_SIZE
+            entry = words[body_pa >> 3]
+        return entries
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
@@ -1144,17 +1155,23 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            chunks = self.pending_frees()
-            descriptor = POOL_DESCRIPTOR.at(self.mem, self._pa(self.descriptor_va))
-            descriptor.PendingFrees = 0
-            descriptor.PendingFreeDepth = 0
-            for chunk in chunks:
-                self.pending.discard(chunk)
-                self.free_small(chunk)
+            entries = self._walk_pending()
+            # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
+            self.words[self.pending_frees_word] = 0
+            self.ulongs[self.pending_depth_ulong] = 0
+            # Each header's translation, made by the walk, is handed to ``free_small`` while
+            # no translation can have changed since: on a pool that is never paged, until a
+            # free returns a page (a coalesced chunk the size of its page); after that, and
+            # on a paged pool (a fault may page another page out), each is translated again.
+            pages_in_use = self.pages_in_use if self.pager is None else -1
+            discard, free_small = self.pending.discard, self.free_small
+            for chunk, pa in entries.items():
+                discard(chunk)
+                free_small(chunk, pa if self.pages_in_use == pages_in_use else None)
         finally:
             self.found_in = ""
         self.pending.clear()
-        return len(chunks)
+        return len(entries)
 
     # --- big allocations ---------------------------------------------------------------
 
