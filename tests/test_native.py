@@ -554,3 +554,28 @@ def test_run_with_an_ioctl_reports_the_buffered_disclosure(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "48 uninitialized byte(s)" in out and "request to buffered_leak.sys" in out
     assert main(["run", path, "--ioctl", f"{IOCTL_STATS_ZEROED:X}::64", "--verifier", "uninitialized_memory"]) == 0
+
+
+
+def test_unload_driver_unmaps_a_compiled_image_and_a_reload_maps_it_again(k):
+    driver = load_native_driver(k, sys_path("leak"))
+    base = driver.image_base
+    assert k.space.translate(base) is not None and native_machine(k).driver_at(base) is driver
+    k.unload_driver(driver)  # the kernel's own unload, not unload_native_driver
+    assert k.space.translate(base) is None
+    assert native_machine(k).driver_at(base) is None and not k.drivers
+    # Windows loads an unloaded driver's image afresh: DriverEntry runs on a mapped image.
+    k.load_driver(driver)
+    assert k.space.translate(driver.image_base) is not None
+    assert native_machine(k).driver_at(driver.image_base) is driver
+    assert [loaded.name for loaded in k.drivers] == ["leak.sys"]
+
+
+def test_a_failed_driver_entry_unmaps_the_compiled_image(k):
+    from ntpool.native import NativeDriver
+    k.verifier.enable("fsfilter.sys", low_resources=True, fault_probability=1.0)
+    driver = NativeDriver(sys_path("fsfilter"))
+    with pytest.raises(ntpool.NtStatusError):
+        k.load_driver(driver)
+    assert driver.image_base and k.space.translate(driver.image_base) is None
+    assert not native_machine(k).images  # nothing of fsfilter.sys stays mapped

@@ -81,6 +81,14 @@ class DriverUnloading(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class DriverUnloaded(Event):
+    """The driver is gone from PsLoadedModuleList (after DriverUnload, or a failed
+    DriverEntry): whoever mapped its image unmaps it now."""
+
+    driver: Any  # the LoadedDriver
+
+
+@dataclass(frozen=True, slots=True)
 class PageFault(Event):
     address: int
     write: bool

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from ..constants import NtStatus
 from ..errors import NtStatusError, allowed_when_halted
-from ..hooks import DriverUnloading
+from ..hooks import DriverUnloaded, DriverUnloading
 
 DRIVER_IMAGE_BASE = 0xFFFFF88000E00000  # where Windows 7 x64 loads drivers
 DRIVER_IMAGE_STRIDE = 0x100000
@@ -372,7 +372,8 @@ class DriverRoutines:
 
     def unload_driver(self, driver) -> None:
         """Call DriverUnload, then publish DriverUnloading (Driver Verifier checks what it
-        left behind)."""
+        left behind), take the driver off the loaded-module list and publish DriverUnloaded
+        (a compiled driver's image is unmapped)."""
         loaded = self._driver_for(driver)
         unload = getattr(loaded.obj, "DriverUnload", None)
         if callable(unload):
@@ -395,6 +396,7 @@ class DriverRoutines:
         self.drivers.remove(loaded)
         self.call_sites.remove_driver(loaded)
         self._unlink_ldr_entry(loaded.entry_va)
+        self.hooks.publish(DriverUnloaded(loaded))
 
     def _write_ldr_entry(self, name: str, image_base: int, size: int = DRIVER_IMAGE_STRIDE,
                          entry_point: int | None = None) -> int:

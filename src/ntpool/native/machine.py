@@ -16,7 +16,7 @@ import struct
 
 from ..constants import PAGE_SIZE
 from ..errors import BugCheck, NtStatusError
-from ..hooks import MappingChanged, MemoryWritten
+from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 
 from . import cpu as cpu_module
@@ -69,7 +69,9 @@ class NativeDriver:
         if self.machine is not None:
             if self.machine.kernel is not k:
                 raise ValueError(f"{self.name} is already mapped in another machine")
-            return
+            if self in self.machine.images:
+                return
+            # Unloaded before, its image unmapped: a new load maps it afresh, as Windows does.
         data = self.data
         if data is None:
             try:
@@ -180,6 +182,9 @@ class NativeMachine:
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.hooks.subscribe(MappingChanged, self._pte_changed)
+        # However a compiled driver leaves (k.unload_driver, a failed DriverEntry), its
+        # image goes with it, as Windows unmaps it: a later touch there faults.
+        kernel.hooks.subscribe(DriverUnloaded, self._driver_unloaded)
         # Stores by native code are published while a layer listens for writes (the
         # uninitialized-memory checker); otherwise no memory hook exists.
         kernel.hooks.watch(MemoryWritten, self.cpu.publish_writes)
@@ -272,6 +277,12 @@ class NativeMachine:
         for address in mapped.cr8_sites:
             self.cpu.hook_cr8(address)
         return image, mapped
+
+    def _driver_unloaded(self, event: DriverUnloaded) -> None:
+        for driver in self.images:
+            if driver.loaded is event.driver:
+                self.unload_image(driver)
+                return
 
     def unload_image(self, driver: NativeDriver) -> None:
         if driver.mapped.frames:
@@ -509,6 +520,6 @@ def load_native_driver(kernel, source, name: str | None = None, allow_missing: b
 
 
 def unload_native_driver(kernel, driver: NativeDriver) -> None:
-    """Unload the driver (DriverUnload, verifier's checks) and unmap its image."""
+    """Unload the driver (DriverUnload, verifier's checks) and unmap its image: the same as
+    ``kernel.unload_driver(driver)``, kept for the callers that name it."""
     kernel.unload_driver(driver)
-    native_machine(kernel).unload_image(driver)

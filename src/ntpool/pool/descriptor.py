@@ -8,6 +8,7 @@ lookaside list heads, and the big page table. Nothing is kept per small allocati
 """
 
 import mmap
+import struct
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
@@ -78,6 +79,10 @@ LIST_ENTRY_SIZE = LIST_ENTRY.size
 _PREVIOUS_AND_TAG = POOL_TAG_BITS | 0xFF  # what a split keeps of a header's first QWORD
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
+_POOL_TYPE_BITS = 0xFF << POOL_TYPE_SHIFT  # a header's PoolType in its first QWORD
+# A header's first QWORD and, 16 bytes on, the LIST_ENTRY of a free chunk's body (Flink, Blink).
+_HEADER_AND_LINKS = struct.Struct("<Q8xQQ")
+assert _HEADER_AND_LINKS.size == HEADER_SIZE + LIST_ENTRY.size
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
@@ -644,41 +649,51 @@ class Pool:
         if found < 0:
             return 0
         head, head_word = self.list_heads[found]
-        tlb, words = self.tlb, self.words
+        words, tlb = self.words, self.tlb
         entry = words[head_word]  # its Flink
-        offset = entry & PAGE_MASK
-        page_pa = tlb.get(entry >> PAGE_SHIFT)
-        if page_pa is None or not _BODY_OK[offset]:
+        try:
+            entry_pa = tlb[entry >> PAGE_SHIFT] + (entry & PAGE_MASK)
+        except KeyError:  # a page not present: the long way, which faults as Windows would
             return self._split_any(entry, found, block_size, tag, site)
-        # The usual case: the entry is a chunk body on a present page. The chunk's header,
-        # its neighbours' and the remainder's all lie on that page: it is translated once,
-        # and the headers are written in the order ``_split_any`` writes them, each as two
-        # QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
+        offset = entry_pa & PAGE_MASK  # (a page's physical address is page-aligned)
+        if not _BODY_OK[offset]:
+            return self._split_any(entry, found, block_size, tag, site)
+        # The usual case: the entry is a chunk body on a present page. The chunk's
+        # header, its neighbours' and the remainder's all lie on that page: it is translated
+        # once, and the headers are written in the order ``_split_any`` writes them, each as
+        # two QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
         # ProcessBilled).
-        chunk_pa = page_pa + offset - HEADER_SIZE
+        chunk_pa = entry_pa - HEADER_SIZE
         header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
         flink, blink = words[header + 2], words[header + 3]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
         # own, read through its translation (the Blink side's is the Flink just read: the
         # entry), so the check reads what ``_unlink`` would. A Flink that is another entry's
-        # body (16-byte aligned, so its Blink lies on its page) is read on that page. Any
-        # other neighbour: ``_unlink``, each access translated on its own.
-        if blink == head and flink == head:  # the only entry
+        # body (16-byte aligned, so its Blink lies on its page) is read on that page, translated
+        # once (a page not present: the TLB has no entry, KeyError). Any other neighbour:
+        # ``_unlink``, each access translated on its own.
+        if blink != head:
+            self._unlink(entry, found, entry_pa)
+        elif flink == head:  # the only entry
             flink_blink = words[head_word + 1]  # the head's Blink
             if flink_blink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, entry)
             words[head_word] = words[head_word + 1] = head
             self.listed[found] = 0
-        elif blink == head and not (flink_offset := flink & PAGE_MASK) & 15 and \
-                (flink_base := tlb.get(flink >> PAGE_SHIFT)) is not None:
-            flink_word = (flink_base + flink_offset) >> 3  # its Blink: the next QWORD
-            if words[flink_word + 1] != entry:  # the named check raises the bug check
-                check_list_links(self.crash, entry, words[flink_word + 1], entry)
-            words[head_word] = flink  # the Blink side's Flink
-            words[flink_word + 1] = head
         else:
-            self._unlink(entry, found, chunk_pa + HEADER_SIZE)
+            try:
+                flink_pa = tlb[flink >> PAGE_SHIFT] + (flink & PAGE_MASK)
+            except KeyError:
+                flink_pa = 1  # (not aligned: the long way)
+            if flink_pa & 15:
+                self._unlink(entry, found, entry_pa)
+            else:
+                flink_word = flink_pa >> 3  # its Blink: the next QWORD
+                if words[flink_word + 1] != entry:  # the named check raises the bug check
+                    check_list_links(self.crash, entry, words[flink_word + 1], entry)
+                words[head_word] = flink  # the Blink side's Flink
+                words[flink_word + 1] = head
         # ExpCheckPoolHeader, inline, on the header's first QWORD: PreviousSize leads to a
         # chunk on this page whose BlockSize agrees (it is 0 only for the page's first
         # chunk); BlockSize is not 0 and ends at the page's end or at a chunk whose
@@ -688,7 +703,7 @@ class Pool:
         # previous chunk starts on the page while ``back`` is below ``offset``, both being
         # multiples of 16, and the chunk ends at the page's end at PAGE_SIZE + 16.)
         mem = self.mem
-        first8 = words[header]
+        first8 = words[header]  # (read after the unlink, whose writes it must see)
         previous_size, free_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
         back, size = previous_size << BLOCK_SHIFT, free_size << BLOCK_SHIFT
         end = offset + size
@@ -737,8 +752,10 @@ class Pool:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
             # entry's Blink (on an empty list, the head's own links, just read), both of
-            # which must be the head. A neighbour on a page not present, or a link not
-            # aligned: ``_insert``, each access translated on its own.
+            # which must be the head. Entries' bodies are 16-byte aligned, so each one's links
+            # lie on its page, translated once; a neighbour on a page not present (no TLB
+            # entry: KeyError), or a link not aligned: ``_insert``, each access translated on
+            # its own.
             head, head_word = self.list_heads[remainder]
             first, last = words[head_word], words[head_word + 1]
             if first == head and last == head:
@@ -746,15 +763,16 @@ class Pool:
                 words[head_word] = words[head_word + 1] = entry
                 self.listed[remainder] = 1
                 return mine
-            # Entries' bodies are 16-byte aligned: each one's links lie on its page (the
-            # alignment is tested on the offsets in their pages, small ints).
-            last_offset, first_offset = last & PAGE_MASK, first & PAGE_MASK
-            last_base, first_base = tlb.get(last >> PAGE_SHIFT), tlb.get(first >> PAGE_SHIFT)
-            if last_base is None or first_base is None or (last_offset | first_offset) & 15:
-                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+            try:
+                last_pa = tlb[last >> PAGE_SHIFT] + (last & PAGE_MASK)
+                first_pa = tlb[first >> PAGE_SHIFT] + (first & PAGE_MASK)
+            except KeyError:
+                last_pa = first_pa = 1  # (not aligned: the long way)
+            if (last_pa | first_pa) & 15:
+                self._insert(entry, remainder, True, entry_pa)
                 return mine
-            last_word = (last_base + last_offset) >> 3  # its Flink
-            first_blink_word = ((first_base + first_offset) >> 3) + 1
+            last_word = last_pa >> 3  # its Flink
+            first_blink_word = (first_pa >> 3) + 1
             if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], words[first_blink_word])
             words[header + 2] = head
@@ -870,7 +888,7 @@ class Pool:
         if following < PAGE_SIZE:
             next8 = words[(page_pa + following) >> 3]
             # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
-            if not next8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + following in self.pending):
+            if not next8 & _POOL_TYPE_BITS and not (self.pending and page + following in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
@@ -885,33 +903,40 @@ class Pool:
                 if next_size > 1:
                     self._unlink(page + following + HEADER_SIZE, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
+        # The body's address (the list entry): the chunk's, or the previous chunk's it merges into.
+        entry = chunk + HEADER_SIZE
         if previous_size:
             back = previous_size << BLOCK_SHIFT
             if back > offset:  # the previous chunk would start before the page (0x6)
                 check_previous_size(self.crash, chunk, previous_size)
             before_offset = offset - back
-            before_word = (page_pa + before_offset) >> 3  # its header's first QWORD; its links at + 2
-            before8 = words[before_word]
+            before_pa = page_pa + before_offset
+            # Its header's first QWORD and its links (Flink, Blink; the next header's first
+            # bytes when it is one block long, read and not used), in one unpack: all on this
+            # page, the previous chunk ending where this one starts.
+            before8, flink, blink = _HEADER_AND_LINKS.unpack_from(self.mem, before_pa)
             before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before8 >> POOL_TYPE_SHIFT & 0xFF and not (self.pending and page + before_offset in self.pending):
-                chunk = page + before_offset
+            if not before8 & _POOL_TYPE_BITS and not (self.pending and page + before_offset in self.pending):
+                entry = page + (before_offset + HEADER_SIZE)
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
-                    # chunk a split took its allocation's end from: the usual merge): its links
-                    # on this page; its neighbours', healthy, 16-byte aligned on theirs, each
-                    # translated once. A neighbour on a page not present, or a link not
-                    # aligned: ``_unlink``, each access translated on its own.
-                    entry, tlb = chunk + HEADER_SIZE, self.tlb
-                    flink, blink = words[before_word + 2], words[before_word + 3]
-                    flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
-                    flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
-                    if flink_base is None or blink_base is None or (flink_offset | blink_offset) & 15:
-                        self._unlink(entry, before_size, (before_word + 2) << 3)
+                    # chunk a split took its allocation's end from: the usual merge): its
+                    # neighbours' links, healthy, 16-byte aligned on their pages, each
+                    # translated once (a page not present: no TLB entry, KeyError). A neighbour
+                    # on a page not present, or a link not aligned: ``_unlink``, each access
+                    # translated on its own.
+                    tlb = self.tlb
+                    try:
+                        flink_pa = tlb[flink >> PAGE_SHIFT] + (flink & PAGE_MASK)
+                        blink_pa = tlb[blink >> PAGE_SHIFT] + (blink & PAGE_MASK)
+                    except KeyError:
+                        flink_pa = blink_pa = 1  # (not aligned: the long way)
+                    if (flink_pa | blink_pa) & 15:
+                        self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
-                        flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
-                        blink_word = (blink_base + blink_offset) >> 3
+                        flink_word, blink_word = flink_pa >> 3, blink_pa >> 3  # each one's Flink; its Blink follows
                         if words[flink_word + 1] != entry or words[blink_word] != entry:
                             check_list_links(self.crash, entry, words[flink_word + 1],  # raises
                                              words[blink_word])
@@ -919,7 +944,7 @@ class Pool:
                         words[flink_word + 1] = blink
                         if flink == blink:  # only the head is left
                             self.listed[before_size] = 0
-                offset, previous_size, first8 = before_offset, before8 & 0xFF, before8
+                offset, pa, first8 = before_offset, before_pa, before8
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
@@ -935,7 +960,7 @@ class Pool:
         # The free header, as two QWORDs: PreviousSize and PoolTag kept from the header
         # ``first8`` is (the chunk's, or the previous chunk's it merged into), this pool's
         # PoolIndex, POOL_FREE, the BlockSize; ProcessBilled 0.
-        header_word = (page_pa + offset) >> 3
+        header_word = pa >> 3
         words[header_word] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[block_size]
         words[header_word + 1] = 0
         end = offset + (block_size << BLOCK_SHIFT)
@@ -946,24 +971,26 @@ class Pool:
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
-            # 16-byte aligned bodies (or the head), each one's links on its page. A neighbour
-            # on a page not present, or a link not aligned: ``_insert``, each access
-            # translated on its own.
-            entry, entry_word = chunk + HEADER_SIZE, header_word + 2
+            # 16-byte aligned bodies (or the head), each one's links on its page, translated
+            # once. A neighbour on a page not present (no TLB entry), or a link not aligned:
+            # ``_insert``, each access translated on its own.
             head, head_word = self.list_heads[block_size]
             first, last = words[head_word], words[head_word + 1]
             tlb = self.tlb
-            first_offset, last_offset = first & PAGE_MASK, last & PAGE_MASK  # (aligned: small ints)
-            first_base, last_base = tlb.get(first >> PAGE_SHIFT), tlb.get(last >> PAGE_SHIFT)
-            if first_base is None or last_base is None or (first_offset | last_offset) & 15:
-                self._insert(entry, block_size, False, entry_word << 3)
+            try:
+                first_pa = tlb[first >> PAGE_SHIFT] + (first & PAGE_MASK)
+                last_pa = tlb[last >> PAGE_SHIFT] + (last & PAGE_MASK)
+            except KeyError:
+                first_pa = last_pa = 1  # (not aligned: the long way)
+            if (first_pa | last_pa) & 15:
+                self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_word = (first_base + first_offset) >> 3  # its Flink; its Blink follows
-            first_blink, last_flink = words[first_word + 1], words[(last_base + last_offset) >> 3]
+            first_word = first_pa >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[last_pa >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
-            words[entry_word] = first
-            words[entry_word + 1] = head
+            words[header_word + 2] = first  # the entry's Flink and Blink
+            words[header_word + 3] = head
             words[first_word + 1] = entry
             words[head_word] = entry
             self.listed[block_size] = 1
@@ -1119,23 +1146,34 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        entries: dict[int, None] = {}  # in list order; a dict, so a loop is found at once
-        pending, words, tlb = self.pending, self.words, self.tlb
-        head_va = self.descriptor_va + POOL_DESCRIPTOR.PendingFrees
+        return list(self._walk_pending())
+
+    def _walk_pending(self) -> dict[int, int]:
+        """``pending_frees``' walk: each queued chunk's header (newest first) and the
+        physical address of that header, as the walk translated it to read the link."""
+        entries: dict[int, int] = {}  # header -> its physical address, in list order
+        # The queued chunks not met yet: a link to a chunk not queued, or to one met already
+        # (a loop), finds nothing to remove here (one set operation tests both).
+        unmet = set(self.pending)
+        remove, words, tlb = unmet.remove, self.words, self.tlb
         entry = words[self.pending_frees_word]
-        while len(entries) < len(pending):
+        for _ in range(len(unmet)):
             chunk = entry - HEADER_SIZE
-            if chunk not in pending or chunk in entries:
+            try:
+                remove(chunk)
+            except KeyError:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
-                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT, head_va, entry, 0,
+                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
+                           self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            entries[chunk] = None
             base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
             if base is None:
                 base = self.fault(entry, False, self.lock_irql)
-            entry = words[(base + (entry & PAGE_MASK)) >> 3]
-        return list(entries)
+            body_pa = base + (entry & PAGE_MASK)
+            entries[chunk] = body_pa - HEADER_SIZE
+            entry = words[body_pa >> 3]
+        return entries
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
@@ -1145,17 +1183,23 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            chunks = self.pending_frees()
-            descriptor = POOL_DESCRIPTOR.at(self.mem, self._pa(self.descriptor_va))
-            descriptor.PendingFrees = 0
-            descriptor.PendingFreeDepth = 0
-            for chunk in chunks:
-                self.pending.discard(chunk)
-                self.free_small(chunk)
+            entries = self._walk_pending()
+            # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
+            self.words[self.pending_frees_word] = 0
+            self.ulongs[self.pending_depth_ulong] = 0
+            # Each header's translation, made by the walk, is handed to ``free_small`` while
+            # no translation can have changed since: on a pool that is never paged, until a
+            # free returns a page (a coalesced chunk the size of its page); after that, and
+            # on a paged pool (a fault may page another page out), each is translated again.
+            pages_in_use = self.pages_in_use if self.pager is None else -1
+            discard, free_small = self.pending.discard, self.free_small
+            for chunk, pa in entries.items():
+                discard(chunk)
+                free_small(chunk, pa if self.pages_in_use == pages_in_use else None)
         finally:
             self.found_in = ""
         self.pending.clear()
-        return len(chunks)
+        return len(entries)
 
     # --- big allocations ---------------------------------------------------------------
 
