@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ntpool
 from ntpool.debugger import poolscan
-from ntpool.dump.reader import DumpReader
+from ntpool.dump.reader import DumpFormatError, DumpReader
 
 MiB = 1 << 20
 PAGES = 6
@@ -25,8 +25,8 @@ PATTERNS = ["derF", "?ecR", "*R", "F*", "d?r*", "Zzzz"]
 
 
 @pytest.fixture(scope="module")
-def window(tmp_path_factory):
-    """PAGES pages of a real nonpaged pool (bytes, address, finder) and their headers' offsets."""
+def walk_dump(tmp_path_factory):
+    """A full dump of a nonpaged pool of chunks of many sizes, some freed."""
     k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
     rng = random.Random(5)
     live = []
@@ -39,7 +39,13 @@ def window(tmp_path_factory):
             k.ExFreePool(live.pop(rng.randrange(len(live))))
     path = tmp_path_factory.mktemp("walk") / "walk.dmp"
     k.write_dump(path, "full")
-    with DumpReader(path) as reader:
+    return path
+
+
+@pytest.fixture(scope="module")
+def window(walk_dump):
+    """PAGES pages of a real nonpaged pool (bytes, address, finder) and their headers' offsets."""
+    with DumpReader(walk_dump) as reader:
         pool = reader.pool_ranges()[0]
         finder = poolscan.PoolFinder(reader, pool, poolscan.BigPageIndex(reader.big_pages()))
         va, offset, count = next(run for run in finder.runs() if run[2] >= PAGES)
@@ -165,17 +171,30 @@ def made_pages(draw):
     return data
 
 
+# Orders in which the step walk tries chunk sizes (see poolscan.common_sizes): none, a few
+# sizes the made pages hold, all of them backwards (the slowest order), and sizes they never hold.
+SIZE_ORDERS = [(), (17, 1, 255), (255, 40, 17, 8, 5, 3, 2, 1), (4, 6, 7, 200)]
+_steppers: dict = {}
+
+
+def _stepper(allowed, regex, sizes):
+    key = (allowed, regex.pattern, sizes)
+    if key not in _steppers:
+        _steppers[key] = poolscan.header_step_regex(allowed, regex.pattern, sizes)
+    return _steppers[key]
+
+
 @FUZZ
-@given(made_pages(), st.sampled_from(["derF", "d?r*", "*F", "Zzzz", "tliF"]))
-def test_the_window_walk_equals_the_plain_walk_on_made_pages(window, data, pattern):
+@given(made_pages(), st.sampled_from(["derF", "d?r*", "*F", "Zzzz", "tliF"]), st.sampled_from(SIZE_ORDERS))
+def test_the_window_walk_equals_the_plain_walk_on_made_pages(window, data, pattern, sizes):
     """Whatever the bytes, the fast walk never invents or misses a hit: where it answers, its
     hits are the plain walk's (each page's chain checked one header at a time, then the tags);
     where a page's chain is not valid it does not answer, and the search as a whole still equals
-    the page-by-page search."""
+    the page-by-page search. The order the walk tries chunk sizes in changes nothing."""
     finder = window.finder
     pages = len(data) >> 12
     regex = poolscan.tag_bytes_regex(pattern)
-    stepper = poolscan.header_step_regex(finder._allowed, regex.pattern)
+    stepper = _stepper(finder._allowed, regex, sizes)
     chains = [poolscan.valid_header_offsets(data, page << 12, 0) for page in range(pages)]
     blocks = poolscan._step_pages(stepper, regex, data, len(data))
     if None in chains:
@@ -194,3 +213,39 @@ def test_the_window_walk_equals_the_plain_walk_on_made_pages(window, data, patte
     corrupt: list = []
     found = finder._search_window(data, view, 0, pages, regex, plan, walker, corrupt, stepper)
     assert (_found(found), corrupt) == (_found(expected), expected_corrupt)
+
+
+def test_the_walk_tries_first_the_sizes_the_pool_holds_most(walk_dump):
+    """``common_sizes``: the BlockSizes of the chains of the pool's first pages, most found
+    first (ties: the smaller first), at most COMMON_SIZES, counted as the plain walk counts."""
+    with DumpReader(walk_dump) as reader:
+        pool = reader.pool_ranges()[0]
+        finder = poolscan.PoolFinder(reader, pool, poolscan.BigPageIndex(reader.big_pages()))
+        counts: dict = {}
+        taken = 0
+        for _va, offset, count in finder.runs():
+            for page in range(min(count, poolscan.SIZE_SAMPLE_PAGES - taken)):
+                data = reader.mapping[offset + (page << 12):offset + ((page + 1) << 12)]
+                for header in poolscan.valid_header_offsets(data, 0, 0) or ():
+                    counts[data[header + 2]] = counts.get(data[header + 2], 0) + 1
+            taken += min(count, poolscan.SIZE_SAMPLE_PAGES - taken)
+            if taken == poolscan.SIZE_SAMPLE_PAGES:
+                break
+        expected = sorted(counts, key=lambda size: (-counts[size], size))[:poolscan.COMMON_SIZES]
+        assert finder.common_sizes() == tuple(expected) and len(expected) > 3
+        assert finder.searchers("derF")[4] is poolscan._searchers(finder._allowed, "derF", tuple(expected))[4]
+
+
+def test_a_dump_that_fails_while_sizes_are_counted_keeps_the_order(walk_dump, monkeypatch):
+    """Counting the sizes is for speed only: a read that fails there leaves the walk's order as
+    it is (the scan meets the error where it reads that page)."""
+
+    def failing(offset, view):
+        raise DumpFormatError("truncated")
+
+    with DumpReader(walk_dump) as reader:
+        finder = poolscan.PoolFinder(reader, reader.pool_ranges()[0], poolscan.BigPageIndex(reader.big_pages()))
+        monkeypatch.setattr(reader, "read_file_into", failing)
+        assert finder.common_sizes() == ()
+        with pytest.raises(DumpFormatError):
+            finder.find("derF")

@@ -1106,7 +1106,8 @@ class HitLines:
         site_index = map(rshift, index, repeat(shift)) if shift else index  # by unit: see window_units
         values[1::2] = map(dict.__getitem__, map(self.site_texts.__getitem__, map(sites.__getitem__, site_index)),
                            map(heads.__getitem__, index))
-        return ("\n%016x%s" * len(blocks)) % tuple(values)
+        return ((_LINE_16_DIGITS if _SIXTEEN_DIGITS <= page.va and page.va + (blocks[-1] << BLOCK_SHIFT) < 1 << 64
+                 else _LINE) * len(blocks)) % tuple(values)
 
     def _tail(self, head: int, block: int) -> tuple[str, bool]:
         """The text of a chunk's line after its page's address; whether it is allocated."""
@@ -1126,6 +1127,9 @@ class HitLines:
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
+# A stretch's line: its address, as 16 hex digits, then its text. Every address from 1 << 60 to
+# 1 << 64 (a kernel address) has 16 digits as it is, and %x is much faster than %016x, which pads.
+_LINE, _LINE_16_DIGITS, _SIXTEEN_DIGITS = "\n%016x%s", "\n%x%s", 1 << 60
 
 
 class _Middles(dict):
