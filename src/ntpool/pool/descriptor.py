@@ -787,8 +787,7 @@ class Pool:
             first_blink_word = (first_pa >> 3) + 1
             if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], words[first_blink_word])
-            words[header + 2] = head
-            words[header + 3] = last
+            _LINKS.pack_into(mem, entry_pa, head, last)  # the entry's Flink and Blink
             words[last_word] = entry
             words[head_word + 1] = entry
             self.listed[remainder] = 1
