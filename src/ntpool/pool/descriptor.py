@@ -52,6 +52,7 @@ from .layout import (
     allocated_type,
 )
 from .lookaside import Lookaside
+from .tracker import column_of
 
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 FLINK = LIST_ENTRY.Flink
@@ -139,7 +140,7 @@ class Pool:
         # free (0) or allocated.
         self.free_header_bits = pool_index << POOL_INDEX_SHIFT | POOL_FREE << POOL_TYPE_SHIFT
         self.allocated_header_bits = pool_index << POOL_INDEX_SHIFT | self.allocated_header_type << POOL_TYPE_SHIFT
-        self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
+        self.track_offset = column_of(base_type)  # this pool's allocations column in a tracker row
 
         self.page_kind = bytearray(self.page_count)
         # The physical address of each page of small chunks while it is resident, 0 for any
