@@ -788,8 +788,7 @@ class Pool:
             first_blink_word = (first_pa >> 3) + 1
             if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], words[first_blink_word])
-            words[header + 2] = head
-            words[header + 3] = last
+            _LINKS.pack_into(mem, entry_pa, head, last)  # the entry's Flink and Blink
             words[last_word] = entry
             words[head_word + 1] = entry
             self.listed[remainder] = 1
@@ -897,10 +896,11 @@ class Pool:
         page_pa = pa - offset
         previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
-        if following < PAGE_SIZE:
+        # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
+        # without delayed frees)
+        if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
             next8 = words[(page_pa + following) >> 3]
-            # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
-            if not next8 & _POOL_TYPE_BITS and not (self.pending and page + following in self.pending):
+            if not (self.pending and page + following in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
@@ -1176,10 +1176,10 @@ class Pool:
                            self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
-            if base is None:
-                base = self.fault(entry, False, self.lock_irql)
-            body_pa = base + (entry & PAGE_MASK)
+            try:  # a queued chunk's body: 16-byte aligned, on a page of its own pool
+                body_pa = tlb[entry >> PAGE_SHIFT] + (entry & PAGE_MASK)
+            except KeyError:  # (not present: the machine's answer)
+                body_pa = self.fault(entry, False, self.lock_irql) + (entry & PAGE_MASK)
             entries[chunk] = body_pa - HEADER_SIZE
             entry = words[body_pa >> 3]
         return entries
