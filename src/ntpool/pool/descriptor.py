@@ -884,12 +884,14 @@ class Pool:
         alone first; each check's condition is tested here, its named check called only to
         raise its bug check. ``pa``: the header's physical address, when the
         caller has translated it."""
-        words, mem, offset = self.words, self.mem, chunk & PAGE_MASK
-        page = chunk - offset
+        words, mem = self.words, self.mem
         if pa is None:
+            offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
-        page_pa = pa - offset
+        else:
+            offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
+        page, page_pa = chunk - offset, pa - offset
         previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
