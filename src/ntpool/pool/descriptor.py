@@ -76,13 +76,8 @@ PAGE_MASK = PAGE_SIZE - 1
 # next chunk's PreviousSize as its header's first byte.
 assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
-_PREVIOUS_AND_TAG = POOL_TAG_BITS | 0xFF  # what a split keeps of a header's first QWORD
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-_POOL_TYPE_BITS = 0xFF << POOL_TYPE_SHIFT  # a header's PoolType in its first QWORD
-# A header's first QWORD and, 16 bytes on, the LIST_ENTRY of a free chunk's body (Flink, Blink).
-_HEADER_AND_LINKS = struct.Struct("<Q8xQQ")
-assert _HEADER_AND_LINKS.size == HEADER_SIZE + LIST_ENTRY.size
 # What coalescing reads of a header: PreviousSize, BlockSize, PoolTag (PoolIndex and PoolType
 # skipped); and of the previous chunk's, PoolType too, and its body's links (Flink, Blink).
 _PREVIOUS_SIZE_TAG = struct.Struct("<BxBxI")
@@ -669,9 +664,9 @@ class Pool:
             return self._split_any(entry, found, block_size, tag, site)
         # The usual case: the entry is a chunk body on a present page. The chunk's
         # header, its neighbours' and the remainder's all lie on that page: it is translated
-        # once, and the headers are written in the order ``_split_any`` writes them, each as
-        # two QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
-        # ProcessBilled).
+        # once, and the headers are written in the order ``_split_any`` writes them (a whole
+        # header with one pack: its first ULONG, layout.header_first8's low half, PreviousSize
+        # its low byte; the PoolTag; ProcessBilled).
         chunk_pa = entry_pa - HEADER_SIZE
         header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
         mem = self.mem
@@ -884,16 +879,19 @@ class Pool:
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
-        keep every access inside it). Headers are read as their first QWORD
-        (layout.header_first8); each check's condition is tested here, its named check
-        called only to raise its bug check. ``pa``: the header's physical address, when the
+        keep every access inside it). Headers are read with one unpack each (the fields
+        coalescing uses; the previous chunk's with its links), the next chunk's PoolType
+        alone first; each check's condition is tested here, its named check called only to
+        raise its bug check. ``pa``: the header's physical address, when the
         caller has translated it."""
-        words, mem, offset = self.words, self.mem, chunk & PAGE_MASK
-        page = chunk - offset
+        words, mem = self.words, self.mem
         if pa is None:
+            offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
-        page_pa = pa - offset
+        else:
+            offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
+        page, page_pa = chunk - offset, pa - offset
         previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
