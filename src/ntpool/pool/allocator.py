@@ -102,7 +102,7 @@ _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 # BlockSize for each NumberOfBytes the lookasides serve (1..496), by one subscript of a
 # tuple: (bytes + 31) >> 4 is two operations CPython 3.11 does not specialize. Only an int
 # in range reaches it (a float raises TypeError, as the arithmetic did).
-_BLOCKS_FOR = tuple(blocks_for(number_of_bytes) for number_of_bytes in range(LOOKASIDE_MAX_BYTES + 1))
+BLOCKS_FOR_BYTES = tuple(blocks_for(number_of_bytes) for number_of_bytes in range(LOOKASIDE_MAX_BYTES + 1))
 # Page offsets where a small chunk's header can be for the fast paths: a block boundary
 # with the body on the same page (a page-aligned body is a big allocation's, and its
 # "header" would be on the page before). Whatever else a lookaside head holds (a corrupted
@@ -351,7 +351,7 @@ class PoolAllocator:
                 heads, counts, allocates, sites, headers_from, frames, header_type, \
                     column = fast_lists[PoolType]
                 if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
-                    block_size = _BLOCKS_FOR[NumberOfBytes]
+                    block_size = BLOCKS_FOR_BYTES[NumberOfBytes]
                     body = heads[block_size]
                     # The chunk's header, as an offset from the pool's base (small ints from
                     # here on: cheaper than the 64-bit address), and its offset in its page.
@@ -575,7 +575,7 @@ class PoolAllocator:
         request takes the generic path (every check, the layer's allocate)."""
         try:
             pool = self.lane_pools[pool_type]
-            value = self.known_tags[tag][0]
+            value, row = self.known_tags[tag]
         except (KeyError, TypeError):
             return 0
         if type(number_of_bytes) is not int or not 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
@@ -583,10 +583,23 @@ class PoolAllocator:
         lane = self.layer.lane(site, value)
         if lane is None:
             return 0
-        va = self.allocate_plain(pool, number_of_bytes, value, site)
+        va = self.allocate_small_plain(pool, number_of_bytes, value, row, site)
         if va and lane:
             self.layer.record(va, pool.base_type, number_of_bytes, value, site)
         return va
+
+    def allocate_small_plain(self, pool: Pool, number_of_bytes: int, tag: int, row: list,
+                             site: int) -> int:
+        """``allocate_plain`` for a request of 1..496 bytes, the tag's tracker ``row`` given:
+        its lookaside pop inline (the common case: the tracker's row lookup and a call less),
+        else ``allocate_plain``."""
+        block_size = BLOCKS_FOR_BYTES[number_of_bytes]
+        body = pool.pop_lookaside(block_size, self.irql)
+        if not body:
+            return self.allocate_plain(pool, number_of_bytes, tag, site)
+        pool.write_popped_header(body, tag, site, self.irql)
+        row[pool.track_offset] += BLOCK_CHARGES[block_size]
+        return body
 
     def admit(self, pool_type, number_of_bytes, tag, site: int | None = None) -> tuple[int, int, int]:
         """Validate a request as Windows does, in its order: (type, bytes, tag value).

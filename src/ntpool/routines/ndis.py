@@ -32,7 +32,7 @@ from ..constants import (
     PoolType,
 )
 from ..errors import NdisContractError, NdisVersionError
-from ..pool.allocator import checked_address
+from ..pool.allocator import BLOCKS_FOR_BYTES, checked_address
 from ..pool.descriptor import PAGE_SMALL
 from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
@@ -250,7 +250,7 @@ class NdisRoutines:
         # block is page-aligned: never such a chunk). Anything else is diagnosed below.
         if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
                 and type(MemoryFlags) is int and self.current_driver is None \
-                and self.pool.free(VirtualAddress, None, (Length + 31) >> 4):
+                and self.pool.free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
             return
         # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
         va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \

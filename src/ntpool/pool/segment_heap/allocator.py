@@ -304,6 +304,11 @@ class SegmentHeapAllocator(PoolAllocator):
             body = self._align(pool, header, units, tag, site)
         return body
 
+    def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
+                             site: int) -> int:
+        """PoolAllocator.allocate_small_plain for this design: ``allocate_plain``."""
+        return self.allocate_plain(pool, number_of_bytes, tag, site)
+
     def small_block(self, heap: SegmentHeap, units: int) -> int:
         """POOL_HEADER address of a free block of ``units`` (LFH, lookaside or VS), or 0."""
         if units <= LFH_BUCKET_COUNT:
