@@ -161,3 +161,36 @@ def test_lfh_blocks_on_a_subsegments_later_pages_keep_their_bitmap_on_its_first(
     assert all(sub.free_bits >> sub.index_of[body - 16 - sub.va] & 1 for body in mine)
     info = _info(k11, "Lfhp")
     assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (40, len(mine), (40 - len(mine)) * 128)
+
+
+# --- Driver Verifier's pool-tracking lane ----------------------------------------------------
+
+class Tracked:
+    name = "tracked.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def DriverUnload(self, k):
+        pass
+
+    def allocate(self, k, count, size=64, tag="Lane"):
+        return [k.ExAllocatePoolWithTag(NP, size, tag) for _ in range(count)]
+
+
+def test_the_tracking_lane_pops_the_lookaside_and_charges_the_tags_row(k):
+    d = Tracked()
+    k.load_driver(d)
+    k.verifier.enable("tracked.sys", pool_tracking=True)
+    [first] = d.allocate(k, 1)  # meets the tag stops (the verifier's own path)
+    k.ExFreePoolWithTag(first, "Lane")  # onto the lookaside
+    assert k.nonpaged_pool.la.head[5] == first
+    calls = []
+    plain = k.pool.allocate_plain
+    k.pool.allocate_plain = lambda *args: (calls.append(args), plain(*args))[1]
+    [again, fresh] = d.allocate(k, 2)  # both in the lane: a pop, then (list empty) a new chunk
+    assert again == first and len(calls) == 1 and fresh != first
+    assert k.read(again - 16 + 3, 13) == bytes([2]) + tag_value("Lane").to_bytes(4, "little") + bytes(8)
+    info = _info(k, "Lane")
+    assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (3, 1, 2 * 80)
+    assert sorted(row.address for row in k.verifier.outstanding("tracked.sys")) == sorted([again, fresh])
