@@ -21,7 +21,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 from itertools import accumulate, compress, islice, repeat
-from operator import and_, lshift, rshift, sub
+from operator import and_, getitem, lshift, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -414,8 +414,10 @@ def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, l
     ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
     stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
     pages = length >> PAGE_SHIFT
+    # (getitem(buffer, i), not buffer.__getitem__: a slot wrapper, which packs its argument in a
+    # tuple for every call; all() tests each byte's truth, no comparison with 0)
     if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
-            or 0 in map(buffer.__getitem__, stops):
+            or not all(map(getitem, repeat(buffer), stops)):
         return None
     hits = list(map(rshift, stops, repeat(BLOCK_SHIFT)))  # the stop is 2 bytes into its block
     firsts = memoryview(buffer)[:length].cast("I")[1::_TAG_AT_PAGE_START].tobytes()

@@ -10,7 +10,7 @@ import sys
 import struct
 from array import array
 from itertools import repeat
-from operator import add, lshift, rshift
+from operator import add, getitem, lshift, rshift
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
@@ -1108,8 +1108,10 @@ class HitLines:
         index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
         count = len(blocks)
         site_index = map(rshift, index, repeat(shift)) if shift else index  # by unit: see window_units
-        texts = map(dict.__getitem__, map(self.site_texts.__getitem__, map(sites.__getitem__, site_index)),
-                    map(heads.__getitem__, index))
+        # getitem(x, i), not x.__getitem__: a bytes' or memoryview's __getitem__ is a slot
+        # wrapper, which packs its argument in a tuple for every call
+        texts = map(dict.__getitem__, map(self.site_texts.__getitem__, map(getitem, repeat(sites), site_index)),
+                    map(getitem, repeat(heads), index))
         low = page.va & 0xFFFFFFFF
         if low + (blocks[-1] << BLOCK_SHIFT) > 0xFFFFFFFF or page.va >> 64:  # the top digits change
             values = [None] * (2 * count)
