@@ -176,6 +176,31 @@ def test_a_write_to_a_queued_chunk_breaks_the_pending_list():
     assert e.found_in == "ExDeferredFreePool"
 
 
+@pytest.mark.parametrize("target", ["queued_before", "itself", "live_chunk"])
+def test_a_queued_link_to_a_chunk_not_waiting_its_turn_is_0x19_in_the_deferred_free(target):
+    # The walk of PendingFrees meets each queued chunk once: a link (rewritten after the
+    # free) back to a chunk it met already (a loop, or the chunk itself) or to a chunk that
+    # is not queued at all is BAD_POOL_HEADER 0x19, code 3 (the descriptor's PendingFrees,
+    # the link, 0), found in ExDeferredFreePool, with nothing coalesced.
+    k = machine()
+    pool = k.nonpaged_pool
+    a = k.ExAllocatePoolWithTag(NP, 0x400, "Loo1")
+    b = k.ExAllocatePoolWithTag(NP, 0x400, "Loo2")
+    c = k.ExAllocatePoolWithTag(NP, 0x400, "Loo3")
+    live = k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    for va, tag in ((a, "Loo1"), (b, "Loo2"), (c, "Loo3")):
+        k.ExFreePoolWithTag(va, tag)
+    assert pool.pending_frees() == [c - 16, b - 16, a - 16]
+    # c links to b, b to a: b's link is rewritten to lead elsewhere.
+    link = {"queued_before": c, "itself": b, "live_chunk": live}[target]
+    k.write(b, link.to_bytes(8, "little"))
+    before = bytes(k.physical.buffer)
+    e = stop(pool.deferred_free)
+    assert (e.code, e.parameters) == (0x19, (0x3, pool.descriptor_va + POOL_DESCRIPTOR.PendingFrees, link, 0))
+    assert e.found_in == "ExDeferredFreePool"
+    assert bytes(k.physical.buffer) == before  # the walk comes before any coalescing
+
+
 def test_driver_verifier_turns_delayed_frees_off():
     k = machine()
     p = k.ExAllocatePoolWithTag(NP, 0x400, "Vrfy")

@@ -21,6 +21,7 @@ from ..machine.memory import PTE_ADDRESS_MASK
 from ..pool.layout import BIG_PAGE_FREE, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE, SITE_UNITS_PER_PAGE, \
     WINDOWS7
 from ..pool.segment_heap.layout import big_page_hash, big_page_type_field, segment_heap_layouts
+from ..pool.tracker import row_counts
 from ..tags import PROTECTED_POOL
 from . import format as f
 from . import image as kernel_image
@@ -125,8 +126,8 @@ def build_tracker_table(rows: dict, size: int, entry=POOL_TRACKER_TABLE) -> byte
 
 
 def _tracker_slots(rows: dict, size: int):
-    """(slot, key, row) for each tag: its hash slot, or the next free one (linear probing);
-    the protected bit is not part of the key."""
+    """(slot, key, counts) for each tag: its hash slot, or the next free one (linear probing),
+    and its row's six counts (``tracker.row_counts``); the protected bit is not part of the key."""
     used = bytearray(size)
     mask = size - 1
     for key, r in rows.items():
@@ -135,7 +136,7 @@ def _tracker_slots(rows: dict, size: int):
         while used[slot]:
             slot = (slot + 1) & mask
         used[slot] = 1
-        yield slot, key, r
+        yield slot, key, row_counts(r)
 
 
 def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:

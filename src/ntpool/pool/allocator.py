@@ -72,28 +72,43 @@ from .layout import (
     TYPE_TAG_BILLED,
     blocks_for,
 )
-from .tracker import PoolTracker
+from .tracker import BLOCK_CHARGES, PoolTracker, column_of
 
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 LOOKASIDE_MAX_BYTES = (LOOKASIDE_MAX_BLOCKS << BLOCK_SHIFT) - HEADER_SIZE  # 496
 
 # The fast paths work on physical addresses with precompiled runs of header fields; every
-# offset comes from the layout. They compute a chunk's blocks as (bytes + 31) >> 4 and read
-# the next header's PreviousSize as its first byte: asserted here against the layout.
-assert (HEADER_SIZE + BLOCK - 1, BLOCK_SHIFT, POOL_HEADER.PreviousSize) == (31, 4, 0)
-assert blocks_for(1) == (1 + 31) >> 4
+# offset comes from the layout. They read the next header's PreviousSize as its first byte
+# and PoolIndex as its second, and a lookaside entry's Next as the QWORD just past a header:
+# asserted here against the layout.
+assert (POOL_HEADER.PreviousSize, POOL_HEADER.PoolIndex, SINGLE_LIST_ENTRY.Next) == (0, 1, 0)
+assert 1 << SITE_UNIT_SHIFT == 32 and 1 << BLOCK_SHIFT == 16
 _unpack_next = SINGLE_LIST_ENTRY.struct.unpack_from  # a lookaside entry's Next: the body's start
 _pack_next = SINGLE_LIST_ENTRY.struct.pack_into
-_pack_type_tag = TYPE_TAG_BILLED.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
-_TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
+# The allocation's header write: PoolType, PoolTag, and ProcessBilled as 8 pad bytes, which
+# struct writes as zeros (TYPE_TAG_BILLED with ProcessBilled 0, one argument less to convert).
+_TYPE_TAG_UNBILLED = struct.Struct("<BI8x")
+assert _TYPE_TAG_UNBILLED.pack(2, 0x64657246) == TYPE_TAG_BILLED.pack(2, 0x64657246, 0)
+_pack_type_tag = _TYPE_TAG_UNBILLED.pack_into
+# The free's header read, from the header's start: PoolIndex, BlockSize, PoolType, PoolTag
+# (HEADER_FIRST8 without PreviousSize, a pad byte: one value less to make).
+_INDEX_SIZE_TYPE_TAG = struct.Struct("<xBBBI")
+assert _INDEX_SIZE_TYPE_TAG.unpack(HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (2, 3, 4, 5)
+_unpack_index_size_type_tag = _INDEX_SIZE_TYPE_TAG.unpack_from
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
-_PAGE_END_FROM_BODY = PAGE_SIZE + HEADER_SIZE  # a page's end, counted as a body's offset is
-# Page offsets where a chunk body can start: whatever else a lookaside head holds (a
-# corrupted Next put it there) goes the generic way, which accesses it as Windows would.
-_BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
+# BlockSize for each NumberOfBytes the lookasides serve (1..496), by one subscript of a
+# tuple: (bytes + 31) >> 4 is two operations CPython 3.11 does not specialize. Only an int
+# in range reaches it (a float raises TypeError, as the arithmetic did).
+_BLOCKS_FOR = tuple(blocks_for(number_of_bytes) for number_of_bytes in range(LOOKASIDE_MAX_BYTES + 1))
+# Page offsets where a small chunk's header can be for the fast paths: a block boundary
+# with the body on the same page (a page-aligned body is a big allocation's, and its
+# "header" would be on the page before). Whatever else a lookaside head holds (a corrupted
+# Next put it there) goes the generic way, which accesses it as Windows would. A tuple of
+# bools: a subscript and a truth test CPython 3.11 specializes (a bytes subscript it does not).
+_HEADER_OK = tuple(offset % BLOCK == 0 and offset + HEADER_SIZE < PAGE_SIZE for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
 _ZERO_PACKERS: dict = {}  # number of bytes -> pack_into of a Struct of that many pad bytes
 
@@ -128,21 +143,22 @@ STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
 def fast_lists_of(pool: Pool) -> tuple:
     """What the allocation fast path touches of ``pool``, in the order it unpacks them: the
     current processor's lookaside heads, counts and hits (TotalAllocates less AllocateMisses),
-    the site map and the address its index counts from (a chunk's header: body - 16), the
-    resident pages of small chunks (``Pool.small_frames``), the allocated PoolType byte, and the pool's columns in a tracker row (allocations, bytes:
-    each a subscript, no sum on the fast path). Rebuilt when the
-    processor changes."""
+    the site map, the address chunk headers are counted from (a body less this is its
+    header's offset from the pool's base: the site map's and ``Pool.small_frames``' index),
+    the resident pages of small chunks, the allocated PoolType byte, and the pool's
+    allocations column in a tracker row. Rebuilt when the processor changes."""
     return (pool.la_head, pool.la_count, pool.la_allocates, pool.sites, pool.base + HEADER_SIZE,
-            pool.small_frames, pool.allocated_header_type, pool.track_offset, pool.track_offset + 2)
+            pool.small_frames, pool.allocated_header_type, pool.track_offset)
 
 
 def fast_frees_of(pool: Pool) -> tuple:
     """What the free fast path touches of ``pool``, in the order it unpacks them: the pool,
-    its base and resident pages of small chunks (``Pool.small_frames``), the current processor's lookaside heads, counts and depths,
-    and the pool's columns in a tracker row (frees, bytes). Rebuilt when the processor
+    the address chunk headers are counted from (as ``fast_lists_of``), its resident pages of
+    small chunks (``Pool.small_frames``), the current processor's lookaside heads, counts
+    and depths, and the pool's frees column in a tracker row. Rebuilt when the processor
     changes."""
-    return (pool, pool.base, pool.small_frames, pool.la_head, pool.la_count, pool.la_limit,
-            pool.track_offset + 1, pool.track_offset + 2)
+    return (pool, pool.base + HEADER_SIZE, pool.small_frames, pool.la_head, pool.la_count,
+            pool.la_limit, pool.track_offset + 1)
 
 
 def _refill(table: dict, entries: dict) -> None:
@@ -299,7 +315,9 @@ class PoolAllocator:
         fast_lists = self.fast_lists
         fast_pools = self.fast_pools
         mem = self.mem
-        qwords = self.nonpaged.words  # the same memory as QWORDs: qwords[pa >> 3]
+        # The same memory as QWORDs from byte 16 on: bodies[header_pa // 8] is the QWORD
+        # just past that header, a lookaside entry's Next (no addition on the fast path).
+        bodies = memoryview(mem)[_BODY:].cast("Q")
 
         # The call site of the last allocation whose site the index held. A driver allocates
         # from one call in a loop far more often than it alternates, and comparing the code
@@ -330,32 +348,34 @@ class PoolAllocator:
                     last_code, last_lasti, last_site = code, lasti, site
             try:
                 tag_ulong, row = known_tags[Tag]
-                heads, counts, allocates, sites, site_bias, frames, header_type, column, \
-                    bytes_column = fast_lists[PoolType]
+                heads, counts, allocates, sites, headers_from, frames, header_type, \
+                    column = fast_lists[PoolType]
                 if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
-                    block_size = (NumberOfBytes + 31) >> 4
+                    block_size = _BLOCKS_FOR[NumberOfBytes]
                     body = heads[block_size]
-                    offset = body & 0xFFF
-                    header = body - site_bias  # the chunk's header, from the pool's base
-                    # A block boundary past a page's first block (so the header is on the
-                    # body's page), on a resident page of small chunks of this pool: its
-                    # frame's address, not 0 (else, a head a driver damaged or a page paged
-                    # out, the generic path pops it as Windows would).
-                    if _BODY_OK[offset] and header >= 0 and (frame := frames[header >> PAGE_SHIFT]):
-                        pa = frame + offset
-                        heads[block_size] = qwords[pa >> 3]  # the entry's Next: the body's first QWORD
+                    # The chunk's header, as an offset from the pool's base (small ints from
+                    # here on: cheaper than the 64-bit address), and its offset in its page.
+                    header = body - headers_from
+                    offset = header & 0xFFF
+                    # A block boundary with the body on its page, on a resident page of small
+                    # chunks of this pool: its frame's address, not 0 (else, a head a driver
+                    # damaged or a page paged out, the generic path pops it as Windows would).
+                    # (Floor division: CPython 3.11 computes // on a small int with fewer
+                    # instructions than >>; the same result for a non-negative one.)
+                    if _HEADER_OK[offset] and header >= 0 and (frame := frames[header // PAGE_SIZE]):
+                        pa = frame + offset  # the header's physical address
+                        heads[block_size] = bodies[pa // 8]  # the entry's Next: the body's first QWORD
                         counts[block_size] -= 1
                         allocates[block_size] += 1
-                        _pack_type_tag(mem, pa + _TYPE_FROM_BODY, header_type, tag_ulong,
-                                       0)  # ProcessBilled: no quota (the fast path serves none)
-                        sites[header >> 5] = site  # one USHORT per 32 bytes: SITE_UNIT_SHIFT
-                        row[column] += 1
-                        row[bytes_column] += block_size << 4
+                        _pack_type_tag(mem, pa + _POOL_TYPE, header_type,
+                                       tag_ulong)  # and ProcessBilled 0: no quota (the fast path serves none)
+                        sites[header // 32] = site  # one per 32 bytes: SITE_UNIT_SHIFT
+                        row[column] += BLOCK_CHARGES[block_size]  # one allocation, its bytes
                         if zero:
                             if allocator.writes_watched:
                                 allocator.zero(body, NumberOfBytes)  # (it publishes MemoryWritten)
                             else:
-                                _zero_packer(NumberOfBytes)(mem, pa)
+                                _zero_packer(NumberOfBytes)(mem, pa + _BODY)
                         return body
                     if not body:
                         # This processor's lookaside is empty: on to the pool, as
@@ -375,8 +395,7 @@ class PoolAllocator:
                             if not chunk:
                                 return allocator.fast_failure(PoolType, NumberOfBytes)
                             body = chunk + _BODY
-                        row[column] += 1
-                        row[bytes_column] += block_size << 4
+                        row[column] += BLOCK_CHARGES[block_size]
                         if zero:
                             allocator.zero(body, NumberOfBytes)
                         return body
@@ -420,18 +439,24 @@ class PoolAllocator:
         known_tags = self.known_tags
         tracker_rows = self.tracker.rows
         mem = self.mem
-        qwords = self.nonpaged.words
+        bodies = memoryview(mem)[_BODY:].cast("Q")  # bodies[header_pa // 8]: as fast_allocate's
+        # The same memory one byte on: pool_indexes[header_pa] is that header's PoolIndex
+        # (the next header's, read with no addition).
+        pool_indexes = memoryview(mem)[POOL_HEADER.PoolIndex:]
 
         def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
-                pool, base, frames, heads, counts, depths, column, bytes_column = fast_frees[P >> 39]
-                offset = P & 0xFFF
-                # _BODY_OK: a 16-byte boundary past the page's first header, where a small
-                # chunk's body can start (a page-aligned address is a big allocation's); on a
-                # resident page of small chunks of this pool: its frame's address, not 0.
-                if _BODY_OK[offset] and P >= base and (frame := frames[(P - base) >> PAGE_SHIFT]):
-                    pa = frame + offset - _BODY
-                    _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                pool, headers_from, frames, heads, counts, depths, column = fast_frees[P >> 39]
+                # The chunk's header, as an offset from the pool's base (small ints from here
+                # on), and its offset in its page.
+                header = P - headers_from
+                offset = header & 0xFFF
+                # _HEADER_OK: a block boundary with the body on the same page (a page-aligned
+                # address is a big allocation's); on a resident page of small chunks of this
+                # pool: its frame's address, not 0.
+                if _HEADER_OK[offset] and header >= 0 and (frame := frames[header // PAGE_SIZE]):
+                    pa = frame + offset  # the header's physical address
+                    pool_index, block_size, type_byte, stored = _unpack_index_size_type_tag(mem, pa)
                     if Tag is None:
                         # ExFreePool: the stored tag is the one passed. A protected one must be
                         # named (the generic path insists): it has no tracker row under its own
@@ -439,23 +464,23 @@ class PoolAllocator:
                         passed, row = stored, tracker_rows[stored]
                     else:
                         passed, row = known_tags[Tag]  # the tag's ULONG and its tracker row
-                    size = block_size << 4
-                    # Where the chunk ends, counted from the page's start plus a header (as the
-                    # body's offset is): the page's end is PAGE_SIZE + _BODY.
-                    end = offset + size
+                    size = block_size * 16  # (CPython 3.11 specializes *, not <<)
+                    end = offset + size  # where the chunk ends in its page
+                    # The next header, unless the chunk ends its page: PreviousSize our
+                    # BlockSize, PoolIndex ours (the page's end tested second: it is rare).
                     if stored == passed and type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE \
                             and block_size and (not blocks or block_size == blocks) and \
-                            (end == _PAGE_END_FROM_BODY or
-                             (end < _PAGE_END_FROM_BODY and mem[(following := pa + size)] == block_size
-                              and mem[following + 1] == pool_index)):
+                            (end < PAGE_SIZE and mem[(following := pa + size)] == block_size
+                             and pool_indexes[following] == pool_index or end == PAGE_SIZE):
                         if allocator.layer is not None:
                             allocator.layer.forget(P)  # an observing layer's record of it
-                        row[column] += 1
-                        row[bytes_column] -= size
-                        if block_size <= LOOKASIDE_MAX_BLOCKS and counts[block_size] < depths[block_size]:
+                        row[column] += BLOCK_CHARGES[block_size]  # one free, its bytes
+                        # Depth is 0 past the lists' sizes (Lookaside), so a larger chunk
+                        # fails this test with no test of its size.
+                        if counts[block_size] < depths[block_size]:
                             # The chunk keeps its in-use PoolType on the lookaside, as in Windows 7;
                             # the list's head goes in its Next, the body's first QWORD.
-                            qwords[(pa >> 3) + 2] = heads[block_size]
+                            bodies[pa // 8] = heads[block_size]
                             heads[block_size] = P
                             counts[block_size] += 1
                             return True
@@ -477,8 +502,8 @@ class PoolAllocator:
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
-                elif not offset and not blocks and allocator.layer is None and P >= base \
-                        and pool.page_kind[(P - base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
+                elif not P & 0xFFF and not blocks and allocator.layer is None and P >= pool.base \
+                        and pool.page_kind[(P - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                     # A big allocation's first page: nothing for the generic path to validate
                     # first (the pool and IRQL are the fast path's); its own checks follow.
                     allocator._free_big_checked(pool, P, None if Tag is None or Tag == 0 else
@@ -649,10 +674,10 @@ class PoolAllocator:
     def track_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
         """Count an allocation a layer made from its own pages (special pool) in the pool
         tag table, as Windows does: only the allocator writes the tracker."""
-        self.tracker.charge(tag, 3 * base_type, charge)
+        self.tracker.charge(tag, column_of(base_type), charge)
 
     def untrack_layer_allocation(self, tag: int, base_type: int, charge: int) -> None:
-        self.tracker.release(tag, 3 * base_type, charge)
+        self.tracker.release(tag, column_of(base_type), charge)
 
     # --- physically contiguous memory (NDIS) ---------------------------------------------
 

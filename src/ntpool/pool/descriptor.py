@@ -52,6 +52,7 @@ from .layout import (
     allocated_type,
 )
 from .lookaside import Lookaside
+from .tracker import column_of
 
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 FLINK = LIST_ENTRY.Flink
@@ -75,13 +76,17 @@ PAGE_MASK = PAGE_SIZE - 1
 # next chunk's PreviousSize as its header's first byte.
 assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
-_PREVIOUS_AND_TAG = POOL_TAG_BITS | 0xFF  # what a split keeps of a header's first QWORD
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-_POOL_TYPE_BITS = 0xFF << POOL_TYPE_SHIFT  # a header's PoolType in its first QWORD
-# A header's first QWORD and, 16 bytes on, the LIST_ENTRY of a free chunk's body (Flink, Blink).
-_HEADER_AND_LINKS = struct.Struct("<Q8xQQ")
-assert _HEADER_AND_LINKS.size == HEADER_SIZE + LIST_ENTRY.size
+# What coalescing reads of a header: PreviousSize, BlockSize, PoolTag (PoolIndex and PoolType
+# skipped); and of the previous chunk's, PoolType too, and its body's links (Flink, Blink).
+_PREVIOUS_SIZE_TAG = struct.Struct("<BxBxI")
+_PREVIOUS_SIZE_TYPE_TAG_LINKS = struct.Struct("<BxBBI8xQQ")
+assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, POOL_HEADER.PoolTag) == (0, 2, 3, 4)
+# A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
+# layout.header_first8's low half), the PoolTag, ProcessBilled.
+_HEADER_ULONG_TAG_BILLED = struct.Struct("<IIQ")
+assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
@@ -130,7 +135,7 @@ class Pool:
         # free (0) or allocated.
         self.free_header_bits = pool_index << POOL_INDEX_SHIFT | POOL_FREE << POOL_TYPE_SHIFT
         self.allocated_header_bits = pool_index << POOL_INDEX_SHIFT | self.allocated_header_type << POOL_TYPE_SHIFT
-        self.track_offset = 3 * base_type  # column of this pool's counters in a tracker row
+        self.track_offset = column_of(base_type)  # this pool's allocations column in a tracker row
 
         self.page_kind = bytearray(self.page_count)
         # The physical address of each page of small chunks while it is resident, 0 for any
@@ -650,21 +655,22 @@ class Pool:
         head, head_word = self.list_heads[found]
         words, tlb = self.words, self.tlb
         entry = words[head_word]  # its Flink
+        offset = entry & PAGE_MASK
         try:
-            entry_pa = tlb[entry >> PAGE_SHIFT] + (entry & PAGE_MASK)
+            entry_pa = tlb[entry >> PAGE_SHIFT] + offset
         except KeyError:  # a page not present: the long way, which faults as Windows would
             return self._split_any(entry, found, block_size, tag, site)
-        offset = entry_pa & PAGE_MASK  # (a page's physical address is page-aligned)
         if not _BODY_OK[offset]:
             return self._split_any(entry, found, block_size, tag, site)
         # The usual case: the entry is a chunk body on a present page. The chunk's
         # header, its neighbours' and the remainder's all lie on that page: it is translated
-        # once, and the headers are written in the order ``_split_any`` writes them, each as
-        # two QWORDs (the first: layout.header_first8, PreviousSize its low byte; the second:
-        # ProcessBilled).
+        # once, and the headers are written in the order ``_split_any`` writes them (a whole
+        # header with one pack: its first ULONG, layout.header_first8's low half, PreviousSize
+        # its low byte; the PoolTag; ProcessBilled).
         chunk_pa = entry_pa - HEADER_SIZE
         header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
-        flink, blink = words[header + 2], words[header + 3]
+        mem = self.mem
+        flink, blink = _LINKS.unpack_from(mem, entry_pa)
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
         # own, read through its translation (the Blink side's is the Flink just read: the
@@ -701,9 +707,8 @@ class Pool:
         # and ``end`` are the body's and the next body's, a header past the chunks': so the
         # previous chunk starts on the page while ``back`` is below ``offset``, both being
         # multiples of 16, and the chunk ends at the page's end at PAGE_SIZE + 16.)
-        mem = self.mem
-        first8 = words[header]  # (read after the unlink, whose writes it must see)
-        previous_size, free_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
+        # (Read after the unlink, whose writes they must see; as single bytes, small ints.)
+        previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
         back, size = previous_size << BLOCK_SHIFT, free_size << BLOCK_SHIFT
         end = offset + size
         if not ((back < offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
@@ -714,8 +719,8 @@ class Pool:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            words[header] = previous_size | self.allocated_size_bits[block_size] | tag << POOL_TAG_SHIFT
-            words[header + 1] = site & self.header_site_mask
+            _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
+                                               tag, site & self.header_site_mask)
             self.sites[(entry - HEADER_SIZE - self.base) >> SITE_UNIT_SHIFT] = site
             return entry - HEADER_SIZE
         if previous_size == 0:
@@ -724,10 +729,11 @@ class Pool:
             # the new PreviousSize (its header's first byte).
             chunk = entry - HEADER_SIZE
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
+            old_tag = words[header] & POOL_TAG_BITS  # the remainder's, as Windows leaves it
             words[header] = tag << POOL_TAG_SHIFT | self.allocated_size_bits[block_size]
             words[header + 1] = site & self.header_site_mask
             self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
-            words[rest_pa >> 3] = first8 & POOL_TAG_BITS | block_size | self.free_size_bits[remainder]
+            words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             words[(rest_pa >> 3) + 1] = 0
             if end < _PAGE_END:
                 self.mem_bytes[chunk_pa + size] = remainder
@@ -738,11 +744,14 @@ class Pool:
         # Otherwise the allocation is taken from the end: the chunk's header becomes the free
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
-        mine_word = header + (remainder << 1)  # (a block is two QWORDs)
-        words[header] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[remainder]
+        # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
+        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory (the
+        # header was read just now); ProcessBilled 0. Then the allocation's whole header.
+        self.ulongs[chunk_pa >> 2] = previous_size | self.free_size_bits[remainder]
         words[header + 1] = 0
-        words[mine_word] = remainder | self.allocated_size_bits[block_size] | tag << POOL_TAG_SHIFT
-        words[mine_word + 1] = site & self.header_site_mask
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + (remainder << BLOCK_SHIFT),
+                                           remainder | self.allocated_size_bits[block_size], tag,
+                                           site & self.header_site_mask)
         mine = entry + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
         self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
         if end < _PAGE_END:
@@ -774,8 +783,7 @@ class Pool:
             first_blink_word = (first_pa >> 3) + 1
             if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], words[first_blink_word])
-            words[header + 2] = head
-            words[header + 3] = last
+            _LINKS.pack_into(mem, entry_pa, head, last)  # the entry's Flink and Blink
             words[last_word] = entry
             words[head_word + 1] = entry
             self.listed[remainder] = 1
@@ -871,27 +879,30 @@ class Pool:
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
-        keep every access inside it). Headers are read as their first QWORD
-        (layout.header_first8); each check's condition is tested here, its named check
-        called only to raise its bug check. ``pa``: the header's physical address, when the
+        keep every access inside it). Headers are read with one unpack each (the fields
+        coalescing uses; the previous chunk's with its links), the next chunk's PoolType
+        alone first; each check's condition is tested here, its named check called only to
+        raise its bug check. ``pa``: the header's physical address, when the
         caller has translated it."""
-        words, offset = self.words, chunk & PAGE_MASK
-        page = chunk - offset
+        words, mem = self.words, self.mem
         if pa is None:
+            offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
-        page_pa = pa - offset
-        first8 = words[pa >> 3]
-        previous_size, block_size = first8 & 0xFF, first8 >> BLOCK_SIZE_SHIFT & 0xFF
+        else:
+            offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
+        page, page_pa = chunk - offset, pa - offset
+        previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
-        if following < PAGE_SIZE:
+        # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
+        # without delayed frees)
+        if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
             next8 = words[(page_pa + following) >> 3]
-            # POOL_FREE, and not queued (``pending`` is empty without delayed frees)
-            if not next8 & _POOL_TYPE_BITS and not (self.pending and page + following in self.pending):
+            if not (self.pending and page + following in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
-                mem, next_pa = self.mem, page_pa + following
+                next_pa = page_pa + following
                 next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
                 next_back, next_end = next_previous << BLOCK_SHIFT, following + (next_size << BLOCK_SHIFT)
                 if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
@@ -910,14 +921,14 @@ class Pool:
                 check_previous_size(self.crash, chunk, previous_size)
             before_offset = offset - back
             before_pa = page_pa + before_offset
-            # Its header's first QWORD and its links (Flink, Blink; the next header's first
-            # bytes when it is one block long, read and not used), in one unpack: all on this
-            # page, the previous chunk ending where this one starts.
-            before8, flink, blink = _HEADER_AND_LINKS.unpack_from(self.mem, before_pa)
-            before_size = before8 >> BLOCK_SIZE_SHIFT & 0xFF
+            # Its header's fields and its links (Flink, Blink; the next header's first bytes
+            # when it is one block long, read and not used), in one unpack: all on this page,
+            # the previous chunk ending where this one starts.
+            before_previous, before_size, before_type, before_tag, flink, blink = \
+                _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before8 & _POOL_TYPE_BITS and not (self.pending and page + before_offset in self.pending):
+            if not before_type and not (self.pending and page + before_offset in self.pending):
                 entry = page + (before_offset + HEADER_SIZE)
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
@@ -943,7 +954,7 @@ class Pool:
                         words[flink_word + 1] = blink
                         if flink == blink:  # only the head is left
                             self.listed[before_size] = 0
-                offset, pa, first8 = before_offset, before_pa, before8
+                offset, pa, previous_size, tag = before_offset, before_pa, before_previous, before_tag
                 block_size += before_size
         elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
             check_previous_size(self.crash, chunk, previous_size)
@@ -956,12 +967,10 @@ class Pool:
         if not block_size and not offset:
             self.release_pages(page, 1)
             return
-        # The free header, as two QWORDs: PreviousSize and PoolTag kept from the header
-        # ``first8`` is (the chunk's, or the previous chunk's it merged into), this pool's
-        # PoolIndex, POOL_FREE, the BlockSize; ProcessBilled 0.
-        header_word = pa >> 3
-        words[header_word] = first8 & _PREVIOUS_AND_TAG | self.free_size_bits[block_size]
-        words[header_word + 1] = 0
+        # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
+        # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
+        # POOL_FREE, the BlockSize; ProcessBilled 0.
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size | self.free_size_bits[block_size], tag, 0)
         end = offset + (block_size << BLOCK_SHIFT)
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
@@ -988,8 +997,7 @@ class Pool:
             first_blink, last_flink = words[first_word + 1], words[last_pa >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
-            words[header_word + 2] = first  # the entry's Flink and Blink
-            words[header_word + 3] = head
+            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
             words[first_word + 1] = entry
             words[head_word] = entry
             self.listed[block_size] = 1
@@ -1166,10 +1174,10 @@ class Pool:
                            self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            base = tlb.get(entry >> PAGE_SHIFT)  # a queued chunk's body: 16-byte aligned
-            if base is None:
-                base = self.fault(entry, False, self.lock_irql)
-            body_pa = base + (entry & PAGE_MASK)
+            try:  # a queued chunk's body: 16-byte aligned, on a page of its own pool
+                body_pa = tlb[entry >> PAGE_SHIFT] + (entry & PAGE_MASK)
+            except KeyError:  # (not present: the machine's answer)
+                body_pa = self.fault(entry, False, self.lock_irql) + (entry & PAGE_MASK)
             entries[chunk] = body_pa - HEADER_SIZE
             entry = words[body_pa >> 3]
         return entries

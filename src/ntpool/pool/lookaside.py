@@ -28,6 +28,8 @@ allocator's fast path touches a list element, not an object, per call.
 
 from .layout import LOOKASIDE_MAX_BLOCKS
 
+BLOCK_SIZES = 256  # a POOL_HEADER's BlockSize is a UCHAR
+
 MINIMUM_LOOKASIDE_DEPTH = 4
 MAXIMUM_LOOKASIDE_DEPTH = 256
 MINIMUM_ALLOCATION_THRESHOLD = 25  # allocations per second below which a list shrinks
@@ -38,7 +40,9 @@ class Lookaside:
 
     Indexed by block size (1..32; index 0 unused): ``head`` is ListHead.Next (the body of
     the first chunk, linked through the chunk bodies), ``count`` the entries it holds,
-    ``depth`` how many it may hold now, and the counters the retuning reads.
+    ``depth`` how many it may hold now, and the counters the retuning reads. ``count`` and
+    ``depth`` go on to every BlockSize (0..255), 0 past 32: no list holds a larger chunk,
+    and the free fast path's ``count < depth`` says so without a test of the size.
 
     GENERAL_LOOKASIDE counts TotalAllocates and AllocateMisses; an allocation here counts
     either a hit or a miss (one increment: the fast path's hit, and a miss that goes on to
@@ -52,8 +56,8 @@ class Lookaside:
                  maximum_depth: int = MAXIMUM_LOOKASIDE_DEPTH):
         slots = LOOKASIDE_MAX_BLOCKS + 1
         self.head = [0] * slots
-        self.count = [0] * slots
-        self.depth = [depth] * slots
+        self.count = [0] * BLOCK_SIZES
+        self.depth = [depth] * slots + [0] * (BLOCK_SIZES - slots)
         self.maximum_depth = maximum_depth
         self.allocate_hits = [0] * slots
         self.allocate_misses = [0] * slots

@@ -23,6 +23,7 @@ from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
 from ..allocator import PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
+from ..tracker import BLOCK_CHARGES, ONE
 from .heap import LFH, SegmentHeap
 from .layout import (
     CACHE_LINE,
@@ -162,9 +163,7 @@ class SegmentHeapAllocator(PoolAllocator):
                         sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
                         mem[bitmap] |= 1 << ((index & 3) << 1)
                         _pack_header(mem, pa, 0, 0, units, heap.header_type, tag_ulong, site)
-                        column = heap.track_offset
-                        row[column] += 1
-                        row[column + 2] += units << 4
+                        row[heap.track_offset] += BLOCK_CHARGES[units]  # one allocation, its bytes
                         if zero:
                             if allocator.writes_watched:
                                 allocator.zero(block + POOL_HEADER_SIZE, NumberOfBytes)
@@ -232,9 +231,7 @@ class SegmentHeapAllocator(PoolAllocator):
                                 sub.free_hint = index
                                 if allocator.layer is not None:
                                     allocator.layer.forget(P)  # an observing layer's record of it
-                                column = heap.track_offset
-                                row[column + 1] += 1
-                                row[column + 2] -= sub.block_size
+                                row[heap.track_offset + 1] += ONE | sub.block_size  # one free, its bytes
                                 return True
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to

@@ -19,6 +19,7 @@ from itertools import cycle
 from ...constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE
 from ...machine.memory import AddressSpace
 from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL, _no_machine
+from ..tracker import column_of
 from . import checks
 from .layout import (
     DESCRIPTOR_RANGE_FLAGS,
@@ -202,7 +203,7 @@ class SegmentHeap:
         self.heap_va = heap_va  # the _SEGMENT_HEAP in kernel data
         self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
         self.signature_constant = signature_constant
-        self.track_offset = 3 * base_type
+        self.track_offset = column_of(base_type)  # its allocations column in a tracker row
         # The POOL_TYPE its big page entries record (NonPagedPool, NonPagedPoolNx, PagedPool).
         self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs

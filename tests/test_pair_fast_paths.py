@@ -1,0 +1,131 @@
+"""The small pair's fast paths (``PoolAllocator.fast_allocate`` / ``fast_free``) in the
+cases their shortcuts decide, and the tracker's packed totals they update."""
+
+import pytest
+
+import ntpool
+from ntpool.constants import PAGE_SIZE
+from ntpool.pool.layout import LOOKASIDE_MAX_BLOCKS
+from ntpool.tags import tag_value
+from ntpool.pool.tracker import BLOCK_CHARGES, COUNT_SHIFT, PoolTracker, charge_of, column_of, row_counts
+
+NP, PAGED = int(ntpool.PoolType.NonPagedPool), int(ntpool.PoolType.PagedPool)
+MiB = 1 << 20
+
+
+@pytest.fixture
+def k():
+    return ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+
+
+def _no_generic_free(k, monkeypatch):
+    """Fail the test if a free leaves the fast path (the closure calls the allocator's)."""
+    def refuse(*args):
+        pytest.fail(f"the free fast path sent {args} to the generic path")
+    monkeypatch.setattr(k.pool, "free_generic", refuse)
+
+
+def _info(k, tag: str):
+    return {row.TagUlong: row for row in k.pool_tags()}[tag_value(tag)]
+
+
+def _blocks(k, body: int) -> int:
+    return k.read(body - 16 + 2, 1)[0]
+
+
+def test_a_chunk_that_ends_its_page_is_freed_by_the_fast_path_onto_the_lookaside(k, monkeypatch):
+    # A fresh page's first chunk is at its front; the next is split from the end of what is
+    # left on the page (Windows 7's split), so it ends the page: no next header to check.
+    k.ExAllocatePoolWithTag(NP, 1000, "Frnt")
+    last = k.ExAllocatePoolWithTag(NP, 100, "Last")
+    assert (last - 16 + _blocks(k, last) * 16) % PAGE_SIZE == 0
+    _no_generic_free(k, monkeypatch)
+    k.ExFreePoolWithTag(last, "Last")
+    assert k.nonpaged_pool.la.head[8] == last and not k.halted
+
+
+def test_the_next_headers_previous_size_is_still_compared_on_the_fast_path(k):
+    p = k.ExAllocatePoolWithTag(NP, 100, "Prev")  # 8 blocks at a fresh page's front
+    following = p - 16 + 8 * 16
+    k.write(following, bytes([9]))  # the next header's PreviousSize, not our BlockSize
+    with pytest.raises(ntpool.BugCheck) as raised:
+        k.ExFreePoolWithTag(p, "Prev")
+    assert (raised.value.code, raised.value.parameters[:3]) == (0x19, (0x20, p - 16, following))
+
+
+def test_a_chunk_larger_than_the_lookasides_is_freed_by_the_fast_path_into_the_lists(k, monkeypatch):
+    # Depth is 0 for every BlockSize past the lookaside lists': the fast path's count < depth
+    # test sends such a chunk on to the pool without a test of its size.
+    pool = k.nonpaged_pool
+    assert len(pool.la.depth) == len(pool.la.count) == 256
+    assert not any(pool.la.depth[LOOKASIDE_MAX_BLOCKS + 1:])
+    k.ExAllocatePoolWithTag(NP, 100, "Keep")  # keeps the page in the pool
+    p = k.ExAllocatePoolWithTag(NP, 600, "Larg")
+    blocks = _blocks(k, p)
+    assert blocks == 39 > LOOKASIDE_MAX_BLOCKS
+    _no_generic_free(k, monkeypatch)
+    k.ExFreePoolWithTag(p, "Larg")
+    # On the ListHeads, coalesced with the free space beside it, not on a lookaside.
+    assert any(chunk <= p - 16 < chunk + 16 * blocks_listed for blocks_listed in range(1, 256)
+               for chunk in pool.free_list(blocks_listed))
+    assert not any(pool.la.count[LOOKASIDE_MAX_BLOCKS + 1:])
+    assert not any(pool.system_lookaside.count[LOOKASIDE_MAX_BLOCKS + 1:])
+    info = _info(k, "Larg")
+    assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (1, 1, 0)
+
+
+def test_depth_past_the_lookaside_sizes_stays_0_through_retuning(k):
+    pool = k.nonpaged_pool
+    for _ in range(2000):
+        k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 100, "Tune"), "Tune")
+    for _ in range(6):
+        k.advance_time(1.0)
+    for lookaside in pool.lookasides:
+        assert not any(lookaside.depth[LOOKASIDE_MAX_BLOCKS + 1:])
+        assert all(depth >= 4 for depth in lookaside.depth[1:LOOKASIDE_MAX_BLOCKS + 1])
+
+
+@pytest.mark.parametrize("number_of_bytes", [1, 100, 240, 496])
+def test_the_allocation_fast_path_takes_blocks_for_the_request(k, number_of_bytes):
+    p = k.ExAllocatePoolWithTag(NP, number_of_bytes, "Blks")
+    assert _blocks(k, p) == (number_of_bytes + 16 + 15) // 16
+    k.ExFreePoolWithTag(p, "Blks")
+    q = k.ExAllocatePoolWithTag(NP, number_of_bytes, "Blks")  # from the lookaside: same chunk
+    assert q == p and _blocks(k, q) == (number_of_bytes + 16 + 15) // 16
+    assert k.read(q - 16 + 3, 13) == bytes([2]) + tag_value("Blks").to_bytes(4, "little") + bytes(8)  # PoolType, tag, ProcessBilled
+
+
+def test_a_float_size_is_refused_as_before(k):
+    with pytest.raises(TypeError, match="NumberOfBytes must be an int, not float"):
+        k.ExAllocatePoolWithTag(NP, 100.0, "Flot")
+
+
+# --- the tracker's packed totals --------------------------------------------------------------
+
+def test_a_row_is_four_totals_read_as_windows_six_fields():
+    tracker = PoolTracker()
+    tag = int.from_bytes(b"Trak", "little")
+    for number_of_bytes in (128, 4096, 16):
+        tracker.charge(tag, column_of(0), number_of_bytes)
+    tracker.release(tag, column_of(0), 128)
+    tracker.charge(tag, column_of(1), 64)
+    row = tracker.rows[tag]
+    assert len(row) == 4 and row[0] >> COUNT_SHIFT == 3
+    assert row_counts(row) == (3, 1, 4096 + 16, 1, 0, 64)
+    assert tracker.counts(tag) == (3, 1, 4112, 1, 0, 64)
+    assert tracker.counts(tag ^ 1) == (0,) * 6
+    [info] = tracker.snapshot()
+    assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (3, 1, 4112)
+    assert (info.PagedAllocs, info.PagedFrees, info.PagedUsed) == (1, 0, 64)
+    assert BLOCK_CHARGES[8] == charge_of(128) == 1 << COUNT_SHIFT | 128
+
+
+def test_the_fast_paths_and_the_generic_paths_keep_the_same_counts(k):
+    live = [k.ExAllocatePoolWithTag(pool_type, size, "Mixd")
+            for pool_type in (NP, PAGED) for size in (100, 100, 600, 5000)]
+    live.append(k.ExAllocatePoolWithQuotaTag(NP, 100, "Mixd"))  # the generic path
+    for body in live[:3] + live[4:6]:
+        k.ExFreePoolWithTag(body, "Mixd")
+    info = _info(k, "Mixd")
+    assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (5, 3, 8192 + 128)
+    assert (info.PagedAllocs, info.PagedFrees, info.PagedUsed) == (4, 2, 624 + 8192)
