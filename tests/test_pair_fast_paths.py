@@ -129,3 +129,35 @@ def test_the_fast_paths_and_the_generic_paths_keep_the_same_counts(k):
     info = _info(k, "Mixd")
     assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (5, 3, 8192 + 128)
     assert (info.PagedAllocs, info.PagedFrees, info.PagedUsed) == (4, 2, 624 + 8192)
+
+
+# --- Windows 10/11: the segment heap's LFH fast paths ------------------------------------------
+
+def test_lfh_blocks_on_a_subsegments_later_pages_keep_their_bitmap_on_its_first(monkeypatch):
+    from ntpool.pool.segment_heap import layout as L
+    from ntpool.pool.segment_heap.heap import LFH
+
+    k11 = ntpool.Kernel(nonpaged_pool_bytes=8 * MiB, paged_pool_bytes=8 * MiB, windows="11")
+    [k11.ExAllocatePoolWithTag(NP, 100, "Warm") for _ in range(L.LFH_ACTIVATE_LIVE)]
+    heap = k11.pool.pool_for(NP)
+    live = [k11.ExAllocatePoolWithTag(NP, 100, "Lfhp") for _ in range(40)]
+    on_lfh = [body for body in live if heap.subsegment_of(body).kind == LFH]
+    sub = heap.subsegment_of(on_lfh[-1])
+    mine = [body for body in on_lfh if heap.subsegment_of(body) is sub]
+    pages = {(body - sub.va) // PAGE_SIZE for body in mine}
+    assert {0, 1} <= pages  # blocks on its first page and on the next
+
+    def bits(body):
+        index = sub.index_of[body - 16 - sub.va]
+        return (k11.read(sub.va + L.LFH_BITMAP + index // 4, 1)[0] >> (index % 4 * 2)) & 3
+
+    for body in mine:  # each allocated by the fast path: busy, its header written
+        assert bits(body) == L.LFH_BUSY
+        assert k11.read(body - 16, 8) == bytes([0, 0, 8, 2]) + tag_value("Lfhp").to_bytes(4, "little")
+    monkeypatch.setattr(k11.pool, "free_generic", lambda *args: pytest.fail(f"generic free {args}"))
+    for body in mine:
+        k11.ExFreePoolWithTag(body, "Lfhp")
+        assert bits(body) == 0
+    assert all(sub.free_bits >> sub.index_of[body - 16 - sub.va] & 1 for body in mine)
+    info = _info(k11, "Lfhp")
+    assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (40, len(mine), (40 - len(mine)) * 128)

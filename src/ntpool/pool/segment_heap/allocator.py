@@ -10,6 +10,7 @@ and the free path's checks. The fast paths serve the LFH: a block from an active
 current subsegment, and its free, with no Python object per allocation.
 """
 
+import struct
 import sys
 
 from ...constants import (
@@ -23,7 +24,7 @@ from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
 from ..allocator import PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
-from ..tracker import BLOCK_CHARGES, ONE
+from ..tracker import BLOCK_CHARGES
 from .heap import LFH, SegmentHeap
 from .layout import (
     CACHE_LINE,
@@ -32,6 +33,7 @@ from .layout import (
     LFH_BUCKET_COUNT,
     LFH_COUNTS,
     LFH_MAX_REQUEST,
+    LFH_MOST_BLOCKS,
     POOL_HEADER,
     POOL_HEADER_FIRST8,
     POOL_HEADER_SIZE,
@@ -57,9 +59,25 @@ BALANCE_SET_INTERVAL = 256  # generic frees between two Balance Set Manager pass
 _getframe = sys._getframe
 _pack_header = POOL_HEADER.struct.pack_into  # the Struct's own (the layout's adds a Python call: 200 ns)
 _unpack_first8 = POOL_HEADER_FIRST8.unpack_from
+# The fast paths' header runs, with PreviousSize and PoolIndex as pad bytes (an LFH block's
+# are 0; struct writes pad bytes as zeros): fewer arguments to convert, fewer values made.
+_LFH_HEADER = struct.Struct("<2xBBIQ")  # BlockSize, PoolType, PoolTag, the call site
+assert _LFH_HEADER.pack(8, 2, 5, 7) == POOL_HEADER.struct.pack(0, 0, 8, 2, 5, 7)
+_pack_lfh_header = _LFH_HEADER.pack_into
+_SIZE_TYPE_TAG = struct.Struct("<2xBBI")  # BlockSize, PoolType, PoolTag
+assert _SIZE_TYPE_TAG.unpack(POOL_HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (3, 4, 5)
+_unpack_size_type_tag = _SIZE_TYPE_TAG.unpack_from
+_ALIGNED_OR_QUOTA = POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA
 _unpack_qword = QWORD.unpack_from
 _pack_word = WORD.pack_into
 _pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
+# The fast paths' constants (CPython 3.11 specializes a tuple subscript, not << or >>): a
+# request's 16-byte units (the LFH's bucket) for each NumberOfBytes the LFH serves, and a
+# block's busy bit in its byte of the LFH bitmap (2 bits a block, 01 busy) by index & 3.
+_UNITS_FOR = tuple((number_of_bytes + POOL_HEADER_SIZE + 15) >> 4 for number_of_bytes in range(LFH_MAX_REQUEST + 1))
+_BUSY_BIT = (1 << 0, 1 << 2, 1 << 4, 1 << 6)
+# Block n's bit in a subsegment's free bits, 1 << n, made once (not a new int every call).
+_FREE_BIT = tuple(1 << index for index in range(LFH_MOST_BLOCKS))
 
 
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
@@ -145,7 +163,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 tag_ulong, row = known_tags[Tag]
                 heap = fast_pools[PoolType]
                 if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
-                    units = (NumberOfBytes + 31) >> 4
+                    units = _UNITS_FOR[NumberOfBytes]
                     sub = heap.lfh_current[units]  # None until the bucket is active
                     free = sub.free_bits if sub is not None else 0
                     if free:
@@ -156,13 +174,17 @@ class SegmentHeapAllocator(PoolAllocator):
                             (free & -free).bit_length() - 1
                         # Both pages translated before anything changes: one paged out (KeyError)
                         # sends the request to the generic path with the free bits intact.
+                        # (A block on the subsegment's first page, with its bitmap, is
+                        # translated once: subsegments start on a page.)
                         va = sub.va
-                        bitmap = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
-                        block = va + sub.offsets[index]
-                        pa = tlb[block >> PAGE_SHIFT] + (block & 0xFFF)
-                        sub.free_bits = free ^ (1 << index)  # FreeCount in memory: synced before a dump
-                        mem[bitmap] |= 1 << ((index & 3) << 1)
-                        _pack_header(mem, pa, 0, 0, units, heap.header_type, tag_ulong, site)
+                        first = tlb[va >> PAGE_SHIFT]
+                        block_offset = sub.offsets[index]
+                        block = va + block_offset
+                        pa = first + block_offset if block_offset < PAGE_SIZE else \
+                            tlb[block >> PAGE_SHIFT] + (block_offset & 0xFFF)
+                        sub.free_bits = free ^ _FREE_BIT[index]  # FreeCount in memory: synced before a dump
+                        mem[first + LFH_BITMAP + index // 4] |= _BUSY_BIT[index & 3]
+                        _pack_lfh_header(mem, pa, units, heap.header_type, tag_ulong, site)
                         row[heap.track_offset] += BLOCK_CHARGES[units]  # one allocation, its bytes
                         if zero:
                             if allocator.writes_watched:
@@ -205,12 +227,15 @@ class SegmentHeapAllocator(PoolAllocator):
         def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
                 heap = fast_free_slots[P >> 39]
-                if P & 0xFFF:
+                offset = P & 0xFFF
+                if offset:
                     # The page's subsegment: never a negative index, the heap starts the slot.
-                    sub = heap.subsegment_by_page[(P - heap.base) >> PAGE_SHIFT]
+                    page = P >> PAGE_SHIFT
+                    sub = heap.subsegment_by_page[page - heap.first_page]
                     if sub.is_current:  # an LFH subsegment its bucket allocates from
-                        pa = tlb[P >> PAGE_SHIFT] + (P & 0xFFF) - POOL_HEADER_SIZE
-                        _, _, block_size, type_byte, stored = _unpack_first8(mem, pa)
+                        frame = tlb[page]
+                        pa = frame + offset - POOL_HEADER_SIZE
+                        block_size, type_byte, stored = _unpack_size_type_tag(mem, pa)
                         if Tag is None:
                             # ExFreePool: the stored tag is the one passed. A protected one must be
                             # named (the generic path insists): it has no tracker row under its own
@@ -218,20 +243,26 @@ class SegmentHeapAllocator(PoolAllocator):
                             passed, row = stored, tracker_rows[stored]
                         else:
                             passed, row = known_tags[Tag]
-                        if stored == passed and not type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) \
+                        if stored == passed and not type_byte & _ALIGNED_OR_QUOTA \
                                 and block_size <= LFH_BUCKET_COUNT and (not blocks or block_size == blocks):
                             va = sub.va
-                            index = sub.index_of[P - POOL_HEADER_SIZE - va]
-                            at = tlb[va >> PAGE_SHIFT] + LFH_BITMAP + (index >> 2)
-                            shift = (index & 3) << 1
+                            header_offset = P - va - POOL_HEADER_SIZE  # in the subsegment
+                            index = sub.index_of[header_offset]
+                            # The bitmap is on the subsegment's first page: P's, translated
+                            # above, when the block is there too.
+                            at = (frame if header_offset < PAGE_SIZE else tlb[va >> PAGE_SHIFT]) + \
+                                LFH_BITMAP + index // 4
+                            busy = _BUSY_BIT[index & 3]
                             bits = mem[at]
-                            if (bits >> shift) & 3 == 1:  # busy: 01
-                                mem[at] = bits ^ (1 << shift)
-                                sub.free_bits |= 1 << index  # FreeCount, FreeHint in memory: synced before a dump
+                            if bits & busy * 3 == busy:  # the block's two bits: 01, busy
+                                mem[at] = bits ^ busy
+                                sub.free_bits |= _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
                                 sub.free_hint = index
                                 if allocator.layer is not None:
                                     allocator.layer.forget(P)  # an observing layer's record of it
-                                row[heap.track_offset + 1] += ONE | sub.block_size  # one free, its bytes
+                                # One free, its bytes (the subsegment's block size: its bucket's
+                                # index is its 16-byte units).
+                                row[heap.track_offset + 1] += BLOCK_CHARGES[sub.bucket.index]
                                 return True
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to

@@ -221,6 +221,7 @@ class SegmentHeap:
         if va_base & (HEAP_SLOT_BYTES - 1):
             raise ValueError(f"{name}: a segment heap must start a 512 GiB slot, not {va_base:#x}")
         self.subsegment_by_page: list = []
+        self.first_page = va_base >> PAGE_SHIFT  # the page number index 0 stands for
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, pages)
         self.big_sites: dict[int, int] = {}
         self.big_details: dict[int, tuple[int, int, int]] = {}  # va -> (bytes, pool type, process)

@@ -182,6 +182,11 @@ def lfh_block_layout(block_size: int, pages: int) -> tuple[int, tuple[int, ...]]
     return first, tuple(offsets)
 
 
+# The most blocks an LFH subsegment of any bucket holds (the length of its free bits).
+LFH_MOST_BLOCKS = max(len(lfh_block_layout(units * GRANULARITY, lfh_subsegment_pages(units * GRANULARITY))[1])
+                      for units in range(1, LFH_BUCKET_COUNT + 1))
+
+
 # --- the dynamic lookaside -------------------------------------------------------------------
 
 LOOKASIDE_MIN_BLOCK = 0x200  # sizes above this ...
