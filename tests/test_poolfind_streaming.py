@@ -247,3 +247,25 @@ def test_a_hostile_unit_map_costs_the_sites_not_the_reader(dump, tmp_path):
         text = session.run_one("!poolfind * 0")
         assert "size:" in text and "Traceback" not in text
         assert reader.allocation_site(first + 16 * 1000) in (None, 0)
+
+
+@pytest.mark.parametrize("va", [0xFFFFFA8000000000, 0xFFFFFA80FFFFF000, 0xFFFFFA80FFFFE000, 0x1000, 0xFFFFFFFFFFFFE000])
+def test_a_stretch_s_lines_have_every_address_s_sixteen_digits(dump, va):
+    """A stretch's addresses are made from its top 8 hex digits and each chunk's low 8
+    (``HitLines._stretch``); a stretch that crosses a multiple of 4 GiB is formatted whole.
+    Either way each line is the address as 16 hex digits, then the chunk's text."""
+    from ntpool.debugger.session import HitLines, _first_eight_bytes
+
+    data = bytearray(3 * 4096)
+    blocks = [0, 5, 255, 256, 300, 511, 512, 700]
+    for number, block in enumerate(blocks):  # headers of three sizes, allocated and free
+        data[block << 4:(block << 4) + 8] = bytes([1, 0, 1 + number % 3, 2 * (number % 2), *b"derF"])
+    sites = bytes(unit % 7 for unit in range(len(data) >> 5))  # a few call-site numbers
+    with DumpReader(dump) as reader:
+        lines = HitLines(KdSession(reader))
+        page = poolscan.PageHits(va, 0, blocks, False)
+        text = lines._stretch(page, _first_eight_bytes(data), sites, 1)
+        heads = _first_eight_bytes(data)
+        expected = "".join(f"\n{va + (block << 4):016x}{lines.site_texts[sites[block >> 1]][heads[block]]}"
+                           for block in blocks)
+    assert text == expected and text.count("(Allocated)") == 4 and "Allocated by" in text

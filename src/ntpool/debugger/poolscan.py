@@ -21,7 +21,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 from itertools import accumulate, compress, islice, repeat
-from operator import and_, lshift, rshift, sub
+from operator import and_, getitem, lshift, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -369,14 +369,21 @@ def _walk_pages(walker: re.Pattern, buffer: bytearray, start: int, length: int) 
 # text's end follows. The alternative whose BlockSize matches never fails on a sound chain, so
 # the engine does not go on trying the others. The engine tries the alternatives in order, and
 # rejects one whose BlockSize differs on its first byte (about 1 ns each, more for those far into
-# the pattern): ``sizes`` puts the sizes a pool holds most first (see ``common_sizes``); any order
-# matches the same, as no two alternatives start with the same byte. The chunk's body is skipped
-# possessively (``.{n}+``: one step of the engine, no backtracking into a fixed count).
+# the pattern): ``sizes``, the sizes a pool holds most (see ``PoolFinder.common_sizes``), come
+# first, each as a chunk followed by a header only (no inner alternative for a page's end: one
+# step of the engine less per chunk); a page's last chunk of such a size fails there and is
+# matched by the full alternatives after them. Any order matches the same: alternatives for two
+# sizes differ in their first byte, a common size's short one matches exactly what the first
+# branch of its full one matches, and a walk never backtracks into a chunk it took. The chunk's
+# body is skipped possessively (``.{n}+``: a fixed count, one step of the engine).
 def _units(sizes: tuple = ()) -> bytes:
+    def chunk(size: int) -> bytes:
+        return re.escape(bytes([size])) + b".{%d}+" % ((size << BLOCK_SHIFT) - 3)
+
     order = [*sizes, *(size for size in range(1, 256) if size not in sizes)]
-    return b"(?:" + b"|".join(
-        re.escape(bytes([size])) + b".{%d}+(?:" % ((size << BLOCK_SHIFT) - 3) + re.escape(bytes([size])) +
-        b".|(?=\\x00|\\Z))" for size in order) + b")"
+    common = [chunk(size) + re.escape(bytes([size])) + b"." for size in sizes]
+    every = [chunk(size) + b"(?:" + re.escape(bytes([size])) + b".|(?=\\x00|\\Z))" for size in order]
+    return b"(?:" + b"|".join(common + every) + b")"
 
 
 def header_step_regex(allowed, tag_regex: bytes, sizes: tuple = ()) -> re.Pattern:
@@ -414,8 +421,10 @@ def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, l
     ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
     stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
     pages = length >> PAGE_SHIFT
+    # (getitem(buffer, i), not buffer.__getitem__: a slot wrapper, which packs its argument in a
+    # tuple for every call; all() tests each byte's truth, no comparison with 0)
     if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
-            or 0 in map(buffer.__getitem__, stops):
+            or not all(map(getitem, repeat(buffer), stops)):
         return None
     hits = list(map(rshift, stops, repeat(BLOCK_SHIFT)))  # the stop is 2 bytes into its block
     firsts = memoryview(buffer)[:length].cast("I")[1::_TAG_AT_PAGE_START].tobytes()
