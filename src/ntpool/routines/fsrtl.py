@@ -27,7 +27,8 @@ class FsRtlRoutines:
         if type(PoolType) is not int or PoolType & _UNKNOWN_POOL_TYPE_BITS:
             PoolType = checked_pool_type(PoolType)
         # ntifs.h's macro: ExAllocatePoolWithTag with the raise bit, fast path included.
-        return self.pool.allocate(PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
+        allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
+        return allocate(PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
 
     @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:

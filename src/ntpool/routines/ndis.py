@@ -197,7 +197,10 @@ class NdisRoutines:
             self._only_ndis5("NdisAllocateMemoryWithTag")
         if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
             Length = _uint("Length", Length)
-        va = self.pool.allocate(NONPAGED_POOL, Length, Tag)
+        # The fast path loaded, then called: CPython 3.11 specializes no method call of an
+        # attribute the instance holds itself (``self.pool.allocate(...)``: a generic lookup).
+        allocate = self.pool.allocate
+        va = allocate(NONPAGED_POOL, Length, Tag)
         return (SUCCESS, va) if va else (FAILURE, 0)
 
     @routine("NDIS_STATUS NdisAllocateMemory(_Out_ PVOID *VirtualAddress, _In_ UINT Length, "
@@ -249,9 +252,10 @@ class NdisRoutines:
         # only when every check it makes passes, so nothing else needs checking (a contiguous
         # block is page-aligned: never such a chunk). Anything else is diagnosed below.
         if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
-                and type(MemoryFlags) is int and self.current_driver is None \
-                and self.pool.free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
-            return
+                and type(MemoryFlags) is int and self.current_driver is None:
+            free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
+            if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
+                return
         # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
         va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \
             else checked_address(VirtualAddress, "VirtualAddress")
