@@ -269,3 +269,32 @@ def test_a_stretch_s_lines_have_every_address_s_sixteen_digits(dump, va):
         expected = "".join(f"\n{va + (block << 4):016x}{lines.site_texts[sites[block >> 1]][heads[block]]}"
                            for block in blocks)
     assert text == expected and text.count("(Allocated)") == 4 and "Allocated by" in text
+
+
+def test_a_long_read_is_the_pages_read_one_by_one(dump):
+    """``DumpReader.read`` of many pages takes them a run at a time: the same bytes as page by
+    page, from any offset; and where a page is not mapped, the same MemoryReadError, naming
+    the first address it could not read."""
+    from ntpool.dump.reader import BULK_READ_BYTES, MemoryReadError
+
+    with DumpReader(dump) as reader:
+        pool = reader.pool_ranges()[0]
+        stretches = []  # [va, pages] mapped one after the other in memory (the file may hold them apart)
+        for run_va, _offset, pages in reader.mapped_runs(pool.start, pool.end):
+            if stretches and stretches[-1][0] + (stretches[-1][1] << 12) == run_va:
+                stretches[-1][1] += pages
+            else:
+                stretches.append([run_va, pages])
+        va, count = max(stretches, key=lambda stretch: stretch[1])
+        assert count << 12 >= 2 * BULK_READ_BYTES
+        for start, size in ((va, count << 12), (va + 0x123, BULK_READ_BYTES + 77), (va + 4096, BULK_READ_BYTES)):
+            one_by_one = b"".join(reader.read(at, min(4096 - (at & 0xFFF), start + size - at))
+                                  for at in sorted({start, *range((start | 0xFFF) + 1, start + size, 4096)}))
+            assert reader.read(start, size) == one_by_one and len(one_by_one) == size
+        last = stretches[-1][0] + (stretches[-1][1] << 12)  # past the pool's last mapped page
+        with pytest.raises(MemoryReadError):
+            reader.page(last)
+        for start in (last - 8192, last - 4096 - 5):
+            with pytest.raises(MemoryReadError) as error:
+                reader.read(start, BULK_READ_BYTES)
+            assert error.value.address == last

@@ -8,6 +8,7 @@ chunk's body. Set NTPOOL_FUZZ_EXAMPLES (e.g. 5000) for a longer run on demand.""
 
 import os
 import random
+import re
 from typing import NamedTuple
 
 import pytest
@@ -249,3 +250,23 @@ def test_a_dump_that_fails_while_sizes_are_counted_keeps_the_order(walk_dump, mo
         assert finder.common_sizes() == ()
         with pytest.raises(DumpFormatError):
             finder.find("derF")
+
+
+def test_a_walk_is_compiled_only_when_a_scan_uses_it(walk_dump):
+    """Compiling a walk's regex takes milliseconds: a tag found nowhere compiles neither walk,
+    a sound pool's dense tag only the step walk; ``searchers`` (before forked workers share a
+    scan) compiles both."""
+    with DumpReader(walk_dump) as reader:
+        pool = reader.pool_ranges()[0]
+        finder = poolscan.PoolFinder(reader, pool, poolscan.BigPageIndex(reader.big_pages()))
+        poolscan._lazy_searchers.cache_clear()
+        poolscan._searchers.cache_clear()
+        assert finder.find("Qqqq") == []
+        _every, _regex, _plan, walker, stepper = poolscan._lazy_searchers(finder._allowed, "Qqqq", finder.common_sizes())
+        assert walker.regex is None and stepper.regex is None
+        assert len(finder.find("*ceR")) > 50  # no literal byte at one place: walked everywhere
+        _every, _regex, _plan, walker, stepper = poolscan._lazy_searchers(finder._allowed, "*ceR", finder.common_sizes())
+        assert stepper.regex is not None and walker.regex is None
+        compiled = finder.searchers("Qqqq")
+        assert compiled[3] is poolscan._lazy_searchers(finder._allowed, "Qqqq", finder.common_sizes())[3].regex
+        assert isinstance(compiled[3], re.Pattern) and isinstance(compiled[4], re.Pattern)

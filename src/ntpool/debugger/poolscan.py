@@ -449,12 +449,41 @@ COMMON_SIZES = 16  # of those, the most found, tried first by the step walk (see
 
 @lru_cache(maxsize=16)
 def _searchers(allowed: tuple, pattern: str, sizes: tuple = ()) -> tuple:
+    every, regex, plan, walker, stepper = _lazy_searchers(allowed, pattern, sizes)
+    return every, regex, plan, walker and walker.compiled(), stepper and stepper.compiled()
+
+
+@lru_cache(maxsize=16)
+def _lazy_searchers(allowed: tuple, pattern: str, sizes: tuple = ()) -> tuple:
+    """``_searchers``, the walks' regexes compiled when a scan first uses them (``_Compiled``)."""
     every = _ALL_TAGS_PATTERN.fullmatch(pattern) is not None
     regex = None if every else tag_bytes_regex(pattern)
     plan = None if every else search_plan(pattern)
-    walker = None if every else header_walk_regex(allowed, regex.pattern)
-    stepper = None if every else header_step_regex(allowed, regex.pattern, sizes)
+    walker = None if every else _Compiled(header_walk_regex, allowed, regex.pattern)
+    stepper = None if every else _Compiled(header_step_regex, allowed, regex.pattern, sizes)
     return every, regex, plan, walker, stepper
+
+
+class _Compiled:
+    """A walk's regex, compiled the first time a scan uses it (``scanner``, ``groupindex``): a
+    scan may need neither walk (a rare tag found nowhere; the page-by-page walk only where a
+    chain is corrupt), and compiling one takes 10 to 30 ms, most of a small scan in a fresh
+    ``ntpool kd``."""
+
+    def __init__(self, make, *arguments):
+        self.make, self.arguments, self.regex = make, arguments, None
+
+    def compiled(self) -> re.Pattern:
+        if self.regex is None:
+            self.regex = self.make(*self.arguments)
+        return self.regex
+
+    def scanner(self, *arguments):
+        return self.compiled().scanner(*arguments)
+
+    @property
+    def groupindex(self):
+        return self.compiled().groupindex
 
 
 def tag_blocks(regex: re.Pattern, data, plan: tuple[re.Pattern, int] | None) -> list[int]:
@@ -606,7 +635,8 @@ class PoolFinder:
         ``forked``). ``batch`` is the batch being made; an error finding the runs is raised
         only when ``take`` accepts the batch it falls in (else the scan ends there).
         """
-        every, regex, plan, walker, stepper = self.searchers(pattern)
+        sizes = () if _ALL_TAGS_PATTERN.fullmatch(pattern) is not None else self.common_sizes()
+        every, regex, plan, walker, stepper = _lazy_searchers(self._allowed, pattern, sizes)
         self.corrupt_pages = corrupt = []
         buffer = bytearray()
         read = self.reader.read_file_into

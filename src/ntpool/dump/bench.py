@@ -123,10 +123,12 @@ def _cpu_with_workers() -> tuple[float, float]:
     return time.process_time() + workers, workers
 
 
-def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
+def _scan_in_process(path: str, commands: list[str], repeats: int = 3, processes: int | None = None) -> dict:
     """The commands' time in this process, the median of ``repeats`` runs each on a newly
     opened dump, their output consumed as ``ntpool kd`` consumes it (CPU time: this process's
-    and its scan workers'); and the pool pages the scans read."""
+    and its scan workers'); and the pool pages the scans read. ``processes``: how many share a
+    pool's scan (0: this one alone, as when no processor is free; None: as kd decides)."""
+    from ..debugger import session as kd
     from ..debugger.poolscan import PoolFinder
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
@@ -134,15 +136,19 @@ def _scan_in_process(path: str, commands: list[str], repeats: int = 3) -> dict:
 
     pooltags = PoolTagDatabase.default()
     runs = []
-    for _ in range(repeats):
-        wall, (cpu, workers) = time.perf_counter(), _cpu_with_workers()
-        lines = 0
-        with DumpReader(path) as reader:
-            session = KdSession(reader, pooltags)
-            for command in commands:
-                lines += sum(piece.count("\n") for piece in session.stream(command)) + 1
-        cpu_after, workers_after = _cpu_with_workers()
-        runs.append((time.perf_counter() - wall, cpu_after - cpu, workers_after - workers))
+    chosen, kd.PARALLEL_PROCESSES = kd.PARALLEL_PROCESSES, processes if processes is not None else kd.PARALLEL_PROCESSES
+    try:
+        for _ in range(repeats):
+            wall, (cpu, workers) = time.perf_counter(), _cpu_with_workers()
+            lines = 0
+            with DumpReader(path) as reader:
+                session = KdSession(reader, pooltags)
+                for command in commands:
+                    lines += sum(piece.count("\n") for piece in session.stream(command)) + 1
+            cpu_after, workers_after = _cpu_with_workers()
+            runs.append((time.perf_counter() - wall, cpu_after - cpu, workers_after - workers))
+    finally:
+        kd.PARALLEL_PROCESSES = chosen
     with DumpReader(path) as reader:
         big = KdSession(reader, pooltags).big_pages()
         pages = sum(count for pool in reader.pool_ranges()
@@ -223,6 +229,7 @@ def run(pool_mib: int = 512, directory: str | None = None, windows=None, volatil
                 lines = sum(piece.count("\n") for piece in session.stream(command)) + 1
                 results[name] = {"seconds": time.perf_counter() - start, "lines": lines}
         results["tag_in_process"] = _scan_in_process(path, ["!poolfind derF 0", "!poolfind derF 1"])
+        results["tag_one_process"] = _scan_in_process(path, ["!poolfind derF 0", "!poolfind derF 1"], processes=0)
         results["rare_in_process"] = _scan_in_process(path, ["!poolfind Zzzz 0", "!poolfind Zzzz 1"])
         results["poolfind_tag"] = _poolfind_tag(path, "derF")
         results["poolfind_all"] = _poolfind_everything(path)
@@ -270,14 +277,16 @@ def report_lines(results: dict) -> list[str]:
                      f"{r['lines']:,} lines")
     used = results["poolused"]["seconds"]
     lines.append(f"!poolused on the full dump: {used * 1000:.0f} ms (goal < 1 s: {_goal(used < 1)})")
-    for name, label in (("tag_in_process", "!poolfind derF (1 chunk in 6)"),
-                        ("rare_in_process", "!poolfind Zzzz (no hit)")):
+    for name, label, where in (("tag_in_process", "!poolfind derF (1 chunk in 6)", "in this process"),
+                               ("tag_one_process", "!poolfind derF (1 chunk in 6)",
+                                "in this process alone (no scan worker, as when no processor is free)"),
+                               ("rare_in_process", "!poolfind Zzzz (no hit)", "in this process")):
         r = results[name]
         pool_gib = r["pool_pages"] * 4096 / (1 << 30)
         per_gib = r["seconds"] / pool_gib if pool_gib else 0.0
         shared = f", {r['workers_cpu_seconds']:.2f} s of it in scan workers" if r.get("workers_cpu_seconds") else \
             ", no scan worker"
-        lines.append(f"{label}, both pools, in this process: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s "
+        lines.append(f"{label}, both pools, {where}: {r['seconds']:.2f} s ({r['cpu_seconds']:.2f} s "
                      f"CPU{shared}) for {r['pool_pages'] * 4096 / MiB:,.0f} MiB of pool pages = {per_gib:.2f} s per GiB "
                      f"of pool (goal <= 1 s per GiB: {_goal(per_gib <= 1)})")
     tag = results["poolfind_tag"]

@@ -369,6 +369,10 @@ class DumpReader:
         """``size`` bytes at virtual ``va``; MemoryReadError where the dump does not hold them."""
         if size < 0 or size > self.size:
             raise MemoryReadError(va)
+        if size >= BULK_READ_BYTES:  # a table of megabytes (the allocation-site maps)
+            whole = self._read_by_runs(va, size)
+            if whole is not None:
+                return whole
         out = []
         while size > 0:
             pa = self.translate(va)
@@ -382,6 +386,28 @@ class DumpReader:
             va += length
             size -= length
         return b"".join(out)
+
+    def _read_by_runs(self, va: int, size: int) -> bytes | None:
+        """``read``'s bytes, a run of pages at a time (``mapped_runs``: the page tables cut
+        where their frames stop following on in the file), not a page at a time; None where
+        the runs do not hold all of them (a page not mapped, or mapped by a large page: the
+        page-by-page way then gives the bytes, or says which page is missing)."""
+        end = va + size
+        parts = []
+        at = va
+        for run_va, offset, count in self.mapped_runs(va, end):
+            run_end = run_va + (count << PAGE_SHIFT)
+            if run_end <= at:
+                continue
+            if run_va > at:
+                return None
+            taken = min(end, run_end) - at
+            start = offset + (at - run_va)
+            parts.append(self._map[start:start + taken])
+            at += taken
+            if at >= end:
+                return b"".join(parts)
+        return None
 
     def page(self, va: int) -> bytes:
         return self.read(va & ~0xFFF, PAGE_SIZE)
@@ -886,6 +912,7 @@ _LOW_56 = (1 << 56) - 1
 
 
 MAX_SITE_TABLE_BYTES = 64 << 20
+BULK_READ_BYTES = 16 * PAGE_SIZE  # a read this long is made a run of pages at a time
 SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 
 
