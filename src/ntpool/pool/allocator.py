@@ -360,7 +360,7 @@ class PoolAllocator:
                         # one, else (that miss counted too) a chunk from the ListHeads or a new
                         # page (Pool.allocate_small's two steps, called directly). Tested before
                         # the header's offsets: an empty head's would come from a negative
-                        # 64-bit int, the costliest case of & (about 1,700 instructions a miss).
+                        # 64-bit int, the costliest case of & (about 1,000 instructions a miss).
                         pool = fast_pools[PoolType]
                         pool.la_misses[block_size] += 1
                         system = pool.system_lookaside
