@@ -115,7 +115,7 @@ def take_the_long_way(pool) -> None:
         descriptor.PendingFreeDepth += 1
         pool.pending.add(chunk)
 
-    pool._allocate_from_lists = allocate_from_lists
+    pool.allocate_from_lists = allocate_from_lists
     pool._allocate_from_fresh_page = allocate_from_fresh_page
     pool.free_small = free_small
     pool.release_past_lookaside = release_past_lookaside
@@ -173,7 +173,7 @@ def test_the_long_way_is_taken_and_the_fast_cases_are_exercised():
     driver reach them (splits from the lists and new pages, frees past the lookasides that
     coalesce, queued frees and their batches) many times."""
     for delayed in (False, True):
-        calls = dict.fromkeys(("_allocate_from_lists", "_allocate_from_fresh_page", "free_small",
+        calls = dict.fromkeys(("allocate_from_lists", "_allocate_from_fresh_page", "free_small",
                                "release_past_lookaside", "queue_free", "deferred_free"), 0)
         rng = random.Random(7)
         driver = SloppyDriver(rng, lookasides=False)  # every free reaches the pool
@@ -191,7 +191,7 @@ def test_the_long_way_is_taken_and_the_fast_cases_are_exercised():
             setattr(pool, name, counting(name, getattr(pool, name)))
         for step in range(600):
             driver.allocate() if step < 300 or rng.random() < 0.3 else driver.free()
-        assert calls["_allocate_from_lists"] > 50 and calls["_allocate_from_fresh_page"] > 3
+        assert calls["allocate_from_lists"] > 50 and calls["_allocate_from_fresh_page"] > 3
         # (Past full lookasides, the allocator's fast path coalesces a free itself, through
         # free_small, or, with frees delayed, queues it through queue_free; the free that
         # finds 32 queued goes through release_past_lookaside, which runs the batch first.)

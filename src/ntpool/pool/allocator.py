@@ -368,8 +368,8 @@ class PoolAllocator:
                             body = pool.take_system_lookaside(block_size, tag_ulong, site, allocator.irql)
                         else:
                             system.allocate_misses[block_size] += 1
-                            chunk = pool._allocate_from_lists(block_size, tag_ulong, site) or \
-                                pool._allocate_past_lists(block_size, tag_ulong, site)
+                            chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
+                                pool.allocate_past_lists(block_size, tag_ulong, site)
                             if not chunk:
                                 return allocator.fast_failure(PoolType, NumberOfBytes)
                             body = chunk + _BODY

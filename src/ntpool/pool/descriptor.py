@@ -598,7 +598,7 @@ class Pool:
         counted, the chunk popped and its header written; returns its body. ``irql`` is the
         caller's (a lookaside pop takes no lock). The allocator's fast path counts the
         processor's miss and tests the system-wide head itself, and on a miss there too goes
-        on to ``_allocate_from_lists`` / ``_allocate_past_lists`` (``allocate_small``), so a
+        on to ``allocate_from_lists`` / ``allocate_past_lists`` (``allocate_small``), so a
         miss that reaches the ListHeads costs one call less."""
         system = self.system_lookaside
         body = system.head[block_size]
@@ -627,10 +627,10 @@ class Pool:
         The header is written once, whole: ``site`` (the call site) goes where Windows keeps
         AllocatorBackTraceIndex.
         """
-        return self._allocate_from_lists(block_size, tag, site) or \
-            self._allocate_past_lists(block_size, tag, site)
+        return self.allocate_from_lists(block_size, tag, site) or \
+            self.allocate_past_lists(block_size, tag, site)
 
-    def _allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
+    def allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
         """``allocate_small`` when no listed chunk is large enough: a new page, else what
         Windows tries before it fails."""
         chunk = self._allocate_from_fresh_page(block_size, tag, site)
@@ -638,17 +638,21 @@ class Pool:
             return chunk
         # No fresh page: Windows frees what is pending and retries once.
         if self.pending and self.deferred_free():
-            chunk = self._allocate_from_lists(block_size, tag, site) or \
+            chunk = self.allocate_from_lists(block_size, tag, site) or \
                 self._allocate_from_fresh_page(block_size, tag, site)
             if chunk:
                 return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
-            return self._allocate_from_lists(block_size, tag, site) or \
+            return self.allocate_from_lists(block_size, tag, site) or \
                 self._allocate_from_fresh_page(block_size, tag, site)
         return 0
 
-    def _allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
+    def allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
+        """``allocate_small``'s first step: the header address of a chunk of ``block_size``
+        blocks taken from the ListHeads (the smallest listed size that fits, split when
+        larger), or 0 when no listed chunk fits. The allocator's fast path calls it, and
+        ``allocate_past_lists``, itself on a lookaside miss (a call less)."""
         found = self.listed.find(1, block_size)  # the smallest listed size that fits
         if found < 0:
             return 0
@@ -790,7 +794,7 @@ class Pool:
         return mine
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
-        """``_allocate_from_lists`` for an entry that is not a chunk body on a present page
+        """``allocate_from_lists`` for an entry that is not a chunk body on a present page
         (a corrupted link put it there, or its page of paged pool is out): every access
         translated on its own, so each faults or bug-checks where Windows' would."""
         self._unlink(entry, found)
@@ -857,7 +861,7 @@ class Pool:
         if not page:
             return 0
         # The new page is translated once for both headers (as QWORDs, as in
-        # ``_allocate_from_lists``) and the remainder's links.
+        # ``allocate_from_lists``) and the remainder's links.
         words, page_pa = self.words, self._header_pa(page)
         words[page_pa >> 3] = block_size << BLOCK_SIZE_SHIFT | self.allocated_header_bits | tag << POOL_TAG_SHIFT
         words[(page_pa >> 3) + 1] = site & self.header_site_mask
