@@ -12,8 +12,7 @@ from ntpool.debugger.pooltag import PoolTagDatabase
 from ntpool.debugger.session import KdSession
 from ntpool.dump.reader import DumpReader
 from ntpool.pool.layout import chunk_at
-from ntpool.tags import display
-from test_poolfind_streaming import churned_kernel
+from test_poolfind_streaming import chunk_lines, churned_kernel
 
 POOLTAGS = PoolTagDatabase.default(environ={})
 PATTERNS = ["derF", "?ceR", "d?r*", "tli*", "Filt", "*"]  # Filt: no hit (tags show reversed)
@@ -61,15 +60,7 @@ def plain_listing(reader, session, pool_type: int, pattern: str) -> list[str]:
             else:
                 chunks = report.chunks
             chunks = [chunk for chunk in chunks if regex is None or poolscan.tag_display_matches(regex, chunk.tag)]
-            for chunk in chunks:
-                state = f"({chunk.state})"
-                mark = f"  (corrupt page: see !poolval {chunk.address:x})" if report.problems else ""
-                lines.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
-                             f"{chunk.previous_size << 4:4x}  {state:<12} {display(chunk.tag)}{mark}")
-                if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
-                    text = session._site_text(reader.allocation_site(chunk.address))
-                    if text:
-                        lines.append(f"\t\tAllocated by {text}")
+            lines += chunk_lines(reader, session, chunks, corrupt_page=bool(report.problems))
     return lines, corrupt
 
 

@@ -75,14 +75,16 @@ def test_the_text_does_not_depend_on_the_window(dump, monkeypatch):
                 assert "".join(pieces) == whole[command] == session.run_one(command)
 
 
-def chunk_lines(reader, session, chunks) -> list[str]:
+def chunk_lines(reader, session, chunks, corrupt_page: bool = False) -> list[str]:
     """The lines `!poolfind` should print for ``chunks``, made one chunk at a time with the
-    reader's own per-chunk site lookup."""
+    reader's own per-chunk site lookup (``corrupt_page``: chunks salvaged from a page whose
+    header chain is not sound, each line marked so)."""
     lines = []
     for chunk in chunks:
         state = f"({chunk.state})"
+        mark = f"  (corrupt page: see !poolval {chunk.address:x})" if corrupt_page else ""
         lines.append(f"{chunk.address:016x} size: {chunk.size:4x} previous size: "
-                     f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}")
+                     f"{chunk.previous_size << 4:4x}  {state:<12} {ntpool.tags.display(chunk.tag)}{mark}")
         if chunk.state == "Allocated" and not chunk.pool_type & 0x8:
             text = session._site_text(reader.allocation_site(chunk.address))
             if text:
