@@ -57,11 +57,20 @@ sys.exit(code)
 """
 
 
+# The directory this ntpool package was imported from: a child imports the same ntpool,
+# whether it is installed or run from a source tree (PYTHONPATH=src, pytest's pythonpath).
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _child(program: str, arguments: list) -> dict:
     """Run ntpool's or volatility3's command line in a child: wall time and peak memory."""
     start = time.perf_counter()
     command = [sys.executable, "-c", _MEASURED, program, *arguments]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        path for path in (_PACKAGE_PARENT, environment.get("PYTHONPATH")) if path)
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=environment)
     seconds = time.perf_counter() - start
     error = completed.stderr.decode(errors="replace")
     if completed.returncode:
