@@ -113,7 +113,7 @@ def take_the_long_way(pool) -> None:
         SINGLE_LIST_ENTRY.set(pool.mem, pool._pa(chunk + HEADER_SIZE), "Next", descriptor.PendingFrees)
         descriptor.PendingFrees = chunk + HEADER_SIZE
         descriptor.PendingFreeDepth += 1
-        pool.pending.add(chunk)
+        pool.pending[chunk] = pool._pa(chunk)  # (the header's translation, for the batch)
 
     pool.allocate_from_lists = allocate_from_lists
     pool._allocate_from_fresh_page = allocate_from_fresh_page
