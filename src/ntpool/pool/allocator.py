@@ -607,6 +607,26 @@ class PoolAllocator:
         its lookaside pop inline (the common case: the tracker's row lookup and a call less),
         else ``allocate_plain``."""
         block_size = BLOCKS_FOR_BYTES[number_of_bytes]
+        heads = pool.la_head
+        body = heads[block_size]
+        if body:
+            # The allocation fast path's pop (see ``fast_allocate``): a chunk body on a
+            # resident page of this pool's small chunks, its header written in one pack.
+            header = body - pool.base - _BODY  # from the pool's base: the site map's index
+            offset = header & 0xFFF
+            try:
+                frame = pool.small_frames[header // PAGE_SIZE] if _HEADER_OK[offset] and header >= 0 else 0
+            except IndexError:  # past the last page of small chunks
+                frame = 0
+            if frame:
+                pa = frame + offset
+                heads[block_size] = _unpack_next(self.mem, pa + _BODY)[0]
+                pool.la_count[block_size] -= 1
+                pool.la_allocates[block_size] += 1
+                _pack_type_tag(self.mem, pa + _POOL_TYPE, pool.allocated_header_type, tag)
+                pool.sites[header // 32] = site  # one per 32 bytes: SITE_UNIT_SHIFT
+                row[pool.track_offset] += BLOCK_CHARGES[block_size]
+                return body
         body = pool.pop_lookaside(block_size, self.irql)
         if not body:
             return self.allocate_plain(pool, number_of_bytes, tag, site)
