@@ -526,9 +526,20 @@ class PoolAllocator:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
                                 pool.free_small(P - _BODY, pa)
                                 return True
-                            if len(pool.pending) < MAXIMUM_POOL_FREES_PENDING:
+                            pending = pool.pending
+                            if len(pending) < MAXIMUM_POOL_FREES_PENDING:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                                pool.queue_free(P - _BODY, pa)
+                                # Pool.queue_free, inline: the body's first QWORD links to
+                                # PendingFrees' chunk, PendingFrees to the body, and
+                                # PendingFreeDepth is incremented as InterlockedIncrement does
+                                # (a value a stray write left there wraps); ``pending`` keeps
+                                # the header's translation for ExDeferredFreePool.
+                                words, pending_word = pool.words, pool.pending_frees_word
+                                bodies[pa // 8] = words[pending_word]
+                                words[pending_word] = P
+                                ulongs, depth = pool.ulongs, pool.pending_depth_ulong
+                                ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
+                                pending[P - _BODY] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
