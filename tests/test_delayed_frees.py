@@ -201,6 +201,28 @@ def test_a_queued_link_to_a_chunk_not_waiting_its_turn_is_0x19_in_the_deferred_f
     assert bytes(k.physical.buffer) == before  # the walk comes before any coalescing
 
 
+def test_a_queued_list_a_driver_reordered_is_followed_as_written():
+    """A list whose links were rewritten to visit every queued chunk once, in another order
+    than they were queued, is no corruption the walk can tell: ExDeferredFreePool follows
+    it, and coalesces in that order."""
+    k = machine()
+    pool = k.nonpaged_pool
+    a, b, c = (k.ExAllocatePoolWithTag(NP, 0x400, "Ord" + str(n)) for n in range(3))
+    kept = k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    for va, n in ((a, 0), (b, 1), (c, 2)):
+        k.ExFreePoolWithTag(va, "Ord" + str(n))
+    k.write(c, a.to_bytes(8, "little"))  # c leads to a, and a to b (which leads nowhere)
+    k.write(a, b.to_bytes(8, "little"))
+    k.write(b, (0x1234).to_bytes(8, "little"))  # the last link is not followed
+    assert pool.pending_frees() == [c - 16, a - 16, b - 16]
+    pages = k.nonpaged_pool.pages_in_use
+    assert pool.deferred_free() == 3 and not pool.pending
+    # a, b and c were the page's only chunks (Kept is on the next): with the free chunk
+    # between them, they coalesced into the whole page, given back.
+    assert {(va - 16) & ~0xFFF for va in (a, b, c)} == {a - 16} != {(kept - 16) & ~0xFFF}
+    assert k.space.translate(a) is None and pool.pages_in_use == pages - 1
+
+
 def test_driver_verifier_turns_delayed_frees_off():
     k = machine()
     p = k.ExAllocatePoolWithTag(NP, 0x400, "Vrfy")

@@ -1175,7 +1175,26 @@ class Pool:
     def _walk_pending(self) -> list[int]:
         """``pending_frees``' walk: each queued chunk's header, newest first. Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
-        have changed since (``pending_translated``): then on the TLB's."""
+        have changed since (``pending_translated``): then on the TLB's.
+
+        The usual list is the one the frees built: PendingFrees leads to the chunk queued
+        last, and each link to the chunk queued before it. That is checked first, link by
+        link in the queue's order (no set of chunks met is needed to tell a loop: each link
+        must lead to one given chunk); any other list, or a translation that may be stale,
+        is walked by ``_walk_links``, which finds the same list, or raises the bug check."""
+        pending, words = self.pending, self.words
+        if self.pending_translated:
+            entry = words[self.pending_frees_word]
+            for chunk, pa in reversed(pending.items()):
+                if entry != chunk + HEADER_SIZE:
+                    return self._walk_links()
+                entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
+            return list(reversed(pending))
+        return self._walk_links()
+
+    def _walk_links(self) -> list[int]:
+        """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
+        else the bug check."""
         chunks: list[int] = []
         append, words = chunks.append, self.words
         # The queued chunks not met yet: a link to a chunk not queued, or to one met already
