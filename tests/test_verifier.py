@@ -491,6 +491,45 @@ def test_pool_tracking_records_every_allocation_and_forgets_every_free(k):
     assert e.code == 0xC4 and e.parameters == (0x62, loaded.name_va, 0, 1)
 
 
+def test_pool_tracking_pops_the_lookaside_as_the_retail_fast_path_does():
+    """Windows 7: a request in the lane (pool tracking alone, a tag that passed) pops the
+    processor's lookaside as the fast path would with no verifier: the same chunks, in the
+    same order, their headers, the lookaside's count and hits, the call sites and the tag
+    counts all as on a machine with no verifier; a Next a driver damaged to lead to mapped
+    memory that is no chunk body (the lane cannot pop it) is handed out as retail does."""
+    class Taker(Juggler):
+        def take(self, k, count):  # another call site than ``allocate``'s
+            return [k.ExAllocatePoolWithTag(NP, 100, "Jugl") for _ in range(count)]
+
+    machines = []
+    for verified in (False, True):
+        k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+        d = Taker()
+        k.load_driver(d)
+        if verified:
+            k.verifier.enable("buggy.sys", pool_tracking=True)
+        held = d.allocate(k, 6, size=100)
+        allocate_site = k.pool.site_of(held[0])
+        d.free(k, held)  # six chunks on the lookaside for 8 blocks
+        taken = d.take(k, 3)
+        live = taken[0]
+        top = k.nonpaged_pool.la.head[8]
+        k.write(top, (live + 8).to_bytes(8, "little"))  # a Next into a live chunk's body
+        taken += d.take(k, 2)  # the damaged top, then what its Next leads to
+        la = k.nonpaged_pool.la
+        machines.append((taken, [k.read(p - 16, 32) for p in taken], la.count[8],
+                         la.allocate_hits[8], la.head[8],
+                         [k.pool.site_of(p) for p in taken[:4]],
+                         sorted(k.pool_tags())))
+        if verified:
+            rows = {row.address for row in k.verifier.outstanding("buggy.sys")}
+            assert rows == set(taken)  # each recorded, the one handed out twice once
+    plain, lane = machines
+    assert lane == plain
+    assert plain[0][4] == plain[0][0] + 8  # the damaged Next was followed
+    assert allocate_site not in plain[5]  # each chunk has its new call site
+
+
 @pytest.mark.parametrize("windows", ["10", "11"])
 def test_pool_tracking_keeps_the_segment_heaps_fast_paths(windows):
     """On the segment heap too, pool tracking alone leaves the requests it only watches in
