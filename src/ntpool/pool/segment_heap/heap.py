@@ -90,6 +90,14 @@ def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict, dict]:
 
 
 _unpack_qword = QWORD.unpack_from
+
+
+def _segment_end(pages: int) -> int:
+    """``pages`` rounded up to a whole segment's: the page lists (``subsegment_by_page``,
+    ``lfh_frames``) grow a segment at a time. Grown two pages at a time, as subsegments were
+    made, the two lists took turns to be reallocated, and each left the host's heap the
+    copies it had outgrown: more resident memory than the lists themselves."""
+    return -(-pages // SEGMENT_PAGES) * SEGMENT_PAGES
 # A VS chunk header: the encoded bits, then the u32 of vs_page_offset_field and 4 bytes of
 # padding, written at once.
 _pack_vs_header = struct.Struct("<QQ").pack_into
@@ -164,7 +172,9 @@ class LfhBucket:
         self.requests = 0
         self.live_elsewhere = 0  # blocks of this size the VS backend holds before activation
         self.current: LfhSubsegment | None = None
-        self.partial: list[LfhSubsegment] = []  # other subsegments with a free block
+        # Other subsegments with a free block: a list from the bucket's first subsegment on
+        # (an empty tuple till then: most buckets of most heaps never make one).
+        self.partial: list[LfhSubsegment] | tuple = ()
         # Every subsegment of the bucket has one layout: its pages, where its first block
         # starts, its block offsets (and the index of each offset), how many blocks; laid
         # out when the bucket makes its first subsegment (most buckets never do).
@@ -176,6 +186,7 @@ class LfhBucket:
             _layout(self.block_size, self.pages)
         self.block_count = len(self.offsets)
         self.all_free = (1 << self.block_count) - 1
+        self.partial = []
 
 
 class _NoBucket:
@@ -242,7 +253,11 @@ class SegmentHeap:
         self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
         self.allocated_header_type = self.header_type  # the name the Windows 7 pool gives it
-        self.page_kind = bytearray(self.page_count)
+        # The kind of each page (descriptor.py's PAGE_* values), by page index, listed as far
+        # as the segments the heap has reached (a page past the end is free): grown a segment
+        # at a time, so a heap the machine sizes for a large pool and uses little of (the
+        # NonPagedPoolNx heap of most runs) does not hold a byte for every page of it.
+        self.page_kind = bytearray()
         self.pages_in_use = 0
         self._page_hint = 0
         self.segment_state = bytearray(self.page_count // SEGMENT_PAGES)  # 0 unused, 1 segment, 2 large
@@ -326,7 +341,7 @@ class SegmentHeap:
         end = first + sub.pages
         by_page = self.subsegment_by_page
         if len(by_page) < end:
-            by_page.extend([None] * (end - len(by_page)))
+            by_page.extend([None] * (_segment_end(end) - len(by_page)))
         by_page[first:end] = [sub] * sub.pages
 
     def _set_lfh_frames(self, sub, resident: bool) -> None:
@@ -335,7 +350,7 @@ class SegmentHeap:
         end = first + sub.pages
         frames = self.lfh_frames
         if len(frames) < end:
-            frames.extend([0] * (end - len(frames)))
+            frames.extend([0] * (_segment_end(end) - len(frames)))
         if resident:
             vpn = sub.va >> PAGE_SHIFT
             frames[first:end] = [self.tlb.get(vpn + offset, 0) for offset in range(sub.pages)]
@@ -365,7 +380,14 @@ class SegmentHeap:
             previous = sub
 
     def page_kind_of(self, va: int) -> int:
-        return self.page_kind[(va - self.base) >> PAGE_SHIFT]
+        index = (va - self.base) >> PAGE_SHIFT
+        return self.page_kind[index] if index < len(self.page_kind) else 0  # past it: free
+
+    def _cover(self, end: int) -> None:
+        """List ``page_kind`` as far as page index ``end`` (a whole segment at a time)."""
+        kinds = self.page_kind
+        if len(kinds) < end:
+            kinds.extend(bytes(_segment_end(end) - len(kinds)))
 
     def select_processor(self, number: int) -> None:
         """The segment heap's front ends are per heap, not per processor."""
@@ -391,6 +413,7 @@ class SegmentHeap:
         for offset, pfn in enumerate(frames):
             self.physical.zero_frame(pfn)
             self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self._cover(first + SEGMENT_PAGES)
         self.page_kind[first:first + SEGMENT_HEADER_PAGES] = bytes([PAGE_RESERVED]) * SEGMENT_HEADER_PAGES
         self.pages_in_use += SEGMENT_HEADER_PAGES
         context = self.heap_va + SEG_CONTEXT_OFFSETS[0]
@@ -407,7 +430,16 @@ class SegmentHeap:
         want = bytes(count)
         for start in (self._page_hint, 0):
             index = kinds.find(want, start)
-            while index >= 0:
+            while True:
+                if index < 0:
+                    # None in the segments listed so far: the next segment, never used, is
+                    # listed (all free), as if every page had been listed from the start.
+                    covered = len(kinds) // SEGMENT_PAGES
+                    if covered >= len(self.segment_state):
+                        break
+                    self._cover((covered + 1) * SEGMENT_PAGES)
+                    index = kinds.find(want, max(start, covered * SEGMENT_PAGES))
+                    continue
                 segment = index // SEGMENT_PAGES
                 if not self.segment_state[segment]:
                     if not self._init_segment(segment):
@@ -429,6 +461,7 @@ class SegmentHeap:
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
         self.space.map_pages(va, frames)  # a page table's share of PTEs at a time
+        self._cover(index + count)
         self.page_kind[index] = kind
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
