@@ -82,7 +82,7 @@ def test_a_batch_is_processed_when_32_are_pending():
         k.ExFreePoolWithTag(p, "Btch")
     assert len(pool.pending) == 32 and descriptor(k, pool).PendingFreeDepth == 32
     k.ExFreePoolWithTag(chunks[32], "Btch")  # finds 32 queued: ExDeferredFreePool first
-    assert pool.pending == {chunks[32] - 16}
+    assert set(pool.pending) == {chunks[32] - 16}
     d = descriptor(k, pool)
     assert d.PendingFrees == chunks[32] and d.PendingFreeDepth == 1
     # The batch was coalesced: those chunks are free and on ListHeads (or their pages gone).
@@ -201,6 +201,28 @@ def test_a_queued_link_to_a_chunk_not_waiting_its_turn_is_0x19_in_the_deferred_f
     assert bytes(k.physical.buffer) == before  # the walk comes before any coalescing
 
 
+def test_a_queued_list_a_driver_reordered_is_followed_as_written():
+    """A list whose links were rewritten to visit every queued chunk once, in another order
+    than they were queued, is no corruption the walk can tell: ExDeferredFreePool follows
+    it, and coalesces in that order."""
+    k = machine()
+    pool = k.nonpaged_pool
+    a, b, c = (k.ExAllocatePoolWithTag(NP, 0x400, "Ord" + str(n)) for n in range(3))
+    kept = k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+    for va, n in ((a, 0), (b, 1), (c, 2)):
+        k.ExFreePoolWithTag(va, "Ord" + str(n))
+    k.write(c, a.to_bytes(8, "little"))  # c leads to a, and a to b (which leads nowhere)
+    k.write(a, b.to_bytes(8, "little"))
+    k.write(b, (0x1234).to_bytes(8, "little"))  # the last link is not followed
+    assert pool.pending_frees() == [c - 16, a - 16, b - 16]
+    pages = k.nonpaged_pool.pages_in_use
+    assert pool.deferred_free() == 3 and not pool.pending
+    # a, b and c were the page's only chunks (Kept is on the next): with the free chunk
+    # between them, they coalesced into the whole page, given back.
+    assert {(va - 16) & ~0xFFF for va in (a, b, c)} == {a - 16} != {(kept - 16) & ~0xFFF}
+    assert k.space.translate(a) is None and pool.pages_in_use == pages - 1
+
+
 def test_driver_verifier_turns_delayed_frees_off():
     k = machine()
     p = k.ExAllocatePoolWithTag(NP, 0x400, "Vrfy")
@@ -263,3 +285,55 @@ def test_a_sum_that_wraps_to_zero_blocks_lists_on_the_descriptor_before_list_hea
     k.write(q - 16 + POOL_HEADER.BlockSize, bytes([240]))  # 16 + 240 = 256 -> 0, at offset 189
     e = stop(pool.deferred_free)
     assert (e.code, e.parameters[:3]) == (0xC5, (8, 2, 0)) and e.found_in == "ExDeferredFreePool"
+
+
+def _queued_then_paged_out(page_out: bool):
+    """A paged pool machine with frees queued on chunks spread over several pages, every
+    page paged out (``page_out``) before the batch runs; the pool's pages and lists after it."""
+    k = machine()
+    pool = k.paged_pool
+    chunks = [k.ExAllocatePoolWithTag(ntpool.PoolType.PagedPool, 600, "Pout") for _ in range(24)]
+    for p in chunks[::2]:  # 39 blocks: past the lookasides, each queued between live ones
+        k.ExFreePoolWithTag(p, "Pout")
+    assert len(pool.pending) == 12 and pool.pending_translated
+    if page_out:
+        assert k.page_out() >= 4
+        assert not pool.pending_translated  # the queue's translations are stale
+    before = k.pager.pages_in
+    assert pool.deferred_free() == 12
+    assert pool.pending_translated and not pool.pending
+    pages = sorted({p & ~0xFFF for p in chunks})
+    return (k.pager.pages_in - before, [k.read(page, 4096) for page in pages],
+            [pool.free_list(blocks) for blocks in range(1, 256)])
+
+
+def test_a_batch_whose_pages_were_paged_out_translates_them_again():
+    """ExDeferredFreePool reads each link and coalesces each chunk on the translation made
+    as it was queued, unless a page was paged out since: then it faults each back in, and the
+    pool ends as if nothing had been paged (its writes land in the pages, not in frames given
+    back)."""
+    paged_in, contents, lists = _queued_then_paged_out(True)
+    assert paged_in >= 4
+    assert (0, contents, lists) == _queued_then_paged_out(False)
+
+
+def test_a_page_given_back_under_a_queued_chunk_faults_the_deferred_free():
+    """A stray write can make a free return a page that still holds a queued chunk: here
+    the free chunk between P (at the page's start) and a queued Q is given a BlockSize that
+    reaches over Q to the page's end, so P's free (from the lookaside, flushed) merges all
+    256 blocks and gives the page back. ExDeferredFreePool then reads Q's link on a page
+    that is gone and faults under the pool's lock (0xC5 at Q's body, found in the deferred
+    free): it translates again once a page was released, never reading a frame given back."""
+    k = machine()
+    pool = k.nonpaged_pool
+    p = k.ExAllocatePoolWithTag(NP, 496, "Frnt")  # 32 blocks at a fresh page's start
+    q = k.ExAllocatePoolWithTag(NP, 1008, "Back")  # 64 blocks, from the page's end
+    page, free = p - 16, p - 16 + 32 * 16  # the 160 free blocks between them
+    assert page % 4096 == 0 and q - 16 == free + 160 * 16
+    k.ExFreePoolWithTag(q, "Back")  # queued
+    k.ExFreePoolWithTag(p, "Frnt")  # cached on a lookaside
+    k.write(free + POOL_HEADER.BlockSize, bytes([160 + 64]))
+    pool.flush_lookasides()
+    assert k.space.translate(p) is None and set(pool.pending) == {q - 16}
+    e = stop(pool.deferred_free)
+    assert (e.code, e.parameters[0], e.found_in) == (0xC5, q, "ExDeferredFreePool")

@@ -445,3 +445,75 @@ def test_free_pool2_frees(k):
     assert [r for r in k.pool_tags() if r.Tag == "2erF"][0].PagedUsed == 0
     with pytest.raises(ValueError, match="ExtendedParameters"):
         k.ExFreePool2(p, "Fre2", [POOL_EXTENDED_PARAMETER(2)], 1)
+
+
+# --- the routines built on the fast path (issue 18): the same answers by the shorter way ----
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_priority_refusal_agrees_with_resources_available_at_every_fill(windows):
+    """``refuses_for_priority``'s usual case (a table of the most pages each priority may
+    find in use) answers as ``resources_available`` does, page by page up to a full pool."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, windows=windows)
+    allocator, pool = k.pool, k.nonpaged_pool
+    priorities = sorted(int(p) for p in ntpool.PoolPriority)
+    seen = set()
+    while True:
+        for priority in priorities:
+            refused = allocator.refuses_for_priority(NP, 100, "Prio", priority)
+            assert refused == (not allocator.resources_available(pool, 100, priority)), \
+                (pool.pages_in_use, priority)
+            seen.add((priority, refused))
+        if not k.ExAllocatePoolWithTag(NP, 4096, "Fill"):
+            break
+    # Low was both tried and refused on the way, and Normal too on Windows 7 (the segment
+    # heap runs out of room for 4 KiB requests before 95% of its pages are in use); High
+    # never refused.
+    assert {(LOW, False), (LOW, True), (NORMAL, False), (HIGH, False)} <= seen
+    assert (NORMAL, True) in seen or windows != "7"
+    assert (HIGH, True) not in seen
+
+
+class Caller:
+    """Allocations made from known lines, to compare the sites the routines record."""
+
+    name = "caller.sys"
+
+    def DriverEntry(self, k, path):
+        return 0
+
+    def each(self, k):
+        return {"ex": k.ExAllocatePoolWithTag(NP, 100, "Site"),
+                "priority": k.ExAllocatePoolWithTagPriority(NP, 100, "Site", NORMAL),
+                "zero": k.ExAllocatePoolZero(NP, 100, "Site"),
+                "quota": k.ExAllocatePoolWithQuotaTag(NP, 100, "Site"),
+                "fsrtl quota": k.FsRtlAllocatePoolWithQuotaTag(NP, 100, "Site"),
+                "ndis": k.NdisAllocateMemory(100, 0, -1)[1]}
+
+
+def test_the_routines_on_the_fast_path_record_the_drivers_own_line(k):
+    """ExAllocatePoolWithTagPriority, ExAllocatePoolZero, the System process's quota
+    requests and NdisAllocateMemory reach the fast path from the routine: each chunk's site
+    is the driver's line that called the routine (one line per call here: six sites)."""
+    driver = Caller()
+    k.load_driver(driver)
+    held = driver.each(k)
+    described = {name: k.call_sites.describe(k.pool.site_of(p)) for name, p in held.items()}
+    assert all("caller.sys" in text for text in described.values()), described
+    assert len(set(described.values())) == len(held), described
+
+
+def test_the_system_process_quota_failure_names_the_quota_routine(k):
+    with pytest.raises(ntpool.NtStatusError, match="ExAllocatePoolWithQuotaTag") as info:
+        k.ExAllocatePoolWithQuotaTag(NP, 64 * MiB, "Quot")
+    assert info.value.status == INSUFFICIENT
+    with pytest.raises(ntpool.NtStatusError, match="FsRtlAllocatePoolWithQuotaTag") as info:
+        k.FsRtlAllocatePoolWithQuotaTag(NP | POOL_RAISE_IF_ALLOCATION_FAILURE, 64 * MiB, "Quot")
+    assert info.value.status == INSUFFICIENT
+    assert k.ExAllocatePoolWithQuotaTag(NP | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE, 64 * MiB, "Quot") == 0
+
+
+def test_ex_allocate_pool_zero_small_from_the_lookaside(k):
+    p = dirty(k, NP, 100)
+    q = k.ExAllocatePoolZero(NP, 100, "Dirt")
+    assert q == p and k.read(q, 100) == bytes(100)
+    assert header(k, q)["tag"] == tag_value("Dirt")

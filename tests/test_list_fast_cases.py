@@ -16,11 +16,13 @@ whatever the driver wrote where, with delayed frees on and off.
 
 import hashlib
 import random
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ntpool.pool.allocator as allocator_module
 from ntpool import BugCheck, NtStatusError
 from ntpool.constants import PAGE_SIZE
 from ntpool.pool.checks import check_pool_header, check_previous_neighbour, check_previous_size
@@ -106,20 +108,33 @@ def take_the_long_way(pool) -> None:
         if not pool.delay_frees:
             pool.free_small(chunk)
             return
-        queue_free(chunk)
+        pool.queue_free(chunk)
 
     def queue_free(chunk, pa=None):  # PendingFrees through the descriptor's fields
         descriptor = POOL_DESCRIPTOR.at(pool.mem, pool._pa(pool.descriptor_va))
         SINGLE_LIST_ENTRY.set(pool.mem, pool._pa(chunk + HEADER_SIZE), "Next", descriptor.PendingFrees)
         descriptor.PendingFrees = chunk + HEADER_SIZE
         descriptor.PendingFreeDepth += 1
-        pool.pending.add(chunk)
+        pool.pending[chunk] = pool._pa(chunk)  # (the header's translation, for the batch)
 
     pool.allocate_from_lists = allocate_from_lists
     pool._allocate_from_fresh_page = allocate_from_fresh_page
     pool.free_small = free_small
     pool.release_past_lookaside = release_past_lookaside
     pool.queue_free = queue_free
+
+
+@contextmanager
+def queueing_the_long_way(long_way: bool):
+    """The allocator's free fast path queues a delayed free itself (``Pool.queue_free``
+    inline) while fewer than MAXIMUM_POOL_FREES_PENDING are queued: the long way bounds that
+    at 0 there, so every free it would queue goes to ``release_past_lookaside`` (replaced by
+    ``take_the_long_way``) and ``queue_free``."""
+    allocator_module.MAXIMUM_POOL_FREES_PENDING = 0 if long_way else MAXIMUM_POOL_FREES_PENDING
+    try:
+        yield
+    finally:
+        allocator_module.MAXIMUM_POOL_FREES_PENDING = MAXIMUM_POOL_FREES_PENDING
 
 
 def run(seed: int, steps: int, long_way: bool, delayed: bool | None = None):
@@ -141,11 +156,12 @@ def run(seed: int, steps: int, long_way: bool, delayed: bool | None = None):
     stop = None
     step = 0
     try:
-        for step in range(steps):
-            try:
-                getattr(driver, rng.choices(names, weights)[0])()
-            except NtStatusError:
-                pass
+        with queueing_the_long_way(long_way):
+            for step in range(steps):
+                try:
+                    getattr(driver, rng.choices(names, weights)[0])()
+                except NtStatusError:
+                    pass
     except BugCheck as error:
         parameters = list(error.parameters)
         if error.code in FAULT_INSTRUCTION:  # names the nearest code on the stack not ntpool's:
@@ -189,13 +205,14 @@ def test_the_long_way_is_taken_and_the_fast_cases_are_exercised():
 
         for name in calls:
             setattr(pool, name, counting(name, getattr(pool, name)))
-        for step in range(600):
-            driver.allocate() if step < 300 or rng.random() < 0.3 else driver.free()
+        with queueing_the_long_way(True):
+            for step in range(600):
+                driver.allocate() if step < 300 or rng.random() < 0.3 else driver.free()
         assert calls["allocate_from_lists"] > 50 and calls["_allocate_from_fresh_page"] > 3
         # (Past full lookasides, the allocator's fast path coalesces a free itself, through
-        # free_small, or, with frees delayed, queues it through queue_free; the free that
-        # finds 32 queued goes through release_past_lookaside, which runs the batch first.)
-        assert calls["release_past_lookaside"] > 1 if delayed else not calls["release_past_lookaside"]
+        # free_small, or, with frees delayed, queues it, the long way through
+        # release_past_lookaside, which runs the batch first when 32 are queued, and queue_free.)
+        assert calls["release_past_lookaside"] > 50 if delayed else not calls["release_past_lookaside"]
         assert calls["queue_free"] > 50 if delayed else not calls["queue_free"]
         assert calls["free_small"] > 50
         assert calls["deferred_free"] > 1 if delayed else not calls["deferred_free"]

@@ -19,6 +19,7 @@ priorities) are options of the generic path; the front ends (ex, fsrtl, ndis) on
 translate their routine's contract onto it.
 """
 
+import math
 import struct
 import sys
 from typing import NamedTuple
@@ -97,6 +98,11 @@ _INDEX_SIZE_TYPE_TAG = struct.Struct("<xBBBI")
 assert _INDEX_SIZE_TYPE_TAG.unpack(HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (2, 3, 4, 5)
 _unpack_index_size_type_tag = _INDEX_SIZE_TYPE_TAG.unpack_from
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
+_POOL_INDEX = POOL_HEADER.PoolIndex
+_BLOCK_SIZE = POOL_HEADER.BlockSize
+_PROCESS_BILLED = POOL_HEADER.ProcessBilled
+_QWORD = struct.Struct("<Q")
+assert POOL_HEADER.PreviousSize == 0
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
 # BlockSize for each NumberOfBytes the lookasides serve (1..496), by one subscript of a
@@ -135,6 +141,14 @@ LOW_PRIORITY_LIMIT = 0.80
 NORMAL_PRIORITY_LIMIT = 0.95
 PRIORITY_BASES = {0: LOW_PRIORITY_LIMIT, 16: NORMAL_PRIORITY_LIMIT, 32: None}
 VALID_PRIORITIES = frozenset(int(p) for p in PoolPriority)
+
+
+def pages_for_priority(page_count: int) -> dict[int, int]:
+    """Each valid EX_POOL_PRIORITY -> the most pages a pool of ``page_count`` pages may have
+    in use for a small request of that priority to be tried (``resources_available``)."""
+    return {priority: page_count if share is None else math.floor(share * page_count)
+            for priority in VALID_PRIORITIES
+            for share in (PRIORITY_BASES[priority & ~0xF],)}
 
 STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 STATUS_QUOTA_EXCEEDED = NtStatus.STATUS_QUOTA_EXCEEDED
@@ -209,6 +223,10 @@ class PoolAllocator:
         # While a layer that only observes is set (see ``allocate_in_lane``): the pool types
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
+        # The pool types the fast path serves -> (their pool, ``pages_for_priority`` of it),
+        # for ``refuses_for_priority``'s usual case.
+        self.pages_for_priority: dict[int, tuple] = {}
+        self._priority_pages_made: dict[str, dict[int, int]] = {}
         # Quota charges: a ledger with try_charge/release (the machine installs it) and the
         # process billed for each quota-charged big allocation (big pages have no header).
         self.quota = None
@@ -253,8 +271,18 @@ class PoolAllocator:
         _refill(self.fast_pools, fast_pools)
         _refill(self.fast_lists, self.fast_lists_for(fast_pools))
         self.lane_pools = usable if observed else {}
+        self.pages_for_priority = {pool_type: (pool, self._pages_for_priority(pool))
+                                   for pool_type, pool in fast_pools.items()}
         _refill(self.fast_free_slots, free_slots)
         _refill(self.fast_frees, self.fast_frees_for(free_slots))
+
+    def _pages_for_priority(self, pool) -> dict[int, int]:
+        """``pages_for_priority`` of a pool, made once (the fast paths refresh at every
+        IRQL change; a pool's size never changes)."""
+        made = self._priority_pages_made.get(pool.name)
+        if made is None:
+            made = self._priority_pages_made[pool.name] = pages_for_priority(pool.page_count)
+        return made
 
     def usable_pools(self) -> dict:
         """The pool types no IRQL check stops at the current IRQL -> their pool."""
@@ -498,9 +526,20 @@ class PoolAllocator:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
                                 pool.free_small(P - _BODY, pa)
                                 return True
-                            if len(pool.pending) < MAXIMUM_POOL_FREES_PENDING:
+                            pending = pool.pending
+                            if len(pending) < MAXIMUM_POOL_FREES_PENDING:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                                pool.queue_free(P - _BODY, pa)
+                                # Pool.queue_free, inline: the body's first QWORD links to
+                                # PendingFrees' chunk, PendingFrees to the body, and
+                                # PendingFreeDepth is incremented as InterlockedIncrement does
+                                # (a value a stray write left there wraps); ``pending`` keeps
+                                # the header's translation for ExDeferredFreePool.
+                                words, pending_word = pool.words, pool.pending_frees_word
+                                bodies[pa // 8] = words[pending_word]
+                                words[pending_word] = P
+                                ulongs, depth = pool.ulongs, pool.pending_depth_ulong
+                                ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
+                                pending[P - _BODY] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
@@ -824,7 +863,27 @@ class PoolAllocator:
         return pool.pages_in_use + pages <= limit * pool.page_count
 
     def allocate_with_priority(self, pool_type, number_of_bytes, tag, priority) -> int:
-        """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority."""
+        """ExAllocatePoolWithTagPriority: 0 when the pool is too low for this priority.
+        (The routines call ``refuses_for_priority`` and the fast path themselves: from
+        here the driver's frame is one more up than the fast path looks.)"""
+        if self.refuses_for_priority(pool_type, number_of_bytes, tag, priority):
+            return 0
+        return self.allocate(pool_type, number_of_bytes, tag)
+
+    def refuses_for_priority(self, pool_type, number_of_bytes, tag, priority) -> bool:
+        """ExAllocatePoolWithTagPriority's step before the allocation: True when the pool is
+        too low for this EX_POOL_PRIORITY, so the request gets NULL (after the checks a
+        caller's error meets, whose bug check comes first); False: allocate as
+        ExAllocatePoolWithTag. Raises for a Priority that is no EX_POOL_PRIORITY."""
+        # The usual request first: a pool type the fast path serves (no must-succeed type
+        # among them), a small size (no pages counted), a valid priority whose share of the
+        # pool's pages is not all in use.
+        room = self.pages_for_priority.get(pool_type)
+        if room is not None and type(number_of_bytes) is int and type(priority) is int and \
+                0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
+            pool, most_pages = room
+            if pool.pages_in_use <= most_pages.get(priority, -1):
+                return False
         priority = checked_priority(priority)
         pool_type = checked_pool_type(pool_type)
         # Must-succeed requests ignore the priority (WRK ExAllocatePoolWithTagPriority).
@@ -832,8 +891,8 @@ class PoolAllocator:
             size = _checked_size(number_of_bytes)
             if not self.resources_available(self.pool_for(pool_type), size, priority):
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
-                return 0
-        return self.allocate(pool_type, number_of_bytes, tag)
+                return True
+        return False
 
     def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:
         """What a quota allocation charges: its chunk (BlockSize x 16) or its pages."""
@@ -845,7 +904,7 @@ class PoolAllocator:
         return blocks << BLOCK_SHIFT
 
     def allocate_with_quota(self, pool_type, number_of_bytes, tag, process: int,
-                            zero: bool = False) -> tuple[int, int]:
+                            zero: bool = False, site: int | None = None) -> tuple[int, int]:
         """A quota-charged allocation for the process whose EPROCESS is at ``process``.
 
         Returns (address, 0) or (0, NTSTATUS): STATUS_QUOTA_EXCEEDED when the charge does not
@@ -853,13 +912,21 @@ class PoolAllocator:
         front end decides whether to raise or to return NULL. ``process`` 0 charges nothing
         (the System process is not charged, as in Windows).
         """
-        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag)
+        site = self.caller_site() if site is None else site  # (found once, walking out of the routine)
+        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
         pool = self.pool_for(pool_type)
         aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
         charge = self.quota_charge_for(number_of_bytes, aligned)
         if process and not self.quota.try_charge(process, pool.base_type, charge):
             return 0, STATUS_QUOTA_EXCEEDED
-        va = self.allocate_checked(pool, number_of_bytes, value, aligned=aligned)
+        known = self.known_tags.get(tag) if type(tag) in (str, int) else None
+        if known is not None and self.layer is None and not aligned and \
+                number_of_bytes <= LOOKASIDE_MAX_BYTES:
+            # A small request no layer watches: its chunk taken as the fast path takes it
+            # (the pool-tracking lane's ``allocate_small_plain``), the tag's row in hand.
+            va = self.allocate_small_plain(pool, number_of_bytes, value, known[1], site)
+        else:
+            va = self.allocate_checked(pool, number_of_bytes, value, aligned=aligned, site=site)
         if not va:
             if process:
                 self.quota.release(process, pool.base_type, charge)
@@ -883,18 +950,17 @@ class PoolAllocator:
     def bill(self, pool: Pool, va: int, process: int, charge: int) -> None:
         """Record who pays: ProcessBilled and the quota bit in the header, as Windows 7 does."""
         if va & (PAGE_SIZE - 1):
-            header = POOL_HEADER.at(self.mem, pool._pa(va - HEADER_SIZE))
-            header.PoolType |= POOL_QUOTA
-            header.ProcessBilled = process
+            pa = pool._pa(va - HEADER_SIZE)
+            self.mem[pa + _POOL_TYPE] |= POOL_QUOTA
+            _QWORD.pack_into(self.mem, pa + _PROCESS_BILLED, process)
         else:
             self.big_quota[va] = (process, charge)
 
     def release_quota(self, pool: Pool, chunk: int, pa: int) -> None:
         """Return a small chunk's quota charge to the process its header names."""
-        header = POOL_HEADER.at(self.mem, pa)
-        process = header.ProcessBilled
+        process = _QWORD.unpack_from(self.mem, pa + _PROCESS_BILLED)[0]
         if self.quota is not None and process:
-            self.quota.release(process, pool.base_type, header.BlockSize << BLOCK_SHIFT)
+            self.quota.release(process, pool.base_type, self.mem[pa + _BLOCK_SIZE] << BLOCK_SHIFT)
 
     # --- generic free --------------------------------------------------------------------
 
@@ -971,10 +1037,9 @@ class PoolAllocator:
         end = chunk + (block_size << BLOCK_SHIFT)
         if end & (PAGE_SIZE - 1):
             following = pa + (block_size << BLOCK_SHIFT)
-            check_next_previous_size(self.crash, chunk, block_size,
-                                     POOL_HEADER.get(self.mem, following, "PreviousSize"))
+            check_next_previous_size(self.crash, chunk, block_size, self.mem[following])  # its PreviousSize
             check_next_pool_index(self.crash, chunk, block_size, pool_index,
-                                  POOL_HEADER.get(self.mem, following, "PoolIndex"))
+                                  self.mem[following + _POOL_INDEX])
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)

@@ -213,7 +213,15 @@ class Pool:
         self.ulongs = memoryview(self.mem).cast("I")
         self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
-        self.pending: set[int] = set()  # headers queued, an index of the list in memory
+        # The queued chunks, an index of the list in memory: each header and its physical
+        # address, translated as the chunk was queued (the free had it), so the batch reads
+        # the links and coalesces without translating again. Those translations hold while
+        # ``pending_translated`` is True: a page of this pool released or paged out while
+        # chunks are queued (only a driver's corruption can release one that holds a queued
+        # chunk; the pager can page any out) sets it False until the queue is empty, and
+        # ExDeferredFreePool then translates each chunk's address again.
+        self.pending: dict[int, int] = {}
+        self.pending_translated = True
         # While writes are recorded (ntpool.pool.culprit): the headers of the chunks on this
         # pool's lookaside lists, which look allocated in memory. None otherwise.
         self.cached: set[int] | None = None
@@ -255,6 +263,8 @@ class Pool:
     def _paged_out(self, event: PagedOut) -> None:
         if self.base <= event.address < self.limit:
             self._set_small_frame((event.address - self.base) >> PAGE_SHIFT, 0)
+            if self.pending:
+                self.pending_translated = False
 
     def _paged_in(self, event: PagedIn) -> None:
         va = event.address
@@ -400,6 +410,8 @@ class Pool:
         self.pages_in_use -= count
         if index < self._page_hint:
             self._page_hint = index
+        if self.pending:
+            self.pending_translated = False
 
     # --- ListHeads (LIST_ENTRY at chunk + 16) --------------------------------------------
     #
@@ -1139,15 +1151,16 @@ class Pool:
         """Push a chunk (marked free) on PendingFrees, in the descriptor in kernel memory.
         ``pa``: the chunk header's physical address, when the caller has translated it (the
         body, where the link goes, is on the same page)."""
+        if pa is None:
+            pa = self._pa(chunk)
         words, pending_word = self.words, self.pending_frees_word
-        body = chunk + HEADER_SIZE
-        words[((self._pa(chunk) if pa is None else pa) + HEADER_SIZE) >> 3] = words[pending_word]
-        words[pending_word] = body
+        words[(pa >> 3) + 2] = words[pending_word]  # the body's first QWORD (HEADER_SIZE on)
+        words[pending_word] = chunk + HEADER_SIZE
         # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
         # left there wraps (0xFFFFFFFF + 1 is 0).
         ulongs, depth = self.ulongs, self.pending_depth_ulong
         ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
-        self.pending.add(chunk)
+        self.pending[chunk] = pa
 
     def pending_frees(self) -> list[int]:
         """Headers of the chunks queued on PendingFrees, newest first, read from memory.
@@ -1157,60 +1170,84 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return list(self._walk_pending())
+        return self._walk_pending()
 
-    def _walk_pending(self) -> dict[int, int]:
-        """``pending_frees``' walk: each queued chunk's header (newest first) and the
-        physical address of that header, as the walk translated it to read the link."""
-        entries: dict[int, int] = {}  # header -> its physical address, in list order
+    def _walk_pending(self) -> list[int]:
+        """``pending_frees``' walk: each queued chunk's header, newest first. Each link is
+        read on its chunk's translation made as it was queued (``pending``), unless one may
+        have changed since (``pending_translated``): then on the TLB's.
+
+        The usual list is the one the frees built: PendingFrees leads to the chunk queued
+        last, and each link to the chunk queued before it. That is checked first, link by
+        link in the queue's order (no set of chunks met is needed to tell a loop: each link
+        must lead to one given chunk); any other list, or a translation that may be stale,
+        is walked by ``_walk_links``, which finds the same list, or raises the bug check."""
+        pending, words = self.pending, self.words
+        if self.pending_translated:
+            entry = words[self.pending_frees_word]
+            for chunk, pa in reversed(pending.items()):
+                if entry != chunk + HEADER_SIZE:
+                    return self._walk_links()
+                entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
+            return list(reversed(pending))
+        return self._walk_links()
+
+    def _walk_links(self) -> list[int]:
+        """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
+        else the bug check."""
+        chunks: list[int] = []
+        append, words = chunks.append, self.words
         # The queued chunks not met yet: a link to a chunk not queued, or to one met already
-        # (a loop), finds nothing to remove here (one set operation tests both).
-        unmet = set(self.pending)
-        remove, words, tlb = unmet.remove, self.words, self.tlb
+        # (a loop), finds nothing to take here (one dict operation tests both).
+        unmet = self.pending.copy()
+        take = unmet.pop
+        translated = self.pending_translated
         entry = words[self.pending_frees_word]
         for _ in range(len(unmet)):
             chunk = entry - HEADER_SIZE
             try:
-                remove(chunk)
+                pa = take(chunk)
             except KeyError:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
                            self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
                            detail=f"a pending free's link {entry:#x} leads to no queued chunk "
                                   f"(the freed memory was written to)")
-            try:  # a queued chunk's body: 16-byte aligned, on a page of its own pool
-                body_pa = tlb[entry >> PAGE_SHIFT] + (entry & PAGE_MASK)
-            except KeyError:  # (not present: the machine's answer)
-                body_pa = self.fault(entry, False, self.lock_irql) + (entry & PAGE_MASK)
-            entries[chunk] = body_pa - HEADER_SIZE
-            entry = words[body_pa >> 3]
-        return entries
+            if not translated:  # a queued chunk's body: 16-byte aligned, on a page of its own pool
+                base = self.tlb.get(entry >> PAGE_SHIFT)
+                if base is None:  # (not present: the machine's answer)
+                    base = self.fault(entry, False, self.lock_irql)
+                pa = base + (chunk & PAGE_MASK)
+            append(chunk)
+            entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
+        return chunks
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
         checks that coalescing makes; returns how many. A bug check raised here records
         that the corruption was found in the deferred free (``BugCheck.found_in``)."""
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            entries = self._walk_pending()
+            chunks = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
             self.ulongs[self.pending_depth_ulong] = 0
-            # Each header's translation, made by the walk, is handed to ``free_small`` while
-            # no translation can have changed since: on a pool that is never paged, until a
-            # free returns a page (a coalesced chunk the size of its page); after that, and
-            # on a paged pool (a fault may page another page out), each is translated again.
-            pages_in_use = self.pages_in_use if self.pager is None else -1
-            discard, free_small = self.pending.discard, self.free_small
-            for chunk, pa in entries.items():
-                discard(chunk)
-                free_small(chunk, pa if self.pages_in_use == pages_in_use else None)
+            # Each chunk leaves ``pending`` as it is freed (free_small must not merge with one
+            # still queued), handing ``free_small`` the translation made as it was queued
+            # while none can have changed (``pending_translated``: a free that returns a
+            # page, or a fault that pages one out, clears it; each is then translated again).
+            take, free_small = pending.pop, self.free_small
+            for chunk in chunks:
+                pa = take(chunk)
+                free_small(chunk, pa if self.pending_translated else None)
         finally:
             self.found_in = ""
-        self.pending.clear()
-        return len(entries)
+        pending.clear()
+        self.pending_translated = True
+        return len(chunks)
 
     # --- big allocations ---------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ..constants import (
     PoolFlags,
 )
 from ..errors import NtStatusError
-from ..pool.allocator import checked_pool_type, checked_priority
+from ..pool.allocator import VALID_POOL_TYPE_BITS, checked_pool_type, checked_priority
 from ..tags import DEFAULT_TAG_EX, tag_value
 from .registry import routine, serve_directly
 
@@ -74,6 +74,9 @@ def serve_pool_routines_directly(kernel) -> None:
     serve_directly(kernel, ExecutiveRoutines.ExFreePoolWithTag, allocator.fast_free())
 
 
+_UNKNOWN_POOL_TYPE_BITS = ~VALID_POOL_TYPE_BITS  # (a negative value has them too)
+
+
 class ExecutiveRoutines:
     @routine("PVOID ExAllocatePoolWithTag(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
              "_In_ ULONG Tag)")
@@ -103,12 +106,21 @@ class ExecutiveRoutines:
     def ExAllocatePoolWithTagPriority(self, PoolType, NumberOfBytes, Tag, Priority) -> int:
         """NULL when the pool is low for this priority (Low first, Normal next, High only
         when exhausted), else as ExAllocatePoolWithTag."""
-        return self.pool.allocate_with_priority(PoolType, NumberOfBytes, Tag, Priority)
+        if self.pool.refuses_for_priority(PoolType, NumberOfBytes, Tag, Priority):
+            return 0
+        # The fast path called from here, where the driver's frame is the one it looks at
+        # (through ``allocate_with_priority`` the site lookup would walk out of ntpool's).
+        allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
+        return allocate(PoolType, NumberOfBytes, Tag)
 
     @routine("PVOID ExAllocatePoolZero(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
              "_In_ ULONG Tag)")
     def ExAllocatePoolZero(self, PoolType, NumberOfBytes, Tag) -> int:
-        return self._zeroed(self.pool.allocate(PoolType, NumberOfBytes, Tag), NumberOfBytes)
+        # The WDK's inline function: ExAllocatePoolWithTag, then RtlZeroMemory of what it
+        # gave. The fast path that zeroes (as ExAllocatePool2's) does both, a lookaside
+        # chunk zeroed through the address its pop has.
+        allocate_zeroed = self.pool.allocate_zeroed  # (loaded, then called: see NdisAllocateMemoryWithTag)
+        return allocate_zeroed(PoolType, NumberOfBytes, Tag)
 
     def _zeroed(self, va: int, number_of_bytes) -> int:
         # Zeroing after the fast path costs less than taking the generic path to zero.
@@ -129,11 +141,20 @@ class ExecutiveRoutines:
         """Charge the current process's pool quota. Raises NtStatusError
         (STATUS_QUOTA_EXCEEDED or STATUS_INSUFFICIENT_RESOURCES) on failure, or returns 0
         when PoolType carries POOL_QUOTA_FAIL_INSTEAD_OF_RAISE."""
-        pool_type = checked_pool_type(PoolType)
+        # A POOL_TYPE value first, checked inline for the common call (as FsRtl's).
+        pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
+            else checked_pool_type(PoolType)
         fail_instead_of_raise = pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
-        va, status = self.pool.allocate_with_quota(
-            pool_type & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE),
-            NumberOfBytes, Tag, self._billed_process())
+        pool_type &= ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
+        process = self.current_process
+        if process is not self.system_process:  # (_billed_process, inline)
+            process = process.address
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process)
+        else:
+            # The System process is charged nothing: the request is ExAllocatePoolWithTag's,
+            # fast path included (called from here, where it finds the driver's frame).
+            allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
+            va, status = allocate(pool_type, NumberOfBytes, Tag), NtStatus.STATUS_INSUFFICIENT_RESOURCES
         if va or fail_instead_of_raise:
             return va
         raise NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {NumberOfBytes} bytes "

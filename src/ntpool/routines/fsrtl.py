@@ -8,13 +8,14 @@ POOL_COLD_ALLOCATION, ...): the four types the page lists are the ones it recomm
 check. The obsolete must-succeed types are served as ExAllocatePoolWithTag serves them.
 """
 
-from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE
+from ..constants import POOL_RAISE_IF_ALLOCATION_FAILURE, NtStatus
 from ..errors import NtStatusError
 from ..pool.allocator import VALID_POOL_TYPE_BITS, checked_pool_type
 from ..tags import DEFAULT_TAG_FSRTL
 from .registry import routine
 
 _UNKNOWN_POOL_TYPE_BITS = ~VALID_POOL_TYPE_BITS  # (a negative value has them too)
+STATUS_INSUFFICIENT_RESOURCES = NtStatus.STATUS_INSUFFICIENT_RESOURCES
 
 
 class FsRtlRoutines:
@@ -41,8 +42,16 @@ class FsRtlRoutines:
         """Charge the current process's quota; raises NtStatusError (STATUS_QUOTA_EXCEEDED or
         STATUS_INSUFFICIENT_RESOURCES) on failure."""
         pool_type = checked_pool_type(PoolType)
-        va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag,
-                                                   self._billed_process())
+        process = self._billed_process()
+        if process:
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process)
+        else:
+            # The System process is charged nothing: ExAllocatePoolWithTag's request, fast path
+            # included (called from here, where it finds the driver's frame). The raise bit
+            # is left off: the failure raised below names the quota routine.
+            allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
+            va, status = allocate(pool_type & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag), \
+                STATUS_INSUFFICIENT_RESOURCES
         if not va:
             raise NtStatusError(status, f"FsRtlAllocatePoolWithQuotaTag of {NumberOfBytes} "
                                         f"bytes for {self.current_process.name}")

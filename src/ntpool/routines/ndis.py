@@ -208,7 +208,15 @@ class NdisRoutines:
     def NdisAllocateMemory(self, Length, MemoryFlags, HighestAcceptableAddress) -> tuple[int, int]:
         """Tag 'NDam'; MemoryFlags 0 is nonpaged pool, CONTIGUOUS / NONCACHED are physically
         contiguous pages below HighestAcceptableAddress (-1: anywhere)."""
-        self._only_ndis5("NdisAllocateMemory")
+        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6 driver's)
+            self._only_ndis5("NdisAllocateMemory")
+        # The usual call inline: nonpaged pool (MemoryFlags 0), the arguments in range.
+        if type(Length) is int and 0 <= Length <= 0xFFFFFFFF and MemoryFlags == 0 and \
+                type(MemoryFlags) is int and type(HighestAcceptableAddress) is int and \
+                -1 <= HighestAcceptableAddress < _ADDRESS_END:
+            allocate = self.pool.allocate  # (loaded, then called: as NdisAllocateMemoryWithTag's)
+            va = allocate(NONPAGED_POOL, Length, DEFAULT_TAG_NDIS)
+            return (SUCCESS, va) if va else (FAILURE, 0)
         length = _uint("Length", Length)
         flags = _memory_flags(MemoryFlags)
         highest_pfn = _highest_pfn(HighestAcceptableAddress)
@@ -223,9 +231,15 @@ class NdisRoutines:
              "_In_ UINT Length, _In_ ULONG Tag, _In_ EX_POOL_PRIORITY Priority)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTagPriority(self, NdisHandle, Length, Tag, Priority) -> int:
         """Nonpaged pool, or 0 (NULL) when the pool is too low for ``Priority``."""
-        self._ndis_driver(NdisHandle, "NdisHandle")
-        return self.pool.allocate_with_priority(PoolType.NonPagedPool, _uint("Length", Length),
-                                                Tag, Priority)
+        if type(NdisHandle) is not int or NdisHandle not in self.ndis_handles:  # the usual call inline
+            self._ndis_driver(NdisHandle, "NdisHandle")
+        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:
+            Length = _uint("Length", Length)
+        if self.pool.refuses_for_priority(NONPAGED_POOL, Length, Tag, Priority):
+            return 0
+        # The fast path called from here, where the driver's frame is the one it looks at.
+        allocate = self.pool.allocate  # (loaded, then called: as NdisAllocateMemoryWithTag's)
+        return allocate(NONPAGED_POOL, Length, Tag)
 
     def _require_passive(self, what: str) -> None:
         irql = self.KeGetCurrentIrql()
@@ -330,15 +344,23 @@ class NdisRoutines:
     @routine("VOID NdisFreeMemoryWithTag(_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTag(self, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTag; Tag must match (else 0xC2/0x0A)."""
-        self.pool.free(checked_address(VirtualAddress, "VirtualAddress"), Tag)
+        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
+            checked_address(VirtualAddress, "VirtualAddress")  # raises
+        free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
+        free(VirtualAddress, Tag)
 
     @routine("VOID NdisFreeMemoryWithTagPriority(_In_ NDIS_HANDLE NdisHandle, "
              "_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTagPriority(self, NdisHandle, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTagPriority; Tag must match."""
-        self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
-        self._ndis_driver(NdisHandle, "NdisHandle")
-        self.pool.free(checked_address(VirtualAddress, "VirtualAddress"), Tag)
+        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6.0 driver's)
+            self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
+        if type(NdisHandle) is not int or NdisHandle not in self.ndis_handles:  # the usual call inline
+            self._ndis_driver(NdisHandle, "NdisHandle")
+        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
+            checked_address(VirtualAddress, "VirtualAddress")  # raises
+        free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
+        free(VirtualAddress, Tag)
 
     # --- memory helpers (macros over the Rtl routines) -------------------------------------
 

@@ -17,6 +17,7 @@ from ..constants import PoolType
 
 MiB = 1 << 20
 NP = int(PoolType.NonPagedPool)
+NORMAL_POOL_PRIORITY = 16  # EX_POOL_PRIORITY NormalPoolPriority
 SMALL = 100  # bytes: the small pair's request
 BIG = 64 * 1024  # bytes: the big pair's request
 TAG = "Fred"
@@ -108,6 +109,71 @@ def _fsrtl_pair(k, n: int) -> float:
     for _ in range(n):
         free(allocate(NP, SMALL, TAG), TAG)
     return time.perf_counter() - start
+
+
+def _priority_pair(k, n: int) -> float:
+    allocate, free = k.ExAllocatePoolWithTagPriority, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG, NORMAL_POOL_PRIORITY), TAG)
+    return time.perf_counter() - start
+
+
+def _zero_pair(k, n: int) -> float:
+    allocate, free = k.ExAllocatePoolZero, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _quota_pair(k, n: int) -> float:
+    """ExAllocatePoolWithQuotaTag and its free, in the machine's current process."""
+    allocate, free = k.ExAllocatePoolWithQuotaTag, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _ndis6_pair(k, handle: int, n: int) -> float:
+    allocate, free = k.NdisAllocateMemoryWithTagPriority, k.NdisFreeMemoryWithTagPriority
+    start = time.perf_counter()
+    for _ in range(n):
+        free(handle, allocate(handle, SMALL, TAG, NORMAL_POOL_PRIORITY), TAG)
+    return time.perf_counter() - start
+
+
+def _ndis5_pair(k, n: int) -> float:
+    allocate, free = k.NdisAllocateMemory, k.NdisFreeMemory
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(SMALL, 0, -1)[1], SMALL, 0)
+    return time.perf_counter() - start
+
+
+class _Miniport:
+    """The driver object an NDIS 6 miniport registers (for NdisAllocateMemoryWithTagPriority's
+    NdisHandle)."""
+
+    name = "benchndis.sys"
+
+
+def _ndis6_handle(k) -> int:
+    from ..routines.ndis import NDIS_MINIPORT_DRIVER_CHARACTERISTICS
+    _, handle = k.NdisMRegisterMiniportDriver(_Miniport(), "\\Registry\\Machine\\System\\benchndis",
+                                              None, NDIS_MINIPORT_DRIVER_CHARACTERISTICS(6, 20))
+    return handle
+
+
+def _charged_machine(version):
+    """A machine whose current process is charged quota (not the System process)."""
+    from ..kernel import Kernel
+
+    k = Kernel(nonpaged_pool_bytes=64 * MiB, paged_pool_bytes=16 * MiB, windows=version)
+    k.set_current_process(k.create_process("bench.exe"))
+    _quota_pair(k, WARM_UP_PAIRS)
+    return k
 
 
 LOOKASIDE_DRAIN = 1_100  # more than a per-processor and the system-wide list hold (256 each)
@@ -266,6 +332,18 @@ ROUTINE_FIGURES = {
              lambda us, bare, ex: ex <= 1.3),
     "fsrtl": ("FsRtlAllocatePoolWithTag + ExFreePoolWithTag, 100 B", "<= 1.3x Ex pair",
               lambda us, bare, ex: ex <= 1.3),
+    "priority": ("ExAllocatePoolWithTagPriority (Normal) + ExFreePoolWithTag, 100 B",
+                 "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
+    "zero": ("ExAllocatePoolZero + ExFreePoolWithTag, 100 B", "<= 1.3x Ex pair",
+             lambda us, bare, ex: ex <= 1.3),
+    "quota": ("ExAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, the System process",
+              "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
+    "ndis6": ("NdisAllocateMemoryWithTagPriority + NdisFreeMemoryWithTagPriority, 100 B",
+              "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
+    "ndis5": ("NdisAllocateMemory + NdisFreeMemory, 100 B", "<= 1.3x Ex pair",
+              lambda us, bare, ex: ex <= 1.3),
+    "charged": ("ExAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, charged to a process",
+                "reported", None),
     "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",
              lambda us, bare, ex: ex <= 2.0),
     "exact": ("a miss on a fragmented pool: an exact fit from a list of 3,000", "<= 2x Ex pair",
@@ -305,6 +383,13 @@ def run(quick: bool = False, windows=None) -> dict:
     _pool2_pair(routines, WARM_UP_PAIRS)
     _ndis_pair(routines, WARM_UP_PAIRS)
     _fsrtl_pair(routines, WARM_UP_PAIRS)
+    _priority_pair(routines, WARM_UP_PAIRS)
+    _zero_pair(routines, WARM_UP_PAIRS)
+    _quota_pair(routines, WARM_UP_PAIRS)
+    ndis6_handle = _ndis6_handle(routines)
+    _ndis6_pair(routines, ndis6_handle, WARM_UP_PAIRS)
+    _ndis5_pair(routines, WARM_UP_PAIRS)
+    charged = _charged_machine(version)
     exact = _fragmented_machine(version, (FRAGMENTED_REQUEST,))
     split = _fragmented_machine(version, (160, 32))
     delayed = _fragmented_machine(version, (160, 32), delayed_frees=True)
@@ -317,6 +402,12 @@ def run(quick: bool = False, windows=None) -> dict:
         "pool2": (lambda: _pool2_pair(routines, per_batch), per_batch),
         "ndis": (lambda: _ndis_pair(routines, per_batch), per_batch),
         "fsrtl": (lambda: _fsrtl_pair(routines, per_batch), per_batch),
+        "priority": (lambda: _priority_pair(routines, per_batch), per_batch),
+        "zero": (lambda: _zero_pair(routines, per_batch), per_batch),
+        "quota": (lambda: _quota_pair(routines, per_batch), per_batch),
+        "ndis6": (lambda: _ndis6_pair(routines, ndis6_handle, per_batch), per_batch),
+        "ndis5": (lambda: _ndis5_pair(routines, per_batch), per_batch),
+        "charged": (lambda: _quota_pair(charged, slow), slow),
         "miss": (lambda: _drained_cycle(missing, slow, "miss"), slow),
         "exact": (lambda: _drained_cycle(exact, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
         "split": (lambda: _drained_cycle(split, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
