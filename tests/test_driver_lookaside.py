@@ -346,3 +346,84 @@ def test_analyze_explains_0xd4_from_the_dump(tmp_path):
     assert "SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD (d4)" in text
     assert "unloaded without cancelling pending operations" in text
     assert "Memory referenced" in text and "Address which referenced memory" in text
+
+
+# --- the hit and the kept free made inline (issue 18) -------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+LIST_KINDS = {
+    "npaged": ("ExInitializeNPagedLookasideList", "ExAllocateFromNPagedLookasideList",
+               "ExFreeToNPagedLookasideList"),
+    "paged": ("ExInitializePagedLookasideList", "ExAllocateFromPagedLookasideList",
+              "ExFreeToPagedLookasideList"),
+    "ex": ("ExInitializeLookasideListEx", "ExAllocateFromLookasideListEx", "ExFreeToLookasideListEx"),
+}
+
+
+def _lookaside_run(kind: str, operations, watched: bool, page_offset: int):
+    """Run ``operations`` on one driver list: each (what, index, value) allocates an entry,
+    frees the oldest held one, or writes ``value`` over a counter (TotalAllocates,
+    AllocateMisses, TotalFrees, FreeMisses by ``index``) or the Depth of the list (a stray
+    write), and returns everything observable: each call's result and the list's
+    bytes after it. ``watched``: a MemoryWritten listener, so every access takes the long
+    way (``_allocate_from_lookaside`` / ``_free_to_lookaside``); the list starts
+    ``page_offset`` bytes into its page (near the end: its fields span two pages)."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, delayed_frees=False)
+    if watched:
+        k.hooks.subscribe(ntpool.hooks.MemoryWritten, lambda event: None)
+    initialize, allocate, free = (getattr(k, name) for name in LIST_KINDS[kind])
+    page = k.ExAllocatePoolWithTag(NP, 0x2000, "Page")  # big: page-aligned, two pages
+    lookaside = page + page_offset
+    if kind == "ex":
+        assert initialize(lookaside, 0, 0, NP, 0, 64, "Drvl", 0) == 0
+    else:
+        initialize(lookaside, 0, 0, 0, 64, "Drvl", 0)
+    held, seen = [], []
+    for what, index, value in operations:
+        if what == "allocate":
+            entry = allocate(lookaside)
+            held.append(entry)
+            seen.append(entry - page)  # (pool addresses: the same machine layout in both)
+        elif what == "free" and held:
+            free(lookaside, held.pop(0))
+        elif what == "counter":
+            k.write(lookaside + 0x14 + 4 * index, value.to_bytes(4, "little"))
+        elif what == "depth":
+            k.write(lookaside + LA_DEPTH, (value % 6).to_bytes(2, "little"))
+        seen.append(k.read(lookaside, 0x40))
+    return seen
+
+
+@pytest.mark.parametrize("kind", sorted(LIST_KINDS))
+@given(operations=st.lists(st.tuples(st.sampled_from(["allocate", "allocate", "free", "free",
+                                                      "counter", "depth"]),
+                                     st.integers(0, 3),  # which counter
+                                     st.one_of(st.sampled_from([0xFFFFFFFF, 0xFFFFFFFE, 0]),
+                                               st.integers(0, 0xFFFFFFFF))), max_size=40),
+       page_offset=st.sampled_from([0, 0x40, 0x1000 - 0x24, 0x1000 - 0x20]))
+@settings(max_examples=40, deadline=None)
+def test_the_inline_hit_and_kept_free_match_the_long_way(kind, operations, page_offset):
+    """Entries handed out, and every byte of the list after each call, are the same whether
+    the routines take their inline hit and kept free or the long way (a listener on the
+    machine's writes sends every call there): with counters a stray write left near their
+    wrap, a Depth written down so frees go to Free, and the list's fields on one page or
+    spanning two."""
+    assert _lookaside_run(kind, operations, False, page_offset) == \
+        _lookaside_run(kind, operations, True, page_offset)
+
+
+def test_the_inline_hit_is_taken_and_counts_as_windows_does(k):
+    """The inline path is taken (no call to the long way) and writes what wdm.h's inline
+    routines write: Depth down by one, Sequence up by one, TotalAllocates up by one."""
+    lookaside = new_list(k)
+    entry = k.ExAllocateFromNPagedLookasideList(lookaside)  # a miss: the long way
+    k.ExFreeToNPagedLookasideList(lookaside, entry)
+    before = struct.unpack("<QQ", k.read(lookaside, 16)), struct.unpack("<I", k.read(lookaside + 0x14, 4))[0]
+    calls = []
+    long_way = type(k)._allocate_from_lookaside
+    k._allocate_from_lookaside = lambda *args: (calls.append(args), long_way(k, *args))[1]
+    assert k.ExAllocateFromNPagedLookasideList(lookaside) == entry and calls == []
+    (low, _), total = before
+    assert struct.unpack("<QQ", k.read(lookaside, 16))[0] == (low & ~0xFFFF | (low & 0xFFFF) - 1) + (1 << 16)
+    assert struct.unpack("<I", k.read(lookaside + 0x14, 4))[0] == total + 1

@@ -55,6 +55,16 @@ for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PALLOCATE_FUNCTION_EX", "
 
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
+_II = struct.Struct("<II")
+# A GENERAL_LOOKASIDE from its ListHead to FreeMisses: the SLIST_HEADER's two QWORDs, Depth,
+# MaximumDepth, TotalAllocates, AllocateMisses, TotalFrees, FreeMisses.
+_HEAD_TO_FREE_MISSES = struct.Struct("<QQHHIIII")
+# What a hit reads of it (the header, TotalAllocates, AllocateMisses), and a free (the header,
+# Depth, TotalFrees, FreeMisses): the rest as pad bytes, no int made for them.
+_HEAD_ALLOCATES = struct.Struct("<QQ4xII8x")
+_HEAD_DEPTH_FREES = struct.Struct("<QQH10xII")
+assert _HEAD_ALLOCATES.size == _HEAD_DEPTH_FREES.size == _HEAD_TO_FREE_MISSES.size
+_SEQUENCE = (1 << 48) - 1  # an SLIST_HEADER's Sequence: 48 bits above Depth
 # GENERAL_LOOKASIDE (Windows 7 x64).
 LOOKASIDE_SIZE = 0x80
 LA_DEPTH = 0x10
@@ -105,6 +115,68 @@ def _base_pool_type(pool_type: int) -> PoolType:
     """The list head a lookaside of this POOL_TYPE joins: paged for PagedPool and its
     variants (session, cache-aligned), nonpaged for the rest (NX included)."""
     return PoolType.PagedPool if pool_type & BASE_POOL_TYPE_MASK else PoolType.NonPagedPool
+
+
+# A GENERAL_LOOKASIDE's fields the hit and the kept free read, ListHead..FreeMisses, lie on
+# one page when it starts at most this far into it.
+_LAST_ONE_PAGE_OFFSET = 0x1000 - _HEAD_TO_FREE_MISSES.size
+
+
+def _lookaside_routines(allocate_name: str, free_name: str, extended: bool, allocate_doc: str,
+                        free_doc: str):
+    """A kind of lookaside list's allocation and free routines, made as wdm.h makes them
+    inline: a hit (the list holds an entry) and a kept free (the list is below its Depth)
+    read and write the list where the driver keeps it, translated once, when ListHead to
+    FreeMisses lie on one resident page and no one watches the machine's writes (each write
+    would have to be published); anything else takes ``_allocate_from_lookaside`` /
+    ``_free_to_lookaside``, each access through ``read`` / ``write``. Both write what the
+    long way writes, in its order: a hit, the header (ExpInterlockedPopEntrySList) then
+    TotalAllocates; a kept free, TotalFrees, the entry's Next, then the header."""
+
+    def allocate_from(self, Lookaside) -> int:
+        if type(Lookaside) is int and not self.pool.writes_watched:
+            offset = Lookaside & 0xFFF
+            base = self._tlb.get(Lookaside >> 12) if offset <= _LAST_ONE_PAGE_OFFSET else None
+            if base is not None:
+                pa, mem = base + offset, self._mem
+                low, high, total, misses = _HEAD_ALLOCATES.unpack_from(mem, pa)
+                first = (high >> 4) << 4
+                if first:
+                    # The entry's Next (through ``read`` when its page is not present or it
+                    # spans two, faulting as Windows would).
+                    base, offset = self._tlb.get(first >> 12), first & 0xFFF
+                    following = _Q.unpack_from(mem, base + offset)[0] \
+                        if base is not None and offset <= 0xFF8 else _Q.unpack(self.read(first, 8))[0]
+                    _QQ.pack_into(mem, pa, (low & 0xFFFF) - 1 & 0xFFFF | ((low >> 16) + 1 & _SEQUENCE) << 16,
+                                  (following >> 4) << 4 | 1)
+                    _II.pack_into(mem, pa + LA_TOTAL_ALLOCATES, total + 1 & 0xFFFFFFFF, misses)
+                    return first
+        return self._allocate_from_lookaside(Lookaside, extended)
+
+    def free_to(self, Lookaside, Entry) -> None:
+        if type(Lookaside) is int and type(Entry) is int and not self.pool.writes_watched:
+            offset = Lookaside & 0xFFF
+            base = self._tlb.get(Lookaside >> 12) if offset <= _LAST_ONE_PAGE_OFFSET else None
+            if base is not None:
+                pa, mem = base + offset, self._mem
+                low, high, depth_limit, frees, free_misses = _HEAD_DEPTH_FREES.unpack_from(mem, pa)
+                if low & 0xFFFF < depth_limit:
+                    _II.pack_into(mem, pa + LA_TOTAL_FREES, frees + 1 & 0xFFFFFFFF, free_misses)
+                    base, offset = self._tlb.get(Entry >> 12), Entry & 0xFFF
+                    if base is not None and offset <= 0xFF8 and 0 <= Entry < 1 << 64:
+                        _Q.pack_into(mem, base + offset, (high >> 4) << 4)  # the entry's Next
+                    else:  # (a page not present, or a Next spanning two: faults as Windows would)
+                        self.write(Entry, _Q.pack((high >> 4) << 4))
+                    _QQ.pack_into(mem, pa, (low & 0xFFFF) + 1 & 0xFFFF | ((low >> 16) + 1 & _SEQUENCE) << 16,
+                                  (Entry >> 4) << 4 | 1)
+                    return
+        self._free_to_lookaside(Lookaside, Entry, extended)
+
+    for function, name, doc in ((allocate_from, allocate_name, allocate_doc),
+                                (free_to, free_name, free_doc)):
+        function.__name__, function.__doc__ = name, doc
+        function.__qualname__ = f"RuntimeRoutines.{name}"
+    return allocate_from, free_to
 
 
 class RuntimeRoutines:
@@ -317,25 +389,27 @@ class RuntimeRoutines:
         self.write(lookaside + LA_TOTAL_FREES, struct.pack("<II", frees, free_misses))
         self.ExpInterlockedPushEntrySList(lookaside, entry)
 
-    @routine("PVOID ExAllocateFromNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")
-    def ExAllocateFromNPagedLookasideList(self, Lookaside) -> int:
-        """An entry from the list, or a new one from its Allocate routine (NULL if none)."""
-        return self._allocate_from_lookaside(Lookaside)
+    ExAllocateFromNPagedLookasideList, ExFreeToNPagedLookasideList = _lookaside_routines(
+        "ExAllocateFromNPagedLookasideList", "ExFreeToNPagedLookasideList", extended=False,
+        allocate_doc="An entry from the list, or a new one from its Allocate routine (NULL if none).",
+        free_doc="Keep the entry while the list is below its depth, else give it to Free.")
+    ExAllocateFromNPagedLookasideList = routine(
+        "PVOID ExAllocateFromNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside)")(
+        ExAllocateFromNPagedLookasideList)
+    ExFreeToNPagedLookasideList = routine(
+        "VOID ExFreeToNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
+        "_In_ PVOID Entry)")(ExFreeToNPagedLookasideList)
 
-    @routine("VOID ExFreeToNPagedLookasideList(_Inout_ PNPAGED_LOOKASIDE_LIST Lookaside, "
-             "_In_ PVOID Entry)")
-    def ExFreeToNPagedLookasideList(self, Lookaside, Entry) -> None:
-        """Keep the entry while the list is below its depth, else give it to Free."""
-        self._free_to_lookaside(Lookaside, Entry)
-
-    @routine("PVOID ExAllocateFromPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside)")
-    def ExAllocateFromPagedLookasideList(self, Lookaside) -> int:
-        return self._allocate_from_lookaside(Lookaside)
-
-    @routine("VOID ExFreeToPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside, "
-             "_In_ PVOID Entry)")
-    def ExFreeToPagedLookasideList(self, Lookaside, Entry) -> None:
-        self._free_to_lookaside(Lookaside, Entry)
+    ExAllocateFromPagedLookasideList, ExFreeToPagedLookasideList = _lookaside_routines(
+        "ExAllocateFromPagedLookasideList", "ExFreeToPagedLookasideList", extended=False,
+        allocate_doc="An entry from the list, or a new one from its Allocate routine (NULL if none).",
+        free_doc="Keep the entry while the list is below its depth, else give it to Free.")
+    ExAllocateFromPagedLookasideList = routine(
+        "PVOID ExAllocateFromPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside)")(
+        ExAllocateFromPagedLookasideList)
+    ExFreeToPagedLookasideList = routine(
+        "VOID ExFreeToPagedLookasideList(_Inout_ PPAGED_LOOKASIDE_LIST Lookaside, "
+        "_In_ PVOID Entry)")(ExFreeToPagedLookasideList)
 
     # --- LOOKASIDE_LIST_EX (Vista and later) ----------------------------------------------------
 
@@ -364,16 +438,17 @@ class RuntimeRoutines:
                                Tag, base_type, LOOKASIDE_LIST_EX_SIZE)
         return NtStatus.STATUS_SUCCESS
 
-    @routine("PVOID ExAllocateFromLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")
-    def ExAllocateFromLookasideListEx(self, Lookaside) -> int:
-        """An entry from the list, or AllocateEx(L.Type, L.Size, L.Tag, Lookaside)'s: NULL,
-        or raised with RAISE_ON_FAIL, when that fails (wdm.h's inline routine)."""
-        return self._allocate_from_lookaside(Lookaside, extended=True)
-
-    @routine("VOID ExFreeToLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside, _In_ PVOID Entry)")
-    def ExFreeToLookasideListEx(self, Lookaside, Entry) -> None:
-        """Keep the entry while the list is below its depth, else FreeEx(Entry, Lookaside)."""
-        self._free_to_lookaside(Lookaside, Entry, extended=True)
+    ExAllocateFromLookasideListEx, ExFreeToLookasideListEx = _lookaside_routines(
+        "ExAllocateFromLookasideListEx", "ExFreeToLookasideListEx", extended=True,
+        allocate_doc="An entry from the list, or AllocateEx(L.Type, L.Size, L.Tag, Lookaside)'s: "
+                     "NULL, or raised with RAISE_ON_FAIL, when that fails (wdm.h's inline routine).",
+        free_doc="Keep the entry while the list is below its depth, else FreeEx(Entry, Lookaside).")
+    ExAllocateFromLookasideListEx = routine(
+        "PVOID ExAllocateFromLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")(
+        ExAllocateFromLookasideListEx)
+    ExFreeToLookasideListEx = routine(
+        "VOID ExFreeToLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside, _In_ PVOID Entry)")(
+        ExFreeToLookasideListEx)
 
     @routine("VOID ExDeleteLookasideListEx(_Inout_ PLOOKASIDE_LIST_EX Lookaside)")
     def ExDeleteLookasideListEx(self, Lookaside) -> None:

@@ -152,6 +152,21 @@ def _ndis5_pair(k, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _driver_lookaside(k) -> int:
+    """A driver's NPAGED_LOOKASIDE_LIST of 100-byte entries, in nonpaged pool."""
+    lookaside = k.ExAllocatePoolWithTag(NP, 0xC0, "Lkas")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, SMALL, TAG, 0)
+    return lookaside
+
+
+def _driver_lookaside_pair(k, lookaside: int, n: int) -> float:
+    allocate, free = k.ExAllocateFromNPagedLookasideList, k.ExFreeToNPagedLookasideList
+    start = time.perf_counter()
+    for _ in range(n):
+        free(lookaside, allocate(lookaside))
+    return time.perf_counter() - start
+
+
 class _Miniport:
     """The driver object an NDIS 6 miniport registers (for NdisAllocateMemoryWithTagPriority's
     NdisHandle)."""
@@ -344,6 +359,8 @@ ROUTINE_FIGURES = {
               lambda us, bare, ex: ex <= 1.3),
     "charged": ("ExAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, charged to a process",
                 "reported", None),
+    "driver_lookaside": ("ExAllocateFromNPagedLookasideList + ExFreeToNPagedLookasideList "
+                         "(a driver's list), 100 B", "reported", None),
     "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",
              lambda us, bare, ex: ex <= 2.0),
     "exact": ("a miss on a fragmented pool: an exact fit from a list of 3,000", "<= 2x Ex pair",
@@ -390,6 +407,8 @@ def run(quick: bool = False, windows=None) -> dict:
     _ndis6_pair(routines, ndis6_handle, WARM_UP_PAIRS)
     _ndis5_pair(routines, WARM_UP_PAIRS)
     charged = _charged_machine(version)
+    driver_lookaside = _driver_lookaside(routines)
+    _driver_lookaside_pair(routines, driver_lookaside, WARM_UP_PAIRS)
     exact = _fragmented_machine(version, (FRAGMENTED_REQUEST,))
     split = _fragmented_machine(version, (160, 32))
     delayed = _fragmented_machine(version, (160, 32), delayed_frees=True)
@@ -408,6 +427,8 @@ def run(quick: bool = False, windows=None) -> dict:
         "ndis6": (lambda: _ndis6_pair(routines, ndis6_handle, per_batch), per_batch),
         "ndis5": (lambda: _ndis5_pair(routines, per_batch), per_batch),
         "charged": (lambda: _quota_pair(charged, slow), slow),
+        "driver_lookaside": (lambda: _driver_lookaside_pair(routines, driver_lookaside, per_batch),
+                             per_batch),
         "miss": (lambda: _drained_cycle(missing, slow, "miss"), slow),
         "exact": (lambda: _drained_cycle(exact, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
         "split": (lambda: _drained_cycle(split, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
