@@ -75,9 +75,13 @@ _pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
 # request's 16-byte units (the LFH's bucket) for each NumberOfBytes the LFH serves, and a
 # block's busy bit in its byte of the LFH bitmap (2 bits a block, 01 busy) by index & 3.
 _UNITS_FOR = tuple((number_of_bytes + POOL_HEADER_SIZE + 15) >> 4 for number_of_bytes in range(LFH_MAX_REQUEST + 1))
-_BUSY_BIT = (1 << 0, 1 << 2, 1 << 4, 1 << 6)
-# Block n's bit in a subsegment's free bits, 1 << n, made once (not a new int every call).
+# Block n's bit in a subsegment's free bits, 1 << n, made once (not a new int every call);
+# and, by n too, where its two bits are in the LFH bitmap: the byte's offset in the
+# subsegment (LFH_BITMAP + n // 4), its busy bit (01) in that byte and both bits' mask.
 _FREE_BIT = tuple(1 << index for index in range(LFH_MOST_BLOCKS))
+_BITMAP_BYTE = tuple(LFH_BITMAP + index // 4 for index in range(LFH_MOST_BLOCKS))
+_BUSY_BIT = tuple(1 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
+_BLOCK_BITS = tuple(3 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
 
 
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
@@ -135,7 +139,6 @@ class SegmentHeapAllocator(PoolAllocator):
         known_tags = self.known_tags
         fast_pools = self.fast_pools
         mem = self.mem
-        tlb = self.tlb
 
         # The last indexed call site, as PoolAllocator.fast_allocate keeps it.
         last_code = last_lasti = last_site = None
@@ -168,31 +171,43 @@ class SegmentHeapAllocator(PoolAllocator):
                     free = sub.free_bits if sub is not None else 0
                     if free:
                         # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
-                        start = (sub.free_hint & ~31) + heap.next_random_slot()
+                        # (next(), a builtin CPython 3.11 calls directly, not the iterator's
+                        # __next__, a method-wrapper it calls through a tuple of arguments.)
+                        start = (sub.free_hint & ~31) + next(heap.random_slots)
                         later = free >> start
-                        index = start + (later & -later).bit_length() - 1 if later else \
-                            (free & -free).bit_length() - 1
-                        # Both pages translated before anything changes: one paged out (KeyError)
-                        # sends the request to the generic path with the free bits intact.
-                        # (A block on the subsegment's first page, with its bitmap, is
-                        # translated once: subsegments start on a page.)
-                        va = sub.va
-                        first = tlb[va >> PAGE_SHIFT]
-                        block_offset = sub.offsets[index]
-                        block = va + block_offset
-                        pa = first + block_offset if block_offset < PAGE_SIZE else \
-                            tlb[block >> PAGE_SHIFT] + (block_offset & 0xFFF)
-                        sub.free_bits = free ^ _FREE_BIT[index]  # FreeCount in memory: synced before a dump
-                        mem[first + LFH_BITMAP + index // 4] |= _BUSY_BIT[index & 3]
-                        _pack_lfh_header(mem, pa, units, heap.header_type, tag_ulong, site)
-                        row[heap.track_offset] += BLOCK_CHARGES[units]  # one allocation, its bytes
-                        if zero:
-                            if allocator.writes_watched:
-                                allocator.zero(block + POOL_HEADER_SIZE, NumberOfBytes)
-                            else:
-                                _zero_packer(NumberOfBytes)(mem, pa + POOL_HEADER_SIZE)
-                        return block + POOL_HEADER_SIZE
-                    onward = True  # no active LFH subsegment with a free block
+                        if later & 1:  # the block picked is free (most are, in a fresh subsegment)
+                            index = start
+                        elif later:  # the first free one after it: later's lowest bit set
+                            index = start + (later ^ (later - 1)).bit_length() - 1
+                        else:  # none after it: the first free one
+                            index = (free ^ (free - 1)).bit_length() - 1
+                        # Offsets from the heap's base (small ints, cheaper than the 64-bit
+                        # address): the subsegment's, which starts a page, and the block's.
+                        first = sub.start
+                        block_offset = sub.bucket.offsets[index]
+                        header = first + block_offset
+                        # Both pages' frames before anything changes: one paged out (0) sends
+                        # the request to the generic path with the free bits intact. (A block
+                        # on the subsegment's first page, with its bitmap, has its frame.)
+                        frames = heap.lfh_frames
+                        bitmap_frame = frames[first // PAGE_SIZE]
+                        frame = bitmap_frame if block_offset < PAGE_SIZE else frames[header // PAGE_SIZE]
+                        if bitmap_frame and frame:
+                            sub.free_bits = free ^ _FREE_BIT[index]  # FreeCount in memory: synced before a dump
+                            mem[bitmap_frame + _BITMAP_BYTE[index]] |= _BUSY_BIT[index]
+                            pa = frame + (header & 0xFFF)
+                            _pack_lfh_header(mem, pa, units, heap.header_type, tag_ulong, site)
+                            row[heap.track_offset] += BLOCK_CHARGES[units]  # one allocation, its bytes
+                            body = heap.bodies_from + header  # the block's body, as an address
+                            if zero:
+                                if allocator.writes_watched:
+                                    allocator.zero(body, NumberOfBytes)
+                                else:
+                                    _zero_packer(NumberOfBytes)(mem, pa + POOL_HEADER_SIZE)
+                            return body
+                        onward = False  # a page paged out: the generic path faults it in
+                    else:
+                        onward = True  # no active LFH subsegment with a free block
                 else:  # VS chunks, or pages
                     onward = type(NumberOfBytes) is int and LFH_MAX_REQUEST < NumberOfBytes < 1 << 64
                 if onward:
@@ -205,7 +220,7 @@ class SegmentHeapAllocator(PoolAllocator):
                     if zero:
                         allocator.zero(body, NumberOfBytes)
                     return body
-            except (KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, IndexError, AttributeError):
                 pass
             body = allocator.allocate_generic(PoolType, NumberOfBytes, Tag, site)
             if zero and body:
@@ -222,18 +237,21 @@ class SegmentHeapAllocator(PoolAllocator):
         known_tags = self.known_tags
         tracker_rows = self.tracker.rows
         mem = self.mem
-        tlb = self.tlb
 
         def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
                 heap = fast_free_slots[P >> 39]
-                offset = P & 0xFFF
+                # P as an offset from the heap's base (a small int from here on; never
+                # negative: the heap starts the slot), its offset in its page, its page's index.
+                relative = P - heap.base
+                offset = relative & 0xFFF
                 if offset:
-                    # The page's subsegment: never a negative index, the heap starts the slot.
-                    page = P >> PAGE_SHIFT
-                    sub = heap.subsegment_by_page[page - heap.first_page]
-                    if sub.is_current:  # an LFH subsegment its bucket allocates from
-                        frame = tlb[page]
+                    page = relative // PAGE_SIZE
+                    sub = heap.subsegment_by_page[page]
+                    bucket = sub.bucket
+                    # An LFH subsegment its bucket allocates from, on a resident page (a VS
+                    # subsegment's bucket has no current subsegment; a page paged out has frame 0).
+                    if bucket.current is sub and (frame := heap.lfh_frames[page]):
                         pa = frame + offset - POOL_HEADER_SIZE
                         block_size, type_byte, stored = _unpack_size_type_tag(mem, pa)
                         if Tag is None:
@@ -245,16 +263,17 @@ class SegmentHeapAllocator(PoolAllocator):
                             passed, row = known_tags[Tag]
                         if stored == passed and not type_byte & _ALIGNED_OR_QUOTA \
                                 and block_size <= LFH_BUCKET_COUNT and (not blocks or block_size == blocks):
-                            va = sub.va
-                            header_offset = P - va - POOL_HEADER_SIZE  # in the subsegment
-                            index = sub.index_of[header_offset]
+                            first = sub.start
+                            body_offset = relative - first  # in the subsegment
+                            index = bucket.index_of_body[body_offset]
                             # The bitmap is on the subsegment's first page: P's, translated
-                            # above, when the block is there too.
-                            at = (frame if header_offset < PAGE_SIZE else tlb[va >> PAGE_SHIFT]) + \
-                                LFH_BITMAP + index // 4
-                            busy = _BUSY_BIT[index & 3]
-                            bits = mem[at]
-                            if bits & busy * 3 == busy:  # the block's two bits: 01, busy
+                            # above, when the block's header is there too.
+                            bitmap_frame = frame if body_offset < PAGE_SIZE + POOL_HEADER_SIZE else \
+                                heap.lfh_frames[first // PAGE_SIZE]
+                            at = bitmap_frame + _BITMAP_BYTE[index]
+                            busy = _BUSY_BIT[index]
+                            # (A bitmap page paged out, frame 0: the generic path.)
+                            if bitmap_frame and (bits := mem[at]) & _BLOCK_BITS[index] == busy:  # 01, busy
                                 mem[at] = bits ^ busy
                                 sub.free_bits |= _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
                                 sub.free_hint = index
@@ -262,7 +281,7 @@ class SegmentHeapAllocator(PoolAllocator):
                                     allocator.layer.forget(P)  # an observing layer's record of it
                                 # One free, its bytes (the subsegment's block size: its bucket's
                                 # index is its 16-byte units).
-                                row[heap.track_offset + 1] += BLOCK_CHARGES[sub.bucket.index]
+                                row[heap.track_offset + 1] += BLOCK_CHARGES[bucket.index]
                                 return True
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to

@@ -17,6 +17,7 @@ from bisect import bisect_left, insort
 from itertools import cycle
 
 from ...constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE
+from ...hooks import PagedIn, PagedOut
 from ...machine.memory import AddressSpace
 from ..descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_RESERVED, PAGE_SMALL, _no_machine
 from ..tracker import column_of
@@ -40,6 +41,7 @@ from .layout import (
     LOOKASIDE_BUCKETS,
     LOOKASIDE_MAX_DEPTH,
     LOOKASIDE_MIN_DEPTH,
+    POOL_HEADER_SIZE,
     QWORD,
     RANGE_BIG,
     RANGE_LFH,
@@ -72,20 +74,30 @@ from .layout import (
 LFH, VS = 1, 2  # what kind of subsegment a page belongs to
 # The region a PML4 entry maps (512 GiB): the allocator finds a heap by address >> 39.
 HEAP_SLOT_BYTES = 1 << 39
-_layouts: dict[tuple[int, int], tuple[int, tuple, dict]] = {}
+_layouts: dict[tuple[int, int], tuple[int, tuple, dict, dict]] = {}
 
 
-def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict]:
-    """Shared per (block size, pages): first offset, block offsets, offset -> index."""
+def _layout(block_size: int, pages: int) -> tuple[int, tuple, dict, dict]:
+    """Shared per (block size, pages): first offset, block offsets, offset -> index, and the
+    offset of a block's body (past its POOL_HEADER) -> index (the free fast path's key)."""
     key = (block_size, pages)
     layout = _layouts.get(key)
     if layout is None:
         first, offsets = lfh_block_layout(block_size, pages)
-        layout = _layouts[key] = (first, offsets, {o: i for i, o in enumerate(offsets)})
+        layout = _layouts[key] = (first, offsets, {o: i for i, o in enumerate(offsets)},
+                                  {o + POOL_HEADER_SIZE: i for i, o in enumerate(offsets)})
     return layout
 
 
 _unpack_qword = QWORD.unpack_from
+
+
+def _segment_end(pages: int) -> int:
+    """``pages`` rounded up to a whole segment's: the page lists (``subsegment_by_page``,
+    ``lfh_frames``) grow a segment at a time. Grown two pages at a time, as subsegments were
+    made, the two lists took turns to be reallocated, and each left the host's heap the
+    copies it had outgrown: more resident memory than the lists themselves."""
+    return -(-pages // SEGMENT_PAGES) * SEGMENT_PAGES
 # A VS chunk header: the encoded bits, then the u32 of vs_page_offset_field and 4 bytes of
 # padding, written at once.
 _pack_vs_header = struct.Struct("<QQ").pack_into
@@ -94,25 +106,44 @@ class LfhSubsegment:
     """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth).
 
     One lives for every 63 blocks of 128 bytes, so it keeps only what changes from one
-    subsegment to the next and what the fast paths read: its address, its blocks' free bits
-    and FreeHint, whether its bucket allocates from it; and, shared by every subsegment of
-    its bucket, the block offsets both ways. What the slow paths alone ask (its pages, how
-    many blocks, how many free) is worked out on demand, not stored.
+    subsegment to the next: where it starts, as its offset from the heap's base (a small int,
+    32 bytes where the 64-bit address took 40, and the fast paths' arithmetic on it is
+    small-int arithmetic), its blocks' free bits and FreeHint, and its bucket. Four slots, 64
+    bytes. Everything its bucket says alike of all its subsegments (block size, pages, the
+    block offsets both ways) is read through the bucket, and whether its bucket allocates
+    from it is the bucket's ``current``; its address and what the slow paths alone ask (how
+    many blocks, how many free) are worked out on demand.
     """
 
-    __slots__ = ("va", "is_current", "bucket", "block_size", "offsets", "index_of",
-                 "free_bits", "free_hint")
+    __slots__ = ("start", "bucket", "free_bits", "free_hint")
     kind = LFH
 
-    def __init__(self, va: int, bucket):
-        self.va = va
-        self.is_current = False  # True while its bucket allocates from it (fast free path)
+    def __init__(self, start: int, bucket):
+        self.start = start  # va - the heap's base
         self.bucket = bucket
-        self.block_size = bucket.block_size
-        self.offsets = bucket.offsets
-        self.index_of = bucket.index_of
         self.free_bits = bucket.all_free  # bit n set while block n is free
         self.free_hint = 0
+
+    @property
+    def va(self) -> int:
+        return self.bucket.heap_base + self.start
+
+    @property
+    def is_current(self) -> bool:
+        """Its bucket allocates from it (the fast paths serve only such a subsegment's blocks)."""
+        return self.bucket.current is self
+
+    @property
+    def block_size(self) -> int:
+        return self.bucket.block_size
+
+    @property
+    def offsets(self) -> tuple:
+        return self.bucket.offsets
+
+    @property
+    def index_of(self) -> dict:
+        return self.bucket.index_of
 
     @property
     def pages(self) -> int:
@@ -129,18 +160,21 @@ class LfhSubsegment:
 
 
 class LfhBucket:
-    __slots__ = ("index", "block_size", "active", "requests", "live_elsewhere", "current",
-                 "partial", "pages", "first_block", "offsets", "index_of", "block_count",
-                 "all_free")
+    __slots__ = ("index", "heap_base", "block_size", "active", "requests", "live_elsewhere",
+                 "current", "partial", "pages", "first_block", "offsets", "index_of",
+                 "index_of_body", "block_count", "all_free")
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, heap_base: int = 0):
         self.index = index
+        self.heap_base = heap_base  # its subsegments' starts are offsets from it
         self.block_size = index << 4
         self.active = False
         self.requests = 0
         self.live_elsewhere = 0  # blocks of this size the VS backend holds before activation
         self.current: LfhSubsegment | None = None
-        self.partial: list[LfhSubsegment] = []  # other subsegments with a free block
+        # Other subsegments with a free block: a list from the bucket's first subsegment on
+        # (an empty tuple till then: most buckets of most heaps never make one).
+        self.partial: list[LfhSubsegment] | tuple = ()
         # Every subsegment of the bucket has one layout: its pages, where its first block
         # starts, its block offsets (and the index of each offset), how many blocks; laid
         # out when the bucket makes its first subsegment (most buckets never do).
@@ -148,17 +182,28 @@ class LfhBucket:
         self.offsets = None
 
     def lay_out(self) -> None:
-        self.first_block, self.offsets, self.index_of = _layout(self.block_size, self.pages)
+        self.first_block, self.offsets, self.index_of, self.index_of_body = \
+            _layout(self.block_size, self.pages)
         self.block_count = len(self.offsets)
         self.all_free = (1 << self.block_count) - 1
+        self.partial = []
+
+
+class _NoBucket:
+    """What a VS subsegment answers for its LFH bucket: none, whose current subsegment is
+    none (so the free fast path's ``sub.bucket.current is sub`` is False for it)."""
+
+    __slots__ = ()
+    current = None
 
 
 class VsSubsegment:
-    __slots__ = ("va", "pages", "end", "first", "is_current")
+    __slots__ = ("va", "pages", "end", "first")
     kind = VS
+    bucket = _NoBucket()
+    is_current = False
 
     def __init__(self, va: int, pages: int):
-        self.is_current = False
         self.va = va
         self.pages = pages
         self.end = va + (pages << PAGE_SHIFT)
@@ -208,7 +253,11 @@ class SegmentHeap:
         self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
         self.allocated_header_type = self.header_type  # the name the Windows 7 pool gives it
-        self.page_kind = bytearray(self.page_count)
+        # The kind of each page (descriptor.py's PAGE_* values), by page index, listed as far
+        # as the segments the heap has reached (a page past the end is free): grown a segment
+        # at a time, so a heap the machine sizes for a large pool and uses little of (the
+        # NonPagedPoolNx heap of most runs) does not hold a byte for every page of it.
+        self.page_kind = bytearray()
         self.pages_in_use = 0
         self._page_hint = 0
         self.segment_state = bytearray(self.page_count // SEGMENT_PAGES)  # 0 unused, 1 segment, 2 large
@@ -222,6 +271,19 @@ class SegmentHeap:
             raise ValueError(f"{name}: a segment heap must start a 512 GiB slot, not {va_base:#x}")
         self.subsegment_by_page: list = []
         self.first_page = va_base >> PAGE_SHIFT  # the page number index 0 stands for
+        self.bodies_from = va_base + POOL_HEADER_SIZE  # + a header's offset: its body's address
+        # The physical address of each resident page of an LFH subsegment, 0 for any other
+        # page, by the same page index: for the fast paths, the TLB's translation in one
+        # subscript of a list by a small int (not the TLB dict's hash of a 64-bit page
+        # number), as Windows 7's Pool.small_frames. Set as a subsegment is made or one of its
+        # pages is paged back in (PagedIn), cleared as it is released or a page is paged out
+        # (PagedOut); nothing else maps or unmaps heap pages, so an entry that is not 0 is what
+        # the TLB holds (tests/test_small_frames.py holds the two to that). It reaches only
+        # as far as the last LFH page so far and grows in place (the fast paths hold it);
+        # past its end, IndexError sends a fast path to the generic one, as a 0 does.
+        self.lfh_frames: list[int] = []
+        space.hooks.subscribe(PagedOut, self._paged_out)
+        space.hooks.subscribe(PagedIn, self._paged_in)
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, pages)
         self.big_sites: dict[int, int] = {}
         self.big_details: dict[int, tuple[int, int, int]] = {}  # va -> (bytes, pool type, process)
@@ -232,12 +294,13 @@ class SegmentHeap:
         self.fault = _no_machine
         self.lock_irql = APC_LEVEL if base_type & 1 else DISPATCH_LEVEL
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
-        self.lfh_buckets = [LfhBucket(i) for i in range(LFH_BUCKET_COUNT + 1)]
+        self.lfh_buckets = [LfhBucket(i, va_base) for i in range(LFH_BUCKET_COUNT + 1)]
         self.lfh_current: list = [None] * (LFH_BUCKET_COUNT + 1)  # bucket -> current subsegment
         self.random_data = random_data
         # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
         # read in turn, as the LFH does, so a seeded boot repeats its placement).
-        self.next_random_slot = cycle(b % 32 for b in random_data).__next__
+        self.random_slots = cycle(b % 32 for b in random_data)
+        self.next_random_slot = self.random_slots.__next__  # (the same sequence: one iterator)
         # The VS backend: free chunks by size (16-byte units), sizes kept sorted.
         self.vs_free_chunks: dict[int, dict[int, None]] = {}
         self.vs_sizes: list[int] = []
@@ -278,8 +341,31 @@ class SegmentHeap:
         end = first + sub.pages
         by_page = self.subsegment_by_page
         if len(by_page) < end:
-            by_page.extend([None] * (end - len(by_page)))
+            by_page.extend([None] * (_segment_end(end) - len(by_page)))
         by_page[first:end] = [sub] * sub.pages
+
+    def _set_lfh_frames(self, sub, resident: bool) -> None:
+        """``lfh_frames`` for ``sub``'s pages: their translations (``resident``), or 0."""
+        first = sub.start >> PAGE_SHIFT
+        end = first + sub.pages
+        frames = self.lfh_frames
+        if len(frames) < end:
+            frames.extend([0] * (_segment_end(end) - len(frames)))
+        if resident:
+            vpn = sub.va >> PAGE_SHIFT
+            frames[first:end] = [self.tlb.get(vpn + offset, 0) for offset in range(sub.pages)]
+        else:
+            frames[first:end] = [0] * sub.pages
+
+    def _paged_out(self, event: PagedOut) -> None:
+        index = (event.address - self.base) >> PAGE_SHIFT
+        if 0 <= index < len(self.lfh_frames):
+            self.lfh_frames[index] = 0
+
+    def _paged_in(self, event: PagedIn) -> None:
+        index = (event.address - self.base) >> PAGE_SHIFT
+        if 0 <= index < len(self.lfh_frames) and getattr(self.subsegment_by_page[index], "kind", 0) == LFH:
+            self.lfh_frames[index] = self.tlb[event.address >> PAGE_SHIFT]
 
     def _unindex_subsegment(self, sub) -> None:
         first = (sub.va - self.base) >> PAGE_SHIFT
@@ -294,7 +380,14 @@ class SegmentHeap:
             previous = sub
 
     def page_kind_of(self, va: int) -> int:
-        return self.page_kind[(va - self.base) >> PAGE_SHIFT]
+        index = (va - self.base) >> PAGE_SHIFT
+        return self.page_kind[index] if index < len(self.page_kind) else 0  # past it: free
+
+    def _cover(self, end: int) -> None:
+        """List ``page_kind`` as far as page index ``end`` (a whole segment at a time)."""
+        kinds = self.page_kind
+        if len(kinds) < end:
+            kinds.extend(bytes(_segment_end(end) - len(kinds)))
 
     def select_processor(self, number: int) -> None:
         """The segment heap's front ends are per heap, not per processor."""
@@ -320,6 +413,7 @@ class SegmentHeap:
         for offset, pfn in enumerate(frames):
             self.physical.zero_frame(pfn)
             self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+        self._cover(first + SEGMENT_PAGES)
         self.page_kind[first:first + SEGMENT_HEADER_PAGES] = bytes([PAGE_RESERVED]) * SEGMENT_HEADER_PAGES
         self.pages_in_use += SEGMENT_HEADER_PAGES
         context = self.heap_va + SEG_CONTEXT_OFFSETS[0]
@@ -336,7 +430,16 @@ class SegmentHeap:
         want = bytes(count)
         for start in (self._page_hint, 0):
             index = kinds.find(want, start)
-            while index >= 0:
+            while True:
+                if index < 0:
+                    # None in the segments listed so far: the next segment, never used, is
+                    # listed (all free), as if every page had been listed from the start.
+                    covered = len(kinds) // SEGMENT_PAGES
+                    if covered >= len(self.segment_state):
+                        break
+                    self._cover((covered + 1) * SEGMENT_PAGES)
+                    index = kinds.find(want, max(start, covered * SEGMENT_PAGES))
+                    continue
                 segment = index // SEGMENT_PAGES
                 if not self.segment_state[segment]:
                     if not self._init_segment(segment):
@@ -358,6 +461,7 @@ class SegmentHeap:
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
         self.space.map_pages(va, frames)  # a page table's share of PTEs at a time
+        self._cover(index + count)
         self.page_kind[index] = kind
         if count > 1:
             self.page_kind[index + 1:index + count] = bytes([rest_kind]) * (count - 1)
@@ -543,14 +647,12 @@ class SegmentHeap:
     def _lfh_make_current(self, bucket: LfhBucket, sub: LfhSubsegment) -> None:
         old = bucket.current
         if old is not None:
-            old.is_current = False
             if old.free_bits == bucket.all_free:
                 self._lfh_release(old)
             elif old.free_bits:
                 bucket.partial.append(old)
         bucket.current = sub
         self.lfh_current[bucket.index] = sub
-        sub.is_current = True
 
     def _lfh_new_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
         va = self.take_pages(bucket.pages, PAGE_SMALL, RANGE_LFH)
@@ -558,7 +660,7 @@ class SegmentHeap:
             return None
         if bucket.offsets is None:
             bucket.lay_out()
-        sub = LfhSubsegment(va, bucket)
+        sub = LfhSubsegment(va - self.base, bucket)
         first = bucket.first_block
         pa = self._pa(va)
         self.mem[pa:pa + first] = bytes(first)  # header and an all-free bitmap
@@ -569,6 +671,7 @@ class SegmentHeap:
             self.mem, pa + LFH_FIELDS_OFFSET, sub.block_count, sub.block_count, 0, 0, 0,
             lfh_block_offsets(bucket.block_size, first, va, self.keys.lfh_key), 0, 0, 0)
         self._index_subsegment(sub)
+        self._set_lfh_frames(sub, True)
         return sub
 
     def lfh_free(self, sub: LfhSubsegment, block: int) -> None:
@@ -604,6 +707,7 @@ class SegmentHeap:
 
     def _lfh_release(self, sub: LfhSubsegment) -> None:
         self._unindex_subsegment(sub)
+        self._set_lfh_frames(sub, False)
         if sub in sub.bucket.partial:
             sub.bucket.partial.remove(sub)
         self.release_pages(sub.va, sub.pages)
