@@ -82,6 +82,12 @@ _FREE_BIT = tuple(1 << index for index in range(LFH_MOST_BLOCKS))
 _BITMAP_BYTE = tuple(LFH_BITMAP + index // 4 for index in range(LFH_MOST_BLOCKS))
 _BUSY_BIT = tuple(1 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
 _BLOCK_BITS = tuple(3 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
+# A random pick's start, FreeHint's group of 32 plus 0..31, may pass the last block: its bit
+# in the free bits by start, made once, for every start there can be.
+_START_BIT = tuple(1 << start for start in range(LFH_MOST_BLOCKS + 32))
+# A body at an offset below this from its subsegment's start has its POOL_HEADER on the
+# subsegment's first page, with the bitmap.
+_FIRST_PAGE_BODIES = PAGE_SIZE + POOL_HEADER_SIZE
 
 
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
@@ -167,17 +173,15 @@ class SegmentHeapAllocator(PoolAllocator):
                 heap = fast_pools[PoolType]
                 if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
                     units = _UNITS_FOR[NumberOfBytes]
-                    sub = heap.lfh_current[units]  # None until the bucket is active
-                    free = sub.free_bits if sub is not None else 0
+                    free = (sub := heap.lfh_current[units]).free_bits  # 0 until the bucket is active
                     if free:
                         # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
                         # (next(), a builtin CPython 3.11 calls directly, not the iterator's
                         # __next__, a method-wrapper it calls through a tuple of arguments.)
                         start = (sub.free_hint & ~31) + next(heap.random_slots)
-                        later = free >> start
-                        if later & 1:  # the block picked is free (most are, in a fresh subsegment)
+                        if free & _START_BIT[start]:  # the block picked is free (most are, in a fresh subsegment)
                             index = start
-                        elif later:  # the first free one after it: later's lowest bit set
+                        elif later := free >> start:  # the first free one after it: later's lowest bit set
                             index = start + (later ^ (later - 1)).bit_length() - 1
                         else:  # none after it: the first free one
                             index = (free ^ (free - 1)).bit_length() - 1
@@ -268,7 +272,7 @@ class SegmentHeapAllocator(PoolAllocator):
                             index = bucket.index_of_body[body_offset]
                             # The bitmap is on the subsegment's first page: P's, translated
                             # above, when the block's header is there too.
-                            bitmap_frame = frame if body_offset < PAGE_SIZE + POOL_HEADER_SIZE else \
+                            bitmap_frame = frame if body_offset < _FIRST_PAGE_BODIES else \
                                 heap.lfh_frames[first // PAGE_SIZE]
                             at = bitmap_frame + _BITMAP_BYTE[index]
                             busy = _BUSY_BIT[index]
@@ -281,7 +285,7 @@ class SegmentHeapAllocator(PoolAllocator):
                                     allocator.layer.forget(P)  # an observing layer's record of it
                                 # One free, its bytes (the subsegment's block size: its bucket's
                                 # index is its 16-byte units).
-                                row[heap.track_offset + 1] += BLOCK_CHARGES[bucket.index]
+                                row[heap.track_free_offset] += BLOCK_CHARGES[bucket.index]
                                 return True
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to

@@ -159,6 +159,13 @@ class LfhSubsegment:
         return self.free_bits.bit_count()
 
 
+# What ``SegmentHeap.lfh_current`` holds for a bucket with no current subsegment: a
+# subsegment with no free block and nothing else (an LfhSubsegment, as the fast path's
+# attribute read expects).
+NO_SUBSEGMENT = LfhSubsegment.__new__(LfhSubsegment)
+NO_SUBSEGMENT.free_bits = 0
+
+
 class LfhBucket:
     __slots__ = ("index", "heap_base", "block_size", "active", "requests", "live_elsewhere",
                  "current", "partial", "pages", "first_block", "offsets", "index_of",
@@ -249,6 +256,7 @@ class SegmentHeap:
         self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
         self.signature_constant = signature_constant
         self.track_offset = column_of(base_type)  # its allocations column in a tracker row
+        self.track_free_offset = self.track_offset + 1  # and its frees column
         # The POOL_TYPE its big page entries record (NonPagedPool, NonPagedPoolNx, PagedPool).
         self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
@@ -295,7 +303,9 @@ class SegmentHeap:
         self.lock_irql = APC_LEVEL if base_type & 1 else DISPATCH_LEVEL
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
         self.lfh_buckets = [LfhBucket(i, va_base) for i in range(LFH_BUCKET_COUNT + 1)]
-        self.lfh_current: list = [None] * (LFH_BUCKET_COUNT + 1)  # bucket -> current subsegment
+        # Bucket -> its current subsegment; NO_SUBSEGMENT (no free bits) until it has one, so
+        # the allocation fast path reads the free bits with no test for None first.
+        self.lfh_current: list = [NO_SUBSEGMENT] * (LFH_BUCKET_COUNT + 1)
         self.random_data = random_data
         # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
         # read in turn, as the LFH does, so a seeded boot repeats its placement).
