@@ -335,7 +335,7 @@ class SegmentHeapAllocator(PoolAllocator):
     def small_block(self, heap: SegmentHeap, units: int) -> int:
         """POOL_HEADER address of a free block of ``units`` (LFH, lookaside or VS), or 0."""
         if units <= LFH_BUCKET_COUNT:
-            bucket = heap.lfh_buckets[units]
+            bucket = heap.lfh_bucket(units)
             if heap.lfh_wants(bucket):
                 block = heap.lfh_allocate(bucket)
                 if block:
@@ -465,7 +465,7 @@ class SegmentHeapAllocator(PoolAllocator):
         if owner.kind != LFH:
             units = (block_bytes >> 4)
             if units <= LFH_BUCKET_COUNT:
-                bucket = heap.lfh_buckets[units]
+                bucket = heap.lfh_bucket(units)
                 if bucket.live_elsewhere:
                     bucket.live_elsewhere -= 1
         heap.free_block(header, owner)

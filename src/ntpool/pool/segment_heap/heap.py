@@ -302,7 +302,8 @@ class SegmentHeap:
         self.fault = _no_machine
         self.lock_irql = APC_LEVEL if base_type & 1 else DISPATCH_LEVEL
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
-        self.lfh_buckets = [LfhBucket(i, va_base) for i in range(LFH_BUCKET_COUNT + 1)]
+        # (Each made when a request of its size first comes: ``lfh_bucket``.)
+        self.lfh_buckets: list[LfhBucket | None] = [None] * (LFH_BUCKET_COUNT + 1)
         # Bucket -> its current subsegment; NO_SUBSEGMENT (no free bits) until it has one, so
         # the allocation fast path reads the free bits with no test for None first.
         self.lfh_current: list = [NO_SUBSEGMENT] * (LFH_BUCKET_COUNT + 1)
@@ -601,6 +602,13 @@ class SegmentHeap:
         return tag, count
 
     # --- the LFH ------------------------------------------------------------------------------
+
+    def lfh_bucket(self, units: int) -> LfhBucket:
+        """The LFH bucket of blocks of ``units`` 16-byte units (1..32), made on first use."""
+        bucket = self.lfh_buckets[units]
+        if bucket is None:
+            bucket = self.lfh_buckets[units] = LfhBucket(units, self.base)
+        return bucket
 
     def lfh_wants(self, bucket: LfhBucket) -> bool:
         """Count a request of the bucket's size; True once the bucket is active."""
