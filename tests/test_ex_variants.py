@@ -489,14 +489,21 @@ class Caller:
                 "fsrtl quota": k.FsRtlAllocatePoolWithQuotaTag(NP, 100, "Site"),
                 "ndis": k.NdisAllocateMemory(100, 0, -1)[1]}
 
+    def charged(self, k):
+        return {"charged quota": k.ExAllocatePoolWithQuotaTag(NP, 100, "Site"),
+                "charged fsrtl quota": k.FsRtlAllocatePoolWithQuotaTag(NP, 100, "Site")}
+
 
 def test_the_routines_on_the_fast_path_record_the_drivers_own_line(k):
     """ExAllocatePoolWithTagPriority, ExAllocatePoolZero, the System process's quota
-    requests and NdisAllocateMemory reach the fast path from the routine: each chunk's site
-    is the driver's line that called the routine (one line per call here: six sites)."""
+    requests and NdisAllocateMemory reach the fast path from the routine, and a charged
+    quota request finds its site from the routine: each chunk's site is the driver's line
+    that called the routine (one line per call here: eight sites)."""
     driver = Caller()
     k.load_driver(driver)
     held = driver.each(k)
+    k.set_current_process(k.create_process("app.exe"))
+    held.update(driver.charged(k))  # (a charged request finds its site once, from the routine)
     described = {name: k.call_sites.describe(k.pool.site_of(p)) for name, p in held.items()}
     assert all("caller.sys" in text for text in described.values()), described
     assert len(set(described.values())) == len(held), described

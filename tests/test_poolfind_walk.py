@@ -134,7 +134,7 @@ def test_the_window_walk_takes_a_sound_window_at_once(window):
     data[(first << 4) + 4:(first << 4) + 8] = b"derF"
     regex = poolscan.tag_bytes_regex("derF")
     stepper = poolscan.header_step_regex(finder._allowed, regex.pattern)
-    blocks = poolscan._step_pages(stepper, regex, data, PAGES << 12)
+    blocks = poolscan._step_pages(stepper, data, PAGES << 12)
     assert blocks == [block for block in headers if data[(block << 4) + 4:(block << 4) + 8] == b"derF"]
     assert blocks[0] == 0 and len(blocks) > PAGES
 
@@ -197,7 +197,7 @@ def test_the_window_walk_equals_the_plain_walk_on_made_pages(window, data, patte
     regex = poolscan.tag_bytes_regex(pattern)
     stepper = _stepper(finder._allowed, regex, sizes)
     chains = [poolscan.valid_header_offsets(data, page << 12, 0) for page in range(pages)]
-    blocks = poolscan._step_pages(stepper, regex, data, len(data))
+    blocks = poolscan._step_pages(stepper, data, len(data))
     if None in chains:
         assert blocks is None
     else:

@@ -18,10 +18,11 @@ import re
 import struct
 import sys
 import zlib
+from array import array
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 from itertools import accumulate, compress, islice, repeat
-from operator import and_, getitem, lshift, rshift, sub
+from operator import and_, rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -394,45 +395,69 @@ def header_step_regex(allowed, tag_regex: bytes, sizes: tuple = ()) -> re.Patter
     look at its header: a BlockSize that is not 0, a PoolType ``allowed`` (a table by byte).
     A step starts at a page's first header (its PreviousSize 0 and PoolIndex taken first) or
     at a header of the tag (where the step before stopped), takes that chunk, then chunks while
-    the next is not of the tag and has a BlockSize. The engine cannot see pages: the caller
-    checks that the steps ended exactly at every page's end and that the other ends are
-    headers of the tag (``_step_pages``).
+    the next is not of the tag and has a BlockSize. A page whose first header is of the tag
+    (with a BlockSize and a PoolType allowed) is a step of its own, its PreviousSize and
+    PoolIndex: it stops before that header as before any other of the tag, so every hit is a
+    step's end, in order. The engine cannot see pages: the caller checks that the steps ended
+    exactly at every page's end and that the other ends are headers of the tag (``_step_pages``).
     """
     types = b"[" + b"".join(re.escape(bytes([t])) for t in range(256) if allowed[t]) + b"]"
     units = _units(sizes)
-    return re.compile(b"(?:\\x00.|)(?=." + types + b")" + units + b"(?:(?=[^\\x00]" + types + b"(?!" + tag_regex +
+    return re.compile(b"\\x00.(?=[^\\x00]" + types + b"(?:" + tag_regex + b"))"
+                      b"|(?:\\x00.|)(?=." + types + b")" + units + b"(?:(?=[^\\x00]" + types + b"(?!" + tag_regex +
                       b"))" + units + b")*+", re.DOTALL)
 
 
-_TAG_AT_PAGE_START = 1 << (PAGE_SHIFT - 2)  # a page's first PoolTag, in a window's ULONGs (from 1)
-
-
-def _step_pages(stepper: re.Pattern, tag_regex: re.Pattern, buffer: bytearray, length: int) -> list | None:
+def _step_pages(stepper: re.Pattern, buffer: bytearray, length: int) -> list | None:
     """The walk (``header_step_regex``) of the pages of ``buffer`` up to ``length``: the blocks
     of the headers whose tag matches, in order, when every page's chain is valid; else None
     (then a slower walk finds which page is not, see ``PoolFinder._search_window``).
 
-    A step ends at a page's end (a multiple of the page size), or at the BlockSize byte of a
-    header of the tag (offset 2 of a block: never a page's end). The chains are all valid when
-    the steps reached ``length``, ended at every page's end, every page's first PreviousSize is
-    0, and no other end has a 0 there (a step also stops where a PreviousSize of 0 follows a
-    chunk inside a page). Page-first headers of the tag are not step ends: their tags are read
-    at once from the pages' first blocks."""
+    A step of a sound chain ends at a page's end (a multiple of the page size), or at the
+    BlockSize byte of a header of the tag (2 bytes into a block). The chains are all valid when
+    the steps reached ``length``, ended at every page's end, every other end is 2 bytes into a
+    block, and every page's first PreviousSize is 0. Nothing else need be looked at: a step
+    that stops where the chain breaks (a BlockSize of 0, a PoolType not allowed, a PreviousSize
+    that is not the chunk's size, or of 0 inside a page) ends at the next header's start or its
+    BlockSize, and the step after it either fails there (so the steps do not reach ``length``)
+    or takes that header's first two bytes as a page's start (``\\x00.``) and ends 2 bytes
+    further into the block, 4 bytes into it, or 14 (a page's last chunk)."""
     ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
-    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
-    pages = length >> PAGE_SHIFT
-    # (getitem(buffer, i), not buffer.__getitem__: a slot wrapper, which packs its argument in a
-    # tuple for every call; all() tests each byte's truth, no comparison with 0)
-    if not ends or ends[-1] != length or len(ends) - len(stops) != pages or any(buffer[0:length:PAGE_SIZE]) \
-            or not all(map(getitem, repeat(buffer), stops)):
+    if not ends or ends[-1] != length:
         return None
-    hits = list(map(rshift, stops, repeat(BLOCK_SHIFT)))  # the stop is 2 bytes into its block
-    firsts = memoryview(buffer)[:length].cast("I")[1::_TAG_AT_PAGE_START].tobytes()
-    first_hits = _aligned_matches(tag_regex, firsts, 4, 0)
-    if first_hits:
-        hits += map(lshift, first_hits, repeat(PAGE_SHIFT - BLOCK_SHIFT))
-        hits.sort()
-    return hits
+    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
+    if len(ends) - len(stops) != length >> PAGE_SHIFT or any(buffer[0:length:PAGE_SIZE]):
+        return None
+    if not stops:
+        return stops
+    lanes, ones = ulong_lanes(stops)
+    if lanes & (ones * (BLOCK - 1)) != ones * POOL_HEADER.BlockSize:  # each 2 bytes into its block
+        return None
+    return lanes_list((lanes >> BLOCK_SHIFT) & (ones * (0xFFFFFFFF >> BLOCK_SHIFT)), len(stops))  # their blocks
+
+
+_ULONG = next(code for code in "IL" if array(code).itemsize == 4)  # an array of 4-byte unsigned integers
+
+
+def ulong_lanes(values) -> tuple[int, int]:
+    """``values`` (ints below 2**32) as one integer, a 32-bit lane each, and the integer
+    with 1 in each lane: arithmetic on all of them at once, each step one C loop over the
+    integer's bytes (a shift then a mask of every lane by ``ones * mask`` is a shift of every
+    value; adding ``ones * n`` adds n to each), where ``map`` makes and frees an int per value.
+    The caller keeps each lane below 2**32 (no carry into the next). ``lanes_list`` reads the
+    values back."""
+    ones = array(_ULONG, (1,)) * len(values)
+    return int.from_bytes(array(_ULONG, values), sys.byteorder), int.from_bytes(ones, sys.byteorder)
+
+
+def lanes_array(lanes: int, count: int) -> array:
+    """The ``count`` values of ``ulong_lanes``' integer ``lanes``, as an array of ULONGs."""
+    return array(_ULONG, lanes.to_bytes(count << 2, sys.byteorder))
+
+
+def lanes_list(lanes: int, count: int) -> list:
+    """The ``count`` values of ``ulong_lanes``' integer ``lanes``, as a list."""
+    return lanes_array(lanes, count).tolist()
 
 
 # A tag found this often (hits per page) in a window is looked for in the next window by
@@ -708,7 +733,7 @@ class PoolFinder:
         pages: list[PageHits] = []
         length = count << PAGE_SHIFT
         if stepper is not None:
-            blocks = _step_pages(stepper, regex, buffer, length)
+            blocks = _step_pages(stepper, buffer, length)
             if blocks is not None:
                 return [PageHits(va, 0, blocks, False)] if blocks else []
         start = 0

@@ -8,9 +8,7 @@ a corrupt structure is reported in the output, as kd reports it.
 import shlex
 import sys
 import struct
-from array import array
-from itertools import repeat
-from operator import add, getitem, lshift, rshift
+from operator import itemgetter
 from typing import Iterator
 
 from ..constants import PAGE_SIZE
@@ -24,8 +22,8 @@ from .allocations import in_special_pool, outstanding_by_driver, special_chunk, 
 from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, tag_matches
 from .segment_heap import SegmentHeapReader, block_containing
-from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, read_page_report, \
-    tag_bytes_regex, tag_display_matches
+from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, lanes_array, lanes_list, read_page_report, \
+    tag_bytes_regex, tag_display_matches, ulong_lanes
 
 STAR_LINE = "*" * 79
 
@@ -1096,29 +1094,27 @@ class HitLines:
         return "".join(pieces)
 
     def _stretch(self, page, heads, sites, shift: int = 0) -> str:
-        """The lines of a stretch of pages, by ``map`` (every step a C function: no Python
-        statement per chunk): the address, and the text after it from a cache by call site,
-        then header (``site_texts``: the chunk's text and, when it is allocated, its site's
-        Allocated-by line), joined at once (a join sizes the text once; a ``%`` over the
-        stretch grew it a quarter at a time, copying it each time). An address is the
-        stretch's top 8 hex digits, the same for all of its chunks unless the stretch crosses
-        a multiple of 4 GiB, and its low 8, from one ``bytes.hex`` over them all, as
-        big-endian ULONGs (small integers: quick to make and to store)."""
+        """The lines of a stretch of pages, with no Python statement per chunk: the address,
+        and the text after it from a cache by call site, then header (``site_texts``: the
+        chunk's text and, when it is allocated, its site's Allocated-by line), joined at once
+        (a join sizes the text once; a ``%`` over the stretch grew it a quarter at a time,
+        copying it each time). The chunks' headers and sites are taken by one ``itemgetter``
+        each; the sites' places (block >> shift) and the addresses are worked out on all
+        chunks at once (``ulong_lanes``). An address is the stretch's top 8 hex digits, the
+        same for all of its chunks unless the stretch crosses a multiple of 4 GiB, and its
+        low 8, from one ``bytes.hex`` over them all, as big-endian ULONGs."""
         blocks = page.blocks
-        index = blocks if not page.first else list(map(add, blocks, repeat(page.first)))
         count = len(blocks)
-        site_index = map(rshift, index, repeat(shift)) if shift else index  # by unit: see window_units
-        # getitem(x, i), not x.__getitem__: a bytes' or memoryview's __getitem__ is a slot
-        # wrapper, which packs its argument in a tuple for every call
-        texts = map(dict.__getitem__, map(self.site_texts.__getitem__, map(getitem, repeat(sites), site_index)),
-                    map(getitem, repeat(heads), index))
         low = page.va & 0xFFFFFFFF
-        if low + (blocks[-1] << BLOCK_SHIFT) > 0xFFFFFFFF or page.va >> 64:  # the top digits change
-            values = [None] * (2 * count)
-            values[0::2] = map(add, repeat(page.va), map(lshift, blocks, repeat(BLOCK_SHIFT)))
-            values[1::2] = texts
-            return ("\n%016x%s" * count) % tuple(values)
-        lows = array(_ULONG, map(add, repeat(low), map(lshift, blocks, repeat(BLOCK_SHIFT))))
+        if count < 2 or low + (blocks[-1] << BLOCK_SHIFT) > 0xFFFFFFFF or page.va >> 64 or \
+                page.first + blocks[-1] > 0xFFFFFFFF:  # (itemgetter of one index gives no tuple)
+            return self._stretch_one_by_one(page, heads, sites, shift)
+        lanes, ones = ulong_lanes(blocks)
+        index = lanes + ones * page.first if page.first else lanes  # the window's blocks
+        places = (index >> shift) & (ones * (0xFFFFFFFF >> shift)) if shift else index  # by unit: see window_units
+        texts = map(dict.__getitem__, map(self.site_texts.__getitem__, itemgetter(*lanes_list(places, count))(sites)),
+                    itemgetter(*(lanes_list(index, count) if page.first else blocks))(heads))
+        lows = lanes_array((lanes << BLOCK_SHIFT) + ones * low, count)
         if sys.byteorder == "little":
             lows.byteswap()
         values = [None] * (3 * count)
@@ -1126,6 +1122,17 @@ class HitLines:
         values[1::3] = lows.tobytes().hex(" ", 4).split(" ")
         values[2::3] = texts
         return "".join(values)
+
+    def _stretch_one_by_one(self, page, heads, sites, shift: int) -> str:
+        """``_stretch`` for one chunk, or for a stretch that crosses a multiple of 4 GiB (rare)."""
+        middles, site_lines = self.middles, self.site_lines
+        lines = []
+        for block in page.blocks:
+            head = heads[page.first + block]
+            lines.append(f"\n{page.va + (block << BLOCK_SHIFT):016x}{middles[head]}")
+            if middles.allocated[head]:
+                lines.append(site_lines[sites[(page.first + block) >> shift]])
+        return "".join(lines)
 
     def _tail(self, head: int, block: int) -> tuple[str, bool]:
         """The text of a chunk's line after its page's address; whether it is allocated."""
@@ -1145,7 +1152,6 @@ class HitLines:
 
 
 OFFSET_TEXTS = tuple(f"{block << 4:03x}" for block in range(BLOCKS_PER_PAGE))  # address, last 3
-_ULONG = next(code for code in "IL" if array(code).itemsize == 4)  # an array of 4-byte unsigned integers
 
 
 class _Middles(dict):

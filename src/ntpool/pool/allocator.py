@@ -582,9 +582,11 @@ class PoolAllocator:
     def pool_for(self, pool_type: int) -> Pool:
         return self.pools[pool_type & BASE_POOL_TYPE_MASK]
 
-    def caller_site(self) -> int:
-        """The call site of the driver code that called into ntpool (walking out of ntpool)."""
-        return self.call_sites.lookup(_getframe(1))
+    def caller_site(self, depth: int = 1) -> int:
+        """The call site of the driver code that called into ntpool (walking out of ntpool).
+        ``depth``: how many frames up from this method's to start (1: its caller's; a routine
+        that asks for its own caller's site passes 2, and no walk is needed)."""
+        return self.call_sites.lookup(_getframe(depth))
 
     def allocate_generic(self, pool_type, number_of_bytes, tag, site: int | None = None) -> int:
         """ExAllocatePoolWithTag for any POOL_TYPE, every check made; 0 when exhausted.

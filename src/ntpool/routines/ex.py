@@ -149,7 +149,8 @@ class ExecutiveRoutines:
         process = self.current_process
         if process is not self.system_process:  # (_billed_process, inline)
             process = process.address
-            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process)
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process,
+                                                       site=self.pool.caller_site(2))
         else:
             # The System process is charged nothing: the request is ExAllocatePoolWithTag's,
             # fast path included (called from here, where it finds the driver's frame).

@@ -44,7 +44,8 @@ class FsRtlRoutines:
         pool_type = checked_pool_type(PoolType)
         process = self._billed_process()
         if process:
-            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process)
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process,
+                                                       site=self.pool.caller_site(2))
         else:
             # The System process is charged nothing: ExAllocatePoolWithTag's request, fast path
             # included (called from here, where it finds the driver's frame). The raise bit
