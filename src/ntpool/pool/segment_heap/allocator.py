@@ -90,6 +90,37 @@ _START_BIT = tuple(1 << start for start in range(LFH_MOST_BLOCKS + 32))
 _FIRST_PAGE_BODIES = PAGE_SIZE + POOL_HEADER_SIZE
 
 
+def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row: list) -> int:
+    """The body of a block of ``units`` from its active LFH bucket's current subsegment, its
+    POOL_HEADER written and its tag's ``row`` charged; 0 (nothing changed) when the bucket has
+    no current subsegment with a free block or a page of it is paged out. The same steps as
+    the allocation fast path (``fast_allocate``), which has them inline: see its comments."""
+    sub = heap.lfh_current[units]
+    free = sub.free_bits
+    if not free:
+        return 0
+    start = (sub.free_hint & ~31) + next(heap.random_slots)
+    if free & _START_BIT[start]:
+        index = start
+    elif later := free >> start:
+        index = start + (later ^ (later - 1)).bit_length() - 1
+    else:
+        index = (free ^ (free - 1)).bit_length() - 1
+    first = sub.start
+    block_offset = sub.bucket.offsets[index]
+    header = first + block_offset
+    frames = heap.lfh_frames
+    bitmap_frame = frames[first // PAGE_SIZE]
+    frame = bitmap_frame if block_offset < PAGE_SIZE else frames[header // PAGE_SIZE]
+    if not (bitmap_frame and frame):
+        return 0
+    sub.free_bits = free ^ _FREE_BIT[index]
+    mem[bitmap_frame + _BITMAP_BYTE[index]] |= _BUSY_BIT[index]
+    _pack_lfh_header(mem, frame + (header & 0xFFF), units, heap.header_type, tag, site)
+    row[heap.track_offset] += BLOCK_CHARGES[units]
+    return heap.bodies_from + header
+
+
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
     """16-byte units of the block (POOL_HEADER included) a small request gets."""
     if aligned:
@@ -329,7 +360,15 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:
-        """PoolAllocator.allocate_small_plain for this design: ``allocate_plain``."""
+        """PoolAllocator.allocate_small_plain for this design (Driver Verifier's pool-tracking
+        lane, quota charged with no layer): a block of an active LFH bucket's current
+        subsegment taken as the allocation fast path takes it, the tag's tracker ``row``
+        given (the common case: no lookup of the row, no translation helpers), else
+        ``allocate_plain``."""
+        if number_of_bytes <= LFH_MAX_REQUEST:
+            body = _take_lfh_block(pool, self.mem, _UNITS_FOR[number_of_bytes], tag, site, row)
+            if body:
+                return body
         return self.allocate_plain(pool, number_of_bytes, tag, site)
 
     def small_block(self, heap: SegmentHeap, units: int) -> int:
