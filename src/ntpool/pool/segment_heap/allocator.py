@@ -282,7 +282,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 offset = relative & 0xFFF
                 if offset:
                     page = relative // PAGE_SIZE
-                    sub = heap.subsegment_by_page[page]
+                    sub = heap.page_subsegments[page]
                     bucket = sub.bucket
                     # An LFH subsegment its bucket allocates from, on a resident page (a VS
                     # subsegment's bucket has no current subsegment; a page paged out has frame 0).
