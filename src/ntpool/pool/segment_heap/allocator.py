@@ -82,6 +82,43 @@ _FREE_BIT = tuple(1 << index for index in range(LFH_MOST_BLOCKS))
 _BITMAP_BYTE = tuple(LFH_BITMAP + index // 4 for index in range(LFH_MOST_BLOCKS))
 _BUSY_BIT = tuple(1 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
 _BLOCK_BITS = tuple(3 << ((index & 3) << 1) for index in range(LFH_MOST_BLOCKS))
+# A random pick's start, FreeHint's group of 32 plus 0..31, may pass the last block: its bit
+# in the free bits by start, made once, for every start there can be.
+_START_BIT = tuple(1 << start for start in range(LFH_MOST_BLOCKS + 32))
+# A body at an offset below this from its subsegment's start has its POOL_HEADER on the
+# subsegment's first page, with the bitmap.
+_FIRST_PAGE_BODIES = PAGE_SIZE + POOL_HEADER_SIZE
+
+
+def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row: list) -> int:
+    """The body of a block of ``units`` from its active LFH bucket's current subsegment, its
+    POOL_HEADER written and its tag's ``row`` charged; 0 (nothing changed) when the bucket has
+    no current subsegment with a free block or a page of it is paged out. The same steps as
+    the allocation fast path (``fast_allocate``), which has them inline: see its comments."""
+    sub = heap.lfh_current[units]
+    free = sub.free_bits
+    if not free:
+        return 0
+    start = (sub.free_hint & ~31) + next(heap.random_slots)
+    if free & _START_BIT[start]:
+        index = start
+    elif later := free >> start:
+        index = start + (later ^ (later - 1)).bit_length() - 1
+    else:
+        index = (free ^ (free - 1)).bit_length() - 1
+    first = sub.start
+    block_offset = sub.bucket.offsets[index]
+    header = first + block_offset
+    frames = heap.lfh_frames
+    bitmap_frame = frames[first // PAGE_SIZE]
+    frame = bitmap_frame if block_offset < PAGE_SIZE else frames[header // PAGE_SIZE]
+    if not (bitmap_frame and frame):
+        return 0
+    sub.free_bits = free ^ _FREE_BIT[index]
+    mem[bitmap_frame + _BITMAP_BYTE[index]] |= _BUSY_BIT[index]
+    _pack_lfh_header(mem, frame + (header & 0xFFF), units, heap.header_type, tag, site)
+    row[heap.track_offset] += BLOCK_CHARGES[units]
+    return heap.bodies_from + header
 
 
 def block_units(number_of_bytes: int, aligned: bool = False) -> int:
@@ -167,17 +204,15 @@ class SegmentHeapAllocator(PoolAllocator):
                 heap = fast_pools[PoolType]
                 if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
                     units = _UNITS_FOR[NumberOfBytes]
-                    sub = heap.lfh_current[units]  # None until the bucket is active
-                    free = sub.free_bits if sub is not None else 0
+                    free = (sub := heap.lfh_current[units]).free_bits  # 0 until the bucket is active
                     if free:
                         # The LFH's randomised pick (SegmentHeap.lfh_allocate), inline.
                         # (next(), a builtin CPython 3.11 calls directly, not the iterator's
                         # __next__, a method-wrapper it calls through a tuple of arguments.)
                         start = (sub.free_hint & ~31) + next(heap.random_slots)
-                        later = free >> start
-                        if later & 1:  # the block picked is free (most are, in a fresh subsegment)
+                        if free & _START_BIT[start]:  # the block picked is free (most are, in a fresh subsegment)
                             index = start
-                        elif later:  # the first free one after it: later's lowest bit set
+                        elif later := free >> start:  # the first free one after it: later's lowest bit set
                             index = start + (later ^ (later - 1)).bit_length() - 1
                         else:  # none after it: the first free one
                             index = (free ^ (free - 1)).bit_length() - 1
@@ -247,7 +282,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 offset = relative & 0xFFF
                 if offset:
                     page = relative // PAGE_SIZE
-                    sub = heap.subsegment_by_page[page]
+                    sub = heap.page_subsegments[page]
                     bucket = sub.bucket
                     # An LFH subsegment its bucket allocates from, on a resident page (a VS
                     # subsegment's bucket has no current subsegment; a page paged out has frame 0).
@@ -268,7 +303,7 @@ class SegmentHeapAllocator(PoolAllocator):
                             index = bucket.index_of_body[body_offset]
                             # The bitmap is on the subsegment's first page: P's, translated
                             # above, when the block's header is there too.
-                            bitmap_frame = frame if body_offset < PAGE_SIZE + POOL_HEADER_SIZE else \
+                            bitmap_frame = frame if body_offset < _FIRST_PAGE_BODIES else \
                                 heap.lfh_frames[first // PAGE_SIZE]
                             at = bitmap_frame + _BITMAP_BYTE[index]
                             busy = _BUSY_BIT[index]
@@ -281,7 +316,7 @@ class SegmentHeapAllocator(PoolAllocator):
                                     allocator.layer.forget(P)  # an observing layer's record of it
                                 # One free, its bytes (the subsegment's block size: its bucket's
                                 # index is its 16-byte units).
-                                row[heap.track_offset + 1] += BLOCK_CHARGES[bucket.index]
+                                row[heap.track_free_offset] += BLOCK_CHARGES[bucket.index]
                                 return True
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to
@@ -325,13 +360,21 @@ class SegmentHeapAllocator(PoolAllocator):
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:
-        """PoolAllocator.allocate_small_plain for this design: ``allocate_plain``."""
+        """PoolAllocator.allocate_small_plain for this design (Driver Verifier's pool-tracking
+        lane, quota charged with no layer): a block of an active LFH bucket's current
+        subsegment taken as the allocation fast path takes it, the tag's tracker ``row``
+        given (the common case: no lookup of the row, no translation helpers), else
+        ``allocate_plain``."""
+        if number_of_bytes <= LFH_MAX_REQUEST:
+            body = _take_lfh_block(pool, self.mem, _UNITS_FOR[number_of_bytes], tag, site, row)
+            if body:
+                return body
         return self.allocate_plain(pool, number_of_bytes, tag, site)
 
     def small_block(self, heap: SegmentHeap, units: int) -> int:
         """POOL_HEADER address of a free block of ``units`` (LFH, lookaside or VS), or 0."""
         if units <= LFH_BUCKET_COUNT:
-            bucket = heap.lfh_buckets[units]
+            bucket = heap.lfh_bucket(units)
             if heap.lfh_wants(bucket):
                 block = heap.lfh_allocate(bucket)
                 if block:
@@ -461,7 +504,7 @@ class SegmentHeapAllocator(PoolAllocator):
         if owner.kind != LFH:
             units = (block_bytes >> 4)
             if units <= LFH_BUCKET_COUNT:
-                bucket = heap.lfh_buckets[units]
+                bucket = heap.lfh_bucket(units)
                 if bucket.live_elsewhere:
                     bucket.live_elsewhere -= 1
         heap.free_block(header, owner)

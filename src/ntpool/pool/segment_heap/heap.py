@@ -8,7 +8,8 @@ memory; the VS backend serves variable-size chunks with encoded headers, splitti
 coalescing them, with a delay-free list; the dynamic lookaside keeps freed VS-sized blocks
 for reuse. Python keeps an index of what memory already says (a byte per page, the page ->
 subsegment map, a mirror of each LFH bitmap, the VS free chunks by size), never an object
-per allocation. The POOL_HEADER, tags, tracking and quota are the allocator's business
+per allocation, and none for a full LFH subsegment its bucket has moved past (its pages
+name it by shared marks; its object is made again when asked for). The POOL_HEADER, tags, tracking and quota are the allocator's business
 (``allocator.py``); the checks that end in 0x13A are ``checks.py``.
 """
 
@@ -93,7 +94,7 @@ _unpack_qword = QWORD.unpack_from
 
 
 def _segment_end(pages: int) -> int:
-    """``pages`` rounded up to a whole segment's: the page lists (``subsegment_by_page``,
+    """``pages`` rounded up to a whole segment's: the page lists (``page_subsegments``,
     ``lfh_frames``) grow a segment at a time. Grown two pages at a time, as subsegments were
     made, the two lists took turns to be reallocated, and each left the host's heap the
     copies it had outgrown: more resident memory than the lists themselves."""
@@ -159,10 +160,31 @@ class LfhSubsegment:
         return self.free_bits.bit_count()
 
 
+# What ``SegmentHeap.lfh_current`` holds for a bucket with no current subsegment: a
+# subsegment with no free block and nothing else (an LfhSubsegment, as the fast path's
+# attribute read expects).
+NO_SUBSEGMENT = LfhSubsegment.__new__(LfhSubsegment)
+NO_SUBSEGMENT.free_bits = 0
+
+
+class FullLfhPage:
+    """What the page index holds for page ``page`` of a full LFH subsegment of ``bucket``
+    that its bucket does not allocate from (``SegmentHeap._lfh_set_aside``): one per page of
+    a bucket's subsegments, shared by all of them, so such a subsegment keeps no object of
+    its own. Most subsegments of a pool holding many blocks are full."""
+
+    __slots__ = ("bucket", "page")
+    kind = LFH
+
+    def __init__(self, bucket, page: int):
+        self.bucket = bucket  # (its ``current`` is never a mark: the free fast path passes)
+        self.page = page
+
+
 class LfhBucket:
     __slots__ = ("index", "heap_base", "block_size", "active", "requests", "live_elsewhere",
                  "current", "partial", "pages", "first_block", "offsets", "index_of",
-                 "index_of_body", "block_count", "all_free")
+                 "index_of_body", "block_count", "all_free", "full_pages")
 
     def __init__(self, index: int, heap_base: int = 0):
         self.index = index
@@ -187,6 +209,7 @@ class LfhBucket:
         self.block_count = len(self.offsets)
         self.all_free = (1 << self.block_count) - 1
         self.partial = []
+        self.full_pages = [FullLfhPage(self, page) for page in range(self.pages)]
 
 
 class _NoBucket:
@@ -249,6 +272,7 @@ class SegmentHeap:
         self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
         self.signature_constant = signature_constant
         self.track_offset = column_of(base_type)  # its allocations column in a tracker row
+        self.track_free_offset = self.track_offset + 1  # and its frees column
         # The POOL_TYPE its big page entries record (NonPagedPool, NonPagedPoolNx, PagedPool).
         self.pool_type = HEAP_POOL_TYPES[heap_index]
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
@@ -262,14 +286,16 @@ class SegmentHeap:
         self._page_hint = 0
         self.segment_state = bytearray(self.page_count // SEGMENT_PAGES)  # 0 unused, 1 segment, 2 large
         # The page -> subsegment index: the LFH or VS subsegment holding each page, by the
-        # page's number from the heap's base (None for any other page). A list, grown to the
+        # page's number from the heap's base (None for any other page; a FullLfhPage mark for
+        # a page of a full LFH subsegment set aside, which ``subsegment_of`` and the public
+        # ``subsegment_by_page`` turn back into its object). A list, grown to the
         # last subsegment page the heap has used, costs 8 bytes a page where a dict keyed by
         # page number cost about 80 (an entry and a key int); the free fast path reads it with
         # one subscript. The index is never negative: a heap starts its 512 GiB slot (the
         # fast path picks the heap by slot).
         if va_base & (HEAP_SLOT_BYTES - 1):
             raise ValueError(f"{name}: a segment heap must start a 512 GiB slot, not {va_base:#x}")
-        self.subsegment_by_page: list = []
+        self.page_subsegments: list = []
         self.first_page = va_base >> PAGE_SHIFT  # the page number index 0 stands for
         self.bodies_from = va_base + POOL_HEADER_SIZE  # + a header's offset: its body's address
         # The physical address of each resident page of an LFH subsegment, 0 for any other
@@ -294,8 +320,11 @@ class SegmentHeap:
         self.fault = _no_machine
         self.lock_irql = APC_LEVEL if base_type & 1 else DISPATCH_LEVEL
         # The LFH: buckets 1..32 (16 bytes apart), seeded "random data" for placement.
-        self.lfh_buckets = [LfhBucket(i, va_base) for i in range(LFH_BUCKET_COUNT + 1)]
-        self.lfh_current: list = [None] * (LFH_BUCKET_COUNT + 1)  # bucket -> current subsegment
+        # (Each made when a request of its size first comes: ``lfh_bucket``.)
+        self.lfh_buckets: list[LfhBucket | None] = [None] * (LFH_BUCKET_COUNT + 1)
+        # Bucket -> its current subsegment; NO_SUBSEGMENT (no free bits) until it has one, so
+        # the allocation fast path reads the free bits with no test for None first.
+        self.lfh_current: list = [NO_SUBSEGMENT] * (LFH_BUCKET_COUNT + 1)
         self.random_data = random_data
         # Each pick starts at a random block of FreeHint's group of 32 (RtlpLowFragHeapRandomData
         # read in turn, as the LFH does, so a seeded boot repeats its placement).
@@ -329,17 +358,53 @@ class SegmentHeap:
     def subsegment_of(self, va: int):
         """The LFH or VS subsegment whose pages hold ``va``, or None."""
         if va >= self.base:
+            index = (va - self.base) >> PAGE_SHIFT
             try:
-                return self.subsegment_by_page[(va - self.base) >> PAGE_SHIFT]
+                sub = self.page_subsegments[index]
             except IndexError:  # past the last subsegment page the heap has used
-                pass
+                return None
+            if type(sub) is FullLfhPage:
+                sub = self._lfh_take_back(index, sub)
+            return sub
         return None
+
+    @property
+    def subsegment_by_page(self) -> list:
+        """The page index with every subsegment's object in it (a full LFH subsegment's
+        made, ``_lfh_take_back``): the LFH or VS subsegment holding each page, by the page's
+        number from the heap's base, None for any other page."""
+        by_page = self.page_subsegments
+        for index, sub in enumerate(by_page):
+            if type(sub) is FullLfhPage:
+                self._lfh_take_back(index, sub)
+        return by_page
+
+    def _lfh_set_aside(self, sub: LfhSubsegment) -> None:
+        """A full LFH subsegment its bucket no longer allocates from keeps no Python object:
+        its counts go to memory (FreeCount 0, BlockCount, FreeHint) and its pages' index
+        entries become its bucket's shared FullLfhPage marks, until something asks for it
+        (a free of one of its blocks, a walk: ``_lfh_take_back``)."""
+        LFH_COUNTS.pack_into(self.mem, self._pa(sub.va, True) + LFH_FREE_COUNT, 0,
+                             sub.bucket.block_count, sub.free_hint)
+        first = sub.start >> PAGE_SHIFT
+        self.page_subsegments[first:first + sub.pages] = sub.bucket.full_pages
+
+    def _lfh_take_back(self, index: int, mark) -> LfhSubsegment:
+        """The object of the full LFH subsegment whose page ``index`` holds ``mark``, made
+        again and put back in the index (its FreeHint stays memory's until a free sets it)."""
+        first = index - mark.page
+        bucket = mark.bucket
+        sub = LfhSubsegment(first << PAGE_SHIFT, bucket)
+        sub.free_bits = 0
+        sub.free_hint = None
+        self.page_subsegments[first:first + bucket.pages] = [sub] * bucket.pages
+        return sub
 
     def _index_subsegment(self, sub) -> None:
         """Point the index's entries for ``sub``'s pages at it, growing the list to hold them."""
         first = (sub.va - self.base) >> PAGE_SHIFT
         end = first + sub.pages
-        by_page = self.subsegment_by_page
+        by_page = self.page_subsegments
         if len(by_page) < end:
             by_page.extend([None] * (_segment_end(end) - len(by_page)))
         by_page[first:end] = [sub] * sub.pages
@@ -364,12 +429,12 @@ class SegmentHeap:
 
     def _paged_in(self, event: PagedIn) -> None:
         index = (event.address - self.base) >> PAGE_SHIFT
-        if 0 <= index < len(self.lfh_frames) and getattr(self.subsegment_by_page[index], "kind", 0) == LFH:
+        if 0 <= index < len(self.lfh_frames) and getattr(self.page_subsegments[index], "kind", 0) == LFH:
             self.lfh_frames[index] = self.tlb[event.address >> PAGE_SHIFT]
 
     def _unindex_subsegment(self, sub) -> None:
         first = (sub.va - self.base) >> PAGE_SHIFT
-        self.subsegment_by_page[first:first + sub.pages] = [None] * sub.pages
+        self.page_subsegments[first:first + sub.pages] = [None] * sub.pages
 
     def subsegments(self):
         """Each live LFH and VS subsegment once, in address order."""
@@ -592,6 +657,13 @@ class SegmentHeap:
 
     # --- the LFH ------------------------------------------------------------------------------
 
+    def lfh_bucket(self, units: int) -> LfhBucket:
+        """The LFH bucket of blocks of ``units`` 16-byte units (1..32), made on first use."""
+        bucket = self.lfh_buckets[units]
+        if bucket is None:
+            bucket = self.lfh_buckets[units] = LfhBucket(units, self.base)
+        return bucket
+
     def lfh_wants(self, bucket: LfhBucket) -> bool:
         """Count a request of the bucket's size; True once the bucket is active."""
         if bucket.active:
@@ -651,6 +723,8 @@ class SegmentHeap:
                 self._lfh_release(old)
             elif old.free_bits:
                 bucket.partial.append(old)
+            else:
+                self._lfh_set_aside(old)
         bucket.current = sub
         self.lfh_current[bucket.index] = sub
 
@@ -701,7 +775,7 @@ class SegmentHeap:
         """Write every LFH subsegment's FreeCount, BlockCount and FreeHint to memory (the fast
         paths keep them in Python; a dump is written after this, as the tracker is laid out)."""
         for sub in self.subsegments():
-            if sub.kind == LFH:
+            if sub.kind == LFH and sub.free_hint is not None:  # (None: memory's are current)
                 LFH_COUNTS.pack_into(self.mem, self._pa(sub.va) + LFH_FREE_COUNT, sub.free_count,
                                      sub.block_count, sub.free_hint)
 
