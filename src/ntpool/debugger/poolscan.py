@@ -444,7 +444,7 @@ def _step_walk(stepper: re.Pattern, buffer: bytearray, length: int) -> tuple[lis
     if count - inside.bit_count() != length >> PAGE_SHIFT or \
             lanes & (ones * (BLOCK - 1)) != inside * POOL_HEADER.BlockSize:  # the stops 2 bytes into their blocks
         return None
-    blocks = ((lanes >> BLOCK_SHIFT) & (ones * (0xFFFFFFFF >> BLOCK_SHIFT))) | ((ones - inside) * 0xFFFFFFFF)
+    blocks = ((lanes >> BLOCK_SHIFT) & (ones * (0xFFFFFFFF >> BLOCK_SHIFT))) | lanes_of_ones(ones - inside, 32)
     kept = blocks.to_bytes(count << 2, sys.byteorder).replace(_ALL_ONES, b"")
     return array(_ULONG, kept).tolist(), int.from_bytes(kept, sys.byteorder)
 
@@ -464,8 +464,26 @@ def ulong_lanes(values) -> tuple[int, int]:
 
 
 def lane_ones(count: int) -> int:
-    """The integer of ``count`` 32-bit lanes that each hold 1 (see ``ulong_lanes``)."""
-    return int.from_bytes(array(_ULONG, (1,)) * count, sys.byteorder)
+    """The integer of ``count`` 32-bit lanes that each hold 1 (see ``ulong_lanes``): the
+    largest made so far, shifted right past the lanes not wanted (a shift is a cheap C loop;
+    converting bytes to an integer costs a dozen instructions a byte)."""
+    global _LANE_ONES
+    held, ones = _LANE_ONES
+    if count > held:
+        held = max(count, 2 * held)
+        ones = int.from_bytes(array(_ULONG, (1,)) * held, sys.byteorder)
+        _LANE_ONES = held, ones
+    return ones >> ((held - count) << 5)
+
+
+def lanes_of_ones(lanes: int, bits: int) -> int:
+    """``lanes`` (each lane 0 or 1) with each 1 made ``bits`` ones: times 2**bits - 1, as a
+    shift and a subtraction (a multiplier of two of the integer's 30-bit digits takes the slow
+    general multiplication)."""
+    return (lanes << bits) - lanes
+
+
+_LANE_ONES = (0, 0)  # (lanes, the integer): see lane_ones
 
 
 def lanes_array(lanes: int, count: int) -> array:
