@@ -21,8 +21,8 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
-from itertools import accumulate, compress, islice, repeat
-from operator import and_, rshift, sub
+from itertools import accumulate, islice, repeat
+from operator import rshift, sub
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
@@ -250,6 +250,7 @@ class PageHits(NamedTuple):
     first: int  # the window's 16-byte block number of the page's (the stretch's) first block
     blocks: list  # block numbers from ``first`` where the headers found start, ascending
     salvaged: bool  # the page's chain is corrupt: these are the headers it could still trust
+    lanes: int | None = None  # ``blocks`` as ``ulong_lanes``' integer, when the walk made them so
 
 
 class Window(NamedTuple):
@@ -411,7 +412,13 @@ def header_step_regex(allowed, tag_regex: bytes, sizes: tuple = ()) -> re.Patter
 def _step_pages(stepper: re.Pattern, buffer: bytearray, length: int) -> list | None:
     """The walk (``header_step_regex``) of the pages of ``buffer`` up to ``length``: the blocks
     of the headers whose tag matches, in order, when every page's chain is valid; else None
-    (then a slower walk finds which page is not, see ``PoolFinder._search_window``).
+    (then a slower walk finds which page is not, see ``PoolFinder._search_window``)."""
+    walked = _step_walk(stepper, buffer, length)
+    return None if walked is None else walked[0]
+
+
+def _step_walk(stepper: re.Pattern, buffer: bytearray, length: int) -> tuple[list, int] | None:
+    """``_step_pages``' blocks, and the same as ``ulong_lanes``' integer.
 
     A step of a sound chain ends at a page's end (a multiple of the page size), or at the
     BlockSize byte of a header of the tag (2 bytes into a block). The chains are all valid when
@@ -421,22 +428,29 @@ def _step_pages(stepper: re.Pattern, buffer: bytearray, length: int) -> list | N
     that is not the chunk's size, or of 0 inside a page) ends at the next header's start or its
     BlockSize, and the step after it either fails there (so the steps do not reach ``length``)
     or takes that header's first two bytes as a page's start (``\\x00.``) and ends 2 bytes
-    further into the block, 4 bytes into it, or 14 (a page's last chunk)."""
-    ends = list(map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
-    if not ends or ends[-1] != length:
+    further into the block, 4 bytes into it, or 14 (a page's last chunk).
+
+    The ends are checked, and the page ends dropped, on all of them at once (``ulong_lanes``):
+    ``inside`` has 1 in the lane of each end inside a page (one whose low 12 bits, plus 0xFFF,
+    reach bit 12), 0 in a page end's. The page ends' lanes are then set to all ones and cut out
+    of the lanes' bytes with one ``bytes.replace``: a block number's lane has a top byte below
+    0x10, so 4 bytes of 0xFF never start inside one, nor run into one."""
+    ends = array(_ULONG, map(_Match.end, iter(stepper.scanner(buffer, 0, length).match, None)))
+    count = len(ends)
+    if not count or ends[-1] != length or any(buffer[0:length:PAGE_SIZE]):
         return None
-    stops = list(compress(ends, map(and_, ends, repeat(PAGE_SIZE - 1))))  # inside pages: headers of the tag
-    if len(ends) - len(stops) != length >> PAGE_SHIFT or any(buffer[0:length:PAGE_SIZE]):
+    lanes, ones = int.from_bytes(ends, sys.byteorder), lane_ones(count)
+    inside = (((lanes & (ones * (PAGE_SIZE - 1))) + ones * (PAGE_SIZE - 1)) >> PAGE_SHIFT) & ones
+    if count - inside.bit_count() != length >> PAGE_SHIFT or \
+            lanes & (ones * (BLOCK - 1)) != inside * POOL_HEADER.BlockSize:  # the stops 2 bytes into their blocks
         return None
-    if not stops:
-        return stops
-    lanes, ones = ulong_lanes(stops)
-    if lanes & (ones * (BLOCK - 1)) != ones * POOL_HEADER.BlockSize:  # each 2 bytes into its block
-        return None
-    return lanes_list((lanes >> BLOCK_SHIFT) & (ones * (0xFFFFFFFF >> BLOCK_SHIFT)), len(stops))  # their blocks
+    blocks = ((lanes >> BLOCK_SHIFT) & (ones * (0xFFFFFFFF >> BLOCK_SHIFT))) | ((ones - inside) * 0xFFFFFFFF)
+    kept = blocks.to_bytes(count << 2, sys.byteorder).replace(_ALL_ONES, b"")
+    return array(_ULONG, kept).tolist(), int.from_bytes(kept, sys.byteorder)
 
 
 _ULONG = next(code for code in "IL" if array(code).itemsize == 4)  # an array of 4-byte unsigned integers
+_ALL_ONES = b"\xff" * 4
 
 
 def ulong_lanes(values) -> tuple[int, int]:
@@ -446,8 +460,12 @@ def ulong_lanes(values) -> tuple[int, int]:
     value; adding ``ones * n`` adds n to each), where ``map`` makes and frees an int per value.
     The caller keeps each lane below 2**32 (no carry into the next). ``lanes_list`` reads the
     values back."""
-    ones = array(_ULONG, (1,)) * len(values)
-    return int.from_bytes(array(_ULONG, values), sys.byteorder), int.from_bytes(ones, sys.byteorder)
+    return int.from_bytes(array(_ULONG, values), sys.byteorder), lane_ones(len(values))
+
+
+def lane_ones(count: int) -> int:
+    """The integer of ``count`` 32-bit lanes that each hold 1 (see ``ulong_lanes``)."""
+    return int.from_bytes(array(_ULONG, (1,)) * count, sys.byteorder)
 
 
 def lanes_array(lanes: int, count: int) -> array:
@@ -733,9 +751,9 @@ class PoolFinder:
         pages: list[PageHits] = []
         length = count << PAGE_SHIFT
         if stepper is not None:
-            blocks = _step_pages(stepper, buffer, length)
-            if blocks is not None:
-                return [PageHits(va, 0, blocks, False)] if blocks else []
+            walked = _step_walk(stepper, buffer, length)
+            if walked is not None:
+                return [PageHits(va, 0, walked[0], False, walked[1])] if walked[0] else []
         start = 0
         while start < length:
             sound, blocks = _walk_pages(walker, buffer, start, length)

@@ -23,7 +23,7 @@ from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, tag_matches
 from .segment_heap import SegmentHeapReader, block_containing
 from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, lanes_array, lanes_list, read_page_report, \
-    tag_bytes_regex, tag_display_matches, ulong_lanes
+    lane_ones, tag_bytes_regex, tag_display_matches, ulong_lanes
 
 STAR_LINE = "*" * 79
 
@@ -1109,7 +1109,7 @@ class HitLines:
         if count < 2 or low + (blocks[-1] << BLOCK_SHIFT) > 0xFFFFFFFF or page.va >> 64 or \
                 page.first + blocks[-1] > 0xFFFFFFFF:  # (itemgetter of one index gives no tuple)
             return self._stretch_one_by_one(page, heads, sites, shift)
-        lanes, ones = ulong_lanes(blocks)
+        lanes, ones = ulong_lanes(blocks) if page.lanes is None else (page.lanes, lane_ones(count))
         index = lanes + ones * page.first if page.first else lanes  # the window's blocks
         places = (index >> shift) & (ones * (0xFFFFFFFF >> shift)) if shift else index  # by unit: see window_units
         texts = map(dict.__getitem__, map(self.site_texts.__getitem__, itemgetter(*lanes_list(places, count))(sites)),

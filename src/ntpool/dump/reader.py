@@ -439,11 +439,12 @@ class DumpReader:
         shift = 39 - 9 * level
         span = 1 << shift
         first = (start >> shift) & 0x1FF if canonical(prefix) <= start else 0
-        entries = struct.unpack_from("<512Q", self._map, offset)
-        if level == 3:
-            yield from self._page_table_runs(entries, canonical(prefix), first, start, end,
-                                             self._map[offset:offset + PAGE_SIZE])
+        if level == 3:  # its entries read from its bytes only where they are needed
+            raw = self._map[offset:offset + PAGE_SIZE]
+            yield from self._page_table_runs(None if len(raw) == PAGE_SIZE else struct.unpack_from("<512Q", raw),
+                                             canonical(prefix), first, start, end, raw)
             return
+        entries = struct.unpack_from("<512Q", self._map, offset)
         for index in range(first, 512):
             va = canonical(prefix | (index << shift))
             if va >= end:
@@ -457,21 +458,24 @@ class DumpReader:
 
     def _page_table_runs(self, entries, base: int, first: int, start: int, end: int, raw: bytes = b""):
         """The runs of one page table's present entries whose frames the dump holds (``raw``:
-        the table's bytes, for finding a few stretches of consecutive frames quickly)."""
+        the table's bytes, for finding a few stretches of consecutive frames quickly;
+        ``entries`` None: read from them where needed)."""
         last = min(512, (end - base + PAGE_SIZE - 1) >> PAGE_SHIFT)
         first = max(first, (start - base) >> PAGE_SHIFT, 0)
         if first >= last:
             return
+        # A table of a few stretches of consecutive frames (the common case; ntpool's own tables
+        # have two: the frame of the next table is taken between two pool pages'): the
+        # stretches found on all entries at once, each looked up in the dump's runs.
+        stretches = _consecutive_stretches(raw, first, last) if len(raw) == PAGE_SIZE else None
+        if stretches is not None:
+            yield from self._stretch_runs(raw, stretches, base)
+            return
+        if entries is None:
+            entries = struct.unpack("<512Q", raw)
         entry = entries[first]
         pfn = (entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT
         count = last - first
-        # A table of a few stretches of consecutive frames (the common case; ntpool's own tables
-        # have two: the frame of the next table is taken between two pool pages'): the
-        # stretches found by comparing bytes, each looked up in the dump's runs.
-        stretches = _consecutive_stretches(raw, entries, first, last) if raw else None
-        if stretches is not None:
-            yield from self._stretch_runs(entries, stretches, base)
-            return
         # The same, for a caller without the table's bytes: one comparison made in C.
         if entry & PTE_PRESENT and pfn + count <= MAX_PHYSICAL_PAGE and \
                 entries[first:last] == tuple(range(entry, entry + (count << PAGE_SHIFT), PAGE_SIZE)):
@@ -490,11 +494,13 @@ class DumpReader:
                            for piece in self._held(kept[begin] >> PAGE_SHIFT, stop - begin,
                                                    base + ((first + begin) << PAGE_SHIFT)))
 
-    def _stretch_runs(self, entries, stretches: list, base: int):
-        """The dump's runs for stretches of a page table whose entries map consecutive frames,
-        joined where they follow on in memory and in the file (as the cut path joins them)."""
-        yield from _joined(piece for begin, stop in stretches if entries[begin] & PTE_PRESENT
-                           for piece in self._held((entries[begin] & PTE_ADDRESS_MASK) >> PAGE_SHIFT,
+    def _stretch_runs(self, raw: bytes, stretches: list, base: int):
+        """The dump's runs for stretches of a page table (``raw``, its bytes) whose entries map
+        consecutive frames, joined where they follow on in memory and in the file (as the cut
+        path joins them)."""
+        firsts = [_QWORD.unpack_from(raw, begin << 3)[0] for begin, _stop in stretches]
+        yield from _joined(piece for (begin, stop), entry in zip(stretches, firsts) if entry & PTE_PRESENT
+                           for piece in self._held((entry & PTE_ADDRESS_MASK) >> PAGE_SHIFT,
                                                    stop - begin, base + (begin << PAGE_SHIFT)))
 
     def _held(self, pfn: int, pages: int, va: int):
@@ -873,42 +879,38 @@ def sites_by_block(per_unit):
 STRETCHES_SOUGHT = 8  # a page table in more stretches of consecutive frames is cut entry by entry
 
 
-def _consecutive_stretches(raw: bytes, entries, first: int, last: int) -> list | None:
-    """[begin, stop) stretches of a page table's entries ``first`` to ``last``, in order, each
-    of entries mapping consecutive frames with the same flags: the table's bytes compared with
-    those of such a stretch from its first entry, the first that differs found by halving
-    (each comparison a memcmp); None past STRETCHES_SOUGHT stretches. The stretch's bytes are
-    made from the entries' low 56 bits (a range of C longs: an entry with NX, bit 63, as a
-    Python int is slow to step) and their top byte, the same for all of them."""
-    if sys.byteorder != "little":
-        return None
+def _consecutive_stretches(raw: bytes, first: int, last: int) -> list | None:
+    """[begin, stop) stretches of a page table's entries ``first`` to ``last`` (``raw``: the
+    table's 4 KiB), in order, each of entries mapping consecutive frames with the same flags
+    (each entry the one before it plus a page); None past STRETCHES_SOUGHT stretches, or when
+    a page added to some entry's frame would carry into its top byte (its flags).
+
+    Found on all entries at once: the table is one integer, an entry in each 64-bit lane (each
+    big-integer operation one C loop). Each lane is compared (XOR) with the lane below it plus
+    a page, which is 0 where the next entry follows on: a stretch ends at the first lane from
+    its start that is not 0 (its lowest set bit). The last lane is never 0 (it is compared with
+    nothing), so no stretch runs past the table."""
+    table = int.from_bytes(raw, "little")
+    if ((table & _LOW_56_LANES) + _PAGE_LANES) & _BIT_56_LANES:
+        return None  # (adding a page to each lane then carries into no other lane)
+    breaks = (table >> 64) ^ (table + _PAGE_LANES)
     stretches = []
     begin = first
     while begin < last:
         if len(stretches) == STRETCHES_SOUGHT:
             return None
-        entry, count = entries[begin], last - begin
-        low = entry & _LOW_56
-        if low + (count << PAGE_SHIFT) > _LOW_56:  # the frames would carry into the top byte
-            return None
-        expected = bytearray(array("Q", range(low, low + (count << PAGE_SHIFT), PAGE_SIZE)).tobytes())
-        expected[7::8] = bytes([entry >> 56]) * count
-        held = raw[begin << 3:last << 3]
-        follow = count  # entries from begin that follow on
-        if held != expected:
-            follow, beyond = 1, count  # [begin, begin + follow) follow on, [begin, begin + beyond) not
-            while beyond - follow > 1:
-                middle = (follow + beyond) >> 1
-                if held[:middle << 3] == expected[:middle << 3]:
-                    follow = middle
-                else:
-                    beyond = middle
-        stretches.append((begin, begin + follow))
-        begin += follow
+        rest = breaks >> (begin << 6)
+        stop = min(last, begin + (((rest & -rest).bit_length() - 1) >> 6) + 1)
+        stretches.append((begin, stop))
+        begin = stop
     return stretches
 
 
 _LOW_56 = (1 << 56) - 1
+_ONE_IN_EACH_LANE = int.from_bytes(_QWORD.pack(1) * 512, "little")  # a page table's 512 entries as 64-bit lanes
+_PAGE_LANES = PAGE_SIZE * _ONE_IN_EACH_LANE
+_LOW_56_LANES = _LOW_56 * _ONE_IN_EACH_LANE
+_BIT_56_LANES = (1 << 56) * _ONE_IN_EACH_LANE
 
 
 MAX_SITE_TABLE_BYTES = 64 << 20
