@@ -1,7 +1,8 @@
-"""``SegmentHeap.lfh_frames``: the LFH fast paths' one subscript for a page's frame. An entry
-that is not 0 must always be what the TLB holds for a resident page of a live LFH subsegment,
-through allocation, frees that release subsegments, paging out and in; and a resident page
-of a live LFH subsegment must have its entry (else the fast paths would never serve it)."""
+"""``LfhSubsegment.frames``: the LFH fast paths' one subscript for a page's frame. An entry
+that is not 0 must always be what the TLB holds for that page of the subsegment, and a
+resident page must have its entry (else the fast paths would never serve it), through
+allocation, frees that release subsegments, full subsegments set aside and taken back,
+paging out and in."""
 
 import random
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 import ntpool
 from ntpool.constants import PAGE_SHIFT
-from ntpool.pool.segment_heap.heap import LFH
+from ntpool.pool.segment_heap.heap import LfhSubsegment
 
 NP, PAGED = int(ntpool.PoolType.NonPagedPool), int(ntpool.PoolType.PagedPool)
 MiB = 1 << 20
@@ -19,18 +20,18 @@ MiB = 1 << 20
 
 def _check(k) -> None:
     for heap in k.pool.pools:
-        by_page = heap.subsegment_by_page
-        assert len(heap.lfh_frames) <= heap.page_count
-        for index in range(max(len(by_page), len(heap.lfh_frames))):
-            frame = heap.lfh_frames[index] if index < len(heap.lfh_frames) else 0
-            sub = by_page[index] if index < len(by_page) else None
-            lfh = sub is not None and sub.kind == LFH
-            vpn = heap.first_page + index
-            if frame:
-                assert lfh, (heap.name, index)
-                assert k.space.tlb.get(vpn) == frame, (heap.name, index)
-            elif lfh and vpn in k.space.tlb:
-                pytest.fail(f"{heap.name} page {index} is a resident LFH page but not on the fast path")
+        seen = set()
+        for sub in heap.page_subsegments:  # (the raw index: set-aside marks stay marks)
+            if type(sub) is not LfhSubsegment or id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            assert len(sub.frames) == sub.pages
+            for offset, frame in enumerate(sub.frames):
+                vpn = (sub.va >> PAGE_SHIFT) + offset
+                if frame:
+                    assert k.space.tlb.get(vpn) == frame, (heap.name, hex(sub.va), offset)
+                elif vpn in k.space.tlb:
+                    pytest.fail(f"{heap.name} {sub.va:#x} page {offset} is resident but not on the fast path")
 
 
 def _activate(k, pool_type: int, sizes) -> None:
@@ -71,30 +72,32 @@ def test_a_page_paged_out_takes_the_generic_path_then_the_fast_path_again():
     _activate(k, PAGED, (100,))
     first, second = (k.ExAllocatePoolWithTag(PAGED, 100, "Lfrm") for _ in range(2))
     heap = k.paged_pool
-    index = (first - heap.base) >> PAGE_SHIFT
-    sub = heap.subsegment_by_page[index]
-    assert sub.is_current and heap.lfh_frames[index]
-    assert k.page_out(first) == 1 and heap.lfh_frames[index] == 0
+    sub = heap.subsegment_of(first)
+    page = (first - sub.va) >> PAGE_SHIFT
+    assert sub.is_current and sub.frames[page]
+    assert k.page_out(first) == 1 and sub.frames[page] == 0
     generic = []
     free_generic = k.pool.free_generic
     k.pool.free_generic = lambda *args: (generic.append(args), free_generic(*args))
     k.ExFreePoolWithTag(first, "Lfrm")  # the generic path pages it in (SegmentHeap._pa)
-    assert len(generic) == 1 and heap.lfh_frames[index] == k.space.tlb[first >> PAGE_SHIFT]
-    assert heap.lfh_frames[(second - heap.base) >> PAGE_SHIFT]
+    assert len(generic) == 1 and sub.frames[page] == k.space.tlb[first >> PAGE_SHIFT]
+    assert sub.frames[(second - sub.va) >> PAGE_SHIFT]
     k.ExFreePoolWithTag(second, "Lfrm")  # the fast path again (same subsegment, resident)
     assert len(generic) == 1
     _check(k)
 
 
-def test_a_subsegment_released_clears_its_entries():
+def test_a_subsegment_set_aside_and_taken_back_while_paged_out_has_its_frames_from_the_tlb():
     k = ntpool.Kernel(windows="11")
-    _activate(k, NP, (100,))
-    heap = k.nonpaged_pool
-    blocks = [k.ExAllocatePoolWithTag(NP, 100, "Lfrm") for _ in range(200)]  # several subsegments
-    pages = {(va - heap.base) >> PAGE_SHIFT for va in blocks}
-    assert all(heap.lfh_frames[page] for page in pages)
-    for va in blocks:
+    _activate(k, PAGED, (100,))
+    heap = k.paged_pool
+    blocks = [k.ExAllocatePoolWithTag(PAGED, 100, "Lfrm") for _ in range(200)]  # several subsegments
+    assert k.page_out() > 0
+    sub = heap.subsegment_of(blocks[0])  # a full one, set aside: made again, nothing resident
+    assert not sub.is_current and sub.frames == [0] * sub.pages
+    k.ExFreePoolWithTag(blocks[0], "Lfrm")  # pages its first page back in
+    assert sub.frames[0] == k.space.tlb[sub.va >> PAGE_SHIFT]
+    _check(k)
+    for va in blocks[1:]:
         k.ExFreePoolWithTag(va, "Lfrm")
-    released = [page for page in pages if heap.subsegment_by_page[page] is None]
-    assert released and all(heap.lfh_frames[page] == 0 for page in released)
     _check(k)

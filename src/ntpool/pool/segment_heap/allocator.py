@@ -106,12 +106,11 @@ def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row
         index = start + (later ^ (later - 1)).bit_length() - 1
     else:
         index = (free ^ (free - 1)).bit_length() - 1
-    first = sub.start
     block_offset = sub.bucket.offsets[index]
-    header = first + block_offset
-    frames = heap.lfh_frames
-    bitmap_frame = frames[first // PAGE_SIZE]
-    frame = bitmap_frame if block_offset < PAGE_SIZE else frames[header // PAGE_SIZE]
+    header = sub.start + block_offset
+    frames = sub.frames
+    bitmap_frame = frames[0]
+    frame = bitmap_frame if block_offset < PAGE_SIZE else frames[block_offset // PAGE_SIZE]
     if not (bitmap_frame and frame):
         return 0
     sub.free_bits = free ^ _FREE_BIT[index]
@@ -218,15 +217,14 @@ class SegmentHeapAllocator(PoolAllocator):
                             index = (free ^ (free - 1)).bit_length() - 1
                         # Offsets from the heap's base (small ints, cheaper than the 64-bit
                         # address): the subsegment's, which starts a page, and the block's.
-                        first = sub.start
                         block_offset = sub.bucket.offsets[index]
-                        header = first + block_offset
+                        header = sub.start + block_offset
                         # Both pages' frames before anything changes: one paged out (0) sends
                         # the request to the generic path with the free bits intact. (A block
                         # on the subsegment's first page, with its bitmap, has its frame.)
-                        frames = heap.lfh_frames
-                        bitmap_frame = frames[first // PAGE_SIZE]
-                        frame = bitmap_frame if block_offset < PAGE_SIZE else frames[header // PAGE_SIZE]
+                        frames = sub.frames
+                        bitmap_frame = frames[0]
+                        frame = bitmap_frame if block_offset < PAGE_SIZE else frames[block_offset // PAGE_SIZE]
                         if bitmap_frame and frame:
                             sub.free_bits = free ^ _FREE_BIT[index]  # FreeCount in memory: synced before a dump
                             mem[bitmap_frame + _BITMAP_BYTE[index]] |= _BUSY_BIT[index]
@@ -284,9 +282,16 @@ class SegmentHeapAllocator(PoolAllocator):
                     page = relative // PAGE_SIZE
                     sub = heap.page_subsegments[page]
                     bucket = sub.bucket
-                    # An LFH subsegment its bucket allocates from, on a resident page (a VS
-                    # subsegment's bucket has no current subsegment; a page paged out has frame 0).
-                    if bucket.current is sub and (frame := heap.lfh_frames[page]):
+                    # An LFH subsegment its bucket allocates from (a VS subsegment's bucket,
+                    # and a full one's mark, are never current), and P's page resident: its
+                    # frame from the subsegment's (0, paged out: the generic path pages it in).
+                    if bucket.current is sub:
+                        body_offset = relative - sub.start  # in the subsegment
+                        frames = sub.frames
+                        frame = frames[body_offset // PAGE_SIZE]
+                    else:
+                        frame = 0
+                    if frame:
                         pa = frame + offset - POOL_HEADER_SIZE
                         block_size, type_byte, stored = _unpack_size_type_tag(mem, pa)
                         if Tag is None:
@@ -298,13 +303,10 @@ class SegmentHeapAllocator(PoolAllocator):
                             passed, row = known_tags[Tag]
                         if stored == passed and not type_byte & _ALIGNED_OR_QUOTA \
                                 and block_size <= LFH_BUCKET_COUNT and (not blocks or block_size == blocks):
-                            first = sub.start
-                            body_offset = relative - first  # in the subsegment
                             index = bucket.index_of_body[body_offset]
                             # The bitmap is on the subsegment's first page: P's, translated
                             # above, when the block's header is there too.
-                            bitmap_frame = frame if body_offset < _FIRST_PAGE_BODIES else \
-                                heap.lfh_frames[first // PAGE_SIZE]
+                            bitmap_frame = frame if body_offset < _FIRST_PAGE_BODIES else frames[0]
                             at = bitmap_frame + _BITMAP_BYTE[index]
                             busy = _BUSY_BIT[index]
                             # (A bitmap page paged out, frame 0: the generic path.)

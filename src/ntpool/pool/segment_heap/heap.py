@@ -95,9 +95,8 @@ _unpack_qword = QWORD.unpack_from
 
 def _segment_end(pages: int) -> int:
     """``pages`` rounded up to a whole segment's: the page lists (``page_subsegments``,
-    ``lfh_frames``) grow a segment at a time. Grown two pages at a time, as subsegments were
-    made, the two lists took turns to be reallocated, and each left the host's heap the
-    copies it had outgrown: more resident memory than the lists themselves."""
+    ``page_kind``) grow a segment at a time, not a subsegment's pages at a time (fewer copies
+    of the list left behind in the host's heap)."""
     return -(-pages // SEGMENT_PAGES) * SEGMENT_PAGES
 # A VS chunk header: the encoded bits, then the u32 of vs_page_offset_field and 4 bytes of
 # padding, written at once.
@@ -116,14 +115,22 @@ class LfhSubsegment:
     many blocks, how many free) are worked out on demand.
     """
 
-    __slots__ = ("start", "bucket", "free_bits", "free_hint")
+    __slots__ = ("start", "bucket", "free_bits", "free_hint", "frames")
     kind = LFH
 
-    def __init__(self, start: int, bucket):
+    def __init__(self, start: int, bucket, frames: list | None = None):
         self.start = start  # va - the heap's base
         self.bucket = bucket
         self.free_bits = bucket.all_free  # bit n set while block n is free
         self.free_hint = 0
+        # The physical address of each of its pages while resident, 0 while paged out: for
+        # the fast paths, the TLB's translation in one subscript of a list by a small int
+        # (not the TLB dict's hash of a 64-bit page number), as Windows 7's
+        # Pool.small_frames. Set as the object is made (SegmentHeap._lfh_frames_of), kept
+        # as a page is paged out or back in (PagedOut, PagedIn); nothing else maps or unmaps
+        # a subsegment's pages while it lives, so an entry that is not 0 is what the TLB
+        # holds (tests/test_segment_heap_frames.py holds the two to that).
+        self.frames = frames
 
     @property
     def va(self) -> int:
@@ -298,16 +305,6 @@ class SegmentHeap:
         self.page_subsegments: list = []
         self.first_page = va_base >> PAGE_SHIFT  # the page number index 0 stands for
         self.bodies_from = va_base + POOL_HEADER_SIZE  # + a header's offset: its body's address
-        # The physical address of each resident page of an LFH subsegment, 0 for any other
-        # page, by the same page index: for the fast paths, the TLB's translation in one
-        # subscript of a list by a small int (not the TLB dict's hash of a 64-bit page
-        # number), as Windows 7's Pool.small_frames. Set as a subsegment is made or one of its
-        # pages is paged back in (PagedIn), cleared as it is released or a page is paged out
-        # (PagedOut); nothing else maps or unmaps heap pages, so an entry that is not 0 is what
-        # the TLB holds (tests/test_small_frames.py holds the two to that). It reaches only
-        # as far as the last LFH page so far and grows in place (the fast paths hold it);
-        # past its end, IndexError sends a fast path to the generic one, as a 0 does.
-        self.lfh_frames: list[int] = []
         space.hooks.subscribe(PagedOut, self._paged_out)
         space.hooks.subscribe(PagedIn, self._paged_in)
         self.big_pages: dict[int, tuple[int, int]] = {}  # va -> (tag, pages)
@@ -394,7 +391,7 @@ class SegmentHeap:
         again and put back in the index (its FreeHint stays memory's until a free sets it)."""
         first = index - mark.page
         bucket = mark.bucket
-        sub = LfhSubsegment(first << PAGE_SHIFT, bucket)
+        sub = LfhSubsegment(first << PAGE_SHIFT, bucket, self._lfh_frames_of(first << PAGE_SHIFT, bucket.pages))
         sub.free_bits = 0
         sub.free_hint = None
         self.page_subsegments[first:first + bucket.pages] = [sub] * bucket.pages
@@ -409,28 +406,24 @@ class SegmentHeap:
             by_page.extend([None] * (_segment_end(end) - len(by_page)))
         by_page[first:end] = [sub] * sub.pages
 
-    def _set_lfh_frames(self, sub, resident: bool) -> None:
-        """``lfh_frames`` for ``sub``'s pages: their translations (``resident``), or 0."""
-        first = sub.start >> PAGE_SHIFT
-        end = first + sub.pages
-        frames = self.lfh_frames
-        if len(frames) < end:
-            frames.extend([0] * (_segment_end(end) - len(frames)))
-        if resident:
-            vpn = sub.va >> PAGE_SHIFT
-            frames[first:end] = [self.tlb.get(vpn + offset, 0) for offset in range(sub.pages)]
-        else:
-            frames[first:end] = [0] * sub.pages
+    def _lfh_frames_of(self, start: int, pages: int) -> list:
+        """The frames of the ``pages`` pages from offset ``start``: the TLB's, 0 if paged out."""
+        vpn = (self.base + start) >> PAGE_SHIFT
+        return [self.tlb.get(vpn + offset, 0) for offset in range(pages)]
 
     def _paged_out(self, event: PagedOut) -> None:
-        index = (event.address - self.base) >> PAGE_SHIFT
-        if 0 <= index < len(self.lfh_frames):
-            self.lfh_frames[index] = 0
+        self._lfh_page_moved(event.address, 0)
 
     def _paged_in(self, event: PagedIn) -> None:
-        index = (event.address - self.base) >> PAGE_SHIFT
-        if 0 <= index < len(self.lfh_frames) and getattr(self.page_subsegments[index], "kind", 0) == LFH:
-            self.lfh_frames[index] = self.tlb[event.address >> PAGE_SHIFT]
+        self._lfh_page_moved(event.address, self.tlb[event.address >> PAGE_SHIFT])
+
+    def _lfh_page_moved(self, address: int, frame: int) -> None:
+        """A page paged out (``frame`` 0) or back in: the frames of its LFH subsegment's object."""
+        index = (address - self.base) >> PAGE_SHIFT
+        if 0 <= index < len(self.page_subsegments):
+            sub = self.page_subsegments[index]
+            if type(sub) is LfhSubsegment:  # (a set-aside one's frames are made with its object)
+                sub.frames[index - (sub.start >> PAGE_SHIFT)] = frame
 
     def _unindex_subsegment(self, sub) -> None:
         first = (sub.va - self.base) >> PAGE_SHIFT
@@ -734,7 +727,7 @@ class SegmentHeap:
             return None
         if bucket.offsets is None:
             bucket.lay_out()
-        sub = LfhSubsegment(va - self.base, bucket)
+        sub = LfhSubsegment(va - self.base, bucket, self._lfh_frames_of(va - self.base, bucket.pages))
         first = bucket.first_block
         pa = self._pa(va)
         self.mem[pa:pa + first] = bytes(first)  # header and an all-free bitmap
@@ -745,7 +738,6 @@ class SegmentHeap:
             self.mem, pa + LFH_FIELDS_OFFSET, sub.block_count, sub.block_count, 0, 0, 0,
             lfh_block_offsets(bucket.block_size, first, va, self.keys.lfh_key), 0, 0, 0)
         self._index_subsegment(sub)
-        self._set_lfh_frames(sub, True)
         return sub
 
     def lfh_free(self, sub: LfhSubsegment, block: int) -> None:
@@ -781,7 +773,6 @@ class SegmentHeap:
 
     def _lfh_release(self, sub: LfhSubsegment) -> None:
         self._unindex_subsegment(sub)
-        self._set_lfh_frames(sub, False)
         if sub in sub.bucket.partial:
             sub.bucket.partial.remove(sub)
         self.release_pages(sub.va, sub.pages)
