@@ -137,6 +137,25 @@ def test_the_window_walk_takes_a_sound_window_at_once(window):
     blocks = poolscan._step_pages(stepper, data, PAGES << 12)
     assert blocks == [block for block in headers if data[(block << 4) + 4:(block << 4) + 8] == b"derF"]
     assert blocks[0] == 0 and len(blocks) > PAGES
+    walked, lanes = poolscan._step_walk(stepper, data, PAGES << 12)  # the same blocks, as lanes too
+    assert walked == blocks and poolscan.lanes_list(lanes, len(blocks)) == blocks
+
+
+def test_lanes_work_on_every_value_at_once():
+    """``ulong_lanes``: values as 32-bit lanes of one integer, read back by ``lanes_list``; a
+    shift then a mask of every lane shifts every value; ``lane_ones`` is right for any count,
+    before and after a larger one; ``lanes_of_ones`` makes each 1 a mask of ones."""
+    values = [0, 1, 2, 0xFFF, 0x1000, 0xFFFF, 12345, 0x0FFFFFFF, 0x10000000, 0xFFFFFFFF]
+    lanes, ones = poolscan.ulong_lanes(values)
+    count = len(values)
+    assert poolscan.lanes_list(lanes, count) == values
+    assert poolscan.lanes_list((lanes >> 4) & (ones * 0x0FFFFFFF), count) == [value >> 4 for value in values]
+    assert poolscan.lanes_list(lanes & (ones * 0xFFF), count) == [value & 0xFFF for value in values]
+    assert poolscan.lanes_list(poolscan.lanes_of_ones(ones, 32), count) == [0xFFFFFFFF] * count
+    assert poolscan.lanes_list(poolscan.lanes_of_ones(ones, 31), count) == [0x7FFFFFFF] * count
+    for wanted in (1, 3, 1000, 2, 0):
+        assert poolscan.lanes_list(poolscan.lane_ones(wanted), wanted) == [1] * wanted
+        assert poolscan.lane_ones(wanted) >> (32 * wanted) == 0
 
 
 # Pages made from scratch: chains of chunks of random sizes, PoolTypes and tags, bodies of random
