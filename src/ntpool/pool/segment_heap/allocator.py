@@ -514,7 +514,7 @@ class SegmentHeapAllocator(PoolAllocator):
     def _block_bytes(self, heap: SegmentHeap, owner, header: int) -> int:
         """Bytes of the block as its backend knows it (the tracker's charge)."""
         if owner.kind == LFH:
-            return owner.block_size
+            return owner.bucket.block_size
         _, size, _, _ = heap.vs_read(header - VS_HEADER_SIZE)
         return max(0, (size << 4) - VS_HEADER_SIZE)
 

@@ -675,7 +675,7 @@ class SegmentHeap:
                 return 0
         index = self._lfh_pick(sub)
         self._lfh_mark_busy(sub, index)
-        return sub.va + sub.offsets[index]
+        return self.base + sub.start + sub.bucket.offsets[index]
 
     def _lfh_pick(self, sub: LfhSubsegment) -> int:
         """Randomised placement: a random slot in FreeHint's group of 32, then the first free
@@ -688,7 +688,7 @@ class SegmentHeap:
         return (free & -free).bit_length() - 1
 
     def _lfh_mark_busy(self, sub: LfhSubsegment, index: int) -> None:
-        pa = self._pa(sub.va)
+        pa = self._pa(self.base + sub.start)
         at = pa + LFH_BITMAP + (index >> 2)
         shift = (index & 3) << 1
         bits = (self.mem[at] >> shift) & 3
@@ -701,7 +701,7 @@ class SegmentHeap:
     def _lfh_next_subsegment(self, bucket: LfhBucket) -> LfhSubsegment | None:
         while bucket.partial:
             sub = bucket.partial.pop()
-            if sub.free_bits and self.subsegment_of(sub.va) is sub:
+            if sub.free_bits and self.page_subsegments[sub.start >> PAGE_SHIFT] is sub:
                 self._lfh_make_current(bucket, sub)
                 return sub
         sub = self._lfh_new_subsegment(bucket)
@@ -741,11 +741,15 @@ class SegmentHeap:
         return sub
 
     def lfh_free(self, sub: LfhSubsegment, block: int) -> None:
-        """Free the block at ``block`` (its POOL_HEADER address): bitmap checks, then clear."""
-        index = sub.index_of.get(block - sub.va)
+        """Free the block at ``block`` (its POOL_HEADER address): bitmap checks, then clear.
+        (The subsegment's fields and its bucket's are read directly here, not through the
+        properties the slow paths' readers use: this is every generic LFH free.)"""
+        bucket = sub.bucket
+        va = self.base + sub.start
+        index = bucket.index_of.get(block - va)
         if index is None:
             checks.bad_free_address(self, block)
-        pa = self._pa(sub.va)
+        pa = self._pa(va)
         at = pa + LFH_BITMAP + (index >> 2)
         shift = (index & 3) << 1
         bits = (self.mem[at] >> shift) & 3
@@ -756,7 +760,6 @@ class SegmentHeap:
         sub.free_hint = index
         self.mem[pa + 0x20:pa + 0x22] = free.bit_count().to_bytes(2, "little")  # FreeCount
         self.mem[pa + 0x24:pa + 0x26] = index.to_bytes(2, "little")
-        bucket = sub.bucket
         if sub is not bucket.current:
             if free == bucket.all_free:
                 self._lfh_release(sub)
