@@ -75,6 +75,9 @@ def serve_pool_routines_directly(kernel) -> None:
 
 
 _UNKNOWN_POOL_TYPE_BITS = ~VALID_POOL_TYPE_BITS  # (a negative value has them too)
+# A quota request's POOL_TYPE without the bits that say how it fails (the request reports a
+# failure to the routine, which raises or returns NULL).
+_PLAIN_QUOTA_TYPE_BITS = ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
 
 
 class ExecutiveRoutines:
@@ -144,20 +147,20 @@ class ExecutiveRoutines:
         # A POOL_TYPE value first, checked inline for the common call (as FsRtl's).
         pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
             else checked_pool_type(PoolType)
-        fail_instead_of_raise = pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
-        pool_type &= ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
         process = self.current_process
-        if process is not self.system_process:  # (_billed_process, inline)
-            process = process.address
-            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process,
-                                                       site=self.pool.caller_site(2))
-        else:
+        if process is self.system_process:  # (_billed_process, inline)
             # The System process is charged nothing: the request is ExAllocatePoolWithTag's,
             # fast path included (called from here, where it finds the driver's frame).
             allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
-            va, status = allocate(pool_type, NumberOfBytes, Tag), NtStatus.STATUS_INSUFFICIENT_RESOURCES
-        if va or fail_instead_of_raise:
-            return va
+            va = allocate(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, Tag)
+            if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+                return va
+            status = NtStatus.STATUS_INSUFFICIENT_RESOURCES
+        else:
+            va, status = self.pool.allocate_with_quota(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes,
+                                                       Tag, process.address, site=self.pool.caller_site(2))
+            if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+                return va
         raise NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {NumberOfBytes} bytes "
                                     f"for {self.current_process.name}")
 
