@@ -9,6 +9,7 @@ import ntpool
 from ntpool.constants import PAGE_SHIFT
 from ntpool.pool.segment_heap import layout as L
 from ntpool.pool.segment_heap.heap import LFH as L_LFH, FullLfhPage, LfhSubsegment
+from ntpool.tags import tag_value
 
 NP = int(ntpool.PoolType.NonPagedPool)
 MiB = 1 << 20
@@ -76,3 +77,28 @@ def test_a_set_aside_subsegment_keeps_its_free_hint_in_memory_and_in_walks():
     # Every LFH subsegment emptied is released but the current one (a bucket keeps it).
     left = {s for s in heap.page_subsegments if s is not None and s.kind == L_LFH}
     assert left == {heap.lfh_current[sub.bucket.index]}
+
+
+def test_frees_into_a_subsegment_with_room_take_the_fast_path_but_the_one_that_empties_it():
+    k, heap, warm = _machine()
+    blocks = [k.ExAllocatePoolWithTag(NP, 100, "Part") for _ in range(63 * 3)]
+    sub = heap.subsegment_of(blocks[100])  # full, not current (the first one holds a warm block)
+    mine = [b for b in blocks if heap.subsegment_of(b) is sub]
+    assert len(mine) == sub.block_count and not sub.is_current
+    generic = []
+    free_generic = k.pool.free_generic
+    k.pool.free_generic = lambda *args: (generic.append(args[0]), free_generic(*args))
+    k.ExFreePoolWithTag(mine[0], "Part")  # its first free: onto the bucket's partial list
+    assert generic == [mine[0]] and sub in sub.bucket.partial
+    for body in mine[1:-1]:  # the fast path: the bitmap, the free bits, FreeHint, the row
+        k.ExFreePoolWithTag(body, "Part")
+    assert generic == [mine[0]]
+    assert sub.free_count == len(mine) - 1 and sub.free_hint == sub.index_of[mine[-2] - 16 - sub.va]
+    busy = [b for b in mine if (k.read(sub.va + L.LFH_BITMAP + sub.index_of[b - 16 - sub.va] // 4, 1)[0]
+                                >> (sub.index_of[b - 16 - sub.va] % 4 * 2)) & 3 == L.LFH_BUSY]
+    assert busy == [mine[-1]]
+    k.ExFreePoolWithTag(mine[-1], "Part")  # empties it: the generic path releases it
+    assert generic == [mine[0], mine[-1]]
+    assert heap.subsegment_of(sub.va) is None and sub not in sub.bucket.partial
+    info = {row.TagUlong: row for row in k.pool_tags()}[tag_value("Part")]
+    assert (info.NonPagedAllocs, info.NonPagedFrees) == (63 * 3, len(mine))

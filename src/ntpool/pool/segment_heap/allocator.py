@@ -282,10 +282,14 @@ class SegmentHeapAllocator(PoolAllocator):
                     page = relative // PAGE_SIZE
                     sub = heap.page_subsegments[page]
                     bucket = sub.bucket
-                    # An LFH subsegment its bucket allocates from (a VS subsegment's bucket,
-                    # and a full one's mark, are never current), and P's page resident: its
-                    # frame from the subsegment's (0, paged out: the generic path pages it in).
-                    if bucket.current is sub:
+                    free = sub.free_bits
+                    # An LFH subsegment its bucket allocates from, or another with a free
+                    # block already (on its bucket's partial list, where it stays); not a full
+                    # one (a free puts it on that list: the generic path), whose mark has no
+                    # free bits, nor a VS subsegment (no free bits, no current). P's page
+                    # resident: its frame from the subsegment's (0, paged out: the generic
+                    # path pages it in).
+                    if bucket.current is sub or free:
                         body_offset = relative - sub.start  # in the subsegment
                         frames = sub.frames
                         frame = frames[body_offset // PAGE_SIZE]
@@ -309,10 +313,12 @@ class SegmentHeapAllocator(PoolAllocator):
                             bitmap_frame = frame if body_offset < _FIRST_PAGE_BODIES else frames[0]
                             at = bitmap_frame + _BITMAP_BYTE[index]
                             busy = _BUSY_BIT[index]
-                            # (A bitmap page paged out, frame 0: the generic path.)
-                            if bitmap_frame and (bits := mem[at]) & _BLOCK_BITS[index] == busy:  # 01, busy
+                            # (A bitmap page paged out, frame 0; a subsegment not current that
+                            # this free empties, which the generic path releases: not here.)
+                            if bitmap_frame and (bits := mem[at]) & _BLOCK_BITS[index] == busy and \
+                                    (bucket.current is sub or free | _FREE_BIT[index] != bucket.all_free):
                                 mem[at] = bits ^ busy
-                                sub.free_bits |= _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
+                                sub.free_bits = free | _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
                                 sub.free_hint = index
                                 if allocator.layer is not None:
                                     allocator.layer.forget(P)  # an observing layer's record of it

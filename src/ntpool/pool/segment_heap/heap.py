@@ -182,6 +182,7 @@ class FullLfhPage:
 
     __slots__ = ("bucket", "page")
     kind = LFH
+    free_bits = 0  # (what the free fast path reads first: none, so it passes)
 
     def __init__(self, bucket, page: int):
         self.bucket = bucket  # (its ``current`` is never a mark: the free fast path passes)
@@ -232,6 +233,7 @@ class VsSubsegment:
     kind = VS
     bucket = _NoBucket()
     is_current = False
+    free_bits = 0  # (no LFH blocks: the free fast path passes)
 
     def __init__(self, va: int, pages: int):
         self.va = va
