@@ -60,3 +60,12 @@ def test_fragmented_machines_measure_the_misses_their_rows_name():
     assert before > 2_500
     _drained_cycle(exact, 50, "miss")
     assert len(exact.nonpaged_pool.free_list(8)) == before
+
+
+def test_on_the_segment_heap_the_small_pairs_goal_is_windows_7s_pair():
+    medians = {name: 1.0 for name in ROUTINE_FIGURES}
+    medians.update(bare=0.5, ex=1.6)  # 3.2x the yardstick: over Windows 7's own goal
+    lines = report_lines({"routines_us": medians, "windows7_pair_median_us": 1.2})
+    assert lines[1].endswith("(goal <= 1.5x Windows 7's pair, 1.20 us in this run: met)")
+    lines = report_lines({"routines_us": medians, "windows7_pair_median_us": 1.0})
+    assert lines[1].endswith("(goal <= 1.5x Windows 7's pair, 1.00 us in this run: MISSED)")
