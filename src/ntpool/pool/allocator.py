@@ -223,10 +223,9 @@ class PoolAllocator:
         # While a layer that only observes is set (see ``allocate_in_lane``): the pool types
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
-        # The pool types the fast path serves -> (their pool, ``pages_for_priority`` of it),
-        # for ``refuses_for_priority``'s usual case.
-        self.pages_for_priority: dict[int, tuple] = {}
-        self._priority_pages_made: dict[str, dict[int, int]] = {}
+        # Each pool's ``pages_for_priority`` (by its name), made when first asked for, for
+        # ``refuses_for_priority``'s usual case.
+        self.most_pages_for_priority: dict[str, dict[int, int]] = {}
         # Quota charges: a ledger with try_charge/release (the machine installs it) and the
         # process billed for each quota-charged big allocation (big pages have no header).
         self.quota = None
@@ -271,18 +270,8 @@ class PoolAllocator:
         _refill(self.fast_pools, fast_pools)
         _refill(self.fast_lists, self.fast_lists_for(fast_pools))
         self.lane_pools = usable if observed else {}
-        self.pages_for_priority = {pool_type: (pool, self._pages_for_priority(pool))
-                                   for pool_type, pool in fast_pools.items()}
         _refill(self.fast_free_slots, free_slots)
         _refill(self.fast_frees, self.fast_frees_for(free_slots))
-
-    def _pages_for_priority(self, pool) -> dict[int, int]:
-        """``pages_for_priority`` of a pool, made once (the fast paths refresh at every
-        IRQL change; a pool's size never changes)."""
-        made = self._priority_pages_made.get(pool.name)
-        if made is None:
-            made = self._priority_pages_made[pool.name] = pages_for_priority(pool.page_count)
-        return made
 
     def usable_pools(self) -> dict:
         """The pool types no IRQL check stops at the current IRQL -> their pool."""
@@ -880,10 +869,12 @@ class PoolAllocator:
         # The usual request first: a pool type the fast path serves (no must-succeed type
         # among them), a small size (no pages counted), a valid priority whose share of the
         # pool's pages is not all in use.
-        room = self.pages_for_priority.get(pool_type)
-        if room is not None and type(number_of_bytes) is int and type(priority) is int and \
+        pool = self.fast_pools.get(pool_type)
+        if pool is not None and type(number_of_bytes) is int and type(priority) is int and \
                 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
-            pool, most_pages = room
+            most_pages = self.most_pages_for_priority.get(pool.name)
+            if most_pages is None:  # (a pool's size never changes: made once)
+                most_pages = self.most_pages_for_priority[pool.name] = pages_for_priority(pool.page_count)
             if pool.pages_in_use <= most_pages.get(priority, -1):
                 return False
         priority = checked_priority(priority)
