@@ -163,7 +163,7 @@ def _lookaside_routines(allocate_name: str, free_name: str, extended: bool, allo
                 if low & 0xFFFF < depth_limit:
                     _II.pack_into(mem, pa + LA_TOTAL_FREES, frees + 1 & 0xFFFFFFFF, free_misses)
                     base, offset = self._tlb.get(Entry >> 12), Entry & 0xFFF
-                    if base is not None and offset <= 0xFF8 and 0 <= Entry < 1 << 64:
+                    if base is not None and offset <= 0xFF8:  # (no address outside 0..2**64 has a page)
                         _Q.pack_into(mem, base + offset, (high >> 4) << 4)  # the entry's Next
                     else:  # (a page not present, or a Next spanning two: faults as Windows would)
                         self.write(Entry, _Q.pack((high >> 4) << 4))
