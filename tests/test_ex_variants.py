@@ -583,3 +583,20 @@ def test_ex_free_pool2_still_checks_its_parameters(k, call):
     assert other != p  # p was not freed
     k.ExFreePool2(p, "Free", [], 0)  # an empty array is no parameter
     assert k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Free") == p
+
+
+def test_charged_requests_of_lookaside_sizes_are_zeroed_billed_and_refused_over_quota(k):
+    app = k.create_process("app.exe", nonpaged_quota=300)
+    k.set_current_process(app)
+    p = dirty(k, NP, 100, "Quot")
+    q = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_USE_QUOTA, 100, "Quot")
+    assert q == p and k.read(q, 100) == bytes(100)
+    assert header(k, q)["type"] == 0xA and header(k, q)["billed"] == app.address
+    assert app.nonpaged_quota_used == 128
+    r = k.ExAllocatePoolQuotaZero(NP, 100, "Quot")
+    assert k.read(r, 100) == bytes(100) and app.nonpaged_quota_used == 256
+    assert k.ExAllocatePoolWithQuotaTag(NP | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE, 100, "Quot") == 0
+    assert app.nonpaged_quota_used == 256  # the refused charge was not kept
+    k.ExFreePoolWithTag(q, "Quot")
+    k.ExFreePool(r)
+    assert app.nonpaged_quota_used == 0
