@@ -116,15 +116,17 @@ BLOCKS_FOR_BYTES = tuple(blocks_for(number_of_bytes) for number_of_bytes in rang
 # bools: a subscript and a truth test CPython 3.11 specializes (a bytes subscript it does not).
 _HEADER_OK = tuple(offset % BLOCK == 0 and offset + HEADER_SIZE < PAGE_SIZE for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
-_ZERO_PACKERS: dict = {}  # number of bytes -> pack_into of a Struct of that many pad bytes
+# Number of bytes (up to a page) -> pack_into of a Struct of that many pad bytes, made on
+# first use: a fast path indexes it (``ZERO_PACKERS[n] or _zero_packer(n)``: no call once made).
+ZERO_PACKERS: list = [None] * (PAGE_SIZE + 1)
 
 
 def _zero_packer(number_of_bytes: int):
     """pack_into of a Struct of ``number_of_bytes`` pad bytes, which struct writes as zeros
     (a third cheaper than a slice assignment; one Struct per size, at most a page's worth)."""
-    pack_zeros = _ZERO_PACKERS.get(number_of_bytes)
+    pack_zeros = ZERO_PACKERS[number_of_bytes]
     if pack_zeros is None:
-        pack_zeros = _ZERO_PACKERS[number_of_bytes] = struct.Struct(f"{number_of_bytes}x").pack_into
+        pack_zeros = ZERO_PACKERS[number_of_bytes] = struct.Struct(f"{number_of_bytes}x").pack_into
     return pack_zeros
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -332,6 +334,7 @@ class PoolAllocator:
         fast_lists = self.fast_lists
         fast_pools = self.fast_pools
         mem = self.mem
+        zero_packers = ZERO_PACKERS
         # The same memory as QWORDs from byte 16 on: bodies[header_pa // 8] is the QWORD
         # just past that header, a lookaside entry's Next (no addition on the fast path).
         bodies = memoryview(mem)[_BODY:].cast("Q")
@@ -416,7 +419,7 @@ class PoolAllocator:
                             if allocator.writes_watched:
                                 allocator.zero(body, NumberOfBytes)  # (it publishes MemoryWritten)
                             else:
-                                _zero_packer(NumberOfBytes)(mem, pa + _BODY)
+                                (zero_packers[NumberOfBytes] or _zero_packer(NumberOfBytes))(mem, pa + _BODY)
                         return body
                     onward = False  # a head no chunk body starts at: the generic path pops it
                 else:  # a size no lookaside serves: the ListHeads or big pages
