@@ -161,7 +161,8 @@ def test_the_wild_driver_options_make_the_machine_they_name():
 def test_the_wild_driver_options_are_checked():
     from ntpool.tools.corruption_fuzz import main
 
-    for bad in (["--targets", "near,nowhere"], ["--dispatch", "2"], ["--processors", "0"]):
+    for bad in (["--targets", "near,nowhere"], ["--dispatch", "2"], ["--processors", "0"],
+                ["--quota", "-0.5"]):
         with pytest.raises(SystemExit) as info:
             main(["--runs", "1", *bad])
         assert info.value.code == 2
@@ -174,6 +175,28 @@ def test_seeded_runs_of_the_wild_driver_have_no_internal_error(tmp_path, windows
     wild = Wildness(pool_mib=1, memory_mib=512 if windows == "7" else None,
                     targets=("near", "structures", "anywhere"), processors=2, dispatch=0.3)
     seeds = range(40) if windows == "7" else range(6)
+    outcomes = [run_one(seed, steps=400, dump=seed % 10 == 0, dump_dir=str(tmp_path),
+                        windows=windows, wildness=wild) for seed in seeds]
+    assert [text for outcome, text in outcomes if outcome == "internal"] == []
+    assert any(outcome.startswith("bugcheck") for outcome, _ in outcomes)
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_the_charging_driver_charges_its_process_and_breaks_nothing(tmp_path, windows):
+    from ntpool.tools.corruption_fuzz import Wildness
+
+    wild = Wildness(quota=1.0)
+    driver = SloppyDriver(random.Random(1), True, windows, wild)
+    for _ in range(20):
+        driver.allocate()
+    process = driver.k.current_process
+    assert process is not driver.k.system_process and process.name == "sloppy.exe"
+    assert process.nonpaged_quota_used + process.paged_quota_used > 0
+    for _ in range(len(driver.live)):
+        driver.free()
+    assert process.nonpaged_quota_used == process.paged_quota_used == 0
+    wild = Wildness(targets=("near", "structures", "anywhere"), quota=0.5)
+    seeds = range(30) if windows == "7" else range(4)
     outcomes = [run_one(seed, steps=400, dump=seed % 10 == 0, dump_dir=str(tmp_path),
                         windows=windows, wildness=wild) for seed in seeds]
     assert [text for outcome, text in outcomes if outcome == "internal"] == []

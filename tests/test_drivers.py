@@ -8,6 +8,7 @@ import types
 import pytest
 
 import ntpool
+from ntpool.routines.ex import POOL_EXTENDED_PARAMETER
 
 NP = ntpool.PoolType.NonPagedPool
 
@@ -188,6 +189,16 @@ def test_call_site_table_parser_refuses_garbage():
     lambda k: k.FsRtlAllocatePoolWithTag(NP, 6000, "Rout"),
     lambda k: k.NdisAllocateMemoryWithTag(64, "Rout")[1],
     lambda k: k.ExAllocatePoolWithTag(NP | 4, 64, "Rout"),  # cache aligned
+    # Routines built on another, each making its usual call itself:
+    lambda k: k.ExAllocatePoolWithQuota(NP, 64),
+    lambda k: k.ExAllocatePoolQuotaZero(NP, 64, "Rout"),
+    lambda k: k.ExAllocatePoolWithQuotaTag(NP, 64, "Rout"),
+    lambda k: k.ExAllocatePoolZero(NP, 64, "Rout"),
+    lambda k: k.ExAllocatePool3(0x40, 64, "Rout"),
+    lambda k: k.ExAllocatePool3(0x40, 64, "Rout", [POOL_EXTENDED_PARAMETER(1, Priority=16)], 1),
+    lambda k: k.FsRtlAllocatePoolWithQuota(NP, 64),
+    lambda k: k.FsRtlAllocatePoolWithQuotaTag(NP, 64, "Rout"),
+    lambda k: k.NdisAllocateMemory(64, 0, -1)[1],
 ])
 def test_every_routine_records_the_drivers_line_not_its_own(k, routine):
     p = routine(k)

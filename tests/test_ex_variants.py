@@ -524,3 +524,79 @@ def test_ex_allocate_pool_zero_small_from_the_lookaside(k):
     q = k.ExAllocatePoolZero(NP, 100, "Dirt")
     assert q == p and k.read(q, 100) == bytes(100)
     assert header(k, q)["tag"] == tag_value("Dirt")
+
+
+# --- routines built on another: their usual call made inline -----------------------------
+
+def test_routines_built_on_another_answer_as_the_routine_they_are_built_on(k):
+    # The System process's usual call of each, made by the routine itself, gives what the
+    # routine it is built on gives: the default tag, zeroing, no quota charged.
+    assert k.current_process is k.system_process
+    p = k.ExAllocatePoolWithQuota(NP, 10)
+    assert k.read(p - 12, 4) == b"None" and header(k, p)["billed"] == 0
+    q = dirty(k, NP, 100)
+    assert k.ExAllocatePoolQuotaZero(NP, 100, "Dirt") == q and k.read(q, 100) == bytes(100)
+    assert header(k, q)["type"] == 0x2 and header(k, q)["billed"] == 0
+    r = k.FsRtlAllocatePoolWithQuota(NP, 10)
+    assert k.read(r - 12, 4) == b"FSrt" and header(k, r)["billed"] == 0
+    s = dirty(k, NP, 100, "Poo3")
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Poo3") == s and k.read(s, 100) == bytes(100)
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_UNINITIALIZED, 100, "Poo3")
+    assert k.system_process.nonpaged_quota_used == 0
+    for address, tag in ((p, "None"), (q, "Dirt"), (r, "FSrt"), (s, "Poo3")):
+        k.ExFreePool2(address, tag)
+    assert k.ExAllocatePoolWithTag(NP, 100, "Next") == s  # the last freed, off the lookaside
+    assert not k.halted
+
+
+def test_routines_built_on_another_fail_as_the_routine_they_are_built_on(k):
+    for allocate in (lambda t: k.ExAllocatePoolWithQuota(NP | t, 64 * MiB),
+                     lambda t: k.ExAllocatePoolQuotaZero(NP | t, 64 * MiB, "Quot")):
+        with pytest.raises(ntpool.NtStatusError, match="ExAllocatePoolWithQuotaTag") as info:
+            allocate(0)
+        assert info.value.status == INSUFFICIENT
+        assert allocate(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE) == 0
+    with pytest.raises(ntpool.NtStatusError, match="FsRtlAllocatePoolWithQuotaTag") as info:
+        k.FsRtlAllocatePoolWithQuota(NP, 64 * MiB)
+    assert info.value.status == INSUFFICIENT
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.FsRtlAllocatePool(NP, 64 * MiB)
+    assert info.value.status == INSUFFICIENT
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 64 * MiB, "Huge") == 0
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_RAISE_ON_FAILURE, 64 * MiB, "Huge")
+    assert info.value.status == INSUFFICIENT
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, 0) == 0  # tag 0: NULL, as Pool2
+    assert not k.halted
+
+
+@pytest.mark.parametrize("call", [
+    lambda k, p: k.ExFreePool2(p, "Free", None, True),
+    lambda k, p: k.ExFreePool2(p, "Free", None, -1),
+    lambda k, p: k.ExFreePool2(p, "Free", [], 1),
+])
+def test_ex_free_pool2_still_checks_its_parameters(k, call):
+    p = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Free")
+    with pytest.raises((ValueError, TypeError)):
+        call(k, p)
+    other = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Free")
+    assert other != p  # p was not freed
+    k.ExFreePool2(p, "Free", [], 0)  # an empty array is no parameter
+    assert k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Free") == p
+
+
+def test_charged_requests_of_lookaside_sizes_are_zeroed_billed_and_refused_over_quota(k):
+    app = k.create_process("app.exe", nonpaged_quota=300)
+    k.set_current_process(app)
+    p = dirty(k, NP, 100, "Quot")
+    q = k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_USE_QUOTA, 100, "Quot")
+    assert q == p and k.read(q, 100) == bytes(100)
+    assert header(k, q)["type"] == 0xA and header(k, q)["billed"] == app.address
+    assert app.nonpaged_quota_used == 128
+    r = k.ExAllocatePoolQuotaZero(NP, 100, "Quot")
+    assert k.read(r, 100) == bytes(100) and app.nonpaged_quota_used == 256
+    assert k.ExAllocatePoolWithQuotaTag(NP | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE, 100, "Quot") == 0
+    assert app.nonpaged_quota_used == 256  # the refused charge was not kept
+    k.ExFreePoolWithTag(q, "Quot")
+    k.ExFreePool(r)
+    assert app.nonpaged_quota_used == 0

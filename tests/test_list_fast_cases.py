@@ -26,7 +26,7 @@ import ntpool.pool.allocator as allocator_module
 from ntpool import BugCheck, NtStatusError
 from ntpool.constants import PAGE_SIZE
 from ntpool.pool.checks import check_pool_header, check_previous_neighbour, check_previous_size
-from ntpool.pool.descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_SMALL
+from ntpool.pool.descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_BIG_FIRST, PAGE_SMALL
 from ntpool.pool.layout import (BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS,
                                 POOL_DESCRIPTOR, POOL_FREE, POOL_HEADER, SINGLE_LIST_ENTRY)
 from ntpool.tools.corruption_fuzz import SloppyDriver
@@ -265,6 +265,36 @@ LIST_DAMAGE = [
 ]
 
 
+def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int, delayed: bool,
+                         leads_to) -> list:
+    """For ``LIST_DAMAGE``'s row: on each way (the fast cases, the long way), the bug check,
+    its parameters and a hash of memory when the damaged link leads to ``leads_to(k, pool,
+    live)`` (``live``: a live chunk's body)."""
+    stops = []
+    for long_way in (False, True):
+        k, pool = fragmented(long_way, delayed)
+        live = k.ExAllocatePoolWithTag(0, 16, "Live")
+        if action == "free":
+            mine = k.ExAllocatePoolWithTag(0, 100, "Mine")
+            remainder = mine - (3 << BLOCK_SHIFT)  # the 3-block chunk left before it
+            target = remainder if last is None else list_entry(pool, blocks, last)
+        else:
+            target = list_entry(pool, blocks, last)
+        k.write(target + link, leads_to(k, pool, live).to_bytes(8, "little"))
+        with pytest.raises(BugCheck) as stop:
+            if action == "free":
+                k.ExFreePoolWithTag(mine, "Mine")
+                pool.deferred_free()
+            else:
+                k.ExAllocatePoolWithTag(0, 100, "Mine")
+        error = stop.value
+        parameters = list(error.parameters)
+        if error.code in FAULT_INSTRUCTION:  # (as ``run``: the long way's is this file's)
+            parameters[FAULT_INSTRUCTION[error.code]] = None
+        stops.append((error.code, tuple(parameters), hashlib.sha256(bytes(pool.mem)).hexdigest()))
+    return stops
+
+
 @pytest.mark.parametrize("delayed", [False, True])
 @pytest.mark.parametrize("action, blocks, last, link", LIST_DAMAGE)
 def test_a_damaged_long_list_stops_both_ways_with_the_same_bug_check(action, blocks, last, link,
@@ -273,28 +303,41 @@ def test_a_damaged_long_list_stops_both_ways_with_the_same_bug_check(action, blo
     does not point back), met by a miss that splits or by a free that coalesces:
     BAD_POOL_HEADER 0x19 with code 3 (the list entry or head, and the two values read
     back), the same bug check, parameters and memory the long way and the fast cases."""
-    stops = []
-    for long_way in (False, True):
-        k, pool = fragmented(long_way, delayed)
-        live = k.ExAllocatePoolWithTag(0, 16, "Live")  # where the damaged link leads
-        if action == "free":
-            mine = k.ExAllocatePoolWithTag(0, 100, "Mine")
-            remainder = mine - (3 << BLOCK_SHIFT)  # the 3-block chunk left before it
-            target = remainder if last is None else list_entry(pool, blocks, last)
-        else:
-            target = list_entry(pool, blocks, last)
-        k.write(target + link, live.to_bytes(8, "little"))
-        with pytest.raises(BugCheck) as stop:
-            if action == "free":
-                k.ExFreePoolWithTag(mine, "Mine")
-                pool.deferred_free()
-            else:
-                k.ExAllocatePoolWithTag(0, 100, "Mine")
-        error = stop.value
-        stops.append((error.code, error.parameters, hashlib.sha256(bytes(pool.mem)).hexdigest()))
+    stops = stop_on_damaged_list(action, blocks, last, link, delayed, lambda k, pool, live: live)
     assert stops[0] == stops[1]
     code, parameters, _ = stops[0]
     assert (code, parameters[0]) == (0x19, 3)
+
+
+def _big_body(k, pool, live) -> int:
+    body = k.ExAllocatePoolWithTag(0, 2 * PAGE_SIZE, "Bigg")
+    assert pool.page_kind[(body - pool.base) // PAGE_SIZE] == PAGE_BIG_FIRST
+    return body
+
+
+# Where a damaged link may lead that the fast cases find no frame for in ``small_frames``
+# (they translate list neighbours by their offsets from the pool's base): a ListHeads entry,
+# in the descriptor below the pool (mapped: a negative offset, which must not index the
+# list from its end); unmapped memory just below the pool; a big allocation's first page
+# (mapped, not small chunks: frame 0); the pool's last page, never used (past the list's
+# end); a live chunk's body plus 8 (not aligned).
+ELSEWHERE = {
+    "list head below the pool": lambda k, pool, live: pool.list_head_at[5],
+    "unmapped below the pool": lambda k, pool, live: pool.base - 2 * HEADER_SIZE,
+    "a big allocation": _big_body,
+    "past the small pages": lambda k, pool, live: pool.limit - 2 * HEADER_SIZE,
+    "not aligned": lambda k, pool, live: live + 8,
+}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+@pytest.mark.parametrize("action, blocks, last, link", LIST_DAMAGE)
+def test_a_link_to_where_no_small_frame_is_stops_both_ways_alike(action, blocks, last, link, where):
+    """A damaged link that leads out of the pool's pages of small chunks takes the long way
+    from the fast cases too: the same bug check (a fault where it leads nowhere, else the
+    safe-unlinking check), parameters and memory both ways."""
+    stops = stop_on_damaged_list(action, blocks, last, link, False, ELSEWHERE[where])
+    assert stops[0] == stops[1]
 
 
 # A damaged header on the free chunk a free coalesces forward with (its offset from that

@@ -194,3 +194,55 @@ def test_the_tracking_lane_pops_the_lookaside_and_charges_the_tags_row(k):
     info = _info(k, "Lane")
     assert (info.NonPagedAllocs, info.NonPagedFrees, info.NonPagedUsed) == (3, 1, 2 * 80)
     assert sorted(row.address for row in k.verifier.outstanding("tracked.sys")) == sorted([again, fresh])
+
+
+# --- a chunk charged to a process's quota -------------------------------------------------
+
+PROTECTED = 0x80000000
+
+
+def _charged(k, tag="Quot"):
+    """A 100-byte chunk charged to app.exe's quota, and a chunk after it on its page."""
+    app = k.create_process("app.exe")
+    k.set_current_process(app)
+    p = k.ExAllocatePoolWithQuotaTag(NP, 100, tag)
+    k.ExAllocatePoolWithQuotaTag(NP, 100, "Next")
+    assert k.read(p - 16 + 3, 1)[0] & 0x8  # POOL_QUOTA
+    return app, p
+
+
+def test_a_charged_chunk_is_freed_without_the_generic_path(k, monkeypatch):
+    app, p = _charged(k)
+    assert app.nonpaged_quota_used == 256
+    _no_generic_free(k, monkeypatch)
+    k.ExFreePoolWithTag(p, "Quot")
+    assert app.nonpaged_quota_used == 128  # the charge returned (the other chunk's is held)
+    assert _info(k, "Quot").NonPagedFrees == 1 and _info(k, "Quot").NonPagedUsed == 0
+    k.set_current_process(k.system_process)
+    assert k.ExAllocatePoolWithTag(NP, 100, "Back") == p  # it went to the lookaside
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda k, p: k.write(p + 112, b"\x01"), (0x19, 0x20)),  # the next chunk's PreviousSize
+    (lambda k, p: k.write(p + 113, b"\x07"), (0x19, 0x05)),  # the next chunk's PoolIndex
+    (lambda k, p: k.write(p - 14, b"\x00"), (0x19, 0x08)),  # its BlockSize 0
+])
+def test_a_damaged_charged_chunk_gets_the_bug_check_the_generic_path_gives(damage, expected):
+    outcomes = []
+    for free in ("fast", "generic"):
+        k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+        app, p = _charged(k)
+        damage(k, p)
+        with pytest.raises(ntpool.BugCheck) as info:
+            k.ExFreePoolWithTag(p, "Quot") if free == "fast" else k.pool.free_generic(p, "Quot")
+        outcomes.append((info.value.code, info.value.parameters))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0][0], outcomes[0][1][0]) == expected
+
+
+def test_a_protected_charged_chunk_freed_with_another_tag_bug_checks(k):
+    app, p = _charged(k, tag=tag_value("Prot") | PROTECTED)
+    with pytest.raises(ntpool.BugCheck) as info:
+        k.ExFreePoolWithTag(p, tag_value("Othr") | PROTECTED)
+    assert (info.value.code, info.value.parameters[0]) == (0xC2, 0x0A)
+    assert app.nonpaged_quota_used == 256  # nothing returned before the check

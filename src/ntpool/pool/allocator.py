@@ -45,7 +45,7 @@ from ..constants import (
 )
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
-from ..tags import tag_value
+from ..tags import PROTECTED_POOL, tag_value
 from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
 from .descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_FREE, PAGE_RESERVED, PAGE_SMALL, Pool
@@ -116,15 +116,17 @@ BLOCKS_FOR_BYTES = tuple(blocks_for(number_of_bytes) for number_of_bytes in rang
 # bools: a subscript and a truth test CPython 3.11 specializes (a bytes subscript it does not).
 _HEADER_OK = tuple(offset % BLOCK == 0 and offset + HEADER_SIZE < PAGE_SIZE for offset in range(PAGE_SIZE))
 _getframe = sys._getframe
-_ZERO_PACKERS: dict = {}  # number of bytes -> pack_into of a Struct of that many pad bytes
+# Number of bytes (up to a page) -> pack_into of a Struct of that many pad bytes, made on
+# first use: a fast path indexes it (``ZERO_PACKERS[n] or _zero_packer(n)``: no call once made).
+ZERO_PACKERS: list = [None] * (PAGE_SIZE + 1)
 
 
 def _zero_packer(number_of_bytes: int):
     """pack_into of a Struct of ``number_of_bytes`` pad bytes, which struct writes as zeros
     (a third cheaper than a slice assignment; one Struct per size, at most a page's worth)."""
-    pack_zeros = _ZERO_PACKERS.get(number_of_bytes)
+    pack_zeros = ZERO_PACKERS[number_of_bytes]
     if pack_zeros is None:
-        pack_zeros = _ZERO_PACKERS[number_of_bytes] = struct.Struct(f"{number_of_bytes}x").pack_into
+        pack_zeros = ZERO_PACKERS[number_of_bytes] = struct.Struct(f"{number_of_bytes}x").pack_into
     return pack_zeros
 
 CACHE_LINE = 64  # x64: cache-aligned pool types return 64-byte aligned memory
@@ -332,6 +334,7 @@ class PoolAllocator:
         fast_lists = self.fast_lists
         fast_pools = self.fast_pools
         mem = self.mem
+        zero_packers = ZERO_PACKERS
         # The same memory as QWORDs from byte 16 on: bodies[header_pa // 8] is the QWORD
         # just past that header, a lookaside entry's Next (no addition on the fast path).
         bodies = memoryview(mem)[_BODY:].cast("Q")
@@ -416,7 +419,7 @@ class PoolAllocator:
                             if allocator.writes_watched:
                                 allocator.zero(body, NumberOfBytes)  # (it publishes MemoryWritten)
                             else:
-                                _zero_packer(NumberOfBytes)(mem, pa + _BODY)
+                                (zero_packers[NumberOfBytes] or _zero_packer(NumberOfBytes))(mem, pa + _BODY)
                         return body
                     onward = False  # a head no chunk body starts at: the generic path pops it
                 else:  # a size no lookaside serves: the ListHeads or big pages
@@ -532,6 +535,14 @@ class PoolAllocator:
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
+                    if type_byte & _IN_USE_OR_QUOTA == _IN_USE_OR_QUOTA and not blocks and \
+                            allocator.layer is None:
+                        # In use and charged to a process's quota: nothing the generic path
+                        # validates first needs it (the pool and IRQL are the fast path's, the
+                        # address a block boundary on a page of small chunks); the checks, the
+                        # quota's release and the free follow as on the generic path.
+                        allocator._free_small_checked(pool, P, None if Tag is None else passed)
+                        return None
                 elif not P & 0xFFF and not blocks and allocator.layer is None and P >= pool.base \
                         and pool.page_kind[(P - pool.base) >> PAGE_SHIFT] == PAGE_BIG_FIRST:
                     # A big allocation's first page: nothing for the generic path to validate
@@ -916,6 +927,27 @@ class PoolAllocator:
         (the System process is not charged, as in Windows).
         """
         site = self.caller_site() if site is None else site  # (found once, walking out of the routine)
+        # The usual request first: a pool type the fast path serves at this IRQL (so no layer
+        # is set), a tag already validated, a lookaside size. Everything ``admit`` checks is
+        # then known good, as the fast path knows it, and the chunk is taken as the fast
+        # path takes it.
+        pool = self.fast_pools.get(pool_type)
+        known = self.known_tags.get(tag) if type(tag) in (str, int) else None
+        if pool is not None and known is not None and type(number_of_bytes) is int and \
+                0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
+            charge = self.quota_charge_for(number_of_bytes, False)  # (the design's block size)
+            if process and not self.quota.try_charge(process, pool.base_type, charge):
+                return 0, STATUS_QUOTA_EXCEEDED
+            va = self.allocate_small_plain(pool, number_of_bytes, known[0], known[1], site)
+            if not va:
+                if process:
+                    self.quota.release(process, pool.base_type, charge)
+                return 0, STATUS_INSUFFICIENT_RESOURCES
+            if process:
+                self.bill(pool, va, process, charge)
+            if zero:
+                self.zero(va, number_of_bytes)
+            return va, 0
         pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
         pool = self.pool_for(pool_type)
         aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
@@ -1032,17 +1064,26 @@ class PoolAllocator:
             self.crash(BAD_POOL_CALLER, BadPoolCaller.FREE_BAD_ADDRESS, address, 0, 0,
                        detail=f"free of {address:#x}, which is not a pool block boundary")
         chunk = address - HEADER_SIZE
+        mem = self.mem
         pa = pool._pa(chunk)
-        _, pool_index, block_size, type_byte, stored = _unpack_first8(self.mem, pa)
-        check_not_already_freed(self.crash, type_byte, header_ulong(self.mem, pa), address)
-        check_block_size(self.crash, chunk, block_size)
-        check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
-        end = chunk + (block_size << BLOCK_SHIFT)
-        if end & (PAGE_SIZE - 1):
-            following = pa + (block_size << BLOCK_SHIFT)
-            check_next_previous_size(self.crash, chunk, block_size, self.mem[following])  # its PreviousSize
-            check_next_pool_index(self.crash, chunk, block_size, pool_index,
-                                  self.mem[following + _POOL_INDEX])
+        _, pool_index, block_size, type_byte, stored = _unpack_first8(mem, pa)
+        # The usual chunk passes every check below: in use, a BlockSize that ends in its page
+        # at a chunk whose PreviousSize and PoolIndex agree (or at the page's end), a tag that
+        # is not protected (the only kind whose tag is compared). That is tested first, in
+        # one condition; when any of it fails, the named checks run in Windows' order and
+        # the first that fails raises its bug check.
+        end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)  # in the chunk's page
+        following = pa + (block_size << BLOCK_SHIFT)
+        if not (type_byte & POOL_IN_USE and block_size and not stored & PROTECTED_POOL and
+                (end < PAGE_SIZE and mem[following] == block_size and
+                 mem[following + _POOL_INDEX] == pool_index or end == PAGE_SIZE)):
+            check_not_already_freed(self.crash, type_byte, header_ulong(mem, pa), address)
+            check_block_size(self.crash, chunk, block_size)
+            check_free_tag(self.crash, address, stored, 0 if passed is None else passed)
+            if end & (PAGE_SIZE - 1):
+                check_next_previous_size(self.crash, chunk, block_size, mem[following])  # its PreviousSize
+                check_next_pool_index(self.crash, chunk, block_size, pool_index,
+                                      mem[following + _POOL_INDEX])
         if type_byte & POOL_QUOTA:
             self.release_quota(pool, chunk, pa)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)

@@ -669,15 +669,27 @@ class Pool:
         if found < 0:
             return 0
         head, head_word = self.list_heads[found]
-        words, tlb = self.words, self.tlb
+        words, frames, base = self.words, self.small_frames, self.base
         entry = words[head_word]  # its Flink
-        offset = entry & PAGE_MASK
+        # The entry's offset from the pool's base: a small int, so the arithmetic below
+        # costs less than on the 64-bit address (CPython makes a new 64-bit int for each
+        # result, and computes on it digit by digit), and its page's frame is one subscript
+        # of ``small_frames`` (as the allocator's fast path finds it) where the TLB would be
+        # a dict lookup keyed by a 64-bit page number. A page that is not a resident page of
+        # small chunks of this pool has no frame there (0, or past the list's end); an
+        # address below the pool's base would index from the list's end, so it is refused
+        # first. Any of these: the long way, which faults or bug-checks as Windows would.
+        at = entry - base
+        offset = at & PAGE_MASK
+        if at < 0 or not _BODY_OK[offset]:
+            return self._split_any(entry, found, block_size, tag, site)
         try:
-            entry_pa = tlb[entry >> PAGE_SHIFT] + offset
-        except KeyError:  # a page not present: the long way, which faults as Windows would
+            frame = frames[at // PAGE_SIZE]
+        except IndexError:
+            frame = 0
+        if not frame:
             return self._split_any(entry, found, block_size, tag, site)
-        if not _BODY_OK[offset]:
-            return self._split_any(entry, found, block_size, tag, site)
+        entry_pa = frame + offset
         # The usual case: the entry is a chunk body on a present page. The chunk's
         # header, its neighbours' and the remainder's all lie on that page: it is translated
         # once, and the headers are written in the order ``_split_any`` writes them (a whole
@@ -703,14 +715,17 @@ class Pool:
             words[head_word] = words[head_word + 1] = head
             self.listed[found] = 0
         else:
+            # The Flink's page through ``small_frames``, as the entry's (a Flink below the
+            # pool's base, or on no resident page of its small chunks: frame 0, the long way).
+            flink_at = flink - base
             try:
-                flink_pa = tlb[flink >> PAGE_SHIFT] + (flink & PAGE_MASK)
-            except KeyError:
-                flink_pa = 1  # (not aligned: the long way)
-            if flink_pa & 15:
+                flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
+            except IndexError:
+                flink_frame = 0
+            if not flink_frame or flink_at & 15:
                 self._unlink(entry, found, entry_pa)
             else:
-                flink_word = flink_pa >> 3  # its Blink: the next QWORD
+                flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3  # its Blink: the next QWORD
                 if words[flink_word + 1] != entry:  # the named check raises the bug check
                     check_list_links(self.crash, entry, words[flink_word + 1], entry)
                 words[head_word] = flink  # the Blink side's Flink
@@ -737,7 +752,7 @@ class Pool:
         if remainder == 0:
             _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
                                                tag, site & self.header_site_mask)
-            self.sites[(entry - HEADER_SIZE - self.base) >> SITE_UNIT_SHIFT] = site
+            self.sites[(at - HEADER_SIZE) >> SITE_UNIT_SHIFT] = site
             return entry - HEADER_SIZE
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
@@ -748,7 +763,7 @@ class Pool:
             old_tag = words[header] & POOL_TAG_BITS  # the remainder's, as Windows leaves it
             words[header] = tag << POOL_TAG_SHIFT | self.allocated_size_bits[block_size]
             words[header + 1] = site & self.header_site_mask
-            self.sites[(chunk - self.base) >> SITE_UNIT_SHIFT] = site
+            self.sites[(at - HEADER_SIZE) >> SITE_UNIT_SHIFT] = site
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             words[(rest_pa >> 3) + 1] = 0
             if end < _PAGE_END:
@@ -768,8 +783,9 @@ class Pool:
         _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + (remainder << BLOCK_SHIFT),
                                            remainder | self.allocated_size_bits[block_size], tag,
                                            site & self.header_site_mask)
-        mine = entry + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
-        self.sites[(mine - self.base) >> SITE_UNIT_SHIFT] = site
+        mine_at = at + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
+        self.sites[mine_at >> SITE_UNIT_SHIFT] = site
+        mine = base + mine_at
         if end < _PAGE_END:
             self.mem_bytes[chunk_pa + size] = block_size
         if remainder > 1:
@@ -777,9 +793,10 @@ class Pool:
             # ``_insert`` does it: the check reads the last entry's Flink and the first
             # entry's Blink (on an empty list, the head's own links, just read), both of
             # which must be the head. Entries' bodies are 16-byte aligned, so each one's links
-            # lie on its page, translated once; a neighbour on a page not present (no TLB
-            # entry: KeyError), or a link not aligned: ``_insert``, each access translated on
-            # its own.
+            # lie on its page, translated once through ``small_frames`` as the entry's; a
+            # neighbour on no resident page of this pool's small chunks (frame 0, or past the
+            # list's end), below its base, or not aligned: ``_insert``, each access translated
+            # on its own.
             head, head_word = self.list_heads[remainder]
             first, last = words[head_word], words[head_word + 1]
             if first == head and last == head:
@@ -787,16 +804,17 @@ class Pool:
                 words[head_word] = words[head_word + 1] = entry
                 self.listed[remainder] = 1
                 return mine
+            last_at, first_at = last - base, first - base
             try:
-                last_pa = tlb[last >> PAGE_SHIFT] + (last & PAGE_MASK)
-                first_pa = tlb[first >> PAGE_SHIFT] + (first & PAGE_MASK)
-            except KeyError:
-                last_pa = first_pa = 1  # (not aligned: the long way)
-            if (last_pa | first_pa) & 15:
+                last_frame = frames[last_at // PAGE_SIZE] if last_at >= 0 else 0
+                first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
+            except IndexError:
+                last_frame = 0
+            if not (last_frame and first_frame) or (last_at | first_at) & 15:
                 self._insert(entry, remainder, True, entry_pa)
                 return mine
-            last_word = last_pa >> 3  # its Flink
-            first_blink_word = (first_pa >> 3) + 1
+            last_word = (last_frame + (last_at & PAGE_MASK)) >> 3  # its Flink
+            first_blink_word = ((first_frame + (first_at & PAGE_MASK)) >> 3) + 1
             if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], words[first_blink_word])
             _LINKS.pack_into(mem, entry_pa, head, last)  # the entry's Flink and Blink
@@ -931,6 +949,10 @@ class Pool:
                 block_size += next_size
         # The body's address (the list entry): the chunk's, or the previous chunk's it merges into.
         entry = chunk + HEADER_SIZE
+        # The list neighbours below are found as ``allocate_from_lists`` finds its entry's:
+        # by their offsets from the pool's base (small ints), their pages' frames in
+        # ``small_frames``.
+        base, frames = self.base, self.small_frames
         if previous_size:
             back = previous_size << BLOCK_SHIFT
             if back > offset:  # the previous chunk would start before the page (0x6)
@@ -948,21 +970,24 @@ class Pool:
                 entry = page + (before_offset + HEADER_SIZE)
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
-                    # chunk a split took its allocation's end from: the usual merge): its
-                    # neighbours' links, healthy, 16-byte aligned on their pages, each
-                    # translated once (a page not present: no TLB entry, KeyError). A neighbour
-                    # on a page not present, or a link not aligned: ``_unlink``, each access
-                    # translated on its own.
-                    tlb = self.tlb
+                    # chunk a split took its allocation's end from: the usual merge, from a
+                    # long list): its neighbours, other entries' bodies, 16-byte aligned on
+                    # their pages, each page's frame from ``small_frames``. A neighbour that is
+                    # the list's head (in the descriptor, not the pool), on no resident page of
+                    # this pool's small chunks (frame 0, or past the list's end), below the
+                    # pool's base, or not aligned: ``_unlink``, each access translated on its own.
+                    flink_at, blink_at = flink - base, blink - base
                     try:
-                        flink_pa = tlb[flink >> PAGE_SHIFT] + (flink & PAGE_MASK)
-                        blink_pa = tlb[blink >> PAGE_SHIFT] + (blink & PAGE_MASK)
-                    except KeyError:
-                        flink_pa = blink_pa = 1  # (not aligned: the long way)
-                    if (flink_pa | blink_pa) & 15:
+                        flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
+                        blink_frame = frames[blink_at // PAGE_SIZE] if blink_at >= 0 else 0
+                    except IndexError:
+                        flink_frame = 0
+                    if not (flink_frame and blink_frame) or (flink_at | blink_at) & 15:
                         self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
-                        flink_word, blink_word = flink_pa >> 3, blink_pa >> 3  # each one's Flink; its Blink follows
+                        # each one's Flink; its Blink follows
+                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3
+                        blink_word = (blink_frame + (blink_at & PAGE_MASK)) >> 3
                         if words[flink_word + 1] != entry or words[blink_word] != entry:
                             check_list_links(self.crash, entry, words[flink_word + 1],  # raises
                                              words[blink_word])
@@ -995,22 +1020,24 @@ class Pool:
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
-            # 16-byte aligned bodies (or the head), each one's links on its page, translated
-            # once. A neighbour on a page not present (no TLB entry), or a link not aligned:
-            # ``_insert``, each access translated on its own.
+            # 16-byte aligned bodies, each one's links on its page, its frame from
+            # ``small_frames``. An empty list (its neighbours are the head, in the
+            # descriptor), a neighbour on no resident page of this pool's small chunks, below
+            # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
+            # and makes any other access on its own.
             head, head_word = self.list_heads[block_size]
             first, last = words[head_word], words[head_word + 1]
-            tlb = self.tlb
+            first_at, last_at = first - base, last - base
             try:
-                first_pa = tlb[first >> PAGE_SHIFT] + (first & PAGE_MASK)
-                last_pa = tlb[last >> PAGE_SHIFT] + (last & PAGE_MASK)
-            except KeyError:
-                first_pa = last_pa = 1  # (not aligned: the long way)
-            if (first_pa | last_pa) & 15:
+                first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
+                last_frame = frames[last_at // PAGE_SIZE] if last_at >= 0 else 0
+            except IndexError:
+                first_frame = 0
+            if not (first_frame and last_frame) or (first_at | last_at) & 15:
                 self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_word = first_pa >> 3  # its Flink; its Blink follows
-            first_blink, last_flink = words[first_word + 1], words[last_pa >> 3]
+            first_word = (first_frame + (first_at & PAGE_MASK)) >> 3  # its Flink; its Blink follows
+            first_blink, last_flink = words[first_word + 1], words[(last_frame + (last_at & PAGE_MASK)) >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink

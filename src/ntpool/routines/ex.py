@@ -161,18 +161,41 @@ class ExecutiveRoutines:
                                                        Tag, process.address, site=self.pool.caller_site(2))
             if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
                 return va
-        raise NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {NumberOfBytes} bytes "
-                                    f"for {self.current_process.name}")
+        raise self._quota_failure(status, NumberOfBytes)
+
+    def _quota_failure(self, status: int, number_of_bytes) -> NtStatusError:
+        return NtStatusError(status, f"ExAllocatePoolWithQuotaTag of {number_of_bytes} bytes "
+                                     f"for {self.current_process.name}")
+
+    # The two routines below are ExAllocatePoolWithQuotaTag with a default tag or zeroing.
+    # Their usual call (the System process, a valid POOL_TYPE) is made inline, as that
+    # routine makes it: calling it would cost a Python call more and, the fast path's frame
+    # above being ntpool's own, a walk out of it to find the driver's call site.
 
     @routine("PVOID ExAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes)")
     def ExAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
+        if self.current_process is self.system_process and type(PoolType) is int and \
+                not PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
+            va = allocate(PoolType & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, DEFAULT_TAG_EX)
+            if va or PoolType & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+                return va
+            raise self._quota_failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
         return self.ExAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
 
     @routine("PVOID ExAllocatePoolQuotaZero(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
              "_In_ ULONG Tag)")
     def ExAllocatePoolQuotaZero(self, PoolType, NumberOfBytes, Tag) -> int:
-        return self.ExAllocatePoolWithQuotaTag(checked_pool_type(PoolType) | POOL_ZERO_ALLOCATION,
-                                               NumberOfBytes, Tag)
+        pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
+            else checked_pool_type(PoolType)
+        if self.current_process is self.system_process:
+            # (the fast path that zeroes, as ExAllocatePoolZero's)
+            allocate_zeroed = self.pool.allocate_zeroed
+            va = allocate_zeroed(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, Tag)
+            if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+                return va
+            raise self._quota_failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+        return self.ExAllocatePoolWithQuotaTag(pool_type | POOL_ZERO_ALLOCATION, NumberOfBytes, Tag)
 
     # --- ExAllocatePool2 / 3 -----------------------------------------------------------------
 
@@ -205,6 +228,23 @@ class ExecutiveRoutines:
     def ExAllocatePool3(self, Flags, NumberOfBytes, Tag, ExtendedParameters=None,
                         ExtendedParametersCount=0) -> int:
         """ExAllocatePool2 with POOL_EXTENDED_PARAMETERs (priority, NUMA node)."""
+        if ExtendedParameters is None and ExtendedParametersCount == 0 and \
+                type(ExtendedParametersCount) is int:
+            # No parameters: ExAllocatePool2's request, its usual call made here as it makes
+            # it (calling it would cost a call and, its frame being ntpool's, the site
+            # lookup's walk out of it).
+            try:
+                pool_type, zero = _POOL2_PLAIN[Flags]
+                pool = self.pool
+                if pool.known_tags[Tag][0]:
+                    va = (pool.allocate_zeroed if zero else pool.allocate)(pool_type, NumberOfBytes, Tag)
+                    if va:
+                        return va
+                    return self._pool2_failed(Flags, _Pool2Failure(
+                        NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+            except (KeyError, TypeError):
+                pass
+            return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
         flags = _checked_flags(Flags)
         parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
         try:
@@ -218,11 +258,14 @@ class ExecutiveRoutines:
              "_In_ ULONG ExtendedParametersCount)")
     def ExFreePool2(self, P, Tag, ExtendedParameters=None, ExtendedParametersCount=0) -> None:
         """Free with the tag check of ExFreePoolWithTag (secure pool is not modelled)."""
-        parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
-        if parameters:
-            raise ValueError("ExtendedParameters: ExFreePool2 takes only secure-pool "
-                             "parameters, and ntpool models no secure pool")
-        self.pool.free(P, Tag)
+        if ExtendedParameters is not None or ExtendedParametersCount != 0 or \
+                type(ExtendedParametersCount) is not int:  # (the usual call: none, inline)
+            parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
+            if parameters:
+                raise ValueError("ExtendedParameters: ExFreePool2 takes only secure-pool "
+                                 "parameters, and ntpool models no secure pool")
+        free = self.pool.free  # (loaded, then called: see NdisAllocateMemoryWithTag)
+        free(P, Tag)
 
     def _allocate_pool2(self, Flags, NumberOfBytes, Tag, priority) -> int:
         flags = _checked_flags(Flags)

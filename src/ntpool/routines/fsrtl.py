@@ -31,33 +31,52 @@ class FsRtlRoutines:
         allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
         return allocate(PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag)
 
+    # The routines below are the ones above with a default tag, or quota. Each makes its
+    # usual call itself, as the routine it is built on makes it: calling that routine would
+    # cost a Python call more and, the fast path's frame above being ntpool's own, a walk out
+    # of it to find the driver's call site.
+
     @routine("PVOID FsRtlAllocatePool(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePool(self, PoolType, NumberOfBytes) -> int:
         """FsRtlAllocatePoolWithTag with the default tag 'FSrt'."""
-        return self.FsRtlAllocatePoolWithTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)
+        if type(PoolType) is not int or PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            PoolType = checked_pool_type(PoolType)
+        allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
+        return allocate(PoolType | POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, DEFAULT_TAG_FSRTL)
 
     @routine("PVOID FsRtlAllocatePoolWithQuotaTag(_In_ POOL_TYPE PoolType, "
              "_In_ ULONG NumberOfBytes, _In_ ULONG Tag)")
     def FsRtlAllocatePoolWithQuotaTag(self, PoolType, NumberOfBytes, Tag) -> int:
         """Charge the current process's quota; raises NtStatusError (STATUS_QUOTA_EXCEEDED or
         STATUS_INSUFFICIENT_RESOURCES) on failure."""
-        pool_type = checked_pool_type(PoolType)
-        process = self._billed_process()
-        if process:
-            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process,
-                                                       site=self.pool.caller_site(2))
-        else:
+        pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
+            else checked_pool_type(PoolType)
+        process = self.current_process
+        if process is self.system_process:  # (_billed_process, inline)
             # The System process is charged nothing: ExAllocatePoolWithTag's request, fast path
             # included (called from here, where it finds the driver's frame). The raise bit
             # is left off: the failure raised below names the quota routine.
             allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
             va, status = allocate(pool_type & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag), \
                 STATUS_INSUFFICIENT_RESOURCES
+        else:
+            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process.address,
+                                                       site=self.pool.caller_site(2))
         if not va:
-            raise NtStatusError(status, f"FsRtlAllocatePoolWithQuotaTag of {NumberOfBytes} "
-                                        f"bytes for {self.current_process.name}")
+            raise self._fsrtl_quota_failure(status, NumberOfBytes)
         return va
+
+    def _fsrtl_quota_failure(self, status: int, number_of_bytes) -> NtStatusError:
+        return NtStatusError(status, f"FsRtlAllocatePoolWithQuotaTag of {number_of_bytes} "
+                                     f"bytes for {self.current_process.name}")
 
     @routine("PVOID FsRtlAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
+        if self.current_process is self.system_process and type(PoolType) is int and \
+                not PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
+            va = allocate(PoolType & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, DEFAULT_TAG_FSRTL)
+            if not va:
+                raise self._fsrtl_quota_failure(STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+            return va
         return self.FsRtlAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)

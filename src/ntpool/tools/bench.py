@@ -152,6 +152,56 @@ def _ndis5_pair(k, n: int) -> float:
     return time.perf_counter() - start
 
 
+# Routines built on another (a default tag, quota, extended parameters), each making its
+# usual call itself: ExFreePool frees what has a default tag, as drivers do.
+
+def _pool3_pair(k, n: int) -> float:
+    from ..constants import PoolFlags
+    flags = int(PoolFlags.POOL_FLAG_NON_PAGED)
+    allocate, free = k.ExAllocatePool3, k.ExFreePool2
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(flags, SMALL, TAG, None, 0), TAG, None, 0)
+    return time.perf_counter() - start
+
+
+def _quota_default_pair(k, n: int) -> float:
+    allocate, free = k.ExAllocatePoolWithQuota, k.ExFreePool
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL))
+    return time.perf_counter() - start
+
+
+def _quota_zero_pair(k, n: int) -> float:
+    allocate, free = k.ExAllocatePoolQuotaZero, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+def _fsrtl_default_pair(k, n: int) -> float:
+    allocate, free = k.FsRtlAllocatePool, k.ExFreePool
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL))
+    return time.perf_counter() - start
+
+
+def _fsrtl_quota_pair(k, n: int) -> float:
+    allocate, free = k.FsRtlAllocatePoolWithQuotaTag, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(NP, SMALL, TAG), TAG)
+    return time.perf_counter() - start
+
+
+BUILT_ON_ANOTHER = {"pool3": _pool3_pair, "quota_default": _quota_default_pair,
+                    "quota_zero": _quota_zero_pair, "fsrtl_default": _fsrtl_default_pair,
+                    "fsrtl_quota": _fsrtl_quota_pair}
+
+
 def _driver_lookaside(k) -> int:
     """A driver's NPAGED_LOOKASIDE_LIST of 100-byte entries, in nonpaged pool."""
     lookaside = k.ExAllocatePoolWithTag(NP, 0xC0, "Lkas")
@@ -357,6 +407,16 @@ ROUTINE_FIGURES = {
               "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
     "ndis5": ("NdisAllocateMemory + NdisFreeMemory, 100 B", "<= 1.3x Ex pair",
               lambda us, bare, ex: ex <= 1.3),
+    "pool3": ("ExAllocatePool3 (no parameters) + ExFreePool2, 100 B", "<= 1.3x Ex pair",
+              lambda us, bare, ex: ex <= 1.3),
+    "quota_default": ("ExAllocatePoolWithQuota + ExFreePool, 100 B, the System process",
+                      "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
+    "quota_zero": ("ExAllocatePoolQuotaZero + ExFreePoolWithTag, 100 B, the System process",
+                   "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
+    "fsrtl_default": ("FsRtlAllocatePool + ExFreePool, 100 B", "<= 1.3x Ex pair",
+                      lambda us, bare, ex: ex <= 1.3),
+    "fsrtl_quota": ("FsRtlAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, the System process",
+                    "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
     "charged": ("ExAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, charged to a process",
                 "reported", None),
     "driver_lookaside": ("ExAllocateFromNPagedLookasideList + ExFreeToNPagedLookasideList "
@@ -403,6 +463,8 @@ def run(quick: bool = False, windows=None) -> dict:
     _priority_pair(routines, WARM_UP_PAIRS)
     _zero_pair(routines, WARM_UP_PAIRS)
     _quota_pair(routines, WARM_UP_PAIRS)
+    for pair in BUILT_ON_ANOTHER.values():
+        pair(routines, WARM_UP_PAIRS)
     ndis6_handle = _ndis6_handle(routines)
     _ndis6_pair(routines, ndis6_handle, WARM_UP_PAIRS)
     _ndis5_pair(routines, WARM_UP_PAIRS)
@@ -426,6 +488,8 @@ def run(quick: bool = False, windows=None) -> dict:
         "quota": (lambda: _quota_pair(routines, per_batch), per_batch),
         "ndis6": (lambda: _ndis6_pair(routines, ndis6_handle, per_batch), per_batch),
         "ndis5": (lambda: _ndis5_pair(routines, per_batch), per_batch),
+        **{name: (lambda pair=pair: pair(routines, per_batch), per_batch)
+           for name, pair in BUILT_ON_ANOTHER.items()},
         "charged": (lambda: _quota_pair(charged, slow), slow),
         "driver_lookaside": (lambda: _driver_lookaside_pair(routines, driver_lookaside, per_batch),
                              per_batch),

@@ -14,7 +14,7 @@ reader and ``!analyze -v`` runs on it.
 
     python -m ntpool.tools.corruption_fuzz --runs 100000 [--seed N] [--steps 400] [--jobs J]
         [--windows 7|10|11] [--pool-mib N] [--memory-mib N] [--targets near,structures,anywhere]
-        [--processors N] [--dispatch P]
+        [--processors N] [--dispatch P] [--quota P]
 
 prints the runs, how each ended, and the count of internal errors (0, or the seeds that
 reproduce them); its exit status is 1 when there was any.
@@ -26,7 +26,9 @@ physical memory, as WRK's InitializePool decides), writes into the allocator's o
 structures (Windows 7's POOL_DESCRIPTORs: ListHeads, PendingFrees; the segment heap's
 segment headers and page range descriptors, LFH and VS subsegment headers) and anywhere in
 a pool's address range, several processors it moves between, and steps at DISPATCH_LEVEL
-(where it touches only nonpaged memory, as a driver there must).
+(where it touches only nonpaged memory, as a driver there must), and allocations charged to
+a process's pool quota (ExAllocatePoolWithQuotaTag in a user process's context: the header's
+quota bit and ProcessBilled, which its stray writes may hit too).
 """
 
 import argparse
@@ -40,7 +42,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ..constants import DISPATCH_LEVEL, PAGE_SIZE, PASSIVE_LEVEL
+from ..constants import DISPATCH_LEVEL, PAGE_SIZE, PASSIVE_LEVEL, POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
 from ..errors import BugCheck, NtStatusError
 from ..windows import CHOICES, windows_version
 
@@ -67,6 +69,7 @@ class Wildness:
     targets: tuple = ("near",)  # where its stray writes go: TARGETS
     processors: int = 1  # it moves between them (their own lookasides and IRQL)
     dispatch: float = 0.0  # the share of its steps made at DISPATCH_LEVEL
+    quota: float = 0.0  # the share of its allocations charged to a user process's quota
 
     def __post_init__(self):
         unknown = set(self.targets) - set(TARGETS)
@@ -75,6 +78,8 @@ class Wildness:
                              f"{','.join(self.targets)}")
         if not 0.0 <= self.dispatch <= 1.0:
             raise ValueError(f"dispatch must be a share from 0 to 1, not {self.dispatch}")
+        if not 0.0 <= self.quota <= 1.0:
+            raise ValueError(f"quota must be a share from 0 to 1, not {self.quota}")
         if self.pool_mib < 1 or (self.memory_mib is not None and self.memory_mib < 1):
             raise ValueError("pool and memory sizes are whole MiB, at least 1")
 
@@ -132,6 +137,10 @@ class SloppyDriver:
             warm_lfh(self.k, self.pool_types, self.hot_sizes)
         if not lookasides:
             disable_lookasides(self.k)
+        if wildness.quota:
+            # The driver runs in a user process's context, whose quota its charged requests
+            # take (no limit: a request fails only when the pool does).
+            self.k.set_current_process(self.k.create_process("sloppy.exe"))
         self.live: list[tuple[int, int, int, str]] = []  # (address, size, pool type, tag)
         self.freed: list[tuple[int, int, int, str]] = []
 
@@ -166,7 +175,10 @@ class SloppyDriver:
             size = rng.choice((rng.randint(1, 496), rng.randint(497, 0xFE0),
                                rng.randint(0xFE1, 3 * PAGE_SIZE)))
         tag = rng.choice(TAGS)
-        p = self.k.ExAllocatePoolWithTag(pool_type, size, tag)
+        if self.wildness.quota and rng.random() < self.wildness.quota:
+            p = self.k.ExAllocatePoolWithQuotaTag(pool_type | POOL_QUOTA_FAIL_INSTEAD_OF_RAISE, size, tag)
+        else:
+            p = self.k.ExAllocatePoolWithTag(pool_type, size, tag)
         if p:
             self.live.append((p, size, pool_type, tag))
 
@@ -405,11 +417,14 @@ def main(argv=None) -> int:
     wild.add_argument("--dispatch", type=float, default=0.0, metavar="P",
                       help="share of steps made at DISPATCH_LEVEL, on nonpaged memory only "
                            "(default 0)")
+    wild.add_argument("--quota", type=float, default=0.0, metavar="P",
+                      help="share of allocations charged to the quota of the user process the "
+                           "driver runs in (default 0)")
     args = parser.parse_args(argv)
     try:
         wildness = Wildness(args.pool_mib, args.memory_mib,
                             tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                            args.processors, args.dispatch)
+                            args.processors, args.dispatch, args.quota)
         if not 1 <= wildness.processors <= 64:
             raise ValueError("processors must be from 1 to 64")
     except ValueError as error:

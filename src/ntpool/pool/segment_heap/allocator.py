@@ -22,7 +22,7 @@ from ...constants import (
 )
 from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
-from ..allocator import PoolAllocator, _zero_packer, checked_address
+from ..allocator import ZERO_PACKERS, PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
 from ..tracker import BLOCK_CHARGES
 from .heap import LFH, SegmentHeap
@@ -236,7 +236,7 @@ class SegmentHeapAllocator(PoolAllocator):
                                 if allocator.writes_watched:
                                     allocator.zero(body, NumberOfBytes)
                                 else:
-                                    _zero_packer(NumberOfBytes)(mem, pa + POOL_HEADER_SIZE)
+                                    (ZERO_PACKERS[NumberOfBytes] or _zero_packer(NumberOfBytes))(mem, pa + POOL_HEADER_SIZE)
                             return body
                         onward = False  # a page paged out: the generic path faults it in
                     else:
