@@ -226,7 +226,7 @@ class PoolAllocator:
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
         # Each pool's ``pages_for_priority`` (by its name), made when first asked for, for
-        # ``refuses_for_priority``'s usual case.
+        # ``refuses_for_priority``'s usual case (``priority_table``).
         self.most_pages_for_priority: dict[str, dict[int, int]] = {}
         # Quota charges: a ledger with try_charge/release (the machine installs it) and the
         # process billed for each quota-charged big allocation (big pages have no header).
@@ -884,8 +884,8 @@ class PoolAllocator:
         if pool is not None and type(number_of_bytes) is int and type(priority) is int and \
                 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
             most_pages = self.most_pages_for_priority.get(pool.name)
-            if most_pages is None:  # (a pool's size never changes: made once)
-                most_pages = self.most_pages_for_priority[pool.name] = pages_for_priority(pool.page_count)
+            if most_pages is None:
+                most_pages = self.priority_table(pool)
             if pool.pages_in_use <= most_pages.get(priority, -1):
                 return False
         priority = checked_priority(priority)
@@ -897,6 +897,16 @@ class PoolAllocator:
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
                 return True
         return False
+
+    def priority_table(self, pool) -> dict[int, int]:
+        """``pool``'s ``pages_for_priority``: each valid EX_POOL_PRIORITY -> the most pages it
+        may have in use for a small request of that priority to be tried. Made when first
+        asked for and kept (a pool's size never changes), for ``refuses_for_priority``'s
+        usual case and for routines that make that test themselves (the NDIS routines)."""
+        most_pages = self.most_pages_for_priority.get(pool.name)
+        if most_pages is None:
+            most_pages = self.most_pages_for_priority[pool.name] = pages_for_priority(pool.page_count)
+        return most_pages
 
     def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:
         """What a quota allocation charges: its chunk (BlockSize x 16) or its pages."""
