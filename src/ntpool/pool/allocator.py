@@ -929,34 +929,23 @@ class PoolAllocator:
         site = self.caller_site() if site is None else site  # (found once, walking out of the routine)
         # The usual request first: a pool type the fast path serves at this IRQL (so no layer
         # is set), a tag already validated, a lookaside size. Everything ``admit`` checks is
-        # then known good, as the fast path knows it, and the chunk is taken as the fast
-        # path takes it.
+        # then known good, as the fast path knows it.
         pool = self.fast_pools.get(pool_type)
         known = self.known_tags.get(tag) if type(tag) in (str, int) else None
         if pool is not None and known is not None and type(number_of_bytes) is int and \
                 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
-            charge = self.quota_charge_for(number_of_bytes, False)  # (the design's block size)
-            if process and not self.quota.try_charge(process, pool.base_type, charge):
-                return 0, STATUS_QUOTA_EXCEEDED
-            va = self.allocate_small_plain(pool, number_of_bytes, known[0], known[1], site)
-            if not va:
-                if process:
-                    self.quota.release(process, pool.base_type, charge)
-                return 0, STATUS_INSUFFICIENT_RESOURCES
-            if process:
-                self.bill(pool, va, process, charge)
-            if zero:
-                self.zero(va, number_of_bytes)
-            return va, 0
-        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
-        pool = self.pool_for(pool_type)
-        aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
+            value, aligned, small = known[0], False, True
+        else:
+            pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
+            pool = self.pool_for(pool_type)
+            aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
+            known = self.known_tags.get(tag) if type(tag) in (str, int) else None  # (admit may add it)
+            small = known is not None and self.layer is None and not aligned and \
+                number_of_bytes <= LOOKASIDE_MAX_BYTES
         charge = self.quota_charge_for(number_of_bytes, aligned)
         if process and not self.quota.try_charge(process, pool.base_type, charge):
             return 0, STATUS_QUOTA_EXCEEDED
-        known = self.known_tags.get(tag) if type(tag) in (str, int) else None
-        if known is not None and self.layer is None and not aligned and \
-                number_of_bytes <= LOOKASIDE_MAX_BYTES:
+        if small:
             # A small request no layer watches: its chunk taken as the fast path takes it
             # (the pool-tracking lane's ``allocate_small_plain``), the tag's row in hand.
             va = self.allocate_small_plain(pool, number_of_bytes, value, known[1], site)
