@@ -409,6 +409,14 @@ def test_pool3_priority_parameter(k):
     assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Pri3", [low], 1) == 0
     assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Pri3", [high], 1)
     assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Pri3")  # no parameters: as Pool2
+    # Now the flags and the tag are known (the usual call's way): the same answers, and with
+    # POOL_FLAG_RAISE_ON_FAILURE a refusal raises.
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Pri3", [low], 1) == 0
+    assert k.read(k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED, 100, "Pri3", (high,), 1), 100) == bytes(100)
+    with pytest.raises(ntpool.NtStatusError) as info:
+        k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_RAISE_ON_FAILURE, 100, "Pri3", [low], 1)
+    assert info.value.status == INSUFFICIENT
+    assert k.ExAllocatePool3(F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_RAISE_ON_FAILURE, 100, "Pri3", [high], 1)
 
 
 def test_pool3_numa_and_secure_pool_parameters(k):

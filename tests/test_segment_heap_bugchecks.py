@@ -346,3 +346,39 @@ def test_windows_7_keeps_one_special_pool_region_with_nx_pages():
     assert SPECIAL_POOL_BASE <= nonpaged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
     assert SPECIAL_POOL_BASE <= paged < SPECIAL_POOL_BASE + PAGED_REGION_OFFSET
     assert k.space.pte(nonpaged) & PTE_NX and k.space.pte(paged) & PTE_NX
+
+
+# --- an LFH block charged to a process, freed on the free fast path ---------------------------
+
+def _charged_lfh_block(k, process):
+    from ntpool.tools.corruption_fuzz import warm_lfh
+
+    warm_lfh(k, (PP,), (0x80,))  # the bucket active: the block comes from the LFH
+    k.set_current_process(process)
+    p = k.ExAllocatePoolWithQuotaTag(PP, 0x80, "Quot")
+    from ntpool.pool.segment_heap.heap import LFH
+
+    assert k.paged_pool.subsegment_of(p).kind == LFH
+    return p
+
+
+def test_a_charged_lfh_block_is_freed_on_the_fast_path_and_its_charge_returned(monkeypatch):
+    k = machine()
+    process = k.create_process("app.exe")
+    p = _charged_lfh_block(k, process)
+    assert process.quota_usage[1] == 0x90
+    monkeypatch.setattr(k.pool, "free_generic", lambda *args: pytest.fail(f"generic free of {args}"))
+    k.ExFreePoolWithTag(p, "Quot")
+    assert process.quota_usage[1] == 0
+
+
+def test_a_charged_lfh_block_whose_process_billed_is_damaged_stops_as_on_the_generic_path():
+    outcomes = []
+    for free in ("fast", "generic"):
+        k = machine()
+        p = _charged_lfh_block(k, k.create_process("app.exe"))
+        k.write(p - 8, struct.pack("<Q", 0xFFFF800012345678))  # an underrun over ProcessBilled
+        error = stop(lambda: k.ExFreePoolWithTag(p, "Quot") if free == "fast" else
+                     k.pool.free_generic(p, "Quot"))
+        outcomes.append((error.code, error.parameters[0], error.parameters[1] - p))
+    assert outcomes[0] == outcomes[1] == (0x19, 0x0E, -16)  # (BAD_POOL_HEADER, 0xE, the header)

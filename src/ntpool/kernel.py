@@ -50,7 +50,7 @@ from .pool.design import pool_design_for
 from .pool.tracker import PoolTagInfo
 from .routines.ex import ExecutiveRoutines, serve_pool_routines_directly
 from .routines.fsrtl import FsRtlRoutines
-from .routines.ndis import NdisRoutines
+from .routines.ndis import NdisRoutines, serve_memory_routines_directly
 from .routines.io import IoRoutines
 from .routines.ke_sync import SyncRoutines
 from .routines.objects import ObjectRoutines
@@ -232,6 +232,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # --- what the routine families keep ------------------------------------------------
         self.ndis_handles: dict[int, object] = {}  # handle -> driver object
         self.ndis_blocks: dict[int, tuple[int, int]] = {}  # contiguous va -> (Length, flags)
+        serve_memory_routines_directly(self)  # NdisAllocateMemory*, NdisFreeMemory*: made for this machine
 
         # --- the managers drivers meet, in dependency order: objects (types, names, handles),
         # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in

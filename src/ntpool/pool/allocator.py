@@ -226,7 +226,7 @@ class PoolAllocator:
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
         # Each pool's ``pages_for_priority`` (by its name), made when first asked for, for
-        # ``refuses_for_priority``'s usual case.
+        # ``refuses_for_priority``'s usual case (``priority_table``).
         self.most_pages_for_priority: dict[str, dict[int, int]] = {}
         # Quota charges: a ledger with try_charge/release (the machine installs it) and the
         # process billed for each quota-charged big allocation (big pages have no header).
@@ -884,8 +884,8 @@ class PoolAllocator:
         if pool is not None and type(number_of_bytes) is int and type(priority) is int and \
                 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
             most_pages = self.most_pages_for_priority.get(pool.name)
-            if most_pages is None:  # (a pool's size never changes: made once)
-                most_pages = self.most_pages_for_priority[pool.name] = pages_for_priority(pool.page_count)
+            if most_pages is None:
+                most_pages = self.priority_table(pool)
             if pool.pages_in_use <= most_pages.get(priority, -1):
                 return False
         priority = checked_priority(priority)
@@ -897,6 +897,16 @@ class PoolAllocator:
                 self.admit(pool_type, size, tag)  # a caller error still bug-checks first
                 return True
         return False
+
+    def priority_table(self, pool) -> dict[int, int]:
+        """``pool``'s ``pages_for_priority``: each valid EX_POOL_PRIORITY -> the most pages it
+        may have in use for a small request of that priority to be tried. Made when first
+        asked for and kept (a pool's size never changes), for ``refuses_for_priority``'s
+        usual case and for routines that make that test themselves (the NDIS routines)."""
+        most_pages = self.most_pages_for_priority.get(pool.name)
+        if most_pages is None:
+            most_pages = self.most_pages_for_priority[pool.name] = pages_for_priority(pool.page_count)
+        return most_pages
 
     def quota_charge_for(self, number_of_bytes: int, aligned: bool) -> int:
         """What a quota allocation charges: its chunk (BlockSize x 16) or its pages."""
@@ -919,34 +929,23 @@ class PoolAllocator:
         site = self.caller_site() if site is None else site  # (found once, walking out of the routine)
         # The usual request first: a pool type the fast path serves at this IRQL (so no layer
         # is set), a tag already validated, a lookaside size. Everything ``admit`` checks is
-        # then known good, as the fast path knows it, and the chunk is taken as the fast
-        # path takes it.
+        # then known good, as the fast path knows it.
         pool = self.fast_pools.get(pool_type)
         known = self.known_tags.get(tag) if type(tag) in (str, int) else None
         if pool is not None and known is not None and type(number_of_bytes) is int and \
                 0 < number_of_bytes <= LOOKASIDE_MAX_BYTES:
-            charge = self.quota_charge_for(number_of_bytes, False)  # (the design's block size)
-            if process and not self.quota.try_charge(process, pool.base_type, charge):
-                return 0, STATUS_QUOTA_EXCEEDED
-            va = self.allocate_small_plain(pool, number_of_bytes, known[0], known[1], site)
-            if not va:
-                if process:
-                    self.quota.release(process, pool.base_type, charge)
-                return 0, STATUS_INSUFFICIENT_RESOURCES
-            if process:
-                self.bill(pool, va, process, charge)
-            if zero:
-                self.zero(va, number_of_bytes)
-            return va, 0
-        pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
-        pool = self.pool_for(pool_type)
-        aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
+            value, aligned, small = known[0], False, True
+        else:
+            pool_type, number_of_bytes, value = self.admit(pool_type, number_of_bytes, tag, site)
+            pool = self.pool_for(pool_type)
+            aligned = bool(pool_type & CACHE_ALIGNED_POOL_TYPE_MASK)
+            known = self.known_tags.get(tag) if type(tag) in (str, int) else None  # (admit may add it)
+            small = known is not None and self.layer is None and not aligned and \
+                number_of_bytes <= LOOKASIDE_MAX_BYTES
         charge = self.quota_charge_for(number_of_bytes, aligned)
         if process and not self.quota.try_charge(process, pool.base_type, charge):
             return 0, STATUS_QUOTA_EXCEEDED
-        known = self.known_tags.get(tag) if type(tag) in (str, int) else None
-        if known is not None and self.layer is None and not aligned and \
-                number_of_bytes <= LOOKASIDE_MAX_BYTES:
+        if small:
             # A small request no layer watches: its chunk taken as the fast path takes it
             # (the pool-tracking lane's ``allocate_small_plain``), the tag's row in hand.
             va = self.allocate_small_plain(pool, number_of_bytes, value, known[1], site)

@@ -230,28 +230,30 @@ class ExecutiveRoutines:
         """ExAllocatePool2 with POOL_EXTENDED_PARAMETERs (priority, NUMA node)."""
         if ExtendedParameters is None and ExtendedParametersCount == 0 and \
                 type(ExtendedParametersCount) is int:
-            # No parameters: ExAllocatePool2's request, its usual call made here as it makes
-            # it (calling it would cost a call and, its frame being ntpool's, the site
-            # lookup's walk out of it).
+            priority = None  # no parameters: ExAllocatePool2's request
+        else:
+            flags = _checked_flags(Flags)
+            parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
             try:
-                pool_type, zero = _POOL2_PLAIN[Flags]
-                pool = self.pool
-                if pool.known_tags[Tag][0]:
+                priority = _pool3_priority(parameters)
+            except _Pool2Failure as failure:
+                return self._pool2_failed(flags, failure)
+        # ExAllocatePool2's usual call, made here as it makes it (calling it would cost a
+        # call and, its frame being ntpool's, the site lookup's walk out of it), the
+        # priority asked first as ExAllocatePoolWithTagPriority asks it.
+        try:
+            pool_type, zero = _POOL2_PLAIN[Flags]
+            pool = self.pool
+            if pool.known_tags[Tag][0]:
+                if priority is None or not pool.refuses_for_priority(pool_type, NumberOfBytes, Tag, priority):
                     va = (pool.allocate_zeroed if zero else pool.allocate)(pool_type, NumberOfBytes, Tag)
                     if va:
                         return va
-                    return self._pool2_failed(Flags, _Pool2Failure(
-                        NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
-            except (KeyError, TypeError):
-                pass
-            return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
-        flags = _checked_flags(Flags)
-        parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
-        try:
-            priority = _pool3_priority(parameters)
-        except _Pool2Failure as failure:
-            return self._pool2_failed(flags, failure)
-        return self._allocate_pool2(flags, NumberOfBytes, Tag, priority)
+                return self._pool2_failed(Flags, _Pool2Failure(
+                    NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+        except (KeyError, TypeError):
+            pass
+        return self._allocate_pool2(Flags, NumberOfBytes, Tag, priority)
 
     @routine("VOID ExFreePool2(_In_ PVOID P, _In_ ULONG Tag, "
              "_In_opt_ PCPOOL_EXTENDED_PARAMETER ExtendedParameters, "

@@ -36,7 +36,7 @@ from ..pool.allocator import BLOCKS_FOR_BYTES, checked_address
 from ..pool.descriptor import PAGE_SMALL
 from ..pool.layout import BLOCK_SHIFT, HEADER_FIRST8, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS, is_allocated
 from ..tags import DEFAULT_TAG_NDIS
-from .registry import routine
+from .registry import routine, serve_directly
 
 NONPAGED_POOL = int(PoolType.NonPagedPool)
 _ADDRESS_END = 1 << 64
@@ -188,58 +188,30 @@ class NdisRoutines:
                 f"{self._driver_name()} registered as NDIS {version[0]}.{version[1]}")
 
     # --- allocation ------------------------------------------------------------------------
+    #
+    # The memory routines' bodies are the functions ``_memory_routines`` makes for each
+    # machine, which it serves as its own (``serve_memory_routines_directly``). The methods
+    # below declare the routines (their WDK prototypes, for the registry and the native
+    # bridge) and call the machine's function: a call through the class does the same.
 
     @routine("NDIS_STATUS NdisAllocateMemoryWithTag(_Out_ PVOID *VirtualAddress, "
              "_In_ UINT Length, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTag(self, Length, Tag) -> tuple[int, int]:
         """(NDIS_STATUS_SUCCESS, address) or (NDIS_STATUS_FAILURE, 0); nonpaged pool."""
-        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6 driver's)
-            self._only_ndis5("NdisAllocateMemoryWithTag")
-        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
-            Length = _uint("Length", Length)
-        # The fast path loaded, then called: CPython 3.11 specializes no method call of an
-        # attribute the instance holds itself (``self.pool.allocate(...)``: a generic lookup).
-        allocate = self.pool.allocate
-        va = allocate(NONPAGED_POOL, Length, Tag)
-        return (SUCCESS, va) if va else (FAILURE, 0)
+        return self.__dict__["NdisAllocateMemoryWithTag"](Length, Tag)
 
     @routine("NDIS_STATUS NdisAllocateMemory(_Out_ PVOID *VirtualAddress, _In_ UINT Length, "
              "_In_ UINT MemoryFlags, _In_ NDIS_PHYSICAL_ADDRESS HighestAcceptableAddress)", module="NDIS.SYS")
     def NdisAllocateMemory(self, Length, MemoryFlags, HighestAcceptableAddress) -> tuple[int, int]:
         """Tag 'NDam'; MemoryFlags 0 is nonpaged pool, CONTIGUOUS / NONCACHED are physically
         contiguous pages below HighestAcceptableAddress (-1: anywhere)."""
-        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6 driver's)
-            self._only_ndis5("NdisAllocateMemory")
-        # The usual call inline: nonpaged pool (MemoryFlags 0), the arguments in range.
-        if type(Length) is int and 0 <= Length <= 0xFFFFFFFF and MemoryFlags == 0 and \
-                type(MemoryFlags) is int and type(HighestAcceptableAddress) is int and \
-                -1 <= HighestAcceptableAddress < _ADDRESS_END:
-            allocate = self.pool.allocate  # (loaded, then called: as NdisAllocateMemoryWithTag's)
-            va = allocate(NONPAGED_POOL, Length, DEFAULT_TAG_NDIS)
-            return (SUCCESS, va) if va else (FAILURE, 0)
-        length = _uint("Length", Length)
-        flags = _memory_flags(MemoryFlags)
-        highest_pfn = _highest_pfn(HighestAcceptableAddress)
-        if not flags:
-            va = self.pool.allocate(PoolType.NonPagedPool, length, DEFAULT_TAG_NDIS)
-            return (SUCCESS, va) if va else (FAILURE, 0)
-        self._require_passive("NdisAllocateMemory of contiguous or noncached memory")
-        va = self._allocate_contiguous(length, flags, highest_pfn)
-        return (SUCCESS, va) if va else (FAILURE, 0)
+        return self.__dict__["NdisAllocateMemory"](Length, MemoryFlags, HighestAcceptableAddress)
 
     @routine("PVOID NdisAllocateMemoryWithTagPriority(_In_ NDIS_HANDLE NdisHandle, "
              "_In_ UINT Length, _In_ ULONG Tag, _In_ EX_POOL_PRIORITY Priority)", module="NDIS.SYS")
     def NdisAllocateMemoryWithTagPriority(self, NdisHandle, Length, Tag, Priority) -> int:
         """Nonpaged pool, or 0 (NULL) when the pool is too low for ``Priority``."""
-        if type(NdisHandle) is not int or NdisHandle not in self.ndis_handles:  # the usual call inline
-            self._ndis_driver(NdisHandle, "NdisHandle")
-        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:
-            Length = _uint("Length", Length)
-        if self.pool.refuses_for_priority(NONPAGED_POOL, Length, Tag, Priority):
-            return 0
-        # The fast path called from here, where the driver's frame is the one it looks at.
-        allocate = self.pool.allocate  # (loaded, then called: as NdisAllocateMemoryWithTag's)
-        return allocate(NONPAGED_POOL, Length, Tag)
+        return self.__dict__["NdisAllocateMemoryWithTagPriority"](NdisHandle, Length, Tag, Priority)
 
     def _require_passive(self, what: str) -> None:
         irql = self.KeGetCurrentIrql()
@@ -260,38 +232,7 @@ class NdisRoutines:
     def NdisFreeMemory(self, VirtualAddress, Length, MemoryFlags) -> None:
         """Free NDIS memory; Length and MemoryFlags must be what allocated it (else
         NdisContractError, nothing freed)."""
-        # The common call first, before any other check: MemoryFlags 0, a Length a lookaside
-        # size, and the kernel's own caller (no driver of NDIS 6, which passes no Length to
-        # compare). The allocator's free fast path frees a small chunk of exactly that Length
-        # only when every check it makes passes, so nothing else needs checking (a contiguous
-        # block is page-aligned: never such a chunk). Anything else is diagnosed below.
-        if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
-                and type(MemoryFlags) is int and self.current_driver is None:
-            free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
-            if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
-                return
-        # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
-        va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \
-            else checked_address(VirtualAddress, "VirtualAddress")
-        length = Length if type(Length) is int and 0 <= Length <= 0xFFFFFFFF else _uint("Length", Length)
-        flags = 0 if MemoryFlags == 0 and type(MemoryFlags) is int else _memory_flags(MemoryFlags)
-        block = self.ndis_blocks.get(va)
-        if block is not None:
-            self._free_contiguous(va, length, flags, block)
-            return
-        if flags:
-            raise NdisContractError(
-                f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: that memory was "
-                f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
-        driver = self.current_driver  # (the kernel's own calls are no NDIS 6 driver's)
-        if driver is None or (self._caller_ndis_version() or (5, 0))[0] < 6:
-            # Length must be the allocation's: a small one's BlockSize is what the allocator's
-            # free fast path reads anyway, so it compares it there, freeing only on a match;
-            # anything else (a mismatch, a big allocation, any error) is diagnosed here first.
-            if 0 < length <= LOOKASIDE_MAX_BYTES and self.pool.free(va, None, (length + 31) >> 4):
-                return
-            self._check_pool_length(va, length)
-        self.pool.free(va, None)
+        return self.__dict__["NdisFreeMemory"](VirtualAddress, Length, MemoryFlags)
 
     def _free_contiguous(self, va: int, length: int, flags: int, block) -> None:
         allocated_length, allocated_flags = block
@@ -344,23 +285,13 @@ class NdisRoutines:
     @routine("VOID NdisFreeMemoryWithTag(_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTag(self, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTag; Tag must match (else 0xC2/0x0A)."""
-        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
-            checked_address(VirtualAddress, "VirtualAddress")  # raises
-        free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
-        free(VirtualAddress, Tag)
+        return self.__dict__["NdisFreeMemoryWithTag"](VirtualAddress, Tag)
 
     @routine("VOID NdisFreeMemoryWithTagPriority(_In_ NDIS_HANDLE NdisHandle, "
              "_In_ PVOID VirtualAddress, _In_ ULONG Tag)", module="NDIS.SYS")
     def NdisFreeMemoryWithTagPriority(self, NdisHandle, VirtualAddress, Tag) -> None:
         """Free memory from NdisAllocateMemoryWithTagPriority; Tag must match."""
-        if self.current_driver is not None:  # (the kernel's own calls are no NDIS 6.0 driver's)
-            self._at_least_ndis("NdisFreeMemoryWithTagPriority", (6, 20))
-        if type(NdisHandle) is not int or NdisHandle not in self.ndis_handles:  # the usual call inline
-            self._ndis_driver(NdisHandle, "NdisHandle")
-        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
-            checked_address(VirtualAddress, "VirtualAddress")  # raises
-        free = self.pool.free  # (loaded, then called: as NdisAllocateMemoryWithTag's)
-        free(VirtualAddress, Tag)
+        return self.__dict__["NdisFreeMemoryWithTagPriority"](NdisHandle, VirtualAddress, Tag)
 
     # --- memory helpers (macros over the Rtl routines) -------------------------------------
 
@@ -375,3 +306,165 @@ class NdisRoutines:
     @routine("VOID NdisFillMemory(_In_ PVOID Destination, _In_ UINT Length, _In_ UCHAR Fill)", module="NDIS.SYS")
     def NdisFillMemory(self, Destination, Length, Fill) -> None:
         self.RtlFillMemory(Destination, _uint("Length", Length), Fill)
+
+
+# --- the memory routines, made for each machine ----------------------------------------------
+
+NDIS_6_20 = (6, 20)  # NdisFreeMemoryWithTagPriority's version
+
+
+def serve_memory_routines_directly(kernel) -> None:
+    """Make ``kernel``'s NDIS memory routines (``_memory_routines``) and serve them as its
+    own (``registry.serve_directly``), as ExAllocatePoolWithTag is served. A driver calls
+    them more than any other NDIS routine; as functions made for the machine, what they
+    use on every call is a cell of their closure, where a method loads it from ``self`` (the
+    allocator's fast path: two attribute loads), and the priority test is made inline, where
+    a method calls ``refuses_for_priority``: together about 0.1-0.2 us of a pair. Needs the
+    allocator, ``ndis_handles`` and ``ndis_blocks``."""
+    for name, function in _memory_routines(kernel).items():
+        serve_directly(kernel, getattr(NdisRoutines, name), function)
+
+
+def _memory_routines(kernel) -> dict:
+    """NdisAllocateMemoryWithTag, NdisAllocateMemory, NdisAllocateMemoryWithTagPriority and
+    their frees, as functions of ``kernel``'s (by name).
+
+    What they hold does not change in a machine's life: the allocator's fast paths (made once
+    by the allocator; a change of IRQL, of the Verifier or of a layer changes their tables in
+    place, so the routines follow it), the dicts of NDIS handles and contiguous blocks, the
+    nonpaged pool and its priority table (a pool's size is fixed). What the running driver
+    is, they read on each call (``kernel.current_driver``). Each calls the fast path itself,
+    so the driver's frame is the one the fast path looks at for the call site; the rare
+    cases and the diagnoses call the machine's methods."""
+    allocator = kernel.pool
+    allocate, free = allocator.allocate, allocator.free
+    refuses_for_priority = allocator.refuses_for_priority
+    ndis_handles, ndis_blocks = kernel.ndis_handles, kernel.ndis_blocks
+    nonpaged = allocator.pool_for(NONPAGED_POOL)  # the pool NDIS memory comes from
+    most_pages = allocator.priority_table(nonpaged)
+
+    def NdisAllocateMemoryWithTag(Length, Tag):
+        # A running driver registered as NDIS 6.x may not call it (the kernel's own calls
+        # are no driver's); ``_only_ndis5`` says why.
+        if (driver := kernel.current_driver) is not None and \
+                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+            kernel._only_ndis5("NdisAllocateMemoryWithTag")  # raises
+        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
+            Length = _uint("Length", Length)
+        va = allocate(NONPAGED_POOL, Length, Tag)
+        return (SUCCESS, va) if va else (FAILURE, 0)
+
+    def NdisAllocateMemory(Length, MemoryFlags, HighestAcceptableAddress):
+        if (driver := kernel.current_driver) is not None and \
+                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+            kernel._only_ndis5("NdisAllocateMemory")  # raises (as NdisAllocateMemoryWithTag)
+        # The usual call inline: nonpaged pool (MemoryFlags 0) anywhere (HighestAcceptableAddress
+        # -1), the Length a UINT; anything else is checked below.
+        if MemoryFlags == 0 and HighestAcceptableAddress == -1 and type(Length) is int and \
+                0 <= Length <= 0xFFFFFFFF and type(MemoryFlags) is int and \
+                type(HighestAcceptableAddress) is int:
+            va = allocate(NONPAGED_POOL, Length, DEFAULT_TAG_NDIS)
+            return (SUCCESS, va) if va else (FAILURE, 0)
+        length = _uint("Length", Length)
+        flags = _memory_flags(MemoryFlags)
+        highest_pfn = _highest_pfn(HighestAcceptableAddress)
+        if not flags:
+            va = allocate(NONPAGED_POOL, length, DEFAULT_TAG_NDIS)
+            return (SUCCESS, va) if va else (FAILURE, 0)
+        kernel._require_passive("NdisAllocateMemory of contiguous or noncached memory")
+        va = kernel._allocate_contiguous(length, flags, highest_pfn)
+        return (SUCCESS, va) if va else (FAILURE, 0)
+
+    def NdisAllocateMemoryWithTagPriority(NdisHandle, Length, Tag, Priority):
+        if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
+            kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises: no handle NDIS gave out
+        # The usual request inline, ExAllocatePoolWithTagPriority's step before the
+        # allocation made here (a call less): a small Length (a UINT that counts no pages:
+        # only a big allocation's are counted) and a Priority whose share of the nonpaged
+        # pool's pages is not all in use (``resources_available``'s sum, by the table).
+        # The table holds only the valid EX_POOL_PRIORITY values (the type test keeps a
+        # bool or a float from matching one).
+        if type(Length) is int and 0 <= Length <= MAX_SMALL_ALLOCATION and type(Priority) is int:
+            try:
+                tried = nonpaged.pages_in_use <= most_pages[Priority]
+            except KeyError:  # no EX_POOL_PRIORITY: ``refuses_for_priority`` says so
+                tried = False
+            if tried:
+                return allocate(NONPAGED_POOL, Length, Tag)
+        # Anything else as ExAllocatePoolWithTagPriority decides it: NULL when the pool is
+        # too low for the priority, after the bug check of a caller's error.
+        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:
+            Length = _uint("Length", Length)
+        if refuses_for_priority(NONPAGED_POOL, Length, Tag, Priority):
+            return 0
+        return allocate(NONPAGED_POOL, Length, Tag)
+
+    def NdisFreeMemory(VirtualAddress, Length, MemoryFlags):
+        # The common call first, before any other check: MemoryFlags 0, a Length a lookaside
+        # size, and a caller whose Length is compared (the kernel's own, or a driver not
+        # registered as NDIS 6, which passes no Length to compare: the test below is the
+        # one the diagnosis makes). The allocator's free fast path frees a small chunk of
+        # exactly that Length only when every check it makes passes, so nothing else needs
+        # checking (a contiguous block is page-aligned: never such a chunk). Anything else
+        # is diagnosed below.
+        driver = kernel.current_driver
+        if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
+                and type(MemoryFlags) is int and \
+                (driver is None or (getattr(driver, "ndis_version", None) or (5, 0))[0] < 6):
+            if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
+                return
+        # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
+        va = VirtualAddress if type(VirtualAddress) is int and 0 <= VirtualAddress < _ADDRESS_END \
+            else checked_address(VirtualAddress, "VirtualAddress")
+        length = Length if type(Length) is int and 0 <= Length <= 0xFFFFFFFF else _uint("Length", Length)
+        flags = 0 if MemoryFlags == 0 and type(MemoryFlags) is int else _memory_flags(MemoryFlags)
+        block = ndis_blocks.get(va)
+        if block is not None:
+            kernel._free_contiguous(va, length, flags, block)
+            return
+        if flags:
+            raise NdisContractError(
+                f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: that memory was "
+                f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
+        if driver is None or (kernel._caller_ndis_version() or (5, 0))[0] < 6:
+            # Length must be the allocation's: a small one's BlockSize is what the allocator's
+            # free fast path reads anyway, so it compares it there, freeing only on a match;
+            # anything else (a mismatch, a big allocation, any error) is diagnosed here first.
+            if 0 < length <= LOOKASIDE_MAX_BYTES and free(va, None, (length + 31) >> 4):
+                return
+            kernel._check_pool_length(va, length)
+        free(va, None)
+
+    def NdisFreeMemoryWithTag(VirtualAddress, Tag):
+        # The free first, the address checked only when it raises (the common call pays
+        # nothing for the check): an address that is no 64-bit int fails the free's first
+        # step (its generic path's ``checked_address``), before anything is done, as an
+        # error naming it P. It is named here as this routine names it; any other error
+        # (the tag's) is the free's own.
+        try:
+            free(VirtualAddress, Tag)
+            return
+        except (TypeError, ValueError) as error:
+            failure = error
+        checked_address(VirtualAddress, "VirtualAddress")  # raises for no address (outside the handler)
+        raise failure
+
+    def NdisFreeMemoryWithTagPriority(NdisHandle, VirtualAddress, Tag):
+        # NDIS 6.20's: a running driver registered as an earlier version may not call it.
+        if (driver := kernel.current_driver) is not None and \
+                (version := getattr(driver, "ndis_version", None)) is not None and \
+                tuple(version) < NDIS_6_20:
+            kernel._at_least_ndis("NdisFreeMemoryWithTagPriority", NDIS_6_20)  # raises
+        if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
+            kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises
+        try:  # the free first, the address checked when it raises (as NdisFreeMemoryWithTag)
+            free(VirtualAddress, Tag)
+            return
+        except (TypeError, ValueError) as error:
+            failure = error
+        checked_address(VirtualAddress, "VirtualAddress")  # raises for no address
+        raise failure
+
+    return {function.__name__: function for function in (
+        NdisAllocateMemoryWithTag, NdisAllocateMemory, NdisAllocateMemoryWithTagPriority,
+        NdisFreeMemory, NdisFreeMemoryWithTag, NdisFreeMemoryWithTagPriority)}

@@ -67,7 +67,6 @@ _pack_lfh_header = _LFH_HEADER.pack_into
 _SIZE_TYPE_TAG = struct.Struct("<2xBBI")  # BlockSize, PoolType, PoolTag
 assert _SIZE_TYPE_TAG.unpack(POOL_HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (3, 4, 5)
 _unpack_size_type_tag = _SIZE_TYPE_TAG.unpack_from
-_ALIGNED_OR_QUOTA = POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA
 _unpack_qword = QWORD.unpack_from
 _pack_word = WORD.pack_into
 _pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
@@ -305,7 +304,7 @@ class SegmentHeapAllocator(PoolAllocator):
                             passed, row = stored, tracker_rows[stored]
                         else:
                             passed, row = known_tags[Tag]
-                        if stored == passed and not type_byte & _ALIGNED_OR_QUOTA \
+                        if stored == passed and not type_byte & POOL_TYPE_ALIGNED \
                                 and block_size <= LFH_BUCKET_COUNT and (not blocks or block_size == blocks):
                             index = bucket.index_of_body[body_offset]
                             # The bitmap is on the subsegment's first page: P's, translated
@@ -317,6 +316,12 @@ class SegmentHeapAllocator(PoolAllocator):
                             # this free empties, which the generic path releases: not here.)
                             if bitmap_frame and (bits := mem[at]) & _BLOCK_BITS[index] == busy and \
                                     (bucket.current is sub or free | _FREE_BIT[index] != bucket.all_free):
+                                if type_byte & POOL_TYPE_QUOTA:
+                                    # Charged to a process: ProcessBilled decoded and checked, the
+                                    # charge returned, before anything changes (as the generic
+                                    # path does it, before the block's free).
+                                    allocator._release_billed(heap, P - POOL_HEADER_SIZE, pa,
+                                                              bucket.block_size)
                                 mem[at] = bits ^ busy
                                 sub.free_bits = free | _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
                                 sub.free_hint = index
