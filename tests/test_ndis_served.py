@@ -223,3 +223,37 @@ def test_an_ndis6_driver_frees_with_any_length_and_keeps_its_version_checks(k):
         k.NdisAllocateMemory(100, 0, -1)
     k.NdisFreeMemory(va, 300, 0)  # Length is not compared for an NDIS 6 driver
     assert row(k, " xiS").NonPagedUsed == 0
+
+
+# --- the tagged frees check the address only when the free raises ---------------------------
+
+@pytest.mark.parametrize("bad, error", [("0x10", TypeError), (True, TypeError), (1.5, TypeError),
+                                        (-1, ValueError), (1 << 64, ValueError)])
+def test_a_tagged_free_names_a_bad_virtual_address_as_the_routine_does(k, bad, error):
+    _, handle = ndis6(k)
+    for free in (lambda: k.NdisFreeMemoryWithTag(bad, "Tag1"),
+                 lambda: k.NdisFreeMemoryWithTagPriority(handle, bad, "Tag1"),
+                 lambda: k.NdisFreeMemoryWithTag(bad, 2.5)):  # (the address named before the tag)
+        with pytest.raises(error, match="VirtualAddress") as info:
+            free()
+        assert info.value.__context__ is None  # not raised while handling the free's own error
+    with pytest.raises(ValueError, match="NdisHandle"):  # the handle checked before the address
+        k.NdisFreeMemoryWithTagPriority(12345, bad, "Tag1")
+    assert not k.halted
+
+
+def test_a_tagged_free_of_a_good_address_keeps_the_frees_own_error_and_frees_nothing(k):
+    _, handle = ndis6(k)
+    _, va = k.NdisAllocateMemoryWithTag(100, "Keep")
+    p = k.NdisAllocateMemoryWithTagPriority(handle, 100, "Keep", NORMAL)
+    with pytest.raises(ntpool.TagError, match="pool tag must be"):
+        k.NdisFreeMemoryWithTag(va, 2.5)
+    with pytest.raises(ntpool.TagError, match="pool tag must be"):
+        k.NdisFreeMemoryWithTagPriority(handle, p, 2.5)
+    assert row(k, "peeK").NonPagedFrees == 0
+    k.NdisFreeMemoryWithTag(va, "Keep")
+    k.NdisFreeMemoryWithTagPriority(handle, p, "Keep")
+    assert row(k, "peeK").NonPagedUsed == 0
+    # A user-mode address is an address: the free's bug check (0xC2/0x40), as before.
+    e = pytest.raises(ntpool.BugCheck, k.NdisFreeMemoryWithTagPriority, handle, 0x10000, "Keep")
+    assert (e.value.code, e.value.parameters[0]) == (0xC2, 0x40)

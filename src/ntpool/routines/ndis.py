@@ -436,9 +436,18 @@ def _memory_routines(kernel) -> dict:
         free(va, None)
 
     def NdisFreeMemoryWithTag(VirtualAddress, Tag):
-        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
-            checked_address(VirtualAddress, "VirtualAddress")  # raises
-        free(VirtualAddress, Tag)
+        # The free first, the address checked only when it raises (the common call pays
+        # nothing for the check): an address that is no 64-bit int fails the free's first
+        # step (its generic path's ``checked_address``), before anything is done, as an
+        # error naming it P. It is named here as this routine names it; any other error
+        # (the tag's) is the free's own.
+        try:
+            free(VirtualAddress, Tag)
+            return
+        except (TypeError, ValueError) as error:
+            failure = error
+        checked_address(VirtualAddress, "VirtualAddress")  # raises for no address (outside the handler)
+        raise failure
 
     def NdisFreeMemoryWithTagPriority(NdisHandle, VirtualAddress, Tag):
         # NDIS 6.20's: a running driver registered as an earlier version may not call it.
@@ -448,9 +457,13 @@ def _memory_routines(kernel) -> dict:
             kernel._at_least_ndis("NdisFreeMemoryWithTagPriority", NDIS_6_20)  # raises
         if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
             kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises
-        if type(VirtualAddress) is not int or not 0 <= VirtualAddress < _ADDRESS_END:
-            checked_address(VirtualAddress, "VirtualAddress")  # raises
-        free(VirtualAddress, Tag)
+        try:  # the free first, the address checked when it raises (as NdisFreeMemoryWithTag)
+            free(VirtualAddress, Tag)
+            return
+        except (TypeError, ValueError) as error:
+            failure = error
+        checked_address(VirtualAddress, "VirtualAddress")  # raises for no address
+        raise failure
 
     return {function.__name__: function for function in (
         NdisAllocateMemoryWithTag, NdisAllocateMemory, NdisAllocateMemoryWithTagPriority,
