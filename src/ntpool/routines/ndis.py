@@ -346,8 +346,9 @@ def _memory_routines(kernel) -> dict:
     def NdisAllocateMemoryWithTag(Length, Tag):
         # A running driver registered as NDIS 6.x may not call it (the kernel's own calls
         # are no driver's); ``_only_ndis5`` says why.
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
+                version[0] >= 6:
             kernel._only_ndis5("NdisAllocateMemoryWithTag")  # raises
         if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
             Length = _uint("Length", Length)
@@ -355,8 +356,9 @@ def _memory_routines(kernel) -> dict:
         return (SUCCESS, va) if va else (FAILURE, 0)
 
     def NdisAllocateMemory(Length, MemoryFlags, HighestAcceptableAddress):
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
+                version[0] >= 6:
             kernel._only_ndis5("NdisAllocateMemory")  # raises (as NdisAllocateMemoryWithTag)
         # The usual call inline: nonpaged pool (MemoryFlags 0) anywhere (HighestAcceptableAddress
         # -1), the Length a UINT; anything else is checked below.
@@ -449,8 +451,8 @@ def _memory_routines(kernel) -> dict:
 
     def NdisFreeMemoryWithTagPriority(NdisHandle, VirtualAddress, Tag):
         # NDIS 6.20's: a running driver registered as an earlier version may not call it.
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and \
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
                 tuple(version) < NDIS_6_20:
             kernel._at_least_ndis("NdisFreeMemoryWithTagPriority", NDIS_6_20)  # raises
         if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
