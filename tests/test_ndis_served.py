@@ -223,6 +223,11 @@ def test_an_ndis6_driver_frees_with_any_length_and_keeps_its_version_checks(k):
         k.NdisAllocateMemory(100, 0, -1)
     k.NdisFreeMemory(va, 300, 0)  # Length is not compared for an NDIS 6 driver
     assert row(k, " xiS").NonPagedUsed == 0
+    va = k.NdisAllocateMemoryWithTagPriority(handle, 100, "Six ", NORMAL)
+    k.NdisFreeMemory(va, 100, 0)  # (the allocation's own Length: freed as well)
+    assert (row(k, " xiS").NonPagedUsed, row(k, " xiS").NonPagedFrees) == (0, 2)
+    with pytest.raises(TypeError, match="MemoryFlags"):
+        k.NdisFreeMemory(va, 100, 0.0)  # (the arguments still checked first)
 
 
 # --- the tagged frees check the address only when the free raises ---------------------------

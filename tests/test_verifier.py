@@ -255,6 +255,42 @@ def test_copying_never_written_pool_to_user_mode_is_reported(k):
     assert len(k.verifier.disclosures) == 1  # the fixed path discloses nothing
 
 
+def test_a_verified_request_the_lane_serves_is_shadowed_and_its_disclosure_reported(k, monkeypatch):
+    # Once its tag has passed the tag stops, a verified driver's small request takes the
+    # allocator's lane (uninitialized memory only observes): the shadow is kept all the same.
+    d = Discloser()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", uninitialized_memory=True, pool_tracking=True)
+    buffer = bytearray(64)
+    d.query(k, buffer, zero_first=True)  # the tag checked: the next requests take the lane
+    monkeypatch.setattr(k.verifier, "allocate", lambda *args, **kw: pytest.fail("generic path"))
+    d.query(k, buffer, zero_first=False)
+    [report] = k.verifier.disclosures
+    assert report.uninitialized_bytes == 64 - 9 and report.tag == tag_value("Info")
+    assert k.call_sites.table[report.site].function == "Discloser.query"
+    assert k.verifier.uninitialized.shadows == {} and k.verifier.uninitialized.starts == []
+
+
+class Keeper(Driver):
+    def keep(self, k):
+        return [k.ExAllocatePoolWithTag(NP, 64, "Keep") for _ in range(3)]
+
+
+@pytest.mark.parametrize("options, tracked, shadowed", [
+    ({"force_irql_checking": True}, False, False),
+    ({"pool_tracking": True}, True, False),
+    ({"uninitialized_memory": True}, False, True),
+    ({"uninitialized_memory": True, "pool_tracking": True, "force_irql_checking": True}, True, True),
+])
+def test_the_lane_keeps_what_the_options_keep(k, options, tracked, shadowed):
+    d = Keeper()
+    k.load_driver(d)
+    k.verifier.enable("buggy.sys", **options)
+    held = d.keep(k)  # the first through the checks, the others on the lane
+    assert len(k.verifier.outstanding("buggy.sys")) == (3 if tracked else 0)
+    assert sorted(k.verifier.uninitialized.shadows) == (sorted(held) if shadowed else [])
+
+
 class Stager(Driver):
     def run(self, k):
         source = k.ExAllocatePoolWithTag(PP, 32, "Src ")

@@ -172,12 +172,13 @@ class PoolLayer(Protocol):
     # the allocator keeps its fast paths for them (``PoolAllocator.refresh_fast_paths``).
 
     def lane(self, site: int, tag: int) -> int | None:
-        """For a request the fast path would serve: 0 to serve it as with no layer, 1 to serve
-        it so and ``record`` it, None to send it through ``check_allocate`` and ``allocate``."""
+        """For a request the fast path would serve: 0 to serve it as with no layer, another
+        int to serve it so and ``record`` it (what to keep, the layer's own bits), None to
+        send it through ``check_allocate`` and ``allocate``."""
 
     def record(self, address: int, base_type: int, number_of_bytes: int, tag: int,
-               site: int) -> None:
-        """A request ``lane`` answered 1 for was allocated at ``address``."""
+               site: int, kept: int) -> None:
+        """A request ``lane`` answered ``kept`` (not 0) for was allocated at ``address``."""
 
     def forget(self, address: int) -> None:
         """The free fast path freed the small chunk at ``address``."""

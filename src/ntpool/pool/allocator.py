@@ -613,8 +613,8 @@ class PoolAllocator:
     def allocate_in_lane(self, pool_type, number_of_bytes, tag, site: int) -> int:
         """A request the fast path would serve but for an observing layer, when the layer
         says it needs no check (``layer.lane(site, tag)``: Driver Verifier for a driver it
-        does not verify, or for one verified with pool tracking alone and a tag it has
-        checked): allocated as with no layer set, and recorded when the layer asks. 0: the
+        does not verify, or for one verified with options that only observe and a tag it
+        has checked): allocated as with no layer set, and recorded when the layer asks. 0: the
         request takes the generic path (every check, the layer's allocate)."""
         try:
             pool = self.lane_pools[pool_type]
@@ -628,7 +628,7 @@ class PoolAllocator:
             return 0
         va = self.allocate_small_plain(pool, number_of_bytes, value, row, site)
         if va and lane:
-            self.layer.record(va, pool.base_type, number_of_bytes, value, site)
+            self.layer.record(va, pool.base_type, number_of_bytes, value, site, lane)
         return va
 
     def allocate_small_plain(self, pool: Pool, number_of_bytes: int, tag: int, row: list,

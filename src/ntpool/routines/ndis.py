@@ -400,17 +400,15 @@ def _memory_routines(kernel) -> dict:
         return allocate(NONPAGED_POOL, Length, Tag)
 
     def NdisFreeMemory(VirtualAddress, Length, MemoryFlags):
-        # The common call first, before any other check: MemoryFlags 0, a Length a lookaside
-        # size, and a caller whose Length is compared (the kernel's own, or a driver not
-        # registered as NDIS 6, which passes no Length to compare: the test below is the
-        # one the diagnosis makes). The allocator's free fast path frees a small chunk of
-        # exactly that Length only when every check it makes passes, so nothing else needs
-        # checking (a contiguous block is page-aligned: never such a chunk). Anything else
-        # is diagnosed below.
-        driver = kernel.current_driver
+        # The common call first, before any other check: MemoryFlags 0 and a Length a
+        # lookaside size. The allocator's free fast path frees a small chunk of exactly that
+        # Length only when every check it makes passes, so nothing else needs checking (a
+        # contiguous block is page-aligned: never such a chunk), whoever calls: the kernel
+        # and a driver not registered as NDIS 6 must give the allocation's Length, and a
+        # driver registered as NDIS 6 passes one that is not compared, whose chunk the
+        # diagnosis below frees anyway. Anything else is diagnosed below.
         if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
-                and type(MemoryFlags) is int and \
-                (driver is None or (getattr(driver, "ndis_version", None) or (5, 0))[0] < 6):
+                and type(MemoryFlags) is int:
             if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
                 return
         # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
@@ -426,7 +424,7 @@ def _memory_routines(kernel) -> dict:
             raise NdisContractError(
                 f"NdisFreeMemory of {va:#x} with MemoryFlags {flags:#x}: that memory was "
                 f"allocated without NDIS_MEMORY_CONTIGUOUS/NONCACHED (MemoryFlags must be 0)")
-        if driver is None or (kernel._caller_ndis_version() or (5, 0))[0] < 6:
+        if kernel.current_driver is None or (kernel._caller_ndis_version() or (5, 0))[0] < 6:
             # Length must be the allocation's: a small one's BlockSize is what the allocator's
             # free fast path reads anyway, so it compares it there, freeing only on a match;
             # anything else (a mismatch, a big allocation, any error) is diagnosed here first.

@@ -62,8 +62,11 @@ _LOW_RESOURCES = int(VerifierFlags.LOW_RESOURCES_SIMULATION)
 _POOL_TRACKING = int(VerifierFlags.POOL_TRACKING)
 _SYSTEMATIC = int(VerifierFlags.SYSTEMATIC_LOW_RESOURCES_SIMULATION)
 _UNINITIALIZED = int(VerifierFlags.UNINITIALIZED_MEMORY_DISCLOSURE)
-# Options that need nothing of an allocation the checks would pass but a record of it.
-_OBSERVE_ONLY = _POOL_TRACKING | int(VerifierFlags.FORCE_IRQL_CHECKING)
+# The options whose verified requests the allocator's lane may serve (``lane``): each only
+# observes (a record of the allocation, a shadow of its bytes, IRQL raises), and of those
+# the ones that keep something of each allocation (``record``).
+_OBSERVE_ONLY = _POOL_TRACKING | _UNINITIALIZED | int(VerifierFlags.FORCE_IRQL_CHECKING)
+_RECORDED = _POOL_TRACKING | _UNINITIALIZED
 
 
 @dataclass
@@ -89,6 +92,21 @@ class DriverOptions:
 
     _bits_of = None
     _bits = 0
+
+    @property
+    def lane_keeps(self) -> int | None:
+        """``DriverVerifier.lane``'s answer for these options once the tag is checked: the
+        bits of the options whose record the lane keeps, or None when one of the options
+        needs the checks. Made once per ``flags`` (the test of a 33-bit mask's complement,
+        a negative big int, costs about 200 ns)."""
+        flags = self.flags
+        if flags is not self._lane_of:
+            bits = int(flags)
+            self._lane_of, self._lane = flags, None if bits & ~_OBSERVE_ONLY else bits & _RECORDED
+        return self._lane
+
+    _lane_of = None
+    _lane = None
 
 
 class DriverVerifier:
@@ -330,20 +348,25 @@ class DriverVerifier:
 
     def lane(self, site: int, tag: int) -> int | None:
         """For a request the allocator's fast path would serve (a small size, a pool type
-        and IRQL that need no check): 0 when the caller is not verified (nothing to do),
-        1 when it is verified with nothing but pool tracking (and IRQL checking, which acts
-        on IRQL raises) and its tag has passed the tag stops (``record`` it), None when
-        the request must meet the checks and options (``check_allocate``, ``allocate``)."""
+        and IRQL that need no check): 0 when there is nothing to do (the caller is not
+        verified, or only with IRQL checking, which acts on IRQL raises); for a caller
+        verified with nothing but options that only observe (pool tracking, uninitialized
+        memory, IRQL checking) whose tag has passed the tag stops, which of the first two
+        ``record`` keeps (their VerifierFlags bits); None when the request must meet the
+        checks and options (``check_allocate``, ``allocate``)."""
         options = self.options_for_site(site)
         if options is None:
             return 0
-        if options.bits & ~_OBSERVE_ONLY or tag not in self._good_tags:
-            return None
-        return 1
+        return options.lane_keeps if tag in self._good_tags else None
 
     def record(self, address: int, base_type: int, number_of_bytes: int, tag: int,
-               site: int) -> None:
-        self.tracking.record(address, base_type, number_of_bytes, tag, site)
+               site: int, kept: int) -> None:
+        """What ``allocate`` keeps of an allocation for the options in ``kept`` (``lane``'s
+        answer): the pool-tracking record, the uninitialized-memory shadow."""
+        if kept & _POOL_TRACKING:
+            self.tracking.record(address, base_type, number_of_bytes, tag, site)
+        if kept & _UNINITIALIZED:
+            self.uninitialized.track(address, number_of_bytes, tag, site)
 
     def forget(self, address: int) -> None:
         """``address`` was freed (the allocator's free fast path tells this for each chunk
