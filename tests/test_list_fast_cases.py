@@ -7,9 +7,10 @@ list), the neighbours of a long list's entries read on their pages, a new page's
 one translation. A free past the lookasides coalesces on its page's translation, reading
 headers as QWORDs, and, with delayed frees, queues the chunk on PendingFrees through the
 descriptor's QWORDs. The long way is the one every access takes when a link leads anywhere
-else (``Pool._split_any``, ``_insert`` and ``_unlink`` without the entry's physical address,
-the header helpers), and, for the free, the same steps written here with those helpers and
-the descriptor's fields: each access translated on its own. Both must leave the same
+else (``Pool._split_any``, ``_insert`` without the entry's physical address, the header
+helpers), and, for the free, the same steps written here with those helpers and the
+descriptor's fields; RemoveEntryList is written here too, pointer by pointer: each access
+translated on its own. Both must leave the same
 memory, lists, counters and call sites, and stop with the same bug check at the same step,
 whatever the driver wrote where, with delayed frees on and off.
 """
@@ -25,9 +26,9 @@ from hypothesis import strategies as st
 import ntpool.pool.allocator as allocator_module
 from ntpool import BugCheck, NtStatusError
 from ntpool.constants import PAGE_SIZE
-from ntpool.pool.checks import check_pool_header, check_previous_neighbour, check_previous_size
+from ntpool.pool.checks import check_list_links, check_pool_header, check_previous_neighbour, check_previous_size
 from ntpool.pool.descriptor import MAXIMUM_POOL_FREES_PENDING, PAGE_BIG_FIRST, PAGE_SMALL
-from ntpool.pool.layout import (BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, LOOKASIDE_MAX_BLOCKS,
+from ntpool.pool.layout import (BLOCK_SHIFT, BLOCKS_PER_PAGE, HEADER_SIZE, LIST_ENTRY, LOOKASIDE_MAX_BLOCKS,
                                 POOL_DESCRIPTOR, POOL_FREE, POOL_HEADER, SINGLE_LIST_ENTRY)
 from ntpool.tools.corruption_fuzz import SloppyDriver
 
@@ -62,6 +63,16 @@ def take_the_long_way(pool) -> None:
             pool._write_header(rest, block_size, remainder, POOL_FREE, tag)
             pool._list_remainder(rest, remainder)
         return page
+
+    def unlink(entry, block_size, entry_pa=None):  # Pool._unlink, pointer by pointer
+        flink, blink = pool.read_pointer(entry + LIST_ENTRY.Flink), pool.read_pointer(entry + LIST_ENTRY.Blink)
+        flink_blink = pool.read_pointer(flink + LIST_ENTRY.Blink)
+        blink_flink = pool.read_pointer(blink + LIST_ENTRY.Flink)
+        check_list_links(pool.crash, entry, flink_blink, blink_flink)
+        pool.write_pointer(blink + LIST_ENTRY.Flink, flink)
+        pool.write_pointer(flink + LIST_ENTRY.Blink, blink)
+        if flink == blink:  # only the head is left
+            pool.listed[block_size] = 0
 
     def free_small(chunk, pa=None):  # coalescing (Pool.free_small), every header read on its own
         previous_size, _, block_size, _, tag = pool._read_first8(chunk)
@@ -118,6 +129,7 @@ def take_the_long_way(pool) -> None:
         pool.pending[chunk] = pool._pa(chunk)  # (the header's translation, for the batch)
 
     pool.allocate_from_lists = allocate_from_lists
+    pool._unlink = unlink
     pool._allocate_from_fresh_page = allocate_from_fresh_page
     pool.free_small = free_small
     pool.release_past_lookaside = release_past_lookaside
@@ -262,6 +274,8 @@ LIST_DAMAGE = [
     ("free", 11, True, 0),
     ("free", 3, None, 0),  # the remainder the free coalesces with is unlinked: its Flink
     ("free", 3, None, 8),
+    ("free_next", 5, None, 0),  # the free chunk after it, merged forward (Pool._unlink)
+    ("free_next", 5, None, 8),
 ]
 
 
@@ -278,11 +292,17 @@ def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int,
             mine = k.ExAllocatePoolWithTag(0, 100, "Mine")
             remainder = mine - (3 << BLOCK_SHIFT)  # the 3-block chunk left before it
             target = remainder if last is None else list_entry(pool, blocks, last)
+        elif action == "free_next":
+            mine = k.ExAllocatePoolWithTag(0, 100, "Mine")  # the end of an 11-block chunk
+            spacer = mine + (8 << BLOCK_SHIFT)  # the live 2-block chunk after it, then a 3-block free one
+            k.ExFreePoolWithTag(spacer, "Live")  # coalesces with that one: a 5-block free chunk
+            pool.deferred_free()
+            target = spacer  # its body: its links
         else:
             target = list_entry(pool, blocks, last)
         k.write(target + link, leads_to(k, pool, live).to_bytes(8, "little"))
         with pytest.raises(BugCheck) as stop:
-            if action == "free":
+            if action in ("free", "free_next"):
                 k.ExFreePoolWithTag(mine, "Mine")
                 pool.deferred_free()
             else:
@@ -320,13 +340,17 @@ def _big_body(k, pool, live) -> int:
 # in the descriptor below the pool (mapped: a negative offset, which must not index the
 # list from its end); unmapped memory just below the pool; a big allocation's first page
 # (mapped, not small chunks: frame 0); the pool's last page, never used (past the list's
-# end); a live chunk's body plus 8 (not aligned).
+# end); a live chunk's body plus 8, and its header's PoolTag (not aligned; the second, not
+# even on a QWORD), and the last QWORD of a page of small chunks (its Blink would be on the
+# next page).
 ELSEWHERE = {
-    "list head below the pool": lambda k, pool, live: pool.list_head_at[5],
+    "list head below the pool": lambda k, pool, live: pool.list_head_at[7],
     "unmapped below the pool": lambda k, pool, live: pool.base - 2 * HEADER_SIZE,
     "a big allocation": _big_body,
     "past the small pages": lambda k, pool, live: pool.limit - 2 * HEADER_SIZE,
     "not aligned": lambda k, pool, live: live + 8,
+    "not on a QWORD": lambda k, pool, live: live - 12,  # (in its header: bytes that differ)
+    "a page's last QWORD": lambda k, pool, live: (live | (PAGE_SIZE - 1)) - 7,
 }
 
 

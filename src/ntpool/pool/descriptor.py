@@ -527,19 +527,35 @@ class Pool:
         """Safe unlinking: both neighbours must point back at ``entry`` (0x19/0x3). A link
         that leads nowhere faults as it would in Windows (0x50, 0xC5, 0x1E). ``entry_pa``:
         the entry's physical address, when the caller has translated it."""
-        words, tlb = self.words, self.tlb
+        words = self.words
         if entry_pa is None or entry_pa & 7:
             flink, blink = self._read_links(entry)
         else:
             flink, blink = words[entry_pa >> 3], words[(entry_pa >> 3) + 1]
-        # Healthy neighbours are chunk bodies or the head, 16-byte aligned: each one's links
-        # lie on its page, translated once; any other: each access on its own, below.
-        # (Their alignment is tested on their offsets in their pages, small ints.)
-        flink_offset, blink_offset = flink & PAGE_MASK, blink & PAGE_MASK
-        flink_base, blink_base = tlb.get(flink >> PAGE_SHIFT), tlb.get(blink >> PAGE_SHIFT)
-        if flink_base is not None and blink_base is not None and not (flink_offset | blink_offset) & 15:
-            flink_word = (flink_base + flink_offset) >> 3  # its Flink; its Blink follows
-            blink_word = (blink_base + blink_offset) >> 3
+        # Healthy neighbours are other entries' bodies, 16-byte aligned, each one's links on
+        # its page, found as ``allocate_from_lists`` finds its entry (the offset from the
+        # pool's base, the page's frame in ``small_frames``), or the list's head, whose links
+        # are the descriptor's QWORDs at ``head_word``. Any other (a page that is not a
+        # resident page of this pool's small chunks, an address below the pool's base, a
+        # link not aligned): each access on its own, below.
+        head, head_word = self.list_heads[block_size]
+        base, frames = self.base, self.small_frames
+        flink_at, blink_at = flink - base, blink - base
+        try:
+            flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
+            blink_frame = frames[blink_at // PAGE_SIZE] if blink_at >= 0 else 0
+        except IndexError:
+            flink_frame = blink_frame = 0
+        # Each one's Flink as a QWORD of ``words`` (its Blink follows), or None.
+        if flink_frame and not flink_at & 15:
+            flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3
+        else:
+            flink_word = head_word if flink == head else None
+        if blink_frame and not blink_at & 15:
+            blink_word = (blink_frame + (blink_at & PAGE_MASK)) >> 3
+        else:
+            blink_word = head_word if blink == head else None
+        if flink_word is not None and blink_word is not None:
             flink_blink, blink_flink = words[flink_word + 1], words[blink_word]
             if flink_blink != entry or blink_flink != entry:  # the named check raises the bug check
                 check_list_links(self.crash, entry, flink_blink, blink_flink)
@@ -1034,7 +1050,15 @@ class Pool:
             except IndexError:
                 first_frame = 0
             if not (first_frame and last_frame) or (first_at | last_at) & 15:
-                self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                if first == head and last == head:
+                    # An empty list (on an unfragmented pool, the usual one): both neighbours
+                    # the check reads are the head, whose links were just read (both the
+                    # head), so the check holds; the entry becomes both of its links.
+                    _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
+                    words[head_word] = words[head_word + 1] = entry
+                    self.listed[block_size] = 1
+                else:
+                    self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
             first_word = (first_frame + (first_at & PAGE_MASK)) >> 3  # its Flink; its Blink follows
             first_blink, last_flink = words[first_word + 1], words[(last_frame + (last_at & PAGE_MASK)) >> 3]

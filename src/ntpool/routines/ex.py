@@ -75,6 +75,10 @@ def serve_pool_routines_directly(kernel) -> None:
 
 
 _UNKNOWN_POOL_TYPE_BITS = ~VALID_POOL_TYPE_BITS  # (a negative value has them too)
+# ExtendedParametersCount of the usual ExAllocatePool3 / ExFreePool2 call, tested by identity:
+# CPython keeps one int 0, which every int 0 is, so ``is`` finds exactly an int 0 with no
+# call of type() (False, 0.0 or an int subclass are not it, and meet the full check).
+_NO_PARAMETERS = 0
 # A quota request's POOL_TYPE without the bits that say how it fails (the request reports a
 # failure to the routine, which raises or returns NULL).
 _PLAIN_QUOTA_TYPE_BITS = ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
@@ -228,8 +232,7 @@ class ExecutiveRoutines:
     def ExAllocatePool3(self, Flags, NumberOfBytes, Tag, ExtendedParameters=None,
                         ExtendedParametersCount=0) -> int:
         """ExAllocatePool2 with POOL_EXTENDED_PARAMETERs (priority, NUMA node)."""
-        if ExtendedParameters is None and ExtendedParametersCount == 0 and \
-                type(ExtendedParametersCount) is int:
+        if ExtendedParametersCount is _NO_PARAMETERS and ExtendedParameters is None:
             priority = None  # no parameters: ExAllocatePool2's request
         else:
             flags = _checked_flags(Flags)
@@ -260,8 +263,7 @@ class ExecutiveRoutines:
              "_In_ ULONG ExtendedParametersCount)")
     def ExFreePool2(self, P, Tag, ExtendedParameters=None, ExtendedParametersCount=0) -> None:
         """Free with the tag check of ExFreePoolWithTag (secure pool is not modelled)."""
-        if ExtendedParameters is not None or ExtendedParametersCount != 0 or \
-                type(ExtendedParametersCount) is not int:  # (the usual call: none, inline)
+        if ExtendedParametersCount is not _NO_PARAMETERS or ExtendedParameters is not None:
             parameters = _checked_extended(ExtendedParameters, ExtendedParametersCount)
             if parameters:
                 raise ValueError("ExtendedParameters: ExFreePool2 takes only secure-pool "
