@@ -262,3 +262,32 @@ def test_a_tagged_free_of_a_good_address_keeps_the_frees_own_error_and_frees_not
     # A user-mode address is an address: the free's bug check (0xC2/0x40), as before.
     e = pytest.raises(ntpool.BugCheck, k.NdisFreeMemoryWithTagPriority, handle, 0x10000, "Keep")
     assert (e.value.code, e.value.parameters[0]) == (0xC2, 0x40)
+
+
+# --- MemoryFlags 0 and HighestAcceptableAddress -1 tested by identity on the common calls ----
+
+class Flags(int):
+    """An int subclass: a UINT the checked way accepts, never the common call's object."""
+
+
+@pytest.mark.parametrize("flags, highest, error", [
+    (False, -1, TypeError), (0.0, -1, TypeError), (0, -1.0, TypeError), (0, True, TypeError),
+    (0, -2, ValueError), (0, 1 << 64, ValueError), (-0.0, -1, TypeError)])
+def test_values_equal_to_the_usual_ones_are_still_checked(k, flags, highest, error):
+    with pytest.raises(error, match="MemoryFlags|HighestAcceptableAddress"):
+        k.NdisAllocateMemory(100, flags, highest)
+    assert [r for r in k.pool_tags() if r.Tag == "NDam"] == []
+
+
+@pytest.mark.parametrize("flags, highest", [(Flags(0), -1), (0, Flags(0xFFFFFFFF)), (0, 0),
+                                            (0, (1 << 64) - 1), (0, int("-1"))])
+def test_other_valid_arguments_take_the_checked_way_to_the_same_allocation(k, flags, highest):
+    line = sys._getframe().f_lineno + 1
+    status, va = k.NdisAllocateMemory(100, flags, highest)
+    assert status == SUCCESS and k.nonpaged_pool.contains(va) and _site_line(k, va) == line
+    with pytest.raises(TypeError, match="MemoryFlags"):
+        k.NdisFreeMemory(va, 100, False)  # (equal to 0, not the int 0: nothing freed)
+    with pytest.raises(ntpool.NdisContractError, match="Length 300"):
+        k.NdisFreeMemory(va, 300, Flags(0))  # (the checked way compares the Length too)
+    k.NdisFreeMemory(va, 100, Flags(0))
+    assert row(k, "NDam").NonPagedUsed == 0

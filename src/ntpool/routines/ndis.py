@@ -40,6 +40,11 @@ from .registry import routine, serve_directly
 
 NONPAGED_POOL = int(PoolType.NonPagedPool)
 _ADDRESS_END = 1 << 64
+# The usual MemoryFlags (0) and HighestAcceptableAddress (-1, "anywhere"), tested by
+# identity on the common calls: CPython keeps one object for each small int (-5..256), so
+# ``MemoryFlags is ZERO`` holds for the int 0 alone (never for False or 0.0), a type and a
+# value test in one. A 0 that were some other object would only take the checked way.
+ZERO, MINUS_ONE = 0, -1
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 FAILURE = NdisStatus.NDIS_STATUS_FAILURE
 VALID_MEMORY_FLAGS = NDIS_MEMORY_CONTIGUOUS | NDIS_MEMORY_NONCACHED
@@ -346,8 +351,9 @@ def _memory_routines(kernel) -> dict:
     def NdisAllocateMemoryWithTag(Length, Tag):
         # A running driver registered as NDIS 6.x may not call it (the kernel's own calls
         # are no driver's); ``_only_ndis5`` says why.
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
+                version[0] >= 6:
             kernel._only_ndis5("NdisAllocateMemoryWithTag")  # raises
         if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
             Length = _uint("Length", Length)
@@ -355,14 +361,15 @@ def _memory_routines(kernel) -> dict:
         return (SUCCESS, va) if va else (FAILURE, 0)
 
     def NdisAllocateMemory(Length, MemoryFlags, HighestAcceptableAddress):
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and version[0] >= 6:
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
+                version[0] >= 6:
             kernel._only_ndis5("NdisAllocateMemory")  # raises (as NdisAllocateMemoryWithTag)
-        # The usual call inline: nonpaged pool (MemoryFlags 0) anywhere (HighestAcceptableAddress
-        # -1), the Length a UINT; anything else is checked below.
-        if MemoryFlags == 0 and HighestAcceptableAddress == -1 and type(Length) is int and \
-                0 <= Length <= 0xFFFFFFFF and type(MemoryFlags) is int and \
-                type(HighestAcceptableAddress) is int:
+        # The usual call inline: nonpaged pool (MemoryFlags the int 0) anywhere
+        # (HighestAcceptableAddress the int -1: ZERO and MINUS_ONE say why by identity), the
+        # Length a UINT; anything else is checked below.
+        if MemoryFlags is ZERO and HighestAcceptableAddress is MINUS_ONE and type(Length) is int \
+                and 0 <= Length <= 0xFFFFFFFF:
             va = allocate(NONPAGED_POOL, Length, DEFAULT_TAG_NDIS)
             return (SUCCESS, va) if va else (FAILURE, 0)
         length = _uint("Length", Length)
@@ -400,15 +407,14 @@ def _memory_routines(kernel) -> dict:
         return allocate(NONPAGED_POOL, Length, Tag)
 
     def NdisFreeMemory(VirtualAddress, Length, MemoryFlags):
-        # The common call first, before any other check: MemoryFlags 0 and a Length a
-        # lookaside size. The allocator's free fast path frees a small chunk of exactly that
+        # The common call first, before any other check: MemoryFlags the int 0 (ZERO says
+        # why by identity) and a Length a lookaside size. The allocator's free fast path frees a small chunk of exactly that
         # Length only when every check it makes passes, so nothing else needs checking (a
         # contiguous block is page-aligned: never such a chunk), whoever calls: the kernel
         # and a driver not registered as NDIS 6 must give the allocation's Length, and a
         # driver registered as NDIS 6 passes one that is not compared, whose chunk the
         # diagnosis below frees anyway. Anything else is diagnosed below.
-        if type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES and MemoryFlags == 0 \
-                and type(MemoryFlags) is int:
+        if MemoryFlags is ZERO and type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES:
             if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
                 return
         # The argument checks of the common call (ints in range, MemoryFlags 0) inline.
@@ -449,8 +455,8 @@ def _memory_routines(kernel) -> dict:
 
     def NdisFreeMemoryWithTagPriority(NdisHandle, VirtualAddress, Tag):
         # NDIS 6.20's: a running driver registered as an earlier version may not call it.
-        if (driver := kernel.current_driver) is not None and \
-                (version := getattr(driver, "ndis_version", None)) is not None and \
+        if kernel.current_driver is not None and \
+                (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
                 tuple(version) < NDIS_6_20:
             kernel._at_least_ndis("NdisFreeMemoryWithTagPriority", NDIS_6_20)  # raises
         if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
