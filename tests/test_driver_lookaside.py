@@ -367,7 +367,8 @@ def _lookaside_run(kind: str, operations, watched: bool, page_offset: int):
     AllocateMisses, TotalFrees, FreeMisses by ``index``) or the Depth of the list (a stray
     write), and returns everything observable: each call's result and the list's
     bytes after it. ``watched``: a MemoryWritten listener, so every access takes the long
-    way (``_allocate_from_lookaside`` / ``_free_to_lookaside``); the list starts
+    way (``_allocate_from_lookaside`` / ``_free_to_lookaside``); ``sequence`` writes the
+    header's Sequence (a carry from its low 16 bits, its wrap); the list starts
     ``page_offset`` bytes into its page (near the end: its fields span two pages)."""
     k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, delayed_frees=False)
     if watched:
@@ -391,13 +392,16 @@ def _lookaside_run(kind: str, operations, watched: bool, page_offset: int):
             k.write(lookaside + 0x14 + 4 * index, value.to_bytes(4, "little"))
         elif what == "depth":
             k.write(lookaside + LA_DEPTH, (value % 6).to_bytes(2, "little"))
+        elif what == "sequence":  # the header's 48-bit Sequence, near a carry or its wrap
+            sequence = (0xFFFF, 0xFFFFFFFFFFFF, 0x1234FFFF, value)[index]
+            k.write(lookaside + 2, sequence.to_bytes(6, "little"))
         seen.append(k.read(lookaside, 0x40))
     return seen
 
 
 @pytest.mark.parametrize("kind", sorted(LIST_KINDS))
 @given(operations=st.lists(st.tuples(st.sampled_from(["allocate", "allocate", "free", "free",
-                                                      "counter", "depth"]),
+                                                      "counter", "depth", "sequence"]),
                                      st.integers(0, 3),  # which counter
                                      st.one_of(st.sampled_from([0xFFFFFFFF, 0xFFFFFFFE, 0]),
                                                st.integers(0, 0xFFFFFFFF))), max_size=40),
@@ -427,3 +431,17 @@ def test_the_inline_hit_is_taken_and_counts_as_windows_does(k):
     (low, _), total = before
     assert struct.unpack("<QQ", k.read(lookaside, 16))[0] == (low & ~0xFFFF | (low & 0xFFFF) - 1) + (1 << 16)
     assert struct.unpack("<I", k.read(lookaside + 0x14, 4))[0] == total + 1
+
+
+@pytest.mark.parametrize("sequence, after", [(0xFFFF, 0x10000), (0x1234FFFF, 0x12350000),
+                                             (0xFFFFFFFFFFFF, 0), (0x41, 0x42)])
+def test_the_inline_hit_and_kept_free_carry_the_sequence_as_one_48_bit_count(k, sequence, after):
+    lookaside = new_list(k)
+    entry = k.ExAllocateFromNPagedLookasideList(lookaside)  # a miss: the long way
+    for call in (lambda: k.ExFreeToNPagedLookasideList(lookaside, entry),  # a kept free
+                 lambda: k.ExAllocateFromNPagedLookasideList(lookaside)):  # a hit
+        k.write(lookaside + 2, sequence.to_bytes(6, "little"))
+        depth = struct.unpack("<H", k.read(lookaside, 2))[0]
+        call()
+        assert int.from_bytes(k.read(lookaside + 2, 6), "little") == after
+        assert abs(struct.unpack("<H", k.read(lookaside, 2))[0] - depth) == 1

@@ -60,11 +60,16 @@ _II = struct.Struct("<II")
 # MaximumDepth, TotalAllocates, AllocateMisses, TotalFrees, FreeMisses.
 _HEAD_TO_FREE_MISSES = struct.Struct("<QQHHIIII")
 # What a hit reads of it (the header, TotalAllocates, AllocateMisses), and a free (the header,
-# Depth, TotalFrees, FreeMisses): the rest as pad bytes, no int made for them.
-_HEAD_ALLOCATES = struct.Struct("<QQ4xII8x")
-_HEAD_DEPTH_FREES = struct.Struct("<QQH10xII")
+# Depth, TotalFrees, FreeMisses): the rest as pad bytes, no int made for them. The header's
+# first QWORD as its Depth (16 bits) and its Sequence's low 16 and high 32 bits, small ints
+# (as one 64-bit int each change of Depth and Sequence would be several operations on a
+# 3-digit int); its second QWORD, NextEntry (bits 4-63: the first entry's address) and the
+# header type (bit 0), as one.
+_HEAD_ALLOCATES = struct.Struct("<HHIQ4xII8x")
+_HEAD_DEPTH_FREES = struct.Struct("<HHIQH10xII")
+_SLIST_HEADER = struct.Struct("<HHIQ")
 assert _HEAD_ALLOCATES.size == _HEAD_DEPTH_FREES.size == _HEAD_TO_FREE_MISSES.size
-_SEQUENCE = (1 << 48) - 1  # an SLIST_HEADER's Sequence: 48 bits above Depth
+_NEXT_ENTRY = ((1 << 64) - 1) & ~0xF  # an SLIST_HEADER's NextEntry bits: the entry's address
 # GENERAL_LOOKASIDE (Windows 7 x64).
 LOOKASIDE_SIZE = 0x80
 LA_DEPTH = 0x10
@@ -139,16 +144,20 @@ def _lookaside_routines(allocate_name: str, free_name: str, extended: bool, allo
             base = self._tlb.get(Lookaside >> 12) if offset <= _LAST_ONE_PAGE_OFFSET else None
             if base is not None:
                 pa, mem = base + offset, self._mem
-                low, high, total, misses = _HEAD_ALLOCATES.unpack_from(mem, pa)
-                first = (high >> 4) << 4
+                depth, sequence_low, sequence_high, high, total, misses = _HEAD_ALLOCATES.unpack_from(mem, pa)
+                first = high & _NEXT_ENTRY
                 if first:
                     # The entry's Next (through ``read`` when its page is not present or it
                     # spans two, faulting as Windows would).
                     base, offset = self._tlb.get(first >> 12), first & 0xFFF
                     following = _Q.unpack_from(mem, base + offset)[0] \
                         if base is not None and offset <= 0xFF8 else _Q.unpack(self.read(first, 8))[0]
-                    _QQ.pack_into(mem, pa, (low & 0xFFFF) - 1 & 0xFFFF | ((low >> 16) + 1 & _SEQUENCE) << 16,
-                                  (following >> 4) << 4 | 1)
+                    # Depth less one, Sequence (48 bits) plus one, the entry's Next the new first.
+                    sequence_low = sequence_low + 1 & 0xFFFF
+                    if not sequence_low:  # (a carry into the Sequence's high 32 bits)
+                        sequence_high = sequence_high + 1 & 0xFFFFFFFF
+                    _SLIST_HEADER.pack_into(mem, pa, depth - 1 & 0xFFFF, sequence_low, sequence_high,
+                                            following & _NEXT_ENTRY | 1)
                     _II.pack_into(mem, pa + LA_TOTAL_ALLOCATES, total + 1 & 0xFFFFFFFF, misses)
                     return first
         return self._allocate_from_lookaside(Lookaside, extended)
@@ -159,16 +168,21 @@ def _lookaside_routines(allocate_name: str, free_name: str, extended: bool, allo
             base = self._tlb.get(Lookaside >> 12) if offset <= _LAST_ONE_PAGE_OFFSET else None
             if base is not None:
                 pa, mem = base + offset, self._mem
-                low, high, depth_limit, frees, free_misses = _HEAD_DEPTH_FREES.unpack_from(mem, pa)
-                if low & 0xFFFF < depth_limit:
+                depth, sequence_low, sequence_high, high, depth_limit, frees, free_misses = \
+                    _HEAD_DEPTH_FREES.unpack_from(mem, pa)
+                if depth < depth_limit:
                     _II.pack_into(mem, pa + LA_TOTAL_FREES, frees + 1 & 0xFFFFFFFF, free_misses)
                     base, offset = self._tlb.get(Entry >> 12), Entry & 0xFFF
                     if base is not None and offset <= 0xFF8:  # (no address outside 0..2**64 has a page)
-                        _Q.pack_into(mem, base + offset, (high >> 4) << 4)  # the entry's Next
+                        _Q.pack_into(mem, base + offset, high & _NEXT_ENTRY)  # the entry's Next
                     else:  # (a page not present, or a Next spanning two: faults as Windows would)
-                        self.write(Entry, _Q.pack((high >> 4) << 4))
-                    _QQ.pack_into(mem, pa, (low & 0xFFFF) + 1 & 0xFFFF | ((low >> 16) + 1 & _SEQUENCE) << 16,
-                                  (Entry >> 4) << 4 | 1)
+                        self.write(Entry, _Q.pack(high & _NEXT_ENTRY))
+                    # Depth plus one, Sequence (48 bits) plus one, the entry the new first.
+                    sequence_low = sequence_low + 1 & 0xFFFF
+                    if not sequence_low:  # (a carry into the Sequence's high 32 bits)
+                        sequence_high = sequence_high + 1 & 0xFFFFFFFF
+                    _SLIST_HEADER.pack_into(mem, pa, depth + 1 & 0xFFFF, sequence_low, sequence_high,
+                                            Entry & _NEXT_ENTRY | 1)
                     return
         self._free_to_lookaside(Lookaside, Entry, extended)
 
