@@ -1,4 +1,5 @@
-"""NDIS's memory routines (ndis.h), as methods of the machine.
+"""NDIS's memory routines (ndis.h), as routines of the machine: declared by the methods
+below, served by functions made for each machine (``serve_memory_routines_directly``).
 
 The C routines return their address through an out parameter; here
 ``status, va = k.NdisAllocateMemoryWithTag(Length, Tag)`` returns both. A failure is
@@ -324,8 +325,9 @@ def serve_memory_routines_directly(kernel) -> None:
     them more than any other NDIS routine; as functions made for the machine, what they
     use on every call is a cell of their closure, where a method loads it from ``self`` (the
     allocator's fast path: two attribute loads), and the priority test is made inline, where
-    a method calls ``refuses_for_priority``: together about 0.1-0.2 us of a pair. Needs the
-    allocator, ``ndis_handles`` and ``ndis_blocks``."""
+    a method calls ``refuses_for_priority`` (issue 18: the NDIS 6 pair 1.42-1.48x the Ex pair
+    before, 1.23-1.26x after, in CPU time). Needs the allocator, ``ndis_handles`` and
+    ``ndis_blocks``."""
     for name, function in _memory_routines(kernel).items():
         serve_directly(kernel, getattr(NdisRoutines, name), function)
 
@@ -408,12 +410,13 @@ def _memory_routines(kernel) -> dict:
 
     def NdisFreeMemory(VirtualAddress, Length, MemoryFlags):
         # The common call first, before any other check: MemoryFlags the int 0 (ZERO says
-        # why by identity) and a Length a lookaside size. The allocator's free fast path frees a small chunk of exactly that
-        # Length only when every check it makes passes, so nothing else needs checking (a
-        # contiguous block is page-aligned: never such a chunk), whoever calls: the kernel
-        # and a driver not registered as NDIS 6 must give the allocation's Length, and a
-        # driver registered as NDIS 6 passes one that is not compared, whose chunk the
-        # diagnosis below frees anyway. Anything else is diagnosed below.
+        # why by identity) and a Length a lookaside size. The allocator's free fast path
+        # frees a small chunk of exactly that Length only when every check it makes passes,
+        # so nothing else needs checking (a contiguous block is page-aligned: never such a
+        # chunk), whoever calls: the kernel and a driver not registered as NDIS 6 must give
+        # the allocation's Length, and a driver registered as NDIS 6 passes one that is not
+        # compared, whose chunk the diagnosis below frees anyway. Anything else is
+        # diagnosed below.
         if MemoryFlags is ZERO and type(Length) is int and 0 < Length <= LOOKASIDE_MAX_BYTES:
             if free(VirtualAddress, None, BLOCKS_FOR_BYTES[Length]):
                 return
