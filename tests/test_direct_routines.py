@@ -68,7 +68,9 @@ def test_the_call_site_is_the_drivers_line_called_directly_or_through_the_class(
     assert _site_line(k, built) == line
 
 
-def test_the_native_bridge_binds_the_served_function(k):
+def test_the_native_bridge_binds_each_served_function(k):
+    # Every routine a machine serves as its own function (the Ex pair here, the NDIS memory
+    # routines in test_ndis_served.py): the bridge a compiled driver calls binds that function.
     from ntpool.native.bindings import compile_handler
 
     class Machine:
@@ -78,8 +80,11 @@ def test_the_native_bridge_binds_the_served_function(k):
         def read_q(address):
             return 0
 
-    handler = compile_handler(Machine, registry.lookup("ExAllocatePoolWithTag"))
-    assert handler.__globals__["_f"] is k.__dict__["ExAllocatePoolWithTag"]
+    served = [routine.name for routine in registry.routines() if routine.name in k.__dict__]
+    assert set(DIRECT) | {"NdisAllocateMemoryWithTagPriority", "NdisFreeMemory"} <= set(served)
+    for name in served:
+        handler = compile_handler(Machine, registry.lookup(name))
+        assert handler.__globals__["_f"] is k.__dict__[name], name
 
 
 def test_a_halted_machine_refuses_them(k):

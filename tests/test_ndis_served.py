@@ -80,21 +80,6 @@ def test_the_call_site_is_the_callers_line_called_directly_or_through_the_class(
     assert (row(k, "etiS").NonPagedFrees, row(k, "NDam").NonPagedFrees) == (2, 1)
 
 
-def test_the_native_bridge_binds_the_served_function(k):
-    from ntpool.native.bindings import compile_handler
-
-    class Machine:
-        kernel = k
-
-        @staticmethod
-        def read_q(address):
-            return 0
-
-    for name in SERVED:
-        handler = compile_handler(Machine, registry.lookup(name))
-        assert handler.__globals__["_f"] is k.__dict__[name], name
-
-
 def test_a_halted_machine_refuses_them(k):
     with pytest.raises(ntpool.BugCheck):
         k.ExFreePoolWithTag(0x1000, "Halt")  # a user-mode address: 0xC2
