@@ -220,8 +220,7 @@ class ExecutiveRoutines:
                 va = (pool.allocate_zeroed if zero else pool.allocate)(pool_type, NumberOfBytes, Tag)
                 if va:
                     return va
-                return self._pool2_failed(Flags, _Pool2Failure(
-                    NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+                return self._pool2_no_pool(Flags, NumberOfBytes)
         except (KeyError, TypeError):
             pass
         return self._allocate_pool2(Flags, NumberOfBytes, Tag, None)
@@ -252,8 +251,7 @@ class ExecutiveRoutines:
                     va = (pool.allocate_zeroed if zero else pool.allocate)(pool_type, NumberOfBytes, Tag)
                     if va:
                         return va
-                return self._pool2_failed(Flags, _Pool2Failure(
-                    NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+                return self._pool2_no_pool(Flags, NumberOfBytes)
         except (KeyError, TypeError):
             pass
         return self._allocate_pool2(Flags, NumberOfBytes, Tag, priority)
@@ -292,8 +290,13 @@ class ExecutiveRoutines:
             va = self.pool.allocate(pool_type, NumberOfBytes, Tag)
         if va:
             return self._zeroed(va, NumberOfBytes) if zero else va
-        return self._pool2_failed(flags, _Pool2Failure(
-            NtStatus.STATUS_INSUFFICIENT_RESOURCES, f"no pool for {NumberOfBytes} bytes"))
+        return self._pool2_no_pool(flags, NumberOfBytes)
+
+    @classmethod
+    def _pool2_no_pool(cls, flags: int, number_of_bytes) -> int:
+        """An ExAllocatePool2/3 request the pool could not serve: NULL, or raised."""
+        return cls._pool2_failed(flags, _Pool2Failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES,
+                                                      f"no pool for {number_of_bytes} bytes"))
 
     @staticmethod
     def _pool2_failed(flags: int, failure: _Pool2Failure) -> int:
