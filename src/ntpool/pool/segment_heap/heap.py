@@ -60,7 +60,6 @@ from .layout import (
     VS_SUBSEGMENT_SIZE_OFFSET,
     VS_SUBSEGMENT_SIZE_SIG,
     VS_BIG_MAX_REQUEST,
-    decode_vs_bits,
     encode_vs_bits,
     header_pool_type,
     lfh_block_layout,
@@ -68,7 +67,6 @@ from .layout import (
     lfh_subsegment_pages,
     lookaside_bucket_bytes,
     segment_signature,
-    vs_page_offset_field,
     vs_subsegment_signature,
 )
 
@@ -277,6 +275,7 @@ class SegmentHeap:
         self.tlb = space.tlb
         self.crash = crash
         self.keys = keys
+        self.heap_key = keys.heap_key  # (the VS headers' key, read without the keys object)
         self.heap_va = heap_va  # the _SEGMENT_HEAP in kernel data
         self.list_heads_va = heap_va  # what the Windows 7 dump fields point at
         self.signature_constant = signature_constant
@@ -628,11 +627,12 @@ class SegmentHeap:
         return owner is not None and owner.kind == VS
 
     def free_big(self, va: int) -> tuple[int, int]:
-        if self.big_in_vs(va):
+        sub = self.subsegment_of(va)
+        if sub is not None and sub.kind == VS:  # a VS chunk (big_in_vs), not pages of its own
             # The VS chunk's header is checked as any VS free's (0x13A on a bad one).
-            chunk = va - VS_HEADER_SIZE
-            _, size, _, allocated = self.vs_read(chunk)
-            checks.vs_header_sane(self, self.subsegment_of(va), chunk, size)
+            chunk = va - VS_HEADER_SIZE  # (in the same subsegment: its data starts a later page)
+            _, size, previous, allocated = self.vs_read(chunk)
+            checks.vs_header_sane(self, sub, chunk, size)
             length = self.big_details.get(va, (0,))[0]
             if length:  # the table says how long it is: the header must agree
                 checks.vs_big_header(self, chunk, size,
@@ -642,7 +642,7 @@ class SegmentHeap:
             tag, count = self.big_pages.pop(va)
             self.big_sites.pop(va, None)
             self.big_details.pop(va, None)
-            self.vs_free(chunk, size)
+            self.vs_free(sub, chunk, size, previous)
             return tag, count
         tag, count = self.big_pages.pop(va)
         self.big_sites.pop(va, None)
@@ -787,20 +787,30 @@ class SegmentHeap:
 
     # --- the VS backend --------------------------------------------------------------------
 
+    # vs_read and vs_write work out layout.py's decode_vs_bits / encode_vs_bits and
+    # vs_page_offset_field in place, with no call to them: a big VS allocation and its free
+    # read and write nine headers between them. (tests/test_segment_heap.py holds the two
+    # to layout.py's functions.)
+
     def vs_read(self, chunk: int) -> tuple[int, int, int, int]:
         """Decoded (MemoryCost, size, previous size, allocated) of the chunk header."""
         base = self.tlb.get(chunk >> PAGE_SHIFT)  # _pa, inline for a resident page
         pa = base + (chunk & 0xFFF) if base is not None else self._pa(chunk)
-        return decode_vs_bits(_unpack_qword(self.mem, pa)[0], chunk, self.keys.heap_key)
+        plain = _unpack_qword(self.mem, pa)[0] ^ self.heap_key ^ chunk  # HeaderBits, decoded
+        return plain & 0xFFFF, plain >> 16 & 0xFFFF, plain >> 32 & 0xFFFF, plain >> 48 & 0xFF
 
     def vs_write(self, chunk: int, size: int, previous_size: int, allocated: bool,
                  unused_bytes: bool = False) -> None:
-        heap_key = self.keys.heap_key
-        segment = chunk & ~((SEGMENT_PAGES << PAGE_SHIFT) - 1)
+        """Write the chunk header: HeaderBits (MemoryCost is the size) and the u32 after it.
+        (No mask on the sizes: a VS subsegment is at most 256 KiB, 0x4000 units, so every
+        size fits its u16.)"""
+        # Both fields are XORed with HeapKey ^ the header's address; the chunk's page within
+        # its 1 MiB segment is the low 8 bits of its page number.
+        key = self.heap_key ^ chunk
         base = self.tlb.get(chunk >> PAGE_SHIFT)  # _pa, inline for a resident page
         _pack_vs_header(self.mem, base + (chunk & 0xFFF) if base is not None else self._pa(chunk),
-                        encode_vs_bits(chunk, heap_key, size, previous_size, allocated, size),
-                        vs_page_offset_field(chunk, segment, heap_key, unused_bytes))
+                        (size | size << 16 | previous_size << 32 | allocated << 48) ^ key,
+                        (((chunk >> PAGE_SHIFT) ^ key) & 0xFF) | (0x100 if unused_bytes else 0))
 
     def _vs_index_add(self, chunk: int, size: int) -> None:
         bucket = self.vs_free_chunks.get(size)
@@ -904,14 +914,16 @@ class SegmentHeap:
         self._vs_index_add(sub.first, first_units)
         return True
 
-    def vs_free(self, chunk: int, size: int) -> None:
-        """Free a checked, busy chunk: small ones wait in the delay-free list first."""
+    def vs_free(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> None:
+        """Free a busy chunk of ``sub`` whose header its caller has read (``size``,
+        ``previous``) and checked: small ones wait in the delay-free list first (their
+        headers are read and checked again as it drains), the others coalesce now."""
         if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
             self.delay_free.append(chunk)
             if len(self.delay_free) >= VS_DELAY_FREE_DEPTH:
                 self.flush_delay_free()
             return
-        self.vs_free_now(chunk)
+        self._vs_coalesce(sub, chunk, size, previous)
 
     def flush_delay_free(self) -> int:
         pending, self.delay_free = self.delay_free, []
@@ -920,12 +932,17 @@ class SegmentHeap:
         return len(pending)
 
     def vs_free_now(self, chunk: int) -> None:
-        """Mark free, coalesce with free neighbours (checking their headers), index."""
+        """Check the chunk's header (busy, inside its subsegment), then free it."""
         sub = self.subsegment_of(chunk)
         _, size, previous, allocated = self.vs_read(chunk)
         checks.vs_header_sane(self, sub, chunk, size)
         if not allocated:
             checks.vs_not_busy(self, chunk)
+        self._vs_coalesce(sub, chunk, size, previous)
+
+    def _vs_coalesce(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> None:
+        """Mark a checked, busy chunk free, coalesce it with free neighbours (checking their
+        headers), index it."""
         following = chunk + (size << 4)
         if following < sub.end:
             _, next_size, next_previous, next_allocated = self.vs_read(following)
@@ -1101,8 +1118,8 @@ class SegmentHeap:
         chunk = header - VS_HEADER_SIZE
         if chunk < sub.first:
             checks.bad_free_address(self, header)
-        _, size, _, allocated = self.vs_read(chunk)
+        _, size, previous, allocated = self.vs_read(chunk)
         checks.vs_header_sane(self, sub, chunk, size)
         if not allocated:
             checks.vs_not_busy(self, chunk)
-        self.vs_free(chunk, size)
+        self.vs_free(sub, chunk, size, previous)
