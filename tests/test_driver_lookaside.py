@@ -3,6 +3,7 @@ ExPagedLookasideListHead in ntoskrnl's image, unlinked by ExDelete*, and retuned
 ExAdjustLookasideDepth (scan 0 nonpaged, scan 1 paged, scan 2 the pool's lists) reading and
 writing the GENERAL_LOOKASIDE in the driver's memory."""
 
+import inspect
 import struct
 
 import pytest
@@ -11,12 +12,14 @@ import ntpool
 from ntpool.constants import BugCheckCode
 from ntpool.dump.reader import DumpReader
 from ntpool.errors import MachineHung
+from ntpool.routines import registry
 from ntpool.routines.runtime import (
     EXP_SCAN_GENERAL_LOOKASIDE_LIST,
     LA_DEPTH,
     LA_LAST_ALLOCATE_MISSES,
     LA_LAST_TOTAL_ALLOCATES,
     LA_LIST_ENTRY,
+    RuntimeRoutines,
 )
 
 NP, PG = ntpool.PoolType.NonPagedPool, ntpool.PoolType.PagedPool
@@ -415,6 +418,48 @@ def test_the_inline_hit_and_kept_free_match_the_long_way(kind, operations, page_
     spanning two."""
     assert _lookaside_run(kind, operations, False, page_offset) == \
         _lookaside_run(kind, operations, True, page_offset)
+
+
+@pytest.mark.parametrize("name", [name for names in LIST_KINDS.values() for name in names[1:]])
+def test_each_routine_is_the_machines_own_function_keeping_its_declaration(name):
+    k = ntpool.Kernel()
+    method = getattr(RuntimeRoutines, name)
+    served = getattr(k, name)
+    assert served is k.__dict__[name]  # made for the machine (serve_lookaside_routines_directly)
+    assert (served.__name__, served.__qualname__, served.__doc__, served.__module__) == \
+        (method.__name__, method.__qualname__, method.__doc__, method.__module__)
+    assert list(inspect.signature(served).parameters) == list(inspect.signature(method).parameters)[1:]
+    assert registry.lookup(name).function is method  # the registry still declares the method
+
+
+def test_a_call_through_the_class_does_what_the_machines_function_does(k):
+    lookaside = new_list(k)
+    entry = ntpool.Kernel.ExAllocateFromNPagedLookasideList(k, lookaside)  # a miss: Allocate's
+    ntpool.Kernel.ExFreeToNPagedLookasideList(k, lookaside, entry)  # kept
+    assert depth_of_list(k, lookaside) == 1
+    assert ntpool.Kernel.ExAllocateFromNPagedLookasideList(k, lookaside) == entry  # a hit
+    assert depth_of_list(k, lookaside) == 0
+
+
+def depth_of_list(k, lookaside):
+    return struct.unpack("<H", k.read(lookaside, 2))[0]  # the SLIST_HEADER's Depth
+
+
+@pytest.mark.parametrize("offset", [-8, -4, 0, 0x8, 0x10, 0x18, 0x1C, 0x20])
+def test_an_entry_over_the_lists_own_fields_leaves_what_the_long_way_leaves(offset):
+    """A kept free writes the entry's Next and the list's fields: an entry whose Next would
+    overwrite the list's own fields (a driver's error) leaves the bytes the long way's
+    writes, in Windows' order, leave."""
+    def run(watched: bool) -> bytes:
+        k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+        if watched:  # every call the long way
+            k.hooks.subscribe(ntpool.hooks.MemoryWritten, lambda event: None)
+        lookaside = k.ExAllocatePoolWithTag(NP, 0x2000, "Page") + 0x100
+        k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, 64, "Drvl", 0)
+        k.ExFreeToNPagedLookasideList(lookaside, lookaside + offset)
+        return k.read(lookaside - 0x10, 0x50)
+
+    assert run(False) == run(True)
 
 
 def test_the_inline_hit_is_taken_and_counts_as_windows_does(k):

@@ -118,6 +118,42 @@ def test_map_pages_over_a_mapped_page_announces_the_change():
     assert _walked(space, va, 3) == [30 << 12, 31 << 12, 32 << 12]
 
 
+@pytest.mark.parametrize("frames", [range(40, 50), [77, 41, 90, 42, 43, 60, 61, 62, 30, 31]])
+def test_map_pages_writes_the_ptes_map_page_writes(frames):
+    """map_pages writes a run's PTEs at once (as signed integers, NX their sign bit): each
+    must be the bits map_page writes for its page, NX included, in both page tables."""
+    from ntpool.machine.memory import PTE_NX
+
+    va = 0xFFFFFA8000000000 + (0x200 - 4) * 4096  # 4 pages in one page table, 6 in the next
+    at_once, one_by_one = AddressSpace(PhysicalMemory(MiB)), AddressSpace(PhysicalMemory(MiB))
+    at_once.map_pages(va, frames)
+    for offset, pfn in enumerate(frames):
+        one_by_one.map_page(va + (offset << 12), pfn)
+    ptes = [at_once.pte(va + (i << 12)) for i in range(10)]
+    assert ptes == [one_by_one.pte(va + (i << 12)) for i in range(10)]
+    assert all(pte & PTE_NX and pte & PTE_PRESENT and pte >> 12 & 0xFFFFFFFFFF == pfn
+               for pte, pfn in zip(ptes, frames))
+
+
+def test_unmap_pages_gives_a_run_back_as_a_range_only_when_its_ptes_step_alike():
+    """unmap_pages answers a run of frames whose PTEs differ only by the frame with a range
+    (freed with one slice); a page whose PTE carries other flags makes it a list."""
+    from ntpool.machine.memory import PTE_CACHE_DISABLE
+
+    space = AddressSpace(PhysicalMemory(MiB))
+    va = 0xFFFFFA8000000000
+    space.map_pages(va, range(30, 34))
+    assert space.unmap_pages(va, 4) == range(30, 34)
+    space.map_pages(va, range(30, 34))
+    space.set_pte_bits(va + 4096, PTE_CACHE_DISABLE)
+    frames = space.unmap_pages(va, 4)
+    assert frames == [30, 31, 32, 33] and not isinstance(frames, range)
+    assert [space.pte(va + (i << 12)) for i in range(4)] == [0] * 4
+    space.map_page(va, 50, executable=True)  # no NX: a PTE that is not negative as signed
+    space.map_page(va + 4096, 51)
+    assert space.unmap_pages(va, 2) == [50, 51]
+
+
 def test_unmap_pages_of_a_missing_table_changes_nothing():
     space = AddressSpace(PhysicalMemory(MiB))
     va = 0xFFFFFA8000000000 + (0x200 - 2) * 4096

@@ -58,7 +58,7 @@ from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
 from .routines.registry import routine
-from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines
+from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
 from .windows import windows_version
 
@@ -233,6 +233,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.ndis_handles: dict[int, object] = {}  # handle -> driver object
         self.ndis_blocks: dict[int, tuple[int, int]] = {}  # contiguous va -> (Length, flags)
         serve_memory_routines_directly(self)  # NdisAllocateMemory*, NdisFreeMemory*: made for this machine
+        serve_lookaside_routines_directly(self)  # ExAllocateFrom*/ExFreeTo* a driver's lookaside list
 
         # --- the managers drivers meet, in dependency order: objects (types, names, handles),
         # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in

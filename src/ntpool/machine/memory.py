@@ -38,7 +38,13 @@ WINDOWS7_PML4_PFN = 0x187
 _QWORD = struct.Struct("<Q")
 if sys.byteorder != "little":  # PhysicalMemory.qwords reads x64's little-endian QWORDs natively
     raise ImportError("ntpool's simulated x64 memory needs a little-endian host")
-_PTE_RUNS = [struct.Struct(f"<{count}Q") for count in range(0x201)]  # a page table's share of PTEs
+# A page table's share of PTEs, read and written as SIGNED 64-bit integers: a PTE with NX
+# (bit 63) is then a negative number within a C long, where as an unsigned one it is past
+# sys.maxsize, and CPython steps a range of such numbers (a run of PTEs) and converts them
+# in its slow big-integer arithmetic, several times the cost of the pack or unpack itself.
+# The bits are the same; ``entry & PTE_ADDRESS_MASK`` reads a negative entry's frame alike.
+_PTE_RUNS = [struct.Struct(f"<{count}q") for count in range(0x201)]
+_PTE_NX_SIGNED = PTE_NX - (1 << 64)  # PTE_NX as a signed 64-bit integer: -2**63
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -284,7 +290,7 @@ class AddressSpace:
             for offset, pfn in enumerate(frames):
                 self.map_page(va + (offset << PAGE_SHIFT), pfn)
             return
-        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | PTE_NX
+        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | _PTE_NX_SIGNED  # (see _PTE_RUNS)
         if isinstance(frames, range) and frames.step == 1:
             # A run of frames: page addresses and PTEs both step by a page (the flags are
             # bits no page address uses).
