@@ -276,3 +276,50 @@ def test_other_valid_arguments_take_the_checked_way_to_the_same_allocation(k, fl
         k.NdisFreeMemory(va, 300, Flags(0))  # (the checked way compares the Length too)
     k.NdisFreeMemory(va, 100, Flags(0))
     assert row(k, "NDam").NonPagedUsed == 0
+
+
+# --- the last handle found, tested by identity; Lengths past one 30-bit digit --------------
+
+def test_a_handle_once_found_is_known_by_identity_and_anything_else_is_still_checked(k):
+    _, handle = ndis6(k)
+    va = k.NdisAllocateMemoryWithTagPriority(handle, 100, "Hand", NORMAL)  # the handle found
+    # Values equal to it that are not it, and no handle at all, meet the full check after it
+    # was found as before (nothing allocated or freed).
+    for bad, error in ((float(handle), ValueError), (handle + 16, ValueError), (None, ValueError),
+                       ("handle", ValueError), (True, ValueError)):
+        with pytest.raises(error, match="NdisHandle"):
+            k.NdisAllocateMemoryWithTagPriority(bad, 100, "Hand", NORMAL)
+        with pytest.raises(error, match="NdisHandle"):
+            k.NdisFreeMemoryWithTagPriority(bad, va, "Hand")
+    assert (row(k, "dnaH").NonPagedAllocs, row(k, "dnaH").NonPagedFrees) == (1, 0)
+    # The same value made anew is a handle NDIS gave out: found by the full check.
+    same = int(str(handle))
+    assert same == handle and same is not handle
+    k.NdisFreeMemoryWithTagPriority(same, va, "Hand")
+    # A second driver's handle is found in its turn, and the first one still is.
+    _, other = ndis6(k)
+    for each in (other, handle, other):
+        k.NdisFreeMemoryWithTagPriority(each, k.NdisAllocateMemoryWithTagPriority(each, 100, "Hand", NORMAL),
+                                        "Hand")
+    assert row(k, "dnaH").NonPagedUsed == 0
+
+
+def test_a_handle_checked_first_on_a_new_machine_is_never_taken_as_known():
+    k = ntpool.Kernel()
+    for bad in (None, 0, object()):  # the very first call: nothing is known yet
+        with pytest.raises(ValueError, match="NdisHandle"):
+            k.NdisAllocateMemoryWithTagPriority(bad, 100, "Hand", NORMAL)
+    with pytest.raises(ValueError, match="NdisHandle"):
+        ntpool.Kernel().NdisFreeMemoryWithTagPriority(None, 0x10, "Hand")
+
+
+@pytest.mark.parametrize("length", [(1 << 30) - 1, 1 << 30, 0xFFFFFFFF])
+def test_a_length_past_one_digit_takes_the_checked_way_to_the_same_answer(length):
+    # Lengths up to 0x3FFFFFFF are taken inline, longer UINTs by _uint's check: every one is
+    # tried (too much for this pool: NDIS_STATUS_FAILURE and nothing left behind).
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)
+    assert k.NdisAllocateMemoryWithTag(length, "Long") == (ntpool.NdisStatus.NDIS_STATUS_FAILURE, 0)
+    assert k.NdisAllocateMemory(length, 0, -1) == (ntpool.NdisStatus.NDIS_STATUS_FAILURE, 0)
+    with pytest.raises(ValueError, match="UINT"):
+        k.NdisAllocateMemoryWithTag(length + (1 << 32), "Long")
+    assert not k.halted

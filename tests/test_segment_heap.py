@@ -385,28 +385,32 @@ def test_vs_header_bits_are_the_structs_fields(address, key, size, previous, all
     assert L.decode_vs_bits(encoded, address, key) == L.VS_HEADER_BITS.unpack(plain)[:4]
 
 
-_HEADER_MACHINE = ntpool.Kernel(nonpaged_pool_bytes=8 * MiB, paged_pool_bytes=8 * MiB, windows="11")
-_HEADER_HEAP = _HEADER_MACHINE.nonpaged_pool_nx
-_HEADER_PAGE = _HEADER_MACHINE.ExAllocatePoolWithTag(NX, 0x3000, "Hdrs")  # three pages to write on
+@pytest.fixture(scope="module")
+def scratch_pages():
+    """A Windows 11 machine and three pages of a big allocation to write chunk headers on."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=8 * MiB, paged_pool_bytes=8 * MiB, windows="11")
+    return k, k.ExAllocatePoolWithTag(NX, 0x3000, "Hdrs")
 
 
 @settings(max_examples=300, deadline=None)
 @given(offset=st.integers(0, 0x3000 // 16 - 1), size=st.integers(0, 0x4000),
        previous=st.integers(0, 0x4000), allocated=st.booleans(), unused=st.booleans(),
        encoded=_U64)
-def test_the_heaps_vs_header_reads_and_writes_are_layouts_encoding(offset, size, previous,
-                                                                   allocated, unused, encoded):
+def test_the_heaps_vs_header_reads_and_writes_are_layouts_encoding(scratch_pages, offset, size,
+                                                                   previous, allocated, unused,
+                                                                   encoded):
     """SegmentHeap.vs_write and vs_read work the encoding out in place (the VS paths' hottest
     lines): the bytes written must be encode_vs_bits' QWORD (MemoryCost the size) and
     vs_page_offset_field's u32, and a header read must decode as decode_vs_bits says, for
     every chunk address and every size a subsegment can hold (at most 0x4000 units)."""
-    heap, chunk = _HEADER_HEAP, _HEADER_PAGE + offset * 16
+    k, pages = scratch_pages
+    heap, chunk = k.nonpaged_pool_nx, pages + offset * 16
     key = heap.keys.heap_key
     segment = chunk & ~((L.SEGMENT_PAGES << 12) - 1)
     heap.vs_write(chunk, size, previous, allocated, unused)
-    assert struct.unpack("<QI4x", _HEADER_MACHINE.read(chunk, 16)) == (
+    assert struct.unpack("<QI4x", k.read(chunk, 16)) == (
         L.encode_vs_bits(chunk, key, size, previous, allocated, size),
         L.vs_page_offset_field(chunk, segment, key, unused))
     assert heap.vs_read(chunk) == (size, size, previous, int(allocated))
-    _HEADER_MACHINE.write(chunk, struct.pack("<Q", encoded))
+    k.write(chunk, struct.pack("<Q", encoded))
     assert heap.vs_read(chunk) == L.decode_vs_bits(encoded, chunk, key)

@@ -46,6 +46,10 @@ _ADDRESS_END = 1 << 64
 # ``MemoryFlags is ZERO`` holds for the int 0 alone (never for False or 0.0), a type and a
 # value test in one. A 0 that were some other object would only take the checked way.
 ZERO, MINUS_ONE = 0, -1
+# The largest Length the usual allocations take inline. CPython 3.11 compares two ints of one
+# 30-bit digit without a call (0xFFFFFFFF has two digits: a generic comparison, about 240
+# instructions); a longer UINT, rare, meets _uint's full check, which passes it.
+INLINE_LENGTH_MAX = (1 << 30) - 1
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 FAILURE = NdisStatus.NDIS_STATUS_FAILURE
 VALID_MEMORY_FLAGS = NDIS_MEMORY_CONTIGUOUS | NDIS_MEMORY_NONCACHED
@@ -357,7 +361,7 @@ def _memory_routines(kernel) -> dict:
                 (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
                 version[0] >= 6:
             kernel._only_ndis5("NdisAllocateMemoryWithTag")  # raises
-        if type(Length) is not int or not 0 <= Length <= 0xFFFFFFFF:  # the common case inline
+        if type(Length) is not int or not 0 <= Length <= INLINE_LENGTH_MAX:  # the common case inline
             Length = _uint("Length", Length)
         va = allocate(NONPAGED_POOL, Length, Tag)
         return (SUCCESS, va) if va else (FAILURE, 0)
@@ -369,9 +373,9 @@ def _memory_routines(kernel) -> dict:
             kernel._only_ndis5("NdisAllocateMemory")  # raises (as NdisAllocateMemoryWithTag)
         # The usual call inline: nonpaged pool (MemoryFlags the int 0) anywhere
         # (HighestAcceptableAddress the int -1: ZERO and MINUS_ONE say why by identity), the
-        # Length a UINT; anything else is checked below.
+        # Length a UINT (up to INLINE_LENGTH_MAX); anything else is checked below.
         if MemoryFlags is ZERO and HighestAcceptableAddress is MINUS_ONE and type(Length) is int \
-                and 0 <= Length <= 0xFFFFFFFF:
+                and 0 <= Length <= INLINE_LENGTH_MAX:
             va = allocate(NONPAGED_POOL, Length, DEFAULT_TAG_NDIS)
             return (SUCCESS, va) if va else (FAILURE, 0)
         length = _uint("Length", Length)
@@ -384,9 +388,19 @@ def _memory_routines(kernel) -> dict:
         va = kernel._allocate_contiguous(length, flags, highest_pfn)
         return (SUCCESS, va) if va else (FAILURE, 0)
 
+    # The last handle found among those NDIS gave out, an argument tested by identity first:
+    # a driver passes the object its registration returned, and a handle, once given out,
+    # stays valid for the machine's life (ntpool models no deregistration), so the type test
+    # and the dict lookup (a hash of a 64-bit int) are made once per handle object. (At
+    # first an object no caller holds.)
+    known_handle = object()
+
     def NdisAllocateMemoryWithTagPriority(NdisHandle, Length, Tag, Priority):
-        if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
-            kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises: no handle NDIS gave out
+        nonlocal known_handle
+        if NdisHandle is not known_handle:
+            if type(NdisHandle) is not int or NdisHandle not in ndis_handles:
+                kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises: no handle NDIS gave out
+            known_handle = NdisHandle
         # The usual request inline, ExAllocatePoolWithTagPriority's step before the
         # allocation made here (a call less): a small Length (a UINT that counts no pages:
         # only a big allocation's are counted) and a Priority whose share of the nonpaged
@@ -462,8 +476,11 @@ def _memory_routines(kernel) -> dict:
                 (version := getattr(kernel.current_driver, "ndis_version", None)) is not None and \
                 tuple(version) < NDIS_6_20:
             kernel._at_least_ndis("NdisFreeMemoryWithTagPriority", NDIS_6_20)  # raises
-        if type(NdisHandle) is not int or NdisHandle not in ndis_handles:  # the usual call inline
-            kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises
+        nonlocal known_handle
+        if NdisHandle is not known_handle:  # (as NdisAllocateMemoryWithTagPriority tests it)
+            if type(NdisHandle) is not int or NdisHandle not in ndis_handles:
+                kernel._ndis_driver(NdisHandle, "NdisHandle")  # raises
+            known_handle = NdisHandle
         try:  # the free first, the address checked when it raises (as NdisFreeMemoryWithTag)
             free(VirtualAddress, Tag)
             return
