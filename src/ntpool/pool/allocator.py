@@ -92,6 +92,7 @@ _unpack_first8 = HEADER_FIRST8.unpack_from
 _TYPE_TAG_UNBILLED = struct.Struct("<BI8x")
 assert _TYPE_TAG_UNBILLED.pack(2, 0x64657246) == TYPE_TAG_BILLED.pack(2, 0x64657246, 0)
 _pack_type_tag = _TYPE_TAG_UNBILLED.pack_into
+_pack_type_tag_billed = TYPE_TAG_BILLED.pack_into  # a charged chunk's: PoolType, PoolTag, ProcessBilled
 # The free's header read, from the header's start: PoolIndex, BlockSize, PoolType, PoolTag
 # (HEADER_FIRST8 without PreviousSize, a pad byte: one value less to make).
 _INDEX_SIZE_TYPE_TAG = struct.Struct("<xBBBI")
@@ -241,6 +242,7 @@ class PoolAllocator:
         self.allocate = self.fast_allocate()
         self.allocate_zeroed = self.fast_allocate(zero=True)
         self.free = self.fast_free()
+        self.allocate_charged = self.fast_allocate_charged()
 
     def widen_site_maps(self) -> None:
         """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
@@ -490,10 +492,14 @@ class PoolAllocator:
                     end = offset + size  # where the chunk ends in its page
                     # The next header, unless the chunk ends its page: PreviousSize our
                     # BlockSize, PoolIndex ours (the page's end tested second: it is rare).
-                    if stored == passed and type_byte & _IN_USE_OR_QUOTA == POOL_IN_USE \
+                    if stored == passed and type_byte & POOL_IN_USE \
                             and block_size and (not blocks or block_size == blocks) and \
                             (end < PAGE_SIZE and mem[(following := pa + size)] == block_size
                              and pool_indexes[following] == pool_index or end == PAGE_SIZE):
+                        if type_byte & POOL_QUOTA:
+                            # Charged to a process's quota (ExAllocatePoolWithQuotaTag): the
+                            # charge goes back to the process ProcessBilled names, first.
+                            allocator.release_quota(pool, pa, block_size)
                         if allocator.layer is not None:
                             allocator.layer.forget(P)  # an observing layer's record of it
                         row[column] += BLOCK_CHARGES[block_size]  # one free, its bytes
@@ -558,6 +564,97 @@ class PoolAllocator:
             return None
 
         return free
+
+    def fast_allocate_charged(self, caller_depth: int = 2):
+        """``allocate_with_quota`` for a process that is charged, as a function: (PoolType,
+        NumberOfBytes, Tag, process) -> (address, 0) or (0, NTSTATUS). ``process`` is the
+        charged process's ``Process`` (the System process is never charged: its routines
+        allocate as ExAllocatePoolWithTag).
+
+        A driver running in a user process's context (a file system allocating for a user's
+        request) makes this request often, so its usual case takes the allocation fast
+        path's steps: the last call site compared, the process charged, a chunk popped from
+        this processor's lookaside, and its header written once with the quota bit and
+        ProcessBilled (``allocate_with_quota`` writes an unbilled header, then translates it
+        again to bill it). Anything else (a pool type the fast path does not serve, so a
+        layer is set or the IRQL needs a check; a tag not yet validated; a size past the
+        lookasides; an empty lookaside or a head no chunk starts at) goes to
+        ``allocate_with_quota``, with every check. ``caller_depth``: as ``fast_allocate``'s
+        (2: a routine calls this).
+        """
+        allocator = self
+        site_index_get = self.site_index.get
+        lookup_site = self.call_sites.lookup
+        known_tags = self.known_tags
+        fast_lists = self.fast_lists
+        fast_pools = self.fast_pools
+        mem = self.mem
+        bodies = memoryview(mem)[_BODY:].cast("Q")  # bodies[header_pa // 8]: as fast_allocate's
+
+        # The last indexed call site, as fast_allocate keeps it (its own: the two are called
+        # from different routines).
+        last_code = last_lasti = last_site = None
+
+        def forget_last_site() -> None:
+            nonlocal last_code
+            last_code = None
+
+        self.call_sites.when_index_cleared(forget_last_site)
+
+        def allocate_charged(PoolType, NumberOfBytes, Tag, process):
+            nonlocal last_code, last_lasti, last_site
+            frame = _getframe(caller_depth)
+            code = frame.f_code
+            lasti = frame.f_lasti
+            if code is last_code and lasti == last_lasti:
+                site = last_site
+            else:
+                site = site_index_get(id(code) + lasti)  # drivers.site_key
+                if site is None:
+                    site = lookup_site(frame)
+                else:
+                    last_code, last_lasti, last_site = code, lasti, site
+            try:
+                tag_ulong, row = known_tags[Tag]
+                heads, counts, allocates, sites, headers_from, frames, header_type, \
+                    column = fast_lists[PoolType]
+                if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
+                    block_size = BLOCKS_FOR_BYTES[NumberOfBytes]
+                    body = heads[block_size]
+                    # The head's header, tested as fast_allocate tests it (the empty head
+                    # first: see there), before anything changes.
+                    if body:
+                        header = body - headers_from
+                        offset = header & 0xFFF
+                        if _HEADER_OK[offset] and header >= 0 and (frame := frames[header // PAGE_SIZE]):
+                            # The charge, as QuotaLedger.try_charge makes it (quota_charge_for:
+                            # the chunk's bytes), on the process in hand: no ledger lookup.
+                            which = fast_pools[PoolType].base_type
+                            usage = process.quota_usage
+                            used = usage[which] + block_size * 16
+                            limit = process.quota_limit[which]
+                            if limit is not None and used > limit:
+                                return 0, STATUS_QUOTA_EXCEEDED
+                            usage[which] = used
+                            peak = process.quota_peak
+                            if used > peak[which]:
+                                peak[which] = used
+                            # fast_allocate's pop, its header written with the quota bit and
+                            # ProcessBilled in the same pack (as ``bill`` marks it).
+                            pa = frame + offset
+                            heads[block_size] = bodies[pa // 8]
+                            counts[block_size] -= 1
+                            allocates[block_size] += 1
+                            _pack_type_tag_billed(mem, pa + _POOL_TYPE, header_type | POOL_QUOTA,
+                                                  tag_ulong, process.address)
+                            sites[header // 32] = site  # one per 32 bytes: SITE_UNIT_SHIFT
+                            row[column] += BLOCK_CHARGES[block_size]
+                            return body, 0
+            except (KeyError, TypeError, IndexError):
+                pass
+            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, site=site)
+
+        return allocate_charged
 
     # --- tags ----------------------------------------------------------------------------
 
@@ -980,11 +1077,14 @@ class PoolAllocator:
         else:
             self.big_quota[va] = (process, charge)
 
-    def release_quota(self, pool: Pool, chunk: int, pa: int) -> None:
-        """Return a small chunk's quota charge to the process its header names."""
-        process = _QWORD.unpack_from(self.mem, pa + _PROCESS_BILLED)[0]
-        if self.quota is not None and process:
-            self.quota.release(process, pool.base_type, self.mem[pa + _BLOCK_SIZE] << BLOCK_SHIFT)
+    def release_quota(self, pool: Pool, pa: int, block_size: int) -> None:
+        """Return a small chunk's quota charge (its ``block_size`` blocks' bytes) to the
+        process its header's ProcessBilled names (``pa``: the header's physical address). A
+        ProcessBilled that names no process (0, or a value a stray write left) returns
+        nothing, as the ledger finds no process there."""
+        if self.quota is not None:
+            self.quota.release(_QWORD.unpack_from(self.mem, pa + _PROCESS_BILLED)[0], pool.base_type,
+                               block_size << BLOCK_SHIFT)
 
     # --- generic free --------------------------------------------------------------------
 
@@ -1074,7 +1174,7 @@ class PoolAllocator:
                 check_next_pool_index(self.crash, chunk, block_size, pool_index,
                                       mem[following + _POOL_INDEX])
         if type_byte & POOL_QUOTA:
-            self.release_quota(pool, chunk, pa)
+            self.release_quota(pool, pa, block_size)
         self.tracker.release(stored, pool.track_offset, block_size << BLOCK_SHIFT)
         pool.release_small(chunk, block_size)
 

@@ -167,8 +167,10 @@ class ExecutiveRoutines:
                 return va
             status = NtStatus.STATUS_INSUFFICIENT_RESOURCES
         else:
-            va, status = self.pool.allocate_with_quota(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes,
-                                                       Tag, process.address, site=self.pool.caller_site(2))
+            # Charged to the process: the allocator's quota fast path (it finds the driver's
+            # call site as ``allocate`` does, two frames up).
+            allocate_charged = self.pool.allocate_charged  # (loaded, then called: see NdisAllocateMemoryWithTag)
+            va, status = allocate_charged(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, Tag, process)
             if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
                 return va
         raise self._quota_failure(status, NumberOfBytes)

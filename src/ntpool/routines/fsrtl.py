@@ -60,8 +60,9 @@ class FsRtlRoutines:
             va, status = allocate(pool_type & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, Tag), \
                 STATUS_INSUFFICIENT_RESOURCES
         else:
-            va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, process.address,
-                                                       site=self.pool.caller_site(2))
+            # Charged: the allocator's quota fast path, as ExAllocatePoolWithQuotaTag's.
+            allocate_charged = self.pool.allocate_charged  # (loaded, then called: a specialized call, see NDIS's)
+            va, status = allocate_charged(pool_type, NumberOfBytes, Tag, process)
         if not va:
             raise self._fsrtl_quota_failure(status, NumberOfBytes)
         return va

@@ -22,7 +22,7 @@ from ...constants import (
 )
 from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
-from ..allocator import ZERO_PACKERS, PoolAllocator, _zero_packer, checked_address
+from ..allocator import STATUS_QUOTA_EXCEEDED, ZERO_PACKERS, PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
 from ..tracker import BLOCK_CHARGES
 from .heap import LFH, SegmentHeap
@@ -89,11 +89,15 @@ _START_BIT = tuple(1 << start for start in range(LFH_MOST_BLOCKS + 32))
 _FIRST_PAGE_BODIES = PAGE_SIZE + POOL_HEADER_SIZE
 
 
-def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row: list) -> int:
+def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row: list,
+                    process: int = 0, cookie: int = 0) -> int:
     """The body of a block of ``units`` from its active LFH bucket's current subsegment, its
     POOL_HEADER written and its tag's ``row`` charged; 0 (nothing changed) when the bucket has
     no current subsegment with a free block or a page of it is paged out. The same steps as
-    the allocation fast path (``fast_allocate``), which has them inline: see its comments."""
+    the allocation fast path (``fast_allocate``), which has them inline: see its comments.
+    ``process``: the EPROCESS charged for it (0: none), whose header then has the quota bit
+    and ProcessBilled encoded with ``cookie`` (ExpPoolQuotaCookie) in place of the call
+    site, written in the same pack (as ``bill`` marks it)."""
     sub = heap.lfh_current[units]
     free = sub.free_bits
     if not free:
@@ -114,7 +118,11 @@ def _take_lfh_block(heap: SegmentHeap, mem, units: int, tag: int, site: int, row
         return 0
     sub.free_bits = free ^ _FREE_BIT[index]
     mem[bitmap_frame + _BITMAP_BYTE[index]] |= _BUSY_BIT[index]
-    _pack_lfh_header(mem, frame + (header & 0xFFF), units, heap.header_type, tag, site)
+    if process:
+        _pack_lfh_header(mem, frame + (header & 0xFFF), units, heap.header_type | POOL_TYPE_QUOTA, tag,
+                         encode_process_billed(process, cookie, heap.base + header))
+    else:
+        _pack_lfh_header(mem, frame + (header & 0xFFF), units, heap.header_type, tag, site)
     row[heap.track_offset] += BLOCK_CHARGES[units]
     return heap.bodies_from + header
 
@@ -345,6 +353,69 @@ class SegmentHeapAllocator(PoolAllocator):
             return None
 
         return free
+
+    def fast_allocate_charged(self, caller_depth: int = 2):
+        """PoolAllocator.fast_allocate_charged for this design: the usual charged request
+        takes a block from an active LFH bucket's current subsegment (``_take_lfh_block``),
+        its header written once with the quota bit and ProcessBilled encoded."""
+        allocator = self
+        site_index_get = self.site_index.get
+        lookup_site = self.call_sites.lookup
+        known_tags = self.known_tags
+        fast_pools = self.fast_pools
+        mem = self.mem
+        cookie = self.keys.pool_quota_cookie  # (the keys are fixed at boot)
+
+        # The last indexed call site, as PoolAllocator.fast_allocate keeps it.
+        last_code = last_lasti = last_site = None
+
+        def forget_last_site() -> None:
+            nonlocal last_code
+            last_code = None
+
+        self.call_sites.when_index_cleared(forget_last_site)
+
+        def allocate_charged(PoolType, NumberOfBytes, Tag, process):
+            nonlocal last_code, last_lasti, last_site
+            frame = _getframe(caller_depth)
+            code = frame.f_code
+            lasti = frame.f_lasti
+            if code is last_code and lasti == last_lasti:
+                site = last_site
+            else:
+                site = site_index_get(id(code) + lasti)  # drivers.site_key
+                if site is None:
+                    site = lookup_site(frame)
+                else:
+                    last_code, last_lasti, last_site = code, lasti, site
+            try:
+                tag_ulong, row = known_tags[Tag]
+                heap = fast_pools[PoolType]
+                if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
+                    units = _UNITS_FOR[NumberOfBytes]
+                    # The charge (quota_charge_for: the block's bytes), decided as
+                    # QuotaLedger.try_charge decides it on the process in hand (no ledger
+                    # lookup), and made once the block is taken: a block it cannot take (no
+                    # active subsegment with a free one, a page paged out) goes to the generic
+                    # path with nothing charged.
+                    which = heap.base_type
+                    usage = process.quota_usage
+                    used = usage[which] + units * 16
+                    limit = process.quota_limit[which]
+                    if limit is not None and used > limit:
+                        return 0, STATUS_QUOTA_EXCEEDED
+                    body = _take_lfh_block(heap, mem, units, tag_ulong, site, row, process.address, cookie)
+                    if body:
+                        usage[which] = used
+                        peak = process.quota_peak
+                        if used > peak[which]:
+                            peak[which] = used
+                        return body, 0
+            except (KeyError, TypeError, IndexError, AttributeError):
+                pass
+            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, site=site)
+
+        return allocate_charged
 
     # --- generic allocation ----------------------------------------------------------------
 
