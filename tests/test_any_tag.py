@@ -125,8 +125,9 @@ def test_dump_round_trip_and_the_debuggers_text(tmp_path, tags):
         found = session.execute(f"!poolfind 0x{tag:x}")
         assert f"*{big[tag]:016x} :large page allocation, Tag is {text}," in found
         assert f"{small[tag] - 16:016x} size:" in found
+        # A tag typed as its text: printable, no wildcard, no ";" (kd's command separator)
         if all(0x21 <= b <= 0x7E for b in (tag & 0x7FFFFFFF).to_bytes(4, "little")) and \
-                not {"*", "?"} & set(text):
+                not {"*", "?", ";"} & set(text):
             assert session.execute(f"!poolused 0 {text}").splitlines()[5].split()[0] == text
 
 
@@ -255,3 +256,17 @@ def test_volatility3_finds_high_tags_with_ntpools_plugin(tmp_path):
                 found.setdefault(tag, set()).add((offset, is_protected))
         assert {(reader.translate(p - 16), True) for p in protected} <= found["0x5eadbeef"]
         assert {(reader.translate(p - 16), False) for p in latin} <= found["0x66e97250"]
+
+
+@pytest.mark.parametrize("text", ["'/M/", 'a"bc', "x\\yz", "'ok'"])
+def test_a_tag_holding_a_quote_or_a_backslash_is_typed_as_it_is(tmp_path, text):
+    """kd hands an extension its words as typed: a quote or a backslash in a tag is one of
+    its characters, not shell quoting (hypothesis found '/M/ refused as unbalanced)."""
+    k = machine()
+    tag = int.from_bytes(text.encode("ascii"), "little")
+    p = k.ExAllocatePoolWithTag(NP, 72, tag)
+    path = tmp_path / "quoted.dmp"
+    k.write_dump(path, "kernel")
+    session = KdSession(DumpReader(path), PoolTagDatabase.default(environ={}))
+    assert session.execute(f"!poolused 0 {text}").splitlines()[5].split()[0] == text
+    assert f"{p - 16:016x} size:" in session.execute(f"!poolfind {text}")

@@ -5,7 +5,6 @@ commands print. Commands never raise on what the dump holds: an address the dump
 a corrupt structure is reported in the output, as kd reports it.
 """
 
-import shlex
 import sys
 import struct
 from operator import itemgetter
@@ -178,11 +177,9 @@ class KdSession:
             yield ("\n" if started else "") + _error_text(error)
 
     def _pieces(self, command: str) -> Iterator[str]:
-        try:
-            words = shlex.split(command)
-        except ValueError as error:
-            yield f"Syntax error: {error}"
-            return
+        # Words split at white space, as kd hands an extension its arguments: a quote or a
+        # backslash is a character like any other (a tag may hold one: !poolused 0 '/M/).
+        words = command.split()
         name, args = words[0].lower(), words[1:]
         if name not in self.commands and name.startswith("?"):
             name, args = "?", [name[1:]] + args  # "?1+2" as kd reads it
