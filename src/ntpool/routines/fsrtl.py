@@ -78,10 +78,11 @@ class FsRtlRoutines:
             if process is self.system_process:
                 allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
                 va = allocate(PoolType & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, DEFAULT_TAG_FSRTL)
-                status = STATUS_INSUFFICIENT_RESOURCES
-            else:
-                allocate_charged = self.pool.allocate_charged
-                va, status = allocate_charged(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL, process)
+                if not va:
+                    raise self._fsrtl_quota_failure(STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+                return va
+            allocate_charged = self.pool.allocate_charged
+            va, status = allocate_charged(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL, process)
             if not va:
                 raise self._fsrtl_quota_failure(status, NumberOfBytes)
             return va
