@@ -1082,9 +1082,12 @@ class PoolAllocator:
         process its header's ProcessBilled names (``pa``: the header's physical address). A
         ProcessBilled that names no process (0, or a value a stray write left) returns
         nothing, as the ledger finds no process there."""
-        if self.quota is not None:
-            self.quota.release(_QWORD.unpack_from(self.mem, pa + _PROCESS_BILLED)[0], pool.base_type,
-                               block_size << BLOCK_SHIFT)
+        # QuotaLedger.release, made here (a call less on every charged free).
+        ledger = self.quota
+        if ledger is not None:
+            charged = ledger.by_address.get(_QWORD.unpack_from(self.mem, pa + _PROCESS_BILLED)[0])
+            if charged is not None:
+                charged.quota_usage[pool.base_type] -= block_size << BLOCK_SHIFT
 
     # --- generic free --------------------------------------------------------------------
 
