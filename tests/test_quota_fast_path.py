@@ -11,7 +11,7 @@ import pytest
 
 import ntpool
 from ntpool.constants import POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
-from ntpool.tags import tag_value
+from ntpool.tags import DEFAULT_TAG_EX, DEFAULT_TAG_FSRTL, tag_value
 
 NP = int(ntpool.PoolType.NonPagedPool)
 MiB = 1 << 20
@@ -38,6 +38,14 @@ class ChargingDriver:
     def charge_zeroed(self, k):
         self.line = sys._getframe().f_lineno + 1
         return k.ExAllocatePoolQuotaZero(NP, 100, "Quot")
+
+    def charge_default(self, k):  # the default tag 'None'
+        self.line = sys._getframe().f_lineno + 1
+        return k.ExAllocatePoolWithQuota(NP, 100)
+
+    def charge_fsrtl_default(self, k):  # the default tag 'FSrt'
+        self.line = sys._getframe().f_lineno + 1
+        return k.FsRtlAllocatePoolWithQuota(NP, 100)
 
 
 def _machine(windows: str):
@@ -121,13 +129,38 @@ def test_a_charged_request_over_quota_changes_nothing_on_the_fast_path(windows, 
     assert not _billed(k, p)[0] & 0x8
 
 
-@pytest.mark.parametrize("routine", ["charge_fsrtl", "charge_zeroed"])
-def test_the_routines_built_on_the_quota_fast_path_attribute_the_drivers_line(routine):
+@pytest.mark.parametrize("routine, tag", [("charge_fsrtl", "Quot"), ("charge_zeroed", "Quot"),
+                                          ("charge_default", DEFAULT_TAG_EX),
+                                          ("charge_fsrtl_default", DEFAULT_TAG_FSRTL)])
+def test_the_routines_built_on_the_quota_fast_path_bill_and_attribute_the_drivers_line(
+        routine, tag, monkeypatch):
     k, driver, app = _machine("7")
+    k.set_current_process(k.system_process)  # a chunk of the routine's tag freed, its tag known
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 100, tag), tag)
+    k.set_current_process(app)
+    _no_generic_path(k, monkeypatch)
     p = getattr(driver, routine)(k)
     site = k.allocation_site(p)
     assert (site.function, site.lineno) == (f"ChargingDriver.{routine}", driver.line)
-    assert _billed(k, p)[1] == app.address and app.nonpaged_quota_used == 128
+    assert _billed(k, p) == (0xA, app.address) and app.nonpaged_quota_used == 128
+    assert struct.unpack("<I", k.read(p - 16 + 4, 4))[0] == tag_value(tag)
+    k.ExFreePool(p)
+    assert app.nonpaged_quota_used == 0
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_a_charged_zeroed_request_is_zeroed_on_the_fast_path(windows, monkeypatch):
+    k, driver, app = _machine(windows)
+    k.set_current_process(k.system_process)
+    dirty = k.ExAllocatePoolWithTag(NP, 100, "Quot")
+    k.write(dirty, b"\xAA" * 100)
+    k.ExFreePoolWithTag(dirty, "Quot")
+    k.set_current_process(app)
+    _no_generic_path(k, monkeypatch)
+    p = driver.charge_zeroed(k)
+    assert p == dirty or windows == "11"  # (the LFH picks a block at random)
+    assert k.read(p, 100) == bytes(100) and _billed(k, p)[1] == app.address
+    assert app.nonpaged_quota_used == 128
 
 
 @pytest.mark.parametrize("windows", ["7", "11"])

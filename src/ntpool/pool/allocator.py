@@ -243,6 +243,7 @@ class PoolAllocator:
         self.allocate_zeroed = self.fast_allocate(zero=True)
         self.free = self.fast_free()
         self.allocate_charged = self.fast_allocate_charged()
+        self.allocate_charged_zeroed = self.fast_allocate_charged(zero=True)
 
     def widen_site_maps(self) -> None:
         """The pools' site maps go to two bytes a unit (a site numbered past 255 is made),
@@ -565,7 +566,7 @@ class PoolAllocator:
 
         return free
 
-    def fast_allocate_charged(self, caller_depth: int = 2):
+    def fast_allocate_charged(self, caller_depth: int = 2, zero: bool = False):
         """``allocate_with_quota`` for a process that is charged, as a function: (PoolType,
         NumberOfBytes, Tag, process) -> (address, 0) or (0, NTSTATUS). ``process`` is the
         charged process's ``Process`` (the System process is never charged: its routines
@@ -579,8 +580,8 @@ class PoolAllocator:
         again to bill it). Anything else (a pool type the fast path does not serve, so a
         layer is set or the IRQL needs a check; a tag not yet validated; a size past the
         lookasides; an empty lookaside or a head no chunk starts at) goes to
-        ``allocate_with_quota``, with every check. ``caller_depth``: as ``fast_allocate``'s
-        (2: a routine calls this).
+        ``allocate_with_quota``, with every check. ``caller_depth`` and ``zero``: as
+        ``fast_allocate``'s (2: a routine calls this; ``zero``: ExAllocatePoolQuotaZero's).
         """
         allocator = self
         site_index_get = self.site_index.get
@@ -589,6 +590,7 @@ class PoolAllocator:
         fast_lists = self.fast_lists
         fast_pools = self.fast_pools
         mem = self.mem
+        zero_packers = ZERO_PACKERS
         bodies = memoryview(mem)[_BODY:].cast("Q")  # bodies[header_pa // 8]: as fast_allocate's
 
         # The last indexed call site, as fast_allocate keeps it (its own: the two are called
@@ -649,10 +651,16 @@ class PoolAllocator:
                                                   tag_ulong, process.address)
                             sites[header // 32] = site  # one per 32 bytes: SITE_UNIT_SHIFT
                             row[column] += BLOCK_CHARGES[block_size]
+                            if zero:  # (as fast_allocate zeroes)
+                                if allocator.writes_watched:
+                                    allocator.zero(body, NumberOfBytes)  # (it publishes MemoryWritten)
+                                else:
+                                    (zero_packers[NumberOfBytes] or _zero_packer(NumberOfBytes))(mem, pa + _BODY)
                             return body, 0
             except (KeyError, TypeError, IndexError):
                 pass
-            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, site=site)
+            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, zero=zero,
+                                                 site=site)
 
         return allocate_charged
 

@@ -15,7 +15,6 @@ from ..constants import (
     POOL_NX_ALLOCATION,
     POOL_QUOTA_FAIL_INSTEAD_OF_RAISE,
     POOL_RAISE_IF_ALLOCATION_FAILURE,
-    POOL_ZERO_ALLOCATION,
     SESSION_POOL_MASK,
     NtStatus,
     PoolExtendedParameterType,
@@ -184,19 +183,29 @@ class ExecutiveRoutines:
                                      f"for {self.current_process.name}")
 
     # The two routines below are ExAllocatePoolWithQuotaTag with a default tag or zeroing.
-    # Their usual call (the System process, a valid POOL_TYPE) is made inline, as that
-    # routine makes it: calling it would cost a Python call more and, the fast path's frame
-    # above being ntpool's own, a walk out of it to find the driver's call site.
+    # Their usual call (a valid POOL_TYPE, in the System process or charged to another) is
+    # made inline, as that routine makes it: calling it would cost a Python call more and,
+    # the fast path's frame above being ntpool's own, a walk out of it to find the driver's
+    # call site on every call.
 
     @routine("PVOID ExAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes)")
     def ExAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
-        if self.current_process is self.system_process and type(PoolType) is int and \
-                not PoolType & _UNKNOWN_POOL_TYPE_BITS:
-            allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
-            va = allocate(PoolType & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, DEFAULT_TAG_EX)
+        if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            process = self.current_process
+            # (Each case tests its own result: a status named on the way, an enum member, would
+            # cost about 80 ns on every call.)
+            if process is self.system_process:
+                allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
+                va = allocate(PoolType & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, DEFAULT_TAG_EX)
+                if va or PoolType & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+                    return va
+                raise self._quota_failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+            allocate_charged = self.pool.allocate_charged
+            va, status = allocate_charged(PoolType & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes,
+                                          DEFAULT_TAG_EX, process)
             if va or PoolType & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
                 return va
-            raise self._quota_failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+            raise self._quota_failure(status, NumberOfBytes)
         return self.ExAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_EX)
 
     @routine("PVOID ExAllocatePoolQuotaZero(_In_ POOL_TYPE PoolType, _In_ SIZE_T NumberOfBytes, "
@@ -204,14 +213,21 @@ class ExecutiveRoutines:
     def ExAllocatePoolQuotaZero(self, PoolType, NumberOfBytes, Tag) -> int:
         pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
             else checked_pool_type(PoolType)
-        if self.current_process is self.system_process:
+        process = self.current_process
+        if process is self.system_process:  # (each case tests its own result: see above)
             # (the fast path that zeroes, as ExAllocatePoolZero's)
             allocate_zeroed = self.pool.allocate_zeroed
             va = allocate_zeroed(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, Tag)
             if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
                 return va
             raise self._quota_failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
-        return self.ExAllocatePoolWithQuotaTag(pool_type | POOL_ZERO_ALLOCATION, NumberOfBytes, Tag)
+        # (the quota fast path that zeroes, as ExAllocatePoolWithQuotaTag's with the zero bit:
+        # a lookaside chunk zeroed through the address its pop has)
+        allocate_charged_zeroed = self.pool.allocate_charged_zeroed
+        va, status = allocate_charged_zeroed(pool_type & _PLAIN_QUOTA_TYPE_BITS, NumberOfBytes, Tag, process)
+        if va or pool_type & POOL_QUOTA_FAIL_INSTEAD_OF_RAISE:
+            return va
+        raise self._quota_failure(status, NumberOfBytes)
 
     # --- ExAllocatePool2 / 3 -----------------------------------------------------------------
 

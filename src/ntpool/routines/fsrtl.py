@@ -73,11 +73,17 @@ class FsRtlRoutines:
 
     @routine("PVOID FsRtlAllocatePoolWithQuota(_In_ POOL_TYPE PoolType, _In_ ULONG NumberOfBytes)")
     def FsRtlAllocatePoolWithQuota(self, PoolType, NumberOfBytes) -> int:
-        if self.current_process is self.system_process and type(PoolType) is int and \
-                not PoolType & _UNKNOWN_POOL_TYPE_BITS:
-            allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
-            va = allocate(PoolType & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, DEFAULT_TAG_FSRTL)
+        if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS:
+            process = self.current_process
+            if process is self.system_process:
+                allocate = self.pool.allocate  # (loaded, then called: a specialized call, see NDIS's)
+                va = allocate(PoolType & ~POOL_RAISE_IF_ALLOCATION_FAILURE, NumberOfBytes, DEFAULT_TAG_FSRTL)
+                if not va:
+                    raise self._fsrtl_quota_failure(STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+                return va
+            allocate_charged = self.pool.allocate_charged
+            va, status = allocate_charged(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL, process)
             if not va:
-                raise self._fsrtl_quota_failure(STATUS_INSUFFICIENT_RESOURCES, NumberOfBytes)
+                raise self._fsrtl_quota_failure(status, NumberOfBytes)
             return va
         return self.FsRtlAllocatePoolWithQuotaTag(PoolType, NumberOfBytes, DEFAULT_TAG_FSRTL)

@@ -418,7 +418,7 @@ ROUTINE_FIGURES = {
     "fsrtl_quota": ("FsRtlAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, the System process",
                     "<= 1.3x Ex pair", lambda us, bare, ex: ex <= 1.3),
     "charged": ("ExAllocatePoolWithQuotaTag + ExFreePoolWithTag, 100 B, charged to a process",
-                "reported", None),
+                "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
     "driver_lookaside": ("ExAllocateFromNPagedLookasideList + ExFreeToNPagedLookasideList "
                          "(a driver's list), 100 B", "reported", None),
     "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",

@@ -356,7 +356,7 @@ class SegmentHeapAllocator(PoolAllocator):
 
         return free
 
-    def fast_allocate_charged(self, caller_depth: int = 2):
+    def fast_allocate_charged(self, caller_depth: int = 2, zero: bool = False):
         """PoolAllocator.fast_allocate_charged for this design: the usual charged request
         takes a block from an active LFH bucket's current subsegment (``_take_lfh_block``),
         its header written once with the quota bit and ProcessBilled encoded."""
@@ -412,10 +412,13 @@ class SegmentHeapAllocator(PoolAllocator):
                         peak = process.quota_peak
                         if used > peak[which]:
                             peak[which] = used
+                        if zero:
+                            allocator.zero(body, NumberOfBytes)
                         return body, 0
             except (KeyError, TypeError, IndexError, AttributeError):
                 pass
-            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, site=site)
+            return allocator.allocate_with_quota(PoolType, NumberOfBytes, Tag, process.address, zero=zero,
+                                                 site=site)
 
         return allocate_charged
 
