@@ -48,6 +48,14 @@ def test_each_routine_keeps_its_name_docstring_signature_and_declaration(k, name
     assert registry.lookup(name).function is method  # the registry still declares the method
 
 
+def test_a_halted_machine_refuses_them(k):
+    with pytest.raises(ntpool.BugCheck):
+        k.ExFreePoolWithTag(0x1000, "Halt")  # a user-mode address: 0xC2
+    for name in SERVED + ("ExAllocateFromNPagedLookasideList", "ExFreeToLookasideListEx"):
+        with pytest.raises(ntpool.MachineHalted, match=name):
+            getattr(k, name)
+
+
 def test_each_machine_serves_its_own_routines():
     first, second = ntpool.Kernel(), ntpool.Kernel(windows="11")
     va = first.ExAllocatePool2(NON_PAGED, 100, "Mine")

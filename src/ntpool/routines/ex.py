@@ -1,6 +1,10 @@
 """The executive's pool routines (wdm.h), as methods of the machine.
 
-Each is a thin translation onto the one PoolAllocator (``self.pool``).
+Each is a thin translation onto the one PoolAllocator (``self.pool``). The routines called
+most are served by functions made for each machine (``serve_pool_routines_directly``): the
+pair is the allocator's fast paths themselves; ExAllocatePool2/3, ExFreePool2 and
+ExAllocatePoolWithTagPriority are closures over them (``_pool_routines``), which the
+methods below declare and call.
 """
 
 from typing import NamedTuple
