@@ -172,3 +172,20 @@ def test_driver_verifier_sees_every_charged_request(windows):
     assert _billed(k, p)[1] == app.address and app.nonpaged_quota_used == 128
     k.ExFreePoolWithTag(p, "Quot")
     assert k.verifier.outstanding(ChargingDriver.name) == [] and app.nonpaged_quota_used == 0
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+@pytest.mark.parametrize("size, tag, error", [(True, "Quot", TypeError), (100, 1.0, ntpool.TagError),
+                                              (100, True, ntpool.TagError)])
+def test_a_charged_request_of_another_type_is_refused_as_the_generic_path_refuses_it(
+        windows, size, tag, error):
+    # A bool or a float equal to a size or to a known tag (the int tag 1 here) would pass the
+    # fast path's lookups: it refuses them as ``allocate_with_quota`` does, nothing charged.
+    k, driver, app = _machine(windows)
+    k.set_current_process(k.system_process)
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 100, 1), 1)
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(NP, 1, "Quot"), "Quot")  # (a bool's size: 1 byte)
+    k.set_current_process(app)
+    with pytest.raises(error):
+        k.ExAllocatePoolWithQuotaTag(NP, size, tag)
+    assert app.nonpaged_quota_used == 0

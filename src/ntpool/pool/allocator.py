@@ -625,7 +625,11 @@ class PoolAllocator:
                 tag_ulong, row = known_tags[Tag]
                 heads, counts, allocates, sites, headers_from, frames, header_type, \
                     column = fast_lists[PoolType]
-                if 0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
+                # Only a size and a tag of the exact types ``allocate_with_quota`` takes as
+                # they are: a bool or a float equal to a size or to a known tag would pass
+                # the lookups here, and the generic path refuses it (TypeError, TagError).
+                if type(NumberOfBytes) is int and type(Tag) in (str, int) and \
+                        0 < NumberOfBytes <= LOOKASIDE_MAX_BYTES:
                     block_size = BLOCKS_FOR_BYTES[NumberOfBytes]
                     body = heads[block_size]
                     # The head's header, tested as fast_allocate tests it (the empty head

@@ -393,7 +393,10 @@ class SegmentHeapAllocator(PoolAllocator):
             try:
                 tag_ulong, row = known_tags[Tag]
                 heap = fast_pools[PoolType]
-                if 0 < NumberOfBytes <= LFH_MAX_REQUEST:
+                # (Only a size and a tag of the exact types allocate_with_quota takes as they
+                # are: see PoolAllocator.fast_allocate_charged.)
+                if type(NumberOfBytes) is int and type(Tag) in (str, int) and \
+                        0 < NumberOfBytes <= LFH_MAX_REQUEST:
                     units = _UNITS_FOR[NumberOfBytes]
                     # The charge (quota_charge_for: the block's bytes), decided as
                     # QuotaLedger.try_charge decides it on the process in hand (no ledger
