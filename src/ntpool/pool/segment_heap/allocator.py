@@ -395,7 +395,7 @@ class SegmentHeapAllocator(PoolAllocator):
                 heap = fast_pools[PoolType]
                 # (Only a size and a tag of the exact types allocate_with_quota takes as they
                 # are: see PoolAllocator.fast_allocate_charged.)
-                if type(NumberOfBytes) is int and type(Tag) in (str, int) and \
+                if type(NumberOfBytes) is int and (type(Tag) is str or type(Tag) is int) and \
                         0 < NumberOfBytes <= LFH_MAX_REQUEST:
                     units = _UNITS_FOR[NumberOfBytes]
                     # The charge (quota_charge_for: the block's bytes), decided as
