@@ -40,7 +40,12 @@ class Process:
 
 
 class QuotaLedger:
-    """What each process has been charged, looked up by EPROCESS address."""
+    """What each process has been charged, looked up by EPROCESS address.
+
+    The allocator's quota fast paths make ``try_charge``'s and ``release``'s steps
+    themselves, on the ``Process`` in hand (``PoolAllocator.fast_allocate_charged``,
+    ``release_quota``, the segment heap's ``_release_billed``): a change to either rule is a
+    change there too (tests/test_quota_fast_path.py holds them to the same answers)."""
 
     def __init__(self):
         self.by_address: dict[int, Process] = {}

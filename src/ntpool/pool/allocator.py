@@ -100,7 +100,6 @@ assert _INDEX_SIZE_TYPE_TAG.unpack(HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (2, 3, 
 _unpack_index_size_type_tag = _INDEX_SIZE_TYPE_TAG.unpack_from
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _POOL_INDEX = POOL_HEADER.PoolIndex
-_BLOCK_SIZE = POOL_HEADER.BlockSize
 _PROCESS_BILLED = POOL_HEADER.ProcessBilled
 _QWORD = struct.Struct("<Q")
 assert POOL_HEADER.PreviousSize == 0
