@@ -189,3 +189,55 @@ def test_a_charged_request_of_another_type_is_refused_as_the_generic_path_refuse
     with pytest.raises(error):
         k.ExAllocatePoolWithQuotaTag(NP, size, tag)
     assert app.nonpaged_quota_used == 0
+
+
+class Pool2ChargingDriver(ChargingDriver):
+    name = "pool2charging.sys"
+
+    def charge_pool2(self, k, flags):
+        self.line = sys._getframe().f_lineno + 1
+        return k.ExAllocatePool2(flags, 100, "Quot")
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+@pytest.mark.parametrize("uninitialized", [False, True])
+def test_exallocatepool2_with_use_quota_takes_the_quota_fast_path(windows, uninitialized, monkeypatch):
+    """ExAllocatePool2 with POOL_FLAG_USE_QUOTA, charged to a process: the quota fast path,
+    the memory zeroed unless POOL_FLAG_UNINITIALIZED, billed, charged and attributed to the
+    driver's line; over quota, NULL or STATUS_QUOTA_EXCEEDED raised with nothing changed."""
+    F = ntpool.PoolFlags
+    k, _, app = _machine(windows)
+    driver = Pool2ChargingDriver()
+    k.load_driver(driver)
+    flags = F.POOL_FLAG_NON_PAGED | F.POOL_FLAG_USE_QUOTA | (F.POOL_FLAG_UNINITIALIZED if uninitialized else 0)
+    k.set_current_process(k.system_process)
+    if windows == "11":  # ExAllocatePool2's nonpaged pool is NonPagedPoolNx, a heap of its own
+        for _ in range(LFH_WARM_UP):
+            k.ExFreePoolWithTag(k.ExAllocatePool2(F.POOL_FLAG_NON_PAGED, 100, "Quot"), "Quot")
+    dirty = k.ExAllocatePoolWithTag(NP, 100, "Quot")
+    k.write(dirty, b"\xAA" * 100)
+    k.ExFreePoolWithTag(dirty, "Quot")  # the chunk the charged request takes, written on
+    k.set_current_process(app)
+    big = driver.charge(k, size=3900)  # most of the 4 KiB charged: room for one 100-byte request
+    before = app.nonpaged_quota_used
+    assert 128 <= 4096 - before < 256
+    _no_generic_path(k, monkeypatch)
+    p = driver.charge_pool2(k, flags)
+    pool_type, billed = _billed(k, p)
+    assert pool_type & 0x8 and billed == app.address and app.nonpaged_quota_used == before + 128
+    if windows == "7":
+        assert p == dirty
+        # (uninitialized: as it was left, but for the lookaside's Next in its first QWORD)
+        assert (k.read(p + 8, 92) == b"\xAA" * 92) if uninitialized else (k.read(p, 100) == bytes(100))
+        site = k.allocation_site(p)
+        assert (site.function, site.lineno) == ("Pool2ChargingDriver.charge_pool2", driver.line)
+    elif not uninitialized:
+        assert k.read(p, 100) == bytes(100)
+    used = app.nonpaged_quota_used
+    assert driver.charge_pool2(k, flags) == 0  # less than 128 bytes of quota left
+    with pytest.raises(ntpool.NtStatusError) as raised:
+        driver.charge_pool2(k, flags | F.POOL_FLAG_RAISE_ON_FAILURE)
+    assert raised.value.status == QUOTA_EXCEEDED and app.nonpaged_quota_used == used
+    k.ExFreePoolWithTag(p, "Quot")
+    k.ExFreePoolWithTag(big, "Quot")
+    assert app.nonpaged_quota_used == 0
