@@ -218,6 +218,9 @@ def test_exallocatepool2_with_use_quota_takes_the_quota_fast_path(windows, unini
     k.write(dirty, b"\xAA" * 100)
     k.ExFreePoolWithTag(dirty, "Quot")  # the chunk the charged request takes, written on
     k.set_current_process(app)
+    # A first request translates the Flags value (_allocate_pool2); the next ones are
+    # ExAllocatePool2's usual charged call (_POOL2_CHARGED): the one tested below.
+    k.ExFreePoolWithTag(driver.charge_pool2(k, flags), "Quot")
     big = driver.charge(k, size=3900)  # most of the 4 KiB charged: room for one 100-byte request
     before = app.nonpaged_quota_used
     assert 128 <= 4096 - before < 256

@@ -291,6 +291,7 @@ class ExecutiveRoutines:
         if not flags & F.POOL_FLAG_USE_QUOTA:
             _POOL2_PLAIN[flags] = (pool_type, zero)  # ExAllocatePool2's next call skips this
         if flags & F.POOL_FLAG_USE_QUOTA:
+            _POOL2_CHARGED[flags] = (pool_type, zero)  # likewise, charged to a process
             process = self.current_process
             if process is self.system_process:  # charged nothing (_billed_process: 0)
                 va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, 0, zero=zero)
@@ -330,6 +331,9 @@ class ExecutiveRoutines:
 # kind, 1 is POOL_FLAG_USE_QUOTA); a pure function of the value, so one table serves every
 # machine.
 _POOL2_PLAIN: dict[int, tuple[int, bool]] = {}
+# The same for values with POOL_FLAG_USE_QUOTA, whose request is charged to the current
+# process (unless it is the System process).
+_POOL2_CHARGED: dict[int, tuple[int, bool]] = {}
 
 
 def _pool2_type(flags: int, tag) -> int:
@@ -418,6 +422,7 @@ def _pool_routines(kernel) -> dict:
     allocator = kernel.pool
     allocate, allocate_zeroed, free = allocator.allocate, allocator.allocate_zeroed, allocator.free
     known_tags = allocator.known_tags
+    allocate_charged, allocate_charged_zeroed = allocator.allocate_charged, allocator.allocate_charged_zeroed
     fast_pools = allocator.fast_pools
     priority_tables = allocator.most_pages_for_priority  # by pool name, made when first asked for
     refuses_for_priority = allocator.refuses_for_priority
@@ -435,6 +440,19 @@ def _pool_routines(kernel) -> dict:
                 return va or kernel._pool2_no_pool(Flags, NumberOfBytes)
         except (KeyError, TypeError):
             pass
+        # A request charged to the current process (POOL_FLAG_USE_QUOTA, _POOL2_CHARGED),
+        # outside the System process: the allocator's quota fast path, called from here as
+        # ExAllocatePoolWithQuotaTag calls it (the driver's frame is its caller's).
+        process = kernel.current_process
+        if process is not kernel.system_process:
+            try:
+                pool_type, zero = _POOL2_CHARGED[Flags]
+                if known_tags[Tag][0]:
+                    va, status = (allocate_charged_zeroed if zero else allocate_charged)(
+                        pool_type, NumberOfBytes, Tag, process)
+                    return va or kernel._pool2_failed(int(Flags), _Pool2Failure(status, "quota allocation failed"))
+            except (KeyError, TypeError):
+                pass
         return kernel._allocate_pool2(Flags, NumberOfBytes, Tag, None)
 
     def ExAllocatePool3(Flags, NumberOfBytes, Tag, ExtendedParameters=None, ExtendedParametersCount=0):
