@@ -108,10 +108,5 @@ class ProcessRoutines:
         """The current process's EPROCESS address."""
         return self.current_process.address
 
-    def _billed_process(self) -> int:
-        """The EPROCESS address a quota charge goes to (0: the System process, not charged)."""
-        process = self.current_process
-        return 0 if process is self.system_process else process.address
-
 
 register_data("PsInitialSystemProcess", "PEPROCESS", lambda kernel: kernel.PsInitialSystemProcess)

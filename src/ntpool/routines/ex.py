@@ -163,7 +163,7 @@ class ExecutiveRoutines:
         pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
             else checked_pool_type(PoolType)
         process = self.current_process
-        if process is self.system_process:  # (_billed_process, inline)
+        if process is self.system_process:  # (charged nothing)
             # The System process is charged nothing: the request is ExAllocatePoolWithTag's,
             # fast path included (called from here, where it finds the driver's frame).
             allocate = self.pool.allocate  # (loaded, then called: see NdisAllocateMemoryWithTag)
@@ -288,12 +288,10 @@ class ExecutiveRoutines:
         except _Pool2Failure as failure:
             return self._pool2_failed(flags, failure)
         zero = not flags & F.POOL_FLAG_UNINITIALIZED
-        if not flags & F.POOL_FLAG_USE_QUOTA:
-            _POOL2_PLAIN[flags] = (pool_type, zero)  # ExAllocatePool2's next call skips this
         if flags & F.POOL_FLAG_USE_QUOTA:
-            _POOL2_CHARGED[flags] = (pool_type, zero)  # likewise, charged to a process
+            _POOL2_CHARGED[flags] = (pool_type, zero)  # ExAllocatePool2's next call skips this
             process = self.current_process
-            if process is self.system_process:  # charged nothing (_billed_process: 0)
+            if process is self.system_process:  # charged nothing (ProcessBilled 0)
                 va, status = self.pool.allocate_with_quota(pool_type, NumberOfBytes, Tag, 0, zero=zero)
             else:
                 # Charged to the process: the allocator's quota fast path, as
@@ -302,7 +300,8 @@ class ExecutiveRoutines:
                 # (Its call-site lookup walks out of ExAllocatePool2's frame to the driver's.)
                 allocate_charged = self.pool.allocate_charged_zeroed if zero else self.pool.allocate_charged
                 va, status = allocate_charged(pool_type, NumberOfBytes, Tag, process)
-            return va or self._pool2_failed(flags, _Pool2Failure(status, "quota allocation failed"))
+            return va or self._pool2_quota_refused(flags, status)
+        _POOL2_PLAIN[flags] = (pool_type, zero)  # likewise, with no quota
         if priority is not None and priority & ~0xF != 32:
             va = self.pool.allocate_with_priority(pool_type, NumberOfBytes, Tag, priority)
         else:
@@ -318,6 +317,11 @@ class ExecutiveRoutines:
         """An ExAllocatePool2/3 request the pool could not serve: NULL, or raised."""
         return cls._pool2_failed(flags, _Pool2Failure(NtStatus.STATUS_INSUFFICIENT_RESOURCES,
                                                       f"no pool for {number_of_bytes} bytes"))
+
+    @classmethod
+    def _pool2_quota_refused(cls, flags: int, status: int) -> int:
+        """A POOL_FLAG_USE_QUOTA request refused (over quota, or no pool): NULL, or raised."""
+        return cls._pool2_failed(flags, _Pool2Failure(status, "quota allocation failed"))
 
     @staticmethod
     def _pool2_failed(flags: int, failure: _Pool2Failure) -> int:
@@ -450,7 +454,7 @@ def _pool_routines(kernel) -> dict:
                 if known_tags[Tag][0]:
                     va, status = (allocate_charged_zeroed if zero else allocate_charged)(
                         pool_type, NumberOfBytes, Tag, process)
-                    return va or kernel._pool2_failed(int(Flags), _Pool2Failure(status, "quota allocation failed"))
+                    return va or kernel._pool2_quota_refused(int(Flags), status)
             except (KeyError, TypeError):
                 pass
         return kernel._allocate_pool2(Flags, NumberOfBytes, Tag, None)

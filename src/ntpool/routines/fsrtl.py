@@ -52,7 +52,7 @@ class FsRtlRoutines:
         pool_type = PoolType if type(PoolType) is int and not PoolType & _UNKNOWN_POOL_TYPE_BITS \
             else checked_pool_type(PoolType)
         process = self.current_process
-        if process is self.system_process:  # (_billed_process, inline)
+        if process is self.system_process:  # (charged nothing)
             # The System process is charged nothing: ExAllocatePoolWithTag's request, fast path
             # included (called from here, where it finds the driver's frame). The raise bit
             # is left off: the failure raised below names the quota routine.
