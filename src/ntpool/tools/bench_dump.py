@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from ..constants import PoolType
-from . import isf
+from ..dump import isf
 
 MiB = 1 << 20
 
