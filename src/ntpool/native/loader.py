@@ -20,14 +20,26 @@ IMAGE_ALIGNMENT = 0x10000
 _CR8_ACCESS = re.compile(rb"[\x44\x45\x46\x47\x4C\x4D\x4E\x4F]\x0F[\x20\x22][\xC0-\xC7]", re.S)
 
 
+STATUS_DRIVER_ORDINAL_NOT_FOUND = 0xC0000262
+STATUS_DRIVER_ENTRYPOINT_NOT_FOUND = 0xC0000263
+
+
 class MissingImports(LookupError):
-    """Imports ntpool does not implement; ``missing`` lists "MODULE!name" for each."""
+    """Imports ntpool does not implement; ``missing`` lists "MODULE!name" for each.
+
+    Windows' loader refuses such a driver before DriverEntry (MiSnapThunk, WRK sysload.c):
+    ``status`` is what it fails the load with, STATUS_DRIVER_ENTRYPOINT_NOT_FOUND for an
+    import by name, STATUS_DRIVER_ORDINAL_NOT_FOUND when every missing one is by ordinal."""
 
     def __init__(self, image_name: str, missing: list[str]):
         self.missing = missing
+        by_name = any("!#" not in entry for entry in missing)
+        self.status = STATUS_DRIVER_ENTRYPOINT_NOT_FOUND if by_name else STATUS_DRIVER_ORDINAL_NOT_FOUND
+        status_name = "STATUS_DRIVER_ENTRYPOINT_NOT_FOUND" if by_name else "STATUS_DRIVER_ORDINAL_NOT_FOUND"
         super().__init__(f"{image_name} imports {len(missing)} routine(s) ntpool does not "
-                         f"implement: {', '.join(missing)} (--allow-missing binds them to a "
-                         f"stop that names the routine when it is called)")
+                         f"implement: {', '.join(missing)}; Windows' loader refuses such a "
+                         f"driver ({status_name}, {self.status:#010x}) (--allow-missing binds "
+                         f"them to a stop that names the routine when it is called)")
 
 
 class MappedImage:

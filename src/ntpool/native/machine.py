@@ -300,9 +300,13 @@ class NativeMachine:
 
     def describe(self, address: int) -> str:
         driver = self.driver_at(address)
-        if driver is None:
-            return f"{address:#x}"
-        return driver.describe(address)
+        if driver is not None:
+            return driver.describe(address)
+        number = (address - cpu_module.FIRST_STUB) // cpu_module.STUB_SIZE
+        if address >= cpu_module.FIRST_STUB and number < len(self.bindings.names):
+            # Inside an import's stub: name the routine (the driver's call is the caller).
+            return f"{address:#x} (the import stub of {self.bindings.names[number]})"
+        return f"{address:#x}"
 
     # --- what native code asks the kernel for ----------------------------------------------
 
