@@ -17,6 +17,7 @@ to a handler that stops the run naming the routine when it is first called.
 import os
 import struct
 
+from .. import kernel as _kernel  # noqa: F401  (importing it declares the whole routine surface)
 from ..routines import registry
 from . import cpu as cpu_module
 from . import runtime
