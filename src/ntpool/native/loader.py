@@ -11,6 +11,8 @@ import re
 import struct
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..errors import NtStatusError
+from ..machine.memory import OutOfFrames
 from .pe import Image
 
 # Where native images are mapped: above the Python drivers' made-up bases, 64 KiB aligned.
@@ -91,16 +93,41 @@ def page_protection(image: Image) -> list[tuple[bool, bool]]:
     return pages
 
 
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+
+
+def image_does_not_fit(image: Image, free_frames: int) -> NtStatusError:
+    """What MmLoadSystemImage fails with when the image's pages cannot be had."""
+    return NtStatusError(STATUS_INSUFFICIENT_RESOURCES,
+                         f"{image.name}: its image of {image.size_of_image:#x} bytes (SizeOfImage) "
+                         f"needs {image.size_of_image >> PAGE_SHIFT} page frames and the machine "
+                         f"has {free_frames} free (give it more physical_memory_bytes)")
+
+
 def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
-    memory, cr8_sites = layout(image, base, resolve)
     physical = kernel.physical
+    pages = page_protection(image)
+    free = physical.frame_count - physical.frames_used
+    if len(pages) > free:
+        raise image_does_not_fit(image, free)
+    memory, cr8_sites = layout(image, base, resolve)
     space = kernel.space
     frames = []
-    for index, (writable, executable) in enumerate(page_protection(image)):
-        pfn = physical.allocate_frame()
-        frames.append(pfn)
-        physical.write(pfn << PAGE_SHIFT, memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
-        space.map_page(base + index * PAGE_SIZE, pfn, writable=writable, executable=executable)
+    try:
+        for index, (writable, executable) in enumerate(pages):
+            pfn = physical.allocate_frame()
+            frames.append(pfn)
+            physical.write(pfn << PAGE_SHIFT, memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
+            space.map_page(base + index * PAGE_SIZE, pfn, writable=writable, executable=executable)
+    except OutOfFrames:
+        # The page tables took the last frames: give back what was mapped, as a failed load
+        # leaves nothing behind.
+        for index, pfn in enumerate(frames):
+            va = base + index * PAGE_SIZE
+            if space.translate(va) is not None:
+                space.unmap_page(va)
+            physical.free_frame(pfn)
+        raise image_does_not_fit(image, free) from None
     return MappedImage(image, base, frames, cr8_sites)
 
 

@@ -78,7 +78,8 @@ class Base:
     name: str  # "ioctl"
     data: bytes
     pdb: bytes | None
-    fields: list = field(default_factory=list)  # (label, file offset, width)
+    fields: list = field(default_factory=list)  # (label, file offset, width): the headers'
+    table_fields: list = field(default_factory=list)  # the same for each DWORD of the tables
     regions: dict = field(default_factory=dict)  # label -> [(file offset, length)]
 
 
@@ -167,9 +168,9 @@ def describe_base(path: str) -> Base:
                 continue
             # The unwind info, its codes, the handler and (a guess) its scope table.
             region("unwind", unwind, 4 + 2 * (header[2] + 1) + 8 + 16 * 4)
-    base.fields += [(f"{label}+{offset:#x}", offset, 4) for label, spans in base.regions.items()
-                    if label not in ("code", "headers") for offset, length in spans
-                    for offset in range(offset, offset + length - 3, 4)]
+    base.table_fields = [(f"{label}+{offset:#x}", offset, 4) for label, spans in base.regions.items()
+                         if label not in ("code", "headers") for offset, length in spans
+                         for offset in range(offset, offset + length - 3, 4)]
     return base
 
 
@@ -193,12 +194,22 @@ def mutate(base: Base, rng: random.Random) -> tuple[bytes, bytes | None, list[st
     data = bytearray(base.data)
     pdb = base.pdb
     done = []
-    kinds = ["field", "field", "field", "region", "region", "bytes", "code", "truncate",
-             "append", "pdb", "sections"]
+    kinds = ["field", "field", "table", "table", "region", "bytes", "code", "truncate",
+             "append", "pdb", "sections", "huge"]
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         kind = rng.choice(kinds)
-        if kind == "field":
-            label, offset, width = rng.choice(base.fields)
+        if kind == "huge":
+            # A size or count a hostile header makes huge (the loader must stay bounded).
+            label, offset, width = rng.choice([f for f in base.fields if f[0].endswith(
+                ("SizeOfImage", "SizeOfHeaders", "VirtualSize", "SizeOfRawData", ".Size",
+                 "NumberOfRvaAndSizes", "NumberOfSections", "SizeOfOptionalHeader"))])
+            new = rng.choice((0x3FFF000, 0x4000000, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000000,
+                              0x00FFFFFF)) & ((1 << (8 * width)) - 1)
+            data[offset:offset + width] = new.to_bytes(width, "little")
+            done.append(f"{label} -> {new:#x}")
+        elif kind in ("field", "table"):
+            label, offset, width = rng.choice(base.fields if kind == "field" else
+                                              base.table_fields or base.fields)
             if offset + width > len(data):
                 continue
             old = int.from_bytes(data[offset:offset + width], "little")
@@ -260,7 +271,7 @@ class Outcome:
     detail: str = ""
 
 
-ALLOWED = ("refused", "missing-imports", "entry-failed", "bugcheck", "hang", "native-error",
+ALLOWED = ("refused", "missing-imports", "load-failed", "entry-failed", "bugcheck", "hang", "native-error",
            "unimplemented", "ran")
 
 
@@ -313,7 +324,8 @@ def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
         except MissingImports as error:
             return Outcome("missing-imports", _one_line(error))
         except NtStatusError as error:
-            return Outcome("entry-failed", str(error))
+            # Not mapped: the load itself failed (the image does not fit); else DriverEntry's.
+            return Outcome("load-failed" if driver.mapped is None else "entry-failed", str(error))
         if driver.driver_object and driver.image.name:
             for code, payload, length in IOCTLS.get(base.name, ()):
                 try:
