@@ -331,14 +331,21 @@ def locate(seed: Seed) -> None:
 
 # --- damage ------------------------------------------------------------------------------------
 
+# Addresses a lying pointer or range bound may take: the kernel half's edges, the page-table
+# self-map (PML4 index 0x1ED), KUSER_SHARED_DATA, a user address, the top of memory.
+ADDRESSES = (0xFFFF800000000000, 0xFFFFF68000000000, 0xFFFFF6FB7DBED000, 0xFFFFF78000000000,
+             0xFFFFF80000000000, 0xFFFFFA8000000000, 0xFFFFFFFFFFFFF000, 0x7FFFFFFEFFFF, 0x10000,
+             0x0000800000000000)
 HUGE = (1 << 40, 1 << 48, 1 << 52, 1 << 62, (1 << 63) + 1, (1 << 64) - 1, (1 << 32) - 1, 1 << 31,
         0x7FFFFFFF, 0x80000000, 0xFFFFFFFF00000000)
 
 
 def _value(rng: random.Random, old: int, width: int, seed: Seed, reader_info: dict) -> int:
     mask = (1 << (8 * width)) - 1
-    choice = rng.randrange(14)
-    if choice == 0:
+    choice = rng.randrange(15)
+    if choice == 14:
+        value = rng.choice(ADDRESSES) + rng.choice((0, 0, 8, 0x1000, -0x1000))
+    elif choice == 0:
         value = 0
     elif choice == 1:
         value = mask
@@ -377,14 +384,17 @@ def mutate(seed: Seed, size: int, read, rng: random.Random, info: dict) -> tuple
     edits, done = [], []
     plan = rng.random()
     regions = sorted(seed.targets)
-    for _ in range(rng.choice((1, 1, 1, 2, 3, 5, 12))):
+    storm = None
+    if 0.1 <= plan < 0.25:  # many edits in one structure
+        storm = rng.choice(regions)
+    for _ in range(rng.randrange(20, 80) if storm else rng.choice((1, 1, 1, 2, 3, 5, 12))):
         if plan < 0.1:  # random bytes anywhere
             at = rng.randrange(size)
             patch = rng.randbytes(rng.randrange(1, 9))
             edits.append((at, patch))
             done.append(f"random {len(patch)} bytes at {at:#x}")
             continue
-        region = rng.choice(regions)
+        region = storm or rng.choice(regions)
         offset, length = rng.choice(seed.targets[region])
         width = rng.choice((8, 8, 8, 4, 2, 1)) if length >= 8 else min(length, rng.choice((1, 2, 4)))
         at = offset + rng.randrange(max(1, length - width + 1))
@@ -465,6 +475,8 @@ def run_dump(path: str, seed: Seed, rng: random.Random, pooltags) -> str:
         raise Failure(f"DumpReader: {_described(error)}") from error
     with reader:
         session = KdSession(reader, pooltags)
+        if rng.random() < 0.2:
+            _forked_poolfind(session, rng)
         for command in _commands(seed, rng):
             try:
                 if command.startswith("!poolfind"):
@@ -486,6 +498,28 @@ def run_dump(path: str, seed: Seed, rng: random.Random, pooltags) -> str:
                 raise Failure(f"kd's Tab completion of {line!r}: {_described(error)}") from error
     run_poolmon(path, pooltags)
     return "read"
+
+
+def _forked_poolfind(session, rng: random.Random) -> None:
+    """!poolfind shared with forked workers (as on a big pool: here on any pool) must print
+    what one process prints, errors included."""
+    from ..debugger import session as kd
+
+    command = rng.choice(("!poolfind *", "!poolfind * 1", "!poolfind Fred", "!poolfind ?e*"))
+    try:
+        alone = "".join(session.stream(command))
+        saved = kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES
+        kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES = 1, rng.choice((2, 3))
+        try:
+            shared = "".join(session.stream(command))
+        finally:
+            kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES = saved
+    except Exception as error:
+        raise Failure(f"kd {command} (forked): {_described(error)}") from error
+    if shared != alone:
+        at = next((i for i, (a, b) in enumerate(zip(alone, shared)) if a != b), min(len(alone), len(shared)))
+        raise Failure(f"kd {command}: forked workers printed other text than one process, from "
+                      f"character {at}: {alone[at:at + 80]!r} against {shared[at:at + 80]!r}")
 
 
 def run_poolmon(path: str, pooltags) -> None:
@@ -736,7 +770,8 @@ class Pool:
             what = f"a hang (past the time limit of {timeout:g} s)"
         else:
             what = f"the worker died (exit code {code})"
-        return number, "failure", f"{what}: {stack[-2000:]}" if stack else what, timeout, 0.0
+        # faulthandler prints the innermost frame first: that is where it hung
+        return number, "failure", f"{what}: {stack[:2000]}" if stack else what, timeout, 0.0
 
     def close(self):
         if self.process is not None and self.process.is_alive():
