@@ -13,6 +13,7 @@ import ntpool
 from ntpool.debugger.pooltag import PoolTagDatabase
 from ntpool.debugger.session import KdSession
 from ntpool.dump import DumpFormatError, DumpReader
+from ntpool.tags import display
 
 MiB = 1 << 20
 EXAMPLES = int(os.environ.get("NTPOOL_FUZZ_EXAMPLES", "60"))
@@ -342,6 +343,17 @@ def test_tables_claiming_more_than_a_kernel_keeps_are_refused(tmp_path, table):
             read()
         out = KdSession(reader, POOLTAGS).execute("!poolused; !poolfind Fred; !verifier 3; lm")
         assert "ntpool reads" in out
+
+
+def test_the_tracker_table_is_read_once(tmp_path):
+    """!poolused, poolmon and kd's completion each ask for the tracker's entries: a table at
+    the limit (65,537 slots) read anew for each took seconds apiece (found by the fuzzer)."""
+    path = tmp_path / "d.dmp"
+    path.write_bytes(DUMPS["kernel"][0])
+    with DumpReader(path) as reader:
+        entries = reader.tracker_entries()
+        assert entries and reader.tracker_entries() is entries
+        assert {display(e.Key) for e in entries} >= {"derF", "ggiB"}  # as kd shows a Python str tag
 
 
 def test_a_zeroed_big_page_table_holds_no_allocations(tmp_path):
