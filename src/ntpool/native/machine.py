@@ -306,6 +306,7 @@ class NativeMachine:
         missing = self.bindings.missing(image)
         if missing and not allow_missing:
             raise MissingImports(name, missing)
+        self.bindings.check_room(image)
         base = self.next_base
         mapped = map_image(self.kernel, image, base, self.bindings.resolve)
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
