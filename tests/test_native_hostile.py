@@ -315,3 +315,32 @@ def test_imports_past_the_stub_pages_room_are_refused_before_any_is_bound(monkey
     with pytest.raises(BadImage, match="distinct routines"):
         load_native_driver(k, b"MZ", name="many.sys", allow_missing=True)
     assert len(bindings.handlers) == before and not k.drivers
+
+
+def test_a_routines_access_violation_unhandled_in_a_system_thread_is_0x7e():
+    k, driver = misbehave()
+    with pytest.raises(BugCheck) as caught:
+        driver.machine.call(driver.address_of("AllocateInto"), (0x1000,), driver, thread="system")
+    assert caught.value.code == 0x7E and caught.value.parameters[0] == 0xC0000005
+    assert in_function(driver, caught.value.parameters[1], "AllocateInto")
+
+
+# --- instructions a driver has no business running -----------------------------------------------------
+
+@pytest.mark.parametrize("code, ends", [
+    (b"\xf4\xb8\x07\x00\x00\x00\xc3", 7),  # hlt; mov eax, 7; ret: the next tick wakes it
+    (b"\xfa\xf4\xc3", "hlt with interrupts disabled"),  # cli; hlt: nothing ever wakes it
+], ids=["hlt", "cli-hlt"])
+def test_hlt_waits_for_the_next_interrupt(code, ends):
+    """unicorn ends a run at hlt; ntpool took that for its watchdog's stop and reported a
+    hang at once ("did not return within 60 s" after no time at all)."""
+    from ntpool.native import NativeError
+    k = machine()
+    driver = load_native_driver(k, sys_bytes("faults"), name="faults.sys")
+    at = driver.address_of("RaiseAndReport")
+    k.write(at, code)
+    if isinstance(ends, int):
+        assert driver.call(at, 2) == ends
+    else:
+        with pytest.raises(NativeError, match=ends + r" at faults\.sys\+0x[0-9a-f]+ RaiseAndReport\+0x1"):
+            driver.call(at, 2)

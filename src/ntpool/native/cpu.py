@@ -195,6 +195,7 @@ class Watchdog:
                 for cpu, deadline in self.deadlines.items():
                     if deadline <= now:
                         self.deadlines[cpu] = now + self.RETRY_SECONDS
+                        cpu.timed_out = True  # what tells this stop from a hlt's
                         uclib.uc_emu_stop(cpu.uch)
                 self.sleeping_until = min(self.deadlines.values(), default=None)
                 self.wake.wait(None if self.sleeping_until is None else self.sleeping_until - now)
@@ -239,6 +240,7 @@ class Cpu:
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
         self.tlb_stale = False
+        self.timed_out = False  # set by the watchdog when it stops this CPU
         self.stop: tuple | None = None  # why the CPU stopped inside a hook
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
@@ -351,15 +353,21 @@ class Cpu:
     def start(self, rip: int) -> tuple | None:
         """Run from ``rip`` until the return trap, a stop, or an error; returns the stop
         (None: the called function returned). A run stopped elsewhere was stopped by the
-        watchdog (``WATCHDOG.arm``): ("timeout", None)."""
+        watchdog (``WATCHDOG.arm``): ("timeout", None), or by a hlt: ("halt", rip after it)."""
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
+        self.timed_out = False
         status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, 0, 0)
         stop = self.stop
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
-        if stop is None and self.rip_register.read()[0] != RETURN_TRAP:
-            return ("timeout", None)
+        if stop is None:
+            rip = self.rip_register.read()[0]
+            if rip != RETURN_TRAP:
+                if self.timed_out:
+                    return ("timeout", None)
+                # unicorn ends a run at hlt, with rip past it.
+                return ("halt", rip)
         return stop

@@ -17,6 +17,7 @@ import struct
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..errors import BugCheck, NtStatusError
 from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten, PageFault
+from unicorn import UcError
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 
 from . import cpu as cpu_module
@@ -39,6 +40,7 @@ STATUS_ACCESS_VIOLATION = 0xC0000005
 # The DPC watchdog's bug check is Windows 8's (build 9200) and later's.
 DPC_WATCHDOG_FIRST_BUILD = 9200
 DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
+RFLAGS_IF = 0x200
 
 
 class RoutineAccessViolation(NtStatusError):
@@ -433,6 +435,14 @@ class NativeMachine:
             kind, detail = stop
             if kind == "timeout":
                 self._hung(cpu.read_context()["rip"])
+            if kind == "halt":
+                # hlt waits for an interrupt: the next clock tick wakes the processor and it
+                # goes on past the hlt. With interrupts off (IF clear) none ever comes.
+                if not cpu.read_context()["rflags"] & RFLAGS_IF:
+                    raise NativeError(f"hlt with interrupts disabled at {self.describe(detail - 1)}: "
+                                      f"the processor never wakes (a hang)")
+                rip = detail
+                continue
             if kind == "error":
                 if isinstance(detail, NtStatusError):
                     # Raised by a routine: dispatched from the driver's call site.
@@ -455,7 +465,7 @@ class NativeMachine:
                 continue
             regs = cpu.read_context()
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
-                              f"{detail}")
+                              f"{detail} ({UcError(detail)})")
 
     def _hung(self, rip: int) -> None:
         """Native code ran past ``call_timeout``. At DISPATCH_LEVEL or above, Windows 8 and
