@@ -344,3 +344,24 @@ def test_hlt_waits_for_the_next_interrupt(code, ends):
     else:
         with pytest.raises(NativeError, match=ends + r" at faults\.sys\+0x[0-9a-f]+ RaiseAndReport\+0x1"):
             driver.call(at, 2)
+
+
+def test_an_exception_that_resumes_into_its_own_fault_is_stopped_at_the_deadline():
+    """CaughtReadAddress's scope record made to jump back to the faulting read (the fuzzer's
+    case 30207 of seed 5): every run of the CPU faults at once, so the watchdog's stop, which
+    lands between runs, stopped nothing; the loop went on for seconds past the deadline (up
+    to 20 under load). The runner now checks the deadline between runs."""
+    import time
+    from ntpool.native import NativeError, native_machine
+    data = bytearray(sys_bytes("faults"))
+    at = unwind_info_offset(data, "CaughtReadAddress")
+    target = at + 4 + 2 * 4 + 4 + 4 + 12  # the first scope record's JumpTarget
+    jump = struct.unpack_from("<I", data, target)[0]
+    struct.pack_into("<I", data, target, jump - 0x10)  # the __try's read itself
+    k = machine()
+    driver = load_native_driver(k, bytes(data), name="faults.sys")
+    native_machine(k).call_timeout = 0.3
+    started = time.monotonic()
+    with pytest.raises(NativeError, match=r"did not return within 0.3 s .*CaughtReadAddress"):
+        driver.call("CaughtReadAddress", 0x1000)
+    assert time.monotonic() - started < 3.0

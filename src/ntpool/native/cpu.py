@@ -176,6 +176,7 @@ class Watchdog:
     def arm(self, cpu, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with self.lock:
+            cpu.timed_out = False
             self.deadlines[cpu] = deadline
             if self.thread is None:
                 self.thread = threading.Thread(target=self._watch, name="ntpool-native-watchdog",
@@ -240,7 +241,10 @@ class Cpu:
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
         self.tlb_stale = False
-        self.timed_out = False  # set by the watchdog when it stops this CPU
+        # Set by the watchdog when this CPU's deadline has passed (cleared when it is armed):
+        # the runner checks it between runs too, since a stop that lands between two
+        # uc_emu_start calls (code that faults over and over) stops nothing.
+        self.timed_out = False
         self.stop: tuple | None = None  # why the CPU stopped inside a hook
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
@@ -357,7 +361,6 @@ class Cpu:
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
-        self.timed_out = False
         status = uclib.uc_emu_start(self.uch, rip, RETURN_TRAP, 0, 0)
         stop = self.stop
         self.stop = None

@@ -418,6 +418,8 @@ class NativeMachine:
         cpu = self.cpu
         # Only the outermost call is timed: the watchdog stops whatever runs past its deadline.
         timed = cpu.depth == 1 and self.call_timeout
+        if cpu.depth == 1:
+            cpu.timed_out = False  # an earlier call's deadline is not this one's
         if timed:
             cpu_module.WATCHDOG.arm(cpu, self.call_timeout)
         try:
@@ -429,6 +431,8 @@ class NativeMachine:
     def _run_until_return(self, rip: int, thread: str | None) -> None:
         cpu = self.cpu
         while True:
+            if cpu.timed_out:
+                self._hung(rip)
             stop = cpu.start(rip)
             if stop is None:
                 return
