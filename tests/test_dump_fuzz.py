@@ -383,3 +383,26 @@ def test_a_call_site_text_that_runs_on_is_refused_without_copying_the_table():
     sites = parse_call_site_table(shared)
     assert len(sites) == count and sites[5] == (0, 5, 5, "Handler", "sloppy.c")
     assert sites[0][3] is sites[1][3]  # one string for the sites that share a text
+
+
+@FUZZ
+@given(count=st.integers(0, 64), entries=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+                                                          st.integers(0, 2**32 - 1), st.integers(0, 600)),
+                                                max_size=64),
+       text=st.binary(max_size=512), entry_size=st.sampled_from([24, 23, 0, 2**32 - 1]))
+def test_any_call_site_table_parses_or_is_refused(count, entries, text, entry_size):
+    """Any NTCS table: sites whose texts come from the table (each at most the window), or
+    ValueError; never another error."""
+    from ntpool.drivers import (CALL_SITE_ENTRY, CALL_SITE_HEADER, CALL_SITE_TABLE_MAGIC, CALL_SITE_TEXT_WINDOW,
+                                parse_call_site_table)
+
+    table = CALL_SITE_HEADER.pack(CALL_SITE_TABLE_MAGIC, count, entry_size, 0) + \
+        b"".join(CALL_SITE_ENTRY.pack(*entry) for entry in entries) + text
+    try:
+        sites = parse_call_site_table(table)
+    except ValueError:
+        return
+    assert len(sites) == count
+    for _ldr, _address, _line, function, filename in sites:
+        assert len(function.encode("utf-8", "replace")) <= 3 * CALL_SITE_TEXT_WINDOW
+        assert len(filename) <= CALL_SITE_TEXT_WINDOW
