@@ -406,3 +406,26 @@ def test_any_call_site_table_parses_or_is_refused(count, entries, text, entry_si
     for _ldr, _address, _line, function, filename in sites:
         assert len(function.encode("utf-8", "replace")) <= 3 * CALL_SITE_TEXT_WINDOW
         assert len(filename) <= CALL_SITE_TEXT_WINDOW
+
+
+def _peak_bytes(action) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_allocation_site_table_of_anything_else_costs_its_magic(tmp_path):
+    """Found by the dump fuzzer: a table pointer and size (up to 64 MiB) aimed at anything
+    were read whole before the magic was looked at (220 MiB resident on a 256 MiB dump)."""
+    from ntpool.dump import format as f
+
+    path = _forged(tmp_path, {f.NTPL_ALLOCATION_SITES: FORGED_VA, f.NTPL_ALLOCATION_SITES_BYTES: 12 * MiB})
+    with DumpReader(path) as reader:
+        assert _peak_bytes(reader.allocation_site_streams) < MiB
+        assert reader.allocation_site_streams() == []
+

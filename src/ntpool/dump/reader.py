@@ -847,6 +847,9 @@ class DumpReader:
             va, size = data.get("AllocationSites", 0), data.get("AllocationSitesBytes", 0)
             if va and 0 < size <= MAX_SITE_TABLE_BYTES:
                 try:
+                    # Its magic first: a table of anything else costs 4 bytes, not its size.
+                    if self.read(va, 4) not in (f.ALLOCATION_SITES_MAGIC, f.ALLOCATION_SITES_V2_MAGIC):
+                        raise ValueError("not an allocation-site table")
                     tables = _parse_site_tables(self.read(va, size))
                     for _base, _blocks, stream in tables:
                         stream.check()  # damage anywhere: no sites at all, whoever asks
