@@ -328,9 +328,19 @@ def interactive(model: PoolmonModel, refresh, interval: float, console: Console,
             live.update(screen(reader.prompt()), refresh=True)
 
 
+class PipeConsole(Console):
+    """rich's Console, but a closed output pipe (``| head``) raises BrokenPipeError, which
+    ``ntpool``'s main turns into a quiet exit (141), where rich would exit with status 1,
+    a status ``ntpool run`` gives to leaks. Nothing more is written once the pipe is gone."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError("the output pipe was closed")
+
+
 def wide_console() -> Console:
     """A console for tables: the terminal's width, or 132 columns when writing to a file."""
-    console = Console()
+    console = PipeConsole()
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=132)
+        console = PipeConsole(width=132)
     return console

@@ -11,7 +11,8 @@ from ..pool.layout import HEADER_SIZE
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from ..tools.scenario import load_scenario
 from ..tools.requests import parse_ioctl
-from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
+from .sources import ScenarioSource, add_windows_argument, check_output_file, kernel_options, \
+    open_source
 
 
 def add_commands(sub) -> None:
@@ -132,6 +133,10 @@ FAIL_ON = ("leak", "bugcheck", "none")
 def cmd_run(args) -> int:
     console = wide_console()
     _positive("--top", args.top)
+    if args.truth is not None:
+        if args.dump is None:
+            raise ValueError("--truth FILE describes the dump: it needs --dump PATH")
+        check_output_file("--truth", args.truth)
     spec = args.scenario
     if spec.lower().endswith(".sys"):
         spec = load_scenario(spec, verifier=_verifier_options(args.verifier),
@@ -277,6 +282,7 @@ def cmd_poolsnap(args) -> int:
         return _print_growth(before, after, PoolTagDatabase.default(args.pooltag))
     if not args.output:
         raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
+    check_output_file("-o", args.output)
     source = open_source(args.source or "demo", args.seed, kernel_options(args))
     with checkpoint_progress(source, "running the scenario"):
         source.run_to(args.checkpoint)
@@ -316,6 +322,7 @@ def cmd_picture(args) -> int:
     from .report import source_colours
 
     _picture_format(args.output, ("png", "svg"))
+    check_output_file("-o", args.output)
     _positive("--max-pages", args.max_pages)
     _positive("--top", args.top)
     source = open_source(args.source, args.seed, kernel_options(args))
@@ -384,6 +391,7 @@ def cmd_report(args) -> int:
     from .report import build_report
 
     _picture_format(args.output, ("html", "htm"))
+    check_output_file("-o", args.output)
     source = open_source(args.source, args.seed, kernel_options(args))
     with checkpoint_progress(source, "running the scenario"):
         source.run_to()
