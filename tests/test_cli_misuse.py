@@ -192,3 +192,29 @@ def test_ctrl_c_while_native_code_runs_is_one_line_and_130(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert (process.returncode, err) == (130, b"ntpool: interrupted\n")
+
+
+def test_ctrl_c_while_ntpool_is_being_imported_is_one_line(monkeypatch, capsys):
+    """The ``ntpool`` script's entry point is outside the package: a Ctrl-C while the
+    package loads (a moment on a busy machine) is noted, then the command ends as
+    interrupted, where Python's handler would print a traceback from inside the import."""
+    import importlib.abc
+    import tomllib
+
+    import ntpool_launch
+
+    scripts = tomllib.loads((Path(SRC).parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["ntpool"] == "ntpool_launch:main"
+
+    class CtrlCWhileImporting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "ntpool.cli.main":
+                os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, mid-import
+            return None  # the normal finders import it
+
+    monkeypatch.delitem(sys.modules, "ntpool.cli.main")
+    monkeypatch.setattr(sys, "meta_path", [CtrlCWhileImporting(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["ntpool", "--version"])
+    assert ntpool_launch.main() == 130
+    assert capsys.readouterr().err == "ntpool: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

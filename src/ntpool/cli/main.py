@@ -1,6 +1,7 @@
 """``ntpool`` subcommands. Every error is one line on stderr and a non-zero exit."""
 
 import argparse
+import linecache
 import os
 import signal
 import sys
@@ -245,6 +246,13 @@ class _InterruptWatch:
 
     def _handler(self, signum, frame):
         self.seen = True
+        if frame is not None and frame.f_lineno == frame.f_code.co_firstlineno:
+            # A function about to run its first line. If C called it (a CPU hook through
+            # ctypes, while a compiled driver runs), an exception raised here, before its
+            # own ``try``, would be printed and dropped by ctypes: raise it from that
+            # frame's first line instead, inside the ``try``.
+            _raise_at_next_line(frame)
+            return
         raise KeyboardInterrupt
 
     def __enter__(self):
@@ -259,6 +267,30 @@ class _InterruptWatch:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
+
+
+def _raise_at_next_line(frame) -> None:
+    """KeyboardInterrupt from the next line Python runs in ``frame`` or in a frame called
+    after it (a ctypes callback may return to C first and be called again), through a
+    one-shot trace function. A ``try:`` line is passed over: it lies before the block its
+    handler protects."""
+    previous = sys.gettrace()
+    done = False
+
+    def interrupt(traced, event, arg):
+        nonlocal done
+        if done:
+            return None
+        if event != "line" or linecache.getline(traced.f_code.co_filename,
+                                                traced.f_lineno).strip() == "try:":
+            return interrupt  # a call (trace it too), a return, or a try: keep waiting
+        done = True
+        sys.settrace(previous)
+        raise KeyboardInterrupt
+
+    frame.f_trace = interrupt
+    frame.f_trace_lines = True
+    sys.settrace(interrupt)
 
 
 def _silence_stdout() -> None:
