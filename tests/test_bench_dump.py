@@ -2,7 +2,7 @@
 the benchmark's, not the test's)."""
 
 from ntpool.debugger import session as kd
-from ntpool.dump import bench
+from ntpool.tools import bench_dump as bench
 
 
 def test_bench_dump_reports_each_figure_beside_its_goal(tmp_path):

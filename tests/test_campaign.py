@@ -303,7 +303,7 @@ def test_verify_groups_a_random_plan_by_site(capsys, monkeypatch):
 
 @given(st.text(alphabet="ab\n", max_size=40), st.lists(st.integers(0, 40), max_size=6))
 def test_streamed_lines_are_the_text_split_at_newlines(text, cuts):
-    from ntpool.campaign.runs import _lines
+    from ntpool.forensics.tasks import _lines
 
     bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -318,7 +318,7 @@ def test_score_of_a_corpus_dump_reads_poolfind_streamed_as_from_whole_text(tmp_p
     # findings must be those of the whole text.
     import json
 
-    from ntpool.campaign.runs import run_score
+    from ntpool.forensics.tasks import run_score
     from ntpool.debugger.session import KdSession
     from ntpool.dump import DumpReader
     from ntpool.forensics.corpus import CorpusOptions, make_corpus

@@ -261,3 +261,22 @@ def test_a_page_table_s_runs_are_its_present_entries_the_dump_holds(pieces, firs
                 if offset is not None:
                     expected.append((base + (index << 12), offset))
             assert list(runs.values()) == [expected, expected]
+
+
+# --- found by python -m ntpool.tools.dump_fuzz ---------------------------------------------------
+
+def test_tab_completion_on_a_dump_without_debugger_data_offers_nothing(tmp_path):
+    """kd's completion of a driver name reads the module list through KDBG: a dump whose
+    KdDebuggerDataBlock leads nowhere offers no names (it raised DumpFormatError into the prompt)."""
+    from ntpool.cli.kd import completion_words
+    from ntpool.dump import format as f
+
+    raw = bytearray(DUMPS["kernel"][0])
+    raw[f.OFF_KD_DEBUGGER_DATA_BLOCK:f.OFF_KD_DEBUGGER_DATA_BLOCK + 8] = bytes(8)
+    path = tmp_path / "m.dmp"
+    path.write_bytes(bytes(raw))
+    with DumpReader(path) as reader:
+        session = KdSession(reader, POOLTAGS)
+        for line in ("", "!verifier 3 ", "!poolfind ", "!poolused ", "!pool ", "dt "):
+            assert isinstance(completion_words(session, line), list)
+        assert completion_words(session, "!verifier 3 ") == []

@@ -96,3 +96,54 @@ def test_hostile_results_are_scored_or_refused_in_one_line(tmp_path, text):
         assert "\n" not in str(error)
     else:
         assert result["headers"]["truth"] == 1
+
+
+# --- found by python -m ntpool.tools.dump_fuzz ---------------------------------------------------
+
+def _refused(tmp_path, truth_bytes: bytes | None, results_bytes: bytes, name: str = "results") -> str:
+    truth = tmp_path / "truth.json"
+    if truth_bytes is None:
+        truth.write_text(json.dumps(MANIFEST))
+    else:
+        truth.write_bytes(truth_bytes)
+    results = tmp_path / name
+    results.write_bytes(results_bytes)
+    try:
+        score_files(truth, [results])
+    except ValueError as error:
+        text = str(error)
+        assert "\n" not in text and len(text) < 400
+        return text
+    raise AssertionError("scored a file that should have been refused")
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_by_name(tmp_path):
+    text = _refused(tmp_path, json.dumps(MANIFEST).encode() + b"\xff", b"0xfffffa8000000000,Fred\n")
+    assert "truth.json: not a truth manifest (not UTF-8 text)" in text
+
+
+def test_json_nested_too_deep_is_refused_by_name(tmp_path):
+    deep = b"[" * 100000 + b"]" * 100000
+    assert "truth.json: not a truth manifest (JSON nested too deeply" in _refused(tmp_path, deep, b"")
+    assert "results.json: broken JSON (nested too deeply" in _refused(tmp_path, None, deep, "results.json")
+
+
+def test_numbers_of_thousands_of_digits_are_refused_by_name(tmp_path):
+    huge = b'{"format": "ntpool-truth", "version": ' + b"9" * 5000 + b"}"
+    assert "truth.json: not a truth manifest" in _refused(tmp_path, huge, b"")
+    rows = b'[{"Offset": ' + b"9" * 5000 + b', "Tag": "Fred"}]'
+    assert "results.json: broken JSON" in _refused(tmp_path, None, rows, "results.json")
+
+
+def test_an_infinite_offset_is_refused_by_name(tmp_path):
+    rows = b'[{"Offset": Infinity, "Tag": "Fred", "Layer": "layer_name"}]'
+    assert "results.json: a row volatility3 would not write (OverflowError" in \
+        _refused(tmp_path, None, rows, "results.json")
+
+
+def test_a_csv_field_past_csv_s_limit_is_refused_by_line(tmp_path):
+    text = _refused(tmp_path, None, b"0xfffffa8000000000,Fred\n0xfffffa8000000010," + b"F" * 200000 + b"\n",
+                    "hits.csv")
+    assert "hits.csv:2: not CSV (field larger than field limit" in text
+    long_address = _refused(tmp_path, None, b"z" * 1000 + b",Fred\n", "hits.csv")
+    assert long_address.endswith("...' is not a 64-bit hex address")

@@ -52,6 +52,34 @@ def test_the_core_never_imports_the_layers_on_top():
             assert not wrong, f"{path.relative_to(PACKAGE)} imports {wrong}"
 
 
+# The core's floors, ground up: each may import its own floor and those below it, never one
+# above (the routine registry included: the kernel declares the surface complete, the
+# registry never imports the kernel).
+CORE_FLOORS = [
+    {"constants", "errors", "tags", "hooks", "windows"},
+    {"machine", "drivers"},
+    {"pool"},
+    {"routines"},
+    {"kernel"},
+]
+
+
+def test_the_core_floors_import_only_downward():
+    allowed: set[str] = set()
+    for floor in CORE_FLOORS:
+        allowed |= floor
+        for entry in floor:
+            paths = _modules(entry + ".py") if (PACKAGE / (entry + ".py")).is_file() else _modules(entry)
+            for path in paths:
+                above = _imported_packages(path) - allowed - LAYERS_ON_TOP
+                assert not above, f"{path.relative_to(PACKAGE)} imports {above}, on a floor above its own"
+
+
+def test_the_floor_check_sees_an_import_from_above():
+    assert "routines" in _imported_packages(PACKAGE / "kernel.py")
+    assert "machine" in _imported_packages(PACKAGE / "pool" / "allocator.py")
+
+
 def test_the_check_sees_an_import_of_a_layer():
     # The import scan itself must be able to fail.
     probe = PACKAGE / "routines" / "ex.py"

@@ -157,3 +157,15 @@ def test_declaring_costs_nothing_at_call_time(monkeypatch):
         return P
 
     assert routine("PVOID Identity(_In_ PVOID P)")(plain) is plain
+
+
+def test_a_read_before_the_kernel_declares_the_surface_is_refused(monkeypatch):
+    # The registry imports nothing above it: the kernel says when the surface is whole, and
+    # a read before then is an error rather than part of the surface.
+    monkeypatch.setattr(registry, "_surface_is_complete", False)
+    for read in (registry.routines, registry.data_exports, lambda: registry.lookup("KeRaiseIrql"),
+                 lambda: registry.by_module("NDIS.SYS")):
+        with pytest.raises(RegistryError, match="import it"):
+            read()
+    monkeypatch.setattr(registry, "_surface_is_complete", True)
+    assert registry.lookup("KeRaiseIrql").module == "ntoskrnl.exe"

@@ -8,7 +8,7 @@ One class, composed in ``Kernel.__init__`` in the order a reader meets the parts
 - the pools: built by an allocator design (``ntpool.pool.design``; Windows 7's by default),
   one ``PoolAllocator`` that every routine calls;
 - the routine families drivers call, as methods (``routines.ex``, ``fsrtl``, ``ndis``,
-  ``rtl``, ``machine.irql``'s Ke routines, ``machine.process``'s Ps routines), each declared
+  ``rtl``, ``ke_irql``'s IRQL and spin lock routines, ``ps``'s process routines), each declared
   in ``routines.registry`` with its C prototype. The families hold no state of their own:
   everything they use is made here;
 - the layers on top (Driver Verifier, crash dumps), which attach themselves to every new
@@ -41,22 +41,24 @@ from .constants import (
 from .drivers import LIST_ENTRY, CallSites, DriverRoutines
 from .errors import ALLOWED_WHEN_HALTED, BugCheck, ExecutionError, MachineHalted, allowed_when_halted
 from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
-from .machine.irql import IrqlRoutines
 from .machine.memory import PTE_NX, PTE_PRESENT, AddressSpace, PhysicalMemory, canonical
 from .machine.pager import Pager
-from .machine.paging import PagingRoutines
-from .machine.process import ProcessRoutines, QuotaLedger
+from .machine.process import QuotaLedger
 from .pool.design import pool_design_for
+from .pool.paging import PagingRoutines
 from .pool.tracker import PoolTagInfo
 from .routines.ex import ExecutiveRoutines, serve_pool_routines_directly
 from .routines.fsrtl import FsRtlRoutines
 from .routines.ndis import NdisRoutines, serve_memory_routines_directly
 from .routines.io import IoRoutines
+from .routines.ke_irql import IrqlRoutines
 from .routines.ke_sync import SyncRoutines
 from .routines.objects import ObjectRoutines
+from .routines.ps import ProcessRoutines
 from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
+from .routines import registry
 from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
@@ -626,3 +628,6 @@ def _halted_class(cls: type) -> type:
                     {"__getattribute__": __getattribute__, "_is_halted_twin": True})
         _halted_classes[cls] = twin
     return twin
+
+
+registry.surface_complete()  # every routine family is imported above

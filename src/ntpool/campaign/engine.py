@@ -33,8 +33,8 @@ RUN_FUNCTIONS = {
     "scenario": "ntpool.campaign.runs:run_scenario",
     "triage": "ntpool.campaign.triage:read_dump",
     "sleep": "ntpool.campaign.runs:run_sleep",
-    "corpus-dump": "ntpool.campaign.runs:run_corpus_dump",
-    "score": "ntpool.campaign.runs:run_score",
+    "corpus-dump": "ntpool.forensics.tasks:run_corpus_dump",
+    "score": "ntpool.forensics.tasks:run_score",
 }
 
 

@@ -131,7 +131,10 @@ def completion_words(session: KdSession, line: str) -> list[str]:
     if command == "dt" and len(words) == 2:
         return show.structure_names()
     if command == "!verifier" and len(words) == 3:
-        return sorted(name for name, _, _ in session.reader.loaded_modules() if name)
+        try:
+            return sorted(name for name, _, _ in session.reader.loaded_modules() if name)
+        except ValueError:  # a dump whose debugger data is unreadable: nothing to offer
+            return []
     if command in TAG_COMMANDS:
         return _tags(session)
     if command in ADDRESS_COMMANDS:

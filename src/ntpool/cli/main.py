@@ -94,7 +94,7 @@ def _cmd_bench_campaign(args) -> int:
 
 
 def _cmd_bench_dump(args) -> int:
-    from ..dump.bench import run_and_report
+    from ..tools.bench_dump import run_and_report
 
     return run_and_report(args.pool_mib, args.directory, args.windows, not args.no_volatility,
                           args.sparse_gib, args.volatility_pool_mib)

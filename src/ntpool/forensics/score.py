@@ -157,9 +157,25 @@ def parse_poolfind(lines, results: Results, name: str) -> None:
     results.sources.append(f"{name}: !poolfind ({count} hits)")
 
 
+def _csv_rows(text: str, name: str):
+    """(line number, row) of CSV text; csv.Error (a field past csv's limit, a stray quote
+    at the end) as a ValueError naming the line."""
+    rows = csv.reader(text.splitlines())
+    number = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f"{name}:{rows.line_num}: not CSV ({error})") from None
+        number += 1
+        yield number, row
+
+
 def _from_csv(text: str, results: Results, name: str) -> None:
     count = 0
-    for number, row in enumerate(csv.reader(text.splitlines()), 1):
+    for number, row in _csv_rows(text, name):
         if not row or row[0].strip().lower() in ("address", "") or row[0].startswith("#"):
             continue
         try:
@@ -167,7 +183,8 @@ def _from_csv(text: str, results: Results, name: str) -> None:
             if not 0 <= address < 1 << 64:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{name}:{number}: {row[0]!r} is not a 64-bit hex address") from None
+            shown = row[0] if len(row[0]) <= 40 else row[0][:40] + "..."
+            raise ValueError(f"{name}:{number}: {shown!r} is not a 64-bit hex address") from None
         tag = row[1] if len(row) > 1 else ""
         state = _state(row[2]) if len(row) > 2 else None
         physical = address < CANONICAL_LOW
@@ -187,7 +204,9 @@ def read_results(paths) -> Results:
         if stripped.startswith("["):
             try:
                 rows = json.loads(stripped)
-            except json.JSONDecodeError as error:
+            except RecursionError:
+                raise ValueError(f"{path}: broken JSON (nested too deeply to read)") from None
+            except ValueError as error:  # broken JSON, or a number of thousands of digits
                 raise ValueError(f"{path}: broken JSON ({error})") from None
             if not isinstance(rows, list):
                 raise ValueError(f"{path}: JSON that is not a list of rows")
@@ -283,7 +302,8 @@ def _ratio(part: int, whole: int) -> float | None:
 # header), so a scanner that reports busy blocks misses it by design.
 _FREE_IN_HEAP = "free segment-heap block (no live header)"
 
-_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+# (OverflowError: JSON's Infinity where a number is read as an int.)
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)
 
 
 def score(document: dict, results: Results, tags=None, name: str = "the manifest") -> dict:

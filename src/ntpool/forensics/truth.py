@@ -192,9 +192,13 @@ def write(truth: Truth, path) -> str:
 def load(path) -> dict:
     """A manifest written by ``write`` (ValueError when it is not one)."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
-    except json.JSONDecodeError as error:
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a truth manifest (not UTF-8 text)") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a truth manifest (JSON nested too deeply to read)") from None
+    except ValueError as error:  # broken JSON, or a number of thousands of digits
         raise ValueError(f"{path}: not a truth manifest ({error})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f"{path}: not a truth manifest (no format {FORMAT!r})")

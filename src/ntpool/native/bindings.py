@@ -17,9 +17,11 @@ to a handler that stops the run naming the routine when it is first called.
 import os
 import struct
 
+from .. import kernel as _kernel  # noqa: F401  (importing it declares the whole routine surface)
 from ..routines import registry
 from . import cpu as cpu_module
 from . import runtime
+from .pe import shown
 
 _Q = struct.Struct("<Q")
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -130,7 +132,7 @@ class Bindings:
         for entry in image.imports:
             name = self.name_of(entry)
             if not self.implemented(entry.module, name):
-                label = entry.name if entry.name is not None else f"#{entry.ordinal}"
+                label = shown(entry.name) if entry.name is not None else f"#{entry.ordinal}"
                 result.append(f"{entry.module}!{label}")
         return sorted(set(result))
 
@@ -138,7 +140,7 @@ class Bindings:
         """The address an import is bound to (its stub, or the data variable)."""
         name = self.name_of(entry)
         if not self.implemented(entry.module, name):
-            label = entry.name if entry.name is not None else f"ordinal {entry.ordinal}"
+            label = shown(entry.name) if entry.name is not None else f"ordinal {entry.ordinal}"
             return self.stub(f"{entry.module}!{label}", missing=True)
         if name in self.data:
             return self.data_address(name)

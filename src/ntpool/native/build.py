@@ -58,6 +58,7 @@ def _zig(*args: str, cwd: str) -> None:
 
 def definitions() -> dict[str, list[str]]:
     """Module -> the names ntpool exports from it (routines, runtime, data)."""
+    from .. import kernel  # noqa: F401  (importing it declares the whole routine surface)
     from ..routines import registry
     from . import runtime
     exports: dict[str, list[str]] = {module: [] for module in LIBRARIES}

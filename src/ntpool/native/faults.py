@@ -110,9 +110,13 @@ def page_fault(machine, regs: dict, address: int, access: int):
                                 detail=f"execution of no-execute memory {address:#x} from {where}")
         kernel.KeBugCheckEx(ATTEMPTED_WRITE_TO_READONLY_MEMORY, address, pte, 0, 0,
                             detail=f"write to read-only memory {address:#x} at {where}")
-    if kernel.hooks.listening(PageFault) and \
-            kernel.hooks.ask(PageFault(address, write)) is not None:
-        return None  # a layer (special pool) mapped it, or bug-checked
+    if kernel.hooks.listening(PageFault):
+        machine.resolving_cpu_fault = True
+        try:
+            if kernel.hooks.ask(PageFault(address, write)) is not None:
+                return None  # a layer (special pool) mapped it, or bug-checked
+        finally:
+            machine.resolving_cpu_fault = False
     stack_bottom = cpu_module.KERNEL_STACK_TOP - cpu_module.KERNEL_STACK_SIZE
     if stack_bottom - PAGE_SIZE <= address < stack_bottom:
         # The kernel stack's guard page: on Windows the fault cannot push its frame and

@@ -11,6 +11,8 @@ import re
 import struct
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
+from ..errors import NtStatusError
+from ..machine.memory import OutOfFrames
 from .pe import Image
 
 # Where native images are mapped: above the Python drivers' made-up bases, 64 KiB aligned.
@@ -20,14 +22,26 @@ IMAGE_ALIGNMENT = 0x10000
 _CR8_ACCESS = re.compile(rb"[\x44\x45\x46\x47\x4C\x4D\x4E\x4F]\x0F[\x20\x22][\xC0-\xC7]", re.S)
 
 
+STATUS_DRIVER_ORDINAL_NOT_FOUND = 0xC0000262
+STATUS_DRIVER_ENTRYPOINT_NOT_FOUND = 0xC0000263
+
+
 class MissingImports(LookupError):
-    """Imports ntpool does not implement; ``missing`` lists "MODULE!name" for each."""
+    """Imports ntpool does not implement; ``missing`` lists "MODULE!name" for each.
+
+    Windows' loader refuses such a driver before DriverEntry (MiSnapThunk, WRK sysload.c):
+    ``status`` is what it fails the load with, STATUS_DRIVER_ENTRYPOINT_NOT_FOUND for an
+    import by name, STATUS_DRIVER_ORDINAL_NOT_FOUND when every missing one is by ordinal."""
 
     def __init__(self, image_name: str, missing: list[str]):
         self.missing = missing
+        by_name = any("!#" not in entry for entry in missing)
+        self.status = STATUS_DRIVER_ENTRYPOINT_NOT_FOUND if by_name else STATUS_DRIVER_ORDINAL_NOT_FOUND
+        status_name = "STATUS_DRIVER_ENTRYPOINT_NOT_FOUND" if by_name else "STATUS_DRIVER_ORDINAL_NOT_FOUND"
         super().__init__(f"{image_name} imports {len(missing)} routine(s) ntpool does not "
-                         f"implement: {', '.join(missing)} (--allow-missing binds them to a "
-                         f"stop that names the routine when it is called)")
+                         f"implement: {', '.join(missing)}; Windows' loader refuses such a "
+                         f"driver ({status_name}, {self.status:#010x}) (--allow-missing binds "
+                         f"them to a stop that names the routine when it is called)")
 
 
 class MappedImage:
@@ -79,16 +93,41 @@ def page_protection(image: Image) -> list[tuple[bool, bool]]:
     return pages
 
 
+STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
+
+
+def image_does_not_fit(image: Image, free_frames: int) -> NtStatusError:
+    """What MmLoadSystemImage fails with when the image's pages cannot be had."""
+    return NtStatusError(STATUS_INSUFFICIENT_RESOURCES,
+                         f"{image.name}: its image of {image.size_of_image:#x} bytes (SizeOfImage) "
+                         f"needs {image.size_of_image >> PAGE_SHIFT} page frames and the machine "
+                         f"has {free_frames} free (give it more physical_memory_bytes)")
+
+
 def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
-    memory, cr8_sites = layout(image, base, resolve)
     physical = kernel.physical
+    pages = page_protection(image)
+    free = physical.frame_count - physical.frames_used
+    if len(pages) > free:
+        raise image_does_not_fit(image, free)
+    memory, cr8_sites = layout(image, base, resolve)
     space = kernel.space
     frames = []
-    for index, (writable, executable) in enumerate(page_protection(image)):
-        pfn = physical.allocate_frame()
-        frames.append(pfn)
-        physical.write(pfn << PAGE_SHIFT, memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
-        space.map_page(base + index * PAGE_SIZE, pfn, writable=writable, executable=executable)
+    try:
+        for index, (writable, executable) in enumerate(pages):
+            pfn = physical.allocate_frame()
+            frames.append(pfn)
+            physical.write(pfn << PAGE_SHIFT, memory[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
+            space.map_page(base + index * PAGE_SIZE, pfn, writable=writable, executable=executable)
+    except OutOfFrames:
+        # The page tables took the last frames: give back what was mapped, as a failed load
+        # leaves nothing behind.
+        for index, pfn in enumerate(frames):
+            va = base + index * PAGE_SIZE
+            if space.translate(va) is not None:
+                space.unmap_page(va)
+            physical.free_frame(pfn)
+        raise image_does_not_fit(image, free) from None
     return MappedImage(image, base, frames, cr8_sites)
 
 

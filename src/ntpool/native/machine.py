@@ -14,9 +14,9 @@ the runner that calls native code and turns what stops it into ntpool's answers.
 import os
 import struct
 
-from ..constants import PAGE_SIZE
+from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..errors import BugCheck, NtStatusError
-from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten
+from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten, PageFault
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 
 from . import cpu as cpu_module
@@ -33,6 +33,23 @@ _Q = struct.Struct("<Q")
 
 class NativeError(RuntimeError):
     """Native code did something ntpool cannot model (the message names it and where)."""
+
+
+STATUS_ACCESS_VIOLATION = 0xC0000005
+# The DPC watchdog's bug check is Windows 8's (build 9200) and later's.
+DPC_WATCHDOG_FIRST_BUILD = 9200
+DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
+
+
+class RoutineAccessViolation(NtStatusError):
+    """A routine native code called touched a user-mode address nothing maps (a NULL or
+    stray out-pointer): the access violation Windows raises in the routine, dispatched to
+    its caller with the exception's parameters (0 read / 1 write, the address)."""
+
+    def __init__(self, write: bool, address: int):
+        self.parameters = (int(write), address)
+        super().__init__(STATUS_ACCESS_VIOLATION,
+                         f"{'write to' if write else 'read of'} {address:#x} by a routine")
 
 
 class NativeDriver:
@@ -185,6 +202,10 @@ class NativeMachine:
         # However a compiled driver leaves (k.unload_driver, a failed DriverEntry), its
         # image goes with it, as Windows unmaps it: a later touch there faults.
         kernel.hooks.subscribe(DriverUnloaded, self._driver_unloaded)
+        # A routine's own access to an unmapped user-mode address, made for native code,
+        # is an exception raised to the driver's frames (see routine_fault).
+        self.resolving_cpu_fault = False
+        kernel.hooks.subscribe(PageFault, self.routine_fault)
         # Stores by native code are published while a layer listens for writes (the
         # uninitialized-memory checker); otherwise no memory hook exists.
         kernel.hooks.watch(MemoryWritten, self.cpu.publish_writes)
@@ -264,6 +285,20 @@ class NativeMachine:
                     listener(event)
             pa, size = pa + part, size - part
 
+    def routine_fault(self, event: PageFault):
+        """While native code waits on a routine (a call through its import stub), the
+        routine's access to a user-mode address that nothing maps, below DISPATCH_LEVEL, is
+        what it is on Windows: an access violation raised in the routine and dispatched
+        through the caller's frames (its ``__try`` may catch it; unhandled, 0x7E in
+        DriverEntry, 0x1E or 0x3B otherwise), not a bug check made on the spot. The CPU's
+        own faults are handled in ``faults`` (``resolving_cpu_fault``)."""
+        if self.resolving_cpu_fault or not self.cpu.depth or event.address >= SYSTEM_RANGE_START:
+            return None
+        kernel = self.kernel
+        if kernel.current_irql >= DISPATCH_LEVEL or kernel.pager.is_paged_out(event.address):
+            return None  # 0xD1, or a page-in: the kernel's own answers
+        raise RoutineAccessViolation(event.write, event.address)
+
     # --- loading -------------------------------------------------------------------------------
 
     def map(self, data: bytes, name: str, allow_missing: bool = False):
@@ -300,9 +335,13 @@ class NativeMachine:
 
     def describe(self, address: int) -> str:
         driver = self.driver_at(address)
-        if driver is None:
-            return f"{address:#x}"
-        return driver.describe(address)
+        if driver is not None:
+            return driver.describe(address)
+        number = (address - cpu_module.FIRST_STUB) // cpu_module.STUB_SIZE
+        if address >= cpu_module.FIRST_STUB and number < len(self.bindings.names):
+            # Inside an import's stub: name the routine (the driver's call is the caller).
+            return f"{address:#x} (the import stub of {self.bindings.names[number]})"
+        return f"{address:#x}"
 
     # --- what native code asks the kernel for ----------------------------------------------
 
@@ -392,16 +431,15 @@ class NativeMachine:
                 return
             kind, detail = stop
             if kind == "timeout":
-                regs = cpu.read_context()
-                raise NativeError(f"native code did not return within {self.call_timeout:g} s "
-                                  f"(a hang?): stopped at {self.describe(regs['rip'])}")
+                self._hung(cpu.read_context()["rip"])
             if kind == "error":
                 if isinstance(detail, NtStatusError):
                     # Raised by a routine: dispatched from the driver's call site.
                     regs = cpu.read_context()
                     regs["rip"] = _Q.unpack(self.kernel.read(regs["rsp"], 8))[0]
                     regs["rsp"] += 8
-                    rip = seh.raise_exception(self, regs, detail.status, (), thread)
+                    rip = seh.raise_exception(self, regs, detail.status,
+                                              getattr(detail, "parameters", ()), thread)
                     continue
                 if isinstance(detail, (BugCheck, UnimplementedRoutine, NativeError)):
                     raise detail
@@ -417,6 +455,24 @@ class NativeMachine:
             regs = cpu.read_context()
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
                               f"{detail}")
+
+    def _hung(self, rip: int) -> None:
+        """Native code ran past ``call_timeout``. At DISPATCH_LEVEL or above, Windows 8 and
+        later stop it with their DPC watchdog: DPC_WATCHDOG_VIOLATION (0x133) with 1 (the
+        time spent at DISPATCH_LEVEL or above, cumulatively, passed the watchdog period),
+        the period in clock ticks (0x1E00, what their dumps show; ntpool's own limit is
+        ``call_timeout``), 0 for the triage block ntpool does not keep. Windows 7 has no such
+        watchdog, and at PASSIVE_LEVEL no Windows stops a loop: ntpool does (NativeError)."""
+        kernel = self.kernel
+        irql = kernel.current_irql
+        where = self.describe(rip)
+        if irql >= DISPATCH_LEVEL and kernel.windows.build >= DPC_WATCHDOG_FIRST_BUILD:
+            self.location = rip
+            kernel.KeBugCheckEx(BugCheckCode.DPC_WATCHDOG_VIOLATION, 1, DPC_WATCHDOG_PERIOD_TICKS,
+                                0, 0, detail=f"native code ran at IRQL {irql} past the watchdog "
+                                             f"({self.call_timeout:g} s in ntpool): stopped at {where}")
+        raise NativeError(f"native code did not return within {self.call_timeout:g} s "
+                          f"(a hang?): stopped at {where}, IRQL {irql}")
 
     def _call_error(self, error: BaseException) -> NativeError:
         routine = self.bindings.names[self.call_number]

@@ -31,6 +31,12 @@ MAX_IMPORTS = 4096
 KNOWN_MODULES = {"ntoskrnl.exe": "ntoskrnl.exe", "hal.dll": "HAL.dll", "ndis.sys": "NDIS.SYS"}
 
 
+def shown(text: str) -> str:
+    """A name read from the file, fit for a one-line message: printable ASCII as it is,
+    anything else (a newline, a control character, a byte above 0x7E) as a \\xNN escape."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else f"\\x{ord(c):02x}" for c in text)
+
+
 class BadImage(ValueError):
     """A file that is not a loadable x64 kernel-mode PE image; the message says why."""
 
@@ -115,7 +121,7 @@ def _parse(data: bytes, name: str) -> Image:
     sections = []
     spans = []
     for section in pe.sections:
-        section_name = section.Name.rstrip(b"\0").decode("latin-1")
+        section_name = shown(section.Name.rstrip(b"\0").decode("latin-1"))
         rva = section.VirtualAddress
         virtual = section.Misc_VirtualSize or section.SizeOfRawData
         if rva % PAGE and optional.SectionAlignment >= PAGE:
@@ -216,14 +222,14 @@ def _imports(image, rva: int, dir_size: int, size: int, name: str) -> tuple[Impo
         module = _cstring(image, name_rva, size)
         canonical = KNOWN_MODULES.get(module.lower())
         if canonical is None:
-            raise BadImage(f"{name}: imports from {module}, a module ntpool does not provide "
+            raise BadImage(f"{name}: imports from {shown(module)}, a module ntpool does not provide "
                            f"(it provides {', '.join(KNOWN_MODULES.values())})")
         thunk = lookup or iat
         index = 0
         while True:
             entry_rva = thunk + index * 8
             if entry_rva + 8 > size or iat + index * 8 + 8 > size:
-                raise BadImage(f"{name}: import table of {module} runs past the image")
+                raise BadImage(f"{name}: import table of {canonical} runs past the image")
             value = struct.unpack_from("<Q", image, entry_rva)[0]
             if not value:
                 break

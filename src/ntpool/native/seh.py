@@ -97,6 +97,29 @@ def _q(machine, address: int) -> int:
     return _Q.unpack(_read(machine, address, 8))[0]
 
 
+def _image(machine, driver, rva: int, size: int) -> bytes:
+    """``size`` bytes of the driver's image at ``rva``: unwind data that points outside its
+    own image cannot be followed."""
+    if not 0 <= rva <= rva + size <= driver.image_size:
+        raise UnwindError(f"unwind data at RVA {rva:#x} ({size} bytes) is outside the image")
+    return _read(machine, driver.image_base + rva, size)
+
+
+def stack_limits() -> tuple[int, int]:
+    top = cpu_module.KERNEL_STACK_TOP
+    return top - cpu_module.KERNEL_STACK_SIZE, top
+
+
+def _stack_q(machine, address: int) -> int:
+    """A saved register or return address on the kernel stack. Unwind data that leads off
+    the stack is what RtlDispatchException calls an invalid stack (EXCEPTION_STACK_INVALID):
+    the search ends there, the exception unhandled."""
+    low, high = stack_limits()
+    if not low <= address <= high - 8:
+        raise UnwindError(f"the unwind leads off the kernel stack (to {address:#x})")
+    return _q(machine, address)
+
+
 def virtual_unwind(machine, driver, function, context: dict):
     """(caller's context, establisher frame, handler address, handler data RVA, flags)."""
     base = driver.image_base
@@ -109,38 +132,46 @@ def virtual_unwind(machine, driver, function, context: dict):
     establisher = None
     first = True
     for _ in range(32):
-        header = _read(machine, base + unwind_rva, 4)
+        header = _image(machine, driver, unwind_rva, 4)
         version_flags, prolog_size, count, frame = header
         flags = version_flags >> 3
         frame_register, frame_offset = frame & 0xF, frame >> 4
-        codes = _read(machine, base + unwind_rva + 4, 2 * count)
+        codes = _image(machine, driver, unwind_rva + 4, 2 * count)
         if first:
             if frame_register and (offset >= prolog_size or _fp_set(codes, count, offset)):
                 establisher = caller[REGISTERS[frame_register]] - 16 * frame_offset
             else:
                 establisher = caller["rsp"]
+            low, high = stack_limits()
+            if not low <= establisher <= high or establisher & 7:
+                raise UnwindError(f"establisher frame {establisher:#x} is not on the kernel "
+                                  f"stack or not aligned")
             if flags & (UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER):
-                tail = base + unwind_rva + 4 + 2 * (count + (count & 1))
-                handler = base + struct.unpack("<I", _read(machine, tail, 4))[0]
-                handler_data = tail + 4 - base
+                tail = unwind_rva + 4 + 2 * (count + (count & 1))
+                handler = base + struct.unpack("<I", _image(machine, driver, tail, 4))[0]
+                handler_data = tail + 4
                 flags_seen = flags
         index = 0
         while index < count:
             code_offset, op = codes[2 * index], codes[2 * index + 1]
             operation, info = op & 0xF, op >> 4
-            slots = 1
+            # Slots each code takes: UWOP_ALLOC_LARGE 2 or 3, SAVE_NONVOL(_FAR) 2 / 3,
+            # SAVE_XMM128(_FAR) 2 / 3, the others 1.
+            slots = 3 if operation in (5, 9) or (operation == 1 and info) else \
+                2 if operation in (1, 4, 8) else 1
+            if index + slots > count:
+                raise UnwindError(f"unwind code {operation} needs {slots} slots, past the "
+                                  f"{count} the unwind info has")
             applies = not first or code_offset <= offset or offset >= prolog_size
             if operation == 0:  # UWOP_PUSH_NONVOL
                 if applies:
-                    caller[REGISTERS[info]] = _q(machine, caller["rsp"])
+                    caller[REGISTERS[info]] = _stack_q(machine, caller["rsp"])
                     caller["rsp"] += 8
             elif operation == 1:  # UWOP_ALLOC_LARGE
                 if info == 0:
                     size = struct.unpack_from("<H", codes, 2 * index + 2)[0] * 8
-                    slots = 2
                 else:
                     size = struct.unpack_from("<I", codes, 2 * index + 2)[0]
-                    slots = 3
                 if applies:
                     caller["rsp"] += size
             elif operation == 2:  # UWOP_ALLOC_SMALL
@@ -152,34 +183,30 @@ def virtual_unwind(machine, driver, function, context: dict):
             elif operation == 4:  # UWOP_SAVE_NONVOL
                 slot = struct.unpack_from("<H", codes, 2 * index + 2)[0] * 8
                 if applies:
-                    caller[REGISTERS[info]] = _q(machine, caller["rsp"] + slot)
-                slots = 2
+                    caller[REGISTERS[info]] = _stack_q(machine, caller["rsp"] + slot)
             elif operation == 5:  # UWOP_SAVE_NONVOL_FAR
                 slot = struct.unpack_from("<I", codes, 2 * index + 2)[0]
                 if applies:
-                    caller[REGISTERS[info]] = _q(machine, caller["rsp"] + slot)
-                slots = 3
-            elif operation == 8:  # UWOP_SAVE_XMM128
-                slots = 2
-            elif operation == 9:  # UWOP_SAVE_XMM128_FAR
-                slots = 3
+                    caller[REGISTERS[info]] = _stack_q(machine, caller["rsp"] + slot)
+            elif operation in (8, 9):  # UWOP_SAVE_XMM128(_FAR): no integer register
+                pass
             elif operation == 10:  # UWOP_PUSH_MACHFRAME
                 if applies:
                     if info:
                         caller["rsp"] += 8
-                    caller["rip"] = _q(machine, caller["rsp"])
-                    caller["rsp"] = _q(machine, caller["rsp"] + 24)
+                    caller["rip"] = _stack_q(machine, caller["rsp"])
+                    caller["rsp"] = _stack_q(machine, caller["rsp"] + 24)
                     return caller, establisher, handler, handler_data, flags_seen
             else:
                 raise UnwindError(f"unknown unwind operation {operation}")
             index += slots
         if flags & UNW_FLAG_CHAININFO:
-            tail = base + unwind_rva + 4 + 2 * (count + (count & 1))
-            _, _, unwind_rva = struct.unpack("<III", _read(machine, tail, 12))
+            tail = unwind_rva + 4 + 2 * (count + (count & 1))
+            _, _, unwind_rva = struct.unpack("<III", _image(machine, driver, tail, 12))
             first = False
             continue
         break
-    caller["rip"] = _q(machine, caller["rsp"])
+    caller["rip"] = _stack_q(machine, caller["rsp"])
     caller["rsp"] += 8
     return caller, establisher, handler, handler_data, flags_seen
 
@@ -191,25 +218,31 @@ def _fp_set(codes: bytes, count: int, offset: int) -> bool:
     return False
 
 
-def is_c_specific_handler(machine, handler: int) -> bool:
-    """Whether ``handler`` is __C_specific_handler (through the driver's import thunk)."""
+def is_c_specific_handler(machine, handler: int, driver=None) -> bool:
+    """Whether ``handler`` is __C_specific_handler (through the driver's import thunk; a
+    handler or thunk slot outside the driver's image is not)."""
     stub = machine.bindings.stub_of.get("__C_specific_handler")
     if not stub or not handler:
         return False
     if handler == stub:
         return True
-    code = _read(machine, handler, 6)
+    driver = driver or machine.driver_at(handler)
+    if driver is None or not driver.mapped.contains(handler):
+        return False
+    code = _image(machine, driver, handler - driver.image_base, 6)
     if code[:2] == b"\xFF\x25":  # jmp [rip+disp32]
         slot = handler + 6 + struct.unpack("<i", code[2:6])[0]
-        return _q(machine, slot) == stub
+        return driver.mapped.contains(slot) and \
+            _Q.unpack(_image(machine, driver, slot - driver.image_base, 8))[0] == stub
     return False
 
 
 def scopes(machine, frame: Frame) -> list:
-    base = frame.driver.image_base
-    count = struct.unpack("<I", _read(machine, base + frame.handler_data, 4))[0]
-    count = min(count, 1024)
-    data = _read(machine, base + frame.handler_data + 4, 16 * count)
+    """The frame's scope table (as many records as its count says and the image holds)."""
+    driver = frame.driver
+    count = struct.unpack("<I", _image(machine, driver, frame.handler_data, 4))[0]
+    count = max(0, min(count, 1024, (driver.image_size - frame.handler_data - 4) // 16))
+    data = _image(machine, driver, frame.handler_data + 4, 16 * count)
     return [struct.unpack_from("<IIII", data, 16 * index) for index in range(count)]
 
 
@@ -225,7 +258,7 @@ def walk(machine, context: dict):
         if function is None:  # a leaf function: the return address is at [rsp]
             frame = Frame(driver, None, current, current["rsp"], 0, 0)
             caller = dict(current)
-            caller["rip"] = _q(machine, current["rsp"])
+            caller["rip"] = _stack_q(machine, current["rsp"])
             caller["rsp"] += 8
         else:
             caller, establisher, handler, data, _ = virtual_unwind(machine, driver, function, current)
@@ -259,7 +292,7 @@ def raise_exception(machine, context: dict, code: int, parameters, thread, addre
     try:
         for frame in walk(machine, context):
             frames.append(frame)
-            if not frame.handler or not is_c_specific_handler(machine, frame.handler):
+            if not frame.handler or not is_c_specific_handler(machine, frame.handler, frame.driver):
                 continue
             rva = frame.context["rip"] - frame.driver.image_base
             for index, (begin, end, filter_rva, target) in enumerate(scopes(machine, frame)):
@@ -291,7 +324,7 @@ def _unwind_to(machine, frames: list, scope_index: int, target: int, code: int) 
     kernel.write(kernel_record + 4, struct.pack("<I", flags | EXCEPTION_UNWINDING))
     handler_frame = frames[-1]
     for frame in frames:
-        if not frame.handler or not is_c_specific_handler(machine, frame.handler):
+        if not frame.handler or not is_c_specific_handler(machine, frame.handler, frame.driver):
             continue
         rva = frame.context["rip"] - frame.driver.image_base
         records = scopes(machine, frame)

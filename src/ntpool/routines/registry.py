@@ -275,10 +275,23 @@ def register_data(name: str, type_name: str, value: Callable, module: str = "nto
     return entry
 
 
+# The routines are declared where the Kernel's methods are defined, so the surface is whole
+# once ``ntpool.kernel`` has been imported; it says so (``surface_complete``) at its end. The
+# registry imports nothing above it: a reader of the whole surface imports the kernel first,
+# and a read before that is refused, not answered with part of the surface.
+_surface_is_complete = False
+
+
+def surface_complete() -> None:
+    """Called by ``ntpool.kernel`` once every routine family is imported."""
+    global _surface_is_complete
+    _surface_is_complete = True
+
+
 def _surface_loaded() -> None:
-    # The routines are declared where the Kernel's methods are defined: importing the
-    # Kernel declares them all.
-    from .. import kernel  # noqa: F401
+    if not _surface_is_complete:
+        raise RegistryError("the routine surface is declared by ntpool.kernel: import it "
+                            "(ntpool.Kernel) before reading the registry")
 
 
 def routines() -> list[Routine]:

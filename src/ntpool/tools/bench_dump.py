@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from ..constants import PoolType
-from . import isf
+from ..dump import isf
 
 MiB = 1 << 20
 
@@ -141,7 +141,7 @@ def _scan_in_process(path: str, commands: list[str], repeats: int = 3, processes
     from ..debugger.poolscan import PoolFinder
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
-    from .reader import DumpReader
+    from ..dump.reader import DumpReader
 
     pooltags = PoolTagDatabase.default()
     runs = []
@@ -205,7 +205,7 @@ def run(pool_mib: int = 512, directory: str | None = None, windows=None, volatil
         sparse_gib: int = 4, volatility_pool_mib: int = 8) -> dict:
     from ..debugger.pooltag import PoolTagDatabase
     from ..debugger.session import KdSession
-    from .reader import DumpReader
+    from ..dump.reader import DumpReader
     from ..kernel import Kernel
 
     pool_bytes = pool_mib * MiB

@@ -10,7 +10,7 @@ paged pool on its generic path, which has already refused DISPATCH_LEVEL callers
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BugCheckCode
 from ..errors import allowed_when_halted
-from ..pool.descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_SMALL
+from .descriptor import PAGE_BIG_FIRST, PAGE_BIG_REST, PAGE_SMALL
 
 PAGEABLE_KINDS = frozenset({PAGE_SMALL, PAGE_BIG_FIRST, PAGE_BIG_REST})
 
