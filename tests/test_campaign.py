@@ -369,3 +369,35 @@ def test_bench_campaign_runs_its_short_scenario_on_the_windows_asked(capsys):
     # The command takes --windows as every command that boots machines does.
     from ntpool.cli.main import build_parser
     assert build_parser().parse_args(["bench-campaign", "--windows", "11"]).windows == "11"
+
+
+def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, monkeypatch, tmp_path):
+    import re
+    import sqlite3
+
+    monkeypatch.setenv("COLUMNS", "250")
+    results = tmp_path / "runs.sqlite"
+    # 520 seeds: past the 500 runs that bound an each-site campaign, all made, as the plan says.
+    assert main(["verify", SCENARIO, "--plan", "random:0.5:520", "-j", "2",
+                 "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert sqlite3.connect(results).execute("SELECT COUNT(*) FROM runs").fetchone() == (521,)
+    assert "not made" not in out
+    assert re.search(r"^521 run\(s\) made in [0-9.]+ s on 2 worker processes: [0-9.]+ runs/s\.$",
+                     out, re.M)
+    assert "Runs: 521 = the baseline + 520 with failures injected." in out
+    # No table row per run: the triage groups the failures by verdict and call site.
+    assert "runs with failures injected (" not in out
+    triage = out[out.index("Triage"):out.index("By verdict")]
+    rows = re.findall(r"^│ (\d+) +│ (bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED|leaked 32 bytes "
+                      r"under 'dHxM') +│ mixed\.sys (Mixed\.careless \(verify_mixed\.py:22\)|"
+                      r"Mixed\.leaky \(verify_mixed\.py:26\))", triage, re.M)
+    assert [(label[:8], where.split()[0]) for _, label, where in rows] in (
+        [("bug chec", "Mixed.careless"), ("leaked 3", "Mixed.leaky")],
+        [("leaked 3", "Mixed.leaky"), ("bug chec", "Mixed.careless")])
+    by_verdict = dict((v, int(n.replace(",", ""))) for n, v in
+                      re.findall(r"([\d,]+) (bug check|leaked|survived)", out[out.index("By verdict"):]))
+    assert {label[:8]: int(n) for n, label, _ in rows} == {"bug chec": by_verdict["bug check"],
+                                                           "leaked 3": by_verdict["leaked"]}
+    assert sum(by_verdict.values()) == 520
+    assert main(["verify", SCENARIO, "--max-runs", "0"]) == 2

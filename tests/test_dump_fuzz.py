@@ -280,3 +280,94 @@ def test_tab_completion_on_a_dump_without_debugger_data_offers_nothing(tmp_path)
         for line in ("", "!verifier 3 ", "!poolfind ", "!poolused ", "!pool ", "dt "):
             assert isinstance(completion_words(session, line), list)
         assert completion_words(session, "!verifier 3 ") == []
+
+
+def _forged(tmp_path, fields: dict, name: str = "forged.dmp"):
+    """A 16 MiB full dump with a 1 GiB large page forged in its page tables (every frame from
+    0 mapped at FORGED_VA, as a hostile file may map them) and ``fields`` of the NTPL block
+    (offset -> value) rewritten: tables as large as the file could hold, all of them readable."""
+    import struct
+
+    path = tmp_path / name
+    if not (tmp_path / "big.dmp").exists():
+        k = ntpool.Kernel(nonpaged_pool_bytes=256 * 1024, paged_pool_bytes=256 * 1024,
+                          physical_memory_bytes=16 * MiB)
+        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 100, "Fred")
+        k.write_dump(tmp_path / "big.dmp", "full")
+    raw = bytearray((tmp_path / "big.dmp").read_bytes())
+    with DumpReader(tmp_path / "big.dmp") as reader:
+        pml4 = reader.frame_offset(reader.directory_table_base >> 12)
+        pxe = struct.unpack_from("<Q", raw, pml4 + ((FORGED_VA >> 39) & 0x1FF) * 8)[0]
+        pdpt = reader.frame_offset((pxe & 0x000FFFFFFFFFF000) >> 12)
+        edits = {pdpt + ((FORGED_VA >> 30) & 0x1FF) * 8: 0x83 | 0x63}  # present, writable, 1 GiB
+        ntpl = struct.unpack("<Q", reader.read(reader.kd_debugger_data_block, 8))[0]
+        for offset, value in fields.items():  # offsets of the NTPL block (format's NTPL_*)
+            pa = reader.translate(ntpl + offset)
+            edits[reader.frame_offset(pa >> 12) + (pa & 0xFFF)] = value
+    for at, value in edits.items():
+        raw[at:at + 8] = value.to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+FORGED_VA = 0xFFFFF80040000000
+
+
+@pytest.mark.parametrize("table", ["tracker", "big", "verifier", "call sites"])
+def test_tables_claiming_more_than_a_kernel_keeps_are_refused(tmp_path, table):
+    """Found by the dump fuzzer: each table's size was checked only against the file's size,
+    so a 1 GiB dump (a forged large page making the whole file readable as the table) made kd
+    build tens of millions of entries: 1.6 to 4.8 GB resident, 8 to 100 s. Here on 16 MiB."""
+    from ntpool.dump import format as f
+
+    size = 16 * MiB
+    fields = {"tracker": {f.NTPL_POOL_TRACK_TABLE_SIZE: size // 0x28 - 64},
+              "big": {f.NTPL_POOL_BIG_PAGE_TABLE: FORGED_VA, f.NTPL_POOL_BIG_PAGE_TABLE_SIZE: size // 0x18 - 64},
+              "verifier": {f.NTPL_VERIFIER_TRACK_TABLE: FORGED_VA, f.NTPL_VERIFIER_TRACK_COUNT: size // 24 - 64},
+              "call sites": {f.NTPL_CALL_SITE_TABLE: FORGED_VA, f.NTPL_CALL_SITE_TABLE_BYTES: size - 0x40000}}[table]
+    path = _forged(tmp_path, fields)
+    if table == "tracker":  # KDBG's PoolTrackTable is the one read: rewritten through the file
+        import struct
+
+        with DumpReader(path) as reader:
+            pa = reader.translate(reader.kd_debugger_data_block + f.KDBG_POOL_TRACK_TABLE)
+            at = reader.frame_offset(pa >> 12) + (pa & 0xFFF)
+        raw = bytearray(path.read_bytes())
+        raw[at:at + 8] = struct.pack("<Q", FORGED_VA)
+        path.write_bytes(bytes(raw))
+    with DumpReader(path) as reader:
+        read = {"tracker": reader.tracker_entries, "big": reader.big_pages,
+                "verifier": reader.verifier_tracking, "call sites": reader.call_sites}[table]
+        with pytest.raises(DumpFormatError, match="ntpool reads"):
+            read()
+        out = KdSession(reader, POOLTAGS).execute("!poolused; !poolfind Fred; !verifier 3; lm")
+        assert "ntpool reads" in out
+
+
+def test_a_zeroed_big_page_table_holds_no_allocations(tmp_path):
+    """A big page table entry whose Va is 0 is no allocation (ntpool marks free slots with bit
+    0; a zeroed table read as 512 allocations at address 0 before)."""
+    from ntpool.dump import format as f
+
+    path = _forged(tmp_path, {f.NTPL_POOL_BIG_PAGE_TABLE: FORGED_VA + 0x800000,
+                              f.NTPL_POOL_BIG_PAGE_TABLE_SIZE: 512})
+    with DumpReader(path) as reader:
+        assert reader.read(FORGED_VA + 0x800000, 512 * 0x18) == bytes(512 * 0x18)  # frames the machine never used
+        assert reader.big_pages() == []
+
+
+def test_a_call_site_text_that_runs_on_is_refused_without_copying_the_table():
+    """Each site's text was split off the table's whole tail (a copy per site): a table of
+    many sites whose text runs on for megabytes took quadratic time and memory."""
+    from ntpool.drivers import CALL_SITE_ENTRY, CALL_SITE_HEADER, CALL_SITE_TABLE_MAGIC, parse_call_site_table
+
+    count = 4096
+    text_at = CALL_SITE_HEADER.size + count * CALL_SITE_ENTRY.size
+    table = CALL_SITE_HEADER.pack(CALL_SITE_TABLE_MAGIC, count, CALL_SITE_ENTRY.size, 0) + \
+        b"".join(CALL_SITE_ENTRY.pack(0, i, i, text_at) for i in range(count)) + b"f" * (4 << 20) + b"\0x.c\0"
+    with pytest.raises(ValueError, match="not terminated within"):
+        parse_call_site_table(table)
+    shared = table[:text_at] + b"Handler\0sloppy.c\0"
+    sites = parse_call_site_table(shared)
+    assert len(sites) == count and sites[5] == (0, 5, 5, "Handler", "sloppy.c")
+    assert sites[0][3] is sites[1][3]  # one string for the sites that share a text

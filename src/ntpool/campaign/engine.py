@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -126,6 +127,37 @@ def execute_batch(tasks: list[dict]) -> list[dict]:
     return [execute(task) for task in tasks]
 
 
+def _worker_setup(parent: int) -> None:
+    """A local worker's initializer.
+
+    Ctrl-C reaches every process of the terminal's process group: the campaign's process
+    handles it (it ends its workers), so a worker ignores it rather than print a traceback.
+    And a worker ends when the campaign's process is gone: one killed outright (SIGKILL, a
+    crash) cannot stop its workers, which would otherwise wait forever for work on a queue
+    nobody writes to any more, holding the campaign's terminal and pipes open.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ntpool-follow-parent", daemon=True).start()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to end a running call; its worker processes are
+    # terminated, as multiprocessing.Pool.terminate does.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
 @dataclass
 class Progress:
     total: int
@@ -144,6 +176,20 @@ class Progress:
         return (self.total - self.done) / rate if rate else None
 
 
+@dataclass
+class Tally:
+    """Over every run() of an engine: runs made now, runs taken from its store (finished
+    before an interruption), and the seconds spent making them."""
+
+    executed: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.executed / self.seconds if self.seconds > 0 else 0.0
+
+
 def default_jobs() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -160,6 +206,7 @@ class Engine:
     store: ResultStore | None = None
     progress: Callable[[Progress, dict], None] | None = None
     batch: int = 8  # tasks sent to a local worker at a time (amortises the IPC)
+    tally: Tally = field(default_factory=Tally)  # shared by copies (dataclasses.replace)
 
     def run(self, tasks: Iterable[dict]) -> list[dict]:
         """Run every task (skipping those the store already holds); results in task order."""
@@ -169,21 +216,31 @@ class Engine:
         for task in tasks:
             stored = self.store.get(task["key"]) if self.store else None
             if stored is not None:
+                if task["key"] not in results:
+                    self.tally.reused += 1
                 results[task["key"]] = stored
             else:
                 pending.setdefault(task["key"], task)
         pending = list(pending.values())
         progress = Progress(total=len(pending))
-        for result in self._execute(pending):
-            seconds = result.pop("_seconds", 0.0)
-            if self.store is not None:
-                self.store.put(result["key"], result)
-            results[result["key"]] = result
-            progress.done += 1
-            if result.get("verdict") not in ("survived", "read"):
-                progress.failures += 1
-            if self.progress is not None:
-                self.progress(progress, dict(result, seconds=seconds))
+        finished = self._execute(pending)
+        try:
+            for result in finished:
+                seconds = result.pop("_seconds", 0.0)
+                if self.store is not None:
+                    self.store.put(result["key"], result)
+                results[result["key"]] = result
+                self.tally.executed += 1
+                progress.done += 1
+                if result.get("verdict") not in ("survived", "read"):
+                    progress.failures += 1
+                if self.progress is not None:
+                    self.progress(progress, dict(result, seconds=seconds))
+        finally:
+            # Stops the executor now, also when the interruption came while a result was
+            # being stored or reported (outside the generator).
+            finished.close()
+            self.tally.seconds += time.perf_counter() - progress.started
         return [results[t["key"]] for t in tasks]
 
     def _execute(self, tasks: list[dict]):
@@ -201,17 +258,21 @@ class Engine:
         jobs = min(self.jobs or default_jobs(), len(tasks))
         size = max(1, min(self.batch, len(tasks) // (jobs * 4) or 1))
         batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
+                                   initargs=(os.getpid(),))
+        try:
             futures = {pool.submit(execute_batch, batch) for batch in batches}
-            try:
-                while futures:
-                    done, futures = wait(futures, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield from future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+            while futures:
+                done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, an error): the runs in flight are not stored, so
+            # a resumed campaign makes them again; waiting for them would only delay the
+            # stop by up to a batch of runs.
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
 
     def _dask(self, tasks: list[dict]):
         try:

@@ -9,6 +9,7 @@ out, each with its first line of evidence, and which allocation sites the run re
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from ..errors import BugCheck, NtStatusError
@@ -115,13 +116,18 @@ def _verdict(kernel, run, error) -> dict:
                 "evidence": _first_line(str(error))}
     check: BugCheck | None = run.bugcheck
     if check is not None:
-        result = {"code": check.code, "name": check.name, "parameters": list(check.parameters)}
+        result = {"code": check.code, "name": check.name, "parameters": list(check.parameters),
+                  # Where the machine stopped: the driver and the line whose call stopped it.
+                  "driver": getattr(check, "driver_name", "") or "",
+                  "call_site": getattr(check, "call_site", "") or ""}
         if check.code == 0xC4 and check.parameters[0] == 0x62:
             driver = getattr(check, "driver_name", "") or ""
             rows = kernel.verifier.outstanding(driver) if driver else \
                 sorted(kernel.verifier.tracking.allocations.values())
             result.update(_leak(rows, kernel), verdict="leaked")
             first = rows[0] if rows else None
+            # A leak's place is the line that allocated what was left (the first of them).
+            result["call_site"] = _site_text(kernel, first.site) if first else ""
             result["evidence"] = _first_line(
                 f"bug check 0xC4 (0x62, ...) at unload: {check.parameters[3]} allocation(s) "
                 f"outstanding" + (f"; first: {display(first.tag)} {first.size} bytes from "
@@ -154,6 +160,17 @@ def _leak(rows, kernel) -> dict:
 def _first_line(text: str) -> str:
     text = text.strip()
     return text.splitlines()[0] if text else ""
+
+
+def _site_text(kernel, site: int) -> str:
+    """A call site as a bug check names its culprit's: "Function (file.py:line)"."""
+    sites = kernel.call_sites
+    if not 0 < site < len(sites.table):
+        return ""
+    entry = sites.table[site]
+    if not entry.lineno:
+        return entry.function
+    return f"{entry.function} ({os.path.basename(entry.filename)}:{entry.lineno})"
 
 
 def _key_text(key) -> str:

@@ -2,18 +2,34 @@
 
 Rows hold only what a run's description determines (no timestamps, no worker names), so a
 campaign that was interrupted and resumed leaves the same rows as one that was not.
+
+Each row is committed on its own (SQLite's write-ahead log), so a campaign killed at any
+point, even with SIGKILL, leaves a file holding every run it finished. A file damaged by
+other means (truncated by a copy, overwritten in part) is never a traceback: opened with
+``resume`` it is *recovered* (the rows that can still be read are copied into a new file,
+the damaged one kept beside it as ``FILE.damaged``), else refused with what to do. Recovery
+cannot mix campaigns: a row's key is the digest of its run's whole description, so a row
+is only ever used for the very run that made it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class ResultsFileError(ValueError):
     """The results file cannot be used (not ntpool's, another campaign's, unreadable)."""
+
+
+class _Damaged(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ResultStore:
@@ -21,10 +37,28 @@ class ResultStore:
         """Open ``path`` for ``campaign`` (a JSON-able description of the whole campaign).
 
         Without ``resume`` an existing file is refused rather than overwritten; with it, the
-        file must belong to the same campaign.
+        file must belong to the same campaign (a damaged one is recovered: ``recovered``
+        then says how many runs were saved from it and where the damaged file went).
         """
         self.path = str(path)
         self.campaign = json.dumps(campaign, sort_keys=True)
+        self.recovered: tuple[int, str] | None = None
+        self._db = None
+        try:
+            self._open(resume)
+        except _Damaged as damage:
+            self._close_quietly()
+            if not resume:
+                raise ResultsFileError(
+                    f"{self.path} is damaged ({damage.reason}): pass --resume to recover the "
+                    f"runs it still holds and finish the campaign, or choose another file") from None
+            self._recover(damage.reason)
+
+    def _open(self, resume: bool) -> None:
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb") as existing:
+                if existing.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                    raise ResultsFileError(f"{self.path}: not an ntpool results file (not SQLite)")
         try:
             self._db = sqlite3.connect(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -32,36 +66,154 @@ class ResultStore:
             tables = {row[0] for row in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as error:
-            raise ResultsFileError(f"{self.path}: not a results file ({error})") from None
+            raise _Damaged(str(error)) from None
+        except sqlite3.Error as error:  # cannot be opened at all (a folder, no permission)
+            raise ResultsFileError(f"{self.path}: cannot open the results file ({error})") from None
         if tables and "campaign" not in tables:
             raise ResultsFileError(f"{self.path}: not an ntpool results file")
         if tables:
-            (version, described), = self._db.execute("SELECT version, description FROM campaign")
+            try:
+                (version, described), = self._db.execute("SELECT version, description FROM campaign")
+            except (sqlite3.DatabaseError, ValueError) as error:
+                raise _Damaged(str(error) or "no campaign description") from None
             if not resume:
                 raise ResultsFileError(f"{self.path} already holds a campaign: pass --resume to "
                                        f"finish it, or choose another file")
             if version != SCHEMA_VERSION or described != self.campaign:
                 raise ResultsFileError(f"{self.path} holds a different campaign; --resume needs "
                                        f"the same command and arguments")
+            if "runs" not in tables:
+                raise _Damaged("its table of runs is missing")
         else:
+            self._create()
+        try:
+            self._cache = {key: json.loads(result) for key, result in
+                           self._db.execute("SELECT key, result FROM runs")}
+        except (sqlite3.DatabaseError, ValueError) as error:
+            raise _Damaged(str(error)) from None
+
+    def _create(self) -> None:
+        try:
             with self._db:
                 self._db.execute("CREATE TABLE campaign (version INTEGER, description TEXT)")
                 self._db.execute("INSERT INTO campaign VALUES (?, ?)", (SCHEMA_VERSION, self.campaign))
                 self._db.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, result TEXT)")
-        self._cache = {key: json.loads(result) for key, result in
-                       self._db.execute("SELECT key, result FROM runs")}
+        except sqlite3.Error as error:
+            raise ResultsFileError(f"{self.path}: cannot write the results file ({error})") from None
+
+    def _recover(self, reason: str) -> None:
+        """Copy the readable rows of the damaged file into a new one at the same path."""
+        kept = self.path + ".damaged"
+        number = 1
+        while os.path.exists(kept):
+            number += 1
+            kept = f"{self.path}.damaged-{number}"
+        os.replace(self.path, kept)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, kept + suffix)
+        rows = _readable_rows(kept)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._create()
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)",
+                                 [(key, json.dumps(result, sort_keys=True)) for key, result in rows])
+        self._cache = dict(rows)
+        self.recovered = (len(self._cache), kept)
+        self.damage = reason
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def get(self, key: str) -> dict | None:
         return self._cache.get(key)
 
     def put(self, key: str, result: dict) -> None:
         text = json.dumps(result, sort_keys=True)
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (key, text))
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (key, text))
+        except sqlite3.Error as error:
+            raise ResultsFileError(
+                f"{self.path}: cannot store a finished run ({error}); the {len(self._cache)} "
+                f"runs stored before it are kept: --resume finishes the campaign") from None
         self._cache[key] = json.loads(text)
 
     def rows(self) -> list[tuple[str, dict]]:
         return sorted(self._cache.items())
 
     def close(self) -> None:
-        self._db.close()
+        self._close_quietly()
+
+
+def _readable_rows(path: str) -> list[tuple[str, dict]]:
+    """The rows of a damaged results file that can still be read whole: row by row through
+    the table's rowids, so a damaged page costs only the rows on it. A truncated file is
+    also read through a copy whose header gives its real length (SQLite refuses a file
+    shorter than its header says before reading any row)."""
+    rows: dict[str, dict] = {}
+    _read_rows(path, rows)
+    try:
+        with open(path, "rb") as damaged:
+            data = bytearray(damaged.read())
+    except OSError:
+        data = bytearray()
+    if len(data) >= 100 and data.startswith(_SQLITE_MAGIC):
+        page_size = int.from_bytes(data[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size >= 512:
+            data[28:32] = (len(data) // page_size).to_bytes(4, "big")
+            copy = path + ".reading"
+            try:
+                with open(copy, "wb") as out:
+                    out.write(data[: len(data) // page_size * page_size])
+                _read_rows(copy, rows)
+            except OSError:
+                pass
+            finally:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    try:
+                        os.remove(copy + suffix)
+                    except OSError:
+                        pass
+    return sorted(rows.items())
+
+
+def _read_rows(path: str, rows: dict[str, dict]) -> None:
+    try:
+        db = sqlite3.connect(path)
+    except sqlite3.Error:
+        return
+    try:
+        try:
+            highest = db.execute("SELECT max(rowid) FROM runs").fetchone()[0] or 0
+        except sqlite3.Error:
+            # The table's pages cannot be walked to its end: look as far as the file could
+            # hold rows (each at least a key's 24 characters).
+            highest = os.path.getsize(path) // 24
+        for rowid in range(1, highest + 1):
+            try:
+                row = db.execute("SELECT key, result FROM runs WHERE rowid = ?", (rowid,)).fetchone()
+            except sqlite3.Error:
+                continue
+            if row is None:
+                continue
+            key, text = row
+            try:
+                result = json.loads(text)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(key, str) and isinstance(result, dict) and result.get("key") == key:
+                rows[key] = result
+    finally:
+        db.close()

@@ -108,6 +108,7 @@ class Campaign:
     verdicts: list[SiteVerdict]
     runs: int
     unfinished: int = 0  # runs the campaign did not get to (max_runs)
+    max_runs: int | None = None  # the bound the campaign ran under (None: the plan's own size)
 
     @property
     def baseline_clean(self) -> bool:
@@ -131,6 +132,45 @@ class Campaign:
                 row = table.setdefault(site, {})
                 row[v.label] = row.get(v.label, 0) + 1
         return dict(sorted(table.items()))
+
+    def triage(self) -> list["Failure"]:
+        """The runs that did not survive, grouped by what happened and where: the bug check
+        and the call site that stopped the machine, the leak and the line that allocated
+        what was left, the exception; most runs first."""
+        groups: dict[tuple[str, str], Failure] = {}
+        for v in self.verdicts:
+            if v.survived:
+                continue
+            where = _failure_place(v)
+            group = groups.get((v.label, where))
+            if group is None:
+                group = groups[(v.label, where)] = Failure(v.label, where, 0, {}, v)
+            group.runs += 1
+            for site in v.sites:
+                group.sites_failed[site] = group.sites_failed.get(site, 0) + 1
+        return sorted(groups.values(), key=lambda g: (-g.runs, g.label, g.where))
+
+
+@dataclass
+class Failure:
+    """Runs that ended the same way at the same place (Campaign.triage)."""
+
+    label: str  # bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED, leaked 32 bytes under 'dHxM', ...
+    where: str  # the driver and call site that stopped the machine or allocated the leak
+    runs: int
+    sites_failed: dict[tuple, int]  # the allocation sites failed in those runs, with counts
+    example: SiteVerdict  # the first such run (its evidence, its fault plan)
+
+
+def _failure_place(v: SiteVerdict) -> str:
+    r = v.result
+    if r["verdict"] in ("bug check", "leaked"):
+        return " ".join(part for part in (r.get("driver", ""), r.get("call_site", "")) if part)
+    if r["verdict"] == "not reached":
+        return "; ".join(f"{function} ({file}:{line})" for file, line, function in v.sites)
+    if r["verdict"] == "raised":
+        return r.get("evidence", "")
+    return ""
 
 
 def scenario_content(spec: str) -> dict:
@@ -170,10 +210,16 @@ def campaign_description(spec: str, plan: FaultPlan, seed: int, kernel_options, 
 
 
 def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
-           max_runs: int = MAX_RUNS, plan: FaultPlan | str = "each-site",
+           max_runs: int | None = None, plan: FaultPlan | str = "each-site",
            engine: Engine | None = None, windows: str | None = None,
            timeout: float | None = None) -> Campaign:
+    """Run the campaign. ``max_runs`` bounds the runs, the baseline included; by default an
+    each-site campaign (whose waves the scenario decides) stops at MAX_RUNS, and the other
+    plans, whose size is in the plan itself, make every run they name."""
     plan = FaultPlan.parse(plan) if isinstance(plan, str) else plan
+    if max_runs is None:
+        max_runs = MAX_RUNS if plan.kind == "each-site" else None
+    limit = max_runs if max_runs is not None else float("inf")
     engine = engine or Engine(jobs=1)
     content = scenario_content(spec)
 
@@ -202,7 +248,7 @@ def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
         done: set[tuple] = set()
         wave = sorted(sites)
         while wave:
-            budget = max_runs - runs
+            budget = int(max(0, min(limit - runs, len(wave))))
             batch, rest = wave[:budget], wave[budget:]
             unfinished += len(rest)
             if not batch:
@@ -221,14 +267,14 @@ def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
             faults = [{"fail": [list(k)], "nth": plan.count} for k in sorted(sites)]
         else:
             faults = [{"random": {"probability": plan.probability, "seed": s}} for s in range(plan.count)]
-        budget = max(0, max_runs - runs)
+        budget = int(max(0, min(limit - runs, len(faults))))
         unfinished = max(0, len(faults) - budget)
         tasks = [task(f) for f in faults[:budget]]
         results = engine.run(tasks)
         runs += len(tasks)
         collect(tasks, results)
     verdicts.sort(key=lambda v: (v.sites, v.result.get("key", "")))
-    return Campaign(spec, plan, baseline, verdicts, runs, unfinished)
+    return Campaign(spec, plan, baseline, verdicts, runs, unfinished, max_runs)
 
 
 def _key_text(key) -> str:

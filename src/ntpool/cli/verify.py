@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
+import threading
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -27,9 +31,47 @@ def add_engine_arguments(parser) -> None:
                        help="stop a run after this long and record it as timed out")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption so that a campaign stops as on Ctrl-C: its
+    workers ended, its results file closed, and a word on how to finish it."""
+
+
+PER_RUN_ROWS = 50  # a table row per run up to this many runs; past it, the triage only
+TRIAGE_SITES = 3  # failed sites shown per triage row
+PROGRESS_LINE_SECONDS = 10.0  # without a terminal (a CI log): a progress line this often
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _where(args) -> str:
+    from ..campaign.engine import default_jobs
+
+    if args.dask:
+        return f"on the Dask cluster at {args.dask}"
+    jobs = args.jobs or default_jobs()
+    return "in this process" if jobs == 1 else f"on {jobs} worker processes"
+
+
 @contextlib.contextmanager
 def engine_for(args, description: dict, console: Console, what: str):
-    """The engine the arguments ask for, with a progress bar, and its results file."""
+    """The engine the arguments ask for, with a progress bar, and its results file.
+
+    At the end it says how many runs were made and how fast; interrupted (Ctrl-C, SIGTERM)
+    it says what was kept and how to finish."""
     from ..campaign import Engine, ResultStore
 
     if args.jobs is not None and args.jobs < 1:
@@ -39,28 +81,61 @@ def engine_for(args, description: dict, console: Console, what: str):
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
     store = ResultStore(args.results, description, resume=args.resume) if args.results else None
+    if store is not None and store.recovered is not None:
+        count, kept = store.recovered
+        console.print(f"[yellow]{args.results} was damaged ({store.damage}): {count} finished "
+                      f"run(s) recovered from it; the damaged file is kept as {kept}.[/yellow]",
+                      highlight=False)
+    if store is not None and len(store) and args.resume:
+        console.print(f"Resuming: {len(store):,} finished run(s) in {args.results}.", highlight=False)
     bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[failures]} not survived"),
                    TextColumn("{task.fields[rate]:.1f} runs/s"), TimeRemainingColumn(),
                    console=console, transient=True, disable=not console.is_terminal)
     task_id = bar.add_task(what, total=None, failures=0, rate=0.0)
+    last_line = [time.perf_counter()]
 
     def progress(state, result):
         bar.update(task_id, total=state.total, completed=state.done, failures=state.failures,
                    rate=state.rate)
+        now = time.perf_counter()
+        if not console.is_terminal and now - last_line[0] >= PROGRESS_LINE_SECONDS:
+            last_line[0] = now
+            left = state.remaining_seconds
+            print(f"{what}: {state.done:,}/{state.total:,} runs, {state.failures:,} not survived, "
+                  f"{state.rate:.1f} runs/s" + (f", about {left:.0f} s left" if left else ""),
+                  file=sys.stderr, flush=True)
 
+    engine = Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress)
     try:
-        with bar:
-            yield Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress)
+        with _terminated_as_interrupt(), bar:
+            yield engine
+    except KeyboardInterrupt as stop:
+        kept = (f"{len(store):,} finished run(s) are kept in {args.results}: the same command "
+                f"with --resume finishes the campaign without making them again"
+                if store is not None else
+                "nothing was kept: with --results FILE the finished runs are kept and --resume "
+                "finishes the campaign")
+        print(f"ntpool: {what} {'terminated' if isinstance(stop, Terminated) else 'interrupted'} "
+              f"after {engine.tally.executed:,} run(s); {kept}.", file=sys.stderr, flush=True)
+        if isinstance(stop, Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
     finally:
         if store is not None:
             store.close()
+    tally = engine.tally
+    reused = f"; {tally.reused:,} taken from {args.results}" if tally.reused else ""
+    console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args)}: "
+                  f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 
 
 def cmd_verify(args) -> int:
     from ..campaign.verify import FaultPlan, campaign_description, verify
 
     plan = FaultPlan.parse(args.plan)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ValueError(f"--max-runs must be at least 1, got {args.max_runs}")
     description = campaign_description(args.scenario, plan, args.seed, None, args.windows,
                                        args.timeout)
     console = PipeConsole()
@@ -75,17 +150,18 @@ def cmd_verify(args) -> int:
     if not campaign.baseline_clean:
         console.print("[yellow]The scenario fails even with no failure injected: fix that first; "
                       "the verdicts below include it.[/yellow]")
-    table = Table(title=f"{len(campaign.verdicts)} runs with failures injected "
-                        f"({campaign.runs} runs in all)")
-    for column in ("Driver", "Call site failed", "Verdict", "Evidence"):
-        table.add_column(column, overflow="fold")
     colour = {"survived": "green", "not reached": "yellow"}
-    for v in campaign.verdicts:
-        sites = "; ".join(f"{f} ({file}:{line})" for file, line, f in v.sites) or "-"
-        table.add_row(v.owner, sites, f"[{colour.get(v.verdict, 'red')}]{v.label}[/]",
-                      v.result.get("evidence", ""))
-    if not args.quiet or campaign.verdicts:
-        console.print(table)
+    if len(campaign.verdicts) <= PER_RUN_ROWS:
+        table = Table(title=f"{len(campaign.verdicts)} runs with failures injected "
+                            f"({campaign.runs} runs in all)")
+        for column in ("Driver", "Call site failed", "Verdict", "Evidence"):
+            table.add_column(column, overflow="fold")
+        for v in campaign.verdicts:
+            sites = "; ".join(f"{f} ({file}:{line})" for file, line, f in v.sites) or "-"
+            table.add_row(v.owner, sites, f"[{colour.get(v.verdict, 'red')}]{v.label}[/]",
+                          v.result.get("evidence", ""))
+        if not args.quiet or campaign.verdicts:
+            console.print(table)
     if plan.kind in ("random", "pairs"):  # several runs fail each site: group them by site
         by_site = Table(title="By site: the runs that failed it, by verdict")
         for column in ("Call site", "Runs by verdict"):
@@ -94,17 +170,44 @@ def cmd_verify(args) -> int:
             by_site.add_row(f"{function} ({file}:{line})",
                             ", ".join(f"{n} {label}" for label, n in sorted(counts.items())))
         console.print(by_site)
-    summary = ", ".join(f"{count} {verdict}" for verdict, count in campaign.by_verdict().items())
+    failures = campaign.triage()
+    if failures and (len(campaign.verdicts) > PER_RUN_ROWS or len(failures) < len(
+            [v for v in campaign.verdicts if not v.survived])):
+        _print_triage(console, failures)
+    summary = ", ".join(f"{count:,} {verdict}" for verdict, count in campaign.by_verdict().items())
     console.print(f"By verdict: {summary or 'no runs'}.", highlight=False)
+    console.print(f"Runs: {campaign.runs:,} = the baseline + {len(campaign.verdicts):,} with "
+                  f"failures injected" + (f"; {campaign.unfinished:,} more not made" if
+                                          campaign.unfinished else "") + ".", highlight=False)
+    if len(campaign.verdicts) > PER_RUN_ROWS:
+        console.print("(Each run's verdict and evidence: " + (
+            f"the rows of {args.results}" if args.results else
+            "pass --results FILE to keep them") + ".)", highlight=False)
     if campaign.unfinished:
-        console.print(f"[yellow]{campaign.unfinished} run(s) not made: --max-runs "
-                      f"{args.max_runs} reached.[/yellow]")
+        console.print(f"[yellow]{campaign.unfinished:,} run(s) not made: --max-runs "
+                      f"{campaign.max_runs} reached.[/yellow]")
     if campaign.all_survived and not campaign.unfinished:
         console.print("Every allocation failure path is handled.")
         return 0
     failed = sum(1 for v in campaign.verdicts if not v.survived)
-    console.print(f"{failed} of {len(campaign.verdicts)} runs did not survive.")
+    console.print(f"{failed:,} of {len(campaign.verdicts):,} runs did not survive.")
     return 1
+
+
+def _print_triage(console: Console, failures) -> None:
+    table = Table(title="Triage: the runs that did not survive, by what happened and where")
+    for column in ("Runs", "Verdict", "Where (driver, call site)", "Sites failed in those runs",
+                   "First run's evidence"):
+        table.add_column(column, overflow="fold")
+    for group in failures:
+        sites = sorted(group.sites_failed.items(), key=lambda item: (-item[1], item[0]))
+        shown = "; ".join(f"{function} ({file}:{line}) x{count}"
+                          for (file, line, function), count in sites[:TRIAGE_SITES])
+        if len(sites) > TRIAGE_SITES:
+            shown += f"; {len(sites) - TRIAGE_SITES} more"
+        table.add_row(f"{group.runs:,}", f"[red]{group.label}[/]", group.where or "-",
+                      shown or "-", group.example.result.get("evidence", ""))
+    console.print(table)
 
 
 def cmd_triage(args) -> int:
@@ -147,7 +250,9 @@ def add_verify_command(sub) -> None:
     verify.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
     verify.add_argument("--plan", default="each-site",
                         help="fault plan: each-site (default), pairs:N, nth:K, random:P[:SEEDS]")
-    verify.add_argument("--max-runs", type=int, default=500, help="stop after this many runs")
+    verify.add_argument("--max-runs", type=int, default=None,
+                        help="stop after this many runs, the baseline included (default: 500 "
+                             "for each-site; the plan's own size for the others)")
     verify.add_argument("--quiet", action="store_true", help="only the final table")
     add_windows_argument(verify)
     add_engine_arguments(verify)

@@ -283,6 +283,7 @@ class CallSites:
 CALL_SITE_TABLE_MAGIC = b"NTCS"
 CALL_SITE_HEADER = struct.Struct("<4sIII")  # magic, count, entry size, reserved
 CALL_SITE_ENTRY = struct.Struct("<QQII")  # KLDR entry of the owner (0: none), address, line, text offset
+CALL_SITE_TEXT_WINDOW = 2048  # a site's function and file with their NULs fit in this many bytes
 
 
 def call_site_table(call_sites: CallSites) -> bytes:
@@ -300,8 +301,9 @@ def call_site_table(call_sites: CallSites) -> bytes:
         owner = call_sites.owner(number)
         entries.append(CALL_SITE_ENTRY.pack(owner.entry_va if owner else 0, site.address,
                                             site.lineno, text_base + len(texts)))
-        texts += site.function.encode("utf-8", "replace") + b"\0"
-        texts += site.filename.encode("utf-8", "replace") + b"\0"
+        # Each cut to half the reader's window (CALL_SITE_TEXT_WINDOW): both always fit in it.
+        texts += site.function.encode("utf-8", "replace")[:CALL_SITE_TEXT_WINDOW // 2 - 1] + b"\0"
+        texts += site.filename.encode("utf-8", "replace")[:CALL_SITE_TEXT_WINDOW // 2 - 1] + b"\0"
     header = CALL_SITE_HEADER.pack(CALL_SITE_TABLE_MAGIC, len(entries), CALL_SITE_ENTRY.size, 0)
     return header + b"".join(entries) + bytes(texts)
 
@@ -316,15 +318,20 @@ def parse_call_site_table(data: bytes) -> list[tuple[int, int, int, str, str]]:
     if CALL_SITE_HEADER.size + count * entry_size > len(data):
         raise ValueError(f"call-site table claims {count} entries, more than it holds")
     sites = []
+    texts: dict[int, tuple[str, str]] = {}  # sites sharing a text share its strings
     for index in range(count):
         ldr, address, line, offset = CALL_SITE_ENTRY.unpack_from(data, CALL_SITE_HEADER.size + index * entry_size)
         if offset >= len(data):
             raise ValueError(f"call-site {index} points past the table")
-        parts = data[offset:].split(b"\0", 2)
-        if len(parts) < 3:
-            raise ValueError(f"call-site {index} text is not terminated")
-        sites.append((ldr, address, line, parts[0].decode("utf-8", "replace"),
-                      parts[1].decode("utf-8", "replace")))
+        if offset not in texts:
+            # Function and file, each NUL-terminated within a bounded window: a hostile table
+            # whose text runs on for megabytes costs one window per site, not the table's tail.
+            parts = data[offset:offset + CALL_SITE_TEXT_WINDOW].split(b"\0", 2)
+            if len(parts) < 3:
+                raise ValueError(f"call-site {index} text is not terminated within "
+                                 f"{CALL_SITE_TEXT_WINDOW} bytes")
+            texts[offset] = (parts[0].decode("utf-8", "replace"), parts[1].decode("utf-8", "replace"))
+        sites.append((ldr, address, line, *texts[offset]))
     return sites
 
 

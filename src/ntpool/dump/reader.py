@@ -638,11 +638,13 @@ class DumpReader:
                 return pool
         return None
 
-    def _table(self, va_key: str, size_key: str, entry: struct.Struct) -> bytes:
+    def _table(self, va_key: str, size_key: str, entry: struct.Struct, most: int) -> bytes:
         data = self.debugger_data()
         count = data[size_key]
         if count * entry.size > self.size:
             self._fail(f"{size_key} {count} is larger than the file could hold")
+        if count > most:
+            self._fail(f"{size_key} {count} is more than the {most} entries ntpool reads")
         try:
             return self.read(data[va_key], count * entry.size)
         except MemoryReadError:
@@ -654,7 +656,7 @@ class DumpReader:
     def tracker_entries(self) -> list[TrackerEntry]:
         """PoolTrackTable entries in use (Key non-zero), in table order."""
         layout = self.pool_layouts().tracker
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout)
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout, MAX_TRACKER_SLOTS)
         return [self._tracker_entry(layout, raw, offset)
                 for offset in range(0, len(raw) - layout.size + 1, layout.size)
                 if layout.get(raw, offset, "Key")]
@@ -662,7 +664,7 @@ class DumpReader:
     def tracker_lookup(self, key: int) -> TrackerEntry | None:
         """The entry for a tag, found as the kernel finds it: hash, then linear probing."""
         layout = self.pool_layouts().tracker
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout)
+        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout, MAX_TRACKER_SLOTS)
         slots = len(raw) // layout.size - 1
         if slots <= 0 or slots & (slots - 1):
             return None
@@ -678,14 +680,14 @@ class DumpReader:
 
     def big_pages(self) -> list[BigPage]:
         layout = self.pool_layouts().big_page
-        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", layout)
+        raw = self._table("PoolBigPageTable", "PoolBigPageTableSize", layout, MAX_BIG_PAGE_SLOTS)
         if layout is POOL_TRACKER_BIG_PAGES:
             return [BigPage(*row) for row in POOL_TRACKER_BIG_PAGES.iter_unpack(raw)
-                    if not row[0] & BIG_PAGE_FREE]
+                    if row[0] and not row[0] & BIG_PAGE_FREE]  # (a Va of 0 is no allocation)
         pages = []
         for offset in range(0, len(raw) - layout.size + 1, layout.size):
             va = layout.get(raw, offset, "Va")
-            if not va & BIG_PAGE_FREE:
+            if va and not va & BIG_PAGE_FREE:
                 pages.append(BigPage(va, layout.get(raw, offset, "Key"),
                                      big_page_type_of(layout.get(raw, offset, "PoolType")),
                                      layout.get(raw, offset, "NumberOfBytes")))
@@ -755,6 +757,9 @@ class DumpReader:
             return []
         if size > self.size:
             self._fail(f"the call-site table claims {size} bytes, more than the file holds")
+        if size > MAX_CALL_SITE_TABLE_BYTES:
+            self._fail(f"the call-site table claims {size} bytes, more than the "
+                       f"{MAX_CALL_SITE_TABLE_BYTES} ntpool reads")
         try:
             table = parse_call_site_table(self.read(va, size))
         except (MemoryReadError, ValueError) as error:
@@ -775,8 +780,9 @@ class DumpReader:
         if not va or not count:
             return None
         entry = f.VERIFIER_TRACK_ENTRY
-        if count * entry.size > self.size:
-            self._fail(f"the verifier tracking list claims {count} entries, more than the file holds")
+        if count * entry.size > self.size or count > MAX_VERIFIER_TRACKED:
+            self._fail(f"the verifier tracking list claims {count} entries, more than "
+                       f"{'the file holds' if count <= MAX_VERIFIER_TRACKED else f'the {MAX_VERIFIER_TRACKED} ntpool reads'}")
         try:
             raw = self.read(va, count * entry.size)
         except MemoryReadError:
@@ -914,6 +920,14 @@ _BIT_56_LANES = (1 << 56) * _ONE_IN_EACH_LANE
 
 
 MAX_SITE_TABLE_BYTES = 64 << 20
+# The most entries the tables a kernel keeps can hold here; a dump that claims more is refused
+# (every entry in use would be a Python object: memory past a few hundred MiB, minutes of CPU).
+# ntpool's own tables: a power of two at least twice what they hold (131,072 tags; 262,144
+# big allocations, a GiB of single-page ones), the tracker's plus its overflow slot.
+MAX_TRACKER_SLOTS = (1 << 18) + 1
+MAX_BIG_PAGE_SLOTS = 1 << 19
+MAX_VERIFIER_TRACKED = 1 << 19  # Driver Verifier's tracked allocations outstanding
+MAX_CALL_SITE_TABLE_BYTES = 1 << 20  # about 10,000 call sites
 BULK_READ_BYTES = 16 * PAGE_SIZE  # a read this long is made a run of pages at a time
 SITE_PIECE_BLOCKS = 1 << 14  # sites kept for lookups: 32 KiB, 256 KiB of pool
 

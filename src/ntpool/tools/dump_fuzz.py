@@ -48,6 +48,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -72,6 +73,12 @@ class Seed:
     targets: dict = field(default_factory=dict)  # region name -> [(file offset, length)]
     addresses: list = field(default_factory=list)  # addresses worth giving commands
     poolfind: str = ""  # !poolfind * output of the intact dump (score's results)
+    # A full dump's forgery kit: the file offset of an unused PDPT entry (a 1 GiB page forged
+    # there maps every frame from 0 at ``forge_va``, so a table pointed there is as large as
+    # the file), and per table the file offsets of its pointer and its size and its entry size.
+    forge_entry: int | None = None
+    forge_va: int = 0
+    forge_tables: dict = field(default_factory=dict)
 
 
 class _Leaky:
@@ -159,6 +166,20 @@ def _demo_machine(windows: str):
     return k, []
 
 
+def _large_machine(windows: str):
+    """256 MiB of physical memory, small pools, a few chunks of each size: a full dump whose
+    size makes a forged table's claims cost what they would on a real machine."""
+    from ..constants import PoolType
+    from ..kernel import Kernel
+
+    k = Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB, physical_memory_bytes=256 * MiB,
+               windows=windows)
+    for size in (16, 100, 600, 5000):
+        for pool in (PoolType.NonPagedPool, PoolType.PagedPool):
+            k.ExAllocatePoolWithTag(pool, size, "Larg")
+    return k
+
+
 def make_seeds(directory: str, windows_list=("7", "11"), kinds=("kernel", "full")) -> list[Seed]:
     from ..forensics.corpus import make_dump
 
@@ -170,6 +191,11 @@ def make_seeds(directory: str, windows_list=("7", "11"), kinds=("kernel", "full"
                 path = os.path.join(directory, f"{name}-w{windows}-{kind}.dmp")
                 k.write_dump(path, kind)
                 seeds.append(Seed(f"{name}-w{windows}-{kind}", windows, kind, path, addresses=list(addresses)))
+        if "full" in kinds:  # a 256 MiB full dump: tables forged as large as the file
+            k = _large_machine(windows)
+            path = os.path.join(directory, f"large-w{windows}-full.dmp")
+            k.write_dump(path, "full")
+            seeds.append(Seed(f"large-w{windows}-full", windows, "full", path))
         for number, kind in enumerate(kinds):
             entry = make_dump(directory, number + (10 if windows == "7" else 20), seed=5 + number, pool_mib=1,
                               kind=kind, windows=windows)
@@ -222,6 +248,69 @@ def _table_pages(reader) -> dict:
 
     walk(reader.directory_table_base, 0)
     return levels
+
+
+FORGE_VA = 0xFFFFF80040000000  # an unused 1 GiB slot of the kernel's PDPT
+
+
+def _forge_kit(seed: Seed, reader, ntpl: int) -> None:
+    from ..dump import format as f
+
+    def at(va):
+        pa = reader.translate(va)
+        return None if pa is None else reader.frame_offset(pa >> 12) + (pa & 0xFFF)
+
+    pml4 = reader.frame_offset(reader.directory_table_base >> 12)
+    pxe = QWORD.unpack_from(reader.mapping, pml4 + ((FORGE_VA >> 39) & 0x1FF) * 8)[0]
+    pdpt = reader.frame_offset((pxe & 0x000FFFFFFFFFF000) >> 12) if pxe & 1 else None
+    if pdpt is None or QWORD.unpack_from(reader.mapping, pdpt + ((FORGE_VA >> 30) & 0x1FF) * 8)[0]:
+        return
+    seed.forge_entry, seed.forge_va = pdpt + ((FORGE_VA >> 30) & 0x1FF) * 8, FORGE_VA
+    kdbg = reader.kd_debugger_data_block
+    layouts = reader.pool_layouts()
+    for name, pointer, size, entry in (
+            ("tracker", kdbg + f.KDBG_POOL_TRACK_TABLE, ntpl + f.NTPL_POOL_TRACK_TABLE_SIZE, layouts.tracker.size),
+            ("big pages", ntpl + f.NTPL_POOL_BIG_PAGE_TABLE, ntpl + f.NTPL_POOL_BIG_PAGE_TABLE_SIZE,
+             layouts.big_page.size),
+            ("verifier tracking", ntpl + f.NTPL_VERIFIER_TRACK_TABLE, ntpl + f.NTPL_VERIFIER_TRACK_COUNT,
+             f.VERIFIER_TRACK_ENTRY.size),
+            ("call sites", ntpl + f.NTPL_CALL_SITE_TABLE, ntpl + f.NTPL_CALL_SITE_TABLE_BYTES, 1),
+            ("allocation sites", ntpl + f.NTPL_ALLOCATION_SITES, ntpl + f.NTPL_ALLOCATION_SITES_BYTES, 1),
+            ("heap ranges", ntpl + f.NTPL_HEAP_RANGES, ntpl + f.NTPL_HEAP_RANGE_COUNT, f.NTPL_HEAP_RANGE.size),
+            ("modules", kdbg + f.KDBG_PS_LOADED_MODULE_LIST, None, 0x100),
+            ("lookasides", reader.kernel_global("ExNPagedLookasideListHead"), None, 0x80),
+            ("pool state", ntpl + f.NTPL_POOL_STATE, None, 0x40),
+            ("nonpaged pool", kdbg + f.KDBG_MM_NONPAGED_POOL_START, kdbg + f.KDBG_MM_NONPAGED_POOL_END, 0),
+            ("paged pool", kdbg + f.KDBG_MM_PAGED_POOL_START, kdbg + f.KDBG_MM_PAGED_POOL_END, 0)):
+        pointer_at = at(pointer)
+        if pointer_at is not None:
+            seed.forge_tables[name] = (pointer_at, None if size is None else at(size), entry)
+
+
+def _forgery(seed: Seed, size: int, rng: random.Random) -> tuple[list, list]:
+    """Edits that map every frame of the file at forge_va (one forged 1 GiB page) and point a
+    table there, claiming as many entries as the file could hold, or about a limit."""
+    from ..dump import reader as limits
+
+    name = rng.choice(sorted(seed.forge_tables))
+    pointer_at, size_at, entry = seed.forge_tables[name]
+    edits = [(seed.forge_entry, QWORD.pack(rng.choice((0x83, 0xE3, 0x8000000000000083)) | 0x63))]
+    start = seed.forge_va + rng.choice((0, PAGE, 0x100000, rng.randrange(size // 2) & ~7))
+    if entry == 0:  # a pool range: the whole forged gigabyte
+        edits += [(pointer_at, QWORD.pack(seed.forge_va)), (size_at, QWORD.pack(seed.forge_va + (1 << 30) - 1))]
+        return edits, [f"forged a 1 GiB page and made {name} span it"]
+    edits.append((pointer_at, QWORD.pack(start)))
+    done = f"forged a 1 GiB page and pointed {name} at {start:#x}"
+    if size_at is not None:
+        capacity = max(1, (size - (start - seed.forge_va)) // entry)
+        most = {"tracker": "MAX_TRACKER_SLOTS", "big pages": "MAX_BIG_PAGE_SLOTS",  # about the reader's limits
+                "verifier tracking": "MAX_VERIFIER_TRACKED", "call sites": "MAX_CALL_SITE_TABLE_BYTES",
+                "allocation sites": "MAX_SITE_TABLE_BYTES"}.get(name)
+        most = getattr(limits, most, 1 << 18) if most else 16
+        count = rng.choice((capacity, capacity - 1, capacity // 2, most, most - 1, most + 1, rng.randrange(capacity)))
+        edits.append((size_at, QWORD.pack(max(0, count))))
+        done += f", {count} entries"
+    return edits, [done]
 
 
 def locate(seed: Seed) -> None:
@@ -323,6 +412,8 @@ def locate(seed: Seed) -> None:
                         if len(seed.addresses) < 4000:
                             seed.addresses.append(block.body)
         t["pool_headers"] = headers
+        if reader.dump_type == f.DUMP_TYPE_FULL and reader.runs[0].first == 0:
+            _forge_kit(seed, reader, ntpl)
         seed.addresses = sorted(set(seed.addresses))
         seed.poolfind = "\n".join(session.run_one(command) for command in ("!poolfind * 0", "!poolfind * 1"))
     for name in [name for name, pieces in seed.targets.items() if not pieces]:
@@ -331,14 +422,21 @@ def locate(seed: Seed) -> None:
 
 # --- damage ------------------------------------------------------------------------------------
 
+# Addresses a lying pointer or range bound may take: the kernel half's edges, the page-table
+# self-map (PML4 index 0x1ED), KUSER_SHARED_DATA, a user address, the top of memory.
+ADDRESSES = (0xFFFF800000000000, 0xFFFFF68000000000, 0xFFFFF6FB7DBED000, 0xFFFFF78000000000,
+             0xFFFFF80000000000, 0xFFFFFA8000000000, 0xFFFFFFFFFFFFF000, 0x7FFFFFFEFFFF, 0x10000,
+             0x0000800000000000)
 HUGE = (1 << 40, 1 << 48, 1 << 52, 1 << 62, (1 << 63) + 1, (1 << 64) - 1, (1 << 32) - 1, 1 << 31,
         0x7FFFFFFF, 0x80000000, 0xFFFFFFFF00000000)
 
 
 def _value(rng: random.Random, old: int, width: int, seed: Seed, reader_info: dict) -> int:
     mask = (1 << (8 * width)) - 1
-    choice = rng.randrange(14)
-    if choice == 0:
+    choice = rng.randrange(15)
+    if choice == 14:
+        value = rng.choice(ADDRESSES) + rng.choice((0, 0, 8, 0x1000, -0x1000))
+    elif choice == 0:
         value = 0
     elif choice == 1:
         value = mask
@@ -377,14 +475,20 @@ def mutate(seed: Seed, size: int, read, rng: random.Random, info: dict) -> tuple
     edits, done = [], []
     plan = rng.random()
     regions = sorted(seed.targets)
-    for _ in range(rng.choice((1, 1, 1, 2, 3, 5, 12))):
+    if seed.forge_entry is not None and rng.random() < 0.5:
+        edits, done = _forgery(seed, size, rng)
+        plan = 1.0  # and a few targeted edits besides
+    storm = None
+    if 0.1 <= plan < 0.25:  # many edits in one structure
+        storm = rng.choice(regions)
+    for _ in range(rng.randrange(20, 80) if storm else rng.choice((1, 1, 1, 2, 3, 5, 12))):
         if plan < 0.1:  # random bytes anywhere
             at = rng.randrange(size)
             patch = rng.randbytes(rng.randrange(1, 9))
             edits.append((at, patch))
             done.append(f"random {len(patch)} bytes at {at:#x}")
             continue
-        region = rng.choice(regions)
+        region = storm or rng.choice(regions)
         offset, length = rng.choice(seed.targets[region])
         width = rng.choice((8, 8, 8, 4, 2, 1)) if length >= 8 else min(length, rng.choice((1, 2, 4)))
         at = offset + rng.randrange(max(1, length - width + 1))
@@ -411,13 +515,20 @@ def mutate(seed: Seed, size: int, read, rng: random.Random, info: dict) -> tuple
 def write_damaged(source: str, path: str, edits: list, cut: int | None) -> None:
     """A copy of ``source`` at ``path`` with ``edits`` made and cut at ``cut`` (a page of
     memory at a time, whatever the dump's size)."""
-    shutil.copyfile(source, path)
+    with open(source, "rb") as original, open(path, "wb") as out:
+        left = os.fstat(original.fileno()).st_size if cut is None else cut
+        while left > 0:
+            piece = original.read(min(left, 1 << 20))
+            if not piece:
+                break
+            out.write(piece)
+            left -= len(piece)
     with open(path, "r+b") as out:
         for at, patch in edits:  # in order: a later edit over an earlier one wins
             out.seek(at)
             out.write(patch)
         if cut is not None:
-            out.truncate(cut)
+            out.truncate(cut)  # (an edit past the cut is cut off again)
 
 
 # --- running the readers ------------------------------------------------------------------------
@@ -465,6 +576,8 @@ def run_dump(path: str, seed: Seed, rng: random.Random, pooltags) -> str:
         raise Failure(f"DumpReader: {_described(error)}") from error
     with reader:
         session = KdSession(reader, pooltags)
+        if rng.random() < 0.2:
+            _forked_poolfind(session, rng)
         for command in _commands(seed, rng):
             try:
                 if command.startswith("!poolfind"):
@@ -486,6 +599,28 @@ def run_dump(path: str, seed: Seed, rng: random.Random, pooltags) -> str:
                 raise Failure(f"kd's Tab completion of {line!r}: {_described(error)}") from error
     run_poolmon(path, pooltags)
     return "read"
+
+
+def _forked_poolfind(session, rng: random.Random) -> None:
+    """!poolfind shared with forked workers (as on a big pool: here on any pool) must print
+    what one process prints, errors included."""
+    from ..debugger import session as kd
+
+    command = rng.choice(("!poolfind *", "!poolfind * 1", "!poolfind Fred", "!poolfind ?e*"))
+    try:
+        alone = "".join(session.stream(command))
+        saved = kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES
+        kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES = 1, rng.choice((2, 3))
+        try:
+            shared = "".join(session.stream(command))
+        finally:
+            kd.PARALLEL_MIN_PAGES, kd.PARALLEL_PROCESSES = saved
+    except Exception as error:
+        raise Failure(f"kd {command} (forked): {_described(error)}") from error
+    if shared != alone:
+        at = next((i for i, (a, b) in enumerate(zip(alone, shared)) if a != b), min(len(alone), len(shared)))
+        raise Failure(f"kd {command}: forked workers printed other text than one process, from "
+                      f"character {at}: {alone[at:at + 80]!r} against {shared[at:at + 80]!r}")
 
 
 def run_poolmon(path: str, pooltags) -> None:
@@ -628,15 +763,36 @@ def run_case(seeds: list, master: int, number: int, directory: str, pooltags, ke
             return handle.read(length)
 
         edits, cut, done = mutate(seed, os.fstat(handle.fileno()).st_size, read, rng, info)
-    path = os.path.join(directory, "case.dmp")
-    write_damaged(seed.path, path, edits, cut)
-    if keep:
-        shutil.copy(path, os.path.join(keep, f"case-{master}-{number}.dmp"))
+    if cut is None:  # the seed's working copy, damaged for the case and mended after it
+        path = os.path.join(directory, os.path.basename(seed.path))
+        if not os.path.exists(path):
+            shutil.copyfile(seed.path, path)
+        mend = _patch(path, edits)
+    else:
+        path = os.path.join(directory, "case.dmp")
+        write_damaged(seed.path, path, edits, cut)
+        mend = []
     try:
+        if keep:
+            shutil.copy(path, os.path.join(keep, f"case-{master}-{number}.dmp"))
         outcome = run_dump(path, seed, rng, pooltags)
     except Failure as failure:
         raise Failure(f"{failure} [{seed.name}: {'; '.join(done)}]") from failure
+    finally:
+        _patch(path, mend)
     return f"dump {outcome}"
+
+
+def _patch(path: str, edits: list) -> list:
+    """Make ``edits`` in the file at ``path``; returns the edits that undo them."""
+    undo = []
+    with open(path, "r+b") as out:
+        for at, patch in edits:
+            out.seek(at)
+            undo.append((at, out.read(len(patch))))
+            out.seek(at)
+            out.write(patch)
+    return undo[::-1]
 
 
 _INFO: dict = {}
@@ -674,7 +830,10 @@ def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep) -
     directory = tempfile.mkdtemp(prefix="dump-fuzz-")
     try:
         while True:
-            number = connection.recv()
+            try:
+                number = connection.recv()
+            except EOFError:  # the parent is gone
+                return
             if number is None:
                 return
             faulthandler.dump_traceback_later(timeout, exit=True, file=stacks)
@@ -688,9 +847,9 @@ def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep) -
             except Exception as error:  # the fuzzer's own mistake: say so, carry on
                 outcome, detail = "failure", f"the fuzzer failed: {_described(error)}"
             faulthandler.cancel_dump_traceback_later()
-            rss = _rss_mib()
+            rss = max(_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # (peak: Linux KiB)
             if rss > memory_mib:
-                outcome, detail = "failure", f"resident memory {rss:.0f} MiB after the case ({detail})"
+                outcome, detail = "failure", f"resident memory {rss:.0f} MiB in the case ({detail})"
             connection.send((number, outcome, detail, time.process_time() - started, rss))
             if outcome == "failure" and rss > memory_mib:
                 return
@@ -736,7 +895,8 @@ class Pool:
             what = f"a hang (past the time limit of {timeout:g} s)"
         else:
             what = f"the worker died (exit code {code})"
-        return number, "failure", f"{what}: {stack[-2000:]}" if stack else what, timeout, 0.0
+        # faulthandler prints the innermost frame first: that is where it hung
+        return number, "failure", f"{what}: {stack[:2000]}" if stack else what, timeout, 0.0
 
     def close(self):
         if self.process is not None and self.process.is_alive():
@@ -774,6 +934,7 @@ def main(argv=None) -> int:
           flush=True)
     numbers = [args.case] if args.case is not None else range(args.first, args.first + args.runs)
     pool = Pool(seeds, args.seed, args.timeout, args.memory_mib, args.keep)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the worker is stopped too
     outcomes: dict = {}
     failures = []
     slowest = (0.0, None)

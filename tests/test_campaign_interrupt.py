@@ -1,0 +1,207 @@
+"""Campaigns interrupted as users interrupt them, then resumed: real processes, real signals.
+
+Each case starts ``ntpool verify`` on every core with a results file, stops it part-way
+(Ctrl-C to its process group, SIGTERM or SIGKILL to the campaign's process), and checks that
+it stopped at once, left no worker behind, and that ``--resume`` finished it to the same rows
+as an uninterrupted campaign, making only the runs that were missing. The results file is
+then damaged (truncated, overwritten) and must give a clear error, or be recovered with
+``--resume``, never a traceback.
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ntpool.campaign import Engine, ResultStore, ResultsFileError
+from ntpool.campaign.engine import keyed
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = str(ROOT / "tests" / "scenarios" / "verify_slow.py")  # baseline + 6 sites, 0.15 s each
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), COLUMNS="200")
+COMMAND = [sys.executable, "-m", "ntpool", "verify", SCENARIO, "-j", "2", "--quiet"]
+
+
+def rows(path) -> list:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT key, result FROM runs ORDER BY key").fetchall()
+    finally:
+        db.close()
+
+
+def count_rows(path) -> int:
+    try:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.update(int(child) for child in listing.read().split())
+    except OSError:
+        pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    path = tmp_path_factory.mktemp("whole") / "whole.sqlite"
+    done = subprocess.run(COMMAND + ["--results", str(path)], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert count_rows(path) == 7
+    return rows(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
+@pytest.mark.parametrize("how, after", [("ctrl-c", 3), ("sigterm", 4), ("sigkill", 2)])
+def test_a_campaign_stopped_by_a_signal_stops_whole_and_resumes_to_the_same_rows(
+        whole, tmp_path, how, after):
+    part = tmp_path / "part.sqlite"
+    child = subprocess.Popen(COMMAND + ["--results", str(part)], env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 60
+    while count_rows(part) < after and time.monotonic() < deadline and child.poll() is None:
+        workers |= children(child.pid)
+        time.sleep(0.02)
+    workers |= children(child.pid)
+    assert child.poll() is None, "the campaign finished before it could be interrupted"
+    if how == "ctrl-c":  # the terminal sends SIGINT to the whole foreground process group
+        os.killpg(child.pid, signal.SIGINT)
+    else:  # kill, timeout, systemd, the OOM killer: the campaign's own process only
+        child.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    try:
+        # Its output ends when every process holding it has ended: the workers too.
+        out, err = child.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail(f"after {how} the campaign's processes kept running")
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if alive(pid)], f"workers left running after {how}"
+    kept = count_rows(part)
+    assert 1 <= kept < 7
+    if how == "ctrl-c":
+        assert child.returncode == 130
+        assert f"{kept} finished run(s) are kept in {part}" in err and "--resume" in err
+    elif how == "sigterm":
+        assert child.returncode == 128 + signal.SIGTERM
+        assert "verify terminated" in err and "--resume" in err
+    else:
+        assert child.returncode == -signal.SIGKILL
+    assert "Traceback" not in err
+    resumed = subprocess.run(COMMAND + ["--results", str(part), "--resume"], env=ENV,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    # Only the missing runs were made; every run is in the file once, as in the whole one.
+    assert f"Resuming: {kept} finished run(s)" in resumed.stdout
+    assert f"{7 - kept} run(s) made" in resumed.stdout
+    assert f"{kept} taken from {part}" in resumed.stdout
+    assert rows(part) == whole
+
+
+def _store_with_runs(path, count: int = 200):
+    tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(count)]
+    store = ResultStore(path, {"test": "damage"})
+    Engine(jobs=1, store=store).run(tasks)
+    expected = dict(store.rows())
+    store.close()
+    return tasks, expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0), garbage=st.booleans(), length=st.integers(1, 9000))
+def test_a_damaged_results_file_is_refused_clearly_or_recovered_never_misread(
+        tmp_path_factory, cut, garbage, length):
+    folder = tmp_path_factory.mktemp("damaged")
+    path = folder / "runs.sqlite"
+    tasks, expected = _store_with_runs(path)
+    data = path.read_bytes()
+    offset = int(cut * len(data))
+    if garbage:  # overwritten in place (a bad sector, another program's write)
+        data = data[:offset] + bytes((offset + i) * 37 % 256 for i in range(length)) + \
+            data[offset + length:]
+    else:  # truncated (a copy cut short, a full disk)
+        data = data[:offset]
+    path.write_bytes(data)
+    try:
+        refused = ResultStore(path, {"test": "damage"})
+    except ResultsFileError as error:
+        assert str(path) in str(error)
+    else:  # the damage left a readable file: it was another campaign's or an empty one
+        refused.close()
+    try:
+        store = ResultStore(path, {"test": "damage"}, resume=True)
+    except ResultsFileError as error:  # only a file that no longer looks like one
+        assert "not an ntpool results file" in str(error) or "different campaign" in str(error)
+        return
+    recovered = dict(store.rows())
+    # Whatever was recovered is exactly what the runs wrote: no row altered or invented.
+    assert all(expected[key] == result for key, result in recovered.items())
+    ran = []
+    Engine(jobs=1, store=store, progress=lambda state, result: ran.append(result["key"])).run(tasks)
+    assert len(ran) == len(expected) - len(recovered)  # the rest made once, none twice
+    assert dict(store.rows()) == expected
+    store.close()
+    assert dict(ResultStore(path, {"test": "damage"}, resume=True).rows()) == expected
+
+
+def test_a_truncated_results_file_is_one_clear_line_then_recovered_by_resume(tmp_path):
+    from ntpool.campaign.store import ResultStore as Store
+
+    path = tmp_path / "runs.sqlite"
+    tasks, expected = _store_with_runs(path, 2000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ResultsFileError, match="is damaged .*pass --resume to recover"):
+        Store(path, {"test": "damage"})
+    store = Store(path, {"test": "damage"}, resume=True)
+    count, kept = store.recovered
+    assert 0 < count < len(expected) and kept == f"{path}.damaged"
+    assert Path(kept).read_bytes() == data[: len(data) // 2]  # the damaged file is kept as it was
+    store.close()
+
+
+def test_the_command_recovers_a_damaged_results_file_and_says_so(whole, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    done = subprocess.run(COMMAND + ["--results", str(path)], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + b"\xff" * 4096 + data[8192:])  # its second page overwritten
+    refused = subprocess.run(COMMAND + ["--results", str(path)], env=ENV, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and str(path) in refused.stderr
+    resumed = subprocess.run(COMMAND + ["--results", str(path), "--resume"], env=ENV,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was damaged" in resumed.stdout and f"{path}.damaged" in resumed.stdout
+    assert rows(path) == whole
