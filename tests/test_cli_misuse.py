@@ -218,3 +218,17 @@ def test_ctrl_c_while_ntpool_is_being_imported_is_one_line(monkeypatch, capsys):
     assert ntpool_launch.main() == 130
     assert capsys.readouterr().err == "ntpool: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_every_subcommand_s_help_says_what_it_does_and_what_each_option_is():
+    from ntpool.cli.main import build_parser
+    from ntpool.cli.tools import VERIFIER_OPTIONS
+
+    commands = build_parser().subcommands
+    for name, parser in commands.items():
+        assert parser.description, name
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    text = " ".join(commands["run"].format_help().split())
+    assert all(option in text for option in VERIFIER_OPTIONS) and "..." not in text
+    assert "exit status: 0 clean; 1 leaks" in text and "3 a bug check" in text

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     add_verify_command(sub)
     add_forensics_commands(sub)
+    for choice in sub._choices_actions:  # `ntpool CMD -h` opens with what CMD does
+        command = sub.choices[choice.dest]
+        if command.description is None:
+            command.description = choice.help
     return parser
 
 
