@@ -232,3 +232,36 @@ def test_every_subcommand_s_help_says_what_it_does_and_what_each_option_is():
     text = " ".join(commands["run"].format_help().split())
     assert all(option in text for option in VERIFIER_OPTIONS) and "..." not in text
     assert "exit status: 0 clean; 1 leaks" in text and "3 a bug check" in text
+
+
+@pytest.mark.parametrize("pattern, fits", [
+    ("SlRq", True), ("Sl*", True), ("S?R", True), ("*", True), ("0x5eadbeef", True),
+    ("0x5e*", True), ("*beef", True), ("*deadbe", True),
+    ("ABCDE", False), ("SlRqX*", False), ("?????", False), ("0x12345678X", False),
+    ("", False), ("Fré", False), ("€abc", False)])
+def test_a_tag_pattern_that_can_match_no_tag_is_refused(capsys, pattern, fits):
+    from ntpool.tools.poolmon import check_tag_pattern
+
+    if fits:
+        assert check_tag_pattern(pattern) == pattern
+        return
+    with pytest.raises(ValueError):
+        check_tag_pattern(pattern)
+    assert main(["poolmon", "demo", "--once", "--include", pattern]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and repr(pattern) in err or "empty tag pattern" in err
+
+
+def test_poolmon_s_live_filter_stays_open_on_a_pattern_that_matches_nothing():
+    from ntpool.cli.poolmon_view import KeyReader, apply_key
+    from ntpool.tools.poolmon import PoolmonModel
+
+    model, reader = PoolmonModel(), KeyReader()
+    for key in "/iABCDE":
+        apply_key(model, reader, key)
+    apply_key(model, reader, "enter")
+    assert reader.pending == "/i" and "cannot match a tag" in reader.prompt()
+    assert model.include == []
+    for key in ("backspace", "*", "enter"):
+        apply_key(model, reader, key)
+    assert reader.pending == "" and model.include == ["ABCD*"]

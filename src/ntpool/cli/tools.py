@@ -146,6 +146,7 @@ FAIL_ON = ("leak", "bugcheck", "none")
 def cmd_run(args) -> int:
     console = wide_console()
     _positive("--top", args.top)
+    pooltags = PoolTagDatabase.default(args.pooltag)  # a missing --pooltag is said before the run
     if args.truth is not None:
         if args.dump is None:
             raise ValueError("--truth FILE describes the dump: it needs --dump PATH")
@@ -172,7 +173,7 @@ def cmd_run(args) -> int:
         source.run_to()
     end = source.snapshot()
     run.finish()
-    model = PoolmonModel(sort="b", pooltags=PoolTagDatabase.default(args.pooltag))
+    model = PoolmonModel(sort="b", pooltags=pooltags)
     model.update(end)
     console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
                                              f"({source.checkpoint} checkpoints)",
