@@ -136,7 +136,7 @@ def _store_with_runs(path, count: int = 200):
     return tasks, expected
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.floats(0.0, 1.0), garbage=st.booleans(), length=st.integers(1, 9000))
 def test_a_damaged_results_file_is_refused_clearly_or_recovered_never_misread(
         tmp_path_factory, cut, garbage, length):
@@ -205,3 +205,79 @@ def test_the_command_recovers_a_damaged_results_file_and_says_so(whole, tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert "was damaged" in resumed.stdout and f"{path}.damaged" in resumed.stdout
     assert rows(path) == whole
+
+
+def test_a_run_that_ends_its_worker_is_recorded_and_the_campaign_goes_on():
+    from ntpool.campaign import verify
+
+    scenario = str(ROOT / "tests" / "scenarios" / "verify_exit.py")
+    campaign = verify(scenario, engine=Engine(jobs=2))
+    by_line = {v.sites[0][1]: v for v in campaign.verdicts}
+    assert by_line[23].verdict == "survived"
+    assert by_line[26].verdict == "worker died"
+    assert "exited with status 9" in by_line[26].result["evidence"]
+    assert by_line[30].label == "raised SystemExit"  # the run's own failure, not the campaign's
+    assert by_line[30].result["evidence"] == "SystemExit: 3"
+    # Many runs, some ending their worker: every run recorded once, the others as usual.
+    many = verify(scenario, plan="random:0.3:40", engine=Engine(jobs=2))
+    assert len(many.verdicts) == 40 and many.runs == 41
+    died = [v for v in many.verdicts if v.verdict == "worker died"]
+    assert died and all("exited with status 9" in v.result["evidence"] for v in died)
+    keys = [v.result["key"] for v in many.verdicts]
+    assert len(set(keys)) == 40
+
+
+def test_a_worker_killed_mid_campaign_loses_no_run():
+    import multiprocessing
+
+    tasks = [keyed({"kind": "sleep", "seconds": 0.004, "value": i}) for i in range(300)]
+    seen = []
+
+    def kill_a_worker(state, result):
+        seen.append(result["value"])
+        if len(seen) == 40:
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    results = Engine(jobs=2, progress=kill_a_worker).run(tasks)
+    assert [r["value"] for r in results] == list(range(300))
+    assert sorted(seen) == list(range(300))  # each run reported once
+    assert {r["verdict"] for r in results} == {"survived"}  # made again, not judged
+
+
+def test_a_dask_worker_killed_mid_campaign_loses_no_run():
+    distributed = pytest.importorskip("distributed")
+    tasks = [keyed({"kind": "sleep", "seconds": 0.01, "value": i}) for i in range(200)]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        victim = sorted(client.run(os.getpid).values())[0]
+        seen = []
+
+        def kill_a_worker(state, result):
+            seen.append(result["value"])
+            if len(seen) == 30:
+                os.kill(victim, signal.SIGKILL)
+
+        results = Engine(dask=client, progress=kill_a_worker).run(tasks)
+        assert victim not in client.run(os.getpid).values()  # it really died
+    assert [r["value"] for r in results] == list(range(200))
+    assert sorted(seen) == list(range(200))
+
+
+def test_a_corpus_made_twice_from_one_seed_is_the_same_bytes(tmp_path):
+    import hashlib
+
+    from ntpool.forensics.corpus import CorpusOptions, make_corpus
+
+    options = CorpusOptions(count=2, seed=11, min_pool_mib=1, max_pool_mib=1)
+    make_corpus(tmp_path / "a", options, engine=Engine(jobs=1))
+    time.sleep(0.01)  # a dump that carried the wall clock would differ now
+    make_corpus(tmp_path / "b", options, engine=Engine(jobs=2))
+
+    def digests(folder):
+        return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    first = digests(tmp_path / "a")
+    assert {"dump-000.dmp", "dump-001.dmp", "dump-000.truth.json", "corpus.json"} <= set(first)
+    assert first == digests(tmp_path / "b")

@@ -23,7 +23,9 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -110,7 +112,7 @@ def execute(task: dict) -> dict:
     except RunTimedOut:
         result = {"verdict": "timed out", "evidence": f"no result within {limit:g} s"}
     except BaseException as error:  # noqa: BLE001 - a run's failure is its result, whatever it is
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C: the campaign stops, not the run
             raise
         result = {"verdict": "raised", "exception": type(error).__name__,
                   "evidence": _first_line(f"{type(error).__name__}: {error}")}
@@ -144,6 +146,57 @@ def _worker_setup(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="ntpool-follow-parent", daemon=True).start()
+
+
+def _new_pool(jobs: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup, initargs=(os.getpid(),))
+
+
+WORKER_DEATHS = 2  # a run is judged to kill its worker when it does so this often, alone
+
+
+def _alone(tasks: list[dict]):
+    """Make each run on a worker of its own: a run whose worker dies WORKER_DEATHS times is
+    recorded as ``worker died`` (a crash, an exit or the OOM killer: the run's own doing)."""
+    pool = None
+    try:
+        for task in tasks:
+            deaths = []
+            while len(deaths) < WORKER_DEATHS:
+                if pool is None:
+                    pool = _new_pool(1)
+                future = pool.submit(execute_batch, [task])
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                try:
+                    yield from future.result()
+                    break
+                except BrokenProcessPool:
+                    _stop_workers(pool)
+                    pool = None
+                    for process in processes:  # the dead worker, reaped for its exit code
+                        process.join(timeout=5)
+                    deaths.append(next((p.exitcode for p in processes if p.exitcode is not None), None))
+            else:
+                yield {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
+                       "evidence": f"the run's worker process {_ending(deaths[-1])} before the "
+                                   f"run returned, each of {WORKER_DEATHS} times it was made"}
+    except BaseException:
+        if pool is not None:
+            _stop_workers(pool)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True)
+
+
+def _ending(exitcode) -> str:
+    if exitcode is None:
+        return "ended"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -255,17 +308,40 @@ class Engine:
             yield from self._local(tasks)
 
     def _local(self, tasks: list[dict]):
+        """Batches on a pool of worker processes, a few per worker in flight at a time.
+
+        A worker that dies (a run that crashes or exits its process, the OOM killer, a
+        kill) breaks the pool and every batch in flight with it: those runs are made again
+        one at a time on a worker of their own, so that a run that kills its worker is
+        found and recorded (``worker died``) and the others are made as usual; the campaign
+        goes on with a new pool. Nothing in flight is lost, nothing is counted twice."""
         jobs = min(self.jobs or default_jobs(), len(tasks))
         size = max(1, min(self.batch, len(tasks) // (jobs * 4) or 1))
-        batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
-                                   initargs=(os.getpid(),))
+        waiting = deque(tasks[i:i + size] for i in range(0, len(tasks), size))
+        window = jobs * 2  # batches in flight: enough to keep every worker busy
+        pool = _new_pool(jobs)
+        in_flight: dict = {}
         try:
-            futures = {pool.submit(execute_batch, batch) for batch in batches}
-            while futures:
-                done, futures = wait(futures, return_when=FIRST_COMPLETED)
+            while waiting or in_flight:
+                while waiting and len(in_flight) < window:
+                    batch = waiting.popleft()
+                    in_flight[pool.submit(execute_batch, batch)] = batch
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                failed = []
                 for future in done:
-                    yield from future.result()
+                    batch = in_flight.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool:
+                        failed.append(batch)
+                        continue
+                    yield from results
+                if failed:  # the pool is broken: what is still in flight is lost with it
+                    failed.extend(in_flight.values())
+                    in_flight.clear()
+                    _stop_workers(pool)
+                    yield from _alone([task for batch in failed for task in batch])
+                    pool = _new_pool(jobs)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, an error): the runs in flight are not stored, so
             # a resumed campaign makes them again; waiting for them would only delay the

@@ -238,7 +238,7 @@ def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
             owners.update(r.get("owners", {}))
             planned = [tuple(k) for k in t["plan"].get("fail", [])]
             failed = [tuple(k) for k in r.get("failed", [])]
-            if planned and not failed:
+            if planned and not failed and "failed" in r:  # a run that ended (not timed out, not lost)
                 r = dict(r, verdict="not reached", evidence="this run did not reach the site")
             sites = planned or failed  # a random plan's sites are those it happened to fail
             owner = ", ".join(sorted({owners.get(_key_text(k), "?") for k in sites})) or "-"

@@ -82,9 +82,16 @@ def install_shared_data(kernel) -> None:
     poke(kernel, f.KUSER_SHARED_DATA + f.KUSER_NT_SYSTEM_ROOT, f.NT_SYSTEM_ROOT.encode("utf-16-le"))
 
 
+def system_time(kernel) -> int:
+    """The machine's clock as a FILETIME: now, unless ``kernel.dump_system_time`` fixes it
+    (``ntpool corpus`` does, so that the same seed gives the same dump, byte for byte)."""
+    fixed = getattr(kernel, "dump_system_time", None)
+    return fixed if fixed is not None else int(time.time() * 10_000_000) + 116444736000000000
+
+
 def _stamp_system_time(kernel) -> None:
-    """KUSER_SHARED_DATA.SystemTime: now, as the clock interrupt would have left it."""
-    now = int(time.time() * 10_000_000) + 116444736000000000
+    """KUSER_SHARED_DATA.SystemTime, as the clock interrupt would have left it."""
+    now = system_time(kernel)
     poke(kernel, f.KUSER_SHARED_DATA + f.KUSER_SYSTEM_TIME,
          struct.pack("<Iii", now & 0xFFFFFFFF, now >> 32, now >> 32))
 

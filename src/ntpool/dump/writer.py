@@ -9,20 +9,15 @@ half-written dump at the path.
 
 import os
 import tempfile
-import time
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from . import format as f
 from . import isf
-from .layout import directory_table_base, lay_out_debugger_data
+from .layout import directory_table_base, lay_out_debugger_data, system_time
 
 KINDS = ("full", "kernel")
 CHUNK_PAGES = 4096  # 16 MiB per write
 _BIT_CHARS = bytes([0x30] + [0x31] * 255)
-
-
-def _filetime_now() -> int:
-    return int(time.time() * 10_000_000) + 116444736000000000
 
 
 def _context_record(kernel) -> bytes:
@@ -69,7 +64,7 @@ def build_header(kernel, kdbg: int, dump_type: int, runs: list[tuple[int, int]],
     put(f.OFF_DUMP_TYPE, dump_type, 4)
     put(f.OFF_DUMP_TYPE + 4, 0, 4)
     put(f.OFF_REQUIRED_DUMP_SPACE, file_size, 8)
-    put(f.OFF_SYSTEM_TIME, _filetime_now(), 8)
+    put(f.OFF_SYSTEM_TIME, system_time(kernel), 8)
     header[f.OFF_COMMENT:f.OFF_COMMENT + f.COMMENT_SIZE] = \
         comment.encode("ascii", "replace")[:f.COMMENT_SIZE - 1].ljust(f.COMMENT_SIZE, b"\0")
     put(f.OFF_SYSTEM_UP_TIME, 0, 8)

@@ -26,6 +26,8 @@ from ..tags import PROTECTED_POOL, from_display
 from . import truth as truth_module
 
 MiB = 1 << 20
+CORPUS_EPOCH = 133_801_632_000_000_000  # 2025-01-01 00:00 UTC as a FILETIME
+YEAR_SECONDS = 365 * 86_400
 # Tags as tools show them. Object-manager tags (Proc, Thre, File, ...) are left out: windows.
 # poolscanner would try to build objects from them, which ntpool's dumps do not model.
 TAGS = ("Ntfs", "Irp ", "MmSt", "Cc  ", "NDam", "FSrt", "CM31", "IoNm", "AlIn", "Wmi ", "Mdl ",
@@ -171,6 +173,8 @@ def make_dump(directory, number: int, seed: int, pool_mib: float, kind: str, fil
     corrupted = _corrupt(kernel, rng, truth, 1 + len(live) // 4000)
     name = f"dump-{number:03d}"
     dump_path = os.path.join(directory, f"{name}.dmp")
+    # The machine's clock, from the seed (not the wall clock): the same seed, the same bytes.
+    kernel.dump_system_time = CORPUS_EPOCH + (seed % YEAR_SECONDS) * 10_000_000
     kernel.write_dump(dump_path, kind)
     truth.dump = {"file": os.path.basename(dump_path), "kind": kind, "seed": seed,
                   "pool_bytes": pool_bytes, "windows": str(kernel.windows)}
