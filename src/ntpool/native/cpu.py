@@ -176,6 +176,7 @@ class Watchdog:
     def arm(self, cpu, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with self.lock:
+            cpu.timed_out = False
             self.deadlines[cpu] = deadline
             if self.thread is None:
                 self.thread = threading.Thread(target=self._watch, name="ntpool-native-watchdog",
@@ -195,6 +196,7 @@ class Watchdog:
                 for cpu, deadline in self.deadlines.items():
                     if deadline <= now:
                         self.deadlines[cpu] = now + self.RETRY_SECONDS
+                        cpu.timed_out = True  # what tells this stop from a hlt's
                         uclib.uc_emu_stop(cpu.uch)
                 self.sleeping_until = min(self.deadlines.values(), default=None)
                 self.wake.wait(None if self.sleeping_until is None else self.sleeping_until - now)
@@ -239,6 +241,10 @@ class Cpu:
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
         self.tlb_stale = False
+        # Set by the watchdog when this CPU's deadline has passed (cleared when it is armed):
+        # the runner checks it between runs too, since a stop that lands between two
+        # uc_emu_start calls (code that faults over and over) stops nothing.
+        self.timed_out = False
         self.stop: tuple | None = None  # why the CPU stopped inside a hook
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
@@ -351,7 +357,7 @@ class Cpu:
     def start(self, rip: int) -> tuple | None:
         """Run from ``rip`` until the return trap, a stop, or an error; returns the stop
         (None: the called function returned). A run stopped elsewhere was stopped by the
-        watchdog (``WATCHDOG.arm``): ("timeout", None)."""
+        watchdog (``WATCHDOG.arm``): ("timeout", None), or by a hlt: ("halt", rip after it)."""
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
@@ -360,6 +366,11 @@ class Cpu:
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
-        if stop is None and self.rip_register.read()[0] != RETURN_TRAP:
-            return ("timeout", None)
+        if stop is None:
+            rip = self.rip_register.read()[0]
+            if rip != RETURN_TRAP:
+                if self.timed_out:
+                    return ("timeout", None)
+                # unicorn ends a run at hlt, with rip past it.
+                return ("halt", rip)
         return stop

@@ -283,6 +283,8 @@ def make_case(bases: list[Base], seed: int, index: int):
     rng = case_rng(seed, index)
     base = bases[rng.randrange(len(bases))]
     data, pdb, done = mutate(base, rng)
+    if rng.random() < 0.25:
+        done.append("loaded without allow_missing")  # unknown imports refused at load
     return base, data, pdb, done
 
 
@@ -296,7 +298,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
-             native_timeout: float) -> Outcome:
+             native_timeout: float, done=()) -> Outcome:
     """Load, request, call, unload: how it ended. A Python exception that is none of ntpool's
     answers propagates (the caller reports it as a finding)."""
     import ntpool
@@ -315,7 +317,7 @@ def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
         os.unlink(pdb_path)
     k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB)
     native_machine(k).call_timeout = native_timeout
-    driver = NativeDriver(path, allow_missing=True)
+    driver = NativeDriver(path, allow_missing="loaded without allow_missing" not in done)
     try:
         try:
             k.load_driver(driver)
@@ -361,7 +363,7 @@ def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_
             base, data, pdb, done = make_case(bases, seed, index)
             out.write(json.dumps({"start": index}) + "\n")
             try:
-                outcome = run_case(base, data, pdb, directory, native_timeout)
+                outcome = run_case(base, data, pdb, directory, native_timeout, done)
                 record = {"done": index, "kind": outcome.kind, "detail": outcome.detail[:300]}
             except BaseException as error:  # noqa: BLE001 - every other ending is a finding
                 record = {"done": index, "kind": "exception",
@@ -473,7 +475,7 @@ def replay(seed: int, index: int, names=None, native_timeout: float = 1.0) -> in
     base, data, pdb, done = make_case(bases, seed, index)
     print(f"case {index} of seed {seed}: {base.name}.sys, {'; '.join(done)}")
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
-        outcome = run_case(base, data, pdb, directory, native_timeout)  # a finding raises here
+        outcome = run_case(base, data, pdb, directory, native_timeout, done)  # a finding raises here
     print(f"{outcome.kind}: {outcome.detail}")
     return 0
 
