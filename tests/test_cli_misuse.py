@@ -265,3 +265,13 @@ def test_poolmon_s_live_filter_stays_open_on_a_pattern_that_matches_nothing():
     for key in ("backspace", "*", "enter"):
         apply_key(model, reader, key)
     assert reader.pending == "" and model.include == ["ABCD*"]
+
+
+def test_every_subcommand_prints_the_version(capsys):
+    from ntpool.cli.main import build_parser
+
+    for name in build_parser().subcommands:
+        with pytest.raises(SystemExit) as stop:
+            main([name, "--version"])
+        assert stop.value.code == 0, name
+        assert capsys.readouterr().out == f"ntpool {ntpool.__version__}\n", name
