@@ -275,3 +275,18 @@ def test_every_subcommand_prints_the_version(capsys):
             main([name, "--version"])
         assert stop.value.code == 0, name
         assert capsys.readouterr().out == f"ntpool {ntpool.__version__}\n", name
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("KERNEL = dict(nonpaged_pool_bytes=-5)", "KERNEL: nonpaged_pool_bytes must be at least"),
+    ("KERNEL = dict(windows='8')", "KERNEL: windows must be one of"),
+    ("CHECKPOINTS = 'x'", "CHECKPOINTS must be how many checkpoints"),
+    ("KERNEL = dict(nonpaged_pool_bytes=1 << 50)", "the host cannot make this machine"),
+])
+def test_a_scenario_s_bad_machine_is_one_line_naming_the_file(tmp_path, capsys, extra, expected):
+    scenario, marker = _marker_scenario(tmp_path)
+    with open(scenario, "a") as file:
+        file.write(extra + "\n")
+    assert main(["run", scenario]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ntpool: {scenario}: ") and expected in err and err.count("\n") == 1
