@@ -290,3 +290,9 @@ def test_a_scenario_s_bad_machine_is_one_line_naming_the_file(tmp_path, capsys, 
     assert main(["run", scenario]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ntpool: {scenario}: ") and expected in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_poolmon_s_interval_must_be_a_positive_number_of_seconds(capsys, interval):
+    assert main(["poolmon", "demo", "--once", "--interval", interval]) == 2
+    assert "--interval must be a positive number of seconds" in capsys.readouterr().err
