@@ -296,3 +296,18 @@ def test_a_scenario_s_bad_machine_is_one_line_naming_the_file(tmp_path, capsys, 
 def test_poolmon_s_interval_must_be_a_positive_number_of_seconds(capsys, interval):
     assert main(["poolmon", "demo", "--once", "--interval", interval]) == 2
     assert "--interval must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_kd_history_in_a_folder_or_nowhere_is_kept_in_memory(tmp_path, monkeypatch):
+    """$NTPOOL_KD_HISTORY naming a folder made prompt_toolkit's history thread fail with a
+    traceback and 'Press ENTER to continue' at the first prompt."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    from ntpool.cli.kd import _history
+
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path))
+    assert isinstance(_history(), InMemoryHistory)
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path / "missing" / "history"))
+    assert isinstance(_history(), InMemoryHistory)
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path / "history"))
+    assert isinstance(_history(), FileHistory)
