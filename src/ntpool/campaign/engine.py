@@ -198,9 +198,7 @@ def _alone(tasks: list[dict]):
                 except BrokenProcessPool:
                     _stop_workers(pool)
                     pool = None
-                    for process in processes:  # the dead worker, reaped for its exit code
-                        process.join(timeout=5)
-                    deaths.append(next((p.exitcode for p in processes if p.exitcode is not None), None))
+                    deaths.append(_exit_code(processes))
             else:
                 yield {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
                        "evidence": f"the run's worker process {_ending(deaths[-1])} before the "
@@ -211,6 +209,19 @@ def _alone(tasks: list[dict]):
         raise
     if pool is not None:
         pool.shutdown(wait=True)
+
+
+def _exit_code(processes) -> int | None:
+    """The dead worker's exit code. The pool's own thread reaps it too: the code can be
+    missing for a moment (its waitpid won, its record is not yet made), so look again."""
+    deadline = time.monotonic() + 5
+    while True:
+        for process in processes:
+            process.join(timeout=0.05)
+            if process.exitcode is not None:
+                return process.exitcode
+        if time.monotonic() > deadline:
+            return None
 
 
 def _ending(exitcode) -> str:
