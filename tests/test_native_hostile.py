@@ -229,3 +229,168 @@ def test_an_unresolved_import_is_refused_with_the_loaders_status():
     assert caught.value.status == 0xC0000263  # STATUS_DRIVER_ENTRYPOINT_NOT_FOUND
     assert "ntoskrnl.exe!DbgPrinX" in str(caught.value)
     assert "STATUS_DRIVER_ENTRYPOINT_NOT_FOUND" in str(caught.value)
+
+
+# --- any unwind data ------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=9, max_size=9), st.binary(min_size=0, max_size=32))
+def test_any_unwind_info_ends_in_the_handler_or_a_bug_check(codes, scope):
+    """CaughtDivide's UNWIND_INFO (still version 1 with its exception handler) given any
+    prolog size, code count, frame register and codes, and its scope table any leading
+    bytes: dispatching its #DE returns through some __except, or is a bug check (or the
+    watchdog's error, for a filter that jumps into a loop): never a Python error."""
+    from ntpool.native import NativeError, native_machine
+    data = bytearray(sys_bytes("faults"))
+    at = unwind_info_offset(data, "CaughtDivide")
+    data[at + 1:at + 10] = codes
+    scope_at = at + 4 + 2 * 4 + 4  # three codes padded to four, then the handler's RVA
+    data[scope_at:scope_at + len(scope)] = scope
+    k = machine()
+    driver = load_native_driver(k, bytes(data), name="faults.sys")
+    native_machine(k).call_timeout = 0.5
+    try:
+        driver.call("CaughtDivide", 7, 0)
+    except (BugCheck, NativeError):
+        pass
+
+
+# --- counts a hostile header makes huge ---------------------------------------------------------------
+
+def test_more_base_relocations_than_the_bound_are_refused_before_they_are_walked():
+    """A 60 MiB relocation directory of DIR64 entries took 15 s and 1.5 GiB to read; past
+    MAX_RELOCATIONS entries the file is refused (the block's count is checked first)."""
+    from ntpool.native import BadImage
+    from ntpool.native.pe import MAX_RELOCATIONS, _relocations
+    count = MAX_RELOCATIONS + 2
+    block = 8 + 2 * count
+    image = bytearray(block + 0x1000)
+    struct.pack_into("<II", image, 0, 0x1000, block)
+    with pytest.raises(BadImage, match="more than 1048576 base relocation entries"):
+        _relocations(image, 0, block, len(image), "huge.sys")
+
+
+def test_an_import_directory_with_no_null_descriptor_is_refused_after_the_bound():
+    from ntpool.native import BadImage
+    from ntpool.native.pe import MAX_IMPORT_MODULES, _imports
+    image = bytearray(0x20000 + 20 * (MAX_IMPORT_MODULES + 10))
+    image[0x100:0x10D] = b"ntoskrnl.exe\0"
+    for index in range(MAX_IMPORT_MODULES + 5):  # each: a name, an empty thunk list at 0x200
+        struct.pack_into("<IIIII", image, 0x20000 + 20 * index, 0x200, 0, 0, 0x100, 0x200)
+    with pytest.raises(BadImage, match="more than 1024 import descriptors"):
+        _imports(image, 0x20000, 20, len(image), "many.sys")
+
+
+def test_an_exception_directory_past_the_bound_is_refused():
+    from ntpool.native import BadImage, parse_image
+    from ntpool.native.pe import MAX_FUNCTIONS
+    data = bytearray(sys_bytes("faults"))
+    nt = struct.unpack_from("<I", data, 0x3C)[0]
+    struct.pack_into("<I", data, nt + 24 + 56, 0x3000000)  # SizeOfImage: room for the directory
+    struct.pack_into("<I", data, nt + 24 + 112 + 8 * 3 + 4, 12 * (MAX_FUNCTIONS + 1))
+    with pytest.raises(BadImage, match="the exception directory lists 262145 functions"):
+        parse_image(bytes(data), "faults.sys")
+
+
+def test_imports_past_the_stub_pages_room_are_refused_before_any_is_bound(monkeypatch):
+    """More distinct imports than the stub pages hold (with allow_missing, each unknown name
+    is a stub of its own): refused with the count, nothing bound (was a MemoryError at the
+    2048th stub, with the first 2047 kept)."""
+    import ntpool.native.machine as machine_module
+    from ntpool.native import BadImage, native_machine
+    from ntpool.native.cpu import MAX_STUBS
+    from ntpool.native.pe import Import, parse_image
+    k = machine()
+    bindings = native_machine(k).bindings
+    image = parse_image(sys_bytes("fsfilter"), "many.sys")
+    image = image._replace(imports=tuple(Import("ntoskrnl.exe", f"Missing{n}", None, 0x1000)
+                                         for n in range(MAX_STUBS + 1)))
+    before = len(bindings.handlers)
+    with pytest.raises(BadImage, match=r"many\.sys: imports \d+ distinct routines ntpool has not bound"):
+        bindings.check_room(image)
+    monkeypatch.setattr(machine_module, "parse_image", lambda data, name: image)
+    with pytest.raises(BadImage, match="distinct routines"):
+        load_native_driver(k, b"MZ", name="many.sys", allow_missing=True)
+    assert len(bindings.handlers) == before and not k.drivers
+
+
+def test_a_routines_access_violation_unhandled_in_a_system_thread_is_0x7e():
+    k, driver = misbehave()
+    with pytest.raises(BugCheck) as caught:
+        driver.machine.call(driver.address_of("AllocateInto"), (0x1000,), driver, thread="system")
+    assert caught.value.code == 0x7E and caught.value.parameters[0] == 0xC0000005
+    assert in_function(driver, caught.value.parameters[1], "AllocateInto")
+
+
+# --- instructions a driver has no business running -----------------------------------------------------
+
+@pytest.mark.parametrize("code, ends", [
+    (b"\xf4\xb8\x07\x00\x00\x00\xc3", 7),  # hlt; mov eax, 7; ret: the next tick wakes it
+    (b"\xfa\xf4\xc3", "hlt with interrupts disabled"),  # cli; hlt: nothing ever wakes it
+], ids=["hlt", "cli-hlt"])
+def test_hlt_waits_for_the_next_interrupt(code, ends):
+    """unicorn ends a run at hlt; ntpool took that for its watchdog's stop and reported a
+    hang at once ("did not return within 60 s" after no time at all)."""
+    from ntpool.native import NativeError
+    k = machine()
+    driver = load_native_driver(k, sys_bytes("faults"), name="faults.sys")
+    at = driver.address_of("RaiseAndReport")
+    k.write(at, code)
+    if isinstance(ends, int):
+        assert driver.call(at, 2) == ends
+    else:
+        with pytest.raises(NativeError, match=ends + r" at faults\.sys\+0x[0-9a-f]+ RaiseAndReport\+0x1"):
+            driver.call(at, 2)
+
+
+def test_an_exception_that_resumes_into_its_own_fault_is_stopped_at_the_deadline():
+    """CaughtReadAddress's scope record made to jump back to the faulting read (the fuzzer's
+    case 30207 of seed 5): every run of the CPU faults at once, so the watchdog's stop, which
+    lands between runs, stopped nothing; the loop went on for seconds past the deadline (up
+    to 20 under load). The runner now checks the deadline between runs."""
+    import time
+    from ntpool.native import NativeError, native_machine
+    data = bytearray(sys_bytes("faults"))
+    at = unwind_info_offset(data, "CaughtReadAddress")
+    target = at + 4 + 2 * 4 + 4 + 4 + 12  # the first scope record's JumpTarget
+    jump = struct.unpack_from("<I", data, target)[0]
+    struct.pack_into("<I", data, target, jump - 0x10)  # the __try's read itself
+    k = machine()
+    driver = load_native_driver(k, bytes(data), name="faults.sys")
+    native_machine(k).call_timeout = 0.3
+    started = time.monotonic()
+    with pytest.raises(NativeError, match=r"did not return within 0.3 s .*CaughtReadAddress"):
+        driver.call("CaughtReadAddress", 0x1000)
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_driver_that_turns_paging_off_is_named_and_the_cpu_is_set_up_again():
+    """xor rax, rax; mov cr0, rax: unicorn can fetch nothing more (UC_ERR_FETCH_UNMAPPED).
+    The error says the driver changed CR0, and the next call finds the CPU as ntpool set it."""
+    from ntpool.native import NativeError
+    k = machine()
+    driver = load_native_driver(k, sys_bytes("faults"), name="faults.sys")
+    at = driver.address_of("RaiseAndReport")
+    k.write(at, b"\x48\x31\xc0\x0f\x22\xc0\xc3")
+    with pytest.raises(NativeError, match=r"RaiseAndReport\+0x6\b.*UC_ERR_FETCH_UNMAPPED.*the driver "
+                                          r"changed CR0 to 0x[0-9a-f]+ \(ntpool's 0x80010001\)"):
+        driver.call(at, 2)
+    assert driver.machine.cpu.control_registers_changed() == ""
+    assert driver.call("Divide", 6, 3) == 2
+
+
+def test_a_lookaside_size_past_4_gib_is_kept_as_the_ulong_windows_keeps():
+    """ExInitializeNPagedLookasideList's Size is a SIZE_T kept in the list's ULONG Size; a
+    value past 4 GiB (the fuzzer's case 2080 of seed 8, --kinds code) raised struct.error."""
+    k = machine()
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, (1 << 32) + 64, "Look", 0)
+    from ntpool.routines.runtime import LA_TYPE
+    assert struct.unpack("<I", k.read(lookaside + LA_TYPE + 8, 4))[0] == 64  # Type, Tag, Size
+    entry = k.ExAllocateFromNPagedLookasideList(lookaside)
+    assert entry
+    k.ExFreeToNPagedLookasideList(lookaside, entry)
+    k.ExDeleteNPagedLookasideList(lookaside)

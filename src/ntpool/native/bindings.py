@@ -21,7 +21,7 @@ from .. import kernel as _kernel  # noqa: F401  (importing it declares the whole
 from ..routines import registry
 from . import cpu as cpu_module
 from . import runtime
-from .pe import shown
+from .pe import BadImage, shown
 
 _Q = struct.Struct("<Q")
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -135,6 +135,25 @@ class Bindings:
                 label = shown(entry.name) if entry.name is not None else f"#{entry.ordinal}"
                 result.append(f"{entry.module}!{label}")
         return sorted(set(result))
+
+    def stub_key(self, entry) -> str | None:
+        """The name the import's stub is kept under (None: a data export, bound to its
+        variable, needs no stub)."""
+        name = self.name_of(entry)
+        if not self.implemented(entry.module, name):
+            label = shown(entry.name) if entry.name is not None else f"ordinal {entry.ordinal}"
+            return f"{entry.module}!{label}"
+        return None if name in self.data else name
+
+    def check_room(self, image) -> None:
+        """BadImage, before anything is bound, when the image's distinct imports need more
+        stubs than the stub pages have left (each is made once and shared by every driver)."""
+        new = {key for key in map(self.stub_key, image.imports)
+               if key is not None and key not in self.stub_of}
+        room = cpu_module.MAX_STUBS - len(self.handlers)
+        if len(new) > room:
+            raise BadImage(f"{image.name}: imports {len(new)} distinct routines ntpool has not "
+                           f"bound yet; the machine has room for {room} more")
 
     def resolve(self, entry) -> int:
         """The address an import is bound to (its stub, or the data variable)."""

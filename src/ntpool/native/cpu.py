@@ -176,6 +176,7 @@ class Watchdog:
     def arm(self, cpu, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with self.lock:
+            cpu.timed_out = False
             self.deadlines[cpu] = deadline
             if self.thread is None:
                 self.thread = threading.Thread(target=self._watch, name="ntpool-native-watchdog",
@@ -195,6 +196,7 @@ class Watchdog:
                 for cpu, deadline in self.deadlines.items():
                     if deadline <= now:
                         self.deadlines[cpu] = now + self.RETRY_SECONDS
+                        cpu.timed_out = True  # what tells this stop from a hlt's
                         uclib.uc_emu_stop(cpu.uch)
                 self.sleeping_until = min(self.deadlines.values(), default=None)
                 self.wake.wait(None if self.sleeping_until is None else self.sleeping_until - now)
@@ -239,6 +241,10 @@ class Cpu:
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
         self.tlb_stale = False
+        # Set by the watchdog when this CPU's deadline has passed (cleared when it is armed):
+        # the runner checks it between runs too, since a stop that lands between two
+        # uc_emu_start calls (code that faults over and over) stops nothing.
+        self.timed_out = False
         self.stop: tuple | None = None  # why the CPU stopped inside a hook
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
@@ -345,13 +351,24 @@ class Cpu:
             self.gs_base = value
             self.uc.reg_write(X.UC_X86_REG_GS_BASE, value)
 
+    def control_registers_changed(self) -> str:
+        """"CR0 0x... (ntpool's 0x...)" for each of CR0, CR3, CR4 that is not what ntpool set
+        (native code may execute mov crN itself); "" when none is."""
+        expected = {"CR0": CR0_PE | CR0_WP | CR0_PG, "CR3": self.cr3, "CR4": CR4_PAE | CR4_OSFXSR}
+        changed = []
+        for name, value in expected.items():
+            now = self.uc.reg_read(getattr(X, f"UC_X86_REG_{name}"))
+            if now != value:
+                changed.append(f"{name} to {now:#x} (ntpool's {value:#x})")
+        return ", ".join(changed)
+
     def cr2(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CR2)
 
     def start(self, rip: int) -> tuple | None:
         """Run from ``rip`` until the return trap, a stop, or an error; returns the stop
         (None: the called function returned). A run stopped elsewhere was stopped by the
-        watchdog (``WATCHDOG.arm``): ("timeout", None)."""
+        watchdog (``WATCHDOG.arm``): ("timeout", None), or by a hlt: ("halt", rip after it)."""
         if self.tlb_stale:
             self.flush_tlb()
         self.stop = None
@@ -360,6 +377,11 @@ class Cpu:
         self.stop = None
         if stop is None and status:
             return ("unicorn", status)
-        if stop is None and self.rip_register.read()[0] != RETURN_TRAP:
-            return ("timeout", None)
+        if stop is None:
+            rip = self.rip_register.read()[0]
+            if rip != RETURN_TRAP:
+                if self.timed_out:
+                    return ("timeout", None)
+                # unicorn ends a run at hlt, with rip past it.
+                return ("halt", rip)
         return stop

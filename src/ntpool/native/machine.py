@@ -17,6 +17,7 @@ import struct
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..errors import BugCheck, NtStatusError
 from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten, PageFault
+from unicorn import UcError
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 
 from . import cpu as cpu_module
@@ -39,6 +40,7 @@ STATUS_ACCESS_VIOLATION = 0xC0000005
 # The DPC watchdog's bug check is Windows 8's (build 9200) and later's.
 DPC_WATCHDOG_FIRST_BUILD = 9200
 DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
+RFLAGS_IF = 0x200
 
 
 class RoutineAccessViolation(NtStatusError):
@@ -306,6 +308,7 @@ class NativeMachine:
         missing = self.bindings.missing(image)
         if missing and not allow_missing:
             raise MissingImports(name, missing)
+        self.bindings.check_room(image)
         base = self.next_base
         mapped = map_image(self.kernel, image, base, self.bindings.resolve)
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
@@ -415,6 +418,8 @@ class NativeMachine:
         cpu = self.cpu
         # Only the outermost call is timed: the watchdog stops whatever runs past its deadline.
         timed = cpu.depth == 1 and self.call_timeout
+        if cpu.depth == 1:
+            cpu.timed_out = False  # an earlier call's deadline is not this one's
         if timed:
             cpu_module.WATCHDOG.arm(cpu, self.call_timeout)
         try:
@@ -426,12 +431,22 @@ class NativeMachine:
     def _run_until_return(self, rip: int, thread: str | None) -> None:
         cpu = self.cpu
         while True:
+            if cpu.timed_out:
+                self._hung(rip)
             stop = cpu.start(rip)
             if stop is None:
                 return
             kind, detail = stop
             if kind == "timeout":
                 self._hung(cpu.read_context()["rip"])
+            if kind == "halt":
+                # hlt waits for an interrupt: the next clock tick wakes the processor and it
+                # goes on past the hlt. With interrupts off (IF clear) none ever comes.
+                if not cpu.read_context()["rflags"] & RFLAGS_IF:
+                    raise NativeError(f"hlt with interrupts disabled at {self.describe(detail - 1)}: "
+                                      f"the processor never wakes (a hang)")
+                rip = detail
+                continue
             if kind == "error":
                 if isinstance(detail, NtStatusError):
                     # Raised by a routine: dispatched from the driver's call site.
@@ -453,8 +468,14 @@ class NativeMachine:
                 rip = faults.handle(self, faults.VECTOR_INVALID_OPCODE, thread)
                 continue
             regs = cpu.read_context()
+            changed = cpu.control_registers_changed()
+            if changed:
+                # A driver that rewrote CR0, CR3 or CR4 (paging off, another page table):
+                # say so, and give the next call a CPU set up as ntpool sets it.
+                cpu.recover(regs)
+                changed = f"; the driver changed {changed}"
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
-                              f"{detail}")
+                              f"{detail} ({UcError(detail)}){changed}")
 
     def _hung(self, rip: int) -> None:
         """Native code ran past ``call_timeout``. At DISPATCH_LEVEL or above, Windows 8 and

@@ -27,6 +27,13 @@ PAGE = 0x1000
 # already absurd, and a hostile SizeOfImage must not make the loader allocate gigabytes).
 MAX_IMAGE_BYTES = 64 << 20
 MAX_IMPORTS = 4096
+# Bounds on what a hostile header can make the parser walk (each far above what real drivers
+# have: a few thousand relocations per MiB of code, tens of import descriptors, a few debug
+# entries): past them the file is refused, so time and memory stay bounded whatever it says.
+MAX_RELOCATIONS = 1 << 20  # entries, padding included
+MAX_IMPORT_MODULES = 1024  # import descriptors
+MAX_FUNCTIONS = 1 << 18  # RUNTIME_FUNCTIONs in the exception directory
+MAX_DEBUG_ENTRIES = 64
 
 KNOWN_MODULES = {"ntoskrnl.exe": "ntoskrnl.exe", "hal.dll": "HAL.dll", "ndis.sys": "NDIS.SYS"}
 
@@ -167,6 +174,9 @@ def _parse(data: bytes, name: str) -> Image:
     imports = _imports(image, *directory(1), size, name)
     exports = _exports(image, *directory(0), size)
     pdata = directory(3)
+    if pdata[1] // 12 > MAX_FUNCTIONS:
+        raise BadImage(f"{name}: the exception directory lists {pdata[1] // 12} functions, more "
+                       f"than the {MAX_FUNCTIONS} ntpool reads")
     debug_pdb = _pdb_path(image, *directory(6), size)
     return Image(name, base, size, headers_size, entry, data[:headers_size], tuple(sections),
                  relocations, imports, exports, pdata, debug_pdb, data)
@@ -189,12 +199,15 @@ def _relocations(image, rva: int, dir_size: int, size: int, name: str) -> tuple[
     found = []
     offset = rva
     end = rva + dir_size
+    entries = 0
     while offset + 8 <= end:
         page, block = struct.unpack_from("<II", image, offset)
         if block < 8 or offset + block > end or block & 1:
             raise BadImage(f"{name}: base relocation block at RVA {offset:#x} has a bad size {block}")
-        for index in range(8, block, 2):
-            entry = struct.unpack_from("<H", image, offset + index)[0]
+        entries += (block - 8) // 2
+        if entries > MAX_RELOCATIONS:
+            raise BadImage(f"{name}: more than {MAX_RELOCATIONS} base relocation entries")
+        for entry in struct.unpack_from(f"<{(block - 8) // 2}H", image, offset + 8):
             kind, where = entry >> 12, page + (entry & 0xFFF)
             if kind == IMAGE_REL_BASED_ABSOLUTE:
                 continue
@@ -216,6 +229,9 @@ def _imports(image, rva: int, dir_size: int, size: int, name: str) -> tuple[Impo
     while True:
         if offset + 20 > size:
             raise BadImage(f"{name}: import directory runs past the image")
+        if offset >= rva + 20 * MAX_IMPORT_MODULES:
+            raise BadImage(f"{name}: more than {MAX_IMPORT_MODULES} import descriptors (no "
+                           f"null descriptor ends the list)")
         lookup, _, _, name_rva, iat = struct.unpack_from("<IIIII", image, offset)
         if not (lookup or name_rva or iat):
             break
@@ -267,7 +283,7 @@ def _exports(image, rva: int, dir_size: int, size: int) -> dict:
 
 
 def _pdb_path(image, rva: int, dir_size: int, size: int) -> str:
-    for offset in range(rva, rva + dir_size - 27, 28):
+    for offset in range(rva, min(rva + dir_size - 27, rva + 28 * MAX_DEBUG_ENTRIES), 28):
         kind, data_rva = _u32(image, offset + 12), _u32(image, offset + 20)
         if kind == 2 and data_rva and data_rva + 24 < size and image[data_rva:data_rva + 4] == b"RSDS":
             try:

@@ -84,15 +84,23 @@ def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool =
     driver (``.sys``: loaded and unloaded, with ``verifier`` options for it)."""
     path = Path(spec)
     if path.suffix.lower() == ".sys":
+        if path.is_dir():
+            raise ScenarioError(f"driver {spec} is a directory, not a .sys file")
         if not path.is_file():
             raise ScenarioError(f"driver {spec} does not exist")
         return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing, requests),
                                     path.stem, str(path), spec)
     if not path.exists() and spec in SAMPLE_SCENARIOS:
         path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time
+    choices = f"give a scenario .py file, a compiled driver .sys, or one of: {', '.join(SAMPLE_SCENARIOS)}"
+    if path.is_dir():
+        raise ScenarioError(f"scenario {spec} is a directory ({choices})")
     if not path.is_file():
-        raise ScenarioError(f"scenario {spec} does not exist (give a .py file, or one of: "
-                            f"{', '.join(SAMPLE_SCENARIOS)})")
+        raise ScenarioError(f"scenario {spec} does not exist ({choices})")
+    if path.suffix.lower() != ".py":
+        # A C source, a header, a PDB or a dump would otherwise be run as Python and fail
+        # with a "syntax error" that says nothing of what was wrong.
+        raise ScenarioError(f"{spec} is not a scenario ({choices})")
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
