@@ -365,3 +365,32 @@ def test_an_exception_that_resumes_into_its_own_fault_is_stopped_at_the_deadline
     with pytest.raises(NativeError, match=r"did not return within 0.3 s .*CaughtReadAddress"):
         driver.call("CaughtReadAddress", 0x1000)
     assert time.monotonic() - started < 3.0
+
+
+def test_a_driver_that_turns_paging_off_is_named_and_the_cpu_is_set_up_again():
+    """xor rax, rax; mov cr0, rax: unicorn can fetch nothing more (UC_ERR_FETCH_UNMAPPED).
+    The error says the driver changed CR0, and the next call finds the CPU as ntpool set it."""
+    from ntpool.native import NativeError
+    k = machine()
+    driver = load_native_driver(k, sys_bytes("faults"), name="faults.sys")
+    at = driver.address_of("RaiseAndReport")
+    k.write(at, b"\x48\x31\xc0\x0f\x22\xc0\xc3")
+    with pytest.raises(NativeError, match=r"RaiseAndReport\+0x6\b.*UC_ERR_FETCH_UNMAPPED.*the driver "
+                                          r"changed CR0 to 0x[0-9a-f]+ \(ntpool's 0x80010001\)"):
+        driver.call(at, 2)
+    assert driver.machine.cpu.control_registers_changed() == ""
+    assert driver.call("Divide", 6, 3) == 2
+
+
+def test_a_lookaside_size_past_4_gib_is_kept_as_the_ulong_windows_keeps():
+    """ExInitializeNPagedLookasideList's Size is a SIZE_T kept in the list's ULONG Size; a
+    value past 4 GiB (the fuzzer's case 2080 of seed 8, --kinds code) raised struct.error."""
+    k = machine()
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, (1 << 32) + 64, "Look", 0)
+    from ntpool.routines.runtime import LA_TYPE
+    assert struct.unpack("<I", k.read(lookaside + LA_TYPE + 8, 4))[0] == 64  # Type, Tag, Size
+    entry = k.ExAllocateFromNPagedLookasideList(lookaside)
+    assert entry
+    k.ExFreeToNPagedLookasideList(lookaside, entry)
+    k.ExDeleteNPagedLookasideList(lookaside)

@@ -21,6 +21,7 @@ from ..dump import DumpReader
 from ..tools.poolmon import PoolmonModel, grown_tags, owner_text
 from ..tools.scenario import ScenarioRun, load_scenario
 from .poolmon_view import poolmon_table, wide_console
+from .sources import check_output_file
 
 DUMP_NAME = "MEMORY.DMP"
 
@@ -31,7 +32,10 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     console = console or wide_console()
     out = Path(out_dir)
     if not out.is_dir():
-        raise OSError(f"--out {out_dir}: no such directory")
+        raise OSError(f"--out {out_dir}: " + ("not a directory" if out.exists() else
+                                               "no such directory"))
+    if truth is not None:  # refused now, not after the run that the manifest describes
+        check_output_file("--truth", truth)
     scenario = load_scenario("demo-python" if python_drivers else "demo")
     if steps is not None:
         if steps < 1:
@@ -150,6 +154,8 @@ def _show_crash(run: ScenarioRun, console: Console) -> None:
     explanation = _who_found_it(run)
     if explanation:
         console.print(explanation)
+    if run.dump_written is None:  # the bug check is shown; then why there is no analysis
+        raise OSError(f"cannot write {run.dump_path}: {run.dump_error or 'no dump written'}")
     console.print(f"Wrote {run.dump_written}. The debugger's analysis, read from the file alone "
                   f"(ntpool kd -z {run.dump_written} -c \"!analyze -v\"):\n")
     with DumpReader(run.dump_written) as reader:

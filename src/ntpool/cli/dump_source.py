@@ -71,12 +71,13 @@ class DumpSource:
         except MemoryReadError:
             frames = reader.page_count
         frames = max(frames, reader.page_count)
-        pools = {pool.base_type: sum(1 for _ in reader.mapped_pages(pool.start, pool.end))
-                 for pool in reader.pool_ranges()}
+        pools = {0: 0, 1: 0}  # pages mapped by base type (Windows 10/11: two nonpaged heaps)
+        for pool in reader.pool_ranges():
+            pools[pool.base_type] += sum(1 for _ in reader.mapped_pages(pool.start, pool.end))
         commit = reader.page_count * PAGE_SIZE  # a kernel dump holds the frames in use
         return {"memory": frames * PAGE_SIZE, "available": frames * PAGE_SIZE - commit,
-                "commit": commit, "peak": commit, "nonpaged": pools.get(0, 0) * PAGE_SIZE,
-                "paged": pools.get(1, 0) * PAGE_SIZE}
+                "commit": commit, "peak": commit, "nonpaged": pools[0] * PAGE_SIZE,
+                "paged": pools[1] * PAGE_SIZE}
 
     def _heap_strips(self, wanted, big: BigPageIndex) -> list[PageStrip]:
         """The segment heap's pages: blocks from its subsegments, big runs, and the rest

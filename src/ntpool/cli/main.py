@@ -1,15 +1,17 @@
 """``ntpool`` subcommands. Every error is one line on stderr and a non-zero exit."""
 
 import argparse
+import linecache
 import os
+import signal
 import sys
 
-from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
-from ..tools.scenario import ScenarioError
-from .forensics import add_forensics_commands
-from .sources import add_windows_argument
-from .tools import add_commands
-from .verify import add_verify_command
+# Only the standard library here: the subcommands' modules are imported in build_parser(),
+# after main() has set up Ctrl-C, so an interrupt while they load is one line too.
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a C tool killed by a closed pipe
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: ntpool itself failed (not the model, not the input)
 
 
 def _cmd_demo(args) -> int:
@@ -107,10 +109,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from .forensics import add_forensics_commands
+    from .sources import add_windows_argument
+    from .tools import add_commands
+    from .verify import add_verify_command
 
     parser = OneLineErrorParser(prog="ntpool", description="A faithful model of the Windows kernel pool.")
     parser.add_argument("--version", action="version", version=f"ntpool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.subcommands = sub.choices  # name -> its parser, for errors that name the subcommand
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
     demo.add_argument("--out", default=".", metavar="DIR", help="where MEMORY.DMP goes (default .)")
@@ -161,30 +168,135 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     add_verify_command(sub)
     add_forensics_commands(sub)
+    for choice in sub._choices_actions:  # `ntpool CMD -h` opens with what CMD does
+        command = sub.choices[choice.dest]
+        if command.description is None:
+            command.description = choice.help
+        command.add_argument("--version", action="version", version=f"ntpool {__version__}",
+                             help="print ntpool's version and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    interrupt = _InterruptWatch()
     try:
-        status = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-        return status
-    except BrokenPipeError:
+        with interrupt:
+            parser = build_parser()
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # named by the subcommand's parser: "ntpool run: unrecognized ..."
+                parser.subcommands.get(args.command, parser).error(
+                    f"unrecognized arguments: {' '.join(unknown)}")
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return status
+    except SystemExit:
+        raise  # argparse's usage errors, --help and --version: already one line
+    except BaseException as error:  # noqa: BLE001 - every way out is one line and a status
+        return _report(error, interrupt.seen)
+
+
+def _report(error: BaseException, interrupted: bool) -> int:
+    """The one line (or none) and the exit status for what stopped a command."""
+    from ..errors import BugCheck, MachineHalted, NtStatusError, TagError
+    from ..tools.scenario import ScenarioError
+
+    # Ctrl-C and a closed pipe first, however deep they were caught and wrapped (a driver's
+    # routine, native code, a scenario's line): they are the user's doing, not an error.
+    if interrupted or _caused_by(error, KeyboardInterrupt):
+        print("ntpool: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if _caused_by(error, BrokenPipeError):
         # The reader (head, less) went away: stop quietly, as a C tool dies of SIGPIPE.
         _silence_stdout()
-        return 141
-    except BugCheck as error:
+        return EXIT_BROKEN_PIPE
+    if isinstance(error, BugCheck):
         print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
         return 3
-    except (TagError, NtStatusError, ScenarioError, MachineHalted, ValueError, TypeError,
-            OSError, MemoryError) as error:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        # "ntpool: out/x.json: No such file or directory", not "[Errno 2] ...: 'out/x.json'"
+        print(f"ntpool: {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    if isinstance(error, (TagError, NtStatusError, ScenarioError, MachineHalted, ValueError,
+                          TypeError, OSError, MemoryError)):
         print(f"ntpool: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ntpool: interrupted", file=sys.stderr)
-        return 130
+    if os.environ.get("NTPOOL_TRACEBACK"):
+        raise error
+    print(f"ntpool: internal error: {type(error).__name__}: {error} (a bug in ntpool; "
+          f"NTPOOL_TRACEBACK=1 shows where)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
+
+
+def _caused_by(error: BaseException | None, kind: type) -> bool:
+    """Whether ``error`` is ``kind`` or was raised while handling one (its chain of causes)."""
+    seen, waiting = set(), [error]
+    while waiting:
+        error = waiting.pop()
+        if error is None or id(error) in seen:
+            continue
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        waiting += (error.__cause__, error.__context__)
+    return False
+
+
+class _InterruptWatch:
+    """Notes a Ctrl-C (SIGINT) while a command runs, so that however the KeyboardInterrupt is
+    caught and wrapped on its way out (inside a routine a driver called, in native code), the
+    command still ends as interrupted. Installed only over Python's default handler."""
+
+    def __init__(self):
+        self.seen = False
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        if frame is not None and frame.f_lineno == frame.f_code.co_firstlineno:
+            # A function about to run its first line. If C called it (a CPU hook through
+            # ctypes, while a compiled driver runs), an exception raised here, before its
+            # own ``try``, would be printed and dropped by ctypes: raise it from that
+            # frame's first line instead, inside the ``try``.
+            _raise_at_next_line(frame)
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _raise_at_next_line(frame) -> None:
+    """KeyboardInterrupt from the next line Python runs in ``frame`` or in a frame called
+    after it (a ctypes callback may return to C first and be called again), through a
+    one-shot trace function. A ``try:`` line is passed over: it lies before the block its
+    handler protects."""
+    previous = sys.gettrace()
+    done = False
+
+    def interrupt(traced, event, arg):
+        nonlocal done
+        if done:
+            return None
+        if event != "line" or linecache.getline(traced.f_code.co_filename,
+                                                traced.f_lineno).strip() == "try:":
+            return interrupt  # a call (trace it too), a return, or a try: keep waiting
+        done = True
+        sys.settrace(previous)
+        raise KeyboardInterrupt
+
+    frame.f_trace = interrupt
+    frame.f_trace_lines = True
+    sys.settrace(interrupt)
 
 
 def _silence_stdout() -> None:

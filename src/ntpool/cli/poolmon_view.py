@@ -23,7 +23,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..tools.poolmon import NONPAGED, PoolmonModel
+from ..tools.poolmon import NONPAGED, PoolmonModel, check_tag_pattern
 
 # (id, header, right-aligned)
 COLUMNS = (("tag", "Tag", False), ("type", "Type", False), ("allocs", "Allocs", True),
@@ -200,6 +200,7 @@ class KeyReader:
         self.stream = stream
         self.pending = ""  # "", "/", "/i" or "/x": a filter being typed
         self.buffer = ""
+        self.error = ""  # why the filter typed cannot be applied (shown until the next key)
         self._input = None
         self._queue: list[str] = []
 
@@ -233,7 +234,7 @@ class KeyReader:
             return "/ then i (include) or x (exclude)"
         if self.pending:
             return f"{'include' if self.pending == '/i' else 'exclude'} tags (wildcards * ?): " \
-                   f"{self.buffer}_  (Enter to apply, Esc to cancel)"
+                   f"{self.buffer}_  " + (self.error or "(Enter to apply, Esc to cancel)")
         return ""
 
 
@@ -264,8 +265,15 @@ def apply_key(model: PoolmonModel, reader: KeyReader, key: str,
         reader.pending = "/" + key if key in ("i", "x") else ""
         return True
     if reader.pending:
+        reader.error = ""
         if key == "enter":
             patterns = reader.buffer.split()
+            try:
+                for pattern in patterns:
+                    check_tag_pattern(pattern)
+            except ValueError as error:  # kept open, saying why, for the user to mend
+                reader.error = str(error)
+                return True
             (model.include if reader.pending == "/i" else model.exclude)[:] = patterns
             reader.pending, reader.buffer = "", ""
             state.top = 0
@@ -328,9 +336,19 @@ def interactive(model: PoolmonModel, refresh, interval: float, console: Console,
             live.update(screen(reader.prompt()), refresh=True)
 
 
+class PipeConsole(Console):
+    """rich's Console, but a closed output pipe (``| head``) raises BrokenPipeError, which
+    ``ntpool``'s main turns into a quiet exit (141), where rich would exit with status 1,
+    a status ``ntpool run`` gives to leaks. Nothing more is written once the pipe is gone."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError("the output pipe was closed")
+
+
 def wide_console() -> Console:
     """A console for tables: the terminal's width, or 132 columns when writing to a file."""
-    console = Console()
+    console = PipeConsole()
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=132)
+        console = PipeConsole(width=132)
     return console

@@ -113,10 +113,13 @@ def machine_totals(kernel, holder) -> dict:
     def pool_bytes(pool) -> int:
         return (len(pool.page_kind) - pool.page_kind.count(PAGE_FREE)) * PAGE_SIZE
 
+    # Windows 10/11 have two nonpaged heaps (NonPagedPool and NonPagedPoolNx): both count.
+    nonpaged = [pool for pool in (kernel.nonpaged_pool, getattr(kernel, "nonpaged_pool_nx", None))
+                if pool is not None]
     return {"memory": physical.frame_count * PAGE_SIZE,
             "available": (physical.frame_count - in_use) * PAGE_SIZE,
             "commit": commit, "peak": holder.peak_commit,
-            "nonpaged": pool_bytes(kernel.nonpaged_pool), "paged": pool_bytes(kernel.paged_pool),
+            "nonpaged": sum(pool_bytes(pool) for pool in nonpaged), "paged": pool_bytes(kernel.paged_pool),
             "page_faults": getattr(pager, "pages_in", 0)}
 
 
@@ -128,8 +131,12 @@ def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,
         if kernel_options:
             raise ValueError("pool sizes and --windows are for scenarios; a crash dump has its own")
         return DumpSource(spec)
-    if Path(spec).suffix.lower() == ".dmp" and Path(spec).is_file():
+    path = Path(spec)
+    if path.suffix.lower() == ".dmp" and path.is_file():
         raise ValueError(f"{spec} is not a crash dump (no {DUMP_SIGNATURE.decode()} signature)")
+    if path.is_file() and path.suffix.lower() not in (".py", ".sys"):
+        raise ValueError(f"{spec} is neither a crash dump (no {DUMP_SIGNATURE.decode()} "
+                         f"signature) nor a scenario .py file nor a compiled driver .sys")
     return ScenarioSource(spec, seed, kernel_options, dump_path)
 
 
@@ -142,6 +149,17 @@ def kernel_options(args) -> dict:
     if getattr(args, "windows", None) is not None:
         options["windows"] = args.windows
     return options
+
+
+def check_output_file(option: str, path: str) -> None:
+    """Refuse an output path that cannot be a file before any work is done for it (the run
+    it would describe can take minutes), with one line naming the option and the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: a directory (give a file name)")
+    if not target.parent.is_dir():
+        what = "not a directory" if target.parent.exists() else "no such directory"
+        raise ValueError(f"{option} {path}: {what}: {str(target.parent)!r}")
 
 
 def add_windows_argument(parser) -> None:

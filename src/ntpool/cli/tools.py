@@ -11,17 +11,21 @@ from ..pool.layout import HEADER_SIZE
 from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
 from ..tools.scenario import load_scenario
 from ..tools.requests import parse_ioctl
-from .sources import ScenarioSource, add_windows_argument, kernel_options, open_source
+from .sources import ScenarioSource, add_windows_argument, check_output_file, kernel_options, \
+    open_source
 
 
 def add_commands(sub) -> None:
-    run = sub.add_parser("run", help="run a scenario (your drivers and workload) or a .sys")
-    run.add_argument("scenario", help="a scenario .py file, 'demo', or a compiled driver .sys "
-                                      "(loaded, DriverEntry, unloaded)")
+    run = sub.add_parser("run", help="run a scenario (your drivers and workload) or a .sys",
+                         epilog="exit status: 0 clean; 1 leaks or verifier findings; 2 usage (bad "
+                                "arguments, a wrong scenario or .sys, a Python error in the "
+                                "drivers or workload); 3 a bug check; 130 interrupted (Ctrl-C); "
+                                "--fail-on chooses which of 1 and 3 fail the run")
+    run.add_argument("scenario", help="a scenario .py file, 'demo', 'demo-python', or a compiled "
+                                      "driver .sys (loaded, DriverEntry, unloaded)")
     run.add_argument("--verifier", metavar="OPTIONS", default="",
-                     help="for a .sys: Driver Verifier options, comma-separated (special_pool, "
-                          "pool_tracking, low_resources, systematic_low_resources, "
-                          "force_irql_checking, special_pool_underruns, ...)")
+                     help="for a .sys: Driver Verifier options, comma-separated: "
+                          + ", ".join(VERIFIER_OPTIONS))
     run.add_argument("--ioctl", action="append", default=[], metavar="CODE[:INPUT_HEX[:OUTPUT_LENGTH]]",
                      help="for a .sys: after DriverEntry its first device is opened and this "
                           "IOCTL sent (CODE hex, transfer method from its low bits, input as hex "
@@ -33,7 +37,8 @@ def add_commands(sub) -> None:
     run.add_argument("--dump", metavar="PATH", help="write a crash dump here on a bug check")
     run.add_argument("--truth", metavar="FILE", help="with --dump: also the manifest of every "
                                                       "chunk in it (JSON, see README 'for forensics')")
-    run.add_argument("--top", type=int, default=20, help="rows of the pool table (default 20)")
+    run.add_argument("--top", type=int, default=20, metavar="N",
+                     help="rows of the pool table (default 20)")
     run.add_argument("--fail-on", choices=FAIL_ON, default="leak",
                      help="what makes the exit status non-zero: leak (leaks, verifier findings "
                           "and bug checks; the default), bugcheck (bug checks only), none")
@@ -53,15 +58,16 @@ def add_commands(sub) -> None:
     poolmon.add_argument("--once", action="store_true", help="print one table at the end and exit")
     poolmon.add_argument("--iterations", type=int, metavar="N",
                          help="print a table at each of the first N checkpoints and exit")
-    poolmon.add_argument("--interval", type=float, default=1.0,
+    poolmon.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                          help="seconds between refreshes in the live view (default 1)")
-    poolmon.add_argument("--limit", type=int, help="show at most this many rows")
+    poolmon.add_argument("--limit", type=int, metavar="N", help="show at most this many rows")
     poolmon.add_argument("--totals", action="store_true",
                          help="add the totals rows per pool type (the live view's e key)")
     poolmon.set_defaults(func=cmd_poolmon)
 
     poolsnap = sub.add_parser("poolsnap", help="save a pool tag snapshot, or diff two")
-    poolsnap.add_argument("source", nargs="?", help="a scenario .py, 'demo', or a crash dump")
+    poolsnap.add_argument("source", nargs="?",
+                          help="a scenario .py, 'demo' (the default), or a crash dump")
     poolsnap.add_argument("-o", "--output", metavar="FILE", help="the snapshot file to write")
     poolsnap.add_argument("--checkpoint", type=int, metavar="N",
                           help="snapshot at checkpoint N (default: the end of the workload)")
@@ -71,19 +77,27 @@ def add_commands(sub) -> None:
     poolsnap.set_defaults(func=cmd_poolsnap)
 
     picture = sub.add_parser("picture", help="draw the pool: a page map or usage over time")
-    picture.add_argument("kind", choices=("pagemap", "usage"))
+    picture.add_argument("kind", choices=("pagemap", "usage"),
+                         help="pagemap: each pool page a strip of its chunks, coloured by tag; "
+                              "usage: outstanding bytes of the top tags at each checkpoint "
+                              "(a scenario only)")
     _source_arguments(picture)
-    picture.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
-    picture.add_argument("--pool", choices=POOL_FILTERS, default="both")
-    picture.add_argument("--max-pages", type=int, default=96, help="pages in the page map")
-    picture.add_argument("--top", type=int, default=10, help="tags in the usage chart")
+    picture.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg",
+                         help="the picture to write (its suffix chooses the format)")
+    picture.add_argument("--pool", choices=POOL_FILTERS, default="both",
+                         help="the pool types in the page map (default both)")
+    picture.add_argument("--max-pages", type=int, default=96, metavar="N",
+                         help="pages in the page map (default 96)")
+    picture.add_argument("--top", type=int, default=10, metavar="N",
+                         help="tags in the usage chart (default 10)")
     picture.add_argument("--checkpoint", type=int, metavar="N",
                          help="page map at checkpoint N (default: the end of the workload)")
     picture.set_defaults(func=cmd_picture)
 
     report = sub.add_parser("report", help="a self-contained HTML report of a scenario or dump")
     _source_arguments(report)
-    report.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html",
+                        help="the report to write (one self-contained file)")
     report.set_defaults(func=cmd_report)
 
 
@@ -132,6 +146,11 @@ FAIL_ON = ("leak", "bugcheck", "none")
 def cmd_run(args) -> int:
     console = wide_console()
     _positive("--top", args.top)
+    pooltags = PoolTagDatabase.default(args.pooltag)  # a missing --pooltag is said before the run
+    if args.truth is not None:
+        if args.dump is None:
+            raise ValueError("--truth FILE describes the dump: it needs --dump PATH")
+        check_output_file("--truth", args.truth)
     spec = args.scenario
     if spec.lower().endswith(".sys"):
         spec = load_scenario(spec, verifier=_verifier_options(args.verifier),
@@ -154,7 +173,7 @@ def cmd_run(args) -> int:
         source.run_to()
     end = source.snapshot()
     run.finish()
-    model = PoolmonModel(sort="b", pooltags=PoolTagDatabase.default(args.pooltag))
+    model = PoolmonModel(sort="b", pooltags=pooltags)
     model.update(end)
     console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
                                              f"({source.checkpoint} checkpoints)",
@@ -229,8 +248,8 @@ class checkpoint_progress:
 def cmd_poolmon(args) -> int:
     _positive("--iterations", args.iterations)
     _positive("--limit", args.limit)
-    if args.interval <= 0:
-        raise ValueError(f"--interval must be positive, got {args.interval}")
+    if not 0 < args.interval < float("inf"):  # nan and inf too: the live view waits on it
+        raise ValueError(f"--interval must be a positive number of seconds, got {args.interval}")
     model = PoolmonModel(sort=args.sort, reverse=args.reverse, pool_filter=args.pool,
                          include=list(args.include), exclude=list(args.exclude),
                          pooltags=PoolTagDatabase.default(args.pooltag))
@@ -277,6 +296,7 @@ def cmd_poolsnap(args) -> int:
         return _print_growth(before, after, PoolTagDatabase.default(args.pooltag))
     if not args.output:
         raise ValueError("poolsnap needs -o FILE (or --diff BEFORE AFTER)")
+    check_output_file("-o", args.output)
     source = open_source(args.source or "demo", args.seed, kernel_options(args))
     with checkpoint_progress(source, "running the scenario"):
         source.run_to(args.checkpoint)
@@ -316,6 +336,7 @@ def cmd_picture(args) -> int:
     from .report import source_colours
 
     _picture_format(args.output, ("png", "svg"))
+    check_output_file("-o", args.output)
     _positive("--max-pages", args.max_pages)
     _positive("--top", args.top)
     source = open_source(args.source, args.seed, kernel_options(args))
@@ -384,6 +405,7 @@ def cmd_report(args) -> int:
     from .report import build_report
 
     _picture_format(args.output, ("html", "htm"))
+    check_output_file("-o", args.output)
     source = open_source(args.source, args.seed, kernel_options(args))
     with checkpoint_progress(source, "running the scenario"):
         source.run_to()

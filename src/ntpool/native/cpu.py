@@ -351,6 +351,17 @@ class Cpu:
             self.gs_base = value
             self.uc.reg_write(X.UC_X86_REG_GS_BASE, value)
 
+    def control_registers_changed(self) -> str:
+        """"CR0 0x... (ntpool's 0x...)" for each of CR0, CR3, CR4 that is not what ntpool set
+        (native code may execute mov crN itself); "" when none is."""
+        expected = {"CR0": CR0_PE | CR0_WP | CR0_PG, "CR3": self.cr3, "CR4": CR4_PAE | CR4_OSFXSR}
+        changed = []
+        for name, value in expected.items():
+            now = self.uc.reg_read(getattr(X, f"UC_X86_REG_{name}"))
+            if now != value:
+                changed.append(f"{name} to {now:#x} (ntpool's {value:#x})")
+        return ", ".join(changed)
+
     def cr2(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CR2)
 

@@ -468,8 +468,14 @@ class NativeMachine:
                 rip = faults.handle(self, faults.VECTOR_INVALID_OPCODE, thread)
                 continue
             regs = cpu.read_context()
+            changed = cpu.control_registers_changed()
+            if changed:
+                # A driver that rewrote CR0, CR3 or CR4 (paging off, another page table):
+                # say so, and give the next call a CPU set up as ntpool sets it.
+                cpu.recover(regs)
+                changed = f"; the driver changed {changed}"
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
-                              f"{detail} ({UcError(detail)})")
+                              f"{detail} ({UcError(detail)}){changed}")
 
     def _hung(self, rip: int) -> None:
         """Native code ran past ``call_timeout``. At DISPATCH_LEVEL or above, Windows 8 and

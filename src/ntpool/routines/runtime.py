@@ -349,7 +349,7 @@ class RuntimeRoutines:
     def _set_up_lookaside(self, lookaside, allocate, free, flags, size, tag, base_type,
                           structure_size: int = LOOKASIDE_SIZE) -> None:
         lookaside = _int("Lookaside", lookaside)
-        size = _int("Size", size)
+        size = _int("Size", size) & 0xFFFFFFFF  # a SIZE_T kept in the list's ULONG Size
         if size < 8:
             raise ValueError(f"Size {size} is smaller than an SLIST_ENTRY (8 bytes)")
         default_allocate, default_free = self._default_pool_routines()

@@ -84,15 +84,23 @@ def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool =
     driver (``.sys``: loaded and unloaded, with ``verifier`` options for it)."""
     path = Path(spec)
     if path.suffix.lower() == ".sys":
+        if path.is_dir():
+            raise ScenarioError(f"driver {spec} is a directory, not a .sys file")
         if not path.is_file():
             raise ScenarioError(f"driver {spec} does not exist")
         return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing, requests),
                                     path.stem, str(path), spec)
     if not path.exists() and spec in SAMPLE_SCENARIOS:
         path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time
+    choices = f"give a scenario .py file, a compiled driver .sys, or one of: {', '.join(SAMPLE_SCENARIOS)}"
+    if path.is_dir():
+        raise ScenarioError(f"scenario {spec} is a directory ({choices})")
     if not path.is_file():
-        raise ScenarioError(f"scenario {spec} does not exist (give a .py file, or one of: "
-                            f"{', '.join(SAMPLE_SCENARIOS)})")
+        raise ScenarioError(f"scenario {spec} does not exist ({choices})")
+    if path.suffix.lower() != ".py":
+        # A C source, a header, a PDB or a dump would otherwise be run as Python and fail
+        # with a "syntax error" that says nothing of what was wrong.
+        raise ScenarioError(f"{spec} is not a scenario ({choices})")
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -127,6 +135,11 @@ def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
     for driver in drivers:
         if not callable(getattr(driver, "DriverEntry", None)):
             raise ScenarioError(f"{path}: driver {driver!r} has no DriverEntry")
+    checkpoints = namespace.get("CHECKPOINTS")
+    if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int)
+                                    or checkpoints < 0):
+        raise ScenarioError(f"{path}: CHECKPOINTS must be how many checkpoints the workload "
+                            f"yields (an int), got {checkpoints!r}")
     options = namespace.get("KERNEL", {})
     if not isinstance(options, dict):
         raise ScenarioError(f"{path}: KERNEL must be a dict of Kernel() arguments")
@@ -135,6 +148,14 @@ def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
         raise ScenarioError(f"{path}: VERIFIER must map driver names to dicts of options")
     return Scenario(name, list(drivers), workload, dict(options),
                     namespace.get("CHECKPOINTS"), path, dict(verifier))
+
+
+def _machine_size(options: dict) -> str:
+    """The sizes a scenario's machine asked for, as its KERNEL and the options gave them."""
+    sizes = [f"{name}={options[name]:,}" for name in
+             ("nonpaged_pool_bytes", "paged_pool_bytes", "physical_memory_bytes")
+             if isinstance(options.get(name), int)]
+    return ", ".join(sizes) or "the default sizes"
 
 
 def _user_line(error: BaseException, path: str) -> str:
@@ -173,8 +194,12 @@ class ScenarioRun:
     def boot(self) -> Kernel:
         try:
             self.kernel = Kernel(**self.kernel_options)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ScenarioError(f"{self.scenario.path}: KERNEL: {error}") from None
+        except (MemoryError, OSError) as error:  # the host cannot hold the machine asked for
+            why = error.strerror if isinstance(error, OSError) and error.strerror else "out of memory"
+            raise ScenarioError(f"{self.scenario.path}: the host cannot make this machine "
+                                f"({why}): {_machine_size(self.kernel_options)}") from None
         for driver, options in self.scenario.verifier.items():
             try:
                 self.kernel.verifier.enable(driver, **options)

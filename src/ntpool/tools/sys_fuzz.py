@@ -189,13 +189,17 @@ def _value(rng: random.Random, width: int, old: int) -> int:
     return rng.getrandbits(8 * width)
 
 
-def mutate(base: Base, rng: random.Random) -> tuple[bytes, bytes | None, list[str]]:
-    """A damaged copy of the driver (and of its PDB); the list of what was done."""
+KINDS = ["field", "field", "table", "table", "region", "bytes", "code", "truncate",
+         "append", "pdb", "sections", "huge"]
+
+
+def mutate(base: Base, rng: random.Random, only=None) -> tuple[bytes, bytes | None, list[str]]:
+    """A damaged copy of the driver (and of its PDB); the list of what was done. ``only``:
+    the kinds of damage to choose from (default: all of KINDS)."""
     data = bytearray(base.data)
     pdb = base.pdb
     done = []
-    kinds = ["field", "field", "table", "table", "region", "bytes", "code", "truncate",
-             "append", "pdb", "sections", "huge"]
+    kinds = list(only) if only else KINDS
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         kind = rng.choice(kinds)
         if kind == "huge":
@@ -279,10 +283,10 @@ def case_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"sys_fuzz:{seed}:{index}")
 
 
-def make_case(bases: list[Base], seed: int, index: int):
+def make_case(bases: list[Base], seed: int, index: int, only=None):
     rng = case_rng(seed, index)
     base = bases[rng.randrange(len(bases))]
-    data, pdb, done = mutate(base, rng)
+    data, pdb, done = mutate(base, rng, only)
     if rng.random() < 0.25:
         done.append("loaded without allow_missing")  # unknown imports refused at load
     return base, data, pdb, done
@@ -354,13 +358,14 @@ def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
 
 # --- the worker and its supervisor --------------------------------------------------------------
 
-def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_timeout: float) -> None:
+def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_timeout: float,
+            only=None) -> None:
     """Run cases first..last-1, writing one JSON line per event to the pipe."""
     out = os.fdopen(connection_fd, "w", buffering=1)
     bases = load_bases(names)
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
         for index in range(first, last):
-            base, data, pdb, done = make_case(bases, seed, index)
+            base, data, pdb, done = make_case(bases, seed, index, only)
             out.write(json.dumps({"start": index}) + "\n")
             try:
                 outcome = run_case(base, data, pdb, directory, native_timeout, done)
@@ -397,7 +402,7 @@ def _rss_mib(pid: int) -> float:
 
 
 def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory_mib: int = 2048,
-              native_timeout: float = 1.0, progress=None) -> tuple[Counter, list[dict]]:
+              native_timeout: float = 1.0, progress=None, only=None) -> tuple[Counter, list[dict]]:
     """Run cases 0..runs-1 in watched workers; (how they ended, the findings)."""
     import selectors
     counts: Counter = Counter()
@@ -410,7 +415,7 @@ def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory
             os.close(read_fd)
             code = 0
             try:
-                _worker(write_fd, seed, index, runs, names, native_timeout)
+                _worker(write_fd, seed, index, runs, names, native_timeout, only)
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
                 code = 1
@@ -470,9 +475,9 @@ def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory
     return counts, findings
 
 
-def replay(seed: int, index: int, names=None, native_timeout: float = 1.0) -> int:
+def replay(seed: int, index: int, names=None, native_timeout: float = 1.0, only=None) -> int:
     bases = load_bases(names)
-    base, data, pdb, done = make_case(bases, seed, index)
+    base, data, pdb, done = make_case(bases, seed, index, only)
     print(f"case {index} of seed {seed}: {base.name}.sys, {'; '.join(done)}")
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
         outcome = run_case(base, data, pdb, directory, native_timeout, done)  # a finding raises here
@@ -491,6 +496,9 @@ def main(argv=None) -> int:
                         help="replay this one case of --seed here, with its traceback")
     parser.add_argument("--drivers", default=None,
                         help="comma-separated base drivers (default: every committed one)")
+    parser.add_argument("--kinds", default=None,
+                        help=f"comma-separated kinds of damage to choose from (default: all: "
+                             f"{', '.join(sorted(set(KINDS)))})")
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per case (default 20)")
     parser.add_argument("--memory-mib", type=int, default=2048,
                         help="the worker's resident memory limit (default 2048)")
@@ -501,9 +509,12 @@ def main(argv=None) -> int:
     parser.add_argument("--log", default=None, help="write every case's ending here (JSON lines)")
     args = parser.parse_args(argv)
     names = args.drivers.split(",") if args.drivers else None
+    only = args.kinds.split(",") if args.kinds else None
+    if only and set(only) - set(KINDS):
+        parser.error(f"--kinds: unknown {', '.join(sorted(set(only) - set(KINDS)))}")
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     if args.case is not None:
-        return replay(seed, args.case, names, args.native_timeout)
+        return replay(seed, args.case, names, args.native_timeout, only)
     print(f"sys_fuzz: {args.runs} cases, seed {seed}", flush=True)
     started = time.monotonic()
 
@@ -518,7 +529,7 @@ def main(argv=None) -> int:
             print(f"  {done} cases, {time.monotonic() - started:.0f} s", flush=True)
 
     counts, findings = supervise(args.runs, seed, names, args.time_limit, args.memory_mib,
-                                 args.native_timeout, progress)
+                                 args.native_timeout, progress, only)
     if log:
         log.close()
     print(f"{sum(counts.values())} cases in {time.monotonic() - started:.0f} s: " +
@@ -531,7 +542,8 @@ def main(argv=None) -> int:
         print(f"FINDING case {finding['case']} ({finding.get('base', '?')}.sys: "
               f"{'; '.join(finding.get('mutations', []))}): {finding['kind']}: {finding['detail']}\n"
               f"  replay: python -m ntpool.tools.sys_fuzz --seed {seed} --case {finding['case']}"
-              + (f" --drivers {args.drivers}" if args.drivers else ""))
+              + (f" --drivers {args.drivers}" if args.drivers else "")
+              + (f" --kinds {args.kinds}" if args.kinds else ""))
     return 1 if findings else 0
 
 
