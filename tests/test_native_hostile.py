@@ -394,3 +394,20 @@ def test_a_lookaside_size_past_4_gib_is_kept_as_the_ulong_windows_keeps():
     assert entry
     k.ExFreeToNPagedLookasideList(lookaside, entry)
     k.ExDeleteNPagedLookasideList(lookaside)
+
+
+def test_a_null_out_pointer_faults_where_the_parameter_is_not_optional():
+    """NdisAllocateMemoryWithTag's VirtualAddress is _Out_: NULL is the routine's access
+    violation at 0 (the bridge skipped the store, as for an _Out_opt_ one, and the call
+    succeeded); KeQueryPerformanceCounter's PerformanceFrequency is _Out_opt_: NULL is fine."""
+    from ntpool.native import native_machine
+    from ntpool.native.bindings import compile_handler
+    from ntpool.routines import registry
+    k, driver = misbehave()
+    assert driver.call("CaughtAllocateInto", 0) & 0xFFFFFFFF == 0xC0000005
+    check = bug_check_of(driver, "AllocateInto", 0)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert check.parameters[2:] == (1, 0)
+    k = machine()
+    handler = compile_handler(native_machine(k), registry.lookup("KeQueryPerformanceCounter"))
+    assert handler(0, 0, 0, 0, 0) >= 0  # no store through the NULL
