@@ -281,3 +281,43 @@ def test_a_corpus_made_twice_from_one_seed_is_the_same_bytes(tmp_path):
     first = digests(tmp_path / "a")
     assert {"dump-000.dmp", "dump-001.dmp", "dump-000.truth.json", "corpus.json"} <= set(first)
     assert first == digests(tmp_path / "b")
+
+
+def test_a_corpus_killed_part_way_is_finished_by_the_same_command(tmp_path):
+    import hashlib
+
+    from ntpool.forensics.corpus import CorpusOptions, make_corpus
+
+    out = tmp_path / "corpus"
+    progress = out / ".ntpool-corpus-runs.sqlite"
+    command = [sys.executable, "-m", "ntpool", "corpus", "--out", str(out), "--count", "24",
+               "--seed", "4", "--pool-mib", "1-1", "--kinds", "kernel", "-j", "2"]
+    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 60
+    while count_rows(progress) < 4 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    assert child.poll() is None, "the corpus was finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=20)
+    kept = count_rows(progress)
+    assert 4 <= kept < 24 and not (out / "corpus.json").exists()
+    # What a worker stopped mid-write may leave: the corpus is only its files at the end.
+    (out / "dump-001.truth.json.99999.tmp").write_text("{")
+    (out / ".ntpool-dump-x.tmp").write_bytes(b"PAGE")
+    finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert f"Resuming: {kept} finished run(s)" in finished.stderr
+    assert f"{24 - kept} run(s) made" in finished.stderr
+    make_corpus(tmp_path / "whole", CorpusOptions(24, 4, 1, 1, 0.5, ("kernel",), "7"),
+                engine=Engine(jobs=2))
+
+    def digests(folder):
+        return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    whole = digests(tmp_path / "whole")
+    assert len([name for name in whole if name.endswith(".truth.json")]) == 24
+    assert digests(out).keys() == whole.keys()  # no progress file, no partial file left
+    # corpus.json too: the entries taken from the progress file are those made now.
+    assert digests(out) == whole

@@ -139,6 +139,11 @@ def _worker_setup(parent: int) -> None:
     nobody writes to any more, holding the campaign's terminal and pipes open.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM ends a worker (the campaign's process ends its workers so): not the handler
+    # the campaign's process may have, inherited through fork.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def watch():
         while os.getppid() == parent:
@@ -148,8 +153,28 @@ def _worker_setup(parent: int) -> None:
     threading.Thread(target=watch, name="ntpool-follow-parent", daemon=True).start()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _new_pool(jobs: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup, initargs=(os.getpid(),))
+    """A pool whose workers are started with Ctrl-C and SIGTERM held back.
+
+    A signal that came while a worker was being forked would otherwise reach the new
+    worker before its _worker_setup (a traceback from it), or this process inside fork's
+    own handlers, which drop the KeyboardInterrupt (the campaign went on). Held back, it is
+    ignored by the workers and raised here once they are started. The pool's manager
+    thread, started here too, keeps them held: signals go to the main thread."""
+    hold = hasattr(signal, "pthread_sigmask")
+    if hold:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
+                                   initargs=(os.getpid(),))
+        pool.submit(os.getpid)  # starts the workers and the manager thread now
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pool
 
 
 WORKER_DEATHS = 2  # a run is judged to kill its worker when it does so this often, alone
@@ -173,9 +198,7 @@ def _alone(tasks: list[dict]):
                 except BrokenProcessPool:
                     _stop_workers(pool)
                     pool = None
-                    for process in processes:  # the dead worker, reaped for its exit code
-                        process.join(timeout=5)
-                    deaths.append(next((p.exitcode for p in processes if p.exitcode is not None), None))
+                    deaths.append(_exit_code(processes))
             else:
                 yield {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
                        "evidence": f"the run's worker process {_ending(deaths[-1])} before the "
@@ -186,6 +209,19 @@ def _alone(tasks: list[dict]):
         raise
     if pool is not None:
         pool.shutdown(wait=True)
+
+
+def _exit_code(processes) -> int | None:
+    """The dead worker's exit code. The pool's own thread reaps it too: the code can be
+    missing for a moment (its waitpid won, its record is not yet made), so look again."""
+    deadline = time.monotonic() + 5
+    while True:
+        for process in processes:
+            process.join(timeout=0.05)
+            if process.exitcode is not None:
+                return process.exitcode
+        if time.monotonic() > deadline:
+            return None
 
 
 def _ending(exitcode) -> str:
@@ -280,6 +316,9 @@ class Engine:
         try:
             for result in finished:
                 seconds = result.pop("_seconds", 0.0)
+                # As the store keeps it (keys sorted, tuples as lists): a result is the same
+                # object whether made now or taken from the store of an interrupted campaign.
+                result = json.loads(json.dumps(result, sort_keys=True))
                 if self.store is not None:
                     self.store.put(result["key"], result)
                 results[result["key"]] = result

@@ -14,11 +14,12 @@ is only ever used for the very run that made it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each row carries a digest of its key and result
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -79,17 +80,25 @@ class ResultStore:
             if not resume:
                 raise ResultsFileError(f"{self.path} already holds a campaign: pass --resume to "
                                        f"finish it, or choose another file")
-            if version != SCHEMA_VERSION or described != self.campaign:
+            if version != SCHEMA_VERSION:
+                raise ResultsFileError(f"{self.path} was written by another version of ntpool "
+                                       f"(results file version {version}, this one reads "
+                                       f"{SCHEMA_VERSION}): choose another file")
+            if described != self.campaign:
                 raise ResultsFileError(f"{self.path} holds a different campaign; --resume needs "
                                        f"the same command and arguments")
             if "runs" not in tables:
                 raise _Damaged("its table of runs is missing")
         else:
             self._create()
+        self._cache = {}
         try:
-            self._cache = {key: json.loads(result) for key, result in
-                           self._db.execute("SELECT key, result FROM runs")}
-        except (sqlite3.DatabaseError, ValueError) as error:
+            for key, text, digest in self._db.execute("SELECT key, result, digest FROM runs"):
+                result = _checked(key, text, digest)
+                if result is None:
+                    raise _Damaged(f"the row of run {key!r} fails its check")
+                self._cache[key] = result
+        except sqlite3.DatabaseError as error:
             raise _Damaged(str(error)) from None
 
     def _create(self) -> None:
@@ -97,7 +106,7 @@ class ResultStore:
             with self._db:
                 self._db.execute("CREATE TABLE campaign (version INTEGER, description TEXT)")
                 self._db.execute("INSERT INTO campaign VALUES (?, ?)", (SCHEMA_VERSION, self.campaign))
-                self._db.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, result TEXT)")
+                self._db.execute("CREATE TABLE runs (key TEXT PRIMARY KEY, result TEXT, digest TEXT)")
         except sqlite3.Error as error:
             raise ResultsFileError(f"{self.path}: cannot write the results file ({error})") from None
 
@@ -118,8 +127,8 @@ class ResultStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._create()
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)",
-                                 [(key, json.dumps(result, sort_keys=True)) for key, result in rows])
+            self._db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?)",
+                                 [_row(key, result) for key, result in rows])
         self._cache = dict(rows)
         self.recovered = (len(self._cache), kept)
         self.damage = reason
@@ -139,21 +148,44 @@ class ResultStore:
         return self._cache.get(key)
 
     def put(self, key: str, result: dict) -> None:
-        text = json.dumps(result, sort_keys=True)
+        row = _row(key, result)
         try:
             with self._db:
-                self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (key, text))
+                self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?)", row)
         except sqlite3.Error as error:
             raise ResultsFileError(
                 f"{self.path}: cannot store a finished run ({error}); the {len(self._cache)} "
                 f"runs stored before it are kept: --resume finishes the campaign") from None
-        self._cache[key] = json.loads(text)
+        self._cache[key] = json.loads(row[1])
 
     def rows(self) -> list[tuple[str, dict]]:
         return sorted(self._cache.items())
 
     def close(self) -> None:
         self._close_quietly()
+
+
+def _digest(key: str, text: str) -> str:
+    return hashlib.sha256(f"{key}\n{text}".encode()).hexdigest()[:16]
+
+
+def _row(key: str, result: dict) -> tuple[str, str, str]:
+    text = json.dumps(result, sort_keys=True)
+    return key, text, _digest(key, text)
+
+
+def _checked(key, text, digest) -> dict | None:
+    """A row's result if the row is whole (SQLite checks its pages' structure, not their
+    bytes: a damaged byte in a key or a result would otherwise be read as a finished run)."""
+    if not (isinstance(key, str) and isinstance(text, str) and isinstance(digest, str)):
+        return None
+    if _digest(key, text) != digest:
+        return None
+    try:
+        result = json.loads(text)
+    except ValueError:
+        return None
+    return result if isinstance(result, dict) and result.get("key") == key else None
 
 
 def _readable_rows(path: str) -> list[tuple[str, dict]]:
@@ -203,17 +235,12 @@ def _read_rows(path: str, rows: dict[str, dict]) -> None:
             highest = os.path.getsize(path) // 24
         for rowid in range(1, highest + 1):
             try:
-                row = db.execute("SELECT key, result FROM runs WHERE rowid = ?", (rowid,)).fetchone()
+                row = db.execute("SELECT key, result, digest FROM runs WHERE rowid = ?",
+                                 (rowid,)).fetchone()
             except sqlite3.Error:
                 continue
-            if row is None:
-                continue
-            key, text = row
-            try:
-                result = json.loads(text)
-            except (TypeError, ValueError):
-                continue
-            if isinstance(key, str) and isinstance(result, dict) and result.get("key") == key:
-                rows[key] = result
+            result = _checked(*row) if row is not None else None
+            if result is not None:
+                rows[row[0]] = result
     finally:
         db.close()

@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.choices[choice.dest]
         if command.description is None:
             command.description = choice.help
+        command.add_argument("--version", action="version", version=f"ntpool {__version__}",
+                             help="print ntpool's version and exit")
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -57,6 +58,34 @@ def _terminated_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+CORPUS_PROGRESS = ".ntpool-corpus-runs.sqlite"
+
+
+def _corpus_progress(description: dict) -> str:
+    """The results file a corpus keeps in its folder while it is made; one left by another
+    corpus (other options) is dropped, as that corpus's dumps are being replaced."""
+    from ..campaign import ResultStore, ResultsFileError
+
+    os.makedirs(description["out"], exist_ok=True)
+    path = os.path.join(description["out"], CORPUS_PROGRESS)
+    try:
+        store = ResultStore(path, description, resume=True)
+        if store.recovered is not None:  # damaged: what it still held is kept, not the rest
+            _remove_results_file(store.recovered[1])
+        store.close()
+    except ResultsFileError:
+        _remove_results_file(path)
+    return path
+
+
+def _remove_results_file(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
 def _where(args) -> str:
     from ..campaign.engine import default_jobs
 
@@ -80,14 +109,19 @@ def engine_for(args, description: dict, console: Console, what: str):
         raise ValueError("--resume needs --results FILE (the campaign to finish)")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    store = ResultStore(args.results, description, resume=args.resume) if args.results else None
+    results, resume, own = args.results, args.resume, False
+    if results is None and description.get("command") == "corpus":
+        # A corpus resumes by itself: which dumps are made is kept in its folder until the
+        # corpus is complete (then the file goes, leaving only the corpus).
+        results, resume, own = _corpus_progress(description), True, True
+    store = ResultStore(results, description, resume=resume) if results else None
     if store is not None and store.recovered is not None:
         count, kept = store.recovered
-        console.print(f"[yellow]{args.results} was damaged ({store.damage}): {count} finished "
+        console.print(f"[yellow]{results} was damaged ({store.damage}): {count} finished "
                       f"run(s) recovered from it; the damaged file is kept as {kept}.[/yellow]",
                       highlight=False)
-    if store is not None and len(store) and args.resume:
-        console.print(f"Resuming: {len(store):,} finished run(s) in {args.results}.", highlight=False)
+    if store is not None and len(store) and resume:
+        console.print(f"Resuming: {len(store):,} finished run(s) in {results}.", highlight=False)
     bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[failures]} not survived"),
                    TextColumn("{task.fields[rate]:.1f} runs/s"), TimeRemainingColumn(),
@@ -111,8 +145,8 @@ def engine_for(args, description: dict, console: Console, what: str):
         with _terminated_as_interrupt(), bar:
             yield engine
     except KeyboardInterrupt as stop:
-        kept = (f"{len(store):,} finished run(s) are kept in {args.results}: the same command "
-                f"with --resume finishes the campaign without making them again"
+        kept = (f"{len(store):,} finished run(s) are kept in {results}: the same command"
+                f"{'' if own else ' with --resume'} finishes the campaign without making them again"
                 if store is not None else
                 "nothing was kept: with --results FILE the finished runs are kept and --resume "
                 "finishes the campaign")
@@ -124,8 +158,10 @@ def engine_for(args, description: dict, console: Console, what: str):
     finally:
         if store is not None:
             store.close()
+    if own:
+        _remove_results_file(results)
     tally = engine.tally
-    reused = f"; {tally.reused:,} taken from {args.results}" if tally.reused else ""
+    reused = f"; {tally.reused:,} taken from {results}" if tally.reused else ""
     console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args)}: "
                   f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 

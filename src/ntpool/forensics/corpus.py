@@ -235,4 +235,17 @@ def make_corpus(directory, options: CorpusOptions, progress=None, engine=None) -
              "dumps": [r["entry"] for r in results]}
     with open(os.path.join(directory, "corpus.json"), "w") as out:
         json.dump(index, out, indent=1)
+    _remove_partial_files(directory)
     return index
+
+
+def _remove_partial_files(directory) -> None:
+    """Temporary files a worker stopped mid-write left (an interrupted corpus, resumed: their
+    dumps and manifests have been made again), so that the corpus is only its files."""
+    for name in os.listdir(directory):
+        if name.endswith(".tmp") and (name.startswith(".ntpool-dump-") or (
+                name.startswith("dump-") and ".truth.json." in name)):
+            try:
+                os.remove(os.path.join(directory, name))
+            except OSError:
+                pass
