@@ -311,3 +311,13 @@ def test_kd_history_in_a_folder_or_nowhere_is_kept_in_memory(tmp_path, monkeypat
     assert isinstance(_history(), InMemoryHistory)
     monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path / "history"))
     assert isinstance(_history(), FileHistory)
+
+
+def test_the_readme_s_demo_command_with_a_new_out_folder_works_as_written(tmp_path, monkeypatch):
+    """`ntpool demo --out demo --truth demo/truth.json` (README, "For forensics") in a folder
+    where demo/ does not exist yet: --out is made, then the dump, symbols and manifest."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--python-drivers", "--steps", "100", "--out", "demo",
+                 "--truth", "demo/truth.json"]) == 0
+    assert {path.name for path in (tmp_path / "demo").iterdir()} == \
+        {"MEMORY.DMP", "symbols", "truth.json"}
