@@ -265,3 +265,59 @@ def test_poolmon_s_live_filter_stays_open_on_a_pattern_that_matches_nothing():
     for key in ("backspace", "*", "enter"):
         apply_key(model, reader, key)
     assert reader.pending == "" and model.include == ["ABCD*"]
+
+
+def test_every_subcommand_prints_the_version(capsys):
+    from ntpool.cli.main import build_parser
+
+    for name in build_parser().subcommands:
+        with pytest.raises(SystemExit) as stop:
+            main([name, "--version"])
+        assert stop.value.code == 0, name
+        assert capsys.readouterr().out == f"ntpool {ntpool.__version__}\n", name
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("KERNEL = dict(nonpaged_pool_bytes=-5)", "KERNEL: nonpaged_pool_bytes must be at least"),
+    ("KERNEL = dict(windows='8')", "KERNEL: windows must be one of"),
+    ("CHECKPOINTS = 'x'", "CHECKPOINTS must be how many checkpoints"),
+    ("KERNEL = dict(nonpaged_pool_bytes=1 << 50)", "the host cannot make this machine"),
+])
+def test_a_scenario_s_bad_machine_is_one_line_naming_the_file(tmp_path, capsys, extra, expected):
+    scenario, marker = _marker_scenario(tmp_path)
+    with open(scenario, "a") as file:
+        file.write(extra + "\n")
+    assert main(["run", scenario]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ntpool: {scenario}: ") and expected in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_poolmon_s_interval_must_be_a_positive_number_of_seconds(capsys, interval):
+    assert main(["poolmon", "demo", "--once", "--interval", interval]) == 2
+    assert "--interval must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_kd_history_in_a_folder_or_nowhere_is_kept_in_memory(tmp_path, monkeypatch):
+    """$NTPOOL_KD_HISTORY naming a folder made prompt_toolkit's history thread fail with a
+    traceback and 'Press ENTER to continue' at the first prompt."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    from ntpool.cli.kd import _history
+
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path))
+    assert isinstance(_history(), InMemoryHistory)
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path / "missing" / "history"))
+    assert isinstance(_history(), InMemoryHistory)
+    monkeypatch.setenv("NTPOOL_KD_HISTORY", str(tmp_path / "history"))
+    assert isinstance(_history(), FileHistory)
+
+
+def test_the_readme_s_demo_command_with_a_new_out_folder_works_as_written(tmp_path, monkeypatch):
+    """`ntpool demo --out demo --truth demo/truth.json` (README, "For forensics") in a folder
+    where demo/ does not exist yet: --out is made, then the dump, symbols and manifest."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--python-drivers", "--steps", "100", "--out", "demo",
+                 "--truth", "demo/truth.json"]) == 0
+    assert {path.name for path in (tmp_path / "demo").iterdir()} == \
+        {"MEMORY.DMP", "symbols", "truth.json"}

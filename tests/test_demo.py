@@ -132,8 +132,9 @@ def test_the_compiled_filter_counts_its_own_failures():
 
 
 def test_demo_errors(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "missing")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["demo", "--out", str(tmp_path / "a-file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
 

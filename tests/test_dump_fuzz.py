@@ -13,6 +13,7 @@ import ntpool
 from ntpool.debugger.pooltag import PoolTagDatabase
 from ntpool.debugger.session import KdSession
 from ntpool.dump import DumpFormatError, DumpReader
+from ntpool.tags import display
 
 MiB = 1 << 20
 EXAMPLES = int(os.environ.get("NTPOOL_FUZZ_EXAMPLES", "60"))
@@ -344,6 +345,17 @@ def test_tables_claiming_more_than_a_kernel_keeps_are_refused(tmp_path, table):
         assert "ntpool reads" in out
 
 
+def test_the_tracker_table_is_read_once(tmp_path):
+    """!poolused, poolmon and kd's completion each ask for the tracker's entries: a table at
+    the limit (65,537 slots) read anew for each took seconds apiece (found by the fuzzer)."""
+    path = tmp_path / "d.dmp"
+    path.write_bytes(DUMPS["kernel"][0])
+    with DumpReader(path) as reader:
+        entries = reader.tracker_entries()
+        assert entries and reader.tracker_entries() is entries
+        assert {display(e.Key) for e in entries} >= {"derF", "ggiB"}  # as kd shows a Python str tag
+
+
 def test_a_zeroed_big_page_table_holds_no_allocations(tmp_path):
     """A big page table entry whose Va is 0 is no allocation (ntpool marks free slots with bit
     0; a zeroed table read as 512 allocations at address 0 before)."""
@@ -371,3 +383,49 @@ def test_a_call_site_text_that_runs_on_is_refused_without_copying_the_table():
     sites = parse_call_site_table(shared)
     assert len(sites) == count and sites[5] == (0, 5, 5, "Handler", "sloppy.c")
     assert sites[0][3] is sites[1][3]  # one string for the sites that share a text
+
+
+@FUZZ
+@given(count=st.integers(0, 64), entries=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+                                                          st.integers(0, 2**32 - 1), st.integers(0, 600)),
+                                                max_size=64),
+       text=st.binary(max_size=512), entry_size=st.sampled_from([24, 23, 0, 2**32 - 1]))
+def test_any_call_site_table_parses_or_is_refused(count, entries, text, entry_size):
+    """Any NTCS table: sites whose texts come from the table (each at most the window), or
+    ValueError; never another error."""
+    from ntpool.drivers import (CALL_SITE_ENTRY, CALL_SITE_HEADER, CALL_SITE_TABLE_MAGIC, CALL_SITE_TEXT_WINDOW,
+                                parse_call_site_table)
+
+    table = CALL_SITE_HEADER.pack(CALL_SITE_TABLE_MAGIC, count, entry_size, 0) + \
+        b"".join(CALL_SITE_ENTRY.pack(*entry) for entry in entries) + text
+    try:
+        sites = parse_call_site_table(table)
+    except ValueError:
+        return
+    assert len(sites) == count
+    for _ldr, _address, _line, function, filename in sites:
+        assert len(function.encode("utf-8", "replace")) <= 3 * CALL_SITE_TEXT_WINDOW
+        assert len(filename) <= CALL_SITE_TEXT_WINDOW
+
+
+def _peak_bytes(action) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_allocation_site_table_of_anything_else_costs_its_magic(tmp_path):
+    """Found by the dump fuzzer: a table pointer and size (up to 64 MiB) aimed at anything
+    were read whole before the magic was looked at (220 MiB resident on a 256 MiB dump)."""
+    from ntpool.dump import format as f
+
+    path = _forged(tmp_path, {f.NTPL_ALLOCATION_SITES: FORGED_VA, f.NTPL_ALLOCATION_SITES_BYTES: 12 * MiB})
+    with DumpReader(path) as reader:
+        assert _peak_bytes(reader.allocation_site_streams) < MiB
+        assert reader.allocation_site_streams() == []
+

@@ -147,3 +147,17 @@ def test_a_csv_field_past_csv_s_limit_is_refused_by_line(tmp_path):
     assert "hits.csv:2: not CSV (field larger than field limit" in text
     long_address = _refused(tmp_path, None, b"z" * 1000 + b",Fred\n", "hits.csv")
     assert long_address.endswith("...' is not a 64-bit hex address")
+
+
+def test_a_hostile_corpus_index_is_refused_by_name(tmp_path, capsys):
+    """ntpool score --corpus DIR reads DIR/corpus.json: JSON nested too deeply was a traceback
+    (RecursionError), bytes that are not UTF-8 an error naming no file."""
+    from ntpool.cli.main import main
+
+    index = tmp_path / "corpus.json"
+    for content, why in ((b"[" * 100000 + b"]" * 100000, "JSON nested too deeply"),
+                         (b"\xff\xfe{", "not UTF-8 text"), (b'{"dumps": 5}', "not iterable")):
+        index.write_bytes(content)
+        assert main(["score", "--corpus", str(tmp_path)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"{index}: not an ntpool corpus index" in error and why in error

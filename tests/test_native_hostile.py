@@ -210,6 +210,7 @@ def test_an_endless_loop_at_dispatch_level_is_the_dpc_watchdog_on_windows_10():
     native_machine(k).call_timeout = 0.2
     check = bug_check_of(driver, "SpinAtDispatch")
     assert check.code == 0x133 and check.parameters == (1, 0x1E00, 0, 0)
+    assert check.name == "DPC_WATCHDOG_VIOLATION"
     assert "SpinAtDispatch" in check.detail
 
 
@@ -394,3 +395,71 @@ def test_a_lookaside_size_past_4_gib_is_kept_as_the_ulong_windows_keeps():
     assert entry
     k.ExFreeToNPagedLookasideList(lookaside, entry)
     k.ExDeleteNPagedLookasideList(lookaside)
+
+
+def test_a_null_out_pointer_faults_where_the_parameter_is_not_optional():
+    """NdisAllocateMemoryWithTag's VirtualAddress is _Out_: NULL is the routine's access
+    violation at 0 (the bridge skipped the store, as for an _Out_opt_ one, and the call
+    succeeded); KeQueryPerformanceCounter's PerformanceFrequency is _Out_opt_: NULL is fine."""
+    from ntpool.native import native_machine
+    from ntpool.native.bindings import compile_handler
+    from ntpool.routines import registry
+    k, driver = misbehave()
+    assert driver.call("CaughtAllocateInto", 0) & 0xFFFFFFFF == 0xC0000005
+    check = bug_check_of(driver, "AllocateInto", 0)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert check.parameters[2:] == (1, 0)
+    k = machine()
+    handler = compile_handler(native_machine(k), registry.lookup("KeQueryPerformanceCounter"))
+    assert handler(0, 0, 0, 0, 0) >= 0  # no store through the NULL
+
+
+def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_to_replay(
+        monkeypatch, capsys):
+    """The supervisor's own guarantees, with the cases replaced (the worker is forked, so it
+    runs the replacements): an exception is a finding with its traceback, a case past the
+    time limit is killed and reported, a worker that dies too, and the cases after each
+    still run."""
+    import os
+    import time
+    from ntpool.tools import sys_fuzz
+
+    def case(bases, seed, index, only=None):
+        return sys_fuzz.Base("fake", b"", None), bytes([index]), None, [f"case {index}"]
+
+    def run(base, data, pdb, directory, native_timeout, done=()):
+        if data == b"\x01":
+            raise KeyError("a model bug")
+        if data == b"\x03":
+            time.sleep(30)
+        if data == b"\x05":
+            os._exit(9)
+        return sys_fuzz.Outcome("ran")
+
+    monkeypatch.setattr(sys_fuzz, "load_bases", lambda names=None: [])
+    monkeypatch.setattr(sys_fuzz, "make_case", case)
+    monkeypatch.setattr(sys_fuzz, "run_case", run)
+    assert sys_fuzz.main(["--runs", "7", "--seed", "3", "--time-limit", "0.3"]) == 1
+    out = capsys.readouterr().out
+    assert "7 cases in" in out and "ran 4" in out
+    assert "FINDING case 1 (fake.sys: case 1): exception: KeyError: 'a model bug'" in out
+    assert "FINDING case 3 (fake.sys: case 3): timeout: the case ran past 0.3 s" in out
+    assert "FINDING case 5 (fake.sys: case 5): worker-died: the worker process died" in out
+    for index in (1, 3, 5):
+        assert f"replay: python -m ntpool.tools.sys_fuzz --seed 3 --case {index}" in out
+
+
+def test_the_bug_checks_the_fuzzer_met_unnamed_have_their_names():
+    """0x44 (an IRP completed twice, which damaged code reaches) was "BUGCHECK_44"."""
+    assert BugCheck(0x44).name == "MULTIPLE_IRP_COMPLETE_REQUESTS"
+
+
+def test_an_in_pointer_to_unmapped_user_memory_is_the_routines_read_access_violation():
+    k, driver = misbehave()
+    string = k.ExAllocatePoolWithTag(0, 64, "Strg")
+    k.write(string, "hello".encode("utf-16-le") + b"\0\0")
+    assert driver.call("MeasureString", string) == 10
+    check = bug_check_of(driver, "MeasureString", 0x2000)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert in_function(driver, check.parameters[1], "MeasureString")
+    assert check.parameters[2:] == (0, 0x2000)  # a read of 0x2000

@@ -31,9 +31,9 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
              truth: str | None = None, python_drivers: bool = False) -> int:
     console = console or wide_console()
     out = Path(out_dir)
-    if not out.is_dir():
-        raise OSError(f"--out {out_dir}: " + ("not a directory" if out.exists() else
-                                               "no such directory"))
+    if out.exists() and not out.is_dir():
+        raise OSError(f"--out {out_dir}: not a directory")
+    out.mkdir(parents=True, exist_ok=True)  # as `ntpool demo --out demo --truth demo/t.json` expects
     if truth is not None:  # refused now, not after the run that the manifest describes
         check_output_file("--truth", truth)
     scenario = load_scenario("demo-python" if python_drivers else "demo")

@@ -63,11 +63,15 @@ def _score_corpus(args, tags) -> int:
 
     index_path = os.path.join(args.corpus, "corpus.json")
     try:
-        with open(index_path) as handle:
+        with open(index_path, encoding="utf-8") as handle:
             index = json.load(handle)
         dumps = index["dumps"]
         truths = [os.path.abspath(os.path.join(args.corpus, entry["truth"])) for entry in dumps]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except UnicodeDecodeError:
+        raise ValueError(f"{index_path}: not an ntpool corpus index (not UTF-8 text)") from None
+    except RecursionError:
+        raise ValueError(f"{index_path}: not an ntpool corpus index (JSON nested too deeply)") from None
+    except (ValueError, KeyError, TypeError) as error:  # broken JSON, a number of 5,000 digits
         raise ValueError(f"{index_path}: not an ntpool corpus index ({error})") from None
     tasks = [{"kind": "score", "truth": truth, "tags": tags} for truth in truths]
     description = {"command": "score", "corpus": os.path.abspath(args.corpus), "tags": tags}

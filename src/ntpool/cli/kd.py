@@ -96,7 +96,7 @@ def _history():
     path = history_path()
     if path is not None:
         try:
-            path.touch(exist_ok=True)
+            open(path, "ab").close()  # a file it can append to (touch accepts a folder)
             return FileHistory(str(path))
         except OSError:
             pass

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.subcommands = sub.choices  # name -> its parser, for errors that name the subcommand
     demo = sub.add_parser("demo", help="boot a machine, run drivers, watch the pool")
     demo.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
-    demo.add_argument("--out", default=".", metavar="DIR", help="where MEMORY.DMP goes (default .)")
+    demo.add_argument("--out", default=".", metavar="DIR", help="where MEMORY.DMP goes (made if missing; default .)")
     demo.add_argument("--truth", metavar="FILE", help="also write the manifest of every chunk in "
                                                        "MEMORY.DMP (JSON)")
     demo.add_argument("--steps", type=int, default=None,
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.choices[choice.dest]
         if command.description is None:
             command.description = choice.help
+        command.add_argument("--version", action="version", version=f"ntpool {__version__}",
+                             help="print ntpool's version and exit")
     return parser
 
 

@@ -248,8 +248,8 @@ class checkpoint_progress:
 def cmd_poolmon(args) -> int:
     _positive("--iterations", args.iterations)
     _positive("--limit", args.limit)
-    if args.interval <= 0:
-        raise ValueError(f"--interval must be positive, got {args.interval}")
+    if not 0 < args.interval < float("inf"):  # nan and inf too: the live view waits on it
+        raise ValueError(f"--interval must be a positive number of seconds, got {args.interval}")
     model = PoolmonModel(sort=args.sort, reverse=args.reverse, pool_filter=args.pool,
                          include=list(args.include), exclude=list(args.exclude),
                          pooltags=PoolTagDatabase.default(args.pooltag))

@@ -140,6 +140,7 @@ class DumpReader:
         self._call_sites: list | None = None
         self._site_lookups: list | None = None
         self._site_streams: list | None = None
+        self._tracker_entries: list | None = None
 
     def close(self) -> None:
         if self._map is not None:
@@ -654,12 +655,16 @@ class DumpReader:
         return TrackerEntry(*(layout.get(raw, offset, name) for name in TrackerEntry._fields))
 
     def tracker_entries(self) -> list[TrackerEntry]:
-        """PoolTrackTable entries in use (Key non-zero), in table order."""
-        layout = self.pool_layouts().tracker
-        raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout, MAX_TRACKER_SLOTS)
-        return [self._tracker_entry(layout, raw, offset)
-                for offset in range(0, len(raw) - layout.size + 1, layout.size)
-                if layout.get(raw, offset, "Key")]
+        """PoolTrackTable entries in use (Key non-zero), in table order (read once: a table of
+        a quarter million slots takes seconds, and !poolused, poolmon and kd's completion
+        each ask)."""
+        if self._tracker_entries is None:
+            layout = self.pool_layouts().tracker
+            raw = self._table("PoolTrackTable", "PoolTrackTableSize", layout, MAX_TRACKER_SLOTS)
+            self._tracker_entries = [self._tracker_entry(layout, raw, offset)
+                                     for offset in range(0, len(raw) - layout.size + 1, layout.size)
+                                     if layout.get(raw, offset, "Key")]
+        return self._tracker_entries
 
     def tracker_lookup(self, key: int) -> TrackerEntry | None:
         """The entry for a tag, found as the kernel finds it: hash, then linear probing."""
@@ -842,6 +847,9 @@ class DumpReader:
             va, size = data.get("AllocationSites", 0), data.get("AllocationSitesBytes", 0)
             if va and 0 < size <= MAX_SITE_TABLE_BYTES:
                 try:
+                    # Its magic first: a table of anything else costs 4 bytes, not its size.
+                    if self.read(va, 4) not in (f.ALLOCATION_SITES_MAGIC, f.ALLOCATION_SITES_V2_MAGIC):
+                        raise ValueError("not an allocation-site table")
                     tables = _parse_site_tables(self.read(va, size))
                     for _base, _blocks, stream in tables:
                         stream.check()  # damage anywhere: no sites at all, whoever asks
@@ -922,9 +930,10 @@ _BIT_56_LANES = (1 << 56) * _ONE_IN_EACH_LANE
 MAX_SITE_TABLE_BYTES = 64 << 20
 # The most entries the tables a kernel keeps can hold here; a dump that claims more is refused
 # (every entry in use would be a Python object: memory past a few hundred MiB, minutes of CPU).
-# ntpool's own tables: a power of two at least twice what they hold (131,072 tags; 262,144
-# big allocations, a GiB of single-page ones), the tracker's plus its overflow slot.
-MAX_TRACKER_SLOTS = (1 << 18) + 1
+# ntpool's own tables: a power of two at least twice what they hold (32,768 tags, where a
+# Windows machine has a few thousand; 262,144 big allocations, a GiB of single-page ones),
+# the tracker's plus its overflow slot.
+MAX_TRACKER_SLOTS = (1 << 16) + 1
 MAX_BIG_PAGE_SLOTS = 1 << 19
 MAX_VERIFIER_TRACKED = 1 << 19  # Driver Verifier's tracked allocations outstanding
 MAX_CALL_SITE_TABLE_BYTES = 1 << 20  # about 10,000 call sites

@@ -79,9 +79,13 @@ def compile_handler(machine, entry):
         for index, param in outs:
             size = param.ctype.pointee.size if param.ctype.pointee is not None else 8
             size = size or 8
-            lines.append(f"    if a{index}:")
-            lines.append(f"        _w(a{index}, (int(o{index} or 0) & {(1 << (8 * size)) - 1:#x})"
-                         f".to_bytes({size}, 'little'))")
+            store = (f"_w(a{index}, (int(o{index} or 0) & {(1 << (8 * size)) - 1:#x})"
+                     f".to_bytes({size}, 'little'))")
+            if param.optional:  # _Out_opt_: NULL means "not wanted"
+                lines.append(f"    if a{index}:")
+                lines.append(f"        {store}")
+            else:  # _Out_: the routine stores through it, NULL or not (NULL faults, as on Windows)
+                lines.append(f"    {store}")
         lines.append("    return ret" if returns_value else "    return 0")
     source = "def handler(rcx, rdx, r8, r9, rsp):\n" + "\n".join(lines) + "\n"
     namespace = {"_f": function, "_rq": machine.read_q, "_w": kernel.write}

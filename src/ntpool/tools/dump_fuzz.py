@@ -79,6 +79,7 @@ class Seed:
     forge_entry: int | None = None
     forge_va: int = 0
     forge_tables: dict = field(default_factory=dict)
+    snapshot: str = ""  # poolsnap's file of the intact dump (poolsnap --diff's input)
 
 
 class _Leaky:
@@ -415,6 +416,9 @@ def locate(seed: Seed) -> None:
         if reader.dump_type == f.DUMP_TYPE_FULL and reader.runs[0].first == 0:
             _forge_kit(seed, reader, ntpl)
         seed.addresses = sorted(set(seed.addresses))
+        from ..cli.dump_source import DumpSource
+
+        seed.snapshot = DumpSource(seed.path).snapshot().to_json()
         seed.poolfind = "\n".join(session.run_one(command) for command in ("!poolfind * 0", "!poolfind * 1"))
     for name in [name for name, pieces in seed.targets.items() if not pieces]:
         del seed.targets[name]
@@ -747,15 +751,40 @@ def run_score(seed: Seed, rng: random.Random, directory: str) -> str:
     return "scored"
 
 
+def run_poolsnap(seed: Seed, rng: random.Random, directory: str) -> str:
+    """``ntpool poolsnap --diff BEFORE AFTER`` on a damaged snapshot file."""
+    from ..tools.poolmon import Snapshot, grown_tags
+
+    text = json.dumps(_damage_json(json.loads(seed.snapshot), rng)) if rng.random() < 0.6 \
+        else _damage_text(seed.snapshot, rng)
+    path = os.path.join(directory, "after.json")
+    try:
+        after = Snapshot.from_json(text, name=path)
+        grown_tags(Snapshot.from_json(seed.snapshot), after)
+    except ValueError as error:
+        if "\n" in str(error) or path not in str(error):
+            raise Failure(f"poolsnap: a ValueError that names no file: {_described(error)}") from error
+        return "refused"
+    except Exception as error:
+        raise Failure(f"poolsnap: {_described(error)}") from error
+    return "read"
+
+
 # --- cases and workers ------------------------------------------------------------------------------
+
+
+LAST_DAMAGE: list = []  # the last dump case's seed and damage
 
 
 def run_case(seeds: list, master: int, number: int, directory: str, pooltags, keep: str | None = None) -> str:
     """One case, a function of (master seed, number): its outcome, or Failure."""
     rng = random.Random(f"{master}:{number}")
     seed = rng.choice(seeds)
+    LAST_DAMAGE[:] = [seed.name]
     if seed.truth and rng.random() < 0.5:
         return "score " + run_score(seed, rng, directory)
+    if rng.random() < 0.05:
+        return "poolsnap " + run_poolsnap(seed, rng, directory)
     info = _reader_info(seed)
     with open(seed.path, "rb") as handle:
         def read(offset, length):
@@ -772,6 +801,7 @@ def run_case(seeds: list, master: int, number: int, directory: str, pooltags, ke
         path = os.path.join(directory, "case.dmp")
         write_damaged(seed.path, path, edits, cut)
         mend = []
+    LAST_DAMAGE[:] = [seed.name, *done]  # for a blow-up found after the case
     try:
         if keep:
             shutil.copy(path, os.path.join(keep, f"case-{master}-{number}.dmp"))
@@ -849,7 +879,8 @@ def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep) -
             faulthandler.cancel_dump_traceback_later()
             rss = max(_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # (peak: Linux KiB)
             if rss > memory_mib:
-                outcome, detail = "failure", f"resident memory {rss:.0f} MiB in the case ({detail})"
+                outcome, detail = "failure", (f"resident memory {rss:.0f} MiB in the case ({detail}) "
+                                              f"[{LAST_DAMAGE[0]}: {'; '.join(LAST_DAMAGE[1:])}]")
             connection.send((number, outcome, detail, time.process_time() - started, rss))
             if outcome == "failure" and rss > memory_mib:
                 return
@@ -865,6 +896,7 @@ class Pool:
         self.keep = keep
         self.stacks = tempfile.NamedTemporaryFile(prefix="dump-fuzz-stacks-", delete=False).name
         self.process = None
+        self.outcome_ended_it = False  # the last case's report ended the worker (a blow-up)
 
     def _start(self):
         context = multiprocessing.get_context("fork")
@@ -874,15 +906,20 @@ class Pool:
         self.process.start()
 
     def run(self, number: int, timeout: float):
+        if self.process is not None and self.outcome_ended_it:
+            self.process.join(10)  # a worker that reported a blow-up ends itself
         if self.process is None or not self.process.is_alive():
             self._start()
-        self.connection.send(number)
-        answered = self.connection.poll(timeout + 30)  # (faulthandler ends a hang at timeout)
-        if answered:
-            try:
-                return self.connection.recv()
-            except EOFError:
-                pass
+        self.outcome_ended_it = False
+        try:
+            self.connection.send(number)
+            answered = self.connection.poll(timeout + 30)  # (faulthandler ends a hang at timeout)
+            if answered:
+                result = self.connection.recv()
+                self.outcome_ended_it = result[1] == "failure" and "resident memory" in result[2]
+                return result
+        except (EOFError, OSError):  # the worker died: its stack says where
+            answered = True
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
@@ -900,10 +937,14 @@ class Pool:
 
     def close(self):
         if self.process is not None and self.process.is_alive():
-            self.connection.send(None)
+            try:
+                self.connection.send(None)
+            except OSError:
+                pass
             self.process.join(10)
             if self.process.is_alive():
                 self.process.kill()
+                self.process.join()
         os.unlink(self.stacks)
 
 

@@ -135,6 +135,11 @@ def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
     for driver in drivers:
         if not callable(getattr(driver, "DriverEntry", None)):
             raise ScenarioError(f"{path}: driver {driver!r} has no DriverEntry")
+    checkpoints = namespace.get("CHECKPOINTS")
+    if checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int)
+                                    or checkpoints < 0):
+        raise ScenarioError(f"{path}: CHECKPOINTS must be how many checkpoints the workload "
+                            f"yields (an int), got {checkpoints!r}")
     options = namespace.get("KERNEL", {})
     if not isinstance(options, dict):
         raise ScenarioError(f"{path}: KERNEL must be a dict of Kernel() arguments")
@@ -143,6 +148,14 @@ def scenario_from_namespace(namespace: dict, name: str, path: str) -> Scenario:
         raise ScenarioError(f"{path}: VERIFIER must map driver names to dicts of options")
     return Scenario(name, list(drivers), workload, dict(options),
                     namespace.get("CHECKPOINTS"), path, dict(verifier))
+
+
+def _machine_size(options: dict) -> str:
+    """The sizes a scenario's machine asked for, as its KERNEL and the options gave them."""
+    sizes = [f"{name}={options[name]:,}" for name in
+             ("nonpaged_pool_bytes", "paged_pool_bytes", "physical_memory_bytes")
+             if isinstance(options.get(name), int)]
+    return ", ".join(sizes) or "the default sizes"
 
 
 def _user_line(error: BaseException, path: str) -> str:
@@ -181,8 +194,12 @@ class ScenarioRun:
     def boot(self) -> Kernel:
         try:
             self.kernel = Kernel(**self.kernel_options)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ScenarioError(f"{self.scenario.path}: KERNEL: {error}") from None
+        except (MemoryError, OSError) as error:  # the host cannot hold the machine asked for
+            why = error.strerror if isinstance(error, OSError) and error.strerror else "out of memory"
+            raise ScenarioError(f"{self.scenario.path}: the host cannot make this machine "
+                                f"({why}): {_machine_size(self.kernel_options)}") from None
         for driver, options in self.scenario.verifier.items():
             try:
                 self.kernel.verifier.enable(driver, **options)

@@ -20,10 +20,12 @@ overruns its time or memory); each case is named by the run's seed and its index
 ``--case I`` replays one in this process with its traceback.
 
     python -m ntpool.tools.sys_fuzz --runs 2000 --seed 1 [--case I] [--drivers a,b]
-        [--time-limit 20] [--memory-mib 2048] [--native-timeout 1] [--findings FILE]
+        [--kinds code,pdb,...] [--time-limit 20] [--memory-mib 2048] [--native-timeout 1]
+        [--findings FILE] [--log FILE]
 
 prints how the cases ended and each finding with the command that replays it; the exit
-status is 1 when there was any finding.
+status is 1 when there was any finding. A case is replayed by the same seed, index, drivers
+and kinds on the same tree (the mutations follow the fuzzer's code and the committed drivers).
 """
 
 from __future__ import annotations
@@ -289,6 +291,8 @@ def make_case(bases: list[Base], seed: int, index: int, only=None):
     data, pdb, done = mutate(base, rng, only)
     if rng.random() < 0.25:
         done.append("loaded without allow_missing")  # unknown imports refused at load
+    if rng.random() < 0.2:
+        done.append("loaded again after unloading")  # the image mapped afresh
     return base, data, pdb, done
 
 
@@ -344,6 +348,9 @@ def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
             if name in driver.image.exports:
                 driver.call(name, *args)
         k.unload_driver(driver)
+        if "loaded again after unloading" in done:
+            k.load_driver(driver)
+            k.unload_driver(driver)
         return Outcome("ran")
     except BugCheck as error:
         return Outcome("bugcheck", f"{error.code:#x} {error.name}")
@@ -366,7 +373,7 @@ def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
         for index in range(first, last):
             base, data, pdb, done = make_case(bases, seed, index, only)
-            out.write(json.dumps({"start": index}) + "\n")
+            out.write(json.dumps({"start": index, "base": base.name, "mutations": done}) + "\n")
             try:
                 outcome = run_case(base, data, pdb, directory, native_timeout, done)
                 record = {"done": index, "kind": outcome.kind, "detail": outcome.detail[:300]}
@@ -425,6 +432,7 @@ def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory
         selector = selectors.DefaultSelector()
         selector.register(reader, selectors.EVENT_READ)
         current, started = None, time.monotonic()
+        what: dict = {}
         ended = None
         buffer = ""
         while ended is None:
@@ -440,6 +448,7 @@ def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory
                     record = json.loads(line)
                     if "start" in record:
                         current, started = record["start"], time.monotonic()
+                        what = {"base": record["base"], "mutations": record["mutations"]}
                         continue
                     current = None
                     record["case"] = record.pop("done")
@@ -465,7 +474,7 @@ def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory
                       "memory": f"the worker grew past {memory_mib} MiB",
                       "exit": "the worker process died"}[ended]
             counts[kind] += 1
-            findings.append({"case": current, "kind": kind, "detail": detail})
+            findings.append({"case": current, "kind": kind, "detail": detail, **what})
             index = current + 1
         elif ended == "exit" and index < runs:
             counts["worker-died"] += 1
