@@ -235,6 +235,8 @@ def mutate(base: Base, rng: random.Random, only=None) -> tuple[bytes, bytes | No
                     data[at] = rng.getrandbits(8)
             done.append(f"bytes in {label} near {offset:#x}")
         elif kind == "bytes":
+            if not data:
+                continue
             for _ in range(rng.randint(1, 12)):
                 at = rng.randrange(min(len(data), 0x400) if rng.random() < 0.7 else len(data))
                 data[at] = rng.getrandbits(8)
@@ -246,6 +248,8 @@ def mutate(base: Base, rng: random.Random, only=None) -> tuple[bytes, bytes | No
             data[offset:offset + 2] = new.to_bytes(2, "little")
             done.append(f"NumberOfSections -> {new}")
         elif kind == "truncate":
+            if len(data) < 2:
+                continue  # cut to nothing already
             cut = rng.choice((rng.randrange(len(data)), rng.randrange(0x40, 0x400),
                               len(data) - rng.randrange(1, 512)))
             del data[max(cut, 0):]
