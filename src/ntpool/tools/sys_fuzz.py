@@ -376,7 +376,14 @@ def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_
     bases = load_bases(names)
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
         for index in range(first, last):
-            base, data, pdb, done = make_case(bases, seed, index, only)
+            try:
+                base, data, pdb, done = make_case(bases, seed, index, only)
+            except Exception as error:  # noqa: BLE001 - the fuzzer's own bug: say so, go on
+                out.write(json.dumps({"done": index, "kind": "fuzzer-error", "base": "?",
+                                      "mutations": [], "detail": f"making the case: "
+                                      f"{type(error).__name__}: {error}"[:300],
+                                      "traceback": traceback.format_exc()[-3000:]}) + "\n")
+                continue
             out.write(json.dumps({"start": index, "base": base.name, "mutations": done}) + "\n")
             try:
                 outcome = run_case(base, data, pdb, directory, native_timeout, done)
