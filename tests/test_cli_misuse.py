@@ -321,3 +321,16 @@ def test_the_readme_s_demo_command_with_a_new_out_folder_works_as_written(tmp_pa
                  "--truth", "demo/truth.json"]) == 0
     assert {path.name for path in (tmp_path / "demo").iterdir()} == \
         {"MEMORY.DMP", "symbols", "truth.json"}
+
+
+def test_poolsnap_diff_s_header_sits_over_its_columns(tmp_path, capsys):
+    from ntpool.tools.poolmon import Snapshot, TagUsage
+
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(Snapshot([TagUsage("SlRq", "Nonp", 300, 273, 13392)]).to_json())
+    after.write_text(Snapshot([TagUsage("SlRq", "Nonp", 3001, 2751, 124000)]).to_json())
+    assert main(["poolsnap", "--diff", str(before), str(after)]) == 0
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert header.index("Owner") == row.index("+110608") + len("+110608") + 2
+    for title, cell in (("Diff", "27 -> 250"), ("Bytes", "13392 -> 124000")):
+        assert row.index(cell) <= header.index(title) < row.index(cell) + len(cell), title
