@@ -334,3 +334,15 @@ def test_poolsnap_diff_s_header_sits_over_its_columns(tmp_path, capsys):
     assert header.index("Owner") == row.index("+110608") + len("+110608") + 2
     for title, cell in (("Diff", "27 -> 250"), ("Bytes", "13392 -> 124000")):
         assert row.index(cell) <= header.index(title) < row.index(cell) + len(cell), title
+
+
+@pytest.mark.parametrize("tags, expected", [
+    ("ABCDE", "--tags: 'ABCDE' is not a tag"), ("Sl€", "--tags: 'Sl€' is not a tag"),
+    (",", "--tags ',' names no tag")])
+def test_score_refuses_tags_that_are_no_tag(tmp_path, capsys, tags, expected):
+    truth, found = tmp_path / "truth.json", tmp_path / "found.csv"
+    truth.write_text("{}")
+    found.write_text("")
+    assert main(["score", str(truth), str(found), "--tags", tags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
