@@ -346,3 +346,21 @@ def test_score_refuses_tags_that_are_no_tag(tmp_path, capsys, tags, expected):
     assert main(["score", str(truth), str(found), "--tags", tags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_the_corruption_fuzzer_with_its_counts_so_far(tmp_path, jobs):
+    """The README's long fuzzing run (`python -m ntpool.tools.corruption_fuzz --runs 100000`):
+    Ctrl-C printed a traceback, and with --jobs it waited for every queued batch."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ntpool.tools.corruption_fuzz", "--runs", "100000", "--seed", "0",
+         "--jobs", jobs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmp_path)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(3)  # running: ntpool imported, runs under way
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)  # returns once every worker let go of the pipes
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err and b"interrupted (Ctrl-C) after" in out
+    assert b"internal errors: 0" in out
+    assert not list(tmp_path.glob("ntpool-fuzz-*"))  # the workers' dump folders removed
