@@ -79,6 +79,7 @@ class Seed:
     forge_entry: int | None = None
     forge_va: int = 0
     forge_tables: dict = field(default_factory=dict)
+    snapshot: str = ""  # poolsnap's file of the intact dump (poolsnap --diff's input)
 
 
 class _Leaky:
@@ -415,6 +416,9 @@ def locate(seed: Seed) -> None:
         if reader.dump_type == f.DUMP_TYPE_FULL and reader.runs[0].first == 0:
             _forge_kit(seed, reader, ntpl)
         seed.addresses = sorted(set(seed.addresses))
+        from ..cli.dump_source import DumpSource
+
+        seed.snapshot = DumpSource(seed.path).snapshot().to_json()
         seed.poolfind = "\n".join(session.run_one(command) for command in ("!poolfind * 0", "!poolfind * 1"))
     for name in [name for name, pieces in seed.targets.items() if not pieces]:
         del seed.targets[name]
@@ -747,6 +751,25 @@ def run_score(seed: Seed, rng: random.Random, directory: str) -> str:
     return "scored"
 
 
+def run_poolsnap(seed: Seed, rng: random.Random, directory: str) -> str:
+    """``ntpool poolsnap --diff BEFORE AFTER`` on a damaged snapshot file."""
+    from ..tools.poolmon import Snapshot, grown_tags
+
+    text = json.dumps(_damage_json(json.loads(seed.snapshot), rng)) if rng.random() < 0.6 \
+        else _damage_text(seed.snapshot, rng)
+    path = os.path.join(directory, "after.json")
+    try:
+        after = Snapshot.from_json(text, name=path)
+        grown_tags(Snapshot.from_json(seed.snapshot), after)
+    except ValueError as error:
+        if "\n" in str(error) or path not in str(error):
+            raise Failure(f"poolsnap: a ValueError that names no file: {_described(error)}") from error
+        return "refused"
+    except Exception as error:
+        raise Failure(f"poolsnap: {_described(error)}") from error
+    return "read"
+
+
 # --- cases and workers ------------------------------------------------------------------------------
 
 
@@ -760,6 +783,8 @@ def run_case(seeds: list, master: int, number: int, directory: str, pooltags, ke
     LAST_DAMAGE[:] = [seed.name]
     if seed.truth and rng.random() < 0.5:
         return "score " + run_score(seed, rng, directory)
+    if rng.random() < 0.05:
+        return "poolsnap " + run_poolsnap(seed, rng, directory)
     info = _reader_info(seed)
     with open(seed.path, "rb") as handle:
         def read(offset, length):

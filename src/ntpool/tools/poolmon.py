@@ -99,7 +99,9 @@ class Snapshot:
         """Parse a poolsnap file; anything malformed is a ValueError naming what is wrong."""
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except RecursionError:
+            raise ValueError(f"{name} is not a poolsnap file (JSON nested too deeply)") from None
+        except ValueError as error:  # not JSON, not text, a number of thousands of digits
             raise ValueError(f"{name} is not a poolsnap file (not JSON: {error})") from None
         if not isinstance(data, dict) or data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"{name} is not a poolsnap file (no \"format\": \"{SNAPSHOT_FORMAT}\")")
