@@ -401,3 +401,11 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
                                                            "leaked 3": by_verdict["leaked"]}
     assert sum(by_verdict.values()) == 520
     assert main(["verify", SCENARIO, "--max-runs", "0"]) == 2
+
+
+def test_triage_of_dumps_written_with_no_bug_check_says_so():
+    from ntpool.campaign.triage import NO_BUGCHECK, fleet_report
+
+    record = {"verdict": "read", "path": "d0", "code": 0, "name": "BUGCHECK_0", "parameters": [0] * 4,
+              "driver": "", "call_site": "", "tags": []}
+    assert fleet_report([record, dict(record, path="d1")]).bugchecks == [(NO_BUGCHECK, 2)]

@@ -239,12 +239,18 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     # The executor has no public way to end a running call; its worker processes are
     # terminated, as multiprocessing.Pool.terminate does.
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
         process.join(timeout=5)
+    # The pool's thread ends once it sees its workers gone. Waited for here: left running,
+    # it could close its wake-up pipe while the interpreter's exit hook writes to it
+    # ("OSError: Bad file descriptor" at exit, Python 3.11).
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 @dataclass
