@@ -425,6 +425,8 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
     from ntpool.tools import sys_fuzz
 
     def case(bases, seed, index, only=None):
+        if index == 6:
+            raise ValueError("empty range for randrange()")  # the fuzzer's own bug
         return sys_fuzz.Base("fake", b"", None), bytes([index]), None, [f"case {index}"]
 
     def run(base, data, pdb, directory, native_timeout, done=()):
@@ -439,9 +441,10 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
     monkeypatch.setattr(sys_fuzz, "load_bases", lambda names=None: [])
     monkeypatch.setattr(sys_fuzz, "make_case", case)
     monkeypatch.setattr(sys_fuzz, "run_case", run)
-    assert sys_fuzz.main(["--runs", "7", "--seed", "3", "--time-limit", "0.3"]) == 1
+    assert sys_fuzz.main(["--runs", "8", "--seed", "3", "--time-limit", "0.3"]) == 1
     out = capsys.readouterr().out
-    assert "7 cases in" in out and "ran 4" in out
+    assert "8 cases in" in out and "ran 4" in out
+    assert "FINDING case 6 (?.sys: ): fuzzer-error: making the case: ValueError" in out
     assert "FINDING case 1 (fake.sys: case 1): exception: KeyError: 'a model bug'" in out
     assert "FINDING case 3 (fake.sys: case 3): timeout: the case ran past 0.3 s" in out
     assert "FINDING case 5 (fake.sys: case 5): worker-died: the worker process died" in out
