@@ -401,3 +401,20 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
                                                            "leaked 3": by_verdict["leaked"]}
     assert sum(by_verdict.values()) == 520
     assert main(["verify", SCENARIO, "--max-runs", "0"]) == 2
+
+
+def test_triage_of_dumps_written_with_no_bug_check_says_so():
+    from ntpool.campaign.triage import NO_BUGCHECK, fleet_report
+
+    record = {"verdict": "read", "path": "d0", "code": 0, "name": "BUGCHECK_0", "parameters": [0] * 4,
+              "driver": "", "call_site": "", "tags": []}
+    assert fleet_report([record, dict(record, path="d1")]).bugchecks == [(NO_BUGCHECK, 2)]
+
+
+def test_dask_without_its_extra_is_one_line_naming_the_extra(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    assert main(["verify", SCENARIO, "--dask", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'ntpool[dask]'" in err

@@ -67,6 +67,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """A command started in the background by a shell inherits SIGINT ignored (and Python
+    then leaves it so): the campaign is started as a terminal's foreground command is."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     path = tmp_path_factory.mktemp("whole") / "whole.sqlite"
@@ -83,7 +89,8 @@ def test_a_campaign_stopped_by_a_signal_stops_whole_and_resumes_to_the_same_rows
         whole, tmp_path, how, after):
     part = tmp_path / "part.sqlite"
     child = subprocess.Popen(COMMAND + ["--results", str(part)], env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_ctrl_c_as_at_a_terminal)
     workers: set[int] = set()
     deadline = time.monotonic() + 60
     while count_rows(part) < after and time.monotonic() < deadline and child.poll() is None:

@@ -321,3 +321,46 @@ def test_the_readme_s_demo_command_with_a_new_out_folder_works_as_written(tmp_pa
                  "--truth", "demo/truth.json"]) == 0
     assert {path.name for path in (tmp_path / "demo").iterdir()} == \
         {"MEMORY.DMP", "symbols", "truth.json"}
+
+
+def test_poolsnap_diff_s_header_sits_over_its_columns(tmp_path, capsys):
+    from ntpool.tools.poolmon import Snapshot, TagUsage
+
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(Snapshot([TagUsage("SlRq", "Nonp", 300, 273, 13392)]).to_json())
+    after.write_text(Snapshot([TagUsage("SlRq", "Nonp", 3001, 2751, 124000)]).to_json())
+    assert main(["poolsnap", "--diff", str(before), str(after)]) == 0
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert header.index("Owner") == row.index("+110608") + len("+110608") + 2
+    for title, cell in (("Diff", "27 -> 250"), ("Bytes", "13392 -> 124000")):
+        assert row.index(cell) <= header.index(title) < row.index(cell) + len(cell), title
+
+
+@pytest.mark.parametrize("tags, expected", [
+    ("ABCDE", "--tags: 'ABCDE' is not a tag"), ("Sl€", "--tags: 'Sl€' is not a tag"),
+    (",", "--tags ',' names no tag")])
+def test_score_refuses_tags_that_are_no_tag(tmp_path, capsys, tags, expected):
+    truth, found = tmp_path / "truth.json", tmp_path / "found.csv"
+    truth.write_text("{}")
+    found.write_text("")
+    assert main(["score", str(truth), str(found), "--tags", tags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_the_corruption_fuzzer_with_its_counts_so_far(tmp_path, jobs):
+    """The README's long fuzzing run (`python -m ntpool.tools.corruption_fuzz --runs 100000`):
+    Ctrl-C printed a traceback, and with --jobs it waited for every queued batch."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ntpool.tools.corruption_fuzz", "--runs", "100000", "--seed", "0",
+         "--jobs", jobs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmp_path)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(3)  # running: ntpool imported, runs under way
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)  # returns once every worker let go of the pipes
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err and b"interrupted (Ctrl-C) after" in out
+    assert b"internal errors: 0" in out
+    assert not list(tmp_path.glob("ntpool-fuzz-*"))  # the workers' dump folders removed

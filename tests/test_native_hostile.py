@@ -210,6 +210,7 @@ def test_an_endless_loop_at_dispatch_level_is_the_dpc_watchdog_on_windows_10():
     native_machine(k).call_timeout = 0.2
     check = bug_check_of(driver, "SpinAtDispatch")
     assert check.code == 0x133 and check.parameters == (1, 0x1E00, 0, 0)
+    assert check.name == "DPC_WATCHDOG_VIOLATION"
     assert "SpinAtDispatch" in check.detail
 
 
@@ -424,6 +425,8 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
     from ntpool.tools import sys_fuzz
 
     def case(bases, seed, index, only=None):
+        if index == 6:
+            raise ValueError("empty range for randrange()")  # the fuzzer's own bug
         return sys_fuzz.Base("fake", b"", None), bytes([index]), None, [f"case {index}"]
 
     def run(base, data, pdb, directory, native_timeout, done=()):
@@ -438,11 +441,28 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
     monkeypatch.setattr(sys_fuzz, "load_bases", lambda names=None: [])
     monkeypatch.setattr(sys_fuzz, "make_case", case)
     monkeypatch.setattr(sys_fuzz, "run_case", run)
-    assert sys_fuzz.main(["--runs", "7", "--seed", "3", "--time-limit", "0.3"]) == 1
+    assert sys_fuzz.main(["--runs", "8", "--seed", "3", "--time-limit", "0.3"]) == 1
     out = capsys.readouterr().out
-    assert "7 cases in" in out and "ran 4" in out
+    assert "8 cases in" in out and "ran 4" in out
+    assert "FINDING case 6 (?.sys: ): fuzzer-error: making the case: ValueError" in out
     assert "FINDING case 1 (fake.sys: case 1): exception: KeyError: 'a model bug'" in out
     assert "FINDING case 3 (fake.sys: case 3): timeout: the case ran past 0.3 s" in out
     assert "FINDING case 5 (fake.sys: case 5): worker-died: the worker process died" in out
     for index in (1, 3, 5):
         assert f"replay: python -m ntpool.tools.sys_fuzz --seed 3 --case {index}" in out
+
+
+def test_the_bug_checks_the_fuzzer_met_unnamed_have_their_names():
+    """0x44 (an IRP completed twice, which damaged code reaches) was "BUGCHECK_44"."""
+    assert BugCheck(0x44).name == "MULTIPLE_IRP_COMPLETE_REQUESTS"
+
+
+def test_an_in_pointer_to_unmapped_user_memory_is_the_routines_read_access_violation():
+    k, driver = misbehave()
+    string = k.ExAllocatePoolWithTag(0, 64, "Strg")
+    k.write(string, "hello".encode("utf-16-le") + b"\0\0")
+    assert driver.call("MeasureString", string) == 10
+    check = bug_check_of(driver, "MeasureString", 0x2000)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert in_function(driver, check.parameters[1], "MeasureString")
+    assert check.parameters[2:] == (0, 0x2000)  # a read of 0x2000

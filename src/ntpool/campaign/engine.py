@@ -41,6 +41,10 @@ RUN_FUNCTIONS = {
 }
 
 
+class MissingExtra(ValueError):
+    """An option needs a package that is not installed (an extra of ntpool's)."""
+
+
 class RunTimedOut(BaseException):
     """Raised inside a run that exceeded its time limit (a BaseException, like BugCheck, so
     that a driver's ``except Exception`` cannot swallow it)."""
@@ -239,12 +243,18 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     # The executor has no public way to end a running call; its worker processes are
     # terminated, as multiprocessing.Pool.terminate does.
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
         process.join(timeout=5)
+    # The pool's thread ends once it sees its workers gone. Waited for here: left running,
+    # it could close its wake-up pipe while the interpreter's exit hook writes to it
+    # ("OSError: Bad file descriptor" at exit, Python 3.11).
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 @dataclass
@@ -393,7 +403,8 @@ class Engine:
         try:
             from distributed import Client, as_completed
         except ImportError:
-            raise RuntimeError("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
+            # A missing extra is the user's to install: one line (ValueError), not an error of ntpool.
+            raise MissingExtra("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
         client = self.dask if isinstance(self.dask, Client) else Client(self.dask)
         try:
             # Batches, larger than the local pool's: a Dask task costs milliseconds of

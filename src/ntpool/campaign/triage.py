@@ -25,6 +25,7 @@ from ..tags import display
 TOP_TAGS = 20  # per dump, by outstanding bytes
 SWOLLEN_FACTOR = 4
 SWOLLEN_MINIMUM = 64 << 10
+NO_BUGCHECK = "none (the machine was running)"
 
 
 def dump_task(path: str, timeout: float | None = None) -> dict:
@@ -80,7 +81,9 @@ def fleet_report(records: list[dict], top: int = 10) -> FleetReport:
             counts[value] = counts.get(value, 0) + 1
         return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-    bugchecks = counted(f"{r['code']:#x} {r['name']}" for r in read)
+    # A dump written with no bug check (a running machine's, as ntpool corpus writes them)
+    # has code 0, which names no stop.
+    bugchecks = counted(f"{r['code']:#x} {r['name']}" if r["code"] else NO_BUGCHECK for r in read)
     culprits = counted(r["driver"] or "(not recorded)" for r in read)
     per_tag: dict[str, list[int]] = {}
     for r in read:

@@ -36,8 +36,16 @@ def _cmd_score(args) -> int:
     import json
 
     from ..forensics.score import format_score, score_files
+    from ..tags import from_display
 
     tags = [t for t in args.tags.split(",") if t] if args.tags else None
+    if args.tags is not None and not tags:
+        raise ValueError(f"--tags {args.tags!r} names no tag")
+    for tag in tags or ():  # a typo would score nothing without a word
+        try:
+            from_display(tag)
+        except ValueError as error:
+            raise ValueError(f"--tags: {error}") from None
     if args.corpus:
         if args.truth or args.results:
             raise ValueError("give either --corpus DIR or TRUTH.json RESULTS..., not both")

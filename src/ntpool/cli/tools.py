@@ -321,7 +321,7 @@ def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
         return 0
     print(f"Tags that grew from {before.label or 'BEFORE'} to {after.label or 'AFTER'} "
           f"(most bytes first):")
-    print(f"{'Tag':<5} {'Type':<5} {'Diff':>14} {'Bytes':>22} {'Grown':>10}  Owner")
+    print(f"{'Tag':<5} {'Type':<5} {'Diff':^16} {'Bytes':^22} {'Grown':>10}  Owner")
     for g in grown:
         print(f"{g.tag:<5} {g.type:<5} {g.diff_before:>6} -> {g.diff_after:<6}"
               f" {g.bytes_before:>9} -> {g.bytes_after:<9} {g.bytes_grown:>+10}  "

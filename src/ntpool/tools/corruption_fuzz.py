@@ -32,14 +32,15 @@ quota bit and ProcessBilled, which its stray writes may hit too).
 """
 
 import argparse
+import multiprocessing
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
 import traceback
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, PASSIVE_LEVEL, POOL_QUOTA_FAIL_INSTEAD_OF_RAISE
@@ -367,9 +368,12 @@ def run_one(seed: int, steps: int = 400, dump: bool = False, dump_dir: str | Non
 
 
 def run_many(seeds, steps: int, dump_every: int, windows: str = "7",
-             wildness: Wildness = TAME) -> tuple[Counter, list[str]]:
-    outcomes: Counter = Counter()
-    errors: list[str] = []
+             wildness: Wildness = TAME, outcomes: Counter | None = None,
+             errors: list[str] | None = None) -> tuple[Counter, list[str]]:
+    """The runs of ``seeds``, counted into ``outcomes`` and ``errors`` as each ends (given
+    them, a caller keeps the counts of the runs made when Ctrl-C stops the rest)."""
+    outcomes = Counter() if outcomes is None else outcomes
+    errors = [] if errors is None else errors
     with tempfile.TemporaryDirectory(prefix="ntpool-fuzz-") as dump_dir:
         bugchecks = 0
         for seed in seeds:
@@ -388,6 +392,27 @@ def run_many(seeds, steps: int, dump_every: int, windows: str = "7",
 def _batch(arguments) -> tuple[Counter, list[str]]:
     seeds, steps, dump_every, windows, wildness = arguments
     return run_many(seeds, steps, dump_every, windows, wildness)
+
+
+def _worker_signals() -> None:
+    """A worker leaves Ctrl-C to the parent (which stops the campaign), and ends on the
+    parent's SIGTERM through SystemExit, so that its temporary dump folder is removed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _run_parallel(batches, jobs: int, outcomes: Counter, errors: list[str]) -> None:
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_signals)
+    try:
+        for counted, found in pool.imap(_batch, batches):
+            outcomes.update(counted)
+            errors.extend(found)
+    except BaseException:  # Ctrl-C: the batches in flight are dropped, the workers ended now
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
 
 
 def main(argv=None) -> int:
@@ -434,26 +459,31 @@ def main(argv=None) -> int:
     started = time.monotonic()
     outcomes: Counter = Counter()
     errors: list[str] = []
-    if args.jobs > 1:
-        size = max(1, args.runs // (args.jobs * 8))
-        batches = [(seeds[i:i + size], args.steps, args.dump_every, args.windows, wildness)
-                   for i in range(0, args.runs, size)]
-        with ProcessPoolExecutor(args.jobs) as pool:
-            for counted, found in pool.map(_batch, batches):
-                outcomes.update(counted)
-                errors.extend(found)
-    else:
-        outcomes, errors = run_many(seeds, args.steps, args.dump_every, args.windows, wildness)
+    interrupted = False
+    try:
+        if args.jobs > 1:
+            size = max(1, args.runs // (args.jobs * 8))
+            batches = [(seeds[i:i + size], args.steps, args.dump_every, args.windows, wildness)
+                       for i in range(0, args.runs, size)]
+            _run_parallel(batches, args.jobs, outcomes, errors)
+        else:
+            run_many(seeds, args.steps, args.dump_every, args.windows, wildness, outcomes, errors)
+    except KeyboardInterrupt:  # Ctrl-C: the counts of the runs made so far, then status 130
+        interrupted = True
     for text in errors[:5]:
         print(text, file=sys.stderr)
     elapsed = time.monotonic() - started
+    made = sum(count for outcome, count in outcomes.items() if outcome != "dumps opened and analyzed")
     print(f"{windows_version(args.windows)}: seeds {first}..{first + args.runs - 1}, "
-          f"{args.steps} steps a run, {elapsed:.0f} s")
+          f"{args.steps} steps a run, {elapsed:.0f} s"
+          + (f"; interrupted (Ctrl-C) after {made} of {args.runs} runs" if interrupted else ""))
     if wildness != TAME:
         print(f"  driver: {wildness}")
     for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome}: {count}")
     print(f"internal errors: {len(errors)}")
+    if interrupted:
+        return 130
     return 1 if errors else 0
 
 

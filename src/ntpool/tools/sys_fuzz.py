@@ -235,6 +235,8 @@ def mutate(base: Base, rng: random.Random, only=None) -> tuple[bytes, bytes | No
                     data[at] = rng.getrandbits(8)
             done.append(f"bytes in {label} near {offset:#x}")
         elif kind == "bytes":
+            if not data:
+                continue
             for _ in range(rng.randint(1, 12)):
                 at = rng.randrange(min(len(data), 0x400) if rng.random() < 0.7 else len(data))
                 data[at] = rng.getrandbits(8)
@@ -246,6 +248,8 @@ def mutate(base: Base, rng: random.Random, only=None) -> tuple[bytes, bytes | No
             data[offset:offset + 2] = new.to_bytes(2, "little")
             done.append(f"NumberOfSections -> {new}")
         elif kind == "truncate":
+            if len(data) < 2:
+                continue  # cut to nothing already
             cut = rng.choice((rng.randrange(len(data)), rng.randrange(0x40, 0x400),
                               len(data) - rng.randrange(1, 512)))
             del data[max(cut, 0):]
@@ -372,7 +376,14 @@ def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_
     bases = load_bases(names)
     with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
         for index in range(first, last):
-            base, data, pdb, done = make_case(bases, seed, index, only)
+            try:
+                base, data, pdb, done = make_case(bases, seed, index, only)
+            except Exception as error:  # noqa: BLE001 - the fuzzer's own bug: say so, go on
+                out.write(json.dumps({"done": index, "kind": "fuzzer-error", "base": "?",
+                                      "mutations": [], "detail": f"making the case: "
+                                      f"{type(error).__name__}: {error}"[:300],
+                                      "traceback": traceback.format_exc()[-3000:]}) + "\n")
+                continue
             out.write(json.dumps({"start": index, "base": base.name, "mutations": done}) + "\n")
             try:
                 outcome = run_case(base, data, pdb, directory, native_timeout, done)

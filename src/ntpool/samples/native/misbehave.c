@@ -34,6 +34,15 @@ __declspec(dllexport) NTSTATUS CaughtAllocateInto(ULONG64 out) {
     }
 }
 
+/* An in-pointer to memory nothing maps: the routine reads the string there. */
+NTSYSAPI VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString,
+                                         const unsigned short *SourceString);
+__declspec(dllexport) USHORT MeasureString(ULONG64 source) {
+    UNICODE_STRING string;
+    RtlInitUnicodeString(&string, (const unsigned short *)source);
+    return string.Length;
+}
+
 /* An endless loop at DISPATCH_LEVEL: Windows 8 and later's DPC watchdog stops it. */
 __declspec(dllexport) VOID SpinAtDispatch(void) {
     KIRQL old;
