@@ -409,3 +409,12 @@ def test_triage_of_dumps_written_with_no_bug_check_says_so():
     record = {"verdict": "read", "path": "d0", "code": 0, "name": "BUGCHECK_0", "parameters": [0] * 4,
               "driver": "", "call_site": "", "tags": []}
     assert fleet_report([record, dict(record, path="d1")]).bugchecks == [(NO_BUGCHECK, 2)]
+
+
+def test_dask_without_its_extra_is_one_line_naming_the_extra(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    assert main(["verify", SCENARIO, "--dask", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'ntpool[dask]'" in err

@@ -41,6 +41,10 @@ RUN_FUNCTIONS = {
 }
 
 
+class MissingExtra(ValueError):
+    """An option needs a package that is not installed (an extra of ntpool's)."""
+
+
 class RunTimedOut(BaseException):
     """Raised inside a run that exceeded its time limit (a BaseException, like BugCheck, so
     that a driver's ``except Exception`` cannot swallow it)."""
@@ -399,7 +403,8 @@ class Engine:
         try:
             from distributed import Client, as_completed
         except ImportError:
-            raise RuntimeError("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
+            # A missing extra is the user's to install: one line (ValueError), not an error of ntpool.
+            raise MissingExtra("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
         client = self.dask if isinstance(self.dask, Client) else Client(self.dask)
         try:
             # Batches, larger than the local pool's: a Dask task costs milliseconds of
