@@ -5,9 +5,11 @@
 
 It makes real dumps first (per Windows design: the demo's drivers and crash; a machine with
 Driver Verifier's special pool and tracking, drivers' lookaside lists and big allocations;
-a forensics corpus dump with its truth manifest), as kernel (bitmap) and full dumps. Each
-case then takes one of them, damages it in a targeted way and runs every reader on it, in
-this process's worker:
+a forensics corpus dump with its truth manifest; a 256 MiB machine), as kernel (bitmap) and
+full dumps (in a child process: the machines never weigh on the workers). Each case then
+takes one of them, damages it in a targeted way and runs every reader on it, in a worker
+process (one at a time, forked, restarted after a hang or a blow-up; a seed's working copy
+is damaged in place and mended after the case):
 
 - the dump header's fields (signature, DirectoryTableBase, PfnDataBase, the runs, the bitmap
   summary, the bitmap, DumpType, the KdDebuggerDataBlock pointer), sizes that claim terabytes;
@@ -20,23 +22,31 @@ this process's worker:
   Verifier's tracking list, and on the segment heap ExPoolState, the heap globals, the heap
   ranges, segment headers and page range descriptors, LFH and VS subsegments and VS chunk
   headers;
-- truncation at many offsets (in the header, the bitmap, a page table, a pool page);
+- a forged 1 GiB page mapping every frame of a full dump, and a table (tracker, big pages,
+  Verifier's list, call and allocation sites, heap ranges, modules, lookasides, pool state,
+  a pool's range) pointed there, claiming as much as the file holds or about the reader's
+  limits;
+- storms of edits in one structure; truncation at many offsets (in the header, the bitmap,
+  a page table, a pool page);
 - and random bytes anywhere, a few at a time.
 
 Then every ``ntpool kd`` command runs on it (``!analyze -v``, ``!pool`` with each flag,
 ``!poolval``, ``!poolused``, ``!poolfind`` by tag, wildcard and TagValue on both pools,
 ``!verifier 3``, ``!vm``, ``!pte``, ``!lookaside``, ``db``/``dw``/``dd``/``dq``/``dps``,
 ``dt`` of every structure, ``lm``, ``k``, ``r``, ``.bugcheck``, ``?``), kd's Tab completion,
-``ntpool poolmon DUMP``'s model and screen and the page map's strips. Every few cases,
-``ntpool score`` gets a damaged truth manifest or scanner results instead.
+``ntpool poolmon DUMP``'s model and screen and the page map's strips; now and then
+``!poolfind`` shared with forked workers, whose text must be one process's. Every few cases,
+``ntpool score`` gets a damaged truth manifest or scanner results instead, or ``poolsnap
+--diff`` a damaged snapshot file.
 
 A failure is anything that is not ntpool's own clear error: the reader may refuse a dump
 with one line (``DumpFormatError``), a command prints its error (its output says what the
 dump lacks), score refuses with one line naming the file (``ValueError``); any other
 exception (a traceback), a case running past ``--timeout`` (a hang: the worker is killed,
-its stack printed) or a worker whose resident memory passes ``--memory-mib`` is reported
-with the command that replays it (``--seed S --case N``). The exit status is 1 when there
-was any failure.
+its stack printed) or a case that takes the worker's peak resident memory past
+``--memory-mib`` is reported with the command that replays it (``--seed S --case N``, with
+the same version of this tool and the same ``--windows``/``--kinds``). The exit status is 1
+when there was any failure.
 """
 
 import argparse
