@@ -466,3 +466,19 @@ def test_an_in_pointer_to_unmapped_user_memory_is_the_routines_read_access_viola
     assert check.code == 0x1E and check.parameters[0] == 0xC0000005
     assert in_function(driver, check.parameters[1], "MeasureString")
     assert check.parameters[2:] == (0, 0x2000)  # a read of 0x2000
+
+
+def test_a_filter_that_cannot_be_called_on_the_drivers_stack_is_a_double_fault():
+    """Inside CaughtRaise's __try (whose filter is a funclet), rsp set to 0x40 and then
+    ud2: the frame unwinds through rbp, so the search finds the filter, but its call cannot
+    push a frame at rsp 0x40; Windows' push would fault again: a double fault, 0x7F (8).
+    ntpool wrote the filter's frame at 0x40 - 0x108 (ValueError, the fuzzer's case 6500 of
+    seed 12, --drivers faults --kinds table,region,code)."""
+    k = machine()
+    driver = load_native_driver(k, sys_bytes("faults"), name="faults.sys")
+    at = driver.address_of("CaughtRaise") + 0xD  # the first byte of its __try
+    k.write(at, b"\x48\xc7\xc4\x40\x00\x00\x00\x0f\x0b")  # mov rsp, 0x40; ud2
+    with pytest.raises(BugCheck) as caught:
+        driver.call("CaughtRaise", 0xC000009A)
+    assert caught.value.code == 0x7F and caught.value.parameters[0] == 8
+    assert "rsp 0x40 is not on the kernel stack" in caught.value.detail

@@ -375,6 +375,15 @@ class NativeMachine:
         args = [int(a) & 0xFFFFFFFFFFFFFFFF for a in args]
         rsp = (outer_rsp - 0x100 - 8 * max(0, len(args) - 4)) & ~0xF
         rsp -= 8  # the return address: at a function's entry rsp is 8 modulo 16
+        if nested and not seh.stack_limits()[0] <= rsp < outer_rsp <= seh.stack_limits()[1]:
+            # The frame for a filter, a __finally or a callback cannot be pushed where the
+            # driver's rsp points (off the kernel stack, or at its end): on Windows that push
+            # faults again and the fault becomes a double fault.
+            self.location = self.cpu.rip_register.read()[0]
+            kernel.KeBugCheckEx(BugCheckCode.UNEXPECTED_KERNEL_MODE_TRAP, 8, 0, 0, 0,
+                                detail=f"a call into native code at {self.describe(address)} "
+                                       f"cannot push its frame: rsp {outer_rsp:#x} is not on "
+                                       f"the kernel stack (a double fault)")
         kernel.write(rsp, _Q.pack(cpu_module.RETURN_TRAP))
         for index, value in enumerate(args[4:]):
             kernel.write(rsp + 0x28 + 8 * index, _Q.pack(value))
