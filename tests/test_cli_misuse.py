@@ -364,3 +364,11 @@ def test_ctrl_c_stops_the_corruption_fuzzer_with_its_counts_so_far(tmp_path, job
     assert b"Traceback" not in err and b"interrupted (Ctrl-C) after" in out
     assert b"internal errors: 0" in out
     assert not list(tmp_path.glob("ntpool-fuzz-*"))  # the workers' dump folders removed
+
+
+def test_a_full_disk_under_the_output_is_one_line_without_python_s_errno():
+    with open("/dev/full", "w") as full:
+        process = _ntpool("symbols", stdout=full,
+                          stderr=subprocess.PIPE)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and err == b"ntpool: No space left on device\n"

@@ -212,9 +212,11 @@ def _report(error: BaseException, interrupted: bool) -> int:
     if isinstance(error, BugCheck):
         print(f"ntpool: the machine bug-checked: {error}", file=sys.stderr)
         return 3
-    if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        # "ntpool: out/x.json: No such file or directory", not "[Errno 2] ...: 'out/x.json'"
-        print(f"ntpool: {error.filename}: {error.strerror}", file=sys.stderr)
+    if isinstance(error, OSError) and error.strerror:
+        # "ntpool: out/x.json: No such file or directory", not "[Errno 2] ...: 'out/x.json'";
+        # without a file (the output itself: a full disk), the system's words alone
+        where = f"{error.filename}: " if error.filename is not None else ""
+        print(f"ntpool: {where}{error.strerror}", file=sys.stderr)
         return 2
     if isinstance(error, (TagError, NtStatusError, ScenarioError, MachineHalted, ValueError,
                           TypeError, OSError, MemoryError)):
