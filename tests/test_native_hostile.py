@@ -482,3 +482,42 @@ def test_a_filter_that_cannot_be_called_on_the_drivers_stack_is_a_double_fault()
         driver.call("CaughtRaise", 0xC000009A)
     assert caught.value.code == 0x7F and caught.value.parameters[0] == 8
     assert "rsp 0x40 is not on the kernel stack" in caught.value.detail
+
+
+RECURSION_SCRIPT = r"""
+import struct, sys
+import ntpool
+from ntpool.errors import BugCheck
+from ntpool.native import load_native_driver
+k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+driver = load_native_driver(k, sys.argv[1], name="faults.sys")
+machine = driver.machine
+at = driver.address_of("Divide")  # 16 bytes, no mov cr8 the loader hooks
+slot = driver.image_base + next(i.iat_rva for i in driver.image.imports if i.name == "ExRaiseStatus")
+call = at + 4
+code = b"\x48\x83\xec\x28" + b"\xff\x15" + struct.pack("<i", slot - (call + 6)) + b"\x48\x83\xc4\x28\xc3"
+k.write(at, code)  # sub rsp, 0x28; call [ExRaiseStatus]; add rsp, 0x28; ret
+number = machine.bindings.names.index("ExRaiseStatus")
+machine.bindings.handlers[number] = lambda *registers: machine.call(at)  # ntpool calls back
+try:
+    driver.call(at)
+except BugCheck as error:
+    print(hex(error.code), hex(error.parameters[0]), error.detail)
+"""
+
+
+def test_native_code_and_ntpool_calling_each_other_without_end_is_a_stack_overflow(tmp_path):
+    """A routine that calls back into the code that called it, for ever (the fuzzer's seed 13,
+    case 5832: a lookaside list's Free routine damaged into deleting its own list): the
+    process died of a C stack overflow at 65 nested runs. Now 0x7F (8), a kernel stack
+    overflow, as on Windows. Run in a child process, so that a regression kills only it."""
+    import subprocess
+    import sys
+    script = tmp_path / "recurse.py"
+    script.write_text(RECURSION_SCRIPT)
+    src = os.path.dirname(os.path.dirname(ntpool.__file__))
+    result = subprocess.run([sys.executable, str(script), os.path.join(SOURCE_DIRECTORY, "faults.sys")],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=src))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("0x7f 0x8 kernel stack overflow: more than 32 calls nested")

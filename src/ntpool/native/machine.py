@@ -41,6 +41,10 @@ STATUS_ACCESS_VIOLATION = 0xC0000005
 DPC_WATCHDOG_FIRST_BUILD = 9200
 DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
 RFLAGS_IF = 0x200
+# Calls from ntpool into native code nested inside native code's calls into ntpool. The
+# host's C stack bounds them (each is a nested uc_emu_start; the process died at 65), well
+# before a real driver's (a few levels: a lookaside list's Free routine, a completion routine).
+MAX_NESTED_CALLS = 32
 
 
 class RoutineAccessViolation(NtStatusError):
@@ -370,6 +374,15 @@ class NativeMachine:
         cpu = self.cpu
         driver = driver or self.driver_at(address)
         nested = cpu.depth > 0
+        if cpu.depth >= MAX_NESTED_CALLS:
+            # Native code and ntpool calling each other without end (a lookaside Free
+            # routine that deletes its own list...): on Windows the kernel stack runs out
+            # first; here the host's C stack would, each nested run being unicorn's own.
+            self.location = cpu.rip_register.read()[0]
+            kernel.KeBugCheckEx(BugCheckCode.UNEXPECTED_KERNEL_MODE_TRAP, 8, 0, 0, 0,
+                                detail=f"kernel stack overflow: more than {MAX_NESTED_CALLS} "
+                                       f"calls nested between ntpool and native code, the "
+                                       f"last into {self.describe(address)}")
         saved = cpu.uc.context_save() if nested else None
         outer_rsp = cpu.stack_register.read()[0] if nested else cpu_module.KERNEL_STACK_TOP
         args = [int(a) & 0xFFFFFFFFFFFFFFFF for a in args]
