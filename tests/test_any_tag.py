@@ -221,7 +221,7 @@ def test_kd_refuses_a_tag_string_beyond_ascii_and_names_the_0x_form(tmp_path):
 
 @pytest.mark.parametrize("windows", [7, 11])
 def test_the_manifest_and_the_score_read_high_tags_as_kd_shows_them(tmp_path, windows):
-    from ntpool.forensics import truth
+    from ntpool.dump import truth
     from ntpool.forensics.score import score_files
     k = machine(windows)
     kept = [k.ExAllocatePoolWithTag(pool, size, tag) for tag in (0xDEADBEEF, "f\xe9rP", 0x00000141)

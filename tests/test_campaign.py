@@ -323,7 +323,7 @@ def test_score_of_a_corpus_dump_reads_poolfind_streamed_as_from_whole_text(tmp_p
     from ntpool.dump import DumpReader
     from ntpool.forensics.corpus import CorpusOptions, make_corpus
     from ntpool.forensics.score import Results, parse_poolfind, score
-    from ntpool.forensics.truth import load
+    from ntpool.dump.truth import load
 
     make_corpus(tmp_path / "c", CorpusOptions(count=1, seed=5, min_pool_mib=1, max_pool_mib=1))
     entry = json.loads((tmp_path / "c" / "corpus.json").read_text())["dumps"][0]
@@ -341,7 +341,7 @@ def test_a_windows_11_corpus_scores_ntpools_scanner_without_a_false_header(tmp_p
     import json
 
     from ntpool.dump import DumpReader
-    from ntpool.forensics.truth import check_against_tracker, load
+    from ntpool.dump.truth import check_against_tracker, load
 
     assert main(["corpus", "--out", str(tmp_path / "c"), "--count", "2", "--windows", "11",
                  "--pool-mib", "1-2", "-j", "1"]) == 0

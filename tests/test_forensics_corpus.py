@@ -8,7 +8,7 @@ import pytest
 from ntpool.cli.main import main
 from ntpool.debugger.session import KdSession
 from ntpool.dump.reader import DumpReader
-from ntpool.forensics import truth as t
+from ntpool.dump import truth as t
 from ntpool.forensics.corpus import CorpusOptions, make_corpus, make_dump
 from ntpool.forensics.score import format_score, score_files
 

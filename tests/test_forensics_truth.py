@@ -8,7 +8,7 @@ import pytest
 
 import ntpool
 from ntpool import PoolType
-from ntpool.forensics import truth as t
+from ntpool.dump import truth as t
 from ntpool.pool.walk import lookaside_entries
 
 

@@ -12,7 +12,7 @@ import ntpool
 from ntpool import PoolType
 from ntpool.debugger.session import KdSession
 from ntpool.dump.reader import DumpReader
-from ntpool.forensics import truth as t
+from ntpool.dump import truth as t
 from ntpool.forensics.score import read_results, score, score_files, tag_forms
 from ntpool.machine.memory import canonical
 from ntpool.pool.segment_heap.layout import VS_HEADER_SIZE, decode_vs_bits

@@ -134,7 +134,7 @@ def test_the_tag_scan_plugin_finds_every_live_chunk_of_a_tag(demo_dump, vol):
 
 def test_poolfind_finds_every_chunk_of_the_demos_dump_the_damaged_page_included(demo_dump, tmp_path):
     from ntpool.debugger.session import KdSession
-    from ntpool.forensics import truth as t
+    from ntpool.dump import truth as t
     from ntpool.forensics.score import score_files
 
     document = t.load(demo_dump.parent / "truth.json")

@@ -142,7 +142,7 @@ def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=Non
     With ``symbols`` the symbol file analysers need (``ntpool.dump.isf``, the machine's
     build's) is put in a
     ``symbols`` folder beside the dump, once per folder (best effort: the package ships it too);
-    ``truth`` is where to write the truth manifest (``ntpool.forensics.truth``).
+    ``truth`` is where to write the truth manifest (``ntpool.dump.truth``).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'full' or 'kernel', not {kind!r}")
@@ -165,7 +165,7 @@ def write_dump(kernel, path, kind: str = "full", symbols: bool = True, truth=Non
         except OSError:
             pass  # the dump is written; `ntpool symbols` names the package's copy
     if truth is not None:
-        from ..forensics.truth import write_for_dump
+        from .truth import write_for_dump
 
         write_for_dump(kernel, truth, path, kind)
     return path

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from ..constants import PAGE_SIZE, PoolType
 from ..pool.layout import POOL_HEADER, POOL_IN_USE
 from ..tags import PROTECTED_POOL, from_display
-from . import truth as truth_module
+from ..dump import truth as truth_module
 
 MiB = 1 << 20
 CORPUS_EPOCH = 133_801_632_000_000_000  # 2025-01-01 00:00 UTC as a FILETIME

@@ -30,7 +30,7 @@ from ..constants import PAGE_SIZE
 from ..machine.memory import canonical
 from ..pool.layout import HEADER_SIZE
 from ..tags import display, is_hex_tag
-from .truth import load
+from ..dump.truth import load
 
 CANONICAL_LOW = 1 << 47
 

@@ -14,7 +14,7 @@ from ..debugger.session import KdSession
 from ..dump import DumpReader
 from .corpus import make_dump
 from .score import Results, parse_poolfind, read_results, score
-from .truth import load
+from ..dump.truth import load
 
 
 def run_corpus_dump(task: dict) -> dict:

@@ -1,5 +1,5 @@
 """Every chunk of one pool, from the allocator's own state: what a truth manifest
-(``ntpool.forensics.truth``) is made of. Each design walks its own pools (``design.walk``):
+(``ntpool.dump.truth``) is made of. Each design walks its own pools (``design.walk``):
 Windows 7's classic pool here, the segment heap in ``segment_heap/walk.py``; both give a
 ``PoolWalk`` of plain rows. Nothing here changes the machine: a page that is paged out is read
 from the page file, never paged in.

@@ -1,5 +1,5 @@
 """Every chunk of one kernel segment heap, from the heap's own state: the truth a manifest
-(``ntpool.forensics.truth``) is made of on a Windows 10/11 machine.
+(``ntpool.dump.truth``) is made of on a Windows 10/11 machine.
 
 The heap's index says where its subsegments are and which LFH blocks are busy (the mirror of
 each bitmap), which blocks wait on the dynamic lookaside or the VS delay-free list, and what
