@@ -1,6 +1,7 @@
 """The dump fuzzer itself (python -m ntpool.tools.dump_fuzz): its cases replay, and it reports
 what it exists to catch (a traceback, a hang, a blow-up) with the case that replays it."""
 
+import os
 import random
 import time
 
@@ -62,8 +63,12 @@ def test_a_hang_and_a_blow_up_are_reported_and_the_worker_restarted(seeds, monke
     try:
         number, outcome, detail, _, _ = pool.run(7, 1.0)
         assert (number, outcome) == (7, "failure") and "a hang" in detail and "_hang" in detail
+        hung_in = pool.directory
         monkeypatch.setattr(dump_fuzz, "run_case", _blow_up)
         number, outcome, detail, _, rss = pool.run(8, 5.0)
         assert (number, outcome) == (8, "failure") and "resident memory" in detail and rss > 150
+        assert not os.path.exists(hung_in)  # the killed worker's folder (its working copies) is gone
+        last = pool.directory
     finally:
         pool.close()
+    assert not os.path.exists(last)

@@ -663,3 +663,27 @@ def test_low_resources_filters_a_tag_tools_show_as_its_ulong(k):
 def test_a_tag_pattern_that_is_no_tag_is_refused(k, pattern):
     with pytest.raises(ValueError, match="tag pattern"):
         k.verifier.enable("buggy.sys", special_pool=True, special_pool_tags=[pattern])
+
+
+class CarefulToo(Driver):
+    name = "other.sys"
+
+    def run(self, k, n):  # code of its own: its call sites are other.sys's
+        return [k.ExAllocatePoolWithTag(NP, 32, "Car2") for _ in range(n)]
+
+
+def test_two_drivers_verified_with_one_seed_fail_independently(k):
+    # Each driver's random failures come from a stream of its own: the same seed must not
+    # fail both drivers' n-th allocations together, and a run again gives the same failures.
+    def failures(kernel):
+        first, second = Careful(), CarefulToo()
+        kernel.load_driver(first)
+        kernel.load_driver(second)
+        for name in ("buggy.sys", "other.sys"):
+            kernel.verifier.enable(name, low_resources=True, fault_probability=0.25, fault_seed=3)
+        return [r == 0 for r in first.run(kernel, 400)], [r == 0 for r in second.run(kernel, 400)]
+
+    first, second = failures(k)
+    assert 50 < sum(first) < 150 and 50 < sum(second) < 150
+    assert first != second
+    assert failures(ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB)) == (first, second)

@@ -856,7 +856,7 @@ def _rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep) -> None:
+def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep, directory) -> None:
     from ..debugger.pooltag import PoolTagDatabase
 
     # Address space capped well above the limit: a runaway allocation is a MemoryError here,
@@ -867,35 +867,31 @@ def _worker(connection, seeds, master, timeout, memory_mib, stacks_path, keep) -
         pass
     pooltags = PoolTagDatabase.default(environ={})
     stacks = open(stacks_path, "w")
-    directory = tempfile.mkdtemp(prefix="dump-fuzz-")
-    try:
-        while True:
-            try:
-                number = connection.recv()
-            except EOFError:  # the parent is gone
-                return
-            if number is None:
-                return
-            faulthandler.dump_traceback_later(timeout, exit=True, file=stacks)
-            started = time.process_time()
-            try:
-                outcome, detail = "ok", run_case(seeds, master, number, directory, pooltags, keep)
-            except Failure as failure:
-                outcome, detail = "failure", str(failure)
-            except MemoryError:
-                outcome, detail = "failure", "MemoryError (address space past 8 GiB)"
-            except Exception as error:  # the fuzzer's own mistake: say so, carry on
-                outcome, detail = "failure", f"the fuzzer failed: {_described(error)}"
-            faulthandler.cancel_dump_traceback_later()
-            rss = max(_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # (peak: Linux KiB)
-            if rss > memory_mib:
-                outcome, detail = "failure", (f"resident memory {rss:.0f} MiB in the case ({detail}) "
-                                              f"[{LAST_DAMAGE[0]}: {'; '.join(LAST_DAMAGE[1:])}]")
-            connection.send((number, outcome, detail, time.process_time() - started, rss))
-            if outcome == "failure" and rss > memory_mib:
-                return
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    while True:
+        try:
+            number = connection.recv()
+        except EOFError:  # the parent is gone
+            return
+        if number is None:
+            return
+        faulthandler.dump_traceback_later(timeout, exit=True, file=stacks)
+        started = time.process_time()
+        try:
+            outcome, detail = "ok", run_case(seeds, master, number, directory, pooltags, keep)
+        except Failure as failure:
+            outcome, detail = "failure", str(failure)
+        except MemoryError:
+            outcome, detail = "failure", "MemoryError (address space past 8 GiB)"
+        except Exception as error:  # the fuzzer's own mistake: say so, carry on
+            outcome, detail = "failure", f"the fuzzer failed: {_described(error)}"
+        faulthandler.cancel_dump_traceback_later()
+        rss = max(_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # (peak: Linux KiB)
+        if rss > memory_mib:
+            outcome, detail = "failure", (f"resident memory {rss:.0f} MiB in the case ({detail}) "
+                                          f"[{LAST_DAMAGE[0]}: {'; '.join(LAST_DAMAGE[1:])}]")
+        connection.send((number, outcome, detail, time.process_time() - started, rss))
+        if outcome == "failure" and rss > memory_mib:
+            return
 
 
 class Pool:
@@ -907,13 +903,23 @@ class Pool:
         self.stacks = tempfile.NamedTemporaryFile(prefix="dump-fuzz-stacks-", delete=False).name
         self.process = None
         self.outcome_ended_it = False  # the last case's report ended the worker (a blow-up)
+        self.directory = None
 
     def _start(self):
         context = multiprocessing.get_context("fork")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, *self.args, self.stacks, self.keep),
-                                       daemon=True)
+        # The worker's folder (its seeds' working copies, 256 MiB each) is this process's to
+        # remove: a worker killed after a hang cannot.
+        self._remove_directory()
+        self.directory = tempfile.mkdtemp(prefix="dump-fuzz-")
+        self.process = context.Process(target=_worker, args=(child, *self.args, self.stacks, self.keep,
+                                                             self.directory), daemon=True)
         self.process.start()
+
+    def _remove_directory(self):
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
 
     def run(self, number: int, timeout: float):
         if self.process is not None and self.outcome_ended_it:
@@ -955,6 +961,7 @@ class Pool:
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join()
+        self._remove_directory()
         os.unlink(self.stacks)
 
 
