@@ -68,6 +68,23 @@ def test_poolfind_is_exact_where_it_can_see(corpus, tmp_path):
         assert result["big allocations"]["precision"] == result["big allocations"]["recall"] == 1.0
 
 
+def test_a_score_for_some_tags_judges_only_their_findings(corpus, tmp_path):
+    # --tags cuts the findings as it cuts the truth: each tag's row is the whole score's
+    # restricted to it (right never above truth), and the rows add up to the whole.
+    directory, index = corpus
+    entry = index["dumps"][0]
+    hits = poolfind_all(directory / entry["dump"], tmp_path / "poolfind.txt")
+    whole = score_files(directory / entry["truth"], [hits])
+    tags = sorted({row[4].rstrip() for row in t.load(directory / entry["truth"])["chunks"]})
+    found = right = truth = 0
+    for tag in tags:
+        part = score_files(directory / entry["truth"], [hits], [tag])["headers"]
+        assert part["right"] <= part["truth"] and part["right"] <= part["found"]
+        found, right, truth = found + part["found"], right + part["right"], truth + part["truth"]
+    assert (found, right, truth) == (whole["headers"]["found"], whole["headers"]["right"],
+                                     whole["headers"]["truth"])
+
+
 def test_volatility3s_scanners_scored(corpus, tmp_path):
     pytest.importorskip("volatility3")
     from ntpool.forensics.volatility import as_vol_json, run_plugin

@@ -332,7 +332,10 @@ def _score(index: TruthIndex, results: Results, tags) -> dict:
     def false(cause):
         false_hits[cause] = false_hits.get(cause, 0) + 1
 
-    for finding in results.findings:
+    # Only the tags asked about are judged: findings of other tags are neither right nor
+    # false (the truth is cut to those tags likewise).
+    findings = [f for f in results.findings if tags is None or f.tag in tags]
+    for finding in findings:
         va = index.virtual(finding)
         if finding.big:
             big_claims.add((va, finding.tag))
@@ -388,7 +391,7 @@ def _score(index: TruthIndex, results: Results, tags) -> dict:
         cause = "paged out" if index.big[address]["paged_out"] else "other"
         big_misses[cause] = big_misses.get(cause, 0) + 1
 
-    header_hits = len([f for f in results.findings if not f.big])
+    header_hits = len([f for f in findings if not f.big])
 
     def row(truth, claims, right):
         return {"truth": truth, "found": claims, "right": right,
