@@ -60,6 +60,15 @@ def test_a_directory_or_a_c_source_is_not_a_scenario(tmp_path, capsys):
     assert "neither a crash dump" in capsys.readouterr().err
 
 
+def test_verify_of_a_file_that_is_no_driver_is_one_line_as_run_answers(tmp_path, capsys):
+    bad = tmp_path / "bad.sys"
+    bad.write_bytes(b"MZ not a driver")
+    for command in ("run", "verify"):
+        assert main([command, str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ntpool: ") and "BadImage" in err and len(err.strip().splitlines()) == 1
+
+
 def test_output_paths_are_refused_before_the_run(tmp_path, capsys):
     scenario, marker = _marker_scenario(tmp_path)
     missing = str(tmp_path / "no-such-directory" / "out")

@@ -166,6 +166,10 @@ def engine_for(args, description: dict, console: Console, what: str):
                   f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 
 
+# A baseline run that raised one of these never loaded the driver (ntpool.native's refusals).
+IMAGE_REFUSED = ("BadImage", "MissingImports")
+
+
 def cmd_verify(args) -> int:
     from ..campaign.verify import FaultPlan, campaign_description, verify
 
@@ -181,6 +185,11 @@ def cmd_verify(args) -> int:
         campaign = verify(args.scenario, seed=args.seed, max_runs=args.max_runs, plan=plan,
                           engine=engine, timeout=args.timeout, windows=args.windows)
     baseline = campaign.baseline
+    if baseline.get("exception") in IMAGE_REFUSED:
+        # The driver never loaded (a file that is not a driver ntpool can map, or imports it
+        # lacks): nothing was verified; one line and status 2, as `ntpool run` answers.
+        print(f"ntpool: {baseline['evidence']}", file=sys.stderr)
+        return 2
     console.print(f"baseline run (no failure injected): {baseline['verdict']}"
                   f"{': ' + baseline['evidence'] if baseline.get('evidence') else ''}", highlight=False)
     if not campaign.baseline_clean:
