@@ -288,7 +288,7 @@ def surface_complete() -> None:
     _surface_is_complete = True
 
 
-def _surface_loaded() -> None:
+def _require_surface() -> None:
     if not _surface_is_complete:
         raise RegistryError("the routine surface is declared by ntpool.kernel: import it "
                             "(ntpool.Kernel) before reading the registry")
@@ -296,13 +296,13 @@ def _surface_loaded() -> None:
 
 def routines() -> list[Routine]:
     """Every registered routine, by name."""
-    _surface_loaded()
+    _require_surface()
     return [_ROUTINES[name] for name in sorted(_ROUTINES)]
 
 
 def lookup(name: str) -> Routine:
     """The routine called ``name``; KeyError if no routine has that name."""
-    _surface_loaded()
+    _require_surface()
     try:
         return _ROUTINES[name]
     except KeyError:
@@ -311,17 +311,17 @@ def lookup(name: str) -> Routine:
 
 def by_module(module: str) -> list[Routine]:
     """The routines ``module`` ("ntoskrnl.exe", "HAL.dll", "NDIS.SYS") exports."""
-    _surface_loaded()
+    _require_surface()
     return [r for r in routines() if r.module == module]
 
 
 def data_exports() -> list[DataExport]:
-    _surface_loaded()
+    _require_surface()
     return [_DATA[name] for name in sorted(_DATA)]
 
 
 def lookup_data(name: str) -> DataExport:
-    _surface_loaded()
+    _require_surface()
     try:
         return _DATA[name]
     except KeyError:
