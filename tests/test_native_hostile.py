@@ -377,7 +377,7 @@ def test_a_driver_that_turns_paging_off_is_named_and_the_cpu_is_set_up_again():
     at = driver.address_of("RaiseAndReport")
     k.write(at, b"\x48\x31\xc0\x0f\x22\xc0\xc3")
     with pytest.raises(NativeError, match=r"RaiseAndReport\+0x6\b.*UC_ERR_FETCH_UNMAPPED.*the driver "
-                                          r"changed CR0 to 0x[0-9a-f]+ \(ntpool's 0x80010001\)"):
+                                          r"changed CR0 to 0x[0-9a-f]+ \(ntpool's 0x80010011\)"):
         driver.call(at, 2)
     assert driver.machine.cpu.control_registers_changed() == ""
     assert driver.call("Divide", 6, 3) == 2
@@ -540,3 +540,145 @@ def test_ctrl_c_inside_a_routine_native_code_called_is_a_keyboard_interrupt():
     with pytest.raises(KeyboardInterrupt):
         driver.call("AllocateInto", k.ExAllocatePoolWithTag(0, 8, "Outp"))
     assert machine.cpu.depth == 0
+
+
+# --- a syscall outside the import stubs -------------------------------------------------------------
+
+def test_a_syscall_outside_the_import_stubs_is_an_illegal_instruction_not_the_last_routine_again():
+    """Native code's own `syscall` (not an import stub's) made the bridge call whatever routine
+    the call block named last, with whatever the block held. Windows' system call entry is
+    for user mode; ntpool raises STATUS_ILLEGAL_INSTRUCTION at the driver's instruction."""
+    k, driver = misbehave()
+    out = k.ExAllocatePoolWithTag(0, 8, "Outp")
+    assert driver.call("AllocateInto", out) == 0  # NdisAllocateMemoryWithTag: the last routine
+    rows = [(row.Tag, row.NonPagedAllocs) for row in k.pool_tags()]
+    check = bug_check_of(driver, "Syscall")
+    assert check.code == 0x1E and check.parameters[0] == 0xC000001D
+    assert in_function(driver, check.parameters[1], "Syscall")
+    assert k.read(check.parameters[1], 2) == b"\x0f\x05"  # the syscall itself
+    assert "Syscall+" in check.detail and "misbehave.c:" in check.detail
+    assert [(row.Tag, row.NonPagedAllocs) for row in k.pool_tags()] == rows  # nothing called again
+
+
+def test_a_stray_syscall_is_caught_by_a_try_and_is_0x7e_in_a_system_thread():
+    k, driver = misbehave()
+    assert driver.call("CaughtSyscall") == 0xC000001D
+    with pytest.raises(BugCheck) as caught:
+        driver.machine.call(driver.address_of("Syscall"), (), driver, thread="system")
+    assert (caught.value.code, caught.value.parameters[0]) == (0x7E, 0xC000001D)
+
+
+# --- arguments a routine refuses from Python, passed by native code: Windows' answers ---------------
+
+def test_unknown_pool_type_bits_from_native_code_are_ignored_as_windows_ignores_them():
+    """ExAllocatePoolWithTag(0x8000 | NonPagedPool): WRK selects the pool by the base type and
+    never looks at the other bits; ntpool stopped with NativeError (the Python ValueError)."""
+    k, driver = misbehave()
+    nonpaged = driver.call("AllocateOfType", 0x8000)
+    paged = driver.call("AllocateOfType", 0xFFFFFFFF)  # every bit: PagedPool's base bit among them
+    assert nonpaged >> 40 == 0xFFFFFA and paged >> 40 == 0xFFFFF8  # nonpaged, paged pool
+    with pytest.raises(ValueError, match="not a POOL_TYPE value"):  # a Python caller: API misuse
+        k.ExAllocatePoolWithTag(0x8000, 64, "Misv")
+
+
+def test_a_priority_that_is_no_ex_pool_priority_is_checked_as_low():
+    """WRK's MmResourcesAvailable applies Normal's limit to NormalPoolPriority and Low's to
+    anything else that is not HighPoolPriority."""
+    from ntpool.native.bindings import native_priority
+    assert [native_priority(p) for p in (0, 16, 32, 8, 9, 24, 41, 0x12345, 17, 1, 0xFFFFFFFF)] == \
+        [0, 16, 32, 8, 9, 24, 41, 0, 0, 0, 9]
+    k, driver = misbehave()
+    assert driver.call("AllocateWithPriority", 0x12345)
+    assert driver.call("AllocateWithParameter", 16)  # ExAllocatePool3's parameter, from memory
+    assert driver.call("AllocateWithParameter", 77)
+
+
+def test_a_routine_access_that_wraps_past_2_64_faults_where_the_cpu_would():
+    """RtlInitUnicodeString of a string at 0xFFFFFFFFFFFFFFFF: its 2-byte read runs past the
+    end of the address space (ValueError for Python) and wraps; the page there is not mapped:
+    0x50 (address, read, 0 for a routine's access, 0)."""
+    k, driver = misbehave()
+    check = bug_check_of(driver, "MeasureString", 0xFFFFFFFFFFFFFFFF)
+    assert check.code == 0x50 and check.parameters == (0xFFFFFFFFFFFFFFFF, 0, 0, 0)
+
+
+def test_a_length_no_memory_holds_runs_to_the_first_unmapped_page():
+    """memset(p, 0x5A, 2**63 - 1) from a pool allocation: Python could not even build the
+    bytes (OverflowError); Windows writes until the first page nothing maps, 0x50 there."""
+    k, driver = misbehave()
+    p = k.ExAllocatePoolWithTag(0, 64, "Fill")
+    check = bug_check_of(driver, "FillEverything", p)
+    first_unmapped = next(page for page in range(p & ~0xFFF, 1 << 64, 0x1000)
+                          if k.space.translate(page) is None)
+    assert check.code == 0x50 and check.parameters == (first_unmapped, 1, 0, 0)
+
+
+def test_an_irql_past_high_level_through_cr8_is_a_general_protection_fault():
+    """wdm.h's inline KeRaiseIrql(0x45): mov cr8 with reserved bits set is #GP; ntpool set
+    IRQL 5 (the value's low four bits)."""
+    k, driver = misbehave()
+    check = bug_check_of(driver, "RaiseIrqlTo", 0x45)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert in_function(driver, check.parameters[1], "RaiseIrqlTo")
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)
+    k, driver = misbehave()
+    assert driver.call("RaiseIrqlTo", 2) == 0 and k.current_irql == 0
+
+
+def test_a_null_spin_lock_faults_at_dispatch_level():
+    k, driver = misbehave()
+    check = bug_check_of(driver, "AcquireLockAt", 0)
+    assert check.code == 0xD1 and check.parameters[:3] == (0, 2, 1)
+    assert in_function(driver, check.parameters[3], "AcquireLockAt")
+
+
+def test_an_irql_routine_given_a_value_past_high_level_raises_the_gp_fault_in_the_routine():
+    """KeLowerIrql called through its import (the registry's form) with 69."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    with pytest.raises(BugCheck) as caught:
+        machine.call(machine.bindings.stub("KeLowerIrql"), (69,), driver)
+    assert caught.value.code == 0x1E
+    assert caught.value.parameters[0] == 0xC0000005 and caught.value.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)
+
+
+def test_what_ntpool_cannot_model_is_one_error_naming_the_routine_and_the_argument():
+    """A lookaside list of 4-byte entries (Windows keeps whatever Size it is given; ntpool's
+    lists need room for the SLIST_ENTRY): NativeError naming the routine, its call site and
+    the refusal, listed in README's departures."""
+    from ntpool.native import NativeError, native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    with pytest.raises(NativeError, match=r"ExInitializeNPagedLookasideList called from .* with "
+                                          r"arguments ntpool cannot model .*Size 4 is smaller"):
+        machine.call(machine.bindings.stub("ExInitializeNPagedLookasideList"),
+                     (lookaside, 0, 0, 0, 4, 0x6B6F6F4C, 0), driver)
+
+
+# --- control registers ------------------------------------------------------------------------------
+
+def test_clearing_cr0_wp_lets_the_driver_write_read_only_memory_as_the_processor_does():
+    """The rootkit's trick: CR0.WP off, a store into read-only memory (its own .rdata here),
+    WP on again. With WP on the same store is 0xBE."""
+    k, driver = misbehave()
+    assert driver.call("PatchConstant", 0x22) == 0x22
+    assert driver.machine.cpu.control_registers_changed() == ""  # WP is back on
+    check = bug_check_of(driver, "WriteConstant", 0x33)
+    assert check.code == 0xBE
+
+
+def test_a_handled_fault_leaves_cr0_as_the_driver_set_it():
+    """ntpool restores the CPU's clean state after each fault (unicorn keeps delivered
+    exceptions); it set CR0.WP again, so the store after the driver's __except was 0xBE."""
+    k, driver = misbehave()
+    assert driver.call("PatchConstantAfterFault", 0x44, 0x1000) == 0x44
+
+
+def test_cr0_wp_left_clear_stays_clear_for_the_next_call_as_on_the_processor():
+    k, driver = misbehave()
+    driver.call("ClearWriteProtect")
+    assert driver.machine.cpu.control_registers_changed() == "CR0 to 0x80000011 (ntpool's 0x80010011)"
+    driver.call("WriteConstant", 0x55)  # no 0xBE: the processor's WP is off
+    assert k.read(driver.address_of("WriteConstant"), 1)  # the machine runs on

@@ -68,6 +68,17 @@ class NtStatusError(Exception):
         super().__init__(f"{name} ({status:#010x})" + (f": {message}" if message else ""))
 
 
+class AddressRangeError(ValueError):
+    """A memory access whose span is not in the 64-bit address space (a negative address,
+    or one that runs past 2**64): Python API misuse for a Python caller; for native code, the
+    access wraps as the CPU's would (``ntpool.native`` answers it as the fault Windows takes).
+    ``address`` and ``size`` are as asked; ``write`` says which access it was."""
+
+    def __init__(self, message: str, address, size, write: bool):
+        self.address, self.size, self.write = address, size, write
+        super().__init__(message)
+
+
 class TagError(ValueError):
     """A pool tag that is not a valid ULONG tag (Python API misuse, not a bug check)."""
 

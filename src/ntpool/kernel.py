@@ -39,7 +39,7 @@ from .constants import (
     NtStatus,
 )
 from .drivers import LIST_ENTRY, CallSites, DriverRoutines
-from .errors import ALLOWED_WHEN_HALTED, BugCheck, ExecutionError, MachineHalted, allowed_when_halted
+from .errors import ALLOWED_WHEN_HALTED, AddressRangeError, BugCheck, ExecutionError, MachineHalted, allowed_when_halted
 from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
 from .machine.memory import PTE_NX, PTE_PRESENT, AddressSpace, PhysicalMemory, canonical
 from .machine.pager import Pager
@@ -355,7 +355,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             listener(event)
 
     def _read_slow(self, address, size) -> bytes:
-        address, size = _checked_span(address, size)
+        address, size = _checked_span(address, size, False)
         parts = []
         for va, pa, length in self._pieces(address, size, write=False):
             parts.append(self._mem[pa:pa + length])
@@ -365,7 +365,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
         data = bytes(data)
-        address, size = _checked_span(address, len(data))
+        address, size = _checked_span(address, len(data), True)
         done = 0
         for va, pa, length in self._pieces(address, size, write=True):
             self._mem[pa:pa + length] = data[done:done + length]
@@ -585,13 +585,16 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         return self.dump_writer(self, path, kind, symbols, truth)
 
 
-def _checked_span(address, size) -> tuple[int, int]:
-    if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address < 1 << 64:
+def _checked_span(address, size, write: bool) -> tuple[int, int]:
+    if isinstance(address, bool) or not isinstance(address, int):
         raise ValueError(f"address must be a 64-bit int, got {address!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"size must be a non-negative int, got {size!r}")
+    if not 0 <= address < 1 << 64:
+        raise AddressRangeError(f"address must be a 64-bit int, got {address!r}", address, size, write)
     if address + size > 1 << 64:
-        raise ValueError(f"{size} bytes at {address:#x} run past the end of the address space")
+        raise AddressRangeError(f"{size} bytes at {address:#x} run past the end of the address "
+                                f"space", address, size, write)
     return address, size
 
 

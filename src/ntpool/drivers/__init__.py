@@ -277,7 +277,9 @@ class CallSites:
         entry = self.table[site]
         owner = self.owner(site)
         who = owner.name if owner else "no driver"
-        return f"{who} {entry.function} ({entry.filename}:{entry.lineno})"
+        # The file's name, as CALL_SITE and "Probably caused by" give it (not the path).
+        filename = entry.filename.replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{who} {entry.function} ({filename}:{entry.lineno})"
 
 
 CALL_SITE_TABLE_MAGIC = b"NTCS"

@@ -18,6 +18,7 @@ import os
 import struct
 
 from .. import kernel as _kernel  # noqa: F401  (importing it declares the whole routine surface)
+from ..pool.allocator import VALID_POOL_TYPE_BITS
 from ..routines import registry
 from . import cpu as cpu_module
 from . import runtime
@@ -31,8 +32,25 @@ class UnimplementedRoutine(RuntimeError):
     """A driver called an import ntpool does not implement (loaded with allow_missing)."""
 
 
+class StraySyscall(Exception):
+    """A ``syscall`` instruction native code ran outside ntpool's import stubs (``address``:
+    the instruction's), which the runner answers as Windows' CPU would (``machine``)."""
+
+    def __init__(self, address: int):
+        self.address = address
+        super().__init__(f"syscall at {address:#x}, outside an import stub")
+
+
+# Stub number 0 is no routine's: each stub clears the call block's number once its call is
+# made, so a syscall that no stub prepared (one outside the stubs) finds this slot.
+STRAY_SYSCALL = 0
+
+
 def _converter(ctype) -> str | None:
     """Python expression text turning a raw 64-bit argument ``v`` into the C type's value."""
+    native = NATIVE_VALUES.get(ctype.name)
+    if native is not None:
+        return native
     size = ctype.size
     if size >= 8 or ctype.pointer:
         return None
@@ -41,6 +59,30 @@ def _converter(ctype) -> str | None:
         sign = 1 << (bits - 1)
         return f"((v & {(1 << bits) - 1:#x}) ^ {sign:#x}) - {sign:#x}"
     return f"v & {(1 << bits) - 1:#x}"
+
+
+def native_priority(value: int) -> int:
+    """An EX_POOL_PRIORITY from native code as Windows reads it (WRK's
+    ExAllocatePoolWithTagPriority and MmResourcesAvailable): the special-pool bits (8, and 1
+    with it) ask for special pool; what remains is HighPoolPriority (32), NormalPoolPriority
+    (16), or, any other value, checked as LowPoolPriority."""
+    value &= 0xFFFFFFFF
+    special = value & 9 if value & 8 else 0
+    rest = value & ~special
+    return (rest if rest in (16, 32) else 0) | special
+
+
+# C types whose values native code may pass outside what ntpool's routines accept from
+# Python, read as Windows reads them: a POOL_TYPE's bits Windows gives no meaning are ignored
+# (WRK's ExAllocatePoolWithTag selects the pool by PoolType & BASE_POOL_TYPE_MASK and never
+# checks the others), an EX_POOL_PRIORITY as ``native_priority``.
+NATIVE_VALUES = {"POOL_TYPE": f"v & {VALID_POOL_TYPE_BITS:#x}",
+                 "EX_POOL_PRIORITY": "_priority(v)"}
+# The same for one routine's parameter: NDIS's MemoryFlags bits other than
+# NDIS_MEMORY_CONTIGUOUS and NDIS_MEMORY_NONCACHED select nothing (NDIS tests those two and
+# otherwise allocates, or frees, pool; ReactOS's ndis does the same).
+NATIVE_PARAMETERS = {("NdisAllocateMemory", "MemoryFlags"): "v & 3",
+                     ("NdisFreeMemory", "MemoryFlags"): "v & 3"}
 
 
 def _argument_source(index: int) -> str:
@@ -60,7 +102,7 @@ def compile_handler(machine, entry):
         source = _argument_source(index)
         lines.append(f"    a{index} = {source}")
         if not param.out:
-            convert = _converter(param.ctype)
+            convert = NATIVE_PARAMETERS.get((entry.name, param.name)) or _converter(param.ctype)
             if convert:
                 lines.append(f"    a{index} = {convert.replace('v', f'a{index}')}")
             in_names.append(f"a{index}")
@@ -88,7 +130,8 @@ def compile_handler(machine, entry):
                 lines.append(f"    {store}")
         lines.append("    return ret" if returns_value else "    return 0")
     source = "def handler(rcx, rdx, r8, r9, rsp):\n" + "\n".join(lines) + "\n"
-    namespace = {"_f": function, "_rq": machine.read_q, "_w": kernel.write}
+    namespace = {"_f": function, "_rq": machine.read_q, "_w": kernel.write,
+                 "_priority": native_priority}
     # Named as a file of this package: the call-site lookup knows frames from here are the
     # native bridge's, and asks the CPU for the site (the driver's return address).
     filename = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"<binding {entry.name}>")
@@ -102,8 +145,8 @@ class Bindings:
     def __init__(self, machine):
         self.machine = machine
         self.kernel = machine.kernel
-        self.handlers: list = []  # stub number -> handler
-        self.names: list[str] = []
+        self.handlers: list = [self._stray_handler()]  # stub number -> handler
+        self.names: list[str] = ["(no routine: a syscall outside the import stubs)"]
         self.stub_of: dict[str, int] = {}  # routine name -> stub address
         self.data_of: dict[str, int] = {}  # data export name -> its address
         routines = {entry.name: entry for entry in registry.routines()}
@@ -192,6 +235,17 @@ class Bindings:
         self.names.append(name)
         self.stub_of[name] = address
         return address
+
+    def _stray_handler(self):
+        rip = self.machine_rip
+
+        def handler(rcx, rdx, r8, r9, rsp):
+            raise StraySyscall(rip())
+
+        return handler
+
+    def machine_rip(self) -> int:
+        return self.machine.cpu.rip_register.read()[0]
 
     def _missing_handler(self, name: str):
         machine = self.machine

@@ -70,10 +70,15 @@ KPRCB_NUMBER = 0x24
 KTHREAD_SIZE = 0x400
 KTHREAD_APC_STATE_PROCESS = 0x70
 
-CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
+CR0_PE, CR0_ET, CR0_WP, CR0_PG = 1, 1 << 4, 1 << 16, 1 << 31
 CR4_PAE, CR4_OSFXSR = 1 << 5, 1 << 9
+# ET reads as 1 on every x64 processor (and unicorn sets it on any mov to CR0): a driver that
+# writes back the CR0 it read has changed nothing.
+CR0_INITIAL = CR0_PE | CR0_ET | CR0_WP | CR0_PG
+CR4_INITIAL = CR4_PAE | CR4_OSFXSR
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
 MSR_EFER = 0xC0000080
+VECTOR_GENERAL_PROTECTION = 13
 
 # The registers a CONTEXT carries, in one batch.
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -90,7 +95,8 @@ _MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
 
 
 def stub_code(number: int, stub_va: int) -> bytes:
-    """The import stub: spill the argument registers into the call block, SYSCALL, load rax."""
+    """The import stub: spill the argument registers into the call block, SYSCALL, clear
+    the number, load rax."""
     code = bytearray()
 
     def rip_relative(prefix: bytes, target: int, tail: bytes = b"") -> None:
@@ -104,6 +110,9 @@ def stub_code(number: int, stub_va: int) -> bytes:
     rip_relative(b"\x48\x89\x25", CALL_BLOCK + 0x28)  # mov [rsp slot], rsp
     rip_relative(b"\xC7\x05", CALL_BLOCK, struct.pack("<I", number))  # mov dword [number], N
     code += b"\x0F\x05"  # syscall
+    # and dword [number], 0: the number is the stub's only until its call is made, so a
+    # syscall no stub prepared finds 0, the slot of no routine (bindings.STRAY_SYSCALL).
+    rip_relative(b"\x83\x25", CALL_BLOCK, b"\x00")
     rip_relative(b"\x48\x8B\x05", RETURN_SLOT)  # mov rax, [return slot]
     code += b"\xC3"  # ret
     assert len(code) <= STUB_SIZE
@@ -237,9 +246,9 @@ class Cpu:
         self.gs_base = 0
         self.cr3 = kernel.space.cr3 << 12
         uc.reg_write(X.UC_X86_REG_CR3, self.cr3)
-        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | CR4_OSFXSR)
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_INITIAL)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_INITIAL)
         self.tlb_stale = False
         # Set by the watchdog when this CPU's deadline has passed (cleared when it is armed):
         # the runner checks it between runs too, since a stop that lands between two
@@ -314,7 +323,14 @@ class Cpu:
             if opcode == 0x20:  # mov reg, cr8: KeGetCurrentIrql
                 self.uc.reg_write(reg_id, self.kernel.current_irql)
             else:  # mov cr8, reg: KeRaiseIrql / KeLowerIrql, inlined
-                self.machine.set_irql_from_cr8(self.uc.reg_read(reg_id) & 0xF, address)
+                value = self.uc.reg_read(reg_id)
+                if value > 15:
+                    # CR8's bits 63:4 are reserved: setting one is a general-protection
+                    # fault at the instruction (Intel SDM, MOV to CR8), not an IRQL.
+                    self.stop = ("interrupt", VECTOR_GENERAL_PROTECTION)
+                    uclib.uc_emu_stop(self.uch)
+                    return
+                self.machine.set_irql_from_cr8(value, address)
             self.uc.reg_write(X.UC_X86_REG_RIP, address + 4)
         except BaseException as error:  # noqa: BLE001
             self.stop = ("error", error)
@@ -338,9 +354,17 @@ class Cpu:
     def write_context(self, regs: dict) -> None:
         self.registers.write(regs)
 
-    def recover(self, regs: dict) -> None:
-        """Forget a delivered exception (restore the clean state), keeping ``regs`` and GS."""
+    def recover(self, regs: dict, keep_control: bool = True) -> None:
+        """Forget a delivered exception (restore the clean state), keeping ``regs`` and GS,
+        and CR0 and CR4 as the driver left them (a fault changes neither: a driver that
+        cleared CR0.WP still writes read-only pages after its __except ran); with
+        ``keep_control`` False, every control register is set up again as ntpool sets it."""
+        control = (self.uc.reg_read(X.UC_X86_REG_CR0), self.uc.reg_read(X.UC_X86_REG_CR4)) \
+            if keep_control else None
         self.uc.context_restore(self._clean)
+        if control is not None and control != (CR0_INITIAL, CR4_INITIAL):
+            self.uc.reg_write(X.UC_X86_REG_CR4, control[1])
+            self.uc.reg_write(X.UC_X86_REG_CR0, control[0])
         if self.tlb_stale:
             self.tlb_stale = False
         self.registers.write(regs)
@@ -354,7 +378,7 @@ class Cpu:
     def control_registers_changed(self) -> str:
         """"CR0 0x... (ntpool's 0x...)" for each of CR0, CR3, CR4 that is not what ntpool set
         (native code may execute mov crN itself); "" when none is."""
-        expected = {"CR0": CR0_PE | CR0_WP | CR0_PG, "CR3": self.cr3, "CR4": CR4_PAE | CR4_OSFXSR}
+        expected = {"CR0": CR0_INITIAL, "CR3": self.cr3, "CR4": CR4_INITIAL}
         changed = []
         for name, value in expected.items():
             now = self.uc.reg_read(getattr(X, f"UC_X86_REG_{name}"))

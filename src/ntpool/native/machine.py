@@ -15,15 +15,16 @@ import os
 import struct
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
-from ..errors import BugCheck, NtStatusError
+from ..errors import BugCheck, MachineHung, NtStatusError
 from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten, PageFault
+from ..routines.ke_sync import WaitForever
 from unicorn import UcError
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 
 from . import cpu as cpu_module
 from . import msvc
-from . import faults, seh
-from .bindings import Bindings, UnimplementedRoutine
+from . import faults, refusals, seh
+from .bindings import Bindings, StraySyscall, UnimplementedRoutine
 from .cpu import Cpu
 from .loader import IMAGE_ALIGNMENT, NATIVE_IMAGE_BASE, MissingImports, map_image, unmap_image
 from .pe import BadImage, parse_image
@@ -470,19 +471,23 @@ class NativeMachine:
                 rip = detail
                 continue
             if kind == "error":
+                if isinstance(detail, StraySyscall):
+                    rip = self._stray_syscall(detail.address, thread)
+                    continue
                 if isinstance(detail, NtStatusError):
                     # Raised by a routine: dispatched from the driver's call site.
-                    regs = cpu.read_context()
-                    regs["rip"] = _Q.unpack(self.kernel.read(regs["rsp"], 8))[0]
-                    regs["rsp"] += 8
-                    rip = seh.raise_exception(self, regs, detail.status,
-                                              getattr(detail, "parameters", ()), thread)
+                    rip = refusals.raise_in_caller(self, detail.status,
+                                                   getattr(detail, "parameters", ()), thread)
                     continue
                 if isinstance(detail, (BugCheck, UnimplementedRoutine, NativeError)) or \
                         not isinstance(detail, Exception):
                     # A bug check, ntpool's own answers, and what is no error of the call
                     # (KeyboardInterrupt, SystemExit: Ctrl-C during a routine) go on as they are.
                     raise detail
+                # The routine refused what native code passed it: Windows' answer, if any.
+                rip = refusals.answer(self, self.bindings.names[self.call_number], detail, thread)
+                if rip is not None:
+                    continue
                 raise self._call_error(detail) from detail
             if kind == "interrupt":
                 rip = faults.handle(self, detail, thread)
@@ -497,10 +502,22 @@ class NativeMachine:
             if changed:
                 # A driver that rewrote CR0, CR3 or CR4 (paging off, another page table):
                 # say so, and give the next call a CPU set up as ntpool sets it.
-                cpu.recover(regs)
+                cpu.recover(regs, keep_control=False)
                 changed = f"; the driver changed {changed}"
             raise NativeError(f"the CPU stopped at {self.describe(regs['rip'])}: unicorn error "
                               f"{detail} ({UcError(detail)}){changed}")
+
+    def _stray_syscall(self, address: int, thread: str | None) -> int:
+        """A ``syscall`` outside the import stubs: ring 0 entering the system service
+        dispatcher, which is written for entry from user mode only (KiSystemCall64 starts
+        with swapgs). What follows on Windows is not documented; ntpool raises the nearest
+        defined outcome at the driver's instruction, the invalid-opcode fault (#UD, which
+        SYSCALL raises where system calls are not enabled): STATUS_ILLEGAL_INSTRUCTION,
+        dispatched through the driver's frames (unhandled: 0x1E, 0x7E or 0x3B naming it)."""
+        regs = self.cpu.read_context()
+        regs["rip"] = address
+        self.cpu.write_context(regs)
+        return faults.handle(self, faults.VECTOR_INVALID_OPCODE, thread)
 
     def _hung(self, rip: int) -> None:
         """Native code ran past ``call_timeout``. At DISPATCH_LEVEL or above, Windows 8 and
@@ -522,8 +539,12 @@ class NativeMachine:
 
     def _call_error(self, error: BaseException) -> NativeError:
         routine = self.bindings.names[self.call_number]
-        return NativeError(f"{routine} called from {self.describe(self.return_address())} "
-                           f"with arguments ntpool refuses: {type(error).__name__}: {error}")
+        where = self.describe(self.return_address())
+        if isinstance(error, (WaitForever, MachineHung)):
+            return NativeError(f"{routine} called from {where} never returns (a hang no "
+                               f"Windows stops at IRQL {self.kernel.current_irql}): {error}")
+        return NativeError(f"{routine} called from {where} with arguments ntpool cannot model "
+                           f"(README, departures): {type(error).__name__}: {error}")
 
     # --- calls from native code into ntpool ----------------------------------------------------
 

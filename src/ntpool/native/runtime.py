@@ -272,6 +272,49 @@ def _ndis_register_miniport(machine):
     return handler
 
 
+POOL_EXTENDED_PARAMETER_SIZE = 16  # {Type:8, Optional:1, Reserved:55} ULONG64, then the union
+
+
+def read_extended_parameters(kernel, address: int, count: int) -> tuple:
+    """ExAllocatePool3's POOL_EXTENDED_PARAMETER array, read from the caller's memory as the
+    routine reads it (a count the memory cannot hold faults where the memory ends)."""
+    from ..routines.ex import POOL_EXTENDED_PARAMETER
+    from .bindings import native_priority
+    if not address or not count:
+        return ()
+    data = kernel.read(address, POOL_EXTENDED_PARAMETER_SIZE * count)
+    parameters = []
+    for at in range(0, len(data), POOL_EXTENDED_PARAMETER_SIZE):
+        header, value = struct.unpack_from("<QQ", data, at)
+        parameters.append(POOL_EXTENDED_PARAMETER(
+            Type=header & 0xFF, Optional=bool(header >> 8 & 1),
+            Priority=native_priority(value), PreferredNode=value & 0xFFFFFFFF,
+            SecurePoolParams=value))
+    return tuple(parameters)
+
+
+def _ex_allocate_pool3(machine):
+    kernel = machine.kernel
+
+    def handler(rcx, rdx, r8, r9, rsp):
+        count = machine.read_q(rsp + 0x28) & 0xFFFFFFFF
+        parameters = read_extended_parameters(kernel, r9, count)
+        return kernel.ExAllocatePool3(rcx, rdx, r8 & 0xFFFFFFFF, parameters, len(parameters))
+
+    return handler
+
+
+def _ex_free_pool2(machine):
+    kernel = machine.kernel
+
+    def handler(rcx, rdx, r8, r9, rsp):
+        parameters = read_extended_parameters(kernel, r8, r9 & 0xFFFFFFFF)
+        kernel.ExFreePool2(rcx, rdx & 0xFFFFFFFF, parameters, len(parameters))
+        return 0
+
+    return handler
+
+
 # name -> (module, handler factory): routines only native code can call this way.
 NATIVE_ONLY = {
     "DbgPrint": ("ntoskrnl.exe", _dbg_print),
@@ -291,4 +334,6 @@ NATIVE_OVERRIDES = {
     "NdisMRegisterMiniportDriver": _ndis_register_miniport_driver,
     "NdisMInitializeWrapper": _ndis_initialize_wrapper,
     "NdisMRegisterMiniport": _ndis_register_miniport,
+    "ExAllocatePool3": _ex_allocate_pool3,
+    "ExFreePool2": _ex_free_pool2,
 }

@@ -50,6 +50,105 @@ __declspec(dllexport) VOID SpinAtDispatch(void) {
     for (;;) __asm__ volatile("");
 }
 
+/* Arguments the routines refuse from Python (a ValueError naming them), as a C caller passes
+ * them: each ends as Windows ends it (README, "Arguments a routine refuses"). */
+
+/* A POOL_TYPE with bits Windows gives no meaning: ignored, as WRK's ExAllocatePoolWithTag
+ * ignores them (the pool is chosen by PoolType & BASE_POOL_TYPE_MASK). */
+__declspec(dllexport) PVOID AllocateOfType(ULONG PoolType) {
+    return ExAllocatePoolWithTag((POOL_TYPE)PoolType, 64, 'vsiM');
+}
+
+/* An EX_POOL_PRIORITY that is none of the values: checked as LowPoolPriority. */
+typedef int EX_POOL_PRIORITY;
+NTSYSAPI PVOID NTAPI ExAllocatePoolWithTagPriority(POOL_TYPE PoolType, SIZE_T NumberOfBytes,
+                                                   ULONG Tag, EX_POOL_PRIORITY Priority);
+__declspec(dllexport) PVOID AllocateWithPriority(ULONG Priority) {
+    return ExAllocatePoolWithTagPriority(NonPagedPool, 64, 'vsiM', (EX_POOL_PRIORITY)Priority);
+}
+
+/* ExAllocatePool3 with one POOL_EXTENDED_PARAMETER, a priority, read from the driver's memory. */
+typedef struct _POOL_EXTENDED_PARAMETER {
+    ULONG64 Header;  /* Type:8 (1: priority), Optional:1, Reserved:55 */
+    ULONG64 Value;   /* the union: here the EX_POOL_PRIORITY */
+} POOL_EXTENDED_PARAMETER;
+NTSYSAPI PVOID NTAPI ExAllocatePool3(ULONG64 Flags, SIZE_T NumberOfBytes, ULONG Tag,
+                                     const POOL_EXTENDED_PARAMETER *ExtendedParameters,
+                                     ULONG ExtendedParametersCount);
+__declspec(dllexport) PVOID AllocateWithParameter(ULONG Priority) {
+    POOL_EXTENDED_PARAMETER parameter = {1, Priority};
+    return ExAllocatePool3(0x40 /* POOL_FLAG_NON_PAGED */, 64, 'vsiM', &parameter, 1);
+}
+
+/* memset of more bytes than memory holds: it runs until the first page nothing maps. */
+__declspec(dllexport) VOID FillEverything(PVOID Destination) {
+    memset(Destination, 0x5A, ~(SIZE_T)0 >> 1);
+}
+
+/* An IRQL past HIGH_LEVEL through wdm.h's inline KeRaiseIrql: mov cr8 with reserved bits. */
+__declspec(dllexport) VOID RaiseIrqlTo(ULONG Irql) {
+    KIRQL old;
+    KeRaiseIrql((KIRQL)Irql, &old);
+    KeLowerIrql(old);
+}
+
+/* A spin lock at an address nothing maps (NULL): the acquire raises to DISPATCH_LEVEL first. */
+__declspec(dllexport) VOID AcquireLockAt(ULONG64 Lock) {
+    KIRQL old;
+    KeAcquireSpinLock((PKSPIN_LOCK)Lock, &old);
+    KeReleaseSpinLock((PKSPIN_LOCK)Lock, old);
+}
+
+/* A syscall of its own (not an import's): the system call entry is for user mode. */
+__declspec(dllexport) VOID Syscall(void) { __asm__ volatile("syscall" ::: "rcx", "r11", "memory"); }
+
+__declspec(dllexport) NTSTATUS CaughtSyscall(void) {
+    __try {
+        __asm__ volatile("syscall" ::: "rcx", "r11", "memory");
+        return STATUS_SUCCESS;
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        return GetExceptionCode();
+    }
+}
+
+/* CR0.WP cleared, a rootkit's way to patch read-only memory: the processor then lets
+ * ring 0 write read-only pages, and ntpool's CPU does the same. */
+static const volatile UCHAR Constant = 0x11;  /* .rdata: read-only */
+
+static ULONG64 ReadCr0(void) {
+    ULONG64 cr0;
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    return cr0;
+}
+static VOID WriteCr0(ULONG64 cr0) { __asm__ volatile("mov %0, %%cr0" : : "r"(cr0) : "memory"); }
+
+__declspec(dllexport) UCHAR PatchConstant(UCHAR Value) {
+    ULONG64 cr0 = ReadCr0();
+    WriteCr0(cr0 & ~0x10000ULL);  /* WP off */
+    *(volatile UCHAR *)&Constant = Value;
+    WriteCr0(cr0);
+    return Constant;
+}
+
+/* The same store with WP on: ATTEMPTED_WRITE_TO_READONLY_MEMORY (0xBE). */
+__declspec(dllexport) VOID WriteConstant(UCHAR Value) { *(volatile UCHAR *)&Constant = Value; }
+
+/* WP off, then a fault its __except handles, then the store: a fault changes no CR0 bit. */
+__declspec(dllexport) UCHAR PatchConstantAfterFault(UCHAR Value, ULONG64 Unmapped) {
+    ULONG64 cr0 = ReadCr0();
+    WriteCr0(cr0 & ~0x10000ULL);
+    __try {
+        *(volatile ULONG *)Unmapped = 1;
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+    }
+    *(volatile UCHAR *)&Constant = Value;
+    WriteCr0(cr0);
+    return Constant;
+}
+
+/* WP off and left off: the next store to read-only memory, in any call, goes through. */
+__declspec(dllexport) VOID ClearWriteProtect(void) { WriteCr0(ReadCr0() & ~0x10000ULL); }
+
 static VOID NTAPI Unload(PDRIVER_OBJECT DriverObject) { (void)DriverObject; }
 
 NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) {
