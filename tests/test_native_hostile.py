@@ -682,3 +682,14 @@ def test_cr0_wp_left_clear_stays_clear_for_the_next_call_as_on_the_processor():
     assert driver.machine.cpu.control_registers_changed() == "CR0 to 0x80000011 (ntpool's 0x80010011)"
     driver.call("WriteConstant", 0x55)  # no 0xBE: the processor's WP is off
     assert k.read(driver.address_of("WriteConstant"), 1)  # the machine runs on
+
+
+def test_an_ndis_handle_nothing_maps_faults_where_ndis_reads_its_block():
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    with pytest.raises(BugCheck) as caught:
+        machine.call(machine.bindings.stub("NdisAllocateMemoryWithTagPriority"),
+                     (0, 64, 0x7473694D, 16), driver)
+    assert caught.value.code == 0x1E and caught.value.parameters[0] == 0xC0000005
+    assert caught.value.parameters[2:] == (0, 0)  # a read of NULL

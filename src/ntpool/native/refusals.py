@@ -17,6 +17,7 @@ call itself costs nothing more):
   to the caller;
 - a spin lock at an address nothing maps (NULL): the lock's interlocked store faults, at
   DISPATCH_LEVEL for the acquiring routines, which raise the IRQL first (0xD1);
+- an NDIS handle at an address nothing maps (NULL): NDIS's read of its block faults there;
 - lookaside or other list links that never lead back to their head: the list code spins at
   DISPATCH_LEVEL, which Windows 8 and later stop with their DPC watchdog (0x133).
 
@@ -40,6 +41,9 @@ SPIN_LOCK_ACQUIRE = frozenset({"KeAcquireSpinLock", "KeAcquireSpinLockRaiseToDpc
                                "KeAcquireSpinLockAtDpcLevel", "KefAcquireSpinLockAtDpcLevel"})
 SPIN_LOCK_OTHERS = frozenset({"KeReleaseSpinLock", "KeReleaseSpinLockFromDpcLevel",
                               "KefReleaseSpinLockFromDpcLevel", "KeInitializeSpinLock"})
+# NDIS routines whose first argument is a handle NDIS gave out (a pointer to its own block).
+NDIS_HANDLE_ROUTINES = frozenset({"NdisAllocateMemoryWithTagPriority",
+                                  "NdisFreeMemoryWithTagPriority", "NdisMRegisterMiniport"})
 DPC_WATCHDOG_FIRST_BUILD = 9200
 DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
 
@@ -58,6 +62,11 @@ def answer(machine, routine: str, error: BaseException, thread) -> int | None:
         return raise_in_caller(machine, STATUS_ACCESS_VIOLATION, (0, MASK64), thread)
     if isinstance(error, ValueError) and routine in SPIN_LOCK_ACQUIRE | SPIN_LOCK_OTHERS:
         return _bad_spin_lock(machine, routine, thread)
+    if isinstance(error, ValueError) and routine in NDIS_HANDLE_ROUTINES:
+        handle = _arguments(machine)[0]
+        if (handle >> 12) not in machine.tlb:
+            # NDIS reads the block its handle points to: nothing is mapped there.
+            return fault_at(machine, handle, False, thread)
     return None
 
 
