@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..debugger.pooltag import PoolTagDatabase, wildcard_regex
+from ..debugger.pooltag import PoolTagDatabase, check_tag_pattern, wildcard_regex
 from ..tags import is_hex_tag
 
 NONPAGED = "Nonp"
@@ -135,39 +135,6 @@ def _usage_from_json(entry, name: str, index: int) -> TagUsage:
 
 
 # --- sorting and filtering ---------------------------------------------------------------
-
-# What each of the 10 characters of a tag shown in hex can be: "0x" and 8 hex digits.
-_HEX_TAG_SHAPE = ("0", "xX") + ("0123456789abcdefABCDEF",) * 8
-
-
-def _can_match_a_hex_tag(pattern: str) -> bool:
-    """Whether the wildcard pattern matches some ``0x%08x`` string (``reachable``: the
-    positions of the shape the pattern so far can end at)."""
-    reachable = {0}
-    for ch in pattern:
-        if ch == "*":
-            reachable = set(range(min(reachable), len(_HEX_TAG_SHAPE) + 1)) if reachable else set()
-        else:
-            reachable = {j + 1 for j in reachable
-                         if j < len(_HEX_TAG_SHAPE) and (ch == "?" or ch in _HEX_TAG_SHAPE[j])}
-    return len(_HEX_TAG_SHAPE) in reachable
-
-
-def check_tag_pattern(pattern: str) -> str:
-    """A filter pattern that can match some tag as tools show it (four printable ASCII
-    characters, trailing spaces optional, or 0x and 8 hex digits), else a ValueError naming
-    it: a typo such as a fifth character would otherwise hide every row without a word."""
-    if not pattern:
-        raise ValueError("an empty tag pattern matches no tag")
-    odd = next((ch for ch in pattern if not 0x20 <= ord(ch) <= 0x7E), None)
-    if odd is not None:
-        raise ValueError(f"tag pattern {pattern!r} holds {odd!r}: tags are shown in printable "
-                         f"ASCII (a tag with other bytes as 0x and its 8 hex digits)")
-    if len(pattern.replace("*", "")) > 4 and not _can_match_a_hex_tag(pattern):
-        raise ValueError(f"tag pattern {pattern!r} cannot match a tag (4 characters, * and ? "
-                         f"allowed, or 0x and 8 hex digits)")
-    return pattern
-
 
 def tag_matches(pattern: str, tag: str) -> bool:
     """poolmon's filter: ``*`` and ``?`` wildcards; a tag's trailing spaces are optional."""
