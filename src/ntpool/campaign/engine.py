@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -204,15 +205,21 @@ def _alone(tasks: list[dict]):
                     pool = None
                     deaths.append(_exit_code(processes))
             else:
-                yield {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
-                       "evidence": f"the run's worker process {_ending(deaths[-1])} before the "
-                                   f"run returned, each of {WORKER_DEATHS} times it was made"}
+                yield _worker_died(task, _ending(deaths[-1]), WORKER_DEATHS)
     except BaseException:
         if pool is not None:
             _stop_workers(pool)
         raise
     if pool is not None:
         pool.shutdown(wait=True)
+
+
+def _worker_died(task: dict, ending: str, times: int) -> dict:
+    """The record of a run that ended its worker process each time it was made (one wording
+    for every engine: nothing in it depends on which worker or when)."""
+    return {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
+            "evidence": f"the run's worker process {ending} before the run returned, each of "
+                        f"{times} times it was made"}
 
 
 def _exit_code(processes) -> int | None:
@@ -400,8 +407,18 @@ class Engine:
         pool.shutdown(wait=True)
 
     def _dask(self, tasks: list[dict]):
+        """Batches on the cluster's workers, then, one at a time, the runs of any batch whose
+        workers kept dying.
+
+        A worker that dies (killed, out of memory) is the scheduler's to answer: the batches
+        it held go to other workers. A batch whose every worker died
+        (``distributed.scheduler.allowed-failures`` + 1 times) ends as KilledWorker: its runs
+        wait until every other batch is done, then each is made on its own, with nothing
+        else of the campaign in flight, so that a death there is that run's own doing and
+        never its neighbours'. A run whose worker dies each time it is made alone is
+        recorded as ``worker died``, as on local cores; the others as usual."""
         try:
-            from distributed import Client, as_completed
+            from distributed import Client, KilledWorker, as_completed
         except ImportError:
             # A missing extra is the user's to install: one line (ValueError), not an error of ntpool.
             raise MissingExtra("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
@@ -412,12 +429,28 @@ class Engine:
             # the load balanced; a lost worker's batch is retried elsewhere.
             workers = max(1, len(client.scheduler_info().get("workers", {})))
             size = max(1, min(self.batch * 8, len(tasks) // (workers * 4) or 1))
-            batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-            futures = [client.submit(execute_batch, batch, pure=False, retries=2,
-                                     key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
-                       for batch in batches]
-            for future in as_completed(futures):
-                yield from future.result()
+            batches = {client.submit(execute_batch, batch, pure=False, retries=2,
+                                     key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}"): batch
+                       for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))}
+            suspects = []
+            for future in as_completed(batches):
+                try:
+                    results = future.result()
+                except KilledWorker:
+                    suspects.extend(batches[future])
+                    continue
+                finally:
+                    future.release()
+                yield from results
+            for task in suspects:
+                alone = client.submit(execute_batch, [task], pure=False,
+                                      key=f"ntpool-alone-{task['key']}-{uuid.uuid4().hex[:8]}")
+                try:
+                    yield from alone.result()
+                except KilledWorker as error:
+                    yield _worker_died(task, "ended", error.allowed_failures + 1)
+                finally:
+                    alone.release()
         finally:
             if client is not self.dask:
                 client.close()

@@ -220,6 +220,10 @@ def parse_prototype(signature: str) -> tuple[str, CType, tuple[Param, ...]]:
 
 _ROUTINES: dict[str, Routine] = {}
 _DATA: dict[str, DataExport] = {}
+# The code of each function ``serve_directly`` made a routine: the names of the routines it
+# serves (a machine's served functions are made anew for each machine, from the same code,
+# and one code may serve several routines of one shape).
+_SERVED_CODES: dict = {}
 
 
 def _checked_module(module: str, name: str) -> str:
@@ -263,6 +267,7 @@ def serve_directly(kernel, method: Callable, function: Callable) -> None:
     function.__doc__ = method.__doc__
     function.__signature__ = inspect.Signature(
         parameters, return_annotation=inspect.signature(method).return_annotation)
+    _SERVED_CODES.setdefault(function.__code__, set()).add(method.__name__)
     setattr(kernel, method.__name__, function)
 
 
@@ -326,3 +331,97 @@ def lookup_data(name: str) -> DataExport:
         return _DATA[name]
     except KeyError:
         raise KeyError(f"no data export named {name!r} is registered") from None
+
+
+# --- a Python caller's argument that no C caller could pass ----------------------------------
+
+# What these errors are when a Python driver passes a routine a value its C parameter cannot
+# hold: the routine's code then fails on it (an operator, a format, a range check), and the
+# message names neither the routine nor the parameter.
+_ARGUMENT_ERRORS = (TypeError, ValueError, OverflowError)
+
+
+def explain_argument_error(error: BaseException) -> str | None:
+    """For ``error`` raised inside a routine that Python code called: which argument no C
+    caller could have passed, as "Routine: Param (C type) ..., got VALUE", or None.
+
+    The routine is the outermost one on the error's traceback (the one the caller called); its
+    arguments are read from its frame, by their position in the C prototype. A value is named
+    when it is not one of its C type's: None where the parameter is not optional (NULL is 0),
+    a float, a container, bytes, or an int outside the type's range. A str, a callable or any
+    other object is taken to be a convenience the routine accepts, so it is not named: when
+    every argument passes, the error is the routine's own answer (or ntpool's), and None is
+    returned. Made only after the error, so a call costs nothing more."""
+    if not isinstance(error, _ARGUMENT_ERRORS):
+        return None
+    codes = _routine_codes()
+    trace, caller = error.__traceback__, None
+    while trace is not None:
+        frame = trace.tb_frame
+        names = codes.get(frame.f_code)
+        if names:
+            return _explain_arguments(_ROUTINES[_called(names, caller)], frame)
+        trace, caller = trace.tb_next, frame
+    return None
+
+
+def _routine_codes() -> dict:
+    """Each routine's code: the names of the routines it serves."""
+    codes = {}
+    for name, entry in _ROUTINES.items():
+        code = getattr(entry.function, "__code__", None)
+        if code is not None:
+            codes.setdefault(code, set()).add(name)
+    for code, names in _SERVED_CODES.items():
+        codes.setdefault(code, set()).update(names)
+    return codes
+
+
+def _called(names: set, caller) -> str:
+    """Which of the routines one code serves the caller called: the one its code names
+    (``k.ExAllocateFromNPagedLookasideList(...)`` names it), else the first by name."""
+    named = sorted(name for name in names if caller is not None and name in caller.f_code.co_names)
+    return (named or sorted(names))[0]
+
+
+def _explain_arguments(entry: Routine, frame) -> str | None:
+    code = frame.f_code
+    names = code.co_varnames[:code.co_argcount]
+    if names and names[0] == "self":
+        names = names[1:]
+    values = frame.f_locals
+    inputs = [param for param in entry.params if not param.out]
+    for param, name in zip(inputs, names):
+        if name not in values:
+            continue
+        problem = _not_a_c_value(param, values[name])
+        if problem:
+            return f"{entry.name}: {param.name} ({param.ctype}) {problem}"
+    return None
+
+
+def _not_a_c_value(param: Param, value) -> str:
+    """Why ``value`` is no value of ``param``'s C type, or "" when it may be one."""
+    ctype = param.ctype
+    if value is None:
+        return "" if param.optional else \
+            "is not optional: pass an int (0 is NULL), not None"
+    if isinstance(value, bool) or not isinstance(value, (int, float, bytes, bytearray,
+                                                          list, tuple, dict, set)):
+        return ""  # a str tag, a callable, a driver's object: conveniences some routines take
+    if not isinstance(value, int):
+        return f"must be an int, got {type(value).__name__} {_shown(value)}"
+    if ctype.size == 0 or ctype.pointer or ctype.size > 8:
+        low, high = 0, (1 << 64) - 1
+    elif ctype.signed:
+        low, high = -(1 << (8 * ctype.size - 1)), (1 << (8 * ctype.size - 1)) - 1
+    else:
+        low, high = 0, (1 << (8 * ctype.size)) - 1
+    if low <= value <= high:
+        return ""
+    return f"must be an int from {low:#x} to {high:#x}, got {value:#x}"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

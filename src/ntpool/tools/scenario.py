@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 from ..errors import BugCheck
 from .poolmon import Snapshot
 from ..kernel import Kernel
+from ..routines.registry import explain_argument_error
 
 SAMPLES_DIRECTORY = Path(__file__).parent.parent / "samples"
 # "demo": the compiled sample drivers; "demo-python": the same story by the Python samples.
@@ -293,11 +294,13 @@ class ScenarioRun:
         frames = traceback.extract_tb(error.__traceback__)
         user = [f for f in frames if not f.filename.startswith(_CORE_DIRECTORY)
                 or f.filename.startswith(_SAMPLES_DIRECTORY)]
+        # A routine given a value its C parameter cannot hold: the routine and the parameter,
+        # where the error's own message would name neither.
+        what = explain_argument_error(error) or f"{type(error).__name__}: {error}"
         if user:
             frame = user[-1]
-            return (f"{frame.filename}:{frame.lineno} in {frame.name}: "
-                    f"{type(error).__name__}: {error}")
-        return f"{self.scenario.path}: {type(error).__name__}: {error}"
+            return f"{frame.filename}:{frame.lineno} in {frame.name}: {what}"
+        return f"{self.scenario.path}: {what}"
 
     def _crashed(self, error: BugCheck) -> None:
         self.bugcheck = error
