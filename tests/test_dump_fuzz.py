@@ -264,7 +264,7 @@ def test_a_page_table_s_runs_are_its_present_entries_the_dump_holds(pieces, firs
             assert list(runs.values()) == [expected, expected]
 
 
-# --- found by python -m ntpool.tools.dump_fuzz ---------------------------------------------------
+# --- found by python -m ntpool.cli.dump_fuzz ---------------------------------------------------
 
 def test_tab_completion_on_a_dump_without_debugger_data_offers_nothing(tmp_path):
     """kd's completion of a driver name reads the module list through KDBG: a dump whose

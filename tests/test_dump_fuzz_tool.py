@@ -1,4 +1,4 @@
-"""The dump fuzzer itself (python -m ntpool.tools.dump_fuzz): its cases replay, and it reports
+"""The dump fuzzer itself (python -m ntpool.cli.dump_fuzz): its cases replay, and it reports
 what it exists to catch (a traceback, a hang, a blow-up) with the case that replays it."""
 
 import os
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ntpool.debugger.pooltag import PoolTagDatabase
-from ntpool.tools import dump_fuzz
+from ntpool.cli import dump_fuzz
 
 
 @pytest.fixture(scope="module")

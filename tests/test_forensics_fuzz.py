@@ -98,7 +98,7 @@ def test_hostile_results_are_scored_or_refused_in_one_line(tmp_path, text):
         assert result["headers"]["truth"] == 1
 
 
-# --- found by python -m ntpool.tools.dump_fuzz ---------------------------------------------------
+# --- found by python -m ntpool.cli.dump_fuzz ---------------------------------------------------
 
 def _refused(tmp_path, truth_bytes: bytes | None, results_bytes: bytes, name: str = "results") -> str:
     truth = tmp_path / "truth.json"

@@ -33,7 +33,9 @@ def _imported_packages(path: pathlib.Path) -> set[str]:
                 base = list(parts[:len(parts) - node.level])
                 target = base + (node.module.split(".") if node.module else [])
                 names = [target + [alias.name] for alias in node.names] if not node.module else [target]
-            elif node.module and node.module.startswith("ntpool"):
+            elif node.module == "ntpool":
+                names = [[alias.name] for alias in node.names]
+            elif node.module and node.module.startswith("ntpool."):
                 names = [node.module.split(".")[1:]]
             else:
                 continue
@@ -42,6 +44,8 @@ def _imported_packages(path: pathlib.Path) -> set[str]:
             for alias in node.names:
                 if alias.name.startswith("ntpool."):
                     found.add(alias.name.split(".")[1])
+                elif alias.name == "ntpool":
+                    found.add("__init__")
     return found
 
 
@@ -73,6 +77,61 @@ def test_the_core_floors_import_only_downward():
             for path in paths:
                 above = _imported_packages(path) - allowed - LAYERS_ON_TOP
                 assert not above, f"{path.relative_to(PACKAGE)} imports {above}, on a floor above its own"
+
+
+# Above the core, the layers' floors, ground up, with the same rule: a module imports the core,
+# its own floor and those below, never a floor above. The package's face (``import ntpool``)
+# and what attaches to every machine first; what reads dumps and the samples; tools/ (the
+# scenario loader, poolmon's model, pictures, the benches, the pool and .sys fuzzers); the
+# campaign engine; forensics (its corpus is a campaign); the command line on top, with the
+# dump fuzzer that drives its kd, poolmon and score.
+UPPER_FLOORS = [
+    {"__init__", "verifier", "dump", "native"},
+    {"debugger", "samples"},
+    {"tools"},
+    {"campaign"},
+    {"forensics"},
+    {"cli", "__main__"},
+]
+
+
+def _entries() -> set[str]:
+    """The package's modules and sub-packages (a folder of Python files), as imports name them."""
+    return ({path.stem for path in PACKAGE.glob("*.py")}
+            | {path.name for path in PACKAGE.iterdir() if path.is_dir() and any(path.glob("*.py"))})
+
+
+def _floor_of(name: str, floors: list[set[str]]) -> int:
+    # A name that is no module of ntpool's is one of the package's own (from .. import __version__).
+    name = name if name in _entries() else "__init__"
+    return next(number for number, floor in enumerate(floors) if name in floor)
+
+
+def test_every_module_has_a_floor():
+    floors = CORE_FLOORS + UPPER_FLOORS
+    placed = [entry for floor in floors for entry in floor]
+    assert len(placed) == len(set(placed))
+    assert _entries() == set(placed), "a module or package of ntpool's on no floor (or a floor naming none)"
+
+
+def test_the_layers_on_top_import_only_downward():
+    floors = CORE_FLOORS + UPPER_FLOORS
+    for floor in UPPER_FLOORS:
+        for entry in floor:
+            for path in _modules(entry + ".py") if (PACKAGE / (entry + ".py")).is_file() else _modules(entry):
+                own = _floor_of(entry, floors)
+                above = {name for name in _imported_packages(path) if _floor_of(name, floors) > own}
+                assert not above, f"{path.relative_to(PACKAGE)} imports {above}, on a floor above its own"
+
+
+def test_the_upper_floor_check_sees_imports_inside_functions():
+    # dump_fuzz imports what it drives inside its functions; the scan must see those too.
+    assert {"forensics", "tools", "debugger"} <= _imported_packages(PACKAGE / "cli" / "dump_fuzz.py")
+    assert "tools" in _imported_packages(PACKAGE / "campaign" / "runs.py")
+    floors = CORE_FLOORS + UPPER_FLOORS
+    assert _floor_of("__version__", floors) == _floor_of("__init__", floors)
+    assert _floor_of("cli", floors) > _floor_of("forensics", floors) > _floor_of("campaign", floors) \
+        > _floor_of("tools", floors) > _floor_of("kernel", floors)
 
 
 def test_the_floor_check_sees_an_import_from_above():

@@ -1,6 +1,7 @@
 """Compiled drivers (.sys) on the machine: loader, CPU, calls, SEH, faults, attribution."""
 
 import os
+import re
 import struct
 
 import pytest
@@ -393,6 +394,11 @@ def test_a_crash_dump_names_the_compiled_driver_and_line(tmp_path):
     assert f"({free_line})" in text
     # The site text names its module already: not "overrun.sys!overrun.sys+0x...".
     assert "ALLOCATED_BY:  overrun.sys+0x" in text and "overrun.sys!" not in text
+    # ALLOCATED_BY names the source file as CALL_SITE does: its name, not the path the PDB
+    # recorded ("/ntpool/samples/native/overrun.c").
+    allocated = re.search(r"ALLOCATED_BY:  .*\((\S+):\d+\)", text).group(1)
+    called = re.search(r"CALL_SITE:  .*\((\S+):\d+\)", text).group(1)
+    assert allocated == called == "overrun.c"
     text = session.execute("lm")
     assert "overrun    (overrun.sys)" in text
 

@@ -521,3 +521,22 @@ def test_native_code_and_ntpool_calling_each_other_without_end_is_a_stack_overfl
                             env=dict(os.environ, PYTHONPATH=src))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("0x7f 0x8 kernel stack overflow: more than 32 calls nested")
+
+
+# --- Ctrl-C while native code waits on a routine ---------------------------------------------------
+
+def test_ctrl_c_inside_a_routine_native_code_called_is_a_keyboard_interrupt():
+    """A KeyboardInterrupt raised in a routine (Ctrl-C lands in Python code, which is where
+    native code's calls run) is carried out of unicorn's hook; the runner made it a
+    NativeError, so a library user's Ctrl-C did not stop the program as Ctrl-C does."""
+    k, driver = misbehave()
+    machine = driver.machine
+    number = machine.bindings.names.index("NdisAllocateMemoryWithTag")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    machine.bindings.handlers[number] = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        driver.call("AllocateInto", k.ExAllocatePoolWithTag(0, 8, "Outp"))
+    assert machine.cpu.depth == 0

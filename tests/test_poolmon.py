@@ -147,7 +147,7 @@ def test_snapshot_json_round_trip():
      ' "allocs": 1, "frees": 0, "bytes": 32}]}', "1 to 4"),
     ('{"format": "ntpool-poolsnap", "version": 1, "tags": [{"tag": "Abcd", "type": "Nonp",'
      ' "allocs": -1, "frees": 0, "bytes": 32}]}', "allocs"),
-    # found by python -m ntpool.tools.dump_fuzz: a RecursionError traceback, an error naming no file
+    # found by python -m ntpool.cli.dump_fuzz: a RecursionError traceback, an error naming no file
     pytest.param("[" * 100000 + "]" * 100000, r"x.json is not a poolsnap file \(JSON nested too deeply",
                  id="nested-too-deeply"),
     pytest.param('{"format": "ntpool-poolsnap", "version": ' + "9" * 5000 + "}",

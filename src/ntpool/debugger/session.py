@@ -35,6 +35,11 @@ def _error_text(error: Exception) -> str:
     return str(error)
 
 
+def file_name(path: str) -> str:
+    """A source file's name without its folders (a Python driver's path, or the one a PDB
+    recorded, '/' or '\\' separated): how CALL_SITE and "Probably caused by" show it."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
 class CommandError(ValueError):
     """A command line kd would refuse (bad syntax, bad number)."""
 
@@ -673,7 +678,7 @@ class KdSession:
         for driver, address, line, function, filename in self.reader.call_sites()[1:]:
             if address == pointer:
                 return (f"{qualified(driver or 'nt', function)} "
-                        f"({filename.rsplit('/', 1)[-1]}:{line})")
+                        f"({file_name(filename)}:{line})")
         for name, base, size in self.reader.loaded_modules():
             if base <= pointer < base + size:
                 return f"{name.rsplit('.', 1)[0]}+{pointer - base:#x}"
@@ -765,7 +770,7 @@ class KdSession:
         call_site = context["call_site"] if context else ""
         address = 0
         for owner, site_address, line, function, filename in self.reader.call_sites()[1:]:
-            text = f"{function} ({filename.rsplit('/', 1)[-1]}:{line})"
+            text = f"{function} ({file_name(filename)}:{line})"
             if text == call_site and (not driver or owner == driver):
                 address = site_address
                 break
@@ -973,7 +978,7 @@ class KdSession:
         if not 0 < site < len(sites):
             return None
         driver, _, line, function, filename = sites[site]
-        return f"{qualified(driver or '(no driver)', function)} ({filename}:{line})"
+        return f"{qualified(driver or '(no driver)', function)} ({file_name(filename)}:{line})"
 
     def _allocated_by(self, chunk) -> list[str]:
         """Who allocated the chunk: its number in ntpool's allocation-site table (an older

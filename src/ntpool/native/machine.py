@@ -478,7 +478,10 @@ class NativeMachine:
                     rip = seh.raise_exception(self, regs, detail.status,
                                               getattr(detail, "parameters", ()), thread)
                     continue
-                if isinstance(detail, (BugCheck, UnimplementedRoutine, NativeError)):
+                if isinstance(detail, (BugCheck, UnimplementedRoutine, NativeError)) or \
+                        not isinstance(detail, Exception):
+                    # A bug check, ntpool's own answers, and what is no error of the call
+                    # (KeyboardInterrupt, SystemExit: Ctrl-C during a routine) go on as they are.
                     raise detail
                 raise self._call_error(detail) from detail
             if kind == "interrupt":

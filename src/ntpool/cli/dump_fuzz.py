@@ -1,6 +1,6 @@
 """Fuzz everything that reads a file a user hands ntpool: crash dumps and forensics JSON.
 
-    python -m ntpool.tools.dump_fuzz --runs 2000 [--seed S] [--windows 7,11] [--kinds kernel,full]
+    python -m ntpool.cli.dump_fuzz --runs 2000 [--seed S] [--windows 7,11] [--kinds kernel,full]
         [--timeout SECONDS] [--memory-mib 300] [--case N] [--keep DIR] [--seeds-dir DIR]
 
 It makes real dumps first (per Windows design: the demo's drivers and crash; a machine with
@@ -426,7 +426,7 @@ def locate(seed: Seed) -> None:
         if reader.dump_type == f.DUMP_TYPE_FULL and reader.runs[0].first == 0:
             _forge_kit(seed, reader, ntpl)
         seed.addresses = sorted(set(seed.addresses))
-        from ..cli.dump_source import DumpSource
+        from .dump_source import DumpSource
 
         seed.snapshot = DumpSource(seed.path).snapshot().to_json()
         seed.poolfind = "\n".join(session.run_one(command) for command in ("!poolfind * 0", "!poolfind * 1"))
@@ -577,7 +577,7 @@ def _commands(seed: Seed, rng: random.Random) -> list:
 
 def run_dump(path: str, seed: Seed, rng: random.Random, pooltags) -> str:
     """Every reader on the dump at ``path``: "refused" / "read"; Failure otherwise."""
-    from ..cli.kd import completion_words
+    from .kd import completion_words
     from ..debugger.session import KdSession
     from ..dump.reader import DumpFormatError, DumpReader
 
@@ -641,8 +641,8 @@ def run_poolmon(path: str, pooltags) -> None:
     """``ntpool poolmon DUMP --once`` as the command runs it, and the page map's strips."""
     from rich.console import Console
 
-    from ..cli.dump_source import DumpSource
-    from ..cli.poolmon_view import ViewState, poolmon_screen
+    from .dump_source import DumpSource
+    from .poolmon_view import ViewState, poolmon_screen
     from ..dump.reader import DumpFormatError
     from ..tools.poolmon import PoolmonModel
 
@@ -966,7 +966,7 @@ class Pool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntpool.tools.dump_fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ntpool.cli.dump_fuzz", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1, help="master seed (case N is a function of it)")
     parser.add_argument("--case", type=int, help="replay only this case")
@@ -1006,7 +1006,7 @@ def main(argv=None) -> int:
             outcomes[key] = outcomes.get(key, 0) + 1
             if outcome == "failure":
                 failures.append((number, detail))
-                print(f"FAILURE case {number}: {detail}\n  replay: python -m ntpool.tools.dump_fuzz "
+                print(f"FAILURE case {number}: {detail}\n  replay: python -m ntpool.cli.dump_fuzz "
                       f"--seed {args.seed} --case {number} --windows {args.windows} --kinds {args.kinds}",
                       flush=True)
             elif not args.quiet and (number + 1) % 100 == 0:
