@@ -272,7 +272,8 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         """Stop the machine: record the bug check, halt, publish BugCheckRaised, raise.
 
         ``culprit`` (a loaded driver) names the driver at fault when the kernel itself finds
-        the fault, as at unload (0xC4/0x62): the routine blamed is then its DriverUnload.
+        the fault, as at unload (0xC4/0x62): the routine blamed is then its DriverUnload. A
+        name (str) is a driver that has unloaded (0xD4).
         """
         error = BugCheck(BugCheckCode, BugCheckParameter1, BugCheckParameter2,
                          BugCheckParameter3, BugCheckParameter4, detail=detail)
@@ -287,7 +288,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # made while ExDeferredFreePool processes frees queued earlier.
         error.found_in = next((pool.found_in for pool in getattr(getattr(self, "pool", None), "pools", ())
                                if getattr(pool, "found_in", "")), "")
-        if culprit is not None:
+        if isinstance(culprit, str):
+            # A driver that has unloaded (its name from the unloaded-drivers list, as
+            # !analyze names it for 0xD4): no routine of its own is left to blame.
+            error.site = 0
+            error.driver_name, error.call_site = culprit, ""
+        elif culprit is not None:
             error.site = 0
             error.driver_name = culprit.name
             code = getattr(getattr(culprit.obj, "DriverUnload", None), "__code__", None)

@@ -556,7 +556,7 @@ class RuntimeRoutines:
             if self.hooks.listening(PageFault) and \
                     self.hooks.ask(PageFault(va, write)) is not None:  # special pool's pages
                 continue
-            code, where = BugCheckCode.IRQL_NOT_LESS_OR_EQUAL, "not resident"
+            code, where, culprit = BugCheckCode.IRQL_NOT_LESS_OR_EQUAL, "not resident", None
             for name, base, end in self._driver_images():
                 if base <= va < end:
                     code = BugCheckCode.DRIVER_PORTION_MUST_BE_NONPAGED
@@ -567,10 +567,11 @@ class RuntimeRoutines:
                     if base <= va < end:
                         code = BugCheckCode.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD
                         where = f"where {name} was before it unloaded (its lookaside list was never deleted)"
+                        culprit = name  # the unloaded driver is blamed, whoever's call found it
                         break
             self.KeBugCheckEx(code, va, DISPATCH_LEVEL, int(write), instruction,
                               detail=f"a lookaside list's {access} {va:#x} at IRQL {DISPATCH_LEVEL}: "
-                                     f"{where}")
+                                     f"{where}", culprit=culprit)
 
     def _driver_images(self):
         for driver in self.drivers:

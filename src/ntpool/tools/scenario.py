@@ -33,6 +33,9 @@ SAMPLES_DIRECTORY = Path(__file__).parent.parent / "samples"
 SAMPLE_SCENARIOS = {"demo": SAMPLES_DIRECTORY / "demo.py",
                     "demo-python": SAMPLES_DIRECTORY / "demo_python.py"}
 MiB = 1 << 20
+# How long the machine runs on after the drivers unload: one full round of the balance set
+# manager's lookaside scans (three passes, one a second).
+AFTER_UNLOAD_SECONDS = 3
 _CORE_DIRECTORY = str(Path(__file__).parent.parent)
 _SAMPLES_DIRECTORY = str(SAMPLES_DIRECTORY)
 
@@ -252,6 +255,12 @@ class ScenarioRun:
             return
         self.sample("end of workload")
         self.unload_drivers()
+        if not self.bugcheck:
+            # Windows runs on after the unload: within AFTER_UNLOAD_SECONDS the balance set
+            # manager has scanned every lookaside list once (ExAdjustLookasideDepth scans the
+            # drivers' nonpaged lists, their paged lists and the pool's in turn, one a second),
+            # so a list left linked in an unloaded image is found (0xD4), as are timers due.
+            self._call_driver(lambda: self.kernel.advance_time(AFTER_UNLOAD_SECONDS))
         if not self.bugcheck:
             self.sample("after unload")
         self.finished = True
