@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ntpool.cli.launch import started_as_module
+from ntpool.startup import started_as_module
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -50,19 +50,20 @@ def test_without_ctrl_c_python_m_ntpool_runs_and_the_handler_is_python_s_again(t
     assert (done.returncode, done.stdout, done.stderr) == (0, b"ntpool 0.1.0\n", b"")
     # the command itself still takes Ctrl-C over as before (its own handler, not a noting one)
     probe = ("import signal, sys; sys.argv = ['-m']; sys.orig_argv = ['python', '-m', 'ntpool'];"
-             "import ntpool.cli.launch as launch; import ntpool;"
-             "assert launch._holding, 'holds while the package loads';"
-             "launch._release(); assert signal.getsignal(signal.SIGINT) is signal.default_int_handler")
+             "import ntpool.startup as startup; import ntpool;"
+             "assert startup._holding, 'holds while the package loads';"
+             "assert not startup.release();"
+             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler")
     assert _python(tmp_path, "-c", probe).returncode == 0
 
 
 def test_importing_ntpool_as_a_library_leaves_ctrl_c_alone(tmp_path):
-    probe = ("import signal, ntpool, ntpool.cli.launch as launch;"
+    probe = ("import signal, ntpool, ntpool.startup as startup;"
              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler;"
-             "assert not launch._holding")
+             "assert not startup._holding")
     assert _python(tmp_path, "-c", probe).returncode == 0
     # another module of the package run with -m is left alone as well: a Ctrl-C is Python's
-    done = _python(tmp_path, "-m", "ntpool.cli.launch", at="ntpool.kernel")
+    done = _python(tmp_path, "-m", "ntpool.startup", at="ntpool.kernel")
     assert b"KeyboardInterrupt" in done.stderr
 
 

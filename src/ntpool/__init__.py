@@ -1,7 +1,7 @@
 """ntpool: an executable, faithful model of the Windows kernel's tagged pool."""
 
 # First: under ``python -m ntpool``, a Ctrl-C while the rest loads is noted, then one line.
-from .cli import launch as _launch  # noqa: F401
+from . import startup as _startup  # noqa: F401
 
 from .constants import (
     APC_LEVEL,
