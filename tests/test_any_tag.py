@@ -216,7 +216,8 @@ def test_kd_refuses_a_tag_string_beyond_ascii_and_names_the_0x_form(tmp_path):
     k = machine()
     k.write_dump(tmp_path / "d.dmp", "kernel")
     session = KdSession(DumpReader(tmp_path / "d.dmp"), PoolTagDatabase.default(environ={}))
-    assert "0x and the tag's ULONG in hex" in session.execute("!poolfind Pr\xe9f")
+    said = session.execute("!poolfind Pr\xe9f")  # the bytes P r \xe9 f: the ULONG 0x66e97250
+    assert "'Pr\xe9f'" in said and "0x and its 8 hex digits; this one is 0x66e97250" in said
 
 
 @pytest.mark.parametrize("windows", [7, 11])

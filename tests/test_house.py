@@ -86,7 +86,7 @@ def test_the_core_floors_import_only_downward():
 # campaign engine; forensics (its corpus is a campaign); the command line on top, with the
 # dump fuzzer that drives its kd, poolmon and score.
 UPPER_FLOORS = [
-    {"__init__", "verifier", "dump", "native"},
+    {"__init__", "startup", "verifier", "dump", "native"},
     {"debugger", "samples"},
     {"tools"},
     {"campaign"},

@@ -1,5 +1,8 @@
 """ntpool: an executable, faithful model of the Windows kernel's tagged pool."""
 
+# First: under ``python -m ntpool``, a Ctrl-C while the rest loads is noted, then one line.
+from . import startup as _startup  # noqa: F401
+
 from .constants import (
     APC_LEVEL,
     DISPATCH_LEVEL,

@@ -1,5 +1,5 @@
 import sys
 
-from .cli.main import main
+from .cli.launch import run_main
 
-sys.exit(main())
+sys.exit(run_main())

@@ -320,11 +320,14 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
     @allowed_when_halted
     def read(self, address: int, size: int) -> bytes:
         """``size`` bytes at virtual ``address``; an unmapped page is bug check 0x50."""
-        offset = address & 0xFFF
-        if 0 <= size and offset + size <= PAGE_SIZE:
-            base = self._tlb.get(address >> PAGE_SHIFT)
-            if base is not None:
-                return self._mem[base + offset:base + offset + size]
+        try:  # free in the common case; an argument of the wrong type is named the slow way
+            offset = address & 0xFFF
+            if 0 <= size and offset + size <= PAGE_SIZE:
+                base = self._tlb.get(address >> PAGE_SHIFT)
+                if base is not None:
+                    return self._mem[base + offset:base + offset + size]
+        except TypeError:
+            pass
         return self._read_slow(address, size)
 
     def write(self, address: int, data) -> None:
@@ -337,7 +340,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
                 if base is not None:
                     self._mem[base + offset:base + offset + size] = data
                     return
-        except TypeError:
+        except TypeError:  # not bytes, or not an int address: named by the slow way
             pass
         self._write_slow(address, data)
 
@@ -447,9 +450,14 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         address), and any other address 0x50 PAGE_FAULT_IN_NONPAGED_AREA (address, 8,
         address, 0). Executable memory with no CPU to run it is ``ExecutionError``.
         """
+        try:
+            noncanonical = canonical(address) != address
+        except TypeError:
+            _checked_address(address)
+            raise
         site = self.call_sites.site_of_caller()
         caller = self.call_sites.describe(site)
-        if canonical(address) != address:
+        if noncanonical:
             self.KeBugCheckEx(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, NtStatus.STATUS_ACCESS_VIOLATION,
                               self.call_sites.table[site].address, 0, 0xFFFFFFFFFFFFFFFF,
                               detail=f"call to the non-canonical address {address:#x} (an "
@@ -580,18 +588,41 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         The symbol file volatility3 needs goes in a ``symbols`` folder beside it (``symbols``);
         ``truth=FILE.json`` also writes the manifest of every chunk (``ntpool.forensics``).
         The dump layer (``ntpool.dump``) attaches the writer to every machine."""
+        for name, value in (("path", path), ("truth", truth)):
+            if not isinstance(value, (str, bytes, os.PathLike)) and (value is not None or name == "path"):
+                raise TypeError(f"{name} must be a file name (str or os.PathLike), not "
+                                f"{type(value).__name__}: {_shown_argument(value)}")
         if self.dump_writer is None:
             raise RuntimeError("no dump writer is attached (import ntpool.dump)")
         return self.dump_writer(self, path, kind, symbols, truth)
 
 
+def _checked_address(address, name: str = "address") -> int:
+    """A virtual address argument: an int (TypeError naming what it got), 64 bits (ValueError)."""
+    if isinstance(address, bool) or not isinstance(address, int):
+        raise TypeError(f"{name} must be an int (a virtual address), not "
+                        f"{type(address).__name__}: {_shown_argument(address)}")
+    if not 0 <= address < 1 << 64:
+        raise ValueError(f"{name} must be a 64-bit virtual address, got {address!r}")
+    return address
+
+
+def _shown_argument(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _checked_span(address, size, write: bool) -> tuple[int, int]:
     if isinstance(address, bool) or not isinstance(address, int):
-        raise ValueError(f"address must be a 64-bit int, got {address!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        _checked_address(address)  # the TypeError
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int (a number of bytes), not {type(size).__name__}: "
+                        f"{_shown_argument(size)}")
+    if size < 0:
         raise ValueError(f"size must be a non-negative int, got {size!r}")
     if not 0 <= address < 1 << 64:
-        raise AddressRangeError(f"address must be a 64-bit int, got {address!r}", address, size, write)
+        raise AddressRangeError(f"address must be a 64-bit virtual address, got {address!r}",
+                                address, size, write)
     if address + size > 1 << 64:
         raise AddressRangeError(f"{size} bytes at {address:#x} run past the end of the address "
                                 f"space", address, size, write)

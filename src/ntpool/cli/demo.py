@@ -20,7 +20,7 @@ from ..debugger.session import KdSession
 from ..dump import DumpReader
 from ..tools.poolmon import PoolmonModel, grown_tags, owner_text
 from ..tools.scenario import ScenarioRun, load_scenario
-from .poolmon_view import poolmon_table, wide_console
+from .poolmon_view import poolmon_table, table_width, wide_console
 from .sources import check_output_file
 
 DUMP_NAME = "MEMORY.DMP"
@@ -108,7 +108,7 @@ def _phase_report(run: ScenarioRun, phase: str, start, end, console: Console, po
         model.update(end)
         console.print(poolmon_table(model, title="Pool usage by tag after the traffic "
                                                  "(deltas: since the traffic began)",
-                                    width=console.width))
+                                    width=table_width(console)))
         grown = [g for g in grown_tags(start, end) if g.diff_grown > 0]
         if grown:
             leak = grown[0]

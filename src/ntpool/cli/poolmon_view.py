@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from rich import box
 from rich.console import Console, Group
-from rich.table import Table
+from rich.table import Table  # the help page
 from rich.text import Text
 
-from ..tools.poolmon import NONPAGED, PoolmonModel, check_tag_pattern
+from ..tools.poolmon import NONPAGED, PAGED, PoolmonModel, check_tag_pattern
 
 # (id, header, right-aligned)
 COLUMNS = (("tag", "Tag", False), ("type", "Type", False), ("allocs", "Allocs", True),
@@ -99,44 +99,97 @@ def fit_columns(cell_rows: list[dict[str, str]], width: int | None,
 
 def poolmon_table(model: PoolmonModel, title: str = "", limit: int | None = None,
                   owners: bool = True, width: int | None = None, top: int = 0,
-                  height: int | None = None, totals: bool = False) -> Table:
-    """The rows (``top`` onwards, at most ``height``/``limit``) in the columns that fit."""
-    rows = model.rows()
-    rows = rows[:limit] if limit else rows
-    shown = rows[top:top + height] if height is not None else rows[top:]
+                  height: int | None = None, totals: bool = False,
+                  usages: list | None = None) -> "TextTable":
+    """The rows (``top`` onwards, at most ``height``/``limit``) in the columns that fit.
+
+    Only the rows shown are sorted out, looked up and formatted (``PoolmonModel.rows``), and
+    the table is plain lines (``TextTable``): a screen of a dump with 44,000 tags costs what a
+    screen costs, and a table of every tag written to a file a few microseconds a row."""
+    usages = model.usages() if usages is None else usages
+    count = min(len(usages), limit) if limit else len(usages)
+    shown = model.rows(top, max(0, min(count - top, height if height is not None else count)),
+                       usages=usages)
     cell_rows = [_cells(row) for row in shown]
-    total_rows = _total_rows(model) if totals else []
+    total_rows = _total_rows(usages) if totals else []
     columns, owner_width = fit_columns(cell_rows + total_rows, width, owners)
-    # SIMPLE_HEAD separates columns with one space; a left padding of one adds the second.
-    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False, padding=(0, 0, 0, GAP - 1),
-                  header_style="bold")
     headers = {cid: (header, right) for cid, header, right in COLUMNS}
-    for position, cid in enumerate(columns):
-        header, right = headers[cid]
-        table.add_column(header, justify="right" if right else "left", no_wrap=True,
-                         overflow="ellipsis" if cid == "owner" else "fold",
-                         min_width=len(header) if cid != "tag" else 4,
-                         max_width=owner_width if cid == "owner" else None)
+    widths = {cid: max([len(headers[cid][0])] + [len(cells.get(cid, "")) for cells in cell_rows + total_rows])
+              for cid in columns}
+    if owner_width is not None:
+        widths["owner"] = min(widths["owner"], owner_width)
+
+    def line(cells: dict) -> str:
+        parts = []
+        for cid in columns:
+            text, right = cells.get(cid, ""), headers[cid][1]
+            if len(text) > widths[cid]:  # only Owner is ever cut: with an ellipsis
+                text = text[:widths[cid] - 1] + "…"
+            parts.append(text.rjust(widths[cid]) if right else text.ljust(widths[cid]))
+        return (" " * GAP).join(parts)
+
+    header = line({cid: headers[cid][0] for cid in columns})
+    lines = [(header.rstrip(), "bold"), ("─" * len(header), None)]
     for row, cells in zip(shown, cell_rows):
         changed = row.allocs_delta or row.frees_delta or row.bytes_delta
-        table.add_row(*[cells[cid] for cid in columns], style="bold" if changed else None)
+        lines.append((line(cells).rstrip(), "bold" if changed else None))
     for cells in total_rows:
-        table.add_row(*[cells.get(cid, "") for cid in columns], style="reverse")
-    return table
+        lines.append((line(cells), "reverse"))
+    return TextTable(lines, title or "", len(header))
 
 
-def _total_rows(model: PoolmonModel) -> list[dict[str, str]]:
+class TextTable:
+    """A table as lines of text, each with its style (a rich renderable): what poolmon's
+    columns need (fit_columns has cut them to the width) at a few microseconds a line, where
+    rich's Table measures and pads every cell (about 650 us a row of 11 cells)."""
+
+    def __init__(self, lines: list, title: str, width: int):
+        self.lines = lines  # (text, style or None)
+        self.title = title
+        self.width = max([width, len(title)])
+
+    def __rich_console__(self, console, options):
+        from rich.segment import Segment
+        from rich.style import Style
+
+        styles = {}
+        new_line = Segment.line()
+        if self.title:
+            yield Segment(self.title, Style.parse("italic"))
+            yield new_line
+        for text, style in self.lines:
+            if style is not None and style not in styles:
+                styles[style] = Style.parse(style)
+            yield Segment(text, styles.get(style))
+            yield new_line
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(self.width, self.width)
+
+    def text(self) -> str:
+        """The lines as plain text."""
+        return "\n".join(([self.title] if self.title else []) + [text for text, _ in self.lines])
+
+
+def _total_rows(usages: list) -> list[dict[str, str]]:
+    """A totals row per pool type, over the rows the filters let through (one pass)."""
+    sums = {NONPAGED: [0, 0, 0, 0], PAGED: [0, 0, 0, 0]}
+    seen = set()
+    for usage in usages:
+        total = sums[usage.type]
+        total[0] += usage.allocs
+        total[1] += usage.frees
+        total[2] += usage.allocs - usage.frees
+        total[3] += usage.bytes
+        seen.add(usage.type)
     rows = []
-    for kind, label in ((NONPAGED, "Nonp"), ("Paged", "Paged")):
-        chosen = [r for r in model.rows() if r.type == kind]
-        if not chosen:
-            continue
-        rows.append({"tag": "Total", "type": label,
-                     "allocs": str(sum(r.allocs for r in chosen)),
-                     "frees": str(sum(r.frees for r in chosen)),
-                     "diff": str(sum(r.diff for r in chosen)),
-                     "bytes": str(sum(r.bytes for r in chosen))})
+    for kind, label in ((NONPAGED, "Nonp"), (PAGED, "Paged")):
+        if kind in seen:
+            allocs, frees, diff, size = sums[kind]
+            rows.append({"tag": "Total", "type": label, "allocs": str(allocs),
+                         "frees": str(frees), "diff": str(diff), "bytes": str(size)})
     return rows
 
 
@@ -158,8 +211,8 @@ def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: in
     state = state or ViewState()
     if state.show_help:
         return help_screen()
-    rows = model.rows()
-    count = min(len(rows), limit) if limit else len(rows)
+    usages = model.usages()
+    count = min(len(usages), limit) if limit else len(usages)
     heading_lines = totals_lines(machine) + [
         f" {status}",
         f" {model.describe_order()}  include: {' '.join(model.include) or '*'}  "
@@ -172,7 +225,7 @@ def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: in
     else:
         state.top = 0
     table = poolmon_table(model, limit=limit, owners=owners, width=width, top=state.top,
-                          height=room, totals=state.show_totals)
+                          height=room, totals=state.show_totals, usages=usages)
     footer = prompt or HELP
     if room is not None and count > room:
         footer = f"rows {state.top + 1}-{min(count, state.top + room)} of {count}  " + footer
@@ -341,14 +394,54 @@ class PipeConsole(Console):
     ``ntpool``'s main turns into a quiet exit (141), where rich would exit with status 1,
     a status ``ntpool run`` gives to leaks. Nothing more is written once the pipe is gone."""
 
+    fits_content = False  # see FittingConsole
+
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise BrokenPipeError("the output pipe was closed")
 
 
+class FittingConsole(PipeConsole):
+    """A console writing to a file or a pipe: each table as wide as its content, each line of
+    text whole (no wrapping), as users who redirect output expect; rich alone would make
+    everything 80 columns wide there, folding and cutting wide tables. Something that fills
+    whatever width it is given (a panel, a rule) gets the console's width."""
+
+    fits_content = True
+    widest = 4096  # a table wider still is folded at this width
+
+    def print(self, *objects, **options):
+        from rich.measure import Measurement
+
+        if all(isinstance(renderable, str) for renderable in objects):
+            options.setdefault("soft_wrap", True)  # a line of text is never wrapped
+        natural = 0
+        for renderable in objects:
+            if isinstance(renderable, str):
+                continue
+            measured = Measurement.get(self, self.options.update_width(self.widest), renderable)
+            if measured.maximum < self.widest:  # one that fills any width is left as it is
+                natural = max(natural, measured.maximum)
+        if natural <= self.width:
+            return super().print(*objects, **options)
+        saved, self._width = self._width, natural
+        try:
+            return super().print(*objects, **options)
+        finally:
+            self._width = saved
+
+
+
 def wide_console() -> Console:
-    """A console for tables: the terminal's width, or 132 columns when writing to a file."""
+    """A console for tables: the terminal's width (or COLUMNS, when set); writing to a file
+    or a pipe, as wide as each table (``FittingConsole``; 132 columns for what fills any)."""
     console = PipeConsole()
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = PipeConsole(width=132)
+        console = FittingConsole(width=132)
     return console
+
+
+def table_width(console: Console) -> int | None:
+    """The width a poolmon table is fitted to (columns dropped, Owner shortened): the
+    terminal's; None (every column whole) for a console that fits its content."""
+    return None if getattr(console, "fits_content", False) else console.width

@@ -8,7 +8,7 @@ from ..tools.poolmon import POOL_FILTERS, SORT_KEYS, PoolmonModel, Snapshot, gro
 from ..debugger.pooltag import PoolTagDatabase
 from ..hooks import DebugPrinted
 from ..pool.layout import HEADER_SIZE
-from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, wide_console
+from .poolmon_view import ViewState, interactive, poolmon_screen, poolmon_table, table_width, wide_console
 from ..tools.scenario import load_scenario
 from ..tools.requests import parse_ioctl
 from .sources import ScenarioSource, add_windows_argument, check_output_file, kernel_options, \
@@ -177,7 +177,7 @@ def cmd_run(args) -> int:
     model.update(end)
     console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
                                              f"({source.checkpoint} checkpoints)",
-                                limit=args.top, width=console.width))
+                                limit=args.top, width=table_width(console)))
     if run.bugcheck:
         console.print(f"[bold red]{run.bugcheck}[/bold red]", highlight=False)
         culprit = getattr(run.bugcheck, "driver_name", "")
@@ -269,7 +269,7 @@ def cmd_poolmon(args) -> int:
 
     def screen():
         return poolmon_screen(model, source.status(), prompt=" ", limit=args.limit,
-                              width=console.width, state=state, machine=source.machine())
+                              width=table_width(console), state=state, machine=source.machine())
 
     if args.iterations:
         for _ in range(args.iterations):

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .poolmon_view import PipeConsole
+from .poolmon_view import wide_console
 from .sources import add_windows_argument
 
 
@@ -178,7 +178,7 @@ def cmd_verify(args) -> int:
         raise ValueError(f"--max-runs must be at least 1, got {args.max_runs}")
     description = campaign_description(args.scenario, plan, args.seed, None, args.windows,
                                        args.timeout)
-    console = PipeConsole()
+    console = wide_console()
     console.print(f"Low resources campaign on [bold]{args.scenario}[/bold]: fault plan {plan}, "
                   f"pool tracking on.")
     with engine_for(args, description, console, "verify") as engine:
@@ -258,7 +258,7 @@ def _print_triage(console: Console, failures) -> None:
 def cmd_triage(args) -> int:
     from ..campaign.triage import dump_task, fleet_report
 
-    console = PipeConsole()
+    console = wide_console()
     tasks = []
     for path in args.dumps:
         try:

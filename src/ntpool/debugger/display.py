@@ -253,19 +253,30 @@ def bugcheck_lines(reader: DumpReader) -> list[str]:
             "Arguments " + " ".join(kd_address(p) for p in reader.bugcheck_parameters)]
 
 
+VM_COUNT_COLUMN = 28  # WinDbg's !vm: 'Physical Memory:' and a count end here
+
+
 def virtual_memory(reader: DumpReader) -> list[str]:
-    """``!vm``: physical memory and each pool's use, in pages and Kb, from the dump alone."""
+    """``!vm``: physical memory and each pool's use, in pages and Kb, from the dump alone.
+
+    Laid out as WinDbg's: the label, the page count right-aligned so that every count ends
+    in the same column (28, further when a count needs it), then the Kb in parentheses, ten
+    wide (wider when one needs it), no thousands separators; then what ntpool adds: where
+    the figure comes from."""
     frames = reader.page_count
-    lines = ["", "*** Virtual Memory Usage ***",
-             f"\tPhysical Memory:  {frames:>12,} ({frames * 4:>12,} Kb) in the dump"]
+    rows = [("Physical Memory:", frames, "in the dump")]
     entries = reader.tracker_entries()
     used = {0: sum(e.NonPagedBytes for e in entries), 1: sum(e.PagedBytes for e in entries)}
     for pool in reader.pool_ranges():
         mapped = sum(1 for _ in reader.mapped_pages(pool.start, pool.end))
         maximum = (pool.end - pool.start) >> PAGE_SHIFT
         label = "NonPagedPool" if pool.base_type == 0 else "PagedPool"
-        lines += [f"\t{label + ' Usage:':<18}{mapped:>12,} ({mapped * 4:>12,} Kb) pages mapped",
-                  f"\t{label + ' Max:':<18}{maximum:>12,} ({maximum * 4:>12,} Kb)",
-                  f"\t{label + ' Charged:':<18}{used[pool.base_type] // PAGE_SIZE:>12,} "
-                  f"({used[pool.base_type] // 1024:>12,} Kb) by the pool tags"]
+        rows += [(f"{label} Usage:", mapped, "pages mapped"), (f"{label} Max:", maximum, ""),
+                 (f"{label} Charged:", used[pool.base_type] // PAGE_SIZE, "by the pool tags")]
+    end = max([VM_COUNT_COLUMN] + [len(label) + 1 + len(str(pages)) for label, pages, _ in rows])
+    kb_width = max([10] + [len(str(pages * 4)) for _, pages, _ in rows])
+    lines = ["", "*** Virtual Memory Usage ***"]
+    for label, pages, note in rows:
+        lines.append(f"\t{label}{pages:>{end - len(label)}} ({pages * 4:>{kb_width}} Kb)"
+                     + (f" {note}" if note else ""))
     return lines

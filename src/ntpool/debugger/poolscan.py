@@ -187,12 +187,18 @@ def _expansions(pattern: str) -> list[str]:
     given as its ULONG (``0xdeadbeef``) is its four bytes (as Latin-1 text), no wildcards."""
     if is_hex_tag(pattern):
         return [int(pattern, 16).to_bytes(4, "little").decode("latin-1")]
+    return _text_forms(pattern)
+
+
+def _text_forms(pattern: str) -> list[str]:
+    """The four-character forms of a text pattern. A form that reads like a ULONG ('0x50',
+    from '0x50*') is text here: only a tag given whole is taken as its value."""
     if "*" not in pattern:
         return [pattern.ljust(4)] if len(pattern) <= 4 else []
     head, tail = pattern.split("*", 1)
     results = []
     for count in range(0, 5):
-        results += _expansions(head + "?" * count + tail)
+        results += _text_forms(head + "?" * count + tail)
     return sorted({r for r in results if len(r) == 4})
 
 

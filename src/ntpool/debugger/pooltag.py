@@ -47,6 +47,49 @@ def tag_matches(pattern: str, tag: str) -> bool:
     return wildcard_regex(pattern).fullmatch(tag.ljust(4)) is not None
 
 
+# What each of the 10 characters of a tag shown in hex can be: "0x" and 8 hex digits.
+_HEX_TAG_SHAPE = ("0", "xX") + ("0123456789abcdefABCDEF",) * 8
+
+
+def _can_match_a_hex_tag(pattern: str) -> bool:
+    """Whether the wildcard pattern matches some ``0x%08x`` string (``reachable``: the
+    positions of the shape the pattern so far can end at)."""
+    reachable = {0}
+    for ch in pattern:
+        if ch == "*":
+            reachable = set(range(min(reachable), len(_HEX_TAG_SHAPE) + 1)) if reachable else set()
+        else:
+            reachable = {j + 1 for j in reachable
+                         if j < len(_HEX_TAG_SHAPE) and (ch == "?" or ch in _HEX_TAG_SHAPE[j])}
+    return len(_HEX_TAG_SHAPE) in reachable
+
+
+def check_tag_pattern(pattern: str) -> str:
+    """A tag pattern that can match some tag as tools show it (four printable ASCII
+    characters, trailing spaces optional, or 0x and 8 hex digits), else a ValueError naming
+    it: a typo such as a fifth character would otherwise match nothing without a word. The
+    one rule of poolmon's filters and kd's !poolused and !poolfind.
+
+    A tag with a byte outside printable ASCII (a compiled driver's 'f\\xe9rP') is shown
+    as its ULONG in hex, and that is how it is given: for such a tag of four characters the
+    error names its hex form."""
+    if not pattern:
+        raise ValueError("an empty tag pattern matches no tag")
+    odd = next((ch for ch in pattern if not 0x20 <= ord(ch) <= 0x7E), None)
+    if odd is not None:
+        hint = ""
+        if len(pattern) <= 4 and "*" not in pattern and "?" not in pattern and \
+                all(ord(ch) <= 0xFF for ch in pattern):
+            value = int.from_bytes(pattern.ljust(4).encode("latin-1"), "little")
+            hint = f"; this one is 0x{value:08x}"
+        raise ValueError(f"tag pattern {pattern!r} holds {odd!r}: tags are shown in printable "
+                         f"ASCII (a tag with other bytes as 0x and its 8 hex digits{hint})")
+    if len(pattern.replace("*", "")) > 4 and not _can_match_a_hex_tag(pattern):
+        raise ValueError(f"tag pattern {pattern!r} cannot match a tag (4 characters, * and ? "
+                         f"allowed, or 0x and 8 hex digits)")
+    return pattern
+
+
 def parse_line(line: str) -> PoolTagOwner | None:
     text = line.strip()
     if not text or text.lower().startswith("rem") and (len(text) == 3 or text[3].isspace()):

@@ -19,7 +19,7 @@ from . import bugchecks, display as show, forked
 from .allocations import in_special_pool, outstanding_by_driver, special_chunk, special_chunks, \
     SPECIAL_POOL_SPAN
 from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
-from .pooltag import PoolTagDatabase, tag_matches
+from .pooltag import PoolTagDatabase, check_tag_pattern, tag_matches
 from .segment_heap import SegmentHeapReader, block_containing
 from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, lanes_array, lanes_list, read_page_report, \
     lane_ones, lanes_of_ones, tag_bytes_regex, tag_display_matches, ulong_lanes
@@ -67,6 +67,35 @@ def parse_number(text: str, what: str) -> int:
     if not 0 <= value < 1 << 64:
         raise CommandError(f"{what} {text} does not fit in 64 bits")
     return value
+
+
+# !poolused's count columns, as WinDbg lays them out: NonPaged then Paged.
+POOLUSED_WIDTHS = (10, 13, 11, 13)  # Allocs (outstanding), Used
+POOLUSED_VERBOSE_WIDTHS = (10, 10, 10, 13) * 2  # Allocs, Frees, Diff, Used
+
+
+def _columns(first: str, first_width: int, values, widths) -> str:
+    """``first`` left-aligned in ``first_width`` characters, then each value right-aligned in
+    its width; a ``first`` longer than its column ("TOTAL") takes room from the next one
+    while that one's value leaves it, so the columns stay where they are."""
+    line = first.ljust(first_width)
+    for value, width in zip(values, widths):
+        text = str(value)
+        line += text.rjust(max(len(text), first_width + width - len(line)))
+        first_width += width
+    return line
+
+
+def _checked_tag(pattern: str) -> str:
+    """A tag argument that can name some tag (as poolmon's filters: ``check_tag_pattern``),
+    else a one-line CommandError naming it: kd would otherwise list nothing without a word.
+    A TagValue (0x and 1 to 8 hex digits, WinDbg's) is a tag's ULONG, whatever its length."""
+    if is_hex_tag(pattern):
+        return pattern
+    try:
+        return check_tag_pattern(pattern)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def pool_region_name(base_type: int) -> str:
@@ -442,7 +471,7 @@ class KdSession:
 
     def poolused(self, args) -> str:
         flags = parse_number(args[0], "Flags") if args else 0
-        pattern = args[1] if len(args) > 1 else None
+        pattern = _checked_tag(args[1]) if len(args) > 1 else None
         entries = self.reader.tracker_entries()
         # A tag given as its ULONG (0x...) is compared as a value, bit 31 masked on both sides.
         value = int(pattern, 16) & 0x7FFFFFFF if pattern is not None and is_hex_tag(pattern) else None
@@ -468,31 +497,30 @@ class KdSession:
         return "\n".join(self._poolused_table(order, rows, verbose=bool(flags & 1)))
 
     def _poolused_table(self, order: str, rows, verbose: bool) -> list[str]:
+        # WinDbg's columns: the tag, then each count right-aligned under its heading. The Tag
+        # column is four characters, wider when a tag is shown as its ULONG in hex
+        # (0x5072e966), so that every row's numbers stay under their headings.
+        width = max([4] + [len(tag) for tag, *_ in rows])
+        widths = POOLUSED_VERBOSE_WIDTHS if verbose else POOLUSED_WIDTHS
+        headings = ("Allocs", "Frees", "Diff", "Used") * 2 if verbose else ("Allocs", "Used") * 2
+        half = sum(widths) // 2
         lines = [f"   Sorting by {order}", ""]
         if verbose:
-            lines += [" " * 10 + "NonPaged".center(46) + "Paged".center(46),
-                      " Tag   " + "    Allocs     Frees      Diff         Used" * 2, ""]
+            lines.append(" " * (1 + width) + "NonPaged".center(half) + "Paged".center(half).rstrip())
         else:
-            lines += ["                            NonPaged                  Paged",
-                      " Tag     Allocs         Used     Allocs         Used", ""]
-        totals = [0] * 8
+            lines.append(" " * (width - 4) + "                            NonPaged                  Paged")
+        lines += [_columns(" Tag", 1 + width, headings, widths), ""]
+        totals = [0] * len(widths)
         for tag, e, np_diff, p_diff in rows:
             if verbose:
                 numbers = (e.NonPagedAllocs, e.NonPagedFrees, np_diff, e.NonPagedBytes,
                            e.PagedAllocs, e.PagedFrees, p_diff, e.PagedBytes)
-                body = "".join(f"{n:10d}" if i % 4 != 3 else f"{n:13d}" for i, n in enumerate(numbers))
             else:
                 numbers = (np_diff, e.NonPagedBytes, p_diff, e.PagedBytes)
-                body = f"{numbers[0]:10d} {numbers[1]:12d} {numbers[2]:10d} {numbers[3]:12d}"
             for i, n in enumerate(numbers):
                 totals[i] += n
-            lines.append(f" {tag} {body}\t{self.owner(tag)}")
-        count = 8 if verbose else 4
-        if verbose:
-            body = "".join(f"{n:10d}" if i % 4 != 3 else f"{n:13d}" for i, n in enumerate(totals[:count]))
-        else:
-            body = f"{totals[0]:10d} {totals[1]:12d} {totals[2]:10d} {totals[3]:12d}"
-        lines.append(f" TOTAL{body}")
+            lines.append(f"{_columns(' ' + tag, 1 + width, numbers, widths)}\t{self.owner(tag)}")
+        lines.append(_columns(" TOTAL", 1 + width, totals, widths))
         return lines
 
     # --- !poolfind ------------------------------------------------------------------------
@@ -501,16 +529,17 @@ class KdSession:
         """The text in pieces (a generator): see ``stream``."""
         if not args:
             raise CommandError("Usage: !poolfind Tag [PoolType]  (PoolType 0 nonpaged, 1 paged)")
-        pattern = args[0]
-        if not is_hex_tag(pattern) and (not 1 <= len(pattern) <= 8 or any(ord(c) > 0x7E for c in pattern)):
-            raise CommandError(f"'{pattern}' is not a pool tag (1 to 4 characters, * and ? allowed, "
-                               "or 0x and the tag's ULONG in hex)")
+        pattern = _checked_tag(args[0])
         pool_type = parse_number(args[1], "PoolType") if len(args) > 1 else 0
         if pool_type not in (0, 1):
             raise CommandError(f"PoolType {pool_type} is not searched (0 nonpaged, 1 paged)")
         try:
             regex = tag_bytes_regex(pattern)
         except ValueError as error:
+            if pattern[:2].lower() == "0x":  # 0x5072*: wildcards in a tag's hex ULONG
+                raise CommandError(f"'{pattern}': !poolfind takes a tag's ULONG whole (0x and 1 "
+                                   "to 8 hex digits, no wildcards); !poolused matches it with "
+                                   "wildcards") from None
             raise CommandError(str(error)) from None
         heap = self.segment_heap()
         if heap is not None:

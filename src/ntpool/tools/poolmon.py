@@ -10,11 +10,12 @@ type, as poolmon lists it. It is saved as JSON (``ntpool poolsnap``) and two sna
 diff into the tags that grew.
 """
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..debugger.pooltag import PoolTagDatabase, wildcard_regex
+from ..debugger.pooltag import PoolTagDatabase, check_tag_pattern, wildcard_regex
 from ..tags import is_hex_tag
 
 NONPAGED = "Nonp"
@@ -136,39 +137,6 @@ def _usage_from_json(entry, name: str, index: int) -> TagUsage:
 
 # --- sorting and filtering ---------------------------------------------------------------
 
-# What each of the 10 characters of a tag shown in hex can be: "0x" and 8 hex digits.
-_HEX_TAG_SHAPE = ("0", "xX") + ("0123456789abcdefABCDEF",) * 8
-
-
-def _can_match_a_hex_tag(pattern: str) -> bool:
-    """Whether the wildcard pattern matches some ``0x%08x`` string (``reachable``: the
-    positions of the shape the pattern so far can end at)."""
-    reachable = {0}
-    for ch in pattern:
-        if ch == "*":
-            reachable = set(range(min(reachable), len(_HEX_TAG_SHAPE) + 1)) if reachable else set()
-        else:
-            reachable = {j + 1 for j in reachable
-                         if j < len(_HEX_TAG_SHAPE) and (ch == "?" or ch in _HEX_TAG_SHAPE[j])}
-    return len(_HEX_TAG_SHAPE) in reachable
-
-
-def check_tag_pattern(pattern: str) -> str:
-    """A filter pattern that can match some tag as tools show it (four printable ASCII
-    characters, trailing spaces optional, or 0x and 8 hex digits), else a ValueError naming
-    it: a typo such as a fifth character would otherwise hide every row without a word."""
-    if not pattern:
-        raise ValueError("an empty tag pattern matches no tag")
-    odd = next((ch for ch in pattern if not 0x20 <= ord(ch) <= 0x7E), None)
-    if odd is not None:
-        raise ValueError(f"tag pattern {pattern!r} holds {odd!r}: tags are shown in printable "
-                         f"ASCII (a tag with other bytes as 0x and its 8 hex digits)")
-    if len(pattern.replace("*", "")) > 4 and not _can_match_a_hex_tag(pattern):
-        raise ValueError(f"tag pattern {pattern!r} cannot match a tag (4 characters, * and ? "
-                         f"allowed, or 0x and 8 hex digits)")
-    return pattern
-
-
 def tag_matches(pattern: str, tag: str) -> bool:
     """poolmon's filter: ``*`` and ``?`` wildcards; a tag's trailing spaces are optional."""
     regex = wildcard_regex(pattern)
@@ -251,33 +219,49 @@ class PoolmonModel:
             return ""
         return owner.binary if owner.binary and owner.binary != "<unknown>" else owner.description
 
-    def rows(self) -> list[PoolmonRow]:
+    def usages(self) -> list[TagUsage]:
+        """The current snapshot's rows the filters let through, in no particular order."""
         if self.current is None:
             return []
-        result = []
-        for usage in self.current.rows:
-            if not self.visible(usage):
-                continue
-            before = None if self.previous is None else \
-                self.previous.get(usage.key, TagUsage(usage.tag, usage.type, 0, 0, 0))
-            owner = self.owner_of(usage.tag)
-            result.append(PoolmonRow(
-                usage,
-                usage.allocs - before.allocs if before else 0,
-                usage.frees - before.frees if before else 0,
-                usage.bytes - before.bytes if before else 0,
-                owner))
+        if self.pool_filter == "both" and not self.include and not self.exclude:
+            return self.current.rows
+        return [usage for usage in self.current.rows if self.visible(usage)]
+
+    def rows(self, start: int = 0, count: int | None = None,
+             usages: list[TagUsage] | None = None) -> list[PoolmonRow]:
+        """The rows shown, in order: all of them, or ``count`` from ``start`` (a screen).
+
+        A screen of a large table costs one pass over it (a heap keeps the first rows, where
+        sorting all of them would cost more) and the deltas and owners of the rows it shows,
+        not of every tag. ``usages``: ``self.usages()``, when the caller has it already."""
+        usages = self.usages() if usages is None else usages
         _, key = SORT_KEYS[self.sort]
         # Tags read A to Z; counts read largest first, as poolmon lists them.
-        descending = self.sort != "t"
-        result.sort(key=lambda row: (key(row), row.tag, row.type),
-                    reverse=descending != self.reverse)
-        return result
+        descending = (self.sort != "t") != self.reverse
 
-    def totals(self) -> dict[str, int]:
-        rows = self.rows()
-        return {"allocs": sum(r.allocs for r in rows), "frees": sum(r.frees for r in rows),
-                "diff": sum(r.diff for r in rows), "bytes": sum(r.bytes for r in rows)}
+        def order(usage):
+            return key(usage), usage.tag, usage.type
+
+        wanted = len(usages) if count is None else min(len(usages), start + max(count, 0))
+        if wanted < len(usages) // 4:  # a screen of a big table: select, do not sort it all
+            chosen = (heapq.nlargest if descending else heapq.nsmallest)(wanted, usages, key=order)
+        else:
+            chosen = sorted(usages, key=order, reverse=descending)[:wanted]
+        return [self._row(usage) for usage in chosen[start:]]
+
+    def _row(self, usage: TagUsage) -> PoolmonRow:
+        before = None if self.previous is None else \
+            self.previous.get(usage.key, TagUsage(usage.tag, usage.type, 0, 0, 0))
+        return PoolmonRow(usage,
+                          usage.allocs - before.allocs if before else 0,
+                          usage.frees - before.frees if before else 0,
+                          usage.bytes - before.bytes if before else 0,
+                          self.owner_of(usage.tag))
+
+    def totals(self, usages: list[TagUsage] | None = None) -> dict[str, int]:
+        usages = self.usages() if usages is None else usages
+        return {"allocs": sum(u.allocs for u in usages), "frees": sum(u.frees for u in usages),
+                "diff": sum(u.diff for u in usages), "bytes": sum(u.bytes for u in usages)}
 
     def describe_order(self) -> str:
         name, _ = SORT_KEYS[self.sort]
