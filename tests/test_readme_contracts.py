@@ -37,3 +37,18 @@ def test_every_bug_class_row_names_existing_tests():
         assert names, f"row without a test: {row}"
         for name in names:
             assert f"def {name}(" in body, f"no test {name} (README row: {cells[0]})"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but - and _ dropped,
+    each space a -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_leads_to_a_heading():
+    readme = (ROOT / "README.md").read_text()
+    outside_code = re.sub(r"```.*?```", "", readme, flags=re.S)
+    anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", outside_code, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", outside_code)
+    assert len(links) >= 15  # the guide at the top, by what a reader came for
+    assert [link for link in links if link not in anchors] == []
