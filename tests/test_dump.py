@@ -217,3 +217,32 @@ def test_protected_tag_is_found_in_the_tracker_without_its_bit(tmp_path):
     path = k.write_dump(tmp_path / "d.dmp", "kernel")
     with DumpReader(path) as reader:
         assert reader.tracker_lookup(from_display("torP")).NonPagedAllocs == 1
+
+
+def _distinct_tags(count: int):
+    """``count`` distinct printable tags."""
+    return [bytes(33 + (i // 90 ** j) % 90 for j in range(4)).decode() for i in range(count)]
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_a_machine_with_more_tags_than_the_table_holds_writes_a_dump_its_reader_reads(tmp_path, windows):
+    # The dump's PoolTrackTable stops at MAX_TRACKER_TABLE_SIZE slots (the most the reader
+    # reads); kept half full, the tags past that are summed in the overflow slot, 'Ovfl', as
+    # Windows does when its table cannot grow. Before, the writer doubled the table past what
+    # the reader reads, and ntpool refused the dump it had written.
+    k = ntpool.Kernel(nonpaged_pool_bytes=64 << 20, windows=windows)
+    room = f.MAX_TRACKER_TABLE_SIZE // 2
+    tags = _distinct_tags(room + 1000)
+    for tag in tags:
+        k.ExAllocatePoolWithTag(0, 16, tag)
+    path = str(tmp_path / "many.dmp")
+    k.write_dump(path, kind="kernel")
+    with DumpReader(path) as reader:
+        entries = {entry.Key: entry for entry in reader.tracker_entries()}
+        machine_tags = {info.TagUlong for info in k.pool_tags()}
+        hashed = [key for key in entries if key != f.OVERFLOW_TAG]
+        assert len(hashed) == room and set(hashed) <= machine_tags
+        overflow = entries[f.OVERFLOW_TAG]
+        shown = sum(entry.NonPagedAllocs for entry in entries.values())
+        assert shown == sum(info.NonPagedAllocs for info in k.pool_tags())
+        assert overflow.NonPagedAllocs >= 1000

@@ -167,6 +167,12 @@ FOUND_IN_SIZE = 32
 # POOL_TRACKER_TABLE and POOL_TRACKER_BIG_PAGES are laid out in ntpool.pool.layout.
 TRACKER_HASH_MULTIPLIER = 40543
 MIN_TRACKER_TABLE_SIZE = 1024  # power of two; one overflow slot follows
+# The most hashed slots a dump's PoolTrackTable has (the most ntpool's reader reads: each
+# entry in use becomes a Python object). Kept at most half full, it holds 131,072 tags; a
+# machine that made more puts the rest in the overflow slot, as Windows does when its table
+# cannot grow: that slot's Key is OVERFLOW_TAG and it sums their counts.
+MAX_TRACKER_TABLE_SIZE = 1 << 18
+OVERFLOW_TAG = 0x6C66764F  # 'Ovfl', the key of Windows' overflow bucket
 
 MIN_BIG_PAGE_TABLE_SIZE = 512
 

@@ -134,16 +134,26 @@ def build_tracker_table(rows: dict, size: int, entry=POOL_TRACKER_TABLE) -> byte
 
 def _tracker_slots(rows: dict, size: int):
     """(slot, key, counts) for each tag: its hash slot, or the next free one (linear probing),
-    and its row's six counts (``tracker.row_counts``); the protected bit is not part of the key."""
+    and its row's six counts (``tracker.row_counts``); the protected bit is not part of the key.
+    The table is kept at most half full: the tags past that (only a table of
+    ``MAX_TRACKER_TABLE_SIZE`` slots is too small) are summed in the overflow slot, after the
+    hashed ones, its key ``OVERFLOW_TAG``."""
     used = bytearray(size)
     mask = size - 1
-    for key, r in rows.items():
+    room = size // 2
+    overflow = [0] * 6
+    for count, (key, r) in enumerate(rows.items()):
+        if count >= room:
+            overflow = [total + value for total, value in zip(overflow, row_counts(r))]
+            continue
         key &= ~PROTECTED_POOL
         slot = f.tracker_hash(key, mask)
         while used[slot]:
             slot = (slot + 1) & mask
         used[slot] = 1
         yield slot, key, row_counts(r)
+    if len(rows) > room:
+        yield size, f.OVERFLOW_TAG, tuple(overflow)
 
 
 def _build_named_tracker_table(rows: dict, size: int, entry) -> bytearray:
@@ -197,7 +207,7 @@ def build_big_page_table(pools, size: int) -> bytearray:
 def _lay_out_tables(kernel, layout: DebuggerDataLayout) -> tuple[int, int]:
     layouts = pool_layouts(kernel)
     rows = kernel.pool.tracker.rows
-    tracker_size = f.table_size_for(len(rows), f.MIN_TRACKER_TABLE_SIZE)
+    tracker_size = min(f.table_size_for(len(rows), f.MIN_TRACKER_TABLE_SIZE), f.MAX_TRACKER_TABLE_SIZE)
     _region_for(kernel, layout.tracker, tracker_size + 1, layouts.tracker.size)
     poke(kernel, layout.tracker.va, build_tracker_table(rows, tracker_size, layouts.tracker))
 

@@ -930,10 +930,10 @@ _BIT_56_LANES = (1 << 56) * _ONE_IN_EACH_LANE
 MAX_SITE_TABLE_BYTES = 64 << 20
 # The most entries the tables a kernel keeps can hold here; a dump that claims more is refused
 # (every entry in use would be a Python object: memory past a few hundred MiB, minutes of CPU).
-# ntpool's own tables: a power of two at least twice what they hold (32,768 tags, where a
-# Windows machine has a few thousand; 262,144 big allocations, a GiB of single-page ones),
-# the tracker's plus its overflow slot.
-MAX_TRACKER_SLOTS = (1 << 16) + 1
+# ntpool's own tables: a power of two at least twice what they hold (the tracker's at most
+# MAX_TRACKER_TABLE_SIZE slots, 131,072 tags, where a Windows machine has a few thousand, plus
+# its overflow slot; 262,144 big allocations, a GiB of single-page ones).
+MAX_TRACKER_SLOTS = f.MAX_TRACKER_TABLE_SIZE + 1
 MAX_BIG_PAGE_SLOTS = 1 << 19
 MAX_VERIFIER_TRACKED = 1 << 19  # Driver Verifier's tracked allocations outstanding
 MAX_CALL_SITE_TABLE_BYTES = 1 << 20  # about 10,000 call sites
