@@ -60,6 +60,22 @@ def test_a_directory_or_a_c_source_is_not_a_scenario(tmp_path, capsys):
     assert "neither a crash dump" in capsys.readouterr().err
 
 
+def test_a_folder_named_like_a_sample_does_not_hide_the_sample(tmp_path, monkeypatch, capsys):
+    # The README's forensics example, `ntpool demo --out demo --truth demo/truth.json`, makes
+    # a folder named demo in the current directory: the sample's name still means the sample
+    # (the demo and every command whose default source is the demo were "a directory", 2).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-python").mkdir()
+    assert main(["demo", "--out", "demo", "--steps", "50", "--python-drivers",
+                 "--truth", "demo/truth.json"]) == 0
+    assert (tmp_path / "demo" / "MEMORY.DMP").is_file()
+    assert (tmp_path / "demo" / "truth.json").is_file()
+    capsys.readouterr()
+    for scenario in ("demo", "demo-python"):
+        assert main(["poolsnap", scenario, "-o", "snap.json", "--checkpoint", "1"]) == 0
+        assert "wrote snap.json" in capsys.readouterr().out
+
+
 def test_verify_of_a_file_that_is_no_driver_is_one_line_as_run_answers(tmp_path, capsys):
     bad = tmp_path / "bad.sys"
     bad.write_bytes(b"MZ not a driver")

@@ -94,8 +94,11 @@ def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool =
             raise ScenarioError(f"driver {spec} does not exist")
         return scenario_from_source(sys_scenario_source(str(path), verifier, allow_missing, requests),
                                     path.stem, str(path), spec)
-    if not path.exists() and spec in SAMPLE_SCENARIOS:
-        path = SAMPLE_SCENARIOS[spec]  # loaded like a user's file: fresh drivers each time
+    if spec in SAMPLE_SCENARIOS:
+        # A sample's name has no .py suffix, so no file of that name could be run: the name
+        # wins over what the current directory holds (`ntpool demo --out demo` makes a
+        # folder named demo there). Loaded like a user's file: fresh drivers each time.
+        path = SAMPLE_SCENARIOS[spec]
     choices = f"give a scenario .py file, a compiled driver .sys, or one of: {', '.join(SAMPLE_SCENARIOS)}"
     if path.is_dir():
         raise ScenarioError(f"scenario {spec} is a directory ({choices})")
