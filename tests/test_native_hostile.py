@@ -726,3 +726,37 @@ def test_an_ndis_handle_nothing_maps_faults_where_ndis_reads_its_block():
                      (0, 64, 0x7473694D, 16), driver)
     assert caught.value.code == 0x1E and caught.value.parameters[0] == 0xC0000005
     assert caught.value.parameters[2:] == (0, 0)  # a read of NULL
+
+
+def test_ctrl_c_stops_native_code_that_never_calls_out_at_once(tmp_path):
+    """A driver's endless loop never returns to Python, where CPython runs the SIGINT
+    handler: the KeyboardInterrupt waited for the 60 s watchdog. The signal's wakeup byte now
+    stops the CPU, and the interrupt is raised at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import time, ntpool\n"
+        "from ntpool.native import load_native_driver\n"
+        "k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)\n"
+        f"d = load_native_driver(k, {os.path.join(SOURCE_DIRECTORY, 'faults.sys')!r})\n"
+        "print('calling', flush=True)\n"
+        "try:\n"
+        "    d.call('Hang')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n")
+    source = os.path.dirname(os.path.dirname(ntpool.__file__))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": source})
+    try:
+        assert child.stdout.readline().strip() == "calling"
+        time.sleep(0.5)  # inside uc_emu_start, in the loop
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline().strip() == "interrupted"
+        assert time.monotonic() - sent < 10  # not the watchdog's 60 s
+    finally:
+        child.kill()
+        child.wait()

@@ -222,6 +222,86 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
+class InterruptRelay:
+    """Ctrl-C while native code runs. CPython runs a signal's Python handler only when the
+    main thread next runs Python code, and a driver's loop never leaves unicorn's C code: the
+    KeyboardInterrupt waited for the watchdog (60 s). While an outermost call runs, the
+    signal's wakeup byte (``signal.set_wakeup_fd``, written by CPython's C handler at once)
+    goes to a pipe a thread reads; on SIGINT it stops the running CPUs, the main thread
+    returns to Python, and the handler raises KeyboardInterrupt there. The previous wakeup fd
+    is put back after the call, and gets the bytes that came meanwhile."""
+
+    NOT_SET = object()
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running: set = set()
+        self.pipe: tuple | None = None
+        self.forward = -1  # the wakeup fd there was before ours (asyncio's, say)
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def enter(self, cpu):
+        """Relay SIGINT to ``cpu`` (from the main thread only); returns what ``leave`` needs."""
+        import signal
+        if threading.current_thread() is not threading.main_thread():
+            return self.NOT_SET
+        with self.lock:
+            if self.pipe is None:
+                read, write = os.pipe()
+                os.set_blocking(write, False)
+                self.pipe = (read, write)
+                threading.Thread(target=self._watch, args=(read,), name="ntpool-native-interrupt",
+                                 daemon=True).start()
+            self.running.add(cpu)
+        try:
+            previous = signal.set_wakeup_fd(self.pipe[1], warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter's main thread
+            with self.lock:
+                self.running.discard(cpu)
+            return self.NOT_SET
+        self.forward = previous
+        return previous
+
+    def leave(self, cpu, previous) -> None:
+        import signal
+        if previous is self.NOT_SET:
+            return
+        with self.lock:
+            self.running.discard(cpu)
+        self.forward = -1
+        signal.set_wakeup_fd(previous)
+
+    def _watch(self, read: int) -> None:
+        import signal
+        while True:
+            try:
+                data = os.read(read, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGINT in data:
+                with self.lock:
+                    for cpu in self.running:
+                        uclib.uc_emu_stop(cpu.uch)
+            forward = self.forward
+            if forward >= 0:
+                try:
+                    os.write(forward, data)
+                except OSError:
+                    pass
+
+    def _forget_in_child(self) -> None:
+        # A forked child has no relay thread: a new pipe and thread when first needed.
+        self.lock = threading.Lock()
+        self.running = set()
+        self.pipe = None
+        self.forward = -1
+
+
+INTERRUPTS = InterruptRelay()
+
+
 class CpuStop(Exception):
     """Why the CPU stopped before the called function returned (handled by the runner)."""
 

@@ -445,11 +445,14 @@ class NativeMachine:
             cpu.timed_out = False  # an earlier call's deadline is not this one's
         if timed:
             cpu_module.WATCHDOG.arm(cpu, self.call_timeout)
+        relayed = cpu_module.INTERRUPTS.enter(cpu) if cpu.depth == 1 else None
         try:
             self._run_until_return(rip, thread)
         finally:
             if timed:
                 cpu_module.WATCHDOG.disarm(cpu)
+            if cpu.depth == 1:
+                cpu_module.INTERRUPTS.leave(cpu, relayed)
 
     def _run_until_return(self, rip: int, thread: str | None) -> None:
         cpu = self.cpu
