@@ -185,6 +185,23 @@ def test_verify_verdicts_name_code_and_bytes(capsys, monkeypatch):
     assert "first: dHxM 32 bytes from mixed.sys Mixed.leaky" in flat
 
 
+def test_verify_names_failed_sites_by_file_name_as_kd_and_the_evidence_do(capsys, monkeypatch):
+    # A compiled sample's PDB records /ntpool/samples/native/unchecked_failure.c, a path on no
+    # user's machine; the row's evidence and kd say unchecked_failure.c.
+    monkeypatch.setenv("COLUMNS", "400")
+    driver = Path(ntpool.__file__).parent / "samples" / "native" / "unchecked_failure.sys"
+    assert main(["verify", str(driver), "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "DriverEntry+0x1d (unchecked_failure.c:7)" in out
+    assert "(/ntpool/samples/native/unchecked_failure.c" not in out
+    # the by-site and triage tables of a random plan too (line 21 is the failed allocation)
+    scenario_path = str(Path(__file__).parent / "scenarios" / "verify_mixed.py")
+    assert main(["verify", scenario_path, "--plan", "random:0.5:60", "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("Mixed.careless (verify_mixed.py:21)") == 2  # by site, and triage (x N)
+    assert "scenarios/verify_mixed.py:21" not in out
+
+
 def test_progress_is_shown_on_a_terminal_and_not_in_files(tmp_path, capsys, monkeypatch):
     path = scenario(tmp_path, leak=False)
     picture = str(tmp_path / "usage.svg")

@@ -39,6 +39,26 @@ def test_columns_still_sets_the_width(junk, capsys, monkeypatch):
     assert not any(str(junk) in line for line in lines)  # folded to fit, as asked
 
 
+def test_triage_titles_are_one_line_over_narrow_tables(tmp_path, capsys, monkeypatch):
+    # "Culprits (driver running at the bug check)" over a two-column table was folded into
+    # "Culprits (driver running" and "at the bug check)", on a terminal and in a file alike.
+    import ntpool
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 100, "Tiny")
+    dump = tmp_path / "running.dmp"
+    k.write_dump(dump, kind="kernel")
+    for columns in (None, "100"):
+        if columns:
+            monkeypatch.setenv("COLUMNS", columns)
+        else:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        assert main(["triage", str(dump), "-j", "1"]) == 0
+        lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+        assert "Culprits (driver running at the bug check)" in lines
+        assert "Largest tags over the fleet" in lines
+
+
 def test_verify_into_a_pipe_keeps_the_evidence_whole(capsys, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     assert main(["verify", SCENARIO, "-j", "1"]) == 1

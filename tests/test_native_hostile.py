@@ -644,17 +644,50 @@ def test_an_irql_routine_given_a_value_past_high_level_raises_the_gp_fault_in_th
 
 
 def test_what_ntpool_cannot_model_is_one_error_naming_the_routine_and_the_argument():
-    """A lookaside list of 4-byte entries (Windows keeps whatever Size it is given; ntpool's
-    lists need room for the SLIST_ENTRY): NativeError naming the routine, its call site and
-    the refusal, listed in README's departures."""
+    """A misaligned spin lock that is mapped (an x64 `lock bts` works on it; ntpool keeps
+    locks by their aligned QWORD): NativeError naming the routine, its call site and the
+    refusal, listed in README's departures."""
     from ntpool.native import NativeError, native_machine
     k, driver = misbehave()
     machine = native_machine(k)
+    lock = k.ExAllocatePoolWithTag(0, 0x40, "Lock") + 1
+    with pytest.raises(NativeError, match=r"KeInitializeSpinLock called from .* with arguments "
+                                          r"ntpool cannot model .*not an 8-byte aligned"):
+        machine.call(machine.bindings.stub("KeInitializeSpinLock"), (lock,), driver)
+
+
+def test_a_lookaside_size_below_an_slist_entry_from_native_code_is_kept_as_8():
+    """Windows keeps any Size (its 16-byte pool block holds the SLIST_ENTRY a free pushes);
+    ntpool refused a Size below 8 with NativeError; it now keeps 8."""
+    from ntpool.native import native_machine
+    from ntpool.routines.runtime import LA_TYPE
+    k, driver = misbehave()
+    machine = native_machine(k)
     lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
-    with pytest.raises(NativeError, match=r"ExInitializeNPagedLookasideList called from .* with "
-                                          r"arguments ntpool cannot model .*Size 4 is smaller"):
-        machine.call(machine.bindings.stub("ExInitializeNPagedLookasideList"),
-                     (lookaside, 0, 0, 0, 4, 0x6B6F6F4C, 0), driver)
+    machine.call(machine.bindings.stub("ExInitializeNPagedLookasideList"),
+                 (lookaside, 0, 0, 0, 4, 0x6B6F6F4C, 0), driver)
+    assert struct.unpack("<I", k.read(lookaside + LA_TYPE + 8, 4))[0] == 8
+    entry = machine.call(machine.bindings.stub("ExAllocateFromNPagedLookasideList"), (lookaside,), driver)
+    assert entry
+    with pytest.raises(ValueError, match="smaller than an SLIST_ENTRY"):  # a Python caller
+        k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, 4, "Look", 0)
+
+
+def test_ndis_free_memory_from_native_code_frees_as_its_memory_flags_say():
+    """NdisFreeMemory as NDIS makes it: pool memory freed with any Length (ExFreePool takes
+    none), pool memory freed as contiguous memory is MmFreeContiguousMemory's bad pointer,
+    0xC2/0x60. ntpool stopped both with NativeError (NdisContractError)."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    free = machine.bindings.stub("NdisFreeMemory")
+    p = k.NdisAllocateMemoryWithTag(64, "Ndis")[1]
+    machine.call(free, (p, 300, 0), driver)  # the wrong Length: freed all the same
+    assert k.pool_tags()[0] is not None and not [r for r in k.pool_tags() if r.Tag == "Ndis" and r.NonPagedUsed]
+    q = k.NdisAllocateMemoryWithTag(64, "Ndis")[1]
+    with pytest.raises(BugCheck) as caught:
+        machine.call(free, (q, 64, 1), driver)  # NDIS_MEMORY_CONTIGUOUS: it is pool memory
+    assert caught.value.code == 0xC2 and caught.value.parameters == (0x60, q, 0, 0)
 
 
 # --- control registers ------------------------------------------------------------------------------

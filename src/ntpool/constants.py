@@ -214,6 +214,7 @@ class BadPoolCaller(IntEnum):
     FREE_NONPAGED_NOT_ALLOCATED_2 = 0x44
     FREE_INVALID_POOL_ADDRESS = 0x46
     FREE_PAGED_NOT_ALLOCATED = 0x50
+    FREE_INVALID_CONTIGUOUS = 0x60  # MmFreeContiguousMemory of an address it did not give
     FREE_BAD_ADDRESS = 0x99
     MUST_SUCCEED = 0x9A
     TAG_ZERO = 0x9B

@@ -14,13 +14,18 @@ from ..tools.requests import parse_ioctl
 from .sources import ScenarioSource, add_windows_argument, check_output_file, kernel_options, \
     open_source
 
+# What a scenario source may be (load_scenario, and a dump for these commands).
+SOURCE_HELP = ("a scenario .py, 'demo' (the default) or 'demo-python', a compiled driver .sys, "
+               "or a crash dump")
+
 
 def add_commands(sub) -> None:
     run = sub.add_parser("run", help="run a scenario (your drivers and workload) or a .sys",
                          epilog="exit status: 0 clean; 1 leaks or verifier findings; 2 usage (bad "
                                 "arguments, a wrong scenario or .sys, a Python error in the "
-                                "drivers or workload); 3 a bug check; 130 interrupted (Ctrl-C); "
-                                "--fail-on chooses which of 1 and 3 fail the run")
+                                "drivers or workload); 3 a bug check; 70 ntpool itself failed "
+                                "(please report it); 130 interrupted (Ctrl-C); 141 the output "
+                                "pipe closed; --fail-on chooses which of 1 and 3 fail the run")
     run.add_argument("scenario", help="a scenario .py file, 'demo', 'demo-python', or a compiled "
                                       "driver .sys (loaded, DriverEntry, unloaded)")
     run.add_argument("--verifier", metavar="OPTIONS", default="",
@@ -67,7 +72,7 @@ def add_commands(sub) -> None:
 
     poolsnap = sub.add_parser("poolsnap", help="save a pool tag snapshot, or diff two")
     poolsnap.add_argument("source", nargs="?",
-                          help="a scenario .py, 'demo' (the default), or a crash dump")
+                          help=SOURCE_HELP)
     poolsnap.add_argument("-o", "--output", metavar="FILE", help="the snapshot file to write")
     poolsnap.add_argument("--checkpoint", type=int, metavar="N",
                           help="snapshot at checkpoint N (default: the end of the workload)")
@@ -114,7 +119,7 @@ def _machine_arguments(parser) -> None:
 
 def _source_arguments(parser) -> None:
     parser.add_argument("source", nargs="?", default="demo",
-                        help="a scenario .py, 'demo' (the default), or a crash dump")
+                        help=SOURCE_HELP)
     _machine_arguments(parser)
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..debugger.session import file_name
 from .poolmon_view import wide_console
 from .sources import add_windows_argument
 
@@ -202,7 +203,7 @@ def cmd_verify(args) -> int:
         for column in ("Driver", "Call site failed", "Verdict", "Evidence"):
             table.add_column(column, overflow="fold")
         for v in campaign.verdicts:
-            sites = "; ".join(f"{f} ({file}:{line})" for file, line, f in v.sites) or "-"
+            sites = "; ".join(_site_text(site) for site in v.sites) or "-"
             table.add_row(v.owner, sites, f"[{colour.get(v.verdict, 'red')}]{v.label}[/]",
                           v.result.get("evidence", ""))
         if not args.quiet or campaign.verdicts:
@@ -211,8 +212,8 @@ def cmd_verify(args) -> int:
         by_site = Table(title="By site: the runs that failed it, by verdict")
         for column in ("Call site", "Runs by verdict"):
             by_site.add_column(column, overflow="fold")
-        for (file, line, function), counts in campaign.by_site().items():
-            by_site.add_row(f"{function} ({file}:{line})",
+        for site, counts in campaign.by_site().items():
+            by_site.add_row(_site_text(site),
                             ", ".join(f"{n} {label}" for label, n in sorted(counts.items())))
         console.print(by_site)
     failures = campaign.triage()
@@ -239,6 +240,14 @@ def cmd_verify(args) -> int:
     return 1
 
 
+def _site_text(site) -> str:
+    """An allocation site as the verdicts' evidence and kd name a call site: "Function
+    (file.c:line)", the file without the folders the PDB or Python recorded (a compiled
+    sample's PDB says /ntpool/samples/native/leak.c, a path on no user's machine)."""
+    file, line, function = site
+    return f"{function} ({file_name(file)}:{line})"
+
+
 def _print_triage(console: Console, failures) -> None:
     table = Table(title="Triage: the runs that did not survive, by what happened and where")
     for column in ("Runs", "Verdict", "Where (driver, call site)", "Sites failed in those runs",
@@ -246,8 +255,7 @@ def _print_triage(console: Console, failures) -> None:
         table.add_column(column, overflow="fold")
     for group in failures:
         sites = sorted(group.sites_failed.items(), key=lambda item: (-item[1], item[0]))
-        shown = "; ".join(f"{function} ({file}:{line}) x{count}"
-                          for (file, line, function), count in sites[:TRIAGE_SITES])
+        shown = "; ".join(f"{_site_text(site)} x{count}" for site, count in sites[:TRIAGE_SITES])
         if len(sites) > TRIAGE_SITES:
             shown += f"; {len(sites) - TRIAGE_SITES} more"
         table.add_row(f"{group.runs:,}", f"[red]{group.label}[/]", group.where or "-",
@@ -279,7 +287,7 @@ def cmd_triage(args) -> int:
             ("Unreadable dumps", ("Dump", "Why"), report.unreadable)):
         if not rows:
             continue
-        table = Table(title=title)
+        table = Table(title=title, min_width=len(title))  # the title on one line
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
@@ -291,7 +299,8 @@ def cmd_triage(args) -> int:
 def add_verify_command(sub) -> None:
     verify = sub.add_parser("verify", help="fail allocation sites on purpose (low resources "
                                            "simulation) and report what each run did")
-    verify.add_argument("scenario", help="a scenario .py file (or 'demo')")
+    verify.add_argument("scenario", help="a scenario .py file, 'demo', 'demo-python', or a "
+                                            "compiled driver .sys")
     verify.add_argument("--seed", type=int, default=1, help="seed of the workload (default 1)")
     verify.add_argument("--plan", default="each-site",
                         help="fault plan: each-site (default), pairs:N, nth:K, random:P[:SEEDS]")

@@ -81,8 +81,13 @@ NATIVE_VALUES = {"POOL_TYPE": f"v & {VALID_POOL_TYPE_BITS:#x}",
 # The same for one routine's parameter: NDIS's MemoryFlags bits other than
 # NDIS_MEMORY_CONTIGUOUS and NDIS_MEMORY_NONCACHED select nothing (NDIS tests those two and
 # otherwise allocates, or frees, pool; ReactOS's ndis does the same).
+# A lookaside list's Size below 8 is kept as 8: Windows keeps any Size, and the pool block
+# of so small an entry (16 bytes) holds the SLIST_ENTRY a free pushes into it anyway; ntpool's
+# lists need the entry's 8 bytes to be the allocation's (README, departures).
 NATIVE_PARAMETERS = {("NdisAllocateMemory", "MemoryFlags"): "v & 3",
-                     ("NdisFreeMemory", "MemoryFlags"): "v & 3"}
+                     ("ExInitializeNPagedLookasideList", "Size"): "max(v & 0xffffffff, 8)",
+                     ("ExInitializePagedLookasideList", "Size"): "max(v & 0xffffffff, 8)",
+                     ("ExInitializeLookasideListEx", "Size"): "max(v & 0xffffffff, 8)"}
 
 
 def _argument_source(index: int) -> str:

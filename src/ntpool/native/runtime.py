@@ -16,6 +16,7 @@ import re
 import struct
 from types import SimpleNamespace
 
+from ..constants import BadPoolCaller, BugCheckCode
 from ..errors import NtStatusError
 from ..routines.runtime import MAX_STRING, read_c_string
 
@@ -315,6 +316,31 @@ def _ex_free_pool2(machine):
     return handler
 
 
+def _ndis_free_memory(machine):
+    """NdisFreeMemory as NDIS makes it (ReactOS's ndis reads the same): MemoryFlags say which
+    free it is (MmFreeContiguousMemory / MmFreeNonCachedMemory, else ExFreePool), and Length
+    matters to none of them for pool memory. Memory NDIS never allocated as contiguous,
+    freed as such, is BAD_POOL_CALLER 0x60 (address, 0, 0): MmFreeContiguousMemory's bad
+    pointer. Python callers get ntpool's contract checks instead (NdisContractError)."""
+    kernel = machine.kernel
+
+    def handler(rcx, rdx, r8, r9, rsp):
+        va, flags = rcx, r8 & 3
+        block = kernel.ndis_blocks.get(va)
+        if not flags:
+            kernel.ExFreePool(va)  # pool memory, or ExFreePool's answer for what is not
+        elif block is None:
+            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.FREE_INVALID_CONTIGUOUS,
+                                va, 0, 0, detail=f"NdisFreeMemory of {va:#x} with MemoryFlags "
+                                                 f"{flags:#x}: not contiguous memory NDIS "
+                                                 f"allocated (MmFreeContiguousMemory)")
+        else:
+            kernel.NdisFreeMemory(va, *block)  # freed whole, as the memory manager frees it
+        return 0
+
+    return handler
+
+
 # name -> (module, handler factory): routines only native code can call this way.
 NATIVE_ONLY = {
     "DbgPrint": ("ntoskrnl.exe", _dbg_print),
@@ -336,4 +362,5 @@ NATIVE_OVERRIDES = {
     "NdisMRegisterMiniport": _ndis_register_miniport,
     "ExAllocatePool3": _ex_allocate_pool3,
     "ExFreePool2": _ex_free_pool2,
+    "NdisFreeMemory": _ndis_free_memory,
 }
