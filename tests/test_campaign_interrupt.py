@@ -331,41 +331,36 @@ def test_a_corpus_killed_part_way_is_finished_by_the_same_command(tmp_path):
     assert digests(out) == whole
 
 
-def test_a_run_that_ends_its_dask_worker_is_recorded_and_the_campaign_resumes(tmp_path, capsys):
-    """On Dask as on local cores: the run that ends its worker each time is a row (its worker
-    died), the others are made as usual, and --resume finds the campaign finished."""
+def test_a_run_that_ends_its_process_on_dask_is_recorded_and_the_campaign_resumes(tmp_path, capsys):
+    """On Dask as on local cores: the run that ends its process each time is a row (its worker
+    died, and how), the others are made as usual, the Dask workers live on, and --resume
+    finds the campaign finished."""
     distributed = pytest.importorskip("distributed")
-    import dask
-
     from ntpool.campaign import verify
     from ntpool.cli.main import main
 
     scenario = str(ROOT / "tests" / "scenarios" / "verify_exit.py")
     path = tmp_path / "runs.sqlite"
-    # A worker dies (allowed-failures + 1) times before the scheduler gives up on a task:
-    # twice here rather than Dask's default four (the test is shorter, the path the same).
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=":0") as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        workers = client.run(os.getpid)
         command = ["verify", scenario, "--dask", cluster.scheduler_address,
-                   "--results", str(path), "--quiet"]
+                   "--results", str(path), "--quiet", "--plan", "random:0.3:12"]
         assert main(command) == 1  # finished: the runs that did not survive are the verdicts
         first = capsys.readouterr().out
         made = rows(path)
         assert main(command + ["--resume"]) == 1
         again = capsys.readouterr().out
-    assert "By verdict: 1 raised, 1 survived, 1 worker died." in first
-    assert "4 run(s) made" in first  # the baseline and one run failing each of three sites
-    assert "Resuming: 4 finished run(s)" in again and "0 run(s) made" in again
-    assert rows(path) == made and len(made) == 4
-    # Row for row what local cores record, the dead worker's evidence apart (how the
-    # process ended is the nanny's, which Dask does not report).
-    local = {v.result["key"]: v.result for v in verify(scenario, engine=Engine(jobs=2)).verdicts}
-    on_dask = {key: json.loads(result) for key, result in made if key in local}
-    assert on_dask.keys() == local.keys()
-    died = [key for key, result in local.items() if result["verdict"] == "worker died"]
-    assert len(died) == 1 and on_dask[died[0]]["verdict"] == "worker died"
-    assert on_dask[died[0]]["evidence"] == ("the run's worker process ended before the run "
-                                            "returned, each of 2 times it was made")
-    assert {k: v for k, v in on_dask.items() if k not in died} == \
-        {k: v for k, v in local.items() if k not in died}
+        assert client.run(os.getpid) == workers  # no Dask worker died
+    assert "13 run(s) made" in first  # the baseline and 12 with failures injected
+    assert "Resuming: 13 finished run(s)" in again and "0 run(s) made" in again
+    assert rows(path) == made and len(made) == 13
+    # Row for row what local cores record.
+    local = verify(scenario, plan="random:0.3:12", engine=Engine(jobs=2))
+    assert {key: json.loads(result) for key, result in made} == \
+        {r["key"]: r for r in [local.baseline] + [v.result for v in local.verdicts]}
+    died = [v for v in local.verdicts if v.verdict == "worker died"]
+    assert died and all(v.result["evidence"] == "the run's worker process exited with status 9 "
+                        "before the run returned, each of 2 times it was made" for v in died)
+    assert "worker died" in first.split("By verdict:")[1]

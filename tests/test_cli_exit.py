@@ -202,6 +202,18 @@ def test_verify_names_failed_sites_by_file_name_as_kd_and_the_evidence_do(capsys
     assert "scenarios/verify_mixed.py:21" not in out
 
 
+def test_verify_quiet_shows_no_progress_on_a_terminal(capsys, monkeypatch):
+    # --quiet was documented as the tables alone, but the progress bar came all the same.
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    scenario_path = str(Path(__file__).parent / "scenarios" / "verify_mixed.py")
+    assert main(["verify", scenario_path, "-j", "1"]) == 1
+    assert "not survived" in capsys.readouterr().out  # the bar: "verify ... 2 not survived"
+    assert main(["verify", scenario_path, "-j", "1", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "not survived" not in out and "leaked 32 bytes" in out
+
+
 def test_progress_is_shown_on_a_terminal_and_not_in_files(tmp_path, capsys, monkeypatch):
     path = scenario(tmp_path, leak=False)
     picture = str(tmp_path / "usage.svg")

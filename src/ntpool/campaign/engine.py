@@ -9,7 +9,9 @@ its identity in the results store, so an interrupted campaign resumes without re
 finished run.
 
 Executors: ``serial`` (in this process), ``local`` (a process pool sized to the machine)
-and ``dask`` (a dask.distributed scheduler address). All three call the same ``execute``.
+and ``dask`` (a dask.distributed scheduler address; each worker thread hands its runs to a
+process of its own, so a run that ends its process never ends a Dask worker). All three call
+the same ``execute``, and record a run that ends its process each time as ``worker died``.
 A run longer than its time limit is interrupted inside the worker and recorded as
 ``timed out``.
 """
@@ -23,7 +25,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -407,18 +408,13 @@ class Engine:
         pool.shutdown(wait=True)
 
     def _dask(self, tasks: list[dict]):
-        """Batches on the cluster's workers, then, one at a time, the runs of any batch whose
-        workers kept dying.
-
-        A worker that dies (killed, out of memory) is the scheduler's to answer: the batches
-        it held go to other workers. A batch whose every worker died
-        (``distributed.scheduler.allowed-failures`` + 1 times) ends as KilledWorker: its runs
-        wait until every other batch is done, then each is made on its own, with nothing
-        else of the campaign in flight, so that a death there is that run's own doing and
-        never its neighbours'. A run whose worker dies each time it is made alone is
-        recorded as ``worker died``, as on local cores; the others as usual."""
+        """Batches on the cluster's workers, each made in a run server beside the worker
+        (``execute_apart``): a run that ends its process ends that server, never the Dask
+        worker, and is recorded as ``worker died`` as on local cores, with how its process
+        ended. A lost worker (killed, out of memory) is the scheduler's to answer: the batches
+        it held go to other workers."""
         try:
-            from distributed import Client, KilledWorker, as_completed
+            from distributed import Client, as_completed
         except ImportError:
             # A missing extra is the user's to install: one line (ValueError), not an error of ntpool.
             raise MissingExtra("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
@@ -429,28 +425,128 @@ class Engine:
             # the load balanced; a lost worker's batch is retried elsewhere.
             workers = max(1, len(client.scheduler_info().get("workers", {})))
             size = max(1, min(self.batch * 8, len(tasks) // (workers * 4) or 1))
-            batches = {client.submit(execute_batch, batch, pure=False, retries=2,
-                                     key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}"): batch
-                       for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))}
-            suspects = []
-            for future in as_completed(batches):
-                try:
-                    results = future.result()
-                except KilledWorker:
-                    suspects.extend(batches[future])
-                    continue
-                finally:
-                    future.release()
-                yield from results
-            for task in suspects:
-                alone = client.submit(execute_batch, [task], pure=False,
-                                      key=f"ntpool-alone-{task['key']}-{uuid.uuid4().hex[:8]}")
-                try:
-                    yield from alone.result()
-                except KilledWorker as error:
-                    yield _worker_died(task, "ended", error.allowed_failures + 1)
-                finally:
-                    alone.release()
+            futures = [client.submit(execute_apart, batch, pure=False, retries=2,
+                                     key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
+                       for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))]
+            for future in as_completed(futures):
+                yield from future.result()
         finally:
             if client is not self.dask:
                 client.close()
+
+
+# A Dask worker's runs are made in a process of its own (a run server, one per worker thread):
+# a run that ends its process (os._exit, a crash in native code, the OOM killer) must not end
+# the Dask worker, whose death the scheduler answers by making the whole batch again on
+# another worker, up to distributed.scheduler.allowed-failures times, then stopping the
+# campaign with KilledWorker; and whose nanny, in a cluster that deploys workers itself (a
+# LocalCluster), is closed for good when it is found restarting often.
+_SERVERS = threading.local()
+
+_SERVE = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+          "from ntpool.campaign.engine import serve_runs; serve_runs()")
+
+
+def execute_apart(tasks: list[dict]) -> list[dict]:
+    """``execute_batch`` made by this thread's run server: one task sent, its result read,
+    then the next. A run whose process dies is made again in a new one; one that ends it
+    WORKER_DEATHS times is recorded as ``worker died``, as ``_alone`` records it."""
+    results = []
+    for task in tasks:
+        deaths = []
+        while len(deaths) < WORKER_DEATHS:
+            answer = _ask_server(task)
+            if "key" in answer:
+                results.append(answer)
+                break
+            deaths.append(answer["ended"])
+        else:
+            results.append(_worker_died(task, _ending(deaths[-1]), WORKER_DEATHS))
+    return results
+
+
+def _ask_server(task: dict) -> dict:
+    """The run's result, or ``{"ended": exit code}`` when the process making it died."""
+    import subprocess
+    import sys
+
+    server = getattr(_SERVERS, "process", None)
+    if server is None or server.poll() is not None:
+        server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _SERVERS.process = server
+    try:
+        server.stdin.write(json.dumps(task) + "\n")
+        server.stdin.flush()
+        line = server.stdout.readline()
+    except OSError:
+        line = ""
+    if line:
+        return json.loads(line)
+    # The server itself is gone (killed from outside): a new one makes the run again.
+    _SERVERS.process = None
+    for stream in (server.stdin, server.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    try:
+        return {"ended": server.wait(timeout=5)}
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        return {"ended": None}
+
+
+def serve_runs() -> None:
+    """A run server: a task per line in, its result per line out, until its input ends.
+
+    The server imports ntpool once, then forks the process that makes the runs; when a run
+    ends that process, the server says how (``{"ended": code}``) and forks another, in
+    milliseconds, so that a run ending its process costs no interpreter start. It ends when
+    its Dask worker is gone. The server starts no thread (it forks); the forked process
+    follows it as a local worker follows the campaign (``_worker_setup``)."""
+    import sys
+
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what a run prints goes to the worker's error stream, never into the results
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(os, "fork"):  # pragma: no cover - not a POSIX system: the runs are made here
+        _serve_forked(results, sys.stdin)
+        return
+    import ntpool  # noqa: F401 - imported once here rather than in each forked process
+
+    worker, server = os.getppid(), os.getpid()
+    while True:
+        child = os.fork()
+        if child == 0:
+            _worker_setup(server)
+            _serve_forked(results, sys.stdin)
+            os._exit(0)
+        while True:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                break
+            if os.getppid() != worker:  # the Dask worker is gone: so are its runs
+                os.kill(child, signal.SIGKILL)
+                os._exit(1)
+            time.sleep(0.02)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:  # its input ended
+            return
+        results.write(json.dumps({"ended": code}) + "\n")
+        results.flush()
+
+
+def _serve_forked(results, tasks) -> None:
+    for line in iter(tasks.readline, ""):
+        result = execute(json.loads(line))
+        try:
+            text = json.dumps(result)
+        except (TypeError, ValueError) as error:  # the run's own doing, not its process's end
+            text = json.dumps({"key": result["key"], "verdict": "raised",
+                               "exception": type(error).__name__,
+                               "evidence": f"the run's result is not JSON: {error}",
+                               "_seconds": result.get("_seconds", 0.0)})
+        results.write(text + "\n")
+        results.flush()

@@ -123,10 +123,11 @@ def engine_for(args, description: dict, console: Console, what: str):
                       highlight=False)
     if store is not None and len(store) and resume:
         console.print(f"Resuming: {len(store):,} finished run(s) in {results}.", highlight=False)
+    quiet = getattr(args, "quiet", False)  # verify --quiet: no progress, bar or lines
     bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[failures]} not survived"),
                    TextColumn("{task.fields[rate]:.1f} runs/s"), TimeRemainingColumn(),
-                   console=console, transient=True, disable=not console.is_terminal)
+                   console=console, transient=True, disable=quiet or not console.is_terminal)
     task_id = bar.add_task(what, total=None, failures=0, rate=0.0)
     last_line = [time.perf_counter()]
 
@@ -134,7 +135,7 @@ def engine_for(args, description: dict, console: Console, what: str):
         bar.update(task_id, total=state.total, completed=state.done, failures=state.failures,
                    rate=state.rate)
         now = time.perf_counter()
-        if not console.is_terminal and now - last_line[0] >= PROGRESS_LINE_SECONDS:
+        if not (quiet or console.is_terminal) and now - last_line[0] >= PROGRESS_LINE_SECONDS:
             last_line[0] = now
             left = state.remaining_seconds
             print(f"{what}: {state.done:,}/{state.total:,} runs, {state.failures:,} not survived, "
@@ -307,7 +308,8 @@ def add_verify_command(sub) -> None:
     verify.add_argument("--max-runs", type=int, default=None,
                         help="stop after this many runs, the baseline included (default: 500 "
                              "for each-site; the plan's own size for the others)")
-    verify.add_argument("--quiet", action="store_true", help="only the final table")
+    verify.add_argument("--quiet", action="store_true",
+                        help="no progress (the bar on a terminal, a line every 10 s in a log)")
     add_windows_argument(verify)
     add_engine_arguments(verify)
     verify.set_defaults(func=cmd_verify)
