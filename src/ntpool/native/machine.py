@@ -543,7 +543,10 @@ class NativeMachine:
     def _call_error(self, error: BaseException) -> NativeError:
         routine = self.bindings.names[self.call_number]
         where = self.describe(self.return_address())
-        if isinstance(error, (WaitForever, MachineHung)):
+        if isinstance(error, MachineHung):  # (Windows 8 and later: 0x133, see refusals)
+            return NativeError(f"{routine} called from {where} never returns (a hang at "
+                               f"DISPATCH_LEVEL; Windows 7 has no DPC watchdog): {error}")
+        if isinstance(error, WaitForever):
             return NativeError(f"{routine} called from {where} never returns (a hang no "
                                f"Windows stops at IRQL {self.kernel.current_irql}): {error}")
         return NativeError(f"{routine} called from {where} with arguments ntpool cannot model "
