@@ -785,3 +785,13 @@ def test_list_links_that_never_lead_back_spin_at_dispatch_level(windows, ends):
         with pytest.raises(BugCheck) as caught:
             machine.call(delay, (0, 0, interval), driver)
         assert caught.value.code == 0x133 and caught.value.parameters == (1, 0x1E00, 0, 0)
+
+
+def test_sysenter_is_answered_as_a_stray_syscall():
+    """unicorn went on past SYSENTER as if nothing happened; 64-bit code cannot enter the
+    kernel that way (AMD64: #UD in long mode), so it is STATUS_ILLEGAL_INSTRUCTION there."""
+    k, driver = misbehave()
+    at = driver.address_of("AllocateOfType")
+    k.write(at, b"\x0f\x34\xc3")  # sysenter; ret
+    check = bug_check_of(driver, at)
+    assert check.code == 0x1E and check.parameters[:2] == (0xC000001D, at)
