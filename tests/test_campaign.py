@@ -418,3 +418,24 @@ def test_dask_without_its_extra_is_one_line_naming_the_extra(capsys, monkeypatch
     assert main(["verify", SCENARIO, "--dask", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'ntpool[dask]'" in err
+
+
+def test_a_cluster_that_gives_no_result_is_one_line_naming_it(monkeypatch, capsys):
+    # What a scheduler without ntpool answers (it cannot read the tasks), on a real cluster of
+    # threads in this process, where the batch function can be replaced.
+    distributed = pytest.importorskip("distributed")
+    from ntpool.campaign import engine
+
+    def unreadable(tasks):
+        raise RuntimeError("Error during deserialization of the task graph. This frequently\n"
+                           "occurs if the Scheduler and Client have different environments.")
+
+    monkeypatch.setattr(engine, "execute_apart", unreadable)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster:
+        status = main(["verify", SCENARIO, "--dask", cluster.scheduler_address, "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and "a bug in ntpool" not in err
+    assert f"the Dask cluster at {cluster.scheduler_address} gave no result" in err
+    assert "(RuntimeError: Error during deserialization of the task graph. This frequently)" in err
+    assert "need ntpool installed" in err and err.count("\n") == 1

@@ -5,10 +5,10 @@
 scenario's allocation sites), ``triage`` (a fleet of crash dumps).
 """
 
-from .engine import Engine, Progress, RunTimedOut, execute, keyed, task_key
+from .engine import ClusterError, Engine, Progress, RunTimedOut, execute, keyed, task_key
 from .store import ResultStore, ResultsFileError
 from .verify import Campaign, FaultPlan, PlanError, SiteVerdict, verify
 
-__all__ = ["Campaign", "Engine", "FaultPlan", "PlanError", "Progress", "ResultStore",
+__all__ = ["Campaign", "ClusterError", "Engine", "FaultPlan", "PlanError", "Progress", "ResultStore",
            "ResultsFileError", "RunTimedOut", "SiteVerdict", "execute", "keyed", "task_key",
            "verify"]

@@ -47,6 +47,12 @@ class MissingExtra(ValueError):
     """An option needs a package that is not installed (an extra of ntpool's)."""
 
 
+class ClusterError(ValueError):
+    """The Dask cluster gave no result for a batch of runs (a run's own failure is its result,
+    never this): ntpool not importable by its scheduler or workers, a worker killed again and
+    again from outside, a cluster closed under the campaign."""
+
+
 class RunTimedOut(BaseException):
     """Raised inside a run that exceeded its time limit (a BaseException, like BugCheck, so
     that a driver's ``except Exception`` cannot swallow it)."""
@@ -429,7 +435,15 @@ class Engine:
                                      key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
                        for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))]
             for future in as_completed(futures):
-                yield from future.result()
+                try:
+                    results = future.result()
+                except Exception as error:  # noqa: BLE001 - the cluster's, never a run's (see ClusterError)
+                    where = f" at {self.dask}" if isinstance(self.dask, str) else ""
+                    raise ClusterError(
+                        f"the Dask cluster{where} gave no result for a batch of runs "
+                        f"({_first_line(f'{type(error).__name__}: {error}')}); its scheduler and "
+                        f"every worker need ntpool installed, the version this campaign runs") from error
+                yield from results
         finally:
             if client is not self.dask:
                 client.close()
