@@ -795,3 +795,26 @@ def test_sysenter_is_answered_as_a_stray_syscall():
     k.write(at, b"\x0f\x34\xc3")  # sysenter; ret
     check = bug_check_of(driver, at)
     assert check.code == 0x1E and check.parameters[:2] == (0xC000001D, at)
+
+
+@pytest.mark.parametrize("value", [0x12, 0x1_8001_0011, 0xA001_0011],
+                         ids=["paging-off", "reserved-bits", "nw-without-cd"])
+def test_a_cr0_write_the_processor_refuses_in_64_bit_mode_is_a_general_protection_fault(value):
+    """mov cr0 that turns paging off (or sets reserved bits): #GP at the instruction (Intel
+    SDM, MOV to CR0 in 64-bit mode); ntpool let unicorn run it and stopped with its
+    'fetch unmapped' error (NativeError)."""
+    k, driver = misbehave()
+    check = bug_check_of(driver, "SetCr0", value)
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert in_function(driver, check.parameters[1], "SetCr0")
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)
+
+
+def test_a_cr3_reload_flushes_and_another_page_table_is_named():
+    from ntpool.native import NativeError
+    k, driver = misbehave()
+    assert driver.call("ReloadCr3") == k.space.cr3 << 12  # the same table: a TLB flush
+    with pytest.raises(NativeError, match=r"mov cr3, 0x1000 at misbehave\.sys\+0x[0-9a-f]+ SetCr3\+.*"
+                                          r"one address space.*triple-faults"):
+        driver.call("SetCr3", 0x1000)
+    assert driver.call("AllocateOfType", 0)  # the CPU is as ntpool set it

@@ -70,7 +70,7 @@ KPRCB_NUMBER = 0x24
 KTHREAD_SIZE = 0x400
 KTHREAD_APC_STATE_PROCESS = 0x70
 
-CR0_PE, CR0_ET, CR0_WP, CR0_PG = 1, 1 << 4, 1 << 16, 1 << 31
+CR0_PE, CR0_ET, CR0_WP, CR0_NW, CR0_CD, CR0_PG = 1, 1 << 4, 1 << 16, 1 << 29, 1 << 30, 1 << 31
 CR4_PAE, CR4_OSFXSR = 1 << 5, 1 << 9
 # ET reads as 1 on every x64 processor (and unicorn sets it on any mov to CR0): a driver that
 # writes back the CR0 it read has changed nothing.
@@ -117,6 +117,27 @@ def stub_code(number: int, stub_va: int) -> bytes:
     code += b"\xC3"  # ret
     assert len(code) <= STUB_SIZE
     return bytes(code.ljust(STUB_SIZE, b"\xCC"))
+
+
+def control_register_write_faults(control: int, value: int, cr3: int) -> str:
+    """What a mov to CR0, CR3 or CR4 of ``value`` does in 64-bit mode (Intel SDM, MOV to
+    control registers): "gp" for the general-protection fault (reserved bits 63:32 of CR0 or
+    CR4; CR0.PG cleared, which 64-bit code cannot do; PG without PE; NW without CD; CR4.PAE
+    cleared), "cr3" for a page table other than ntpool's (its one address space: the runner
+    says so), "" for a write the CPU runs as the processor would (CR0.WP cleared, say)."""
+    if control == 0:
+        if value >> 32 or not value & CR0_PG or not value & CR0_PE or \
+                value & CR0_NW and not value & CR0_CD:
+            return "gp"
+    elif control == 4:
+        if value >> 32 or not value & CR4_PAE:
+            return "gp"
+    elif control == 3:
+        if value >> 52:
+            return "gp"  # reserved bits (no PCID in ntpool's processor)
+        if value & ~0xFFF != cr3:
+            return "cr3"
+    return ""
 
 
 class Registers:
@@ -338,6 +359,7 @@ class Cpu:
         self.depth = 0  # nested calls (ntpool -> driver -> ntpool -> driver)
         self._hooks = []  # (handle, callback) kept alive
         self._cr8_hooked: set = set()
+        self._cr_write_hooked: set = set()
         self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
@@ -390,6 +412,38 @@ class Cpu:
         if address not in self._cr8_hooked:
             self._cr8_hooked.add(address)
             self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr8), address, address)
+
+    def hook_cr_write(self, address: int) -> None:
+        """Check the ``mov cr0/cr3/cr4, reg`` at ``address`` (found by the loader) as the
+        processor checks it in 64-bit mode, before unicorn runs it."""
+        if address not in self._cr_write_hooked:
+            self._cr_write_hooked.add(address)
+            self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr_write), address, address)
+
+    def _on_cr_write(self, uch, address, size, user_data) -> None:
+        try:
+            code = self.kernel.read(address, 4)
+            rex = code[0] if 0x40 <= code[0] <= 0x4F else 0
+            if rex:
+                code = code[1:]
+            if code[:2] != b"\x0F\x22" or rex & 4:
+                return  # not the instruction the loader saw (code changed, or a prefix)
+            modrm = code[2]
+            control = (modrm >> 3) & 7
+            source = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10",
+                      "r11", "r12", "r13", "r14", "r15")[(modrm & 7) | ((rex & 1) << 3)]
+            value = self.uc.reg_read(_REG_IDS[source])
+            refused = control_register_write_faults(control, value, self.cr3)
+        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
+            return
+        if refused == "gp":
+            self.stop = ("interrupt", VECTOR_GENERAL_PROTECTION)
+            uclib.uc_emu_stop(self.uch)
+        elif refused:
+            self.stop = ("address-space", (address, control, value))
+            uclib.uc_emu_stop(self.uch)
 
     def _on_sysenter(self, uch, user_data) -> None:
         self.stop = ("sysenter", self.rip_register.read()[0])

@@ -20,6 +20,9 @@ NATIVE_IMAGE_BASE = 0xFFFFF88004000000
 IMAGE_ALIGNMENT = 0x10000
 # mov cr8, reg / mov reg, cr8 (REX with R set; ModRM mod=11, reg=0).
 _CR8_ACCESS = re.compile(rb"[\x44\x45\x46\x47\x4C\x4D\x4E\x4F]\x0F[\x20\x22][\xC0-\xC7]", re.S)
+# mov cr0/cr3/cr4, reg (ModRM mod=11, reg=0, 3 or 4; a REX prefix without R may come first).
+_CR_WRITE = re.compile(rb"\x0F\x22[\xC0-\xC7\xD8-\xE7]", re.S)
+_REX_WITHOUT_R = frozenset(range(0x40, 0x44)) | frozenset(range(0x48, 0x4C))
 
 
 STATUS_DRIVER_ORDINAL_NOT_FOUND = 0xC0000262
@@ -47,19 +50,21 @@ class MissingImports(LookupError):
 class MappedImage:
     """An image in memory: where it is, its frames, and what the CPU must know of it."""
 
-    def __init__(self, image: Image, base: int, frames: list[int], cr8_sites: list[int]):
+    def __init__(self, image: Image, base: int, frames: list[int], cr8_sites: list[int],
+                 cr_write_sites: list[int] = ()):
         self.image = image
         self.base = base
         self.size = image.size_of_image
         self.end = base + image.size_of_image
         self.frames = frames
         self.cr8_sites = cr8_sites
+        self.cr_write_sites = list(cr_write_sites)
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.end
 
 
-def layout(image: Image, base: int, resolve) -> tuple[bytearray, list[int]]:
+def layout(image: Image, base: int, resolve) -> tuple[bytearray, tuple[list[int], list[int]]]:
     """The image's bytes at ``base``; ``resolve(import) -> address`` fills the IAT."""
     memory = bytearray(image.size_of_image)
     memory[:image.size_of_headers] = image.headers
@@ -73,12 +78,18 @@ def layout(image: Image, base: int, resolve) -> tuple[bytearray, list[int]]:
     for entry in image.imports:
         struct.pack_into("<Q", memory, entry.iat_rva, resolve(entry))
     cr8_sites = []
+    cr_write_sites = []
     for section in image.sections:
         if section.executable:
             start = section.rva
             for match in _CR8_ACCESS.finditer(memory, start, start + section.virtual_size):
                 cr8_sites.append(base + match.start())
-    return memory, cr8_sites
+            for match in _CR_WRITE.finditer(memory, start, start + section.virtual_size):
+                at = match.start()
+                cr_write_sites.append(base + at)
+                if at > start and memory[at - 1] in _REX_WITHOUT_R:
+                    cr_write_sites.append(base + at - 1)  # the same instruction, if a prefix
+    return memory, (cr8_sites, cr_write_sites)
 
 
 def page_protection(image: Image) -> list[tuple[bool, bool]]:
@@ -110,7 +121,7 @@ def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
     free = physical.frame_count - physical.frames_used
     if len(pages) > free:
         raise image_does_not_fit(image, free)
-    memory, cr8_sites = layout(image, base, resolve)
+    memory, (cr8_sites, cr_write_sites) = layout(image, base, resolve)
     space = kernel.space
     frames = []
     try:
@@ -128,7 +139,7 @@ def map_image(kernel, image: Image, base: int, resolve) -> MappedImage:
                 space.unmap_page(va)
             physical.free_frame(pfn)
         raise image_does_not_fit(image, free) from None
-    return MappedImage(image, base, frames, cr8_sites)
+    return MappedImage(image, base, frames, cr8_sites, cr_write_sites)
 
 
 def unmap_image(kernel, mapped: MappedImage) -> None:

@@ -319,6 +319,8 @@ class NativeMachine:
         self.next_base = (base + image.size_of_image + IMAGE_ALIGNMENT) & ~(IMAGE_ALIGNMENT - 1)
         for address in mapped.cr8_sites:
             self.cpu.hook_cr8(address)
+        for address in mapped.cr_write_sites:
+            self.cpu.hook_cr_write(address)
         return image, mapped
 
     def _driver_unloaded(self, event: DriverUnloaded) -> None:
@@ -498,6 +500,14 @@ class NativeMachine:
             if kind == "sysenter":
                 rip = self._stray_syscall(detail, thread)
                 continue
+            if kind == "address-space":
+                address, control, value = detail
+                self.location = address
+                raise NativeError(
+                    f"mov cr{control}, {value:#x} at {self.describe(address)}: another page "
+                    f"table, where ntpool has one address space (on Windows the processor walks "
+                    f"it; unless it maps this code and the interrupt handlers, the next fault "
+                    f"triple-faults and resets the machine, with no bug check and no dump)")
             if kind == "unicorn" and detail == UC_ERR_INSN_INVALID:
                 # unicorn stops at an opcode it cannot decode (ud2 among them) instead of
                 # raising #UD: the fault Windows takes there, STATUS_ILLEGAL_INSTRUCTION.

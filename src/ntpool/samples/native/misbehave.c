@@ -149,6 +149,22 @@ __declspec(dllexport) UCHAR PatchConstantAfterFault(UCHAR Value, ULONG64 Unmappe
 /* WP off and left off: the next store to read-only memory, in any call, goes through. */
 __declspec(dllexport) VOID ClearWriteProtect(void) { WriteCr0(ReadCr0() & ~0x10000ULL); }
 
+/* Any CR0 value: 64-bit code may not turn paging off (#GP, as any write the processor
+ * refuses); CR3: a reload of the current one flushes the TLB, another page table is one
+ * ntpool has not got. */
+__declspec(dllexport) VOID SetCr0(ULONG64 Value) { WriteCr0(Value); }
+
+__declspec(dllexport) VOID SetCr3(ULONG64 Value) {
+    __asm__ volatile("mov %0, %%cr3" : : "r"(Value) : "memory");
+}
+
+__declspec(dllexport) ULONG64 ReloadCr3(void) {
+    ULONG64 cr3;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
+    return cr3;
+}
+
 static VOID NTAPI Unload(PDRIVER_OBJECT DriverObject) { (void)DriverObject; }
 
 NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) {
