@@ -760,3 +760,38 @@ def test_ctrl_c_stops_native_code_that_never_calls_out_at_once(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("windows, ends", [("7", "hang"), ("11", 0x133)])
+def test_list_links_that_never_lead_back_spin_at_dispatch_level(windows, ends):
+    """KeDelayExecutionThread lets a second pass: the balance set manager's scan follows a
+    lookaside link a driver made point at itself and never gets back to the head. Windows 8
+    and later stop the spin with the DPC watchdog; Windows 7 hangs (ntpool says so)."""
+    from ntpool.native import NativeError, native_machine
+    from ntpool.routines.runtime import LA_LIST_ENTRY
+    k, driver = misbehave(windows)
+    machine = native_machine(k)
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, 64, "Look", 0)
+    entry = lookaside + LA_LIST_ENTRY
+    k.write(entry, struct.pack("<Q", entry))  # Flink to itself
+    interval = k.ExAllocatePoolWithTag(0, 8, "Wait")
+    k.write(interval, struct.pack("<q", -30_000_000))  # 3 s: every scan comes round
+    delay = machine.bindings.stub("KeDelayExecutionThread")
+    if ends == "hang":
+        with pytest.raises(NativeError, match="never returns .*DISPATCH_LEVEL.*no DPC watchdog"):
+            machine.call(delay, (0, 0, interval), driver)
+    else:
+        with pytest.raises(BugCheck) as caught:
+            machine.call(delay, (0, 0, interval), driver)
+        assert caught.value.code == 0x133 and caught.value.parameters == (1, 0x1E00, 0, 0)
+
+
+def test_sysenter_is_answered_as_a_stray_syscall():
+    """unicorn went on past SYSENTER as if nothing happened; 64-bit code cannot enter the
+    kernel that way (AMD64: #UD in long mode), so it is STATUS_ILLEGAL_INSTRUCTION there."""
+    k, driver = misbehave()
+    at = driver.address_of("AllocateOfType")
+    k.write(at, b"\x0f\x34\xc3")  # sysenter; ret
+    check = bug_check_of(driver, at)
+    assert check.code == 0x1E and check.parameters[:2] == (0xC000001D, at)

@@ -341,6 +341,9 @@ class Cpu:
         self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
+        # SYSENTER, which no import stub uses: the runner answers it as a stray SYSCALL.
+        self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(self._on_sysenter), 1, 0,
+                       X.UC_X86_INS_SYSENTER)
         self._clean = uc.context_save()  # no exception pending: restored after each fault
         self._write_hook = None  # (handle, callback) while stores are published
 
@@ -387,6 +390,10 @@ class Cpu:
         if address not in self._cr8_hooked:
             self._cr8_hooked.add(address)
             self._add_hook(unicorn.UC_HOOK_CODE, _CODE_CB(self._on_cr8), address, address)
+
+    def _on_sysenter(self, uch, user_data) -> None:
+        self.stop = ("sysenter", self.rip_register.read()[0])
+        uclib.uc_emu_stop(self.uch)
 
     def _on_interrupt(self, uch, vector, user_data) -> None:
         self.stop = ("interrupt", vector)

@@ -495,6 +495,9 @@ class NativeMachine:
             if kind == "interrupt":
                 rip = faults.handle(self, detail, thread)
                 continue
+            if kind == "sysenter":
+                rip = self._stray_syscall(detail, thread)
+                continue
             if kind == "unicorn" and detail == UC_ERR_INSN_INVALID:
                 # unicorn stops at an opcode it cannot decode (ud2 among them) instead of
                 # raising #UD: the fault Windows takes there, STATUS_ILLEGAL_INSTRUCTION.
@@ -516,7 +519,9 @@ class NativeMachine:
         with swapgs). What follows on Windows is not documented; ntpool raises the nearest
         defined outcome at the driver's instruction, the invalid-opcode fault (#UD, which
         SYSCALL raises where system calls are not enabled): STATUS_ILLEGAL_INSTRUCTION,
-        dispatched through the driver's frames (unhandled: 0x1E, 0x7E or 0x3B naming it)."""
+        dispatched through the driver's frames (unhandled: 0x1E, 0x7E or 0x3B naming it).
+        SYSENTER is answered the same: in 64-bit mode it is #UD on AMD's processors (AMD64
+        APM), and x64 Windows makes no system call through it."""
         regs = self.cpu.read_context()
         regs["rip"] = address
         self.cpu.write_context(regs)
@@ -543,7 +548,10 @@ class NativeMachine:
     def _call_error(self, error: BaseException) -> NativeError:
         routine = self.bindings.names[self.call_number]
         where = self.describe(self.return_address())
-        if isinstance(error, (WaitForever, MachineHung)):
+        if isinstance(error, MachineHung):  # (Windows 8 and later: 0x133, see refusals)
+            return NativeError(f"{routine} called from {where} never returns (a hang at "
+                               f"DISPATCH_LEVEL; Windows 7 has no DPC watchdog): {error}")
+        if isinstance(error, WaitForever):
             return NativeError(f"{routine} called from {where} never returns (a hang no "
                                f"Windows stops at IRQL {self.kernel.current_irql}): {error}")
         return NativeError(f"{routine} called from {where} with arguments ntpool cannot model "
