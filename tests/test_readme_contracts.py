@@ -52,3 +52,45 @@ def test_every_link_within_the_readme_leads_to_a_heading():
     links = re.findall(r"\]\(#([^)]+)\)", outside_code)
     assert len(links) >= 15  # the guide at the top, by what a reader came for
     assert [link for link in links if link not in anchors] == []
+
+
+def _names_a_module_or_attribute(dotted: str) -> bool:
+    """``ntpool.a.b.c``: a module, or an attribute of the longest module prefix."""
+    import importlib
+    import importlib.util
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        target = importlib.import_module(module_name)
+        for attribute in parts[cut:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def test_the_modules_and_files_the_docs_name_exist():
+    # Files move (the dump fuzzer went from tools/ to cli/ this way); a guide that names the
+    # old place sends its reader to nothing.
+    plugins = ROOT / "src" / "ntpool" / "data" / "volatility3" / "plugins"
+    for doc in ("README.md", "ARCHITECTURE.md"):
+        text = (ROOT / doc).read_text()
+        for dotted in sorted(set(re.findall(r"\bntpool(?:\.\w+)+", text))):
+            plugin = plugins.joinpath(*dotted.split(".")).with_suffix(".py")
+            assert plugin.is_file() or _names_a_module_or_attribute(dotted), f"{doc}: {dotted}"
+        for module in sorted(set(re.findall(r"python3? -m (ntpool[\w.]*)", text))):
+            assert _names_a_module_or_attribute(module), f"{doc}: python -m {module}"
+        for path in sorted(set(re.findall(r"`((?:src|tests|docs)/[\w./-]+\.\w+)`", text))):
+            assert (ROOT / path).is_file(), f"{doc}: {path}"
+        for path in sorted(set(re.findall(r"`((?:ntpool/)?(?:cli|tools|campaign|debugger|dump|"
+                                          r"forensics|native|pool|routines|machine|verifier|"
+                                          r"samples)/[\w./]+\.py)`", text))):
+            assert (ROOT / "src" / "ntpool" / path.removeprefix("ntpool/")).is_file(), \
+                f"{doc}: {path}"
