@@ -584,7 +584,7 @@ def test_unknown_pool_type_bits_from_native_code_are_ignored_as_windows_ignores_
 def test_a_priority_that_is_no_ex_pool_priority_is_checked_as_low():
     """WRK's MmResourcesAvailable applies Normal's limit to NormalPoolPriority and Low's to
     anything else that is not HighPoolPriority."""
-    from ntpool.native.bindings import native_priority
+    from ntpool.native.runtime import native_priority
     assert [native_priority(p) for p in (0, 16, 32, 8, 9, 24, 41, 0x12345, 17, 1, 0xFFFFFFFF)] == \
         [0, 16, 32, 8, 9, 24, 41, 0, 0, 0, 9]
     k, driver = misbehave()

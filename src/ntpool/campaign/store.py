@@ -66,8 +66,8 @@ class ResultStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             tables = {row[0] for row in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as error:
-            raise _Damaged(str(error)) from None
+        except _UNREADABLE as error:
+            raise _Damaged(_damage_of(error)) from None
         except sqlite3.Error as error:  # cannot be opened at all (a folder, no permission)
             raise ResultsFileError(f"{self.path}: cannot open the results file ({error})") from None
         if tables and "campaign" not in tables:
@@ -98,8 +98,8 @@ class ResultStore:
                 if result is None:
                     raise _Damaged(f"the row of run {key!r} fails its check")
                 self._cache[key] = result
-        except sqlite3.DatabaseError as error:
-            raise _Damaged(str(error)) from None
+        except _UNREADABLE as error:
+            raise _Damaged(_damage_of(error)) from None
 
     def _create(self) -> None:
         try:
@@ -188,6 +188,19 @@ def _checked(key, text, digest) -> dict | None:
     return result if isinstance(result, dict) and result.get("key") == key else None
 
 
+# What reading a damaged file raises: SQLite's refusal, or Python's when a damaged page
+# hands it bytes that are not UTF-8 where it decodes text (a name in the schema, SQLite's
+# message quoting it, a row's TEXT).
+_UNREADABLE = (sqlite3.DatabaseError, UnicodeDecodeError)
+_UNREADABLE_OR_UNOPENED = (sqlite3.Error, UnicodeDecodeError)
+
+
+def _damage_of(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return "text in it is not UTF-8"
+    return str(error)
+
+
 def _readable_rows(path: str) -> list[tuple[str, dict]]:
     """The rows of a damaged results file that can still be read whole: row by row through
     the table's rowids, so a damaged page costs only the rows on it. A truncated file is
@@ -224,12 +237,12 @@ def _readable_rows(path: str) -> list[tuple[str, dict]]:
 def _read_rows(path: str, rows: dict[str, dict]) -> None:
     try:
         db = sqlite3.connect(path)
-    except sqlite3.Error:
+    except _UNREADABLE_OR_UNOPENED:
         return
     try:
         try:
             highest = db.execute("SELECT max(rowid) FROM runs").fetchone()[0] or 0
-        except sqlite3.Error:
+        except _UNREADABLE_OR_UNOPENED:
             # The table's pages cannot be walked to its end: look as far as the file could
             # hold rows (each at least a key's 24 characters).
             highest = os.path.getsize(path) // 24
@@ -237,7 +250,7 @@ def _read_rows(path: str, rows: dict[str, dict]) -> None:
             try:
                 row = db.execute("SELECT key, result, digest FROM runs WHERE rowid = ?",
                                  (rowid,)).fetchone()
-            except sqlite3.Error:
+            except _UNREADABLE_OR_UNOPENED:
                 continue
             result = _checked(*row) if row is not None else None
             if result is not None:

@@ -61,21 +61,10 @@ def _converter(ctype) -> str | None:
     return f"v & {(1 << bits) - 1:#x}"
 
 
-def native_priority(value: int) -> int:
-    """An EX_POOL_PRIORITY from native code as Windows reads it (WRK's
-    ExAllocatePoolWithTagPriority and MmResourcesAvailable): the special-pool bits (8, and 1
-    with it) ask for special pool; what remains is HighPoolPriority (32), NormalPoolPriority
-    (16), or, any other value, checked as LowPoolPriority."""
-    value &= 0xFFFFFFFF
-    special = value & 9 if value & 8 else 0
-    rest = value & ~special
-    return (rest if rest in (16, 32) else 0) | special
-
-
 # C types whose values native code may pass outside what ntpool's routines accept from
 # Python, read as Windows reads them: a POOL_TYPE's bits Windows gives no meaning are ignored
 # (WRK's ExAllocatePoolWithTag selects the pool by PoolType & BASE_POOL_TYPE_MASK and never
-# checks the others), an EX_POOL_PRIORITY as ``native_priority``.
+# checks the others), an EX_POOL_PRIORITY as ``runtime.native_priority``.
 NATIVE_VALUES = {"POOL_TYPE": f"v & {VALID_POOL_TYPE_BITS:#x}",
                  "EX_POOL_PRIORITY": "_priority(v)"}
 # The same for one routine's parameter: NDIS's MemoryFlags bits other than
@@ -136,7 +125,7 @@ def compile_handler(machine, entry):
         lines.append("    return ret" if returns_value else "    return 0")
     source = "def handler(rcx, rdx, r8, r9, rsp):\n" + "\n".join(lines) + "\n"
     namespace = {"_f": function, "_rq": machine.read_q, "_w": kernel.write,
-                 "_priority": native_priority}
+                 "_priority": runtime.native_priority}
     # Named as a file of this package: the call-site lookup knows frames from here are the
     # native bridge's, and asks the CPU for the site (the driver's return address).
     filename = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"<binding {entry.name}>")

@@ -26,6 +26,7 @@ from capstone import x86 as cs_x86
 from unicorn import x86_const as X
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
+from ..errors import NtStatusError
 from ..hooks import PageFault
 from ..machine.memory import PTE_NX, PTE_PRESENT
 from . import cpu as cpu_module
@@ -47,6 +48,17 @@ READ, WRITE, EXECUTE = 0, 1, 8
 
 _disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _disassembler.detail = True
+
+
+class RoutineAccessViolation(NtStatusError):
+    """A routine native code called touched a user-mode address nothing maps (a NULL or
+    stray out-pointer): the access violation Windows raises in the routine, dispatched to
+    its caller with the exception's parameters (0 read / 1 write, the address)."""
+
+    def __init__(self, write: bool, address: int):
+        self.parameters = (int(write), address)
+        super().__init__(STATUS_ACCESS_VIOLATION,
+                         f"{'write to' if write else 'read of'} {address:#x} by a routine")
 
 
 def handle(machine, vector: int, thread) -> int:

@@ -37,7 +37,6 @@ class NativeError(RuntimeError):
     """Native code did something ntpool cannot model (the message names it and where)."""
 
 
-STATUS_ACCESS_VIOLATION = 0xC0000005
 # The DPC watchdog's bug check is Windows 8's (build 9200) and later's.
 DPC_WATCHDOG_FIRST_BUILD = 9200
 DPC_WATCHDOG_PERIOD_TICKS = 0x1E00
@@ -46,17 +45,6 @@ RFLAGS_IF = 0x200
 # host's C stack bounds them (each is a nested uc_emu_start; the process died at 65), well
 # before a real driver's (a few levels: a lookaside list's Free routine, a completion routine).
 MAX_NESTED_CALLS = 32
-
-
-class RoutineAccessViolation(NtStatusError):
-    """A routine native code called touched a user-mode address nothing maps (a NULL or
-    stray out-pointer): the access violation Windows raises in the routine, dispatched to
-    its caller with the exception's parameters (0 read / 1 write, the address)."""
-
-    def __init__(self, write: bool, address: int):
-        self.parameters = (int(write), address)
-        super().__init__(STATUS_ACCESS_VIOLATION,
-                         f"{'write to' if write else 'read of'} {address:#x} by a routine")
 
 
 class NativeDriver:
@@ -304,7 +292,7 @@ class NativeMachine:
         kernel = self.kernel
         if kernel.current_irql >= DISPATCH_LEVEL or kernel.pager.is_paged_out(event.address):
             return None  # 0xD1, or a page-in: the kernel's own answers
-        raise RoutineAccessViolation(event.write, event.address)
+        raise faults.RoutineAccessViolation(event.write, event.address)
 
     # --- loading -------------------------------------------------------------------------------
 

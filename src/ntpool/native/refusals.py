@@ -31,7 +31,7 @@ NativeError that names the routine, its call site and what was refused (README, 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, BugCheckCode
 from ..errors import AddressRangeError, MachineHung
 from . import cpu as cpu_module
-from . import seh
+from . import faults, seh
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 STATUS_ACCESS_VIOLATION = 0xC0000005
@@ -83,10 +83,9 @@ def fault_at(machine, address: int, write: bool, thread) -> int | None:
     """The routine's access to ``address`` faults: what the kernel's fault handling answers
     (a bug check raised, or for a user address the access violation raised to the driver's
     frames, see ``NativeMachine.routine_fault``). None: the page was brought in."""
-    from .machine import RoutineAccessViolation
     try:
         machine.kernel._page_fault(address & MASK64, write)
-    except RoutineAccessViolation as violation:
+    except faults.RoutineAccessViolation as violation:
         return raise_in_caller(machine, violation.status, violation.parameters, thread)
     return None
 

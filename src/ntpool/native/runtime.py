@@ -280,7 +280,6 @@ def read_extended_parameters(kernel, address: int, count: int) -> tuple:
     """ExAllocatePool3's POOL_EXTENDED_PARAMETER array, read from the caller's memory as the
     routine reads it (a count the memory cannot hold faults where the memory ends)."""
     from ..routines.ex import POOL_EXTENDED_PARAMETER
-    from .bindings import native_priority
     if not address or not count:
         return ()
     data = kernel.read(address, POOL_EXTENDED_PARAMETER_SIZE * count)
@@ -342,6 +341,17 @@ def _ndis_free_memory(machine):
 
 
 # name -> (module, handler factory): routines only native code can call this way.
+def native_priority(value: int) -> int:
+    """An EX_POOL_PRIORITY from native code as Windows reads it (WRK's
+    ExAllocatePoolWithTagPriority and MmResourcesAvailable): the special-pool bits (8, and 1
+    with it) ask for special pool; what remains is HighPoolPriority (32), NormalPoolPriority
+    (16), or, any other value, checked as LowPoolPriority."""
+    value &= 0xFFFFFFFF
+    special = value & 9 if value & 8 else 0
+    rest = value & ~special
+    return (rest if rest in (16, 32) else 0) | special
+
+
 NATIVE_ONLY = {
     "DbgPrint": ("ntoskrnl.exe", _dbg_print),
     "DbgPrintEx": ("ntoskrnl.exe", _dbg_print_ex),
