@@ -76,6 +76,19 @@ def test_a_folder_named_like_a_sample_does_not_hide_the_sample(tmp_path, monkeyp
         assert "wrote snap.json" in capsys.readouterr().out
 
 
+def test_verify_of_a_sample_is_not_hidden_by_a_folder_of_its_name(tmp_path, monkeypatch):
+    # verify reads its scenario by content (campaign.verify.scenario_content), with a rule of
+    # its own that a folder named demo hid: "cannot read scenario demo: Is a directory", 2.
+    from ntpool.campaign.verify import scenario_content
+    from ntpool.tools.scenario import SAMPLE_SCENARIOS
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("demo", "demo-python"):
+        (tmp_path / name).mkdir()
+        content = scenario_content(name)
+        assert content["source"] == SAMPLE_SCENARIOS[name].read_text(encoding="utf-8")
+
+
 def test_verify_of_a_file_that_is_no_driver_is_one_line_as_run_answers(tmp_path, capsys):
     bad = tmp_path / "bad.sys"
     bad.write_bytes(b"MZ not a driver")

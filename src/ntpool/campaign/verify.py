@@ -175,9 +175,9 @@ def _failure_place(v: SiteVerdict) -> str:
 
 def scenario_content(spec: str) -> dict:
     """The scenario as a task carries it: by content, not by path."""
-    path = Path(spec)
-    if not path.exists() and spec in SAMPLE_SCENARIOS:
-        path = SAMPLE_SCENARIOS[spec]
+    # A sample's name (no .py suffix) always means the sample, as for ntpool run: a folder
+    # called demo (ntpool demo --out demo makes one) does not hide it.
+    path = SAMPLE_SCENARIOS[spec] if spec in SAMPLE_SCENARIOS else Path(spec)
     load_scenario(str(path))  # a broken file is a clear error here, before any run
     if path.suffix.lower() == ".sys":  # a compiled driver: the scenario that loads it
         return {"name": path.stem, "path": str(path), "source": "", "files": driver_files(path)}
