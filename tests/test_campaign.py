@@ -439,3 +439,9 @@ def test_a_cluster_that_gives_no_result_is_one_line_naming_it(monkeypatch, capsy
     assert f"the Dask cluster at {cluster.scheduler_address} gave no result" in err
     assert "(RuntimeError: Error during deserialization of the task graph. This frequently)" in err
     assert "need ntpool installed" in err and err.count("\n") == 1
+
+
+def test_the_verify_table_counts_one_run_in_the_singular():
+    from ntpool.cli.verify import _runs
+
+    assert (_runs(1), _runs(2), _runs(0)) == ("1 run", "2 runs", "0 runs")

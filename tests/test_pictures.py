@@ -178,3 +178,15 @@ def test_page_map_circles_the_chunk_a_double_free_names():
         k.ExFreePoolWithTag(p, "Dbl ")
     assert stop.value.parameters[0] == 0x07
     assert _marks(SimpleNamespace(bugcheck=stop.value)) == {p - 16: "double free"}
+
+
+def test_numbered_checkpoints_make_one_phase_not_a_stripe_each():
+    # The README's cache.py yields "step 100", "step 200", ...: each was a phase of its own,
+    # so the usage picture shaded every other checkpoint.
+    from ntpool.tools.pictures import phases_of
+
+    labels = ["boot", "step 100", "step 200", "step 300", "traffic: 40 frames",
+              "traffic: 80 frames", "end of workload", "after unload"]
+    assert phases_of(labels) == [["boot", 0, 0], ["step", 1, 3], ["traffic", 4, 5],
+                                 ["end of workload", 6, 6], ["after unload", 7, 7]]
+    assert phases_of(["42"]) == [["42", 0, 0]]  # a label that is only a number keeps it

@@ -199,8 +199,8 @@ def cmd_verify(args) -> int:
                       "the verdicts below include it.[/yellow]")
     colour = {"survived": "green", "not reached": "yellow"}
     if len(campaign.verdicts) <= PER_RUN_ROWS:
-        table = Table(title=f"{len(campaign.verdicts)} runs with failures injected "
-                            f"({campaign.runs} runs in all)")
+        table = Table(title=f"{_runs(len(campaign.verdicts))} with failures injected "
+                            f"({_runs(campaign.runs)} in all)")
         for column in ("Driver", "Call site failed", "Verdict", "Evidence"):
             table.add_column(column, overflow="fold")
         for v in campaign.verdicts:
@@ -318,3 +318,7 @@ def add_verify_command(sub) -> None:
     triage.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     add_engine_arguments(triage)
     triage.set_defaults(func=cmd_triage)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"

@@ -7,6 +7,7 @@ of ntpool never pays for it. SVG text is kept as text, so tags can be searched f
 
 import html
 import io
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Iterable
@@ -360,18 +361,33 @@ def usage_figure(samples, title: str = "", top: int = 10, colours: dict[str, str
     return figure
 
 
-def _shade_phases(axes, samples) -> None:
-    """Label runs of checkpoints that share a phase name (the text before a colon)."""
-    import matplotlib.transforms as transforms
+def phase_of(label: str) -> str:
+    """A checkpoint's phase: the text before a colon ("traffic: 40 frames" is "traffic"), or,
+    with no colon, the label without a number that ends it ("step 100" is "step"), so a
+    workload's numbered checkpoints make one phase, not one stripe each."""
+    if ":" in label:
+        return label.split(":")[0]
+    return re.sub(r"[\s\d#.,]+$", "", label) or label
 
-    blend = transforms.blended_transform_factory(axes.transData, axes.transAxes)
+
+def phases_of(labels) -> list[list]:
+    """[phase, first position, last position] for each run of checkpoints of one phase."""
     phases: list[list] = []
-    for position, sample in enumerate(samples):
-        name = sample.label.split(":")[0]
+    for position, label in enumerate(labels):
+        name = phase_of(label)
         if phases and phases[-1][0] == name:
             phases[-1][2] = position
         else:
             phases.append([name, position, position])
+    return phases
+
+
+def _shade_phases(axes, samples) -> None:
+    """Label runs of checkpoints that share a phase (``phase_of``), shading every other one."""
+    import matplotlib.transforms as transforms
+
+    blend = transforms.blended_transform_factory(axes.transData, axes.transAxes)
+    phases = phases_of(sample.label for sample in samples)
     for number, (name, first, last) in enumerate(phases):
         if number % 2:
             axes.axvspan(first - 0.5, last + 0.5, color="#000000", alpha=0.04, linewidth=0)
