@@ -73,8 +73,7 @@ def test_the_core_floors_import_only_downward():
     for floor in CORE_FLOORS:
         allowed |= floor
         for entry in floor:
-            paths = _modules(entry + ".py") if (PACKAGE / (entry + ".py")).is_file() else _modules(entry)
-            for path in paths:
+            for path in _paths_of(entry):
                 above = _imported_packages(path) - allowed - LAYERS_ON_TOP
                 assert not above, f"{path.relative_to(PACKAGE)} imports {above}, on a floor above its own"
 
@@ -93,6 +92,11 @@ UPPER_FLOORS = [
     {"forensics"},
     {"cli", "__main__"},
 ]
+
+
+def _paths_of(entry: str) -> list:
+    """The files of one floor's entry: a module, or every module of a sub-package."""
+    return _modules(entry + ".py") if (PACKAGE / (entry + ".py")).is_file() else _modules(entry)
 
 
 def _entries() -> set[str]:
@@ -118,7 +122,7 @@ def test_the_layers_on_top_import_only_downward():
     floors = CORE_FLOORS + UPPER_FLOORS
     for floor in UPPER_FLOORS:
         for entry in floor:
-            for path in _modules(entry + ".py") if (PACKAGE / (entry + ".py")).is_file() else _modules(entry):
+            for path in _paths_of(entry):
                 own = _floor_of(entry, floors)
                 above = {name for name in _imported_packages(path) if _floor_of(name, floors) > own}
                 assert not above, f"{path.relative_to(PACKAGE)} imports {above}, on a floor above its own"

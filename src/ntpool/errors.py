@@ -95,3 +95,9 @@ class NdisVersionError(RuntimeError):
 class NdisContractError(ValueError):
     """An NDIS call that breaks the routine's documented contract (e.g. NdisFreeMemory's
     Length or MemoryFlags not matching the allocation); nothing is freed or changed."""
+
+
+def shown_argument(value) -> str:
+    """An argument as an error message quotes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

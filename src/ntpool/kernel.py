@@ -39,7 +39,8 @@ from .constants import (
     NtStatus,
 )
 from .drivers import LIST_ENTRY, CallSites, DriverRoutines
-from .errors import ALLOWED_WHEN_HALTED, AddressRangeError, BugCheck, ExecutionError, MachineHalted, allowed_when_halted
+from .errors import (ALLOWED_WHEN_HALTED, AddressRangeError, BugCheck, ExecutionError, MachineHalted,
+                     allowed_when_halted, shown_argument)
 from .hooks import BugCheckRaised, Hooks, MemoryWritten, PageFault, kernel_layers
 from .machine.memory import PTE_NX, PTE_PRESENT, AddressSpace, PhysicalMemory, canonical
 from .machine.pager import Pager
@@ -591,7 +592,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for name, value in (("path", path), ("truth", truth)):
             if not isinstance(value, (str, bytes, os.PathLike)) and (value is not None or name == "path"):
                 raise TypeError(f"{name} must be a file name (str or os.PathLike), not "
-                                f"{type(value).__name__}: {_shown_argument(value)}")
+                                f"{type(value).__name__}: {shown_argument(value)}")
         if self.dump_writer is None:
             raise RuntimeError("no dump writer is attached (import ntpool.dump)")
         return self.dump_writer(self, path, kind, symbols, truth)
@@ -601,15 +602,10 @@ def _checked_address(address, name: str = "address") -> int:
     """A virtual address argument: an int (TypeError naming what it got), 64 bits (ValueError)."""
     if isinstance(address, bool) or not isinstance(address, int):
         raise TypeError(f"{name} must be an int (a virtual address), not "
-                        f"{type(address).__name__}: {_shown_argument(address)}")
+                        f"{type(address).__name__}: {shown_argument(address)}")
     if not 0 <= address < 1 << 64:
         raise ValueError(f"{name} must be a 64-bit virtual address, got {address!r}")
     return address
-
-
-def _shown_argument(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _checked_span(address, size, write: bool) -> tuple[int, int]:
@@ -617,7 +613,7 @@ def _checked_span(address, size, write: bool) -> tuple[int, int]:
         _checked_address(address)  # the TypeError
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"size must be an int (a number of bytes), not {type(size).__name__}: "
-                        f"{_shown_argument(size)}")
+                        f"{shown_argument(size)}")
     if size < 0:
         raise ValueError(f"size must be a non-negative int, got {size!r}")
     if not 0 <= address < 1 << 64:

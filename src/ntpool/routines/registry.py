@@ -35,6 +35,8 @@ import inspect
 import re
 from typing import Callable, NamedTuple
 
+from ..errors import shown_argument
+
 MODULES = ("ntoskrnl.exe", "HAL.dll", "NDIS.SYS")
 
 
@@ -410,7 +412,7 @@ def _not_a_c_value(param: Param, value) -> str:
                                                           list, tuple, dict, set)):
         return ""  # a str tag, a callable, a driver's object: conveniences some routines take
     if not isinstance(value, int):
-        return f"must be an int, got {type(value).__name__} {_shown(value)}"
+        return f"must be an int, got {type(value).__name__} {shown_argument(value)}"
     if ctype.size == 0 or ctype.pointer or ctype.size > 8:
         low, high = 0, (1 << 64) - 1
     elif ctype.signed:
@@ -420,8 +422,3 @@ def _not_a_c_value(param: Param, value) -> str:
     if low <= value <= high:
         return ""
     return f"must be an int from {low:#x} to {high:#x}, got {value:#x}"
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
