@@ -104,3 +104,53 @@ def test_poolsnap_diff_of_a_tag_no_one_owns_ends_its_line_with_the_growth(tmp_pa
     out = capsys.readouterr().out
     assert "Zq9x" in out and out.splitlines()[-1].endswith("+256")
     assert _trailing_spaces(out) == []
+
+
+def _kd(dump: str, commands: str, capsys) -> str:
+    from ntpool.cli.kd import run_kd
+
+    capsys.readouterr()
+    assert run_kd(dump, commands, None) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def unload_dumps(tmp_path_factory):
+    """A 0xC4/0x62 (leak.sys unloads with two allocations) and a 0xD4 (lookaside_unload.sys
+    leaves its list linked in its image), each as `ntpool run X.sys --dump D` writes it."""
+    from ntpool.samples.compiled import sample_path
+
+    folder = tmp_path_factory.mktemp("unload")
+    leak, lookaside = str(folder / "leak.dmp"), str(folder / "lookaside.dmp")
+    assert main(["run", sample_path("leak"), "--verifier", "pool_tracking", "--dump", leak]) == 3
+    assert main(["run", sample_path("lookaside_unload"), "--dump", lookaside]) == 3
+    return leak, lookaside
+
+
+def test_r_and_k_give_a_compiled_driver_s_address_where_no_allocation_was_made(unload_dumps,
+                                                                              capsys):
+    # leak.sys's Unload allocates nothing, so its site is in no table of allocation sites:
+    # `r` said rip=00000000`00000000 beside "leak.sys+0x1080 Unload+0x0".
+    out = _kd(unload_dumps[0], "r; k; lm", capsys)
+    base = re.search(r"^(\w{8}`\w{8}) \w{8}`\w{8}\s+leak\b", out, re.M).group(1)
+    where = f"{int(base.replace('`', ''), 16) + 0x1080:016x}"
+    assert f"rip={where[:8]}`{where[8:]} leak.sys+0x1080 Unload+0x0 (leak.c:6)" in out
+    assert f"01 leak.sys+0x1080 Unload+0x0 (leak.c:6)  [{where[:8]}`{where[8:]}]" in out
+    # Where nothing was recorded, no rip is made up.
+    out = _kd(unload_dumps[1], "r", capsys)
+    assert "rip=" not in out and "(not recorded)" in out
+
+
+def test_lookaside_says_where_a_list_left_in_an_unloaded_image_breaks_the_chain(unload_dumps,
+                                                                              capsys):
+    # The 0xD4 is about that very list; !lookaside said "0 driver lookaside list(s)".
+    out = _kd(unload_dumps[1], "!lookaside", capsys)
+    broken = re.search(r"\*\*\* The list goes on to (fffff880`\w{8}), which is not in the dump "
+                       r"\(the bug check blames lookaside_unload\.sys, which unloaded\)", out)
+    assert broken, out
+    assert "goes on to" not in _kd(unload_dumps[0], "!lookaside", capsys)  # an intact chain
+
+
+def test_a_display_command_s_l_without_a_count_says_so(small_dump, capsys):
+    out = _kd(small_dump, "db fffffa8000000000 L; dq fffffa8000000000 L?", capsys)
+    assert out.count("expected L Count") == 2 and "'x'" not in out
