@@ -154,3 +154,24 @@ def test_lookaside_says_where_a_list_left_in_an_unloaded_image_breaks_the_chain(
 def test_a_display_command_s_l_without_a_count_says_so(small_dump, capsys):
     out = _kd(small_dump, "db fffffa8000000000 L; dq fffffa8000000000 L?", capsys)
     assert out.count("expected L Count") == 2 and "'x'" not in out
+
+
+def test_triage_names_its_swollen_rule_from_the_rule_itself(tmp_path, capsys, monkeypatch):
+    # The title said "over {4}x": a hard-coded 4 beside SWOLLEN_FACTOR, and no word of the
+    # 64 KiB floor. Numbers line up on the right.
+    from ntpool.campaign import triage
+
+    dumps = []
+    for index, size in enumerate((1024, 1024, 200 << 10)):  # the third machine's Swol grew
+        k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=1 << 20)
+        k.ExAllocatePoolWithTag(PoolType.NonPagedPool, size, "lowS")
+        dumps.append(str(tmp_path / f"m{index}.dmp"))
+        k.write_dump(dumps[-1], kind="kernel")
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(triage, "SWOLLEN_FACTOR", 5)
+    assert main(["triage", *dumps, "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Swollen tags (over 5x their fleet median and at least 64 KiB)" in out
+    swollen = out.split("Swollen tags")[1].splitlines()
+    row = next(line for line in swollen if line.startswith("│ Swol "))
+    assert re.search(r"│ Swol +│ +1 │ +20\d,\d{3} │ +1,\d{3} │$", row), row
