@@ -175,3 +175,24 @@ def test_triage_names_its_swollen_rule_from_the_rule_itself(tmp_path, capsys, mo
     swollen = out.split("Swollen tags")[1].splitlines()
     row = next(line for line in swollen if line.startswith("│ Swol "))
     assert re.search(r"│ Swol +│ +1 │ +20\d,\d{3} │ +1,\d{3} │$", row), row
+
+
+def test_score_tags_given_twice_scores_both(tmp_path, capsys):
+    # `--tags Fred --tags Bbbb` scored Bbbb alone: argparse kept the last, without a word.
+    import json
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    fred = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 100, "derF")
+    bbbb = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 100, "bbbB")
+    truth, found = tmp_path / "t.json", tmp_path / "found.csv"
+    k.write_dump(str(tmp_path / "t.dmp"), kind="kernel", truth=str(truth))
+    found.write_text(f"address,tag\n{fred - 16:#x},Fred\n{bbbb - 16:#x},Bbbb\n")
+
+    def live(*tags):
+        capsys.readouterr()
+        assert main(["score", str(truth), str(found), "--json", *tags]) == 0
+        return json.loads(capsys.readouterr().out)["live allocations"]
+
+    assert live("--tags", "Fred", "--tags", "Bbbb") == live("--tags", "Fred,Bbbb")
+    assert live("--tags", "Fred", "--tags", "Bbbb")["truth"] == 2
+    assert live("--tags", "Bbbb")["truth"] == 1
