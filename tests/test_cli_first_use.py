@@ -196,3 +196,37 @@ def test_score_tags_given_twice_scores_both(tmp_path, capsys):
     assert live("--tags", "Fred", "--tags", "Bbbb") == live("--tags", "Fred,Bbbb")
     assert live("--tags", "Fred", "--tags", "Bbbb")["truth"] == 2
     assert live("--tags", "Bbbb")["truth"] == 1
+
+
+def test_poolmon_iterations_of_a_dump_print_its_one_moment_once(small_dump, capsys, monkeypatch):
+    # A dump has no checkpoints: --iterations 3 printed the same table three times.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["poolmon", small_dump, "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Per Alloc") == 1 and not out.endswith("\n\n")
+
+
+def test_poolmon_iterations_of_a_scenario_print_tables_apart(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    scenario = tmp_path / "steps.py"
+    scenario.write_text("DRIVERS = []\n\ndef workload(k, rng):\n"
+                        "    for n in range(3):\n"
+                        "        k.ExAllocatePoolWithTag(0, 64, 'petS')\n"
+                        "        yield f'step {n}'\n")
+    assert main(["poolmon", str(scenario), "--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    tables = out.split("\n\n")
+    assert len(tables) == 2 and all("Step" in table for table in tables), out
+    assert "(1)" in tables[1]  # the second table's deltas
+
+
+@pytest.mark.parametrize("spec", ["missing.dmp", "MEMORY.DMP", "crash"])
+def test_a_missing_dump_is_not_called_a_missing_scenario(spec, tmp_path, capsys, monkeypatch):
+    # poolmon, poolsnap, picture and report read dumps too: "scenario missing.dmp does not
+    # exist (give a scenario .py file, ...)" named every kind of source but the one meant.
+    monkeypatch.chdir(tmp_path)
+    for arguments in (["poolmon", spec, "--once"], ["report", spec, "-o", "r.html"]):
+        assert main(arguments) == 2
+        err = capsys.readouterr().err
+        assert err == (f"ntpool: {spec} does not exist (give a crash dump, a scenario .py file, "
+                       f"a compiled driver .sys, or one of: demo, demo-python)\n")

@@ -273,16 +273,19 @@ def cmd_poolmon(args) -> int:
     state = ViewState(show_totals=args.totals)
 
     def screen():
-        return poolmon_screen(model, source.status(), prompt=" ", limit=args.limit,
+        return poolmon_screen(model, source.status(), prompt=None, limit=args.limit,
                               width=table_width(console), state=state, machine=source.machine())
 
-    if args.iterations:
-        for _ in range(args.iterations):
-            if source.kind == "scenario" and not source.advance():
+    if args.iterations and source.kind == "scenario":
+        for iteration in range(args.iterations):
+            if not source.advance():
                 break
             model.update(source.snapshot())
+            if iteration:
+                console.print()  # a blank line between the tables
             console.print(screen())
         return 0
+    # A crash dump is one moment: one table, however many iterations were asked for.
     if source.kind == "scenario":
         with checkpoint_progress(source, "running the scenario"):
             source.run_to()
