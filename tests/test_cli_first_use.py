@@ -230,3 +230,25 @@ def test_a_missing_dump_is_not_called_a_missing_scenario(spec, tmp_path, capsys,
         err = capsys.readouterr().err
         assert err == (f"ntpool: {spec} does not exist (give a crash dump, a scenario .py file, "
                        f"a compiled driver .sys, or one of: demo, demo-python)\n")
+
+
+def test_run_of_a_driver_that_stops_the_machine_in_driver_entry_says_so(capsys):
+    # "drivers loaded: none" and "at the end of the workload (0 checkpoints)": as if the
+    # driver had never been there, when its DriverEntry overran a chunk.
+    from ntpool.samples.compiled import sample_path
+
+    assert main(["run", sample_path("overrun")]) == 3
+    out = capsys.readouterr().out
+    assert "drivers loaded: none (overrun.sys bug-checked while loading, in its DriverEntry)" in out
+    assert "Pool usage by tag when the machine stopped (0 checkpoints)" in out
+    assert main(["run", sample_path("leak")]) == 1  # loads, unloads, leaks: no bug check
+    out = capsys.readouterr().out
+    assert "drivers loaded: leak.sys\n" in out
+    assert "Pool usage by tag at the end of the workload (0 checkpoints)" in out
+
+
+def test_a_file_that_is_no_driver_is_named_once_in_the_refusal(tmp_path, capsys):
+    empty = tmp_path / "empty.sys"
+    empty.write_bytes(b"")
+    assert main(["run", str(empty)]) == 2
+    assert capsys.readouterr().err == f"ntpool: {empty}: not a PE image (no MZ header)\n"
