@@ -31,6 +31,9 @@ def add_engine_arguments(parser) -> None:
                        help="finish the campaign in --results, redoing nothing that finished")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a run after this long and record it as timed out")
+    group.add_argument("--memory-limit", type=float, default=None, metavar="MIB",
+                       help="stop a run whose process's resident memory passes this many MiB "
+                            "and record it as out of memory (locally and on Dask alike)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,6 +113,11 @@ def engine_for(args, description: dict, console: Console, what: str):
         raise ValueError("--resume needs --results FILE (the campaign to finish)")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    if args.memory_limit is not None:
+        if not args.memory_limit > 0:
+            raise ValueError(f"--memory-limit must be a positive number of MiB, got {args.memory_limit:g}")
+        # A resumed campaign keeps the limit it was made under (another is another campaign).
+        description = dict(description, memory_mib=args.memory_limit)
     results, resume, own = args.results, args.resume, False
     if results is None and description.get("command") == "corpus":
         # A corpus resumes by itself: which dumps are made is kept in its folder until the
@@ -142,7 +150,8 @@ def engine_for(args, description: dict, console: Console, what: str):
                   f"{state.rate:.1f} runs/s" + (f", about {left:.0f} s left" if left else ""),
                   file=sys.stderr, flush=True)
 
-    engine = Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress)
+    engine = Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress,
+                    memory_mib=args.memory_limit)
     try:
         with _terminated_as_interrupt(), bar:
             yield engine
