@@ -269,3 +269,15 @@ def test_vm_on_windows_11_names_each_nonpaged_heap_and_charges_once(tmp_path, ca
     charged = next(line for line in lines if "NonPagedPool Charged" in line)
     assert re.search(r"Charged: +\d+ \( +\d+ Kb\) by the pool tags \(NonPagedPool and "
                      r"NonPagedPoolNx\)$", charged), charged
+
+
+def test_a_report_of_a_dump_written_on_demand_names_it_once_and_no_workload(small_dump, tmp_path,
+                                                                          capsys):
+    # "dump small.dmp: small.dmp: crash dump" and "Pool usage by tag at the end of the
+    # workload", of a dump that had no workload (a scenario's said "demo: demo:" too).
+    out = tmp_path / "r.html"
+    assert main(["report", small_dump, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "dump small.dmp: crash dump" in text and "small.dmp: small.dmp" not in text
+    assert "Pool usage by tag when the dump was written" in text
+    assert "workload" not in text
