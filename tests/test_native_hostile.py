@@ -644,16 +644,57 @@ def test_an_irql_routine_given_a_value_past_high_level_raises_the_gp_fault_in_th
 
 
 def test_what_ntpool_cannot_model_is_one_error_naming_the_routine_and_the_argument():
-    """A misaligned spin lock that is mapped (an x64 `lock bts` works on it; ntpool keeps
-    locks by their aligned QWORD): NativeError naming the routine, its call site and the
-    refusal, listed in README's departures."""
+    """An NDIS handle that is mapped but is no block NDIS gave out (what NDIS reads there is
+    not public): NativeError naming the routine, its call site and the refusal, listed in
+    README's departures."""
     from ntpool.native import NativeError, native_machine
     k, driver = misbehave()
     machine = native_machine(k)
-    lock = k.ExAllocatePoolWithTag(0, 0x40, "Lock") + 1
-    with pytest.raises(NativeError, match=r"KeInitializeSpinLock called from .* with arguments "
-                                          r"ntpool cannot model .*not an 8-byte aligned"):
-        machine.call(machine.bindings.stub("KeInitializeSpinLock"), (lock,), driver)
+    not_a_handle = k.ExAllocatePoolWithTag(0, 0x40, "Hndl")
+    with pytest.raises(NativeError, match=r"NdisAllocateMemoryWithTagPriority called from .* "
+                                          r"with arguments ntpool cannot model"):
+        machine.call(machine.bindings.stub("NdisAllocateMemoryWithTagPriority"),
+                     (not_a_handle, 64, 0x7473694D, 16), driver)
+
+
+@pytest.mark.parametrize("offset", [1, 3, 5, 7])
+def test_a_misaligned_spin_lock_is_taken_and_freed_in_its_own_bytes_as_on_x64(offset):
+    """x64 Windows takes a KSPIN_LOCK with `lock bts qword [SpinLock], 0`, which the CPU
+    runs at any address, and no Windows check refuses a misaligned lock. ntpool stopped the
+    run with NativeError ("ntpool keeps locks by their aligned QWORD"); the lock is now the
+    8 bytes at its address: held, bit 0 there is set; freed, they are 0; the bytes around
+    it are untouched."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    block = k.ExAllocatePoolWithTag(0, 0x20, "Lock")
+    k.write(block, bytes(range(0xA0, 0xC0)))
+    lock = block + 8 + offset
+    machine.call(machine.bindings.stub("KeInitializeSpinLock"), (lock,), driver)
+    old = machine.call(machine.bindings.stub("KeAcquireSpinLockRaiseToDpc"), (lock,), driver)
+    assert (old, k.current_irql) == (0, 2)
+    held = k.read(block, 0x20)
+    assert held[8 + offset] & 1 and held[8 + offset + 1:16 + offset] == bytes(7)
+    assert held[:8 + offset] == bytes(range(0xA0, 0xA8 + offset))
+    assert held[16 + offset:] == bytes(range(0xB0 + offset, 0xC0))
+    machine.call(machine.bindings.stub("KeReleaseSpinLock"), (lock, old), driver)
+    assert k.current_irql == 0 and k.read(lock, 8) == bytes(8)
+    assert driver.call("AcquireLockAt", lock) == 0 and k.current_irql == 0  # the inline pair
+    with pytest.raises(BugCheck) as caught:  # still a lock: released twice is 0x10
+        machine.call(machine.bindings.stub("KeReleaseSpinLockFromDpcLevel"), (lock,), driver)
+    assert caught.value.code == 0x10 and caught.value.parameters[0] == lock
+
+
+def test_a_misaligned_spin_lock_that_runs_onto_an_unmapped_page_faults_there_as_a_write():
+    """The lock's 8 bytes span two pages and the second is not there: the locked bts faults
+    on it, after the raise to DISPATCH_LEVEL, as a write: 0xD1 (the page, 2, 1, the call)."""
+    k, driver = misbehave()
+    block = k.ExAllocatePoolWithTag(0, 0x2000, "Lock")  # two pages of big pool
+    after = block + 0x2000
+    assert k.space.translate(after) is None
+    check = bug_check_of(driver, "AcquireLockAt", after - 4)
+    assert check.code == 0xD1 and check.parameters[:3] == (after, 2, 1)
+    assert in_function(driver, check.parameters[3], "AcquireLockAt")
 
 
 def test_a_lookaside_size_below_an_slist_entry_from_native_code_is_kept_as_8():
