@@ -859,3 +859,83 @@ def test_a_cr3_reload_flushes_and_another_page_table_is_named():
                                           r"one address space.*triple-faults"):
         driver.call("SetCr3", 0x1000)
     assert driver.call("AllocateOfType", 0)  # the CPU is as ntpool set it
+
+
+# --- MDLs that name frames the machine has not got --------------------------------------------------
+
+def mdl_naming_frame(k, machine, driver, frame: int, flags: int = 0x0002) -> int:
+    """An MDL over two pages of nonpaged pool, locked, its first frame replaced by ``frame``."""
+    from ntpool.routines import layouts as L
+    buffer = k.ExAllocatePoolWithTag(0, 0x2000, "MdlB")
+    mdl = machine.call(machine.bindings.stub("IoAllocateMdl"), (buffer, 0x2000, 0, 0, 0), driver)
+    k.MmBuildMdlForNonPagedPool(mdl)
+    k.write(mdl + L.MDL.MdlFlags, struct.pack("<H", flags))  # locked, not nonpaged pool
+    k.write(mdl + L.MDL.SIZE, struct.pack("<Q", frame))
+    return mdl
+
+
+@pytest.mark.parametrize("past", [0, 5, 1 << 40])
+def test_an_mdl_frame_past_the_machines_memory_is_named_where_windows_would_map_it(past):
+    """Windows maps whatever frame an MDL names (WRK iosup.c): device memory, or addresses
+    nothing decodes, which the machine has not got. ntpool mapped it and a read of the mapping
+    returned b'' (Python) or stopped unicorn (native); it now refuses the mapping, naming the
+    MDL and the frame (NativeError from native code; README, departures)."""
+    from ntpool.native import NativeError, native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    frame = k.physical.frame_count + past
+    mdl = mdl_naming_frame(k, machine, driver, frame)
+    with pytest.raises(NativeError, match=rf"MmMapLockedPagesSpecifyCache called from .* MDL "
+                                          rf"{mdl:#x} names frame {frame:#x} .*past the machine's"):
+        machine.call(machine.bindings.stub("MmMapLockedPagesSpecifyCache"),
+                     (mdl, 0, 1, 0, 0, 16), driver)
+    with pytest.raises(ValueError, match=f"names frame {frame:#x}"):  # a Python caller
+        k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+
+
+def test_a_verified_drivers_mdl_naming_no_memory_is_driver_verifiers_0xc4_0x89():
+    """Driver Verifier checks the MDL's frames before it maps them (WRK verifier.c,
+    ViCheckMdlPages): a frame that is no RAM, in an MDL without MDL_IO_SPACE, is 0xC4/0x89
+    (the MDL, the address of its PFN array entry, the frame)."""
+    from ntpool.native import native_machine
+    from ntpool.routines import layouts as L
+
+    class Mapper:
+        name = "mapper.sys"
+
+        def DriverEntry(self, k, path):
+            return 0
+
+        def map(self, k, mdl):
+            return k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+
+    k, native = misbehave()
+    machine = native_machine(k)
+    mapper = Mapper()
+    k.load_driver(mapper)
+    k.verifier.enable("mapper.sys", pool_tracking=True)
+    frame = k.physical.frame_count + 3
+    good = mdl_naming_frame(k, machine, native, 0x100)
+    assert mapper.map(k, good)  # a frame of the machine: mapped
+    io_space = mdl_naming_frame(k, machine, native, frame, flags=0x0002 | 0x0800)
+    with pytest.raises(ValueError, match="names frame"):  # MDL_IO_SPACE: no Verifier stop
+        mapper.map(k, io_space)
+    mdl = mdl_naming_frame(k, machine, native, frame)
+    with pytest.raises(BugCheck) as caught:
+        mapper.map(k, mdl)
+    assert caught.value.code == 0xC4
+    assert caught.value.parameters == (0x89, mdl, mdl + L.MDL.SIZE, frame)
+
+
+def test_mm_empty_list_ends_the_frames_an_mdl_maps():
+    """A PFN array entry of MM_EMPTY_LIST (-1) ends the MDL's frames: Windows maps none past
+    it (WRK iosup.c), and it is no frame to refuse."""
+    from ntpool.native import native_machine
+    from ntpool.routines import layouts as L
+    k, driver = misbehave()
+    machine = native_machine(k)
+    mdl = mdl_naming_frame(k, machine, driver, 0x100)
+    k.write(mdl + L.MDL.SIZE + 8, struct.pack("<Q", 0xFFFFFFFFFFFFFFFF))
+    mapped = k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+    assert k.space.translate(mapped) == 0x100 << 12 | mapped & 0xFFF
+    assert k.space.translate((mapped | 0xFFF) + 1) is None
