@@ -34,6 +34,7 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
     if out.exists() and not out.is_dir():
         raise OSError(f"--out {out_dir}: not a directory")
     out.mkdir(parents=True, exist_ok=True)  # as `ntpool demo --out demo --truth demo/t.json` expects
+    check_output_file("--out", str(out / DUMP_NAME))  # a folder that takes no file: said now
     if truth is not None:  # refused now, not after the run that the manifest describes
         check_output_file("--truth", truth)
     scenario = load_scenario("demo-python" if python_drivers else "demo")

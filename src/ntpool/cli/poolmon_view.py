@@ -14,6 +14,7 @@ table is printed per refresh, which is what scripts and tests read.
 """
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -399,6 +400,16 @@ class PipeConsole(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         raise BrokenPipeError("the output pipe was closed")
+
+    def _render_buffer(self, buffer) -> str:
+        # Written to a file or a pipe, no line ends in spaces: rich pads a centred table
+        # title, a table's last cell and a Text to the width, which a terminal hides and a
+        # file keeps (diffs, `grep ' $'`, editors that strip them show every line changed).
+        text = super()._render_buffer(buffer)
+        return text if self.is_terminal else _TRAILING_SPACES.sub("", text)
+
+
+_TRAILING_SPACES = re.compile(r" +(?=\n)")
 
 
 class FittingConsole(PipeConsole):

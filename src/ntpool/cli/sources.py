@@ -160,6 +160,20 @@ def check_output_file(option: str, path: str) -> None:
     if not target.parent.is_dir():
         what = "not a directory" if target.parent.exists() else "no such directory"
         raise ValueError(f"{option} {path}: {what}: {str(target.parent)!r}")
+    # A folder that exists may still refuse a new file (read-only, not ours, /proc): try it,
+    # and take away the empty file made (an existing one is opened and left as it was).
+    existed = target.exists()
+    try:
+        with open(target, "ab"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot be written: "
+                         f"{error.strerror or error}") from None
+    if not existed:
+        try:
+            target.unlink()
+        except OSError:
+            pass
 
 
 def add_windows_argument(parser) -> None:

@@ -330,7 +330,7 @@ def _print_growth(before: Snapshot, after: Snapshot, pooltags) -> int:
     for g in grown:
         print(f"{g.tag:<5} {g.type:<5} {g.diff_before:>6} -> {g.diff_after:<6}"
               f" {g.bytes_before:>9} -> {g.bytes_after:<9} {g.bytes_grown:>+10}  "
-              f"{owner_text(pooltags, g.tag)}")
+              f"{owner_text(pooltags, g.tag)}".rstrip())  # a tag no one owns: no padding
     return 0
 
 

@@ -109,7 +109,10 @@ def _length_argument(words: list[str]) -> int | None:
         return None
     if text[0] not in "lL":
         raise CommandError(f"Syntax error at '{text}': expected L Count")
-    count = parse_number(text[1:].lstrip("?") or "x", "Count")
+    digits = text[1:].lstrip("?")
+    if not digits:
+        raise CommandError(f"Syntax error at '{text}': expected L Count")
+    count = parse_number(digits, "Count")
     if count == 0:
         raise CommandError("Count must be at least 1")
     return count
@@ -729,15 +732,29 @@ class KdSession:
             return "\n".join(self._lookaside_lines(self.reader.general_lookaside(address)))
         lines = []
         for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead"):
-            lists = self.reader.lookaside_lists(head)
+            lists, broken = self.reader.lookaside_walk(head)
             lines.append(f"{head} @ {show.kd_address(self.reader.kernel_global(head))}: "
                          f"{len(lists)} driver lookaside list(s)")
             for fields in lists:
                 lines += [""] + self._lookaside_lines(fields)
+            if broken is not None:
+                # What a 0xD4 is about: a list still linked in an image that is gone.
+                owner = self._unloaded_owner(broken)
+                lines += ["", f"*** The list goes on to {show.kd_address(broken)}, which is not "
+                              f"in the dump{owner}: the walk stops there"]
             lines.append("")
         lines.append("(the pool's own lookaside lists are kept by ntpool's allocator, not in "
                      "the dump's memory: not listed)")
         return "\n".join(lines)
+
+    def _unloaded_owner(self, address: int) -> str:
+        """Who left the link, when a 0xD4's context names a driver that is no longer loaded."""
+        context = self.reader.bugcheck_context() or {}
+        driver = context.get("driver", "")
+        loaded = {name.lower() for name, _, _ in self.reader.loaded_modules()}
+        if driver and driver.lower() not in loaded and self.reader.bugcheck_code == 0xD4:
+            return f" (the bug check blames {driver}, which unloaded)"
+        return ""
 
     def _lookaside_lines(self, fields: dict) -> list[str]:
         pool_type = fields["Type"]
@@ -774,7 +791,27 @@ class KdSession:
             if text == call_site and (not driver or owner == driver):
                 address = site_address
                 break
+        else:
+            # A compiled driver's site names its offset ("leak.sys+0x1080 Unload+0x0 (...)"):
+            # where no allocation was made from it (an unload, a fault), it is in no table of
+            # call sites, but the module's base is in PsLoadedModuleList.
+            address = self._module_address(call_site.split(" ", 1)[0])
         return driver, call_site, address
+
+    def _module_address(self, text: str) -> int:
+        """The address ``module.sys+0xOFFSET`` names (0: no such module in the dump)."""
+        name, plus, offset = text.partition("+0x")
+        if not plus:
+            return 0
+        try:
+            offset = int(offset, 16)
+            modules = self.reader.loaded_modules()
+        except (ValueError, DumpFormatError):
+            return 0
+        for module, base, size in modules:
+            if module.lower() == name.lower() and offset < size:
+                return base + offset
+        return 0
 
     def stack(self, args) -> str:
         if not self.reader.bugcheck_code:
@@ -790,9 +827,10 @@ class KdSession:
 
     def registers(self, args) -> str:
         driver, call_site, address = self._context()
+        where = qualified(driver or "nt", call_site) if call_site else "(not recorded)"
+        # rip only when the dump says where the code was (never a made-up 0)
         lines = ["ntpool's processor model keeps no general registers; where it stopped:",
-                 f"rip={show.kd_address(address)}"
-                 + (f" {qualified(driver or 'nt', call_site)}" if call_site else " (not recorded)")]
+                 f"rip={show.kd_address(address)} {where}" if address else where]
         if self.reader.bugcheck_code:
             lines.append(f"bug check {self.reader.bugcheck_code:#x} "
                          f"({bugcheck_name(self.reader.bugcheck_code)})")

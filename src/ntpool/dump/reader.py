@@ -737,8 +737,15 @@ class DumpReader:
         """The drivers' lookaside lists linked on ``head_name`` (ExNPagedLookasideListHead or
         ExPagedLookasideListHead), in list order, each as ``general_lookaside`` gives it;
         the walk stops at a link that leads nowhere the dump holds, or back on itself."""
+        return self.lookaside_walk(head_name)[0]
+
+    def lookaside_walk(self, head_name: str = "ExNPagedLookasideListHead") -> tuple[list[dict], int | None]:
+        """``lookaside_lists`` and where the walk broke off: the link (a list's ListEntry
+        address) whose memory the dump does not hold, e.g. a list left linked in the image
+        of a driver that unloaded (None: the chain led back to its head)."""
         head = self.kernel_global(head_name)
         lists, seen = [], {head}
+        entry = head
         try:
             entry = self.read_u64(head)
             while entry not in seen and len(lists) < MAX_LOOKASIDES:
@@ -746,8 +753,8 @@ class DumpReader:
                 lists.append(self.general_lookaside((entry - GENERAL_LOOKASIDE_LIST_ENTRY) & (1 << 64) - 1))
                 entry = self.read_u64(entry)
         except MemoryReadError:
-            pass
-        return lists
+            return lists, entry
+        return lists, None
 
     def call_sites(self) -> list[tuple[str, int, int, str, str]]:
         """(driver, address, line, function, file) per allocation call site ([] if none)."""

@@ -1,0 +1,156 @@
+"""ntpool as its users meet it the first time, command by command from the README: what a
+driver developer, a teacher and a forensics author each ran into, and what it does now."""
+
+import re
+
+import pytest
+
+import ntpool
+from ntpool import PoolType
+from ntpool.cli.main import main
+
+UNWRITABLE = "/proc/ntpool-cannot-make-this.json"  # a folder no one, root included, writes to
+
+
+@pytest.fixture(scope="module")
+def small_dump(tmp_path_factory):
+    """A kernel dump of a machine with a few tags, one owned by nothing in pooltag.txt."""
+    path = tmp_path_factory.mktemp("dump") / "small.dmp"
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    for size, tag in ((100, "Fred"), (200, "Fred"), (64, "Zq9x")):
+        k.ExAllocatePoolWithTag(PoolType.NonPagedPool, size, tag)
+    k.ExAllocatePoolWithTag(PoolType.PagedPool, 48, "Pgd1")
+    k.write_dump(str(path), kind="kernel")
+    return str(path)
+
+
+def _trailing_spaces(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.endswith(" ")]
+
+
+def test_poolmon_written_to_a_file_has_no_line_ending_in_spaces(small_dump, capsys, monkeypatch):
+    # The printed screen ended with a line of one space (the live view's footer, given " "),
+    # and the totals rows were padded to the table's width.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["poolmon", small_dump, "--once", "--totals"]) == 0
+    out = capsys.readouterr().out
+    assert "Total" in out and "derF" in out
+    assert _trailing_spaces(out) == []
+    monkeypatch.setenv("COLUMNS", "60")  # a width asked for, still not a terminal
+    assert main(["poolmon", small_dump, "--once", "--totals"]) == 0
+    assert _trailing_spaces(capsys.readouterr().out) == []
+
+
+def test_rich_tables_written_to_a_file_have_no_line_ending_in_spaces(tmp_path, capsys,
+                                                                     monkeypatch):
+    # rich centres a table's title by padding it on both sides ("Unreadable dumps   ").
+    monkeypatch.delenv("COLUMNS", raising=False)
+    junk = tmp_path / "junk.dmp"
+    junk.write_bytes(b"not a dump" * 100)
+    assert main(["triage", str(junk), "-j", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "Unreadable dumps" in out
+    assert _trailing_spaces(out) == []
+
+
+def test_an_output_file_a_folder_refuses_is_refused_before_the_run(tmp_path, capsys):
+    # /proc exists and is a folder, but takes no new file: the scenario ran to its end (and a
+    # --truth failure was then reported as "--dump D: cannot write the dump").
+    marker = tmp_path / "ran"
+    scenario = tmp_path / "marker.py"
+    scenario.write_text(f"import pathlib\nDRIVERS = []\n\ndef workload(k, rng):\n"
+                        f"    pathlib.Path({str(marker)!r}).write_text('ran')\n")
+    for arguments, option in (
+            (["poolsnap", str(scenario), "-o", UNWRITABLE], "-o"),
+            (["picture", "pagemap", str(scenario), "-o", UNWRITABLE[:-5] + ".svg"], "-o"),
+            (["report", str(scenario), "-o", UNWRITABLE[:-5] + ".html"], "-o"),
+            (["run", str(scenario), "--dump", str(tmp_path / "d.dmp"), "--truth", UNWRITABLE],
+             "--truth"),
+            (["demo", "--out", "/proc"], "--out")):
+        assert main(arguments) == 2, arguments
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"ntpool: {option} /proc/"), err
+        assert "cannot be written" in err, err
+    assert not marker.exists()
+
+
+def test_an_output_file_that_exists_is_left_as_it_was_by_the_check(tmp_path, capsys):
+    from ntpool.cli.sources import check_output_file
+
+    existing = tmp_path / "kept.json"
+    existing.write_text("old")
+    check_output_file("-o", str(existing))
+    assert existing.read_text() == "old"
+    fresh = tmp_path / "fresh.json"
+    check_output_file("-o", str(fresh))
+    assert not fresh.exists()  # the probe leaves nothing behind
+    with pytest.raises(ValueError, match=re.escape(f"-o {tmp_path}: a directory")):
+        check_output_file("-o", str(tmp_path))
+
+
+def test_poolsnap_diff_of_a_tag_no_one_owns_ends_its_line_with_the_growth(tmp_path, capsys):
+    import json
+
+    def snapshot(path, allocs, size):
+        path.write_text(json.dumps({"format": "ntpool-poolsnap", "version": 1, "label": "x",
+                                    "source": "t", "tags": [{"tag": "Zq9x", "type": "Nonp",
+                                                             "allocs": allocs, "frees": 0,
+                                                             "bytes": size}]}))
+        return str(path)
+
+    before = snapshot(tmp_path / "before.json", 1, 64)
+    after = snapshot(tmp_path / "after.json", 5, 320)
+    assert main(["poolsnap", "--diff", before, after]) == 0
+    out = capsys.readouterr().out
+    assert "Zq9x" in out and out.splitlines()[-1].endswith("+256")
+    assert _trailing_spaces(out) == []
+
+
+def _kd(dump: str, commands: str, capsys) -> str:
+    from ntpool.cli.kd import run_kd
+
+    capsys.readouterr()
+    assert run_kd(dump, commands, None) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def unload_dumps(tmp_path_factory):
+    """A 0xC4/0x62 (leak.sys unloads with two allocations) and a 0xD4 (lookaside_unload.sys
+    leaves its list linked in its image), each as `ntpool run X.sys --dump D` writes it."""
+    from ntpool.samples.compiled import sample_path
+
+    folder = tmp_path_factory.mktemp("unload")
+    leak, lookaside = str(folder / "leak.dmp"), str(folder / "lookaside.dmp")
+    assert main(["run", sample_path("leak"), "--verifier", "pool_tracking", "--dump", leak]) == 3
+    assert main(["run", sample_path("lookaside_unload"), "--dump", lookaside]) == 3
+    return leak, lookaside
+
+
+def test_r_and_k_give_a_compiled_driver_s_address_where_no_allocation_was_made(unload_dumps,
+                                                                              capsys):
+    # leak.sys's Unload allocates nothing, so its site is in no table of allocation sites:
+    # `r` said rip=00000000`00000000 beside "leak.sys+0x1080 Unload+0x0".
+    out = _kd(unload_dumps[0], "r; k; lm", capsys)
+    base = re.search(r"^(\w{8}`\w{8}) \w{8}`\w{8}\s+leak\b", out, re.M).group(1)
+    where = f"{int(base.replace('`', ''), 16) + 0x1080:016x}"
+    assert f"rip={where[:8]}`{where[8:]} leak.sys+0x1080 Unload+0x0 (leak.c:6)" in out
+    assert f"01 leak.sys+0x1080 Unload+0x0 (leak.c:6)  [{where[:8]}`{where[8:]}]" in out
+    # Where nothing was recorded, no rip is made up.
+    out = _kd(unload_dumps[1], "r", capsys)
+    assert "rip=" not in out and "(not recorded)" in out
+
+
+def test_lookaside_says_where_a_list_left_in_an_unloaded_image_breaks_the_chain(unload_dumps,
+                                                                              capsys):
+    # The 0xD4 is about that very list; !lookaside said "0 driver lookaside list(s)".
+    out = _kd(unload_dumps[1], "!lookaside", capsys)
+    broken = re.search(r"\*\*\* The list goes on to (fffff880`\w{8}), which is not in the dump "
+                       r"\(the bug check blames lookaside_unload\.sys, which unloaded\)", out)
+    assert broken, out
+    assert "goes on to" not in _kd(unload_dumps[0], "!lookaside", capsys)  # an intact chain
+
+
+def test_a_display_command_s_l_without_a_count_says_so(small_dump, capsys):
+    out = _kd(small_dump, "db fffffa8000000000 L; dq fffffa8000000000 L?", capsys)
+    assert out.count("expected L Count") == 2 and "'x'" not in out
