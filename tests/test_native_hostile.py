@@ -939,3 +939,71 @@ def test_mm_empty_list_ends_the_frames_an_mdl_maps():
     mapped = k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
     assert k.space.translate(mapped) == 0x100 << 12 | mapped & 0xFFF
     assert k.space.translate((mapped | 0xFFF) + 1) is None
+
+
+# --- control registers in code written at run time ----------------------------------------------------
+
+MOV_CR8_ROUND_TRIP = bytes.fromhex("b802000000" "440f22c0" "440f20c0" "31c9" "440f22c1" "c3")
+PAGING_OFF = bytes.fromhex("0f20c0" "25ffffff7f" "0f22c0" "c3")  # mov rax, cr0; and; mov cr0, rax
+OTHER_PAGE_TABLE = bytes.fromhex("b800100000" "0f22d8" "c3")  # mov eax, 0x1000; mov cr3, rax
+IRQL_0X45 = bytes.fromhex("b845000000" "440f22c0" "c3")  # mov eax, 0x45; mov cr8, rax
+
+
+def run_copied_code(code: bytes):
+    """misbehave.sys's RunCopiedCode: the driver copies ``code`` into NonPagedPool with its own
+    stores and calls it. Windows 10 and special pool, where ntpool maps NonPagedPool
+    executable (its ordinary pool pages are NX)."""
+    k, driver = misbehave("10")
+    k.verifier.enable("misbehave.sys", special_pool=True)
+    source = k.ExAllocatePoolWithTag(0, len(code), "Src ")
+    k.write(source, code)
+    return k, driver, lambda: driver.call("RunCopiedCode", source, len(code), 0)
+
+
+def test_a_mov_cr8_in_code_written_at_run_time_is_the_irql():
+    """The loader finds the inline KeRaiseIrql's mov cr8 in the image; in code a driver
+    writes at run time it went unseen and unicorn ignored it (IRQL 0 read back); the CPU now
+    scans such code as it first runs it: mov cr8, 2 then mov rax, cr8 reads 2."""
+    k, driver, call = run_copied_code(MOV_CR8_ROUND_TRIP)
+    assert call() == 2 and k.current_irql == 0
+
+
+def test_a_cr0_write_in_code_written_at_run_time_is_checked_as_the_loaders_are():
+    """Paging off: #GP at the mov, in the pool copy (0x1E, as SetCr0's); unicorn had run it
+    and the run stopped with NativeError on the next fetch."""
+    k, driver, call = run_copied_code(PAGING_OFF)
+    with pytest.raises(BugCheck) as caught:
+        call()
+    check = caught.value
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)
+    mov = check.parameters[1]
+    assert not driver.mapped.contains(mov) and mov & 0xF == 8  # the copy's third instruction
+
+
+def test_a_cr3_write_in_code_written_at_run_time_is_named_as_the_loaders_are():
+    from ntpool.native import NativeError
+    k, driver, call = run_copied_code(OTHER_PAGE_TABLE)
+    with pytest.raises(NativeError, match=r"mov cr3, 0x1000 at 0x[0-9a-f]+5: another page table"):
+        call()
+    assert driver.call("AllocateOfType", 0)  # the CPU is as ntpool set it
+
+
+def test_an_irql_past_high_level_in_code_written_at_run_time_is_a_general_protection_fault():
+    k, driver, call = run_copied_code(IRQL_0X45)
+    with pytest.raises(BugCheck) as caught:
+        call()
+    assert caught.value.code == 0x1E and caught.value.parameters[0] == 0xC0000005
+    assert caught.value.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF) and k.current_irql == 0
+
+
+def test_the_images_read_only_code_is_not_scanned_again_and_the_rest_is():
+    """The block hook covers everything but the stubs and each image's executable read-only
+    pages (scanned at load): the image's code runs with no hook call."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    text = driver.address_of("AllocateOfType") & ~0xFFF
+    assert any(start <= text < end for start, end in machine.fixed_code)
+    driver.call("AllocateOfType", 0)
+    assert not any(driver.mapped.contains(block) for block in machine.cpu._blocks_seen)
