@@ -277,6 +277,7 @@ def _print_triage(console: Console, failures) -> None:
 
 
 def cmd_triage(args) -> int:
+    from ..campaign import triage as fleet
     from ..campaign.triage import dump_task, fleet_report
 
     console = wide_console()
@@ -291,18 +292,22 @@ def cmd_triage(args) -> int:
         records = engine.run(tasks)
     report = fleet_report(records, top=args.top)
     console.print(f"[bold]{report.dumps} dump(s)[/bold], {len(report.unreadable)} unreadable")
+    # The reader's error names the dump first: said once, in the Dump column.
+    unreadable = [(path, why.removeprefix(f"{path}: ")) for path, why in report.unreadable]
+    swollen = (f"Swollen tags (over {fleet.SWOLLEN_FACTOR}x their fleet median and at least "
+               f"{fleet.SWOLLEN_MINIMUM >> 10:,} KiB)")
     for title, columns, rows in (
             ("Bug checks", ("Bug check", "Dumps"), report.bugchecks),
             ("Culprits (driver running at the bug check)", ("Driver", "Dumps"), report.culprits),
             ("Largest tags over the fleet", ("Tag", "Bytes", "Dumps"), report.largest),
-            (f"Swollen tags (over {4}x their fleet median)", ("Tag", "Dumps", "Largest", "Median"),
-             report.swollen),
-            ("Unreadable dumps", ("Dump", "Why"), report.unreadable)):
+            (swollen, ("Tag", "Dumps", "Largest", "Median"), report.swollen),
+            ("Unreadable dumps", ("Dump", "Why"), unreadable)):
         if not rows:
             continue
         table = Table(title=title, min_width=len(title))  # the title on one line
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        for index, column in enumerate(columns):
+            counts = all(isinstance(row[index], int) for row in rows)  # numbers line up right
+            table.add_column(column, overflow="fold", justify="right" if counts else "left")
         for row in rows:
             table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
         console.print(table)
