@@ -426,7 +426,7 @@ def test_a_cluster_that_gives_no_result_is_one_line_naming_it(monkeypatch, capsy
     distributed = pytest.importorskip("distributed")
     from ntpool.campaign import engine
 
-    def unreadable(tasks):
+    def unreadable(tasks, memory_mib):
         raise RuntimeError("Error during deserialization of the task graph. This frequently\n"
                            "occurs if the Scheduler and Client have different environments.")
 

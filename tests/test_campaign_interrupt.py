@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -356,7 +357,8 @@ def test_a_run_that_ends_its_process_on_dask_is_recorded_and_the_campaign_resume
         again = capsys.readouterr().out
         assert client.run(os.getpid) == workers  # no Dask worker died
     assert "13 run(s) made" in first  # the baseline and 12 with failures injected
-    assert "Resuming: 13 finished run(s)" in again and "0 run(s) made" in again
+    assert "Resuming: 13 finished run(s)" in again
+    assert f"0 run(s) made; 13 taken from {path}." in again  # no rate of nothing made
     assert rows(path) == made and len(made) == 13
     # Row for row what local cores record.
     local = verify(scenario, plan="random:0.3:12", engine=Engine(jobs=2))
@@ -366,3 +368,132 @@ def test_a_run_that_ends_its_process_on_dask_is_recorded_and_the_campaign_resume
     assert died and all(v.result["evidence"] == "the run's worker process exited with status 9 "
                         "before the run returned, each of 2 times it was made" for v in died)
     assert "worker died" in first.split("By verdict:")[1]
+
+
+SWELL = str(ROOT / "tests" / "scenarios" / "verify_swell.py")
+SWELL_OUT = ("the run's process passed the memory limit of 200 MiB (resident) and was stopped, "
+             "each of 2 times it was made")
+
+
+def test_a_run_past_the_memory_limit_is_stopped_and_recorded_on_local_cores():
+    from ntpool.campaign import verify
+
+    for jobs in (1, 2):  # -j 1 too: with a limit, the runs are made in a process of their own
+        campaign = verify(SWELL, engine=Engine(jobs=jobs, memory_mib=200))
+        by_line = {v.sites[0][1]: v.result for v in campaign.verdicts}
+        assert by_line[23]["verdict"] == "survived"
+        for line in (26, 32):  # 8 MiB at a time in Python, 2 GiB in one C call
+            assert by_line[line]["verdict"] == "out of memory"
+            assert by_line[line]["evidence"] == SWELL_OUT
+        assert campaign.baseline["verdict"] == "survived"
+
+
+def test_a_run_past_the_memory_limit_is_stopped_on_dask_and_recorded_as_locally(tmp_path, capsys):
+    """Dask's own memory limit watches the Dask worker's process, not the run made apart from
+    it: the campaign's limit is watched by the run server, and the row is the local one."""
+    distributed = pytest.importorskip("distributed")
+    from ntpool.campaign import verify
+    from ntpool.cli.main import main
+
+    path = tmp_path / "runs.sqlite"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  memory_limit="4GiB", dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        workers = client.run(os.getpid)
+        status = main(["verify", SWELL, "--dask", cluster.scheduler_address, "--memory-limit",
+                       "200", "--results", str(path), "--quiet"])
+        out = capsys.readouterr().out
+        assert client.run(os.getpid) == workers  # the Dask worker lived on
+    assert status == 1 and "By verdict: 2 out of memory, 1 survived." in out.replace("\n", " ")
+    local = verify(SWELL, engine=Engine(jobs=2, memory_mib=200))
+    made = {key: json.loads(result) for key, result in rows(path)}
+    assert made == {r["key"]: r for r in [local.baseline] + [v.result for v in local.verdicts]}
+    assert [r["evidence"] for r in made.values() if r["verdict"] == "out of memory"] == [SWELL_OUT] * 2
+
+
+def test_a_memory_limit_is_part_of_the_campaign_and_checked(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    path = tmp_path / "runs.sqlite"
+    assert main(["verify", SWELL, "--memory-limit", "0", "--quiet"]) == 2
+    assert "--memory-limit must be a positive number of MiB, got 0" in capsys.readouterr().err
+    assert main(["verify", str(ROOT / "tests" / "scenarios" / "verify_exit.py"), "-j", "1",
+                 "--memory-limit", "300", "--results", str(path), "--quiet"]) == 1
+    capsys.readouterr()
+    # Resumed under another limit it is another campaign: refused, not mixed.
+    assert main(["verify", str(ROOT / "tests" / "scenarios" / "verify_exit.py"), "-j", "1",
+                 "--memory-limit", "400", "--results", str(path), "--resume", "--quiet"]) == 2
+
+
+def test_dask_workers_killed_until_the_scheduler_gives_up_lose_no_run():
+    """A batch whose worker dies more often than distributed.scheduler.allowed-failures allows
+    (KilledWorker; 0 here, so one kill does it) is cut in two and sent again, down to single
+    runs; a single run the scheduler gives up on is a ``worker died`` row. Before, KilledWorker
+    stopped the campaign and the batch's runs were lost with it."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    from ntpool.campaign.engine import _killed_worker
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        def killer(after: int, seen: list):
+            victim = sorted(client.run(os.getpid).values())[0]
+
+            def kill(state, result):
+                seen.append(result.get("value"))
+                if len(seen) == after:
+                    os.kill(victim, signal.SIGKILL)
+            return kill
+
+        # Batches of 5 runs: the killed worker's batches are halved and made again.
+        tasks = [keyed({"kind": "sleep", "seconds": 0.05, "value": i}) for i in range(40)]
+        seen: list = []
+        results = Engine(dask=client, progress=killer(6, seen)).run(tasks)
+        assert [r["value"] for r in results] == list(range(40))
+        assert sorted(seen) == list(range(40))  # each run reported once
+        assert {r["verdict"] for r in results} == {"survived"}
+        # Single runs: the one(s) the killed worker held are rows saying so; the rest made.
+        tasks = [keyed({"kind": "sleep", "seconds": 0.3, "value": i}) for i in range(8)]
+        seen = []
+        results = Engine(dask=client, progress=killer(1, seen)).run(tasks)
+    assert [r["key"] for r in results] == [t["key"] for t in tasks] and len(seen) == 8
+    died = [r for r in results if r["verdict"] == "worker died"]
+    assert 1 <= len(died) <= 2
+    for row in died:
+        expected = _killed_worker({"key": row["key"]})
+        del expected["_seconds"]  # (the engine's, never stored)
+        assert row == expected
+    assert "until the scheduler gave up on it (KilledWorker)" in died[0]["evidence"]
+    assert [r["value"] for r in results if r["verdict"] == "survived"] == \
+        [t["value"] for t, r in zip(tasks, results) if r["verdict"] == "survived"]
+
+
+def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang():
+    """A LocalCluster closes for good a worker still down distributed.deploy.lost-worker-timeout
+    after it died (one killed again and again); with none left the campaign waited forever."""
+    distributed = pytest.importorskip("distributed")
+    from ntpool.campaign import ClusterError
+
+    tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(4)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        cluster.scale(0)
+        while client.scheduler_info()["workers"]:
+            time.sleep(0.05)
+        ended = []
+
+        def campaign():
+            try:
+                Engine(dask=client, no_worker_seconds=1).run(tasks)
+            except ClusterError as error:
+                ended.append(str(error))
+
+        thread = threading.Thread(target=campaign, daemon=True)  # (a hang fails, not hangs)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the campaign waits forever for a worker"
+    assert ended == ["the Dask cluster has had no worker for 1 s; 4 run(s) not made"]

@@ -154,3 +154,101 @@ def test_lookaside_says_where_a_list_left_in_an_unloaded_image_breaks_the_chain(
 def test_a_display_command_s_l_without_a_count_says_so(small_dump, capsys):
     out = _kd(small_dump, "db fffffa8000000000 L; dq fffffa8000000000 L?", capsys)
     assert out.count("expected L Count") == 2 and "'x'" not in out
+
+
+def test_triage_names_its_swollen_rule_from_the_rule_itself(tmp_path, capsys, monkeypatch):
+    # The title said "over {4}x": a hard-coded 4 beside SWOLLEN_FACTOR, and no word of the
+    # 64 KiB floor. Numbers line up on the right.
+    from ntpool.campaign import triage
+
+    dumps = []
+    for index, size in enumerate((1024, 1024, 200 << 10)):  # the third machine's Swol grew
+        k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=1 << 20)
+        k.ExAllocatePoolWithTag(PoolType.NonPagedPool, size, "lowS")
+        dumps.append(str(tmp_path / f"m{index}.dmp"))
+        k.write_dump(dumps[-1], kind="kernel")
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(triage, "SWOLLEN_FACTOR", 5)
+    assert main(["triage", *dumps, "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Swollen tags (over 5x their fleet median and at least 64 KiB)" in out
+    swollen = out.split("Swollen tags")[1].splitlines()
+    row = next(line for line in swollen if line.startswith("│ Swol "))
+    assert re.search(r"│ Swol +│ +1 │ +20\d,\d{3} │ +1,\d{3} │$", row), row
+
+
+def test_score_tags_given_twice_scores_both(tmp_path, capsys):
+    # `--tags Fred --tags Bbbb` scored Bbbb alone: argparse kept the last, without a word.
+    import json
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    fred = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 100, "derF")
+    bbbb = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 100, "bbbB")
+    truth, found = tmp_path / "t.json", tmp_path / "found.csv"
+    k.write_dump(str(tmp_path / "t.dmp"), kind="kernel", truth=str(truth))
+    found.write_text(f"address,tag\n{fred - 16:#x},Fred\n{bbbb - 16:#x},Bbbb\n")
+
+    def live(*tags):
+        capsys.readouterr()
+        assert main(["score", str(truth), str(found), "--json", *tags]) == 0
+        return json.loads(capsys.readouterr().out)["live allocations"]
+
+    assert live("--tags", "Fred", "--tags", "Bbbb") == live("--tags", "Fred,Bbbb")
+    assert live("--tags", "Fred", "--tags", "Bbbb")["truth"] == 2
+    assert live("--tags", "Bbbb")["truth"] == 1
+
+
+def test_poolmon_iterations_of_a_dump_print_its_one_moment_once(small_dump, capsys, monkeypatch):
+    # A dump has no checkpoints: --iterations 3 printed the same table three times.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["poolmon", small_dump, "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Per Alloc") == 1 and not out.endswith("\n\n")
+
+
+def test_poolmon_iterations_of_a_scenario_print_tables_apart(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    scenario = tmp_path / "steps.py"
+    scenario.write_text("DRIVERS = []\n\ndef workload(k, rng):\n"
+                        "    for n in range(3):\n"
+                        "        k.ExAllocatePoolWithTag(0, 64, 'petS')\n"
+                        "        yield f'step {n}'\n")
+    assert main(["poolmon", str(scenario), "--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    tables = out.split("\n\n")
+    assert len(tables) == 2 and all("Step" in table for table in tables), out
+    assert "(1)" in tables[1]  # the second table's deltas
+
+
+@pytest.mark.parametrize("spec", ["missing.dmp", "MEMORY.DMP", "crash"])
+def test_a_missing_dump_is_not_called_a_missing_scenario(spec, tmp_path, capsys, monkeypatch):
+    # poolmon, poolsnap, picture and report read dumps too: "scenario missing.dmp does not
+    # exist (give a scenario .py file, ...)" named every kind of source but the one meant.
+    monkeypatch.chdir(tmp_path)
+    for arguments in (["poolmon", spec, "--once"], ["report", spec, "-o", "r.html"]):
+        assert main(arguments) == 2
+        err = capsys.readouterr().err
+        assert err == (f"ntpool: {spec} does not exist (give a crash dump, a scenario .py file, "
+                       f"a compiled driver .sys, or one of: demo, demo-python)\n")
+
+
+def test_run_of_a_driver_that_stops_the_machine_in_driver_entry_says_so(capsys):
+    # "drivers loaded: none" and "at the end of the workload (0 checkpoints)": as if the
+    # driver had never been there, when its DriverEntry overran a chunk.
+    from ntpool.samples.compiled import sample_path
+
+    assert main(["run", sample_path("overrun")]) == 3
+    out = capsys.readouterr().out
+    assert "drivers loaded: none (overrun.sys bug-checked while loading, in its DriverEntry)" in out
+    assert "Pool usage by tag when the machine stopped (0 checkpoints)" in out
+    assert main(["run", sample_path("leak")]) == 1  # loads, unloads, leaks: no bug check
+    out = capsys.readouterr().out
+    assert "drivers loaded: leak.sys\n" in out
+    assert "Pool usage by tag at the end of the workload (0 checkpoints)" in out
+
+
+def test_a_file_that_is_no_driver_is_named_once_in_the_refusal(tmp_path, capsys):
+    empty = tmp_path / "empty.sys"
+    empty.write_bytes(b"")
+    assert main(["run", str(empty)]) == 2
+    assert capsys.readouterr().err == f"ntpool: {empty}: not a PE image (no MZ header)\n"

@@ -95,7 +95,9 @@ def test_verify_of_a_file_that_is_no_driver_is_one_line_as_run_answers(tmp_path,
     for command in ("run", "verify"):
         assert main([command, str(bad)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("ntpool: ") and "BadImage" in err and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"ntpool: {bad}: ") and len(err.strip().splitlines()) == 1
+        # the refusal names the file once, in words ("x.sys: BadImage: x.sys: ..." before)
+        assert err.count("bad.sys") == 1 and "BadImage" not in err, err
 
 
 def test_output_paths_are_refused_before_the_run(tmp_path, capsys):

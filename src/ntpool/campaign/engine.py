@@ -13,11 +13,15 @@ and ``dask`` (a dask.distributed scheduler address; each worker thread hands its
 process of its own, so a run that ends its process never ends a Dask worker). All three call
 the same ``execute``, and record a run that ends its process each time as ``worker died``.
 A run longer than its time limit is interrupted inside the worker and recorded as
-``timed out``.
+``timed out``. A run whose process's resident memory passes the campaign's memory limit
+(``Engine.memory_mib``) is stopped by the process that watches it (the campaign's process
+for its local workers, the run server on Dask) and recorded as ``out of memory``: on Dask the
+cluster's own per-worker limit watches only the Dask worker, never the run apart from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -192,9 +196,12 @@ def _new_pool(jobs: int) -> ProcessPoolExecutor:
 WORKER_DEATHS = 2  # a run is judged to kill its worker when it does so this often, alone
 
 
-def _alone(tasks: list[dict]):
+def _alone(tasks: list[dict], watch: "_MemoryWatch | None" = None):
     """Make each run on a worker of its own: a run whose worker dies WORKER_DEATHS times is
-    recorded as ``worker died`` (a crash, an exit or the OOM killer: the run's own doing)."""
+    recorded as ``worker died`` (a crash, an exit or the OOM killer: the run's own doing), or
+    ``out of memory`` when ``watch`` stopped it for passing the memory limit. A death makes a
+    new worker, so the last attempt is always in a fresh process, with no earlier run's
+    memory in it."""
     pool = None
     try:
         for task in tasks:
@@ -202,6 +209,8 @@ def _alone(tasks: list[dict]):
             while len(deaths) < WORKER_DEATHS:
                 if pool is None:
                     pool = _new_pool(1)
+                    if watch is not None:
+                        watch.pool = pool
                 future = pool.submit(execute_batch, [task])
                 processes = list((getattr(pool, "_processes", None) or {}).values())
                 try:
@@ -210,9 +219,11 @@ def _alone(tasks: list[dict]):
                 except BrokenProcessPool:
                     _stop_workers(pool)
                     pool = None
-                    deaths.append(_exit_code(processes))
+                    process, code = _exit_code(processes)
+                    deaths.append({"ended": code, "memory_mib":
+                                   watch.stopped(process) if watch is not None else None})
             else:
-                yield _worker_died(task, _ending(deaths[-1]), WORKER_DEATHS)
+                yield _worker_died(task, deaths[-1], WORKER_DEATHS)
     except BaseException:
         if pool is not None:
             _stop_workers(pool)
@@ -221,25 +232,32 @@ def _alone(tasks: list[dict]):
         pool.shutdown(wait=True)
 
 
-def _worker_died(task: dict, ending: str, times: int) -> dict:
+def _worker_died(task: dict, death: dict, times: int) -> dict:
     """The record of a run that ended its worker process each time it was made (one wording
-    for every engine: nothing in it depends on which worker or when)."""
+    for every engine: nothing in it depends on which worker or when). ``death`` is the last
+    one: ``{"ended": exit code, "memory_mib": the limit it passed, or None}``."""
+    if death.get("memory_mib"):
+        return {"key": task["key"], "verdict": "out of memory", "_seconds": 0.0,
+                "evidence": f"the run's process passed the memory limit of "
+                            f"{death['memory_mib']:g} MiB (resident) and was stopped, each of "
+                            f"{times} times it was made"}
     return {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
-            "evidence": f"the run's worker process {ending} before the run returned, each of "
-                        f"{times} times it was made"}
+            "evidence": f"the run's worker process {_ending(death.get('ended'))} before the run "
+                        f"returned, each of {times} times it was made"}
 
 
-def _exit_code(processes) -> int | None:
-    """The dead worker's exit code. The pool's own thread reaps it too: the code can be
-    missing for a moment (its waitpid won, its record is not yet made), so look again."""
+def _exit_code(processes) -> tuple:
+    """The dead worker process and its exit code. The pool's own thread reaps it too: the
+    code can be missing for a moment (its waitpid won, its record is not yet made), so look
+    again."""
     deadline = time.monotonic() + 5
     while True:
         for process in processes:
             process.join(timeout=0.05)
             if process.exitcode is not None:
-                return process.exitcode
+                return process, process.exitcode
         if time.monotonic() > deadline:
-            return None
+            return None, None
 
 
 def _ending(exitcode) -> str:
@@ -251,6 +269,71 @@ def _ending(exitcode) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with status {exitcode}"
+
+
+MEMORY_POLL_SECONDS = 0.02  # how often a run's resident memory is read: ~20 us a read
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (Linux's /proc/PID/statm; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def check_memory_limit(memory_mib: float | None) -> None:
+    if memory_mib is None:
+        return
+    if not memory_mib > 0:
+        raise ValueError(f"the memory limit must be a positive number of MiB, got {memory_mib:g}")
+    if not os.path.exists("/proc/self/statm"):
+        raise ValueError("a memory limit needs Linux's /proc/PID/statm to read a run's memory")
+
+
+class _MemoryWatch:
+    """The campaign process's watch over its local workers' memory: a worker whose resident
+    memory passes the limit is ended at once (SIGKILL) and remembered, so that the run it was
+    making is recorded as ``out of memory``. Read from outside the worker, so a run that
+    swells inside one C call (which a thread of its own could not interrupt) is stopped as
+    well as one that swells in Python."""
+
+    def __init__(self, memory_mib: float):
+        self.memory_mib = memory_mib
+        self.limit = int(memory_mib * (1 << 20))
+        self.pool: ProcessPoolExecutor | None = None  # the pool whose workers are watched
+        self._killed: set = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ntpool-memory-watch", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        return False
+
+    def stopped(self, process) -> float | None:
+        """The limit, when the watch ended ``process`` (a pool's worker) for passing it."""
+        return self.memory_mib if process is not None and process in self._killed else None
+
+    def _watch(self):
+        while not self._done.wait(MEMORY_POLL_SECONDS):
+            pool = self.pool
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                pid = process.pid  # (the process objects, not their ids, which are reused)
+                if pid and process not in self._killed and resident_bytes(pid) > self.limit:
+                    self._killed.add(process)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:  # it ended by itself meanwhile
+                        pass
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -320,6 +403,10 @@ class Engine:
     progress: Callable[[Progress, dict], None] | None = None
     batch: int = 8  # tasks sent to a local worker at a time (amortises the IPC)
     tally: Tally = field(default_factory=Tally)  # shared by copies (dataclasses.replace)
+    # A run whose process's resident memory passes this many MiB is stopped and recorded as
+    # ``out of memory`` (None: no limit). With a limit no run is made in this process.
+    memory_mib: float | None = None
+    no_worker_seconds: float = 120.0  # on Dask: a cluster with no worker this long stops the campaign
 
     def run(self, tasks: Iterable[dict]) -> list[dict]:
         """Run every task (skipping those the store already holds); results in task order."""
@@ -362,9 +449,10 @@ class Engine:
     def _execute(self, tasks: list[dict]):
         if not tasks:
             return
+        check_memory_limit(self.memory_mib)
         if self.dask is not None:
             yield from self._dask(tasks)
-        elif (self.jobs or default_jobs()) <= 1 or len(tasks) == 1:
+        elif ((self.jobs or default_jobs()) <= 1 or len(tasks) == 1) and self.memory_mib is None:
             for task in tasks:
                 yield execute(task)
         else:
@@ -378,11 +466,20 @@ class Engine:
         one at a time on a worker of their own, so that a run that kills its worker is
         found and recorded (``worker died``) and the others are made as usual; the campaign
         goes on with a new pool. Nothing in flight is lost, nothing is counted twice."""
+        with contextlib.ExitStack() as stack:
+            watch = None
+            if self.memory_mib is not None:
+                watch = stack.enter_context(_MemoryWatch(self.memory_mib))
+            yield from self._local_pool(tasks, watch)
+
+    def _local_pool(self, tasks: list[dict], watch: "_MemoryWatch | None"):
         jobs = min(self.jobs or default_jobs(), len(tasks))
         size = max(1, min(self.batch, len(tasks) // (jobs * 4) or 1))
         waiting = deque(tasks[i:i + size] for i in range(0, len(tasks), size))
         window = jobs * 2  # batches in flight: enough to keep every worker busy
         pool = _new_pool(jobs)
+        if watch is not None:
+            watch.pool = pool
         in_flight: dict = {}
         try:
             while waiting or in_flight:
@@ -403,8 +500,10 @@ class Engine:
                     failed.extend(in_flight.values())
                     in_flight.clear()
                     _stop_workers(pool)
-                    yield from _alone([task for batch in failed for task in batch])
+                    yield from _alone([task for batch in failed for task in batch], watch)
                     pool = _new_pool(jobs)
+                    if watch is not None:
+                        watch.pool = pool
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM, an error): the runs in flight are not stored, so
             # a resumed campaign makes them again; waiting for them would only delay the
@@ -417,36 +516,86 @@ class Engine:
         """Batches on the cluster's workers, each made in a run server beside the worker
         (``execute_apart``): a run that ends its process ends that server, never the Dask
         worker, and is recorded as ``worker died`` as on local cores, with how its process
-        ended. A lost worker (killed, out of memory) is the scheduler's to answer: the batches
-        it held go to other workers."""
+        ended; the run server watches the run's memory against ``memory_mib``.
+
+        A Dask worker lost (killed from outside, its machine gone) is the scheduler's to
+        answer: the batch it held goes to another worker, until the scheduler gives up on it
+        (KilledWorker, after distributed.scheduler.allowed-failures deaths). Such a batch is
+        then cut in two and each half sent again, down to single runs; a single run the
+        scheduler gives up on is recorded as ``worker died``. So every run ends as a row:
+        none is lost with its batch, and the campaign goes on. A cluster left with no worker
+        for ``no_worker_seconds`` stops the campaign (ClusterError) rather than wait forever."""
         try:
-            from distributed import Client, as_completed
+            from distributed import Client, KilledWorker, wait
         except ImportError:
             # A missing extra is the user's to install: one line (ValueError), not an error of ntpool.
             raise MissingExtra("--dask needs dask.distributed: pip install 'ntpool[dask]'") from None
         client = self.dask if isinstance(self.dask, Client) else Client(self.dask)
+        where = f" at {self.dask}" if isinstance(self.dask, str) else ""
+
+        def submit(batch: list[dict]):
+            return client.submit(execute_apart, batch, self.memory_mib, pure=False, retries=2,
+                                 key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
+
         try:
             # Batches, larger than the local pool's: a Dask task costs milliseconds of
             # scheduling and messaging, more than a short run. Four batches per worker keep
             # the load balanced; a lost worker's batch is retried elsewhere.
             workers = max(1, len(client.scheduler_info().get("workers", {})))
             size = max(1, min(self.batch * 8, len(tasks) // (workers * 4) or 1))
-            futures = [client.submit(execute_apart, batch, pure=False, retries=2,
-                                     key=f"ntpool-runs-{batch[0]['key']}-{len(batch)}")
-                       for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))]
-            for future in as_completed(futures):
+            outstanding = {submit(batch): batch
+                           for batch in (tasks[i:i + size] for i in range(0, len(tasks), size))}
+            alone_since = None  # when the cluster was last seen with no worker
+            while outstanding:
                 try:
-                    results = future.result()
-                except Exception as error:  # noqa: BLE001 - the cluster's, never a run's (see ClusterError)
-                    where = f" at {self.dask}" if isinstance(self.dask, str) else ""
-                    raise ClusterError(
-                        f"the Dask cluster{where} gave no result for a batch of runs "
-                        f"({_first_line(f'{type(error).__name__}: {error}')}); its scheduler and "
-                        f"every worker need ntpool installed, the version this campaign runs") from error
-                yield from results
+                    done, _ = wait(list(outstanding), timeout=DASK_POLL_SECONDS,
+                                   return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = ()
+                if not done:
+                    if client.scheduler_info(n_workers=1).get("workers"):
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since > self.no_worker_seconds:
+                        raise ClusterError(
+                            f"the Dask cluster{where} has had no worker for "
+                            f"{self.no_worker_seconds:g} s; {sum(map(len, outstanding.values())):,} "
+                            f"run(s) not made")
+                    continue
+                for future in done:
+                    batch = outstanding.pop(future)
+                    try:
+                        results = future.result()
+                    except KilledWorker:
+                        if len(batch) == 1:
+                            yield _killed_worker(batch[0])
+                        else:
+                            half = len(batch) // 2
+                            outstanding.update({submit(part): part
+                                                for part in (batch[:half], batch[half:])})
+                        continue
+                    except Exception as error:  # noqa: BLE001 - the cluster's, never a run's (see ClusterError)
+                        raise ClusterError(
+                            f"the Dask cluster{where} gave no result for a batch of runs "
+                            f"({_first_line(f'{type(error).__name__}: {error}')}); its scheduler and "
+                            f"every worker need ntpool installed, the version this campaign runs") from error
+                    yield from results
         finally:
             if client is not self.dask:
                 client.close()
+
+
+DASK_POLL_SECONDS = 2.0  # how often a campaign waiting on Dask looks for a cluster with no worker
+
+
+def _killed_worker(task: dict) -> dict:
+    """The record of a run whose Dask worker died each time the scheduler gave it the run, until
+    it gave up on it (KilledWorker). The run is made apart from the worker, so what ended the
+    worker came from outside (a kill, the OOM killer, a lost machine), yet the run is a row."""
+    return {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
+            "evidence": "the Dask worker holding the run died each time the scheduler gave it "
+                        "the run, until the scheduler gave up on it (KilledWorker)"}
 
 
 # A Dask worker's runs are made in a process of its own (a run server, one per worker thread):
@@ -458,37 +607,43 @@ class Engine:
 _SERVERS = threading.local()
 
 _SERVE = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-          "from ntpool.campaign.engine import serve_runs; serve_runs()")
+          "from ntpool.campaign.engine import serve_runs; serve_runs(json.loads(sys.argv[2]))")
 
 
-def execute_apart(tasks: list[dict]) -> list[dict]:
+def execute_apart(tasks: list[dict], memory_mib: float | None = None) -> list[dict]:
     """``execute_batch`` made by this thread's run server: one task sent, its result read,
     then the next. A run whose process dies is made again in a new one; one that ends it
-    WORKER_DEATHS times is recorded as ``worker died``, as ``_alone`` records it."""
+    WORKER_DEATHS times is recorded as ``worker died`` (``out of memory`` when the server
+    stopped it for passing ``memory_mib``), as ``_alone`` records it."""
     results = []
     for task in tasks:
         deaths = []
         while len(deaths) < WORKER_DEATHS:
-            answer = _ask_server(task)
+            answer = _ask_server(task, memory_mib)
             if "key" in answer:
                 results.append(answer)
                 break
-            deaths.append(answer["ended"])
+            deaths.append(answer)
         else:
-            results.append(_worker_died(task, _ending(deaths[-1]), WORKER_DEATHS))
+            results.append(_worker_died(task, deaths[-1], WORKER_DEATHS))
     return results
 
 
-def _ask_server(task: dict) -> dict:
-    """The run's result, or ``{"ended": exit code}`` when the process making it died."""
+def _ask_server(task: dict, memory_mib: float | None = None) -> dict:
+    """The run's result, or ``{"ended": exit code, "memory_mib": limit or None}`` when the
+    process making it died (stopped by the server for passing the limit, or not)."""
     import subprocess
     import sys
 
     server = getattr(_SERVERS, "process", None)
+    if server is not None and getattr(_SERVERS, "memory_mib", None) != memory_mib:
+        _close_server(server)  # another campaign's limit: a server watching this one's
+        server = None
     if server is None or server.poll() is not None:
-        server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path)],
+        server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path),
+                                   json.dumps(memory_mib)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        _SERVERS.process = server
+        _SERVERS.process, _SERVERS.memory_mib = server, memory_mib
     try:
         server.stdin.write(json.dumps(task) + "\n")
         server.stdin.flush()
@@ -499,27 +654,37 @@ def _ask_server(task: dict) -> dict:
         return json.loads(line)
     # The server itself is gone (killed from outside): a new one makes the run again.
     _SERVERS.process = None
+    return {"ended": _close_server(server), "memory_mib": None}
+
+
+def _close_server(server) -> int | None:
+    """Ends a run server (its input closed, it ends) and gives its exit code."""
+    import subprocess
+
     for stream in (server.stdin, server.stdout):
         try:
             stream.close()
         except OSError:
             pass
     try:
-        return {"ended": server.wait(timeout=5)}
+        return server.wait(timeout=5)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
-        return {"ended": None}
+        return None
 
 
-def serve_runs() -> None:
+def serve_runs(memory_mib: float | None = None) -> None:
     """A run server: a task per line in, its result per line out, until its input ends.
 
     The server imports ntpool once, then forks the process that makes the runs; when a run
     ends that process, the server says how (``{"ended": code}``) and forks another, in
-    milliseconds, so that a run ending its process costs no interpreter start. It ends when
-    its Dask worker is gone. The server starts no thread (it forks); the forked process
-    follows it as a local worker follows the campaign (``_worker_setup``)."""
+    milliseconds, so that a run ending its process costs no interpreter start. While a run
+    is made the server reads the process's resident memory; past ``memory_mib`` it ends it
+    (``{"ended": -9, "memory_mib": limit}``): the Dask worker's own memory limit watches only
+    the worker's process. It ends when its Dask worker is gone (quietly: nobody reads what it
+    would say). The server starts no thread (it forks); the forked process follows it as a
+    local worker follows the campaign (``_worker_setup``)."""
     import sys
 
     results = os.fdopen(os.dup(1), "w")
@@ -530,6 +695,7 @@ def serve_runs() -> None:
         return
     import ntpool  # noqa: F401 - imported once here rather than in each forked process
 
+    limit = int(memory_mib * (1 << 20)) if memory_mib else None
     worker, server = os.getppid(), os.getpid()
     while True:
         child = os.fork()
@@ -537,6 +703,7 @@ def serve_runs() -> None:
             _worker_setup(server)
             _serve_forked(results, sys.stdin)
             os._exit(0)
+        stopped = None
         while True:
             pid, status = os.waitpid(child, os.WNOHANG)
             if pid:
@@ -544,12 +711,18 @@ def serve_runs() -> None:
             if os.getppid() != worker:  # the Dask worker is gone: so are its runs
                 os.kill(child, signal.SIGKILL)
                 os._exit(1)
-            time.sleep(0.02)
+            if limit is not None and stopped is None and resident_bytes(child) > limit:
+                stopped = memory_mib
+                os.kill(child, signal.SIGKILL)
+            time.sleep(MEMORY_POLL_SECONDS)
         code = os.waitstatus_to_exitcode(status)
         if code == 0:  # its input ended
             return
-        results.write(json.dumps({"ended": code}) + "\n")
-        results.flush()
+        try:
+            results.write(json.dumps({"ended": code, "memory_mib": stopped}) + "\n")
+            results.flush()
+        except OSError:  # the worker that reads it is gone
+            os._exit(1)
 
 
 def _serve_forked(results, tasks) -> None:
@@ -562,5 +735,8 @@ def _serve_forked(results, tasks) -> None:
                                "exception": type(error).__name__,
                                "evidence": f"the run's result is not JSON: {error}",
                                "_seconds": result.get("_seconds", 0.0)})
-        results.write(text + "\n")
-        results.flush()
+        try:
+            results.write(text + "\n")
+            results.flush()
+        except OSError:  # the worker that reads it is gone: nobody to tell
+            os._exit(0)

@@ -38,9 +38,11 @@ def _cmd_score(args) -> int:
     from ..forensics.score import format_score, score_files
     from ..tags import from_display
 
-    tags = [t for t in args.tags.split(",") if t] if args.tags else None
-    if args.tags is not None and not tags:
-        raise ValueError(f"--tags {args.tags!r} names no tag")
+    # --tags may be given more than once (each comma-separated): all of them are scored
+    given = ",".join(args.tags) if args.tags is not None else None
+    tags = [t for t in given.split(",") if t] if given else None
+    if given is not None and not tags:
+        raise ValueError(f"--tags {given!r} names no tag")
     for tag in tags or ():  # a typo would score nothing without a word
         try:
             from_display(tag)
@@ -125,7 +127,8 @@ def add_score_command(sub) -> None:
     score.add_argument("--corpus", metavar="DIR",
                        help="instead: score ntpool's !poolfind * on every dump of this corpus, "
                             "one campaign run per dump")
-    score.add_argument("--tags", help="score only these tags (comma-separated, as shown)")
+    score.add_argument("--tags", action="append", metavar="T,T",
+                       help="score only these tags (comma-separated, as shown; repeatable)")
     score.add_argument("--json", action="store_true", help="the scores as JSON")
     add_engine_arguments(score)
     score.set_defaults(func=_cmd_score)

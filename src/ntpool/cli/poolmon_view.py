@@ -205,7 +205,7 @@ def totals_lines(machine: dict | None) -> list[str]:
             f"Pool N:{k['nonpaged']:>7}K P:{k['paged']:>7}K"]
 
 
-def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: int | None = None,
+def poolmon_screen(model: PoolmonModel, status: str, prompt: str | None = "", limit: int | None = None,
                    owners: bool = True, width: int | None = None, height: int | None = None,
                    state: ViewState | None = None, machine: dict | None = None):
     """The whole screen: totals lines, status, the table (scrolled to ``state.top``), keys."""
@@ -230,8 +230,9 @@ def poolmon_screen(model: PoolmonModel, status: str, prompt: str = "", limit: in
     footer = prompt or HELP
     if room is not None and count > room:
         footer = f"rows {state.top + 1}-{min(count, state.top + room)} of {count}  " + footer
-    parts = [Text("\n".join(heading_lines)), table,
-             Text(footer if width is None else footer[:width], style="dim")]
+    parts = [Text("\n".join(heading_lines)), table]
+    if prompt is not None:  # None: a table printed to be read later, with no keys to press
+        parts.append(Text(footer if width is None else footer[:width], style="dim"))
     return Group(*parts)
 
 

@@ -10,7 +10,7 @@ from ..constants import PAGE_SIZE
 from ..pool.descriptor import PAGE_FREE
 from ..tools.pictures import live_page_strips
 from ..tools.poolmon import Snapshot
-from ..tools.scenario import Scenario, ScenarioRun, load_scenario
+from ..tools.scenario import SAMPLE_SCENARIOS, Scenario, ScenarioRun, load_scenario
 from ..windows import CHOICES as WINDOWS_CHOICES
 
 DUMP_SIGNATURE = b"PAGEDU64"  # DUMP_HEADER64's Signature and ValidDump
@@ -132,6 +132,11 @@ def open_source(spec: str, seed: int = 1, kernel_options: dict | None = None,
             raise ValueError("pool sizes and --windows are for scenarios; a crash dump has its own")
         return DumpSource(spec)
     path = Path(spec)
+    if not path.exists() and spec not in SAMPLE_SCENARIOS and \
+            path.suffix.lower() not in (".py", ".sys"):
+        # These commands read dumps too: a mistyped dump's name is not "a scenario" missing
+        raise ValueError(f"{spec} does not exist (give a crash dump, a scenario .py file, a "
+                         f"compiled driver .sys, or one of: {', '.join(SAMPLE_SCENARIOS)})")
     if path.suffix.lower() == ".dmp" and path.is_file():
         raise ValueError(f"{spec} is not a crash dump (no {DUMP_SIGNATURE.decode()} signature)")
     if path.is_file() and path.suffix.lower() not in (".py", ".sys"):

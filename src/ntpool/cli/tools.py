@@ -172,16 +172,21 @@ def cmd_run(args) -> int:
     run.kernel.hooks.subscribe(DebugPrinted, lambda event: console.print(
         f"DbgPrint: {event.line}", markup=False, highlight=False))
     run.load_drivers()
-    names = ", ".join(getattr(d, "name", repr(d)) for d in run.loaded) or "none"
-    console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}")
+    names = ", ".join(_driver_name(d) for d in run.loaded) or "none"
+    if run.bugcheck:  # the driver being loaded stopped the machine: say which, not just "none"
+        names += f" ({_driver_name(run.scenario.drivers[len(run.loaded)])} bug-checked while " \
+                 f"loading, in its DriverEntry)"
+    console.print(f"[bold]{source.name}[/bold] (seed {args.seed}): drivers loaded: {names}",
+                  highlight=False)
     with checkpoint_progress(source, "running the workload"):
         source.run_to()
     end = source.snapshot()
+    when = "when the machine stopped" if run.bugcheck else "at the end of the workload"
     run.finish()
     model = PoolmonModel(sort="b", pooltags=pooltags)
     model.update(end)
-    console.print(poolmon_table(model, title=f"Pool usage by tag at the end of the workload "
-                                             f"({source.checkpoint} checkpoints)",
+    console.print(poolmon_table(model, title=f"Pool usage by tag {when} "
+                                             f"({_checkpoints(source.checkpoint)})",
                                 limit=args.top, width=table_width(console)))
     if run.bugcheck:
         console.print(f"[bold red]{run.bugcheck}[/bold red]", highlight=False)
@@ -212,6 +217,14 @@ def cmd_run(args) -> int:
     if findings and args.fail_on == "leak":
         return EXIT_FINDINGS
     return EXIT_CLEAN
+
+
+def _driver_name(driver) -> str:
+    return getattr(driver, "name", None) or repr(driver)
+
+
+def _checkpoints(count: int) -> str:
+    return "1 checkpoint" if count == 1 else f"{count} checkpoints"
 
 
 class checkpoint_progress:
@@ -273,16 +286,19 @@ def cmd_poolmon(args) -> int:
     state = ViewState(show_totals=args.totals)
 
     def screen():
-        return poolmon_screen(model, source.status(), prompt=" ", limit=args.limit,
+        return poolmon_screen(model, source.status(), prompt=None, limit=args.limit,
                               width=table_width(console), state=state, machine=source.machine())
 
-    if args.iterations:
-        for _ in range(args.iterations):
-            if source.kind == "scenario" and not source.advance():
+    if args.iterations and source.kind == "scenario":
+        for iteration in range(args.iterations):
+            if not source.advance():
                 break
             model.update(source.snapshot())
+            if iteration:
+                console.print()  # a blank line between the tables
             console.print(screen())
         return 0
+    # A crash dump is one moment: one table, however many iterations were asked for.
     if source.kind == "scenario":
         with checkpoint_progress(source, "running the scenario"):
             source.run_to()

@@ -31,6 +31,9 @@ def add_engine_arguments(parser) -> None:
                        help="finish the campaign in --results, redoing nothing that finished")
     group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="stop a run after this long and record it as timed out")
+    group.add_argument("--memory-limit", type=float, default=None, metavar="MIB",
+                       help="stop a run whose process's resident memory passes this many MiB "
+                            "and record it as out of memory (locally and on Dask alike)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,6 +113,11 @@ def engine_for(args, description: dict, console: Console, what: str):
         raise ValueError("--resume needs --results FILE (the campaign to finish)")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    if args.memory_limit is not None:
+        if not args.memory_limit > 0:
+            raise ValueError(f"--memory-limit must be a positive number of MiB, got {args.memory_limit:g}")
+        # A resumed campaign keeps the limit it was made under (another is another campaign).
+        description = dict(description, memory_mib=args.memory_limit)
     results, resume, own = args.results, args.resume, False
     if results is None and description.get("command") == "corpus":
         # A corpus resumes by itself: which dumps are made is kept in its folder until the
@@ -142,7 +150,8 @@ def engine_for(args, description: dict, console: Console, what: str):
                   f"{state.rate:.1f} runs/s" + (f", about {left:.0f} s left" if left else ""),
                   file=sys.stderr, flush=True)
 
-    engine = Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress)
+    engine = Engine(jobs=args.jobs, dask=args.dask, store=store, progress=progress,
+                    memory_mib=args.memory_limit)
     try:
         with _terminated_as_interrupt(), bar:
             yield engine
@@ -164,6 +173,9 @@ def engine_for(args, description: dict, console: Console, what: str):
         _remove_results_file(results)
     tally = engine.tally
     reused = f"; {tally.reused:,} taken from {results}" if tally.reused else ""
+    if not tally.executed:  # every run taken from --results: no time or rate to give
+        console.print(f"0 run(s) made{reused}.", highlight=False)
+        return
     console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args)}: "
                   f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 
@@ -265,6 +277,7 @@ def _print_triage(console: Console, failures) -> None:
 
 
 def cmd_triage(args) -> int:
+    from ..campaign import triage as fleet
     from ..campaign.triage import dump_task, fleet_report
 
     console = wide_console()
@@ -279,18 +292,22 @@ def cmd_triage(args) -> int:
         records = engine.run(tasks)
     report = fleet_report(records, top=args.top)
     console.print(f"[bold]{report.dumps} dump(s)[/bold], {len(report.unreadable)} unreadable")
+    # The reader's error names the dump first: said once, in the Dump column.
+    unreadable = [(path, why.removeprefix(f"{path}: ")) for path, why in report.unreadable]
+    swollen = (f"Swollen tags (over {fleet.SWOLLEN_FACTOR}x their fleet median and at least "
+               f"{fleet.SWOLLEN_MINIMUM >> 10:,} KiB)")
     for title, columns, rows in (
             ("Bug checks", ("Bug check", "Dumps"), report.bugchecks),
             ("Culprits (driver running at the bug check)", ("Driver", "Dumps"), report.culprits),
             ("Largest tags over the fleet", ("Tag", "Bytes", "Dumps"), report.largest),
-            (f"Swollen tags (over {4}x their fleet median)", ("Tag", "Dumps", "Largest", "Median"),
-             report.swollen),
-            ("Unreadable dumps", ("Dump", "Why"), report.unreadable)):
+            (swollen, ("Tag", "Dumps", "Largest", "Median"), report.swollen),
+            ("Unreadable dumps", ("Dump", "Why"), unreadable)):
         if not rows:
             continue
         table = Table(title=title, min_width=len(title))  # the title on one line
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        for index, column in enumerate(columns):
+            counts = all(isinstance(row[index], int) for row in rows)  # numbers line up right
+            table.add_column(column, overflow="fold", justify="right" if counts else "left")
         for row in rows:
             table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
         console.print(table)

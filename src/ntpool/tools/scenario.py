@@ -82,6 +82,10 @@ def sys_scenario_source(path: str, verifier: dict | None = None,
             f"def workload(k, rng):\n    run_requests(k, DRIVERS[0], REQUESTS, print)\n")
 
 
+# ntpool.native's refusals of a file as a driver (by name: ntpool.native is not imported here)
+LOADER_REFUSALS = ("BadImage", "MissingImports")
+
+
 def load_scenario(spec: str, verifier: dict | None = None, allow_missing: bool = False,
                   requests=()) -> Scenario:
     """A scenario from a file path, the name of a shipped sample (``demo``), or a compiled
@@ -312,6 +316,11 @@ class ScenarioRun:
         if user:
             frame = user[-1]
             return f"{frame.filename}:{frame.lineno} in {frame.name}: {what}"
+        name, message = Path(self.scenario.path).name, str(error)
+        if type(error).__name__ in LOADER_REFUSALS and message.startswith(name):
+            # The loader's refusal is a sentence that opens with the file's name: "x.sys:
+            # BadImage: x.sys: not a PE image" said the file twice, with the class between.
+            return self.scenario.path + message[len(name):]
         return f"{self.scenario.path}: {what}"
 
     def _crashed(self, error: BugCheck) -> None:
