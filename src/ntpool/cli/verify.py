@@ -173,6 +173,9 @@ def engine_for(args, description: dict, console: Console, what: str):
         _remove_results_file(results)
     tally = engine.tally
     reused = f"; {tally.reused:,} taken from {results}" if tally.reused else ""
+    if not tally.executed:  # every run taken from --results: no time or rate to give
+        console.print(f"0 run(s) made{reused}.", highlight=False)
+        return
     console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args)}: "
                   f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 
