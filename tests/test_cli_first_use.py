@@ -281,3 +281,11 @@ def test_a_report_of_a_dump_written_on_demand_names_it_once_and_no_workload(smal
     assert "dump small.dmp: crash dump" in text and "small.dmp: small.dmp" not in text
     assert "Pool usage by tag when the dump was written" in text
     assert "workload" not in text
+
+
+def test_corpus_out_that_is_a_file_is_named_as_the_option(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["corpus", "--out", str(taken), "--count", "1", "-j", "1"]) == 2
+    assert capsys.readouterr().err == (f"ntpool: --out {taken}: not a directory (the corpus "
+                                       f"is a folder)\n")  # it said "File exists"
