@@ -289,3 +289,18 @@ def test_corpus_out_that_is_a_file_is_named_as_the_option(tmp_path, capsys):
     assert main(["corpus", "--out", str(taken), "--count", "1", "-j", "1"]) == 2
     assert capsys.readouterr().err == (f"ntpool: --out {taken}: not a directory (the corpus "
                                        f"is a folder)\n")  # it said "File exists"
+
+
+def test_the_page_map_keys_the_dark_grey_it_draws(tmp_path):
+    # A segment heap's metadata pages and the rest of a page past a broken header chain are
+    # drawn dark grey; the legend had no entry for it.
+    from ntpool.tools.pictures import PageStrip, RESERVED, Segment, pagemap_figure, save_figure
+
+    key = "no chunks (metadata) or past a broken header chain"
+    plain = [PageStrip("NonPagedPool", 0xFFFFFA8000000000, (Segment(0, 4096, "Free"),))]
+    svg = tmp_path / "plain.svg"
+    save_figure(pagemap_figure(plain), str(svg))
+    assert key not in svg.read_text()  # a key only for what is drawn
+    grey = plain + [PageStrip("NonPagedPool", 0xFFFFFA8000001000, (Segment(0, 4096, RESERVED),))]
+    save_figure(pagemap_figure(grey), str(svg))
+    assert key in svg.read_text()
