@@ -304,3 +304,17 @@ def test_the_page_map_keys_the_dark_grey_it_draws(tmp_path):
     grey = plain + [PageStrip("NonPagedPool", 0xFFFFFA8000001000, (Segment(0, 4096, RESERVED),))]
     save_figure(pagemap_figure(grey), str(svg))
     assert key in svg.read_text()
+
+
+def test_analyze_reads_0xd6_s_fourth_argument_as_reserved(tmp_path, capsys):
+    # Microsoft's page for 0xD6 (and 0xCD) lists Arg4 as Reserved; !analyze -v said "Number
+    # of bytes allocated" beside a 0 for a 100-byte allocation.
+    from ntpool.samples.compiled import sample_path
+
+    dump = str(tmp_path / "special.dmp")
+    assert main(["run", sample_path("overrun"), "--verifier", "special_pool", "--dump", dump]) == 3
+    out = _kd(dump, "!analyze -v", capsys)
+    assert "DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION (d6)" in out
+    assert "Arg4: 0000000000000000, Reserved\n" in out
+    assert "Number of bytes allocated" not in out
+    assert "POOL_CHUNK:  fffff98000002f90 size 0x64" in out  # the size, where it is known
