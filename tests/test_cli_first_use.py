@@ -318,3 +318,15 @@ def test_analyze_reads_0xd6_s_fourth_argument_as_reserved(tmp_path, capsys):
     assert "Arg4: 0000000000000000, Reserved\n" in out
     assert "Number of bytes allocated" not in out
     assert "POOL_CHUNK:  fffff98000002f90 size 0x64" in out  # the size, where it is known
+
+
+def test_run_with_dump_that_ends_without_a_bug_check_says_no_dump_was_written(tmp_path, capsys):
+    # `ntpool run any_tag.sys --dump D --truth F` ended 0 with neither file and no word.
+    from ntpool.samples.compiled import sample_path
+
+    dump, truth = tmp_path / "D.dmp", tmp_path / "F.json"
+    assert main(["run", sample_path("any_tag"), "--dump", str(dump), "--truth", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (f"No bug check, so no dump: --dump {dump} is written when the "
+                                    f"machine bug-checks (and --truth with it).")
+    assert not dump.exists() and not truth.exists()
