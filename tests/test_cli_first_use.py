@@ -252,3 +252,32 @@ def test_a_file_that_is_no_driver_is_named_once_in_the_refusal(tmp_path, capsys)
     empty.write_bytes(b"")
     assert main(["run", str(empty)]) == 2
     assert capsys.readouterr().err == f"ntpool: {empty}: not a PE image (no MZ header)\n"
+
+
+def test_vm_on_windows_11_names_each_nonpaged_heap_and_charges_once(tmp_path, capsys):
+    # Both nonpaged heaps were labelled NonPagedPool, and the tags' charge printed twice.
+    k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+    k.ExAllocatePoolWithTag(PoolType.NonPagedPoolNx, 5000, "xNtT")
+    k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 5000, "xNtT")
+    path = str(tmp_path / "eleven.dmp")
+    k.write_dump(path, kind="kernel")
+    lines = _kd(path, "!vm", capsys).splitlines()
+    labels = [line.split(":")[0].strip() for line in lines if line.startswith("\t")]
+    assert labels == ["Physical Memory", "NonPagedPool Usage", "NonPagedPool Max",
+                      "NonPagedPoolNx Usage", "NonPagedPoolNx Max", "NonPagedPool Charged",
+                      "PagedPool Usage", "PagedPool Max", "PagedPool Charged"]
+    charged = next(line for line in lines if "NonPagedPool Charged" in line)
+    assert re.search(r"Charged: +\d+ \( +\d+ Kb\) by the pool tags \(NonPagedPool and "
+                     r"NonPagedPoolNx\)$", charged), charged
+
+
+def test_a_report_of_a_dump_written_on_demand_names_it_once_and_no_workload(small_dump, tmp_path,
+                                                                          capsys):
+    # "dump small.dmp: small.dmp: crash dump" and "Pool usage by tag at the end of the
+    # workload", of a dump that had no workload (a scenario's said "demo: demo:" too).
+    out = tmp_path / "r.html"
+    assert main(["report", small_dump, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "dump small.dmp: crash dump" in text and "small.dmp: small.dmp" not in text
+    assert "Pool usage by tag when the dump was written" in text
+    assert "workload" not in text

@@ -152,6 +152,10 @@ def test_completion_of_commands_tags_structures_modules_and_addresses(leak):
     assert offered == ["pNkL"]
     assert [c.text for c in completer.get_completions(Document("dt _POOL_H"), None)] == \
         ["_POOL_HEADER"]
+    # A command's name completes with the space its arguments follow ("!poolfindSl*" was
+    # what Tab then typing gave).
+    assert [c.text for c in completer.get_completions(Document("!poolf"), None)] == ["!poolfind "]
+    assert [c.text for c in completer.get_completions(Document(""), None)][0].endswith(" ")
 
 
 # --- display commands ------------------------------------------------------------------------

@@ -644,16 +644,57 @@ def test_an_irql_routine_given_a_value_past_high_level_raises_the_gp_fault_in_th
 
 
 def test_what_ntpool_cannot_model_is_one_error_naming_the_routine_and_the_argument():
-    """A misaligned spin lock that is mapped (an x64 `lock bts` works on it; ntpool keeps
-    locks by their aligned QWORD): NativeError naming the routine, its call site and the
-    refusal, listed in README's departures."""
+    """An NDIS handle that is mapped but is no block NDIS gave out (what NDIS reads there is
+    not public): NativeError naming the routine, its call site and the refusal, listed in
+    README's departures."""
     from ntpool.native import NativeError, native_machine
     k, driver = misbehave()
     machine = native_machine(k)
-    lock = k.ExAllocatePoolWithTag(0, 0x40, "Lock") + 1
-    with pytest.raises(NativeError, match=r"KeInitializeSpinLock called from .* with arguments "
-                                          r"ntpool cannot model .*not an 8-byte aligned"):
-        machine.call(machine.bindings.stub("KeInitializeSpinLock"), (lock,), driver)
+    not_a_handle = k.ExAllocatePoolWithTag(0, 0x40, "Hndl")
+    with pytest.raises(NativeError, match=r"NdisAllocateMemoryWithTagPriority called from .* "
+                                          r"with arguments ntpool cannot model"):
+        machine.call(machine.bindings.stub("NdisAllocateMemoryWithTagPriority"),
+                     (not_a_handle, 64, 0x7473694D, 16), driver)
+
+
+@pytest.mark.parametrize("offset", [1, 3, 5, 7])
+def test_a_misaligned_spin_lock_is_taken_and_freed_in_its_own_bytes_as_on_x64(offset):
+    """x64 Windows takes a KSPIN_LOCK with `lock bts qword [SpinLock], 0`, which the CPU
+    runs at any address, and no Windows check refuses a misaligned lock. ntpool stopped the
+    run with NativeError ("ntpool keeps locks by their aligned QWORD"); the lock is now the
+    8 bytes at its address: held, bit 0 there is set; freed, they are 0; the bytes around
+    it are untouched."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    block = k.ExAllocatePoolWithTag(0, 0x20, "Lock")
+    k.write(block, bytes(range(0xA0, 0xC0)))
+    lock = block + 8 + offset
+    machine.call(machine.bindings.stub("KeInitializeSpinLock"), (lock,), driver)
+    old = machine.call(machine.bindings.stub("KeAcquireSpinLockRaiseToDpc"), (lock,), driver)
+    assert (old, k.current_irql) == (0, 2)
+    held = k.read(block, 0x20)
+    assert held[8 + offset] & 1 and held[8 + offset + 1:16 + offset] == bytes(7)
+    assert held[:8 + offset] == bytes(range(0xA0, 0xA8 + offset))
+    assert held[16 + offset:] == bytes(range(0xB0 + offset, 0xC0))
+    machine.call(machine.bindings.stub("KeReleaseSpinLock"), (lock, old), driver)
+    assert k.current_irql == 0 and k.read(lock, 8) == bytes(8)
+    assert driver.call("AcquireLockAt", lock) == 0 and k.current_irql == 0  # the inline pair
+    with pytest.raises(BugCheck) as caught:  # still a lock: released twice is 0x10
+        machine.call(machine.bindings.stub("KeReleaseSpinLockFromDpcLevel"), (lock,), driver)
+    assert caught.value.code == 0x10 and caught.value.parameters[0] == lock
+
+
+def test_a_misaligned_spin_lock_that_runs_onto_an_unmapped_page_faults_there_as_a_write():
+    """The lock's 8 bytes span two pages and the second is not there: the locked bts faults
+    on it, after the raise to DISPATCH_LEVEL, as a write: 0xD1 (the page, 2, 1, the call)."""
+    k, driver = misbehave()
+    block = k.ExAllocatePoolWithTag(0, 0x2000, "Lock")  # two pages of big pool
+    after = block + 0x2000
+    assert k.space.translate(after) is None
+    check = bug_check_of(driver, "AcquireLockAt", after - 4)
+    assert check.code == 0xD1 and check.parameters[:3] == (after, 2, 1)
+    assert in_function(driver, check.parameters[3], "AcquireLockAt")
 
 
 def test_a_lookaside_size_below_an_slist_entry_from_native_code_is_kept_as_8():
@@ -818,3 +859,151 @@ def test_a_cr3_reload_flushes_and_another_page_table_is_named():
                                           r"one address space.*triple-faults"):
         driver.call("SetCr3", 0x1000)
     assert driver.call("AllocateOfType", 0)  # the CPU is as ntpool set it
+
+
+# --- MDLs that name frames the machine has not got --------------------------------------------------
+
+def mdl_naming_frame(k, machine, driver, frame: int, flags: int = 0x0002) -> int:
+    """An MDL over two pages of nonpaged pool, locked, its first frame replaced by ``frame``."""
+    from ntpool.routines import layouts as L
+    buffer = k.ExAllocatePoolWithTag(0, 0x2000, "MdlB")
+    mdl = machine.call(machine.bindings.stub("IoAllocateMdl"), (buffer, 0x2000, 0, 0, 0), driver)
+    k.MmBuildMdlForNonPagedPool(mdl)
+    k.write(mdl + L.MDL.MdlFlags, struct.pack("<H", flags))  # locked, not nonpaged pool
+    k.write(mdl + L.MDL.SIZE, struct.pack("<Q", frame))
+    return mdl
+
+
+@pytest.mark.parametrize("past", [0, 5, 1 << 40])
+def test_an_mdl_frame_past_the_machines_memory_is_named_where_windows_would_map_it(past):
+    """Windows maps whatever frame an MDL names (WRK iosup.c): device memory, or addresses
+    nothing decodes, which the machine has not got. ntpool mapped it and a read of the mapping
+    returned b'' (Python) or stopped unicorn (native); it now refuses the mapping, naming the
+    MDL and the frame (NativeError from native code; README, departures)."""
+    from ntpool.native import NativeError, native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    frame = k.physical.frame_count + past
+    mdl = mdl_naming_frame(k, machine, driver, frame)
+    with pytest.raises(NativeError, match=rf"MmMapLockedPagesSpecifyCache called from .* MDL "
+                                          rf"{mdl:#x} names frame {frame:#x} .*past the machine's"):
+        machine.call(machine.bindings.stub("MmMapLockedPagesSpecifyCache"),
+                     (mdl, 0, 1, 0, 0, 16), driver)
+    with pytest.raises(ValueError, match=f"names frame {frame:#x}"):  # a Python caller
+        k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+
+
+def test_a_verified_drivers_mdl_naming_no_memory_is_driver_verifiers_0xc4_0x89():
+    """Driver Verifier checks the MDL's frames before it maps them (WRK verifier.c,
+    ViCheckMdlPages): a frame that is no RAM, in an MDL without MDL_IO_SPACE, is 0xC4/0x89
+    (the MDL, the address of its PFN array entry, the frame)."""
+    from ntpool.native import native_machine
+    from ntpool.routines import layouts as L
+
+    class Mapper:
+        name = "mapper.sys"
+
+        def DriverEntry(self, k, path):
+            return 0
+
+        def map(self, k, mdl):
+            return k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+
+    k, native = misbehave()
+    machine = native_machine(k)
+    mapper = Mapper()
+    k.load_driver(mapper)
+    k.verifier.enable("mapper.sys", pool_tracking=True)
+    frame = k.physical.frame_count + 3
+    good = mdl_naming_frame(k, machine, native, 0x100)
+    assert mapper.map(k, good)  # a frame of the machine: mapped
+    io_space = mdl_naming_frame(k, machine, native, frame, flags=0x0002 | 0x0800)
+    with pytest.raises(ValueError, match="names frame"):  # MDL_IO_SPACE: no Verifier stop
+        mapper.map(k, io_space)
+    mdl = mdl_naming_frame(k, machine, native, frame)
+    with pytest.raises(BugCheck) as caught:
+        mapper.map(k, mdl)
+    assert caught.value.code == 0xC4
+    assert caught.value.parameters == (0x89, mdl, mdl + L.MDL.SIZE, frame)
+
+
+def test_mm_empty_list_ends_the_frames_an_mdl_maps():
+    """A PFN array entry of MM_EMPTY_LIST (-1) ends the MDL's frames: Windows maps none past
+    it (WRK iosup.c), and it is no frame to refuse."""
+    from ntpool.native import native_machine
+    from ntpool.routines import layouts as L
+    k, driver = misbehave()
+    machine = native_machine(k)
+    mdl = mdl_naming_frame(k, machine, driver, 0x100)
+    k.write(mdl + L.MDL.SIZE + 8, struct.pack("<Q", 0xFFFFFFFFFFFFFFFF))
+    mapped = k.MmMapLockedPagesSpecifyCache(mdl, 0, 1, 0, 0, 16)
+    assert k.space.translate(mapped) == 0x100 << 12 | mapped & 0xFFF
+    assert k.space.translate((mapped | 0xFFF) + 1) is None
+
+
+# --- control registers in code written at run time ----------------------------------------------------
+
+MOV_CR8_ROUND_TRIP = bytes.fromhex("b802000000" "440f22c0" "440f20c0" "31c9" "440f22c1" "c3")
+PAGING_OFF = bytes.fromhex("0f20c0" "25ffffff7f" "0f22c0" "c3")  # mov rax, cr0; and; mov cr0, rax
+OTHER_PAGE_TABLE = bytes.fromhex("b800100000" "0f22d8" "c3")  # mov eax, 0x1000; mov cr3, rax
+IRQL_0X45 = bytes.fromhex("b845000000" "440f22c0" "c3")  # mov eax, 0x45; mov cr8, rax
+
+
+def run_copied_code(code: bytes):
+    """misbehave.sys's RunCopiedCode: the driver copies ``code`` into NonPagedPool with its own
+    stores and calls it. Windows 10 and special pool, where ntpool maps NonPagedPool
+    executable (its ordinary pool pages are NX)."""
+    k, driver = misbehave("10")
+    k.verifier.enable("misbehave.sys", special_pool=True)
+    source = k.ExAllocatePoolWithTag(0, len(code), "Src ")
+    k.write(source, code)
+    return k, driver, lambda: driver.call("RunCopiedCode", source, len(code), 0)
+
+
+def test_a_mov_cr8_in_code_written_at_run_time_is_the_irql():
+    """The loader finds the inline KeRaiseIrql's mov cr8 in the image; in code a driver
+    writes at run time it went unseen and unicorn ignored it (IRQL 0 read back); the CPU now
+    scans such code as it first runs it: mov cr8, 2 then mov rax, cr8 reads 2."""
+    k, driver, call = run_copied_code(MOV_CR8_ROUND_TRIP)
+    assert call() == 2 and k.current_irql == 0
+
+
+def test_a_cr0_write_in_code_written_at_run_time_is_checked_as_the_loaders_are():
+    """Paging off: #GP at the mov, in the pool copy (0x1E, as SetCr0's); unicorn had run it
+    and the run stopped with NativeError on the next fetch."""
+    k, driver, call = run_copied_code(PAGING_OFF)
+    with pytest.raises(BugCheck) as caught:
+        call()
+    check = caught.value
+    assert check.code == 0x1E and check.parameters[0] == 0xC0000005
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)
+    mov = check.parameters[1]
+    assert not driver.mapped.contains(mov) and mov & 0xF == 8  # the copy's third instruction
+
+
+def test_a_cr3_write_in_code_written_at_run_time_is_named_as_the_loaders_are():
+    from ntpool.native import NativeError
+    k, driver, call = run_copied_code(OTHER_PAGE_TABLE)
+    with pytest.raises(NativeError, match=r"mov cr3, 0x1000 at 0x[0-9a-f]+5: another page table"):
+        call()
+    assert driver.call("AllocateOfType", 0)  # the CPU is as ntpool set it
+
+
+def test_an_irql_past_high_level_in_code_written_at_run_time_is_a_general_protection_fault():
+    k, driver, call = run_copied_code(IRQL_0X45)
+    with pytest.raises(BugCheck) as caught:
+        call()
+    assert caught.value.code == 0x1E and caught.value.parameters[0] == 0xC0000005
+    assert caught.value.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF) and k.current_irql == 0
+
+
+def test_the_images_read_only_code_is_not_scanned_again_and_the_rest_is():
+    """The block hook covers everything but the stubs and each image's executable read-only
+    pages (scanned at load): the image's code runs with no hook call."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    text = driver.address_of("AllocateOfType") & ~0xFFF
+    assert any(start <= text < end for start, end in machine.fixed_code)
+    driver.call("AllocateOfType", 0)
+    assert not any(driver.mapped.contains(block) for block in machine.cpu._blocks_seen)

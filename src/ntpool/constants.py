@@ -257,6 +257,7 @@ class VerifierStop(IntEnum):
     FREE_NONPAGED_AT_BAD_IRQL = 0x12
     DOUBLE_FREE = 0x13
     UNLOAD_WITH_ALLOCATIONS = 0x62
+    MDL_PAGE_NOT_MEMORY = 0x89  # an MDL (not MDL_IO_SPACE) names a frame that is no RAM
 
 
 # PFN_LIST_CORRUPT (0x4E) parameter 1 subcodes.

@@ -182,8 +182,12 @@ def KdCompleter(session: KdSession):
         def get_completions(self, document, complete_event):
             line = document.text_before_cursor
             word = "" if line.endswith(" ") else (line.split() or [""])[-1]
+            # A command's name is followed by its arguments: a space after it, as a shell
+            # completes a command (Tab then "Sl*" gave "!poolfindSl*", no such command).
+            after = " " if len(line.split()) <= 1 and not line.endswith(" ") else ""
             for candidate in completion_words(session, line):
                 if candidate.lower().startswith(word.lower()):
-                    yield Completion(candidate, start_position=-len(word))
+                    yield Completion(candidate + after, start_position=-len(word),
+                                     display=candidate)
 
     return _KdCompleter()

@@ -25,9 +25,9 @@ def build_report(source, pooltags, marks_of, command: list[str] | None = None) -
     sections = [_summary_section(source, pooltags, strips, marks, command)]
     if source.bugcheck is not None:
         sections.append(_bugcheck_section(source))
-    sections.append(_pool_table_section(end, pooltags, "Pool usage by tag"
-                                        + (" at the bug check" if source.bugcheck else
-                                           " at the end of the workload")))
+    when = (" at the bug check" if source.bugcheck else " at the end of the workload"
+            if source.kind == "scenario" else " when the dump was written")  # on demand
+    sections.append(_pool_table_section(end, pooltags, "Pool usage by tag" + when))
     if source.kind == "scenario":
         sections.append(_growth_section(source, pooltags))
         sections.append(ReportSection("Usage over time", inline_svg(pictures.save_figure(
@@ -38,7 +38,7 @@ def build_report(source, pooltags, marks_of, command: list[str] | None = None) -
                                 colours=colours), fmt="svg"))))
     if after_unload is not None:
         sections.append(after_unload)
-    subtitle = f"{source.kind} {source.name}: {source.status()}"
+    subtitle = f"{source.kind} {source.status()}"  # the status opens with the name
     return pictures.html_report(f"ntpool report: {source.name}", subtitle, sections)
 
 

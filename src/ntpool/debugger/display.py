@@ -267,12 +267,20 @@ def virtual_memory(reader: DumpReader) -> list[str]:
     rows = [("Physical Memory:", frames, "in the dump")]
     entries = reader.tracker_entries()
     used = {0: sum(e.NonPagedBytes for e in entries), 1: sum(e.PagedBytes for e in entries)}
-    for pool in reader.pool_ranges():
+    pools = reader.pool_ranges()
+    for index, pool in enumerate(pools):
         mapped = sum(1 for _ in reader.mapped_pages(pool.start, pool.end))
         maximum = (pool.end - pool.start) >> PAGE_SHIFT
-        label = "NonPagedPool" if pool.base_type == 0 else "PagedPool"
-        rows += [(f"{label} Usage:", mapped, "pages mapped"), (f"{label} Max:", maximum, ""),
-                 (f"{label} Charged:", used[pool.base_type] // PAGE_SIZE, "by the pool tags")]
+        # Each heap by its name (Windows 10/11 have NonPagedPool and NonPagedPoolNx, as
+        # WinDbg lists them); the tags' charge once per pool type, after its last heap (the
+        # tracker counts NX as nonpaged).
+        rows += [(f"{pool.name} Usage:", mapped, "pages mapped"), (f"{pool.name} Max:", maximum, "")]
+        if all(later.base_type != pool.base_type for later in pools[index + 1:]):
+            label = "NonPagedPool" if pool.base_type == 0 else "PagedPool"
+            sharing = sum(1 for other in pools if other.base_type == pool.base_type)
+            rows.append((f"{label} Charged:", used[pool.base_type] // PAGE_SIZE,
+                         "by the pool tags" + (" (NonPagedPool and NonPagedPoolNx)"
+                                               if sharing > 1 else "")))
     end = max([VM_COUNT_COLUMN] + [len(label) + 1 + len(str(pages)) for label, pages, _ in rows])
     kb_width = max([10] + [len(str(pages * 4)) for _, pages, _ in rows])
     lines = ["", "*** Virtual Memory Usage ***"]

@@ -23,7 +23,11 @@ over.
 
 IRQL is CR8. unicorn ignores CR8, so the loader finds each ``mov cr8, reg`` / ``mov reg,
 cr8`` (wdm.h inlines them for KeRaiseIrql, KeLowerIrql, KeGetCurrentIrql) and the CPU
-hooks exactly those addresses. GS points at a KPCR whose Prcb.CurrentThread leads to a
+hooks exactly those addresses; ``mov cr0/cr3/cr4`` writes likewise. Code the loader did not
+scan (anything outside the images' read-only code and ntpool's stubs: executable pool, a
+writable code section, code a driver writes at run time) is scanned block by block as the
+CPU first runs it (a block hook on those ranges only, so scanned code pays nothing), and
+the same hooks go on what it finds before the block runs. GS points at a KPCR whose Prcb.CurrentThread leads to a
 KTHREAD whose ApcState.Process is the current process's EPROCESS.
 """
 
@@ -38,6 +42,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from ..constants import PAGE_SIZE
+from .loader import _CR8_ACCESS, control_register_sites
 
 # Where the machine's own code and data for native drivers live (Windows 7 puts ntoskrnl
 # near 0xFFFFF80002800000; ntpool's kernel data starts at 0xFFFFF80002000000).
@@ -76,6 +81,7 @@ CR4_PAE, CR4_OSFXSR = 1 << 5, 1 << 9
 # writes back the CR0 it read has changed nothing.
 CR0_INITIAL = CR0_PE | CR0_ET | CR0_WP | CR0_PG
 CR4_INITIAL = CR4_PAE | CR4_OSFXSR
+MASK64 = 0xFFFFFFFFFFFFFFFF
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
 MSR_EFER = 0xC0000080
 VECTOR_GENERAL_PROTECTION = 13
@@ -360,6 +366,9 @@ class Cpu:
         self._hooks = []  # (handle, callback) kept alive
         self._cr8_hooked: set = set()
         self._cr_write_hooked: set = set()
+        self._block_callback = _CODE_CB(self._on_block)
+        self._block_hooks: list[int] = []
+        self._blocks_seen: dict[int, bytes] = {}  # block address -> its bytes when scanned
         self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
         self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_interrupt), 1, 0)
@@ -445,6 +454,53 @@ class Cpu:
             self.stop = ("address-space", (address, control, value))
             uclib.uc_emu_stop(self.uch)
 
+    def scan_blocks(self, fixed_code: list[tuple[int, int]]) -> None:
+        """Hook the blocks of every address outside ``fixed_code`` ([start, end) ranges of
+        code already scanned that nothing rewrites): ``_on_block`` scans each before it runs.
+        unicorn decides at translation whether a block calls the hook, so code in those
+        ranges (the images' code, the stubs) runs as fast as before."""
+        for handle in self._block_hooks:
+            uclib.uc_hook_del(self.uch, ctypes.c_size_t(handle))
+            self._hooks.remove((handle, self._block_callback))
+        self._block_hooks = []
+        begin = 0
+        for start, end in sorted(fixed_code):
+            if start > begin:
+                self._block_hooks.append(self._add_hook(unicorn.UC_HOOK_BLOCK, self._block_callback,
+                                                        begin, start - 1))
+            begin = max(begin, end)
+        if begin <= MASK64:
+            self._block_hooks.append(self._add_hook(unicorn.UC_HOOK_BLOCK, self._block_callback,
+                                                    begin, MASK64))
+
+    def _on_block(self, uch, address, size, user_data) -> None:
+        """A block of code the loader did not scan, about to run: its ``mov crN`` get the
+        hooks the loader's would; if any is new (or the bytes changed since the block was
+        translated: a routine, not the CPU, rewrote them), the block is translated again
+        before any of it runs (a write to rip quits it)."""
+        if not size:
+            return
+        try:
+            code = self.kernel.read(address, size)
+            seen = self._blocks_seen.get(address)
+            if seen == code:
+                return
+            self._blocks_seen[address] = code
+            cr8_sites, cr_write_sites = control_register_sites(code, address)
+            fresh = seen is not None or \
+                not self._cr8_hooked.issuperset(cr8_sites) or \
+                not self._cr_write_hooked.issuperset(cr_write_sites)
+            for site in cr8_sites:
+                self.hook_cr8(site)
+            for site in cr_write_sites:
+                self.hook_cr_write(site)
+            if fresh:
+                self.uc.ctl_remove_cache(address, address + size)
+                self.uc.reg_write(X.UC_X86_REG_RIP, address)
+        except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+            self.stop = ("error", error)
+            uclib.uc_emu_stop(self.uch)
+
     def _on_sysenter(self, uch, user_data) -> None:
         self.stop = ("sysenter", self.rip_register.read()[0])
         uclib.uc_emu_stop(self.uch)
@@ -456,6 +512,8 @@ class Cpu:
     def _on_cr8(self, uch, address, size, user_data) -> None:
         try:
             code = self.kernel.read(address, 4)
+            if not _CR8_ACCESS.fullmatch(code):
+                return  # no longer the instruction found there (code written at run time)
             rex, opcode, modrm = code[0], code[2], code[3]
             register = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")[

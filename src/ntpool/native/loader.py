@@ -59,6 +59,11 @@ class MappedImage:
         self.frames = frames
         self.cr8_sites = cr8_sites
         self.cr_write_sites = list(cr_write_sites)
+        # [start, end) of the code the loader scanned that nothing can rewrite: executable,
+        # read-only pages (the CPU scans every other block it runs, ``Cpu.scan_blocks``).
+        self.fixed_code = [(base + (first << PAGE_SHIFT), base + (last << PAGE_SHIFT))
+                           for first, last, writable in executable_runs(page_protection(image))
+                           if not writable]
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.end
@@ -79,17 +84,42 @@ def layout(image: Image, base: int, resolve) -> tuple[bytearray, tuple[list[int]
         struct.pack_into("<Q", memory, entry.iat_rva, resolve(entry))
     cr8_sites = []
     cr_write_sites = []
-    for section in image.sections:
-        if section.executable:
-            start = section.rva
-            for match in _CR8_ACCESS.finditer(memory, start, start + section.virtual_size):
-                cr8_sites.append(base + match.start())
-            for match in _CR_WRITE.finditer(memory, start, start + section.virtual_size):
-                at = match.start()
-                cr_write_sites.append(base + at)
-                if at > start and memory[at - 1] in _REX_WITHOUT_R:
-                    cr_write_sites.append(base + at - 1)  # the same instruction, if a prefix
+    # Every executable page, whole: what the CPU may fetch there is what was scanned.
+    for first, last, _ in executable_runs(page_protection(image)):
+        found = control_register_sites(memory, base, first << PAGE_SHIFT, last << PAGE_SHIFT)
+        cr8_sites += found[0]
+        cr_write_sites += found[1]
     return memory, (cr8_sites, cr_write_sites)
+
+
+def control_register_sites(code, base: int, start: int = 0, end: int | None = None
+                           ) -> tuple[list[int], list[int]]:
+    """The addresses of the ``mov cr8`` accesses and the ``mov cr0/cr3/cr4`` writes in
+    ``code[start:end]`` (``code[0]`` is at ``base``). A byte pattern, not a disassembly: a
+    match inside another instruction is hooked for nothing (its hook checks the bytes)."""
+    end = len(code) if end is None else end
+    cr8_sites = [base + match.start() for match in _CR8_ACCESS.finditer(code, start, end)]
+    cr_write_sites = []
+    for match in _CR_WRITE.finditer(code, start, end):
+        at = match.start()
+        cr_write_sites.append(base + at)
+        if at > start and code[at - 1] in _REX_WITHOUT_R:
+            cr_write_sites.append(base + at - 1)  # the same instruction, if a prefix
+    return cr8_sites, cr_write_sites
+
+
+def executable_runs(pages: list[tuple[bool, bool]]) -> list[tuple[int, int, bool]]:
+    """(first page, page after the last, writable) for each run of executable pages of one
+    protection."""
+    runs = []
+    for index, (writable, executable) in enumerate(pages):
+        if not executable:
+            continue
+        if runs and runs[-1][1] == index and runs[-1][2] == writable:
+            runs[-1] = (runs[-1][0], index + 1, writable)
+        else:
+            runs.append((index, index + 1, writable))
+    return runs
 
 
 def page_protection(image: Image) -> list[tuple[bool, bool]]:

@@ -182,6 +182,11 @@ class NativeMachine:
         self._map_support_pages()
         self.bindings = Bindings(self)
         self.cpu = Cpu(self)
+        # Code nothing rewrites whose mov crN are hooked already: the stubs, then each
+        # image's read-only code. The CPU scans every other block it runs.
+        stubs = cpu_module.STUB_CODE
+        self.fixed_code = [(stubs, stubs + cpu_module.STUB_CODE_PAGES * PAGE_SIZE)]
+        self.cpu.scan_blocks(self.fixed_code)
         self.images: list[NativeDriver] = []
         self.next_base = NATIVE_IMAGE_BASE
         self.call_rsp = 0
@@ -309,6 +314,8 @@ class NativeMachine:
             self.cpu.hook_cr8(address)
         for address in mapped.cr_write_sites:
             self.cpu.hook_cr_write(address)
+        self.fixed_code += mapped.fixed_code
+        self.cpu.scan_blocks(self.fixed_code)
         return image, mapped
 
     def _driver_unloaded(self, event: DriverUnloaded) -> None:

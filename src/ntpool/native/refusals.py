@@ -129,11 +129,11 @@ def _huge_length(machine, routine: str, thread) -> int | None:
 
 
 def _bad_spin_lock(machine, routine: str, thread) -> int | None:
-    """A KSPIN_LOCK at an address nothing maps faults where the routine touches it; a
-    misaligned one that is there works on Windows, and ntpool cannot model it (None)."""
+    """A KSPIN_LOCK at an address nothing maps faults where the routine touches it (a
+    misaligned one that is there is taken and freed as any other, before any refusal)."""
     lock, new_irql = _arguments(machine)[:2]
     if (lock >> 12) in machine.tlb:
-        if routine == "KeReleaseSpinLock" and new_irql & 0xFF > 15 and not lock & 7:
+        if routine == "KeReleaseSpinLock" and new_irql & 0xFF > 15:
             # The lock is released first; lowering to NewIrql is then mov cr8 with reserved
             # bits set: #GP, an access violation raised to the caller.
             machine.kernel._drop_lock(lock)

@@ -31,6 +31,7 @@ from ..constants import (
     NtStatus,
     PfnListCorrupt,
     PoolType,
+    VerifierStop,
 )
 from ..errors import NtStatusError
 from ..hooks import CopiedToUser, SystemBufferMade
@@ -758,10 +759,13 @@ class IoRoutines:
         start, offset, count = self._mdl_span(mdl)
         pages = _span_pages(start + offset, count)
         pfns = self.read(mdl + L.MDL.SIZE, 8 * pages)
+        self._check_mdl_frames(mdl, flags, pfns)
         base = self._next_system_pte
         self._next_system_pte += (pages + 1) << PAGE_SHIFT
         for index in range(pages):
             pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
+            if pfn == MM_EMPTY_LIST:
+                break  # the end of the array's frames: Windows maps no page past it (WRK)
             va = base + (index << PAGE_SHIFT)
             self.space.map_page(va, pfn)
             if AccessMode == UserMode:
@@ -770,6 +774,36 @@ class IoRoutines:
         self._put64(mdl + L.MDL.MappedSystemVa, base + offset)
         self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA)
         return base + offset
+
+    def _check_mdl_frames(self, mdl: int, flags: int, pfns: bytes) -> None:
+        """A frame in the MDL's PFN array that is no RAM of the machine. For a verified
+        driver Driver Verifier stops first, before any PTE is written: 0xC4/0x89 (the MDL,
+        the address of the array entry, the frame), unless the MDL says MDL_IO_SPACE (WRK
+        verifier.c, ViCheckMdlPages, which VerifierMapLockedPages(SpecifyCache) run). Without
+        Verifier Windows maps whatever frame the MDL names (WRK iosup.c reads its MMPFN
+        for the cache attribute): device memory, or addresses no device decodes, which
+        ntpool's machine does not have: a ValueError naming the MDL and the frame (from a
+        compiled driver, NativeError; README, departures)."""
+        frames = self.physical.frame_count
+        for index in range(len(pfns) // 8):
+            pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
+            if pfn == MM_EMPTY_LIST:
+                return
+            if pfn < frames:
+                continue
+            entry = mdl + L.MDL.SIZE + 8 * index
+            verifier = self.verifier
+            if not flags & L.MDL_IO_SPACE and verifier is not None and \
+                    verifier.options_for_site(self.call_sites.site_of_caller()) is not None:
+                self.KeBugCheckEx(BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION,
+                                  VerifierStop.MDL_PAGE_NOT_MEMORY, mdl, entry, pfn,
+                                  detail=f"MDL {mdl:#x} of a verified driver names frame "
+                                         f"{pfn:#x} (PFN array entry {entry:#x}), which is "
+                                         f"no memory of the machine ({frames:#x} frames)")
+            raise ValueError(f"MDL {mdl:#x} names frame {pfn:#x} (PFN array entry {entry:#x}), "
+                             f"past the machine's {frames:#x} frames of memory: Windows would "
+                             f"map it (device memory, or addresses nothing decodes), and "
+                             f"ntpool's machine has no memory there")
 
     @routine("PVOID MmMapLockedPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode)")
     def MmMapLockedPages(self, MemoryDescriptorList, AccessMode) -> int:
@@ -879,6 +913,9 @@ class IoRoutines:
         if finish is not None:
             finish(result)
         self.IoFreeIrp(irp)
+
+
+MM_EMPTY_LIST = 0xFFFFFFFFFFFFFFFF  # a PFN array entry that ends the MDL's frames
 
 
 def _span_pages(va: int, length: int) -> int:

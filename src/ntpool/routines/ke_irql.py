@@ -89,6 +89,11 @@ class IrqlRoutines:
         self._set_irql(new)
 
     # --- spin locks: a KSPIN_LOCK is a ULONG_PTR in (nonpaged) memory -----------------------
+    # Kept in the lock's own 8 bytes at its address, whatever its alignment: x64 Windows takes
+    # a lock with `lock bts qword [SpinLock], 0` (WRK/ReactOS amd64 KxAcquireSpinLock,
+    # InterlockedBitTestAndSet64) and frees it with a store of 0, and the CPU runs both on
+    # any address; no Windows routine, checked build or Driver Verifier option refuses a
+    # misaligned KSPIN_LOCK.
 
     @routine("VOID KeInitializeSpinLock(PKSPIN_LOCK SpinLock)")
     def KeInitializeSpinLock(self, SpinLock) -> None:
@@ -123,8 +128,16 @@ class IrqlRoutines:
     def KeReleaseSpinLockFromDpcLevel(self, SpinLock) -> None:
         self._drop_lock(_checked_lock(SpinLock))
 
+    def _lock_owner(self, lock: int) -> int:
+        """The lock's QWORD. Taking or freeing a lock is a locked read-modify-write (or a
+        store): a page of it that is not there faults as a write, whatever its alignment
+        (a misaligned lock may span two pages)."""
+        if (lock >> 12) not in self._tlb or lock & 0xFFF > 0xFF8:
+            self._pieces(lock, 8, write=True)
+        return int.from_bytes(self.read(lock, 8), "little")
+
     def _take_lock(self, lock: int) -> None:
-        owner = int.from_bytes(self.read(lock, 8), "little")
+        owner = self._lock_owner(lock)
         me = self.current_processor + 1
         if owner == me:
             self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_ALREADY_OWNED, lock, 0, 0, 0,
@@ -137,7 +150,7 @@ class IrqlRoutines:
         self.write(lock, me.to_bytes(8, "little"))
 
     def _drop_lock(self, lock: int) -> None:
-        owner = int.from_bytes(self.read(lock, 8), "little")
+        owner = self._lock_owner(lock)
         if owner != self.current_processor + 1:
             self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_NOT_OWNED, lock, 0, 0, 0,
                               detail=f"release of spin lock {lock:#x}, which this processor "
@@ -149,6 +162,6 @@ def _checked_lock(lock) -> int:
     if isinstance(lock, bool) or not isinstance(lock, int):
         raise TypeError(f"SpinLock must be the address of a KSPIN_LOCK (int), "
                         f"not {type(lock).__name__}")
-    if not 0 < lock < 1 << 64 or lock & 7:
-        raise ValueError(f"SpinLock {lock:#x} is not an 8-byte aligned address")
+    if not 0 < lock < 1 << 64:
+        raise ValueError(f"SpinLock {lock:#x} is not an address")
     return lock

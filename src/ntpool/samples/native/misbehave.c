@@ -165,6 +165,24 @@ __declspec(dllexport) ULONG64 ReloadCr3(void) {
     return cr3;
 }
 
+/* Code written at run time: Length bytes copied into NonPagedPool (executable on Windows 7;
+ * in ntpool, under special pool) by the driver's own stores, then called with Argument. The
+ * loader never saw its mov crN: the CPU scans it when it first runs. */
+typedef ULONG64 (*COPIED_CODE)(ULONG64 Argument);
+
+__declspec(dllexport) ULONG64 RunCopiedCode(const UCHAR *Code, SIZE_T Length, ULONG64 Argument) {
+    volatile UCHAR *copy = ExAllocatePoolWithTag(NonPagedPool, Length, 'edoC');
+    ULONG64 result;
+    SIZE_T i;
+    if (!copy)
+        return 0;
+    for (i = 0; i < Length; i++)
+        copy[i] = Code[i];
+    result = ((COPIED_CODE)copy)(Argument);
+    ExFreePoolWithTag((PVOID)copy, 'edoC');
+    return result;
+}
+
 static VOID NTAPI Unload(PDRIVER_OBJECT DriverObject) { (void)DriverObject; }
 
 NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath) {
