@@ -445,3 +445,21 @@ def test_the_verify_table_counts_one_run_in_the_singular():
     from ntpool.cli.verify import _runs
 
     assert (_runs(1), _runs(2), _runs(0)) == ("1 run", "2 runs", "0 runs")
+
+
+def test_verify_with_no_site_to_fail_says_why_not_0_of_0(capsys, tmp_path):
+    quiet = tmp_path / "quiet.py"
+    quiet.write_text("class Quiet:\n    name = 'quiet.sys'\n\n    def DriverEntry(self, k, path):\n"
+                     "        return 0\n\n    def DriverUnload(self, k):\n        pass\n\n\n"
+                     "DRIVERS = [Quiet()]\n\n\ndef workload(k, rng):\n    pass\n")
+    assert main(["verify", str(quiet), "-j", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "The baseline reached no allocation site: there was nothing to fail." in out
+    assert "0 of 0" not in out
+    # A lone baseline is made in this process, whatever -j says, and the line says so.
+    assert "1 run(s) made in" in out and "s in this process:" in out
+    assert main(["verify", str(SCENARIOS / "verify_hang.py"), "--timeout", "0.2", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "baseline run (no failure injected): timed out: no result within 0.2 s" in out
+    assert "No site was failed: the baseline, which finds them, did not survive." in out
+    assert "0 of 0" not in out

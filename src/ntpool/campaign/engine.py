@@ -380,6 +380,7 @@ class Tally:
     executed: int = 0
     reused: int = 0
     seconds: float = 0.0
+    in_process: int = 0  # of the runs made, those made in this process (no worker)
 
     @property
     def rate(self) -> float:
@@ -454,6 +455,7 @@ class Engine:
             yield from self._dask(tasks)
         elif ((self.jobs or default_jobs()) <= 1 or len(tasks) == 1) and self.memory_mib is None:
             for task in tasks:
+                self.tally.in_process += 1
                 yield execute(task)
         else:
             yield from self._local(tasks)

@@ -90,13 +90,15 @@ def _remove_results_file(path: str) -> None:
             pass
 
 
-def _where(args) -> str:
+def _where(args, tally) -> str:
     from ..campaign.engine import default_jobs
 
     if args.dask:
         return f"on the Dask cluster at {args.dask}"
+    if tally.in_process == tally.executed:  # -j 1, or a single run (a baseline) at a time
+        return "in this process"
     jobs = args.jobs or default_jobs()
-    return "in this process" if jobs == 1 else f"on {jobs} worker processes"
+    return f"on {jobs} worker process" + ("es" if jobs > 1 else "")
 
 
 @contextlib.contextmanager
@@ -176,7 +178,7 @@ def engine_for(args, description: dict, console: Console, what: str):
     if not tally.executed:  # every run taken from --results: no time or rate to give
         console.print(f"0 run(s) made{reused}.", highlight=False)
         return
-    console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args)}: "
+    console.print(f"{tally.executed:,} run(s) made in {tally.seconds:.1f} s {_where(args, tally)}: "
                   f"{tally.rate:.1f} runs/s{reused}.", highlight=False)
 
 
@@ -248,6 +250,12 @@ def cmd_verify(args) -> int:
     if campaign.all_survived and not campaign.unfinished:
         console.print("Every allocation failure path is handled.")
         return 0
+    if not campaign.verdicts and not campaign.unfinished:  # not "0 of 0 runs did not survive"
+        if campaign.baseline_clean:
+            console.print("The baseline reached no allocation site: there was nothing to fail.")
+            return 0
+        console.print("No site was failed: the baseline, which finds them, did not survive.")
+        return 1
     failed = sum(1 for v in campaign.verdicts if not v.survived)
     console.print(f"{failed:,} of {len(campaign.verdicts):,} runs did not survive.")
     return 1
