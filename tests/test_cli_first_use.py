@@ -344,3 +344,19 @@ def test_the_readme_s_poolused_examples_for_a_tag_beyond_ascii(tmp_path, capsys)
     assert re.search(r"^ 0x66e97250 +0 +0 +1 +\d+\t", out, re.M), out
     assert "this one is 0x66e97250)" in out
     assert "tag pattern 'ABCDE' cannot match a tag" in out and "tag pattern '€' holds '€'" in out
+
+
+def test_pool_and_poolval_of_a_paged_out_page_say_it_is_paged_out(tmp_path, capsys):
+    # "its page is not in the dump" (!pool) and a bare memory read error (!poolval), for a
+    # page whose PTE names its place in the page file.
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    p = k.ExAllocatePoolWithTag(PoolType.PagedPool, 100, "tuOP")
+    k.page_out()
+    dump = str(tmp_path / "paged.dmp")
+    k.write_dump(dump, kind="kernel")
+    out = _kd(dump, f"!pool {p:x}; !poolval {p:x}", capsys)
+    said = re.findall(rf"{p:016x} is not a valid pool address \(its page is paged out, at "
+                      rf"page-file offset 0x[0-9a-f]+, and a dump holds no page file: see "
+                      rf"!pte {p:x}\)", out)
+    assert len(said) == 2, out
+    assert "Memory read error" not in out
