@@ -281,3 +281,52 @@ def test_a_report_of_a_dump_written_on_demand_names_it_once_and_no_workload(smal
     assert "dump small.dmp: crash dump" in text and "small.dmp: small.dmp" not in text
     assert "Pool usage by tag when the dump was written" in text
     assert "workload" not in text
+
+
+def test_corpus_out_that_is_a_file_is_named_as_the_option(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["corpus", "--out", str(taken), "--count", "1", "-j", "1"]) == 2
+    assert capsys.readouterr().err == (f"ntpool: --out {taken}: not a directory (the corpus "
+                                       f"is a folder)\n")  # it said "File exists"
+
+
+def test_the_page_map_keys_the_dark_grey_it_draws(tmp_path):
+    # A segment heap's metadata pages and the rest of a page past a broken header chain are
+    # drawn dark grey; the legend had no entry for it.
+    from ntpool.tools.pictures import PageStrip, RESERVED, Segment, pagemap_figure, save_figure
+
+    key = "no chunks (metadata) or past a broken header chain"
+    plain = [PageStrip("NonPagedPool", 0xFFFFFA8000000000, (Segment(0, 4096, "Free"),))]
+    svg = tmp_path / "plain.svg"
+    save_figure(pagemap_figure(plain), str(svg))
+    assert key not in svg.read_text()  # a key only for what is drawn
+    grey = plain + [PageStrip("NonPagedPool", 0xFFFFFA8000001000, (Segment(0, 4096, RESERVED),))]
+    save_figure(pagemap_figure(grey), str(svg))
+    assert key in svg.read_text()
+
+
+def test_analyze_reads_0xd6_s_fourth_argument_as_reserved(tmp_path, capsys):
+    # Microsoft's page for 0xD6 (and 0xCD) lists Arg4 as Reserved; !analyze -v said "Number
+    # of bytes allocated" beside a 0 for a 100-byte allocation.
+    from ntpool.samples.compiled import sample_path
+
+    dump = str(tmp_path / "special.dmp")
+    assert main(["run", sample_path("overrun"), "--verifier", "special_pool", "--dump", dump]) == 3
+    out = _kd(dump, "!analyze -v", capsys)
+    assert "DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION (d6)" in out
+    assert "Arg4: 0000000000000000, Reserved\n" in out
+    assert "Number of bytes allocated" not in out
+    assert "POOL_CHUNK:  fffff98000002f90 size 0x64" in out  # the size, where it is known
+
+
+def test_run_with_dump_that_ends_without_a_bug_check_says_no_dump_was_written(tmp_path, capsys):
+    # `ntpool run any_tag.sys --dump D --truth F` ended 0 with neither file and no word.
+    from ntpool.samples.compiled import sample_path
+
+    dump, truth = tmp_path / "D.dmp", tmp_path / "F.json"
+    assert main(["run", sample_path("any_tag"), "--dump", str(dump), "--truth", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (f"No bug check, so no dump: --dump {dump} is written when the "
+                                    f"machine bug-checks (and --truth with it).")
+    assert not dump.exists() and not truth.exists()

@@ -137,8 +137,12 @@ def add_score_command(sub) -> None:
 def _cmd_corpus(args) -> int:
     from ..forensics.corpus import CorpusOptions, make_corpus, parse_mib_range
 
+    import os
+
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):  # said before any dump is made
+        raise ValueError(f"--out {args.out}: not a directory (the corpus is a folder)")
     if not 0 < args.fill < 0.95:
         raise ValueError(f"--fill must be between 0 and 0.95, got {args.fill}")
     kinds = tuple(k for k in args.kinds.split(",") if k)

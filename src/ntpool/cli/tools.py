@@ -214,6 +214,10 @@ def cmd_run(args) -> int:
         findings += 1
         console.print(f"[yellow]Driver Verifier:[/yellow] {report.describe(run.kernel)}",
                       highlight=False)
+    if args.dump:  # asked for, and not made: say so, rather than leave no file without a word
+        console.print(f"No bug check, so no dump: --dump {args.dump} is written when the "
+                      f"machine bug-checks" + (" (and --truth with it)" if args.truth else "")
+                      + ".", markup=False, highlight=False)
     if findings and args.fail_on == "leak":
         return EXIT_FINDINGS
     return EXIT_CLEAN

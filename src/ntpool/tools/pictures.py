@@ -240,6 +240,11 @@ def pagemap_figure(strips: list[PageStrip], title: str = "", max_pages: int = 96
                      label="lookaside (freed, cached)"),
                Patch(facecolor="white", edgecolor="#404040", hatch="////",
                      label="big allocation (whole pages)")]
+    if any(segment.state == RESERVED for strip in shown for segment in strip.segments):
+        # dark grey had no key: a page the pool keeps no chunks on (a segment's metadata,
+        # another component's page) or the rest of a page after a header chain broke
+        legend.append(Patch(facecolor=RESERVED_COLOUR, edgecolor="#404040",
+                            label="no chunks (metadata) or past a broken header chain"))
     # The legend goes under the map: the right margin belongs to the callouts.
     figure.legend(handles=legend, loc="outside lower left", ncol=10, frameon=False,
                   prop={"family": "monospace", "size": 8})
