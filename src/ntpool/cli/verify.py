@@ -21,7 +21,8 @@ from .sources import add_windows_argument
 def add_engine_arguments(parser) -> None:
     group = parser.add_argument_group("where the runs execute")
     group.add_argument("-j", "--jobs", type=int, default=None,
-                       help="worker processes (default: every core; 1: in this process)")
+                       help="worker processes (default: every core; 1: in this process, or in "
+                            "one worker process with --memory-limit)")
     group.add_argument("--dask", metavar="SCHEDULER", default=None,
                        help="run on a Dask cluster at this scheduler address "
                             "(pip install 'ntpool[dask]')")
