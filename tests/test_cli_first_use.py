@@ -360,3 +360,10 @@ def test_pool_and_poolval_of_a_paged_out_page_say_it_is_paged_out(tmp_path, caps
                       rf"!pte {p:x}\)", out)
     assert len(said) == 2, out
     assert "Memory read error" not in out
+
+
+def test_demo_refusing_its_steps_makes_no_out_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    assert main(["demo", "--steps", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "ntpool: --steps must be at least 1, got 0\n"
+    assert not out.exists()  # it was made, empty, before the refusal
