@@ -367,3 +367,21 @@ def test_demo_refusing_its_steps_makes_no_out_folder(tmp_path, capsys):
     assert main(["demo", "--steps", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err == "ntpool: --steps must be at least 1, got 0\n"
     assert not out.exists()  # it was made, empty, before the refusal
+
+
+def test_analyze_of_a_tagless_heap_block_names_no_tag(tmp_path, capsys):
+    # A double free on the segment heap names a free VS chunk, which keeps no POOL_HEADER:
+    # !analyze -v said "POOL_TAG: 0x00000000" and "UNKNOWN pooltag '0x00000000'".
+    from ntpool.errors import BugCheck
+
+    dump = str(tmp_path / "double.dmp")
+    k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20,
+                      crash_dump=dump, crash_dump_kind="kernel")
+    p = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 1000, "elbD")
+    k.ExFreePoolWithTag(p, "elbD")
+    with pytest.raises(BugCheck):
+        k.ExFreePoolWithTag(p, "elbD")
+    out = _kd(dump, "!analyze -v", capsys)
+    assert "KERNEL_MODE_HEAP_CORRUPTION (13a)" in out and "(Free, Vs)" in out, out
+    assert "POOL_TAG:  (none: the block has no pool header with a tag)" in out
+    assert "0x00000000" not in out
