@@ -385,3 +385,15 @@ def test_analyze_of_a_tagless_heap_block_names_no_tag(tmp_path, capsys):
     assert "KERNEL_MODE_HEAP_CORRUPTION (13a)" in out and "(Free, Vs)" in out, out
     assert "POOL_TAG:  (none: the block has no pool header with a tag)" in out
     assert "0x00000000" not in out
+
+
+def test_usage_picture_of_a_driver_shows_the_end_of_its_workload_and_its_unload(tmp_path):
+    # A .sys has no checkpoints: the chart held the boot alone, "No pool memory was
+    # outstanding at any checkpoint", for a driver that leaks.
+    from ntpool.samples.compiled import sample_path
+
+    svg = tmp_path / "usage.svg"
+    assert main(["picture", "usage", sample_path("leak"), "-o", str(svg)]) == 0
+    text = svg.read_text()
+    assert "No pool memory was outstanding" not in text
+    assert "Leak" in text
