@@ -417,6 +417,12 @@ def test_a_memory_limit_is_part_of_the_campaign_and_checked(tmp_path, capsys):
     path = tmp_path / "runs.sqlite"
     assert main(["verify", SWELL, "--memory-limit", "0", "--quiet"]) == 2
     assert "--memory-limit must be a positive number of MiB, got 0" in capsys.readouterr().err
+    for wrong in ("inf", "nan", "-5"):
+        assert main(["verify", SWELL, f"--memory-limit={wrong}", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--memory-limit must be a positive number" in err
+    with pytest.raises(ValueError, match="the memory limit must be a positive number of MiB"):
+        Engine(jobs=2, memory_mib=float("inf")).run([{"kind": "sleep"}])
     assert main(["verify", str(ROOT / "tests" / "scenarios" / "verify_exit.py"), "-j", "1",
                  "--memory-limit", "300", "--results", str(path), "--quiet"]) == 1
     capsys.readouterr()

@@ -289,7 +289,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def check_memory_limit(memory_mib: float | None) -> None:
     if memory_mib is None:
         return
-    if not memory_mib > 0:
+    if not 0 < memory_mib < float("inf"):
         raise ValueError(f"the memory limit must be a positive number of MiB, got {memory_mib:g}")
     if not os.path.exists("/proc/self/statm"):
         raise ValueError("a memory limit needs Linux's /proc/PID/statm to read a run's memory")
