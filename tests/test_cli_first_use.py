@@ -330,3 +330,33 @@ def test_run_with_dump_that_ends_without_a_bug_check_says_no_dump_was_written(tm
     assert out.splitlines()[-1] == (f"No bug check, so no dump: --dump {dump} is written when the "
                                     f"machine bug-checks (and --truth with it).")
     assert not dump.exists() and not truth.exists()
+
+
+def test_the_readme_s_poolused_examples_for_a_tag_beyond_ascii(tmp_path, capsys):
+    # The README gave 0x5072e966 and `0x5072*` for any_tag.sys's 'f\xe9rP', which is
+    # 0x66E97250 (bytes P r \xe9 f): both found nothing on that driver's dump.
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    k.ExAllocatePoolWithTag(PoolType.PagedPool, 100, 0x66E97250)  # C's 'f\xe9rP'
+    dump = str(tmp_path / "latin1.dmp")
+    k.write_dump(dump, kind="kernel")
+    out = _kd(dump, "!poolused 0 0x66e9*; !poolused 0 Préf; !poolused 0 ABCDE; !poolused 0 €",
+              capsys)
+    assert re.search(r"^ 0x66e97250 +0 +0 +1 +\d+\t", out, re.M), out
+    assert "this one is 0x66e97250)" in out
+    assert "tag pattern 'ABCDE' cannot match a tag" in out and "tag pattern '€' holds '€'" in out
+
+
+def test_pool_and_poolval_of_a_paged_out_page_say_it_is_paged_out(tmp_path, capsys):
+    # "its page is not in the dump" (!pool) and a bare memory read error (!poolval), for a
+    # page whose PTE names its place in the page file.
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    p = k.ExAllocatePoolWithTag(PoolType.PagedPool, 100, "tuOP")
+    k.page_out()
+    dump = str(tmp_path / "paged.dmp")
+    k.write_dump(dump, kind="kernel")
+    out = _kd(dump, f"!pool {p:x}; !poolval {p:x}", capsys)
+    said = re.findall(rf"{p:016x} is not a valid pool address \(its page is paged out, at "
+                      rf"page-file offset 0x[0-9a-f]+, and a dump holds no page file: see "
+                      rf"!pte {p:x}\)", out)
+    assert len(said) == 2, out
+    assert "Memory read error" not in out

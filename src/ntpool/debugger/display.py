@@ -204,6 +204,24 @@ def pte_flags(entry: int, leaf: bool) -> str:
     return "".join(letters)
 
 
+def page_file_offset(reader: DumpReader, va: int) -> int | None:
+    """The page-file offset of ``va``'s page when its PTE says it is paged out (a transition
+    or page-file PTE, as !pte shows it), else None (present, never mapped, not in the dump)."""
+    table = reader.directory_table_base
+    for level in range(4):
+        if table is None:
+            return None
+        entry = reader._entry(table, (canonical(va) >> (39 - 9 * level)) & 0x1FF)
+        if entry is None:
+            return None
+        if not entry & PTE_PRESENT:
+            return entry >> 32 if entry and level == 3 else None
+        if level in (1, 2) and entry & (1 << 7):
+            return None  # a large page, present
+        table = entry & PTE_ADDRESS_MASK
+    return None
+
+
 def display_pte(reader: DumpReader, va: int) -> list[str]:
     va = canonical(va)
     names = ("PXE", "PPE", "PDE", "PTE")

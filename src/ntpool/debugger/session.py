@@ -308,8 +308,7 @@ class KdSession:
         try:
             report = read_page_report(self.reader, address, pool.base_type)
         except MemoryReadError:
-            return [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}",
-                    f"{address:016x} is not a valid pool address (its page is not in the dump)"]
+            return self._unreadable_page(address, pool)
         lines = [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}"]
         for chunk in report.chunks:
             marked = chunk.address <= address < chunk.address + chunk.size
@@ -323,6 +322,16 @@ class KdSession:
         if chunk_containing(report, address) is None:
             lines.append(f"{address:016x} is not inside any chunk the header chain reaches")
         return lines
+
+    def _unreadable_page(self, address: int, pool) -> list[str]:
+        """!pool and !poolval of a pool page the dump lacks: paged out (its PTE names the page
+        file's offset; a dump has no page file), or not written."""
+        slot = show.page_file_offset(self.reader, address)
+        why = (f"its page is paged out, at page-file offset {slot:#x}, and a dump holds no "
+               f"page file: see !pte {address:x}" if slot is not None else
+               "its page is not in the dump")
+        return [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}",
+                f"{address:016x} is not a valid pool address ({why})"]
 
     def _marked_details(self, chunk, flags: int, untagged: bool = True) -> list[str]:
         """What !pool says under the chunk holding the address: its tag's owner (a block with
@@ -440,7 +449,10 @@ class KdSession:
             return f"{address:016x} is in a large page allocation: it has no pool headers to validate"
         if self.segment_heap() is not None:
             return self.heap_poolval(address, pool)
-        report = read_page_report(self.reader, address, pool.base_type)
+        try:
+            report = read_page_report(self.reader, address, pool.base_type)
+        except MemoryReadError:
+            return "\n".join(self._unreadable_page(address, pool))
         lines = [f"Pool page {address:016x} region is {pool_region_name(pool.base_type)}", "",
                  f"Validating Pool headers for pool page: {page:016x}", ""]
         if not report.problems:
