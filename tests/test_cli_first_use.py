@@ -410,3 +410,12 @@ def test_verify_s_triage_counts_line_up_on_the_right(capsys, monkeypatch):
     rows = [line for line in triage.splitlines() if line.startswith("│")]
     assert rows and all(re.match(r"│ +\d+ │", row) for row in rows), rows
     assert all(row.index("│", 1) == rows[0].index("│", 1) for row in rows)
+
+
+def test_lm_keeps_its_name_column_for_a_long_module_name(tmp_path, capsys):
+    # "ndisminiport (ndisminiport.sys)" pushed its "(" two columns right of the others'.
+    assert main(["demo", "--python-drivers", "--steps", "50", "--out", str(tmp_path)]) == 0
+    lines = _kd(str(tmp_path / "MEMORY.DMP"), "lm", capsys).splitlines()
+    modules = [line for line in lines if line.endswith(".sys)")]
+    assert len(modules) == 3 and any("ndisminiport (ndisminiport.sys)" in m for m in modules)
+    assert len({line.index("(") for line in modules}) == 1, modules
