@@ -1058,3 +1058,31 @@ def test_a_sleep_of_years_from_native_code_returns():
     before, started = k.system_time, time.process_time()
     assert machine.call(machine.bindings.stub("KeDelayExecutionThread"), (0, 0, interval), driver) == 0
     assert k.system_time - before == 1 << 63 and time.process_time() - started < 10
+
+
+# --- the call block, ntpool's own page that native code can reach ----------------------------------------
+
+def test_a_routine_writing_into_the_call_block_leaves_the_next_call_its_routine():
+    """KeSetEvent given the call block's address sets SignalState at +4: the upper half of
+    the routine number's QWORD, which the stubs wrote and cleared as a DWORD. The next import
+    call then looked up routine 2**32 + N: IndexError out of the runner (found by calling
+    every routine through its stub with drawn arguments). The stubs write the whole QWORD."""
+    from ntpool.native import native_machine
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    machine = native_machine(k)
+    machine.call(machine.bindings.stub("KeSetEvent"), (CALL_BLOCK, 0, 0), driver)
+    assert driver.call("AllocateOfType", 0)  # an import call after it: the right routine
+
+
+def test_a_syscall_after_native_code_wrote_the_call_blocks_number_is_a_stray_syscall():
+    """Native code's own store of a number past every routine, then its own syscall: the
+    stray syscall's answer (STATUS_ILLEGAL_INSTRUCTION), as for the number 0."""
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    at = driver.address_of("AllocateOfType")
+    # mov rax, CALL_BLOCK; mov qword [rax], -1; syscall; ret
+    k.write(at, b"\x48\xB8" + struct.pack("<Q", CALL_BLOCK) + b"\x48\xC7\x00\xFF\xFF\xFF\xFF"
+            b"\x0F\x05\xC3")
+    check = bug_check_of(driver, at)
+    assert check.code == 0x1E and check.parameters[0] == 0xC000001D
