@@ -390,21 +390,27 @@ def test_a_run_past_the_memory_limit_is_stopped_and_recorded_on_local_cores():
 
 def test_a_run_past_the_memory_limit_is_stopped_on_dask_and_recorded_as_locally(tmp_path, capsys):
     """Dask's own memory limit watches the Dask worker's process, not the run made apart from
-    it: the campaign's limit is watched by the run server, and the row is the local one."""
+    it: the campaign's limit is watched by the run server, and the row is the local one; a
+    campaign with no limit of its own is held to the Dask worker's."""
     distributed = pytest.importorskip("distributed")
     from ntpool.campaign import verify
     from ntpool.cli.main import main
 
     path = tmp_path / "runs.sqlite"
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  memory_limit="4GiB", dashboard_address=":0") as cluster, \
+                                  memory_limit="300MiB", dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         workers = client.run(os.getpid)
         status = main(["verify", SWELL, "--dask", cluster.scheduler_address, "--memory-limit",
                        "200", "--results", str(path), "--quiet"])
         out = capsys.readouterr().out
+        # A campaign that states no limit is held to the Dask worker's own.
+        held = verify(SWELL, engine=Engine(dask=client))
         assert client.run(os.getpid) == workers  # the Dask worker lived on
     assert status == 1 and "By verdict: 2 out of memory, 1 survived." in out.replace("\n", " ")
+    assert [v.result["evidence"] for v in held.verdicts if v.verdict == "out of memory"] == [
+        "the run's process passed the memory limit of 300 MiB (resident; the Dask worker's "
+        "--memory-limit) and was stopped, each of 2 times it was made"] * 2
     local = verify(SWELL, engine=Engine(jobs=2, memory_mib=200))
     made = {key: json.loads(result) for key, result in rows(path)}
     assert made == {r["key"]: r for r in [local.baseline] + [v.result for v in local.verdicts]}
@@ -417,6 +423,12 @@ def test_a_memory_limit_is_part_of_the_campaign_and_checked(tmp_path, capsys):
     path = tmp_path / "runs.sqlite"
     assert main(["verify", SWELL, "--memory-limit", "0", "--quiet"]) == 2
     assert "--memory-limit must be a positive number of MiB, got 0" in capsys.readouterr().err
+    for wrong in ("inf", "nan", "-5"):
+        assert main(["verify", SWELL, f"--memory-limit={wrong}", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--memory-limit must be a positive number" in err
+    with pytest.raises(ValueError, match="the memory limit must be a positive number of MiB"):
+        Engine(jobs=2, memory_mib=float("inf")).run([{"kind": "sleep"}])
     assert main(["verify", str(ROOT / "tests" / "scenarios" / "verify_exit.py"), "-j", "1",
                  "--memory-limit", "300", "--results", str(path), "--quiet"]) == 1
     capsys.readouterr()
@@ -497,3 +509,20 @@ def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang(
         thread.join(timeout=30)
         assert not thread.is_alive(), "the campaign waits forever for a worker"
     assert ended == ["the Dask cluster has had no worker for 1 s; 4 run(s) not made"]
+
+
+def test_a_run_server_whose_worker_is_gone_ends_quietly():
+    """A Dask worker killed mid-run leaves its run server writing into a closed pipe: it ends
+    with nothing on the worker's error stream (a kill could print two BrokenPipeError
+    tracebacks there, the forked process's and the server's)."""
+    from ntpool.campaign.engine import _SERVE
+
+    server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path), "null"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    server.stdout.close()  # the reader is gone
+    server.stdin.write(json.dumps(keyed({"kind": "sleep", "seconds": 0.0})) + "\n")
+    server.stdin.close()
+    err = server.stderr.read()
+    assert server.wait(timeout=30) in (0, 1)
+    assert err == ""

@@ -360,3 +360,40 @@ def test_pool_and_poolval_of_a_paged_out_page_say_it_is_paged_out(tmp_path, caps
                       rf"!pte {p:x}\)", out)
     assert len(said) == 2, out
     assert "Memory read error" not in out
+
+
+def test_demo_refusing_its_steps_makes_no_out_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    assert main(["demo", "--steps", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "ntpool: --steps must be at least 1, got 0\n"
+    assert not out.exists()  # it was made, empty, before the refusal
+
+
+def test_analyze_of_a_tagless_heap_block_names_no_tag(tmp_path, capsys):
+    # A double free on the segment heap names a free VS chunk, which keeps no POOL_HEADER:
+    # !analyze -v said "POOL_TAG: 0x00000000" and "UNKNOWN pooltag '0x00000000'".
+    from ntpool.errors import BugCheck
+
+    dump = str(tmp_path / "double.dmp")
+    k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20,
+                      crash_dump=dump, crash_dump_kind="kernel")
+    p = k.ExAllocatePoolWithTag(PoolType.NonPagedPool, 1000, "elbD")
+    k.ExFreePoolWithTag(p, "elbD")
+    with pytest.raises(BugCheck):
+        k.ExFreePoolWithTag(p, "elbD")
+    out = _kd(dump, "!analyze -v", capsys)
+    assert "KERNEL_MODE_HEAP_CORRUPTION (13a)" in out and "(Free, Vs)" in out, out
+    assert "POOL_TAG:  (none: the block has no pool header with a tag)" in out
+    assert "0x00000000" not in out
+
+
+def test_usage_picture_of_a_driver_shows_the_end_of_its_workload_and_its_unload(tmp_path):
+    # A .sys has no checkpoints: the chart held the boot alone, "No pool memory was
+    # outstanding at any checkpoint", for a driver that leaks.
+    from ntpool.samples.compiled import sample_path
+
+    svg = tmp_path / "usage.svg"
+    assert main(["picture", "usage", sample_path("leak"), "-o", str(svg)]) == 0
+    text = svg.read_text()
+    assert "No pool memory was outstanding" not in text
+    assert "Leak" in text

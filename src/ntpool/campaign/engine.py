@@ -237,10 +237,11 @@ def _worker_died(task: dict, death: dict, times: int) -> dict:
     for every engine: nothing in it depends on which worker or when). ``death`` is the last
     one: ``{"ended": exit code, "memory_mib": the limit it passed, or None}``."""
     if death.get("memory_mib"):
+        whose = f"; {death['whose']}" if death.get("whose") else ""
         return {"key": task["key"], "verdict": "out of memory", "_seconds": 0.0,
                 "evidence": f"the run's process passed the memory limit of "
-                            f"{death['memory_mib']:g} MiB (resident) and was stopped, each of "
-                            f"{times} times it was made"}
+                            f"{death['memory_mib']:g} MiB (resident{whose}) and was stopped, "
+                            f"each of {times} times it was made"}
     return {"key": task["key"], "verdict": "worker died", "_seconds": 0.0,
             "evidence": f"the run's worker process {_ending(death.get('ended'))} before the run "
                         f"returned, each of {times} times it was made"}
@@ -289,7 +290,7 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def check_memory_limit(memory_mib: float | None) -> None:
     if memory_mib is None:
         return
-    if not memory_mib > 0:
+    if not 0 < memory_mib < float("inf"):
         raise ValueError(f"the memory limit must be a positive number of MiB, got {memory_mib:g}")
     if not os.path.exists("/proc/self/statm"):
         raise ValueError("a memory limit needs Linux's /proc/PID/statm to read a run's memory")
@@ -616,7 +617,13 @@ def execute_apart(tasks: list[dict], memory_mib: float | None = None) -> list[di
     """``execute_batch`` made by this thread's run server: one task sent, its result read,
     then the next. A run whose process dies is made again in a new one; one that ends it
     WORKER_DEATHS times is recorded as ``worker died`` (``out of memory`` when the server
-    stopped it for passing ``memory_mib``), as ``_alone`` records it."""
+    stopped it for passing ``memory_mib``), as ``_alone`` records it. A campaign that states
+    no limit is held to the Dask worker's own (``dask worker --memory-limit``, its share for
+    each of the worker's threads): that limit watches only the worker's process, never the
+    runs made apart from it, which it covered when they were made in the worker."""
+    whose = None
+    if memory_mib is None:
+        memory_mib, whose = _dask_worker_limit()
     results = []
     for task in tasks:
         deaths = []
@@ -627,8 +634,25 @@ def execute_apart(tasks: list[dict], memory_mib: float | None = None) -> list[di
                 break
             deaths.append(answer)
         else:
-            results.append(_worker_died(task, deaths[-1], WORKER_DEATHS))
+            results.append(_worker_died(task, dict(deaths[-1], whose=whose), WORKER_DEATHS))
     return results
+
+
+def _dask_worker_limit() -> tuple[float | None, str | None]:
+    """The memory limit of the Dask worker running this thread, in MiB, shared among its
+    threads (each has a run server), and how a row names it; (None, None) when it has none."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker
+        return None, None
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    if not limit:
+        return None, None
+    threads = max(1, getattr(getattr(worker, "state", None), "nthreads", 1) or 1)
+    share = "" if threads == 1 else f", shared by its {threads} threads"
+    return limit / threads / (1 << 20), f"the Dask worker's --memory-limit{share}"
 
 
 def _ask_server(task: dict, memory_mib: float | None = None) -> dict:

@@ -30,6 +30,8 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
              console: Console | None = None, windows: str | None = None,
              truth: str | None = None, python_drivers: bool = False) -> int:
     console = console or wide_console()
+    if steps is not None and steps < 1:  # before --out is made: a refused run leaves nothing
+        raise ValueError(f"--steps must be at least 1, got {steps}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OSError(f"--out {out_dir}: not a directory")
@@ -39,8 +41,6 @@ def run_demo(seed: int = 1, out_dir: str = ".", steps: int | None = None,
         check_output_file("--truth", truth)
     scenario = load_scenario("demo-python" if python_drivers else "demo")
     if steps is not None:
-        if steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {steps}")
         scenario.workload = partial(scenario.workload, steps=steps)
         scenario.checkpoints = None
     options = {} if windows is None else {"windows": windows}

@@ -370,6 +370,10 @@ def cmd_picture(args) -> int:
             raise ValueError("a crash dump holds one moment; usage over time needs a scenario")
         with checkpoint_progress(source, "running the scenario"):
             source.run_to()
+        if source.bugcheck is None:
+            # The end of the workload and what the unload left are samples too, as in the
+            # report: a .sys has no checkpoints, and its chart showed the boot alone, empty.
+            source.run.finish()
         figure = pictures.usage_figure(source.samples(), f"{source.name}: pool usage by tag",
                                        top=args.top, colours=source_colours(source))
     else:

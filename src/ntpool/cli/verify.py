@@ -117,7 +117,7 @@ def engine_for(args, description: dict, console: Console, what: str):
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
     if args.memory_limit is not None:
-        if not args.memory_limit > 0:
+        if not 0 < args.memory_limit < float("inf"):
             raise ValueError(f"--memory-limit must be a positive number of MiB, got {args.memory_limit:g}")
         # A resumed campaign keeps the limit it was made under (another is another campaign).
         description = dict(description, memory_mib=args.memory_limit)

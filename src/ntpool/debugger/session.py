@@ -992,8 +992,12 @@ class KdSession:
                 lines += self._allocated_by(before)
             if block is not None:
                 tag = display(block.tag)
-                lines += [f"POOL_CHUNK:  {block.address:016x} size {block.size:#x} ({block.state}, "
-                          f"{block.backend})", f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+                lines.append(f"POOL_CHUNK:  {block.address:016x} size {block.size:#x} ({block.state}, "
+                             f"{block.backend})")
+                if block.tag:
+                    lines += [f"POOL_TAG:  {tag}", f"POOL_TAG_OWNER:  {self.owner(tag)}"]
+                else:  # as !pool shows it: a free VS chunk keeps no POOL_HEADER, so no tag
+                    lines.append("POOL_TAG:  (none: the block has no pool header with a tag)")
                 lines += self._allocated_by(block)
                 index = blocks.index(block)
                 for label, neighbour in (("PREVIOUS_CHUNK", blocks[index - 1] if index else None),
