@@ -509,3 +509,20 @@ def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang(
         thread.join(timeout=30)
         assert not thread.is_alive(), "the campaign waits forever for a worker"
     assert ended == ["the Dask cluster has had no worker for 1 s; 4 run(s) not made"]
+
+
+def test_a_run_server_whose_worker_is_gone_ends_quietly():
+    """A Dask worker killed mid-run leaves its run server writing into a closed pipe: it ends
+    with nothing on the worker's error stream (a kill could print two BrokenPipeError
+    tracebacks there, the forked process's and the server's)."""
+    from ntpool.campaign.engine import _SERVE
+
+    server = subprocess.Popen([sys.executable, "-c", _SERVE, json.dumps(sys.path), "null"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    server.stdout.close()  # the reader is gone
+    server.stdin.write(json.dumps(keyed({"kind": "sleep", "seconds": 0.0})) + "\n")
+    server.stdin.close()
+    err = server.stderr.read()
+    assert server.wait(timeout=30) in (0, 1)
+    assert err == ""

@@ -1007,3 +1007,82 @@ def test_the_images_read_only_code_is_not_scanned_again_and_the_rest_is():
     assert any(start <= text < end for start, end in machine.fixed_code)
     driver.call("AllocateOfType", 0)
     assert not any(driver.mapped.contains(block) for block in machine.cpu._blocks_seen)
+
+
+# --- sleeps of years -----------------------------------------------------------------------------------
+
+def _lookaside_state(k, lookaside: int):
+    scanner = k.pool.lookaside_scanner
+    pools = [(list(pool.system_lookaside.depth), [list(p.depth) for p in pool.per_processor])
+             for pool in scanner.pools]
+    return k.read(lookaside, 0x80), pools, k.lookaside_scan_count, scanner.pool_scan_count
+
+
+def _busy_machine():
+    from ntpool.routines.runtime import LA_DEPTH
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB, processors=2)
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, 64, "Look", 0)
+    k.write(lookaside + LA_DEPTH, struct.pack("<HH", 0xFFF3, 0xFFFF))  # a Depth a stray write left
+    for size in (40, 100, 200):
+        for _ in range(300):
+            k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(0, size, "Busy"), "Busy")
+    return k, lookaside
+
+
+def test_a_long_advance_runs_only_the_lookaside_scans_that_change_anything(monkeypatch):
+    """Past the bound every list has settled and only the scans' rotation moves: the lists
+    and the rotation are exactly what every second's scan would have left."""
+    from ntpool.routines.ke_sync import SyncRoutines
+    k, lookaside = _busy_machine()
+    seconds = k._lookaside_scans_that_matter(10**9) + 20_000
+    assert k._lookaside_scans_that_matter(seconds) < seconds
+    k.advance_time(seconds)
+    bounded = _lookaside_state(k, lookaside)
+    monkeypatch.setattr(SyncRoutines, "_lookaside_scans_that_matter", lambda self, n: n)
+    k, lookaside = _busy_machine()
+    k.advance_time(seconds)
+    assert bounded == _lookaside_state(k, lookaside)
+
+
+def test_a_sleep_of_years_from_native_code_returns():
+    """KeDelayExecutionThread of -2**63 (relative, 100 ns units): ntpool ran one lookaside
+    scan per simulated second, about 9 * 10**11 of them (a hang in ntpool, found by calling
+    every routine with drawn arguments); the sleep now returns, the clock moved on."""
+    import time
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    interval = k.ExAllocatePoolWithTag(0, 8, "Wait")
+    k.write(interval, struct.pack("<q", -(1 << 63)))
+    before, started = k.system_time, time.process_time()
+    assert machine.call(machine.bindings.stub("KeDelayExecutionThread"), (0, 0, interval), driver) == 0
+    assert k.system_time - before == 1 << 63 and time.process_time() - started < 10
+
+
+# --- the call block, ntpool's own page that native code can reach ----------------------------------------
+
+def test_a_routine_writing_into_the_call_block_leaves_the_next_call_its_routine():
+    """KeSetEvent given the call block's address sets SignalState at +4: the upper half of
+    the routine number's QWORD, which the stubs wrote and cleared as a DWORD. The next import
+    call then looked up routine 2**32 + N: IndexError out of the runner (found by calling
+    every routine through its stub with drawn arguments). The stubs write the whole QWORD."""
+    from ntpool.native import native_machine
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    machine = native_machine(k)
+    machine.call(machine.bindings.stub("KeSetEvent"), (CALL_BLOCK, 0, 0), driver)
+    assert driver.call("AllocateOfType", 0)  # an import call after it: the right routine
+
+
+def test_a_syscall_after_native_code_wrote_the_call_blocks_number_is_a_stray_syscall():
+    """Native code's own store of a number past every routine, then its own syscall: the
+    stray syscall's answer (STATUS_ILLEGAL_INSTRUCTION), as for the number 0."""
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    at = driver.address_of("AllocateOfType")
+    # mov rax, CALL_BLOCK; mov qword [rax], -1; syscall; ret
+    k.write(at, b"\x48\xB8" + struct.pack("<Q", CALL_BLOCK) + b"\x48\xC7\x00\xFF\xFF\xFF\xFF"
+            b"\x0F\x05\xC3")
+    check = bug_check_of(driver, at)
+    assert check.code == 0x1E and check.parameters[0] == 0xC000001D

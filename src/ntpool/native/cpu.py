@@ -114,11 +114,13 @@ def stub_code(number: int, stub_va: int) -> bytes:
     rip_relative(b"\x4C\x89\x05", CALL_BLOCK + 0x18)  # mov [r8 slot], r8
     rip_relative(b"\x4C\x89\x0D", CALL_BLOCK + 0x20)  # mov [r9 slot], r9
     rip_relative(b"\x48\x89\x25", CALL_BLOCK + 0x28)  # mov [rsp slot], rsp
-    rip_relative(b"\xC7\x05", CALL_BLOCK, struct.pack("<I", number))  # mov dword [number], N
+    # mov qword [number], N: all 8 bytes, whatever a routine given a pointer into the call
+    # block left in them (a dword store kept a stray upper half: an index past every routine).
+    rip_relative(b"\x48\xC7\x05", CALL_BLOCK, struct.pack("<I", number))
     code += b"\x0F\x05"  # syscall
-    # and dword [number], 0: the number is the stub's only until its call is made, so a
+    # and qword [number], 0: the number is the stub's only until its call is made, so a
     # syscall no stub prepared finds 0, the slot of no routine (bindings.STRAY_SYSCALL).
-    rip_relative(b"\x83\x25", CALL_BLOCK, b"\x00")
+    rip_relative(b"\x48\x83\x25", CALL_BLOCK, b"\x00")
     rip_relative(b"\x48\x8B\x05", RETURN_SLOT)  # mov rax, [return slot]
     code += b"\xC3"  # ret
     assert len(code) <= STUB_SIZE
