@@ -399,19 +399,6 @@ def test_usage_picture_of_a_driver_shows_the_end_of_its_workload_and_its_unload(
     assert "Leak" in text
 
 
-def test_verify_s_triage_counts_line_up_on_the_right(capsys, monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.delenv("COLUMNS", raising=False)
-    scenario = str(Path(__file__).parent / "scenarios" / "verify_mixed.py")
-    assert main(["verify", scenario, "--plan", "random:0.3:20", "-j", "1", "--quiet"]) == 1
-    out = capsys.readouterr().out
-    triage = out.split("Triage:")[1]
-    rows = [line for line in triage.splitlines() if line.startswith("│")]
-    assert rows and all(re.match(r"│ +\d+ │", row) for row in rows), rows
-    assert all(row.index("│", 1) == rows[0].index("│", 1) for row in rows)
-
-
 def test_lm_keeps_its_name_column_for_a_long_module_name(tmp_path, capsys):
     # "ndisminiport (ndisminiport.sys)" pushed its "(" two columns right of the others'.
     assert main(["demo", "--python-drivers", "--steps", "50", "--out", str(tmp_path)]) == 0

@@ -274,7 +274,7 @@ def _print_triage(console: Console, failures) -> None:
     table = Table(title="Triage: the runs that did not survive, by what happened and where")
     for column in ("Runs", "Verdict", "Where (driver, call site)", "Sites failed in those runs",
                    "First run's evidence"):
-        table.add_column(column, overflow="fold", justify="right" if column == "Runs" else "left")
+        table.add_column(column, overflow="fold")
     for group in failures:
         sites = sorted(group.sites_failed.items(), key=lambda item: (-item[1], item[0]))
         shown = "; ".join(f"{_site_text(site)} x{count}" for site, count in sites[:TRIAGE_SITES])
