@@ -429,3 +429,17 @@ def test_poolmon_s_heading_lines_stay_one_line_each_on_a_narrow_terminal(width):
     lines = console.export_text().splitlines()
     assert len(lines) <= 20 and all(len(line) <= width for line in lines), lines
     assert lines[0].startswith(" Memory:") and lines[4].startswith("Tag ")
+
+
+def test_a_missing_pooltag_file_from_the_environment_says_where_it_came_from(small_dump, capsys,
+                                                                            monkeypatch):
+    # "pooltag file /old/pooltag.txt: No such file or directory", for a file the user never
+    # named on this command line (a stale NTPOOL_POOLTAG).
+    monkeypatch.setenv("NTPOOL_POOLTAG", "/no/such/pooltag.txt")
+    assert main(["kd", "-z", small_dump, "-c", "q"]) == 2
+    assert capsys.readouterr().err == ("ntpool: pooltag file /no/such/pooltag.txt (from "
+                                       "NTPOOL_POOLTAG): No such file or directory\n")
+    monkeypatch.delenv("NTPOOL_POOLTAG")
+    assert main(["poolmon", small_dump, "--once", "--pooltag", "/no/such/file.txt"]) == 2
+    assert capsys.readouterr().err == ("ntpool: pooltag file /no/such/file.txt: No such file "
+                                       "or directory\n")
