@@ -397,3 +397,12 @@ def test_usage_picture_of_a_driver_shows_the_end_of_its_workload_and_its_unload(
     text = svg.read_text()
     assert "No pool memory was outstanding" not in text
     assert "Leak" in text
+
+
+def test_lm_keeps_its_name_column_for_a_long_module_name(tmp_path, capsys):
+    # "ndisminiport (ndisminiport.sys)" pushed its "(" two columns right of the others'.
+    assert main(["demo", "--python-drivers", "--steps", "50", "--out", str(tmp_path)]) == 0
+    lines = _kd(str(tmp_path / "MEMORY.DMP"), "lm", capsys).splitlines()
+    modules = [line for line in lines if line.endswith(".sys)")]
+    assert len(modules) == 3 and any("ndisminiport (ndisminiport.sys)" in m for m in modules)
+    assert len({line.index("(") for line in modules}) == 1, modules
