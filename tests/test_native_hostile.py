@@ -1086,3 +1086,37 @@ def test_a_syscall_after_native_code_wrote_the_call_blocks_number_is_a_stray_sys
             b"\x0F\x05\xC3")
     check = bug_check_of(driver, at)
     assert check.code == 0x1E and check.parameters[0] == 0xC000001D
+
+
+@pytest.mark.parametrize("windows, ends", [("7", "hang"), ("10", 0x133)])
+def test_a_spin_lock_whose_lock_bit_a_stray_write_set_spins_as_on_windows(windows, ends):
+    """x64's acquire spins while bit 0 of the QWORD is set: garbage with bit 0 set is a lock
+    held by no one who will free it, a spin at DISPATCH_LEVEL (0x133 on Windows 8 and later,
+    a hang on Windows 7). ntpool read any value but its own as another processor's (the
+    NativeError "held by processor 8532476605449043967", found by calling every routine)."""
+    from ntpool.native import NativeError, native_machine
+    k, driver = misbehave(windows)
+    machine = native_machine(k)
+    lock = k.ExAllocatePoolWithTag(0, 8, "Lock")
+    k.write(lock, struct.pack("<Q", 0x7669_0000_1234_5679))
+    acquire = machine.bindings.stub("KeAcquireSpinLockRaiseToDpc")
+    if ends == "hang":
+        with pytest.raises(NativeError, match="never returns .*DISPATCH_LEVEL.*lock bit is set"):
+            machine.call(acquire, (lock,), driver)
+    else:
+        with pytest.raises(BugCheck) as caught:
+            machine.call(acquire, (lock,), driver)
+        assert caught.value.code == 0x133 and caught.value.parameters == (1, 0x1E00, 0, 0)
+
+
+def test_a_spin_lock_whose_lock_bit_is_clear_is_free_whatever_else_it_holds():
+    """Bit 0 clear: x64's lock bts takes the lock, whatever a stray write left above it."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    lock = k.ExAllocatePoolWithTag(0, 8, "Lock")
+    k.write(lock, struct.pack("<Q", 0xDEAD_BEEF_0000_0000))
+    old = machine.call(machine.bindings.stub("KeAcquireSpinLockRaiseToDpc"), (lock,), driver)
+    assert k.current_irql == 2 and k.read(lock, 8)[0] & 1
+    machine.call(machine.bindings.stub("KeReleaseSpinLock"), (lock, old), driver)
+    assert k.current_irql == 0 and k.read(lock, 8) == bytes(8)
