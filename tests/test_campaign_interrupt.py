@@ -483,11 +483,13 @@ def test_dask_workers_killed_until_the_scheduler_gives_up_lose_no_run():
         [t["value"] for t, r in zip(tasks, results) if r["verdict"] == "survived"]
 
 
-def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang():
+def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang(monkeypatch):
     """A LocalCluster closes for good a worker still down distributed.deploy.lost-worker-timeout
     after it died (one killed again and again); with none left the campaign waited forever."""
     distributed = pytest.importorskip("distributed")
-    from ntpool.campaign import ClusterError
+    from ntpool.campaign import ClusterError, engine
+
+    monkeypatch.setattr(engine, "DASK_POLL_SECONDS", 0.3)  # (2 s: a quick test's whole time)
 
     tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(4)]
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
