@@ -397,3 +397,49 @@ def test_usage_picture_of_a_driver_shows_the_end_of_its_workload_and_its_unload(
     text = svg.read_text()
     assert "No pool memory was outstanding" not in text
     assert "Leak" in text
+
+
+def test_lm_keeps_its_name_column_for_a_long_module_name(tmp_path, capsys):
+    # "ndisminiport (ndisminiport.sys)" pushed its "(" two columns right of the others'.
+    assert main(["demo", "--python-drivers", "--steps", "50", "--out", str(tmp_path)]) == 0
+    lines = _kd(str(tmp_path / "MEMORY.DMP"), "lm", capsys).splitlines()
+    modules = [line for line in lines if line.endswith(".sys)")]
+    assert len(modules) == 3 and any("ndisminiport (ndisminiport.sys)" in m for m in modules)
+    assert len({line.index("(") for line in modules}) == 1, modules
+
+
+@pytest.mark.parametrize("width", [60, 40, 24])
+def test_poolmon_s_heading_lines_stay_one_line_each_on_a_narrow_terminal(width):
+    # Wrapped, the four heading lines took up to nine, and the table the view had counted its
+    # rows for ran off the bottom of the screen.
+    import io
+
+    from rich.console import Console
+
+    from ntpool.cli.poolmon_view import ViewState, poolmon_screen
+    from ntpool.tools.poolmon import NONPAGED, PoolmonModel, Snapshot, TagUsage
+
+    model = PoolmonModel()
+    model.update(Snapshot([TagUsage(f"Ab{n:02d}", NONPAGED, 10 + n, 5, 1000 + n) for n in range(50)]))
+    machine = {"memory": 64 << 20, "available": 60 << 20, "commit": 4 << 20, "peak": 5 << 20,
+               "nonpaged": 1 << 20, "paged": 2 << 20, "page_faults": 7}
+    console = Console(width=width, height=20, file=io.StringIO(), record=True)
+    console.print(poolmon_screen(model, "a status line long enough to need more than one row",
+                                 width=width, height=20, state=ViewState(), machine=machine))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 20 and all(len(line) <= width for line in lines), lines
+    assert lines[0].startswith(" Memory:") and lines[4].startswith("Tag ")
+
+
+def test_a_missing_pooltag_file_from_the_environment_says_where_it_came_from(small_dump, capsys,
+                                                                            monkeypatch):
+    # "pooltag file /old/pooltag.txt: No such file or directory", for a file the user never
+    # named on this command line (a stale NTPOOL_POOLTAG).
+    monkeypatch.setenv("NTPOOL_POOLTAG", "/no/such/pooltag.txt")
+    assert main(["kd", "-z", small_dump, "-c", "q"]) == 2
+    assert capsys.readouterr().err == ("ntpool: pooltag file /no/such/pooltag.txt (from "
+                                       "NTPOOL_POOLTAG): No such file or directory\n")
+    monkeypatch.delenv("NTPOOL_POOLTAG")
+    assert main(["poolmon", small_dump, "--once", "--pooltag", "/no/such/file.txt"]) == 2
+    assert capsys.readouterr().err == ("ntpool: pooltag file /no/such/file.txt: No such file "
+                                       "or directory\n")

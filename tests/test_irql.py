@@ -133,6 +133,19 @@ def test_bad_spin_lock_argument(k, lock, error):
     assert k.KeGetCurrentIrql() == 0
 
 
+def test_a_held_spin_lock_has_windows_lock_bit_on_every_processor():
+    """Bit 0 is the lock (x64's lock bts); ntpool records the owner above it. Processor 1's
+    hold was 2, bit 0 clear: a lock Windows' code would see as free."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20, processors=2)
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    k.set_current_processor(1)
+    old = k.KeAcquireSpinLock(lock)
+    assert int.from_bytes(k.read(lock, 8), "little") == 0b11
+    k.KeReleaseSpinLock(lock, old)
+    assert k.read(lock, 8) == bytes(8)
+
+
 def test_a_misaligned_spin_lock_works_as_on_x64(k):
     """No Windows check refuses a misaligned KSPIN_LOCK (x64's lock bts runs anywhere)."""
     lock = k.ExAllocatePoolWithTag(NP, 16, "Lock") + 3

@@ -1007,3 +1007,134 @@ def test_the_images_read_only_code_is_not_scanned_again_and_the_rest_is():
     assert any(start <= text < end for start, end in machine.fixed_code)
     driver.call("AllocateOfType", 0)
     assert not any(driver.mapped.contains(block) for block in machine.cpu._blocks_seen)
+
+
+# --- sleeps of years -----------------------------------------------------------------------------------
+
+def _lookaside_state(k, lookaside: int):
+    scanner = k.pool.lookaside_scanner
+    pools = [(list(pool.system_lookaside.depth), [list(p.depth) for p in pool.per_processor])
+             for pool in scanner.pools]
+    return k.read(lookaside, 0x80), pools, k.lookaside_scan_count, scanner.pool_scan_count
+
+
+def _busy_machine():
+    from ntpool.routines.runtime import LA_DEPTH
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB, processors=2)
+    lookaside = k.ExAllocatePoolWithTag(0, 0x80, "Look")
+    k.ExInitializeNPagedLookasideList(lookaside, 0, 0, 0, 64, "Look", 0)
+    k.write(lookaside + LA_DEPTH, struct.pack("<HH", 0xFFF3, 0xFFFF))  # a Depth a stray write left
+    for size in (40, 100, 200):
+        for _ in range(300):
+            k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(0, size, "Busy"), "Busy")
+    return k, lookaside
+
+
+def test_a_long_advance_runs_only_the_lookaside_scans_that_change_anything(monkeypatch):
+    """Past the bound every list has settled and only the scans' rotation moves: the lists
+    and the rotation are exactly what every second's scan would have left."""
+    from ntpool.routines.ke_sync import SyncRoutines
+    k, lookaside = _busy_machine()
+    seconds = k._lookaside_scans_that_matter(10**9) + 20_000
+    assert k._lookaside_scans_that_matter(seconds) < seconds
+    k.advance_time(seconds)
+    bounded = _lookaside_state(k, lookaside)
+    monkeypatch.setattr(SyncRoutines, "_lookaside_scans_that_matter", lambda self, n: n)
+    k, lookaside = _busy_machine()
+    k.advance_time(seconds)
+    assert bounded == _lookaside_state(k, lookaside)
+
+
+def test_a_sleep_of_years_from_native_code_returns():
+    """KeDelayExecutionThread of -2**63 (relative, 100 ns units): ntpool ran one lookaside
+    scan per simulated second, about 9 * 10**11 of them (a hang in ntpool, found by calling
+    every routine with drawn arguments); the sleep now returns, the clock moved on."""
+    import time
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    interval = k.ExAllocatePoolWithTag(0, 8, "Wait")
+    k.write(interval, struct.pack("<q", -(1 << 63)))
+    before, started = k.system_time, time.process_time()
+    assert machine.call(machine.bindings.stub("KeDelayExecutionThread"), (0, 0, interval), driver) == 0
+    assert k.system_time - before == 1 << 63 and time.process_time() - started < 10
+
+
+# --- the call block, ntpool's own page that native code can reach ----------------------------------------
+
+def test_a_routine_writing_into_the_call_block_leaves_the_next_call_its_routine():
+    """KeSetEvent given the call block's address sets SignalState at +4: the upper half of
+    the routine number's QWORD, which the stubs wrote and cleared as a DWORD. The next import
+    call then looked up routine 2**32 + N: IndexError out of the runner (found by calling
+    every routine through its stub with drawn arguments). The stubs write the whole QWORD."""
+    from ntpool.native import native_machine
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    machine = native_machine(k)
+    machine.call(machine.bindings.stub("KeSetEvent"), (CALL_BLOCK, 0, 0), driver)
+    assert driver.call("AllocateOfType", 0)  # an import call after it: the right routine
+
+
+def test_a_syscall_after_native_code_wrote_the_call_blocks_number_is_a_stray_syscall():
+    """Native code's own store of a number past every routine, then its own syscall: the
+    stray syscall's answer (STATUS_ILLEGAL_INSTRUCTION), as for the number 0."""
+    from ntpool.native.cpu import CALL_BLOCK
+    k, driver = misbehave()
+    at = driver.address_of("AllocateOfType")
+    # mov rax, CALL_BLOCK; mov qword [rax], -1; syscall; ret
+    k.write(at, b"\x48\xB8" + struct.pack("<Q", CALL_BLOCK) + b"\x48\xC7\x00\xFF\xFF\xFF\xFF"
+            b"\x0F\x05\xC3")
+    check = bug_check_of(driver, at)
+    assert check.code == 0x1E and check.parameters[0] == 0xC000001D
+
+
+@pytest.mark.parametrize("windows, ends", [("7", "hang"), ("10", 0x133)])
+def test_a_spin_lock_whose_lock_bit_a_stray_write_set_spins_as_on_windows(windows, ends):
+    """x64's acquire spins while bit 0 of the QWORD is set: garbage with bit 0 set is a lock
+    held by no one who will free it, a spin at DISPATCH_LEVEL (0x133 on Windows 8 and later,
+    a hang on Windows 7). ntpool read any value but its own as another processor's (the
+    NativeError "held by processor 8532476605449043967", found by calling every routine)."""
+    from ntpool.native import NativeError, native_machine
+    k, driver = misbehave(windows)
+    machine = native_machine(k)
+    lock = k.ExAllocatePoolWithTag(0, 8, "Lock")
+    k.write(lock, struct.pack("<Q", 0x7669_0000_1234_5679))
+    acquire = machine.bindings.stub("KeAcquireSpinLockRaiseToDpc")
+    if ends == "hang":
+        with pytest.raises(NativeError, match="never returns .*DISPATCH_LEVEL.*lock bit is set"):
+            machine.call(acquire, (lock,), driver)
+    else:
+        with pytest.raises(BugCheck) as caught:
+            machine.call(acquire, (lock,), driver)
+        assert caught.value.code == 0x133 and caught.value.parameters == (1, 0x1E00, 0, 0)
+
+
+def test_a_spin_lock_whose_lock_bit_is_clear_is_free_whatever_else_it_holds():
+    """Bit 0 clear: x64's lock bts takes the lock, whatever a stray write left above it."""
+    from ntpool.native import native_machine
+    k, driver = misbehave()
+    machine = native_machine(k)
+    lock = k.ExAllocatePoolWithTag(0, 8, "Lock")
+    k.write(lock, struct.pack("<Q", 0xDEAD_BEEF_0000_0000))
+    old = machine.call(machine.bindings.stub("KeAcquireSpinLockRaiseToDpc"), (lock,), driver)
+    assert k.current_irql == 2 and k.read(lock, 8)[0] & 1
+    machine.call(machine.bindings.stub("KeReleaseSpinLock"), (lock, old), driver)
+    assert k.current_irql == 0 and k.read(lock, 8) == bytes(8)
+
+
+def test_a_mov_cr0_written_into_the_images_own_code_with_wp_cleared_is_checked():
+    """CR0.WP cleared, native code writes `mov cr0, rcx; ret` over the start of SetCr3 (its
+    read-only .text, scanned at load) and calls it with paging off: #GP at the new mov, as
+    for a mov the loader found. Once WP has been cleared every block is scanned; before,
+    the page's code was never scanned again and unicorn ran the mov (NativeError)."""
+    k, driver, _ = run_copied_code(b"\xC3")
+    target = driver.address_of("SetCr3")
+    patcher = b"\x48\xB8" + struct.pack("<Q", target) + b"\xC7\x00\x0F\x22\xC1\xC3\xC3"
+    source = k.ExAllocatePoolWithTag(0, len(patcher), "Src ")
+    k.write(source, patcher)  # mov rax, target; mov dword [rax], <mov cr0, rcx; ret>; ret
+    driver.call("ClearWriteProtect")
+    driver.call("RunCopiedCode", source, len(patcher), 0)
+    assert k.read(target, 4) == b"\x0F\x22\xC1\xC3"
+    check = bug_check_of(driver, "SetCr3", 0x12)  # mov cr0 of 0x12: paging off
+    assert check.code == 0x1E and check.parameters[:2] == (0xC0000005, target)
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)

@@ -230,7 +230,9 @@ def poolmon_screen(model: PoolmonModel, status: str, prompt: str | None = "", li
     footer = prompt or HELP
     if room is not None and count > room:
         footer = f"rows {state.top + 1}-{min(count, state.top + room)} of {count}  " + footer
-    parts = [Text("\n".join(heading_lines)), table]
+    # One line each, cut to a narrow terminal (wrapped, they pushed the table off the screen
+    # the rows were counted for)
+    parts = [Text("\n".join(heading_lines), no_wrap=True, overflow="ellipsis"), table]
     if prompt is not None:  # None: a table printed to be read later, with no keys to press
         parts.append(Text(footer if width is None else footer[:width], style="dim"))
     return Group(*parts)

@@ -258,9 +258,11 @@ def display_pte(reader: DumpReader, va: int) -> list[str]:
 
 def loaded_modules(reader: DumpReader) -> list[str]:
     lines = ["start             end                 module name"]
-    for name, base, size in reader.loaded_modules():
-        short = name.rsplit(".", 1)[0] if name else "?"
-        lines.append(f"{kd_address(base)} {kd_address(base + size)}   {short:<10} ({name or '?'})")
+    modules = reader.loaded_modules()
+    shorts = [name.rsplit(".", 1)[0] if name else "?" for name, _, _ in modules]
+    width = max([10] + [len(short) for short in shorts])  # a long name keeps the column
+    for (name, base, size), short in zip(modules, shorts):
+        lines.append(f"{kd_address(base)} {kd_address(base + size)}   {short:<{width}} ({name or '?'})")
     return lines
 
 

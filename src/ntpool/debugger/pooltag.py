@@ -152,14 +152,15 @@ class PoolTagDatabase:
     def default(cls, pooltag_file=None, environ=None) -> "PoolTagDatabase":
         """``pooltag_file`` first, then NTPOOL_POOLTAG's files (os.pathsep-separated), then ntpool's."""
         environ = os.environ if environ is None else environ
-        paths = [pooltag_file] if pooltag_file else []
-        paths += [p for p in environ.get(ENVIRONMENT_VARIABLE, "").split(os.pathsep) if p]
+        paths = [(pooltag_file, "")] if pooltag_file else []
+        paths += [(p, f" (from {ENVIRONMENT_VARIABLE})")
+                  for p in environ.get(ENVIRONMENT_VARIABLE, "").split(os.pathsep) if p]
         files = []
-        for path in paths:
+        for path, source in paths:
             try:
                 files.append(PoolTagFile.load(path))
-            except OSError as error:
-                raise OSError(f"pooltag file {path}: {error.strerror or error}") from None
+            except OSError as error:  # a stale variable is named, or it looks like --pooltag's
+                raise OSError(f"pooltag file {path}{source}: {error.strerror or error}") from None
         builtin = resources.files("ntpool").joinpath("data", "pooltag.txt").read_text("ascii")
         files.append(PoolTagFile.parse(builtin, "ntpool"))
         return cls(files)

@@ -24,7 +24,7 @@ from unicorn.unicorn_const import UC_ERR_INSN_INVALID
 from . import cpu as cpu_module
 from . import msvc
 from . import faults, refusals, seh
-from .bindings import Bindings, StraySyscall, UnimplementedRoutine
+from .bindings import STRAY_SYSCALL, Bindings, StraySyscall, UnimplementedRoutine
 from .cpu import Cpu
 from .loader import IMAGE_ALIGNMENT, NATIVE_IMAGE_BASE, MissingImports, map_image, unmap_image
 from .pe import BadImage, parse_image
@@ -584,6 +584,14 @@ class NativeMachine:
                 machine.call_number = number
                 pack(mem, returned, (handlers[number](rcx, rdx, r8, r9, rsp) or 0) & mask)
             except BaseException as error:  # noqa: BLE001 - carried out of the C callback
+                if isinstance(error, IndexError) and machine.call_number >= len(handlers):
+                    # A number no stub wrote (native code's own store into the call block,
+                    # then a syscall of its own): a stray syscall, as the number 0 is.
+                    machine.call_number = STRAY_SYSCALL
+                    try:
+                        handlers[STRAY_SYSCALL](rcx, rdx, r8, r9, rsp)
+                    except BaseException as stray:  # noqa: BLE001
+                        error = stray
                 cpu.stop = ("error", error)
                 stop(uch)
                 return

@@ -11,11 +11,12 @@ requested IRQL, 0, 0).
 """
 
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
-from ..errors import allowed_when_halted
+from ..errors import MachineHung, allowed_when_halted
 from ..hooks import IrqlRaised
 from .registry import routine
 
 SPIN_LOCK_FREE = 0
+SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins on
 
 
 def _checked_irql(name: str, value) -> int:
@@ -128,7 +129,7 @@ class IrqlRoutines:
     def KeReleaseSpinLockFromDpcLevel(self, SpinLock) -> None:
         self._drop_lock(_checked_lock(SpinLock))
 
-    def _lock_owner(self, lock: int) -> int:
+    def _lock_value(self, lock: int) -> int:
         """The lock's QWORD. Taking or freeing a lock is a locked read-modify-write (or a
         store): a page of it that is not there faults as a write, whatever its alignment
         (a misaligned lock may span two pages)."""
@@ -136,22 +137,33 @@ class IrqlRoutines:
             self._pieces(lock, 8, write=True)
         return int.from_bytes(self.read(lock, 8), "little")
 
+    def _held_value(self) -> int:
+        """A lock this processor holds: bit 0, Windows' lock bit, and above it the processor
+        (ntpool's record of the owner, as a checked build records the owning thread)."""
+        return self.current_processor << 1 | SPIN_LOCK_BIT
+
     def _take_lock(self, lock: int) -> None:
-        owner = self._lock_owner(lock)
-        me = self.current_processor + 1
-        if owner == me:
+        value = self._lock_value(lock)
+        me = self._held_value()
+        if value == me:
             self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_ALREADY_OWNED, lock, 0, 0, 0,
                               detail=f"spin lock {lock:#x} is already owned by this processor")
-        if owner != SPIN_LOCK_FREE:
-            # One simulated thread of control: the other owner can never run to release it.
-            raise RuntimeError(f"spin lock {lock:#x} is held by processor {owner - 1}; "
-                               f"acquiring it on processor {self.current_processor} would spin "
-                               f"forever (release it there first)")
+        if value & SPIN_LOCK_BIT:
+            # x64's acquire spins while bit 0 is set. One simulated thread of control: the
+            # other owner can never run to release it (a hang at DISPATCH_LEVEL, which
+            # Windows 8 and later stop with their DPC watchdog: ntpool.native.refusals).
+            owner = value >> 1
+            held = f"held by processor {owner}" if owner < self.processors else \
+                f"held (its lock bit is set: {value:#x})"
+            raise MachineHung(f"spin lock {lock:#x} is {held}; acquiring it on processor "
+                              f"{self.current_processor} would spin forever (release it there "
+                              f"first)")
+        # Bit 0 clear: the lock is free, whatever else a stray write left in its QWORD.
         self.write(lock, me.to_bytes(8, "little"))
 
     def _drop_lock(self, lock: int) -> None:
-        owner = self._lock_owner(lock)
-        if owner != self.current_processor + 1:
+        owner = self._lock_value(lock)
+        if owner != self._held_value():
             self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_NOT_OWNED, lock, 0, 0, 0,
                               detail=f"release of spin lock {lock:#x}, which this processor "
                                      f"does not own")

@@ -100,8 +100,24 @@ class SyncRoutines:
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
         # drivers' lookaside lists and the pool's (routines.runtime, pool.lookaside).
-        for _ in range((self.system_time - self.boot_time) // 10_000_000 - seconds_before):
+        for _ in range(self._lookaside_scans_that_matter(
+                (self.system_time - self.boot_time) // 10_000_000 - seconds_before)):
             self.adjust_lookaside_depth()
+
+    def _lookaside_scans_that_matter(self, seconds: int) -> int:
+        """How many of ``seconds`` once-a-second scans leave the lists as all of them would.
+        Nothing runs between the scans of one advance, so every list is idle from its second
+        visit on, and an idle list's Depth falls 10 a visit to the minimum, 4, then stays
+        (pool.lookaside.target_depth): a driver's USHORT Depth settles within 6,556 visits
+        (its lists are visited every 3 scans), the pool's (256 at most) within 28 (a set
+        every 3 x (processors + 1) scans). Past that bound only the scans' rotation moves:
+        the scans that matter are the bound plus the rest of a rotation. A sleep of years
+        (KeDelayExecutionThread of 2**63 units, which native code may pass) ran ntpool for
+        as many seconds' scans, a hang in ntpool itself."""
+        rotation = 3 * (self.processors + 1)
+        settled = max(3 * 6556, rotation * 28)
+        bound = -(-settled // rotation) * rotation  # a whole number of rotations
+        return seconds if seconds <= bound else bound + (seconds - bound) % rotation
 
     def advance_time(self, seconds) -> None:
         """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""
