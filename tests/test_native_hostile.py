@@ -1120,3 +1120,21 @@ def test_a_spin_lock_whose_lock_bit_is_clear_is_free_whatever_else_it_holds():
     assert k.current_irql == 2 and k.read(lock, 8)[0] & 1
     machine.call(machine.bindings.stub("KeReleaseSpinLock"), (lock, old), driver)
     assert k.current_irql == 0 and k.read(lock, 8) == bytes(8)
+
+
+def test_a_mov_cr0_written_into_the_images_own_code_with_wp_cleared_is_checked():
+    """CR0.WP cleared, native code writes `mov cr0, rcx; ret` over the start of SetCr3 (its
+    read-only .text, scanned at load) and calls it with paging off: #GP at the new mov, as
+    for a mov the loader found. Once WP has been cleared every block is scanned; before,
+    the page's code was never scanned again and unicorn ran the mov (NativeError)."""
+    k, driver, _ = run_copied_code(b"\xC3")
+    target = driver.address_of("SetCr3")
+    patcher = b"\x48\xB8" + struct.pack("<Q", target) + b"\xC7\x00\x0F\x22\xC1\xC3\xC3"
+    source = k.ExAllocatePoolWithTag(0, len(patcher), "Src ")
+    k.write(source, patcher)  # mov rax, target; mov dword [rax], <mov cr0, rcx; ret>; ret
+    driver.call("ClearWriteProtect")
+    driver.call("RunCopiedCode", source, len(patcher), 0)
+    assert k.read(target, 4) == b"\x0F\x22\xC1\xC3"
+    check = bug_check_of(driver, "SetCr3", 0x12)  # mov cr0 of 0x12: paging off
+    assert check.code == 0x1E and check.parameters[:2] == (0xC0000005, target)
+    assert check.parameters[2:] == (0, 0xFFFFFFFFFFFFFFFF)

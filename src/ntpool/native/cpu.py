@@ -370,6 +370,10 @@ class Cpu:
         self._cr_write_hooked: set = set()
         self._block_callback = _CODE_CB(self._on_block)
         self._block_hooks: list[int] = []
+        self._fixed_code: list[tuple[int, int]] = []
+        # Set once native code clears CR0.WP: from then on it may have rewritten read-only
+        # code, so every block but the stubs' is scanned (ntpool never sets it back).
+        self.code_rewritable = False
         self._blocks_seen: dict[int, bytes] = {}  # block address -> its bytes when scanned
         self._add_hook(unicorn.UC_HOOK_INSN, _SYSCALL_CB(machine.syscall_hook(self)), 1, 0,
                        X.UC_X86_INS_SYSCALL)
@@ -455,12 +459,29 @@ class Cpu:
         elif refused:
             self.stop = ("address-space", (address, control, value))
             uclib.uc_emu_stop(self.uch)
+        elif control == 0 and not value & CR0_WP and not self.code_rewritable:
+            # WP off: the driver may now write its own read-only code. The mov is done here,
+            # then every block is scanned from the next instruction on (the translated code
+            # is dropped; the write to rip quits this block first).
+            try:
+                self.code_rewritable = True
+                self.uc.reg_write(X.UC_X86_REG_CR0, value)
+                self.scan_blocks(self._fixed_code)
+                self.uc.ctl_flush_tb()
+                self.uc.reg_write(X.UC_X86_REG_RIP, address + (4 if rex else 3))
+            except BaseException as error:  # noqa: BLE001
+                self.stop = ("error", error)
+                uclib.uc_emu_stop(self.uch)
 
     def scan_blocks(self, fixed_code: list[tuple[int, int]]) -> None:
         """Hook the blocks of every address outside ``fixed_code`` ([start, end) ranges of
         code already scanned that nothing rewrites): ``_on_block`` scans each before it runs.
         unicorn decides at translation whether a block calls the hook, so code in those
-        ranges (the images' code, the stubs) runs as fast as before."""
+        ranges (the images' code, the stubs) runs as fast as before; once native code has
+        cleared CR0.WP only the stubs are left out (``code_rewritable``)."""
+        self._fixed_code = list(fixed_code)
+        if self.code_rewritable:
+            fixed_code = [(STUB_CODE, STUB_CODE + STUB_CODE_PAGES * PAGE_SIZE)]
         for handle in self._block_hooks:
             uclib.uc_hook_del(self.uch, ctypes.c_size_t(handle))
             self._hooks.remove((handle, self._block_callback))
