@@ -1,6 +1,10 @@
 """Campaigns: ``ntpool verify`` fault plans and ``ntpool triage``, on the campaign engine."""
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -463,3 +467,34 @@ def test_verify_with_no_site_to_fail_says_why_not_0_of_0(capsys, tmp_path):
     assert "baseline run (no failure injected): timed out: no result within 0.2 s" in out
     assert "No site was failed: the baseline, which finds them, did not survive." in out
     assert "0 of 0" not in out
+
+
+def test_triage_names_a_dump_whose_run_was_stopped_and_a_time_limit_never_lands_late(tmp_path, capsys):
+    """A triage run stopped by --timeout is a row of the unreadable table naming its dump (it
+    was a KeyError: the engine's record has no path); and a time limit that fires as a run
+    returns never lands later in the campaign's own code (it did, as an internal error)."""
+    from ntpool.campaign.triage import dump_task, fleet_report
+
+    dump = tmp_path / "d.dmp"
+    dump.write_bytes(b"\0" * 0x3000)
+    task = keyed(dump_task(str(dump)))
+    stopped = {"key": task["key"], "verdict": "timed out", "evidence": "no result within 1 s"}
+    report = fleet_report([dict(stopped, path=task["path"])])
+    assert report.unreadable == [(task["path"], "timed out: no result within 1 s")]
+    for _ in range(3):  # 0.1 ms: the limit fires around the run's end, one way or the other
+        status = main(["triage", str(dump), str(dump), "--timeout", "0.0001", "-j", "1"])
+        captured = capsys.readouterr()
+        assert status == 1 and "internal error" not in captured.err, captured.err
+        assert str(dump) in captured.out
+    # Runs that end as their limit fires, 600 of them one after another: the limit's exception
+    # was left pending, to land in the campaign's code or in the thread the next run's watch
+    # started (its start then waited forever: a hang). In a process of its own, so a hang
+    # fails the test rather than hold it.
+    loop = ("import json\nfrom ntpool.campaign.engine import execute, keyed\nverdicts = []\n"
+            "for i in range(200):\n    for s in (0.0005, 0.001, 0.002):\n"
+            "        verdicts.append(execute(keyed({'kind': 'sleep', 'seconds': s, 'timeout': s, "
+            "'value': i}))['verdict'])\nprint(json.dumps(sorted(set(verdicts))))\n")
+    done = subprocess.run([sys.executable, "-c", loop], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src")))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert set(json.loads(done.stdout)) <= {"survived", "timed out"}

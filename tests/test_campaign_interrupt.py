@@ -483,11 +483,13 @@ def test_dask_workers_killed_until_the_scheduler_gives_up_lose_no_run():
         [t["value"] for t, r in zip(tasks, results) if r["verdict"] == "survived"]
 
 
-def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang():
+def test_a_dask_cluster_left_with_no_worker_stops_the_campaign_rather_than_hang(monkeypatch):
     """A LocalCluster closes for good a worker still down distributed.deploy.lost-worker-timeout
     after it died (one killed again and again); with none left the campaign waited forever."""
     distributed = pytest.importorskip("distributed")
-    from ntpool.campaign import ClusterError
+    from ntpool.campaign import ClusterError, engine
+
+    monkeypatch.setattr(engine, "DASK_POLL_SECONDS", 0.3)  # (2 s: a quick test's whole time)
 
     tasks = [keyed({"kind": "sleep", "seconds": 0.0, "value": i}) for i in range(4)]
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
@@ -526,3 +528,16 @@ def test_a_run_server_whose_worker_is_gone_ends_quietly():
     err = server.stderr.read()
     assert server.wait(timeout=30) in (0, 1)
     assert err == ""
+
+
+def test_a_corpus_dump_the_campaign_could_not_make_is_one_line_not_an_internal_error(tmp_path, capsys):
+    from ntpool.cli.main import main
+
+    # 1 MiB: no process holds less, so each dump's run is stopped, twice.
+    status = main(["corpus", "--out", str(tmp_path / "c"), "--count", "2", "--seed", "1",
+                   "--pool-mib", "1-1", "--kinds", "kernel", "-j", "1", "--memory-limit", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "internal error" not in err and err.count("\n") == 1
+    assert err == ("ntpool: 2 of 2 corpus dump(s) not made; the first, dump-000.dmp: out of memory: "
+                   "the run's process passed the memory limit of 1 MiB (resident) and was stopped, "
+                   "each of 2 times it was made\n")

@@ -98,6 +98,10 @@ class _Watchdog:
         self.thread_id = threading.get_ident()
         self.fired = False
         self._done = threading.Event()
+        # Firing and leaving exclude each other: a watch that fired after __exit__ looked
+        # would leave its exception pending, to land later anywhere in the campaign's own
+        # code (a time limit of 0.1 ms made `ntpool triage` an internal error so).
+        self._lock = threading.Lock()
 
     def __enter__(self):
         if self.seconds:
@@ -106,15 +110,21 @@ class _Watchdog:
 
     def _watch(self):
         if not self._done.wait(self.seconds):
-            self.fired = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
-                                                       ctypes.py_object(RunTimedOut))
+            with self._lock:
+                if self._done.is_set():  # the run left meanwhile
+                    return
+                self.fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
+                                                           ctypes.py_object(RunTimedOut))
 
     def __exit__(self, *exc):
-        self._done.set()
-        if self.fired and exc[0] is None:
-            # Fired after the run returned but before we got here: clear the pending one.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+        with self._lock:
+            self._done.set()
+            delivered = exc[0] is not None and issubclass(exc[0], RunTimedOut)
+            if self.fired and not delivered:
+                # Fired after the run returned (or as it raised something else): the pending
+                # exception is cleared, never delivered past this point.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
         return False
 
 

@@ -73,7 +73,11 @@ class FleetReport:
 
 def fleet_report(records: list[dict], top: int = 10) -> FleetReport:
     read = [r for r in records if r["verdict"] == "read"]
-    unreadable = sorted((r["path"], r["evidence"]) for r in records if r["verdict"] != "read")
+    # Not read: a dump its reader refused, or one whose run the campaign stopped (timed out,
+    # out of memory, its worker died), which has the verdict in front of its evidence.
+    unreadable = sorted((r.get("path", "?"), r.get("evidence", "") if r["verdict"] == "unreadable"
+                         else f"{r['verdict']}: {r.get('evidence', '')}")
+                        for r in records if r["verdict"] != "read")
 
     def counted(values) -> list[tuple[str, int]]:
         counts: dict[str, int] = {}

@@ -299,6 +299,9 @@ def cmd_triage(args) -> int:
     description = {"command": "triage", "dumps": tasks}
     with engine_for(args, description, console, "triage") as engine:
         records = engine.run(tasks)
+    # A run the campaign stopped is the engine's record, which does not carry its dump's path.
+    records = [dict(record, path=task["path"]) if "path" not in record else record
+               for task, record in zip(tasks, records)]
     report = fleet_report(records, top=args.top)
     console.print(f"[bold]{report.dumps} dump(s)[/bold], {len(report.unreadable)} unreadable")
     # The reader's error names the dump first: said once, in the Dump column.

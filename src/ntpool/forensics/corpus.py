@@ -36,6 +36,11 @@ TAGS = ("Ntfs", "Irp ", "MmSt", "Cc  ", "NDam", "FSrt", "CM31", "IoNm", "AlIn", 
         "Wfpn", "NEIO", "Dxgk", "KSpp", "Lfs ", "CcBc", "FOCX")
 
 
+class CorpusError(ValueError):
+    """A corpus dump whose run did not make it (it timed out, passed the memory limit, ended
+    its process): the campaign's verdict on that run, never an error of ntpool's."""
+
+
 @dataclass
 class CorpusOptions:
     count: int = 4
@@ -228,9 +233,12 @@ def make_corpus(directory, options: CorpusOptions, progress=None, engine=None) -
 
         engine = replace(engine, progress=report)
     results = engine.run(tasks)
-    failed = [r for r in results if "entry" not in r]
+    failed = [(task, r) for task, r in zip(tasks, results) if "entry" not in r]
     if failed:
-        raise RuntimeError(f"corpus dump failed: {failed[0].get('evidence', failed[0])}")
+        task, result = failed[0]
+        raise CorpusError(f"{len(failed)} of {len(tasks)} corpus dump(s) not made; the first, "
+                          f"dump-{task['dump']['number']:03d}.dmp: {result['verdict']}: "
+                          f"{result.get('evidence', '')}")
     index = {"format": "ntpool-corpus", "version": 1, "seed": options.seed,
              "dumps": [r["entry"] for r in results]}
     with open(os.path.join(directory, "corpus.json"), "w") as out:
