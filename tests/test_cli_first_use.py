@@ -443,3 +443,17 @@ def test_a_missing_pooltag_file_from_the_environment_says_where_it_came_from(sma
     assert main(["poolmon", small_dump, "--once", "--pooltag", "/no/such/file.txt"]) == 2
     assert capsys.readouterr().err == ("ntpool: pooltag file /no/such/file.txt: No such file "
                                        "or directory\n")
+
+
+def test_a_scenario_s_own_sys_exit_is_an_error_in_it_not_the_command_s_status(tmp_path, capsys):
+    # sys.exit(3) in a workload ended `ntpool run` with status 3, "the machine bug-checked",
+    # and no word of why.
+    scenario = tmp_path / "quits.py"
+    scenario.write_text("import sys\nDRIVERS = []\n\ndef workload(k, rng):\n    sys.exit(3)\n")
+    for arguments in (["run", str(scenario)], ["poolmon", str(scenario), "--once"]):
+        assert main(arguments) == 2
+        assert capsys.readouterr().err == (f"ntpool: {scenario}:5 in workload: SystemExit(3): a "
+                                           f"scenario ends by returning, not by sys.exit\n")
+    with pytest.raises(SystemExit) as usage:  # argparse's own exits are still theirs
+        main(["run", str(scenario), "--bogus"])
+    assert usage.value.code == 2

@@ -187,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:  # named by the subcommand's parser: "ntpool run: unrecognized ..."
                 parser.subcommands.get(args.command, parser).error(
                     f"unrecognized arguments: {' '.join(unknown)}")
-            status = args.func(args)
+            try:
+                status = args.func(args)
+            except SystemExit as stop:
+                raise _scenario_exit(stop) or stop
             sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
             return status
     except SystemExit:
@@ -228,6 +231,25 @@ def _report(error: BaseException, interrupted: bool) -> int:
     print(f"ntpool: internal error: {type(error).__name__}: {error} (a bug in ntpool; "
           f"NTPOOL_TRACEBACK=1 shows where)", file=sys.stderr)
     return EXIT_INTERNAL_ERROR
+
+
+def _scenario_exit(stop: SystemExit) -> BaseException | None:
+    """A scenario's or driver's own ``sys.exit(3)`` as the Python error in it that it is (one
+    line naming the place, status 2): it ended the command with its status, 3 ("the machine
+    bug-checked") and no word. None for ntpool's own exits (the code raising is ntpool's)."""
+    import traceback
+
+    frames = traceback.extract_tb(stop.__traceback__)
+    if not frames or frames[-1].filename.startswith(_PACKAGE_DIRECTORY):
+        return None
+    from ..tools.scenario import ScenarioError
+
+    frame = frames[-1]
+    return ScenarioError(f"{frame.filename}:{frame.lineno} in {frame.name}: SystemExit"
+                         f"({stop.code!r}): a scenario ends by returning, not by sys.exit")
+
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _caused_by(error: BaseException | None, kind: type) -> bool:
