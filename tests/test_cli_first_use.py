@@ -480,3 +480,13 @@ def test_dt_shows_the_tracker_and_big_page_entries_as_the_dump_s_windows_has_the
     assert "   +0x020 PagedBytes     : Uint8B" in out and "+0x030" not in out
     assert "   +0x00c PoolType      : Uint4B" in out and "ProcessBilled" not in out
     assert big  # the big page entry the layout describes is in the dump
+
+
+def test_score_given_the_dump_itself_as_results_says_so(small_dump, tmp_path, capsys):
+    # It said "...: 'PAGEDU64\x0f\x00\x00\x00�' is not a 64-bit hex address" (the dump read as CSV).
+    truth = tmp_path / "t.json"
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    k.write_dump(str(tmp_path / "t.dmp"), kind="kernel", truth=str(truth))
+    assert main(["score", str(truth), small_dump]) == 2
+    assert capsys.readouterr().err == (f"ntpool: {small_dump}: not a scanner's results: a binary "
+                                       f"file (a crash dump: score what a scanner found in it)\n")

@@ -200,6 +200,10 @@ def read_results(paths) -> Results:
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
+        if "\0" in text:  # no scanner's text holds a NUL: a dump or a manifest's .xz given here
+            what = " (a crash dump: score what a scanner found in it)" \
+                if text.startswith("PAGEDU64") else ""
+            raise ValueError(f"{path}: not a scanner's results: a binary file{what}")
         stripped = text.lstrip()
         if stripped.startswith("["):
             try:
