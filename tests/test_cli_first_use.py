@@ -281,6 +281,9 @@ def test_a_report_of_a_dump_written_on_demand_names_it_once_and_no_workload(smal
     assert "dump small.dmp: crash dump" in text and "small.dmp: small.dmp" not in text
     assert "Pool usage by tag when the dump was written" in text
     assert "workload" not in text
+    # It said "nothing was left allocated" of a dump whose table holds allocations.
+    assert "nothing was left allocated" not in text
+    assert "none named: the dump records no bug check (written on demand)" in text
 
 
 def test_corpus_out_that_is_a_file_is_named_as_the_option(tmp_path, capsys):

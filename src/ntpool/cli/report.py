@@ -143,7 +143,12 @@ def _summary_section(source, pooltags, strips, marks, command) -> ReportSection:
         tag, driver = found
         rows.append(("Culprit", f"tag {tag}, driver {driver}"))
     else:
-        rows.append(("Culprit", "none: no bug check, and nothing was left allocated"))
+        # A dump written on demand cannot say what a driver left behind: its table can only
+        # say what was allocated when it was written.
+        rows.append(("Culprit", "none: no bug check, and nothing was left allocated"
+                     if source.kind == "scenario" else "none named: the dump records no bug "
+                     "check (written on demand); the pool table below is what was allocated "
+                     "when it was written"))
     if source.kind == "scenario":
         rows.append(("Seed", str(source.run.seed)))
     if command:
