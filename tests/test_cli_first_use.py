@@ -460,3 +460,23 @@ def test_a_scenario_s_own_sys_exit_is_an_error_in_it_not_the_command_s_status(tm
     with pytest.raises(SystemExit) as usage:  # argparse's own exits are still theirs
         main(["run", str(scenario), "--bogus"])
     assert usage.value.code == 2
+
+
+def test_dt_shows_the_tracker_and_big_page_entries_as_the_dump_s_windows_has_them(tmp_path,
+                                                                                 capsys):
+    # On a Windows 11 dump `dt` showed Windows 7's entries (32-bit counters, 0x18-byte big
+    # page entry) while the dump holds 0x38-byte tracker entries and 0x20-byte big pages.
+    k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+    big = k.ExAllocatePoolWithTag(PoolType.NonPagedPoolNx, 3 * 4096, "giBT")
+    dump = str(tmp_path / "eleven.dmp")
+    k.write_dump(dump, kind="kernel")
+    out = _kd(dump, "dt _POOL_TRACKER_TABLE; dt _POOL_TRACKER_BIG_PAGES", capsys)
+    assert "   +0x030 PagedFrees     : Uint8B" in out
+    assert "   +0x00c PoolType      : Pos 8, 12 Bits" in out
+    assert "   +0x018 ProcessBilled : Ptr64 Void" in out
+    small = str(tmp_path / "seven.dmp")
+    ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20).write_dump(small, kind="kernel")
+    out = _kd(small, "dt _POOL_TRACKER_TABLE; dt _POOL_TRACKER_BIG_PAGES", capsys)
+    assert "   +0x020 PagedBytes     : Uint8B" in out and "+0x030" not in out
+    assert "   +0x00c PoolType      : Uint4B" in out and "ProcessBilled" not in out
+    assert big  # the big page entry the layout describes is in the dump

@@ -8,9 +8,10 @@ what the dump contains.
 import struct
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
-from ..dump.reader import DumpReader, MemoryReadError
+from ..dump.reader import DumpFormatError, DumpReader, MemoryReadError
 from ..machine.memory import PTE_ADDRESS_MASK, PTE_PRESENT, SELF_MAP_INDEX, canonical
 from ..pool.layout import LIST_ENTRY, POOL_HEADER, POOL_TRACKER_BIG_PAGES, POOL_TRACKER_TABLE
+from ..pool.segment_heap.layout import BIG_PAGE_TYPE_BITS
 
 # d* commands: (unit size, default count, units per line).
 DISPLAY_FORMATS = {"db": (1, 0x80, 16), "dw": (2, 0x40, 8), "dd": (4, 0x20, 4),
@@ -107,12 +108,34 @@ def structure_names() -> list[str]:
     return sorted(STRUCTURES)
 
 
+def _dump_structure(reader: DumpReader, key: str) -> list[tuple[int, str, str]]:
+    """A structure as this dump's Windows lays it out: the tracker and big page entries
+    differ on Windows 10/11 (64-bit counters; PoolType a bit field, ProcessBilled from build
+    20348), where `dt` showed Windows 7's on every dump."""
+    if key not in ("_POOL_TRACKER_TABLE", "_POOL_TRACKER_BIG_PAGES"):
+        return STRUCTURES[key]
+    try:
+        layouts = reader.pool_layouts()
+        segment_heap = reader.segment_heap
+    except (DumpFormatError, ValueError):  # no readable debugger data: Windows 7's, as named
+        return STRUCTURES[key]
+    if key == "_POOL_TRACKER_TABLE":
+        return _from_layout(layouts.tracker, {"Key": "tag"})
+    fields = _from_layout(layouts.big_page, {"Va": "ptr", "Key": "tag", "ProcessBilled": "ptr"})
+    if segment_heap:  # the u32 at +0xC is Pattern:8, PoolType:12, SlushSize:12
+        at = layouts.big_page.PoolType
+        fields = [f for f in fields if f[1] != "PoolType"] + [
+            (at, bits_name, f"bits:{first}:{width}") for bits_name, first, width in BIG_PAGE_TYPE_BITS]
+        fields.sort(key=lambda f: f[0])
+    return fields
+
+
 def display_type(reader: DumpReader, name: str, address: int | None) -> list[str]:
     """``dt NAME [Address]``: the layout, and the values when an address is given."""
     key = next((k for k in STRUCTURES if k.lower() == name.lower()), None)
     if key is None:
         return [f"Symbol {name} not found. ntpool's dumps define: {', '.join(structure_names())}"]
-    fields = STRUCTURES[key]
+    fields = _dump_structure(reader, key)
     width = max(len(field) for _, field, _ in fields)
     lines = [] if address is None else [f"nt!{key}"]
     for offset, field, kind in fields:
