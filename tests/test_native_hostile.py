@@ -949,15 +949,27 @@ OTHER_PAGE_TABLE = bytes.fromhex("b800100000" "0f22d8" "c3")  # mov eax, 0x1000;
 IRQL_0X45 = bytes.fromhex("b845000000" "440f22c0" "c3")  # mov eax, 0x45; mov cr8, rax
 
 
-def run_copied_code(code: bytes):
+def run_copied_code(code: bytes, windows: str = "10", special_pool: bool = False):
     """misbehave.sys's RunCopiedCode: the driver copies ``code`` into NonPagedPool with its own
-    stores and calls it. Windows 10 and special pool, where ntpool maps NonPagedPool
-    executable (its ordinary pool pages are NX)."""
-    k, driver = misbehave("10")
-    k.verifier.enable("misbehave.sys", special_pool=True)
+    stores and calls it. NonPagedPool is executable memory on every Windows ntpool models
+    (all of Windows 7's nonpaged pool; Windows 10/11's NonPagedPool heap), as in Windows."""
+    k, driver = misbehave(windows)
+    if special_pool:
+        k.verifier.enable("misbehave.sys", special_pool=True)
     source = k.ExAllocatePoolWithTag(0, len(code), "Src ")
     k.write(source, code)
     return k, driver, lambda: driver.call("RunCopiedCode", source, len(code), 0)
+
+
+@pytest.mark.parametrize("windows, special_pool", [("7", False), ("10", False), ("10", True)])
+def test_code_a_driver_copies_into_nonpaged_pool_runs_there(windows, special_pool):
+    """lea rax, [rip]; ret: the copy runs in place and returns its own address, an
+    executable NonPagedPool page (ordinary pool, or special pool's page on request)."""
+    k, driver, call = run_copied_code(bytes.fromhex("488d0500000000" "c3"), windows, special_pool)
+    address = call() - 7  # (the copy is freed by then)
+    region = k.verifier.special_pool.nonpaged_region if special_pool else k.nonpaged_pool
+    assert region.base <= address < region.limit
+    assert not k.halted
 
 
 def test_a_mov_cr8_in_code_written_at_run_time_is_the_irql():

@@ -1,6 +1,7 @@
 """A routine pointer a driver overwrote (its lookaside list's Allocate or Free), called on a
 machine with no compiled code loaded: Windows jumps there, and the machine answers as x64
-Windows 7 does for that address (Kernel.jump_to), never with a Python error."""
+Windows does for that address (Kernel.jump_to), never with a Python error. Executable pool
+(nonpaged pool on Windows 7, NonPagedPool on Windows 10/11) runs on a CPU made on demand."""
 
 import os
 import struct
@@ -12,6 +13,9 @@ from ntpool.debugger.session import KdSession
 from ntpool.dump.reader import DumpReader
 
 NP = ntpool.PoolType.NonPagedPool
+NP_NX = ntpool.PoolType.NonPagedPoolNx
+PP = ntpool.PoolType.PagedPool
+NX = 1 << 63  # the PTE's no-execute bit
 MiB = 1 << 20
 LA_ALLOCATE, LA_FREE = 0x30, 0x38  # GENERAL_LOOKASIDE: Allocate, Free
 UNMAPPED = 0xFFFFF8A0DEAD0000  # a canonical system address nothing maps
@@ -112,7 +116,7 @@ def test_a_null_routine_is_an_access_violation_at_the_target(machine):
 
 def test_free_overwritten_with_a_pool_address_is_0xfc_attempted_execute_of_noexecute(machine, tmp_path):
     k, driver, _ = machine
-    data = k.ExAllocatePoolWithTag(NP, 64, "Data")
+    data = k.ExAllocatePoolWithTag(PP, 64, "Data")  # paged pool: no-execute on x64
     driver.overwrite(k, LA_FREE, data)
     entries = [driver.allocate(k) for _ in range(5)]
     for entry in entries[:4]:
@@ -142,14 +146,51 @@ def test_a_python_routine_the_driver_registered_as_allocate_is_called():
     assert entry and calls == [(NP, 64, ntpool.tag("Look").value)]
 
 
-def test_executable_pool_is_code_only_a_cpu_runs_a_clear_error_without_one():
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_nonpaged_pool_is_executable_as_windows_maps_it_nx_pool_and_paged_pool_are_not(windows):
+    """Windows 7: all of the nonpaged pool executable, small chunks and big pages alike (it
+    has no NX pool: NonPagedPoolNx is the same pool); Windows 10/11: the NonPagedPool heap
+    executable, NonPagedPoolNx's and paged pool's pages no-execute."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=4 * MiB, paged_pool_bytes=4 * MiB, windows=windows)
+    nx_pool_executable = windows == "7"
+    for size in (64, 0x1800, 64 << 10, 256 << 10):  # lookaside/list, VS, big, segment pages
+        for pool_type, executable in ((NP, True), (NP_NX, nx_pool_executable), (PP, False)):
+            address = k.ExAllocatePoolWithTag(pool_type, size, "Exec")
+            for page in range(address & ~0xFFF, address + size, 0x1000):
+                pte = k.space.pte(page)
+                assert pte & 1, (pool_type, size)
+                assert bool(pte & NX) != executable, (windows, pool_type, size, hex(page))
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_a_routine_overwritten_with_nonpaged_pool_bytes_runs_them_and_bug_checks(windows, tmp_path):
+    """No compiled driver is loaded: the kernel makes its CPU on demand, the pool bytes (ud2)
+    run and raise #UD, which no driver frame handles: 0x1E (STATUS_ILLEGAL_INSTRUCTION, the
+    ud2, 0, 0), as on x64. Before, this was an ExecutionError: no CPU to run it."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, windows=windows)
+    driver = Overwriter()
+    k.load_driver(driver)
+    code = k.ExAllocatePoolWithTag(NP, 64, "Code")
+    k.write(code, b"\x0F\x0B" * 32)  # ud2
+    assert not k.space.pte(code) & NX
+    driver.overwrite(k, LA_ALLOCATE, code)
+    with pytest.raises(ntpool.BugCheck) as info:
+        driver.allocate(k)
+    assert (info.value.code, info.value.parameters) == (0x1E, (0xC000001D, code, 0, 0))
+    assert k.halted
+    text = _analyze(k, tmp_path)
+    assert "KMODE_EXCEPTION_NOT_HANDLED (1e)" in text
+
+
+def test_executable_memory_is_a_clear_error_only_where_no_cpu_can_be_made(monkeypatch):
     # Windows 11 keeps NonPagedPool executable; a special pool page of it is mapped so.
+    monkeypatch.setattr(ntpool.Kernel, "cpu_maker", None)  # a build without ntpool.native
     k = ntpool.Kernel(nonpaged_pool_bytes=2 * MiB, paged_pool_bytes=2 * MiB, windows="11")
     driver = Overwriter()
     k.verifier.enable(driver.name, special_pool=True)
     k.load_driver(driver)
     code = driver.lookaside  # the driver's own NonPagedPool allocation, in special pool
-    assert not k.space.pte(code) & (1 << 63)
+    assert not k.space.pte(code) & NX
     driver.overwrite(k, LA_ALLOCATE, code)
     with pytest.raises(ntpool.ExecutionError, match=f"called {code:#x}, executable memory"):
         driver.allocate(k)
@@ -163,7 +204,7 @@ def test_native_code_jumping_into_no_execute_pool_is_0xfc_and_to_no_page_0x50_ex
     for target, code, parameter2 in ((None, 0xFC, None), (UNMAPPED, 0x50, 8)):
         k = ntpool.Kernel(nonpaged_pool_bytes=1 * MiB, paged_pool_bytes=1 * MiB)
         cpu = native_machine(k)
-        target = target or k.ExAllocatePoolWithTag(NP, 64, "Data")
+        target = target or k.ExAllocatePoolWithTag(PP, 64, "Data")
         page = 0xFFFFF8A000100000
         k.space.map_page(page, k.physical.allocate_frame(), writable=False, executable=True)
         cpu.write_code(page, b"\x48\xB8" + struct.pack("<Q", target) + b"\xFF\xE0")

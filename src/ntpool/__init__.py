@@ -32,6 +32,17 @@ from .tags import PROTECTED_POOL, Tag, tag
 
 __version__ = "0.1.0"
 
+
+def _make_cpu(kernel) -> None:
+    """The machine's CPU, made when executable memory must run and no compiled driver made
+    one (ntpool.native, imported only then: unicorn is not loaded for machines that never
+    run machine code)."""
+    from .native.machine import native_machine
+    native_machine(kernel)
+
+
+Kernel.cpu_maker = _make_cpu
+
 __all__ = [
     "APC_LEVEL", "DISPATCH_LEVEL", "HIGH_LEVEL", "PASSIVE_LEVEL", "PROTECTED_POOL",
     "BugCheck", "BugCheckCode", "ExecutionError", "Irql", "Kernel", "MachineHalted", "NdisContractError",

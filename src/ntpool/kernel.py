@@ -23,7 +23,8 @@ dumps, every data attribute) still works.
 
 import inspect
 import os
-from typing import NoReturn
+from collections.abc import Callable
+from typing import ClassVar, NoReturn
 
 from .constants import (
     DISPATCH_LEVEL,
@@ -118,6 +119,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
     ``crash_dump=PATH`` writes a crash dump (``crash_dump_kind``: 'kernel', the bitmap dump
     Windows writes by default, or 'full') when the machine bug-checks.
     """
+
+    # Makes the machine's CPU when code on an executable page must run and no compiled
+    # driver has made one: ``maker(kernel)`` sets ``kernel.native_call``. The floor that has
+    # a CPU (ntpool.native, through the package's __init__) registers it, since the core
+    # never imports the floors above it; None (no CPU can be made) leaves ExecutionError.
+    cpu_maker: ClassVar[Callable[["Kernel"], object] | None] = None
 
     def __init__(self, nonpaged_pool_bytes: int = DEFAULT_NONPAGED_POOL_BYTES,
                  paged_pool_bytes: int = DEFAULT_PAGED_POOL_BYTES,
@@ -436,7 +443,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         driver's routine, or a routine pointer it overwrote (a lookaside list's Allocate or
         Free, a dispatch, completion or DPC routine). Code on an executable page runs on the
         native CPU (``native_call``, set when a compiled driver is loaded); anything else is
-        what the jump does on x64 Windows 7, decided here whether or not a CPU exists.
+        what the jump does on x64, decided here whether or not a CPU exists. With no
+        compiled driver loaded, the CPU is made on demand (``cpu_maker``): executable pool
+        bytes run as they would on x64, and a fault there is the bug check Windows gives.
 
         x64 refuses a non-canonical target with a general-protection fault at the call:
         0x1E KMODE_EXCEPTION_NOT_HANDLED (0xC0000005, the call, 0, 0xFFFFFFFFFFFFFFFF).
@@ -449,7 +458,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         HAL code (WRK ke/bugcheck.c); below it a paged-out page comes back, a user-mode
         address is the access violation no handler catches, 0x1E (0xC0000005, address, 8,
         address), and any other address 0x50 PAGE_FAULT_IN_NONPAGED_AREA (address, 8,
-        address, 0). Executable memory with no CPU to run it is ``ExecutionError``.
+        address, 0). Executable memory when no CPU can be made is ``ExecutionError``.
         """
         try:
             noncanonical = canonical(address) != address
@@ -492,10 +501,12 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
             self.KeBugCheckEx(BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY, address, pte, 0, 0,
                               detail=f"execution of no-execute memory {address:#x} (an "
                                      f"overwritten routine pointer), called from {caller}")
+        if self.native_call is None and Kernel.cpu_maker is not None:
+            Kernel.cpu_maker(self)  # executable pool, say, with no compiled driver loaded
         if self.native_call is None:
             raise ExecutionError(f"{caller} called {address:#x}, executable memory that holds "
-                                 f"no routine of this machine: running it needs a CPU (load a "
-                                 f"compiled driver, ntpool.native)")
+                                 f"no routine of this machine: running it needs a CPU, and "
+                                 f"none can be made here (ntpool.native, with unicorn)")
         return self.native_call(address, args)
 
     def _pool_access_fault(self, address: int, write: bool, lock_irql: int) -> int:

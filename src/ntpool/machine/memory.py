@@ -45,6 +45,9 @@ if sys.byteorder != "little":  # PhysicalMemory.qwords reads x64's little-endian
 # The bits are the same; ``entry & PTE_ADDRESS_MASK`` reads a negative entry's frame alike.
 _PTE_RUNS = [struct.Struct(f"<{count}q") for count in range(0x201)]
 _PTE_NX_SIGNED = PTE_NX - (1 << 64)  # PTE_NX as a signed 64-bit integer: -2**63
+# map_pages' PTE flags, writable, with and without NX (signed, as _PTE_RUNS packs them).
+_PTE_FLAGS_EXECUTABLE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE
+_PTE_FLAGS_NX = _PTE_FLAGS_EXECUTABLE | _PTE_NX_SIGNED
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -275,22 +278,23 @@ class AddressSpace:
             done += run
         return runs
 
-    def map_pages(self, va: int, frames) -> None:
-        """``map_page`` (writable, NX) for consecutive pages from ``va`` onto ``frames``.
+    def map_pages(self, va: int, frames, executable: bool = False) -> None:
+        """``map_page`` (writable; NX unless ``executable``) for consecutive pages from
+        ``va`` onto ``frames``.
 
         Each page table's share of the PTEs is written with one pack and the TLB learns the
         pages in one update. Pages mapped already take ``map_page``'s way (a replaced
         mapping must be announced to the native CPU)."""
         if len(frames) == 1:  # one page (a new page of small pool): map_page is that, cheaper
-            self.map_page(va, frames[0])
+            self.map_page(va, frames[0], executable=executable)
             return
         first_vpn = va >> PAGE_SHIFT
         vpns = range(first_vpn, first_vpn + len(frames))
         if not self.tlb.keys().isdisjoint(vpns):
             for offset, pfn in enumerate(frames):
-                self.map_page(va + (offset << PAGE_SHIFT), pfn)
+                self.map_page(va + (offset << PAGE_SHIFT), pfn, executable=executable)
             return
-        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | _PTE_NX_SIGNED  # (see _PTE_RUNS)
+        flags = _PTE_FLAGS_EXECUTABLE if executable else _PTE_FLAGS_NX
         if isinstance(frames, range) and frames.step == 1:
             # A run of frames: page addresses and PTEs both step by a page (the flags are
             # bits no page address uses).

@@ -130,6 +130,10 @@ class Pool:
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
+        # Windows 7 maps all of its nonpaged pool executable (Microsoft, "No-Execute (NX)
+        # Nonpaged Pool": "In Windows 7 and earlier versions of Windows, all memory allocated
+        # from the nonpaged pool is executable"); paged pool is no-execute on x64.
+        self.executable = base_type == 0
         # What every header this pool writes holds beside PreviousSize, BlockSize and PoolTag,
         # as bits of the header's first QWORD (layout.header_first8): PoolIndex, with PoolType
         # free (0) or allocated.
@@ -357,7 +361,7 @@ class Pool:
         ``rest_kind``."""
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
-        self.space.map_pages(va, frames)
+        self.space.map_pages(va, frames, self.executable)
         self.page_kind[index] = kind
         if kind == PAGE_SMALL:
             self._set_small_frame(index, self.tlb[va >> PAGE_SHIFT])

@@ -283,6 +283,10 @@ class SegmentHeap:
         self.track_free_offset = self.track_offset + 1  # and its frees column
         # The POOL_TYPE its big page entries record (NonPagedPool, NonPagedPoolNx, PagedPool).
         self.pool_type = HEAP_POOL_TYPES[heap_index]
+        # NonPagedPool (NonPagedPoolExecute) is executable memory on Windows 8 and later;
+        # NonPagedPoolNx and paged pool are no-execute (Microsoft, "No-Execute (NX) Nonpaged
+        # Pool"). Every page this heap maps takes this.
+        self.executable = HEAP_POOL_TYPES[heap_index] == 0
         self.header_type = header_pool_type(base_type)  # PoolType byte of its POOL_HEADERs
         self.allocated_header_type = self.header_type  # the name the Windows 7 pool gives it
         # The kind of each page (descriptor.py's PAGE_* values), by page index, listed as far
@@ -471,7 +475,7 @@ class SegmentHeap:
         va = self._segment_va(index)
         for offset, pfn in enumerate(frames):
             self.physical.zero_frame(pfn)
-            self.space.map_page(va + (offset << PAGE_SHIFT), pfn)
+            self.space.map_page(va + (offset << PAGE_SHIFT), pfn, executable=self.executable)
         self._cover(first + SEGMENT_PAGES)
         self.page_kind[first:first + SEGMENT_HEADER_PAGES] = bytes([PAGE_RESERVED]) * SEGMENT_HEADER_PAGES
         self.pages_in_use += SEGMENT_HEADER_PAGES
@@ -519,7 +523,7 @@ class SegmentHeap:
     def _map_run(self, index: int, frames, kind: int, rest_kind: int, range_flags: int) -> int:
         count = len(frames)
         va = self.base + (index << PAGE_SHIFT)
-        self.space.map_pages(va, frames)  # a page table's share of PTEs at a time
+        self.space.map_pages(va, frames, self.executable)  # a page table's share of PTEs at a time
         self._cover(index + count)
         self.page_kind[index] = kind
         if count > 1:
