@@ -223,7 +223,7 @@ def test_pte_walks_the_dumps_page_tables(leak):
     assert lines[1].startswith("PXE at FFFFF6FB7DBED") and "PTE at FFFFF6" in lines[1]
     pfn = session.reader.translate(va) >> 12
     assert f"pfn {pfn:x}" in lines[3]
-    assert re.search(r"pfn \w+ +---DA--KW-V", lines[3])  # nonpaged pool: NX data
+    assert re.search(r"pfn \w+ +---DA--KWEV", lines[3])  # Windows 7 nonpaged pool: executable data
     assert "not valid" in session.execute("!pte 10000")
 
 

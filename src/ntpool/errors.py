@@ -85,7 +85,7 @@ class TagError(ValueError):
 
 class ExecutionError(RuntimeError):
     """Code the machine was asked to run and cannot: executable memory that holds no routine
-    of its own, on a machine with no CPU (no compiled driver loaded)."""
+    of its own, where no CPU can be made (``Kernel.cpu_maker`` unset: no ntpool.native)."""
 
 
 class NdisVersionError(RuntimeError):
