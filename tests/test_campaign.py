@@ -469,6 +469,26 @@ def test_verify_with_no_site_to_fail_says_why_not_0_of_0(capsys, tmp_path):
     assert "0 of 0" not in out
 
 
+@pytest.mark.parametrize("option", ["--timeout=0", "--timeout=-1", "--timeout=nan",
+                                    "--timeout=inf", "--jobs=0", "--memory-limit=0"])
+def test_a_bad_engine_option_is_refused_in_one_line_before_the_campaign_says_anything(option, capsys):
+    """verify printed its campaign's header ("Low resources campaign on ...") and then the
+    refusal; now the refusal is all it prints. A time limit of 0, NaN or infinity is refused,
+    not taken as no limit (0) or a watch that never fires (NaN) or fails (infinity)."""
+    assert main(["verify", SCENARIO, option]) == 2
+    out, err = capsys.readouterr()
+    name, value = option.split("=")
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"ntpool: {name} must be ")
+    assert err.rstrip().endswith(f"got {value}")
+
+
+def test_the_campaign_api_refuses_a_time_limit_that_is_no_limit():
+    for seconds in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="the time limit must be a positive number of seconds"):
+            verify(SCENARIO, engine=Engine(jobs=1), timeout=seconds)
+
+
 def test_triage_names_a_dump_whose_run_was_stopped_and_a_time_limit_never_lands_late(tmp_path, capsys):
     """A triage run stopped by --timeout is a row of the unreadable table naming its dump (it
     was a KeyError: the engine's record has no path); and a time limit that fires as a run
