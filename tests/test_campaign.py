@@ -393,7 +393,9 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
     # No table row per run: the triage groups the failures by verdict and call site.
     assert "runs with failures injected (" not in out
     triage = out[out.index("Triage"):out.index("By verdict")]
-    rows = re.findall(r"^│ (\d+) +│ (bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED|leaked 32 bytes "
+    # A cell is read whatever its padding (the counts are right-aligned): the test fails on
+    # a wrong count, not on where the table puts it.
+    rows = re.findall(r"^│ *([\d,]+) *│ (bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED|leaked 32 bytes "
                       r"under 'dHxM') +│ mixed\.sys (Mixed\.careless \(verify_mixed\.py:22\)|"
                       r"Mixed\.leaky \(verify_mixed\.py:26\))", triage, re.M)
     assert [(label[:8], where.split()[0]) for _, label, where in rows] in (
@@ -401,8 +403,11 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
         [("leaked 3", "Mixed.leaky"), ("bug chec", "Mixed.careless")])
     by_verdict = dict((v, int(n.replace(",", ""))) for n, v in
                       re.findall(r"([\d,]+) (bug check|leaked|survived)", out[out.index("By verdict"):]))
-    assert {label[:8]: int(n) for n, label, _ in rows} == {"bug chec": by_verdict["bug check"],
-                                                           "leaked 3": by_verdict["leaked"]}
+    counts = {label[:8]: int(n.replace(",", "")) for n, label, _ in rows}
+    assert counts == {"bug chec": by_verdict["bug check"], "leaked 3": by_verdict["leaked"]}
+    # The counts are right-aligned: each ends one space before its cell's edge (the two add up
+    # to 520, so one at least is shorter than the column's heading, "Runs").
+    assert len(re.findall(r"^│ +[\d,]+ │ ", triage, re.M)) == len(rows) == 2
     assert sum(by_verdict.values()) == 520
     assert main(["verify", SCENARIO, "--max-runs", "0"]) == 2
 

@@ -279,7 +279,8 @@ def _site_text(site) -> str:
 
 def _print_triage(console: Console, failures) -> None:
     table = Table(title="Triage: the runs that did not survive, by what happened and where")
-    for column in ("Runs", "Verdict", "Where (driver, call site)", "Sites failed in those runs",
+    table.add_column("Runs", justify="right")  # counts, read down their digits
+    for column in ("Verdict", "Where (driver, call site)", "Sites failed in those runs",
                    "First run's evidence"):
         table.add_column(column, overflow="fold")
     for group in failures:
