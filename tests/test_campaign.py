@@ -393,7 +393,9 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
     # No table row per run: the triage groups the failures by verdict and call site.
     assert "runs with failures injected (" not in out
     triage = out[out.index("Triage"):out.index("By verdict")]
-    rows = re.findall(r"^│ (\d+) +│ (bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED|leaked 32 bytes "
+    # A cell is read whatever its padding (the counts are right-aligned): the test fails on
+    # a wrong count, not on where the table puts it.
+    rows = re.findall(r"^│ *([\d,]+) *│ (bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED|leaked 32 bytes "
                       r"under 'dHxM') +│ mixed\.sys (Mixed\.careless \(verify_mixed\.py:22\)|"
                       r"Mixed\.leaky \(verify_mixed\.py:26\))", triage, re.M)
     assert [(label[:8], where.split()[0]) for _, label, where in rows] in (
@@ -401,8 +403,11 @@ def test_a_campaign_of_hundreds_of_runs_is_triaged_counted_and_timed(capsys, mon
         [("leaked 3", "Mixed.leaky"), ("bug chec", "Mixed.careless")])
     by_verdict = dict((v, int(n.replace(",", ""))) for n, v in
                       re.findall(r"([\d,]+) (bug check|leaked|survived)", out[out.index("By verdict"):]))
-    assert {label[:8]: int(n) for n, label, _ in rows} == {"bug chec": by_verdict["bug check"],
-                                                           "leaked 3": by_verdict["leaked"]}
+    counts = {label[:8]: int(n.replace(",", "")) for n, label, _ in rows}
+    assert counts == {"bug chec": by_verdict["bug check"], "leaked 3": by_verdict["leaked"]}
+    # The counts are right-aligned: each ends one space before its cell's edge (the two add up
+    # to 520, so one at least is shorter than the column's heading, "Runs").
+    assert len(re.findall(r"^│ +[\d,]+ │ ", triage, re.M)) == len(rows) == 2
     assert sum(by_verdict.values()) == 520
     assert main(["verify", SCENARIO, "--max-runs", "0"]) == 2
 
@@ -467,6 +472,26 @@ def test_verify_with_no_site_to_fail_says_why_not_0_of_0(capsys, tmp_path):
     assert "baseline run (no failure injected): timed out: no result within 0.2 s" in out
     assert "No site was failed: the baseline, which finds them, did not survive." in out
     assert "0 of 0" not in out
+
+
+@pytest.mark.parametrize("option", ["--timeout=0", "--timeout=-1", "--timeout=nan",
+                                    "--timeout=inf", "--jobs=0", "--memory-limit=0"])
+def test_a_bad_engine_option_is_refused_in_one_line_before_the_campaign_says_anything(option, capsys):
+    """verify printed its campaign's header ("Low resources campaign on ...") and then the
+    refusal; now the refusal is all it prints. A time limit of 0, NaN or infinity is refused,
+    not taken as no limit (0) or a watch that never fires (NaN) or fails (infinity)."""
+    assert main(["verify", SCENARIO, option]) == 2
+    out, err = capsys.readouterr()
+    name, value = option.split("=")
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"ntpool: {name} must be ")
+    assert err.rstrip().endswith(f"got {value}")
+
+
+def test_the_campaign_api_refuses_a_time_limit_that_is_no_limit():
+    for seconds in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="the time limit must be a positive number of seconds"):
+            verify(SCENARIO, engine=Engine(jobs=1), timeout=seconds)
 
 
 def test_triage_names_a_dump_whose_run_was_stopped_and_a_time_limit_never_lands_late(tmp_path, capsys):

@@ -254,6 +254,30 @@ def test_a_file_that_is_no_driver_is_named_once_in_the_refusal(tmp_path, capsys)
     assert capsys.readouterr().err == f"ntpool: {empty}: not a PE image (no MZ header)\n"
 
 
+@pytest.mark.parametrize("content, why", [
+    # A file of "MZ" alone was "no MZ header": it has one, and stops 62 bytes short.
+    (b"MZ", "truncated: 2 byte(s), where the DOS header (IMAGE_DOS_HEADER, up to e_lfanew) "
+            "alone needs 64"),
+    (b"MZ" + bytes(60), "truncated: 62 byte(s), where the DOS header (IMAGE_DOS_HEADER, up to "
+                        "e_lfanew) alone needs 64"),
+    # pefile said "Invalid e_lfanew value, probably not a PE file" and "File Header missing".
+    (b"MZ" + bytes(58) + (0x1000).to_bytes(4, "little"),
+     "truncated: e_lfanew 0x1000 puts the PE signature and file header at 0x1000-0x1018, "
+     "past the file's end (64 bytes)"),
+    (b"MZ" + bytes(58) + (0x40).to_bytes(4, "little") + b"PE\0\0" + bytes(10),
+     "truncated: e_lfanew 0x40 puts the PE signature and file header at 0x40-0x58, past the "
+     "file's end (78 bytes)"),
+    (b"MZ" + bytes(58) + (0x40).to_bytes(4, "little") + b"NE\0\0" + bytes(40),
+     "not a PE image (no PE signature at e_lfanew 0x40)"),
+])
+def test_a_file_that_stops_short_of_its_pe_headers_says_what_is_missing(tmp_path, capsys,
+                                                                         content, why):
+    path = tmp_path / "x.sys"
+    path.write_bytes(content)
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err == f"ntpool: {path}: {why}\n"
+
+
 def test_vm_on_windows_11_names_each_nonpaged_heap_and_charges_once(tmp_path, capsys):
     # Both nonpaged heaps were labelled NonPagedPool, and the tags' charge printed twice.
     k = ntpool.Kernel(windows="11", nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)

@@ -150,3 +150,24 @@ def test_the_demo_explains_a_corruption_the_deferred_free_found():
     error.found_in = "ExDeferredFreePool"
     text = _who_found_it(SimpleNamespace(bugcheck=error, kernel=k))
     assert text.startswith("Found by ExDeferredFreePool") and "in one batch" in text
+
+
+@pytest.mark.parametrize("windows, steps, said, shown", [
+    # A short run: the last name buffer's chunk still waits on the VS delay-free list, so
+    # !pool shows it Allocated; the text said "The last name buffer" as if it were live.
+    ("11", "5", ", but the segment heap keeps that chunk on its delay-free list before freeing "
+                "it for real, so its header still says Allocated.", ("Allocated", "SlNm")),
+    ("10", "3", ", but the segment heap keeps that chunk on its delay-free list before freeing "
+                "it for real, so its header still says Allocated.", ("Allocated", "SlNm")),
+    # A longer one: the delay-free list was flushed, the chunk coalesced and free.
+    ("11", "400", "; the segment heap has freed its chunk for real since.", ("Free", "")),
+])
+def test_the_segment_heap_demo_says_what_became_of_the_last_name_buffer(tmp_path, capsys, windows,
+                                                                       steps, said, shown):
+    assert main(["demo", "--windows", windows, "--steps", steps, "--out", str(tmp_path)]) == 0
+    flat = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "The last name buffer" not in flat
+    assert "sloppy.sys freed its last name buffer as its last request returned" + said in flat
+    chunk = re.search(r"\*[0-9a-f]+ size: +[0-9a-f]+ previous size: +[0-9a-f]+ +\((\w+)\) +\*(\w*) +Vs",
+                      flat)
+    assert chunk.groups() == shown  # !pool, read from the dump, agrees with the text

@@ -297,6 +297,14 @@ def resident_bytes(pid: int) -> int:
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def check_time_limit(seconds: float | None) -> None:
+    """A run's time limit is a positive, finite number of seconds (or None: no limit). Zero
+    would mean no limit to the watchdog and NaN or infinity a watch that never fires or fails,
+    so they are refused, as the memory limit's are."""
+    if seconds is not None and not 0 < seconds < float("inf"):
+        raise ValueError(f"the time limit must be a positive number of seconds, got {seconds:g}")
+
+
 def check_memory_limit(memory_mib: float | None) -> None:
     if memory_mib is None:
         return

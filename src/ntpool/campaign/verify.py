@@ -22,7 +22,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..tools.scenario import SAMPLE_SCENARIOS, ScenarioError, load_scenario
-from .engine import Engine, keyed
+from .engine import Engine, check_time_limit, keyed
 from .runs import scenario_task
 
 MAX_RUNS = 500
@@ -217,6 +217,7 @@ def verify(spec: str, seed: int = 1, kernel_options: dict | None = None,
     each-site campaign (whose waves the scenario decides) stops at MAX_RUNS, and the other
     plans, whose size is in the plan itself, make every run they name."""
     plan = FaultPlan.parse(plan) if isinstance(plan, str) else plan
+    check_time_limit(timeout)
     if max_runs is None:
         max_runs = MAX_RUNS if plan.kind == "each-site" else None
     limit = max_runs if max_runs is not None else float("inf")

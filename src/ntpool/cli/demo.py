@@ -17,6 +17,8 @@ from rich.table import Table
 from ..constants import PAGE_SIZE
 from ..debugger.pooltag import PoolTagDatabase
 from ..debugger.session import KdSession
+from ..pool.segment_heap.layout import POOL_HEADER_SIZE, VS_HEADER_SIZE
+from ..tags import tag_value
 from ..dump import DumpReader
 from ..tools.poolmon import PoolmonModel, grown_tags, owner_text
 from ..tools.scenario import ScenarioRun, load_scenario
@@ -144,10 +146,35 @@ def _show_missed(run: ScenarioRun, console: Console, path: Path) -> None:
                       f"sloppy.sys's NUL landed on {where}, and nothing there is checked. On "
                       f"Windows 7 (ntpool demo) the same bug is BAD_POOL_HEADER 0x19/0x20 at the "
                       f"free; Driver Verifier's special pool catches it at the write on both.")
-        console.print(f"Wrote {path} on demand. The last name buffer, read from the file alone "
-                      f"(ntpool kd -z {path} -c \"!pool {address:x} 2\"):\n")
+        console.print(f"Wrote {path} on demand. {_last_name_now(kernel, address)} Its chunk, "
+                      f"read from the file alone (ntpool kd -z {path} -c \"!pool {address:x} 2\"):\n")
         if address:
             console.print(session.execute(f"!pool {address:x} 2"), highlight=False, markup=False)
+
+
+def _last_name_now(kernel, address: int) -> str:
+    """What became of sloppy.sys's last name buffer by the time of the dump. The driver frees
+    every name buffer before its request returns, so "the last name buffer" alone read as a
+    live allocation: the heap may still hold the chunk in a front end (its header then still
+    says Allocated), may have freed it for real, or given it to another allocation."""
+    freed = "sloppy.sys freed its last name buffer as its last request returned"
+    page = address & ~0xFFF
+    for pool in (kernel.nonpaged_pool, getattr(kernel, "nonpaged_pool_nx", None), kernel.paged_pool):
+        blocks = pool.page_blocks(page) if hasattr(pool, "page_blocks") else None
+        for offset, length, state, tag in blocks or ():
+            if not page + offset <= address < page + offset + length:
+                continue
+            if state == "Lookaside":  # the header still says Allocated: say why
+                chunk = address - POOL_HEADER_SIZE - VS_HEADER_SIZE
+                front = ("delay-free list" if chunk in getattr(pool, "delay_free", ())
+                         else "dynamic lookaside")
+                return (f"{freed}, but the segment heap keeps that chunk on its {front} before "
+                        f"freeing it for real, so its header still says Allocated.")
+            if state == "Free":
+                return f"{freed}; the segment heap has freed its chunk for real since."
+            if tag != tag_value("SlNm"):
+                return f"{freed}; the segment heap has given its chunk to another allocation since."
+    return f"{freed}."
 
 
 def _show_crash(run: ScenarioRun, console: Console) -> None:

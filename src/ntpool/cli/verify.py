@@ -102,6 +102,19 @@ def _where(args, tally) -> str:
     return f"on {jobs} worker process" + ("es" if jobs > 1 else "")
 
 
+def check_engine_arguments(args) -> None:
+    """Refuses, in one line, the engine options no campaign can run with. A command that
+    prints before its campaign starts calls this first, so the refusal is all it prints."""
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.resume and not args.results:
+        raise ValueError("--resume needs --results FILE (the campaign to finish)")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.memory_limit is not None and not 0 < args.memory_limit < float("inf"):
+        raise ValueError(f"--memory-limit must be a positive number of MiB, got {args.memory_limit:g}")
+
+
 @contextlib.contextmanager
 def engine_for(args, description: dict, console: Console, what: str):
     """The engine the arguments ask for, with a progress bar, and its results file.
@@ -110,15 +123,8 @@ def engine_for(args, description: dict, console: Console, what: str):
     it says what was kept and how to finish."""
     from ..campaign import Engine, ResultStore
 
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.resume and not args.results:
-        raise ValueError("--resume needs --results FILE (the campaign to finish)")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    check_engine_arguments(args)
     if args.memory_limit is not None:
-        if not 0 < args.memory_limit < float("inf"):
-            raise ValueError(f"--memory-limit must be a positive number of MiB, got {args.memory_limit:g}")
         # A resumed campaign keeps the limit it was made under (another is another campaign).
         description = dict(description, memory_mib=args.memory_limit)
     results, resume, own = args.results, args.resume, False
@@ -190,6 +196,7 @@ IMAGE_REFUSED = ("BadImage", "MissingImports")
 def cmd_verify(args) -> int:
     from ..campaign.verify import FaultPlan, campaign_description, verify
 
+    check_engine_arguments(args)  # before the campaign's first line, not after it
     plan = FaultPlan.parse(args.plan)
     if args.max_runs is not None and args.max_runs < 1:
         raise ValueError(f"--max-runs must be at least 1, got {args.max_runs}")
@@ -272,7 +279,8 @@ def _site_text(site) -> str:
 
 def _print_triage(console: Console, failures) -> None:
     table = Table(title="Triage: the runs that did not survive, by what happened and where")
-    for column in ("Runs", "Verdict", "Where (driver, call site)", "Sites failed in those runs",
+    table.add_column("Runs", justify="right")  # counts, read down their digits
+    for column in ("Verdict", "Where (driver, call site)", "Sites failed in those runs",
                    "First run's evidence"):
         table.add_column(column, overflow="fold")
     for group in failures:

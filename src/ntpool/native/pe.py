@@ -101,9 +101,32 @@ def parse_image(data: bytes, name: str = "driver.sys") -> Image:
         raise BadImage(f"{name}: malformed PE image ({error})") from None
 
 
-def _parse(data: bytes, name: str) -> Image:
-    if len(data) < 0x40 or data[:2] != b"MZ":
+DOS_HEADER_BYTES = 0x40  # IMAGE_DOS_HEADER, whose last field, e_lfanew (at 0x3C), says where the PE signature is
+NT_SIGNATURE = b"PE\0\0"
+FILE_HEADER_BYTES = 20  # IMAGE_FILE_HEADER, after the signature
+
+
+def _check_nt_headers_present(data: bytes, name: str) -> None:
+    """The DOS header, the PE signature and the file header are in the file: said in our own
+    words, where pefile's ("Invalid e_lfanew value") or a bare "no MZ header" for a file that
+    starts with MZ but stops short left the user guessing."""
+    if data[:2] != b"MZ":
         raise BadImage(f"{name}: not a PE image (no MZ header)")
+    if len(data) < DOS_HEADER_BYTES:
+        raise BadImage(f"{name}: truncated: {len(data)} byte(s), where the DOS header "
+                       f"(IMAGE_DOS_HEADER, up to e_lfanew) alone needs {DOS_HEADER_BYTES}")
+    e_lfanew = int.from_bytes(data[0x3C:DOS_HEADER_BYTES], "little")
+    end = e_lfanew + len(NT_SIGNATURE) + FILE_HEADER_BYTES
+    if end > len(data):
+        raise BadImage(f"{name}: truncated: e_lfanew {e_lfanew:#x} puts the PE signature and "
+                       f"file header at {e_lfanew:#x}-{end:#x}, past the file's end "
+                       f"({len(data)} bytes)")
+    if data[e_lfanew:e_lfanew + len(NT_SIGNATURE)] != NT_SIGNATURE:
+        raise BadImage(f"{name}: not a PE image (no PE signature at e_lfanew {e_lfanew:#x})")
+
+
+def _parse(data: bytes, name: str) -> Image:
+    _check_nt_headers_present(data, name)
     pe = pefile.PE(data=data, fast_load=True)
     if pe.FILE_HEADER.Machine != IMAGE_FILE_MACHINE_AMD64:
         raise BadImage(f"{name}: machine {pe.FILE_HEADER.Machine:#x} is not x64 (0x8664)")
