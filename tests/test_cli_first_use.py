@@ -262,11 +262,11 @@ def test_a_file_that_is_no_driver_is_named_once_in_the_refusal(tmp_path, capsys)
                         "e_lfanew) alone needs 64"),
     # pefile said "Invalid e_lfanew value, probably not a PE file" and "File Header missing".
     (b"MZ" + bytes(58) + (0x1000).to_bytes(4, "little"),
-     "truncated: e_lfanew 0x1000 puts the PE signature and file header at 0x1000-0x1018, "
-     "past the file's end (64 bytes)"),
+     "malformed PE image: e_lfanew 0x1000 puts the PE signature and file header at "
+     "0x1000-0x1018, past the file's end (64 bytes): the file is truncated or e_lfanew is wrong"),
     (b"MZ" + bytes(58) + (0x40).to_bytes(4, "little") + b"PE\0\0" + bytes(10),
-     "truncated: e_lfanew 0x40 puts the PE signature and file header at 0x40-0x58, past the "
-     "file's end (78 bytes)"),
+     "malformed PE image: e_lfanew 0x40 puts the PE signature and file header at 0x40-0x58, "
+     "past the file's end (78 bytes): the file is truncated or e_lfanew is wrong"),
     (b"MZ" + bytes(58) + (0x40).to_bytes(4, "little") + b"NE\0\0" + bytes(40),
      "not a PE image (no PE signature at e_lfanew 0x40)"),
 ])

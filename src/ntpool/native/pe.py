@@ -118,9 +118,9 @@ def _check_nt_headers_present(data: bytes, name: str) -> None:
     e_lfanew = int.from_bytes(data[0x3C:DOS_HEADER_BYTES], "little")
     end = e_lfanew + len(NT_SIGNATURE) + FILE_HEADER_BYTES
     if end > len(data):
-        raise BadImage(f"{name}: truncated: e_lfanew {e_lfanew:#x} puts the PE signature and "
-                       f"file header at {e_lfanew:#x}-{end:#x}, past the file's end "
-                       f"({len(data)} bytes)")
+        raise BadImage(f"{name}: malformed PE image: e_lfanew {e_lfanew:#x} puts the PE "
+                       f"signature and file header at {e_lfanew:#x}-{end:#x}, past the file's "
+                       f"end ({len(data)} bytes): the file is truncated or e_lfanew is wrong")
     if data[e_lfanew:e_lfanew + len(NT_SIGNATURE)] != NT_SIGNATURE:
         raise BadImage(f"{name}: not a PE image (no PE signature at e_lfanew {e_lfanew:#x})")
 

@@ -64,6 +64,14 @@ for _name in ("PKTIMER", "PKDPC", "PKDEFERRED_ROUTINE", "TIMER_TYPE"):
         pass
 
 
+# Expiries of timers with a DPC that one advance of the clock runs one by one, each DPC at
+# its own time (a minute of a 1 ms periodic timer; about a second of Python). Past them the
+# rest of the advance is one late clock tick (advance_clock): a periodic timer across a sleep
+# of years (KeDelayExecutionThread of 2**62 units, which native code may pass) ran its DPC
+# every period, about 4.6 * 10**14 times, a hang in ntpool itself.
+MAX_TIMER_EXPIRIES = 1 << 16
+
+
 class SyncRoutines:
     def _init_sync(self) -> None:
         self.system_time = EPOCH_2024
@@ -88,14 +96,32 @@ class SyncRoutines:
         DISPATCH_LEVEL as the clock interrupt would run them."""
         seconds_before = (self.system_time - self.boot_time) // 10_000_000
         target = self.system_time + max(0, hundred_ns)
+        expiries = 0
+        late: set[int] = set()  # timers the late tick expired (see below): once each
         while True:
-            due = [(when, timer) for timer, when in self.timers.items() if when <= target]
+            due = [(when, timer) for timer, when in self.timers.items()
+                   if when <= target and timer not in late]
             if not due:
                 break
             when, timer = min(due)
+            if expiries >= MAX_TIMER_EXPIRIES:
+                # The late tick: what is still due expires once, at the end of the advance,
+                # as on a clock interrupt that comes late (Windows re-arms a periodic timer
+                # relative to the time it is processed, and KeInsertQueueDpc does not queue
+                # a DPC already queued, so the missed periods run its DPC once).
+                when = target
+                late.add(timer)
+            expiries += 1
             self.system_time = max(self.system_time, when)
             self._publish_time()
             self._expire_timer(timer)
+            period = self._get32(timer + KTIMER_PERIOD)
+            if period and not self._get64(timer + KTIMER_DPC) and timer in self.timers:
+                # A periodic timer with no DPC: each later expiry only signals it again (it
+                # stays signalled) and re-arms it a period on, which nothing can tell from
+                # one re-arm past the target: its expiries up to the target are this one.
+                step = period * 10_000
+                self.timers[timer] = when + ((target - when) // step + 1) * step
         self.system_time = target
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
