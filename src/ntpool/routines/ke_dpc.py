@@ -271,7 +271,6 @@ class DeferredRoutines:
                 item = self._next_work_item(io_only)
                 if item is None:
                     break
-                self._put64(item, 0)  # List.Flink NULL: not queued (it may be queued again)
                 self._run_work_item(item)
                 ran += 1
         finally:
@@ -291,8 +290,11 @@ class DeferredRoutines:
         return None
 
     def _run_work_item(self, item: int) -> None:
+        # The worker reads the item first (an item in memory that is gone faults here, in
+        # the kernel's code: 0x50), then marks it not queued (it may be queued again).
         routine_address = self._get64(item + WORK_QUEUE_ITEM_WORKER_ROUTINE)
         parameter = self._get64(item + WORK_QUEUE_ITEM_PARAMETER)
+        self._put64(item, 0)
         if routine_address == IOP_PROCESS_WORK_ITEM:
             self._process_io_work_item(parameter)
             return

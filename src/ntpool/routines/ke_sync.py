@@ -403,8 +403,9 @@ class SyncRoutines:
         if not zero_timeout:
             self._check_irql_at_most(APC_LEVEL, "KeWaitForMultipleObjects with a non-zero timeout")
         objects = [self._get64(Object + 8 * index) for index in range(Count)]
+        wait_all = WaitType & 0xFFFFFFFF == WAIT_ALL
         for attempt in range(2):
-            if WaitType == WAIT_ALL:
+            if wait_all:
                 if all(self._is_signalled(o) for o in objects):
                     for o in objects:
                         self._take_if_signalled(o)
@@ -419,7 +420,7 @@ class SyncRoutines:
             self._advance_by(Timeout)
             return STATUS_TIMEOUT
         raise WaitForever(f"KeWaitForMultipleObjects on {Count} objects "
-                          f"({'WaitAll' if WaitType == WAIT_ALL else 'WaitAny'}) not signalled, with "
+                          f"({'WaitAll' if wait_all else 'WaitAny'}) not signalled, with "
                           f"no timeout: only another thread could signal them, and ntpool runs one thread")
 
     # --- semaphores (KSEMAPHORE: a DISPATCHER_HEADER of type 5, then Limit) -------------------

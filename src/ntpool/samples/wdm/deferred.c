@@ -3,8 +3,9 @@
  * PASSIVE_LEVEL while DriverEntry waits), then takes an in-stack queued spin lock, queues a
  * DPC under it (at DISPATCH_LEVEL: the DPC waits) and releases the lock (the DPC runs then),
  * and frees everything it allocated. Each step prints a line, so the order of effects can be
- * read from the debug output. Export LeaveWorkItem queues an executive work item from
- * DriverUnload, which runs after the image is gone (bug check 0xCE). */
+ * read from the debug output. Export LeaveWorkItem makes DriverUnload queue an executive
+ * work item (in pool, tag "Late") whose routine is in the image: it runs after the image is
+ * gone (bug check 0xCE), the classic unload bug. */
 #include "wdm_lite.h"
 
 #define CONTEXT_TAG 'cfeD'  /* shows "Defc" */
@@ -20,7 +21,7 @@ typedef struct _DEFERRED_CONTEXT {
 } DEFERRED_CONTEXT, *PDEFERRED_CONTEXT;
 
 static PDEVICE_OBJECT Device;
-static WORK_QUEUE_ITEM LateItem;
+#define LATE_TAG 'etaL'  /* shows "Late" */
 static BOOLEAN LeaveLateItem;
 
 static VOID NTAPI WorkRoutine(PDEVICE_OBJECT DeviceObject, PVOID Context) {
@@ -44,15 +45,19 @@ static VOID NTAPI DpcRoutine(PKDPC Dpc, PVOID DeferredContext, PVOID Argument1, 
 }
 
 static VOID NTAPI LateRoutine(PVOID Parameter) {
-    (void)Parameter;
     DbgPrint("deferred: the late work item runs\n");
+    ExFreePoolWithTag(Parameter, LATE_TAG);
 }
 
 static VOID NTAPI DeferredUnload(PDRIVER_OBJECT DriverObject) {
     (void)DriverObject;
+    PWORK_QUEUE_ITEM late;
     if (LeaveLateItem) {
-        ExInitializeWorkItem(&LateItem, LateRoutine, NULL);
-        ExQueueWorkItem(&LateItem, DelayedWorkQueue);
+        late = ExAllocatePoolWithTag(NonPagedPool, sizeof(*late), LATE_TAG);
+        if (late != NULL) {
+            ExInitializeWorkItem(late, LateRoutine, late);
+            ExQueueWorkItem(late, DelayedWorkQueue);
+        }
     }
     IoDeleteDevice(Device);
 }
