@@ -337,3 +337,12 @@ def test_without_verifier_such_a_free_goes_unnoticed_and_after_the_work_item_ran
     k.ExQueueWorkItem(block, 1)
     assert k.run_work_items() == 1
     k.ExFreePoolWithTag(block, "Ctxt")
+
+
+def test_a_dpc_queued_between_wdm_h_inline_raise_and_lower_runs_at_the_mov_to_cr8():
+    k = machine()
+    driver = load_native_driver(k, SAMPLES / "deferred.sys")
+    assert driver.call("QueueAtDispatch") == 0x0000_0001  # none before the lowering, one after
+    assert driver.call("QueueAtDispatch") == 0x0001_0002
+    assert k.current_irql == 0
+    unload_native_driver(k, driver)
