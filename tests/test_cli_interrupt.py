@@ -89,3 +89,15 @@ def test_importing_ntpool_as_a_library_leaves_ctrl_c_alone(tmp_path):
 def test_started_as_module_reads_the_command_line_as_python_does(orig_argv, expected):
     assert started_as_module("ntpool", argv=["-m"], orig_argv=orig_argv) is expected
     assert not started_as_module("ntpool", argv=["/x/ntpool/__main__.py"], orig_argv=orig_argv)
+
+
+def test_these_tests_pass_in_a_suite_started_with_sigint_ignored():
+    # A shell without job control starts `pytest &` with SIGINT ignored, and every child
+    # inherited it: Python installed no handler and the tests above failed on the caller's
+    # shell, not on ntpool.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__,
+         "-k", "without_ctrl_c_python_m or leaves_ctrl_c_alone or ntpool.kernel"],
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0 and done.stdout.startswith("... "), done.stdout[-3000:]
