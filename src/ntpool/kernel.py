@@ -53,6 +53,7 @@ from .routines.ex import ExecutiveRoutines, serve_pool_routines_directly
 from .routines.fsrtl import FsRtlRoutines
 from .routines.ndis import NdisRoutines, serve_memory_routines_directly
 from .routines.io import IoRoutines
+from .routines.ke_dpc import DeferredRoutines
 from .routines.ke_irql import IrqlRoutines
 from .routines.ke_sync import SyncRoutines
 from .routines.objects import ObjectRoutines
@@ -112,7 +113,8 @@ def _positive_bytes(name: str, value) -> int:
 
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
-             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, RuntimeRoutines):
+             StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
+             RuntimeRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -253,6 +255,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_io()
         self._init_security()
         self._init_sync()
+        self._init_deferred()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

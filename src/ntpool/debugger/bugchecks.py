@@ -48,6 +48,14 @@ DESCRIPTIONS = {
     B.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY: "An attempt was made to execute non-executable "
                                              "memory.",
     B.MANUALLY_INITIATED_CRASH: "The user manually initiated this crash dump.",
+    B.MAXIMUM_WAIT_OBJECTS_EXCEEDED: "A thread waited on more objects than its wait blocks hold.",
+    B.TIMER_OR_DPC_INVALID: "A kernel timer or DPC was found somewhere in memory where it is "
+                            "not permitted.",
+    B.DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS: "A driver unloaded without "
+                                                             "cancelling pending operations "
+                                                             "(timers, DPCs, worker threads).",
+    B.WORKER_INVALID: "Memory that should not contain an executive worker item does, or a "
+                      "currently active worker item was queued.",
     B.KERNEL_MODE_HEAP_CORRUPTION: "The kernel mode heap manager has detected corruption in a heap.",
 }
 
@@ -129,6 +137,8 @@ ARGUMENTS = {
                                               "Address which referenced memory"),
     (B.DRIVER_PORTION_MUST_BE_NONPAGED, None): ("Memory referenced", "IRQL", _ACCESS,
                                                 "Address which referenced memory"),
+    (B.DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS, None): (
+        "Memory referenced", _ACCESS, "Address which referenced memory", "Reserved"),
     (B.SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD, None): (
         "Memory referenced", "IRQL", _ACCESS, "Address which referenced memory"),
     (B.DRIVER_CORRUPTED_EXPOOL, None): ("Memory referenced", "IRQL", "0: read, 1: write",

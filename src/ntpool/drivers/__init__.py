@@ -386,17 +386,25 @@ class DriverRoutines:
         loaded = self._driver_for(driver)
         unload = getattr(loaded.obj, "DriverUnload", None)
         if callable(unload):
-            self._call_driver(loaded, unload, self)
+            self._call_driver(loaded, unload, self, top_level=False)
+        # Work items DriverUnload queued: an I/O work item holds a reference on its device
+        # object, which defers the image's unload until it has run; an executive one holds
+        # nothing, and its worker gets the processor only after the image is gone (0xCE).
+        self.run_work_items(io_only=True)
         self.hooks.publish(DriverUnloading(loaded))
         self._forget_driver(loaded)
+        self.return_to_kernel()
 
-    def _call_driver(self, loaded: LoadedDriver, routine, *args):
+    def _call_driver(self, loaded: LoadedDriver, routine, *args, top_level: bool = True):
         previous = self.current_driver
         self.current_driver = loaded
         try:
-            return routine(*args)
+            result = routine(*args)
         finally:
             self.current_driver = previous
+        if previous is None and top_level:
+            self.return_to_kernel()  # DriverEntry / DriverUnload returned: work items run
+        return result
 
     def _forget_driver(self, loaded: LoadedDriver) -> None:
         # MmUnloadedDrivers: where the image was, for a later fault there (bug check 0xD4).

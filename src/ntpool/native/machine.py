@@ -165,7 +165,10 @@ class NativeDriver:
     def call(self, routine, *args) -> int:
         """Call an exported routine (by name or address) with integer arguments."""
         address = self.address_of(routine) if isinstance(routine, str) else routine
-        return self.machine.call(address, args, self)
+        result = self.machine.call(address, args, self)
+        if self.machine.cpu.depth == 0:
+            self.machine.kernel.return_to_kernel()  # a top-level call returned: work items run
+        return result
 
     def describe(self, address: int) -> str:
         """"driver.sys+0xOFFSET", with the function and line when symbols say."""

@@ -996,6 +996,8 @@ class FileHandle:
         k.io_requests[irp] = request
         try:
             returned = k.IofCallDriver(self.top, irp)
+            if not self.kernel_caller:
+                k.return_to_kernel()  # the request's thread goes back to user mode: workers run
         except BaseException:
             k.io_requests.pop(irp, None)
             raise

@@ -13,10 +13,20 @@ requested IRQL, 0, 0).
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
 from ..errors import MachineHung, allowed_when_halted
 from ..hooks import IrqlRaised
-from .registry import routine
+from .registry import register_type, routine
 
 SPIN_LOCK_FREE = 0
 SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins on
+# KLOCK_QUEUE_HANDLE (x64, 0x18 bytes): LockQueue (KSPIN_LOCK_QUEUE: Next, Lock), OldIrql.
+LOCK_QUEUE_NEXT = 0x00
+LOCK_QUEUE_LOCK = 0x08
+LOCK_QUEUE_OLD_IRQL = 0x10
+
+for _name in ("PKLOCK_QUEUE_HANDLE", "PLIST_ENTRY", "PSINGLE_LIST_ENTRY"):
+    try:
+        register_type(_name, 8, pointer=True)
+    except Exception:  # already known with the same meaning
+        pass
 
 
 def _checked_irql(name: str, value) -> int:
@@ -36,7 +46,12 @@ class IrqlRoutines:
         old = self.irql_by_processor[self.current_processor]
         self.irql_by_processor[self.current_processor] = irql
         self.pool.set_irql(irql)
-        if irql > old:
+        if irql < DISPATCH_LEVEL <= old:
+            # The DISPATCH software interrupt: DPCs queued while the IRQL was raised run now.
+            queues = self.__dict__.get("dpc_queues")
+            if queues and queues[self.current_processor]:
+                self.retire_dpcs()
+        elif irql > old:
             listeners = self.hooks.listening(IrqlRaised)
             if listeners:
                 event = IrqlRaised(self.current_processor, old, irql)
@@ -168,6 +183,161 @@ class IrqlRoutines:
                               detail=f"release of spin lock {lock:#x}, which this processor "
                                      f"does not own")
         self.write(lock, SPIN_LOCK_FREE.to_bytes(8, "little"))
+
+    # --- in-stack queued spin locks (x64: ntoskrnl exports) ---------------------------------
+    # A queued lock's KSPIN_LOCK holds the address of the last waiter's KSPIN_LOCK_QUEUE (the
+    # tail of the queue), NULL when free (WRK amd64 KxAcquireQueuedSpinLock: an exchange of
+    # the lock with the handle's LockQueue). With one thread of control the queue is at most
+    # the owner: the lock holds the owner's handle while held.
+
+    @routine("VOID KeAcquireInStackQueuedSpinLock(PKSPIN_LOCK SpinLock, PKLOCK_QUEUE_HANDLE LockHandle)")
+    def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
+        """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
+        lock = _checked_lock(SpinLock)
+        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        self._take_queued_lock(lock, LockHandle)
+        self.write(LockHandle + LOCK_QUEUE_OLD_IRQL, bytes([old]))
+
+    @routine("VOID KeAcquireInStackQueuedSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock, "
+             "PKLOCK_QUEUE_HANDLE LockHandle)")
+    def KeAcquireInStackQueuedSpinLockAtDpcLevel(self, SpinLock, LockHandle) -> None:
+        lock = _checked_lock(SpinLock)
+        irql = self.current_irql
+        if irql < DISPATCH_LEVEL:
+            self.KeBugCheckEx(BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL, lock, irql, 0, 0,
+                              detail=f"KeAcquireInStackQueuedSpinLockAtDpcLevel at IRQL {irql}")
+        self._take_queued_lock(lock, LockHandle)
+
+    @routine("VOID KeReleaseInStackQueuedSpinLock(PKLOCK_QUEUE_HANDLE LockHandle)")
+    def KeReleaseInStackQueuedSpinLock(self, LockHandle) -> None:
+        """Release the lock the handle holds and lower the IRQL to the handle's OldIrql."""
+        self._drop_queued_lock(LockHandle)
+        self.KeLowerIrql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
+
+    @routine("VOID KeReleaseInStackQueuedSpinLockFromDpcLevel(PKLOCK_QUEUE_HANDLE LockHandle)")
+    def KeReleaseInStackQueuedSpinLockFromDpcLevel(self, LockHandle) -> None:
+        self._drop_queued_lock(LockHandle)
+
+    def _queued_owners(self) -> dict:
+        return self.__dict__.setdefault("_queued_lock_owners", {})  # lock -> (processor, handle)
+
+    def _take_queued_lock(self, lock: int, handle: int) -> None:
+        value = self._lock_value(lock)
+        if value:
+            owner = self._queued_owners().get(lock)
+            if (owner is not None and owner == (self.current_processor, value)) or value == self._held_value():
+                self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_ALREADY_OWNED, lock, 0, 0, 0,
+                                  detail=f"queued spin lock {lock:#x} is already owned by this processor")
+            held = f"held by processor {owner[0]} (handle {value:#x})" if owner is not None and \
+                owner[1] == value else f"held (its value is {value:#x})"
+            raise MachineHung(f"queued spin lock {lock:#x} is {held}; acquiring it on processor "
+                              f"{self.current_processor} would spin forever (release it there first)")
+        self.write(handle + LOCK_QUEUE_NEXT, bytes(8))
+        self.write(handle + LOCK_QUEUE_LOCK, lock.to_bytes(8, "little"))
+        self.write(lock, handle.to_bytes(8, "little"))
+        self._queued_owners()[lock] = (self.current_processor, handle)
+
+    def _drop_queued_lock(self, handle: int) -> None:
+        """A handle whose lock does not hold it (released twice, never acquired, another
+        handle's) is 0x10 SPIN_LOCK_NOT_OWNED (lock, 0, 0, 0): on x64 Windows the release
+        would wait for a successor that never comes (departures)."""
+        lock = int.from_bytes(self.read(handle + LOCK_QUEUE_LOCK, 8), "little") & ~0x3
+        value = self._lock_value(lock) if 0 < lock < 1 << 64 else None
+        if value != handle:
+            self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_NOT_OWNED, lock, 0, 0, 0,
+                              detail=f"release of queued spin lock {lock:#x} through handle "
+                                     f"{handle:#x}, which does not hold it")
+        self.write(lock, SPIN_LOCK_FREE.to_bytes(8, "little"))
+        self._queued_owners().pop(lock, None)
+
+    # --- interlocked lists: the list changed under the spin lock, the IRQL unchanged -------
+    # (x64 ExInterlocked*List disable interrupts and take the lock: WRK amd64 intrlock.asm)
+
+    def _listed_under(self, lock: int, change):
+        lock = _checked_lock(lock)
+        self._take_lock(lock)
+        try:
+            return change()
+        finally:
+            if not self.halted:
+                self._drop_lock(lock)
+
+    def _link(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 8), "little")
+
+    def _set_link(self, address: int, value: int) -> None:
+        self.write(address, value.to_bytes(8, "little"))
+
+    def _checked_links(self, entry: int, what: str) -> None:
+        """Windows 10 and later check a LIST_ENTRY's neighbours before they change it
+        (0x139, FAST_FAIL_CORRUPT_LIST_ENTRY); Windows 7 follows them as they are."""
+        if self.windows.major >= 10:
+            flink, blink = self._link(entry), self._link(entry + 8)
+            self._list_entry_check(self._link(flink + 8) == entry and self._link(blink) == entry,
+                                   f"{what}: {entry:#x}'s neighbours do not point back to it")
+
+    @routine("PLIST_ENTRY ExInterlockedInsertHeadList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry, "
+             "PKSPIN_LOCK Lock)")
+    def ExInterlockedInsertHeadList(self, ListHead, ListEntry, Lock) -> int:
+        """Insert at the head; the entry that was first (NULL if the list was empty)."""
+        def change():
+            self._checked_links(ListHead, "ExInterlockedInsertHeadList")
+            first = self._link(ListHead)
+            self._set_link(ListEntry, first)
+            self._set_link(ListEntry + 8, ListHead)
+            self._set_link(first + 8, ListEntry)
+            self._set_link(ListHead, ListEntry)
+            return 0 if first == ListHead else first
+        return self._listed_under(Lock, change)
+
+    @routine("PLIST_ENTRY ExInterlockedInsertTailList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry, "
+             "PKSPIN_LOCK Lock)")
+    def ExInterlockedInsertTailList(self, ListHead, ListEntry, Lock) -> int:
+        """Insert at the tail; the entry that was first (NULL if the list was empty)."""
+        def change():
+            self._checked_links(ListHead, "ExInterlockedInsertTailList")
+            first, last = self._link(ListHead), self._link(ListHead + 8)
+            self._set_link(ListEntry, ListHead)
+            self._set_link(ListEntry + 8, last)
+            self._set_link(last, ListEntry)
+            self._set_link(ListHead + 8, ListEntry)
+            return 0 if first == ListHead else first
+        return self._listed_under(Lock, change)
+
+    @routine("PLIST_ENTRY ExInterlockedRemoveHeadList(PLIST_ENTRY ListHead, PKSPIN_LOCK Lock)")
+    def ExInterlockedRemoveHeadList(self, ListHead, Lock) -> int:
+        """Remove the first entry and return it (NULL if the list is empty)."""
+        def change():
+            first = self._link(ListHead)
+            if first == ListHead:
+                return 0
+            self._checked_links(first, "ExInterlockedRemoveHeadList")
+            following = self._link(first)
+            self._set_link(ListHead, following)
+            self._set_link(following + 8, ListHead)
+            return first
+        return self._listed_under(Lock, change)
+
+    @routine("PSINGLE_LIST_ENTRY ExInterlockedPushEntryList(PSINGLE_LIST_ENTRY ListHead, "
+             "PSINGLE_LIST_ENTRY ListEntry, PKSPIN_LOCK Lock)")
+    def ExInterlockedPushEntryList(self, ListHead, ListEntry, Lock) -> int:
+        """Push onto a singly linked list; the entry that was first (NULL if empty)."""
+        def change():
+            first = self._link(ListHead)
+            self._set_link(ListEntry, first)
+            self._set_link(ListHead, ListEntry)
+            return first
+        return self._listed_under(Lock, change)
+
+    @routine("PSINGLE_LIST_ENTRY ExInterlockedPopEntryList(PSINGLE_LIST_ENTRY ListHead, PKSPIN_LOCK Lock)")
+    def ExInterlockedPopEntryList(self, ListHead, Lock) -> int:
+        """Pop the first entry of a singly linked list (NULL if empty)."""
+        def change():
+            first = self._link(ListHead)
+            if first:
+                self._set_link(ListHead, self._link(first))
+            return first
+        return self._listed_under(Lock, change)
 
 
 def _checked_lock(lock) -> int:

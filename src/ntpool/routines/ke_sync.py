@@ -56,8 +56,28 @@ KDPC_SYSTEM_ARGUMENT2 = 0x30
 TIMER_NOTIFICATION_OBJECT = 8
 TIMER_SYNCHRONIZATION_OBJECT = 9
 EVENT_MODIFY_STATE = 0x0002
+STATUS_WAIT_0 = 0x00000000
+STATUS_SEMAPHORE_LIMIT_EXCEEDED = 0xC0000047
+SEMAPHORE_OBJECT = 5
+KSEMAPHORE_LIMIT = 0x18
+KSEMAPHORE_SIZE = 0x20
+WAIT_ALL, WAIT_ANY = 0, 1
+MAXIMUM_WAIT_OBJECTS = 64
+THREAD_WAIT_OBJECTS = 3
+# KGUARDED_MUTEX (Windows 7 x64, 0x38 bytes): Count (GM_LOCK_BIT set: free), Owner,
+# Contention, Gate (a KGATE: a DISPATCHER_HEADER of type GateObject), the APC disable counts.
+KGUARDED_MUTEX_COUNT = 0x00
+KGUARDED_MUTEX_OWNER = 0x08
+KGUARDED_MUTEX_CONTENTION = 0x10
+KGUARDED_MUTEX_GATE = 0x18
+KGUARDED_MUTEX_SIZE = 0x38
+GM_LOCK_BIT = 1
+GATE_OBJECT = 7
+KGATE_SIZE = 0x18
+MICROSECOND = 10  # 100 ns units
 
-for _name in ("PKTIMER", "PKDPC", "PKDEFERRED_ROUTINE", "TIMER_TYPE"):
+for _name in ("PKTIMER", "PKDPC", "PKDEFERRED_ROUTINE", "TIMER_TYPE", "PRKSEMAPHORE",
+              "PKGUARDED_MUTEX", "WAIT_TYPE", "PKWAIT_BLOCK"):
     try:
         register_type(_name, 8 if _name.startswith("P") else 4, pointer=_name.startswith("P"))
     except Exception:
@@ -160,12 +180,10 @@ class SyncRoutines:
         self._put32(timer + L.DISPATCHER_HEADER.SignalState, 1)
         dpc = self._get64(timer + KTIMER_DPC)
         if dpc:
-            routine_address = self._get64(dpc + KDPC_DEFERRED_ROUTINE)
             old = self.irql_by_processor[self.current_processor]
             self._set_irql(DISPATCH_LEVEL)
             try:
-                self.call_code(routine_address, dpc, self._get64(dpc + KDPC_DEFERRED_CONTEXT),
-                               self.system_time & 0xFFFFFFFF, self.system_time >> 32)
+                self.run_dpc_routine(dpc, self.system_time & 0xFFFFFFFF, self.system_time >> 32)
             finally:
                 if not self.halted:
                     self._set_irql(old)
@@ -276,7 +294,11 @@ class SyncRoutines:
 
     @routine("NTSTATUS KeDelayExecutionThread(KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Interval)")
     def KeDelayExecutionThread(self, WaitMode, Alertable, Interval) -> int:
+        """Sleep: the worker threads get the processor (queued work items run), the clock
+        moves on, and work items that timer DPCs queued meanwhile run."""
+        self.run_work_items()
         self._advance_by(Interval)
+        self.run_work_items()
         return NtStatus.STATUS_SUCCESS
 
     def _advance_by(self, interval_va: int) -> None:
@@ -324,27 +346,112 @@ class SyncRoutines:
              "KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Timeout)")
     def KeWaitForSingleObject(self, Object, WaitReason, WaitMode, Alertable, Timeout) -> int:
         """Signalled: STATUS_SUCCESS (a synchronization event or mutex is taken). Not
-        signalled: STATUS_TIMEOUT after the timeout, WaitForever without one."""
+        signalled: the thread gives up the processor, so queued work items run (one may
+        signal it); still not signalled, STATUS_TIMEOUT after the timeout, WaitForever
+        without one."""
         zero_timeout = Timeout and int.from_bytes(self.read(Timeout, 8), "little") == 0
         if not zero_timeout:
             self._check_irql_at_most(APC_LEVEL, "KeWaitForSingleObject with a non-zero timeout")
-        kind = self.read(Object, 1)[0]
-        state = self._signal_state(Object)
-        if kind == 2:  # a mutant: free when SignalState is 1, recursive for its owner
-            if state > 0 or self._get64(Object + 0x28) == THREAD_STAND_IN:
-                self._put32(Object + L.DISPATCHER_HEADER.SignalState, state - 1)
-                self._put64(Object + 0x28, THREAD_STAND_IN)
-                return NtStatus.STATUS_SUCCESS
-        elif state > 0:
-            if kind in (1, 5):  # a synchronization event / semaphore takes one
-                self._put32(Object + L.DISPATCHER_HEADER.SignalState, state - 1 if kind == 5 else 0)
+        if self._take_if_signalled(Object):
+            return NtStatus.STATUS_SUCCESS
+        if not zero_timeout and self.work_items_pending() and self.run_work_items() and \
+                self._take_if_signalled(Object):
             return NtStatus.STATUS_SUCCESS
         if Timeout:
             self._advance_by(Timeout)
             return STATUS_TIMEOUT
+        kind = self.read(Object, 1)[0]
         raise WaitForever(f"KeWaitForSingleObject on {Object:#x} (dispatcher type {kind}), which is "
                           f"not signalled, with no timeout: only another thread could signal it, "
                           f"and ntpool runs one thread")
+
+    def _is_signalled(self, dispatcher: int) -> bool:
+        kind = self.read(dispatcher, 1)[0]
+        if kind == 2:  # a mutant: free when SignalState is 1, recursive for its owner
+            return self._signal_state(dispatcher) > 0 or self._get64(dispatcher + 0x28) == THREAD_STAND_IN
+        return self._signal_state(dispatcher) > 0
+
+    def _take_if_signalled(self, dispatcher: int) -> bool:
+        """Satisfy a wait on the object if it is signalled: a mutant is owned, a
+        synchronization event cleared, a semaphore's count taken one."""
+        if not self._is_signalled(dispatcher):
+            return False
+        kind = self.read(dispatcher, 1)[0]
+        state = self._signal_state(dispatcher)
+        if kind == 2:
+            self._put32(dispatcher + L.DISPATCHER_HEADER.SignalState, state - 1)
+            self._put64(dispatcher + 0x28, THREAD_STAND_IN)
+        elif kind in (1, SEMAPHORE_OBJECT):
+            self._put32(dispatcher + L.DISPATCHER_HEADER.SignalState, state - 1 if kind == SEMAPHORE_OBJECT else 0)
+        return True
+
+    @routine("NTSTATUS KeWaitForMultipleObjects(ULONG Count, PVOID *Object, WAIT_TYPE WaitType, "
+             "KWAIT_REASON WaitReason, KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, "
+             "PLARGE_INTEGER Timeout, PKWAIT_BLOCK WaitBlockArray)")
+    def KeWaitForMultipleObjects(self, Count, Object, WaitType, WaitReason, WaitMode, Alertable,
+                                 Timeout, WaitBlockArray) -> int:
+        """WaitAll: STATUS_SUCCESS when every object is signalled (each is then taken);
+        WaitAny: STATUS_WAIT_0 + the index of the first signalled one (taken). Otherwise as
+        KeWaitForSingleObject: work items run, then the timeout or WaitForever. More than
+        MAXIMUM_WAIT_OBJECTS (64) objects, or more than THREAD_WAIT_OBJECTS (3) with no
+        WaitBlockArray, is bug check 0xC MAXIMUM_WAIT_OBJECTS_EXCEEDED."""
+        if Count > MAXIMUM_WAIT_OBJECTS or (not WaitBlockArray and Count > THREAD_WAIT_OBJECTS):
+            self.KeBugCheckEx(BugCheckCode.MAXIMUM_WAIT_OBJECTS_EXCEEDED, 0, 0, 0, 0,
+                              detail=f"KeWaitForMultipleObjects on {Count} objects "
+                                     f"({'with' if WaitBlockArray else 'without'} a WaitBlockArray)")
+        zero_timeout = Timeout and int.from_bytes(self.read(Timeout, 8), "little") == 0
+        if not zero_timeout:
+            self._check_irql_at_most(APC_LEVEL, "KeWaitForMultipleObjects with a non-zero timeout")
+        objects = [self._get64(Object + 8 * index) for index in range(Count)]
+        wait_all = WaitType & 0xFFFFFFFF == WAIT_ALL
+        for attempt in range(2):
+            if wait_all:
+                if all(self._is_signalled(o) for o in objects):
+                    for o in objects:
+                        self._take_if_signalled(o)
+                    return NtStatus.STATUS_SUCCESS
+            else:
+                for index, o in enumerate(objects):
+                    if self._take_if_signalled(o):
+                        return STATUS_WAIT_0 + index
+            if attempt or zero_timeout or not (self.work_items_pending() and self.run_work_items()):
+                break
+        if Timeout:
+            self._advance_by(Timeout)
+            return STATUS_TIMEOUT
+        raise WaitForever(f"KeWaitForMultipleObjects on {Count} objects "
+                          f"({'WaitAll' if wait_all else 'WaitAny'}) not signalled, with "
+                          f"no timeout: only another thread could signal them, and ntpool runs one thread")
+
+    # --- semaphores (KSEMAPHORE: a DISPATCHER_HEADER of type 5, then Limit) -------------------
+
+    @routine("VOID KeInitializeSemaphore(PRKSEMAPHORE Semaphore, LONG Count, LONG Limit)")
+    def KeInitializeSemaphore(self, Semaphore, Count, Limit) -> None:
+        self.write(Semaphore, bytes([SEMAPHORE_OBJECT, 0, KSEMAPHORE_SIZE // 4, 0]) +
+                   (Count & 0xFFFFFFFF).to_bytes(4, "little"))
+        wait_list = Semaphore + L.DISPATCHER_HEADER.WaitListHead
+        self._put64(wait_list, wait_list)
+        self._put64(wait_list + 8, wait_list)
+        self._put32(Semaphore + KSEMAPHORE_LIMIT, Limit & 0xFFFFFFFF)
+
+    @routine("LONG KeReleaseSemaphore(PRKSEMAPHORE Semaphore, KPRIORITY Increment, LONG Adjustment, "
+             "BOOLEAN Wait)")
+    def KeReleaseSemaphore(self, Semaphore, Increment, Adjustment, Wait) -> int:
+        """Add Adjustment to the count; the previous count. Past the Limit (or an overflow)
+        raises STATUS_SEMAPHORE_LIMIT_EXCEEDED, the count unchanged (ExRaiseStatus)."""
+        self._check_irql_at_most(DISPATCH_LEVEL, "KeReleaseSemaphore")
+        previous = self._signal_state(Semaphore)
+        limit = int.from_bytes(self.read(Semaphore + KSEMAPHORE_LIMIT, 4), "little", signed=True)
+        adjustment = Adjustment - (1 << 32) if Adjustment >= 1 << 31 else Adjustment
+        count = previous + adjustment
+        if adjustment <= 0 or count > limit or count > 0x7FFFFFFF:
+            self.ExRaiseStatus(STATUS_SEMAPHORE_LIMIT_EXCEEDED)
+        self._put32(Semaphore + L.DISPATCHER_HEADER.SignalState, count)
+        return previous
+
+    @routine("LONG KeReadStateSemaphore(PRKSEMAPHORE Semaphore)")
+    def KeReadStateSemaphore(self, Semaphore) -> int:
+        return self._signal_state(Semaphore)
 
     @routine("VOID KeInitializeMutex(PRKMUTEX Mutex, ULONG Level)")
     def KeInitializeMutex(self, Mutex, Level) -> None:
@@ -499,6 +606,80 @@ class SyncRoutines:
                               detail=f"release of fast mutex {mutex:#x}, which is not owned")
         self._put32(mutex + L.FAST_MUTEX.Count, 1)
         self._put64(mutex + L.FAST_MUTEX.Owner, 0)
+
+    # --- guarded mutexes (Windows 7: a guarded region, no IRQL change) --------------------------
+
+    @routine("VOID KeInitializeGuardedMutex(PKGUARDED_MUTEX Mutex)")
+    def KeInitializeGuardedMutex(self, Mutex) -> None:
+        self.write(Mutex, bytes(KGUARDED_MUTEX_SIZE))
+        self._put32(Mutex + KGUARDED_MUTEX_COUNT, GM_LOCK_BIT)
+        gate = Mutex + KGUARDED_MUTEX_GATE
+        self.write(gate, bytes([GATE_OBJECT, 0, KGATE_SIZE // 4, 0]))
+        self._put64(gate + L.DISPATCHER_HEADER.WaitListHead, gate + L.DISPATCHER_HEADER.WaitListHead)
+        self._put64(gate + L.DISPATCHER_HEADER.WaitListHead + 8, gate + L.DISPATCHER_HEADER.WaitListHead)
+
+    @routine("VOID KeAcquireGuardedMutex(PKGUARDED_MUTEX Mutex)")
+    def KeAcquireGuardedMutex(self, Mutex) -> None:
+        """Own the mutex (at most APC_LEVEL); one this thread owns already would wait for
+        itself (guarded mutexes are not recursive): WaitForever."""
+        self._check_irql_at_most(APC_LEVEL, "KeAcquireGuardedMutex")
+        if not self._get32(Mutex + KGUARDED_MUTEX_COUNT) & GM_LOCK_BIT:
+            raise WaitForever(f"guarded mutex {Mutex:#x} is already owned (by this thread: guarded "
+                              f"mutexes are not recursive)")
+        self._take_guarded_mutex(Mutex)
+
+    @routine("BOOLEAN KeTryToAcquireGuardedMutex(PKGUARDED_MUTEX Mutex)")
+    def KeTryToAcquireGuardedMutex(self, Mutex) -> int:
+        self._check_irql_at_most(APC_LEVEL, "KeTryToAcquireGuardedMutex")
+        if not self._get32(Mutex + KGUARDED_MUTEX_COUNT) & GM_LOCK_BIT:
+            return 0
+        self._take_guarded_mutex(Mutex)
+        return 1
+
+    def _take_guarded_mutex(self, mutex: int) -> None:
+        self.KeEnterGuardedRegion()
+        self._put32(mutex + KGUARDED_MUTEX_COUNT, self._get32(mutex + KGUARDED_MUTEX_COUNT) & ~GM_LOCK_BIT)
+        self._put64(mutex + KGUARDED_MUTEX_OWNER, THREAD_STAND_IN)
+
+    @routine("VOID KeReleaseGuardedMutex(PKGUARDED_MUTEX Mutex)")
+    def KeReleaseGuardedMutex(self, Mutex) -> None:
+        """Release an owned mutex; one this thread does not own is 0xE3 RESOURCE_NOT_OWNED
+        (mutex, thread, 0, 4), as for a fast mutex (departures)."""
+        count = self._get32(Mutex + KGUARDED_MUTEX_COUNT)
+        if count & GM_LOCK_BIT or self._get64(Mutex + KGUARDED_MUTEX_OWNER) != THREAD_STAND_IN:
+            self.KeBugCheckEx(BugCheckCode.RESOURCE_NOT_OWNED, Mutex, THREAD_STAND_IN, 0, 4,
+                              detail=f"KeReleaseGuardedMutex of {Mutex:#x}, which this thread does not own")
+        self._put64(Mutex + KGUARDED_MUTEX_OWNER, 0)
+        self._put32(Mutex + KGUARDED_MUTEX_COUNT, count | GM_LOCK_BIT)
+        self.KeLeaveGuardedRegion()
+
+    @routine("VOID KeEnterGuardedRegion(VOID)")
+    def KeEnterGuardedRegion(self) -> None:
+        self.guarded_region = getattr(self, "guarded_region", 0) + 1
+
+    @routine("VOID KeLeaveGuardedRegion(VOID)")
+    def KeLeaveGuardedRegion(self) -> None:
+        self.guarded_region = getattr(self, "guarded_region", 0) - 1
+
+    # --- stalls and interrupt time -----------------------------------------------------------
+
+    @routine("VOID KeStallExecutionProcessor(ULONG MicroSeconds)", module="HAL.dll")
+    def KeStallExecutionProcessor(self, MicroSeconds) -> None:
+        """Busy-wait: the clock moves on MicroSeconds. Below DISPATCH_LEVEL timers that fall
+        due expire as in any advance; at DISPATCH_LEVEL or above only the time moves (the
+        clock interrupt's timer DPCs wait for the IRQL to drop: they expire at the next
+        advance of the clock)."""
+        interval = (MicroSeconds & 0xFFFFFFFF) * MICROSECOND
+        if self.irql_by_processor[self.current_processor] < DISPATCH_LEVEL:
+            self.advance_clock(interval)
+        else:
+            self.system_time += interval
+            self._publish_time()
+
+    @routine("ULONGLONG KeQueryInterruptTime(VOID)")
+    def KeQueryInterruptTime(self) -> int:
+        """100 ns units since boot (KUSER_SHARED_DATA.InterruptTime, which wdm.h's inline reads)."""
+        return self.system_time - self.boot_time
 
     # --- system routine addresses ------------------------------------------------------------
 

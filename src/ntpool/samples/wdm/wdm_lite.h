@@ -238,6 +238,79 @@ NTSYSAPI NTSTATUS NTAPI ObReferenceObjectByHandle(HANDLE Handle, ACCESS_MASK Des
         PVOID ObjectType, KPROCESSOR_MODE AccessMode, PVOID *Object, PVOID HandleInformation);
 extern __declspec(dllimport) PVOID *ExEventObjectType;
 
+/* --- deferred work, queued spin locks, semaphores, guarded mutexes (the "dpc" block) --- */
+typedef struct _IO_WORKITEM *PIO_WORKITEM;
+typedef VOID (NTAPI *PIO_WORKITEM_ROUTINE)(PDEVICE_OBJECT DeviceObject, PVOID Context);
+typedef VOID (NTAPI *PIO_WORKITEM_ROUTINE_EX)(PVOID IoObject, PVOID Context, PIO_WORKITEM IoWorkItem);
+typedef VOID (NTAPI *PWORKER_THREAD_ROUTINE)(PVOID Parameter);
+typedef enum _WORK_QUEUE_TYPE { CriticalWorkQueue, DelayedWorkQueue, HyperCriticalWorkQueue } WORK_QUEUE_TYPE;
+typedef struct _WORK_QUEUE_ITEM {  /* 0x20 bytes */
+    LIST_ENTRY List;
+    PWORKER_THREAD_ROUTINE WorkerRoutine;
+    PVOID Parameter;
+} WORK_QUEUE_ITEM, *PWORK_QUEUE_ITEM;
+#define ExInitializeWorkItem(Item, Routine, Context) \
+    ((Item)->WorkerRoutine = (Routine), (Item)->Parameter = (Context), (Item)->List.Flink = NULL)
+typedef enum _KDPC_IMPORTANCE { LowImportance, MediumImportance, HighImportance,
+                                MediumHighImportance } KDPC_IMPORTANCE;
+typedef struct _KSPIN_LOCK_QUEUE {
+    struct _KSPIN_LOCK_QUEUE *volatile Next;
+    PKSPIN_LOCK volatile Lock;
+} KSPIN_LOCK_QUEUE;
+typedef struct _KLOCK_QUEUE_HANDLE {  /* 0x18 bytes */
+    KSPIN_LOCK_QUEUE LockQueue;
+    KIRQL OldIrql;
+} KLOCK_QUEUE_HANDLE, *PKLOCK_QUEUE_HANDLE;
+typedef struct _KSEMAPHORE { DISPATCHER_HEADER Header; LONG Limit; } KSEMAPHORE, *PKSEMAPHORE, *PRKSEMAPHORE;
+typedef struct _KGUARDED_MUTEX {  /* Windows 7 x64: 0x38 bytes */
+    LONG Count;
+    PVOID Owner;
+    ULONG Contention;
+    DISPATCHER_HEADER Gate;
+    short KernelApcDisable, SpecialApcDisable;
+} KGUARDED_MUTEX, *PKGUARDED_MUTEX;
+typedef enum _WAIT_TYPE { WaitAll, WaitAny } WAIT_TYPE;
+_Static_assert(sizeof(WORK_QUEUE_ITEM) == 0x20 && sizeof(KLOCK_QUEUE_HANDLE) == 0x18, "WORK_QUEUE_ITEM");
+_Static_assert(sizeof(KSEMAPHORE) == 0x20 && sizeof(KGUARDED_MUTEX) == 0x38, "KSEMAPHORE, KGUARDED_MUTEX");
+NTSYSAPI BOOLEAN NTAPI KeInsertQueueDpc(PKDPC Dpc, PVOID SystemArgument1, PVOID SystemArgument2);
+NTSYSAPI BOOLEAN NTAPI KeRemoveQueueDpc(PKDPC Dpc);
+NTSYSAPI VOID NTAPI KeFlushQueuedDpcs(VOID);
+NTSYSAPI VOID NTAPI KeSetTargetProcessorDpc(PKDPC Dpc, CCHAR Number);
+NTSYSAPI VOID NTAPI KeSetImportanceDpc(PKDPC Dpc, KDPC_IMPORTANCE Importance);
+NTSYSAPI PIO_WORKITEM NTAPI IoAllocateWorkItem(PDEVICE_OBJECT DeviceObject);
+NTSYSAPI VOID NTAPI IoFreeWorkItem(PIO_WORKITEM IoWorkItem);
+NTSYSAPI VOID NTAPI IoQueueWorkItem(PIO_WORKITEM IoWorkItem, PIO_WORKITEM_ROUTINE WorkerRoutine,
+                                    WORK_QUEUE_TYPE QueueType, PVOID Context);
+NTSYSAPI VOID NTAPI IoQueueWorkItemEx(PIO_WORKITEM IoWorkItem, PIO_WORKITEM_ROUTINE_EX WorkerRoutine,
+                                      WORK_QUEUE_TYPE QueueType, PVOID Context);
+NTSYSAPI ULONG NTAPI IoSizeofWorkItem(VOID);
+NTSYSAPI VOID NTAPI IoInitializeWorkItem(PVOID IoObject, PIO_WORKITEM IoWorkItem);
+NTSYSAPI VOID NTAPI IoUninitializeWorkItem(PIO_WORKITEM IoWorkItem);
+NTSYSAPI VOID NTAPI ExQueueWorkItem(PWORK_QUEUE_ITEM WorkItem, WORK_QUEUE_TYPE QueueType);
+NTSYSAPI VOID NTAPI KeAcquireInStackQueuedSpinLock(PKSPIN_LOCK SpinLock, PKLOCK_QUEUE_HANDLE LockHandle);
+NTSYSAPI VOID NTAPI KeReleaseInStackQueuedSpinLock(PKLOCK_QUEUE_HANDLE LockHandle);
+NTSYSAPI VOID NTAPI KeAcquireInStackQueuedSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock,
+                                                             PKLOCK_QUEUE_HANDLE LockHandle);
+NTSYSAPI VOID NTAPI KeReleaseInStackQueuedSpinLockFromDpcLevel(PKLOCK_QUEUE_HANDLE LockHandle);
+NTSYSAPI VOID NTAPI KeInitializeSemaphore(PRKSEMAPHORE Semaphore, LONG Count, LONG Limit);
+NTSYSAPI LONG NTAPI KeReleaseSemaphore(PRKSEMAPHORE Semaphore, KPRIORITY Increment, LONG Adjustment,
+                                       BOOLEAN Wait);
+NTSYSAPI LONG NTAPI KeReadStateSemaphore(PRKSEMAPHORE Semaphore);
+NTSYSAPI VOID NTAPI KeInitializeGuardedMutex(PKGUARDED_MUTEX Mutex);
+NTSYSAPI VOID NTAPI KeAcquireGuardedMutex(PKGUARDED_MUTEX Mutex);
+NTSYSAPI VOID NTAPI KeReleaseGuardedMutex(PKGUARDED_MUTEX Mutex);
+NTSYSAPI BOOLEAN NTAPI KeTryToAcquireGuardedMutex(PKGUARDED_MUTEX Mutex);
+NTSYSAPI PLIST_ENTRY NTAPI ExInterlockedInsertHeadList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry,
+                                                       PKSPIN_LOCK Lock);
+NTSYSAPI PLIST_ENTRY NTAPI ExInterlockedInsertTailList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry,
+                                                       PKSPIN_LOCK Lock);
+NTSYSAPI PLIST_ENTRY NTAPI ExInterlockedRemoveHeadList(PLIST_ENTRY ListHead, PKSPIN_LOCK Lock);
+NTSYSAPI NTSTATUS NTAPI KeWaitForMultipleObjects(ULONG Count, PVOID Object[], WAIT_TYPE WaitType,
+        KWAIT_REASON WaitReason, KPROCESSOR_MODE WaitMode, BOOLEAN Alertable, PLARGE_INTEGER Timeout,
+        PVOID WaitBlockArray);
+NTSYSAPI ULONGLONG NTAPI KeQueryInterruptTime(VOID);
+__declspec(dllimport) VOID NTAPI KeStallExecutionProcessor(ULONG MicroSeconds);  /* HAL.dll */
+
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
 #define IoCallDriver(d, i) IofCallDriver(d, i)
