@@ -452,12 +452,17 @@ def test_dask_workers_killed_until_the_scheduler_gives_up_lose_no_run():
                                      dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         def killer(after: int, seen: list):
-            victim = sorted(client.run(os.getpid).values())[0]
+            client.wait_for_workers(2)  # the one killed before is back (its nanny restarts it)
 
             def kill(state, result):
                 seen.append(result.get("value"))
                 if len(seen) == after:
-                    os.kill(victim, signal.SIGKILL)
+                    # A worker holding runs at this moment: an idle one (a worker just
+                    # restarted, on a loaded machine) would die with no run to lose.
+                    busy = [address for address, keys in client.processing().items() if keys]
+                    assert busy, "runs remain, so a worker holds some"
+                    pid, = client.run(os.getpid, workers=busy[:1]).values()
+                    os.kill(pid, signal.SIGKILL)
             return kill
 
         # Batches of 5 runs: the killed worker's batches are halved and made again.

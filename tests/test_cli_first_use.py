@@ -2,6 +2,8 @@
 driver developer, a teacher and a forensics author each ran into, and what it does now."""
 
 import re
+import struct
+from pathlib import Path
 
 import pytest
 
@@ -276,6 +278,52 @@ def test_a_file_that_stops_short_of_its_pe_headers_says_what_is_missing(tmp_path
     path.write_bytes(content)
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err == f"ntpool: {path}: {why}\n"
+
+
+def _pe_headers(optional_size: int, magic: int = 0x20B, sections: int = 0) -> bytes:
+    """The DOS header, the PE signature (at 0x40) and an x64 file header announcing an
+    optional header of ``optional_size`` bytes, then the first two bytes of it (its magic)."""
+    return (b"MZ" + bytes(58) + (0x40).to_bytes(4, "little") + b"PE\0\0"
+            + struct.pack("<HHIIIHH", 0x8664, sections, 0, 0, 0, optional_size, 0x22)
+            + struct.pack("<H", magic))
+
+
+@pytest.mark.parametrize("content, why", [
+    # pefile said "No Optional Header found, invalid PE32 or PE32+ file.", or read the
+    # missing bytes as zeros and went on.
+    (_pe_headers(240), "truncated: the optional header (SizeOfOptionalHeader 240 bytes) spans "
+                       "0x58-0x148, past the file's end (90 bytes)"),
+    (_pe_headers(240) + bytes(150), "truncated: the optional header (SizeOfOptionalHeader 240 "
+                                    "bytes) spans 0x58-0x148, past the file's end (240 bytes)"),
+    (_pe_headers(16) + bytes(14), "malformed PE image: SizeOfOptionalHeader 16 is smaller than "
+                                  "a PE32+ optional header's 112 bytes before its data directories"),
+    (_pe_headers(224, magic=0x10B) + bytes(222), "not a PE32+ image (optional header magic 0x10b)"),
+    # pefile said "Data length less than expected header length."
+    (_pe_headers(240, sections=3) + bytes(238 + 50),
+     "truncated: the section table (3 section header(s) of 40 bytes) spans 0x148-0x1c0, past "
+     "the file's end (378 bytes)"),
+], ids=["optional-header-cut", "optional-header-cut-late", "optional-header-too-small", "pe32",
+        "section-table-cut"])
+def test_a_file_that_stops_short_of_its_optional_header_or_section_table_says_where(
+        tmp_path, capsys, content, why):
+    path = tmp_path / "x.sys"
+    path.write_bytes(content)
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err == f"ntpool: {path}: {why}\n"
+
+
+def test_a_real_driver_cut_inside_its_optional_header_is_refused_in_ntpool_s_words(tmp_path):
+    from ntpool.native.pe import BadImage, parse_image
+
+    data = (Path(ntpool.__file__).parent / "samples" / "native" / "overrun.sys").read_bytes()
+    e_lfanew = int.from_bytes(data[0x3C:0x40], "little")
+    optional = e_lfanew + 24
+    for cut in (optional, optional + 2, optional + 20, optional + 100):
+        with pytest.raises(BadImage, match=rf"overrun\.sys: truncated: the optional header "
+                                           rf"\(SizeOfOptionalHeader 240 bytes\) spans "
+                                           rf"{optional:#x}-{optional + 240:#x}, past the "
+                                           rf"file's end \({cut} bytes\)$"):
+            parse_image(data[:cut], "overrun.sys")
 
 
 def test_vm_on_windows_11_names_each_nonpaged_heap_and_charges_once(tmp_path, capsys):

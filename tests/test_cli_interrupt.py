@@ -3,6 +3,7 @@ the package itself is being imported (before ``ntpool.__main__`` runs), the comm
 with status 130 and one line, never a traceback from inside the import."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,22 @@ sys.meta_path.insert(0, CtrlC())
 '''
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """The child starts with SIGINT at its default, as a terminal's foreground command does:
+    a suite started in the background by a shell without job control inherits SIGINT
+    ignored, and Python then installs no handler, so these tests would test the caller's
+    shell instead of ntpool."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _python(tmp_path, *arguments, at=None):
     (tmp_path / "sitecustomize.py").write_text(CTRL_C_AT_AN_IMPORT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), SRC])}
     env.pop("CTRL_C_AT", None)
     if at:
         env["CTRL_C_AT"] = at
-    return subprocess.run([sys.executable, *arguments], env=env, capture_output=True, timeout=120)
+    return subprocess.run([sys.executable, *arguments], env=env, capture_output=True, timeout=120,
+                          preexec_fn=_ctrl_c_as_at_a_terminal)
 
 
 @pytest.mark.parametrize("at", ["ntpool.constants", "ntpool.kernel", "ntpool.dump",
@@ -79,3 +89,15 @@ def test_importing_ntpool_as_a_library_leaves_ctrl_c_alone(tmp_path):
 def test_started_as_module_reads_the_command_line_as_python_does(orig_argv, expected):
     assert started_as_module("ntpool", argv=["-m"], orig_argv=orig_argv) is expected
     assert not started_as_module("ntpool", argv=["/x/ntpool/__main__.py"], orig_argv=orig_argv)
+
+
+def test_these_tests_pass_in_a_suite_started_with_sigint_ignored():
+    # A shell without job control starts `pytest &` with SIGINT ignored, and every child
+    # inherited it: Python installed no handler and the tests above failed on the caller's
+    # shell, not on ntpool.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", __file__,
+         "-k", "without_ctrl_c_python_m or leaves_ctrl_c_alone or ntpool.kernel"],
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0 and done.stdout.startswith("... "), done.stdout[-3000:]

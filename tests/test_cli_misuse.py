@@ -234,7 +234,18 @@ def test_ctrl_c_while_native_code_runs_is_one_line_and_130(tmp_path):
     assert (process.returncode, err) == (130, b"ntpool: interrupted\n")
 
 
-def test_ctrl_c_while_ntpool_is_being_imported_is_one_line(monkeypatch, capsys):
+@pytest.fixture
+def python_s_ctrl_c():
+    """Python's own SIGINT handler in this process for the test, as in a terminal's
+    foreground command: a suite started in the background by a shell without job control
+    has SIGINT ignored (Python then installs no handler), which is the caller's shell's
+    doing, not ntpool's."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_ntpool_is_being_imported_is_one_line(monkeypatch, capsys, python_s_ctrl_c):
     """The ``ntpool`` script's entry point is outside the package: a Ctrl-C while the
     package loads (a moment on a busy machine) is noted, then the command ends as
     interrupted, where Python's handler would print a traceback from inside the import."""

@@ -789,8 +789,11 @@ def test_ctrl_c_stops_native_code_that_never_calls_out_at_once(tmp_path):
         "except KeyboardInterrupt:\n"
         "    print('interrupted', flush=True)\n")
     source = os.path.dirname(os.path.dirname(ntpool.__file__))
+    # SIGINT at its default in the child, as in a terminal's foreground command (a suite
+    # started in the background by a shell without job control would hand it down ignored).
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": source})
+                             env={**os.environ, "PYTHONPATH": source},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert child.stdout.readline().strip() == "calling"
         time.sleep(0.5)  # inside uc_emu_start, in the loop

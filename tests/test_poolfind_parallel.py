@@ -277,8 +277,11 @@ def test_kd_killed_outright_leaves_no_worker(dump):
 def test_ctrl_c_while_kd_prints_leaves_no_worker(dump):
     read_fd, write_fd = os.pipe()
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # SIGINT at its default in kd, as in a terminal's foreground command (a suite started in
+    # the background by a shell without job control would hand it down ignored).
     kd_process = subprocess.Popen([sys.executable, "-c", _KD_PARALLEL, str(dump)], stdout=write_fd,
-                                  stderr=subprocess.PIPE, env=environment, text=True, start_new_session=True)
+                                  stderr=subprocess.PIPE, env=environment, text=True, start_new_session=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(write_fd)
     os.read(read_fd, 4000)
     pids = []

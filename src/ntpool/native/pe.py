@@ -104,6 +104,8 @@ def parse_image(data: bytes, name: str = "driver.sys") -> Image:
 DOS_HEADER_BYTES = 0x40  # IMAGE_DOS_HEADER, whose last field, e_lfanew (at 0x3C), says where the PE signature is
 NT_SIGNATURE = b"PE\0\0"
 FILE_HEADER_BYTES = 20  # IMAGE_FILE_HEADER, after the signature
+OPTIONAL_HEADER_FIXED_BYTES = 112  # IMAGE_OPTIONAL_HEADER64 up to NumberOfRvaAndSizes
+SECTION_HEADER_BYTES = 40  # IMAGE_SECTION_HEADER
 
 
 def _check_nt_headers_present(data: bytes, name: str) -> None:
@@ -123,6 +125,35 @@ def _check_nt_headers_present(data: bytes, name: str) -> None:
                        f"end ({len(data)} bytes): the file is truncated or e_lfanew is wrong")
     if data[e_lfanew:e_lfanew + len(NT_SIGNATURE)] != NT_SIGNATURE:
         raise BadImage(f"{name}: not a PE image (no PE signature at e_lfanew {e_lfanew:#x})")
+    _check_optional_header_present(data, name, e_lfanew + len(NT_SIGNATURE))
+
+
+def _check_optional_header_present(data: bytes, name: str, file_header: int) -> None:
+    """The optional header (SizeOfOptionalHeader bytes after the file header) and the section
+    table after it are in the file, and the optional header is large enough for a PE32+ one:
+    said with the offsets and sizes, where pefile said "No Optional Header found, invalid
+    PE32 or PE32+ file" or "Data length less than expected header length", or read the
+    missing bytes as zeros."""
+    sections, optional_size = struct.unpack_from("<H12xH", data, file_header + 2)
+    optional = file_header + FILE_HEADER_BYTES
+    end = optional + optional_size
+    if end > len(data):
+        raise BadImage(f"{name}: truncated: the optional header (SizeOfOptionalHeader "
+                       f"{optional_size} bytes) spans {optional:#x}-{end:#x}, past the file's "
+                       f"end ({len(data)} bytes)")
+    if optional_size >= 2:
+        magic = int.from_bytes(data[optional:optional + 2], "little")
+        if magic != PE32_PLUS_MAGIC:
+            raise BadImage(f"{name}: not a PE32+ image (optional header magic {magic:#x})")
+    if optional_size < OPTIONAL_HEADER_FIXED_BYTES:
+        raise BadImage(f"{name}: malformed PE image: SizeOfOptionalHeader {optional_size} is "
+                       f"smaller than a PE32+ optional header's {OPTIONAL_HEADER_FIXED_BYTES} "
+                       f"bytes before its data directories")
+    table_end = end + sections * SECTION_HEADER_BYTES
+    if table_end > len(data):
+        raise BadImage(f"{name}: truncated: the section table ({sections} section header(s) "
+                       f"of {SECTION_HEADER_BYTES} bytes) spans {end:#x}-{table_end:#x}, past "
+                       f"the file's end ({len(data)} bytes)")
 
 
 def _parse(data: bytes, name: str) -> Image:
