@@ -219,6 +219,10 @@ def test_mm_size_of_mdl_and_mm_create_mdl(windows):
     assert k._get64(mdl + L.MDL.StartVa) == buffer & ~0xFFF
     assert tag_use(k, "Mdl ")[0] == 1
     k.ExFreePool(mdl)
+    # No MDL holds 2**40 bytes (its Size is a CSHORT): NULL, the given MDL left alone.
+    before = k.read(buffer, L.MDL.SIZE)
+    assert k.MmCreateMdl(buffer, 0, 1 << 40) == 0 and k.read(buffer, L.MDL.SIZE) == before
+    assert k.MmAllocateContiguousMemory(1 << 60, -1) == 0
 
 
 @pytest.mark.parametrize("windows", WINDOWS)

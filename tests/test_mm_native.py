@@ -189,3 +189,46 @@ def test_an_alias_made_before_the_driver_loaded_counts_too():
                if first_free <= pfn < first_free + 64]
     assert aliased and aliases
     assert not any(fixed(machine, address) for address in aliased)
+
+
+# --- hostile arguments ----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ntpool.native import NativeError  # noqa: E402
+
+HOSTILE = st.one_of(st.sampled_from([0, 1, 0xFFF, 0x1000, 0xFFFFFFFF, 0x7FFFFFFFFFFFFFFF,
+                                      0x8000000000000000, 0xFFFFFFFFFFFFFFFF,
+                                      0xFFFFF88F00000000, 0xFFFFFA8000000000]),
+                    st.integers(0, 2**64 - 1))
+ROUTINES = {
+    "MmAllocateContiguousMemory": 2, "MmAllocateContiguousMemorySpecifyCache": 5,
+    "MmAllocateContiguousMemorySpecifyCacheNode": 6, "MmFreeContiguousMemory": 1,
+    "MmFreeContiguousMemorySpecifyCache": 3, "MmAllocateNonCachedMemory": 1,
+    "MmFreeNonCachedMemory": 2, "MmGetPhysicalAddress": 1, "MmIsAddressValid": 1,
+    "MmGetVirtualForPhysical": 1, "MmSizeOfMdl": 2, "MmCreateMdl": 3, "IoBuildPartialMdl": 4,
+    "MmAllocatePagesForMdl": 4, "MmAllocatePagesForMdlEx": 6, "MmFreePagesFromMdl": 1,
+    "MmMapIoSpace": 3, "MmUnmapIoSpace": 2, "IoAllocateErrorLogEntry": 2,
+    "IoWriteErrorLogEntry": 1, "IoFreeErrorLogEntry": 1,
+}
+_HOSTILE_MACHINE = {}
+
+
+@pytest.mark.parametrize("routine", sorted(ROUTINES))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_any_arguments_from_native_code_end_in_an_answer(routine, data):
+    """Whatever a compiled driver passes, the routine returns, bug-checks as Windows would,
+    or stops with NativeError naming what ntpool cannot model: never a Python error."""
+    k, driver = _HOSTILE_MACHINE.get(routine) or (None, None)
+    if k is None or k.halted:
+        k, driver = _HOSTILE_MACHINE[routine] = loaded()
+    arguments = tuple(data.draw(HOSTILE) for _ in range(ROUTINES[routine]))
+    machine = native_machine(k)
+    try:
+        machine.call(machine.bindings.stub(routine), arguments, driver)
+    except BugCheck:
+        pass
+    except NativeError as error:  # only a refusal ntpool names (a ValueError), no Python error
+        assert "cannot model (README, departures): ValueError: " in str(error), str(error)

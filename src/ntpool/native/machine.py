@@ -205,6 +205,7 @@ class NativeMachine:
         # A second, writable mapping of frames an image's read-only code lies on (an MDL's
         # system mapping, MmMapIoSpace): a store there rewrites that code with WP on.
         kernel.hooks.subscribe(FramesAliased, self._frames_aliased)
+        self._fixed_code_pages: dict[int, int] = {}  # frame -> its image's fixed code page
         # However a compiled driver leaves (k.unload_driver, a failed DriverEntry), its
         # image goes with it, as Windows unmaps it: a later touch there faults.
         kernel.hooks.subscribe(DriverUnloaded, self._driver_unloaded)
@@ -321,6 +322,9 @@ class NativeMachine:
         for address in mapped.cr_write_sites:
             self.cpu.hook_cr_write(address)
         self.fixed_code += mapped.fixed_code
+        for start, end in mapped.fixed_code:
+            for va in range(start, end, PAGE_SIZE):
+                self._fixed_code_pages[mapped.frames[(va - mapped.base) >> 12]] = va
         # Its frames may be mapped elsewhere already (MmMapIoSpace of free memory, before).
         self._unfix_aliased_code(self._system_pte_frames(), [mapped], rescan=False)
         self.cpu.scan_blocks(self.fixed_code)
@@ -347,14 +351,18 @@ class NativeMachine:
         that lie on one of ``frames``, now mapped at a second, writable address, leave the
         fixed code: a store through the alias counts as a write of the code, so from now on
         their blocks are scanned as they run, as any code that can be rewritten (each block
-        compared with its bytes when last scanned; translated code on them dropped)."""
-        pages = []
-        for mapped in images if images is not None else [d.mapped for d in self.images]:
-            for index, pfn in enumerate(mapped.frames):
-                if pfn in frames:
-                    va = mapped.base + (index << 12)
-                    if any(start <= va < end for start, end in self.fixed_code):
-                        pages.append(va)
+        compared with its bytes when last scanned; translated code on them dropped).
+        ``images``: look only at these (a MappedImage list), else every loaded image's
+        fixed code pages, found by frame (``_fixed_code_pages``)."""
+        if images is not None:
+            pages = [mapped.base + (index << 12) for mapped in images
+                     for index, pfn in enumerate(mapped.frames) if pfn in frames]
+        else:
+            code_pages = self._fixed_code_pages
+            pages = [code_pages[pfn] for pfn in frames if pfn in code_pages]
+        pages = [va for va in pages if any(start <= va < end for start, end in self.fixed_code)]
+        for pfn in [pfn for pfn, va in self._fixed_code_pages.items() if va in pages]:
+            del self._fixed_code_pages[pfn]
         if not pages:
             return
         for va in pages:
@@ -377,6 +385,9 @@ class NativeMachine:
                 return
 
     def unload_image(self, driver: NativeDriver) -> None:
+        for index, pfn in enumerate(driver.mapped.frames):
+            if self._fixed_code_pages.get(pfn) == driver.mapped.base + (index << 12):
+                del self._fixed_code_pages[pfn]
         if driver.mapped.frames:
             self.cpu.forget_code(driver.mapped.base, driver.mapped.end)
             unmap_image(self.kernel, driver.mapped)

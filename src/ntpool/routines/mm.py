@@ -127,8 +127,8 @@ class MmRoutines:
 
     def _contiguous(self, size: int, lowest: int, highest: int, boundary: int,
                     cache_type: int) -> int:
-        if not 0 <= cache_type < MmMaximumCacheType or size <= 0:
-            return 0
+        if not 0 <= cache_type < MmMaximumCacheType or not 0 < size <= self.physical.size:
+            return 0  # no such cache type, nothing asked, or more than the machine's memory
         if boundary and (boundary & (PAGE_SIZE - 1) or boundary < size):
             return 0  # a boundary that is not whole pages, or smaller than the request
         highest &= 0xFFFFFFFFFFFFFFFF
@@ -265,6 +265,8 @@ class MmRoutines:
         from nonpaged pool ("Mdl "), NULL when none is left."""
         Base = Base or 0
         size = self.MmSizeOfMdl(Base, Length)
+        if size > 0x7FFF or Length > 0xFFFFFFFF:
+            return 0  # no MDL holds it: its Size is a CSHORT, its ByteCount a ULONG
         mdl = MemoryDescriptorList
         if not mdl:
             mdl = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_MDL)
