@@ -284,3 +284,65 @@ def test_the_deferred_sample_leaving_an_executive_work_item_at_unload_is_0xce():
     assert stop.value.code == 0xCE and stop.value.parameters == (late, 8, late, 0)
     assert driver.image_base <= late < driver.image_base + driver.image_size
     assert stop.value.driver_name.lower() == "deferred.sys"
+
+
+# --- with Driver Verifier on, a free may not take an active timer, DPC or work item with it -------
+
+def verified_machine(windows="7"):
+    k = machine(windows)
+    k.verifier.enable("other.sys", pool_tracking=True)  # Verifier on: ExFreePool checks every free
+    return k
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_freeing_a_block_with_an_armed_timer_is_0xc7_with_verifier_on(windows):
+    k = verified_machine(windows)
+    block = allocate(k, 0x80, "Ctxt")
+    k.KeInitializeTimer(block)
+    k.KeSetTimer(block, (-10_000) & ((1 << 64) - 1), 0)
+    end = block + k.pool.allocation_size(block)
+    with pytest.raises(BugCheck) as stop:
+        k.ExFreePoolWithTag(block, "Ctxt")
+    assert stop.value.code == 0xC7 and stop.value.parameters == (0, block, block, end)
+
+
+def test_freeing_a_block_with_a_queued_dpc_is_0xc7_and_with_a_queued_work_item_0xe4():
+    k = verified_machine()
+    block = allocate(k, 0x80, "Ctxt")
+    k.KeInitializeDpc(block, k.code_address(lambda k, *args: None), 0)
+    k.KeRaiseIrql(2)
+    k.KeInsertQueueDpc(block, 0, 0)
+    with pytest.raises(BugCheck) as stop:
+        k.ExFreePoolWithTag(block, "Ctxt")
+    assert stop.value.code == 0xC7 and stop.value.parameters[:3] == (1, block, block)
+
+    k = verified_machine()
+    block = allocate(k, 0x80, "Ctxt")
+    k.initialize_work_item(block + 0x20, k.code_address(lambda k, p: None), 0)
+    k.ExQueueWorkItem(block + 0x20, 1)
+    with pytest.raises(BugCheck) as stop:
+        k.ExFreePoolWithTag(block, "Ctxt")
+    assert stop.value.code == 0xE4 and stop.value.parameters[:3] == (0, block + 0x20, block)
+
+
+def test_without_verifier_such_a_free_goes_unnoticed_and_after_the_work_item_ran_it_is_fine():
+    k = machine()
+    block = allocate(k, 0x80, "Ctxt")
+    k.KeInitializeTimer(block)
+    k.KeSetTimer(block, (-10_000) & ((1 << 64) - 1), 0)
+    k.ExFreePoolWithTag(block, "Ctxt")  # Windows 7 retail makes no such check
+    k = verified_machine()
+    block = allocate(k, 0x80, "Ctxt")
+    k.initialize_work_item(block, k.code_address(lambda k, p: None), 0)
+    k.ExQueueWorkItem(block, 1)
+    assert k.run_work_items() == 1
+    k.ExFreePoolWithTag(block, "Ctxt")
+
+
+def test_a_dpc_queued_between_wdm_h_inline_raise_and_lower_runs_at_the_mov_to_cr8():
+    k = machine()
+    driver = load_native_driver(k, SAMPLES / "deferred.sys")
+    assert driver.call("QueueAtDispatch") == 0x0000_0001  # none before the lowering, one after
+    assert driver.call("QueueAtDispatch") == 0x0001_0002
+    assert k.current_irql == 0
+    unload_native_driver(k, driver)

@@ -196,6 +196,7 @@ class BugCheckCode(IntEnum):
     SYSTEM_SCAN_AT_RAISED_IRQL_CAUGHT_IMPROPER_DRIVER_UNLOAD = 0xD4
     DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL = 0xD5
     DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION = 0xD6
+    SYSTEM_PTE_MISUSE = 0xDA
     MANUALLY_INITIATED_CRASH = 0xE2
     RESOURCE_NOT_OWNED = 0xE3
     WORKER_INVALID = 0xE4
@@ -269,6 +270,15 @@ class PfnListCorrupt(IntEnum):
     UNLOCK_PAGES_NOT_LOCKED = 0x07  # a page's lock count would go below zero
 
 
+# SYSTEM_PTE_MISUSE (0xDA) parameter 1 subcodes: a release of system PTE mappings (Microsoft's
+# "Bug Check 0xDA" table).
+class SystemPteMisuse(IntEnum):
+    RELEASE_NOT_PERMITTED = 0x301  # (address, 0, 0): a mapping the caller may not release
+    RELEASE_NOT_MAPPED = 0x302  # (address, reserved, reserved): a system address not mapped
+    RELEASE_MIDDLE = 0x304  # (first address, mappings, 0): begins inside another allocation
+    RELEASE_WRONG_COUNT = 0x305  # (first address, mappings released, mappings it has)
+
+
 # Each bug check code's table of parameter-1 (or -4) subcodes, for tools that explain them.
 SUBCODES = {
     BugCheckCode.BAD_POOL_HEADER: BadPoolHeader,
@@ -276,4 +286,5 @@ SUBCODES = {
     BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION: SpecialPoolCorruption,
     BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION: VerifierStop,
     BugCheckCode.PFN_LIST_CORRUPT: PfnListCorrupt,
+    BugCheckCode.SYSTEM_PTE_MISUSE: SystemPteMisuse,
 }

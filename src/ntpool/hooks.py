@@ -30,6 +30,9 @@ Events. The machine publishes a small frozen object at each point a layer may ca
                         request's SystemBuffer for a driver's device
     MappingChanged      a present page mapping was removed or         nothing
                         replaced (a CPU's TLB must forget it)
+    FramesAliased       frames in use were mapped at a second,        nothing
+                        writable address (an MDL's system mapping,
+                        MmMapIoSpace of RAM)
     PagedOut            a page went to the page file                  nothing
                         (``Pager.page_out``)
     PagedIn             a paged-out page is back (``Pager.page_in``)  nothing
@@ -124,6 +127,15 @@ class SystemBufferMade(Event):
 @dataclass(frozen=True, slots=True)
 class MappingChanged(Event):
     address: int  # the page whose mapping went or changed
+
+
+@dataclass(frozen=True, slots=True)
+class FramesAliased(Event):
+    """Frames already in use mapped at a second, writable address (an MDL's system mapping,
+    MmMapIoSpace of RAM): a store there changes whatever the frames' first mapping holds."""
+
+    address: int  # the first page of the new mapping
+    frames: tuple  # its frames, page by page
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +283,6 @@ def _checked_event_type(event_type) -> None:
         raise TypeError(f"event_type must be an ntpool.hooks event class, not {event_type!r}")
 
 
-__all__ = ["attach_to_every_kernel", "kernel_layers", "BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "Hooks",
+__all__ = ["attach_to_every_kernel", "kernel_layers", "BugCheckRaised", "CopiedToUser", "DriverUnloading", "Event", "FramesAliased", "Hooks",
            "IrqlRaised", "MappingChanged", "DebugPrinted", "MemoryCopied", "MemoryWritten", "PageFault", "PoolLayer",
            "SystemBufferMade"]

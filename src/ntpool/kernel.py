@@ -56,6 +56,7 @@ from .routines.io import IoRoutines
 from .routines.ke_dpc import DeferredRoutines
 from .routines.ke_irql import IrqlRoutines
 from .routines.ke_sync import SyncRoutines
+from .routines.mm import MmRoutines
 from .routines.objects import ObjectRoutines
 from .routines.ps import ProcessRoutines
 from .routines.registry_keys import RegistryRoutines
@@ -114,7 +115,7 @@ def _positive_bytes(name: str, value) -> int:
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
-             RuntimeRoutines):
+             RuntimeRoutines, MmRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -256,6 +257,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_security()
         self._init_sync()
         self._init_deferred()
+        self._init_mm()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

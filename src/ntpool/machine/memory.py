@@ -128,10 +128,19 @@ class PhysicalMemory:
         self.frames_used += 1
         return pfn
 
-    def allocate_contiguous(self, count: int, highest_pfn: int | None = None) -> int:
-        """The first of ``count`` free frames in a row, all at or below ``highest_pfn``."""
+    def allocate_contiguous(self, count: int, highest_pfn: int | None = None,
+                            lowest_pfn: int = 0, boundary_pages: int = 0) -> int:
+        """The first of ``count`` free frames in a row, all at or above ``lowest_pfn`` and at
+        or below ``highest_pfn``, crossing no multiple of ``boundary_pages`` (0: any)."""
         limit = self.frame_count if highest_pfn is None else min(self.frame_count, highest_pfn + 1)
-        first = self.frame_in_use.find(bytes(count), 1, limit)
+        run = bytes(count)
+        first = self.frame_in_use.find(run, max(1, lowest_pfn), limit)
+        if boundary_pages:
+            if count > boundary_pages:
+                first = -1
+            while first >= 0 and first // boundary_pages != (first + count - 1) // boundary_pages:
+                first = self.frame_in_use.find(run, (first // boundary_pages + 1) * boundary_pages,
+                                               limit)
         if first < 0:
             raise OutOfFrames(f"no {count} contiguous free frames below pfn {limit:#x}")
         self.frame_in_use[first:first + count] = b"\x01" * count

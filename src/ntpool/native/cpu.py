@@ -42,7 +42,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from ..constants import PAGE_SIZE
-from .loader import _CR8_ACCESS, control_register_sites
+from .control_registers import CR8_ACCESS, control_register_sites
 
 # Where the machine's own code and data for native drivers live (Windows 7 puts ntoskrnl
 # near 0xFFFFF80002800000; ntpool's kernel data starts at 0xFFFFF80002000000).
@@ -535,7 +535,7 @@ class Cpu:
     def _on_cr8(self, uch, address, size, user_data) -> None:
         try:
             code = self.kernel.read(address, 4)
-            if not _CR8_ACCESS.fullmatch(code):
+            if not CR8_ACCESS.fullmatch(code):
                 return  # no longer the instruction found there (code written at run time)
             rex, opcode, modrm = code[0], code[2], code[3]
             register = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",

@@ -7,22 +7,17 @@ read-only and executable, read-only data read-only, data writable, everything el
 frames belong to the machine like any other, so a crash dump holds the driver's code.
 """
 
-import re
 import struct
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..errors import NtStatusError
 from ..machine.memory import OutOfFrames
+from .control_registers import control_register_sites
 from .pe import Image
 
 # Where native images are mapped: above the Python drivers' made-up bases, 64 KiB aligned.
 NATIVE_IMAGE_BASE = 0xFFFFF88004000000
 IMAGE_ALIGNMENT = 0x10000
-# mov cr8, reg / mov reg, cr8 (REX with R set; ModRM mod=11, reg=0).
-_CR8_ACCESS = re.compile(rb"[\x44\x45\x46\x47\x4C\x4D\x4E\x4F]\x0F[\x20\x22][\xC0-\xC7]", re.S)
-# mov cr0/cr3/cr4, reg (ModRM mod=11, reg=0, 3 or 4; a REX prefix without R may come first).
-_CR_WRITE = re.compile(rb"\x0F\x22[\xC0-\xC7\xD8-\xE7]", re.S)
-_REX_WITHOUT_R = frozenset(range(0x40, 0x44)) | frozenset(range(0x48, 0x4C))
 
 
 STATUS_DRIVER_ORDINAL_NOT_FOUND = 0xC0000262
@@ -90,22 +85,6 @@ def layout(image: Image, base: int, resolve) -> tuple[bytearray, tuple[list[int]
         cr8_sites += found[0]
         cr_write_sites += found[1]
     return memory, (cr8_sites, cr_write_sites)
-
-
-def control_register_sites(code, base: int, start: int = 0, end: int | None = None
-                           ) -> tuple[list[int], list[int]]:
-    """The addresses of the ``mov cr8`` accesses and the ``mov cr0/cr3/cr4`` writes in
-    ``code[start:end]`` (``code[0]`` is at ``base``). A byte pattern, not a disassembly: a
-    match inside another instruction is hooked for nothing (its hook checks the bytes)."""
-    end = len(code) if end is None else end
-    cr8_sites = [base + match.start() for match in _CR8_ACCESS.finditer(code, start, end)]
-    cr_write_sites = []
-    for match in _CR_WRITE.finditer(code, start, end):
-        at = match.start()
-        cr_write_sites.append(base + at)
-        if at > start and code[at - 1] in _REX_WITHOUT_R:
-            cr_write_sites.append(base + at - 1)  # the same instruction, if a prefix
-    return cr8_sites, cr_write_sites
 
 
 def executable_runs(pages: list[tuple[bool, bool]]) -> list[tuple[int, int, bool]]:

@@ -16,7 +16,7 @@ import struct
 
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..errors import BugCheck, MachineHung, NtStatusError
-from ..hooks import DriverUnloaded, MappingChanged, MemoryWritten, PageFault
+from ..hooks import DriverUnloaded, FramesAliased, MappingChanged, MemoryWritten, PageFault
 from ..routines.ke_sync import WaitForever
 from unicorn import UcError
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
@@ -202,6 +202,10 @@ class NativeMachine:
         self.running: list[NativeDriver] = []  # the driver whose code each nested call runs
         self.location = 0  # the code address ntpool is answering for (call return or fault)
         kernel.hooks.subscribe(MappingChanged, self._pte_changed)
+        # A second, writable mapping of frames an image's read-only code lies on (an MDL's
+        # system mapping, MmMapIoSpace): a store there rewrites that code with WP on.
+        kernel.hooks.subscribe(FramesAliased, self._frames_aliased)
+        self._fixed_code_pages: dict[int, int] = {}  # frame -> its image's fixed code page
         # However a compiled driver leaves (k.unload_driver, a failed DriverEntry), its
         # image goes with it, as Windows unmaps it: a later touch there faults.
         kernel.hooks.subscribe(DriverUnloaded, self._driver_unloaded)
@@ -318,8 +322,61 @@ class NativeMachine:
         for address in mapped.cr_write_sites:
             self.cpu.hook_cr_write(address)
         self.fixed_code += mapped.fixed_code
+        for start, end in mapped.fixed_code:
+            for va in range(start, end, PAGE_SIZE):
+                self._fixed_code_pages[mapped.frames[(va - mapped.base) >> 12]] = va
+        # Its frames may be mapped elsewhere already (MmMapIoSpace of free memory, before).
+        self._unfix_aliased_code(self._system_pte_frames(), [mapped], rescan=False)
         self.cpu.scan_blocks(self.fixed_code)
         return image, mapped
+
+    # --- code rewritten through another mapping ------------------------------------------------
+
+    def _frames_aliased(self, event: FramesAliased) -> None:
+        self._unfix_aliased_code(set(event.frames))
+
+    def _system_pte_frames(self) -> set:
+        """The frames the system PTEs map now (MDL mappings, I/O space, noncached memory)."""
+        tlb = self.tlb
+        frames = set()
+        for base, pages in self.kernel._system_ptes.items():
+            for page in range(pages):
+                pa = tlb.get((base >> 12) + page)
+                if pa is not None:
+                    frames.add(pa >> 12)
+        return frames
+
+    def _unfix_aliased_code(self, frames: set, images=None, rescan: bool = True) -> None:
+        """Code pages scanned once at load (an image's read-only code, in ``fixed_code``)
+        that lie on one of ``frames``, now mapped at a second, writable address, leave the
+        fixed code: a store through the alias counts as a write of the code, so from now on
+        their blocks are scanned as they run, as any code that can be rewritten (each block
+        compared with its bytes when last scanned; translated code on them dropped).
+        ``images``: look only at these (a MappedImage list), else every loaded image's
+        fixed code pages, found by frame (``_fixed_code_pages``)."""
+        if images is not None:
+            pages = [mapped.base + (index << 12) for mapped in images
+                     for index, pfn in enumerate(mapped.frames) if pfn in frames]
+        else:
+            code_pages = self._fixed_code_pages
+            pages = [code_pages[pfn] for pfn in frames if pfn in code_pages]
+        pages = [va for va in pages if any(start <= va < end for start, end in self.fixed_code)]
+        for pfn in [pfn for pfn, va in self._fixed_code_pages.items() if va in pages]:
+            del self._fixed_code_pages[pfn]
+        if not pages:
+            return
+        for va in pages:
+            fixed = []
+            for start, end in self.fixed_code:
+                if start <= va < end:
+                    fixed += [(a, b) for a, b in ((start, va), (va + PAGE_SIZE, end)) if a < b]
+                else:
+                    fixed.append((start, end))
+            self.fixed_code = fixed
+        if rescan:
+            self.cpu.scan_blocks(self.fixed_code)
+            for va in pages:
+                self.cpu.forget_code(va, va + PAGE_SIZE)
 
     def _driver_unloaded(self, event: DriverUnloaded) -> None:
         for driver in self.images:
@@ -328,6 +385,9 @@ class NativeMachine:
                 return
 
     def unload_image(self, driver: NativeDriver) -> None:
+        for index, pfn in enumerate(driver.mapped.frames):
+            if self._fixed_code_pages.get(pfn) == driver.mapped.base + (index << 12):
+                del self._fixed_code_pages[pfn]
         if driver.mapped.frames:
             self.cpu.forget_code(driver.mapped.base, driver.mapped.end)
             unmap_image(self.kernel, driver.mapped)

@@ -193,6 +193,9 @@ class Contiguous(NamedTuple):
 
     highest_pfn: int | None  # the last acceptable frame (None: anywhere)
     noncached: bool  # PTEs with cache-disable and write-through
+    lowest_pfn: int = 0  # the first acceptable frame (MmAllocateContiguousMemorySpecifyCache)
+    boundary_pages: int = 0  # a multiple of this many frames the run may not cross (0: any)
+    write_combined: bool = False  # PTEs with write-through alone (PAT entry 1: Windows' WC)
 
 
 class PoolAllocator:
@@ -872,7 +875,8 @@ class PoolAllocator:
     # --- physically contiguous memory (NDIS) ---------------------------------------------
 
     def allocate_contiguous(self, number_of_bytes: int, tag: int, highest_pfn: int | None,
-                            noncached: bool, site: int | None = None) -> int:
+                            noncached: bool, site: int | None = None,
+                            request: Contiguous | None = None) -> int:
         """Physically contiguous nonpaged pages carrying ``tag``; 0 when none fit.
 
         The one entry for contiguous memory, as ``allocate_checked`` is for the rest: the
@@ -882,7 +886,8 @@ class PoolAllocator:
         """
         if site is None:
             site = self.caller_site()
-        request = Contiguous(highest_pfn, noncached)
+        if request is None:
+            request = Contiguous(highest_pfn, noncached)
         if self.layer is not None:
             address = self.layer.allocate(self.nonpaged, number_of_bytes, tag, site, False,
                                           request)
@@ -899,7 +904,8 @@ class PoolAllocator:
             return 0
         physical = pool.physical
         try:
-            first = physical.allocate_contiguous(pages, request.highest_pfn)
+            first = physical.allocate_contiguous(pages, request.highest_pfn, request.lowest_pfn,
+                                                 request.boundary_pages)
         except OutOfFrames:
             return 0
         va = pool.take_pages_with_frames(first, pages, PAGE_RESERVED)
@@ -907,10 +913,11 @@ class PoolAllocator:
             for pfn in range(first, first + pages):
                 physical.free_frame(pfn)
             return 0
-        if request.noncached:
+        cache_bits = PTE_CACHE_DISABLE | PTE_WRITE_THROUGH if request.noncached else \
+            PTE_WRITE_THROUGH if request.write_combined else 0
+        if cache_bits:
             for page in range(pages):
-                pool.space.set_pte_bits(va + (page << PAGE_SHIFT),
-                                        PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
+                pool.space.set_pte_bits(va + (page << PAGE_SHIFT), cache_bits)
         pool.big_pages[va] = (tag, pages)
         pool.big_sites[va] = site
         self.tracker.charge(tag, pool.track_offset, pages << PAGE_SHIFT)

@@ -34,7 +34,7 @@ from ..constants import (
     VerifierStop,
 )
 from ..errors import NtStatusError
-from ..hooks import CopiedToUser, SystemBufferMade
+from ..hooks import CopiedToUser, FramesAliased, SystemBufferMade
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import layouts as L
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
@@ -672,7 +672,8 @@ class IoRoutines:
     def IoFreeMdl(self, Mdl) -> None:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
         flags = self._get16(Mdl + L.MDL.MdlFlags)
-        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and not flags & L.MDL_SOURCE_IS_NONPAGED_POOL:
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and \
+                not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
             self._unmap_system(self._get64(Mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1))
         self.pool.free(Mdl, L.TAG_MDL)
 
@@ -760,17 +761,13 @@ class IoRoutines:
         pages = _span_pages(start + offset, count)
         pfns = self.read(mdl + L.MDL.SIZE, 8 * pages)
         self._check_mdl_frames(mdl, flags, pfns)
-        base = self._next_system_pte
-        self._next_system_pte += (pages + 1) << PAGE_SHIFT
+        frames = []
         for index in range(pages):
             pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
             if pfn == MM_EMPTY_LIST:
                 break  # the end of the array's frames: Windows maps no page past it (WRK)
-            va = base + (index << PAGE_SHIFT)
-            self.space.map_page(va, pfn)
-            if AccessMode == UserMode:
-                self.space.set_pte_bits(va, PTE_USER)
-        self._system_ptes[base] = pages
+            frames.append(pfn)
+        base = self._map_system_ptes(frames, pages, PTE_USER if AccessMode == UserMode else 0)
         self._put64(mdl + L.MDL.MappedSystemVa, base + offset)
         self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA)
         return base + offset
@@ -818,6 +815,23 @@ class IoRoutines:
         self._unmap_system(BaseAddress & ~(PAGE_SIZE - 1))
         flags = self._get16(MemoryDescriptorList + L.MDL.MdlFlags)
         self._put16(MemoryDescriptorList + L.MDL.MdlFlags, flags & ~L.MDL_MAPPED_TO_SYSTEM_VA)
+
+    def _map_system_ptes(self, frames, pages: int, bits: int = 0, aliased: bool = True) -> int:
+        """Map ``frames`` writable at fresh system PTEs (``pages`` of them reserved, a guard
+        page after) with ``bits`` in each PTE; the base. ``aliased``: the frames are in use
+        already (an MDL's, RAM mapped as I/O space), so a CPU that scanned code on them hears
+        of the second mapping (``FramesAliased``)."""
+        base = self._next_system_pte
+        self._next_system_pte += (pages + 1) << PAGE_SHIFT
+        for index, pfn in enumerate(frames):
+            va = base + (index << PAGE_SHIFT)
+            self.space.map_page(va, pfn)
+            if bits:
+                self.space.set_pte_bits(va, bits)
+        self._system_ptes[base] = pages
+        if aliased and frames and self.hooks.listening(FramesAliased):
+            self.hooks.publish(FramesAliased(base, tuple(frames)))
+        return base
 
     def _unmap_system(self, base: int) -> None:
         pages = self._system_ptes.pop(base, None)

@@ -28,6 +28,7 @@ from ..constants import DISPATCH_LEVEL, PASSIVE_LEVEL, BugCheckCode
 from ..machine.user_space import MM_USER_PROBE_ADDRESS
 from .registry import register_type, routine
 
+KTIMER_DPC = 0x30
 # KDPC (Windows 7 x64, 0x40 bytes).
 KDPC_TYPE = 0x00
 KDPC_IMPORTANCE = 0x01
@@ -92,6 +93,7 @@ class DeferredRoutines:
         self._retiring = [False] * self.processors
         self._running_work_items = False
         self.deferred_log: list[tuple[str, int]] = []  # ("dpc" | "work item", routine), in order run
+        self.deferred_queued = 0  # DPCs and work items queued: a free's checks look only when some are
 
     # --- DPCs ----------------------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class DeferredRoutines:
             queue.insert(0, Dpc)
         else:
             queue.append(Dpc)
+        self.deferred_queued += 1
         if self.irql_by_processor[processor] < DISPATCH_LEVEL:
             self.retire_dpcs(processor)
         return 1
@@ -127,6 +130,7 @@ class DeferredRoutines:
         for queue in self.dpc_queues:
             if Dpc in queue:
                 queue.remove(Dpc)
+                self.deferred_queued -= 1
         self._put64(Dpc + KDPC_DPC_DATA, 0)
         return 1
 
@@ -165,6 +169,7 @@ class DeferredRoutines:
             try:
                 while queue and not self.halted:
                     dpc = queue.pop(0)
+                    self.deferred_queued -= 1
                     self._put64(dpc + KDPC_DPC_DATA, 0)
                     self.run_dpc_routine(dpc, self._get64(dpc + KDPC_SYSTEM_ARGUMENT1),
                                          self._get64(dpc + KDPC_SYSTEM_ARGUMENT2))
@@ -194,9 +199,8 @@ class DeferredRoutines:
                     getattr(owner, "name", None) in {name for name, _, _ in self.unloaded_drivers}:
                 return owner.name
             return None
-        for driver in self.drivers:  # a driver loaded again where one was is not "unloaded"
-            if getattr(driver, "image_base", None) is not None and \
-                    driver.image_base <= address < driver.image_base + getattr(driver, "image_size", 0):
+        for _, base, end in self._driver_images():  # a loaded image there: not "unloaded"
+            if base <= address < end:
                 return None
         for name, base, end in reversed(self.unloaded_drivers):
             if base <= address < end:
@@ -217,6 +221,41 @@ class DeferredRoutines:
                               address, irql, EXECUTE_FAULT, address, detail=detail, culprit=name)
         self.KeBugCheckEx(BugCheckCode.DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS, address,
                           EXECUTE_FAULT, address, 0, detail=detail, culprit=name)
+
+    # --- what a free may not take with it (Driver Verifier on: ExFreePool's checks) -----------
+
+    def check_free_for_deferred(self, start: int, size: int) -> None:
+        """The checks ExFreePool makes of every block freed while Driver Verifier is on
+        (WRK: ExpPoolFlags' EX_CHECK_POOL_FREES_FOR_ACTIVE_TIMERS and _WORKERS, set when
+        Verifier starts): an armed timer in the block is 0xC7 TIMER_OR_DPC_INVALID (0, timer,
+        start, end), a DPC in it, a timer's or a queued one, (1, DPC, start, end), a timer
+        DPC's routine in it (2, routine, start, end) (KeCheckForTimer); a queued work item in
+        it is 0xE4 WORKER_INVALID (0, item, start, end) (ExpCheckForWorker)."""
+        if not (self.timers or self.deferred_queued):
+            return
+        end = start + size
+        stop = BugCheckCode.TIMER_OR_DPC_INVALID
+        for timer in self.timers:
+            dpc = self._get64(timer + KTIMER_DPC)
+            routine_address = self._get64(dpc + KDPC_DEFERRED_ROUTINE) if dpc else 0
+            for kind, address, what in ((0, timer, "an armed timer"), (1, dpc, "its DPC"),
+                                        (2, routine_address, "its DPC routine")):
+                if address and start <= address < end:
+                    self.KeBugCheckEx(stop, kind, address, start, end,
+                                      detail=f"free of {start:#x}..{end:#x}, which holds {what} "
+                                             f"({address:#x}; timer {timer:#x})")
+        for queue in self.dpc_queues:
+            for dpc in queue:
+                if start <= dpc < end:
+                    self.KeBugCheckEx(stop, 1, dpc, start, end,
+                                      detail=f"free of {start:#x}..{end:#x}, which holds the "
+                                             f"queued DPC {dpc:#x}")
+        for queue_type in WORK_QUEUE_ORDER:
+            for item in self.work_queues[queue_type]:
+                if start <= item < end:
+                    self.KeBugCheckEx(WORKER_INVALID, 0, item, start, end,
+                                      detail=f"free of {start:#x}..{end:#x}, which holds the "
+                                             f"queued work item {item:#x}")
 
     # --- executive work items ----------------------------------------------------------------
 
@@ -244,6 +283,7 @@ class DeferredRoutines:
                               detail=f"ExQueueWorkItem of {WorkItem:#x}, which is queued already")
         self._put64(WorkItem, EX_WORKER_QUEUE_STAND_IN + 0x40 * queue_type)
         self.work_queues[queue_type].append(WorkItem)
+        self.deferred_queued += 1
 
     def _work_item_queued(self, item: int) -> bool:
         return any(item in queue for queue in self.work_queues.values())
@@ -286,6 +326,7 @@ class DeferredRoutines:
             queue = self.work_queues[queue_type]
             for index, item in enumerate(queue):
                 if not io_only or self._get64(item + WORK_QUEUE_ITEM_WORKER_ROUTINE) == IOP_PROCESS_WORK_ITEM:
+                    self.deferred_queued -= 1
                     return queue.pop(index)
         return None
 

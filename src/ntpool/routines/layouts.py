@@ -113,6 +113,8 @@ TAG_SECURITY_DESCRIPTOR = from_display("SeSd")  # Security Descriptor
 TAG_CAPTURED_SD = from_display("SeSc")  # Captured Security Descriptor
 TAG_SYSTEM_BUFFER = from_display("Io  ")  # general IO allocations (buffered I/O's SystemBuffer)
 TAG_REGISTRY_VALUE = from_display("CMDa")  # value data
+TAG_CONTIGUOUS = from_display("MmCm")  # Calls made to MmAllocateContiguousMemory
+TAG_ERROR_LOG = from_display("IoEr")  # Io error log packets
 TAG_KEY_CONTROL_BLOCK = from_display("CMkb")  # registry key control blocks
 
 
@@ -122,6 +124,7 @@ IO_TYPE_DEVICE = 3
 IO_TYPE_DRIVER = 4
 IO_TYPE_FILE = 5
 IO_TYPE_IRP = 6
+IO_TYPE_ERROR_LOG = 11
 IO_TYPE_DEVICE_OBJECT_EXTENSION = 13
 
 IRP_MJ_MAXIMUM_FUNCTION = 0x1B
@@ -343,6 +346,34 @@ class MDL:
     ByteCount = 0x28
     ByteOffset = 0x2C
     SIZE = 0x30  # PFN_NUMBERs follow
+
+
+# An error log entry: the I/O manager's header, then the driver's IO_ERROR_LOG_PACKET.
+class ERROR_LOG_ENTRY:
+    Type = 0x00  # CSHORT IO_TYPE_ERROR_LOG
+    Size = 0x02  # USHORT: the header and the packet
+    ListEntry = 0x08
+    DeviceObject = 0x18
+    DriverObject = 0x20
+    TimeStamp = 0x28
+    SIZE = 0x30
+
+
+class IO_ERROR_LOG_PACKET:
+    MajorFunctionCode = 0x00
+    RetryCount = 0x01
+    DumpDataSize = 0x02
+    NumberOfStrings = 0x04
+    StringOffset = 0x06
+    EventCategory = 0x08
+    ErrorCode = 0x0C
+    UniqueErrorValue = 0x10
+    FinalStatus = 0x14
+    SequenceNumber = 0x18
+    IoControlCode = 0x1C
+    DeviceOffset = 0x20
+    DumpData = 0x28
+    SIZE = 0x30  # sizeof: DumpData[1] and the padding after it
 
 
 MDL_MAPPED_TO_SYSTEM_VA = 0x0001

@@ -370,9 +370,19 @@ class DriverVerifier:
 
     def forget(self, address: int) -> None:
         """``address`` was freed (the allocator's free fast path tells this for each chunk
-        it frees: such a free meets none of check_free's stops)."""
+        it frees: such a free meets none of check_free's stops). With Verifier on, every
+        free is checked for timers, DPCs and work items still active in the block (the
+        kernel's ``check_free_for_deferred``; nothing to look at unless some are)."""
+        kernel = self.kernel
+        if kernel.timers or kernel.deferred_queued:
+            kernel.check_free_for_deferred(address, self._block_size(address))
         self.tracking.forget(address)
         self.uninitialized.forget(address)
+
+    def _block_size(self, address: int) -> int:
+        if self.special_pool.contains(address):
+            return 0x1000 - (address & 0xFFF)  # to the page's end: the guard page follows
+        return self.kernel.pool.allocation_size(address)
 
     def site_of(self, address: int):
         return self.special_pool.site_of(address)

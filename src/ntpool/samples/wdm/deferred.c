@@ -5,7 +5,8 @@
  * and frees everything it allocated. Each step prints a line, so the order of effects can be
  * read from the debug output. Export LeaveWorkItem makes DriverUnload queue an executive
  * work item (in pool, tag "Late") whose routine is in the image: it runs after the image is
- * gone (bug check 0xCE), the classic unload bug. */
+ * gone (bug check 0xCE), the classic unload bug. Export QueueAtDispatch queues a DPC between
+ * wdm.h's inline KeRaiseIrql and KeLowerIrql. */
 #include "wdm_lite.h"
 
 #define CONTEXT_TAG 'cfeD'  /* shows "Defc" */
@@ -68,6 +69,27 @@ static NTSTATUS NTAPI DeferredCreateClose(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     Irp->IoStatus.Information = 0;
     IoCompleteRequest(Irp, IO_NO_INCREMENT);
     return STATUS_SUCCESS;
+}
+
+static KDPC InlineDpc;
+static ULONG InlineDpcRuns;
+
+static VOID NTAPI CountDpc(PKDPC Dpc, PVOID DeferredContext, PVOID Argument1, PVOID Argument2) {
+    (void)Dpc; (void)Argument1; (void)Argument2;
+    *(PULONG)DeferredContext += 1;
+}
+
+/* wdm.h's inline KeRaiseIrql / KeLowerIrql (mov cr8): the DPC queued between them runs at
+ * the lowering. Returns the runs seen before it (high 16 bits) and after (low 16). */
+__declspec(dllexport) ULONG QueueAtDispatch(VOID) {
+    KIRQL old;
+    ULONG before;
+    KeInitializeDpc(&InlineDpc, CountDpc, &InlineDpcRuns);
+    KeRaiseIrql(DISPATCH_LEVEL, &old);
+    KeInsertQueueDpc(&InlineDpc, NULL, NULL);
+    before = InlineDpcRuns;
+    KeLowerIrql(old);
+    return before << 16 | InlineDpcRuns;
 }
 
 __declspec(dllexport) VOID LeaveWorkItem(VOID) {

@@ -311,6 +311,62 @@ NTSYSAPI NTSTATUS NTAPI KeWaitForMultipleObjects(ULONG Count, PVOID Object[], WA
 NTSYSAPI ULONGLONG NTAPI KeQueryInterruptTime(VOID);
 __declspec(dllimport) VOID NTAPI KeStallExecutionProcessor(ULONG MicroSeconds);  /* HAL.dll */
 
+/* --- the memory manager and error log entries (mm.c) --- */
+typedef LARGE_INTEGER PHYSICAL_ADDRESS, *PPHYSICAL_ADDRESS;
+typedef int MEMORY_CACHING_TYPE;  /* MmNonCached, MmCached (above), MmWriteCombined, ... */
+typedef ULONG NODE_REQUIREMENT;
+#define MmNonCached 0
+#define MmWriteCombined 2
+#define MM_DONT_ZERO_ALLOCATION 0x00000001
+#define MM_ALLOCATE_FULLY_REQUIRED 0x00000004
+#define MDL_PARTIAL 0x0010
+typedef struct _IO_ERROR_LOG_PACKET {  /* x64: 0x30 bytes */
+    UCHAR MajorFunctionCode, RetryCount;
+    USHORT DumpDataSize, NumberOfStrings, StringOffset, EventCategory;
+    NTSTATUS ErrorCode;
+    ULONG UniqueErrorValue;
+    NTSTATUS FinalStatus;
+    ULONG SequenceNumber, IoControlCode;
+    LARGE_INTEGER DeviceOffset;
+    ULONG DumpData[1];
+} IO_ERROR_LOG_PACKET, *PIO_ERROR_LOG_PACKET;
+_Static_assert(sizeof(IO_ERROR_LOG_PACKET) == 0x30, "IO_ERROR_LOG_PACKET");
+#define ERROR_LOG_MAXIMUM_SIZE 240
+NTSYSAPI PVOID NTAPI MmAllocateContiguousMemory(SIZE_T NumberOfBytes,
+                                                PHYSICAL_ADDRESS HighestAcceptableAddress);
+NTSYSAPI PVOID NTAPI MmAllocateContiguousMemorySpecifyCache(SIZE_T NumberOfBytes,
+        PHYSICAL_ADDRESS LowestAcceptableAddress, PHYSICAL_ADDRESS HighestAcceptableAddress,
+        PHYSICAL_ADDRESS BoundaryAddressMultiple, MEMORY_CACHING_TYPE CacheType);
+NTSYSAPI PVOID NTAPI MmAllocateContiguousMemorySpecifyCacheNode(SIZE_T NumberOfBytes,
+        PHYSICAL_ADDRESS LowestAcceptableAddress, PHYSICAL_ADDRESS HighestAcceptableAddress,
+        PHYSICAL_ADDRESS BoundaryAddressMultiple, MEMORY_CACHING_TYPE CacheType,
+        NODE_REQUIREMENT PreferredNode);
+NTSYSAPI VOID NTAPI MmFreeContiguousMemory(PVOID BaseAddress);
+NTSYSAPI VOID NTAPI MmFreeContiguousMemorySpecifyCache(PVOID BaseAddress, SIZE_T NumberOfBytes,
+                                                       MEMORY_CACHING_TYPE CacheType);
+NTSYSAPI PVOID NTAPI MmAllocateNonCachedMemory(SIZE_T NumberOfBytes);
+NTSYSAPI VOID NTAPI MmFreeNonCachedMemory(PVOID BaseAddress, SIZE_T NumberOfBytes);
+NTSYSAPI PHYSICAL_ADDRESS NTAPI MmGetPhysicalAddress(PVOID BaseAddress);
+NTSYSAPI BOOLEAN NTAPI MmIsAddressValid(PVOID VirtualAddress);
+NTSYSAPI PVOID NTAPI MmGetVirtualForPhysical(PHYSICAL_ADDRESS PhysicalAddress);
+NTSYSAPI SIZE_T NTAPI MmSizeOfMdl(PVOID Base, SIZE_T Length);
+NTSYSAPI PMDL NTAPI MmCreateMdl(PMDL MemoryDescriptorList, PVOID Base, SIZE_T Length);
+NTSYSAPI VOID NTAPI IoBuildPartialMdl(PMDL SourceMdl, PMDL TargetMdl, PVOID VirtualAddress,
+                                      ULONG Length);
+NTSYSAPI PMDL NTAPI MmAllocatePagesForMdl(PHYSICAL_ADDRESS LowAddress,
+        PHYSICAL_ADDRESS HighAddress, PHYSICAL_ADDRESS SkipBytes, SIZE_T TotalBytes);
+NTSYSAPI PMDL NTAPI MmAllocatePagesForMdlEx(PHYSICAL_ADDRESS LowAddress,
+        PHYSICAL_ADDRESS HighAddress, PHYSICAL_ADDRESS SkipBytes, SIZE_T TotalBytes,
+        MEMORY_CACHING_TYPE CacheType, ULONG Flags);
+NTSYSAPI VOID NTAPI MmFreePagesFromMdl(PMDL MemoryDescriptorList);
+NTSYSAPI VOID NTAPI MmUnmapLockedPages(PVOID BaseAddress, PMDL MemoryDescriptorList);
+NTSYSAPI PVOID NTAPI MmMapIoSpace(PHYSICAL_ADDRESS PhysicalAddress, SIZE_T NumberOfBytes,
+                                  MEMORY_CACHING_TYPE CacheType);
+NTSYSAPI VOID NTAPI MmUnmapIoSpace(PVOID BaseAddress, SIZE_T NumberOfBytes);
+NTSYSAPI PVOID NTAPI IoAllocateErrorLogEntry(PVOID IoObject, UCHAR EntrySize);
+NTSYSAPI VOID NTAPI IoWriteErrorLogEntry(PVOID ElEntry);
+NTSYSAPI VOID NTAPI IoFreeErrorLogEntry(PVOID ElEntry);
+
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
 #define IoCallDriver(d, i) IofCallDriver(d, i)
