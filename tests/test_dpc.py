@@ -377,7 +377,7 @@ def test_too_many_wait_objects_is_0xc():
 
 # --- stalls and interrupt time -------------------------------------------------------------------
 
-def test_a_stall_moves_the_interrupt_time_and_expires_timers_only_below_dispatch_level():
+def test_a_stall_moves_the_interrupt_time_and_a_timer_dpc_waits_for_the_irql_to_drop():
     k = machine()
     assert k.KeQueryInterruptTime() == 0
     ran = []
@@ -386,9 +386,10 @@ def test_a_stall_moves_the_interrupt_time_and_expires_timers_only_below_dispatch
     k.KeSetTimer(timer, (-300) & ((1 << 64) - 1), dpc)  # 30 us on
     old = k.KeRaiseIrql(2)
     k.KeStallExecutionProcessor(50)
-    assert k.KeQueryInterruptTime() == 500 and ran == []  # the clock's DPC waits for the IRQL
+    assert k.KeQueryInterruptTime() == 500 and ran == []  # the timer's DPC waits for the IRQL
+    assert k.KeReadStateTimer(timer) == 1  # the timer itself expired
     k.KeLowerIrql(old)
-    k.KeStallExecutionProcessor(1)
-    assert len(ran) == 1 and k.KeQueryInterruptTime() == 510
+    assert len(ran) == 1 and ran[0][1:3] == ((k.boot_time + 300) & 0xFFFFFFFF, (k.boot_time + 300) >> 32)
     # KUSER_SHARED_DATA.InterruptTime, which wdm.h's inline KeQueryInterruptTime reads.
     assert k.KeQueryInterruptTime() == k.system_time - k.boot_time
+    assert struct.unpack("<Q", k.read(0xFFFFF78000000008, 8))[0] & 0xFFFFFFFF == 500

@@ -199,9 +199,8 @@ class DeferredRoutines:
                     getattr(owner, "name", None) in {name for name, _, _ in self.unloaded_drivers}:
                 return owner.name
             return None
-        for driver in self.drivers:  # a driver loaded again where one was is not "unloaded"
-            if getattr(driver, "image_base", None) is not None and \
-                    driver.image_base <= address < driver.image_base + getattr(driver, "image_size", 0):
+        for _, base, end in self._driver_images():  # a loaded image there: not "unloaded"
+            if base <= address < end:
                 return None
         for name, base, end in reversed(self.unloaded_drivers):
             if base <= address < end:

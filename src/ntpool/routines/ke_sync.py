@@ -180,13 +180,10 @@ class SyncRoutines:
         self._put32(timer + L.DISPATCHER_HEADER.SignalState, 1)
         dpc = self._get64(timer + KTIMER_DPC)
         if dpc:
-            old = self.irql_by_processor[self.current_processor]
-            self._set_irql(DISPATCH_LEVEL)
-            try:
-                self.run_dpc_routine(dpc, self.system_time & 0xFFFFFFFF, self.system_time >> 32)
-            finally:
-                if not self.halted:
-                    self._set_irql(old)
+            # The clock interrupt queues the timer's DPC with the expiry time as its system
+            # arguments (KiTimerExpiration): it runs at once below DISPATCH_LEVEL, else when
+            # the IRQL drops; one still queued is not queued again.
+            self.KeInsertQueueDpc(dpc, self.system_time & 0xFFFFFFFF, self.system_time >> 32)
 
     # --- timers and DPCs ---------------------------------------------------------------------
 
@@ -665,16 +662,9 @@ class SyncRoutines:
 
     @routine("VOID KeStallExecutionProcessor(ULONG MicroSeconds)", module="HAL.dll")
     def KeStallExecutionProcessor(self, MicroSeconds) -> None:
-        """Busy-wait: the clock moves on MicroSeconds. Below DISPATCH_LEVEL timers that fall
-        due expire as in any advance; at DISPATCH_LEVEL or above only the time moves (the
-        clock interrupt's timer DPCs wait for the IRQL to drop: they expire at the next
-        advance of the clock)."""
-        interval = (MicroSeconds & 0xFFFFFFFF) * MICROSECOND
-        if self.irql_by_processor[self.current_processor] < DISPATCH_LEVEL:
-            self.advance_clock(interval)
-        else:
-            self.system_time += interval
-            self._publish_time()
+        """Busy-wait: the clock moves on MicroSeconds and timers that fall due expire; their
+        DPCs run when the IRQL allows (at DISPATCH_LEVEL or above, when it drops)."""
+        self.advance_clock((MicroSeconds & 0xFFFFFFFF) * MICROSECOND)
 
     @routine("ULONGLONG KeQueryInterruptTime(VOID)")
     def KeQueryInterruptTime(self) -> int:
