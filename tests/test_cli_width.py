@@ -86,3 +86,26 @@ def test_a_fitting_console_leaves_what_fills_any_width_at_its_own(monkeypatch):
     assert any("x" * 300 in line for line in lines)
     assert max(len(line) for line in lines if "inside" in line) == 132
     assert "z" * 500 in lines
+
+
+def test_triage_counts_are_right_aligned_as_verify_s_runs_are(tmp_path, capsys, monkeypatch):
+    # Every count column of `ntpool triage` (Dumps, Bytes, Largest, Median) reads down its
+    # digits, as `verify`'s triage "Runs" column does: a count narrower than its heading
+    # ends one space before its cell's right edge.
+    import ntpool
+
+    dumps = []
+    for index in range(3):
+        k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+        k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 100 + 1000 * index, "Tiny")
+        dumps.append(str(tmp_path / f"m{index}.dmp"))
+        k.write_dump(dumps[-1], kind="kernel")
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["triage", *dumps, "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    bugchecks = out[out.index("Bug checks"):out.index("Culprits")]
+    assert re.search(r"^│ .+ │ +3 │$", bugchecks, re.M), bugchecks
+    culprits = out[out.index("Culprits"):out.index("Largest")]
+    assert re.search(r"^│ .+ │ +3 │$", culprits, re.M), culprits
+    largest = out[out.index("Largest"):]
+    assert re.search(r"^│ yniT +│ +[\d,]+ │ +3 │$", largest, re.M), largest

@@ -72,3 +72,20 @@ def test_a_hang_and_a_blow_up_are_reported_and_the_worker_restarted(seeds, monke
     finally:
         pool.close()
     assert not os.path.exists(last)
+
+
+def test_damaged_json_never_shares_the_fuzzer_s_values_between_cases():
+    # Seed 2000100 (Windows 11), case 282 on: "the fuzzer failed: ValueError: Circular
+    # reference detected". A damage put JSON_VALUES' own [] or {} into a document, a later
+    # damage wrote into it, changing the constant for every case after (so a case replayed
+    # alone was not the case that failed), until one held itself.
+    import copy
+    import json
+
+    values = copy.deepcopy(dump_fuzz.JSON_VALUES)
+    rng = random.Random(2000100)
+    for _ in range(3000):
+        document = {"tags": [{"tag": "Fred", "sites": [[1, 2]], "meta": {"a": [0]}}] * 3,
+                    "pools": [[], {}, [[]]]}
+        json.dumps(dump_fuzz._damage_json(json.loads(json.dumps(document)), rng))
+    assert repr(dump_fuzz.JSON_VALUES) == repr(values)  # (nan != nan: compared as text)

@@ -50,6 +50,7 @@ when there was any failure.
 """
 
 import argparse
+import copy
 import faulthandler
 import io
 import json
@@ -689,12 +690,19 @@ def _json_paths(document, prefix=()):
                 yield from _json_paths(document[index], prefix + (index,))
 
 
+def _json_value(rng: random.Random):
+    """One of JSON_VALUES, a copy: a list or dict put into a document may be written into by
+    a later damage, which must change neither the constant (every later case, and a case
+    replayed alone would not be the one that failed) nor make a document hold itself."""
+    return copy.deepcopy(rng.choice(JSON_VALUES))
+
+
 def _damage_json(document, rng: random.Random):
     paths = list(_json_paths(document))
     for _ in range(rng.choice((1, 1, 2, 4))):
         path = rng.choice(paths)
         if not path:
-            return rng.choice(JSON_VALUES)
+            return _json_value(rng)
         parent = document
         try:
             for step in path[:-1]:
@@ -702,7 +710,7 @@ def _damage_json(document, rng: random.Random):
             if rng.random() < 0.2 and isinstance(parent, dict):
                 parent.pop(path[-1], None)
             else:
-                parent[path[-1]] = rng.choice(JSON_VALUES)
+                parent[path[-1]] = _json_value(rng)
         except (KeyError, IndexError, TypeError):
             pass
     return document
