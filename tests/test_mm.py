@@ -455,3 +455,10 @@ def test_freeing_the_mdl_leaves_the_reserved_mapping_to_its_owner():
     k.IoBuildPartialMdl(mdl, part, 0, PAGE)
     k.IoFreeMdl(part)
     assert k.MmIsAddressValid(reserved)
+
+
+def test_poolmon_names_the_owners_of_the_new_tags():
+    from ntpool.debugger.pooltag import PoolTagDatabase
+    database = PoolTagDatabase.default(environ={})
+    assert database.lookup("MmCm").binary == "nt!mm"
+    assert database.lookup("IoEr").binary == "nt!io"

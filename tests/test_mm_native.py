@@ -71,6 +71,21 @@ def test_contiguous_memory_from_native_code(windows):
 
 
 @pytest.mark.parametrize("windows", WINDOWS)
+def test_contiguous_memory_left_at_unload_is_named_by_pool_tracking(windows):
+    """Driver Verifier sees contiguous memory as it sees NDIS's: a buffer left at unload is
+    0xC4/0x62 naming the driver's unload routine; freed, the unload is clean."""
+    k = ntpool.Kernel(windows=windows, nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20)
+    k.verifier.enable("mm.sys", pool_tracking=True)
+    driver = load_native_driver(k, MM_SYS)
+    driver.call("FreeContiguous", driver.call("AllocateContiguous", PAGE, 0xFFFFFFFF))
+    driver.call("AllocateContiguous", PAGE, 0xFFFFFFFF)
+    with pytest.raises(BugCheck) as caught:
+        k.unload_driver(driver)
+    assert caught.value.code == 0xC4 and caught.value.parameters[0] == 0x62
+    assert caught.value.parameters[3] == 1 and caught.value.call_site.startswith("mm.sys+0x")
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
 def test_freeing_pool_as_contiguous_memory_from_native_code_is_0x60_at_its_line(windows):
     k, driver = loaded(windows)
     pool = k.ExAllocatePoolWithTag(0, 100, "Pool")
