@@ -251,6 +251,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # --- the managers drivers meet, in dependency order: objects (types, names, handles),
         # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in
         # SeExports), the clock. Each boots its own state in its _init_ method, called only here.
+        self._init_irql()
         self._init_objects()
         self._init_registry()
         self._init_io()
