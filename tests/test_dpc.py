@@ -165,6 +165,34 @@ def test_a_timer_left_armed_at_unload_is_0xd4_when_its_dpc_would_run():
     assert driver.ran == []
 
 
+def test_a_dpc_routine_that_leaves_a_critical_region_entered_is_0xc7():
+    k = machine()
+    dpc = allocate(k, 0x40)
+    routine = k.code_address(lambda k, *args: k.KeEnterCriticalRegion())
+    k.KeInitializeDpc(dpc, routine, 0)
+    with pytest.raises(BugCheck) as stop:
+        k.KeInsertQueueDpc(dpc, 0, 0)
+    assert stop.value.code == 0xC7 and stop.value.parameters == (4, routine, 0, (1 << 64) - 1)
+
+    k = machine()  # a timer's DPC: 5
+    dpc, timer = allocate(k, 0x40), allocate(k, 0x40)
+    routine = k.code_address(lambda k, *args: k.KeEnterCriticalRegion())
+    k.KeInitializeDpc(dpc, routine, 0)
+    k.KeInitializeTimer(timer)
+    k.KeSetTimer(timer, (-10) & ((1 << 64) - 1), dpc)
+    with pytest.raises(BugCheck) as stop:
+        k.advance_clock(10)
+    assert stop.value.code == 0xC7 and stop.value.parameters == (5, routine, 0, (1 << 64) - 1)
+
+
+def test_a_dpc_routine_that_enters_and_leaves_a_critical_region_is_fine():
+    k = machine()
+    dpc = allocate(k, 0x40)
+    k.KeInitializeDpc(dpc, k.code_address(lambda k, *args: (k.KeEnterCriticalRegion(),
+                                                            k.KeLeaveCriticalRegion())), 0)
+    assert k.KeInsertQueueDpc(dpc, 0, 0) == 1
+
+
 # --- in-stack queued spin locks ------------------------------------------------------------------
 
 @pytest.mark.parametrize("windows", WINDOWS)

@@ -375,3 +375,90 @@ def test_the_error_log_holds_a_limited_amount_outstanding(windows):
     assert len(entries) == 100 * PAGE // (ERROR_LOG_MAXIMUM_SIZE + L.ERROR_LOG_ENTRY.SIZE)
     k.IoFreeErrorLogEntry(entries.pop())
     assert k.IoAllocateErrorLogEntry(driver, ERROR_LOG_MAXIMUM_SIZE)
+
+
+# --- reserved mappings ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_a_reserved_mapping_maps_unmaps_and_maps_again(windows):
+    k = machine(windows)
+    reserved = k.MmAllocateMappingAddress(3 * PAGE, "Resv")
+    mdl = k.MmAllocatePagesForMdl(0, -1, 0, 2 * PAGE)
+    va = k.MmMapLockedPagesWithReservedMapping(reserved, "Resv", mdl, MmCached)
+    assert va == reserved and k._get64(mdl + L.MDL.MappedSystemVa) == reserved
+    assert k._get16(mdl + L.MDL.MdlFlags) & L.MDL_MAPPED_TO_SYSTEM_VA
+    k.write(va + PAGE, b"kept")
+    k.MmUnmapReservedMapping(reserved, "Resv", mdl)
+    assert not k.MmIsAddressValid(va) and not k._get16(mdl + L.MDL.MdlFlags) & 1
+    assert k.MmMapLockedPagesWithReservedMapping(reserved, "Resv", mdl, MmCached) == reserved
+    assert k.read(reserved + PAGE, 4) == b"kept"
+    k.MmUnmapReservedMapping(reserved, "Resv", mdl)
+    k.MmFreeMappingAddress(reserved, "Resv")
+    # An MDL larger than the reservation: NULL, nothing mapped.
+    small = k.MmAllocateMappingAddress(PAGE, "Resv")
+    assert k.MmMapLockedPagesWithReservedMapping(small, "Resv", mdl, MmCached) == 0
+    k.MmFreeMappingAddress(small, "Resv")
+
+
+def reserved_with(windows, pages=2, mapped=True):
+    k = machine(windows)
+    reserved = k.MmAllocateMappingAddress(pages * PAGE, "Resv")
+    mdl = k.MmAllocatePagesForMdl(0, -1, 0, 2 * PAGE)
+    if mapped:
+        k.MmMapLockedPagesWithReservedMapping(reserved, "Resv", mdl, MmCached)
+    return k, reserved, mdl
+
+
+RESV, OTHR = 0x52657376, 0x4F746872  # 'Resv', 'Othr'
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+@pytest.mark.parametrize("misuse, expected", [
+    (lambda k, r, m: k.MmAllocateMappingAddress(0, "Resv"), lambda r: (0x100, 0, RESV, 0)),
+    (lambda k, r, m: k.MmFreeMappingAddress(r, "Othr"), lambda r: (0x101, r, OTHR, RESV)),
+    (lambda k, r, m: k.MmFreeMappingAddress(r + PAGE, "Resv"), lambda r: (0x102, r + PAGE, RESV, 0)),
+    (lambda k, r, m: k.MmFreeMappingAddress(r, "Resv"), lambda r: (0x103, r, RESV, 2)),
+    (lambda k, r, m: k.MmMapLockedPagesWithReservedMapping(r, "Othr", m, 1),
+     lambda r: (0x104, r, OTHR, RESV)),
+    (lambda k, r, m: k.MmMapLockedPagesWithReservedMapping(r - PAGE, "Resv", m, 1),
+     lambda r: (0x105, r - PAGE, RESV, 0)),
+    (lambda k, r, m: k.MmMapLockedPagesWithReservedMapping(r, "Resv", m, 1),
+     lambda r: (0x107, r, r, r + PAGE)),
+    (lambda k, r, m: k.MmUnmapReservedMapping(r, "Othr", m), lambda r: (0x108, r, OTHR, RESV)),
+    (lambda k, r, m: k.MmUnmapReservedMapping(0xFFFFF88F7FFF0000, "Resv", m),
+     lambda r: (0x109, 0xFFFFF88F7FFF0000, RESV, 0)),
+], ids=["zero", "free-other-tag", "free-nothing", "free-mapped", "map-other-tag",
+        "map-nothing", "map-twice", "unmap-other-tag", "unmap-nothing"])
+def test_reserved_mapping_misuse_is_system_pte_misuse(windows, misuse, expected):
+    k, reserved, mdl = reserved_with(windows)
+    code, parameters = bug_check(lambda: misuse(k, reserved, mdl))
+    assert (code, parameters) == (0xDA, expected(reserved))
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_unmapping_a_reserved_mapping_wrongly(windows):
+    k, reserved, mdl = reserved_with(windows, pages=1, mapped=False)
+    assert bug_check(lambda: k.MmUnmapReservedMapping(reserved, "Resv", mdl)) == \
+        (0xDA, (0x10A, reserved, 1, 2))  # an MDL of 2 pages, a reservation of 1
+    k, reserved, mdl = reserved_with(windows, mapped=False)
+    assert bug_check(lambda: k.MmUnmapReservedMapping(reserved, "Resv", mdl)) == \
+        (0xDA, (0x10B, reserved, RESV, 2))  # nothing mapped
+    k, reserved, mdl = reserved_with(windows, pages=3)
+    one = k.MmCreateMdl(0, 0, PAGE)
+    assert bug_check(lambda: k.MmUnmapReservedMapping(reserved, "Resv", one)) == \
+        (0xDA, (0x10C, reserved, RESV, 1))  # 1 page of the 2 mapped
+
+
+def test_freeing_the_mdl_leaves_the_reserved_mapping_to_its_owner():
+    k, reserved, mdl = reserved_with("7")
+    part = k.IoAllocateMdl(0, PAGE)
+    k.IoBuildPartialMdl(mdl, part, 0, PAGE)
+    k.IoFreeMdl(part)
+    assert k.MmIsAddressValid(reserved)
+
+
+def test_poolmon_names_the_owners_of_the_new_tags():
+    from ntpool.debugger.pooltag import PoolTagDatabase
+    database = PoolTagDatabase.default(environ={})
+    assert database.lookup("MmCm").binary == "nt!mm"
+    assert database.lookup("IoEr").binary == "nt!io"

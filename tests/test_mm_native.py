@@ -44,7 +44,8 @@ def test_the_driver_imports_every_routine_and_loads(windows):
             "MmIsAddressValid", "MmGetVirtualForPhysical", "MmSizeOfMdl", "MmCreateMdl",
             "IoBuildPartialMdl", "MmAllocatePagesForMdlEx", "MmFreePagesFromMdl", "MmMapIoSpace",
             "MmUnmapIoSpace", "IoAllocateErrorLogEntry", "IoWriteErrorLogEntry",
-            "IoFreeErrorLogEntry"} <= imported
+            "IoFreeErrorLogEntry", "MmAllocateMappingAddress", "MmFreeMappingAddress",
+            "MmMapLockedPagesWithReservedMapping", "MmUnmapReservedMapping"} <= imported
 
 
 @pytest.mark.parametrize("windows", WINDOWS)
@@ -67,6 +68,21 @@ def test_contiguous_memory_from_native_code(windows):
     assert pa >= 0x100000 and pa // boundary == (pa + 3 * PAGE - 1) // boundary
     driver.call("FreeContiguousSpecifyCache", va, 3 * PAGE)
     assert tag_use(k, "MmCm") == 0
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_contiguous_memory_left_at_unload_is_named_by_pool_tracking(windows):
+    """Driver Verifier sees contiguous memory as it sees NDIS's: a buffer left at unload is
+    0xC4/0x62 naming the driver's unload routine; freed, the unload is clean."""
+    k = ntpool.Kernel(windows=windows, nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20)
+    k.verifier.enable("mm.sys", pool_tracking=True)
+    driver = load_native_driver(k, MM_SYS)
+    driver.call("FreeContiguous", driver.call("AllocateContiguous", PAGE, 0xFFFFFFFF))
+    driver.call("AllocateContiguous", PAGE, 0xFFFFFFFF)
+    with pytest.raises(BugCheck) as caught:
+        k.unload_driver(driver)
+    assert caught.value.code == 0xC4 and caught.value.parameters[0] == 0x62
+    assert caught.value.parameters[3] == 1 and caught.value.call_site.startswith("mm.sys+0x")
 
 
 @pytest.mark.parametrize("windows", WINDOWS)
@@ -136,6 +152,18 @@ def test_an_error_log_entry_from_native_code(windows):
     assert entry and tag_use(k, "IoEr") == 1
     driver.call("FreeErrorLogEntry", entry)
     assert driver.call("AllocateErrorLogEntry", 241) == 0 and tag_use(k, "IoEr") == 0
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_a_reserved_mapping_from_native_code(windows):
+    k, driver = loaded(windows)
+    assert driver.call("ReservedMappingRoundTrip", 2 * PAGE) == 0x3C
+    assert not k.reserved_mappings and not k.mdl_page_frames
+    with pytest.raises(BugCheck) as caught:
+        driver.call("FreeReservedWhileMapped", PAGE)
+    assert caught.value.code == 0xDA and caught.value.parameters[0] == 0x103
+    assert caught.value.parameters[2:] == (0x7673524D, 1)  # 'vsRM' (shown MRsv), one page
+    assert "FreeReservedWhileMapped+0x" in caught.value.call_site
 
 
 # --- code rewritten through a second mapping ---------------------------------------------------
@@ -210,7 +238,9 @@ ROUTINES = {
     "MmGetVirtualForPhysical": 1, "MmSizeOfMdl": 2, "MmCreateMdl": 3, "IoBuildPartialMdl": 4,
     "MmAllocatePagesForMdl": 4, "MmAllocatePagesForMdlEx": 6, "MmFreePagesFromMdl": 1,
     "MmMapIoSpace": 3, "MmUnmapIoSpace": 2, "IoAllocateErrorLogEntry": 2,
-    "IoWriteErrorLogEntry": 1, "IoFreeErrorLogEntry": 1,
+    "IoWriteErrorLogEntry": 1, "IoFreeErrorLogEntry": 1, "MmAllocateMappingAddress": 2,
+    "MmFreeMappingAddress": 2, "MmMapLockedPagesWithReservedMapping": 4,
+    "MmUnmapReservedMapping": 3,
 }
 _HOSTILE_MACHINE = {}
 

@@ -273,6 +273,18 @@ class PfnListCorrupt(IntEnum):
 # SYSTEM_PTE_MISUSE (0xDA) parameter 1 subcodes: a release of system PTE mappings (Microsoft's
 # "Bug Check 0xDA" table).
 class SystemPteMisuse(IntEnum):
+    RESERVE_ZERO = 0x100  # (mappings requested, tag, caller's caller): MmAllocateMappingAddress(0)
+    FREE_NOT_OWNER = 0x101  # (first address, caller's tag, owner's tag)
+    FREE_EMPTY = 0x102  # (first address, caller's tag, reserved): no reservation there
+    FREE_STILL_MAPPED = 0x103  # (mapping, caller's tag, mappings): unmap before freeing
+    MAP_NOT_OWNER = 0x104  # (first address, caller's tag, owner's tag)
+    MAP_INVALID = 0x105  # (first address, caller's tag, reserved): no reservation there
+    MAP_NOT_EMPTY = 0x107  # (first address, the mapping there, last address): mapped already
+    UNMAP_NOT_OWNER = 0x108  # (first address, caller's tag, owner's tag)
+    UNMAP_EMPTY = 0x109  # (first address, caller's tag, reserved): no reservation there
+    UNMAP_TOO_MANY = 0x10A  # (first address, mappings reserved, mappings to unmap)
+    UNMAP_NOT_MAPPED = 0x10B  # (first address, caller's tag, mappings to unmap)
+    UNMAP_NOT_ALL = 0x10C  # (first address, caller's tag, mappings to unmap)
     RELEASE_NOT_PERMITTED = 0x301  # (address, 0, 0): a mapping the caller may not release
     RELEASE_NOT_MAPPED = 0x302  # (address, reserved, reserved): a system address not mapped
     RELEASE_MIDDLE = 0x304  # (first address, mappings, 0): begins inside another allocation

@@ -672,9 +672,10 @@ class IoRoutines:
     def IoFreeMdl(self, Mdl) -> None:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
         flags = self._get16(Mdl + L.MDL.MdlFlags)
-        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and \
+        mapped = self._get64(Mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1)
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
                 not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
-            self._unmap_system(self._get64(Mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1))
+            self._unmap_system(mapped)
         self.pool.free(Mdl, L.TAG_MDL)
 
     def _mdl_span(self, mdl: int) -> tuple[int, int, int]:
@@ -816,13 +817,15 @@ class IoRoutines:
         flags = self._get16(MemoryDescriptorList + L.MDL.MdlFlags)
         self._put16(MemoryDescriptorList + L.MDL.MdlFlags, flags & ~L.MDL_MAPPED_TO_SYSTEM_VA)
 
-    def _map_system_ptes(self, frames, pages: int, bits: int = 0, aliased: bool = True) -> int:
+    def _map_system_ptes(self, frames, pages: int, bits: int = 0, aliased: bool = True,
+                         base: int | None = None) -> int:
         """Map ``frames`` writable at fresh system PTEs (``pages`` of them reserved, a guard
         page after) with ``bits`` in each PTE; the base. ``aliased``: the frames are in use
         already (an MDL's, RAM mapped as I/O space), so a CPU that scanned code on them hears
         of the second mapping (``FramesAliased``)."""
-        base = self._next_system_pte
-        self._next_system_pte += (pages + 1) << PAGE_SHIFT
+        if base is None:  # else PTEs reserved before (MmAllocateMappingAddress)
+            base = self._next_system_pte
+            self._next_system_pte += (pages + 1) << PAGE_SHIFT
         for index, pfn in enumerate(frames):
             va = base + (index << PAGE_SHIFT)
             self.space.map_page(va, pfn)

@@ -75,6 +75,7 @@ IOP_PROCESS_WORK_ITEM = 0xFFFFF80000A30800
 
 WORKER_INVALID = BugCheckCode.WORKER_INVALID
 EXECUTE_FAULT = 8
+MASK64 = (1 << 64) - 1
 
 for _name, _size, _pointer in (("PRKDPC", 8, True), ("KDPC_IMPORTANCE", 4, False),
                                ("PWORK_QUEUE_ITEM", 8, True), ("WORK_QUEUE_TYPE", 4, False),
@@ -94,6 +95,7 @@ class DeferredRoutines:
         self._running_work_items = False
         self.deferred_log: list[tuple[str, int]] = []  # ("dpc" | "work item", routine), in order run
         self.deferred_queued = 0  # DPCs and work items queued: a free's checks look only when some are
+        self._timer_dpcs: set[int] = set()  # queued DPCs the clock queued for a timer
 
     # --- DPCs ----------------------------------------------------------------------------------
 
@@ -101,6 +103,10 @@ class DeferredRoutines:
     def KeInsertQueueDpc(self, Dpc, SystemArgument1, SystemArgument2) -> int:
         """Queue the DPC on its processor (FALSE if it is queued already); it runs at once
         if that processor is below DISPATCH_LEVEL, else when its IRQL drops below it."""
+        return self.queue_dpc(Dpc, SystemArgument1, SystemArgument2)
+
+    def queue_dpc(self, Dpc, SystemArgument1, SystemArgument2, timer: bool = False) -> int:
+        """KeInsertQueueDpc; ``timer``: the clock's insertion of an expired timer's DPC."""
         if self._get64(Dpc + KDPC_DPC_DATA):
             return 0
         number = self._get16(Dpc + KDPC_NUMBER)
@@ -118,6 +124,10 @@ class DeferredRoutines:
         else:
             queue.append(Dpc)
         self.deferred_queued += 1
+        if timer:
+            self._timer_dpcs.add(Dpc)
+        else:
+            self._timer_dpcs.discard(Dpc)
         if self.irql_by_processor[processor] < DISPATCH_LEVEL:
             self.retire_dpcs(processor)
         return 1
@@ -172,7 +182,8 @@ class DeferredRoutines:
                     self.deferred_queued -= 1
                     self._put64(dpc + KDPC_DPC_DATA, 0)
                     self.run_dpc_routine(dpc, self._get64(dpc + KDPC_SYSTEM_ARGUMENT1),
-                                         self._get64(dpc + KDPC_SYSTEM_ARGUMENT2))
+                                         self._get64(dpc + KDPC_SYSTEM_ARGUMENT2),
+                                         timer=dpc in self._timer_dpcs)
             finally:
                 if not self.halted:
                     self._set_irql(old)
@@ -181,13 +192,28 @@ class DeferredRoutines:
             if processor != previous_processor and not self.halted:
                 self.set_current_processor(previous_processor)
 
-    def run_dpc_routine(self, dpc: int, argument1: int, argument2: int) -> None:
+    def run_dpc_routine(self, dpc: int, argument1: int, argument2: int, timer: bool = False) -> None:
         """Call a DPC's DeferredRoutine (Dpc, DeferredContext, SystemArgument1, 2) at the
-        current IRQL (DISPATCH_LEVEL: a queued DPC or a timer's)."""
+        current IRQL (DISPATCH_LEVEL). A routine that leaves the thread's APC disable count
+        changed (a KeEnterCriticalRegion with no KeLeaveCriticalRegion) is 0xC7
+        TIMER_OR_DPC_INVALID (4, or 5 for a timer's DPC, routine, count before, after)."""
+        self._timer_dpcs.discard(dpc)
         address = self._get64(dpc + KDPC_DEFERRED_ROUTINE)
         self._check_code_not_unloaded(address, "DPC routine")
         self.deferred_log.append(("dpc", address))
+        before = self._kernel_apc_disable()
         self.call_code(address, dpc, self._get64(dpc + KDPC_DEFERRED_CONTEXT), argument1, argument2)
+        after = self._kernel_apc_disable()
+        if after != before and not self.halted:
+            self.KeBugCheckEx(BugCheckCode.TIMER_OR_DPC_INVALID, 5 if timer else 4, address,
+                              before & MASK64, after & MASK64,
+                              detail=f"the {'timer ' if timer else ''}DPC routine {address:#x} "
+                                     f"changed the thread's APC disable count from {before} to "
+                                     f"{after} (a critical region entered and not left)")
+
+    def _kernel_apc_disable(self) -> int:
+        """KTHREAD.KernelApcDisable: 0, less one for each critical region entered."""
+        return -getattr(self, "critical_region", 0)
 
     def _unloaded_driver_of(self, address: int) -> str | None:
         """The name of the unloaded driver whose code ``address`` was (MmLocateUnloadedDriver),

@@ -183,7 +183,7 @@ class SyncRoutines:
             # The clock interrupt queues the timer's DPC with the expiry time as its system
             # arguments (KiTimerExpiration): it runs at once below DISPATCH_LEVEL, else when
             # the IRQL drops; one still queued is not queued again.
-            self.KeInsertQueueDpc(dpc, self.system_time & 0xFFFFFFFF, self.system_time >> 32)
+            self.queue_dpc(dpc, self.system_time & 0xFFFFFFFF, self.system_time >> 32, timer=True)
 
     # --- timers and DPCs ---------------------------------------------------------------------
 

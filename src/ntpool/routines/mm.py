@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, PoolType, SystemPteMisuse
+from ..tags import tag_value
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_PRESENT, PTE_WRITE_THROUGH
 from ..pool.allocator import Contiguous
 from . import layouts as L
@@ -85,6 +86,8 @@ class MmRoutines:
         self.contiguous_blocks: set[int] = set()  # MmAllocateContiguousMemory* addresses
         self.noncached_blocks: dict[int, tuple[int, tuple]] = {}  # base -> (pages, frames)
         self.io_space_mappings: set[int] = set()  # MmMapIoSpace bases
+        # MmAllocateMappingAddress reservations: base -> [pages, tag, pages mapped now].
+        self.reserved_mappings: dict[int, list[int]] = {}
         self.mdl_page_frames: dict[int, tuple] = {}  # MmAllocatePagesForMdl MDL -> frames
         self.error_log: list[ErrorLogRecord] = []
         self.error_log_bytes = 0  # error log entries outstanding (allocated, not written)
@@ -409,6 +412,121 @@ class MmRoutines:
         self._check_system_pte_release(base, pages, self.io_space_mappings, "MmUnmapIoSpace")
         self.io_space_mappings.discard(base)
         self._unmap_system(base)
+
+    # --- reserved mappings -------------------------------------------------------------------
+    #
+    # A reservation is system PTEs with two before it that hold its size and its tag (ReactOS,
+    # whose checks and 0xDA parameters these follow; the subcodes are Microsoft's table's).
+
+    @routine("PVOID MmAllocateMappingAddress(_In_ SIZE_T NumberOfBytes, _In_ ULONG PoolTag)")
+    def MmAllocateMappingAddress(self, NumberOfBytes, PoolTag) -> int:
+        """System PTEs reserved for MmMapLockedPagesWithReservedMapping, under PoolTag; NULL
+        when there is not room; 0 bytes is SYSTEM_PTE_MISUSE (0x100, 0, tag, 0)."""
+        tag = tag_value(PoolTag)
+        pages = _span_pages(0, NumberOfBytes)
+        if not pages:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, SystemPteMisuse.RESERVE_ZERO, 0,
+                              tag, 0, detail="MmAllocateMappingAddress of 0 bytes")
+        if self._next_system_pte + ((pages + 3) << PAGE_SHIFT) > SYSTEM_PTE_END:
+            return 0
+        base = self._next_system_pte + 2 * PAGE_SIZE  # after the size and tag PTEs
+        self._next_system_pte += (pages + 3) << PAGE_SHIFT
+        self.reserved_mappings[base] = [pages, tag, 0]
+        return base
+
+    def _reservation(self, address: int, tag: int, not_owner: int, empty: int,
+                     routine_name: str) -> list[int]:
+        reservation = self.reserved_mappings.get(address)
+        if reservation is None:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, empty, address, tag, 0,
+                              detail=f"{routine_name} of {address:#x}: no mapping address "
+                                     f"MmAllocateMappingAddress reserved")
+        if reservation[1] != tag:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, not_owner, address, tag,
+                              reservation[1] & ~1,
+                              detail=f"{routine_name} of {address:#x} with tag {tag:#x}: it was "
+                                     f"reserved with tag {reservation[1]:#x}")
+        return reservation
+
+    @routine("VOID MmFreeMappingAddress(_In_ PVOID BaseAddress, _In_ ULONG PoolTag)")
+    def MmFreeMappingAddress(self, BaseAddress, PoolTag) -> None:
+        """Give back a reservation: another tag is 0xDA/0x101, no reservation 0x102, one
+        still mapped 0x103."""
+        tag = tag_value(PoolTag)
+        pages, _, mapped = self._reservation(BaseAddress, tag, SystemPteMisuse.FREE_NOT_OWNER,
+                                             SystemPteMisuse.FREE_EMPTY, "MmFreeMappingAddress")
+        if mapped:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, SystemPteMisuse.FREE_STILL_MAPPED,
+                              BaseAddress, tag, pages,
+                              detail=f"MmFreeMappingAddress of {BaseAddress:#x}: still mapped "
+                                     f"(MmUnmapReservedMapping first)")
+        del self.reserved_mappings[BaseAddress]
+
+    @routine("PVOID MmMapLockedPagesWithReservedMapping(_In_ PVOID MappingAddress, "
+             "_In_ ULONG PoolTag, _Inout_ PMDL MemoryDescriptorList, "
+             "_In_ MEMORY_CACHING_TYPE CacheType)")
+    def MmMapLockedPagesWithReservedMapping(self, MappingAddress, PoolTag, MemoryDescriptorList,
+                                            CacheType) -> int:
+        """The MDL's pages mapped at the reservation; NULL when they do not fit in it.
+        Another tag is 0xDA/0x104, no reservation 0x105, one mapped already 0x107."""
+        tag = tag_value(PoolTag)
+        mdl = MemoryDescriptorList
+        reservation = self._reservation(MappingAddress, tag, SystemPteMisuse.MAP_NOT_OWNER,
+                                        SystemPteMisuse.MAP_INVALID,
+                                        "MmMapLockedPagesWithReservedMapping")
+        pages, _, mapped = reservation
+        if mapped:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, SystemPteMisuse.MAP_NOT_EMPTY,
+                              MappingAddress, MappingAddress,
+                              MappingAddress + ((pages - 1) << PAGE_SHIFT),
+                              detail=f"MmMapLockedPagesWithReservedMapping at {MappingAddress:#x}: "
+                                     f"mapped already (MmUnmapReservedMapping first)")
+        start, offset, count = self._mdl_span(mdl)
+        needed = _span_pages(start + offset, count)
+        if needed > pages or not 0 <= CacheType < MmMaximumCacheType:
+            return 0
+        flags = self._get16(mdl + L.MDL.MdlFlags)
+        pfns = self.read(mdl + L.MDL.SIZE, 8 * needed)
+        self._check_mdl_frames(mdl, flags, pfns)
+        frames = []
+        for index in range(needed):
+            pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
+            if pfn == MM_EMPTY_LIST:
+                break
+            frames.append(pfn)
+        self._map_system_ptes(frames, needed, _cache_bits(CacheType), base=MappingAddress)
+        reservation[2] = needed
+        self._put64(mdl + L.MDL.MappedSystemVa, MappingAddress)
+        self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA |
+                    (L.MDL_PARTIAL_HAS_BEEN_MAPPED if flags & L.MDL_PARTIAL else 0))
+        return MappingAddress + offset
+
+    @routine("VOID MmUnmapReservedMapping(_In_ PVOID BaseAddress, _In_ ULONG PoolTag, "
+             "_Inout_ PMDL MemoryDescriptorList)")
+    def MmUnmapReservedMapping(self, BaseAddress, PoolTag, MemoryDescriptorList) -> None:
+        """Unmap what MmMapLockedPagesWithReservedMapping mapped there, keeping the
+        reservation. Another tag is 0xDA/0x108, no reservation 0x109, an MDL larger than the
+        reservation 0x10A, nothing mapped 0x10B, an MDL of another size 0x10C."""
+        tag = tag_value(PoolTag)
+        mdl = MemoryDescriptorList
+        reservation = self._reservation(BaseAddress, tag, SystemPteMisuse.UNMAP_NOT_OWNER,
+                                        SystemPteMisuse.UNMAP_EMPTY, "MmUnmapReservedMapping")
+        pages, _, mapped = reservation
+        start, offset, count = self._mdl_span(mdl)
+        unmapping = _span_pages(start + offset, count)
+        subcode = SystemPteMisuse.UNMAP_TOO_MANY if unmapping > pages else \
+            SystemPteMisuse.UNMAP_NOT_MAPPED if not mapped else \
+            SystemPteMisuse.UNMAP_NOT_ALL if unmapping != mapped else None
+        if subcode is not None:
+            self.KeBugCheckEx(BugCheckCode.SYSTEM_PTE_MISUSE, subcode, BaseAddress,
+                              pages if subcode == SystemPteMisuse.UNMAP_TOO_MANY else tag,
+                              unmapping, detail=f"MmUnmapReservedMapping of {unmapping} page(s) "
+                                                f"at {BaseAddress:#x}: {mapped} of its {pages} "
+                                                f"are mapped")
+        self._unmap_system(BaseAddress)
+        reservation[2] = 0
+        self._put16(mdl + L.MDL.MdlFlags, self._get16(mdl + L.MDL.MdlFlags) & ~(
+            L.MDL_MAPPED_TO_SYSTEM_VA | L.MDL_PARTIAL_HAS_BEEN_MAPPED))
 
     # --- error log entries -------------------------------------------------------------------
 

@@ -160,6 +160,46 @@ __declspec(dllexport) VOID WriteErrorLogEntry(PVOID Entry) { IoWriteErrorLogEntr
 
 __declspec(dllexport) VOID FreeErrorLogEntry(PVOID Entry) { IoFreeErrorLogEntry(Entry); }
 
+/* A mapping reserved once and used for each transfer, as a storage driver keeps one for
+ * when memory is low: reserved, an MDL's pages mapped there and written, unmapped, mapped
+ * again, freed. The byte read back through the second mapping, or 0. */
+#define RESERVE_TAG 'vsRM'
+__declspec(dllexport) ULONG ReservedMappingRoundTrip(SIZE_T Bytes) {
+    PVOID reserved = MmAllocateMappingAddress(Bytes, RESERVE_TAG);
+    PMDL mdl;
+    UCHAR *va;
+    ULONG seen = 0;
+    if (reserved == NULL)
+        return 0;
+    mdl = MmAllocatePagesForMdlEx(Physical(0), Physical(~0ULL), Physical(0), Bytes, MmCached,
+                                  MM_ALLOCATE_FULLY_REQUIRED);
+    if (mdl != NULL) {
+        va = MmMapLockedPagesWithReservedMapping(reserved, RESERVE_TAG, mdl, MmCached);
+        if (va != NULL) {
+            va[Bytes - 1] = 0x3C;
+            MmUnmapReservedMapping(reserved, RESERVE_TAG, mdl);
+            va = MmMapLockedPagesWithReservedMapping(reserved, RESERVE_TAG, mdl, MmCached);
+            if (va != NULL) {
+                seen = va[Bytes - 1];
+                MmUnmapReservedMapping(reserved, RESERVE_TAG, mdl);
+            }
+        }
+        MmFreePagesFromMdl(mdl);
+        ExFreePool(mdl);
+    }
+    MmFreeMappingAddress(reserved, RESERVE_TAG);
+    return seen;
+}
+
+/* The reservation freed with its mapping still in place: SYSTEM_PTE_MISUSE 0x103. */
+__declspec(dllexport) VOID FreeReservedWhileMapped(SIZE_T Bytes) {
+    PVOID reserved = MmAllocateMappingAddress(Bytes, RESERVE_TAG);
+    PMDL mdl = MmAllocatePagesForMdl(Physical(0), Physical(~0ULL), Physical(0), Bytes);
+    MmMapLockedPagesWithReservedMapping(reserved, RESERVE_TAG, mdl, MmCached);
+    MmFreeMappingAddress(reserved, RESERVE_TAG);
+    Frees += 1;
+}
+
 /* The code a patch replaces: read-only .text, scanned when the driver loaded. */
 __declspec(dllexport) __declspec(noinline) ULONG64 Victim(ULONG64 Value) { return Value * 3 + 1; }
 

@@ -366,6 +366,12 @@ NTSYSAPI VOID NTAPI MmUnmapIoSpace(PVOID BaseAddress, SIZE_T NumberOfBytes);
 NTSYSAPI PVOID NTAPI IoAllocateErrorLogEntry(PVOID IoObject, UCHAR EntrySize);
 NTSYSAPI VOID NTAPI IoWriteErrorLogEntry(PVOID ElEntry);
 NTSYSAPI VOID NTAPI IoFreeErrorLogEntry(PVOID ElEntry);
+NTSYSAPI PVOID NTAPI MmAllocateMappingAddress(SIZE_T NumberOfBytes, ULONG PoolTag);
+NTSYSAPI VOID NTAPI MmFreeMappingAddress(PVOID BaseAddress, ULONG PoolTag);
+NTSYSAPI PVOID NTAPI MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, ULONG PoolTag,
+        PMDL MemoryDescriptorList, MEMORY_CACHING_TYPE CacheType);
+NTSYSAPI VOID NTAPI MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag,
+                                           PMDL MemoryDescriptorList);
 
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
