@@ -104,3 +104,27 @@ def test_every_routine_pair_frees_what_it_allocates():
         for info in infos:
             assert info.NonPagedAllocs == info.NonPagedFrees and info.NonPagedUsed == 0, (name, info)
         assert sum(info.NonPagedAllocs for info in infos) >= 50, name
+
+
+def test_the_spin_lock_rows_take_and_release_the_lock_and_free_what_they_allocate():
+    """The spin lock rows end as they began: the lock free, the IRQL PASSIVE_LEVEL, and the
+    locked row's pairs made at DISPATCH_LEVEL (nonpaged pool), every one freed."""
+    from ntpool import Kernel
+    from ntpool.tools import bench
+
+    k = Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    lock = k.ExAllocatePoolWithTag(0, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    irqls = []
+    k.ExAllocatePoolWithTag = lambda *arguments, real=k.ExAllocatePoolWithTag: (
+        irqls.append(k.KeGetCurrentIrql()) or real(*arguments))
+    bench._spin_lock_pair(k, lock, 50)
+    assert irqls == []
+    bench._spin_lock_pair(k, lock, 50, with_pair=True)
+    assert irqls == [2] * 50
+    assert k.KeGetCurrentIrql() == 0 and k.read(lock, 8) == bytes(8)
+    from ntpool.tags import tag_value
+
+    info = next(info for info in k.pool.tracker.snapshot()
+                if info.TagUlong == tag_value(bench.TAG))
+    assert info.NonPagedAllocs == info.NonPagedFrees == 50 and info.NonPagedUsed == 0

@@ -210,6 +210,30 @@ def test_lowering_irql_restores_the_fast_paths(k):
     k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(PP, 10, "Back"), "Back")
 
 
+def test_the_fast_paths_tables_kept_per_irql_follow_a_processor_change():
+    """The tables an IRQL change refills are made again after a processor change: lowered
+    on processor 1, the fast paths hold processor 1's lookaside lists, not processor 0's
+    (kept from when processor 0 was at PASSIVE_LEVEL)."""
+    from ntpool import Kernel
+    from ntpool.pool.allocator import fast_frees_of, fast_lists_of
+
+    k = Kernel(processors=2)
+    old = k.KeRaiseIrql(DISPATCH)
+    k.KeLowerIrql(old)
+    k.KeRaiseIrql(DISPATCH)  # both rules' tables made on processor 0
+    k.set_current_processor(1)
+    k.KeLowerIrql(0)
+    assert k.pool.fast_lists[PP] == fast_lists_of(k.paged_pool)
+    assert k.pool.fast_lists[PP][0] is k.paged_pool.per_processor[1].head
+    assert k.pool.fast_frees[k.paged_pool.base >> 39] == fast_frees_of(k.paged_pool)
+    chunk = k.ExAllocatePoolWithTag(PP, 10, "Proc")
+    k.ExFreePoolWithTag(chunk, "Proc")
+    assert k.paged_pool.per_processor[1].count[2] >= 1  # the free went to processor 1's list
+    k.KeRaiseIrql(DISPATCH)
+    assert PP not in k.pool.fast_pools and NP in k.pool.fast_pools
+    assert k.pool.fast_lists[NP][0] is k.nonpaged_pool.per_processor[1].head
+
+
 # --- paging ---------------------------------------------------------------------------------
 
 def test_page_out_leaves_a_non_present_pte_and_frees_the_frame(k):

@@ -197,6 +197,23 @@ def _fsrtl_quota_pair(k, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _spin_lock_pair(k, lock: int, n: int, with_pair: bool = False) -> float:
+    """KeAcquireSpinLock + KeReleaseSpinLock (DISPATCH_LEVEL and back), and with
+    ``with_pair`` an Ex pair between them, at DISPATCH_LEVEL, as a driver's locked code does."""
+    acquire, release = k.KeAcquireSpinLock, k.KeReleaseSpinLock
+    allocate, free = k.ExAllocatePoolWithTag, k.ExFreePoolWithTag
+    start = time.perf_counter()
+    if with_pair:
+        for _ in range(n):
+            old = acquire(lock)
+            free(allocate(NP, SMALL, TAG), TAG)
+            release(lock, old)
+    else:
+        for _ in range(n):
+            release(lock, acquire(lock))
+    return time.perf_counter() - start
+
+
 BUILT_ON_ANOTHER = {"pool3": _pool3_pair, "quota_default": _quota_default_pair,
                     "quota_zero": _quota_zero_pair, "fsrtl_default": _fsrtl_default_pair,
                     "fsrtl_quota": _fsrtl_quota_pair}
@@ -430,6 +447,9 @@ ROUTINE_FIGURES = {
                 "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
     "driver_lookaside": ("ExAllocateFromNPagedLookasideList + ExFreeToNPagedLookasideList "
                          "(a driver's list), 100 B", "reported", None),
+    "spin_lock": ("KeAcquireSpinLock + KeReleaseSpinLock", "reported", None),
+    "locked_pair": ("the Ex pair under a spin lock (acquire, the pair at DISPATCH_LEVEL, "
+                    "release)", "reported", None),
     "miss": ("an allocation that finds the lookaside empty (alone)", "<= 2x Ex pair",
              lambda us, bare, ex: ex <= 2.0),
     "exact": ("a miss on a fragmented pool: an exact fit from a list of 3,000", "<= 2x Ex pair",
@@ -479,6 +499,9 @@ def run(quick: bool = False, windows=None) -> dict:
     ndis6_handle = _ndis6_handle(routines)
     _ndis6_pair(routines, ndis6_handle, WARM_UP_PAIRS)
     _ndis5_pair(routines, WARM_UP_PAIRS)
+    lock = routines.ExAllocatePoolWithTag(NP, 8, "Lock")
+    routines.KeInitializeSpinLock(lock)
+    _spin_lock_pair(routines, lock, WARM_UP_PAIRS, True)
     charged = _charged_machine(version)
     driver_lookaside = _driver_lookaside(routines)
     _driver_lookaside_pair(routines, driver_lookaside, WARM_UP_PAIRS)
@@ -504,6 +527,8 @@ def run(quick: bool = False, windows=None) -> dict:
         "charged": (lambda: _quota_pair(charged, slow), slow),
         "driver_lookaside": (lambda: _driver_lookaside_pair(routines, driver_lookaside, per_batch),
                              per_batch),
+        "spin_lock": (lambda: _spin_lock_pair(routines, lock, per_batch), per_batch),
+        "locked_pair": (lambda: _spin_lock_pair(routines, lock, per_batch, True), per_batch),
         "miss": (lambda: _drained_cycle(missing, slow, "miss"), slow),
         "exact": (lambda: _drained_cycle(exact, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
         "split": (lambda: _drained_cycle(split, FRAGMENTED_MISSES, "miss"), FRAGMENTED_MISSES),
