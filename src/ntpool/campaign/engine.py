@@ -198,6 +198,8 @@ def _worker_setup(parent: int, memory_limit: int | None = None) -> None:
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
+    parent = parent or os.getppid()  # (0: a forkserver's worker follows the forkserver)
+
     def watch():
         while os.getppid() == parent:
             time.sleep(0.2)
@@ -221,8 +223,20 @@ def _new_pool(jobs: int, memory_limit: int | None = None) -> ProcessPoolExecutor
     if hold:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
-                                   initargs=(os.getpid(), memory_limit))
+        if memory_limit is None:
+            pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
+                                       initargs=(os.getpid(), None))
+        else:
+            # Watched workers are new interpreters, never forked from this process: a worker
+            # forked from the campaign's process holds its memory too (a test suite's, a
+            # notebook's: 150 MiB and more), so runs that hold little passed a limit of
+            # 200 MiB there, and on Dask they did not. (A forkserver's workers would import
+            # ntpool from the default path, not this process's: Python 3.11 drops it.)
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                       initializer=_worker_setup, initargs=(0, memory_limit))
         pool.submit(os.getpid)  # starts the workers and the manager thread now
     finally:
         if hold:
