@@ -301,3 +301,36 @@ def test_verify_version_info_conditions_platform_suite_product_and_errors():
     assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, platform) == STATUS_REVISION_MISMATCH
     assert k.RtlVerifyVersionInfo(info, 0, equal) == 0xC000000D
     assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, 0) == 0xC000000D
+
+
+def test_the_previous_mode_is_user_mode_while_a_driver_handles_a_user_request():
+    from ntpool.routines import layouts as L
+    from ntpool.routines.io import IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, ctl_code
+
+    k = machine()
+    seen = []
+
+    def dispatch(k, device, irp):
+        seen.append((k.ExGetPreviousMode(), k.read(irp + L.IRP.RequestorMode, 1)[0],
+                     k._get64(irp + L.IRP.Thread)))
+        k._put32(irp + L.IRP.IoStatus_Status, 0)
+        k.IofCompleteRequest(irp, 0)
+        return 0
+
+    wdm = k.create_driver_object("mode.sys")
+    name = k.unicode_string("\\Device\\Mode")
+    status, device = k.IoCreateDevice(wdm.driver_object, 0, name, 0x22, 0, 0)
+    assert status == 0
+    k._put32(device + L.DEVICE_OBJECT.Flags, k._get32(device + L.DEVICE_OBJECT.Flags) & ~L.DO_DEVICE_INITIALIZING)
+    for major in (IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_DEVICE_CONTROL, 0x12):
+        k._put64(wdm.driver_object + L.DRIVER_OBJECT.MajorFunction + 8 * major, k.code_address(dispatch))
+    k.driver_entry_returned(wdm)
+    thread = k.PsGetCurrentThread()
+    with k.open("\\Device\\Mode") as handle:
+        handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"", 0)
+    assert seen[:2] == [(1, 1, thread), (1, 1, thread)]  # the create and the IOCTL
+    assert k.ExGetPreviousMode() == 0
+    seen.clear()
+    with k.open("\\Device\\Mode", kernel_caller=True) as handle:
+        handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"", 0)
+    assert seen[:2] == [(0, 0, thread), (0, 0, thread)]

@@ -912,7 +912,7 @@ class IoRoutines:
             raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for an IRP")
         self._put8(irp + L.IRP.RequestorMode, KernelMode if kernel_caller else UserMode)
         self._put64(irp + L.IRP.OriginalFileObject, file)
-        self._put64(irp + L.IRP.Thread, self.current_process.address)
+        self._put64(irp + L.IRP.Thread, self.current_thread)
         next_stack = self.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
         self._put8(next_stack + L.IO_STACK_LOCATION.MajorFunction, major)
         self._put64(next_stack + L.IO_STACK_LOCATION.FileObject, file)
@@ -1012,8 +1012,13 @@ class FileHandle:
         request = {"completed": False, "result": result, "finish": finish}
         k.io_requests[irp] = request
         try:
-            returned = k.IofCallDriver(self.top, irp)
-            if not self.kernel_caller:
+            if self.kernel_caller:
+                returned = k.IofCallDriver(self.top, irp)
+            else:
+                # The request's thread came from user mode: its PreviousMode says so while the
+                # driver handles it (ExGetPreviousMode), and is KernelMode again after.
+                with k.previous_mode(UserMode):
+                    returned = k.IofCallDriver(self.top, irp)
                 k.return_to_kernel()  # the request's thread goes back to user mode: workers run
         except BaseException:
             k.io_requests.pop(irp, None)

@@ -11,13 +11,14 @@ ReturnLength; a buffer that holds less than Count writes nothing. A buffer the c
 write faults as the driver's own write would (0x50).
 
 One thread of control runs every driver: it has an ETHREAD of its own (the System process's
-thread, Windows 7 x64 layout, with the fields these routines read), its PreviousMode is
-KernelMode, and it is a system thread.
+thread, Windows 7 x64 layout, with the fields these routines read) and is a system thread;
+its PreviousMode is UserMode while a driver handles a request from user mode, else KernelMode.
 """
 
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SIZE, KERNEL_IMAGE_BYTES, NtStatus
 from ..drivers import LDR_DLL_BASE
@@ -398,8 +399,21 @@ class SystemInformationRoutines:
 
     @routine("KPROCESSOR_MODE ExGetPreviousMode(VOID)")
     def ExGetPreviousMode(self) -> int:
-        """The current thread's PreviousMode (KernelMode: ntpool's thread is a system thread)."""
+        """The current thread's PreviousMode: UserMode while a driver handles a request from
+        user mode (``k.open`` without kernel_caller), else KernelMode."""
         return self.read(self.current_thread + KTHREAD_PREVIOUS_MODE, 1)[0]
+
+    @contextmanager
+    def previous_mode(self, mode: int):
+        """The thread's PreviousMode set to ``mode`` for a request from that mode, then restored."""
+        field = self.current_thread + KTHREAD_PREVIOUS_MODE
+        before = self.read(field, 1)[0]
+        self._put8(field, mode)
+        try:
+            yield
+        finally:
+            if not self.halted:
+                self._put8(field, before)
 
     @routine("BOOLEAN PsIsSystemThread(PETHREAD Thread)")
     def PsIsSystemThread(self, Thread) -> int:
