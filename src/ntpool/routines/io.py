@@ -90,17 +90,11 @@ SYSTEM_PTE_BASE = 0xFFFFF88F00000000
 LARGE_IRP_STACK_LOCATIONS = 8
 IRP_BOUNDARY = 0x80000000
 
-for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("CSHORT", 2, True),
-                               ("PCCHAR", 8, True), ("LOCK_OPERATION", 4, False),
-                               ("MM_PAGE_PRIORITY", 4, False), ("PDRIVER_DISPATCH", 8, True),
-                               ("PIO_COMPLETION_ROUTINE", 8, True), ("PKEVENT", 8, True),
-                               ("CCHAR", 1, False), ("PDEVICE_OBJECT *", 8, True)):
-    if _name in ("CSHORT", "PCCHAR", "PDEVICE_OBJECT *"):
-        continue
-    try:
-        register_type(_name, _size, pointer=_pointer)
-    except Exception:  # already known with the same meaning
-        pass
+# (LOCK_OPERATION and CCHAR are the registry's own, signed as the WDK's enum and char are.)
+for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("MM_PAGE_PRIORITY", 4, False),
+                               ("PDRIVER_DISPATCH", 8, True), ("PIO_COMPLETION_ROUTINE", 8, True),
+                               ("PKEVENT", 8, True)):
+    register_type(_name, _size, pointer=_pointer)
 
 
 def ctl_code(device_type: int, function: int, method: int, access: int) -> int:
