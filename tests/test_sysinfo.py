@@ -231,3 +231,106 @@ def test_the_current_thread_is_the_system_processes_system_thread():
     other = k.ExAllocatePoolWithTag(0, 0x498, "Thre")
     k.write(other, bytes(0x498))
     assert k.PsIsSystemThread(other) == 0
+
+
+VER_MINORVERSION, VER_MAJORVERSION, VER_BUILDNUMBER, VER_PLATFORMID = 0x1, 0x2, 0x4, 0x8
+VER_SERVICEPACKMINOR, VER_SERVICEPACKMAJOR, VER_SUITENAME, VER_PRODUCT_TYPE = 0x10, 0x20, 0x40, 0x80
+VER_EQUAL, VER_GREATER, VER_GREATER_EQUAL, VER_LESS, VER_LESS_EQUAL, VER_AND, VER_OR = range(1, 8)
+STATUS_REVISION_MISMATCH = 0xC0000059
+
+
+def version_info(k, major=0, minor=0, build=0, platform=0, sp_major=0, sp_minor=0, suite=0, product=0):
+    info = k.ExAllocatePoolWithTag(0, RTL_OSVERSIONINFOEXW_SIZE, "Vers")
+    k.write(info, struct.pack("<IIIII", RTL_OSVERSIONINFOEXW_SIZE, major, minor, build, platform) +
+            bytes(256) + struct.pack("<HHHBB", sp_major, sp_minor, suite, product, 0))
+    return info
+
+
+def at_least(k, types, **numbers):
+    mask = 0
+    for bit in (VER_MAJORVERSION, VER_MINORVERSION, VER_SERVICEPACKMAJOR, VER_BUILDNUMBER):
+        if types & bit:
+            mask = k.VerSetConditionMask(mask, bit, VER_GREATER_EQUAL)
+    return k.RtlVerifyVersionInfo(version_info(k, **numbers), types, mask)
+
+
+def test_ver_set_condition_mask_puts_each_condition_in_its_types_three_bits():
+    k = machine()
+    assert k.VerSetConditionMask(0, VER_MINORVERSION, VER_EQUAL) == 0o1
+    assert k.VerSetConditionMask(0, VER_MAJORVERSION, VER_GREATER_EQUAL) == 0o30
+    assert k.VerSetConditionMask(0o30, VER_PRODUCT_TYPE, VER_LESS) == 0o40000030
+    assert k.VerSetConditionMask(0, VER_SUITENAME, VER_AND | 0xF0) == VER_AND << 18
+    # Several types: the most significant one takes the condition; none, or condition 0: unchanged.
+    assert k.VerSetConditionMask(0, VER_MAJORVERSION | VER_MINORVERSION, VER_LESS) == VER_LESS << 3
+    assert k.VerSetConditionMask(0o7, 0, VER_EQUAL) == 0o7 == k.VerSetConditionMask(0o7, VER_MINORVERSION, 0)
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_verify_version_info_answers_at_least_questions_for_the_machines_windows(windows):
+    k = machine(windows)
+    seven, eleven = windows == "7", windows == "11"
+    major_minor = VER_MAJORVERSION | VER_MINORVERSION
+    assert at_least(k, major_minor, major=6, minor=1) == 0  # Windows 7 or later: both
+    expected_8 = STATUS_REVISION_MISMATCH if seven else 0  # Windows 8 (6.2) or later
+    assert at_least(k, major_minor, major=6, minor=2) == expected_8
+    assert at_least(k, major_minor | VER_SERVICEPACKMAJOR, major=6, minor=1, sp_major=1) == 0
+    assert at_least(k, major_minor | VER_SERVICEPACKMAJOR, major=6, minor=1, sp_major=2) == \
+        (STATUS_REVISION_MISMATCH if seven else 0)  # 10.0 SP0 is later than 6.1 SP2
+    assert at_least(k, VER_BUILDNUMBER, build=22000) == (0 if eleven else STATUS_REVISION_MISMATCH)
+    assert at_least(k, VER_MAJORVERSION, major=10) == (STATUS_REVISION_MISMATCH if seven else 0)
+
+
+def test_verify_version_info_conditions_platform_suite_product_and_errors():
+    k = machine("7")
+    info = version_info(k, major=6, minor=1, build=7601, platform=2, suite=0x100, product=1)
+    equal = k.VerSetConditionMask(0, VER_BUILDNUMBER, VER_EQUAL)
+    assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, equal) == 0
+    less = k.VerSetConditionMask(0, VER_BUILDNUMBER, VER_LESS)
+    assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, less) == STATUS_REVISION_MISMATCH
+    platform = k.VerSetConditionMask(0, VER_PLATFORMID, VER_EQUAL)
+    assert k.RtlVerifyVersionInfo(info, VER_PLATFORMID, platform) == 0
+    product = k.VerSetConditionMask(0, VER_PRODUCT_TYPE, VER_EQUAL)
+    assert k.RtlVerifyVersionInfo(info, VER_PRODUCT_TYPE, product) == 0
+    assert k.RtlVerifyVersionInfo(version_info(k, product=3), VER_PRODUCT_TYPE, product) == STATUS_REVISION_MISMATCH
+    suite_and = k.VerSetConditionMask(0, VER_SUITENAME, VER_AND)
+    suite_or = k.VerSetConditionMask(0, VER_SUITENAME, VER_OR)
+    assert k.RtlVerifyVersionInfo(version_info(k, suite=0x100), VER_SUITENAME, suite_and) == 0
+    assert k.RtlVerifyVersionInfo(version_info(k, suite=0x102), VER_SUITENAME, suite_and) == STATUS_REVISION_MISMATCH
+    assert k.RtlVerifyVersionInfo(version_info(k, suite=0x102), VER_SUITENAME, suite_or) == 0
+    # A type named with condition 0 fails; no type, or no condition at all, is invalid.
+    assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, platform) == STATUS_REVISION_MISMATCH
+    assert k.RtlVerifyVersionInfo(info, 0, equal) == 0xC000000D
+    assert k.RtlVerifyVersionInfo(info, VER_BUILDNUMBER, 0) == 0xC000000D
+
+
+def test_the_previous_mode_is_user_mode_while_a_driver_handles_a_user_request():
+    from ntpool.routines import layouts as L
+    from ntpool.routines.io import IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, ctl_code
+
+    k = machine()
+    seen = []
+
+    def dispatch(k, device, irp):
+        seen.append((k.ExGetPreviousMode(), k.read(irp + L.IRP.RequestorMode, 1)[0],
+                     k._get64(irp + L.IRP.Thread)))
+        k._put32(irp + L.IRP.IoStatus_Status, 0)
+        k.IofCompleteRequest(irp, 0)
+        return 0
+
+    wdm = k.create_driver_object("mode.sys")
+    name = k.unicode_string("\\Device\\Mode")
+    status, device = k.IoCreateDevice(wdm.driver_object, 0, name, 0x22, 0, 0)
+    assert status == 0
+    k._put32(device + L.DEVICE_OBJECT.Flags, k._get32(device + L.DEVICE_OBJECT.Flags) & ~L.DO_DEVICE_INITIALIZING)
+    for major in (IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_DEVICE_CONTROL, 0x12):
+        k._put64(wdm.driver_object + L.DRIVER_OBJECT.MajorFunction + 8 * major, k.code_address(dispatch))
+    k.driver_entry_returned(wdm)
+    thread = k.PsGetCurrentThread()
+    with k.open("\\Device\\Mode") as handle:
+        handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"", 0)
+    assert seen[:2] == [(1, 1, thread), (1, 1, thread)]  # the create and the IOCTL
+    assert k.ExGetPreviousMode() == 0
+    seen.clear()
+    with k.open("\\Device\\Mode", kernel_caller=True) as handle:
+        handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"", 0)
+    assert seen[:2] == [(0, 0, thread), (0, 0, thread)]

@@ -45,7 +45,8 @@ def test_the_driver_imports_the_routines_and_loads(windows):
             "KeQueryActiveProcessorCount", "KeQueryActiveProcessorCountEx",
             "KeQueryMaximumProcessorCountEx", "KeGetCurrentProcessorNumberEx",
             "KeSetSystemAffinityThreadEx", "KeRevertToUserAffinityThreadEx", "PsGetCurrentThread",
-            "ExGetPreviousMode", "PsIsSystemThread"} <= imported
+            "ExGetPreviousMode", "PsIsSystemThread", "VerSetConditionMask",
+            "RtlVerifyVersionInfo"} <= imported
 
 
 @pytest.mark.parametrize("windows", WINDOWS)
@@ -104,6 +105,9 @@ def test_the_driver_reads_the_version(windows, numbers):
     assert int.from_bytes(k.read(out, 2), "little") == service_pack
     assert driver.call("PsVersion", out) == major << 48 | minor << 32 | build
     assert k.read(out, 2).decode("utf-16-le").rstrip("\0") == first
+    assert driver.call("IsAtLeast", 6, 1, 1) == 1  # Windows 7 SP1 or later
+    assert driver.call("IsAtLeast", 6, 2, 0) == (0 if windows == "7" else 1)  # Windows 8 or later
+    assert driver.call("IsAtLeast", 10, 0, 1) == 0  # no Windows 10 has a service pack
 
 
 @pytest.mark.parametrize("windows", WINDOWS)

@@ -11,13 +11,14 @@ ReturnLength; a buffer that holds less than Count writes nothing. A buffer the c
 write faults as the driver's own write would (0x50).
 
 One thread of control runs every driver: it has an ETHREAD of its own (the System process's
-thread, Windows 7 x64 layout, with the fields these routines read), its PreviousMode is
-KernelMode, and it is a system thread.
+thread, Windows 7 x64 layout, with the fields these routines read) and is a system thread;
+its PreviousMode is UserMode while a driver handles a request from user mode, else KernelMode.
 """
 
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SIZE, KERNEL_IMAGE_BYTES, NtStatus
 from ..drivers import LDR_DLL_BASE
@@ -69,6 +70,17 @@ VER_PLATFORM_WIN32_NT = 2
 VER_SUITE_SINGLEUSERTS = 0x100
 VER_NT_WORKSTATION = 1
 
+# RtlVerifyVersionInfo's TypeMask bits (VER_MINORVERSION 0x1 ... VER_PRODUCT_TYPE 0x80, by bit
+# number) and ConditionMask: 3 bits a type, at 3 x the type's bit number (VerSetConditionMask).
+VER_MINORVERSION_BIT, VER_MAJORVERSION_BIT, VER_BUILDNUMBER_BIT, VER_PLATFORMID_BIT, \
+    VER_SERVICEPACKMINOR_BIT, VER_SERVICEPACKMAJOR_BIT, VER_SUITENAME_BIT, VER_PRODUCT_TYPE_BIT = range(8)
+VER_ALL_TYPES = 0xFF
+VER_NUM_BITS_PER_CONDITION_MASK = 3
+VER_CONDITION_MASK = 7
+VER_EQUAL, VER_GREATER, VER_GREATER_EQUAL, VER_LESS, VER_LESS_EQUAL, VER_AND, VER_OR = range(1, 8)
+STATUS_REVISION_MISMATCH = 0xC0000059
+ULONGLONG = (1 << 64) - 1
+
 # Processor groups: x64 Windows 7 has at most 64 processors to a group; ntpool's machine
 # is one group (group 0).
 ALL_PROCESSOR_GROUPS = 0xFFFF
@@ -87,6 +99,7 @@ KernelMode, UserMode = 0, 1
 ULONG = 0xFFFFFFFF  # the counters are ULONGs: they wrap as Windows' do
 
 register_type("SYSTEM_INFORMATION_CLASS", 4, signed=True)
+register_type("PRTL_OSVERSIONINFOEXW", 8, pointer=True)
 register_type("KAFFINITY", 8)
 register_type("PKAFFINITY", 8, pointer=True, pointee="KAFFINITY")
 register_type("PRTL_OSVERSIONINFOW", 8, pointer=True)
@@ -231,6 +244,71 @@ class SystemInformationRoutines:
             self._put_unicode_string(CSDVersion, text_bytes, text_bytes + 2, self.csd_version_string)
         return 0, windows.major, windows.minor, windows.build
 
+    # --- RtlVerifyVersionInfo and VerSetConditionMask --------------------------------------------
+
+    @routine("ULONGLONG VerSetConditionMask(ULONGLONG ConditionMask, ULONG TypeMask, UCHAR Condition)")
+    def VerSetConditionMask(self, ConditionMask, TypeMask, Condition) -> int:
+        """ConditionMask with ``Condition`` (VER_EQUAL...VER_OR) in the 3 bits of the most
+        significant VER_* type in ``TypeMask``; unchanged for no type or condition 0."""
+        condition = Condition & VER_CONDITION_MASK
+        types = TypeMask & VER_ALL_TYPES
+        if not types or not condition:
+            return ConditionMask
+        index = types.bit_length() - 1
+        return (ConditionMask | condition << (VER_NUM_BITS_PER_CONDITION_MASK * index)) & ULONGLONG
+
+    @routine("NTSTATUS RtlVerifyVersionInfo(PRTL_OSVERSIONINFOEXW VersionInfo, ULONG TypeMask, "
+             "ULONGLONG ConditionMask)")
+    def RtlVerifyVersionInfo(self, VersionInfo, TypeMask, ConditionMask) -> int:
+        """STATUS_SUCCESS when the machine's Windows meets every requirement TypeMask names,
+        STATUS_REVISION_MISMATCH when one fails, STATUS_INVALID_PARAMETER for no type or no
+        condition. Major, minor and service pack numbers are compared as one version under
+        the condition of the most significant one named (Microsoft's documentation)."""
+        if not TypeMask & VER_ALL_TYPES or not ConditionMask:
+            return STATUS_INVALID_PARAMETER
+        wanted = self._version_fields(VersionInfo)
+        have = self._machine_version_fields()
+
+        def condition(bit: int) -> int:
+            return ConditionMask >> (VER_NUM_BITS_PER_CONDITION_MASK * bit) & VER_CONDITION_MASK
+
+        for bit in (VER_PRODUCT_TYPE_BIT, VER_PLATFORMID_BIT, VER_BUILDNUMBER_BIT):
+            if TypeMask >> bit & 1 and not _compare(have[bit], wanted[bit], condition(bit)):
+                return STATUS_REVISION_MISMATCH
+        if TypeMask >> VER_SUITENAME_BIT & 1:
+            suites, how = wanted[VER_SUITENAME_BIT], condition(VER_SUITENAME_BIT)
+            mine = have[VER_SUITENAME_BIT]
+            met = (mine & suites) == suites if how == VER_AND else bool(mine & suites) if how == VER_OR \
+                else _compare(mine, suites, how)
+            if not met:
+                return STATUS_REVISION_MISMATCH
+        # Major, minor, service pack major, minor: most significant first, one condition.
+        ordered = [bit for bit in (VER_MAJORVERSION_BIT, VER_MINORVERSION_BIT,
+                                   VER_SERVICEPACKMAJOR_BIT, VER_SERVICEPACKMINOR_BIT) if TypeMask >> bit & 1]
+        if ordered:
+            how = condition(ordered[0])
+            mine = tuple(have[bit] for bit in ordered)
+            theirs = tuple(wanted[bit] for bit in ordered)
+            if not _compare(mine, theirs, how):
+                return STATUS_REVISION_MISMATCH
+        return NtStatus.STATUS_SUCCESS
+
+    def _version_fields(self, info: int) -> dict[int, int]:
+        major, minor, build, platform = OSVERSIONINFO_NUMBERS.unpack(self.read(info + 4, 16))
+        sp_major, sp_minor, suite, product, _ = OSVERSIONINFOEX_TAIL.unpack(
+            self.read(info + RTL_OSVERSIONINFOW_SIZE, OSVERSIONINFOEX_TAIL.size))
+        return {VER_MINORVERSION_BIT: minor, VER_MAJORVERSION_BIT: major, VER_BUILDNUMBER_BIT: build,
+                VER_PLATFORMID_BIT: platform, VER_SERVICEPACKMINOR_BIT: sp_minor,
+                VER_SERVICEPACKMAJOR_BIT: sp_major, VER_SUITENAME_BIT: suite, VER_PRODUCT_TYPE_BIT: product}
+
+    def _machine_version_fields(self) -> dict[int, int]:
+        windows = self.windows
+        return {VER_MINORVERSION_BIT: windows.minor, VER_MAJORVERSION_BIT: windows.major,
+                VER_BUILDNUMBER_BIT: windows.build, VER_PLATFORMID_BIT: VER_PLATFORM_WIN32_NT,
+                VER_SERVICEPACKMINOR_BIT: windows.csd_version & 0xFF,
+                VER_SERVICEPACKMAJOR_BIT: windows.csd_version >> 8,
+                VER_SUITENAME_BIT: VER_SUITE_SINGLEUSERTS, VER_PRODUCT_TYPE_BIT: VER_NT_WORKSTATION}
+
     # --- processors and affinity ----------------------------------------------------------------
 
     def _active_mask(self) -> int:
@@ -321,10 +399,39 @@ class SystemInformationRoutines:
 
     @routine("KPROCESSOR_MODE ExGetPreviousMode(VOID)")
     def ExGetPreviousMode(self) -> int:
-        """The current thread's PreviousMode (KernelMode: ntpool's thread is a system thread)."""
+        """The current thread's PreviousMode: UserMode while a driver handles a request from
+        user mode (``k.open`` without kernel_caller), else KernelMode."""
         return self.read(self.current_thread + KTHREAD_PREVIOUS_MODE, 1)[0]
+
+    @contextmanager
+    def previous_mode(self, mode: int):
+        """The thread's PreviousMode set to ``mode`` for a request from that mode, then restored."""
+        field = self.current_thread + KTHREAD_PREVIOUS_MODE
+        before = self.read(field, 1)[0]
+        self._put8(field, mode)
+        try:
+            yield
+        finally:
+            if not self.halted:
+                self._put8(field, before)
 
     @routine("BOOLEAN PsIsSystemThread(PETHREAD Thread)")
     def PsIsSystemThread(self, Thread) -> int:
         """TRUE if the thread's CrossThreadFlags mark it a system thread."""
         return 1 if self._get32(Thread + ETHREAD_CROSS_THREAD_FLAGS) & PS_CROSS_THREAD_FLAGS_SYSTEM else 0
+
+
+def _compare(mine, wanted, condition: int) -> bool:
+    """The machine's value (or version tuple) against the wanted one under a VER_ condition;
+    a condition that is none of them fails."""
+    if condition == VER_EQUAL:
+        return mine == wanted
+    if condition == VER_GREATER:
+        return mine > wanted
+    if condition == VER_GREATER_EQUAL:
+        return mine >= wanted
+    if condition == VER_LESS:
+        return mine < wanted
+    if condition == VER_LESS_EQUAL:
+        return mine <= wanted
+    return False

@@ -108,6 +108,27 @@ __declspec(dllexport) ULONG64 PsVersion(WCHAR *FirstCsdCharacter) {
     return (ULONG64)major << 48 | (ULONG64)minor << 32 | build;
 }
 
+/* The documented way to ask "this version or later": 1 if Windows is at least
+ * Major.Minor with service pack ServicePack, 0 if not; the status otherwise. */
+__declspec(dllexport) NTSTATUS IsAtLeast(ULONG Major, ULONG Minor, USHORT ServicePack) {
+    RTL_OSVERSIONINFOEXW wanted;
+    ULONGLONG conditions = 0;
+    NTSTATUS status;
+    memset(&wanted, 0, sizeof(wanted));
+    wanted.dwOSVersionInfoSize = sizeof(wanted);
+    wanted.dwMajorVersion = Major;
+    wanted.dwMinorVersion = Minor;
+    wanted.wServicePackMajor = ServicePack;
+    conditions = VerSetConditionMask(conditions, VER_MAJORVERSION, VER_GREATER_EQUAL);
+    conditions = VerSetConditionMask(conditions, VER_MINORVERSION, VER_GREATER_EQUAL);
+    conditions = VerSetConditionMask(conditions, VER_SERVICEPACKMAJOR, VER_GREATER_EQUAL);
+    status = RtlVerifyVersionInfo(&wanted, VER_MAJORVERSION | VER_MINORVERSION | VER_SERVICEPACKMAJOR,
+                                  conditions);
+    if (status == STATUS_SUCCESS)
+        return 1;
+    return status == STATUS_REVISION_MISMATCH ? 0 : status;
+}
+
 __declspec(dllexport) ULONG ActiveProcessors(PKAFFINITY Mask) { return KeQueryActiveProcessorCount(Mask); }
 
 __declspec(dllexport) ULONG ProcessorsInGroup(USHORT Group) {

@@ -428,6 +428,14 @@ NTSYSAPI VOID NTAPI KeRevertToUserAffinityThreadEx(KAFFINITY Affinity);
 NTSYSAPI PETHREAD NTAPI PsGetCurrentThread(VOID);
 NTSYSAPI KPROCESSOR_MODE NTAPI ExGetPreviousMode(VOID);
 NTSYSAPI BOOLEAN NTAPI PsIsSystemThread(PETHREAD Thread);
+#define VER_MINORVERSION 0x0000001
+#define VER_MAJORVERSION 0x0000002
+#define VER_SERVICEPACKMAJOR 0x0000020
+#define VER_GREATER_EQUAL 3
+#define STATUS_REVISION_MISMATCH ((NTSTATUS)0xC0000059L)
+NTSYSAPI ULONGLONG NTAPI VerSetConditionMask(ULONGLONG ConditionMask, ULONG TypeMask, UCHAR Condition);
+NTSYSAPI NTSTATUS NTAPI RtlVerifyVersionInfo(PRTL_OSVERSIONINFOEXW VersionInfo, ULONG TypeMask,
+                                             ULONGLONG ConditionMask);
 
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
