@@ -388,6 +388,37 @@ def test_a_run_past_the_memory_limit_is_stopped_and_recorded_on_local_cores():
         assert campaign.baseline["verdict"] == "survived"
 
 
+def test_a_memory_limit_holds_the_runs_not_the_memory_of_the_campaign_s_own_process():
+    """Workers forked from the campaign's process held its memory too: from a process holding
+    190 MiB (a test suite's, a notebook's) every run passed a limit of 200 MiB, where on Dask
+    and from the command line they survived."""
+    from ntpool.campaign import verify
+
+    held = b"\x5a" * (190 << 20)  # touched, so resident in this process
+    campaign = verify(SWELL, engine=Engine(jobs=2, memory_mib=200))
+    assert campaign.baseline["verdict"] == "survived" and len(held) == 190 << 20
+    assert [(v.sites[0][1], v.verdict) for v in campaign.verdicts] == [
+        (23, "survived"), (26, "out of memory"), (32, "out of memory")]
+
+
+SPIKE = str(ROOT / "tests" / "scenarios" / "verify_spike.py")
+
+
+def test_a_run_past_the_memory_limit_for_a_moment_is_stopped_however_seldom_the_watch_looks(
+        monkeypatch):
+    """The watch reads a run's memory now and then: on a loaded machine it can go unscheduled
+    while a run passes the limit and lets its memory go again. A watch looking once a second
+    (a 0.3 s spike fell between its looks most times: the run survived) still stops it."""
+    from ntpool.campaign import engine, verify
+
+    monkeypatch.setattr(engine, "MEMORY_POLL_SECONDS", 1.0)
+    campaign = verify(SPIKE, engine=Engine(jobs=2, memory_mib=200))
+    by_line = {v.sites[0][1]: v.result for v in campaign.verdicts}
+    assert by_line[20]["verdict"] == "survived"
+    assert by_line[23]["verdict"] == "out of memory" and by_line[23]["evidence"] == SWELL_OUT
+    assert campaign.baseline["verdict"] == "survived"
+
+
 def test_a_run_past_the_memory_limit_is_stopped_on_dask_and_recorded_as_locally(tmp_path, capsys):
     """Dask's own memory limit watches the Dask worker's process, not the run made apart from
     it: the campaign's limit is watched by the run server, and the row is the local one; a
@@ -406,11 +437,15 @@ def test_a_run_past_the_memory_limit_is_stopped_on_dask_and_recorded_as_locally(
         out = capsys.readouterr().out
         # A campaign that states no limit is held to the Dask worker's own.
         held = verify(SWELL, engine=Engine(dask=client))
+        spiked = verify(SPIKE, engine=Engine(dask=client, memory_mib=200))
         assert client.run(os.getpid) == workers  # the Dask worker lived on
     assert status == 1 and "By verdict: 2 out of memory, 1 survived." in out.replace("\n", " ")
     assert [v.result["evidence"] for v in held.verdicts if v.verdict == "out of memory"] == [
         "the run's process passed the memory limit of 300 MiB (resident; the Dask worker's "
         "--memory-limit) and was stopped, each of 2 times it was made"] * 2
+    # Past the limit for a moment only: stopped as well (the run server reads the peak).
+    assert [(v.sites[0][1], v.verdict) for v in spiked.verdicts] == [(20, "survived"),
+                                                                    (23, "out of memory")]
     local = verify(SWELL, engine=Engine(jobs=2, memory_mib=200))
     made = {key: json.loads(result) for key, result in rows(path)}
     assert made == {r["key"]: r for r in [local.baseline] + [v.result for v in local.verdicts]}

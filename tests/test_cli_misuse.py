@@ -408,7 +408,13 @@ def test_ctrl_c_stops_the_corruption_fuzzer_with_its_counts_so_far(tmp_path, job
          "--jobs", jobs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmp_path)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(3)  # running: ntpool imported, runs under way
+    # Running: ntpool imported, runs under way (their dump folder made), not a time that a
+    # loaded machine may need for Python's start alone (Ctrl-C then is Python's traceback).
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("ntpool-fuzz-*")) and time.monotonic() < deadline and \
+            process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None and list(tmp_path.glob("ntpool-fuzz-*")), "no run under way"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)  # returns once every worker let go of the pipes
     assert process.returncode == 130, err

@@ -62,6 +62,7 @@ from .routines.ps import ProcessRoutines
 from .routines.registry_keys import RegistryRoutines
 from .routines.rtl_strings import StringRoutines
 from .routines.security import SecurityRoutines
+from .routines.sysinfo import SystemInformationRoutines
 from .routines import registry
 from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
@@ -115,7 +116,7 @@ def _positive_bytes(name: str, value) -> int:
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
-             RuntimeRoutines, MmRoutines):
+             RuntimeRoutines, MmRoutines, SystemInformationRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -251,6 +252,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         # --- the managers drivers meet, in dependency order: objects (types, names, handles),
         # the configuration registry, I/O (driver and device objects, IRPs), security (SIDs in
         # SeExports), the clock. Each boots its own state in its _init_ method, called only here.
+        self._init_irql()
         self._init_objects()
         self._init_registry()
         self._init_io()
@@ -258,6 +260,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_sync()
         self._init_deferred()
         self._init_mm()
+        self._init_sysinfo()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

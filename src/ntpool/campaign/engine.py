@@ -13,7 +13,7 @@ and ``dask`` (a dask.distributed scheduler address; each worker thread hands its
 process of its own, so a run that ends its process never ends a Dask worker). All three call
 the same ``execute``, and record a run that ends its process each time as ``worker died``.
 A run longer than its time limit is interrupted inside the worker and recorded as
-``timed out``. A run whose process's resident memory passes the campaign's memory limit
+``timed out``. A run whose process's peak resident memory passes the campaign's memory limit
 (``Engine.memory_mib``) is stopped by the process that watches it (the campaign's process
 for its local workers, the run server on Dask) and recorded as ``out of memory``: on Dask the
 cluster's own per-worker limit watches only the Dask worker, never the run apart from it.
@@ -152,10 +152,32 @@ def _first_line(text: str) -> str:
 
 
 def execute_batch(tasks: list[dict]) -> list[dict]:
-    return [execute(task) for task in tasks]
+    results = []
+    for task in tasks:
+        results.append(execute(task))
+        _held_if_past_memory_limit()
+    return results
 
 
-def _worker_setup(parent: int) -> None:
+# The memory limit of the process making runs (bytes; None: no limit), set by _worker_setup.
+_RUN_MEMORY_LIMIT: int | None = None
+
+
+def _held_if_past_memory_limit() -> None:
+    """Called after each run in a watched process: a run whose process's peak resident memory
+    passed the limit gives no result. It may have passed the limit and let its memory go
+    again between two looks of the watch (a moment on a loaded machine, when the watch is
+    not scheduled): the process waits here for the watch, which reads the same peak, to end
+    it, so that the run is recorded as ``out of memory`` whenever the watch looks."""
+    if _RUN_MEMORY_LIMIT is None or peak_resident_bytes("self") <= _RUN_MEMORY_LIMIT:
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(MEMORY_POLL_SECONDS)
+    os._exit(1)  # (no watch came: a death, never a result past the limit)
+
+
+def _worker_setup(parent: int, memory_limit: int | None = None) -> None:
     """A local worker's initializer.
 
     Ctrl-C reaches every process of the terminal's process group: the campaign's process
@@ -163,13 +185,20 @@ def _worker_setup(parent: int) -> None:
     And a worker ends when the campaign's process is gone: one killed outright (SIGKILL, a
     crash) cannot stop its workers, which would otherwise wait forever for work on a queue
     nobody writes to any more, holding the campaign's terminal and pipes open.
+
+    ``memory_limit`` (bytes): the limit the process watching this one holds it to; a run
+    past it gives no result (``_held_if_past_memory_limit``).
     """
+    global _RUN_MEMORY_LIMIT
+    _RUN_MEMORY_LIMIT = memory_limit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM ends a worker (the campaign's process ends its workers so): not the handler
     # the campaign's process may have, inherited through fork.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    parent = parent or os.getppid()  # (0: a forkserver's worker follows the forkserver)
 
     def watch():
         while os.getppid() == parent:
@@ -182,7 +211,7 @@ def _worker_setup(parent: int) -> None:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _new_pool(jobs: int) -> ProcessPoolExecutor:
+def _new_pool(jobs: int, memory_limit: int | None = None) -> ProcessPoolExecutor:
     """A pool whose workers are started with Ctrl-C and SIGTERM held back.
 
     A signal that came while a worker was being forked would otherwise reach the new
@@ -194,8 +223,20 @@ def _new_pool(jobs: int) -> ProcessPoolExecutor:
     if hold:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
-                                   initargs=(os.getpid(),))
+        if memory_limit is None:
+            pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup,
+                                       initargs=(os.getpid(), None))
+        else:
+            # Watched workers are new interpreters, never forked from this process: a worker
+            # forked from the campaign's process holds its memory too (a test suite's, a
+            # notebook's: 150 MiB and more), so runs that hold little passed a limit of
+            # 200 MiB there, and on Dask they did not. (A forkserver's workers would import
+            # ntpool from the default path, not this process's: Python 3.11 drops it.)
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                       initializer=_worker_setup, initargs=(0, memory_limit))
         pool.submit(os.getpid)  # starts the workers and the manager thread now
     finally:
         if hold:
@@ -218,7 +259,7 @@ def _alone(tasks: list[dict], watch: "_MemoryWatch | None" = None):
             deaths = []
             while len(deaths) < WORKER_DEATHS:
                 if pool is None:
-                    pool = _new_pool(1)
+                    pool = _new_pool(1, watch.limit if watch is not None else None)
                     if watch is not None:
                         watch.pool = pool
                 future = pool.submit(execute_batch, [task])
@@ -282,19 +323,22 @@ def _ending(exitcode) -> str:
     return f"exited with status {exitcode}"
 
 
-MEMORY_POLL_SECONDS = 0.02  # how often a run's resident memory is read: ~20 us a read
+MEMORY_POLL_SECONDS = 0.02  # how often a run's peak resident memory is read: ~40 us a read
 
 
-def resident_bytes(pid: int) -> int:
-    """A process's resident memory (Linux's /proc/PID/statm; 0 once it is gone)."""
+def peak_resident_bytes(pid: int | str) -> int:
+    """A process's peak resident memory so far (VmHWM in Linux's /proc/PID/status; 0 once it
+    is gone). The peak, not the resident memory of the moment: a run that passes the limit
+    and lets its memory go between two looks of its watch (a loaded machine, a watch not
+    scheduled for a while) has passed it all the same."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_BYTES
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) << 10  # kB
     except (OSError, ValueError, IndexError):
-        return 0
-
-
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        pass
+    return 0
 
 
 def check_time_limit(seconds: float | None) -> None:
@@ -310,16 +354,17 @@ def check_memory_limit(memory_mib: float | None) -> None:
         return
     if not 0 < memory_mib < float("inf"):
         raise ValueError(f"the memory limit must be a positive number of MiB, got {memory_mib:g}")
-    if not os.path.exists("/proc/self/statm"):
-        raise ValueError("a memory limit needs Linux's /proc/PID/statm to read a run's memory")
+    if not peak_resident_bytes("self"):
+        raise ValueError("a memory limit needs Linux's /proc/PID/status to read a run's memory")
 
 
 class _MemoryWatch:
-    """The campaign process's watch over its local workers' memory: a worker whose resident
-    memory passes the limit is ended at once (SIGKILL) and remembered, so that the run it was
-    making is recorded as ``out of memory``. Read from outside the worker, so a run that
-    swells inside one C call (which a thread of its own could not interrupt) is stopped as
-    well as one that swells in Python."""
+    """The campaign process's watch over its local workers' memory: a worker whose peak
+    resident memory passes the limit is ended at once (SIGKILL) and remembered, so that the
+    run it was making is recorded as ``out of memory``. Read from outside the worker, so a run
+    that swells inside one C call (which a thread of its own could not interrupt) is stopped
+    as well as one that swells in Python; the peak, so that a run past the limit for less
+    than a look's interval is stopped too (its worker holds back its result until then)."""
 
     def __init__(self, memory_mib: float):
         self.memory_mib = memory_mib
@@ -347,7 +392,7 @@ class _MemoryWatch:
             pool = self.pool
             for process in list((getattr(pool, "_processes", None) or {}).values()):
                 pid = process.pid  # (the process objects, not their ids, which are reused)
-                if pid and process not in self._killed and resident_bytes(pid) > self.limit:
+                if pid and process not in self._killed and peak_resident_bytes(pid) > self.limit:
                     self._killed.add(process)
                     try:
                         os.kill(pid, signal.SIGKILL)
@@ -498,7 +543,8 @@ class Engine:
         size = max(1, min(self.batch, len(tasks) // (jobs * 4) or 1))
         waiting = deque(tasks[i:i + size] for i in range(0, len(tasks), size))
         window = jobs * 2  # batches in flight: enough to keep every worker busy
-        pool = _new_pool(jobs)
+        limit = watch.limit if watch is not None else None
+        pool = _new_pool(jobs, limit)
         if watch is not None:
             watch.pool = pool
         in_flight: dict = {}
@@ -522,7 +568,7 @@ class Engine:
                     in_flight.clear()
                     _stop_workers(pool)
                     yield from _alone([task for batch in failed for task in batch], watch)
-                    pool = _new_pool(jobs)
+                    pool = _new_pool(jobs, limit)
                     if watch is not None:
                         watch.pool = pool
         except BaseException:
@@ -724,7 +770,7 @@ def serve_runs(memory_mib: float | None = None) -> None:
     The server imports ntpool once, then forks the process that makes the runs; when a run
     ends that process, the server says how (``{"ended": code}``) and forks another, in
     milliseconds, so that a run ending its process costs no interpreter start. While a run
-    is made the server reads the process's resident memory; past ``memory_mib`` it ends it
+    is made the server reads the process's peak resident memory; past ``memory_mib`` it ends it
     (``{"ended": -9, "memory_mib": limit}``): the Dask worker's own memory limit watches only
     the worker's process. It ends when its Dask worker is gone (quietly: nobody reads what it
     would say). The server starts no thread (it forks); the forked process follows it as a
@@ -744,7 +790,7 @@ def serve_runs(memory_mib: float | None = None) -> None:
     while True:
         child = os.fork()
         if child == 0:
-            _worker_setup(server)
+            _worker_setup(server, limit)
             _serve_forked(results, sys.stdin)
             os._exit(0)
         stopped = None
@@ -755,7 +801,7 @@ def serve_runs(memory_mib: float | None = None) -> None:
             if os.getppid() != worker:  # the Dask worker is gone: so are its runs
                 os.kill(child, signal.SIGKILL)
                 os._exit(1)
-            if limit is not None and stopped is None and resident_bytes(child) > limit:
+            if limit is not None and stopped is None and peak_resident_bytes(child) > limit:
                 stopped = memory_mib
                 os.kill(child, signal.SIGKILL)
             time.sleep(MEMORY_POLL_SECONDS)
@@ -772,6 +818,7 @@ def serve_runs(memory_mib: float | None = None) -> None:
 def _serve_forked(results, tasks) -> None:
     for line in iter(tasks.readline, ""):
         result = execute(json.loads(line))
+        _held_if_past_memory_limit()
         try:
             text = json.dumps(result)
         except (TypeError, ValueError) as error:  # the run's own doing, not its process's end

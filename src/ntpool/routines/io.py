@@ -90,17 +90,11 @@ SYSTEM_PTE_BASE = 0xFFFFF88F00000000
 LARGE_IRP_STACK_LOCATIONS = 8
 IRP_BOUNDARY = 0x80000000
 
-for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("CSHORT", 2, True),
-                               ("PCCHAR", 8, True), ("LOCK_OPERATION", 4, False),
-                               ("MM_PAGE_PRIORITY", 4, False), ("PDRIVER_DISPATCH", 8, True),
-                               ("PIO_COMPLETION_ROUTINE", 8, True), ("PKEVENT", 8, True),
-                               ("CCHAR", 1, False), ("PDEVICE_OBJECT *", 8, True)):
-    if _name in ("CSHORT", "PCCHAR", "PDEVICE_OBJECT *"):
-        continue
-    try:
-        register_type(_name, _size, pointer=_pointer)
-    except Exception:  # already known with the same meaning
-        pass
+# (LOCK_OPERATION and CCHAR are the registry's own, signed as the WDK's enum and char are.)
+for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("MM_PAGE_PRIORITY", 4, False),
+                               ("PDRIVER_DISPATCH", 8, True), ("PIO_COMPLETION_ROUTINE", 8, True),
+                               ("PKEVENT", 8, True)):
+    register_type(_name, _size, pointer=_pointer)
 
 
 def ctl_code(device_type: int, function: int, method: int, access: int) -> int:
@@ -912,7 +906,7 @@ class IoRoutines:
             raise NtStatusError(NtStatus.STATUS_INSUFFICIENT_RESOURCES, "no pool for an IRP")
         self._put8(irp + L.IRP.RequestorMode, KernelMode if kernel_caller else UserMode)
         self._put64(irp + L.IRP.OriginalFileObject, file)
-        self._put64(irp + L.IRP.Thread, self.current_process.address)
+        self._put64(irp + L.IRP.Thread, self.current_thread)
         next_stack = self.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
         self._put8(next_stack + L.IO_STACK_LOCATION.MajorFunction, major)
         self._put64(next_stack + L.IO_STACK_LOCATION.FileObject, file)
@@ -1012,8 +1006,13 @@ class FileHandle:
         request = {"completed": False, "result": result, "finish": finish}
         k.io_requests[irp] = request
         try:
-            returned = k.IofCallDriver(self.top, irp)
-            if not self.kernel_caller:
+            if self.kernel_caller:
+                returned = k.IofCallDriver(self.top, irp)
+            else:
+                # The request's thread came from user mode: its PreviousMode says so while the
+                # driver handles it (ExGetPreviousMode), and is KernelMode again after.
+                with k.previous_mode(UserMode):
+                    returned = k.IofCallDriver(self.top, irp)
                 k.return_to_kernel()  # the request's thread goes back to user mode: workers run
         except BaseException:
             k.io_requests.pop(irp, None)

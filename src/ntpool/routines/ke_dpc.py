@@ -81,10 +81,7 @@ for _name, _size, _pointer in (("PRKDPC", 8, True), ("KDPC_IMPORTANCE", 4, False
                                ("PWORK_QUEUE_ITEM", 8, True), ("WORK_QUEUE_TYPE", 4, False),
                                ("PIO_WORKITEM", 8, True), ("PIO_WORKITEM_ROUTINE", 8, True),
                                ("PIO_WORKITEM_ROUTINE_EX", 8, True)):
-    try:
-        register_type(_name, _size, pointer=_pointer)
-    except Exception:  # already known with the same meaning
-        pass
+    register_type(_name, _size, pointer=_pointer)
 
 
 class DeferredRoutines:

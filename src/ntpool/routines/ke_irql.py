@@ -13,7 +13,7 @@ requested IRQL, 0, 0).
 from ..constants import DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL, BugCheckCode
 from ..errors import MachineHung, allowed_when_halted
 from ..hooks import IrqlRaised
-from .registry import register_type, routine
+from .registry import routine
 
 SPIN_LOCK_FREE = 0
 SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins on
@@ -21,12 +21,6 @@ SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins o
 LOCK_QUEUE_NEXT = 0x00
 LOCK_QUEUE_LOCK = 0x08
 LOCK_QUEUE_OLD_IRQL = 0x10
-
-for _name in ("PKLOCK_QUEUE_HANDLE", "PLIST_ENTRY", "PSINGLE_LIST_ENTRY"):
-    try:
-        register_type(_name, 8, pointer=True)
-    except Exception:  # already known with the same meaning
-        pass
 
 
 def _checked_irql(name: str, value) -> int:
@@ -38,6 +32,10 @@ def _checked_irql(name: str, value) -> int:
 
 
 class IrqlRoutines:
+    def _init_irql(self) -> None:
+        # The queued spin locks held: lock -> (processor, its owner's KLOCK_QUEUE_HANDLE).
+        self._queued_lock_owners: dict[int, tuple[int, int]] = {}
+
     @property
     def current_irql(self) -> int:
         return self.irql_by_processor[self.current_processor]
@@ -48,8 +46,7 @@ class IrqlRoutines:
         self.pool.set_irql(irql)
         if irql < DISPATCH_LEVEL <= old:
             # The DISPATCH software interrupt: DPCs queued while the IRQL was raised run now.
-            queues = self.__dict__.get("dpc_queues")
-            if queues and queues[self.current_processor]:
+            if self.dpc_queues[self.current_processor]:
                 self.retire_dpcs()
         elif irql > old:
             listeners = self.hooks.listening(IrqlRaised)
@@ -218,13 +215,10 @@ class IrqlRoutines:
     def KeReleaseInStackQueuedSpinLockFromDpcLevel(self, LockHandle) -> None:
         self._drop_queued_lock(LockHandle)
 
-    def _queued_owners(self) -> dict:
-        return self.__dict__.setdefault("_queued_lock_owners", {})  # lock -> (processor, handle)
-
     def _take_queued_lock(self, lock: int, handle: int) -> None:
         value = self._lock_value(lock)
         if value:
-            owner = self._queued_owners().get(lock)
+            owner = self._queued_lock_owners.get(lock)
             if (owner is not None and owner == (self.current_processor, value)) or value == self._held_value():
                 self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_ALREADY_OWNED, lock, 0, 0, 0,
                                   detail=f"queued spin lock {lock:#x} is already owned by this processor")
@@ -235,7 +229,7 @@ class IrqlRoutines:
         self.write(handle + LOCK_QUEUE_NEXT, bytes(8))
         self.write(handle + LOCK_QUEUE_LOCK, lock.to_bytes(8, "little"))
         self.write(lock, handle.to_bytes(8, "little"))
-        self._queued_owners()[lock] = (self.current_processor, handle)
+        self._queued_lock_owners[lock] = (self.current_processor, handle)
 
     def _drop_queued_lock(self, handle: int) -> None:
         """A handle whose lock does not hold it (released twice, never acquired, another
@@ -248,7 +242,7 @@ class IrqlRoutines:
                               detail=f"release of queued spin lock {lock:#x} through handle "
                                      f"{handle:#x}, which does not hold it")
         self.write(lock, SPIN_LOCK_FREE.to_bytes(8, "little"))
-        self._queued_owners().pop(lock, None)
+        self._queued_lock_owners.pop(lock, None)
 
     # --- interlocked lists: the list changed under the spin lock, the IRQL unchanged -------
     # (x64 ExInterlocked*List disable interrupts and take the lock: WRK amd64 intrlock.asm)

@@ -35,10 +35,7 @@ for _name, _size, _signed, _pointer in (("EVENT_TYPE", 4, True, False), ("KPRIOR
                                         ("PRKEVENT", 8, False, True), ("PFAST_MUTEX", 8, False, True),
                                         ("ERESOURCE_THREAD", 8, False, False),
                                         ("PKMUTEX", 8, False, True), ("PRKMUTEX", 8, False, True)):
-    try:
-        register_type(_name, _size, signed=_signed, pointer=_pointer)
-    except Exception:
-        pass
+    register_type(_name, _size, signed=_signed, pointer=_pointer)
 
 
 class WaitForever(RuntimeError):
@@ -78,10 +75,7 @@ MICROSECOND = 10  # 100 ns units
 
 for _name in ("PKTIMER", "PKDPC", "PKDEFERRED_ROUTINE", "TIMER_TYPE", "PRKSEMAPHORE",
               "PKGUARDED_MUTEX", "WAIT_TYPE", "PKWAIT_BLOCK"):
-    try:
-        register_type(_name, 8 if _name.startswith("P") else 4, pointer=_name.startswith("P"))
-    except Exception:
-        pass
+    register_type(_name, 8 if _name.startswith("P") else 4, pointer=_name.startswith("P"))
 
 
 # Expiries of timers with a DPC that one advance of the clock runs one by one, each DPC at

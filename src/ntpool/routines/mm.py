@@ -43,10 +43,7 @@ ERROR_LOG_MAXIMUM_OUTSTANDING = 100 * PAGE_SIZE
 SYSTEM_PTE_END = 0xFFFFF8A000000000
 
 for _name, _size in (("NODE_REQUIREMENT", 4), ("PFN_NUMBER", 8)):
-    try:
-        register_type(_name, _size)
-    except Exception:  # already known with the same meaning
-        pass
+    register_type(_name, _size)
 
 
 def _cache_bits(cache_type: int) -> int:

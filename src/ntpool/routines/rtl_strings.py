@@ -23,12 +23,9 @@ STATUS_INVALID_PARAMETER = 0xC000000D
 MAX_USTRING = 0xFFFE
 
 for _name in ("PCSZ", "PCWCH", "PWCH", "PCCH", "PCH", "wchar_t", "size_t", "int"):
-    try:
-        register_type(_name, 8 if _name.startswith("P") or _name == "size_t" else
-                      2 if _name == "wchar_t" else 4,
-                      signed=_name == "int", pointer=_name.startswith("P"))
-    except Exception:
-        pass
+    register_type(_name, 8 if _name.startswith("P") or _name == "size_t" else
+                  2 if _name == "wchar_t" else 4,
+                  signed=_name == "int", pointer=_name.startswith("P"))
 
 
 

@@ -26,10 +26,7 @@ SID_MAX_SUB_AUTHORITIES = 15
 for _name, _size, _pointer, _pointee in (
         ("PACL", 8, True, None), ("PSID", 8, True, None), ("PSE_EXPORTS", 8, True, None),
         ("PBOOLEAN", 8, True, "BOOLEAN"), ("SECURITY_DESCRIPTOR_CONTROL", 2, False, None)):
-    try:
-        register_type(_name, _size, pointer=_pointer, pointee=_pointee)
-    except Exception:
-        pass
+    register_type(_name, _size, pointer=_pointer, pointee=_pointee)
 
 # Windows 7's SeExports: (offset, SID as S-1-authority-subauthorities) and privilege LUIDs.
 _WELL_KNOWN_SIDS = (

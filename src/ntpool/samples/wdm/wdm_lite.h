@@ -373,6 +373,70 @@ NTSYSAPI PVOID NTAPI MmMapLockedPagesWithReservedMapping(PVOID MappingAddress, U
 NTSYSAPI VOID NTAPI MmUnmapReservedMapping(PVOID BaseAddress, ULONG PoolTag,
                                            PMDL MemoryDescriptorList);
 
+/* --- system information, version, processors and affinity, the current thread (sysinfo.c) --- */
+typedef ULONG_PTR KAFFINITY, *PKAFFINITY;
+typedef int SYSTEM_INFORMATION_CLASS;
+#define SystemBasicInformation 0
+#define SystemModuleInformation 11
+#define SystemPoolTagInformation 22
+#define SystemBigPoolInformation 66
+#define STATUS_INFO_LENGTH_MISMATCH ((NTSTATUS)0xC0000004L)
+#define STATUS_INVALID_INFO_CLASS ((NTSTATUS)0xC0000003L)
+#define ALL_PROCESSOR_GROUPS 0xffff
+typedef struct _SYSTEM_POOLTAG {  /* x64: 0x28 bytes */
+    union { UCHAR Tag[4]; ULONG TagUlong; };
+    ULONG PagedAllocs, PagedFrees;
+    SIZE_T PagedUsed;
+    ULONG NonPagedAllocs, NonPagedFrees;
+    SIZE_T NonPagedUsed;
+} SYSTEM_POOLTAG, *PSYSTEM_POOLTAG;
+typedef struct _SYSTEM_POOLTAG_INFORMATION {
+    ULONG Count;
+    SYSTEM_POOLTAG TagInfo[1];
+} SYSTEM_POOLTAG_INFORMATION, *PSYSTEM_POOLTAG_INFORMATION;
+typedef struct _RTL_PROCESS_MODULE_INFORMATION {  /* x64: 0x128 bytes */
+    HANDLE Section;
+    PVOID MappedBase, ImageBase;
+    ULONG ImageSize, Flags;
+    USHORT LoadOrderIndex, InitOrderIndex, LoadCount, OffsetToFileName;
+    UCHAR FullPathName[256];
+} RTL_PROCESS_MODULE_INFORMATION;
+typedef struct _RTL_PROCESS_MODULES {
+    ULONG NumberOfModules;
+    RTL_PROCESS_MODULE_INFORMATION Modules[1];
+} RTL_PROCESS_MODULES, *PRTL_PROCESS_MODULES;
+typedef struct _RTL_OSVERSIONINFOEXW {
+    ULONG dwOSVersionInfoSize, dwMajorVersion, dwMinorVersion, dwBuildNumber, dwPlatformId;
+    WCHAR szCSDVersion[128];
+    USHORT wServicePackMajor, wServicePackMinor, wSuiteMask;
+    UCHAR wProductType, wReserved;
+} RTL_OSVERSIONINFOEXW, *PRTL_OSVERSIONINFOEXW;
+typedef struct _PROCESSOR_NUMBER { USHORT Group; UCHAR Number; UCHAR Reserved; } PROCESSOR_NUMBER,
+    *PPROCESSOR_NUMBER;
+typedef struct _KTHREAD *PKTHREAD, *PETHREAD;
+NTSYSAPI NTSTATUS NTAPI ZwQuerySystemInformation(SYSTEM_INFORMATION_CLASS SystemInformationClass,
+        PVOID SystemInformation, ULONG SystemInformationLength, PULONG ReturnLength);
+NTSYSAPI NTSTATUS NTAPI RtlGetVersion(PRTL_OSVERSIONINFOEXW lpVersionInformation);
+NTSYSAPI BOOLEAN NTAPI PsGetVersion(PULONG MajorVersion, PULONG MinorVersion, PULONG BuildNumber,
+                                    PUNICODE_STRING CSDVersion);
+NTSYSAPI ULONG NTAPI KeQueryActiveProcessorCount(PKAFFINITY ActiveProcessors);
+NTSYSAPI ULONG NTAPI KeQueryActiveProcessorCountEx(USHORT GroupNumber);
+NTSYSAPI ULONG NTAPI KeQueryMaximumProcessorCountEx(USHORT GroupNumber);
+NTSYSAPI ULONG NTAPI KeGetCurrentProcessorNumberEx(PPROCESSOR_NUMBER ProcNumber);
+NTSYSAPI KAFFINITY NTAPI KeSetSystemAffinityThreadEx(KAFFINITY Affinity);
+NTSYSAPI VOID NTAPI KeRevertToUserAffinityThreadEx(KAFFINITY Affinity);
+NTSYSAPI PETHREAD NTAPI PsGetCurrentThread(VOID);
+NTSYSAPI KPROCESSOR_MODE NTAPI ExGetPreviousMode(VOID);
+NTSYSAPI BOOLEAN NTAPI PsIsSystemThread(PETHREAD Thread);
+#define VER_MINORVERSION 0x0000001
+#define VER_MAJORVERSION 0x0000002
+#define VER_SERVICEPACKMAJOR 0x0000020
+#define VER_GREATER_EQUAL 3
+#define STATUS_REVISION_MISMATCH ((NTSTATUS)0xC0000059L)
+NTSYSAPI ULONGLONG NTAPI VerSetConditionMask(ULONGLONG ConditionMask, ULONG TypeMask, UCHAR Condition);
+NTSYSAPI NTSTATUS NTAPI RtlVerifyVersionInfo(PRTL_OSVERSIONINFOEXW VersionInfo, ULONG TypeMask,
+                                             ULONGLONG ConditionMask);
+
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
 #define IoCallDriver(d, i) IofCallDriver(d, i)
