@@ -754,18 +754,25 @@ class IoRoutines:
             return self._get64(mdl + L.MDL.MappedSystemVa)
         start, offset, count = self._mdl_span(mdl)
         pages = _span_pages(start + offset, count)
+        frames = self._mdl_frames_to_map(mdl, flags, pages)
+        base = self._map_system_ptes(frames, pages, PTE_USER if AccessMode == UserMode else 0)
+        self._put64(mdl + L.MDL.MappedSystemVa, base + offset)
+        self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA)
+        return base + offset
+
+    def _mdl_frames_to_map(self, mdl: int, flags: int, pages: int) -> list[int]:
+        """The frames of the MDL's first ``pages`` PFN array entries that a mapping maps,
+        checked first (``_check_mdl_frames``): up to an entry of MM_EMPTY_LIST, the end of
+        the array's frames, past which Windows maps no page (WRK)."""
         pfns = self.read(mdl + L.MDL.SIZE, 8 * pages)
         self._check_mdl_frames(mdl, flags, pfns)
         frames = []
         for index in range(pages):
             pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
             if pfn == MM_EMPTY_LIST:
-                break  # the end of the array's frames: Windows maps no page past it (WRK)
+                break
             frames.append(pfn)
-        base = self._map_system_ptes(frames, pages, PTE_USER if AccessMode == UserMode else 0)
-        self._put64(mdl + L.MDL.MappedSystemVa, base + offset)
-        self._put16(mdl + L.MDL.MdlFlags, flags | L.MDL_MAPPED_TO_SYSTEM_VA)
-        return base + offset
+        return frames
 
     def _check_mdl_frames(self, mdl: int, flags: int, pfns: bytes) -> None:
         """A frame in the MDL's PFN array that is no RAM of the machine. For a verified

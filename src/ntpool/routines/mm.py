@@ -483,14 +483,7 @@ class MmRoutines:
         if needed > pages or not 0 <= CacheType < MmMaximumCacheType:
             return 0
         flags = self._get16(mdl + L.MDL.MdlFlags)
-        pfns = self.read(mdl + L.MDL.SIZE, 8 * needed)
-        self._check_mdl_frames(mdl, flags, pfns)
-        frames = []
-        for index in range(needed):
-            pfn = int.from_bytes(pfns[8 * index:8 * index + 8], "little")
-            if pfn == MM_EMPTY_LIST:
-                break
-            frames.append(pfn)
+        frames = self._mdl_frames_to_map(mdl, flags, needed)
         self._map_system_ptes(frames, needed, _cache_bits(CacheType), base=MappingAddress)
         reservation[2] = needed
         self._put64(mdl + L.MDL.MappedSystemVa, MappingAddress)
