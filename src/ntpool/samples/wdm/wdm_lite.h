@@ -437,23 +437,6 @@ NTSYSAPI ULONGLONG NTAPI VerSetConditionMask(ULONGLONG ConditionMask, ULONG Type
 NTSYSAPI NTSTATUS NTAPI RtlVerifyVersionInfo(PRTL_OSVERSIONINFOEXW VersionInfo, ULONG TypeMask,
                                              ULONGLONG ConditionMask);
 
-/* --- processes, threads and driver lifetime (the "ps" block: lifetime.c, threads.c) --- */
-typedef struct _EX_RUNDOWN_REF { ULONG_PTR Count; } EX_RUNDOWN_REF, *PEX_RUNDOWN_REF;
-#define STATUS_OBJECT_NAME_COLLISION ((NTSTATUS)0xC0000035L)
-NTSYSAPI VOID NTAPI ExInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI VOID NTAPI ExReInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtection(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
-NTSYSAPI VOID NTAPI ExReleaseRundownProtection(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI VOID NTAPI ExReleaseRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
-NTSYSAPI VOID NTAPI ExWaitForRundownProtectionRelease(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI VOID NTAPI ExRundownCompleted(PEX_RUNDOWN_REF RunRef);
-NTSYSAPI NTSTATUS NTAPI IoAllocateDriverObjectExtension(PDRIVER_OBJECT DriverObject,
-        PVOID ClientIdentificationAddress, ULONG DriverObjectExtensionSize,
-        PVOID *DriverObjectExtension);
-NTSYSAPI PVOID NTAPI IoGetDriverObjectExtension(PDRIVER_OBJECT DriverObject,
-        PVOID ClientIdentificationAddress);
-
 /* --- what wdm.h inlines --- */
 #define ObDereferenceObject(o) ObfDereferenceObject(o)
 #define IoCallDriver(d, i) IofCallDriver(d, i)
@@ -485,4 +468,20 @@ FORCEINLINE PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority) {
     return MmMapLockedPagesSpecifyCache(Mdl, KernelMode, MmCached, NULL, FALSE, Priority);
 }
 #define MmGetMdlByteCount(Mdl) ((Mdl)->ByteCount)
+/* --- processes, threads and driver lifetime (the "ps" block: lifetime.c, threads.c) --- */
+typedef struct _EX_RUNDOWN_REF { ULONG_PTR Count; } EX_RUNDOWN_REF, *PEX_RUNDOWN_REF;
+NTSYSAPI VOID NTAPI ExInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExReInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
+NTSYSAPI VOID NTAPI ExReleaseRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExReleaseRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
+NTSYSAPI VOID NTAPI ExWaitForRundownProtectionRelease(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExRundownCompleted(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI NTSTATUS NTAPI IoAllocateDriverObjectExtension(PDRIVER_OBJECT DriverObject,
+        PVOID ClientIdentificationAddress, ULONG DriverObjectExtensionSize,
+        PVOID *DriverObjectExtension);
+NTSYSAPI PVOID NTAPI IoGetDriverObjectExtension(PDRIVER_OBJECT DriverObject,
+        PVOID ClientIdentificationAddress);
+
 #endif
