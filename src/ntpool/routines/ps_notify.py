@@ -172,7 +172,9 @@ class NotifyRoutines:
                                   TAG_CALLBACK_ROUTINE_BLOCK, False)
         if not block:
             return 0
-        self.write(block, struct.pack("<QQQ", 0, function, context))
+        self.write(block, bytes(EX_CALLBACK_ROUTINE_BLOCK_SIZE))
+        self._put64(block + CALLBACK_BLOCK_FUNCTION, function)
+        self._put64(block + CALLBACK_BLOCK_CONTEXT, context)
         self._put64(array + 8 * slot, block | MAX_FAST_REFS)
         self.notify_count[kind] += 1
         return block
@@ -347,7 +349,9 @@ class NotifyRoutines:
             return NtStatus.STATUS_INSUFFICIENT_RESOURCES, 0
         self._cm_cookie += 1
         self.write(entry, bytes(CM_CALLBACK_ENTRY_SIZE) + encoded)
-        self.write(entry + CM_ENTRY_FUNCTION, struct.pack("<QQQ", function, context, self._cm_cookie))
+        self._put64(entry + CM_ENTRY_FUNCTION, function)
+        self._put64(entry + CM_ENTRY_FUNCTION + 8, context)
+        self._put64(entry + CM_ENTRY_COOKIE, self._cm_cookie)
         if altitude is not None:
             self._put_unicode_string(entry + CM_ENTRY_ALTITUDE, len(encoded), len(encoded),
                                      entry + CM_CALLBACK_ENTRY_SIZE)
@@ -384,8 +388,11 @@ class NotifyRoutines:
         if not self.cm_callbacks:
             return operation()
         info = self._notify_scratch
-        self.write(info, struct.pack("<QQIIQI4xQQQ", key_body, value_name, title_index, value_type,
-                                     data, size, 0, 0, 0))
+        self.write(info, bytes(REG_SET_VALUE_KEY_INFORMATION_SIZE))
+        for offset, value, put in ((0, key_body, self._put64), (8, value_name, self._put64),
+                                   (0x10, title_index, self._put32), (0x14, value_type, self._put32),
+                                   (0x18, data, self._put64), (0x20, size, self._put32)):
+            put(info + offset, value)
         called = []
         status = None
         for entry, _ in list(self.cm_callbacks):
