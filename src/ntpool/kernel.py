@@ -67,6 +67,7 @@ from .routines import registry
 from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
+from .routines.ps_notify import NotifyRoutines
 from .routines.rundown import RundownRoutines
 from .windows import windows_version
 
@@ -117,7 +118,8 @@ def _positive_bytes(name: str, value) -> int:
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
-             RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines):
+             RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
+             NotifyRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -269,6 +271,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_mm()
         self._init_sysinfo()
         self._init_rundown()
+        self._init_notify()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump
