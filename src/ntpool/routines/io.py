@@ -587,15 +587,15 @@ class IoRoutines:
         irp = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_IRP)
         if not irp:
             return 0
-        self._initialize_irp(irp, L.io_size_of_irp(StackSize), StackSize,
+        self._prepare_irp(irp, L.io_size_of_irp(StackSize), StackSize,
                              L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0))
         return irp
 
     @routine("VOID IoInitializeIrp(PIRP Irp, USHORT PacketSize, CCHAR StackSize)")
     def IoInitializeIrp(self, Irp, PacketSize, StackSize) -> None:
-        self._initialize_irp(Irp, PacketSize, StackSize)
+        self._prepare_irp(Irp, PacketSize, StackSize)
 
-    def _initialize_irp(self, Irp, PacketSize, StackSize, allocation_flags: int = 0) -> None:
+    def _prepare_irp(self, Irp, PacketSize, StackSize, allocation_flags: int = 0) -> None:
         """IoInitializeIrp, and the AllocationFlags IoAllocateIrp sets: a packet that holds
         the IRP's fields is made here and written at once."""
         if type(PacketSize) is int and L.IRP.SIZE <= PacketSize <= 0xFFFF and type(StackSize) is int:
