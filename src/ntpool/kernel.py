@@ -67,6 +67,7 @@ from .routines import registry
 from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
+from .routines.rtl_bitmap import BitmapRoutines
 from .windows import windows_version
 
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
@@ -116,7 +117,8 @@ def _positive_bytes(name: str, value) -> int:
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
-             RuntimeRoutines, MmRoutines, SystemInformationRoutines):
+             RuntimeRoutines, MmRoutines, SystemInformationRoutines,
+             BitmapRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
