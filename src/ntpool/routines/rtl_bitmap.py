@@ -100,6 +100,10 @@ class BitmapRoutines:
              "_In_opt_ ULONG SizeOfBitMap)")
     def RtlInitializeBitMap(self, BitMapHeader, BitMapBuffer, SizeOfBitMap) -> None:
         """Write the header (the bits are not touched)."""
+        if isinstance(BitMapBuffer, bool) or not isinstance(BitMapBuffer, int):
+            raise TypeError(f"BitMapBuffer must be an int address, got {type(BitMapBuffer).__name__}")
+        if not 0 <= BitMapBuffer < 1 << 64:
+            raise ValueError(f"BitMapBuffer {BitMapBuffer:#x} is no 64-bit address")
         self.write(BitMapHeader, RTL_BITMAP.pack(_ulong("SizeOfBitMap", SizeOfBitMap), BitMapBuffer))
 
     @routine("VOID RtlClearAllBits(_In_ PRTL_BITMAP BitMapHeader)")
