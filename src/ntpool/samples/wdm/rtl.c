@@ -1,7 +1,7 @@
 /* rtl.sys: the run-time library's bitmaps, time, printf and generic tables as drivers use
  * them (tests/test_rtl_native.py drives the exports). Its slot map is a bitmap over pool it
  * allocates in DriverEntry (tag 'RtlB'), the way drivers hand out ids or buffer slots. */
-#include "wdm_lite.h"
+#include "rtl_lite.h"
 
 #define SLOT_TAG 'BltR'
 #define SLOTS 256
