@@ -68,6 +68,7 @@ from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
 from .routines.rtl_bitmap import BitmapRoutines
+from .routines.rundown import RundownRoutines
 from .windows import windows_version
 
 KERNEL_DATA_BASE = 0xFFFFF80002000000  # stands where ntoskrnl's data would
@@ -117,7 +118,7 @@ def _positive_bytes(name: str, value) -> int:
 class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRoutines,
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
-             RuntimeRoutines, MmRoutines, SystemInformationRoutines,
+             RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
              BitmapRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
@@ -263,6 +264,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_deferred()
         self._init_mm()
         self._init_sysinfo()
+        self._init_rundown()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

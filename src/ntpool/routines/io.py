@@ -33,7 +33,7 @@ from ..constants import (
     PoolType,
     VerifierStop,
 )
-from ..errors import NtStatusError
+from ..errors import MachineHung, NtStatusError
 from ..hooks import CopiedToUser, FramesAliased, SystemBufferMade
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import layouts as L
@@ -48,6 +48,13 @@ STATUS_BUFFER_TOO_SMALL = 0xC0000023
 STATUS_DELETE_PENDING = 0xC0000056
 STATUS_NO_SUCH_DEVICE = 0xC000000E
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+# IoAllocateDriverObjectExtension's block: IO_CLIENT_EXTENSION (NextExtension,
+# ClientIdentificationAddress), then the driver's context area. Its tag is ReactOS's
+# TAG_DRIVER_EXTENSION ('DRVE' in memory, io/iomgr/driver.c); Windows' is not public.
+IO_CLIENT_EXTENSION_SIZE = 0x10
+TAG_DRIVER_EXTENSION = int.from_bytes(b"DRVE", "little")
+CLIENT_EXTENSION_WALK_LIMIT = 1 << 16
+MASK64 = (1 << 64) - 1
 
 MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
 NO_MORE_IRP_STACK_LOCATIONS = 0x35
@@ -167,6 +174,7 @@ class IoRoutines:
         # driver's machine code at ``address`` with the x64 calling convention.
         self.native_call: Callable | None = None
         self.wdm_drivers: dict[int, WdmDriver] = {}  # DRIVER_OBJECT address -> driver
+        self.client_extensions: dict[int, list[int]] = {}  # DRIVER_OBJECT -> its "DRVE" blocks
         self.io_requests: dict[int, dict] = {}  # IRP address -> the I/O manager's request
         self.file_handles: dict[int, FileHandle] = {}  # FILE_OBJECT address -> its opener
         self._system_ptes: dict[int, int] = {}  # mapping base -> page count
@@ -238,6 +246,7 @@ class IoRoutines:
         self._put_string_copy(registry_path, service_key, L.TAG_IO_NAME)
         wdm = WdmDriver(base, driver, registry_path, service_key, loaded)
         self.wdm_drivers[driver] = wdm
+        self.objects[driver].delete = _free_client_extensions
         return wdm
 
     def _put_string_copy(self, us_va: int, text: str, tag: int) -> int:
@@ -287,6 +296,59 @@ class IoRoutines:
         wdm.deleted = True
         self._ob_make_temporary(driver)
         self._ob_dereference(driver)
+
+    # --- driver object extensions (IO_CLIENT_EXTENSION blocks on DRIVER_EXTENSION) --------------
+
+    @routine("NTSTATUS IoAllocateDriverObjectExtension(PDRIVER_OBJECT DriverObject, "
+             "PVOID ClientIdentificationAddress, ULONG DriverObjectExtensionSize, "
+             "_Out_ PVOID *DriverObjectExtension)")
+    def IoAllocateDriverObjectExtension(self, DriverObject, ClientIdentificationAddress,
+                                        DriverObjectExtensionSize) -> tuple[int, int]:
+        """(status, extension): a zeroed context area of nonpaged pool ("DRVE", after its
+        IO_CLIENT_EXTENSION header: NextExtension, ClientIdentificationAddress), first on
+        DriverExtension->ClientDriverExtension, freed with the driver object. An identifier
+        the driver has used already is STATUS_OBJECT_NAME_COLLISION, no pool
+        STATUS_INSUFFICIENT_RESOURCES; the extension is NULL on failure."""
+        self._check_irql_at_most(DISPATCH_LEVEL, "IoAllocateDriverObjectExtension")
+        size = IO_CLIENT_EXTENSION_SIZE + (DriverObjectExtensionSize & 0xFFFFFFFF)
+        head = self._get64(DriverObject + L.DRIVER_OBJECT.DriverExtension) + \
+            L.DRIVER_EXTENSION.ClientDriverExtension
+        if self._client_extension(head, ClientIdentificationAddress):
+            return STATUS_OBJECT_NAME_COLLISION, 0
+        block = self._io_allocate(PoolType.NonPagedPool, size, TAG_DRIVER_EXTENSION, False)
+        if not block:
+            return NtStatus.STATUS_INSUFFICIENT_RESOURCES, 0
+        self.write(block, bytes(size))
+        self._put64(block, self._get64(head))
+        self._put64(block + 8, ClientIdentificationAddress)
+        self._put64(head, block)
+        self.client_extensions.setdefault(DriverObject, []).append(block)
+        return NtStatus.STATUS_SUCCESS, block + IO_CLIENT_EXTENSION_SIZE
+
+    @routine("PVOID IoGetDriverObjectExtension(PDRIVER_OBJECT DriverObject, "
+             "PVOID ClientIdentificationAddress)")
+    def IoGetDriverObjectExtension(self, DriverObject, ClientIdentificationAddress) -> int:
+        """The context area allocated under that identifier, or NULL."""
+        head = self._get64(DriverObject + L.DRIVER_OBJECT.DriverExtension) + \
+            L.DRIVER_EXTENSION.ClientDriverExtension
+        block = self._client_extension(head, ClientIdentificationAddress)
+        return block + IO_CLIENT_EXTENSION_SIZE if block else 0
+
+    def _client_extension(self, head: int, identifier: int) -> int:
+        """The IO_CLIENT_EXTENSION with that identifier on the list at ``head`` (0: none).
+        A list the driver damaged into a loop is walked as Windows walks it, under the I/O
+        database's queued spin lock: forever (``MachineHung``)."""
+        block = self._get64(head)
+        steps = 0
+        while block:
+            if self._get64(block + 8) == identifier & MASK64:
+                return block
+            block = self._get64(block)
+            steps += 1
+            if steps > CLIENT_EXTENSION_WALK_LIMIT:
+                raise MachineHung(f"the driver object extension list at {head:#x} never ends "
+                                  f"(a loop): Windows walks it forever at DISPATCH_LEVEL")
+        return 0
 
     def devices_of(self, driver_object: int) -> list[int]:
         devices = []
@@ -939,6 +1001,14 @@ MM_EMPTY_LIST = 0xFFFFFFFFFFFFFFFF  # a PFN array entry that ends the MDL's fram
 def _span_pages(va: int, length: int) -> int:
     """ADDRESS_AND_SIZE_TO_SPAN_PAGES."""
     return ((va & (PAGE_SIZE - 1)) + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+
+
+def _free_client_extensions(k, driver: int) -> None:
+    """IopDeleteDriver: the driver object's extensions go with it (the blocks it allocated,
+    kept beside the machine, so links the driver wrote over lose none)."""
+    for block in k.client_extensions.pop(driver, ()):
+        k.pool.free(block, None)
+    k._put64(driver + L.DRIVER_OBJECT.SIZE + L.DRIVER_EXTENSION.ClientDriverExtension, 0)
 
 
 def _iop_invalid_device_request(k, DeviceObject, Irp):

@@ -468,4 +468,20 @@ FORCEINLINE PVOID MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority) {
     return MmMapLockedPagesSpecifyCache(Mdl, KernelMode, MmCached, NULL, FALSE, Priority);
 }
 #define MmGetMdlByteCount(Mdl) ((Mdl)->ByteCount)
+/* --- processes, threads and driver lifetime (the "ps" block: lifetime.c, threads.c) --- */
+typedef struct _EX_RUNDOWN_REF { ULONG_PTR Count; } EX_RUNDOWN_REF, *PEX_RUNDOWN_REF;
+NTSYSAPI VOID NTAPI ExInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExReInitializeRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI BOOLEAN NTAPI ExAcquireRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
+NTSYSAPI VOID NTAPI ExReleaseRundownProtection(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExReleaseRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count);
+NTSYSAPI VOID NTAPI ExWaitForRundownProtectionRelease(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI VOID NTAPI ExRundownCompleted(PEX_RUNDOWN_REF RunRef);
+NTSYSAPI NTSTATUS NTAPI IoAllocateDriverObjectExtension(PDRIVER_OBJECT DriverObject,
+        PVOID ClientIdentificationAddress, ULONG DriverObjectExtensionSize,
+        PVOID *DriverObjectExtension);
+NTSYSAPI PVOID NTAPI IoGetDriverObjectExtension(PDRIVER_OBJECT DriverObject,
+        PVOID ClientIdentificationAddress);
+
 #endif
