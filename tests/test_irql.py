@@ -1,6 +1,8 @@
 """IRQL per processor, spin locks, the pool's IRQL rules, and paging (issue 3, part 4)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ntpool
 from ntpool.machine.memory import PTE_PRESENT
@@ -232,6 +234,71 @@ def test_the_fast_paths_tables_kept_per_irql_follow_a_processor_change():
     k.KeRaiseIrql(DISPATCH)
     assert PP not in k.pool.fast_pools and NP in k.pool.fast_pools
     assert k.pool.fast_lists[NP][0] is k.nonpaged_pool.per_processor[1].head
+
+
+def _same_tables(held: dict, made: dict) -> bool:
+    """The fast path's table holds what ``_make_fast_tables`` makes: the same keys, each value
+    the same object or a tuple of the same objects (ints equal)."""
+    def same(a, b):
+        if a is b:
+            return True
+        return type(a) is tuple and type(b) is tuple and len(a) == len(b) and \
+            all(x is y or type(x) is int and x == y for x, y in zip(a, b))
+    return held.keys() == made.keys() and all(same(held[key], made[key]) for key in made)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 15).map(lambda irql: ("irql", irql)),
+                          st.integers(0, 1).map(lambda number: ("processor", number)),
+                          st.just(("refresh", None))), max_size=25))
+def test_the_fast_paths_tables_after_any_irql_changes_are_those_made_for_the_irql(steps):
+    """IRQL changes only change the entries that differ between two rules (the paged pool's
+    go out at DISPATCH_LEVEL and come back below it): after any sequence of IRQL changes,
+    processor changes and refreshes, every table is what would be made for the IRQL now."""
+    from ntpool import Kernel
+
+    k = Kernel(processors=2)
+    for what, value in steps:
+        if what == "irql":
+            k._set_irql(value)
+        elif what == "processor":
+            k.set_current_processor(value)
+        else:
+            k.pool.refresh_fast_paths()
+        fast_pools, fast_lists, lane_pools, free_slots, fast_frees = k.pool._make_fast_tables()
+        assert _same_tables(k.pool.fast_pools, fast_pools)
+        assert _same_tables(k.pool.fast_lists, fast_lists)
+        assert _same_tables(k.pool.fast_free_slots, free_slots)
+        assert _same_tables(k.pool.fast_frees, fast_frees)
+        assert k.pool.lane_pools == lane_pools
+
+
+def test_a_spin_lock_taken_while_memory_writes_are_watched_publishes_them(k):
+    """The usual acquire and release write the lock's QWORD themselves, unless someone
+    listens for memory writes: then each goes through the machine's write, which tells them."""
+    from ntpool.hooks import MemoryWritten
+
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.KeInitializeSpinLock(lock)
+    seen = []
+    k.hooks.subscribe(MemoryWritten, lambda event: seen.append((event.address, event.length)))
+    old = k.KeAcquireSpinLock(lock)
+    assert seen == [(lock, 8)]
+    assert int.from_bytes(k.read(lock, 8), "little") == 1
+    k.KeReleaseSpinLock(lock, old)
+    assert seen == [(lock, 8), (lock, 8)]
+    assert int.from_bytes(k.read(lock, 8), "little") == 0
+
+
+def test_a_spin_lock_whose_other_bits_a_stray_write_set_is_taken_and_released(k):
+    """Bit 0 clear is free, whatever else the QWORD holds; the release stores 0."""
+    lock = k.ExAllocatePoolWithTag(NP, 8, "Lock")
+    k.write(lock, (0xABCD << 8).to_bytes(8, "little"))
+    old = k.KeAcquireSpinLock(lock)
+    assert int.from_bytes(k.read(lock, 8), "little") == 1  # processor 0's hold
+    k.KeReleaseSpinLock(lock, old)
+    assert int.from_bytes(k.read(lock, 8), "little") == 0
+    assert k.KeGetCurrentIrql() == 0
 
 
 # --- paging ---------------------------------------------------------------------------------

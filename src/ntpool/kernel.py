@@ -164,12 +164,18 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self.physical = PhysicalMemory(physical_memory_bytes)
         self.space = AddressSpace(self.physical, self.hooks)
         self._mem = self.physical.buffer
+        # The same memory as QWORDs (an aligned QWORD's physical address // 8): what a spin
+        # lock's usual acquire and release read and write (routines.ke_irql).
+        self._words = self.physical.qwords
         self._tlb = self.space.tlb
         self.kernel_data = KernelData(self.space, KERNEL_DATA_BASE, KERNEL_DATA_BYTES)
         self.kernel_data.reserve(KERNEL_IMAGE_BYTES, align=PAGE_SIZE)  # ntoskrnl's image: at the base
         self.processors = processors
         self.current_processor = 0
         self.irql_by_processor = [int(PASSIVE_LEVEL)] * processors
+        # Whether ``write`` publishes MemoryWritten (someone listens): a routine that writes
+        # memory through ``_words`` itself does so only while it does not.
+        self._writes_published = False
         self.hooks.watch(MemoryWritten, self._publish_writes)
 
         # Who called from where: the pools record it in each allocation.
@@ -366,6 +372,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
 
     def _publish_writes(self, active: bool) -> None:
         # k.write is the fastest path: it publishes MemoryWritten only while someone listens.
+        self._writes_published = active
         if active:
             self.write = self._write_published
         else:

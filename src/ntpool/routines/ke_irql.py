@@ -17,6 +17,8 @@ from .registry import routine
 
 SPIN_LOCK_FREE = 0
 SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins on
+_ADDRESS_END = 1 << 64
+_DISPATCH = int(DISPATCH_LEVEL)  # a plain int: the checks take it at their first test
 # KLOCK_QUEUE_HANDLE (x64, 0x18 bytes): LockQueue (KSPIN_LOCK_QUEUE: Next, Lock), OldIrql.
 LOCK_QUEUE_NEXT = 0x00
 LOCK_QUEUE_LOCK = 0x08
@@ -24,6 +26,8 @@ LOCK_QUEUE_OLD_IRQL = 0x10
 
 
 def _checked_irql(name: str, value) -> int:
+    if type(value) is int and PASSIVE_LEVEL <= value <= HIGH_LEVEL:  # the usual one, first
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an IRQL (int 0..15), not {type(value).__name__}")
     if not PASSIVE_LEVEL <= value <= HIGH_LEVEL:
@@ -41,17 +45,18 @@ class IrqlRoutines:
         return self.irql_by_processor[self.current_processor]
 
     def _set_irql(self, irql: int) -> None:
-        old = self.irql_by_processor[self.current_processor]
-        self.irql_by_processor[self.current_processor] = irql
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        irqls[processor] = irql
         self.pool.set_irql(irql)
         if irql < DISPATCH_LEVEL <= old:
             # The DISPATCH software interrupt: DPCs queued while the IRQL was raised run now.
-            if self.dpc_queues[self.current_processor]:
+            if self.dpc_queues[processor]:
                 self.retire_dpcs()
         elif irql > old:
             listeners = self.hooks.listening(IrqlRaised)
             if listeners:
-                event = IrqlRaised(self.current_processor, old, irql)
+                event = IrqlRaised(processor, old, irql)
                 for listener in listeners:
                     listener(event)
 
@@ -79,8 +84,11 @@ class IrqlRoutines:
     @routine("VOID KeRaiseIrql(_In_ KIRQL NewIrql, _Out_ PKIRQL OldIrql)")
     def KeRaiseIrql(self, NewIrql) -> int:
         """Raise the current processor's IRQL; returns the old IRQL (the OldIrql out value)."""
-        new = _checked_irql("NewIrql", NewIrql)
-        old = self.current_irql
+        return self._raise_irql(_checked_irql("NewIrql", NewIrql))
+
+    def _raise_irql(self, new: int) -> int:
+        """KeRaiseIrql of an IRQL already checked (0..15)."""
+        old = self.irql_by_processor[self.current_processor]
         if new < old:
             self.KeBugCheckEx(BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL, old, new, 0, 0,
                               detail=f"KeRaiseIrql to {new} from the higher IRQL {old}")
@@ -89,13 +97,16 @@ class IrqlRoutines:
 
     @routine("KIRQL KeRaiseIrqlToDpcLevel(VOID)")
     def KeRaiseIrqlToDpcLevel(self) -> int:
-        return self.KeRaiseIrql(DISPATCH_LEVEL)
+        return self._raise_irql(_DISPATCH)
 
     @routine("VOID KeLowerIrql(_In_ KIRQL NewIrql)")
     def KeLowerIrql(self, NewIrql) -> None:
         """Lower the current processor's IRQL to ``NewIrql`` (the value KeRaiseIrql returned)."""
-        new = _checked_irql("NewIrql", NewIrql)
-        old = self.current_irql
+        self._lower_irql(_checked_irql("NewIrql", NewIrql))
+
+    def _lower_irql(self, new: int) -> None:
+        """KeLowerIrql of an IRQL already checked (0..15)."""
+        old = self.irql_by_processor[self.current_processor]
         if new > old:
             self.KeBugCheckEx(BugCheckCode.IRQL_NOT_LESS_OR_EQUAL, old, new, 0, 0,
                               detail=f"KeLowerIrql to {new} from the lower IRQL {old}")
@@ -116,7 +127,7 @@ class IrqlRoutines:
     def KeAcquireSpinLock(self, SpinLock) -> int:
         """Raise to DISPATCH_LEVEL and take the lock; returns the old IRQL."""
         lock = _checked_lock(SpinLock)
-        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        old = self._raise_irql(_DISPATCH)
         self._take_lock(lock)
         return old
 
@@ -135,7 +146,7 @@ class IrqlRoutines:
         lock = _checked_lock(SpinLock)
         new = _checked_irql("NewIrql", NewIrql)
         self._drop_lock(lock)
-        self.KeLowerIrql(new)
+        self._lower_irql(new)
 
     @routine("VOID KeReleaseSpinLockFromDpcLevel(_Inout_ PKSPIN_LOCK SpinLock)")
     def KeReleaseSpinLockFromDpcLevel(self, SpinLock) -> None:
@@ -155,6 +166,15 @@ class IrqlRoutines:
         return self.current_processor << 1 | SPIN_LOCK_BIT
 
     def _take_lock(self, lock: int) -> None:
+        # The usual lock, taken inline: an aligned QWORD on a present page, bit 0 clear, and
+        # nobody listening for memory writes (``write`` would publish this one). Anything
+        # else (a held lock, a lock on no present page, a misaligned one): the way below.
+        base = self._tlb.get(lock >> 12)
+        if base is not None and not lock & 7 and not self._writes_published:
+            word = (base + (lock & 0xFFF)) >> 3
+            if not self._words[word] & SPIN_LOCK_BIT:
+                self._words[word] = self.current_processor << 1 | SPIN_LOCK_BIT  # _held_value
+                return
         value = self._lock_value(lock)
         me = self._held_value()
         if value == me:
@@ -174,6 +194,13 @@ class IrqlRoutines:
         self.write(lock, me.to_bytes(8, "little"))
 
     def _drop_lock(self, lock: int) -> None:
+        # The usual release, inline (as ``_take_lock``'s): this processor's lock, freed.
+        base = self._tlb.get(lock >> 12)
+        if base is not None and not lock & 7 and not self._writes_published:
+            word = (base + (lock & 0xFFF)) >> 3
+            if self._words[word] == self.current_processor << 1 | SPIN_LOCK_BIT:  # _held_value
+                self._words[word] = SPIN_LOCK_FREE
+                return
         owner = self._lock_value(lock)
         if owner != self._held_value():
             self.KeBugCheckEx(BugCheckCode.SPIN_LOCK_NOT_OWNED, lock, 0, 0, 0,
@@ -191,7 +218,7 @@ class IrqlRoutines:
     def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
-        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        old = self._raise_irql(_DISPATCH)
         self._take_queued_lock(lock, LockHandle)
         self.write(LockHandle + LOCK_QUEUE_OLD_IRQL, bytes([old]))
 
@@ -209,7 +236,7 @@ class IrqlRoutines:
     def KeReleaseInStackQueuedSpinLock(self, LockHandle) -> None:
         """Release the lock the handle holds and lower the IRQL to the handle's OldIrql."""
         self._drop_queued_lock(LockHandle)
-        self.KeLowerIrql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
+        self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
 
     @routine("VOID KeReleaseInStackQueuedSpinLockFromDpcLevel(PKLOCK_QUEUE_HANDLE LockHandle)")
     def KeReleaseInStackQueuedSpinLockFromDpcLevel(self, LockHandle) -> None:
@@ -335,9 +362,11 @@ class IrqlRoutines:
 
 
 def _checked_lock(lock) -> int:
+    if type(lock) is int and 0 < lock < _ADDRESS_END:  # the usual one, first
+        return lock
     if isinstance(lock, bool) or not isinstance(lock, int):
         raise TypeError(f"SpinLock must be the address of a KSPIN_LOCK (int), "
                         f"not {type(lock).__name__}")
-    if not 0 < lock < 1 << 64:
+    if not 0 < lock < _ADDRESS_END:
         raise ValueError(f"SpinLock {lock:#x} is not an address")
     return lock
