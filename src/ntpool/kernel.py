@@ -67,6 +67,7 @@ from .routines import registry
 from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
+from .routines.ps_notify import NotifyRoutines
 from .routines.rtl_bitmap import BitmapRoutines
 from .routines.rundown import RundownRoutines
 from .windows import windows_version
@@ -119,6 +120,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
              RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
+             NotifyRoutines,
              BitmapRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
@@ -271,6 +273,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_mm()
         self._init_sysinfo()
         self._init_rundown()
+        self._init_notify()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

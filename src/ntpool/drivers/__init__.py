@@ -370,6 +370,7 @@ class DriverRoutines:
         self.call_sites.add_driver(loaded)
         self.drivers.append(loaded)
         path = RegistryPath or f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{name[:-4]}"
+        self.notify_image_loaded(name, image_base, size)  # MmLoadSystemImage: before DriverEntry
         status = self._call_driver(loaded, driver.DriverEntry, self, path)
         status = NtStatus.STATUS_SUCCESS if status is None else status
         if status & 0x80000000:

@@ -34,6 +34,9 @@ COMPILE_FLAGS = ["-target", "x86_64-windows-msvc", "-O2", "-ffreestanding",
 LINK_FLAGS = ["/nologo", "/driver", "/subsystem:native", "/entry:DriverEntry",
               "/base:0x140000000", "/dynamicbase", "/brepro", "/nodefaultlib", "/debug",
               "/opt:ref", "/opt:icf", "/pdbsourcepath:/ntpool/samples/native"]
+# Drivers linked with /integritycheck (IMAGE_DLLCHARACTERISTICS_FORCE_INTEGRITY), as a driver
+# must be whose callbacks PsSetCreateProcessNotifyRoutineEx or ObRegisterCallbacks register.
+INTEGRITY_CHECKED = frozenset({"notify"})
 LIBRARIES = {"ntoskrnl.exe": "ntoskrnl.lib", "HAL.dll": "hal.lib", "NDIS.SYS": "ndis.lib"}
 
 
@@ -126,7 +129,8 @@ def build(out: str | None = None, names=()) -> list[str]:
             # The object names itself in its debug info: a fixed name, not zig's temporary one.
             _zig("cc", *COMPILE_FLAGS, "-Xclang", f"-object-file-name={name}.obj", "-c",
                  "-o", name + ".obj", name + ".c", cwd=work)
-            _zig("lld-link", *LINK_FLAGS, f"/pdb:{name}.pdb", f"/pdbaltpath:{name}.pdb",
+            signed = ["/integritycheck"] if name in INTEGRITY_CHECKED else []
+            _zig("lld-link", *LINK_FLAGS, *signed, f"/pdb:{name}.pdb", f"/pdbaltpath:{name}.pdb",
                  f"/out:{name}.sys", name + ".obj", *libraries, cwd=work)
             target = out or directory
             os.makedirs(target, exist_ok=True)

@@ -94,7 +94,7 @@ OB_FLAG_PERMANENT = 0x10
 OB_FLAG_KERNEL_OBJECT = 0x02
 
 # ObTypeIndexTable indices of Windows 7 SP1 x64 (``!object \ObjectTypes``).
-OB_TYPE_INDEX = {"SymbolicLink": 4, "Event": 12, "Device": 25, "Driver": 26, "File": 28,
+OB_TYPE_INDEX = {"Process": 7, "Thread": 8, "SymbolicLink": 4, "Event": 12, "Device": 25, "Driver": 26, "File": 28,
                  "Key": 35}
 
 # Pool tags of the objects (the object type's Key) and of what the kernel allocates beside

@@ -69,7 +69,7 @@ class ObjectRoutines:
         self.handles: dict[int, tuple[int, int]] = {}  # handle -> (body, granted access)
         self._next_handle = 4
         self.object_types: dict[str, int] = {}
-        for type_name in ("Device", "Driver", "File", "SymbolicLink", "Key", "Event"):
+        for type_name in ("Device", "Driver", "File", "SymbolicLink", "Key", "Event", "Process", "Thread"):
             self.object_types[type_name] = self._write_object_type(type_name)
 
     def _write_object_type(self, type_name: str) -> int:
@@ -379,9 +379,12 @@ def from_display_tag(text: str) -> int:
 
 _TYPE_TAGS = {"Device": L.TAG_DEVICE, "Driver": L.TAG_DRIVER, "File": L.TAG_FILE,
               "SymbolicLink": L.TAG_SYMBOLIC_LINK, "Key": L.TAG_KEY,
-              "Event": from_display_tag("Even")}
+              "Event": from_display_tag("Even"), "Process": from_display_tag("Proc"),
+              "Thread": from_display_tag("Thre")}
 
 register_data("IoDeviceObjectType", "POBJECT_TYPE", lambda k: k.object_types["Device"])
 register_data("IoDriverObjectType", "POBJECT_TYPE", lambda k: k.object_types["Driver"])
 register_data("IoFileObjectType", "POBJECT_TYPE", lambda k: k.object_types["File"])
 register_data("ExEventObjectType", "POBJECT_TYPE", lambda k: k.object_types["Event"])
+register_data("PsProcessType", "POBJECT_TYPE", lambda k: k.object_types["Process"])
+register_data("PsThreadType", "POBJECT_TYPE", lambda k: k.object_types["Thread"])

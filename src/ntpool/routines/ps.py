@@ -9,6 +9,7 @@ rule are the machine's (``machine/process.py``).
 
 from ..machine.process import (EPROCESS_IMAGE_FILE_NAME, EPROCESS_SIZE, EPROCESS_UNIQUE_PROCESS_ID,
                                PROCESS_OBJECT_TYPE, Process)
+from ..errors import NtStatusError
 from .registry import register_data, routine
 
 
@@ -41,6 +42,13 @@ class ProcessRoutines:
         process = Process(name, pid, address, limits)
         self.processes.append(process)
         self.quota_ledger.by_address[address] = process
+        try:
+            self.notify_process_created(process)
+        except NtStatusError:
+            # A process notify routine refused it: the process is not created.
+            self.processes.remove(process)
+            self.quota_ledger.by_address.pop(address, None)
+            raise
         return process
 
     def set_current_process(self, process: Process) -> None:

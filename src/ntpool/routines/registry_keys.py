@@ -195,10 +195,15 @@ class RegistryRoutines:
             key = self._handle_key(KeyHandle)
         except NtStatusError as error:
             return error.status
-        name = self._unicode_string(ValueName) if ValueName else ""
-        data = self.read(Data, DataSize) if DataSize else b""
-        key.values[name.lower()] = (name, Type, data)
-        return NtStatus.STATUS_SUCCESS
+        def write() -> int:
+            name = self._unicode_string(ValueName) if ValueName else ""
+            data = self.read(Data, DataSize) if DataSize else b""
+            key.values[name.lower()] = (name, Type, data)
+            return NtStatus.STATUS_SUCCESS
+        if not self.cm_callbacks:
+            return write()
+        return self.registry_set_value_callbacks(self._ob_handle_object(KeyHandle, "Key"), ValueName,
+                                                 TitleIndex, Type, Data, DataSize, write)
 
     @routine("NTSTATUS ZwQueryValueKey(HANDLE KeyHandle, PUNICODE_STRING ValueName, "
              "KEY_VALUE_INFORMATION_CLASS KeyValueInformationClass, PVOID KeyValueInformation, "

@@ -484,4 +484,92 @@ NTSYSAPI NTSTATUS NTAPI IoAllocateDriverObjectExtension(PDRIVER_OBJECT DriverObj
 NTSYSAPI PVOID NTAPI IoGetDriverObjectExtension(PDRIVER_OBJECT DriverObject,
         PVOID ClientIdentificationAddress);
 
+typedef struct _CLIENT_ID { HANDLE UniqueProcess; HANDLE UniqueThread; } CLIENT_ID;
+typedef struct _PS_CREATE_NOTIFY_INFO {
+    SIZE_T Size;
+    ULONG Flags;
+    HANDLE ParentProcessId;
+    CLIENT_ID CreatingThreadId;
+    PVOID FileObject;
+    const UNICODE_STRING * ImageFileName;
+    const UNICODE_STRING * CommandLine;
+    NTSTATUS CreationStatus;
+} PS_CREATE_NOTIFY_INFO, *PPS_CREATE_NOTIFY_INFO;
+typedef struct _IMAGE_INFO {
+    ULONG Properties;  /* ImageAddressingMode:8, SystemModeImage:1, ... */
+    PVOID ImageBase;
+    ULONG ImageSelector;
+    SIZE_T ImageSize;
+    ULONG ImageSectionNumber;
+} IMAGE_INFO, *PIMAGE_INFO;
+typedef struct _EPROCESS *PEPROCESS;
+typedef VOID (NTAPI *PCREATE_PROCESS_NOTIFY_ROUTINE)(HANDLE ParentId, HANDLE ProcessId, BOOLEAN Create);
+typedef VOID (NTAPI *PCREATE_PROCESS_NOTIFY_ROUTINE_EX)(PEPROCESS Process, HANDLE ProcessId,
+                                                        PPS_CREATE_NOTIFY_INFO CreateInfo);
+typedef VOID (NTAPI *PCREATE_THREAD_NOTIFY_ROUTINE)(HANDLE ProcessId, HANDLE ThreadId, BOOLEAN Create);
+typedef VOID (NTAPI *PLOAD_IMAGE_NOTIFY_ROUTINE)(PUNICODE_STRING FullImageName, HANDLE ProcessId,
+                                                 PIMAGE_INFO ImageInfo);
+typedef NTSTATUS (NTAPI *PEX_CALLBACK_FUNCTION)(PVOID CallbackContext, PVOID Argument1, PVOID Argument2);
+typedef enum _REG_NOTIFY_CLASS { RegNtPreSetValueKey = 1, RegNtPostSetValueKey = 16 } REG_NOTIFY_CLASS;
+typedef struct _REG_SET_VALUE_KEY_INFORMATION {
+    PVOID Object;
+    PUNICODE_STRING ValueName;
+    ULONG TitleIndex;
+    ULONG Type;
+    PVOID Data;
+    ULONG DataSize;
+    PVOID CallContext, ObjectContext, Reserved;
+} REG_SET_VALUE_KEY_INFORMATION, *PREG_SET_VALUE_KEY_INFORMATION;
+typedef struct _REG_POST_OPERATION_INFORMATION {
+    PVOID Object;
+    NTSTATUS Status;
+    PVOID PreInformation;
+    NTSTATUS ReturnStatus;
+    PVOID CallContext, ObjectContext, Reserved;
+} REG_POST_OPERATION_INFORMATION, *PREG_POST_OPERATION_INFORMATION;
+typedef ULONG OB_OPERATION;
+#define OB_OPERATION_HANDLE_CREATE 0x00000001
+#define OB_OPERATION_HANDLE_DUPLICATE 0x00000002
+#define OB_FLT_REGISTRATION_VERSION 0x0100
+typedef int OB_PREOP_CALLBACK_STATUS;
+typedef OB_PREOP_CALLBACK_STATUS (NTAPI *POB_PRE_OPERATION_CALLBACK)(PVOID RegistrationContext,
+                                                                    PVOID OperationInformation);
+typedef VOID (NTAPI *POB_POST_OPERATION_CALLBACK)(PVOID RegistrationContext, PVOID OperationInformation);
+typedef struct _OB_OPERATION_REGISTRATION {
+    PVOID *ObjectType;
+    OB_OPERATION Operations;
+    POB_PRE_OPERATION_CALLBACK PreOperation;
+    POB_POST_OPERATION_CALLBACK PostOperation;
+} OB_OPERATION_REGISTRATION, *POB_OPERATION_REGISTRATION;
+typedef struct _OB_CALLBACK_REGISTRATION {
+    USHORT Version;
+    USHORT OperationRegistrationCount;
+    UNICODE_STRING Altitude;
+    PVOID RegistrationContext;
+    OB_OPERATION_REGISTRATION *OperationRegistration;
+} OB_CALLBACK_REGISTRATION, *POB_CALLBACK_REGISTRATION;
+#define STATUS_FLT_INSTANCE_ALTITUDE_COLLISION ((NTSTATUS)0xC01C0011L)
+#define STATUS_PROCEDURE_NOT_FOUND ((NTSTATUS)0xC000007AL)
+#define STATUS_ACCESS_DENIED ((NTSTATUS)0xC0000022L)
+/* wdm.h declares them POBJECT_TYPE * (linked to the import's address); imported with
+ * dllimport, as here, the variable is the POBJECT_TYPE and its address that pointer. */
+extern __declspec(dllimport) PVOID PsProcessType;
+extern __declspec(dllimport) PVOID PsThreadType;
+NTSYSAPI NTSTATUS NTAPI PsSetCreateProcessNotifyRoutine(PCREATE_PROCESS_NOTIFY_ROUTINE NotifyRoutine,
+                                                       BOOLEAN Remove);
+NTSYSAPI NTSTATUS NTAPI PsSetCreateProcessNotifyRoutineEx(PCREATE_PROCESS_NOTIFY_ROUTINE_EX NotifyRoutine,
+                                                         BOOLEAN Remove);
+NTSYSAPI NTSTATUS NTAPI PsSetCreateThreadNotifyRoutine(PCREATE_THREAD_NOTIFY_ROUTINE NotifyRoutine);
+NTSYSAPI NTSTATUS NTAPI PsRemoveCreateThreadNotifyRoutine(PCREATE_THREAD_NOTIFY_ROUTINE NotifyRoutine);
+NTSYSAPI NTSTATUS NTAPI PsSetLoadImageNotifyRoutine(PLOAD_IMAGE_NOTIFY_ROUTINE NotifyRoutine);
+NTSYSAPI NTSTATUS NTAPI PsRemoveLoadImageNotifyRoutine(PLOAD_IMAGE_NOTIFY_ROUTINE NotifyRoutine);
+NTSYSAPI NTSTATUS NTAPI CmRegisterCallback(PEX_CALLBACK_FUNCTION Function, PVOID Context,
+                                          PLARGE_INTEGER Cookie);
+NTSYSAPI NTSTATUS NTAPI CmRegisterCallbackEx(PEX_CALLBACK_FUNCTION Function, const UNICODE_STRING * Altitude,
+                                            PVOID Driver, PVOID Context, PLARGE_INTEGER Cookie,
+                                            PVOID Reserved);
+NTSYSAPI NTSTATUS NTAPI CmUnRegisterCallback(LARGE_INTEGER Cookie);
+NTSYSAPI NTSTATUS NTAPI ObRegisterCallbacks(POB_CALLBACK_REGISTRATION CallbackRegistration,
+                                           PVOID *RegistrationHandle);
+NTSYSAPI VOID NTAPI ObUnRegisterCallbacks(PVOID RegistrationHandle);
 #endif
