@@ -69,6 +69,9 @@ from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lo
 from .routines.rtl import RtlRoutines
 from .routines.ps_notify import NotifyRoutines
 from .routines.rtl_bitmap import BitmapRoutines
+from .routines.rtl_printf import PrintfRoutines
+from .routines.rtl_tables import GenericTableRoutines
+from .routines.rtl_time import TimeRoutines
 from .routines.rundown import RundownRoutines
 from .windows import windows_version
 
@@ -121,7 +124,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
              RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
              NotifyRoutines,
-             BitmapRoutines):
+             BitmapRoutines, TimeRoutines, PrintfRoutines, GenericTableRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.

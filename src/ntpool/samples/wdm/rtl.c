@@ -73,3 +73,190 @@ __declspec(dllexport) ULONG64 BitmapOp(ULONG Op, PRTL_BITMAP Header, ULONG64 A, 
     BitmapCalls += 1;
     return result;
 }
+
+/* --- time --- */
+
+__declspec(dllexport) ULONG64 TickCount(VOID) {
+    LARGE_INTEGER ticks;
+    KeQueryTickCount(&ticks);
+    return (ULONG64)ticks.QuadPart;
+}
+
+/* The local time now, as a driver stamps a log record: KeQuerySystemTime (inline), local time,
+ * fields. Returns the system time. */
+__declspec(dllexport) ULONG64 LocalNow(PTIME_FIELDS Fields) {
+    LARGE_INTEGER system, local;
+    KeQuerySystemTime(&system);
+    ExSystemTimeToLocalTime(&system, &local);
+    RtlTimeToTimeFields(&local, Fields);
+    return (ULONG64)system.QuadPart;
+}
+
+/* Fields to a time and back to system time: the time, or ~0 if the fields are refused. */
+__declspec(dllexport) ULONG64 FieldsToSystemTime(PTIME_FIELDS Fields) {
+    LARGE_INTEGER local, system;
+    if (!RtlTimeFieldsToTime(Fields, &local))
+        return ~0ULL;
+    ExLocalTimeToSystemTime(&local, &system);
+    return (ULONG64)system.QuadPart;
+}
+
+static volatile ULONG TimeCalls;
+__declspec(dllexport) VOID TimeToFields(PLARGE_INTEGER Time, PTIME_FIELDS Fields) {
+    RtlTimeToTimeFields(Time, Fields);
+    TimeCalls += 1;
+}
+
+/* Count numbers from RtlRandomEx (Ex) or RtlRandom into Out, the seed in *Seed. */
+__declspec(dllexport) VOID Randoms(PULONG Seed, PULONG Out, ULONG Count, BOOLEAN Ex) {
+    ULONG n;
+    for (n = 0; n < Count; n++)
+        Out[n] = Ex ? RtlRandomEx(Seed) : RtlRandom(Seed);
+}
+
+/* --- the printf family --- */
+
+static volatile ULONG PrintCalls;
+
+/* _snprintf with three 64-bit arguments: its result. */
+__declspec(dllexport) INT Format(char *Buffer, SIZE_T Count, PCSTR FormatText, ULONG64 A, ULONG64 B,
+                                 ULONG64 C) {
+    INT result = _snprintf(Buffer, Count, FormatText, A, B, C);
+    PrintCalls += 1;
+    return result;
+}
+
+__declspec(dllexport) INT FormatWide(PWSTR Buffer, SIZE_T Count, PCWSTR FormatText, ULONG64 A,
+                                     ULONG64 B, ULONG64 C) {
+    INT result = _snwprintf(Buffer, Count, FormatText, A, B, C);
+    PrintCalls += 1;
+    return result;
+}
+
+/* sprintf / swprintf (Wide) with no count: the whole text, however long. */
+__declspec(dllexport) INT FormatUncounted(PVOID Buffer, PCSTR FormatText, ULONG64 A, BOOLEAN Wide) {
+    INT result = Wide ? swprintf((PWSTR)Buffer, (PCWSTR)FormatText, A) : sprintf((char *)Buffer, FormatText, A);
+    PrintCalls += 1;
+    return result;
+}
+
+static INT FormatListed(char *Buffer, SIZE_T Count, PCSTR FormatText, ...) {
+    va_list args;
+    INT result;
+    va_start(args, FormatText);
+    result = Count ? _vsnprintf(Buffer, Count, FormatText, args) : vsprintf(Buffer, FormatText, args);
+    va_end(args);
+    return result;
+}
+
+/* Through a va_list (_vsnprintf, or vsprintf when Count is 0): five arguments of mixed size. */
+__declspec(dllexport) INT FormatVa(char *Buffer, SIZE_T Count, PCSTR FormatText, ULONG A, ULONG64 B,
+                                   PCSTR C, PCWSTR D, ULONG E) {
+    return FormatListed(Buffer, Count, FormatText, A, B, C, D, E);
+}
+
+/* A device's description as drivers build it with ntstrsafe: "\Device\Name-N (0xFLAGS)" into
+ * a buffer of Bytes bytes; the status RtlStringCbPrintfW gives. */
+__declspec(dllexport) NTSTATUS DescribeDevice(PWSTR Buffer, SIZE_T Bytes, PUNICODE_STRING Name,
+                                              ULONG Number, ULONG Flags) {
+    return RtlStringCbPrintfW(Buffer, Bytes, L"\\Device\\%wZ-%u (0x%08X)", Name, Number, Flags);
+}
+
+/* --- generic tables: connection records by id, in an AVL table whose nodes come from pool
+ * under the driver's tag 'RtlT' --- */
+
+#define RECORD_TAG 'TltR'
+typedef struct _RECORD { ULONG Id; ULONG64 Value; } RECORD, *PRECORD;
+
+static RTL_AVL_TABLE Records;
+static BOOLEAN FailAllocations;
+static ULONG LastAllocationSize;
+BOOLEAN LeakOnUnload;
+
+static RTL_GENERIC_COMPARE_RESULTS NTAPI CompareRecords(PRTL_AVL_TABLE Table, PVOID First, PVOID Second) {
+    ULONG a = ((PRECORD)First)->Id, b = ((PRECORD)Second)->Id;
+    (void)Table;
+    return a < b ? GenericLessThan : a > b ? GenericGreaterThan : GenericEqual;
+}
+
+static PVOID NTAPI AllocateRecord(PRTL_AVL_TABLE Table, CLONG ByteSize) {
+    (void)Table;
+    LastAllocationSize = ByteSize;
+    if (FailAllocations)
+        return NULL;
+    return ExAllocatePoolWithTag(PagedPool, ByteSize, RECORD_TAG);
+}
+
+static VOID NTAPI FreeRecord(PRTL_AVL_TABLE Table, PVOID Buffer) {
+    (void)Table;
+    ExFreePoolWithTag(Buffer, RECORD_TAG);
+}
+
+__declspec(dllexport) PRTL_AVL_TABLE RecordsInit(VOID) {
+    RtlInitializeGenericTableAvl(&Records, CompareRecords, AllocateRecord, FreeRecord, &Records);
+    return &Records;
+}
+
+/* The record's element (NULL if allocation failed); *New says whether it was inserted. */
+__declspec(dllexport) PRECORD RecordInsert(ULONG Id, ULONG64 Value, BOOLEAN *New) {
+    RECORD record;
+    record.Id = Id;
+    record.Value = Value;
+    return RtlInsertElementGenericTableAvl(&Records, &record, sizeof(record), New);
+}
+
+__declspec(dllexport) ULONG64 RecordValue(ULONG Id) {
+    RECORD key;
+    PRECORD found;
+    key.Id = Id;
+    found = RtlLookupElementGenericTableAvl(&Records, &key);
+    return found ? found->Value : ~0ULL;
+}
+
+__declspec(dllexport) BOOLEAN RecordDelete(ULONG Id) {
+    RECORD key;
+    key.Id = Id;
+    return RtlDeleteElementGenericTableAvl(&Records, &key);
+}
+
+/* The ids in order into Out (at most Max), by the splaying enumeration (Splaying) or the
+ * restart-key one; how many there were. */
+__declspec(dllexport) ULONG RecordIds(PULONG Out, ULONG Max, BOOLEAN Splaying) {
+    ULONG n = 0;
+    PRECORD record;
+    PVOID key = NULL;
+    if (Splaying) {
+        for (record = RtlEnumerateGenericTableAvl(&Records, TRUE); record != NULL;
+             record = RtlEnumerateGenericTableAvl(&Records, FALSE))
+            if (n < Max) Out[n++] = record->Id; else n++;
+    } else {
+        for (record = RtlEnumerateGenericTableWithoutSplayingAvl(&Records, &key); record != NULL;
+             record = RtlEnumerateGenericTableWithoutSplayingAvl(&Records, &key))
+            if (n < Max) Out[n++] = record->Id; else n++;
+    }
+    return n;
+}
+
+/* The I-th id in order, ~0 past the end. */
+__declspec(dllexport) ULONG RecordAt(ULONG I) {
+    PRECORD record = RtlGetElementGenericTableAvl(&Records, I);
+    return record ? record->Id : ~0u;
+}
+
+/* bits 0-15: the number of records; bit 16: empty; bits 32-63: the last size asked for. */
+__declspec(dllexport) ULONG64 RecordFacts(VOID) {
+    return RtlNumberGenericTableElementsAvl(&Records) | (RtlIsGenericTableEmptyAvl(&Records) ? 0x10000u : 0) |
+           (ULONG64)LastAllocationSize << 32;
+}
+
+__declspec(dllexport) VOID RecordSettings(BOOLEAN Fail, BOOLEAN Leak) {
+    FailAllocations = Fail;
+    LeakOnUnload = Leak;
+}
+
+/* Every record freed (by the table's FreeRoutine), as an unload does. */
+__declspec(dllexport) VOID RecordsClear(VOID) {
+    PRECORD record;
+    while ((record = RtlGetElementGenericTableAvl(&Records, 0)) != NULL)
+        RtlDeleteElementGenericTableAvl(&Records, record);
+}
