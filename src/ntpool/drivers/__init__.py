@@ -142,6 +142,10 @@ class CallSites:
         # Set by the native CPU: the site of the compiled code ntpool is answering for, asked
         # for when the first frame outside the machinery is the native call bridge's.
         self.native_resolver = None
+        # The native call bridge's handlers (native.bindings), by their code objects' ids (a
+        # code object's hash is not cached; the dict keeps each alive, so no id is reused):
+        # a frame of one is a compiled driver's call, whose site ``native_resolver`` gives.
+        self.native_bridges: dict[int, object] = {}
         # Called once, as the first site numbered BYTE_SITES or more is made (before anyone
         # can record it): the Windows 7 pools' site maps then go from a byte a unit to two.
         self._outgrew_a_byte: list = []
@@ -172,6 +176,8 @@ class CallSites:
         the first frame that is not; only such frames' sites are cached, since a routine's
         frame can be called from anywhere.
         """
+        if id(frame.f_code) in self.native_bridges:  # a compiled driver's call, straight to ntpool
+            return self.native_resolver()
         key = site_key(frame)
         site = self.index.get(key)
         if site is not None:

@@ -73,7 +73,12 @@ class PhysicalMemory:
             raise ValueError(f"physical memory of {size_bytes} bytes is too small (16 pages minimum)")
         self.frame_count = size_bytes // PAGE_SIZE
         self.size = self.frame_count * PAGE_SIZE
-        self.buffer = mmap.mmap(-1, self.size)
+        # Private: a page the machine never touched stays the host's zero page, never
+        # faulted in, and reads as zeros (the crash dump writer leaves such pages as holes:
+        # ``ntpool.dump.writer``); a forked process gets its own copy of what was written.
+        self.private_mapping = hasattr(mmap, "MAP_PRIVATE")
+        self.buffer = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE) if self.private_mapping \
+            else mmap.mmap(-1, self.size)
         # The same bytes as an array of QWORDs (qwords[pa >> 3] is the 8 bytes at an 8-aligned
         # pa): one index reads or writes an aligned pointer or a POOL_HEADER's first 8 bytes,
         # about half what a Struct's unpack_from / pack_into costs. The view is in the host's

@@ -132,6 +132,7 @@ def compile_handler(machine, entry):
     exec(compile(source, filename, "exec"), namespace)
     handler = namespace["handler"]
     handler.__name__ = entry.name
+    kernel.call_sites.native_bridges[id(handler.__code__)] = handler.__code__
     return handler
 
 
