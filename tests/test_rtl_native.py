@@ -261,3 +261,20 @@ def test_records_left_in_the_table_at_unload_are_the_drivers_leak():
     k.unload_driver(driver)
     row = {r.TagUlong: r for r in k.pool.tracker.snapshot()}[RECORD_TAG]
     assert row.PagedAllocs - row.PagedFrees == 5
+
+
+def test_ids_in_a_splay_table_through_the_bridge():
+    k, driver = loaded()
+    table = driver.call("IdsInit")
+    assert [driver.call("IdsAdd", n) for n in (40, 10, 30, 10, 20)] == [1, 1, 1, 0, 1]
+    assert driver.call("RecordFacts") >> 32 == 0x28 + 4  # RTL_SPLAY_LINKS + LIST_ENTRY + a ULONG
+    assert driver.call("IdsHas", 30) == 1 and driver.call("IdsHas", 31) == 0
+    assert [driver.call("IdsAt", i) for i in range(5)] == [40, 10, 30, 20, 0xFFFFFFFF]
+    out = k.ExAllocatePoolWithTag(0, 32, "Ids ")
+    assert driver.call("IdsSorted", out, 8) == 4
+    assert struct.unpack("<4I", k.read(out, 16)) == (10, 20, 30, 40)
+    assert driver.call("IdsRemove", 10) == 1 and driver.call("IdsRemove", 10) == 0
+    assert [driver.call("IdsAt", i) for i in range(3)] == [40, 30, 20]
+    assert int.from_bytes(k.read(table + 0x24, 4), "little") == 3  # NumberGenericTableElements
+    row = {r.TagUlong: r for r in k.pool.tracker.snapshot()}[RECORD_TAG]
+    assert (row.PagedAllocs, row.PagedFrees) == (4, 1)

@@ -68,8 +68,10 @@ from .routines.registry import routine
 from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lookaside_routines_directly
 from .routines.rtl import RtlRoutines
 from .routines.ps_notify import NotifyRoutines
+from .routines.ps_threads import ThreadRoutines
 from .routines.rtl_bitmap import BitmapRoutines
 from .routines.rtl_printf import PrintfRoutines
+from .routines.rtl_splay import SplayTableRoutines
 from .routines.rtl_tables import GenericTableRoutines
 from .routines.rtl_time import TimeRoutines
 from .routines.rundown import RundownRoutines
@@ -123,8 +125,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
              RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
-             NotifyRoutines,
-             BitmapRoutines, TimeRoutines, PrintfRoutines, GenericTableRoutines):
+             NotifyRoutines, ThreadRoutines,
+             BitmapRoutines, TimeRoutines, PrintfRoutines, GenericTableRoutines,
+             SplayTableRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.
@@ -277,6 +280,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_sysinfo()
         self._init_rundown()
         self._init_notify()
+        self._init_threads()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

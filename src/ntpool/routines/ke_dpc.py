@@ -93,6 +93,7 @@ class DeferredRoutines:
         self.deferred_log: list[tuple[str, int]] = []  # ("dpc" | "work item", routine), in order run
         self.deferred_queued = 0  # DPCs and work items queued: a free's checks look only when some are
         self._timer_dpcs: set[int] = set()  # queued DPCs the clock queued for a timer
+        self.ready_threads: list = []  # system threads created and not yet run (ps_threads)
 
     # --- DPCs ----------------------------------------------------------------------------------
 
@@ -312,7 +313,8 @@ class DeferredRoutines:
         return any(item in queue for queue in self.work_queues.values())
 
     def work_items_pending(self) -> int:
-        return sum(len(queue) for queue in self.work_queues.values())
+        """Work items queued, and system threads waiting for their first turn."""
+        return sum(len(queue) for queue in self.work_queues.values()) + len(self.ready_threads)
 
     def run_work_items(self, io_only: bool = False) -> int:
         """What the system worker threads do when they get the processor: run every queued
@@ -333,8 +335,11 @@ class DeferredRoutines:
             while not self.halted:
                 item = self._next_work_item(io_only)
                 if item is None:
-                    break
-                self._run_work_item(item)
+                    if io_only or not self.ready_threads:
+                        break
+                    self.run_ready_thread()  # then the system threads, in the order created
+                else:
+                    self._run_work_item(item)
                 ran += 1
         finally:
             self._running_work_items = False

@@ -707,7 +707,8 @@ class SyncRoutines:
 
     @routine("HANDLE PsGetCurrentThreadId(VOID)")
     def PsGetCurrentThreadId(self) -> int:
-        return 8
+        """The current thread's Cid.UniqueThread (the one thread's is 8)."""
+        return self._get64(self.current_thread + 0x3B8 + 8)
 
     @routine("PEPROCESS IoGetCurrentProcess(VOID)")
     def IoGetCurrentProcess(self) -> int:

@@ -260,3 +260,58 @@ __declspec(dllexport) VOID RecordsClear(VOID) {
     while ((record = RtlGetElementGenericTableAvl(&Records, 0)) != NULL)
         RtlDeleteElementGenericTableAvl(&Records, record);
 }
+
+/* --- the splay-tree form: ids in a RTL_GENERIC_TABLE, nodes under the same tag --- */
+
+static RTL_GENERIC_TABLE Ids;
+
+static RTL_GENERIC_COMPARE_RESULTS NTAPI CompareIds(PRTL_GENERIC_TABLE Table, PVOID First, PVOID Second) {
+    ULONG a = *(PULONG)First, b = *(PULONG)Second;
+    (void)Table;
+    return a < b ? GenericLessThan : a > b ? GenericGreaterThan : GenericEqual;
+}
+
+static PVOID NTAPI AllocateId(PRTL_GENERIC_TABLE Table, CLONG ByteSize) {
+    (void)Table;
+    LastAllocationSize = ByteSize;
+    return ExAllocatePoolWithTag(PagedPool, ByteSize, RECORD_TAG);
+}
+
+static VOID NTAPI FreeId(PRTL_GENERIC_TABLE Table, PVOID Buffer) {
+    (void)Table;
+    ExFreePoolWithTag(Buffer, RECORD_TAG);
+}
+
+__declspec(dllexport) PRTL_GENERIC_TABLE IdsInit(VOID) {
+    RtlInitializeGenericTable(&Ids, CompareIds, AllocateId, FreeId, NULL);
+    return &Ids;
+}
+
+/* 1 if the id was new, 0 if it was there, ~0 if the allocation failed. */
+__declspec(dllexport) ULONG IdsAdd(ULONG Id) {
+    BOOLEAN added = FALSE;
+    return RtlInsertElementGenericTable(&Ids, &Id, sizeof(Id), &added) ? added : ~0u;
+}
+
+/* 1 if the id is there (it is then the root, splayed there), else 0. */
+__declspec(dllexport) ULONG IdsHas(ULONG Id) {
+    PULONG found = RtlLookupElementGenericTable(&Ids, &Id);
+    return found != NULL && (PVOID)Ids.TableRoot == (PVOID)((PUCHAR)found - 0x28);
+}
+
+__declspec(dllexport) BOOLEAN IdsRemove(ULONG Id) { return RtlDeleteElementGenericTable(&Ids, &Id); }
+
+/* The I-th id in insertion order (~0 past the end). */
+__declspec(dllexport) ULONG IdsAt(ULONG I) {
+    PULONG id = RtlGetElementGenericTable(&Ids, I);
+    return id ? *id : ~0u;
+}
+
+/* The ids in order into Out; how many. */
+__declspec(dllexport) ULONG IdsSorted(PULONG Out, ULONG Max) {
+    ULONG n = 0;
+    PULONG id;
+    for (id = RtlEnumerateGenericTable(&Ids, TRUE); id != NULL; id = RtlEnumerateGenericTable(&Ids, FALSE))
+        if (n < Max) Out[n++] = *id; else n++;
+    return n == RtlNumberGenericTableElements(&Ids) ? n : ~0u;
+}

@@ -572,4 +572,11 @@ NTSYSAPI NTSTATUS NTAPI CmUnRegisterCallback(LARGE_INTEGER Cookie);
 NTSYSAPI NTSTATUS NTAPI ObRegisterCallbacks(POB_CALLBACK_REGISTRATION CallbackRegistration,
                                            PVOID *RegistrationHandle);
 NTSYSAPI VOID NTAPI ObUnRegisterCallbacks(PVOID RegistrationHandle);
+typedef VOID (NTAPI *PKSTART_ROUTINE)(PVOID StartContext);
+#define SYNCHRONIZE 0x00100000L
+NTSYSAPI NTSTATUS NTAPI PsCreateSystemThread(PHANDLE ThreadHandle, ULONG DesiredAccess,
+        PVOID ObjectAttributes, HANDLE ProcessHandle, CLIENT_ID *ClientId, PKSTART_ROUTINE StartRoutine,
+        PVOID StartContext);
+NTSYSAPI NTSTATUS NTAPI PsTerminateSystemThread(NTSTATUS ExitStatus);
+NTSYSAPI NTSTATUS NTAPI ZwClose(HANDLE Handle);
 #endif
