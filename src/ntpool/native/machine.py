@@ -647,8 +647,12 @@ class NativeMachine:
                 machine.call_number = number
                 pack(mem, returned, (handlers[number](rcx, rdx, r8, r9, rsp) or 0) & mask)
             except BaseException as error:  # noqa: BLE001 - carried out of the C callback
-                # This call's, not a nested one's (a work item that ran during its wait).
-                machine.call_number, machine.call_rsp = number, rsp
+                # This call's, not a nested one's (a work item that ran during its wait);
+                # none yet if the error (Ctrl-C) came before the call block was read.
+                try:
+                    machine.call_number, machine.call_rsp = number, rsp
+                except NameError:
+                    pass
                 if isinstance(error, IndexError) and machine.call_number >= len(handlers):
                     # A number no stub wrote (native code's own store into the call block,
                     # then a syscall of its own): a stray syscall, as the number 0 is.
