@@ -459,3 +459,45 @@ def test_a_request_left_pending_is_finished_when_the_driver_completes_it(k):
         assert result.completed and result.output == b"done!" and "Irp " not in tags_in_use(k)
     unload(k, wdm)
     assert tags_in_use(k) == {}
+
+
+@pytest.mark.parametrize("stack_size", [1, 2, 8, 9])
+def test_ioinitializeirp_zeroes_the_packet_and_sets_its_fields(k, stack_size):
+    """Every byte of the packet: the fields IoInitializeIrp sets, zeros elsewhere (whatever
+    the memory held); IoAllocateIrp adds its AllocationFlags."""
+    size = L.io_size_of_irp(stack_size)
+    irp = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, size + 16, "Pkt ")
+    k.write(irp, b"\xAA" * (size + 16))
+    k.IoInitializeIrp(irp, size, stack_size)
+    expected = bytearray(size)
+    expected[L.IRP.Type:L.IRP.Type + 2] = L.IO_TYPE_IRP.to_bytes(2, "little")
+    expected[L.IRP.Size:L.IRP.Size + 2] = size.to_bytes(2, "little")
+    expected[L.IRP.StackCount] = stack_size
+    expected[L.IRP.CurrentLocation] = stack_size + 1
+    entry = (irp + L.IRP.ThreadListEntry).to_bytes(8, "little")
+    expected[L.IRP.ThreadListEntry:L.IRP.ThreadListEntry + 16] = entry + entry
+    stack = irp + L.IRP.SIZE + stack_size * L.IO_STACK_LOCATION.SIZE
+    expected[L.IRP.CurrentStackLocation:L.IRP.CurrentStackLocation + 8] = stack.to_bytes(8, "little")
+    assert k.read(irp, size + 16) == bytes(expected) + b"\xAA" * 16
+    allocated = k.IoAllocateIrp(stack_size, False)
+    assert k.read(allocated + L.IRP.AllocationFlags, 1)[0] == L.IRP_ALLOCATED_FIXED_SIZE
+    assert k.read(allocated, 4) == bytes(expected[:4])  # its Type and Size
+    assert k.read(allocated + L.IRP.StackCount, 2) == bytes([stack_size, stack_size + 1])
+    k.IoFreeIrp(allocated)
+    k.ExFreePoolWithTag(irp, "Pkt ")
+
+
+def test_ioallocatemdl_writes_the_whole_header(k):
+    buffer = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 9000, "Data")
+    va, length = buffer + 100, 5000
+    mdl = k.IoAllocateMdl(va, length, False, False, 0)
+    pages = ((va & 0xFFF) + length + 0xFFF) >> 12
+    expected = bytearray(L.MDL.SIZE)
+    expected[L.MDL.Size:L.MDL.Size + 2] = (L.MDL.SIZE + 8 * pages).to_bytes(2, "little")
+    expected[L.MDL.MdlFlags:L.MDL.MdlFlags + 2] = L.MDL_ALLOCATED_FIXED_SIZE.to_bytes(2, "little")
+    expected[L.MDL.StartVa:L.MDL.StartVa + 8] = (va & ~0xFFF).to_bytes(8, "little")
+    expected[L.MDL.ByteCount:L.MDL.ByteCount + 4] = length.to_bytes(4, "little")
+    expected[L.MDL.ByteOffset:L.MDL.ByteOffset + 4] = (va & 0xFFF).to_bytes(4, "little")
+    assert k.read(mdl, L.MDL.SIZE) == bytes(expected)
+    k.IoFreeMdl(mdl)
+    k.ExFreePoolWithTag(buffer, "Data")

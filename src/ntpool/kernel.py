@@ -70,6 +70,11 @@ from .routines.rtl import RtlRoutines
 from .routines.ps_notify import NotifyRoutines
 from .routines.ps_threads import ThreadRoutines
 from .routines.io_build import IrpBuilderRoutines
+from .routines.rtl_bitmap import BitmapRoutines
+from .routines.rtl_printf import PrintfRoutines
+from .routines.rtl_splay import SplayTableRoutines
+from .routines.rtl_tables import GenericTableRoutines
+from .routines.rtl_time import TimeRoutines
 from .routines.rundown import RundownRoutines
 from .windows import windows_version
 
@@ -121,7 +126,9 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
              RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
-             NotifyRoutines, ThreadRoutines, IrpBuilderRoutines):
+             NotifyRoutines, ThreadRoutines, IrpBuilderRoutines,
+             BitmapRoutines, TimeRoutines, PrintfRoutines, GenericTableRoutines,
+             SplayTableRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
 
     ``k.verifier`` is Driver Verifier: ``k.verifier.enable("driver.sys", special_pool=True)``.

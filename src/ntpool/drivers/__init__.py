@@ -138,7 +138,10 @@ class CallSites:
         self._by_identity: dict = {}
         self.code_owner: dict = {}  # code object -> LoadedDriver
         self.drivers: list[LoadedDriver | None] = [None]
-        self._machinery: dict = {}  # code object -> whether it is ntpool's own
+        # id(code) -> (code, whether it is ntpool's own machinery and no driver's): by id, as
+        # the index is (a code object's hash is not cached), the code kept so that no other
+        # takes its id; made again when a driver loads or unloads (``_forget_resolved``).
+        self._machinery: dict = {}
         # Set by the native CPU: the site of the compiled code ntpool is answering for, asked
         # for when the first frame outside the machinery is the native call bridge's.
         self.native_resolver = None
@@ -194,11 +197,11 @@ class CallSites:
         return self._resolve(frame, key)
 
     def _is_machinery(self, code) -> bool:
-        known = self._machinery.get(code)
+        known = self._machinery.get(id(code))
         if known is None:
-            known = is_machinery_file(code.co_filename)
-            self._machinery[code] = known
-        return known and code not in self.code_owner
+            known = self._machinery[id(code)] = \
+                (code, is_machinery_file(code.co_filename) and code not in self.code_owner)
+        return known[1]
 
     def _resolve(self, frame, key) -> int:
         owner = self._owner_of(frame)
@@ -265,6 +268,7 @@ class CallSites:
         # Cleared in place: the allocator's fast path holds this very dict.
         self.index.clear()
         self._indexed_codes.clear()
+        self._machinery.clear()  # a driver's code is not machinery, whatever its file
         for listener in self._index_cleared:
             listener()
 

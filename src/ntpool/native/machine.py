@@ -647,11 +647,10 @@ class NativeMachine:
                 machine.call_number = number
                 pack(mem, returned, (handlers[number](rcx, rdx, r8, r9, rsp) or 0) & mask)
             except BaseException as error:  # noqa: BLE001 - carried out of the C callback
-                # This call's, not a nested one's (a work item that ran during its wait);
-                # none yet if the error (Ctrl-C) came before the call block was read.
+                # This call's, not a nested one's (a work item that ran during its wait).
                 try:
                     machine.call_number, machine.call_rsp = number, rsp
-                except NameError:
+                except NameError:  # a Ctrl-C before the block was read: the last call's stand
                     pass
                 if isinstance(error, IndexError) and machine.call_number >= len(handlers):
                     # A number no stub wrote (native code's own store into the call block,

@@ -1,8 +1,8 @@
 """Routines whose native calls need the guest's memory beyond what a C prototype says.
 
-- Variadic routines (DbgPrint, DbgPrintEx, vDbgPrintEx, _snprintf, _snwprintf, ...): the
-  format is read from guest memory and its arguments from the registers and the stack,
-  as the x64 convention passes them.
+- Variadic routines (DbgPrint, DbgPrintEx, vDbgPrintEx; the printf family, declared in the
+  registry by routines.rtl_printf): the format is read from guest memory and its arguments
+  from the registers and the stack, as the x64 convention passes them, or from a va_list.
 - ``__C_specific_handler``: drivers import it for their ``__try`` blocks, but on x64 only
   the exception dispatcher calls it, and ntpool's dispatcher (``seh``) reads the scope
   tables itself; a direct call is reported.
@@ -12,16 +12,14 @@ DbgPrint output goes to the kernel's debugger log (``k.debug_output``, with obse
 such as the command line, which prints it as it comes).
 """
 
-import re
 import struct
 from types import SimpleNamespace
 
 from ..constants import BadPoolCaller, BugCheckCode
 from ..errors import NtStatusError
-from ..routines.runtime import MAX_STRING, read_c_string
+from ..routines.rtl_printf import VaList, format_c, format_text, print_into, read_cstring
 
 _Q = struct.Struct("<Q")
-_FORMAT = re.compile(rb"%([-+ #0]*)(\*|\d+)?(?:\.(\*|\d+))?(hh|h|ll|l|w|I64|I32|I|z|j|t|L)?([a-zA-Z%])")
 DPFLTR_ERROR_LEVEL = 0
 # DbgPrintEx shows a message when its level is ERROR (0) or when the component's mask
 # allows it; Windows' default mask shows only errors. ntpool shows every level, marked.
@@ -44,115 +42,6 @@ class Arguments:
         return self.machine.read_q(self.rsp + 0x28 + 8 * (index - 4))
 
 
-class VaList:
-    """A va_list: a pointer to consecutive 8-byte slots."""
-
-    def __init__(self, machine, address):
-        self.machine = machine
-        self.address = address
-
-    def next(self) -> int:
-        value = self.machine.read_q(self.address)
-        self.address += 8
-        return value
-
-
-def read_cstring(kernel, address: int, limit: int = MAX_STRING) -> bytes:
-    """A %s argument's bytes: "(null)" for NULL, as the kernel's CRT prints it."""
-    if not address:
-        return b"(null)"
-    return read_c_string(kernel, address, limit)
-
-
-def read_wstring(kernel, address: int, limit: int = MAX_STRING) -> str:
-    if not address:
-        return "(null)"
-    out = bytearray()
-    while len(out) < limit:
-        pair = kernel.read(address + len(out), 2)
-        if pair == b"\0\0":
-            break
-        out += pair
-    return out.decode("utf-16-le", "replace")
-
-
-def read_unicode_string(kernel, address: int) -> str:
-    if not address:
-        return "(null)"
-    length, _, buffer = struct.unpack("<HHxxxxQ", kernel.read(address, 16))
-    if not buffer:
-        return "(null)"
-    return kernel.read(buffer, length & ~1).decode("utf-16-le", "replace")
-
-
-def format_c(kernel, fmt: bytes, args, wide: bool = False) -> str:
-    """printf as the kernel's CRT does it (%s narrow / %S wide in a narrow format, the
-    reverse in a wide one; %wZ a UNICODE_STRING; %Z an ANSI_STRING)."""
-    out = []
-    position = 0
-    text = fmt
-    for match in _FORMAT.finditer(text):
-        out.append(text[position:match.start()].decode("latin-1"))
-        position = match.end()
-        flags, width, precision, size, conversion = match.groups()
-        flags = (flags or b"").decode()
-        conv = conversion.decode()
-        if conv == "%":
-            out.append("%")
-            continue
-        if width == b"*":
-            width = str(_signed(args.next(), 4)).encode()
-        if precision == b"*":
-            precision = str(_signed(args.next(), 4)).encode()
-        spec = "%" + flags + (width.decode() if width else "") + \
-            ("." + precision.decode() if precision is not None else "")
-        value = args.next()
-        size = (size or b"").decode()
-        if conv == "Z" and size == "w":
-            piece = read_unicode_string(kernel, value)
-            out.append((spec + "s") % piece)
-            continue
-        if conv == "Z":
-            length, _, buffer = struct.unpack("<HHxxxxQ", kernel.read(value, 16)) if value else (0, 0, 0)
-            out.append((spec + "s") % (kernel.read(buffer, length).decode("latin-1") if buffer else "(null)"))
-            continue
-        if conv in "sS":
-            narrow = (conv == "s") != wide
-            if size in ("w", "l"):
-                narrow = False
-            elif size == "h":
-                narrow = True
-            piece = read_cstring(kernel, value).decode("latin-1") if narrow else read_wstring(kernel, value)
-            out.append((spec + "s") % piece)
-            continue
-        if conv in "cC":
-            out.append(chr(value & (0xFF if (conv == "c") != wide else 0xFFFF)))
-            continue
-        if conv == "p":
-            out.append(f"{value:016X}")
-            continue
-        if conv in "diuxXo":
-            bits = 64 if size in ("ll", "I64", "I", "z", "j", "t", "L") else 16 if size == "h" else \
-                8 if size == "hh" else 32
-            value &= (1 << bits) - 1
-            if conv in "di":
-                value = _signed(value, bits // 8)
-            out.append((spec + ("d" if conv in "diu" else conv)) % value)
-            continue
-        if conv in "eEfgG":
-            out.append((spec + conv) % struct.unpack("<d", _Q.pack(value))[0])
-            continue
-        out.append(match.group(0).decode("latin-1"))
-    out.append(text[position:].decode("latin-1"))
-    return "".join(out)
-
-
-def _signed(value: int, size: int) -> int:
-    bits = size * 8
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
-
-
 # --- handlers (factories taking the NativeMachine) ----------------------------------------------
 
 def _dbg_print(machine):
@@ -160,7 +49,7 @@ def _dbg_print(machine):
 
     def handler(rcx, rdx, r8, r9, rsp):
         args = Arguments(machine, (rcx, rdx, r8, r9), rsp, 1)
-        kernel.DbgPrint(format_c(kernel, read_cstring(kernel, rcx), args))
+        kernel.DbgPrint(format_c(kernel, read_cstring(kernel, rcx).decode("latin-1"), args))
         return 0
 
     return handler
@@ -172,7 +61,7 @@ def _dbg_print_ex(machine):
     def handler(rcx, rdx, r8, r9, rsp):
         args = Arguments(machine, (rcx, rdx, r8, r9), rsp, 3)
         kernel.DbgPrintEx(rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF,
-                          format_c(kernel, read_cstring(kernel, r8), args))
+                          format_c(kernel, read_cstring(kernel, r8).decode("latin-1"), args))
         return 0
 
     return handler
@@ -183,41 +72,28 @@ def _vdbg_print_ex(machine):
 
     def handler(rcx, rdx, r8, r9, rsp):
         kernel.DbgPrintEx(rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF,
-                          format_c(kernel, read_cstring(kernel, r8), VaList(machine, r9)))
+                          format_c(kernel, read_cstring(kernel, r8).decode("latin-1"),
+                                   VaList(kernel, r9)))
         return 0
 
     return handler
 
 
-def _snprintf(wide: bool, counted: bool, va: bool = False):
+def _printf(wide: bool, counted: bool, va: bool = False):
+    """The printf family's handler (routines.rtl_printf): the arguments after the format from
+    the registers and the stack, or from the va_list the caller passes."""
     def factory(machine):
         kernel = machine.kernel
 
         def handler(rcx, rdx, r8, r9, rsp):
             registers = (rcx, rdx, r8, r9)
-            buffer = rcx
             if counted:
-                count, fmt_address = rdx, r8
-                args = VaList(machine, r9) if va else Arguments(machine, registers, rsp, 3)
+                count, fmt = rdx, r8
+                args = VaList(kernel, r9) if va else Arguments(machine, registers, rsp, 3)
             else:
-                count, fmt_address = None, rdx
-                args = VaList(machine, r8) if va else Arguments(machine, registers, rsp, 2)
-            fmt = (read_wstring(kernel, fmt_address).encode("utf-16-le").decode("utf-16-le")
-                   .encode("latin-1", "replace") if wide else read_cstring(kernel, fmt_address))
-            text = format_c(kernel, fmt, args, wide)
-            data = text.encode("utf-16-le", "replace") if wide else text.encode("latin-1", "replace")
-            unit = 2 if wide else 1
-            length = len(data) // unit
-            if count is None:
-                kernel.write(buffer, data + b"\0" * unit)
-                return length
-            count &= 0xFFFFFFFFFFFFFFFF
-            if length < count:
-                kernel.write(buffer, data + b"\0" * unit)
-                return length
-            if count:
-                kernel.write(buffer, data[:count * unit])  # no terminator, as MSVC's CRT
-            return 0xFFFFFFFF  # -1 as an int: it did not fit
+                count, fmt = None, rdx
+                args = VaList(kernel, r8) if va else Arguments(machine, registers, rsp, 2)
+            return print_into(kernel, rcx, count, format_text(kernel, fmt, wide), args, wide) & 0xFFFFFFFF
 
         return handler
 
@@ -356,12 +232,6 @@ NATIVE_ONLY = {
     "DbgPrint": ("ntoskrnl.exe", _dbg_print),
     "DbgPrintEx": ("ntoskrnl.exe", _dbg_print_ex),
     "vDbgPrintEx": ("ntoskrnl.exe", _vdbg_print_ex),
-    "_snprintf": ("ntoskrnl.exe", _snprintf(False, True)),
-    "_snwprintf": ("ntoskrnl.exe", _snprintf(True, True)),
-    "_vsnprintf": ("ntoskrnl.exe", _snprintf(False, True, va=True)),
-    "_vsnwprintf": ("ntoskrnl.exe", _snprintf(True, True, va=True)),
-    "sprintf": ("ntoskrnl.exe", _snprintf(False, False)),
-    "swprintf": ("ntoskrnl.exe", _snprintf(True, False)),
     "__C_specific_handler": ("ntoskrnl.exe", _c_specific_handler),
 }
 
@@ -373,4 +243,11 @@ NATIVE_OVERRIDES = {
     "ExAllocatePool3": _ex_allocate_pool3,
     "ExFreePool2": _ex_free_pool2,
     "NdisFreeMemory": _ndis_free_memory,
+    "_snprintf": _printf(False, True),
+    "_snwprintf": _printf(True, True),
+    "_vsnprintf": _printf(False, True, va=True),
+    "_vsnwprintf": _printf(True, True, va=True),
+    "sprintf": _printf(False, False),
+    "swprintf": _printf(True, False),
+    "vsprintf": _printf(False, False, va=True),
 }

@@ -19,6 +19,7 @@ IopInvalidDeviceRequest), or native code through the native bridge's ``native_ca
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,6 +40,16 @@ from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import layouts as L
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
 from .registry import register_type, routine
+
+# What IoInitializeIrp writes of an IRP (its Type and Size; ThreadListEntry's links; the
+# StackCount, CurrentLocation, ApcEnvironment and AllocationFlags bytes; the current stack
+# location) and an MDL's whole header (MmInitializeMdl): packed at their layouts' offsets.
+_IRP_FIRST = struct.Struct("<HH")
+_IRP_LINKS = struct.Struct("<QQ")
+_IRP_COUNTS = struct.Struct("<BBxxBB")
+_IRP_POINTER = struct.Struct("<Q")
+_MDL_HEADER = struct.Struct("<QHH4xQQQII")
+assert _MDL_HEADER.size == L.MDL.SIZE and _IRP_COUNTS.size == L.IRP.AllocationFlags - L.IRP.StackCount + 1
 
 STATUS_PENDING = 0x00000103
 STATUS_MORE_PROCESSING_REQUIRED = 0xC0000016
@@ -576,13 +587,28 @@ class IoRoutines:
         irp = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_IRP)
         if not irp:
             return 0
-        self.IoInitializeIrp(irp, L.io_size_of_irp(StackSize), StackSize)
-        self._put8(irp + L.IRP.AllocationFlags, L.IRP_ALLOCATED_FIXED_SIZE
-                   | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0))
+        self._prepare_irp(irp, L.io_size_of_irp(StackSize), StackSize,
+                             L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0))
         return irp
 
     @routine("VOID IoInitializeIrp(PIRP Irp, USHORT PacketSize, CCHAR StackSize)")
     def IoInitializeIrp(self, Irp, PacketSize, StackSize) -> None:
+        self._prepare_irp(Irp, PacketSize, StackSize)
+
+    def _prepare_irp(self, Irp, PacketSize, StackSize, allocation_flags: int = 0) -> None:
+        """IoInitializeIrp, and the AllocationFlags IoAllocateIrp sets: a packet that holds
+        the IRP's fields is made here and written at once."""
+        if type(PacketSize) is int and L.IRP.SIZE <= PacketSize <= 0xFFFF and type(StackSize) is int:
+            packet = bytearray(PacketSize)
+            entry = Irp + L.IRP.ThreadListEntry
+            _IRP_FIRST.pack_into(packet, 0, L.IO_TYPE_IRP, PacketSize)
+            _IRP_LINKS.pack_into(packet, L.IRP.ThreadListEntry, entry, entry)
+            _IRP_COUNTS.pack_into(packet, L.IRP.StackCount, StackSize & 0xFF, StackSize + 1 & 0xFF, 0,
+                                  allocation_flags & 0xFF)
+            _IRP_POINTER.pack_into(packet, L.IRP.CurrentStackLocation,
+                                   Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE & 0xFFFFFFFFFFFFFFFF)
+            self.write(Irp, packet)
+            return
         self.write(Irp, bytes(PacketSize))
         self._put16(Irp + L.IRP.Type, L.IO_TYPE_IRP)
         self._put16(Irp + L.IRP.Size, PacketSize)
@@ -594,6 +620,8 @@ class IoRoutines:
         self._put64(entry + 8, entry)
         self._put64(Irp + L.IRP.CurrentStackLocation,
                     Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE)
+        if allocation_flags:
+            self._put8(Irp + L.IRP.AllocationFlags, allocation_flags)
 
     @routine("VOID IoFreeIrp(PIRP Irp)")
     def IoFreeIrp(self, Irp) -> None:
@@ -709,8 +737,7 @@ class IoRoutines:
         mdl = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_MDL)
         if not mdl:
             return 0
-        self._mm_initialize_mdl(mdl, VirtualAddress, Length, size)
-        self._put16(mdl + L.MDL.MdlFlags, L.MDL_ALLOCATED_FIXED_SIZE)
+        self._mm_initialize_mdl(mdl, VirtualAddress, Length, size, L.MDL_ALLOCATED_FIXED_SIZE)
         if Irp:
             if SecondaryBuffer:
                 link = Irp + L.IRP.MdlAddress
@@ -721,12 +748,10 @@ class IoRoutines:
                 self._put64(Irp + L.IRP.MdlAddress, mdl)
         return mdl
 
-    def _mm_initialize_mdl(self, mdl: int, va: int, length: int, size: int) -> None:
-        self.write(mdl, bytes(L.MDL.SIZE))
-        self._put16(mdl + L.MDL.Size, size)
-        self._put64(mdl + L.MDL.StartVa, va & ~(PAGE_SIZE - 1))
-        self._put32(mdl + L.MDL.ByteCount, length)
-        self._put32(mdl + L.MDL.ByteOffset, va & (PAGE_SIZE - 1))
+    def _mm_initialize_mdl(self, mdl: int, va: int, length: int, size: int, flags: int = 0) -> None:
+        """MmInitializeMdl (and the MdlFlags IoAllocateMdl sets): the header, written at once."""
+        self.write(mdl, _MDL_HEADER.pack(0, size & 0xFFFF, flags, 0, 0, va & ~(PAGE_SIZE - 1) & 0xFFFFFFFFFFFFFFFF,
+                                         length & 0xFFFFFFFF, va & (PAGE_SIZE - 1)))
 
     @routine("VOID IoFreeMdl(PMDL Mdl)")
     def IoFreeMdl(self, Mdl) -> None:

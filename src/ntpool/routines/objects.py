@@ -149,7 +149,12 @@ class ObjectRoutines:
     def _io_allocate(self, pool_type: int, size: int, tag: int, on_behalf: bool = True) -> int:
         """Pool the kernel allocates; ``on_behalf``: charged to the calling driver's site
         (what it must give back: an IRP, an MDL, a string), else the kernel's own."""
-        return self.pool.allocate_generic(pool_type, size, tag, site=None if on_behalf else 0)
+        if on_behalf:
+            # The allocation fast path, as a driver's ExAllocatePoolWithTag: its call-site
+            # lookup walks out of ntpool's frames to the driver's call (it takes the generic
+            # path itself when anything needs a check).
+            return self.pool.allocate(pool_type, size, tag)
+        return self.pool.allocate_generic(pool_type, size, tag, site=0)
 
     # --- objects ---------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Routine(NamedTuple):
     signature: str
     function: Callable
     ordinal: int | None = None
+    variadic: bool = False  # the prototype ends in "...": the method takes *Arguments
 
     @property
     def in_params(self) -> tuple[Param, ...]:
@@ -203,7 +204,8 @@ def _parse_param(text: str, where: str) -> Param:
 
 
 def parse_prototype(signature: str) -> tuple[str, CType, tuple[Param, ...]]:
-    """(name, return type, parameters) of a C prototype; RegistryError if it is not one."""
+    """(name, return type, parameters) of a C prototype; RegistryError if it is not one. A
+    variadic prototype's "..." is not a parameter (``is_variadic`` says it is there)."""
     match = _PROTOTYPE.match(signature)
     if match is None:
         raise RegistryError(f"not a C prototype: {signature!r}")
@@ -212,7 +214,10 @@ def parse_prototype(signature: str) -> tuple[str, CType, tuple[Param, ...]]:
     text = match["params"].strip()
     params: tuple[Param, ...] = ()
     if text and text != "VOID" and text != "void":
-        params = tuple(_parse_param(part, name) for part in text.split(","))
+        parts = text.split(",")
+        if parts[-1].strip() == "...":
+            parts.pop()
+        params = tuple(_parse_param(part, name) for part in parts)
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise RegistryError(f"{name}: a parameter name is repeated")
@@ -235,6 +240,10 @@ def _checked_module(module: str, name: str) -> str:
     return module
 
 
+def is_variadic(signature: str) -> bool:
+    return bool(re.search(r",\s*\.\.\.\s*\)\s*;?\s*$", signature))
+
+
 def routine(signature: str, module: str = "ntoskrnl.exe", ordinal: int | None = None):
     """Declare the decorated function as the routine ``signature`` describes."""
     name, returns, params = parse_prototype(signature)
@@ -242,7 +251,7 @@ def routine(signature: str, module: str = "ntoskrnl.exe", ordinal: int | None = 
 
     def declare(function: Callable) -> Callable:
         entry = Routine(name, module, returns, params, " ".join(signature.split()), function,
-                        ordinal)
+                        ordinal, is_variadic(signature))
         known = _ROUTINES.get(name)
         if known is not None and known.function is not function and \
                 (known.function.__module__, known.function.__qualname__) != \

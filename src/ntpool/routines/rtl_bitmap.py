@@ -1,0 +1,227 @@
+"""The run-time library's bitmaps (wdm.h): RTL_BITMAP and the routines that set, clear,
+test, count and search its bits.
+
+The RTL_BITMAP is the caller's, in the machine's memory (x64, 16 bytes: SizeOfBitMap, a
+ULONG, then Buffer, a PULONG at +8), and so are the bits: each routine reads the header and
+then the bytes its bits are in through ``k.read`` / ``k.write``, so a bitmap over freed or
+unmapped pool faults as a driver's own access would, and one whose SizeOfBitMap is larger
+than its buffer reads and writes past it, as Windows' free build does (it only ASSERTs that
+an index is in range). Bit n is bit n % 8 of byte n / 8 (the ULONGs are little-endian).
+
+The searches follow the documentation and NT's bitmap code for what is visible to a
+driver: a hint at or past the end searches from 0; a search that finds no run between the
+hint and the end searches again from bit 0, for a run that ends before HintIndex +
+NumberToFind; NumberToFind 0 answers the hint rounded down to a byte (the "zero-length"
+special case); 0xFFFFFFFF means no run.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .registry import register_type, routine
+
+register_type("RTL_BITMAP", 16)
+register_type("PRTL_BITMAP", 8, pointer=True, pointee="RTL_BITMAP")
+
+RTL_BITMAP = struct.Struct("<I4xQ")  # SizeOfBitMap, Buffer
+NO_INDEX = 0xFFFFFFFF
+ULONG_MASK = 0xFFFFFFFF
+
+
+def _ulong(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value & ULONG_MASK
+
+
+class BitmapRoutines:
+    # --- the header, and bytes of the bits -----------------------------------------------------
+
+    def _bitmap(self, header: int) -> tuple[int, int]:
+        """(SizeOfBitMap, Buffer) from the caller's RTL_BITMAP."""
+        return RTL_BITMAP.unpack(self.read(header, RTL_BITMAP.size))
+
+    def _bits(self, buffer: int, first: int, count: int) -> tuple[int, int]:
+        """The bytes holding bits [first, first + count) as one int, bit 0 the first byte's
+        bit 0, and the index of that byte's first bit."""
+        start_byte = first >> 3
+        end_byte = (first + count + 7) >> 3
+        data = self.read(buffer + start_byte, end_byte - start_byte)
+        return int.from_bytes(data, "little"), start_byte << 3
+
+    def _change_bits(self, header: int, first: int, count: int, value: bool) -> None:
+        if not count:
+            return
+        _, buffer = self._bitmap(header)
+        bits, base = self._bits(buffer, first, count)
+        mask = ((1 << count) - 1) << (first - base)
+        bits = bits | mask if value else bits & ~mask
+        self.write(buffer + (base >> 3), bits.to_bytes((first + count + 7 >> 3) - (base >> 3), "little"))
+
+    def _bit_text(self, buffer: int, first: int, count: int) -> str:
+        """Bits [first, first + count) as a str of "0" and "1", the first bit first."""
+        bits, base = self._bits(buffer, first, count)
+        width = (first + count + 7 & ~7) - base
+        return format(bits, f"0{width}b")[::-1][first - base:first - base + count]
+
+    def _run_in(self, buffer: int, count: int, low: int, high: int, want_set: bool) -> int:
+        """The first index of ``count`` bits all ``want_set`` inside [low, high]; NO_INDEX
+        if there is none."""
+        if high < low or high - low + 1 < count:
+            return NO_INDEX
+        found = self._bit_text(buffer, low, high - low + 1).find(("1" if want_set else "0") * count)
+        return NO_INDEX if found < 0 else low + found
+
+    def _find_run(self, header: int, count: int, hint: int, want_set: bool) -> int:
+        size, buffer = self._bitmap(header)
+        start = hint if hint < size else 0
+        if count == 0:
+            return start & ~7
+        if count > size:
+            return NO_INDEX
+        found = self._run_in(buffer, count, start, size - 1, want_set)
+        if found == NO_INDEX and start:
+            found = self._run_in(buffer, count, 0, min(hint + count, size) - 1, want_set)
+        return found
+
+    def _count_set(self, header: int) -> tuple[int, int]:
+        size, buffer = self._bitmap(header)
+        if not size:
+            return 0, 0
+        bits, _ = self._bits(buffer, 0, size)
+        return size, (bits & ((1 << size) - 1)).bit_count()
+
+    # --- the routines ------------------------------------------------------------------------
+
+    # The WDK says _Out_ PRTL_BITMAP: the header is the caller's structure, which the routine
+    # fills, so it is an in-parameter here (the registry's _Out_ is a value returned).
+    @routine("VOID RtlInitializeBitMap(PRTL_BITMAP BitMapHeader, _In_opt_ PULONG BitMapBuffer, "
+             "_In_opt_ ULONG SizeOfBitMap)")
+    def RtlInitializeBitMap(self, BitMapHeader, BitMapBuffer, SizeOfBitMap) -> None:
+        """Write the header (the bits are not touched)."""
+        if isinstance(BitMapBuffer, bool) or not isinstance(BitMapBuffer, int):
+            raise TypeError(f"BitMapBuffer must be an int address, got {type(BitMapBuffer).__name__}")
+        if not 0 <= BitMapBuffer < 1 << 64:
+            raise ValueError(f"BitMapBuffer {BitMapBuffer:#x} is no 64-bit address")
+        self.write(BitMapHeader, RTL_BITMAP.pack(_ulong("SizeOfBitMap", SizeOfBitMap), BitMapBuffer))
+
+    @routine("VOID RtlClearAllBits(_In_ PRTL_BITMAP BitMapHeader)")
+    def RtlClearAllBits(self, BitMapHeader) -> None:
+        size, buffer = self._bitmap(BitMapHeader)
+        self.write(buffer, bytes((size + 31) // 32 * 4))  # whole ULONGs
+
+    @routine("VOID RtlSetAllBits(_In_ PRTL_BITMAP BitMapHeader)")
+    def RtlSetAllBits(self, BitMapHeader) -> None:
+        size, buffer = self._bitmap(BitMapHeader)
+        self.write(buffer, b"\xff" * ((size + 31) // 32 * 4))
+
+    @routine("VOID RtlClearBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
+             "_In_ ULONG NumberToClear)")
+    def RtlClearBits(self, BitMapHeader, StartingIndex, NumberToClear) -> None:
+        self._change_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
+                          _ulong("NumberToClear", NumberToClear), False)
+
+    @routine("VOID RtlSetBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
+             "_In_ ULONG NumberToSet)")
+    def RtlSetBits(self, BitMapHeader, StartingIndex, NumberToSet) -> None:
+        self._change_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
+                          _ulong("NumberToSet", NumberToSet), True)
+
+    @routine("VOID RtlClearBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
+    def RtlClearBit(self, BitMapHeader, BitNumber) -> None:
+        self._change_bits(BitMapHeader, _ulong("BitNumber", BitNumber), 1, False)
+
+    @routine("VOID RtlSetBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
+    def RtlSetBit(self, BitMapHeader, BitNumber) -> None:
+        self._change_bits(BitMapHeader, _ulong("BitNumber", BitNumber), 1, True)
+
+    @routine("BOOLEAN RtlTestBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
+    def RtlTestBit(self, BitMapHeader, BitNumber) -> int:
+        number = _ulong("BitNumber", BitNumber)
+        _, buffer = self._bitmap(BitMapHeader)
+        return self.read(buffer + (number >> 3), 1)[0] >> (number & 7) & 1
+
+    def _all_bits(self, header: int, first: int, length: int, want_set: bool) -> int:
+        size, buffer = self._bitmap(header)
+        if length == 0 or first + length > size:
+            return 0
+        bits, base = self._bits(buffer, first, length)
+        run = bits >> (first - base) & ((1 << length) - 1)
+        return int(run == ((1 << length) - 1 if want_set else 0))
+
+    @routine("BOOLEAN RtlAreBitsClear(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
+             "_In_ ULONG Length)")
+    def RtlAreBitsClear(self, BitMapHeader, StartingIndex, Length) -> int:
+        """TRUE if every bit of the range is clear; FALSE for an empty range or one that does
+        not end inside the bitmap."""
+        return self._all_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
+                              _ulong("Length", Length), False)
+
+    @routine("BOOLEAN RtlAreBitsSet(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
+             "_In_ ULONG Length)")
+    def RtlAreBitsSet(self, BitMapHeader, StartingIndex, Length) -> int:
+        return self._all_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
+                              _ulong("Length", Length), True)
+
+    @routine("ULONG RtlFindClearBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
+             "_In_ ULONG HintIndex)")
+    def RtlFindClearBits(self, BitMapHeader, NumberToFind, HintIndex) -> int:
+        return self._find_run(BitMapHeader, _ulong("NumberToFind", NumberToFind),
+                              _ulong("HintIndex", HintIndex), False)
+
+    @routine("ULONG RtlFindSetBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
+             "_In_ ULONG HintIndex)")
+    def RtlFindSetBits(self, BitMapHeader, NumberToFind, HintIndex) -> int:
+        return self._find_run(BitMapHeader, _ulong("NumberToFind", NumberToFind),
+                              _ulong("HintIndex", HintIndex), True)
+
+    @routine("ULONG RtlFindClearBitsAndSet(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
+             "_In_ ULONG HintIndex)")
+    def RtlFindClearBitsAndSet(self, BitMapHeader, NumberToFind, HintIndex) -> int:
+        count = _ulong("NumberToFind", NumberToFind)
+        found = self._find_run(BitMapHeader, count, _ulong("HintIndex", HintIndex), False)
+        if found != NO_INDEX:
+            self._change_bits(BitMapHeader, found, count, True)
+        return found
+
+    @routine("ULONG RtlFindSetBitsAndClear(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
+             "_In_ ULONG HintIndex)")
+    def RtlFindSetBitsAndClear(self, BitMapHeader, NumberToFind, HintIndex) -> int:
+        count = _ulong("NumberToFind", NumberToFind)
+        found = self._find_run(BitMapHeader, count, _ulong("HintIndex", HintIndex), True)
+        if found != NO_INDEX:
+            self._change_bits(BitMapHeader, found, count, False)
+        return found
+
+    @routine("ULONG RtlNumberOfSetBits(_In_ PRTL_BITMAP BitMapHeader)")
+    def RtlNumberOfSetBits(self, BitMapHeader) -> int:
+        return self._count_set(BitMapHeader)[1]
+
+    @routine("ULONG RtlNumberOfClearBits(_In_ PRTL_BITMAP BitMapHeader)")
+    def RtlNumberOfClearBits(self, BitMapHeader) -> int:
+        size, set_bits = self._count_set(BitMapHeader)
+        return size - set_bits
+
+    @routine("ULONG RtlFindFirstRunClear(_In_ PRTL_BITMAP BitMapHeader, _Out_ PULONG StartingIndex)")
+    def RtlFindFirstRunClear(self, BitMapHeader) -> tuple[int, int]:
+        """(the length of the first run of clear bits, its first index); (0, SizeOfBitMap)
+        when every bit is set (the index is then meaningless, as documented)."""
+        return self._first_run(BitMapHeader, 0)
+
+    @routine("ULONG RtlFindNextForwardRunClear(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG FromIndex, "
+             "_Out_ PULONG StartingRunIndex)")
+    def RtlFindNextForwardRunClear(self, BitMapHeader, FromIndex) -> tuple[int, int]:
+        """(the length of the first run of clear bits at or after FromIndex, its index)."""
+        return self._first_run(BitMapHeader, _ulong("FromIndex", FromIndex))
+
+    def _first_run(self, header: int, start: int) -> tuple[int, int]:
+        size, buffer = self._bitmap(header)
+        if start >= size:
+            return 0, size
+        text = self._bit_text(buffer, start, size - start)
+        first = text.find("0")
+        if first < 0:
+            return 0, size
+        end = text.find("1", first)
+        return (size - start if end < 0 else end) - first, start + first

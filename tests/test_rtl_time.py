@@ -1,0 +1,114 @@
+"""Time routines (routines/rtl_time.py) from Python drivers: TIME_FIELDS against Python's
+calendar, the invalid fields RtlTimeFieldsToTime refuses, local time (UTC), the tick count
+the shared page holds, RtlRandom's seed in the caller's memory."""
+
+import datetime
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ntpool
+from ntpool.constants import BugCheckCode
+from ntpool.errors import BugCheck
+from ntpool.routines.ke_sync import EPOCH_2024, KUSER_SHARED_DATA, KUSER_TICK_COUNT
+from ntpool.routines.rtl_time import MAXLONG, RANDOM_INCREMENT, RANDOM_MULTIPLIER
+
+EPOCH = datetime.datetime(1601, 1, 1)
+FIELDS = struct.Struct("<8h")
+LATEST = (1 << 63) - 1  # 30828-09-14 02:48:05.4775807
+
+
+@pytest.fixture
+def k():
+    return ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+
+
+def cells(k):
+    """(a LARGE_INTEGER cell, a TIME_FIELDS cell) in pool."""
+    return k.ExAllocatePoolWithTag(0, 8, "Time"), k.ExAllocatePoolWithTag(0, 16, "Time")
+
+
+def to_fields(k, value):
+    time, fields = cells(k)
+    k.write(time, struct.pack("<q", value))
+    k.RtlTimeToTimeFields(time, fields)
+    return FIELDS.unpack(k.read(fields, 16))
+
+
+def to_time(k, *fields):
+    time, cell = cells(k)
+    k.write(time, b"\xee" * 8)
+    k.write(cell, FIELDS.pack(*fields, 0))
+    ok = k.RtlTimeFieldsToTime(cell, time)
+    return ok, struct.unpack("<q", k.read(time, 8))[0]
+
+
+def test_the_machines_boot_time_is_monday_the_first_of_january_2024(k):
+    assert to_fields(k, EPOCH_2024) == (2024, 1, 1, 0, 0, 0, 0, 1)
+    assert to_fields(k, 0) == (1601, 1, 1, 0, 0, 0, 0, 1)  # 1601-01-01 was a Monday too
+    assert to_fields(k, LATEST) == (30828, 9, 14, 2, 48, 5, 477, 4)
+    assert to_time(k, 2024, 1, 1, 0, 0, 0, 0) == (1, EPOCH_2024)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.integers(0, 2650467743999999999))  # to 9999-12-31, Python's last year
+def test_fields_are_pythons_calendar_and_convert_back(value):
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    moment = EPOCH + datetime.timedelta(microseconds=value // 10)
+    fields = to_fields(k, value)
+    assert fields == (moment.year, moment.month, moment.day, moment.hour, moment.minute,
+                      moment.second, moment.microsecond // 1000, moment.isoweekday() % 7)
+    assert to_time(k, *fields[:7]) == (1, value - value % 10_000)
+
+
+@pytest.mark.parametrize("fields", [(2023, 2, 29, 0, 0, 0, 0), (2024, 13, 1, 0, 0, 0, 0),
+                                    (2024, 0, 1, 0, 0, 0, 0), (2024, 4, 31, 0, 0, 0, 0),
+                                    (1600, 12, 31, 23, 59, 59, 999), (2024, 1, 1, 24, 0, 0, 0),
+                                    (2024, 1, 1, 0, 60, 0, 0), (2024, 1, 1, 0, 0, 60, 0),
+                                    (2024, 1, 1, 0, 0, 0, 1000), (2024, 1, 1, 0, 0, 0, -1),
+                                    (30828, 9, 14, 2, 48, 5, 478)])
+def test_fields_out_of_range_are_false_and_leave_the_time_alone(k, fields):
+    assert to_time(k, *fields) == (0, struct.unpack("<q", b"\xee" * 8)[0])
+
+
+def test_leap_days_and_the_last_representable_millisecond(k):
+    assert to_time(k, 2000, 2, 29, 0, 0, 0, 0)[0] == 1
+    assert to_time(k, 1900, 2, 29, 0, 0, 0, 0)[0] == 0
+    assert to_time(k, 30828, 9, 14, 2, 48, 5, 477) == (1, LATEST - LATEST % 10_000)
+
+
+def test_local_time_is_system_time_in_utc(k):
+    time, _ = cells(k)
+    k.write(time, struct.pack("<q", EPOCH_2024 + 123))
+    assert k.ExSystemTimeToLocalTime(time) == EPOCH_2024 + 123
+    assert k.ExLocalTimeToSystemTime(time) == EPOCH_2024 + 123
+
+
+def test_the_tick_count_is_the_shared_pages(k):
+    assert k.KeQueryTickCount() == 0
+    k.advance_clock(10 * 10_000_000)
+    assert k.KeQueryTickCount() == 640  # 10 s of 15.625 ms ticks
+    assert int.from_bytes(k.read(KUSER_SHARED_DATA + KUSER_TICK_COUNT, 8), "little") == 640
+
+
+def test_random_updates_the_callers_seed(k):
+    seed = k.ExAllocatePoolWithTag(0, 4, "Seed")
+    k.write(seed, (12345).to_bytes(4, "little"))
+    expected = 12345
+    for routine in (k.RtlRandom, k.RtlRandomEx, k.RtlRandomEx):
+        expected = (RANDOM_MULTIPLIER * expected + RANDOM_INCREMENT) % MAXLONG
+        value = routine(seed)
+        assert value == expected < MAXLONG
+        assert int.from_bytes(k.read(seed, 4), "little") == expected
+
+
+def test_hostile_pointers_are_the_bug_check_of_the_access(k):
+    with pytest.raises(BugCheck) as caught:
+        k.RtlRandomEx(0)
+    assert caught.value.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    with pytest.raises(BugCheck) as caught:
+        k.RtlTimeToTimeFields(k.ExAllocatePoolWithTag(0, 8, "Time"), 0xFFFFF80FFFF00000)
+    assert caught.value.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
