@@ -69,6 +69,7 @@ from .routines.runtime import MINIMUM_LOOKASIDE_DEPTH, RuntimeRoutines, serve_lo
 from .routines.rtl import RtlRoutines
 from .routines.ps_notify import NotifyRoutines
 from .routines.ps_threads import ThreadRoutines
+from .routines.io_build import IrpBuilderRoutines
 from .routines.rtl_bitmap import BitmapRoutines
 from .routines.rtl_printf import PrintfRoutines
 from .routines.rtl_splay import SplayTableRoutines
@@ -125,7 +126,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
              ProcessRoutines, PagingRoutines, DriverRoutines, ObjectRoutines, IoRoutines,
              StringRoutines, RegistryRoutines, SecurityRoutines, SyncRoutines, DeferredRoutines,
              RuntimeRoutines, MmRoutines, SystemInformationRoutines, RundownRoutines,
-             NotifyRoutines, ThreadRoutines,
+             NotifyRoutines, ThreadRoutines, IrpBuilderRoutines,
              BitmapRoutines, TimeRoutines, PrintfRoutines, GenericTableRoutines,
              SplayTableRoutines):
     """A fresh simulated x64 Windows machine with nonpaged and paged pool.
@@ -281,6 +282,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         self._init_rundown()
         self._init_notify()
         self._init_threads()
+        self._init_irp_builders()
 
         # --- the layers on top (Driver Verifier, crash dumps) ------------------------------
         self.crash_dump = crash_dump

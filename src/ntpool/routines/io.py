@@ -630,6 +630,7 @@ class IoRoutines:
             self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                               detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
         self._put16(Irp + L.IRP.Type, 0)
+        self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
@@ -708,6 +709,9 @@ class IoRoutines:
                 upper_stack = stack + L.IO_STACK_LOCATION.SIZE
                 self._put8(upper_stack + L.IO_STACK_LOCATION.Control,
                            self.read(upper_stack + L.IO_STACK_LOCATION.Control, 1)[0] | L.SL_PENDING_RETURNED)
+        if Irp in self.built_irps:
+            self.complete_built_irp(Irp)  # a driver's own request (routines/io_build.py)
+            return
         request = self.io_requests.get(Irp)
         if request is not None:
             request["completed"] = True
