@@ -219,6 +219,25 @@ class IrqlRoutines:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
         old = self._raise_irql(_DISPATCH)
+        # The usual acquire, inline: the lock and the whole handle aligned on present pages,
+        # the lock free (NULL), nobody listening for memory writes. The same stores in the
+        # same order as the way below (``_take_queued_lock``, then OldIrql), as QWORDs.
+        tlb = self._tlb
+        lock_base = tlb.get(lock >> 12)
+        if lock_base is not None and type(LockHandle) is int and not (lock | LockHandle) & 7 \
+                and LockHandle & 0xFFF <= 0xFE8 and not self._writes_published:
+            handle_base = tlb.get(LockHandle >> 12)
+            if handle_base is not None and 0 < LockHandle:
+                words = self._words
+                lock_word = (lock_base + (lock & 0xFFF)) >> 3
+                if not words[lock_word]:
+                    handle_word = (handle_base + (LockHandle & 0xFFF)) >> 3
+                    words[handle_word] = 0  # LockQueue.Next
+                    words[handle_word + 1] = lock  # LockQueue.Lock
+                    words[lock_word] = LockHandle
+                    self._queued_lock_owners[lock] = (self.current_processor, LockHandle)
+                    self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] = old
+                    return
         self._take_queued_lock(lock, LockHandle)
         self.write(LockHandle + LOCK_QUEUE_OLD_IRQL, bytes([old]))
 
@@ -235,6 +254,22 @@ class IrqlRoutines:
     @routine("VOID KeReleaseInStackQueuedSpinLock(PKLOCK_QUEUE_HANDLE LockHandle)")
     def KeReleaseInStackQueuedSpinLock(self, LockHandle) -> None:
         """Release the lock the handle holds and lower the IRQL to the handle's OldIrql."""
+        # The usual release, inline (as the acquire's): the handle's lock holds the handle.
+        tlb = self._tlb
+        handle_base = tlb.get(LockHandle >> 12) if type(LockHandle) is int else None
+        if handle_base is not None and not LockHandle & 7 and LockHandle & 0xFFF <= 0xFE8 \
+                and not self._writes_published:
+            words = self._words
+            handle_word = (handle_base + (LockHandle & 0xFFF)) >> 3
+            lock = words[handle_word + 1] & ~0x3
+            lock_base = tlb.get(lock >> 12)
+            if lock_base is not None and lock and not lock & 7:
+                lock_word = (lock_base + (lock & 0xFFF)) >> 3
+                if words[lock_word] == LockHandle:
+                    words[lock_word] = SPIN_LOCK_FREE
+                    self._queued_lock_owners.pop(lock, None)
+                    self._lower_irql(self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF)
+                    return
         self._drop_queued_lock(LockHandle)
         self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
 

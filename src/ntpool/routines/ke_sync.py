@@ -30,6 +30,10 @@ KUSER_TICK_COUNT = 0x320
 PERFORMANCE_FREQUENCY = 10_000_000
 RESOURCE_OWNED_EXCLUSIVE = 0x80
 THREAD_STAND_IN = 0xFFFFFA8000FF0000  # what the one thread is called as an owner
+_APC = int(APC_LEVEL)  # plain ints: the IRQL checks and the IRQL itself take them at once
+_DISPATCH = int(DISPATCH_LEVEL)
+_LOW_DWORD = 0xFFFFFFFF
+_HIGH_DWORD = 0xFFFFFFFF00000000
 
 for _name, _size, _signed, _pointer in (("EVENT_TYPE", 4, True, False), ("KPRIORITY", 4, True, False),
                                         ("PRKEVENT", 8, False, True), ("PFAST_MUTEX", 8, False, True),
@@ -314,6 +318,17 @@ class SyncRoutines:
 
     @routine("LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait)")
     def KeSetEvent(self, Event, Increment, Wait) -> int:
+        # The usual call, inline: at most DISPATCH_LEVEL, the header's first QWORD (Type ..
+        # SignalState) aligned on a present page, nobody listening for memory writes.
+        base = self._tlb.get(Event >> 12) if type(Event) is int else None
+        if base is not None and not Event & 7 and not self._writes_published and \
+                self.irql_by_processor[self.current_processor] <= _DISPATCH:
+            words = self._words
+            word = (base + (Event & 0xFFF)) >> 3
+            header = words[word]
+            previous = header >> 32  # SignalState, a LONG
+            words[word] = header & _LOW_DWORD | 1 << 32
+            return previous - (1 << 32) if previous & 0x80000000 else previous
         self._check_irql_at_most(DISPATCH_LEVEL, "KeSetEvent")
         previous = self._signal_state(Event)
         self._put32(Event + L.DISPATCHER_HEADER.SignalState, 1)
@@ -340,6 +355,24 @@ class SyncRoutines:
         signalled: the thread gives up the processor, so queued work items run (one may
         signal it); still not signalled, STATUS_TIMEOUT after the timeout, WaitForever
         without one."""
+        # The usual wait, inline: no timeout, at most APC_LEVEL, a signalled event or
+        # semaphore whose header's first QWORD is aligned on a present page, nobody listening
+        # for memory writes: the same store ``_take_if_signalled`` makes. Anything else
+        # (a mutant, not signalled, a timeout): the way below.
+        if not Timeout and type(Object) is int and not Object & 7 and not self._writes_published \
+                and self.irql_by_processor[self.current_processor] <= _APC:
+            base = self._tlb.get(Object >> 12)
+            if base is not None:
+                words = self._words
+                word = (base + (Object & 0xFFF)) >> 3
+                header = words[word]
+                kind = header & 0xFF
+                if kind != 2 and 0 < header >> 32 < 0x80000000:  # SignalState > 0
+                    if kind == 1:
+                        words[word] = header & _LOW_DWORD
+                    elif kind == SEMAPHORE_OBJECT:
+                        words[word] = header - (1 << 32)
+                    return NtStatus.STATUS_SUCCESS
         zero_timeout = Timeout and int.from_bytes(self.read(Timeout, 8), "little") == 0
         if not zero_timeout:
             self._check_irql_at_most(APC_LEVEL, "KeWaitForSingleObject with a non-zero timeout")
@@ -557,6 +590,28 @@ class SyncRoutines:
     @routine("VOID ExAcquireFastMutex(PFAST_MUTEX FastMutex)")
     def ExAcquireFastMutex(self, FastMutex) -> None:
         """Raise to APC_LEVEL and own the mutex (the old IRQL is kept in it)."""
+        # The usual acquire, inline: at most APC_LEVEL, the FAST_MUTEX aligned on a present
+        # page, free, nobody listening for memory writes; the stores of the way below, in its
+        # order (Count, Owner, the IRQL, OldIrql), as QWORDs keeping the bytes around them.
+        old = self.irql_by_processor[self.current_processor]
+        base = self._tlb.get(FastMutex >> 12) if type(FastMutex) is int else None
+        if base is not None and old <= _APC and not FastMutex & 7 and \
+                FastMutex & 0xFFF <= 0x1000 - L.FAST_MUTEX.SIZE and not self._writes_published:
+            words = self._words
+            word = (base + (FastMutex & 0xFFF)) >> 3
+            count = words[word]
+            if count & _LOW_DWORD == 1:
+                words[word] = count & _HIGH_DWORD  # Count 0
+                words[word + 1] = THREAD_STAND_IN  # Owner
+                self._set_irql(_APC)
+                # The raise may have paged the mutex out (Driver Verifier's IRQL checking).
+                base = self._tlb.get(FastMutex >> 12)
+                if base is not None and not self._writes_published:
+                    word = (base + (FastMutex & 0xFFF) + L.FAST_MUTEX.OldIrql) >> 3
+                    words[word] = words[word] & _HIGH_DWORD | old
+                else:
+                    self._put32(FastMutex + L.FAST_MUTEX.OldIrql, old)
+                return
         self._check_irql_at_most(APC_LEVEL, "ExAcquireFastMutex")
         old = self.irql_by_processor[self.current_processor]
         self._take_fast_mutex(FastMutex)
@@ -565,6 +620,19 @@ class SyncRoutines:
 
     @routine("VOID ExReleaseFastMutex(PFAST_MUTEX FastMutex)")
     def ExReleaseFastMutex(self, FastMutex) -> None:
+        # The usual release, inline (as the acquire's): an owned mutex, Count 1, Owner 0.
+        base = self._tlb.get(FastMutex >> 12) if type(FastMutex) is int else None
+        if base is not None and not FastMutex & 7 and \
+                FastMutex & 0xFFF <= 0x1000 - L.FAST_MUTEX.SIZE and not self._writes_published:
+            words = self._words
+            word = (base + (FastMutex & 0xFFF)) >> 3
+            old = words[word + L.FAST_MUTEX.OldIrql // 8] & _LOW_DWORD
+            count = words[word]
+            if not count & _LOW_DWORD:
+                words[word] = count | 1  # Count 1
+                words[word + 1] = 0  # Owner
+                self._set_irql(old)
+                return
         old = self._get32(FastMutex + L.FAST_MUTEX.OldIrql)
         self._drop_fast_mutex(FastMutex)
         self._set_irql(old)
@@ -613,6 +681,19 @@ class SyncRoutines:
     def KeAcquireGuardedMutex(self, Mutex) -> None:
         """Own the mutex (at most APC_LEVEL); one this thread owns already would wait for
         itself (guarded mutexes are not recursive): WaitForever."""
+        # The usual acquire, inline: at most APC_LEVEL, Count and Owner aligned on a present
+        # page, the lock bit set (free), nobody listening for memory writes.
+        base = self._tlb.get(Mutex >> 12) if type(Mutex) is int else None
+        if base is not None and not Mutex & 7 and Mutex & 0xFFF <= 0xFF0 and \
+                not self._writes_published and self.irql_by_processor[self.current_processor] <= _APC:
+            words = self._words
+            word = (base + (Mutex & 0xFFF)) >> 3
+            count = words[word]
+            if count & GM_LOCK_BIT:
+                self.guarded_region = getattr(self, "guarded_region", 0) + 1  # KeEnterGuardedRegion
+                words[word] = count ^ GM_LOCK_BIT
+                words[word + 1] = THREAD_STAND_IN  # Owner
+                return
         self._check_irql_at_most(APC_LEVEL, "KeAcquireGuardedMutex")
         if not self._get32(Mutex + KGUARDED_MUTEX_COUNT) & GM_LOCK_BIT:
             raise WaitForever(f"guarded mutex {Mutex:#x} is already owned (by this thread: guarded "
@@ -636,6 +717,18 @@ class SyncRoutines:
     def KeReleaseGuardedMutex(self, Mutex) -> None:
         """Release an owned mutex; one this thread does not own is 0xE3 RESOURCE_NOT_OWNED
         (mutex, thread, 0, 4), as for a fast mutex (departures)."""
+        # The usual release, inline (as the acquire's): owned by this thread.
+        base = self._tlb.get(Mutex >> 12) if type(Mutex) is int else None
+        if base is not None and not Mutex & 7 and Mutex & 0xFFF <= 0xFF0 and \
+                not self._writes_published:
+            words = self._words
+            word = (base + (Mutex & 0xFFF)) >> 3
+            count = words[word]
+            if not count & GM_LOCK_BIT and words[word + 1] == THREAD_STAND_IN:
+                words[word + 1] = 0  # Owner
+                words[word] = count | GM_LOCK_BIT
+                self.guarded_region = getattr(self, "guarded_region", 0) - 1  # KeLeaveGuardedRegion
+                return
         count = self._get32(Mutex + KGUARDED_MUTEX_COUNT)
         if count & GM_LOCK_BIT or self._get64(Mutex + KGUARDED_MUTEX_OWNER) != THREAD_STAND_IN:
             self.KeBugCheckEx(BugCheckCode.RESOURCE_NOT_OWNED, Mutex, THREAD_STAND_IN, 0, 4,

@@ -1,0 +1,186 @@
+"""The synchronization routines' usual calls are made inline (fewer Python calls, the
+object's QWORDs read and written at once); anything unusual takes the way they took before.
+Each test runs the same steps on two machines: one as drivers run it, and one with a
+MemoryWritten listener, on which every routine takes its way through ``k.write`` (the code
+the inline paths replace). Every result, error, bug check, IRQL and byte must be the same,
+for aligned and misaligned objects, objects across a page boundary, paged-out pages, and
+any bytes a stray write left in them."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ntpool
+from ntpool.hooks import MemoryWritten
+
+NP = ntpool.PoolType.NonPagedPool
+PAGED = ntpool.PoolType.PagedPool
+REGION = 0x3000  # three pages: objects placed anywhere in the first two, across their boundary
+
+
+def _machine(published: bool):
+    k = ntpool.Kernel()
+    if published:
+        k.hooks.subscribe(MemoryWritten, lambda event: None)
+    regions = (k.ExAllocatePoolWithTag(NP, REGION, "Sync"), k.ExAllocatePoolWithTag(PAGED, REGION, "Sync"))
+    return k, regions
+
+
+def _outcome(call):
+    try:
+        return ("ok", call())
+    except ntpool.BugCheck as error:
+        return ("bugcheck", error.code, error.parameters)
+    except Exception as error:  # WaitForever, MachineHung, TypeError...: named the same way
+        return (type(error).__name__, str(error))
+
+
+def _state(k, regions):
+    return (k.irql_by_processor[:], dict(k._queued_lock_owners), getattr(k, "guarded_region", 0),
+            [bytes(k.read(region, REGION)) if not any(k.pager.is_paged_out(region + page)
+                                                       for page in range(0, REGION, 0x1000))
+             else None for region in regions])
+
+
+OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xFC8, 0xFD0, 0xFE8, 0xFE0,
+                           0xFF0, 0xFF8, 0xFFC, 0xFFF])
+OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
+
+STEPS = st.one_of(
+    st.tuples(st.just("init_fast_mutex"), OBJECT),
+    st.tuples(st.just("ExAcquireFastMutex"), OBJECT),
+    st.tuples(st.just("ExReleaseFastMutex"), OBJECT),
+    st.tuples(st.just("ExTryToAcquireFastMutex"), OBJECT),
+    st.tuples(st.just("KeInitializeGuardedMutex"), OBJECT),
+    st.tuples(st.just("KeAcquireGuardedMutex"), OBJECT),
+    st.tuples(st.just("KeReleaseGuardedMutex"), OBJECT),
+    st.tuples(st.just("KeInitializeEvent"), OBJECT, st.integers(0, 1), st.integers(0, 1)),
+    st.tuples(st.just("KeInitializeSemaphore"), OBJECT, st.integers(0, 3)),
+    st.tuples(st.just("KeSetEvent"), OBJECT),
+    st.tuples(st.just("KeWaitForSingleObject"), OBJECT),
+    st.tuples(st.just("KeInitializeSpinLock"), OBJECT),
+    st.tuples(st.just("KeAcquireInStackQueuedSpinLock"), OBJECT, OBJECT),
+    st.tuples(st.just("KeReleaseInStackQueuedSpinLock"), OBJECT),
+    st.tuples(st.just("RtlInitUnicodeString"), OBJECT, OBJECT),
+    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
+    st.tuples(st.just("irql"), st.integers(0, 3)),
+    st.tuples(st.just("page_out"), st.integers(0, 2)),
+)
+
+
+def _address(regions, where):
+    region, offset = where
+    return regions[region] + offset
+
+
+def _apply(k, regions, step):
+    what, *args = step
+    at = [_address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    if what == "init_fast_mutex":
+        return k.initialize_fast_mutex(at[0])
+    if what == "KeInitializeEvent":
+        return k.KeInitializeEvent(*at)
+    if what == "KeInitializeSemaphore":
+        return k.KeInitializeSemaphore(at[0], at[1], 3)
+    if what == "KeSetEvent":
+        return k.KeSetEvent(at[0], 0, 0)
+    if what == "KeWaitForSingleObject":
+        return k.KeWaitForSingleObject(at[0], 0, 0, 0, 0)
+    if what == "stray":
+        return k.write(at[0], at[1])
+    if what == "irql":
+        return k._set_irql(at[0])
+    if what == "page_out":
+        return k.page_out(regions[1] + at[0] * 0x1000)
+    return getattr(k, what)(*at)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(STEPS, max_size=30))
+def test_the_inline_synchronization_paths_write_what_the_way_through_write_writes(steps):
+    inline, inline_regions = _machine(published=False)
+    written, written_regions = _machine(published=True)
+    assert inline_regions == written_regions
+    for step in steps:
+        a = _outcome(lambda: _apply(inline, inline_regions, step))
+        b = _outcome(lambda: _apply(written, written_regions, step))
+        assert a == b, step
+        assert _state(inline, inline_regions) == _state(written, written_regions), step
+        if a[0] == "bugcheck":
+            break
+
+
+AT = (0, 0x200)  # an aligned object in nonpaged pool
+STRAY = ("stray", AT, b"\xA5" * 0x40)
+SCENARIOS = {
+    "fast mutex, stray bytes between its fields": [
+        STRAY, ("init_fast_mutex", AT), ("ExAcquireFastMutex", AT), ("ExReleaseFastMutex", AT),
+        ("ExTryToAcquireFastMutex", AT), ("ExAcquireFastMutex", AT)],
+    "fast mutex released twice": [
+        ("init_fast_mutex", AT), ("ExAcquireFastMutex", AT), ("ExReleaseFastMutex", AT),
+        ("ExReleaseFastMutex", AT)],
+    "fast mutex at APC_LEVEL and above": [
+        ("init_fast_mutex", AT), ("irql", 1), ("ExAcquireFastMutex", AT), ("ExReleaseFastMutex", AT),
+        ("irql", 2), ("ExAcquireFastMutex", AT)],
+    "guarded mutex, stray bytes beside Count": [
+        ("KeInitializeGuardedMutex", AT), ("stray", (0, 0x204), b"\x5A\x5A\x5A\x5A"),
+        ("KeAcquireGuardedMutex", AT), ("KeReleaseGuardedMutex", AT), ("KeAcquireGuardedMutex", AT),
+        ("KeAcquireGuardedMutex", AT)],
+    "guarded mutex released twice": [
+        ("KeInitializeGuardedMutex", AT), ("KeAcquireGuardedMutex", AT),
+        ("KeReleaseGuardedMutex", AT), ("KeReleaseGuardedMutex", AT)],
+    "semaphore taken to zero": [
+        ("KeInitializeSemaphore", AT, 2), ("KeWaitForSingleObject", AT),
+        ("KeWaitForSingleObject", AT), ("KeWaitForSingleObject", AT)],
+    "synchronization event, stray bytes in its header": [
+        ("KeInitializeEvent", AT, 1, 0), ("stray", (0, 0x201), b"\x77\x66\x55"),
+        ("KeSetEvent", AT), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT),
+        ("KeWaitForSingleObject", AT)],
+    "notification event, a negative SignalState": [
+        ("KeInitializeEvent", AT, 0, 1), ("KeWaitForSingleObject", AT), ("KeWaitForSingleObject", AT),
+        ("stray", (0, 0x204), b"\xFE\xFF\xFF\xFF"), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT)],
+    "queued spin lock, held twice, released twice": [
+        STRAY, ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("KeReleaseInStackQueuedSpinLock", (0, 0x220)), ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
+    "queued spin lock whose handle is its lock": [
+        ("KeInitializeSpinLock", (0, 0x208)), ("KeAcquireInStackQueuedSpinLock", (0, 0x208), AT),
+        ("KeReleaseInStackQueuedSpinLock", AT)],
+    "queued spin lock taken again": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x240))],
+    "queued spin lock on a paged-out page": [
+        ("KeInitializeSpinLock", (1, 0x200)), ("page_out", 0),
+        ("KeAcquireInStackQueuedSpinLock", (1, 0x200), (0, 0x220))],
+    "fast mutex on a paged-out page": [
+        ("init_fast_mutex", (1, 0x200)), ("page_out", 0), ("ExAcquireFastMutex", (1, 0x200)),
+        ("page_out", 0), ("ExReleaseFastMutex", (1, 0x200))],
+}
+
+
+def test_the_scenarios_cover_each_inline_path_and_its_ways_out():
+    for name, steps in SCENARIOS.items():
+        inline, inline_regions = _machine(published=False)
+        written, written_regions = _machine(published=True)
+        for step in steps:
+            a = _outcome(lambda: _apply(inline, inline_regions, step))
+            b = _outcome(lambda: _apply(written, written_regions, step))
+            assert a == b, (name, step)
+            assert _state(inline, inline_regions) == _state(written, written_regions), (name, step)
+            if a[0] == "bugcheck":
+                break
+
+
+def test_a_fast_mutex_acquired_inline_keeps_the_bytes_between_its_fields(k):
+    """Count is a LONG and OldIrql a ULONG: the QWORD stores keep the four bytes after each."""
+    from ntpool.routines.ke_sync import THREAD_STAND_IN
+
+    mutex = k.ExAllocatePoolWithTag(NP, 0x40, "Sync")
+    k.write(mutex, b"\xA5" * 0x38)
+    k.initialize_fast_mutex(mutex)
+    k.ExAcquireFastMutex(mutex)
+    assert k.read(mutex, 8) == b"\0\0\0\0\xA5\xA5\xA5\xA5"
+    assert int.from_bytes(k.read(mutex + 8, 8), "little") == THREAD_STAND_IN
+    assert k.read(mutex + 0x30, 8) == b"\0\0\0\0\xA5\xA5\xA5\xA5"
+    assert k.KeGetCurrentIrql() == 1
+    k.ExReleaseFastMutex(mutex)
+    assert k.read(mutex, 16) == b"\1\0\0\0\xA5\xA5\xA5\xA5" + bytes(8)
+    assert k.KeGetCurrentIrql() == 0
