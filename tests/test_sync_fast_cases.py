@@ -62,6 +62,10 @@ STEPS = st.one_of(
     st.tuples(st.just("KeReleaseInStackQueuedSpinLock"), OBJECT),
     st.tuples(st.just("RtlInitUnicodeString"), OBJECT, OBJECT),
     st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
+    st.tuples(st.just("init_list"), OBJECT),
+    st.tuples(st.just("ExInterlockedInsertTailList"), OBJECT, OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedInsertHeadList"), OBJECT, OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedRemoveHeadList"), OBJECT, OBJECT),
     st.tuples(st.just("irql"), st.integers(0, 3)),
     st.tuples(st.just("page_out"), st.integers(0, 2)),
 )
@@ -85,6 +89,8 @@ def _apply(k, regions, step):
         return k.KeSetEvent(at[0], 0, 0)
     if what == "KeWaitForSingleObject":
         return k.KeWaitForSingleObject(at[0], 0, 0, 0, 0)
+    if what == "init_list":  # InitializeListHead, an inline
+        return k.write(at[0], at[0].to_bytes(8, "little") * 2)
     if what == "stray":
         return k.write(at[0], at[1])
     if what == "irql":
@@ -150,6 +156,42 @@ SCENARIOS = {
     "queued spin lock on a paged-out page": [
         ("KeInitializeSpinLock", (1, 0x200)), ("page_out", 0),
         ("KeAcquireInStackQueuedSpinLock", (1, 0x200), (0, 0x220))],
+    "interlocked list: two in, two out, one more out": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)),
+        ("ExInterlockedInsertHeadList", AT, (1, 0x300), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose entries are paged out": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (1, 0x300), (0, 0x100)), ("page_out", 0),
+        ("ExInterlockedInsertTailList", AT, (1, 0x1300), (0, 0x100)), ("page_out", 0),
+        ("page_out", 1), ("ExInterlockedInsertHeadList", AT, (0, 0x400), (0, 0x100)),
+        ("page_out", 0), ("ExInterlockedRemoveHeadList", AT, (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("page_out", 1),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose entry is its lock": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x300)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x300))],
+    "interlocked list whose lock is held": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)), ("stray", (0, 0x100), b"\1"),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100))],
+    "interlocked list with a NULL and a misaligned link": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)), ("stray", (0, 0x208), bytes(8)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100))],
+    "interlocked list with a misaligned first entry": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x301), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "unicode strings: a surrogate pair, a lone surrogate, no NUL on the page": [
+        ("stray", (0, 0x300), "a\U0001F600b".encode("utf-16-le") + b"\0\0"),
+        ("RtlInitUnicodeString", AT, (0, 0x300)),
+        ("stray", (0, 0x300), b"\x00\xD8a\x00\x00\x00"), ("RtlInitUnicodeString", AT, (0, 0x300)),
+        ("stray", (0, 0xFF0), b"\x41" * 0x10), ("stray", (0, 0x1000), b"B\0\0\0"),
+        ("RtlInitUnicodeString", AT, (0, 0xFF0)), ("RtlInitUnicodeString", (0, 0x204), (0, 0x300)),
+        ("RtlInitUnicodeString", (0, 0xFF8), (0, 0x300)), ("RtlInitUnicodeString", AT, (0, 0x301)),
+        ("RtlInitUnicodeString", AT, (0, 0)), ("stray", (0, 0x300), b"\x00\x41\x00\x00\x00"),
+        ("RtlInitUnicodeString", AT, (0, 0x300))],
     "fast mutex on a paged-out page": [
         ("init_fast_mutex", (1, 0x200)), ("page_out", 0), ("ExAcquireFastMutex", (1, 0x200)),
         ("page_out", 0), ("ExReleaseFastMutex", (1, 0x200))],
