@@ -128,3 +128,18 @@ def test_the_spin_lock_rows_take_and_release_the_lock_and_free_what_they_allocat
     info = next(info for info in k.pool.tracker.snapshot()
                 if info.TagUlong == tag_value(bench.TAG))
     assert info.NonPagedAllocs == info.NonPagedFrees == 50 and info.NonPagedUsed == 0
+
+
+def test_the_mdl_and_irp_rows_free_every_mdl_and_irp_they_allocate():
+    from ntpool import Kernel
+    from ntpool.routines import layouts
+    from ntpool.tools import bench
+
+    k = Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    buffer = k.ExAllocatePoolWithTag(0, bench.SMALL, "Data")
+    bench._mdl_pair(k, buffer, 40)
+    bench._irp_pair(k, 30)
+    infos = {info.TagUlong: info for info in k.pool.tracker.snapshot()}
+    for tag, count in ((layouts.TAG_MDL, 40), (layouts.TAG_IRP, 30)):
+        info = infos[tag]
+        assert info.NonPagedAllocs == info.NonPagedFrees == count and info.NonPagedUsed == 0, tag

@@ -16,21 +16,13 @@ from ntpool.routines.io import IO_CLIENT_EXTENSION_SIZE, STATUS_OBJECT_NAME_COLL
 from ntpool.routines.ke_sync import WaitForever
 from ntpool.routines.rundown import EX_RUNDOWN_ACTIVE, WAIT_BLOCK_COUNT
 from ntpool.tags import display
+from pooltags import tags_in_use
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "src" / "ntpool" / "samples" / "wdm"
 
 
 def machine(windows="7"):
     return ntpool.Kernel(nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20, windows=windows)
-
-
-def in_use(k):
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
 
 
 def run_ref(k):
@@ -131,7 +123,7 @@ def test_the_count_is_the_protections_held_shifted_by_one(steps):
 
 def test_driver_object_extensions_are_drve_pool_listed_on_the_driver_extension_and_freed_with_it():
     k = machine()
-    before = in_use(k)
+    before = tags_in_use(k)
     wdm = k.create_driver_object("ext.sys")
     driver = wdm.driver_object
     status, first = k.IoAllocateDriverObjectExtension(driver, 0x1111, 0x30)
@@ -147,10 +139,10 @@ def test_driver_object_extensions_are_drve_pool_listed_on_the_driver_extension_a
     assert k._get64(head) == second - IO_CLIENT_EXTENSION_SIZE
     assert k._get64(second - IO_CLIENT_EXTENSION_SIZE) == first - IO_CLIENT_EXTENSION_SIZE
     assert k._get64(first - 8) == 0x1111
-    assert display(TAG_DRIVER_EXTENSION) == "DRVE" and in_use(k)["DRVE"] == 2
+    assert display(TAG_DRIVER_EXTENSION) == "DRVE" and tags_in_use(k)["DRVE"] == 2
     k._put64(second - IO_CLIENT_EXTENSION_SIZE, 0)  # the driver cuts its list: nothing is lost
     k.delete_driver_object(wdm)
-    assert "DRVE" not in in_use(k) and in_use(k) == before
+    assert "DRVE" not in tags_in_use(k) and tags_in_use(k) == before
 
 
 def test_a_driver_extension_list_damaged_into_a_loop_hangs_as_windows_walks_it():
@@ -168,9 +160,9 @@ def test_a_driver_extension_list_damaged_into_a_loop_hangs_as_windows_walks_it()
 @pytest.mark.parametrize("windows", ("7", "11"))
 def test_the_lifetime_sample_guards_its_unload_with_run_down_and_frees_its_extension(windows):
     k = machine(windows)
-    before = in_use(k)
+    before = tags_in_use(k)
     driver = load_native_driver(k, SAMPLES / "lifetime.sys")
-    assert in_use(k)["DRVE"] == 1
+    assert tags_in_use(k)["DRVE"] == 1
     # Count after acquire (2), after 3 more (8), after releasing them all (0).
     assert driver.call("CountSteps") == 0x020800
     unload_native_driver(k, driver)
@@ -182,7 +174,7 @@ def test_the_lifetime_sample_guards_its_unload_with_run_down_and_frees_its_exten
         "run-down over after 1 use(s), count a wait block",
         "completed (count 1), acquire now 0",
     ]
-    assert in_use(k) == before
+    assert tags_in_use(k) == before
 
 
 def test_the_lifetime_sample_unloading_with_a_protection_held_never_ends():

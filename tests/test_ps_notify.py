@@ -19,6 +19,7 @@ from ntpool.routines.ps_notify import (EX_ROUTINE, MAX_FAST_REFS, OB_FLT_REGISTR
                                        STATUS_ACCESS_DENIED, STATUS_CALLBACK_BYPASS,
                                        STATUS_FLT_INSTANCE_ALTITUDE_COLLISION, STATUS_INVALID_PARAMETER,
                                        STATUS_PROCEDURE_NOT_FOUND)
+from pooltags import tags_in_use
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "src" / "ntpool" / "samples" / "wdm"
 STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
@@ -26,15 +27,6 @@ STATUS_INSUFFICIENT_RESOURCES = 0xC000009A
 
 def machine(windows="7"):
     return ntpool.Kernel(nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20, windows=windows)
-
-
-def in_use(k):
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
 
 
 class Watcher:
@@ -84,7 +76,7 @@ def test_process_and_image_notify_routines_run_when_processes_and_drivers_are_ma
 def test_callback_blocks_are_cbrb_pool_in_the_kernel_array_as_fast_references():
     for windows, paged in (("7", True), ("11", False)):
         k = machine(windows)
-        before = in_use(k)
+        before = tags_in_use(k)
         routine = k.code_address(lambda k, *a: None)
         assert k.PsSetCreateThreadNotifyRoutine(routine) == 0
         value = k._get64(k.notify_arrays["thread"])
@@ -94,7 +86,7 @@ def test_callback_blocks_are_cbrb_pool_in_the_kernel_array_as_fast_references():
         row = {r.Tag: r for r in k.pool_tags()}["Cbrb"]
         assert (row.PagedAllocs, row.NonPagedAllocs) == ((1, 0) if paged else (0, 1))
         assert k.PsRemoveCreateThreadNotifyRoutine(routine) == 0
-        assert k._get64(k.notify_arrays["thread"]) == 0 and in_use(k) == before
+        assert k._get64(k.notify_arrays["thread"]) == 0 and tags_in_use(k) == before
         assert k.PsRemoveCreateThreadNotifyRoutine(routine) == STATUS_PROCEDURE_NOT_FOUND
 
 
@@ -195,15 +187,15 @@ def test_registry_callbacks_see_set_value_before_and_after_and_may_refuse_it():
         calls.append(("post", context, k._get32(info + 8)))
         return 0
 
-    before = in_use(k)
+    before = tags_in_use(k)
     status, cookie = k.CmRegisterCallback(k.code_address(callback), 0x55)
-    assert status == 0 and cookie == 1 and in_use(k)["CMcb"] == before.get("CMcb", 0) + 1
+    assert status == 0 and cookie == 1 and tags_in_use(k)["CMcb"] == before.get("CMcb", 0) + 1
     assert set_value(k, handle, "Open") == 0
     assert set_value(k, handle, "Locked") == STATUS_ACCESS_DENIED
     assert calls == [("pre", 0x55, "Open", 4), ("post", 0x55, 0), ("pre", 0x55, "Locked", 4)]
     path = "\\Registry\\Machine\\Software\\Watched"
     assert k.registry_value(path, "Open") is not None and k.registry_value(path, "Locked") is None
-    assert k.CmUnRegisterCallback(cookie) == 0 and in_use(k).get("CMcb", 0) == before.get("CMcb", 0)
+    assert k.CmUnRegisterCallback(cookie) == 0 and tags_in_use(k).get("CMcb", 0) == before.get("CMcb", 0)
     assert k.CmUnRegisterCallback(cookie) == STATUS_INVALID_PARAMETER
     assert set_value(k, handle, "Locked") == 0
 
@@ -261,15 +253,15 @@ def registration(k, version=OB_FLT_REGISTRATION_VERSION, count=1, altitude="3210
 
 def test_object_callbacks_register_with_their_block_and_unregister():
     k = machine()
-    before = in_use(k)
+    before = tags_in_use(k)
     status, handle = k.ObRegisterCallbacks(registration(k))
     assert status == 0 and handle
-    assert in_use(k)["ObCb"] == before.get("ObCb", 0) + 1
+    assert tags_in_use(k)["ObCb"] == before.get("ObCb", 0) + 1
     [(object_type, operations, pre, post)] = k.ob_callbacks()
     assert object_type == k.object_types["Process"] and operations == 1 and post == 0
     assert k.ObRegisterCallbacks(registration(k))[0] == STATUS_FLT_INSTANCE_ALTITUDE_COLLISION
     k.ObUnRegisterCallbacks(handle)
-    assert "ObCb" not in in_use(k)
+    assert "ObCb" not in tags_in_use(k)
     with pytest.raises(ValueError):
         k.ObUnRegisterCallbacks(handle)
 
@@ -310,7 +302,7 @@ def test_a_hostile_registration_is_a_status_or_a_bug_check_never_a_traceback(hea
 @pytest.mark.parametrize("windows", ("7", "11"))
 def test_the_notify_sample_registers_everything_sees_events_and_removes_it_all(windows):
     k = machine(windows)
-    before = in_use(k)
+    before = tags_in_use(k)
     driver = load_native_driver(k, SAMPLES / "notify.sys")
     process = k.create_process("app.exe")
     with pytest.raises(NtStatusError) as refused:
@@ -341,7 +333,7 @@ def test_the_notify_sample_registers_everything_sees_events_and_removes_it_all(w
         "set value Locked (4 bytes)",
         "removed; removing again: C000007A",
     ]
-    assert {tag: n for tag, n in in_use(k).items() if tag in ("Cbrb", "CMcb", "ObCb")} == \
+    assert {tag: n for tag, n in tags_in_use(k).items() if tag in ("Cbrb", "CMcb", "ObCb")} == \
         {tag: n for tag, n in before.items() if tag in ("Cbrb", "CMcb", "ObCb")}
     assert EX_ROUTINE == 1
 

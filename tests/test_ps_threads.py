@@ -12,6 +12,7 @@ from ntpool.errors import BugCheck
 from ntpool.native import load_native_driver, unload_native_driver
 from ntpool.native.machine import NativeError
 from ntpool.routines.ke_sync import WaitForever
+from pooltags import tags_in_use
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "src" / "ntpool" / "samples" / "wdm"
 STATUS_INVALID_PARAMETER = 0xC000000D
@@ -19,15 +20,6 @@ STATUS_INVALID_PARAMETER = 0xC000000D
 
 def machine(windows="7"):
     return ntpool.Kernel(nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20, windows=windows)
-
-
-def in_use(k):
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
 
 
 def event(k):
@@ -38,7 +30,7 @@ def event(k):
 
 def test_a_thread_runs_when_its_creator_waits_and_its_object_goes_with_the_last_reference():
     k = machine()
-    before = in_use(k)
+    before = tags_in_use(k)
     done = event(k)
     ran = []
 
@@ -48,7 +40,7 @@ def test_a_thread_runs_when_its_creator_waits_and_its_object_goes_with_the_last_
 
     status, handle = k.PsCreateSystemThread(0x1FFFFF, 0, 0, 0, k.code_address(start), 0x77)
     assert status == 0 and ran == []
-    assert in_use(k)["Thre"] == before.get("Thre", 0) + 1
+    assert tags_in_use(k)["Thre"] == before.get("Thre", 0) + 1
     thread = k.thread_of_handle(handle)
     assert k.PsIsSystemThread(thread) == 1
     assert k.KeWaitForSingleObject(done, 0, 0, 0, 0) == 0  # the thread runs during the wait
@@ -60,7 +52,7 @@ def test_a_thread_runs_when_its_creator_waits_and_its_object_goes_with_the_last_
     assert k.KeWaitForSingleObject(thread, 0, 0, 0, 0) == 0  # ended: signalled
     assert k.system_threads[0].state == "ended" and k.system_threads[0].exit_status == 0
     k.ObfDereferenceObject(thread)
-    assert in_use(k).get("Thre", 0) == before.get("Thre", 0)
+    assert tags_in_use(k).get("Thre", 0) == before.get("Thre", 0)
 
 
 def test_waiting_on_the_thread_object_runs_it_and_terminate_ends_it_with_its_status():
@@ -138,7 +130,7 @@ def test_creating_a_thread_above_passive_level_is_0xa_and_a_foreign_process_hand
 @pytest.mark.parametrize("windows", ("7", "11"))
 def test_the_threads_sample_runs_its_workers_while_it_waits_and_waits_for_them_at_unload(windows):
     k = machine(windows)
-    before = in_use(k)
+    before = tags_in_use(k)
     driver = load_native_driver(k, SAMPLES / "threads.sys")
     first, second = k.system_threads
     unload_native_driver(k, driver)
@@ -157,7 +149,7 @@ def test_the_threads_sample_runs_its_workers_while_it_waits_and_waits_for_them_a
         "thread 1 waited: 00000000",
     ]
     assert [t.state for t in k.system_threads] == ["ended", "ended"]
-    assert in_use(k).get("Thre", 0) == before.get("Thre", 0)
+    assert tags_in_use(k).get("Thre", 0) == before.get("Thre", 0)
 
 
 def test_the_threads_sample_leaving_a_thread_at_unload_is_0xce_and_terminate_outside_is_refused():

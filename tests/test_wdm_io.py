@@ -9,18 +9,9 @@ from ntpool.routines import layouts as L
 from ntpool.routines.io import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
                                 IRP_MJ_READ, IRP_MJ_WRITE, STATUS_INVALID_DEVICE_REQUEST, ctl_code)
 from ntpool.routines.ke_sync import STATUS_TIMEOUT, WaitForever
+from pooltags import tags_in_use
 
 MiB = 1 << 20
-
-
-def tags_in_use(k):
-    """Tag -> allocations outstanding, as poolmon's Diff column."""
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
 
 
 class EchoDriver:

@@ -13,6 +13,7 @@ from ntpool.native import load_native_driver, unload_native_driver
 from ntpool.native.msvc import DEFAULT_SECURITY_COOKIE, security_cookie_rva
 from ntpool.routines.io import IRP_MJ_DEVICE_CONTROL, IRP_MJ_NAMES
 from ntpool.tags import display
+from pooltags import tags_in_use
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "ntpool" / "samples" / "wdm"
@@ -25,15 +26,6 @@ IOCTL_IN_DIRECT, IOCTL_OUT_DIRECT, IOCTL_NEITHER, IOCTL_BUFFERED = \
 
 def machine():
     return ntpool.Kernel(nonpaged_pool_bytes=4 << 20, paged_pool_bytes=4 << 20)
-
-
-def tags_in_use(k):
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
 
 
 @pytest.mark.skipif(not MSVC_DRIVER.is_file(), reason="../shared/data/drivers is not beside the repository")

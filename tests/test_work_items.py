@@ -14,6 +14,7 @@ from ntpool.routines.ke_dpc import (IO_WORKITEM_IO_OBJECT, IO_WORKITEM_SIZE, IOP
                                     TAG_IO_WORKITEM, WORK_QUEUE_ITEM_WORKER_ROUTINE)
 from ntpool.routines.ke_sync import WaitForever
 from ntpool.tags import display
+from pooltags import tags_in_use
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "src" / "ntpool" / "samples" / "wdm"
 WINDOWS = ("7", "11")
@@ -36,27 +37,18 @@ def make_device(k, name="dev"):
     return device
 
 
-def in_use(k):
-    rows = {}
-    for row in k.pool_tags():
-        diff = row.PagedAllocs - row.PagedFrees + row.NonPagedAllocs - row.NonPagedFrees
-        if diff:
-            rows[row.Tag] = diff
-    return rows
-
-
 def test_io_allocate_work_item_takes_an_iowi_block_of_nonpaged_pool():
     k = machine()
-    before = in_use(k)
+    before = tags_in_use(k)
     item = k.IoAllocateWorkItem(0)
-    assert in_use(k).get("IOWI", 0) == before.get("IOWI", 0) + 1
+    assert tags_in_use(k).get("IOWI", 0) == before.get("IOWI", 0) + 1
     assert display(TAG_IO_WORKITEM) == "IOWI"
     assert k.IoSizeofWorkItem() == IO_WORKITEM_SIZE == 0x50
     # WorkItem.WorkerRoutine is IopProcessWorkItem's stand-in, its Parameter the item itself.
     assert k._get64(item + WORK_QUEUE_ITEM_WORKER_ROUTINE) == IOP_PROCESS_WORK_ITEM
     assert k._get64(item + 0x18) == item and k._get64(item) == 0
     k.IoFreeWorkItem(item)
-    assert in_use(k) == before
+    assert tags_in_use(k) == before
 
 
 @pytest.mark.parametrize("windows", WINDOWS)
@@ -250,7 +242,7 @@ def test_queueing_a_work_item_above_dispatch_level_is_0xa():
 @pytest.mark.parametrize("windows", WINDOWS)
 def test_the_deferred_sample_runs_its_work_item_dpc_and_lock_in_order_and_frees_everything(windows):
     k = machine(windows)
-    before = in_use(k)
+    before = tags_in_use(k)
     driver = load_native_driver(k, SAMPLES / "deferred.sys")
     assert driver.entry_status == 0
     lines = [line.removeprefix("deferred: ").rstrip("\n") for line in k.debug_output]
@@ -271,7 +263,7 @@ def test_the_deferred_sample_runs_its_work_item_dpc_and_lock_in_order_and_frees_
     assert rows["IOWI"].NonPagedAllocs == rows["IOWI"].NonPagedFrees == 1
     assert rows["Defc"].NonPagedAllocs == rows["Defc"].NonPagedFrees == 1
     unload_native_driver(k, driver)
-    assert in_use(k) == before
+    assert tags_in_use(k) == before
 
 
 def test_the_deferred_sample_leaving_an_executive_work_item_at_unload_is_0xce():

@@ -234,6 +234,24 @@ def _driver_lookaside_pair(k, lookaside: int, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _mdl_pair(k, buffer: int, n: int) -> float:
+    """IoAllocateMdl + IoFreeMdl of an MDL describing ``buffer``'s SMALL bytes."""
+    allocate, free = k.IoAllocateMdl, k.IoFreeMdl
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(buffer, SMALL, False, False, 0))
+    return time.perf_counter() - start
+
+
+def _irp_pair(k, n: int) -> float:
+    """IoAllocateIrp (two stack locations, as a filter over one device asks) + IoFreeIrp."""
+    allocate, free = k.IoAllocateIrp, k.IoFreeIrp
+    start = time.perf_counter()
+    for _ in range(n):
+        free(allocate(2, False))
+    return time.perf_counter() - start
+
+
 class _Miniport:
     """The driver object an NDIS 6 miniport registers (for NdisAllocateMemoryWithTagPriority's
     NdisHandle)."""
@@ -447,6 +465,8 @@ ROUTINE_FIGURES = {
                 "<= 2x Ex pair", lambda us, bare, ex: ex <= 2.0),
     "driver_lookaside": ("ExAllocateFromNPagedLookasideList + ExFreeToNPagedLookasideList "
                          "(a driver's list), 100 B", "reported", None),
+    "mdl": ("IoAllocateMdl + IoFreeMdl (100 bytes described)", "reported", None),
+    "irp": ("IoAllocateIrp (2 stack locations) + IoFreeIrp", "reported", None),
     "spin_lock": ("KeAcquireSpinLock + KeReleaseSpinLock", "reported", None),
     "locked_pair": ("the Ex pair under a spin lock (acquire, the pair at DISPATCH_LEVEL, "
                     "release)", "reported", None),
@@ -502,6 +522,9 @@ def run(quick: bool = False, windows=None) -> dict:
     lock = routines.ExAllocatePoolWithTag(NP, 8, "Lock")
     routines.KeInitializeSpinLock(lock)
     _spin_lock_pair(routines, lock, WARM_UP_PAIRS, True)
+    described = routines.ExAllocatePoolWithTag(NP, SMALL, "Data")  # what the MDL row describes
+    _mdl_pair(routines, described, WARM_UP_PAIRS)
+    _irp_pair(routines, WARM_UP_PAIRS)
     charged = _charged_machine(version)
     driver_lookaside = _driver_lookaside(routines)
     _driver_lookaside_pair(routines, driver_lookaside, WARM_UP_PAIRS)
@@ -527,6 +550,8 @@ def run(quick: bool = False, windows=None) -> dict:
         "charged": (lambda: _quota_pair(charged, slow), slow),
         "driver_lookaside": (lambda: _driver_lookaside_pair(routines, driver_lookaside, per_batch),
                              per_batch),
+        "mdl": (lambda: _mdl_pair(routines, described, slow), slow),
+        "irp": (lambda: _irp_pair(routines, slow), slow),
         "spin_lock": (lambda: _spin_lock_pair(routines, lock, per_batch), per_batch),
         "locked_pair": (lambda: _spin_lock_pair(routines, lock, per_batch, True), per_batch),
         "miss": (lambda: _drained_cycle(missing, slow, "miss"), slow),
