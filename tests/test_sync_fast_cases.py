@@ -56,6 +56,8 @@ STEPS = st.one_of(
     st.tuples(st.just("KeInitializeEvent"), OBJECT, st.integers(0, 1), st.integers(0, 1)),
     st.tuples(st.just("KeInitializeSemaphore"), OBJECT, st.integers(0, 3)),
     st.tuples(st.just("KeSetEvent"), OBJECT),
+    st.tuples(st.just("KeResetEvent"), OBJECT),
+    st.tuples(st.just("KeClearEvent"), OBJECT),
     st.tuples(st.just("KeWaitForSingleObject"), OBJECT),
     st.tuples(st.just("KeInitializeSpinLock"), OBJECT),
     st.tuples(st.just("KeAcquireInStackQueuedSpinLock"), OBJECT, OBJECT),
@@ -143,13 +145,26 @@ SCENARIOS = {
         ("KeWaitForSingleObject", AT)],
     "notification event, a negative SignalState": [
         ("KeInitializeEvent", AT, 0, 1), ("KeWaitForSingleObject", AT), ("KeWaitForSingleObject", AT),
-        ("stray", (0, 0x204), b"\xFE\xFF\xFF\xFF"), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT)],
+        ("stray", (0, 0x204), b"\xFE\xFF\xFF\xFF"), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT),
+        ("stray", (0, 0x200), b"\x11" * 16), ("KeResetEvent", AT), ("KeSetEvent", AT),
+        ("stray", (0, 0x204), b"\xFD\xFF\xFF\xFF"), ("KeResetEvent", AT), ("KeResetEvent", AT),
+        ("stray", (0, 0x200), b"\x22" * 16), ("KeClearEvent", AT), ("KeClearEvent", (0, 0x204)),
+        ("KeResetEvent", (0, 0x204)), ("KeClearEvent", (0, 0xFFC)), ("KeResetEvent", (0, 0xFFC)),
+        ("irql", 3), ("KeClearEvent", AT), ("KeResetEvent", AT)],
     "queued spin lock, held twice, released twice": [
         STRAY, ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
         ("KeReleaseInStackQueuedSpinLock", (0, 0x220)), ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
     "queued spin lock whose handle is its lock": [
         ("KeInitializeSpinLock", (0, 0x208)), ("KeAcquireInStackQueuedSpinLock", (0, 0x208), AT),
         ("KeReleaseInStackQueuedSpinLock", AT)],
+    "queued spin lock above DISPATCH_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("irql", 3), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220))],
+    "queued spin lock whose handle's OldIrql is above DISPATCH_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("stray", (0, 0x230), b"\x05"), ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
+    "queued spin lock released to APC_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("irql", 1), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
     "queued spin lock taken again": [
         ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
         ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x240))],
@@ -226,3 +241,19 @@ def test_a_fast_mutex_acquired_inline_keeps_the_bytes_between_its_fields(k):
     k.ExReleaseFastMutex(mutex)
     assert k.read(mutex, 16) == b"\1\0\0\0\xA5\xA5\xA5\xA5" + bytes(8)
     assert k.KeGetCurrentIrql() == 0
+
+
+def test_a_queued_spin_lock_taken_inline_raises_and_lowers_the_irql_and_fills_its_handle(k):
+    lock = k.ExAllocatePoolWithTag(NP, 0x40, "Sync")
+    handle = lock + 0x10
+    k.write(lock, b"\xA5" * 0x30)
+    k.KeInitializeSpinLock(lock)
+    k.KeAcquireInStackQueuedSpinLock(lock, handle)
+    assert k.KeGetCurrentIrql() == 2
+    assert int.from_bytes(k.read(lock, 8), "little") == handle
+    assert k.read(handle, 0x18) == bytes(8) + lock.to_bytes(8, "little") + b"\0" + b"\xA5" * 7
+    assert k._queued_lock_owners == {lock: (0, handle)}
+    k.KeReleaseInStackQueuedSpinLock(handle)
+    assert k.KeGetCurrentIrql() == 0
+    assert int.from_bytes(k.read(lock, 8), "little") == 0
+    assert k._queued_lock_owners == {}

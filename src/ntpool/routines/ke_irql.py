@@ -218,7 +218,10 @@ class IrqlRoutines:
     def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
-        old = self._raise_irql(_DISPATCH)
+        old = self.irql_by_processor[self.current_processor]
+        if old > _DISPATCH:
+            self._raise_irql(_DISPATCH)  # IRQL_NOT_GREATER_OR_EQUAL
+        self._set_irql(_DISPATCH)  # _raise_irql's, inline
         # The usual acquire, inline: the lock and the whole handle aligned on present pages,
         # the lock free (NULL), nobody listening for memory writes. The same stores in the
         # same order as the way below (``_take_queued_lock``, then OldIrql), as QWORDs.
@@ -268,7 +271,10 @@ class IrqlRoutines:
                 if words[lock_word] == LockHandle:
                     words[lock_word] = SPIN_LOCK_FREE
                     self._queued_lock_owners.pop(lock, None)
-                    self._lower_irql(self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF)
+                    new = self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF
+                    if new > self.irql_by_processor[self.current_processor]:
+                        self._lower_irql(new)  # IRQL_NOT_LESS_OR_EQUAL
+                    self._set_irql(new)  # _lower_irql's, inline
                     return
         self._drop_queued_lock(LockHandle)
         self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
