@@ -56,12 +56,18 @@ STEPS = st.one_of(
     st.tuples(st.just("KeInitializeEvent"), OBJECT, st.integers(0, 1), st.integers(0, 1)),
     st.tuples(st.just("KeInitializeSemaphore"), OBJECT, st.integers(0, 3)),
     st.tuples(st.just("KeSetEvent"), OBJECT),
+    st.tuples(st.just("KeResetEvent"), OBJECT),
+    st.tuples(st.just("KeClearEvent"), OBJECT),
     st.tuples(st.just("KeWaitForSingleObject"), OBJECT),
     st.tuples(st.just("KeInitializeSpinLock"), OBJECT),
     st.tuples(st.just("KeAcquireInStackQueuedSpinLock"), OBJECT, OBJECT),
     st.tuples(st.just("KeReleaseInStackQueuedSpinLock"), OBJECT),
     st.tuples(st.just("RtlInitUnicodeString"), OBJECT, OBJECT),
     st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
+    st.tuples(st.just("init_list"), OBJECT),
+    st.tuples(st.just("ExInterlockedInsertTailList"), OBJECT, OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedInsertHeadList"), OBJECT, OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedRemoveHeadList"), OBJECT, OBJECT),
     st.tuples(st.just("irql"), st.integers(0, 3)),
     st.tuples(st.just("page_out"), st.integers(0, 2)),
 )
@@ -85,6 +91,8 @@ def _apply(k, regions, step):
         return k.KeSetEvent(at[0], 0, 0)
     if what == "KeWaitForSingleObject":
         return k.KeWaitForSingleObject(at[0], 0, 0, 0, 0)
+    if what == "init_list":  # InitializeListHead, an inline
+        return k.write(at[0], at[0].to_bytes(8, "little") * 2)
     if what == "stray":
         return k.write(at[0], at[1])
     if what == "irql":
@@ -137,19 +145,68 @@ SCENARIOS = {
         ("KeWaitForSingleObject", AT)],
     "notification event, a negative SignalState": [
         ("KeInitializeEvent", AT, 0, 1), ("KeWaitForSingleObject", AT), ("KeWaitForSingleObject", AT),
-        ("stray", (0, 0x204), b"\xFE\xFF\xFF\xFF"), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT)],
+        ("stray", (0, 0x204), b"\xFE\xFF\xFF\xFF"), ("KeSetEvent", AT), ("KeWaitForSingleObject", AT),
+        ("stray", (0, 0x200), b"\x11" * 16), ("KeResetEvent", AT), ("KeSetEvent", AT),
+        ("stray", (0, 0x204), b"\xFD\xFF\xFF\xFF"), ("KeResetEvent", AT), ("KeResetEvent", AT),
+        ("stray", (0, 0x200), b"\x22" * 16), ("KeClearEvent", AT), ("KeClearEvent", (0, 0x204)),
+        ("KeResetEvent", (0, 0x204)), ("KeClearEvent", (0, 0xFFC)), ("KeResetEvent", (0, 0xFFC)),
+        ("irql", 3), ("KeClearEvent", AT), ("KeResetEvent", AT)],
     "queued spin lock, held twice, released twice": [
         STRAY, ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
         ("KeReleaseInStackQueuedSpinLock", (0, 0x220)), ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
     "queued spin lock whose handle is its lock": [
         ("KeInitializeSpinLock", (0, 0x208)), ("KeAcquireInStackQueuedSpinLock", (0, 0x208), AT),
         ("KeReleaseInStackQueuedSpinLock", AT)],
+    "queued spin lock above DISPATCH_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("irql", 3), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220))],
+    "queued spin lock whose handle's OldIrql is above DISPATCH_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("stray", (0, 0x230), b"\x05"), ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
+    "queued spin lock released to APC_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("irql", 1), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("KeReleaseInStackQueuedSpinLock", (0, 0x220))],
     "queued spin lock taken again": [
         ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
         ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x240))],
     "queued spin lock on a paged-out page": [
         ("KeInitializeSpinLock", (1, 0x200)), ("page_out", 0),
         ("KeAcquireInStackQueuedSpinLock", (1, 0x200), (0, 0x220))],
+    "interlocked list: two in, two out, one more out": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)),
+        ("ExInterlockedInsertHeadList", AT, (1, 0x300), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose entries are paged out": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (1, 0x300), (0, 0x100)), ("page_out", 0),
+        ("ExInterlockedInsertTailList", AT, (1, 0x1300), (0, 0x100)), ("page_out", 0),
+        ("page_out", 1), ("ExInterlockedInsertHeadList", AT, (0, 0x400), (0, 0x100)),
+        ("page_out", 0), ("ExInterlockedRemoveHeadList", AT, (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("page_out", 1),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose entry is its lock": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x300)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x300))],
+    "interlocked list whose lock is held": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)), ("stray", (0, 0x100), b"\1"),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100))],
+    "interlocked list with a NULL and a misaligned link": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)), ("stray", (0, 0x208), bytes(8)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100))],
+    "interlocked list with a misaligned first entry": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x301), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "unicode strings: a surrogate pair, a lone surrogate, no NUL on the page": [
+        ("stray", (0, 0x300), "a\U0001F600b".encode("utf-16-le") + b"\0\0"),
+        ("RtlInitUnicodeString", AT, (0, 0x300)),
+        ("stray", (0, 0x300), b"\x00\xD8a\x00\x00\x00"), ("RtlInitUnicodeString", AT, (0, 0x300)),
+        ("stray", (0, 0xFF0), b"\x41" * 0x10), ("stray", (0, 0x1000), b"B\0\0\0"),
+        ("RtlInitUnicodeString", AT, (0, 0xFF0)), ("RtlInitUnicodeString", (0, 0x204), (0, 0x300)),
+        ("RtlInitUnicodeString", (0, 0xFF8), (0, 0x300)), ("RtlInitUnicodeString", AT, (0, 0x301)),
+        ("RtlInitUnicodeString", AT, (0, 0)), ("stray", (0, 0x300), b"\x00\x41\x00\x00\x00"),
+        ("RtlInitUnicodeString", AT, (0, 0x300))],
     "fast mutex on a paged-out page": [
         ("init_fast_mutex", (1, 0x200)), ("page_out", 0), ("ExAcquireFastMutex", (1, 0x200)),
         ("page_out", 0), ("ExReleaseFastMutex", (1, 0x200))],
@@ -184,3 +241,19 @@ def test_a_fast_mutex_acquired_inline_keeps_the_bytes_between_its_fields(k):
     k.ExReleaseFastMutex(mutex)
     assert k.read(mutex, 16) == b"\1\0\0\0\xA5\xA5\xA5\xA5" + bytes(8)
     assert k.KeGetCurrentIrql() == 0
+
+
+def test_a_queued_spin_lock_taken_inline_raises_and_lowers_the_irql_and_fills_its_handle(k):
+    lock = k.ExAllocatePoolWithTag(NP, 0x40, "Sync")
+    handle = lock + 0x10
+    k.write(lock, b"\xA5" * 0x30)
+    k.KeInitializeSpinLock(lock)
+    k.KeAcquireInStackQueuedSpinLock(lock, handle)
+    assert k.KeGetCurrentIrql() == 2
+    assert int.from_bytes(k.read(lock, 8), "little") == handle
+    assert k.read(handle, 0x18) == bytes(8) + lock.to_bytes(8, "little") + b"\0" + b"\xA5" * 7
+    assert k._queued_lock_owners == {lock: (0, handle)}
+    k.KeReleaseInStackQueuedSpinLock(handle)
+    assert k.KeGetCurrentIrql() == 0
+    assert int.from_bytes(k.read(lock, 8), "little") == 0
+    assert k._queued_lock_owners == {}

@@ -218,7 +218,10 @@ class IrqlRoutines:
     def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
-        old = self._raise_irql(_DISPATCH)
+        old = self.irql_by_processor[self.current_processor]
+        if old > _DISPATCH:
+            self._raise_irql(_DISPATCH)  # IRQL_NOT_GREATER_OR_EQUAL
+        self._set_irql(_DISPATCH)  # _raise_irql's, inline
         # The usual acquire, inline: the lock and the whole handle aligned on present pages,
         # the lock free (NULL), nobody listening for memory writes. The same stores in the
         # same order as the way below (``_take_queued_lock``, then OldIrql), as QWORDs.
@@ -268,7 +271,10 @@ class IrqlRoutines:
                 if words[lock_word] == LockHandle:
                     words[lock_word] = SPIN_LOCK_FREE
                     self._queued_lock_owners.pop(lock, None)
-                    self._lower_irql(self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF)
+                    new = self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF
+                    if new > self.irql_by_processor[self.current_processor]:
+                        self._lower_irql(new)  # IRQL_NOT_LESS_OR_EQUAL
+                    self._set_irql(new)  # _lower_irql's, inline
                     return
         self._drop_queued_lock(LockHandle)
         self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
@@ -318,6 +324,32 @@ class IrqlRoutines:
             if not self.halted:
                 self._drop_lock(lock)
 
+    def _listed_words(self, lock, head, entry):
+        """The usual ExInterlocked*List call's QWORDs (the lock's, the head's, the entry's
+        indexes in ``_words``): the lock, the head and the entry ints, aligned, each LIST_ENTRY
+        on one present page, the lock free, nobody listening for memory writes, and no
+        neighbour checks (Windows 7). None sends the call the way it took before."""
+        if type(lock) is int and type(head) is int and type(entry) is int and \
+                not (lock | head | entry) & 7 and head & 0xFFF != 0xFF8 and \
+                entry & 0xFFF != 0xFF8 and not self._writes_published and self.windows.major < 10:
+            tlb = self._tlb
+            lock_base, head_base = tlb.get(lock >> 12), tlb.get(head >> 12)
+            entry_base = tlb.get(entry >> 12)
+            if lock_base is not None and head_base is not None and entry_base is not None:
+                lock_word = (lock_base + (lock & 0xFFF)) >> 3
+                if not self._words[lock_word] & SPIN_LOCK_BIT:
+                    return lock_word, (head_base + (head & 0xFFF)) >> 3, \
+                        (entry_base + (entry & 0xFFF)) >> 3
+        return None
+
+    def _listed_done(self, lock: int, lock_word: int, held: int) -> None:
+        """Release the lock of an inline ExInterlocked*List call (``_drop_lock`` when its
+        QWORD no longer holds this processor's hold: a list write landed on it)."""
+        if self._words[lock_word] == held:
+            self._words[lock_word] = SPIN_LOCK_FREE
+        else:
+            self._drop_lock(lock)
+
     def _link(self, address: int) -> int:
         return int.from_bytes(self.read(address, 8), "little")
 
@@ -336,6 +368,30 @@ class IrqlRoutines:
              "PKSPIN_LOCK Lock)")
     def ExInterlockedInsertHeadList(self, ListHead, ListEntry, Lock) -> int:
         """Insert at the head; the entry that was first (NULL if the list was empty)."""
+        # The usual call, inline: the stores of ``change`` below, in its order, as QWORDs;
+        # a neighbour on no present page or misaligned, the rest through ``_set_link``.
+        listed = self._listed_words(Lock, ListHead, ListEntry)
+        if listed is not None:
+            lock_word, head_word, entry_word = listed
+            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+            words[lock_word] = held  # _take_lock
+            first = words[head_word]
+            words[entry_word] = first
+            words[entry_word + 1] = ListHead
+            first_base = self._tlb.get((first + 8) >> 12)
+            if first_base is not None and not first & 7:
+                words[(first_base + ((first + 8) & 0xFFF)) >> 3] = ListEntry
+                words[head_word] = ListEntry
+                self._listed_done(Lock, lock_word, held)
+            else:
+                try:
+                    self._set_link(first + 8, ListEntry)
+                    self._set_link(ListHead, ListEntry)
+                finally:
+                    if self.bugcheck is None:
+                        self._drop_lock(Lock)
+            return 0 if first == ListHead else first
+
         def change():
             self._checked_links(ListHead, "ExInterlockedInsertHeadList")
             first = self._link(ListHead)
@@ -350,6 +406,29 @@ class IrqlRoutines:
              "PKSPIN_LOCK Lock)")
     def ExInterlockedInsertTailList(self, ListHead, ListEntry, Lock) -> int:
         """Insert at the tail; the entry that was first (NULL if the list was empty)."""
+        # The usual call, inline (as ExInterlockedInsertHeadList's).
+        listed = self._listed_words(Lock, ListHead, ListEntry)
+        if listed is not None:
+            lock_word, head_word, entry_word = listed
+            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+            words[lock_word] = held  # _take_lock
+            first, last = words[head_word], words[head_word + 1]
+            words[entry_word] = ListHead
+            words[entry_word + 1] = last
+            last_base = self._tlb.get(last >> 12)
+            if last_base is not None and not last & 7:
+                words[(last_base + (last & 0xFFF)) >> 3] = ListEntry
+                words[head_word + 1] = ListEntry
+                self._listed_done(Lock, lock_word, held)
+            else:
+                try:
+                    self._set_link(last, ListEntry)
+                    self._set_link(ListHead + 8, ListEntry)
+                finally:
+                    if self.bugcheck is None:
+                        self._drop_lock(Lock)
+            return 0 if first == ListHead else first
+
         def change():
             self._checked_links(ListHead, "ExInterlockedInsertTailList")
             first, last = self._link(ListHead), self._link(ListHead + 8)
@@ -363,6 +442,41 @@ class IrqlRoutines:
     @routine("PLIST_ENTRY ExInterlockedRemoveHeadList(PLIST_ENTRY ListHead, PKSPIN_LOCK Lock)")
     def ExInterlockedRemoveHeadList(self, ListHead, Lock) -> int:
         """Remove the first entry and return it (NULL if the list is empty)."""
+        # The usual call, inline (as ExInterlockedInsertHeadList's).
+        listed = self._listed_words(Lock, ListHead, ListHead)
+        if listed is not None:
+            lock_word, head_word, _ = listed
+            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+            words[lock_word] = held  # _take_lock
+            first = words[head_word]
+            if first == ListHead:
+                self._listed_done(Lock, lock_word, held)
+                return 0
+            tlb = self._tlb
+            first_base = tlb.get(first >> 12)
+            if first_base is not None and not first & 7:
+                following = words[(first_base + (first & 0xFFF)) >> 3]
+                words[head_word] = following
+                following_base = tlb.get((following + 8) >> 12)
+                if following_base is not None and not following & 7:
+                    words[(following_base + ((following + 8) & 0xFFF)) >> 3] = ListHead
+                    self._listed_done(Lock, lock_word, held)
+                    return first
+                try:
+                    self._set_link(following + 8, ListHead)
+                finally:
+                    if self.bugcheck is None:
+                        self._drop_lock(Lock)
+                return first
+            try:
+                following = self._link(first)
+                self._set_link(ListHead, following)
+                self._set_link(following + 8, ListHead)
+            finally:
+                if self.bugcheck is None:
+                    self._drop_lock(Lock)
+            return first
+
         def change():
             first = self._link(ListHead)
             if first == ListHead:

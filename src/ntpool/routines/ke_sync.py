@@ -336,12 +336,27 @@ class SyncRoutines:
 
     @routine("LONG KeResetEvent(PRKEVENT Event)")
     def KeResetEvent(self, Event) -> int:
+        # The usual call, inline (as KeSetEvent's), at any IRQL, as the way below.
+        base = self._tlb.get(Event >> 12) if type(Event) is int else None
+        if base is not None and not Event & 7 and not self._writes_published:
+            words = self._words
+            word = (base + (Event & 0xFFF)) >> 3
+            header = words[word]
+            previous = header >> 32  # SignalState, a LONG
+            words[word] = header & _LOW_DWORD
+            return previous - (1 << 32) if previous & 0x80000000 else previous
         previous = self._signal_state(Event)
         self._put32(Event + L.DISPATCHER_HEADER.SignalState, 0)
         return previous
 
     @routine("VOID KeClearEvent(PRKEVENT Event)")
     def KeClearEvent(self, Event) -> None:
+        # The usual call, inline (as KeResetEvent's).
+        base = self._tlb.get(Event >> 12) if type(Event) is int else None
+        if base is not None and not Event & 7 and not self._writes_published:
+            word = (base + (Event & 0xFFF)) >> 3
+            self._words[word] &= _LOW_DWORD
+            return
         self._put32(Event + L.DISPATCHER_HEADER.SignalState, 0)
 
     @routine("LONG KeReadStateEvent(PRKEVENT Event)")

@@ -12,6 +12,8 @@ bridge's (``ntpool.native.runtime``): their arguments are read as the x64 conven
 
 from __future__ import annotations
 
+from codecs import utf_16_le_decode
+
 from ..constants import NtStatus, PoolType
 from . import layouts as L
 from .registry import register_type, routine
@@ -54,6 +56,30 @@ class StringRoutines:
 
     @routine("VOID RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString)")
     def RtlInitUnicodeString(self, DestinationString, SourceString) -> None:
+        # The usual call, inline: an even SourceString whose NUL is on its own present page,
+        # an aligned destination on a present page, nobody listening for memory writes. The
+        # length is ``_wide_z``'s (its text's length in UTF-16 units, as decoded), the
+        # UNICODE_STRING its 16 bytes; anything else the way below.
+        if type(SourceString) is int and SourceString > 0 and not SourceString & 1 and \
+                type(DestinationString) is int and not DestinationString & 7 and \
+                DestinationString & 0xFFF <= 0xFF0 and not self._writes_published:
+            tlb = self._tlb
+            source_base = tlb.get(SourceString >> 12)
+            destination_base = tlb.get(DestinationString >> 12)
+            if source_base is not None and destination_base is not None:
+                mem = self._mem
+                start = source_base + (SourceString & 0xFFF)
+                end = source_base + 0x1000
+                nul = mem.find(b"\0\0", start, end)
+                while nul >= 0 and (nul - start) & 1:
+                    nul = mem.find(b"\0\0", nul + 1, end)
+                if nul >= 0:
+                    text = utf_16_le_decode(mem[start:nul], "replace", True)[0]  # bytes.decode's
+                    length = min(len(text) * 2, MAX_USTRING - 2)
+                    word = (destination_base + (DestinationString & 0xFFF)) >> 3
+                    self._words[word] = length | (length + 2) << 16
+                    self._words[word + 1] = SourceString
+                    return
         if not SourceString:
             self._put_unicode_string(DestinationString, 0, 0, 0)
             return
