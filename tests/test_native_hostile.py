@@ -415,12 +415,13 @@ def test_a_null_out_pointer_faults_where_the_parameter_is_not_optional():
 
 
 def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_to_replay(
-        monkeypatch, capsys):
+        monkeypatch, capsys, tmp_path):
     """The supervisor's own guarantees, with the cases replaced (the worker is forked, so it
     runs the replacements): an exception is a finding with its traceback, a case past the
     time limit is killed and reported, a worker that dies too, and the cases after each
     still run."""
     import os
+    import tempfile
     import time
     from ntpool.tools import sys_fuzz
 
@@ -430,6 +431,7 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
         return sys_fuzz.Base("fake", b"", None), bytes([index]), None, [f"case {index}"]
 
     def run(base, data, pdb, directory, native_timeout, done=()):
+        assert os.path.isdir(directory)  # the supervisor's, for this worker
         if data == b"\x01":
             raise KeyError("a model bug")
         if data == b"\x03":
@@ -441,7 +443,10 @@ def test_the_sys_fuzzer_reports_a_python_error_a_hang_and_a_death_with_the_case_
     monkeypatch.setattr(sys_fuzz, "load_bases", lambda names=None: [])
     monkeypatch.setattr(sys_fuzz, "make_case", case)
     monkeypatch.setattr(sys_fuzz, "run_case", run)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert sys_fuzz.main(["--runs", "8", "--seed", "3", "--time-limit", "0.3"]) == 1
+    # The killed workers' case directories went too (the supervisor removes each).
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("ntpool-sys-fuzz-")]
     out = capsys.readouterr().out
     assert "8 cases in" in out and "ran 4" in out
     assert "FINDING case 6 (?.sys: ): fuzzer-error: making the case: ValueError" in out

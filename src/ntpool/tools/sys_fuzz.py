@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import sys
@@ -370,30 +371,31 @@ def run_case(base: Base, data: bytes, pdb: bytes | None, directory: str,
 # --- the worker and its supervisor --------------------------------------------------------------
 
 def _worker(connection_fd: int, seed: int, first: int, last: int, names, native_timeout: float,
-            only=None) -> None:
-    """Run cases first..last-1, writing one JSON line per event to the pipe."""
+            only, directory: str) -> None:
+    """Run cases first..last-1, writing one JSON line per event to the pipe; each case's
+    files go in ``directory``, which the supervisor made and removes (a worker it kills
+    could not)."""
     out = os.fdopen(connection_fd, "w", buffering=1)
     bases = load_bases(names)
-    with tempfile.TemporaryDirectory(prefix="ntpool-sys-fuzz-") as directory:
-        for index in range(first, last):
-            try:
-                base, data, pdb, done = make_case(bases, seed, index, only)
-            except Exception as error:  # noqa: BLE001 - the fuzzer's own bug: say so, go on
-                out.write(json.dumps({"done": index, "kind": "fuzzer-error", "base": "?",
-                                      "mutations": [], "detail": f"making the case: "
-                                      f"{type(error).__name__}: {error}"[:300],
-                                      "traceback": traceback.format_exc()[-3000:]}) + "\n")
-                continue
-            out.write(json.dumps({"start": index, "base": base.name, "mutations": done}) + "\n")
-            try:
-                outcome = run_case(base, data, pdb, directory, native_timeout, done)
-                record = {"done": index, "kind": outcome.kind, "detail": outcome.detail[:300]}
-            except BaseException as error:  # noqa: BLE001 - every other ending is a finding
-                record = {"done": index, "kind": "exception",
-                          "detail": f"{type(error).__name__}: {error}"[:300],
-                          "traceback": traceback.format_exc()[-3000:]}
-            record.update(base=base.name, mutations=done)
-            out.write(json.dumps(record) + "\n")
+    for index in range(first, last):
+        try:
+            base, data, pdb, done = make_case(bases, seed, index, only)
+        except Exception as error:  # noqa: BLE001 - the fuzzer's own bug: say so, go on
+            out.write(json.dumps({"done": index, "kind": "fuzzer-error", "base": "?",
+                                  "mutations": [], "detail": f"making the case: "
+                                  f"{type(error).__name__}: {error}"[:300],
+                                  "traceback": traceback.format_exc()[-3000:]}) + "\n")
+            continue
+        out.write(json.dumps({"start": index, "base": base.name, "mutations": done}) + "\n")
+        try:
+            outcome = run_case(base, data, pdb, directory, native_timeout, done)
+            record = {"done": index, "kind": outcome.kind, "detail": outcome.detail[:300]}
+        except BaseException as error:  # noqa: BLE001 - every other ending is a finding
+            record = {"done": index, "kind": "exception",
+                      "detail": f"{type(error).__name__}: {error}"[:300],
+                      "traceback": traceback.format_exc()[-3000:]}
+        record.update(base=base.name, mutations=done)
+        out.write(json.dumps(record) + "\n")
     out.close()
 
 
@@ -421,78 +423,93 @@ def _rss_mib(pid: int) -> float:
 
 def supervise(runs: int, seed: int, names=None, time_limit: float = 20.0, memory_mib: int = 2048,
               native_timeout: float = 1.0, progress=None, only=None) -> tuple[Counter, list[dict]]:
-    """Run cases 0..runs-1 in watched workers; (how they ended, the findings)."""
-    import selectors
+    """Run cases 0..runs-1 in watched workers; (how they ended, the findings). Each
+    worker's case files go in a directory made here and removed when it ends, however."""
     counts: Counter = Counter()
     findings: list[dict] = []
     index = 0
     while index < runs:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(read_fd)
-            code = 0
-            try:
-                _worker(write_fd, seed, index, runs, names, native_timeout, only)
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        os.close(write_fd)
-        reader = os.fdopen(read_fd, "r")
-        selector = selectors.DefaultSelector()
-        selector.register(reader, selectors.EVENT_READ)
-        current, started = None, time.monotonic()
-        what: dict = {}
-        ended = None
-        buffer = ""
-        while ended is None:
-            ready = selector.select(timeout=0.2)
-            if ready:
-                chunk = os.read(read_fd, 65536).decode()
-                if not chunk:
-                    ended = "exit"
-                    break
-                buffer += chunk
-                while "\n" in buffer:
-                    line, buffer = buffer.split("\n", 1)
-                    record = json.loads(line)
-                    if "start" in record:
-                        current, started = record["start"], time.monotonic()
-                        what = {"base": record["base"], "mutations": record["mutations"]}
-                        continue
-                    current = None
-                    record["case"] = record.pop("done")
-                    index = record["case"] + 1
-                    counts[record["kind"]] += 1
-                    if record["kind"] not in ALLOWED:
-                        findings.append(record)
-                    if progress:
-                        progress(index, record)
-            if current is not None:
-                if time.monotonic() - started > time_limit:
-                    ended = "time"
-                elif _rss_mib(pid) > memory_mib:
-                    ended = "memory"
-        if ended != "exit":
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        selector.close()
-        reader.close()
-        if current is not None:  # the worker stopped inside a case
-            kind = {"time": "timeout", "memory": "memory", "exit": "worker-died"}[ended]
-            detail = {"time": f"the case ran past {time_limit:g} s",
-                      "memory": f"the worker grew past {memory_mib} MiB",
-                      "exit": "the worker process died"}[ended]
-            counts[kind] += 1
-            findings.append({"case": current, "kind": kind, "detail": detail, **what})
-            index = current + 1
-        elif ended == "exit" and index < runs:
-            counts["worker-died"] += 1
-            findings.append({"case": index, "kind": "worker-died",
-                             "detail": "the worker exited between cases"})
-            index += 1
+        directory = tempfile.mkdtemp(prefix="ntpool-sys-fuzz-")
+        try:
+            index = _supervise_worker(index, runs, seed, names, time_limit, memory_mib,
+                                      native_timeout, progress, only, directory, counts, findings)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
     return counts, findings
+
+
+def _supervise_worker(index: int, runs: int, seed: int, names, time_limit: float, memory_mib: int,
+                      native_timeout: float, progress, only, directory: str, counts: Counter,
+                      findings: list) -> int:
+    """One worker from case ``index`` on, watched until it ends or is killed; the case to
+    go on from."""
+    import selectors
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(read_fd)
+        code = 0
+        try:
+            _worker(write_fd, seed, index, runs, names, native_timeout, only, directory)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    reader = os.fdopen(read_fd, "r")
+    selector = selectors.DefaultSelector()
+    selector.register(reader, selectors.EVENT_READ)
+    current, started = None, time.monotonic()
+    what: dict = {}
+    ended = None
+    buffer = ""
+    while ended is None:
+        ready = selector.select(timeout=0.2)
+        if ready:
+            chunk = os.read(read_fd, 65536).decode()
+            if not chunk:
+                ended = "exit"
+                break
+            buffer += chunk
+            while "\n" in buffer:
+                line, buffer = buffer.split("\n", 1)
+                record = json.loads(line)
+                if "start" in record:
+                    current, started = record["start"], time.monotonic()
+                    what = {"base": record["base"], "mutations": record["mutations"]}
+                    continue
+                current = None
+                record["case"] = record.pop("done")
+                index = record["case"] + 1
+                counts[record["kind"]] += 1
+                if record["kind"] not in ALLOWED:
+                    findings.append(record)
+                if progress:
+                    progress(index, record)
+        if current is not None:
+            if time.monotonic() - started > time_limit:
+                ended = "time"
+            elif _rss_mib(pid) > memory_mib:
+                ended = "memory"
+    if ended != "exit":
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    selector.close()
+    reader.close()
+    if current is not None:  # the worker stopped inside a case
+        kind = {"time": "timeout", "memory": "memory", "exit": "worker-died"}[ended]
+        detail = {"time": f"the case ran past {time_limit:g} s",
+                  "memory": f"the worker grew past {memory_mib} MiB",
+                  "exit": "the worker process died"}[ended]
+        counts[kind] += 1
+        findings.append({"case": current, "kind": kind, "detail": detail, **what})
+        index = current + 1
+    elif ended == "exit" and index < runs:
+        counts["worker-died"] += 1
+        findings.append({"case": index, "kind": "worker-died",
+                         "detail": "the worker exited between cases"})
+        index += 1
+    return index
 
 
 def replay(seed: int, index: int, names=None, native_timeout: float = 1.0, only=None) -> int:
