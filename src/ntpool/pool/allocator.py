@@ -257,11 +257,9 @@ class PoolAllocator:
         # While a layer that only observes is set (see ``allocate_in_lane``): the pool types
         # the fast path would serve but for the layer -> their pool. Empty otherwise.
         self.lane_pools: dict[int, Pool] = {}
-        # The five tables above as made for each IRQL rule (``_use_fast_tables``), until the
-        # next ``refresh_fast_paths``.
-        self.fast_tables_by_rule: dict[tuple[bool, bool], tuple] = {}
-        # The rule the tables hold now (None: to be refilled whole), and for each change of
-        # rule, the entries that change (``_use_fast_tables``), until the next refresh.
+        # The IRQL rule the tables above hold now (None: to be refilled whole), and for each
+        # change of rule the entries that change (``_use_fast_tables``), until the next
+        # ``refresh_fast_paths``.
         self.fast_rule: tuple[bool, bool] | None = None
         self.table_changes: dict[tuple, tuple] = {}
         # Each pool's ``pages_for_priority`` (by its name), made when first asked for, for
@@ -300,35 +298,28 @@ class PoolAllocator:
         the free fast path on, which tells it each chunk freed, and the pool types the
         allocation fast path would serve become ``lane_pools`` for ``allocate_in_lane``.
 
-        The tables are made anew here (a processor, a layer, a site map changed) and kept
-        by the IRQL rule they were made for, so that ``set_irql`` only changes the entries
-        that differ: a spin lock raises to DISPATCH_LEVEL and lowers again, and making the
-        tables each time was 8 of the 17 us a KeAcquireSpinLock + KeReleaseSpinLock pair
-        took (refilling them whole, 2 of the 7 us left)."""
-        self.fast_tables_by_rule.clear()
+        The tables are made anew here (a processor, a layer, a site map changed), and what
+        changes between two IRQL rules is kept, so that ``set_irql`` only changes the
+        entries that differ: a spin lock raises to DISPATCH_LEVEL and lowers again, and
+        making the tables each time was 8 of the 17 us a KeAcquireSpinLock +
+        KeReleaseSpinLock pair took (refilling them whole, 2 of the 7 us left)."""
         self.table_changes.clear()
         self.fast_rule = None
         self._use_fast_tables()
 
     def _use_fast_tables(self) -> None:
-        """Refill the fast paths' tables for the current IRQL, made once per IRQL rule (which
-        pools ``pool_usable_at`` allows) since the last ``refresh_fast_paths``. From one
-        rule to another only the entries that differ change (``_table_changes``): raising
-        to DISPATCH_LEVEL takes the paged pool's out, lowering puts them back."""
+        """Make the fast paths' tables what the current IRQL's rule (which pools
+        ``pool_usable_at`` allows) needs: refilled whole after ``refresh_fast_paths``; from
+        one rule to another only the entries that differ change (``_table_changes``, worked
+        out once per pair of rules): raising to DISPATCH_LEVEL takes the paged pool's out,
+        lowering puts them back."""
         rule = IRQL_RULES[self.irql]
         if rule == self.fast_rule:
             return
         changes = self.table_changes.get((self.fast_rule, rule))
         if changes is None:
-            tables = self.fast_tables_by_rule.get(rule)
-            if tables is None:
-                tables = self.fast_tables_by_rule[rule] = self._make_fast_tables()
-            fast_pools, fast_lists, lane_pools, free_slots, fast_frees = tables
-            if self.fast_rule is not None:
-                changes = self.table_changes[(self.fast_rule, rule)] = _table_changes(
-                    ((self.fast_pools, fast_pools), (self.fast_lists, fast_lists),
-                     (self.fast_free_slots, free_slots), (self.fast_frees, fast_frees)), lane_pools)
-            else:  # just refreshed: the tables are refilled whole
+            fast_pools, fast_lists, lane_pools, free_slots, fast_frees = self._make_fast_tables()
+            if self.fast_rule is None:  # just refreshed: the tables are refilled whole
                 _refill(self.fast_pools, fast_pools)
                 _refill(self.fast_lists, fast_lists)
                 _refill(self.fast_free_slots, free_slots)
@@ -336,6 +327,9 @@ class PoolAllocator:
                 self.lane_pools = lane_pools
                 self.fast_rule = rule
                 return
+            changes = self.table_changes[(self.fast_rule, rule)] = _table_changes(
+                ((self.fast_pools, fast_pools), (self.fast_lists, fast_lists),
+                 (self.fast_free_slots, free_slots), (self.fast_frees, fast_frees)), lane_pools)
         deletions, additions, self.lane_pools = changes
         for table, key in deletions:
             del table[key]
