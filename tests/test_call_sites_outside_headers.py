@@ -247,3 +247,30 @@ def test_each_design_names_the_allocating_line_of_small_and_big_chunks(windows):
         site = k.allocation_site(p)
         assert site.function == "Driver.small" and site.filename.endswith(__file__.rsplit("/", 1)[-1])
         assert k.allocation_driver(p).name == "sites.sys"
+
+
+def test_a_drivers_code_in_a_file_of_ntpools_own_is_its_site_once_the_driver_loads():
+    """Code in one of ntpool's own files is machinery (walked out of to its caller) until a
+    driver that owns it loads: the lookup's cache of what is machinery is made again then."""
+    import os
+    import types
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    filename = os.path.join(os.path.dirname(ntpool.__file__), "owned_driver.py")
+    namespace: dict = {}
+    exec(compile("def allocate(k):\n    return k.ExAllocatePoolWithTag(0, 40, 'Ownd')\n",
+                 filename, "exec"), namespace)
+    allocate = namespace["allocate"]
+
+    def here(k):  # the caller the machinery is walked out to
+        return allocate(k)
+
+    before = k.pool.site_of(here(k))
+    assert k.call_sites.table[before].function.endswith("here")
+    driver = types.ModuleType("owned")
+    driver.allocate = allocate
+    driver.DriverEntry = lambda k, path: 0
+    k.load_driver(driver)
+    after = k.pool.site_of(here(k))
+    assert k.call_sites.table[after].function.endswith("allocate")
+    assert k.call_sites.table[after].filename == filename
