@@ -21,6 +21,7 @@ import types
 import zlib
 from typing import NamedTuple
 
+from ..packing import x64_struct
 from ..constants import NtStatus
 from ..errors import NtStatusError, allowed_when_halted
 from ..hooks import DriverUnloaded, DriverUnloading
@@ -33,8 +34,8 @@ LDR_ENTRY_POINT = 0x38
 LDR_SIZE_OF_IMAGE = 0x40
 LDR_FULL_DLL_NAME = 0x48
 LDR_BASE_DLL_NAME = 0x58
-UNICODE_STRING = struct.Struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
-LIST_ENTRY = struct.Struct("<QQ")
+UNICODE_STRING = x64_struct("<HHxxxxQ")  # Length, MaximumLength, Buffer
+LIST_ENTRY = x64_struct("<QQ")
 
 # ntpool's own machinery: every module directly in the package (the kernel, hooks, leaf
 # modules) and the core's folders (ARCHITECTURE.md). Code that calls into the machine the way
@@ -294,7 +295,7 @@ class CallSites:
 
 CALL_SITE_TABLE_MAGIC = b"NTCS"
 CALL_SITE_HEADER = struct.Struct("<4sIII")  # magic, count, entry size, reserved
-CALL_SITE_ENTRY = struct.Struct("<QQII")  # KLDR entry of the owner (0: none), address, line, text offset
+CALL_SITE_ENTRY = x64_struct("<QQII")  # KLDR entry of the owner (0: none), address, line, text offset
 CALL_SITE_TEXT_WINDOW = 2048  # a site's function and file with their NULs fit in this many bytes
 
 

@@ -12,12 +12,11 @@ This module knows nothing of pools.
 """
 
 import mmap
-import struct
-import sys
 from collections.abc import Sequence
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from ..hooks import Hooks, MappingChanged
+from ..packing import QWORD_VIEW, x64_struct
 
 PTE_PRESENT = 1 << 0
 PTE_WRITABLE = 1 << 1
@@ -35,15 +34,13 @@ SELF_MAP_INDEX = 0x1ED
 # this frame among them; a machine too small to have it takes its first free frame.
 WINDOWS7_PML4_PFN = 0x187
 
-_QWORD = struct.Struct("<Q")
-if sys.byteorder != "little":  # PhysicalMemory.qwords reads x64's little-endian QWORDs natively
-    raise ImportError("ntpool's simulated x64 memory needs a little-endian host")
+_QWORD = x64_struct("<Q")
 # A page table's share of PTEs, read and written as SIGNED 64-bit integers: a PTE with NX
 # (bit 63) is then a negative number within a C long, where as an unsigned one it is past
 # sys.maxsize, and CPython steps a range of such numbers (a run of PTEs) and converts them
 # in its slow big-integer arithmetic, several times the cost of the pack or unpack itself.
 # The bits are the same; ``entry & PTE_ADDRESS_MASK`` reads a negative entry's frame alike.
-_PTE_RUNS = [struct.Struct(f"<{count}q") for count in range(0x201)]
+_PTE_RUNS = [x64_struct(f"<{count}q") for count in range(0x201)]
 _PTE_NX_SIGNED = PTE_NX - (1 << 64)  # PTE_NX as a signed 64-bit integer: -2**63
 # map_pages' PTE flags, writable, with and without NX (signed, as _PTE_RUNS packs them).
 _PTE_FLAGS_EXECUTABLE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE
@@ -82,8 +79,8 @@ class PhysicalMemory:
         # The same bytes as an array of QWORDs (qwords[pa >> 3] is the 8 bytes at an 8-aligned
         # pa): one index reads or writes an aligned pointer or a POOL_HEADER's first 8 bytes,
         # about half what a Struct's unpack_from / pack_into costs. The view is in the host's
-        # byte order, which must be x64's (checked at import).
-        self.qwords = memoryview(self.buffer).cast("Q")
+        # byte order, which must be x64's, and in its cheapest 8-byte integer (``packing``).
+        self.qwords = memoryview(self.buffer).cast(QWORD_VIEW)
         # One byte a frame: 1 while the frame holds something the machine uses.
         self.frame_in_use = bytearray(self.frame_count)
         self.frame_in_use[0] = 1

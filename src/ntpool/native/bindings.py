@@ -15,8 +15,8 @@ to a handler that stops the run naming the routine when it is first called.
 """
 
 import os
-import struct
 
+from ..packing import x64_struct
 from .. import kernel as _kernel  # noqa: F401  (importing it declares the whole routine surface)
 from ..pool.allocator import VALID_POOL_TYPE_BITS
 from ..routines import registry
@@ -24,7 +24,7 @@ from . import cpu as cpu_module
 from . import runtime
 from .pe import BadImage, shown
 
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
 

@@ -41,6 +41,7 @@ import unicorn
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from ..packing import x64_struct
 from ..constants import PAGE_SIZE
 from .control_registers import CR8_ACCESS, control_register_sites
 
@@ -57,7 +58,7 @@ RETURN_TRAP = STUB_CODE + 0x20
 FIRST_STUB = STUB_CODE + STUB_SIZE
 MAX_STUBS = (STUB_CODE_PAGES * PAGE_SIZE) // STUB_SIZE - 1
 CALL_BLOCK = STUB_BASE  # routine number, rcx, rdx, r8, r9, rsp, then the return value
-CALL_BLOCK_FORMAT = struct.Struct("<QQQQQQ")
+CALL_BLOCK_FORMAT = x64_struct("<QQQQQQ")
 RETURN_SLOT = CALL_BLOCK + 0x30
 EXCEPTION_RECORD_VA = STUB_BASE + 0x100
 EXCEPTION_POINTERS_VA = STUB_BASE + 0x200

@@ -14,6 +14,7 @@ the runner that calls native code and turns what stops it into ntpool's answers.
 import os
 import struct
 
+from ..packing import x64_struct
 from ..constants import DISPATCH_LEVEL, PAGE_SIZE, SYSTEM_RANGE_START, BugCheckCode
 from ..errors import BugCheck, MachineHung, NtStatusError
 from ..hooks import DriverUnloaded, FramesAliased, MappingChanged, MemoryWritten, PageFault
@@ -30,7 +31,7 @@ from .loader import IMAGE_ALIGNMENT, NATIVE_IMAGE_BASE, MissingImports, map_imag
 from .pe import BadImage, parse_image
 from .symbols import Symbols
 
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 
 
 class NativeError(RuntimeError):

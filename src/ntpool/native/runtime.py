@@ -15,11 +15,12 @@ such as the command line, which prints it as it comes).
 import struct
 from types import SimpleNamespace
 
+from ..packing import x64_struct
 from ..constants import BadPoolCaller, BugCheckCode
 from ..errors import NtStatusError
 from ..routines.rtl_printf import VaList, format_c, format_text, print_into, read_cstring
 
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 DPFLTR_ERROR_LEVEL = 0
 # DbgPrintEx shows a message when its level is ERROR (0) or when the component's mask
 # allows it; Windows' default mask shows only errors. ntpool shows every level, marked.

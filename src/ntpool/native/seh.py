@@ -24,6 +24,7 @@ KMODE_EXCEPTION_NOT_HANDLED (0x1E: code, address, parameter 0, parameter 1) othe
 import bisect
 import struct
 
+from ..packing import x64_struct
 from ..constants import BugCheckCode
 from . import cpu as cpu_module
 
@@ -42,7 +43,7 @@ CONTEXT_FLAGS = 0x30
 CONTEXT_EFLAGS = 0x44
 CONTEXT_RAX = 0x78  # then rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15, rip
 CONTEXT_FULL = 0x10000B
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 
 
 class UnwindError(Exception):

@@ -45,6 +45,7 @@ from ..constants import (
 )
 from ..errors import NtStatusError, TagError
 from ..hooks import Hooks, MemoryWritten, PoolLayer
+from ..packing import QWORD_VIEW, x64_struct
 from ..tags import PROTECTED_POOL, tag_value
 from ..machine.irql import pool_usable_at
 from ..machine.memory import PTE_CACHE_DISABLE, PTE_WRITE_THROUGH, OutOfFrames
@@ -101,7 +102,7 @@ _unpack_index_size_type_tag = _INDEX_SIZE_TYPE_TAG.unpack_from
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _POOL_INDEX = POOL_HEADER.PoolIndex
 _PROCESS_BILLED = POOL_HEADER.ProcessBilled
-_QWORD = struct.Struct("<Q")
+_QWORD = x64_struct("<Q")
 assert POOL_HEADER.PreviousSize == 0
 _BODY = HEADER_SIZE
 _IN_USE_OR_QUOTA = POOL_IN_USE | POOL_QUOTA
@@ -417,7 +418,7 @@ class PoolAllocator:
         zero_packers = ZERO_PACKERS
         # The same memory as QWORDs from byte 16 on: bodies[header_pa // 8] is the QWORD
         # just past that header, a lookaside entry's Next (no addition on the fast path).
-        bodies = memoryview(mem)[_BODY:].cast("Q")
+        bodies = memoryview(mem)[_BODY:].cast(QWORD_VIEW)
 
         # The call site of the last allocation whose site the index held. A driver allocates
         # from one call in a loop far more often than it alternates, and comparing the code
@@ -541,7 +542,7 @@ class PoolAllocator:
         known_tags = self.known_tags
         tracker_rows = self.tracker.rows
         mem = self.mem
-        bodies = memoryview(mem)[_BODY:].cast("Q")  # bodies[header_pa // 8]: as fast_allocate's
+        bodies = memoryview(mem)[_BODY:].cast(QWORD_VIEW)  # bodies[header_pa // 8]: as fast_allocate's
         # The same memory one byte on: pool_indexes[header_pa] is that header's PoolIndex
         # (the next header's, read with no addition).
         pool_indexes = memoryview(mem)[POOL_HEADER.PoolIndex:]
@@ -668,7 +669,7 @@ class PoolAllocator:
         fast_pools = self.fast_pools
         mem = self.mem
         zero_packers = ZERO_PACKERS
-        bodies = memoryview(mem)[_BODY:].cast("Q")  # bodies[header_pa // 8]: as fast_allocate's
+        bodies = memoryview(mem)[_BODY:].cast(QWORD_VIEW)  # bodies[header_pa // 8]: as fast_allocate's
 
         # The last indexed call site, as fast_allocate keeps it (its own: the two are called
         # from different routines).

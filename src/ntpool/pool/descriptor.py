@@ -13,6 +13,7 @@ import struct
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
 from ..hooks import PagedIn, PagedOut
+from ..packing import x64_struct
 from ..machine.memory import AddressSpace, PhysicalMemory
 from .checks import (
     check_block_size,
@@ -81,11 +82,11 @@ _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the he
 # What coalescing reads of a header: PreviousSize, BlockSize, PoolTag (PoolIndex and PoolType
 # skipped); and of the previous chunk's, PoolType too, and its body's links (Flink, Blink).
 _PREVIOUS_SIZE_TAG = struct.Struct("<BxBxI")
-_PREVIOUS_SIZE_TYPE_TAG_LINKS = struct.Struct("<BxBBI8xQQ")
+_PREVIOUS_SIZE_TYPE_TAG_LINKS = x64_struct("<BxBBI8xQQ")
 assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, POOL_HEADER.PoolTag) == (0, 2, 3, 4)
 # A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
 # layout.header_first8's low half), the PoolTag, ProcessBilled.
-_HEADER_ULONG_TAG_BILLED = struct.Struct("<IIQ")
+_HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
 assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
 
 def _no_machine(va: int, write: bool, irql: int) -> int:

@@ -36,6 +36,7 @@ import struct
 from typing import Iterator, NamedTuple
 
 from ..constants import PAGE_SIZE
+from ..packing import x64_struct
 
 BLOCK = 16  # the pool's granularity on x64
 BLOCK_SHIFT = 4
@@ -73,7 +74,7 @@ class StructLayout:
         for field_name, offset, kind in fields:
             if offset + struct.calcsize(_FORMATS[kind]) > size:
                 raise ValueError(f"{name}.{field_name} runs past the structure's {size} bytes")
-            self.fields[field_name] = Field(field_name, offset, kind, struct.Struct("<" + _FORMATS[kind]))
+            self.fields[field_name] = Field(field_name, offset, kind, x64_struct("<" + _FORMATS[kind]))
         primary = sorted((f for f in self.fields.values() if f.name not in union), key=lambda f: f.offset)
         self.primary_names = tuple(f.name for f in primary)
         self.struct = self._struct_for(primary, 0, size)
@@ -89,7 +90,7 @@ class StructLayout:
                 raise ValueError(f"field {field.name} overlaps the one before it")
             text += "x" * (field.offset - at) + _FORMATS[field.kind]
             at = field.offset + field.codec.size
-        return struct.Struct(text + "x" * (end - at))
+        return x64_struct(text + "x" * (end - at))
 
     def offset(self, name: str) -> int:
         return self.fields[name].offset
@@ -191,7 +192,7 @@ LIST_ENTRY = StructLayout("LIST_ENTRY", 16, [("Flink", 0, "u64"), ("Blink", 8, "
 SINGLE_LIST_ENTRY = StructLayout("SINGLE_LIST_ENTRY", 8, [("Next", 0, "u64")])
 
 HEADER_SIZE = POOL_HEADER.size
-POINTER = struct.Struct("<Q")  # a pointer field, wherever a layout puts one
+POINTER = x64_struct("<Q")  # a pointer field, wherever a layout puts one
 
 # PoolType byte encoding.
 POOL_FREE = 0

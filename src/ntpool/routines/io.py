@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..packing import x64_struct
 from ..constants import (
     DISPATCH_LEVEL,
     PAGE_SHIFT,
@@ -45,10 +46,10 @@ from .registry import register_type, routine
 # StackCount, CurrentLocation, ApcEnvironment and AllocationFlags bytes; the current stack
 # location) and an MDL's whole header (MmInitializeMdl): packed at their layouts' offsets.
 _IRP_FIRST = struct.Struct("<HH")
-_IRP_LINKS = struct.Struct("<QQ")
+_IRP_LINKS = x64_struct("<QQ")
 _IRP_COUNTS = struct.Struct("<BBxxBB")
-_IRP_POINTER = struct.Struct("<Q")
-_MDL_HEADER = struct.Struct("<QHH4xQQQII")
+_IRP_POINTER = x64_struct("<Q")
+_MDL_HEADER = x64_struct("<QHH4xQQQII")
 assert _MDL_HEADER.size == L.MDL.SIZE and _IRP_COUNTS.size == L.IRP.AllocationFlags - L.IRP.StackCount + 1
 
 STATUS_PENDING = 0x00000103

@@ -17,14 +17,14 @@ special case); 0xFFFFFFFF means no run.
 
 from __future__ import annotations
 
-import struct
 
+from ..packing import x64_struct
 from .registry import register_type, routine
 
 register_type("RTL_BITMAP", 16)
 register_type("PRTL_BITMAP", 8, pointer=True, pointee="RTL_BITMAP")
 
-RTL_BITMAP = struct.Struct("<I4xQ")  # SizeOfBitMap, Buffer
+RTL_BITMAP = x64_struct("<I4xQ")  # SizeOfBitMap, Buffer
 NO_INDEX = 0xFFFFFFFF
 ULONG_MASK = 0xFFFFFFFF
 

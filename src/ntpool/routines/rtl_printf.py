@@ -25,11 +25,12 @@ from __future__ import annotations
 import re
 import struct
 
+from ..packing import x64_struct
 from .registry import register_type, routine
 from .runtime import MAX_STRING, read_c_string
 
 _FORMAT = re.compile(r"%([-+ #0]*)(\*|[0-9]+)?(?:\.(\*|[0-9]*))?(hh|h|ll|l|w|I64|I32|I|z|j|t|L)?(.)", re.S)
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 register_type("va_list", 8, pointer=True)
 
 PIECE = 0x1000  # characters of padding made at once (a width of 2**31 is written piece by piece)

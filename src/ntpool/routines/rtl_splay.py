@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 
+from ..packing import x64_struct
 from .registry import register_type, routine
 from .rtl_tables import GenericGreaterThan, GenericLessThan, _address
 
@@ -39,7 +40,7 @@ S_ALLOCATE_ROUTINE = 0x30
 S_FREE_ROUTINE = 0x38
 S_TABLE_CONTEXT = 0x40
 RTL_GENERIC_TABLE_SIZE = 0x48
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 
 
 class SplayTableRoutines:

@@ -24,8 +24,8 @@ other value is taken as equal.
 
 from __future__ import annotations
 
-import struct
 
+from ..packing import x64_struct
 from .registry import register_type, routine
 
 for _name in ("PRTL_AVL_TABLE", "PRTL_AVL_COMPARE_ROUTINE", "PRTL_AVL_ALLOCATE_ROUTINE",
@@ -51,8 +51,8 @@ TABLE_CONTEXT = 0x60
 RTL_AVL_TABLE_SIZE = 0x68
 
 GenericLessThan, GenericGreaterThan, GenericEqual = 0, 1, 2
-_Q = struct.Struct("<Q")
-_LINKS = struct.Struct("<QQQb")
+_Q = x64_struct("<Q")
+_LINKS = x64_struct("<QQQb")
 
 
 def _address(name: str, value) -> int:

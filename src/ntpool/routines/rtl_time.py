@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 
+from ..packing import x64_struct
 from .registry import register_type, routine
 
 register_type("CSHORT", 2, signed=True)
@@ -27,7 +28,7 @@ register_type("TIME_FIELDS", 16)
 register_type("PTIME_FIELDS", 8, pointer=True, pointee="TIME_FIELDS")
 
 TIME_FIELDS = struct.Struct("<8h")
-LARGE_INTEGER = struct.Struct("<q")
+LARGE_INTEGER = x64_struct("<q")
 TICK = 156250  # KeQueryTimeIncrement: 15.625 ms in 100 ns units
 UNITS_PER_MILLISECOND = 10_000
 MILLISECONDS_PER_DAY = 86_400_000

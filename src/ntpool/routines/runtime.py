@@ -16,6 +16,7 @@ DbgPrint writes to ``k.debug_output`` (a list of lines) and publishes ``DebugPri
 
 import struct
 
+from ..packing import x64_struct
 from ..constants import (
     BASE_POOL_TYPE_MASK,
     DISPATCH_LEVEL,
@@ -28,6 +29,7 @@ from ..constants import (
 from ..drivers import LDR_DLL_BASE
 from ..errors import MachineHung, NtStatusError, allowed_when_halted
 from ..hooks import DebugPrinted, PageFault
+from ..packing import QWORD_VIEW
 from ..machine.memory import canonical
 from ..pool.lookaside import target_depth
 from .registry import register_type, routine, serve_directly
@@ -53,11 +55,11 @@ for _name in ("PALLOCATE_FUNCTION", "PFREE_FUNCTION", "PALLOCATE_FUNCTION_EX", "
               "PSLIST_HEADER", "PSLIST_ENTRY"):
     register_type(_name, 8, pointer=True)
 
-_Q = struct.Struct("<Q")
-_QQ = struct.Struct("<QQ")
+_Q = x64_struct("<Q")
+_QQ = x64_struct("<QQ")
 # A GENERAL_LOOKASIDE from its ListHead to FreeMisses: the SLIST_HEADER's two QWORDs, Depth,
 # MaximumDepth, TotalAllocates, AllocateMisses, TotalFrees, FreeMisses.
-_HEAD_TO_FREE_MISSES = struct.Struct("<QQHHIIII")
+_HEAD_TO_FREE_MISSES = x64_struct("<QQHHIIII")
 # What a hit reads and writes of it, in one struct each way: the header, Depth, MaximumDepth
 # and TotalAllocates; a kept free, the same, AllocateMisses and TotalFrees (the fields between
 # those it changes are written back as read: one pack where two would cost a call more). The
@@ -65,8 +67,8 @@ _HEAD_TO_FREE_MISSES = struct.Struct("<QQHHIIII")
 # small ints (as one 64-bit int each change of Depth and Sequence would be several
 # operations on a 3-digit int); its second QWORD, NextEntry (bits 4-63: the first entry's
 # address) and the header type (bit 0), as one.
-_HIT = struct.Struct("<HHIQHHI")
-_KEPT_FREE = struct.Struct("<HHIQHHIII")
+_HIT = x64_struct("<HHIQHHI")
+_KEPT_FREE = x64_struct("<HHIQHHIII")
 assert _HIT.size < _KEPT_FREE.size < _HEAD_TO_FREE_MISSES.size
 _KEPT_FREE_BYTES = _KEPT_FREE.size
 _NEXT_ENTRY = ((1 << 64) - 1) & ~0xF  # an SLIST_HEADER's NextEntry bits: the entry's address
@@ -180,7 +182,7 @@ def _lookaside_functions(kernel, extended: bool):
     order, and an entry whose Next would overwrite the list's own fields takes the long
     way.)"""
     allocator, tlb, mem = kernel.pool, kernel._tlb, kernel._mem
-    qwords = memoryview(mem).cast("Q")  # qwords[pa // 8]: the QWORD at an 8-aligned pa
+    qwords = memoryview(mem).cast(QWORD_VIEW)  # qwords[pa // 8]: the QWORD at an 8-aligned pa
     unpack_hit, pack_hit = _HIT.unpack_from, _HIT.pack_into
     unpack_kept_free, pack_kept_free = _KEPT_FREE.unpack_from, _KEPT_FREE.pack_into
     pack_qword = _Q.pack_into

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from contextlib import contextmanager
 
+from ..packing import x64_struct
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SIZE, KERNEL_IMAGE_BYTES, NtStatus
 from ..drivers import LDR_DLL_BASE
 from ..machine.user_space import MM_HIGHEST_USER_ADDRESS
@@ -39,21 +40,21 @@ SystemBigPoolInformation = 66
 # NumberOfPhysicalPages, LowestPhysicalPageNumber, HighestPhysicalPageNumber,
 # AllocationGranularity (ULONGs), MinimumUserModeAddress, MaximumUserModeAddress,
 # ActiveProcessorsAffinityMask (ULONG_PTRs), NumberOfProcessors (CCHAR).
-SYSTEM_BASIC_INFORMATION = struct.Struct("<7I4xQQQb7x")
+SYSTEM_BASIC_INFORMATION = x64_struct("<7I4xQQQb7x")
 TIMER_RESOLUTION = 156250  # the clock's default interval, 15.625 ms in 100 ns units
 ALLOCATION_GRANULARITY = 0x10000
 MINIMUM_USER_MODE_ADDRESS = 0x10000  # MM_LOWEST_USER_ADDRESS
 # RTL_PROCESS_MODULES: NumberOfModules, then (at 8) RTL_PROCESS_MODULE_INFORMATION entries of
 # 0x128 bytes: Section, MappedBase, ImageBase, ImageSize, Flags, LoadOrderIndex,
 # InitOrderIndex, LoadCount, OffsetToFileName, FullPathName[256].
-RTL_PROCESS_MODULE_INFORMATION = struct.Struct("<QQQIIHHHH256s")
+RTL_PROCESS_MODULE_INFORMATION = x64_struct("<QQQIIHHHH256s")
 # SYSTEM_POOLTAG_INFORMATION: Count, then (at 8) SYSTEM_POOLTAG entries of 0x28 bytes:
 # TagUlong, PagedAllocs, PagedFrees, PagedUsed (SIZE_T), NonPagedAllocs, NonPagedFrees,
 # NonPagedUsed (SIZE_T).
-SYSTEM_POOLTAG = struct.Struct("<III4xQIIQ")
+SYSTEM_POOLTAG = x64_struct("<III4xQIIQ")
 # SYSTEM_BIGPOOL_INFORMATION: Count, then (at 8) SYSTEM_BIGPOOL_ENTRY entries of 0x18 bytes:
 # VirtualAddress (bit 0: NonPaged), SizeInBytes, TagUlong.
-SYSTEM_BIGPOOL_ENTRY = struct.Struct("<QQI4x")
+SYSTEM_BIGPOOL_ENTRY = x64_struct("<QQI4x")
 LIST_HEADER_BYTES = 8  # FIELD_OFFSET of the entries: the ULONG count, aligned for them
 LDR_IMAGE_FLAGS = 0  # ntpool's loaded-module entries keep no loader flags
 NTOSKRNL_PATH = "\\SystemRoot\\system32\\ntoskrnl.exe"

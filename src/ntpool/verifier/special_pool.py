@@ -19,11 +19,11 @@ faults for as long as possible. When no slot is left, allocations fall back sile
 normal pool, as Windows' do.
 """
 
-import struct
 from collections import deque
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
+from ..packing import x64_struct
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, SpecialPoolCorruption
 from ..hooks import PageFault
 from ..tags import PROTECTED_POOL, display
@@ -32,7 +32,7 @@ SPECIAL_POOL_BASE = 0xFFFFF98000000000
 PAGED_REGION_OFFSET = 1 << 31  # Windows 10/11: paged special pool's region, above nonpaged's
 DEFAULT_SLOTS = 4096
 SLOT_SIZE = 2 * PAGE_SIZE
-HEADER = struct.Struct("<HBBIQ")
+HEADER = x64_struct("<HBBIQ")
 FLAG_UNDERRUN = 0x1
 SLOT_UNUSED, SLOT_LIVE, SLOT_FREED = 0, 1, 2
 BLOCK = 16

@@ -13,6 +13,7 @@ current subsegment, and its free, with no Python object per allocation.
 import struct
 import sys
 
+from ...packing import x64_struct
 from ...constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -60,7 +61,7 @@ _pack_header = POOL_HEADER.struct.pack_into  # the Struct's own (the layout's ad
 _unpack_first8 = POOL_HEADER_FIRST8.unpack_from
 # The fast paths' header runs, with PreviousSize and PoolIndex as pad bytes (an LFH block's
 # are 0; struct writes pad bytes as zeros): fewer arguments to convert, fewer values made.
-_LFH_HEADER = struct.Struct("<2xBBIQ")  # BlockSize, PoolType, PoolTag, the call site
+_LFH_HEADER = x64_struct("<2xBBIQ")  # BlockSize, PoolType, PoolTag, the call site
 assert _LFH_HEADER.pack(8, 2, 5, 7) == POOL_HEADER.struct.pack(0, 0, 8, 2, 5, 7)
 _pack_lfh_header = _LFH_HEADER.pack_into
 _SIZE_TYPE_TAG = struct.Struct("<2xBBI")  # BlockSize, PoolType, PoolTag

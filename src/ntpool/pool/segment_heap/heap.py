@@ -13,10 +13,10 @@ name it by shared marks; its object is made again when asked for). The POOL_HEAD
 (``allocator.py``); the checks that end in 0x13A are ``checks.py``.
 """
 
-import struct
 from bisect import bisect_left, insort
 from itertools import cycle
 
+from ...packing import x64_struct
 from ...constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE
 from ...hooks import PagedIn, PagedOut
 from ...machine.memory import AddressSpace
@@ -98,7 +98,7 @@ def _segment_end(pages: int) -> int:
     return -(-pages // SEGMENT_PAGES) * SEGMENT_PAGES
 # A VS chunk header: the encoded bits, then the u32 of vs_page_offset_field and 4 bytes of
 # padding, written at once.
-_pack_vs_header = struct.Struct("<QQ").pack_into
+_pack_vs_header = x64_struct("<QQ").pack_into
 
 class LfhSubsegment:
     """Index of one _HEAP_LFH_SUBSEGMENT (the bytes in memory are the truth).

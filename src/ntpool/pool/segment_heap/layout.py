@@ -8,6 +8,7 @@ debugger all read and write these structures through this module only.
 import struct
 from enum import IntEnum
 
+from ...packing import x64_struct
 from ...constants import PAGE_SIZE
 from ..layout import POOL_HEADER as WINDOWS7_POOL_HEADER
 from ..layout import PoolLayouts, StructLayout
@@ -70,11 +71,11 @@ SEG_CONTEXT_OFFSETS = (0x100, 0x1C0)
 VS_CONTEXT_OFFSET = 0x280
 LFH_CONTEXT_OFFSET = 0x340
 # RtlpHpHeapGlobals: HeapKey u64 @0, LfhKey u64 @8.
-HEAP_GLOBALS = struct.Struct("<QQ")
+HEAP_GLOBALS = x64_struct("<QQ")
 # ExPoolState (_EX_POOL_HEAP_MANAGER_STATE), as ntpool lays it out (the real offsets come
 # from the PDB): HeapManager (-> RtlpHpHeapGlobals) @0, NumberOfPools u32 @8, then
 # PoolNode[0].Heaps[4] @0x10 (0 NonPagedPool, 1 NonPagedPoolNx, 2 PagedPool, 3 unused).
-POOL_STATE = struct.Struct("<QI4xQQQQ")
+POOL_STATE = x64_struct("<QI4xQQQQ")
 HEAP_NONPAGED, HEAP_NONPAGED_NX, HEAP_PAGED = 0, 1, 2
 HEAP_POOL_TYPES = {HEAP_NONPAGED: 0x0, HEAP_NONPAGED_NX: 0x200, HEAP_PAGED: 0x1}  # POOL_TYPE
 
@@ -85,7 +86,7 @@ HEAP_POOL_TYPES = {HEAP_NONPAGED: 0x0, HEAP_NONPAGED_NX: 0x200, HEAP_PAGED: 0x1}
 # included), Allocated u8 (bit 0), spare u8; then a u32 EncodedSegmentPageOffset:8,
 # UnusedBytes:1, SkipDuringWalk:1, Spare:22 and 4 bytes of padding.
 VS_HEADER_BITS = struct.Struct("<HHHBB")
-QWORD = struct.Struct("<Q")
+QWORD = x64_struct("<Q")
 WORD = struct.Struct("<H")
 DWORD = struct.Struct("<I")
 VS_SUBSEGMENT_HEADER = 0x30  # the first chunk header is at subsegment + 0x30
