@@ -208,6 +208,10 @@ SCENARIOS = {
         ("ExInterlockedInsertTailList", AT, (0, 0x400), (0, 0x100)),
         ("stray", (0, 0x308), bytes(8)), ("ExInterlockedInsertHeadList", AT, (0, 0x500), (0, 0x100)),
         ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose last entry's Flink is stray (Windows 10 and later: 0x139)": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)), ("stray", (0, 0x300), bytes(8)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x400), (0, 0x100))],
     "interlocked list whose second entry's Blink is stray": [
         ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
         ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)),
@@ -231,6 +235,9 @@ SCENARIOS = {
         ("ExInterlockedPopEntryList", AT, (0, 0x100)),
         ("ExInterlockedPushEntryList", AT, (0, 0x304), (0, 0x100)),
         ("ExInterlockedPopEntryList", AT, (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x308), (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x418), (0, 0x100)),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100)), ("ExInterlockedPopEntryList", AT, (0, 0x100)),
         ("ExInterlockedPushEntryList", AT, (0, 0x100), (0, 0x100))],
     "unicode strings: a surrogate pair, a lone surrogate, no NUL on the page": [
         ("stray", (0, 0x300), "a\U0001F600b".encode("utf-16-le") + b"\0\0"),
