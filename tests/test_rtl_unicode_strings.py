@@ -81,6 +81,7 @@ def test_strings_of_different_lengths_are_unequal_before_a_buffer_is_read(k):
     two = k.ExAllocatePoolWithTag(NP, 16, "Strg")
     k.write(two, struct.pack("<HH4xQ", 4, 4, 0xFFFFF8A0DEAD0000))  # a Buffer on no page
     assert k.RtlEqualUnicodeString(one, two, True) == 0
+    assert k.RtlPrefixUnicodeString(two, one, True) == 0  # String1 longer: no read either
     k.write(two, struct.pack("<HH4xQ", 2, 4, 0xFFFFF8A0DEAD0000))  # the same Length: it is read
     with pytest.raises(BugCheck) as caught:
         k.RtlEqualUnicodeString(one, two, True)

@@ -243,11 +243,14 @@ class StringRoutines:
     @routine("BOOLEAN RtlPrefixUnicodeString(PCUNICODE_STRING String1, PCUNICODE_STRING String2, "
              "BOOLEAN CaseInSensitive)")
     def RtlPrefixUnicodeString(self, String1, String2, CaseInSensitive) -> int:
-        """Whether String1's WCHARs begin String2 (upcased when CaseInSensitive)."""
+        """Whether String1's WCHARs begin String2 (upcased when CaseInSensitive); a longer
+        String1 does not, before either buffer is read, as in Windows."""
         length1, _, buffer1 = self._string_fields(String1)
         length2, _, buffer2 = self._string_fields(String2)
-        a, b = self._wchars(length1, buffer1), self._wchars(length2, buffer2)
-        return int(len(a) <= len(b) and compare_wchars(a, b[:len(a)], CaseInSensitive) == 0)
+        if length1 > length2:
+            return 0
+        a = self._wchars(length1, buffer1)
+        return int(compare_wchars(a, self._wchars(length2, buffer2)[:len(a)], CaseInSensitive) == 0)
 
     def _store_converted(self, destination: int, data: bytes, terminator: bytes, allocate: bool) -> int:
         if len(data) > MAX_USTRING - len(terminator):
