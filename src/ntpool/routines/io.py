@@ -52,6 +52,12 @@ _IRP_REUSED = struct.Struct("<2xH62xB4xB")
 _MDL_HEADER = x64_struct("<QHH4xQQQII")
 # What IoFreeMdl reads of an MDL (from its Size): MdlFlags, MappedSystemVa.
 _MDL_FLAGS_AND_MAPPING = x64_struct("<2xH12xQ")
+# What MmBuildMdlForNonPagedPool reads of an MDL (from its Size): MdlFlags, StartVa,
+# ByteCount, ByteOffset; and what it writes: MappedSystemVa, MdlFlags.
+_MDL_BUILT = x64_struct("<2xH20xQII")
+_MDL_MAPPED = x64_struct("<Q")
+_MDL_FLAGS = struct.Struct("<H")
+assert _MDL_BUILT.size == L.MDL.SIZE - L.MDL.Size
 assert _IRP_PACKET.size == L.IRP.CurrentStackLocation + 8 and _MDL_HEADER.size == L.MDL.SIZE
 assert _IRP_REUSED.size == L.IRP.AllocationFlags + 1
 assert _MDL_FLAGS_AND_MAPPING.size == L.MDL.MappedSystemVa + 8 - L.MDL.Size
@@ -663,11 +669,12 @@ class IoRoutines:
         """IoInitializeIrp with the IRP's own Size and StackCount, keeping its
         AllocationFlags; IoStatus.Status is Iostatus."""
         offset = Irp & 0xFFF if type(Irp) is int and type(Iostatus) is int else PAGE_SIZE
-        base = self._tlb.get(Irp >> PAGE_SHIFT) if offset <= PAGE_SIZE - _IRP_REUSED.size else None
+        base = self._tlb.get(Irp >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - _IRP_REUSED.size and not self._writes_published else None
         if base is not None:
-            # The usual call, an IRP whose fields read here are on one resident page: read at
-            # once, and (a Size that holds the whole IRP) the packet written once with the
-            # flags and the status in place.
+            # The usual call, an IRP whose fields read here are on one resident page, nobody
+            # listening for memory writes: read at once, and (a Size that holds the whole
+            # IRP) the packet written once with the flags and the status in place.
             size, stack_count, flags = _IRP_REUSED.unpack_from(self._mem, base + offset)
             if size >= L.IRP.SIZE:
                 self._prepare_irp(Irp, size, stack_count, flags, Iostatus)
@@ -795,9 +802,11 @@ class IoRoutines:
     def IoFreeMdl(self, Mdl) -> None:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
         offset = Mdl & 0xFFF if type(Mdl) is int else PAGE_SIZE
-        base = self._tlb.get(Mdl >> PAGE_SHIFT) if offset <= PAGE_SIZE - L.MDL.StartVa else None
+        base = self._tlb.get(Mdl >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - L.MDL.StartVa and not self._writes_published else None
         if base is not None:
-            # The usual call, the fields read here on one resident page: read at once.
+            # The usual call, the fields read here on one resident page, nobody listening
+            # for memory writes (as the other routines' usual calls): read at once.
             flags, mapped = _MDL_FLAGS_AND_MAPPING.unpack_from(self._mem, base + offset + L.MDL.Size)
         else:
             flags = self._get16(Mdl + L.MDL.MdlFlags)
@@ -817,6 +826,8 @@ class IoRoutines:
     @routine("VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList)")
     def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList) -> None:
         mdl = MemoryDescriptorList
+        if self._build_mdl_on_its_page(mdl):
+            return
         start, offset, count = self._mdl_span(mdl)
         pfns = []
         for page in range(_span_pages(start + offset, count)):
@@ -829,6 +840,38 @@ class IoRoutines:
         self.write(mdl + L.MDL.SIZE, b"".join(p.to_bytes(8, "little") for p in pfns))
         self._put64(mdl + L.MDL.MappedSystemVa, start + offset)
         self._put16(mdl + L.MDL.MdlFlags, self._get16(mdl + L.MDL.MdlFlags) | L.MDL_SOURCE_IS_NONPAGED_POOL)
+
+    def _build_mdl_on_its_page(self, mdl) -> bool:
+        """MmBuildMdlForNonPagedPool's usual call, inline: the MDL and its PFN array on one
+        resident page, every page it describes resident (in the TLB, where ``translate``
+        finds them), nobody listening for memory writes. The header is read at once, the
+        frames, MappedSystemVa and MdlFlags written straight to memory. False, with nothing
+        read or written, for anything else (the general way then faults, if it must, as
+        Windows would)."""
+        offset = mdl & 0xFFF if type(mdl) is int else PAGE_SIZE
+        base = self._tlb.get(mdl >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - L.MDL.SIZE and not self._writes_published else None
+        if base is None:
+            return False
+        at = base + offset
+        mem = self._mem
+        flags, start, count, byte_offset = _MDL_BUILT.unpack_from(mem, at + L.MDL.Size)
+        first = start + byte_offset
+        pages = ((first & (PAGE_SIZE - 1)) + count + PAGE_SIZE - 1) >> PAGE_SHIFT  # _span_pages
+        if offset + L.MDL.SIZE + 8 * pages > PAGE_SIZE:
+            return False
+        tlb_get = self._tlb.get
+        first_page = start >> PAGE_SHIFT  # (start + page * PAGE_SIZE) >> PAGE_SHIFT, page by page
+        frames = bytearray()
+        for page in range(pages):
+            frame = tlb_get(first_page + page)
+            if frame is None:
+                return False
+            frames += (frame >> PAGE_SHIFT).to_bytes(8, "little")
+        mem[at + L.MDL.SIZE:at + L.MDL.SIZE + len(frames)] = frames
+        _MDL_MAPPED.pack_into(mem, at + L.MDL.MappedSystemVa, first & MASK64)
+        _MDL_FLAGS.pack_into(mem, at + L.MDL.MdlFlags, (flags | L.MDL_SOURCE_IS_NONPAGED_POOL) & 0xFFFF)
+        return True
 
     @routine("VOID MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, "
              "LOCK_OPERATION Operation)")
