@@ -194,7 +194,7 @@ class SpecialPool:
             address, header_at = page + PAGE_SIZE - rounded, 0
         pa = pfn << PAGE_SHIFT
         buffer = kernel.physical.buffer
-        buffer[pa:pa + PAGE_SIZE] = pattern_page(page)
+        buffer[pa:pa + PAGE_SIZE] = PATTERN_PAGES[(page >> PAGE_SHIFT) & 0xFF]  # pattern_page(page)
         HEADER.pack_into(buffer, pa + header_at, number_of_bytes, FLAG_UNDERRUN if underrun else 0,
                          pool.allocated_header_type, tag, site)
         region.states[slot] = SLOT_LIVE
@@ -327,7 +327,7 @@ def _fill_intact(buffer, pa: int, page: int, start: int, size: int, underrun: bo
     ``_slack_ranges``': in underrun mode, from the allocation's end to the header at the
     page's end; in overrun mode, from the header (the page's first 16 bytes) to the
     allocation, and past the allocation's end (its rounding) to the page's end."""
-    intact = pattern_page(page)
+    intact = PATTERN_PAGES[(page >> PAGE_SHIFT) & 0xFF]  # pattern_page(page)
     end = start + size
     if underrun:
         return buffer[pa + end:pa + PAGE_SIZE - BLOCK] == intact[end:PAGE_SIZE - BLOCK]
