@@ -16,7 +16,10 @@ reads it.
 
 from __future__ import annotations
 
+import struct
+
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, BugCheckCode, NtStatus
+from ..packing import x64_struct
 from . import layouts as L
 from .registry import lookup, lookup_data, register_type, routine
 
@@ -27,6 +30,10 @@ KUSER_SHARED_DATA = 0xFFFFF78000000000
 KUSER_INTERRUPT_TIME = 0x08
 KUSER_SYSTEM_TIME = 0x14
 KUSER_TICK_COUNT = 0x320
+# InterruptTime then SystemTime, each a KSYSTEM_TIME (LowPart, High1Time, High2Time).
+_TWO_KSYSTEM_TIMES = struct.Struct("<6I")
+assert KUSER_SYSTEM_TIME == KUSER_INTERRUPT_TIME + 12
+_TICK_COUNT = x64_struct("<Q")
 PERFORMANCE_FREQUENCY = 10_000_000
 RESOURCE_OWNED_EXCLUSIVE = 0x80
 THREAD_STAND_IN = 0xFFFFFA8000FF0000  # what the one thread is called as an owner
@@ -34,6 +41,15 @@ _APC = int(APC_LEVEL)  # plain ints: the IRQL checks and the IRQL itself take th
 _DISPATCH = int(DISPATCH_LEVEL)
 _LOW_DWORD = 0xFFFFFFFF
 _HIGH_DWORD = 0xFFFFFFFF00000000
+# An ERESOURCE's usual acquire and release (ExAcquireResourceExclusiveLite...) as QWORDs:
+# ActiveCount and Flag (two WORDs at +0x18), OwnerEntry's OwnerThread (+0x30) and OwnerCount
+# (+0x38, the low DWORD), within the resource's first 0x40 bytes.
+_STATE_WORD = L.ERESOURCE.ActiveCount // 8
+_ACTIVE_COUNT = 0xFFFF  # ActiveCount, as the way through read and write takes it (unsigned)
+_OWNED_EXCLUSIVE = RESOURCE_OWNED_EXCLUSIVE << 8 * (L.ERESOURCE.Flag - L.ERESOURCE.ActiveCount)
+_OWNER_THREAD_WORD = L.ERESOURCE.OwnerEntry // 8
+_OWNER_COUNT_WORD = _OWNER_THREAD_WORD + 1
+_RESOURCE_FAST_BYTES = L.ERESOURCE.OwnerEntry + 16
 
 for _name, _size, _signed, _pointer in (("EVENT_TYPE", 4, True, False), ("KPRIORITY", 4, True, False),
                                         ("PRKEVENT", 8, False, True), ("PFAST_MUTEX", 8, False, True),
@@ -91,6 +107,8 @@ MAX_TIMER_EXPIRIES = 1 << 16
 
 
 class SyncRoutines:
+    critical_region = 0  # critical regions entered and not left (-KTHREAD.KernelApcDisable)
+
     def _init_sync(self) -> None:
         self.system_time = EPOCH_2024
         self.boot_time = EPOCH_2024
@@ -98,16 +116,17 @@ class SyncRoutines:
         self._publish_time()
 
     def _publish_time(self) -> None:
-        if self.space.translate(KUSER_SHARED_DATA) is None:
-            return
-        interrupt = self.system_time - self.boot_time
+        """KUSER_SHARED_DATA's InterruptTime and SystemTime (adjacent KSYSTEM_TIMEs), written
+        in one pack, and its TickCount: what the clock interrupt keeps there."""
         pa = self.space.translate(KUSER_SHARED_DATA)
-        for offset, value in ((KUSER_INTERRUPT_TIME, interrupt), (KUSER_SYSTEM_TIME, self.system_time)):
-            # KSYSTEM_TIME: LowPart, High1Time, High2Time.
-            low, high = value & 0xFFFFFFFF, value >> 32
-            self.physical.write(pa + offset, low.to_bytes(4, "little") + high.to_bytes(4, "little") * 2)
-        ticks = interrupt // 156250
-        self.physical.write(pa + KUSER_TICK_COUNT, ticks.to_bytes(8, "little"))
+        if pa is None:
+            return
+        system = self.system_time
+        interrupt = system - self.boot_time
+        _TWO_KSYSTEM_TIMES.pack_into(self.physical.buffer, pa + KUSER_INTERRUPT_TIME,
+                                     interrupt & 0xFFFFFFFF, interrupt >> 32, interrupt >> 32,
+                                     system & 0xFFFFFFFF, system >> 32, system >> 32)
+        _TICK_COUNT.pack_into(self.physical.buffer, pa + KUSER_TICK_COUNT, interrupt // 156250)
 
     def advance_clock(self, hundred_ns: int) -> None:
         """Move the clock on; timers that fall due expire in order, their DPCs running at
@@ -116,7 +135,7 @@ class SyncRoutines:
         target = self.system_time + max(0, hundred_ns)
         expiries = 0
         late: set[int] = set()  # timers the late tick expired (see below): once each
-        while True:
+        while self.timers:
             due = [(when, timer) for timer, when in self.timers.items()
                    if when <= target and timer not in late]
             if not due:
@@ -144,9 +163,10 @@ class SyncRoutines:
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
         # drivers' lookaside lists and the pool's (routines.runtime, pool.lookaside).
-        for _ in range(self._lookaside_scans_that_matter(
-                (self.system_time - self.boot_time) // 10_000_000 - seconds_before)):
-            self.adjust_lookaside_depth()
+        seconds = (self.system_time - self.boot_time) // 10_000_000 - seconds_before
+        if seconds:
+            for _ in range(self._lookaside_scans_that_matter(seconds)):
+                self.adjust_lookaside_depth()
 
     def _lookaside_scans_that_matter(self, seconds: int) -> int:
         """How many of ``seconds`` once-a-second scans leave the lists as all of them would.
@@ -535,8 +555,34 @@ class SyncRoutines:
     def _resource_state(self, resource: int) -> tuple[int, int]:
         return self._get16(resource + L.ERESOURCE.ActiveCount), self._get16(resource + L.ERESOURCE.Flag)
 
+    def _resource_words(self, resource) -> int | None:
+        """Where the usual acquire or release may read and write the ERESOURCE's QWORDs at
+        once: the index in ``_words`` of its first QWORD when it is aligned, its fields up
+        to OwnerEntry's OwnerCount are on one present page and nobody listens for memory
+        writes; None otherwise (the way through ``read`` and ``write``)."""
+        base = self._tlb.get(resource >> 12) if type(resource) is int else None
+        if base is None or resource & 7 or resource & 0xFFF > 0x1000 - _RESOURCE_FAST_BYTES or \
+                self._writes_published:
+            return None
+        return (base + (resource & 0xFFF)) >> 3
+
+    # The usual acquires and releases, inline: the QWORD holding ActiveCount (its low WORD)
+    # and Flag (the WORD above it), OwnerEntry's OwnerThread, and the QWORD whose low DWORD
+    # is OwnerCount, each read and written once; the stores are those of the way below.
+
     @routine("BOOLEAN ExAcquireResourceExclusiveLite(PERESOURCE Resource, BOOLEAN Wait)")
     def ExAcquireResourceExclusiveLite(self, Resource, Wait) -> int:
+        word = self._resource_words(Resource)
+        if word is not None:
+            words = self._words
+            state = words[word + _STATE_WORD]
+            if not state & _ACTIVE_COUNT or state & _OWNED_EXCLUSIVE:  # free, or ours exclusively
+                words[word + _STATE_WORD] = state & ~_ACTIVE_COUNT | _OWNED_EXCLUSIVE | \
+                    (state + 1) & _ACTIVE_COUNT
+                words[word + _OWNER_THREAD_WORD] = THREAD_STAND_IN
+                owners = words[word + _OWNER_COUNT_WORD]
+                words[word + _OWNER_COUNT_WORD] = owners & _HIGH_DWORD | (owners + 1) & _LOW_DWORD
+                return 1
         count, flag = self._resource_state(Resource)
         if count and not flag & RESOURCE_OWNED_EXCLUSIVE:
             if not Wait:
@@ -552,6 +598,15 @@ class SyncRoutines:
 
     @routine("BOOLEAN ExAcquireResourceSharedLite(PERESOURCE Resource, BOOLEAN Wait)")
     def ExAcquireResourceSharedLite(self, Resource, Wait) -> int:
+        word = self._resource_words(Resource)
+        if word is not None:
+            words = self._words
+            state = words[word + _STATE_WORD]
+            words[word + _STATE_WORD] = state & ~_ACTIVE_COUNT | (state + 1) & _ACTIVE_COUNT
+            words[word + _OWNER_THREAD_WORD] = THREAD_STAND_IN
+            owners = words[word + _OWNER_COUNT_WORD]
+            words[word + _OWNER_COUNT_WORD] = owners & _HIGH_DWORD | (owners + 1) & _LOW_DWORD
+            return 1
         count, flag = self._resource_state(Resource)
         self._put16(Resource + L.ERESOURCE.ActiveCount, count + 1)
         self._put64(Resource + L.ERESOURCE.OwnerEntry, THREAD_STAND_IN)
@@ -561,6 +616,20 @@ class SyncRoutines:
 
     @routine("VOID ExReleaseResourceLite(PERESOURCE Resource)")
     def ExReleaseResourceLite(self, Resource) -> None:
+        word = self._resource_words(Resource)
+        if word is not None:
+            words = self._words
+            state = words[word + _STATE_WORD]
+            count = (state & _ACTIVE_COUNT) - 1
+            if count > 0:  # still held: ActiveCount and OwnerCount go down to the count
+                words[word + _STATE_WORD] = state & ~_ACTIVE_COUNT | count
+                words[word + _OWNER_COUNT_WORD] = words[word + _OWNER_COUNT_WORD] & _HIGH_DWORD | count
+                return
+            if count == 0:  # the last release: free, with no owner
+                words[word + _STATE_WORD] = state & ~(_ACTIVE_COUNT | _OWNED_EXCLUSIVE)
+                words[word + _OWNER_COUNT_WORD] &= _HIGH_DWORD
+                words[word + _OWNER_THREAD_WORD] = 0
+                return
         count, flag = self._resource_state(Resource)
         if count == 0:
             self.KeBugCheckEx(BugCheckCode.RESOURCE_NOT_OWNED, Resource, THREAD_STAND_IN, 0, 2,
@@ -578,20 +647,27 @@ class SyncRoutines:
 
     @routine("BOOLEAN ExIsResourceAcquiredExclusiveLite(PERESOURCE Resource)")
     def ExIsResourceAcquiredExclusiveLite(self, Resource) -> int:
+        word = self._resource_words(Resource)
+        if word is not None:
+            state = self._words[word + _STATE_WORD]
+            return int(bool(state & _ACTIVE_COUNT and state & _OWNED_EXCLUSIVE))
         count, flag = self._resource_state(Resource)
         return int(bool(count and flag & RESOURCE_OWNED_EXCLUSIVE))
 
     @routine("ULONG ExIsResourceAcquiredSharedLite(PERESOURCE Resource)")
     def ExIsResourceAcquiredSharedLite(self, Resource) -> int:
+        word = self._resource_words(Resource)
+        if word is not None:
+            return self._words[word + _STATE_WORD] & _ACTIVE_COUNT
         return self._resource_state(Resource)[0]
 
     @routine("VOID KeEnterCriticalRegion(VOID)")
     def KeEnterCriticalRegion(self) -> None:
-        self.critical_region = getattr(self, "critical_region", 0) + 1
+        self.critical_region += 1
 
     @routine("VOID KeLeaveCriticalRegion(VOID)")
     def KeLeaveCriticalRegion(self) -> None:
-        self.critical_region = getattr(self, "critical_region", 0) - 1
+        self.critical_region -= 1
 
     # --- fast mutexes (ExInitializeFastMutex is inline: Count 1, KeInitializeEvent) ------------
 

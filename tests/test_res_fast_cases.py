@@ -1,0 +1,151 @@
+"""The executive resources' and the RTL bitmaps' usual calls are made inline (the structure's
+QWORDs, the bits' bytes read and written at once); anything unusual takes the way they took
+before. As in test_sync_fast_cases, each test runs the same steps on two machines: one as
+drivers run it, and one with a MemoryWritten listener, on which every routine takes its way
+through ``k.write`` (the code the inline paths replace). Every result, error, bug check and
+byte must be the same, on Windows 7 and 11, for aligned and misaligned structures, ones
+across a page boundary, on paged-out pages, and with any bytes a stray write left in them."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ntpool
+from ntpool.hooks import MemoryWritten
+
+NP = ntpool.PoolType.NonPagedPool
+PAGED = ntpool.PoolType.PagedPool
+REGION = 0x3000  # three pages: structures placed anywhere in the first two, across their boundary
+THREAD = 0xFFFFFA8000FF0000  # the one thread, as ExReleaseResourceForThreadLite names it
+
+
+def _machine(windows: str, published: bool):
+    k = ntpool.Kernel(windows=windows)
+    if published:
+        k.hooks.subscribe(MemoryWritten, lambda event: None)
+    regions = (k.ExAllocatePoolWithTag(NP, REGION, "ResF"), k.ExAllocatePoolWithTag(PAGED, REGION, "ResF"))
+    return k, regions
+
+
+def _outcome(call):
+    try:
+        return ("ok", call())
+    except ntpool.BugCheck as error:
+        return ("bugcheck", error.code, error.parameters)
+    except Exception as error:  # WaitForever, MachineHalted, TypeError...: named the same way
+        return (type(error).__name__, str(error))
+
+
+def _state(k, regions):
+    return (k.irql_by_processor[:], k.critical_region, sorted(getattr(k, "resources", ())),
+            [bytes(k.read(region, REGION)) if not any(k.pager.is_paged_out(region + page)
+                                                       for page in range(0, REGION, 0x1000))
+             else None for region in regions])
+
+
+OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB8, 0xFC0, 0xFC8,
+                           0xFD0, 0xFE5, 0xFE6, 0xFE8, 0xFF0, 0xFF8, 0xFFC, 0xFFF])
+OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
+
+
+def _address(regions, where):
+    region, offset = where
+    return regions[region] + offset
+
+
+def _apply(k, regions, step):
+    what, *args = step
+    at = [_address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    if what == "stray":
+        return k.write(at[0], at[1])
+    if what == "irql":
+        return k._set_irql(at[0])
+    if what == "page_out":
+        return k.page_out(regions[1] + at[0] * 0x1000)
+    return getattr(k, what)(*at)
+
+
+def _run_both(windows, steps):
+    inline, inline_regions = _machine(windows, published=False)
+    written, written_regions = _machine(windows, published=True)
+    assert inline_regions == written_regions
+    for step in steps:
+        a = _outcome(lambda: _apply(inline, inline_regions, step))
+        b = _outcome(lambda: _apply(written, written_regions, step))
+        assert a == b, step
+        assert _state(inline, inline_regions) == _state(written, written_regions), step
+        if a[0] == "bugcheck":
+            break
+
+
+COMMON_STEPS = (
+    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
+    st.tuples(st.just("irql"), st.integers(0, 3)),
+    st.tuples(st.just("page_out"), st.integers(0, 2)),
+)
+RESOURCE_STEPS = st.one_of(
+    st.tuples(st.just("ExInitializeResourceLite"), OBJECT),
+    st.tuples(st.just("ExAcquireResourceExclusiveLite"), OBJECT, st.integers(0, 1)),
+    st.tuples(st.just("ExAcquireResourceSharedLite"), OBJECT, st.integers(0, 1)),
+    st.tuples(st.just("ExReleaseResourceLite"), OBJECT),
+    st.tuples(st.just("ExReleaseResourceForThreadLite"), OBJECT, st.just(THREAD)),
+    st.tuples(st.just("ExIsResourceAcquiredExclusiveLite"), OBJECT),
+    st.tuples(st.just("ExIsResourceAcquiredSharedLite"), OBJECT),
+    st.tuples(st.just("KeEnterCriticalRegion")),
+    st.tuples(st.just("KeLeaveCriticalRegion")),
+    *COMMON_STEPS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["7", "11"]), st.lists(RESOURCE_STEPS, max_size=30))
+def test_the_inline_resource_paths_write_what_the_way_through_write_writes(windows, steps):
+    _run_both(windows, steps)
+
+
+AT = (0, 0x200)  # an aligned resource in nonpaged pool
+SCENARIOS = {
+    "exclusive, recursively, then shared by the owner, released in turn": [
+        ("ExInitializeResourceLite", AT), ("ExAcquireResourceExclusiveLite", AT, 1),
+        ("ExAcquireResourceExclusiveLite", AT, 1), ("ExAcquireResourceSharedLite", AT, 1),
+        ("ExIsResourceAcquiredExclusiveLite", AT), ("ExIsResourceAcquiredSharedLite", AT),
+        ("ExReleaseResourceLite", AT), ("ExReleaseResourceForThreadLite", AT, THREAD),
+        ("ExReleaseResourceLite", AT), ("ExIsResourceAcquiredExclusiveLite", AT),
+        ("ExReleaseResourceLite", AT)],
+    "shared, then exclusive without and with waiting": [
+        ("ExInitializeResourceLite", AT), ("ExAcquireResourceSharedLite", AT, 0),
+        ("ExAcquireResourceExclusiveLite", AT, 0), ("ExAcquireResourceExclusiveLite", AT, 1)],
+    "shared at the counts' limits, beside stray bytes": [
+        ("ExInitializeResourceLite", AT), ("stray", (0, 0x218), b"\xFF\xFF\x00\x00\xA5\xA5\xA5\xA5"),
+        ("stray", (0, 0x238), b"\xFF\xFF\xFF\xFF\x5A\x5A\x5A\x5A"),
+        ("ExAcquireResourceExclusiveLite", AT, 1), ("ExIsResourceAcquiredSharedLite", AT),
+        ("ExAcquireResourceSharedLite", AT, 1), ("ExIsResourceAcquiredSharedLite", AT),
+        ("ExReleaseResourceLite", AT)],
+    "exclusive at the counts' limits, beside stray bytes": [
+        ("ExInitializeResourceLite", AT), ("stray", (0, 0x218), b"\xFF\xFF\x80\x00\xA5\xA5\xA5\xA5"),
+        ("stray", (0, 0x238), b"\xFF\xFF\xFF\xFF\x5A\x5A\x5A\x5A"),
+        ("ExAcquireResourceExclusiveLite", AT, 1), ("ExIsResourceAcquiredExclusiveLite", AT),
+        ("ExReleaseResourceLite", AT)],
+    "released down from stray counts and flags": [
+        ("ExInitializeResourceLite", AT), ("stray", (0, 0x218), b"\x02\x00\xFF\xFF\xA5\xA5\xA5\xA5"),
+        ("stray", (0, 0x230), b"\x11" * 8 + b"\x07\x00\x00\x00\x5A\x5A\x5A\x5A"),
+        ("ExReleaseResourceLite", AT), ("ExIsResourceAcquiredExclusiveLite", AT),
+        ("ExReleaseResourceForThreadLite", AT, THREAD), ("ExIsResourceAcquiredExclusiveLite", AT),
+        ("ExReleaseResourceLite", AT)],
+    "across a page boundary and paged out": [
+        ("ExInitializeResourceLite", (1, 0xFE0)), ("ExAcquireResourceExclusiveLite", (1, 0xFE0), 1),
+        ("page_out", 0), ("ExIsResourceAcquiredExclusiveLite", (1, 0xFE0)),
+        ("page_out", 1), ("ExReleaseResourceLite", (1, 0xFE0)), ("ExReleaseResourceLite", (1, 0xFE0))],
+    "critical regions entered and left around the pair": [
+        ("KeEnterCriticalRegion",), ("ExInitializeResourceLite", AT),
+        ("ExAcquireResourceSharedLite", AT, 1), ("ExReleaseResourceLite", AT),
+        ("KeLeaveCriticalRegion",), ("KeLeaveCriticalRegion",)],
+}
+
+
+def test_the_scenarios_end_as_on_the_way_through_write():
+    for name, steps in SCENARIOS.items():
+        for windows in ("7", "11"):
+            try:
+                _run_both(windows, steps)
+            except AssertionError as error:
+                raise AssertionError(f"{name} (Windows {windows}): {error}") from None
