@@ -323,6 +323,8 @@ class DeferredRoutines:
         holds their driver's image while DriverUnload's are run). Nothing runs while a work item is running (its own wait lets
         no other worker in: one worker thread), while the machine is halted, or above
         APC_LEVEL (a worker cannot take a processor that is at DISPATCH_LEVEL)."""
+        if not (self.deferred_queued or self.ready_threads):  # the usual call: nothing queued
+            return 0  # (deferred_queued counts the work items, and the DPCs a lowering would run)
         if self._running_work_items or self.halted or \
                 self.irql_by_processor[self.current_processor] >= DISPATCH_LEVEL:
             return 0
