@@ -29,10 +29,32 @@ NO_INDEX = 0xFFFFFFFF
 ULONG_MASK = 0xFFFFFFFF
 
 
+# The searches look first at this many bits from where they start (``_run_near``): a run
+# is usually found near the hint, and a few QWORDs cost much less than the whole map.
+NEAR_BITS = 128
+
+
 def _ulong(name: str, value) -> int:
+    if type(value) is int:  # the usual argument, at once
+        return value & ULONG_MASK
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value & ULONG_MASK
+
+
+def _lowest_run(ones: int, count: int) -> int:
+    """The lowest index at which ``count`` (at least 1) consecutive set bits of ``ones``
+    begin; -1 if there is none."""
+    # Bit i of ``runs`` is set while bits i .. i + have - 1 of ``ones`` all are: each step
+    # ANDs in the value shifted by at most ``have``, so ``have`` doubles up to ``count``
+    # (log2(count) steps of integer operations, not one per bit).
+    runs = ones
+    have = 1
+    while have < count and runs:
+        step = min(have, count - have)
+        runs &= runs >> step
+        have += step
+    return (runs & -runs).bit_length() - 1
 
 
 class BitmapRoutines:
@@ -40,18 +62,56 @@ class BitmapRoutines:
 
     def _bitmap(self, header: int) -> tuple[int, int]:
         """(SizeOfBitMap, Buffer) from the caller's RTL_BITMAP."""
+        at = self._in_page(header, RTL_BITMAP.size)
+        if at is not None:
+            return RTL_BITMAP.unpack_from(self._mem, at)
         return RTL_BITMAP.unpack(self.read(header, RTL_BITMAP.size))
+
+    def _in_page(self, address, length: int) -> int | None:
+        """The physical address of the ``length`` bytes at ``address`` when they are on one
+        present page, where ``read`` would take them (the usual call reads them itself);
+        None otherwise: the way through ``read``, which faults or names a wrong argument."""
+        try:
+            base = self._tlb.get(address >> 12)
+        except TypeError:
+            return None
+        offset = address & 0xFFF
+        return None if base is None or offset + length > 0x1000 else base + offset
 
     def _bits(self, buffer: int, first: int, count: int) -> tuple[int, int]:
         """The bytes holding bits [first, first + count) as one int, bit 0 the first byte's
         bit 0, and the index of that byte's first bit."""
         start_byte = first >> 3
-        end_byte = (first + count + 7) >> 3
-        data = self.read(buffer + start_byte, end_byte - start_byte)
+        address = buffer + start_byte
+        length = ((first + count + 7) >> 3) - start_byte
+        at = self._in_page(address, length)
+        data = self._mem[at:at + length] if at is not None else self.read(address, length)
         return int.from_bytes(data, "little"), start_byte << 3
+
+    def _usual_bits(self, header, first: int, count: int) -> tuple[int, int] | None:
+        """Where the usual call reads and writes bits [first, first + count) itself: the
+        physical address and length of the bytes holding them when the RTL_BITMAP and
+        those bytes are each on one present page; None otherwise, for the way through
+        ``read`` and ``write``, which fault or publish as a driver's own access would.
+        Used only while nobody listens for memory writes: a machine with a listener (the
+        tests' other machine) takes the way through ``read`` and ``write`` every time."""
+        at = self._in_page(header, RTL_BITMAP.size)
+        if at is None:
+            return None
+        _, buffer = RTL_BITMAP.unpack_from(self._mem, at)
+        length = ((first + count + 7) >> 3) - (first >> 3)
+        at = self._in_page(buffer + (first >> 3), length)
+        return None if at is None else (at, length)
 
     def _change_bits(self, header: int, first: int, count: int, value: bool) -> None:
         if not count:
+            return
+        usual = None if self._writes_published else self._usual_bits(header, first, count)
+        if usual is not None:  # in place, the bytes of the way below
+            at, length = usual
+            bits = int.from_bytes(self._mem[at:at + length], "little")
+            mask = ((1 << count) - 1) << (first & 7)
+            self._mem[at:at + length] = (bits | mask if value else bits & ~mask).to_bytes(length, "little")
             return
         _, buffer = self._bitmap(header)
         bits, base = self._bits(buffer, first, count)
@@ -70,8 +130,27 @@ class BitmapRoutines:
         if there is none."""
         if high < low or high - low + 1 < count:
             return NO_INDEX
+        if count <= NEAR_BITS // 2 and not self._writes_published:
+            near = self._run_near(buffer, count, low, high, want_set)
+            if near is not None:
+                return near
         found = self._bit_text(buffer, low, high - low + 1).find(("1" if want_set else "0") * count)
         return NO_INDEX if found < 0 else low + found
+
+    def _run_near(self, buffer: int, count: int, low: int, high: int, want_set: bool) -> int | None:
+        """``_run_in``'s answer from the NEAR_BITS bits at ``low`` (the first run there is
+        the first of the range: an earlier one would be there too), None when those bits
+        do not decide it (no run in them, and the range goes on past them). Like every
+        inline path it is taken only while nobody listens for memory writes: a machine
+        with a listener (the tests' other machine) always takes the way through the text."""
+        end = min(high, low + NEAR_BITS - 1)
+        width = end - low + 1
+        bits, base = self._bits(buffer, low, width)
+        window = bits >> (low - base) & ((1 << width) - 1)
+        found = _lowest_run(window if want_set else window ^ ((1 << width) - 1), count)
+        if found >= 0:
+            return low + found
+        return NO_INDEX if end == high else None
 
     def _find_run(self, header: int, count: int, hint: int, want_set: bool) -> int:
         size, buffer = self._bitmap(header)
@@ -139,6 +218,9 @@ class BitmapRoutines:
     @routine("BOOLEAN RtlTestBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
     def RtlTestBit(self, BitMapHeader, BitNumber) -> int:
         number = _ulong("BitNumber", BitNumber)
+        usual = None if self._writes_published else self._usual_bits(BitMapHeader, number, 1)
+        if usual is not None:
+            return self._mem[usual[0]] >> (number & 7) & 1
         _, buffer = self._bitmap(BitMapHeader)
         return self.read(buffer + (number >> 3), 1)[0] >> (number & 7) & 1
 
