@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 import ntpool
 from ntpool.constants import BugCheckCode
 from ntpool.errors import BugCheck
-from ntpool.routines.ke_sync import EPOCH_2024, KUSER_SHARED_DATA, KUSER_TICK_COUNT
+from ntpool.routines.ke_sync import (EPOCH_2024, KUSER_INTERRUPT_TIME, KUSER_SHARED_DATA, KUSER_SYSTEM_TIME,
+                                    KUSER_TICK_COUNT)
 from ntpool.routines.rtl_time import MAXLONG, RANDOM_INCREMENT, RANDOM_MULTIPLIER
 
 EPOCH = datetime.datetime(1601, 1, 1)
@@ -91,6 +92,20 @@ def test_the_tick_count_is_the_shared_pages(k):
     k.advance_clock(10 * 10_000_000)
     assert k.KeQueryTickCount() == 640  # 10 s of 15.625 ms ticks
     assert int.from_bytes(k.read(KUSER_SHARED_DATA + KUSER_TICK_COUNT, 8), "little") == 640
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 1 << 40), max_size=4))
+def test_the_shared_page_holds_the_interrupt_and_system_time_as_ksystem_times(steps):
+    k = ntpool.Kernel()
+    for hundred_ns in steps:
+        k.advance_clock(hundred_ns)
+    interrupt, system = k.system_time - k.boot_time, k.system_time
+    for offset, value in ((KUSER_INTERRUPT_TIME, interrupt), (KUSER_SYSTEM_TIME, system)):
+        low, high1, high2 = struct.unpack("<IiI", k.read(KUSER_SHARED_DATA + offset, 12))
+        assert (low, high1, high2) == (value & 0xFFFFFFFF, value >> 32, value >> 32)
+    assert int.from_bytes(k.read(KUSER_SHARED_DATA + KUSER_TICK_COUNT, 8), "little") == interrupt // 156250
+    assert k.KeQueryInterruptTime() == interrupt
 
 
 def test_random_updates_the_callers_seed(k):

@@ -6,6 +6,7 @@ the inline paths replace). Every result, error, bug check, IRQL and byte must be
 for aligned and misaligned objects, objects across a page boundary, paged-out pages, and
 any bytes a stray write left in them."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,8 @@ PAGED = ntpool.PoolType.PagedPool
 REGION = 0x3000  # three pages: objects placed anywhere in the first two, across their boundary
 
 
-def _machine(published: bool):
-    k = ntpool.Kernel()
+def _machine(published: bool, windows: str = "7"):
+    k = ntpool.Kernel(windows=windows)
     if published:
         k.hooks.subscribe(MemoryWritten, lambda event: None)
     regions = (k.ExAllocatePoolWithTag(NP, REGION, "Sync"), k.ExAllocatePoolWithTag(PAGED, REGION, "Sync"))
@@ -68,6 +69,8 @@ STEPS = st.one_of(
     st.tuples(st.just("ExInterlockedInsertTailList"), OBJECT, OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedInsertHeadList"), OBJECT, OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedRemoveHeadList"), OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedPushEntryList"), OBJECT, OBJECT, OBJECT),
+    st.tuples(st.just("ExInterlockedPopEntryList"), OBJECT, OBJECT),
     st.tuples(st.just("irql"), st.integers(0, 3)),
     st.tuples(st.just("page_out"), st.integers(0, 2)),
 )
@@ -102,11 +105,12 @@ def _apply(k, regions, step):
     return getattr(k, what)(*at)
 
 
+@pytest.mark.parametrize("windows", ["7", "11"])  # Windows 10 and later check list neighbours
 @settings(max_examples=400, deadline=None)
 @given(st.lists(STEPS, max_size=30))
-def test_the_inline_synchronization_paths_write_what_the_way_through_write_writes(steps):
-    inline, inline_regions = _machine(published=False)
-    written, written_regions = _machine(published=True)
+def test_the_inline_synchronization_paths_write_what_the_way_through_write_writes(windows, steps):
+    inline, inline_regions = _machine(False, windows)
+    written, written_regions = _machine(True, windows)
     assert inline_regions == written_regions
     for step in steps:
         a = _outcome(lambda: _apply(inline, inline_regions, step))
@@ -198,6 +202,43 @@ SCENARIOS = {
         ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
         ("ExInterlockedInsertTailList", AT, (0, 0x301), (0, 0x100)),
         ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose neighbours do not point back (Windows 10 and later: 0x139)": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x400), (0, 0x100)),
+        ("stray", (0, 0x308), bytes(8)), ("ExInterlockedInsertHeadList", AT, (0, 0x500), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose last entry's Flink is stray (Windows 10 and later: 0x139)": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)), ("stray", (0, 0x300), bytes(8)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x400), (0, 0x100))],
+    "interlocked list whose second entry's Blink is stray": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x300), (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (0, 0x400), (0, 0x100)),
+        ("stray", (0, 0x408), (0x1234 << 4).to_bytes(8, "little")),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "interlocked list whose last entry is paged out (Windows 10 checks it first)": [
+        ("init_list", AT), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedInsertTailList", AT, (1, 0x300), (0, 0x100)), ("page_out", 0),
+        ("ExInterlockedInsertHeadList", AT, (0, 0x400), (0, 0x100)),
+        ("ExInterlockedRemoveHeadList", AT, (0, 0x100)), ("ExInterlockedRemoveHeadList", AT, (0, 0x100))],
+    "singly linked list: pushes and pops, empty at the end": [
+        ("stray", AT, bytes(8)), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x300), (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (1, 0x300), (0, 0x100)),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100)), ("ExInterlockedPopEntryList", AT, (0, 0x100)),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100))],
+    "singly linked list whose entry is paged out, or its lock, or misaligned": [
+        ("stray", AT, bytes(8)), ("KeInitializeSpinLock", (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (1, 0x300), (0, 0x100)), ("page_out", 0),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x304), (0, 0x100)),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x308), (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x418), (0, 0x100)),
+        ("ExInterlockedPopEntryList", AT, (0, 0x100)), ("ExInterlockedPopEntryList", AT, (0, 0x100)),
+        ("ExInterlockedPushEntryList", AT, (0, 0x100), (0, 0x100))],
     "unicode strings: a surrogate pair, a lone surrogate, no NUL on the page": [
         ("stray", (0, 0x300), "a\U0001F600b".encode("utf-16-le") + b"\0\0"),
         ("RtlInitUnicodeString", AT, (0, 0x300)),
@@ -213,10 +254,11 @@ SCENARIOS = {
 }
 
 
-def test_the_scenarios_cover_each_inline_path_and_its_ways_out():
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_the_scenarios_cover_each_inline_path_and_its_ways_out(windows):
     for name, steps in SCENARIOS.items():
-        inline, inline_regions = _machine(published=False)
-        written, written_regions = _machine(published=True)
+        inline, inline_regions = _machine(False, windows)
+        written, written_regions = _machine(True, windows)
         for step in steps:
             a = _outcome(lambda: _apply(inline, inline_regions, step))
             b = _outcome(lambda: _apply(written, written_regions, step))

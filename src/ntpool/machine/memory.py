@@ -260,11 +260,17 @@ class AddressSpace:
             flags |= PTE_WRITABLE
         if not executable:
             flags |= PTE_NX
-        pte_pa = self._pte_address(va, create=True)
-        _QWORD.pack_into(self.physical.buffer, pte_pa, (pfn << PAGE_SHIFT) | flags)
-        if self.tlb.get(va >> PAGE_SHIFT, pfn << PAGE_SHIFT) != pfn << PAGE_SHIFT:
+        vpn = va >> PAGE_SHIFT
+        base = pfn << PAGE_SHIFT
+        # The PTE's address as _pte_address finds it, its usual case (a table known) inline.
+        table_pa = self.page_tables.get(va >> 21)
+        pte_pa = self._pte_address(va, create=True) if table_pa is None else \
+            table_pa + (vpn & 0x1FF) * 8
+        _QWORD.pack_into(self.physical.buffer, pte_pa, base | flags)
+        tlb = self.tlb
+        if tlb.get(vpn, base) != base:
             self.hooks.publish(MappingChanged(va))
-        self.tlb[va >> PAGE_SHIFT] = pfn << PAGE_SHIFT
+        tlb[vpn] = base
 
     def _pte_runs(self, va: int, count: int, create: bool) -> list[tuple[int, int]]:
         """(PTE physical address, pages) for each page table's share of ``count`` pages from
@@ -354,11 +360,14 @@ class AddressSpace:
 
     def unmap_page(self, va: int, keep: int = 0) -> int:
         """Clear the PTE (leaving ``keep`` in its non-present bits) and return the frame."""
-        pte_pa = self._pte_address(va, create=False)
+        table_pa = self.page_tables.get(va >> 21)  # as map_page: _pte_address's usual case inline
+        pte_pa = self._pte_address(va, create=False) if table_pa is None else \
+            table_pa + ((va >> PAGE_SHIFT) & 0x1FF) * 8
         if pte_pa is None:
             raise KeyError(f"{va:#x} is not mapped")
-        entry = _QWORD.unpack_from(self.physical.buffer, pte_pa)[0]
-        _QWORD.pack_into(self.physical.buffer, pte_pa, keep & ~PTE_PRESENT)
+        buffer = self.physical.buffer
+        entry = _QWORD.unpack_from(buffer, pte_pa)[0]
+        _QWORD.pack_into(buffer, pte_pa, keep & ~PTE_PRESENT)
         self.tlb.pop(va >> PAGE_SHIFT, None)
         if self.hooks.listening(MappingChanged):
             self.hooks.publish(MappingChanged(va))

@@ -42,15 +42,27 @@ from . import layouts as L
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
 from .registry import register_type, routine
 
-# What IoInitializeIrp writes of an IRP (its Type and Size; ThreadListEntry's links; the
+# What IoInitializeIrp writes of an IRP, from its start to its current stack location: Type
+# and Size; ThreadListEntry's links (to itself); IoStatus.Status (IoReuseIrp's); the
 # StackCount, CurrentLocation, ApcEnvironment and AllocationFlags bytes; the current stack
-# location) and an MDL's whole header (MmInitializeMdl): packed at their layouts' offsets.
-_IRP_FIRST = struct.Struct("<HH")
-_IRP_LINKS = x64_struct("<QQ")
-_IRP_COUNTS = struct.Struct("<BBxxBB")
-_IRP_POINTER = x64_struct("<Q")
+# location. The rest of the packet is zeros. An MDL's whole header (MmInitializeMdl).
+_IRP_PACKET = x64_struct("<HH28xQQI14xBBxxBB112xQ")
+# What IoReuseIrp reads of an IRP (from its start): Size, StackCount, AllocationFlags.
+_IRP_REUSED = struct.Struct("<2xH62xB4xB")
 _MDL_HEADER = x64_struct("<QHH4xQQQII")
-assert _MDL_HEADER.size == L.MDL.SIZE and _IRP_COUNTS.size == L.IRP.AllocationFlags - L.IRP.StackCount + 1
+# What IoFreeMdl reads of an MDL (from its Size): MdlFlags, MappedSystemVa.
+_MDL_FLAGS_AND_MAPPING = x64_struct("<2xH12xQ")
+# What MmBuildMdlForNonPagedPool reads of an MDL (from its Size): MdlFlags, StartVa,
+# ByteCount, ByteOffset; and what it writes: MappedSystemVa, MdlFlags.
+_MDL_BUILT = x64_struct("<2xH20xQII")
+_MDL_MAPPED = x64_struct("<Q")
+_MDL_FLAGS = struct.Struct("<H")
+assert _MDL_BUILT.size == L.MDL.SIZE - L.MDL.Size
+assert _IRP_PACKET.size == L.IRP.CurrentStackLocation + 8 and _MDL_HEADER.size == L.MDL.SIZE
+assert _IRP_REUSED.size == L.IRP.AllocationFlags + 1
+assert _MDL_FLAGS_AND_MAPPING.size == L.MDL.MappedSystemVa + 8 - L.MDL.Size
+_IRP_TYPE_BYTES = L.IO_TYPE_IRP.to_bytes(2, "little")
+_NONPAGED_POOL = PoolType.NonPagedPool
 
 STATUS_PENDING = 0x00000103
 STATUS_MORE_PROCESSING_REQUIRED = 0xC0000016
@@ -108,6 +120,11 @@ SYSTEM_PTE_BASE = 0xFFFFF88F00000000
 # IopLargeIrpStackLocations of them), as Windows 7's IoAllocateIrp does.
 LARGE_IRP_STACK_LOCATIONS = 8
 IRP_BOUNDARY = 0x80000000
+# IoAllocateIrp's sizes by StackSize (1 to 0x7F): the allocation's (one stack location,
+# LARGE_IRP_STACK_LOCATIONS of them, or StackSize past that) and the packet's, IoSizeOfIrp.
+_IRP_SIZES = (None,) + tuple(
+    (L.io_size_of_irp(1 if count == 1 else max(count, LARGE_IRP_STACK_LOCATIONS)), L.io_size_of_irp(count))
+    for count in range(1, 0x80))
 
 # (LOCK_OPERATION and CCHAR are the registry's own, signed as the WDK's enum and char are.)
 for _name, _size, _pointer in (("DEVICE_TYPE", 4, False), ("MM_PAGE_PRIORITY", 4, False),
@@ -577,38 +594,40 @@ class IoRoutines:
     def IoAllocateIrp(self, StackSize, ChargeQuota=False) -> int:
         """An "Irp " from nonpaged pool, initialized, CurrentLocation = StackSize + 1; NULL
         when pool is exhausted."""
+        flags = L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0)
+        if type(StackSize) is int and 0 < StackSize < 0x80:
+            # The usual call, a CCHAR's positive value: the sizes from the table, and the
+            # pool's allocation fast path called from here, one frame below the driver's
+            # call, so that its call-site lookup finds that call without walking out of
+            # ntpool's frames (``_io_allocate`` is one frame more: the same site, found
+            # the longer way).
+            allocation_size, packet_size = _IRP_SIZES[StackSize]
+            irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
+            if irp:
+                self.write(irp, _irp_packet(irp, packet_size, StackSize, flags, 0))
+            return irp
         StackSize &= 0xFF
         if StackSize > 0x7F:
             StackSize -= 0x100
         if StackSize < 1:
             return 0
-        fixed = 1 if StackSize == 1 else LARGE_IRP_STACK_LOCATIONS \
-            if StackSize <= LARGE_IRP_STACK_LOCATIONS else StackSize
-        size = L.io_size_of_irp(fixed)
-        irp = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_IRP)
+        allocation_size, packet_size = _IRP_SIZES[StackSize]
+        irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
         if not irp:
             return 0
-        self._prepare_irp(irp, L.io_size_of_irp(StackSize), StackSize,
-                             L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0))
+        self._prepare_irp(irp, packet_size, StackSize, flags)
         return irp
 
     @routine("VOID IoInitializeIrp(PIRP Irp, USHORT PacketSize, CCHAR StackSize)")
     def IoInitializeIrp(self, Irp, PacketSize, StackSize) -> None:
         self._prepare_irp(Irp, PacketSize, StackSize)
 
-    def _prepare_irp(self, Irp, PacketSize, StackSize, allocation_flags: int = 0) -> None:
-        """IoInitializeIrp, and the AllocationFlags IoAllocateIrp sets: a packet that holds
-        the IRP's fields is made here and written at once."""
+    def _prepare_irp(self, Irp, PacketSize, StackSize, allocation_flags: int = 0, status: int = 0) -> None:
+        """IoInitializeIrp, and the AllocationFlags IoAllocateIrp sets (and the status and
+        flags IoReuseIrp keeps): the packet, made here with every field in place, written
+        at once."""
         if type(PacketSize) is int and L.IRP.SIZE <= PacketSize <= 0xFFFF and type(StackSize) is int:
-            packet = bytearray(PacketSize)
-            entry = Irp + L.IRP.ThreadListEntry
-            _IRP_FIRST.pack_into(packet, 0, L.IO_TYPE_IRP, PacketSize)
-            _IRP_LINKS.pack_into(packet, L.IRP.ThreadListEntry, entry, entry)
-            _IRP_COUNTS.pack_into(packet, L.IRP.StackCount, StackSize & 0xFF, StackSize + 1 & 0xFF, 0,
-                                  allocation_flags & 0xFF)
-            _IRP_POINTER.pack_into(packet, L.IRP.CurrentStackLocation,
-                                   Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE & 0xFFFFFFFFFFFFFFFF)
-            self.write(Irp, packet)
+            self.write(Irp, _irp_packet(Irp, PacketSize, StackSize, allocation_flags, status))
             return
         self.write(Irp, bytes(PacketSize))
         self._put16(Irp + L.IRP.Type, L.IO_TYPE_IRP)
@@ -623,19 +642,43 @@ class IoRoutines:
                     Irp + L.IRP.SIZE + StackSize * L.IO_STACK_LOCATION.SIZE)
         if allocation_flags:
             self._put8(Irp + L.IRP.AllocationFlags, allocation_flags)
+        if status:
+            self._put32(Irp + L.IRP.IoStatus_Status, status)
 
     @routine("VOID IoFreeIrp(PIRP Irp)")
     def IoFreeIrp(self, Irp) -> None:
         """Free an IRP; one that is not an IRP (already freed) is bug check 0x44."""
-        if self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP:
-            self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
-                              detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
-        self._put16(Irp + L.IRP.Type, 0)
+        offset = Irp & 0xFFF if type(Irp) is int else PAGE_SIZE
+        base = self._tlb.get(Irp >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - 2 and not self._writes_published else None
+        mem = self._mem
+        if base is not None and mem[base + offset] == L.IO_TYPE_IRP and mem[base + offset + 1] == 0:
+            # The usual call: an IRP's Type on a resident page, nobody listening for memory
+            # writes. Its high byte is 0 already: the low one is all there is to clear.
+            mem[base + offset] = 0
+        else:
+            if self.read(Irp + L.IRP.Type, 2) != _IRP_TYPE_BYTES:
+                self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
+                                  detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
+            self.write(Irp + L.IRP.Type, b"\0\0")
         self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
     def IoReuseIrp(self, Irp, Iostatus) -> None:
+        """IoInitializeIrp with the IRP's own Size and StackCount, keeping its
+        AllocationFlags; IoStatus.Status is Iostatus."""
+        offset = Irp & 0xFFF if type(Irp) is int and type(Iostatus) is int else PAGE_SIZE
+        base = self._tlb.get(Irp >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - _IRP_REUSED.size and not self._writes_published else None
+        if base is not None:
+            # The usual call, an IRP whose fields read here are on one resident page, nobody
+            # listening for memory writes: read at once, and (a Size that holds the whole
+            # IRP) the packet written once with the flags and the status in place.
+            size, stack_count, flags = _IRP_REUSED.unpack_from(self._mem, base + offset)
+            if size >= L.IRP.SIZE:
+                self._prepare_irp(Irp, size, stack_count, flags, Iostatus)
+                return
         flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
         self.IoInitializeIrp(Irp, self._get16(Irp + L.IRP.Size), self.read(Irp + L.IRP.StackCount, 1)[0])
         self._put8(Irp + L.IRP.AllocationFlags, flags)
@@ -731,14 +774,16 @@ class IoRoutines:
         IRP it becomes Irp->MdlAddress, or is chained after it when SecondaryBuffer."""
         if not Length or Length > 0xFFFFFFFF:
             return 0
-        pages = _span_pages(VirtualAddress, Length)
+        pages = ((VirtualAddress & (PAGE_SIZE - 1)) + Length + PAGE_SIZE - 1) >> PAGE_SHIFT  # _span_pages
         size = L.MDL.SIZE + 8 * pages
         if size > 0x7FFF:
             return 0
-        mdl = self._io_allocate(PoolType.NonPagedPool, size, L.TAG_MDL)
+        # The pool's allocation fast path called from here, one frame below the driver's call
+        # (as IoAllocateIrp calls it), and MmInitializeMdl's header written at once.
+        mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
         if not mdl:
             return 0
-        self._mm_initialize_mdl(mdl, VirtualAddress, Length, size, L.MDL_ALLOCATED_FIXED_SIZE)
+        self.write(mdl, _mdl_header(VirtualAddress, Length, size, L.MDL_ALLOCATED_FIXED_SIZE))
         if Irp:
             if SecondaryBuffer:
                 link = Irp + L.IRP.MdlAddress
@@ -751,14 +796,22 @@ class IoRoutines:
 
     def _mm_initialize_mdl(self, mdl: int, va: int, length: int, size: int, flags: int = 0) -> None:
         """MmInitializeMdl (and the MdlFlags IoAllocateMdl sets): the header, written at once."""
-        self.write(mdl, _MDL_HEADER.pack(0, size & 0xFFFF, flags, 0, 0, va & ~(PAGE_SIZE - 1) & 0xFFFFFFFFFFFFFFFF,
-                                         length & 0xFFFFFFFF, va & (PAGE_SIZE - 1)))
+        self.write(mdl, _mdl_header(va, length, size, flags))
 
     @routine("VOID IoFreeMdl(PMDL Mdl)")
     def IoFreeMdl(self, Mdl) -> None:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
-        flags = self._get16(Mdl + L.MDL.MdlFlags)
-        mapped = self._get64(Mdl + L.MDL.MappedSystemVa) & ~(PAGE_SIZE - 1)
+        offset = Mdl & 0xFFF if type(Mdl) is int else PAGE_SIZE
+        base = self._tlb.get(Mdl >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - L.MDL.StartVa and not self._writes_published else None
+        if base is not None:
+            # The usual call, the fields read here on one resident page, nobody listening
+            # for memory writes (as the other routines' usual calls): read at once.
+            flags, mapped = _MDL_FLAGS_AND_MAPPING.unpack_from(self._mem, base + offset + L.MDL.Size)
+        else:
+            flags = self._get16(Mdl + L.MDL.MdlFlags)
+            mapped = self._get64(Mdl + L.MDL.MappedSystemVa)
+        mapped &= ~(PAGE_SIZE - 1)
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
                 not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
             self._unmap_system(mapped)
@@ -773,6 +826,8 @@ class IoRoutines:
     @routine("VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList)")
     def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList) -> None:
         mdl = MemoryDescriptorList
+        if self._build_mdl_on_its_page(mdl):
+            return
         start, offset, count = self._mdl_span(mdl)
         pfns = []
         for page in range(_span_pages(start + offset, count)):
@@ -785,6 +840,38 @@ class IoRoutines:
         self.write(mdl + L.MDL.SIZE, b"".join(p.to_bytes(8, "little") for p in pfns))
         self._put64(mdl + L.MDL.MappedSystemVa, start + offset)
         self._put16(mdl + L.MDL.MdlFlags, self._get16(mdl + L.MDL.MdlFlags) | L.MDL_SOURCE_IS_NONPAGED_POOL)
+
+    def _build_mdl_on_its_page(self, mdl) -> bool:
+        """MmBuildMdlForNonPagedPool's usual call, inline: the MDL and its PFN array on one
+        resident page, every page it describes resident (in the TLB, where ``translate``
+        finds them), nobody listening for memory writes. The header is read at once, the
+        frames, MappedSystemVa and MdlFlags written straight to memory. False, with nothing
+        read or written, for anything else (the general way then faults, if it must, as
+        Windows would)."""
+        offset = mdl & 0xFFF if type(mdl) is int else PAGE_SIZE
+        base = self._tlb.get(mdl >> PAGE_SHIFT) \
+            if offset <= PAGE_SIZE - L.MDL.SIZE and not self._writes_published else None
+        if base is None:
+            return False
+        at = base + offset
+        mem = self._mem
+        flags, start, count, byte_offset = _MDL_BUILT.unpack_from(mem, at + L.MDL.Size)
+        first = start + byte_offset
+        pages = ((first & (PAGE_SIZE - 1)) + count + PAGE_SIZE - 1) >> PAGE_SHIFT  # _span_pages
+        if offset + L.MDL.SIZE + 8 * pages > PAGE_SIZE:
+            return False
+        tlb_get = self._tlb.get
+        first_page = start >> PAGE_SHIFT  # (start + page * PAGE_SIZE) >> PAGE_SHIFT, page by page
+        frames = bytearray()
+        for page in range(pages):
+            frame = tlb_get(first_page + page)
+            if frame is None:
+                return False
+            frames += (frame >> PAGE_SHIFT).to_bytes(8, "little")
+        mem[at + L.MDL.SIZE:at + L.MDL.SIZE + len(frames)] = frames
+        _MDL_MAPPED.pack_into(mem, at + L.MDL.MappedSystemVa, first & MASK64)
+        _MDL_FLAGS.pack_into(mem, at + L.MDL.MdlFlags, (flags | L.MDL_SOURCE_IS_NONPAGED_POOL) & 0xFFFF)
+        return True
 
     @routine("VOID MmProbeAndLockPages(PMDL MemoryDescriptorList, KPROCESSOR_MODE AccessMode, "
              "LOCK_OPERATION Operation)")
@@ -1026,6 +1113,23 @@ class IoRoutines:
 
 
 MM_EMPTY_LIST = 0xFFFFFFFFFFFFFFFF  # a PFN array entry that ends the MDL's frames
+
+
+def _irp_packet(irp: int, packet_size: int, stack_size: int, allocation_flags: int, status: int) -> bytearray:
+    """The bytes IoInitializeIrp writes at ``irp`` (``packet_size`` of them, at least an
+    IRP's), with AllocationFlags and IoStatus.Status as given."""
+    packet = bytearray(packet_size)
+    entry = irp + L.IRP.ThreadListEntry
+    _IRP_PACKET.pack_into(packet, 0, L.IO_TYPE_IRP, packet_size, entry, entry, status & 0xFFFFFFFF,
+                          stack_size & 0xFF, stack_size + 1 & 0xFF, 0, allocation_flags & 0xFF,
+                          irp + L.IRP.SIZE + stack_size * L.IO_STACK_LOCATION.SIZE & MASK64)
+    return packet
+
+
+def _mdl_header(va: int, length: int, size: int, flags: int) -> bytes:
+    """MmInitializeMdl's MDL header (with ``flags`` as its MdlFlags)."""
+    return _MDL_HEADER.pack(0, size & 0xFFFF, flags, 0, 0, va & ~(PAGE_SIZE - 1) & MASK64,
+                            length & 0xFFFFFFFF, va & (PAGE_SIZE - 1))
 
 
 def _span_pages(va: int, length: int) -> int:

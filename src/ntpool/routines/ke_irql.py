@@ -315,11 +315,16 @@ class IrqlRoutines:
     # --- interlocked lists: the list changed under the spin lock, the IRQL unchanged -------
     # (x64 ExInterlocked*List disable interrupts and take the lock: WRK amd64 intrlock.asm)
 
-    def _listed_under(self, lock: int, change):
+    def _listed_under(self, lock: int, change, *arguments):
         lock = _checked_lock(lock)
         self._take_lock(lock)
+        return self._listed_locked(lock, change, *arguments)
+
+    def _listed_locked(self, lock: int, change, *arguments):
+        """``change(*arguments)`` with the lock held, then the lock dropped (unless the machine
+        halted): ``_listed_under`` once the lock is taken, as the inline paths take it too."""
         try:
-            return change()
+            return change(*arguments)
         finally:
             if not self.halted:
                 self._drop_lock(lock)
@@ -327,11 +332,12 @@ class IrqlRoutines:
     def _listed_words(self, lock, head, entry):
         """The usual ExInterlocked*List call's QWORDs (the lock's, the head's, the entry's
         indexes in ``_words``): the lock, the head and the entry ints, aligned, each LIST_ENTRY
-        on one present page, the lock free, nobody listening for memory writes, and no
-        neighbour checks (Windows 7). None sends the call the way it took before."""
+        on one present page, the lock free, and nobody listening for memory writes. None
+        sends the call the way it took before. (A SINGLE_LIST_ENTRY's call asks the same of
+        its 8 bytes: more than it needs, so one ending a page goes the way before.)"""
         if type(lock) is int and type(head) is int and type(entry) is int and \
                 not (lock | head | entry) & 7 and head & 0xFFF != 0xFF8 and \
-                entry & 0xFFF != 0xFF8 and not self._writes_published and self.windows.major < 10:
+                entry & 0xFFF != 0xFF8 and not self._writes_published:
             tlb = self._tlb
             lock_base, head_base = tlb.get(lock >> 12), tlb.get(head >> 12)
             entry_base = tlb.get(entry >> 12)
@@ -356,6 +362,21 @@ class IrqlRoutines:
     def _set_link(self, address: int, value: int) -> None:
         self.write(address, value.to_bytes(8, "little"))
 
+    def _neighbours_point_back(self, entry_word: int, entry: int) -> bool:
+        """``_checked_links``' test of the LIST_ENTRY at ``entry`` (its Flink the QWORD
+        ``entry_word`` of ``_words``), made inline: True when its neighbours' links are aligned
+        QWORDs on present pages that point back to it. False (the check would fail, or a
+        link leads off the present pages) sends the call the general way, which reads them
+        again and raises Windows' bug check or fault."""
+        words, tlb = self._words, self._tlb
+        flink, blink = words[entry_word], words[entry_word + 1]
+        if (flink | blink) & 7:
+            return False
+        flink_base, blink_base = tlb.get((flink + 8) >> 12), tlb.get(blink >> 12)
+        return flink_base is not None and blink_base is not None and \
+            words[(flink_base + ((flink + 8) & 0xFFF)) >> 3] == entry and \
+            words[(blink_base + (blink & 0xFFF)) >> 3] == entry
+
     def _checked_links(self, entry: int, what: str) -> None:
         """Windows 10 and later check a LIST_ENTRY's neighbours before they change it
         (0x139, FAST_FAIL_CORRUPT_LIST_ENTRY); Windows 7 follows them as they are."""
@@ -364,150 +385,157 @@ class IrqlRoutines:
             self._list_entry_check(self._link(flink + 8) == entry and self._link(blink) == entry,
                                    f"{what}: {entry:#x}'s neighbours do not point back to it")
 
+    # The usual call of each, inline: the lock taken and dropped through its QWORD, the list's
+    # stores of the general way below, in its order, as QWORDs of ``_words``. Windows 10 and
+    # later check the neighbours first (``_neighbours_point_back``). A neighbour on no present
+    # page or misaligned, or a check that would fail: with the lock held as the inline path
+    # took it, the general way (``_listed_locked``), which faults or bug-checks as Windows.
+
     @routine("PLIST_ENTRY ExInterlockedInsertHeadList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry, "
              "PKSPIN_LOCK Lock)")
     def ExInterlockedInsertHeadList(self, ListHead, ListEntry, Lock) -> int:
         """Insert at the head; the entry that was first (NULL if the list was empty)."""
-        # The usual call, inline: the stores of ``change`` below, in its order, as QWORDs;
-        # a neighbour on no present page or misaligned, the rest through ``_set_link``.
         listed = self._listed_words(Lock, ListHead, ListEntry)
-        if listed is not None:
-            lock_word, head_word, entry_word = listed
-            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
-            words[lock_word] = held  # _take_lock
-            first = words[head_word]
-            words[entry_word] = first
-            words[entry_word + 1] = ListHead
-            first_base = self._tlb.get((first + 8) >> 12)
-            if first_base is not None and not first & 7:
-                words[(first_base + ((first + 8) & 0xFFF)) >> 3] = ListEntry
-                words[head_word] = ListEntry
-                self._listed_done(Lock, lock_word, held)
-            else:
-                try:
-                    self._set_link(first + 8, ListEntry)
-                    self._set_link(ListHead, ListEntry)
-                finally:
-                    if self.bugcheck is None:
-                        self._drop_lock(Lock)
-            return 0 if first == ListHead else first
+        if listed is None:
+            return self._listed_under(Lock, self._interlocked_insert_head, ListHead, ListEntry)
+        lock_word, head_word, entry_word = listed
+        words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+        words[lock_word] = held  # _take_lock
+        first = words[head_word]
+        first_base = self._tlb.get((first + 8) >> 12)
+        if first_base is None or first & 7 or \
+                self.windows.major >= 10 and not self._neighbours_point_back(head_word, ListHead):
+            return self._listed_locked(Lock, self._interlocked_insert_head, ListHead, ListEntry)
+        words[entry_word] = first
+        words[entry_word + 1] = ListHead
+        words[(first_base + ((first + 8) & 0xFFF)) >> 3] = ListEntry
+        words[head_word] = ListEntry
+        self._listed_done(Lock, lock_word, held)
+        return 0 if first == ListHead else first
 
-        def change():
-            self._checked_links(ListHead, "ExInterlockedInsertHeadList")
-            first = self._link(ListHead)
-            self._set_link(ListEntry, first)
-            self._set_link(ListEntry + 8, ListHead)
-            self._set_link(first + 8, ListEntry)
-            self._set_link(ListHead, ListEntry)
-            return 0 if first == ListHead else first
-        return self._listed_under(Lock, change)
+    def _interlocked_insert_head(self, head: int, entry: int) -> int:
+        self._checked_links(head, "ExInterlockedInsertHeadList")
+        first = self._link(head)
+        self._set_link(entry, first)
+        self._set_link(entry + 8, head)
+        self._set_link(first + 8, entry)
+        self._set_link(head, entry)
+        return 0 if first == head else first
 
     @routine("PLIST_ENTRY ExInterlockedInsertTailList(PLIST_ENTRY ListHead, PLIST_ENTRY ListEntry, "
              "PKSPIN_LOCK Lock)")
     def ExInterlockedInsertTailList(self, ListHead, ListEntry, Lock) -> int:
         """Insert at the tail; the entry that was first (NULL if the list was empty)."""
-        # The usual call, inline (as ExInterlockedInsertHeadList's).
         listed = self._listed_words(Lock, ListHead, ListEntry)
-        if listed is not None:
-            lock_word, head_word, entry_word = listed
-            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
-            words[lock_word] = held  # _take_lock
-            first, last = words[head_word], words[head_word + 1]
-            words[entry_word] = ListHead
-            words[entry_word + 1] = last
-            last_base = self._tlb.get(last >> 12)
-            if last_base is not None and not last & 7:
-                words[(last_base + (last & 0xFFF)) >> 3] = ListEntry
-                words[head_word + 1] = ListEntry
-                self._listed_done(Lock, lock_word, held)
-            else:
-                try:
-                    self._set_link(last, ListEntry)
-                    self._set_link(ListHead + 8, ListEntry)
-                finally:
-                    if self.bugcheck is None:
-                        self._drop_lock(Lock)
-            return 0 if first == ListHead else first
+        if listed is None:
+            return self._listed_under(Lock, self._interlocked_insert_tail, ListHead, ListEntry)
+        lock_word, head_word, entry_word = listed
+        words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+        words[lock_word] = held  # _take_lock
+        first, last = words[head_word], words[head_word + 1]
+        last_base = self._tlb.get(last >> 12)
+        if last_base is None or last & 7 or \
+                self.windows.major >= 10 and not self._neighbours_point_back(head_word, ListHead):
+            return self._listed_locked(Lock, self._interlocked_insert_tail, ListHead, ListEntry)
+        words[entry_word] = ListHead
+        words[entry_word + 1] = last
+        words[(last_base + (last & 0xFFF)) >> 3] = ListEntry
+        words[head_word + 1] = ListEntry
+        self._listed_done(Lock, lock_word, held)
+        return 0 if first == ListHead else first
 
-        def change():
-            self._checked_links(ListHead, "ExInterlockedInsertTailList")
-            first, last = self._link(ListHead), self._link(ListHead + 8)
-            self._set_link(ListEntry, ListHead)
-            self._set_link(ListEntry + 8, last)
-            self._set_link(last, ListEntry)
-            self._set_link(ListHead + 8, ListEntry)
-            return 0 if first == ListHead else first
-        return self._listed_under(Lock, change)
+    def _interlocked_insert_tail(self, head: int, entry: int) -> int:
+        self._checked_links(head, "ExInterlockedInsertTailList")
+        first, last = self._link(head), self._link(head + 8)
+        self._set_link(entry, head)
+        self._set_link(entry + 8, last)
+        self._set_link(last, entry)
+        self._set_link(head + 8, entry)
+        return 0 if first == head else first
 
     @routine("PLIST_ENTRY ExInterlockedRemoveHeadList(PLIST_ENTRY ListHead, PKSPIN_LOCK Lock)")
     def ExInterlockedRemoveHeadList(self, ListHead, Lock) -> int:
         """Remove the first entry and return it (NULL if the list is empty)."""
-        # The usual call, inline (as ExInterlockedInsertHeadList's).
         listed = self._listed_words(Lock, ListHead, ListHead)
-        if listed is not None:
-            lock_word, head_word, _ = listed
-            words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
-            words[lock_word] = held  # _take_lock
-            first = words[head_word]
-            if first == ListHead:
-                self._listed_done(Lock, lock_word, held)
-                return 0
-            tlb = self._tlb
-            first_base = tlb.get(first >> 12)
-            if first_base is not None and not first & 7:
-                following = words[(first_base + (first & 0xFFF)) >> 3]
-                words[head_word] = following
-                following_base = tlb.get((following + 8) >> 12)
-                if following_base is not None and not following & 7:
-                    words[(following_base + ((following + 8) & 0xFFF)) >> 3] = ListHead
-                    self._listed_done(Lock, lock_word, held)
-                    return first
-                try:
-                    self._set_link(following + 8, ListHead)
-                finally:
-                    if self.bugcheck is None:
-                        self._drop_lock(Lock)
-                return first
-            try:
-                following = self._link(first)
-                self._set_link(ListHead, following)
-                self._set_link(following + 8, ListHead)
-            finally:
-                if self.bugcheck is None:
-                    self._drop_lock(Lock)
-            return first
+        if listed is None:
+            return self._listed_under(Lock, self._interlocked_remove_head, ListHead)
+        lock_word, head_word, _ = listed
+        words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+        words[lock_word] = held  # _take_lock
+        first = words[head_word]
+        if first == ListHead:
+            self._listed_done(Lock, lock_word, held)
+            return 0
+        tlb = self._tlb
+        first_base = tlb.get(first >> 12)
+        if first_base is None or first & 7:
+            return self._listed_locked(Lock, self._interlocked_remove_head, ListHead)
+        first_word = (first_base + (first & 0xFFF)) >> 3
+        following = words[first_word]
+        following_base = tlb.get((following + 8) >> 12)
+        if following_base is None or following & 7 or \
+                self.windows.major >= 10 and not self._neighbours_point_back(first_word, first):
+            return self._listed_locked(Lock, self._interlocked_remove_head, ListHead)
+        words[head_word] = following
+        words[(following_base + ((following + 8) & 0xFFF)) >> 3] = ListHead
+        self._listed_done(Lock, lock_word, held)
+        return first
 
-        def change():
-            first = self._link(ListHead)
-            if first == ListHead:
-                return 0
-            self._checked_links(first, "ExInterlockedRemoveHeadList")
-            following = self._link(first)
-            self._set_link(ListHead, following)
-            self._set_link(following + 8, ListHead)
-            return first
-        return self._listed_under(Lock, change)
+    def _interlocked_remove_head(self, head: int) -> int:
+        first = self._link(head)
+        if first == head:
+            return 0
+        self._checked_links(first, "ExInterlockedRemoveHeadList")
+        following = self._link(first)
+        self._set_link(head, following)
+        self._set_link(following + 8, head)
+        return first
 
     @routine("PSINGLE_LIST_ENTRY ExInterlockedPushEntryList(PSINGLE_LIST_ENTRY ListHead, "
              "PSINGLE_LIST_ENTRY ListEntry, PKSPIN_LOCK Lock)")
     def ExInterlockedPushEntryList(self, ListHead, ListEntry, Lock) -> int:
         """Push onto a singly linked list; the entry that was first (NULL if empty)."""
-        def change():
-            first = self._link(ListHead)
-            self._set_link(ListEntry, first)
-            self._set_link(ListHead, ListEntry)
-            return first
-        return self._listed_under(Lock, change)
+        listed = self._listed_words(Lock, ListHead, ListEntry)
+        if listed is None:
+            return self._listed_under(Lock, self._interlocked_push, ListHead, ListEntry)
+        lock_word, head_word, entry_word = listed
+        words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+        words[lock_word] = held  # _take_lock
+        first = words[head_word]
+        words[entry_word] = first
+        words[head_word] = ListEntry
+        self._listed_done(Lock, lock_word, held)
+        return first
+
+    def _interlocked_push(self, head: int, entry: int) -> int:
+        first = self._link(head)
+        self._set_link(entry, first)
+        self._set_link(head, entry)
+        return first
 
     @routine("PSINGLE_LIST_ENTRY ExInterlockedPopEntryList(PSINGLE_LIST_ENTRY ListHead, PKSPIN_LOCK Lock)")
     def ExInterlockedPopEntryList(self, ListHead, Lock) -> int:
         """Pop the first entry of a singly linked list (NULL if empty)."""
-        def change():
-            first = self._link(ListHead)
-            if first:
-                self._set_link(ListHead, self._link(first))
-            return first
-        return self._listed_under(Lock, change)
+        listed = self._listed_words(Lock, ListHead, ListHead)
+        if listed is None:
+            return self._listed_under(Lock, self._interlocked_pop, ListHead)
+        lock_word, head_word, _ = listed
+        words, held = self._words, self.current_processor << 1 | SPIN_LOCK_BIT
+        words[lock_word] = held  # _take_lock
+        first = words[head_word]
+        if first:
+            first_base = self._tlb.get(first >> 12)
+            if first_base is None or first & 7:
+                return self._listed_locked(Lock, self._interlocked_pop, ListHead)
+            words[head_word] = words[(first_base + (first & 0xFFF)) >> 3]
+        self._listed_done(Lock, lock_word, held)
+        return first
+
+    def _interlocked_pop(self, head: int) -> int:
+        first = self._link(head)
+        if first:
+            self._set_link(head, self._link(first))
+        return first
 
 
 def _checked_lock(lock) -> int:

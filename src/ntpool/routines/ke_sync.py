@@ -16,7 +16,10 @@ reads it.
 
 from __future__ import annotations
 
+import struct
+
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, BugCheckCode, NtStatus
+from ..packing import x64_struct
 from . import layouts as L
 from .registry import lookup, lookup_data, register_type, routine
 
@@ -27,6 +30,10 @@ KUSER_SHARED_DATA = 0xFFFFF78000000000
 KUSER_INTERRUPT_TIME = 0x08
 KUSER_SYSTEM_TIME = 0x14
 KUSER_TICK_COUNT = 0x320
+# InterruptTime then SystemTime, each a KSYSTEM_TIME (LowPart, High1Time, High2Time).
+_TWO_KSYSTEM_TIMES = struct.Struct("<6I")
+assert KUSER_SYSTEM_TIME == KUSER_INTERRUPT_TIME + 12
+_TICK_COUNT = x64_struct("<Q")
 PERFORMANCE_FREQUENCY = 10_000_000
 RESOURCE_OWNED_EXCLUSIVE = 0x80
 THREAD_STAND_IN = 0xFFFFFA8000FF0000  # what the one thread is called as an owner
@@ -109,16 +116,17 @@ class SyncRoutines:
         self._publish_time()
 
     def _publish_time(self) -> None:
-        if self.space.translate(KUSER_SHARED_DATA) is None:
-            return
-        interrupt = self.system_time - self.boot_time
+        """KUSER_SHARED_DATA's InterruptTime and SystemTime (adjacent KSYSTEM_TIMEs), written
+        in one pack, and its TickCount: what the clock interrupt keeps there."""
         pa = self.space.translate(KUSER_SHARED_DATA)
-        for offset, value in ((KUSER_INTERRUPT_TIME, interrupt), (KUSER_SYSTEM_TIME, self.system_time)):
-            # KSYSTEM_TIME: LowPart, High1Time, High2Time.
-            low, high = value & 0xFFFFFFFF, value >> 32
-            self.physical.write(pa + offset, low.to_bytes(4, "little") + high.to_bytes(4, "little") * 2)
-        ticks = interrupt // 156250
-        self.physical.write(pa + KUSER_TICK_COUNT, ticks.to_bytes(8, "little"))
+        if pa is None:
+            return
+        system = self.system_time
+        interrupt = system - self.boot_time
+        _TWO_KSYSTEM_TIMES.pack_into(self.physical.buffer, pa + KUSER_INTERRUPT_TIME,
+                                     interrupt & 0xFFFFFFFF, interrupt >> 32, interrupt >> 32,
+                                     system & 0xFFFFFFFF, system >> 32, system >> 32)
+        _TICK_COUNT.pack_into(self.physical.buffer, pa + KUSER_TICK_COUNT, interrupt // 156250)
 
     def advance_clock(self, hundred_ns: int) -> None:
         """Move the clock on; timers that fall due expire in order, their DPCs running at
@@ -127,7 +135,7 @@ class SyncRoutines:
         target = self.system_time + max(0, hundred_ns)
         expiries = 0
         late: set[int] = set()  # timers the late tick expired (see below): once each
-        while True:
+        while self.timers:
             due = [(when, timer) for timer, when in self.timers.items()
                    if when <= target and timer not in late]
             if not due:
@@ -155,9 +163,10 @@ class SyncRoutines:
         self._publish_time()
         # The balance set manager wakes once a second: ExAdjustLookasideDepth retunes the
         # drivers' lookaside lists and the pool's (routines.runtime, pool.lookaside).
-        for _ in range(self._lookaside_scans_that_matter(
-                (self.system_time - self.boot_time) // 10_000_000 - seconds_before)):
-            self.adjust_lookaside_depth()
+        seconds = (self.system_time - self.boot_time) // 10_000_000 - seconds_before
+        if seconds:
+            for _ in range(self._lookaside_scans_that_matter(seconds)):
+                self.adjust_lookaside_depth()
 
     def _lookaside_scans_that_matter(self, seconds: int) -> int:
         """How many of ``seconds`` once-a-second scans leave the lists as all of them would.

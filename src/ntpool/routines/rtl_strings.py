@@ -12,9 +12,12 @@ bridge's (``ntpool.native.runtime``): their arguments are read as the x64 conven
 
 from __future__ import annotations
 
+import functools
+from array import array
 from codecs import utf_16_le_decode
 
 from ..constants import NtStatus, PoolType
+from ..packing import x64_struct
 from . import layouts as L
 from .registry import register_type, routine
 
@@ -23,6 +26,55 @@ STATUS_BUFFER_OVERFLOW = 0x80000005
 STATUS_NAME_TOO_LONG = 0xC0000106
 STATUS_INVALID_PARAMETER = 0xC000000D
 MAX_USTRING = 0xFFFE
+# A UNICODE_STRING's Length, MaximumLength, (4 bytes of padding), Buffer, in one read.
+_UNICODE_STRING = x64_struct("<HH4xQ")
+assert (L.UNICODE_STRING.Length, L.UNICODE_STRING.MaximumLength, L.UNICODE_STRING.Buffer) == (0, 2, 8)
+
+
+def _one_to_one(convert) -> array:
+    """A WCHAR -> WCHAR case table, one to one as Windows' NLS tables map: ``convert``
+    (str.upper, str.lower) of the character where that gives one BMP character (Unicode's
+    simple case mapping), else the character itself (ß, whose full uppercase is "SS", stays
+    ß, as Windows leaves it). Windows' own table (l_intl.nls) is not public (README
+    departures)."""
+    table = array("H", range(0x10000))
+    for unit in range(0x10000):
+        converted = convert(chr(unit))
+        if len(converted) == 1 and ord(converted) < 0x10000:
+            table[unit] = ord(converted)
+    return table
+
+
+@functools.cache
+def upcase_table() -> array:
+    return _one_to_one(str.upper)
+
+
+@functools.cache
+def downcase_table() -> array:
+    return _one_to_one(str.lower)
+
+
+def _units(data: bytes, case_insensitive) -> array | list:
+    """The WCHARs of ``data`` (whole ones), upcased one by one when ``case_insensitive``."""
+    units = array("H", data[:len(data) & ~1])  # the host is little-endian (ntpool.packing)
+    if case_insensitive:
+        table = upcase_table()
+        return [table[unit] for unit in units]
+    return units
+
+
+def compare_wchars(a: bytes, b: bytes, case_insensitive) -> int:
+    """RtlCompareUnicodeString's answer for two strings of WCHARs: the difference of the
+    first two that differ (upcased when ``case_insensitive``), else of their lengths in
+    WCHARs. WCHAR by WCHAR, as Windows compares: a surrogate is one unit like any other."""
+    if a == b:
+        return 0
+    units_a, units_b = _units(a, case_insensitive), _units(b, case_insensitive)
+    for x, y in zip(units_a, units_b):
+        if x != y:
+            return x - y
+    return len(units_a) - len(units_b)
 
 for _name in ("PCSZ", "PCWCH", "PWCH", "PCCH", "PCH", "wchar_t", "size_t", "int"):
     register_type(_name, 8 if _name.startswith("P") or _name == "size_t" else
@@ -108,8 +160,19 @@ class StringRoutines:
         self.RtlInitAnsiString(DestinationString, SourceString)
 
     def _string_fields(self, va: int) -> tuple[int, int, int]:
+        """(Length, MaximumLength, Buffer) of the UNICODE_STRING at ``va``: in one read when its
+        16 bytes lie in one page (the usual string), else field by field, each read faulting
+        where Windows' read of that field would."""
+        if type(va) is int and va & 0xFFF <= 0x1000 - _UNICODE_STRING.size:
+            return _UNICODE_STRING.unpack(self.read(va, _UNICODE_STRING.size))
         return (self._get16(va + L.UNICODE_STRING.Length), self._get16(va + L.UNICODE_STRING.MaximumLength),
                 self._get64(va + L.UNICODE_STRING.Buffer))
+
+    def _wchars(self, length: int, buffer: int) -> bytes:
+        """A counted string's bytes: the whole WCHARs of ``length`` bytes at ``buffer`` (none
+        when either is 0)."""
+        length &= ~1
+        return self.read(buffer, length) if length and buffer else b""
 
     @routine("VOID RtlCopyUnicodeString(PUNICODE_STRING DestinationString, PCUNICODE_STRING SourceString)")
     def RtlCopyUnicodeString(self, DestinationString, SourceString) -> None:
@@ -120,10 +183,15 @@ class StringRoutines:
         length, _, source = self._string_fields(SourceString)
         _, maximum, buffer = self._string_fields(DestinationString)
         count = min(length, maximum) & ~1
-        if count:
-            self.write(buffer, self.read(source, count))
-        if count + 2 <= maximum:
-            self.write(buffer + count, b"\0\0")
+        terminated = count + 2 <= maximum
+        if terminated and type(buffer) is int and (buffer & 0xFFF) + count + 2 <= 0x1000:
+            # The copy and its NUL in one write: on one page, nothing between them can differ.
+            self.write(buffer, self.read(source, count) + b"\0\0" if count else b"\0\0")
+        else:
+            if count:
+                self.write(buffer, self.read(source, count))
+            if terminated:
+                self.write(buffer + count, b"\0\0")
         self._put16(DestinationString + L.UNICODE_STRING.Length, count)
 
     @routine("NTSTATUS RtlAppendUnicodeToString(PUNICODE_STRING Destination, PCWSTR Source)")
@@ -153,28 +221,36 @@ class StringRoutines:
     @routine("LONG RtlCompareUnicodeString(PCUNICODE_STRING String1, PCUNICODE_STRING String2, "
              "BOOLEAN CaseInSensitive)")
     def RtlCompareUnicodeString(self, String1, String2, CaseInSensitive) -> int:
-        a = self._unicode_string(String1)
-        b = self._unicode_string(String2)
-        if CaseInSensitive:
-            a, b = a.upper(), b.upper()
-        for x, y in zip(a, b):
-            if x != y:
-                return ord(x) - ord(y)
-        return len(a) - len(b)
+        """The difference of the first WCHARs that differ (upcased when CaseInSensitive),
+        else of the lengths in WCHARs (``compare_wchars``)."""
+        length1, _, buffer1 = self._string_fields(String1)
+        length2, _, buffer2 = self._string_fields(String2)
+        return compare_wchars(self._wchars(length1, buffer1), self._wchars(length2, buffer2),
+                              CaseInSensitive)
 
     @routine("BOOLEAN RtlEqualUnicodeString(PCUNICODE_STRING String1, PCUNICODE_STRING String2, "
              "BOOLEAN CaseInSensitive)")
     def RtlEqualUnicodeString(self, String1, String2, CaseInSensitive) -> int:
-        return int(self.RtlCompareUnicodeString(String1, String2, CaseInSensitive) == 0)
+        """Strings of different Lengths are unequal before either buffer is read, as in
+        Windows; else equal when every WCHAR is (upcased when CaseInSensitive)."""
+        length1, _, buffer1 = self._string_fields(String1)
+        length2, _, buffer2 = self._string_fields(String2)
+        if length1 != length2:
+            return 0
+        return int(compare_wchars(self._wchars(length1, buffer1), self._wchars(length2, buffer2),
+                                  CaseInSensitive) == 0)
 
     @routine("BOOLEAN RtlPrefixUnicodeString(PCUNICODE_STRING String1, PCUNICODE_STRING String2, "
              "BOOLEAN CaseInSensitive)")
     def RtlPrefixUnicodeString(self, String1, String2, CaseInSensitive) -> int:
-        a = self._unicode_string(String1)
-        b = self._unicode_string(String2)
-        if CaseInSensitive:
-            a, b = a.upper(), b.upper()
-        return int(b.startswith(a))
+        """Whether String1's WCHARs begin String2 (upcased when CaseInSensitive); a longer
+        String1 does not, before either buffer is read, as in Windows."""
+        length1, _, buffer1 = self._string_fields(String1)
+        length2, _, buffer2 = self._string_fields(String2)
+        if length1 > length2:
+            return 0
+        a = self._wchars(length1, buffer1)
+        return int(compare_wchars(a, self._wchars(length2, buffer2)[:len(a)], CaseInSensitive) == 0)
 
     def _store_converted(self, destination: int, data: bytes, terminator: bytes, allocate: bool) -> int:
         if len(data) > MAX_USTRING - len(terminator):
@@ -217,9 +293,9 @@ class StringRoutines:
     @routine("NTSTATUS RtlUpcaseUnicodeString(PUNICODE_STRING DestinationString, "
              "PCUNICODE_STRING SourceString, BOOLEAN AllocateDestinationString)")
     def RtlUpcaseUnicodeString(self, DestinationString, SourceString, AllocateDestinationString) -> int:
-        text = self._unicode_string(SourceString).upper()
-        return self._store_converted(DestinationString, text.encode("utf-16-le"), b"",
-                                     bool(AllocateDestinationString))
+        length, _, buffer = self._string_fields(SourceString)
+        upcased = array("H", _units(self._wchars(length, buffer), True)).tobytes()
+        return self._store_converted(DestinationString, upcased, b"", bool(AllocateDestinationString))
 
     @routine("VOID RtlFreeUnicodeString(PUNICODE_STRING UnicodeString)")
     def RtlFreeUnicodeString(self, UnicodeString) -> None:
@@ -383,9 +459,9 @@ class StringRoutines:
 
     @routine("int towupper(int c)")
     def towupper(self, c) -> int:
-        return ord(chr(c & 0xFFFF).upper()[0])
+        return upcase_table()[c & 0xFFFF]
 
     @routine("int towlower(int c)")
     def towlower(self, c) -> int:
-        return ord(chr(c & 0xFFFF).lower()[0])
+        return downcase_table()[c & 0xFFFF]
 

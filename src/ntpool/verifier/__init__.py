@@ -44,6 +44,10 @@ RESERVED_TAGS = frozenset({BIG_TAG, from_display(" GIB")})
 
 DRIVER_VERIFIER_DETECTED_VIOLATION = BugCheckCode.DRIVER_VERIFIER_DETECTED_VIOLATION
 
+# What DriverVerifier._site_options.get gives for a site not looked at yet (None is a site's
+# answer: no verified driver's).
+_UNRESOLVED = object()
+
 
 class VerifierFlags(IntFlag):
     """verifier.exe /flags values (the last is ntpool's own)."""
@@ -212,6 +216,8 @@ class DriverVerifier:
         return None
 
     def options_for_site(self, site: int) -> DriverOptions | None:
+        """The options of the driver whose call site ``site`` is (None: no verified driver's).
+        The hot paths look in ``_site_options`` themselves and call this for a new site."""
         try:
             return self._site_options[site]
         except KeyError:
@@ -239,7 +245,10 @@ class DriverVerifier:
         sees it (VeAllocatePoolWithTagPriority, ExAllocatePoolSanityChecks): the tag stops
         (0xC2 0x9B / 0x9C / 0x9D, the caller's address last), then 0xC4's own pool stops
         (0x00 zero bytes, 0x01 / 0x02 bad IRQL), then must-succeed (0xC2 0x9A)."""
-        if self.options_for_site(site) is None:
+        options = self._site_options.get(site, _UNRESOLVED)
+        if options is _UNRESOLVED:
+            options = self.options_for_site(site)
+        if options is None:
             return
         kernel = self.kernel
         if tag not in self._good_tags:
@@ -284,7 +293,10 @@ class DriverVerifier:
         """A verified driver's free, checked as Driver Verifier checks it before the pool
         does (ExFreePoolSanityChecks): 0xC4 0x10 for an address no allocation returned,
         0x11 / 0x12 at a bad IRQL, 0x13 for a chunk already freed."""
-        if self.options_for_site(site) is None or self.special_pool.contains(address):
+        options = self._site_options.get(site, _UNRESOLVED)
+        if options is _UNRESOLVED:
+            options = self.options_for_site(site)
+        if options is None or self.special_pool.contains(address):
             return
         kernel = self.kernel
         allocator = kernel.pool
@@ -315,7 +327,9 @@ class DriverVerifier:
 
     def allocate(self, pool, number_of_bytes: int, tag: int, site: int, aligned: bool = False,
                  contiguous=None):
-        options = self.options_for_site(site)
+        options = self._site_options.get(site, _UNRESOLVED)
+        if options is _UNRESOLVED:
+            options = self.options_for_site(site)
         if options is None:
             return None
         flags = options.bits
@@ -354,7 +368,9 @@ class DriverVerifier:
         memory, IRQL checking) whose tag has passed the tag stops, which of the first two
         ``record`` keeps (their VerifierFlags bits); None when the request must meet the
         checks and options (``check_allocate``, ``allocate``)."""
-        options = self.options_for_site(site)
+        options = self._site_options.get(site, _UNRESOLVED)
+        if options is _UNRESOLVED:
+            options = self.options_for_site(site)
         if options is None:
             return 0
         return options.lane_keeps if tag in self._good_tags else None
@@ -376,8 +392,12 @@ class DriverVerifier:
         kernel = self.kernel
         if kernel.timers or kernel.deferred_queued:
             kernel.check_free_for_deferred(address, self._block_size(address))
-        self.tracking.forget(address)
-        self.uninitialized.forget(address)
+        # Each option's record of it, when the option keeps any (a call less for one that
+        # is off): the uninitialized-memory checker's SystemBuffers are shadowed too.
+        if self.tracking.records:
+            self.tracking.forget(address)
+        if self.uninitialized.shadows:
+            self.uninitialized.forget(address)
 
     def _block_size(self, address: int) -> int:
         if self.special_pool.contains(address):

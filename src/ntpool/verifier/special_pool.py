@@ -21,7 +21,7 @@ normal pool, as Windows' do.
 
 from collections import deque
 from fnmatch import fnmatchcase
-from functools import lru_cache
+from typing import NamedTuple
 
 from ..packing import x64_struct
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, SpecialPoolCorruption
@@ -42,18 +42,36 @@ def pattern_byte(page_va: int) -> int:
     return ((page_va >> PAGE_SHIFT) & 0xFF) | 0x01  # never 0, so zeroed memory is caught
 
 
-@lru_cache(maxsize=128)  # a pattern byte is odd: 128 pages at most
-def pattern_page(fill: int) -> bytes:
-    """A page of ``fill`` bytes: written at allocation, compared with at free."""
-    return bytes([fill]) * PAGE_SIZE
+class _PatternPages(dict):
+    """A page's fill, a page of ``pattern_byte`` bytes, by the low byte of its page number:
+    written at allocation, compared with at free. Each is made at its first use (at most
+    128: a pattern byte is odd) and is then one dict subscript away."""
+
+    def __missing__(self, page_number_byte: int) -> bytes:
+        page = self[page_number_byte] = bytes([page_number_byte | 0x01]) * PAGE_SIZE
+        return page
 
 
-class SpecialAllocation:
-    __slots__ = ("address", "size", "tag", "site", "underrun", "base_type", "page")
+PATTERN_PAGES = _PatternPages()
 
-    def __init__(self, address, size, tag, site, underrun, base_type, page):
-        self.address, self.size, self.tag, self.site = address, size, tag, site
-        self.underrun, self.base_type, self.page = underrun, base_type, page
+
+def pattern_page(page_va: int) -> bytes:
+    """The page of fill bytes special pool writes on the page at ``page_va``."""
+    return PATTERN_PAGES[(page_va >> PAGE_SHIFT) & 0xFF]
+
+
+class SpecialAllocation(NamedTuple):
+    """A live special pool allocation. Region.live keeps each as a plain tuple of these
+    fields, in this order (a tuple is made with no call); ``SpecialPool.live`` shows them
+    as this class."""
+
+    address: int
+    size: int
+    tag: int
+    site: int
+    underrun: bool
+    base_type: int
+    page: int
 
 
 class Region:
@@ -63,7 +81,7 @@ class Region:
         self.base = base
         self.limit = base + slots * SLOT_SIZE
         self.states = bytearray(slots)
-        self.live: dict[int, SpecialAllocation] = {}  # slot -> allocation
+        self.live: dict[int, tuple] = {}  # slot -> its SpecialAllocation's fields, a plain tuple
         self.freed: deque[int] = deque()
         self.cursor = 0
 
@@ -105,8 +123,8 @@ class SpecialPool:
     @property
     def live(self) -> dict:
         """Every live allocation, by (region base, slot)."""
-        return {(region.base, slot): allocation for region in self.regions
-                for slot, allocation in region.live.items()}
+        return {(region.base, slot): SpecialAllocation(*record) for region in self.regions
+                for slot, record in region.live.items()}
 
     def resize(self, slots: int) -> None:
         """Set how many allocations special pool holds at once (only while it holds none)."""
@@ -124,8 +142,12 @@ class SpecialPool:
         self._installed = on
 
     def region_of(self, address: int) -> Region | None:
-        for region in self.regions:
-            if region.contains(address):
+        # The regions lie in address order within [base, limit): nonpaged special pool's,
+        # then (Windows 10/11) paged special pool's, which is the same on Windows 7.
+        if self.base <= address < self.limit:
+            paged = self.paged_region
+            region = paged if address >= paged.base else self.nonpaged_region
+            if address < region.limit:
                 return region
         return None
 
@@ -160,26 +182,25 @@ class SpecialPool:
             return 0
         slot_va = region.base + slot * SLOT_SIZE
         page = slot_va + PAGE_SIZE if underrun else slot_va
-        for offset in (0, PAGE_SIZE):  # the guard page of a reused slot stays unmapped
-            if kernel.space.translate(slot_va + offset) is not None:
-                kernel.space.unmap_page(slot_va + offset)
+        space = kernel.space
+        if _slot_mapped(space.tlb, slot_va):
+            _unmap_slot(space, slot_va)  # (a free unmaps its page: the guard page stays unmapped)
         # Windows 10/11 keep NonPagedPool executable and NonPagedPoolNx and paged pool not.
-        kernel.space.map_page(page, pfn, executable=self.split and pool is kernel.nonpaged_pool)
+        space.map_page(page, pfn, executable=self.split and pool is kernel.nonpaged_pool)
         rounded = (number_of_bytes + BLOCK - 1) & ~(BLOCK - 1)
         if underrun:
-            address, header_at = page, page + PAGE_SIZE - BLOCK
+            address, header_at = page, PAGE_SIZE - BLOCK
         else:
-            address, header_at = page + PAGE_SIZE - rounded, page
+            address, header_at = page + PAGE_SIZE - rounded, 0
         pa = pfn << PAGE_SHIFT
-        fill = pattern_byte(page)
-        kernel.physical.buffer[pa:pa + PAGE_SIZE] = pattern_page(fill)
-        flags = FLAG_UNDERRUN if underrun else 0
-        HEADER.pack_into(kernel.physical.buffer, pa + (header_at - page), number_of_bytes, flags,
+        buffer = kernel.physical.buffer
+        buffer[pa:pa + PAGE_SIZE] = PATTERN_PAGES[(page >> PAGE_SHIFT) & 0xFF]  # pattern_page(page)
+        HEADER.pack_into(buffer, pa + header_at, number_of_bytes, FLAG_UNDERRUN if underrun else 0,
                          pool.allocated_header_type, tag, site)
         region.states[slot] = SLOT_LIVE
-        region.live[slot] = SpecialAllocation(address, number_of_bytes, tag, site, underrun,
-                                              pool.base_type, page)
-        kernel.pool.track_layer_allocation(tag, pool.base_type, rounded + BLOCK)
+        base_type = pool.base_type
+        region.live[slot] = (address, number_of_bytes, tag, site, underrun, base_type, page)
+        kernel.pool.track_layer_allocation(tag, base_type, rounded + BLOCK)
         return address
 
     # --- free ----------------------------------------------------------------------------
@@ -188,32 +209,46 @@ class SpecialPool:
         region = self.region_of(address)
         if region is None:
             return False
+        slot = (address - region.base) // SLOT_SIZE  # Region.slot_of
+        record = region.live.get(slot)
+        if record is None or record[0] != address:
+            self._crash_not_allocated(address)
+        _, size, tag, _, underrun, base_type, page = record
+        if tag & PROTECTED_POOL:
+            self._check_protected_tag(address, tag, passed_tag)
         kernel = self.kernel
-        slot = region.slot_of(address)
-        allocation = region.live.get(slot)
-        if allocation is None or allocation.address != address:
-            kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
-                                SpecialPoolCorruption.FREE_NOT_ALLOCATED, detail=f"free of special pool {address:#x}, which is not allocated")
-        # As the pool's own free: only a protected tag is compared, bit 31 masked on both sides.
-        if allocation.tag & PROTECTED_POOL and \
-                ((passed_tag or 0) ^ allocation.tag) & ~PROTECTED_POOL & 0xFFFFFFFF:
-            kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE, address,
-                                allocation.tag & ~PROTECTED_POOL, passed_tag or 0,
-                                detail="protected special pool freed with the wrong tag")
-        self._check_pattern(allocation)
-        kernel.pool.untrack_layer_allocation(allocation.tag, allocation.base_type,
-                                    ((allocation.size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
-        pfn = kernel.space.unmap_page(allocation.page)
-        kernel.physical.free_frame(pfn)
+        space = kernel.space
+        # The usual page, still mapped (its frame's address in hand), with its fill intact:
+        # two comparisons at most. Anything else is looked at the general way (a page read
+        # through the machine, every range scanned), which raises the bug check.
+        pa = space.tlb.get(page >> PAGE_SHIFT)
+        if pa is None or not _fill_intact(kernel.physical.buffer, pa, page, address - page,
+                                          size, underrun):
+            self._check_pattern(SpecialAllocation(*record))
+        kernel.pool.untrack_layer_allocation(tag, base_type, ((size + BLOCK - 1) & ~(BLOCK - 1)) + BLOCK)
+        kernel.physical.free_frame(space.unmap_page(page))
         del region.live[slot]
         region.states[slot] = SLOT_FREED
         region.freed.append(slot)
         return True
 
+    def _crash_not_allocated(self, address: int) -> None:
+        self.kernel.KeBugCheckEx(BugCheckCode.SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION, address, 0, 0,
+                                 SpecialPoolCorruption.FREE_NOT_ALLOCATED,
+                                 detail=f"free of special pool {address:#x}, which is not allocated")
+
+    def _check_protected_tag(self, address: int, tag: int, passed_tag: int | None) -> None:
+        """As the pool's own free: only a protected tag is compared, bit 31 masked on both sides."""
+        if ((passed_tag or 0) ^ tag) & ~PROTECTED_POOL & 0xFFFFFFFF:
+            self.kernel.KeBugCheckEx(BugCheckCode.BAD_POOL_CALLER, BadPoolCaller.WRONG_TAG_ON_FREE,
+                                     address, tag & ~PROTECTED_POOL, passed_tag or 0,
+                                     detail="protected special pool freed with the wrong tag")
+
     def _check_pattern(self, allocation: SpecialAllocation) -> None:
-        """Every byte of the page outside the allocation and its header still holds the fill."""
+        """Every byte of the page outside the allocation and its header still holds the fill
+        (the general way: the page read through the machine, each slack range compared)."""
         page = self.kernel.read(allocation.page, PAGE_SIZE)
-        intact = pattern_page(pattern_byte(allocation.page))
+        intact = pattern_page(allocation.page)
         start = allocation.address - allocation.page
         end = start + allocation.size
         header_at = PAGE_SIZE - BLOCK if allocation.underrun else 0
@@ -247,7 +282,7 @@ class SpecialPool:
         site = kernel.call_sites.site_of_caller()
         ip = kernel.call_sites.table[site].address if site else 0
         if state == SLOT_LIVE:
-            allocation = region.live[slot]
+            allocation = SpecialAllocation(*region.live[slot])
             where = "before the start" if address < allocation.address else "past the end"
             # As for freed special pool: the DRIVER_ code when the access is a driver's.
             by_driver = kernel.call_sites.owner(site) is not None
@@ -270,8 +305,34 @@ class SpecialPool:
         region = self.region_of(address)
         if region is None:
             return None
-        allocation = region.live.get(region.slot_of(address))
-        return allocation.site if allocation and allocation.address == address else 0
+        record = region.live.get(region.slot_of(address))
+        return record[3] if record and record[0] == address else 0  # its site
+
+
+def _slot_mapped(tlb: dict, slot_va: int) -> bool:
+    """Is either page of the slot at ``slot_va`` mapped (the TLB knows every mapped page)?"""
+    vpn = slot_va >> PAGE_SHIFT
+    return vpn in tlb or vpn + 1 in tlb
+
+
+def _unmap_slot(space, slot_va: int) -> None:
+    for page in (slot_va, slot_va + PAGE_SIZE):
+        if space.translate(page) is not None:
+            space.unmap_page(page)
+
+
+def _fill_intact(buffer, pa: int, page: int, start: int, size: int, underrun: bool) -> bool:
+    """Does the page at ``page`` (physical address ``pa``) hold its fill everywhere but the
+    allocation (``size`` bytes from ``start`` in the page) and its header? The slack is
+    ``_slack_ranges``': in underrun mode, from the allocation's end to the header at the
+    page's end; in overrun mode, from the header (the page's first 16 bytes) to the
+    allocation, and past the allocation's end (its rounding) to the page's end."""
+    intact = PATTERN_PAGES[(page >> PAGE_SHIFT) & 0xFF]  # pattern_page(page)
+    end = start + size
+    if underrun:
+        return buffer[pa + end:pa + PAGE_SIZE - BLOCK] == intact[end:PAGE_SIZE - BLOCK]
+    return buffer[pa + BLOCK:pa + start] == intact[BLOCK:start] and \
+        buffer[pa + end:pa + PAGE_SIZE] == intact[end:]
 
 
 def _slack_ranges(start: int, end: int, header_at: int) -> list[tuple[int, int]]:

@@ -66,9 +66,10 @@ class UninitializedMemoryTracking:
         insort(self.starts, address)
 
     def forget(self, address: int) -> None:
-        self.request_buffers.pop(address, None)
         if self.shadows.pop(address, None) is not None:
             self.starts.pop(bisect_right(self.starts, address) - 1)
+            if self.request_buffers:  # (each is shadowed: track, then request_buffers)
+                self.request_buffers.pop(address, None)
 
     def _spans(self, address: int, length: int):
         """(start, shadow, tag, site, first, last) for each tracked allocation the range touches."""
