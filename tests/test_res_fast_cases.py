@@ -219,6 +219,13 @@ BITMAP_SCENARIOS = {
     "bits one byte across a page boundary, the next page paged out": [
         ("RtlInitializeBitMap", HDR, (1, 0xFFF), 64), ("RtlSetBits", HDR, 0, 8),
         ("page_out", 1), ("irql", 2), ("RtlSetBits", HDR, 4, 8), ("RtlTestBit", HDR, 4)],
+    "bits up to and across a QWORD's end": [
+        ("RtlInitializeBitMap", HDR, (0, 0x400), 300), ("RtlSetBits", HDR, 60, 10),
+        ("RtlSetBits", HDR, 120, 8), ("RtlClearBits", HDR, 62, 3), ("RtlClearBits", HDR, 56, 16),
+        ("RtlSetBits", HDR, 0, 64), ("RtlClearBits", HDR, 1, 63), ("RtlNumberOfSetBits", HDR)],
+    "a header whose last bytes are on a paged-out page, at DISPATCH_LEVEL": [
+        ("RtlInitializeBitMap", (1, 0xFF4), (0, 0x400), 100), ("page_out", 1), ("irql", 2),
+        ("RtlNumberOfSetBits", (1, 0xFF4))],
     "bits past the end of memory": [
         ("RtlInitializeBitMap", HDR, (0, 0x400), 100), ("stray", (0, 0x108), b"\xFF" * 8),
         ("RtlTestBit", HDR, 5), ("RtlSetBits", HDR, 5, 1)],

@@ -26,6 +26,7 @@ register_type("PRTL_BITMAP", 8, pointer=True, pointee="RTL_BITMAP")
 
 RTL_BITMAP = x64_struct("<I4xQ")  # SizeOfBitMap, Buffer
 NO_INDEX = 0xFFFFFFFF
+_LAST_HEADER_OFFSET = 0x1000 - RTL_BITMAP.size  # a header at a page offset past it crosses the page
 ULONG_MASK = 0xFFFFFFFF
 
 
@@ -60,23 +61,21 @@ def _lowest_run(ones: int, count: int) -> int:
 class BitmapRoutines:
     # --- the header, and bytes of the bits -----------------------------------------------------
 
+    # The usual call reads the header and the bits' bytes where they are in the machine's
+    # memory (each on one present page: ``read``'s own work, without the call) and changes
+    # bits there. Anything else, and every call while someone listens for memory writes (the
+    # tests' other machine), goes through ``read`` and ``write``, which fault, name a wrong
+    # argument or publish as a driver's own access would.
+
     def _bitmap(self, header: int) -> tuple[int, int]:
         """(SizeOfBitMap, Buffer) from the caller's RTL_BITMAP."""
-        at = self._in_page(header, RTL_BITMAP.size)
-        if at is not None:
-            return RTL_BITMAP.unpack_from(self._mem, at)
-        return RTL_BITMAP.unpack(self.read(header, RTL_BITMAP.size))
-
-    def _in_page(self, address, length: int) -> int | None:
-        """The physical address of the ``length`` bytes at ``address`` when they are on one
-        present page, where ``read`` would take them (the usual call reads them itself);
-        None otherwise: the way through ``read``, which faults or names a wrong argument."""
         try:
-            base = self._tlb.get(address >> 12)
-        except TypeError:
-            return None
-        offset = address & 0xFFF
-        return None if base is None or offset + length > 0x1000 else base + offset
+            base = self._tlb.get(header >> 12)
+        except TypeError:  # not an address: ``read`` names it
+            base = None
+        if base is not None and header & 0xFFF <= _LAST_HEADER_OFFSET and not self._writes_published:
+            return RTL_BITMAP.unpack_from(self._mem, base + (header & 0xFFF))
+        return RTL_BITMAP.unpack(self.read(header, RTL_BITMAP.size))
 
     def _bits(self, buffer: int, first: int, count: int) -> tuple[int, int]:
         """The bytes holding bits [first, first + count) as one int, bit 0 the first byte's
@@ -84,8 +83,12 @@ class BitmapRoutines:
         start_byte = first >> 3
         address = buffer + start_byte
         length = ((first + count + 7) >> 3) - start_byte
-        at = self._in_page(address, length)
-        data = self._mem[at:at + length] if at is not None else self.read(address, length)
+        base = self._tlb.get(address >> 12)
+        if base is not None and (address & 0xFFF) + length <= 0x1000 and not self._writes_published:
+            at = base + (address & 0xFFF)
+            data = self._mem[at:at + length]
+        else:
+            data = self.read(address, length)
         return int.from_bytes(data, "little"), start_byte << 3
 
     def _usual_bits(self, header, first: int, count: int) -> tuple[int, int] | None:
@@ -95,13 +98,20 @@ class BitmapRoutines:
         ``read`` and ``write``, which fault or publish as a driver's own access would.
         Used only while nobody listens for memory writes: a machine with a listener (the
         tests' other machine) takes the way through ``read`` and ``write`` every time."""
-        at = self._in_page(header, RTL_BITMAP.size)
-        if at is None:
+        tlb = self._tlb
+        try:
+            base = tlb.get(header >> 12)
+        except TypeError:  # not an address: ``read`` names it
             return None
-        _, buffer = RTL_BITMAP.unpack_from(self._mem, at)
+        if base is None or header & 0xFFF > _LAST_HEADER_OFFSET:
+            return None
+        _, buffer = RTL_BITMAP.unpack_from(self._mem, base + (header & 0xFFF))
+        address = buffer + (first >> 3)
         length = ((first + count + 7) >> 3) - (first >> 3)
-        at = self._in_page(buffer + (first >> 3), length)
-        return None if at is None else (at, length)
+        base = tlb.get(address >> 12)
+        if base is None or (address & 0xFFF) + length > 0x1000:
+            return None
+        return base + (address & 0xFFF), length
 
     def _change_bits(self, header: int, first: int, count: int, value: bool) -> None:
         if not count:
@@ -109,6 +119,12 @@ class BitmapRoutines:
         usual = None if self._writes_published else self._usual_bits(header, first, count)
         if usual is not None:  # in place, the bytes of the way below
             at, length = usual
+            shift = (at & 7) * 8 + (first & 7)
+            if shift + count <= 64:  # within one QWORD of memory: changed there
+                words = self._words
+                mask = ((1 << count) - 1) << shift
+                words[at >> 3] = words[at >> 3] | mask if value else words[at >> 3] & ~mask
+                return
             bits = int.from_bytes(self._mem[at:at + length], "little")
             mask = ((1 << count) - 1) << (first & 7)
             self._mem[at:at + length] = (bits | mask if value else bits & ~mask).to_bytes(length, "little")
