@@ -182,12 +182,18 @@ class CallSites:
         """
         if id(frame.f_code) in self.native_bridges:  # a compiled driver's call, straight to ntpool
             return self.native_resolver()
-        key = site_key(frame)
+        key = id(frame.f_code) + frame.f_lasti  # site_key(frame)
         site = self.index.get(key)
         if site is not None:
             return site
         start = frame
-        while frame is not None and self._is_machinery(frame.f_code):
+        # The walk out of ntpool's frames: each code's answer as _is_machinery keeps it
+        # (code, is machinery), read here; _is_machinery works out a code not seen yet.
+        machinery = self._machinery
+        while frame is not None:
+            known = machinery.get(id(frame.f_code))
+            if not (known[1] if known is not None else self._is_machinery(frame.f_code)):
+                break
             frame = frame.f_back
         if frame is None:
             return 0

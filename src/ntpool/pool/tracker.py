@@ -83,7 +83,10 @@ class PoolTracker:
 
     def release(self, tag: int, column: int, number_of_bytes: int) -> None:
         """A free of ``number_of_bytes`` (``column``: its pool's allocations column)."""
-        self.row(tag)[column + 1] += ONE | number_of_bytes
+        row = self.rows.get(tag & _UNPROTECTED)  # as charge: a tag seen before, without a call
+        if row is None:
+            row = self.row(tag)
+        row[column + 1] += ONE | number_of_bytes
 
     def counts(self, tag: int) -> tuple[int, int, int, int, int, int]:
         """``row_counts`` of the tag's row (zeros for a tag never charged)."""

@@ -296,8 +296,8 @@ class DriverVerifier:
         options = self._site_options.get(site, _UNRESOLVED)
         if options is _UNRESOLVED:
             options = self.options_for_site(site)
-        if options is None or self.special_pool.contains(address):
-            return
+        if options is None or self.special_pool.region_of(address) is not None:
+            return  # (special pool's free checks its own)
         kernel = self.kernel
         allocator = kernel.pool
         pool = allocator.pool_at(address)
