@@ -30,6 +30,29 @@ def _machine(published: bool):
     if published:
         k.hooks.subscribe(MemoryWritten, lambda event: None)
     regions = (k.ExAllocatePoolWithTag(NP, REGION, "IoFC"), k.ExAllocatePoolWithTag(PAGED, REGION, "IoFC"))
+    # A device whose driver's IRP_MJ_DEVICE_CONTROL returns STATUS_SUCCESS (every other
+    # major function is IopInvalidDeviceRequest's, which completes the IRP), and three
+    # completion routines: one returns STATUS_SUCCESS, one STATUS_MORE_PROCESSING_REQUIRED,
+    # one pages the IRP out (and returns STATUS_SUCCESS: IofCompleteRequest reads it again).
+    driver = k.create_driver_object("iofc")
+    k.write(driver.driver_object + L.DRIVER_OBJECT.MajorFunction + 8 * 0xE,
+            k.code_address(lambda k, device, irp: 0).to_bytes(8, "little"))
+    k.device = k.IoCreateDevice(driver.driver_object, 0, 0, 0x22, 0, 0)[1]
+    k.completed = []  # (routine, its DeviceObject, IRP, context) as each is called
+
+    def routine(result, step=None):
+        def completion(k, device, irp, context):
+            k.completed.append((result, device, irp, context))
+            if step is not None:
+                step(k, irp)
+            return result
+        return k.code_address(completion)
+
+    def page_out(k, irp):  # and a page of nonpaged pool takes the frame the IRP's page had
+        if k.page_out(irp):
+            k.ExAllocatePoolWithTag(NP, 0x1000, "IoFC")
+
+    k.completions = (routine(0), routine(0xC0000016), routine(0, page_out))
     return k, regions, []
 
 
@@ -48,8 +71,9 @@ def _state(k, regions, allocated):
             return None
         return bytes(k.read(va, size))
 
-    live = [(va, contents(va, 0x40), k.allocation_site(va).lineno) for va in allocated if va]
-    return (k.irql_by_processor[:], tags_in_use(k), live, dict(k._system_ptes),
+    live = [(va, contents(va, min(0x400, 0x1000 - (va & 0xFFF))), k.allocation_site(va).lineno)
+            for va in allocated if va]
+    return (k.irql_by_processor[:], tags_in_use(k), live, dict(k._system_ptes), k.completed[:],
             [contents(region, REGION) for region in regions])
 
 
@@ -74,6 +98,12 @@ STEPS = st.one_of(
     st.tuples(st.just("MmUnlockPages"), TARGET),
     st.tuples(st.just("mdl_header"), PLACE, PLACE, st.sampled_from([0, 0x10, 0x1000, 0x1800, 0x2001]),
               st.sampled_from([0, 0x1, 0x2, 0x1000])),
+    st.tuples(st.just("IofCallDriver"), TARGET),
+    st.tuples(st.just("IofCompleteRequest"), TARGET),
+    st.tuples(st.just("cancel"), TARGET),
+    st.tuples(st.just("next_location"), TARGET, st.sampled_from([0, 0xE]), st.integers(0, 3),
+              st.sampled_from([0, 0x01, 0x40, 0x80, 0x20, 0xE0, 0xE1])),
+    st.tuples(st.just("status"), TARGET, STATUSES),
     st.tuples(st.just("stray"), PLACE, st.binary(min_size=1, max_size=0x40)),
     st.tuples(st.just("irql"), st.integers(0, 2)),
     st.tuples(st.just("page_out"), st.integers(0, 2)),
@@ -109,6 +139,21 @@ def _apply(k, regions, allocated, step, general):
         args.insert(1, 0)
     if what == "MmMapLockedPagesSpecifyCache":
         args += [0, 1, 0, 0, 16]  # KernelMode, MmCached, no address, no bug check on failure, normal
+    if what == "IofCallDriver":
+        return k.IofCallDriver(k.device, _address(regions, allocated, args[0]))
+    if what == "next_location":  # IoSetCompletionRoutine's stores, and the major function
+        irp = _address(regions, allocated, args[0])
+        major, routine, control = args[1:]
+        stack = int.from_bytes(k.read(irp + L.IRP.CurrentStackLocation, 8), "little") - 0x48
+        k.write(stack, bytes([major]))
+        k.write(stack + L.IO_STACK_LOCATION.Control, bytes([control]))
+        address = k.completions[routine - 1] if routine else 0
+        return k.write(stack + L.IO_STACK_LOCATION.CompletionRoutine, address.to_bytes(8, "little"))
+    if what == "cancel":
+        return k.write(_address(regions, allocated, args[0]) + L.IRP.Cancel, b"\1")
+    if what == "status":
+        return k.write(_address(regions, allocated, args[0]) + L.IRP.IoStatus_Status,
+                       (args[1] & 0xFFFFFFFF).to_bytes(4, "little"))
     if what == "stray":
         return k.write(_address(regions, allocated, args[0]), args[1])
     if what == "irql":
@@ -157,6 +202,32 @@ SCENARIOS = {
         ("IoInitializeIrp", (1, 0x100), 0x160, 2), ("page_out", 0), ("IoReuseIrp", (1, 0x100), 0),
         ("page_out", 0), ("IoFreeIrp", (1, 0x100))],
     "not an IRP, freed": [("stray", (0, 0x100), b"\x06\x01"), ("IoFreeIrp", (0, 0x100))],
+    "an IRP sent down and completed through two completion routines": [
+        ("IoAllocateIrp", 3, False), ("next_location", IRP, 0xE, 1, 0xE0), ("IofCallDriver", IRP),
+        ("next_location", IRP, 0xE, 2, 0xE1), ("IofCallDriver", IRP), ("status", IRP, 0xC0000001),
+        ("IofCompleteRequest", IRP), ("IofCompleteRequest", IRP)],
+    "a cancelled IRP completed through a routine for cancels only": [
+        ("IoAllocateIrp", 2, False), ("next_location", IRP, 0xE, 2, 0x20), ("IofCallDriver", IRP),
+        ("cancel", IRP), ("IofCompleteRequest", IRP), ("IofCompleteRequest", IRP)],
+    "a pending return marked on the caller's location": [
+        ("IoAllocateIrp", 3, False), ("next_location", IRP, 0xE, 0, 0), ("IofCallDriver", IRP),
+        ("next_location", IRP, 0xE, 0, 0x01), ("IofCallDriver", IRP), ("IofCompleteRequest", IRP)],
+    "an IRP of one stack location sent down twice": [
+        ("IoAllocateIrp", 1, False), ("next_location", IRP, 0xE, 0, 0), ("IofCallDriver", IRP),
+        ("IofCallDriver", IRP)],
+    "an IRP its completion routine pages out, its next stack location on the next page": [
+        ("IoInitializeIrp", (1, 0xF00), 0x1A8, 3), ("next_location", (1, 0xF00), 0xE, 0, 0),
+        ("IofCallDriver", (1, 0xF00)), ("next_location", (1, 0xF00), 0xE, 3, 0xE0),
+        ("IofCallDriver", (1, 0xF00)), ("IofCompleteRequest", (1, 0xF00))],
+    "an IRP sent to IopInvalidDeviceRequest, completed, completed again": [
+        ("IoAllocateIrp", 2, False), ("IofCallDriver", IRP), ("IofCallDriver", IRP),
+        ("IofCompleteRequest", IRP)],
+    "an IRP across a page boundary, sent and completed pending": [
+        ("IoInitializeIrp", (0, 0xFD0), 0x160, 2), ("next_location", (0, 0xFD0), 0xE, 0, 0x01),
+        ("IofCallDriver", (0, 0xFD0)), ("IofCompleteRequest", (0, 0xFD0))],
+    "an IRP whose stack locations are paged out, sent and completed": [
+        ("IoInitializeIrp", (1, 0xF00), 0x160, 2), ("next_location", (1, 0xF00), 0xE, 1, 0xE1),
+        ("page_out", 1), ("IofCallDriver", (1, 0xF00)), ("page_out", 1), ("IofCompleteRequest", (1, 0xF00))],
     "an MDL built and freed": [
         ("IoAllocateMdl", (0, 0x100), 0x1001), ("MmBuildMdlForNonPagedPool", IRP), ("IoFreeMdl", IRP)],
     "an MDL of paged pool built after its page went": [

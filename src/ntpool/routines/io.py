@@ -57,6 +57,10 @@ _MDL_FLAGS_AND_MAPPING = x64_struct("<2xH12xQ")
 _MDL_BUILT = x64_struct("<2xH20xQII")
 _MDL_MAPPED = x64_struct("<Q")
 _MDL_FLAGS = struct.Struct("<H")
+_QWORD = x64_struct("<Q")
+_TWO_QWORDS = x64_struct("<QQ")
+_USHORT = struct.Struct("<H")
+_ULONG = struct.Struct("<I")
 assert _MDL_BUILT.size == L.MDL.SIZE - L.MDL.Size
 assert _IRP_PACKET.size == L.IRP.CurrentStackLocation + 8 and _MDL_HEADER.size == L.MDL.SIZE
 assert _IRP_REUSED.size == L.IRP.AllocationFlags + 1
@@ -684,6 +688,16 @@ class IoRoutines:
         self._put8(Irp + L.IRP.AllocationFlags, flags)
         self._put32(Irp + L.IRP.IoStatus_Status, Iostatus)
 
+    def _resident(self, va, size: int) -> int | None:
+        """The physical address of ``size`` bytes at ``va`` when they are on one resident
+        page and nobody listens for memory writes (a usual call's fields, read and written
+        straight to memory there); None for anything else (the general way)."""
+        offset = va & 0xFFF if type(va) is int else PAGE_SIZE
+        if offset > PAGE_SIZE - size or self._writes_published:
+            return None
+        base = self._tlb.get(va >> PAGE_SHIFT)
+        return None if base is None else base + offset
+
     def current_stack_location(self, irp: int) -> int:
         return self._get64(irp + L.IRP.CurrentStackLocation)
 
@@ -691,6 +705,21 @@ class IoRoutines:
     def IofCallDriver(self, DeviceObject, Irp) -> int:
         """Move to the next stack location and call the device's driver's dispatch routine
         for its major function; no location left is bug check 0x35."""
+        irp_at = self._resident(Irp, L.IRP.SIZE) if type(DeviceObject) is int else None
+        if irp_at is not None:
+            location = self._mem[irp_at + L.IRP.CurrentLocation]
+            stack = _QWORD.unpack_from(self._mem, irp_at + L.IRP.CurrentStackLocation)[0] - \
+                L.IO_STACK_LOCATION.SIZE
+            stack_at = self._resident(stack, L.IO_STACK_LOCATION.SIZE) if 1 < location < 0x80 else None
+            if stack_at is not None:
+                # The usual call, the IRP and its next stack location each on a resident page,
+                # nobody listening for memory writes: the same stores, in the same order, made
+                # straight to memory.
+                mem = self._mem
+                mem[irp_at + L.IRP.CurrentLocation] = location - 1
+                _QWORD.pack_into(mem, irp_at + L.IRP.CurrentStackLocation, stack)
+                _QWORD.pack_into(mem, stack_at + L.IO_STACK_LOCATION.DeviceObject, DeviceObject & MASK64)
+                return self._dispatch(DeviceObject, Irp, mem[stack_at + L.IO_STACK_LOCATION.MajorFunction])
         location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
         location = location - 0x100 if location > 0x7F else location
         location -= 1
@@ -701,7 +730,10 @@ class IoRoutines:
         stack = self.current_stack_location(Irp) - L.IO_STACK_LOCATION.SIZE
         self._put64(Irp + L.IRP.CurrentStackLocation, stack)
         self._put64(stack + L.IO_STACK_LOCATION.DeviceObject, DeviceObject)
-        major = self.read(stack + L.IO_STACK_LOCATION.MajorFunction, 1)[0]
+        return self._dispatch(DeviceObject, Irp, self.read(stack + L.IO_STACK_LOCATION.MajorFunction, 1)[0])
+
+    def _dispatch(self, DeviceObject, Irp, major: int) -> int:
+        """Call the device's driver's dispatch routine for ``major`` (IofCallDriver's end)."""
         driver = self._get64(DeviceObject + L.DEVICE_OBJECT.DriverObject)
         dispatch = self.major_function(driver, major) if major <= L.IRP_MJ_MAXIMUM_FUNCTION \
             else self.invalid_device_request
@@ -713,33 +745,67 @@ class IoRoutines:
         """Complete: each stack location upward, calling the completion routines set for
         this outcome; STATUS_MORE_PROCESSING_REQUIRED from one stops there. Completing an
         IRP twice is bug check 0x44 (MULTIPLE_IRP_COMPLETE_REQUESTS)."""
-        count = self.read(Irp + L.IRP.StackCount, 1)[0]
-        location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
-        if location > count or self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP:
+        # Where the IRP, or a stack location, is on a resident page and nobody listens for
+        # memory writes (``_resident``), its fields are read and written straight to memory:
+        # the same reads and stores, in the same order, as the general way's.
+        mem = self._mem
+        irp_at = self._resident(Irp, L.IRP.SIZE)
+        if irp_at is not None:
+            count = mem[irp_at + L.IRP.StackCount]
+            location = mem[irp_at + L.IRP.CurrentLocation]
+            not_in_progress = location > count or _USHORT.unpack_from(mem, irp_at + L.IRP.Type)[0] != L.IO_TYPE_IRP
+        else:
+            count = self.read(Irp + L.IRP.StackCount, 1)[0]
+            location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
+            not_in_progress = location > count or self._get16(Irp + L.IRP.Type) != L.IO_TYPE_IRP
+        if not_in_progress:
             self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                               detail=f"IRP {Irp:#x} completed when it is not in progress "
                                      f"(completed twice?)")
-        status = self._get32(Irp + L.IRP.IoStatus_Status)
+        status = _ULONG.unpack_from(mem, irp_at + L.IRP.IoStatus_Status)[0] if irp_at is not None \
+            else self._get32(Irp + L.IRP.IoStatus_Status)
         if status == STATUS_PENDING:
             self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                               detail=f"IRP {Irp:#x} completed with STATUS_PENDING")
         while True:
-            location = self.read(Irp + L.IRP.CurrentLocation, 1)[0]
+            irp_at = self._resident(Irp, L.IRP.SIZE)  # (again: a completion routine may free or page it out)
+            location = mem[irp_at + L.IRP.CurrentLocation] if irp_at is not None \
+                else self.read(Irp + L.IRP.CurrentLocation, 1)[0]
             if location > count:
                 break
-            stack = self.current_stack_location(Irp)
-            control = self.read(stack + L.IO_STACK_LOCATION.Control, 1)[0]
-            routine_address = self._get64(stack + L.IO_STACK_LOCATION.CompletionRoutine)
-            context = self._get64(stack + L.IO_STACK_LOCATION.Context)
-            self._put8(Irp + L.IRP.PendingReturned, control & L.SL_PENDING_RETURNED)
-            # IopClearStackLocation, then step up to the caller's location.
-            self.write(stack + L.IO_STACK_LOCATION.MinorFunction, bytes(3))
-            self._put64(stack + L.IO_STACK_LOCATION.CompletionRoutine, 0)
-            self._put64(stack + L.IO_STACK_LOCATION.Context, 0)
-            self._put8(Irp + L.IRP.CurrentLocation, location + 1)
-            self._put64(Irp + L.IRP.CurrentStackLocation, stack + L.IO_STACK_LOCATION.SIZE)
-            status = self._get32(Irp + L.IRP.IoStatus_Status)
-            cancelled = self.read(Irp + L.IRP.Cancel, 1)[0]
+            if irp_at is not None:
+                stack = _QWORD.unpack_from(mem, irp_at + L.IRP.CurrentStackLocation)[0]
+                stack_at = self._resident(stack, L.IO_STACK_LOCATION.SIZE)
+            else:
+                stack = self.current_stack_location(Irp)
+                stack_at = None
+            if stack_at is not None:
+                control = mem[stack_at + L.IO_STACK_LOCATION.Control]
+                routine_address, context = _TWO_QWORDS.unpack_from(
+                    mem, stack_at + L.IO_STACK_LOCATION.CompletionRoutine)
+                mem[irp_at + L.IRP.PendingReturned] = control & L.SL_PENDING_RETURNED
+                # IopClearStackLocation, then step up to the caller's location.
+                mem[stack_at + L.IO_STACK_LOCATION.MinorFunction:stack_at + L.IO_STACK_LOCATION.Control + 1] = \
+                    b"\0\0\0"
+                _TWO_QWORDS.pack_into(mem, stack_at + L.IO_STACK_LOCATION.CompletionRoutine, 0, 0)
+                mem[irp_at + L.IRP.CurrentLocation] = location + 1 & 0xFF
+                _QWORD.pack_into(mem, irp_at + L.IRP.CurrentStackLocation,
+                                 stack + L.IO_STACK_LOCATION.SIZE & MASK64)
+                status = _ULONG.unpack_from(mem, irp_at + L.IRP.IoStatus_Status)[0]
+                cancelled = mem[irp_at + L.IRP.Cancel]
+            else:
+                control = self.read(stack + L.IO_STACK_LOCATION.Control, 1)[0]
+                routine_address = self._get64(stack + L.IO_STACK_LOCATION.CompletionRoutine)
+                context = self._get64(stack + L.IO_STACK_LOCATION.Context)
+                self._put8(Irp + L.IRP.PendingReturned, control & L.SL_PENDING_RETURNED)
+                # IopClearStackLocation, then step up to the caller's location.
+                self.write(stack + L.IO_STACK_LOCATION.MinorFunction, bytes(3))
+                self._put64(stack + L.IO_STACK_LOCATION.CompletionRoutine, 0)
+                self._put64(stack + L.IO_STACK_LOCATION.Context, 0)
+                self._put8(Irp + L.IRP.CurrentLocation, location + 1)
+                self._put64(Irp + L.IRP.CurrentStackLocation, stack + L.IO_STACK_LOCATION.SIZE)
+                status = self._get32(Irp + L.IRP.IoStatus_Status)
+                cancelled = self.read(Irp + L.IRP.Cancel, 1)[0]
             wanted = (L.SL_INVOKE_ON_SUCCESS if status < 0x80000000 else L.SL_INVOKE_ON_ERROR) | \
                 (L.SL_INVOKE_ON_CANCEL if cancelled else 0)
             if routine_address and control & wanted:
@@ -748,7 +814,8 @@ class IoRoutines:
                 result = self.call_code(routine_address, upper, Irp, context) & 0xFFFFFFFF
                 if result == STATUS_MORE_PROCESSING_REQUIRED:
                     return
-            elif self.read(Irp + L.IRP.PendingReturned, 1)[0] and location + 1 <= count:
+            elif (mem[irp_at + L.IRP.PendingReturned] if stack_at is not None
+                  else self.read(Irp + L.IRP.PendingReturned, 1)[0]) and location + 1 <= count:
                 # IoMarkIrpPending on the caller's behalf, as IofCompleteRequest does.
                 upper_stack = stack + L.IO_STACK_LOCATION.SIZE
                 self._put8(upper_stack + L.IO_STACK_LOCATION.Control,

@@ -26,32 +26,108 @@ register_type("PRTL_BITMAP", 8, pointer=True, pointee="RTL_BITMAP")
 
 RTL_BITMAP = x64_struct("<I4xQ")  # SizeOfBitMap, Buffer
 NO_INDEX = 0xFFFFFFFF
+_LAST_HEADER_OFFSET = 0x1000 - RTL_BITMAP.size  # a header at a page offset past it crosses the page
 ULONG_MASK = 0xFFFFFFFF
 
 
+# The searches look first at this many bits from where they start (``_run_near``): a run
+# is usually found near the hint, and a few QWORDs cost much less than the whole map.
+NEAR_BITS = 128
+
+
 def _ulong(name: str, value) -> int:
+    if type(value) is int:  # the usual argument, at once
+        return value & ULONG_MASK
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value & ULONG_MASK
 
 
+def _lowest_run(ones: int, count: int) -> int:
+    """The lowest index at which ``count`` (at least 1) consecutive set bits of ``ones``
+    begin; -1 if there is none."""
+    # Bit i of ``runs`` is set while bits i .. i + have - 1 of ``ones`` all are: each step
+    # ANDs in the value shifted by at most ``have``, so ``have`` doubles up to ``count``
+    # (log2(count) steps of integer operations, not one per bit).
+    runs = ones
+    have = 1
+    while have < count and runs:
+        step = min(have, count - have)
+        runs &= runs >> step
+        have += step
+    return (runs & -runs).bit_length() - 1
+
+
 class BitmapRoutines:
     # --- the header, and bytes of the bits -----------------------------------------------------
 
+    # The usual call reads the header and the bits' bytes where they are in the machine's
+    # memory (each on one present page: ``read``'s own work, without the call) and changes
+    # bits there. Anything else, and every call while someone listens for memory writes (the
+    # tests' other machine), goes through ``read`` and ``write``, which fault, name a wrong
+    # argument or publish as a driver's own access would.
+
     def _bitmap(self, header: int) -> tuple[int, int]:
         """(SizeOfBitMap, Buffer) from the caller's RTL_BITMAP."""
+        try:
+            base = self._tlb.get(header >> 12)
+        except TypeError:  # not an address: ``read`` names it
+            base = None
+        if base is not None and header & 0xFFF <= _LAST_HEADER_OFFSET and not self._writes_published:
+            return RTL_BITMAP.unpack_from(self._mem, base + (header & 0xFFF))
         return RTL_BITMAP.unpack(self.read(header, RTL_BITMAP.size))
 
     def _bits(self, buffer: int, first: int, count: int) -> tuple[int, int]:
         """The bytes holding bits [first, first + count) as one int, bit 0 the first byte's
         bit 0, and the index of that byte's first bit."""
         start_byte = first >> 3
-        end_byte = (first + count + 7) >> 3
-        data = self.read(buffer + start_byte, end_byte - start_byte)
+        address = buffer + start_byte
+        length = ((first + count + 7) >> 3) - start_byte
+        base = self._tlb.get(address >> 12)
+        if base is not None and (address & 0xFFF) + length <= 0x1000 and not self._writes_published:
+            at = base + (address & 0xFFF)
+            data = self._mem[at:at + length]
+        else:
+            data = self.read(address, length)
         return int.from_bytes(data, "little"), start_byte << 3
+
+    def _usual_bits(self, header, first: int, count: int) -> tuple[int, int] | None:
+        """Where the usual call reads and writes bits [first, first + count) itself: the
+        physical address and length of the bytes holding them when the RTL_BITMAP and
+        those bytes are each on one present page; None otherwise, for the way through
+        ``read`` and ``write``, which fault or publish as a driver's own access would.
+        Used only while nobody listens for memory writes: a machine with a listener (the
+        tests' other machine) takes the way through ``read`` and ``write`` every time."""
+        tlb = self._tlb
+        try:
+            base = tlb.get(header >> 12)
+        except TypeError:  # not an address: ``read`` names it
+            return None
+        if base is None or header & 0xFFF > _LAST_HEADER_OFFSET:
+            return None
+        _, buffer = RTL_BITMAP.unpack_from(self._mem, base + (header & 0xFFF))
+        address = buffer + (first >> 3)
+        length = ((first + count + 7) >> 3) - (first >> 3)
+        base = tlb.get(address >> 12)
+        if base is None or (address & 0xFFF) + length > 0x1000:
+            return None
+        return base + (address & 0xFFF), length
 
     def _change_bits(self, header: int, first: int, count: int, value: bool) -> None:
         if not count:
+            return
+        usual = None if self._writes_published else self._usual_bits(header, first, count)
+        if usual is not None:  # in place, the bytes of the way below
+            at, length = usual
+            shift = (at & 7) * 8 + (first & 7)
+            if shift + count <= 64:  # within one QWORD of memory: changed there
+                words = self._words
+                mask = ((1 << count) - 1) << shift
+                words[at >> 3] = words[at >> 3] | mask if value else words[at >> 3] & ~mask
+                return
+            bits = int.from_bytes(self._mem[at:at + length], "little")
+            mask = ((1 << count) - 1) << (first & 7)
+            self._mem[at:at + length] = (bits | mask if value else bits & ~mask).to_bytes(length, "little")
             return
         _, buffer = self._bitmap(header)
         bits, base = self._bits(buffer, first, count)
@@ -70,8 +146,27 @@ class BitmapRoutines:
         if there is none."""
         if high < low or high - low + 1 < count:
             return NO_INDEX
+        if count <= NEAR_BITS // 2 and not self._writes_published:
+            near = self._run_near(buffer, count, low, high, want_set)
+            if near is not None:
+                return near
         found = self._bit_text(buffer, low, high - low + 1).find(("1" if want_set else "0") * count)
         return NO_INDEX if found < 0 else low + found
+
+    def _run_near(self, buffer: int, count: int, low: int, high: int, want_set: bool) -> int | None:
+        """``_run_in``'s answer from the NEAR_BITS bits at ``low`` (the first run there is
+        the first of the range: an earlier one would be there too), None when those bits
+        do not decide it (no run in them, and the range goes on past them). Like every
+        inline path it is taken only while nobody listens for memory writes: a machine
+        with a listener (the tests' other machine) always takes the way through the text."""
+        end = min(high, low + NEAR_BITS - 1)
+        width = end - low + 1
+        bits, base = self._bits(buffer, low, width)
+        window = bits >> (low - base) & ((1 << width) - 1)
+        found = _lowest_run(window if want_set else window ^ ((1 << width) - 1), count)
+        if found >= 0:
+            return low + found
+        return NO_INDEX if end == high else None
 
     def _find_run(self, header: int, count: int, hint: int, want_set: bool) -> int:
         size, buffer = self._bitmap(header)
@@ -139,6 +234,9 @@ class BitmapRoutines:
     @routine("BOOLEAN RtlTestBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
     def RtlTestBit(self, BitMapHeader, BitNumber) -> int:
         number = _ulong("BitNumber", BitNumber)
+        usual = None if self._writes_published else self._usual_bits(BitMapHeader, number, 1)
+        if usual is not None:
+            return self._mem[usual[0]] >> (number & 7) & 1
         _, buffer = self._bitmap(BitMapHeader)
         return self.read(buffer + (number >> 3), 1)[0] >> (number & 7) & 1
 
