@@ -19,6 +19,7 @@ import ntpool
 from ntpool.hooks import MemoryWritten
 from ntpool.routines import layouts as L
 from pooltags import tags_in_use
+from two_ways import outcome as _outcome
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -54,15 +55,6 @@ def _machine(published: bool):
 
     k.completions = (routine(0), routine(0xC0000016), routine(0, page_out))
     return k, regions, []
-
-
-def _outcome(call):
-    try:
-        return ("ok", call())
-    except ntpool.BugCheck as error:
-        return ("bugcheck", error.code, error.parameters)
-    except Exception as error:  # NtStatusError, TypeError...: named the same way
-        return (type(error).__name__, str(error))
 
 
 def _state(k, regions, allocated):

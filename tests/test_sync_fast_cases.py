@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from ntpool.hooks import MemoryWritten
+from two_ways import machine_with_regions
+from two_ways import outcome as _outcome
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -19,20 +20,7 @@ REGION = 0x3000  # three pages: objects placed anywhere in the first two, across
 
 
 def _machine(published: bool, windows: str = "7"):
-    k = ntpool.Kernel(windows=windows)
-    if published:
-        k.hooks.subscribe(MemoryWritten, lambda event: None)
-    regions = (k.ExAllocatePoolWithTag(NP, REGION, "Sync"), k.ExAllocatePoolWithTag(PAGED, REGION, "Sync"))
-    return k, regions
-
-
-def _outcome(call):
-    try:
-        return ("ok", call())
-    except ntpool.BugCheck as error:
-        return ("bugcheck", error.code, error.parameters)
-    except Exception as error:  # WaitForever, MachineHung, TypeError...: named the same way
-        return (type(error).__name__, str(error))
+    return machine_with_regions(windows, published, "Sync", REGION)
 
 
 def _state(k, regions):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import ntpool
 from ntpool.tags import tag_value
 from ntpool.verifier import special_pool
+from two_ways import outcome as _outcome
 
 MiB = 1 << 20
 PLAIN_TAG = tag_value("Spc1")
@@ -64,13 +65,6 @@ def _machine(windows: str, options: dict, general: bool):
         k.space.page_tables = _NoTableKnown()
         k.verifier._site_options = _NoSiteLookedUpInPlace()
     return k, driver
-
-
-def _outcome(call):
-    try:
-        return ("ok", call())
-    except ntpool.BugCheck as error:
-        return ("bugcheck", error.code, error.parameters)
 
 
 def _state(k):
