@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from two_ways import machine_with_regions
-from two_ways import outcome as _outcome
+from two_ways import address, machine_with_regions, region_bytes, run_both
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -25,9 +24,7 @@ def _machine(windows: str, published: bool):
 
 def _state(k, regions):
     return (k.irql_by_processor[:], k.critical_region, sorted(getattr(k, "resources", ())),
-            [bytes(k.read(region, REGION)) if not any(k.pager.is_paged_out(region + page)
-                                                       for page in range(0, REGION, 0x1000))
-             else None for region in regions])
+            region_bytes(k, regions, REGION))
 
 
 OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB8, 0xFC0, 0xFC8,
@@ -35,14 +32,9 @@ OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB
 OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
 
 
-def _address(regions, where):
-    region, offset = where
-    return regions[region] + offset
-
-
 def _apply(k, regions, step):
     what, *args = step
-    at = [_address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
     if what == "stray":
         return k.write(at[0], at[1])
     if what == "irql":
@@ -53,16 +45,7 @@ def _apply(k, regions, step):
 
 
 def _run_both(windows, steps):
-    inline, inline_regions = _machine(windows, published=False)
-    written, written_regions = _machine(windows, published=True)
-    assert inline_regions == written_regions
-    for step in steps:
-        a = _outcome(lambda: _apply(inline, inline_regions, step))
-        b = _outcome(lambda: _apply(written, written_regions, step))
-        assert a == b, step
-        assert _state(inline, inline_regions) == _state(written, written_regions), step
-        if a[0] == "bugcheck":
-            break
+    run_both(lambda published: _machine(windows, published), _apply, _state, steps)
 
 
 COMMON_STEPS = (

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from two_ways import machine_with_regions
-from two_ways import outcome as _outcome
+from two_ways import address, machine_with_regions, region_bytes, run_both
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -25,9 +24,7 @@ def _machine(published: bool, windows: str = "7"):
 
 def _state(k, regions):
     return (k.irql_by_processor[:], dict(k._queued_lock_owners), getattr(k, "guarded_region", 0),
-            [bytes(k.read(region, REGION)) if not any(k.pager.is_paged_out(region + page)
-                                                       for page in range(0, REGION, 0x1000))
-             else None for region in regions])
+            region_bytes(k, regions, REGION))
 
 
 OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xFC8, 0xFD0, 0xFE8, 0xFE0,
@@ -64,14 +61,9 @@ STEPS = st.one_of(
 )
 
 
-def _address(regions, where):
-    region, offset = where
-    return regions[region] + offset
-
-
 def _apply(k, regions, step):
     what, *args = step
-    at = [_address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
     if what == "init_fast_mutex":
         return k.initialize_fast_mutex(at[0])
     if what == "KeInitializeEvent":
@@ -97,16 +89,7 @@ def _apply(k, regions, step):
 @settings(max_examples=400, deadline=None)
 @given(st.lists(STEPS, max_size=30))
 def test_the_inline_synchronization_paths_write_what_the_way_through_write_writes(windows, steps):
-    inline, inline_regions = _machine(False, windows)
-    written, written_regions = _machine(True, windows)
-    assert inline_regions == written_regions
-    for step in steps:
-        a = _outcome(lambda: _apply(inline, inline_regions, step))
-        b = _outcome(lambda: _apply(written, written_regions, step))
-        assert a == b, step
-        assert _state(inline, inline_regions) == _state(written, written_regions), step
-        if a[0] == "bugcheck":
-            break
+    run_both(lambda published: _machine(published, windows), _apply, _state, steps)
 
 
 AT = (0, 0x200)  # an aligned object in nonpaged pool
@@ -245,15 +228,7 @@ SCENARIOS = {
 @pytest.mark.parametrize("windows", ["7", "11"])
 def test_the_scenarios_cover_each_inline_path_and_its_ways_out(windows):
     for name, steps in SCENARIOS.items():
-        inline, inline_regions = _machine(False, windows)
-        written, written_regions = _machine(True, windows)
-        for step in steps:
-            a = _outcome(lambda: _apply(inline, inline_regions, step))
-            b = _outcome(lambda: _apply(written, written_regions, step))
-            assert a == b, (name, step)
-            assert _state(inline, inline_regions) == _state(written, written_regions), (name, step)
-            if a[0] == "bugcheck":
-                break
+        run_both(lambda published: _machine(published, windows), _apply, _state, steps, name)
 
 
 def test_a_fast_mutex_acquired_inline_keeps_the_bytes_between_its_fields(k):

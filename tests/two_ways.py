@@ -27,3 +27,33 @@ def machine_with_regions(windows: str, published: bool, tag: str, size: int):
     if published:
         k.hooks.subscribe(MemoryWritten, lambda event: None)
     return k, (k.ExAllocatePoolWithTag(NP, size, tag), k.ExAllocatePoolWithTag(PAGED, size, tag))
+
+
+def address(regions, where):
+    """A step's object: ``where`` is (which region: 0 nonpaged, 1 paged; offset in it)."""
+    region, offset = where
+    return regions[region] + offset
+
+
+def region_bytes(k, regions, size: int) -> list:
+    """Each region's bytes, None for one with a page paged out (reading it would page it in)."""
+    return [bytes(k.read(region, size)) if not any(k.pager.is_paged_out(region + page)
+                                                  for page in range(0, size, 0x1000))
+            else None for region in regions]
+
+
+def run_both(make_machine, apply, state, steps, label=None):
+    """Run ``steps`` on a machine as drivers run it (``make_machine(False)``) and on one sent
+    the general way (``make_machine(True)``): after each step both must have ended the same
+    way and be in the same ``state``; a bug check ends the run."""
+    inline, inline_regions = make_machine(False)
+    written, written_regions = make_machine(True)
+    assert inline_regions == written_regions
+    for step in steps:
+        a = outcome(lambda: apply(inline, inline_regions, step))
+        b = outcome(lambda: apply(written, written_regions, step))
+        where = step if label is None else (label, step)
+        assert a == b, where
+        assert state(inline, inline_regions) == state(written, written_regions), where
+        if a[0] == "bugcheck":
+            break
