@@ -1,0 +1,155 @@
+"""Run-down protection's and the timers' usual calls are made inline (the structure's QWORDs
+read and written at once); anything unusual takes the way they took before. As in
+test_sync_fast_cases, each test runs the same steps on two machines: one as drivers run it,
+and one with a MemoryWritten listener, on which every routine takes its way through
+``k.write`` (the code the inline paths replace). Every result, error, bug check and byte
+must be the same, on Windows 7 and 11, for aligned and misaligned structures, ones across a
+page boundary, on paged-out pages, at any IRQL, and with any bytes a stray write left."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from two_ways import address, machine_with_regions, region_bytes, run_both
+
+REGION = 0x3000  # three pages: structures placed anywhere in the first two, across their boundary
+
+
+def _machine(windows: str, published: bool):
+    return machine_with_regions(windows, published, "RouF", REGION)
+
+
+def _state(k, regions):
+    return (k.irql_by_processor[:], sorted(k.timers.items()), k.system_time,
+            region_bytes(k, regions, REGION))
+
+
+OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB8, 0xFC0, 0xFC4,
+                           0xFC8, 0xFD0, 0xFE8, 0xFF0, 0xFF8, 0xFFC, 0xFFF])
+OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
+
+
+def _apply(k, regions, step):
+    what, *args = step
+    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    if what == "stray":
+        return k.write(at[0], at[1])
+    if what == "irql":
+        return k._set_irql(at[0])
+    if what == "page_out":
+        return k.page_out(regions[1] + at[0] * 0x1000)
+    if what == "advance":
+        return k.advance_clock(at[0])
+    return getattr(k, what)(*at)
+
+
+def _run_both(windows, steps):
+    run_both(lambda published: _machine(windows, published), _apply, _state, steps)
+
+
+COMMON_STEPS = (
+    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
+    st.tuples(st.just("irql"), st.integers(0, 3)),
+    st.tuples(st.just("page_out"), st.integers(0, 2)),
+)
+
+# --- run-down protection -------------------------------------------------------------------
+
+RUNDOWN_STEPS = st.one_of(
+    st.tuples(st.just("ExInitializeRundownProtection"), OBJECT),
+    st.tuples(st.just("ExAcquireRundownProtection"), OBJECT),
+    st.tuples(st.just("ExReleaseRundownProtection"), OBJECT),
+    st.tuples(st.just("ExAcquireRundownProtectionEx"), OBJECT, st.integers(0, 3)),
+    st.tuples(st.just("ExReleaseRundownProtectionEx"), OBJECT, st.integers(0, 3)),
+    st.tuples(st.just("ExWaitForRundownProtectionRelease"), OBJECT),
+    st.tuples(st.just("ExRundownCompleted"), OBJECT),
+    st.tuples(st.just("ExReInitializeRundownProtection"), OBJECT),
+    *COMMON_STEPS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["7", "11"]), st.lists(RUNDOWN_STEPS, max_size=30))
+def test_the_inline_rundown_paths_write_what_the_way_through_write_writes(windows, steps):
+    _run_both(windows, steps)
+
+
+AT = (0, 0x200)  # an aligned object in nonpaged pool
+RUNDOWN_SCENARIOS = {
+    "acquired twice, released three times (the count wraps)": [
+        ("ExInitializeRundownProtection", AT), ("ExAcquireRundownProtection", AT),
+        ("ExAcquireRundownProtection", AT), ("ExReleaseRundownProtection", AT),
+        ("ExReleaseRundownProtection", AT), ("ExReleaseRundownProtection", AT),
+        ("ExAcquireRundownProtection", AT)],
+    "run-down begun, then completed, then re-initialized": [
+        ("ExInitializeRundownProtection", AT), ("ExWaitForRundownProtectionRelease", AT),
+        ("ExAcquireRundownProtection", AT), ("ExReleaseRundownProtection", AT),
+        ("ExRundownCompleted", AT), ("ExReleaseRundownProtection", AT),
+        ("ExReInitializeRundownProtection", AT), ("ExAcquireRundownProtection", AT)],
+    "a stray count with the active bit, and all ones": [
+        ("stray", AT, b"\x07" + bytes(7)), ("ExAcquireRundownProtection", AT),
+        ("stray", AT, b"\xFE" * 8), ("ExAcquireRundownProtection", AT),
+        ("ExReleaseRundownProtection", AT), ("stray", AT, bytes(8)), ("ExReleaseRundownProtection", AT)],
+    "misaligned, across a page boundary, paged out": [
+        ("ExInitializeRundownProtection", (0, 0x104)), ("ExAcquireRundownProtection", (0, 0x104)),
+        ("ExReleaseRundownProtection", (0, 0x104)), ("ExInitializeRundownProtection", (1, 0xFFC)),
+        ("ExAcquireRundownProtection", (1, 0xFFC)), ("ExInitializeRundownProtection", (1, 0x100)),
+        ("page_out", 0), ("ExAcquireRundownProtection", (1, 0x100)), ("page_out", 0),
+        ("ExReleaseRundownProtection", (1, 0x100)), ("page_out", 0), ("irql", 2),
+        ("ExAcquireRundownProtection", (1, 0x100))],
+    "above DISPATCH_LEVEL": [
+        ("ExInitializeRundownProtection", AT), ("irql", 3), ("ExAcquireRundownProtection", AT)],
+    "released above DISPATCH_LEVEL": [
+        ("ExInitializeRundownProtection", AT), ("ExAcquireRundownProtection", AT), ("irql", 3),
+        ("ExReleaseRundownProtection", AT)],
+}
+
+# --- timers ---------------------------------------------------------------------------------
+
+DUE = st.one_of(st.integers(-(10 ** 8), 10 ** 8), st.sampled_from([0, -1, 1 << 63, (1 << 64) - 1,
+                                                                  133485408000000000 + 10 ** 7]))
+TIMER_STEPS = st.one_of(
+    st.tuples(st.just("KeInitializeTimer"), OBJECT),
+    st.tuples(st.just("KeInitializeTimerEx"), OBJECT, st.integers(0, 1)),
+    st.tuples(st.just("KeSetTimer"), OBJECT, DUE, st.just(0)),
+    st.tuples(st.just("KeSetTimerEx"), OBJECT, DUE, st.sampled_from([0, 1, 1000, -1, 1 << 32]),
+              st.just(0)),
+    st.tuples(st.just("KeCancelTimer"), OBJECT),
+    st.tuples(st.just("KeReadStateTimer"), OBJECT),
+    st.tuples(st.just("advance"), st.integers(0, 2 * 10 ** 7)),
+    *COMMON_STEPS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["7", "11"]), st.lists(TIMER_STEPS, max_size=30))
+def test_the_inline_timer_paths_write_what_the_way_through_write_writes(windows, steps):
+    _run_both(windows, steps)
+
+
+TIMER_SCENARIOS = {
+    "set, set again, expired, cancelled": [
+        ("stray", AT, b"\xA5" * 24), ("KeInitializeTimer", AT), ("stray", (0, 0x238), b"\x5A" * 8),
+        ("KeSetTimer", AT, -10000, 0), ("KeSetTimerEx", AT, -20000, 1, 0), ("KeReadStateTimer", AT),
+        ("advance", 30000), ("KeReadStateTimer", AT), ("KeCancelTimer", AT), ("KeCancelTimer", AT)],
+    "a stray DPC pointer and period, then set over them": [
+        ("KeInitializeTimer", AT), ("stray", (0, 0x230), b"\x11" * 16),
+        ("KeSetTimerEx", AT, -5, -1, 0), ("KeSetTimer", AT, 1 << 63, 0), ("advance", 10)],
+    "misaligned, the last bytes on the next page, paged out": [
+        ("KeInitializeTimer", (0, 0x104)), ("KeSetTimer", (0, 0x104), -1, 0),
+        ("KeInitializeTimer", (0, 0xFC0)), ("KeSetTimer", (0, 0xFC0), -1, 0),
+        ("KeSetTimer", (0, 0xFC8), -1, 0), ("KeInitializeTimer", (1, 0x100)), ("page_out", 0),
+        ("KeSetTimer", (1, 0x100), -1, 0), ("page_out", 0), ("irql", 2),
+        ("KeSetTimer", (1, 0x100), -1, 0)],
+    "above DISPATCH_LEVEL": [
+        ("KeInitializeTimer", AT), ("irql", 3), ("KeSetTimer", AT, -1, 0)],
+}
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_the_scenarios_end_as_on_the_way_through_write(windows):
+    for name, steps in {**RUNDOWN_SCENARIOS, **TIMER_SCENARIOS}.items():
+        try:
+            _run_both(windows, steps)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
