@@ -1,4 +1,4 @@
-"""Run-down protection's and the timers' usual calls are made inline (the structure's QWORDs
+"""The spin lock pair's, run-down protection's and the timers' usual calls are made inline (the structure's QWORDs
 read and written at once); anything unusual takes the way they took before. As in
 test_sync_fast_cases, each test runs the same steps on two machines: one as drivers run it,
 and one with a MemoryWritten listener, on which every routine takes its way through
@@ -10,18 +10,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from two_ways import address, machine_with_regions, region_bytes, run_both
+from ntpool.hooks import IrqlRaised
+from two_ways import PAGED, address, machine_with_regions, region_bytes, run_both
 
 REGION = 0x3000  # three pages: structures placed anywhere in the first two, across their boundary
 
 
+DPC = (0, 0x2F00)  # a KDPC past where the steps' objects go: its routine records the IRQL
+
+
 def _machine(windows: str, published: bool):
-    return machine_with_regions(windows, published, "RouF", REGION)
+    k, regions = machine_with_regions(windows, published, "RouF", REGION)
+    k.ran = []
+    routine = k.code_address(lambda k, dpc, context, a1, a2: k.ran.append(("dpc", k.current_irql)))
+    k.KeInitializeDpc(address(regions, DPC), routine, 0)
+    return k, regions
 
 
 def _state(k, regions):
-    return (k.irql_by_processor[:], sorted(k.timers.items()), k.system_time,
-            region_bytes(k, regions, REGION))
+    return (k.irql_by_processor[:], sorted(k.timers.items()), k.system_time, k.ran,
+            k.pool.irql, region_bytes(k, regions, REGION))
 
 
 OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB8, 0xFC0, 0xFC4,
@@ -40,6 +48,13 @@ def _apply(k, regions, step):
         return k.page_out(regions[1] + at[0] * 0x1000)
     if what == "advance":
         return k.advance_clock(at[0])
+    if what == "queue_dpc":
+        return k.KeInsertQueueDpc(address(regions, DPC), 0, 0)
+    if what == "allocate_paged":  # at DISPATCH_LEVEL: the pool's IRQL check (0xC2)
+        return k.ExAllocatePoolWithTag(PAGED, 100, "RouF")
+    if what == "listen_irql":  # Driver Verifier's way in: the pair's inline path stops
+        return k.hooks.subscribe(IrqlRaised, lambda event: k.ran.append(
+            ("raised", event.processor, event.old, event.new)))
     return getattr(k, what)(*at)
 
 
@@ -52,6 +67,64 @@ COMMON_STEPS = (
     st.tuples(st.just("irql"), st.integers(0, 3)),
     st.tuples(st.just("page_out"), st.integers(0, 2)),
 )
+
+# --- spin locks -----------------------------------------------------------------------------
+
+IRQL = st.one_of(st.integers(0, 3), st.sampled_from([15, 16, -1]))
+SPIN_LOCK_STEPS = st.one_of(
+    st.tuples(st.just("KeInitializeSpinLock"), OBJECT),
+    st.tuples(st.just("KeAcquireSpinLock"), OBJECT),
+    st.tuples(st.just("KeReleaseSpinLock"), OBJECT, IRQL),
+    st.tuples(st.just("KeAcquireSpinLockAtDpcLevel"), OBJECT),
+    st.tuples(st.just("KeReleaseSpinLockFromDpcLevel"), OBJECT),
+    st.tuples(st.just("KeRaiseIrql"), IRQL),
+    st.tuples(st.just("KeLowerIrql"), IRQL),
+    st.tuples(st.just("queue_dpc")),
+    st.tuples(st.just("allocate_paged")),
+    st.tuples(st.just("listen_irql")),
+    *COMMON_STEPS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["7", "11"]), st.lists(SPIN_LOCK_STEPS, max_size=30))
+def test_the_inline_spin_lock_pair_does_what_the_way_through_write_does(windows, steps):
+    _run_both(windows, steps)
+
+
+AT = (0, 0x200)  # an aligned object in nonpaged pool
+SPIN_LOCK_SCENARIOS = {
+    "taken and released, a DPC queued under it, the paged pool asked for under it": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("queue_dpc",), ("allocate_paged",)],
+    "taken, released, again at APC_LEVEL, released to it": [
+        ("stray", AT, b"\xFE" * 8), ("KeAcquireSpinLock", AT), ("queue_dpc",),
+        ("KeReleaseSpinLock", AT, 0), ("irql", 1), ("KeAcquireSpinLock", AT),
+        ("KeReleaseSpinLock", AT, 1), ("allocate_paged",)],
+    "taken twice; released twice; released to a higher IRQL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("KeReleaseSpinLock", AT, 0),
+        ("KeReleaseSpinLock", AT, 0)],
+    "released to a higher IRQL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("KeReleaseSpinLock", AT, 3)],
+    "taken again by its owner": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("KeAcquireSpinLock", AT)],
+    "held by another processor's value": [
+        ("stray", AT, b"\x03" + bytes(7)), ("KeAcquireSpinLock", AT)],
+    "taken above DISPATCH_LEVEL": [("KeInitializeSpinLock", AT), ("irql", 3), ("KeAcquireSpinLock", AT)],
+    "released with an IRQL that is not one": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("KeReleaseSpinLock", AT, 16),
+        ("KeReleaseSpinLock", AT, -1), ("KeReleaseSpinLock", AT, 0)],
+    "misaligned, across a page boundary, paged out": [
+        ("KeInitializeSpinLock", (0, 0x104)), ("KeAcquireSpinLock", (0, 0x104)),
+        ("KeReleaseSpinLock", (0, 0x104), 0), ("KeInitializeSpinLock", (1, 0xFFC)),
+        ("KeAcquireSpinLock", (1, 0xFFC)), ("KeReleaseSpinLock", (1, 0xFFC), 0),
+        ("KeInitializeSpinLock", (1, 0x100)), ("page_out", 0), ("KeAcquireSpinLock", (1, 0x100))],
+    "released after its page went out": [
+        ("KeInitializeSpinLock", (1, 0x100)), ("KeAcquireSpinLock", (1, 0x100)), ("irql", 0),
+        ("page_out", 0), ("KeReleaseSpinLock", (1, 0x100), 0)],
+    "Driver Verifier listening for raises": [
+        ("listen_irql",), ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("queue_dpc",),
+        ("KeReleaseSpinLock", AT, 0), ("KeRaiseIrql", 1), ("KeAcquireSpinLock", AT)],
+}
 
 # --- run-down protection -------------------------------------------------------------------
 
@@ -74,7 +147,6 @@ def test_the_inline_rundown_paths_write_what_the_way_through_write_writes(window
     _run_both(windows, steps)
 
 
-AT = (0, 0x200)  # an aligned object in nonpaged pool
 RUNDOWN_SCENARIOS = {
     "acquired twice, released three times (the count wraps)": [
         ("ExInitializeRundownProtection", AT), ("ExAcquireRundownProtection", AT),
@@ -148,7 +220,7 @@ TIMER_SCENARIOS = {
 
 @pytest.mark.parametrize("windows", ["7", "11"])
 def test_the_scenarios_end_as_on_the_way_through_write(windows):
-    for name, steps in {**RUNDOWN_SCENARIOS, **TIMER_SCENARIOS}.items():
+    for name, steps in {**SPIN_LOCK_SCENARIOS, **RUNDOWN_SCENARIOS, **TIMER_SCENARIOS}.items():
         try:
             _run_both(windows, steps)
         except AssertionError as error:
