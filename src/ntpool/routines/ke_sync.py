@@ -26,6 +26,10 @@ from .registry import lookup, lookup_data, register_type, routine
 STATUS_TIMEOUT = 0x00000102
 STATUS_ALERTED = 0x00000101
 EPOCH_2024 = 133485408000000000  # FILETIME of 2024-01-01 00:00:00 UTC
+# The latest system time a LARGE_INTEGER holds (year 30828): the clock stops there. Sleeps
+# of 2**63 units, which native code may pass, would otherwise carry it past what
+# KUSER_SHARED_DATA's KSYSTEM_TIMEs and every 64-bit field that reports it can hold.
+CLOCK_END = (1 << 63) - 1
 KUSER_SHARED_DATA = 0xFFFFF78000000000
 KUSER_INTERRUPT_TIME = 0x08
 KUSER_SYSTEM_TIME = 0x14
@@ -140,7 +144,7 @@ class SyncRoutines:
         """Move the clock on; timers that fall due expire in order, their DPCs running at
         DISPATCH_LEVEL as the clock interrupt would run them."""
         seconds_before = (self.system_time - self.boot_time) // 10_000_000
-        target = self.system_time + max(0, hundred_ns)
+        target = min(self.system_time + max(0, hundred_ns), CLOCK_END)
         expiries = 0
         late: set[int] = set()  # timers the late tick expired (see below): once each
         while self.timers:
@@ -193,8 +197,9 @@ class SyncRoutines:
 
     def advance_time(self, seconds) -> None:
         """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 0 <= seconds < float("inf"):
+            raise ValueError(f"seconds must be a non-negative finite number, got {seconds!r}")
         self.advance_clock(round(seconds * 10_000_000))
 
     def _expire_timer(self, timer: int) -> None:
