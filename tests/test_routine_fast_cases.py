@@ -225,3 +225,124 @@ def test_the_scenarios_end_as_on_the_way_through_write(windows):
             _run_both(windows, steps)
         except AssertionError as error:
             raise AssertionError(f"{name}: {error}") from None
+
+
+# --- system PTEs mapped and unmapped a page table's share at a time ---------------------------
+# MmAllocateNonCachedMemory / MmFreeNonCachedMemory, MmMapIoSpace / MmUnmapIoSpace and the MDL
+# mappings write each page table's share of PTEs at once (``map_pages`` with the cache bits,
+# ``unmap_pages``), zero and free a run of frames with one slice. The other machine does it
+# page by page, as they did before: map_page then set_pte_bits, unmap_page, zero_frame and
+# free_frame for each. Every result, bug check, PTE, TLB entry, frame and byte must match.
+
+from ntpool.hooks import MappingChanged  # noqa: E402
+from ntpool.routines.io import SYSTEM_PTE_BASE  # noqa: E402
+
+
+def _page_by_page(k) -> None:
+    space, physical = k.space, k.physical
+
+    def map_pages(va, frames, executable=False, bits=0):
+        for index, pfn in enumerate(frames):
+            space.map_page(va + (index << 12), pfn, executable=executable)
+            if bits:
+                space.set_pte_bits(va + (index << 12), bits)
+
+    space.map_pages = map_pages
+    space.unmap_pages = lambda va, count: [space.unmap_page(va + (index << 12))
+                                           for index in range(count)]
+    physical.zero_frames = lambda frames: [physical.zero_frame(pfn) for pfn in frames]
+    physical.free_frames = lambda frames: [physical.free_frame(pfn) for pfn in frames]
+
+
+def _mapping_machine(windows: str, page_by_page: bool):
+    k, regions = machine_with_regions(windows, False, "RouM", REGION)
+    if page_by_page:
+        _page_by_page(k)
+    k.made = []  # (base address, bytes) of each mapping made
+    k.unmapped = []
+    k.hooks.subscribe(MappingChanged, lambda event: k.unmapped.append(event.address))
+    return k, regions
+
+
+def _mapping_state(k, regions):
+    vas = range(SYSTEM_PTE_BASE, k._next_system_pte, 0x1000)
+    return (k.made, sorted(k.unmapped), [k.space.pte(va) for va in vas],
+            [k.space.tlb.get(va >> 12) for va in vas], bytes(k.physical.frame_in_use),
+            k.physical.frames_used, k.physical._hint, dict(k._system_ptes),
+            [bytes(k.read(base, 16)) if k.space.translate(base) is not None else None
+             for base, _ in k.made], region_bytes(k, regions, REGION))
+
+
+def _apply_mapping(k, regions, step):
+    what, *args = step
+    if what == "noncached":
+        size = args[0]
+        base = k.MmAllocateNonCachedMemory(size)
+        k.made.append((base, size))
+        return base
+    if what == "map_io":
+        where, size, cache = args
+        base = k.MmMapIoSpace(where, size, cache)
+        k.made.append((base, size))
+        return base
+    if what == "map_region":  # an MDL of paged pool, locked and mapped again at system PTEs
+        mdl = k.IoAllocateMdl(regions[1], args[0], 0, 0, 0)
+        k.MmProbeAndLockPages(mdl, 0, 1)
+        base = k.MmMapLockedPagesSpecifyCache(mdl, 0, args[1], 0, 0, 0)
+        k.made.append((base, args[0]))
+        return base
+    if not k.made:
+        return None
+    base, size = k.made[args[0] % len(k.made)]
+    if what == "free_noncached":
+        return k.MmFreeNonCachedMemory(base, size + args[1])
+    if what == "unmap_io":
+        return k.MmUnmapIoSpace(base, size + args[1])
+    if what == "write":
+        return k.write(base + args[1], args[2])
+    raise AssertionError(what)
+
+
+SIZE = st.one_of(st.integers(1, 6 * 0x1000), st.sampled_from([0x1000, 0x2000, 0x4000, 0x200 * 0x1000]))
+MAPPING_STEPS = st.one_of(
+    st.tuples(st.just("noncached"), SIZE),
+    st.tuples(st.just("map_io"), st.integers(0x100000, 0x180000), SIZE, st.integers(0, 3)),
+    st.tuples(st.just("map_region"), st.integers(1, REGION), st.integers(0, 2)),
+    st.tuples(st.just("free_noncached"), st.integers(0, 9), st.sampled_from([0, 0, 0, 0x1000, -1])),
+    st.tuples(st.just("unmap_io"), st.integers(0, 9), st.sampled_from([0, 0, 0, 0x1000, -1])),
+    st.tuples(st.just("write"), st.integers(0, 9), st.integers(0, 0x3000), st.binary(min_size=1, max_size=16)),
+)
+
+
+def _run_mapping_both(windows, steps):
+    run_both(lambda page_by_page: _mapping_machine(windows, page_by_page), _apply_mapping,
+             _mapping_state, steps)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["7", "11"]), st.lists(MAPPING_STEPS, max_size=20))
+def test_mappings_made_a_page_table_at_a_time_are_the_page_by_page_ones(windows, steps):
+    _run_mapping_both(windows, steps)
+
+
+MAPPING_SCENARIOS = {
+    "noncached runs freed out of order, then a mapping of frames that are no run": [
+        ("noncached", 0x3000), ("noncached", 0x1000), ("noncached", 0x2000),
+        ("free_noncached", 0, 0), ("free_noncached", 2, 0), ("noncached", 0x4000),
+        ("write", 3, 0x3FF8, b"\xA5" * 8), ("free_noncached", 3, 0), ("free_noncached", 1, 0)],
+    "I/O space over a page table's end, every cache type, freed with the wrong size": [
+        ("map_io", 0x100800, 0x200 * 0x1000, 0), ("map_io", 0x101000, 0x3000, 1),
+        ("map_io", 0x101000, 0x3001, 2), ("map_io", 0x101000, 0x1000, 3),
+        ("unmap_io", 1, 0), ("unmap_io", 2, 0x1000)],
+    "pool pages mapped again through an MDL": [
+        ("map_region", 0x2800, 1), ("map_region", 0x10, 0), ("write", 0, 0x1000, b"\x5A" * 16)],
+}
+
+
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_the_mapping_scenarios_end_as_page_by_page(windows):
+    for name, steps in MAPPING_SCENARIOS.items():
+        try:
+            _run_mapping_both(windows, steps)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None

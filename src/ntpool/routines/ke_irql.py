@@ -56,16 +56,14 @@ class IrqlRoutines:
         old = irqls[processor]
         irqls[processor] = irql
         self.pool.set_irql(irql)
-        if irql < DISPATCH_LEVEL <= old:
+        if irql < _DISPATCH <= old:
             # The DISPATCH software interrupt: DPCs queued while the IRQL was raised run now.
             if self.dpc_queues[processor]:
                 self.retire_dpcs()
-        elif irql > old:
-            listeners = self.hooks.listening(IrqlRaised)
-            if listeners:
-                event = IrqlRaised(processor, old, irql)
-                for listener in listeners:
-                    listener(event)
+        elif irql > old and self._irql_raises_published:
+            event = IrqlRaised(processor, old, irql)
+            for listener in self.hooks.listening(IrqlRaised):
+                listener(event)
 
     def set_current_processor(self, number) -> None:
         """Run the caller on processor ``number`` (its IRQL and lookaside lists apply)."""
@@ -258,10 +256,15 @@ class IrqlRoutines:
     def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
-        old = self.irql_by_processor[self.current_processor]
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
         if old > _DISPATCH:
             self._raise_irql(_DISPATCH)  # IRQL_NOT_GREATER_OR_EQUAL
-        self._set_irql(_DISPATCH)  # _raise_irql's, inline
+        if self._irql_raises_published:
+            self._set_irql(_DISPATCH)  # _raise_irql's, inline
+        else:  # _set_irql's raise, with nobody to tell of it
+            irqls[processor] = _DISPATCH
+            self.pool.set_irql(_DISPATCH)
         # The usual acquire, inline: the lock and the whole handle aligned on present pages,
         # the lock free (NULL), nobody listening for memory writes. The same stores in the
         # same order as the way below (``_take_queued_lock``, then OldIrql), as QWORDs.
@@ -312,9 +315,14 @@ class IrqlRoutines:
                     words[lock_word] = SPIN_LOCK_FREE
                     self._queued_lock_owners.pop(lock, None)
                     new = self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF
-                    if new > self.irql_by_processor[self.current_processor]:
+                    processor, irqls = self.current_processor, self.irql_by_processor
+                    old = irqls[processor]
+                    if new > old:
                         self._lower_irql(new)  # IRQL_NOT_LESS_OR_EQUAL
-                    self._set_irql(new)  # _lower_irql's, inline
+                    irqls[processor] = new  # _lower_irql's _set_irql, inline
+                    self.pool.set_irql(new)
+                    if new < _DISPATCH <= old and self.dpc_queues[processor]:
+                        self.retire_dpcs()  # the DISPATCH software interrupt
                     return
         self._drop_queued_lock(LockHandle)
         self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)
