@@ -287,8 +287,14 @@ def _mapping_state(k, regions):
     return (k.made, sorted(k.unmapped), [k.space.pte(va) for va in vas],
             [k.space.tlb.get(va >> 12) for va in vas], bytes(k.physical.frame_in_use),
             k.physical.frames_used, k.physical._hint, dict(k._system_ptes),
-            [bytes(k.read(base, 16)) if k.space.translate(base) is not None else None
-             for base, _ in k.made], region_bytes(k, regions, REGION))
+            [_mapped_bytes(k, base, size) for base, size in k.made], region_bytes(k, regions, REGION))
+
+
+def _mapped_bytes(k, base, size):
+    """A mapping's bytes, page by page (None for a page no longer mapped)."""
+    pages = range(base & ~0xFFF, base + size, 0x1000) if base else ()
+    return [bytes(k.read(page, 0x1000)) if k.space.translate(page) is not None else None
+            for page in pages]
 
 
 def _apply_mapping(k, regions, step):
@@ -346,8 +352,9 @@ def test_mappings_made_a_page_table_at_a_time_are_the_page_by_page_ones(windows,
 MAPPING_SCENARIOS = {
     "noncached runs freed out of order, then a mapping of frames that are no run": [
         ("noncached", 0x3000), ("noncached", 0x1000), ("noncached", 0x2000),
-        ("free_noncached", 0, 0), ("free_noncached", 2, 0), ("noncached", 0x4000),
-        ("write", 3, 0x3FF8, b"\xA5" * 8), ("free_noncached", 3, 0), ("free_noncached", 1, 0)],
+        ("write", 0, 0x2FF0, b"\x77" * 16), ("free_noncached", 0, 0), ("free_noncached", 2, 0),
+        ("noncached", 0x4000), ("write", 3, 0x3FF8, b"\xA5" * 8), ("free_noncached", 3, 0),
+        ("free_noncached", 1, 0), ("noncached", 0x1000), ("noncached", 0x3000)],
     "I/O space over a page table's end, every cache type, freed with the wrong size": [
         ("map_io", 0x100800, 0x200 * 0x1000, 0), ("map_io", 0x101000, 0x3000, 1),
         ("map_io", 0x101000, 0x3001, 2), ("map_io", 0x101000, 0x1000, 3),

@@ -178,9 +178,10 @@ class PhysicalMemory:
 
     def zero_frames(self, frames: Sequence[int]) -> None:
         """``zero_frame`` for each of ``frames`` (a run given as a ``range``: one slice)."""
-        if isinstance(frames, range) and frames.step == 1 and len(frames) > 1:
+        if type(frames) is range and frames.step == 1:
+            count = len(frames)
             self.buffer[frames.start << PAGE_SHIFT:frames.stop << PAGE_SHIFT] = \
-                bytes(len(frames) << PAGE_SHIFT)
+                _ZERO_PAGE if count == 1 else bytes(count << PAGE_SHIFT)
             return
         for pfn in frames:
             self.zero_frame(pfn)
