@@ -46,6 +46,9 @@ _PTE_NX_SIGNED = PTE_NX - (1 << 64)  # PTE_NX as a signed 64-bit integer: -2**63
 _PTE_FLAGS_EXECUTABLE = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE
 _PTE_FLAGS_NX = _PTE_FLAGS_EXECUTABLE | _PTE_NX_SIGNED
 _ZERO_PAGE = bytes(PAGE_SIZE)
+# Zeros for a run of up to 16 frames, sliced without a copy (``bytes(n)`` for each run was an
+# allocation and a memset before the copy into memory).
+_ZERO_RUN = memoryview(bytes(16 * PAGE_SIZE))
 
 
 def canonical(va: int) -> int:
@@ -179,9 +182,9 @@ class PhysicalMemory:
     def zero_frames(self, frames: Sequence[int]) -> None:
         """``zero_frame`` for each of ``frames`` (a run given as a ``range``: one slice)."""
         if type(frames) is range and frames.step == 1:
-            count = len(frames)
+            size = len(frames) << PAGE_SHIFT
             self.buffer[frames.start << PAGE_SHIFT:frames.stop << PAGE_SHIFT] = \
-                _ZERO_PAGE if count == 1 else bytes(count << PAGE_SHIFT)
+                _ZERO_RUN[:size] if size <= len(_ZERO_RUN) else bytes(size)
             return
         for pfn in frames:
             self.zero_frame(pfn)
