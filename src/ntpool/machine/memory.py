@@ -183,8 +183,11 @@ class PhysicalMemory:
         """``zero_frame`` for each of ``frames`` (a run given as a ``range``: one slice)."""
         if type(frames) is range and frames.step == 1:
             size = len(frames) << PAGE_SHIFT
-            self.buffer[frames.start << PAGE_SHIFT:frames.stop << PAGE_SHIFT] = \
-                _ZERO_RUN[:size] if size <= len(_ZERO_RUN) else bytes(size)
+            if size == PAGE_SIZE:  # one frame: the zero page itself, cheaper than a view's slice
+                zeros = _ZERO_PAGE
+            else:
+                zeros = _ZERO_RUN[:size] if size <= len(_ZERO_RUN) else bytes(size)
+            self.buffer[frames.start << PAGE_SHIFT:frames.stop << PAGE_SHIFT] = zeros
             return
         for pfn in frames:
             self.zero_frame(pfn)
