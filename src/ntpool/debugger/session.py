@@ -743,10 +743,12 @@ class KdSession:
         if address:
             return "\n".join(self._lookaside_lines(self.reader.general_lookaside(address)))
         lines = []
-        for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead"):
+        for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead", "ExSystemLookasideListHead"):
             lists, broken = self.reader.lookaside_walk(head)
+            whose = "system (the I/O manager's IRP and MDL)" if head == "ExSystemLookasideListHead" \
+                else "driver"
             lines.append(f"{head} @ {show.kd_address(self.reader.kernel_global(head))}: "
-                         f"{len(lists)} driver lookaside list(s)")
+                         f"{len(lists)} {whose} lookaside list(s)")
             for fields in lists:
                 lines += [""] + self._lookaside_lines(fields)
             if broken is not None:

@@ -68,6 +68,8 @@ assert _IRP_PACKET.size == L.IRP.CurrentStackLocation + 8 and _MDL_HEADER.size =
 assert _IRP_REUSED.size == L.IRP.AllocationFlags + 1
 assert _MDL_FLAGS_AND_MAPPING.size == L.MDL.MappedSystemVa + 8 - L.MDL.Size
 _IRP_TYPE_BYTES = L.IO_TYPE_IRP.to_bytes(2, "little")
+# The last offset in a page where an IRP's StackCount and AllocationFlags lie in it too.
+_LAST_FLAGS_OFFSET = PAGE_SIZE - 1 - max(L.IRP.StackCount, L.IRP.AllocationFlags)
 # The AllocationFlags IoFreeIrp reads to keep an IRP on a lookaside list (fixed size alone).
 _IRP_KEPT_FLAGS = L.IRP_ALLOCATED_FIXED_SIZE | L.IRP_QUOTA_CHARGED | L.IRP_ALLOCATED_MUST_SUCCEED
 _NONPAGED_POOL = PoolType.NonPagedPool
@@ -610,7 +612,7 @@ class IoRoutines:
         LARGE_IRP_STACK_LOCATIONS locations (not quota charged) from the processor's lookaside
         list or the system's (``io_lookaside``), else an "Irp " from nonpaged pool; NULL when
         pool is exhausted."""
-        flags = L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0)
+        flags = L.IRP_QUOTA_CHARGED if ChargeQuota else 0
         if type(StackSize) is int and 0 < StackSize < 0x80:
             # The usual call, a CCHAR's positive value: the sizes from the table, and the
             # pool's allocation fast path called from here, one frame below the driver's
@@ -618,8 +620,11 @@ class IoRoutines:
             # ntpool's frames (``_io_allocate`` is one frame more: the same site, found
             # the longer way).
             allocation_size, packet_size = _IRP_SIZES[StackSize]
-            irp = io_lookaside.take(self, StackSize != 1) \
-                if StackSize <= LARGE_IRP_STACK_LOCATIONS and not ChargeQuota else 0
+            irp = 0
+            if StackSize <= LARGE_IRP_STACK_LOCATIONS:  # fixed size: a lookaside list's
+                flags |= L.IRP_ALLOCATED_FIXED_SIZE
+                if not ChargeQuota:
+                    irp = io_lookaside.take(self, StackSize != 1)
             if not irp:
                 irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
             if irp:
@@ -631,8 +636,11 @@ class IoRoutines:
         if StackSize < 1:
             return 0
         allocation_size, packet_size = _IRP_SIZES[StackSize]
-        irp = io_lookaside.take(self, StackSize != 1) \
-            if StackSize <= LARGE_IRP_STACK_LOCATIONS and not ChargeQuota else 0
+        irp = 0
+        if StackSize <= LARGE_IRP_STACK_LOCATIONS:
+            flags |= L.IRP_ALLOCATED_FIXED_SIZE
+            if not ChargeQuota:
+                irp = io_lookaside.take(self, StackSize != 1)
         if not irp:
             irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
         if not irp:
@@ -678,19 +686,28 @@ class IoRoutines:
             # The usual call: an IRP's Type on a resident page, nobody listening for memory
             # writes. Its high byte is 0 already: the low one is all there is to clear.
             mem[base + offset] = 0
+            if offset <= _LAST_FLAGS_OFFSET:  # (its StackCount and AllocationFlags: here too)
+                flags, stack_count = mem[base + offset + L.IRP.AllocationFlags], \
+                    mem[base + offset + L.IRP.StackCount]
+            else:
+                flags = stack_count = None
         else:
             if self.read(Irp + L.IRP.Type, 2) != _IRP_TYPE_BYTES:
                 self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                                   detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
             self.write(Irp + L.IRP.Type, b"\0\0")
+            flags = stack_count = None
         self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
         if self.io_lookasides:
             # A fixed-size IRP (neither quota charged nor must-succeed) goes back to the
             # small or the large IRPs' lookaside list while one keeps it.
-            flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
-            if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE and io_lookaside.give_back(
-                    self, self.read(Irp + L.IRP.StackCount, 1)[0] != 1, Irp):
-                return
+            if flags is None:
+                flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
+            if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
+                if stack_count is None:
+                    stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
+                if io_lookaside.give_back(self, stack_count != 1, Irp):
+                    return
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 
 from ..constants import KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD, KERNEL_IMAGE_IOP_LOOKASIDE_LISTS
+from ..packing import x64_struct
 from ..pool.lookaside import target_depth
 from ..tags import from_display
 from . import layouts as L
@@ -67,12 +68,20 @@ IO_LOOKASIDES = (
 # WRK's order of each processor's lists in its block (the completion list, not modelled, first).
 _PROCESSOR_ORDER = (LookasideLargeIrpList, LookasideSmallIrpList, LookasideMdlList)
 
-_Q = struct.Struct("<Q")
+_Q = x64_struct("<Q")
 _QQ = struct.Struct("<QQ")
 _II = struct.Struct("<II")
 _HH = struct.Struct("<HH")
 _H = struct.Struct("<H")
 _M32 = 0xFFFFFFFF
+# A GENERAL_LOOKASIDE from its ListHead to AllocateMisses (a pop's fields) and to FreeMisses (a
+# push's): the SLIST_HEADER's Depth, Sequence (low 16 and high 32 bits) and second QWORD
+# (NextEntry and the header type), Depth, MaximumDepth, the counters.
+_POPPED = x64_struct("<HHIQHHII")
+_PUSHED = x64_struct("<HHIQHHIIII")
+_LAST_POP_OFFSET = 0x1000 - _POPPED.size
+_LAST_PUSH_OFFSET = 0x1000 - _PUSHED.size
+_NEXT_ENTRY = ((1 << 64) - 1) & ~0xF  # an SLIST_HEADER's NextEntry bits
 
 
 def init_io_lookasides(k) -> None:
@@ -121,7 +130,40 @@ def _initialize_system_lookaside(k, lookaside: int, tag: str, size: int, maximum
 
 def pop(k, lookaside: int) -> int:
     """One list's part of an allocation: TotalAllocates plus one, then the first entry
-    (InterlockedPopEntrySList), or 0 and AllocateMisses plus one when the list is empty."""
+    (InterlockedPopEntrySList), or 0 and AllocateMisses plus one when the list is empty.
+    The list's fields from ListHead to AllocateMisses on one resident page, the first
+    entry's Next too, and nobody listening for memory writes: read and written in memory at
+    once (the same bytes); anything else the long way (``_pop``)."""
+    offset = lookaside & 0xFFF
+    if offset <= _LAST_POP_OFFSET and not k._writes_published:
+        tlb = k._tlb
+        frame = tlb.get(lookaside >> 12)
+        if frame is not None:
+            mem = k._mem
+            pa = frame + offset
+            depth, sequence_low, sequence_high, high, depth_limit, maximum_depth, total, misses = \
+                _POPPED.unpack_from(mem, pa)
+            first = high & _NEXT_ENTRY
+            if not first:
+                _POPPED.pack_into(mem, pa, depth, sequence_low, sequence_high, high, depth_limit,
+                                  maximum_depth, total + 1 & _M32, misses + 1 & _M32)
+                return 0
+            entry_frame = tlb.get(first >> 12)
+            if entry_frame is not None:
+                following = _Q.unpack_from(mem, entry_frame + (first & 0xFFF))[0]
+                # Depth less one, Sequence (48 bits) plus one, the entry's Next the new first.
+                sequence_low += 1
+                if sequence_low == 0x10000:
+                    sequence_low, sequence_high = 0, sequence_high + 1 & _M32
+                _POPPED.pack_into(mem, pa, depth - 1 & 0xFFFF, sequence_low, sequence_high,
+                                  following & _NEXT_ENTRY | 1, depth_limit, maximum_depth,
+                                  total + 1 & _M32, misses)
+                return first
+    return _pop(k, lookaside)
+
+
+def _pop(k, lookaside: int) -> int:
+    """``pop`` the long way: each field through ``read`` and ``write``."""
     total, misses = _II.unpack(k.read(lookaside + LA_TOTAL_ALLOCATES, 8))
     k.write(lookaside + LA_TOTAL_ALLOCATES, _II.pack(total + 1 & _M32, misses))
     first, held, sequence = k._slist(lookaside)
@@ -136,7 +178,40 @@ def pop(k, lookaside: int) -> int:
 def push(k, lookaside: int, entry: int) -> bool:
     """One list's part of a free: TotalFrees plus one; while the list holds fewer than its
     Depth the entry is pushed (InterlockedPushEntrySList: its Next the old first), else
-    FreeMisses plus one and False."""
+    FreeMisses plus one and False. The list's fields from ListHead to FreeMisses on one
+    resident page, the entry's Next too (and not among them), nobody listening for memory
+    writes: in memory at once (the same bytes); anything else the long way (``_push``)."""
+    offset = lookaside & 0xFFF
+    if offset <= _LAST_PUSH_OFFSET and not k._writes_published and type(entry) is int:
+        tlb = k._tlb
+        frame = tlb.get(lookaside >> 12)
+        if frame is not None:
+            mem = k._mem
+            pa = frame + offset
+            depth, sequence_low, sequence_high, high, depth_limit, maximum_depth, total, misses, \
+                frees, free_misses = _PUSHED.unpack_from(mem, pa)
+            if depth >= depth_limit:
+                _PUSHED.pack_into(mem, pa, depth, sequence_low, sequence_high, high, depth_limit,
+                                  maximum_depth, total, misses, frees + 1 & _M32, free_misses + 1 & _M32)
+                return False
+            entry_offset = entry & 0xFFF
+            entry_frame = tlb.get(entry >> 12) if entry_offset <= 0xFF8 else None
+            if entry_frame is not None:
+                at = entry_frame + entry_offset
+                if at + 8 <= pa or at >= pa + _PUSHED.size:  # (not the list's own fields)
+                    _Q.pack_into(mem, at, high & _NEXT_ENTRY)
+                    sequence_low += 1
+                    if sequence_low == 0x10000:
+                        sequence_low, sequence_high = 0, sequence_high + 1 & _M32
+                    _PUSHED.pack_into(mem, pa, depth + 1 & 0xFFFF, sequence_low, sequence_high,
+                                      entry & _NEXT_ENTRY | 1, depth_limit, maximum_depth, total,
+                                      misses, frees + 1 & _M32, free_misses)
+                    return True
+    return _push(k, lookaside, entry)
+
+
+def _push(k, lookaside: int, entry: int) -> bool:
+    """``push`` the long way: each field through ``read`` and ``write``."""
     frees, free_misses = _II.unpack(k.read(lookaside + LA_TOTAL_FREES, 8))
     first, held, sequence = k._slist(lookaside)
     depth = _H.unpack(k.read(lookaside + LA_DEPTH, 2))[0]
@@ -152,7 +227,7 @@ def push(k, lookaside: int, entry: int) -> bool:
 def take(k, number: int) -> int:
     """An entry of list ``number`` from the current processor's ``P`` list, else ``L``; 0
     when both are empty, and while Driver Verifier is on (see ``lists_in_use``)."""
-    if not lists_in_use(k):
+    if not k.io_lookasides or not k.minimum_lookaside_depth:  # (lists_in_use)
         return 0
     own, system = k.io_lookasides[k.current_processor][number]
     return pop(k, own) or pop(k, system)
