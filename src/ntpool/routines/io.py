@@ -624,7 +624,7 @@ class IoRoutines:
             if StackSize <= LARGE_IRP_STACK_LOCATIONS:  # fixed size: a lookaside list's
                 flags |= L.IRP_ALLOCATED_FIXED_SIZE
                 if not ChargeQuota:
-                    irp = io_lookaside.take(self, StackSize != 1)
+                    irp = self.io_take(StackSize != 1)
             if not irp:
                 irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
             if irp:
@@ -640,7 +640,7 @@ class IoRoutines:
         if StackSize <= LARGE_IRP_STACK_LOCATIONS:
             flags |= L.IRP_ALLOCATED_FIXED_SIZE
             if not ChargeQuota:
-                irp = io_lookaside.take(self, StackSize != 1)
+                irp = self.io_take(StackSize != 1)
         if not irp:
             irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
         if not irp:
@@ -706,7 +706,7 @@ class IoRoutines:
             if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
                 if stack_count is None:
                     stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
-                if io_lookaside.give_back(self, stack_count != 1, Irp):
+                if self.io_give_back(stack_count != 1, Irp):
                     return
         self.pool.free(Irp, L.TAG_IRP)
 
@@ -895,7 +895,7 @@ class IoRoutines:
         if not self.io_lookasides:
             mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
         elif pages <= IOP_FIXED_SIZE_MDL_PFNS:
-            mdl = io_lookaside.take(self, LookasideMdlList) or \
+            mdl = self.io_take(LookasideMdlList) or \
                 self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
         else:
             mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
@@ -934,7 +934,7 @@ class IoRoutines:
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
                 not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
             self._unmap_system(mapped)
-        if flags & L.MDL_ALLOCATED_FIXED_SIZE and io_lookaside.give_back(self, LookasideMdlList, Mdl):
+        if flags & L.MDL_ALLOCATED_FIXED_SIZE and self.io_give_back(LookasideMdlList, Mdl):
             return  # kept on the processor's MDL lookaside list or the system's
         self.pool.free(Mdl, L.TAG_MDL)
 

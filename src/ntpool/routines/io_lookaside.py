@@ -33,7 +33,6 @@ from __future__ import annotations
 import struct
 
 from ..constants import KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD, KERNEL_IMAGE_IOP_LOOKASIDE_LISTS
-from ..packing import x64_struct
 from ..pool.lookaside import target_depth
 from ..tags import from_display
 from . import layouts as L
@@ -68,19 +67,20 @@ IO_LOOKASIDES = (
 # WRK's order of each processor's lists in its block (the completion list, not modelled, first).
 _PROCESSOR_ORDER = (LookasideLargeIrpList, LookasideSmallIrpList, LookasideMdlList)
 
-_Q = x64_struct("<Q")
+_Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 _II = struct.Struct("<II")
 _HH = struct.Struct("<HH")
 _H = struct.Struct("<H")
 _M32 = 0xFFFFFFFF
-# A GENERAL_LOOKASIDE from its ListHead to AllocateMisses (a pop's fields) and to FreeMisses (a
-# push's): the SLIST_HEADER's Depth, Sequence (low 16 and high 32 bits) and second QWORD
-# (NextEntry and the header type), Depth, MaximumDepth, the counters.
-_POPPED = x64_struct("<HHIQHHII")
-_PUSHED = x64_struct("<HHIQHHIIII")
-_LAST_POP_OFFSET = 0x1000 - _POPPED.size
-_LAST_PUSH_OFFSET = 0x1000 - _PUSHED.size
+# A GENERAL_LOOKASIDE's DWORDs from its start: Depth (and MaximumDepth), TotalAllocates
+# (AllocateMisses after it), TotalFrees (FreeMisses after it); the bytes its pop and push
+# change, ListHead to FreeMisses.
+_DEPTH_DWORD = LA_DEPTH // 4
+_TOTAL_ALLOCATES_DWORD = LA_TOTAL_ALLOCATES // 4
+_TOTAL_FREES_DWORD = LA_TOTAL_FREES // 4
+_LIST_FIELDS = LA_TOTAL_FREES + 8
+_M64 = (1 << 64) - 1
 _NEXT_ENTRY = ((1 << 64) - 1) & ~0xF  # an SLIST_HEADER's NextEntry bits
 
 
@@ -92,6 +92,8 @@ def init_io_lookasides(k) -> None:
     k.system_lookaside_list_head = head
     k.write(head, _QQ.pack(head, head))
     k.io_lookasides = ()
+    k._io_dwords = memoryview(k._mem).cast("I")  # (the pop's and push's counters)
+    k.io_take, k.io_give_back = (lambda number: 0), (lambda number, entry: False)
     if k.windows.segment_heap:
         return
     system = [k.kernel_data.base + KERNEL_IMAGE_IOP_LOOKASIDE_LISTS + number * LOOKASIDE_SIZE
@@ -109,6 +111,7 @@ def init_io_lookasides(k) -> None:
             own[number] = lookaside
         pairs.append(tuple(zip(own, system)))
     k.io_lookasides = tuple(pairs)
+    k.io_take, k.io_give_back = fast_ways(k)
 
 
 def _initialize_system_lookaside(k, lookaside: int, tag: str, size: int, maximum_depth: int) -> None:
@@ -131,33 +134,31 @@ def _initialize_system_lookaside(k, lookaside: int, tag: str, size: int, maximum
 def pop(k, lookaside: int) -> int:
     """One list's part of an allocation: TotalAllocates plus one, then the first entry
     (InterlockedPopEntrySList), or 0 and AllocateMisses plus one when the list is empty.
-    The list's fields from ListHead to AllocateMisses on one resident page, the first
-    entry's Next too, and nobody listening for memory writes: read and written in memory at
-    once (the same bytes); anything else the long way (``_pop``)."""
-    offset = lookaside & 0xFFF
-    if offset <= _LAST_POP_OFFSET and not k._writes_published:
+    The list resident (always: the kernel's, 64-byte aligned, its fields in one page), the
+    first entry's page too, nobody listening for memory writes: its QWORDs and DWORDs read
+    and written in memory (the same bytes); anything else the long way (``_pop``)."""
+    if not k._writes_published:
         tlb = k._tlb
         frame = tlb.get(lookaside >> 12)
         if frame is not None:
-            mem = k._mem
-            pa = frame + offset
-            depth, sequence_low, sequence_high, high, depth_limit, maximum_depth, total, misses = \
-                _POPPED.unpack_from(mem, pa)
-            first = high & _NEXT_ENTRY
+            pa = frame + (lookaside & 0xFFF)
+            qwords, dwords = k._words, k._io_dwords
+            at = pa >> 3
+            first = qwords[at + 1] & _NEXT_ENTRY
+            counter = (pa >> 2) + _TOTAL_ALLOCATES_DWORD
             if not first:
-                _POPPED.pack_into(mem, pa, depth, sequence_low, sequence_high, high, depth_limit,
-                                  maximum_depth, total + 1 & _M32, misses + 1 & _M32)
+                dwords[counter] = dwords[counter] + 1 & _M32
+                dwords[counter + 1] = dwords[counter + 1] + 1 & _M32  # AllocateMisses
                 return 0
             entry_frame = tlb.get(first >> 12)
             if entry_frame is not None:
-                following = _Q.unpack_from(mem, entry_frame + (first & 0xFFF))[0]
-                # Depth less one, Sequence (48 bits) plus one, the entry's Next the new first.
-                sequence_low += 1
-                if sequence_low == 0x10000:
-                    sequence_low, sequence_high = 0, sequence_high + 1 & _M32
-                _POPPED.pack_into(mem, pa, depth - 1 & 0xFFFF, sequence_low, sequence_high,
-                                  following & _NEXT_ENTRY | 1, depth_limit, maximum_depth,
-                                  total + 1 & _M32, misses)
+                dwords[counter] = dwords[counter] + 1 & _M32
+                low = qwords[at]
+                # Depth less one and Sequence (48 bits) plus one, in the header's first QWORD
+                # (a Depth of 0 wraps to 0xFFFF without a borrow from the Sequence); the
+                # entry's Next the new first.
+                qwords[at] = low + (0xFFFF if low & 0xFFFF else 0x1FFFF) & _M64
+                qwords[at + 1] = qwords[(entry_frame + (first & 0xFFF)) >> 3] & _NEXT_ENTRY | 1
                 return first
     return _pop(k, lookaside)
 
@@ -178,34 +179,32 @@ def _pop(k, lookaside: int) -> int:
 def push(k, lookaside: int, entry: int) -> bool:
     """One list's part of a free: TotalFrees plus one; while the list holds fewer than its
     Depth the entry is pushed (InterlockedPushEntrySList: its Next the old first), else
-    FreeMisses plus one and False. The list's fields from ListHead to FreeMisses on one
-    resident page, the entry's Next too (and not among them), nobody listening for memory
-    writes: in memory at once (the same bytes); anything else the long way (``_push``)."""
-    offset = lookaside & 0xFFF
-    if offset <= _LAST_PUSH_OFFSET and not k._writes_published and type(entry) is int:
+    FreeMisses plus one and False. In memory at once as ``pop`` (the entry's Next on a
+    resident page, 8-byte aligned, not among the list's fields); anything else the long way
+    (``_push``)."""
+    if not k._writes_published and type(entry) is int:
         tlb = k._tlb
         frame = tlb.get(lookaside >> 12)
         if frame is not None:
-            mem = k._mem
-            pa = frame + offset
-            depth, sequence_low, sequence_high, high, depth_limit, maximum_depth, total, misses, \
-                frees, free_misses = _PUSHED.unpack_from(mem, pa)
-            if depth >= depth_limit:
-                _PUSHED.pack_into(mem, pa, depth, sequence_low, sequence_high, high, depth_limit,
-                                  maximum_depth, total, misses, frees + 1 & _M32, free_misses + 1 & _M32)
+            pa = frame + (lookaside & 0xFFF)
+            qwords, dwords = k._words, k._io_dwords
+            at = pa >> 3
+            low = qwords[at]
+            counter = (pa >> 2) + _TOTAL_FREES_DWORD
+            if low & 0xFFFF >= dwords[(pa >> 2) + _DEPTH_DWORD] & 0xFFFF:
+                dwords[counter] = dwords[counter] + 1 & _M32
+                dwords[counter + 1] = dwords[counter + 1] + 1 & _M32  # FreeMisses
                 return False
-            entry_offset = entry & 0xFFF
-            entry_frame = tlb.get(entry >> 12) if entry_offset <= 0xFF8 else None
+            entry_frame = tlb.get(entry >> 12) if not entry & 7 else None
             if entry_frame is not None:
-                at = entry_frame + entry_offset
-                if at + 8 <= pa or at >= pa + _PUSHED.size:  # (not the list's own fields)
-                    _Q.pack_into(mem, at, high & _NEXT_ENTRY)
-                    sequence_low += 1
-                    if sequence_low == 0x10000:
-                        sequence_low, sequence_high = 0, sequence_high + 1 & _M32
-                    _PUSHED.pack_into(mem, pa, depth + 1 & 0xFFFF, sequence_low, sequence_high,
-                                      entry & _NEXT_ENTRY | 1, depth_limit, maximum_depth, total,
-                                      misses, frees + 1 & _M32, free_misses)
+                entry_at = entry_frame + (entry & 0xFFF)
+                if entry_at + 8 <= pa or entry_at >= pa + _LIST_FIELDS:  # (not the list's own)
+                    dwords[counter] = dwords[counter] + 1 & _M32
+                    qwords[entry_at >> 3] = qwords[at + 1] & _NEXT_ENTRY
+                    # Depth plus one and Sequence plus one (a Depth of 0xFFFF carries into
+                    # the Sequence: 0 and the Sequence plus one), the entry the new first.
+                    qwords[at] = low + (1 if low & 0xFFFF == 0xFFFF else 0x10001) & _M64
+                    qwords[at + 1] = entry & _NEXT_ENTRY | 1
                     return True
     return _push(k, lookaside, entry)
 
@@ -226,7 +225,8 @@ def _push(k, lookaside: int, entry: int) -> bool:
 
 def take(k, number: int) -> int:
     """An entry of list ``number`` from the current processor's ``P`` list, else ``L``; 0
-    when both are empty, and while Driver Verifier is on (see ``lists_in_use``)."""
+    when both are empty, and while Driver Verifier is on (see ``lists_in_use``). (What
+    ``k.io_take`` does, the long way: ``fast_ways`` makes that.)"""
     if not k.io_lookasides or not k.minimum_lookaside_depth:  # (lists_in_use)
         return 0
     own, system = k.io_lookasides[k.current_processor][number]
@@ -234,11 +234,113 @@ def take(k, number: int) -> int:
 
 
 def give_back(k, number: int, entry: int) -> bool:
-    """Keep a freed entry on list ``number`` (``P``, else ``L``); False: it goes to the pool."""
+    """Keep a freed entry on list ``number`` (``P``, else ``L``); False: it goes to the pool.
+    (What ``k.io_give_back`` does, the long way.)"""
     if not k.io_lookasides:
         return False
     own, system = k.io_lookasides[k.current_processor][number]
     return push(k, own, entry) or push(k, system, entry)
+
+
+def fast_ways(k):
+    """``take`` and ``give_back`` made for ``k`` as the usual call runs them: the lists'
+    QWORD indexes in physical memory worked out once (they are the kernel's, resident and
+    64-byte aligned: their fields in one page), the machine's memory views and TLB cells of
+    the closures; a pop and a push each read and write the same bytes as ``pop`` and ``push``
+    (and go their long way for an entry on a page the TLB does not hold, or a push of an
+    entry among a list's own fields or not 8-byte aligned). Nobody listening for memory
+    writes; anything else ``take`` / ``give_back``."""
+    tlb, qwords, dwords = k._tlb, k._words, k._io_dwords
+    at = tuple(tuple((k.space.translate(own) >> 3, k.space.translate(system) >> 3) for own, system in pairs)
+               for pairs in k.io_lookasides)
+    vas = k.io_lookasides
+    assert LA_DEPTH == 0x10 and LA_TOTAL_ALLOCATES == 0x14 and LA_TOTAL_FREES == 0x1C  # (the QWORDs used)
+    next_entry, m32, m64 = _NEXT_ENTRY, _M32, _M64
+    allocates, depth_dword, frees, fields = _TOTAL_ALLOCATES_DWORD, _DEPTH_DWORD, _TOTAL_FREES_DWORD, _LIST_FIELDS
+
+    own_at = tuple(tuple(own for own, _ in pairs) for pairs in at)
+    total_frees_high = 1 << 32  # (+1 to the high DWORD of the QWORD at 0x18: TotalFrees)
+
+    def io_take(number: int) -> int:
+        # The usual call: the processor's list holds an entry on a resident page.
+        if not k._writes_published and k.minimum_lookaside_depth:
+            index = own_at[k.current_processor][number]
+            first = qwords[index + 1] & next_entry
+            if first:
+                entry_frame = tlb.get(first >> 12)
+                if entry_frame is not None:
+                    # TotalAllocates, the high DWORD of the QWORD at 0x10, plus one (the
+                    # carry out of it falls off the QWORD: the ULONG wraps).
+                    qwords[index + 2] = qwords[index + 2] + total_frees_high & m64
+                    low = qwords[index]
+                    qwords[index] = low + (0xFFFF if low & 0xFFFF else 0x1FFFF) & m64
+                    qwords[index + 1] = qwords[(entry_frame + (first & 0xFFF)) >> 3] & next_entry | 1
+                    return first
+        return take_listed(number)
+
+    def io_give_back(number: int, entry: int) -> bool:
+        # The usual call: the processor's list below its Depth, an aligned entry on a
+        # resident page outside the list's fields.
+        if not k._writes_published and type(entry) is int and not entry & 7:
+            index = own_at[k.current_processor][number]
+            low = qwords[index]
+            if low & 0xFFFF < qwords[index + 2] & 0xFFFF:
+                entry_frame = tlb.get(entry >> 12)
+                if entry_frame is not None:
+                    entry_at = entry_frame + (entry & 0xFFF)
+                    if not (index << 3) - 8 < entry_at < (index << 3) + fields:
+                        qwords[index + 3] = qwords[index + 3] + total_frees_high & m64
+                        qwords[entry_at >> 3] = qwords[index + 1] & next_entry
+                        qwords[index] = low + (1 if low & 0xFFFF == 0xFFFF else 0x10001) & m64
+                        qwords[index + 1] = entry & next_entry | 1
+                        return True
+        return give_listed(number, entry)
+
+    def take_listed(number: int) -> int:
+        if k._writes_published or not k.minimum_lookaside_depth:
+            return take(k, number)
+        processor = k.current_processor
+        for which, index in enumerate(at[processor][number]):
+            first = qwords[index + 1] & next_entry
+            counter = (index << 1) + allocates
+            if first:
+                entry_frame = tlb.get(first >> 12)
+                if entry_frame is None:
+                    return pop(k, vas[processor][number][which]) or (
+                        pop(k, vas[processor][number][1]) if not which else 0)
+                dwords[counter] = dwords[counter] + 1 & m32
+                low = qwords[index]
+                qwords[index] = low + (0xFFFF if low & 0xFFFF else 0x1FFFF) & m64
+                qwords[index + 1] = qwords[(entry_frame + (first & 0xFFF)) >> 3] & next_entry | 1
+                return first
+            dwords[counter] = dwords[counter] + 1 & m32
+            dwords[counter + 1] = dwords[counter + 1] + 1 & m32  # AllocateMisses
+        return 0
+
+    def give_listed(number: int, entry: int) -> bool:
+        if k._writes_published or type(entry) is not int or entry & 7:
+            return give_back(k, number, entry)
+        processor = k.current_processor
+        for which, index in enumerate(at[processor][number]):
+            low = qwords[index]
+            counter = (index << 1) + frees
+            if low & 0xFFFF >= dwords[(index << 1) + depth_dword] & 0xFFFF:
+                dwords[counter] = dwords[counter] + 1 & m32
+                dwords[counter + 1] = dwords[counter + 1] + 1 & m32  # FreeMisses
+                continue
+            entry_frame = tlb.get(entry >> 12)
+            entry_at = entry_frame + (entry & 0xFFF) if entry_frame is not None else None
+            if entry_at is None or (index << 3) - 8 < entry_at < (index << 3) + fields:
+                return push(k, vas[processor][number][which], entry) or (
+                    push(k, vas[processor][number][1], entry) if not which else False)
+            dwords[counter] = dwords[counter] + 1 & m32
+            qwords[entry_at >> 3] = qwords[index + 1] & next_entry
+            qwords[index] = low + (1 if low & 0xFFFF == 0xFFFF else 0x10001) & m64
+            qwords[index + 1] = entry & next_entry | 1
+            return True
+        return False
+
+    return io_take, io_give_back
 
 
 def lists_in_use(k) -> bool:
