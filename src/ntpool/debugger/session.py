@@ -244,7 +244,8 @@ class KdSession:
         ("!vm", "physical memory and each pool's pages in use, maximum and charge"),
         ("!pte Address", "the PXE, PPE, PDE and PTE that map Address"),
         ("!lookaside [Address] [-all]", "a lookaside list's depth, counters and hit rates; "
-                                        "without Address the drivers' lists (Ex(N)PagedLookasideListHead)"),
+                                        "without Address the drivers' lists (Ex(N)PagedLookasideListHead) "
+                                        "and the system's (ExSystemLookasideListHead)"),
         ("db/dw/dd/dq Address [L Count]", "display memory as bytes, words, dwords, qwords"),
         ("dps Address [L Count]", "display pointers with what they point at"),
         ("dt Type [Address]", "display a structure: " + ", ".join(show.structure_names())),

@@ -259,7 +259,6 @@ def fast_ways(k):
     allocates, depth_dword, frees, fields = _TOTAL_ALLOCATES_DWORD, _DEPTH_DWORD, _TOTAL_FREES_DWORD, _LIST_FIELDS
 
     own_at = tuple(tuple(own for own, _ in pairs) for pairs in at)
-    total_frees_high = 1 << 32  # (+1 to the high DWORD of the QWORD at 0x18: TotalFrees)
 
     def io_take(number: int) -> int:
         # The usual call: the processor's list holds an entry on a resident page.
@@ -269,9 +268,9 @@ def fast_ways(k):
             if first:
                 entry_frame = tlb.get(first >> 12)
                 if entry_frame is not None:
-                    # TotalAllocates, the high DWORD of the QWORD at 0x10, plus one (the
-                    # carry out of it falls off the QWORD: the ULONG wraps).
-                    qwords[index + 2] = qwords[index + 2] + total_frees_high & m64
+                    # TotalAllocates plus one (a ULONG: it wraps).
+                    counter = (index << 1) + allocates
+                    dwords[counter] = dwords[counter] + 1 & m32
                     low = qwords[index]
                     qwords[index] = low + (0xFFFF if low & 0xFFFF else 0x1FFFF) & m64
                     qwords[index + 1] = qwords[(entry_frame + (first & 0xFFF)) >> 3] & next_entry | 1
@@ -284,12 +283,13 @@ def fast_ways(k):
         if not k._writes_published and type(entry) is int and not entry & 7:
             index = own_at[k.current_processor][number]
             low = qwords[index]
-            if low & 0xFFFF < qwords[index + 2] & 0xFFFF:
+            if low & 0xFFFF < dwords[(index << 1) + depth_dword] & 0xFFFF:
                 entry_frame = tlb.get(entry >> 12)
                 if entry_frame is not None:
                     entry_at = entry_frame + (entry & 0xFFF)
                     if not (index << 3) - 8 < entry_at < (index << 3) + fields:
-                        qwords[index + 3] = qwords[index + 3] + total_frees_high & m64
+                        counter = (index << 1) + frees
+                        dwords[counter] = dwords[counter] + 1 & m32
                         qwords[entry_at >> 3] = qwords[index + 1] & next_entry
                         qwords[index] = low + (1 if low & 0xFFFF == 0xFFFF else 0x10001) & m64
                         qwords[index + 1] = entry & next_entry | 1
