@@ -190,6 +190,11 @@ BITMAP_SCENARIOS = {
     "bits one byte across a page boundary, the next page paged out": [
         ("RtlInitializeBitMap", HDR, (1, 0xFFF), 64), ("RtlSetBits", HDR, 0, 8),
         ("page_out", 1), ("irql", 2), ("RtlSetBits", HDR, 4, 8), ("RtlTestBit", HDR, 4)],
+    "a run that would go on past SizeOfBitMap, near its end": [
+        ("RtlInitializeBitMap", HDR, (0, 0x400), 100), ("stray", (0, 0x40C), bytes(4)),
+        ("RtlSetBits", HDR, 0, 97), ("RtlFindClearBits", HDR, 4, 97), ("RtlFindClearBitsAndSet", HDR, 4, 98),
+        ("RtlFindSetBitsAndClear", HDR, 2, 99), ("RtlFindClearBitsAndSet", HDR, 3, 97),
+        ("RtlFindClearBits", HDR, 1, 99), ("RtlNumberOfSetBits", HDR)],
     "bits up to and across a QWORD's end": [
         ("RtlInitializeBitMap", HDR, (0, 0x400), 300), ("RtlSetBits", HDR, 60, 10),
         ("RtlSetBits", HDR, 120, 8), ("RtlClearBits", HDR, 62, 3), ("RtlClearBits", HDR, 56, 16),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import ntpool
 from ntpool.constants import BugCheckCode
 from ntpool.errors import BugCheck
-from ntpool.routines.ke_sync import (EPOCH_2024, KUSER_INTERRUPT_TIME, KUSER_SHARED_DATA, KUSER_SYSTEM_TIME,
+from ntpool.routines.ke_sync import (CLOCK_END, EPOCH_2024, KUSER_INTERRUPT_TIME, KUSER_SHARED_DATA, KUSER_SYSTEM_TIME,
                                     KUSER_TICK_COUNT)
 from ntpool.routines.rtl_time import MAXLONG, RANDOM_INCREMENT, RANDOM_MULTIPLIER
 
@@ -106,6 +106,33 @@ def test_the_shared_page_holds_the_interrupt_and_system_time_as_ksystem_times(st
         assert (low, high1, high2) == (value & 0xFFFFFFFF, value >> 32, value >> 32)
     assert int.from_bytes(k.read(KUSER_SHARED_DATA + KUSER_TICK_COUNT, 8), "little") == interrupt // 156250
     assert k.KeQueryInterruptTime() == interrupt
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 1 << 64), min_size=1, max_size=4))
+def test_the_clock_stops_at_the_latest_large_integer(steps):
+    """Sleeps past what a LARGE_INTEGER holds (two of 2**63 units: a struct.error writing
+    KUSER_SHARED_DATA) leave the clock at the latest system time, every field reporting it
+    still in range: the shared page, KeQuerySystemTime and RtlTimeToTimeFields' year 30828."""
+    k = ntpool.Kernel()
+    delay = k.ExAllocatePoolWithTag(0, 8, "Wait")
+    expected = k.system_time
+    for hundred_ns in steps:
+        k.write(delay, struct.pack("<q", -min(hundred_ns, 1 << 63)))
+        assert k.KeDelayExecutionThread(0, 0, delay) == 0
+        expected = min(expected + min(hundred_ns, 1 << 63), CLOCK_END)
+        assert k.system_time == expected
+    low, high1, high2 = struct.unpack("<IiI", k.read(KUSER_SHARED_DATA + KUSER_SYSTEM_TIME, 12))
+    assert high1 == high2 >= 0 and (high1 << 32 | low) == expected
+    assert k.KeQuerySystemTime() == expected
+    if expected == CLOCK_END:
+        assert to_fields(k, k.KeQuerySystemTime())[0] == 30828
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), -1, "1", True])
+def test_advance_time_refuses_what_is_not_a_finite_duration(k, seconds):
+    with pytest.raises(ValueError, match="finite"):
+        k.advance_time(seconds)
 
 
 def test_random_updates_the_callers_seed(k):

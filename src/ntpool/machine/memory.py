@@ -176,6 +176,15 @@ class PhysicalMemory:
         base = pfn << PAGE_SHIFT
         self.buffer[base:base + PAGE_SIZE] = _ZERO_PAGE
 
+    def zero_frames(self, frames: Sequence[int]) -> None:
+        """``zero_frame`` for each of ``frames`` (a run given as a ``range``: one slice)."""
+        if isinstance(frames, range) and frames.step == 1 and len(frames) > 1:
+            self.buffer[frames.start << PAGE_SHIFT:frames.stop << PAGE_SHIFT] = \
+                bytes(len(frames) << PAGE_SHIFT)
+            return
+        for pfn in frames:
+            self.zero_frame(pfn)
+
     def _checked(self, pa, size) -> None:
         if isinstance(pa, bool) or not isinstance(pa, int) or isinstance(size, bool) or \
                 not isinstance(size, int):
@@ -254,8 +263,10 @@ class AddressSpace:
             table_pa = entry & PTE_ADDRESS_MASK
         return table_pa
 
-    def map_page(self, va: int, pfn: int, writable: bool = True, executable: bool = False) -> None:
-        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY
+    def map_page(self, va: int, pfn: int, writable: bool = True, executable: bool = False,
+                 bits: int = 0) -> None:
+        """Map ``va`` onto frame ``pfn``; ``bits``: more PTE bits (a cache attribute, PTE_USER)."""
+        flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | bits
         if writable:
             flags |= PTE_WRITABLE
         if not executable:
@@ -295,23 +306,23 @@ class AddressSpace:
             done += run
         return runs
 
-    def map_pages(self, va: int, frames, executable: bool = False) -> None:
-        """``map_page`` (writable; NX unless ``executable``) for consecutive pages from
-        ``va`` onto ``frames``.
+    def map_pages(self, va: int, frames, executable: bool = False, bits: int = 0) -> None:
+        """``map_page`` (writable; NX unless ``executable``; ``bits`` more in each PTE) for
+        consecutive pages from ``va`` onto ``frames``.
 
         Each page table's share of the PTEs is written with one pack and the TLB learns the
         pages in one update. Pages mapped already take ``map_page``'s way (a replaced
         mapping must be announced to the native CPU)."""
         if len(frames) == 1:  # one page (a new page of small pool): map_page is that, cheaper
-            self.map_page(va, frames[0], executable=executable)
+            self.map_page(va, frames[0], executable=executable, bits=bits)
             return
         first_vpn = va >> PAGE_SHIFT
         vpns = range(first_vpn, first_vpn + len(frames))
         if not self.tlb.keys().isdisjoint(vpns):
             for offset, pfn in enumerate(frames):
-                self.map_page(va + (offset << PAGE_SHIFT), pfn, executable=executable)
+                self.map_page(va + (offset << PAGE_SHIFT), pfn, executable=executable, bits=bits)
             return
-        flags = _PTE_FLAGS_EXECUTABLE if executable else _PTE_FLAGS_NX
+        flags = (_PTE_FLAGS_EXECUTABLE if executable else _PTE_FLAGS_NX) | bits
         if isinstance(frames, range) and frames.step == 1:
             # A run of frames: page addresses and PTEs both step by a page (the flags are
             # bits no page address uses).

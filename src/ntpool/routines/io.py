@@ -1127,11 +1127,8 @@ class IoRoutines:
         if base is None:  # else PTEs reserved before (MmAllocateMappingAddress)
             base = self._next_system_pte
             self._next_system_pte += (pages + 1) << PAGE_SHIFT
-        for index, pfn in enumerate(frames):
-            va = base + (index << PAGE_SHIFT)
-            self.space.map_page(va, pfn)
-            if bits:
-                self.space.set_pte_bits(va, bits)
+        if frames:  # the PTEs of each page table written at once (map_pages), bits and all
+            self.space.map_pages(base, frames, bits=bits)
         self._system_ptes[base] = pages
         if aliased and frames and self.hooks.listening(FramesAliased):
             self.hooks.publish(FramesAliased(base, tuple(frames)))
@@ -1141,8 +1138,10 @@ class IoRoutines:
         pages = self._system_ptes.pop(base, None)
         if pages is None:
             return
-        for index in range(pages):
-            self.space.unmap_page(base + (index << PAGE_SHIFT))
+        if pages == 1:
+            self.space.unmap_page(base)
+        else:  # the PTEs of each page table cleared at once
+            self.space.unmap_pages(base, pages)
         self.mapping_changed()
 
     def mapping_changed(self) -> None:

@@ -39,6 +39,13 @@ class IrqlRoutines:
     def _init_irql(self) -> None:
         # The queued spin locks held: lock -> (processor, its owner's KLOCK_QUEUE_HANDLE).
         self._queued_lock_owners: dict[int, tuple[int, int]] = {}
+        # Whether someone listens for IRQL raises (Driver Verifier's IRQL checking): the
+        # spin lock pair's inline path is taken only while nobody does.
+        self._irql_raises_published = bool(self.hooks.listening(IrqlRaised))
+        self.hooks.watch(IrqlRaised, self._publish_irql_raises)
+
+    def _publish_irql_raises(self, active: bool) -> None:
+        self._irql_raises_published = active
 
     @property
     def current_irql(self) -> int:
@@ -49,16 +56,14 @@ class IrqlRoutines:
         old = irqls[processor]
         irqls[processor] = irql
         self.pool.set_irql(irql)
-        if irql < DISPATCH_LEVEL <= old:
+        if irql < _DISPATCH <= old:
             # The DISPATCH software interrupt: DPCs queued while the IRQL was raised run now.
             if self.dpc_queues[processor]:
                 self.retire_dpcs()
-        elif irql > old:
-            listeners = self.hooks.listening(IrqlRaised)
-            if listeners:
-                event = IrqlRaised(processor, old, irql)
-                for listener in listeners:
-                    listener(event)
+        elif irql > old and self._irql_raises_published:
+            event = IrqlRaised(processor, old, irql)
+            for listener in self.hooks.listening(IrqlRaised):
+                listener(event)
 
     def set_current_processor(self, number) -> None:
         """Run the caller on processor ``number`` (its IRQL and lookaside lists apply)."""
@@ -123,9 +128,28 @@ class IrqlRoutines:
     def KeInitializeSpinLock(self, SpinLock) -> None:
         self.write(_checked_lock(SpinLock), SPIN_LOCK_FREE.to_bytes(8, "little"))
 
+    # The usual pair, inline: a free lock in an aligned QWORD on a present page, taken at or
+    # below DISPATCH_LEVEL and released to an IRQL at or below the current one by the
+    # processor that holds it, nobody listening for memory writes or IRQL raises. The same
+    # steps as the way below (``_raise_irql``, ``_set_irql``, ``_take_lock``; ``_drop_lock``,
+    # ``_lower_irql``), one Python call instead of five or six. Anything else (a held lock,
+    # an IRQL to bug-check, a lock to fault on or to name as a wrong argument): that way.
+
     @routine("VOID KeAcquireSpinLock(_Inout_ PKSPIN_LOCK SpinLock, _Out_ PKIRQL OldIrql)")
     def KeAcquireSpinLock(self, SpinLock) -> int:
         """Raise to DISPATCH_LEVEL and take the lock; returns the old IRQL."""
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        if type(SpinLock) is int and old <= _DISPATCH and not SpinLock & 7 and 0 < SpinLock and \
+                not self._writes_published and not self._irql_raises_published:
+            base = self._tlb.get(SpinLock >> 12)
+            if base is not None:
+                word = (base + (SpinLock & 0xFFF)) >> 3
+                if not self._words[word] & SPIN_LOCK_BIT:
+                    irqls[processor] = _DISPATCH  # _set_irql's
+                    self.pool.set_irql(_DISPATCH)
+                    self._words[word] = processor << 1 | SPIN_LOCK_BIT  # _take_lock's
+                    return old
         lock = _checked_lock(SpinLock)
         old = self._raise_irql(_DISPATCH)
         self._take_lock(lock)
@@ -143,6 +167,20 @@ class IrqlRoutines:
     @routine("VOID KeReleaseSpinLock(_Inout_ PKSPIN_LOCK SpinLock, _In_ KIRQL NewIrql)")
     def KeReleaseSpinLock(self, SpinLock, NewIrql) -> None:
         """Release the lock and lower the IRQL to ``NewIrql`` (what KeAcquireSpinLock returned)."""
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        if type(SpinLock) is int and type(NewIrql) is int and 0 <= NewIrql <= old and \
+                not SpinLock & 7 and 0 < SpinLock and not self._writes_published:
+            base = self._tlb.get(SpinLock >> 12)
+            if base is not None:
+                word = (base + (SpinLock & 0xFFF)) >> 3
+                if self._words[word] == processor << 1 | SPIN_LOCK_BIT:
+                    self._words[word] = SPIN_LOCK_FREE  # _drop_lock's
+                    irqls[processor] = NewIrql  # _set_irql's
+                    self.pool.set_irql(NewIrql)
+                    if NewIrql < _DISPATCH <= old and self.dpc_queues[processor]:
+                        self.retire_dpcs()  # the DISPATCH software interrupt
+                    return
         lock = _checked_lock(SpinLock)
         new = _checked_irql("NewIrql", NewIrql)
         self._drop_lock(lock)
@@ -218,10 +256,15 @@ class IrqlRoutines:
     def KeAcquireInStackQueuedSpinLock(self, SpinLock, LockHandle) -> None:
         """Raise to DISPATCH_LEVEL (the old IRQL kept in the handle) and take the lock."""
         lock = _checked_lock(SpinLock)
-        old = self.irql_by_processor[self.current_processor]
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
         if old > _DISPATCH:
             self._raise_irql(_DISPATCH)  # IRQL_NOT_GREATER_OR_EQUAL
-        self._set_irql(_DISPATCH)  # _raise_irql's, inline
+        if self._irql_raises_published:
+            self._set_irql(_DISPATCH)  # _raise_irql's, inline
+        else:  # _set_irql's raise, with nobody to tell of it
+            irqls[processor] = _DISPATCH
+            self.pool.set_irql(_DISPATCH)
         # The usual acquire, inline: the lock and the whole handle aligned on present pages,
         # the lock free (NULL), nobody listening for memory writes. The same stores in the
         # same order as the way below (``_take_queued_lock``, then OldIrql), as QWORDs.
@@ -272,9 +315,14 @@ class IrqlRoutines:
                     words[lock_word] = SPIN_LOCK_FREE
                     self._queued_lock_owners.pop(lock, None)
                     new = self._mem[(handle_word << 3) + LOCK_QUEUE_OLD_IRQL] & 0xF
-                    if new > self.irql_by_processor[self.current_processor]:
+                    processor, irqls = self.current_processor, self.irql_by_processor
+                    old = irqls[processor]
+                    if new > old:
                         self._lower_irql(new)  # IRQL_NOT_LESS_OR_EQUAL
-                    self._set_irql(new)  # _lower_irql's, inline
+                    irqls[processor] = new  # _lower_irql's _set_irql, inline
+                    self.pool.set_irql(new)
+                    if new < _DISPATCH <= old and self.dpc_queues[processor]:
+                        self.retire_dpcs()  # the DISPATCH software interrupt
                     return
         self._drop_queued_lock(LockHandle)
         self._lower_irql(self.read(LockHandle + LOCK_QUEUE_OLD_IRQL, 1)[0] & 0xF)

@@ -26,6 +26,10 @@ from .registry import lookup, lookup_data, register_type, routine
 STATUS_TIMEOUT = 0x00000102
 STATUS_ALERTED = 0x00000101
 EPOCH_2024 = 133485408000000000  # FILETIME of 2024-01-01 00:00:00 UTC
+# The latest system time a LARGE_INTEGER holds (year 30828): the clock stops there. Sleeps
+# of 2**63 units, which native code may pass, would otherwise carry it past what
+# KUSER_SHARED_DATA's KSYSTEM_TIMEs and every 64-bit field that reports it can hold.
+CLOCK_END = (1 << 63) - 1
 KUSER_SHARED_DATA = 0xFFFFF78000000000
 KUSER_INTERRUPT_TIME = 0x08
 KUSER_SYSTEM_TIME = 0x14
@@ -66,6 +70,14 @@ KTIMER_DUE_TIME = 0x18
 KTIMER_DPC = 0x30
 KTIMER_PERIOD = 0x3C
 KTIMER_SIZE = 0x40
+# KeSetTimerEx's inline stores: the KTIMER's QWORDs that hold its fields (SignalState and
+# Period are the high DWORDs of theirs).
+assert L.DISPATCHER_HEADER.SignalState == 4 and KTIMER_PERIOD % 8 == 4
+_SIGNAL_STATE_WORD = L.DISPATCHER_HEADER.SignalState // 8
+_DUE_TIME_WORD = KTIMER_DUE_TIME // 8
+_DPC_WORD = KTIMER_DPC // 8
+_PERIOD_WORD = KTIMER_PERIOD // 8
+_QWORD_MASK = (1 << 64) - 1
 KDPC_DEFERRED_ROUTINE = 0x18
 KDPC_DEFERRED_CONTEXT = 0x20
 KDPC_SYSTEM_ARGUMENT1 = 0x28
@@ -132,7 +144,7 @@ class SyncRoutines:
         """Move the clock on; timers that fall due expire in order, their DPCs running at
         DISPATCH_LEVEL as the clock interrupt would run them."""
         seconds_before = (self.system_time - self.boot_time) // 10_000_000
-        target = self.system_time + max(0, hundred_ns)
+        target = min(self.system_time + max(0, hundred_ns), CLOCK_END)
         expiries = 0
         late: set[int] = set()  # timers the late tick expired (see below): once each
         while self.timers:
@@ -185,8 +197,9 @@ class SyncRoutines:
 
     def advance_time(self, seconds) -> None:
         """Let ``seconds`` of simulated time pass (``advance_clock`` in seconds)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 0 <= seconds < float("inf"):
+            raise ValueError(f"seconds must be a non-negative finite number, got {seconds!r}")
         self.advance_clock(round(seconds * 10_000_000))
 
     def _expire_timer(self, timer: int) -> None:
@@ -231,11 +244,29 @@ class SyncRoutines:
     @routine("BOOLEAN KeSetTimerEx(PKTIMER Timer, LARGE_INTEGER DueTime, LONG Period, PKDPC Dpc)")
     def KeSetTimerEx(self, Timer, DueTime, Period, Dpc) -> int:
         """Arm the timer (DueTime negative: relative, 100 ns units); TRUE if it was armed."""
-        self._check_irql_at_most(DISPATCH_LEVEL, "KeSetTimer")
+        if self.irql_by_processor[self.current_processor] > _DISPATCH:
+            self._check_irql_at_most(DISPATCH_LEVEL, "KeSetTimer")
         due = DueTime - (1 << 64) if DueTime >= 1 << 63 else DueTime
         when = self.system_time - due if due < 0 else max(due, self.system_time)
         was_armed = Timer in self.timers
         self.timers[Timer] = when
+        # The usual timer, written inline: an aligned KTIMER whole on a present page, int
+        # arguments, nobody listening for memory writes. The fields below as QWORDs of
+        # ``_words`` (SignalState the high DWORD of the first, Period of the last), the
+        # values ``_put32`` / ``_put64`` would store. Anything else: those, which fault and
+        # publish as a driver's own store would.
+        if type(Timer) is int and not Timer & 7 and Timer & 0xFFF <= 0x1000 - KTIMER_SIZE and \
+                type(Dpc) is int and type(Period) is int and not self._writes_published:
+            base = self._tlb.get(Timer >> 12)
+            if base is not None:
+                words = self._words
+                word = (base + (Timer & 0xFFF)) >> 3
+                words[word + _SIGNAL_STATE_WORD] &= _LOW_DWORD  # SignalState = 0
+                words[word + _DUE_TIME_WORD] = (when - self.boot_time) & _QWORD_MASK
+                words[word + _DPC_WORD] = Dpc & _QWORD_MASK
+                words[word + _PERIOD_WORD] = words[word + _PERIOD_WORD] & _LOW_DWORD | \
+                    (Period & _LOW_DWORD) << 32
+                return int(was_armed)
         self._put32(Timer + L.DISPATCHER_HEADER.SignalState, 0)
         self._put64(Timer + KTIMER_DUE_TIME, when - self.boot_time)
         self._put64(Timer + KTIMER_DPC, Dpc)

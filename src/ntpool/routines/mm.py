@@ -16,6 +16,7 @@ publishes ``FramesAliased``: the native CPU then watches code it scanned on thos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BugCheckCode, PoolType, SystemPteMisuse
@@ -81,7 +82,7 @@ class MmRoutines:
 
     def _init_mm(self) -> None:
         self.contiguous_blocks: set[int] = set()  # MmAllocateContiguousMemory* addresses
-        self.noncached_blocks: dict[int, tuple[int, tuple]] = {}  # base -> (pages, frames)
+        self.noncached_blocks: dict[int, tuple[int, Sequence[int]]] = {}  # base -> (pages, frames)
         self.io_space_mappings: set[int] = set()  # MmMapIoSpace bases
         # MmAllocateMappingAddress reservations: base -> [pages, tag, pages mapped now].
         self.reserved_mappings: dict[int, list[int]] = {}
@@ -180,9 +181,8 @@ class MmRoutines:
         frames = self.physical.allocate_frames(pages)
         if frames is None:
             return 0
-        frames = tuple(frames)
-        for pfn in frames:
-            self.physical.zero_frame(pfn)
+        # A run of frames (the usual case) stays a range: zeroed, mapped and freed whole.
+        self.physical.zero_frames(frames)
         base = self._map_system_ptes(frames, pages, PTE_CACHE_DISABLE | PTE_WRITE_THROUGH,
                                      aliased=False)
         self.noncached_blocks[base] = (pages, frames)
@@ -198,8 +198,7 @@ class MmRoutines:
                                        "MmFreeNonCachedMemory")
         _, frames = self.noncached_blocks.pop(base)
         self._unmap_system(base)
-        for pfn in frames:
-            self.physical.free_frame(pfn)
+        self.physical.free_frames(frames)
 
     def _check_system_pte_release(self, base: int, pages: int, owned, routine_name: str) -> None:
         """SYSTEM_PTE_MISUSE for a release of system PTEs from ``base`` (page-aligned) that
@@ -393,9 +392,8 @@ class MmRoutines:
                              f"{PhysicalAddress:#x}: past the machine's "
                              f"{self.physical.frame_count:#x} frames of memory (device memory, "
                              f"which ntpool's machine has not got)")
-        frames = tuple(range(first, first + pages))
-        in_use = self.physical.frame_in_use
-        aliased = any(in_use[pfn] for pfn in frames)
+        frames = range(first, first + pages)
+        aliased = any(self.physical.frame_in_use[first:first + pages])
         base = self._map_system_ptes(frames, pages, _cache_bits(CacheType), aliased=aliased)
         self.io_space_mappings.add(base)
         return base | (PhysicalAddress & (PAGE_SIZE - 1))

@@ -168,7 +168,45 @@ class BitmapRoutines:
             return low + found
         return NO_INDEX if end == high else None
 
+    def _usual_run(self, header, count: int, hint: int, want_set: bool) -> tuple | None:
+        """The usual search, inline: a run of 1 to NEAR_BITS / 2 bits found among the
+        NEAR_BITS bits from where ``_find_run`` starts, the RTL_BITMAP and those bits' bytes
+        each on one present page, nobody listening for memory writes. (found, the physical
+        address and length of the bytes read, their bits as an int, the index of their
+        first bit): ``_find_run``'s answer, and what the ...AndSet / ...AndClear routines
+        change in place. None for anything else (no run there, a fault to take, a listener,
+        an argument to name): ``_find_run``'s way, which reads all again."""
+        if not 0 < count <= NEAR_BITS // 2 or self._writes_published:
+            return None
+        tlb = self._tlb
+        try:
+            page = tlb.get(header >> 12)
+        except TypeError:  # not an address: ``read`` names it
+            return None
+        if page is None or header & 0xFFF > _LAST_HEADER_OFFSET:
+            return None
+        size, buffer = RTL_BITMAP.unpack_from(self._mem, page + (header & 0xFFF))
+        start = hint if hint < size else 0
+        width = min(size - start, NEAR_BITS)  # _run_near's window: [start, end]
+        if width < count:
+            return None
+        address = buffer + (start >> 3)
+        length = ((start + width + 7) >> 3) - (start >> 3)
+        page = tlb.get(address >> 12)
+        if page is None or (address & 0xFFF) + length > 0x1000:
+            return None
+        at = page + (address & 0xFFF)
+        bits = int.from_bytes(self._mem[at:at + length], "little")
+        window = bits >> (start & 7) & ((1 << width) - 1)
+        found = _lowest_run(window if want_set else window ^ ((1 << width) - 1), count)
+        if found < 0:
+            return None
+        return start + found, at, length, bits, start & ~7
+
     def _find_run(self, header: int, count: int, hint: int, want_set: bool) -> int:
+        usual = self._usual_run(header, count, hint, want_set)
+        if usual is not None:
+            return usual[0]
         size, buffer = self._bitmap(header)
         start = hint if hint < size else 0
         if count == 0:
@@ -214,14 +252,18 @@ class BitmapRoutines:
     @routine("VOID RtlClearBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
              "_In_ ULONG NumberToClear)")
     def RtlClearBits(self, BitMapHeader, StartingIndex, NumberToClear) -> None:
-        self._change_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
-                          _ulong("NumberToClear", NumberToClear), False)
+        self._change_bits(BitMapHeader, StartingIndex & ULONG_MASK if type(StartingIndex) is int
+                          else _ulong("StartingIndex", StartingIndex),
+                          NumberToClear & ULONG_MASK if type(NumberToClear) is int
+                          else _ulong("NumberToClear", NumberToClear), False)
 
     @routine("VOID RtlSetBits(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG StartingIndex, "
              "_In_ ULONG NumberToSet)")
     def RtlSetBits(self, BitMapHeader, StartingIndex, NumberToSet) -> None:
-        self._change_bits(BitMapHeader, _ulong("StartingIndex", StartingIndex),
-                          _ulong("NumberToSet", NumberToSet), True)
+        self._change_bits(BitMapHeader, StartingIndex & ULONG_MASK if type(StartingIndex) is int
+                          else _ulong("StartingIndex", StartingIndex),
+                          NumberToSet & ULONG_MASK if type(NumberToSet) is int
+                          else _ulong("NumberToSet", NumberToSet), True)
 
     @routine("VOID RtlClearBit(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG BitNumber)")
     def RtlClearBit(self, BitMapHeader, BitNumber) -> None:
@@ -277,8 +319,17 @@ class BitmapRoutines:
     @routine("ULONG RtlFindClearBitsAndSet(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
              "_In_ ULONG HintIndex)")
     def RtlFindClearBitsAndSet(self, BitMapHeader, NumberToFind, HintIndex) -> int:
-        count = _ulong("NumberToFind", NumberToFind)
-        found = self._find_run(BitMapHeader, count, _ulong("HintIndex", HintIndex), False)
+        # _ulong's usual case inline (an int), as in the other routines a driver calls often
+        count = NumberToFind & ULONG_MASK if type(NumberToFind) is int else \
+            _ulong("NumberToFind", NumberToFind)
+        hint = HintIndex & ULONG_MASK if type(HintIndex) is int else _ulong("HintIndex", HintIndex)
+        usual = self._usual_run(BitMapHeader, count, hint, False)
+        if usual is not None:  # the run's bits changed in the bytes the search read
+            found, at, length, bits, first_bit = usual
+            run = ((1 << count) - 1) << (found - first_bit)
+            self._mem[at:at + length] = (bits | run).to_bytes(length, "little")
+            return found
+        found = self._find_run(BitMapHeader, count, hint, False)
         if found != NO_INDEX:
             self._change_bits(BitMapHeader, found, count, True)
         return found
@@ -286,8 +337,17 @@ class BitmapRoutines:
     @routine("ULONG RtlFindSetBitsAndClear(_In_ PRTL_BITMAP BitMapHeader, _In_ ULONG NumberToFind, "
              "_In_ ULONG HintIndex)")
     def RtlFindSetBitsAndClear(self, BitMapHeader, NumberToFind, HintIndex) -> int:
-        count = _ulong("NumberToFind", NumberToFind)
-        found = self._find_run(BitMapHeader, count, _ulong("HintIndex", HintIndex), True)
+        # _ulong's usual case inline (an int), as in the other routines a driver calls often
+        count = NumberToFind & ULONG_MASK if type(NumberToFind) is int else \
+            _ulong("NumberToFind", NumberToFind)
+        hint = HintIndex & ULONG_MASK if type(HintIndex) is int else _ulong("HintIndex", HintIndex)
+        usual = self._usual_run(BitMapHeader, count, hint, True)
+        if usual is not None:  # the run's bits changed in the bytes the search read
+            found, at, length, bits, first_bit = usual
+            run = ((1 << count) - 1) << (found - first_bit)
+            self._mem[at:at + length] = (bits & ~run).to_bytes(length, "little")
+            return found
+        found = self._find_run(BitMapHeader, count, hint, True)
         if found != NO_INDEX:
             self._change_bits(BitMapHeader, found, count, False)
         return found

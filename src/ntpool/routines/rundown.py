@@ -29,6 +29,7 @@ WAIT_BLOCK_COUNT = 0x00
 WAIT_BLOCK_EVENT = 0x08
 WAIT_BLOCK_SIZE = 0x08 + L.KEVENT_SIZE
 MASK64 = (1 << 64) - 1
+_DISPATCH = int(DISPATCH_LEVEL)  # a plain int: the inline paths' IRQL test takes it at once
 
 register_type("PEX_RUNDOWN_REF", 8, pointer=True)
 
@@ -49,9 +50,25 @@ class RundownRoutines:
         """After a completed run-down: protections may be granted again."""
         self._put64(RunRef, 0)
 
+    # The usual acquire and release, inline: at or below DISPATCH_LEVEL, an aligned Count on
+    # a present page, run-down not begun, nobody listening for memory writes. Its QWORD is
+    # read and written in ``_words`` (one index each, not ``_get64`` / ``_put64``'s calls
+    # through ``read`` and ``write``). Anything else (too high an IRQL, a misaligned or
+    # absent Count, run-down under way, a machine publishing writes): the way below, which
+    # bug-checks, faults and publishes as before.
+
     @routine("BOOLEAN ExAcquireRundownProtection(PEX_RUNDOWN_REF RunRef)")
     def ExAcquireRundownProtection(self, RunRef) -> int:
         """TRUE and one more protection counted; FALSE once run-down has begun."""
+        if type(RunRef) is int and not RunRef & 7 and not self._writes_published and \
+                self.irql_by_processor[self.current_processor] <= _DISPATCH:
+            base = self._tlb.get(RunRef >> 12)
+            if base is not None:
+                word = (base + (RunRef & 0xFFF)) >> 3
+                value = self._words[word]
+                if not value & EX_RUNDOWN_ACTIVE:
+                    self._words[word] = (value + EX_RUNDOWN_COUNT_INC) & MASK64
+                    return 1
         return self._acquire_rundown(RunRef, 1, "ExAcquireRundownProtection")
 
     @routine("BOOLEAN ExAcquireRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count)")
@@ -71,6 +88,15 @@ class RundownRoutines:
         """One protection fewer; during a run-down wait, the wait block's count, and the
         last release sets its event. A release of none granted wraps the count, as the
         free build's subtraction does (the checked build asserts)."""
+        if type(RunRef) is int and not RunRef & 7 and not self._writes_published and \
+                self.irql_by_processor[self.current_processor] <= _DISPATCH:
+            base = self._tlb.get(RunRef >> 12)
+            if base is not None:
+                word = (base + (RunRef & 0xFFF)) >> 3
+                value = self._words[word]
+                if not value & EX_RUNDOWN_ACTIVE:
+                    self._words[word] = (value - EX_RUNDOWN_COUNT_INC) & MASK64
+                    return
         self._release_rundown(RunRef, 1, "ExReleaseRundownProtection")
 
     @routine("VOID ExReleaseRundownProtectionEx(PEX_RUNDOWN_REF RunRef, ULONG Count)")
