@@ -29,7 +29,7 @@ def _machine(windows: str, published: bool):
 
 def _state(k, regions):
     return (k.irql_by_processor[:], sorted(k.timers.items()), k.system_time, k.ran,
-            k.pool.irql, region_bytes(k, regions, REGION))
+            k.pool.irql, dict(k._queued_lock_owners), region_bytes(k, regions, REGION))
 
 
 OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB8, 0xFC0, 0xFC4,
@@ -79,6 +79,9 @@ SPIN_LOCK_STEPS = st.one_of(
     st.tuples(st.just("KeReleaseSpinLockFromDpcLevel"), OBJECT),
     st.tuples(st.just("KeRaiseIrql"), IRQL),
     st.tuples(st.just("KeLowerIrql"), IRQL),
+    st.tuples(st.just("KeRaiseIrqlToDpcLevel")),
+    st.tuples(st.just("KeAcquireInStackQueuedSpinLock"), OBJECT, OBJECT),
+    st.tuples(st.just("KeReleaseInStackQueuedSpinLock"), OBJECT),
     st.tuples(st.just("queue_dpc")),
     st.tuples(st.just("allocate_paged")),
     st.tuples(st.just("listen_irql")),
@@ -124,6 +127,21 @@ SPIN_LOCK_SCENARIOS = {
     "Driver Verifier listening for raises": [
         ("listen_irql",), ("KeInitializeSpinLock", AT), ("KeAcquireSpinLock", AT), ("queue_dpc",),
         ("KeReleaseSpinLock", AT, 0), ("KeRaiseIrql", 1), ("KeAcquireSpinLock", AT)],
+    "raised and lowered, a DPC queued between": [
+        ("KeRaiseIrql", 1), ("KeRaiseIrqlToDpcLevel",), ("queue_dpc",), ("allocate_paged",),
+        ("KeLowerIrql", 1), ("allocate_paged",), ("KeRaiseIrql", 15), ("KeLowerIrql", 0),
+        ("KeRaiseIrql", 16), ("KeRaiseIrql", 2), ("KeRaiseIrql", 1), ("KeLowerIrql", 3)],
+    "queued spin lock pair, a DPC queued under it, at PASSIVE_LEVEL and APC_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("queue_dpc",), ("allocate_paged",)],
+    "queued spin lock pair released, then taken at APC_LEVEL": [
+        ("KeInitializeSpinLock", AT), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("queue_dpc",), ("KeReleaseInStackQueuedSpinLock", (0, 0x220)), ("allocate_paged",),
+        ("irql", 1), ("listen_irql",), ("KeAcquireInStackQueuedSpinLock", AT, (0, 0x220)),
+        ("KeReleaseInStackQueuedSpinLock", (0, 0x220)), ("allocate_paged",)],
+    "raised with Driver Verifier listening": [
+        ("listen_irql",), ("KeRaiseIrql", 1), ("KeRaiseIrqlToDpcLevel",), ("KeRaiseIrql", 2),
+        ("KeLowerIrql", 0), ("KeRaiseIrqlToDpcLevel",)],
 }
 
 # --- run-down protection -------------------------------------------------------------------

@@ -18,7 +18,8 @@ from .registry import routine
 SPIN_LOCK_FREE = 0
 SPIN_LOCK_BIT = 1  # what x64's KxAcquireSpinLock sets with lock bts and spins on
 _ADDRESS_END = 1 << 64
-_DISPATCH = int(DISPATCH_LEVEL)  # a plain int: the checks take it at their first test
+_DISPATCH = int(DISPATCH_LEVEL)  # plain ints: the checks take them at their first test
+_HIGH = int(HIGH_LEVEL)
 # KLOCK_QUEUE_HANDLE (x64, 0x18 bytes): LockQueue (KSPIN_LOCK_QUEUE: Next, Lock), OldIrql.
 LOCK_QUEUE_NEXT = 0x00
 LOCK_QUEUE_LOCK = 0x08
@@ -86,9 +87,22 @@ class IrqlRoutines:
     def KeGetCurrentProcessorNumber(self) -> int:
         return self.current_processor
 
+    # KeRaiseIrql, KeRaiseIrqlToDpcLevel and KeLowerIrql: the usual call inline (an IRQL
+    # the check passes, going the way the routine goes, nobody listening for raises or, as
+    # on the tests' other machine, for memory writes), the steps of ``_set_irql`` without
+    # its call. Anything else: ``_raise_irql`` / ``_lower_irql``, which bug-check, name a
+    # wrong argument and publish.
+
     @routine("VOID KeRaiseIrql(_In_ KIRQL NewIrql, _Out_ PKIRQL OldIrql)")
     def KeRaiseIrql(self, NewIrql) -> int:
         """Raise the current processor's IRQL; returns the old IRQL (the OldIrql out value)."""
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        if type(NewIrql) is int and old <= NewIrql <= _HIGH and not self._irql_raises_published \
+                and not self._writes_published:
+            irqls[processor] = NewIrql
+            self.pool.set_irql(NewIrql)
+            return old
         return self._raise_irql(_checked_irql("NewIrql", NewIrql))
 
     def _raise_irql(self, new: int) -> int:
@@ -102,11 +116,25 @@ class IrqlRoutines:
 
     @routine("KIRQL KeRaiseIrqlToDpcLevel(VOID)")
     def KeRaiseIrqlToDpcLevel(self) -> int:
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        if old <= _DISPATCH and not self._irql_raises_published and not self._writes_published:
+            irqls[processor] = _DISPATCH
+            self.pool.set_irql(_DISPATCH)
+            return old
         return self._raise_irql(_DISPATCH)
 
     @routine("VOID KeLowerIrql(_In_ KIRQL NewIrql)")
     def KeLowerIrql(self, NewIrql) -> None:
         """Lower the current processor's IRQL to ``NewIrql`` (the value KeRaiseIrql returned)."""
+        processor, irqls = self.current_processor, self.irql_by_processor
+        old = irqls[processor]
+        if type(NewIrql) is int and 0 <= NewIrql <= old and not self._writes_published:
+            irqls[processor] = NewIrql
+            self.pool.set_irql(NewIrql)
+            if NewIrql < _DISPATCH <= old and self.dpc_queues[processor]:
+                self.retire_dpcs()  # the DISPATCH software interrupt
+            return
         self._lower_irql(_checked_irql("NewIrql", NewIrql))
 
     def _lower_irql(self, new: int) -> None:
@@ -158,7 +186,7 @@ class IrqlRoutines:
     @routine("VOID KeAcquireSpinLockAtDpcLevel(_Inout_ PKSPIN_LOCK SpinLock)")
     def KeAcquireSpinLockAtDpcLevel(self, SpinLock) -> None:
         lock = _checked_lock(SpinLock)
-        irql = self.current_irql
+        irql = self.irql_by_processor[self.current_processor]
         if irql < DISPATCH_LEVEL:
             self.KeBugCheckEx(BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL, lock, irql, 0, 0,
                               detail=f"KeAcquireSpinLockAtDpcLevel at IRQL {irql}")
@@ -260,7 +288,7 @@ class IrqlRoutines:
         old = irqls[processor]
         if old > _DISPATCH:
             self._raise_irql(_DISPATCH)  # IRQL_NOT_GREATER_OR_EQUAL
-        if self._irql_raises_published:
+        if self._irql_raises_published or self._writes_published:
             self._set_irql(_DISPATCH)  # _raise_irql's, inline
         else:  # _set_irql's raise, with nobody to tell of it
             irqls[processor] = _DISPATCH
