@@ -11,7 +11,7 @@ import ntpool
 from ntpool.native import load_native_driver, unload_native_driver
 from ntpool.routines import layouts as L
 from ntpool.routines.io import ctl_code
-from pooltags import tags_in_use
+from pooltags import tags_left
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "src" / "ntpool" / "samples" / "wdm"
 ANSWER = b"This String is from Device Driver !!!\0"
@@ -36,7 +36,7 @@ def test_a_device_control_irp_is_built_per_method_and_completed_by_the_io_manage
     source, output, event, iosb = pool(k, 32), pool(k, 64), pool(k, 0x18), pool(k, 16)
     k.write(source, b"from python\0")
     k.KeInitializeEvent(event, 0, 0)
-    before = tags_in_use(k)
+    before = tags_left(k)
     irp = k.IoBuildDeviceIoControlRequest(code, device, source, 12, output, 40, 0, event, iosb)
     assert irp
     stack = k.current_stack_location(irp) - L.IO_STACK_LOCATION.SIZE
@@ -57,7 +57,7 @@ def test_a_device_control_irp_is_built_per_method_and_completed_by_the_io_manage
     assert k.read(output, len(ANSWER)) == ANSWER
     assert k._get32(iosb) == 0 and k._get64(iosb + 8) == len(ANSWER)
     assert k.KeReadStateEvent(event) == 1
-    assert tags_in_use(k) == before  # the IRP, its system buffer and MDL are gone
+    assert tags_left(k) == before  # the IRP, its system buffer and MDL are gone
     unload_native_driver(k, driver)
 
 
@@ -65,10 +65,10 @@ def test_an_output_buffer_that_cannot_be_locked_is_null_with_nothing_left():
     k = machine()
     driver = load_native_driver(k, SAMPLES / "ioctl.sys")
     device = k.resolve_device("\\Device\\SIOCTL")
-    before = tags_in_use(k)
+    before = tags_left(k)
     code = ctl_code(40000, 0x901, 2, 0)
     assert k.IoBuildDeviceIoControlRequest(code, device, 0, 0, 0xFFFFF90000000000, 0x1000, 0, 0, 0) == 0
-    assert tags_in_use(k) == before
+    assert tags_left(k) == before
     unload_native_driver(k, driver)
 
 
@@ -102,13 +102,13 @@ def test_fsd_requests_follow_the_device_buffering_and_an_async_one_is_freed_by_i
     buffer, event, iosb, offset = pool(k, 16), pool(k, 0x18), pool(k, 16), pool(k, 8)
     k.KeInitializeEvent(event, 0, 0)
     k._put64(offset, 0x200)
-    before = tags_in_use(k)
+    before = tags_left(k)
     irp = k.IoBuildSynchronousFsdRequest(3, target.device, buffer, 16, offset, event, iosb)
     assert k._get32(irp + L.IRP.Flags) & L.IRP_INPUT_OPERATION
     assert k.IofCallDriver(target.device, irp) == 0
     assert target.seen == [(3, 16, 0x200)] and k.read(buffer, 4) == b"DATA"
     assert k.KeReadStateEvent(event) == 1 and k._get64(iosb + 8) == 4
-    assert tags_in_use(k) == before
+    assert tags_left(k) == before
     freed = []
 
     def free_it(k, device, irp, context):
@@ -123,14 +123,14 @@ def test_fsd_requests_follow_the_device_buffering_and_an_async_one_is_freed_by_i
     k._put64(stack + L.IO_STACK_LOCATION.CompletionRoutine, k.code_address(free_it))
     k._put8(stack + L.IO_STACK_LOCATION.Control, 0xE0)
     k.IofCallDriver(target.device, irp)
-    assert freed == [irp] and tags_in_use(k) == before
+    assert freed == [irp] and tags_left(k) == before
 
 
 def test_the_requester_sample_asks_ioctl_sys_by_each_method_and_leaves_nothing():
     k = machine()
     ioctl = load_native_driver(k, SAMPLES / "ioctl.sys")
     requester = load_native_driver(k, SAMPLES / "requester.sys")
-    before = tags_in_use(k)
+    before = tags_left(k)
     assert requester.call("Ask") == 0
     lines = [line.removeprefix("requester: ").rstrip("\n") for line in k.debug_output
              if line.startswith("requester:")]
@@ -140,7 +140,7 @@ def test_the_requester_sample_asks_ioctl_sys_by_each_method_and_leaves_nothing()
                      f"method 2: 00000000, 38 bytes: {answer}",
                      "write completed C0000010, freeing it",
                      "write sent: C0000010, freed 1"]
-    assert tags_in_use(k) == before
+    assert tags_left(k) == before
     unload_native_driver(k, requester)
     unload_native_driver(k, ioctl)
 

@@ -9,7 +9,7 @@ from ntpool.routines import layouts as L
 from ntpool.routines.io import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL,
                                 IRP_MJ_READ, IRP_MJ_WRITE, STATUS_INVALID_DEVICE_REQUEST, ctl_code)
 from ntpool.routines.ke_sync import STATUS_TIMEOUT, WaitForever
-from pooltags import tags_in_use
+from pooltags import tags_left
 
 MiB = 1 << 20
 
@@ -122,7 +122,7 @@ def unload(k, wdm):
 def test_a_driver_life_uses_windows_tags_and_leaves_nothing(k):
     driver = EchoDriver(k)
     wdm = load(k, driver)
-    live = tags_in_use(k)
+    live = tags_left(k)
     assert live["Devi"] == 1 and live["Symb"] == 1 and live["Symt"] == 1 and live["Driv"] == 1
     assert live["ObNm"] >= 3  # the driver's, the device's and the link's names
     assert k.registry_value(wdm.service_key, "Start") == (L.REG_DWORD, (3).to_bytes(4, "little"))
@@ -137,9 +137,9 @@ def test_a_driver_life_uses_windows_tags_and_leaves_nothing(k):
         unknown = handle.request(0x0A)  # IRP_MJ_QUERY_VOLUME_INFORMATION: not registered
         assert unknown.status == STATUS_INVALID_DEVICE_REQUEST
     assert driver.calls == [IRP_MJ_CREATE, IRP_MJ_CLEANUP, IRP_MJ_CLOSE]
-    assert tags_in_use(k).get("Irp ", 0) == 0 and tags_in_use(k).get("Mdl ", 0) == 0
+    assert tags_left(k).get("Irp ", 0) == 0 and tags_left(k).get("Mdl ", 0) == 0
     unload(k, wdm)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 def test_an_mdl_leaked_by_a_driver_is_named_by_tag_and_site(k):
@@ -150,7 +150,7 @@ def test_an_mdl_leaked_by_a_driver_is_named_by_tag_and_site(k):
     with k.open("\\Device\\Echo") as handle:
         handle.device_control(ctl_code(0x22, 0x801, 2, 0), b"abc", 3)
     unload(k, wdm)
-    assert tags_in_use(k) == {"Mdl ": 1}
+    assert tags_left(k) == {"Mdl ": 1}
 
 
 def test_method_neither_probes_user_addresses(k):
@@ -173,7 +173,7 @@ def test_method_neither_probes_user_addresses(k):
 def test_irps_complete_once_and_free_once(k):
     keeper = k.ExAllocatePoolWithTag(0, 64, "peeK")  # keeps the page mapped after the free
     irp = k.IoAllocateIrp(2, 0)
-    assert tags_in_use(k) == {"Keep": 1, "Irp ": 1}
+    assert tags_left(k) == {"Keep": 1, "Irp ": 1}
     assert keeper
     assert k.read(irp + L.IRP.CurrentLocation, 1)[0] == 3
     k.IoFreeIrp(irp)
@@ -231,14 +231,14 @@ def test_strings_allocate_strg_and_free(k):
     source = k.unicode_string("Hello Wörld")
     ansi = k.ExAllocatePoolWithTag(1, 16, "AnsS")
     assert k.RtlUnicodeStringToAnsiString(ansi, source, 1) == 0
-    assert tags_in_use(k)["Strg"] == 2
+    assert tags_left(k)["Strg"] == 2
     back = k.ExAllocatePoolWithTag(1, 16, "UniS")
     assert k.RtlAnsiStringToUnicodeString(back, ansi, 1) == 0
     assert k.string_text(back) == "Hello Wörld"
     assert k.RtlCompareUnicodeString(source, back, 0) == 0
     k.RtlFreeUnicodeString(back)
     k.RtlFreeAnsiString(ansi)
-    assert tags_in_use(k)["Strg"] == 1
+    assert tags_left(k)["Strg"] == 1
     buffer = k.ExAllocatePoolWithTag(1, 64, "Buf ")
     k.write(buffer, "abc".encode("utf-16-le") + b"\0\0")
     target = k.ExAllocatePoolWithTag(1, 16, "UniT")
@@ -262,7 +262,7 @@ def test_the_registry_keeps_values_and_counts_key_handles(k):
     k.registry_create("\\Registry\\Machine\\System\\CurrentControlSet\\Services\\demo")
     status, handle, disposition = k.ZwCreateKey(0xF003F, attributes, 0, 0, 0)
     assert status == 0 and disposition == L.REG_CREATED_NEW_KEY
-    assert tags_in_use(k)["Key "] == 1
+    assert tags_left(k)["Key "] == 1
     name = k.unicode_string("Level")
     data = k.ExAllocatePoolWithTag(1, 4, "Data")
     k._put32(data, 7)
@@ -274,7 +274,7 @@ def test_the_registry_keeps_values_and_counts_key_handles(k):
     assert k.read(out, 16) == (0).to_bytes(4, "little") + (4).to_bytes(4, "little") + \
         (4).to_bytes(4, "little") + (7).to_bytes(4, "little")
     assert k.ZwClose(handle) == 0
-    assert "Key " not in tags_in_use(k)
+    assert "Key " not in tags_left(k)
     assert k.ZwClose(handle) == 0xC0000008
 
 
@@ -305,9 +305,9 @@ def test_security_descriptors_round_trip_through_the_self_relative_form(k):
     assert present and k.read(dacl, acl_size) == k.read(acl, acl_size)
     assert k.RtlLengthSecurityDescriptor(relative) == needed
     status, captured = k.SeCaptureSecurityDescriptor(relative, 0, 1, 1)
-    assert status == 0 and tags_in_use(k)["SeSc"] == 1
+    assert status == 0 and tags_left(k)["SeSc"] == 1
     k.SeReleaseSecurityDescriptor(captured, 0, 1)
-    assert "SeSc" not in tags_in_use(k)
+    assert "SeSc" not in tags_left(k)
 
 
 def test_objects_are_referenced_opened_and_secured(k):
@@ -328,7 +328,7 @@ def test_objects_are_referenced_opened_and_secured(k):
     assert k.ZwClose(handle) == 0
     k.ObfDereferenceObject(device)
     k.IoDeleteDevice(device)
-    assert "Devi" not in tags_in_use(k) and "ObSc" not in tags_in_use(k)
+    assert "Devi" not in tags_left(k) and "ObSc" not in tags_left(k)
 
 
 def test_events_resources_and_fast_mutexes_in_one_thread(k):
@@ -370,7 +370,7 @@ def test_system_routine_addresses_come_from_the_registry(k):
     address = k.MmGetSystemRoutineAddress(known)
     assert address and k.MmGetSystemRoutineAddress(unknown) == 0
     va = k.call_code(address, 0, 32, ntpool.tags.tag_value("rsyS"))
-    assert "Sysr" in tags_in_use(k)
+    assert "Sysr" in tags_left(k)
     k.ExFreePoolWithTag(va, "rsyS")
     assert k.IoIsWdmVersionAvailable(1, 0x30) == 1 and k.IoIsWdmVersionAvailable(6, 2) == 0
 
@@ -426,7 +426,7 @@ def test_requests_from_the_command_line_path_reach_the_driver(k):
     assert "IRP_MJ_DEVICE_CONTROL 0x00222000 (METHOD_BUFFERED)" in lines[1]
     assert "63 62 61  'cba'" in lines[1] and lines[-1].startswith("IRP_MJ_CLOSE")
     unload(k, wdm)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 def test_a_request_left_pending_is_finished_when_the_driver_completes_it(k):
@@ -444,12 +444,12 @@ def test_a_request_left_pending_is_finished_when_the_driver_completes_it(k):
              k.code_address(pend))
     with k.open("\\Device\\Echo") as handle:
         result = handle.device_control(ctl_code(0x22, 0x800, 0, 0), b"later", 5)
-        assert result.pending and not result.completed and tags_in_use(k)["Irp "] == 1
+        assert result.pending and not result.completed and tags_left(k)["Irp "] == 1
         k.write(k._get64(held[0] + L.IRP.AssociatedIrp), b"done!")
         driver.finish(k, held[0], 0, 5)
-        assert result.completed and result.output == b"done!" and "Irp " not in tags_in_use(k)
+        assert result.completed and result.output == b"done!" and "Irp " not in tags_left(k)
     unload(k, wdm)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 @pytest.mark.parametrize("stack_size", [1, 2, 8, 9])
@@ -471,7 +471,9 @@ def test_ioinitializeirp_zeroes_the_packet_and_sets_its_fields(k, stack_size):
     expected[L.IRP.CurrentStackLocation:L.IRP.CurrentStackLocation + 8] = stack.to_bytes(8, "little")
     assert k.read(irp, size + 16) == bytes(expected) + b"\xAA" * 16
     allocated = k.IoAllocateIrp(stack_size, False)
-    assert k.read(allocated + L.IRP.AllocationFlags, 1)[0] == L.IRP_ALLOCATED_FIXED_SIZE
+    # Fixed size (a lookaside list's) up to IopLargeIrpStackLocations, 8; past it, not.
+    fixed = L.IRP_ALLOCATED_FIXED_SIZE if stack_size <= 8 else 0
+    assert k.read(allocated + L.IRP.AllocationFlags, 1)[0] == fixed
     assert k.read(allocated, 4) == bytes(expected[:4])  # its Type and Size
     assert k.read(allocated + L.IRP.StackCount, 2) == bytes([stack_size, stack_size + 1])
     k.IoFreeIrp(allocated)

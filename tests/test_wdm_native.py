@@ -13,7 +13,7 @@ from ntpool.native import load_native_driver, unload_native_driver
 from ntpool.native.msvc import DEFAULT_SECURITY_COOKIE, security_cookie_rva
 from ntpool.routines.io import IRP_MJ_DEVICE_CONTROL, IRP_MJ_NAMES
 from ntpool.tags import display
-from pooltags import tags_in_use
+from pooltags import tags_left
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "src" / "ntpool" / "samples" / "wdm"
@@ -39,7 +39,7 @@ def test_the_msvc_driver_runs_its_whole_life_and_leaves_nothing():
     # INIT is gone after DriverEntry; .text is still there.
     init = next(s for s in driver.image.sections if s.name == "INIT")
     assert not k.is_resident(driver.image_base + init.rva) and k.is_resident(driver.image_base + 0x1000)
-    live = tags_in_use(k)
+    live = tags_left(k)
     for tag in ("Devi", "Driv", "Symb", "Symt", "ObSc"):
         assert live.get(tag) == 1, tag
     device = k.resolve_device(r"\DosDevices\wdm_test")
@@ -59,7 +59,7 @@ def test_the_msvc_driver_runs_its_whole_life_and_leaves_nothing():
     assert k.debug_output[0] == "Inside IRP_MJ_CREATE handler"
     assert k.debug_output[-1] == "Inside IRP_MJ_CLOSE handler"
     unload_native_driver(k, driver)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 @pytest.mark.skipif(not MSVC_DRIVER.is_file(), reason="../shared/data/drivers is not beside the repository")
@@ -95,7 +95,7 @@ def test_the_ioctl_sample_answers_every_transfer_method():
     assert any("Exception while accessing inBuf 0XC0000005" in line for line in k.debug_output)
     unload_native_driver(k, driver)
     k.user_space.free(user)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 def test_the_legacy_filter_sees_requests_pass_and_complete():
@@ -110,7 +110,7 @@ def test_the_legacy_filter_sees_requests_pass_and_complete():
     unload_native_driver(k, filter_driver)
     assert "filter: 4 requests passed, 1 device controls completed" in k.debug_output
     unload_native_driver(k, target)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 def test_the_event_sample_signals_and_completes_from_its_timer_dpc():
@@ -131,7 +131,7 @@ def test_the_event_sample_signals_and_completes_from_its_timer_dpc():
     assert cancelled.status == 0xC0000120  # STATUS_CANCELLED at cleanup
     assert k.ZwClose(event) == 0
     unload_native_driver(k, driver)
-    assert tags_in_use(k) == {}
+    assert tags_left(k) == {}
 
 
 def test_a_leaked_mdl_and_irp_are_named_by_tag_and_site_at_unload():

@@ -137,11 +137,14 @@ def _verdict(kernel, run, error) -> dict:
         result.update(verdict="bug check", evidence=_first_line(
             f"{check.code:#x} {check.name} ({params})" + (f": {check.detail}" if check.detail else "")))
         return result
-    left = [row for row in kernel.pool_tags() if row.NonPagedUsed or row.PagedUsed]
-    if run.finished and left:
+    # (What the I/O manager's IRP and MDL lookaside lists keep is its cache, not a leak.)
+    kept = kernel.io_lookaside_holdings()
+    by_tag = {row.Tag: row.NonPagedUsed + row.PagedUsed - kept.get(row.Tag, (0, 0))[1]
+              for row in kernel.pool_tags()}
+    by_tag = {tag: used for tag, used in by_tag.items() if used}
+    if run.finished and by_tag:
         # Memory left that pool tracking did not attribute (e.g. a driver that refused to
         # load and left its allocations behind).
-        by_tag = {row.Tag: row.NonPagedUsed + row.PagedUsed for row in left}
         tag = max(by_tag, key=lambda t: (by_tag[t], t))
         return {"verdict": "leaked", "bytes": sum(by_tag.values()), "tag": tag.rstrip(),
                 "evidence": "still allocated after unload: " + ", ".join(

@@ -244,7 +244,8 @@ class KdSession:
         ("!vm", "physical memory and each pool's pages in use, maximum and charge"),
         ("!pte Address", "the PXE, PPE, PDE and PTE that map Address"),
         ("!lookaside [Address] [-all]", "a lookaside list's depth, counters and hit rates; "
-                                        "without Address the drivers' lists (Ex(N)PagedLookasideListHead)"),
+                                        "without Address the drivers' lists (Ex(N)PagedLookasideListHead) "
+                                        "and the system's (ExSystemLookasideListHead)"),
         ("db/dw/dd/dq Address [L Count]", "display memory as bytes, words, dwords, qwords"),
         ("dps Address [L Count]", "display pointers with what they point at"),
         ("dt Type [Address]", "display a structure: " + ", ".join(show.structure_names())),
@@ -743,10 +744,12 @@ class KdSession:
         if address:
             return "\n".join(self._lookaside_lines(self.reader.general_lookaside(address)))
         lines = []
-        for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead"):
+        for head in ("ExNPagedLookasideListHead", "ExPagedLookasideListHead", "ExSystemLookasideListHead"):
             lists, broken = self.reader.lookaside_walk(head)
+            whose = "system (the I/O manager's IRP and MDL)" if head == "ExSystemLookasideListHead" \
+                else "driver"
             lines.append(f"{head} @ {show.kd_address(self.reader.kernel_global(head))}: "
-                         f"{len(lists)} driver lookaside list(s)")
+                         f"{len(lists)} {whose} lookaside list(s)")
             for fields in lists:
                 lines += [""] + self._lookaside_lines(fields)
             if broken is not None:

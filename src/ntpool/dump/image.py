@@ -25,6 +25,7 @@ from ..constants import (
     KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LOCK,
     KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD,
     KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LOCK,
+    KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD,
     KERNEL_IMAGE_PS_LOADED_MODULE_LIST,
     PAGE_SIZE,
 )
@@ -68,6 +69,8 @@ GLOBALS = {
     "ExNPagedLookasideLock": (KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LOCK, "unsigned long long"),
     "ExPagedLookasideListHead": (KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD, "struct _LIST_ENTRY"),
     "ExPagedLookasideLock": (KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LOCK, "unsigned long long"),
+    # The kernel's own lists (the I/O manager's IRP and MDL lookasides), linked the same way.
+    "ExSystemLookasideListHead": (KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD, "struct _LIST_ENTRY"),
     "NtBuildLab": (NT_BUILD_LAB, "array 64 char"),
     # Object types by index (the object manager is not modelled: all NULL, none to list).
     "ObTypeIndexTable": (0x2500, "array 100 pointer"),

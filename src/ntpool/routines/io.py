@@ -38,7 +38,9 @@ from ..constants import (
 from ..errors import MachineHung, NtStatusError
 from ..hooks import CopiedToUser, FramesAliased, SystemBufferMade
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
+from . import io_lookaside
 from . import layouts as L
+from .io_lookaside import FIXED_SIZE_MDL, IOP_FIXED_SIZE_MDL_PFNS, LookasideMdlList
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
 from .registry import register_type, routine
 
@@ -66,6 +68,10 @@ assert _IRP_PACKET.size == L.IRP.CurrentStackLocation + 8 and _MDL_HEADER.size =
 assert _IRP_REUSED.size == L.IRP.AllocationFlags + 1
 assert _MDL_FLAGS_AND_MAPPING.size == L.MDL.MappedSystemVa + 8 - L.MDL.Size
 _IRP_TYPE_BYTES = L.IO_TYPE_IRP.to_bytes(2, "little")
+# The last offset in a page where an IRP's StackCount and AllocationFlags lie in it too.
+_LAST_FLAGS_OFFSET = PAGE_SIZE - 1 - max(L.IRP.StackCount, L.IRP.AllocationFlags)
+# The AllocationFlags IoFreeIrp reads to keep an IRP on a lookaside list (fixed size alone).
+_IRP_KEPT_FLAGS = L.IRP_ALLOCATED_FIXED_SIZE | L.IRP_QUOTA_CHARGED | L.IRP_ALLOCATED_MUST_SUCCEED
 _NONPAGED_POOL = PoolType.NonPagedPool
 
 STATUS_PENDING = 0x00000103
@@ -213,6 +219,12 @@ class IoRoutines:
         self._system_ptes: dict[int, int] = {}  # mapping base -> page count
         self._next_system_pte = SYSTEM_PTE_BASE
         self.invalid_device_request = self.code_address(_iop_invalid_device_request)
+        io_lookaside.init_io_lookasides(self)  # IRPs' and MDLs' lookaside lists (Windows 7)
+
+    def io_lookaside_holdings(self) -> dict[str, tuple[int, int]]:
+        """What the I/O manager's IRP and MDL lookaside lists keep allocated in pool, as
+        poolmon counts it: tag -> (allocations, bytes) (``io_lookaside.holdings``)."""
+        return io_lookaside.holdings(self)
 
     # --- code by address -------------------------------------------------------------------
 
@@ -596,9 +608,11 @@ class IoRoutines:
 
     @routine("PIRP IoAllocateIrp(CCHAR StackSize, BOOLEAN ChargeQuota)")
     def IoAllocateIrp(self, StackSize, ChargeQuota=False) -> int:
-        """An "Irp " from nonpaged pool, initialized, CurrentLocation = StackSize + 1; NULL
-        when pool is exhausted."""
-        flags = L.IRP_ALLOCATED_FIXED_SIZE | (L.IRP_QUOTA_CHARGED if ChargeQuota else 0)
+        """An IRP, initialized, CurrentLocation = StackSize + 1: on Windows 7 one of up to
+        LARGE_IRP_STACK_LOCATIONS locations (not quota charged) from the processor's lookaside
+        list or the system's (``io_lookaside``), else an "Irp " from nonpaged pool; NULL when
+        pool is exhausted."""
+        flags = L.IRP_QUOTA_CHARGED if ChargeQuota else 0
         if type(StackSize) is int and 0 < StackSize < 0x80:
             # The usual call, a CCHAR's positive value: the sizes from the table, and the
             # pool's allocation fast path called from here, one frame below the driver's
@@ -606,7 +620,13 @@ class IoRoutines:
             # ntpool's frames (``_io_allocate`` is one frame more: the same site, found
             # the longer way).
             allocation_size, packet_size = _IRP_SIZES[StackSize]
-            irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
+            irp = 0
+            if StackSize <= LARGE_IRP_STACK_LOCATIONS:  # fixed size: a lookaside list's
+                flags |= L.IRP_ALLOCATED_FIXED_SIZE
+                if not ChargeQuota:
+                    irp = self.io_take(StackSize != 1)
+            if not irp:
+                irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
             if irp:
                 self.write(irp, _irp_packet(irp, packet_size, StackSize, flags, 0))
             return irp
@@ -616,7 +636,13 @@ class IoRoutines:
         if StackSize < 1:
             return 0
         allocation_size, packet_size = _IRP_SIZES[StackSize]
-        irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
+        irp = 0
+        if StackSize <= LARGE_IRP_STACK_LOCATIONS:
+            flags |= L.IRP_ALLOCATED_FIXED_SIZE
+            if not ChargeQuota:
+                irp = self.io_take(StackSize != 1)
+        if not irp:
+            irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
         if not irp:
             return 0
         self._prepare_irp(irp, packet_size, StackSize, flags)
@@ -660,12 +686,28 @@ class IoRoutines:
             # The usual call: an IRP's Type on a resident page, nobody listening for memory
             # writes. Its high byte is 0 already: the low one is all there is to clear.
             mem[base + offset] = 0
+            if offset <= _LAST_FLAGS_OFFSET:  # (its StackCount and AllocationFlags: here too)
+                flags, stack_count = mem[base + offset + L.IRP.AllocationFlags], \
+                    mem[base + offset + L.IRP.StackCount]
+            else:
+                flags = stack_count = None
         else:
             if self.read(Irp + L.IRP.Type, 2) != _IRP_TYPE_BYTES:
                 self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                                   detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
             self.write(Irp + L.IRP.Type, b"\0\0")
+            flags = stack_count = None
         self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
+        if self.io_lookasides:
+            # A fixed-size IRP (neither quota charged nor must-succeed) goes back to the
+            # small or the large IRPs' lookaside list while one keeps it.
+            if flags is None:
+                flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
+            if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
+                if stack_count is None:
+                    stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
+                if self.io_give_back(stack_count != 1, Irp):
+                    return
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
@@ -845,12 +887,22 @@ class IoRoutines:
         size = L.MDL.SIZE + 8 * pages
         if size > 0x7FFF:
             return 0
-        # The pool's allocation fast path called from here, one frame below the driver's call
-        # (as IoAllocateIrp calls it), and MmInitializeMdl's header written at once.
-        mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
+        # On Windows 7 an MDL of at most IOP_FIXED_SIZE_MDL_PFNS pages is fixed size: from the
+        # processor's MDL lookaside list or the system's, else the pool. The pool's allocation
+        # fast path is called from here, one frame below the driver's call (as IoAllocateIrp
+        # calls it), and MmInitializeMdl's header written at once.
+        flags = L.MDL_ALLOCATED_FIXED_SIZE
+        if not self.io_lookasides:
+            mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
+        elif pages <= IOP_FIXED_SIZE_MDL_PFNS:
+            mdl = self.io_take(LookasideMdlList) or \
+                self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
+        else:
+            mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
+            flags = 0
         if not mdl:
             return 0
-        self.write(mdl, _mdl_header(VirtualAddress, Length, size, L.MDL_ALLOCATED_FIXED_SIZE))
+        self.write(mdl, _mdl_header(VirtualAddress, Length, size, flags))
         if Irp:
             if SecondaryBuffer:
                 link = Irp + L.IRP.MdlAddress
@@ -882,6 +934,8 @@ class IoRoutines:
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
                 not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
             self._unmap_system(mapped)
+        if flags & L.MDL_ALLOCATED_FIXED_SIZE and self.io_give_back(LookasideMdlList, Mdl):
+            return  # kept on the processor's MDL lookaside list or the system's
         self.pool.free(Mdl, L.TAG_MDL)
 
     def _mdl_span(self, mdl: int) -> tuple[int, int, int]:

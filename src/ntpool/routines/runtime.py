@@ -654,6 +654,8 @@ class RuntimeRoutines:
         for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
             for lookaside in self._linked_lookasides(head, at):
                 self._listed_write(lookaside + LA_DEPTH, struct.pack("<HH", 0, 0xFFFF), at)
+        from . import io_lookaside  # (it builds on this module's GENERAL_LOOKASIDE offsets)
+        io_lookaside.disable(self)  # the I/O manager's IRP and MDL lists: Depth 0
 
     def adjust_lookaside_depth(self) -> None:
         """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
@@ -668,6 +670,10 @@ class RuntimeRoutines:
         else:
             scanner = getattr(self.pool, "lookaside_scanner", None)
             if scanner is not None:
+                # ExpScanSystemLookasideList: with the set of pool lists, the same processor's
+                # (or the system's) I/O lookaside lists, PPLookasideList's P (or L) pointers.
+                from . import io_lookaside  # (it builds on this module's offsets)
+                io_lookaside.retune(self, scanner.pool_scan_count)
                 scanner.scan_pool_lists()
         self.lookaside_scan_count = (scan + 1) % 3
 
