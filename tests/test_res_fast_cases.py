@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from two_ways import address, machine_with_regions, region_bytes, run_both
+from two_ways import apply_step, common_steps, machine_with_regions, region_bytes, run_both
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -32,27 +32,11 @@ OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB
 OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
 
 
-def _apply(k, regions, step):
-    what, *args = step
-    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
-    if what == "stray":
-        return k.write(at[0], at[1])
-    if what == "irql":
-        return k._set_irql(at[0])
-    if what == "page_out":
-        return k.page_out(regions[1] + at[0] * 0x1000)
-    return getattr(k, what)(*at)
-
-
 def _run_both(windows, steps):
-    run_both(lambda published: _machine(windows, published), _apply, _state, steps)
+    run_both(lambda published: _machine(windows, published), apply_step, _state, steps)
 
 
-COMMON_STEPS = (
-    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
-    st.tuples(st.just("irql"), st.integers(0, 3)),
-    st.tuples(st.just("page_out"), st.integers(0, 2)),
-)
+COMMON_STEPS = common_steps(OBJECT)
 RESOURCE_STEPS = st.one_of(
     st.tuples(st.just("ExInitializeResourceLite"), OBJECT),
     st.tuples(st.just("ExAcquireResourceExclusiveLite"), OBJECT, st.integers(0, 1)),

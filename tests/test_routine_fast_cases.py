@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntpool.hooks import IrqlRaised
-from two_ways import PAGED, address, machine_with_regions, region_bytes, run_both
+from two_ways import PAGED, address, apply_step, common_steps, machine_with_regions, region_bytes, run_both
 
 REGION = 0x3000  # three pages: structures placed anywhere in the first two, across their boundary
 
@@ -37,36 +37,26 @@ OFFSETS = st.sampled_from([0x100, 0x108, 0x104, 0x101, 0x107, 0xF98, 0xFA0, 0xFB
 OBJECT = st.tuples(st.integers(0, 1), OFFSETS)  # (which region: nonpaged, paged; offset)
 
 
+ROUTINE_STEPS = {  # the steps of this file's own, beside two_ways.apply_step's
+    "advance": lambda k, regions, hundred_ns: k.advance_clock(hundred_ns),
+    "queue_dpc": lambda k, regions: k.KeInsertQueueDpc(address(regions, DPC), 0, 0),
+    # at DISPATCH_LEVEL: the pool's IRQL check (0xC2)
+    "allocate_paged": lambda k, regions: k.ExAllocatePoolWithTag(PAGED, 100, "RouF"),
+    # Driver Verifier's way in: the pair's inline path stops
+    "listen_irql": lambda k, regions: k.hooks.subscribe(IrqlRaised, lambda event: k.ran.append(
+        ("raised", event.processor, event.old, event.new))),
+}
+
+
 def _apply(k, regions, step):
-    what, *args = step
-    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
-    if what == "stray":
-        return k.write(at[0], at[1])
-    if what == "irql":
-        return k._set_irql(at[0])
-    if what == "page_out":
-        return k.page_out(regions[1] + at[0] * 0x1000)
-    if what == "advance":
-        return k.advance_clock(at[0])
-    if what == "queue_dpc":
-        return k.KeInsertQueueDpc(address(regions, DPC), 0, 0)
-    if what == "allocate_paged":  # at DISPATCH_LEVEL: the pool's IRQL check (0xC2)
-        return k.ExAllocatePoolWithTag(PAGED, 100, "RouF")
-    if what == "listen_irql":  # Driver Verifier's way in: the pair's inline path stops
-        return k.hooks.subscribe(IrqlRaised, lambda event: k.ran.append(
-            ("raised", event.processor, event.old, event.new)))
-    return getattr(k, what)(*at)
+    return apply_step(k, regions, step, ROUTINE_STEPS)
 
 
 def _run_both(windows, steps):
     run_both(lambda published: _machine(windows, published), _apply, _state, steps)
 
 
-COMMON_STEPS = (
-    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
-    st.tuples(st.just("irql"), st.integers(0, 3)),
-    st.tuples(st.just("page_out"), st.integers(0, 2)),
-)
+COMMON_STEPS = common_steps(OBJECT)
 
 # --- spin locks -----------------------------------------------------------------------------
 

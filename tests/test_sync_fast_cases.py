@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from two_ways import address, machine_with_regions, region_bytes, run_both
+from two_ways import apply_step, common_steps, machine_with_regions, region_bytes, run_both
 
 NP = ntpool.PoolType.NonPagedPool
 PAGED = ntpool.PoolType.PagedPool
@@ -49,40 +49,27 @@ STEPS = st.one_of(
     st.tuples(st.just("KeAcquireInStackQueuedSpinLock"), OBJECT, OBJECT),
     st.tuples(st.just("KeReleaseInStackQueuedSpinLock"), OBJECT),
     st.tuples(st.just("RtlInitUnicodeString"), OBJECT, OBJECT),
-    st.tuples(st.just("stray"), OBJECT, st.binary(min_size=1, max_size=24)),
     st.tuples(st.just("init_list"), OBJECT),
     st.tuples(st.just("ExInterlockedInsertTailList"), OBJECT, OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedInsertHeadList"), OBJECT, OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedRemoveHeadList"), OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedPushEntryList"), OBJECT, OBJECT, OBJECT),
     st.tuples(st.just("ExInterlockedPopEntryList"), OBJECT, OBJECT),
-    st.tuples(st.just("irql"), st.integers(0, 3)),
-    st.tuples(st.just("page_out"), st.integers(0, 2)),
+    *common_steps(OBJECT),
 )
 
 
+SYNC_STEPS = {  # the steps of this file's own, beside two_ways.apply_step's
+    "init_fast_mutex": lambda k, regions, at: k.initialize_fast_mutex(at),
+    "KeInitializeSemaphore": lambda k, regions, at, count: k.KeInitializeSemaphore(at, count, 3),
+    "KeSetEvent": lambda k, regions, at: k.KeSetEvent(at, 0, 0),
+    "KeWaitForSingleObject": lambda k, regions, at: k.KeWaitForSingleObject(at, 0, 0, 0, 0),
+    "init_list": lambda k, regions, at: k.write(at, at.to_bytes(8, "little") * 2),  # InitializeListHead, an inline
+}
+
+
 def _apply(k, regions, step):
-    what, *args = step
-    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
-    if what == "init_fast_mutex":
-        return k.initialize_fast_mutex(at[0])
-    if what == "KeInitializeEvent":
-        return k.KeInitializeEvent(*at)
-    if what == "KeInitializeSemaphore":
-        return k.KeInitializeSemaphore(at[0], at[1], 3)
-    if what == "KeSetEvent":
-        return k.KeSetEvent(at[0], 0, 0)
-    if what == "KeWaitForSingleObject":
-        return k.KeWaitForSingleObject(at[0], 0, 0, 0, 0)
-    if what == "init_list":  # InitializeListHead, an inline
-        return k.write(at[0], at[0].to_bytes(8, "little") * 2)
-    if what == "stray":
-        return k.write(at[0], at[1])
-    if what == "irql":
-        return k._set_irql(at[0])
-    if what == "page_out":
-        return k.page_out(regions[1] + at[0] * 0x1000)
-    return getattr(k, what)(*at)
+    return apply_step(k, regions, step, SYNC_STEPS)
 
 
 @pytest.mark.parametrize("windows", ["7", "11"])  # Windows 10 and later check list neighbours

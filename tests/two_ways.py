@@ -2,6 +2,8 @@
 steps on two machines, one as drivers run it and one made to take the general way, and
 compares what each call ended in."""
 
+from hypothesis import strategies as st
+
 import ntpool
 from ntpool.hooks import MemoryWritten
 
@@ -33,6 +35,31 @@ def address(regions, where):
     """A step's object: ``where`` is (which region: 0 nonpaged, 1 paged; offset in it)."""
     region, offset = where
     return regions[region] + offset
+
+
+def common_steps(place):
+    """The steps every step list mixes in, ``place`` drawing an object's place: a stray write
+    over it, the IRQL set directly, a page of the paged region paged out."""
+    return (st.tuples(st.just("stray"), place, st.binary(min_size=1, max_size=24)),
+            st.tuples(st.just("irql"), st.integers(0, 3)),
+            st.tuples(st.just("page_out"), st.integers(0, 2)))
+
+
+def apply_step(k, regions, step, special=None):
+    """Carry out ``step`` (a name, then its arguments; a tuple is an object's place, see
+    ``address``): a kind of the test's own in ``special`` (name -> function of the machine,
+    the regions and the arguments), a common step, else the routine of that name."""
+    what, *args = step
+    at = [address(regions, arg) if isinstance(arg, tuple) else arg for arg in args]
+    if special is not None and what in special:
+        return special[what](k, regions, *at)
+    if what == "stray":
+        return k.write(at[0], at[1])
+    if what == "irql":
+        return k._set_irql(at[0])
+    if what == "page_out":
+        return k.page_out(regions[1] + at[0] * 0x1000)
+    return getattr(k, what)(*at)
 
 
 def region_bytes(k, regions, size: int) -> list:
