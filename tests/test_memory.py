@@ -174,3 +174,29 @@ def test_frames_are_taken_in_allocate_frame_order_and_given_back_in_runs():
     physical.free_frames([6, 7, taken])
     assert physical.frames_used == 1 and not any(physical.frame_in_use[1:])
     assert physical.allocate_frame() == 1
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_a_page_of_small_chunks_made_whole_gives_its_frame_back(listening):
+    """ExFreePoolWithTag hands a page its free made whole to MiFreePoolPages: the frame is
+    free again, the PTE cleared, the TLB forgets the page, a MappingChanged is published to
+    whoever listens, the address translates no more; the next page taken reuses the frame. (A 1,000-byte pair on an empty pool does all of it each time.)"""
+    from ntpool.hooks import MappingChanged
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=MiB, paged_pool_bytes=MiB)
+    changed = []
+    if listening:
+        k.hooks.subscribe(MappingChanged, lambda event: changed.append(event.address))
+    k.ExFreePoolWithTag(k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Whol"), "Whol")
+    changed.clear()  # the pool's page tables made by the first page: the frames counted after
+    used = k.physical.frames_used
+    p = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Whol")
+    page = p & ~0xFFF
+    pfn = k.space.translate(p) >> 12
+    assert k.physical.frames_used == used + 1 and k.physical.frame_in_use[pfn]
+    k.ExFreePoolWithTag(p, "Whol")
+    assert k.physical.frames_used == used and not k.physical.frame_in_use[pfn]
+    assert k.space.pte(page) == 0 and (page >> 12) not in k.space.tlb
+    assert changed == ([page] if listening else []) and k.space.translate(p) is None
+    again = k.ExAllocatePoolWithTag(ntpool.PoolType.NonPagedPool, 1000, "Whol")
+    assert k.space.translate(again) >> 12 == pfn
