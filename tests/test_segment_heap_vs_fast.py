@@ -20,7 +20,7 @@ from two_ways import outcome, run_both
 NP = int(ntpool.PoolType.NonPagedPool)
 PAGED = int(ntpool.PoolType.PagedPool)
 POOL2 = (int(ntpool.PoolFlags.POOL_FLAG_NON_PAGED), int(ntpool.PoolFlags.POOL_FLAG_PAGED))
-TAGS = ("VsFa", "VsFb")
+TAGS = ("VsFa", "VsFb", "VsFc")
 MiB = 1 << 20
 
 
@@ -40,6 +40,8 @@ def _machine(general: bool):
         allocator.free_vs = eval(compile(
             "lambda heap, sub, address, tag: allocator.free_generic(address, tag)",
             allocator_module.__file__, "eval"), namespace)
+    for tag in TAGS[:2]:  # tags already seen (the fast paths serve those; a new one: generic)
+        k.pool.remember_tag(tag, ntpool.tags.tag_value(tag))
     k.live, k.freed = [], []
     return k, ()
 
@@ -93,6 +95,11 @@ def _free(k, index, how):
     return k.ExFreePoolWithTag(body, tag if how == "own" else TAGS[tag == TAGS[0]])
 
 
+def _free_inside(k, index, offset):
+    picked = _pick(k.live, index)
+    return None if picked is None else k.ExFreePoolWithTag(picked[0] + offset, picked[2])
+
+
 def _free_again(k, index):
     picked = _pick(k.freed, index)
     return None if picked is None else k.ExFreePoolWithTag(picked[0], picked[2])
@@ -136,6 +143,7 @@ STEPS = {
     "burst": lambda k, pool, size, tag, count: [_allocate(k, pool, size, tag) for _ in range(count)],
     "free": _free,
     "free_again": _free_again,
+    "free_inside": _free_inside,
     "free_all": lambda k, order: [_free(k, -1 if order else 0, "own") for _ in range(len(k.live))],
     "stray": _stray,
     "flip": _flip,
@@ -157,13 +165,14 @@ SIZES = st.one_of(st.sampled_from([1, 100, 0x1E0, 0x1F0, 0x1F1, 0x200, 0x3D0, 0x
                                    0x7F0, 0xF70, 0xF71, 0xFD0, 0xFE0]),
                   st.integers(1, 0xFE0))
 POOL = st.integers(0, 1)
-TAG = st.sampled_from(TAGS)
+TAG = st.sampled_from(("VsFa", "VsFb", "VsFa", "VsFc"))
 STEP = st.one_of(
     st.tuples(st.just("alloc"), POOL, SIZES, TAG),
     st.tuples(st.just("alloc"), POOL, SIZES, TAG, st.just(True)),
     st.tuples(st.just("burst"), POOL, SIZES, TAG, st.integers(1, 40)),
     st.tuples(st.just("free"), st.integers(0, 99), st.sampled_from(["own", "own", "other", "ExFreePool"])),
     st.tuples(st.just("free_again"), st.integers(0, 99)),
+    st.tuples(st.just("free_inside"), st.integers(0, 99), st.sampled_from([8, 0x10, 0x20, 0x401])),
     st.tuples(st.just("free_all"), st.booleans()),
     st.tuples(st.just("stray"), st.integers(0, 99), st.sampled_from(sorted(WHERE)), st.integers(0, 15),
               st.binary(min_size=1, max_size=8)),
@@ -245,10 +254,16 @@ SCENARIOS = {
                               ("free", 1, "own")],
     # a free chunk split whose next chunk's header does not decode (its size overwritten),
     # or decodes free: the remainder's size told to it as the general code tells it
-    "split before a damaged header": [("burst", 0, 0x500, "VsFa", 3), ("free", 1, "own"),
-                                      ("flip", False, 1, "vs_header", 2, 0xFF), ("alloc", 0, 0x300, "VsFb")],
-    "split before a chunk that decodes free": [("burst", 0, 0x500, "VsFa", 3), ("free", 1, "own"),
+    # (three 1,000-byte chunks side by side on the subsegment's first page)
+    "split before a damaged header": [("burst", 0, 1000, "VsFa", 3), ("free", 1, "own"),
+                                      ("flip", False, 1, "vs_header", 3, 0xFF), ("alloc", 0, 0x300, "VsFb")],
+    "split before a chunk that decodes free": [("burst", 0, 1000, "VsFa", 3), ("free", 1, "own"),
                                                ("flip", False, 1, "vs_header", 6, 1), ("alloc", 0, 0x300, "VsFb")],
+    # frees past the Balance Set Manager's interval: the pass runs (the general code's way)
+    "a Balance Set pass due": [("burst", 0, 1000, "VsFa", 40)] * 7 + [("free_all", False)],
+    # a free of an address inside a block, not its start
+    "free of an address inside a block": [("burst", 0, 1000, "VsFa", 2), ("free_inside", 0, 8),
+                                          ("free_inside", 1, 0x10)],
     # several subsegments emptied: one kept as the spare, the others' pages given back
     "subsegments emptied": [("burst", 0, 0xF00, "VsFa", 40), ("free_all", False)],
     # a chunk waiting in the delay-free list that decodes free when the list is flushed
