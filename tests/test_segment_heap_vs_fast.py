@@ -1,5 +1,5 @@
 """The segment heap's VS fast cases (SegmentHeapAllocator.allocate_vs / free_vs,
-SegmentHeap.vs_take / vs_give / vs_flush / _vs_merge): each takes the usual case of the
+SegmentHeap.vs_take / vs_flush / _vs_merge): each takes the usual case of the
 general code, checking first every header the general code reads, and leaves anything else
 to it. Each test runs the same steps on two Windows 11 machines, one as drivers run it and
 one whose fast paths call the general code in their place (allocate_plain, free_generic,

@@ -30,6 +30,8 @@ from .heap import LFH, SegmentHeap, VsSubsegment
 from .layout import (
     CACHE_LINE,
     EPROCESS_MIN_ADDRESS,
+    LFH_ACTIVATE_LIVE,
+    LFH_ACTIVATE_REQUESTS,
     LFH_BITMAP,
     LFH_BUCKET_COUNT,
     LFH_COUNTS,
@@ -42,6 +44,8 @@ from .layout import (
     POOL_TYPE_QUOTA,
     PROCESS_OBJECT_TYPE,
     QWORD,
+    VS_DELAY_FREE_DEPTH,
+    VS_DELAY_FREE_MAX_CHUNK,
     VS_HEADER_SIZE,
     VS_MAX_REQUEST,
     WORD,
@@ -472,28 +476,36 @@ class SegmentHeapAllocator(PoolAllocator):
         backend's usual case taken (``SegmentHeap.vs_take``, else ``vs_allocate``). A bucket
         of the LFH that is active, or not yet made, takes ``allocate_plain`` itself."""
         units = _BLOCK_UNITS[number_of_bytes]
+        header = 0
         if units <= LFH_BUCKET_COUNT:
             bucket = heap.lfh_buckets[units]
-            # (lfh_wants counts the request; once it says True, allocate_plain's own call
-            # of it changes nothing)
-            if bucket is None or heap.lfh_wants(bucket):
+            # (once the bucket is active, allocate_plain's call of lfh_wants changes nothing)
+            if bucket is None or bucket.active:
+                return self.allocate_plain(heap, number_of_bytes, tag, site)
+            # SegmentHeap.lfh_wants, inline: the request counted; the bucket enabled by it
+            # (its 17th live block, or its 2,040th request) takes allocate_plain's LFH block.
+            requests = bucket.requests = bucket.requests + 1
+            if bucket.live_elsewhere + 1 >= LFH_ACTIVATE_LIVE or requests >= LFH_ACTIVATE_REQUESTS:
+                bucket.active = True
                 return self.allocate_plain(heap, number_of_bytes, tag, site)
             bucket.live_elsewhere += 1  # small_block's count: a VS chunk of this bucket's size
         else:
             bucket_index = _LOOKASIDE_BUCKET_OF[units]
             if bucket_index:
-                entry = heap.lookaside_pop(bucket_index)
-                if entry:
-                    return self._vs_block_header(heap, entry, units, tag, site, row)
-        chunk = heap.vs_take(units + 1) or heap.vs_allocate(units + 1)
-        if not chunk:
-            return 0
-        return self._vs_block_header(heap, chunk + VS_HEADER_SIZE, units, tag, site, row)
-
-    def _vs_block_header(self, heap: SegmentHeap, header: int, units: int, tag: int, site: int,
-                         row: list) -> int:
-        """allocate_plain's last steps: the POOL_HEADER written (PreviousSize and PoolIndex
-        0: the LFH header's pack), the tag charged; the body's address."""
+                lookaside = heap.lookaside[bucket_index]
+                if lookaside.head:
+                    header = heap.lookaside_pop(bucket_index)  # (its checks, its counts)
+                else:
+                    # lookaside_pop of an empty bucket, inline: a request and a miss counted
+                    lookaside.allocates += 1
+                    lookaside.misses += 1
+        if not header:
+            chunk = heap.vs_take(units + 1) or heap.vs_allocate(units + 1)
+            if not chunk:
+                return 0
+            header = chunk + VS_HEADER_SIZE
+        # allocate_plain's last steps: the POOL_HEADER written (PreviousSize and PoolIndex 0:
+        # the LFH header's pack), the tag charged.
         base = self.tlb.get(header >> PAGE_SHIFT)
         pa = base + (header & 0xFFF) if base is not None else heap._pa(header)
         _pack_lfh_header(self.mem, pa, units, heap.header_type, tag, site)
@@ -534,14 +546,28 @@ class SegmentHeapAllocator(PoolAllocator):
         row[heap.track_free_offset] += ONE | block_bytes  # tracker.release
         self._frees_since_pass += 1
         bucket_index = _LOOKASIDE_BUCKET_OF[block_size]  # from the header's BlockSize
-        if bucket_index and heap.lookaside_push(bucket_index, header):
-            return
+        if bucket_index:
+            lookaside = heap.lookaside[bucket_index]
+            if lookaside.enabled:
+                if heap.lookaside_push(bucket_index, header):
+                    return
+            else:
+                lookaside.frees += 1  # lookaside_push of a bucket not enabled, inline
         units = block_bytes >> 4
         if units <= LFH_BUCKET_COUNT:
-            bucket = heap.lfh_bucket(units)
+            bucket = heap.lfh_buckets[units] or heap.lfh_bucket(units)
             if bucket.live_elsewhere:
                 bucket.live_elsewhere -= 1
-        heap.vs_give(sub, chunk, size, plain >> 32 & 0xFFFF)
+        # SegmentHeap.vs_free, inline: a small chunk to the delay-free list (flushed at 32:
+        # vs_flush), another coalesced now (_vs_merge, else _vs_coalesce).
+        previous = plain >> 32 & 0xFFFF
+        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
+            delay_free = heap.delay_free
+            delay_free.append(chunk)
+            if len(delay_free) >= VS_DELAY_FREE_DEPTH:
+                heap.vs_flush()
+        elif not heap._vs_merge(sub, chunk, size, previous):
+            heap._vs_coalesce(sub, chunk, size, previous)
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:

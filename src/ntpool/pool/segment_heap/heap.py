@@ -1000,7 +1000,8 @@ class SegmentHeap:
         rest = size - units
         if rest:
             remainder = chunk + (units << 4)
-            if tlb.get(remainder >> PAGE_SHIFT) is None:
+            remainder_base = tlb.get(remainder >> PAGE_SHIFT)
+            if remainder_base is None:
                 return 0
             # The chunk after the free one learns the remainder's size (_vs_set_previous),
             # after a check of its header (vs_header_sane), made here before any change.
@@ -1026,28 +1027,23 @@ class SegmentHeap:
         _pack_vs_header(mem, pa, (units | units << 16 | previous << 32 | 1 << 48) ^ chunk_key,
                         ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
         if rest:
-            self.vs_write(remainder, rest, units, False)
-            self._vs_index_add(remainder, rest)
+            # vs_write(remainder, rest, units, False) and _vs_index_add(remainder, rest), inline
+            remainder_key = key ^ remainder
+            _pack_vs_header(mem, remainder_base + (remainder & 0xFFF), (rest | rest << 16 | units << 32) ^ remainder_key,
+                            ((remainder >> PAGE_SHIFT) ^ remainder_key) & 0xFF)
+            same_size = self.vs_free_chunks.get(rest)
+            if same_size is not None:
+                same_size[remainder] = None
+            else:
+                self._vs_index_add(remainder, rest)  # (a size the index lists anew)
             if following < end:
                 # encode_vs_bits(following, key, next_size, rest, allocated, next_size)
                 QWORD.pack_into(mem, following_pa, (next_size | next_size << 16 | rest << 32 |
                                                     (1 if plain >> 48 & 0xFF else 0) << 48) ^ key ^ following)
         return chunk
 
-    def vs_give(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> None:
-        """vs_free for the allocator's free fast path: the same, with the delay-free list's
-        flush and the coalescing taking their usual cases (``vs_flush``, ``_vs_merge``)."""
-        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
-            delay_free = self.delay_free
-            delay_free.append(chunk)
-            if len(delay_free) >= VS_DELAY_FREE_DEPTH:
-                self.vs_flush()
-            return
-        if not self._vs_merge(sub, chunk, size, previous):
-            self._vs_coalesce(sub, chunk, size, previous)
-
     def vs_flush(self) -> int:
-        """flush_delay_free, each chunk's usual case taken as ``vs_give`` takes it: a chunk
+        """flush_delay_free (for the allocator's free fast path), each chunk's usual case taken: a chunk
         whose header decodes, busy, inside its subsegment, merged by ``_vs_merge``; any
         other by vs_free_now (its checks, then the general coalescing) or _vs_coalesce."""
         pending, self.delay_free = self.delay_free, []
@@ -1142,11 +1138,20 @@ class SegmentHeap:
             # _vs_release with one subsegment: kept, its header's previous size 0.
             self.vs_spare = sub
             start_previous = 0
-        self.vs_write(start, total, start_previous, False)
+        # vs_write(start, total, start_previous, False), inline (start's page: the chunk's, or
+        # the chunk before's, both translated above)
+        start_key = key ^ start
+        _pack_vs_header(mem, (base if start == chunk else before_base) + (start & 0xFFF),
+                        (total | total << 16 | start_previous << 32) ^ start_key,
+                        ((start >> PAGE_SHIFT) ^ start_key) & 0xFF)
         if stop < end:
             QWORD.pack_into(mem, after_pa, (next_size | next_size << 16 | total << 32 |
                                             (1 if next_allocated else 0) << 48) ^ key ^ stop)
-        self._vs_index_add(start, total)
+        same_size = free_chunks.get(total)  # _vs_index_add(start, total), inline
+        if same_size is not None:
+            same_size[start] = None
+        else:
+            self._vs_index_add(start, total)
         return True
 
     def _vs_empty(self, spare, other: VsSubsegment) -> bool:
@@ -1201,6 +1206,10 @@ class SegmentHeap:
         rule); every third pass, enable the buckets that were used."""
         for bucket in self.lookaside[1:]:
             allocates, misses = bucket.allocates, bucket.misses
+            if not (allocates or bucket.frees or bucket.count) and bucket.depth == LOOKASIDE_MIN_DEPTH:
+                # A bucket unused since the last pass, at its least depth (most of the 64):
+                # nothing below changes it (its depth stays the least, it is not enabled).
+                continue
             if allocates < 25:
                 depth = bucket.depth - 10
             else:
