@@ -986,9 +986,10 @@ class SegmentHeap:
         data stays on one page where it is (no shift), split; 0 (nothing changed) otherwise."""
         sizes = self.vs_sizes
         at = bisect_left(sizes, units)
-        if at == len(sizes):
+        try:
+            size = sizes[at]
+        except IndexError:
             return 0  # none large enough: vs_allocate makes a subsegment
-        size = sizes[at]
         chunks = self.vs_free_chunks[size]
         chunk = next(iter(chunks))  # (_vs_place's first candidate: dicts keep insertion order)
         if ((chunk + VS_HEADER_SIZE) & 0xFFF) + (units << 4) - VS_HEADER_SIZE > PAGE_SIZE:
@@ -1034,8 +1035,9 @@ class SegmentHeap:
             same_size = self.vs_free_chunks.get(rest)
             if same_size is not None:
                 same_size[remainder] = None
-            else:
-                self._vs_index_add(remainder, rest)  # (a size the index lists anew)
+            else:  # (a size the index lists anew)
+                self.vs_free_chunks[rest] = {remainder: None}
+                insort(sizes, rest)
             if following < end:
                 # encode_vs_bits(following, key, next_size, rest, allocated, next_size)
                 QWORD.pack_into(mem, following_pa, (next_size | next_size << 16 | rest << 32 |
@@ -1131,7 +1133,13 @@ class SegmentHeap:
         if merged_before:
             self.vs_write(chunk, size, previous, False)
         if merged_next:
-            self._vs_index_remove(following, merged_next)
+            # _vs_index_remove(following, merged_next), inline (found in the index above)
+            same_size = free_chunks[merged_next]
+            del same_size[following]
+            if not same_size:
+                del free_chunks[merged_next]
+                sizes = self.vs_sizes
+                del sizes[bisect_left(sizes, merged_next)]
         if merged_before:
             self._vs_index_remove(start, merged_before)
         if whole:
@@ -1151,7 +1159,8 @@ class SegmentHeap:
         if same_size is not None:
             same_size[start] = None
         else:
-            self._vs_index_add(start, total)
+            free_chunks[total] = {start: None}
+            insort(self.vs_sizes, total)
         return True
 
     def _vs_empty(self, spare, other: VsSubsegment) -> bool:
