@@ -72,6 +72,7 @@ _SIZE_TYPE_TAG = struct.Struct("<2xBBI")  # BlockSize, PoolType, PoolTag
 assert _SIZE_TYPE_TAG.unpack(POOL_HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (3, 4, 5)
 _unpack_size_type_tag = _SIZE_TYPE_TAG.unpack_from
 _unpack_qword = QWORD.unpack_from
+_pack_qword = QWORD.pack_into
 _PROCESS_BILLED = POOL_HEADER.ProcessBilled  # its offset in a POOL_HEADER
 _pack_word = WORD.pack_into
 _pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
@@ -494,7 +495,7 @@ class SegmentHeapAllocator(PoolAllocator):
             if bucket_index:
                 lookaside = heap.lookaside[bucket_index]
                 if lookaside.head:
-                    header = heap.lookaside_pop(bucket_index)  # (its checks, its counts)
+                    header = heap.lookaside_take(bucket_index) or heap.lookaside_pop(bucket_index)
                 else:
                     # lookaside_pop of an empty bucket, inline: a request and a miss counted
                     lookaside.allocates += 1
@@ -548,11 +549,15 @@ class SegmentHeapAllocator(PoolAllocator):
         bucket_index = _LOOKASIDE_BUCKET_OF[block_size]  # from the header's BlockSize
         if bucket_index:
             lookaside = heap.lookaside[bucket_index]
-            if lookaside.enabled:
-                if heap.lookaside_push(bucket_index, header):
-                    return
-            else:
-                lookaside.frees += 1  # lookaside_push of a bucket not enabled, inline
+            # SegmentHeap.lookaside_push, inline: a free counted; while the bucket is enabled
+            # and not full, the block kept, its SLIST_ENTRY (the header's first 8 bytes, on
+            # the page translated above) linking to the bucket's head.
+            lookaside.frees += 1
+            if lookaside.enabled and lookaside.count < lookaside.depth:
+                _pack_qword(mem, pa, lookaside.head)
+                lookaside.head = header
+                lookaside.count += 1
+                return
         units = block_bytes >> 4
         if units <= LFH_BUCKET_COUNT:
             bucket = heap.lfh_buckets[units] or heap.lfh_bucket(units)

@@ -71,6 +71,8 @@ from .layout import (
 )
 
 LFH, VS = 1, 2  # what kind of subsegment a page belongs to
+# The largest block each dynamic lookaside bucket holds, by bucket (lookaside_take's check).
+_LOOKASIDE_BYTES = (0,) + tuple(lookaside_bucket_bytes(index) for index in range(1, LOOKASIDE_BUCKETS + 1))
 # The region a PML4 entry maps (512 GiB): the allocator finds a heap by address >> 39.
 HEAP_SLOT_BYTES = 1 << 39
 _layouts: dict[tuple[int, int], tuple[int, tuple, dict, dict]] = {}
@@ -1195,6 +1197,44 @@ class SegmentHeap:
         bucket.head = entry
         bucket.count += 1
         return True
+
+    def lookaside_take(self, bucket_index: int) -> int:
+        """lookaside_pop's usual case, for the allocation fast path (allocate_vs): a bucket
+        whose head is a busy VS chunk that fits (checks.lookaside_entry), resident, linking
+        to nothing or to a block of the heap's subsegments (checks.lookaside_link); 0 with
+        nothing changed otherwise (an empty bucket too), and the caller calls lookaside_pop,
+        which checks and bug-checks as ever."""
+        bucket = self.lookaside[bucket_index]
+        entry = bucket.head
+        chunk = entry - VS_HEADER_SIZE
+        by_page = self.page_subsegments
+        base = self.base
+        if entry < base or (entry - base) >> PAGE_SHIFT >= len(by_page):
+            return 0
+        sub = by_page[(entry - base) >> PAGE_SHIFT]
+        if type(sub) is not VsSubsegment or chunk < sub.first:
+            return 0
+        tlb, mem = self.tlb, self.mem
+        chunk_base = tlb.get(chunk >> PAGE_SHIFT)
+        entry_base = tlb.get(entry >> PAGE_SHIFT)
+        if chunk_base is None or entry_base is None:
+            return 0
+        plain = _unpack_qword(mem, chunk_base + (chunk & 0xFFF))[0] ^ self.heap_key ^ chunk
+        size = plain >> 16 & 0xFFFF
+        if not plain >> 48 & 0xFF or (size << 4) - VS_HEADER_SIZE < _LOOKASIDE_BYTES[bucket_index] \
+                or chunk + (size << 4) > sub.end:
+            return 0
+        link = _unpack_qword(mem, entry_base + (entry & 0xFFF))[0]  # the SLIST_ENTRY's Next
+        if link:
+            if link & 0xF or not base <= link < self.limit or (link - base) >> PAGE_SHIFT >= len(by_page):
+                return 0
+            linked = by_page[(link - base) >> PAGE_SHIFT]
+            if linked is None or type(linked) is FullLfhPage:
+                return 0  # (a mark: subsegment_of makes its subsegment's object again)
+        bucket.allocates += 1
+        bucket.head = link
+        bucket.count -= 1
+        return entry
 
     def lookaside_pop(self, bucket_index: int) -> int:
         bucket = self.lookaside[bucket_index]
