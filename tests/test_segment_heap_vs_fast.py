@@ -267,6 +267,12 @@ SCENARIOS = {
                                                ("flip", False, 1, "vs_header", 6, 1), ("alloc", 0, 0x300, "VsFb")],
     # frees past the Balance Set Manager's interval: the pass runs (the general code's way)
     "a Balance Set pass due": [("burst", 0, 1000, "VsFa", 40)] * 7 + [("free_all", False)],
+    "a Balance Set pass due, small chunks": [("burst", 0, 0x200, "VsFa", 40)] * 7 + [("free_all", True)],
+    # passes while the lookaside holds blocks (its depth grown by misses, then shrunk by
+    # the passes: blocks dropped to the backend), frees past the interval
+    "a Balance Set pass with blocks on the lookaside": ENABLED + [("burst", 0, 1000, "VsFa", 30), ("balance",),
+                                                                  ("free_all", True)] + [("balance",)] * 12
+    + [("burst", 0, 1000, "VsFb", 40)] * 7 + [("free_all", False)],
     # a free of an address inside a block, not its start
     "free of an address inside a block": [("burst", 0, 1000, "VsFa", 2), ("free_inside", 0, 8),
                                           ("free_inside", 1, 0x10)],

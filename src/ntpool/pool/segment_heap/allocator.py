@@ -518,15 +518,14 @@ class SegmentHeapAllocator(PoolAllocator):
         free fast path serves: the IRQL allows it, no layer) when they are the usual ones:
         the address a block's, its header's tag the one passed (or ExFreePool's), not
         cache-aligned nor charged to a process, its chunk's header decoding busy inside the
-        subsegment, no Balance Set pass due. Anything else goes to free_generic with nothing
-        changed (it checks and bug-checks as ever)."""
+        subsegment. Anything else goes to free_generic with nothing changed (it checks and
+        bug-checks as ever)."""
         header = address - POOL_HEADER_SIZE
         chunk = header - VS_HEADER_SIZE
         tlb = self.tlb
         base = tlb.get(header >> PAGE_SHIFT)  # (P's page: P is not a page's first byte)
         chunk_base = tlb.get(chunk >> PAGE_SHIFT)
-        if address & 0xF or base is None or chunk_base is None or chunk < sub.first or \
-                self._frees_since_pass + 1 >= BALANCE_SET_INTERVAL:
+        if address & 0xF or base is None or chunk_base is None or chunk < sub.first:
             self.free_generic(address, tag)
             return
         mem = self.mem
@@ -546,6 +545,22 @@ class SegmentHeapAllocator(PoolAllocator):
         block_bytes = (size << 4) - VS_HEADER_SIZE
         row[heap.track_free_offset] += ONE | block_bytes  # tracker.release
         self._frees_since_pass += 1
+        if self._frees_since_pass >= BALANCE_SET_INTERVAL:
+            self.balance_set_pass()
+            # The pass may have freed the dynamic lookaside's blocks (whose coalescing may
+            # tell this chunk a new previous size) and paged memory in: the pages are
+            # translated and the chunk's header read again; anything unusual takes the rest
+            # of free_generic's steps as it takes them.
+            base = tlb.get(header >> PAGE_SHIFT)
+            chunk_base = tlb.get(chunk >> PAGE_SHIFT)
+            if base is None or chunk_base is None:
+                self._free_vs_rest(heap, sub, header, block_size, block_bytes)
+                return
+            pa = base + (header & 0xFFF)
+            plain = _unpack_qword(mem, chunk_base + (chunk & 0xFFF))[0] ^ heap.heap_key ^ chunk
+            if plain >> 16 & 0xFFFF != size or not plain >> 48 & 0xFF:
+                self._free_vs_rest(heap, sub, header, block_size, block_bytes)
+                return
         bucket_index = _LOOKASIDE_BUCKET_OF[block_size]  # from the header's BlockSize
         if bucket_index:
             lookaside = heap.lookaside[bucket_index]
@@ -573,6 +588,20 @@ class SegmentHeapAllocator(PoolAllocator):
                 heap.vs_flush()
         elif not heap._vs_merge(sub, chunk, size, previous):
             heap._vs_coalesce(sub, chunk, size, previous)
+
+    def _free_vs_rest(self, heap: SegmentHeap, sub: VsSubsegment, header: int, block_size: int,
+                      block_bytes: int) -> None:
+        """free_generic's steps after the Balance Set pass, for a VS block: the dynamic
+        lookaside's push, the LFH bucket's count, the backend's free (its checks)."""
+        bucket_index = lookaside_bucket(block_size << 4)
+        if bucket_index and heap.lookaside_push(bucket_index, header):
+            return
+        units = block_bytes >> 4
+        if units <= LFH_BUCKET_COUNT:
+            bucket = heap.lfh_bucket(units)
+            if bucket.live_elsewhere:
+                bucket.live_elsewhere -= 1
+        heap.free_block(header, sub)
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:

@@ -1133,7 +1133,11 @@ class SegmentHeap:
         # neighbours out of the index, the merged chunk's header, its next chunk's previous
         # size, the merged chunk into the index.
         if merged_before:
-            self.vs_write(chunk, size, previous, False)
+            # vs_write(chunk, size, previous, False), inline: its header, marked free, stays
+            # inside the merged chunk (as the general code leaves it)
+            chunk_key = key ^ chunk
+            _pack_vs_header(mem, base + (chunk & 0xFFF), (size | size << 16 | previous << 32) ^ chunk_key,
+                            ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
         if merged_next:
             # _vs_index_remove(following, merged_next), inline (found in the index above)
             same_size = free_chunks[merged_next]
@@ -1143,7 +1147,13 @@ class SegmentHeap:
                 sizes = self.vs_sizes
                 del sizes[bisect_left(sizes, merged_next)]
         if merged_before:
-            self._vs_index_remove(start, merged_before)
+            # _vs_index_remove(start, merged_before), inline (found in the index above)
+            same_size = free_chunks[merged_before]
+            del same_size[start]
+            if not same_size:
+                del free_chunks[merged_before]
+                sizes = self.vs_sizes
+                del sizes[bisect_left(sizes, merged_before)]
         if whole:
             # _vs_release with one subsegment: kept, its header's previous size 0.
             self.vs_spare = sub
