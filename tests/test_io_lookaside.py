@@ -1,5 +1,5 @@
-"""Windows 7's I/O lookaside lists: IRPs of one stack location and of up to eight, and MDLs of
-up to 0x17 pages, kept per processor (PPLookasideList[n].P) and system-wide (.L) in
+"""The I/O lookaside lists of Windows 7 and later: IRPs of one stack location, of up to four and
+of up to eight, and MDLs of up to 0x17 pages, kept per processor (PPLookasideList[n].P) and system-wide (.L) in
 GENERAL_LOOKASIDEs linked on ExSystemLookasideListHead; their counters, depths, LIFO reuse,
 what poolmon sees, Driver Verifier, the retuning and the dump."""
 
@@ -17,6 +17,7 @@ from ntpool.routines.io_lookaside import (
     FIXED_SIZE_MDL,
     LookasideLargeIrpList,
     LookasideMdlList,
+    LookasideMediumIrpList,
     LookasideSmallIrpList,
 )
 from ntpool.routines.runtime import LOOKASIDE_SIZE
@@ -45,8 +46,9 @@ def lists(k, number, processor=0):
     return k.io_lookasides[processor][number]
 
 
-def test_windows_7_sets_up_each_processors_lists_and_the_systems_on_the_system_head():
-    k = ntpool.Kernel(processors=2)
+@pytest.mark.parametrize("windows", ["7", "10", "11"])
+def test_each_processors_lists_and_the_systems_are_set_up_on_the_system_head(windows):
+    k = ntpool.Kernel(processors=2, windows=windows)
     head = k.system_lookaside_list_head
     linked, entry = [], struct.unpack("<Q", k.read(head, 8))[0]
     while entry != head:
@@ -54,12 +56,14 @@ def test_windows_7_sets_up_each_processors_lists_and_the_systems_on_the_system_h
         entry = struct.unpack("<Q", k.read(entry, 8))[0]
     system = [pair[1] for pair in k.io_lookasides[0]]
     assert system == [pair[1] for pair in k.io_lookasides[1]]  # one L list per kind
-    own = [lists(k, n, cpu)[0] for cpu in (0, 1) for n in (LookasideLargeIrpList, LookasideSmallIrpList,
-                                                            LookasideMdlList)]
-    assert linked == system + own and len(set(linked)) == 9
+    order = (LookasideLargeIrpList, LookasideMediumIrpList, LookasideSmallIrpList, LookasideMdlList)
+    own = [lists(k, n, cpu)[0] for cpu in (0, 1) for n in order]
+    assert linked == [system[n] for n in order] + own and len(set(linked)) == 12
     expected = {LookasideSmallIrpList: ("Irps", "IrpS", L.io_size_of_irp(1), 32),
+                LookasideMediumIrpList: ("Irpm", "IrpM", L.io_size_of_irp(4), 64),
                 LookasideLargeIrpList: ("Irpl", "IrpL", L.io_size_of_irp(8), 64),
                 LookasideMdlList: ("Mdl ", "MdlP", L.MDL.SIZE + 8 * 0x17, 128)}
+    assert (LookasideSmallIrpList, LookasideMediumIrpList, LookasideLargeIrpList, LookasideMdlList) == (0, 1, 2, 3)
     for number, (system_tag, own_tag, size, maximum) in expected.items():
         for cpu in (0, 1):
             for lookaside, tag in zip(lists(k, number, cpu), (own_tag, system_tag)):
@@ -68,9 +72,29 @@ def test_windows_7_sets_up_each_processors_lists_and_the_systems_on_the_system_h
                 assert f["Tag"] == int.from_bytes(tag.encode(), "little") and f["held"] == 0
 
 
+@pytest.mark.parametrize("stack_size, number, entries", [
+    (1, LookasideSmallIrpList, 1), (2, LookasideMediumIrpList, 4), (4, LookasideMediumIrpList, 4),
+    (5, LookasideLargeIrpList, 8), (8, LookasideLargeIrpList, 8)])
+@pytest.mark.parametrize("windows", ["7", "11"])
+def test_each_stack_size_takes_its_lists_fixed_size_and_goes_back_there(windows, stack_size, number, entries):
+    k = ntpool.Kernel(windows=windows, delayed_frees=False)
+    irp = k.IoAllocateIrp(stack_size, False)
+    used = {row.Tag: row.NonPagedUsed for row in k.pool_tags()}
+    assert used["Irp "] == L.io_size_of_irp(entries) + 0x10 + 0xF & ~0xF  # the list's size, from pool
+    assert struct.unpack("<H", k.read(irp + L.IRP.Size, 2))[0] == L.io_size_of_irp(stack_size)
+    k.IoFreeIrp(irp)
+    own, _ = lists(k, number)
+    assert fields(k, own)["first"] == irp and fields(k, own)["TotalFrees"] == 1
+    others = [lists(k, n)[0] for n in (LookasideSmallIrpList, LookasideMediumIrpList, LookasideLargeIrpList)
+              if n != number]
+    assert all(fields(k, lookaside)["TotalFrees"] == 0 for lookaside in others)
+    assert k.io_lookaside_holdings() == {"Irp ": (1, L.io_size_of_irp(entries) + 0x10 + 0xF & ~0xF)}
+    assert k.IoAllocateIrp(stack_size, False) == irp
+
+
 def test_an_allocation_misses_both_lists_then_a_free_keeps_the_irp_and_the_next_one_hits(k):
     own, system = lists(k, LookasideLargeIrpList)
-    irp = k.IoAllocateIrp(2, False)
+    irp = k.IoAllocateIrp(5, False)
     assert (fields(k, own)["TotalAllocates"], fields(k, own)["AllocateMisses"]) == (1, 1)
     assert (fields(k, system)["TotalAllocates"], fields(k, system)["AllocateMisses"]) == (1, 1)
     assert k.read(irp + L.IRP.AllocationFlags, 1)[0] == L.IRP_ALLOCATED_FIXED_SIZE
@@ -85,18 +109,18 @@ def test_an_allocation_misses_both_lists_then_a_free_keeps_the_irp_and_the_next_
     assert fields(k, system)["TotalAllocates"] == 1  # a hit on P: L is not asked
 
 
-def test_reuse_is_lifo_and_small_and_large_irps_are_separate_lists(k):
+def test_reuse_is_lifo_and_small_medium_and_large_irps_are_separate_lists(k):
     a, b = k.IoAllocateIrp(2, False), k.IoAllocateIrp(3, False)
-    small = k.IoAllocateIrp(1, False)
-    for irp in (a, b, small):
+    small, large = k.IoAllocateIrp(1, False), k.IoAllocateIrp(6, False)
+    for irp in (a, b, small, large):
         k.IoFreeIrp(irp)
-    assert k.IoAllocateIrp(1, False) == small
+    assert k.IoAllocateIrp(1, False) == small and k.IoAllocateIrp(8, False) == large
     assert k.IoAllocateIrp(4, False) == b and k.IoAllocateIrp(2, False) == a
 
 
 def test_frees_past_the_depths_go_to_the_system_list_then_the_pool(k):
     own, system = lists(k, LookasideLargeIrpList)
-    irps = [k.IoAllocateIrp(2, False) for _ in range(5)]
+    irps = [k.IoAllocateIrp(5, False) for _ in range(5)]
     assert tags_in_use(k)["Irp "] == 5
     for irp in irps:
         k.IoFreeIrp(irp)
@@ -106,12 +130,12 @@ def test_frees_past_the_depths_go_to_the_system_list_then_the_pool(k):
     assert tags_in_use(k)["Irp "] == 4 and tags_left(k) == {}
     assert k.io_lookaside_holdings() == {"Irp ": (4, 4 * (L.io_size_of_irp(8) + 0x10))}
     # LIFO from P first, then from L.
-    assert [k.IoAllocateIrp(2, False) for _ in range(4)] == [irps[1], irps[0], irps[3], irps[2]]
+    assert [k.IoAllocateIrp(7, False) for _ in range(4)] == [irps[1], irps[0], irps[3], irps[2]]
 
 
 def test_a_reused_irp_is_initialized_again_whatever_was_left_in_it(k):
     irp = k.IoAllocateIrp(2, False)
-    k.write(irp, b"\xAA" * L.io_size_of_irp(8))
+    k.write(irp, b"\xAA" * L.io_size_of_irp(4))  # the medium list's entry, whole
     k.write(irp + L.IRP.Type, struct.pack("<H", L.IO_TYPE_IRP))
     k.IoFreeIrp(irp)
     fresh_machine = ntpool.Kernel(delayed_frees=False)
@@ -162,11 +186,11 @@ def test_small_mdls_are_fixed_size_from_the_mdl_list_and_large_ones_from_pool(k)
 
 
 def test_driver_verifier_takes_no_irp_from_the_lists_and_keeps_none(k):
-    kept = k.IoAllocateIrp(2, False)
+    kept = k.IoAllocateIrp(5, False)
     k.IoFreeIrp(kept)
     k.verifier.enable("anything.sys", pool_tracking=True)
     assert all(fields(k, lookaside)["Depth"] == 0 for pair in k.io_lookasides[0] for lookaside in pair)
-    fresh = k.IoAllocateIrp(2, False)
+    fresh = k.IoAllocateIrp(5, False)
     assert fresh != kept  # IovAllocateIrp's own allocation: from the pool, tracked
     k.IoFreeIrp(fresh)
     own, system = lists(k, LookasideLargeIrpList)
@@ -176,7 +200,7 @@ def test_driver_verifier_takes_no_irp_from_the_lists_and_keeps_none(k):
 
 def test_the_depths_are_retuned_with_the_pools_lists(k):
     own, system = lists(k, LookasideLargeIrpList)
-    irps = [k.IoAllocateIrp(2, False) for _ in range(100)]  # 100 misses on P and on L
+    irps = [k.IoAllocateIrp(5, False) for _ in range(100)]  # 100 misses on P and on L
     k.advance_time(2)  # scans 0 and 1: drivers' lists only
     assert fields(k, own)["Depth"] == fields(k, system)["Depth"] == 2
     k.advance_time(1)  # scan 2: processor 0's set (one processor: period 3 s)
@@ -206,17 +230,32 @@ def test_ntpool_kd_lookaside_lists_the_io_lists_from_a_dump(k, tmp_path):
         text = KdSession(reader).execute("!lookaside")
     own, system = lists(k, LookasideSmallIrpList)
     by_address = {entry["Address"]: entry for entry in found}
-    assert len(found) == 6 and by_address[own]["TotalFrees"] == 1 and by_address[own]["TotalAllocates"] == 1
+    assert len(found) == 8 and by_address[own]["TotalFrees"] == 1 and by_address[own]["TotalAllocates"] == 1
     assert by_address[system]["MaximumDepth"] == 32
     assert "ExSystemLookasideListHead" in text and '"IrpS"' in text and '"Mdl "' in text
 
 
-def test_segment_heap_machines_keep_a_pool_allocation_per_irp():
-    k = ntpool.Kernel(windows="10")
-    assert k.io_lookasides == ()
+@pytest.mark.parametrize("windows", ["10", "11"])
+def test_segment_heap_machines_keep_irps_and_mdls_on_the_lists_and_retune_them(windows):
+    k = ntpool.Kernel(windows=windows)
     irp = k.IoAllocateIrp(2, False)
     k.IoFreeIrp(irp)
-    assert tags_in_use(k).get("Irp ", 0) == 0
+    assert tags_in_use(k)["Irp "] == 1 and k.IoAllocateIrp(3, False) == irp
+    buffer = k.ExAllocatePoolWithTag(NP, 0x2000, "Buff")
+    mdl = k.IoAllocateMdl(buffer, 100, False, False, 0)
+    k.IoFreeMdl(mdl)
+    assert tags_in_use(k)["Mdl "] == 1 and k.io_lookaside_holdings()["Mdl "][0] == 1
+    # No pool lists to scan with: scan 2 retunes the I/O lists alone, processor 0's set, then
+    # the system's.
+    own, system = lists(k, LookasideMediumIrpList)
+    irps = [k.IoAllocateIrp(2, False) for _ in range(100)]
+    k.advance_time(3)
+    assert fields(k, own)["Depth"] == target_depth(2, 64, 101, 100, 3) and fields(k, system)["Depth"] == 2
+    k.advance_time(3)
+    assert fields(k, system)["Depth"] == target_depth(2, 64, 100, 100, 3)
+    for irp in irps:
+        k.IoFreeIrp(irp)
+    assert fields(k, own)["held"] == fields(k, own)["Depth"]
 
 
 def _lists_bytes(k):
@@ -224,7 +263,7 @@ def _lists_bytes(k):
 
 
 STEPS = st.lists(st.one_of(
-    st.tuples(st.just("irp"), st.sampled_from([1, 2, 8, 9]), st.booleans()),
+    st.tuples(st.just("irp"), st.sampled_from([1, 2, 4, 5, 8, 9]), st.booleans()),
     st.tuples(st.just("mdl"), st.sampled_from([1, 0x1000, 0x17000, 0x18000])),
     st.tuples(st.just("free"), st.integers(0, 15)),
     st.tuples(st.just("depth"), st.integers(0, 8), st.integers(0, 5)),  # a list's Depth set

@@ -24,8 +24,8 @@ KERNEL_IMAGE_EX_NPAGED_LOOKASIDE_LOCK = 0x24D0
 KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LIST_HEAD = 0x24E0
 KERNEL_IMAGE_EX_PAGED_LOOKASIDE_LOCK = 0x24F0
 # ExSystemLookasideListHead, the list of the kernel's own GENERAL_LOOKASIDEs (WRK lookasid.c),
-# and the I/O manager's system-wide lists (IopSmallIrpLookasideList, IopLargeIrpLookasideList,
-# IopMdlLookasideList: 0x80 bytes each, cache aligned) after it.
+# and the I/O manager's system-wide lists (IopSmallIrpLookasideList, IopMediumIrpLookasideList,
+# IopLargeIrpLookasideList, IopMdlLookasideList: 0x80 bytes each, cache aligned) after it.
 KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD = 0x2820
 KERNEL_IMAGE_IOP_LOOKASIDE_LISTS = 0x2840
 

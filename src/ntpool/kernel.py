@@ -249,6 +249,7 @@ class Kernel(ExecutiveRoutines, FsRtlRoutines, NdisRoutines, RtlRoutines, IrqlRo
         for head in (self.npaged_lookaside_list_head, self.paged_lookaside_list_head):
             self.write(head, LIST_ENTRY.pack(head, head))
         self.lookaside_scan_count = 0  # ExpScanCount: ExAdjustLookasideDepth's 0, 1, 2
+        self.io_lookaside_scan_count = 0  # on the segment heap: the I/O lists' set scan 2 retunes
         self.minimum_lookaside_depth = MINIMUM_LOOKASIDE_DEPTH  # ExMinimumLookasideDepth (0: Verifier on)
         # (name, DllBase, end) of drivers that unloaded, as MmUnloadedDrivers keeps them.
         self.unloaded_drivers: list[tuple[str, int, int]] = []

@@ -12,9 +12,18 @@ import struct
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
-from ..hooks import PagedIn, PagedOut
+from ..hooks import MappingChanged, PagedIn, PagedOut
 from ..packing import x64_struct
-from ..machine.memory import AddressSpace, PhysicalMemory
+from ..machine.memory import (
+    PTE_ACCESSED,
+    PTE_ADDRESS_MASK,
+    PTE_DIRTY,
+    PTE_NX,
+    PTE_PRESENT,
+    PTE_WRITABLE,
+    AddressSpace,
+    PhysicalMemory,
+)
 from .checks import (
     check_block_size,
     check_fits_its_list,
@@ -135,6 +144,10 @@ class Pool:
         # Nonpaged Pool": "In Windows 7 and earlier versions of Windows, all memory allocated
         # from the nonpaged pool is executable"); paged pool is no-execute on x64.
         self.executable = base_type == 0
+        # The PTE of a new page of this pool (AddressSpace.map_page's, writable; NX unless
+        # executable) but for its frame: ``_allocate_from_fresh_page`` writes it itself.
+        self.page_pte_flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITABLE | \
+            (0 if self.executable else PTE_NX)
         # What every header this pool writes holds beside PreviousSize, BlockSize and PoolTag,
         # as bits of the header's first QWORD (layout.header_first8): PoolIndex, with PoolType
         # free (0) or allocated.
@@ -419,6 +432,46 @@ class Pool:
             end = min(index + count, len(frames))
             frames[index:end] = [0] * (end - index)
         self.pages_in_use -= count
+        if index < self._page_hint:
+            self._page_hint = index
+        if self.pending:
+            self.pending_translated = False
+
+    def release_small_page(self, va: int) -> None:
+        """``release_pages(va, 1)`` for a page of small chunks a free has made whole, which
+        is resident (the free has just read it): MiFreePoolPages' usual case with the
+        steps of ``release_pages`` -> ``AddressSpace.unmap_page`` ->
+        ``PhysicalMemory.free_frame`` written out here, in their order (the PTE read for its
+        frame and cleared, the TLB entry dropped and the change announced, the frame
+        freed, the page's own entries cleared), three calls and their set-up less on every
+        such free. A page whose page table is not remembered yet, or that is not in the
+        TLB, takes ``release_pages``."""
+        space, tlb = self.space, self.tlb
+        vpn = va >> PAGE_SHIFT
+        table_pa = space.page_tables.get(va >> 21)
+        if table_pa is None or vpn not in tlb:
+            self.release_pages(va, 1)
+            return
+        words = self.words
+        pte_word = (table_pa >> 3) + (vpn & 0x1FF)  # the PTE, a QWORD of ``words``
+        pte = words[pte_word]
+        words[pte_word] = 0  # (unmap_page's ``keep`` is 0: nothing left in the PTE)
+        del tlb[vpn]
+        if space.hooks.listening(MappingChanged):
+            space.hooks.publish(MappingChanged(va))
+        pfn = (pte & PTE_ADDRESS_MASK) >> PAGE_SHIFT
+        physical = self.physical
+        physical.frame_in_use[pfn] = 0  # the frame keeps its bytes, as free_frame leaves them
+        physical.frames_used -= 1
+        if pfn < physical._hint:
+            physical._hint = pfn
+        index = (va - self.base) >> PAGE_SHIFT
+        self.page_kind[index] = PAGE_FREE
+        try:
+            self.small_frames[index] = 0
+        except IndexError:  # (past the list's end, no page has an entry)
+            pass
+        self.pages_in_use -= 1
         if index < self._page_hint:
             self._page_hint = index
         if self.pending:
@@ -914,12 +967,12 @@ class Pool:
             self._insert(chunk + HEADER_SIZE, block_size, at_tail=True)
 
     def _allocate_from_fresh_page(self, block_size: int, tag: int, site: int) -> int:
-        page = self.take_pages(1, PAGE_SMALL)
+        page, page_pa = self._take_small_page()
         if not page:
             return 0
         # The new page is translated once for both headers (as QWORDs, as in
         # ``allocate_from_lists``) and the remainder's links.
-        words, page_pa = self.words, self._header_pa(page)
+        words = self.words
         words[page_pa >> 3] = block_size << BLOCK_SIZE_SHIFT | self.allocated_header_bits | tag << POOL_TAG_SHIFT
         words[(page_pa >> 3) + 1] = site & self.header_site_mask
         self.sites[(page - self.base) >> SITE_UNIT_SHIFT] = site
@@ -929,9 +982,55 @@ class Pool:
             words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | self.free_header_bits | tag << POOL_TAG_SHIFT
             words[(rest_pa >> 3) + 1] = 0
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
-                self._insert(page + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
-                             rest_pa + HEADER_SIZE)
+                entry = page + (block_size << BLOCK_SHIFT) + HEADER_SIZE
+                head, head_word = self.list_heads[remainder]
+                if words[head_word] == head and words[head_word + 1] == head:
+                    # InsertTailList on an empty list (the usual one: a page is taken when no
+                    # listed chunk fits), as ``_insert`` makes it: both neighbours the check
+                    # reads are the head, whose links were just read (both the head), so the
+                    # check holds; the entry becomes both of the head's links.
+                    entry_word = (rest_pa >> 3) + 2
+                    words[entry_word] = words[entry_word + 1] = head
+                    words[head_word] = words[head_word + 1] = entry
+                    self.listed[remainder] = 1
+                else:
+                    self._insert(entry, remainder, True, rest_pa + HEADER_SIZE)
         return page
+
+    def _take_small_page(self) -> tuple[int, int]:
+        """``take_pages(1, PAGE_SMALL)`` and the new page's physical address; (0, 0) when the
+        pool or memory is exhausted. Its usual case (a free page at or past the pool's
+        hint, a free frame at or past memory's, a page table already remembered, no
+        mapping in the TLB to replace) is written out here, the steps of ``_find_pages``,
+        ``PhysicalMemory.allocate_frames``, ``_map_frames`` and ``AddressSpace.map_page``
+        in their order, five calls and their set-up less on each new page of small chunks
+        (the large pair's: a page made whole is given back, and the next allocation maps a
+        new one). Anything else takes ``take_pages``."""
+        index = self.page_kind.find(PAGE_FREE, self._page_hint)
+        physical, space = self.physical, self.space
+        in_use = physical.frame_in_use
+        pfn = in_use.find(0, physical._hint) if index >= 0 else -1
+        va = self.base + (index << PAGE_SHIFT)
+        vpn = va >> PAGE_SHIFT
+        tlb = self.tlb
+        table_pa = space.page_tables.get(va >> 21)
+        if pfn <= 0 or table_pa is None or vpn in tlb:
+            va = self.take_pages(1, PAGE_SMALL)
+            return (va, self._header_pa(va)) if va else (0, 0)
+        in_use[pfn] = 1
+        physical.frames_used += 1
+        physical._hint = pfn + 1
+        page_pa = pfn << PAGE_SHIFT
+        self.words[(table_pa >> 3) + (vpn & 0x1FF)] = page_pa | self.page_pte_flags  # the PTE
+        tlb[vpn] = page_pa
+        self.page_kind[index] = PAGE_SMALL
+        try:
+            self.small_frames[index] = page_pa
+        except IndexError:  # (the list grows to reach it)
+            self._set_small_frame(index, page_pa)
+        self.pages_in_use += 1
+        self._page_hint = index + 1
+        return va, page_pa
 
     # --- free (slow path) ------------------------------------------------------------------
 
@@ -972,7 +1071,22 @@ class Pool:
                                            and mem[page_pa + next_end] == next_size)):
                     check_pool_header_in_page(self.crash, page + following, mem, next_pa)
                 if next_size > 1:
-                    self._unlink(page + following + HEADER_SIZE, next_size, next_pa + HEADER_SIZE)
+                    next_entry = page + following + HEADER_SIZE
+                    next_word = (next_pa >> 3) + 2  # its Flink; its Blink follows
+                    flink, blink = words[next_word], words[next_word + 1]
+                    head, head_word = self.list_heads[next_size]
+                    if flink == head and blink == head:
+                        # RemoveEntryList of the list's only entry (a page's remainder, the
+                        # usual next chunk when a free makes its page whole), as ``_unlink``
+                        # makes it: both neighbours are the head, whose links are the
+                        # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
+                        head_blink, head_flink = words[head_word + 1], words[head_word]
+                        if head_blink != next_entry or head_flink != next_entry:  # the named check raises
+                            check_list_links(self.crash, next_entry, head_blink, head_flink)
+                        words[head_word] = words[head_word + 1] = head
+                        self.listed[next_size] = 0
+                    else:
+                        self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
         # The body's address (the list entry): the chunk's, or the previous chunk's it merges into.
         entry = chunk + HEADER_SIZE
@@ -1033,7 +1147,7 @@ class Pool:
         # the next PreviousSize is its own, and the list is ListHeads[-1]).
         block_size &= 0xFF
         if not block_size and not offset:
-            self.release_pages(page, 1)
+            self.release_small_page(page)
             return
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,

@@ -40,7 +40,16 @@ from ..hooks import CopiedToUser, FramesAliased, SystemBufferMade
 from ..machine.user_space import MM_USER_PROBE_ADDRESS, PTE_USER, UserSpace
 from . import io_lookaside
 from . import layouts as L
-from .io_lookaside import FIXED_SIZE_MDL, IOP_FIXED_SIZE_MDL_PFNS, LookasideMdlList
+from .io_lookaside import (
+    FIXED_SIZE_MDL,
+    IOP_FIXED_SIZE_MDL_PFNS,
+    IOP_LARGE_IRP_STACK_LOCATIONS,
+    IOP_MEDIUM_IRP_STACK_LOCATIONS,
+    LookasideLargeIrpList,
+    LookasideMdlList,
+    LookasideMediumIrpList,
+    LookasideSmallIrpList,
+)
 from .objects import STATUS_OBJECT_NAME_NOT_FOUND
 from .registry import register_type, routine
 
@@ -126,14 +135,22 @@ IoModifyAccess = 2
 
 # Where MmMapLockedPages* maps an MDL's pages in system space (system PTEs).
 SYSTEM_PTE_BASE = 0xFFFFF88F00000000
-# Small and large IRPs come from lookaside lists of fixed sizes (one stack location, and
-# IopLargeIrpStackLocations of them), as Windows 7's IoAllocateIrp does.
-LARGE_IRP_STACK_LOCATIONS = 8
+# IRPs of up to LARGE_IRP_STACK_LOCATIONS come from lookaside lists of fixed sizes (one stack
+# location, IopMediumIrpStackLocations and IopLargeIrpStackLocations of them), as Windows 7
+# and later's IoAllocateIrp takes them.
+LARGE_IRP_STACK_LOCATIONS = IOP_LARGE_IRP_STACK_LOCATIONS
 IRP_BOUNDARY = 0x80000000
-# IoAllocateIrp's sizes by StackSize (1 to 0x7F): the allocation's (one stack location,
-# LARGE_IRP_STACK_LOCATIONS of them, or StackSize past that) and the packet's, IoSizeOfIrp.
+# The list an IRP of StackCount n (0 to 0xFF) is taken from and given back to: the small list
+# for one location, the medium list up to IOP_MEDIUM_IRP_STACK_LOCATIONS, else the large one
+# (a StackCount a driver changed past those: the large list, as IoFreeIrp's test of it does).
+_IRP_LIST = tuple(LookasideSmallIrpList if count == 1 else LookasideMediumIrpList
+                  if 1 < count <= IOP_MEDIUM_IRP_STACK_LOCATIONS else LookasideLargeIrpList
+                  for count in range(0x100))
+# IoAllocateIrp's sizes by StackSize (1 to 0x7F): the allocation's (its list's entries, or
+# StackSize's own past LARGE_IRP_STACK_LOCATIONS) and the packet's, IoSizeOfIrp.
 _IRP_SIZES = (None,) + tuple(
-    (L.io_size_of_irp(1 if count == 1 else max(count, LARGE_IRP_STACK_LOCATIONS)), L.io_size_of_irp(count))
+    (io_lookaside.IO_LOOKASIDES[_IRP_LIST[count]][3] if count <= LARGE_IRP_STACK_LOCATIONS
+     else L.io_size_of_irp(count), L.io_size_of_irp(count))
     for count in range(1, 0x80))
 
 # (LOCK_OPERATION and CCHAR are the registry's own, signed as the WDK's enum and char are.)
@@ -219,7 +236,7 @@ class IoRoutines:
         self._system_ptes: dict[int, int] = {}  # mapping base -> page count
         self._next_system_pte = SYSTEM_PTE_BASE
         self.invalid_device_request = self.code_address(_iop_invalid_device_request)
-        io_lookaside.init_io_lookasides(self)  # IRPs' and MDLs' lookaside lists (Windows 7)
+        io_lookaside.init_io_lookasides(self)  # IRPs' and MDLs' lookaside lists
 
     def io_lookaside_holdings(self) -> dict[str, tuple[int, int]]:
         """What the I/O manager's IRP and MDL lookaside lists keep allocated in pool, as
@@ -608,10 +625,10 @@ class IoRoutines:
 
     @routine("PIRP IoAllocateIrp(CCHAR StackSize, BOOLEAN ChargeQuota)")
     def IoAllocateIrp(self, StackSize, ChargeQuota=False) -> int:
-        """An IRP, initialized, CurrentLocation = StackSize + 1: on Windows 7 one of up to
-        LARGE_IRP_STACK_LOCATIONS locations (not quota charged) from the processor's lookaside
-        list or the system's (``io_lookaside``), else an "Irp " from nonpaged pool; NULL when
-        pool is exhausted."""
+        """An IRP, initialized, CurrentLocation = StackSize + 1: one of up to
+        LARGE_IRP_STACK_LOCATIONS locations (not quota charged) from the processor's small,
+        medium or large IRP lookaside list or the system's (``io_lookaside``), else an "Irp "
+        from nonpaged pool; NULL when pool is exhausted."""
         flags = L.IRP_QUOTA_CHARGED if ChargeQuota else 0
         if type(StackSize) is int and 0 < StackSize < 0x80:
             # The usual call, a CCHAR's positive value: the sizes from the table, and the
@@ -624,7 +641,7 @@ class IoRoutines:
             if StackSize <= LARGE_IRP_STACK_LOCATIONS:  # fixed size: a lookaside list's
                 flags |= L.IRP_ALLOCATED_FIXED_SIZE
                 if not ChargeQuota:
-                    irp = self.io_take(StackSize != 1)
+                    irp = self.io_take(_IRP_LIST[StackSize])
             if not irp:
                 irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
             if irp:
@@ -640,7 +657,7 @@ class IoRoutines:
         if StackSize <= LARGE_IRP_STACK_LOCATIONS:
             flags |= L.IRP_ALLOCATED_FIXED_SIZE
             if not ChargeQuota:
-                irp = self.io_take(StackSize != 1)
+                irp = self.io_take(_IRP_LIST[StackSize])
         if not irp:
             irp = self._io_allocate(PoolType.NonPagedPool, allocation_size, L.TAG_IRP)
         if not irp:
@@ -698,16 +715,15 @@ class IoRoutines:
             self.write(Irp + L.IRP.Type, b"\0\0")
             flags = stack_count = None
         self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
-        if self.io_lookasides:
-            # A fixed-size IRP (neither quota charged nor must-succeed) goes back to the
-            # small or the large IRPs' lookaside list while one keeps it.
-            if flags is None:
-                flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
-            if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
-                if stack_count is None:
-                    stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
-                if self.io_give_back(stack_count != 1, Irp):
-                    return
+        # A fixed-size IRP (neither quota charged nor must-succeed) goes back to the small,
+        # medium or large IRPs' lookaside list while one keeps it.
+        if flags is None:
+            flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
+        if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
+            if stack_count is None:
+                stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
+            if self.io_give_back(_IRP_LIST[stack_count], Irp):
+                return
         self.pool.free(Irp, L.TAG_IRP)
 
     @routine("VOID IoReuseIrp(PIRP Irp, NTSTATUS Iostatus)")
@@ -887,19 +903,17 @@ class IoRoutines:
         size = L.MDL.SIZE + 8 * pages
         if size > 0x7FFF:
             return 0
-        # On Windows 7 an MDL of at most IOP_FIXED_SIZE_MDL_PFNS pages is fixed size: from the
-        # processor's MDL lookaside list or the system's, else the pool. The pool's allocation
-        # fast path is called from here, one frame below the driver's call (as IoAllocateIrp
-        # calls it), and MmInitializeMdl's header written at once.
-        flags = L.MDL_ALLOCATED_FIXED_SIZE
-        if not self.io_lookasides:
-            mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
-        elif pages <= IOP_FIXED_SIZE_MDL_PFNS:
+        # An MDL of at most IOP_FIXED_SIZE_MDL_PFNS pages is fixed size: from the processor's
+        # MDL lookaside list or the system's, else the pool. The pool's allocation fast path is
+        # called from here, one frame below the driver's call (as IoAllocateIrp calls it), and
+        # MmInitializeMdl's header written at once.
+        if pages <= IOP_FIXED_SIZE_MDL_PFNS:
+            flags = L.MDL_ALLOCATED_FIXED_SIZE
             mdl = self.io_take(LookasideMdlList) or \
                 self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
         else:
-            mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
             flags = 0
+            mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
         if not mdl:
             return 0
         self.write(mdl, _mdl_header(VirtualAddress, Length, size, flags))

@@ -1,13 +1,16 @@
-"""The I/O manager's lookaside lists for IRPs and MDLs, as Windows 7 keeps them.
+"""The I/O manager's lookaside lists for IRPs and MDLs, as Windows 7 and later keep them.
 
 Each processor's KPRCB holds PPLookasideList[LookasideMaximumList], a pair of GENERAL_LOOKASIDE
 pointers per list: ``P``, the processor's own list, and ``L``, the system-wide one behind it.
-The I/O manager's are LookasideSmallIrpList (IRPs of one stack location), LookasideLargeIrpList
-(IopLargeIrpStackLocations, 8) and LookasideMdlList (MDLs of IOP_FIXED_SIZE_MDL_PFNS, 0x17,
-pages). IopInitializeBuiltinDriver's caller, IoInitSystem, sets them up (WRK ioinit.c, ReactOS
-IopInitLookasideLists): each with ExInitializeSystemLookasideList, which starts a list at
-Depth 2 with the MaximumDepth given and links it at the tail of ExSystemLookasideListHead; a
-large workstation's maxima are 32 (small IRPs), 64 (large) and 128 (MDLs).
+The I/O manager's are, numbered as PP_NPAGED_LOOKASIDE_NUMBER numbers them from Windows 7 (6.1)
+on, LookasideSmallIrpList (IRPs of one stack location), LookasideMediumIrpList (new in 6.1:
+up to IopMediumIrpStackLocations, 4), LookasideLargeIrpList (up to IopLargeIrpStackLocations,
+8) and LookasideMdlList (MDLs of IOP_FIXED_SIZE_MDL_PFNS, 0x17, pages). IoInitSystem sets them
+up (WRK ioinit.c, ReactOS IopInitLookasideLists; public type information and decompilations
+of later kernels for the medium list): each with ExInitializeSystemLookasideList, which starts
+a list at Depth 2 with the MaximumDepth given and links it at the tail of
+ExSystemLookasideListHead; a large workstation's maxima are 32 (small IRPs), 64 (large) and
+128 (MDLs); the medium list's is not public: ntpool gives it the large list's (a departure).
 
 An allocation counts TotalAllocates on ``P`` and pops it; an empty ``P`` counts an
 AllocateMisses and the same is done on ``L``; only when both are empty does the pool serve it
@@ -16,16 +19,16 @@ while the list holds fewer than its Depth, else counts FreeMisses and tries ``L`
 way; a free neither keeps goes back to the pool. An entry on a list stays allocated in pool:
 poolmon still counts it under "Irp " or "Mdl ". Its first QWORD is the SLIST_ENTRY's Next.
 
-The depths are retuned by ExAdjustLookasideDepth's third scan (ExpScanSystemLookasideList)
-with the pool's own lists: processor n's ``P`` lists in the scan that retunes processor n's
-pool lists, the ``L`` lists with the system pool lists, by the same rule
-(``ntpool.pool.lookaside.target_depth``) over a scan period of 3 x processors seconds.
+The depths are retuned by ExAdjustLookasideDepth's third scan (ExpScanSystemLookasideList):
+processor n's ``P`` lists in the scan that retunes processor n's pool lists (Windows 7), the
+``L`` lists with the system pool lists, by the same rule (``ntpool.pool.lookaside.target_depth``)
+over a scan period of 3 x processors seconds; on the segment heap, which keeps no pool
+lookasides, the same scan cycles through the I/O lists alone.
 
 The lists live in simulated memory as the WDK lays GENERAL_LOOKASIDE out (0x80 bytes): the
 ``L`` lists in ntoskrnl's image after ExSystemLookasideListHead, the ``P`` lists in kernel
-data (Windows takes them from one "Io  " pool block; ntpool's pool starts empty). Windows 7's
-pool design only: on the segment heap (Windows 10 and 11) each IRP and MDL is its own pool
-allocation, as before.
+data (Windows takes them from one "Io  " pool block; ntpool's pool starts empty). Both pool
+designs keep them: Windows 10 and 11 allocate IRPs and MDLs through the same lists.
 """
 
 from __future__ import annotations
@@ -49,23 +52,31 @@ from .runtime import (
     LOOKASIDE_SIZE,
 )
 
+# PP_NPAGED_LOOKASIDE_NUMBER, as Windows 7 (6.1) and later number it.
 LookasideSmallIrpList = 0
-LookasideLargeIrpList = 1
-LookasideMdlList = 2
+LookasideMediumIrpList = 1
+LookasideLargeIrpList = 2
+LookasideMdlList = 3
+IOP_MEDIUM_IRP_STACK_LOCATIONS = 4  # IopMediumIrpStackLocations
 IOP_LARGE_IRP_STACK_LOCATIONS = 8  # IopLargeIrpStackLocations (DEFAULT_LARGE_IRP_LOCATIONS)
 IOP_FIXED_SIZE_MDL_PFNS = 0x17
 FIXED_SIZE_MDL = L.MDL.SIZE + 8 * IOP_FIXED_SIZE_MDL_PFNS  # 0xE8
 SYSTEM_LOOKASIDE_DEPTH = 2  # ExInitializeSystemLookasideList's starting Depth
-# Per list: the system list's symbol, its tag and the processors' lists' tag (WRK ioinit.c:
-# 'sprI', 'SprI'; 'lprI', 'LprI'; ' ldM', 'PldM'), the entries' size, MaximumDepth on a large
-# workstation (MmLargeSystem, not an AS system: WRK ioinit.c, ReactOS IopInitLookasideLists).
+# Per list, by number: the system list's symbol, its tag and the processors' lists' tag (WRK
+# ioinit.c: 'sprI', 'SprI'; 'lprI', 'LprI'; ' ldM', 'PldM'; the medium list's system tag
+# 'mprI' from later kernels, its processors' 'MprI' by the same pattern), the entries' size,
+# MaximumDepth on a large workstation (MmLargeSystem, not an AS system: WRK ioinit.c, ReactOS
+# IopInitLookasideLists; the medium list's the large one's).
 IO_LOOKASIDES = (
     ("IopSmallIrpLookasideList", "Irps", "IrpS", L.io_size_of_irp(1), 32),
+    ("IopMediumIrpLookasideList", "Irpm", "IrpM", L.io_size_of_irp(IOP_MEDIUM_IRP_STACK_LOCATIONS), 64),
     ("IopLargeIrpLookasideList", "Irpl", "IrpL", L.io_size_of_irp(IOP_LARGE_IRP_STACK_LOCATIONS), 64),
     ("IopMdlLookasideList", "Mdl ", "MdlP", FIXED_SIZE_MDL, 128),
 )
-# WRK's order of each processor's lists in its block (the completion list, not modelled, first).
-_PROCESSOR_ORDER = (LookasideLargeIrpList, LookasideSmallIrpList, LookasideMdlList)
+# The order IoInitSystem initializes the system lists in, and each processor's in its block
+# (the completion list, not modelled, first): large, medium, small, MDL.
+_INITIALIZATION_ORDER = (LookasideLargeIrpList, LookasideMediumIrpList, LookasideSmallIrpList,
+                         LookasideMdlList)
 
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
@@ -85,27 +96,25 @@ _NEXT_ENTRY = ((1 << 64) - 1) & ~0xF  # an SLIST_HEADER's NextEntry bits
 
 
 def init_io_lookasides(k) -> None:
-    """IoInitSystem's lookaside part: ExSystemLookasideListHead (empty on every Windows), and
-    on Windows 7's pool design the three system lists and each processor's three, linked
-    there; ``k.io_lookasides[processor][list]`` is the (P, L) pair."""
+    """IoInitSystem's lookaside part: ExSystemLookasideListHead, the four system lists and
+    each processor's four, linked there; ``k.io_lookasides[processor][list]`` is the (P, L)
+    pair."""
     head = k.kernel_data.base + KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD
     k.system_lookaside_list_head = head
     k.write(head, _QQ.pack(head, head))
     k.io_lookasides = ()
     k._io_dwords = memoryview(k._mem).cast("I")  # (the pop's and push's counters)
-    k.io_take, k.io_give_back = (lambda number: 0), (lambda number, entry: False)
-    if k.windows.segment_heap:
-        return
     system = [k.kernel_data.base + KERNEL_IMAGE_IOP_LOOKASIDE_LISTS + number * LOOKASIDE_SIZE
               for number in range(len(IO_LOOKASIDES))]
-    for lookaside, (_, tag, _, size, maximum) in zip(system, IO_LOOKASIDES):
-        _initialize_system_lookaside(k, lookaside, tag, size, maximum)
-    block = k.kernel_data.reserve(len(_PROCESSOR_ORDER) * LOOKASIDE_SIZE * k.processors, align=64)
+    for number in _INITIALIZATION_ORDER:
+        _, tag, _, size, maximum = IO_LOOKASIDES[number]
+        _initialize_system_lookaside(k, system[number], tag, size, maximum)
+    block = k.kernel_data.reserve(len(_INITIALIZATION_ORDER) * LOOKASIDE_SIZE * k.processors, align=64)
     pairs = []
     for processor in range(k.processors):
         own = [0] * len(IO_LOOKASIDES)
-        for slot, number in enumerate(_PROCESSOR_ORDER):
-            lookaside = block + (processor * len(_PROCESSOR_ORDER) + slot) * LOOKASIDE_SIZE
+        for slot, number in enumerate(_INITIALIZATION_ORDER):
+            lookaside = block + (processor * len(_INITIALIZATION_ORDER) + slot) * LOOKASIDE_SIZE
             _, _, tag, size, maximum = IO_LOOKASIDES[number]
             _initialize_system_lookaside(k, lookaside, tag, size, maximum)
             own[number] = lookaside
@@ -344,7 +353,7 @@ def fast_ways(k):
 
 
 def lists_in_use(k) -> bool:
-    """Whether allocations pop the lists: Windows 7's design and Driver Verifier off. With it
+    """Whether allocations pop the lists: Driver Verifier off. With it
     on (ExMinimumLookasideDepth 0) every IRP and MDL comes from the pool, where its tracking
     sees it: Windows' IovAllocateIrp allocates a verified driver's IRPs itself, and
     verification turns lookaside lists off (WRK lookasid.c); ntpool does so for every caller."""
@@ -400,8 +409,8 @@ def holdings(k) -> dict[str, tuple[int, int]]:
     each entry a pool block of its list's Size and a POOL_HEADER ("Irp " for both IRP lists,
     "Mdl "). These are the I/O manager's, not leaks of whoever allocated them first."""
     found: dict[str, tuple[int, int]] = {}
-    for number, tag in ((LookasideSmallIrpList, "Irp "), (LookasideLargeIrpList, "Irp "),
-                        (LookasideMdlList, "Mdl ")):
+    for number, tag in ((LookasideSmallIrpList, "Irp "), (LookasideMediumIrpList, "Irp "),
+                        (LookasideLargeIrpList, "Irp "), (LookasideMdlList, "Mdl ")):
         count = held(k, number)
         if count:
             block = IO_LOOKASIDES[number][3] + 0x10 + 0xF & ~0xF

@@ -661,20 +661,25 @@ class RuntimeRoutines:
         """ExAdjustLookasideDepth, the balance set manager's once-a-second retuning (not a driver
         routine: the kernel calls it): scan 0 the drivers' nonpaged
         lookaside lists, scan 1 their paged ones, scan 2 one set of the pool's own lists
-        (``pool.lookaside_scanner``: Windows 7's design; the segment heap keeps none)."""
+        (``pool.lookaside_scanner``: Windows 7's design; the segment heap keeps none) with the
+        I/O manager's lists of the same processor (or the system's)."""
         scan = self.lookaside_scan_count
         if scan == 0:
             self._scan_general_lookaside_list(self.npaged_lookaside_list_head)
         elif scan == 1:
             self._scan_general_lookaside_list(self.paged_lookaside_list_head)
         else:
+            # ExpScanSystemLookasideList: with the set of pool lists, the same processor's (or
+            # the system's) I/O lookaside lists, PPLookasideList's P (or L) pointers. The
+            # segment heap keeps no pool lists: the scan cycles through the I/O lists alone.
+            from . import io_lookaside  # (it builds on this module's offsets)
             scanner = getattr(self.pool, "lookaside_scanner", None)
             if scanner is not None:
-                # ExpScanSystemLookasideList: with the set of pool lists, the same processor's
-                # (or the system's) I/O lookaside lists, PPLookasideList's P (or L) pointers.
-                from . import io_lookaside  # (it builds on this module's offsets)
                 io_lookaside.retune(self, scanner.pool_scan_count)
                 scanner.scan_pool_lists()
+            else:
+                io_lookaside.retune(self, self.io_lookaside_scan_count)
+                self.io_lookaside_scan_count = (self.io_lookaside_scan_count + 1) % (self.processors + 1)
         self.lookaside_scan_count = (scan + 1) % 3
 
     def _scan_general_lookaside_list(self, head: int) -> None:
