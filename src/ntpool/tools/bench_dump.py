@@ -146,11 +146,10 @@ class _Output:
 
 def _scan_in_process(path: str, commands: list[str], repeats: int = 3, processes: int | None = None) -> dict:
     """The commands' time in this process, the median of ``repeats`` runs each on a newly
-    opened dump, their output consumed as ``ntpool kd`` consumes it (its ``run_script``,
-    writing to an ``_Output``; CPU time: this process's and its scan workers'); and the pool
-    pages the scans read. ``processes``: how many share a pool's scan (0: this one alone, as
-    when no processor is free; None: as kd decides)."""
-    from ..cli.kd import run_script
+    opened dump, their output consumed as ``ntpool kd`` consumes it (each piece written as it
+    comes, a newline after each command, to an ``_Output``; CPU time: this process's and its
+    scan workers'); and the pool pages the scans read. ``processes``: how many share a pool's
+    scan (0: this one alone, as when no processor is free; None: as kd decides)."""
     from ..debugger import session as kd
     from ..debugger.poolscan import PoolFinder
     from ..debugger.pooltag import PoolTagDatabase
@@ -167,7 +166,9 @@ def _scan_in_process(path: str, commands: list[str], repeats: int = 3, processes
             with DumpReader(path) as reader:
                 session = KdSession(reader, pooltags)
                 for command in commands:
-                    run_script(session, command, output)
+                    for piece in session.stream(command):  # as ntpool kd writes it (cli.kd.run_script)
+                        output.write(piece)
+                    output.write("\n")
             cpu_after, workers_after = _cpu_with_workers()
             runs.append((time.perf_counter() - wall, cpu_after - cpu, workers_after - workers))
     finally:
