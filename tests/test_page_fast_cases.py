@@ -2,7 +2,7 @@
 
 A small request no lookaside serves (497 to 4,064 bytes) goes from the allocation fast path
 straight to the pool's lists (``allocate_plain``'s steps inline), and when no listed chunk
-fits, to a new page mapped on the spot (``Pool._take_small_page``: the page, the frame, the
+fits, to a new page mapped on the spot (``Pool._allocate_from_fresh_page``: the page, the frame, the
 PTE, the TLB entry written out). A free that makes its page whole unlinks the page's
 remainder, its list's only entry, inline, and gives the page back the same way
 (``Pool.release_small_page``: the PTE cleared, the TLB entry dropped and announced, the
@@ -118,16 +118,43 @@ def test_the_large_pair_gives_its_page_back_and_maps_a_new_one_both_ways():
 
 
 def test_a_damaged_remainder_link_stops_the_freeing_pair_both_ways():
-    """The page's remainder, the only entry on its list, with its Flink rewritten: the free
-    that would unlink it bug-checks (0x19, code 3) the same way both ways."""
-    for link in (0, 8):
+    """The page's remainder, the only entry on its list, with a link rewritten (its own, or
+    its list head's): the free that would unlink it bug-checks (0x19, code 3) the same way
+    both ways."""
+    for damaged, link in ((damaged, link) for damaged in ("entry", "head") for link in (0, 8)):
         stops = []
         for long_way in (False, True):
             k, _, _ = machine(long_way)
             body = k.ExAllocatePoolWithTag(0, 1000, "Page")
             remainder_body = body - 16 + 64 * 16 + 16
-            k.write(remainder_body + link, (body + 0x100).to_bytes(8, "little"))
+            at = remainder_body if damaged == "entry" else k.nonpaged_pool.list_head_at[192]
+            k.write(at + link, (body + 0x100).to_bytes(8, "little"))
             stops.append(outcome(lambda: k.ExFreePoolWithTag(body, "Page")))
             stops[-1] += (hashlib.sha256(bytes(k.nonpaged_pool.mem)).hexdigest(),)
         assert stops[0] == stops[1]
         assert stops[0][0] == "bugcheck" and stops[0][1] == 0x19 and stops[0][2][0] == 3
+
+
+def test_a_damaged_only_entry_before_the_freed_chunk_stops_both_ways():
+    """A page holding two 1,000-byte chunks, the free chunk between them the only entry on
+    its list: freeing the second merges backwards into it (unlinked inline as its list's
+    only entry). With its Flink or Blink rewritten, or its list head's, that unlinking
+    bug-checks (0x19, code 3) the same way both ways, with frees delayed or not."""
+    for delayed, damaged in ((delayed, damaged) for delayed in (False, True) for damaged in ("entry", "head")):
+        for link in (0, 8):
+            stops = []
+            for long_way in (False, True):
+                k, _, _ = machine(long_way)
+                k.nonpaged_pool.delay_frees = delayed
+                first = k.ExAllocatePoolWithTag(0, 1000, "Page")  # the page's front
+                second = k.ExAllocatePoolWithTag(0, 1000, "Page")  # the remainder's end
+                between = first + 64 * 16  # the free chunk left between them: its body
+                assert second == between + 128 * 16
+                assert k.nonpaged_pool.free_list(128) == [between - 16]
+                at = between if damaged == "entry" else k.nonpaged_pool.list_head_at[128]
+                k.write(at + link, first.to_bytes(8, "little"))
+                stops.append(outcome(lambda: (k.ExFreePoolWithTag(second, "Page"),
+                                              k.nonpaged_pool.deferred_free())))
+                stops[-1] += (hashlib.sha256(bytes(k.nonpaged_pool.mem)).hexdigest(),)
+            assert stops[0] == stops[1]
+            assert stops[0][0] == "bugcheck" and stops[0][1] == 0x19 and stops[0][2][0] == 3

@@ -805,11 +805,11 @@ class Pool:
             if not flink_frame or flink_at & 15:
                 self._unlink(entry, found, entry_pa)
             else:
-                flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3  # its Blink: the next QWORD
-                if words[flink_word + 1] != entry:  # the named check raises the bug check
-                    check_list_links(self.crash, entry, words[flink_word + 1], entry)
+                flink_blink_word = ((flink_frame + (flink_at & PAGE_MASK)) >> 3) + 1  # its Blink
+                if words[flink_blink_word] != entry:  # the named check raises the bug check
+                    check_list_links(self.crash, entry, words[flink_blink_word], entry)
                 words[head_word] = flink  # the Blink side's Flink
-                words[flink_word + 1] = head
+                words[flink_blink_word] = head
         # ExpCheckPoolHeader, inline, on the header's first QWORD: PreviousSize leads to a
         # chunk on this page whose BlockSize agrees (it is 0 only for the page's first
         # chunk); BlockSize is not 0 and ends at the page's end or at a chunk whose
@@ -967,12 +967,42 @@ class Pool:
             self._insert(chunk + HEADER_SIZE, block_size, at_tail=True)
 
     def _allocate_from_fresh_page(self, block_size: int, tag: int, site: int) -> int:
-        page, page_pa = self._take_small_page()
-        if not page:
-            return 0
+        # ``take_pages(1, PAGE_SMALL)``, its usual case (a free page at or past the pool's
+        # hint, a free frame at or past memory's, a page table already remembered, no
+        # mapping in the TLB to replace) written out here: the steps of ``_find_pages``,
+        # ``PhysicalMemory.allocate_frames``, ``_map_frames`` and ``AddressSpace.map_page``
+        # in their order, five calls and their set-up less on each new page of small chunks
+        # (the large pair's: a page made whole is given back, and the next allocation maps a
+        # new one). Anything else takes ``take_pages``.
+        index = self.page_kind.find(PAGE_FREE, self._page_hint)
+        physical = self.physical
+        in_use = physical.frame_in_use
+        pfn = in_use.find(0, physical._hint) if index >= 0 else -1
+        page = self.base + (index << PAGE_SHIFT)
+        vpn = page >> PAGE_SHIFT
+        tlb, words = self.tlb, self.words
+        table_pa = self.space.page_tables.get(page >> 21)
+        if pfn > 0 and table_pa is not None and vpn not in tlb:
+            in_use[pfn] = 1
+            physical.frames_used += 1
+            physical._hint = pfn + 1
+            page_pa = pfn << PAGE_SHIFT
+            words[(table_pa >> 3) + (vpn & 0x1FF)] = page_pa | self.page_pte_flags  # the PTE
+            tlb[vpn] = page_pa
+            self.page_kind[index] = PAGE_SMALL
+            try:
+                self.small_frames[index] = page_pa
+            except IndexError:  # (the list grows to reach it)
+                self._set_small_frame(index, page_pa)
+            self.pages_in_use += 1
+            self._page_hint = index + 1
+        else:
+            page = self.take_pages(1, PAGE_SMALL)
+            if not page:
+                return 0
+            page_pa = self._header_pa(page)
         # The new page is translated once for both headers (as QWORDs, as in
         # ``allocate_from_lists``) and the remainder's links.
-        words = self.words
         words[page_pa >> 3] = block_size << BLOCK_SIZE_SHIFT | self.allocated_header_bits | tag << POOL_TAG_SHIFT
         words[(page_pa >> 3) + 1] = site & self.header_site_mask
         self.sites[(page - self.base) >> SITE_UNIT_SHIFT] = site
@@ -997,41 +1027,6 @@ class Pool:
                     self._insert(entry, remainder, True, rest_pa + HEADER_SIZE)
         return page
 
-    def _take_small_page(self) -> tuple[int, int]:
-        """``take_pages(1, PAGE_SMALL)`` and the new page's physical address; (0, 0) when the
-        pool or memory is exhausted. Its usual case (a free page at or past the pool's
-        hint, a free frame at or past memory's, a page table already remembered, no
-        mapping in the TLB to replace) is written out here, the steps of ``_find_pages``,
-        ``PhysicalMemory.allocate_frames``, ``_map_frames`` and ``AddressSpace.map_page``
-        in their order, five calls and their set-up less on each new page of small chunks
-        (the large pair's: a page made whole is given back, and the next allocation maps a
-        new one). Anything else takes ``take_pages``."""
-        index = self.page_kind.find(PAGE_FREE, self._page_hint)
-        physical, space = self.physical, self.space
-        in_use = physical.frame_in_use
-        pfn = in_use.find(0, physical._hint) if index >= 0 else -1
-        va = self.base + (index << PAGE_SHIFT)
-        vpn = va >> PAGE_SHIFT
-        tlb = self.tlb
-        table_pa = space.page_tables.get(va >> 21)
-        if pfn <= 0 or table_pa is None or vpn in tlb:
-            va = self.take_pages(1, PAGE_SMALL)
-            return (va, self._header_pa(va)) if va else (0, 0)
-        in_use[pfn] = 1
-        physical.frames_used += 1
-        physical._hint = pfn + 1
-        page_pa = pfn << PAGE_SHIFT
-        self.words[(table_pa >> 3) + (vpn & 0x1FF)] = page_pa | self.page_pte_flags  # the PTE
-        tlb[vpn] = page_pa
-        self.page_kind[index] = PAGE_SMALL
-        try:
-            self.small_frames[index] = page_pa
-        except IndexError:  # (the list grows to reach it)
-            self._set_small_frame(index, page_pa)
-        self.pages_in_use += 1
-        self._page_hint = index + 1
-        return va, page_pa
-
     # --- free (slow path) ------------------------------------------------------------------
 
     def free_small(self, chunk: int, pa: int | None = None) -> None:
@@ -1051,14 +1046,14 @@ class Pool:
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
         else:
             offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
-        page, page_pa = chunk - offset, pa - offset
+        page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
         previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
         following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
         # without delayed frees)
         if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
             next8 = words[(page_pa + following) >> 3]
-            if not (self.pending and page + following in self.pending):
+            if not (self.pending and chunk + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
@@ -1069,9 +1064,9 @@ class Pool:
                          if next_previous else not following)
                         and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
                                            and mem[page_pa + next_end] == next_size)):
-                    check_pool_header_in_page(self.crash, page + following, mem, next_pa)
+                    check_pool_header_in_page(self.crash, chunk + (following - offset), mem, next_pa)
                 if next_size > 1:
-                    next_entry = page + following + HEADER_SIZE
+                    next_entry = chunk + (following - offset + HEADER_SIZE)
                     next_word = (next_pa >> 3) + 2  # its Flink; its Blink follows
                     flink, blink = words[next_word], words[next_word + 1]
                     head, head_word = self.list_heads[next_size]
@@ -1088,8 +1083,6 @@ class Pool:
                     else:
                         self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
-        # The body's address (the list entry): the chunk's, or the previous chunk's it merges into.
-        entry = chunk + HEADER_SIZE
         # The list neighbours below are found as ``allocate_from_lists`` finds its entry's:
         # by their offsets from the pool's base (small ints), their pages' frames in
         # ``small_frames``.
@@ -1107,8 +1100,10 @@ class Pool:
                 _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
             if before_size != previous_size:  # 0x5
                 check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before_type and not (self.pending and page + before_offset in self.pending):
-                entry = page + (before_offset + HEADER_SIZE)
+            if not before_type and not (self.pending and chunk - back in self.pending):
+                # The body's address (the list entry): the previous chunk's, which this one
+                # merges into (else the chunk's own, below).
+                entry = chunk - (back - HEADER_SIZE)
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
                     # chunk a split took its allocation's end from: the usual merge, from a
@@ -1124,22 +1119,37 @@ class Pool:
                     except IndexError:
                         flink_frame = 0
                     if not (flink_frame and blink_frame) or (flink_at | blink_at) & 15:
-                        self._unlink(entry, before_size, before_pa + HEADER_SIZE)
+                        head, head_word = self.list_heads[before_size]
+                        if flink == head and blink == head:
+                            # Its list's only entry (with delayed frees, the usual previous
+                            # chunk: the batch lists each chunk it merges on a list of its
+                            # own size), as the next chunk's above.
+                            head_blink, head_flink = words[head_word + 1], words[head_word]
+                            if head_blink != entry or head_flink != entry:  # the named check raises
+                                check_list_links(self.crash, entry, head_blink, head_flink)
+                            words[head_word] = words[head_word + 1] = head
+                            self.listed[before_size] = 0
+                        else:
+                            self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
-                        # each one's Flink; its Blink follows
-                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3
+                        # the Flink's Blink, the Blink's Flink
+                        flink_blink_word = ((flink_frame + (flink_at & PAGE_MASK)) >> 3) + 1
                         blink_word = (blink_frame + (blink_at & PAGE_MASK)) >> 3
-                        if words[flink_word + 1] != entry or words[blink_word] != entry:
-                            check_list_links(self.crash, entry, words[flink_word + 1],  # raises
+                        if words[flink_blink_word] != entry or words[blink_word] != entry:
+                            check_list_links(self.crash, entry, words[flink_blink_word],  # raises
                                              words[blink_word])
                         words[blink_word] = flink
-                        words[flink_word + 1] = blink
+                        words[flink_blink_word] = blink
                         if flink == blink:  # only the head is left
                             self.listed[before_size] = 0
                 offset, pa, previous_size, tag = before_offset, before_pa, before_previous, before_tag
                 block_size += before_size
-        elif offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
-            check_previous_size(self.crash, chunk, previous_size)
+            else:
+                entry = chunk + HEADER_SIZE
+        else:
+            if offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
+                check_previous_size(self.crash, chunk, previous_size)
+            entry = chunk + HEADER_SIZE
         # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
         # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
         # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
@@ -1147,7 +1157,7 @@ class Pool:
         # the next PreviousSize is its own, and the list is ListHeads[-1]).
         block_size &= 0xFF
         if not block_size and not offset:
-            self.release_small_page(page)
+            self.release_small_page(chunk & ~PAGE_MASK)
             return
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
@@ -1157,7 +1167,7 @@ class Pool:
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
-            self._set_previous_size(page + end, block_size)
+            self._set_previous_size((chunk & ~PAGE_MASK) + end, block_size)
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
@@ -1185,12 +1195,12 @@ class Pool:
                 else:
                     self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_word = (first_frame + (first_at & PAGE_MASK)) >> 3  # its Flink; its Blink follows
-            first_blink, last_flink = words[first_word + 1], words[(last_frame + (last_at & PAGE_MASK)) >> 3]
+            first_blink_word = ((first_frame + (first_at & PAGE_MASK)) >> 3) + 1  # its Blink
+            first_blink, last_flink = words[first_blink_word], words[(last_frame + (last_at & PAGE_MASK)) >> 3]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-            words[first_word + 1] = entry
+            words[first_blink_word] = entry
             words[head_word] = entry
             self.listed[block_size] = 1
 
