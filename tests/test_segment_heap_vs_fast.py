@@ -236,6 +236,9 @@ SCENARIOS = {
     # small chunks through the delay-free list, its flush merging them
     "delay-free": [("burst", 1, 100, "VsFb", 16), ("burst", 0, 0x300, "VsFa", 40), ("free_all", False),
                    ("burst", 0, 0x300, "VsFa", 33), ("free_all", True)],
+    # two free chunks of the best-fitting size: the one freed first is taken
+    "two free chunks of one size": [("burst", 0, 1000, "VsFa", 7), ("free", 1, "own"), ("free", 3, "own"),
+                                    ("alloc", 0, 1000, "VsFb")],
     # an exact fit: the freed chunk taken whole, no remainder
     "exact fit": [("burst", 0, 0x500, "VsFa", 3), ("free", 1, "own"), ("alloc", 0, 0x500, "VsFb")],
     # the dynamic lookaside enabled: frees pushed (4, its depth; the others to the VS
