@@ -108,3 +108,68 @@ def test_serial_shared_and_plain_print_the_same(dumps, which, monkeypatch):
     assert hits > 5000
     if which == "damaged":
         assert "corrupt page" in serial["!poolfind * 0"]
+
+
+def every_kind_kernel(seed: int):
+    """Chunks of every kind a hit's line shows, mostly of one tag (so its scan walks stretches
+    of pages): nonpaged and paged, session pool, quota-charged (no Allocated-by line), the
+    tag with its protected bit (shown without it), free ones, and big allocations."""
+    import random
+
+    import ntpool
+    from ntpool.constants import PoolType
+
+    k = ntpool.Kernel(nonpaged_pool_bytes=2 << 20, paged_pool_bytes=2 << 20)
+    process = k.create_process("app.exe")
+    fred = int.from_bytes(b"derF", "little")  # the ULONG of the tag "Fred" (shown derF)
+    rng = random.Random(seed)
+    live = []
+    kinds = [PoolType.NonPagedPool, PoolType.PagedPool, PoolType.NonPagedPoolSession, PoolType.PagedPoolSession]
+    for step in range(5000):
+        kind = step % 6
+        tag = "Fred" if kind < 4 else ("Recv" if kind == 4 else fred | 0x80000000)
+        pool = kinds[step % 4]
+        if step % 5 == 0:
+            k.set_current_process(process)
+            address = k.ExAllocatePoolWithQuotaTag(pool, rng.randrange(8, 600), "Fred")
+            k.set_current_process(k.system_process)
+        else:
+            address = k.ExAllocatePoolWithTag(pool, rng.randrange(8, 600), tag)
+        if address:
+            live.append((address, tag))
+        if live and rng.random() < 0.3:
+            address, tag = live.pop(rng.randrange(len(live)))
+            if isinstance(tag, int):  # a protected tag is freed with it
+                k.ExFreePoolWithTag(address, tag)
+            else:
+                k.ExFreePool(address)
+        if step % 700 == 0:
+            k.ExAllocatePoolWithTag(kinds[step % 2], 3 * 4096, "Fred")
+    return k
+
+
+def test_every_kind_of_hit_line_is_the_plain_walks(tmp_path, monkeypatch):
+    """Each kind of chunk's line (nonpaged, paged, session, quota-charged, protected tag, free,
+    and the big allocations' lines before them), for a tag given as text and as its ULONG (the
+    stretch's texts looked up by header's first ULONG: see HitLines.one_tag) and a wildcard
+    (by the whole header): what the plain walk prints, line for line."""
+    path = tmp_path / "kinds.dmp"
+    every_kind_kernel(5).write_dump(path, "full")
+    patterns = ["derF", "0x46726564", "d?r*"]
+    commands = [f"!poolfind {pattern} {pool_type}" for pattern in patterns for pool_type in (0, 1)]
+    serial = run(path, commands, 0, monkeypatch)
+    text = "\n".join(serial.values())
+    for kind in ("(Allocated)", "(Free)", ":large page allocation, Tag is derF", "Allocated by"):
+        assert kind in text, kind
+    with DumpReader(path) as reader:
+        session = KdSession(reader, POOLTAGS)
+        for pattern in patterns:
+            for pool_type in (0, 1):
+                expected, _corrupt = plain_listing(reader, session, pool_type, pattern)
+                lines, _told = listing(serial[f"!poolfind {pattern} {pool_type}"], pattern)
+                assert lines == expected and len(lines) > 500
+        chunks = [chunk for pool in (0, 1) for chunk in poolscan.PoolFinder(
+            reader, reader.pool_ranges()[pool], session.big_pages()).find("derF")]
+    types = {chunk.pool_type for chunk in chunks}
+    assert any(t & 0x20 for t in types) and any(t & 0x08 for t in types)  # session, quota-charged
+    assert any(chunk.tag & 0x80000000 for chunk in chunks) and any(not t for t in types)  # protected, free

@@ -202,6 +202,15 @@ def _text_forms(pattern: str) -> list[str]:
     return sorted({r for r in results if len(r) == 4})
 
 
+def shows_one_tag(pattern: str) -> bool:
+    """Whether every tag the pattern matches is shown alike (one form, no wildcard: a tag's
+    bit 31, which the match allows, is not shown), so a hit's line needs no look at its tag."""
+    if is_hex_tag(pattern):
+        return True
+    forms = _expansions(pattern)
+    return len(forms) == 1 and "?" not in forms[0]
+
+
 def tag_bytes_regex(pattern: str, skip: int = 0) -> re.Pattern:
     """Bytes regex for a tag as tools show it, the protected bit allowed in its last byte;
     with ``skip``, for the tag's bytes after its first ``skip`` (which the pattern leaves
@@ -913,4 +922,4 @@ def read_page_report(reader: DumpReader, va: int, base_type: int) -> PageReport:
 
 
 __all__ = ["BigPageIndex", "CallSites", "MemoryReadError", "PageHits", "PageReport", "PoolFinder", "Window", "chunk_containing",
-           "examine_page", "read_page_report", "tag_bytes_regex", "tag_display_matches"]
+           "examine_page", "read_page_report", "shows_one_tag", "tag_bytes_regex", "tag_display_matches"]

@@ -22,7 +22,7 @@ from ..verifier.special_pool import SLOT_SIZE, SPECIAL_POOL_BASE
 from .pooltag import PoolTagDatabase, check_tag_pattern, tag_matches
 from .segment_heap import SegmentHeapReader, block_containing
 from .poolscan import BigPageIndex, CallSites, PoolFinder, chunk_containing, lanes_array, lanes_list, read_page_report, \
-    lane_ones, lanes_of_ones, tag_bytes_regex, tag_display_matches, ulong_lanes
+    lane_ones, lanes_of_ones, shows_one_tag, tag_bytes_regex, tag_display_matches, ulong_lanes
 
 STAR_LINE = "*" * 79
 
@@ -598,7 +598,7 @@ class KdSession:
                     corrupt += value
             finder.corrupt_pages = corrupt
         else:
-            lines = HitLines(self)
+            lines = HitLines(self, shows_one_tag(pattern))
             for window in finder.scan(pattern):
                 yield lines.window(window)
         for page in finder.corrupt_pages:
@@ -631,7 +631,7 @@ class KdSession:
     def _poolfind_batches(self, finder: PoolFinder, pattern: str, take) -> Iterator[tuple]:
         """A share of a pool's scan, as ``forked.in_order`` runs it: for each batch of windows
         ``take`` accepts, each window's text, then the batch's pages whose chains are corrupt."""
-        lines = HitLines(self)
+        lines = HitLines(self, shows_one_tag(pattern))
         batch = None  # the batch being made
         told = done = 0  # the corrupt pages told at batch ends, and found by windows made
         try:
@@ -1135,7 +1135,7 @@ class HitLines:
 
     CACHE_LIMIT = 1 << 18  # texts kept by header (and place) (a text is rebuilt when dropped)
 
-    def __init__(self, session: KdSession):
+    def __init__(self, session: KdSession, one_tag: bool = False):
         self.session = session
         self.reader = session.reader
         self.middles = _Middles()
@@ -1143,6 +1143,10 @@ class HitLines:
         self.site_lines = _SiteLines(session)
         self.site_texts = _SiteTexts(self.middles, self.site_lines)
         self.call_sites = CallSites(session.reader)
+        # the hits' tags are all shown alike (see shows_one_tag): a stretch's texts are looked
+        # up by the headers' first ULONG alone (``_stretch``), by site, then by that ULONG
+        self.one_tag = one_tag
+        self.dword_texts: _SiteDwordTexts | None = None
 
     def window(self, window) -> str:
         if not window.pages:
@@ -1152,10 +1156,12 @@ class HitLines:
         sites, shift = self.call_sites.window_units(window)
         tails, site_lines = self.tails, self.site_lines
         if len(tails) > self.CACHE_LIMIT or len(self.middles) > self.CACHE_LIMIT or \
-                self.site_texts.held > self.CACHE_LIMIT:
+                self.site_texts.held > self.CACHE_LIMIT or \
+                self.dword_texts is not None and self.dword_texts.held > self.CACHE_LIMIT:
             tails.clear()
             self.middles.clear()
             self.site_texts.clear()
+            self.dword_texts = None
         pieces = []
         append = pieces.append
         for page in window.pages:
@@ -1163,7 +1169,7 @@ class HitLines:
                 append(self._page_one_by_one(page, heads, data))
                 continue
             if page.blocks[-1] >= BLOCKS_PER_PAGE:  # a stretch of pages (see PoolFinder.scan)
-                append(self._stretch(page, heads, sites, shift))
+                append(self._stretch(page, heads, sites, shift, data))
                 continue
             if shift:  # a page on its own: its sites by block, the window's made once
                 sites, shift = sites_by_block(sites), 0
@@ -1181,7 +1187,7 @@ class HitLines:
                     append(site_lines[sites[first + block]])
         return "".join(pieces)
 
-    def _stretch(self, page, heads, sites, shift: int = 0) -> str:
+    def _stretch(self, page, heads, sites, shift: int = 0, data=None) -> str:
         """The lines of a stretch of pages, with no Python statement per chunk: the address,
         and the text after it from a cache by call site, then header (``site_texts``: the
         chunk's text and, when it is allocated, its site's Allocated-by line), joined at once
@@ -1200,8 +1206,18 @@ class HitLines:
         lanes, ones = ulong_lanes(blocks) if page.lanes is None else (page.lanes, lane_ones(count))
         index = lanes + ones * page.first if page.first else lanes  # the window's blocks
         places = (index >> shift) & lanes_of_ones(ones, 32 - shift) if shift else index  # by unit: see window_units
-        texts = map(dict.__getitem__, map(self.site_texts.__getitem__, itemgetter(*lanes_list(places, count))(sites)),
-                    itemgetter(*(lanes_list(index, count) if page.first else blocks))(heads))
+        chunks = lanes_list(index, count) if page.first else blocks  # the window's blocks, a list
+        site_numbers = itemgetter(*(lanes_list(places, count) if shift else chunks))(sites)
+        if self.one_tag and data is not None:
+            # by site, then by the header's first ULONG (the tag is shown alike in every hit):
+            # a smaller key than the whole head (mostly an int of one digit), found faster
+            by_site = self.dword_texts
+            if by_site is None:
+                by_site = self.dword_texts = _SiteDwordTexts(self.middles, self.site_lines,
+                                                             heads[page.first + blocks[0]] >> 32)
+            texts = map(dict.__getitem__, by_site.dicts(site_numbers), itemgetter(*chunks)(_first_four_bytes(data)))
+        else:
+            texts = map(dict.__getitem__, map(self.site_texts.__getitem__, site_numbers), itemgetter(*chunks)(heads))
         lows = lanes_array((lanes << BLOCK_SHIFT) + ones * low, count)
         if sys.byteorder == "little":
             lows.byteswap()
@@ -1312,8 +1328,56 @@ class _HeaderTexts(dict):
         return text
 
 
+class _SiteDwordTexts:
+    """By call-site number (a USHORT), the texts after a chunk line's address by the header's
+    first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType), for hits whose tags are all
+    shown as ``tag``'s (see ``HitLines.one_tag``): ``_SiteTexts``' texts by a smaller key.
+    The sites' tables are in a plain list (``tables``), taken by index: an item of a dict's or
+    list's subclass, taken by ``itemgetter``, goes through a Python-level slot."""
+
+    def __init__(self, middles: _Middles, site_lines: _SiteLines, tag: int):
+        self.middles, self.site_lines, self.tag = middles, site_lines, tag
+        self.held = 0
+        self.tables = [_DwordTexts(self, site) for site in range(256)]
+
+    def dicts(self, sites: tuple) -> tuple:
+        """Each site's table (``sites``: two or more); the list grows to the largest site."""
+        tables = self.tables
+        try:
+            return itemgetter(*sites)(tables)
+        except IndexError:  # a site past the list (a map of USHORTs)
+            tables.extend(_DwordTexts(self, site) for site in range(len(tables), max(sites) + 1))
+            return itemgetter(*sites)(tables)
+
+
+class _DwordTexts(dict):
+    """One call site's texts by the header's first ULONG (see ``_SiteDwordTexts``)."""
+
+    def __init__(self, owner: _SiteDwordTexts, site: int):
+        super().__init__()
+        self.owner, self.site = owner, site
+
+    def __missing__(self, dword: int) -> str:
+        owner = self.owner
+        head = owner.tag << 32 | dword
+        text = owner.middles[head]
+        if owner.middles.allocated[head]:
+            text += owner.site_lines[self.site]
+        self[dword] = text
+        owner.held += 1
+        return text
+
+
 def _first_eight_bytes(data):
     """Each 16-byte block's first 8 bytes as a little-endian integer, indexable by block."""
     if sys.byteorder == "little":
         return memoryview(data).cast("Q")[0::2]
     return [head for head, in struct.iter_unpack("<Q8x", data)]
+
+
+def _first_four_bytes(data):
+    """Each 16-byte block's first 4 bytes (PreviousSize, PoolIndex, BlockSize, PoolType) as a
+    little-endian integer, indexable by block."""
+    if sys.byteorder == "little":
+        return memoryview(data).cast("I")[0::4]
+    return [dword for dword, in struct.iter_unpack("<I12x", data)]

@@ -1064,6 +1064,16 @@ class UnitSiteMapStream(SiteMapStream):
     def copy(self) -> "UnitSiteMapStream":
         return UnitSiteMapStream(self.compressed, self.items, self.width, self.crc)
 
+    def _start(self) -> None:
+        """Inflated as raw deflate past a well-formed zlib header: the CRC-32 of the whole
+        compressed map (``check``) already vouches for its bytes, so the Adler-32 of what it
+        inflates to (a fifth of the inflating) is not worked out again. A header zlib would
+        refuse is left to zlib, which then refuses it as before."""
+        super()._start()
+        if _plain_zlib_header(self.compressed):
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._fed = 2
+
     def check(self) -> None:
         if zlib.crc32(self.compressed) != self.crc:
             raise zlib.error("allocation-site map: CRC-32 mismatch")
@@ -1110,6 +1120,15 @@ class UnitSiteMapStream(SiteMapStream):
             blocks.byteswap()
         skip = first - 2 * first_unit
         return blocks[skip:skip + count].tobytes()
+
+
+def _plain_zlib_header(compressed: bytes) -> bool:
+    """Whether a stream starts with a zlib header zlib accepts and that asks for no preset
+    dictionary (RFC 1950: deflate, a window of at most 32 KiB, the check bits right)."""
+    if len(compressed) < 2:
+        return False
+    method, flags = compressed[0], compressed[1]
+    return method & 0x0F == 8 and method >> 4 <= 7 and not (method << 8 | flags) % 31 and not flags & 0x20
 
 
 def _parse_site_tables(raw: bytes) -> list:

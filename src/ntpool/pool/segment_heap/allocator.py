@@ -25,8 +25,8 @@ from ...tags import PROTECTED_POOL, tag_value
 from ...machine.irql import pool_usable_at
 from ..allocator import STATUS_QUOTA_EXCEEDED, ZERO_PACKERS, PoolAllocator, _zero_packer, checked_address
 from ..checks import check_free_tag
-from ..tracker import BLOCK_CHARGES
-from .heap import LFH, SegmentHeap
+from ..tracker import BLOCK_CHARGES, ONE
+from .heap import LFH, SegmentHeap, VsSubsegment
 from .layout import (
     CACHE_LINE,
     EPROCESS_MIN_ADDRESS,
@@ -140,6 +140,12 @@ def block_units(number_of_bytes: int, aligned: bool = False) -> int:
         if bucket:
             units = lookaside_bucket_bytes(bucket) >> 4
     return units
+
+
+# allocate_vs's tables, by NumberOfBytes (1..0xFE0): block_units; and by a block's 16-byte
+# units (a POOL_HEADER's BlockSize, 0..255): its dynamic lookaside bucket (0: none).
+_BLOCK_UNITS = (0,) + tuple(block_units(number_of_bytes) for number_of_bytes in range(1, VS_MAX_REQUEST + 1))
+_LOOKASIDE_BUCKET_OF = tuple(lookaside_bucket(units << 4) for units in range(256))
 
 
 class SegmentHeapAllocator(PoolAllocator):
@@ -256,8 +262,12 @@ class SegmentHeapAllocator(PoolAllocator):
                 if onward:
                     # Everything the generic path would validate is known good here (tag, type,
                     # size, IRQL, no layer): the request goes straight on to the heap, as on
-                    # Windows 7 (PoolAllocator.fast_allocate).
-                    body = allocator.allocate_plain(heap, NumberOfBytes, tag_ulong, site)
+                    # Windows 7 (PoolAllocator.fast_allocate); a small one to allocate_vs,
+                    # allocate_plain's steps with the VS backend's usual case taken.
+                    if NumberOfBytes <= VS_MAX_REQUEST:
+                        body = allocator.allocate_vs(heap, NumberOfBytes, tag_ulong, site, row)
+                    else:
+                        body = allocator.allocate_plain(heap, NumberOfBytes, tag_ulong, site)
                     if not body:
                         return allocator.fast_failure(PoolType, NumberOfBytes)
                     if zero:
@@ -342,6 +352,10 @@ class SegmentHeapAllocator(PoolAllocator):
                                 # index is its 16-byte units).
                                 row[heap.track_free_offset] += BLOCK_CHARGES[bucket.index]
                                 return True
+                    elif type(sub) is VsSubsegment and not blocks and allocator.layer is None:
+                        # A VS chunk's block: free_generic's steps, its usual case shortcut.
+                        allocator.free_vs(heap, sub, P, Tag)
+                        return None
                 elif not blocks and allocator.layer is None and P in heap.big_pages:
                     # A big allocation (pages, or a VS chunk): nothing for the generic path to
                     # validate first (the heap and IRQL are the fast path's); its own checks follow.
@@ -450,6 +464,84 @@ class SegmentHeapAllocator(PoolAllocator):
         if aligned:
             body = self._align(pool, header, units, tag, site)
         return body
+
+    def allocate_vs(self, heap: SegmentHeap, number_of_bytes: int, tag: int, site: int,
+                    row: list) -> int:
+        """``allocate_plain`` (not cache-aligned) for a request of 1..0xFE0 bytes the LFH fast
+        path did not serve, the tag's tracker ``row`` given: the same steps, with the VS
+        backend's usual case taken (``SegmentHeap.vs_take``, else ``vs_allocate``). A bucket
+        of the LFH that is active, or not yet made, takes ``allocate_plain`` itself."""
+        units = _BLOCK_UNITS[number_of_bytes]
+        if units <= LFH_BUCKET_COUNT:
+            bucket = heap.lfh_buckets[units]
+            # (lfh_wants counts the request; once it says True, allocate_plain's own call
+            # of it changes nothing)
+            if bucket is None or heap.lfh_wants(bucket):
+                return self.allocate_plain(heap, number_of_bytes, tag, site)
+            bucket.live_elsewhere += 1  # small_block's count: a VS chunk of this bucket's size
+        else:
+            bucket_index = _LOOKASIDE_BUCKET_OF[units]
+            if bucket_index:
+                entry = heap.lookaside_pop(bucket_index)
+                if entry:
+                    return self._vs_block_header(heap, entry, units, tag, site, row)
+        chunk = heap.vs_take(units + 1) or heap.vs_allocate(units + 1)
+        if not chunk:
+            return 0
+        return self._vs_block_header(heap, chunk + VS_HEADER_SIZE, units, tag, site, row)
+
+    def _vs_block_header(self, heap: SegmentHeap, header: int, units: int, tag: int, site: int,
+                         row: list) -> int:
+        """allocate_plain's last steps: the POOL_HEADER written (PreviousSize and PoolIndex
+        0: the LFH header's pack), the tag charged; the body's address."""
+        base = self.tlb.get(header >> PAGE_SHIFT)
+        pa = base + (header & 0xFFF) if base is not None else heap._pa(header)
+        _pack_lfh_header(self.mem, pa, units, heap.header_type, tag, site)
+        row[heap.track_offset] += BLOCK_CHARGES[units]
+        return header + POOL_HEADER_SIZE
+
+    def free_vs(self, heap: SegmentHeap, sub: VsSubsegment, address: int, tag) -> None:
+        """free_generic's steps for a block of ``sub`` (a VS subsegment of ``heap``, which the
+        free fast path serves: the IRQL allows it, no layer) when they are the usual ones:
+        the address a block's, its header's tag the one passed (or ExFreePool's), not
+        cache-aligned nor charged to a process, its chunk's header decoding busy inside the
+        subsegment, no Balance Set pass due. Anything else goes to free_generic with nothing
+        changed (it checks and bug-checks as ever)."""
+        header = address - POOL_HEADER_SIZE
+        chunk = header - VS_HEADER_SIZE
+        tlb = self.tlb
+        base = tlb.get(header >> PAGE_SHIFT)  # (P's page: P is not a page's first byte)
+        chunk_base = tlb.get(chunk >> PAGE_SHIFT)
+        if address & 0xF or base is None or chunk_base is None or chunk < sub.first or \
+                self._frees_since_pass + 1 >= BALANCE_SET_INTERVAL:
+            self.free_generic(address, tag)
+            return
+        mem = self.mem
+        pa = base + (header & 0xFFF)
+        block_size, type_byte, stored = _unpack_size_type_tag(mem, pa)
+        if tag is None:
+            passed, row = stored, self.tracker.rows.get(stored)  # (None: a protected tag)
+        else:
+            passed, row = self.known_tags[tag]
+        plain = _unpack_qword(mem, chunk_base + (chunk & 0xFFF))[0] ^ heap.heap_key ^ chunk
+        size = plain >> 16 & 0xFFFF
+        if stored != passed or row is None or type_byte & (POOL_TYPE_ALIGNED | POOL_TYPE_QUOTA) or \
+                not size or chunk + (size << 4) > sub.end or not plain >> 48 & 0xFF:
+            self.free_generic(address, tag)
+            return
+        # From here on free_generic's steps as it takes them for such a block.
+        block_bytes = (size << 4) - VS_HEADER_SIZE
+        row[heap.track_free_offset] += ONE | block_bytes  # tracker.release
+        self._frees_since_pass += 1
+        bucket_index = _LOOKASIDE_BUCKET_OF[block_size]  # from the header's BlockSize
+        if bucket_index and heap.lookaside_push(bucket_index, header):
+            return
+        units = block_bytes >> 4
+        if units <= LFH_BUCKET_COUNT:
+            bucket = heap.lfh_bucket(units)
+            if bucket.live_elsewhere:
+                bucket.live_elsewhere -= 1
+        heap.vs_give(sub, chunk, size, plain >> 32 & 0xFFFF)
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:

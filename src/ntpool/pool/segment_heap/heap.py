@@ -970,6 +970,185 @@ class SegmentHeap:
         self._vs_set_previous(sub, chunk + (size << 4), size)
         self._vs_index_add(chunk, size)
 
+    # --- the VS backend's usual cases ------------------------------------------------------
+    #
+    # The allocator's fast paths call these (the generic paths call vs_allocate, vs_free and
+    # flush_delay_free, the general code they shortcut): each first reads and checks every
+    # header the general code would read or check, and only then changes anything; anything
+    # else (a chunk that must move to keep its data on one page, a page not resident, a
+    # header that does not decode, a neighbour not in the free tree, a subsegment emptied
+    # that may go back) answers "not the usual case" with nothing changed, and the caller
+    # takes the general code, which does the same and ends the same way (its bug check
+    # included). tests/test_segment_heap_vs_fast.py runs both ways and compares.
+
+    def vs_take(self, units: int) -> int:
+        """vs_allocate(units)'s usual case: the first chunk of the best-fitting size, whose
+        data stays on one page where it is (no shift), split; 0 (nothing changed) otherwise."""
+        sizes = self.vs_sizes
+        at = bisect_left(sizes, units)
+        if at == len(sizes):
+            return 0  # none large enough: vs_allocate makes a subsegment
+        size = sizes[at]
+        chunks = self.vs_free_chunks[size]
+        chunk = next(iter(chunks))  # (_vs_place's first candidate: dicts keep insertion order)
+        if ((chunk + VS_HEADER_SIZE) & 0xFFF) + (units << 4) - VS_HEADER_SIZE > PAGE_SIZE:
+            return 0  # its data would straddle a page: _vs_place shifts it or looks further
+        tlb, mem, key = self.tlb, self.mem, self.heap_key
+        base = tlb.get(chunk >> PAGE_SHIFT)
+        if base is None:
+            return 0
+        rest = size - units
+        if rest:
+            remainder = chunk + (units << 4)
+            if tlb.get(remainder >> PAGE_SHIFT) is None:
+                return 0
+            # The chunk after the free one learns the remainder's size (_vs_set_previous),
+            # after a check of its header (vs_header_sane), made here before any change.
+            following = chunk + (size << 4)
+            end = self.page_subsegments[(chunk - self.base) >> PAGE_SHIFT].end
+            if following < end:
+                following_base = tlb.get(following >> PAGE_SHIFT)
+                if following_base is None:
+                    return 0
+                following_pa = following_base + (following & 0xFFF)
+                plain = _unpack_qword(mem, following_pa)[0] ^ key ^ following
+                next_size = plain >> 16 & 0xFFFF
+                if not next_size or following + (next_size << 4) > end:
+                    return 0
+        # The usual case: _vs_index_remove, the headers written as vs_allocate writes them.
+        del chunks[chunk]
+        if not chunks:
+            del self.vs_free_chunks[size]
+            del sizes[at]
+        pa = base + (chunk & 0xFFF)
+        previous = (_unpack_qword(mem, pa)[0] ^ key ^ chunk) >> 32 & 0xFFFF
+        chunk_key = key ^ chunk
+        _pack_vs_header(mem, pa, (units | units << 16 | previous << 32 | 1 << 48) ^ chunk_key,
+                        ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
+        if rest:
+            self.vs_write(remainder, rest, units, False)
+            self._vs_index_add(remainder, rest)
+            if following < end:
+                # encode_vs_bits(following, key, next_size, rest, allocated, next_size)
+                QWORD.pack_into(mem, following_pa, (next_size | next_size << 16 | rest << 32 |
+                                                    (1 if plain >> 48 & 0xFF else 0) << 48) ^ key ^ following)
+        return chunk
+
+    def vs_give(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> None:
+        """vs_free for the allocator's free fast path: the same, with the delay-free list's
+        flush and the coalescing taking their usual cases (``vs_flush``, ``_vs_merge``)."""
+        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
+            delay_free = self.delay_free
+            delay_free.append(chunk)
+            if len(delay_free) >= VS_DELAY_FREE_DEPTH:
+                self.vs_flush()
+            return
+        if not self._vs_merge(sub, chunk, size, previous):
+            self._vs_coalesce(sub, chunk, size, previous)
+
+    def vs_flush(self) -> int:
+        """flush_delay_free, each chunk's usual case taken as ``vs_give`` takes it: a chunk
+        whose header decodes, busy, inside its subsegment, merged by ``_vs_merge``; any
+        other by vs_free_now (its checks, then the general coalescing) or _vs_coalesce."""
+        pending, self.delay_free = self.delay_free, []
+        tlb, mem, key, by_page, first_page = \
+            self.tlb, self.mem, self.heap_key, self.page_subsegments, self.first_page
+        for chunk in pending:
+            sub = by_page[(chunk >> PAGE_SHIFT) - first_page]
+            base = tlb.get(chunk >> PAGE_SHIFT)
+            if base is not None and type(sub) is VsSubsegment:
+                plain = _unpack_qword(mem, base + (chunk & 0xFFF))[0] ^ key ^ chunk
+                size = plain >> 16 & 0xFFFF
+                if size and plain >> 48 & 0xFF and chunk >= sub.first and chunk + (size << 4) <= sub.end:
+                    previous = plain >> 32 & 0xFFFF
+                    if not self._vs_merge(sub, chunk, size, previous):
+                        self._vs_coalesce(sub, chunk, size, previous)
+                    continue
+            self.vs_free_now(chunk)
+        return len(pending)
+
+    def _vs_merge(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> bool:
+        """_vs_coalesce's usual case: the neighbours' headers read and checked first (as
+        vs_neighbour, vs_previous_neighbour, _vs_index_remove and _vs_set_previous check
+        them), then the same headers and index entries written; False (nothing changed)
+        when a check would fail, a page is not resident, or the subsegment empties while
+        another lives (_vs_release may give its pages back)."""
+        tlb, mem, key, end = self.tlb, self.mem, self.heap_key, sub.end
+        free_chunks = self.vs_free_chunks
+        base = tlb.get(chunk >> PAGE_SHIFT)
+        if base is None:
+            return False
+        following = chunk + (size << 4)
+        merged_next = merged_before = 0  # the sizes of the free chunks after and before it, merged
+        if following < end:
+            following_base = tlb.get(following >> PAGE_SHIFT)
+            if following_base is None:
+                return False
+            following_pa = following_base + (following & 0xFFF)
+            plain = _unpack_qword(mem, following_pa)[0] ^ key ^ following
+            next_size = plain >> 16 & 0xFFFF
+            if plain >> 32 & 0xFFFF != size or not next_size or following + (next_size << 4) > end:
+                return False  # vs_neighbour's bug check
+            next_allocated = plain >> 48 & 0xFF
+            if not next_allocated:
+                if following not in free_chunks.get(next_size, ()):
+                    return False  # vs_free_tree_corrupt
+                merged_next = next_size
+        start, total, start_previous = chunk, size + merged_next, previous
+        if previous:
+            before = chunk - (previous << 4)
+            before_base = tlb.get(before >> PAGE_SHIFT) if before >= sub.first else None
+            if before_base is None:
+                return False  # (before the first chunk: vs_previous_neighbour's bug check)
+            before_plain = _unpack_qword(mem, before_base + (before & 0xFFF))[0] ^ key ^ before
+            before_size = before_plain >> 16 & 0xFFFF
+            if before_size != previous:
+                return False
+            if not before_plain >> 48 & 0xFF:
+                if before not in free_chunks.get(before_size, ()):
+                    return False
+                merged_before = before_size
+                start, total, start_previous = before, before_size + total, before_plain >> 32 & 0xFFFF
+        stop = start + (total << 4)
+        whole = start == sub.first and stop == end
+        if whole and self.vs_subsegments > 1:
+            return False  # _vs_release: kept as the spare or given back
+        if stop < end:
+            if merged_next:
+                # The chunk after the merged one: its header checked now (vs_header_sane in
+                # _vs_set_previous), rewritten below.
+                after_base = tlb.get(stop >> PAGE_SHIFT)
+                if after_base is None:
+                    return False
+                after_pa = after_base + (stop & 0xFFF)
+                plain = _unpack_qword(mem, after_pa)[0] ^ key ^ stop
+                next_size = plain >> 16 & 0xFFFF
+                if not next_size or stop + (next_size << 4) > end:
+                    return False
+                next_allocated = plain >> 48 & 0xFF
+            else:
+                after_pa = following_pa  # (stop is the chunk after it, read above)
+        # The usual case, from here on as _vs_coalesce: the chunk's own header marked free
+        # (kept in memory when the chunk before absorbs it; else rewritten below), the free
+        # neighbours out of the index, the merged chunk's header, its next chunk's previous
+        # size, the merged chunk into the index.
+        if merged_before:
+            self.vs_write(chunk, size, previous, False)
+        if merged_next:
+            self._vs_index_remove(following, merged_next)
+        if merged_before:
+            self._vs_index_remove(start, merged_before)
+        if whole:
+            # _vs_release with one subsegment: kept, its header's previous size 0.
+            self.vs_spare = sub
+            start_previous = 0
+        self.vs_write(start, total, start_previous, False)
+        if stop < end:
+            QWORD.pack_into(mem, after_pa, (next_size | next_size << 16 | total << 32 |
+                                            (1 if next_allocated else 0) << 48) ^ key ^ stop)
+        self._vs_index_add(start, total)
+        return True
+
     def _vs_empty(self, spare, other: VsSubsegment) -> bool:
         """``spare`` is another live subsegment, wholly one free chunk."""
         if spare is None or spare is other or self.subsegment_of(spare.va) is not spare:
