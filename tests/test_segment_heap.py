@@ -414,3 +414,27 @@ def test_the_heaps_vs_header_reads_and_writes_are_layouts_encoding(scratch_pages
     assert heap.vs_read(chunk) == (size, size, previous, int(allocated))
     k.write(chunk, struct.pack("<Q", encoded))
     assert heap.vs_read(chunk) == L.decode_vs_bits(encoded, chunk, key)
+
+
+def test_every_free_counts_toward_the_balance_set_pass_on_either_path():
+    """Balance Set passes come every BALANCE_SET_INTERVAL frees whichever path frees: the LFH
+    fast path counts its frees as free_generic counts them, and leaves the free that brings a
+    pass to it (the pass first, then the free), so a machine whose frees take the general way
+    has its passes at the same frees."""
+    from ntpool.pool.segment_heap.allocator import BALANCE_SET_INTERVAL
+
+    def run(general):
+        k = ntpool.Kernel(windows="11")
+        free = k.pool.free_generic if general else k.ExFreePoolWithTag
+        blocks = [k.ExAllocatePoolWithTag(NP, 100, "Bal ") for _ in range(600)]
+        lookaside = k.ExAllocatePoolWithTag(NP, 1000, "Bal ")  # a dynamic lookaside's size
+        counts = []
+        for block in blocks:
+            free(block, "Bal ")
+            counts.append((k.pool.balance_passes, k.pool._frees_since_pass))
+        free(lookaside, "Bal ")
+        return counts, k.pool._frees_since_pass
+    fast, general = run(False), run(True)
+    assert fast == general
+    assert fast[0][BALANCE_SET_INTERVAL - 2] == (0, BALANCE_SET_INTERVAL - 1)
+    assert fast[0][BALANCE_SET_INTERVAL - 1][0] == 1 and fast[0][-1][0] == 600 // BALANCE_SET_INTERVAL

@@ -58,7 +58,7 @@ from .layout import (
 BAD_POOL_CALLER = BugCheckCode.BAD_POOL_CALLER
 BAD_POOL_HEADER = BugCheckCode.BAD_POOL_HEADER
 BAD_PROCESS_BILLED = 0x0E  # BAD_POOL_HEADER P1 for a ProcessBilled that does not decode
-BALANCE_SET_INTERVAL = 256  # generic frees between two Balance Set Manager passes
+BALANCE_SET_INTERVAL = 256  # frees (on any path) between two Balance Set Manager passes
 
 _getframe = sys._getframe
 _pack_header = POOL_HEADER.struct.pack_into  # the Struct's own (the layout's adds a Python call: 200 ns)
@@ -340,14 +340,18 @@ class SegmentHeapAllocator(PoolAllocator):
                             busy = _BUSY_BIT[index]
                             # (A bitmap page paged out, frame 0; a subsegment not current that
                             # this free empties, which the generic path releases: not here.)
+                            # (The free that brings the Balance Set pass: the generic path, which
+                            # runs the pass first, as it does for every block.)
                             if bitmap_frame and (bits := mem[at]) & _BLOCK_BITS[index] == busy and \
-                                    (bucket.current is sub or free | _FREE_BIT[index] != bucket.all_free):
+                                    (bucket.current is sub or free | _FREE_BIT[index] != bucket.all_free) \
+                                    and (frees := allocator._frees_since_pass + 1) < BALANCE_SET_INTERVAL:
                                 if type_byte & POOL_TYPE_QUOTA:
                                     # Charged to a process: ProcessBilled decoded and checked, the
                                     # charge returned, before anything changes (as the generic
                                     # path does it, before the block's free).
                                     allocator._release_billed(heap, P - POOL_HEADER_SIZE, pa,
                                                               bucket.block_size)
+                                allocator._frees_since_pass = frees  # every free counts (free_generic's count)
                                 mem[at] = bits ^ busy
                                 sub.free_bits = free | _FREE_BIT[index]  # FreeCount, FreeHint in memory: synced before a dump
                                 sub.free_hint = index
