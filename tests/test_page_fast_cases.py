@@ -2,8 +2,8 @@
 
 A small request no lookaside serves (497 to 4,064 bytes) goes from the allocation fast path
 straight to the pool's lists (``allocate_plain``'s steps inline), and when no listed chunk
-fits, to a new page mapped on the spot (``Pool._allocate_from_fresh_page``: the page, the frame, the
-PTE, the TLB entry written out). A free that makes its page whole unlinks the page's
+fits, to a new page mapped on the spot (``Pool._allocate_from_fresh_page``: the page, the
+frame, the PTE, the TLB entry written out). A free that makes its page whole unlinks the page's
 remainder, its list's only entry, inline, and gives the page back the same way
 (``Pool.release_small_page``: the PTE cleared, the TLB entry dropped and announced, the
 frame freed). Each test runs the same steps on a machine as drivers run it and on one sent
@@ -158,3 +158,24 @@ def test_a_damaged_only_entry_before_the_freed_chunk_stops_both_ways():
                 stops[-1] += (hashlib.sha256(bytes(k.nonpaged_pool.mem)).hexdigest(),)
             assert stops[0] == stops[1]
             assert stops[0][0] == "bugcheck" and stops[0][1] == 0x19 and stops[0][2][0] == 3
+
+
+def test_pages_found_past_a_hint_in_use_and_frames_past_one_in_use_both_ways():
+    """The usual new page is the one at the pool's hint, on the frame at memory's: a page
+    given back becomes both. Here the hints lead to a page and a frame in use (the page
+    after a reused one, the frame after a reused one), and the search goes on past them,
+    both ways alike."""
+    for pool_type in (0, 1):
+        steps = [("allocate", pool_type, 4000), ("allocate", pool_type, 4000),
+                 ("allocate", pool_type, 4000), ("free", 0), ("allocate", pool_type, 4000),
+                 ("page_out", 0),  # (paged pool: the page at the hint in use, not resident)
+                 ("allocate", pool_type, 4000), ("free", 1), ("free", 1),
+                 ("allocate", pool_type, 2048), ("allocate", pool_type, 2048),
+                 ("allocate", pool_type, 2048)]
+        run_both(steps)
+        k, _, live = machine(False)
+        for step in steps:
+            apply(k, live, step)
+        pool = k.paged_pool if pool_type else k.nonpaged_pool
+        pages = sorted((address - pool.base) >> 12 for address in live)
+        assert len(set(pages)) == len(pages)  # every live chunk on a page of its own

@@ -231,6 +231,13 @@ class AddressSpace:
         # MappingChanged is published when a present mapping is removed or replaced (a
         # hardware TLB, the native CPU's, must forget it).
         self.hooks = hooks if hooks is not None else Hooks()
+        # Whether anyone listens for MappingChanged, kept by the hooks' watcher: the pool's
+        # page give-back reads this bool instead of asking the hooks on every page.
+        self.mappings_watched = bool(self.hooks.listening(MappingChanged))
+        self.hooks.watch(MappingChanged, self._watch_mappings)
+
+    def _watch_mappings(self, active: bool) -> None:
+        self.mappings_watched = active
 
     def _new_table(self) -> int:
         pfn = self.physical.allocate_frame()

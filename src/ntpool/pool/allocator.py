@@ -503,28 +503,29 @@ class PoolAllocator:
                                 (zero_packers[NumberOfBytes] or _zero_packer(NumberOfBytes))(mem, pa + _BODY)
                         return body
                     onward = False  # a head no chunk body starts at: the generic path pops it
-                else:  # a size no lookaside serves: the ListHeads or big pages
-                    onward = type(NumberOfBytes) is int and LOOKASIDE_MAX_BYTES < NumberOfBytes < 1 << 64
+                elif type(NumberOfBytes) is int and LOOKASIDE_MAX_BYTES < NumberOfBytes <= MAX_SMALL_ALLOCATION:
+                    # A small chunk no lookaside serves. Everything the generic path would
+                    # validate is known good here (tag, type, size, IRQL, no layer), so the
+                    # request goes straight on to the pool's lists, as ExAllocatePoolWithTag
+                    # goes on: ``allocate_plain``'s steps for it (Pool.allocate_small's two,
+                    # the tracker's charge) inline, three calls less.
+                    block_size = (NumberOfBytes + 31) >> 4
+                    pool = fast_pools[PoolType]
+                    chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
+                        pool.allocate_past_lists(block_size, tag_ulong, site)
+                    if not chunk:
+                        return allocator.fast_failure(PoolType, NumberOfBytes)
+                    row[column] += BLOCK_CHARGES[block_size]
+                    body = chunk + _BODY
+                    if zero:
+                        allocator.zero(body, NumberOfBytes)
+                    return body
+                else:  # a size past the small chunks': big pages (or one no allocation has)
+                    onward = type(NumberOfBytes) is int and MAX_SMALL_ALLOCATION < NumberOfBytes < 1 << 64
                 if onward:
-                    # Everything the generic path would validate is known good here (tag, type,
-                    # size, IRQL, no layer), so the request goes straight on to the pool (the
-                    # system-wide lookaside, then the ListHeads, or big pages), as
-                    # ExAllocatePoolWithTag goes on after its lookaside pop.
-                    if NumberOfBytes <= MAX_SMALL_ALLOCATION:
-                        # A small chunk no lookaside serves: ``allocate_plain``'s steps for it
-                        # (Pool.allocate_small's two, the tracker's charge) inline, three
-                        # calls less.
-                        block_size = (NumberOfBytes + 31) >> 4
-                        pool = fast_pools[PoolType]
-                        chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
-                            pool.allocate_past_lists(block_size, tag_ulong, site)
-                        if not chunk:
-                            return allocator.fast_failure(PoolType, NumberOfBytes)
-                        row[column] += BLOCK_CHARGES[block_size]
-                        body = chunk + _BODY
-                        if zero:
-                            allocator.zero(body, NumberOfBytes)
-                        return body
+                    # As above, straight on to the pool, here its big pages (or, from a
+                    # lookaside head no chunk body starts at, ``onward`` is False: the generic
+                    # path pops it).
                     body = allocator.allocate_plain(fast_pools[PoolType], NumberOfBytes, tag_ulong, site)
                     if not body:
                         return allocator.fast_failure(PoolType, NumberOfBytes)

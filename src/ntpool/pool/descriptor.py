@@ -457,7 +457,7 @@ class Pool:
         pte = words[pte_word]
         words[pte_word] = 0  # (unmap_page's ``keep`` is 0: nothing left in the PTE)
         del tlb[vpn]
-        if space.hooks.listening(MappingChanged):
+        if space.mappings_watched:
             space.hooks.publish(MappingChanged(va))
         pfn = (pte & PTE_ADDRESS_MASK) >> PAGE_SHIFT
         physical = self.physical
@@ -974,10 +974,21 @@ class Pool:
         # in their order, five calls and their set-up less on each new page of small chunks
         # (the large pair's: a page made whole is given back, and the next allocation maps a
         # new one). Anything else takes ``take_pages``.
-        index = self.page_kind.find(PAGE_FREE, self._page_hint)
+        # (Each find starts with the hint's own byte, read first: a page given back, and its
+        # frame, become the hints, so the usual new page is found there with a subscript,
+        # the search's answer without its call. A hint past the end: take_pages.)
+        page_kind, index = self.page_kind, self._page_hint
         physical = self.physical
-        in_use = physical.frame_in_use
-        pfn = in_use.find(0, physical._hint) if index >= 0 else -1
+        in_use, pfn = physical.frame_in_use, physical._hint
+        try:
+            if page_kind[index]:
+                index = page_kind.find(PAGE_FREE, index)
+            if in_use[pfn]:
+                pfn = in_use.find(0, pfn)
+        except IndexError:
+            index = -1
+        if index < 0:
+            pfn = -1
         page = self.base + (index << PAGE_SHIFT)
         vpn = page >> PAGE_SHIFT
         tlb, words = self.tlb, self.words
@@ -989,7 +1000,7 @@ class Pool:
             page_pa = pfn << PAGE_SHIFT
             words[(table_pa >> 3) + (vpn & 0x1FF)] = page_pa | self.page_pte_flags  # the PTE
             tlb[vpn] = page_pa
-            self.page_kind[index] = PAGE_SMALL
+            page_kind[index] = PAGE_SMALL
             try:
                 self.small_frames[index] = page_pa
             except IndexError:  # (the list grows to reach it)
@@ -1003,13 +1014,14 @@ class Pool:
             page_pa = self._header_pa(page)
         # The new page is translated once for both headers (as QWORDs, as in
         # ``allocate_from_lists``) and the remainder's links.
-        words[page_pa >> 3] = block_size << BLOCK_SIZE_SHIFT | self.allocated_header_bits | tag << POOL_TAG_SHIFT
+        tag_bits = tag << POOL_TAG_SHIFT
+        words[page_pa >> 3] = tag_bits | self.allocated_size_bits[block_size]
         words[(page_pa >> 3) + 1] = site & self.header_site_mask
         self.sites[(page - self.base) >> SITE_UNIT_SHIFT] = site
         remainder = BLOCKS_PER_PAGE - block_size
         if remainder:
             rest_pa = page_pa + (block_size << BLOCK_SHIFT)
-            words[rest_pa >> 3] = block_size | remainder << BLOCK_SIZE_SHIFT | self.free_header_bits | tag << POOL_TAG_SHIFT
+            words[rest_pa >> 3] = tag_bits | self.free_size_bits[remainder] | block_size  # PreviousSize
             words[(rest_pa >> 3) + 1] = 0
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 entry = page + (block_size << BLOCK_SHIFT) + HEADER_SIZE

@@ -30,6 +30,8 @@ from .heap import LFH, SegmentHeap, VsSubsegment
 from .layout import (
     CACHE_LINE,
     EPROCESS_MIN_ADDRESS,
+    LFH_ACTIVATE_LIVE,
+    LFH_ACTIVATE_REQUESTS,
     LFH_BITMAP,
     LFH_BUCKET_COUNT,
     LFH_COUNTS,
@@ -42,6 +44,8 @@ from .layout import (
     POOL_TYPE_QUOTA,
     PROCESS_OBJECT_TYPE,
     QWORD,
+    VS_DELAY_FREE_DEPTH,
+    VS_DELAY_FREE_MAX_CHUNK,
     VS_HEADER_SIZE,
     VS_MAX_REQUEST,
     WORD,
@@ -68,6 +72,7 @@ _SIZE_TYPE_TAG = struct.Struct("<2xBBI")  # BlockSize, PoolType, PoolTag
 assert _SIZE_TYPE_TAG.unpack(POOL_HEADER_FIRST8.pack(1, 2, 3, 4, 5)) == (3, 4, 5)
 _unpack_size_type_tag = _SIZE_TYPE_TAG.unpack_from
 _unpack_qword = QWORD.unpack_from
+_pack_qword = QWORD.pack_into
 _PROCESS_BILLED = POOL_HEADER.ProcessBilled  # its offset in a POOL_HEADER
 _pack_word = WORD.pack_into
 _pack_counts = LFH_COUNTS.pack_into  # FreeCount, BlockCount, FreeHint
@@ -472,28 +477,36 @@ class SegmentHeapAllocator(PoolAllocator):
         backend's usual case taken (``SegmentHeap.vs_take``, else ``vs_allocate``). A bucket
         of the LFH that is active, or not yet made, takes ``allocate_plain`` itself."""
         units = _BLOCK_UNITS[number_of_bytes]
+        header = 0
         if units <= LFH_BUCKET_COUNT:
             bucket = heap.lfh_buckets[units]
-            # (lfh_wants counts the request; once it says True, allocate_plain's own call
-            # of it changes nothing)
-            if bucket is None or heap.lfh_wants(bucket):
+            # (once the bucket is active, allocate_plain's call of lfh_wants changes nothing)
+            if bucket is None or bucket.active:
+                return self.allocate_plain(heap, number_of_bytes, tag, site)
+            # SegmentHeap.lfh_wants, inline: the request counted; the bucket enabled by it
+            # (its 17th live block, or its 2,040th request) takes allocate_plain's LFH block.
+            requests = bucket.requests = bucket.requests + 1
+            if bucket.live_elsewhere + 1 >= LFH_ACTIVATE_LIVE or requests >= LFH_ACTIVATE_REQUESTS:
+                bucket.active = True
                 return self.allocate_plain(heap, number_of_bytes, tag, site)
             bucket.live_elsewhere += 1  # small_block's count: a VS chunk of this bucket's size
         else:
             bucket_index = _LOOKASIDE_BUCKET_OF[units]
             if bucket_index:
-                entry = heap.lookaside_pop(bucket_index)
-                if entry:
-                    return self._vs_block_header(heap, entry, units, tag, site, row)
-        chunk = heap.vs_take(units + 1) or heap.vs_allocate(units + 1)
-        if not chunk:
-            return 0
-        return self._vs_block_header(heap, chunk + VS_HEADER_SIZE, units, tag, site, row)
-
-    def _vs_block_header(self, heap: SegmentHeap, header: int, units: int, tag: int, site: int,
-                         row: list) -> int:
-        """allocate_plain's last steps: the POOL_HEADER written (PreviousSize and PoolIndex
-        0: the LFH header's pack), the tag charged; the body's address."""
+                lookaside = heap.lookaside[bucket_index]
+                if lookaside.head:
+                    header = heap.lookaside_take(bucket_index) or heap.lookaside_pop(bucket_index)
+                else:
+                    # lookaside_pop of an empty bucket, inline: a request and a miss counted
+                    lookaside.allocates += 1
+                    lookaside.misses += 1
+        if not header:
+            chunk = heap.vs_take(units + 1) or heap.vs_allocate(units + 1)
+            if not chunk:
+                return 0
+            header = chunk + VS_HEADER_SIZE
+        # allocate_plain's last steps: the POOL_HEADER written (PreviousSize and PoolIndex 0:
+        # the LFH header's pack), the tag charged.
         base = self.tlb.get(header >> PAGE_SHIFT)
         pa = base + (header & 0xFFF) if base is not None else heap._pa(header)
         _pack_lfh_header(self.mem, pa, units, heap.header_type, tag, site)
@@ -505,15 +518,14 @@ class SegmentHeapAllocator(PoolAllocator):
         free fast path serves: the IRQL allows it, no layer) when they are the usual ones:
         the address a block's, its header's tag the one passed (or ExFreePool's), not
         cache-aligned nor charged to a process, its chunk's header decoding busy inside the
-        subsegment, no Balance Set pass due. Anything else goes to free_generic with nothing
-        changed (it checks and bug-checks as ever)."""
+        subsegment. Anything else goes to free_generic with nothing changed (it checks and
+        bug-checks as ever)."""
         header = address - POOL_HEADER_SIZE
         chunk = header - VS_HEADER_SIZE
         tlb = self.tlb
         base = tlb.get(header >> PAGE_SHIFT)  # (P's page: P is not a page's first byte)
         chunk_base = tlb.get(chunk >> PAGE_SHIFT)
-        if address & 0xF or base is None or chunk_base is None or chunk < sub.first or \
-                self._frees_since_pass + 1 >= BALANCE_SET_INTERVAL:
+        if address & 0xF or base is None or chunk_base is None or chunk < sub.first:
             self.free_generic(address, tag)
             return
         mem = self.mem
@@ -533,7 +545,55 @@ class SegmentHeapAllocator(PoolAllocator):
         block_bytes = (size << 4) - VS_HEADER_SIZE
         row[heap.track_free_offset] += ONE | block_bytes  # tracker.release
         self._frees_since_pass += 1
+        if self._frees_since_pass >= BALANCE_SET_INTERVAL:
+            self.balance_set_pass()
+            # The pass may have freed the dynamic lookaside's blocks (whose coalescing may
+            # tell this chunk a new previous size) and paged memory in: the pages are
+            # translated and the chunk's header read again; anything unusual takes the rest
+            # of free_generic's steps as it takes them.
+            base = tlb.get(header >> PAGE_SHIFT)
+            chunk_base = tlb.get(chunk >> PAGE_SHIFT)
+            if base is None or chunk_base is None:
+                self._free_vs_rest(heap, sub, header, block_size, block_bytes)
+                return
+            pa = base + (header & 0xFFF)
+            plain = _unpack_qword(mem, chunk_base + (chunk & 0xFFF))[0] ^ heap.heap_key ^ chunk
+            if plain >> 16 & 0xFFFF != size or not plain >> 48 & 0xFF:
+                self._free_vs_rest(heap, sub, header, block_size, block_bytes)
+                return
         bucket_index = _LOOKASIDE_BUCKET_OF[block_size]  # from the header's BlockSize
+        if bucket_index:
+            lookaside = heap.lookaside[bucket_index]
+            # SegmentHeap.lookaside_push, inline: a free counted; while the bucket is enabled
+            # and not full, the block kept, its SLIST_ENTRY (the header's first 8 bytes, on
+            # the page translated above) linking to the bucket's head.
+            lookaside.frees += 1
+            if lookaside.enabled and lookaside.count < lookaside.depth:
+                _pack_qword(mem, pa, lookaside.head)
+                lookaside.head = header
+                lookaside.count += 1
+                return
+        units = block_bytes >> 4
+        if units <= LFH_BUCKET_COUNT:
+            bucket = heap.lfh_buckets[units] or heap.lfh_bucket(units)
+            if bucket.live_elsewhere:
+                bucket.live_elsewhere -= 1
+        # SegmentHeap.vs_free, inline: a small chunk to the delay-free list (flushed at 32:
+        # vs_flush), another coalesced now (_vs_merge, else _vs_coalesce).
+        previous = plain >> 32 & 0xFFFF
+        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
+            delay_free = heap.delay_free
+            delay_free.append(chunk)
+            if len(delay_free) >= VS_DELAY_FREE_DEPTH:
+                heap.vs_flush()
+        elif not heap._vs_merge(sub, chunk, size, previous):
+            heap._vs_coalesce(sub, chunk, size, previous)
+
+    def _free_vs_rest(self, heap: SegmentHeap, sub: VsSubsegment, header: int, block_size: int,
+                      block_bytes: int) -> None:
+        """free_generic's steps after the Balance Set pass, for a VS block: the dynamic
+        lookaside's push, the LFH bucket's count, the backend's free (its checks)."""
+        bucket_index = lookaside_bucket(block_size << 4)
         if bucket_index and heap.lookaside_push(bucket_index, header):
             return
         units = block_bytes >> 4
@@ -541,7 +601,7 @@ class SegmentHeapAllocator(PoolAllocator):
             bucket = heap.lfh_bucket(units)
             if bucket.live_elsewhere:
                 bucket.live_elsewhere -= 1
-        heap.vs_give(sub, chunk, size, plain >> 32 & 0xFFFF)
+        heap.free_block(header, sub)
 
     def allocate_small_plain(self, pool: SegmentHeap, number_of_bytes: int, tag: int, row: list,
                              site: int) -> int:

@@ -71,6 +71,8 @@ from .layout import (
 )
 
 LFH, VS = 1, 2  # what kind of subsegment a page belongs to
+# The largest block each dynamic lookaside bucket holds, by bucket (lookaside_take's check).
+_LOOKASIDE_BYTES = (0,) + tuple(lookaside_bucket_bytes(index) for index in range(1, LOOKASIDE_BUCKETS + 1))
 # The region a PML4 entry maps (512 GiB): the allocator finds a heap by address >> 39.
 HEAP_SLOT_BYTES = 1 << 39
 _layouts: dict[tuple[int, int], tuple[int, tuple, dict, dict]] = {}
@@ -986,9 +988,10 @@ class SegmentHeap:
         data stays on one page where it is (no shift), split; 0 (nothing changed) otherwise."""
         sizes = self.vs_sizes
         at = bisect_left(sizes, units)
-        if at == len(sizes):
+        try:
+            size = sizes[at]
+        except IndexError:
             return 0  # none large enough: vs_allocate makes a subsegment
-        size = sizes[at]
         chunks = self.vs_free_chunks[size]
         chunk = next(iter(chunks))  # (_vs_place's first candidate: dicts keep insertion order)
         if ((chunk + VS_HEADER_SIZE) & 0xFFF) + (units << 4) - VS_HEADER_SIZE > PAGE_SIZE:
@@ -1000,7 +1003,8 @@ class SegmentHeap:
         rest = size - units
         if rest:
             remainder = chunk + (units << 4)
-            if tlb.get(remainder >> PAGE_SHIFT) is None:
+            remainder_base = tlb.get(remainder >> PAGE_SHIFT)
+            if remainder_base is None:
                 return 0
             # The chunk after the free one learns the remainder's size (_vs_set_previous),
             # after a check of its header (vs_header_sane), made here before any change.
@@ -1026,28 +1030,24 @@ class SegmentHeap:
         _pack_vs_header(mem, pa, (units | units << 16 | previous << 32 | 1 << 48) ^ chunk_key,
                         ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
         if rest:
-            self.vs_write(remainder, rest, units, False)
-            self._vs_index_add(remainder, rest)
+            # vs_write(remainder, rest, units, False) and _vs_index_add(remainder, rest), inline
+            remainder_key = key ^ remainder
+            _pack_vs_header(mem, remainder_base + (remainder & 0xFFF), (rest | rest << 16 | units << 32) ^ remainder_key,
+                            ((remainder >> PAGE_SHIFT) ^ remainder_key) & 0xFF)
+            same_size = self.vs_free_chunks.get(rest)
+            if same_size is not None:
+                same_size[remainder] = None
+            else:  # (a size the index lists anew)
+                self.vs_free_chunks[rest] = {remainder: None}
+                insort(sizes, rest)
             if following < end:
                 # encode_vs_bits(following, key, next_size, rest, allocated, next_size)
                 QWORD.pack_into(mem, following_pa, (next_size | next_size << 16 | rest << 32 |
                                                     (1 if plain >> 48 & 0xFF else 0) << 48) ^ key ^ following)
         return chunk
 
-    def vs_give(self, sub: VsSubsegment, chunk: int, size: int, previous: int) -> None:
-        """vs_free for the allocator's free fast path: the same, with the delay-free list's
-        flush and the coalescing taking their usual cases (``vs_flush``, ``_vs_merge``)."""
-        if (size << 4) < VS_DELAY_FREE_MAX_CHUNK:
-            delay_free = self.delay_free
-            delay_free.append(chunk)
-            if len(delay_free) >= VS_DELAY_FREE_DEPTH:
-                self.vs_flush()
-            return
-        if not self._vs_merge(sub, chunk, size, previous):
-            self._vs_coalesce(sub, chunk, size, previous)
-
     def vs_flush(self) -> int:
-        """flush_delay_free, each chunk's usual case taken as ``vs_give`` takes it: a chunk
+        """flush_delay_free (for the allocator's free fast path), each chunk's usual case taken: a chunk
         whose header decodes, busy, inside its subsegment, merged by ``_vs_merge``; any
         other by vs_free_now (its checks, then the general coalescing) or _vs_coalesce."""
         pending, self.delay_free = self.delay_free, []
@@ -1133,20 +1133,46 @@ class SegmentHeap:
         # neighbours out of the index, the merged chunk's header, its next chunk's previous
         # size, the merged chunk into the index.
         if merged_before:
-            self.vs_write(chunk, size, previous, False)
+            # vs_write(chunk, size, previous, False), inline: its header, marked free, stays
+            # inside the merged chunk (as the general code leaves it)
+            chunk_key = key ^ chunk
+            _pack_vs_header(mem, base + (chunk & 0xFFF), (size | size << 16 | previous << 32) ^ chunk_key,
+                            ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
         if merged_next:
-            self._vs_index_remove(following, merged_next)
+            # _vs_index_remove(following, merged_next), inline (found in the index above)
+            same_size = free_chunks[merged_next]
+            del same_size[following]
+            if not same_size:
+                del free_chunks[merged_next]
+                sizes = self.vs_sizes
+                del sizes[bisect_left(sizes, merged_next)]
         if merged_before:
-            self._vs_index_remove(start, merged_before)
+            # _vs_index_remove(start, merged_before), inline (found in the index above)
+            same_size = free_chunks[merged_before]
+            del same_size[start]
+            if not same_size:
+                del free_chunks[merged_before]
+                sizes = self.vs_sizes
+                del sizes[bisect_left(sizes, merged_before)]
         if whole:
             # _vs_release with one subsegment: kept, its header's previous size 0.
             self.vs_spare = sub
             start_previous = 0
-        self.vs_write(start, total, start_previous, False)
+        # vs_write(start, total, start_previous, False), inline (start's page: the chunk's, or
+        # the chunk before's, both translated above)
+        start_key = key ^ start
+        _pack_vs_header(mem, (base if start == chunk else before_base) + (start & 0xFFF),
+                        (total | total << 16 | start_previous << 32) ^ start_key,
+                        ((start >> PAGE_SHIFT) ^ start_key) & 0xFF)
         if stop < end:
             QWORD.pack_into(mem, after_pa, (next_size | next_size << 16 | total << 32 |
                                             (1 if next_allocated else 0) << 48) ^ key ^ stop)
-        self._vs_index_add(start, total)
+        same_size = free_chunks.get(total)  # _vs_index_add(start, total), inline
+        if same_size is not None:
+            same_size[start] = None
+        else:
+            free_chunks[total] = {start: None}
+            insort(self.vs_sizes, total)
         return True
 
     def _vs_empty(self, spare, other: VsSubsegment) -> bool:
@@ -1182,6 +1208,44 @@ class SegmentHeap:
         bucket.count += 1
         return True
 
+    def lookaside_take(self, bucket_index: int) -> int:
+        """lookaside_pop's usual case, for the allocation fast path (allocate_vs): a bucket
+        whose head is a busy VS chunk that fits (checks.lookaside_entry), resident, linking
+        to nothing or to a block of the heap's subsegments (checks.lookaside_link); 0 with
+        nothing changed otherwise (an empty bucket too), and the caller calls lookaside_pop,
+        which checks and bug-checks as ever."""
+        bucket = self.lookaside[bucket_index]
+        entry = bucket.head
+        chunk = entry - VS_HEADER_SIZE
+        by_page = self.page_subsegments
+        base = self.base
+        if entry < base or (entry - base) >> PAGE_SHIFT >= len(by_page):
+            return 0
+        sub = by_page[(entry - base) >> PAGE_SHIFT]
+        if type(sub) is not VsSubsegment or chunk < sub.first:
+            return 0
+        tlb, mem = self.tlb, self.mem
+        chunk_base = tlb.get(chunk >> PAGE_SHIFT)
+        entry_base = tlb.get(entry >> PAGE_SHIFT)
+        if chunk_base is None or entry_base is None:
+            return 0
+        plain = _unpack_qword(mem, chunk_base + (chunk & 0xFFF))[0] ^ self.heap_key ^ chunk
+        size = plain >> 16 & 0xFFFF
+        if not plain >> 48 & 0xFF or (size << 4) - VS_HEADER_SIZE < _LOOKASIDE_BYTES[bucket_index] \
+                or chunk + (size << 4) > sub.end:
+            return 0
+        link = _unpack_qword(mem, entry_base + (entry & 0xFFF))[0]  # the SLIST_ENTRY's Next
+        if link:
+            if link & 0xF or not base <= link < self.limit or (link - base) >> PAGE_SHIFT >= len(by_page):
+                return 0
+            linked = by_page[(link - base) >> PAGE_SHIFT]
+            if linked is None or type(linked) is FullLfhPage:
+                return 0  # (a mark: subsegment_of makes its subsegment's object again)
+        bucket.allocates += 1
+        bucket.head = link
+        bucket.count -= 1
+        return entry
+
     def lookaside_pop(self, bucket_index: int) -> int:
         bucket = self.lookaside[bucket_index]
         bucket.allocates += 1
@@ -1201,6 +1265,10 @@ class SegmentHeap:
         rule); every third pass, enable the buckets that were used."""
         for bucket in self.lookaside[1:]:
             allocates, misses = bucket.allocates, bucket.misses
+            if not (allocates or bucket.frees or bucket.count) and bucket.depth == LOOKASIDE_MIN_DEPTH:
+                # A bucket unused since the last pass, at its least depth (most of the 64):
+                # nothing below changes it (its depth stays the least, it is not enabled).
+                continue
             if allocates < 25:
                 depth = bucket.depth - 10
             else:
