@@ -997,7 +997,10 @@ class SiteMapStream:
         self._pending = b""  # inflated, not yet read
         self._at = 0  # the byte of the inflated map _pending starts at
 
-    INPUT_PIECE = 1 << 16  # compressed bytes fed at a time (a longer tail is copied per call)
+    # Compressed bytes fed at a time: the input a call leaves (it stops at the bytes asked for)
+    # is copied for the next, and the output made in larger steps; 8 KiB inflated a 128 MiB
+    # pool's map 2.5 times as fast as 64 KiB (3.9 against 10.0 ms), no faster at 4 KiB.
+    INPUT_PIECE = 1 << 13
 
     def read(self, first: int, count: int) -> bytes:
         """The sites of blocks [first, first + count) as little-endian USHORTs; shorter where
