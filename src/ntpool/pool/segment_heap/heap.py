@@ -829,6 +829,11 @@ class SegmentHeap:
         bucket = self.vs_free_chunks.get(size)
         if bucket is None or chunk not in bucket:
             checks.vs_free_tree_corrupt(self, chunk, size)
+        self._vs_index_drop(bucket, chunk, size)
+
+    def _vs_index_drop(self, bucket: dict, chunk: int, size: int) -> None:
+        """``chunk`` out of ``bucket``, the index's free chunks of ``size`` units, known to hold
+        it; the size out of the index with its last chunk."""
         del bucket[chunk]
         if not bucket:
             del self.vs_free_chunks[size]
@@ -1138,22 +1143,12 @@ class SegmentHeap:
             chunk_key = key ^ chunk
             _pack_vs_header(mem, base + (chunk & 0xFFF), (size | size << 16 | previous << 32) ^ chunk_key,
                             ((chunk >> PAGE_SHIFT) ^ chunk_key) & 0xFF)
+        # _vs_index_remove of each merged neighbour, without its check (each was found in the
+        # index above)
         if merged_next:
-            # _vs_index_remove(following, merged_next), inline (found in the index above)
-            same_size = free_chunks[merged_next]
-            del same_size[following]
-            if not same_size:
-                del free_chunks[merged_next]
-                sizes = self.vs_sizes
-                del sizes[bisect_left(sizes, merged_next)]
+            self._vs_index_drop(free_chunks[merged_next], following, merged_next)
         if merged_before:
-            # _vs_index_remove(start, merged_before), inline (found in the index above)
-            same_size = free_chunks[merged_before]
-            del same_size[start]
-            if not same_size:
-                del free_chunks[merged_before]
-                sizes = self.vs_sizes
-                del sizes[bisect_left(sizes, merged_before)]
+            self._vs_index_drop(free_chunks[merged_before], start, merged_before)
         if whole:
             # _vs_release with one subsegment: kept, its header's previous size 0.
             self.vs_spare = sub
