@@ -102,7 +102,6 @@ def init_io_lookasides(k) -> None:
     head = k.kernel_data.base + KERNEL_IMAGE_EX_SYSTEM_LOOKASIDE_LIST_HEAD
     k.system_lookaside_list_head = head
     k.write(head, _QQ.pack(head, head))
-    k.io_lookasides = ()
     k._io_dwords = memoryview(k._mem).cast("I")  # (the pop's and push's counters)
     system = [k.kernel_data.base + KERNEL_IMAGE_IOP_LOOKASIDE_LISTS + number * LOOKASIDE_SIZE
               for number in range(len(IO_LOOKASIDES))]
@@ -234,9 +233,12 @@ def _push(k, lookaside: int, entry: int) -> bool:
 
 def take(k, number: int) -> int:
     """An entry of list ``number`` from the current processor's ``P`` list, else ``L``; 0
-    when both are empty, and while Driver Verifier is on (see ``lists_in_use``). (What
-    ``k.io_take`` does, the long way: ``fast_ways`` makes that.)"""
-    if not k.io_lookasides or not k.minimum_lookaside_depth:  # (lists_in_use)
+    when both are empty, and while Driver Verifier is on (ExMinimumLookasideDepth 0): then
+    every IRP and MDL comes from the pool, where its tracking sees it (Windows' IovAllocateIrp
+    allocates a verified driver's IRPs itself, and verification turns lookaside lists off,
+    WRK lookasid.c; ntpool does so for every caller). (What ``k.io_take`` does, the long way:
+    ``fast_ways`` makes that.)"""
+    if not k.minimum_lookaside_depth:
         return 0
     own, system = k.io_lookasides[k.current_processor][number]
     return pop(k, own) or pop(k, system)
@@ -245,8 +247,6 @@ def take(k, number: int) -> int:
 def give_back(k, number: int, entry: int) -> bool:
     """Keep a freed entry on list ``number`` (``P``, else ``L``); False: it goes to the pool.
     (What ``k.io_give_back`` does, the long way.)"""
-    if not k.io_lookasides:
-        return False
     own, system = k.io_lookasides[k.current_processor][number]
     return push(k, own, entry) or push(k, system, entry)
 
@@ -352,19 +352,9 @@ def fast_ways(k):
     return io_take, io_give_back
 
 
-def lists_in_use(k) -> bool:
-    """Whether allocations pop the lists: Driver Verifier off. With it
-    on (ExMinimumLookasideDepth 0) every IRP and MDL comes from the pool, where its tracking
-    sees it: Windows' IovAllocateIrp allocates a verified driver's IRPs itself, and
-    verification turns lookaside lists off (WRK lookasid.c); ntpool does so for every caller."""
-    return bool(k.io_lookasides) and k.minimum_lookaside_depth != 0
-
-
 def retune(k, index: int) -> None:
     """ExpScanSystemLookasideList's part for the I/O lists: processor ``index``'s ``P`` lists,
     or the ``L`` lists when ``index`` is the processor count (ExpPoolScanCount)."""
-    if not k.io_lookasides:
-        return
     scan_period = 3 * k.processors
     if index == k.processors:
         lists = [system for _, system in k.io_lookasides[0]]
@@ -398,8 +388,6 @@ assert LA_LAST_ALLOCATE_MISSES == LA_LAST_TOTAL_ALLOCATES + 4
 def held(k, number: int) -> int:
     """How many entries list ``number`` keeps, on every processor's ``P`` list and on ``L``
     (each list's SLIST_HEADER Depth)."""
-    if not k.io_lookasides:
-        return 0
     lists = {lookaside for pairs in k.io_lookasides for lookaside in pairs[number]}
     return sum(k._slist(lookaside)[1] for lookaside in lists)
 
