@@ -137,6 +137,9 @@ class Pool:
         # costs about twice a memoryview's (reads are cheaper through the mmap).
         self.mem_bytes = memoryview(self.mem)
         self.words = space.physical.qwords  # the same memory as QWORDs: words[pa >> 3]
+        # The same QWORDs one on: blinks[pa >> 3] is the QWORD at pa + 8, a LIST_ENTRY's Blink
+        # when pa is its Flink's (an index without the addition, on coalescing's hot path).
+        self.blinks = memoryview(self.mem)[POINTER.size:].cast("Q")
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
@@ -1052,7 +1055,7 @@ class Pool:
         raise its bug check. ``pa``: the header's physical address, when the
         caller has translated it; ``block_size`` and ``tag``: its BlockSize and PoolTag, when
         the caller has read them there (0: read here)."""
-        words, mem = self.words, self.mem
+        words, mem, blinks = self.words, self.mem, self.blinks
         if pa is None:
             offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
@@ -1070,7 +1073,7 @@ class Pool:
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
         # without delayed frees)
         if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
-            next8 = words[(page_pa + following) >> 3]
+            next8 = words[(page_pa + following) // 8]
             if not (self.pending and chunk + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
@@ -1086,17 +1089,17 @@ class Pool:
                 if next_size > 1:
                     next_entry = chunk + (following - offset + HEADER_SIZE)
                     next_word = next_pa // 8 + 2  # its Flink; its Blink follows
-                    flink, blink = words[next_word], words[next_word + 1]
+                    flink, blink = words[next_word], blinks[next_word]
                     head, head_word = self.list_heads[next_size]
                     if flink == head and blink == head:
                         # RemoveEntryList of the list's only entry (a page's remainder, the
                         # usual next chunk when a free makes its page whole), as ``_unlink``
                         # makes it: both neighbours are the head, whose links are the
                         # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
-                        head_blink, head_flink = words[head_word + 1], words[head_word]
+                        head_blink, head_flink = blinks[head_word], words[head_word]
                         if head_blink != next_entry or head_flink != next_entry:  # the named check raises
                             check_list_links(self.crash, next_entry, head_blink, head_flink)
-                        words[head_word] = words[head_word + 1] = head
+                        words[head_word] = blinks[head_word] = head
                         self.listed[next_size] = 0
                     else:
                         self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
@@ -1142,22 +1145,22 @@ class Pool:
                             # Its list's only entry (with delayed frees, the usual previous
                             # chunk: the batch lists each chunk it merges on a list of its
                             # own size), as the next chunk's above.
-                            head_blink, head_flink = words[head_word + 1], words[head_word]
+                            head_blink, head_flink = blinks[head_word], words[head_word]
                             if head_blink != entry or head_flink != entry:  # the named check raises
                                 check_list_links(self.crash, entry, head_blink, head_flink)
-                            words[head_word] = words[head_word + 1] = head
+                            words[head_word] = blinks[head_word] = head
                             self.listed[before_size] = 0
                         else:
                             self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
-                        # the Flink's Blink, the Blink's Flink
-                        flink_blink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8 + 1
+                        # the Flink's Blink (``blinks``), the Blink's Flink
+                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
                         blink_word = (blink_frame + (blink_at & PAGE_MASK)) // 8
-                        if words[flink_blink_word] != entry or words[blink_word] != entry:
-                            check_list_links(self.crash, entry, words[flink_blink_word],  # raises
+                        if blinks[flink_word] != entry or words[blink_word] != entry:
+                            check_list_links(self.crash, entry, blinks[flink_word],  # raises
                                              words[blink_word])
                         words[blink_word] = flink
-                        words[flink_blink_word] = blink
+                        blinks[flink_word] = blink
                         if flink == blink:  # only the head is left
                             self.listed[before_size] = 0
                 # (one at a time: four names at once would build a tuple)
@@ -1201,7 +1204,7 @@ class Pool:
             # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
             # and makes any other access on its own.
             head, head_word = self.list_heads[block_size]
-            first, last = words[head_word], words[head_word + 1]
+            first, last = words[head_word], blinks[head_word]
             first_at, last_at = first - base, last - base
             try:
                 first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
@@ -1214,17 +1217,17 @@ class Pool:
                     # the check reads are the head, whose links were just read (both the
                     # head), so the check holds; the entry becomes both of its links.
                     _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
-                    words[head_word] = words[head_word + 1] = entry
+                    words[head_word] = blinks[head_word] = entry
                     self.listed[block_size] = 1
                 else:
                     self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_blink_word = (first_frame + (first_at & PAGE_MASK)) // 8 + 1  # its Blink
-            first_blink, last_flink = words[first_blink_word], words[(last_frame + (last_at & PAGE_MASK)) // 8]
+            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Flink; its Blink in ``blinks``
+            first_blink, last_flink = blinks[first_word], words[(last_frame + (last_at & PAGE_MASK)) // 8]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-            words[first_blink_word] = entry
+            blinks[first_word] = entry
             words[head_word] = entry
             self.listed[block_size] = 1
 
