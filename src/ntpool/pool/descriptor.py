@@ -234,8 +234,8 @@ class Pool:
         self.ulongs = memoryview(self.mem).cast("I")
         self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
-        # The queued chunks, an index of the list in memory: each header and its physical
-        # address, translated as the chunk was queued (the free had it), so the batch reads
+        # The queued chunks, an index of the list in memory: each body (what the links hold)
+        # and its header's physical address, translated as the chunk was queued (the free had it), so the batch reads
         # the links and coalesces without translating again. Those translations hold while
         # ``pending_translated`` is True: a page of this pool released or paged out while
         # chunks are queued (only a driver's corruption can release one that holds a queued
@@ -960,9 +960,9 @@ class Pool:
         else:
             self._write_header(rest, block_size, tail, POOL_FREE, tag)
             self._set_previous_size(rest + (tail << BLOCK_SHIFT), tail)
-            self.free_small(rest)
+            self.free_small(rest + HEADER_SIZE)
         if lead:
-            self.free_small(chunk)
+            self.free_small(chunk + HEADER_SIZE)
         return mine
 
     def _list_remainder(self, chunk: int, block_size: int) -> None:
@@ -1044,10 +1044,11 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, chunk: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
+    def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
-        The chunk and the neighbours it may merge with lie on its page, so the page is
+        ``body``: the chunk's body (its header's address + HEADER_SIZE): what the list entries
+        and ``pending`` hold, so the entry the chunk becomes is found with no addition. The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
         keep every access inside it). Headers are read with one unpack each (the fields
         coalescing uses; the previous chunk's with its links), the next chunk's PoolType
@@ -1057,6 +1058,7 @@ class Pool:
         the caller has read them there (0: read here)."""
         words, mem, blinks = self.words, self.mem, self.blinks
         if pa is None:
+            chunk = body - HEADER_SIZE
             offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
@@ -1074,7 +1076,7 @@ class Pool:
         # without delayed frees)
         if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
             next8 = words[(page_pa + following) // 8]
-            if not (self.pending and chunk + (following - offset) in self.pending):
+            if not (self.pending and body + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
@@ -1085,9 +1087,9 @@ class Pool:
                          if next_previous else not following)
                         and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
                                            and mem[page_pa + next_end] == next_size)):
-                    check_pool_header_in_page(self.crash, chunk + (following - offset), mem, next_pa)
+                    check_pool_header_in_page(self.crash, body + (following - offset - HEADER_SIZE), mem, next_pa)
                 if next_size > 1:
-                    next_entry = chunk + (following - offset + HEADER_SIZE)
+                    next_entry = body + (following - offset)
                     next_word = next_pa // 8 + 2  # its Flink; its Blink follows
                     flink, blink = words[next_word], blinks[next_word]
                     head, head_word = self.list_heads[next_size]
@@ -1111,7 +1113,7 @@ class Pool:
         if previous_size:
             back = previous_size * BLOCK
             if back > offset:  # the previous chunk would start before the page (0x6)
-                check_previous_size(self.crash, chunk, previous_size)
+                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
             before_offset = offset - back
             before_pa = page_pa + before_offset
             # Its header's fields and its links (Flink, Blink; the next header's first bytes
@@ -1120,11 +1122,12 @@ class Pool:
             before_previous, before_size, before_type, before_tag, flink, blink = \
                 _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
             if before_size != previous_size:  # 0x5
-                check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before_type and not (self.pending and chunk - back in self.pending):
-                # The body's address (the list entry): the previous chunk's, which this one
-                # merges into (else the chunk's own, below).
-                entry = chunk - (back - HEADER_SIZE)
+                check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
+                                         previous_size, before_size)
+            # The previous chunk's body (its list entry, its key in ``pending``), which this
+            # one merges into (else the chunk's own, below).
+            entry = body - back
+            if not before_type and not (self.pending and entry in self.pending):
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
                     # chunk a split took its allocation's end from: the usual merge, from a
@@ -1170,11 +1173,11 @@ class Pool:
                 tag = before_tag
                 block_size += before_size
             else:
-                entry = chunk + HEADER_SIZE
+                entry = body
         else:
             if offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
-                check_previous_size(self.crash, chunk, previous_size)
-            entry = chunk + HEADER_SIZE
+                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
+            entry = body
         # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
         # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
         # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
@@ -1184,7 +1187,7 @@ class Pool:
         if block_size > 0xFF or not block_size:
             block_size &= 0xFF
             if not block_size and not offset:
-                self.release_small_page(chunk & ~PAGE_MASK)
+                self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
                 return
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
@@ -1194,7 +1197,7 @@ class Pool:
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
-            self._set_previous_size((chunk & ~PAGE_MASK) + end, block_size)
+            self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
@@ -1252,7 +1255,7 @@ class Pool:
         if following & (PAGE_SIZE - 1):
             check_next_previous_size(self.crash, chunk, block_size, self._read_first8(following)[0])
         self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
-        self.free_small(chunk)
+        self.free_small(entry)
 
     def lookaside_chunks(self) -> set[int]:
         """Headers of the chunks cached on this pool's lookaside lists (for pictures).
@@ -1341,7 +1344,7 @@ class Pool:
             if pa is None:
                 pa = self._pa(chunk)
             self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-            self.free_small(chunk, pa)
+            self.free_small(chunk + HEADER_SIZE, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
@@ -1373,7 +1376,7 @@ class Pool:
         # left there wraps (0xFFFFFFFF + 1 is 0).
         ulongs, depth = self.ulongs, self.pending_depth_ulong
         ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
-        self.pending[chunk] = pa
+        self.pending[chunk + HEADER_SIZE] = pa
 
     def pending_frees(self) -> list[int]:
         """Headers of the chunks queued on PendingFrees, newest first, read from memory.
@@ -1383,10 +1386,10 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return self._walk_pending()
+        return [body - HEADER_SIZE for body in self._walk_pending()]
 
     def _walk_pending(self) -> list[int]:
-        """``pending_frees``' walk: each queued chunk's header, newest first. Each link is
+        """``pending_frees``' walk: each queued chunk's body, newest first. Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
         have changed since (``pending_translated``): then on the TLB's.
 
@@ -1398,8 +1401,8 @@ class Pool:
         pending, words = self.pending, self.words
         if self.pending_translated:
             entry = words[self.pending_frees_word]
-            for chunk, pa in reversed(pending.items()):
-                if entry != chunk + HEADER_SIZE:
+            for body, pa in reversed(pending.items()):
+                if entry != body:
                     return self._walk_links()
                 entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
             return list(reversed(pending))
@@ -1408,8 +1411,8 @@ class Pool:
     def _walk_links(self) -> list[int]:
         """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
         else the bug check."""
-        chunks: list[int] = []
-        append, words = chunks.append, self.words
+        bodies: list[int] = []
+        append, words = bodies.append, self.words
         # The queued chunks not met yet: a link to a chunk not queued, or to one met already
         # (a loop), finds nothing to take here (one dict operation tests both).
         unmet = self.pending.copy()
@@ -1417,9 +1420,8 @@ class Pool:
         translated = self.pending_translated
         entry = words[self.pending_frees_word]
         for _ in range(len(unmet)):
-            chunk = entry - HEADER_SIZE
             try:
-                pa = take(chunk)
+                pa = take(entry)
             except KeyError:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
@@ -1430,10 +1432,10 @@ class Pool:
                 base = self.tlb.get(entry >> PAGE_SHIFT)
                 if base is None:  # (not present: the machine's answer)
                     base = self.fault(entry, False, self.lock_irql)
-                pa = base + (chunk & PAGE_MASK)
-            append(chunk)
+                pa = base + ((entry - HEADER_SIZE) & PAGE_MASK)
+            append(entry)
             entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
-        return chunks
+        return bodies
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
@@ -1444,7 +1446,7 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            chunks = self._walk_pending()
+            bodies = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
             self.ulongs[self.pending_depth_ulong] = 0
@@ -1453,14 +1455,14 @@ class Pool:
             # while none can have changed (``pending_translated``: a free that returns a
             # page, or a fault that pages one out, clears it; each is then translated again).
             take, free_small = pending.pop, self.free_small
-            for chunk in chunks:
-                pa = take(chunk)
-                free_small(chunk, pa if self.pending_translated else None)
+            for body in bodies:
+                pa = take(body)
+                free_small(body, pa if self.pending_translated else None)
         finally:
             self.found_in = ""
         pending.clear()
         self.pending_translated = True
-        return len(chunks)
+        return len(bodies)
 
     # --- big allocations ---------------------------------------------------------------
 
