@@ -170,6 +170,12 @@ class Pool:
         # memory per allocation stays the pool's); past its end, IndexError sends a fast path
         # to the generic one, as a 0 does. It grows in place (the fast paths hold it).
         self.small_frames: list[int] = []
+        # For the same pages, each one's frame less its offset from the pool's base (None
+        # where ``small_frames`` holds 0, and past the same end): an address's offset from
+        # the base plus its page's entry is its physical address, one addition where the
+        # frame takes two (``& PAGE_MASK``, +). Coalescing translates up to four list
+        # neighbours a free this way. Kept with ``small_frames``, entry for entry.
+        self.small_deltas: list[int | None] = []
         space.hooks.subscribe(PagedOut, self._paged_out)
         space.hooks.subscribe(PagedIn, self._paged_in)
         # Who allocated each chunk: the call site of the allocated chunk whose header starts
@@ -273,13 +279,16 @@ class Pool:
         return base + (va & (PAGE_SIZE - 1))
 
     def _set_small_frame(self, index: int, frame: int) -> None:
-        """``small_frames[index] = frame``, the list grown to reach it."""
-        frames = self.small_frames
+        """``small_frames[index] = frame`` (and its ``small_deltas`` entry), the lists grown
+        to reach it."""
+        frames, deltas = self.small_frames, self.small_deltas
         if index >= len(frames):
             if not frame:
                 return  # past the end already reads as "not on the fast paths"
             frames.extend([0] * (index + 1 - len(frames)))
+            deltas.extend([None] * (index + 1 - len(deltas)))
         frames[index] = frame
+        deltas[index] = frame - index * PAGE_SIZE if frame else None
 
     def _paged_out(self, event: PagedOut) -> None:
         if self.base <= event.address < self.limit:
@@ -434,6 +443,7 @@ class Pool:
         if index < len(frames):  # (past the list's end, no page has an entry)
             end = min(index + count, len(frames))
             frames[index:end] = [0] * (end - index)
+            self.small_deltas[index:end] = [None] * (end - index)
         self.pages_in_use -= count
         if index < self._page_hint:
             self._page_hint = index
@@ -472,6 +482,7 @@ class Pool:
         self.page_kind[index] = PAGE_FREE
         try:
             self.small_frames[index] = 0
+            self.small_deltas[index] = None
         except IndexError:  # (past the list's end, no page has an entry)
             pass
         self.pages_in_use -= 1
@@ -1006,7 +1017,8 @@ class Pool:
             page_kind[index] = PAGE_SMALL
             try:
                 self.small_frames[index] = page_pa
-            except IndexError:  # (the list grows to reach it)
+                self.small_deltas[index] = page_pa - index * PAGE_SIZE
+            except IndexError:  # (the lists grow to reach it)
                 self._set_small_frame(index, page_pa)
             self.pages_in_use += 1
             self._page_hint = index + 1
@@ -1074,14 +1086,14 @@ class Pool:
         following = offset + block_size * BLOCK  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
         # without delayed frees)
-        if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
-            next8 = words[(page_pa + following) // 8]
+        if following < PAGE_SIZE and not mem[(next_pa := page_pa + following) + _POOL_TYPE]:
             if not (self.pending and body + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
-                # conditions on the header's first QWORD and the neighbours' bytes, all on
-                # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
-                next_pa = page_pa + following
-                next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                # conditions on the header's PreviousSize and BlockSize and the neighbours'
+                # bytes, all on this page); ``check_pool_header_in_page`` raises the first
+                # failure's bug check. (Two byte reads: cheaper than a QWORD's, whose
+                # PoolTag makes it a multi-digit int that each shift and mask pays for.)
+                next_previous, next_size = mem[next_pa], mem[next_pa + _BLOCK_SIZE]
                 next_back, next_end = next_previous * BLOCK, following + next_size * BLOCK
                 if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
                          if next_previous else not following)
@@ -1106,10 +1118,9 @@ class Pool:
                     else:
                         self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
-        # The list neighbours below are found as ``allocate_from_lists`` finds its entry's:
-        # by their offsets from the pool's base (small ints), their pages' frames in
-        # ``small_frames``.
-        base, frames = self.base, self.small_frames
+        # The list neighbours below are found by their offsets from the pool's base (small
+        # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
+        base, deltas = self.base, self.small_deltas
         if previous_size:
             back = previous_size * BLOCK
             if back > offset:  # the previous chunk would start before the page (0x6)
@@ -1132,17 +1143,17 @@ class Pool:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
                     # chunk a split took its allocation's end from: the usual merge, from a
                     # long list): its neighbours, other entries' bodies, 16-byte aligned on
-                    # their pages, each page's frame from ``small_frames``. A neighbour that is
+                    # their pages, each page's entry from ``small_deltas``. A neighbour that is
                     # the list's head (in the descriptor, not the pool), on no resident page of
-                    # this pool's small chunks (frame 0, or past the list's end), below the
+                    # this pool's small chunks (None, or past the list's end), below the
                     # pool's base, or not aligned: ``_unlink``, each access translated on its own.
                     flink_at, blink_at = flink - base, blink - base
                     try:
-                        flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
-                        blink_frame = frames[blink_at // PAGE_SIZE] if blink_at >= 0 else 0
+                        flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else None
+                        blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else None
                     except IndexError:
-                        flink_frame = 0
-                    if not (flink_frame and blink_frame) or (flink_at | blink_at) & 15:
+                        flink_delta = None
+                    if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
                         head, head_word = self.list_heads[before_size]
                         if flink == head and blink == head:
                             # Its list's only entry (with delayed frees, the usual previous
@@ -1157,8 +1168,8 @@ class Pool:
                             self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
                         # the Flink's Blink (``blinks``), the Blink's Flink
-                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
-                        blink_word = (blink_frame + (blink_at & PAGE_MASK)) // 8
+                        flink_word = (flink_at + flink_delta) // 8
+                        blink_word = (blink_at + blink_delta) // 8
                         if blinks[flink_word] != entry or words[blink_word] != entry:
                             check_list_links(self.crash, entry, blinks[flink_word],  # raises
                                              words[blink_word])
@@ -1192,7 +1203,9 @@ class Pool:
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
         # POOL_FREE, the BlockSize; ProcessBilled 0.
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size | self.free_size_bits[block_size], tag, 0)
+        # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
+        # bits are 0 there.)
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
         end = offset + block_size * BLOCK
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
@@ -1201,8 +1214,8 @@ class Pool:
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
-            # 16-byte aligned bodies, each one's links on its page, its frame from
-            # ``small_frames``. An empty list (its neighbours are the head, in the
+            # 16-byte aligned bodies, each one's links on its page, its entry from
+            # ``small_deltas``. An empty list (its neighbours are the head, in the
             # descriptor), a neighbour on no resident page of this pool's small chunks, below
             # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
             # and makes any other access on its own.
@@ -1210,11 +1223,11 @@ class Pool:
             first, last = words[head_word], blinks[head_word]
             first_at, last_at = first - base, last - base
             try:
-                first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
-                last_frame = frames[last_at // PAGE_SIZE] if last_at >= 0 else 0
+                first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
+                last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
             except IndexError:
-                first_frame = 0
-            if not (first_frame and last_frame) or (first_at | last_at) & 15:
+                first_delta = None
+            if first_delta is None or last_delta is None or (first_at | last_at) & 15:
                 if first == head and last == head:
                     # An empty list (on an unfragmented pool, the usual one): both neighbours
                     # the check reads are the head, whose links were just read (both the
@@ -1225,8 +1238,8 @@ class Pool:
                 else:
                     self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Flink; its Blink in ``blinks``
-            first_blink, last_flink = blinks[first_word], words[(last_frame + (last_at & PAGE_MASK)) // 8]
+            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
+            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
