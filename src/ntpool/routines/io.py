@@ -1300,8 +1300,7 @@ def _irp_packet(irp: int, packet_size: int, stack_size: int, allocation_flags: i
 # IoAllocateIrp's usual packet, a fixed-size IRP not charged to quota, by StackSize (1 to
 # LARGE_IRP_STACK_LOCATIONS): every byte IoInitializeIrp writes but the three QWORDs that
 # hold the IRP's own address (ThreadListEntry's links, CurrentStackLocation), stored over
-# it. A bytearray: bytes assigned to a bytearray's slice are
-# copied into a new bytearray first.
+# it.
 _IRP_TEMPLATES = (None,) + tuple(
     _irp_packet(0, L.io_size_of_irp(count), count, L.IRP_ALLOCATED_FIXED_SIZE, 0)
     for count in range(1, LARGE_IRP_STACK_LOCATIONS + 1))
