@@ -103,6 +103,7 @@ _HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
 # What the split reads of a listed chunk in one unpack: PreviousSize, BlockSize, and its
 # body's links (Flink, Blink).
 _SIZES_LINKS = x64_struct("<BxBx12xQQ").unpack_from
+_SITE_UNIT = 1 << SITE_UNIT_SHIFT  # bytes of pool a call site stands for (sites[offset // _SITE_UNIT])
 assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
@@ -148,6 +149,11 @@ class Pool:
         # The same QWORDs 8 bytes on: blinks[pa >> 3] is the QWORD at pa + 8 (a LIST_ENTRY's
         # Blink beside its Flink, a header's ProcessBilled), with no ``+ 1`` (an int made).
         self.blinks = memoryview(self.mem)[8:].cast(QWORD_VIEW)
+        # And 16 and 24 bytes on: by a chunk header's QWORD index, its body's LIST_ENTRY.
+        self.body_flinks = memoryview(self.mem)[HEADER_SIZE:].cast(QWORD_VIEW)
+        self.body_blinks = memoryview(self.mem)[HEADER_SIZE + 8:].cast(QWORD_VIEW)
+        # By a header's physical address, its BlockSize byte (no ``+ 2``).
+        self.block_sizes = memoryview(self.mem)[_BLOCK_SIZE:]
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
@@ -791,7 +797,7 @@ class Pool:
         # header, its neighbours' and the remainder's all lie on that page: it is translated
         # once, and the headers are written in the order ``_split_any`` writes them.
         chunk_pa = frame + offset
-        header = chunk_pa >> 3  # the chunk's header, as a QWORD index of ``words``
+        header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
         mem = self.mem
         # PreviousSize, BlockSize and the links, read before the unlink: its writes below
         # (the head's QWORDs, in the descriptor; a Blink, at 8 past a 16-byte boundary)
@@ -823,7 +829,7 @@ class Pool:
                 self._unlink(entry, found, chunk_pa + HEADER_SIZE)
                 previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
             else:
-                flink_word = (flink_frame + (flink_at & PAGE_MASK)) >> 3
+                flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
                 if blinks[flink_word] != entry:  # its Blink; the named check raises the bug check
                     check_list_links(self.crash, entry, blinks[flink_word], entry)
                 words[head_word] = flink  # the Blink side's Flink
@@ -837,7 +843,7 @@ class Pool:
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
         back, size = previous_size * BLOCK, free_size * BLOCK
         end = offset + size
-        if not ((back <= offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
+        if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
                  if previous_size else not offset)
                 and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
             check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
@@ -875,13 +881,13 @@ class Pool:
         # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
         # ProcessBilled.
-        self.ulongs[chunk_pa >> 2] = previous_size | self.free_size_bits[remainder]
+        self.ulongs[chunk_pa // 4] = previous_size | self.free_size_bits[remainder]
         blinks[header] = 0
         rest = remainder * BLOCK
         _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, remainder | self.allocated_size_bits[block_size],
                                            tag, site & self.header_site_mask)
         mine_at = at + rest  # the allocation's header's offset from the pool's base
-        self.sites[mine_at >> SITE_UNIT_SHIFT] = site
+        self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
             self.mem_bytes[chunk_pa + size] = block_size
         if remainder > 1:
@@ -896,7 +902,7 @@ class Pool:
             head, head_word = self.list_heads[remainder]
             first, last = words[head_word], blinks[head_word]
             if first == head and last == head:
-                _LINKS.pack_into(mem, chunk_pa + HEADER_SIZE, head, head)  # the entry's Flink and Blink
+                self.body_flinks[header] = self.body_blinks[header] = head  # the entry's Flink and Blink
                 words[head_word] = blinks[head_word] = entry
                 self.listed[remainder] = 1
                 return self.base + mine_at
@@ -910,11 +916,12 @@ class Pool:
             if not (last_frame and first_frame) or (last_at | first_at) & 15:
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
                 return base + mine_at
-            last_word = (last_frame + (last_at & PAGE_MASK)) >> 3  # its Flink
-            first_word = (first_frame + (first_at & PAGE_MASK)) >> 3  # its Blink: blinks[first_word]
+            last_word = (last_frame + (last_at & PAGE_MASK)) // 8  # its Flink
+            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Blink: blinks[first_word]
             if words[last_word] != head or blinks[first_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], blinks[first_word])
-            _LINKS.pack_into(mem, chunk_pa + HEADER_SIZE, head, last)  # the entry's Flink and Blink
+            self.body_flinks[header] = head  # the entry's Flink and Blink
+            self.body_blinks[header] = last
             words[last_word] = entry
             blinks[head_word] = entry
             self.listed[remainder] = 1
