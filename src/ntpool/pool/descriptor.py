@@ -103,6 +103,9 @@ _HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
 # What the split reads of a listed chunk in one unpack: PreviousSize, BlockSize, and its
 # body's links (Flink, Blink).
 _SIZES_LINKS = x64_struct("<BxBx12xQQ").unpack_from
+# Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
+# (specialized) where ``offset & 15`` is an operation that is not.
+_ALIGNED = tuple(not offset % LIST_ENTRY_SIZE for offset in range(PAGE_SIZE))
 _SITE_UNIT = 1 << SITE_UNIT_SHIFT  # bytes of pool a call site stands for (sites[offset // _SITE_UNIT])
 assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
 
@@ -825,11 +828,12 @@ class Pool:
                 flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
             except IndexError:
                 flink_frame = 0
-            if not flink_frame or flink_at & 15:
+            flink_offset = flink_at & PAGE_MASK
+            if not (flink_frame and _ALIGNED[flink_offset]):
                 self._unlink(entry, found, chunk_pa + HEADER_SIZE)
                 previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
             else:
-                flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
+                flink_word = (flink_frame + flink_offset) // 8
                 if blinks[flink_word] != entry:  # its Blink; the named check raises the bug check
                     check_list_links(self.crash, entry, blinks[flink_word], entry)
                 words[head_word] = flink  # the Blink side's Flink
@@ -881,10 +885,10 @@ class Pool:
         # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
         # ProcessBilled.
-        self.ulongs[chunk_pa // 4] = previous_size | self.free_size_bits[remainder]
+        self.ulongs[chunk_pa // 4] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
         blinks[header] = 0
         rest = remainder * BLOCK
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, remainder | self.allocated_size_bits[block_size],
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, self.allocated_size_bits[block_size] + remainder,
                                            tag, site & self.header_site_mask)
         mine_at = at + rest  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
@@ -913,11 +917,12 @@ class Pool:
                 first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
             except IndexError:
                 last_frame = 0
-            if not (last_frame and first_frame) or (last_at | first_at) & 15:
+            last_offset, first_offset = last_at & PAGE_MASK, first_at & PAGE_MASK
+            if not (last_frame and first_frame and _ALIGNED[last_offset] and _ALIGNED[first_offset]):
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
                 return base + mine_at
-            last_word = (last_frame + (last_at & PAGE_MASK)) // 8  # its Flink
-            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Blink: blinks[first_word]
+            last_word = (last_frame + last_offset) // 8  # its Flink
+            first_word = (first_frame + first_offset) // 8  # its Blink: blinks[first_word]
             if words[last_word] != head or blinks[first_word] != head:  # the named check raises
                 check_list_links(self.crash, head, words[last_word], blinks[first_word])
             self.body_flinks[header] = head  # the entry's Flink and Blink
