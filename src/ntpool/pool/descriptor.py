@@ -100,9 +100,6 @@ assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, P
 # A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
 # layout.header_first8's low half), the PoolTag, ProcessBilled.
 _HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
-# What the split reads of a listed chunk in one unpack: PreviousSize, BlockSize, and its
-# body's links (Flink, Blink).
-_SIZES_LINKS = x64_struct("<BxBx12xQQ").unpack_from
 # Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
 # (specialized) where ``offset & 15`` is an operation that is not.
 _ALIGNED = tuple(not offset % LIST_ENTRY_SIZE for offset in range(PAGE_SIZE))
@@ -771,8 +768,8 @@ class Pool:
         address (three digits) costs more in each operation, and a list or tuple subscript
         is specialized where a bytes, mmap or memoryview one is not. So the chunk is found
         by its header's offset from the pool's base (small ints), each QWORD read at its
-        index (``words`` for a Flink, ``blinks`` for the QWORD after it: no ``+ 1``), and
-        the chunk's sizes and links come in one unpack."""
+        index (``words`` for a Flink, ``blinks`` for the QWORD after it: no ``+ 1``; the
+        chunk's own links through views 16 and 24 bytes on, by its header's index)."""
         found = self.listed.find(1, block_size)  # the smallest listed size that fits
         if found < 0:
             return 0
@@ -802,11 +799,7 @@ class Pool:
         chunk_pa = frame + offset
         header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
         mem = self.mem
-        # PreviousSize, BlockSize and the links, read before the unlink: its writes below
-        # (the head's QWORDs, in the descriptor; a Blink, at 8 past a 16-byte boundary)
-        # cannot reach a header's first bytes. ``_unlink`` can write anywhere a damaged link
-        # leads: the header is read again after it.
-        previous_size, free_size, flink, blink = _SIZES_LINKS(mem, chunk_pa)
+        flink, blink = self.body_flinks[header], self.body_blinks[header]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
         # own, read through its translation (the Blink side's is the Flink just read: the
@@ -816,7 +809,6 @@ class Pool:
         # ``_unlink``, each access translated on its own.
         if blink != head:
             self._unlink(entry, found, chunk_pa + HEADER_SIZE)
-            previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
         elif flink == head:  # the only entry
             if blinks[head_word] != entry:  # the head's Blink; the named check raises the bug check
                 check_list_links(self.crash, entry, blinks[head_word], entry)
@@ -831,7 +823,6 @@ class Pool:
             flink_offset = flink_at & PAGE_MASK
             if not (flink_frame and _ALIGNED[flink_offset]):
                 self._unlink(entry, found, chunk_pa + HEADER_SIZE)
-                previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
             else:
                 flink_word = (flink_frame + flink_offset) // 8
                 if blinks[flink_word] != entry:  # its Blink; the named check raises the bug check
@@ -845,6 +836,7 @@ class Pool:
         # Windows' order and raises the bug check of the first that fails. (``offset`` and
         # ``end`` are the header's and the next header's offsets in the page; all are
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
+        previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
         back, size = previous_size * BLOCK, free_size * BLOCK
         end = offset + size
         if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
