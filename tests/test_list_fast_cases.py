@@ -74,7 +74,7 @@ def take_the_long_way(pool) -> None:
         if flink == blink:  # only the head is left
             pool.listed[block_size] = 0
 
-    def free_small(chunk, pa=None):  # coalescing (Pool.free_small), every header read on its own
+    def free_small(chunk, pa=None, block_size=0, tag=0):  # coalescing (Pool.free_small), every header read on its own
         previous_size, _, block_size, _, tag = pool._read_first8(chunk)
         following = chunk + (block_size << BLOCK_SHIFT)
         if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page

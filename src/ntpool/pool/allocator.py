@@ -617,7 +617,7 @@ class PoolAllocator:
                         if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
                             if not pool.delay_frees:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                                pool.free_small(P - _BODY, pa)
+                                pool.free_small(P - _BODY, pa, block_size, stored)  # (what it has read)
                                 return True
                             pending = pool.pending
                             if len(pending) < MAXIMUM_POOL_FREES_PENDING:

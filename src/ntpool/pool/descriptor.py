@@ -147,11 +147,13 @@ class Pool:
         self.mem_bytes = memoryview(self.mem)
         self.words = space.physical.qwords  # the same memory as QWORDs: words[pa >> 3]
         # The same QWORDs 8 bytes on: blinks[pa >> 3] is the QWORD at pa + 8 (a LIST_ENTRY's
-        # Blink beside its Flink, a header's ProcessBilled), with no ``+ 1`` (an int made).
-        self.blinks = memoryview(self.mem)[8:].cast(QWORD_VIEW)
+        # Blink when pa is its Flink's, a header's ProcessBilled), an index without the
+        # addition (an int made) on the split's and coalescing's hot paths. (QWORD_VIEW:
+        # the host's native long where that is 8 bytes, its cheapest conversion.)
+        self.blinks = memoryview(self.mem)[POINTER.size:].cast(QWORD_VIEW)
         # And 16 and 24 bytes on: by a chunk header's QWORD index, its body's LIST_ENTRY.
         self.body_flinks = memoryview(self.mem)[HEADER_SIZE:].cast(QWORD_VIEW)
-        self.body_blinks = memoryview(self.mem)[HEADER_SIZE + 8:].cast(QWORD_VIEW)
+        self.body_blinks = memoryview(self.mem)[HEADER_SIZE + POINTER.size:].cast(QWORD_VIEW)
         # By a header's physical address, its BlockSize byte (no ``+ 2``).
         self.block_sizes = memoryview(self.mem)[_BLOCK_SIZE:]
         self.tlb = space.tlb
@@ -1062,7 +1064,7 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, chunk: int, pa: int | None = None) -> None:
+    def free_small(self, chunk: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
         The chunk and the neighbours it may merge with lie on its page, so the page is
@@ -1071,8 +1073,9 @@ class Pool:
         coalescing uses; the previous chunk's with its links), the next chunk's PoolType
         alone first; each check's condition is tested here, its named check called only to
         raise its bug check. ``pa``: the header's physical address, when the
-        caller has translated it."""
-        words, mem = self.words, self.mem
+        caller has translated it; ``block_size`` and ``tag``: its BlockSize and PoolTag, when
+        the caller has read them there (0: read here)."""
+        words, mem, blinks = self.words, self.mem, self.blinks
         if pa is None:
             offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
@@ -1080,19 +1083,24 @@ class Pool:
         else:
             offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
         page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
-        previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
-        following = offset + (block_size << BLOCK_SHIFT)  # offsets in the page from here on
+        if block_size:  # (the allocator's free fast path has read the rest: a byte is cheaper than an unpack)
+            previous_size = mem[pa]
+        else:
+            previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
+        # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
+        # and computes // on a small int with fewer instructions than >> or <<.)
+        following = offset + block_size * BLOCK  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
         # without delayed frees)
         if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
-            next8 = words[(page_pa + following) >> 3]
+            next8 = words[(page_pa + following) // 8]
             if not (self.pending and chunk + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                 # conditions on the header's first QWORD and the neighbours' bytes, all on
                 # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
                 next_pa = page_pa + following
                 next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
-                next_back, next_end = next_previous << BLOCK_SHIFT, following + (next_size << BLOCK_SHIFT)
+                next_back, next_end = next_previous * BLOCK, following + next_size * BLOCK
                 if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
                          if next_previous else not following)
                         and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
@@ -1100,18 +1108,18 @@ class Pool:
                     check_pool_header_in_page(self.crash, chunk + (following - offset), mem, next_pa)
                 if next_size > 1:
                     next_entry = chunk + (following - offset + HEADER_SIZE)
-                    next_word = (next_pa >> 3) + 2  # its Flink; its Blink follows
-                    flink, blink = words[next_word], words[next_word + 1]
+                    next_word = next_pa // 8 + 2  # its Flink; its Blink follows
+                    flink, blink = words[next_word], blinks[next_word]
                     head, head_word = self.list_heads[next_size]
                     if flink == head and blink == head:
                         # RemoveEntryList of the list's only entry (a page's remainder, the
                         # usual next chunk when a free makes its page whole), as ``_unlink``
                         # makes it: both neighbours are the head, whose links are the
                         # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
-                        head_blink, head_flink = words[head_word + 1], words[head_word]
+                        head_blink, head_flink = blinks[head_word], words[head_word]
                         if head_blink != next_entry or head_flink != next_entry:  # the named check raises
                             check_list_links(self.crash, next_entry, head_blink, head_flink)
-                        words[head_word] = words[head_word + 1] = head
+                        words[head_word] = blinks[head_word] = head
                         self.listed[next_size] = 0
                     else:
                         self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
@@ -1121,7 +1129,7 @@ class Pool:
         # ``small_frames``.
         base, frames = self.base, self.small_frames
         if previous_size:
-            back = previous_size << BLOCK_SHIFT
+            back = previous_size * BLOCK
             if back > offset:  # the previous chunk would start before the page (0x6)
                 check_previous_size(self.crash, chunk, previous_size)
             before_offset = offset - back
@@ -1157,25 +1165,29 @@ class Pool:
                             # Its list's only entry (with delayed frees, the usual previous
                             # chunk: the batch lists each chunk it merges on a list of its
                             # own size), as the next chunk's above.
-                            head_blink, head_flink = words[head_word + 1], words[head_word]
+                            head_blink, head_flink = blinks[head_word], words[head_word]
                             if head_blink != entry or head_flink != entry:  # the named check raises
                                 check_list_links(self.crash, entry, head_blink, head_flink)
-                            words[head_word] = words[head_word + 1] = head
+                            words[head_word] = blinks[head_word] = head
                             self.listed[before_size] = 0
                         else:
                             self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
-                        # the Flink's Blink, the Blink's Flink
-                        flink_blink_word = ((flink_frame + (flink_at & PAGE_MASK)) >> 3) + 1
-                        blink_word = (blink_frame + (blink_at & PAGE_MASK)) >> 3
-                        if words[flink_blink_word] != entry or words[blink_word] != entry:
-                            check_list_links(self.crash, entry, words[flink_blink_word],  # raises
+                        # the Flink's Blink (``blinks``), the Blink's Flink
+                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
+                        blink_word = (blink_frame + (blink_at & PAGE_MASK)) // 8
+                        if blinks[flink_word] != entry or words[blink_word] != entry:
+                            check_list_links(self.crash, entry, blinks[flink_word],  # raises
                                              words[blink_word])
                         words[blink_word] = flink
-                        words[flink_blink_word] = blink
+                        blinks[flink_word] = blink
                         if flink == blink:  # only the head is left
                             self.listed[before_size] = 0
-                offset, pa, previous_size, tag = before_offset, before_pa, before_previous, before_tag
+                # (one at a time: four names at once would build a tuple)
+                offset = before_offset
+                pa = before_pa
+                previous_size = before_previous
+                tag = before_tag
                 block_size += before_size
             else:
                 entry = chunk + HEADER_SIZE
@@ -1188,15 +1200,17 @@ class Pool:
         # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
         # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
         # the next PreviousSize is its own, and the list is ListHeads[-1]).
-        block_size &= 0xFF
-        if not block_size and not offset:
-            self.release_small_page(chunk & ~PAGE_MASK)
-            return
+        # (Tested first: a sum below 256 blocks and not 0, the usual one, costs one comparison.)
+        if block_size > 0xFF or not block_size:
+            block_size &= 0xFF
+            if not block_size and not offset:
+                self.release_small_page(chunk & ~PAGE_MASK)
+                return
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
         # POOL_FREE, the BlockSize; ProcessBilled 0.
         _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size | self.free_size_bits[block_size], tag, 0)
-        end = offset + (block_size << BLOCK_SHIFT)
+        end = offset + block_size * BLOCK
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
@@ -1210,7 +1224,7 @@ class Pool:
             # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
             # and makes any other access on its own.
             head, head_word = self.list_heads[block_size]
-            first, last = words[head_word], words[head_word + 1]
+            first, last = words[head_word], blinks[head_word]
             first_at, last_at = first - base, last - base
             try:
                 first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
@@ -1223,17 +1237,17 @@ class Pool:
                     # the check reads are the head, whose links were just read (both the
                     # head), so the check holds; the entry becomes both of its links.
                     _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
-                    words[head_word] = words[head_word + 1] = entry
+                    words[head_word] = blinks[head_word] = entry
                     self.listed[block_size] = 1
                 else:
                     self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_blink_word = ((first_frame + (first_at & PAGE_MASK)) >> 3) + 1  # its Blink
-            first_blink, last_flink = words[first_blink_word], words[(last_frame + (last_at & PAGE_MASK)) >> 3]
+            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Flink; its Blink in ``blinks``
+            first_blink, last_flink = blinks[first_word], words[(last_frame + (last_at & PAGE_MASK)) // 8]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-            words[first_blink_word] = entry
+            blinks[first_word] = entry
             words[head_word] = entry
             self.listed[block_size] = 1
 
