@@ -13,7 +13,7 @@ import struct
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
 from ..hooks import MappingChanged, PagedIn, PagedOut
-from ..packing import x64_struct
+from ..packing import QWORD_VIEW, x64_struct
 from ..machine.memory import (
     PTE_ACCESSED,
     PTE_ADDRESS_MASK,
@@ -74,6 +74,10 @@ _pack_header = POOL_HEADER.struct.pack_into
 _unpack_first8 = HEADER_FIRST8.unpack_from
 # Page offsets where a chunk body can start (a 16-byte boundary past the page's first header).
 _BODY_OK = bytes(1 if offset >= HEADER_SIZE and not offset % BLOCK else 0 for offset in range(PAGE_SIZE))
+# The same, by the header's page offset (a chunk's header on a block boundary, its body on
+# the page), as a tuple of bools: a subscript CPython 3.11 specializes (a bytes one it does not).
+_HEADER_OK = tuple(bool(_BODY_OK[offset + HEADER_SIZE]) for offset in range(PAGE_SIZE - HEADER_SIZE)) + \
+    (False,) * HEADER_SIZE
 _pack_type_tag = TYPE_TAG_BILLED.pack_into
 _TYPE_FROM_BODY = POOL_HEADER.PoolType - HEADER_SIZE  # PoolType..ProcessBilled, from the body
 _BLOCK_SIZE = POOL_HEADER.BlockSize  # a header's BlockSize byte
@@ -96,6 +100,10 @@ assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, P
 # A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
 # layout.header_first8's low half), the PoolTag, ProcessBilled.
 _HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
+# Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
+# (specialized) where ``offset & 15`` is an operation that is not.
+_ALIGNED = tuple(not offset % LIST_ENTRY_SIZE for offset in range(PAGE_SIZE))
+_SITE_UNIT = 1 << SITE_UNIT_SHIFT  # bytes of pool a call site stands for (sites[offset // _SITE_UNIT])
 assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
@@ -130,6 +138,7 @@ class Pool:
         self.base = va_base
         self.page_count = size_bytes // PAGE_SIZE
         self.limit = va_base + self.page_count * PAGE_SIZE
+        self.headers_from = va_base + HEADER_SIZE  # an entry's address less this: its header's offset
         self.space = space
         self.physical: PhysicalMemory = space.physical
         self.mem = space.physical.buffer
@@ -137,9 +146,16 @@ class Pool:
         # costs about twice a memoryview's (reads are cheaper through the mmap).
         self.mem_bytes = memoryview(self.mem)
         self.words = space.physical.qwords  # the same memory as QWORDs: words[pa >> 3]
-        # The same QWORDs one on: blinks[pa >> 3] is the QWORD at pa + 8, a LIST_ENTRY's Blink
-        # when pa is its Flink's (an index without the addition, on coalescing's hot path).
-        self.blinks = memoryview(self.mem)[POINTER.size:].cast("Q")
+        # The same QWORDs 8 bytes on: blinks[pa >> 3] is the QWORD at pa + 8 (a LIST_ENTRY's
+        # Blink when pa is its Flink's, a header's ProcessBilled), an index without the
+        # addition (an int made) on the split's and coalescing's hot paths. (QWORD_VIEW:
+        # the host's native long where that is 8 bytes, its cheapest conversion.)
+        self.blinks = memoryview(self.mem)[POINTER.size:].cast(QWORD_VIEW)
+        # And 16 and 24 bytes on: by a chunk header's QWORD index, its body's LIST_ENTRY.
+        self.body_flinks = memoryview(self.mem)[HEADER_SIZE:].cast(QWORD_VIEW)
+        self.body_blinks = memoryview(self.mem)[HEADER_SIZE + POINTER.size:].cast(QWORD_VIEW)
+        # By a header's physical address, its BlockSize byte (no ``+ 2``).
+        self.block_sizes = memoryview(self.mem)[_BLOCK_SIZE:]
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
@@ -758,24 +774,31 @@ class Pool:
         """``allocate_small``'s first step: the header address of a chunk of ``block_size``
         blocks taken from the ListHeads (the smallest listed size that fits, split when
         larger), or 0 when no listed chunk fits. The allocator's fast path calls it, and
-        ``allocate_past_lists``, itself on a lookaside miss (a call less)."""
+        ``allocate_past_lists``, itself on a lookaside miss (a call less).
+
+        Written for CPython 3.11's costs: each int an operation makes that is not a small
+        int (-5..256) is allocated and freed (about 150 instructions), an int of a 64-bit
+        address (three digits) costs more in each operation, and a list or tuple subscript
+        is specialized where a bytes, mmap or memoryview one is not. So the chunk is found
+        by its header's offset from the pool's base (small ints), each QWORD read at its
+        index (``words`` for a Flink, ``blinks`` for the QWORD after it: no ``+ 1``; the
+        chunk's own links through views 16 and 24 bytes on, by its header's index)."""
         found = self.listed.find(1, block_size)  # the smallest listed size that fits
         if found < 0:
             return 0
         head, head_word = self.list_heads[found]
-        words, frames, base = self.words, self.small_frames, self.base
+        words, blinks, frames = self.words, self.blinks, self.small_frames
         entry = words[head_word]  # its Flink
-        # The entry's offset from the pool's base: a small int, so the arithmetic below
-        # costs less than on the 64-bit address (CPython makes a new 64-bit int for each
-        # result, and computes on it digit by digit), and its page's frame is one subscript
-        # of ``small_frames`` (as the allocator's fast path finds it) where the TLB would be
-        # a dict lookup keyed by a 64-bit page number. A page that is not a resident page of
-        # small chunks of this pool has no frame there (0, or past the list's end); an
-        # address below the pool's base would index from the list's end, so it is refused
-        # first. Any of these: the long way, which faults or bug-checks as Windows would.
-        at = entry - base
+        # The chunk's header's offset from the pool's base, and in its page: its page's frame
+        # is one subscript of ``small_frames`` (as the allocator's fast path finds it) where
+        # the TLB would be a dict lookup keyed by a 64-bit page number. A page that is not a
+        # resident page of small chunks of this pool has no frame there (0, or past the
+        # list's end); an address below the pool's base would index from the list's end, so
+        # it is refused first; a body not on a block boundary of its page, too. Any of these:
+        # the long way, which faults or bug-checks as Windows would.
+        at = entry - self.headers_from
         offset = at & PAGE_MASK
-        if at < 0 or not _BODY_OK[offset]:
+        if at < 0 or not _HEADER_OK[offset]:
             return self._split_any(entry, found, block_size, tag, site)
         try:
             frame = frames[at // PAGE_SIZE]
@@ -783,62 +806,55 @@ class Pool:
             frame = 0
         if not frame:
             return self._split_any(entry, found, block_size, tag, site)
-        entry_pa = frame + offset
         # The usual case: the entry is a chunk body on a present page. The chunk's
         # header, its neighbours' and the remainder's all lie on that page: it is translated
-        # once, and the headers are written in the order ``_split_any`` writes them (a whole
-        # header with one pack: its first ULONG, layout.header_first8's low half, PreviousSize
-        # its low byte; the PoolTag; ProcessBilled).
-        chunk_pa = entry_pa - HEADER_SIZE
-        header = chunk_pa >> 3  # the chunk's header, as QWORDs of ``words``; its links at + 2
+        # once, and the headers are written in the order ``_split_any`` writes them.
+        chunk_pa = frame + offset
+        header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
         mem = self.mem
-        flink, blink = _LINKS.unpack_from(mem, entry_pa)
+        flink, blink = self.body_flinks[header], self.body_blinks[header]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
         # own, read through its translation (the Blink side's is the Flink just read: the
         # entry), so the check reads what ``_unlink`` would. A Flink that is another entry's
-        # body (16-byte aligned, so its Blink lies on its page) is read on that page, translated
-        # once (a page not present: the TLB has no entry, KeyError). Any other neighbour:
+        # body (16-byte aligned, so its Blink lies on its page) is read on that page,
+        # translated once through ``small_frames`` as the entry's. Any other neighbour:
         # ``_unlink``, each access translated on its own.
         if blink != head:
-            self._unlink(entry, found, entry_pa)
+            self._unlink(entry, found, chunk_pa + HEADER_SIZE)
         elif flink == head:  # the only entry
-            flink_blink = words[head_word + 1]  # the head's Blink
-            if flink_blink != entry:  # the named check raises the bug check
-                check_list_links(self.crash, entry, flink_blink, entry)
-            words[head_word] = words[head_word + 1] = head
+            if blinks[head_word] != entry:  # the head's Blink; the named check raises the bug check
+                check_list_links(self.crash, entry, blinks[head_word], entry)
+            words[head_word] = blinks[head_word] = head
             self.listed[found] = 0
         else:
-            # The Flink's page through ``small_frames``, as the entry's (a Flink below the
-            # pool's base, or on no resident page of its small chunks: frame 0, the long way).
-            flink_at = flink - base
+            flink_at = flink - self.base
             try:
                 flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
             except IndexError:
                 flink_frame = 0
-            if not flink_frame or flink_at & 15:
-                self._unlink(entry, found, entry_pa)
+            flink_offset = flink_at & PAGE_MASK
+            if not (flink_frame and _ALIGNED[flink_offset]):
+                self._unlink(entry, found, chunk_pa + HEADER_SIZE)
             else:
-                flink_blink_word = ((flink_frame + (flink_at & PAGE_MASK)) >> 3) + 1  # its Blink
-                if words[flink_blink_word] != entry:  # the named check raises the bug check
-                    check_list_links(self.crash, entry, words[flink_blink_word], entry)
+                flink_word = (flink_frame + flink_offset) // 8
+                if blinks[flink_word] != entry:  # its Blink; the named check raises the bug check
+                    check_list_links(self.crash, entry, blinks[flink_word], entry)
                 words[head_word] = flink  # the Blink side's Flink
-                words[flink_blink_word] = head
-        # ExpCheckPoolHeader, inline, on the header's first QWORD: PreviousSize leads to a
-        # chunk on this page whose BlockSize agrees (it is 0 only for the page's first
-        # chunk); BlockSize is not 0 and ends at the page's end or at a chunk whose
-        # PreviousSize agrees. When any of it fails, ``check_pool_header_in_page`` makes the
-        # checks in Windows' order and raises the bug check of the first that fails. (``offset``
-        # and ``end`` are the body's and the next body's, a header past the chunks': so the
-        # previous chunk starts on the page while ``back`` is below ``offset``, both being
-        # multiples of 16, and the chunk ends at the page's end at PAGE_SIZE + 16.)
-        # (Read after the unlink, whose writes they must see; as single bytes, small ints.)
-        previous_size, free_size = mem[chunk_pa], mem[chunk_pa + _BLOCK_SIZE]
-        back, size = previous_size << BLOCK_SHIFT, free_size << BLOCK_SHIFT
+                blinks[flink_word] = head
+        # ExpCheckPoolHeader, inline, on the header's sizes: PreviousSize leads to a chunk on
+        # this page whose BlockSize agrees (it is 0 only for the page's first chunk);
+        # BlockSize is not 0 and ends at the page's end or at a chunk whose PreviousSize
+        # agrees. When any of it fails, ``check_pool_header_in_page`` makes the checks in
+        # Windows' order and raises the bug check of the first that fails. (``offset`` and
+        # ``end`` are the header's and the next header's offsets in the page; all are
+        # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
+        previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
+        back, size = previous_size * BLOCK, free_size * BLOCK
         end = offset + size
-        if not ((back < offset and mem[chunk_pa - back + _BLOCK_SIZE] == previous_size
-                 if previous_size else offset == HEADER_SIZE)
-                and free_size and (end == _PAGE_END or end < _PAGE_END and mem[chunk_pa + size] == free_size)):
+        if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
+                 if previous_size else not offset)
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
             check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
@@ -846,7 +862,7 @@ class Pool:
         if remainder == 0:
             _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
                                                tag, site & self.header_site_mask)
-            self.sites[(at - HEADER_SIZE) >> SITE_UNIT_SHIFT] = site
+            self.sites[at >> SITE_UNIT_SHIFT] = site
             return entry - HEADER_SIZE
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
@@ -856,11 +872,11 @@ class Pool:
             rest_pa = chunk_pa + (block_size << BLOCK_SHIFT)
             old_tag = words[header] & POOL_TAG_BITS  # the remainder's, as Windows leaves it
             words[header] = tag << POOL_TAG_SHIFT | self.allocated_size_bits[block_size]
-            words[header + 1] = site & self.header_site_mask
-            self.sites[(at - HEADER_SIZE) >> SITE_UNIT_SHIFT] = site
+            blinks[header] = site & self.header_site_mask
+            self.sites[at >> SITE_UNIT_SHIFT] = site
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
-            words[(rest_pa >> 3) + 1] = 0
-            if end < _PAGE_END:
+            blinks[rest_pa >> 3] = 0
+            if end < PAGE_SIZE:
                 self.mem_bytes[chunk_pa + size] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
@@ -870,17 +886,18 @@ class Pool:
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
-        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory (the
-        # header was read just now); ProcessBilled 0. Then the allocation's whole header.
-        self.ulongs[chunk_pa >> 2] = previous_size | self.free_size_bits[remainder]
-        words[header + 1] = 0
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + (remainder << BLOCK_SHIFT),
-                                           remainder | self.allocated_size_bits[block_size], tag,
-                                           site & self.header_site_mask)
-        mine_at = at + (remainder - 1 << BLOCK_SHIFT)  # the chunk's header, plus the remainder
-        self.sites[mine_at >> SITE_UNIT_SHIFT] = site
-        mine = base + mine_at
-        if end < _PAGE_END:
+        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory;
+        # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
+        # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
+        # ProcessBilled.
+        self.ulongs[chunk_pa // 4] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
+        blinks[header] = 0
+        rest = remainder * BLOCK
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, self.allocated_size_bits[block_size] + remainder,
+                                           tag, site & self.header_site_mask)
+        mine_at = at + rest  # the allocation's header's offset from the pool's base
+        self.sites[mine_at // _SITE_UNIT] = site
+        if end < PAGE_SIZE:
             self.mem_bytes[chunk_pa + size] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
@@ -892,30 +909,33 @@ class Pool:
             # list's end), below its base, or not aligned: ``_insert``, each access translated
             # on its own.
             head, head_word = self.list_heads[remainder]
-            first, last = words[head_word], words[head_word + 1]
+            first, last = words[head_word], blinks[head_word]
             if first == head and last == head:
-                words[header + 2] = words[header + 3] = head
-                words[head_word] = words[head_word + 1] = entry
+                self.body_flinks[header] = self.body_blinks[header] = head  # the entry's Flink and Blink
+                words[head_word] = blinks[head_word] = entry
                 self.listed[remainder] = 1
-                return mine
+                return self.base + mine_at
+            base = self.base
             last_at, first_at = last - base, first - base
             try:
                 last_frame = frames[last_at // PAGE_SIZE] if last_at >= 0 else 0
                 first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
             except IndexError:
                 last_frame = 0
-            if not (last_frame and first_frame) or (last_at | first_at) & 15:
-                self._insert(entry, remainder, True, entry_pa)
-                return mine
-            last_word = (last_frame + (last_at & PAGE_MASK)) >> 3  # its Flink
-            first_blink_word = ((first_frame + (first_at & PAGE_MASK)) >> 3) + 1
-            if words[last_word] != head or words[first_blink_word] != head:  # the named check raises
-                check_list_links(self.crash, head, words[last_word], words[first_blink_word])
-            _LINKS.pack_into(mem, entry_pa, head, last)  # the entry's Flink and Blink
+            last_offset, first_offset = last_at & PAGE_MASK, first_at & PAGE_MASK
+            if not (last_frame and first_frame and _ALIGNED[last_offset] and _ALIGNED[first_offset]):
+                self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
+                return base + mine_at
+            last_word = (last_frame + last_offset) // 8  # its Flink
+            first_word = (first_frame + first_offset) // 8  # its Blink: blinks[first_word]
+            if words[last_word] != head or blinks[first_word] != head:  # the named check raises
+                check_list_links(self.crash, head, words[last_word], blinks[first_word])
+            self.body_flinks[header] = head  # the entry's Flink and Blink
+            self.body_blinks[header] = last
             words[last_word] = entry
-            words[head_word + 1] = entry
+            blinks[head_word] = entry
             self.listed[remainder] = 1
-        return mine
+        return self.base + mine_at
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
         """``allocate_from_lists`` for an entry that is not a chunk body on a present page
