@@ -932,7 +932,8 @@ class IoRoutines:
         IRP it becomes Irp->MdlAddress, or is chained after it when SecondaryBuffer."""
         if not Length or Length > 0xFFFFFFFF:
             return 0
-        pages = ((VirtualAddress & (PAGE_SIZE - 1)) + Length + PAGE_SIZE - 1) >> PAGE_SHIFT  # _span_pages
+        byte_offset = VirtualAddress & 0xFFF  # (PAGE_SIZE - 1)
+        pages = (byte_offset + Length + 0xFFF) >> PAGE_SHIFT  # _span_pages
         size = _MDL_SIZE + 8 * pages
         if size > 0x7FFF:
             return 0
@@ -949,7 +950,7 @@ class IoRoutines:
                 # resident page (``io_take_at`` gives its physical address only while nobody
                 # listens for memory writes), for no IRP: the header packed in place.
                 _MDL_HEADER.pack_into(self._mem, mdl_at, 0, size, flags, 0, 0, VirtualAddress & _PAGE_FRAME,
-                                      Length & 0xFFFFFFFF, VirtualAddress & (PAGE_SIZE - 1))
+                                      Length & 0xFFFFFFFF, byte_offset)
                 return mdl
             mdl = mdl or self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
         else:
@@ -986,10 +987,10 @@ class IoRoutines:
         else:
             flags = self._get16(Mdl + L.MDL.MdlFlags)
             mapped = self._get64(Mdl + L.MDL.MappedSystemVa)
-        mapped &= ~(PAGE_SIZE - 1)
-        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
-                not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
-            self._unmap_system(mapped)
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA:
+            mapped &= _PAGE_FRAME
+            if mapped not in self.reserved_mappings and not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
+                self._unmap_system(mapped)
         if flags & L.MDL_ALLOCATED_FIXED_SIZE:
             # Kept on the processor's MDL lookaside list or the system's (its physical address
             # known on the usual call).
