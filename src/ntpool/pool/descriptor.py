@@ -738,8 +738,8 @@ class Pool:
         The header is written once, whole: ``site`` (the call site) goes where Windows keeps
         AllocatorBackTraceIndex.
         """
-        return self.allocate_from_lists(block_size, tag, site) or \
-            self.allocate_past_lists(block_size, tag, site)
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self.allocate_past_lists(block_size, tag, site)
 
     def allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
         """``allocate_small`` when no listed chunk is large enough: a new page, else what
@@ -749,21 +749,25 @@ class Pool:
             return chunk
         # No fresh page: Windows frees what is pending and retries once.
         if self.pending and self.deferred_free():
-            chunk = self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            chunk = self._allocate_again(block_size, tag, site)
             if chunk:
                 return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
-            return self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            return self._allocate_again(block_size, tag, site)
         return 0
 
+    def _allocate_again(self, block_size: int, tag: int, site: int) -> int:
+        """``allocate_small``'s two steps once more, past what may have freed memory."""
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self._allocate_from_fresh_page(block_size, tag, site)
+
     def allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
-        """``allocate_small``'s first step: the header address of a chunk of ``block_size``
+        """``allocate_small``'s first step: the body address of a chunk of ``block_size``
         blocks taken from the ListHeads (the smallest listed size that fits, split when
         larger), or 0 when no listed chunk fits. The allocator's fast path calls it, and
-        ``allocate_past_lists``, itself on a lookaside miss (a call less).
+        ``allocate_past_lists``, itself on a lookaside miss (a call less); the body, what
+        it returns, saves it an addition on a 64-bit address (and the exact fit one more).
 
         Written for CPython 3.11's costs: each int an operation makes that is not a small
         int (-5..256) is allocated and freed (about 150 instructions), an int of a 64-bit
@@ -840,10 +844,10 @@ class Pool:
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
         previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
         back, size = previous_size * BLOCK, free_size * BLOCK
-        end = offset + size
+        end, next_pa = offset + size, chunk_pa + size  # the next header's offset and address
         if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
                  if previous_size else not offset)
-                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[next_pa] == free_size)):
             check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
@@ -852,7 +856,7 @@ class Pool:
             _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
                                                tag, site & self.header_site_mask)
             self.sites[at >> SITE_UNIT_SHIFT] = site
-            return entry - HEADER_SIZE
+            return entry
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
             # chunk's PoolTag, as Windows leaves it; the next chunk, if on the page, learns
@@ -866,11 +870,11 @@ class Pool:
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             blinks[rest_pa >> 3] = 0
             if end < PAGE_SIZE:
-                self.mem_bytes[chunk_pa + size] = remainder
+                self.mem_bytes[next_pa] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
-            return chunk
+            return entry
         # Otherwise the allocation is taken from the end: the chunk's header becomes the free
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
@@ -887,7 +891,7 @@ class Pool:
         mine_at = at + rest  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
-            self.mem_bytes[chunk_pa + size] = block_size
+            self.mem_bytes[next_pa] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
@@ -903,7 +907,7 @@ class Pool:
                 self.body_flinks[header] = self.body_blinks[header] = head  # the entry's Flink and Blink
                 words[head_word] = blinks[head_word] = entry
                 self.listed[remainder] = 1
-                return self.base + mine_at
+                return self.headers_from + mine_at
             base = self.base
             last_at, first_at = last - base, first - base
             try:
@@ -914,7 +918,7 @@ class Pool:
             last_offset, first_offset = last_at & PAGE_MASK, first_at & PAGE_MASK
             if not (last_frame and first_frame and _ALIGNED[last_offset] and _ALIGNED[first_offset]):
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
-                return base + mine_at
+                return self.headers_from + mine_at
             last_word = (last_frame + last_offset) // 8  # its Flink
             first_word = (first_frame + first_offset) // 8  # its Blink: blinks[first_word]
             if words[last_word] != head or blinks[first_word] != head:  # the named check raises
@@ -924,12 +928,13 @@ class Pool:
             words[last_word] = entry
             blinks[head_word] = entry
             self.listed[remainder] = 1
-        return self.base + mine_at
+        return self.headers_from + mine_at  # the allocation's body
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
         """``allocate_from_lists`` for an entry that is not a chunk body on a present page
         (a corrupted link put it there, or its page of paged pool is out): every access
-        translated on its own, so each faults or bug-checks where Windows' would."""
+        translated on its own, so each faults or bug-checks where Windows' would. Returns
+        the body, as ``allocate_from_lists``."""
         self._unlink(entry, found)
         chunk = entry - HEADER_SIZE
         previous_size, _, free_size, _, old_tag = check_pool_header(self.crash, chunk,
@@ -938,20 +943,20 @@ class Pool:
         remainder = free_size - block_size
         if remainder == 0:
             self._write_allocated(chunk, previous_size, block_size, tag, site)
-            return chunk
+            return entry
         if previous_size == 0:
             rest = chunk + (block_size << BLOCK_SHIFT)
             self._write_allocated(chunk, 0, block_size, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
-            return chunk
+            return entry
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
         self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
-        return mine
+        return mine + HEADER_SIZE
 
     def allocate_small_aligned(self, block_size: int, tag: int, alignment: int, site: int = 0) -> int:
         """Header address of a chunk whose body is ``alignment``-aligned, or 0.
