@@ -248,6 +248,8 @@ class Pool:
         # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
         # increments it with one read and one write).
         self.ulongs = memoryview(self.mem).cast("I")
+        # The same ULONGs 4 bytes on: tags[u] is a header's PoolTag when u is its first ULONG's index.
+        self.tags = memoryview(self.mem)[4:].cast("I")
         self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
         # The queued chunks, an index of the list in memory: each header and its physical
@@ -880,15 +882,19 @@ class Pool:
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
         # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory;
-        # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
+        # ProcessBilled 0. Then the allocation's whole header: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
-        # ProcessBilled.
-        self.ulongs[chunk_pa // 4] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
+        # ProcessBilled, each through a view by index (a struct's pack_into would parse
+        # its buffer argument, C code the split runs for nothing else).
+        ulongs = self.ulongs
+        ulongs[header * 2] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
         blinks[header] = 0
-        rest = remainder * BLOCK
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, self.allocated_size_bits[block_size] + remainder,
-                                           tag, site & self.header_site_mask)
-        mine_at = at + rest  # the allocation's header's offset from the pool's base
+        mine_word = header + remainder * 2  # the allocation's header, as a QWORD index
+        mine_ulong = mine_word * 2
+        ulongs[mine_ulong] = self.allocated_size_bits[block_size] + remainder
+        self.tags[mine_ulong] = tag
+        blinks[mine_word] = site & self.header_site_mask
+        mine_at = at + remainder * BLOCK  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
             self.mem_bytes[next_pa] = block_size
