@@ -806,7 +806,6 @@ class Pool:
         # once, and the headers are written in the order ``_split_any`` writes them.
         chunk_pa = frame + offset
         header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
-        mem = self.mem
         flink, blink = self.body_flinks[header], self.body_blinks[header]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
@@ -844,20 +843,25 @@ class Pool:
         # Windows' order and raises the bug check of the first that fails. (``offset`` and
         # ``end`` are the header's and the next header's offsets in the page; all are
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
-        previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
+        # (After the unlink: its writes seen. Bytes through memoryviews, as the writes below:
+        # one C path less than the mmap's subscript, for the instruction cache.)
+        mem_bytes, block_sizes = self.mem_bytes, self.block_sizes
+        previous_size, free_size = mem_bytes[chunk_pa], block_sizes[chunk_pa]
         back, size = previous_size * BLOCK, free_size * BLOCK
         end, next_pa = offset + size, chunk_pa + size  # the next header's offset and address
-        if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
+        if not ((back <= offset and block_sizes[chunk_pa - back] == previous_size
                  if previous_size else not offset)
-                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[next_pa] == free_size)):
-            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem_bytes[next_pa] == free_size)):
+            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, self.mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
-                                               tag, site & self.header_site_mask)
-            self.sites[at >> SITE_UNIT_SHIFT] = site
+            # The header, whole, as below for a split's allocation.
+            self.ulongs[header * 2] = self.allocated_size_bits[block_size] + previous_size
+            self.tags[header * 2] = tag
+            blinks[header] = site & self.header_site_mask
+            self.sites[at // _SITE_UNIT] = site
             return entry
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
@@ -872,7 +876,7 @@ class Pool:
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             blinks[rest_pa >> 3] = 0
             if end < PAGE_SIZE:
-                self.mem_bytes[next_pa] = remainder
+                mem_bytes[next_pa] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
@@ -897,7 +901,7 @@ class Pool:
         mine_at = at + remainder * BLOCK  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
-            self.mem_bytes[next_pa] = block_size
+            mem_bytes[next_pa] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
