@@ -308,3 +308,96 @@ def test_the_lists_fast_ways_leave_what_their_general_ways_leave(steps):
         return _lists_bytes(k), tags_in_use(k)
 
     run_both(machine, apply, state, steps)
+
+
+# A list field the usual pop and push change, set to a value at the edge of its carry: the
+# header's Depth and Sequence (its first QWORD), TotalAllocates, TotalFrees.
+EDGES = st.tuples(st.just("edge"), st.integers(0, 7), st.sampled_from([0x0, 0x14, 0x1C, 0x2]),
+                  st.sampled_from([0, 1, 0xFE, 0xFF, 0x100, 0xFFFE, 0xFFFF, 0x1FFFF, 0xFFFFFFFF]))
+ROUTINE_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("irp"), st.sampled_from([1, 2, 3, 4, 5, 8, 9, 0x7F, 0, -1]), st.booleans()),
+    st.tuples(st.just("mdl"), st.integers(0, 0x1FFF), st.sampled_from([1, 0x100, 0x16001, 0x17000, 0x18000]),
+              st.sampled_from([0, 1, 2])),  # (for no IRP, as Irp->MdlAddress, chained after it)
+    st.tuples(st.just("free"), st.integers(0, 15)),
+    st.tuples(st.just("depth"), st.integers(0, 7), st.integers(0, 5)),
+    st.tuples(st.just("stray"), st.integers(0, 15), st.integers(0, 0x60), st.binary(min_size=1, max_size=8)),
+    EDGES,
+), max_size=50)
+
+
+def _edge_steps(which, offset, value):
+    """Objects allocated and freed with list ``which``'s field at ``offset`` set to ``value``
+    on the way (a field of the processor's own lists, flat indexes 0, 2, 4 and 6, or the
+    system's): every carry of the usual pop and push, and the step past it."""
+    allocate = ("mdl", 0x10, 0x100, 0) if which >= 6 else ("irp", (1, 2, 8)[which // 2 % 3], False)
+    return [allocate, allocate, allocate, ("free", 0), ("edge", which, offset, value), ("free", 1),
+            ("free", 2), allocate, allocate, allocate, ("free", 3), ("free", 4), ("free", 5), allocate,
+            ("edge", which, offset, value), allocate, allocate, ("free", 6), ("free", 7)]
+
+
+@pytest.mark.parametrize("which", [0, 2, 3, 6, 7])
+@pytest.mark.parametrize("offset, value", [(0x2, 0xFE), (0x2, 0xFF), (0x2, 0xFFFF), (0x14, 0xFE),
+                                           (0x14, 0xFF), (0x14, 0xFFFFFFFF), (0x1C, 0xFF),
+                                           (0x1C, 0xFFFFFFFE), (0x0, 0x100), (0x0, 0)])
+def test_the_usual_calls_carry_as_the_general_ways(which, offset, value):
+    test_the_routines_usual_calls_leave_what_their_general_ways_leave.hypothesis.inner_test(
+        _edge_steps(which, offset, value))
+
+
+@settings(max_examples=80, deadline=None)
+@given(ROUTINE_STEPS)
+def test_the_routines_usual_calls_leave_what_their_general_ways_leave(steps):
+    """IoAllocateIrp / IoFreeIrp and IoAllocateMdl / IoFreeMdl's usual calls (the IRP packet
+    from a template, the MDL header packed in place, the lists' pop and push on bytes, with
+    the entry's physical address) against a machine where a MemoryWritten listener sends
+    every call the general way: the same results, bug checks, list bytes, tags and bytes of
+    every IRP and MDL after every step, with the lists' fields at the edges of their carries,
+    stray writes over the objects, double frees and depths changed."""
+    from ntpool.hooks import MemoryWritten
+
+    def machine(published):
+        k = ntpool.Kernel(delayed_frees=False)
+        if published:
+            k.hooks.subscribe(MemoryWritten, lambda event: None)
+        k.held_objects = []
+        buffer = k.ExAllocatePoolWithTag(NP, 0x20000, "Buff")
+        return k, (buffer,)
+
+    def apply(k, regions, step):
+        what = step[0]
+        flat = [lookaside for pair in k.io_lookasides[0] for lookaside in pair]
+        if what == "irp":
+            irp = k.IoAllocateIrp(step[1], step[2])
+            if irp:
+                k.held_objects.append(("irp", irp))
+            return irp
+        if what == "mdl":
+            irps = [va for kind, va in k.held_objects if kind == "irp"]
+            irp = irps[-1] if irps and step[3] else 0
+            mdl = k.IoAllocateMdl(regions[0] + step[1], step[2], step[3] == 2, False, irp)
+            if mdl:
+                k.held_objects.append(("mdl", mdl))
+            return mdl
+        if what == "depth":
+            return k.write(flat[step[1]] + 0x10, struct.pack("<H", step[2]))
+        if what == "edge":
+            _, which, offset, value = step
+            size = 2 if offset == 0 else 4
+            value = value & 0xFFFF if offset == 0 else value
+            if offset == 0x2:  # the Sequence's low 32 bits
+                return k.write(flat[which] + 2, struct.pack("<I", value))
+            return k.write(flat[which] + offset, value.to_bytes(size, "little"))
+        if not k.held_objects:
+            return None
+        kind, va = k.held_objects[step[1] % len(k.held_objects)]  # (twice, sometimes)
+        if what == "stray":
+            return k.write(va + step[2], step[3])
+        return k.IoFreeIrp(va) if kind == "irp" else k.IoFreeMdl(va)
+
+    def state(k, regions):
+        objects = [bytes(k.read(va, min(0x1F0 if kind == "irp" else FIXED_SIZE_MDL, 0x1000 - (va & 0xFFF))))
+                   if k._tlb.get(va >> 12) is not None else None
+                   for kind, va in k.held_objects]  # (each object's bytes on its first page, if mapped)
+        return _lists_bytes(k), tags_in_use(k), objects
+
+    run_both(machine, apply, state, steps)

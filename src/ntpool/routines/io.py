@@ -98,6 +98,7 @@ IO_CLIENT_EXTENSION_SIZE = 0x10
 TAG_DRIVER_EXTENSION = int.from_bytes(b"DRVE", "little")
 CLIENT_EXTENSION_WALK_LIMIT = 1 << 16
 MASK64 = (1 << 64) - 1
+_PAGE_FRAME = MASK64 & ~(PAGE_SIZE - 1)  # a 64-bit address's page bits (MDL.StartVa's)
 
 MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
 NO_MORE_IRP_STACK_LOCATIONS = 0x35
@@ -629,6 +630,30 @@ class IoRoutines:
         LARGE_IRP_STACK_LOCATIONS locations (not quota charged) from the processor's small,
         medium or large IRP lookaside list or the system's (``io_lookaside``), else an "Irp "
         from nonpaged pool; NULL when pool is exhausted."""
+        if type(StackSize) is int and 0 < StackSize <= LARGE_IRP_STACK_LOCATIONS and not ChargeQuota:
+            # The usual call, a fixed-size IRP not charged to quota: when the processor's list
+            # gives one on a resident page with room for the packet on it (``io_take_at``
+            # gives its physical address then, and only while nobody listens for memory
+            # writes), the packet is the template copied and the IRP's address packed in
+            # (``<``: the current stack location, just past the packet, is on its page too).
+            irp, irp_at = self.io_take_at(_IRP_LIST[StackSize])
+            if irp_at is not None:
+                template = _IRP_TEMPLATES[StackSize]
+                end = irp_at + len(template)
+                if (irp_at & 0xFFF) + len(template) < PAGE_SIZE:
+                    self._mem[irp_at:end] = template
+                    at = irp_at >> 3  # (an entry is 16-byte aligned)
+                    qwords = self._words
+                    qwords[at + _THREAD_LIST_QWORD] = qwords[at + _THREAD_LIST_QWORD + 1] = \
+                        irp + L.IRP.ThreadListEntry
+                    qwords[at + _CURRENT_STACK_LOCATION_QWORD] = irp + len(template)
+                    return irp
+            allocation_size, packet_size = _IRP_SIZES[StackSize]
+            if not irp:
+                irp = self.pool.allocate(_NONPAGED_POOL, allocation_size, L.TAG_IRP)
+            if irp:
+                self.write(irp, _irp_packet(irp, packet_size, StackSize, L.IRP_ALLOCATED_FIXED_SIZE, 0))
+            return irp
         flags = L.IRP_QUOTA_CHARGED if ChargeQuota else 0
         if type(StackSize) is int and 0 < StackSize < 0x80:
             # The usual call, a CCHAR's positive value: the sizes from the table, and the
@@ -699,13 +724,13 @@ class IoRoutines:
         base = self._tlb.get(Irp >> PAGE_SHIFT) \
             if offset <= PAGE_SIZE - 2 and not self._writes_published else None
         mem = self._mem
-        if base is not None and mem[base + offset] == L.IO_TYPE_IRP and mem[base + offset + 1] == 0:
+        irp_at = base + offset if base is not None else None
+        if irp_at is not None and mem[irp_at] == L.IO_TYPE_IRP and mem[irp_at + 1] == 0:
             # The usual call: an IRP's Type on a resident page, nobody listening for memory
             # writes. Its high byte is 0 already: the low one is all there is to clear.
-            mem[base + offset] = 0
+            mem[irp_at] = 0
             if offset <= _LAST_FLAGS_OFFSET:  # (its StackCount and AllocationFlags: here too)
-                flags, stack_count = mem[base + offset + L.IRP.AllocationFlags], \
-                    mem[base + offset + L.IRP.StackCount]
+                flags, stack_count = mem[irp_at + L.IRP.AllocationFlags], mem[irp_at + L.IRP.StackCount]
             else:
                 flags = stack_count = None
         else:
@@ -713,16 +738,19 @@ class IoRoutines:
                 self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
                                   detail=f"IoFreeIrp of {Irp:#x}, which is not an IRP (freed twice?)")
             self.write(Irp + L.IRP.Type, b"\0\0")
-            flags = stack_count = None
-        self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
+            flags = stack_count = irp_at = None
+        if self.built_irps:  # (an empty set's test costs less than a discard)
+            self.built_irps.discard(Irp)  # a driver freeing its own request (its completion routine)
         # A fixed-size IRP (neither quota charged nor must-succeed) goes back to the small,
-        # medium or large IRPs' lookaside list while one keeps it.
+        # medium or large IRPs' lookaside list while one keeps it (its physical address known
+        # on the usual call: the list's push needs no translation of its own).
         if flags is None:
             flags = self.read(Irp + L.IRP.AllocationFlags, 1)[0]
         if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
             if stack_count is None:
                 stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
-            if self.io_give_back(_IRP_LIST[stack_count], Irp):
+            if self.io_give_back_at(_IRP_LIST[stack_count], Irp, irp_at) if irp_at is not None \
+                    else self.io_give_back(_IRP_LIST[stack_count], Irp):
                 return
         self.pool.free(Irp, L.TAG_IRP)
 
@@ -909,8 +937,15 @@ class IoRoutines:
         # MmInitializeMdl's header written at once.
         if pages <= IOP_FIXED_SIZE_MDL_PFNS:
             flags = L.MDL_ALLOCATED_FIXED_SIZE
-            mdl = self.io_take(LookasideMdlList) or \
-                self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
+            mdl, mdl_at = self.io_take_at(LookasideMdlList)
+            if mdl_at is not None and not Irp and (mdl_at & 0xFFF) <= PAGE_SIZE - _MDL_HEADER.size:
+                # The usual call: an MDL from the processor's list with its header on a
+                # resident page (``io_take_at`` gives its physical address only while nobody
+                # listens for memory writes), for no IRP: the header packed in place.
+                _MDL_HEADER.pack_into(self._mem, mdl_at, 0, size, flags, 0, 0, VirtualAddress & _PAGE_FRAME,
+                                      Length & 0xFFFFFFFF, VirtualAddress & (PAGE_SIZE - 1))
+                return mdl
+            mdl = mdl or self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
         else:
             flags = 0
             mdl = self.pool.allocate(_NONPAGED_POOL, size, L.TAG_MDL)
@@ -948,7 +983,9 @@ class IoRoutines:
         if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
                 not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
             self._unmap_system(mapped)
-        if flags & L.MDL_ALLOCATED_FIXED_SIZE and self.io_give_back(LookasideMdlList, Mdl):
+        if flags & L.MDL_ALLOCATED_FIXED_SIZE and (
+                self.io_give_back_at(LookasideMdlList, Mdl, base + offset) if base is not None
+                else self.io_give_back(LookasideMdlList, Mdl)):
             return  # kept on the processor's MDL lookaside list or the system's
         self.pool.free(Mdl, L.TAG_MDL)
 
@@ -1258,6 +1295,18 @@ def _irp_packet(irp: int, packet_size: int, stack_size: int, allocation_flags: i
                           stack_size & 0xFF, stack_size + 1 & 0xFF, 0, allocation_flags & 0xFF,
                           irp + L.IRP.SIZE + stack_size * L.IO_STACK_LOCATION.SIZE & MASK64)
     return packet
+
+
+# IoAllocateIrp's usual packet, a fixed-size IRP not charged to quota, by StackSize (1 to
+# LARGE_IRP_STACK_LOCATIONS): every byte IoInitializeIrp writes but the three QWORDs that
+# hold the IRP's own address (ThreadListEntry's links, CurrentStackLocation), stored over
+# it.
+_IRP_TEMPLATES = (None,) + tuple(
+    _irp_packet(0, L.io_size_of_irp(count), count, L.IRP_ALLOCATED_FIXED_SIZE, 0)
+    for count in range(1, LARGE_IRP_STACK_LOCATIONS + 1))
+# Those QWORDs, by their index from the IRP's first.
+_THREAD_LIST_QWORD = L.IRP.ThreadListEntry // 8
+_CURRENT_STACK_LOCATION_QWORD = L.IRP.CurrentStackLocation // 8
 
 
 def _mdl_header(va: int, length: int, size: int, flags: int) -> bytes:

@@ -119,7 +119,7 @@ def init_io_lookasides(k) -> None:
             own[number] = lookaside
         pairs.append(tuple(zip(own, system)))
     k.io_lookasides = tuple(pairs)
-    k.io_take, k.io_give_back = fast_ways(k)
+    k.io_take, k.io_give_back, k.io_take_at, k.io_give_back_at = fast_ways(k)
 
 
 def _initialize_system_lookaside(k, lookaside: int, tag: str, size: int, maximum_depth: int) -> None:
@@ -252,14 +252,22 @@ def give_back(k, number: int, entry: int) -> bool:
 
 
 def fast_ways(k):
-    """``take`` and ``give_back`` made for ``k`` as the usual call runs them: the lists'
-    QWORD indexes in physical memory worked out once (they are the kernel's, resident and
-    64-byte aligned: their fields in one page), the machine's memory views and TLB cells of
-    the closures; a pop and a push each read and write the same bytes as ``pop`` and ``push``
-    (and go their long way for an entry on a page the TLB does not hold, or a push of an
-    entry among a list's own fields or not 8-byte aligned). Nobody listening for memory
-    writes; anything else ``take`` / ``give_back``."""
-    tlb, qwords, dwords = k._tlb, k._words, k._io_dwords
+    """``take`` and ``give_back`` made for ``k`` as the usual call runs them, and the same two
+    with the entry's physical address (``take_at``, ``give_back_at``: a routine that writes
+    or has translated the entry itself then needs no translation of its own). The lists'
+    physical addresses are worked out once (they are the kernel's, resident and 64-byte
+    aligned: their fields in one page), the machine's memory views and TLB cells are the
+    closures'; a pop and a push each read and write the same bytes as ``pop`` and ``push``.
+
+    The usual pop and push change the header's Depth (a USHORT: a pop from a header whose
+    Depth is 0 goes on), the Sequence's low byte and TotalAllocates' or TotalFrees' low byte,
+    none of which carries (a byte at 0xFF: the QWORD and DWORD arithmetic of ``take_listed``
+    / ``give_listed``). Each memory read and each computed value is a new int object in
+    CPython unless it is a small one (-5 to 256: shared): a byte, a small Depth and the
+    indexes worked out here make none, which is most of what the usual calls save. Nobody
+    listening for memory writes; anything else ``take`` / ``give_back``."""
+    tlb, qwords, dwords, mem = k._tlb, k._words, k._io_dwords, k._mem
+    ushorts = memoryview(mem).cast("H")
     at = tuple(tuple((k.space.translate(own) >> 3, k.space.translate(system) >> 3) for own, system in pairs)
                for pairs in k.io_lookasides)
     vas = k.io_lookasides
@@ -267,42 +275,69 @@ def fast_ways(k):
     next_entry, m32, m64 = _NEXT_ENTRY, _M32, _M64
     allocates, depth_dword, frees, fields = _TOTAL_ALLOCATES_DWORD, _DEPTH_DWORD, _TOTAL_FREES_DWORD, _LIST_FIELDS
 
-    own_at = tuple(tuple(own for own, _ in pairs) for pairs in at)
+    def usual_fields(index: int) -> tuple:
+        """What the usual pop and push of the list at QWORD ``index`` use, by index into
+        their views: the header's NextEntry QWORD, its Depth USHORT, the list's Depth
+        USHORT, the Sequence's low byte, TotalAllocates' and TotalFrees' low bytes; and the
+        physical addresses an entry pushed must be outside of (the list's fields)."""
+        pa = index << 3
+        return (index + 1, pa >> 1, (pa + LA_DEPTH) >> 1, pa + 2, pa + LA_TOTAL_ALLOCATES,
+                pa + LA_TOTAL_FREES, pa - 8, pa + fields)
 
-    def io_take(number: int) -> int:
-        # The usual call: the processor's list holds an entry on a resident page.
+    own_fields = tuple(tuple(usual_fields(own) for own, _ in pairs) for pairs in at)
+    no_entry = (0, None)
+
+    def io_take_at(number: int) -> tuple:
+        # The usual call: the processor's list holds an entry on a resident page, and no
+        # byte changed carries. (entry, its physical address), or (entry, None) from the
+        # long way.
         if not k._writes_published and k.minimum_lookaside_depth:
-            index = own_at[k.current_processor][number]
-            first = qwords[index + 1] & next_entry
+            region, held_at, _, sequence_at, total_at, _, _, _ = own_fields[k.current_processor][number]
+            first = qwords[region] & next_entry
             if first:
                 entry_frame = tlb.get(first >> 12)
-                if entry_frame is not None:
-                    # TotalAllocates plus one (a ULONG: it wraps).
-                    counter = (index << 1) + allocates
-                    dwords[counter] = dwords[counter] + 1 & m32
-                    low = qwords[index]
-                    qwords[index] = low + (0xFFFF if low & 0xFFFF else 0x1FFFF) & m64
-                    qwords[index + 1] = qwords[(entry_frame + (first & 0xFFF)) >> 3] & next_entry | 1
-                    return first
-        return take_listed(number)
+                held = ushorts[held_at]
+                sequence = mem[sequence_at]
+                total = mem[total_at]
+                if entry_frame is not None and held and sequence != 0xFF and total != 0xFF:
+                    mem[total_at] = total + 1
+                    ushorts[held_at] = held - 1
+                    mem[sequence_at] = sequence + 1
+                    entry_at = entry_frame + (first & 0xFFF)
+                    qwords[region] = qwords[entry_at >> 3] & next_entry | 1
+                    return first, entry_at
+        entry = take_listed(number)
+        return (entry, None) if entry else no_entry
+
+    def io_take(number: int) -> int:
+        return io_take_at(number)[0]
+
+    def io_give_back_at(number: int, entry: int, entry_at: int) -> bool:
+        # The usual call: the caller's entry at physical ``entry_at``, 16-byte aligned (its
+        # VA's low bits the same), outside the list's fields; the processor's list below its
+        # Depth, and no byte changed carries.
+        if not k._writes_published and not entry_at & 0xF:
+            region, held_at, depth_at, sequence_at, _, total_at, low, high = \
+                own_fields[k.current_processor][number]
+            held = ushorts[held_at]
+            if held < ushorts[depth_at] and not low < entry_at < high:
+                sequence = mem[sequence_at]
+                total = mem[total_at]
+                if sequence != 0xFF and total != 0xFF:
+                    mem[total_at] = total + 1
+                    qwords[entry_at >> 3] = qwords[region] & next_entry
+                    ushorts[held_at] = held + 1  # (below Depth, a USHORT: no carry)
+                    mem[sequence_at] = sequence + 1
+                    qwords[region] = entry + 1  # (16-byte aligned: NextEntry, and HeaderType 1)
+                    return True
+        return give_listed(number, entry)
 
     def io_give_back(number: int, entry: int) -> bool:
-        # The usual call: the processor's list below its Depth, an aligned entry on a
-        # resident page outside the list's fields.
-        if not k._writes_published and type(entry) is int and not entry & 7:
-            index = own_at[k.current_processor][number]
-            low = qwords[index]
-            if low & 0xFFFF < dwords[(index << 1) + depth_dword] & 0xFFFF:
-                entry_frame = tlb.get(entry >> 12)
-                if entry_frame is not None:
-                    entry_at = entry_frame + (entry & 0xFFF)
-                    if not (index << 3) - 8 < entry_at < (index << 3) + fields:
-                        counter = (index << 1) + frees
-                        dwords[counter] = dwords[counter] + 1 & m32
-                        qwords[entry_at >> 3] = qwords[index + 1] & next_entry
-                        qwords[index] = low + (1 if low & 0xFFFF == 0xFFFF else 0x10001) & m64
-                        qwords[index + 1] = entry & next_entry | 1
-                        return True
+        # The usual call: an aligned entry on a resident page.
+        if type(entry) is int and not entry & 7:
+            entry_frame = tlb.get(entry >> 12)
+            if entry_frame is not None and not entry & 0xF:
+                return io_give_back_at(number, entry, entry_frame + (entry & 0xFFF))
         return give_listed(number, entry)
 
     def take_listed(number: int) -> int:
@@ -349,7 +384,7 @@ def fast_ways(k):
             return True
         return False
 
-    return io_take, io_give_back
+    return io_take, io_give_back, io_take_at, io_give_back_at
 
 
 def retune(k, index: int) -> None:
