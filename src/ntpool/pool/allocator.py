@@ -619,7 +619,7 @@ class PoolAllocator:
                         if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
                             if not pool.delay_frees:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                                pool.free_small(P - _BODY, pa, block_size, stored)  # (what it has read)
+                                pool.free_small(P, pa, block_size, stored)  # (what it has read)
                                 return True
                             pending = pool.pending
                             if len(pending) < MAXIMUM_POOL_FREES_PENDING:
@@ -634,7 +634,7 @@ class PoolAllocator:
                                 words[pending_word] = P
                                 ulongs, depth = pool.ulongs, pool.pending_depth_ulong
                                 ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
-                                pending[P - _BODY] = pa
+                                pending[P] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True
