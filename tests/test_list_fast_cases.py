@@ -74,12 +74,13 @@ def take_the_long_way(pool) -> None:
         if flink == blink:  # only the head is left
             pool.listed[block_size] = 0
 
-    def free_small(chunk, pa=None, block_size=0, tag=0):  # coalescing (Pool.free_small), every header read on its own
+    def free_small(body, pa=None, block_size=0, tag=0):  # coalescing (Pool.free_small), every header read on its own
+        chunk = body - HEADER_SIZE
         previous_size, _, block_size, _, tag = pool._read_first8(chunk)
         following = chunk + (block_size << BLOCK_SHIFT)
         if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page
             _, _, next_size, next_type, _ = pool._read_first8(following)
-            if next_type == POOL_FREE and following not in pool.pending:
+            if next_type == POOL_FREE and following + HEADER_SIZE not in pool.pending:  # (by body)
                 check_pool_header(pool.crash, following, pool._read_first8)
                 if next_size > 1:
                     pool._unlink(following + HEADER_SIZE, next_size)
@@ -88,7 +89,7 @@ def take_the_long_way(pool) -> None:
         if before:
             before_previous, _, before_size, before_type, before_tag = pool._read_first8(before)
             check_previous_neighbour(pool.crash, chunk, before, previous_size, before_size)
-            if before_type == POOL_FREE and before not in pool.pending:
+            if before_type == POOL_FREE and before + HEADER_SIZE not in pool.pending:
                 if before_size > 1:
                     pool._unlink(before + HEADER_SIZE, before_size)
                 chunk, previous_size, tag = before, before_previous, before_tag
@@ -117,7 +118,7 @@ def take_the_long_way(pool) -> None:
             pool.deferred_free()
         pool.mem[pool._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
         if not pool.delay_frees:
-            pool.free_small(chunk)
+            pool.free_small(chunk + HEADER_SIZE)
             return
         pool.queue_free(chunk)
 
@@ -126,7 +127,7 @@ def take_the_long_way(pool) -> None:
         SINGLE_LIST_ENTRY.set(pool.mem, pool._pa(chunk + HEADER_SIZE), "Next", descriptor.PendingFrees)
         descriptor.PendingFrees = chunk + HEADER_SIZE
         descriptor.PendingFreeDepth += 1
-        pool.pending[chunk] = pool._pa(chunk)  # (the header's translation, for the batch)
+        pool.pending[chunk + HEADER_SIZE] = pool._pa(chunk)  # (by body: the header's translation, for the batch)
 
     pool.allocate_from_lists = allocate_from_lists
     pool._unlink = unlink

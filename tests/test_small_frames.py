@@ -1,6 +1,7 @@
 """``Pool.small_frames``: the fast paths' one subscript for a page's frame and kind. An entry
 that is not 0 must always be what the TLB holds for a resident page of small chunks, through
-allocation, frees that release pages, paging out and in, and big allocations reusing pages."""
+allocation, frees that release pages, paging out and in, and big allocations reusing pages;
+``Pool.small_deltas`` must follow it entry for entry."""
 
 import random
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ntpool
-from ntpool.constants import PAGE_SHIFT
+from ntpool.constants import PAGE_SHIFT, PAGE_SIZE
 from ntpool.pool.descriptor import PAGE_SMALL
 
 NP, PAGED = int(ntpool.PoolType.NonPagedPool), int(ntpool.PoolType.PagedPool)
@@ -19,6 +20,9 @@ MiB = 1 << 20
 def _check(k) -> None:
     for pool in (k.nonpaged_pool, k.paged_pool):
         assert len(pool.small_frames) <= pool.page_count
+        # small_deltas: each frame less its page's offset from the base, None for a 0
+        assert pool.small_deltas == [frame - index * PAGE_SIZE if frame else None
+                                     for index, frame in enumerate(pool.small_frames)], pool.name
         for index in range(pool.page_count):
             frame = pool.small_frames[index] if index < len(pool.small_frames) else 0
             vpn = (pool.base >> PAGE_SHIFT) + index

@@ -469,11 +469,12 @@ class PoolAllocator:
                             body = pool.take_system_lookaside(block_size, tag_ulong, site, allocator.irql)
                         else:
                             system.allocate_misses[block_size] += 1
-                            chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
-                                pool.allocate_past_lists(block_size, tag_ulong, site)
-                            if not chunk:
-                                return allocator.fast_failure(PoolType, NumberOfBytes)
-                            body = chunk + _BODY
+                            body = pool.allocate_from_lists(block_size, tag_ulong, site)
+                            if not body:
+                                chunk = pool.allocate_past_lists(block_size, tag_ulong, site)
+                                if not chunk:
+                                    return allocator.fast_failure(PoolType, NumberOfBytes)
+                                body = chunk + _BODY
                         row[column] += BLOCK_CHARGES[block_size]
                         if zero:
                             allocator.zero(body, NumberOfBytes)
@@ -511,12 +512,13 @@ class PoolAllocator:
                     # the tracker's charge) inline, three calls less.
                     block_size = (NumberOfBytes + 31) >> 4
                     pool = fast_pools[PoolType]
-                    chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
-                        pool.allocate_past_lists(block_size, tag_ulong, site)
-                    if not chunk:
-                        return allocator.fast_failure(PoolType, NumberOfBytes)
+                    body = pool.allocate_from_lists(block_size, tag_ulong, site)  # (a body)
+                    if not body:
+                        chunk = pool.allocate_past_lists(block_size, tag_ulong, site)
+                        if not chunk:
+                            return allocator.fast_failure(PoolType, NumberOfBytes)
+                        body = chunk + _BODY
                     row[column] += BLOCK_CHARGES[block_size]
-                    body = chunk + _BODY
                     if zero:
                         allocator.zero(body, NumberOfBytes)
                     return body
@@ -617,7 +619,7 @@ class PoolAllocator:
                         if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
                             if not pool.delay_frees:
                                 pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-                                pool.free_small(P - _BODY, pa, block_size, stored)  # (what it has read)
+                                pool.free_small(P, pa, block_size, stored)  # (what it has read)
                                 return True
                             pending = pool.pending
                             if len(pending) < MAXIMUM_POOL_FREES_PENDING:
@@ -632,7 +634,7 @@ class PoolAllocator:
                                 words[pending_word] = P
                                 ulongs, depth = pool.ulongs, pool.pending_depth_ulong
                                 ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
-                                pending[P - _BODY] = pa
+                                pending[P] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True

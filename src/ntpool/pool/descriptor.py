@@ -186,6 +186,12 @@ class Pool:
         # memory per allocation stays the pool's); past its end, IndexError sends a fast path
         # to the generic one, as a 0 does. It grows in place (the fast paths hold it).
         self.small_frames: list[int] = []
+        # For the same pages, each one's frame less its offset from the pool's base (None
+        # where ``small_frames`` holds 0, and past the same end): an address's offset from
+        # the base plus its page's entry is its physical address, one addition where the
+        # frame takes two (``& PAGE_MASK``, +). Coalescing translates up to four list
+        # neighbours a free this way. Kept with ``small_frames``, entry for entry.
+        self.small_deltas: list[int | None] = []
         space.hooks.subscribe(PagedOut, self._paged_out)
         space.hooks.subscribe(PagedIn, self._paged_in)
         # Who allocated each chunk: the call site of the allocated chunk whose header starts
@@ -248,10 +254,12 @@ class Pool:
         # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
         # increments it with one read and one write).
         self.ulongs = memoryview(self.mem).cast("I")
+        # The same ULONGs 4 bytes on: tags[u] is a header's PoolTag when u is its first ULONG's index.
+        self.tags = memoryview(self.mem)[4:].cast("I")
         self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
-        # The queued chunks, an index of the list in memory: each header and its physical
-        # address, translated as the chunk was queued (the free had it), so the batch reads
+        # The queued chunks, an index of the list in memory: each body (what the links hold)
+        # and its header's physical address, translated as the chunk was queued (the free had it), so the batch reads
         # the links and coalesces without translating again. Those translations hold while
         # ``pending_translated`` is True: a page of this pool released or paged out while
         # chunks are queued (only a driver's corruption can release one that holds a queued
@@ -289,13 +297,16 @@ class Pool:
         return base + (va & (PAGE_SIZE - 1))
 
     def _set_small_frame(self, index: int, frame: int) -> None:
-        """``small_frames[index] = frame``, the list grown to reach it."""
-        frames = self.small_frames
+        """``small_frames[index] = frame`` (and its ``small_deltas`` entry), the lists grown
+        to reach it."""
+        frames, deltas = self.small_frames, self.small_deltas
         if index >= len(frames):
             if not frame:
                 return  # past the end already reads as "not on the fast paths"
             frames.extend([0] * (index + 1 - len(frames)))
+            deltas.extend([None] * (index + 1 - len(deltas)))
         frames[index] = frame
+        deltas[index] = frame - index * PAGE_SIZE if frame else None
 
     def _paged_out(self, event: PagedOut) -> None:
         if self.base <= event.address < self.limit:
@@ -450,6 +461,7 @@ class Pool:
         if index < len(frames):  # (past the list's end, no page has an entry)
             end = min(index + count, len(frames))
             frames[index:end] = [0] * (end - index)
+            self.small_deltas[index:end] = [None] * (end - index)
         self.pages_in_use -= count
         if index < self._page_hint:
             self._page_hint = index
@@ -488,6 +500,7 @@ class Pool:
         self.page_kind[index] = PAGE_FREE
         try:
             self.small_frames[index] = 0
+            self.small_deltas[index] = None
         except IndexError:  # (past the list's end, no page has an entry)
             pass
         self.pages_in_use -= 1
@@ -738,8 +751,8 @@ class Pool:
         The header is written once, whole: ``site`` (the call site) goes where Windows keeps
         AllocatorBackTraceIndex.
         """
-        return self.allocate_from_lists(block_size, tag, site) or \
-            self.allocate_past_lists(block_size, tag, site)
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self.allocate_past_lists(block_size, tag, site)
 
     def allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
         """``allocate_small`` when no listed chunk is large enough: a new page, else what
@@ -749,21 +762,25 @@ class Pool:
             return chunk
         # No fresh page: Windows frees what is pending and retries once.
         if self.pending and self.deferred_free():
-            chunk = self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            chunk = self._allocate_again(block_size, tag, site)
             if chunk:
                 return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
-            return self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            return self._allocate_again(block_size, tag, site)
         return 0
 
+    def _allocate_again(self, block_size: int, tag: int, site: int) -> int:
+        """``allocate_small``'s two steps once more, past what may have freed memory."""
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self._allocate_from_fresh_page(block_size, tag, site)
+
     def allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
-        """``allocate_small``'s first step: the header address of a chunk of ``block_size``
+        """``allocate_small``'s first step: the body address of a chunk of ``block_size``
         blocks taken from the ListHeads (the smallest listed size that fits, split when
         larger), or 0 when no listed chunk fits. The allocator's fast path calls it, and
-        ``allocate_past_lists``, itself on a lookaside miss (a call less).
+        ``allocate_past_lists``, itself on a lookaside miss (a call less); the body, what
+        it returns, saves it an addition on a 64-bit address (and the exact fit one more).
 
         Written for CPython 3.11's costs: each int an operation makes that is not a small
         int (-5..256) is allocated and freed (about 150 instructions), an int of a 64-bit
@@ -800,7 +817,6 @@ class Pool:
         # once, and the headers are written in the order ``_split_any`` writes them.
         chunk_pa = frame + offset
         header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
-        mem = self.mem
         flink, blink = self.body_flinks[header], self.body_blinks[header]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
@@ -838,21 +854,26 @@ class Pool:
         # Windows' order and raises the bug check of the first that fails. (``offset`` and
         # ``end`` are the header's and the next header's offsets in the page; all are
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
-        previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
+        # (After the unlink: its writes seen. Bytes through memoryviews, as the writes below:
+        # one C path less than the mmap's subscript, for the instruction cache.)
+        mem_bytes, block_sizes = self.mem_bytes, self.block_sizes
+        previous_size, free_size = mem_bytes[chunk_pa], block_sizes[chunk_pa]
         back, size = previous_size * BLOCK, free_size * BLOCK
-        end = offset + size
-        if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
+        end, next_pa = offset + size, chunk_pa + size  # the next header's offset and address
+        if not ((back <= offset and block_sizes[chunk_pa - back] == previous_size
                  if previous_size else not offset)
-                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
-            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem_bytes[next_pa] == free_size)):
+            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, self.mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
-                                               tag, site & self.header_site_mask)
-            self.sites[at >> SITE_UNIT_SHIFT] = site
-            return entry - HEADER_SIZE
+            # The header, whole, as below for a split's allocation.
+            self.ulongs[header * 2] = self.allocated_size_bits[block_size] + previous_size
+            self.tags[header * 2] = tag
+            blinks[header] = site & self.header_site_mask
+            self.sites[at // _SITE_UNIT] = site
+            return entry
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
             # chunk's PoolTag, as Windows leaves it; the next chunk, if on the page, learns
@@ -866,28 +887,32 @@ class Pool:
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             blinks[rest_pa >> 3] = 0
             if end < PAGE_SIZE:
-                self.mem_bytes[chunk_pa + size] = remainder
+                mem_bytes[next_pa] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
-            return chunk
+            return entry
         # Otherwise the allocation is taken from the end: the chunk's header becomes the free
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
         # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory;
-        # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
+        # ProcessBilled 0. Then the allocation's whole header: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
-        # ProcessBilled.
-        self.ulongs[chunk_pa // 4] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
+        # ProcessBilled, each through a view by index (a struct's pack_into would parse
+        # its buffer argument, C code the split runs for nothing else).
+        ulongs = self.ulongs
+        ulongs[header * 2] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
         blinks[header] = 0
-        rest = remainder * BLOCK
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, self.allocated_size_bits[block_size] + remainder,
-                                           tag, site & self.header_site_mask)
-        mine_at = at + rest  # the allocation's header's offset from the pool's base
+        mine_word = header + remainder * 2  # the allocation's header, as a QWORD index
+        mine_ulong = mine_word * 2
+        ulongs[mine_ulong] = self.allocated_size_bits[block_size] + remainder
+        self.tags[mine_ulong] = tag
+        blinks[mine_word] = site & self.header_site_mask
+        mine_at = at + remainder * BLOCK  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
-            self.mem_bytes[chunk_pa + size] = block_size
+            mem_bytes[next_pa] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
@@ -903,7 +928,7 @@ class Pool:
                 self.body_flinks[header] = self.body_blinks[header] = head  # the entry's Flink and Blink
                 words[head_word] = blinks[head_word] = entry
                 self.listed[remainder] = 1
-                return self.base + mine_at
+                return self.headers_from + mine_at
             base = self.base
             last_at, first_at = last - base, first - base
             try:
@@ -914,7 +939,7 @@ class Pool:
             last_offset, first_offset = last_at & PAGE_MASK, first_at & PAGE_MASK
             if not (last_frame and first_frame and _ALIGNED[last_offset] and _ALIGNED[first_offset]):
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
-                return base + mine_at
+                return self.headers_from + mine_at
             last_word = (last_frame + last_offset) // 8  # its Flink
             first_word = (first_frame + first_offset) // 8  # its Blink: blinks[first_word]
             if words[last_word] != head or blinks[first_word] != head:  # the named check raises
@@ -924,12 +949,13 @@ class Pool:
             words[last_word] = entry
             blinks[head_word] = entry
             self.listed[remainder] = 1
-        return self.base + mine_at
+        return self.headers_from + mine_at  # the allocation's body
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
         """``allocate_from_lists`` for an entry that is not a chunk body on a present page
         (a corrupted link put it there, or its page of paged pool is out): every access
-        translated on its own, so each faults or bug-checks where Windows' would."""
+        translated on its own, so each faults or bug-checks where Windows' would. Returns
+        the body, as ``allocate_from_lists``."""
         self._unlink(entry, found)
         chunk = entry - HEADER_SIZE
         previous_size, _, free_size, _, old_tag = check_pool_header(self.crash, chunk,
@@ -938,20 +964,20 @@ class Pool:
         remainder = free_size - block_size
         if remainder == 0:
             self._write_allocated(chunk, previous_size, block_size, tag, site)
-            return chunk
+            return entry
         if previous_size == 0:
             rest = chunk + (block_size << BLOCK_SHIFT)
             self._write_allocated(chunk, 0, block_size, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
-            return chunk
+            return entry
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
         self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
-        return mine
+        return mine + HEADER_SIZE
 
     def allocate_small_aligned(self, block_size: int, tag: int, alignment: int, site: int = 0) -> int:
         """Header address of a chunk whose body is ``alignment``-aligned, or 0.
@@ -980,9 +1006,9 @@ class Pool:
         else:
             self._write_header(rest, block_size, tail, POOL_FREE, tag)
             self._set_previous_size(rest + (tail << BLOCK_SHIFT), tail)
-            self.free_small(rest)
+            self.free_small(rest + HEADER_SIZE)
         if lead:
-            self.free_small(chunk)
+            self.free_small(chunk + HEADER_SIZE)
         return mine
 
     def _list_remainder(self, chunk: int, block_size: int) -> None:
@@ -1026,7 +1052,8 @@ class Pool:
             page_kind[index] = PAGE_SMALL
             try:
                 self.small_frames[index] = page_pa
-            except IndexError:  # (the list grows to reach it)
+                self.small_deltas[index] = page_pa - index * PAGE_SIZE
+            except IndexError:  # (the lists grow to reach it)
                 self._set_small_frame(index, page_pa)
             self.pages_in_use += 1
             self._page_hint = index + 1
@@ -1064,10 +1091,11 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, chunk: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
+    def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
-        The chunk and the neighbours it may merge with lie on its page, so the page is
+        ``body``: the chunk's body (its header's address + HEADER_SIZE): what the list entries
+        and ``pending`` hold, so the entry the chunk becomes is found with no addition. The chunk and the neighbours it may merge with lie on its page, so the page is
         translated once for their headers and links (the checks made before coalescing
         keep every access inside it). Headers are read with one unpack each (the fields
         coalescing uses; the previous chunk's with its links), the next chunk's PoolType
@@ -1077,6 +1105,7 @@ class Pool:
         the caller has read them there (0: read here)."""
         words, mem, blinks = self.words, self.mem, self.blinks
         if pa is None:
+            chunk = body - HEADER_SIZE
             offset = chunk & PAGE_MASK
             pa = self.tlb.get(chunk >> PAGE_SHIFT)
             pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
@@ -1092,22 +1121,22 @@ class Pool:
         following = offset + block_size * BLOCK  # offsets in the page from here on
         # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
         # without delayed frees)
-        if following < PAGE_SIZE and not mem[page_pa + following + _POOL_TYPE]:
-            next8 = words[(page_pa + following) // 8]
-            if not (self.pending and chunk + (following - offset) in self.pending):
+        if following < PAGE_SIZE and not mem[(next_pa := page_pa + following) + _POOL_TYPE]:
+            if not (self.pending and body + (following - offset) in self.pending):
                 # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
-                # conditions on the header's first QWORD and the neighbours' bytes, all on
-                # this page); ``check_pool_header_in_page`` raises the first failure's bug check.
-                next_pa = page_pa + following
-                next_previous, next_size = next8 & 0xFF, next8 >> BLOCK_SIZE_SHIFT & 0xFF
+                # conditions on the header's PreviousSize and BlockSize and the neighbours'
+                # bytes, all on this page); ``check_pool_header_in_page`` raises the first
+                # failure's bug check. (Two byte reads: cheaper than a QWORD's, whose
+                # PoolTag makes it a multi-digit int that each shift and mask pays for.)
+                next_previous, next_size = mem[next_pa], mem[next_pa + _BLOCK_SIZE]
                 next_back, next_end = next_previous * BLOCK, following + next_size * BLOCK
                 if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
                          if next_previous else not following)
                         and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
                                            and mem[page_pa + next_end] == next_size)):
-                    check_pool_header_in_page(self.crash, chunk + (following - offset), mem, next_pa)
+                    check_pool_header_in_page(self.crash, body + (following - offset - HEADER_SIZE), mem, next_pa)
                 if next_size > 1:
-                    next_entry = chunk + (following - offset + HEADER_SIZE)
+                    next_entry = body + (following - offset)
                     next_word = next_pa // 8 + 2  # its Flink; its Blink follows
                     flink, blink = words[next_word], blinks[next_word]
                     head, head_word = self.list_heads[next_size]
@@ -1124,14 +1153,13 @@ class Pool:
                     else:
                         self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                 block_size += next_size
-        # The list neighbours below are found as ``allocate_from_lists`` finds its entry's:
-        # by their offsets from the pool's base (small ints), their pages' frames in
-        # ``small_frames``.
-        base, frames = self.base, self.small_frames
+        # The list neighbours below are found by their offsets from the pool's base (small
+        # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
+        base, deltas = self.base, self.small_deltas
         if previous_size:
             back = previous_size * BLOCK
             if back > offset:  # the previous chunk would start before the page (0x6)
-                check_previous_size(self.crash, chunk, previous_size)
+                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
             before_offset = offset - back
             before_pa = page_pa + before_offset
             # Its header's fields and its links (Flink, Blink; the next header's first bytes
@@ -1140,26 +1168,27 @@ class Pool:
             before_previous, before_size, before_type, before_tag, flink, blink = \
                 _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
             if before_size != previous_size:  # 0x5
-                check_previous_neighbour(self.crash, chunk, chunk - back, previous_size, before_size)
-            if not before_type and not (self.pending and chunk - back in self.pending):
-                # The body's address (the list entry): the previous chunk's, which this one
-                # merges into (else the chunk's own, below).
-                entry = chunk - (back - HEADER_SIZE)
+                check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
+                                         previous_size, before_size)
+            # The previous chunk's body (its list entry, its key in ``pending``), which this
+            # one merges into (else the chunk's own, below).
+            entry = body - back
+            if not before_type and not (self.pending and entry in self.pending):
                 if before_size > 1:
                     # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
                     # chunk a split took its allocation's end from: the usual merge, from a
                     # long list): its neighbours, other entries' bodies, 16-byte aligned on
-                    # their pages, each page's frame from ``small_frames``. A neighbour that is
+                    # their pages, each page's entry from ``small_deltas``. A neighbour that is
                     # the list's head (in the descriptor, not the pool), on no resident page of
-                    # this pool's small chunks (frame 0, or past the list's end), below the
+                    # this pool's small chunks (None, or past the list's end), below the
                     # pool's base, or not aligned: ``_unlink``, each access translated on its own.
                     flink_at, blink_at = flink - base, blink - base
                     try:
-                        flink_frame = frames[flink_at // PAGE_SIZE] if flink_at >= 0 else 0
-                        blink_frame = frames[blink_at // PAGE_SIZE] if blink_at >= 0 else 0
+                        flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else None
+                        blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else None
                     except IndexError:
-                        flink_frame = 0
-                    if not (flink_frame and blink_frame) or (flink_at | blink_at) & 15:
+                        flink_delta = None
+                    if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
                         head, head_word = self.list_heads[before_size]
                         if flink == head and blink == head:
                             # Its list's only entry (with delayed frees, the usual previous
@@ -1174,8 +1203,8 @@ class Pool:
                             self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                     else:
                         # the Flink's Blink (``blinks``), the Blink's Flink
-                        flink_word = (flink_frame + (flink_at & PAGE_MASK)) // 8
-                        blink_word = (blink_frame + (blink_at & PAGE_MASK)) // 8
+                        flink_word = (flink_at + flink_delta) // 8
+                        blink_word = (blink_at + blink_delta) // 8
                         if blinks[flink_word] != entry or words[blink_word] != entry:
                             check_list_links(self.crash, entry, blinks[flink_word],  # raises
                                              words[blink_word])
@@ -1190,11 +1219,11 @@ class Pool:
                 tag = before_tag
                 block_size += before_size
             else:
-                entry = chunk + HEADER_SIZE
+                entry = body
         else:
             if offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
-                check_previous_size(self.crash, chunk, previous_size)
-            entry = chunk + HEADER_SIZE
+                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
+            entry = body
         # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
         # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
         # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
@@ -1204,22 +1233,24 @@ class Pool:
         if block_size > 0xFF or not block_size:
             block_size &= 0xFF
             if not block_size and not offset:
-                self.release_small_page(chunk & ~PAGE_MASK)
+                self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
                 return
         # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
         # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
         # POOL_FREE, the BlockSize; ProcessBilled 0.
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size | self.free_size_bits[block_size], tag, 0)
+        # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
+        # bits are 0 there.)
+        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
         end = offset + block_size * BLOCK
         if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
             self.mem_bytes[page_pa + end] = block_size
         elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
-            self._set_previous_size((chunk & ~PAGE_MASK) + end, block_size)
+            self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
         if block_size != 1:  # (0: only a wrapped sum, above)
             # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
             # Blink and the last entry's Flink, both of which must be the head; entries are
-            # 16-byte aligned bodies, each one's links on its page, its frame from
-            # ``small_frames``. An empty list (its neighbours are the head, in the
+            # 16-byte aligned bodies, each one's links on its page, its entry from
+            # ``small_deltas``. An empty list (its neighbours are the head, in the
             # descriptor), a neighbour on no resident page of this pool's small chunks, below
             # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
             # and makes any other access on its own.
@@ -1227,11 +1258,11 @@ class Pool:
             first, last = words[head_word], blinks[head_word]
             first_at, last_at = first - base, last - base
             try:
-                first_frame = frames[first_at // PAGE_SIZE] if first_at >= 0 else 0
-                last_frame = frames[last_at // PAGE_SIZE] if last_at >= 0 else 0
+                first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
+                last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
             except IndexError:
-                first_frame = 0
-            if not (first_frame and last_frame) or (first_at | last_at) & 15:
+                first_delta = None
+            if first_delta is None or last_delta is None or (first_at | last_at) & 15:
                 if first == head and last == head:
                     # An empty list (on an unfragmented pool, the usual one): both neighbours
                     # the check reads are the head, whose links were just read (both the
@@ -1242,8 +1273,8 @@ class Pool:
                 else:
                     self._insert(entry, block_size, False, pa + HEADER_SIZE)
                 return
-            first_word = (first_frame + (first_at & PAGE_MASK)) // 8  # its Flink; its Blink in ``blinks``
-            first_blink, last_flink = blinks[first_word], words[(last_frame + (last_at & PAGE_MASK)) // 8]
+            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
+            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
             if first_blink != head or last_flink != head:  # the named check raises the bug check
                 check_list_links(self.crash, head, first_blink, last_flink)
             _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
@@ -1272,7 +1303,7 @@ class Pool:
         if following & (PAGE_SIZE - 1):
             check_next_previous_size(self.crash, chunk, block_size, self._read_first8(following)[0])
         self.mem[self._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
-        self.free_small(chunk)
+        self.free_small(entry)
 
     def lookaside_chunks(self) -> set[int]:
         """Headers of the chunks cached on this pool's lookaside lists (for pictures).
@@ -1361,7 +1392,7 @@ class Pool:
             if pa is None:
                 pa = self._pa(chunk)
             self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
-            self.free_small(chunk, pa)
+            self.free_small(chunk + HEADER_SIZE, pa)
             return
         if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
@@ -1393,7 +1424,7 @@ class Pool:
         # left there wraps (0xFFFFFFFF + 1 is 0).
         ulongs, depth = self.ulongs, self.pending_depth_ulong
         ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
-        self.pending[chunk] = pa
+        self.pending[chunk + HEADER_SIZE] = pa
 
     def pending_frees(self) -> list[int]:
         """Headers of the chunks queued on PendingFrees, newest first, read from memory.
@@ -1403,10 +1434,10 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return self._walk_pending()
+        return [body - HEADER_SIZE for body in self._walk_pending()]
 
     def _walk_pending(self) -> list[int]:
-        """``pending_frees``' walk: each queued chunk's header, newest first. Each link is
+        """``pending_frees``' walk: each queued chunk's body, newest first. Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
         have changed since (``pending_translated``): then on the TLB's.
 
@@ -1418,8 +1449,8 @@ class Pool:
         pending, words = self.pending, self.words
         if self.pending_translated:
             entry = words[self.pending_frees_word]
-            for chunk, pa in reversed(pending.items()):
-                if entry != chunk + HEADER_SIZE:
+            for body, pa in reversed(pending.items()):
+                if entry != body:
                     return self._walk_links()
                 entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
             return list(reversed(pending))
@@ -1428,8 +1459,8 @@ class Pool:
     def _walk_links(self) -> list[int]:
         """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
         else the bug check."""
-        chunks: list[int] = []
-        append, words = chunks.append, self.words
+        bodies: list[int] = []
+        append, words = bodies.append, self.words
         # The queued chunks not met yet: a link to a chunk not queued, or to one met already
         # (a loop), finds nothing to take here (one dict operation tests both).
         unmet = self.pending.copy()
@@ -1437,9 +1468,8 @@ class Pool:
         translated = self.pending_translated
         entry = words[self.pending_frees_word]
         for _ in range(len(unmet)):
-            chunk = entry - HEADER_SIZE
             try:
-                pa = take(chunk)
+                pa = take(entry)
             except KeyError:
                 self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
                 self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
@@ -1450,10 +1480,10 @@ class Pool:
                 base = self.tlb.get(entry >> PAGE_SHIFT)
                 if base is None:  # (not present: the machine's answer)
                     base = self.fault(entry, False, self.lock_irql)
-                pa = base + (chunk & PAGE_MASK)
-            append(chunk)
+                pa = base + ((entry - HEADER_SIZE) & PAGE_MASK)
+            append(entry)
             entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
-        return chunks
+        return bodies
 
     def deferred_free(self) -> int:
         """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
@@ -1464,7 +1494,7 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            chunks = self._walk_pending()
+            bodies = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
             self.ulongs[self.pending_depth_ulong] = 0
@@ -1473,14 +1503,14 @@ class Pool:
             # while none can have changed (``pending_translated``: a free that returns a
             # page, or a fault that pages one out, clears it; each is then translated again).
             take, free_small = pending.pop, self.free_small
-            for chunk in chunks:
-                pa = take(chunk)
-                free_small(chunk, pa if self.pending_translated else None)
+            for body in bodies:
+                pa = take(body)
+                free_small(body, pa if self.pending_translated else None)
         finally:
             self.found_in = ""
         pending.clear()
         self.pending_translated = True
-        return len(chunks)
+        return len(bodies)
 
     # --- big allocations ---------------------------------------------------------------
 

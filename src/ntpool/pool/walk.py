@@ -100,7 +100,7 @@ def _small_body(pool, body: int) -> bool:
 
 def pending_frees(pool) -> set:
     """Bodies waiting on the pool's delayed-free list (PendingFrees), when it has one."""
-    return {chunk + HEADER_SIZE for chunk in getattr(pool, "pending", ())}
+    return set(getattr(pool, "pending", ()))  # (keyed by body)
 
 
 def walk_windows7(pool) -> PoolWalk:
