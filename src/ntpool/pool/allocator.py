@@ -469,11 +469,12 @@ class PoolAllocator:
                             body = pool.take_system_lookaside(block_size, tag_ulong, site, allocator.irql)
                         else:
                             system.allocate_misses[block_size] += 1
-                            chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
-                                pool.allocate_past_lists(block_size, tag_ulong, site)
-                            if not chunk:
-                                return allocator.fast_failure(PoolType, NumberOfBytes)
-                            body = chunk + _BODY
+                            body = pool.allocate_from_lists(block_size, tag_ulong, site)
+                            if not body:
+                                chunk = pool.allocate_past_lists(block_size, tag_ulong, site)
+                                if not chunk:
+                                    return allocator.fast_failure(PoolType, NumberOfBytes)
+                                body = chunk + _BODY
                         row[column] += BLOCK_CHARGES[block_size]
                         if zero:
                             allocator.zero(body, NumberOfBytes)
@@ -511,12 +512,13 @@ class PoolAllocator:
                     # the tracker's charge) inline, three calls less.
                     block_size = (NumberOfBytes + 31) >> 4
                     pool = fast_pools[PoolType]
-                    chunk = pool.allocate_from_lists(block_size, tag_ulong, site) or \
-                        pool.allocate_past_lists(block_size, tag_ulong, site)
-                    if not chunk:
-                        return allocator.fast_failure(PoolType, NumberOfBytes)
+                    body = pool.allocate_from_lists(block_size, tag_ulong, site)  # (a body)
+                    if not body:
+                        chunk = pool.allocate_past_lists(block_size, tag_ulong, site)
+                        if not chunk:
+                            return allocator.fast_failure(PoolType, NumberOfBytes)
+                        body = chunk + _BODY
                     row[column] += BLOCK_CHARGES[block_size]
-                    body = chunk + _BODY
                     if zero:
                         allocator.zero(body, NumberOfBytes)
                     return body

@@ -254,6 +254,8 @@ class Pool:
         # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
         # increments it with one read and one write).
         self.ulongs = memoryview(self.mem).cast("I")
+        # The same ULONGs 4 bytes on: tags[u] is a header's PoolTag when u is its first ULONG's index.
+        self.tags = memoryview(self.mem)[4:].cast("I")
         self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
         # The queued chunks, an index of the list in memory: each body (what the links hold)
@@ -749,8 +751,8 @@ class Pool:
         The header is written once, whole: ``site`` (the call site) goes where Windows keeps
         AllocatorBackTraceIndex.
         """
-        return self.allocate_from_lists(block_size, tag, site) or \
-            self.allocate_past_lists(block_size, tag, site)
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self.allocate_past_lists(block_size, tag, site)
 
     def allocate_past_lists(self, block_size: int, tag: int, site: int) -> int:
         """``allocate_small`` when no listed chunk is large enough: a new page, else what
@@ -760,21 +762,25 @@ class Pool:
             return chunk
         # No fresh page: Windows frees what is pending and retries once.
         if self.pending and self.deferred_free():
-            chunk = self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            chunk = self._allocate_again(block_size, tag, site)
             if chunk:
                 return chunk
         # Lookasides may pin free memory; give it back before reporting failure.
         if self.flush_lookasides():
-            return self.allocate_from_lists(block_size, tag, site) or \
-                self._allocate_from_fresh_page(block_size, tag, site)
+            return self._allocate_again(block_size, tag, site)
         return 0
 
+    def _allocate_again(self, block_size: int, tag: int, site: int) -> int:
+        """``allocate_small``'s two steps once more, past what may have freed memory."""
+        body = self.allocate_from_lists(block_size, tag, site)
+        return body - HEADER_SIZE if body else self._allocate_from_fresh_page(block_size, tag, site)
+
     def allocate_from_lists(self, block_size: int, tag: int, site: int) -> int:
-        """``allocate_small``'s first step: the header address of a chunk of ``block_size``
+        """``allocate_small``'s first step: the body address of a chunk of ``block_size``
         blocks taken from the ListHeads (the smallest listed size that fits, split when
         larger), or 0 when no listed chunk fits. The allocator's fast path calls it, and
-        ``allocate_past_lists``, itself on a lookaside miss (a call less).
+        ``allocate_past_lists``, itself on a lookaside miss (a call less); the body, what
+        it returns, saves it an addition on a 64-bit address (and the exact fit one more).
 
         Written for CPython 3.11's costs: each int an operation makes that is not a small
         int (-5..256) is allocated and freed (about 150 instructions), an int of a 64-bit
@@ -811,7 +817,6 @@ class Pool:
         # once, and the headers are written in the order ``_split_any`` writes them.
         chunk_pa = frame + offset
         header = chunk_pa // 8  # the chunk's header, as a QWORD index of ``words``
-        mem = self.mem
         flink, blink = self.body_flinks[header], self.body_blinks[header]
         # RemoveHeadList, safely (as ``_unlink``). A healthy first entry's Blink is its head,
         # and the only entry's Flink is the head too: those neighbours' links are the head's
@@ -849,21 +854,26 @@ class Pool:
         # Windows' order and raises the bug check of the first that fails. (``offset`` and
         # ``end`` are the header's and the next header's offsets in the page; all are
         # multiples of 16.) Sizes in bytes by multiplication, which CPython 3.11 specializes.
-        previous_size, free_size = mem[chunk_pa], self.block_sizes[chunk_pa]  # (after the unlink: its writes seen)
+        # (After the unlink: its writes seen. Bytes through memoryviews, as the writes below:
+        # one C path less than the mmap's subscript, for the instruction cache.)
+        mem_bytes, block_sizes = self.mem_bytes, self.block_sizes
+        previous_size, free_size = mem_bytes[chunk_pa], block_sizes[chunk_pa]
         back, size = previous_size * BLOCK, free_size * BLOCK
-        end = offset + size
-        if not ((back <= offset and self.block_sizes[chunk_pa - back] == previous_size
+        end, next_pa = offset + size, chunk_pa + size  # the next header's offset and address
+        if not ((back <= offset and block_sizes[chunk_pa - back] == previous_size
                  if previous_size else not offset)
-                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem[chunk_pa + size] == free_size)):
-            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, mem, chunk_pa)
+                and free_size and (end == PAGE_SIZE or end < PAGE_SIZE and mem_bytes[next_pa] == free_size)):
+            check_pool_header_in_page(self.crash, entry - HEADER_SIZE, self.mem, chunk_pa)
         if free_size < found:
             check_fits_its_list(self.crash, entry - HEADER_SIZE, free_size, found)
         remainder = free_size - block_size
         if remainder == 0:
-            _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa, previous_size | self.allocated_size_bits[block_size],
-                                               tag, site & self.header_site_mask)
-            self.sites[at >> SITE_UNIT_SHIFT] = site
-            return entry - HEADER_SIZE
+            # The header, whole, as below for a split's allocation.
+            self.ulongs[header * 2] = self.allocated_size_bits[block_size] + previous_size
+            self.tags[header * 2] = tag
+            blinks[header] = site & self.header_site_mask
+            self.sites[at // _SITE_UNIT] = site
+            return entry
         if previous_size == 0:
             # First chunk of its page: split from the front. The free remainder keeps the
             # chunk's PoolTag, as Windows leaves it; the next chunk, if on the page, learns
@@ -877,28 +887,32 @@ class Pool:
             words[rest_pa >> 3] = old_tag | block_size | self.free_size_bits[remainder]
             blinks[rest_pa >> 3] = 0
             if end < PAGE_SIZE:
-                self.mem_bytes[chunk_pa + size] = remainder
+                mem_bytes[next_pa] = remainder
             if remainder > 1:  # a one-block chunk has no room for links and goes on no list
                 self._insert(chunk + (block_size << BLOCK_SHIFT) + HEADER_SIZE, remainder, True,
                              rest_pa + HEADER_SIZE)
-            return chunk
+            return entry
         # Otherwise the allocation is taken from the end: the chunk's header becomes the free
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
         # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory;
-        # ProcessBilled 0. Then the allocation's whole header in one pack: its first ULONG
+        # ProcessBilled 0. Then the allocation's whole header: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
-        # ProcessBilled.
-        self.ulongs[chunk_pa // 4] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
+        # ProcessBilled, each through a view by index (a struct's pack_into would parse
+        # its buffer argument, C code the split runs for nothing else).
+        ulongs = self.ulongs
+        ulongs[header * 2] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
         blinks[header] = 0
-        rest = remainder * BLOCK
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, chunk_pa + rest, self.allocated_size_bits[block_size] + remainder,
-                                           tag, site & self.header_site_mask)
-        mine_at = at + rest  # the allocation's header's offset from the pool's base
+        mine_word = header + remainder * 2  # the allocation's header, as a QWORD index
+        mine_ulong = mine_word * 2
+        ulongs[mine_ulong] = self.allocated_size_bits[block_size] + remainder
+        self.tags[mine_ulong] = tag
+        blinks[mine_word] = site & self.header_site_mask
+        mine_at = at + remainder * BLOCK  # the allocation's header's offset from the pool's base
         self.sites[mine_at // _SITE_UNIT] = site
         if end < PAGE_SIZE:
-            self.mem_bytes[chunk_pa + size] = block_size
+            mem_bytes[next_pa] = block_size
         if remainder > 1:
             # InsertTailList of the remainder (its entry is the one just unlinked), inline as
             # ``_insert`` does it: the check reads the last entry's Flink and the first
@@ -914,7 +928,7 @@ class Pool:
                 self.body_flinks[header] = self.body_blinks[header] = head  # the entry's Flink and Blink
                 words[head_word] = blinks[head_word] = entry
                 self.listed[remainder] = 1
-                return self.base + mine_at
+                return self.headers_from + mine_at
             base = self.base
             last_at, first_at = last - base, first - base
             try:
@@ -925,7 +939,7 @@ class Pool:
             last_offset, first_offset = last_at & PAGE_MASK, first_at & PAGE_MASK
             if not (last_frame and first_frame and _ALIGNED[last_offset] and _ALIGNED[first_offset]):
                 self._insert(entry, remainder, True, chunk_pa + HEADER_SIZE)
-                return base + mine_at
+                return self.headers_from + mine_at
             last_word = (last_frame + last_offset) // 8  # its Flink
             first_word = (first_frame + first_offset) // 8  # its Blink: blinks[first_word]
             if words[last_word] != head or blinks[first_word] != head:  # the named check raises
@@ -935,12 +949,13 @@ class Pool:
             words[last_word] = entry
             blinks[head_word] = entry
             self.listed[remainder] = 1
-        return self.base + mine_at
+        return self.headers_from + mine_at  # the allocation's body
 
     def _split_any(self, entry: int, found: int, block_size: int, tag: int, site: int) -> int:
         """``allocate_from_lists`` for an entry that is not a chunk body on a present page
         (a corrupted link put it there, or its page of paged pool is out): every access
-        translated on its own, so each faults or bug-checks where Windows' would."""
+        translated on its own, so each faults or bug-checks where Windows' would. Returns
+        the body, as ``allocate_from_lists``."""
         self._unlink(entry, found)
         chunk = entry - HEADER_SIZE
         previous_size, _, free_size, _, old_tag = check_pool_header(self.crash, chunk,
@@ -949,20 +964,20 @@ class Pool:
         remainder = free_size - block_size
         if remainder == 0:
             self._write_allocated(chunk, previous_size, block_size, tag, site)
-            return chunk
+            return entry
         if previous_size == 0:
             rest = chunk + (block_size << BLOCK_SHIFT)
             self._write_allocated(chunk, 0, block_size, tag, site)
             self._write_header(rest, block_size, remainder, POOL_FREE, old_tag)
             self._set_previous_size(rest + (remainder << BLOCK_SHIFT), remainder)
             self._list_remainder(rest, remainder)
-            return chunk
+            return entry
         mine = chunk + (remainder << BLOCK_SHIFT)
         self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
         self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
-        return mine
+        return mine + HEADER_SIZE
 
     def allocate_small_aligned(self, block_size: int, tag: int, alignment: int, site: int = 0) -> int:
         """Header address of a chunk whose body is ``alignment``-aligned, or 0.

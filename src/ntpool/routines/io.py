@@ -79,6 +79,9 @@ assert _MDL_FLAGS_AND_MAPPING.size == L.MDL.MappedSystemVa + 8 - L.MDL.Size
 _IRP_TYPE_BYTES = L.IO_TYPE_IRP.to_bytes(2, "little")
 # The last offset in a page where an IRP's StackCount and AllocationFlags lie in it too.
 _LAST_FLAGS_OFFSET = PAGE_SIZE - 1 - max(L.IRP.StackCount, L.IRP.AllocationFlags)
+# What IoFreeIrp reads of an IRP (from its start): Type, StackCount, AllocationFlags.
+_IRP_FREED = struct.Struct("<H64xB4xB")
+assert _IRP_FREED.size == L.IRP.AllocationFlags + 1 and L.IRP.StackCount == 0x42
 # The AllocationFlags IoFreeIrp reads to keep an IRP on a lookaside list (fixed size alone).
 _IRP_KEPT_FLAGS = L.IRP_ALLOCATED_FIXED_SIZE | L.IRP_QUOTA_CHARGED | L.IRP_ALLOCATED_MUST_SUCCEED
 _NONPAGED_POOL = PoolType.NonPagedPool
@@ -636,17 +639,19 @@ class IoRoutines:
             # gives its physical address then, and only while nobody listens for memory
             # writes), the packet is the template copied and the IRP's address packed in
             # (``<``: the current stack location, just past the packet, is on its page too).
-            irp, irp_at = self.io_take_at(_IRP_LIST[StackSize])
+            # (Routines made per machine are called through a local: an instance attribute
+            # called as a method is looked up on the class first, unspecialized in 3.11.)
+            take = self.io_take_at
+            irp, irp_at = take(_IRP_LIST[StackSize])
             if irp_at is not None:
-                template = _IRP_TEMPLATES[StackSize]
-                end = irp_at + len(template)
-                if (irp_at & 0xFFF) + len(template) < PAGE_SIZE:
-                    self._mem[irp_at:end] = template
+                template, packet_size = _IRP_TEMPLATES[StackSize]
+                if (irp_at & 0xFFF) + packet_size < PAGE_SIZE:
+                    self._mem[irp_at:irp_at + packet_size] = template
                     at = irp_at >> 3  # (an entry is 16-byte aligned)
                     qwords = self._words
                     qwords[at + _THREAD_LIST_QWORD] = qwords[at + _THREAD_LIST_QWORD + 1] = \
-                        irp + L.IRP.ThreadListEntry
-                    qwords[at + _CURRENT_STACK_LOCATION_QWORD] = irp + len(template)
+                        irp + _IRP_THREAD_LIST_ENTRY
+                    qwords[at + _CURRENT_STACK_LOCATION_QWORD] = irp + packet_size
                     return irp
             allocation_size, packet_size = _IRP_SIZES[StackSize]
             if not irp:
@@ -722,17 +727,14 @@ class IoRoutines:
         """Free an IRP; one that is not an IRP (already freed) is bug check 0x44."""
         offset = Irp & 0xFFF if type(Irp) is int else PAGE_SIZE
         base = self._tlb.get(Irp >> PAGE_SHIFT) \
-            if offset <= PAGE_SIZE - 2 and not self._writes_published else None
-        mem = self._mem
+            if offset <= _LAST_FLAGS_OFFSET and not self._writes_published else None
         irp_at = base + offset if base is not None else None
-        if irp_at is not None and mem[irp_at] == L.IO_TYPE_IRP and mem[irp_at + 1] == 0:
-            # The usual call: an IRP's Type on a resident page, nobody listening for memory
-            # writes. Its high byte is 0 already: the low one is all there is to clear.
-            mem[irp_at] = 0
-            if offset <= _LAST_FLAGS_OFFSET:  # (its StackCount and AllocationFlags: here too)
-                flags, stack_count = mem[irp_at + L.IRP.AllocationFlags], mem[irp_at + L.IRP.StackCount]
-            else:
-                flags = stack_count = None
+        if irp_at is not None:
+            # The usual call: the IRP's Type, StackCount and AllocationFlags on a resident
+            # page, nobody listening for memory writes: read at once.
+            irp_type, stack_count, flags = _IRP_FREED.unpack_from(self._mem, irp_at)
+        if irp_at is not None and irp_type == L.IO_TYPE_IRP:
+            self._mem[irp_at] = 0  # (the Type's high byte is 0 already)
         else:
             if self.read(Irp + L.IRP.Type, 2) != _IRP_TYPE_BYTES:
                 self.KeBugCheckEx(MULTIPLE_IRP_COMPLETE_REQUESTS, Irp, 0, 0, 0,
@@ -749,8 +751,11 @@ class IoRoutines:
         if flags & _IRP_KEPT_FLAGS == L.IRP_ALLOCATED_FIXED_SIZE:
             if stack_count is None:
                 stack_count = self.read(Irp + L.IRP.StackCount, 1)[0]
-            if self.io_give_back_at(_IRP_LIST[stack_count], Irp, irp_at) if irp_at is not None \
-                    else self.io_give_back(_IRP_LIST[stack_count], Irp):
+            if irp_at is not None:
+                give_back = self.io_give_back_at  # (through a local: see IoAllocateIrp)
+                if give_back(_IRP_LIST[stack_count], Irp, irp_at):
+                    return
+            elif self.io_give_back(_IRP_LIST[stack_count], Irp):
                 return
         self.pool.free(Irp, L.TAG_IRP)
 
@@ -927,8 +932,9 @@ class IoRoutines:
         IRP it becomes Irp->MdlAddress, or is chained after it when SecondaryBuffer."""
         if not Length or Length > 0xFFFFFFFF:
             return 0
-        pages = ((VirtualAddress & (PAGE_SIZE - 1)) + Length + PAGE_SIZE - 1) >> PAGE_SHIFT  # _span_pages
-        size = L.MDL.SIZE + 8 * pages
+        byte_offset = VirtualAddress & 0xFFF  # (PAGE_SIZE - 1)
+        pages = (byte_offset + Length + 0xFFF) >> PAGE_SHIFT  # _span_pages
+        size = _MDL_SIZE + 8 * pages
         if size > 0x7FFF:
             return 0
         # An MDL of at most IOP_FIXED_SIZE_MDL_PFNS pages is fixed size: from the processor's
@@ -937,13 +943,14 @@ class IoRoutines:
         # MmInitializeMdl's header written at once.
         if pages <= IOP_FIXED_SIZE_MDL_PFNS:
             flags = L.MDL_ALLOCATED_FIXED_SIZE
-            mdl, mdl_at = self.io_take_at(LookasideMdlList)
-            if mdl_at is not None and not Irp and (mdl_at & 0xFFF) <= PAGE_SIZE - _MDL_HEADER.size:
+            take = self.io_take_at  # (through a local: see IoAllocateIrp)
+            mdl, mdl_at = take(LookasideMdlList)
+            if mdl_at is not None and not Irp and (mdl_at & 0xFFF) <= _LAST_MDL_HEADER_OFFSET:
                 # The usual call: an MDL from the processor's list with its header on a
                 # resident page (``io_take_at`` gives its physical address only while nobody
                 # listens for memory writes), for no IRP: the header packed in place.
                 _MDL_HEADER.pack_into(self._mem, mdl_at, 0, size, flags, 0, 0, VirtualAddress & _PAGE_FRAME,
-                                      Length & 0xFFFFFFFF, VirtualAddress & (PAGE_SIZE - 1))
+                                      Length & 0xFFFFFFFF, byte_offset)
                 return mdl
             mdl = mdl or self.pool.allocate(_NONPAGED_POOL, FIXED_SIZE_MDL, L.TAG_MDL)
         else:
@@ -971,22 +978,28 @@ class IoRoutines:
         """Free an MDL (its system mapping, if one is left, goes with it)."""
         offset = Mdl & 0xFFF if type(Mdl) is int else PAGE_SIZE
         base = self._tlb.get(Mdl >> PAGE_SHIFT) \
-            if offset <= PAGE_SIZE - L.MDL.StartVa and not self._writes_published else None
+            if offset <= PAGE_SIZE - _MDL_START_VA and not self._writes_published else None
         if base is not None:
             # The usual call, the fields read here on one resident page, nobody listening
             # for memory writes (as the other routines' usual calls): read at once.
-            flags, mapped = _MDL_FLAGS_AND_MAPPING.unpack_from(self._mem, base + offset + L.MDL.Size)
+            mdl_at = base + offset
+            flags, mapped = _MDL_FLAGS_AND_MAPPING.unpack_from(self._mem, mdl_at + _MDL_SIZE_FIELD)
         else:
             flags = self._get16(Mdl + L.MDL.MdlFlags)
             mapped = self._get64(Mdl + L.MDL.MappedSystemVa)
-        mapped &= ~(PAGE_SIZE - 1)
-        if flags & L.MDL_MAPPED_TO_SYSTEM_VA and mapped not in self.reserved_mappings and \
-                not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
-            self._unmap_system(mapped)
-        if flags & L.MDL_ALLOCATED_FIXED_SIZE and (
-                self.io_give_back_at(LookasideMdlList, Mdl, base + offset) if base is not None
-                else self.io_give_back(LookasideMdlList, Mdl)):
-            return  # kept on the processor's MDL lookaside list or the system's
+        if flags & L.MDL_MAPPED_TO_SYSTEM_VA:
+            mapped &= _PAGE_FRAME
+            if mapped not in self.reserved_mappings and not flags & (L.MDL_SOURCE_IS_NONPAGED_POOL | L.MDL_PARTIAL):
+                self._unmap_system(mapped)
+        if flags & L.MDL_ALLOCATED_FIXED_SIZE:
+            # Kept on the processor's MDL lookaside list or the system's (its physical address
+            # known on the usual call).
+            if base is not None:
+                give_back = self.io_give_back_at  # (through a local: see IoAllocateIrp)
+                if give_back(LookasideMdlList, Mdl, mdl_at):
+                    return
+            elif self.io_give_back(LookasideMdlList, Mdl):
+                return
         self.pool.free(Mdl, L.TAG_MDL)
 
     def _mdl_span(self, mdl: int) -> tuple[int, int, int]:
@@ -1297,14 +1310,20 @@ def _irp_packet(irp: int, packet_size: int, stack_size: int, allocation_flags: i
     return packet
 
 
-# IoAllocateIrp's usual packet, a fixed-size IRP not charged to quota, by StackSize (1 to
+# IoAllocateIrp's usual packet and its size, a fixed-size IRP not charged to quota, by StackSize (1 to
 # LARGE_IRP_STACK_LOCATIONS): every byte IoInitializeIrp writes but the three QWORDs that
 # hold the IRP's own address (ThreadListEntry's links, CurrentStackLocation), stored over
 # it.
 _IRP_TEMPLATES = (None,) + tuple(
-    _irp_packet(0, L.io_size_of_irp(count), count, L.IRP_ALLOCATED_FIXED_SIZE, 0)
+    (_irp_packet(0, L.io_size_of_irp(count), count, L.IRP_ALLOCATED_FIXED_SIZE, 0), L.io_size_of_irp(count))
     for count in range(1, LARGE_IRP_STACK_LOCATIONS + 1))
-# Those QWORDs, by their index from the IRP's first.
+# Those QWORDs, by their index from the IRP's first; and the offsets the usual calls use, as
+# module constants (a class attribute's load, L.IRP.X, is not specialized in CPython 3.11).
+_IRP_THREAD_LIST_ENTRY = L.IRP.ThreadListEntry
+_MDL_SIZE = L.MDL.SIZE
+_MDL_SIZE_FIELD = L.MDL.Size
+_MDL_START_VA = L.MDL.StartVa
+_LAST_MDL_HEADER_OFFSET = PAGE_SIZE - _MDL_HEADER.size
 _THREAD_LIST_QWORD = L.IRP.ThreadListEntry // 8
 _CURRENT_STACK_LOCATION_QWORD = L.IRP.CurrentStackLocation // 8
 
