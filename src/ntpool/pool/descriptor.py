@@ -1114,6 +1114,7 @@ class Pool:
         # The list neighbours below are found by their offsets from the pool's base (small
         # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
         base, deltas = self.base, self.small_deltas
+        pending = self.pending  # (the dict is the pool's for good: emptied, never replaced)
         while True:  # (once, unless ``queued``)
             if pa is None:
                 chunk = body - HEADER_SIZE
@@ -1133,7 +1134,7 @@ class Pool:
             # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
             # without delayed frees)
             if following < PAGE_SIZE and not mem[(next_pa := page_pa + following) + _POOL_TYPE]:
-                if not (self.pending and body + (following - offset) in self.pending):
+                if not (pending and body + (following - offset) in pending):
                     # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
                     # conditions on the header's PreviousSize and BlockSize and the neighbours'
                     # bytes, all on this page); ``check_pool_header_in_page`` raises the first
@@ -1181,7 +1182,7 @@ class Pool:
                 # The previous chunk's body (its list entry, its key in ``pending``), which this
                 # one merges into (else the chunk's own, below).
                 entry = body - back
-                if not before_type and not (self.pending and entry in self.pending):
+                if not before_type and not (pending and entry in pending):
                     if before_size > 1:
                         # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
                         # chunk a split took its allocation's end from: the usual merge, from a
@@ -1296,7 +1297,7 @@ class Pool:
             body = next(queued, None)
             if body is None:
                 return
-            pa = self.pending.pop(body)
+            pa = pending.pop(body)
             if not self.pending_translated:
                 pa = None
             block_size = 0
