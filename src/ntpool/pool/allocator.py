@@ -564,6 +564,9 @@ class PoolAllocator:
         # The same memory one byte on: pool_indexes[header_pa] is that header's PoolIndex
         # (the next header's, read with no addition).
         pool_indexes = memoryview(mem)[POOL_HEADER.PoolIndex:]
+        # And 3 on: pool_types[header_pa] is its PoolType (marked free past the lookasides
+        # with no addition).
+        pool_types = memoryview(mem)[_POOL_TYPE:]
 
         def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
@@ -618,12 +621,12 @@ class PoolAllocator:
                         system = pool.system_lookaside
                         if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
                             if not pool.delay_frees:
-                                pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                                pool_types[pa] = POOL_FREE
                                 pool.free_small(P, pa, block_size, stored)  # (what it has read)
                                 return True
                             pending = pool.pending
                             if len(pending) < MAXIMUM_POOL_FREES_PENDING:
-                                pool.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
+                                pool_types[pa] = POOL_FREE
                                 # Pool.queue_free, inline: the body's first QWORD links to
                                 # PendingFrees' chunk, PendingFrees to the body, and
                                 # PendingFreeDepth is incremented as InterlockedIncrement does

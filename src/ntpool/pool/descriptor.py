@@ -1091,196 +1091,215 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0) -> None:
+    def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0,
+                   queued=None) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
         ``body``: the chunk's body (its header's address + HEADER_SIZE): what the list entries
-        and ``pending`` hold, so the entry the chunk becomes is found with no addition. The chunk and the neighbours it may merge with lie on its page, so the page is
-        translated once for their headers and links (the checks made before coalescing
-        keep every access inside it). Headers are read with one unpack each (the fields
-        coalescing uses; the previous chunk's with its links), the next chunk's PoolType
-        alone first; each check's condition is tested here, its named check called only to
-        raise its bug check. ``pa``: the header's physical address, when the
-        caller has translated it; ``block_size`` and ``tag``: its BlockSize and PoolTag, when
-        the caller has read them there (0: read here)."""
+        and ``pending`` hold, so the entry the chunk becomes is found with no addition. The
+        chunk and the neighbours it may merge with lie on its page, so the page is translated
+        once for their headers and links (the checks made before coalescing keep every access
+        inside it). Headers are read with one unpack each (the fields coalescing uses; the
+        previous chunk's with its links), the next chunk's PoolType alone first; each check's
+        condition is tested here, its named check called only to raise its bug check.
+        ``pa``: the header's physical address, when the caller has translated it;
+        ``block_size`` and ``tag``: its BlockSize and PoolTag, when the caller has read them
+        there (0: read here).
+
+        ``queued``: ExDeferredFreePool's batch (``deferred_free``): an iterator over the
+        bodies of the queued chunks to coalesce after ``body``, each in turn, in this one call
+        (a call and the set-up below less per chunk); each leaves ``pending`` as it is taken.
+        """
         words, mem, blinks = self.words, self.mem, self.blinks
-        if pa is None:
-            chunk = body - HEADER_SIZE
-            offset = chunk & PAGE_MASK
-            pa = self.tlb.get(chunk >> PAGE_SHIFT)
-            pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
-        else:
-            offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
-        page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
-        if block_size:  # (the allocator's free fast path has read the rest: a byte is cheaper than an unpack)
-            previous_size = mem[pa]
-        else:
-            previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
-        # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
-        # and computes // on a small int with fewer instructions than >> or <<.)
-        following = offset + block_size * BLOCK  # offsets in the page from here on
-        # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
-        # without delayed frees)
-        if following < PAGE_SIZE and not mem[(next_pa := page_pa + following) + _POOL_TYPE]:
-            if not (self.pending and body + (following - offset) in self.pending):
-                # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
-                # conditions on the header's PreviousSize and BlockSize and the neighbours'
-                # bytes, all on this page); ``check_pool_header_in_page`` raises the first
-                # failure's bug check. (Two byte reads: cheaper than a QWORD's, whose
-                # PoolTag makes it a multi-digit int that each shift and mask pays for.)
-                next_previous, next_size = mem[next_pa], mem[next_pa + _BLOCK_SIZE]
-                next_back, next_end = next_previous * BLOCK, following + next_size * BLOCK
-                if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
-                         if next_previous else not following)
-                        and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
-                                           and mem[page_pa + next_end] == next_size)):
-                    check_pool_header_in_page(self.crash, body + (following - offset - HEADER_SIZE), mem, next_pa)
-                if next_size > 1:
-                    next_entry = body + (following - offset)
-                    next_word = next_pa // 8 + 2  # its Flink; its Blink follows
-                    flink, blink = words[next_word], blinks[next_word]
-                    head, head_word = self.list_heads[next_size]
-                    if flink == head and blink == head:
-                        # RemoveEntryList of the list's only entry (a page's remainder, the
-                        # usual next chunk when a free makes its page whole), as ``_unlink``
-                        # makes it: both neighbours are the head, whose links are the
-                        # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
-                        head_blink, head_flink = blinks[head_word], words[head_word]
-                        if head_blink != next_entry or head_flink != next_entry:  # the named check raises
-                            check_list_links(self.crash, next_entry, head_blink, head_flink)
-                        words[head_word] = blinks[head_word] = head
-                        self.listed[next_size] = 0
-                    else:
-                        self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
-                block_size += next_size
         # The list neighbours below are found by their offsets from the pool's base (small
         # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
         base, deltas = self.base, self.small_deltas
-        if previous_size:
-            back = previous_size * BLOCK
-            if back > offset:  # the previous chunk would start before the page (0x6)
-                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
-            before_offset = offset - back
-            before_pa = page_pa + before_offset
-            # Its header's fields and its links (Flink, Blink; the next header's first bytes
-            # when it is one block long, read and not used), in one unpack: all on this page,
-            # the previous chunk ending where this one starts.
-            before_previous, before_size, before_type, before_tag, flink, blink = \
-                _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
-            if before_size != previous_size:  # 0x5
-                check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
-                                         previous_size, before_size)
-            # The previous chunk's body (its list entry, its key in ``pending``), which this
-            # one merges into (else the chunk's own, below).
-            entry = body - back
-            if not before_type and not (self.pending and entry in self.pending):
-                if before_size > 1:
-                    # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
-                    # chunk a split took its allocation's end from: the usual merge, from a
-                    # long list): its neighbours, other entries' bodies, 16-byte aligned on
-                    # their pages, each page's entry from ``small_deltas``. A neighbour that is
-                    # the list's head (in the descriptor, not the pool), on no resident page of
-                    # this pool's small chunks (None, or past the list's end), below the
-                    # pool's base, or not aligned: ``_unlink``, each access translated on its own.
-                    flink_at, blink_at = flink - base, blink - base
-                    try:
-                        flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else None
-                        blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else None
-                    except IndexError:
-                        flink_delta = None
-                    if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
-                        head, head_word = self.list_heads[before_size]
-                        if flink == head and blink == head:
-                            # Its list's only entry (with delayed frees, the usual previous
-                            # chunk: the batch lists each chunk it merges on a list of its
-                            # own size), as the next chunk's above.
-                            head_blink, head_flink = blinks[head_word], words[head_word]
-                            if head_blink != entry or head_flink != entry:  # the named check raises
-                                check_list_links(self.crash, entry, head_blink, head_flink)
-                            words[head_word] = blinks[head_word] = head
-                            self.listed[before_size] = 0
-                        else:
-                            self._unlink(entry, before_size, before_pa + HEADER_SIZE)
-                    else:
-                        # the Flink's Blink (``blinks``), the Blink's Flink
-                        flink_word = (flink_at + flink_delta) // 8
-                        blink_word = (blink_at + blink_delta) // 8
-                        if blinks[flink_word] != entry or words[blink_word] != entry:
-                            check_list_links(self.crash, entry, blinks[flink_word],  # raises
-                                             words[blink_word])
-                        words[blink_word] = flink
-                        blinks[flink_word] = blink
-                        if flink == blink:  # only the head is left
-                            self.listed[before_size] = 0
-                # (one at a time: four names at once would build a tuple)
-                offset = before_offset
-                pa = before_pa
-                previous_size = before_previous
-                tag = before_tag
-                block_size += before_size
+        while True:  # (once, unless ``queued``)
+            if pa is None:
+                chunk = body - HEADER_SIZE
+                offset = chunk & PAGE_MASK
+                pa = self.tlb.get(chunk >> PAGE_SHIFT)
+                pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
             else:
-                entry = body
-        else:
-            if offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
-                check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
-            entry = body
-        # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
-        # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
-        # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
-        # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
-        # the next PreviousSize is its own, and the list is ListHeads[-1]).
-        # (Tested first: a sum below 256 blocks and not 0, the usual one, costs one comparison.)
-        if block_size > 0xFF or not block_size:
-            block_size &= 0xFF
-            if not block_size and not offset:
-                self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
-                return
-        # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
-        # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
-        # POOL_FREE, the BlockSize; ProcessBilled 0.
-        # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
-        # bits are 0 there.)
-        _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
-        end = offset + block_size * BLOCK
-        if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
-            self.mem_bytes[page_pa + end] = block_size
-        elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
-            self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
-        if block_size != 1:  # (0: only a wrapped sum, above)
-            # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
-            # Blink and the last entry's Flink, both of which must be the head; entries are
-            # 16-byte aligned bodies, each one's links on its page, its entry from
-            # ``small_deltas``. An empty list (its neighbours are the head, in the
-            # descriptor), a neighbour on no resident page of this pool's small chunks, below
-            # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
-            # and makes any other access on its own.
-            head, head_word = self.list_heads[block_size]
-            first, last = words[head_word], blinks[head_word]
-            first_at, last_at = first - base, last - base
-            try:
-                first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
-                last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
-            except IndexError:
-                first_delta = None
-            if first_delta is None or last_delta is None or (first_at | last_at) & 15:
-                if first == head and last == head:
-                    # An empty list (on an unfragmented pool, the usual one): both neighbours
-                    # the check reads are the head, whose links were just read (both the
-                    # head), so the check holds; the entry becomes both of its links.
-                    _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
-                    words[head_word] = blinks[head_word] = entry
-                    self.listed[block_size] = 1
+                offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
+            page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
+            if block_size:  # (the allocator's free fast path has read the rest: a byte is cheaper than an unpack)
+                previous_size = mem[pa]
+            else:
+                previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
+            # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
+            # and computes // on a small int with fewer instructions than >> or <<.)
+            following = offset + block_size * BLOCK  # offsets in the page from here on
+            # POOL_FREE (its PoolType byte, read alone), and not queued (``pending`` is empty
+            # without delayed frees)
+            if following < PAGE_SIZE and not mem[(next_pa := page_pa + following) + _POOL_TYPE]:
+                if not (self.pending and body + (following - offset) in self.pending):
+                    # ExpCheckPoolHeader on the next chunk, inline as the split makes it (its
+                    # conditions on the header's PreviousSize and BlockSize and the neighbours'
+                    # bytes, all on this page); ``check_pool_header_in_page`` raises the first
+                    # failure's bug check. (Two byte reads: cheaper than a QWORD's, whose
+                    # PoolTag makes it a multi-digit int that each shift and mask pays for.)
+                    next_previous, next_size = mem[next_pa], mem[next_pa + _BLOCK_SIZE]
+                    next_back, next_end = next_previous * BLOCK, following + next_size * BLOCK
+                    if not ((next_back <= following and mem[next_pa - next_back + _BLOCK_SIZE] == next_previous
+                             if next_previous else not following)
+                            and next_size and (next_end == PAGE_SIZE or next_end < PAGE_SIZE
+                                               and mem[page_pa + next_end] == next_size)):
+                        check_pool_header_in_page(self.crash, body + (following - offset - HEADER_SIZE), mem, next_pa)
+                    if next_size > 1:
+                        next_entry = body + (following - offset)
+                        next_word = next_pa // 8 + 2  # its Flink; its Blink follows
+                        flink, blink = words[next_word], blinks[next_word]
+                        head, head_word = self.list_heads[next_size]
+                        if flink == head and blink == head:
+                            # RemoveEntryList of the list's only entry (a page's remainder, the
+                            # usual next chunk when a free makes its page whole), as ``_unlink``
+                            # makes it: both neighbours are the head, whose links are the
+                            # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
+                            head_blink, head_flink = blinks[head_word], words[head_word]
+                            if head_blink != next_entry or head_flink != next_entry:  # the named check raises
+                                check_list_links(self.crash, next_entry, head_blink, head_flink)
+                            words[head_word] = blinks[head_word] = head
+                            self.listed[next_size] = 0
+                        else:
+                            self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
+                    block_size += next_size
+            if previous_size:
+                back = previous_size * BLOCK
+                if back > offset:  # the previous chunk would start before the page (0x6)
+                    check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
+                before_offset = offset - back
+                before_pa = page_pa + before_offset
+                # Its header's fields and its links (Flink, Blink; the next header's first bytes
+                # when it is one block long, read and not used), in one unpack: all on this page,
+                # the previous chunk ending where this one starts.
+                before_previous, before_size, before_type, before_tag, flink, blink = \
+                    _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
+                if before_size != previous_size:  # 0x5
+                    check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
+                                             previous_size, before_size)
+                # The previous chunk's body (its list entry, its key in ``pending``), which this
+                # one merges into (else the chunk's own, below).
+                entry = body - back
+                if not before_type and not (self.pending and entry in self.pending):
+                    if before_size > 1:
+                        # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
+                        # chunk a split took its allocation's end from: the usual merge, from a
+                        # long list): its neighbours, other entries' bodies, 16-byte aligned on
+                        # their pages, each page's entry from ``small_deltas``. A neighbour that is
+                        # the list's head (in the descriptor, not the pool), on no resident page of
+                        # this pool's small chunks (None, or past the list's end), below the
+                        # pool's base, or not aligned: ``_unlink``, each access translated on its own.
+                        flink_at, blink_at = flink - base, blink - base
+                        try:
+                            flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else None
+                            blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else None
+                        except IndexError:
+                            flink_delta = None
+                        if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                            head, head_word = self.list_heads[before_size]
+                            if flink == head and blink == head:
+                                # Its list's only entry (with delayed frees, the usual previous
+                                # chunk: the batch lists each chunk it merges on a list of its
+                                # own size), as the next chunk's above.
+                                head_blink, head_flink = blinks[head_word], words[head_word]
+                                if head_blink != entry or head_flink != entry:  # the named check raises
+                                    check_list_links(self.crash, entry, head_blink, head_flink)
+                                words[head_word] = blinks[head_word] = head
+                                self.listed[before_size] = 0
+                            else:
+                                self._unlink(entry, before_size, before_pa + HEADER_SIZE)
+                        else:
+                            # the Flink's Blink (``blinks``), the Blink's Flink
+                            flink_word = (flink_at + flink_delta) // 8
+                            blink_word = (blink_at + blink_delta) // 8
+                            if blinks[flink_word] != entry or words[blink_word] != entry:
+                                check_list_links(self.crash, entry, blinks[flink_word],  # raises
+                                                 words[blink_word])
+                            words[blink_word] = flink
+                            blinks[flink_word] = blink
+                            if flink == blink:  # only the head is left
+                                self.listed[before_size] = 0
+                    # (one at a time: four names at once would build a tuple)
+                    offset = before_offset
+                    pa = before_pa
+                    previous_size = before_previous
+                    tag = before_tag
+                    block_size += before_size
                 else:
-                    self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                    entry = body
+            else:
+                if offset:  # PreviousSize 0 on a chunk that is not its page's first (0x7)
+                    check_previous_size(self.crash, body - HEADER_SIZE, previous_size)
+                entry = body
+            # BlockSize is a UCHAR, and ExDeferredFreePool stores each sum in it (WRK pool.c): a
+            # whole page's 256 blocks wrap to 0 (a page-aligned chunk reaching its page's end),
+            # and a pending chunk whose BlockSize was rewritten while queued can sum past a page
+            # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
+            # the next PreviousSize is its own, and the list is ListHeads[-1]).
+            # (The sum tested first: below 256 blocks and not 0, the usual one, costs one comparison.)
+            if (block_size > 0xFF or not block_size) and not (block_size := block_size & 0xFF) and not offset:
+                self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
+            else:
+                # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
+                # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
+                # POOL_FREE, the BlockSize; ProcessBilled 0.
+                # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
+                # bits are 0 there.)
+                _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
+                end = offset + block_size * BLOCK
+                if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
+                    self.mem_bytes[page_pa + end] = block_size
+                elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
+                    self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
+                if block_size != 1:  # (0: only a wrapped sum, above)
+                    # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
+                    # Blink and the last entry's Flink, both of which must be the head; entries are
+                    # 16-byte aligned bodies, each one's links on its page, its entry from
+                    # ``small_deltas``. An empty list (its neighbours are the head, in the
+                    # descriptor), a neighbour on no resident page of this pool's small chunks, below
+                    # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
+                    # and makes any other access on its own.
+                    head, head_word = self.list_heads[block_size]
+                    first, last = words[head_word], blinks[head_word]
+                    first_at, last_at = first - base, last - base
+                    try:
+                        first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
+                        last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
+                    except IndexError:
+                        first_delta = None
+                    if first_delta is None or last_delta is None or (first_at | last_at) & 15:
+                        if first == head and last == head:
+                            # An empty list (on an unfragmented pool, the usual one): both neighbours
+                            # the check reads are the head, whose links were just read (both the
+                            # head), so the check holds; the entry becomes both of its links.
+                            _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
+                            words[head_word] = blinks[head_word] = entry
+                            self.listed[block_size] = 1
+                        else:
+                            self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                    else:
+                        first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
+                        first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
+                        if first_blink != head or last_flink != head:  # the named check raises the bug check
+                            check_list_links(self.crash, head, first_blink, last_flink)
+                        _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
+                        blinks[first_word] = entry
+                        words[head_word] = entry
+                        self.listed[block_size] = 1
+            if queued is None:
                 return
-            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
-            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
-            if first_blink != head or last_flink != head:  # the named check raises the bug check
-                check_list_links(self.crash, head, first_blink, last_flink)
-            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-            blinks[first_word] = entry
-            words[head_word] = entry
-            self.listed[block_size] = 1
+            # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with
+            # one still queued), with the translation made as it was queued while none can have
+            # changed (``pending_translated``: a free that returns a page, or a fault that pages
+            # one out, clears it; each is then translated again); its header read here.
+            body = next(queued, None)
+            if body is None:
+                return
+            pa = self.pending.pop(body)
+            if not self.pending_translated:
+                pa = None
+            block_size = 0
 
     def _free_lookaside_entry(self, entry: int) -> None:
         """Give a chunk popped from a lookaside back to the lists, checked as any free is.
@@ -1446,13 +1465,13 @@ class Pool:
         link in the queue's order (no set of chunks met is needed to tell a loop: each link
         must lead to one given chunk); any other list, or a translation that may be stale,
         is walked by ``_walk_links``, which finds the same list, or raises the bug check."""
-        pending, words = self.pending, self.words
+        pending, body_flinks = self.pending, self.body_flinks
         if self.pending_translated:
-            entry = words[self.pending_frees_word]
+            entry = self.words[self.pending_frees_word]
             for body, pa in reversed(pending.items()):
                 if entry != body:
                     return self._walk_links()
-                entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
+                entry = body_flinks[pa // 8]  # its link: the body's first QWORD, by its header's index
             return list(reversed(pending))
         return self._walk_links()
 
@@ -1499,13 +1518,15 @@ class Pool:
             self.words[self.pending_frees_word] = 0
             self.ulongs[self.pending_depth_ulong] = 0
             # Each chunk leaves ``pending`` as it is freed (free_small must not merge with one
-            # still queued), handing ``free_small`` the translation made as it was queued
-            # while none can have changed (``pending_translated``: a free that returns a
-            # page, or a fault that pages one out, clears it; each is then translated again).
-            take, free_small = pending.pop, self.free_small
-            for body in bodies:
-                pa = take(body)
-                free_small(body, pa if self.pending_translated else None)
+            # still queued), with the translation made as it was queued while none can have
+            # changed (``pending_translated``: a free that returns a page, or a fault that
+            # pages one out, clears it; each is then translated again). ``free_small`` takes
+            # the first, and the others from ``queued`` in the same call.
+            queued = iter(bodies)
+            body = next(queued, None)
+            if body is not None:  # (a walk finds every queued chunk: one at least)
+                pa = pending.pop(body)
+                self.free_small(body, pa if self.pending_translated else None, 0, 0, queued)
         finally:
             self.found_in = ""
         pending.clear()
