@@ -322,6 +322,8 @@ ROUTINE_STEPS = st.lists(st.one_of(
     st.tuples(st.just("depth"), st.integers(0, 7), st.integers(0, 5)),
     st.tuples(st.just("stray"), st.integers(0, 15), st.integers(0, 0x60), st.binary(min_size=1, max_size=8)),
     EDGES,
+    # A list's NextEntry written over: into the buffer (aligned or not), unmapped, NULL.
+    st.tuples(st.just("next"), st.integers(0, 7), st.sampled_from([0x100, 0x108, 0x1FF8, -1, 0])),
 ), max_size=50)
 
 
@@ -380,6 +382,9 @@ def test_the_routines_usual_calls_leave_what_their_general_ways_leave(steps):
             return mdl
         if what == "depth":
             return k.write(flat[step[1]] + 0x10, struct.pack("<H", step[2]))
+        if what == "next":
+            target = regions[0] + step[2] if step[2] > 0 else 0xFFFFF90000000000 if step[2] else 0
+            return k.write(flat[step[1]] + 8, struct.pack("<Q", target | 1))
         if what == "edge":
             _, which, offset, value = step
             size = 2 if offset == 0 else 4
