@@ -270,21 +270,25 @@ STEPS = st.lists(st.one_of(
 ), max_size=40)
 
 
+def _machine_with_buffer(published):
+    """A machine (and its one 128 KiB buffer) for the two-ways tests below: with a
+    MemoryWritten listener (``published``), every list operation goes the general way."""
+    from ntpool.hooks import MemoryWritten
+
+    k = ntpool.Kernel(delayed_frees=False)
+    if published:
+        k.hooks.subscribe(MemoryWritten, lambda event: None)
+    k.held_objects = []
+    buffer = k.ExAllocatePoolWithTag(NP, 0x20000, "Buff")
+    return k, (buffer,)
+
+
 @settings(max_examples=60, deadline=None)
 @given(STEPS)
 def test_the_lists_fast_ways_leave_what_their_general_ways_leave(steps):
     """Every pop and push made in memory at once (``io_lookaside.pop`` / ``push``) against a
     machine where a MemoryWritten listener sends each the long way: the same IRPs and MDLs,
     bug checks and list bytes after every step (double frees included)."""
-    from ntpool.hooks import MemoryWritten
-
-    def machine(published):
-        k = ntpool.Kernel(delayed_frees=False)
-        if published:
-            k.hooks.subscribe(MemoryWritten, lambda event: None)
-        k.held_objects = []
-        buffer = k.ExAllocatePoolWithTag(NP, 0x20000, "Buff")
-        return k, (buffer,)
 
     def apply(k, regions, step):
         if step[0] == "irp":
@@ -307,7 +311,7 @@ def test_the_lists_fast_ways_leave_what_their_general_ways_leave(steps):
     def state(k, regions):
         return _lists_bytes(k), tags_in_use(k)
 
-    run_both(machine, apply, state, steps)
+    run_both(_machine_with_buffer, apply, state, steps)
 
 
 # A list field the usual pop and push change, set to a value at the edge of its carry: the
@@ -355,15 +359,6 @@ def test_the_routines_usual_calls_leave_what_their_general_ways_leave(steps):
     every call the general way: the same results, bug checks, list bytes, tags and bytes of
     every IRP and MDL after every step, with the lists' fields at the edges of their carries,
     stray writes over the objects, double frees and depths changed."""
-    from ntpool.hooks import MemoryWritten
-
-    def machine(published):
-        k = ntpool.Kernel(delayed_frees=False)
-        if published:
-            k.hooks.subscribe(MemoryWritten, lambda event: None)
-        k.held_objects = []
-        buffer = k.ExAllocatePoolWithTag(NP, 0x20000, "Buff")
-        return k, (buffer,)
 
     def apply(k, regions, step):
         what = step[0]
@@ -405,4 +400,4 @@ def test_the_routines_usual_calls_leave_what_their_general_ways_leave(steps):
                    for kind, va in k.held_objects]  # (each object's bytes on its first page, if mapped)
         return _lists_bytes(k), tags_in_use(k), objects
 
-    run_both(machine, apply, state, steps)
+    run_both(_machine_with_buffer, apply, state, steps)
