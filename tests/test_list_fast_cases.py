@@ -74,10 +74,10 @@ def take_the_long_way(pool) -> None:
         if flink == blink:  # only the head is left
             pool.listed[block_size] = 0
 
-    def free_small(body, pa=None, block_size=0, tag=0, queued=None):  # Pool.free_small, each chunk a call
+    def free_small(body, pa=None, block_size=0, tag=0, batch=False):  # Pool.free_small, each chunk a call
         coalesce(body)
-        for body in queued or ():  # ExDeferredFreePool's batch: each chunk out of ``pending``, then coalesced
-            pool.pending.pop(body)
+        while batch and pool.pending:  # ExDeferredFreePool's batch: each chunk out of ``pending``, then coalesced
+            body, _ = pool.pending.popitem()
             coalesce(body)
 
     def coalesce(body):  # every header read on its own

@@ -1092,7 +1092,7 @@ class Pool:
     # --- free (slow path) ------------------------------------------------------------------
 
     def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0,
-                   queued=None) -> None:
+                   batch: bool = False) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
         ``body``: the chunk's body (its header's address + HEADER_SIZE): what the list entries
@@ -1106,16 +1106,17 @@ class Pool:
         ``block_size`` and ``tag``: its BlockSize and PoolTag, when the caller has read them
         there (0: read here).
 
-        ``queued``: ExDeferredFreePool's batch (``deferred_free``): an iterator over the
-        bodies of the queued chunks to coalesce after ``body``, each in turn, in this one call
-        (a call and the set-up below less per chunk); each leaves ``pending`` as it is taken.
+        ``batch``: ExDeferredFreePool's batch (``deferred_free``): after ``body``, every chunk
+        still in ``pending`` is coalesced in turn, in this one call (a call and the set-up
+        below less per chunk), the last one there first (``deferred_free`` leaves them in the
+        order its walk found them, oldest first); each leaves ``pending`` as it is taken.
         """
         words, mem, blinks = self.words, self.mem, self.blinks
         # The list neighbours below are found by their offsets from the pool's base (small
         # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
         base, deltas = self.base, self.small_deltas
         pending = self.pending  # (the dict is the pool's for good: emptied, never replaced)
-        while True:  # (once, unless ``queued``)
+        while True:  # (once, unless ``batch``)
             if pa is None:
                 chunk = body - HEADER_SIZE
                 offset = chunk & PAGE_MASK
@@ -1288,16 +1289,13 @@ class Pool:
                         blinks[first_word] = entry
                         words[head_word] = entry
                         self.listed[block_size] = 1
-            if queued is None:
+            if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with
             # one still queued), with the translation made as it was queued while none can have
             # changed (``pending_translated``: a free that returns a page, or a fault that pages
             # one out, clears it; each is then translated again); its header read here.
-            body = next(queued, None)
-            if body is None:
-                return
-            pa = pending.pop(body)
+            body, pa = pending.popitem()
             if not self.pending_translated:
                 pa = None
             block_size = 0
@@ -1522,12 +1520,17 @@ class Pool:
             # still queued), with the translation made as it was queued while none can have
             # changed (``pending_translated``: a free that returns a page, or a fault that
             # pages one out, clears it; each is then translated again). ``free_small`` takes
-            # the first, and the others from ``queued`` in the same call.
-            queued = iter(bodies)
-            body = next(queued, None)
-            if body is not None:  # (a walk finds every queued chunk: one at least)
-                pa = pending.pop(body)
-                self.free_small(body, pa if self.pending_translated else None, 0, 0, queued)
+            # the first, and the others from ``pending`` in the same call, each the last one
+            # there: ``pending`` is first put in the walk's order, when the list in memory was
+            # not in the queue's (a driver rewrote its links).
+            bodies.reverse()  # (oldest first)
+            if bodies != list(pending):
+                queued = [(body, pending[body]) for body in bodies]
+                pending.clear()
+                pending.update(queued)
+            bodies.reverse()
+            body, pa = pending.popitem()
+            self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
         finally:
             self.found_in = ""
         pending.clear()
