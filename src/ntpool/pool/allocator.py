@@ -636,7 +636,10 @@ class PoolAllocator:
                                 bodies[pa // 8] = words[pending_word]
                                 words[pending_word] = P
                                 ulongs, depth = pool.ulongs, pool.pending_depth_ulong
-                                ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
+                                try:
+                                    ulongs[depth] += 1
+                                except ValueError:  # (past 0xFFFFFFFF: the view's ULONG refuses it)
+                                    ulongs[depth] = 0
                                 pending[P] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
