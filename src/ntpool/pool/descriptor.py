@@ -120,9 +120,19 @@ PAGE_BIG_REST = 3  # a later page of a big allocation
 PAGE_RESERVED = 4  # taken by another component (special pool, contiguous memory)
 
 # Delayed frees (WRK pool.c, EXP_MAXIMUM_POOL_FREES_PENDING): a pool's pending frees are
-# processed in one batch by ExDeferredFreePool when a free finds 32 already queued, or when
-# an allocation could not get a fresh page.
+# processed in one batch by ExDeferredFreePool when a free finds PendingFreeDepth at 32 or
+# more (the LONG in the descriptor, as WRK's ExFreePoolWithTag reads it: a stray write there
+# changes when the batch runs, as in Windows), or when an allocation could not get a fresh page.
 MAXIMUM_POOL_FREES_PENDING = 32
+
+
+def increment_pending_depth(longs, at: int) -> None:
+    """InterlockedIncrement of the LONG ``longs[at]`` (PendingFreeDepth): past 0x7FFFFFFF it
+    wraps to -0x80000000 (the view refuses the sum)."""
+    try:
+        longs[at] += 1
+    except ValueError:
+        longs[at] = -0x80000000
 
 
 class Pool:
@@ -251,12 +261,15 @@ class Pool:
         self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
         # PendingFrees as a QWORD of ``words`` (the descriptor lies with the ListHeads).
         self.pending_frees_word = self._pa(self.descriptor_va + POOL_DESCRIPTOR.PendingFrees) >> 3
-        # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
-        # increments it with one read and one write).
+        # The same memory as ULONGs: ulongs[pa >> 2] (a header's first ULONG).
         self.ulongs = memoryview(self.mem).cast("I")
         # The same ULONGs 4 bytes on: tags[u] is a header's PoolTag when u is its first ULONG's index.
         self.tags = memoryview(self.mem)[4:].cast("I")
-        self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
+        # PendingFreeDepth, a LONG (signed, as WRK's ExFreePoolWithTag compares it with 32), as
+        # an index of the same memory seen as LONGs: a free reads it, compares it and writes it
+        # back incremented, one read and one write.
+        self.longs = memoryview(self.mem).cast("i")
+        self.pending_depth_long = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
         # The queued chunks, an index of the list in memory: each body (what the links hold)
         # and its header's physical address, translated as the chunk was queued (the free had it), so the batch reads
@@ -1412,7 +1425,7 @@ class Pool:
             self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
             self.free_small(chunk + HEADER_SIZE, pa)
             return
-        if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
+        if self.longs[self.pending_depth_long] >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
             pa = None
         if pa is None:
@@ -1439,9 +1452,8 @@ class Pool:
         words[(pa >> 3) + 2] = words[pending_word]  # the body's first QWORD (HEADER_SIZE on)
         words[pending_word] = chunk + HEADER_SIZE
         # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
-        # left there wraps (0xFFFFFFFF + 1 is 0).
-        ulongs, depth = self.ulongs, self.pending_depth_ulong
-        ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
+        # left there wraps (-1, 0xFFFFFFFF, + 1 is 0; 0x7FFFFFFF + 1 is -0x80000000).
+        increment_pending_depth(self.longs, self.pending_depth_long)
         self.pending[chunk + HEADER_SIZE] = pa
 
     def pending_frees(self) -> list[int]:
@@ -1515,7 +1527,7 @@ class Pool:
             bodies = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
-            self.ulongs[self.pending_depth_ulong] = 0
+            self.longs[self.pending_depth_long] = 0
             # Each chunk leaves ``pending`` as it is freed (free_small must not merge with one
             # still queued), with the translation made as it was queued while none can have
             # changed (``pending_translated``: a free that returns a page, or a fault that
