@@ -92,9 +92,8 @@ assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-# What coalescing reads of a header: PreviousSize, BlockSize, PoolTag (PoolIndex and PoolType
-# skipped); and of the previous chunk's, PoolType too, and its body's links (Flink, Blink).
-_PREVIOUS_SIZE_TAG = struct.Struct("<BxBxI")
+# What coalescing reads of the previous chunk's header: PreviousSize, BlockSize, PoolType,
+# PoolTag (PoolIndex skipped), and its body's links (Flink, Blink).
 _PREVIOUS_SIZE_TYPE_TAG_LINKS = x64_struct("<BxBBI8xQQ")
 assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, POOL_HEADER.PoolTag) == (0, 2, 3, 4)
 # A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
@@ -1138,10 +1137,12 @@ class Pool:
             else:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
-            if block_size:  # (the allocator's free fast path has read the rest: a byte is cheaper than an unpack)
-                previous_size = mem[pa]
-            else:
-                previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
+            previous_size = mem[pa]
+            if not block_size:  # (else the allocator's free fast path has read it, and the tag)
+                # Two bytes (small ints: none made), the PoolTag only when the header it is
+                # written back to is this one (merged into the previous chunk, that one's is).
+                block_size = self.block_sizes[pa]
+                tag = None
             # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
             # and computes // on a small int with fewer instructions than >> or <<.)
             following = offset + block_size * BLOCK  # offsets in the page from here on
@@ -1261,6 +1262,8 @@ class Pool:
                 # POOL_FREE, the BlockSize; ProcessBilled 0.
                 # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
                 # bits are 0 there.)
+                if tag is None:  # (the chunk's own, read here: see above)
+                    tag = self.tags[pa // 4]
                 _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
                 end = offset + block_size * BLOCK
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
