@@ -8,7 +8,6 @@ lookaside list heads, and the big page table. Nothing is kept per small allocati
 """
 
 import mmap
-import struct
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
