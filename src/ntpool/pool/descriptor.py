@@ -1179,6 +1179,7 @@ class Pool:
                         else:
                             self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                     block_size += next_size
+                    following = next_end  # (where the merged chunk ends, below)
             if previous_size:
                 back = previous_size * BLOCK
                 if back > offset:  # the previous chunk would start before the page (0x6)
@@ -1253,7 +1254,14 @@ class Pool:
             # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
             # the next PreviousSize is its own, and the list is ListHeads[-1]).
             # (The sum tested first: below 256 blocks and not 0, the usual one, costs one comparison.)
-            if (block_size > 0xFF or not block_size) and not (block_size := block_size & 0xFF) and not offset:
+            # The merged chunk ends where this one does (``following``), or the next chunk it
+            # merged (the previous one ends where this one starts), unless the sum wrapped: then
+            # where the stored value leads.
+            end = following
+            if block_size > 0xFF or not block_size:
+                block_size &= 0xFF
+                end = offset + block_size * BLOCK
+            if not block_size and not offset:
                 self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
             else:
                 # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
@@ -1264,7 +1272,6 @@ class Pool:
                 if tag is None:  # (the chunk's own, read here: see above)
                     tag = self.tags[pa // 4]
                 _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
-                end = offset + block_size * BLOCK
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
                     self.mem_bytes[page_pa + end] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
