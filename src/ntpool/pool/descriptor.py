@@ -1179,7 +1179,8 @@ class Pool:
                         else:
                             self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                     block_size += next_size
-                    following = next_end  # (where the merged chunk ends, below)
+                    following = next_end  # (where the merged chunk ends, below, and the header there)
+                    next_pa = page_pa + next_end
             if previous_size:
                 back = previous_size * BLOCK
                 if back > offset:  # the previous chunk would start before the page (0x6)
@@ -1257,10 +1258,11 @@ class Pool:
             # The merged chunk ends where this one does (``following``), or the next chunk it
             # merged (the previous one ends where this one starts), unless the sum wrapped: then
             # where the stored value leads.
-            end = following
+            end = following  # (and ``next_pa`` the header there, when it is on the page)
             if block_size > 0xFF or not block_size:
                 block_size &= 0xFF
                 end = offset + block_size * BLOCK
+                next_pa = page_pa + end
             if not block_size and not offset:
                 self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
             else:
@@ -1273,7 +1275,7 @@ class Pool:
                     tag = self.tags[pa // 4]
                 _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
-                    self.mem_bytes[page_pa + end] = block_size
+                    self.mem_bytes[next_pa] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
                     self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
                 if block_size != 1:  # (0: only a wrapped sum, above)
