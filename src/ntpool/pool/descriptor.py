@@ -1475,10 +1475,11 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return [body - HEADER_SIZE for body in self._walk_pending()]
+        return [body - HEADER_SIZE for body in self._walk_pending()[0]]
 
-    def _walk_pending(self) -> list[int]:
-        """``pending_frees``' walk: each queued chunk's body, newest first. Each link is
+    def _walk_pending(self) -> tuple[list[int], bool]:
+        """``pending_frees``' walk: each queued chunk's body, newest first, and whether that
+        is the order they were queued in (``pending``'s, reversed). Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
         have changed since (``pending_translated``): then on the TLB's.
 
@@ -1492,10 +1493,12 @@ class Pool:
             entry = self.words[self.pending_frees_word]
             for body, pa in reversed(pending.items()):
                 if entry != body:
-                    return self._walk_links()
+                    break
                 entry = body_flinks[pa // 8]  # its link: the body's first QWORD, by its header's index
-            return list(reversed(pending))
-        return self._walk_links()
+            else:
+                return list(reversed(pending)), True
+        bodies = self._walk_links()
+        return bodies, bodies == list(reversed(pending))
 
     def _walk_links(self) -> list[int]:
         """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
@@ -1535,7 +1538,7 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            bodies = self._walk_pending()
+            bodies, in_queue_order = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
             self.longs[self.pending_depth_long] = 0
@@ -1546,12 +1549,10 @@ class Pool:
             # the first, and the others from ``pending`` in the same call, each the last one
             # there: ``pending`` is first put in the walk's order, when the list in memory was
             # not in the queue's (a driver rewrote its links).
-            bodies.reverse()  # (oldest first)
-            if bodies != list(pending):
-                queued = [(body, pending[body]) for body in bodies]
+            if not in_queue_order:
+                queued = [(body, pending[body]) for body in reversed(bodies)]
                 pending.clear()
                 pending.update(queued)
-            bodies.reverse()
             body, pa = pending.popitem()
             self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
         finally:
