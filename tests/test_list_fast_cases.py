@@ -291,7 +291,7 @@ def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int,
                          leads_to) -> list:
     """For ``LIST_DAMAGE``'s row: on each way (the fast cases, the long way), the bug check,
     its parameters and a hash of memory when the damaged link leads to ``leads_to(k, pool,
-    live)`` (``live``: a live chunk's body)."""
+    live)`` (``live``: a live chunk's body); ``link`` None: both links do."""
     stops = []
     for long_way in (False, True):
         k, pool = fragmented(long_way, delayed)
@@ -308,7 +308,8 @@ def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int,
             target = spacer  # its body: its links
         else:
             target = list_entry(pool, blocks, last)
-        k.write(target + link, leads_to(k, pool, live).to_bytes(8, "little"))
+        for offset in (FLINK_AND_BLINK if link is None else (link,)):
+            k.write(target + offset, leads_to(k, pool, live).to_bytes(8, "little"))
         with pytest.raises(BugCheck) as stop:
             if action in ("free", "free_next"):
                 k.ExFreePoolWithTag(mine, "Mine")
@@ -369,6 +370,22 @@ def test_a_link_to_where_no_small_frame_is_stops_both_ways_alike(action, blocks,
     from the fast cases too: the same bug check (a fault where it leads nowhere, else the
     safe-unlinking check), parameters and memory both ways."""
     stops = stop_on_damaged_list(action, blocks, last, link, False, ELSEWHERE[where])
+    assert stops[0] == stops[1]
+
+
+FLINK_AND_BLINK = (0, 8)
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+@pytest.mark.parametrize("where", ["a live chunk", *ELSEWHERE])
+@pytest.mark.parametrize("action", ["free", "free_next"])
+def test_a_chunk_whose_two_links_agree_on_another_place_stops_both_ways_alike(action, where, delayed):
+    """A free chunk a free merges with (the previous one, or the next) whose Flink and Blink
+    both lead to one place that is not its list's head (its list's only entry has both on the
+    head, which the fast cases take at once): not that case; the same bug check, parameters
+    and memory both ways, wherever they lead (another list's head among them)."""
+    leads_to = (lambda k, pool, live: live) if where == "a live chunk" else ELSEWHERE[where]
+    stops = stop_on_damaged_list(action, 3 if action == "free" else 5, None, None, delayed, leads_to)
     assert stops[0] == stops[1]
 
 
