@@ -1286,40 +1286,42 @@ class Pool:
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
                     self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
                 if block_size != 1:  # (0: only a wrapped sum, above)
-                    # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
-                    # Blink and the last entry's Flink, both of which must be the head; entries are
-                    # 16-byte aligned bodies, each one's links on its page, its entry from
-                    # ``small_deltas``. An empty list (its neighbours are the head, in the
-                    # descriptor), a neighbour on no resident page of this pool's small chunks, below
-                    # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
-                    # and makes any other access on its own.
+                    # InsertHeadList, inline as ``_insert`` does it (a call costs ~400
+                    # instructions here): the check reads the first entry's Blink and the last
+                    # entry's Flink, both of which must be the head.
                     head, head_word = self.list_heads[block_size]
                     first, last = words[head_word], blinks[head_word]
-                    first_at, last_at = first - base, last - base
-                    try:
-                        first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
-                        last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
-                    except IndexError:
-                        first_delta = None
-                    if first_delta is None or last_delta is None or (first_at | last_at) & 15:
-                        if first == head and last == head:
-                            # An empty list (on an unfragmented pool, the usual one): both neighbours
-                            # the check reads are the head, whose links were just read (both the
-                            # head), so the check holds; the entry becomes both of its links.
-                            _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
-                            words[head_word] = blinks[head_word] = entry
-                            self.listed[block_size] = 1
-                        else:
-                            self._insert(entry, block_size, False, pa + HEADER_SIZE)
-                    else:
-                        first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
-                        first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
-                        if first_blink != head or last_flink != head:  # the named check raises the bug check
-                            check_list_links(self.crash, head, first_blink, last_flink)
-                        _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-                        blinks[first_word] = entry
-                        words[head_word] = entry
+                    if first == head and last == head:
+                        # An empty list (on an unfragmented pool, the usual one; with delayed
+                        # frees, the batch's merged chunks often meet one): both neighbours the
+                        # check reads are the head, whose links were just read (both the head),
+                        # so the check holds; the entry becomes both of its links. (Tested first, on
+                        # the head's links alone: the head has no page entry to look up.)
+                        _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
+                        words[head_word] = blinks[head_word] = entry
                         self.listed[block_size] = 1
+                    else:
+                        # Entries are 16-byte aligned bodies, each one's links on its page, its
+                        # entry from ``small_deltas``. A neighbour on no resident page of this
+                        # pool's small chunks, below its base, or a link not aligned: ``_insert``,
+                        # which makes each such access on its own.
+                        first_at, last_at = first - base, last - base
+                        try:
+                            first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
+                            last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
+                        except IndexError:
+                            first_delta = None
+                        if first_delta is None or last_delta is None or (first_at | last_at) & 15:
+                            self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                        else:
+                            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
+                            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
+                            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                                check_list_links(self.crash, head, first_blink, last_flink)
+                            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
+                            blinks[first_word] = entry
+                            words[head_word] = entry
+                            self.listed[block_size] = 1
             if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with
