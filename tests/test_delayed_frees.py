@@ -91,6 +91,53 @@ def test_a_batch_is_processed_when_32_are_pending():
         assert page_gone or k.read(p - 16 + POOL_HEADER.PoolType, 1)[0] == POOL_FREE
 
 
+@pytest.mark.parametrize("depth, batched", [(40, True), (32, True), (31, False), (-5, False), (0x7FFFFFFF, True)])
+def test_pending_free_depth_in_memory_decides_when_the_batch_runs(depth, batched):
+    """ExFreePoolWithTag compares the descriptor's PendingFreeDepth, a LONG, with 32 (WRK):
+    a value a stray write left there decides whether the free runs ExDeferredFreePool first,
+    a negative one never does; both ways (the allocator's fast path and the pool's own) agree."""
+    for fast in (True, False):
+        k = machine()
+        pool = k.nonpaged_pool
+        a, b, c = (k.ExAllocatePoolWithTag(NP, 0x400, "Dpt" + str(n)) for n in range(3))
+        k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+        k.ExFreePoolWithTag(a, "Dpt0")  # queued: depth 1
+        k.write(pool.descriptor_va + POOL_DESCRIPTOR.PendingFreeDepth, (depth & 0xFFFFFFFF).to_bytes(4, "little"))
+        if fast:
+            k.ExFreePoolWithTag(b, "Dpt1")
+        else:
+            pool.release_small(b - 16, 0x410 // 16)
+        d = descriptor(k, pool)
+        if batched:  # a went through the batch, then b was queued on an emptied list
+            assert set(pool.pending) == {b} and (d.PendingFrees, d.PendingFreeDepth) == (b, 1)
+            assert k.read(a - 16 + POOL_HEADER.PoolType, 1)[0] == POOL_FREE and a not in pool.pending
+        else:  # b joins a on the list, and the depth goes on from the value written
+            assert set(pool.pending) == {a, b} and pool.pending_frees() == [b - 16, a - 16]
+            assert (d.PendingFrees, d.PendingFreeDepth) == (b, depth + 1 & 0xFFFFFFFF)
+        k.ExFreePoolWithTag(c, "Dpt2")  # (the list still walks and coalesces)
+        assert pool.deferred_free() == len(pool.pending) or not pool.pending
+
+
+@pytest.mark.parametrize("written, after", [(0x7FFFFFFF, 0x80000000), (0xFFFFFFFE, 0xFFFFFFFF)])
+def test_pending_free_depth_wraps_at_the_long_s_end_as_interlocked_increment_does(written, after):
+    """With nothing queued, a depth of 0x7FFFFFFF a stray write left sends the free to
+    ExDeferredFreePool, which finds no list, and the free is queued: 0x7FFFFFFF + 1 wraps to
+    -0x80000000, as InterlockedIncrement does; -2 + 1 is -1. The allocator's fast path and the
+    pool's own agree."""
+    for fast in (True, False):
+        k = machine()
+        pool = k.nonpaged_pool
+        a = k.ExAllocatePoolWithTag(NP, 0x400, "Wrap")
+        k.ExAllocatePoolWithTag(NP, 0x400, "Kept")
+        k.write(pool.descriptor_va + POOL_DESCRIPTOR.PendingFreeDepth, written.to_bytes(4, "little"))
+        if fast:
+            k.ExFreePoolWithTag(a, "Wrap")
+        else:
+            pool.release_small(a - 16, 0x410 // 16)
+        d = descriptor(k, pool)
+        assert (d.PendingFrees, d.PendingFreeDepth) == (a, after) and pool.pending_frees() == [a - 16]
+
+
 def test_an_allocation_that_would_fail_processes_the_pending_frees_first():
     k = machine(nonpaged_pool_bytes=64 * KiB)
     pool = k.nonpaged_pool

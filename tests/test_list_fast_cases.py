@@ -120,7 +120,8 @@ def take_the_long_way(pool) -> None:
             if system.count[block_size] < system.depth[block_size]:
                 pool._push(system, chunk, block_size)
                 return
-        if pool.delay_frees and len(pool.pending) >= MAXIMUM_POOL_FREES_PENDING:
+        depth = POOL_DESCRIPTOR.at(pool.mem, pool._pa(pool.descriptor_va)).PendingFreeDepth
+        if pool.delay_frees and depth - (depth & 0x80000000) * 2 >= MAXIMUM_POOL_FREES_PENDING:  # (a LONG)
             pool.deferred_free()
         pool.mem[pool._pa(chunk) + POOL_HEADER.PoolType] = POOL_FREE
         if not pool.delay_frees:
@@ -132,7 +133,7 @@ def take_the_long_way(pool) -> None:
         descriptor = POOL_DESCRIPTOR.at(pool.mem, pool._pa(pool.descriptor_va))
         SINGLE_LIST_ENTRY.set(pool.mem, pool._pa(chunk + HEADER_SIZE), "Next", descriptor.PendingFrees)
         descriptor.PendingFrees = chunk + HEADER_SIZE
-        descriptor.PendingFreeDepth += 1
+        descriptor.PendingFreeDepth = descriptor.PendingFreeDepth + 1 & 0xFFFFFFFF  # (0x7FFFFFFF + 1: the LONG's wrap)
         pool.pending[chunk + HEADER_SIZE] = pool._pa(chunk)  # (by body: the header's translation, for the batch)
 
     pool.allocate_from_lists = allocate_from_lists
@@ -146,10 +147,10 @@ def take_the_long_way(pool) -> None:
 @contextmanager
 def queueing_the_long_way(long_way: bool):
     """The allocator's free fast path queues a delayed free itself (``Pool.queue_free``
-    inline) while fewer than MAXIMUM_POOL_FREES_PENDING are queued: the long way bounds that
-    at 0 there, so every free it would queue goes to ``release_past_lookaside`` (replaced by
-    ``take_the_long_way``) and ``queue_free``."""
-    allocator_module.MAXIMUM_POOL_FREES_PENDING = 0 if long_way else MAXIMUM_POOL_FREES_PENDING
+    inline) while PendingFreeDepth is below MAXIMUM_POOL_FREES_PENDING: the long way bounds that
+    below any LONG there, so every free it would queue goes to ``release_past_lookaside``
+    (replaced by ``take_the_long_way``) and ``queue_free``."""
+    allocator_module.MAXIMUM_POOL_FREES_PENDING = -(1 << 31) if long_way else MAXIMUM_POOL_FREES_PENDING
     try:
         yield
     finally:

@@ -624,23 +624,21 @@ class PoolAllocator:
                                 pool_types[pa] = POOL_FREE
                                 pool.free_small(P, pa, block_size, stored)  # (what it has read)
                                 return True
-                            pending = pool.pending
-                            if len(pending) < MAXIMUM_POOL_FREES_PENDING:
+                            # PendingFreeDepth, the LONG that decides (a value a stray write
+                            # left there too, as in Windows)
+                            longs, depth_at = pool.longs, pool.pending_depth_long
+                            depth = longs[depth_at]
+                            if depth < MAXIMUM_POOL_FREES_PENDING:
                                 pool_types[pa] = POOL_FREE
                                 # Pool.queue_free, inline: the body's first QWORD links to
                                 # PendingFrees' chunk, PendingFrees to the body, and
-                                # PendingFreeDepth is incremented as InterlockedIncrement does
-                                # (a value a stray write left there wraps); ``pending`` keeps
-                                # the header's translation for ExDeferredFreePool.
+                                # PendingFreeDepth is incremented (below 32 here: no wrap);
+                                # ``pending`` keeps the header's translation for ExDeferredFreePool.
                                 words, pending_word = pool.words, pool.pending_frees_word
                                 bodies[pa // 8] = words[pending_word]
                                 words[pending_word] = P
-                                ulongs, depth = pool.ulongs, pool.pending_depth_ulong
-                                try:
-                                    ulongs[depth] += 1
-                                except ValueError:  # (past 0xFFFFFFFF: the view's ULONG refuses it)
-                                    ulongs[depth] = 0
-                                pending[P] = pa
+                                longs[depth_at] = depth + 1
+                                pool.pending[P] = pa
                                 return True
                         pool.release_past_lookaside(P - _BODY, block_size, pa)
                         return True

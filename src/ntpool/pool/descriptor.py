@@ -8,7 +8,6 @@ lookaside list heads, and the big page table. Nothing is kept per small allocati
 """
 
 import mmap
-import struct
 
 from ..constants import APC_LEVEL, DISPATCH_LEVEL, PAGE_SHIFT, PAGE_SIZE, BadPoolCaller, BadPoolHeader, \
     BugCheckCode
@@ -92,9 +91,8 @@ assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-# What coalescing reads of a header: PreviousSize, BlockSize, PoolTag (PoolIndex and PoolType
-# skipped); and of the previous chunk's, PoolType too, and its body's links (Flink, Blink).
-_PREVIOUS_SIZE_TAG = struct.Struct("<BxBxI")
+# What coalescing reads of the previous chunk's header: PreviousSize, BlockSize, PoolType,
+# PoolTag (PoolIndex skipped), and its body's links (Flink, Blink).
 _PREVIOUS_SIZE_TYPE_TAG_LINKS = x64_struct("<BxBBI8xQQ")
 assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, POOL_HEADER.PoolTag) == (0, 2, 3, 4)
 # A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
@@ -120,9 +118,19 @@ PAGE_BIG_REST = 3  # a later page of a big allocation
 PAGE_RESERVED = 4  # taken by another component (special pool, contiguous memory)
 
 # Delayed frees (WRK pool.c, EXP_MAXIMUM_POOL_FREES_PENDING): a pool's pending frees are
-# processed in one batch by ExDeferredFreePool when a free finds 32 already queued, or when
-# an allocation could not get a fresh page.
+# processed in one batch by ExDeferredFreePool when a free finds PendingFreeDepth at 32 or
+# more (the LONG in the descriptor, as WRK's ExFreePoolWithTag reads it: a stray write there
+# changes when the batch runs, as in Windows), or when an allocation could not get a fresh page.
 MAXIMUM_POOL_FREES_PENDING = 32
+
+
+def increment_pending_depth(longs, at: int) -> None:
+    """InterlockedIncrement of the LONG ``longs[at]`` (PendingFreeDepth): past 0x7FFFFFFF it
+    wraps to -0x80000000 (the view refuses the sum)."""
+    try:
+        longs[at] += 1
+    except ValueError:
+        longs[at] = -0x80000000
 
 
 class Pool:
@@ -260,12 +268,15 @@ class Pool:
         self.descriptor_va = list_heads_va - POOL_DESCRIPTOR.ListHeads
         # PendingFrees as a QWORD of ``words`` (the descriptor lies with the ListHeads).
         self.pending_frees_word = self._pa(self.descriptor_va + POOL_DESCRIPTOR.PendingFrees) >> 3
-        # PendingFreeDepth, a ULONG, as an index of the same memory seen as ULONGs (queue_free
-        # increments it with one read and one write).
+        # The same memory as ULONGs: ulongs[pa >> 2] (a header's first ULONG).
         self.ulongs = memoryview(self.mem).cast("I")
         # The same ULONGs 4 bytes on: tags[u] is a header's PoolTag when u is its first ULONG's index.
         self.tags = memoryview(self.mem)[4:].cast("I")
-        self.pending_depth_ulong = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
+        # PendingFreeDepth, a LONG (signed, as WRK's ExFreePoolWithTag compares it with 32), as
+        # an index of the same memory seen as LONGs: a free reads it, compares it and writes it
+        # back incremented, one read and one write.
+        self.longs = memoryview(self.mem).cast("i")
+        self.pending_depth_long = (self.pending_frees_word * 8 + _DEPTH_FROM_PENDING) >> 2
         self.delay_frees = False
         # The queued chunks, an index of the list in memory: each body (what the links hold)
         # and its header's physical address, translated as the chunk was queued (the free had it), so the batch reads
@@ -1134,10 +1145,12 @@ class Pool:
             else:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
-            if block_size:  # (the allocator's free fast path has read the rest: a byte is cheaper than an unpack)
-                previous_size = mem[pa]
-            else:
-                previous_size, block_size, tag = _PREVIOUS_SIZE_TAG.unpack_from(mem, pa)
+            previous_size = mem[pa]
+            if not block_size:  # (else the allocator's free fast path has read it, and the tag)
+                # Two bytes (small ints: none made), the PoolTag only when the header it is
+                # written back to is this one (merged into the previous chunk, that one's is).
+                block_size = self.block_sizes[pa]
+                tag = None
             # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
             # and computes // on a small int with fewer instructions than >> or <<.)
             following = offset + block_size * BLOCK  # offsets in the page from here on
@@ -1202,6 +1215,8 @@ class Pool:
                                 words[blink_word] = flink
                                 blinks[flink_word] = blink
                     block_size += next_size
+                    following = next_end  # (where the merged chunk ends, below, and the header there)
+                    next_pa = page_pa + next_end
             if previous_size:
                 back = previous_size * BLOCK
                 if back > offset:  # the previous chunk would start before the page (0x6)
@@ -1271,7 +1286,15 @@ class Pool:
             # and wrap likewise; what follows uses the stored value, as Windows does (0 blocks:
             # the next PreviousSize is its own, and the list is ListHeads[-1]).
             # (The sum tested first: below 256 blocks and not 0, the usual one, costs one comparison.)
-            if (block_size > 0xFF or not block_size) and not (block_size := block_size & 0xFF) and not offset:
+            # The merged chunk ends where this one does (``following``), or the next chunk it
+            # merged (the previous one ends where this one starts), unless the sum wrapped: then
+            # where the stored value leads.
+            end = following  # (and ``next_pa`` the header there, when it is on the page)
+            if block_size > 0xFF or not block_size:
+                block_size &= 0xFF
+                end = offset + block_size * BLOCK
+                next_pa = page_pa + end
+            if not block_size and not offset:
                 self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
             else:
                 # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
@@ -1279,10 +1302,11 @@ class Pool:
                 # POOL_FREE, the BlockSize; ProcessBilled 0.
                 # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
                 # bits are 0 there.)
+                if tag is None:  # (the chunk's own, read here: see above)
+                    tag = self.tags[pa // 4]
                 _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
-                end = offset + block_size * BLOCK
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
-                    self.mem_bytes[page_pa + end] = block_size
+                    self.mem_bytes[next_pa] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
                     self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
                 if block_size != 1:  # (0: only a wrapped sum, above)
@@ -1445,7 +1469,7 @@ class Pool:
             self.mem_bytes[pa + _POOL_TYPE] = POOL_FREE
             self.free_small(chunk + HEADER_SIZE, pa)
             return
-        if len(self.pending) >= MAXIMUM_POOL_FREES_PENDING:
+        if self.longs[self.pending_depth_long] >= MAXIMUM_POOL_FREES_PENDING:
             self.deferred_free()  # before this chunk is marked free: the batch must not take it
             pa = None
         if pa is None:
@@ -1472,9 +1496,8 @@ class Pool:
         words[(pa >> 3) + 2] = words[pending_word]  # the body's first QWORD (HEADER_SIZE on)
         words[pending_word] = chunk + HEADER_SIZE
         # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
-        # left there wraps (0xFFFFFFFF + 1 is 0).
-        ulongs, depth = self.ulongs, self.pending_depth_ulong
-        ulongs[depth] = ulongs[depth] + 1 & 0xFFFFFFFF
+        # left there wraps (-1, 0xFFFFFFFF, + 1 is 0; 0x7FFFFFFF + 1 is -0x80000000).
+        increment_pending_depth(self.longs, self.pending_depth_long)
         self.pending[chunk + HEADER_SIZE] = pa
 
     def pending_frees(self) -> list[int]:
@@ -1485,10 +1508,11 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return [body - HEADER_SIZE for body in self._walk_pending()]
+        return [body - HEADER_SIZE for body in self._walk_pending()[0]]
 
-    def _walk_pending(self) -> list[int]:
-        """``pending_frees``' walk: each queued chunk's body, newest first. Each link is
+    def _walk_pending(self) -> tuple[list[int], bool]:
+        """``pending_frees``' walk: each queued chunk's body, newest first, and whether that
+        is the order they were queued in (``pending``'s, reversed). Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
         have changed since (``pending_translated``): then on the TLB's.
 
@@ -1502,10 +1526,12 @@ class Pool:
             entry = self.words[self.pending_frees_word]
             for body, pa in reversed(pending.items()):
                 if entry != body:
-                    return self._walk_links()
+                    break
                 entry = body_flinks[pa // 8]  # its link: the body's first QWORD, by its header's index
-            return list(reversed(pending))
-        return self._walk_links()
+            else:
+                return list(reversed(pending)), True
+        bodies = self._walk_links()
+        return bodies, bodies == list(reversed(pending))
 
     def _walk_links(self) -> list[int]:
         """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
@@ -1545,10 +1571,10 @@ class Pool:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            bodies = self._walk_pending()
+            bodies, in_queue_order = self._walk_pending()
             # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
             self.words[self.pending_frees_word] = 0
-            self.ulongs[self.pending_depth_ulong] = 0
+            self.longs[self.pending_depth_long] = 0
             # Each chunk leaves ``pending`` as it is freed (free_small must not merge with one
             # still queued), with the translation made as it was queued while none can have
             # changed (``pending_translated``: a free that returns a page, or a fault that
@@ -1556,12 +1582,10 @@ class Pool:
             # the first, and the others from ``pending`` in the same call, each the last one
             # there: ``pending`` is first put in the walk's order, when the list in memory was
             # not in the queue's (a driver rewrote its links).
-            bodies.reverse()  # (oldest first)
-            if bodies != list(pending):
-                queued = [(body, pending[body]) for body in bodies]
+            if not in_queue_order:
+                queued = [(body, pending[body]) for body in reversed(bodies)]
                 pending.clear()
                 pending.update(queued)
-            bodies.reverse()
             body, pa = pending.popitem()
             self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
         finally:
