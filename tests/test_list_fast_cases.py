@@ -292,7 +292,7 @@ def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int,
                          leads_to) -> list:
     """For ``LIST_DAMAGE``'s row: on each way (the fast cases, the long way), the bug check,
     its parameters and a hash of memory when the damaged link leads to ``leads_to(k, pool,
-    live)`` (``live``: a live chunk's body)."""
+    live)`` (``live``: a live chunk's body); ``link`` None: both links do."""
     stops = []
     for long_way in (False, True):
         k, pool = fragmented(long_way, delayed)
@@ -309,7 +309,8 @@ def stop_on_damaged_list(action: str, blocks: int, last: bool | None, link: int,
             target = spacer  # its body: its links
         else:
             target = list_entry(pool, blocks, last)
-        k.write(target + link, leads_to(k, pool, live).to_bytes(8, "little"))
+        for offset in (FLINK_AND_BLINK if link is None else (link,)):
+            k.write(target + offset, leads_to(k, pool, live).to_bytes(8, "little"))
         with pytest.raises(BugCheck) as stop:
             if action in ("free", "free_next"):
                 k.ExFreePoolWithTag(mine, "Mine")
@@ -371,6 +372,46 @@ def test_a_link_to_where_no_small_frame_is_stops_both_ways_alike(action, blocks,
     safe-unlinking check), parameters and memory both ways."""
     stops = stop_on_damaged_list(action, blocks, last, link, False, ELSEWHERE[where])
     assert stops[0] == stops[1]
+
+
+FLINK_AND_BLINK = (0, 8)
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+@pytest.mark.parametrize("where", ["a live chunk", *ELSEWHERE])
+@pytest.mark.parametrize("action", ["free", "free_next"])
+def test_a_chunk_whose_two_links_agree_on_another_place_stops_both_ways_alike(action, where, delayed):
+    """A free chunk a free merges with (the previous one, or the next) whose Flink and Blink
+    both lead to one place that is not its list's head (its list's only entry has both on the
+    head, which the fast cases take at once): not that case; the same bug check, parameters
+    and memory both ways, wherever they lead (another list's head among them)."""
+    leads_to = (lambda k, pool, live: live) if where == "a live chunk" else ELSEWHERE[where]
+    stops = stop_on_damaged_list(action, 3 if action == "free" else 5, None, None, delayed, leads_to)
+    assert stops[0] == stops[1]
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+@pytest.mark.parametrize("link", FLINK_AND_BLINK)
+def test_an_empty_list_whose_head_has_one_link_damaged_stops_both_ways_alike(link, delayed):
+    """A free whose merged chunk joins an empty list (the fast cases take one whose head's
+    Flink and Blink are both the head at once) whose head has one link damaged: not empty
+    to InsertHeadList's check, which fails: 0x19 code 3, the same parameters and memory both
+    ways."""
+    stops = []
+    for long_way in (False, True):
+        k, pool = fragmented(long_way, delayed)
+        live = k.ExAllocatePoolWithTag(0, 16, "Live")
+        mine = k.ExAllocatePoolWithTag(0, 100, "Mine")  # an 11-block chunk's end, its 3-block rest before it
+        while pool.listed[11]:  # the 11-block list emptied: where the merged chunk goes
+            k.ExAllocatePoolWithTag(0, (11 << BLOCK_SHIFT) - HEADER_SIZE, "Rest")
+        k.write(pool.list_head_at[11] + link, live.to_bytes(8, "little"))
+        with pytest.raises(BugCheck) as stop:
+            k.ExFreePoolWithTag(mine, "Mine")
+            pool.deferred_free()
+        error = stop.value
+        stops.append((error.code, error.parameters, hashlib.sha256(bytes(pool.mem)).hexdigest()))
+    assert stops[0] == stops[1]
+    assert (stops[0][0], stops[0][1][0]) == (0x19, 3)
 
 
 # A damaged header on the free chunk a free coalesces forward with (its offset from that

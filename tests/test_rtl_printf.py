@@ -139,6 +139,17 @@ def test_bad_string_pointers_and_a_null_format_are_bug_checks(k):
     assert caught.value.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
 
 
+@pytest.mark.parametrize("fmt, address", [("%Z", 0xFFFFFFFFFFFFFFF1), ("%wZ", 0xFFFFFFFFFFFFFFF9),
+                                          ("%S", 0xFFFFFFFFFFFFFFFF)])
+def test_a_string_argument_at_the_top_of_the_address_space_faults(fmt, address):
+    """A string (or its counted header) that would run past the top of the address space
+    starts on the top page, never mapped: the page fault's bug check, not an error."""
+    k = ntpool.Kernel(nonpaged_pool_bytes=1 << 20, paged_pool_bytes=1 << 20)
+    with pytest.raises(BugCheck) as caught:
+        k._snprintf(put(k, b"\0" * 16, "Outp"), 16, narrow(k, fmt), address)
+    assert caught.value.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
+
+
 def test_a_python_caller_short_of_arguments_is_told(k):
     with pytest.raises(NotEnoughArguments):
         k._snprintf(put(k, b"\0" * 16), 16, narrow(k, "%d %d"), 1)

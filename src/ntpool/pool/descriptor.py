@@ -239,6 +239,15 @@ class Pool:
         self.list_head_word = [self._pa(head) >> 3 for head in self.list_head_at]
         # Both, as one pair per list: the split reads a head's two in one subscript.
         self.list_heads = list(zip(self.list_head_at, self.list_head_word))
+        # Each head's address -> what ``small_deltas`` holds for a page: the value that, added
+        # to the head's offset from the pool's base, is its physical address (its Flink's QWORD
+        # index times 8). The coalescing free's unlinks find a neighbour that is a list's head
+        # (its entry is its list's first or last) here, and take its links as they take a
+        # chunk's: the ListHeads lie below the pool (in the kernel's data), where
+        # ``small_deltas`` has no entry. Any head of this pool's lists: its QWORDs are the ones
+        # the generic unlink would read and write there, with the same check.
+        self.head_deltas = {head: word * 8 - (head - va_base)
+                            for head, word in self.list_heads}
         # A header's first QWORD without PreviousSize and PoolTag (layout.header_first8) for
         # each BlockSize: this pool's PoolIndex and PoolType, free or allocated, with the
         # BlockSize. The split writes its two headers from these, one OR each.
@@ -1162,22 +1171,49 @@ class Pool:
                                                and mem[page_pa + next_end] == next_size)):
                         check_pool_header_in_page(self.crash, body + (following - offset - HEADER_SIZE), mem, next_pa)
                     if next_size > 1:
+                        # RemoveEntryList of the next chunk, inline as ``_unlink`` makes it (a call
+                        # costs ~400 instructions here), in the shape the previous chunk's below has.
                         next_entry = body + (following - offset)
                         next_word = next_pa // 8 + 2  # its Flink; its Blink follows
                         flink, blink = words[next_word], blinks[next_word]
-                        head, head_word = self.list_heads[next_size]
-                        if flink == head and blink == head:
-                            # RemoveEntryList of the list's only entry (a page's remainder, the
-                            # usual next chunk when a free makes its page whole), as ``_unlink``
-                            # makes it: both neighbours are the head, whose links are the
-                            # descriptor's QWORDs at ``head_word``; each must lead back to the entry.
-                            head_blink, head_flink = blinks[head_word], words[head_word]
-                            if head_blink != next_entry or head_flink != next_entry:  # the named check raises
-                                check_list_links(self.crash, next_entry, head_blink, head_flink)
-                            words[head_word] = blinks[head_word] = head
-                            self.listed[next_size] = 0
+                        if flink == blink:
+                            # Its list's only entry (a page's remainder, the usual next chunk when a
+                            # free makes its page whole): both neighbours the head, whose links are
+                            # the descriptor's QWORDs at ``head_word``; each must lead back to the
+                            # entry. (Equal neighbours that are not the head: ``_unlink``.)
+                            head, head_word = self.list_heads[next_size]
+                            if flink == head:
+                                head_blink, head_flink = blinks[head_word], words[head_word]
+                                if head_blink != next_entry or head_flink != next_entry:  # the named check raises
+                                    check_list_links(self.crash, next_entry, head_blink, head_flink)
+                                words[head_word] = blinks[head_word] = head
+                                self.listed[next_size] = 0
+                            else:
+                                self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                         else:
-                            self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
+                            # Two neighbours: other entries' bodies, 16-byte aligned on their pages,
+                            # each page's entry from ``small_deltas``, or the list's head (the
+                            # entry its list's first or last: its entry from ``head_deltas``). A
+                            # neighbour on no resident page of this pool's small chunks (None, or
+                            # past the list's end), below its base and no head, or not aligned:
+                            # ``_unlink``, each access translated on its own.
+                            flink_at, blink_at = flink - base, blink - base
+                            try:
+                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
+                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
+                            except LookupError:
+                                flink_delta = blink_delta = None
+                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                                self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
+                            else:
+                                # the Flink's Blink (``blinks``), the Blink's Flink
+                                flink_word = (flink_at + flink_delta) // 8
+                                blink_word = (blink_at + blink_delta) // 8
+                                if blinks[flink_word] != next_entry or words[blink_word] != next_entry:
+                                    check_list_links(self.crash, next_entry, blinks[flink_word],  # raises
+                                                     words[blink_word])
+                                words[blink_word] = flink
+                                blinks[flink_word] = blink
                     block_size += next_size
                     following = next_end  # (where the merged chunk ends, below, and the header there)
                     next_pa = page_pa + next_end
@@ -1200,25 +1236,14 @@ class Pool:
                 entry = body - back
                 if not before_type and not (pending and entry in pending):
                     if before_size > 1:
-                        # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (the
-                        # chunk a split took its allocation's end from: the usual merge, from a
-                        # long list): its neighbours, other entries' bodies, 16-byte aligned on
-                        # their pages, each page's entry from ``small_deltas``. A neighbour that is
-                        # the list's head (in the descriptor, not the pool), on no resident page of
-                        # this pool's small chunks (None, or past the list's end), below the
-                        # pool's base, or not aligned: ``_unlink``, each access translated on its own.
-                        flink_at, blink_at = flink - base, blink - base
-                        try:
-                            flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else None
-                            blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else None
-                        except IndexError:
-                            flink_delta = None
-                        if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                        # RemoveEntryList of the previous chunk, inline as ``_unlink`` makes it (a
+                        # call costs ~400 instructions here), as the next chunk's above: with
+                        # delayed frees, the only entry of its list (the batch lists each chunk
+                        # it merges on a list of its own size), else the chunk a split took its
+                        # allocation's end from, in a long list.
+                        if flink == blink:
                             head, head_word = self.list_heads[before_size]
-                            if flink == head and blink == head:
-                                # Its list's only entry (with delayed frees, the usual previous
-                                # chunk: the batch lists each chunk it merges on a list of its
-                                # own size), as the next chunk's above.
+                            if flink == head:
                                 head_blink, head_flink = blinks[head_word], words[head_word]
                                 if head_blink != entry or head_flink != entry:  # the named check raises
                                     check_list_links(self.crash, entry, head_blink, head_flink)
@@ -1227,16 +1252,22 @@ class Pool:
                             else:
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                         else:
-                            # the Flink's Blink (``blinks``), the Blink's Flink
-                            flink_word = (flink_at + flink_delta) // 8
-                            blink_word = (blink_at + blink_delta) // 8
-                            if blinks[flink_word] != entry or words[blink_word] != entry:
-                                check_list_links(self.crash, entry, blinks[flink_word],  # raises
-                                                 words[blink_word])
-                            words[blink_word] = flink
-                            blinks[flink_word] = blink
-                            if flink == blink:  # only the head is left
-                                self.listed[before_size] = 0
+                            flink_at, blink_at = flink - base, blink - base
+                            try:
+                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
+                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
+                            except LookupError:
+                                flink_delta = blink_delta = None
+                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                                self._unlink(entry, before_size, before_pa + HEADER_SIZE)
+                            else:
+                                flink_word = (flink_at + flink_delta) // 8
+                                blink_word = (blink_at + blink_delta) // 8
+                                if blinks[flink_word] != entry or words[blink_word] != entry:
+                                    check_list_links(self.crash, entry, blinks[flink_word],  # raises
+                                                     words[blink_word])
+                                words[blink_word] = flink
+                                blinks[flink_word] = blink
                     # (one at a time: four names at once would build a tuple)
                     offset = before_offset
                     pa = before_pa
@@ -1279,40 +1310,42 @@ class Pool:
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
                     self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
                 if block_size != 1:  # (0: only a wrapped sum, above)
-                    # InsertHeadList, inline as ``_insert`` does it: the check reads the first entry's
-                    # Blink and the last entry's Flink, both of which must be the head; entries are
-                    # 16-byte aligned bodies, each one's links on its page, its entry from
-                    # ``small_deltas``. An empty list (its neighbours are the head, in the
-                    # descriptor), a neighbour on no resident page of this pool's small chunks, below
-                    # its base, or a link not aligned: ``_insert``, which takes an empty list at once,
-                    # and makes any other access on its own.
+                    # InsertHeadList, inline as ``_insert`` does it (a call costs ~400
+                    # instructions here): the check reads the first entry's Blink and the last
+                    # entry's Flink, both of which must be the head.
                     head, head_word = self.list_heads[block_size]
                     first, last = words[head_word], blinks[head_word]
-                    first_at, last_at = first - base, last - base
-                    try:
-                        first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
-                        last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
-                    except IndexError:
-                        first_delta = None
-                    if first_delta is None or last_delta is None or (first_at | last_at) & 15:
-                        if first == head and last == head:
-                            # An empty list (on an unfragmented pool, the usual one): both neighbours
-                            # the check reads are the head, whose links were just read (both the
-                            # head), so the check holds; the entry becomes both of its links.
-                            _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
-                            words[head_word] = blinks[head_word] = entry
-                            self.listed[block_size] = 1
-                        else:
-                            self._insert(entry, block_size, False, pa + HEADER_SIZE)
-                    else:
-                        first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
-                        first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
-                        if first_blink != head or last_flink != head:  # the named check raises the bug check
-                            check_list_links(self.crash, head, first_blink, last_flink)
-                        _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-                        blinks[first_word] = entry
-                        words[head_word] = entry
+                    if first == head and last == head:
+                        # An empty list (on an unfragmented pool, the usual one; with delayed
+                        # frees, the batch's merged chunks often meet one): both neighbours the
+                        # check reads are the head, whose links were just read (both the head),
+                        # so the check holds; the entry becomes both of its links. (Tested first, on
+                        # the head's links alone: the head has no page entry to look up.)
+                        _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
+                        words[head_word] = blinks[head_word] = entry
                         self.listed[block_size] = 1
+                    else:
+                        # Entries are 16-byte aligned bodies, each one's links on its page, its
+                        # entry from ``small_deltas``. A neighbour on no resident page of this
+                        # pool's small chunks, below its base, or a link not aligned: ``_insert``,
+                        # which makes each such access on its own.
+                        first_at, last_at = first - base, last - base
+                        try:
+                            first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
+                            last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
+                        except IndexError:
+                            first_delta = None
+                        if first_delta is None or last_delta is None or (first_at | last_at) & 15:
+                            self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                        else:
+                            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
+                            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
+                            if first_blink != head or last_flink != head:  # the named check raises the bug check
+                                check_list_links(self.crash, head, first_blink, last_flink)
+                            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
+                            blinks[first_word] = entry
+                            words[head_word] = entry
+                            self.listed[block_size] = 1
             if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with

@@ -81,6 +81,15 @@ def read_cstring(kernel, address: int, limit: int = MAX_STRING) -> bytes:
     return read_c_string(kernel, address, limit)
 
 
+def _read_wrapping(kernel, address: int, size: int) -> bytes:
+    """``size`` bytes at ``address`` as the processor reads them: past the top of the
+    address space, on from 0 (the first byte on a page not mapped faults, the top page
+    first), so a pointer near the top ends in the page fault's bug check."""
+    head = min(size, (1 << 64) - address)
+    data = kernel.read(address, head)
+    return data + kernel.read(0, size - head) if head < size else data
+
+
 def read_wide_chars(kernel, address: int, limit: int = MAX_STRING) -> str:
     """The characters of a NUL-terminated wide string (at most ``limit``), read a 64-byte-
     aligned piece at a time as read_c_string reads narrow ones (a character at a time when
@@ -88,8 +97,8 @@ def read_wide_chars(kernel, address: int, limit: int = MAX_STRING) -> str:
     out = bytearray()
     aligned = not address & 1
     while len(out) < 2 * limit:
-        at = address + len(out)
-        chunk = kernel.read(at, 64 - (at & 63) if aligned else 2)
+        at = (address + len(out)) & 0xFFFFFFFFFFFFFFFF
+        chunk = kernel.read(at, 64 - (at & 63)) if aligned else _read_wrapping(kernel, at, 2)
         for index in range(0, len(chunk), 2):
             if chunk[index] == 0 and chunk[index + 1] == 0:
                 out += chunk[:index]
@@ -108,7 +117,7 @@ def read_wstring(kernel, address: int, limit: int = MAX_STRING) -> str:
 def read_unicode_string(kernel, address: int, limit: int = MAX_STRING) -> str:
     if not address:
         return "(null)"
-    length, _, buffer = struct.unpack("<HHxxxxQ", kernel.read(address, 16))
+    length, _, buffer = struct.unpack("<HHxxxxQ", _read_wrapping(kernel, address, 16))
     if not buffer:
         return "(null)"
     return kernel.read(buffer, min(length & ~1, 2 * limit)).decode("utf-16-le", "replace")
@@ -117,7 +126,7 @@ def read_unicode_string(kernel, address: int, limit: int = MAX_STRING) -> str:
 def read_ansi_string(kernel, address: int, limit: int = MAX_STRING) -> str:
     if not address:
         return "(null)"
-    length, _, buffer = struct.unpack("<HHxxxxQ", kernel.read(address, 16))
+    length, _, buffer = struct.unpack("<HHxxxxQ", _read_wrapping(kernel, address, 16))
     if not buffer:
         return "(null)"
     return kernel.read(buffer, min(length, limit)).decode("latin-1")
