@@ -95,7 +95,8 @@ def test_a_batch_is_processed_when_32_are_pending():
 def test_pending_free_depth_in_memory_decides_when_the_batch_runs(depth, batched):
     """ExFreePoolWithTag compares the descriptor's PendingFreeDepth, a LONG, with 32 (WRK):
     a value a stray write left there decides whether the free runs ExDeferredFreePool first,
-    a negative one never does; both ways (the allocator's fast path and the pool's own) agree."""
+    a negative one never does; the batch lowers it by the chunks it took (one here), and the
+    free queued raises it by one. Both ways (the allocator's fast path and the pool's own) agree."""
     for fast in (True, False):
         k = machine()
         pool = k.nonpaged_pool
@@ -109,7 +110,7 @@ def test_pending_free_depth_in_memory_decides_when_the_batch_runs(depth, batched
             pool.release_small(b - 16, 0x410 // 16)
         d = descriptor(k, pool)
         if batched:  # a went through the batch, then b was queued on an emptied list
-            assert set(pool.pending) == {b} and (d.PendingFrees, d.PendingFreeDepth) == (b, 1)
+            assert set(pool.pending) == {b} and (d.PendingFrees, d.PendingFreeDepth) == (b, depth & 0xFFFFFFFF)
             assert k.read(a - 16 + POOL_HEADER.PoolType, 1)[0] == POOL_FREE and a not in pool.pending
         else:  # b joins a on the list, and the depth goes on from the value written
             assert set(pool.pending) == {a, b} and pool.pending_frees() == [b - 16, a - 16]
@@ -225,10 +226,12 @@ def test_a_write_to_a_queued_chunk_breaks_the_pending_list():
 
 @pytest.mark.parametrize("target", ["queued_before", "itself", "live_chunk"])
 def test_a_queued_link_to_a_chunk_not_waiting_its_turn_is_0x19_in_the_deferred_free(target):
-    # The walk of PendingFrees meets each queued chunk once: a link (rewritten after the
-    # free) back to a chunk it met already (a loop, or the chunk itself) or to a chunk that
-    # is not queued at all is BAD_POOL_HEADER 0x19, code 3 (the descriptor's PendingFrees,
-    # the link, 0), found in ExDeferredFreePool, with nothing coalesced.
+    # ExDeferredFreePool meets each queued chunk once: a link (rewritten after the free)
+    # back to a chunk it met already (a loop, or the chunk itself) or to a chunk that is not
+    # queued at all is BAD_POOL_HEADER 0x19, code 3 (the descriptor's PendingFrees, the
+    # link, 0), found in ExDeferredFreePool. As WRK's, it reads each link just before it
+    # coalesces that chunk, so c and b are coalesced when b's link is found wrong; a is still
+    # queued, and PendingFrees and PendingFreeDepth (updated once the batch is done) unchanged.
     k = machine()
     pool = k.nonpaged_pool
     a = k.ExAllocatePoolWithTag(NP, 0x400, "Loo1")
@@ -241,11 +244,19 @@ def test_a_queued_link_to_a_chunk_not_waiting_its_turn_is_0x19_in_the_deferred_f
     # c links to b, b to a: b's link is rewritten to lead elsewhere.
     link = {"queued_before": c, "itself": b, "live_chunk": live}[target]
     k.write(b, link.to_bytes(8, "little"))
-    before = bytes(k.physical.buffer)
     e = stop(pool.deferred_free)
     assert (e.code, e.parameters) == (0x19, (0x3, pool.descriptor_va + POOL_DESCRIPTOR.PendingFrees, link, 0))
     assert e.found_in == "ExDeferredFreePool"
-    assert bytes(k.physical.buffer) == before  # the walk comes before any coalescing
+    assert set(pool.pending) == {a}
+    d = descriptor(k, pool)
+    assert (d.PendingFrees, d.PendingFreeDepth) == (c, 3)
+    # a starts the page, then its free remainder, c and b to the page's end: c merged into
+    # the remainder, and b into both, one free chunk of 61 + 65 + 65 blocks, listed.
+    remainder = a - 16 + 0x410
+    assert b - 16 == remainder + (61 + 65) * 16 and b - 16 + 65 * 16 == (a - 16) + 0x1000
+    header = k.read(remainder, 4)
+    assert (header[POOL_HEADER.PoolType], header[POOL_HEADER.BlockSize]) == (POOL_FREE, 191)
+    assert remainder in pool.free_list(191)
 
 
 def test_a_queued_list_a_driver_reordered_is_followed_as_written():

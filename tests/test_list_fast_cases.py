@@ -75,10 +75,15 @@ def take_the_long_way(pool) -> None:
             pool.listed[block_size] = 0
 
     def free_small(body, pa=None, block_size=0, tag=0, batch=False):  # Pool.free_small, each chunk a call
-        coalesce(body)
-        while batch and pool.pending:  # ExDeferredFreePool's batch: each chunk out of ``pending``, then coalesced
-            body, _ = pool.pending.popitem()
+        while True:  # ExDeferredFreePool's batch: each chunk's link read through the machine, then the chunk coalesced
+            link = pool.read_pointer(body) if batch else None
             coalesce(body)
+            if not (batch and pool.pending):
+                return
+            body = link
+            if body not in pool.pending:
+                pool._bad_pending_link(body)
+            del pool.pending[body]
 
     def coalesce(body):  # every header read on its own
         chunk = body - HEADER_SIZE

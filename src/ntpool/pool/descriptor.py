@@ -1141,10 +1141,14 @@ class Pool:
                 chunk = body - HEADER_SIZE
                 offset = chunk & PAGE_MASK
                 pa = self.tlb.get(chunk >> PAGE_SHIFT)
-                pa = self.fault(chunk, False, self.lock_irql) + offset if pa is None else pa + offset
+                if pa is None:  # (the batch's first access is the link, in the body: a fault names it)
+                    pa = self.fault(body if batch else chunk, False, self.lock_irql)
+                pa += offset
             else:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
+            if batch:  # ExDeferredFreePool reads the chunk's link before it coalesces the chunk (WRK)
+                link = words[pa // 8 + 2]  # (the body's first QWORD)
             previous_size = mem[pa]
             if not block_size:  # (else the allocator's free fast path has read it, and the tag)
                 # Two bytes (small ints: none made), the PoolTag only when the header it is
@@ -1348,11 +1352,17 @@ class Pool:
                             self.listed[block_size] = 1
             if not (batch and pending):
                 return
-            # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with
-            # one still queued), with the translation made as it was queued while none can have
-            # changed (``pending_translated``: a free that returns a page, or a fault that pages
-            # one out, clears it; each is then translated again); its header read here.
-            body, pa = pending.popitem()
+            # ExDeferredFreePool's next chunk: the one the link read above leads to, taken out of
+            # ``pending`` (free_small must not merge with one still queued; a link to a chunk
+            # not queued, or met already, finds none: the bug check), with the translation made
+            # as it was queued while none can have changed (``pending_translated``: a free that
+            # returns a page, or a fault that pages one out, clears it; each is then translated
+            # again); its header read here.
+            body = link
+            try:
+                pa = pending.pop(body)
+            except KeyError:
+                self._bad_pending_link(body)
             if not self.pending_translated:
                 pa = None
             block_size = 0
@@ -1511,8 +1521,10 @@ class Pool:
         return [body - HEADER_SIZE for body in self._walk_pending()[0]]
 
     def _walk_pending(self) -> tuple[list[int], bool]:
-        """``pending_frees``' walk: each queued chunk's body, newest first, and whether that
-        is the order they were queued in (``pending``'s, reversed). Each link is
+        """``pending_frees``' walk (what the debugger and the tests see of the list;
+        ExDeferredFreePool follows the links as it coalesces): each queued chunk's body,
+        newest first, and whether that is the order they were queued in (``pending``'s,
+        reversed). Each link is
         read on its chunk's translation made as it was queued (``pending``), unless one may
         have changed since (``pending_translated``): then on the TLB's.
 
@@ -1548,11 +1560,7 @@ class Pool:
             try:
                 pa = take(entry)
             except KeyError:
-                self.read_pointer(entry)  # a link to no page faults (0x50, 0xC5, 0x1E)
-                self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
-                           self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
-                           detail=f"a pending free's link {entry:#x} leads to no queued chunk "
-                                  f"(the freed memory was written to)")
+                self._bad_pending_link(entry)
             if not translated:  # a queued chunk's body: 16-byte aligned, on a page of its own pool
                 base = self.tlb.get(entry >> PAGE_SHIFT)
                 if base is None:  # (not present: the machine's answer)
@@ -1562,37 +1570,50 @@ class Pool:
             entry = words[(pa >> 3) + 2]  # its link: the body's first QWORD
         return bodies
 
+    def _bad_pending_link(self, entry: int) -> None:
+        """The bug check for a pending free's link that leads to no chunk still queued (the
+        freed memory was written to): a link to no page faults (0x50, 0xC5, 0x1E), any other
+        is BAD_POOL_HEADER 0x3 (the descriptor's PendingFrees, the link, 0)."""
+        self.read_pointer(entry)
+        self.crash(BugCheckCode.BAD_POOL_HEADER, BadPoolHeader.LIST_CORRUPT,
+                   self.descriptor_va + POOL_DESCRIPTOR.PendingFrees, entry, 0,
+                   detail=f"a pending free's link {entry:#x} leads to no queued chunk "
+                          f"(the freed memory was written to)")
+
     def deferred_free(self) -> int:
-        """ExDeferredFreePool: coalesce and list every pending chunk, newest first, with the
-        checks that coalescing makes; returns how many. A bug check raised here records
+        """ExDeferredFreePool: coalesce and list every pending chunk, with the checks that
+        coalescing makes; returns how many. As WRK's: from PendingFrees, each chunk's link is
+        read before the chunk is coalesced, so a link written over is found when the batch
+        reaches it (the chunks before it coalesced); once all are done, PendingFrees is
+        emptied and PendingFreeDepth lowered by their count (InterlockedExchangeAdd: a value
+        a stray write left there stays off by as much). The list is followed until every
+        queued chunk is met (its last link is not read). A bug check raised here records
         that the corruption was found in the deferred free (``BugCheck.found_in``)."""
         pending = self.pending
-        if not pending:
+        count = len(pending)
+        if not count:
             return 0
         self.found_in = "ExDeferredFreePool"
         try:
-            bodies, in_queue_order = self._walk_pending()
-            # PendingFrees and PendingFreeDepth, zeroed through their QWORD and ULONG.
-            self.words[self.pending_frees_word] = 0
-            self.longs[self.pending_depth_long] = 0
             # Each chunk leaves ``pending`` as it is freed (free_small must not merge with one
             # still queued), with the translation made as it was queued while none can have
             # changed (``pending_translated``: a free that returns a page, or a fault that
             # pages one out, clears it; each is then translated again). ``free_small`` takes
-            # the first, and the others from ``pending`` in the same call, each the last one
-            # there: ``pending`` is first put in the walk's order, when the list in memory was
-            # not in the queue's (a driver rewrote its links).
-            if not in_queue_order:
-                queued = [(body, pending[body]) for body in reversed(bodies)]
-                pending.clear()
-                pending.update(queued)
-            body, pa = pending.popitem()
+            # the first, and the others in the same call.
+            body = self.words[self.pending_frees_word]
+            try:
+                pa = pending.pop(body)
+            except KeyError:
+                self._bad_pending_link(body)
             self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
+            self.words[self.pending_frees_word] = 0
+            longs, at = self.longs, self.pending_depth_long
+            longs[at] = (longs[at] - count + 0x80000000) % 0x100000000 - 0x80000000  # (a LONG's wrap)
         finally:
             self.found_in = ""
         pending.clear()
         self.pending_translated = True
-        return len(bodies)
+        return count
 
     # --- big allocations ---------------------------------------------------------------
 
