@@ -1148,7 +1148,7 @@ class Pool:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
             if batch:  # ExDeferredFreePool reads the chunk's link before it coalesces the chunk (WRK)
-                link = words[pa // 8 + 2]  # (the body's first QWORD)
+                link = self.body_flinks[pa // 8]  # (the body's first QWORD, by the header's index)
             previous_size = mem[pa]
             if not block_size:  # (else the allocator's free fast path has read it, and the tag)
                 # Two bytes (small ints: none made), the PoolTag only when the header it is
