@@ -1198,22 +1198,20 @@ class Pool:
                             # past the list's end), below its base and no head, or not aligned:
                             # ``_unlink``, each access translated on its own.
                             flink_at, blink_at = flink - base, blink - base
-                            try:
-                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
-                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
-                            except LookupError:
-                                flink_delta = blink_delta = None
-                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                            if (flink_at | blink_at) & 15:  # a link not aligned: only a corrupted one
                                 self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                             else:
-                                # the Flink's Blink (``blinks``), the Blink's Flink
-                                flink_word = (flink_at + flink_delta) // 8
-                                blink_word = (blink_at + blink_delta) // 8
-                                if blinks[flink_word] != next_entry or words[blink_word] != next_entry:
-                                    check_list_links(self.crash, next_entry, blinks[flink_word],  # raises
-                                                     words[blink_word])
-                                words[blink_word] = flink
-                                blinks[flink_word] = blink
+                                try:  # (None + an int: TypeError)
+                                    flink_word = (flink_at + (deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink])) // 8
+                                    blink_word = (blink_at + (deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink])) // 8
+                                except (LookupError, TypeError):
+                                    self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
+                                else:  # the Flink's Blink (``blinks``), the Blink's Flink
+                                    if blinks[flink_word] != next_entry or words[blink_word] != next_entry:
+                                        check_list_links(self.crash, next_entry, blinks[flink_word],  # raises
+                                                         words[blink_word])
+                                    words[blink_word] = flink
+                                    blinks[flink_word] = blink
                     block_size += next_size
                     following = next_end  # (where the merged chunk ends, below, and the header there)
                     next_pa = page_pa + next_end
@@ -1253,21 +1251,20 @@ class Pool:
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                         else:
                             flink_at, blink_at = flink - base, blink - base
-                            try:
-                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
-                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
-                            except LookupError:
-                                flink_delta = blink_delta = None
-                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                            if (flink_at | blink_at) & 15:  # a link not aligned: only a corrupted one
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                             else:
-                                flink_word = (flink_at + flink_delta) // 8
-                                blink_word = (blink_at + blink_delta) // 8
-                                if blinks[flink_word] != entry or words[blink_word] != entry:
-                                    check_list_links(self.crash, entry, blinks[flink_word],  # raises
-                                                     words[blink_word])
-                                words[blink_word] = flink
-                                blinks[flink_word] = blink
+                                try:  # (None + an int: TypeError)
+                                    flink_word = (flink_at + (deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink])) // 8
+                                    blink_word = (blink_at + (deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink])) // 8
+                                except (LookupError, TypeError):
+                                    self._unlink(entry, before_size, before_pa + HEADER_SIZE)
+                                else:  # the Flink's Blink (``blinks``), the Blink's Flink
+                                    if blinks[flink_word] != entry or words[blink_word] != entry:
+                                        check_list_links(self.crash, entry, blinks[flink_word],  # raises
+                                                         words[blink_word])
+                                    words[blink_word] = flink
+                                    blinks[flink_word] = blink
                     # (one at a time: four names at once would build a tuple)
                     offset = before_offset
                     pa = before_pa
