@@ -1323,26 +1323,28 @@ class Pool:
                         self.listed[block_size] = 1
                     else:
                         # Entries are 16-byte aligned bodies, each one's links on its page, its
-                        # entry from ``small_deltas``. A neighbour on no resident page of this
-                        # pool's small chunks, below its base, or a link not aligned: ``_insert``,
-                        # which makes each such access on its own.
+                        # entry from ``small_deltas`` (a list's head from ``head_deltas``: only a
+                        # damaged head or link leads to one here). A neighbour on no resident
+                        # page of this pool's small chunks (None, or past the list's end), below
+                        # its base and no head, or a link not aligned: ``_insert``, which makes
+                        # each such access on its own.
                         first_at, last_at = first - base, last - base
-                        try:
-                            first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
-                            last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
-                        except IndexError:
-                            first_delta = None
-                        if first_delta is None or last_delta is None or (first_at | last_at) & 15:
+                        if (first_at | last_at) & 15:
                             self._insert(entry, block_size, False, pa + HEADER_SIZE)
                         else:
-                            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
-                            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
-                            if first_blink != head or last_flink != head:  # the named check raises the bug check
-                                check_list_links(self.crash, head, first_blink, last_flink)
-                            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-                            blinks[first_word] = entry
-                            words[head_word] = entry
-                            self.listed[block_size] = 1
+                            try:  # (None + an int: TypeError)
+                                first_word = (first_at + (deltas[first_at // PAGE_SIZE] if first_at >= 0 else self.head_deltas[first])) // 8
+                                last_word = (last_at + (deltas[last_at // PAGE_SIZE] if last_at >= 0 else self.head_deltas[last])) // 8
+                            except (LookupError, TypeError):
+                                self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                            else:  # the first entry's Blink (``blinks``), the last one's Flink
+                                if blinks[first_word] != head or words[last_word] != head:
+                                    check_list_links(self.crash, head, blinks[first_word],  # raises
+                                                     words[last_word])
+                                _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
+                                blinks[first_word] = entry
+                                words[head_word] = entry
+                                self.listed[block_size] = 1
             if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: out of ``pending`` (free_small must not merge with
