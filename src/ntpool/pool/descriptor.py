@@ -1202,22 +1202,20 @@ class Pool:
                             # past the list's end), below its base and no head, or not aligned:
                             # ``_unlink``, each access translated on its own.
                             flink_at, blink_at = flink - base, blink - base
-                            try:
-                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
-                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
-                            except LookupError:
-                                flink_delta = blink_delta = None
-                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                            if (flink_at | blink_at) & 15:  # a link not aligned: only a corrupted one
                                 self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                             else:
-                                # the Flink's Blink (``blinks``), the Blink's Flink
-                                flink_word = (flink_at + flink_delta) // 8
-                                blink_word = (blink_at + blink_delta) // 8
-                                if blinks[flink_word] != next_entry or words[blink_word] != next_entry:
-                                    check_list_links(self.crash, next_entry, blinks[flink_word],  # raises
-                                                     words[blink_word])
-                                words[blink_word] = flink
-                                blinks[flink_word] = blink
+                                try:  # (None + an int: TypeError)
+                                    flink_word = (flink_at + (deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink])) // 8
+                                    blink_word = (blink_at + (deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink])) // 8
+                                except (LookupError, TypeError):
+                                    self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
+                                else:  # the Flink's Blink (``blinks``), the Blink's Flink
+                                    if blinks[flink_word] != next_entry or words[blink_word] != next_entry:
+                                        check_list_links(self.crash, next_entry, blinks[flink_word],  # raises
+                                                         words[blink_word])
+                                    words[blink_word] = flink
+                                    blinks[flink_word] = blink
                     block_size += next_size
                     following = next_end  # (where the merged chunk ends, below, and the header there)
                     next_pa = page_pa + next_end
@@ -1257,21 +1255,20 @@ class Pool:
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                         else:
                             flink_at, blink_at = flink - base, blink - base
-                            try:
-                                flink_delta = deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink]
-                                blink_delta = deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink]
-                            except LookupError:
-                                flink_delta = blink_delta = None
-                            if flink_delta is None or blink_delta is None or (flink_at | blink_at) & 15:
+                            if (flink_at | blink_at) & 15:  # a link not aligned: only a corrupted one
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                             else:
-                                flink_word = (flink_at + flink_delta) // 8
-                                blink_word = (blink_at + blink_delta) // 8
-                                if blinks[flink_word] != entry or words[blink_word] != entry:
-                                    check_list_links(self.crash, entry, blinks[flink_word],  # raises
-                                                     words[blink_word])
-                                words[blink_word] = flink
-                                blinks[flink_word] = blink
+                                try:  # (None + an int: TypeError)
+                                    flink_word = (flink_at + (deltas[flink_at // PAGE_SIZE] if flink_at >= 0 else self.head_deltas[flink])) // 8
+                                    blink_word = (blink_at + (deltas[blink_at // PAGE_SIZE] if blink_at >= 0 else self.head_deltas[blink])) // 8
+                                except (LookupError, TypeError):
+                                    self._unlink(entry, before_size, before_pa + HEADER_SIZE)
+                                else:  # the Flink's Blink (``blinks``), the Blink's Flink
+                                    if blinks[flink_word] != entry or words[blink_word] != entry:
+                                        check_list_links(self.crash, entry, blinks[flink_word],  # raises
+                                                         words[blink_word])
+                                    words[blink_word] = flink
+                                    blinks[flink_word] = blink
                     # (one at a time: four names at once would build a tuple)
                     offset = before_offset
                     pa = before_pa
@@ -1330,26 +1327,28 @@ class Pool:
                         self.listed[block_size] = 1
                     else:
                         # Entries are 16-byte aligned bodies, each one's links on its page, its
-                        # entry from ``small_deltas``. A neighbour on no resident page of this
-                        # pool's small chunks, below its base, or a link not aligned: ``_insert``,
-                        # which makes each such access on its own.
+                        # entry from ``small_deltas`` (a list's head from ``head_deltas``: only a
+                        # damaged head or link leads to one here). A neighbour on no resident
+                        # page of this pool's small chunks (None, or past the list's end), below
+                        # its base and no head, or a link not aligned: ``_insert``, which makes
+                        # each such access on its own.
                         first_at, last_at = first - base, last - base
-                        try:
-                            first_delta = deltas[first_at // PAGE_SIZE] if first_at >= 0 else None
-                            last_delta = deltas[last_at // PAGE_SIZE] if last_at >= 0 else None
-                        except IndexError:
-                            first_delta = None
-                        if first_delta is None or last_delta is None or (first_at | last_at) & 15:
+                        if (first_at | last_at) & 15:
                             self._insert(entry, block_size, False, pa + HEADER_SIZE)
                         else:
-                            first_word = (first_at + first_delta) // 8  # its Flink; its Blink in ``blinks``
-                            first_blink, last_flink = blinks[first_word], words[(last_at + last_delta) // 8]
-                            if first_blink != head or last_flink != head:  # the named check raises the bug check
-                                check_list_links(self.crash, head, first_blink, last_flink)
-                            _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
-                            blinks[first_word] = entry
-                            words[head_word] = entry
-                            self.listed[block_size] = 1
+                            try:  # (None + an int: TypeError)
+                                first_word = (first_at + (deltas[first_at // PAGE_SIZE] if first_at >= 0 else self.head_deltas[first])) // 8
+                                last_word = (last_at + (deltas[last_at // PAGE_SIZE] if last_at >= 0 else self.head_deltas[last])) // 8
+                            except (LookupError, TypeError):
+                                self._insert(entry, block_size, False, pa + HEADER_SIZE)
+                            else:  # the first entry's Blink (``blinks``), the last one's Flink
+                                if blinks[first_word] != head or words[last_word] != head:
+                                    check_list_links(self.crash, head, blinks[first_word],  # raises
+                                                     words[last_word])
+                                _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
+                                blinks[first_word] = entry
+                                words[head_word] = entry
+                                self.listed[block_size] = 1
             if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: the one the link read above leads to, taken out of
