@@ -1136,6 +1136,9 @@ class Pool:
         # ints): plus their pages' entries in ``small_deltas``, their physical addresses.
         base, deltas = self.base, self.small_deltas
         pending = self.pending  # (the dict is the pool's for good: emptied, never replaced)
+        # (Two names an assignment: three or more would build a tuple.)
+        list_heads, listed = self.list_heads, self.listed
+        free_size_bits, mem_bytes = self.free_size_bits, self.mem_bytes
         while True:  # (once, unless ``batch``)
             if pa is None:
                 chunk = body - HEADER_SIZE
@@ -1185,13 +1188,13 @@ class Pool:
                             # free makes its page whole): both neighbours the head, whose links are
                             # the descriptor's QWORDs at ``head_word``; each must lead back to the
                             # entry. (Equal neighbours that are not the head: ``_unlink``.)
-                            head, head_word = self.list_heads[next_size]
+                            head, head_word = list_heads[next_size]
                             if flink == head:
                                 head_blink, head_flink = blinks[head_word], words[head_word]
                                 if head_blink != next_entry or head_flink != next_entry:  # the named check raises
                                     check_list_links(self.crash, next_entry, head_blink, head_flink)
                                 words[head_word] = blinks[head_word] = head
-                                self.listed[next_size] = 0
+                                listed[next_size] = 0
                             else:
                                 self._unlink(next_entry, next_size, next_pa + HEADER_SIZE)
                         else:
@@ -1244,13 +1247,13 @@ class Pool:
                         # it merges on a list of its own size), else the chunk a split took its
                         # allocation's end from, in a long list.
                         if flink == blink:
-                            head, head_word = self.list_heads[before_size]
+                            head, head_word = list_heads[before_size]
                             if flink == head:
                                 head_blink, head_flink = blinks[head_word], words[head_word]
                                 if head_blink != entry or head_flink != entry:  # the named check raises
                                     check_list_links(self.crash, entry, head_blink, head_flink)
                                 words[head_word] = blinks[head_word] = head
-                                self.listed[before_size] = 0
+                                listed[before_size] = 0
                             else:
                                 self._unlink(entry, before_size, before_pa + HEADER_SIZE)
                         else:
@@ -1305,16 +1308,16 @@ class Pool:
                 # bits are 0 there.)
                 if tag is None:  # (the chunk's own, read here: see above)
                     tag = self.tags[pa // 4]
-                _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + self.free_size_bits[block_size], tag, 0)
+                _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + free_size_bits[block_size], tag, 0)
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
-                    self.mem_bytes[next_pa] = block_size
+                    mem_bytes[next_pa] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
                     self._set_previous_size(((body - HEADER_SIZE) & ~PAGE_MASK) + end, block_size)
                 if block_size != 1:  # (0: only a wrapped sum, above)
                     # InsertHeadList, inline as ``_insert`` does it (a call costs ~400
                     # instructions here): the check reads the first entry's Blink and the last
                     # entry's Flink, both of which must be the head.
-                    head, head_word = self.list_heads[block_size]
+                    head, head_word = list_heads[block_size]
                     first, last = words[head_word], blinks[head_word]
                     if first == head and last == head:
                         # An empty list (on an unfragmented pool, the usual one; with delayed
@@ -1324,7 +1327,7 @@ class Pool:
                         # the head's links alone: the head has no page entry to look up.)
                         _LINKS.pack_into(mem, pa + HEADER_SIZE, head, head)
                         words[head_word] = blinks[head_word] = entry
-                        self.listed[block_size] = 1
+                        listed[block_size] = 1
                     else:
                         # Entries are 16-byte aligned bodies, each one's links on its page, its
                         # entry from ``small_deltas`` (a list's head from ``head_deltas``: only a
@@ -1348,7 +1351,7 @@ class Pool:
                                 _LINKS.pack_into(mem, pa + HEADER_SIZE, first, head)  # the entry's Flink and Blink
                                 blinks[first_word] = entry
                                 words[head_word] = entry
-                                self.listed[block_size] = 1
+                                listed[block_size] = 1
             if not (batch and pending):
                 return
             # ExDeferredFreePool's next chunk: the one the link read above leads to, taken out of
