@@ -567,6 +567,10 @@ class PoolAllocator:
         # And 3 on: pool_types[header_pa] is its PoolType (marked free past the lookasides
         # with no addition).
         pool_types = memoryview(mem)[_POOL_TYPE:]
+        # The same memory as QWORDs and as LONGs: a pool descriptor's PendingFrees and
+        # PendingFreeDepth by their indexes (Pool.pending_frees_word, Pool.pending_depth_long).
+        words = memoryview(mem).cast(QWORD_VIEW)
+        longs = memoryview(mem).cast("i")
 
         def free(P, Tag, blocks: int = 0) -> bool | None:
             try:
@@ -626,7 +630,7 @@ class PoolAllocator:
                                 return True
                             # PendingFreeDepth, the LONG that decides (a value a stray write
                             # left there too, as in Windows)
-                            longs, depth_at = pool.longs, pool.pending_depth_long
+                            depth_at = pool.pending_depth_long
                             depth = longs[depth_at]
                             if depth < MAXIMUM_POOL_FREES_PENDING:
                                 pool_types[pa] = POOL_FREE
@@ -634,7 +638,7 @@ class PoolAllocator:
                                 # PendingFrees' chunk, PendingFrees to the body, and
                                 # PendingFreeDepth is incremented (below 32 here: no wrap);
                                 # ``pending`` keeps the header's translation for ExDeferredFreePool.
-                                words, pending_word = pool.words, pool.pending_frees_word
+                                pending_word = pool.pending_frees_word
                                 bodies[pa // 8] = words[pending_word]
                                 words[pending_word] = P
                                 longs[depth_at] = depth + 1
