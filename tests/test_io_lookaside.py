@@ -185,6 +185,20 @@ def test_small_mdls_are_fixed_size_from_the_mdl_list_and_large_ones_from_pool(k)
     assert struct.unpack("<HHI", k.read(small + L.MDL.Size, 8))[:2] == (L.MDL.SIZE + 8 * 4, L.MDL_ALLOCATED_FIXED_SIZE)
 
 
+def test_a_secondary_mdl_on_an_irp_whose_mdl_chain_loops_hangs_the_machine(k):
+    """IoAllocateMdl with SecondaryBuffer follows the IRP's MDL chain to its end: a chain
+    whose Next a driver pointed back into it (here the second MDL's, at the first) is
+    followed forever, as in Windows: MachineHung, never a Python hang."""
+    buffer = k.ExAllocatePoolWithTag(NP, 0x2000, "Buff")
+    irp = k.IoAllocateIrp(2, False)
+    first = k.IoAllocateMdl(buffer, 100, False, False, irp)
+    second = k.IoAllocateMdl(buffer, 100, True, False, irp)
+    assert struct.unpack("<Q", k.read(first + L.MDL.Next, 8))[0] == second
+    k.write(second + L.MDL.Next, struct.pack("<Q", first))
+    with pytest.raises(ntpool.errors.MachineHung, match="loops back"):
+        k.IoAllocateMdl(buffer, 100, True, False, irp)
+
+
 def test_driver_verifier_takes_no_irp_from_the_lists_and_keeps_none(k):
     kept = k.IoAllocateIrp(5, False)
     k.IoFreeIrp(kept)

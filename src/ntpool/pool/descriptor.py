@@ -1126,10 +1126,10 @@ class Pool:
         ``block_size`` and ``tag``: its BlockSize and PoolTag, when the caller has read them
         there (0: read here).
 
-        ``batch``: ExDeferredFreePool's batch (``deferred_free``): after ``body``, every chunk
-        still in ``pending`` is coalesced in turn, in this one call (a call and the set-up
-        below less per chunk), the last one there first (``deferred_free`` leaves them in the
-        order its walk found them, oldest first); each leaves ``pending`` as it is taken.
+        ``batch``: ExDeferredFreePool's batch (``deferred_free``): ``body`` is the chunk
+        PendingFrees leads to (taken out of ``pending``); each chunk's link is read before it is
+        coalesced, and the chunk it leads to taken out of ``pending`` and coalesced next, in
+        this one call (a call and the set-up below less per chunk), until none is left.
         """
         words, mem, blinks = self.words, self.mem, self.blinks
         # The list neighbours below are found by their offsets from the pool's base (small

@@ -961,9 +961,15 @@ class IoRoutines:
         self.write(mdl, _mdl_header(VirtualAddress, Length, size, flags))
         if Irp:
             if SecondaryBuffer:
-                link = Irp + L.IRP.MdlAddress
-                while self._get64(link):
-                    link = self._get64(link) + L.MDL.Next
+                # Chained after the IRP's last MDL, found by following each Next to 0, as
+                # Windows does: a chain a driver damaged into a loop is followed forever.
+                link, met = Irp + L.IRP.MdlAddress, set()
+                while next_mdl := self._get64(link):
+                    if next_mdl in met:
+                        raise MachineHung(f"the MDL chain of IRP {Irp:#x} loops back to {next_mdl:#x}: "
+                                          f"IoAllocateMdl follows its Next links forever")
+                    met.add(next_mdl)
+                    link = next_mdl + L.MDL.Next
                 self._put64(link, mdl)
             else:
                 self._put64(Irp + L.IRP.MdlAddress, mdl)
