@@ -1520,36 +1520,14 @@ class Pool:
         nonpaged pool's lock; 0x1E when non-canonical); one that leads to
         no queued chunk is BAD_POOL_HEADER (0x3, the descriptor's PendingFrees, the link, 0).
         """
-        return [body - HEADER_SIZE for body in self._walk_pending()[0]]
-
-    def _walk_pending(self) -> tuple[list[int], bool]:
-        """``pending_frees``' walk (what the debugger and the tests see of the list;
-        ExDeferredFreePool follows the links as it coalesces): each queued chunk's body,
-        newest first, and whether that is the order they were queued in (``pending``'s,
-        reversed). Each link is
-        read on its chunk's translation made as it was queued (``pending``), unless one may
-        have changed since (``pending_translated``): then on the TLB's.
-
-        The usual list is the one the frees built: PendingFrees leads to the chunk queued
-        last, and each link to the chunk queued before it. That is checked first, link by
-        link in the queue's order (no set of chunks met is needed to tell a loop: each link
-        must lead to one given chunk); any other list, or a translation that may be stale,
-        is walked by ``_walk_links``, which finds the same list, or raises the bug check."""
-        pending, body_flinks = self.pending, self.body_flinks
-        if self.pending_translated:
-            entry = self.words[self.pending_frees_word]
-            for body, pa in reversed(pending.items()):
-                if entry != body:
-                    break
-                entry = body_flinks[pa // 8]  # its link: the body's first QWORD, by its header's index
-            else:
-                return list(reversed(pending)), True
-        bodies = self._walk_links()
-        return bodies, bodies == list(reversed(pending))
+        return [body - HEADER_SIZE for body in self._walk_links()]
 
     def _walk_links(self) -> list[int]:
-        """``_walk_pending`` for any list: each link followed to a queued chunk not met yet,
-        else the bug check."""
+        """``pending_frees``' walk (what the debugger and the tests see of the list;
+        ExDeferredFreePool follows the links as it coalesces): each queued chunk's body, newest
+        first, each link followed to a queued chunk not met yet, else the bug check. Each link
+        is read on its chunk's translation made as it was queued (``pending``), unless one may
+        have changed since (``pending_translated``): then on the TLB's."""
         bodies: list[int] = []
         append, words = bodies.append, self.words
         # The queued chunks not met yet: a link to a chunk not queued, or to one met already
