@@ -124,13 +124,10 @@ PAGE_RESERVED = 4  # taken by another component (special pool, contiguous memory
 MAXIMUM_POOL_FREES_PENDING = 32
 
 
-def increment_pending_depth(longs, at: int) -> None:
-    """InterlockedIncrement of the LONG ``longs[at]`` (PendingFreeDepth): past 0x7FFFFFFF it
-    wraps to -0x80000000 (the view refuses the sum)."""
-    try:
-        longs[at] += 1
-    except ValueError:
-        longs[at] = -0x80000000
+def add_to_pending_depth(longs, at: int, value: int) -> None:
+    """InterlockedExchangeAdd of ``value`` to the LONG ``longs[at]`` (PendingFreeDepth): the
+    sum wraps as a LONG's does (0x7FFFFFFF + 1 is -0x80000000)."""
+    longs[at] = (longs[at] + value + 0x80000000) % 0x100000000 - 0x80000000
 
 
 class Pool:
@@ -1509,7 +1506,7 @@ class Pool:
         words[pending_word] = chunk + HEADER_SIZE
         # PendingFreeDepth, incremented as InterlockedIncrement does: a value a stray write
         # left there wraps (-1, 0xFFFFFFFF, + 1 is 0; 0x7FFFFFFF + 1 is -0x80000000).
-        increment_pending_depth(self.longs, self.pending_depth_long)
+        add_to_pending_depth(self.longs, self.pending_depth_long, 1)  # (InterlockedIncrement)
         self.pending[chunk + HEADER_SIZE] = pa
 
     def pending_frees(self) -> list[int]:
@@ -1587,8 +1584,7 @@ class Pool:
                 self._bad_pending_link(body)
             self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
             self.words[self.pending_frees_word] = 0
-            longs, at = self.longs, self.pending_depth_long
-            longs[at] = (longs[at] - count + 0x80000000) % 0x100000000 - 0x80000000  # (a LONG's wrap)
+            add_to_pending_depth(self.longs, self.pending_depth_long, -count)
         finally:
             self.found_in = ""
         pending.clear()
