@@ -7,6 +7,7 @@ import pytest
 import ntpool
 from ntpool.dump import DumpReader
 from ntpool.pool.layout import POOL_HEADER
+from ntpool.tags import tag_value
 
 NP = ntpool.PoolType.NonPagedPool
 PP = ntpool.PoolType.PagedPool
@@ -274,3 +275,34 @@ def test_a_drivers_code_in_a_file_of_ntpools_own_is_its_site_once_the_driver_loa
     after = k.pool.site_of(here(k))
     assert k.call_sites.table[after].function.endswith("allocate")
     assert k.call_sites.table[after].filename == filename
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_a_free_writes_the_first_ulong_and_leaves_the_tag_and_bytes_8_to_15(delayed):
+    # WRK's ExFreePoolWithTag and ExDeferredFreePool write PreviousSize, PoolIndex, BlockSize
+    # and PoolType of the header a freed chunk ends in, and a split from a chunk's end its
+    # BlockSize: a quota chunk's ProcessBilled stays in its free header through all three.
+    k = machine(delayed_frees=delayed)
+    process = k.create_process("app.exe")
+    k.set_current_process(process)
+    # 39 blocks each, past the lookasides: a page's first chunk, then from the page's end down
+    first, last, middle, before, *_ = [k.ExAllocatePoolWithQuotaTag(NP, 600, "Quot") for _ in range(5)]
+    assert before + 39 * 16 == middle and middle + 39 * 16 == last and (last + 39 * 16 - 16) % 4096 == 0
+
+    def free(p):
+        k.ExFreePoolWithTag(p, "Quot")
+        k.nonpaged_pool.deferred_free()  # (nothing queued without delayed frees)
+
+    free(middle)  # its neighbours in use: its own header becomes the free one
+    freed = header(k, middle)
+    assert (freed.PoolType, freed.BlockSize, freed.PreviousSize) == (0, 39, 39)
+    assert freed.PoolTag == tag_value("Quot") and freed.ProcessBilled == process.address
+    free(last)  # merges into the free chunk before it, whose header takes the sum
+    merged = header(k, middle)
+    assert (merged.PoolType, merged.BlockSize, merged.PreviousSize) == (0, 78, 39)
+    assert merged.ProcessBilled == process.address
+    p = k.ExAllocatePoolWithTag(NP, 1000, "Splt")  # 64 blocks: from the merged chunk's end
+    assert p == middle + 14 * 16
+    rest = header(k, middle)
+    assert (rest.PoolType, rest.BlockSize) == (0, 14) and rest.ProcessBilled == process.address
+    assert header(k, p).ProcessBilled == 0 and header(k, p).PreviousSize == 14

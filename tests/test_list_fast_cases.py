@@ -74,7 +74,7 @@ def take_the_long_way(pool) -> None:
         if flink == blink:  # only the head is left
             pool.listed[block_size] = 0
 
-    def free_small(body, pa=None, block_size=0, tag=0, batch=False):  # Pool.free_small, each chunk a call
+    def free_small(body, pa=None, block_size=0, batch=False):  # Pool.free_small, each chunk a call
         while True:  # ExDeferredFreePool's batch: each chunk's link read through the machine, then the chunk coalesced
             link = pool.read_pointer(body) if batch else None
             coalesce(body)
@@ -87,7 +87,7 @@ def take_the_long_way(pool) -> None:
 
     def coalesce(body):  # every header read on its own
         chunk = body - HEADER_SIZE
-        previous_size, _, block_size, _, tag = pool._read_first8(chunk)
+        previous_size, _, block_size, _, _ = pool._read_first8(chunk)
         following = chunk + (block_size << BLOCK_SHIFT)
         if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page
             _, _, next_size, next_type, _ = pool._read_first8(following)
@@ -98,12 +98,12 @@ def take_the_long_way(pool) -> None:
                 block_size += next_size
         before = check_previous_size(pool.crash, chunk, previous_size)
         if before:
-            before_previous, _, before_size, before_type, before_tag = pool._read_first8(before)
+            before_previous, _, before_size, before_type, _ = pool._read_first8(before)
             check_previous_neighbour(pool.crash, chunk, before, previous_size, before_size)
             if before_type == POOL_FREE and before + HEADER_SIZE not in pool.pending:
                 if before_size > 1:
                     pool._unlink(before + HEADER_SIZE, before_size)
-                chunk, previous_size, tag = before, before_previous, before_tag
+                chunk, previous_size = before, before_previous
                 block_size += before_size
         # The sum is stored in the UCHAR BlockSize (ExDeferredFreePool, WRK pool.c): a whole
         # page wraps to 0 at the page's start, and a pending chunk whose BlockSize a driver
@@ -112,7 +112,7 @@ def take_the_long_way(pool) -> None:
         if not block_size and not chunk & (PAGE_SIZE - 1):
             pool.release_pages(chunk, 1)
             return
-        pool._write_header(chunk, previous_size, block_size, POOL_FREE, tag)
+        pool._write_free_ulong(chunk, previous_size, block_size)  # PoolTag, bytes 8-15 left
         end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
         if end != PAGE_SIZE:
             pool._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)

@@ -626,7 +626,7 @@ class PoolAllocator:
                         if block_size > LOOKASIDE_MAX_BLOCKS or system.count[block_size] >= system.depth[block_size]:
                             if not pool.delay_frees:
                                 pool_types[pa] = POOL_FREE
-                                pool.free_small(P, pa, block_size, stored)  # (what it has read)
+                                pool.free_small(P, pa, block_size)  # (what it has read)
                                 return True
                             # PendingFreeDepth, the LONG that decides (a value a stray write
                             # left there too, as in Windows)

@@ -91,18 +91,16 @@ assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-# What coalescing reads of the previous chunk's header: PreviousSize, BlockSize, PoolType,
-# PoolTag (PoolIndex skipped), and its body's links (Flink, Blink).
-_PREVIOUS_SIZE_TYPE_TAG_LINKS = x64_struct("<BxBBI8xQQ")
-assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType, POOL_HEADER.PoolTag) == (0, 2, 3, 4)
-# A whole header in one pack: its first ULONG (PreviousSize, PoolIndex, BlockSize, PoolType:
-# layout.header_first8's low half), the PoolTag, ProcessBilled.
-_HEADER_ULONG_TAG_BILLED = x64_struct("<IIQ")
+# What coalescing reads of the previous chunk's header: PreviousSize, BlockSize, PoolType
+# (PoolIndex, PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
+# (Flink, Blink).
+_PREVIOUS_SIZE_TYPE_LINKS = x64_struct("<BxBB12xQQ")
+assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType) == (0, 2, 3)
 # Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
 # (specialized) where ``offset & 15`` is an operation that is not.
 _ALIGNED = tuple(not offset % LIST_ENTRY_SIZE for offset in range(PAGE_SIZE))
 _SITE_UNIT = 1 << SITE_UNIT_SHIFT  # bytes of pool a call site stands for (sites[offset // _SITE_UNIT])
-assert _HEADER_ULONG_TAG_BILLED.size == HEADER_SIZE and POOL_TAG_SHIFT == 32
+assert POOL_TAG_SHIFT == 32
 
 def _no_machine(va: int, write: bool, irql: int) -> int:
     raise RuntimeError(f"pool access to unmapped {va:#x} with no machine to answer the fault")
@@ -710,6 +708,12 @@ class Pool:
         _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
                      pool_type, tag, billed)
 
+    def _write_free_ulong(self, chunk: int, previous_size: int, block_size: int) -> None:
+        """A free header's first ULONG, where a header already is: PreviousSize, this pool's
+        PoolIndex, the BlockSize, POOL_FREE. The PoolTag and bytes 8-15 stay as they are, as
+        Windows leaves them (WRK writes those fields of a freed or split chunk and no other)."""
+        self.ulongs[self._header_pa(chunk) >> 2] = previous_size + self.free_size_bits[block_size]
+
     def _write_allocated(self, chunk: int, previous_size: int, block_size: int, tag: int,
                          site: int) -> None:
         """An allocated chunk's header, and its call site beside it."""
@@ -913,14 +917,14 @@ class Pool:
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
         # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
-        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag stays as it is in memory;
-        # ProcessBilled 0. Then the allocation's whole header: its first ULONG
+        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag and bytes 8-15 stay as they
+        # are in memory, as a free leaves them (``free_small``). Then the allocation's whole
+        # header: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
         # ProcessBilled, each through a view by index (a struct's pack_into would parse
         # its buffer argument, C code the split runs for nothing else).
         ulongs = self.ulongs
         ulongs[header * 2] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
-        blinks[header] = 0
         mine_word = header + remainder * 2  # the allocation's header, as a QWORD index
         mine_ulong = mine_word * 2
         ulongs[mine_ulong] = self.allocated_size_bits[block_size] + remainder
@@ -990,7 +994,7 @@ class Pool:
             self._list_remainder(rest, remainder)
             return entry
         mine = chunk + (remainder << BLOCK_SHIFT)
-        self._write_header(chunk, previous_size, remainder, POOL_FREE, old_tag)
+        self._write_free_ulong(chunk, previous_size, remainder)
         self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
@@ -1108,7 +1112,7 @@ class Pool:
 
     # --- free (slow path) ------------------------------------------------------------------
 
-    def free_small(self, body: int, pa: int | None = None, block_size: int = 0, tag: int = 0,
+    def free_small(self, body: int, pa: int | None = None, block_size: int = 0,
                    batch: bool = False) -> None:
         """Coalesce a chunk (already checked and untracked) and list it, or return its page.
 
@@ -1120,8 +1124,11 @@ class Pool:
         previous chunk's with its links), the next chunk's PoolType alone first; each check's
         condition is tested here, its named check called only to raise its bug check.
         ``pa``: the header's physical address, when the caller has translated it;
-        ``block_size`` and ``tag``: its BlockSize and PoolTag, when the caller has read them
-        there (0: read here).
+        ``block_size``: its BlockSize, when the caller has read it there (0: read here).
+        The free header the chunk ends in (its own, or the previous chunk's it merged into)
+        gets its first ULONG written, PreviousSize, PoolIndex, BlockSize and POOL_FREE, as
+        WRK's ExFreePoolWithTag and ExDeferredFreePool write those fields and no other: the
+        PoolTag and bytes 8-15 (ProcessBilled, AllocatorBackTraceIndex) stay as they were.
 
         ``batch``: ExDeferredFreePool's batch (``deferred_free``): ``body`` is the chunk
         PendingFrees leads to (taken out of ``pending``); each chunk's link is read before it is
@@ -1136,6 +1143,7 @@ class Pool:
         # (Two names an assignment: three or more would build a tuple.)
         list_heads, listed = self.list_heads, self.listed
         free_size_bits, mem_bytes = self.free_size_bits, self.mem_bytes
+        ulongs = self.ulongs
         while True:  # (once, unless ``batch``)
             if pa is None:
                 chunk = body - HEADER_SIZE
@@ -1150,11 +1158,8 @@ class Pool:
             if batch:  # ExDeferredFreePool reads the chunk's link before it coalesces the chunk (WRK)
                 link = self.body_flinks[pa // 8]  # (the body's first QWORD, by the header's index)
             previous_size = mem[pa]
-            if not block_size:  # (else the allocator's free fast path has read it, and the tag)
-                # Two bytes (small ints: none made), the PoolTag only when the header it is
-                # written back to is this one (merged into the previous chunk, that one's is).
-                block_size = self.block_sizes[pa]
-                tag = None
+            if not block_size:  # (else the allocator's free fast path has read it)
+                block_size = self.block_sizes[pa]  # (a byte: a small int, none made)
             # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
             # and computes // on a small int with fewer instructions than >> or <<.)
             following = offset + block_size * BLOCK  # offsets in the page from here on
@@ -1228,8 +1233,8 @@ class Pool:
                 # Its header's fields and its links (Flink, Blink; the next header's first bytes
                 # when it is one block long, read and not used), in one unpack: all on this page,
                 # the previous chunk ending where this one starts.
-                before_previous, before_size, before_type, before_tag, flink, blink = \
-                    _PREVIOUS_SIZE_TYPE_TAG_LINKS.unpack_from(mem, before_pa)
+                before_previous, before_size, before_type, flink, blink = \
+                    _PREVIOUS_SIZE_TYPE_LINKS.unpack_from(mem, before_pa)
                 if before_size != previous_size:  # 0x5
                     check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
                                              previous_size, before_size)
@@ -1269,11 +1274,10 @@ class Pool:
                                                          words[blink_word])
                                     words[blink_word] = flink
                                     blinks[flink_word] = blink
-                    # (one at a time: four names at once would build a tuple)
+                    # (one at a time: three names at once would build a tuple)
                     offset = before_offset
                     pa = before_pa
                     previous_size = before_previous
-                    tag = before_tag
                     block_size += before_size
                 else:
                     entry = body
@@ -1298,14 +1302,12 @@ class Pool:
             if not block_size and not offset:
                 self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
             else:
-                # The free header, whole: PreviousSize and PoolTag as read from the header at ``pa``
-                # (the chunk's, or the previous chunk's it merged into), this pool's PoolIndex,
-                # POOL_FREE, the BlockSize; ProcessBilled 0.
+                # The free header's first ULONG, at ``pa`` (the chunk's, or the previous chunk's
+                # it merged into): PreviousSize as read there, this pool's PoolIndex, the
+                # BlockSize, POOL_FREE. The PoolTag and bytes 8-15 stay as they are (see above).
                 # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
                 # bits are 0 there.)
-                if tag is None:  # (the chunk's own, read here: see above)
-                    tag = self.tags[pa // 4]
-                _HEADER_ULONG_TAG_BILLED.pack_into(mem, pa, previous_size + free_size_bits[block_size], tag, 0)
+                ulongs[pa // 4] = previous_size + free_size_bits[block_size]
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
                     mem_bytes[next_pa] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
@@ -1582,7 +1584,7 @@ class Pool:
                 pa = pending.pop(body)
             except KeyError:
                 self._bad_pending_link(body)
-            self.free_small(body, pa if self.pending_translated else None, 0, 0, True)
+            self.free_small(body, pa if self.pending_translated else None, 0, True)
             self.words[self.pending_frees_word] = 0
             add_to_pending_depth(self.longs, self.pending_depth_long, -count)
         finally:
