@@ -95,6 +95,11 @@ _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the he
 # (PoolIndex, PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
 # (Flink, Blink).
 _PREVIOUS_SIZE_TYPE_LINKS = x64_struct("<BxBB12xQQ")
+# What ExDeferredFreePool's batch reads of each queued chunk before coalescing it, in one
+# unpack: its header's PreviousSize and BlockSize and its body's first QWORD, the link to
+# the next queued chunk (three separate reads cost about 230 instructions more).
+_SIZES_LINK = x64_struct("<BxB13xQ")
+assert _SIZES_LINK.size == HEADER_SIZE + 8
 assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType) == (0, 2, 3)
 # Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
 # (specialized) where ``offset & 15`` is an operation that is not.
@@ -1156,10 +1161,11 @@ class Pool:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
             if batch:  # ExDeferredFreePool reads the chunk's link before it coalesces the chunk (WRK)
-                link = self.body_flinks[pa // 8]  # (the body's first QWORD, by the header's index)
-            previous_size = mem[pa]
-            if not block_size:  # (else the allocator's free fast path has read it)
-                block_size = self.block_sizes[pa]  # (a byte: a small int, none made)
+                previous_size, block_size, link = _SIZES_LINK.unpack_from(mem, pa)
+            else:
+                previous_size = mem[pa]
+                if not block_size:  # (else the allocator's free fast path has read it)
+                    block_size = self.block_sizes[pa]  # (a byte: a small int, none made)
             # (Sizes by *, page offsets by //, QWORD indexes by // 8: CPython 3.11 specializes *,
             # and computes // on a small int with fewer instructions than >> or <<.)
             following = offset + block_size * BLOCK  # offsets in the page from here on
