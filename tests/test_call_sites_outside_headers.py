@@ -278,10 +278,10 @@ def test_a_drivers_code_in_a_file_of_ntpools_own_is_its_site_once_the_driver_loa
 
 
 @pytest.mark.parametrize("delayed", [False, True])
-def test_a_free_writes_the_first_ulong_and_leaves_the_tag_and_bytes_8_to_15(delayed):
-    # WRK's ExFreePoolWithTag and ExDeferredFreePool write PreviousSize, PoolIndex, BlockSize
-    # and PoolType of the header a freed chunk ends in, and a split from a chunk's end its
-    # BlockSize: a quota chunk's ProcessBilled stays in its free header through all three.
+def test_a_free_leaves_the_tag_and_bytes_8_to_15(delayed):
+    # WRK's ExFreePoolWithTag and ExDeferredFreePool write BlockSize and PoolType (the
+    # latter PoolIndex too) of the header a freed chunk ends in, and a split from a chunk's
+    # end its BlockSize: a quota chunk's ProcessBilled stays in its free header through all.
     k = machine(delayed_frees=delayed)
     process = k.create_process("app.exe")
     k.set_current_process(process)
@@ -306,3 +306,29 @@ def test_a_free_writes_the_first_ulong_and_leaves_the_tag_and_bytes_8_to_15(dela
     rest = header(k, middle)
     assert (rest.PoolType, rest.BlockSize) == (0, 14) and rest.ProcessBilled == process.address
     assert header(k, p).ProcessBilled == 0 and header(k, p).PreviousSize == 14
+
+
+@pytest.mark.parametrize("delayed", [False, True])
+def test_which_free_rewrites_pool_index(delayed):
+    # WRK: ExFreePoolWithTag writes BlockSize and PoolType of the header a chunk ends in, and
+    # ExDeferredFreePool also the freed chunk's own PoolIndex (ENCODE_POOL_INDEX); a split
+    # from a free chunk's end writes its BlockSize alone. A PoolIndex a driver wrote into a
+    # free header shows which one ran.
+    k = machine(delayed_frees=delayed)
+    first, last, middle, before, *_ = [k.ExAllocatePoolWithTag(NP, 600, "Idx ") for _ in range(5)]
+    own_index = header(k, last).PoolIndex
+
+    def free(p):
+        k.ExFreePoolWithTag(p, "Idx ")
+        k.nonpaged_pool.deferred_free()
+
+    free(middle)
+    k.write(middle - 16 + POOL_HEADER.PoolIndex, bytes([0x5A]))  # a stray write into the free header
+    free(last)  # merges into ``middle``'s free header
+    merged = header(k, middle)
+    assert (merged.BlockSize, merged.PoolType) == (78, 0)
+    assert merged.PoolIndex == (own_index if delayed else 0x5A)
+    k.write(middle - 16 + POOL_HEADER.PoolIndex, bytes([0x3C]))
+    p = k.ExAllocatePoolWithTag(NP, 1000, "Splt")  # 64 blocks from the merged chunk's end
+    rest = header(k, middle)
+    assert p == middle + 14 * 16 and (rest.BlockSize, rest.PoolType, rest.PoolIndex) == (14, 0, 0x3C)

@@ -77,7 +77,7 @@ def take_the_long_way(pool) -> None:
     def free_small(body, pa=None, block_size=0, batch=False):  # Pool.free_small, each chunk a call
         while True:  # ExDeferredFreePool's batch: each chunk's link read through the machine, then the chunk coalesced
             link = pool.read_pointer(body) if batch else None
-            coalesce(body)
+            coalesce(body, batch)
             if not (batch and pool.pending):
                 return
             body = link
@@ -85,9 +85,9 @@ def take_the_long_way(pool) -> None:
                 pool._bad_pending_link(body)
             del pool.pending[body]
 
-    def coalesce(body):  # every header read on its own
+    def coalesce(body, batch):  # every header read on its own
         chunk = body - HEADER_SIZE
-        previous_size, _, block_size, _, _ = pool._read_first8(chunk)
+        previous_size, pool_index, block_size, _, _ = pool._read_first8(chunk)
         following = chunk + (block_size << BLOCK_SHIFT)
         if (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT) < PAGE_SIZE:  # on the page
             _, _, next_size, next_type, _ = pool._read_first8(following)
@@ -105,6 +105,8 @@ def take_the_long_way(pool) -> None:
                     pool._unlink(before + HEADER_SIZE, before_size)
                 chunk, previous_size = before, before_previous
                 block_size += before_size
+                if batch:  # ExDeferredFreePool: the chunk's PoolIndex in the header it ends in
+                    pool.mem[pool._pa(chunk) + POOL_HEADER.PoolIndex] = pool_index
         # The sum is stored in the UCHAR BlockSize (ExDeferredFreePool, WRK pool.c): a whole
         # page wraps to 0 at the page's start, and a pending chunk whose BlockSize a driver
         # rewrote can sum past a page and wrap anywhere (0 elsewhere: ListHeads[-1]).
@@ -112,7 +114,7 @@ def take_the_long_way(pool) -> None:
         if not block_size and not chunk & (PAGE_SIZE - 1):
             pool.release_pages(chunk, 1)
             return
-        pool._write_free_ulong(chunk, previous_size, block_size)  # PoolTag, bytes 8-15 left
+        pool._write_free_size(chunk, block_size)  # BlockSize, PoolType: the rest left
         end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
         if end != PAGE_SIZE:
             pool._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)

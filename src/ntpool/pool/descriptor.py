@@ -91,15 +91,16 @@ assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-# What coalescing reads of the previous chunk's header: PreviousSize, BlockSize, PoolType
-# (PoolIndex, PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
+# What coalescing reads of the previous chunk's header: PreviousSize, PoolIndex, BlockSize,
+# PoolType (PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
 # (Flink, Blink).
-_PREVIOUS_SIZE_TYPE_LINKS = x64_struct("<BxBB12xQQ")
+_PREVIOUS_HEADER_LINKS = x64_struct("<BBBB12xQQ")
 # What ExDeferredFreePool's batch reads of each queued chunk before coalescing it, in one
-# unpack: its header's PreviousSize and BlockSize and its body's first QWORD, the link to
-# the next queued chunk (three separate reads cost about 230 instructions more).
-_SIZES_LINK = x64_struct("<BxB13xQ")
+# unpack: its header's PreviousSize, PoolIndex and BlockSize and its body's first QWORD,
+# the link to the next queued chunk (separate reads cost about 230 instructions more).
+_SIZES_LINK = x64_struct("<BBB13xQ")
 assert _SIZES_LINK.size == HEADER_SIZE + 8
+assert POOL_FREE == 0  # (a free header's USHORT at BlockSize is its BlockSize: size_types)
 assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType) == (0, 2, 3)
 # Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
 # (specialized) where ``offset & 15`` is an operation that is not.
@@ -164,6 +165,9 @@ class Pool:
         self.body_blinks = memoryview(self.mem)[HEADER_SIZE + POINTER.size:].cast(QWORD_VIEW)
         # By a header's physical address, its BlockSize byte (no ``+ 2``).
         self.block_sizes = memoryview(self.mem)[_BLOCK_SIZE:]
+        # The same bytes as USHORTs: size_types[pa // 2] is the header at pa's BlockSize and
+        # PoolType (the high byte), so a free header's is its BlockSize alone, one small int.
+        self.size_types = memoryview(self.mem)[_BLOCK_SIZE:-_BLOCK_SIZE].cast("H")
         self.tlb = space.tlb
         self.crash = crash
         self.allocated_header_type = allocated_type(base_type)
@@ -713,11 +717,14 @@ class Pool:
         _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
                      pool_type, tag, billed)
 
-    def _write_free_ulong(self, chunk: int, previous_size: int, block_size: int) -> None:
-        """A free header's first ULONG, where a header already is: PreviousSize, this pool's
-        PoolIndex, the BlockSize, POOL_FREE. The PoolTag and bytes 8-15 stay as they are, as
-        Windows leaves them (WRK writes those fields of a freed or split chunk and no other)."""
-        self.ulongs[self._header_pa(chunk) >> 2] = previous_size + self.free_size_bits[block_size]
+    def _write_free_size(self, chunk: int, block_size: int) -> None:
+        """A freed chunk's header, where a header already is: its BlockSize and POOL_FREE, as
+        WRK's ExFreePoolWithTag writes them; every other field stays as it is."""
+        self.size_types[self._header_pa(chunk) >> 1] = block_size
+
+    def _write_block_size(self, chunk: int, block_size: int) -> None:
+        """A split free chunk's header keeps all but its BlockSize (WRK's split from the end)."""
+        self.block_sizes[self._header_pa(chunk)] = block_size
 
     def _write_allocated(self, chunk: int, previous_size: int, block_size: int, tag: int,
                          site: int) -> None:
@@ -921,15 +928,14 @@ class Pool:
         # Otherwise the allocation is taken from the end: the chunk's header becomes the free
         # remainder's (it keeps PreviousSize and PoolTag, as Windows leaves them), and the
         # next chunk, if on the page, learns the new PreviousSize (its header's first byte).
-        # The remainder's header: its first ULONG only (PreviousSize kept, this pool's
-        # PoolIndex, the BlockSize, POOL_FREE), so the PoolTag and bytes 8-15 stay as they
-        # are in memory, as a free leaves them (``free_small``). Then the allocation's whole
-        # header: its first ULONG
+        # The remainder's header: its BlockSize, and no other field, as WRK's split writes it
+        # (a free header stays free, its PoolTag and bytes 8-15 as a free left them:
+        # ``free_small``). Then the allocation's whole header: its first ULONG
         # (layout.header_first8's low half, PreviousSize its low byte), the PoolTag,
         # ProcessBilled, each through a view by index (a struct's pack_into would parse
         # its buffer argument, C code the split runs for nothing else).
+        block_sizes[chunk_pa] = remainder
         ulongs = self.ulongs
-        ulongs[header * 2] = self.free_size_bits[remainder] + previous_size  # (+: no bits shared)
         mine_word = header + remainder * 2  # the allocation's header, as a QWORD index
         mine_ulong = mine_word * 2
         ulongs[mine_ulong] = self.allocated_size_bits[block_size] + remainder
@@ -999,7 +1005,7 @@ class Pool:
             self._list_remainder(rest, remainder)
             return entry
         mine = chunk + (remainder << BLOCK_SHIFT)
-        self._write_free_ulong(chunk, previous_size, remainder)
+        self._write_block_size(chunk, remainder)
         self._write_allocated(mine, remainder, block_size, tag, site)
         self._set_previous_size(mine + (block_size << BLOCK_SHIFT), block_size)
         self._list_remainder(chunk, remainder)
@@ -1131,9 +1137,11 @@ class Pool:
         ``pa``: the header's physical address, when the caller has translated it;
         ``block_size``: its BlockSize, when the caller has read it there (0: read here).
         The free header the chunk ends in (its own, or the previous chunk's it merged into)
-        gets its first ULONG written, PreviousSize, PoolIndex, BlockSize and POOL_FREE, as
-        WRK's ExFreePoolWithTag and ExDeferredFreePool write those fields and no other: the
-        PoolTag and bytes 8-15 (ProcessBilled, AllocatorBackTraceIndex) stay as they were.
+        gets its BlockSize and PoolType (POOL_FREE) written, as WRK's ExFreePoolWithTag writes
+        those fields and no other; ExDeferredFreePool also writes the freed chunk's PoolIndex
+        there (WRK: ENCODE_POOL_INDEX), which differs from the previous chunk's only when a
+        driver wrote one. PreviousSize, the PoolTag and bytes 8-15 (ProcessBilled,
+        AllocatorBackTraceIndex) stay as they were.
 
         ``batch``: ExDeferredFreePool's batch (``deferred_free``): ``body`` is the chunk
         PendingFrees leads to (taken out of ``pending``); each chunk's link is read before it is
@@ -1147,8 +1155,7 @@ class Pool:
         pending = self.pending  # (the dict is the pool's for good: emptied, never replaced)
         # (Two names an assignment: three or more would build a tuple.)
         list_heads, listed = self.list_heads, self.listed
-        free_size_bits, mem_bytes = self.free_size_bits, self.mem_bytes
-        ulongs = self.ulongs
+        mem_bytes, size_types = self.mem_bytes, self.size_types
         while True:  # (once, unless ``batch``)
             if pa is None:
                 chunk = body - HEADER_SIZE
@@ -1161,7 +1168,7 @@ class Pool:
                 offset = pa & PAGE_MASK  # (the chunk's: a page's physical address is page-aligned)
             page_pa = pa - offset  # (the chunk's page: ``chunk & ~PAGE_MASK``, made where it is needed)
             if batch:  # ExDeferredFreePool reads the chunk's link before it coalesces the chunk (WRK)
-                previous_size, block_size, link = _SIZES_LINK.unpack_from(mem, pa)
+                previous_size, pool_index, block_size, link = _SIZES_LINK.unpack_from(mem, pa)
             else:
                 previous_size = mem[pa]
                 if not block_size:  # (else the allocator's free fast path has read it)
@@ -1239,8 +1246,8 @@ class Pool:
                 # Its header's fields and its links (Flink, Blink; the next header's first bytes
                 # when it is one block long, read and not used), in one unpack: all on this page,
                 # the previous chunk ending where this one starts.
-                before_previous, before_size, before_type, flink, blink = \
-                    _PREVIOUS_SIZE_TYPE_LINKS.unpack_from(mem, before_pa)
+                before_previous, before_index, before_size, before_type, flink, blink = \
+                    _PREVIOUS_HEADER_LINKS.unpack_from(mem, before_pa)
                 if before_size != previous_size:  # 0x5
                     check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
                                              previous_size, before_size)
@@ -1285,6 +1292,12 @@ class Pool:
                     pa = before_pa
                     previous_size = before_previous
                     block_size += before_size
+                    if batch and before_index != pool_index:
+                        # ExDeferredFreePool writes the chunk's own PoolIndex in the header it
+                        # ends in (WRK's ENCODE_POOL_INDEX): the previous chunk's differs only
+                        # where a driver wrote one. (Here, where the two are at hand: a merged
+                        # chunk that makes a whole page goes back, this byte with it.)
+                        mem_bytes[pa + POOL_HEADER.PoolIndex] = pool_index
                 else:
                     entry = body
             else:
@@ -1308,12 +1321,9 @@ class Pool:
             if not block_size and not offset:
                 self.release_small_page((body - HEADER_SIZE) & ~PAGE_MASK)
             else:
-                # The free header's first ULONG, at ``pa`` (the chunk's, or the previous chunk's
-                # it merged into): PreviousSize as read there, this pool's PoolIndex, the
-                # BlockSize, POOL_FREE. The PoolTag and bytes 8-15 stay as they are (see above).
-                # (PreviousSize joined to the other bytes by +, which CPython 3.11 specializes: its
-                # bits are 0 there.)
-                ulongs[pa // 4] = previous_size + free_size_bits[block_size]
+                # The free header at ``pa`` (the chunk's, or the previous chunk's it merged
+                # into): its BlockSize and POOL_FREE, one USHORT; the rest stays (see above).
+                size_types[pa // 2] = block_size
                 if end < PAGE_SIZE:  # the next chunk's PreviousSize (its header's first byte)
                     mem_bytes[next_pa] = block_size
                 elif end > PAGE_SIZE:  # a BlockSize rewritten while its free was pending: written where it leads
