@@ -98,12 +98,12 @@ def take_the_long_way(pool) -> None:
                 block_size += next_size
         before = check_previous_size(pool.crash, chunk, previous_size)
         if before:
-            before_previous, _, before_size, before_type, _ = pool._read_first8(before)
+            _, _, before_size, before_type, _ = pool._read_first8(before)
             check_previous_neighbour(pool.crash, chunk, before, previous_size, before_size)
             if before_type == POOL_FREE and before + HEADER_SIZE not in pool.pending:
                 if before_size > 1:
                     pool._unlink(before + HEADER_SIZE, before_size)
-                chunk, previous_size = before, before_previous
+                chunk = before
                 block_size += before_size
                 if batch:  # ExDeferredFreePool: the chunk's PoolIndex in the header it ends in
                     pool.mem[pool._pa(chunk) + POOL_HEADER.PoolIndex] = pool_index

@@ -91,10 +91,10 @@ assert PREVIOUS_SIZE_SHIFT == POOL_HEADER.PreviousSize == 0
 LIST_ENTRY_SIZE = LIST_ENTRY.size
 _POOL_TYPE = POOL_HEADER.PoolType  # a header's PoolType byte
 _PAGE_END = PAGE_SIZE + HEADER_SIZE  # a body's offset, a page's end past the header's
-# What coalescing reads of the previous chunk's header: PreviousSize, PoolIndex, BlockSize,
-# PoolType (PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
+# What coalescing reads of the previous chunk's header: PoolIndex, BlockSize, PoolType
+# (PreviousSize, PoolTag and bytes 8-15 skipped: a free leaves them), and its body's links
 # (Flink, Blink).
-_PREVIOUS_HEADER_LINKS = x64_struct("<BBBB12xQQ")
+_PREVIOUS_HEADER_LINKS = x64_struct("<xBBB12xQQ")
 # What ExDeferredFreePool's batch reads of each queued chunk before coalescing it, in one
 # unpack: its header's PreviousSize, PoolIndex and BlockSize and its body's first QWORD,
 # the link to the next queued chunk (separate reads cost about 230 instructions more).
@@ -1246,7 +1246,7 @@ class Pool:
                 # Its header's fields and its links (Flink, Blink; the next header's first bytes
                 # when it is one block long, read and not used), in one unpack: all on this page,
                 # the previous chunk ending where this one starts.
-                before_previous, before_index, before_size, before_type, flink, blink = \
+                before_index, before_size, before_type, flink, blink = \
                     _PREVIOUS_HEADER_LINKS.unpack_from(mem, before_pa)
                 if before_size != previous_size:  # 0x5
                     check_previous_neighbour(self.crash, body - HEADER_SIZE, body - HEADER_SIZE - back,
@@ -1287,10 +1287,8 @@ class Pool:
                                                          words[blink_word])
                                     words[blink_word] = flink
                                     blinks[flink_word] = blink
-                    # (one at a time: three names at once would build a tuple)
                     offset = before_offset
                     pa = before_pa
-                    previous_size = before_previous
                     block_size += before_size
                     if batch and before_index != pool_index:
                         # ExDeferredFreePool writes the chunk's own PoolIndex in the header it
