@@ -114,7 +114,9 @@ def take_the_long_way(pool) -> None:
         if not block_size and not chunk & (PAGE_SIZE - 1):
             pool.release_pages(chunk, 1)
             return
-        pool._write_free_size(chunk, block_size)  # BlockSize, PoolType: the rest left
+        header = pool._pa(chunk)  # BlockSize and PoolType written, the rest left (as WRK's free)
+        pool.mem[header + POOL_HEADER.BlockSize] = block_size
+        pool.mem[header + POOL_HEADER.PoolType] = POOL_FREE
         end = (chunk & (PAGE_SIZE - 1)) + (block_size << BLOCK_SHIFT)
         if end != PAGE_SIZE:
             pool._set_previous_size(chunk + (block_size << BLOCK_SHIFT), block_size)

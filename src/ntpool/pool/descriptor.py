@@ -101,7 +101,7 @@ _PREVIOUS_HEADER_LINKS = x64_struct("<xBBB12xQQ")
 _SIZES_LINK = x64_struct("<BBB13xQ")
 assert _SIZES_LINK.size == HEADER_SIZE + 8
 assert POOL_FREE == 0  # (a free header's USHORT at BlockSize is its BlockSize: size_types)
-assert (POOL_HEADER.PreviousSize, POOL_HEADER.BlockSize, POOL_HEADER.PoolType) == (0, 2, 3)
+assert (POOL_HEADER.PreviousSize, POOL_HEADER.PoolIndex, POOL_HEADER.BlockSize, POOL_HEADER.PoolType) == (0, 1, 2, 3)
 # Page offsets on a 16-byte boundary, where a healthy list entry is: a tuple subscript
 # (specialized) where ``offset & 15`` is an operation that is not.
 _ALIGNED = tuple(not offset % LIST_ENTRY_SIZE for offset in range(PAGE_SIZE))
@@ -716,11 +716,6 @@ class Pool:
                       tag: int, billed: int = 0) -> None:
         _pack_header(self.mem, self._header_pa(chunk), previous_size, self.pool_index, block_size,
                      pool_type, tag, billed)
-
-    def _write_free_size(self, chunk: int, block_size: int) -> None:
-        """A freed chunk's header, where a header already is: its BlockSize and POOL_FREE, as
-        WRK's ExFreePoolWithTag writes them; every other field stays as it is."""
-        self.size_types[self._header_pa(chunk) >> 1] = block_size
 
     def _write_block_size(self, chunk: int, block_size: int) -> None:
         """A split free chunk's header keeps all but its BlockSize (WRK's split from the end)."""
